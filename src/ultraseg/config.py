@@ -1,0 +1,170 @@
+"""Typed, frozen configuration. Every run saves its resolved config; every checkpoint carries it.
+
+All dataclasses round-trip through plain dicts (``to_dict`` / ``from_dict``) so they can be
+written as JSON and stored in checkpoints without pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .errors import UltrasegError
+
+T = TypeVar("T")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+    data = dict(data or {})
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UltrasegError(
+            f"unknown {cls.__name__} keys {unknown}; valid: {sorted(names)}"
+        )
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in data and isinstance(data[f.name], list):
+            data[f.name] = tuple(data[f.name])
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net. ``variant='valid'``: unpadded convolutions (Ronneberger et al. 2015, 252 -> 68).
+    ``variant='same'``: padded convolutions with batch norm, output size == input size."""
+
+    variant: Literal["valid", "same"] = "valid"
+    in_channels: int = 1
+    out_channels: int = 1
+    width: int = 64          # channels of the first block; doubles at every level
+    depth: int = 4           # number of 2x2 poolings (the original has 4: 5 blocks)
+    tile: int = 68           # valid only: output tile side used for training and prediction
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "ModelConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """From a decoded frame to the network's input.
+
+    ``size``: working resolution; the frame is padded to square (centred, longest side) and
+    resized to ``size`` x ``size``. ``None`` keeps the frame at its own resolution.
+    ``normalise``: 'zscore' (per image) or 'unit' (x / 255).
+    """
+
+    size: int | None = 252
+    pad_to_square: bool = True
+    normalise: Literal["zscore", "unit"] = "unit"
+    label: int | None = None   # None: any non-zero label is foreground; K: only label K
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PreprocessConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """From probabilities to a mask. Chosen on the validation split when training ends."""
+
+    threshold: float = 0.5
+    min_area: int = 0              # components smaller than this (pixels at original size) go
+    keep_largest: bool = False
+    fill_holes: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PostprocessConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 4
+    lr: float = 1e-3
+    loss: Literal["bce", "dice", "bce+dice"] = "bce"
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    time_limit_s: float | None = None
+    schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
+    augment: Literal["none", "flip", "strong"] = "none"
+    tiles_per_image: int = 1             # valid model: random tiles drawn per image per epoch
+    tune_postprocess: bool = True
+    num_threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    layout: str = "auto"
+    subject_pattern: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "DataConfig":
+        return _from_dict(cls, d)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "seed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "data": self.data.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "model": self.model.to_dict(),
+            "train": self.train.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        unknown = sorted(set(d) - {"preset", "data", "preprocess", "model", "train"})
+        if unknown:
+            raise UltrasegError(f"unknown config sections {unknown}")
+        return cls(
+            data=DataConfig.from_dict(d.get("data")),
+            preprocess=PreprocessConfig.from_dict(d.get("preprocess")),
+            model=ModelConfig.from_dict(d.get("model")),
+            train=TrainConfig.from_dict(d.get("train")),
+            preset=d.get("preset", "custom"),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UltrasegError(f"cannot read config: {e}", path) from e
