@@ -1,0 +1,117 @@
+"""The ``ultraseg`` command: parse arguments, call the Python API, print, return an exit code.
+
+Exit codes: 0 success, 2 bad input or usage (one line on stderr naming the file and the
+problem), 1 internal error, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import UltrasegError
+
+log = logging.getLogger("ultraseg")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors: one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _layout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", default="auto",
+                   help="dataset layout: auto (default), kaggle, folders, busi, hc18, images")
+    p.add_argument("--subject-pattern", metavar="REGEX",
+                   help="regex whose first group (else whole match) is the subject id of a file stem")
+    p.add_argument("--label", type=int, metavar="K",
+                   help="segment label K of a label mask (default: any non-zero label)")
+
+
+# ---------------------------------------------------------------- inspect
+def _cmd_inspect(a: argparse.Namespace) -> int:
+    from .inspection import format_report, inspect_dataset
+
+    report, problems = inspect_dataset(a.data, a.layout, a.subject_pattern, a.label)
+    if a.json:
+        report["problem_lines"] = [str(p) for p in problems]
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    return EXIT_USAGE if problems else EXIT_OK
+
+
+# ---------------------------------------------------------------- phantom
+def _cmd_phantom(a: argparse.Namespace) -> int:
+    from .phantom import make_dataset
+
+    out = make_dataset(a.out, n=a.n, size=a.size, seed=a.seed)
+    print(f"wrote {a.n} phantom frames to {out} (layout: folders)")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ultraseg", description="U-Net segmentation of 2D ultrasound images.")
+    parser.add_argument("--version", action="version", version=f"ultraseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("inspect", help="validate and summarise a dataset",
+                       description="Decode every sample, report every problem and a summary.")
+    p.add_argument("data", help="dataset folder")
+    _layout_args(p)
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("phantom", help="write synthetic ultrasound frames (folders layout)",
+                       description="Synthetic B-mode frames with hypoechoic structures and masks.")
+    p.add_argument("out", help="output folder (created; must not already hold images)")
+    p.add_argument("--n", type=int, default=200, help="number of frames (default 200)")
+    p.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_phantom)
+
+    from . import cli_run  # train, evaluate, predict, export, measure, demo
+
+    cli_run.add_commands(sub, _layout_args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not getattr(a, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING - 10 * min(a.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return a.func(a)
+    except UltrasegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: say so in one line, traceback on --debug
+        if a.debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

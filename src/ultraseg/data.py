@@ -1,0 +1,167 @@
+"""From a dataset to training arrays: decode once into a cache, split by subject.
+
+The cache holds the frames already placed on the working canvas (padded, resized), as uint8,
+keyed by the dataset's files and the preprocessing settings, so epochs never decode files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__
+from .config import PreprocessConfig
+from .errors import DataError, UltrasegError
+from .io import Dataset, DataProblems, select_label
+from .preprocess import to_canvas
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Labelled frames on the working canvas: images uint8 (N, S, S), masks uint8 (N, S, S) in {0, 1}."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    names: tuple[str, ...]
+    subjects: tuple[str, ...]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ultraseg`` or ``~/.cache/ultraseg`` (read when called, not at import)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ultraseg"
+
+
+def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
+    """Hash of the files (names, sizes, modification times) and the preprocessing settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": __version__, "layout": ds.layout, "root": str(ds.root.resolve()),
+                         "pre": cfg.to_dict()}, sort_keys=True).encode())
+    for s in ds.labelled:
+        for p in (s.image_path, *s.mask_paths):
+            st = p.stat()
+            h.update(f"{s.name}|{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None) -> Arrays:
+    """Decode every labelled sample of ``ds`` onto the working canvas, through the cache.
+
+    ``cfg.size`` must be set (training works on a fixed canvas). Every problem is collected and
+    raised together as :class:`DataProblems`. ``cache_dir=None`` uses :func:`default_cache_dir`;
+    pass ``False``-y empty string to disable caching.
+    """
+    if cfg.size is None:
+        raise UltrasegError("training needs a working size (--size)")
+    samples = ds.labelled
+    if not samples:
+        raise DataError("no labelled samples to train on", ds.root)
+    cache_path = None
+    if cache_dir != "":
+        cache_path = Path(cache_dir or default_cache_dir()) / f"{cache_key(ds, cfg)}.npz"
+        if cache_path.exists():
+            try:
+                with np.load(cache_path, allow_pickle=False) as z:
+                    arrays = Arrays(z["images"], z["masks"], tuple(z["names"].tolist()),
+                                    tuple(z["subjects"].tolist()))
+                log.info("cache hit: %s", cache_path)
+                return arrays
+            except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt
+                log.warning("ignoring damaged cache %s (%s)", cache_path, e)
+    images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
+    masks = np.empty_like(images)
+    problems: list[DataError] = []
+    for i, s in enumerate(samples):
+        try:
+            image, mask = s.load()
+        except DataError as e:
+            problems.append(e)
+            continue
+        images[i], _ = to_canvas(image, cfg, "image")
+        target = select_label(mask, cfg.label).astype(np.uint8)
+        masks[i], _ = to_canvas(target, cfg, "mask")
+    if problems:
+        raise DataProblems(problems)
+    arrays = Arrays(images, masks, tuple(s.name for s in samples), tuple(s.subject for s in samples))
+    if cache_path is not None:
+        try:
+            _save_npz(cache_path, images=images, masks=masks, names=np.array(arrays.names),
+                      subjects=np.array(arrays.subjects))
+        except OSError as e:
+            log.warning("could not write cache %s (%s)", cache_path, e)
+    return arrays
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def split_by_subject(subjects: Sequence[str], val_fraction: float = 0.2, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) such that no subject has frames on both sides.
+
+    Subjects are shuffled with ``seed`` and given to validation until it holds at least
+    ``val_fraction`` of the frames; with two or more subjects each side gets at least one.
+    """
+    if not 0 < val_fraction < 1:
+        raise UltrasegError(f"val fraction must be between 0 and 1, got {val_fraction}")
+    subjects = np.asarray(subjects)
+    unique = np.unique(subjects)
+    if unique.size < 2:
+        raise UltrasegError("a subject-grouped split needs at least two subjects; "
+                            f"found {unique.size}")
+    order = np.random.default_rng(seed).permutation(unique)
+    counts = {s: int(c) for s, c in zip(*np.unique(subjects, return_counts=True))}
+    target = val_fraction * len(subjects)
+    val_subjects: list[str] = []
+    n_val = 0
+    for s in order[:-1]:  # the last subject always stays in training
+        if n_val >= target:
+            break
+        val_subjects.append(s)
+        n_val += counts[s]
+    is_val = np.isin(subjects, val_subjects)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def write_split(path: str | Path, names: Sequence[str], subjects: Sequence[str],
+                train_idx: np.ndarray, val_idx: np.ndarray, seed: int, val_fraction: float) -> None:
+    """Write the split as JSON (names and subjects of each side) so a run can be reproduced."""
+    from .fileio import atomic_write_text
+
+    doc = {
+        "seed": seed, "val_fraction": val_fraction,
+        "train": [names[i] for i in train_idx], "val": [names[i] for i in val_idx],
+        "train_subjects": sorted({subjects[i] for i in train_idx}),
+        "val_subjects": sorted({subjects[i] for i in val_idx}),
+    }
+    atomic_write_text(path, json.dumps(doc, indent=1))
+
+
+def read_split(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) from a split file written by :func:`write_split`."""
+    doc = json.loads(Path(path).read_text())
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in doc["train"] + doc["val"] if n not in index]
+    if missing:
+        raise UltrasegError(f"split names {len(missing)} frames not in the dataset "
+                            f"(first: {missing[0]})", path)
+    return (np.array([index[n] for n in doc["train"]], dtype=np.int64),
+            np.array([index[n] for n in doc["val"]], dtype=np.int64))

@@ -1,0 +1,108 @@
+"""Reading datasets in the layouts they are distributed in.
+
+``open_dataset(path, layout="auto")`` picks a reader from :data:`READERS` (by detection, or
+by name) and returns a :class:`Dataset`: the paired samples, decoded lazily.
+A new layout is a :class:`Reader` subclass added with :func:`register`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError, UltrasegError
+from .base import (IMAGE_EXTENSIONS, Reader, Sample, classify_mask_values, read_image, read_mask,
+                   select_label)
+from .readers import BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader
+
+log = logging.getLogger(__name__)
+
+#: Layout name -> reader class. Auto-detection tries them in this order.
+READERS: dict[str, type[Reader]] = {}
+
+
+def register(cls: type[Reader]) -> type[Reader]:
+    """Add a reader to the registry (usable as a class decorator)."""
+    READERS[cls.name] = cls
+    return cls
+
+
+for _cls in (Hc18Reader, BusiReader, KaggleReader, FoldersReader, ImagesReader):
+    register(_cls)
+
+
+class DataProblems(DataError):
+    """Several problems in one dataset; ``str()`` gives one line per problem."""
+
+    def __init__(self, problems: list[DataError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    layout: str
+    samples: tuple[Sample, ...]
+
+    @property
+    def labelled(self) -> tuple[Sample, ...]:
+        return tuple(s for s in self.samples if s.labelled)
+
+    @property
+    def unlabelled(self) -> tuple[Sample, ...]:
+        return tuple(s for s in self.samples if not s.labelled)
+
+
+def get_reader(layout: str, subject_pattern: str | None = None) -> Reader:
+    """The reader for ``layout``; an unknown name fails listing the valid ones."""
+    if layout not in READERS:
+        raise UltrasegError(f"unknown layout '{layout}'; valid layouts: auto, {', '.join(READERS)}")
+    try:
+        return READERS[layout](subject_pattern=subject_pattern)
+    except Exception as e:  # re.error from a bad --subject-pattern
+        raise UltrasegError(f"bad subject pattern {subject_pattern!r}: {e}") from e
+
+
+def detect_layout(root: str | Path) -> str:
+    """The first registered layout whose ``detect`` accepts ``root``."""
+    root = Path(root)
+    for name, cls in READERS.items():
+        if cls.detect(root):
+            return name
+    raise DataError("empty folder or unknown layout: no images found; valid layouts: "
+                    + ", ".join(READERS), root)
+
+
+def scan_dataset(path: str | Path, layout: str = "auto",
+                 subject_pattern: str | None = None) -> tuple[Dataset, list[DataError]]:
+    """Find and pair the samples under ``path``; structural problems are returned, not raised."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError("no such file or folder", root)
+    if not root.is_dir():
+        raise DataError("not a folder", root)
+    if layout != "auto":
+        get_reader(layout)  # validates the name before touching the disk
+    name = detect_layout(root) if layout == "auto" else layout
+    reader = get_reader(name, subject_pattern)
+    try:
+        samples, problems = reader.scan(root)
+    except PermissionError as e:
+        raise DataError("cannot read folder: permission denied", e.filename or root) from e
+    log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
+    return Dataset(root, name, tuple(samples)), problems
+
+
+def open_dataset(path: str | Path, layout: str = "auto",
+                 subject_pattern: str | None = None) -> Dataset:
+    """Like :func:`scan_dataset`, but any structural problem raises :class:`DataProblems`."""
+    ds, problems = scan_dataset(path, layout, subject_pattern)
+    if problems:
+        raise DataProblems(problems)
+    return ds
+
+
+__all__ = ["READERS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS", "Reader", "Sample",
+           "classify_mask_values", "detect_layout", "get_reader", "open_dataset", "read_image",
+           "read_mask", "register", "scan_dataset", "select_label"]

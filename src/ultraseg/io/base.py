@@ -1,0 +1,222 @@
+"""The reader contract: a dataset layout on disk -> a list of :class:`Sample`.
+
+A reader only *finds* files and pairs them (cheap); decoding and validation happen when a
+sample is loaded, so that ``inspect`` can report every problem and training can cache arrays.
+Decoding rules for images and masks live here, once, for every layout.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+#: A mask with at most this many distinct values (and not binary) is read as a label mask.
+MAX_LABELS = 32
+#: Share of pixels that must lie near 0 or 255 for a many-valued mask to count as a lossy
+#: (JPEG) binary mask, which is then binarised at the midpoint 127.
+LOSSY_BINARY_SHARE = 0.98
+LOSSY_BINARY_BAND = 48
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One frame of a dataset: where its files are and what is known about it.
+
+    ``mask_paths`` is empty for an unlabelled image; several paths are merged by union.
+    ``mask_kind`` is 'mask' (binary or label raster) or 'outline' (a closed contour to fill).
+    """
+
+    name: str
+    image_path: Path
+    mask_paths: tuple[Path, ...] = ()
+    subject: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    mask_kind: str = "mask"
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.mask_paths)
+
+    def load_image(self) -> np.ndarray:
+        """The grayscale image, (H, W) uint8."""
+        return read_image(self.image_path)
+
+    def load_mask(self) -> np.ndarray | None:
+        """The mask, (H, W) uint8: 0 background, 1..K structures (labels kept); None if unlabelled."""
+        if not self.mask_paths:
+            return None
+        masks = [read_mask(p) for p in self.mask_paths]
+        shape = masks[0].shape
+        for p, m in zip(self.mask_paths, masks):
+            if m.shape != shape:
+                raise DataError(f"mask is {m.shape[1]}x{m.shape[0]}, other masks of "
+                                f"{self.name} are {shape[1]}x{shape[0]}", p)
+        if len(masks) == 1:
+            mask = masks[0]
+        else:  # several structures of one image: union (labels of later masks win where set)
+            mask = masks[0].copy()
+            for m in masks[1:]:
+                mask[m > 0] = m[m > 0]
+        if self.mask_kind == "outline":
+            from ..preprocess import fill_outline
+
+            mask = fill_outline(mask > 0, path=self.mask_paths[0]).astype(np.uint8)
+        return mask
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image and mask, checked to have the same size."""
+        image = self.load_image()
+        mask = self.load_mask()
+        if mask is not None and mask.shape != image.shape:
+            raise DataError(
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}", self.mask_paths[0])
+        return image, mask
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        if path.stat().st_size == 0:
+            raise DataError("empty file (0 bytes)", path)
+        im = Image.open(path)
+        im.load()  # decode now: truncated files fail here, not later
+        return im
+    except DataError:
+        raise
+    except PermissionError as e:
+        raise DataError("cannot read file: permission denied", path) from e
+    except FileNotFoundError as e:
+        raise DataError("file not found", path) from e
+    except UnidentifiedImageError as e:
+        raise DataError("not an image file Pillow can read", path) from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"unreadable or truncated image ({e})", path) from e
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to grayscale (H, W) uint8.
+
+    RGB/RGBA/palette images are converted to luminance (ITU-R 601, Pillow's ``convert('L')``);
+    16-bit and float images are rescaled linearly from their own min..max to 0..255.
+    """
+    path = Path(path)
+    im = _open(path)
+    if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    arr = np.asarray(im).astype(np.float64)  # I;16, I, F
+    if arr.ndim == 3:
+        arr = arr.mean(axis=2)
+    if not np.all(np.isfinite(arr)):
+        raise DataError("image contains NaN or infinite values", path)
+    lo, hi = float(arr.min()), float(arr.max())
+    scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    return np.round(scaled).astype(np.uint8)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Decode a mask file to (H, W) uint8 labels: binary masks become {0, 1}, label masks keep labels.
+
+    Accepted: values {0,1} or {0,255}; lossy (JPEG) binary masks (>= 98 % of pixels within 48
+    of 0 or 255), binarised at 127; palette PNGs (palette indices are the labels); integer label
+    masks with at most 32 distinct values; RGB/RGBA masks whose colour channels agree.
+    Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
+    """
+    path = Path(path)
+    im = _open(path)
+    if im.mode == "P":
+        return np.asarray(im, dtype=np.uint8)
+    if im.mode == "1":
+        return np.asarray(im, dtype=np.uint8)
+    arr = np.asarray(im)
+    if arr.ndim == 3:
+        colour = arr[..., :3]
+        if not (np.array_equal(colour[..., 0], colour[..., 1])
+                and np.array_equal(colour[..., 0], colour[..., 2])):
+            raise DataError("colour mask whose channels disagree: a mask must be gray "
+                            "(R == G == B) or a palette PNG", path)
+        arr = colour[..., 0]
+    return classify_mask_values(arr, path)
+
+
+def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """Apply the mask rules of :func:`read_mask` to a 2D integer array; returns uint8 labels."""
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise DataError("mask contains NaN or infinite values", path)
+    values = np.unique(arr)
+    if values.size == 0:
+        raise DataError("mask has no pixels", path)
+    vset = set(values.tolist())
+    if vset <= {0, 1}:
+        return arr.astype(np.uint8)
+    if vset <= {0, 255}:
+        return (arr > 0).astype(np.uint8)
+    if values.min() < 0:
+        raise DataError("mask has negative values", path)
+    top = 255 if values.max() <= 255 else int(values.max())
+    near = (arr <= LOSSY_BINARY_BAND * top / 255) | (arr >= top - LOSSY_BINARY_BAND * top / 255)
+    if values.max() >= top / 2 and values.size > MAX_LABELS and near.mean() >= LOSSY_BINARY_SHARE:
+        return (arr > top / 2).astype(np.uint8)
+    if values.size <= MAX_LABELS and np.all(values == np.round(values)) and values.max() <= 255:
+        return arr.astype(np.uint8)
+    raise DataError(
+        f"mask is neither binary nor a label mask: {values.size} distinct values spread over "
+        f"{values.min():g}..{values.max():g} (is this an image saved as a mask?)", path)
+
+
+def select_label(mask: np.ndarray, label: int | None) -> np.ndarray:
+    """Binary target from a label mask: any structure when ``label`` is None, else label ``label``."""
+    return (mask > 0) if label is None else (mask == label)
+
+
+class Reader(ABC):
+    """One dataset layout. Subclasses set ``name`` and implement ``detect`` and ``scan``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    def __init__(self, subject_pattern: str | None = None) -> None:
+        self.subject_pattern = re.compile(subject_pattern) if subject_pattern else None
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, root: Path) -> bool:
+        """True when ``root`` looks like this layout (cheap: names only)."""
+
+    @abstractmethod
+    def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
+        """Pair the files under ``root``: the samples found and the structural problems."""
+
+    def subject_of(self, stem: str, default: str | None = None) -> str:
+        """Subject id from a file stem: --subject-pattern's first group (or whole match) if given."""
+        if self.subject_pattern is not None:
+            m = self.subject_pattern.search(stem)
+            if m:
+                return m.group(1) if m.groups() else m.group(0)
+            return stem
+        return stem if default is None else default
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders 'a 2' before 'a 10'."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]

@@ -1,0 +1,225 @@
+"""One reader per dataset layout, as the datasets are distributed."""
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from ..errors import DataError
+from .base import IMAGE_EXTENSIONS, Reader, Sample, list_images, natural_key
+
+_LEADING_SUBJECT = re.compile(r"^(\d+)_")
+
+
+def _check_unique(items: dict[str, list[Path]], what: str) -> list[DataError]:
+    return [DataError(f"two {what}s share the name '{name}': " + ", ".join(p.name for p in paths[1:]),
+                      paths[0])
+            for name, paths in items.items() if len(paths) > 1]
+
+
+def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled: bool,
+          folder: Path) -> tuple[list[tuple[str, Path, tuple[Path, ...]]], list[DataError]]:
+    """Pair image stems with mask stems; report orphans both ways and duplicate names."""
+    problems = _check_unique(images, "image") + _check_unique(masks, "mask")
+    for name in sorted(set(masks) - set(images), key=natural_key):
+        problems.append(DataError("mask without an image", masks[name][0]))
+    pairs = []
+    for name in sorted(images, key=natural_key):
+        mask = masks.get(name)
+        if labelled and not mask:
+            problems.append(DataError("image without a mask in a labelled set", images[name][0]))
+            continue
+        pairs.append((name, images[name][0], (mask[0],) if mask else ()))
+    if not images and not masks:
+        problems.append(DataError("empty folder: no images found", folder))
+    return pairs, problems
+
+
+class FoldersReader(Reader):
+    """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp).
+
+    Subject: the leading integer of ``SUBJECT_FRAME`` names, else the frame itself;
+    ``subject_pattern`` (a regex; its first group, else the whole match) overrides.
+    Without a ``masks`` folder (or with an empty one) the set is unlabelled.
+    """
+
+    name = "folders"
+    description = "images/NAME.EXT + masks/NAME_mask.EXT (or masks/NAME.EXT)"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / "images").is_dir()
+
+    def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
+        images: dict[str, list[Path]] = defaultdict(list)
+        for p in list_images(root / "images"):
+            images[p.stem].append(p)
+        masks: dict[str, list[Path]] = defaultdict(list)
+        for p in list_images(root / "masks"):
+            stem = p.stem[:-5] if p.stem.endswith("_mask") else p.stem
+            masks[stem].append(p)
+        pairs, problems = _pair(images, masks, labelled=bool(masks), folder=root / "images")
+        samples = []
+        for name, image, mask in pairs:
+            m = _LEADING_SUBJECT.match(name)
+            samples.append(Sample(name, image, mask, self.subject_of(name, m.group(1) if m else name)))
+        return samples, problems
+
+
+class KaggleReader(Reader):
+    """Kaggle "Ultrasound Nerve Segmentation": ``train/SUBJECT_FRAME.tif`` +
+    ``train/SUBJECT_FRAME_mask.tif``, and unlabelled ``test/N.tif``. DATA may be the
+    competition folder (holding train/ and test/) or the train folder itself."""
+
+    name = "kaggle"
+    description = "train/SUBJECT_FRAME.tif + train/SUBJECT_FRAME_mask.tif, test/N.tif"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return any(any(d.glob("*_mask.tif")) for d in (root, root / "train") if d.is_dir())
+
+    def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
+        train = root / "train" if (root / "train").is_dir() else root
+        images: dict[str, list[Path]] = defaultdict(list)
+        masks: dict[str, list[Path]] = defaultdict(list)
+        for p in list_images(train):
+            if p.stem.endswith("_mask"):
+                masks[p.stem[:-5]].append(p)
+            else:
+                images[p.stem].append(p)
+        pairs, problems = _pair(images, masks, labelled=True, folder=train)
+        samples = []
+        for name, image, mask in pairs:
+            m = _LEADING_SUBJECT.match(name)
+            samples.append(Sample(name, image, mask, self.subject_of(name, m.group(1) if m else name),
+                                  {"split": "train"}))
+        test = root / "test"
+        if test.is_dir() and test != train:
+            seen = {s.name for s in samples}
+            for p in sorted(list_images(test), key=lambda q: natural_key(q.name)):
+                if p.stem in seen:
+                    problems.append(DataError(f"two images share the name '{p.stem}'", p))
+                    continue
+                seen.add(p.stem)
+                samples.append(Sample(p.stem, p, (), self.subject_of(p.stem), {"split": "test"}))
+        return samples, problems
+
+
+BUSI_CLASSES = ("benign", "malignant", "normal")
+_BUSI_MASK = re.compile(r"^(.*)_mask(?:_\d+)?$")
+
+
+class BusiReader(Reader):
+    """BUSI breast lesions: ``CLASS/images/CLASS (N).png`` + ``CLASS/mask/CLASS (N)_mask.png``
+    (+ ``_mask_1.png``, ``_mask_2.png``: merged by union). Masks may also sit beside the images,
+    as in the original distribution. BUSI names no patients: each image is its own subject."""
+
+    name = "busi"
+    description = "CLASS/images/CLASS (N).png + CLASS/mask/CLASS (N)_mask[_K].png"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return any((root / c).is_dir() and any((root / c).rglob("*_mask*.png")) for c in BUSI_CLASSES)
+
+    def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
+        samples: list[Sample] = []
+        problems: list[DataError] = []
+        classes = [c for c in BUSI_CLASSES if (root / c).is_dir()]
+        for cls_name in classes:
+            images: dict[str, list[Path]] = defaultdict(list)
+            masks: dict[str, list[Path]] = defaultdict(list)
+            for p in sorted((root / cls_name).rglob("*")):
+                if not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                m = _BUSI_MASK.match(p.stem)
+                (masks[m.group(1)] if m else images[p.stem]).append(p)
+            problems += _check_unique(images, "image")
+            for name in sorted(set(masks) - set(images), key=natural_key):
+                problems.append(DataError("mask without an image", masks[name][0]))
+            for name in sorted(images, key=natural_key):
+                if name not in masks:
+                    problems.append(DataError("image without a mask in a labelled set", images[name][0]))
+                    continue
+                mask_paths = tuple(sorted(masks[name], key=lambda q: natural_key(q.name)))
+                samples.append(Sample(name, images[name][0], mask_paths, name, {"class": cls_name}))
+        if not samples and not problems:
+            problems.append(DataError("empty folder: no images found", root))
+        return samples, problems
+
+
+class Hc18Reader(Reader):
+    """HC18 fetal heads: ``NNN_HC.png`` / ``NNN_2HC.png`` + ``..._Annotation.png``, a one-pixel
+    ellipse outline that is filled into a solid mask. Subject: the exam NNN. Pixel size (mm) and
+    reference head circumference from ``*pixel_size*.csv`` beside the images or one level up."""
+
+    name = "hc18"
+    description = "training_set/NNN_HC.png + NNN_HC_Annotation.png (outline), pixel-size CSV"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return any(any(d.glob("*HC_Annotation.png")) for d in (root, root / "training_set") if d.is_dir())
+
+    def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
+        folders = [d for d in (root / "training_set", root / "test_set") if d.is_dir()] or [root]
+        samples: list[Sample] = []
+        problems: list[DataError] = []
+        for folder in folders:
+            meta = self._read_csvs(folder, problems)
+            images: dict[str, list[Path]] = defaultdict(list)
+            masks: dict[str, list[Path]] = defaultdict(list)
+            for p in list_images(folder):
+                if p.stem.endswith("_Annotation"):
+                    masks[p.stem[: -len("_Annotation")]].append(p)
+                else:
+                    images[p.stem].append(p)
+            pairs, found = _pair(images, masks, labelled=bool(masks), folder=folder)
+            problems += found
+            for name, image, mask in pairs:
+                m = _LEADING_SUBJECT.match(name)
+                subject = self.subject_of(name, m.group(1) if m else name)
+                samples.append(Sample(name, image, mask, subject, dict(meta.get(image.name, {})),
+                                      mask_kind="outline"))
+        return samples, problems
+
+    @staticmethod
+    def _read_csvs(folder: Path, problems: list[DataError]) -> dict[str, dict[str, float]]:
+        meta: dict[str, dict[str, float]] = {}
+        for csv_path in sorted(folder.glob("*pixel_size*.csv")) + sorted(
+                folder.parent.glob(f"{folder.name}*pixel_size*.csv")):
+            try:
+                with open(csv_path, newline="") as f:
+                    for row in csv.DictReader(f):
+                        entry: dict[str, float] = {}
+                        for key, value in row.items():
+                            k = (key or "").lower()
+                            if "pixel size" in k:
+                                entry["pixel_size_mm"] = float(value)
+                            elif "circumference" in k:
+                                entry["hc_mm"] = float(value)
+                        meta[row.get("filename", "")] = entry
+            except (OSError, ValueError, KeyError) as e:
+                problems.append(DataError(f"cannot read pixel-size table ({e})", csv_path))
+        return meta
+
+
+class ImagesReader(Reader):
+    """Any folder of images (searched recursively), unlabelled: what ``predict`` reads."""
+
+    name = "images"
+    description = "any folder of image files, unlabelled (for predict)"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file())
+
+    def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
+        files = sorted((p for p in root.rglob("*")
+                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                        and not p.name.startswith(".")), key=lambda q: natural_key(str(q)))
+        samples = []
+        for p in files:
+            rel = p.relative_to(root).with_suffix("").as_posix()
+            samples.append(Sample(rel, p, (), self.subject_of(p.stem)))
+        problems = [] if files else [DataError("empty folder: no images found", root)]
+        return samples, problems

@@ -1,0 +1,169 @@
+"""Pure functions on arrays: from a decoded frame to the network's input, and back.
+
+No torch here: the ONNX prediction path uses this module without PyTorch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+from .config import PreprocessConfig
+from .errors import DataError
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (H, W), same dtype. RGB uses ITU-R 601 luma weights; alpha is dropped."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] in (1, 2):
+        return image[..., 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        rgb = image[..., :3].astype(np.float64)
+        gray = rgb @ np.array([0.299, 0.587, 0.114])
+        return np.round(gray).astype(image.dtype) if image.dtype.kind in "ui" else gray.astype(image.dtype)
+    raise ValueError(f"expected a 2D image or (H, W, C) with C in 1..4, got shape {image.shape}")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a frame of ``height`` x ``width`` was placed on the working canvas, to undo it."""
+
+    height: int
+    width: int
+    top: int = 0
+    left: int = 0
+    side: int = 0          # padded square side (0: no padding)
+    size: int | None = None  # working resolution (None: no resize)
+
+
+def pad_to_square(image: np.ndarray, value: float = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """Centre ``image`` (H, W) on a square of side max(H, W) filled with ``value``.
+
+    Returns the square and the (top, left) offset of the image in it.
+    """
+    h, w = image.shape[:2]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    out = np.full((side, side) + image.shape[2:], value, dtype=image.dtype)
+    out[top:top + h, left:left + w] = image
+    return out, (top, left)
+
+
+def resize(image: np.ndarray, size: tuple[int, int], kind: str = "image") -> np.ndarray:
+    """Resize (H, W) to ``size`` = (height, width).
+
+    kind='image': area averaging when shrinking, bilinear when enlarging (keeps dtype).
+    kind='mask': nearest neighbour (labels stay labels). kind='prob': bilinear on float32.
+    """
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    if kind == "mask":
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.NEAREST))
+    shrinking = h < image.shape[0] and w < image.shape[1]
+    method = Image.BOX if (kind == "image" and shrinking) else Image.BILINEAR
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize((w, h), method))
+    out = Image.fromarray(image.astype(np.float32)).resize((w, h), method)
+    return np.asarray(out, dtype=np.float32)
+
+
+def normalise(image: np.ndarray, method: str = "unit") -> np.ndarray:
+    """uint8 (H, W) -> float32 (H, W). 'unit': x / 255. 'zscore': (x - mean) / std per image."""
+    x = image.astype(np.float32)
+    if method == "unit":
+        return x / 255.0
+    if method == "zscore":
+        std = float(x.std())
+        return (x - float(x.mean())) / (std if std > 1e-6 else 1.0)
+    raise ValueError(f"unknown normalisation '{method}'; valid: unit, zscore")
+
+
+def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """Fill a closed contour (bool (H, W), e.g. HC18's one-pixel ellipse) into a solid mask.
+
+    The outline itself belongs to the mask. A contour cut by the image border (a head larger
+    than the frame) is closed along the border it touches; one with small gaps is closed by
+    morphological closing; one that still encloses nothing raises :class:`DataError`.
+    """
+    outline = outline.astype(bool)
+    if not outline.any():
+        return outline
+    filled = ndi.binary_fill_holes(outline)
+    if filled.sum() > outline.sum() * 1.5:
+        return filled
+    # cut by the border: pad the touched sides with foreground so the contour closes there
+    sides = [bool(outline[0].any()), bool(outline[-1].any()),
+             bool(outline[:, 0].any()), bool(outline[:, -1].any())]
+    if any(sides):
+        padded = np.pad(outline, 1)
+        if sides[0]:
+            padded[0] = True
+        if sides[1]:
+            padded[-1] = True
+        if sides[2]:
+            padded[:, 0] = True
+        if sides[3]:
+            padded[:, -1] = True
+        filled = ndi.binary_fill_holes(padded)[1:-1, 1:-1]
+        if filled.sum() > outline.sum() * 1.5:
+            return filled
+    closed = ndi.binary_closing(outline, structure=np.ones((3, 3)), iterations=2)
+    filled = ndi.binary_fill_holes(closed) | outline
+    if filled.sum() <= outline.sum() * 1.5:
+        raise DataError("outline annotation is not a closed contour: nothing to fill", path)
+    return filled
+
+
+def to_canvas(image: np.ndarray, cfg: PreprocessConfig, kind: str = "image"
+              ) -> tuple[np.ndarray, Geometry]:
+    """Place a frame (H, W) on the working canvas: pad to square, resize to ``cfg.size``.
+
+    Same dtype out as in. ``kind`` as in :func:`resize`.
+    """
+    h, w = image.shape[:2]
+    top = left = side = 0
+    if cfg.size is not None and cfg.pad_to_square and h != w:
+        image, (top, left) = pad_to_square(image)
+        side = image.shape[0]
+    if cfg.size is not None:
+        image = resize(image, (cfg.size, cfg.size), kind)
+    return image, Geometry(h, w, top, left, side, cfg.size)
+
+
+def prepare(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Geometry]:
+    """A decoded grayscale frame (H, W) uint8 -> network input float32 (S, S) and its geometry."""
+    if image.ndim != 2:
+        image = to_gray(image)
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise DataError("input array contains NaN or infinite values")
+    if image.dtype != np.uint8:
+        image = _to_uint8(image)
+    canvas, geom = to_canvas(image, cfg, "image")
+    return normalise(canvas, cfg.normalise), geom
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    x = image.astype(np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 1.0 and image.dtype.kind == "f":
+        return np.round(x * 255).astype(np.uint8)
+    if lo >= 0 and hi <= 255:
+        return np.round(x).astype(np.uint8)
+    return np.round((x - lo) / (hi - lo) * 255 if hi > lo else x * 0).astype(np.uint8)
+
+
+def restore(prob: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Undo :func:`to_canvas` on a probability map (S, S) -> (H, W) float32 at the original size."""
+    prob = prob.astype(np.float32, copy=False)
+    if geom.size is None:
+        return prob[: geom.height, : geom.width]
+    side = geom.side or max(geom.height, geom.width)
+    if geom.side:
+        prob = resize(prob, (side, side), "prob")
+        return prob[geom.top: geom.top + geom.height, geom.left: geom.left + geom.width]
+    return resize(prob, (geom.height, geom.width), "prob")
