@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +18,7 @@ import numpy as np
 from . import __version__
 from .config import PreprocessConfig
 from .errors import DataError, UltrasegError
+from .fileio import atomic_open, atomic_write_text
 from .io import Dataset, DataProblems, select_label
 from .preprocess import to_canvas
 
@@ -103,14 +103,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def split_by_subject(subjects: Sequence[str], val_fraction: float = 0.2, seed: int = 0
@@ -144,8 +138,6 @@ def split_by_subject(subjects: Sequence[str], val_fraction: float = 0.2, seed: i
 def write_split(path: str | Path, names: Sequence[str], subjects: Sequence[str],
                 train_idx: np.ndarray, val_idx: np.ndarray, seed: int, val_fraction: float) -> None:
     """Write the split as JSON (names and subjects of each side) so a run can be reproduced."""
-    from .fileio import atomic_write_text
-
     doc = {
         "seed": seed, "val_fraction": val_fraction,
         "train": [names[i] for i in train_idx], "val": [names[i] for i in val_idx],
