@@ -1,0 +1,90 @@
+"""U-Net building blocks (after milesial/Pytorch-UNet ``unet_parts.py``).
+
+Three small blocks make the whole network: :class:`DoubleConv` (two 3x3 convolutions),
+:class:`Down` (2x2 max-pool, then a DoubleConv) and :class:`Up` (2x2 transposed convolution,
+concatenation with the cropped skip connection, then a DoubleConv).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def center_crop(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The central ``h`` x ``w`` window of ``t`` (N, C, H, W) -> (N, C, h, w).
+
+    When ``H - h`` is odd the extra row goes to the bottom (the crop starts at ``(H - h) // 2``).
+    """
+    big_h, big_w = t.shape[-2], t.shape[-1]
+    if h > big_h or w > big_w:
+        raise ValueError(f"cannot crop {big_h}x{big_w} to a larger {h}x{w}")
+    top = (big_h - h) // 2
+    left = (big_w - w) // 2
+    return t[..., top : top + h, left : left + w]
+
+
+class DoubleConv(nn.Module):
+    """(conv 3x3 -> [BatchNorm] -> ReLU) x 2.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels (of both convolutions).
+        padding: 0 for the original unpadded ("valid") U-Net, which shrinks H and W by 4;
+            1 keeps H and W.
+        batch_norm: put a BatchNorm2d after each convolution (the convolutions then have no bias).
+
+    Shapes: (N, in_ch, H, W) -> (N, out_ch, H - 4 + 4 * padding, W - 4 + 4 * padding).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, batch_norm: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for c_in in (in_ch, out_ch):
+            conv = nn.Conv2d(c_in, out_ch, kernel_size=3, padding=padding, bias=not batch_norm)
+            layers.append(conv)
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.ReLU(inplace=True))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Down(nn.Module):
+    """2x2 max-pool (stride 2), then :class:`DoubleConv`.
+
+    Shapes: (N, in_ch, H, W) -> (N, out_ch, H/2 - 4 + 4 * padding, ...). H and W must be even
+    (the network checks this before running).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.conv = DoubleConv(in_ch, out_ch, padding, batch_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pool(x))
+
+
+class Up(nn.Module):
+    """2x2 transposed convolution (stride 2) halving the channels, concatenation with the
+    centre-cropped skip connection ``[skip, up]``, then :class:`DoubleConv`.
+
+    Args:
+        in_ch: channels of the lower-resolution input; the skip must have ``in_ch // 2``.
+        out_ch: output channels.
+
+    Shapes: x (N, in_ch, h, w), skip (N, in_ch // 2, H, W) with H >= 2h, W >= 2w
+    -> (N, out_ch, 2h - 4 + 4 * padding, 2w - 4 + 4 * padding).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
+        self.conv = DoubleConv(in_ch, out_ch, padding, batch_norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        skip = center_crop(skip, x.shape[-2], x.shape[-1])
+        return self.conv(torch.cat([skip, x], dim=1))

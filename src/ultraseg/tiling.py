@@ -1,0 +1,206 @@
+"""Overlap-tile strategy of the U-Net paper (Ronneberger et al. 2015, Fig. 2), numpy only.
+
+The valid (unpadded) U-Net maps an input window of ``out_tile + 2 * margin`` pixels to the
+central ``out_tile`` x ``out_tile`` output window. To segment a whole image we
+
+1. mirror-pad it by ``margin`` on every side (context beyond the border is the image reflected),
+2. cover the image with output windows of side ``out_tile`` (the last row / column of windows
+   is shifted back to end at the border, so windows may overlap),
+3. cut each window's input (the window plus ``margin`` of context on each side), run the
+   network on batches of them, and write each output into its window.
+
+An image smaller than ``out_tile`` in a dimension is first mirror-padded (bottom / right) up to
+``out_tile``; the padding is cropped away again when stitching.
+
+This module must not import torch: prediction from an exported ONNX model runs without it.
+Both the torch and the ONNX backends call :func:`predict_tiled` with their own ``run_batch``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "TilePlan",
+    "crop_with_context",
+    "extract_tiles",
+    "pad_for_tiles",
+    "plan_tiles",
+    "predict_tiled",
+    "stitch_tiles",
+]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the output windows of an ``h`` x ``w`` image lie.
+
+    ``positions`` are the top-left corners (y, x) of the ``out_tile`` x ``out_tile`` output
+    windows, in the coordinates of the image after it was padded up to at least ``out_tile``
+    (identical to the original coordinates; only windows of a small image reach past it).
+    """
+
+    h: int
+    w: int
+    out_tile: int
+    margin: int
+    positions: tuple[tuple[int, int], ...]
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """(H, W) of the image once padded up to at least ``out_tile`` in each dimension."""
+        return max(self.h, self.out_tile), max(self.w, self.out_tile)
+
+    @property
+    def in_tile(self) -> int:
+        """Side of an input window: ``out_tile + 2 * margin``."""
+        return self.out_tile + 2 * self.margin
+
+
+def _starts(size: int, out_tile: int) -> list[int]:
+    """Window starts along one axis: steps of ``out_tile``, the last one ending at the border."""
+    if size <= out_tile:
+        return [0]
+    starts = list(range(0, size - out_tile + 1, out_tile))
+    if starts[-1] != size - out_tile:
+        starts.append(size - out_tile)
+    return starts
+
+
+def plan_tiles(h: int, w: int, out_tile: int) -> list[tuple[int, int]]:
+    """Top-left corners (y, x) of ``out_tile`` windows covering an ``h`` x ``w`` image, row by row.
+
+    Windows step by ``out_tile``; the last row / column is shifted back to stay inside the image
+    (so it overlaps its neighbour). A dimension smaller than ``out_tile`` gets the single start
+    0 (the image is padded up to ``out_tile`` by :func:`extract_tiles`).
+    """
+    if h < 1 or w < 1:
+        raise ValueError(f"image must be at least 1x1, got {h}x{w}")
+    if out_tile < 1:
+        raise ValueError(f"out_tile must be >= 1, got {out_tile}")
+    return [(y, x) for y in _starts(h, out_tile) for x in _starts(w, out_tile)]
+
+
+def _spatial_pad(image: np.ndarray, before: int, after_h: int, after_w: int) -> np.ndarray:
+    """Reflect-pad the last two axes (numpy reflects repeatedly when a pad exceeds the size)."""
+    widths = [(0, 0)] * (image.ndim - 2) + [(before, after_h), (before, after_w)]
+    return np.pad(image, widths, mode="reflect")
+
+
+def pad_for_tiles(image: np.ndarray, margin: int) -> np.ndarray:
+    """Mirror (reflect) pad the last two axes by ``margin`` on every side.
+
+    (..., H, W) -> (..., H + 2 margin, W + 2 margin), same dtype. Works for any margin, even one
+    larger than the image (the reflection repeats).
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    return _spatial_pad(image, margin, margin, margin)
+
+
+def crop_with_context(
+    padded: np.ndarray, y: int, x: int, out_tile: int, margin: int
+) -> np.ndarray:
+    """Input window for the output window at (y, x) of the original image.
+
+    Args:
+        padded: (..., H + 2 margin, W + 2 margin), the image already padded by
+            :func:`pad_for_tiles` with the same ``margin``.
+        y, x: top-left corner of the output window in original image coordinates.
+
+    Returns:
+        (..., out_tile + 2 margin, out_tile + 2 margin) view; its central out_tile x out_tile
+        equals ``image[..., y:y + out_tile, x:x + out_tile]``.
+    """
+    side = out_tile + 2 * margin
+    big_h, big_w = padded.shape[-2], padded.shape[-1]
+    if y < 0 or x < 0 or y + side > big_h or x + side > big_w:
+        raise ValueError(
+            f"output window {out_tile}x{out_tile} at ({y}, {x}) with margin {margin} does not fit "
+            f"a padded image of {big_h}x{big_w} "
+            f"(original {big_h - 2 * margin}x{big_w - 2 * margin})"
+        )
+    return padded[..., y : y + side, x : x + side]
+
+
+def extract_tiles(image: np.ndarray, out_tile: int, margin: int) -> tuple[np.ndarray, TilePlan]:
+    """Cut the network's input windows out of a mirror-padded image.
+
+    Args:
+        image: (H, W) or (C, H, W) float array.
+        out_tile: side of each output window.
+        margin: context on each side (``context_margin(depth)`` for the valid U-Net).
+
+    Returns:
+        tiles: (N, C, out_tile + 2 margin, out_tile + 2 margin) float32 (C = 1 for a 2D image),
+            in the order of ``plan.positions``.
+        plan: the :class:`TilePlan` that :func:`stitch_tiles` needs.
+    """
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {image.shape}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    chw = image[None] if image.ndim == 2 else image
+    h, w = chw.shape[-2:]
+    positions = tuple(plan_tiles(h, w, out_tile))
+    plan = TilePlan(h=h, w=w, out_tile=out_tile, margin=margin, positions=positions)
+    grow_h, grow_w = max(0, out_tile - h), max(0, out_tile - w)
+    chw = chw.astype(np.float32, copy=False)
+    padded = _spatial_pad(chw, margin, margin + grow_h, margin + grow_w)
+    tiles = np.stack([crop_with_context(padded, y, x, out_tile, margin) for y, x in positions])
+    return tiles, plan
+
+
+def stitch_tiles(outputs: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """Assemble per-tile outputs into the whole image.
+
+    Args:
+        outputs: (N, C, out_tile, out_tile), one per ``plan.positions`` entry, same order.
+        plan: from :func:`extract_tiles`.
+
+    Returns:
+        (C, H, W) float32. Where windows overlap (the shifted-back last row / column) the
+        outputs are averaged (accumulated in float64, so identical values come back exactly).
+    """
+    n, t = len(plan.positions), plan.out_tile
+    if outputs.ndim != 4 or outputs.shape[0] != n or outputs.shape[-2:] != (t, t):
+        raise ValueError(
+            f"expected tile outputs of shape ({n}, C, {t}, {t}), got {tuple(outputs.shape)}"
+        )
+    big_h, big_w = plan.padded_shape
+    total = np.zeros((outputs.shape[1], big_h, big_w), dtype=np.float64)
+    count = np.zeros((big_h, big_w), dtype=np.int64)
+    for out, (y, x) in zip(outputs, plan.positions):
+        total[:, y : y + t, x : x + t] += out
+        count[y : y + t, x : x + t] += 1
+    return (total / count)[:, : plan.h, : plan.w].astype(np.float32)
+
+
+def predict_tiled(
+    run_batch: Callable[[np.ndarray], np.ndarray],
+    image: np.ndarray,
+    out_tile: int,
+    margin: int,
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Run a network over a whole image with the overlap-tile strategy.
+
+    Args:
+        run_batch: maps input tiles (n, C_in, out_tile + 2 margin, same) float32 to outputs
+            (n, C, out_tile, out_tile), e.g. a torch model or an ONNX session wrapped in numpy.
+        image: (H, W) or (C_in, H, W) float array.
+        out_tile: output window side; margin: context on each side.
+        batch_size: tiles per ``run_batch`` call.
+
+    Returns:
+        (C, H, W) float32, whatever ``run_batch`` produces (logits or probabilities).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tiles, plan = extract_tiles(image, out_tile, margin)
+    outputs = [
+        np.asarray(run_batch(tiles[i : i + batch_size])) for i in range(0, len(tiles), batch_size)
+    ]
+    return stitch_tiles(np.concatenate(outputs, axis=0), plan)

@@ -1,0 +1,154 @@
+"""U-Net shapes, parameter count, size arithmetic and input-size errors (tiny widths)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ultraseg.config import ModelConfig
+from ultraseg.errors import UltrasegError
+from ultraseg.model import (
+    UNet,
+    build_model,
+    center_crop,
+    context_margin,
+    count_parameters,
+    is_valid_input,
+    nearest_valid_output,
+    same_padded_size,
+    valid_input_size,
+    valid_output_size,
+)
+
+
+def tiny(variant: str, depth: int = 4, **kw) -> UNet:
+    torch.manual_seed(0)
+    return UNet(ModelConfig(variant=variant, width=4, depth=depth, **kw)).eval()
+
+
+# --- size arithmetic ------------------------------------------------------------------------
+
+
+def test_paper_sizes():
+    assert valid_output_size(572) == 388  # Fig. 1 of the paper
+    assert valid_output_size(252) == 68
+    assert valid_input_size(68) == 252
+    assert valid_input_size(388) == 572
+    assert context_margin() == 92
+    assert context_margin(1) == 8  # 18 -> 2 at depth 1 (see below): (18 - 2) / 2
+
+
+def test_valid_sizes_by_hand_depth_1():
+    # 18 -> conv 14 -> pool 7 -> conv 3 -> up 6 -> conv 2
+    assert valid_output_size(18, depth=1) == 2
+    assert valid_input_size(2, depth=1) == 18
+    assert not is_valid_input(17, depth=1) and not is_valid_input(16, depth=1)
+    assert is_valid_input(20, depth=1)
+
+
+def test_valid_outputs_step_by_2_pow_depth():
+    outs = [valid_output_size(s) for s in range(150, 400) if is_valid_input(s)]
+    assert outs[:3] == [4, 20, 36] and all(b - a == 16 for a, b in zip(outs, outs[1:]))
+    for s in range(150, 400):
+        if is_valid_input(s):
+            assert s - valid_output_size(s) == 2 * context_margin()
+
+
+def test_nearest_valid_output_and_padded_size():
+    assert nearest_valid_output(68) == 68
+    assert nearest_valid_output(69) == 84
+    assert nearest_valid_output(1) == 4
+    assert same_padded_size(100, 4) == 112
+    assert same_padded_size(96, 4) == 96
+    assert same_padded_size(5, 3) == 8
+
+
+def test_invalid_input_size_names_nearest():
+    with pytest.raises(ValueError, match="236 or 252"):
+        valid_output_size(250)
+    with pytest.raises(ValueError, match="nearest valid input sizes: 188"):
+        valid_output_size(10)
+
+
+def test_unreachable_output_names_nearest():
+    with pytest.raises(ValueError, match="68 or 84"):
+        valid_input_size(70)
+
+
+# --- the network ----------------------------------------------------------------------------
+
+
+def test_parameter_count_matches_original_unet():
+    with torch.device("meta"):
+        net = UNet(ModelConfig(variant="valid", width=64, depth=4))
+    assert count_parameters(net) == 31_030_593
+
+
+@pytest.mark.parametrize("size", [188, 204, 252])
+def test_valid_output_shapes_depth4(size):
+    out = tiny("valid", out_channels=2)(torch.zeros(1, 1, size, size))
+    assert out.shape == (1, 2, valid_output_size(size), valid_output_size(size))
+
+
+def test_valid_252_gives_68_non_square():
+    out = tiny("valid")(torch.zeros(2, 1, 252, 188))
+    assert out.shape == (2, 1, 68, 4)
+
+
+@pytest.mark.parametrize("depth,size", [(2, 44), (2, 64), (3, 92), (3, 116)])
+def test_valid_output_shapes_other_depths(depth, size):
+    out = tiny("valid", depth=depth)(torch.zeros(1, 1, size, size))
+    expected = size - 2 * context_margin(depth)
+    assert out.shape == (1, 1, expected, expected)
+
+
+@pytest.mark.parametrize("depth,h,w", [(4, 16, 16), (4, 48, 32), (3, 40, 24), (2, 12, 4)])
+def test_same_output_shapes(depth, h, w):
+    out = tiny("same", depth=depth, in_channels=3, out_channels=2)(torch.zeros(2, 3, h, w))
+    assert out.shape == (2, 2, h, w)
+
+
+def test_valid_wrong_size_raises():
+    with pytest.raises(ValueError, match="236 or 252"):
+        tiny("valid")(torch.zeros(1, 1, 250, 252))
+
+
+def test_same_wrong_size_says_what_to_pad_to():
+    with pytest.raises(ValueError, match="pad it to 112x48"):
+        tiny("same")(torch.zeros(1, 1, 100, 40))
+
+
+def test_channels_last_matches_contiguous():
+    x = torch.randn(2, 1, 188, 188)
+    net = tiny("valid")
+    with torch.no_grad():
+        a = net(x)
+        b = net(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b)
+
+
+def test_valid_output_is_translation_equivariant_on_the_tile_grid():
+    """The output pixel at (i, j) only sees input (i..i+2m, j..j+2m): shifting the input by
+    16 (the pooling grid) shifts the output by 16."""
+    x = torch.randn(1, 1, 204, 204)
+    net = tiny("valid")
+    with torch.no_grad():
+        big = net(x)
+        small = net(x[:, :, 16:204, 16:204])
+    torch.testing.assert_close(small, big[:, :, 16:, 16:], rtol=1e-4, atol=1e-5)
+
+
+def test_center_crop():
+    t = torch.arange(36).reshape(1, 1, 6, 6)
+    assert center_crop(t, 2, 4).tolist() == [[[[13, 14, 15, 16], [19, 20, 21, 22]]]]
+    with pytest.raises(ValueError):
+        center_crop(t, 7, 2)
+
+
+def test_build_model():
+    net = build_model(ModelConfig(variant="same", width=4, depth=2))
+    assert isinstance(net, UNet) and net.margin == 0
+    assert build_model(ModelConfig(width=4)).margin == 92
+    with pytest.raises(UltrasegError, match=r"valid variants: \['valid', 'same'\]"):
+        build_model(ModelConfig(variant="residual"))  # type: ignore[arg-type]
+    with pytest.raises(UltrasegError, match="68 or 84"):
+        build_model(ModelConfig(width=4, tile=70))
