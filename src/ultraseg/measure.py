@@ -1,0 +1,255 @@
+"""Clinical measurement from a binary mask: area, perimeter and a fitted ellipse.
+
+Numpy/scipy only (used by the ONNX-only prediction path).
+
+Everything is measured on **the object**: the largest 8-connected component of the mask with its
+holes filled (ties: the first component in raster order). Coordinates are in pixels with the
+origin at the centre of the top-left pixel, ``x`` to the right (column) and ``y`` down (row).
+
+* ``area_px``: number of pixels of the object.
+* ``perimeter_px``: length of the object's outer boundary by the Crofton formula: the number of
+  background-to-object transitions along rows, columns and both diagonals, weighted by the line
+  spacing (1 for rows/columns, 1/sqrt(2) for diagonals) and by pi/4. Exact in expectation for a
+  smooth shape (a disk of radius r gives 2*pi*r; about 5% low on axis-aligned squares), no
+  contour tracing needed.
+* ellipse: a direct least-squares ellipse fit (Fitzgibbon, Pilu & Fisher 1999, in the numerically
+  stable form of Halir & Flusser 1998) to the object's pixel-edge boundary (midpoints of the edges
+  between object and background pixels, at half-pixel positions): the boundary of the region
+  itself, so a rasterised filled ellipse gives back its own axes. With fewer than 6 boundary
+  points, or a degenerate fit, the ellipse comes from the second moments of the object's pixels
+  instead (``ellipse_method`` says which).
+* ``boundary_offset_px``: where the masks were made by filling an outline *drawn on* the
+  annotator's curve (HC18), the filled mask reaches half the drawn line's width beyond that curve,
+  and so does a network trained on such masks. Passing that half-width (see
+  :func:`outline_half_width`; about 1.27 px for HC18 at its original resolution) shrinks both
+  fitted semi-axes by it, which puts the ellipse back on the annotator's curve. Measured on the
+  HC18 training annotations here (370 closed outlines, filled, then measured): mean absolute
+  head-circumference error 1.11 mm with offset 0 and 0.02 mm with each outline's half-width;
+  the moments of the filled area give 1.10 mm, a fit to the inner boundary pixels' centres 0.70 mm.
+* ``ellipse_circumference_px``: Ramanujan's second approximation.
+
+An empty mask gives ``area_px == 0``, ``perimeter_px == 0.0`` and ``None`` for every ellipse field.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a (H, W) mask, holes filled, as bool (H, W).
+
+    Ties go to the component met first in raster order; an empty mask gives an empty mask.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return np.zeros_like(mask)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    obj = labels == int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(obj)
+
+
+def crofton_perimeter(mask: np.ndarray) -> float:
+    """Perimeter (pixels) of a bool (H, W) mask by the four-direction Crofton formula.
+
+    Counts the boundaries of every component and hole; pass a single filled component for the
+    outer boundary only.
+    """
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    entries_rows = np.count_nonzero(m[:, 1:] & ~m[:, :-1])
+    entries_cols = np.count_nonzero(m[1:, :] & ~m[:-1, :])
+    entries_diag = np.count_nonzero(m[1:, 1:] & ~m[:-1, :-1])
+    entries_anti = np.count_nonzero(m[1:, :-1] & ~m[:-1, 1:])
+    diagonal = (entries_diag + entries_anti) / math.sqrt(2.0)
+    return float(math.pi / 4.0 * (entries_rows + entries_cols + diagonal))
+
+
+def boundary_points(mask: np.ndarray) -> np.ndarray:
+    """Points (x, y) on the pixel-edge boundary of a bool (H, W) mask; float (K, 2).
+
+    One point at the midpoint of every edge shared by a pixel inside and a pixel outside the
+    mask (4-neighbours; outside the array counts as outside): the boundary of the union of the
+    mask's unit squares, at half-pixel positions.
+    """
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    ys, xs = np.nonzero(m[:, 1:] != m[:, :-1])      # between padded columns xs and xs + 1
+    horizontal = np.column_stack([xs - 0.5, ys - 1.0])
+    ys, xs = np.nonzero(m[1:, :] != m[:-1, :])      # between padded rows ys and ys + 1
+    vertical = np.column_stack([xs - 1.0, ys - 0.5])
+    return np.vstack([horizontal, vertical]).astype(np.float64)
+
+
+def outline_half_width(outline: np.ndarray) -> float:
+    """Half the width (pixels) of a closed outline drawn as a band of pixels, bool (H, W).
+
+    The band's area divided by the sum of its outer and inner boundary lengths (Crofton). For an
+    annotation drawn as an outline on the annotator's curve and then filled, the filled mask
+    reaches this far beyond the curve: pass it as ``boundary_offset_px`` to :func:`measure`.
+    Returns 0.0 when the outline encloses nothing (an open curve).
+    """
+    band = np.asarray(outline, dtype=bool)
+    filled = ndimage.binary_fill_holes(band)
+    interior = filled & ~band
+    if not interior.any():
+        return 0.0
+    length = crofton_perimeter(filled) + crofton_perimeter(interior)
+    return float(np.count_nonzero(band) / length)
+
+
+def fit_ellipse(points: np.ndarray) -> tuple[float, float, float, float, float] | None:
+    """Direct least-squares ellipse fit to points float (K, 2) of (x, y).
+
+    Halir & Flusser's stable form of Fitzgibbon's fit, on centred and scaled coordinates.
+    Returns ``(cx, cy, a, b, angle_deg)`` with semi-axes ``a >= b`` and the angle of the major
+    axis from +x towards +y in [0, 180), or ``None`` with fewer than 6 points or no ellipse.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 6:
+        return None
+    mean = pts.mean(axis=0)
+    scale = float(np.sqrt(((pts - mean) ** 2).sum(axis=1).mean()))
+    if not np.isfinite(scale) or scale <= 0:
+        return None
+    x = (pts[:, 0] - mean[0]) / scale
+    y = (pts[:, 1] - mean[1]) / scale
+    d1 = np.column_stack([x * x, x * y, y * y])
+    d2 = np.column_stack([x, y, np.ones_like(x)])
+    s1, s2, s3 = d1.T @ d1, d1.T @ d2, d2.T @ d2
+    try:
+        t = -np.linalg.solve(s3, s2.T)
+    except np.linalg.LinAlgError:
+        return None
+    m = s1 + s2 @ t
+    # Multiply by the inverse of the constraint matrix [[0, 0, 2], [0, -1, 0], [2, 0, 0]].
+    m = np.vstack([m[2] / 2.0, -m[1], m[0] / 2.0])
+    with np.errstate(all="ignore"):
+        _, vecs = np.linalg.eig(m)
+    vecs = np.real(vecs)
+    cond = 4.0 * vecs[0] * vecs[2] - vecs[1] ** 2
+    ok = np.nonzero(cond > 0)[0]
+    if len(ok) == 0:
+        return None
+    a1 = vecs[:, ok[np.argmax(cond[ok])]]
+    conic = np.concatenate([a1, t @ a1])
+    geom = _conic_to_geometric(conic)
+    if geom is None:
+        return None
+    cx, cy, a, b, angle = geom
+    return (float(cx * scale + mean[0]), float(cy * scale + mean[1]), a * scale, b * scale, angle)
+
+
+def _conic_to_geometric(c: np.ndarray) -> tuple[float, float, float, float, float] | None:
+    """Conic ``A x^2 + B xy + C y^2 + D x + E y + F = 0`` -> (cx, cy, a, b, angle_deg)."""
+    A, B, C, D, E, F = (float(v) for v in c)
+    q = np.array([[A, B / 2.0], [B / 2.0, C]])
+    try:
+        centre = np.linalg.solve(2.0 * q, [-D, -E])
+    except np.linalg.LinAlgError:
+        return None
+    f0 = F + (D * centre[0] + E * centre[1]) / 2.0
+    lam, vec = np.linalg.eigh(q)
+    # Normalise the sign so the quadratic form is positive definite.
+    if lam[0] < 0 and lam[1] < 0:
+        lam, f0 = -lam, -f0
+    if not (lam[0] > 0 and lam[1] > 0 and f0 < 0):
+        return None
+    order = np.argsort(lam)            # smallest eigenvalue <-> major axis
+    lam, vec = lam[order], vec[:, order]
+    axes = np.sqrt(-f0 / lam)
+    major = vec[:, 0]
+    angle = math.degrees(math.atan2(major[1], major[0])) % 180.0
+    return float(centre[0]), float(centre[1]), float(axes[0]), float(axes[1]), angle
+
+
+def moments_ellipse(mask: np.ndarray) -> tuple[float, float, float, float, float] | None:
+    """Ellipse with the same second moments as the pixels (unit squares) of a bool (H, W) mask."""
+    ys, xs = np.nonzero(np.asarray(mask, dtype=bool))
+    if len(xs) == 0:
+        return None
+    cx, cy = float(xs.mean()), float(ys.mean())
+    cov = np.cov(np.vstack([xs, ys]).astype(np.float64), bias=True) + np.eye(2) / 12.0
+    lam, vec = np.linalg.eigh(cov)
+    a, b = 2.0 * math.sqrt(lam[1]), 2.0 * math.sqrt(lam[0])
+    angle = math.degrees(math.atan2(vec[1, 1], vec[0, 1])) % 180.0
+    return cx, cy, a, b, angle
+
+
+def ellipse_circumference(a: float, b: float) -> float:
+    """Circumference of an ellipse with semi-axes a, b (Ramanujan's second approximation)."""
+    if a + b == 0:
+        return 0.0
+    h = ((a - b) / (a + b)) ** 2
+    return math.pi * (a + b) * (1.0 + 3.0 * h / (10.0 + math.sqrt(4.0 - 3.0 * h)))
+
+
+def measure(
+    mask: np.ndarray,
+    pixel_size_mm: float | None = None,
+    boundary_offset_px: float = 0.0,
+) -> dict[str, Any]:
+    """Measure the object (largest component, holes filled) of a bool (H, W) mask.
+
+    ``boundary_offset_px`` is subtracted from both fitted semi-axes (see the module docstring);
+    it does not change ``area_px`` or ``perimeter_px``.
+
+    Keys: ``n_components``, ``area_px``, ``perimeter_px``, ``ellipse_center`` (x, y),
+    ``ellipse_axes`` (a, b semi-axes, a >= b, px), ``ellipse_angle_deg`` (major axis from +x
+    towards +y, [0, 180)), ``ellipse_circumference_px``, ``ellipse_method`` ('boundary_fit' or
+    'moments'); with ``pixel_size_mm`` (square pixels) also ``area_mm2``, ``perimeter_mm`` and
+    ``hc_mm`` (the ellipse circumference in mm). Ellipse fields are ``None`` for an empty mask.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"measure expects a 2D mask, got shape {mask.shape}")
+    mask = mask.astype(bool)
+    if not math.isfinite(boundary_offset_px):
+        raise ValueError(f"boundary_offset_px must be finite, got {boundary_offset_px!r}")
+    _, n_components = ndimage.label(mask, structure=_EIGHT)
+    obj = largest_component(mask)
+    area = int(np.count_nonzero(obj))
+    out: dict[str, Any] = {
+        "n_components": int(n_components),
+        "area_px": area,
+        "perimeter_px": crofton_perimeter(obj) if area else 0.0,
+        "ellipse_center": None,
+        "ellipse_axes": None,
+        "ellipse_angle_deg": None,
+        "ellipse_circumference_px": None,
+        "ellipse_method": None,
+    }
+    if area:
+        ell = fit_ellipse(boundary_points(obj))
+        method = "boundary_fit"
+        if ell is None:
+            logger.debug("boundary ellipse fit failed (%d px); using moments", area)
+            ell = moments_ellipse(obj)
+            method = "moments"
+        assert ell is not None
+        cx, cy, a, b, angle = ell
+        a, b = max(a - boundary_offset_px, 0.0), max(b - boundary_offset_px, 0.0)
+        out.update(
+            ellipse_center=(cx, cy),
+            ellipse_axes=(a, b),
+            ellipse_angle_deg=angle,
+            ellipse_circumference_px=ellipse_circumference(a, b),
+            ellipse_method=method,
+        )
+    if pixel_size_mm is not None:
+        s = float(pixel_size_mm)
+        if not (s > 0 and math.isfinite(s)):
+            raise ValueError(f"pixel_size_mm must be a positive number, got {pixel_size_mm!r}")
+        out["area_mm2"] = area * s * s
+        out["perimeter_mm"] = out["perimeter_px"] * s
+        circ = out["ellipse_circumference_px"]
+        out["hc_mm"] = None if circ is None else circ * s
+    return out

@@ -1,0 +1,162 @@
+"""Per-image segmentation metrics: pure functions on boolean (H, W) masks.
+
+Numpy/scipy only (used by the ONNX-only prediction path). Every metric is computed on ONE image;
+dataset figures come from :func:`summarise` over the per-image rows, never from pooled pixels.
+
+The empty rule (decided here, once)
+-----------------------------------
+An ultrasound frame may show no structure at all (Kaggle nerve: about 60% of frames), so the
+degenerate cases are defined rather than left to 0/0:
+
+* truth empty and prediction empty: dice = iou = precision = recall = 1.0 and hd95 = 0.0
+  (the frame is perfectly right, as scored in the Kaggle "Ultrasound Nerve Segmentation"
+  competition);
+* exactly one of them empty: dice = iou = precision = recall = 0.0, so a missed structure and
+  a structure invented on an empty frame both score 0. (Only two of these are 0/0: precision
+  with an empty prediction, defined 0.0 since nothing present was found; recall with an empty
+  truth, defined 0.0 since everything predicted is false.) hd95 = nan: there is no boundary to
+  measure a distance to;
+* otherwise the ordinary formulas: dice = 2tp / (2tp + fp + fn), iou = tp / (tp + fp + fn),
+  precision = tp / (tp + fp), recall = tp / (tp + fn).
+
+HD95 is the 95th-percentile symmetric Hausdorff distance between the mask *boundaries*, with the
+same definitions as MONAI's ``compute_hausdorff_distance(percentile=95)`` on unit spacing: the
+boundary of a mask is the set of its pixels that have a 4-neighbour outside it (outside the array
+counts as outside), the distance from each boundary pixel of one mask to the nearest boundary
+pixel of the other is read from a Euclidean distance transform, and the result is the larger of
+the two directed 95th percentiles (linear interpolation).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+
+def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
+    return p, t
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    """Pixel counts ``(tp, fp, fn, tn)`` of a bool prediction against a bool truth, same shape."""
+    p, t = _pair(pred, truth)
+    tp = int(np.count_nonzero(p & t))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(t)) - tp
+    tn = p.size - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def _ratio(num: int, den: int, both_empty: bool) -> float:
+    if both_empty:
+        return 1.0
+    return num / den if den else 0.0
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice coefficient of two bool (H, W) masks; 1.0 when both are empty."""
+    tp, fp, fn, _ = confusion(pred, truth)
+    return _ratio(2 * tp, 2 * tp + fp + fn, tp + fp + fn == 0)
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two bool (H, W) masks; 1.0 when both are empty."""
+    tp, fp, fn, _ = confusion(pred, truth)
+    return _ratio(tp, tp + fp + fn, tp + fp + fn == 0)
+
+
+def precision(pred: np.ndarray, truth: np.ndarray) -> float:
+    """tp / (tp + fp); 1.0 when both are empty, 0.0 when only the prediction is empty."""
+    tp, fp, fn, _ = confusion(pred, truth)
+    return _ratio(tp, tp + fp, tp + fp + fn == 0)
+
+
+def recall(pred: np.ndarray, truth: np.ndarray) -> float:
+    """tp / (tp + fn); 1.0 when both are empty, 0.0 when only the truth is empty."""
+    tp, fp, fn, _ = confusion(pred, truth)
+    return _ratio(tp, tp + fn, tp + fp + fn == 0)
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of a bool (H, W) mask with a 4-neighbour outside it (array edge = outside)."""
+    m = np.asarray(mask, dtype=bool)
+    return m & ~ndimage.binary_erosion(m, border_value=0)
+
+
+def hd95(
+    pred: np.ndarray, truth: np.ndarray, spacing: float | Sequence[float] = 1.0
+) -> float:
+    """95th-percentile symmetric Hausdorff distance between the boundaries of two bool masks.
+
+    ``spacing``: pixel size, one number or one per axis (rows, columns); the result is in its
+    unit (pixels by default). Both masks empty: 0.0; exactly one empty: nan.
+    """
+    p, t = _pair(pred, truth)
+    p_any, t_any = bool(p.any()), bool(t.any())
+    if not p_any and not t_any:
+        return 0.0
+    if not (p_any and t_any):
+        return math.nan
+    sampling = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (p.ndim,))
+    bp, bt = boundary(p), boundary(t)
+    to_t = ndimage.distance_transform_edt(~bt, sampling=sampling)[bp]
+    to_p = ndimage.distance_transform_edt(~bp, sampling=sampling)[bt]
+    return float(max(np.percentile(to_t, 95), np.percentile(to_p, 95)))
+
+
+def image_metrics(
+    pred: np.ndarray, truth: np.ndarray, spacing: float | Sequence[float] | None = None
+) -> dict[str, Any]:
+    """All per-image metrics of bool (H, W) masks as one row.
+
+    Keys: dice, iou, precision, recall, hd95 (pixels), hd95_mm (only when ``spacing``, the pixel
+    size in mm, is given), truth_empty, pred_empty.
+    """
+    p, t = _pair(pred, truth)
+    tp, fp, fn, _ = confusion(p, t)
+    both_empty = tp + fp + fn == 0
+    row: dict[str, Any] = {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
+        "iou": _ratio(tp, tp + fp + fn, both_empty),
+        "precision": _ratio(tp, tp + fp, both_empty),
+        "recall": _ratio(tp, tp + fn, both_empty),
+        "hd95": hd95(p, t),
+    }
+    if spacing is not None:
+        row["hd95_mm"] = hd95(p, t, spacing)
+    row["truth_empty"] = tp + fn == 0
+    row["pred_empty"] = tp + fp == 0
+    return row
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Dataset summary of :func:`image_metrics` rows (one per image).
+
+    Keys: ``n``; ``dice_mean``, ``iou_mean``, ``precision_mean``, ``recall_mean`` over all
+    frames (empty rule included); ``dice_nonempty_mean`` over frames with non-empty truth;
+    ``hd95_median`` (and ``hd95_mm_median`` when rows carry ``hd95_mm``) over frames where it is
+    finite; ``empty_correct_rate``: fraction of empty-truth frames predicted empty. A figure with
+    no frame to average over is ``None``.
+    """
+    out: dict[str, Any] = {"n": len(rows)}
+    for key in ("dice", "iou", "precision", "recall"):
+        out[f"{key}_mean"] = _mean([float(r[key]) for r in rows])
+    out["dice_nonempty_mean"] = _mean([float(r["dice"]) for r in rows if not r["truth_empty"]])
+    for key in ("hd95", "hd95_mm"):
+        if key == "hd95_mm" and not any(key in r for r in rows):
+            continue
+        finite = [float(r[key]) for r in rows if key in r and math.isfinite(float(r[key]))]
+        out[f"{key}_median"] = float(np.median(finite)) if finite else None
+    empty = [bool(r["pred_empty"]) for r in rows if r["truth_empty"]]
+    out["empty_correct_rate"] = _mean([float(e) for e in empty])
+    return out

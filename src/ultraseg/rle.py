@@ -1,0 +1,92 @@
+"""Run-length encoding in the Kaggle "Ultrasound Nerve Segmentation" submission format.
+
+Numpy only. A mask is flattened in column-major order (down each column, then the next column
+to the right: ``mask.flatten(order="F")``) and written as ``"start length start length ..."``
+with 1-based starts; an empty mask is the empty string. The submission CSV has the header
+``img,pixels`` and one row per image.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UltrasegError
+
+
+def encode(mask: np.ndarray) -> str:
+    """Encode a bool (H, W) mask as Kaggle run-length pairs (column-major, 1-based starts)."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"encode expects a 2D mask, got shape {m.shape}")
+    flat = np.concatenate([[False], m.astype(bool).flatten(order="F"), [False]])
+    edges = np.flatnonzero(flat[1:] != flat[:-1])   # run starts (0-based) and ends, alternating
+    starts, ends = edges[0::2], edges[1::2]
+    pairs = np.column_stack([starts + 1, ends - starts]).ravel()
+    return " ".join(str(v) for v in pairs.tolist())
+
+
+def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Decode Kaggle run-length pairs into a bool (H, W) mask of ``shape``.
+
+    Raises :class:`UltrasegError` for a value that is not a whole number, an odd number of
+    values, a start below 1 or a length below 1, a run past the last pixel, and runs that are
+    not in increasing order or overlap.
+    """
+    h, w = (int(v) for v in shape)
+    size = h * w
+    text = (rle or "").strip()
+    try:
+        values = np.array([int(v) for v in text.split()], dtype=np.int64)
+    except ValueError as e:
+        raise UltrasegError(f"run-length values must be whole numbers: {e}") from e
+    if len(values) % 2:
+        raise UltrasegError(f"run-length string has an odd number of values ({len(values)})")
+    starts, lengths = values[0::2], values[1::2]
+    if (starts < 1).any() or (lengths < 1).any():
+        raise UltrasegError("run-length starts and lengths must be at least 1")
+    ends = starts + lengths - 1                       # 1-based, inclusive
+    if (ends > size).any():
+        bad = int(np.argmax(ends > size))
+        raise UltrasegError(
+            f"run {int(starts[bad])} {int(lengths[bad])} goes past the last pixel ({size}) "
+            f"of a {h}x{w} mask"
+        )
+    if (starts[1:] <= ends[:-1]).any():
+        bad = int(np.argmax(starts[1:] <= ends[:-1])) + 1
+        raise UltrasegError(
+            f"run starting at {int(starts[bad])} overlaps or precedes the run before it"
+        )
+    flat = np.zeros(size + 1, dtype=np.int8)
+    np.add.at(flat, starts - 1, 1)
+    np.add.at(flat, ends, -1)
+    return (np.cumsum(flat[:-1]) > 0).reshape((h, w), order="F")
+
+
+def write_submission(rows: Iterable[tuple[str, np.ndarray]], path: str | Path) -> None:
+    """Write a Kaggle submission CSV (``img,pixels``) of ``(image stem, bool (H, W) mask)`` rows.
+
+    Written to a temporary file in the same folder and moved into place, so a reader never
+    sees half a file.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UltrasegError(f"cannot write the submission: {e.strerror}", path) from e
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write("img,pixels\n")
+            for name, mask in rows:
+                name = str(name)
+                if any(c in name for c in ',"\n\r'):
+                    raise UltrasegError(f"image name {name!r} cannot go in a CSV field unquoted")
+                f.write(f"{name},{encode(mask)}\n")
+        os.chmod(tmp, 0o644)            # mkstemp makes it private; a submission is not
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
+from ultraseg import metrics as M
+
+
+def _masks_4x4() -> tuple[np.ndarray, np.ndarray]:
+    pred = np.zeros((4, 4), bool)
+    pred[0:2, 0:2] = True
+    pred[0, 2] = True                  # 5 pixels
+    truth = np.zeros((4, 4), bool)
+    truth[0:3, 0:2] = True             # 6 pixels
+    return pred, truth
+
+
+def test_confusion_and_overlap_by_hand() -> None:
+    pred, truth = _masks_4x4()
+    assert M.confusion(pred, truth) == (4, 1, 2, 9)
+    assert M.dice(pred, truth) == pytest.approx(8 / 11)
+    assert M.iou(pred, truth) == pytest.approx(4 / 7)
+    assert M.precision(pred, truth) == pytest.approx(4 / 5)
+    assert M.recall(pred, truth) == pytest.approx(4 / 6)
+
+
+def test_empty_rule() -> None:
+    empty = np.zeros((4, 4), bool)
+    full = np.zeros((4, 4), bool)
+    full[1, 1] = True
+    for f in (M.dice, M.iou, M.precision, M.recall):
+        assert f(empty, empty) == 1.0, f.__name__
+        assert f(empty, full) == 0.0, f.__name__     # missed structure
+        assert f(full, empty) == 0.0, f.__name__     # invented structure
+    assert M.hd95(empty, empty) == 0.0
+    assert math.isnan(M.hd95(full, empty))
+    assert math.isnan(M.hd95(empty, full))
+    row = M.image_metrics(empty, empty, spacing=0.5)
+    assert row == {
+        "dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0,
+        "hd95": 0.0, "hd95_mm": 0.0, "truth_empty": True, "pred_empty": True,
+    }
+
+
+def test_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        M.dice(np.zeros((3, 3), bool), np.zeros((3, 4), bool))
+
+
+def test_hd95_by_hand() -> None:
+    a = np.zeros((5, 5), bool)
+    b = np.zeros((5, 5), bool)
+    a[0, 0] = True
+    b[3, 4] = True
+    assert M.hd95(a, b) == pytest.approx(5.0)
+    assert M.hd95(a, b, spacing=(2.0, 1.0)) == pytest.approx(math.sqrt(6**2 + 4**2))
+    assert M.hd95(a, b, spacing=0.5) == pytest.approx(2.5)
+    # 3x3 squares one column apart: half the boundary pixels are 1 px off, the rest 0.
+    t = np.zeros((6, 6), bool)
+    t[1:4, 1:4] = True
+    p = np.roll(t, 1, axis=1)
+    assert M.hd95(p, t) == pytest.approx(1.0)
+    assert M.hd95(t, t) == 0.0
+
+
+def _blob(rng: np.random.Generator, shape: tuple[int, int] = (48, 56)) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), 4.0)
+    return field > np.quantile(field, 0.7)
+
+
+def _brute_hd95(p: np.ndarray, t: np.ndarray, spacing: tuple[float, float]) -> float:
+    bp = np.argwhere(M.boundary(p)) * np.asarray(spacing)
+    bt = np.argwhere(M.boundary(t)) * np.asarray(spacing)
+    d = cdist(bp, bt)
+    return float(max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95)))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_against_monai_and_brute_force() -> None:
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        p, t = _blob(rng), _blob(rng)
+        pt = torch.from_numpy(p[None, None].astype(np.float32))
+        tt = torch.from_numpy(t[None, None].astype(np.float32))
+        ref_dice = float(monai_metrics.compute_dice(pt, tt, include_background=True))
+        ref_iou = float(monai_metrics.compute_iou(pt, tt, include_background=True))
+        ref_hd = float(
+            monai_metrics.compute_hausdorff_distance(pt, tt, include_background=True, percentile=95)
+        )
+        assert M.dice(p, t) == pytest.approx(ref_dice, abs=1e-6)
+        assert M.iou(p, t) == pytest.approx(ref_iou, abs=1e-6)
+        assert M.hd95(p, t) == pytest.approx(ref_hd, abs=1e-4)
+        # MONAI measures anisotropic spacing on sub-pixel surfaces; check ours by brute force.
+        assert M.hd95(p, t, spacing=(0.3, 0.7)) == pytest.approx(
+            _brute_hd95(p, t, (0.3, 0.7)), abs=1e-9
+        )
+
+
+def test_image_metrics_and_summarise() -> None:
+    pred, truth = _masks_4x4()
+    empty = np.zeros((4, 4), bool)
+    speck = np.zeros((4, 4), bool)
+    speck[3, 3] = True
+    rows = [
+        M.image_metrics(pred, truth, spacing=0.1),   # dice 8/11
+        M.image_metrics(empty, empty),               # dice 1, empty frame right
+        M.image_metrics(speck, empty),               # dice 0, empty frame wrong
+        M.image_metrics(empty, truth),               # dice 0, missed
+    ]
+    assert rows[0]["hd95_mm"] == pytest.approx(0.1 * rows[0]["hd95"])
+    assert rows[2]["truth_empty"] and not rows[2]["pred_empty"]
+    assert math.isnan(rows[3]["hd95"])
+    s = M.summarise(rows)
+    assert s["n"] == 4
+    assert s["dice_mean"] == pytest.approx((8 / 11 + 1 + 0 + 0) / 4)
+    assert s["dice_nonempty_mean"] == pytest.approx((8 / 11 + 0) / 2)
+    assert s["iou_mean"] == pytest.approx((4 / 7 + 1) / 4)
+    assert s["precision_mean"] == pytest.approx((4 / 5 + 1) / 4)
+    assert s["recall_mean"] == pytest.approx((4 / 6 + 1) / 4)
+    assert s["empty_correct_rate"] == pytest.approx(0.5)
+    assert s["hd95_median"] == pytest.approx(np.median([rows[0]["hd95"], 0.0]))
+    assert s["hd95_mm_median"] == pytest.approx(rows[0]["hd95_mm"])
+
+
+def test_summarise_degenerate() -> None:
+    only_empty = [M.image_metrics(np.zeros((2, 2), bool), np.zeros((2, 2), bool))]
+    s = M.summarise(only_empty)
+    assert s["dice_nonempty_mean"] is None
+    assert s["empty_correct_rate"] == 1.0
+    assert "hd95_mm_median" not in s
+    nonempty = np.ones((2, 2), bool)
+    s = M.summarise([M.image_metrics(np.zeros((2, 2), bool), nonempty)])
+    assert s["empty_correct_rate"] is None
+    assert s["hd95_median"] is None
+    assert M.summarise([])["dice_mean"] is None

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ultraseg.config import PostprocessConfig
+from ultraseg.errors import UltrasegError
+from ultraseg.metrics import dice
+from ultraseg.postprocess import _holes, apply, default_min_areas, fill_holes, tune
+
+
+def _prob(mask: np.ndarray, inside: float = 0.9, outside: float = 0.1) -> np.ndarray:
+    return np.where(mask, inside, outside).astype(np.float32)
+
+
+def test_threshold_is_inclusive() -> None:
+    prob = np.array([[0.49, 0.5, 0.51]], dtype=np.float32)
+    out = apply(prob, PostprocessConfig(threshold=0.5))
+    assert out.dtype == bool
+    np.testing.assert_array_equal(out, [[False, True, True]])
+    assert not apply(np.full((2, 2), np.nan), PostprocessConfig()).any()
+
+
+def test_speck_removed_diagonal_counts_as_connected() -> None:
+    m = np.zeros((8, 8), bool)
+    m[1:4, 1:4] = True          # 9 px
+    m[6, 6] = m[7, 7] = True    # 2 px, 8-connected diagonal pair
+    m[6, 0] = True              # 1 px
+    out = apply(_prob(m), PostprocessConfig(min_area=2))
+    expected = m.copy()
+    expected[6, 0] = False
+    np.testing.assert_array_equal(out, expected)
+    out = apply(_prob(m), PostprocessConfig(min_area=3))
+    expected[6, 6] = expected[7, 7] = False
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(apply(_prob(m), PostprocessConfig(min_area=10)), np.zeros_like(m))
+
+
+def test_keep_largest_and_fill_holes() -> None:
+    m = np.zeros((9, 9), bool)
+    m[1:6, 1:6] = True
+    m[3, 3] = False             # a hole in the big component
+    m[7, 7:9] = True            # a second component
+    out = apply(_prob(m), PostprocessConfig(keep_largest=True))
+    expected = m.copy()
+    expected[7, 7:9] = False
+    np.testing.assert_array_equal(out, expected)
+    out = apply(_prob(m), PostprocessConfig(keep_largest=True, fill_holes=True))
+    expected[3, 3] = True
+    np.testing.assert_array_equal(out, expected)
+    # A background region open to the border is no hole.
+    c = np.zeros((5, 5), bool)
+    c[0:3, 0:3] = True
+    c[1, 0] = False
+    np.testing.assert_array_equal(apply(_prob(c), PostprocessConfig(fill_holes=True)), c)
+
+
+def test_fill_holes_matches_scipy() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        m = ndimage.gaussian_filter(rng.standard_normal((40, 50)), 1.5) > 0
+        np.testing.assert_array_equal(fill_holes(m), ndimage.binary_fill_holes(m))
+
+
+def test_default_min_areas() -> None:
+    assert default_min_areas(256 * 256) == (0, 10, 20, 41, 82, 164, 328, 655, 1311)
+    assert default_min_areas(100) == (0, 2)
+
+
+def _disk(shape: tuple[int, int], cy: int, cx: int, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_tune_finds_min_area_that_removes_specks() -> None:
+    shape = (32, 32)
+    probs, truths = [], []
+    for k in range(6):
+        truth = _disk(shape, 12 + k, 14, 6.0) if k % 2 == 0 else np.zeros(shape, bool)
+        pred = truth.copy()
+        pred[28:30, 2 + 3 * k : 4 + 3 * k] = True      # a 4-pixel false speck on every frame
+        probs.append(_prob(pred))
+        truths.append(truth)
+    cfg, score = tune(probs, truths, min_areas=[0, 2, 5, 10, 50, 500])
+    assert cfg == PostprocessConfig(threshold=0.5, min_area=5, keep_largest=False, fill_holes=False)
+    assert score == pytest.approx(1.0)
+    # Without tuning, the empty frames score 0 and the others below 1.
+    untuned = np.mean([dice(apply(p, PostprocessConfig()), t) for p, t in zip(probs, truths)])
+    assert untuned < 0.5
+
+
+def test_tune_matches_brute_force() -> None:
+    rng = np.random.default_rng(7)
+    probs, truths = [], []
+    for k in range(6):
+        field = ndimage.gaussian_filter(rng.standard_normal((24, 28)), 2.0)
+        prob = 1.0 / (1.0 + np.exp(-6.0 * field))
+        truth = ndimage.gaussian_filter(field + 0.3 * rng.standard_normal(field.shape), 1.0) > 0.15
+        if k == 0:
+            truth[:] = False
+        prob[(field > 0.2) & (rng.random(field.shape) < 0.15)] = 0.05   # pinholes to fill
+        probs.append(prob)
+        truths.append(truth)
+    assert sum(int(_holes(p >= 0.5).sum()) for p in probs) > 10
+    thresholds, areas = (0.4, 0.5, 0.6), (0, 3, 8, 20)
+    cfg, score = tune(probs, truths, thresholds=thresholds, min_areas=areas)
+    best = -1.0
+    for th, a, kl, fh in itertools.product(thresholds, areas, (False, True), (False, True)):
+        c = PostprocessConfig(threshold=th, min_area=a, keep_largest=kl, fill_holes=fh)
+        best = max(best, float(np.mean([dice(apply(p, c), t) for p, t in zip(probs, truths)])))
+    assert score == pytest.approx(best, abs=1e-12)
+    achieved = np.mean([dice(apply(p, cfg), t) for p, t in zip(probs, truths)])
+    assert achieved == pytest.approx(score, abs=1e-12)
+
+
+def test_tune_ties_prefer_simple_and_validates() -> None:
+    truth = _disk((20, 20), 10, 10, 5.0)
+    cfg, score = tune([_prob(truth)], [truth], thresholds=(0.3, 0.45, 0.55, 0.7))
+    assert cfg == PostprocessConfig(threshold=0.45, min_area=0)
+    assert score == 1.0
+    with pytest.raises(UltrasegError):
+        tune([], [])
+    with pytest.raises(ValueError):
+        tune([_prob(truth)], [truth[:10]])

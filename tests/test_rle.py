@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ultraseg.errors import UltrasegError
+from ultraseg.rle import decode, encode, write_submission
+
+DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
+
+# Column-major: column 0 is pixels 1-3, column 1 pixels 4-6, column 2 pixels 7-9.
+SMALL = np.array(
+    [
+        [1, 0, 0],
+        [1, 0, 1],
+        [0, 1, 1],
+    ],
+    dtype=bool,
+)
+SMALL_RLE = "1 2 6 1 8 2"
+
+
+def test_small_by_hand() -> None:
+    assert encode(SMALL) == SMALL_RLE
+    np.testing.assert_array_equal(decode(SMALL_RLE, (3, 3)), SMALL)
+
+
+def test_non_square_orientation() -> None:
+    m = np.zeros((2, 3), bool)
+    m[0, 1] = True                     # column 1, row 0 -> pixel 3
+    m[1, 2] = True                     # column 2, row 1 -> pixel 6 (last)
+    assert encode(m) == "3 1 6 1"
+    np.testing.assert_array_equal(decode("3 1 6 1", (2, 3)), m)
+
+
+def test_empty_and_full() -> None:
+    assert encode(np.zeros((4, 5), bool)) == ""
+    assert not decode("", (4, 5)).any()
+    assert decode("", (4, 5)).shape == (4, 5)
+    assert encode(np.ones((4, 5), bool)) == "1 20"
+
+
+def test_round_trip_random() -> None:
+    rng = np.random.default_rng(1)
+    m = rng.random((7, 11)) > 0.5
+    np.testing.assert_array_equal(decode(encode(m), m.shape), m)
+
+
+def test_round_trip_real_mask() -> None:
+    path = DATASETS / "kaggle_nerve_sample" / "train" / "1_1_mask.tif"
+    if not path.exists():
+        pytest.skip(f"real data absent: {path}")
+    from PIL import Image
+
+    mask = np.asarray(Image.open(path)) > 0
+    assert mask.shape == (420, 580)
+    assert mask.any()
+    rle = encode(mask)
+    values = [int(v) for v in rle.split()]
+    assert sum(values[1::2]) == int(mask.sum())
+    np.testing.assert_array_equal(decode(rle, mask.shape), mask)
+
+
+@pytest.mark.parametrize(
+    "rle, match",
+    [
+        ("1 2 6", "odd"),
+        ("1 2 x 1", "whole numbers"),
+        ("0 2", "at least 1"),
+        ("3 0", "at least 1"),
+        ("8 3", "past the last pixel"),
+        ("1 3 3 1", "overlaps"),
+        ("6 1 1 2", "overlaps or precedes"),
+    ],
+)
+def test_decode_rejects(rle: str, match: str) -> None:
+    with pytest.raises(UltrasegError, match=match):
+        decode(rle, (3, 3))
+
+
+def test_write_submission(tmp_path: Path) -> None:
+    out = tmp_path / "submission.csv"
+    write_submission([("1", SMALL), ("2", np.zeros((3, 3), bool))], out)
+    assert out.read_text() == f"img,pixels\n1,{SMALL_RLE}\n2,\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+
+
+def test_write_submission_failure_leaves_no_file(tmp_path: Path) -> None:
+    out = tmp_path / "submission.csv"
+
+    def rows():
+        yield "1", SMALL
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_submission(rows(), out)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UltrasegError):
+        write_submission([("a,b", SMALL)], out)
+    with pytest.raises(UltrasegError):
+        write_submission([], tmp_path / "missing" / "s.csv")
