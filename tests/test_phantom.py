@@ -1,0 +1,138 @@
+"""Phantom ultrasound frames and the phantom dataset writer."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from ultraseg.errors import UltrasegError
+from ultraseg.phantom import FRAMES_PER_SUBJECT, make_dataset, make_frame
+
+
+@pytest.fixture(scope="module")
+def batch() -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    rng = np.random.default_rng(123)
+    return [make_frame(rng, 96) for _ in range(50)]
+
+
+def test_frame_shapes_dtypes_and_gray_levels(batch):
+    for image, mask, meta in batch:
+        assert image.shape == mask.shape == (96, 96)
+        assert image.dtype == np.uint8 and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 1}
+        assert meta["size"] == 96
+    tissue = np.concatenate([im[im > 0] for im, _, _ in batch])
+    lo, med, hi = np.percentile(tissue, [5, 50, 95])
+    assert 10 <= lo < med < hi <= 230 and 50 <= med <= 160  # log-compressed, mid-gray
+
+
+def test_same_seed_same_frame_other_seed_other_frame():
+    a = make_frame(np.random.default_rng(5), 64)
+    b = make_frame(np.random.default_rng(5), 64)
+    c = make_frame(np.random.default_rng(6), 64)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_mask_matches_structure_count_and_empty_share(batch):
+    empty = 0
+    for _, mask, meta in batch:
+        n_components = ndimage.label(mask)[1]
+        assert meta["n_structures"] == len(meta["structures"])
+        if meta["n_structures"] == 0:
+            assert not mask.any()
+            empty += 1
+        else:
+            assert 1 <= n_components <= meta["n_structures"]  # two may touch, none vanish
+            assert sum(s["area"] for s in meta["structures"]) >= mask.sum()
+    assert 0.10 <= empty / len(batch) <= 0.50
+    assert any(m["n_structures"] == 2 for _, _, m in batch)
+
+
+def test_structures_are_darker_than_the_tissue_around_them():
+    rng = np.random.default_rng(7)
+    seen = 0
+    while seen < 8:
+        image, mask, _ = make_frame(rng, 128)
+        if not mask.any():
+            continue
+        m = mask.astype(bool)
+        ring = ndimage.binary_dilation(m, iterations=8) & ~ndimage.binary_dilation(m, iterations=3)
+        ring &= image > 0
+        assert image[m].mean() < image[ring].mean() - 5
+        seen += 1
+
+
+def test_fan_keeps_structures_inside():
+    rng = np.random.default_rng(11)
+    fans = 0
+    for _ in range(30):
+        image, mask, meta = make_frame(rng, 64)
+        if meta["fan"]:
+            fans += 1
+            assert (image == 0).mean() > 0.03  # black outside the fan
+            assert not (mask.astype(bool) & (image == 0)).any()
+    assert fans > 0
+    linear = make_frame(np.random.default_rng(0), 64)
+    assert linear[2]["fan"] or linear[0].min() >= 1  # 0 only marks outside the fan
+
+
+def test_size_is_validated():
+    with pytest.raises(UltrasegError):
+        make_frame(np.random.default_rng(0), 16)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dataset_layout_names_and_masks(tmp_path):
+    out = make_dataset(tmp_path / "ph", n=12, size=48, seed=3)
+    assert out == tmp_path / "ph"
+    images = sorted(p.name for p in (out / "images").iterdir())
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    expected = [f"{s}_{f}" for s, f in
+                [(1, f) for f in range(1, FRAMES_PER_SUBJECT + 1)] + [(2, 1), (2, 2)]]
+    assert images == sorted(f"{n}.png" for n in expected)
+    assert masks == sorted(f"{n}_mask.png" for n in expected)
+    for name in expected:
+        img = Image.open(out / "images" / f"{name}.png")
+        msk = Image.open(out / "masks" / f"{name}_mask.png")
+        assert img.mode == "L" and msk.mode == "L" and img.size == msk.size == (48, 48)
+        assert set(np.unique(np.asarray(msk))) <= {0, 255}
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_dataset_is_deterministic_and_subjects_are_sweeps(tmp_path):
+    a = make_dataset(tmp_path / "a", n=10, size=48, seed=1)
+    b = make_dataset(tmp_path / "b", n=10, size=48, seed=1)
+    c = make_dataset(tmp_path / "c", n=10, size=48, seed=2)
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+    # consecutive frames of one subject share tissue geometry: far closer than other subjects
+    f1, f2 = (np.asarray(Image.open(a / "images" / f"1_{i}.png"), float) for i in (1, 2))
+    other = np.asarray(Image.open(c / "images" / "1_1.png"), float)
+    smooth = lambda x: ndimage.gaussian_filter(x, 3)  # noqa: E731 - drop the speckle
+    assert np.abs(smooth(f1) - smooth(f2)).mean() < np.abs(smooth(f1) - smooth(other)).mean()
+
+
+def test_dataset_refuses_bad_requests(tmp_path):
+    for n in (0, -3):
+        with pytest.raises(UltrasegError, match="n must be"):
+            make_dataset(tmp_path / "x", n=n)
+    with pytest.raises(UltrasegError, match="size"):
+        make_dataset(tmp_path / "x", n=2, size=16)
+    assert not (tmp_path / "x").exists()
+    out = make_dataset(tmp_path / "full", n=1, size=32)
+    before = _digest(out)
+    with pytest.raises(UltrasegError, match="already contains files"):
+        make_dataset(out, n=1, size=32)
+    assert _digest(out) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UltrasegError, match="not a folder"):
+        make_dataset(tmp_path / "file", n=1, size=32)
