@@ -1,0 +1,40 @@
+"""Shared fixtures: where the real datasets are, and their ``inspect`` results computed once."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+#: ``../shared/datasets`` seen from the repository root (this file is ``ROOT/tests/conftest.py``).
+SHARED_DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
+
+
+def shared_datasets() -> Path:
+    """The shared real-data folder, or skip the calling test with the reason."""
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}: real-data tests skipped")
+    return SHARED_DATASETS
+
+
+def shared_dataset(name: str) -> Path:
+    """One real dataset folder (e.g. 'busi'), or skip with the reason."""
+    path = shared_datasets() / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {name!r} not found at {path}: real-data test skipped")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_inspect() -> Callable[[str], tuple[dict[str, Any], list]]:
+    """``real_inspect(name)`` -> ``inspect_dataset`` of a real dataset, decoded once per session."""
+    from ultraseg.inspection import inspect_dataset
+
+    cache: dict[str, tuple[dict[str, Any], list]] = {}
+
+    def get(name: str) -> tuple[dict[str, Any], list]:
+        if name not in cache:
+            cache[name] = inspect_dataset(shared_dataset(name))
+        return cache[name]
+
+    return get

@@ -1,0 +1,195 @@
+"""Mask and image decoding rules: what is accepted (and how it is read) and what is refused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage as ndi
+
+from ultraseg.cli import main
+from ultraseg.errors import DataError
+from ultraseg.io import classify_mask_values, read_image, read_mask, select_label
+from ultraseg.inspection import inspect_dataset
+
+
+def _save(path: Path, im: Image.Image | np.ndarray, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(im, np.ndarray):
+        im = Image.fromarray(im)
+    im.save(path, **kw)
+    return path
+
+
+def _disk(h: int = 40, w: int = 50, cy: int = 20, cx: int = 22, r: int = 10) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r
+
+
+def _labels() -> np.ndarray:
+    lab = np.zeros((30, 40), np.uint8)
+    lab[3:12, 4:15] = 1
+    lab[15:27, 20:36] = 2
+    return lab
+
+
+def _palette_png(path: Path, lab: np.ndarray) -> Path:
+    im = Image.new("P", (lab.shape[1], lab.shape[0]))
+    im.putpalette([0, 0, 0, 200, 30, 30, 30, 200, 30] + [0] * (256 * 3 - 9))
+    im.putdata(lab.ravel().tolist())
+    return _save(path, im)
+
+
+# ------------------------------------------------------------------ accepted
+@pytest.mark.parametrize("fg", [1, 255])
+def test_binary_masks_read_as_zero_one(tmp_path: Path, fg: int) -> None:
+    disk = _disk()
+    p = _save(tmp_path / "m.png", (disk * fg).astype(np.uint8))
+    mask = read_mask(p)
+    assert mask.dtype == np.uint8 and mask.shape == disk.shape
+    assert np.array_equal(mask, disk.astype(np.uint8))
+
+
+def test_one_bit_png_mask(tmp_path: Path) -> None:
+    disk = _disk()
+    p = _save(tmp_path / "m.png", Image.fromarray((disk * 255).astype(np.uint8)).convert("1"))
+    assert np.array_equal(read_mask(p), disk.astype(np.uint8))
+
+
+def test_jpeg_noisy_binary_mask_is_binarised(tmp_path: Path) -> None:
+    disk = _disk(80, 100, 40, 45, 22)
+    p = _save(tmp_path / "m.jpg", (disk * 255).astype(np.uint8), quality=75)
+    raw = np.asarray(Image.open(p))
+    assert len(np.unique(raw)) > 2, "the JPEG must actually be noisy for this test to mean anything"
+    mask = read_mask(p)
+    assert set(np.unique(mask)) == {0, 1}
+    wrong = mask.astype(bool) != disk
+    inner = ndi.binary_erosion(disk, iterations=2)
+    outer = ndi.binary_dilation(disk, iterations=2)
+    edge = outer & ~inner  # within two pixels of the mask's edge
+    assert not (wrong & ~edge).any(), "JPEG noise changed pixels away from the mask's edge"
+    assert wrong.sum() < 0.05 * disk.sum()
+
+
+def test_palette_png_keeps_labels_and_select_label(tmp_path: Path) -> None:
+    lab = _labels()
+    p = _palette_png(tmp_path / "m.png", lab)
+    assert Image.open(p).mode == "P"
+    mask = read_mask(p)
+    assert np.array_equal(mask, lab)  # palette indices, not colours
+    assert np.array_equal(select_label(mask, 2), lab == 2)
+    assert np.array_equal(select_label(mask, 1), lab == 1)
+    assert np.array_equal(select_label(mask, None), lab > 0)
+
+
+def test_gray_label_mask_keeps_labels(tmp_path: Path) -> None:
+    lab = _labels()
+    lab[0:2, 0:2] = 3
+    assert np.array_equal(read_mask(_save(tmp_path / "m.png", lab)), lab)
+
+
+def test_rgb_mask_with_equal_channels_accepted(tmp_path: Path) -> None:
+    disk = (_disk() * 255).astype(np.uint8)
+    p = _save(tmp_path / "m.png", np.stack([disk] * 3, axis=-1))
+    assert Image.open(p).mode == "RGB"
+    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
+
+
+def test_rgba_gray_mask_accepted(tmp_path: Path) -> None:
+    disk = (_disk() * 255).astype(np.uint8)
+    alpha = np.full_like(disk, 255)
+    p = _save(tmp_path / "m.png", np.stack([disk, disk, disk, alpha], axis=-1))
+    assert Image.open(p).mode == "RGBA"
+    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
+
+
+def test_rgb_mask_with_differing_channels_refused(tmp_path: Path) -> None:
+    disk = (_disk() * 255).astype(np.uint8)
+    rgb = np.stack([disk, np.zeros_like(disk), disk], axis=-1)
+    p = _save(tmp_path / "colour_mask.png", rgb)
+    with pytest.raises(DataError) as e:
+        read_mask(p)
+    assert "colour_mask.png" in str(e.value)
+
+
+def test_photograph_as_mask_refused(tmp_path: Path) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (40, 50), dtype=np.uint8)
+    p = _save(tmp_path / "photo_mask.png", noise)
+    with pytest.raises(DataError) as e:
+        read_mask(p)
+    assert "photo_mask.png" in str(e.value)
+    assert "neither binary nor a label mask" in str(e.value)
+
+
+def test_smooth_photograph_as_mask_refused(tmp_path: Path) -> None:
+    """A real-looking image (smooth gradient over the whole range), not just noise."""
+    yy, xx = np.mgrid[:64, :64]
+    photo = ((xx + yy) * 255 / 126).astype(np.uint8)
+    with pytest.raises(DataError):
+        read_mask(_save(tmp_path / "m.png", photo))
+
+
+def test_classify_mask_values_rules() -> None:
+    assert np.array_equal(classify_mask_values(np.array([[0, 255], [255, 0]])), [[0, 1], [1, 0]])
+    assert np.array_equal(classify_mask_values(np.array([[0, 2], [1, 0]])), [[0, 2], [1, 0]])
+    with pytest.raises(DataError):
+        classify_mask_values(np.array([[0, -1], [1, 0]]))
+    with pytest.raises(DataError):
+        classify_mask_values(np.array([[0.0, np.nan], [1.0, 0.0]]))
+    with pytest.raises(DataError):
+        classify_mask_values(np.arange(100).reshape(10, 10) * 2)
+
+
+# ------------------------------------------------------------------ images
+def test_16bit_image_rescaled_to_uint8(tmp_path: Path) -> None:
+    ramp = np.linspace(1000, 4000, 40 * 50).reshape(40, 50).astype(np.uint16)
+    p = _save(tmp_path / "img16.png", ramp)
+    assert Image.open(p).mode.startswith("I")
+    image = read_image(p)
+    assert image.dtype == np.uint8 and image.shape == (40, 50)
+    assert image.min() == 0 and image.max() == 255
+    flat = image.ravel().astype(int)
+    assert np.all(np.diff(flat) >= 0)  # order kept
+
+
+def test_rgb_image_becomes_gray(tmp_path: Path) -> None:
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[..., 0] = 100
+    rgb[..., 1] = 200
+    image = read_image(_save(tmp_path / "rgb.png", rgb))
+    assert image.shape == (10, 12) and image.dtype == np.uint8
+    assert abs(int(image[0, 0]) - round(0.299 * 100 + 0.587 * 200)) <= 1
+
+
+# ------------------------------------------------------------------ --label K
+def _label_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _save(root / "images" / f"{i}_1.png", rng.integers(0, 256, (30, 40), dtype=np.uint8))
+        _palette_png(root / "masks" / f"{i}_1_mask.png", _labels())
+    return root
+
+
+def test_label_option_selects_structure(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = _label_dataset(tmp_path / "lab")
+    lab = _labels()
+    report, problems = inspect_dataset(root)
+    assert not problems and report["labels"] == [1, 2]
+    assert report["foreground_fraction_mean"] == pytest.approx((lab > 0).mean())
+
+    assert main(["inspect", str(root), "--label", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["foreground_fraction_mean"] == pytest.approx((lab == 2).mean())
+    assert main(["inspect", str(root), "--label", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["foreground_fraction_mean"] == pytest.approx((lab == 1).mean())
+
+
+def test_label_option_absent_label_is_an_error(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    root = _label_dataset(tmp_path / "lab")
+    assert main(["inspect", str(root), "--label", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "label 5" in err and "[1, 2]" in err

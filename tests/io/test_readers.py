@@ -1,0 +1,286 @@
+"""Readers: one contract test over every registered layout (synthetic trees), and every reader on
+the real samples in ../shared/datasets (skipped with the reason where that folder is absent)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from conftest import shared_dataset
+from ultraseg.errors import DataError, UltrasegError
+from ultraseg.io import READERS, detect_layout, get_reader, read_mask, scan_dataset
+
+
+# ------------------------------------------------------------------ synthetic trees
+def _frame(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def _disk(h: int = 24, w: int = 32, cy: int = 12, cx: int = 14, r: int = 6) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).astype(np.uint8) * 255
+
+
+def _save(path: Path, arr: np.ndarray, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+def make_folders(root: Path) -> Path:
+    for i, name in enumerate(["1_1", "1_2", "2_1"]):
+        _save(root / "images" / f"{name}.png", _frame(seed=i))
+        _save(root / "masks" / f"{name}_mask.png", _disk(cx=10 + i))
+    return root
+
+
+def make_kaggle(root: Path) -> Path:
+    for i, name in enumerate(["1_1", "3_2"]):
+        _save(root / "train" / f"{name}.tif", _frame(seed=i), compression="tiff_lzw")
+        _save(root / "train" / f"{name}_mask.tif", _disk(), compression="tiff_lzw")
+    _save(root / "test" / "1.tif", _frame(seed=9), compression="tiff_lzw")
+    return root
+
+
+def make_busi(root: Path) -> Path:
+    for cls in ("benign", "normal"):
+        for n in (1, 2):
+            rgb = np.stack([_frame(seed=n)] * 3, axis=-1)
+            _save(root / cls / "images" / f"{cls} ({n}).png", rgb)
+            mask = _disk() if cls == "benign" else np.zeros((24, 32), np.uint8)
+            _save(root / cls / "mask" / f"{cls} ({n})_mask.png", mask)
+    _save(root / "benign" / "mask" / "benign (1)_mask_1.png", _disk(cx=26, r=3))
+    return root
+
+
+def _ellipse_outline(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    im = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(im).ellipse(box, outline=255, width=1)
+    return np.asarray(im)
+
+
+def make_hc18(root: Path) -> Path:
+    ts = root / "training_set"
+    rows = []
+    for name in ("000_HC", "000_2HC", "001_HC"):
+        _save(ts / f"{name}.png", _frame(40, 48))
+        _save(ts / f"{name}_Annotation.png", _ellipse_outline(40, 48, (8, 6, 38, 32)))
+        rows.append((f"{name}.png", "0.1", "30.5"))
+    with open(root / "training_set_pixel_size_and_HC.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "pixel size(mm)", "head circumference (mm)"])
+        w.writerows(rows)
+    return root
+
+
+def make_images(root: Path) -> Path:
+    _save(root / "a.png", _frame(seed=1))
+    _save(root / "sub" / "b.jpg", _frame(seed=2))
+    return root
+
+
+BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "folders": make_folders, "kaggle": make_kaggle, "busi": make_busi, "hc18": make_hc18,
+    "images": make_images,
+}
+EXPECTED = {  # layout -> (labelled, unlabelled, subjects of the labelled)
+    "folders": (3, 0, 2), "kaggle": (2, 1, 2), "busi": (4, 0, 4), "hc18": (3, 0, 2),
+    "images": (0, 2, 0),
+}
+
+
+# ------------------------------------------------------------------ the contract
+@pytest.mark.parametrize("layout", sorted(READERS))
+def test_reader_contract(layout: str, tmp_path: Path) -> None:
+    assert layout in BUILDERS, f"no synthetic tree for the registered reader {layout!r}: add one"
+    root = BUILDERS[layout](tmp_path / layout)
+    cls = READERS[layout]
+    assert cls.name == layout
+    assert cls.detect(root) is True
+    assert detect_layout(root) == layout
+
+    samples, problems = get_reader(layout).scan(root)
+    assert problems == []
+    assert samples
+    names = [s.name for s in samples]
+    assert len(names) == len(set(names)), "sample names must be unique"
+    for s in samples:
+        assert isinstance(s.name, str) and s.name
+        assert isinstance(s.subject, str) and s.subject
+        assert Path(s.image_path).is_file()
+        assert isinstance(s.meta, dict)
+        image, mask = s.load()
+        assert image.dtype == np.uint8 and image.ndim == 2
+        if s.labelled:
+            assert mask is not None
+            assert mask.dtype == np.uint8 and mask.shape == image.shape
+        else:
+            assert mask is None
+
+    n_lab, n_unlab, n_subj = EXPECTED[layout]
+    assert sum(s.labelled for s in samples) == n_lab
+    assert sum(not s.labelled for s in samples) == n_unlab
+    assert len({s.subject for s in samples if s.labelled}) == n_subj
+
+
+def test_synthetic_specifics(tmp_path: Path) -> None:
+    """The layout-specific promises on the synthetic trees: busi union and class, hc18 fill and
+    pixel size, kaggle split metadata and LZW decoding."""
+    busi, _ = scan_dataset(make_busi(tmp_path / "busi"))
+    s = next(x for x in busi.samples if x.name == "benign (1)")
+    assert s.meta["class"] == "benign" and len(s.mask_paths) == 2
+    _, mask = s.load()
+    union = (_disk() > 0) | (_disk(cx=26, r=3) > 0)
+    assert np.array_equal(mask > 0, union)
+
+    hc, _ = scan_dataset(make_hc18(tmp_path / "hc18"))
+    s = next(x for x in hc.samples if x.name == "000_2HC")
+    assert s.subject == "000"
+    assert s.meta["pixel_size_mm"] == pytest.approx(0.1) and s.meta["hc_mm"] == pytest.approx(30.5)
+    _, mask = s.load()
+    outline = read_mask(s.mask_paths[0]) > 0
+    assert mask[19, 23] == 1  # centre of the ellipse
+    assert mask.sum() > 3 * outline.sum()
+    assert np.all(mask[outline] == 1)
+
+    kg, _ = scan_dataset(make_kaggle(tmp_path / "kaggle"))
+    assert {s.meta["split"] for s in kg.samples} == {"train", "test"}
+    assert kg.samples[0].load_image().shape == (24, 32)
+
+
+def test_unknown_layout_lists_valid_names(tmp_path: Path) -> None:
+    with pytest.raises(UltrasegError) as e:
+        get_reader("nonsense")
+    for name in READERS:
+        assert name in str(e.value)
+    with pytest.raises(UltrasegError) as e:
+        scan_dataset(make_images(tmp_path), layout="nonsense")
+    assert "folders" in str(e.value) and "hc18" in str(e.value)
+
+
+def test_forced_layout_overrides_detection(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "f")
+    ds, problems = scan_dataset(root, layout="images")
+    assert ds.layout == "images" and not problems
+    assert len(ds.samples) == 6 and not ds.labelled  # masks read as plain images
+
+
+def test_subject_pattern_overrides(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "f")
+    ds, _ = scan_dataset(root, subject_pattern=r"_(\d+)$")
+    assert sorted(s.subject for s in ds.samples) == ["1", "1", "2"]
+
+
+def test_missing_folder_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as e:
+        scan_dataset(tmp_path / "nope")
+    assert "nope" in str(e.value)
+
+
+# ------------------------------------------------------------------ real data
+REAL_LAYOUTS = {"busi": "busi", "nerve": "folders", "hc18": "hc18", "kaggle_nerve_sample": "kaggle"}
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", sorted(REAL_LAYOUTS))
+def test_real_autodetect(name: str) -> None:
+    assert detect_layout(shared_dataset(name)) == REAL_LAYOUTS[name]
+
+
+@pytest.mark.realdata
+def test_real_busi(real_inspect) -> None:
+    report, problems = real_inspect("busi")
+    assert [str(p) for p in problems] == []
+    assert report["layout"] == "busi"
+    assert report["pairs"] == 624 and report["unlabelled"] == 0
+    assert report["empty_masks"] == 106
+    assert report["subjects"] == 624  # BUSI names no patients: one subject per image
+    assert report["classes"] == {"benign": 350, "malignant": 168, "normal": 106}
+    assert 0 < report["foreground_fraction_mean"] < 0.5
+
+
+@pytest.mark.realdata
+def test_real_busi_multi_mask_union() -> None:
+    ds, _ = scan_dataset(shared_dataset("busi"))
+    multi = [s for s in ds.samples if len(s.mask_paths) > 1]
+    assert multi, "BUSI has images with _mask_1.png"
+    assert all(p.name.endswith("_mask_1.png") for s in multi for p in s.mask_paths[1:2])
+    checked = 0
+    for s in multi:
+        parts = [read_mask(p) > 0 for p in s.mask_paths]
+        union = np.logical_or.reduce(parts)
+        if all((union & ~p).any() for p in parts):  # every file adds pixels of its own
+            image, mask = s.load()
+            assert image.ndim == 2 and image.dtype == np.uint8  # RGB PNG became gray
+            assert np.array_equal(mask > 0, union)
+            checked += 1
+    assert checked >= 1
+
+
+@pytest.mark.realdata
+def test_real_nerve(real_inspect) -> None:
+    report, problems = real_inspect("nerve")
+    assert [str(p) for p in problems] == []
+    assert report["layout"] == "folders"
+    assert report["pairs"] == 1920 and report["subjects"] == 39 and report["empty_masks"] == 0
+    assert report["image_size_min"] == report["image_size_max"] == [256, 256]
+
+
+@pytest.mark.realdata
+def test_real_hc18(real_inspect) -> None:
+    report, problems = real_inspect("hc18")
+    assert [str(p) for p in problems] == []
+    assert report["layout"] == "hc18"
+    assert report["pairs"] == 371 and report["subjects"] == 300 and report["empty_masks"] == 0
+    # solid heads, not one-pixel outlines: several percent of the frame each
+    assert report["foreground_fraction_mean"] > 0.05
+
+
+@pytest.mark.realdata
+def test_real_hc18_filled_mask_and_pixel_size() -> None:
+    ds, _ = scan_dataset(shared_dataset("hc18"))
+    by_name = {s.name: s for s in ds.samples}
+    s = by_name["000_HC"]
+    assert s.subject == "000"
+    assert s.meta["pixel_size_mm"] == pytest.approx(0.069135804)
+    assert s.meta["hc_mm"] == pytest.approx(44.3)
+    assert all("pixel_size_mm" in x.meta for x in ds.samples)
+    for name in ("000_HC", "019_2HC", "001_HC"):
+        x = by_name[name]
+        image, mask = x.load()
+        outline = read_mask(x.mask_paths[0]) > 0
+        assert mask.shape == image.shape and set(np.unique(mask)) == {0, 1}
+        assert mask.sum() > 10 * outline.sum()
+        ys, xs = np.nonzero(outline)
+        assert mask[int(round(ys.mean())), int(round(xs.mean()))] == 1
+        # a filled ellipse of circumference HC has about the area of a circle HC long
+        area_mm2 = mask.sum() * x.meta["pixel_size_mm"] ** 2
+        assert area_mm2 / (x.meta["hc_mm"] ** 2 / (4 * np.pi)) == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.realdata
+def test_real_kaggle_sample(real_inspect) -> None:
+    report, problems = real_inspect("kaggle_nerve_sample")
+    assert [str(p) for p in problems] == []
+    assert report["layout"] == "kaggle"
+    assert report["pairs"] == 1 and report["unlabelled"] == 1
+    assert report["image_size_min"] == report["image_size_max"] == [580, 420]
+    ds, _ = scan_dataset(shared_dataset("kaggle_nerve_sample"))
+    lab = ds.labelled[0]
+    image, mask = lab.load()  # LZW-compressed TIFF
+    assert image.shape == (420, 580) and image.std() > 5
+    assert set(np.unique(mask)) <= {0, 1} and mask.any()
+    assert ds.unlabelled[0].load_image().shape == (420, 580)
+
+
+@pytest.mark.realdata
+def test_real_forced_layout() -> None:
+    root = shared_dataset("kaggle_nerve_sample")
+    ds, problems = scan_dataset(root, layout="images")
+    assert ds.layout == "images" and len(ds.samples) == 3 and not ds.labelled and not problems
+    ds, problems = scan_dataset(root, layout="kaggle")
+    assert ds.layout == "kaggle" and len(ds.samples) == 2

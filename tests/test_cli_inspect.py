@@ -1,0 +1,293 @@
+"""``ultraseg inspect``: every bad input of the Foundation issue (item 3) on small files the tests
+write, each reported by ``inspect_dataset`` and by the CLI (exit 2, one stderr line naming the
+file); every problem reported, not only the first; ``--json`` prints one JSON object only."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import shared_dataset
+from ultraseg.cli import main
+from ultraseg.errors import DataError
+from ultraseg.inspection import inspect_dataset
+from ultraseg.io import READERS
+
+JSON_KEYS = {"layout", "pairs", "unlabelled", "subjects", "empty_masks",
+             "foreground_fraction_mean", "image_size_min", "image_size_max"}
+
+
+def _img(seed: int = 0, h: int = 20, w: int = 24) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def _mask(h: int = 20, w: int = 24) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    m[4:12, 6:16] = 255
+    return m
+
+
+def _save(path: Path, arr: np.ndarray, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+    return path
+
+
+def _good(root: Path, name: str = "1_1", seed: int = 0) -> None:
+    _save(root / "images" / f"{name}.png", _img(seed))
+    _save(root / "masks" / f"{name}_mask.png", _mask())
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+# ------------------------------------------------------------------ the bad inputs
+# Each builder writes a small folders-layout tree with one problem and returns the file to name.
+def bad_mask_size(root: Path) -> Path:
+    _good(root)
+    _save(root / "images" / "1_2.png", _img(1))
+    return _save(root / "masks" / "1_2_mask.png", _mask(10, 10))
+
+
+def bad_photo_mask(root: Path) -> Path:
+    _good(root)
+    _save(root / "images" / "1_2.png", _img(1))
+    return _save(root / "masks" / "1_2_mask.png", _img(2))
+
+
+def bad_truncated_image(root: Path) -> Path:
+    _good(root)
+    p = _save(root / "images" / "1_2.png", _img(1, 60, 80))
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    _save(root / "masks" / "1_2_mask.png", _mask(60, 80))
+    return p
+
+
+def bad_zero_bytes(root: Path) -> Path:
+    _good(root)
+    p = root / "images" / "1_2.png"
+    p.write_bytes(b"")
+    _save(root / "masks" / "1_2_mask.png", _mask())
+    return p
+
+
+def bad_text_as_png(root: Path) -> Path:
+    _good(root)
+    p = root / "images" / "1_2.png"
+    p.write_text("this is not an image\n" * 20)
+    _save(root / "masks" / "1_2_mask.png", _mask())
+    return p
+
+
+def bad_mask_without_image(root: Path) -> Path:
+    _good(root)
+    return _save(root / "masks" / "1_9_mask.png", _mask())
+
+
+def bad_image_without_mask(root: Path) -> Path:
+    _good(root)
+    return _save(root / "images" / "1_3.png", _img(3))
+
+
+def bad_empty_images_folder(root: Path) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    return root / "images"
+
+
+def bad_empty_folder(root: Path) -> Path:
+    root.mkdir(parents=True)
+    return root
+
+
+def bad_duplicate_name(root: Path) -> Path:
+    _good(root, "a")
+    _save(root / "images" / "a.jpg", _img(5), "JPEG")
+    return root / "images" / "a"  # the message names a.png and a.jpg: checked below
+
+
+# the same checks in the other layouts
+def bad_hc18_open_outline(root: Path) -> Path:
+    ts = root / "training_set"
+    outline = np.zeros((40, 48), np.uint8)
+    yy, xx = np.mgrid[:40, :48]
+    ring = np.abs(np.hypot(yy - 20, xx - 24) - 12) < 0.6
+    outline[ring] = 255
+    _save(ts / "000_HC.png", _img(0, 40, 48))
+    _save(ts / "000_HC_Annotation.png", outline)
+    outline[ring & (yy > 20)] = 0  # half a ring: nothing to fill
+    _save(ts / "001_HC.png", _img(1, 40, 48))
+    return _save(ts / "001_HC_Annotation.png", outline)
+
+
+def bad_busi_mask_without_image(root: Path) -> Path:
+    _save(root / "benign" / "images" / "benign (1).png", _img(0))
+    _save(root / "benign" / "mask" / "benign (1)_mask.png", _mask())
+    return _save(root / "benign" / "mask" / "benign (2)_mask.png", _mask())
+
+
+def bad_kaggle_image_without_mask(root: Path) -> Path:
+    _save(root / "train" / "1_1.tif", _img(0))
+    _save(root / "train" / "1_1_mask.tif", _mask())
+    return _save(root / "train" / "1_2.tif", _img(1))
+
+
+BAD: dict[str, Callable[[Path], Path]] = {
+    f.__name__[4:]: f for f in (bad_mask_size, bad_photo_mask, bad_truncated_image, bad_zero_bytes,
+                                bad_text_as_png, bad_mask_without_image, bad_image_without_mask,
+                                bad_empty_images_folder, bad_empty_folder, bad_duplicate_name,
+                                bad_hc18_open_outline, bad_busi_mask_without_image,
+                                bad_kaggle_image_without_mask)
+}
+
+
+def _problems(root: Path) -> list[str]:
+    """Every problem ``inspect_dataset`` finds; a folder it cannot read at all raises one."""
+    try:
+        _, problems = inspect_dataset(root)
+    except DataError as e:
+        return [str(e)]
+    return [str(p) for p in problems]
+
+
+def _named(line: str, path: Path) -> bool:
+    if path.name == "a":  # duplicate names: both files
+        return "a.png" in line and "a.jpg" in line
+    return str(path) in line or path.name in line
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_reported_by_inspect_dataset(case: str, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    culprit = BAD[case](root)
+    problems = _problems(root)
+    assert len(problems) == 1, problems
+    assert _named(problems[0], culprit), problems[0]
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_cli_exit_2_one_line_naming_the_file(case: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    culprit = BAD[case](root)
+    before = _files(tmp_path)
+    assert main(["inspect", str(root)]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert _named(lines[0], culprit), lines[0]
+    assert _files(tmp_path) == before, "inspect must write nothing"
+
+
+def test_every_problem_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    _good(root, "1_1")
+    _save(root / "images" / "1_2.png", _img(1))
+    size = _save(root / "masks" / "1_2_mask.png", _mask(10, 10))
+    _save(root / "images" / "1_3.png", _img(2))
+    photo = _save(root / "masks" / "1_3_mask.png", _img(3))
+    orphan = _save(root / "masks" / "2_1_mask.png", _mask())
+
+    problems = _problems(root)
+    assert len(problems) == 3, problems
+    assert main(["inspect", str(root)]) == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 3, captured.err
+    for path in (size, photo, orphan):
+        assert sum(path.name in ln for ln in lines) == 1, (path.name, lines)
+    assert re.search(r"pairs\s+1\b", captured.out)  # the summary of what is usable still prints
+
+
+def test_json_has_the_keys_and_nothing_else_on_stdout(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    _good(root, "1_1", 0)
+    _good(root, "1_2", 1)
+    _save(root / "images" / "2_1.png", _img(2, 30, 40))
+    _save(root / "masks" / "2_1_mask.png", np.zeros((30, 40), np.uint8))
+    assert main(["inspect", str(root), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.endswith("\n")
+    report = json.loads(out)
+    assert isinstance(report, dict) and JSON_KEYS <= set(report)
+    assert report["layout"] == "folders"
+    assert report["pairs"] == 3 and report["unlabelled"] == 0
+    assert report["subjects"] == 2 and report["empty_masks"] == 1
+    assert report["image_size_min"] == [24, 20] and report["image_size_max"] == [40, 30]
+    fg = (_mask() > 0).mean()
+    assert report["foreground_fraction_mean"] == pytest.approx((2 * fg + 0) / 3)
+
+
+def test_json_with_problems_is_still_one_object(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    culprit = bad_photo_mask(root)
+    assert main(["inspect", str(root), "--json"]) == 2
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["pairs"] == 1
+    assert culprit.name in captured.err
+
+
+def test_human_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    _good(root)
+    assert main(["inspect", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "folders" in out and "pairs" in out and "24x20" in out
+
+
+def test_unknown_layout_lists_the_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    _good(root)
+    assert main(["inspect", str(root), "--layout", "dicom"]) == 2
+    err = capsys.readouterr().err
+    assert "dicom" in err
+    for name in READERS:
+        assert name in err
+
+
+def test_forced_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    _good(root)
+    assert main(["inspect", str(root), "--layout", "images", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "images"
+    assert report["pairs"] == 0 and report["unlabelled"] == 2
+
+
+def test_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_usage_error_exit_2(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["inspect"])
+    assert e.value.code == 2
+
+
+@pytest.mark.realdata
+def test_real_kaggle_sample_json(capsys: pytest.CaptureFixture) -> None:
+    root = shared_dataset("kaggle_nerve_sample")
+    assert main(["inspect", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "kaggle"
+    assert report["pairs"] == 1 and report["unlabelled"] == 1 and report["empty_masks"] == 0
+    assert report["image_size_min"] == [580, 420]
+    assert 0 < report["foreground_fraction_mean"] < 0.2
+
+
+@pytest.mark.realdata
+def test_real_forced_layout_via_cli(capsys: pytest.CaptureFixture) -> None:
+    root = shared_dataset("kaggle_nerve_sample")
+    assert main(["inspect", str(root), "--layout", "images", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "images" and report["pairs"] == 0 and report["unlabelled"] == 3

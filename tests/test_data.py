@@ -1,0 +1,173 @@
+"""Subject-grouped split, the split file, and the cache of decoded arrays."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ultraseg.config import PreprocessConfig
+from ultraseg.data import cache_key, load_arrays, read_split, split_by_subject, write_split
+from ultraseg.errors import UltrasegError
+from ultraseg.io import DataProblems, Sample, open_dataset
+
+
+# ------------------------------------------------------------------ split
+def _subjects(seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 30, size=int(rng.integers(2, 40)))
+    subjects = [f"s{i}" for i, c in enumerate(counts) for _ in range(c)]
+    rng.shuffle(subjects)
+    return subjects
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5])
+def test_split_never_shares_a_subject(seed: int, fraction: float) -> None:
+    subjects = _subjects(seed)
+    train, val = split_by_subject(subjects, fraction, seed=seed)
+    assert len(train) and len(val)
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(subjects)))
+    s = np.asarray(subjects)
+    assert not set(s[train]) & set(s[val])
+
+
+def test_split_fraction_approximately_respected() -> None:
+    subjects = [f"s{i // 10}" for i in range(400)]  # 40 subjects of 10 frames
+    for seed in range(5):
+        for fraction in (0.2, 0.3):
+            _, val = split_by_subject(subjects, fraction, seed=seed)
+            assert abs(len(val) / len(subjects) - fraction) <= 10 / len(subjects) + 1e-9
+
+
+def test_split_default_is_80_20() -> None:
+    subjects = [f"s{i}" for i in range(100)]
+    train, val = split_by_subject(subjects)
+    assert (len(train), len(val)) == (80, 20)
+
+
+def test_split_is_seeded() -> None:
+    subjects = _subjects(3)
+    a = split_by_subject(subjects, 0.2, seed=7)
+    b = split_by_subject(subjects, 0.2, seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    others = [split_by_subject(subjects, 0.2, seed=s)[1] for s in range(8, 14)]
+    assert any(not np.array_equal(a[1], o) for o in others)
+
+
+def test_split_needs_two_subjects() -> None:
+    with pytest.raises(UltrasegError, match="two subjects"):
+        split_by_subject(["a"] * 10)
+    with pytest.raises(UltrasegError):
+        split_by_subject(["a", "b"], 1.5)
+    train, val = split_by_subject(["a", "a", "b"], 0.9)
+    assert len(train) and len(val)  # two subjects: one on each side
+
+
+def test_split_file_round_trip(tmp_path: Path) -> None:
+    names = [f"{i // 3}_{i % 3}" for i in range(30)]
+    subjects = [n.split("_")[0] for n in names]
+    train, val = split_by_subject(subjects, 0.2, seed=1)
+    path = tmp_path / "split.json"
+    write_split(path, names, subjects, train, val, seed=1, val_fraction=0.2)
+    doc = json.loads(path.read_text())
+    assert doc["seed"] == 1 and doc["val_fraction"] == 0.2
+    assert not set(doc["train_subjects"]) & set(doc["val_subjects"])
+    # read back against the names in another order: the same frames on each side
+    shuffled = list(reversed(names))
+    t2, v2 = read_split(path, shuffled)
+    assert sorted(shuffled[i] for i in t2) == sorted(names[i] for i in train)
+    assert sorted(shuffled[i] for i in v2) == sorted(names[i] for i in val)
+    with pytest.raises(UltrasegError):
+        read_split(path, names[:-3])
+
+
+# ------------------------------------------------------------------ cache
+def _tree(root: Path, n: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 30), dtype=np.uint8)).save(
+            root / "images" / f"{i // 2}_{i}.png")
+        mask = np.zeros((20, 30), np.uint8)
+        mask[2 + i:10 + i, 5:15] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{i // 2}_{i}_mask.png")
+    return root
+
+
+def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> None:
+    ds = open_dataset(_tree(tmp_path / "data"))
+    cfg = PreprocessConfig(size=16)
+    cache = tmp_path / "cache"
+    first = load_arrays(ds, cfg, cache_dir=cache)
+    assert first.images.shape == (4, 16, 16) and first.images.dtype == np.uint8
+    assert first.masks.shape == (4, 16, 16) and set(np.unique(first.masks)) == {0, 1}
+    assert first.names == tuple(s.name for s in ds.labelled)
+    assert first.subjects == ("0", "0", "1", "1")
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    def no_decoding(self):  # a cache hit must not decode any file
+        raise AssertionError("decoded a file on a cache hit")
+
+    monkeypatch.setattr(Sample, "load", no_decoding)
+    second = load_arrays(ds, cfg, cache_dir=cache)
+    assert np.array_equal(first.images, second.images)
+    assert np.array_equal(first.masks, second.masks)
+    assert first.names == second.names and first.subjects == second.subjects
+
+
+def test_cache_key_follows_files_and_settings(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "data")
+    ds = open_dataset(root)
+    cfg = PreprocessConfig(size=16)
+    key = cache_key(ds, cfg)
+    assert cache_key(ds, cfg) == key
+    assert cache_key(ds, PreprocessConfig(size=32)) != key
+    assert cache_key(ds, PreprocessConfig(size=16, label=1)) != key
+    p = ds.labelled[0].image_path
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # touch
+    assert cache_key(ds, cfg) != key
+
+
+def test_changed_file_invalidates_the_cache(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "data")
+    ds = open_dataset(root)
+    cfg = PreprocessConfig(size=16)
+    cache = tmp_path / "cache"
+    before = load_arrays(ds, cfg, cache_dir=cache)
+    p = ds.labelled[1].image_path
+    mtime = p.stat().st_mtime_ns
+    Image.fromarray(np.full((20, 30), 200, np.uint8)).save(p)
+    os.utime(p, ns=(mtime + 5_000_000_000, mtime + 5_000_000_000))
+    after = load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert np.all(after.images[1][5:11] == 200)  # the frame's rows (20x30 padded to square)
+    assert not np.array_equal(before.images[1], after.images[1])
+    assert np.array_equal(before.images[0], after.images[0])
+
+
+def test_damaged_cache_is_rebuilt(tmp_path: Path) -> None:
+    ds = open_dataset(_tree(tmp_path / "data"))
+    cfg = PreprocessConfig(size=16)
+    cache = tmp_path / "cache"
+    first = load_arrays(ds, cfg, cache_dir=cache)
+    (npz,) = cache.glob("*.npz")
+    npz.write_bytes(b"not a zip file")
+    again = load_arrays(ds, cfg, cache_dir=cache)
+    assert np.array_equal(first.images, again.images)
+
+
+def test_load_arrays_collects_every_problem(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "data")
+    (root / "images" / "0_0.png").write_bytes(b"")
+    (root / "images" / "1_2.png").write_text("not an image")
+    with pytest.raises(DataProblems) as e:
+        load_arrays(open_dataset(root), PreprocessConfig(size=16), cache_dir=tmp_path / "c")
+    assert len(e.value.problems) == 2
+    assert "0_0.png" in str(e.value) and "1_2.png" in str(e.value)
+    assert not list((tmp_path / "c").glob("*.npz"))

@@ -1,0 +1,176 @@
+"""Preprocessing: pure functions on arrays, and the round trip frame -> canvas -> frame."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from ultraseg.config import PreprocessConfig
+from ultraseg.errors import DataError
+from ultraseg.preprocess import (fill_outline, normalise, pad_to_square, prepare, resize, restore,
+                                 to_canvas, to_gray)
+
+
+# ------------------------------------------------------------------ to_gray / normalise
+def test_to_gray() -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert to_gray(gray) is gray
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 200, 50
+    out = to_gray(rgb)
+    assert out.shape == (2, 2) and out.dtype == np.uint8
+    assert out[0, 0] == round(0.299 * 100 + 0.587 * 200 + 0.114 * 50)
+    rgba = np.concatenate([rgb, np.zeros((2, 2, 1), np.uint8)], axis=-1)
+    assert np.array_equal(to_gray(rgba), out)  # alpha dropped
+    with pytest.raises(ValueError):
+        to_gray(np.zeros((2, 2, 5)))
+
+
+def test_normalise() -> None:
+    x = np.array([[0, 255], [51, 102]], np.uint8)
+    unit = normalise(x, "unit")
+    assert unit.dtype == np.float32
+    assert np.allclose(unit, x / 255.0)
+    z = normalise(np.random.default_rng(0).integers(0, 256, (20, 20), dtype=np.uint8), "zscore")
+    assert z.dtype == np.float32
+    assert abs(float(z.mean())) < 1e-5 and float(z.std()) == pytest.approx(1.0, abs=1e-4)
+    flat = normalise(np.full((4, 4), 7, np.uint8), "zscore")
+    assert np.all(np.isfinite(flat)) and np.all(flat == 0)
+    with pytest.raises(ValueError):
+        normalise(x, "nope")
+
+
+# ------------------------------------------------------------------ pad / resize
+@pytest.mark.parametrize("shape,offset", [((3, 5), (1, 0)), ((5, 2), (0, 1)), ((4, 4), (0, 0)),
+                                          ((420, 580), (80, 0))])
+def test_pad_to_square_centres(shape: tuple[int, int], offset: tuple[int, int]) -> None:
+    h, w = shape
+    image = np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w)
+    out, (top, left) = pad_to_square(image, value=-1)
+    side = max(h, w)
+    assert out.shape == (side, side) and out.dtype == image.dtype
+    assert (top, left) == offset
+    assert np.array_equal(out[top:top + h, left:left + w], image)
+    assert (out == -1).sum() == side * side - h * w
+    # centred: the two margins differ by at most one pixel
+    assert abs((side - h - top) - top) <= 1 and abs((side - w - left) - left) <= 1
+
+
+def test_resize_mask_stays_label_with_nearest() -> None:
+    mask = np.zeros((37, 53), np.uint8)
+    mask[5:20, 10:40] = 1
+    mask[25:35, 3:9] = 2
+    for size in [(16, 16), (100, 120)]:
+        out = resize(mask, size, "mask")
+        assert out.shape == size and out.dtype == np.uint8
+        assert set(np.unique(out)) == {0, 1, 2}
+
+
+def test_resize_image_area_when_shrinking_bilinear_when_enlarging() -> None:
+    checker = (np.indices((8, 8)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    small = resize(checker, (4, 4), "image")
+    assert small.dtype == np.uint8 and small.shape == (4, 4)
+    assert np.all(np.abs(small.astype(int) - 127.5) <= 1)  # area average of 0/255 pairs
+    ramp = np.tile(np.linspace(0, 250, 6).astype(np.uint8), (6, 1))
+    big = resize(ramp, (12, 12), "image")
+    assert big.shape == (12, 12)
+    assert len(np.unique(big)) > 6  # interpolated values, not nearest
+    assert np.all(np.diff(big[6].astype(int)) >= 0)
+    prob = resize(np.eye(4, dtype=np.float32), (8, 8), "prob")
+    assert prob.dtype == np.float32 and prob.shape == (8, 8)
+    assert 0 <= prob.min() and prob.max() <= 1
+    assert resize(ramp, (6, 6)) is ramp  # no-op at the same size
+
+
+# ------------------------------------------------------------------ canvas round trip
+def test_prepare_restore_round_trip_size() -> None:
+    cfg = PreprocessConfig(size=64, pad_to_square=True, normalise="unit")
+    image = np.random.default_rng(0).integers(0, 256, (90, 150), dtype=np.uint8)
+    x, geom = prepare(image, cfg)
+    assert x.shape == (64, 64) and x.dtype == np.float32
+    assert (geom.height, geom.width) == (90, 150)
+    back = restore(np.zeros((64, 64), np.float32), geom)
+    assert back.shape == (90, 150) and back.dtype == np.float32
+    # no resize: restore crops back to the frame
+    x, geom = prepare(image, PreprocessConfig(size=None))
+    assert x.shape == (90, 150) and restore(x, geom).shape == (90, 150)
+
+
+@pytest.mark.parametrize("shape", [(60, 100), (100, 60), (81, 47)])
+def test_square_comes_back_at_its_position(shape: tuple[int, int]) -> None:
+    h, w = shape
+    prob = np.zeros(shape, np.float32)
+    top, left = int(h * 0.6), int(w * 0.2)
+    prob[top:top + 16, left:left + 16] = 1.0
+    cfg = PreprocessConfig(size=64, pad_to_square=True)
+    canvas, geom = to_canvas(prob, cfg, "prob")
+    assert canvas.shape == (64, 64)
+    back = restore(canvas, geom)
+    assert back.shape == shape
+    ys, xs = np.nonzero(back > 0.5)
+    assert abs(ys.min() - top) <= 2 and abs(ys.max() - (top + 15)) <= 2
+    assert abs(xs.min() - left) <= 2 and abs(xs.max() - (left + 15)) <= 2
+    iou = ((back > 0.5) & (prob > 0.5)).sum() / ((back > 0.5) | (prob > 0.5)).sum()
+    assert iou > 0.75
+
+
+def test_prepare_casts_and_refuses_nan() -> None:
+    cfg = PreprocessConfig(size=32)
+    x, _ = prepare(np.random.default_rng(0).random((20, 30)), cfg)  # float 0..1 frame
+    assert x.dtype == np.float32 and x.shape == (32, 32)
+    bad = np.zeros((20, 30))
+    bad[3, 3] = np.nan
+    with pytest.raises(DataError):
+        prepare(bad, cfg)
+
+
+# ------------------------------------------------------------------ fill_outline
+def _outline(h: int, w: int, box: tuple[int, int, int, int], start: int = 0, end: int = 360
+             ) -> np.ndarray:
+    im = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(im)
+    if (start, end) == (0, 360):
+        draw.ellipse(box, outline=255, width=1)
+    else:
+        draw.arc(box, start, end, fill=255, width=1)
+    return np.asarray(im) > 0
+
+
+def test_fill_outline_fills_a_circle() -> None:
+    outline = _outline(80, 100, (20, 10, 80, 70))  # circle centre (40, 50), radius 30
+    filled = fill_outline(outline)
+    assert filled.dtype == bool and filled.shape == outline.shape
+    assert filled[40, 50] and not filled[2, 2]
+    assert np.all(filled[outline])
+    assert filled.sum() == pytest.approx(np.pi * 30 ** 2, rel=0.1)
+
+
+def test_fill_outline_closes_a_contour_cut_by_the_border() -> None:
+    # circle centre (x=50, y=5), radius 20: its top is outside the frame
+    outline = _outline(60, 100, (30, -15, 70, 25))
+    assert outline[0].any()
+    filled = fill_outline(outline)
+    assert filled[5, 50] and filled[0, 50] and not filled[40, 50] and not filled[5, 5]
+    yy, xx = np.mgrid[:60, :100]
+    inside = ((yy - 5) ** 2 + (xx - 50) ** 2) <= 20 ** 2
+    assert filled.sum() == pytest.approx(inside.sum(), rel=0.1)
+
+
+def test_fill_outline_closes_a_small_gap() -> None:
+    outline = _outline(80, 100, (20, 10, 80, 70))
+    outline[38:41, 78:82] = False  # a 2-3 pixel gap at the right
+    filled = fill_outline(outline)
+    assert filled[40, 50] and filled.sum() > 0.8 * np.pi * 30 ** 2
+
+
+def test_fill_outline_refuses_an_open_curve() -> None:
+    arc = _outline(80, 100, (20, 10, 80, 70), 0, 180)  # half circle, far from the border
+    assert arc.any() and not arc[0].any() and not arc[-1].any()
+    with pytest.raises(DataError) as e:
+        fill_outline(arc, path="open_Annotation.png")
+    assert "open_Annotation.png" in str(e.value)
+
+
+def test_fill_outline_empty_stays_empty() -> None:
+    empty = np.zeros((10, 10), bool)
+    assert not fill_outline(empty).any()
