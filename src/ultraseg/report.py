@@ -1,0 +1,433 @@
+"""The report stage: overlays, learning-curve and sample figures, and one self-contained HTML page.
+
+:func:`overlay` needs numpy only (``ultraseg predict --overlay`` calls it per frame).
+The plotting functions import matplotlib lazily and draw on a ``matplotlib.figure.Figure`` with
+the Agg canvas, so importing this module is cheap and no global pyplot state is touched. Every
+file is written atomically (figure -> bytes -> :func:`ultraseg.fileio.atomic_write_bytes`).
+
+Colours: ground truth outlines are green, predicted outlines red, pixels on both outlines yellow.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ultraseg.fileio import atomic_write_bytes
+from ultraseg.metrics import dice
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+#: RGB of the predicted mask's outline.
+PRED_COLOR: tuple[int, int, int] = (255, 0, 0)
+#: RGB of the ground-truth outline.
+TRUTH_COLOR: tuple[int, int, int] = (0, 255, 0)
+#: RGB of pixels on both outlines.
+BOTH_COLOR: tuple[int, int, int] = (255, 255, 0)
+
+#: Resolution of every figure written here.
+DPI = 100
+#: At most this many frames are drawn by :func:`plot_samples` / :func:`plot_predictions`.
+MAX_FRAMES = 8
+
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+
+
+# --------------------------------------------------------------------------------------------
+# overlay (numpy / scipy only)
+# --------------------------------------------------------------------------------------------
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A displayable uint8 copy of a gray (H, W) or RGB (H, W, 3) image.
+
+    uint8 is returned as is; bool becomes 0/255; any other dtype is min-max scaled to 0..255
+    (a constant image becomes 0; NaN becomes 0).
+    """
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    f = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 0.0)
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    return np.round((f - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """The outline of a bool (H, W) mask: the mask minus its binary erosion, ``thickness`` px.
+
+    The array edge counts as outside, so a mask touching the edge is closed there. Returns bool
+    (H, W).
+    """
+    m = np.asarray(mask, dtype=bool)
+    out = np.zeros(m.shape, dtype=bool)
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return out
+    cols = np.flatnonzero(m.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    sub = m[box]
+    # Same as scipy.ndimage.binary_erosion(sub, iterations=thickness, border_value=0) with the
+    # 4-neighbour cross, done with slices on the mask's bounding box (several times faster).
+    eroded = sub
+    for _ in range(max(1, int(thickness))):
+        p = np.pad(eroded, 1)
+        eroded = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    out[box] = sub & ~eroded
+    return out
+
+
+def overlay(
+    image: np.ndarray,
+    pred: np.ndarray | None,
+    truth: np.ndarray | None = None,
+    *,
+    thickness: int = 1,
+) -> np.ndarray:
+    """The image in RGB with the outlines of the predicted (red) and true (green) masks.
+
+    ``image``: (H, W) gray, uint8 (other dtypes are min-max scaled), or (H, W, 3) uint8 RGB.
+    ``pred`` / ``truth``: (H, W) masks (bool, or nonzero = inside), either may be ``None``.
+    Pixels on both outlines are yellow; mask interiors and background keep the image's gray.
+    ``thickness``: outline width in pixels. Returns a new (H, W, 3) uint8 array.
+    """
+    img = to_uint8(image)
+    if img.ndim == 2:
+        rgb = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 3:
+        rgb = img.copy()
+    else:
+        raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {img.shape}")
+    hw = rgb.shape[:2]
+    edges: list[np.ndarray | None] = []
+    for name, mask in (("pred", pred), ("truth", truth)):
+        if mask is None:
+            edges.append(None)
+            continue
+        m = np.asarray(mask)
+        if m.shape != hw:
+            raise ValueError(f"{name} mask shape {m.shape} differs from image shape {hw}")
+        edges.append(outline(m if m.dtype == bool else m != 0, thickness))
+    p_edge, t_edge = edges
+    if t_edge is not None:
+        rgb[t_edge] = TRUTH_COLOR
+    if p_edge is not None:
+        rgb[p_edge] = PRED_COLOR
+        if t_edge is not None:
+            rgb[p_edge & t_edge] = BOTH_COLOR
+    return rgb
+
+
+# --------------------------------------------------------------------------------------------
+# figures (matplotlib, imported lazily)
+# --------------------------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI)
+    finally:
+        fig.clear()
+    atomic_write_bytes(path, buf.getvalue())
+    logger.debug("wrote %s (%d bytes)", path, buf.tell())
+
+
+def _num(value: Any) -> float:
+    """A float, with None / missing / unparsable as NaN."""
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+    """Write the learning curves (``curve.png``) of a training history.
+
+    ``history``: one row per epoch with keys ``epoch``, ``train_loss``, ``val_loss``,
+    ``val_dice`` (values may be NaN/None, e.g. for a partial epoch). Left panel: the two losses;
+    right panel: validation Dice, with the best epoch marked. A single epoch is drawn as markers.
+    """
+    rows = list(history)
+    fig = _new_figure(10.0, 4.0)
+    ax_loss, ax_dice = fig.subplots(1, 2)
+    epochs = np.array([_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)], dtype=float)
+    marker = "o" if len(rows) <= 30 else None
+
+    def series(key: str) -> np.ndarray:
+        return np.array([_num(r.get(key)) for r in rows], dtype=float)
+
+    drawn = False
+    for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+        y = series(key)
+        if np.isfinite(y).any():
+            ok = np.isfinite(y)
+            ax_loss.plot(epochs[ok], y[ok], marker=marker, markersize=4, label=label)
+            drawn = True
+    if drawn:
+        ax_loss.legend(loc="best")
+    from matplotlib.ticker import MaxNLocator
+
+    finite_epochs = epochs[np.isfinite(epochs)]
+    for ax in (ax_loss, ax_dice):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if finite_epochs.size and np.ptp(finite_epochs) < 2:  # few epochs: keep ticks whole
+            ax.set_xlim(finite_epochs.min() - 0.5, finite_epochs.max() + 0.5)
+            ax.set_xticks(np.unique(finite_epochs))
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("loss")
+    ax_loss.grid(True, alpha=0.3)
+
+    y = series("val_dice")
+    ok = np.isfinite(y)
+    if ok.any():
+        ax_dice.plot(epochs[ok], y[ok], marker=marker, markersize=4, color="tab:green",
+                     label="validation Dice")
+        best = int(np.nanargmax(np.where(ok, y, -np.inf)))
+        ax_dice.axvline(epochs[best], color="gray", linestyle="--", linewidth=1)
+        ax_dice.plot([epochs[best]], [y[best]], marker="*", markersize=12, color="tab:orange",
+                     linestyle="none", label=f"best {y[best]:.4f} (epoch {epochs[best]:g})")
+        ax_dice.legend(loc="lower right")
+    ax_dice.set_xlabel("epoch")
+    ax_dice.set_ylabel("Dice")
+    ax_dice.set_title("validation Dice")
+    ax_dice.grid(True, alpha=0.3)
+    if not rows:
+        for ax in (ax_loss, ax_dice):
+            ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center",
+                    transform=ax.transAxes)
+    _save(fig, path)
+
+
+def _thickness(shape: tuple[int, ...]) -> int:
+    """Outline width that stays visible once a frame is shrunk to a ~300 px panel."""
+    return max(1, int(max(shape[:2])) // 200)
+
+
+def _grid(fig_count: int) -> tuple[int, int]:
+    cols = min(fig_count, 4)
+    return max(1, math.ceil(fig_count / max(cols, 1))), max(cols, 1)
+
+
+def _draw_panels(
+    panels: list[np.ndarray], titles: list[str], path: str | Path, suptitle: str
+) -> None:
+    nrows, ncols = _grid(len(panels))
+    fig = _new_figure(3.0 * ncols, 3.0 * nrows + 0.4)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, panel, title in zip(axes, panels, titles):
+        ax.imshow(panel, interpolation="antialiased")
+        if title:
+            ax.set_title(title, fontsize=9)
+    if not panels:
+        axes[0].text(0.5, 0.5, "no frames", ha="center", va="center", transform=axes[0].transAxes)
+    fig.suptitle(suptitle, fontsize=10)
+    _save(fig, path)
+
+
+def _check_lengths(**lists: Sequence[Any] | None) -> int:
+    lengths = {k: len(v) for k, v in lists.items() if v is not None}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"lists differ in length: {lengths}")
+    return next(iter(lengths.values()), 0)
+
+
+def plot_samples(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+) -> None:
+    """Write a grid (``sample.png``) of frames with their mask outlines (green).
+
+    ``images``: (H, W) gray frames (uint8, or float min-max scaled); ``masks``: matching (H, W)
+    masks (bool or nonzero = inside). At most :data:`MAX_FRAMES` frames are drawn.
+    """
+    n = _check_lengths(images=images, masks=masks, titles=titles)
+    n = min(n, MAX_FRAMES)
+    panels = [
+        overlay(images[i], None, masks[i], thickness=_thickness(np.shape(images[i])))
+        for i in range(n)
+    ]
+    names = [str(titles[i]) if titles is not None else f"frame {i}" for i in range(n)]
+    _draw_panels(panels, names, path, "training samples (green: mask outline)")
+
+
+def plot_predictions(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray | None],
+    preds: Sequence[np.ndarray],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+) -> None:
+    """Write a grid (``seg_sample.png``) of frames with truth (green) and prediction (red) outlines.
+
+    ``images``: (H, W) gray frames; ``truths`` / ``preds``: matching (H, W) masks (bool or
+    nonzero = inside; a truth may be ``None``). Each panel's title carries the frame's Dice
+    (:func:`ultraseg.metrics.dice`, empty rule included). At most :data:`MAX_FRAMES` frames.
+    """
+    n = _check_lengths(images=images, truths=truths, preds=preds, titles=titles)
+    n = min(n, MAX_FRAMES)
+    panels, names = [], []
+    for i in range(n):
+        truth, pred = truths[i], preds[i]
+        panels.append(overlay(images[i], pred, truth, thickness=_thickness(np.shape(images[i]))))
+        name = str(titles[i]) if titles is not None else f"frame {i}"
+        if truth is not None:
+            name += f"  Dice {dice(np.asarray(pred) != 0, np.asarray(truth) != 0):.3f}"
+        names.append(name)
+    _draw_panels(panels, names, path, "predictions (green: truth, red: prediction, yellow: both)")
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1100px;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.best td{font-weight:bold;background:#eef8ee}
+figure{margin:1em 0}img{max-width:100%;height:auto}figcaption{color:#666;font-size:.85em}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
+""".strip()
+
+
+def _fmt(value: Any) -> str:
+    """One table cell's text (not yet escaped)."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.4g}"
+    if isinstance(value, np.generic):
+        return _fmt(value.item())
+    if isinstance(value, (Mapping, list, tuple)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _kv_table(data: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th>"
+        f"<td{' class=num' if _is_num(v) else ''}>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in data.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def _metrics_table(history: Sequence[Mapping[str, Any]]) -> str:
+    if not history:
+        return "<p>No epochs recorded.</p>"
+    columns: list[str] = []
+    for row in history:
+        columns.extend(k for k in row if k not in columns)
+    if "epoch" in columns:
+        columns.remove("epoch")
+        columns.insert(0, "epoch")
+    dices = [_num(r.get("val_dice")) for r in history]
+    finite = [d for d in dices if math.isfinite(d)]
+    best = dices.index(max(finite)) if finite else -1
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for i, row in enumerate(history):
+        cells = "".join(
+            f"<td{' class=num' if _is_num(row.get(c)) else ''}>{html.escape(_fmt(row.get(c)))}</td>"
+            for c in columns
+        )
+        body.append(f"<tr{' class=best' if i == best else ''}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _figure(path: Path, name: str) -> str | None:
+    if not path.is_file():
+        logger.debug("report figure %s not found; skipped", path)
+        return None
+    mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    alt = html.escape(name)
+    return (f'<figure><img src="data:{mime};base64,{data}" alt="{alt}">'
+            f"<figcaption>{alt}</figcaption></figure>")
+
+
+def write_html(
+    run_dir: str | Path,
+    *,
+    title: str,
+    summary: Mapping[str, Any],
+    config: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    evaluation: Mapping[str, Any] | None = None,
+    images: tuple[str, ...] = ("curve.png", "sample.png", "seg_sample.png"),
+) -> Path:
+    """Write ``run_dir/report.html``, one self-contained page, and return its path.
+
+    Sections: title; ``summary`` as a key/value table; the figures named in ``images``
+    (relative to ``run_dir``) embedded as base64 data URIs, missing ones skipped; the per-epoch
+    ``history`` table (best validation Dice row highlighted); ``evaluation`` as a key/value table
+    when given; ``config`` as indented JSON. All text is HTML-escaped.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    figures = [f for f in (_figure(run_dir / name, name) for name in images) if f is not None]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>Summary</h2>",
+        _kv_table(summary),
+    ]
+    if figures:
+        parts += ["<h2>Figures</h2>", *figures]
+    parts += ["<h2>Per-epoch metrics</h2>", _metrics_table(history)]
+    if evaluation is not None:
+        parts += ["<h2>Evaluation</h2>", _kv_table(evaluation)]
+    config_json = json.dumps(config, indent=2, default=str, ensure_ascii=False)
+    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_json, quote=False)}</pre>",
+              "</body></html>", ""]
+    out = run_dir / "report.html"
+    atomic_write_bytes(out, "\n".join(parts).encode("utf-8"))
+    logger.info("wrote report %s (%d figures)", out, len(figures))
+    return out

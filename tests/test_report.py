@@ -1,0 +1,160 @@
+"""Tests of the report stage: overlay colours, PNG figures, the self-contained HTML page."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ultraseg import report
+from ultraseg.report import (
+    BOTH_COLOR,
+    PRED_COLOR,
+    TRUTH_COLOR,
+    overlay,
+    plot_curves,
+    plot_predictions,
+    plot_samples,
+    write_html,
+)
+
+
+def _square(shape: tuple[int, int], top: int, left: int, size: int) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[top:top + size, left:left + size] = True
+    return m
+
+
+def _frames(n: int, shape: tuple[int, int] = (40, 48)) -> tuple[list, list, list]:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+    truths = [_square(shape, 5 + i, 6, 15) for i in range(n)]
+    preds = [_square(shape, 7 + i, 8, 15) for i in range(n)]
+    return images, truths, preds
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.verify()
+    assert not list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def test_overlay_outline_colours_of_known_squares() -> None:
+    image = np.full((20, 20), 100, dtype=np.uint8)
+    truth = _square(image.shape, 4, 4, 8)  # rows/cols 4..11
+    pred = _square(image.shape, 4, 4, 6)  # rows/cols 4..9: shares the top-left corner edges
+    out = overlay(image, pred, truth)
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+    assert np.array_equal(image, np.full((20, 20), 100))  # input left untouched
+
+    t_edge = truth.copy()
+    t_edge[5:11, 5:11] = False
+    p_edge = pred.copy()
+    p_edge[5:9, 5:9] = False
+    both = t_edge & p_edge
+    assert both.any()
+    assert (out[both] == BOTH_COLOR).all()
+    assert (out[p_edge & ~both] == PRED_COLOR).all()
+    assert (out[t_edge & ~both] == TRUTH_COLOR).all()
+    gray = ~(t_edge | p_edge)  # interiors and background
+    assert (out[gray] == 100).all()
+
+
+def test_overlay_single_mask_none_and_edges() -> None:
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    assert np.array_equal(overlay(image, None), np.repeat(image[:, :, None], 3, axis=2))
+    full = np.ones((8, 8), dtype=np.uint8)  # nonzero = inside; the array edge closes the outline
+    out = overlay(image, full)
+    assert (out[0, :] == PRED_COLOR).all() and (out[:, -1] == PRED_COLOR).all()
+    assert np.array_equal(out[1:-1, 1:-1, 0], image[1:-1, 1:-1])
+    thick = overlay(image, None, full, thickness=2)
+    assert (thick[1, 1:-1] == TRUTH_COLOR).all() and (thick[2, 2] == image[2, 2]).all()
+    with pytest.raises(ValueError, match="shape"):
+        overlay(image, np.zeros((4, 4), dtype=bool))
+
+
+@pytest.mark.parametrize("thickness", [1, 2])
+def test_outline_equals_mask_minus_scipy_erosion(thickness: int) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(thickness)
+    for _ in range(10):
+        m = ndimage.binary_opening(rng.random((23, 31)) > 0.4)
+        expected = m & ~ndimage.binary_erosion(m, iterations=thickness, border_value=0)
+        assert np.array_equal(report.outline(m, thickness), expected)
+    assert not report.outline(np.zeros((5, 5), dtype=bool)).any()
+
+
+def test_import_does_not_load_matplotlib() -> None:
+    code = "import sys, ultraseg.report; print('matplotlib' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "val_dice": 0.3}],
+        [
+            {"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "val_dice": 0.3, "lr": 1e-3},
+            {"epoch": 2, "train_loss": 0.6, "val_loss": math.nan, "val_dice": 0.5},
+            {"epoch": 3, "train_loss": 0.5, "val_loss": 0.55, "val_dice": None},
+        ],
+        [],
+    ],
+    ids=["one-epoch", "nan-values", "empty"],
+)
+def test_plot_curves_writes_png(tmp_path: Path, history: list[dict]) -> None:
+    path = tmp_path / "curve.png"
+    plot_curves(history, path)
+    _assert_png(path)
+
+
+def test_plot_samples_and_predictions_write_png(tmp_path: Path) -> None:
+    images, truths, preds = _frames(3)
+    images[1] = images[1].astype(np.float32) / 255.0  # float frames are scaled for display
+    plot_samples(images, truths, tmp_path / "sample.png", titles=["a", "b", "c"])
+    _assert_png(tmp_path / "sample.png")
+    plot_predictions(images, truths, preds, tmp_path / "seg_sample.png")
+    _assert_png(tmp_path / "seg_sample.png")
+    with pytest.raises(ValueError, match="length"):
+        plot_samples(images, truths[:2], tmp_path / "bad.png")
+
+
+def test_write_html_self_contained_and_escaped(tmp_path: Path) -> None:
+    history = [
+        {"epoch": 1, "train_loss": 0.91, "val_loss": 0.82, "val_dice": 0.3125},
+        {"epoch": 2, "train_loss": 0.61, "val_loss": math.nan, "val_dice": 0.5625},
+    ]
+    plot_curves(history, tmp_path / "curve.png")
+    images, truths, preds = _frames(1)
+    plot_predictions(images, truths, preds, tmp_path / "seg_sample.png")
+    # sample.png deliberately missing: skipped without error
+    summary = {"best epoch": 2, "best val Dice": 0.5625, "device": "cpu",
+               "checkpoint": "runs/x/best.pt"}
+    config = {"data": {"root": "<script>alert(1)</script>"}, "train": {"epochs": 2}}
+    out = write_html(tmp_path, title="Run <x>", summary=summary, config=config,
+                     history=history, evaluation={"dice_mean": 0.71, "n": 12})
+    assert out == tmp_path / "report.html"
+    page = out.read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') == 2
+    for value in ("best epoch", "0.5625", "cpu", "runs/x/best.pt", "dice_mean", "0.71"):
+        assert value in page
+    assert "<td class=num>0.91</td>" in page and "<td class=num>0.61</td>" in page
+    assert "<tr class=best>" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Run &lt;x&gt;" in page
+    assert '"epochs": 2' in page
+
+
+def test_write_html_without_figures_or_evaluation(tmp_path: Path) -> None:
+    out = write_html(tmp_path, title="t", summary={}, config={}, history=[])
+    page = out.read_text(encoding="utf-8")
+    assert "data:image" not in page and "Evaluation" not in page
+    assert "No epochs recorded" in page
