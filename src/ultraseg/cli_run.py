@@ -1,9 +1,189 @@
-"""Subcommands that use a model: train, evaluate, predict, export, measure, demo."""
+"""Subcommands that use a model: train, evaluate, demo (predict, export, measure: cli_predict)."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any, Callable
+
+from .config import RunConfig, merge, parse_duration, preset
+from .errors import UltrasegError
+
+EXIT_OK = 0
+
+
+class ProgressPrinter:
+    """Renders training progress: a bar on a terminal's stderr, one line per epoch on stdout."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        if e["event"] == "batch" and self.tty:
+            done = e["batch"] / e["batches"]
+            eta = e["elapsed"] / done - e["elapsed"] if done else 0
+            bar = "#" * int(30 * done)
+            self.stream.write(f"\repoch {e['epoch']}/{e['epochs']} [{bar:<30}] "
+                              f"{e['batch']}/{e['batches']} loss {e['loss']:.4f} ETA {eta:4.0f}s ")
+            self.stream.flush()
+        elif e["event"] == "epoch":
+            if self.tty:
+                self.stream.write("\r" + " " * 90 + "\r")
+            partial = "" if e["complete"] else "  (partial: time limit)"
+            print(f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f}  "
+                  f"val loss {e['val_loss']:.4f}  val Dice {e['val_dice']:.4f}  "
+                  f"({e['seconds']:.0f} s){partial}", flush=True)
+        elif e["event"] == "stage":
+            print(e["message"] + " ...", file=self.stream, flush=True)
+
+
+# ---------------------------------------------------------------- train
+_FLAGS = {  # flag dest -> (section, key)
+    "model": ("model", "variant"), "width": ("model", "width"), "depth": ("model", "depth"),
+    "tile": ("model", "tile"), "size": ("preprocess", "size"), "label": ("preprocess", "label"),
+    "normalise": ("preprocess", "normalise"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "loss": ("train", "loss"), "val_fraction": ("train", "val_fraction"),
+    "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
+    "augment": ("train", "augment"), "schedule": ("train", "schedule"),
+    "tiles_per_image": ("train", "tiles_per_image"), "threads": ("train", "num_threads"),
+    "layout": ("data", "layout"), "subject_pattern": ("data", "subject_pattern"),
+    "cache_dir": ("data", "cache_dir"),
+}
+
+
+def default_preset() -> str:
+    """The recipe used when none is named: 'seed' until a tuned preset is the default."""
+    return "seed"
+
+
+def resolve_config(a: argparse.Namespace) -> RunConfig:
+    """Preset, then --config FILE, then explicit flags: later wins."""
+    cfg = preset(a.preset or default_preset())
+    if a.config:
+        file_cfg = json.loads(Path(a.config).read_text()) if Path(a.config).is_file() else None
+        if file_cfg is None:
+            raise UltrasegError("config file not found", a.config)
+        cfg = merge(cfg, {k: v for k, v in file_cfg.items() if k != "preset"})
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, (section, key) in _FLAGS.items():
+        value = getattr(a, dest, None)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    if a.time_limit is not None:
+        overrides.setdefault("train", {})["time_limit_s"] = parse_duration(a.time_limit)
+    overrides.setdefault("data", {})["path"] = str(a.data) if a.data else cfg.data.path
+    return merge(cfg, overrides)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .train import train
+
+    if a.resume:
+        cfg = RunConfig()  # the run's own config.json is used
+    else:
+        if not a.data:
+            raise UltrasegError("train needs DATA (or --resume with --out RUN)")
+        cfg = resolve_config(a)
+    result = train(cfg, a.out, resume=a.resume, progress=ProgressPrinter())
+    print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f} "
+          f"(original size {result.val_dice_original:.4f}, post-processed "
+          f"{result.val_dice_postprocessed:.4f}); {result.seconds:.0f} s")
+    if result.stopped:
+        print(f"note: {result.stopped}")
+    print(f"checkpoint: {Path(a.out) / 'best.ckpt'}\nreport: {Path(a.out) / 'report.html'}")
+    return EXIT_OK
+
+
+def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
+    p.add_argument("data", nargs="?", help="dataset folder")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--preset", help="recipe: seed, cpu, demo (default: seed)")
+    p.add_argument("--config", help="JSON config file (sections data/preprocess/model/train)")
+    p.add_argument("--model", choices=["valid", "same"], help="U-Net variant")
+    p.add_argument("--width", type=int, help="channels of the first block (64 in the paper)")
+    p.add_argument("--depth", type=int, help="number of poolings (4 in the paper)")
+    p.add_argument("--tile", type=int, help="valid model: output tile side (68)")
+    p.add_argument("--size", type=int, help="working resolution (frames padded square, resized)")
+    p.add_argument("--normalise", choices=["unit", "zscore"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", choices=["bce", "dice", "bce+dice"])
+    p.add_argument("--augment", choices=["none", "flip", "strong"])
+    p.add_argument("--schedule", choices=["constant", "cosine"])
+    p.add_argument("--tiles-per-image", type=int, help="valid model: random tiles per image per epoch")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s")
+    p.add_argument("--cache-dir", help="where decoded frames are cached ('' disables)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    layout_args(p)
+    p.set_defaults(layout=None)
+
+
+# ---------------------------------------------------------------- evaluate
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_summary
+    from .predict import load
+
+    predictor = load(a.checkpoint, device=a.device, tta=a.tta)
+    summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split, a.subset,
+                          a.out)
+    if a.json:
+        print(json.dumps(summary, default=lambda v: None))
+    else:
+        print(format_summary(summary))
+        if a.out:
+            print(f"per-image metrics: {Path(a.out) / 'per_image.csv'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- demo
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(a.out, progress=ProgressPrinter(), minutes=a.minutes)
+    print(f"demo: Dice over non-empty frames on {result['n']} unseen phantom frames: "
+          f"{result['dice_nonempty_mean']:.3f}")
+    print(f"report: {Path(a.out) / 'report.html'}")
+    return EXIT_OK
 
 
 def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the model subcommands on the ``ultraseg`` parser."""
+    p = sub.add_parser("train", help="train a U-Net on a dataset",
+                       description="Train a U-Net; writes checkpoints, metrics and a report to --out.")
+    _train_args(p, layout_args)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="per-image metrics of a checkpoint on a labelled dataset",
+                       description="Dice, IoU, precision, recall, HD95 per image at original size.")
+    p.add_argument("checkpoint", help="best.ckpt of a run, or an exported .onnx")
+    p.add_argument("data", help="labelled dataset folder")
+    layout_args(p)
+    p.add_argument("--split", help="a run's split.json: evaluate only one side of it")
+    p.add_argument("--subset", default="val", choices=["train", "val"])
+    p.add_argument("--out", help="folder for per_image.csv and summary.json")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (horizontal flip)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="phantom data -> train -> evaluate -> report, in minutes",
+                       description="On a fresh machine with no data: make phantom frames, train "
+                                   "a small U-Net, evaluate it on unseen phantom frames.")
+    p.add_argument("--out", default="ultraseg-demo", help="run folder (default ./ultraseg-demo)")
+    p.add_argument("--minutes", type=float, default=2.5, help="training time budget")
+    p.set_defaults(func=_cmd_demo)
+
+    try:
+        from . import cli_predict
+    except ImportError:  # predict/export/measure not installed in this build
+        return
+    cli_predict.add_commands(sub, layout_args)

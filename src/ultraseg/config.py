@@ -120,6 +120,7 @@ class DataConfig:
     path: str = ""
     layout: str = "auto"
     subject_pattern: str | None = None
+    cache_dir: str | None = None         # None: ~/.cache/ultraseg; "": no cache
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,3 +169,61 @@ class RunConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise UltrasegError(f"cannot read config: {e}", path) from e
+
+
+#: Named recipes. ``seed`` is the original description's recipe with correct valid geometry.
+#: ``cpu`` is tuned for two CPU cores and a 20-minute budget (see benchmarks/QUALITY.md).
+#: ``demo`` trains a small model on phantom frames in about two minutes.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "seed": {
+        "model": {"variant": "valid", "width": 64, "depth": 4, "tile": 68},
+        "preprocess": {"size": 252, "normalise": "unit"},
+        "train": {"epochs": 5, "batch_size": 4, "lr": 1e-3, "loss": "bce", "augment": "none",
+                  "schedule": "constant", "tiles_per_image": 1},
+    },
+    "cpu": {
+        "model": {"variant": "same", "width": 16, "depth": 4},
+        "preprocess": {"size": 256, "normalise": "zscore"},
+        "train": {"epochs": 60, "batch_size": 8, "lr": 2e-3, "loss": "bce+dice",
+                  "augment": "strong", "schedule": "cosine", "time_limit_s": 1200.0},
+    },
+    "demo": {
+        "model": {"variant": "same", "width": 8, "depth": 3},
+        "preprocess": {"size": 128, "normalise": "zscore"},
+        "train": {"epochs": 12, "batch_size": 8, "lr": 3e-3, "loss": "bce+dice",
+                  "augment": "flip", "schedule": "cosine", "time_limit_s": 150.0},
+    },
+}
+
+
+def preset(name: str) -> RunConfig:
+    """The :class:`RunConfig` of a named preset; an unknown name lists the valid ones."""
+    if name not in PRESETS:
+        raise UltrasegError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+    return RunConfig.from_dict({"preset": name, **PRESETS[name]})
+
+
+def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    """``cfg`` with section values replaced by ``overrides`` ({section: {key: value}})."""
+    d = cfg.to_dict()
+    for section, values in overrides.items():
+        if section == "preset":
+            d["preset"] = values
+            continue
+        if section not in d:
+            raise UltrasegError(f"unknown config section '{section}'")
+        d[section] = {**d[section], **values}
+    return RunConfig.from_dict(d)
+
+
+def parse_duration(text: str) -> float:
+    """'20m', '90s', '1h30m', '45' (seconds) -> seconds."""
+    import re
+
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise UltrasegError(f"cannot read duration '{text}'; use e.g. 20m, 90s, 1h30m")
+    return sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)

@@ -1,0 +1,86 @@
+"""Training-time transforms on batches of tensors, driven by an explicit ``torch.Generator``.
+
+Inputs: images (N, 1, h, w) float and targets (N, 1, h', w') float in {0, 1}. For the valid
+U-Net the target is the centre of the input (h' < h), so only transforms that commute with
+centre-cropping (horizontal flips, intensity changes) are applied to such pairs; geometric
+warps need ``h' == h``.
+
+Levels: 'none'; 'flip' (horizontal flips; ultrasound has a fixed depth axis, so no vertical
+flips); 'strong' (flips, small rotation and scaling, gamma and contrast, multiplicative
+speckle noise).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+AUGMENTS = ("none", "flip", "strong")
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def hflip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each pair left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    if flip.any():
+        x = x.clone()
+        y = y.clone()
+        x[flip] = x[flip].flip(-1)
+        y[flip] = y[flip].flip(-1)
+    return x, y
+
+
+def affine(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, max_deg: float = 15.0,
+           scale: tuple[float, float] = (0.85, 1.15), shift: float = 0.08
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rotation, isotropic scaling and shift, the same for image and target
+    (bilinear for the image with border padding, bilinear-then-0.5 for the target)."""
+    n = x.shape[0]
+    ang = _uniform(n, -max_deg, max_deg, g) * math.pi / 180
+    s = _uniform(n, *scale, g)
+    tx, ty = _uniform(n, -shift, shift, g), _uniform(n, -shift, shift, g)
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5)
+    return x, y.to(x.dtype)
+
+
+def intensity(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Gamma (0.7..1.5) and contrast/brightness jitter, then multiplicative speckle noise.
+
+    Works on images in [0, 1] ('unit' normalisation) or z-scored: the transform is applied to
+    the per-image min-max rescaled image and mapped back to the original range.
+    """
+    n = x.shape[0]
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    u = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    gamma = torch.exp(_uniform(n, math.log(0.7), math.log(1.5), g)).view(n, 1, 1, 1)
+    u = u.pow(gamma)
+    contrast = _uniform(n, 0.8, 1.2, g).view(n, 1, 1, 1)
+    bright = _uniform(n, -0.08, 0.08, g).view(n, 1, 1, 1)
+    u = (u - 0.5) * contrast + 0.5 + bright
+    sigma = _uniform(n, 0.0, 0.15, g).view(n, 1, 1, 1)
+    u = u * (1 + sigma * torch.randn(u.shape, generator=g))
+    return u.clamp(0, 1) * (hi - lo) + lo
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor, level: str, g: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the augmentation ``level`` to a batch (see the module doc)."""
+    if level == "none":
+        return x, y
+    if level not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {level!r}; valid: {', '.join(AUGMENTS)}")
+    x, y = hflip(x, y, g)
+    if level == "strong":
+        if x.shape[-2:] == y.shape[-2:]:
+            x, y = affine(x, y, g)
+        x = intensity(x, g)
+    return x, y

@@ -1,0 +1,129 @@
+"""Self-describing checkpoints: weights plus everything needed to use them.
+
+A checkpoint is one ``torch.save`` file holding only tensors, numbers, strings, lists and
+dicts: ``{"format": "ultraseg-checkpoint", "meta_json": str, "state_dict": {...},
+"train_state": {...}}``. It is always read with ``torch.load(weights_only=True)``, so a file
+carrying a pickle that would run code is refused and the code never runs.
+
+``meta`` (JSON): ``format_version``, ``ultraseg_version``, ``model`` (ModelConfig),
+``preprocess`` (PreprocessConfig), ``postprocess`` (PostprocessConfig, holding the decision
+threshold), ``label`` (what foreground means), ``metrics`` (training history and best epoch),
+``run`` (the whole resolved RunConfig).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import ModelConfig, PostprocessConfig, PreprocessConfig
+from .errors import CheckpointError
+from .fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ultraseg-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint holds, decoded. ``train_state`` is empty in a weights-only file."""
+
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    postprocess: PostprocessConfig
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    train_state: dict[str, Any] = field(default_factory=dict)
+
+
+def make_meta(model: ModelConfig, preprocess: PreprocessConfig, postprocess: PostprocessConfig,
+              metrics: dict[str, Any] | None = None, run: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """The JSON description stored beside the weights."""
+    label = preprocess.label
+    return {
+        "format_version": FORMAT_VERSION,
+        "ultraseg_version": __version__,
+        "model": model.to_dict(),
+        "preprocess": preprocess.to_dict(),
+        "postprocess": postprocess.to_dict(),
+        "label": {"value": label, "meaning": "any non-zero mask label is foreground"
+                  if label is None else f"mask label {label} is foreground"},
+        "output": "per-pixel foreground probability (sigmoid of the network's logits)",
+        "metrics": metrics or {},
+        "run": run or {},
+    }
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
+                    train_state: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint atomically (temporary name, then rename)."""
+    payload = {
+        "format": FORMAT,
+        "meta_json": json.dumps(meta),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "train_state": train_state or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and check a checkpoint; every failure is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("no such checkpoint file", path)
+    if path.stat().st_size == 0:
+        raise CheckpointError("empty file (0 bytes), not a checkpoint", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError("refused: the file holds Python objects other than weights "
+                              "(it could run code); ultraseg loads only tensors and JSON", path) from e
+    except PermissionError as e:
+        raise CheckpointError("cannot read checkpoint: permission denied", path) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"truncated or not a checkpoint ({str(e).splitlines()[0][:120]})",
+                              path) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError("not an ultraseg checkpoint (weights of another model?)", path)
+    try:
+        meta = json.loads(payload["meta_json"])
+        ckpt = Checkpoint(
+            model=ModelConfig.from_dict(meta["model"]),
+            preprocess=PreprocessConfig.from_dict(meta["preprocess"]),
+            postprocess=PostprocessConfig.from_dict(meta["postprocess"]),
+            state_dict=payload["state_dict"],
+            meta=meta,
+            train_state=payload.get("train_state") or {},
+        )
+    except Exception as e:
+        raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format {meta['format_version']} is newer than this "
+                              f"ultraseg ({__version__}) reads", path)
+    return ckpt
+
+
+def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> torch.nn.Module:
+    """The model a checkpoint describes, with its weights loaded, in eval mode."""
+    from .model import build_model
+
+    model = build_model(ckpt.model)
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError("weights do not fit the model the checkpoint describes "
+                              f"({str(e).splitlines()[0][:120]})", path) from e
+    return model.eval()

@@ -1,0 +1,136 @@
+"""From a trained model to masks at each image's original resolution.
+
+:class:`Predictor` holds a *backend* -- a function from a float32 batch (N, 1, h, w) to
+foreground probabilities of the network's output shape -- plus the preprocessing and
+post-processing its checkpoint describes. The torch backend lives in :mod:`ultraseg.runtime`;
+the ONNX Runtime backend in :mod:`ultraseg.export`. This module imports neither torch nor
+onnxruntime, so prediction from an ``.onnx`` file runs without PyTorch.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from .config import ModelConfig, PostprocessConfig, PreprocessConfig
+from .errors import UltrasegError
+from .geometry import context_margin, nearest_valid_output
+from .postprocess import apply as apply_postprocess
+from .preprocess import Geometry, prepare, restore
+from .tiling import predict_tiled
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+
+#: Largest output window used when a valid model predicts a whole canvas in one tile.
+MAX_PREDICT_TILE = 1012
+
+
+def prediction_tile(model: ModelConfig, h: int, w: int, tile: int | None = None) -> int:
+    """Output tile side for predicting an h x w canvas with a valid model.
+
+    ``tile=None``: the smallest valid output covering the larger side (one tile for the whole
+    frame), capped at :data:`MAX_PREDICT_TILE`. Larger tiles cost fewer FLOPs per pixel (less
+    context recomputed) and give the same result up to pooling-grid alignment.
+    """
+    want = min(max(h, w), MAX_PREDICT_TILE) if tile is None else tile
+    return nearest_valid_output(want, model.depth)
+
+
+@dataclass
+class Predictor:
+    """Segment 2D ultrasound frames of any size with a trained U-Net.
+
+    Example:
+        >>> import ultraseg
+        >>> predictor = ultraseg.load("run/best.ckpt")          # or "model.onnx"
+        >>> mask = predictor.predict(image)                     # (H, W) bool, image's size
+        >>> prob = predictor.predict_proba(image)               # (H, W) float32 in [0, 1]
+    """
+
+    run_batch: RunBatch
+    model: ModelConfig
+    preprocess: PreprocessConfig
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    meta: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 4
+    tile: int | None = None
+    tta: bool = False
+    source: str = ""
+
+    # ------------------------------------------------------------------ canvas level
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.run_batch(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.tta:  # horizontal flip, probabilities averaged
+            flipped = self.run_batch(np.ascontiguousarray(batch[..., ::-1], dtype=np.float32))
+            out = 0.5 * (out + flipped[..., ::-1])
+        return out
+
+    def proba_canvas(self, canvases: np.ndarray) -> np.ndarray:
+        """Probabilities for prepared canvases (N, h, w) float32 -> (N, h, w) float32."""
+        n, h, w = canvases.shape
+        if self.model.variant == "valid":
+            tile = prediction_tile(self.model, h, w, self.tile)
+            return np.stack([predict_tiled(self._run, c, tile, context_margin(self.model.depth),
+                                           self.batch_size)[0] for c in canvases])
+        step = 2**self.model.depth
+        ph, pw = -h % step, -w % step
+        x = canvases[:, None]
+        if ph or pw:
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
+        out = np.concatenate([self._run(x[i:i + self.batch_size])
+                              for i in range(0, n, self.batch_size)])
+        return out[:, 0, :h, :w].astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ image level
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """A frame (H, W) (or (H, W, C)), uint8 or float -> probabilities (H, W) float32."""
+        return next(iter(self.predict_proba_many([image])))
+
+    def predict(self, image: np.ndarray, postprocess: PostprocessConfig | None = None) -> np.ndarray:
+        """A frame -> its mask (H, W) bool, thresholded and post-processed as the checkpoint says."""
+        return apply_postprocess(self.predict_proba(image), postprocess or self.postprocess)
+
+    def predict_proba_many(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Stream probabilities for many frames, batching frames of equal canvas size."""
+        pending: list[tuple[np.ndarray, Geometry]] = []
+        for image in images:
+            image = np.asarray(image)
+            if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+                raise UltrasegError(f"expected a 2D image, got an array of shape {image.shape}")
+            canvas, geom = prepare(image, self.preprocess)
+            if pending and (canvas.shape != pending[0][0].shape or len(pending) >= self.batch_size):
+                yield from self._flush(pending)
+                pending = []
+            pending.append((canvas, geom))
+        if pending:
+            yield from self._flush(pending)
+
+    def _flush(self, pending: list[tuple[np.ndarray, Geometry]]) -> Iterator[np.ndarray]:
+        probs = self.proba_canvas(np.stack([c for c, _ in pending]))
+        for prob, (_, geom) in zip(probs, pending):
+            yield restore(prob, geom)
+
+    def with_options(self, **changes: Any) -> "Predictor":
+        """A copy with other options (``batch_size``, ``tile``, ``tta``, ``postprocess``)."""
+        return replace(self, **changes)
+
+
+def load(path: str | Path, device: str = "auto", precision: str = "auto", **options: Any
+         ) -> Predictor:
+    """A :class:`Predictor` from a checkpoint (``.ckpt``) or an exported ``.onnx`` file.
+
+    ``device``/``precision`` apply to checkpoints (torch); ``options`` are Predictor fields.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from .export import onnx_predictor
+
+        return onnx_predictor(path, **options)
+    from .runtime import torch_predictor
+
+    return torch_predictor(path, device=device, precision=precision, **options)

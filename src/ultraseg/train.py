@@ -1,0 +1,400 @@
+"""The training loop: cached arrays -> batches -> U-Net -> checkpoints, metrics and a report.
+
+Reads top to bottom: prepare the run folder, data and split; build the model and optimiser;
+for each epoch train on batches, validate, write ``metrics.csv`` and checkpoints; then choose
+post-processing on the validation split and write the report.
+
+Randomness is explicit: the model is initialised from ``seed`` and every epoch draws its
+batches and augmentations from generators seeded with ``(seed, epoch)``, so a run resumed
+after epoch ``k`` continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import load_checkpoint, make_meta, save_checkpoint
+from .config import PostprocessConfig, RunConfig
+from .data import Arrays, load_arrays, read_split, split_by_subject, write_split
+from .errors import UltrasegError
+from .fileio import atomic_write_text
+from .io import open_dataset, select_label
+from .losses import compute_loss
+from .metrics import dice
+from .model import build_model, context_margin, count_parameters
+from .predict import Predictor
+from .preprocess import normalise
+from .runtime import autocast, resolve_device, resolve_precision, threads, torch_runner
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+RUN_FILES = ("config.json", "split.json", "metrics.csv", "best.ckpt", "last.ckpt", "train.log",
+             "curve.png", "sample.png", "seg_sample.png", "report.html")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_dice: float
+    epochs_run: int
+    seconds: float
+    stopped: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    val_dice_original: float | None = None
+    val_dice_postprocessed: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- batches
+class Batches:
+    """Training batches from cached uint8 canvases, drawn with an explicit generator.
+
+    valid model: random output windows of ``tile`` pixels; the input is the window plus the
+    context margin from the mirror-padded canvas (overlap-tile). same model: whole canvases.
+    """
+
+    def __init__(self, arrays: Arrays, index: np.ndarray, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.index = index
+        m = cfg.model
+        size = arrays.images.shape[-1]
+        self.valid = m.variant == "valid"
+        if self.valid:
+            if size < m.tile:
+                raise UltrasegError(f"working size {size} is smaller than the output tile {m.tile}")
+            self.margin = context_margin(m.depth)
+            pad = ((0, 0), (self.margin, self.margin), (self.margin, self.margin))
+            self.images = np.pad(arrays.images[index], pad, mode="reflect")
+        else:
+            step = 2**m.depth
+            if size % step:
+                raise UltrasegError(f"the 'same' model needs a working size divisible by {step}; "
+                                    f"use --size {size + (-size % step)}")
+            self.images = arrays.images[index]
+        self.masks = arrays.masks[index]
+        self.size = size
+        if cfg.preprocess.normalise == "zscore":  # statistics of the whole canvas, as at prediction
+            flat = arrays.images[index].reshape(len(index), -1).astype(np.float32)
+            self.mean = flat.mean(1)
+            self.std = np.maximum(flat.std(1), 1e-6)
+
+    def __len__(self) -> int:
+        per = self.cfg.train.tiles_per_image if self.valid else 1
+        return math.ceil(len(self.index) * per / self.cfg.train.batch_size)
+
+    def epoch(self, rng: np.random.Generator):
+        """Yield (x, y) float32 tensors (N, 1, h, w), (N, 1, h', w') for one epoch."""
+        per = self.cfg.train.tiles_per_image if self.valid else 1
+        order = rng.permutation(np.repeat(np.arange(len(self.index)), per))
+        bs = self.cfg.train.batch_size
+        t, m = self.cfg.model.tile, getattr(self, "margin", 0)
+        for start in range(0, len(order), bs):
+            rows = order[start:start + bs]
+            if self.valid:
+                ys = rng.integers(0, self.size - t + 1, len(rows))
+                xs = rng.integers(0, self.size - t + 1, len(rows))
+                x = np.stack([self.images[r, y:y + t + 2 * m, c:c + t + 2 * m]
+                              for r, y, c in zip(rows, ys, xs)])
+                y = np.stack([self.masks[r, yy:yy + t, c:c + t] for r, yy, c in zip(rows, ys, xs)])
+            else:
+                x, y = self.images[rows], self.masks[rows]
+            xf = torch.from_numpy(x).float().unsqueeze(1)
+            if self.cfg.preprocess.normalise == "zscore":
+                mean = torch.from_numpy(self.mean[rows]).view(-1, 1, 1, 1)
+                std = torch.from_numpy(self.std[rows]).view(-1, 1, 1, 1)
+                xf = (xf - mean) / std
+            else:
+                xf = xf / 255.0
+            yield xf, torch.from_numpy(y).float().unsqueeze(1)
+
+
+def lr_at(epoch: float, cfg: RunConfig) -> float:
+    """Learning rate at a (fractional) epoch: constant, or cosine decay to 1 % of ``lr``."""
+    base = cfg.train.lr
+    if cfg.train.schedule == "constant":
+        return base
+    frac = min(max(epoch / max(cfg.train.epochs, 1), 0.0), 1.0)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+# ---------------------------------------------------------------------------------- validation
+def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cfg: RunConfig,
+             device: torch.device, dtype: torch.dtype | None) -> tuple[float, float, np.ndarray]:
+    """Loss and mean Dice (empty rule) over whole validation canvases; also the probabilities."""
+    predictor = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
+                          batch_size=cfg.train.batch_size)
+    probs = predictor.proba_canvas(canvases)
+    p = torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1)
+    loss = float(compute_loss(cfg.train.loss, torch.logit(p), torch.from_numpy(masks).float()
+                              .unsqueeze(1)))
+    dices = [dice(pr >= 0.5, m > 0) for pr, m in zip(probs, masks)]
+    return loss, float(np.mean(dices)), probs
+
+
+# ---------------------------------------------------------------------------------- the run
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    keys = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "complete"]
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow(row)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> RunConfig:
+    if resume:
+        if not (out / "last.ckpt").is_file() or not (out / "config.json").is_file():
+            raise UltrasegError("nothing to resume: no last.ckpt and config.json", out)
+        return RunConfig.load(out / "config.json")
+    if out.exists() and any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv")):
+        raise UltrasegError("already holds a training run; use --resume to continue it, or "
+                            "choose another --out", out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", cfg.to_json())
+    except OSError as e:
+        raise UltrasegError(f"cannot write the run folder ({e.strerror})", out) from e
+    return cfg
+
+
+def train(cfg: RunConfig, out: str | Path, resume: bool = False,
+          progress: Progress | None = None) -> TrainResult:
+    """Train a U-Net as ``cfg`` says and write the run folder ``out`` (see :data:`RUN_FILES`).
+
+    ``resume=True`` continues the run in ``out`` from its ``last.ckpt`` with its own config.
+    ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage", ...} for a CLI to show.
+    Leaves the caller's torch thread count and global random state as they were.
+    """
+    out = Path(out)
+    t0 = time.monotonic()
+    cfg = _prepare_run_dir(out, cfg, resume)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    pkg_log = logging.getLogger("ultraseg")
+    pkg_log.addHandler(handler)
+    old_level = pkg_log.level
+    if pkg_log.getEffectiveLevel() > logging.INFO:
+        pkg_log.setLevel(logging.INFO)
+    try:
+        with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
+            return _train(cfg, out, resume, progress or (lambda e: None), t0)
+    finally:
+        pkg_log.removeHandler(handler)
+        pkg_log.setLevel(old_level)
+        handler.close()
+
+
+def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: float) -> TrainResult:
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    dtype = resolve_precision(tc.precision, device)
+    log.info("ultraseg %s: training on %s, precision %s", __version__, device,
+             "bf16" if dtype else "fp32")
+    deadline = t0 + tc.time_limit_s if tc.time_limit_s else math.inf
+
+    # data and split
+    progress({"event": "stage", "message": "reading and caching the dataset"})
+    ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern)
+    arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir)
+    if resume:
+        train_idx, val_idx = read_split(out / "split.json", arrays.names)
+    else:
+        train_idx, val_idx = split_by_subject(arrays.subjects, tc.val_fraction, tc.seed)
+        write_split(out / "split.json", arrays.names, arrays.subjects, train_idx, val_idx,
+                    tc.seed, tc.val_fraction)
+    log.info("%d training frames, %d validation frames (split by subject)",
+             len(train_idx), len(val_idx))
+    batches = Batches(arrays, train_idx, cfg)
+    val_canvases = np.stack([normalise(im, cfg.preprocess.normalise)
+                             for im in arrays.images[val_idx]])
+    val_masks = arrays.masks[val_idx]
+
+    # model and optimiser
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    log.info("model: %s U-Net, width %d, depth %d, %d parameters", cfg.model.variant,
+             cfg.model.width, cfg.model.depth, count_parameters(model))
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    history: list[dict[str, Any]] = []
+    best_dice, best_epoch, start_epoch = -1.0, 0, 1
+    if resume:
+        last = load_checkpoint(out / "last.ckpt")
+        model.load_state_dict(last.state_dict)
+        optimizer.load_state_dict(last.train_state["optimizer"])
+        history = json.loads(last.train_state["history_json"])
+        best_dice = float(last.train_state["best_dice"])
+        best_epoch = int(last.train_state["best_epoch"])
+        start_epoch = int(last.train_state["epoch"]) + 1
+        log.info("resuming after epoch %d", start_epoch - 1)
+
+    def meta(metrics: dict[str, Any], pp: PostprocessConfig | None = None) -> dict[str, Any]:
+        return make_meta(cfg.model, cfg.preprocess, pp or PostprocessConfig(), metrics,
+                         cfg.to_dict())
+
+    stopped = None
+    est_val = None          # seconds for one validation pass, measured
+    n_batches = len(batches)
+    for epoch in range(start_epoch, tc.epochs + 1):
+        rng = np.random.default_rng([tc.seed, epoch])
+        gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
+        model.train()
+        t_epoch = time.monotonic()
+        losses: list[float] = []
+        complete = True
+        for i, (x, y) in enumerate(batches.epoch(rng)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch - 1 + i / n_batches, cfg)
+            from .augment import augment_batch
+
+            x, y = augment_batch(x, y, tc.augment, gen)
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            y = y.to(device)
+            t_batch = time.monotonic()
+            with autocast(device, dtype):
+                logits = model(x)
+            loss = compute_loss(tc.loss, logits, y)
+            if not torch.isfinite(loss):
+                raise UltrasegError(f"training diverged: loss is {float(loss)} at epoch {epoch}, "
+                                    f"batch {i + 1}; the last good checkpoint is kept "
+                                    "(try a lower --lr)", out / "last.ckpt")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            batch_s = time.monotonic() - t_batch
+            if est_val is None:  # before the first validation: a forward costs ~1/3 of a step
+                est_val = batch_s / 3 / x.shape[0] * len(val_idx) * _val_cost_ratio(cfg, arrays)
+            progress({"event": "batch", "epoch": epoch, "epochs": tc.epochs, "batch": i + 1,
+                      "batches": n_batches, "loss": float(np.mean(losses)),
+                      "elapsed": time.monotonic() - t_epoch})
+            reserve = 2.5 * est_val + 15  # this validation, post-processing choice, report
+            if time.monotonic() + batch_s + reserve > deadline and i + 1 < n_batches:
+                complete = False
+                stopped = f"time limit reached during epoch {epoch} (batch {i + 1}/{n_batches})"
+                break
+        t_val = time.monotonic()
+        val_loss, val_dice, _ = validate(model, val_canvases, val_masks, cfg, device, dtype)
+        est_val = time.monotonic() - t_val
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
+               "val_loss": val_loss, "val_dice": val_dice,
+               "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.monotonic() - t_epoch, 2), "complete": complete}
+        history.append(row)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f (%.0f s)", epoch,
+                 row["train_loss"], val_loss, val_dice, row["seconds"])
+        progress({"event": "epoch", **row, "epochs": tc.epochs})
+        _write_metrics(out / "metrics.csv", history)
+        metrics = {"history": history, "best_epoch": best_epoch, "best_val_dice": best_dice}
+        if val_dice > best_dice:
+            best_dice, best_epoch = val_dice, epoch
+            metrics.update(best_epoch=best_epoch, best_val_dice=best_dice)
+            save_checkpoint(out / "best.ckpt", model.state_dict(), meta(metrics))
+        metrics.update(best_epoch=best_epoch, best_val_dice=best_dice)
+        save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), {
+            "epoch": epoch, "optimizer": optimizer.state_dict(),
+            "history_json": json.dumps(history), "best_dice": best_dice, "best_epoch": best_epoch})
+        if stopped:
+            break
+        per_epoch = time.monotonic() - t_epoch
+        if epoch < tc.epochs and time.monotonic() + min(per_epoch, 60) + 2.5 * est_val > deadline:
+            stopped = f"time limit: no time for another epoch after epoch {epoch}"
+            break
+
+    if stopped:
+        log.warning("%s; keeping the best checkpoint (epoch %d)", stopped, best_epoch)
+    return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
+                   best_dice, stopped, t0, meta, progress)
+
+
+def _val_cost_ratio(cfg: RunConfig, arrays: Arrays) -> float:
+    """Cost of validating one canvas relative to one training sample's forward pass."""
+    if cfg.model.variant != "valid":
+        return 1.0
+    from .predict import prediction_tile
+
+    size = arrays.images.shape[-1]
+    tile = prediction_tile(cfg.model, size, size)
+    m = context_margin(cfg.model.depth)
+    return ((tile + 2 * m) / (cfg.model.tile + 2 * m)) ** 2
+
+
+def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray,
+            val_idx: np.ndarray, device: torch.device, dtype: torch.dtype | None,
+            history: list[dict[str, Any]], best_epoch: int, best_dice: float,
+            stopped: str | None, t0: float, meta: Callable, progress: Progress) -> TrainResult:
+    """Choose post-processing on the validation frames at their original size; write the report."""
+    from .postprocess import apply as apply_pp
+    from .postprocess import tune
+
+    progress({"event": "stage", "message": "choosing post-processing on the validation split"})
+    best = load_checkpoint(out / "best.ckpt")
+    model = build_model(cfg.model)
+    model.load_state_dict(best.state_dict)
+    predictor = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
+                          batch_size=cfg.train.batch_size)
+    by_name = {s.name: s for s in ds.labelled}
+    val_samples = [by_name[arrays.names[i]] for i in val_idx]
+    images, truths = [], []
+    for s in val_samples:
+        image, mask = s.load()
+        images.append(image)
+        truths.append(select_label(mask, cfg.preprocess.label))
+    probs = list(predictor.predict_proba_many(images))
+    pp = PostprocessConfig()
+    raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
+    tuned = raw
+    if cfg.train.tune_postprocess:
+        pp, tuned = tune(probs, truths)
+    log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned, pp)
+    seconds = time.monotonic() - t0
+    metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
+                   train_seconds=round(seconds, 1), stopped=stopped,
+                   world_size=1, device=str(device), precision="bf16" if dtype else "fp32")
+    save_checkpoint(out / "best.ckpt", best.state_dict, meta(metrics, pp))
+
+    progress({"event": "stage", "message": "writing the report"})
+    from . import report
+
+    report.plot_curves(history, out / "curve.png")
+    pick = np.arange(min(4, len(train_idx)))
+    report.plot_samples([arrays.images[i] for i in train_idx[pick]],
+                        [arrays.masks[i] > 0 for i in train_idx[pick]], out / "sample.png",
+                        [arrays.names[i] for i in train_idx[pick]])
+    show = _pick_examples(truths, 4)
+    preds = [apply_pp(probs[i], pp) for i in show]
+    report.plot_predictions([images[i] for i in show], [truths[i] for i in show], preds,
+                            out / "seg_sample.png", [val_samples[i].name for i in show])
+    summary = {
+        "dataset": f"{ds.root} ({ds.layout})", "frames (train / val)": f"{len(train_idx)} / {len(val_idx)}",
+        "best epoch": best_epoch, "best val Dice (canvas)": round(best_dice, 4),
+        "val Dice, original size": round(raw, 4), "val Dice, post-processed": round(tuned, 4),
+        "post-processing": json.dumps(pp.to_dict()), "training time (s)": round(seconds, 1),
+        "device / precision": f"{device} / {'bf16' if dtype else 'fp32'}",
+        "stopped early": stopped or "no", "checkpoint": str(out / "best.ckpt"),
+    }
+    report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
+                      config=cfg.to_dict(), history=history)
+    return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
+                       raw, tuned, summary)
+
+
+def _pick_examples(truths: list[np.ndarray], n: int) -> list[int]:
+    """Up to ``n`` validation frames to show, non-empty ones first."""
+    nonempty = [i for i, t in enumerate(truths) if t.any()]
+    empty = [i for i, t in enumerate(truths) if not t.any()]
+    return (nonempty[: max(n - 1, 1)] + empty)[:n] if truths else []
