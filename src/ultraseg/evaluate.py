@@ -61,6 +61,7 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     if not samples:
         raise DataError("no labelled frames to evaluate", ds.root)
     label = predictor.preprocess.label
+    offset = float(predictor.meta.get("measure", {}).get("boundary_offset_px", 0.0))
     raw_pp = PostprocessConfig()
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []
@@ -83,7 +84,7 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
         raw_rows.append(raw)
         row["dice_raw"] = raw["dice"]
         if spacing:
-            m = measure(pred, spacing)
+            m = measure(pred, spacing, boundary_offset_px=offset)
             row.update(area_mm2=m.get("area_mm2"), perimeter_mm=m.get("perimeter_mm"),
                        hc_pred_mm=m.get("hc_mm"))
             if "hc_mm" in s.meta and m.get("hc_mm") is not None:

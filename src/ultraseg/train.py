@@ -365,7 +365,9 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
                    train_seconds=round(seconds, 1), stopped=stopped,
                    world_size=1, device=str(device), precision="bf16" if dtype else "fp32")
-    save_checkpoint(out / "best.ckpt", best.state_dict, meta(metrics, pp))
+    final_meta = meta(metrics, pp)
+    final_meta["measure"] = {"boundary_offset_px": _boundary_offset(ds, arrays, train_idx)}
+    save_checkpoint(out / "best.ckpt", best.state_dict, final_meta)
 
     progress({"event": "stage", "message": "writing the report"})
     from . import report
@@ -391,6 +393,24 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                       config=cfg.to_dict(), history=history)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary)
+
+
+def _boundary_offset(ds, arrays: Arrays, train_idx: np.ndarray, n: int = 25) -> float:
+    """How far masks filled from drawn outlines (HC18) reach beyond the annotator's curve.
+
+    Median half-width of the outline band over up to ``n`` training annotations, in pixels at
+    the original resolution; 0.0 for datasets whose masks are drawn filled. A model trained on
+    such masks reaches as far, so measurements shrink the fitted ellipse by this much.
+    """
+    from .io import read_mask
+    from .measure import outline_half_width
+
+    by_name = {s.name: s for s in ds.labelled}
+    outlines = [by_name[arrays.names[i]] for i in train_idx[:n]
+                if by_name[arrays.names[i]].mask_kind == "outline"]
+    widths = [outline_half_width(read_mask(s.mask_paths[0]) > 0) for s in outlines]
+    widths = [w for w in widths if w > 0]
+    return round(float(np.median(widths)), 4) if widths else 0.0
 
 
 def _pick_examples(truths: list[np.ndarray], n: int) -> list[int]:
