@@ -46,7 +46,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "normalise": ("preprocess", "normalise"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "loss": ("train", "loss"), "val_fraction": ("train", "val_fraction"),
-    "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
+    "test_fraction": ("train", "test_fraction"), "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
     "augment": ("train", "augment"), "schedule": ("train", "schedule"),
     "tiles_per_image": ("train", "tiles_per_image"), "threads": ("train", "num_threads"),
     "layout": ("data", "layout"), "subject_pattern": ("data", "subject_pattern"),
@@ -116,6 +116,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--schedule", choices=["constant", "cosine"])
     p.add_argument("--tiles-per-image", type=int, help="valid model: random tiles per image per epoch")
     p.add_argument("--val-fraction", type=float)
+    p.add_argument("--test-fraction", type=float,
+                   help="share of frames (by subject) held out from training and tuning (0)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
@@ -168,7 +170,8 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
     p.add_argument("data", help="labelled dataset folder")
     layout_args(p)
     p.add_argument("--split", help="a run's split.json: evaluate only one side of it")
-    p.add_argument("--subset", default="val", choices=["train", "val"])
+    p.add_argument("--subset", default="val", choices=["train", "val", "test"],
+                   help="which side of --split to evaluate (default val)")
     p.add_argument("--out", help="folder for per_image.csv and summary.json")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (horizontal flip)")

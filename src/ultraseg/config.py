@@ -96,6 +96,7 @@ class TrainConfig:
     lr: float = 1e-3
     loss: Literal["bce", "dice", "bce+dice"] = "bce"
     val_fraction: float = 0.2
+    test_fraction: float = 0.0           # frames (by subject) held out from training and tuning
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
     precision: Literal["auto", "fp32", "bf16"] = "auto"

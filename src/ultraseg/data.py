@@ -136,15 +136,33 @@ def split_by_subject(subjects: Sequence[str], val_fraction: float = 0.2, seed: i
 
 
 def write_split(path: str | Path, names: Sequence[str], subjects: Sequence[str],
-                train_idx: np.ndarray, val_idx: np.ndarray, seed: int, val_fraction: float) -> None:
-    """Write the split as JSON (names and subjects of each side) so a run can be reproduced."""
+                train_idx: np.ndarray, val_idx: np.ndarray, seed: int, val_fraction: float,
+                test_idx: np.ndarray | None = None) -> None:
+    """Write the split as JSON (names and subjects of each side) so a run can be reproduced.
+
+    ``test`` lists frames held out from training *and* from model selection and tuning.
+    """
     doc = {
         "seed": seed, "val_fraction": val_fraction,
         "train": [names[i] for i in train_idx], "val": [names[i] for i in val_idx],
+        "test": [names[i] for i in (test_idx if test_idx is not None else [])],
         "train_subjects": sorted({subjects[i] for i in train_idx}),
         "val_subjects": sorted({subjects[i] for i in val_idx}),
     }
     atomic_write_text(path, json.dumps(doc, indent=1))
+
+
+def holdout_by_subject(subjects: Sequence[str], fraction: float, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held_out): ``fraction`` of the frames, by subject, set aside for testing.
+
+    Uses a generator seeded differently from :func:`split_by_subject`'s, so the held-out
+    subjects do not depend on the validation fraction. ``fraction == 0`` holds out nothing.
+    """
+    if fraction <= 0:
+        return np.arange(len(subjects)), np.arange(0)
+    kept, held = split_by_subject(subjects, fraction, seed + 7919)
+    return kept, held
 
 
 def read_split(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

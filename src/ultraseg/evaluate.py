@@ -28,7 +28,7 @@ SUMMARY_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "hd95_median
 
 def select_samples(samples: Sequence[Sample], split_file: str | Path | None, subset: str
                    ) -> list[Sample]:
-    """The samples named by ``subset`` ('train' | 'val') of a run's ``split.json``, or all."""
+    """The samples named by ``subset`` ('train' | 'val' | 'test') of a run's ``split.json``, or all."""
     if split_file is None:
         return list(samples)
     try:

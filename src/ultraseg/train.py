@@ -26,7 +26,8 @@ import torch
 from . import __version__
 from .checkpoint import load_checkpoint, make_meta, save_checkpoint
 from .config import PostprocessConfig, RunConfig
-from .data import Arrays, load_arrays, read_split, split_by_subject, write_split
+from .data import (Arrays, holdout_by_subject, load_arrays, read_split, split_by_subject,
+                   write_split)
 from .errors import UltrasegError
 from .fileio import atomic_write_text
 from .io import open_dataset, select_label
@@ -214,9 +215,11 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: floa
     if resume:
         train_idx, val_idx = read_split(out / "split.json", arrays.names)
     else:
-        train_idx, val_idx = split_by_subject(arrays.subjects, tc.val_fraction, tc.seed)
+        kept, test_idx = holdout_by_subject(arrays.subjects, tc.test_fraction, tc.seed)
+        tr, va = split_by_subject([arrays.subjects[i] for i in kept], tc.val_fraction, tc.seed)
+        train_idx, val_idx = kept[tr], kept[va]
         write_split(out / "split.json", arrays.names, arrays.subjects, train_idx, val_idx,
-                    tc.seed, tc.val_fraction)
+                    tc.seed, tc.val_fraction, test_idx)
     log.info("%d training frames, %d validation frames (split by subject)",
              len(train_idx), len(val_idx))
     batches = Batches(arrays, train_idx, cfg)
