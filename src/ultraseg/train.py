@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .augment import augment_batch
 from .checkpoint import load_checkpoint, make_meta, save_checkpoint
 from .config import PostprocessConfig, RunConfig
 from .data import (Arrays, holdout_by_subject, load_arrays, read_split, split_by_subject,
@@ -123,12 +124,16 @@ class Batches:
             yield xf, torch.from_numpy(y).float().unsqueeze(1)
 
 
-def lr_at(epoch: float, cfg: RunConfig) -> float:
-    """Learning rate at a (fractional) epoch: constant, or cosine decay to 1 % of ``lr``."""
+def lr_at(progress: float, cfg: RunConfig) -> float:
+    """Learning rate at a training progress in [0, 1]: constant, or cosine decay to 1 % of ``lr``.
+
+    Progress is the share of epochs done or, with a time limit, of the time budget spent,
+    whichever is further, so a run cut by ``--time-limit`` still ends its schedule.
+    """
     base = cfg.train.lr
     if cfg.train.schedule == "constant":
         return base
-    frac = min(max(epoch / max(cfg.train.epochs, 1), 0.0), 1.0)
+    frac = min(max(progress, 0.0), 1.0)
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -207,6 +212,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: floa
     log.info("ultraseg %s: training on %s, precision %s", __version__, device,
              "bf16" if dtype else "fp32")
     deadline = t0 + tc.time_limit_s if tc.time_limit_s else math.inf
+    budget = 0.9 * tc.time_limit_s if tc.time_limit_s else math.inf  # share for the schedule
 
     # data and split
     progress({"event": "stage", "message": "reading and caching the dataset"})
@@ -261,9 +267,8 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: floa
         complete = True
         for i, (x, y) in enumerate(batches.epoch(rng)):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch - 1 + i / n_batches, cfg)
-            from .augment import augment_batch
-
+                group["lr"] = lr_at(max((epoch - 1 + i / n_batches) / tc.epochs,
+                                        (time.monotonic() - t0) / budget), cfg)
             x, y = augment_batch(x, y, tc.augment, gen)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             y = y.to(device)
