@@ -1,2 +1,54 @@
-"""ultraseg: U-Net segmentation of 2D ultrasound images."""
+"""ultraseg: U-Net segmentation of 2D ultrasound images.
+
+The Python API. Importing ``ultraseg`` is cheap: every name below is imported on first use,
+so predicting from an exported ``.onnx`` file never imports PyTorch.
+
+Example:
+    >>> import ultraseg
+    >>> predictor = ultraseg.load("run/best.ckpt")   # a checkpoint, or an exported model.onnx
+    >>> image = ultraseg.read_image("frame.png")     # 2D numpy array (H, W) uint8, any size
+    >>> mask = predictor.predict(image)              # bool (H, W), post-processed as trained
+    >>> prob = predictor.predict_proba(image)        # float32 (H, W), probabilities in [0, 1]
+
+Training and evaluation are stages with modules of their own:
+``from ultraseg.train import train`` and ``from ultraseg.evaluate import evaluate``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+#: Public name -> (module, attribute), imported on first access.
+_API: dict[str, tuple[str, str]] = {
+    "load": ("predict", "load"),
+    "Predictor": ("predict", "Predictor"),
+    "export_onnx": ("export", "export_onnx"),
+    "collect_frames": ("predict_files", "collect_frames"),
+    "write_predictions": ("predict_files", "write_predictions"),
+    "measure_frames": ("predict_files", "measure_frames"),
+    "open_dataset": ("io", "open_dataset"),
+    "read_image": ("io", "read_image"),
+    "preset": ("config", "preset"),
+    "RunConfig": ("config", "RunConfig"),
+    "ModelConfig": ("config", "ModelConfig"),
+    "PreprocessConfig": ("config", "PreprocessConfig"),
+    "PostprocessConfig": ("config", "PostprocessConfig"),
+    "UltrasegError": ("errors", "UltrasegError"),
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'ultraseg' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value  # bound once; later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

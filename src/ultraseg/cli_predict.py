@@ -1,0 +1,198 @@
+"""Subcommands that use a trained model on new images: predict, export, measure.
+
+Thin: parse -> call :mod:`ultraseg.predict_files` / :mod:`ultraseg.export` -> print.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from .errors import UltrasegError
+
+EXIT_OK = 0
+
+
+class ProgressBar:
+    """``done/total`` with a bar and an ETA on a terminal's stderr; silent elsewhere."""
+
+    def __init__(self, what: str, stream: TextIO | None = None) -> None:
+        self.what = what
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.tty:
+            return
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed / done * (total - done) if done else 0.0
+        bar = "#" * int(30 * done / max(total, 1))
+        self.stream.write(f"\r{self.what} [{bar:<30}] {done}/{total} ETA {eta:4.0f}s ")
+        if done >= total:
+            self.stream.write("\r" + " " * 70 + "\r")
+        self.stream.flush()
+
+
+def load_predictor(a: argparse.Namespace) -> Any:
+    """The Predictor for MODEL with the command line's options and post-processing flags."""
+    from .predict import load
+
+    options: dict[str, Any] = {"tta": getattr(a, "tta", False)}
+    if getattr(a, "batch_size", None) is not None:
+        if a.batch_size < 1:
+            raise UltrasegError(f"--batch-size must be at least 1, got {a.batch_size}")
+        options["batch_size"] = a.batch_size
+    if getattr(a, "tile", None) is not None:
+        options["tile"] = a.tile
+    if Path(a.model).suffix.lower() == ".onnx":
+        if a.device not in ("auto", "cpu") or a.precision not in ("auto", "fp32"):
+            print("note: --device/--precision apply to checkpoints; the ONNX model runs on "
+                  "ONNX Runtime's CPU provider in fp32", file=sys.stderr)
+        predictor = load(a.model, **options)
+    else:
+        predictor = load(a.model, device=a.device, precision=a.precision, **options)
+    return predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess, a))
+
+
+def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
+    """The checkpoint's PostprocessConfig with the flags given on the command line applied."""
+    changes = {k: getattr(a, k, None) for k in ("threshold", "min_area", "keep_largest",
+                                                "fill_holes")}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if "threshold" in changes and not 0.0 <= changes["threshold"] <= 1.0:
+        raise UltrasegError(f"--threshold must lie in [0, 1], got {changes['threshold']}")
+    if changes.get("min_area", 0) < 0:
+        raise UltrasegError(f"--min-area must be >= 0, got {changes['min_area']}")
+    return replace(base, **changes)
+
+
+# ---------------------------------------------------------------- predict
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from .predict_files import collect_frames, write_predictions
+
+    frames = collect_frames(a.inputs, a.layout, a.subject_pattern, exclude=a.out)
+    predictor = load_predictor(a)
+    summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
+                                rle=a.rle, label=a.label, progress=ProgressBar("predict"))
+    extra = " and overlays" if a.overlay else ""
+    print(f"predicted {summary.n} frames ({summary.n_empty} empty): masks{extra} in "
+          f"{summary.out}" + (f"; submission {summary.rle}" if summary.rle else ""))
+    return EXIT_OK
+
+
+def _postprocess_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("post-processing (default: what the checkpoint stores)")
+    g.add_argument("--threshold", type=float, metavar="T",
+                   help="probability at or above which a pixel is foreground")
+    g.add_argument("--min-area", type=int, metavar="N",
+                   help="remove connected components smaller than N pixels (original size)")
+    g.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest component")
+    g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
+                   help="fill holes inside components")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average with the horizontally flipped frame")
+    p.add_argument("--batch-size", type=int, metavar="N", help="frames (or tiles) per batch")
+    p.add_argument("--tile", type=int, metavar="N",
+                   help="valid model: output tile side for prediction (default: whole canvas)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (checkpoints only)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="checkpoints only (auto: bf16 where the hardware has it)")
+
+
+# ---------------------------------------------------------------- export
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    path = export_onnx(a.checkpoint, a.onnx, opset=a.opset, tile=a.tile)
+    print(f"exported {a.checkpoint} -> {path} (checked against PyTorch on ONNX Runtime)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- measure
+def _cmd_measure(a: argparse.Namespace) -> int:
+    from .predict_files import collect_frames, measure_frames
+
+    frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
+    predictor = load_predictor(a)
+    summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
+                                   progress=ProgressBar("measure"))
+    if a.json:
+        print(json.dumps({**summary, "rows": rows}))
+        return EXIT_OK
+    if a.out is None:
+        for r in rows:
+            hc = "n/a" if r["hc_mm"] is None else f"{r['hc_mm']:.1f} mm"
+            print(f"{r['name']}: area {r['area_px']} px, HC {hc}")
+    print(format_measure_summary(summary))
+    return EXIT_OK
+
+
+def format_measure_summary(s: dict[str, Any]) -> str:
+    """The measure summary as a few lines."""
+    lines = [f"measured {s['n']} frames ({s['n_with_object']} with an object, "
+             f"{s['n_with_pixel_size']} with a known pixel size)"]
+    if s["hc_mm_mean"] is not None:
+        lines.append(f"mean head circumference {s['hc_mm_mean']:.2f} mm")
+    if s["hc_mae_mm"] is not None:
+        lines.append(f"HC error against the {s['n_with_reference']} references: mean absolute "
+                     f"{s['hc_mae_mm']:.2f} mm, mean signed {s['hc_bias_mm']:+.2f} mm")
+    if s.get("csv"):
+        lines.append(f"per-image measurements: {s['csv']}")
+    return "\n".join(lines)
+
+
+def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register predict, export and measure on the ``ultraseg`` parser."""
+    p = sub.add_parser(
+        "predict", help="segment images: one mask per image at its original size",
+        description="Write OUT/STEM_mask.png (0/255, the image's width and height) for every "
+                    "image of the inputs; optional overlays and a Kaggle submission CSV.")
+    p.add_argument("model", help="a checkpoint (best.ckpt) or an exported .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files or folders (any dataset layout, labelled or not)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--format", default="png", choices=["png", "tif"], help="mask file format")
+    p.add_argument("--overlay", action="store_true",
+                   help="also write STEM_overlay.png: predicted outline red, ground truth green")
+    p.add_argument("--rle", metavar="FILE.csv",
+                   help="write a Kaggle submission (img,pixels; run-length encoded masks)")
+    _model_args(p)
+    _postprocess_args(p)
+    layout_args(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "export", help="export a checkpoint to ONNX (runs without PyTorch)",
+        description="Write an ONNX model (input 'image' (N, 1, H, W) float32, output "
+                    "probabilities) that carries the checkpoint's metadata.")
+    p.add_argument("checkpoint", help="a checkpoint (best.ckpt)")
+    p.add_argument("--onnx", required=True, metavar="FILE.onnx", help="the file to write")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's)")
+    p.add_argument("--tile", type=int, metavar="N",
+                   help="valid model: output tile side of the fixed-size graph")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "measure", help="area, perimeter and head circumference of the segmented object",
+        description="Segment each image and measure its object: area, perimeter and "
+                    "fitted-ellipse circumference, in mm where the pixel size is known, with "
+                    "the error against reference circumferences where the dataset has them.")
+    p.add_argument("model", help="a checkpoint (best.ckpt) or an exported .onnx file")
+    p.add_argument("data", help="a dataset folder (e.g. HC18) or one image file")
+    p.add_argument("--out", help="folder for measurements.csv")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--pixel-size", type=float, metavar="MM",
+                   help="pixel size in mm for frames whose dataset gives none")
+    _model_args(p)
+    _postprocess_args(p)
+    layout_args(p)
+    p.set_defaults(func=_cmd_measure)

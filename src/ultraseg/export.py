@@ -1,0 +1,287 @@
+"""Export a checkpoint to ONNX, and predict from the exported file without PyTorch.
+
+The graph takes ``image`` (N, 1, H, W) float32 -- the prepared canvas, as
+:func:`ultraseg.preprocess.prepare` makes it -- and returns ``probability`` (N, 1, h, w)
+float32: the sigmoid is part of the graph.
+
+* ``same`` model: batch, height and width are dynamic (height and width multiples of
+  ``2 ** depth``; :class:`~ultraseg.predict.Predictor` pads to them).
+* ``valid`` model: the batch is dynamic, the input is one fixed tile of
+  ``output_tile + 2 * context_margin(depth)`` pixels -- the tile a checkpoint predicts its
+  working canvas with (:func:`~ultraseg.predict.prediction_tile` of ``preprocess.size``, or
+  ``model.tile`` when frames keep their own resolution). The numpy overlap-tiler runs tiles
+  around it.
+
+The checkpoint's metadata (model, preprocessing, post-processing, label, measurement) travels
+in the ONNX model's ``metadata_props`` under the key ``"ultraseg"`` (JSON), with an ``onnx``
+section describing the graph, so an ``.onnx`` file describes itself as a checkpoint does.
+
+:func:`onnx_predictor` imports onnxruntime only -- never torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .config import ModelConfig, PostprocessConfig, PreprocessConfig
+from .errors import CheckpointError, UltrasegError
+from .geometry import context_margin, nearest_valid_output, same_padded_size
+from .predict import Predictor, prediction_tile
+
+log = logging.getLogger(__name__)
+
+META_KEY = "ultraseg"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probability"
+_INSTALL = "ONNX support is not installed: pip install 'ultraseg[onnx]'"
+
+
+def export_tile(model: ModelConfig, preprocess: PreprocessConfig, tile: int | None = None
+                ) -> int:
+    """Output tile side a valid model is exported with (see the module docstring).
+
+    ``tile`` overrides the choice; it must be a valid output side of the model's depth.
+    """
+    if tile is not None:
+        if tile < 1 or nearest_valid_output(tile, model.depth) != tile:
+            raise UltrasegError(f"--tile {tile} is not a valid output side of the depth-"
+                                f"{model.depth} U-Net; nearest: "
+                                f"{nearest_valid_output(max(tile, 1), model.depth)}")
+        return tile
+    if preprocess.size is None:
+        return model.tile
+    return prediction_tile(model, preprocess.size, preprocess.size)
+
+
+def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int | None = None,
+                tile: int | None = None, verify: bool = True) -> Path:
+    """Export a checkpoint to an ONNX file (written atomically) and return its path.
+
+    ``opset``: ONNX opset (default: the exporter's). ``tile``: valid model only, output tile
+    side of the fixed-size graph (default: :func:`export_tile`). ``verify``: run the exported
+    graph on ONNX Runtime once and check it matches PyTorch (max difference 1e-4).
+    """
+    import torch
+
+    from .checkpoint import build_from_checkpoint, load_checkpoint
+    from .fileio import atomic_write_bytes
+
+    onnx_path = Path(onnx_path)
+    if Path(checkpoint_path).suffix.lower() == ".onnx":
+        raise UltrasegError("already an ONNX file; export takes a checkpoint (best.ckpt)",
+                            checkpoint_path)
+    if not onnx_path.parent.is_dir():
+        raise UltrasegError("cannot write the ONNX file: its folder does not exist", onnx_path)
+    try:
+        import onnx
+    except ImportError as e:
+        raise UltrasegError(_INSTALL) from e
+    ckpt = load_checkpoint(checkpoint_path)
+    net = build_from_checkpoint(ckpt, checkpoint_path)
+    cfg, depth = ckpt.model, ckpt.model.depth
+    if cfg.variant == "valid":
+        out_tile = export_tile(cfg, ckpt.preprocess, tile)
+        side = out_tile + 2 * context_margin(depth)
+        example_hw = (side, side)
+        graph = {"dynamic_hw": False, "input_tile": side, "output_tile": out_tile}
+    else:
+        if tile is not None:
+            log.info("--tile ignored: a 'same' model is exported with dynamic height and width")
+        s = same_padded_size(ckpt.preprocess.size or 64, depth)
+        example_hw = (s, s)
+        graph = {"dynamic_hw": True, "input_tile": None, "output_tile": None,
+                 "multiple_of": 2**depth}
+    model = _with_sigmoid(net).eval()
+    example = torch.zeros(2, 1, *example_hw)
+    with torch.no_grad():
+        proto, exporter = _export(model, example, cfg.variant == "same", 2**depth, opset)
+    meta = {k: v for k, v in ckpt.meta.items() if k != "run"}
+    meta["onnx"] = {"input": INPUT_NAME, "output": OUTPUT_NAME, "exporter": exporter,
+                    "opset": _opset_of(proto), "source": Path(checkpoint_path).name, **graph}
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    if verify:  # a second, non-square size and batch check the dynamic axes
+        h, w = example_hw
+        _verify(data, model, [(2, 1, h, w)] + ([(3, 1, h, w + 2**depth)] if graph["dynamic_hw"]
+                                              else [(3, 1, h, w)]))
+    try:
+        atomic_write_bytes(onnx_path, data)
+    except OSError as e:
+        raise UltrasegError(f"cannot write the ONNX file ({e.strerror or e})", onnx_path) from e
+    log.info("exported %s -> %s (%s exporter, opset %s, %s)", checkpoint_path, onnx_path,
+             exporter, meta["onnx"]["opset"],
+             "dynamic H x W" if graph["dynamic_hw"] else f"tile {graph['input_tile']}")
+    return onnx_path
+
+
+def _with_sigmoid(net: Any) -> Any:
+    """The U-Net followed by its sigmoid, so the graph outputs probabilities."""
+    import torch
+
+    class WithSigmoid(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.net(image))
+
+    return WithSigmoid(net)
+
+
+def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: int | None
+            ) -> tuple[Any, str]:
+    """(ModelProto, exporter name): the torch.export-based exporter, else the TorchScript one."""
+    import torch
+
+    try:
+        batch = torch.export.Dim("batch", min=1)
+        dims: dict[int, Any] = {0: batch}
+        if dynamic_hw:
+            dims[2] = multiple * torch.export.Dim("h", min=1)
+            dims[3] = multiple * torch.export.Dim("w", min=1)
+        # the exporter prints progress to stdout and logs chatter: keep both out of the way
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), None, dynamo=True, verbose=False,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes={"image": dims}, opset_version=opset,
+                                        external_data=False)
+        return program.model_proto, "dynamo"
+    except Exception as e:  # older torch, or a graph torch.export cannot take
+        log.warning("torch.export-based ONNX export failed (%s); using the TorchScript "
+                    "exporter", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+    import onnx
+
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=opset or 17,
+                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
+    return onnx.load_from_string(buf.getvalue()), "torchscript"
+
+
+@contextlib.contextmanager
+def _quiet_logs(names: tuple[str, ...] = ("torch.onnx", "onnxscript", "onnx_ir")
+                ) -> Iterator[None]:
+    """Raise the exporter's loggers to ERROR inside the block; restore their levels after."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _opset_of(proto: Any) -> int | None:
+    for op in proto.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return int(op.version)
+    return None
+
+
+def _verify(data: bytes, model: Any, shapes: list[tuple[int, int, int, int]]) -> None:
+    """Run the serialized graph on ONNX Runtime and compare with PyTorch on random input."""
+    import torch
+
+    ort = _onnxruntime()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        x = rng.random(shape, dtype=np.float32)
+        got = sess.run(None, {INPUT_NAME: x})[0]
+        with torch.no_grad():
+            want = model(torch.from_numpy(x)).numpy()
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        if not diff <= 1e-4:
+            raise UltrasegError(f"the exported graph disagrees with PyTorch on a {shape} input "
+                                f"(max difference {diff:g}, output {got.shape} vs "
+                                f"{want.shape}); ONNX export failed")
+        log.info("ONNX Runtime matches PyTorch on a %s batch (max diff %.2g)", shape, diff)
+
+
+# ---------------------------------------------------------------------------- prediction
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise UltrasegError(_INSTALL) from e
+    return onnxruntime
+
+
+def read_onnx_meta(session: Any, path: str | Path) -> dict[str, Any]:
+    """The ``ultraseg`` metadata of an ONNX Runtime session's model (CheckpointError if absent)."""
+    props = session.get_modelmeta().custom_metadata_map
+    if META_KEY not in props:
+        raise CheckpointError("not an ultraseg export: the ONNX file carries no 'ultraseg' "
+                              "metadata (export it with `ultraseg export`)", path)
+    try:
+        meta = json.loads(props[META_KEY])
+        if not isinstance(meta, dict) or not isinstance(meta.get("onnx"), dict):
+            raise ValueError("no 'onnx' section")
+        return meta
+    except ValueError as e:
+        raise CheckpointError(f"damaged ultraseg metadata in the ONNX file ({e})", path) from e
+
+
+def onnx_predictor(path: str | Path, providers: list[str] | None = None, **options: Any
+                   ) -> Predictor:
+    """A :class:`~ultraseg.predict.Predictor` running an exported ``.onnx`` file on ONNX Runtime.
+
+    Imports onnxruntime, never torch. ``providers``: ONNX Runtime execution providers
+    (default CPU). ``options``: Predictor fields (``batch_size``, ``tta``, ``postprocess``; a
+    ``tile`` must equal the exported tile of a valid model).
+    """
+    ort = _onnxruntime()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("no such ONNX file", path)
+    if path.stat().st_size == 0:
+        raise CheckpointError("empty file (0 bytes), not an ONNX model", path)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: ONNX Runtime's warnings go to stderr otherwise
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from the C++ side
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"ONNX Runtime cannot load this file ({first[:160]})", path) from e
+    meta = read_onnx_meta(sess, path)
+    graph = meta["onnx"]
+    try:
+        model = ModelConfig.from_dict(meta["model"])
+        preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+        postprocess = PostprocessConfig.from_dict(meta["postprocess"])
+    except Exception as e:
+        raise CheckpointError(f"damaged ultraseg metadata in the ONNX file ({e})", path) from e
+    inputs = sess.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise CheckpointError("not an ultraseg export: expected one (N, 1, H, W) input", path)
+    name = inputs[0].name
+    if model.variant == "valid":
+        out_tile = int(graph["output_tile"])
+        asked = options.get("tile")
+        if asked is not None and nearest_valid_output(asked, model.depth) != out_tile:
+            raise UltrasegError(f"this ONNX file was exported with tile {out_tile}; re-export "
+                                f"with `ultraseg export --tile {asked}` to predict with another",
+                                path)
+        options["tile"] = out_tile
+
+    def run_batch(batch: np.ndarray) -> np.ndarray:
+        return sess.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    return Predictor(run_batch, model, preprocess, postprocess, meta, source=str(path), **options)

@@ -1,0 +1,396 @@
+"""From image files and folders to mask files, overlays, a Kaggle submission and measurements.
+
+Everything streams: frames are decoded one by one as the predictor asks for them (it batches a
+few), each result is written as soon as it is known, and nothing holds the whole input in
+memory. Every output file goes through :mod:`ultraseg.fileio` (temporary name, then rename), so
+an interrupted or failed run leaves complete files or none -- never half of one.
+
+Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError, UltrasegError
+from .fileio import atomic_write_bytes, atomic_write_text
+from .io import IMAGE_EXTENSIONS, Sample, scan_dataset, select_label
+from .postprocess import apply as apply_postprocess
+from .predict import Predictor
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+#: Mask file formats: ``--format`` value -> (file suffix, Pillow format).
+MASK_FORMATS = {"png": (".png", "PNG"), "tif": (".tif", "TIFF")}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image to predict.
+
+    ``out_name``: where its outputs go below the output folder, without suffix (posix; the
+    image's stem unless two inputs share it, see :func:`collect_frames`). ``sample`` carries
+    the ground-truth mask paths and metadata (pixel size, reference measurements) when the
+    image came from a labelled dataset.
+    """
+
+    sample: Sample
+    out_name: str
+
+    @property
+    def image_path(self) -> Path:
+        return self.sample.image_path
+
+    @property
+    def stem(self) -> str:
+        return self.sample.image_path.stem
+
+
+# ------------------------------------------------------------------------------ inputs
+def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
+                   subject_pattern: str | None = None, exclude: str | Path | None = None
+                   ) -> list[Frame]:
+    """Find every image named by ``inputs`` (files, or folders of any supported layout).
+
+    Everything is checked before anything is predicted: a missing path, a file that is not an
+    image, an empty folder or a dataset with structural problems raises one
+    :class:`~ultraseg.errors.UltrasegError` (for a labelled dataset with problems, point at its
+    images folder or use ``layout='images'``). Images under ``exclude`` (the output folder)
+    are skipped. Frames come in the order of ``inputs``, each folder in its reader's (natural)
+    order.
+
+    Output names: the file stem; where several frames share a stem, the path below their input
+    folder (``a/x``, ``b/x``); where that still collides, the input folder's name in front
+    (``in1/x``); then the file suffix (``x_png``); then a counter.
+    """
+    if not inputs:
+        raise UltrasegError("no input images given")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: list[tuple[Sample, Path | None, PurePosixPath, str]] = []
+    for given in inputs:
+        path = Path(given)
+        if not path.exists():
+            raise DataError("no such file or folder", path)
+        if path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise DataError("not an image file; supported: " + ", ".join(IMAGE_EXTENSIONS),
+                                path)
+            found.append((Sample(path.stem, path), None, PurePosixPath(path.stem),
+                          path.resolve().parent.name))
+            continue
+        ds, problems = scan_dataset(path, layout, subject_pattern)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            hint = ("" if ds.layout == "images" else
+                    f"; to predict its images anyway use --layout images or point at the "
+                    f"images folder (layout found: {ds.layout})")
+            raise DataError(f"{problems[0]}{more}{hint}")
+        root_name = path.resolve().name
+        for s in ds.samples:
+            if skip is not None and _is_within(s.image_path.resolve(), skip):
+                continue
+            rel = PurePosixPath(_relative(s.image_path, path).with_suffix("").as_posix())
+            found.append((s, path, rel, root_name))
+        log.info("%s: %s layout, %d images", path, ds.layout, len(ds.samples))
+    if not found:
+        raise DataError("no images to predict (the only images are in the output folder)",
+                        inputs[0])
+    names = _unique_names(found)
+    return [Frame(s, name) for (s, _, _, _), name in zip(found, names)]
+
+
+def _relative(path: Path, folder: Path) -> Path:
+    """``path`` below ``folder`` (symbolic links are not followed), else its name."""
+    try:
+        return path.relative_to(folder)
+    except ValueError:
+        try:
+            return path.absolute().relative_to(folder.absolute())
+        except ValueError:
+            return Path(path.name)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -> list[str]:
+    """Output names, made longer only for the frames that would otherwise collide."""
+    def candidate(i: int, level: int) -> str:
+        s, _, rel, root_name = found[i]
+        if level == 0:
+            return s.image_path.stem
+        if level == 1:
+            return rel.as_posix()
+        if level == 2:
+            return f"{root_name}/{rel.as_posix()}"
+        suffix = s.image_path.suffix.lstrip(".").lower()
+        base = f"{root_name}/{rel.as_posix()}_{suffix}"
+        return base if level == 3 else f"{base}_{i}"
+
+    levels = [0] * len(found)
+    while True:
+        names = [candidate(i, lv) for i, lv in enumerate(levels)]
+        counts = Counter(n.lower() for n in names)  # case-insensitive file systems too
+        clashes = [i for i, n in enumerate(names) if counts[n.lower()] > 1]
+        if not clashes:
+            return names
+        for i in clashes:
+            levels[i] = min(levels[i] + 1, 4)
+
+
+# ------------------------------------------------------------------------------ streaming
+def iter_probabilities(predictor: Predictor, frames: Iterable[Frame]
+                       ) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
+    """Yield ``(frame, image (H, W) uint8, probabilities (H, W) float32)`` frame by frame.
+
+    Images are decoded as the predictor asks for them; at most one batch is held at a time.
+    An unreadable image raises :class:`~ultraseg.errors.DataError` naming the file.
+    """
+    pending: deque[tuple[Frame, np.ndarray]] = deque()
+
+    def images() -> Iterator[np.ndarray]:
+        for frame in frames:
+            image = frame.sample.load_image()
+            pending.append((frame, image))
+            yield image
+
+    for prob in predictor.predict_proba_many(images()):
+        frame, image = pending.popleft()
+        yield frame, image, prob
+
+
+def encode_mask(mask: np.ndarray, fmt: str = "png") -> bytes:
+    """A bool (H, W) mask as the bytes of an 8-bit 0/255 image file ('png' or 'tif')."""
+    if fmt not in MASK_FORMATS:
+        raise UltrasegError(f"unknown mask format {fmt!r}; valid: {', '.join(MASK_FORMATS)}")
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(
+        buf, format=MASK_FORMATS[fmt][1])
+    return buf.getvalue()
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 image as PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def prepare_out_dir(out: str | Path) -> Path:
+    """Create the output folder (and parents); a path that cannot be one is a user error."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise UltrasegError("cannot create the output folder: a file of that name exists",
+                            out) from e
+    except OSError as e:
+        raise UltrasegError(f"cannot create the output folder ({e.strerror or e})", out) from e
+    if not out.is_dir():
+        raise UltrasegError("the output path is not a folder", out)
+    return out
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+    except UltrasegError:
+        raise
+    except OSError as e:
+        raise UltrasegError(f"cannot write the file ({e.strerror or e})", path) from e
+
+
+def overlay_thickness(shape: tuple[int, ...]) -> int:
+    """Outline width for a full-resolution overlay: 1 px up to ~600 px frames, then more."""
+    return max(1, round(max(shape[:2]) / 500))
+
+
+# ------------------------------------------------------------------------------ predict
+@dataclass
+class PredictionSummary:
+    """What :func:`write_predictions` wrote."""
+
+    n: int
+    out: Path
+    n_empty: int = 0
+    masks: list[Path] = field(default_factory=list)
+    overlays: list[Path] = field(default_factory=list)
+    rle: Path | None = None
+
+
+def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | Path,
+                      fmt: str = "png", overlay: bool = False, rle: str | Path | None = None,
+                      label: int | None = None, progress: Progress | None = None
+                      ) -> PredictionSummary:
+    """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size).
+
+    ``fmt='tif'`` writes TIFF masks. ``overlay``: also ``OUT/NAME_overlay.png``, the image with
+    the predicted outline (red) and, for frames of a labelled dataset, the true one (green;
+    ``label`` selects a structure of a label mask, default the predictor's). ``rle``: a Kaggle
+    submission CSV (``img,pixels``, one row per frame in input order, ``img`` = the output
+    name, the image's stem unless stems collide). The mask is the predictor's post-processed
+    decision (``predictor.postprocess``). Stops at the first unreadable file with a
+    :class:`~ultraseg.errors.DataError`; files already written are complete, and the CSV is
+    only written when every frame succeeded.
+    """
+    from .report import overlay as draw_overlay
+
+    if fmt not in MASK_FORMATS:
+        raise UltrasegError(f"unknown mask format {fmt!r}; valid: {', '.join(MASK_FORMATS)}")
+    out = prepare_out_dir(out)
+    if rle is not None:
+        bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]
+        if bad:
+            raise UltrasegError(f"image name {bad[0]!r} cannot go in a submission CSV field")
+    truth_label = predictor.preprocess.label if label is None else label
+    suffix = MASK_FORMATS[fmt][0]
+    summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
+
+    def rows() -> Iterator[tuple[str, np.ndarray]]:
+        for frame, image, prob in iter_probabilities(predictor, frames):
+            mask = apply_postprocess(prob, predictor.postprocess)
+            mask_path = out / f"{frame.out_name}_mask{suffix}"
+            _write(mask_path, encode_mask(mask, fmt))
+            summary.masks.append(mask_path)
+            if overlay:
+                truth = _truth(frame, image.shape, truth_label)
+                rgb = draw_overlay(image, mask, truth, thickness=overlay_thickness(image.shape))
+                ov_path = out / f"{frame.out_name}_overlay.png"
+                _write(ov_path, encode_png(rgb))
+                summary.overlays.append(ov_path)
+            summary.n += 1
+            summary.n_empty += not mask.any()
+            if progress:
+                progress(summary.n, len(frames))
+            yield frame.out_name, mask
+
+    if rle is None:
+        for _ in rows():
+            pass
+    else:
+        from .rle import write_submission
+
+        write_submission(rows(), rle)
+    log.info("wrote %d masks to %s (%d empty)", summary.n, out, summary.n_empty)
+    return summary
+
+
+def _truth(frame: Frame, shape: tuple[int, ...], label: int | None) -> np.ndarray | None:
+    """The frame's ground-truth mask as bool (H, W), or None for an unlabelled image."""
+    mask = frame.sample.load_mask()
+    if mask is None:
+        return None
+    if mask.shape != shape[:2]:
+        raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{shape[1]}x{shape[0]}", frame.sample.mask_paths[0])
+    return select_label(mask, label)
+
+
+# ------------------------------------------------------------------------------ measure
+MEASURE_COLUMNS = ("name", "image", "width", "height", "pixel_size_mm", "n_components",
+                   "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
+                   "ellipse_a_px", "ellipse_b_px", "ellipse_angle_deg", "ellipse_method",
+                   "area_mm2", "perimeter_mm", "hc_mm", "hc_ref_mm", "hc_error_mm")
+
+
+def measure_frames(predictor: Predictor, frames: Sequence[Frame],
+                   pixel_size_mm: float | None = None, out: str | Path | None = None,
+                   progress: Progress | None = None
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
+
+    Per frame: area, perimeter and fitted-ellipse circumference in pixels, and in mm where the
+    pixel size is known -- from the dataset (HC18's CSV), else ``pixel_size_mm`` -- plus the
+    reference head circumference ``hc_ref_mm`` and ``hc_error_mm`` (predicted - reference)
+    where the dataset gives one. The ellipse is shrunk by the checkpoint's
+    ``meta['measure']['boundary_offset_px']`` (0 when absent). With ``out``, writes
+    ``OUT/measurements.csv``. Returns ``(summary, rows)``; the summary has ``n``,
+    ``n_with_object``, ``hc_mm_mean`` and, where references exist, ``hc_mae_mm`` and
+    ``hc_bias_mm`` over the frames that have both.
+    """
+    from .measure import measure
+
+    if pixel_size_mm is not None and not (pixel_size_mm > 0 and math.isfinite(pixel_size_mm)):
+        raise UltrasegError(f"--pixel-size must be a positive number of mm, got {pixel_size_mm}")
+    offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
+    out_dir = prepare_out_dir(out) if out is not None else None
+    rows: list[dict[str, Any]] = []
+    for frame, image, prob in iter_probabilities(predictor, frames):
+        mask = apply_postprocess(prob, predictor.postprocess)
+        spacing = frame.sample.meta.get("pixel_size_mm") or pixel_size_mm
+        m = measure(mask, spacing, boundary_offset_px=offset)
+        centre, axes = m["ellipse_center"] or (None, None), m["ellipse_axes"] or (None, None)
+        row: dict[str, Any] = {
+            "name": frame.out_name, "image": str(frame.image_path),
+            "width": image.shape[1], "height": image.shape[0], "pixel_size_mm": spacing,
+            "n_components": m["n_components"], "area_px": m["area_px"],
+            "perimeter_px": m["perimeter_px"], "hc_px": m["ellipse_circumference_px"],
+            "ellipse_cx": centre[0], "ellipse_cy": centre[1], "ellipse_a_px": axes[0],
+            "ellipse_b_px": axes[1], "ellipse_angle_deg": m["ellipse_angle_deg"],
+            "ellipse_method": m["ellipse_method"], "area_mm2": m.get("area_mm2"),
+            "perimeter_mm": m.get("perimeter_mm"), "hc_mm": m.get("hc_mm"),
+            "hc_ref_mm": frame.sample.meta.get("hc_mm"), "hc_error_mm": None,
+        }
+        if row["hc_mm"] is not None and row["hc_ref_mm"] is not None:
+            row["hc_error_mm"] = row["hc_mm"] - row["hc_ref_mm"]
+        rows.append(row)
+        if progress:
+            progress(len(rows), len(frames))
+    summary = summarise_measurements(rows, offset)
+    if out_dir is not None:
+        summary["csv"] = str(out_dir / "measurements.csv")
+        atomic_write_text(out_dir / "measurements.csv", measurements_csv(rows))
+    return summary, rows
+
+
+def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: float = 0.0
+                           ) -> dict[str, Any]:
+    """Counts, mean HC, and the mean absolute / signed HC error where references exist."""
+    hc = [r["hc_mm"] for r in rows if r.get("hc_mm") is not None]
+    errors = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
+    return {
+        "n": len(rows),
+        "n_with_object": sum(1 for r in rows if r["area_px"] > 0),
+        "n_with_pixel_size": sum(1 for r in rows if r.get("pixel_size_mm")),
+        "area_px_mean": float(np.mean([r["area_px"] for r in rows])) if rows else None,
+        "hc_mm_mean": float(np.mean(hc)) if hc else None,
+        "n_with_reference": len(errors),
+        "hc_mae_mm": float(np.mean(np.abs(errors))) if errors else None,
+        "hc_bias_mm": float(np.mean(errors)) if errors else None,
+        "boundary_offset_px": boundary_offset_px,
+    }
+
+
+def measurements_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`measure_frames` as CSV text (header :data:`MEASURE_COLUMNS`)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(MEASURE_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _cell(r.get(k)) for k in MEASURE_COLUMNS})
+    return buf.getvalue()
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v

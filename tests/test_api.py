@@ -1,0 +1,104 @@
+"""The Python API: the README example runs as written; ``import ultraseg`` stays cheap."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ultraseg
+from ultraseg.checkpoint import make_meta, save_checkpoint
+from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+from ultraseg.model import build_model
+
+#: The five-line example of the README. When README.md holds a ```python block calling
+#: ``ultraseg.load``, that block is what runs instead, so the two cannot drift apart.
+README_EXAMPLE = """\
+import ultraseg
+
+predictor = ultraseg.load("run/best.ckpt")   # a checkpoint, or an exported model.onnx
+image = ultraseg.read_image("frame.png")     # 2D numpy array (H, W) uint8, any size
+mask = predictor.predict(image)              # bool (H, W), post-processed as trained
+prob = predictor.predict_proba(image)        # float32 (H, W), probabilities in [0, 1]
+"""
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_example() -> str:
+    if README.is_file():
+        for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S):
+            if "ultraseg.load(" in block:
+                return block
+    return README_EXAMPLE
+
+
+def make_run(folder: Path, variant: str = "valid") -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant=variant, width=4, depth=2, tile=20)
+    (folder / "run").mkdir(parents=True, exist_ok=True)
+    path = folder / "run" / "best.ckpt"
+    save_checkpoint(path, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=48), PostprocessConfig()))
+    return path
+
+
+def test_readme_example_runs_and_returns_masks_of_the_images_size(tmp_path, monkeypatch):
+    make_run(tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (83, 117), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "frame.png")
+    monkeypatch.chdir(tmp_path)
+    env: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), env)
+    assert env["image"].shape == (83, 117) and env["image"].dtype == np.uint8
+    mask, prob = env["mask"], env["prob"]
+    assert mask.shape == (83, 117) and mask.dtype == bool
+    assert prob.shape == (83, 117) and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    np.testing.assert_array_equal(mask, prob >= env["predictor"].postprocess.threshold)
+
+
+def test_readme_block_matches_the_tested_example_when_present():
+    if not README.is_file():
+        pytest.skip("no README.md yet: the example above is the one to paste into it")
+    assert "ultraseg.load(" in readme_example()
+
+
+@pytest.mark.parametrize("variant", ["valid", "same"])
+def test_predict_takes_uint8_or_float_and_any_size(tmp_path, variant):
+    predictor = ultraseg.load(make_run(tmp_path, variant), device="cpu", precision="fp32")
+    assert isinstance(predictor, ultraseg.Predictor)
+    rng = np.random.default_rng(1)
+    for shape in ((1, 1), (7, 300), (61, 45)):
+        u8 = rng.integers(0, 256, shape, dtype=np.uint8)
+        f01 = u8.astype(np.float32) / 255.0           # float in [0, 1] is read as x / 255
+        f255 = u8.astype(np.float64)                  # float in [0, 255] as is
+        want = predictor.predict_proba(u8)
+        assert want.shape == shape
+        np.testing.assert_allclose(predictor.predict_proba(f01), want, atol=1e-6)
+        np.testing.assert_allclose(predictor.predict_proba(f255), want, atol=1e-6)
+        assert predictor.predict(u8).shape == shape
+    with pytest.raises(ultraseg.UltrasegError, match="2D image"):
+        predictor.predict(np.zeros((2, 3, 4, 5)))
+
+
+def test_import_ultraseg_does_not_import_torch():
+    code = ("import sys, ultraseg; assert ultraseg.__version__; "
+            "print('torch' in sys.modules, 'onnxruntime' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_public_names_resolve():
+    for name in ultraseg.__all__:
+        assert getattr(ultraseg, name) is not None
+    assert set(ultraseg.__all__) <= set(dir(ultraseg))
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        ultraseg.nonsense  # noqa: B018

@@ -1,0 +1,182 @@
+"""The predict / export / measure subcommands, end to end on tiny random-initialised models."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ultraseg.checkpoint import make_meta, save_checkpoint
+from ultraseg.cli import main
+from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+from ultraseg.io import read_image
+from ultraseg.model import build_model
+from ultraseg.predict import load
+from ultraseg.rle import decode
+
+
+def make_checkpoint(path: Path, variant: str = "same", size: int | None = 32,
+                    meta_extra: dict | None = None) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant=variant, width=4, depth=2, tile=20)
+    meta = make_meta(cfg, PreprocessConfig(size=size), PostprocessConfig())
+    meta.update(meta_extra or {})
+    save_checkpoint(path, build_model(cfg).state_dict(), meta)
+    return path
+
+
+def frames(folder: Path, shapes: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    out = {}
+    for rel, (h, w) in shapes.items():
+        yy, xx = np.mgrid[:h, :w]
+        im = (90 + 60 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + rng.normal(0, 20, (h, w)))
+        out[rel] = np.clip(im, 0, 255).astype(np.uint8)
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(out[rel]).save(folder / rel)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("model") / "best.ckpt")
+
+
+SHAPES = {"a/1.png": (45, 67), "a/2.png": (33, 29), "b/1.png": (40, 51), "c.jpg": (27, 38)}
+
+
+def test_predict_writes_one_mask_per_image_at_original_size(tmp_path, ckpt, capsys):
+    frames(tmp_path / "in", SHAPES)
+    rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+               "--device", "cpu", "--precision", "fp32", "--batch-size", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.startswith("predicted 4 frames") and str(tmp_path / "out") in out
+    predictor = load(ckpt, device="cpu", precision="fp32")
+    expect = {"a/1.png": "a/1_mask.png", "b/1.png": "b/1_mask.png", "a/2.png": "2_mask.png",
+              "c.jpg": "c_mask.png"}          # '1' is shared: its folders are kept
+    written = sorted(p.relative_to(tmp_path / "out").as_posix()
+                     for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert written == sorted(expect.values())
+    for rel, name in expect.items():
+        mask = np.asarray(Image.open(tmp_path / "out" / name))
+        assert mask.dtype == np.uint8 and mask.shape == SHAPES[rel]
+        assert set(np.unique(mask)) <= {0, 255}
+        decoded = read_image(tmp_path / "in" / rel)     # c.jpg is lossy: what was read
+        np.testing.assert_array_equal(mask == 255, predictor.predict(decoded))
+
+
+def test_postprocess_flags_override_the_checkpoint(tmp_path, ckpt):
+    images = frames(tmp_path / "in", {"x.png": (31, 45)})
+    predictor = load(ckpt, device="cpu", precision="fp32")
+    prob = predictor.predict_proba(images["x.png"])
+    assert 0.0 < prob.min() and prob.max() < 1.0          # so 1.0 / 0.0 are decisive
+
+    def run(*flags: str) -> np.ndarray:
+        assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                     "--device", "cpu", "--precision", "fp32", *flags]) == 0
+        return np.asarray(Image.open(tmp_path / "o" / "x_mask.png")) == 255
+
+    assert not run("--threshold", "1.0").any()
+    assert run("--threshold", "0").all()
+    median = float(np.median(prob))
+    np.testing.assert_array_equal(run("--threshold", str(median)), prob >= median)
+    assert not run("--threshold", "0", "--min-area", str(31 * 45 + 1)).any()
+    holes = run("--threshold", str(median), "--fill-holes")
+    assert holes.sum() >= (prob >= median).sum()
+    largest = run("--threshold", str(median), "--keep-largest")
+    assert largest.sum() <= (prob >= median).sum()
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                 "--threshold", "1.5"]) == 2
+
+
+def test_tta_rle_overlay_and_tif(tmp_path, ckpt):
+    images = frames(tmp_path / "in", {"3.png": (29, 41), "12.png": (29, 41)})
+    sub = tmp_path / "sub.csv"
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                 "--tta", "--rle", str(sub), "--overlay", "--format", "tif", "--device", "cpu",
+                 "--precision", "fp32"]) == 0
+    with open(sub, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["img", "pixels"] and [r[0] for r in rows[1:]] == ["3", "12"]
+    tta = load(ckpt, device="cpu", precision="fp32", tta=True)
+    for stem, pixels in rows[1:]:
+        want = tta.predict(images[f"{stem}.png"])
+        np.testing.assert_array_equal(decode(pixels, (29, 41)), want)
+        tif = Image.open(tmp_path / "o" / f"{stem}_mask.tif")
+        assert tif.format == "TIFF"
+        np.testing.assert_array_equal(np.asarray(tif) == 255, want)
+        assert np.asarray(Image.open(tmp_path / "o" / f"{stem}_overlay.png")).shape == (29, 41, 3)
+
+
+def test_bad_image_is_exit_2_one_line_and_no_partial_file(tmp_path, ckpt, capsys):
+    frames(tmp_path / "in", {"1.png": (20, 30), "3.png": (20, 30)})
+    (tmp_path / "in" / "2.png").write_bytes(b"not an image at all")
+    rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+               "--batch-size", "1", "--rle", str(tmp_path / "s.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "2.png" in err and err.startswith("error:")
+    left = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert "2_mask.png" not in left and not [n for n in left if n.startswith(".")]
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_missing_input_and_unwritable_output_are_exit_2(tmp_path, ckpt, capsys):
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), str(tmp_path / "nope.png"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "nope.png: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()                   # checked before anything ran
+    (tmp_path / "afile").write_text("x")
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out",
+                 str(tmp_path / "afile" / "o")]) == 2
+    assert "output folder" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "in" / "1.png"), str(tmp_path / "in"), "--out",
+                 str(tmp_path / "o")]) == 2               # an image is not a checkpoint
+
+
+def test_export_then_predict_from_onnx_gives_the_same_masks(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "valid.ckpt", variant="valid", size=40)
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "--onnx", str(onnx_path)]) == 0
+    assert "exported" in capsys.readouterr().out
+    frames(tmp_path / "in", {"1.png": (37, 52)})
+    for model, out in ((ckpt, "o_ckpt"), (onnx_path, "o_onnx")):
+        assert main(["predict", str(model), str(tmp_path / "in"), "--out", str(tmp_path / out),
+                     "--device", "cpu", "--precision", "fp32"]) == 0
+    a = np.asarray(Image.open(tmp_path / "o_ckpt" / "1_mask.png"))
+    b = np.asarray(Image.open(tmp_path / "o_onnx" / "1_mask.png"))
+    np.testing.assert_array_equal(a, b)
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx")]) == 2
+
+
+def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", meta_extra={"measure": {"boundary_offset_px": 0.5}})
+    folder = tmp_path / "hc" / "training_set"
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[:40, :56]
+    inside = ((xx - 28) / 14.0) ** 2 + ((yy - 20) / 10.0) ** 2 <= 1
+    Image.fromarray(np.where(inside, 200, 30).astype(np.uint8)).save(folder / "007_HC.png")
+    ring = inside & ~(((xx - 28) / 13.0) ** 2 + ((yy - 20) / 9.0) ** 2 <= 1)
+    Image.fromarray(np.where(ring, 255, 0).astype(np.uint8)).save(folder / "007_HC_Annotation.png")
+    (tmp_path / "hc" / "training_set_pixel_size_and_HC.csv").write_text(
+        "filename,pixel size(mm),head circumference (mm)\n007_HC.png,0.2,15.0\n")
+    rc = main(["measure", str(ckpt), str(tmp_path / "hc"), "--out", str(tmp_path / "m"),
+               "--threshold", "0", "--device", "cpu", "--precision", "fp32"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "measured 1 frames" in out and "mean absolute" in out
+    with open(tmp_path / "m" / "measurements.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["name"] == "007_HC" and float(row["area_px"]) == 40 * 56   # threshold 0: all
+    assert float(row["pixel_size_mm"]) == 0.2 and float(row["hc_ref_mm"]) == 15.0
+    assert float(row["hc_error_mm"]) == pytest.approx(float(row["hc_mm"]) - 15.0, abs=1e-3)
+    assert float(row["hc_mm"]) == pytest.approx(float(row["hc_px"]) * 0.2, rel=1e-4)
+    assert main(["measure", str(ckpt), str(tmp_path / "hc"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n"] == 1 and doc["rows"][0]["name"] == "007_HC"
+    assert doc["boundary_offset_px"] == 0.5

@@ -1,0 +1,218 @@
+"""ONNX export: graph shape contract, self-describing metadata, parity with PyTorch on real
+frames, prediction without torch, and refusal of files that are not ultraseg exports."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import shared_dataset
+from PIL import Image
+
+from ultraseg.checkpoint import make_meta, save_checkpoint
+from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+from ultraseg.errors import CheckpointError, UltrasegError
+from ultraseg.export import META_KEY, export_onnx, onnx_predictor
+from ultraseg.geometry import context_margin
+from ultraseg.io import read_image
+from ultraseg.model import build_model
+from ultraseg.predict import load
+
+#: name -> (ModelConfig, PreprocessConfig): the variants exported once for this module.
+MODELS = {
+    "same": (ModelConfig(variant="same", width=4, depth=2), PreprocessConfig(size=96)),
+    # frames at their own resolution: the graph takes the training tile, many tiles per frame
+    # (the other tile choice, the working canvas of a resized model, is exported in
+    # test_cli_predict.py)
+    "valid": (ModelConfig(variant="valid", width=4, depth=2, tile=132),
+              PreprocessConfig(size=None, normalise="zscore")),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """name -> (checkpoint, onnx file), random-initialised, exported once."""
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for i, (name, (model, pre)) in enumerate(MODELS.items()):
+        torch.manual_seed(i)
+        net = build_model(model)
+        with torch.no_grad():  # spread the logits; no flat regions at exactly p = 0.5
+            net.head.weight.mul_(4.0)
+            net.head.bias.fill_(-0.25)
+        ckpt = root / f"{name}.ckpt"
+        meta = make_meta(model, pre, PostprocessConfig(threshold=0.5))
+        meta["measure"] = {"boundary_offset_px": 1.25}
+        save_checkpoint(ckpt, net.state_dict(), meta)
+        out[name] = (ckpt, export_onnx(ckpt, root / f"{name}.onnx"))
+    return out
+
+
+def real_frames() -> list[np.ndarray]:
+    kaggle = shared_dataset("kaggle_nerve_sample")
+    nerve = shared_dataset("nerve")
+    frames = [read_image(kaggle / "train" / "1_1.tif"), read_image(kaggle / "test" / "1.tif")]
+    frames += [read_image(p) for p in sorted((nerve / "images").glob("*.jpg"))[:3]]
+    frames.append(frames[0][7:300, 11:468])               # odd, non-square crop
+    assert frames[0].shape == (420, 580)
+    return frames
+
+
+# ------------------------------------------------------------------------ graph contract
+def test_graph_input_output_and_metadata(exported):
+    for name, (ckpt, path) in exported.items():
+        model = onnx.load(str(path))
+        (inp,) = model.graph.input
+        (out,) = model.graph.output
+        assert inp.name == "image" and out.name == "probability"
+        assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        dims = inp.type.tensor_type.shape.dim
+        assert dims[0].dim_param and dims[1].dim_value == 1          # dynamic batch
+        cfg = MODELS[name][0]
+        if cfg.variant == "same":
+            assert dims[2].dim_param and dims[3].dim_param           # dynamic H and W
+        else:
+            side = 132 + 2 * context_margin(cfg.depth)
+            assert dims[2].dim_value == side and dims[3].dim_value == side
+        meta = json.loads({p.key: p.value for p in model.metadata_props}[META_KEY])
+        assert meta["model"] == cfg.to_dict()
+        assert meta["preprocess"] == MODELS[name][1].to_dict()
+        assert meta["postprocess"]["threshold"] == 0.5 and "label" in meta
+        assert meta["measure"] == {"boundary_offset_px": 1.25}
+        assert meta["onnx"]["dynamic_hw"] == (cfg.variant == "same")
+
+
+def test_dynamic_batch_and_size_run_on_onnxruntime(exported):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(exported["same"][1]), providers=["CPUExecutionProvider"])
+    for shape in ((1, 1, 64, 96), (3, 1, 40, 24)):
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        (y,) = sess.run(None, {"image": x})
+        assert y.shape == shape and 0.0 <= y.min() and y.max() <= 1.0   # probabilities
+    sess = ort.InferenceSession(str(exported["valid"][1]), providers=["CPUExecutionProvider"])
+    x = np.zeros((5, 1, 172, 172), np.float32)
+    assert sess.run(None, {"image": x})[0].shape == (5, 1, 132, 132)
+
+
+# ------------------------------------------------------------------------ parity
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", list(MODELS))
+def test_onnxruntime_matches_pytorch_on_real_frames(exported, name):
+    frames = real_frames()
+    ckpt, path = exported[name]
+    ort_pred = load(path, batch_size=16)
+    torch_pred = load(ckpt, device="cpu", precision="fp32", tile=ort_pred.tile, batch_size=16)
+    want = [torch_pred.predict_proba(f) for f in frames]
+    got = list(ort_pred.predict_proba_many(frames))
+    diff = 0.0
+    for f, a, b in zip(frames, want, got):
+        assert a.shape == b.shape == f.shape
+        diff = max(diff, float(np.abs(a - b).max()))
+    assert diff < 1e-4
+    # Masks: identical at the checkpoint's threshold, except where a probability lies closer
+    # to it than the backends differ (there float rounding decides; such pixels are rare).
+    thr = ort_pred.postprocess.threshold
+    for f, a in zip(frames, want):
+        m_t, m_o = torch_pred.predict(f), ort_pred.predict(f)
+        assert 0.01 < m_t.mean() < 0.99                      # a mask with both classes
+        undecided = np.abs(a - thr) <= diff
+        assert undecided.mean() < 1e-3
+        np.testing.assert_array_equal(m_t[~undecided], m_o[~undecided])
+
+
+# ------------------------------------------------------------------------ no torch
+def test_onnx_prediction_runs_where_torch_cannot_be_imported(exported, tmp_path):
+    _, path = exported["valid"]
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (57, 83), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "frame.png")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None          # any 'import torch' now raises ImportError
+        import numpy as np, ultraseg
+        from ultraseg.cli import main
+        p = ultraseg.load({str(path)!r})
+        image = ultraseg.read_image({str(tmp_path / "frame.png")!r})
+        np.save({str(tmp_path / "prob.npy")!r}, p.predict_proba(image))
+        rc = main(["predict", {str(path)!r}, {str(tmp_path / "frame.png")!r},
+                   "--out", {str(tmp_path / "out")!r}])
+        assert sys.modules["torch"] is None
+        print("rc", rc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "rc 0" in done.stdout
+    prob = np.load(tmp_path / "prob.npy")
+    want = load(exported["valid"][0], device="cpu", precision="fp32", tile=132).predict_proba(image)
+    assert prob.shape == (57, 83) and np.abs(prob - want).max() < 1e-4
+    mask = np.asarray(Image.open(tmp_path / "out" / "frame_mask.png"))
+    np.testing.assert_array_equal(mask == 255, prob >= 0.5)
+
+
+# ------------------------------------------------------------------------ refusals
+def test_files_that_are_not_ultraseg_exports_are_one_line_checkpoint_errors(exported, tmp_path):
+    garbled = tmp_path / "garbled.onnx"
+    garbled.write_bytes(b"\x08\x07garbage" * 40)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    foreign = tmp_path / "foreign.onnx"                    # valid ONNX, no ultraseg metadata
+    model = onnx.load(str(exported["valid"][1]))
+    del model.metadata_props[:]
+    onnx.save(model, str(foreign))
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(exported["valid"][1].read_bytes()[:5000])
+    for path, words in ((garbled, "cannot load"), (empty, "empty"),
+                        (foreign, "not an ultraseg export"), (truncated, "cannot load"),
+                        (tmp_path / "missing.onnx", "no such")):
+        with pytest.raises(CheckpointError, match=words) as err:
+            onnx_predictor(path)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_valid_export_refuses_another_tile(exported):
+    with pytest.raises(UltrasegError, match="exported with tile 132"):
+        load(exported["valid"][1], tile=100)
+    assert load(exported["valid"][1], tile=132).tile == 132
+
+
+def test_failed_export_leaves_the_target_untouched(tmp_path):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"previous")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        export_onnx(bad, target)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.ckpt", "m.onnx"]
+    with pytest.raises(UltrasegError, match="does not exist"):
+        export_onnx(bad, tmp_path / "no" / "m.onnx")
+
+
+def test_falls_back_to_the_torchscript_exporter(tmp_path, monkeypatch):
+    cfg = ModelConfig(variant="valid", width=4, depth=2, tile=20)
+    ckpt = tmp_path / "v.ckpt"
+    torch.manual_seed(0)
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=None), PostprocessConfig()))
+    real_export = torch.onnx.export
+
+    def no_dynamo(*args, **kwargs):
+        if kwargs.get("dynamo", True):
+            raise RuntimeError("torch.export cannot take this graph")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    path = export_onnx(ckpt, tmp_path / "v.onnx")           # verified against torch inside
+    meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[META_KEY])
+    assert meta["onnx"]["exporter"] == "torchscript" and meta["onnx"]["output_tile"] == 20
+    image = np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8)
+    want = load(ckpt, device="cpu", precision="fp32", tile=20).predict_proba(image)
+    assert np.abs(load(path).predict_proba(image) - want).max() < 1e-4

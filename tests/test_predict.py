@@ -1,0 +1,304 @@
+"""File-level prediction (ultraseg.predict_files): inputs -> masks, overlays, RLE, measurements.
+
+Most tests use a torch-free Predictor whose "network" is a fixed pixel-wise function, so every
+expected mask can be computed by hand: with ``PreprocessConfig(size=None, normalise='unit')``
+the canvas is image / 255 and the probability is sigmoid(40 (x - 0.5)), so at the default
+threshold 0.5 a pixel is foreground exactly when its value is >= 128.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+from ultraseg.errors import DataError, UltrasegError
+from ultraseg.predict import Predictor
+from ultraseg.predict_files import (collect_frames, encode_mask, iter_probabilities,
+                                    measure_frames, write_predictions)
+from ultraseg.rle import decode
+
+
+def pixel_predictor(**options) -> Predictor:
+    """A Predictor whose probability is a steep sigmoid of the pixel value (no torch)."""
+    def run(batch: np.ndarray) -> np.ndarray:
+        return (1.0 / (1.0 + np.exp(-40.0 * (batch - 0.5)))).astype(np.float32)
+
+    return Predictor(run, ModelConfig(variant="same", depth=2),
+                     PreprocessConfig(size=None, normalise="unit"), **options)
+
+
+def ramp(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A gray frame with values on both sides of 128."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def read(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+# ------------------------------------------------------------------------ inputs and names
+def test_collect_frames_names_keep_structure_only_where_stems_collide(tmp_path):
+    a = tmp_path / "a"
+    save(a / "x.png", ramp(5, 7))
+    save(a / "sub" / "x.png", ramp(5, 7))
+    save(a / "y.png", ramp(5, 7))
+    b = tmp_path / "b"
+    save(b / "y.png", ramp(5, 7))          # same path below its folder as a/y.png
+    save(b / "z.png", ramp(5, 7))
+    save(b / "z.jpg", ramp(5, 7))          # same stem, same folder: the suffix decides
+    single = save(tmp_path / "c" / "w.png", ramp(5, 7))
+    frames = collect_frames([a, b, single])
+    names = {f.image_path.relative_to(tmp_path).as_posix(): f.out_name for f in frames}
+    assert names == {
+        "a/x.png": "x",                    # x: its path below a/ ...
+        "a/sub/x.png": "sub/x",            # ... is unique
+        "a/y.png": "a/y",                  # y: same path below a/ and b/ -> folder name first
+        "b/y.png": "b/y",
+        "b/z.jpg": "b/z_jpg",
+        "b/z.png": "b/z_png",
+        "c/w.png": "w",                    # unique stems stay flat
+    }
+    assert len({n for n in names.values()}) == len(frames)
+
+
+def test_collect_frames_order_follows_inputs_then_natural_order(tmp_path):
+    for n in (10, 2, 1):
+        save(tmp_path / "d" / f"{n}.png", ramp(4, 4))
+    extra = save(tmp_path / "e" / "0.png", ramp(4, 4))
+    frames = collect_frames([extra, tmp_path / "d"])
+    assert [f.out_name for f in frames] == ["0", "1", "2", "10"]
+
+
+def test_collect_frames_uses_a_labelled_dataset_and_its_masks(tmp_path):
+    root = tmp_path / "ds"
+    save(root / "images" / "1_1.png", ramp(9, 11))
+    save(root / "masks" / "1_1_mask.png", np.zeros((9, 11), np.uint8))
+    (frame,) = collect_frames([root])
+    assert frame.out_name == "1_1" and frame.sample.labelled
+
+
+def test_collect_frames_errors_before_anything_runs(tmp_path):
+    save(tmp_path / "ok.png", ramp(4, 4))
+    with pytest.raises(DataError, match="no such file or folder"):
+        collect_frames([tmp_path / "ok.png", tmp_path / "missing.png"])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="not an image file"):
+        collect_frames([tmp_path / "notes.txt"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError):
+        collect_frames([tmp_path / "empty"])
+    broken = tmp_path / "broken"                      # labelled set with an orphan image
+    save(broken / "images" / "a.png", ramp(4, 4))
+    save(broken / "images" / "b.png", ramp(4, 4))
+    save(broken / "masks" / "a_mask.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="b.png: image without a mask.*--layout images"):
+        collect_frames([broken])
+    assert [f.out_name for f in collect_frames([broken / "images"])] == ["a", "b"]
+
+
+def test_collect_frames_skips_the_output_folder_inside_an_input(tmp_path):
+    save(tmp_path / "in" / "a.png", ramp(4, 4))
+    save(tmp_path / "in" / "out" / "a_mask.png", ramp(4, 4))  # an earlier run's output
+    frames = collect_frames([tmp_path / "in"], exclude=tmp_path / "in" / "out")
+    assert [f.out_name for f in frames] == ["a"]
+
+
+# ------------------------------------------------------------------------ writing masks
+def test_masks_have_each_images_original_size_and_hand_computed_values(tmp_path):
+    shapes = [(37, 53), (61, 29), (1, 5), (16, 16)]  # odd, non-square, tiny
+    images = [ramp(h, w, seed=i) for i, (h, w) in enumerate(shapes)]
+    for i, im in enumerate(images):
+        save(tmp_path / "in" / f"f{i}.png", im)
+    frames = collect_frames([tmp_path / "in"])
+    summary = write_predictions(pixel_predictor(batch_size=3), frames, tmp_path / "out")
+    assert summary.n == 4 and summary.n_empty == 0
+    for i, im in enumerate(images):
+        got = read(tmp_path / "out" / f"f{i}_mask.png")
+        assert got.dtype == np.uint8 and got.shape == im.shape
+        assert set(np.unique(got)) <= {0, 255}
+        np.testing.assert_array_equal(got == 255, im >= 128)
+    leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_tif_format_and_nested_duplicate_stems(tmp_path):
+    im1, im2 = ramp(13, 17, 1), ramp(19, 11, 2)
+    save(tmp_path / "in" / "p" / "x.png", im1)
+    save(tmp_path / "in" / "q" / "x.png", im2)
+    write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), tmp_path / "out",
+                      fmt="tif")
+    a = Image.open(tmp_path / "out" / "p" / "x_mask.tif")
+    b = Image.open(tmp_path / "out" / "q" / "x_mask.tif")
+    assert a.format == "TIFF" and a.mode == "L" and a.size == (17, 13) and b.size == (11, 19)
+    np.testing.assert_array_equal(np.asarray(a) == 255, im1 >= 128)
+    np.testing.assert_array_equal(np.asarray(b) == 255, im2 >= 128)
+
+
+def test_overlay_draws_prediction_red_and_truth_green(tmp_path):
+    image = np.full((24, 30), 40, np.uint8)
+    image[4:12, 5:15] = 220                                 # predicted: this bright box
+    truth = np.zeros((24, 30), np.uint8)
+    truth[14:22, 16:28] = 255                               # truth elsewhere: no overlap
+    save(tmp_path / "ds" / "images" / "1_1.png", image)
+    save(tmp_path / "ds" / "masks" / "1_1_mask.png", truth)
+    save(tmp_path / "plain" / "2.png", image)
+    frames = collect_frames([tmp_path / "ds", tmp_path / "plain"])
+    summary = write_predictions(pixel_predictor(), frames, tmp_path / "out", overlay=True)
+    assert len(summary.overlays) == 2
+    ov = read(tmp_path / "out" / "1_1_overlay.png")
+    assert ov.shape == (24, 30, 3)
+    red = np.all(ov == (255, 0, 0), axis=2)
+    green = np.all(ov == (0, 255, 0), axis=2)
+    assert red[4:12, 5:15].any() and not red[12:, :].any()
+    assert green[14:22, 16:28].any() and not green[:13, :].any()
+    assert (ov[0, 0] == 40).all()                           # background keeps its gray
+    plain = read(tmp_path / "out" / "2_overlay.png")
+    assert np.all(plain == (255, 0, 0), axis=2).any()
+    assert not np.all(plain == (0, 255, 0), axis=2).any()   # no truth: no green
+
+
+def test_rle_submission_round_trips_and_keeps_input_order(tmp_path):
+    images = {"10": ramp(21, 13, 5), "2": ramp(21, 13, 6), "1": np.zeros((21, 13), np.uint8)}
+    for stem, im in images.items():
+        save(tmp_path / "test" / f"{stem}.tif", im)
+    frames = collect_frames([tmp_path / "test"])
+    write_predictions(pixel_predictor(), frames, tmp_path / "out", rle=tmp_path / "sub.csv")
+    with open(tmp_path / "sub.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["img", "pixels"]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "10"]
+    assert rows[1][1] == ""                                   # empty mask: empty string
+    for stem, pixels in rows[1:]:
+        np.testing.assert_array_equal(decode(pixels, (21, 13)), images[stem] >= 128)
+        np.testing.assert_array_equal(read(tmp_path / "out" / f"{stem}_mask.png") == 255,
+                                      images[stem] >= 128)
+
+
+def test_postprocess_of_the_predictor_is_applied(tmp_path):
+    image = np.zeros((20, 20), np.uint8)
+    image[2:4, 2:4] = 255                   # a 4-pixel speck
+    image[8:16, 8:16] = 255                 # a 64-pixel object with a hole
+    image[11, 11] = 0
+    save(tmp_path / "in" / "a.png", image)
+    frames = collect_frames([tmp_path / "in"])
+    cfg = PostprocessConfig(threshold=0.5, min_area=5, fill_holes=True)
+    write_predictions(pixel_predictor(postprocess=cfg), frames, tmp_path / "out")
+    want = np.zeros((20, 20), bool)
+    want[8:16, 8:16] = True
+    np.testing.assert_array_equal(read(tmp_path / "out" / "a_mask.png") == 255, want)
+    write_predictions(pixel_predictor(postprocess=PostprocessConfig(threshold=0.0)), frames,
+                      tmp_path / "out")
+    assert (read(tmp_path / "out" / "a_mask.png") == 255).all()   # every p >= 0
+
+
+def test_unreadable_image_stops_with_the_file_named_and_nothing_half_written(tmp_path):
+    save(tmp_path / "in" / "1.png", ramp(8, 8))
+    (tmp_path / "in" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    save(tmp_path / "in" / "3.png", ramp(8, 8))
+    frames = collect_frames([tmp_path / "in"])
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"2\.png"):
+        write_predictions(pixel_predictor(batch_size=1), frames, out, rle=tmp_path / "s.csv")
+    names = sorted(p.name for p in out.iterdir())
+    assert "2_mask.png" not in names and "3_mask.png" not in names
+    assert not [n for n in names if n.startswith(".")]           # no temporary files left
+    assert not (tmp_path / "s.csv").exists()                      # no half submission
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.csv")]
+    for n in names:                                               # what exists is complete
+        assert read(out / n).shape == (8, 8)
+
+
+def test_output_folder_that_cannot_be_created_is_a_user_error(tmp_path):
+    save(tmp_path / "in" / "a.png", ramp(4, 4))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UltrasegError, match="output folder"):
+        write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]),
+                          tmp_path / "file" / "out")
+
+
+def test_streaming_holds_at_most_one_batch_of_frames(tmp_path):
+    for i in range(7):
+        save(tmp_path / "in" / f"{i}.png", ramp(6, 9, i))
+    frames = collect_frames([tmp_path / "in"])
+    loaded = 0
+    peak = 0
+
+    def counting():
+        nonlocal loaded
+        for f in frames:
+            loaded += 1
+            yield f
+
+    done = 0
+    for frame, image, prob in iter_probabilities(pixel_predictor(batch_size=3), counting()):
+        done += 1
+        peak = max(peak, loaded - done)
+        assert prob.shape == image.shape
+    assert done == 7 and peak <= 3
+
+
+def test_encode_mask_rejects_unknown_format():
+    with pytest.raises(UltrasegError, match="png, tif"):
+        encode_mask(np.zeros((2, 2), bool), "jpg")
+
+
+# ------------------------------------------------------------------------ measure
+def hc18_like(root: Path) -> None:
+    """Two HC18-style frames (outline annotations) and the pixel-size / HC table for one."""
+    folder = root / "training_set"
+    for name, (cy, cx, a, b) in {"001_HC": (20, 30, 12, 8), "002_HC": (25, 25, 9, 9)}.items():
+        yy, xx = np.mgrid[:48, :64]
+        inside = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+        save(folder / f"{name}.png", np.where(inside, 200, 30).astype(np.uint8))
+        edge = inside & ~np.pad(inside, 1)[2:, 1:-1] | inside & ~np.pad(inside, 1)[:-2, 1:-1] \
+            | inside & ~np.pad(inside, 1)[1:-1, 2:] | inside & ~np.pad(inside, 1)[1:-1, :-2]
+        save(folder / f"{name}_Annotation.png", np.where(edge, 255, 0).astype(np.uint8))
+    (root / "training_set_pixel_size_and_HC.csv").write_text(
+        "filename,pixel size(mm),head circumference (mm)\n001_HC.png,0.5,30.0\n")
+
+
+def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
+    hc18_like(tmp_path / "hc")
+    frames = collect_frames([tmp_path / "hc"])
+    summary, rows = measure_frames(pixel_predictor(), frames, pixel_size_mm=None,
+                                   out=tmp_path / "m")
+    first, second = rows
+    assert first["name"] == "001_HC" and first["pixel_size_mm"] == 0.5
+    assert first["hc_ref_mm"] == 30.0
+    assert first["hc_mm"] == pytest.approx(first["hc_px"] * 0.5)
+    assert first["hc_error_mm"] == pytest.approx(first["hc_mm"] - 30.0)
+    # the 24 x 16 px ellipse: circumference ~ 63.8 px (Ramanujan), measured within a few px
+    assert first["hc_px"] == pytest.approx(63.8, abs=4)
+    assert second["pixel_size_mm"] is None and second["hc_mm"] is None
+    assert summary["n"] == 2 and summary["n_with_reference"] == 1
+    assert summary["hc_mae_mm"] == pytest.approx(abs(first["hc_error_mm"]))
+    with open(tmp_path / "m" / "measurements.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["name"] for r in table] == ["001_HC", "002_HC"]
+    assert float(table[0]["hc_ref_mm"]) == 30.0 and table[1]["hc_mm"] == ""
+
+
+def test_measure_frames_pixel_size_fallback_and_boundary_offset(tmp_path):
+    hc18_like(tmp_path / "hc")
+    frames = collect_frames([tmp_path / "hc"])
+    _, plain = measure_frames(pixel_predictor(), frames, pixel_size_mm=0.25)
+    assert plain[0]["pixel_size_mm"] == 0.5          # the dataset's value wins
+    assert plain[1]["pixel_size_mm"] == 0.25         # the fallback fills in
+    shifted = pixel_predictor(meta={"measure": {"boundary_offset_px": 1.5}})
+    summary, moved = measure_frames(shifted, frames)
+    assert summary["boundary_offset_px"] == 1.5
+    assert moved[0]["ellipse_a_px"] == pytest.approx(plain[0]["ellipse_a_px"] - 1.5)
+    assert moved[0]["area_px"] == plain[0]["area_px"]
+    with pytest.raises(UltrasegError, match="pixel-size"):
+        measure_frames(pixel_predictor(), frames, pixel_size_mm=-1.0)
