@@ -1,13 +1,17 @@
 """The ``ultraseg`` command: parse arguments, call the Python API, print, return an exit code.
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr naming the file and the
-problem), 1 internal error, 130 interrupted.
+problem; also a file the environment will not let us read or write: permissions, disk full),
+1 internal error, 130 interrupted. Under torchrun every process prints its own errors, those
+of ranks other than 0 prefixed with ``rank R:``.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,6 +22,10 @@ from .errors import UltrasegError
 log = logging.getLogger("ultraseg")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+#: An OSError with one of these is the environment's problem, not a bug: exit 2, one line.
+USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                         errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EFBIG})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,22 +103,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(a, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    logging.basicConfig(level=logging.WARNING - 10 * min(a.verbose, 2),
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    level = logging.WARNING - 10 * min(a.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # training logs INFO to its run's train.log;
+        handler.setLevel(level)                   # the terminal shows only what -v asks for
     try:
         return a.func(a)
     except UltrasegError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in USER_ERRNOS:
+            return _internal(e, a.debug)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{_rank_prefix()}error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: say so in one line, traceback on --debug
-        if a.debug:
-            raise
-        print(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_INTERNAL
+        return _internal(e, a.debug)
+
+
+def _internal(e: Exception, debug: bool) -> int:
+    if debug:
+        raise e
+    print(f"{_rank_prefix()}internal error: {type(e).__name__}: {e} (run with --debug for the "
+          "traceback)", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _rank_prefix() -> str:
+    """'' normally; 'rank R: ' in a non-zero process of a torchrun job (each process prints)."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank in ("", "0") else f"rank {rank}: "
 
 
 if __name__ == "__main__":

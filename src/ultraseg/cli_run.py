@@ -59,14 +59,30 @@ def default_preset() -> str:
     return "seed"
 
 
+def _read_config_file(path: str) -> dict[str, Any]:
+    """A --config file: a JSON object of sections, each an object; any flaw is a user error."""
+    if not Path(path).is_file():
+        raise UltrasegError("config file not found", path)
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UltrasegError(f"cannot read the config file ({e})", path) from e
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) for k, v in doc.items()
+                                            if k != "preset"):
+        raise UltrasegError("a config file is one JSON object of sections (data, preprocess, "
+                            "model, train), each a JSON object", path)
+    return doc
+
+
 def resolve_config(a: argparse.Namespace) -> RunConfig:
     """Preset, then --config FILE, then explicit flags: later wins."""
     cfg = preset(a.preset or default_preset())
     if a.config:
-        file_cfg = json.loads(Path(a.config).read_text()) if Path(a.config).is_file() else None
-        if file_cfg is None:
-            raise UltrasegError("config file not found", a.config)
-        cfg = merge(cfg, {k: v for k, v in file_cfg.items() if k != "preset"})
+        file_cfg = _read_config_file(a.config)
+        try:
+            cfg = merge(cfg, {k: v for k, v in file_cfg.items() if k != "preset"})
+        except UltrasegError as e:
+            raise UltrasegError(e.message, a.config) from e
     overrides: dict[str, dict[str, Any]] = {}
     for dest, (section, key) in _FLAGS.items():
         value = getattr(a, dest, None)
@@ -88,6 +104,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
             raise UltrasegError("train needs DATA (or --resume with --out RUN)")
         cfg = resolve_config(a)
     result = train(cfg, a.out, resume=a.resume, progress=ProgressPrinter())
+    if not result.is_main:  # a rank > 0 under torchrun: rank 0 reports
+        return EXIT_OK
     print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f} "
           f"(original size {result.val_dice_original:.4f}, post-processed "
           f"{result.val_dice_postprocessed:.4f}); {result.seconds:.0f} s")
@@ -185,8 +203,6 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
     p.add_argument("--minutes", type=float, default=2.5, help="training time budget")
     p.set_defaults(func=_cmd_demo)
 
-    try:
-        from . import cli_predict
-    except ImportError:  # predict/export/measure not installed in this build
-        return
+    from . import cli_predict  # predict, export, measure
+
     cli_predict.add_commands(sub, layout_args)

@@ -107,6 +107,7 @@ class TrainConfig:
     tiles_per_image: int = 1             # valid model: random tiles drawn per image per epoch
     tune_postprocess: bool = True
     num_threads: int | None = None
+    world_size: int = 1                  # recorded, not chosen: processes that trained (torchrun)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,10 @@ post-processing on the validation split and write the report.
 Randomness is explicit: the model is initialised from ``seed`` and every epoch draws its
 batches and augmentations from generators seeded with ``(seed, epoch)``, so a run resumed
 after epoch ``k`` continues exactly as the uninterrupted run would have.
+
+Under ``torchrun`` the same loop runs in every process (see :mod:`ultraseg.distributed`): each
+rank trains on its rows of the same global batch, validation sums are all-reduced, decisions
+to stop are agreed, and only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -25,10 +29,11 @@ import torch
 
 from . import __version__
 from .augment import augment_batch
-from .checkpoint import load_checkpoint, make_meta, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from .config import PostprocessConfig, RunConfig
 from .data import (Arrays, holdout_by_subject, load_arrays, read_split, split_by_subject,
                    write_split)
+from .distributed import SINGLE, Dist, session
 from .errors import UltrasegError
 from .fileio import atomic_write_text
 from .io import open_dataset, select_label
@@ -59,6 +64,8 @@ class TrainResult:
     val_dice_original: float | None = None
     val_dice_postprocessed: float | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    is_main: bool = True   # False in ranks > 0 of a torchrun job, which write and report nothing
 
 
 # ---------------------------------------------------------------------------------- batches
@@ -139,16 +146,28 @@ def lr_at(progress: float, cfg: RunConfig) -> float:
 
 # ---------------------------------------------------------------------------------- validation
 def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cfg: RunConfig,
-             device: torch.device, dtype: torch.dtype | None) -> tuple[float, float, np.ndarray]:
-    """Loss and mean Dice (empty rule) over whole validation canvases; also the probabilities."""
-    predictor = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
-                          batch_size=cfg.train.batch_size)
-    probs = predictor.proba_canvas(canvases)
-    p = torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1)
-    loss = float(compute_loss(cfg.train.loss, torch.logit(p), torch.from_numpy(masks).float()
-                              .unsqueeze(1)))
-    dices = [dice(pr >= 0.5, m > 0) for pr, m in zip(probs, masks)]
-    return loss, float(np.mean(dices)), probs
+             device: torch.device, dtype: torch.dtype | None, ctx: Dist = SINGLE
+             ) -> tuple[float, float, np.ndarray]:
+    """Loss and mean Dice (empty rule) over whole validation canvases; also the probabilities.
+
+    Distributed: each rank scores its share of the canvases (``ctx.rows``) and the sums are
+    all-reduced, so every rank returns the same loss and Dice, and the probabilities of its
+    share. (Both are per-image means, so the shares add up to the single-process value.)
+    """
+    mine = ctx.rows(len(canvases))
+    canvases, masks = canvases[mine], masks[mine]
+    loss_sum, dice_sum, probs = 0.0, 0.0, np.zeros((0, *canvases.shape[1:]), np.float32)
+    if len(canvases):
+        predictor = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
+                              batch_size=cfg.train.batch_size)
+        probs = predictor.proba_canvas(canvases)
+        p = torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1)
+        loss = float(compute_loss(cfg.train.loss, torch.logit(p), torch.from_numpy(masks).float()
+                                  .unsqueeze(1)))
+        loss_sum = loss * len(canvases)
+        dice_sum = float(np.sum([dice(pr >= 0.5, m > 0) for pr, m in zip(probs, masks)]))
+    loss_sum, dice_sum, n = ctx.all_reduce_sum([loss_sum, dice_sum, len(canvases)], device)
+    return loss_sum / n, dice_sum / n, probs
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -162,20 +181,52 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> RunConfig:
+def check_config(cfg: RunConfig) -> None:
+    """Refuse settings training cannot use (a zero batch size, a config file's "5" for 5)
+    as a user error naming the setting, before anything is written."""
+    t = cfg.train
+    counts = {"train.epochs (--epochs)": t.epochs, "train.batch_size (--batch-size)": t.batch_size,
+              "train.tiles_per_image (--tiles-per-image)": t.tiles_per_image}
+    if cfg.preprocess.size is not None:
+        counts["preprocess.size (--size)"] = cfg.preprocess.size
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UltrasegError(f"{name} must be a whole number >= 1, got {v!r}")
+    positive = {"train.lr (--lr)": t.lr}
+    if t.time_limit_s is not None:
+        positive["train.time_limit_s (--time-limit)"] = t.time_limit_s
+    for name, v in positive.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise UltrasegError(f"{name} must be a number > 0, got {v!r}")
+
+
+RESUME_KEYS = ("epoch", "optimizer", "history_json", "best_dice", "best_epoch")
+
+
+def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Checkpoint | None]:
+    """``cfg``, or on resume the run's own config and its ``last.ckpt``; checks ``out``
+    without writing (a damaged checkpoint fails here, before the data are read)."""
     if resume:
         if not (out / "last.ckpt").is_file() or not (out / "config.json").is_file():
             raise UltrasegError("nothing to resume: no last.ckpt and config.json", out)
-        return RunConfig.load(out / "config.json")
+        last = load_checkpoint(out / "last.ckpt")
+        missing = [k for k in RESUME_KEYS if k not in last.train_state]
+        if missing:
+            raise UltrasegError(f"holds no training state to resume from (missing {missing})",
+                                out / "last.ckpt")
+        return RunConfig.load(out / "config.json"), last
     if out.exists() and any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv")):
         raise UltrasegError("already holds a training run; use --resume to continue it, or "
                             "choose another --out", out)
+    return cfg, None
+
+
+def _write_run_config(out: Path, cfg: RunConfig) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", cfg.to_json())
     except OSError as e:
         raise UltrasegError(f"cannot write the run folder ({e.strerror})", out) from e
-    return cfg
 
 
 def train(cfg: RunConfig, out: str | Path, resume: bool = False,
@@ -185,32 +236,58 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
     ``resume=True`` continues the run in ``out`` from its ``last.ckpt`` with its own config.
     ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage", ...} for a CLI to show.
     Leaves the caller's torch thread count and global random state as they were.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1), or in a process group the caller initialised,
+    trains with DistributedDataParallel (:mod:`ultraseg.distributed`): ``batch_size`` is the
+    global batch, ``cfg.train.world_size`` is recorded, and ranks > 0 write nothing and return
+    a result with ``is_main=False``.
     """
     out = Path(out)
     t0 = time.monotonic()
-    cfg = _prepare_run_dir(out, cfg, resume)
-    handler = logging.FileHandler(out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    pkg_log = logging.getLogger("ultraseg")
-    pkg_log.addHandler(handler)
-    old_level = pkg_log.level
-    if pkg_log.getEffectiveLevel() > logging.INFO:
-        pkg_log.setLevel(logging.INFO)
-    try:
-        with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
-            return _train(cfg, out, resume, progress or (lambda e: None), t0)
-    finally:
-        pkg_log.removeHandler(handler)
-        pkg_log.setLevel(old_level)
-        handler.close()
+    cfg, last = _run_config(out, cfg, resume)
+    check_config(cfg)
+    with session(resolve_device(cfg.train.device)) as ctx:
+        recorded = cfg.train.world_size
+        if recorded != ctx.world_size:
+            if resume:
+                log.warning("resuming a run of %d processes with %d: the global batches stay "
+                            "the same", recorded, ctx.world_size)
+            cfg = replace(cfg, train=replace(cfg.train, world_size=ctx.world_size))
+        if not ctx.is_main:
+            with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
+                return _train(cfg, out, last, lambda e: None, t0, ctx)
+        if not resume or recorded != ctx.world_size:
+            _write_run_config(out, cfg)
+        if resume:  # temporary files of a write that a kill -9 interrupted
+            for name in RUN_FILES:
+                for tmp in out.glob(f".{name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
+        handler = logging.FileHandler(out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        pkg_log = logging.getLogger("ultraseg")
+        pkg_log.addHandler(handler)
+        old_level = pkg_log.level
+        if pkg_log.getEffectiveLevel() > logging.INFO:
+            pkg_log.setLevel(logging.INFO)
+        try:
+            with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
+                return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
+        finally:
+            pkg_log.removeHandler(handler)
+            pkg_log.setLevel(old_level)
+            handler.close()
 
 
-def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: float) -> TrainResult:
+def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,
+           ctx: Dist = SINGLE) -> TrainResult:
+    """The run itself; ``last`` is the checkpoint to resume from (None: a new run)."""
     tc = cfg.train
-    device = resolve_device(tc.device)
+    resume = last is not None
+    device = ctx.device(resolve_device(tc.device))
     dtype = resolve_precision(tc.precision, device)
-    log.info("ultraseg %s: training on %s, precision %s", __version__, device,
-             "bf16" if dtype else "fp32")
+    log.info("ultraseg %s: training on %s, precision %s%s", __version__, device,
+             "bf16" if dtype else "fp32",
+             f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else "")
     deadline = t0 + tc.time_limit_s if tc.time_limit_s else math.inf
     budget = 0.9 * tc.time_limit_s if tc.time_limit_s else math.inf  # share for the schedule
 
@@ -224,8 +301,9 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: floa
         kept, test_idx = holdout_by_subject(arrays.subjects, tc.test_fraction, tc.seed)
         tr, va = split_by_subject([arrays.subjects[i] for i in kept], tc.val_fraction, tc.seed)
         train_idx, val_idx = kept[tr], kept[va]
-        write_split(out / "split.json", arrays.names, arrays.subjects, train_idx, val_idx,
-                    tc.seed, tc.val_fraction, test_idx)
+        if ctx.is_main:
+            write_split(out / "split.json", arrays.names, arrays.subjects, train_idx, val_idx,
+                        tc.seed, tc.val_fraction, test_idx)
     log.info("%d training frames, %d validation frames (split by subject)",
              len(train_idx), len(val_idx))
     batches = Batches(arrays, train_idx, cfg)
@@ -241,8 +319,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: floa
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     history: list[dict[str, Any]] = []
     best_dice, best_epoch, start_epoch = -1.0, 0, 1
-    if resume:
-        last = load_checkpoint(out / "last.ckpt")
+    if last is not None:
         model.load_state_dict(last.state_dict)
         optimizer.load_state_dict(last.train_state["optimizer"])
         history = json.loads(last.train_state["history_json"])
@@ -250,6 +327,7 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: floa
         best_epoch = int(last.train_state["best_epoch"])
         start_epoch = int(last.train_state["epoch"]) + 1
         log.info("resuming after epoch %d", start_epoch - 1)
+    ddp = ctx.wrap(model, device)  # trains; averages gradients over ranks (the model if alone)
 
     def meta(metrics: dict[str, Any], pp: PostprocessConfig | None = None) -> dict[str, Any]:
         return make_meta(cfg.model, cfg.preprocess, pp or PostprocessConfig(), metrics,
@@ -261,42 +339,47 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: floa
     for epoch in range(start_epoch, tc.epochs + 1):
         rng = np.random.default_rng([tc.seed, epoch])
         gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
-        model.train()
+        ddp.train()
         t_epoch = time.monotonic()
         losses: list[float] = []
         complete = True
         for i, (x, y) in enumerate(batches.epoch(rng)):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(max((epoch - 1 + i / n_batches) / tc.epochs,
-                                        (time.monotonic() - t0) / budget), cfg)
             x, y = augment_batch(x, y, tc.augment, gen)
+            x, y = ctx.shard(x), ctx.shard(y)  # this rank's rows of the global batch
             x = x.to(device).contiguous(memory_format=torch.channels_last)
             y = y.to(device)
             t_batch = time.monotonic()
             with autocast(device, dtype):
-                logits = model(x)
+                logits = ddp(x)
             loss = compute_loss(tc.loss, logits, y)
-            if not torch.isfinite(loss):
-                raise UltrasegError(f"training diverged: loss is {float(loss)} at epoch {epoch}, "
-                                    f"batch {i + 1}; the last good checkpoint is kept "
-                                    "(try a lower --lr)", out / "last.ckpt")
+            # ranks agree on the loss (mean) and on the time spent, so they stop, and set the
+            # learning rate, alike
+            loss_value, spent = (v / ctx.world_size for v in ctx.all_reduce_sum(
+                [loss.item(), (time.monotonic() - t0) / budget], device))
+            if not math.isfinite(loss_value):
+                raise _diverged(out, epoch, i + 1, loss_value)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(max((epoch - 1 + i / n_batches) / tc.epochs, spent), cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(loss_value)
             batch_s = time.monotonic() - t_batch
             if est_val is None:  # before the first validation: a forward costs ~1/3 of a step
-                est_val = batch_s / 3 / x.shape[0] * len(val_idx) * _val_cost_ratio(cfg, arrays)
+                est_val = (batch_s / 3 / x.shape[0] * math.ceil(len(val_idx) / ctx.world_size)
+                           * _val_cost_ratio(cfg, arrays))
             progress({"event": "batch", "epoch": epoch, "epochs": tc.epochs, "batch": i + 1,
                       "batches": n_batches, "loss": float(np.mean(losses)),
                       "elapsed": time.monotonic() - t_epoch})
             reserve = 2.5 * est_val + 15  # this validation, post-processing choice, report
-            if time.monotonic() + batch_s + reserve > deadline and i + 1 < n_batches:
+            if (deadline < math.inf and i + 1 < n_batches
+                    and ctx.any(time.monotonic() + batch_s + reserve > deadline, device)):
                 complete = False
                 stopped = f"time limit reached during epoch {epoch} (batch {i + 1}/{n_batches})"
                 break
         t_val = time.monotonic()
-        val_loss, val_dice, _ = validate(model, val_canvases, val_masks, cfg, device, dtype)
+        ctx.broadcast_buffers(model)  # batch-norm statistics: rank 0's, as saved
+        val_loss, val_dice, _ = validate(model, val_canvases, val_masks, cfg, device, dtype, ctx)
         est_val = time.monotonic() - t_val
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                "val_loss": val_loss, "val_dice": val_dice,
@@ -306,25 +389,32 @@ def _train(cfg: RunConfig, out: Path, resume: bool, progress: Progress, t0: floa
         log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f (%.0f s)", epoch,
                  row["train_loss"], val_loss, val_dice, row["seconds"])
         progress({"event": "epoch", **row, "epochs": tc.epochs})
-        _write_metrics(out / "metrics.csv", history)
-        metrics = {"history": history, "best_epoch": best_epoch, "best_val_dice": best_dice}
-        if val_dice > best_dice:
+        improved = val_dice > best_dice
+        if improved:
             best_dice, best_epoch = val_dice, epoch
-            metrics.update(best_epoch=best_epoch, best_val_dice=best_dice)
-            save_checkpoint(out / "best.ckpt", model.state_dict(), meta(metrics))
-        metrics.update(best_epoch=best_epoch, best_val_dice=best_dice)
-        save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), {
-            "epoch": epoch, "optimizer": optimizer.state_dict(),
-            "history_json": json.dumps(history), "best_dice": best_dice, "best_epoch": best_epoch})
+        if ctx.is_main:  # metrics first: a kill before last.ckpt re-runs this epoch identically
+            _write_metrics(out / "metrics.csv", history)
+            metrics = {"history": history, "best_epoch": best_epoch, "best_val_dice": best_dice,
+                       "world_size": ctx.world_size}
+            if improved:
+                save_checkpoint(out / "best.ckpt", model.state_dict(), meta(metrics))
+            save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), {
+                "epoch": epoch, "optimizer": optimizer.state_dict(),
+                "history_json": json.dumps(history), "best_dice": best_dice,
+                "best_epoch": best_epoch})
         if stopped:
             break
         per_epoch = time.monotonic() - t_epoch
-        if epoch < tc.epochs and time.monotonic() + min(per_epoch, 60) + 2.5 * est_val > deadline:
+        if (epoch < tc.epochs and deadline < math.inf and ctx.any(
+                time.monotonic() + min(per_epoch, 60) + 2.5 * est_val > deadline, device)):
             stopped = f"time limit: no time for another epoch after epoch {epoch}"
             break
 
     if stopped:
         log.warning("%s; keeping the best checkpoint (epoch %d)", stopped, best_epoch)
+    if not ctx.is_main:  # rank 0 alone chooses post-processing and writes the report
+        return TrainResult(out, best_epoch, best_dice, len(history), time.monotonic() - t0,
+                           stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
                    best_dice, stopped, t0, meta, progress)
 
@@ -372,7 +462,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     seconds = time.monotonic() - t0
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
                    train_seconds=round(seconds, 1), stopped=stopped,
-                   world_size=1, device=str(device), precision="bf16" if dtype else "fp32")
+                   world_size=cfg.train.world_size, device=str(device),
+                   precision="bf16" if dtype else "fp32")
     final_meta = meta(metrics, pp)
     final_meta["measure"] = {"boundary_offset_px": _boundary_offset(ds, arrays, train_idx)}
     save_checkpoint(out / "best.ckpt", best.state_dict, final_meta)
@@ -394,13 +485,23 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         "best epoch": best_epoch, "best val Dice (canvas)": round(best_dice, 4),
         "val Dice, original size": round(raw, 4), "val Dice, post-processed": round(tuned, 4),
         "post-processing": json.dumps(pp.to_dict()), "training time (s)": round(seconds, 1),
-        "device / precision": f"{device} / {'bf16' if dtype else 'fp32'}",
+        "device / precision": f"{device} / {'bf16' if dtype else 'fp32'}"
+                              + (f" ({cfg.train.world_size} processes)"
+                                 if cfg.train.world_size > 1 else ""),
         "stopped early": stopped or "no", "checkpoint": str(out / "best.ckpt"),
     }
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
-                       raw, tuned, summary)
+                       raw, tuned, summary, world_size=cfg.train.world_size)
+
+
+def _diverged(out: Path, epoch: int, batch: int, loss: float) -> UltrasegError:
+    """The error for a non-finite loss: where it happened and which checkpoint survives."""
+    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {out / 'last.ckpt'}"
+            if epoch > 1 else "no epoch had completed, so no checkpoint was written")
+    return UltrasegError(f"training diverged: the loss is {loss} at epoch {epoch}, batch {batch}; "
+                         f"{kept} (try a lower --lr)", out)
 
 
 def _boundary_offset(ds, arrays: Arrays, train_idx: np.ndarray, n: int = 25) -> float:

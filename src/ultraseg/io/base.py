@@ -166,8 +166,12 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.
     if values.min() < 0:
         raise DataError("mask has negative values", path)
     top = 255 if values.max() <= 255 else int(values.max())
-    near = (arr <= LOSSY_BINARY_BAND * top / 255) | (arr >= top - LOSSY_BINARY_BAND * top / 255)
-    if values.max() >= top / 2 and values.size > MAX_LABELS and near.mean() >= LOSSY_BINARY_SHARE:
+    band = LOSSY_BINARY_BAND * top / 255
+    near = (arr <= band) | (arr >= top - band)
+    # a lossy binary mask has several values near the top (JPEG rings around 255); a label
+    # mask has at most one there (e.g. 255 as 'ignore'), however few values it has in all
+    lossy = values.size > MAX_LABELS or int((values >= top - band).sum()) >= 2
+    if values.max() >= top / 2 and lossy and near.mean() >= LOSSY_BINARY_SHARE:
         return (arr > top / 2).astype(np.uint8)
     if values.size <= MAX_LABELS and np.all(values == np.round(values)) and values.max() <= 255:
         return arr.astype(np.uint8)

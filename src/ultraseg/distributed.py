@@ -1,0 +1,206 @@
+"""Data-parallel training under ``torchrun``: the process-group plumbing, in one place.
+
+``torchrun --nproc_per_node=N -m ultraseg train ...`` starts N copies of the command and gives
+each the environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous
+address). :func:`session` reads them when training starts (never at import), joins the process
+group (``nccl`` on GPUs, ``gloo`` on CPUs) and leaves it afterwards. Without those variables,
+or with ``WORLD_SIZE=1``, everything here is a no-op and training runs as one process.
+
+How the ranks stay in step (the rules :mod:`ultraseg.train` follows):
+
+* **Batches.** ``--batch-size`` is the *global* batch. Every rank draws the same global batch
+  (the same seeded permutation, crops and augmentation as a single process) and trains on its
+  own rows of it, rows ``rank, rank + N, ...`` (:meth:`Dist.shard`). The global batch order is
+  therefore reproducible and independent of N, and a run can be resumed with another N.
+* **Gradients** are averaged by DistributedDataParallel; each rank's loss is the mean over
+  equally many rows, so the average equals the single-process gradient of the global batch
+  (up to summation order; batch-norm statistics are per rank, as in any DDP run).
+* **Validation** frames are sharded the same way and the sums (loss, Dice, count) are
+  all-reduced: every rank gets the same metrics, so every rank makes the same decisions.
+* **Stopping.** Whatever ends training early (the time limit, a non-finite loss) is agreed
+  with an all-reduce, so no rank waits forever for a collective the others never reach.
+* **Files.** Only rank 0 writes (config, split, metrics, checkpoints, log, report).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .errors import UltrasegError
+
+log = logging.getLogger(__name__)
+
+#: How long a collective may wait for the other ranks before the run fails.
+TIMEOUT = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job: ``rank`` of ``world_size``; ``local_rank`` on its
+    machine (its GPU)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the one process that writes files and prints."""
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """The device this rank uses: ``cuda:LOCAL_RANK`` when training on GPUs."""
+        if device.type == "cuda" and self.enabled:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global batch: rows ``rank, rank + N, ...``.
+
+        A batch whose length is not a multiple of N is first padded by repeating its first
+        rows (as ``torch.utils.data.DistributedSampler`` does with an epoch), so that every
+        rank gets the same number of rows and DDP's gradient average weighs rows equally.
+        """
+        if not self.enabled:
+            return batch
+        n = batch.shape[0]
+        pad = -n % self.world_size
+        if pad:
+            reps = torch.arange(n + pad) % n
+            batch = batch[reps]
+        return batch[self.rank::self.world_size]
+
+    def rows(self, n: int) -> slice:
+        """This rank's share of ``n`` items (validation frames): a strided slice."""
+        return slice(self.rank, n, self.world_size)
+
+    def all_reduce_sum(self, values: Sequence[float], device: torch.device) -> list[float]:
+        """Element-wise sums of ``values`` over all ranks (float64); the input when alone."""
+        if not self.enabled:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def all_reduce_mean(self, value: float, device: torch.device) -> float:
+        """The mean of ``value`` over all ranks."""
+        return self.all_reduce_sum([value], device)[0] / self.world_size
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when ``flag`` is true on at least one (an agreed decision)."""
+        if not self.enabled:
+            return bool(flag)
+        return self.all_reduce_sum([1.0 if flag else 0.0], device)[0] > 0
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.enabled:
+            dist.barrier()
+
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (batch-norm running statistics) to every rank.
+
+        DDP trains each rank's batch-norm statistics on its own rows; before validation the
+        ranks take rank 0's, which are also the ones rank 0 saves in the checkpoint.
+        """
+        if not self.enabled:
+            return
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``model`` in DistributedDataParallel (gradients averaged over ranks), or as it is."""
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+
+SINGLE = Dist()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UltrasegError(f"environment variable {name}={value!r} is not an integer "
+                            "(set by torchrun)") from None
+
+
+def from_env() -> Dist:
+    """The rank, world size and local rank torchrun put in the environment (defaults: alone)."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", rank)
+    if world < 1 or not 0 <= rank < world:
+        raise UltrasegError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world}")
+    return Dist(rank, world, local)
+
+
+def is_main() -> bool:
+    """True unless this process is a non-zero rank of a distributed job."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return from_env().rank == 0
+
+
+def backend_for(device: torch.device) -> str:
+    """``nccl`` for GPUs, ``gloo`` for CPUs."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+@contextmanager
+def session(device: torch.device) -> Iterator[Dist]:
+    """Join the process group torchrun describes for the block, and leave it after.
+
+    A process group the caller already initialised is used as it is and left open. Outside
+    torchrun (no ``WORLD_SIZE``, or 1) this yields :data:`SINGLE` and does nothing.
+    """
+    if dist.is_available() and dist.is_initialized():
+        yield Dist(dist.get_rank(), dist.get_world_size(), from_env().local_rank,
+                   dist.get_backend())
+        return
+    ctx = from_env()
+    if not ctx.enabled:
+        yield SINGLE
+        return
+    if not dist.is_available():
+        raise UltrasegError("this PyTorch build has no torch.distributed; cannot run under "
+                            "torchrun with WORLD_SIZE > 1")
+    backend = backend_for(device)
+    if device.type == "cuda":
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise UltrasegError(f"LOCAL_RANK {ctx.local_rank} but only "
+                                f"{torch.cuda.device_count()} GPUs on this machine; use "
+                                "--nproc_per_node <= the number of GPUs")
+        torch.cuda.set_device(ctx.local_rank)
+    dist.init_process_group(backend, rank=ctx.rank, world_size=ctx.world_size, timeout=TIMEOUT)
+    log.info("joined the process group: rank %d of %d (%s)", ctx.rank, ctx.world_size, backend)
+    try:
+        yield Dist(ctx.rank, ctx.world_size, ctx.local_rank, backend)
+    finally:
+        cleanup()
+
+
+def cleanup() -> None:
+    """Leave the process group (when in one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,134 @@
+"""Interrupted training resumes (issue 7, item 2): ``kill -9`` in the middle of an epoch, then
+``ultraseg train --resume`` continues from the last completed epoch, and on CPU with a fixed
+seed the run ends exactly where an uninterrupted run ends: the same metrics.csv (all but the
+wall-clock ``seconds``), the same best epoch, weights and post-processing in best.ckpt.
+
+The recipe exercises every piece of state a resume must restore: Adam's moments, the cosine
+learning-rate schedule, the (seed, epoch) batch order and augmentation draws, batch-norm
+running statistics, the best-epoch bookkeeping and the split.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ultraseg.checkpoint import CheckpointError, load_checkpoint
+from ultraseg.cli import main
+from ultraseg.phantom import make_dataset
+
+EPOCHS = 5
+RECIPE = ["--model", "same", "--width", "4", "--depth", "2", "--size", "64", "--batch-size", "4",
+          "--epochs", str(EPOCHS), "--lr", "3e-3", "--schedule", "cosine", "--augment", "strong",
+          "--loss", "bce+dice", "--seed", "3", "--device", "cpu", "--precision", "fp32",
+          "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("phantom") / "data", n=60, size=64, seed=0)
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def _assert_same_metrics(a: list[dict[str, str]], b: list[dict[str, str]]) -> None:
+    assert len(a) == len(b) == EPOCHS
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            try:
+                assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-6, abs=1e-6), (k, ra, rb)
+            except ValueError:
+                assert ra[k] == rb[k], (k, ra, rb)
+
+
+def _last_epoch(run: Path) -> int:
+    """The epoch of ``run/last.ckpt``; 0 while there is none (it is written atomically, so a
+    file that exists is complete)."""
+    try:
+        return int(load_checkpoint(run / "last.ckpt").train_state["epoch"])
+    except CheckpointError:
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    reference = tmp_path / "reference"
+    assert main(["train", str(data), "--out", str(reference), *RECIPE, *cache]) == 0
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ultraseg", "train", str(data), "--out",
+                             str(run), *RECIPE, *cache],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        give_up = time.monotonic() + 300  # a guard against a hung child, not a timing check
+        while _last_epoch(run) < 1:
+            assert proc.poll() is None, f"training ended (code {proc.returncode}) before epoch 1"
+            assert time.monotonic() < give_up, "no last.ckpt after 300 s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)  # epoch 2 has just begun: mid-epoch
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    stopped_after = _last_epoch(run)
+    assert 1 <= stopped_after < EPOCHS, "the kill must land before training finished"
+    assert not (run / "report.html").exists()
+
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert f"resuming after epoch {stopped_after}" in (run / "train.log").read_text()
+
+    _assert_same_metrics(_rows(run), _rows(reference))
+    ref_best, best = load_checkpoint(reference / "best.ckpt"), load_checkpoint(run / "best.ckpt")
+    for key in ("best_epoch", "best_val_dice", "val_dice_original", "val_dice_postprocessed"):
+        assert best.meta["metrics"][key] == pytest.approx(ref_best.meta["metrics"][key],
+                                                          abs=1e-6), key
+    assert best.postprocess == ref_best.postprocess
+    assert best.state_dict.keys() == ref_best.state_dict.keys()
+    for k, v in ref_best.state_dict.items():
+        torch.testing.assert_close(best.state_dict[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    last = load_checkpoint(run / "last.ckpt")
+    assert last.train_state["epoch"] == EPOCHS
+    assert (run / "report.html").is_file()
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_refuses_a_checkpoint_without_training_state(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A weights-only last.ckpt (e.g. a best.ckpt copied over it) is a one-line error, exit 2,
+    before any data are read."""
+    from ultraseg.checkpoint import make_meta, save_checkpoint
+    from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig, RunConfig
+    from ultraseg.model import build_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    save_checkpoint(run / "last.ckpt", build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=64), PostprocessConfig()))
+    (run / "config.json").write_text(RunConfig().to_json())
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        f"error: {run / 'last.ckpt'}: holds no training state to resume from (missing "
+        "['epoch', 'optimizer', 'history_json', 'best_dice', 'best_epoch'])"]
+
+
+def test_resume_with_nothing_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--resume", "--out", str(tmp_path / "nothing")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
