@@ -1,0 +1,124 @@
+"""Training-time augmentation: image and target stay aligned; 'strong' keeps targets binary and
+is reproducible from its generator."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ultraseg.augment import AUGMENTS, affine, augment_batch, hflip
+
+M = 6  # context margin of the hand-made 'valid' pairs below
+
+
+def _valid_pairs(n: int = 16, h: int = 28, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (n, 1, h, h) with an asymmetric pattern, and targets that are exactly the
+    thresholded centre crop (what a valid U-Net's target is: the mask under the output window)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, h, h, generator=g)
+    return x, _centre_target(x)
+
+
+def _centre_target(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., M:-M, M:-M] > 0.5).float()
+
+
+def _same_pairs(n: int = 6, h: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.zeros(n, 1, h, h)
+    for i in range(n):  # an off-centre block, away from the border
+        y[i, 0, 12 + i: 26 + i, 14: 30 - i] = 1
+    return y.clone() * 0.8 + 0.1, y
+
+
+@pytest.mark.parametrize("level", ["flip", "strong"])
+def test_flips_keep_valid_pairs_aligned(level: str) -> None:
+    x, y = _valid_pairs()
+    g = torch.Generator().manual_seed(3)
+    xa, ya = augment_batch(x, y, level, g)
+    assert xa.shape == x.shape and ya.shape == y.shape
+    flipped = 0
+    for i in range(len(x)):
+        if torch.equal(ya[i], y[i]):
+            continue
+        assert torch.equal(ya[i], y[i].flip(-1)), "the target moved other than by a flip"
+        flipped += 1
+    assert 0 < flipped < len(x)  # each pair flipped with probability 1/2
+    if level == "flip":  # pure geometry: the target is still the centre of the image
+        assert torch.equal(_centre_target(xa), ya)
+    else:  # intensity changes, but the image was flipped exactly when its target was
+        for i in range(len(x)):
+            same = torch.equal(ya[i], y[i])
+            ref = x[i] if same else x[i].flip(-1)
+            other = x[i].flip(-1) if same else x[i]
+            corr = torch.corrcoef(torch.stack([xa[i].flatten(), ref.flatten()]))[0, 1]
+            corr_other = torch.corrcoef(torch.stack([xa[i].flatten(), other.flatten()]))[0, 1]
+            assert corr > 0.5 > abs(corr_other)
+
+
+def test_flips_are_horizontal_only() -> None:
+    x, y = _valid_pairs()
+    xa, _ = hflip(x, y, torch.Generator().manual_seed(0))
+    for i in range(len(x)):  # ultrasound has a fixed depth axis: never upside down
+        assert torch.equal(xa[i], x[i]) or torch.equal(xa[i], x[i].flip(-1))
+
+
+def test_none_is_the_identity() -> None:
+    x, y = _valid_pairs()
+    xa, ya = augment_batch(x, y, "none", torch.Generator().manual_seed(0))
+    assert torch.equal(xa, x) and torch.equal(ya, y)
+
+
+def test_inputs_are_not_modified_in_place() -> None:
+    x, y = _same_pairs()
+    x0, y0 = x.clone(), y.clone()
+    for level in AUGMENTS:
+        augment_batch(x, y, level, torch.Generator().manual_seed(1))
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+@pytest.mark.parametrize("pairs", [_same_pairs, _valid_pairs])
+def test_strong_keeps_targets_binary_and_is_deterministic(pairs) -> None:
+    x, y = pairs()
+    a = augment_batch(x, y, "strong", torch.Generator().manual_seed(7))
+    b = augment_batch(x, y, "strong", torch.Generator().manual_seed(7))
+    c = augment_batch(x, y, "strong", torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    assert set(torch.unique(a[1]).tolist()) <= {0.0, 1.0}
+    assert bool(torch.isfinite(a[0]).all())
+
+
+def test_strong_actually_warps_same_size_pairs() -> None:
+    x, y = _same_pairs()
+    _, ya = augment_batch(x, y, "strong", torch.Generator().manual_seed(7))
+    moved = [not (torch.equal(ya[i], y[i]) or torch.equal(ya[i], y[i].flip(-1)))
+             for i in range(len(y))]
+    assert any(moved)
+    # foreground area changes with the random scale, but the object stays (shift is small)
+    assert bool((ya.sum((1, 2, 3)) > 0).all())
+
+
+def test_affine_moves_image_and_target_together() -> None:
+    x, y = _same_pairs()
+    x = y.clone()  # an image that *is* its mask: after the warp both must still agree
+    xa, ya = affine(x, y, torch.Generator().manual_seed(5))
+    assert torch.equal((xa > 0.5).float(), ya)
+    assert not torch.equal(ya, y)
+
+
+def test_strong_preserves_zscore_range_statistics_roughly() -> None:
+    # the intensity transform maps back to the image's own range (works on z-scored input)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 1, 32, 32, generator=g) * 2 + 1
+    y = torch.zeros(4, 1, 32, 32)
+    xa, _ = augment_batch(x, y, "strong", torch.Generator().manual_seed(1))
+    lo, hi = x.amin((1, 2, 3)), x.amax((1, 2, 3))
+    assert bool((xa.amin((1, 2, 3)) >= lo - 1e-4).all())
+    assert bool((xa.amax((1, 2, 3)) <= hi + 1e-4).all())
+
+
+def test_unknown_level_names_the_valid_ones() -> None:
+    x, y = _same_pairs()
+    with pytest.raises(ValueError) as e:
+        augment_batch(x, y, "extreme", torch.Generator())
+    for level in AUGMENTS:
+        assert level in str(e.value)

@@ -1,0 +1,307 @@
+"""Self-describing checkpoints: the round trip gives identical predictions, the metadata says
+everything prediction needs, and every file that is not a sound ultraseg checkpoint is refused
+with a CheckpointError -- above all a pickle that would run code, which must never run."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ultraseg import __version__, cli
+from ultraseg.checkpoint import (
+    FORMAT,
+    build_from_checkpoint,
+    load_checkpoint,
+    make_meta,
+    save_checkpoint,
+)
+from ultraseg.config import (
+    DataConfig,
+    ModelConfig,
+    PostprocessConfig,
+    PreprocessConfig,
+    RunConfig,
+    TrainConfig,
+)
+from ultraseg.errors import CheckpointError
+from ultraseg.evaluate import evaluate
+from ultraseg.model import build_model
+from ultraseg.phantom import make_dataset
+from ultraseg.predict import Predictor, load
+from ultraseg.runtime import torch_runner
+from ultraseg.train import train
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-epoch 'same' run on 30 phantom frames of 32 px: (data, run folder)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    data = make_dataset(root / "data", n=30, size=32, seed=5)
+    cfg = RunConfig(
+        data=DataConfig(path=str(data), layout="folders", cache_dir=""),
+        preprocess=PreprocessConfig(size=32, normalise="zscore"),
+        model=ModelConfig(variant="same", width=4, depth=2),
+        train=TrainConfig(epochs=2, batch_size=4, lr=3e-3, device="cpu", precision="fp32",
+                          num_threads=1),
+        preset="custom")
+    train(cfg, root / "run")
+    return data, root / "run"
+
+
+def _model_with_statistics(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
+    """A model whose weights and batch-norm statistics are not the initial ones."""
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    if cfg.variant == "same":  # a few forward passes in train mode move the running stats
+        model.train()
+        for _ in range(3):
+            model(torch.randn(2, 1, 32, 32) * 2 + 1)
+    return model.eval()
+
+
+def _save(path: Path, model: torch.nn.Module, cfg: ModelConfig, pre: PreprocessConfig,
+          pp: PostprocessConfig | None = None) -> None:
+    save_checkpoint(path, model.state_dict(), make_meta(cfg, pre, pp or PostprocessConfig(),
+                                                        {"best_epoch": 1}))
+
+
+# ------------------------------------------------------------------ round trip
+@pytest.mark.parametrize("cfg, pre", [
+    (ModelConfig(variant="same", width=4, depth=2), PreprocessConfig(size=32, normalise="zscore")),
+    (ModelConfig(variant="valid", width=4, depth=2, tile=20), PreprocessConfig(size=40)),
+], ids=["same", "valid"])
+def test_round_trip_gives_identical_predictions(tmp_path, cfg, pre) -> None:
+    model = _model_with_statistics(cfg)
+    pp = PostprocessConfig(threshold=0.37)
+    _save(tmp_path / "m.ckpt", model, cfg, pre, pp)
+    loaded = load(tmp_path / "m.ckpt", device="cpu", precision="fp32")
+    in_memory = Predictor(torch_runner(model, CPU, None), cfg, pre, pp)
+    rng = np.random.default_rng(1)
+    for shape in [(45, 70), (32, 32)]:
+        image = rng.integers(0, 256, shape).astype(np.uint8)
+        a, b = loaded.predict_proba(image), in_memory.predict_proba(image)
+        assert a.shape == shape
+        assert np.array_equal(a, b)
+        assert a.std() > 0  # not a constant map that would match trivially
+        assert np.array_equal(loaded.predict(image), b >= 0.37)  # the stored threshold is used
+    assert loaded.model == cfg and loaded.preprocess == pre and loaded.postprocess == pp
+
+
+def test_state_dict_survives_bit_for_bit(tmp_path) -> None:
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    model = _model_with_statistics(cfg)
+    _save(tmp_path / "m.ckpt", model, cfg, PreprocessConfig(size=32))
+    rebuilt = build_from_checkpoint(load_checkpoint(tmp_path / "m.ckpt"))
+    assert not rebuilt.training
+    ours, theirs = model.state_dict(), rebuilt.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_trained_run_checkpoint_reproduces_the_run(tiny_run) -> None:
+    data, run = tiny_run
+    # the run's config.json and best.ckpt's weights rebuild exactly the loaded predictor
+    cfg = RunConfig.load(run / "config.json")
+    ckpt = load_checkpoint(run / "best.ckpt")
+    model = build_model(cfg.model)
+    model.load_state_dict(ckpt.state_dict)
+    in_memory = Predictor(torch_runner(model, CPU, None), cfg.model, cfg.preprocess,
+                          ckpt.postprocess)
+    loaded = load(run / "best.ckpt", device="cpu", precision="fp32")  # no architecture given
+    image = np.asarray(Image.open(next((data / "images").glob("*.png"))))
+    assert np.array_equal(loaded.predict_proba(image), in_memory.predict_proba(image))
+    # and evaluating it on the validation frames gives the Dice the run recorded
+    summary, rows = evaluate(loaded, data, "folders", split_file=run / "split.json",
+                             subset="val")
+    assert summary["raw"]["dice_mean"] == pytest.approx(ckpt.meta["metrics"]["val_dice_original"],
+                                                        abs=1e-9)
+
+
+def test_meta_describes_everything_prediction_needs(tiny_run) -> None:
+    _, run = tiny_run
+    ckpt = load_checkpoint(run / "best.ckpt")
+    meta = ckpt.meta
+    json.dumps(meta)  # plain JSON
+    assert meta["ultraseg_version"] == __version__
+    assert meta["model"] == {**ModelConfig().to_dict(), "variant": "same", "width": 4, "depth": 2}
+    assert meta["preprocess"]["size"] == 32 and meta["preprocess"]["normalise"] == "zscore"
+    assert 0 < meta["postprocess"]["threshold"] < 1
+    assert ckpt.postprocess == PostprocessConfig.from_dict(meta["postprocess"])
+    assert meta["label"]["value"] is None and "foreground" in meta["label"]["meaning"]
+    m = meta["metrics"]
+    assert m["best_epoch"] in (1, 2)
+    assert [h["epoch"] for h in m["history"]] == list(range(1, m["best_epoch"] + 1))  # so far
+    assert m["best_val_dice"] == max(h["val_dice"] for h in m["history"])
+    assert 0 <= m["best_val_dice"] <= 1 and "val_dice_original" in m
+    assert RunConfig.from_dict(meta["run"]) == RunConfig.load(run / "config.json")
+    assert ckpt.train_state == {}  # best.ckpt carries no optimiser state
+    last = load_checkpoint(run / "last.ckpt")
+    assert last.train_state["epoch"] == 2 and "optimizer" in last.train_state
+
+
+def test_label_meaning_follows_the_label(tmp_path) -> None:
+    meta = make_meta(ModelConfig(), PreprocessConfig(label=3), PostprocessConfig())
+    assert meta["label"]["value"] == 3 and "3" in meta["label"]["meaning"]
+
+
+# ------------------------------------------------------------------ refusals
+def test_missing_and_empty_files_refused(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    (tmp_path / "zero.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path / "zero.ckpt")
+    with pytest.raises(CheckpointError):
+        load(tmp_path / "zero.ckpt", device="cpu")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.999])
+def test_truncated_checkpoint_refused(tiny_run, tmp_path, keep: float) -> None:
+    _, run = tiny_run
+    whole = (run / "best.ckpt").read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole[: int(len(whole) * keep)])
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(cut)
+    assert "cut.ckpt" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_random_bytes_refused(tmp_path) -> None:
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(CheckpointError):
+        load_checkpoint(junk)
+
+
+def test_plain_state_dict_of_another_model_refused(tmp_path) -> None:
+    other = tmp_path / "resnet-ish.pth"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, 2)).state_dict(), other)
+    with pytest.raises(CheckpointError, match="not an ultraseg checkpoint"):
+        load_checkpoint(other)
+    # an ultraseg model's own bare state_dict is not self-describing either
+    torch.save(build_model(ModelConfig(variant="same", width=4, depth=2)).state_dict(),
+               tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match="not an ultraseg checkpoint"):
+        load_checkpoint(tmp_path / "bare.pth")
+
+
+class _RunsCode:
+    """Unpickling this calls os.system (here: creates a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def _writers():
+    def torch_zip(path: Path, obj) -> None:
+        torch.save(obj, path)
+
+    def legacy_pickle(path: Path, obj) -> None:
+        with open(path, "wb") as f:
+            pickle.dump(obj, f)
+
+    return [torch_zip, legacy_pickle]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", _writers(), ids=["torch.save", "pickle.dump"])
+@pytest.mark.parametrize("where", ["top", "meta_json", "state_dict"])
+def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path, writer, where) -> None:
+    marker = tmp_path / "PWNED"
+    evil = _RunsCode(marker)
+    payload = {
+        "top": evil,
+        "meta_json": {"format": FORMAT, "meta_json": evil, "state_dict": {}, "train_state": {}},
+        "state_dict": {"format": FORMAT, "meta_json": "{}", "state_dict": {"w": evil},
+                       "train_state": {}},
+    }[where]
+    path = tmp_path / "evil.ckpt"
+    writer(path, payload)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert not marker.exists(), "loading a checkpoint ran code from it"
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError):
+        load(path, device="cpu")
+    assert not marker.exists()
+
+
+def test_weights_that_do_not_fit_the_described_model_refused(tmp_path, capsys) -> None:
+    small = ModelConfig(variant="same", width=4, depth=2)
+    model = build_model(small)
+    claimed = ModelConfig(variant="same", width=8, depth=2)
+    save_checkpoint(tmp_path / "lies.ckpt", model.state_dict(),
+                    make_meta(claimed, PreprocessConfig(size=32), PostprocessConfig()))
+    ckpt = load_checkpoint(tmp_path / "lies.ckpt")  # readable ...
+    with pytest.raises(CheckpointError, match="do not fit"):
+        build_from_checkpoint(ckpt, tmp_path / "lies.ckpt")  # ... but not usable
+    with pytest.raises(CheckpointError, match="lies.ckpt"):
+        load(tmp_path / "lies.ckpt", device="cpu")
+    # a weight missing from an otherwise right state_dict
+    sd = dict(model.state_dict())
+    sd.pop(next(iter(sd)))
+    save_checkpoint(tmp_path / "holes.ckpt", sd,
+                    make_meta(small, PreprocessConfig(size=32), PostprocessConfig()))
+    with pytest.raises(CheckpointError):
+        load(tmp_path / "holes.ckpt", device="cpu")
+    # the CLI says so in one line and exits 2
+    data = make_dataset(tmp_path / "data", n=2, size=32, seed=0)
+    assert cli.main(["evaluate", str(tmp_path / "lies.ckpt"), str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lies.ckpt" in err
+
+
+def test_damaged_metadata_refused(tmp_path) -> None:
+    good = make_meta(ModelConfig(variant="same", width=4, depth=2), PreprocessConfig(size=32),
+                     PostprocessConfig())
+    sd = build_model(ModelConfig(variant="same", width=4, depth=2)).state_dict()
+    cases = {
+        "not-json": "{model: ",
+        "no-model": json.dumps({k: v for k, v in good.items() if k != "model"}),
+        "unknown-key": json.dumps({**good, "model": {**good["model"], "heads": 3}}),
+    }
+    for name, meta_json in cases.items():
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, "meta_json": meta_json, "state_dict": sd,
+                    "train_state": {}}, buf)
+        (tmp_path / f"{name}.ckpt").write_bytes(buf.getvalue())
+        with pytest.raises(CheckpointError, match="metadata"):
+            load_checkpoint(tmp_path / f"{name}.ckpt")
+
+
+def test_newer_format_refused(tmp_path) -> None:
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig())
+    meta["format_version"] = 99
+    save_checkpoint(tmp_path / "future.ckpt", build_model(cfg).state_dict(), meta)
+    with pytest.raises(CheckpointError, match="newer"):
+        load_checkpoint(tmp_path / "future.ckpt")
+
+
+def test_save_is_atomic_and_overwrites(tmp_path) -> None:
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig())
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, build_model(cfg).state_dict(), meta)
+    meta2 = {**meta, "metrics": {"best_epoch": 7}}
+    save_checkpoint(path, build_model(cfg).state_dict(), meta2)
+    assert load_checkpoint(path).meta["metrics"] == {"best_epoch": 7}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]  # no temporary files left

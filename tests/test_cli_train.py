@@ -1,0 +1,216 @@
+"""``ultraseg train`` as a command: where settings come from (preset < --config < flags),
+user errors (exit 2, one line, nothing written), --time-limit, --resume, the progress display."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ultraseg import cli
+from ultraseg.checkpoint import load_checkpoint
+from ultraseg.cli_run import ProgressPrinter, resolve_config
+from ultraseg.config import PRESETS, RunConfig, preset
+from ultraseg.phantom import make_dataset
+from ultraseg.train import RUN_FILES
+
+TINY = ["--model", "same", "--width", "4", "--depth", "2", "--size", "32", "--device", "cpu",
+        "--precision", "fp32", "--cache-dir", "", "--threads", "1"]
+
+
+def _resolve(argv: list[str]) -> RunConfig:
+    return resolve_config(cli.build_parser().parse_args(["train", *argv]))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("clitrain") / "data", n=40, size=32, seed=4)
+
+
+# ------------------------------------------------------------------ where settings come from
+def test_default_is_the_seed_preset() -> None:
+    cfg = _resolve(["DATA", "--out", "RUN"])
+    want = preset("seed")
+    assert (cfg.model, cfg.preprocess, cfg.train) == (want.model, want.preprocess, want.train)
+    assert cfg.data.path == "DATA"
+
+
+def test_flags_win_over_config_file_over_preset(tmp_path) -> None:
+    demo = PRESETS["demo"]
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({
+        "preset": "cpu",  # a file's preset name chooses nothing
+        "model": {"width": 6},
+        "train": {"epochs": 2, "lr": 0.01},
+    }))
+    cfg = _resolve(["DATA", "--out", "RUN", "--preset", "demo", "--config", str(conf),
+                    "--width", "5", "--loss", "dice"])
+    assert cfg.model.width == 5                                   # flag over file
+    assert cfg.train.loss == "dice"                               # flag over preset
+    assert (cfg.train.epochs, cfg.train.lr) == (2, 0.01)          # file over preset
+    assert cfg.model.depth == demo["model"]["depth"]              # preset where nobody spoke
+    assert cfg.preprocess.size == demo["preprocess"]["size"]
+    assert cfg.train.augment == demo["train"]["augment"]
+    assert cfg.preset == "demo"
+
+
+def test_a_runs_config_json_reproduces_its_settings(tmp_path) -> None:
+    original = _resolve(["OLD", "--out", "RUN", "--preset", "cpu", "--width", "12", "--epochs",
+                         "3", "--time-limit", "90s", "--seed", "4"])
+    conf = tmp_path / "config.json"
+    conf.write_text(original.to_json())
+    again = _resolve(["NEW", "--out", "RUN2", "--config", str(conf)])
+    assert (again.model, again.preprocess, again.train) == \
+        (original.model, original.preprocess, original.train)
+    assert again.data.path == "NEW"  # DATA on the command line names the data
+
+
+@pytest.mark.parametrize("text, seconds", [("20m", 1200.0), ("90s", 90.0), ("1h30m", 5400.0)])
+def test_time_limit_flag(text: str, seconds: float) -> None:
+    assert _resolve(["D", "--out", "R", "--time-limit", text]).train.time_limit_s == seconds
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--preset", "fastest"], ["fastest", *PRESETS]),
+    (["--time-limit", "soon"], ["soon", "20m"]),
+    (["--time-limit", "0"], ["time"]),
+    (["--epochs", "0"], ["epochs"]),
+    (["--batch-size", "0"], ["batch"]),
+    (["--size", "0"], ["size"]),
+    (["--lr", "-1"], ["lr"]),
+    (["--val-fraction", "1.5"], ["fraction"]),
+    (["--device", "tpu"], ["tpu", "cpu"]),
+    (["--size", "30"], ["--size 32"]),  # the same U-Net at depth 2 needs a multiple of 4
+])
+def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, capsys, argv,
+                                                            words) -> None:
+    run = tmp_path / "run"
+    rc = cli.main(["train", str(data), "--out", str(run), *TINY, *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    last = err.splitlines()[-1]
+    assert last.startswith("error:") and all(w in last for w in words), last
+    assert not (run / "best.ckpt").exists() and not (run / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", ["conf.json", "config"]),
+    ("[1, 2]", ["conf.json", "object"]),
+    ('{"train": 3}', ["conf.json", "object"]),
+    ('{"train": {"epochz": 3}}', ["conf.json", "epochz", "epochs", "batch_size"]),
+    ('{"trian": {"epochs": 3}}', ["conf.json", "trian"]),
+    ('{"train": {"epochs": "3"}}', ["epochs", "'3'"]),
+])
+def test_bad_config_file_is_a_user_error(data, tmp_path, capsys, content, words) -> None:
+    conf = tmp_path / "conf.json"
+    conf.write_text(content)
+    rc = cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--config", str(conf),
+                   "--model", "same", "--width", "4", "--depth", "2", "--size", "32",
+                   "--cache-dir", ""])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_missing_config_file(data, tmp_path, capsys) -> None:
+    rc = cli.main(["train", str(data), "--out", str(tmp_path / "r"), "--config",
+                   str(tmp_path / "nope.json")])
+    assert rc == 2 and "nope.json" in capsys.readouterr().err
+
+
+def test_train_without_data(tmp_path, capsys) -> None:
+    assert cli.main(["train", "--out", str(tmp_path / "r")]) == 2
+    assert "DATA" in capsys.readouterr().err
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys) -> None:
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --time-limit cuts a run
+@pytest.fixture(scope="module")
+def stopped_run(data, tmp_path_factory):
+    """50 epochs of 15 batches can't fit in 5 s (validation and the report are reserved
+    15 s): the run stops inside epoch 1. (exit code, stdout, run folder)."""
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "50",
+                       "--batch-size", "2", "--time-limit", "5s"])
+    return rc, out.getvalue(), run
+
+
+def test_time_limit_ends_early_keeping_best_and_metrics(stopped_run) -> None:
+    rc, stdout, run = stopped_run
+    assert rc == 0
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 1 <= len(rows) < 50
+    assert rows[-1]["complete"] == "False"  # stopped inside an epoch, which was still validated
+    best = load_checkpoint(run / "best.ckpt")
+    reason = best.meta["metrics"]["stopped"]
+    assert reason and "time limit" in reason
+    assert best.meta["metrics"]["best_epoch"] == 1
+    assert "time limit" in (run / "train.log").read_text()
+    assert "stopped early" in (run / "report.html").read_text()
+    assert "note: time limit" in stdout and "partial" in stdout
+
+
+def test_training_into_an_existing_run_needs_resume(stopped_run, data, capsys) -> None:
+    _, _, run = stopped_run
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    rc = cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--resume" in err and str(run) in err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # untouched
+
+
+def test_resume_continues_a_stopped_run(stopped_run, tmp_path, capsys) -> None:
+    _, _, original = stopped_run
+    run = tmp_path / "copy"
+    shutil.copytree(original, run)
+    n_before = load_checkpoint(run / "last.ckpt").train_state["epoch"]
+    rc = cli.main(["train", "--out", str(run), "--resume"])  # its own config: no DATA, no flags
+    assert rc == 0, capsys.readouterr().err
+    with open(run / "metrics.csv", newline="") as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == list(range(1, n_before + 2))  # one more (cut) epoch appended
+    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == n_before + 1
+    assert json.loads((run / "config.json").read_text()) == \
+        json.loads((original / "config.json").read_text())
+
+
+# ------------------------------------------------------------------ progress display
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_and_epoch_line(capsys) -> None:
+    stream = _Tty()
+    show = ProgressPrinter(stream)
+    show({"event": "batch", "epoch": 2, "epochs": 5, "batch": 3, "batches": 12, "loss": 0.4321,
+          "elapsed": 6.0})
+    bar = stream.getvalue()
+    assert "epoch 2/5" in bar and "3/12" in bar and "loss 0.4321" in bar
+    assert "ETA" in bar and "18s" in bar  # 3 of 12 batches in 6 s: 18 s to go
+    show({"event": "epoch", "epoch": 2, "epochs": 5, "train_loss": 0.4, "val_loss": 0.5,
+          "val_dice": 0.75, "seconds": 8.0, "complete": True})
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1
+    assert "train loss 0.4000" in line and "val loss 0.5000" in line and "val Dice 0.7500" in line
+
+
+def test_no_bar_when_not_a_terminal(capsys) -> None:
+    stream = io.StringIO()
+    ProgressPrinter(stream)({"event": "batch", "epoch": 1, "epochs": 1, "batch": 1,
+                             "batches": 2, "loss": 0.5, "elapsed": 1.0})
+    assert stream.getvalue() == ""  # logs and pipes get the per-epoch lines only

@@ -1,0 +1,155 @@
+"""Configuration: dict/JSON round trips, refusal of unknown keys, presets, merge, durations."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ultraseg.augment import AUGMENTS
+from ultraseg.config import (
+    PRESETS,
+    DataConfig,
+    ModelConfig,
+    PostprocessConfig,
+    PreprocessConfig,
+    RunConfig,
+    TrainConfig,
+    merge,
+    parse_duration,
+    preset,
+)
+from ultraseg.errors import UltrasegError
+from ultraseg.geometry import nearest_valid_output
+from ultraseg.losses import LOSSES
+
+SECTIONS = [DataConfig, PreprocessConfig, ModelConfig, TrainConfig, PostprocessConfig]
+
+
+# ------------------------------------------------------------------ round trips
+@pytest.mark.parametrize("cls", SECTIONS)
+def test_section_round_trips_through_dict_and_json(cls) -> None:
+    default = cls()
+    assert cls.from_dict(default.to_dict()) == default
+    assert cls.from_dict(json.loads(json.dumps(default.to_dict()))) == default
+    assert cls.from_dict(None) == default and cls.from_dict({}) == default
+
+
+def test_run_config_round_trip_with_non_default_values() -> None:
+    cfg = RunConfig(
+        data=DataConfig(path="/data/x", layout="folders", subject_pattern=r"(\d+)_", cache_dir=""),
+        preprocess=PreprocessConfig(size=96, normalise="zscore", label=2),
+        model=ModelConfig(variant="same", width=8, depth=3, tile=20),
+        train=TrainConfig(epochs=3, lr=0.01, loss="bce+dice", time_limit_s=90.0,
+                          augment="strong", num_threads=2),
+        preset="custom",
+    )
+    again = RunConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+    assert again.train.time_limit_s == 90.0 and again.preprocess.label == 2
+
+
+def test_to_json_is_human_readable() -> None:
+    text = preset("seed").to_json()
+    assert "\n" in text and '  "model"' in text  # indented, one key per line
+    d = json.loads(text)
+    assert set(d) == {"preset", "data", "preprocess", "model", "train"}
+    assert d["model"]["variant"] == "valid" and d["preset"] == "seed"
+
+
+def test_configs_are_frozen() -> None:
+    cfg = ModelConfig()
+    with pytest.raises(Exception):
+        cfg.width = 3  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ refusals
+@pytest.mark.parametrize("cls", SECTIONS)
+def test_unknown_keys_are_refused_with_the_valid_ones_named(cls) -> None:
+    with pytest.raises(UltrasegError) as e:
+        cls.from_dict({"no_such_key": 1})
+    msg = str(e.value)
+    assert "no_such_key" in msg
+    for f in cls().to_dict():
+        assert f in msg
+
+
+def test_typo_in_a_known_section_names_the_right_key() -> None:
+    with pytest.raises(UltrasegError, match="epochs"):
+        RunConfig.from_dict({"train": {"epoch": 3}})
+
+
+def test_unknown_section_refused() -> None:
+    with pytest.raises(UltrasegError, match="trian"):
+        RunConfig.from_dict({"trian": {"epochs": 3}})
+    with pytest.raises(UltrasegError, match="trian"):
+        merge(RunConfig(), {"trian": {"epochs": 3}})
+
+
+def test_load_of_bad_json_is_a_user_error(tmp_path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text("{not json")
+    with pytest.raises(UltrasegError, match="c.json"):
+        RunConfig.load(bad)
+    with pytest.raises(UltrasegError):
+        RunConfig.load(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------ presets
+def test_seed_preset_is_the_original_recipe() -> None:
+    cfg = preset("seed")
+    assert (cfg.model.variant, cfg.model.width, cfg.model.depth, cfg.model.tile) == \
+        ("valid", 64, 4, 68)
+    assert cfg.preprocess.size == 252
+    t = cfg.train
+    assert (t.epochs, t.lr, t.loss, t.val_fraction) == (5, 1e-3, "bce", 0.2)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid(name: str) -> None:
+    cfg = preset(name)
+    assert cfg.preset == name
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.train.loss in LOSSES
+    assert cfg.train.augment in AUGMENTS
+    assert cfg.train.epochs >= 1 and cfg.train.lr > 0 and cfg.train.batch_size >= 1
+    assert 0 < cfg.train.val_fraction < 1
+    size, m = cfg.preprocess.size, cfg.model
+    assert size is not None
+    if m.variant == "same":
+        assert size % 2**m.depth == 0
+    else:
+        assert m.variant == "valid"
+        assert nearest_valid_output(m.tile, m.depth) == m.tile  # the tile is a valid output
+        assert size >= m.tile
+
+
+def test_unknown_preset_lists_the_valid_ones() -> None:
+    with pytest.raises(UltrasegError) as e:
+        preset("fastest")
+    for name in PRESETS:
+        assert name in str(e.value)
+
+
+def test_merge_overrides_only_what_is_named() -> None:
+    base = preset("demo")
+    cfg = merge(base, {"train": {"epochs": 2}, "model": {"width": 4}})
+    assert cfg.train.epochs == 2 and cfg.model.width == 4
+    assert cfg.train.lr == base.train.lr and cfg.model.depth == base.model.depth
+    assert base.train.epochs == PRESETS["demo"]["train"]["epochs"]  # the input is not changed
+    with pytest.raises(UltrasegError, match="valid"):
+        merge(base, {"train": {"epochz": 2}})
+
+
+# ------------------------------------------------------------------ durations
+@pytest.mark.parametrize("text, seconds", [
+    ("20m", 1200.0), ("90s", 90.0), ("1h30m", 5400.0), ("45", 45.0), ("2h", 7200.0),
+    ("1m30s", 90.0), (" 5S ", 5.0), ("1.5h", 5400.0),
+])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "20 minutes", "m20", "1h30", "-5m", "20x", "1d"])
+def test_parse_duration_refuses_nonsense(text: str) -> None:
+    with pytest.raises(UltrasegError, match="duration"):
+        parse_duration(text)

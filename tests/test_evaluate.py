@@ -1,0 +1,208 @@
+"""Evaluation: per-image metrics at the original resolution, the empty rule, the files it writes,
+the one-JSON-object output and evaluating one side of a run's split."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ultraseg import cli
+from ultraseg.checkpoint import make_meta, save_checkpoint
+from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+from ultraseg.data import split_by_subject, write_split
+from ultraseg.errors import UltrasegError
+from ultraseg.evaluate import SUMMARY_KEYS, evaluate
+from ultraseg.model import build_model
+from ultraseg.phantom import make_dataset
+from ultraseg.predict import Predictor
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """50 phantom frames of 32 px: 5 subjects, one of them (by the phantom's design) without
+    structures."""
+    return make_dataset(tmp_path_factory.mktemp("eval") / "data", n=50, size=SIZE, seed=2)
+
+
+@pytest.fixture(scope="module")
+def truths(data) -> dict[str, np.ndarray]:
+    """Ground truth read straight from the mask files (name -> bool mask)."""
+    return {p.name[: -len("_mask.png")]: np.asarray(Image.open(p)) > 0
+            for p in sorted((data / "masks").glob("*_mask.png"))}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained but valid checkpoint (evaluation needs no training to be tested)."""
+    path = tmp_path_factory.mktemp("eval-ckpt") / "best.ckpt"
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    save_checkpoint(path, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig()))
+    return path
+
+
+def _constant_predictor(value: float, size: int = SIZE) -> Predictor:
+    """A Predictor whose backend answers ``value`` for every pixel (no network at all)."""
+    return Predictor(lambda batch: np.full_like(batch, value), ModelConfig(variant="same", depth=2),
+                     PreprocessConfig(size=size), PostprocessConfig())
+
+
+def test_phantom_data_has_both_kinds_of_frame(truths) -> None:
+    empty = [n for n, t in truths.items() if not t.any()]
+    assert 0 < len(empty) < len(truths)  # the tests below need both
+
+
+# ------------------------------------------------------------------ the empty rule
+def test_all_empty_predictor_and_the_empty_rule(data, truths) -> None:
+    summary, rows = evaluate(_constant_predictor(0.0), data, "folders")
+    assert summary["n"] == len(truths) == len(rows)
+    for row in rows:
+        t = truths[row["name"]]
+        if t.any():  # a missed structure scores 0
+            assert row["dice"] == row["iou"] == row["recall"] == 0.0
+            assert np.isnan(row["hd95"])
+        else:  # empty truth, empty prediction: a perfect frame, Dice 1
+            assert row["dice"] == row["iou"] == 1.0 and row["hd95"] == 0.0
+    n_empty = sum(not t.any() for t in truths.values())
+    assert summary["dice_mean"] == pytest.approx(n_empty / len(truths))
+    assert summary["dice_nonempty_mean"] == 0.0  # the all-empty baseline on non-empty frames
+    assert summary["empty_correct_rate"] == 1.0
+    assert summary["hd95_median"] == 0.0  # only the empty frames have a finite HD95
+
+
+def test_all_foreground_predictor_by_hand(data, truths) -> None:
+    summary, rows = evaluate(_constant_predictor(1.0), data, "folders")
+    n_pix = SIZE * SIZE
+    want = {}
+    for name, t in truths.items():
+        k = int(t.sum())  # prediction: every pixel. tp = k, fp = n_pix - k, fn = 0
+        want[name] = (2 * k / (k + n_pix), k / n_pix)
+    for row in rows:
+        dice, iou = want[row["name"]]
+        assert row["dice"] == pytest.approx(dice) and row["iou"] == pytest.approx(iou)
+        assert row["recall"] == (1.0 if truths[row["name"]].any() else 0.0)
+    nonempty = [d for n, (d, _) in want.items() if truths[n].any()]
+    assert summary["dice_nonempty_mean"] == pytest.approx(np.mean(nonempty))
+    assert summary["dice_mean"] == pytest.approx(np.mean([d for d, _ in want.values()]))
+    assert summary["empty_correct_rate"] == 0.0  # structures invented on every empty frame
+
+
+def test_metrics_are_at_the_original_resolution(data, truths) -> None:
+    # the network works on 16 px canvases; the masks are scored at the frames' 32 px
+    summary, rows = evaluate(_constant_predictor(1.0, size=16), data, "folders")
+    for row in rows:
+        k = int(truths[row["name"]].sum())
+        assert row["dice"] == pytest.approx(2 * k / (k + SIZE * SIZE))
+
+
+def test_threshold_of_the_checkpoint_is_used(data) -> None:
+    p = _constant_predictor(0.6)
+    high = p.with_options(postprocess=PostprocessConfig(threshold=0.7))
+    s_low, _ = evaluate(p, data, "folders")
+    s_high, _ = evaluate(high, data, "folders")
+    assert s_low["empty_correct_rate"] == 0.0   # 0.6 >= 0.5: everything is foreground
+    assert s_high["empty_correct_rate"] == 1.0  # 0.6 < 0.7: nothing is
+    assert s_high["raw"]["empty_correct_rate"] == 0.0  # 'raw' is always threshold 0.5
+
+
+# ------------------------------------------------------------------ files
+def test_writes_per_image_csv_and_summary_json(data, truths, tmp_path) -> None:
+    out = tmp_path / "ev"
+    summary, rows = evaluate(_constant_predictor(0.0), data, "folders", out=out)
+    with open(out / "per_image.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(r["name"] for r in table) == sorted(truths)
+    for key in ("name", "subject", "dice", "iou", "precision", "recall", "hd95"):
+        assert key in table[0]
+    by_name = {r["name"]: r for r in table}
+    for name, t in truths.items():
+        assert float(by_name[name]["dice"]) == (0.0 if t.any() else 1.0)
+        assert by_name[name]["hd95"] == ("" if t.any() else "0")  # nan is an empty cell
+    doc = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(doc)
+    assert doc["n"] == len(truths) and doc["dice_nonempty_mean"] == 0.0
+
+
+def test_no_labelled_frames_is_a_user_error(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UltrasegError):
+        evaluate(_constant_predictor(0.0), tmp_path / "empty")
+
+
+# ------------------------------------------------------------------ the CLI
+def test_cli_json_prints_exactly_one_object(checkpoint, data, capsys) -> None:
+    rc = cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.count("\n") == 1 and out.strip().startswith("{")
+    doc = json.loads(out)
+    assert isinstance(doc, dict)
+    assert set(SUMMARY_KEYS) <= set(doc)
+    assert doc["n"] == 50
+    for key in ("dice_mean", "iou_mean", "empty_correct_rate"):
+        assert 0.0 <= doc[key] <= 1.0
+
+
+def test_cli_human_summary_and_out(checkpoint, data, tmp_path, capsys) -> None:
+    out = tmp_path / "ev"
+    rc = cli.main(["evaluate", str(checkpoint), str(data), "--out", str(out), "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "Dice" in text and "empty rule" in text and "per_image.csv" in text
+    assert (out / "per_image.csv").is_file() and (out / "summary.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def split_file(data, tmp_path_factory) -> tuple[Path, dict]:
+    """A run's split.json for the phantom data, written as train() writes it."""
+    from ultraseg.io import open_dataset
+
+    ds = open_dataset(data, "folders")
+    names = [s.name for s in ds.labelled]
+    subjects = [s.subject for s in ds.labelled]
+    tr, va = split_by_subject(subjects, 0.2, seed=0)
+    path = tmp_path_factory.mktemp("run") / "split.json"
+    write_split(path, names, subjects, tr, va, 0, 0.2)
+    return path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("subset", ["val", "train"])
+def test_cli_split_evaluates_only_that_subset(checkpoint, data, split_file, subset, tmp_path,
+                                              capsys) -> None:
+    path, doc = split_file
+    out = tmp_path / "ev"
+    rc = cli.main(["evaluate", str(checkpoint), str(data), "--split", str(path),
+                   "--subset", subset, "--out", str(out), "--json", "--device", "cpu"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == len(doc[subset]) < 50
+    with open(out / "per_image.csv", newline="") as f:
+        assert sorted(r["name"] for r in csv.DictReader(f)) == sorted(doc[subset])
+
+
+def test_split_default_subset_is_val(checkpoint, data, split_file, capsys) -> None:
+    path, doc = split_file
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(path), "--json",
+                     "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == len(doc["val"])
+
+
+def test_split_of_another_dataset_is_a_user_error(checkpoint, data, tmp_path, capsys) -> None:
+    bad = tmp_path / "split.json"
+    bad.write_text(json.dumps({"train": ["1_1"], "val": ["99_1", "98_2"]}))
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "split.json" in err and "2 frames" in err
+    bad.write_text("{broken")
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(bad)]) == 2
+
+
+def test_cli_missing_checkpoint_is_a_user_error(data, tmp_path, capsys) -> None:
+    assert cli.main(["evaluate", str(tmp_path / "nope.ckpt"), str(data)]) == 2
+    assert "nope.ckpt" in capsys.readouterr().err

@@ -1,0 +1,89 @@
+"""Training losses against hand computation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ultraseg.losses import LOSSES, bce_loss, compute_loss, soft_dice_loss
+
+
+def _sig(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def _t(values, shape=(1, 1, 1, 4)) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).reshape(shape)
+
+
+LOGITS = [0.0, 2.0, -1.0, 3.0]
+TARGET = [1.0, 0.0, 0.0, 1.0]
+
+
+def test_bce_by_hand() -> None:
+    # -[t log p + (1 - t) log(1 - p)], averaged over pixels
+    want = sum(-(t * math.log(_sig(z)) + (1 - t) * math.log(1 - _sig(z)))
+               for z, t in zip(LOGITS, TARGET)) / 4
+    assert float(bce_loss(_t(LOGITS), _t(TARGET))) == pytest.approx(want, rel=1e-6)
+    assert float(compute_loss("bce", _t(LOGITS), _t(TARGET))) == pytest.approx(want, rel=1e-6)
+
+
+def test_dice_by_hand() -> None:
+    p = [_sig(z) for z in LOGITS]
+    inter = sum(pi * ti for pi, ti in zip(p, TARGET))
+    want = 1 - (2 * inter + 1) / (sum(p) + sum(TARGET) + 1)  # smoothing eps = 1
+    assert float(soft_dice_loss(_t(LOGITS), _t(TARGET))) == pytest.approx(want, rel=1e-6)
+    assert float(compute_loss("dice", _t(LOGITS), _t(TARGET))) == pytest.approx(want, rel=1e-6)
+
+
+def test_bce_plus_dice_is_the_sum() -> None:
+    x, y = _t(LOGITS), _t(TARGET)
+    assert float(compute_loss("bce+dice", x, y)) == pytest.approx(
+        float(bce_loss(x, y)) + float(soft_dice_loss(x, y)), rel=1e-6)
+
+
+def test_dice_is_per_image_then_averaged() -> None:
+    # image 1: perfect on a 2-pixel object; image 2: the object entirely missed
+    logits = torch.tensor([[20.0, 20.0, -20.0, -20.0],
+                           [-20.0, -20.0, -20.0, -20.0]]).view(2, 1, 1, 4)
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).view(2, 1, 1, 4)
+    per_image = [0.0, 1 - 1 / (4 + 1)]  # image 2: (0 + 1) / (0 + 4 + 1)
+    assert float(soft_dice_loss(logits, target)) == pytest.approx(sum(per_image) / 2, abs=1e-6)
+
+
+def test_perfect_prediction_costs_almost_nothing() -> None:
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, 2:6, 3:7] = 1
+    logits = (target * 2 - 1) * 30  # confident and right
+    assert float(soft_dice_loss(logits, target)) < 1e-6
+    assert float(bce_loss(logits, target)) < 1e-6
+    assert float(compute_loss("bce+dice", logits, target)) < 1e-6
+    # the empty rule: empty truth, empty prediction scores (nearly) zero loss, not 1
+    empty = torch.zeros(1, 1, 8, 8)
+    assert float(soft_dice_loss(torch.full_like(empty, -30.0), empty)) < 1e-6
+
+
+def test_wrong_prediction_costs_more_than_right_one() -> None:
+    target = torch.zeros(1, 1, 8, 8)
+    target[0, 0, 2:6, 2:6] = 1
+    right, wrong = (target * 2 - 1) * 3, (1 - 2 * target) * 3
+    for name in LOSSES:
+        worse = float(compute_loss(name, wrong, target))
+        assert worse > float(compute_loss(name, right, target)) + 0.5
+
+
+def test_losses_give_gradients() -> None:
+    x = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    y = torch.ones(1, 1, 4, 4)
+    for name in LOSSES:
+        x.grad = None
+        compute_loss(name, x, y).backward()
+        assert x.grad is not None and bool((x.grad < 0).all())  # pushes logits towards 1
+
+
+def test_unknown_loss_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError) as e:
+        compute_loss("focal", torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+    for name in LOSSES:
+        assert name in str(e.value)

@@ -1,0 +1,331 @@
+"""Training: the end-to-end CPU run (the model learns), the run folder, the valid model's
+training-tile geometry, and the run's own records (config, split, metrics, log)."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ultraseg import cli
+from ultraseg.checkpoint import load_checkpoint
+from ultraseg.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from ultraseg.data import Arrays
+from ultraseg.errors import UltrasegError
+from ultraseg.phantom import make_dataset
+from ultraseg.predict import load
+from ultraseg.tiling import crop_with_context, extract_tiles, pad_for_tiles
+from ultraseg.train import RUN_FILES, Batches, lr_at
+
+# A tiny 'same' U-Net that learns the phantom's hypoechoic structures in ~15 s of CPU time.
+# 96 px frames (at 64 px the structures are a few pixels wide and 20 subjects do not
+# generalise to another seed); 200 frames = 20 subjects, 6 epochs of bce+dice with flips.
+E2E_EPOCHS = 6
+E2E_FLAGS = ["--model", "same", "--width", "8", "--depth", "3", "--size", "96",
+             "--normalise", "zscore", "--epochs", str(E2E_EPOCHS), "--batch-size", "8",
+             "--lr", "3e-3", "--loss", "bce+dice", "--augment", "flip", "--schedule", "cosine",
+             "--seed", "0", "--device", "cpu", "--precision", "fp32", "--cache-dir", "",
+             "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("phantoms")
+    return {"train": make_dataset(root / "train", n=200, size=96, seed=0),
+            "unseen": make_dataset(root / "unseen", n=100, size=96, seed=1)}
+
+
+@pytest.fixture(scope="module")
+def e2e(phantoms, tmp_path_factory):
+    """``ultraseg train`` on phantom frames through the CLI; (exit code, stdout, run folder)."""
+    run = tmp_path_factory.mktemp("e2e") / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(["train", str(phantoms["train"]), "--out", str(run), *E2E_FLAGS])
+    return rc, out.getvalue(), run
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_e2e_train_then_evaluate_learns(e2e, phantoms, capsys) -> None:
+    rc, _, run = e2e
+    assert rc == 0
+    capsys.readouterr()
+    rc = cli.main(["evaluate", str(run / "best.ckpt"), str(phantoms["unseen"]), "--json",
+                   "--device", "cpu"])  # no architecture flags: the checkpoint says it all
+    out = capsys.readouterr().out
+    assert rc == 0
+    summary = json.loads(out)
+    assert summary["n"] == 100
+    # all-empty predictions score Dice 0 on every non-empty frame; a model that learned the
+    # structures is far above that on frames of another seed it never saw
+    assert summary["dice_nonempty_mean"] > 0.5, summary
+    assert summary["raw"]["dice_nonempty_mean"] > 0.5, summary
+    assert summary["empty_correct_rate"] is not None and summary["empty_correct_rate"] >= 0.5
+
+
+@pytest.mark.slow
+def test_e2e_run_folder_holds_every_file(e2e) -> None:
+    rc, _, run = e2e
+    assert rc == 0
+    for name in RUN_FILES:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert not list(run.glob(".*.tmp")), "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_e2e_config_is_the_resolved_human_readable_config(e2e, phantoms) -> None:
+    _, _, run = e2e
+    text = (run / "config.json").read_text()
+    assert text.count("\n") > 20  # indented JSON, one key per line
+    cfg = RunConfig.from_dict(json.loads(text))
+    assert cfg.model == ModelConfig(variant="same", width=8, depth=3,
+                                    tile=ModelConfig().tile)
+    assert (cfg.preprocess.size, cfg.preprocess.normalise) == (96, "zscore")
+    t = cfg.train
+    assert (t.epochs, t.batch_size, t.lr, t.loss, t.augment, t.schedule) == \
+        (E2E_EPOCHS, 8, 3e-3, "bce+dice", "flip", "cosine")
+    assert Path(cfg.data.path) == phantoms["train"]
+
+
+@pytest.mark.slow
+def test_e2e_split_is_by_subject(e2e) -> None:
+    _, _, run = e2e
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) + len(split.get("test", [])) == 200
+    assert len(split["val"]) == 40  # 20 % of 20 subjects of 10 frames
+    subject = lambda name: name.split("_")[0]  # noqa: E731  (phantom names: SUBJECT_FRAME)
+    assert not {subject(n) for n in split["train"]} & {subject(n) for n in split["val"]}
+    assert sorted({subject(n) for n in split["val"]}) == sorted(split["val_subjects"])
+
+
+@pytest.mark.slow
+def test_e2e_metrics_one_row_per_epoch_and_log(e2e) -> None:
+    _, stdout, run = e2e
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, E2E_EPOCHS + 1))
+    for r in rows:
+        for key in ("train_loss", "val_loss", "val_dice"):
+            assert np.isfinite(float(r[key])), (key, r)
+        assert 0 <= float(r["val_dice"]) <= 1
+        assert r["complete"] == "True"
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])  # it trained
+    # cosine schedule: the learning rate falls over the run
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.5 * 3e-3
+    # one line per epoch on stdout with train loss, validation loss and validation Dice
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == E2E_EPOCHS
+    assert all("train loss" in ln and "val loss" in ln and "val Dice" in ln for ln in lines)
+    assert "best.ckpt" in stdout and "report.html" in stdout
+    log = (run / "train.log").read_text()
+    assert "epoch 1:" in log and f"epoch {E2E_EPOCHS}:" in log
+
+
+@pytest.mark.slow
+def test_e2e_best_checkpoint_matches_metrics(e2e) -> None:
+    _, _, run = e2e
+    with open(run / "metrics.csv", newline="") as f:
+        dices = [float(r["val_dice"]) for r in csv.DictReader(f)]
+    best = load_checkpoint(run / "best.ckpt")
+    last = load_checkpoint(run / "last.ckpt")
+    m = best.meta["metrics"]
+    assert m["best_epoch"] == int(np.argmax(dices)) + 1
+    assert m["best_val_dice"] == pytest.approx(max(dices), abs=1e-6)
+    assert m["stopped"] is None
+    assert last.train_state["epoch"] == E2E_EPOCHS
+    assert best.model.variant == "same" and best.preprocess.size == 96
+
+
+@pytest.mark.slow
+def test_e2e_pictures_and_report(e2e) -> None:
+    _, _, run = e2e
+    for name in ("curve.png", "sample.png", "seg_sample.png"):
+        with Image.open(run / name) as im:
+            assert im.format == "PNG" and min(im.size) > 50
+    html = (run / "report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html.lower()
+    for name in ("curve.png", "sample.png", "seg_sample.png"):
+        assert name in html or "data:image/png;base64" in html
+    assert "best epoch" in html.lower()
+
+
+@pytest.mark.slow
+def test_e2e_prediction_has_the_original_size(e2e, phantoms) -> None:
+    _, _, run = e2e
+    predictor = load(run / "best.ckpt", device="cpu")
+    image = np.asarray(Image.open(next((phantoms["unseen"] / "images").glob("*.png"))))
+    wide = np.pad(image, ((0, 0), (0, 41)), mode="edge")  # not square, not the working size
+    mask = predictor.predict(wide)
+    assert mask.shape == wide.shape and mask.dtype == bool
+
+
+# ------------------------------------------------------------------ the valid model
+def test_valid_model_run_completes(tmp_path) -> None:
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    run = tmp_path / "run"
+    rc = cli.main(["train", str(data), "--out", str(run), "--preset", "seed", "--width", "4",
+                   "--depth", "2", "--tile", "20", "--size", "32", "--epochs", "2",
+                   "--batch-size", "4", "--tiles-per-image", "2", "--device", "cpu",
+                   "--precision", "fp32", "--cache-dir", "", "--threads", "1"])
+    assert rc == 0
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    ckpt = load_checkpoint(run / "best.ckpt")
+    assert (ckpt.model.variant, ckpt.model.width, ckpt.model.depth, ckpt.model.tile) == \
+        ("valid", 4, 2, 20)
+    with open(run / "metrics.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    # whole images are predicted by tiling: every pixel of a frame of any size gets a value
+    predictor = load(run / "best.ckpt", device="cpu")
+    prob = predictor.predict_proba(np.full((37, 61), 90, np.uint8))
+    assert prob.shape == (37, 61) and np.isfinite(prob).all()
+    assert ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_valid_model_refuses_a_size_below_the_tile(tmp_path, capsys) -> None:
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    rc = cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--preset", "seed",
+                   "--width", "4", "--depth", "2", "--tile", "36", "--size", "32",
+                   "--epochs", "1", "--device", "cpu", "--cache-dir", ""])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "36" in err and "32" in err
+
+
+# ------------------------------------------------------------------ training-tile geometry
+def _cfg(variant: str = "valid", depth: int = 1, tile: int = 4, size: int = 16,
+         batch_size: int = 3, per: int = 1, normalise: str = "unit") -> RunConfig:
+    return RunConfig(model=ModelConfig(variant=variant, width=4, depth=depth, tile=tile),
+                     preprocess=PreprocessConfig(size=size, normalise=normalise),
+                     train=TrainConfig(batch_size=batch_size, tiles_per_image=per))
+
+
+def _position_arrays(size: int = 16) -> Arrays:
+    """Two images whose every pixel value is unique and says where it is: image 0 holds
+    y * size + x, image 1 holds 255 - (y * size + x). Masks: random bits, so any shift of the
+    target against the input shows."""
+    pos = np.arange(size * size, dtype=np.uint8).reshape(size, size)
+    images = np.stack([pos, 255 - pos])
+    masks = np.random.default_rng(0).integers(0, 2, (2, size, size)).astype(np.uint8)
+    return Arrays(images, masks, ("a", "b"), ("s1", "s2"))
+
+
+def _locate(crop: np.ndarray, arrays: Arrays, t: int) -> tuple[int, int, int]:
+    """(image, y, x) of the window whose pixels are ``crop`` (t x t uint8)."""
+    size = arrays.images.shape[-1]
+    hits = [(k, y, x) for k in range(len(arrays.images))
+            for y in range(size - t + 1) for x in range(size - t + 1)
+            if np.array_equal(arrays.images[k, y:y + t, x:x + t], crop)]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def test_valid_tiles_target_is_the_mask_under_the_output_window() -> None:
+    arrays = _position_arrays()
+    cfg = _cfg(depth=1, tile=4, per=20)
+    m, t = 8, 4  # context_margin(1) = 6 * 2 - 4 = 8
+    batches = Batches(arrays, np.array([0, 1]), cfg)
+    assert len(batches) == 14  # ceil(2 images * 20 tiles / batch 3)
+    seen, border = set(), 0
+    for x, y in batches.epoch(np.random.default_rng(0)):
+        assert x.shape[1:] == (1, t + 2 * m, t + 2 * m) and y.shape[1:] == (1, t, t)
+        for xi, yi in zip(x.numpy()[:, 0], y.numpy()[:, 0]):
+            pixels = np.rint(xi * 255).astype(np.uint8)  # 'unit' normalisation is x / 255
+            k, r, c = _locate(pixels[m:m + t, m:m + t], arrays, t)  # the input's centre crop
+            seen.add((k, r, c))
+            # the target is exactly the mask under that output window
+            assert np.array_equal(yi, arrays.masks[k, r:r + t, c:c + t])
+            # the input is that window plus the margin of context, mirrored at the border,
+            # exactly as prediction cuts it (tiling.crop_with_context)
+            want = crop_with_context(pad_for_tiles(arrays.images[k], m), r, c, t, m)
+            assert np.array_equal(pixels, want)
+            if r == 0:  # mirrored context above the image: row m - j is image row j
+                border += 1
+                for j in range(1, m + 1):
+                    assert np.array_equal(pixels[m - j, m:m + t], arrays.images[k, j, c:c + t])
+            if c == 0:  # mirrored context left of the image: column m - j is image column j
+                border += 1
+                for j in range(1, m + 1):
+                    assert np.array_equal(pixels[m:m + t, m - j], arrays.images[k, r:r + t, j])
+    assert len(seen) > 8  # windows are drawn at random positions
+    assert border > 0
+
+
+def test_valid_tile_covering_the_whole_canvas_is_the_prediction_tile() -> None:
+    # size == tile: the only window is the whole canvas, so training sees exactly the input
+    # that prediction builds for that canvas, its border context mirrored on all four sides
+    arrays = _position_arrays()
+    m, t = 8, 16
+    batches = Batches(arrays, np.array([1]), _cfg(depth=1, tile=t, batch_size=1))
+    (x, y), = list(batches.epoch(np.random.default_rng(1)))
+    pixels = np.rint(x.numpy()[0, 0] * 255).astype(np.uint8)
+    tiles, plan = extract_tiles(arrays.images[1].astype(np.float32), t, m)
+    assert plan.positions == ((0, 0),)
+    assert np.array_equal(pixels, tiles[0, 0].astype(np.uint8))
+    assert np.array_equal(y.numpy()[0, 0], arrays.masks[1])
+    img = arrays.images[1]
+    assert pixels[m, m] == img[0, 0] and pixels[m - 1, m] == img[1, 0]  # mirrored above
+    assert pixels[m, m - 3] == img[0, 3]                                # mirrored left
+    assert pixels[m + t, m + t] == img[t - 2, t - 2]                    # mirrored bottom-right
+
+
+def test_a_marker_pixel_stays_aligned_with_its_target() -> None:
+    # the issue's own example: a structure at a known position comes back at that position
+    size, t, m = 24, 8, 8
+    images = np.full((1, size, size), 40, np.uint8)
+    masks = np.zeros((1, size, size), np.uint8)
+    images[0, 2, 19] = 250
+    masks[0, 2, 19] = 1
+    batches = Batches(Arrays(images, masks, ("a",), ("s",)), np.array([0]),
+                      _cfg(depth=1, tile=t, size=size, batch_size=16, per=64))
+    hits = 0
+    for x, y in batches.epoch(np.random.default_rng(2)):
+        for xi, yi in zip(x.numpy()[:, 0], y.numpy()[:, 0]):
+            centre = xi[m:m + t, m:m + t]
+            assert np.array_equal(centre > 0.5, yi > 0)
+            hits += int(yi.any())
+    assert hits > 0
+
+
+def test_same_model_batches_are_whole_canvases_zscored() -> None:
+    arrays = _position_arrays()
+    batches = Batches(arrays, np.array([0, 1]), _cfg("same", depth=2, batch_size=2,
+                                                     normalise="zscore"))
+    (x, y), = list(batches.epoch(np.random.default_rng(0)))
+    assert x.shape == (2, 1, 16, 16) and y.shape == (2, 1, 16, 16)
+    for xi, yi in zip(x.numpy()[:, 0], y.numpy()[:, 0]):
+        assert abs(float(xi.mean())) < 1e-4 and abs(float(xi.std()) - 1) < 1e-3
+        k = 0 if xi[0, 1] > xi[0, 0] else 1  # image 0 increases along a row, image 1 falls
+        assert np.array_equal(yi, arrays.masks[k])
+
+
+def test_same_model_refuses_a_size_it_cannot_take() -> None:
+    arrays = _position_arrays(size=20)
+    with pytest.raises(UltrasegError, match="--size 24"):
+        Batches(arrays, np.array([0]), _cfg("same", depth=3, size=20))
+
+
+def test_batches_are_reproducible_from_the_generator() -> None:
+    arrays = _position_arrays()
+    batches = Batches(arrays, np.array([0, 1]), _cfg(per=5))
+    a = [x.numpy() for x, _ in batches.epoch(np.random.default_rng([0, 1]))]
+    b = [x.numpy() for x, _ in batches.epoch(np.random.default_rng([0, 1]))]
+    c = [x.numpy() for x, _ in batches.epoch(np.random.default_rng([0, 2]))]
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not all(np.array_equal(p, q) for p, q in zip(a, c))
+
+
+def test_lr_schedule() -> None:
+    cfg = _cfg()
+    assert lr_at(0.0, cfg) == lr_at(0.7, cfg) == cfg.train.lr
+    cos = RunConfig(train=TrainConfig(lr=1e-2, schedule="cosine"))
+    assert lr_at(0.0, cos) == pytest.approx(1e-2)
+    assert lr_at(1.0, cos) == pytest.approx(1e-4)            # decays to 1 % of lr
+    assert lr_at(0.5, cos) == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5))
