@@ -186,6 +186,13 @@ def test_random_bytes_refused(tmp_path) -> None:
         load_checkpoint(junk)
 
 
+def test_text_file_named_ckpt_refused_as_user_error(tmp_path) -> None:
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello world, this is not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(text)
+
+
 def test_plain_state_dict_of_another_model_refused(tmp_path) -> None:
     other = tmp_path / "resnet-ish.pth"
     torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),

@@ -125,3 +125,18 @@ def test_tune_ties_prefer_simple_and_validates() -> None:
         tune([], [])
     with pytest.raises(ValueError):
         tune([_prob(truth)], [truth[:10]])
+
+
+def test_tune_keeps_the_plain_setting_unless_the_gain_is_worth_it() -> None:
+    # one frame with a 3-pixel false speck beside a 100-pixel structure: removing the speck
+    # gains 2 * 100 / 200 - 2 * 100 / 203 ~ 0.0148 Dice
+    prob = np.zeros((40, 40))
+    prob[5:15, 5:15] = 0.9
+    prob[30, 30:33] = 0.9
+    truth = prob[...] > 0
+    truth[30, 30:33] = False
+    plain = PostprocessConfig(threshold=0.5)
+    cfg, score = tune([prob], [truth], thresholds=(0.5,), min_areas=(0, 5), min_gain=0.02)
+    assert cfg == plain and score == pytest.approx(200 / 203)
+    cfg, score = tune([prob], [truth], thresholds=(0.5,), min_areas=(0, 5), min_gain=0.01)
+    assert cfg != plain and score == pytest.approx(1.0)  # the speck removed, one way or another

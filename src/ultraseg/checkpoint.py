@@ -89,13 +89,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError("refused: the file holds Python objects other than weights "
-                              "(it could run code); ultraseg loads only tensors and JSON", path) from e
+        if "weights only load failed" in str(e).lower():
+            raise CheckpointError("refused: the file holds Python objects other than weights "
+                                  "(it could run code); ultraseg loads only tensors and JSON",
+                                  path) from e
+        raise CheckpointError("not a checkpoint (unreadable pickle data)", path) from e
     except PermissionError as e:
         raise CheckpointError("cannot read checkpoint: permission denied", path) from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"truncated or not a checkpoint ({str(e).splitlines()[0][:120]})",
-                              path) from e
+    except Exception as e:  # zip/pickle errors of every kind: truncated, text, random bytes
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"truncated or not a checkpoint ({first})", path) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError("not an ultraseg checkpoint (weights of another model?)", path)
     try:
