@@ -74,6 +74,12 @@ def test_time_limit_flag(text: str, seconds: float) -> None:
     assert _resolve(["D", "--out", "R", "--time-limit", text]).train.time_limit_s == seconds
 
 
+def test_time_limit_none_lifts_a_presets_cap() -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).train.time_limit_s == 1200.0
+    assert _resolve(["D", "--out", "R", "--preset", "cpu", "--time-limit", "none"]
+                    ).train.time_limit_s is None
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--preset", "fastest"], ["fastest", *PRESETS]),
     (["--time-limit", "soon"], ["soon", "20m"]),

@@ -89,7 +89,9 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
         if value is not None:
             overrides.setdefault(section, {})[key] = value
     if a.time_limit is not None:
-        overrides.setdefault("train", {})["time_limit_s"] = parse_duration(a.time_limit)
+        no_limit = a.time_limit.strip().lower() in ("none", "off")
+        overrides.setdefault("train", {})["time_limit_s"] = (
+            None if no_limit else parse_duration(a.time_limit))
     overrides.setdefault("data", {})["path"] = str(a.data) if a.data else cfg.data.path
     return merge(cfg, overrides)
 
@@ -140,7 +142,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     p.add_argument("--threads", type=int, help="torch intra-op threads")
-    p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s")
+    p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s; 'none' lifts a "
+                   "preset's cap")
     p.add_argument("--cache-dir", help="where decoded frames are cached ('' disables)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     layout_args(p)
