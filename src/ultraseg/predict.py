@@ -41,6 +41,22 @@ def prediction_tile(model: ModelConfig, h: int, w: int, tile: int | None = None)
     return nearest_valid_output(want, model.depth)
 
 
+def prediction_window(model: ModelConfig, h: int, w: int, tile: int | None = None
+                      ) -> tuple[int, int]:
+    """Output window (th, tw) for predicting an h x w canvas with a valid model.
+
+    ``tile=None``: the smallest valid output covering each side on its own, capped at
+    :data:`MAX_PREDICT_TILE` -- one rectangular window for a whole frame up to that size (a
+    420 x 580 frame: a 604 x 764 input instead of the square 764 x 764, 25 % fewer FLOPs,
+    the same values). ``tile=t``: square windows of :func:`prediction_tile`.
+    """
+    if tile is not None:
+        side = prediction_tile(model, h, w, tile)
+        return side, side
+    return (nearest_valid_output(min(h, MAX_PREDICT_TILE), model.depth),
+            nearest_valid_output(min(w, MAX_PREDICT_TILE), model.depth))
+
+
 @dataclass
 class Predictor:
     """Segment 2D ultrasound frames of any size with a trained U-Net.
@@ -74,7 +90,7 @@ class Predictor:
         """Probabilities for prepared canvases (N, h, w) float32 -> (N, h, w) float32."""
         n, h, w = canvases.shape
         if self.model.variant == "valid":
-            tile = prediction_tile(self.model, h, w, self.tile)
+            tile = prediction_window(self.model, h, w, self.tile)
             return np.stack([predict_tiled(self._run, c, tile, context_margin(self.model.depth),
                                            self.batch_size)[0] for c in canvases])
         step = 2**self.model.depth

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -71,16 +72,51 @@ def threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None
-                 ) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a model as a numpy backend: (N, 1, h, w) float32 -> probabilities, float32."""
+#: Layers whose weights autocast casts to the low-precision dtype on every call.
+_LOW_PRECISION_LAYERS = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
+
+
+def low_precision_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``model`` whose convolution / linear layers hold their weights in ``dtype``.
+
+    Fed ``dtype`` inputs it computes what ``torch.autocast(dtype=dtype)`` computes with the
+    original -- autocast runs exactly these layers in ``dtype`` (fp32 accumulation) and the
+    others (ReLU, pooling, concatenation, BatchNorm with its fp32 statistics) on their
+    ``dtype`` inputs -- but casts no weights per call, and a predictor built from a checkpoint
+    keeps 2 bytes per weight instead of 4 (+2 per call). The original is left as it was.
+    """
+    lowered = copy.deepcopy(model)
+    for module in lowered.modules():
+        if isinstance(module, _LOW_PRECISION_LAYERS):
+            module.to(dtype)
+    return lowered
+
+
+def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
+                 compile: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """Wrap a model as a numpy backend: (N, 1, h, w) float32 -> probabilities, float32.
+
+    Runs in inference mode, channels_last. With a low-precision ``dtype`` (bf16) the backend
+    holds its own copy of the weights in that dtype (:func:`low_precision_copy`), taken now:
+    later changes to ``model`` do not reach it; make a new runner after training further.
+    ``model`` itself is put in eval mode and channels_last on ``device``, weights unchanged.
+
+    ``compile=True``: ``torch.compile`` with weight freezing (inductor; needs a C++ compiler
+    on CPU): the same output, about 5 % faster per call on CPU once compiled, but each new
+    input shape compiles again (seconds to a minute). Worth it for many frames of one size.
+    The weights are then frozen into the compiled graph: a snapshot, whatever ``dtype``.
+    """
     model = model.to(device).eval().to(memory_format=torch.channels_last)
+    net = model if dtype is None else low_precision_copy(model, dtype)
+    if compile:
+        net = torch.compile(net, dynamic=False, options={"freezing": True})
+    in_dtype = torch.float32 if dtype is None else dtype
 
     def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(device, dtype):
-            prob = torch.sigmoid(model(x).float())
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+        x = x.to(in_dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            prob = torch.sigmoid(net(x).float())
         return prob.cpu().numpy()
 
     return run

@@ -12,6 +12,12 @@ central ``out_tile`` x ``out_tile`` output window. To segment a whole image we
 An image smaller than ``out_tile`` in a dimension is first mirror-padded (bottom / right) up to
 ``out_tile``; the padding is cropped away again when stitching.
 
+Windows may be rectangular: ``out_tile`` is a side ``t`` (a ``t`` x ``t`` window) or a pair
+``(th, tw)``. One ``(420, 580)`` window covers a 420 x 580 frame with a 604 x 764 input, where
+the smallest square window covering it would need a 764 x 764 input (33 % more FLOPs). Both give
+the same values: every window starts at the same origin, so the network sees the same pooling
+grid and the same mirrored context for each output pixel.
+
 This module must not import torch: prediction from an exported ONNX model runs without it.
 Both the torch and the ONNX backends call :func:`predict_tiled` with their own ``run_batch``.
 """
@@ -22,7 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: An output window: a side ``t`` (square) or ``(height, width)``.
+Tile = int | tuple[int, int]
+
 __all__ = [
+    "Tile",
     "TilePlan",
     "crop_with_context",
     "extract_tiles",
@@ -30,33 +40,58 @@ __all__ = [
     "plan_tiles",
     "predict_tiled",
     "stitch_tiles",
+    "tile_shape",
 ]
+
+
+def tile_shape(out_tile: Tile) -> tuple[int, int]:
+    """``t`` -> ``(t, t)``; ``(th, tw)`` -> ``(th, tw)``, both checked to be integers >= 1."""
+    shape = (out_tile, out_tile) if isinstance(out_tile, (int, np.integer)) else tuple(out_tile)
+    if len(shape) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in shape):
+        raise ValueError(f"out_tile must be an integer >= 1 or a pair of them, got {out_tile!r}")
+    return int(shape[0]), int(shape[1])
 
 
 @dataclass(frozen=True)
 class TilePlan:
     """Where the output windows of an ``h`` x ``w`` image lie.
 
-    ``positions`` are the top-left corners (y, x) of the ``out_tile`` x ``out_tile`` output
-    windows, in the coordinates of the image after it was padded up to at least ``out_tile``
-    (identical to the original coordinates; only windows of a small image reach past it).
+    ``positions`` are the top-left corners (y, x) of the output windows (``out_tile`` x
+    ``out_tile``, or ``out_tile = (th, tw)``), in the coordinates of the image after it was
+    padded up to at least the window in each dimension (identical to the original
+    coordinates; only windows of a small image reach past it).
     """
 
     h: int
     w: int
-    out_tile: int
+    out_tile: Tile
     margin: int
     positions: tuple[tuple[int, int], ...]
 
     @property
+    def out_shape(self) -> tuple[int, int]:
+        """(th, tw) of an output window."""
+        return tile_shape(self.out_tile)
+
+    @property
+    def in_shape(self) -> tuple[int, int]:
+        """(th + 2 margin, tw + 2 margin) of an input window."""
+        th, tw = self.out_shape
+        return th + 2 * self.margin, tw + 2 * self.margin
+
+    @property
     def padded_shape(self) -> tuple[int, int]:
-        """(H, W) of the image once padded up to at least ``out_tile`` in each dimension."""
-        return max(self.h, self.out_tile), max(self.w, self.out_tile)
+        """(H, W) of the image once padded up to at least the window in each dimension."""
+        th, tw = self.out_shape
+        return max(self.h, th), max(self.w, tw)
 
     @property
     def in_tile(self) -> int:
-        """Side of an input window: ``out_tile + 2 * margin``."""
-        return self.out_tile + 2 * self.margin
+        """Side of a square input window: ``out_tile + 2 * margin`` (see :attr:`in_shape`)."""
+        ih, iw = self.in_shape
+        if ih != iw:
+            raise ValueError(f"the input windows are rectangular ({ih}x{iw}); use in_shape")
+        return ih
 
 
 def _starts(size: int, out_tile: int) -> list[int]:
@@ -69,18 +104,20 @@ def _starts(size: int, out_tile: int) -> list[int]:
     return starts
 
 
-def plan_tiles(h: int, w: int, out_tile: int) -> list[tuple[int, int]]:
+def plan_tiles(h: int, w: int, out_tile: Tile) -> list[tuple[int, int]]:
     """Top-left corners (y, x) of ``out_tile`` windows covering an ``h`` x ``w`` image, row by row.
 
-    Windows step by ``out_tile``; the last row / column is shifted back to stay inside the image
-    (so it overlaps its neighbour). A dimension smaller than ``out_tile`` gets the single start
-    0 (the image is padded up to ``out_tile`` by :func:`extract_tiles`).
+    ``out_tile``: a side ``t`` or ``(th, tw)``. Windows step by their side; the last row /
+    column is shifted back to stay inside the image (so it overlaps its neighbour). A dimension
+    smaller than the window gets the single start 0 (the image is padded up to the window by
+    :func:`extract_tiles`).
     """
     if h < 1 or w < 1:
         raise ValueError(f"image must be at least 1x1, got {h}x{w}")
-    if out_tile < 1:
+    if isinstance(out_tile, (int, np.integer)) and out_tile < 1:
         raise ValueError(f"out_tile must be >= 1, got {out_tile}")
-    return [(y, x) for y in _starts(h, out_tile) for x in _starts(w, out_tile)]
+    th, tw = tile_shape(out_tile)
+    return [(y, x) for y in _starts(h, th) for x in _starts(w, tw)]
 
 
 def _spatial_pad(image: np.ndarray, before: int, after_h: int, after_w: int) -> np.ndarray:
@@ -101,7 +138,7 @@ def pad_for_tiles(image: np.ndarray, margin: int) -> np.ndarray:
 
 
 def crop_with_context(
-    padded: np.ndarray, y: int, x: int, out_tile: int, margin: int
+    padded: np.ndarray, y: int, x: int, out_tile: Tile, margin: int
 ) -> np.ndarray:
     """Input window for the output window at (y, x) of the original image.
 
@@ -109,32 +146,34 @@ def crop_with_context(
         padded: (..., H + 2 margin, W + 2 margin), the image already padded by
             :func:`pad_for_tiles` with the same ``margin``.
         y, x: top-left corner of the output window in original image coordinates.
+        out_tile: the output window, a side ``t`` or ``(th, tw)``.
 
     Returns:
-        (..., out_tile + 2 margin, out_tile + 2 margin) view; its central out_tile x out_tile
-        equals ``image[..., y:y + out_tile, x:x + out_tile]``.
+        (..., th + 2 margin, tw + 2 margin) view; its central th x tw equals
+        ``image[..., y:y + th, x:x + tw]``.
     """
-    side = out_tile + 2 * margin
+    th, tw = tile_shape(out_tile)
+    side_h, side_w = th + 2 * margin, tw + 2 * margin
     big_h, big_w = padded.shape[-2], padded.shape[-1]
-    if y < 0 or x < 0 or y + side > big_h or x + side > big_w:
+    if y < 0 or x < 0 or y + side_h > big_h or x + side_w > big_w:
         raise ValueError(
-            f"output window {out_tile}x{out_tile} at ({y}, {x}) with margin {margin} does not fit "
+            f"output window {th}x{tw} at ({y}, {x}) with margin {margin} does not fit "
             f"a padded image of {big_h}x{big_w} "
             f"(original {big_h - 2 * margin}x{big_w - 2 * margin})"
         )
-    return padded[..., y : y + side, x : x + side]
+    return padded[..., y : y + side_h, x : x + side_w]
 
 
-def extract_tiles(image: np.ndarray, out_tile: int, margin: int) -> tuple[np.ndarray, TilePlan]:
+def extract_tiles(image: np.ndarray, out_tile: Tile, margin: int) -> tuple[np.ndarray, TilePlan]:
     """Cut the network's input windows out of a mirror-padded image.
 
     Args:
         image: (H, W) or (C, H, W) float array.
-        out_tile: side of each output window.
+        out_tile: each output window: a side ``t`` or ``(th, tw)``.
         margin: context on each side (``context_margin(depth)`` for the valid U-Net).
 
     Returns:
-        tiles: (N, C, out_tile + 2 margin, out_tile + 2 margin) float32 (C = 1 for a 2D image),
+        tiles: (N, C, th + 2 margin, tw + 2 margin) float32 (C = 1 for a 2D image),
             in the order of ``plan.positions``.
         plan: the :class:`TilePlan` that :func:`stitch_tiles` needs.
     """
@@ -146,7 +185,8 @@ def extract_tiles(image: np.ndarray, out_tile: int, margin: int) -> tuple[np.nda
     h, w = chw.shape[-2:]
     positions = tuple(plan_tiles(h, w, out_tile))
     plan = TilePlan(h=h, w=w, out_tile=out_tile, margin=margin, positions=positions)
-    grow_h, grow_w = max(0, out_tile - h), max(0, out_tile - w)
+    th, tw = plan.out_shape
+    grow_h, grow_w = max(0, th - h), max(0, tw - w)
     chw = chw.astype(np.float32, copy=False)
     padded = _spatial_pad(chw, margin, margin + grow_h, margin + grow_w)
     tiles = np.stack([crop_with_context(padded, y, x, out_tile, margin) for y, x in positions])
@@ -157,41 +197,41 @@ def stitch_tiles(outputs: np.ndarray, plan: TilePlan) -> np.ndarray:
     """Assemble per-tile outputs into the whole image.
 
     Args:
-        outputs: (N, C, out_tile, out_tile), one per ``plan.positions`` entry, same order.
+        outputs: (N, C, th, tw), one per ``plan.positions`` entry, same order.
         plan: from :func:`extract_tiles`.
 
     Returns:
         (C, H, W) float32. Where windows overlap (the shifted-back last row / column) the
         outputs are averaged (accumulated in float64, so identical values come back exactly).
     """
-    n, t = len(plan.positions), plan.out_tile
-    if outputs.ndim != 4 or outputs.shape[0] != n or outputs.shape[-2:] != (t, t):
+    n, (th, tw) = len(plan.positions), plan.out_shape
+    if outputs.ndim != 4 or outputs.shape[0] != n or outputs.shape[-2:] != (th, tw):
         raise ValueError(
-            f"expected tile outputs of shape ({n}, C, {t}, {t}), got {tuple(outputs.shape)}"
+            f"expected tile outputs of shape ({n}, C, {th}, {tw}), got {tuple(outputs.shape)}"
         )
     big_h, big_w = plan.padded_shape
     total = np.zeros((outputs.shape[1], big_h, big_w), dtype=np.float64)
     count = np.zeros((big_h, big_w), dtype=np.int64)
     for out, (y, x) in zip(outputs, plan.positions):
-        total[:, y : y + t, x : x + t] += out
-        count[y : y + t, x : x + t] += 1
+        total[:, y : y + th, x : x + tw] += out
+        count[y : y + th, x : x + tw] += 1
     return (total / count)[:, : plan.h, : plan.w].astype(np.float32)
 
 
 def predict_tiled(
     run_batch: Callable[[np.ndarray], np.ndarray],
     image: np.ndarray,
-    out_tile: int,
+    out_tile: Tile,
     margin: int,
     batch_size: int = 4,
 ) -> np.ndarray:
     """Run a network over a whole image with the overlap-tile strategy.
 
     Args:
-        run_batch: maps input tiles (n, C_in, out_tile + 2 margin, same) float32 to outputs
-            (n, C, out_tile, out_tile), e.g. a torch model or an ONNX session wrapped in numpy.
+        run_batch: maps input tiles (n, C_in, th + 2 margin, tw + 2 margin) float32 to outputs
+            (n, C, th, tw), e.g. a torch model or an ONNX session wrapped in numpy.
         image: (H, W) or (C_in, H, W) float array.
-        out_tile: output window side; margin: context on each side.
+        out_tile: output window, a side ``t`` or ``(th, tw)``; margin: context on each side.
         batch_size: tiles per ``run_batch`` call.
 
     Returns:
