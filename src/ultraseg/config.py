@@ -30,8 +30,19 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     return cls(**data)
 
 
+class _Section:
+    """to_dict / from_dict for a config section (a frozen dataclass)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], d: dict[str, Any] | None) -> T:
+        return _from_dict(cls, d)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """The U-Net. ``variant='valid'``: unpadded convolutions (Ronneberger et al. 2015, 252 -> 68).
     ``variant='same'``: padded convolutions with batch norm, output size == input size."""
 
@@ -42,16 +53,9 @@ class ModelConfig:
     depth: int = 4           # number of 2x2 poolings (the original has 4: 5 blocks)
     tile: int = 68           # valid only: output tile side used for training and prediction
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "ModelConfig":
-        return _from_dict(cls, d)
-
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(_Section):
     """From a decoded frame to the network's input.
 
     ``size``: working resolution; the frame is padded to square (centred, longest side) and
@@ -64,16 +68,9 @@ class PreprocessConfig:
     normalise: Literal["zscore", "unit"] = "unit"
     label: int | None = None   # None: any non-zero label is foreground; K: only label K
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "PreprocessConfig":
-        return _from_dict(cls, d)
-
 
 @dataclass(frozen=True)
-class PostprocessConfig:
+class PostprocessConfig(_Section):
     """From probabilities to a mask. Chosen on the validation split when training ends."""
 
     threshold: float = 0.5
@@ -81,16 +78,9 @@ class PostprocessConfig:
     keep_largest: bool = False
     fill_holes: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "PostprocessConfig":
-        return _from_dict(cls, d)
-
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     epochs: int = 5
     batch_size: int = 4
     lr: float = 1e-3
@@ -109,27 +99,13 @@ class TrainConfig:
     num_threads: int | None = None
     world_size: int = 1                  # recorded, not chosen: processes that trained (torchrun)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
-        return _from_dict(cls, d)
-
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     path: str = ""
     layout: str = "auto"
     subject_pattern: str | None = None
     cache_dir: str | None = None         # None: ~/.cache/ultraseg; "": no cache
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "DataConfig":
-        return _from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -185,8 +161,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "cpu": {
         "model": {"variant": "same", "width": 16, "depth": 4},
-        "preprocess": {"size": 192, "normalise": "zscore"},
-        "train": {"epochs": 60, "batch_size": 8, "lr": 2e-3, "loss": "bce+dice",
+        "preprocess": {"size": 256, "normalise": "zscore"},
+        "train": {"epochs": 300, "batch_size": 8, "lr": 2e-3, "loss": "bce+dice",
                   "augment": "strong", "schedule": "cosine", "time_limit_s": 1200.0},
     },
     "demo": {
