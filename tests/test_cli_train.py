@@ -32,9 +32,13 @@ def data(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------ where settings come from
-def test_default_is_the_seed_preset() -> None:
+@pytest.mark.parametrize("gpu, name", [(False, "cpu"), (True, "seed")])
+def test_default_preset_is_cpu_without_a_gpu_and_seed_with_one(monkeypatch, gpu, name) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     cfg = _resolve(["DATA", "--out", "RUN"])
-    want = preset("seed")
+    want = preset(name)
     assert (cfg.model, cfg.preprocess, cfg.train) == (want.model, want.preprocess, want.train)
     assert cfg.data.path == "DATA"
 
