@@ -166,7 +166,8 @@ MODELS = {"valid": ["--model", "valid", "--width", "4", "--depth", "2", "--tile"
 @pytest.mark.parametrize("variant", ["valid", "same"])
 def test_torchrun_two_cpu_processes_match_one_process(variant: str, data: Path,
                                                       tmp_path: Path) -> None:
-    args = [str(data), *MODELS[variant], "--size", "64", "--epochs", "3", "--batch-size", "4",
+    args = [str(data), "--preset", "seed", *MODELS[variant], "--size", "64", "--epochs", "3",
+            "--batch-size", "4",
             "--lr", "3e-3", "--loss", "bce+dice", "--seed", "1", "--device", "cpu",
             "--precision", "fp32", "--threads", "1", "--cache-dir", str(tmp_path / "cache")]
     single, ddp = tmp_path / "single", tmp_path / "ddp"

@@ -134,8 +134,7 @@ class Batches:
 def lr_at(progress: float, cfg: RunConfig) -> float:
     """Learning rate at a training progress in [0, 1]: constant, or cosine decay to 1 % of ``lr``.
 
-    Progress is the share of epochs done or, with a time limit, of the time budget spent,
-    whichever is further, so a run cut by ``--time-limit`` still ends its schedule.
+    Progress is the share of the schedule's epochs done (see :func:`_horizon`).
     """
     base = cfg.train.lr
     if cfg.train.schedule == "constant":
@@ -318,7 +317,6 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
              "bf16" if dtype else "fp32",
              f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else "")
     deadline = t0 + tc.time_limit_s if tc.time_limit_s else math.inf
-    budget = 0.9 * tc.time_limit_s if tc.time_limit_s else math.inf  # share for the schedule
 
     # data and split
     progress({"event": "stage", "message": "reading and caching the dataset"})
@@ -348,6 +346,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     optimizer = make_optimizer(model, cfg)
     history: list[dict[str, Any]] = []
     best_dice, best_epoch, start_epoch = -1.0, 0, 1
+    horizon = float(tc.epochs)  # epochs the learning-rate schedule spans (see _horizon)
     if last is not None:
         model.load_state_dict(last.state_dict)
         optimizer.load_state_dict(last.train_state["optimizer"])
@@ -355,6 +354,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         best_dice = float(last.train_state["best_dice"])
         best_epoch = int(last.train_state["best_epoch"])
         start_epoch = int(last.train_state["epoch"]) + 1
+        horizon = float(last.train_state.get("horizon", tc.epochs))
         log.info("resuming after epoch %d", start_epoch - 1)
     ddp = ctx.wrap(model, device)  # trains; averages gradients over ranks (the model if alone)
 
@@ -377,14 +377,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             x, y = ctx.shard(x), ctx.shard(y)  # this rank's rows of the global batch
             t_batch = time.monotonic()
             loss = forward_loss(ddp, x, y, cfg, device, dtype)
-            # ranks agree on the loss (mean) and on the time spent, so they stop, and set the
-            # learning rate, alike
-            loss_value, spent = (v / ctx.world_size for v in ctx.all_reduce_sum(
-                [loss.item(), (time.monotonic() - t0) / budget], device))
+            # ranks agree on the loss (mean), so they stop alike
+            loss_value = ctx.all_reduce_mean(loss.item(), device)
             if not math.isfinite(loss_value):
                 raise _diverged(out, epoch, i + 1, loss_value)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(max((epoch - 1 + i / n_batches) / tc.epochs, spent), cfg)
+                group["lr"] = lr_at((epoch - 1 + i / n_batches) / horizon, cfg)
             optimizer_step(optimizer, loss)
             losses.append(loss_value)
             batch_s = time.monotonic() - t_batch
@@ -412,6 +410,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f (%.0f s)", epoch,
                  row["train_loss"], val_loss, val_dice, row["seconds"])
         progress({"event": "epoch", **row, "epochs": tc.epochs})
+        if epoch == 1 and complete:
+            horizon = _horizon(tc.epochs, time.monotonic() - t_epoch, deadline, est_val, ctx,
+                               device)
         improved = val_dice > best_dice
         if improved:
             best_dice, best_epoch = val_dice, epoch
@@ -424,7 +425,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), {
                 "epoch": epoch, "optimizer": optimizer.state_dict(),
                 "history_json": json.dumps(history), "best_dice": best_dice,
-                "best_epoch": best_epoch})
+                "best_epoch": best_epoch, "horizon": horizon})
         if stopped:
             break
         per_epoch = time.monotonic() - t_epoch
@@ -440,6 +441,22 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
                    best_dice, stopped, t0, meta, progress)
+
+
+def _horizon(epochs: int, epoch_s: float, deadline: float, val_s: float, ctx: Dist,
+             device: torch.device) -> float:
+    """Epochs the learning-rate schedule spans: ``epochs``, or, when a time limit will cut the
+    run short, the epochs that fit in it as measured by the first epoch.
+
+    Fixed once, after epoch 1, and stored in ``last.ckpt``: the schedule is then a function of
+    the step alone, so a run resumed after ``kill -9`` repeats the uninterrupted one, and a run
+    cut by ``--time-limit`` still reaches the end of its cosine. All ranks take the mean.
+    """
+    if deadline == math.inf:
+        return float(epochs)
+    fit = 1 + (deadline - time.monotonic() - 2.5 * val_s - 15) / max(epoch_s, 1e-6)
+    fit = ctx.all_reduce_mean(fit, device)
+    return float(min(epochs, max(2.0, math.floor(fit))))
 
 
 def _val_cost_ratio(cfg: RunConfig, arrays: Arrays) -> float:
