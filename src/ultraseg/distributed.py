@@ -196,8 +196,13 @@ def session(device: torch.device) -> Iterator[Dist]:
     log.info("joined the process group: rank %d of %d (%s)", ctx.rank, ctx.world_size, backend)
     try:
         yield Dist(ctx.rank, ctx.world_size, ctx.local_rank, backend)
-    finally:
+    except BaseException:
         cleanup()
+        raise
+    # Leave together: rank 0 works on alone (post-processing, report) after the others are
+    # done, and a rank tearing the group down while another still holds it aborts (gloo).
+    dist.barrier()
+    cleanup()
 
 
 def cleanup() -> None:
