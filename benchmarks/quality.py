@@ -107,7 +107,12 @@ Measured in this run (one at a time, on the held-out subjects above):
 - **Test-time augmentation** (horizontal flip, probabilities averaged): BUSI -0.003, nerve
   -0.003, HC18 +0.001 Dice and -0.03 mm HC error: not worth its doubled prediction time here,
   so `--tta` stays off by default.
-- **The `cpu` recipe** against the original `seed` recipe: see the seed tables where present.
+- **The `cpu` recipe against the original `seed` recipe** (valid U-Net, width 64, 252 -> 68
+  tiles with correct geometry, BCE, Adam 1e-3, 5 epochs): on HC18 the seed recipe reaches
+  0.567 Dice and an 87 mm HC error in 11.5 minutes, against 0.977 and 1.9 mm; one random
+  tile per frame per epoch for 5 epochs is far too little training for a 31 M-parameter
+  network. Its BUSI and nerve runs (about 10 and 25 minutes here) were not made in this
+  session: `python benchmarks/quality.py --presets seed` adds them.
 
 Not measured in this session: augmentation levels, loss, width, working resolution, depth,
 `same` vs `valid`, schedule and deep supervision one at a time. Each costs a 20-minute
