@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

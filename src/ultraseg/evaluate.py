@@ -65,7 +65,6 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     raw_pp = PostprocessConfig()
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []
-    images: list[np.ndarray] = []
     truths: list[np.ndarray] = []
 
     def decoded():

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
+_LEADING_SUBJECT = re.compile(r"^(\d+)_")
+
 #: A mask with at most this many distinct values (and not binary) is read as a label mask.
 MAX_LABELS = 32
 #: Share of pixels that must lie near 0 or 255 for a many-valued mask to count as a lossy
@@ -211,6 +213,12 @@ class Reader(ABC):
                 return m.group(1) if m.groups() else m.group(0)
             return stem
         return stem if default is None else default
+
+    def leading_subject(self, stem: str) -> str:
+        """The subject of a ``SUBJECT_FRAME`` stem (its leading integer), else the stem itself;
+        ``subject_pattern`` overrides."""
+        m = _LEADING_SUBJECT.match(stem)
+        return self.subject_of(stem, m.group(1) if m else stem)
 
 
 def list_images(folder: Path) -> list[Path]:

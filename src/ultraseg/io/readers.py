@@ -9,8 +9,6 @@ from pathlib import Path
 from ..errors import DataError
 from .base import IMAGE_EXTENSIONS, Reader, Sample, list_images, natural_key
 
-_LEADING_SUBJECT = re.compile(r"^(\d+)_")
-
 
 def _check_unique(items: dict[str, list[Path]], what: str) -> list[DataError]:
     return [DataError(f"two {what}s share the name '{name}': " + ", ".join(p.name for p in paths[1:]),
@@ -36,6 +34,22 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
     return pairs, problems
 
 
+def _group(files: list[Path], mask_suffix: str, masks_only: bool = False
+           ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Files by stem: (images, masks). A stem ending in ``mask_suffix`` is a mask of the image
+    named without it; with ``masks_only`` every file is a mask (the suffix being optional)."""
+    images: dict[str, list[Path]] = defaultdict(list)
+    masks: dict[str, list[Path]] = defaultdict(list)
+    for p in files:
+        if p.stem.endswith(mask_suffix):
+            masks[p.stem[: -len(mask_suffix)]].append(p)
+        elif masks_only:
+            masks[p.stem].append(p)
+        else:
+            images[p.stem].append(p)
+    return images, masks
+
+
 class FoldersReader(Reader):
     """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp).
 
@@ -52,19 +66,11 @@ class FoldersReader(Reader):
         return (root / "images").is_dir()
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
-        images: dict[str, list[Path]] = defaultdict(list)
-        for p in list_images(root / "images"):
-            images[p.stem].append(p)
-        masks: dict[str, list[Path]] = defaultdict(list)
-        for p in list_images(root / "masks"):
-            stem = p.stem[:-5] if p.stem.endswith("_mask") else p.stem
-            masks[stem].append(p)
+        images, _ = _group(list_images(root / "images"), "_mask")
+        _, masks = _group(list_images(root / "masks"), "_mask", masks_only=True)
         pairs, problems = _pair(images, masks, labelled=bool(masks), folder=root / "images")
-        samples = []
-        for name, image, mask in pairs:
-            m = _LEADING_SUBJECT.match(name)
-            samples.append(Sample(name, image, mask, self.subject_of(name, m.group(1) if m else name)))
-        return samples, problems
+        return [Sample(name, image, mask, self.leading_subject(name))
+                for name, image, mask in pairs], problems
 
 
 class KaggleReader(Reader):
@@ -81,19 +87,10 @@ class KaggleReader(Reader):
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         train = root / "train" if (root / "train").is_dir() else root
-        images: dict[str, list[Path]] = defaultdict(list)
-        masks: dict[str, list[Path]] = defaultdict(list)
-        for p in list_images(train):
-            if p.stem.endswith("_mask"):
-                masks[p.stem[:-5]].append(p)
-            else:
-                images[p.stem].append(p)
+        images, masks = _group(list_images(train), "_mask")
         pairs, problems = _pair(images, masks, labelled=True, folder=train)
-        samples = []
-        for name, image, mask in pairs:
-            m = _LEADING_SUBJECT.match(name)
-            samples.append(Sample(name, image, mask, self.subject_of(name, m.group(1) if m else name),
-                                  {"split": "train"}))
+        samples = [Sample(name, image, mask, self.leading_subject(name), {"split": "train"})
+                   for name, image, mask in pairs]
         test = root / "test"
         if test.is_dir() and test != train:
             seen = {s.name for s in samples}
@@ -166,20 +163,12 @@ class Hc18Reader(Reader):
         problems: list[DataError] = []
         for folder in folders:
             meta = self._read_csvs(folder, problems)
-            images: dict[str, list[Path]] = defaultdict(list)
-            masks: dict[str, list[Path]] = defaultdict(list)
-            for p in list_images(folder):
-                if p.stem.endswith("_Annotation"):
-                    masks[p.stem[: -len("_Annotation")]].append(p)
-                else:
-                    images[p.stem].append(p)
+            images, masks = _group(list_images(folder), "_Annotation")
             pairs, found = _pair(images, masks, labelled=bool(masks), folder=folder)
             problems += found
-            for name, image, mask in pairs:
-                m = _LEADING_SUBJECT.match(name)
-                subject = self.subject_of(name, m.group(1) if m else name)
-                samples.append(Sample(name, image, mask, subject, dict(meta.get(image.name, {})),
-                                      mask_kind="outline"))
+            samples += [Sample(name, image, mask, self.leading_subject(name),
+                               dict(meta.get(image.name, {})), mask_kind="outline")
+                        for name, image, mask in pairs]
         return samples, problems
 
     @staticmethod
