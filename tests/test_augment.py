@@ -29,7 +29,7 @@ def _same_pairs(n: int = 6, h: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
     return y.clone() * 0.8 + 0.1, y
 
 
-@pytest.mark.parametrize("level", ["flip", "strong"])
+@pytest.mark.parametrize("level", ["flip", "strong", "elastic"])
 def test_flips_keep_valid_pairs_aligned(level: str) -> None:
     x, y = _valid_pairs()
     g = torch.Generator().manual_seed(3)
@@ -75,12 +75,13 @@ def test_inputs_are_not_modified_in_place() -> None:
     assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
+@pytest.mark.parametrize("level", ["strong", "elastic"])
 @pytest.mark.parametrize("pairs", [_same_pairs, _valid_pairs])
-def test_strong_keeps_targets_binary_and_is_deterministic(pairs) -> None:
+def test_strong_keeps_targets_binary_and_is_deterministic(pairs, level: str) -> None:
     x, y = pairs()
-    a = augment_batch(x, y, "strong", torch.Generator().manual_seed(7))
-    b = augment_batch(x, y, "strong", torch.Generator().manual_seed(7))
-    c = augment_batch(x, y, "strong", torch.Generator().manual_seed(8))
+    a = augment_batch(x, y, level, torch.Generator().manual_seed(7))
+    b = augment_batch(x, y, level, torch.Generator().manual_seed(7))
+    c = augment_batch(x, y, level, torch.Generator().manual_seed(8))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
     assert set(torch.unique(a[1]).tolist()) <= {0.0, 1.0}
@@ -103,6 +104,24 @@ def test_affine_moves_image_and_target_together() -> None:
     xa, ya = affine(x, y, torch.Generator().manual_seed(5))
     assert torch.equal((xa > 0.5).float(), ya)
     assert not torch.equal(ya, y)
+
+
+def test_elastic_bends_image_and_target_together() -> None:
+    x, y = _same_pairs()
+    x = y.clone()
+    plain = affine(x, y, torch.Generator().manual_seed(5))
+    xa, ya = affine(x, y, torch.Generator().manual_seed(5), elastic=0.05)
+    assert torch.equal((xa > 0.5).float(), ya)      # the image still is its mask
+    assert not torch.equal(ya, plain[1])            # and the deformation did something
+    assert bool((ya.sum((1, 2, 3)) > 0).all())      # without losing the object
+
+
+def test_elastic_level_warps_like_strong_and_more() -> None:
+    x, y = _same_pairs()
+    s = augment_batch(x, y, "strong", torch.Generator().manual_seed(2))
+    e = augment_batch(x, y, "elastic", torch.Generator().manual_seed(2))
+    assert not torch.equal(s[1], e[1])
+    assert set(torch.unique(e[1]).tolist()) <= {0.0, 1.0}
 
 
 def test_strong_preserves_zscore_range_statistics_roughly() -> None:

@@ -7,7 +7,8 @@ warps need ``h' == h``.
 
 Levels: 'none'; 'flip' (horizontal flips; ultrasound has a fixed depth axis, so no vertical
 flips); 'strong' (flips, small rotation and scaling, gamma and contrast, multiplicative
-speckle noise).
+speckle noise); 'elastic' ('strong' plus a smooth random elastic deformation, as in the U-Net
+paper: displacements drawn on a coarse 3 x 3 grid and interpolated bicubically).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-AUGMENTS = ("none", "flip", "strong")
+AUGMENTS = ("none", "flip", "strong", "elastic")
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -35,10 +36,14 @@ def hflip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.T
 
 
 def affine(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, max_deg: float = 15.0,
-           scale: tuple[float, float] = (0.85, 1.15), shift: float = 0.08
+           scale: tuple[float, float] = (0.85, 1.15), shift: float = 0.08, elastic: float = 0.0
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation, isotropic scaling and shift, the same for image and target
-    (bilinear for the image with border padding, bilinear-then-0.5 for the target)."""
+    (bilinear for the image with border padding, bilinear-then-0.5 for the target).
+
+    ``elastic > 0`` adds a smooth deformation: displacements with standard deviation
+    ``elastic`` (a fraction of the image side) drawn on a 3 x 3 grid and interpolated
+    bicubically over the image (Ronneberger et al. 2015 used 10 px on 3 x 3 for 512 px)."""
     n = x.shape[0]
     ang = _uniform(n, -max_deg, max_deg, g) * math.pi / 180
     s = _uniform(n, *scale, g)
@@ -46,6 +51,11 @@ def affine(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, max_deg: float 
     cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    if elastic > 0:
+        coarse = torch.randn(n, 2, 3, 3, generator=g) * (2 * elastic)  # grid units span 2
+        field = F.interpolate(coarse, size=tuple(x.shape[-2:]), mode="bicubic",
+                              align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1).to(grid.dtype)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5)
     return x, y.to(x.dtype)
@@ -79,8 +89,8 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, level: str, g: torch.Generat
     if level not in AUGMENTS:
         raise ValueError(f"unknown augmentation {level!r}; valid: {', '.join(AUGMENTS)}")
     x, y = hflip(x, y, g)
-    if level == "strong":
+    if level in ("strong", "elastic"):
         if x.shape[-2:] == y.shape[-2:]:
-            x, y = affine(x, y, g)
+            x, y = affine(x, y, g, elastic=0.03 if level == "elastic" else 0.0)
         x = intensity(x, g)
     return x, y

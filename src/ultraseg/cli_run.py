@@ -136,7 +136,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--loss", choices=["bce", "dice", "bce+dice"])
-    p.add_argument("--augment", choices=["none", "flip", "strong"])
+    p.add_argument("--augment", choices=["none", "flip", "strong", "elastic"])
     p.add_argument("--schedule", choices=["constant", "cosine"])
     p.add_argument("--tiles-per-image", type=int, help="valid model: random tiles per image per epoch")
     p.add_argument("--val-fraction", type=float)

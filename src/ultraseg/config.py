@@ -93,7 +93,7 @@ class TrainConfig(_Section):
     time_limit_s: float | None = None
     schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
-    augment: Literal["none", "flip", "strong"] = "none"
+    augment: Literal["none", "flip", "strong", "elastic"] = "none"
     tiles_per_image: int = 1             # valid model: random tiles drawn per image per epoch
     tune_postprocess: bool = True
     num_threads: int | None = None
