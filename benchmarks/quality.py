@@ -1,13 +1,17 @@
 """Quality on real ultrasound: train a preset on each shared dataset, score held-out subjects.
 
     python benchmarks/quality.py [--datasets busi nerve hc18] [--presets cpu seed]
-                                 [--time-limit 20m] [--runs DIR] [--record]
+                                 [--time-limit 20m] [--runs DIR] [--record] [--no-train]
+    python benchmarks/quality.py --datasets busi --time-limit 6m --record --levers LEVER...
 
 For each dataset and preset: ``ultraseg train`` with ``--test-fraction 0.2`` (a fifth of the
 subjects held out from training, epoch selection and post-processing tuning alike), then
 ``ultraseg evaluate --split RUN/split.json --subset test`` on those held-out frames, with and
 without test-time augmentation. ``--record`` writes benchmarks/results/quality.json and the
 table in benchmarks/QUALITY.md. The last stdout line is one JSON object.
+``--levers`` instead trains :data:`LEVER_BASE` with one change at a time (:data:`LEVERS`) for a
+shorter budget, scores validation and held-out subjects, and records results/levers.json (a
+table per dataset in QUALITY.md).
 Reads ../shared/datasets in place; exits with a message when it is absent.
 """
 from __future__ import annotations
@@ -42,7 +46,8 @@ def score(dataset: str, rows: list[dict], summary: dict) -> dict:
     return out
 
 
-def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path) -> dict:
+def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
+            train_missing: bool = True) -> dict | None:
     from ultraseg.config import merge, parse_duration, preset
     from ultraseg.evaluate import evaluate
     from ultraseg.predict import load
@@ -57,6 +62,9 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path) -> dict
     if (run / "best.ckpt").exists() and (run / "report.html").exists():
         logging.info("reusing finished run %s", run)
         minutes = json.loads((run / "metrics.json").read_text())["train_minutes"]
+    elif not train_missing:
+        logging.info("no finished run %s: left out (--no-train)", run)
+        return None
     else:
         result = train(cfg, run)
         minutes = result.seconds / 60
@@ -71,6 +79,66 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path) -> dict
                                  out=run / ("eval-test-tta" if tta else "eval-test"))
         entry["tta" if tta else "plain"] = score(dataset, rows, summary)
     entry["eval_minutes"] = round((time.monotonic() - t) / 60 - minutes, 2)
+    logging.info("%s", json.dumps(entry))
+    return entry
+
+
+#: The configuration the levers change one at a time: the ``cpu`` preset as it was when they
+#: were measured (strong augmentation). The flips-only lever won, and is the preset since.
+LEVER_BASE = {"train": {"augment": "strong"}}
+
+#: One change at a time against :data:`LEVER_BASE` (``--levers``): name -> (what, overrides).
+LEVERS: dict[str, tuple[str, dict]] = {
+    "base": ("cpu preset with strong augmentation (flips, small affine, gamma/contrast, "
+             "speckle): the base of this table", {}),
+    "augment-flip": ("augmentation: horizontal flips only (the cpu preset now)",
+                     {"train": {"augment": "flip"}}),
+    "augment-none": ("augmentation: none", {"train": {"augment": "none"}}),
+    "augment-elastic": ("augmentation: strong plus elastic deformation",
+                        {"train": {"augment": "elastic"}}),
+    "loss-bce": ("loss: BCE alone (not BCE + Dice)", {"train": {"loss": "bce"}}),
+    "normalise-unit": ("normalisation: x / 255 (not per-image z-score)",
+                       {"preprocess": {"normalise": "unit"}}),
+    "size-192": ("working resolution 192 px (not 256)", {"preprocess": {"size": 192}}),
+    "size-160": ("working resolution 160 px (not 256)", {"preprocess": {"size": 160}}),
+    "width-32": ("width 32 (not 16)", {"model": {"width": 32}}),
+    "depth-5": ("depth 5: one more pooling level (not 4)", {"model": {"depth": 5}}),
+    "schedule-constant": ("learning rate constant (not cosine)",
+                          {"train": {"schedule": "constant"}}),
+    "flip+size-192": ("two levers together: flips only, 192 px",
+                      {"train": {"augment": "flip"}, "preprocess": {"size": 192}}),
+    "valid": ("valid U-Net (unpadded; one 164-px output tile per frame and epoch) instead of same",
+              {"model": {"variant": "valid", "tile": 164}, "train": {"tiles_per_image": 1}}),
+}
+
+
+def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
+    """Train the cpu preset with one lever changed; score validation and held-out subjects."""
+    from ultraseg.config import merge, parse_duration, preset
+    from ultraseg.evaluate import evaluate
+    from ultraseg.predict import load
+    from ultraseg.train import train
+
+    what, overrides = LEVERS[name]
+    run = runs / f"lever-{dataset}-{name}"
+    cfg = merge(preset("cpu"), {
+        "data": {"path": str(DATA / dataset), "layout": LAYOUTS[dataset]},
+        "train": {"time_limit_s": parse_duration(time_limit), "test_fraction": 0.2,
+                  "val_fraction": 0.2, "seed": 0}})
+    cfg = merge(merge(cfg, LEVER_BASE), {"preset": f"cpu+{name}", **overrides})
+    done = run / "lever.json"
+    if done.exists():
+        logging.info("reusing finished lever run %s", run)
+        return json.loads(done.read_text())
+    result = train(cfg, run)
+    summary, rows = evaluate(load(run / "best.ckpt"), DATA / dataset, LAYOUTS[dataset],
+                             split_file=run / "split.json", subset="test",
+                             out=run / "eval-test")
+    entry = {"dataset": dataset, "lever": name, "what": what, "overrides": overrides,
+             "train_minutes": round(result.seconds / 60, 2), "epochs": result.epochs_run,
+             "best_epoch": result.best_epoch, "val_dice": result.val_dice_postprocessed,
+             "test": score(dataset, rows, summary)}
+    done.write_text(json.dumps(entry, indent=2))
     logging.info("%s", json.dumps(entry))
     return entry
 
@@ -167,7 +235,42 @@ def write_markdown(result: dict, path: Path) -> None:
             lines.append(f"| {label} | {r['n']} | {_f(r['dice_mean'])} | "
                          f"{_f(r['dice_nonempty_mean'])} | {_f(r['dice_mean_raw'])} | "
                          f"{_f(r['hd95_median'], 1)} | {'; '.join(extra)} |")
+    levers = HERE / "results" / "levers.json"
+    if levers.exists():
+        lines += lever_table(json.loads(levers.read_text()))
     path.write_text("\n".join(lines) + "\n" + NOTES)
+
+
+def lever_table(doc: dict) -> list[str]:
+    """One table per dataset: each lever's run beside the unchanged cpu preset."""
+    lines: list[str] = []
+    for dataset in sorted({e["dataset"] for e in doc["runs"]}):
+        runs = [e for e in doc["runs"] if e["dataset"] == dataset]
+        runs.sort(key=lambda e: list(LEVERS).index(e["lever"]) if e["lever"] in LEVERS else 99)
+        limit = runs[0].get("time_limit", "?")
+        base = next((e for e in runs if e["lever"] == "base"), None)
+        lines += ["", f"## Levers on {dataset}, one at a time ({limit} each)", "",
+                  f"`python benchmarks/quality.py --datasets {dataset} --time-limit {limit} "
+                  f"--record --levers {' '.join(e['lever'] for e in runs)}`: the base (the cpu "
+                  "preset with strong augmentation, as it was when measured) with one change, "
+                  "trained for the same wall-clock budget (shorter than the "
+                  "headline's 20 minutes, so the figures rank levers and are not the headline). "
+                  "Validation Dice is what the run chose its epoch and post-processing on; the "
+                  "test columns are the held-out subjects.", "",
+                  "| lever | change | epochs | val Dice | test Dice (all) | vs base | extra |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in runs:
+            t = e["test"]
+            delta = "" if base is None or e is base else f"{t['dice_mean'] - base['test']['dice_mean']:+.3f}"
+            extra = []
+            if t.get("dice_lesion") is not None:
+                extra.append(f"lesion {_f(t['dice_lesion'])}, normal empty "
+                             f"{_f(t['normal_empty_rate'])}")
+            if t.get("hc_mae_mm") is not None:
+                extra.append(f"HC MAE {_f(t['hc_mae_mm'], 2)} mm")
+            lines.append(f"| `{e['lever']}` | {e['what']} | {e['epochs']} | {_f(e['val_dice'])} "
+                         f"| {_f(t['dice_mean'])} | {delta} | {'; '.join(extra)} |")
+    return lines
 
 
 def main() -> int:
@@ -180,7 +283,30 @@ def main() -> int:
                     help="write results/quality.json and QUALITY.md")
     ap.add_argument("--markdown-only", action="store_true",
                     help="rewrite QUALITY.md from results/quality.json, training nothing")
+    ap.add_argument("--no-train", action="store_true",
+                    help="evaluate and record the finished runs in --runs, training nothing")
+    ap.add_argument("--levers", nargs="+", choices=sorted(LEVERS), metavar="LEVER",
+                    help=f"train the cpu preset with one change at a time ({', '.join(LEVERS)}) "
+                         "and record results/levers.json")
     a = ap.parse_args()
+    if a.levers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        if not DATA.is_dir():
+            print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
+            return 2
+        path = HERE / "results" / "levers.json"
+        doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
+        for d in a.datasets:
+            for name in a.levers:
+                entry = run_lever(d, name, a.time_limit, Path(a.runs))
+                entry["time_limit"] = a.time_limit
+                doc["runs"] = [e for e in doc["runs"]
+                               if (e["dataset"], e["lever"]) != (d, name)] + [entry]
+                if a.record:
+                    path.parent.mkdir(exist_ok=True)
+                    path.write_text(json.dumps(doc, indent=2))
+        print(json.dumps(doc))
+        return 0
     if a.markdown_only:
         write_markdown(json.loads((HERE / "results" / "quality.json").read_text()),
                        HERE / "QUALITY.md")
@@ -189,7 +315,8 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
         return 2
-    entries = [run_one(d, p, a.time_limit, Path(a.runs)) for p in a.presets for d in a.datasets]
+    entries = [e for p in a.presets for d in a.datasets
+               if (e := run_one(d, p, a.time_limit, Path(a.runs), not a.no_train)) is not None]
     result = {"machine": f"{platform.processor() or platform.machine()}, "
                          f"{__import__('os').cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "time_limit": a.time_limit, "runs": entries,
