@@ -34,6 +34,13 @@ Measures in one run, on the same frames and the same weights:
   child above, and of a child that loads a saved checkpoint as ``ultraseg predict`` does and
   streams a folder of frames (500 in the full run: real nerve frames when present, else
   phantom ones) through it, writing one mask PNG per frame.
+* ``peak_fp32_gflops`` / ``peak_bf16_gflops``: the best of a few runs of one 3x3 convolution
+  (128 -> 128 channels on 256 x 256, channels_last, oneDNN) in each precision -- what these
+  cores give the network's own operation at a good shape. (A 2048 x 2048 fp32 matrix product
+  reached only 204 GFLOP/s here, below what the fp32 reference's convolutions achieve, so it
+  is no ceiling.) From them: ``train_ceiling`` (bf16 peak / the reference's achieved training GFLOP/s:
+  the most any bf16 path at the same geometry could gain) and ``infer_ceiling`` (the same
+  for prediction, times the FLOPs the one-window plan saves over 68-pixel tiles).
 * ``cuda`` (``--device cuda``): the same training and prediction comparisons on the GPU with
   AMP bf16, channels_last and cudnn.benchmark.
 
@@ -153,6 +160,25 @@ def forward_gflop(width: int, shape: tuple[int, int], depth: int = 4) -> float:
         with FlopCounterMode(display=False) as counter:
             net(torch.empty(1, 1, *shape))
     return counter.get_total_flops() / 1e9
+
+
+def conv_peak(dtype_name: str, channels: int = 128, side: int = 256, reps: int = 5) -> float:
+    """Best GFLOP/s of one 3x3 convolution (``channels`` -> ``channels`` on a ``side`` x ``side``
+    map, batch 1, channels_last, oneDNN) in ``dtype_name`` ('float32' | 'bfloat16'): what these
+    cores give the U-Net's own operation at its best shape."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = getattr(torch, dtype_name)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, channels, side, side, generator=g).to(dtype)
+    w = torch.randn(channels, channels, 3, 3, generator=g).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = w.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        F.conv2d(x, w)  # warm-up: oneDNN builds its primitive
+        best = min(timed(lambda: F.conv2d(x, w), torch.device("cpu")) for _ in range(reps))
+    return 2 * channels * channels * 9 * (side - 2) ** 2 / best / 1e9
 
 
 def run_config(width: int, data: Path | str = "", device: str = "cpu", **train: Any):
@@ -624,6 +650,8 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ultraseg-speed-") as tmp_name:
         tmp = Path(tmp_name)
         data = section("phantom", lambda: make_phantom(tmp / "phantom", s.pipeline_frames))
+        peak = section("peak", lambda: {d: round(conv_peak(d), 1)
+                                        for d in ("float32", "bfloat16")})
         gflop = forward_gflop(s.width, (252, 252))
         train = section("train", lambda: measure_training(s, data))
         pipeline = section("pipeline", lambda: run_child("pipeline", {
@@ -653,6 +681,10 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
         "forward_gflop_per_image": round(gflop, 2),
         "pipeline_overhead": round(pipeline["epoch_loop_s"][-1] / pure, 3),
         "infer_speedup": infer["speedup"],
+        "infer_gflops": round(infer["gflop_per_frame"] / infer["s_per_frame"], 1),
+        "infer_ref_gflops": round(infer["ref_gflop_per_frame"] / infer["ref_s_per_frame"], 1),
+        "peak_fp32_gflops": peak["float32"],
+        "peak_bf16_gflops": peak["bfloat16"],
         "infer_mask_agreement": infer["mask_agreement"],
         "infer_mask_agreement_vs_reference": infer["mask_agreement_vs_reference"],
         "train_peak_rss_gb": pipeline["peak_rss_gb"],
@@ -662,6 +694,9 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
         "machine": machine(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    result["train_ceiling"] = round(peak["bfloat16"] / result["train_ref_gflops"], 2)
+    result["infer_ceiling"] = round(peak["bfloat16"] / result["infer_ref_gflops"]
+                                    * infer["ref_gflop_per_frame"] / infer["gflop_per_frame"], 2)
     if cuda is not None:
         result["cuda"] = cuda
     return result
@@ -682,7 +717,9 @@ def write_results(result: dict[str, Any], command: str) -> None:
           f"images/s ({d['train']['precision']}, channels_last; {d['train']['step']})")),
         ("train_gflops", f"{result['train_gflops']:.0f}",
          (f"reference {result['train_ref_gflops']:.0f}; forward "
-          f"{result['forward_gflop_per_image']:.1f} GFLOP per 252x252 image")),
+          f"{result['forward_gflop_per_image']:.1f} GFLOP per 252x252 image; "
+          f"{100 * result['train_gflops'] / result['peak_bf16_gflops']:.0f} % of the bf16 "
+          "convolution peak")),
         ("pipeline_overhead", f"{result['pipeline_overhead']:.3f}",
          (f"epoch 2 of ultraseg.train.train: {d['pipeline']['epoch_loop_s'][-1]:.1f} s for "
           f"{d['pipeline']['steps_per_epoch']} steps vs {min(d['pipeline']['pure_s']):.1f}-"
@@ -692,6 +729,18 @@ def write_results(result: dict[str, Any], command: str) -> None:
           f"{d['infer']['frame_shape'][1]}x{d['infer']['frame_shape'][0]} frame "
           f"({d['infer']['gflop_per_frame']:.0f} vs {d['infer']['ref_gflop_per_frame']:.0f} "
           f"GFLOP); one square window: {d['infer']['square_window_s']:.2f} s")),
+        ("infer_gflops", f"{result['infer_gflops']:.0f}",
+         (f"reference {result['infer_ref_gflops']:.0f}; "
+          f"{100 * result['infer_gflops'] / result['peak_bf16_gflops']:.0f} % of the bf16 "
+          "convolution peak")),
+        ("peak_fp32_gflops", f"{result['peak_fp32_gflops']:.0f}",
+         "best 3x3 convolution, 128->128 channels on 256x256, fp32, oneDNN"),
+        ("peak_bf16_gflops", f"{result['peak_bf16_gflops']:.0f}",
+         "the same in bf16"),
+        ("train_ceiling", f"{result['train_ceiling']:.2f}",
+         "bf16 peak / reference training GFLOP/s: the most a bf16 path can gain here"),
+        ("infer_ceiling", f"{result['infer_ceiling']:.2f}",
+         "bf16 peak / reference GFLOP/s x FLOPs saved by one window per frame"),
         ("infer_mask_agreement", f"{result['infer_mask_agreement']:.4f}",
          ("vs fp32 with the same windows; vs the 68-tile fp32 reference: "
           f"{result['infer_mask_agreement_vs_reference']:.4f} (random weights, see README)")),
