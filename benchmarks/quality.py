@@ -46,18 +46,24 @@ def score(dataset: str, rows: list[dict], summary: dict) -> dict:
     return out
 
 
+def bench_config(dataset: str, preset_name: str, time_limit: str):
+    """``preset_name`` on the shared ``dataset``: a fifth of the subjects held out, seed 0."""
+    from ultraseg.config import merge, parse_duration, preset
+
+    return merge(preset(preset_name), {
+        "data": {"path": str(DATA / dataset), "layout": LAYOUTS[dataset]},
+        "train": {"time_limit_s": parse_duration(time_limit), "test_fraction": 0.2,
+                  "val_fraction": 0.2, "seed": 0}})
+
+
 def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
             train_missing: bool = True) -> dict | None:
-    from ultraseg.config import merge, parse_duration, preset
     from ultraseg.evaluate import evaluate
     from ultraseg.predict import load
     from ultraseg.train import train
 
     run = runs / f"{dataset}-{preset_name}"
-    cfg = merge(preset(preset_name), {
-        "data": {"path": str(DATA / dataset), "layout": LAYOUTS[dataset]},
-        "train": {"time_limit_s": parse_duration(time_limit), "test_fraction": 0.2,
-                  "val_fraction": 0.2, "seed": 0}})
+    cfg = bench_config(dataset, preset_name, time_limit)
     t = time.monotonic()
     if (run / "best.ckpt").exists() and (run / "report.html").exists():
         logging.info("reusing finished run %s", run)
@@ -113,18 +119,14 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
     A finished run already in ``runs/lever-DATASET-NAME`` (best.ckpt and report.html) is
     evaluated, not trained again, provided its config.json is the lever's configuration."""
     from ultraseg.checkpoint import load_checkpoint
-    from ultraseg.config import merge, parse_duration, preset
+    from ultraseg.config import merge
     from ultraseg.evaluate import evaluate
     from ultraseg.predict import load
     from ultraseg.train import train
 
     what, overrides = LEVERS[name]
     run = runs / f"lever-{dataset}-{name}"
-    cfg = merge(preset("cpu"), {
-        "data": {"path": str(DATA / dataset), "layout": LAYOUTS[dataset]},
-        "train": {"time_limit_s": parse_duration(time_limit), "test_fraction": 0.2,
-                  "val_fraction": 0.2, "seed": 0}})
-    cfg = merge(cfg, {"preset": f"cpu+{name}", **overrides})
+    cfg = merge(bench_config(dataset, "cpu", time_limit), {"preset": f"cpu+{name}", **overrides})
     done = run / "lever.json"
     if done.exists():
         logging.info("reusing finished lever run %s", run)
@@ -302,7 +304,8 @@ def lever_table(doc: dict) -> list[str]:
                   "|---|---|---|---|---|---|---|"]
         for e in runs:
             t = e["test"]
-            delta = "" if base is None or e is base else f"{t['dice_mean'] - base['test']['dice_mean']:+.3f}"
+            delta = ("" if base is None or e is base
+                     else f"{t['dice_mean'] - base['test']['dice_mean']:+.3f}")
             extra = []
             if t.get("dice_lesion") is not None:
                 extra.append(f"lesion {_f(t['dice_lesion'])}, normal empty "
@@ -330,11 +333,15 @@ def main() -> int:
                     help=f"train the cpu preset with one change at a time ({', '.join(LEVERS)}) "
                          "and record results/levers.json")
     a = ap.parse_args()
+    if a.markdown_only:
+        write_markdown(json.loads((HERE / "results" / "quality.json").read_text()),
+                       HERE / "QUALITY.md")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not DATA.is_dir():
+        print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
+        return 2
     if a.levers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        if not DATA.is_dir():
-            print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
-            return 2
         path = HERE / "results" / "levers.json"
         doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
         for d in a.datasets:
@@ -349,14 +356,6 @@ def main() -> int:
                     path.write_text(json.dumps(doc, indent=2))
         print(json.dumps(doc))
         return 0
-    if a.markdown_only:
-        write_markdown(json.loads((HERE / "results" / "quality.json").read_text()),
-                       HERE / "QUALITY.md")
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not DATA.is_dir():
-        print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
-        return 2
     entries = [e for p in a.presets for d in a.datasets
                if (e := run_one(d, p, a.time_limit, Path(a.runs), not a.no_train)) is not None]
     result = {"machine": f"{platform.processor() or platform.machine()}, "
