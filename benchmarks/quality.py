@@ -195,10 +195,10 @@ Measured on the held-out subjects above:
   tiles with correct geometry, BCE, Adam 1e-3, 5 epochs): see the `seed` sections above. On
   BUSI it predicts every frame empty (lesion Dice 0.00 in 6.9 minutes, the floor the issue
   describes; its HD95 median of 0 comes from the normal frames alone, as HD95 is undefined
-  where one of the two masks is empty); on HC18 0.567 Dice and an 87 mm HC error. One random
-  tile per frame per epoch for 5 epochs is far too little training for a 31 M-parameter
-  network. The nerve seed run (about 25 minutes here) was not made:
-  `python benchmarks/quality.py --datasets nerve --presets seed` adds it.
+  where one of the two masks is empty); on nerve it predicts every frame empty too (Dice 0.00;
+  the 20-minute cap stopped it in its fifth epoch, and epoch 1 was kept as none scored above
+  0); on HC18 0.567 Dice and an 87 mm HC error. One random tile per frame per epoch for 5
+  epochs is far too little training for a 31 M-parameter network.
 - **One lever at a time** (tables above; BUSI at 6 minutes each, then the most promising at
   the full 20 minutes on BUSI and HC18). At 6 minutes on BUSI, what lets the network see more
   frames per minute wins: flips only instead of strong augmentation +0.039 Dice, 192 px
