@@ -135,6 +135,12 @@ def test_strong_preserves_zscore_range_statistics_roughly() -> None:
     assert bool((xa.amax((1, 2, 3)) <= hi + 1e-4).all())
 
 
+def test_the_config_and_the_cli_offer_exactly_the_implemented_levels() -> None:
+    from ultraseg.config import TrainConfig, choices
+
+    assert choices(TrainConfig, "augment") == AUGMENTS
+
+
 def test_unknown_level_names_the_valid_ones() -> None:
     x, y = _same_pairs()
     with pytest.raises(ValueError) as e:

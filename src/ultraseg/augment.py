@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTS = ("none", "flip", "strong", "elastic")
+#: Standard deviation of the 'elastic' level's displacements, as a fraction of the image side
+#: (about 8 px at 256 px; the U-Net paper: 10 px at 512 px).
+ELASTIC_SIGMA = 0.03
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -91,6 +94,6 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, level: str, g: torch.Generat
     x, y = hflip(x, y, g)
     if level in ("strong", "elastic"):
         if x.shape[-2:] == y.shape[-2:]:
-            x, y = affine(x, y, g, elastic=0.03 if level == "elastic" else 0.0)
+            x, y = affine(x, y, g, elastic=ELASTIC_SIGMA if level == "elastic" else 0.0)
         x = intensity(x, g)
     return x, y

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig, merge, parse_duration, preset
+from .config import (ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices, merge,
+                     parse_duration, preset)
 from .errors import UltrasegError
 
 EXIT_OK = 0
@@ -126,25 +127,25 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--preset", help="recipe: seed, cpu, demo (default: cpu without a GPU, "
                    "seed with one)")
     p.add_argument("--config", help="JSON config file (sections data/preprocess/model/train)")
-    p.add_argument("--model", choices=["valid", "same"], help="U-Net variant")
+    p.add_argument("--model", choices=choices(ModelConfig, "variant"), help="U-Net variant")
     p.add_argument("--width", type=int, help="channels of the first block (64 in the paper)")
     p.add_argument("--depth", type=int, help="number of poolings (4 in the paper)")
     p.add_argument("--tile", type=int, help="valid model: output tile side (68)")
     p.add_argument("--size", type=int, help="working resolution (frames padded square, resized)")
-    p.add_argument("--normalise", choices=["unit", "zscore"])
+    p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"))
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--loss", choices=["bce", "dice", "bce+dice"])
-    p.add_argument("--augment", choices=["none", "flip", "strong", "elastic"])
-    p.add_argument("--schedule", choices=["constant", "cosine"])
+    p.add_argument("--loss", choices=choices(TrainConfig, "loss"))
+    p.add_argument("--augment", choices=choices(TrainConfig, "augment"))
+    p.add_argument("--schedule", choices=choices(TrainConfig, "schedule"))
     p.add_argument("--tiles-per-image", type=int, help="valid model: random tiles per image per epoch")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--test-fraction", type=float,
                    help="share of frames (by subject) held out from training and tuning (0)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", choices=choices(TrainConfig, "precision"))
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s; 'none' lifts a "
                    "preset's cap")

@@ -174,6 +174,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def choices(section: type, name: str) -> tuple[str, ...]:
+    """The values a ``Literal`` field of a config section allows (the CLI's choices come from
+    here, so a new option is declared once)."""
+    import typing
+
+    return typing.get_args(typing.get_type_hints(section)[name])
+
+
 def preset(name: str) -> RunConfig:
     """The :class:`RunConfig` of a named preset; an unknown name lists the valid ones."""
     if name not in PRESETS:
