@@ -106,6 +106,8 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "depth-5": ("depth 5: one more pooling level (not 4)", {"model": {"depth": 5}}),
     "schedule-constant": ("learning rate constant (not cosine)",
                           {"train": {"schedule": "constant"}}),
+    "deep-supervision": ("deep supervision: 1/2- and 1/4-resolution heads in the loss",
+                         {"model": {"deep_supervision": True}}),
     "flip+size-192": ("two levers together: flips only, 192 px",
                       {"train": {"augment": "flip"}, "preprocess": {"size": 192}}),
     "valid": ("valid U-Net (unpadded; one 164-px output tile per frame and epoch) instead of same",

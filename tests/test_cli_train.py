@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ultraseg import cli
@@ -16,6 +17,7 @@ from ultraseg.checkpoint import load_checkpoint
 from ultraseg.cli_run import ProgressPrinter, resolve_config
 from ultraseg.config import PRESETS, RunConfig, preset
 from ultraseg.phantom import make_dataset
+from ultraseg.predict import load
 from ultraseg.train import RUN_FILES
 
 TINY = ["--model", "same", "--width", "4", "--depth", "2", "--size", "32", "--device", "cpu",
@@ -224,3 +226,19 @@ def test_no_bar_when_not_a_terminal(capsys) -> None:
     ProgressPrinter(stream)({"event": "batch", "epoch": 1, "epochs": 1, "batch": 1,
                              "batches": 2, "loss": 0.5, "elapsed": 1.0})
     assert stream.getvalue() == ""  # logs and pipes get the per-epoch lines only
+
+
+def test_deep_supervision_flag() -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu", "--deep-supervision"]
+                    ).model.deep_supervision is True
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.deep_supervision is False
+
+
+def test_deep_supervision_run_trains_and_predicts(data, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "2",
+                     "--deep-supervision"]) == 0
+    ckpt = load_checkpoint(run / "best.ckpt")
+    assert ckpt.model.deep_supervision and "aux_heads.0.weight" in ckpt.state_dict
+    prob = load(run / "best.ckpt", device="cpu").predict_proba(np.full((30, 44), 90, np.uint8))
+    assert prob.shape == (30, 44) and ((prob >= 0) & (prob <= 1)).all()

@@ -87,3 +87,26 @@ def test_unknown_loss_names_the_valid_ones() -> None:
         compute_loss("focal", torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
     for name in LOSSES:
         assert name in str(e.value)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_deep_supervision_loss_weights_each_scale(name) -> None:
+    torch.manual_seed(0)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    outs = (torch.randn(2, 1, 8, 8), torch.randn(2, 1, 4, 4), torch.randn(2, 1, 2, 2))
+    half = torch.nn.functional.avg_pool2d(target, 2)      # share of foreground per 2x2 cell
+    quarter = torch.nn.functional.avg_pool2d(target, 4)
+    want = (4 * compute_loss(name, outs[0], target) + 2 * compute_loss(name, outs[1], half)
+            + compute_loss(name, outs[2], quarter)) / 7      # weights 1, 1/2, 1/4, normalised
+    assert float(compute_loss(name, outs, target)) == pytest.approx(float(want), rel=1e-6)
+    # one output in a sequence is the plain loss
+    assert float(compute_loss(name, outs[:1], target)) == pytest.approx(
+        float(compute_loss(name, outs[0], target)), rel=1e-6)
+
+
+def test_deep_supervision_loss_reaches_every_output() -> None:
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    outs = [torch.zeros(1, 1, 8 // 2**k, 8 // 2**k, requires_grad=True) for k in range(3)]
+    compute_loss("bce+dice", outs, target).backward()
+    assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outs)

@@ -44,7 +44,10 @@ class _Section:
 @dataclass(frozen=True)
 class ModelConfig(_Section):
     """The U-Net. ``variant='valid'``: unpadded convolutions (Ronneberger et al. 2015, 252 -> 68).
-    ``variant='same'``: padded convolutions with batch norm, output size == input size."""
+    ``variant='same'``: padded convolutions with batch norm, output size == input size.
+    ``deep_supervision`` ('same' only): 1x1 heads on the decoder's half- and quarter-resolution
+    levels, trained against the downsampled target beside the main output (as nnU-Net does);
+    prediction uses the main output alone."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
@@ -52,6 +55,7 @@ class ModelConfig(_Section):
     width: int = 64          # channels of the first block; doubles at every level
     depth: int = 4           # number of 2x2 poolings (the original has 4: 5 blocks)
     tile: int = 68           # valid only: output tile side used for training and prediction
+    deep_supervision: bool = False
 
 
 @dataclass(frozen=True)

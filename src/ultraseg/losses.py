@@ -1,6 +1,8 @@
 """Training losses on logits. All take logits (N, 1, H, W) and targets in {0, 1} of the same shape."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -22,8 +24,21 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
-def compute_loss(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The loss named ``name``: 'bce', 'dice' or 'bce+dice' (their sum)."""
+def compute_loss(name: str, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor
+                 ) -> torch.Tensor:
+    """The loss named ``name``: 'bce', 'dice' or 'bce+dice' (their sum).
+
+    ``logits`` may be a sequence (a deep-supervised model in training: full resolution, then
+    1/2, 1/4, ...): the k-th output is scored against the target average-pooled by 2**k (the
+    share of foreground in each cell, a soft target) with weight 2**-k, the weights summing
+    to 1 (nnU-Net's scheme).
+    """
+    if not isinstance(logits, torch.Tensor):
+        weights = [2.0**-k for k in range(len(logits))]
+        total = sum(weights)
+        return sum((w / total) * compute_loss(name, out, F.avg_pool2d(target.float(), 2**k)
+                                              if k else target)
+                   for k, (w, out) in enumerate(zip(weights, logits)))  # type: ignore[return-value]
     if name == "bce":
         return bce_loss(logits, target)
     if name == "dice":

@@ -152,3 +152,35 @@ def test_build_model():
         build_model(ModelConfig(variant="residual"))  # type: ignore[arg-type]
     with pytest.raises(UltrasegError, match="68 or 84"):
         build_model(ModelConfig(width=4, tile=70))
+
+
+# --- deep supervision -----------------------------------------------------------------------
+
+
+def test_deep_supervision_outputs_in_training_only() -> None:
+    net = tiny("same", depth=3, deep_supervision=True).train()
+    x = torch.randn(2, 1, 32, 48)
+    out = net(x)
+    assert isinstance(out, tuple)
+    assert [tuple(o.shape) for o in out] == [(2, 1, 32, 48), (2, 1, 16, 24), (2, 1, 8, 12)]
+    net.eval()
+    with torch.no_grad():
+        plain = net(x)
+        # the main output is the same network either way: eval mode just drops the extra heads
+        net.aux_heads = torch.nn.ModuleList()
+        assert torch.equal(plain, net(x))
+    assert plain.shape == (2, 1, 32, 48)
+
+
+def test_deep_supervision_heads_are_in_the_state_dict() -> None:
+    plain, ds = tiny("same", depth=4), tiny("same", depth=4, deep_supervision=True)
+    extra = set(ds.state_dict()) - set(plain.state_dict())
+    assert extra == {"aux_heads.0.weight", "aux_heads.0.bias", "aux_heads.1.weight",
+                     "aux_heads.1.bias"}
+    assert ds.aux_heads[0].in_channels == 8 and ds.aux_heads[1].in_channels == 16  # width 4
+    assert len(tiny("same", depth=2, deep_supervision=True).aux_heads) == 1   # only 1/2 exists
+
+
+def test_deep_supervision_needs_the_same_variant() -> None:
+    with pytest.raises(UltrasegError, match="deep supervision needs the 'same' variant"):
+        build_model(ModelConfig(variant="valid", width=4, deep_supervision=True))

@@ -62,6 +62,10 @@ class UNet(nn.Module):
     Args:
         cfg: the model configuration (variant, in_channels, out_channels, width, depth).
 
+    With ``cfg.deep_supervision``, a model in training mode returns a tuple: the logits, then
+    those of the half- and quarter-resolution heads (see :func:`aux_levels`); in eval mode
+    (validation, prediction, export) the logits alone.
+
     Shapes:
         valid: (N, in_channels, H, W) -> (N, out_channels, h, w) with
             h = valid_output_size(H, depth) = H - 2 * context_margin(depth), same for w.
@@ -89,6 +93,9 @@ class UNet(nn.Module):
         for name in ("in_channels", "out_channels", "width"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.deep_supervision and cfg.variant != "same":
+            raise ValueError("deep supervision needs the 'same' variant (a valid U-Net's "
+                             "coarser outputs do not line up with its cropped target)")
         self.cfg = cfg
         padding, batch_norm = (0, False) if cfg.variant == "valid" else (1, True)
         widths = [cfg.width * 2**level for level in range(cfg.depth + 1)]
@@ -103,6 +110,11 @@ class UNet(nn.Module):
             [Up(widths[i + 1], widths[i], padding, batch_norm) for i in reversed(range(cfg.depth))]
         )
         self.head = nn.Conv2d(widths[0], cfg.out_channels, kernel_size=1)
+        # Deep supervision: a 1x1 head on the decoder's 1/2 and 1/4 resolution levels.
+        self.aux_heads = nn.ModuleList(
+            [nn.Conv2d(widths[level], cfg.out_channels, kernel_size=1)
+             for level in aux_levels(cfg)]
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -156,9 +168,20 @@ class UNet(nn.Module):
             x = block(x)
             skips.append(x)
         x = skips.pop()                     # the bottom of the "U" is no skip
-        for up in self.decoder:             # expansive path, deepest skip first
+        coarse: dict[int, torch.Tensor] = {}
+        for i, up in enumerate(self.decoder):  # expansive path, deepest skip first
             x = up(x, skips.pop())
-        return self.head(x)
+            coarse[self.cfg.depth - 1 - i] = x  # this output's level: 1/2**level resolution
+        out = self.head(x)
+        if self.training and len(self.aux_heads):
+            return (out, *[head(coarse[level]) for head, level
+                           in zip(self.aux_heads, aux_levels(self.cfg))])
+        return out
+
+
+def aux_levels(cfg: ModelConfig) -> tuple[int, ...]:
+    """Decoder levels (1: half resolution, 2: quarter) with a deep-supervision head."""
+    return tuple(range(1, min(3, cfg.depth))) if cfg.deep_supervision else ()
 
 
 def build_model(cfg: ModelConfig) -> UNet:
