@@ -56,6 +56,19 @@ def bench_config(dataset: str, preset_name: str, time_limit: str):
                   "val_fraction": 0.2, "seed": 0}})
 
 
+def check_settings(run: Path, cfg, what: str) -> None:
+    """Stop unless the finished ``run`` was trained with ``cfg``'s model, preprocessing and
+    training settings (its config.json read as a RunConfig, so fields added since take their
+    defaults)."""
+    from ultraseg.config import RunConfig
+
+    have = RunConfig.load(run / "config.json").to_dict()
+    want = cfg.to_dict()
+    differ = [k for k in ("model", "preprocess", "train") if have[k] != want[k]]
+    if differ:
+        raise SystemExit(f"{run} was trained with other {differ} settings than {what}")
+
+
 def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
             train_missing: bool = True) -> dict | None:
     from ultraseg.evaluate import evaluate
@@ -66,6 +79,7 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
     cfg = bench_config(dataset, preset_name, time_limit)
     t = time.monotonic()
     if (run / "best.ckpt").exists() and (run / "report.html").exists():
+        check_settings(run, cfg, f"preset {preset_name}")
         logging.info("reusing finished run %s", run)
         minutes = json.loads((run / "metrics.json").read_text())["train_minutes"]
     elif not train_missing:
@@ -134,11 +148,7 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
         logging.info("reusing finished lever run %s", run)
         return json.loads(done.read_text())
     if (run / "best.ckpt").exists() and (run / "report.html").exists():
-        have = json.loads((run / "config.json").read_text())
-        want = cfg.to_dict()
-        differ = [k for k in ("model", "preprocess", "train") if have[k] != want[k]]
-        if differ:
-            raise SystemExit(f"{run} was trained with other {differ} settings than lever {name}")
+        check_settings(run, cfg, f"lever {name}")
         logging.info("evaluating finished run %s", run)
         meta = load_checkpoint(run / "best.ckpt").meta["metrics"]
         epochs = len((run / "metrics.csv").read_text().strip().splitlines()) - 1
