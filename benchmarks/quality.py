@@ -8,10 +8,11 @@ For each dataset and preset: ``ultraseg train`` with ``--test-fraction 0.2`` (a 
 subjects held out from training, epoch selection and post-processing tuning alike), then
 ``ultraseg evaluate --split RUN/split.json --subset test`` on those held-out frames, with and
 without test-time augmentation. ``--record`` writes benchmarks/results/quality.json and the
-table in benchmarks/QUALITY.md. The last stdout line is one JSON object.
+table in benchmarks/QUALITY.md, keeping the recorded runs of datasets and presets it did not
+redo. The last stdout line is one JSON object.
 ``--levers`` instead trains the cpu preset with one change at a time (:data:`LEVERS`) for a
 shorter budget, scores validation and held-out subjects, and records results/levers.json (a
-table per dataset in QUALITY.md).
+table per dataset, budget and preset working size in QUALITY.md).
 Reads ../shared/datasets in place; exits with a message when it is absent.
 """
 from __future__ import annotations
@@ -71,6 +72,7 @@ def check_settings(run: Path, cfg, what: str) -> None:
 
 def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
             train_missing: bool = True) -> dict | None:
+    from ultraseg.checkpoint import load_checkpoint
     from ultraseg.evaluate import evaluate
     from ultraseg.predict import load
     from ultraseg.train import train
@@ -81,7 +83,10 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
     if (run / "best.ckpt").exists() and (run / "report.html").exists():
         check_settings(run, cfg, f"preset {preset_name}")
         logging.info("reusing finished run %s", run)
-        minutes = json.loads((run / "metrics.json").read_text())["train_minutes"]
+        if (run / "metrics.json").exists():
+            minutes = json.loads((run / "metrics.json").read_text())["train_minutes"]
+        else:  # a lever run (its config checked above to be the preset's)
+            minutes = load_checkpoint(run / "best.ckpt").meta["metrics"]["train_seconds"] / 60
     elif not train_missing:
         logging.info("no finished run %s: left out (--no-train)", run)
         return None
@@ -114,8 +119,9 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "loss-bce": ("loss: BCE alone (not BCE + Dice)", {"train": {"loss": "bce"}}),
     "normalise-unit": ("normalisation: x / 255 (not per-image z-score)",
                        {"preprocess": {"normalise": "unit"}}),
-    "size-192": ("working resolution 192 px (not 256)", {"preprocess": {"size": 192}}),
-    "size-160": ("working resolution 160 px (not 256)", {"preprocess": {"size": 160}}),
+    "size-256": ("working resolution 256 px", {"preprocess": {"size": 256}}),
+    "size-192": ("working resolution 192 px", {"preprocess": {"size": 192}}),
+    "size-160": ("working resolution 160 px", {"preprocess": {"size": 160}}),
     "width-32": ("width 32 (not 16)", {"model": {"width": 32}}),
     "depth-5": ("depth 5: one more pooling level (not 4)", {"model": {"depth": 5}}),
     "schedule-constant": ("learning rate constant (not cosine)",
@@ -164,6 +170,7 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
                              split_file=run / "split.json", subset="test",
                              out=run / "eval-test")
     entry = {"dataset": dataset, "lever": name, "what": what, "overrides": overrides,
+             "base_size": bench_config(dataset, "cpu", time_limit).preprocess.size,
              "train_minutes": round(minutes, 2), "epochs": epochs, "best_epoch": best_epoch,
              "val_dice": val_dice, "test": score(dataset, rows, summary)}
     done.write_text(json.dumps(entry, indent=2))
@@ -294,19 +301,28 @@ def parse_minutes(limit: str) -> float:
         return float("inf")
 
 
+#: Working size of the cpu preset when the lever runs that do not record theirs were made.
+OLD_BASE_SIZE = 256
+
+
 def lever_table(doc: dict) -> list[str]:
     """One table per dataset: each lever's run beside the unchanged cpu preset."""
     lines: list[str] = []
-    groups = sorted({(e["dataset"], e.get("time_limit", "?")) for e in doc["runs"]},
-                    key=lambda g: (g[0], parse_minutes(g[1])))
-    for dataset, limit in groups:
-        runs = [e for e in doc["runs"]
-                if (e["dataset"], e.get("time_limit", "?")) == (dataset, limit)]
+
+    def group(e: dict) -> tuple[str, str, int]:
+        return e["dataset"], e.get("time_limit", "?"), e.get("base_size", OLD_BASE_SIZE)
+
+    groups = sorted({group(e) for e in doc["runs"]},
+                    key=lambda g: (g[0], parse_minutes(g[1]), g[2]))
+    for dataset, limit, size in groups:
+        runs = [e for e in doc["runs"] if group(e) == (dataset, limit, size)]
         runs.sort(key=lambda e: list(LEVERS).index(e["lever"]) if e["lever"] in LEVERS else 99)
         base = next((e for e in runs if e["lever"] == "base"), None)
-        lines += ["", f"## Levers on {dataset}, one at a time ({limit} each)", "",
+        lines += ["", f"## Levers on {dataset}, one at a time ({limit} each, against the cpu "
+                  f"preset at {size} px)", "",
                   f"`python benchmarks/quality.py --datasets {dataset} --time-limit {limit} "
                   f"--record --levers {' '.join(e['lever'] for e in runs)}`: the cpu preset "
+                  f"as it was (working at {size} px) "
                   "with one change, trained for the same wall-clock budget (a budget shorter than "
                   "the headline's 20 minutes ranks levers by how fast they learn, and is not the "
                   "headline). "
@@ -324,7 +340,8 @@ def lever_table(doc: dict) -> list[str]:
                              f"{_f(t['normal_empty_rate'])}")
             if t.get("hc_mae_mm") is not None:
                 extra.append(f"HC MAE {_f(t['hc_mae_mm'], 2)} mm")
-            lines.append(f"| `{e['lever']}` | {e['what']} | {e['epochs']} | {_f(e['val_dice'])} "
+            what = e["what"] + (f" ({e['note']})" if e.get("note") else "")
+            lines.append(f"| `{e['lever']}` | {what} | {e['epochs']} | {_f(e['val_dice'])} "
                          f"| {_f(t['dice_mean'])} | {delta} | {'; '.join(extra)} |")
     return lines
 
@@ -370,13 +387,22 @@ def main() -> int:
         return 0
     entries = [e for p in a.presets for d in a.datasets
                if (e := run_one(d, p, a.time_limit, Path(a.runs), not a.no_train)) is not None]
+    record = HERE / "results" / "quality.json"
+    if a.record and record.exists():  # keep the recorded runs this invocation did not redo
+        redone = {(d, p) for p in a.presets for d in a.datasets}
+        kept = [e for e in json.loads(record.read_text())["runs"]
+                if (e["dataset"], e["preset"]) not in redone]
+        entries += kept
+        if kept:
+            logging.info("kept %d recorded runs: %s", len(kept),
+                         ", ".join(f"{e['dataset']}/{e['preset']}" for e in kept))
     result = {"machine": f"{platform.processor() or platform.machine()}, "
                          f"{__import__('os').cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "time_limit": a.time_limit, "runs": entries,
               **headline(entries, a.presets[0])}
     if a.record:
-        (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / "quality.json").write_text(json.dumps(result, indent=2))
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps(result, indent=2))
         write_markdown(result, HERE / "QUALITY.md")
     print(json.dumps(result))
     return 0
