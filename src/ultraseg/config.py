@@ -165,7 +165,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "cpu": {
         "model": {"variant": "same", "width": 16, "depth": 4},
-        "preprocess": {"size": 256, "normalise": "zscore"},
+        "preprocess": {"size": 192, "normalise": "zscore"},
         "train": {"epochs": 300, "batch_size": 8, "lr": 2e-3, "loss": "bce+dice",
                   "augment": "strong", "schedule": "cosine", "time_limit_s": 1200.0},
     },
