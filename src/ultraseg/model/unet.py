@@ -168,14 +168,16 @@ class UNet(nn.Module):
             x = block(x)
             skips.append(x)
         x = skips.pop()                     # the bottom of the "U" is no skip
-        coarse: dict[int, torch.Tensor] = {}
+        supervise = aux_levels(self.cfg) if self.training else ()
+        coarse: dict[int, torch.Tensor] = {}  # only the levels supervised now: no extra memory
         for i, up in enumerate(self.decoder):  # expansive path, deepest skip first
             x = up(x, skips.pop())
-            coarse[self.cfg.depth - 1 - i] = x  # this output's level: 1/2**level resolution
+            level = self.cfg.depth - 1 - i      # this output is at 1/2**level resolution
+            if level in supervise:
+                coarse[level] = x
         out = self.head(x)
-        if self.training and len(self.aux_heads):
-            return (out, *[head(coarse[level]) for head, level
-                           in zip(self.aux_heads, aux_levels(self.cfg))])
+        if supervise:
+            return (out, *[head(coarse[level]) for head, level in zip(self.aux_heads, supervise)])
         return out
 
 
