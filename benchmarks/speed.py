@@ -30,6 +30,11 @@ Measures in one run, on the same frames and the same weights:
   fp32: a random network's logits cluster around 0, and unshifted half of the pixels would
   sit next to the threshold. A random network is far more sensitive to the pooling alignment
   than a trained one, so the second figure is a pessimistic bound.
+* ``train_speedup_vs_plain_process`` / ``infer_speedup_vs_plain_process``: the same ultraseg
+  figures over the reference measured alone in a child process that keeps glibc's default
+  allocator, as a plain script runs (what a user moving from such a script sees). The
+  headline keys above compare both sides in one process under the same allocator settings:
+  what ultraseg's computation gains, apart from the process set-up.
 * ``train_peak_rss_gb`` / ``predict_peak_rss_gb``: peak resident memory (VmHWM) of the training
   child above, and of a child that loads a saved checkpoint as ``ultraseg predict`` does and
   streams a folder of frames (500 in the full run: real nerve frames when present, else
@@ -43,6 +48,12 @@ Measures in one run, on the same frames and the same weights:
   for prediction, times the FLOPs the one-window plan saves over 68-pixel tiles).
 * ``cuda`` (``--device cuda``): the same training and prediction comparisons on the GPU with
   AMP bf16, channels_last and cudnn.benchmark.
+
+Every process of the benchmark (the parent, where the reference and ultraseg alternate, and
+the children) keeps glibc's freed memory for reuse, as the ``ultraseg`` command does for its
+own process (``ultraseg.cli.keep_freed_memory``). Without it each large block is mapped afresh
+and faulted in on every pass, and both sides' times depend on the process's history (the
+reference took 5.2 to 7.6 s per frame in different processes).
 
 ``--quick`` (width-8 model, few frames and steps) finishes in under a minute and prints the
 same keys: it shows the script works; the targets apply to the full run. The full run also
@@ -292,6 +303,17 @@ def endless(batches, seed: int = 0):
                 yield x, y
 
 
+def reference_batches(batches, steps: int, device) -> list[tuple[Any, Any]]:
+    """The reference's batches: drawn as ``ultraseg`` draws them, then held in memory as plain
+    contiguous fp32 tensors."""
+    out = []
+    for x, y in endless(batches, seed=1):
+        if len(out) == steps:
+            break
+        out.append((x.to(device).contiguous(), y.to(device)))
+    return out
+
+
 def measure_training(s: Settings, data: Path, device_name: str = "cpu",
                      batch_size: int = 4) -> dict[str, Any]:
     """Images/s of the plain loop and of ultraseg's step, in alternating rounds."""
@@ -307,13 +329,7 @@ def measure_training(s: Settings, data: Path, device_name: str = "cpu",
     batches = training_batches(cfg)
     source = endless(batches)
     steps = s.train_steps
-    # the reference's batches: drawn the same way, then held in memory as plain fp32 tensors
-    ref_batches = []
-    for x, y in endless(batches, seed=1):
-        if len(ref_batches) == steps:
-            break
-        ref_batches.append((x.to(device).contiguous(), y.to(device)))
-
+    ref_batches = reference_batches(batches, steps, device)
     torch.manual_seed(0)
     ref_model = build_model(cfg.model).to(device)
     fast_model = copy.deepcopy(ref_model).to(memory_format=torch.channels_last)
@@ -558,6 +574,39 @@ def measure_inference(s: Settings, device_name: str = "cpu") -> dict[str, Any]:
     }
 
 
+def child_plain(args: dict[str, Any]) -> dict[str, Any]:
+    """In a child that keeps glibc's default allocator, as a plain script runs: the reference
+    alone, its training rounds (best of) and its frame predictions (best of, per frame)."""
+    import torch
+
+    from ultraseg.config import ModelConfig
+    from ultraseg.model import build_model
+
+    s = Settings(**args["settings"])
+    device = torch.device("cpu")
+    cfg = run_config(s.width, args["data"])
+    ref_batches = reference_batches(training_batches(cfg), s.train_steps, device)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+
+    def train_round() -> None:
+        for x, y in ref_batches:
+            reference_step(model, opt, x, y)
+
+    train_round()  # warm-up
+    train_s = min(timed(train_round, device) for _ in range(s.train_rounds))
+    images, _ = infer_images(s.infer_frames)
+    torch.manual_seed(1)
+    predict = reference_predict(build_model(ModelConfig(width=s.width)), device)
+    predict(images[0])  # warm-up
+    frame_s = [min(timed(partial(predict, im), device) for _ in range(s.infer_reps))
+               for im in images]
+    return {"ref_images_per_s": round(s.train_steps * cfg.train.batch_size / train_s, 3),
+            "ref_s_per_frame": round(float(np.mean(frame_s)), 3),
+            "allocator_kept_freed_memory": False}
+
+
 def child_predict(args: dict[str, Any]) -> dict[str, Any]:
     """In a child: load a checkpoint as ``ultraseg predict`` does, stream a folder through it."""
     from PIL import Image
@@ -605,9 +654,11 @@ def save_checkpoint_for(width: int, path: Path) -> None:
                     make_meta(cfg.model, cfg.preprocess, PostprocessConfig(), {}, cfg.to_dict()))
 
 
-def run_child(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+def run_child(kind: str, args: dict[str, Any], env: dict[str, str] | None = None
+              ) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(args)],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, **(env or {})})
     if proc.returncode:
         raise RuntimeError(f"{kind} child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -664,6 +715,9 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
             "checkpoint": str(ckpt), "files": files, "out": str(tmp / "masks"),
             "device": "cpu"}))
         predict["source"] = files_source
+        plain = section("plain", lambda: run_child(
+            "plain", {"settings": asdict(s), "data": str(data)},
+            env={"ULTRASEG_KEEP_FREED_MEMORY": "0"}))
         cuda = None
         if device == "cuda":
             if not torch.cuda.is_available():
@@ -681,6 +735,10 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
         "forward_gflop_per_image": round(gflop, 2),
         "pipeline_overhead": round(pipeline["epoch_loop_s"][-1] / pure, 3),
         "infer_speedup": infer["speedup"],
+        "train_speedup_vs_plain_process": round(
+            train["images_per_s"] / plain["ref_images_per_s"], 3),
+        "infer_speedup_vs_plain_process": round(
+            plain["ref_s_per_frame"] / infer["s_per_frame"], 3),
         "infer_gflops": round(infer["gflop_per_frame"] / infer["s_per_frame"], 1),
         "infer_ref_gflops": round(infer["ref_gflop_per_frame"] / infer["ref_s_per_frame"], 1),
         "peak_fp32_gflops": peak["float32"],
@@ -690,7 +748,8 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
         "train_peak_rss_gb": pipeline["peak_rss_gb"],
         "predict_peak_rss_gb": predict["peak_rss_gb"],
         "details": {"settings": asdict(s), "train": train, "pipeline": pipeline,
-                    "infer": infer, "predict": predict, "section_seconds": sections},
+                    "infer": infer, "predict": predict, "plain": plain,
+                    "section_seconds": sections},
         "machine": machine(),
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -729,6 +788,12 @@ def write_results(result: dict[str, Any], command: str) -> None:
           f"{d['infer']['frame_shape'][1]}x{d['infer']['frame_shape'][0]} frame "
           f"({d['infer']['gflop_per_frame']:.0f} vs {d['infer']['ref_gflop_per_frame']:.0f} "
           f"GFLOP); one square window: {d['infer']['square_window_s']:.2f} s")),
+        ("train_speedup_vs_plain_process", f"{result['train_speedup_vs_plain_process']:.2f}",
+         (f"the same ultraseg step vs the reference alone in a process with glibc's default "
+          f"allocator, as a plain script runs: {d['plain']['ref_images_per_s']:.2f} images/s")),
+        ("infer_speedup_vs_plain_process", f"{result['infer_speedup_vs_plain_process']:.2f}",
+         (f"the same ultraseg prediction vs the reference in that plain process: "
+          f"{d['plain']['ref_s_per_frame']:.2f} s per frame")),
         ("infer_gflops", f"{result['infer_gflops']:.0f}",
          (f"reference {result['infer_ref_gflops']:.0f}; "
           f"{100 * result['infer_gflops'] / result['peak_bf16_gflops']:.0f} % of the bf16 "
@@ -793,9 +858,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="full run: do not write results")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    from ultraseg.cli import keep_freed_memory
+
+    keep_freed_memory()  # as the ``ultraseg`` command does; both sides of a comparison share it
     if a.child:
         kind, args = a.child
-        fn = {"pipeline": child_pipeline, "predict": child_predict}[kind]
+        fn = {"pipeline": child_pipeline, "predict": child_predict, "plain": child_plain}[kind]
         print(json.dumps(fn(json.loads(args))))
         return 0
     s = QUICK if a.quick else FULL
