@@ -155,6 +155,8 @@ LEVERS: dict[str, tuple[str, dict]] = {
                           {"train": {"schedule": "constant"}}),
     "deep-supervision": ("deep supervision: 1/2- and 1/4-resolution heads in the loss",
                          {"model": {"deep_supervision": True}}),
+    "ema-0.999": ("validation and the checkpoint use an exponential moving average of the "
+                  "weights (decay 0.999 per step)", {"train": {"ema_decay": 0.999}}),
     "flip+size-192": ("two levers together: flips only, 192 px",
                       {"train": {"augment": "flip"}, "preprocess": {"size": 192}}),
     "valid": ("valid U-Net (unpadded; one 164-px output tile per frame and epoch) instead of same",

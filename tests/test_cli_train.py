@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ultraseg import cli
 from ultraseg.checkpoint import load_checkpoint
@@ -95,6 +96,7 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--size", "0"], ["size"]),
     (["--lr", "-1"], ["lr"]),
     (["--val-fraction", "1.5"], ["fraction"]),
+    (["--ema-decay", "1"], ["ema_decay", "--ema-decay", "[0, 1)"]),
     (["--device", "tpu"], ["tpu", "cpu"]),
     (["--size", "30"], ["--size 32"]),  # the same U-Net at depth 2 needs a multiple of 4
 ])
@@ -242,3 +244,20 @@ def test_deep_supervision_run_trains_and_predicts(data, tmp_path) -> None:
     assert ckpt.model.deep_supervision and "aux_heads.0.weight" in ckpt.state_dict
     prob = load(run / "best.ckpt", device="cpu").predict_proba(np.full((30, 44), 90, np.uint8))
     assert prob.shape == (30, 44) and ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_ema_run_keeps_the_average_in_best_ckpt_and_its_state_in_last_ckpt(data, tmp_path) -> None:
+    """One epoch, so the best epoch is the last: best.ckpt holds the moving average (the
+    module inside last.ckpt's ``ema`` state), not the weights training went on with."""
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "1",
+                     "--ema-decay", "0.9"]) == 0
+    best, last = load_checkpoint(run / "best.ckpt"), load_checkpoint(run / "last.ckpt")
+    assert best.meta["run"]["train"]["ema_decay"] == 0.9
+    ema = last.train_state["ema"]
+    assert int(ema["n_averaged"]) >= 2  # one update per step
+    differs = 0
+    for key, value in best.state_dict.items():
+        torch.testing.assert_close(value, ema[f"module.{key}"], msg=key)
+        differs += not torch.equal(value, last.state_dict[key])
+    assert differs > 0

@@ -62,15 +62,18 @@ def _last_epoch(run: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["--ema-decay", "0.9"]], ids=["plain", "ema"])
 def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(
-        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str]) -> None:
+    """With ``--ema-decay`` the moving average is state too: best.ckpt holds it."""
     cache = ["--cache-dir", str(tmp_path / "cache")]
+    recipe = [*RECIPE, *extra]
     reference = tmp_path / "reference"
-    assert main(["train", str(data), "--out", str(reference), *RECIPE, *cache]) == 0
+    assert main(["train", str(data), "--out", str(reference), *recipe, *cache]) == 0
 
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "ultraseg", "train", str(data), "--out",
-                             str(run), *RECIPE, *cache],
+                             str(run), *recipe, *cache],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         give_up = time.monotonic() + 300  # a guard against a hung child, not a timing check

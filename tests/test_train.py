@@ -329,3 +329,30 @@ def test_lr_schedule() -> None:
     assert lr_at(0.0, cos) == pytest.approx(1e-2)
     assert lr_at(1.0, cos) == pytest.approx(1e-4)            # decays to 1 % of lr
     assert lr_at(0.5, cos) == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5))
+
+
+def test_ema_moves_one_minus_decay_of_the_way_to_the_weights_and_statistics() -> None:
+    import torch
+
+    from ultraseg.config import merge
+    from ultraseg.model import build_model
+    from ultraseg.train import make_ema
+
+    cfg = RunConfig(model=ModelConfig(variant="same", width=4, depth=2))
+    model = build_model(cfg.model)
+    assert make_ema(model, cfg) is None  # ema_decay 0: off
+    ema = make_ema(model, merge(cfg, {"train": {"ema_decay": 0.75}}))
+
+    def fill(value: float) -> None:
+        with torch.no_grad():
+            for t in [*model.parameters(), model.encoder[0].block[1].running_mean]:
+                t.fill_(value)
+
+    fill(4.0)
+    ema.update_parameters(model)   # the first update copies
+    fill(8.0)
+    ema.update_parameters(model)   # 0.75 * 4 + 0.25 * 8
+    for name, value in [*ema.module.named_parameters(),
+                        ("running_mean", ema.module.encoder[0].block[1].running_mean)]:
+        torch.testing.assert_close(value, torch.full_like(value, 5.0), msg=name)
+    assert bool((next(model.parameters()) == 8.0).all())  # the model itself untouched

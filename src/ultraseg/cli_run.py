@@ -50,6 +50,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "loss": ("train", "loss"), "val_fraction": ("train", "val_fraction"),
     "test_fraction": ("train", "test_fraction"), "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
     "augment": ("train", "augment"), "schedule": ("train", "schedule"),
+    "ema_decay": ("train", "ema_decay"),
     "tiles_per_image": ("train", "tiles_per_image"), "threads": ("train", "num_threads"),
     "layout": ("data", "layout"), "subject_pattern": ("data", "subject_pattern"),
     "cache_dir": ("data", "cache_dir"),
@@ -142,6 +143,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--loss", choices=choices(TrainConfig, "loss"))
     p.add_argument("--augment", choices=choices(TrainConfig, "augment"))
     p.add_argument("--schedule", choices=choices(TrainConfig, "schedule"))
+    p.add_argument("--ema-decay", type=float, metavar="D",
+                   help="validate and keep an exponential moving average of the weights, "
+                   "updated every step with decay D (e.g. 0.999; default 0: off)")
     p.add_argument("--tiles-per-image", type=int, help="valid model: random tiles per image per epoch")
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--test-fraction", type=float,

@@ -97,6 +97,7 @@ class TrainConfig(_Section):
     time_limit_s: float | None = None
     schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
+    ema_decay: float = 0.0               # 0: off; else validate / keep a moving average of weights
     augment: Literal["none", "flip", "strong", "elastic"] = "none"
     tiles_per_image: int = 1             # valid model: random tiles drawn per image per epoch
     tune_postprocess: bool = True

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
 from .augment import augment_batch
@@ -172,6 +173,18 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
     optimizer.step()
 
 
+def make_ema(model: torch.nn.Module, cfg: RunConfig) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and batch-norm statistics
+    (``torch.optim.swa_utils.AveragedModel``; ``update_parameters(model)`` after every step
+    moves it ``1 - ema_decay`` of the way to the weights), or None when ``ema_decay`` is 0.
+    Its first update copies the weights. Validation, the best checkpoint and so prediction
+    use the average; training goes on with the weights themselves."""
+    decay = cfg.train.ema_decay
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 # ---------------------------------------------------------------------------------- validation
 def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cfg: RunConfig,
              device: torch.device, dtype: torch.dtype | None, ctx: Dist = SINGLE
@@ -226,6 +239,10 @@ def check_config(cfg: RunConfig) -> None:
     for name, v in positive.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
             raise UltrasegError(f"{name} must be a number > 0, got {v!r}")
+    d = t.ema_decay
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+        raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
+                            f"got {d!r}")
 
 
 RESUME_KEYS = ("epoch", "optimizer", "history_json", "best_dice", "best_epoch")
@@ -344,12 +361,16 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     log.info("model: %s U-Net, width %d, depth %d, %d parameters", cfg.model.variant,
              cfg.model.width, cfg.model.depth, count_parameters(model))
     optimizer = make_optimizer(model, cfg)
+    ema = make_ema(model, cfg)
+    scored = model if ema is None else ema.module  # what validation scores and best.ckpt keeps
     history: list[dict[str, Any]] = []
     best_dice, best_epoch, start_epoch = -1.0, 0, 1
     horizon = float(tc.epochs)  # epochs the learning-rate schedule spans (see _horizon)
     if last is not None:
         model.load_state_dict(last.state_dict)
         optimizer.load_state_dict(last.train_state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(last.train_state["ema"])
         history = json.loads(last.train_state["history_json"])
         best_dice = float(last.train_state["best_dice"])
         best_epoch = int(last.train_state["best_epoch"])
@@ -384,6 +405,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             for group in optimizer.param_groups:
                 group["lr"] = lr_at((epoch - 1 + i / n_batches) / horizon, cfg)
             optimizer_step(optimizer, loss)
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(loss_value)
             batch_s = time.monotonic() - t_batch
             if est_val is None:  # before the first validation: a forward costs ~1/3 of a step
@@ -400,7 +423,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                 break
         t_val = time.monotonic()
         ctx.broadcast_buffers(model)  # batch-norm statistics: rank 0's, as saved
-        val_loss, val_dice, _ = validate(model, val_canvases, val_masks, cfg, device, dtype, ctx)
+        if ema is not None:
+            ctx.broadcast_buffers(ema.module)
+        val_loss, val_dice, _ = validate(scored, val_canvases, val_masks, cfg, device, dtype, ctx)
         est_val = time.monotonic() - t_val
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                "val_loss": val_loss, "val_dice": val_dice,
@@ -421,11 +446,13 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             metrics = {"history": history, "best_epoch": best_epoch, "best_val_dice": best_dice,
                        "world_size": ctx.world_size}
             if improved:
-                save_checkpoint(out / "best.ckpt", model.state_dict(), meta(metrics))
-            save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), {
-                "epoch": epoch, "optimizer": optimizer.state_dict(),
-                "history_json": json.dumps(history), "best_dice": best_dice,
-                "best_epoch": best_epoch, "horizon": horizon})
+                save_checkpoint(out / "best.ckpt", scored.state_dict(), meta(metrics))
+            state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
+                     "history_json": json.dumps(history), "best_dice": best_dice,
+                     "best_epoch": best_epoch, "horizon": horizon}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), state)
         if stopped:
             break
         per_epoch = time.monotonic() - t_epoch
