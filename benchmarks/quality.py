@@ -283,6 +283,9 @@ Measured on the held-out subjects above:
   against 0.735. Nerve's validation Dice levels off near 0.755 after about 15 epochs at either
   resolution (its best epochs, 29 and 34, are peaks of that plateau), so more epochs do not
   help it: not adopted, and the BUSI and HC18 runs at 160 px were not made.
+- *Width 32* at the full budget on nerve (is it capacity, then?): 13 epochs, validation 0.752
+  from epoch 7 on (the same plateau), held-out 0.726 against 0.735. Neither more epochs nor
+  a wider network lifts nerve above that plateau within the budget: not adopted.
 - Not measured: the schedule at the full budget, and short-budget levers on nerve and HC18.
 
 What stands in the way of the BUSI and nerve targets:
@@ -297,7 +300,8 @@ What stands in the way of the BUSI and nerve targets:
   validation Dice stops rising after about 60 epochs (overfitting 400 training images); wider
   networks train slower per frame (width 32: under a third of the epochs) and lose within the
   budget. On nerve, validation Dice levels off near 0.755 after about 15 epochs (at 192 and
-  at 160 px alike), so its budget is not what holds it back; its held-out figure (0.735)
+  at 160 px alike, and at width 32), so neither its budget nor the network's width is what
+  holds it back; its held-out figure (0.735)
   sits below the MONAI peer's 0.77 quoted in the issue, whose split we do not know.
 - Held-out *subjects*, not frames, are scored: frames of one nerve subject are near-duplicates,
   so a frame-level split would score much higher and say little.
