@@ -283,8 +283,9 @@ Measured on the held-out subjects above:
   against 0.735. Nerve's validation Dice levels off near 0.755 after about 15 epochs at either
   resolution (its best epochs, 29 and 34, are peaks of that plateau), so more epochs do not
   help it: not adopted, and the BUSI and HC18 runs at 160 px were not made.
-- *Width 32* at the full budget on nerve (is it capacity, then?): 13 epochs, validation 0.752
-  from epoch 7 on (the same plateau), held-out 0.726 against 0.735. Neither more epochs nor
+- *Width 32* at the full budget on nerve (is it capacity, then?): 13 epochs, validation Dice
+  per epoch 0.748-0.759 from epoch 7 on (the same plateau; 0.767 at the frames' own
+  resolution for the chosen epoch), held-out 0.726 against 0.735. Neither more epochs nor
   a wider network lifts nerve above that plateau within the budget: not adopted.
 - Not measured: the schedule at the full budget, and short-budget levers on nerve and HC18.
 
