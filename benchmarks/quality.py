@@ -21,12 +21,12 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from host import cpu_name
 
 HERE = Path(__file__).resolve().parent
 DATA = (HERE.parent / ".." / "shared" / "datasets").resolve()
@@ -56,17 +56,6 @@ def bench_config(dataset: str, preset_name: str, time_limit: str):
         "data": {"path": str(DATA / dataset), "layout": LAYOUTS[dataset]},
         "train": {"time_limit_s": parse_duration(time_limit), "test_fraction": 0.2,
                   "val_fraction": 0.2, "seed": 0}})
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def torch_version() -> str:

@@ -81,6 +81,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from host import cpu_name
 
 HERE = Path(__file__).resolve().parent
 DATA = (HERE.parent / ".." / "shared" / "datasets").resolve()
@@ -124,17 +125,9 @@ def vm_hwm_gb() -> float:
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from ultraseg.runtime import cpu_has_bf16
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_bf16": cpu_has_bf16(), "torch": torch.__version__,
             "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
