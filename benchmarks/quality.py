@@ -263,19 +263,21 @@ Measured on the held-out subjects above:
     deep supervision: fewer false lesions on BUSI's normal frames, nothing on nerve, a worse
     head circumference: not adopted; `--ema-decay` stays an option. (With decay 0.999 the
     average lags the weights by about 1000 steps: on BUSI it predicted every frame empty until
-    epoch 27 and overtook the plain weights' validation Dice only after epoch 60.)
+    epoch 27 and overtook the plain weights' validation Dice only after epoch 60. Its HC18 run
+    got 184 epochs against 205; updating the average costs about 1 ms per step, so most of
+    that difference is the machine, not the lever.)
+  - *Working resolution 160 px*, first on nerve (the set with the fewest epochs): 57 epochs
+    instead of 37, validation Dice 0.766 against 0.761, held-out 0.729 against 0.735.
+    Nerve's validation Dice levels off near 0.755 after about 15 epochs at either resolution
+    (its best epochs, 29 and 34, are peaks of that plateau), so more epochs do not help it:
+    not adopted, and the BUSI and HC18 runs at 160 px were not made.
+  - *Width 32* on nerve (is it capacity, then?): 13 epochs, validation Dice per epoch
+    0.748-0.759 from epoch 7 on (the same plateau; 0.767 at the frames' own resolution for
+    the chosen epoch), held-out 0.726 against 0.735. Neither more epochs nor a wider network
+    lifts nerve above that plateau within the budget: not adopted.
 - *Learning-rate schedule* (6 minutes on BUSI, against the 192-px preset): a constant rate
   instead of the cosine decay loses 0.013 test Dice (validation 0.625 against 0.657); the
   preset keeps the cosine schedule.
-- *Working resolution 160 px* at the full budget, first on nerve (the set with the fewest
-  epochs): 57 epochs instead of 37, validation Dice 0.766 against 0.761, held-out 0.729
-  against 0.735. Nerve's validation Dice levels off near 0.755 after about 15 epochs at either
-  resolution (its best epochs, 29 and 34, are peaks of that plateau), so more epochs do not
-  help it: not adopted, and the BUSI and HC18 runs at 160 px were not made.
-- *Width 32* at the full budget on nerve (is it capacity, then?): 13 epochs, validation Dice
-  per epoch 0.748-0.759 from epoch 7 on (the same plateau; 0.767 at the frames' own
-  resolution for the chosen epoch), held-out 0.726 against 0.735. Neither more epochs nor
-  a wider network lifts nerve above that plateau within the budget: not adopted.
 - Not measured: the schedule at the full budget, and short-budget levers on nerve and HC18.
 
 What stands in the way of the BUSI and nerve targets:
@@ -291,8 +293,8 @@ What stands in the way of the BUSI and nerve targets:
   networks train slower per frame (width 32: under a third of the epochs) and lose within the
   budget. On nerve, validation Dice levels off near 0.755 after about 15 epochs (at 192 and
   at 160 px alike, and at width 32), so neither its budget nor the network's width is what
-  holds it back; its held-out figure (0.735)
-  sits below the MONAI peer's 0.77 quoted in the issue, whose split we do not know.
+  holds it back; its held-out figure (0.735) sits below the MONAI peer's 0.77 quoted in the
+  issue, whose split we do not know.
 - Held-out *subjects*, not frames, are scored: frames of one nerve subject are near-duplicates,
   so a frame-level split would score much higher and say little.
 """
