@@ -473,11 +473,10 @@ def annotation_agreement(dataset: str, min_corr: float = 0.95, side: int = 64) -
     for samples in by_subject.values():
         thumbs, masks = [], []
         for s in samples:
-            im = np.asarray(Image.fromarray(s.load_image()).resize((side, side), Image.BILINEAR),
-                            dtype=np.float64).ravel()
-            thumbs.append((im - im.mean()) / (im.std() + 1e-9))
+            thumbs.append(np.asarray(Image.fromarray(s.load_image()).resize(
+                (side, side), Image.BILINEAR), dtype=np.float64).ravel())
             masks.append(s.load_mask() > 0)
-        corr = np.stack(thumbs) @ np.stack(thumbs).T / side**2
+        corr = np.atleast_2d(np.corrcoef(np.stack(thumbs)))
         for i, j in zip(*np.triu_indices(len(samples), 1)):
             if corr[i, j] > min_corr:
                 pairs.append((float(corr[i, j]), dice(masks[i], masks[j])))
@@ -507,17 +506,10 @@ def main() -> int:
     ap.add_argument("--levers", nargs="+", choices=sorted(LEVERS), metavar="LEVER",
                     help=f"train the cpu preset with one change at a time ({', '.join(LEVERS)}) "
                          "and record results/levers.json")
-    ap.add_argument("--agreement", metavar="DATASET",
+    ap.add_argument("--agreement", choices=sorted(LAYOUTS), metavar="DATASET",
                     help="how alike the masks of near-identical frames of one subject are "
                          "(no training); with --record, results/agreement-DATASET.json")
     a = ap.parse_args()
-    if a.agreement:
-        result = annotation_agreement(a.agreement)
-        if a.record:
-            (HERE / "results" / f"agreement-{a.agreement}.json").write_text(
-                json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result))
-        return 0
     if a.markdown_only:
         write_markdown(json.loads((HERE / "results" / "quality.json").read_text()),
                        HERE / "QUALITY.md")
@@ -526,6 +518,13 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
         return 2
+    if a.agreement:
+        result = annotation_agreement(a.agreement)
+        if a.record:
+            (HERE / "results" / f"agreement-{a.agreement}.json").write_text(
+                json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result))
+        return 0
     if a.levers:
         path = HERE / "results" / "levers.json"
         doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
