@@ -107,7 +107,7 @@ class Settings:
     infer_reps: int            # alternating repeats of both paths per frame (best of)
     pipeline_frames: int       # phantom frames of the training child (80 % train)
     predict_frames: int        # frames streamed by the prediction child
-    plain_processes: int = 2   # child processes timing the reference as a plain script
+    plain_processes: int = 4   # child processes timing the reference as a plain script
     cuda_batches: tuple[int, ...] = (4, 32)
     infer_compiled: bool = True  # also time torch_runner(compile=True) (not the headline)
 
@@ -810,7 +810,7 @@ def write_results(result: dict[str, Any], command: str) -> None:
          (f"{result['infer_s_per_frame']:.2f} vs {result['infer_ref_s_per_frame']:.2f} s per "
           f"{d['infer']['frame_shape'][1]}x{d['infer']['frame_shape'][0]} frame "
           f"({d['infer']['gflop_per_frame']:.0f} vs {d['infer']['ref_gflop_per_frame']:.0f} "
-          "GFLOP), the same two processes; one square window: "
+          f"GFLOP), the same {len(d['plain']['processes'])} processes; one square window: "
           f"{d['infer']['square_window_s']:.2f} s")),
         ("infer_speedup_same_allocator", f"{result['infer_speedup_same_allocator']:.2f}",
          (f"the reference in ultraseg's process: "
