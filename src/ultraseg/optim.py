@@ -39,7 +39,7 @@ class DenseAdam(torch.optim.Adam):
 
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, *rest):  # type: ignore[override]
         for p in group["params"]:
-            if p.grad is not None and p.grad.stride() != p.stride():
+            if p.grad is not None and not p.grad.is_sparse and p.grad.stride() != p.stride():
                 p.grad = torch.empty_like(p, dtype=p.grad.dtype).copy_(p.grad)
             state = self.state.get(p, {})
             for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):

@@ -151,7 +151,7 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
     one for the weights' device (CPU, CUDA): one pass over the weights per step instead of
     several (5-13 % of a width-64 training step on two CPU cores; same updates to rounding),
     handed each channels_last weight as a contiguous view (:class:`ultraseg.optim.DenseAdam`:
-    another 3 %)."""
+    about 4 % more)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
     return DenseAdam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused)
