@@ -261,3 +261,21 @@ def test_ema_run_keeps_the_average_in_best_ckpt_and_its_state_in_last_ckpt(data,
         torch.testing.assert_close(value, ema[f"module.{key}"], msg=key)
         differs += not torch.equal(value, last.state_dict[key])
     assert differs > 0
+
+
+def test_split_seed_holds_the_split_while_seed_changes_the_training(data, tmp_path) -> None:
+    def run(name: str, *flags: str) -> tuple[dict, dict]:
+        out = tmp_path / name
+        assert cli.main(["train", str(data), "--out", str(out), *TINY, "--epochs", "1",
+                         "--test-fraction", "0.2", *flags]) == 0
+        split = json.loads((out / "split.json").read_text())
+        return {k: split[k] for k in ("train", "val", "test", "seed")}, \
+            load_checkpoint(out / "best.ckpt").state_dict
+
+    base, base_w = run("seed0")
+    same, same_w = run("seed1-split0", "--seed", "1", "--split-seed", "0")
+    other, _ = run("seed1", "--seed", "1")
+    assert same == base                      # the same held-out, validation, training frames
+    assert any(not torch.equal(base_w[k], same_w[k]) for k in base_w)  # other weights
+    assert (other["val"], other["test"]) != (base["val"], base["test"])  # --seed alone: both
+    assert other["seed"] == 1 and same["seed"] == 0

@@ -48,7 +48,9 @@ _FLAGS = {  # flag dest -> (section, key)
     "normalise": ("preprocess", "normalise"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "loss": ("train", "loss"), "val_fraction": ("train", "val_fraction"),
-    "test_fraction": ("train", "test_fraction"), "seed": ("train", "seed"), "device": ("train", "device"), "precision": ("train", "precision"),
+    "test_fraction": ("train", "test_fraction"), "seed": ("train", "seed"),
+    "split_seed": ("train", "split_seed"), "device": ("train", "device"),
+    "precision": ("train", "precision"),
     "augment": ("train", "augment"), "schedule": ("train", "schedule"),
     "ema_decay": ("train", "ema_decay"),
     "tiles_per_image": ("train", "tiles_per_image"), "threads": ("train", "num_threads"),
@@ -150,7 +152,10 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--test-fraction", type=float,
                    help="share of frames (by subject) held out from training and tuning (0)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seeds the initial weights, the batch order and the "
+                   "augmentation, and the split unless --split-seed is given (0)")
+    p.add_argument("--split-seed", type=int, help="seeds the held-out and validation subjects "
+                   "alone, so runs with other --seed values share one split (default: --seed)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--precision", choices=choices(TrainConfig, "precision"))
     p.add_argument("--threads", type=int, help="torch intra-op threads")

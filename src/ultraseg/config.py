@@ -91,7 +91,8 @@ class TrainConfig(_Section):
     loss: Literal["bce", "dice", "bce+dice"] = "bce"
     val_fraction: float = 0.2
     test_fraction: float = 0.0           # frames (by subject) held out from training and tuning
-    seed: int = 0
+    seed: int = 0                        # initial weights, batch order, augmentation
+    split_seed: int | None = None        # held-out and validation subjects; None: ``seed``
     device: str = "auto"                 # auto | cpu | cuda
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     time_limit_s: float | None = None

@@ -344,12 +344,13 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     if resume:
         train_idx, val_idx = read_split(out / "split.json", arrays.names)
     else:
-        kept, test_idx = holdout_by_subject(arrays.subjects, tc.test_fraction, tc.seed)
-        tr, va = split_by_subject([arrays.subjects[i] for i in kept], tc.val_fraction, tc.seed)
+        split_seed = tc.seed if tc.split_seed is None else tc.split_seed
+        kept, test_idx = holdout_by_subject(arrays.subjects, tc.test_fraction, split_seed)
+        tr, va = split_by_subject([arrays.subjects[i] for i in kept], tc.val_fraction, split_seed)
         train_idx, val_idx = kept[tr], kept[va]
         if ctx.is_main:
             write_split(out / "split.json", arrays.names, arrays.subjects, train_idx, val_idx,
-                        tc.seed, tc.val_fraction, test_idx)
+                        split_seed, tc.val_fraction, test_idx)
     log.info("%d training frames, %d validation frames (split by subject)",
              len(train_idx), len(val_idx))
     batches = Batches(arrays, train_idx, cfg)
