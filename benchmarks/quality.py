@@ -155,12 +155,9 @@ LEVERS: dict[str, tuple[str, dict]] = {
                                    "average of the weights (decay 0.999)",
                                    {"model": {"deep_supervision": True},
                                     "train": {"ema_decay": 0.999}}),
-    "seed-1": ("another training seed (1) on the same split: other initial weights, batch "
-               "order and augmentation (the spread of one recipe)",
-               {"train": {"seed": 1, "split_seed": 0}}),
-    "seed-2": ("another training seed (2) on the same split: other initial weights, batch "
-               "order and augmentation (the spread of one recipe)",
-               {"train": {"seed": 2, "split_seed": 0}}),
+    **{f"seed-{n}": (f"another training seed ({n}) on the same split: other initial weights, "
+                     "batch order and augmentation (the spread of one recipe)",
+                     {"train": {"seed": n, "split_seed": 0}}) for n in (1, 2)},
     "flip+size-192": ("two levers together: flips only, 192 px",
                       {"train": {"augment": "flip"}, "preprocess": {"size": 192}}),
     "valid": ("valid U-Net (unpadded; one 164-px output tile per frame and epoch) instead of same",
