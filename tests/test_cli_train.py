@@ -236,6 +236,12 @@ def test_deep_supervision_flag() -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.deep_supervision is False
 
 
+def test_norm_flag() -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu", "--norm", "instance"]
+                    ).model.norm == "instance"
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.norm == "batch"
+
+
 def test_deep_supervision_run_trains_and_predicts(data, tmp_path) -> None:
     run = tmp_path / "run"
     assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "2",

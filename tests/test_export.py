@@ -32,6 +32,8 @@ MODELS = {
     # test_cli_predict.py)
     "valid": (ModelConfig(variant="valid", width=4, depth=2, tile=132),
               PreprocessConfig(size=None, normalise="zscore")),
+    "same-instance": (ModelConfig(variant="same", width=4, depth=2, norm="instance"),
+                      PreprocessConfig(size=96)),
 }
 
 
@@ -115,7 +117,9 @@ def test_onnxruntime_matches_pytorch_on_real_frames(exported, name):
     for f, a, b in zip(frames, want, got):
         assert a.shape == b.shape == f.shape
         diff = max(diff, float(np.abs(a - b).max()))
-    assert diff < 1e-4
+    # instance norm: ONNX Runtime computes each map's mean and variance in another order than
+    # torch (1.4e-4 apart on these frames, with the head's weights scaled by 4)
+    assert diff < (5e-4 if MODELS[name][0].norm == "instance" else 1e-4)
     # Masks: identical at the checkpoint's threshold, except where a probability lies closer
     # to it than the backends differ (there float rounding decides; such pixels are rare).
     thr = ort_pred.postprocess.threshold

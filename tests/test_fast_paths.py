@@ -84,15 +84,20 @@ def test_rectangular_window_prediction_equals_square(shape):
 
 
 # --------------------------------------------------------------------------- bf16 weights copy
-@pytest.mark.parametrize("variant", ["valid", "same"])
-def test_low_precision_copy_equals_autocast(variant):
+@pytest.mark.parametrize("variant,norm", [("valid", "batch"), ("same", "batch"),
+                                          ("same", "instance")])
+def test_low_precision_copy_equals_autocast(variant, norm):
     torch.manual_seed(0)
-    cfg = ModelConfig(variant=variant, width=8, depth=2)
+    cfg = ModelConfig(variant=variant, width=8, depth=2, norm=norm)
     model = build_model(cfg)
     shape = (2, 1, 60, 76) if variant == "valid" else (2, 1, 32, 48)
     if variant == "same":  # batch-norm statistics that are not the identity
         with torch.no_grad():
             model.train()(torch.rand(*shape) * 3)
+            for m in model.modules():  # instance norm: a learned scale and shift that are not
+                if isinstance(m, torch.nn.InstanceNorm2d):  # the identity either
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
     model.eval()
     x = torch.rand(*shape)
     with torch.inference_mode():

@@ -44,6 +44,7 @@ class ProgressPrinter:
 _FLAGS = {  # flag dest -> (section, key)
     "model": ("model", "variant"), "width": ("model", "width"), "depth": ("model", "depth"),
     "tile": ("model", "tile"), "deep_supervision": ("model", "deep_supervision"),
+    "norm": ("model", "norm"),
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
     "normalise": ("preprocess", "normalise"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -137,6 +138,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--tile", type=int, help="valid model: output tile side (68)")
     p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None,
                    help="same model: also train 1/2- and 1/4-resolution outputs")
+    p.add_argument("--norm", choices=choices(ModelConfig, "norm"),
+                   help="same model: normalisation after each convolution (batch)")
     p.add_argument("--size", type=int, help="working resolution (frames padded square, resized)")
     p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"))
     p.add_argument("--epochs", type=int)

@@ -47,7 +47,11 @@ class ModelConfig(_Section):
     ``variant='same'``: padded convolutions with batch norm, output size == input size.
     ``deep_supervision`` ('same' only): 1x1 heads on the decoder's half- and quarter-resolution
     levels, trained against the downsampled target beside the main output (as nnU-Net does);
-    prediction uses the main output alone."""
+    prediction uses the main output alone. ``norm`` ('same' only): the normalisation after
+    each convolution, 'batch' (BatchNorm2d, statistics of the batch in training and running
+    averages at prediction) or 'instance' (InstanceNorm2d with a learned scale and shift,
+    statistics of each image's own feature maps, in training and prediction alike: nnU-Net's
+    and MONAI BasicUNet's choice)."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
@@ -56,6 +60,7 @@ class ModelConfig(_Section):
     depth: int = 4           # number of 2x2 poolings (the original has 4: 5 blocks)
     tile: int = 68           # valid only: output tile side used for training and prediction
     deep_supervision: bool = False
+    norm: Literal["batch", "instance"] = "batch"
 
 
 @dataclass(frozen=True)

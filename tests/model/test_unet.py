@@ -184,3 +184,64 @@ def test_deep_supervision_heads_are_in_the_state_dict() -> None:
 def test_deep_supervision_needs_the_same_variant() -> None:
     with pytest.raises(UltrasegError, match="deep supervision needs the 'same' variant"):
         build_model(ModelConfig(variant="valid", width=4, deep_supervision=True))
+
+
+# --- normalisation --------------------------------------------------------------------------
+
+
+def test_instance_norm_scores_each_image_alone_in_training_and_prediction() -> None:
+    torch.manual_seed(0)
+    net = tiny("same", depth=2, norm="instance").train()
+    x = torch.randn(3, 1, 32, 48)
+    with torch.no_grad():
+        together = net(x)
+        alone = net(x[:1])
+        net.eval()
+        at_prediction = net(x)
+    # no batch statistics and no running averages: other images and the mode change nothing
+    torch.testing.assert_close(together[:1], alone)
+    torch.testing.assert_close(together, at_prediction)
+    batch = tiny("same", depth=2).train()
+    with torch.no_grad():
+        assert not torch.allclose(batch(x)[:1], batch(x[:1]))  # batch norm: the batch matters
+
+
+def test_norm_layers_and_their_state() -> None:
+    inst, batch = tiny("same", depth=2, norm="instance"), tiny("same", depth=2)
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in inst.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inst.modules())
+    assert not any(k.endswith("running_mean") for k in inst.state_dict())
+    assert sum(k.endswith("running_mean") for k in batch.state_dict()) == 10  # 2 per DoubleConv
+    assert all(c.bias is None for c in inst.modules() if isinstance(c, torch.nn.Conv2d)
+               and c.kernel_size == (3, 3))
+    # the paper's valid network has no normalisation, whatever the setting
+    valid = tiny("valid", depth=2, norm="instance")
+    assert not any(isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d))
+                   for m in valid.modules())
+
+
+def test_unknown_norm_is_refused() -> None:
+    with pytest.raises(UltrasegError, match="unknown normalisation 'layer'"):
+        build_model(ModelConfig(variant="same", width=4, norm="layer"))  # type: ignore[arg-type]
+
+
+def test_instance_norm_on_channels_last_maps_equals_torchs() -> None:
+    from ultraseg.model.parts import InstanceNorm
+
+    torch.manual_seed(0)
+    ours, ref = InstanceNorm(8), torch.nn.InstanceNorm2d(8, affine=True)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.contiguous().requires_grad_()
+    y, want = ours(a), ref(b)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # the memory format is kept
+    torch.testing.assert_close(y, want)
+    g = torch.randn_like(want)
+    y.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(a.grad, b.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad)

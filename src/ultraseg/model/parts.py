@@ -29,27 +29,53 @@ def center_crop(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.pad(t, (-left, left + w - big_w, -top, top + h - big_h))
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` with a learned scale and shift, fed channels_last maps through a
+    contiguous copy: torch's CPU kernel views its input as (1, N * C, H, W), which channels_last
+    memory cannot be viewed as, and its fallback is slower than the two copies (a width-16
+    training step at 192 px, batch 8: 296 against 233 ms; with batch norm 190). Same values,
+    same state as ``nn.InstanceNorm2d``; the output keeps the input's memory format."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+                memory_format=torch.channels_last):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+#: The normalisation layers a DoubleConv can put after each convolution (``ModelConfig.norm``).
+NORMS = {
+    "batch": nn.BatchNorm2d,
+    "instance": InstanceNorm,
+}
+
+
 class DoubleConv(nn.Module):
-    """(conv 3x3 -> [BatchNorm] -> ReLU) x 2.
+    """(conv 3x3 -> [norm] -> ReLU) x 2.
 
     Args:
         in_ch: input channels.
         out_ch: output channels (of both convolutions).
         padding: 0 for the original unpadded ("valid") U-Net, which shrinks H and W by 4;
             1 keeps H and W.
-        batch_norm: put a BatchNorm2d after each convolution (the convolutions then have no bias).
+        norm: None, or a key of :data:`NORMS` ('batch', 'instance'): put that normalisation
+            after each convolution (the convolutions then have no bias).
 
     Shapes: (N, in_ch, H, W) -> (N, out_ch, H - 4 + 4 * padding, W - 4 + 4 * padding).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, batch_norm: bool = False) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None
+                 ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for c_in in (in_ch, out_ch):
-            conv = nn.Conv2d(c_in, out_ch, kernel_size=3, padding=padding, bias=not batch_norm)
+            conv = nn.Conv2d(c_in, out_ch, kernel_size=3, padding=padding, bias=norm is None)
             layers.append(conv)
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_ch))
+            if norm is not None:
+                layers.append(NORMS[norm](out_ch))
             layers.append(nn.ReLU(inplace=True))
         self.block = nn.Sequential(*layers)
 
@@ -64,10 +90,11 @@ class Down(nn.Module):
     (the network checks this before running).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, batch_norm: bool = False) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None
+                 ) -> None:
         super().__init__()
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.conv = DoubleConv(in_ch, out_ch, padding, batch_norm)
+        self.conv = DoubleConv(in_ch, out_ch, padding, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))
@@ -85,10 +112,11 @@ class Up(nn.Module):
     -> (N, out_ch, 2h - 4 + 4 * padding, 2w - 4 + 4 * padding).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, batch_norm: bool = False) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None
+                 ) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
-        self.conv = DoubleConv(in_ch, out_ch, padding, batch_norm)
+        self.conv = DoubleConv(in_ch, out_ch, padding, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)

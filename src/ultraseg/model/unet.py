@@ -7,8 +7,9 @@ Two variants, chosen by :attr:`ModelConfig.variant`:
   (252 -> 68 and 572 -> 388 at depth 4). Large images are segmented tile by tile with the
   overlap-tile strategy (:mod:`ultraseg.tiling`), each output tile seeing
   :func:`context_margin` pixels of context on every side.
-* ``'same'`` -- padded convolutions with BatchNorm2d; the output has the input's size, which
-  must be a multiple of ``2 ** depth`` (see :func:`same_padded_size`).
+* ``'same'`` -- padded convolutions with BatchNorm2d (or InstanceNorm2d: ``cfg.norm``); the
+  output has the input's size, which must be a multiple of ``2 ** depth`` (see
+  :func:`same_padded_size`).
 
 The size helpers below are plain integer arithmetic (no torch), shared by the model, the
 tiler, training and prediction.
@@ -22,7 +23,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UltrasegError
-from .parts import DoubleConv, Down, Up
+from .parts import NORMS, DoubleConv, Down, Up
 
 VARIANTS: tuple[str, ...] = ("valid", "same")
 
@@ -97,17 +98,20 @@ class UNet(nn.Module):
             raise ValueError("deep supervision needs the 'same' variant (a valid U-Net's "
                              "coarser outputs do not line up with its cropped target)")
         self.cfg = cfg
-        padding, batch_norm = (0, False) if cfg.variant == "valid" else (1, True)
+        if cfg.norm not in NORMS:
+            raise ValueError(f"unknown normalisation {cfg.norm!r}; valid: {list(NORMS)}")
+        # valid: the paper's network has no normalisation (and ignores cfg.norm)
+        padding, norm = (0, None) if cfg.variant == "valid" else (1, cfg.norm)
         widths = [cfg.width * 2**level for level in range(cfg.depth + 1)]
 
         # Contracting path: one DoubleConv, then ``depth`` x (max-pool + DoubleConv).
         self.encoder = nn.ModuleList(
-            [DoubleConv(cfg.in_channels, widths[0], padding, batch_norm)]
-            + [Down(widths[i], widths[i + 1], padding, batch_norm) for i in range(cfg.depth)]
+            [DoubleConv(cfg.in_channels, widths[0], padding, norm)]
+            + [Down(widths[i], widths[i + 1], padding, norm) for i in range(cfg.depth)]
         )
         # Expansive path: ``depth`` x (up-conv + skip + DoubleConv), deepest first.
         self.decoder = nn.ModuleList(
-            [Up(widths[i + 1], widths[i], padding, batch_norm) for i in reversed(range(cfg.depth))]
+            [Up(widths[i + 1], widths[i], padding, norm) for i in reversed(range(cfg.depth))]
         )
         self.head = nn.Conv2d(widths[0], cfg.out_channels, kernel_size=1)
         # Deep supervision: a 1x1 head on the decoder's 1/2 and 1/4 resolution levels.
