@@ -447,20 +447,30 @@ def write_markdown(result: dict, path: Path) -> None:
                   " | HD95 median (px) | extra |", "|---|---|---|---|---|---|---|"]
         for label, key in (("plain", "plain"), ("with TTA (h-flip)", "tta")):
             r = e[key]
-            extra = []
+            notes = []
             if "dice_lesion" in r:
-                extra.append(f"lesion Dice {_f(r['dice_lesion'])}, normal frames empty "
+                notes.append(f"lesion Dice {_f(r['dice_lesion'])}, normal frames empty "
                              f"{_f(r['normal_empty_rate'])}")
             if r.get("hc_mae_mm") is not None:
-                extra.append(f"HC MAE {_f(r['hc_mae_mm'], 2)} mm")
+                notes.append(f"HC MAE {_f(r['hc_mae_mm'], 2)} mm")
             lines.append(f"| {label} | {r['n']} | {_f(r['dice_mean'])} | "
                          f"{_f(r['dice_nonempty_mean'])} | {_f(r['dice_mean_raw'])} | "
-                         f"{_f(r['hd95_median'], 1)} | {'; '.join(extra)} |")
+                         f"{_f(r['hd95_median'], 1)} | {'; '.join(notes)} |")
     lines += peer_table(result)
     levers = HERE / "results" / "levers.json"
     if levers.exists():
         lines += lever_table(json.loads(levers.read_text()))
     path.write_text("\n".join(lines) + "\n" + NOTES)
+
+
+def extra(t: dict) -> str:
+    """The dataset-specific figures of one scored evaluation, for a table's last column."""
+    out = []
+    if t.get("dice_lesion") is not None:
+        out.append(f"lesion {_f(t['dice_lesion'])}, normal empty {_f(t['normal_empty_rate'])}")
+    if t.get("hc_mae_mm") is not None:
+        out.append(f"HC MAE {_f(t['hc_mae_mm'], 2)} mm")
+    return "; ".join(out)
 
 
 def preset_size() -> int:
@@ -495,15 +505,6 @@ def peer_table(result: dict) -> list[str]:
              "there (before it, on its 192-px canvases: BUSI 0.699, nerve 0.761).", "",
              "| dataset | recipe | epochs | val Dice | test Dice (all) | extra |",
              "|---|---|---|---|---|---|"]
-
-    def extra(t: dict) -> str:
-        out = []
-        if t.get("dice_lesion") is not None:
-            out.append(f"lesion {_f(t['dice_lesion'])}, normal empty "
-                       f"{_f(t['normal_empty_rate'])}")
-        if t.get("hc_mae_mm") is not None:
-            out.append(f"HC MAE {_f(t['hc_mae_mm'], 2)} mm")
-        return "; ".join(out)
 
     for p in peers:
         d = p["dataset"]
@@ -567,15 +568,9 @@ def lever_table(doc: dict) -> list[str]:
             t = e["test"]
             delta = ("" if base is None or e is base
                      else f"{t['dice_mean'] - base['test']['dice_mean']:+.3f}")
-            extra = []
-            if t.get("dice_lesion") is not None:
-                extra.append(f"lesion {_f(t['dice_lesion'])}, normal empty "
-                             f"{_f(t['normal_empty_rate'])}")
-            if t.get("hc_mae_mm") is not None:
-                extra.append(f"HC MAE {_f(t['hc_mae_mm'], 2)} mm")
             what = e["what"] + (f" ({e['note']})" if e.get("note") else "")
             lines.append(f"| `{e['lever']}` | {what} | {e['epochs']} | {_f(e['val_dice'])} "
-                         f"| {_f(t['dice_mean'])} | {delta} | {'; '.join(extra)} |")
+                         f"| {_f(t['dice_mean'])} | {delta} | {extra(t)} |")
     return lines
 
 
