@@ -214,10 +214,11 @@ def test_norm_layers_and_their_state() -> None:
     assert sum(k.endswith("running_mean") for k in batch.state_dict()) == 10  # 2 per DoubleConv
     assert all(c.bias is None for c in inst.modules() if isinstance(c, torch.nn.Conv2d)
                and c.kernel_size == (3, 3))
-    # the paper's valid network has no normalisation, whatever the setting
-    valid = tiny("valid", depth=2, norm="instance")
+    # the paper's valid network has no normalisation, and refuses to be given one
     assert not any(isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d))
-                   for m in valid.modules())
+                   for m in tiny("valid", depth=2).modules())
+    with pytest.raises(UltrasegError, match="instance normalisation needs the 'same' variant"):
+        build_model(ModelConfig(variant="valid", width=4, norm="instance"))
 
 
 def test_unknown_norm_is_refused() -> None:

@@ -100,7 +100,10 @@ class UNet(nn.Module):
         self.cfg = cfg
         if cfg.norm not in NORMS:
             raise ValueError(f"unknown normalisation {cfg.norm!r}; valid: {list(NORMS)}")
-        # valid: the paper's network has no normalisation (and ignores cfg.norm)
+        if cfg.norm != "batch" and cfg.variant != "same":
+            raise ValueError(f"{cfg.norm} normalisation needs the 'same' variant (the paper's "
+                             "valid U-Net has no normalisation)")
+        # valid: the paper's network has no normalisation (the default 'batch' means none here)
         padding, norm = (0, None) if cfg.variant == "valid" else (1, cfg.norm)
         widths = [cfg.width * 2**level for level in range(cfg.depth + 1)]
 
