@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from ultraseg.config import PreprocessConfig
-from ultraseg.data import cache_key, load_arrays, read_split, split_by_subject, write_split
+from ultraseg.data import (cache_key, holdout_by_subject, load_arrays, read_split, run_split,
+                           split_by_subject, write_split)
 from ultraseg.errors import UltrasegError
 from ultraseg.io import DataProblems, Sample, open_dataset
 
@@ -171,3 +172,13 @@ def test_load_arrays_collects_every_problem(tmp_path: Path) -> None:
     assert len(e.value.problems) == 2
     assert "0_0.png" in str(e.value) and "1_2.png" in str(e.value)
     assert not list((tmp_path / "c").glob("*.npz"))
+
+
+def test_run_split_holds_out_then_validates_by_subject() -> None:
+    subjects = [f"s{i % 10}" for i in range(50)]
+    train, val, test = run_split(subjects, 0.2, 0.2, seed=3)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(50))
+    sides = [{subjects[i] for i in side} for side in (train, val, test)]
+    assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    kept, held = holdout_by_subject(subjects, 0.2, 3)  # the held-out side is holdout_by_subject's
+    assert test.tolist() == held.tolist()

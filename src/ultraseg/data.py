@@ -165,6 +165,16 @@ def holdout_by_subject(subjects: Sequence[str], fraction: float, seed: int
     return kept, held
 
 
+def run_split(subjects: Sequence[str], test_fraction: float, val_fraction: float, seed: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, val, test) of a training run: ``test_fraction`` of the frames held out
+    by subject (:func:`holdout_by_subject`), then ``val_fraction`` of the rest for validation
+    (:func:`split_by_subject`), both seeded with ``seed``; no subject on two sides."""
+    kept, test_idx = holdout_by_subject(subjects, test_fraction, seed)
+    tr, va = split_by_subject([subjects[i] for i in kept], val_fraction, seed)
+    return kept[tr], kept[va], test_idx
+
+
 def read_split(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) from a split file written by :func:`write_split`."""
     doc = json.loads(Path(path).read_text())

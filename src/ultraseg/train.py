@@ -32,8 +32,7 @@ from . import __version__
 from .augment import augment_batch
 from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from .config import PostprocessConfig, RunConfig
-from .data import (Arrays, holdout_by_subject, load_arrays, read_split, split_by_subject,
-                   write_split)
+from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, session
 from .errors import UltrasegError
 from .fileio import atomic_write_text
@@ -345,9 +344,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         train_idx, val_idx = read_split(out / "split.json", arrays.names)
     else:
         split_seed = tc.seed if tc.split_seed is None else tc.split_seed
-        kept, test_idx = holdout_by_subject(arrays.subjects, tc.test_fraction, split_seed)
-        tr, va = split_by_subject([arrays.subjects[i] for i in kept], tc.val_fraction, split_seed)
-        train_idx, val_idx = kept[tr], kept[va]
+        train_idx, val_idx, test_idx = run_split(arrays.subjects, tc.test_fraction,
+                                                 tc.val_fraction, split_seed)
         if ctx.is_main:
             write_split(out / "split.json", arrays.names, arrays.subjects, train_idx, val_idx,
                         split_seed, tc.val_fraction, test_idx)
