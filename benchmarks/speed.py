@@ -601,17 +601,31 @@ def child_plain(args: dict[str, Any]) -> dict[str, Any]:
         for x, y in ref_batches:
             reference_step(model, opt, x, y)
 
-    train_round()  # warm-up
+    def make_predict() -> Callable[[np.ndarray], Any]:
+        torch.manual_seed(1)
+        return reference_predict(build_model(ModelConfig(width=s.width)), device)
+
+    images_per_s, s_per_frame = time_one_side(s, cfg, device, train_round, make_predict)
+    return {"ref_images_per_s": images_per_s, "ref_s_per_frame": s_per_frame,
+            "allocator_kept_freed_memory": False}
+
+
+def time_one_side(s: Settings, cfg, device, train_round: Callable[[], None],
+                  make_predict: Callable[[], Callable[[np.ndarray], Any]]
+                  ) -> tuple[float, float]:
+    """One side of the comparison alone in its process (the plain and ultraseg children):
+    training images/s (best of ``s.train_rounds`` rounds, after a warm-up round), then seconds
+    per 580x420 frame of the predictor ``make_predict`` builds after training (each frame's
+    best of ``s.infer_reps``, after a warm-up frame)."""
+    train_round()
     train_s = min(timed(train_round, device) for _ in range(s.train_rounds))
     images, _ = infer_images(s.infer_frames)
-    torch.manual_seed(1)
-    predict = reference_predict(build_model(ModelConfig(width=s.width)), device)
-    predict(images[0])  # warm-up
+    predict = make_predict()
+    predict(images[0])
     frame_s = [min(timed(partial(predict, im), device) for _ in range(s.infer_reps))
                for im in images]
-    return {"ref_images_per_s": round(s.train_steps * cfg.train.batch_size / train_s, 3),
-            "ref_s_per_frame": round(float(np.mean(frame_s)), 3),
-            "allocator_kept_freed_memory": False}
+    return (round(s.train_steps * cfg.train.batch_size / train_s, 3),
+            round(float(np.mean(frame_s)), 3))
 
 
 def child_predict(args: dict[str, Any]) -> dict[str, Any]:
@@ -688,17 +702,14 @@ def child_ultraseg(args: dict[str, Any]) -> dict[str, Any]:
             x, y = next(source)
             step(model, opt, x, y, gen)
 
-    train_round()  # warm-up
-    train_s = min(timed(train_round, device) for _ in range(s.train_rounds))
-    images, _ = infer_images(s.infer_frames)
-    torch.manual_seed(1)
-    net = build_model(ModelConfig(width=s.width))
-    fast = Predictor(torch_runner(net, device, dtype), net.cfg, PreprocessConfig(size=None))
-    fast.predict_proba(images[0])  # warm-up
-    frame_s = [min(timed(partial(fast.predict_proba, im), device) for _ in range(s.infer_reps))
-               for im in images]
-    return {"images_per_s": round(s.train_steps * cfg.train.batch_size / train_s, 3),
-            "s_per_frame": round(float(np.mean(frame_s)), 3),
+    def make_predict() -> Callable[[np.ndarray], Any]:
+        torch.manual_seed(1)
+        net = build_model(ModelConfig(width=s.width))
+        return Predictor(torch_runner(net, device, dtype), net.cfg,
+                         PreprocessConfig(size=None)).predict_proba
+
+    images_per_s, s_per_frame = time_one_side(s, cfg, device, train_round, make_predict)
+    return {"images_per_s": images_per_s, "s_per_frame": s_per_frame,
             "allocator_kept_freed_memory": True}
 
 
