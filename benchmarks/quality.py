@@ -175,21 +175,6 @@ LEVERS: dict[str, tuple[str, dict]] = {
 }
 
 
-def canvas_val_dice(run: Path, epoch: int) -> float | None:
-    """Validation Dice of ``run``'s ``epoch`` on its working canvases, before post-processing
-    (metrics.csv; ``val_dice`` of a lever record is after it, on the frames' own size)."""
-    import csv
-
-    path = run / "metrics.csv"
-    if not path.exists():
-        return None
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if int(row["epoch"]) == epoch and row.get("val_dice"):
-                return float(row["val_dice"])
-    return None
-
-
 def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
     """Train the cpu preset with one lever changed; score validation and held-out subjects.
 
@@ -206,23 +191,26 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
     if done.exists():
         logging.info("reusing finished lever run %s", run)
         entry = json.loads(done.read_text())
-        if entry.get("val_dice_canvas") is None:  # recorded before that figure was
-            entry["val_dice_canvas"] = canvas_val_dice(run, entry["best_epoch"])
+        if entry.get("val_dice_canvas") is None and (run / "best.ckpt").exists():
+            from ultraseg.checkpoint import load_checkpoint  # recorded before that figure was
+
+            entry["val_dice_canvas"] = load_checkpoint(run / "best.ckpt").meta["metrics"].get(
+                "best_val_dice")
         return entry
     meta = finished_run(run, cfg, f"lever {name}")
     if meta is not None:
         epochs = len((run / "metrics.csv").read_text().strip().splitlines()) - 1
         best_epoch, val_dice = meta["best_epoch"], meta["val_dice_postprocessed"]
-        minutes = meta["train_seconds"] / 60
+        canvas, minutes = meta["best_val_dice"], meta["train_seconds"] / 60
     else:
         result = train(cfg, run)
         epochs, best_epoch = result.epochs_run, result.best_epoch
-        val_dice = result.val_dice_postprocessed
+        val_dice, canvas = result.val_dice_postprocessed, result.best_dice
         minutes = result.seconds / 60
     entry = {"dataset": dataset, "lever": name, "what": what, "overrides": overrides,
              "base_size": base.preprocess.size, "train_minutes": round(minutes, 2),
              "epochs": epochs, "best_epoch": best_epoch, "val_dice": val_dice,
-             "val_dice_canvas": canvas_val_dice(run, best_epoch),
+             "val_dice_canvas": canvas,  # on the working canvases, before post-processing
              "test": score_test(run, dataset)}
     done.write_text(json.dumps(entry, indent=2))
     logging.info("%s", json.dumps(entry))
