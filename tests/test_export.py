@@ -34,6 +34,8 @@ MODELS = {
               PreprocessConfig(size=None, normalise="zscore")),
     "same-instance": (ModelConfig(variant="same", width=4, depth=2, norm="instance"),
                       PreprocessConfig(size=96)),
+    "same-presence": (ModelConfig(variant="same", width=4, depth=2, presence_head=True),
+                      PreprocessConfig(size=96)),
 }
 
 
@@ -48,6 +50,10 @@ def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
         with torch.no_grad():  # spread the logits; no flat regions at exactly p = 0.5
             net.head.weight.mul_(4.0)
             net.head.bias.fill_(-0.25)
+            if net.presence is not None:    # present (p ~ 0.95), a little unlike per frame
+                net.presence.weight.normal_(0.0, 0.02)
+                net.presence.bias.fill_(3.0)
+                net.head.bias.fill_(0.2)    # gated masks cover 60-85 % of the real frames
         ckpt = root / f"{name}.ckpt"
         meta = make_meta(model, pre, PostprocessConfig(threshold=0.5))
         meta["measure"] = {"boundary_offset_px": 1.25}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ultraseg.losses import LOSSES, bce_loss, compute_loss, soft_dice_loss
+from ultraseg.model.unet import PresenceOutput
 
 
 def _sig(v: float) -> float:
@@ -110,3 +111,20 @@ def test_deep_supervision_loss_reaches_every_output() -> None:
     outs = [torch.zeros(1, 1, 8 // 2**k, 8 // 2**k, requires_grad=True) for k in range(3)]
     compute_loss("bce+dice", outs, target).backward()
     assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outs)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0, 0.5])
+def test_presence_output_adds_the_heads_cross_entropy_against_a_non_empty_mask(weight) -> None:
+    torch.manual_seed(0)
+    target = torch.zeros(3, 1, 8, 8)
+    target[0, 0, 2, 3] = 1                     # one pixel is enough to count as present
+    target[2, 0, 4:, 4:] = 1
+    logits, presence = torch.randn(3, 1, 8, 8), torch.tensor([[2.0], [1.0], [-3.0]])
+    want = compute_loss("bce+dice", logits, target) + weight * (
+        -(math.log(_sig(2.0)) + math.log(1 - _sig(1.0)) + math.log(_sig(-3.0))) / 3)
+    got = compute_loss("bce+dice", PresenceOutput(logits, presence), target, weight)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    # with deep supervision the outputs are scored as without the head
+    outs = (logits, torch.randn(3, 1, 4, 4))
+    assert float(compute_loss("dice", PresenceOutput(outs, presence), target, 0.0)) == \
+        pytest.approx(float(compute_loss("dice", outs, target)), rel=1e-6)

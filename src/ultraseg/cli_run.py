@@ -44,7 +44,7 @@ class ProgressPrinter:
 _FLAGS = {  # flag dest -> (section, key)
     "model": ("model", "variant"), "width": ("model", "width"), "depth": ("model", "depth"),
     "tile": ("model", "tile"), "deep_supervision": ("model", "deep_supervision"),
-    "norm": ("model", "norm"),
+    "norm": ("model", "norm"), "presence_head": ("model", "presence_head"),
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
     "normalise": ("preprocess", "normalise"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -53,7 +53,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "split_seed": ("train", "split_seed"), "device": ("train", "device"),
     "precision": ("train", "precision"),
     "augment": ("train", "augment"), "schedule": ("train", "schedule"),
-    "ema_decay": ("train", "ema_decay"),
+    "ema_decay": ("train", "ema_decay"), "presence_weight": ("train", "presence_weight"),
     "tiles_per_image": ("train", "tiles_per_image"), "threads": ("train", "num_threads"),
     "layout": ("data", "layout"), "subject_pattern": ("data", "subject_pattern"),
     "cache_dir": ("data", "cache_dir"),
@@ -140,6 +140,12 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="same model: also train 1/2- and 1/4-resolution outputs")
     p.add_argument("--norm", choices=choices(ModelConfig, "norm"),
                    help="same model: normalisation after each convolution (batch)")
+    p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="a per-frame 'structure present?' output that gates every pixel: "
+                   "frames it calls absent come out empty")
+    p.add_argument("--presence-weight", type=float,
+                   help="weight of the presence head's own cross-entropy in the loss (1; 0: "
+                   "trained through the gated pixel loss alone)")
     p.add_argument("--size", type=int, help="working resolution (frames padded square, resized)")
     p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"))
     p.add_argument("--epochs", type=int)

@@ -51,7 +51,13 @@ class ModelConfig(_Section):
     each convolution, 'batch' (BatchNorm2d, statistics of the batch in training and running
     averages at prediction) or 'instance' (InstanceNorm2d with a learned scale and shift,
     statistics of each image's own feature maps, in training and prediction alike: nnU-Net's
-    and MONAI BasicUNet's choice)."""
+    and MONAI BasicUNet's choice). ``presence_head``: a per-image "is the structure there at
+    all?" output on the bottleneck (global average and max pooling, then a linear layer); each
+    pixel's probability becomes P(present) x P(pixel | present), so no pixel can exceed its
+    frame's presence probability and a frame the head calls absent comes out empty (the
+    Kaggle nerve competition's empty-mask trick). The head is trained through the gated pixel
+    loss and by its own binary cross-entropy against "the mask is not empty", weighted by
+    ``TrainConfig.presence_weight`` (0: the pixel loss alone)."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
@@ -61,6 +67,7 @@ class ModelConfig(_Section):
     tile: int = 68           # valid only: output tile side used for training and prediction
     deep_supervision: bool = False
     norm: Literal["batch", "instance"] = "batch"
+    presence_head: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class TrainConfig(_Section):
     schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     ema_decay: float = 0.0               # 0: off; else validate / keep a moving average of weights
+    presence_weight: float = 1.0         # presence-head models: weight of the head's own BCE
     augment: Literal["none", "flip", "strong", "elastic"] = "none"
     tiles_per_image: int = 1             # valid model: random tiles drawn per image per epoch
     tune_postprocess: bool = True

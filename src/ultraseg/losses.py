@@ -6,6 +6,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .model.unet import PresenceOutput
+
 LOSSES = ("bce", "dice", "bce+dice")
 
 
@@ -24,15 +26,24 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
 
-def compute_loss(name: str, logits: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor
-                 ) -> torch.Tensor:
+def compute_loss(name: str, logits: torch.Tensor | Sequence[torch.Tensor] | PresenceOutput,
+                 target: torch.Tensor, presence_weight: float = 1.0) -> torch.Tensor:
     """The loss named ``name``: 'bce', 'dice' or 'bce+dice' (their sum).
 
     ``logits`` may be a sequence (a deep-supervised model in training: full resolution, then
     1/2, 1/4, ...): the k-th output is scored against the target average-pooled by 2**k (the
     share of foreground in each cell, a soft target) with weight 2**-k, the weights summing
     to 1 (nnU-Net's scheme).
+
+    ``logits`` may be a :class:`~ultraseg.model.unet.PresenceOutput` (a model with a presence
+    head, in training): the loss of its outputs plus ``presence_weight`` times the binary
+    cross-entropy of its presence logits against "the target is not empty" (per image and
+    channel).
     """
+    if isinstance(logits, PresenceOutput):
+        present = target.flatten(2).amax(2).gt(0).float()
+        return (compute_loss(name, logits.outputs, target)
+                + presence_weight * bce_loss(logits.presence, present))
     if not isinstance(logits, torch.Tensor):
         weights = [2.0**-k for k in range(len(logits))]
         total = sum(weights)

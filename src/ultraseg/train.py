@@ -164,7 +164,7 @@ def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
     y = y.to(device, non_blocking=True)
     with autocast(device, dtype):
         logits = model(x)
-    return compute_loss(cfg.train.loss, logits, y)
+    return compute_loss(cfg.train.loss, logits, y, cfg.train.presence_weight)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

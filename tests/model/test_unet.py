@@ -6,6 +6,7 @@ import torch
 
 from ultraseg.config import ModelConfig
 from ultraseg.errors import UltrasegError
+from ultraseg.losses import compute_loss
 from ultraseg.model import (
     UNet,
     build_model,
@@ -18,6 +19,7 @@ from ultraseg.model import (
     valid_input_size,
     valid_output_size,
 )
+from ultraseg.model.unet import PresenceOutput, gate_logits
 
 
 def tiny(variant: str, depth: int = 4, **kw) -> UNet:
@@ -184,6 +186,66 @@ def test_deep_supervision_heads_are_in_the_state_dict() -> None:
 def test_deep_supervision_needs_the_same_variant() -> None:
     with pytest.raises(UltrasegError, match="deep supervision needs the 'same' variant"):
         build_model(ModelConfig(variant="valid", width=4, deep_supervision=True))
+
+
+# --- presence head --------------------------------------------------------------------------
+
+
+def test_gate_is_the_logit_of_the_product_of_probabilities() -> None:
+    torch.manual_seed(0)
+    logits, presence = torch.randn(3, 2, 5, 7) * 8, torch.randn(3, 2) * 8
+    want = torch.logit(torch.sigmoid(logits.double())
+                       * torch.sigmoid(presence.double())[:, :, None, None])
+    got = gate_logits(logits, presence)
+    assert got.dtype == torch.float32 and got.shape == logits.shape
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    # far beyond float32's sigmoid range the gate stays finite and ordered
+    extreme = gate_logits(torch.tensor([[[[-200.0, 0.0, 200.0]]]]), torch.tensor([[300.0]]))
+    torch.testing.assert_close(extreme, torch.tensor([[[[-200.0, 0.0, 200.0]]]]))
+    assert (gate_logits(torch.full((1, 1, 2, 2), 200.0), torch.tensor([[-3.0]])) < -2.9).all()
+
+
+@pytest.mark.parametrize("variant,depth", [("same", 3), ("valid", 2)])
+def test_presence_head_keeps_shapes_and_adds_only_its_layer(variant, depth) -> None:
+    plain, gated = tiny(variant, depth), tiny(variant, depth, presence_head=True)
+    assert set(gated.state_dict()) - set(plain.state_dict()) == {"presence.weight",
+                                                                  "presence.bias"}
+    assert gated.presence.in_features == 2 * 4 * 2**depth   # mean and max of the bottleneck
+    size = 32 if variant == "same" else valid_input_size(20, depth)
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():
+        assert gated(x).shape == plain(x).shape
+        # the same weights: the gated output is the plain one passed through the gate
+        gated.load_state_dict({**plain.state_dict(), "presence.weight": gated.presence.weight,
+                               "presence.bias": gated.presence.bias})
+        c = gated.presence(torch.zeros(2, gated.presence.in_features))  # weights start at 0
+        torch.testing.assert_close(gated(x), gate_logits(plain(x), c))
+
+
+def test_a_frame_the_presence_head_calls_absent_comes_out_empty() -> None:
+    net = tiny("same", 2, presence_head=True)
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        net.head.bias.fill_(20.0)             # every pixel certain on its own ...
+        net.presence.bias.fill_(-2.0)         # ... but the frame called absent (p = 0.12)
+        prob = torch.sigmoid(net(x))
+    assert (prob <= torch.sigmoid(torch.tensor(-2.0)) + 1e-6).all() and (prob > 0.1).all()
+
+
+def test_presence_head_in_training_hands_its_logits_to_the_loss() -> None:
+    net = tiny("same", 3, presence_head=True, deep_supervision=True).train()
+    x, empty = torch.randn(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    out = net(x)
+    assert isinstance(out, PresenceOutput) and out.presence.shape == (2, 1)
+    assert [tuple(o.shape) for o in out.outputs] == [(2, 1, 32, 32), (2, 1, 16, 16), (2, 1, 8, 8)]
+    # weight 0: the head learns through the gate of every output alone; an empty target
+    # asks for a lower presence
+    compute_loss("bce+dice", out, empty, presence_weight=0.0).backward()
+    assert net.presence.weight.grad.abs().sum() > 0 and net.presence.bias.grad.item() > 0
+    with torch.no_grad():                     # a frame called absent: every output below it
+        net.presence.bias.fill_(-30.0)
+        assert all((o < -29).all() for o in net(x).outputs)
+        assert isinstance(net.eval()(x), torch.Tensor)   # prediction: the gated logits alone
 
 
 # --- normalisation --------------------------------------------------------------------------

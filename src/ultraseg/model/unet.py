@@ -17,6 +17,7 @@ tiler, training and prediction.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -66,6 +67,13 @@ class UNet(nn.Module):
     With ``cfg.deep_supervision``, a model in training mode returns a tuple: the logits, then
     those of the half- and quarter-resolution heads (see :func:`aux_levels`); in eval mode
     (validation, prediction, export) the logits alone.
+
+    With ``cfg.presence_head``, a linear layer on the bottleneck's globally average- and
+    max-pooled features gives each image a presence logit ``c``; every output's pixel logit
+    ``l`` becomes the logit of sigmoid(l) * sigmoid(c) (see :func:`gate_logits`), in training
+    and prediction alike, so the outputs keep their shapes and meaning; in training mode the
+    model returns a :class:`PresenceOutput` (those outputs and ``c``), for the loss to score
+    ``c`` too.
 
     Shapes:
         valid: (N, in_channels, H, W) -> (N, out_channels, h, w) with
@@ -122,6 +130,11 @@ class UNet(nn.Module):
             [nn.Conv2d(widths[level], cfg.out_channels, kernel_size=1)
              for level in aux_levels(cfg)]
         )
+        self.presence: nn.Linear | None = None
+        if cfg.presence_head:
+            self.presence = nn.Linear(2 * widths[-1], cfg.out_channels)
+            nn.init.zeros_(self.presence.weight)   # starts at P(present) = 0.5 for every frame
+            nn.init.zeros_(self.presence.bias)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -175,6 +188,9 @@ class UNet(nn.Module):
             x = block(x)
             skips.append(x)
         x = skips.pop()                     # the bottom of the "U" is no skip
+        presence = None
+        if self.presence is not None:       # (N, out_channels): one logit per image and class
+            presence = self.presence(torch.cat((x.mean((2, 3)), x.amax((2, 3))), dim=1))
         supervise = aux_levels(self.cfg) if self.training else ()
         coarse: dict[int, torch.Tensor] = {}  # only the levels supervised now: no extra memory
         for i, up in enumerate(self.decoder):  # expansive path, deepest skip first
@@ -183,9 +199,35 @@ class UNet(nn.Module):
             if level in supervise:
                 coarse[level] = x
         out = self.head(x)
-        if supervise:
-            return (out, *[head(coarse[level]) for head, level in zip(self.aux_heads, supervise)])
-        return out
+        outs = (out, *[head(coarse[level]) for head, level in zip(self.aux_heads, supervise)])
+        if presence is not None:
+            outs = tuple(gate_logits(o, presence) for o in outs)
+        result = outs if supervise else outs[0]
+        if presence is not None and self.training:
+            return PresenceOutput(result, presence)
+        return result
+
+
+class PresenceOutput(NamedTuple):
+    """What a model with a presence head returns in training mode: its (gated) outputs, as
+    without the head, and the presence logits (N, out_channels), which the loss also scores
+    against "the mask is not empty" (:func:`ultraseg.losses.compute_loss`)."""
+
+    outputs: torch.Tensor | tuple[torch.Tensor, ...]
+    presence: torch.Tensor
+
+
+def gate_logits(logits: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """The logit of sigmoid(logits) * sigmoid(presence), computed stably in float32.
+
+    ``logits`` (N, C, H, W) and ``presence`` (N, C). With l and c the two logits,
+    logit(s(l) s(c)) = l + c - log(1 + e^l + e^c): close to l where c is large (the structure
+    is there), and never above c, so negative (probability under 0.5) wherever c is.
+    """
+    pixel = logits.float()
+    frame = presence.float()[:, :, None, None].expand_as(pixel)
+    return pixel + frame - torch.logsumexp(
+        torch.stack((pixel, frame, torch.zeros_like(pixel))), dim=0)
 
 
 def aux_levels(cfg: ModelConfig) -> tuple[int, ...]:
