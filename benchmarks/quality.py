@@ -4,6 +4,7 @@
                                  [--time-limit 20m] [--runs DIR] [--record] [--no-train]
     python benchmarks/quality.py --datasets busi --time-limit 6m --record --levers LEVER...
     python benchmarks/quality.py --agreement nerve [--record]
+    python benchmarks/quality.py --presence RUN --datasets busi
 
 For each dataset and preset: ``ultraseg train`` with ``--test-fraction 0.2`` (a fifth of the
 subjects held out from training, epoch selection and post-processing tuning alike), then
@@ -16,6 +17,8 @@ shorter budget, scores validation and held-out subjects, and records results/lev
 table per dataset, budget and preset working size in QUALITY.md).
 ``--agreement DATASET`` trains nothing: it scores how alike the masks of near-identical frames
 of one subject are (:func:`annotation_agreement`; results/agreement-DATASET.json).
+``--presence RUN`` trains nothing: what a presence-head model's head says on the held-out
+frames of RUN, the frames with empty masks against the others (:func:`presence_probe`).
 Reads ../shared/datasets in place; exits with a message when it is absent.
 """
 from __future__ import annotations
@@ -149,6 +152,24 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "lr-1e-3": ("peak learning rate 1e-3 (not 2e-3)", {"train": {"lr": 1e-3}}),
     "norm-instance": ("instance normalisation with a learned scale and shift (not batch "
                       "normalisation)", {"model": {"norm": "instance"}}),
+    "presence-head": ("a per-frame presence head on the bottleneck gating every pixel "
+                      "(P(present) x P(pixel, given present)), with its own cross-entropy against "
+                      "\"the mask is not empty\" in the loss",
+                      {"model": {"presence_head": True}}),
+    "presence-head+seed-1": ("the presence head (with its own loss), with training seed 1 on the "
+                             "same split (its spread)", {"model": {"presence_head": True},
+                                                         "train": {"seed": 1, "split_seed": 0}}),
+    "presence-head+norm-instance": ("two levers together: the presence head (with its own loss) "
+                                    "and instance normalisation",
+                                    {"model": {"presence_head": True, "norm": "instance"}}),
+    "presence-head+norm-instance+seed-1": ("the presence head and instance normalisation, with "
+                                           "training seed 1 on the same split (its spread)",
+                                           {"model": {"presence_head": True, "norm": "instance"},
+                                            "train": {"seed": 1, "split_seed": 0}}),
+    "presence-head-gate-only": ("the presence head trained through the gated pixel loss "
+                                "alone (no loss of its own)",
+                                {"model": {"presence_head": True},
+                                 "train": {"presence_weight": 0.0}}),
     "deep-supervision": ("deep supervision: 1/2- and 1/4-resolution heads in the loss",
                          {"model": {"deep_supervision": True}}),
     "ema-0.999": ("validation and the checkpoint use an exponential moving average of the "
@@ -401,6 +422,36 @@ Measured on the held-out subjects above:
     Dice 0.976, 1.96 mm (median 1.40): its 1.90-1.96 over two seeds against the preset's
     1.72-1.79 over three is a difference of the recipe, not of the seed.
     Nothing in the headline changes: it stays seed 0, the protocol every other row uses.
+  - *A presence head* (`--presence-head`: one linear layer on the bottleneck's average- and
+    max-pooled features gives each frame a probability that the structure is there at all,
+    and every pixel's probability is multiplied by it; the Kaggle nerve competition's
+    empty-mask trick), on BUSI, the set with empty (normal) frames. Trained through that
+    product alone (`presence-head-gate-only`, no loss of its own) it learned no such thing: it
+    gave every held-out frame 0.98-1.00, normal ones included (area under the ROC curve 0.70
+    for normal against lesion frames), and the run scored like the preset's (lesion 0.742,
+    normal frames empty 15 of 19, validation 0.695). With its own binary cross-entropy
+    against "the mask is not empty" (`presence-head`, the option's default weight 1) it
+    separates them: area under the curve 0.995 and 0.983 on the held-out frames (training
+    seeds 0 and 1; median probability 0.003 on normal frames, 1.000 on lesion frames), and 18
+    of the 19 normal frames come out empty with both seeds (0.947: above the 90 % target and
+    above the preset's 11-17 over three seeds; `normal (79)`, wrong in every run, stays
+    wrong). But lesion Dice falls to 0.720 and 0.722 (13 and 12 lesions missed against 8;
+    those found outlined at 0.82 and 0.81): the head calls one to three lesion frames absent
+    (presence 0.04-0.30; two of them, `benign (247)` and `malignant (105)`, every run
+    misses anyway) and the segmentation misses a few more. Held-out Dice over all frames 0.755
+    and 0.757 (validation 0.719 and 0.701). With instance normalisation
+    (`presence-head+norm-instance`, the lever that lifted lesion Dice): validation 0.759 and
+    0.766 (seeds 0 and 1, the highest of any BUSI runs), but on the held-out frames lesion
+    0.753 and 0.736 (9 and 10 missed, found outlined at 0.82 and 0.81), normal frames empty
+    17 and 16 of 19, 0.775 and 0.752 over all frames: lesion Dice one seed above the preset's
+    and one below, the normal frames within its spread. Not adopted: the head alone meets the
+    normal-frame target on both seeds but costs 0.026-0.028 of lesion Dice (below all three of
+    the preset's seeds), the pair gains nothing beyond the spread, instance normalisation
+    costs HC18's head circumference (above), and nerve and HC18 have no empty frame for the
+    head to learn from (their runs with it were not made). `--presence-head` is an option,
+    for sets where empty frames matter more than a few lesions; `python
+    benchmarks/quality.py --presence RUN --datasets busi` prints what a run's head says on
+    its held-out frames.
 - *Learning-rate schedule* (6 minutes on BUSI, against the 192-px preset): a constant rate
   instead of the cosine decay loses 0.013 test Dice (validation 0.625 against 0.657); the
   preset keeps the cosine schedule.
@@ -424,6 +475,8 @@ What stands in the way of the BUSI and nerve targets:
   decay; `normal (48)` and `(56)` in all but the preset's seeds 1 and 2: dark oval
   regions under the skin line, marked with probability 0.97-0.999. 90 % of 19 frames means at
   most one wrong, so the target needs a model that tells these apart, not a better threshold.
+  A presence head with a loss of its own is such a model (above): 18 of 19 over two seeds,
+  but with a few more lesion frames missed.
 - **Missed lesions and false lesions**: of the 106 held-out lesion frames the preset leaves
   3-5 empty and 8-9 with Dice under 0.1 (seeds 0, 1, 2), and outlines the lesions it finds
   (Dice at least 0.1) at a mean Dice of 0.81-0.82; the misses alone cost about 0.06 of the
@@ -620,6 +673,49 @@ def lever_table(doc: dict) -> list[str]:
     return lines
 
 
+def presence_probe(run: Path, dataset: str) -> dict:
+    """The presence probabilities a presence-head model gives its held-out frames.
+
+    RUN/best.ckpt's model runs on each frame of RUN's held-out subjects as prediction prepares
+    it (fp32); the head's output is read with a forward hook. Returned: quantiles (0, 10, 25,
+    50, 75, 90, 100 %) of the probability over frames whose mask is empty and over the others,
+    and the share of (empty, non-empty) pairs the head ranks the right way round (the area
+    under the ROC curve: 0.5 is no better than chance)."""
+    import torch
+
+    from ultraseg.checkpoint import build_from_checkpoint, load_checkpoint
+    from ultraseg.evaluate import select_samples
+    from ultraseg.io import open_dataset
+    from ultraseg.preprocess import prepare
+
+    ckpt = load_checkpoint(run / "best.ckpt")
+    net = build_from_checkpoint(ckpt)
+    if net.presence is None:
+        raise SystemExit(f"{run}/best.ckpt has no presence head")
+    seen: list[float] = []
+    net.presence.register_forward_hook(
+        lambda _m, _i, out: seen.append(float(torch.sigmoid(out.float())[0, 0])))
+    samples = select_samples(open_dataset(DATA / dataset, LAYOUTS[dataset]).labelled,
+                             run / "split.json", "test")
+    empty: list[float] = []
+    present: list[float] = []
+    for s in samples:
+        image, mask = s.load()
+        x, _ = prepare(image, ckpt.preprocess)
+        with torch.no_grad():
+            net(torch.from_numpy(x)[None, None])
+        (present if (mask > 0).any() else empty).append(seen.pop())
+    q = [0, 10, 25, 50, 75, 90, 100]
+    out: dict = {"run": str(run), "dataset": dataset, "frames": len(samples)}
+    for name, v in (("empty", empty), ("non_empty", present)):
+        out[name] = {"frames": len(v), "quantiles_pct": q,
+                     "presence": [round(float(x), 4) for x in np.percentile(v, q)] if v else []}
+    if empty and present:
+        e, p = np.array(empty)[:, None], np.array(present)[None, :]
+        out["auc"] = round(float(np.mean((p > e) + 0.5 * (p == e))), 4)
+    return out
+
+
 def annotation_agreement(dataset: str, min_corr: float = 0.95, side: int = 64) -> dict:
     """How alike the ground truth is on near-identical frames of one subject.
 
@@ -678,6 +774,9 @@ def main() -> int:
     ap.add_argument("--agreement", choices=sorted(LAYOUTS), metavar="DATASET",
                     help="how alike the masks of near-identical frames of one subject are "
                          "(no training); with --record, results/agreement-DATASET.json")
+    ap.add_argument("--presence", metavar="RUN",
+                    help="what RUN's presence head says on its held-out frames (no training; "
+                         "the first of --datasets names the data)")
     a = ap.parse_args()
     if a.markdown_only:
         write_markdown(json.loads((HERE / "results" / "quality.json").read_text()),
@@ -687,6 +786,9 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
         return 2
+    if a.presence:
+        print(json.dumps(presence_probe(Path(a.presence), a.datasets[0])))
+        return 0
     if a.agreement:
         result = annotation_agreement(a.agreement)
         if a.record:
