@@ -492,14 +492,16 @@ What stands in the way of the BUSI and nerve targets:
   Instance normalisation is the one lever measured that lifts lesion Dice beyond the seed
   spread, to 0.756-0.757 over two seeds, by a miss fewer or slightly better outlines: far from
   0.80. Reaching 0.80 on lesions needs fewer misses and better outlines at once. The misses
-  repeat: `benign (212)`, `(247)`, `(309)` and `malignant (105)` score Dice 0.00 in every one
-  of the fourteen 192-px BUSI runs at the full budget (the preset's three seeds and every
-  lever above), `malignant (189)` and `benign (199)` under 0.15 in thirteen of them. The four
-  alone cost about 0.03 of the lesion Dice. Looked at by eye (three of the four, and
-  `benign (199)`), they are not the typical dark oval: a bright band-shaped region
-  (`benign (212)`), frames labelled on screen "LT RETROAR" (`benign (309)`) and "RT AXILLA"
-  (`benign (199)`), a small region cut by the frame's right edge (`malignant (105)`); lesion
-  sizes from 1.5 % to 19 % of the frame. No lever measured here finds any of the four.
+  repeat: `benign (247)`, `(309)` and `malignant (105)` score Dice 0.00 in every one of the
+  nineteen 192-px BUSI runs at the full budget (the preset's three seeds and every lever above,
+  the five presence-head runs included) and `benign (212)` in all but one (0.07); `malignant
+  (189)` and `benign (199)` under 0.15 in thirteen of the first fourteen and in three of the
+  five presence-head runs. The four alone cost about 0.03 of the lesion Dice. Looked at by eye
+  (three of the four, and `benign (199)`), they are not the typical dark oval: a bright
+  band-shaped region (`benign (212)`), frames labelled on screen "LT RETROAR" (`benign (309)`)
+  and "RT AXILLA" (`benign (199)`), a small region cut by the frame's right edge (`malignant
+  (105)`); lesion sizes from 1.5 % to 19 % of the frame. No lever measured here finds any of the
+  four.
 - **Training budget and generalisation**: 20 minutes on two cores is about 112 BUSI epochs or
   37 nerve epochs of a width-16 U-Net at 192 px. On BUSI the training loss keeps falling while
   validation Dice stops rising after about 60 epochs (overfitting 400 training images); wider
