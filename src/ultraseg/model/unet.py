@@ -226,6 +226,8 @@ def gate_logits(logits: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
     """
     pixel = logits.float()
     frame = presence.float()[:, :, None, None].expand_as(pixel)
+    # logsumexp over a stack, not softplus(logaddexp(pixel, frame)): the TorchScript ONNX
+    # exporter, export's fallback, has no logaddexp
     return pixel + frame - torch.logsumexp(
         torch.stack((pixel, frame, torch.zeros_like(pixel))), dim=0)
 
