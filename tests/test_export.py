@@ -206,12 +206,9 @@ def test_failed_export_leaves_the_target_untouched(tmp_path):
         export_onnx(bad, tmp_path / "no" / "m.onnx")
 
 
-def test_falls_back_to_the_torchscript_exporter(tmp_path, monkeypatch):
-    cfg = ModelConfig(variant="valid", width=4, depth=2, tile=20)
-    ckpt = tmp_path / "v.ckpt"
-    torch.manual_seed(0)
-    save_checkpoint(ckpt, build_model(cfg).state_dict(),
-                    make_meta(cfg, PreprocessConfig(size=None), PostprocessConfig()))
+@pytest.fixture
+def torchscript_only(monkeypatch) -> None:
+    """torch.onnx.export refuses the torch.export-based exporter, as it does some graphs."""
     real_export = torch.onnx.export
 
     def no_dynamo(*args, **kwargs):
@@ -220,9 +217,28 @@ def test_falls_back_to_the_torchscript_exporter(tmp_path, monkeypatch):
         return real_export(*args, **kwargs)
 
     monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+
+
+def test_falls_back_to_the_torchscript_exporter(tmp_path, torchscript_only):
+    cfg = ModelConfig(variant="valid", width=4, depth=2, tile=20)
+    ckpt = tmp_path / "v.ckpt"
+    torch.manual_seed(0)
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=None), PostprocessConfig()))
     path = export_onnx(ckpt, tmp_path / "v.onnx")           # verified against torch inside
     meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[META_KEY])
     assert meta["onnx"]["exporter"] == "torchscript" and meta["onnx"]["output_tile"] == 20
     image = np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8)
     want = load(ckpt, device="cpu", precision="fp32", tile=20).predict_proba(image)
+    assert np.abs(load(path).predict_proba(image) - want).max() < 1e-4
+
+
+def test_presence_head_exports_with_the_torchscript_exporter_too(exported, tmp_path,
+                                                                 torchscript_only):
+    ckpt = exported["same-presence"][0]
+    path = export_onnx(ckpt, tmp_path / "p.onnx")           # verified against torch inside
+    meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[META_KEY])
+    assert meta["onnx"]["exporter"] == "torchscript"
+    image = np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8)
+    want = load(ckpt, device="cpu", precision="fp32").predict_proba(image)
     assert np.abs(load(path).predict_proba(image) - want).max() < 1e-4
