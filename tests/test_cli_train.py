@@ -252,14 +252,16 @@ def test_deep_supervision_run_trains_and_predicts(data, tmp_path) -> None:
     assert prob.shape == (30, 44) and ((prob >= 0) & (prob <= 1)).all()
 
 
-def test_presence_head_run_trains_and_predicts(data, tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["gate", "classifier"])
+def test_presence_head_run_trains_and_predicts(data, tmp_path, mode) -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.presence_head is False
     assert _resolve(["D", "--out", "R", "--presence-weight", "0"]).train.presence_weight == 0.0
     run = tmp_path / "run"
     assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "2",
-                     "--presence-head"]) == 0
+                     "--presence-head", "--presence-mode", mode]) == 0
     ckpt = load_checkpoint(run / "best.ckpt")
     assert ckpt.model.presence_head and "presence.weight" in ckpt.state_dict
+    assert ckpt.model.presence_mode == mode
     assert ckpt.state_dict["presence.weight"].abs().sum() > 0      # trained, not left at 0
     prob = load(run / "best.ckpt", device="cpu").predict_proba(np.full((30, 44), 90, np.uint8))
     assert prob.shape == (30, 44) and ((prob >= 0) & (prob <= 1)).all()

@@ -15,7 +15,7 @@ import torch
 from conftest import shared_dataset
 from PIL import Image
 
-from ultraseg.checkpoint import make_meta, save_checkpoint
+from ultraseg.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
 from ultraseg.errors import CheckpointError, UltrasegError
 from ultraseg.export import META_KEY, export_onnx, onnx_predictor
@@ -36,6 +36,8 @@ MODELS = {
                       PreprocessConfig(size=96)),
     "same-presence": (ModelConfig(variant="same", width=4, depth=2, presence_head=True),
                       PreprocessConfig(size=96)),
+    "same-classifier": (ModelConfig(variant="same", width=4, depth=2, presence_head=True,
+                                    presence_mode="classifier"), PreprocessConfig(size=96)),
 }
 
 
@@ -242,3 +244,22 @@ def test_presence_head_exports_with_the_torchscript_exporter_too(exported, tmp_p
     image = np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8)
     want = load(ckpt, device="cpu", precision="fp32").predict_proba(image)
     assert np.abs(load(path).predict_proba(image) - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("exporter", ["default", "torchscript"])
+def test_a_frame_a_classifier_head_calls_absent_exports_empty(exported, tmp_path, exporter,
+                                                               request):
+    if exporter == "torchscript":
+        request.getfixturevalue("torchscript_only")
+    present = exported["same-classifier"][0]            # its head says present (bias 3)
+    ckpt = load_checkpoint(present)
+    weights = {**ckpt.state_dict, "presence.bias": torch.full((1,), -3.0)}
+    absent = tmp_path / "absent.ckpt"
+    save_checkpoint(absent, weights, make_meta(ckpt.model, ckpt.preprocess, ckpt.postprocess))
+    image = np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8)
+    for path, empty in ((present, False), (absent, True)):
+        onnx_path = export_onnx(path, tmp_path / f"{path.stem}-{exporter}.onnx")
+        want = load(path, device="cpu", precision="fp32").predict_proba(image)
+        got = load(onnx_path).predict_proba(image)
+        assert np.abs(got - want).max() < 1e-4
+        assert (got.max() == 0.0) if empty else (got.max() > 0.5)

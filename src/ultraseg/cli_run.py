@@ -45,6 +45,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "model": ("model", "variant"), "width": ("model", "width"), "depth": ("model", "depth"),
     "tile": ("model", "tile"), "deep_supervision": ("model", "deep_supervision"),
     "norm": ("model", "norm"), "presence_head": ("model", "presence_head"),
+    "presence_mode": ("model", "presence_mode"),
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
     "normalise": ("preprocess", "normalise"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -143,6 +144,10 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-frame 'structure present?' output that gates every pixel: "
                    "frames it calls absent come out empty")
+    p.add_argument("--presence-mode", choices=choices(ModelConfig, "presence_mode"),
+                   help="with --presence-head: 'gate' (every pixel's probability times the "
+                   "frame's, in training too) or 'classifier' (trained beside the pixels; at "
+                   "prediction a frame called absent comes out empty, the others unchanged)")
     p.add_argument("--presence-weight", type=float,
                    help="weight of the presence head's own cross-entropy in the loss (1; 0: "
                    "trained through the gated pixel loss alone)")

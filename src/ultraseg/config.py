@@ -57,7 +57,12 @@ class ModelConfig(_Section):
     frame's presence probability and a frame the head calls absent comes out empty (the
     Kaggle nerve competition's empty-mask trick). The head is trained through the gated pixel
     loss and by its own binary cross-entropy against "the mask is not empty", weighted by
-    ``TrainConfig.presence_weight`` (0: the pixel loss alone)."""
+    ``TrainConfig.presence_weight`` (0: the pixel loss alone). ``presence_mode`` says how the
+    head meets the pixels: 'gate' (as above, in training and prediction alike) or 'classifier'
+    (the head is a frame classifier beside the segmentation: the pixel loss scores the
+    ungated logits and the head its own cross-entropy, on the same bottleneck; outside
+    training a frame the head calls absent, P(present) < 0.5, comes out empty and every other
+    frame exactly as the segmentation says)."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
@@ -68,6 +73,7 @@ class ModelConfig(_Section):
     deep_supervision: bool = False
     norm: Literal["batch", "instance"] = "batch"
     presence_head: bool = False
+    presence_mode: Literal["gate", "classifier"] = "gate"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ultraseg.model import (
     valid_input_size,
     valid_output_size,
 )
-from ultraseg.model.unet import PresenceOutput, gate_logits
+from ultraseg.model.unet import ABSENT_LOGIT, PresenceOutput, gate_logits
 
 
 def tiny(variant: str, depth: int = 4, **kw) -> UNet:
@@ -246,6 +246,51 @@ def test_presence_head_in_training_hands_its_logits_to_the_loss() -> None:
         net.presence.bias.fill_(-30.0)
         assert all((o < -29).all() for o in net(x).outputs)
         assert isinstance(net.eval()(x), torch.Tensor)   # prediction: the gated logits alone
+
+
+def test_adding_a_presence_head_leaves_the_other_layers_initial_weights_alone() -> None:
+    plain = tiny("same", 3).state_dict()
+    for mode in ("gate", "classifier"):
+        with_head = tiny("same", 3, presence_head=True, presence_mode=mode).state_dict()
+        for key, value in plain.items():
+            assert torch.equal(with_head[key], value), key
+
+
+def test_classifier_presence_head_trains_beside_the_pixels_and_empties_absent_frames() -> None:
+    plain = tiny("same", 2)
+    net = tiny("same", 2, presence_head=True, presence_mode="classifier")
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        # training: the segmentation's own logits (no gate), the head's logits beside them
+        out = net.train()(x)
+        assert isinstance(out, PresenceOutput) and out.presence.shape == (3, 1)
+        torch.testing.assert_close(out.outputs, plain.train()(x))
+        # prediction: frames called absent (c < 0) come out empty, the others unchanged
+        net.presence.weight.zero_()
+        net.presence.bias.fill_(-0.1)
+        assert (net.eval()(x) == ABSENT_LOGIT).all()
+        net.presence.bias.fill_(0.1)
+        torch.testing.assert_close(net(x), plain.eval()(x))
+        # per frame: a weight on one pooled feature calls some frames absent and not others
+        pooled = net.encoder[-1](net.encoder[-2](net.encoder[-3](x)))[:, 0].mean((1, 2))
+        low = pooled.sort().values
+        net.presence.weight[0, 0] = 1.0
+        net.presence.bias.fill_(-float(low[0] + low[1]) / 2)   # the lowest frame is absent
+        absent = pooled < (low[0] + low[1]) / 2
+        assert int(absent.sum()) == 1
+        got, want = net(x), plain(x)
+        assert (got[absent] == ABSENT_LOGIT).all()
+        torch.testing.assert_close(got[~absent], want[~absent])
+    # the pixel loss reaches the segmentation, the head's own loss the head
+    loss = compute_loss("bce+dice", net.train()(x), torch.zeros(3, 1, 32, 32))
+    loss.backward()
+    assert net.presence.bias.grad.item() > 0 and net.head.weight.grad.abs().sum() > 0
+
+
+def test_unknown_presence_mode_is_refused() -> None:
+    with pytest.raises(UltrasegError, match="unknown presence mode 'soft'"):
+        build_model(ModelConfig(variant="same", width=4, presence_head=True,
+                                presence_mode="soft"))
 
 
 # --- normalisation --------------------------------------------------------------------------

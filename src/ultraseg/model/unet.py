@@ -27,6 +27,7 @@ from ..errors import UltrasegError
 from .parts import NORMS, DoubleConv, Down, Up
 
 VARIANTS: tuple[str, ...] = ("valid", "same")
+PRESENCE_MODES: tuple[str, ...] = ("gate", "classifier")
 
 from ..geometry import (  # noqa: F401  (re-exported: the model's size arithmetic)
     _check_depth,
@@ -73,7 +74,10 @@ class UNet(nn.Module):
     ``l`` becomes the logit of sigmoid(l) * sigmoid(c) (see :func:`gate_logits`), in training
     and prediction alike, so the outputs keep their shapes and meaning; in training mode the
     model returns a :class:`PresenceOutput` (those outputs and ``c``), for the loss to score
-    ``c`` too.
+    ``c`` too. With ``cfg.presence_mode == 'classifier'`` the outputs are not gated in
+    training (the pixel loss scores the segmentation alone); outside training every pixel
+    logit of a frame with ``c < 0`` (P(present) < 0.5) becomes :data:`ABSENT_LOGIT` (see
+    :func:`drop_absent`).
 
     Shapes:
         valid: (N, in_channels, H, W) -> (N, out_channels, h, w) with
@@ -131,9 +135,14 @@ class UNet(nn.Module):
              for level in aux_levels(cfg)]
         )
         self.presence: nn.Linear | None = None
+        if cfg.presence_mode not in PRESENCE_MODES:
+            raise ValueError(f"unknown presence mode {cfg.presence_mode!r}; valid: "
+                             f"{list(PRESENCE_MODES)}")
         if cfg.presence_head:
-            self.presence = nn.Linear(2 * widths[-1], cfg.out_channels)
-            nn.init.zeros_(self.presence.weight)   # starts at P(present) = 0.5 for every frame
+            # skip_init draws no random numbers, so the other layers start as they would
+            # without the head; zeros: P(present) = 0.5 for every frame at first
+            self.presence = nn.utils.skip_init(nn.Linear, 2 * widths[-1], cfg.out_channels)
+            nn.init.zeros_(self.presence.weight)
             nn.init.zeros_(self.presence.bias)
         self._init_weights()
 
@@ -200,8 +209,10 @@ class UNet(nn.Module):
                 coarse[level] = x
         out = self.head(x)
         outs = (out, *[head(coarse[level]) for head, level in zip(self.aux_heads, supervise)])
-        if presence is not None:
+        if presence is not None and self.cfg.presence_mode == "gate":
             outs = tuple(gate_logits(o, presence) for o in outs)
+        elif presence is not None and not self.training:
+            outs = tuple(drop_absent(o, presence) for o in outs)
         result = outs if supervise else outs[0]
         if presence is not None and self.training:
             return PresenceOutput(result, presence)
@@ -230,6 +241,17 @@ def gate_logits(logits: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
     # exporter, export's fallback, has no logaddexp
     return pixel + frame - torch.logsumexp(
         torch.stack((pixel, frame, torch.zeros_like(pixel))), dim=0)
+
+
+ABSENT_LOGIT = -1e4
+"""The pixel logit of a frame a classifier-mode presence head calls absent (probability 0)."""
+
+
+def drop_absent(logits: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """``logits`` (N, C, H, W), with every pixel of an image and class whose presence logit
+    (``presence``, (N, C)) is below 0 set to :data:`ABSENT_LOGIT`; the others unchanged."""
+    keep = presence[:, :, None, None] >= 0
+    return torch.where(keep, logits, torch.full_like(logits, ABSENT_LOGIT))
 
 
 def aux_levels(cfg: ModelConfig) -> tuple[int, ...]:
