@@ -99,6 +99,7 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--ema-decay", "1"], ["ema_decay", "--ema-decay", "[0, 1)"]),
     (["--device", "tpu"], ["tpu", "cpu"]),
     (["--size", "30"], ["--size 32"]),  # the same U-Net at depth 2 needs a multiple of 4
+    (["--presence-mode", "classifier"], ["'classifier'", "--presence-head"]),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, capsys, argv,
                                                             words) -> None:
@@ -109,6 +110,8 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, caps
     last = err.splitlines()[-1]
     assert last.startswith("error:") and all(w in last for w in words), last
     assert not (run / "best.ckpt").exists() and not (run / "metrics.csv").exists()
+    if "--presence-mode" in argv:   # refused with the other settings, before any file
+        assert not (run / "config.json").exists()
 
 
 @pytest.mark.parametrize("content, words", [

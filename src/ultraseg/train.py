@@ -244,6 +244,8 @@ def check_config(cfg: RunConfig) -> None:
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
         raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
                             f"got {d!r}")
+    with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
+        build_model(cfg.model)
 
 
 RESUME_KEYS = ("epoch", "optimizer", "history_json", "best_dice", "best_epoch")

@@ -287,10 +287,12 @@ def test_classifier_presence_head_trains_beside_the_pixels_and_empties_absent_fr
     assert net.presence.bias.grad.item() > 0 and net.head.weight.grad.abs().sum() > 0
 
 
-def test_unknown_presence_mode_is_refused() -> None:
+def test_unknown_presence_mode_or_a_mode_without_the_head_is_refused() -> None:
     with pytest.raises(UltrasegError, match="unknown presence mode 'soft'"):
         build_model(ModelConfig(variant="same", width=4, presence_head=True,
                                 presence_mode="soft"))
+    with pytest.raises(UltrasegError, match="'classifier' needs the presence head"):
+        build_model(ModelConfig(variant="same", width=4, presence_mode="classifier"))
 
 
 # --- normalisation --------------------------------------------------------------------------

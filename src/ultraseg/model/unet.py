@@ -138,6 +138,9 @@ class UNet(nn.Module):
         if cfg.presence_mode not in PRESENCE_MODES:
             raise ValueError(f"unknown presence mode {cfg.presence_mode!r}; valid: "
                              f"{list(PRESENCE_MODES)}")
+        if cfg.presence_mode != "gate" and not cfg.presence_head:
+            raise ValueError(f"presence mode {cfg.presence_mode!r} needs the presence head "
+                             "(presence_head, --presence-head)")
         if cfg.presence_head:
             # skip_init draws no random numbers, so the other layers start as they would
             # without the head; zeros: P(present) = 0.5 for every frame at first
