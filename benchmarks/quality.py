@@ -178,11 +178,6 @@ LEVERS: dict[str, tuple[str, dict]] = {
                             "the ungated logits); at prediction a frame it calls absent comes "
                             "out empty, the others as segmented",
                             {"model": {"presence_head": True, "presence_mode": "classifier"}}),
-    "presence-classifier+seed-1": ("the presence head as a frame classifier, with training seed "
-                                   "1 on the same split (its spread)",
-                                   {"model": {"presence_head": True,
-                                              "presence_mode": "classifier"},
-                                    "train": {"seed": 1, "split_seed": 0}}),
     "deep-supervision": ("deep supervision: 1/2- and 1/4-resolution heads in the loss",
                          {"model": {"deep_supervision": True}}),
     "ema-0.999": ("validation and the checkpoint use an exponential moving average of the "
