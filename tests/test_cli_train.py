@@ -100,6 +100,9 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--device", "tpu"], ["tpu", "cpu"]),
     (["--size", "30"], ["--size 32"]),  # the same U-Net at depth 2 needs a multiple of 4
     (["--presence-mode", "classifier"], ["'classifier'", "--presence-head"]),
+    (["--presence-weight", "-1"], ["--presence-weight", ">= 0", "-1"]),
+    (["--presence-head", "--presence-mode", "classifier", "--presence-weight", "0"],
+     ["classifier", "--presence-weight", "> 0"]),
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, capsys, argv,
                                                             words) -> None:
@@ -110,7 +113,7 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, caps
     last = err.splitlines()[-1]
     assert last.startswith("error:") and all(w in last for w in words), last
     assert not (run / "best.ckpt").exists() and not (run / "metrics.csv").exists()
-    if "--presence-mode" in argv:   # refused with the other settings, before any file
+    if any(a.startswith("--presence") for a in argv):   # refused before any file
         assert not (run / "config.json").exists()
 
 

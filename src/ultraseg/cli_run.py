@@ -142,8 +142,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--norm", choices=choices(ModelConfig, "norm"),
                    help="same model: normalisation after each convolution (batch)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
-                   help="a per-frame 'structure present?' output that gates every pixel: "
-                   "frames it calls absent come out empty")
+                   help="a per-frame 'structure present?' output on the bottleneck: frames "
+                   "it calls absent come out empty (how it meets the pixels: --presence-mode)")
     p.add_argument("--presence-mode", choices=choices(ModelConfig, "presence_mode"),
                    help="with --presence-head: 'gate' (every pixel's probability times the "
                    "frame's, in training too) or 'classifier' (trained beside the pixels; at "

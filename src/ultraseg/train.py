@@ -244,6 +244,13 @@ def check_config(cfg: RunConfig) -> None:
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
         raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
                             f"got {d!r}")
+    w = t.presence_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+        raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number >= 0, "
+                            f"got {w!r}")
+    if cfg.model.presence_mode == "classifier" and w == 0:
+        raise UltrasegError("a classifier-mode presence head learns from its own loss alone: "
+                            "train.presence_weight (--presence-weight) must be > 0")
     with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
         build_model(cfg.model)
 
