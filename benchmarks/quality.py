@@ -130,6 +130,15 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
     return entry
 
 
+def _seeded(name: str, what: str, overrides: dict, *seeds: int) -> dict[str, tuple[str, dict]]:
+    """``NAME+seed-N`` levers: ``overrides`` trained with seed N on the same split (the split
+    seed kept at 0), for the spread of a lever as the ``seed-N`` levers give the preset's."""
+    return {f"{name}+seed-{n}": (f"{what}, with training seed {n} on the same split (its spread)",
+                                 {**overrides, "train": {**overrides.get("train", {}), "seed": n,
+                                                         "split_seed": 0}})
+            for n in seeds}
+
+
 #: One change at a time against the ``cpu`` preset (``--levers``): name -> (what, overrides).
 LEVERS: dict[str, tuple[str, dict]] = {
     "base": ("the cpu preset (strong augmentation: flips, small affine, gamma/contrast, "
@@ -156,19 +165,13 @@ LEVERS: dict[str, tuple[str, dict]] = {
                       "(P(present) x P(pixel, given present)), with its own cross-entropy against "
                       "\"the mask is not empty\" in the loss",
                       {"model": {"presence_head": True}}),
-    "presence-head+seed-1": ("the presence head (with its own loss), with training seed 1 on the "
-                             "same split (its spread)", {"model": {"presence_head": True},
-                                                         "train": {"seed": 1, "split_seed": 0}}),
-    "presence-head+seed-2": ("the presence head (with its own loss), with training seed 2 on the "
-                             "same split (its spread)", {"model": {"presence_head": True},
-                                                         "train": {"seed": 2, "split_seed": 0}}),
+    **_seeded("presence-head", "the presence head (with its own loss)",
+              {"model": {"presence_head": True}}, 1, 2),
     "presence-head+norm-instance": ("two levers together: the presence head (with its own loss) "
                                     "and instance normalisation",
                                     {"model": {"presence_head": True, "norm": "instance"}}),
-    "presence-head+norm-instance+seed-1": ("the presence head and instance normalisation, with "
-                                           "training seed 1 on the same split (its spread)",
-                                           {"model": {"presence_head": True, "norm": "instance"},
-                                            "train": {"seed": 1, "split_seed": 0}}),
+    **_seeded("presence-head+norm-instance", "the presence head and instance normalisation",
+              {"model": {"presence_head": True, "norm": "instance"}}, 1),
     "presence-head-gate-only": ("the presence head trained through the gated pixel loss "
                                 "alone (no loss of its own)",
                                 {"model": {"presence_head": True},
@@ -191,12 +194,7 @@ LEVERS: dict[str, tuple[str, dict]] = {
     **{f"seed-{n}": (f"another training seed ({n}) on the same split: other initial weights, "
                      "batch order and augmentation (the spread of one recipe)",
                      {"train": {"seed": n, "split_seed": 0}}) for n in (1, 2)},
-    "norm-instance+seed-1": ("instance normalisation, with training seed 1 on the same split "
-                             "(its spread)", {"model": {"norm": "instance"},
-                                              "train": {"seed": 1, "split_seed": 0}}),
-    "norm-instance+seed-2": ("instance normalisation, with training seed 2 on the same split "
-                             "(its spread)", {"model": {"norm": "instance"},
-                                              "train": {"seed": 2, "split_seed": 0}}),
+    **_seeded("norm-instance", "instance normalisation", {"model": {"norm": "instance"}}, 1, 2),
     "norm-instance+lr-1e-3": ("two levers together: instance normalisation and peak learning "
                               "rate 1e-3", {"model": {"norm": "instance"},
                                             "train": {"lr": 1e-3}}),
