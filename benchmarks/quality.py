@@ -157,7 +157,11 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "depth-5": ("depth 5: one more pooling level (not 4)", {"model": {"depth": 5}}),
     "schedule-constant": ("learning rate constant (not cosine)",
                           {"train": {"schedule": "constant"}}),
+    "zoom-0.7-1.4": ("augmentation: strong with a wider random zoom, 0.7-1.4 (nnU-Net's "
+                     "range; not 0.85-1.15)", {"train": {"affine_scale": [0.7, 1.4]}}),
     "batch-4": ("batch size 4 (not 8): twice the updates per epoch", {"train": {"batch_size": 4}}),
+    "batch-16": ("batch size 16 (not 8): half the updates per epoch, steadier batch "
+                 "statistics", {"train": {"batch_size": 16}}),
     "lr-1e-3": ("peak learning rate 1e-3 (not 2e-3)", {"train": {"lr": 1e-3}}),
     "norm-instance": ("instance normalisation with a learned scale and shift (not batch "
                       "normalisation)", {"model": {"norm": "instance"}}),

@@ -116,6 +116,20 @@ def test_elastic_bends_image_and_target_together() -> None:
     assert bool((ya.sum((1, 2, 3)) > 0).all())      # without losing the object
 
 
+def test_the_zoom_range_reaches_the_warp() -> None:
+    """``scale`` sets the strong level's random zoom: a fixed zoom of 2 doubles the block's
+    side (four times its area, up to the edges' resampling), the default range keeps the area
+    within (1/1.15)^2 .. (1/0.85)^2 of it."""
+    x, y = _same_pairs()
+    area = y.sum((1, 2, 3))
+    _, zoomed = augment_batch(x, y, "strong", torch.Generator().manual_seed(3), scale=(2.0, 2.0))
+    ratio = zoomed.sum((1, 2, 3)) / area
+    assert bool(((ratio > 3.3) & (ratio < 4.7)).all()), ratio
+    _, plain = augment_batch(x, y, "strong", torch.Generator().manual_seed(3))
+    ratio = plain.sum((1, 2, 3)) / area
+    assert bool(((ratio > 0.65) & (ratio < 1.5)).all()), ratio
+
+
 def test_elastic_level_warps_like_strong_and_more() -> None:
     x, y = _same_pairs()
     s = augment_batch(x, y, "strong", torch.Generator().manual_seed(2))

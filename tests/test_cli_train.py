@@ -97,6 +97,8 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--lr", "-1"], ["lr"]),
     (["--val-fraction", "1.5"], ["fraction"]),
     (["--ema-decay", "1"], ["ema_decay", "--ema-decay", "[0, 1)"]),
+    (["--affine-scale", "1.2", "0.8"], ["--affine-scale", "LO <= HI", "(1.2, 0.8)"]),
+    (["--affine-scale", "0", "1"], ["--affine-scale", "0 < LO"]),
     (["--device", "tpu"], ["tpu", "cpu"]),
     (["--size", "30"], ["--size 32"]),  # the same U-Net at depth 2 needs a multiple of 4
     (["--presence-mode", "classifier"], ["'classifier'", "--presence-head"]),
@@ -256,6 +258,13 @@ def test_deep_supervision_run_trains_and_predicts(data, tmp_path) -> None:
     assert ckpt.model.deep_supervision and "aux_heads.0.weight" in ckpt.state_dict
     prob = load(run / "best.ckpt", device="cpu").predict_proba(np.full((30, 44), 90, np.uint8))
     assert prob.shape == (30, 44) and ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_affine_scale_flag_reaches_the_config_and_survives_its_json() -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).train.affine_scale == (0.85, 1.15)
+    cfg = _resolve(["D", "--out", "R", "--affine-scale", "0.7", "1.4"])
+    assert cfg.train.affine_scale == (0.7, 1.4)
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 @pytest.mark.parametrize("mode", ["gate", "classifier"])

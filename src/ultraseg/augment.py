@@ -84,9 +84,10 @@ def intensity(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return u.clamp(0, 1) * (hi - lo) + lo
 
 
-def augment_batch(x: torch.Tensor, y: torch.Tensor, level: str, g: torch.Generator
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the augmentation ``level`` to a batch (see the module doc)."""
+def augment_batch(x: torch.Tensor, y: torch.Tensor, level: str, g: torch.Generator,
+                  scale: tuple[float, float] = (0.85, 1.15)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply the augmentation ``level`` to a batch (see the module doc); ``scale``: the range
+    of the 'strong' and 'elastic' levels' random isotropic zoom."""
     if level == "none":
         return x, y
     if level not in AUGMENTS:
@@ -94,6 +95,7 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, level: str, g: torch.Generat
     x, y = hflip(x, y, g)
     if level in ("strong", "elastic"):
         if x.shape[-2:] == y.shape[-2:]:
-            x, y = affine(x, y, g, elastic=ELASTIC_SIGMA if level == "elastic" else 0.0)
+            x, y = affine(x, y, g, scale=scale,
+                          elastic=ELASTIC_SIGMA if level == "elastic" else 0.0)
         x = intensity(x, g)
     return x, y

@@ -53,7 +53,8 @@ _FLAGS = {  # flag dest -> (section, key)
     "test_fraction": ("train", "test_fraction"), "seed": ("train", "seed"),
     "split_seed": ("train", "split_seed"), "device": ("train", "device"),
     "precision": ("train", "precision"),
-    "augment": ("train", "augment"), "schedule": ("train", "schedule"),
+    "augment": ("train", "augment"), "affine_scale": ("train", "affine_scale"),
+    "schedule": ("train", "schedule"),
     "ema_decay": ("train", "ema_decay"), "presence_weight": ("train", "presence_weight"),
     "tiles_per_image": ("train", "tiles_per_image"), "threads": ("train", "num_threads"),
     "layout": ("data", "layout"), "subject_pattern": ("data", "subject_pattern"),
@@ -158,6 +159,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--loss", choices=choices(TrainConfig, "loss"))
     p.add_argument("--augment", choices=choices(TrainConfig, "augment"))
+    p.add_argument("--affine-scale", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="range of the strong/elastic augmentation's random zoom (0.85 1.15)")
     p.add_argument("--schedule", choices=choices(TrainConfig, "schedule"))
     p.add_argument("--ema-decay", type=float, metavar="D",
                    help="validate and keep an exponential moving average of the weights, "

@@ -119,6 +119,7 @@ class TrainConfig(_Section):
     ema_decay: float = 0.0               # 0: off; else validate / keep a moving average of weights
     presence_weight: float = 1.0         # presence-head models: weight of the head's own BCE
     augment: Literal["none", "flip", "strong", "elastic"] = "none"
+    affine_scale: tuple[float, float] = (0.85, 1.15)  # strong/elastic: random zoom range
     tiles_per_image: int = 1             # valid model: random tiles drawn per image per epoch
     tune_postprocess: bool = True
     num_threads: int | None = None

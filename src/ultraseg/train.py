@@ -240,6 +240,12 @@ def check_config(cfg: RunConfig) -> None:
     for name, v in positive.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
             raise UltrasegError(f"{name} must be a number > 0, got {v!r}")
+    s = t.affine_scale
+    if (not isinstance(s, tuple) or len(s) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in s)
+            or not 0 < s[0] <= s[1] < math.inf):
+        raise UltrasegError(f"train.affine_scale (--affine-scale) must be two numbers "
+                            f"0 < LO <= HI, got {s!r}")
     d = t.ema_decay
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
         raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
@@ -404,7 +410,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         losses: list[float] = []
         complete = True
         for i, (x, y) in enumerate(batches.epoch(rng)):
-            x, y = augment_batch(x, y, tc.augment, gen)
+            x, y = augment_batch(x, y, tc.augment, gen, scale=tc.affine_scale)
             x, y = ctx.shard(x), ctx.shard(y)  # this rank's rows of the global batch
             t_batch = time.monotonic()
             loss = forward_loss(ddp, x, y, cfg, device, dtype)
