@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from host import cpu_name
+from host import conv_peak, cpu_name
 
 HERE = Path(__file__).resolve().parent
 DATA = (HERE.parent / ".." / "shared" / "datasets").resolve()
@@ -231,12 +232,14 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
             entry["val_dice_canvas"] = load_checkpoint(run / "best.ckpt").meta["metrics"].get(
                 "best_val_dice")
         return entry
+    host = None  # how fast the cores that trained it were: known when trained here
     meta = finished_run(run, cfg, f"lever {name}")
     if meta is not None:
         epochs = len((run / "metrics.csv").read_text().strip().splitlines()) - 1
         best_epoch, val_dice = meta["best_epoch"], meta["val_dice_postprocessed"]
         canvas, minutes = meta["best_val_dice"], meta["train_seconds"] / 60
     else:
+        host = host_speed()
         result = train(cfg, run)
         epochs, best_epoch = result.epochs_run, result.best_epoch
         val_dice, canvas = result.val_dice_postprocessed, result.best_dice
@@ -246,6 +249,8 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
              "epochs": epochs, "best_epoch": best_epoch, "val_dice": val_dice,
              "val_dice_canvas": canvas,  # on the working canvases, before post-processing
              "test": score_test(run, dataset)}
+    if host is not None:
+        entry["host_bf16_gflops"] = host
     done.write_text(json.dumps(entry, indent=2))
     logging.info("%s", json.dumps(entry))
     return entry
@@ -693,28 +698,51 @@ def parse_minutes(limit: str) -> float:
 OLD_BASE_SIZE = 256
 
 
-def lever_key(e: dict) -> tuple[str, str, str, int]:
-    """What a lever record is a record of: dataset, lever, budget, and the preset's working size
-    it changed (a rerun against another preset is another record, not a replacement)."""
-    return e["dataset"], e["lever"], e.get("time_limit", "?"), e.get("base_size", OLD_BASE_SIZE)
+def host_speed() -> float:
+    """This machine's bf16 convolution peak (GFLOP/s; speed.py's ``peak_bf16_gflops``),
+    measured before a lever run trains: a wall-clock budget buys as many epochs as the cores
+    give, and the machines these runs are made on differ (1056 and 458 GFLOP/s on two days)."""
+    return round(conv_peak("bfloat16"))
+
+
+def host_class(e: dict) -> int | None:
+    """The speed class of the machine a lever record was trained on: its bf16 convolution
+    peak in half-octave steps around 1000 GFLOP/s (0: 840-1190, -2: 420-590, ...); None for
+    records made before the peak was recorded (all on the machines of 2026-11-29 and the
+    morning of 2026-11-30, where the cpu preset ran 110-112 BUSI epochs in 20 minutes). Runs
+    of different classes are different records and are not compared."""
+    g = e.get("host_bf16_gflops")
+    return None if g is None else round(2 * math.log2(g / 1000))
+
+
+def lever_key(e: dict) -> tuple[str, str, str, int, int | None]:
+    """What a lever record is a record of: dataset, lever, budget, the preset's working size
+    it changed (a rerun against another preset is another record, not a replacement), and the
+    speed class of the machine (:func:`host_class`)."""
+    return (e["dataset"], e["lever"], e.get("time_limit", "?"), e.get("base_size", OLD_BASE_SIZE),
+            host_class(e))
 
 
 def lever_table(doc: dict) -> list[str]:
     """One table per dataset: each lever's run beside the unchanged cpu preset."""
     lines: list[str] = []
 
-    def group(e: dict) -> tuple[str, str, int]:
-        dataset, _, limit, size = lever_key(e)
-        return dataset, limit, size
+    def group(e: dict) -> tuple[str, str, int, int | None]:
+        dataset, _, limit, size, host = lever_key(e)
+        return dataset, limit, size, host
 
-    groups = sorted({group(e) for e in doc["runs"]},
-                    key=lambda g: (g[0], parse_minutes(g[1]), -g[2]))  # older presets first
-    for dataset, limit, size in groups:
-        runs = [e for e in doc["runs"] if group(e) == (dataset, limit, size)]
+    groups = sorted({group(e) for e in doc["runs"]},  # older presets first, then older machines
+                    key=lambda g: (g[0], parse_minutes(g[1]), -g[2], g[3] is not None))
+    for dataset, limit, size, host in groups:
+        runs = [e for e in doc["runs"] if group(e) == (dataset, limit, size, host)]
         runs.sort(key=lambda e: list(LEVERS).index(e["lever"]) if e["lever"] in LEVERS else 99)
         base = next((e for e in runs if e["lever"] == "base"), None)
+        peaks = sorted(e["host_bf16_gflops"] for e in runs if host is not None)
+        on = ("" if host is None else
+              f", on a machine with a bf16 convolution peak of {peaks[0]}"
+              + (f"-{peaks[-1]}" if peaks[-1] != peaks[0] else "") + " GFLOP/s")
         lines += ["", f"## Levers on {dataset}, one at a time ({limit} each, against the cpu "
-                  f"preset at {size} px)", "",
+                  f"preset at {size} px{on})", "",
                   f"`python benchmarks/quality.py --datasets {dataset} --time-limit {limit} "
                   f"--record --levers {' '.join(e['lever'] for e in runs)}`: the cpu preset "
                   f"as it was (working at {size} px) "
@@ -845,6 +873,9 @@ def main() -> int:
                        HERE / "QUALITY.md")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from ultraseg.cli import keep_freed_memory
+
+    keep_freed_memory()  # train as the `ultraseg train` command the records name would
     if not DATA.is_dir():
         print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
         return 2

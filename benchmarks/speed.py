@@ -93,7 +93,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from host import cpu_name
+from host import conv_peak, cpu_name
 
 HERE = Path(__file__).resolve().parent
 DATA = (HERE.parent / ".." / "shared" / "datasets").resolve()
@@ -178,25 +178,6 @@ def forward_gflop(width: int, shape: tuple[int, int], depth: int = 4) -> float:
         with FlopCounterMode(display=False) as counter:
             net(torch.empty(1, 1, *shape))
     return counter.get_total_flops() / 1e9
-
-
-def conv_peak(dtype_name: str, channels: int = 128, side: int = 256, reps: int = 5) -> float:
-    """Best GFLOP/s of one 3x3 convolution (``channels`` -> ``channels`` on a ``side`` x ``side``
-    map, batch 1, channels_last, oneDNN) in ``dtype_name`` ('float32' | 'bfloat16'): what these
-    cores give the U-Net's own operation at its best shape."""
-    import torch
-    import torch.nn.functional as F
-
-    dtype = getattr(torch, dtype_name)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, channels, side, side, generator=g).to(dtype)
-    w = torch.randn(channels, channels, 3, 3, generator=g).to(dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
-    w = w.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        F.conv2d(x, w)  # warm-up: oneDNN builds its primitive
-        best = min(timed(lambda: F.conv2d(x, w), torch.device("cpu")) for _ in range(reps))
-    return 2 * channels * channels * 9 * (side - 2) ** 2 / best / 1e9
 
 
 def run_config(width: int, data: Path | str = "", device: str = "cpu", **train: Any):
