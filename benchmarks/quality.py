@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -160,6 +159,7 @@ LEVERS: dict[str, tuple[str, dict]] = {
                           {"train": {"schedule": "constant"}}),
     "zoom-0.7-1.4": ("augmentation: strong with a wider random zoom, 0.7-1.4 (nnU-Net's "
                      "range; not 0.85-1.15)", {"train": {"affine_scale": [0.7, 1.4]}}),
+    **_seeded("zoom-0.7-1.4", "the wider zoom", {"train": {"affine_scale": [0.7, 1.4]}}, 1),
     "batch-4": ("batch size 4 (not 8): twice the updates per epoch", {"train": {"batch_size": 4}}),
     "batch-16": ("batch size 16 (not 8): half the updates per epoch, steadier batch "
                  "statistics", {"train": {"batch_size": 16}}),
@@ -525,7 +525,7 @@ Measured on the held-out subjects above:
   supervision 0.730 over all frames (lesion 0.719), the moving average 0.744 (lesion 0.745),
   both 0.743 (lesion 0.735); normal frames empty 15, 14 and 15 of 19, as without TTA. TTA adds
   nothing to either lever.
-- Not measured: the schedule at the full budget, short-budget levers on nerve and HC18, a
+- Not measured: the schedule at the full budget, short-budget levers on nerve and HC18,
   the presence head on nerve, a third seed of instance normalisation on BUSI and HC18.
 
 What stands in the way of the BUSI and nerve targets:
@@ -701,44 +701,66 @@ OLD_BASE_SIZE = 256
 def host_speed() -> float:
     """This machine's bf16 convolution peak (GFLOP/s; speed.py's ``peak_bf16_gflops``),
     measured before a lever run trains: a wall-clock budget buys as many epochs as the cores
-    give, and the machines these runs are made on differ (1056 and 458 GFLOP/s on two days)."""
+    give, and the machines these runs are made on differ (1056 and 379-459 GFLOP/s on two
+    days)."""
     return round(conv_peak("bfloat16"))
 
 
-def host_class(e: dict) -> int | None:
-    """The speed class of the machine a lever record was trained on: its bf16 convolution
-    peak in half-octave steps around 1000 GFLOP/s (0: 840-1190, -2: 420-590, ...); None for
-    records made before the peak was recorded (all on the machines of 2026-11-29 and the
-    morning of 2026-11-30, where the cpu preset ran 110-112 BUSI epochs in 20 minutes). Runs
-    of different classes are different records and are not compared."""
-    g = e.get("host_bf16_gflops")
-    return None if g is None else round(2 * math.log2(g / 1000))
+#: Lever runs on machines whose measured bf16 convolution peaks differ by more than this factor
+#: are not compared. One measurement varies by about a fifth on one machine (379-459 GFLOP/s
+#: over an afternoon, every run 67 BUSI epochs); machines a factor of two apart differ in
+#: epochs (67 against 112).
+SPEED_RATIO = 1.5
 
 
-def lever_key(e: dict) -> tuple[str, str, str, int, int | None]:
-    """What a lever record is a record of: dataset, lever, budget, the preset's working size
-    it changed (a rerun against another preset is another record, not a replacement), and the
-    speed class of the machine (:func:`host_class`)."""
-    return (e["dataset"], e["lever"], e.get("time_limit", "?"), e.get("base_size", OLD_BASE_SIZE),
-            host_class(e))
+def same_speed(a: dict, b: dict) -> bool:
+    """Were two lever records trained on machines of one speed (:data:`SPEED_RATIO`)? Records
+    made before the peak was recorded (the machines of 2026-11-29 and the morning of
+    2026-11-30, where the cpu preset ran 110-112 BUSI epochs in 20 minutes) go together."""
+    ga, gb = a.get("host_bf16_gflops"), b.get("host_bf16_gflops")
+    if ga is None or gb is None:
+        return ga is None and gb is None
+    return max(ga, gb) / min(ga, gb) <= SPEED_RATIO
+
+
+def speed_classes(runs: list[dict]) -> list[list[dict]]:
+    """``runs`` split by machine speed: the records without a peak first, then runs in order of
+    their peak, a new class wherever a peak is more than :data:`SPEED_RATIO` times the
+    slowest of the class so far."""
+    classes = [[e for e in runs if e.get("host_bf16_gflops") is None]]
+    for e in sorted((e for e in runs if e.get("host_bf16_gflops") is not None),
+                    key=lambda e: e["host_bf16_gflops"]):
+        if classes[-1] and same_speed(classes[-1][0], e):
+            classes[-1].append(e)
+        else:
+            classes.append([e])
+    return [c for c in classes if c]
+
+
+def lever_key(e: dict) -> tuple[str, str, str, int]:
+    """What a lever record is a record of: dataset, lever, budget, and the preset's working size
+    it changed (a rerun against another preset is another record, not a replacement; so is a
+    rerun on a machine of another speed, :func:`same_speed`)."""
+    return e["dataset"], e["lever"], e.get("time_limit", "?"), e.get("base_size", OLD_BASE_SIZE)
 
 
 def lever_table(doc: dict) -> list[str]:
     """One table per dataset: each lever's run beside the unchanged cpu preset."""
     lines: list[str] = []
 
-    def group(e: dict) -> tuple[str, str, int, int | None]:
-        dataset, _, limit, size, host = lever_key(e)
-        return dataset, limit, size, host
+    def group(e: dict) -> tuple[str, str, int]:
+        dataset, _, limit, size = lever_key(e)
+        return dataset, limit, size
 
-    groups = sorted({group(e) for e in doc["runs"]},  # older presets first, then older machines
-                    key=lambda g: (g[0], parse_minutes(g[1]), -g[2], g[3] is not None))
-    for dataset, limit, size, host in groups:
-        runs = [e for e in doc["runs"] if group(e) == (dataset, limit, size, host)]
+    groups = sorted({group(e) for e in doc["runs"]},
+                    key=lambda g: (g[0], parse_minutes(g[1]), -g[2]))  # older presets first
+    tables = [(g, runs) for g in groups
+              for runs in speed_classes([e for e in doc["runs"] if group(e) == g])]
+    for (dataset, limit, size), runs in tables:
         runs.sort(key=lambda e: list(LEVERS).index(e["lever"]) if e["lever"] in LEVERS else 99)
         base = next((e for e in runs if e["lever"] == "base"), None)
-        peaks = sorted(e["host_bf16_gflops"] for e in runs if host is not None)
-        on = ("" if host is None else
+        peaks = sorted(e["host_bf16_gflops"] for e in runs if "host_bf16_gflops" in e)
+        on = ("" if not peaks else
               f", on a machine with a bf16 convolution peak of {peaks[0]}"
               + (f"-{peaks[-1]}" if peaks[-1] != peaks[0] else "") + " GFLOP/s")
         lines += ["", f"## Levers on {dataset}, one at a time ({limit} each, against the cpu "
@@ -896,8 +918,8 @@ def main() -> int:
             for name in a.levers:
                 entry = run_lever(d, name, a.time_limit, Path(a.runs))
                 entry["time_limit"] = a.time_limit
-                doc["runs"] = [e for e in doc["runs"]
-                               if lever_key(e) != lever_key(entry)] + [entry]
+                doc["runs"] = [e for e in doc["runs"] if lever_key(e) != lever_key(entry)
+                               or not same_speed(e, entry)] + [entry]
                 if a.record:
                     path.parent.mkdir(exist_ok=True)
                     path.write_text(json.dumps(doc, indent=2))
