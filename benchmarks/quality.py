@@ -525,6 +525,35 @@ Measured on the held-out subjects above:
   supervision 0.730 over all frames (lesion 0.719), the moving average 0.744 (lesion 0.745),
   both 0.743 (lesion 0.735); normal frames empty 15, 14 and 15 of 19, as without TTA. TTA adds
   nothing to either lever.
+- **On a slower machine** (2026-11-30 afternoon; the BUSI table "on a machine with a bf16
+  convolution peak of ..." above). This machine's bf16 convolution peak measured 379-459
+  GFLOP/s against the 1056 of the morning's speed record, and the preset's BUSI epochs took
+  17-19 s instead of about 11: 64-67 epochs in the 20 minutes instead of 110-112. The preset
+  itself, training seeds 0, 1 and 2 on the same split: lesion Dice 0.726, 0.742 and 0.743,
+  normal frames empty 14, 12 and 11 of 19 (0.727, 0.725 and 0.718 over all frames; 14, 9
+  and 10 lesions under Dice 0.1, the found ones outlined at 0.835, 0.811 and 0.819): below
+  the headline's 0.748 lesion Dice, which needs a machine of the earlier speed, and a
+  seed-to-seed spread of lesion Dice of 0.017, where the three seeds on the faster machines
+  had happened to agree within 0.001. Against it, one seed each:
+  - *A wider random zoom* (`zoom-0.7-1.4`: `--affine-scale 0.7 1.4`, nnU-Net's range instead
+    of 0.85-1.15, aimed at the missed lesions that are small or cut by the frame's edge):
+    lesion 0.733 (12 lesions under Dice 0.1, the found ones outlined at 0.825), normal frames
+    empty 11 of 19, 0.710 over all frames (validation 0.709 against 0.704).
+  - *Batch size 16* (each epoch took as long as with 8, so half the updates; against
+    batch-4's loss on the faster machines): lesion 0.740 (11 under 0.1, found at 0.82), normal
+    frames empty 8 of 19, 0.691 over all frames (validation 0.699). Trained before quality.py
+    measured the machine or kept glibc's freed memory; the peak recorded with it is the one
+    measured on the same machine right after it.
+  - *Instance normalisation* (`norm-instance`, the one lever that had gained lesion Dice on
+    two sets on the faster machines): 59 epochs (its step costs more, as there), lesion 0.733
+    (9 under 0.1, found at 0.80), normal frames empty 9 of 19, 0.694 over all frames
+    (validation 0.704): its BUSI gain on the faster machines (lesion 0.756-0.757) does not show
+    at this machine's budget.
+  All three levers' lesion Dice lies within the preset's spread on this machine and their
+  normal frames at or below it: none adopted; `--affine-scale` stays an option. The six lesions
+  the faster machines' runs missed most often (`benign (247)`, `(309)`, `(212)`, `(199)`,
+  `malignant (105)`, `(189)`) score under 0.2 in every one of these runs too (0.00 but
+  `benign (199)` at 0.06-0.13 in three runs and `malignant (189)` at 0.19 in one).
 - Not measured: the schedule at the full budget, short-budget levers on nerve and HC18,
   the presence head on nerve, a third seed of instance normalisation on BUSI and HC18.
 
