@@ -528,7 +528,7 @@ Measured on the held-out subjects above:
 - **On a slower machine** (2026-11-30 afternoon; the BUSI table "on a machine with a bf16
   convolution peak of ..." above). This machine's bf16 convolution peak measured 379-459
   GFLOP/s against the 1056 of the morning's speed record, and the preset's BUSI epochs took
-  17-19 s instead of about 11: 64-67 epochs in the 20 minutes instead of 110-112. The preset
+  17-19 s instead of about 11: 64-69 epochs in the 20 minutes instead of 110-112. The preset
   itself, training seeds 0, 1 and 2 on the same split: lesion Dice 0.726, 0.742 and 0.743,
   normal frames empty 14, 12 and 11 of 19 (0.727, 0.725 and 0.718 over all frames; 14, 9
   and 10 lesions under Dice 0.1, the found ones outlined at 0.835, 0.811 and 0.819): below
