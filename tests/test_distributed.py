@@ -113,9 +113,9 @@ with session(cpu) as ctx:
     ddp = ctx.wrap(lin, cpu)
     ddp(torch.tensor([[float(ctx.rank + 1)]])).sum().backward()
     r["grad"] = lin.weight.grad.item()
-    # free DDP's reducer while the group exists, as train() does when its loop returns: one
-    # left to the interpreter's exit, after the group is gone, sometimes aborted rank 1
-    # ("terminate called without an active exception", SIGABRT)
+    # free DDP's reducer while the group exists, as train() does when its loop returns; one
+    # left to the interpreter's exit, after the group is gone, is the likely cause of rank 1's
+    # occasional abort here ("terminate called without an active exception", SIGABRT)
     del ddp
     ctx.barrier()
 r["initialized_after"] = torch.distributed.is_initialized()
