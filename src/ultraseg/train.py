@@ -223,6 +223,11 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _number(v: object) -> bool:
+    """A real number as a config value: int or float, not a bool (a config file's true)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def check_config(cfg: RunConfig) -> None:
     """Refuse settings training cannot use (a zero batch size, a config file's "5" for 5)
     as a user error naming the setting, before anything is written."""
@@ -238,20 +243,20 @@ def check_config(cfg: RunConfig) -> None:
     if t.time_limit_s is not None:
         positive["train.time_limit_s (--time-limit)"] = t.time_limit_s
     for name, v in positive.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+        if not _number(v) or not 0 < v < math.inf:
             raise UltrasegError(f"{name} must be a number > 0, got {v!r}")
     s = t.affine_scale
     if (not isinstance(s, tuple) or len(s) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in s)
+            or not all(_number(v) for v in s)
             or not 0 < s[0] <= s[1] < math.inf):
         raise UltrasegError(f"train.affine_scale (--affine-scale) must be two numbers "
                             f"0 < LO <= HI, got {s!r}")
     d = t.ema_decay
-    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+    if not _number(d) or not 0 <= d < 1:
         raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
                             f"got {d!r}")
     w = t.presence_weight
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+    if not _number(w) or not 0 <= w < math.inf:
         raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number >= 0, "
                             f"got {w!r}")
     if cfg.model.presence_mode == "classifier" and w == 0:
