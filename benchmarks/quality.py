@@ -159,7 +159,6 @@ LEVERS: dict[str, tuple[str, dict]] = {
                           {"train": {"schedule": "constant"}}),
     "zoom-0.7-1.4": ("augmentation: strong with a wider random zoom, 0.7-1.4 (nnU-Net's "
                      "range; not 0.85-1.15)", {"train": {"affine_scale": [0.7, 1.4]}}),
-    **_seeded("zoom-0.7-1.4", "the wider zoom", {"train": {"affine_scale": [0.7, 1.4]}}, 1),
     "batch-4": ("batch size 4 (not 8): twice the updates per epoch", {"train": {"batch_size": 4}}),
     "batch-16": ("batch size 16 (not 8): half the updates per epoch, steadier batch "
                  "statistics", {"train": {"batch_size": 16}}),
