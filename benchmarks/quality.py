@@ -185,6 +185,13 @@ LEVERS: dict[str, tuple[str, dict]] = {
                             "the ungated logits); at prediction a frame it calls absent comes "
                             "out empty, the others as segmented",
                             {"model": {"presence_head": True, "presence_mode": "classifier"}}),
+    "presence-detached": ("the presence head gating every pixel at prediction, trained apart "
+                          "from the segmentation: the pixel loss on the ungated logits, and on "
+                          "them gated with the segmentation detached (so reaching the head and "
+                          "the encoder alone), plus the head's own cross-entropy",
+                          {"model": {"presence_head": True, "presence_mode": "detached"}}),
+    **_seeded("presence-detached", "the presence head trained apart from the segmentation",
+              {"model": {"presence_head": True, "presence_mode": "detached"}}, 1),
     "deep-supervision": ("deep supervision: 1/2- and 1/4-resolution heads in the loss",
                          {"model": {"deep_supervision": True}}),
     "ema-0.999": ("validation and the checkpoint use an exponential moving average of the "

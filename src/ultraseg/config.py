@@ -62,7 +62,10 @@ class ModelConfig(_Section):
     (the head is a frame classifier beside the segmentation: the pixel loss scores the
     ungated logits and the head its own cross-entropy, on the same bottleneck; outside
     training a frame the head calls absent, P(present) < 0.5, comes out empty and every other
-    frame exactly as the segmentation says)."""
+    frame exactly as the segmentation says) or 'detached' (gated as 'gate' outside training;
+    in training the pixel loss scores the ungated logits, which trains the segmentation as
+    without the head, and also the logits gated over a detached copy of them, which trains
+    the head alone on where the segmentation marks false structures)."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
@@ -73,7 +76,7 @@ class ModelConfig(_Section):
     deep_supervision: bool = False
     norm: Literal["batch", "instance"] = "batch"
     presence_head: bool = False
-    presence_mode: Literal["gate", "classifier"] = "gate"
+    presence_mode: Literal["gate", "classifier", "detached"] = "gate"
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,16 @@ def compute_loss(name: str, logits: torch.Tensor | Sequence[torch.Tensor] | Pres
     ``logits`` may be a :class:`~ultraseg.model.unet.PresenceOutput` (a model with a presence
     head, in training): the loss of its outputs plus ``presence_weight`` times the binary
     cross-entropy of its presence logits against "the target is not empty" (per image and
-    channel).
+    channel). When it also carries ``gated`` outputs (a 'detached' presence head), their loss
+    is added too.
     """
     if isinstance(logits, PresenceOutput):
         present = target.flatten(2).amax(2).gt(0).float()
-        return (compute_loss(name, logits.outputs, target)
-                + presence_weight * bce_loss(logits.presence, present))
+        total = (compute_loss(name, logits.outputs, target)
+                 + presence_weight * bce_loss(logits.presence, present))
+        if logits.gated is not None:
+            total = total + compute_loss(name, logits.gated, target)
+        return total
     if not isinstance(logits, torch.Tensor):
         weights = [2.0**-k for k in range(len(logits))]
         total = sum(weights)

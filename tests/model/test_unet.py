@@ -250,7 +250,7 @@ def test_presence_head_in_training_hands_its_logits_to_the_loss() -> None:
 
 def test_adding_a_presence_head_leaves_the_other_layers_initial_weights_alone() -> None:
     plain = tiny("same", 3).state_dict()
-    for mode in ("gate", "classifier"):
+    for mode in ("gate", "classifier", "detached"):
         with_head = tiny("same", 3, presence_head=True, presence_mode=mode).state_dict()
         for key, value in plain.items():
             assert torch.equal(with_head[key], value), key
@@ -285,6 +285,43 @@ def test_classifier_presence_head_trains_beside_the_pixels_and_empties_absent_fr
     loss = compute_loss("bce+dice", net.train()(x), torch.zeros(3, 1, 32, 32))
     loss.backward()
     assert net.presence.bias.grad.item() > 0 and net.head.weight.grad.abs().sum() > 0
+
+
+def test_detached_presence_head_gates_prediction_and_learns_alone_from_the_gated_loss() -> None:
+    plain = tiny("same", 2, deep_supervision=True)
+    gate = tiny("same", 2, presence_head=True, deep_supervision=True)
+    net = tiny("same", 2, presence_head=True, presence_mode="detached", deep_supervision=True)
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        for other in (gate, net):     # (a head of zero weights passes nothing down)
+            other.presence.weight.fill_(0.05)
+            other.presence.bias.fill_(-1.5)
+        # prediction: gated, exactly as a 'gate' head with the same weights
+        torch.testing.assert_close(net.eval()(x), gate.eval()(x))
+        # training: the segmentation's own outputs, and beside them the same outputs gated
+        out, gated = net.train()(x), gate.train()(x)
+        for mine, theirs in zip(out.outputs, plain.train()(x)):
+            torch.testing.assert_close(mine, theirs)
+        for mine, theirs in zip(out.gated, gated.outputs):
+            torch.testing.assert_close(mine, theirs)
+    # the gated outputs' loss reaches the head and the encoder, never the segmentation's head
+    out = net(x)
+    target = torch.zeros(3, 1, 32, 32)
+    compute_loss("bce+dice", PresenceOutput(out.outputs[0].detach(), out.presence, out.gated[0]),
+                 target, presence_weight=0.0).backward()
+    assert net.presence.bias.grad.item() > 0             # an empty target: presence down
+    assert net.encoder[0].block[0].weight.grad.abs().sum() > 0
+    assert net.head.weight.grad is None and net.decoder[0].up.weight.grad is None
+    # the full loss: the ungated outputs train the segmentation as without the head
+    net.zero_grad()
+    plain.zero_grad()
+    loss = compute_loss("bce+dice", net(x), target, presence_weight=0.0)
+    without_gate = compute_loss("bce+dice", PresenceOutput(net(x).outputs, torch.zeros(3, 1)),
+                                target, presence_weight=0.0)
+    assert float(loss) > float(without_gate)             # the gated term is added
+    loss.backward()
+    compute_loss("bce+dice", plain(x), target).backward()
+    torch.testing.assert_close(net.head.weight.grad, plain.head.weight.grad)
 
 
 def test_unknown_presence_mode_or_a_mode_without_the_head_is_refused() -> None:

@@ -27,7 +27,7 @@ from ..errors import UltrasegError
 from .parts import NORMS, DoubleConv, Down, Up
 
 VARIANTS: tuple[str, ...] = ("valid", "same")
-PRESENCE_MODES: tuple[str, ...] = ("gate", "classifier")
+PRESENCE_MODES: tuple[str, ...] = ("gate", "classifier", "detached")
 
 from ..geometry import (  # noqa: F401  (re-exported: the model's size arithmetic)
     _check_depth,
@@ -77,7 +77,11 @@ class UNet(nn.Module):
     ``c`` too. With ``cfg.presence_mode == 'classifier'`` the outputs are not gated in
     training (the pixel loss scores the segmentation alone); outside training every pixel
     logit of a frame with ``c < 0`` (P(present) < 0.5) becomes :data:`ABSENT_LOGIT` (see
-    :func:`drop_absent`).
+    :func:`drop_absent`). With ``'detached'`` the outputs are gated outside training, as in
+    'gate'; in training they are not, and the :class:`PresenceOutput` also carries them gated
+    over a detached copy: the segmentation learns from its own logits, as without the head,
+    and the gate's pixel loss teaches the head alone where the segmentation marks false
+    structures.
 
     Shapes:
         valid: (N, in_channels, H, W) -> (N, out_channels, h, w) with
@@ -212,23 +216,33 @@ class UNet(nn.Module):
                 coarse[level] = x
         out = self.head(x)
         outs = (out, *[head(coarse[level]) for head, level in zip(self.aux_heads, supervise)])
-        if presence is not None and self.cfg.presence_mode == "gate":
+        mode = self.cfg.presence_mode
+        gated = None
+        if presence is not None and self.training and mode == "detached":
+            # the segmentation's own logits for its loss; the gate over a detached copy, so
+            # the gated pixel loss reaches the head (and the encoder below it) alone
+            gated = tuple(gate_logits(o.detach(), presence) for o in outs)
+            gated = gated if supervise else gated[0]
+        elif presence is not None and mode in ("gate", "detached"):
             outs = tuple(gate_logits(o, presence) for o in outs)
         elif presence is not None and not self.training:
             outs = tuple(drop_absent(o, presence) for o in outs)
         result = outs if supervise else outs[0]
         if presence is not None and self.training:
-            return PresenceOutput(result, presence)
+            return PresenceOutput(result, presence, gated)
         return result
 
 
 class PresenceOutput(NamedTuple):
-    """What a model with a presence head returns in training mode: its (gated) outputs, as
-    without the head, and the presence logits (N, out_channels), which the loss also scores
-    against "the mask is not empty" (:func:`ultraseg.losses.compute_loss`)."""
+    """What a model with a presence head returns in training mode: its outputs, as without
+    the head (gated in 'gate' mode), and the presence logits (N, out_channels), which the loss
+    also scores against "the mask is not empty" (:func:`ultraseg.losses.compute_loss`). In
+    'detached' mode also ``gated``: the outputs gated over a detached copy of the
+    segmentation's logits, scored by the pixel loss too, which so trains the head alone."""
 
     outputs: torch.Tensor | tuple[torch.Tensor, ...]
     presence: torch.Tensor
+    gated: torch.Tensor | tuple[torch.Tensor, ...] | None = None
 
 
 def gate_logits(logits: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
