@@ -113,18 +113,22 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
     run = runs / f"{dataset}-{preset_name}"
     cfg = bench_config(dataset, preset_name, time_limit)
     meta = finished_run(run, cfg, f"preset {preset_name}")
+    host = None  # how fast the cores that trained it were: known when trained here
     if meta is not None:
         minutes = meta["train_seconds"] / 60
     elif not train_missing:
         logging.info("no finished run %s: left out (--no-train)", run)
         return None
     else:
+        host = host_speed()
         minutes = train(cfg, run).seconds / 60
     t = time.monotonic()
     entry = {"dataset": dataset, "preset": preset_name, "train_minutes": round(minutes, 2),
              "command": f"ultraseg train {DATA / dataset} --out {run} --preset {preset_name} "
                         f"--time-limit {time_limit} --test-fraction 0.2 --seed 0",
              "plain": score_test(run, dataset), "tta": score_test(run, dataset, tta=True)}
+    if host is not None:
+        entry["host_bf16_gflops"] = host
     entry["eval_minutes"] = round((time.monotonic() - t) / 60, 2)
     logging.info("%s", json.dumps(entry))
     return entry
@@ -639,7 +643,9 @@ def write_markdown(result: dict, path: Path) -> None:
         lines.append(f"| `{key}` | {_f(result.get(key))} | {target} |")
     for e in result["runs"]:
         lines += ["", f"## {e['dataset']} — preset `{e['preset']}`", "",
-                  f"Training {e['train_minutes']:.1f} min (time limit {result['time_limit']}); "
+                  f"Training {e['train_minutes']:.1f} min (time limit {result['time_limit']}"
+                  + (f"; bf16 convolution peak {e['host_bf16_gflops']} GFLOP/s"
+                     if e.get("host_bf16_gflops") else "") + "); "
                   f"command: `{e['command']}`, then `ultraseg evaluate RUN/best.ckpt DATA "
                   "--split RUN/split.json --subset test [--tta]`.", "",
                   "| evaluation | frames | Dice (all) | Dice (non-empty) | Dice, no post-processing"
