@@ -267,7 +267,7 @@ def test_affine_scale_flag_reaches_the_config_and_survives_its_json() -> None:
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-@pytest.mark.parametrize("mode", ["gate", "classifier"])
+@pytest.mark.parametrize("mode", ["gate", "classifier", "detached"])
 def test_presence_head_run_trains_and_predicts(data, tmp_path, mode) -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.presence_head is False
     assert _resolve(["D", "--out", "R", "--presence-weight", "0"]).train.presence_weight == 0.0
