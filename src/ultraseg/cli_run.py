@@ -150,7 +150,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "frame's, in training too), 'classifier' (trained beside the pixels; at "
                    "prediction a frame called absent comes out empty, the others unchanged) "
                    "or 'detached' (gated at prediction; in training the segmentation learns "
-                   "ungated and the gate learns alone from its false structures)")
+                   "ungated and the gate from its false structures)")
     p.add_argument("--presence-weight", type=float,
                    help="weight of the presence head's own cross-entropy in the loss (1; 0: "
                    "trained through the gated pixel loss alone)")

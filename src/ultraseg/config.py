@@ -65,7 +65,8 @@ class ModelConfig(_Section):
     frame exactly as the segmentation says) or 'detached' (gated as 'gate' outside training;
     in training the pixel loss scores the ungated logits, which trains the segmentation as
     without the head, and also the logits gated over a detached copy of them, which trains
-    the head alone on where the segmentation marks false structures)."""
+    the head and the encoder, not the decoder, on where the segmentation marks false
+    structures)."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1

@@ -79,9 +79,9 @@ class UNet(nn.Module):
     logit of a frame with ``c < 0`` (P(present) < 0.5) becomes :data:`ABSENT_LOGIT` (see
     :func:`drop_absent`). With ``'detached'`` the outputs are gated outside training, as in
     'gate'; in training they are not, and the :class:`PresenceOutput` also carries them gated
-    over a detached copy: the segmentation learns from its own logits, as without the head,
-    and the gate's pixel loss teaches the head alone where the segmentation marks false
-    structures.
+    over a detached copy: the decoder learns from its own logits alone, as without the head,
+    and the gated pixel loss teaches the head (and the encoder below it) where the
+    segmentation marks false structures.
 
     Shapes:
         valid: (N, in_channels, H, W) -> (N, out_channels, h, w) with
@@ -238,7 +238,8 @@ class PresenceOutput(NamedTuple):
     the head (gated in 'gate' mode), and the presence logits (N, out_channels), which the loss
     also scores against "the mask is not empty" (:func:`ultraseg.losses.compute_loss`). In
     'detached' mode also ``gated``: the outputs gated over a detached copy of the
-    segmentation's logits, scored by the pixel loss too, which so trains the head alone."""
+    segmentation's logits, scored by the pixel loss too: a term that reaches the head and the
+    encoder below it, not the decoder."""
 
     outputs: torch.Tensor | tuple[torch.Tensor, ...]
     presence: torch.Tensor
