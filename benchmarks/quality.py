@@ -564,6 +564,40 @@ Measured on the held-out subjects above:
   the faster machines' runs missed most often (`benign (247)`, `(309)`, `(212)`, `(199)`,
   `malignant (105)`, `(189)`) score under 0.2 in every one of these runs too (0.00 but
   `benign (199)` at 0.06-0.13 in three runs and `malignant (189)` at 0.19 in one).
+  - *The presence head trained apart from the segmentation* (`presence-detached`,
+    `--presence-mode detached`, added 2026-11-30 evening, peak 424 GFLOP/s): the
+    gate at prediction as with `--presence-head`, but in training the pixel loss scores the
+    segmentation's own logits, so that the segmentation learns as without the head, plus the
+    same logits gated over a detached copy of them, a term that reaches only the head and the
+    encoder, so that the head learns where the segmentation marks false lesions. Aimed at the
+    lesions the gated head's runs lost in their segmentation. Seed 0, 67 epochs: normal frames
+    empty 15 of 19 (against the preset's 11-14 here), but lesion Dice 0.712 (13 lesions under
+    0.1, found ones outlined at 0.81), below the preset's 0.726-0.743 here, and validation
+    Dice 0.648 against 0.704-0.734 (the gate, near 0.5 for every frame at first, holds the
+    validation canvases under the threshold for the first epochs). The head separates the
+    held-out frames well (ROC area 0.983; median presence 0.21 on normal frames, at least
+    0.27 and at the 10th percentile 0.989 on lesion frames); the checkpoint with its gate
+    opened scores lesion 0.722 and 8 of 19 normal frames empty: the segmentation itself
+    learned no better than the preset's, and the gate trades lesion Dice for normal frames
+    as the other presence modes do. The six lesions above score 0.00. Not adopted after one
+    seed (its second seed was started and stopped after two minutes, for the runs below);
+    `--presence-mode detached` stays an option.
+  - *Working resolution 160 px* (`size-160`, peak 427 GFLOP/s: this machine's 20 minutes buy
+    the preset about as many epochs as 10 minutes on the faster machines, where 160 px had
+    led at 6 minutes): 103 epochs instead of 64-69, validation 0.712 (the preset's 0.704-0.734),
+    normal frames empty 16 of 19, but lesion Dice 0.716 (14 under 0.1, found ones at 0.825),
+    0.735 over all frames (0.718-0.727). The same trade again; the six lesions score 0.00.
+  - No lever measured on this machine beats the preset on both figures at once: more normal
+    frames empty comes with fewer lesions found (the detached head 15 of 19 and 0.712, 160 px
+    16 and 0.716, against the preset's seeds 11-14 and 0.726-0.743), and the others stay
+    within the preset's spread on lesions and at or below it on normal frames (wider zoom 11
+    and 0.733, instance norm 9 and 0.733, batch 16 8 and 0.740). What would move both at once
+    is a better model, not another operating point. How far averaging models goes, by a
+    script not kept: the probabilities of the preset's three seeds on this machine averaged
+    (three times the budget) score lesion Dice 0.754 with 11 of 19 normal frames empty at the
+    plain threshold 0.5, against 0.739-0.741 and 9-12 for each alone at 0.5 (0.743 and 12 of
+    19 with the largest component kept, holes filled and components under 300 px removed):
+    +0.014, at three times the 20 minutes.
 - Not measured: the schedule at the full budget, short-budget levers on nerve and HC18,
   the presence head on nerve, a third seed of instance normalisation on BUSI and HC18.
 
