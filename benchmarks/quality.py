@@ -595,9 +595,8 @@ Measured on the held-out subjects above:
   - No lever measured on this machine beats the preset on both figures at once: more normal
     frames empty comes with fewer lesions found (the detached head 15 and 18 of 19 and
     0.712 and 0.723, 160 px 16 and 0.716, against the preset's seeds 11-14 and 0.726-0.743),
-    and the others stay
-    within the preset's spread on lesions and at or below it on normal frames (wider zoom 11
-    and 0.733, instance norm 9 and 0.733, batch 16 8 and 0.740). What would move both at once
+    and the others stay within the preset's spread on lesions and at or below it on normal
+    frames (wider zoom 11 and 0.733, instance norm 9 and 0.733, batch 16 8 and 0.740). What would move both at once
     is a better model, not another operating point. How far averaging models goes, by a
     script not kept: the probabilities of the preset's three seeds on this machine averaged
     (three times the budget) score lesion Dice 0.754 with 11 of 19 normal frames empty at the

@@ -287,7 +287,7 @@ def test_classifier_presence_head_trains_beside_the_pixels_and_empties_absent_fr
     assert net.presence.bias.grad.item() > 0 and net.head.weight.grad.abs().sum() > 0
 
 
-def test_detached_presence_head_gates_prediction_and_learns_alone_from_the_gated_loss() -> None:
+def test_detached_presence_head_gates_prediction_and_its_gated_loss_skips_the_decoder() -> None:
     plain = tiny("same", 2, deep_supervision=True)
     gate = tiny("same", 2, presence_head=True, deep_supervision=True)
     net = tiny("same", 2, presence_head=True, presence_mode="detached", deep_supervision=True)
@@ -304,7 +304,7 @@ def test_detached_presence_head_gates_prediction_and_learns_alone_from_the_gated
             torch.testing.assert_close(mine, theirs)
         for mine, theirs in zip(out.gated, gated.outputs):
             torch.testing.assert_close(mine, theirs)
-    # the gated outputs' loss reaches the head and the encoder, never the segmentation's head
+    # the gated outputs' loss reaches the head and the encoder, never the decoder or its head
     out = net(x)
     target = torch.zeros(3, 1, 32, 32)
     compute_loss("bce+dice", PresenceOutput(out.outputs[0].detach(), out.presence, out.gated[0]),
