@@ -216,21 +216,20 @@ class UNet(nn.Module):
                 coarse[level] = x
         out = self.head(x)
         outs = (out, *[head(coarse[level]) for head, level in zip(self.aux_heads, supervise)])
-        mode = self.cfg.presence_mode
-        gated = None
-        if presence is not None and self.training and mode == "detached":
+        if presence is None:
+            return outs if supervise else outs[0]
+        mode, gated = self.cfg.presence_mode, None
+        if mode == "detached" and self.training:
             # the segmentation's own logits for its loss; the gate over a detached copy, so
             # the gated pixel loss reaches the head (and the encoder below it) alone
             gated = tuple(gate_logits(o.detach(), presence) for o in outs)
             gated = gated if supervise else gated[0]
-        elif presence is not None and mode in ("gate", "detached"):
+        elif mode in ("gate", "detached"):
             outs = tuple(gate_logits(o, presence) for o in outs)
-        elif presence is not None and not self.training:
+        elif not self.training:                 # a classifier head, outside training
             outs = tuple(drop_absent(o, presence) for o in outs)
         result = outs if supervise else outs[0]
-        if presence is not None and self.training:
-            return PresenceOutput(result, presence, gated)
-        return result
+        return PresenceOutput(result, presence, gated) if self.training else result
 
 
 class PresenceOutput(NamedTuple):
