@@ -75,6 +75,31 @@ def test_single_process_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not torch.distributed.is_initialized()
 
 
+def test_cleanup_lets_the_groups_threads_finish_before_it_returns(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaving the group, the threads it leaves behind get the GIL before the caller goes on
+    (and may end the interpreter): a stand-in for gloo's workers, which free a finished
+    collective a moment after it completes and need the GIL to do so."""
+    import threading
+    import time
+
+    import ultraseg.distributed as ud
+
+    freed = threading.Event()
+
+    def worker() -> None:
+        time.sleep(0.02)  # still finishing the last collective when the group is destroyed
+        freed.set()
+
+    def destroy() -> None:
+        threading.Thread(target=worker, daemon=True).start()
+
+    monkeypatch.setattr(ud.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(ud.dist, "destroy_process_group", destroy)
+    ud.cleanup()
+    assert freed.is_set()
+
+
 def test_torchrun_environment_is_read_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
@@ -113,10 +138,10 @@ with session(cpu) as ctx:
     ddp = ctx.wrap(lin, cpu)
     ddp(torch.tensor([[float(ctx.rank + 1)]])).sum().backward()
     r["grad"] = lin.weight.grad.item()
-    # free DDP's reducer while the group exists, as train() does when its loop returns. (Not
-    # the cause of this test's occasional SIGABRT, "terminate called without an active
-    # exception", as once thought: with it, a rank still aborted in 1 of 25 runs of this script
-    # alone, at interpreter exit, after both ranks had written their results.)
+    # free DDP's reducer while the group exists, as train() does when its loop returns. (The
+    # occasional SIGABRT at this script's exit, "terminate called without an active
+    # exception", came from gloo's worker threads freeing the backward's all-reduce after the
+    # interpreter had begun shutting down: see ultraseg.distributed.cleanup.)
     del ddp
     ctx.barrier()
 r["initialized_after"] = torch.distributed.is_initialized()
