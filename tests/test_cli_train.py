@@ -250,6 +250,17 @@ def test_norm_flag() -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.norm == "batch"
 
 
+def test_residual_block_run_trains_and_predicts(data, tmp_path) -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.block == "plain"
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "2",
+                     "--block", "residual"]) == 0
+    ckpt = load_checkpoint(run / "best.ckpt")
+    assert ckpt.model.block == "residual" and any(".shortcut." in k for k in ckpt.state_dict)
+    prob = load(run / "best.ckpt", device="cpu").predict_proba(np.full((30, 44), 90, np.uint8))
+    assert prob.shape == (30, 44) and ((prob >= 0) & (prob <= 1)).all()
+
+
 def test_deep_supervision_run_trains_and_predicts(data, tmp_path) -> None:
     run = tmp_path / "run"
     assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "2",

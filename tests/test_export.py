@@ -38,6 +38,9 @@ MODELS = {
                       PreprocessConfig(size=96)),
     "same-classifier": (ModelConfig(variant="same", width=4, depth=2, presence_head=True,
                                     presence_mode="classifier"), PreprocessConfig(size=96)),
+    # residual encoder blocks, unpadded: each shortcut crops its input (a negative Pad)
+    "valid-residual": (ModelConfig(variant="valid", width=4, depth=2, tile=132,
+                                   block="residual"), PreprocessConfig(size=None)),
 }
 
 

@@ -45,7 +45,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "model": ("model", "variant"), "width": ("model", "width"), "depth": ("model", "depth"),
     "tile": ("model", "tile"), "deep_supervision": ("model", "deep_supervision"),
     "norm": ("model", "norm"), "presence_head": ("model", "presence_head"),
-    "presence_mode": ("model", "presence_mode"),
+    "presence_mode": ("model", "presence_mode"), "block": ("model", "block"),
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
     "normalise": ("preprocess", "normalise"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -142,6 +142,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="same model: also train 1/2- and 1/4-resolution outputs")
     p.add_argument("--norm", choices=choices(ModelConfig, "norm"),
                    help="same model: normalisation after each convolution (batch)")
+    p.add_argument("--block", choices=choices(ModelConfig, "block"),
+                   help="'residual': a shortcut around each encoder level's two convolutions "
+                   "(plain)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-frame 'structure present?' output on the bottleneck: frames "
                    "it calls absent come out empty (how it meets the pixels: --presence-mode)")

@@ -66,7 +66,10 @@ class ModelConfig(_Section):
     in training the pixel loss scores the ungated logits, which trains the segmentation as
     without the head, and also the logits gated over a detached copy of them, which trains
     the head and the encoder, not the decoder, on where the segmentation marks false
-    structures)."""
+    structures). ``block``: 'plain' (two convolutions per level, as the paper) or 'residual'
+    (each encoder level's two convolutions get a shortcut, through a 1x1 convolution where
+    the channels change, added before the last ReLU: the residual encoder nnU-Net recommends
+    since 2024, with one block per level; the decoder stays plain)."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
@@ -78,6 +81,7 @@ class ModelConfig(_Section):
     norm: Literal["batch", "instance"] = "batch"
     presence_head: bool = False
     presence_mode: Literal["gate", "classifier", "detached"] = "gate"
+    block: Literal["plain", "residual"] = "plain"
 
 
 @dataclass(frozen=True)

@@ -392,3 +392,54 @@ def test_instance_norm_on_channels_last_maps_equals_torchs() -> None:
     torch.testing.assert_close(a.grad, b.grad)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
+
+
+# --- residual blocks --------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["valid", "same"])
+def test_residual_block_adds_its_cropped_input_before_the_last_relu(variant) -> None:
+    """With both convolutions zeroed the block is ReLU(shortcut(cropped input)): the identity
+    where the channels stay, a 1x1 convolution (and norm) where they change."""
+    from ultraseg.model.parts import DoubleConv
+
+    padding, norm = (0, None) if variant == "valid" else (1, "batch")
+    torch.manual_seed(0)
+    for c_in, c_out in ((6, 6), (3, 6)):
+        block = DoubleConv(c_in, c_out, padding, norm, residual=True).eval()
+        with torch.no_grad():
+            for m in block.block:
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.zero_()
+                    if m.bias is not None:
+                        m.bias.zero_()
+        x = torch.randn(2, c_in, 12, 10)
+        y = block(x)
+        assert y.shape == (2, c_out, 12 - 4 + 4 * padding, 10 - 4 + 4 * padding)
+        crop = center_crop(x, y.shape[-2], y.shape[-1])
+        # the block ends in its second convolution's norm (or the convolution): the ReLU
+        # comes after the sum (eval batch norm maps the zero map to its shift, 0 here)
+        assert not isinstance(block.block[-1], torch.nn.ReLU)
+        want = torch.relu(crop if c_in == c_out else block.shortcut(crop))
+        torch.testing.assert_close(y, want)
+        assert isinstance(block.shortcut, torch.nn.Identity) == (c_in == c_out)
+        # and the plain block of the same weights is not that
+        plain = DoubleConv(c_in, c_out, padding, norm)
+        assert not any(isinstance(m, torch.nn.Identity) for m in plain.modules())
+
+
+@pytest.mark.parametrize("variant,size", [("valid", 188), ("same", 64)])
+def test_residual_encoder_keeps_shapes_and_adds_shortcuts_to_the_encoder_only(variant,
+                                                                               size) -> None:
+    plain, res = tiny(variant), tiny(variant, block="residual")
+    x = torch.randn(2, 1, size, size)
+    assert res(x).shape == plain(x).shape
+    # a 1x1 shortcut where each encoder level changes the channels (all five do), none in
+    # the decoder
+    extra = set(res.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("encoder.") and ".shortcut." in k for k in extra)
+    assert len({k.split(".shortcut.")[0] for k in extra}) == 5
+    assert set(plain.state_dict()) <= set(res.state_dict())
+
+
+def test_unknown_block_is_refused() -> None:
+    with pytest.raises(UltrasegError, match="unknown block 'dense'"):
+        build_model(ModelConfig(variant="same", width=4, block="dense"))  # type: ignore[arg-type]

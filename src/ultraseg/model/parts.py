@@ -1,8 +1,9 @@
 """U-Net building blocks (after milesial/Pytorch-UNet ``unet_parts.py``).
 
-Three small blocks make the whole network: :class:`DoubleConv` (two 3x3 convolutions),
-:class:`Down` (2x2 max-pool, then a DoubleConv) and :class:`Up` (2x2 transposed convolution,
-concatenation with the cropped skip connection, then a DoubleConv).
+Three small blocks make the whole network: :class:`DoubleConv` (two 3x3 convolutions,
+optionally with a residual shortcut), :class:`Down` (2x2 max-pool, then a DoubleConv) and
+:class:`Up` (2x2 transposed convolution, concatenation with the cropped skip connection, then
+a DoubleConv).
 """
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ NORMS = {
 
 
 class DoubleConv(nn.Module):
-    """(conv 3x3 -> [norm] -> ReLU) x 2.
+    """(conv 3x3 -> [norm] -> ReLU) x 2, or with ``residual`` the residual block of He et al.
+    (2016): conv -> [norm] -> ReLU -> conv -> [norm], plus the input (centre-cropped to the
+    output's size, through a 1x1 convolution [and norm] where the channels differ), -> ReLU.
 
     Args:
         in_ch: input channels.
@@ -63,12 +66,13 @@ class DoubleConv(nn.Module):
             1 keeps H and W.
         norm: None, or a key of :data:`NORMS` ('batch', 'instance'): put that normalisation
             after each convolution (the convolutions then have no bias).
+        residual: add the shortcut (nnU-Net's residual encoder uses such blocks).
 
     Shapes: (N, in_ch, H, W) -> (N, out_ch, H - 4 + 4 * padding, W - 4 + 4 * padding).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None
-                 ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None,
+                 residual: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for c_in in (in_ch, out_ch):
@@ -77,10 +81,24 @@ class DoubleConv(nn.Module):
             if norm is not None:
                 layers.append(NORMS[norm](out_ch))
             layers.append(nn.ReLU(inplace=True))
+        self.residual = residual
+        if residual:  # the last ReLU comes after the sum
+            layers.pop()
+            self.shortcut: nn.Module = nn.Identity()
+            if in_ch != out_ch:
+                proj: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 1, bias=norm is None)]
+                if norm is not None:
+                    proj.append(NORMS[norm](out_ch))
+                self.shortcut = nn.Sequential(*proj)
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+        y = self.block(x)
+        if not self.residual:
+            return y
+        if x.shape[-2:] != y.shape[-2:]:  # unpadded convolutions: the input's centre
+            x = center_crop(x, y.shape[-2], y.shape[-1])
+        return F.relu(y + self.shortcut(x))
 
 
 class Down(nn.Module):
@@ -90,11 +108,11 @@ class Down(nn.Module):
     (the network checks this before running).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None
-                 ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None,
+                 residual: bool = False) -> None:
         super().__init__()
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.conv = DoubleConv(in_ch, out_ch, padding, norm)
+        self.conv = DoubleConv(in_ch, out_ch, padding, norm, residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))
@@ -112,11 +130,11 @@ class Up(nn.Module):
     -> (N, out_ch, 2h - 4 + 4 * padding, 2w - 4 + 4 * padding).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None
-                 ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None,
+                 residual: bool = False) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
-        self.conv = DoubleConv(in_ch, out_ch, padding, norm)
+        self.conv = DoubleConv(in_ch, out_ch, padding, norm, residual)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)

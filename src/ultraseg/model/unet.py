@@ -28,6 +28,7 @@ from .parts import NORMS, DoubleConv, Down, Up
 
 VARIANTS: tuple[str, ...] = ("valid", "same")
 PRESENCE_MODES: tuple[str, ...] = ("gate", "classifier", "detached")
+BLOCKS: tuple[str, ...] = ("plain", "residual")
 
 from ..geometry import (  # noqa: F401  (re-exported: the model's size arithmetic)
     _check_depth,
@@ -114,6 +115,8 @@ class UNet(nn.Module):
             raise ValueError("deep supervision needs the 'same' variant (a valid U-Net's "
                              "coarser outputs do not line up with its cropped target)")
         self.cfg = cfg
+        if cfg.block not in BLOCKS:
+            raise ValueError(f"unknown block {cfg.block!r}; valid: {list(BLOCKS)}")
         if cfg.norm not in NORMS:
             raise ValueError(f"unknown normalisation {cfg.norm!r}; valid: {list(NORMS)}")
         if cfg.norm != "batch" and cfg.variant != "same":
@@ -124,9 +127,11 @@ class UNet(nn.Module):
         widths = [cfg.width * 2**level for level in range(cfg.depth + 1)]
 
         # Contracting path: one DoubleConv, then ``depth`` x (max-pool + DoubleConv).
+        # block 'residual': the encoder's blocks add a shortcut; the decoder's stay plain.
+        res = cfg.block == "residual"
         self.encoder = nn.ModuleList(
-            [DoubleConv(cfg.in_channels, widths[0], padding, norm)]
-            + [Down(widths[i], widths[i + 1], padding, norm) for i in range(cfg.depth)]
+            [DoubleConv(cfg.in_channels, widths[0], padding, norm, res)]
+            + [Down(widths[i], widths[i + 1], padding, norm, res) for i in range(cfg.depth)]
         )
         # Expansive path: ``depth`` x (up-conv + skip + DoubleConv), deepest first.
         self.decoder = nn.ModuleList(
