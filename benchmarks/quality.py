@@ -617,6 +617,16 @@ Measured on the held-out subjects above:
     (11-14): no gain beyond the spread, and lower on validation, which is what the recipe
     chooses by; the preset keeps the cosine decay. The six lesions score 0.00 but
     `malignant (189)` 0.12.
+  - *A residual encoder* (`block-residual`, `--block residual`, added 2026-11-30: each
+    encoder level's two convolutions get a shortcut, through a 1x1 convolution and batch norm
+    where the channels change, added before the last ReLU, as in nnU-Net's residual-encoder
+    U-Net with one block per level; the decoder plain), a try at the better model asked for
+    above, at about the same cost (peak 414; 18-20 s per epoch against the preset's
+    17-19): 61 epochs, validation Dice 0.690 (the preset's 0.704-0.734), normal frames empty
+    11 of 19, lesion Dice 0.731 (12 under 0.1, found ones outlined at 0.824), 0.708 over all
+    frames (0.718-0.727). Within the preset's spread on lesions, at its bottom on normal
+    frames and below it on validation: not adopted; `--block residual` stays an option. Of
+    the six lesions, `benign (199)` scores 0.24, the others 0.00.
   - *Nerve and HC18 on this machine* (the preset, seed 0, the tables "on a machine with a bf16
     convolution peak of 454" and "457"): nerve 24 epochs instead of 37 (about 48 s each),
     validation 0.759, held-out Dice 0.741 against the faster machines' 0.735-0.737: the
