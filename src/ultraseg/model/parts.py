@@ -130,11 +130,11 @@ class Up(nn.Module):
     -> (N, out_ch, 2h - 4 + 4 * padding, 2w - 4 + 4 * padding).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None,
-                 residual: bool = False) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None
+                 ) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
-        self.conv = DoubleConv(in_ch, out_ch, padding, norm, residual)
+        self.conv = DoubleConv(in_ch, out_ch, padding, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
