@@ -625,8 +625,10 @@ Measured on the held-out subjects above:
     17-19): 61 epochs, validation Dice 0.690 (the preset's 0.704-0.734), normal frames empty
     11 of 19, lesion Dice 0.731 (12 under 0.1, found ones outlined at 0.824), 0.708 over all
     frames (0.718-0.727). Within the preset's spread on lesions, at its bottom on normal
-    frames and below it on validation: not adopted; `--block residual` stays an option. Of
-    the six lesions, `benign (199)` scores 0.24, the others 0.00.
+    frames and below it on validation. On nerve (peak 425): 19 epochs against the preset's
+    24 here (about 55 s each against 48), validation 0.738 against 0.759, held-out 0.720
+    against 0.741: worse. Not adopted; `--block residual` stays an option. Of
+    the six BUSI lesions, `benign (199)` scores 0.24, the others 0.00.
   - *Nerve and HC18 on this machine* (the preset, seed 0, the tables "on a machine with a bf16
     convolution peak of 454" and "457"): nerve 24 epochs instead of 37 (about 48 s each),
     validation 0.759, held-out Dice 0.741 against the faster machines' 0.735-0.737: the
