@@ -627,8 +627,11 @@ Measured on the held-out subjects above:
     frames (0.718-0.727). Within the preset's spread on lesions, at its bottom on normal
     frames and below it on validation. On nerve (peak 425): 19 epochs against the preset's
     24 here (about 55 s each against 48), validation 0.738 against 0.759, held-out 0.720
-    against 0.741: worse. Not adopted; `--block residual` stays an option. Of
-    the six BUSI lesions, `benign (199)` scores 0.24, the others 0.00.
+    against 0.741: worse. On HC18 (peak 435): 101 epochs against 119, validation 0.975
+    against 0.974, held-out Dice 0.9745 against 0.977 (under the 0.975 target) and a
+    head-circumference error of 1.97 against 1.98 mm. Worse on two sets, level on one: not
+    adopted; `--block residual` stays an option. Of the six BUSI lesions, `benign (199)`
+    scores 0.24, the others 0.00.
   - *Nerve and HC18 on this machine* (the preset, seed 0, the tables "on a machine with a bf16
     convolution peak of 454" and "457"): nerve 24 epochs instead of 37 (about 48 s each),
     validation 0.759, held-out Dice 0.741 against the faster machines' 0.735-0.737: the
