@@ -152,6 +152,8 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "augment-elastic": ("augmentation: strong plus elastic deformation",
                         {"train": {"augment": "elastic"}}),
     "loss-bce": ("loss: BCE alone (not BCE + Dice)", {"train": {"loss": "bce"}}),
+    "loss-batch-dice": ("loss: BCE + Dice with the Dice pooled over each batch (nnU-Net's 2D "
+                        "batch Dice; not per frame)", {"train": {"batch_dice": True}}),
     "normalise-unit": ("normalisation: x / 255 (not per-image z-score)",
                        {"preprocess": {"normalise": "unit"}}),
     "size-256": ("working resolution 256 px", {"preprocess": {"size": 256}}),

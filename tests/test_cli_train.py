@@ -278,6 +278,17 @@ def test_affine_scale_flag_reaches_the_config_and_survives_its_json() -> None:
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+def test_batch_dice_flag_reaches_the_run(data, tmp_path) -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).train.batch_dice is False
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "2",
+                     "--loss", "bce+dice", "--batch-dice"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["batch_dice"] is True
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(0 < float(r["val_loss"]) < 3 for r in rows)
+
+
 @pytest.mark.parametrize("mode", ["gate", "classifier", "detached"])
 def test_presence_head_run_trains_and_predicts(data, tmp_path, mode) -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.presence_head is False

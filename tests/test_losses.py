@@ -128,3 +128,56 @@ def test_presence_output_adds_the_heads_cross_entropy_against_a_non_empty_mask(w
     outs = (logits, torch.randn(3, 1, 4, 4))
     assert float(compute_loss("dice", PresenceOutput(outs, presence), target, 0.0)) == \
         pytest.approx(float(compute_loss("dice", outs, target)), rel=1e-6)
+
+
+def test_batch_dice_pools_the_batch_as_one_image() -> None:
+    logits = torch.tensor([[20.0, 20.0, -20.0, -20.0],
+                           [-20.0, -20.0, -20.0, -20.0]]).view(2, 1, 1, 4)
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]).view(2, 1, 1, 4)
+    # pooled: intersection 2, predicted 2, true 6 -> 1 - (4 + 1) / (8 + 1)
+    assert float(soft_dice_loss(logits, target, batch=True)) == pytest.approx(1 - 5 / 9, abs=1e-6)
+    assert float(soft_dice_loss(logits.view(1, 1, 2, 4), target.view(1, 1, 2, 4))) == \
+        pytest.approx(1 - 5 / 9, abs=1e-6)
+    # compute_loss hands the choice to the Dice term alone
+    want = float(bce_loss(logits, target)) + 1 - 5 / 9
+    assert float(compute_loss("bce+dice", logits, target, batch_dice=True)) == \
+        pytest.approx(want, abs=1e-6)
+    assert float(compute_loss("bce", logits, target, batch_dice=True)) == \
+        pytest.approx(float(bce_loss(logits, target)), rel=1e-6)
+
+
+def test_batch_dice_pushes_a_confident_false_structure_on_an_empty_frame() -> None:
+    # frame 0: a 256-pixel structure found; frame 1: empty truth, a confident 256-pixel false
+    # one; frame 2: the structure found with a 256-pixel false one beside it
+    target = torch.zeros(3, 1, 32, 32)
+    target[[0, 2], 0, 4:20, 4:20] = 1
+    logits = torch.full((3, 1, 32, 32), -8.0)
+    logits[:, 0, 4:20, 4:20] = 4.0
+    logits[2, 0, 16:32, 16:32] = 4.0
+    pushes = {}
+    for batch in (False, True):
+        x = logits.clone().requires_grad_(True)
+        soft_dice_loss(x, target, batch=batch).backward()
+        # > 0: towards background; the false pixels of frames 1 and 2
+        pushes[batch] = (float(x.grad[1, 0, 4:20, 4:20].mean()),
+                         float(x.grad[2, 0, 20:32, 20:32].mean()))
+    # per frame the empty frame's cost S / (S + 1) has saturated at S = 251
+    assert 0 < pushes[False][0] < pushes[False][1] / 20
+    # pooled, a false pixel is pushed alike wherever it lies, 20 times harder than before
+    assert pushes[True][0] == pytest.approx(pushes[True][1], rel=1e-5)
+    assert pushes[True][0] > 20 * pushes[False][0]
+
+
+def test_batch_dice_reaches_deep_supervision_and_presence_outputs() -> None:
+    torch.manual_seed(0)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    target[1] = 0
+    outs = (torch.randn(2, 1, 8, 8), torch.randn(2, 1, 4, 4))
+    for wrapped in (outs, PresenceOutput(outs, torch.zeros(2, 1))):
+        per_frame = float(compute_loss("dice", wrapped, target))
+        pooled = float(compute_loss("dice", wrapped, target, batch_dice=True))
+        assert pooled != pytest.approx(per_frame, abs=1e-3)
+    want = (2 * soft_dice_loss(outs[0], target, batch=True)
+            + soft_dice_loss(outs[1], torch.nn.functional.avg_pool2d(target, 2), batch=True)) / 3
+    assert float(compute_loss("dice", outs, target, batch_dice=True)) == \
+        pytest.approx(float(want), rel=1e-6)

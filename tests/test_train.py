@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ultraseg import cli
@@ -20,7 +21,9 @@ from ultraseg.errors import UltrasegError
 from ultraseg.phantom import make_dataset
 from ultraseg.predict import load
 from ultraseg.tiling import crop_with_context, extract_tiles, pad_for_tiles
-from ultraseg.train import RUN_FILES, Batches, lr_at
+from ultraseg.losses import compute_loss
+from ultraseg.model import build_model
+from ultraseg.train import RUN_FILES, Batches, lr_at, validate
 
 # A tiny 'same' U-Net that learns the phantom's hypoechoic structures in ~15 s of CPU time.
 # 96 px frames (at 64 px the structures are a few pixels wide and 20 subjects do not
@@ -205,6 +208,31 @@ def _cfg(variant: str = "valid", depth: int = 1, tile: int = 4, size: int = 16,
     return RunConfig(model=ModelConfig(variant=variant, width=4, depth=depth, tile=tile),
                      preprocess=PreprocessConfig(size=size, normalise=normalise),
                      train=TrainConfig(batch_size=batch_size, tiles_per_image=per))
+
+
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_validation_loss_pools_the_dice_as_training_does(batch_dice) -> None:
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(variant="same", width=4, depth=1),
+                    preprocess=PreprocessConfig(size=16),
+                    train=TrainConfig(batch_size=2, loss="bce+dice", batch_dice=batch_dice))
+    model = build_model(cfg.model).eval()
+    rng = np.random.default_rng(0)
+    canvases = rng.normal(size=(5, 16, 16)).astype(np.float32)
+    masks = (rng.random((5, 16, 16)) > 0.7).astype(np.uint8)
+    masks[3] = 0
+    loss, _, probs = validate(model, canvases, masks, cfg, torch.device("cpu"), None)
+    logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
+    target = torch.from_numpy(masks).float().unsqueeze(1)
+    if batch_dice:  # training-sized groups (2, 2, 1), each weighted by its frames
+        want = sum(n * float(compute_loss("bce+dice", logits[i:i + n], target[i:i + n],
+                                          batch_dice=True))
+                   for i, n in ((0, 2), (2, 2), (4, 1))) / 5
+    else:           # per-frame Dice: the mean over all frames at once
+        want = float(compute_loss("bce+dice", logits, target))
+    assert loss == pytest.approx(want, rel=1e-6)
+    pooled = float(compute_loss("bce+dice", logits, target, batch_dice=not batch_dice))
+    assert loss != pytest.approx(pooled, rel=1e-3)
 
 
 def _position_arrays(size: int = 16) -> Arrays:

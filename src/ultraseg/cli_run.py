@@ -49,7 +49,8 @@ _FLAGS = {  # flag dest -> (section, key)
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
     "normalise": ("preprocess", "normalise"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "loss": ("train", "loss"), "val_fraction": ("train", "val_fraction"),
+    "loss": ("train", "loss"), "batch_dice": ("train", "batch_dice"),
+    "val_fraction": ("train", "val_fraction"),
     "test_fraction": ("train", "test_fraction"), "seed": ("train", "seed"),
     "split_seed": ("train", "split_seed"), "device": ("train", "device"),
     "precision": ("train", "precision"),
@@ -163,6 +164,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--loss", choices=choices(TrainConfig, "loss"))
+    p.add_argument("--batch-dice", action=argparse.BooleanOptionalAction, default=None,
+                   help="the loss's Dice term over each batch's pixels pooled, not per frame "
+                   "(off)")
     p.add_argument("--augment", choices=choices(TrainConfig, "augment"))
     p.add_argument("--affine-scale", type=float, nargs=2, metavar=("LO", "HI"),
                    help="range of the strong/elastic augmentation's random zoom (0.85 1.15)")

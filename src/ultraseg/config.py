@@ -115,6 +115,7 @@ class TrainConfig(_Section):
     batch_size: int = 4
     lr: float = 1e-3
     loss: Literal["bce", "dice", "bce+dice"] = "bce"
+    batch_dice: bool = False             # the Dice term pooled over each batch (nnU-Net's 2D)
     val_fraction: float = 0.2
     test_fraction: float = 0.0           # frames (by subject) held out from training and tuning
     seed: int = 0                        # initial weights, batch order, augmentation

@@ -11,11 +11,21 @@ from .model.unet import PresenceOutput
 LOSSES = ("bce", "dice", "bce+dice")
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
+                   batch: bool = False) -> torch.Tensor:
     """1 - soft Dice, computed per image and averaged (an empty target with an empty prediction
-    scores Dice 1, the same empty rule as :mod:`ultraseg.metrics`)."""
-    prob = torch.sigmoid(logits.float()).flatten(1)
-    target = target.float().flatten(1)
+    scores Dice 1, the same empty rule as :mod:`ultraseg.metrics`).
+
+    ``batch``: one Dice over the whole batch, its pixels pooled as if one image (nnU-Net's
+    "batch Dice", its 2D default). Per image, a false structure on a frame with an empty
+    target costs ``S / (S + eps)`` for ``S`` summed probability, which saturates: a confident
+    false lesion of a few hundred pixels gets almost no gradient from the Dice term. Pooled,
+    its pixels enlarge the batch's denominator and are pushed down as hard as any other
+    false positive; small structures in turn weigh by their size, not one image each.
+    """
+    rows = 1 if batch else logits.shape[0]
+    prob = torch.sigmoid(logits.float()).reshape(rows, -1)
+    target = target.float().reshape(rows, -1)
     inter = (prob * target).sum(1)
     denom = prob.sum(1) + target.sum(1)
     return (1 - (2 * inter + eps) / (denom + eps)).mean()
@@ -27,8 +37,10 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def compute_loss(name: str, logits: torch.Tensor | Sequence[torch.Tensor] | PresenceOutput,
-                 target: torch.Tensor, presence_weight: float = 1.0) -> torch.Tensor:
-    """The loss named ``name``: 'bce', 'dice' or 'bce+dice' (their sum).
+                 target: torch.Tensor, presence_weight: float = 1.0,
+                 batch_dice: bool = False) -> torch.Tensor:
+    """The loss named ``name``: 'bce', 'dice' or 'bce+dice' (their sum); ``batch_dice``: the
+    Dice term pooled over the batch (:func:`soft_dice_loss`).
 
     ``logits`` may be a sequence (a deep-supervised model in training: full resolution, then
     1/2, 1/4, ...): the k-th output is scored against the target average-pooled by 2**k (the
@@ -43,21 +55,21 @@ def compute_loss(name: str, logits: torch.Tensor | Sequence[torch.Tensor] | Pres
     """
     if isinstance(logits, PresenceOutput):
         present = target.flatten(2).amax(2).gt(0).float()
-        total = (compute_loss(name, logits.outputs, target)
+        total = (compute_loss(name, logits.outputs, target, batch_dice=batch_dice)
                  + presence_weight * bce_loss(logits.presence, present))
         if logits.gated is not None:
-            total = total + compute_loss(name, logits.gated, target)
+            total = total + compute_loss(name, logits.gated, target, batch_dice=batch_dice)
         return total
     if not isinstance(logits, torch.Tensor):
         weights = [2.0**-k for k in range(len(logits))]
         total = sum(weights)
         return sum((w / total) * compute_loss(name, out, F.avg_pool2d(target.float(), 2**k)
-                                              if k else target)
+                                              if k else target, batch_dice=batch_dice)
                    for k, (w, out) in enumerate(zip(weights, logits)))  # type: ignore[return-value]
     if name == "bce":
         return bce_loss(logits, target)
     if name == "dice":
-        return soft_dice_loss(logits, target)
+        return soft_dice_loss(logits, target, batch=batch_dice)
     if name == "bce+dice":
-        return bce_loss(logits, target) + soft_dice_loss(logits, target)
+        return bce_loss(logits, target) + soft_dice_loss(logits, target, batch=batch_dice)
     raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")

@@ -164,7 +164,8 @@ def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
     y = y.to(device, non_blocking=True)
     with autocast(device, dtype):
         logits = model(x)
-    return compute_loss(cfg.train.loss, logits, y, cfg.train.presence_weight)
+    return compute_loss(cfg.train.loss, logits, y, cfg.train.presence_weight,
+                        cfg.train.batch_dice)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -194,7 +195,8 @@ def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cf
 
     Distributed: each rank scores its share of the canvases (``ctx.rows``) and the sums are
     all-reduced, so every rank returns the same loss and Dice, and the probabilities of its
-    share. (Both are per-image means, so the shares add up to the single-process value.)
+    share. (Both are per-image means, so the shares add up to the single-process value; with
+    ``batch_dice`` the loss pools groups of ``batch_size`` frames within each share.)
     """
     mine = ctx.rows(len(canvases))
     canvases, masks = canvases[mine], masks[mine]
@@ -203,10 +205,14 @@ def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cf
         predictor = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
                               batch_size=cfg.train.batch_size)
         probs = predictor.proba_canvas(canvases)
-        p = torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1)
-        loss = float(compute_loss(cfg.train.loss, torch.logit(p), torch.from_numpy(masks).float()
-                                  .unsqueeze(1)))
-        loss_sum = loss * len(canvases)
+        logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
+        target = torch.from_numpy(masks).float().unsqueeze(1)
+        # per-frame losses are means over frames, so any grouping gives the same sum; a batch
+        # Dice is pooled over training-sized groups of frames, as training pools it
+        step = cfg.train.batch_size if cfg.train.batch_dice else len(canvases)
+        loss_sum = sum(float(compute_loss(cfg.train.loss, logits[i:i + step],
+                                          target[i:i + step], batch_dice=cfg.train.batch_dice))
+                       * len(logits[i:i + step]) for i in range(0, len(canvases), step))
         dice_sum = float(np.sum([dice(pr >= 0.5, m > 0) for pr, m in zip(probs, masks)]))
     loss_sum, dice_sum, n = ctx.all_reduce_sum([loss_sum, dice_sum, len(canvases)], device)
     return loss_sum / n, dice_sum / n, probs
