@@ -640,9 +640,17 @@ Measured on the held-out subjects above:
     budget does not hold nerve back, as its validation plateau after about 15 epochs said.
     HC18 119 epochs instead of 184-205, Dice 0.977 as there, but a head-circumference error
     of 1.98 mm against 1.72-1.79: within the 2.0 mm target, barely, on this machine.
+  - *Nerve at its own resolution* (`size-256`, peak 437, 2026-11-30 night: the set's frames
+    are 256 px, the preset works at 192): 12 epochs of about 90 s against the preset's 24 of
+    48 s here; validation Dice on the canvases 0.747 at epoch 8 and 0.745-0.747 after it
+    (the preset's 0.759), 0.755 with the post-processing chosen there (threshold 0.35, the
+    largest component kept); held-out Dice 0.714 (0.710 without the post-processing) against
+    the preset's 0.741. Worse: at 256 px this machine's 20 minutes buy half the epochs, and
+    the finer grid does not make up for them.
 - Not measured: the schedule at the full budget on nerve and HC18 (on BUSI: above),
-  short-budget levers on nerve and HC18, the presence head on nerve, a third seed of instance
-  normalisation on BUSI and HC18.
+  short-budget levers on nerve and HC18, a third seed of instance normalisation on BUSI and
+  HC18. The presence head has nothing to learn on nerve: the set holds only frames that
+  contain a nerve.
 
 What stands in the way of the BUSI and nerve targets:
 - **BUSI normal frames**: 47-84 % of the 19 held-out normal images come out empty, depending
