@@ -602,8 +602,9 @@ Measured on the held-out subjects above:
     0.712 and 0.723, 160 px 16 and 0.716, against the preset's seeds 11-14 and 0.726-0.743),
     and the others stay within the preset's spread on lesions and at or below it on normal
     frames (wider zoom 11 and 0.733, instance norm 9 and 0.733, batch 16 8 and 0.740, the
-    constant rate 14 and 0.740). What would move both at once is a better model, not another
-    operating point. How far averaging models goes, by a script not kept: the probabilities
+    constant rate 14 and 0.740, the residual encoder 11 and 0.731), or below it (batch Dice
+    11 and 0.708). What would move both at once is a better model, not another operating
+    point. How far averaging models goes, by a script not kept: the probabilities
     of the preset's three seeds on this machine averaged (three times the budget) score lesion
     Dice 0.754 with 11 of 19 normal frames empty at the plain threshold 0.5, against
     0.739-0.741 and 9-12 for each alone at 0.5 (0.743 and 12 of 19 with the largest component
@@ -634,6 +635,17 @@ Measured on the held-out subjects above:
     head-circumference error of 1.97 against 1.98 mm. Worse on two sets, level on one: not
     adopted; `--block residual` stays an option. Of the six BUSI lesions, `benign (199)`
     scores 0.24, the others 0.00.
+  - *Batch Dice* (`loss-batch-dice`, `--batch-dice`, added 2026-11-30 night: the loss's Dice
+    term pooled over the batch's pixels, nnU-Net's 2D setting, instead of per frame). Aimed at
+    the normal frames: per frame, a confident false lesion on a frame whose mask is empty
+    costs S / (S + 1) for S summed probability, which saturates, so only the cross-entropy
+    pushes it down; pooled, its pixels are pushed as hard as any false positive. Peak 413, 65
+    epochs (about 18 s each, as the preset's): validation Dice 0.661 (the preset's
+    0.704-0.734 here), normal frames empty 11 of 19, lesion Dice 0.708 (13 under 0.1, found
+    ones outlined at 0.807), 0.689 over all frames (0.718-0.727). Below the preset's spread
+    on lesions and validation, at its bottom on normal frames: `normal (79)`, `(36)`, `(48)`
+    and `(56)` keep their false lesions as before, and the six lesions score 0.00 but
+    `malignant (189)` 0.09. Not adopted; `--batch-dice` stays an option.
   - *Nerve and HC18 on this machine* (the preset, seed 0, the tables "on a machine with a bf16
     convolution peak of 454" and "457"): nerve 24 epochs instead of 37 (about 48 s each),
     validation 0.759, held-out Dice 0.741 against the faster machines' 0.735-0.737: the
