@@ -181,3 +181,15 @@ def test_batch_dice_reaches_deep_supervision_and_presence_outputs() -> None:
             + soft_dice_loss(outs[1], torch.nn.functional.avg_pool2d(target, 2), batch=True)) / 3
     assert float(compute_loss("dice", outs, target, batch_dice=True)) == \
         pytest.approx(float(want), rel=1e-6)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_soft_dice_agrees_with_monai(batch) -> None:
+    losses = pytest.importorskip("monai.losses")
+    torch.manual_seed(0)
+    logits = torch.randn(4, 1, 12, 12) * 3
+    target = (torch.rand(4, 1, 12, 12) > 0.6).float()
+    target[2] = 0                                     # an empty frame
+    ref = losses.DiceLoss(sigmoid=True, batch=batch, smooth_nr=1.0, smooth_dr=1.0)
+    assert float(soft_dice_loss(logits, target, batch=batch)) == \
+        pytest.approx(float(ref(logits, target)), rel=1e-5)
