@@ -161,6 +161,7 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "size-160": ("working resolution 160 px", {"preprocess": {"size": 160}}),
     "width-32": ("width 32 (not 16)", {"model": {"width": 32}}),
     "depth-5": ("depth 5: one more pooling level (not 4)", {"model": {"depth": 5}}),
+    **_seeded("depth-5", "depth 5", {"model": {"depth": 5}}, 1),
     "schedule-constant": ("learning rate constant (not cosine)",
                           {"train": {"schedule": "constant"}}),
     "zoom-0.7-1.4": ("augmentation: strong with a wider random zoom, 0.7-1.4 (nnU-Net's "
@@ -646,6 +647,22 @@ Measured on the held-out subjects above:
     on lesions and validation, at its bottom on normal frames: `normal (79)`, `(36)`, `(48)`
     and `(56)` keep their false lesions as before, and the six lesions score 0.00 but
     `malignant (189)` 0.09. Not adopted; `--batch-dice` stays an option.
+  - *Depth 5* (`depth-5`, `--depth 5`: one more pooling level, 16 to 512 channels, its
+    bottleneck at 6x6 px; on the faster machines level or better on all three sets, within
+    BUSI's spread there), measured here on all three sets, 2026-11-30 night. Its epochs cost
+    a third more on this machine (BUSI 24 s against 18, nerve 67 against 48, HC18 13 against
+    10; not profiled: the extra level adds 512-channel layers at 6 px and 256-channel decoder
+    layers at 12 px, and four times the weights, 7.8 against 1.9 million).
+    BUSI (peak 441): 49 epochs, the best the 48th; validation 0.732 (the preset's
+    0.704-0.734), normal frames empty 14 of 19 (11-14), lesion Dice 0.747 (0.726-0.743; 10
+    under 0.1, found ones outlined at 0.825), 0.746 over all frames (0.718-0.727): the first
+    lever on this machine at or above the preset's best seed on both figures at once; the
+    six lesions score 0.00 but `benign (199)` 0.11, and `normal (36)`, `(48)`, `(79)` keep
+    their false lesions. Nerve (peak 398): 17 epochs, validation 0.768 against 0.759,
+    held-out 0.737 against 0.741 (the faster machines: 0.767 and 0.740 against 0.761 and
+    0.735). HC18 (peak 430): 90 epochs, validation 0.974 as the preset's, held-out Dice 0.977
+    as the preset's, head-circumference error 1.79 mm against 1.98 (mean signed error -0.05
+    against -0.70 mm; 1.79 on the faster machines too).
   - *Nerve and HC18 on this machine* (the preset, seed 0, the tables "on a machine with a bf16
     convolution peak of 454" and "457"): nerve 24 epochs instead of 37 (about 48 s each),
     validation 0.759, held-out Dice 0.741 against the faster machines' 0.735-0.737: the
