@@ -604,7 +604,8 @@ Measured on the held-out subjects above:
     and the others stay within the preset's spread on lesions and at or below it on normal
     frames (wider zoom 11 and 0.733, instance norm 9 and 0.733, batch 16 8 and 0.740, the
     constant rate 14 and 0.740, the residual encoder 11 and 0.731), or below it (batch Dice
-    11 and 0.708). What would move both at once is a better model, not another operating
+    11 and 0.708); depth 5 was at the top on both with one seed (14 and 0.747) and fell to 7
+    and 0.729 with another. What would move both at once is a better model, not another operating
     point. How far averaging models goes, by a script not kept: the probabilities
     of the preset's three seeds on this machine averaged (three times the budget) score lesion
     Dice 0.754 with 11 of 19 normal frames empty at the plain threshold 0.5, against
@@ -662,7 +663,13 @@ Measured on the held-out subjects above:
     held-out 0.737 against 0.741 (the faster machines: 0.767 and 0.740 against 0.761 and
     0.735). HC18 (peak 430): 90 epochs, validation 0.974 as the preset's, held-out Dice 0.977
     as the preset's, head-circumference error 1.79 mm against 1.98 (mean signed error -0.05
-    against -0.70 mm; 1.79 on the faster machines too).
+    against -0.70 mm; 1.79 on the faster machines too). A second BUSI seed
+    (`depth-5+seed-1`, peak 437, 57 epochs of about 20 s) undoes the BUSI lead: validation
+    0.716, normal frames empty 7 of 19 (12 frames with a false lesion, the most of any run
+    on this machine), lesion Dice 0.729 (12 under 0.1, found ones at 0.820), 0.675 over all
+    frames; the six lesions 0.00 but `malignant (189)` 0.10. Over two seeds 14 and 7 of 19
+    and 0.747 and 0.729, against the preset's 11-14 and 0.726-0.743: a wider spread, not a
+    better recipe; the HC18 gain is one seed. Not adopted.
   - *Nerve and HC18 on this machine* (the preset, seed 0, the tables "on a machine with a bf16
     convolution peak of 454" and "457"): nerve 24 epochs instead of 37 (about 48 s each),
     validation 0.759, held-out Dice 0.741 against the faster machines' 0.735-0.737: the
