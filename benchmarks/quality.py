@@ -649,27 +649,27 @@ Measured on the held-out subjects above:
     and `(56)` keep their false lesions as before, and the six lesions score 0.00 but
     `malignant (189)` 0.09. Not adopted; `--batch-dice` stays an option.
   - *Depth 5* (`depth-5`, `--depth 5`: one more pooling level, 16 to 512 channels, its
-    bottleneck at 6x6 px; on the faster machines level or better on all three sets, within
-    BUSI's spread there), measured here on all three sets, 2026-11-30 night. Its epochs cost
-    a third more on this machine (BUSI 24 s against 18, nerve 67 against 48, HC18 13 against
-    10; not profiled: the extra level adds 512-channel layers at 6 px and 256-channel decoder
-    layers at 12 px, and four times the weights, 7.8 against 1.9 million).
+    bottleneck at 6x6 px; on the faster machines within BUSI's spread, nerve +0.005, HC18
+    level in Dice at 1.79 against 1.72 mm), measured here on all three sets, 2026-11-30 night.
+    Its epochs cost a third more on this machine (BUSI 24 s against 18, nerve 67 against 48,
+    HC18 13 against 10; not profiled: the extra level adds 512-channel layers at 6 px and
+    256-channel decoder layers at 12 px, and four times the weights, 7.8 against 1.9 million).
     BUSI (peak 441): 49 epochs, the best the 48th; validation 0.732 (the preset's
     0.704-0.734), normal frames empty 14 of 19 (11-14), lesion Dice 0.747 (0.726-0.743; 10
     under 0.1, found ones outlined at 0.825), 0.746 over all frames (0.718-0.727): the first
-    lever on this machine at or above the preset's best seed on both figures at once; the
-    six lesions score 0.00 but `benign (199)` 0.11, and `normal (36)`, `(48)`, `(79)` keep
-    their false lesions. Nerve (peak 398): 17 epochs, validation 0.768 against 0.759,
-    held-out 0.737 against 0.741 (the faster machines: 0.767 and 0.740 against 0.761 and
-    0.735). HC18 (peak 430): 90 epochs, validation 0.974 as the preset's, held-out Dice 0.977
-    as the preset's, head-circumference error 1.79 mm against 1.98 (mean signed error -0.05
-    against -0.70 mm; 1.79 on the faster machines too). A second BUSI seed
-    (`depth-5+seed-1`, peak 437, 57 epochs of about 20 s) undoes the BUSI lead: validation
-    0.716, normal frames empty 7 of 19 (12 frames with a false lesion, the most of any run
-    on this machine), lesion Dice 0.729 (12 under 0.1, found ones at 0.820), 0.675 over all
-    frames; the six lesions 0.00 but `malignant (189)` 0.10. Over two seeds 14 and 7 of 19
-    and 0.747 and 0.729, against the preset's 11-14 and 0.726-0.743: a wider spread, not a
-    better recipe; the HC18 gain is one seed. Not adopted.
+    lever on this machine at or above the preset's best seed on both figures at once; the six
+    lesions score 0.00 but `benign (199)` 0.11, and `normal (36)`, `(48)`, `(79)` keep their
+    false lesions. Nerve (peak 398): 17 epochs, validation 0.768 against 0.759, held-out 0.737
+    against 0.741 (the faster machines: 0.767 and 0.740 against 0.761 and 0.735). HC18 (peak
+    430): 90 epochs, validation 0.974 as the preset's, held-out Dice 0.977 as the preset's,
+    head-circumference error 1.79 mm against 1.98 (mean signed error -0.05 against -0.70 mm;
+    1.79 on the faster machines too). A second BUSI seed (`depth-5+seed-1`, peak 437, 57
+    epochs of about 20 s) undoes the BUSI lead: validation 0.716, normal frames empty 7 of 19
+    (12 frames with a false lesion, the most of any run on this machine), lesion Dice 0.729
+    (12 under 0.1, found ones at 0.820), 0.675 over all frames; the six lesions 0.00 but
+    `malignant (189)` 0.10. Over two seeds 14 and 7 of 19 and 0.747 and 0.729, against the
+    preset's 11-14 and 0.726-0.743: a wider spread, not a better recipe; the HC18 gain is one
+    seed. Not adopted.
   - *Nerve and HC18 on this machine* (the preset, seed 0, the tables "on a machine with a bf16
     convolution peak of 454" and "457"): nerve 24 epochs instead of 37 (about 48 s each),
     validation 0.759, held-out Dice 0.741 against the faster machines' 0.735-0.737: the
@@ -685,7 +685,7 @@ Measured on the held-out subjects above:
     the finer grid does not make up for them.
 - Not measured: the schedule at the full budget on nerve and HC18 (on BUSI: above),
   short-budget levers on nerve and HC18, a third seed of instance normalisation on BUSI and
-  HC18. The presence head has nothing to learn on nerve: the set holds only frames that
+  HC18, a second seed of depth 5 on nerve and HC18 on the slower machine. The presence head has nothing to learn on nerve: the set holds only frames that
   contain a nerve.
 
 What stands in the way of the BUSI and nerve targets:
