@@ -685,8 +685,8 @@ Measured on the held-out subjects above:
     the finer grid does not make up for them.
 - Not measured: the schedule at the full budget on nerve and HC18 (on BUSI: above),
   short-budget levers on nerve and HC18, a third seed of instance normalisation on BUSI and
-  HC18, a second seed of depth 5 on nerve and HC18 on the slower machine. The presence head has nothing to learn on nerve: the set holds only frames that
-  contain a nerve.
+  HC18, a second seed of depth 5 on nerve and HC18 on the slower machine. The presence head
+  has nothing to learn on nerve: the set holds only frames that contain a nerve.
 
 What stands in the way of the BUSI and nerve targets:
 - **BUSI normal frames**: 47-84 % of the 19 held-out normal images come out empty, depending
