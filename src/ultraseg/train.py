@@ -210,9 +210,9 @@ def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cf
         # per-frame losses are means over frames, so any grouping gives the same sum; a batch
         # Dice is pooled over training-sized groups of frames, as training pools it
         step = cfg.train.batch_size if cfg.train.batch_dice else len(canvases)
-        loss_sum = sum(float(compute_loss(cfg.train.loss, logits[i:i + step],
-                                          target[i:i + step], batch_dice=cfg.train.batch_dice))
-                       * len(logits[i:i + step]) for i in range(0, len(canvases), step))
+        loss_sum = sum(len(lg) * float(compute_loss(cfg.train.loss, lg, tg,
+                                                    batch_dice=cfg.train.batch_dice))
+                       for lg, tg in zip(logits.split(step), target.split(step)))
         dice_sum = float(np.sum([dice(pr >= 0.5, m > 0) for pr, m in zip(probs, masks)]))
     loss_sum, dice_sum, n = ctx.all_reduce_sum([loss_sum, dice_sum, len(canvases)], device)
     return loss_sum / n, dice_sum / n, probs
