@@ -180,3 +180,27 @@ def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["n"] == 1 and doc["rows"][0]["name"] == "007_HC"
     assert doc["boundary_offset_px"] == 0.5
+
+
+def test_measure_prints_each_frame_in_mm_where_the_pixel_size_is_known_else_in_px(
+        tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    frames(tmp_path / "in", {"a.png": (30, 40)})
+    args = ["measure", str(ckpt), str(tmp_path / "in" / "a.png"), "--device", "cpu",
+            "--precision", "fp32"]
+    assert main(args + ["--threshold", "0"]) == 0          # threshold 0: the whole frame
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert first.startswith("a: area 1200 px, perimeter ") and " px, HC " in first
+    assert "mm" not in first
+    assert "no pixel size known" in out and "--pixel-size" in out
+    assert main(args + ["--threshold", "0", "--pixel-size", "0.5", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert main(args + ["--threshold", "0", "--pixel-size", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert (f"a: area {row['area_mm2']:.1f} mm2, perimeter {row['perimeter_mm']:.1f} mm, "
+            f"HC {row['hc_mm']:.1f} mm") in out
+    assert row["area_mm2"] == pytest.approx(1200 * 0.25) and "no pixel size" not in out
+    assert main(args + ["--threshold", "0", "--min-area", "5000"]) == 0   # the frame removed
+    out = capsys.readouterr().out
+    assert "a: no object" in out and "no pixel size known" not in out

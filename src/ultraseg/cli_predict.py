@@ -130,16 +130,32 @@ def _cmd_measure(a: argparse.Namespace) -> int:
         return EXIT_OK
     if a.out is None:
         for r in rows:
-            hc = "n/a" if r["hc_mm"] is None else f"{r['hc_mm']:.1f} mm"
-            print(f"{r['name']}: area {r['area_px']} px, HC {hc}")
+            print(format_measure_row(r))
     print(format_measure_summary(summary))
     return EXIT_OK
+
+
+def format_measure_row(r: dict[str, Any]) -> str:
+    """One frame's measurement as a line: in mm where its pixel size is known, else in px."""
+    if not r["area_px"]:
+        return f"{r['name']}: no object"
+
+    def num(v: Any, unit: str, fmt: str = ".1f") -> str:
+        return "n/a" if v is None else f"{v:{fmt}} {unit}"
+
+    if r["hc_mm"] is not None or r["area_mm2"] is not None:
+        return (f"{r['name']}: area {num(r['area_mm2'], 'mm2')}, "
+                f"perimeter {num(r['perimeter_mm'], 'mm')}, HC {num(r['hc_mm'], 'mm')}")
+    return (f"{r['name']}: area {num(r['area_px'], 'px', '.0f')}, "
+            f"perimeter {num(r['perimeter_px'], 'px')}, HC {num(r['hc_px'], 'px')}")
 
 
 def format_measure_summary(s: dict[str, Any]) -> str:
     """The measure summary as a few lines."""
     lines = [f"measured {s['n']} frames ({s['n_with_object']} with an object, "
              f"{s['n_with_pixel_size']} with a known pixel size)"]
+    if s["n_with_object"] and not s["n_with_pixel_size"]:
+        lines.append("no pixel size known: figures in px (--pixel-size MM gives mm)")
     if s["hc_mm_mean"] is not None:
         lines.append(f"mean head circumference {s['hc_mm_mean']:.2f} mm")
     if s["hc_mae_mm"] is not None:
