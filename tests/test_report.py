@@ -16,6 +16,7 @@ from ultraseg.report import (
     PRED_COLOR,
     TRUTH_COLOR,
     overlay,
+    pick_examples,
     plot_curves,
     plot_predictions,
     plot_samples,
@@ -158,3 +159,22 @@ def test_write_html_without_figures_or_evaluation(tmp_path: Path) -> None:
     page = out.read_text(encoding="utf-8")
     assert "data:image" not in page and "Evaluation" not in page
     assert "No epochs recorded" in page
+
+
+def test_pick_examples_shows_the_best_median_and_worst_frames_and_the_worst_empty_one() -> None:
+    dices = [0.5, 0.9, 0.1, 0.7, 0.3, 1.0, 0.0]
+    empty = [False, False, False, False, False, True, True]
+    areas = [10, 10, 10, 10, 10, 0, 40]
+    assert pick_examples(dices, empty, areas) == [
+        (1, "best"), (0, "median"), (2, "worst"), (6, "empty truth")]
+    # no empty truths: every slot goes to the ranking, at evenly spaced ranks
+    assert pick_examples([i / 10 for i in range(10)], [False] * 10, [1] * 10) == [
+        (9, "best"), (6, "rank 4 of 10"), (3, "rank 7 of 10"), (0, "worst")]
+    # fewer frames than slots; ties keep the earlier frame first
+    assert pick_examples([0.4, 0.4], [False, False], [1, 1]) == [(0, "best"), (1, "worst")]
+    # every empty frame predicted empty: still one shown (the first), as Dice 1
+    assert pick_examples([0.2, 1.0, 1.0], [False, True, True], [5, 0, 0], n=2) == [
+        (0, "median"), (1, "empty truth")]
+    assert pick_examples([], [], []) == []
+    with pytest.raises(ValueError, match="length"):
+        pick_examples([0.1], [False, True], [1])

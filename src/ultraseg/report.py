@@ -281,6 +281,34 @@ def plot_samples(
     _draw_panels(panels, names, path, "training samples (green: mask outline)")
 
 
+def pick_examples(dices: Sequence[float], truth_empty: Sequence[bool],
+                  pred_areas: Sequence[int], n: int = 4) -> list[tuple[int, str]]:
+    """Which frames a prediction figure shows, and why: ``[(index, label), ...]``.
+
+    Frames whose truth is not empty are ranked by ``dices`` (best first, ties by index) and
+    picked at evenly spaced ranks: the best, the worst and, between them, the median or other
+    ranks, labelled ``best``, ``worst``, ``median`` or ``rank r of m``. Where frames with an
+    empty truth exist, the last slot shows the one with the largest predicted area (``empty
+    truth``): a false structure if any frame has one. ``n`` slots at most.
+    """
+    k = _check_lengths(dices=dices, truth_empty=truth_empty, pred_areas=pred_areas)
+    empty = [i for i in range(k) if truth_empty[i]]
+    ranked = sorted((i for i in range(k) if not truth_empty[i]),
+                    key=lambda i: (-float(dices[i]), i))
+    slots = max(n - (1 if empty else 0), 0)
+    m = len(ranked)
+    ranks = sorted({j * (m - 1) // (slots - 1) for j in range(slots)}) if slots > 1 and m \
+        else ([0] if slots and m else [])
+    picked = []
+    for r in ranks:
+        label = ("best" if r == 0 and m > 1 else "worst" if r == m - 1 and m > 1
+                 else "median" if r == (m - 1) // 2 else f"rank {r + 1} of {m}")
+        picked.append((ranked[r], label))
+    if empty and n > 0:
+        picked.append((max(empty, key=lambda i: (int(pred_areas[i]), -i)), "empty truth"))
+    return picked
+
+
 def plot_predictions(
     images: Sequence[np.ndarray],
     truths: Sequence[np.ndarray | None],

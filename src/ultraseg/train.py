@@ -570,10 +570,15 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     report.plot_samples([arrays.images[i] for i in train_idx[pick]],
                         [arrays.masks[i] > 0 for i in train_idx[pick]], out / "sample.png",
                         [arrays.names[i] for i in train_idx[pick]])
-    show = _pick_examples(truths, 4)
-    preds = [apply_pp(probs[i], pp) for i in show]
-    report.plot_predictions([images[i] for i in show], [truths[i] for i in show], preds,
-                            out / "seg_sample.png", [val_samples[i].name for i in show])
+    scores, areas = [], []
+    for p, t in zip(probs, truths):
+        m = apply_pp(p, pp)
+        scores.append(dice(m, t))
+        areas.append(int(m.sum()))
+    shown = report.pick_examples(scores, [not t.any() for t in truths], areas)
+    report.plot_predictions([images[i] for i, _ in shown], [truths[i] for i, _ in shown],
+                            [apply_pp(probs[i], pp) for i, _ in shown], out / "seg_sample.png",
+                            [f"{val_samples[i].name} ({why})" for i, why in shown])
     summary = {
         "dataset": f"{ds.root} ({ds.layout})", "frames (train / val)": f"{len(train_idx)} / {len(val_idx)}",
         "best epoch": best_epoch, "best val Dice (canvas)": round(best_dice, 4),
@@ -614,10 +619,3 @@ def _boundary_offset(ds, arrays: Arrays, train_idx: np.ndarray, n: int = 25) -> 
     widths = [outline_half_width(read_mask(s.mask_paths[0]) > 0) for s in outlines]
     widths = [w for w in widths if w > 0]
     return round(float(np.median(widths)), 4) if widths else 0.0
-
-
-def _pick_examples(truths: list[np.ndarray], n: int) -> list[int]:
-    """Up to ``n`` validation frames to show, non-empty ones first."""
-    nonempty = [i for i, t in enumerate(truths) if t.any()]
-    empty = [i for i, t in enumerate(truths) if not t.any()]
-    return (nonempty[: max(n - 1, 1)] + empty)[:n] if truths else []
