@@ -627,9 +627,10 @@ Measured on the held-out subjects above:
     119, validation 0.973 against 0.974 (on the canvases 0.958-0.973 over its last thirty
     epochs, the best the 103rd), held-out Dice 0.973 against 0.977, under the 0.975 target,
     and a head-circumference error of 2.07 against 1.98 mm, over the 2.0 mm target (the
-    preset's second seed here, measured after it: Dice 0.976 and 2.05 mm, so the error is
-    within the preset's spread on this machine and the Dice below it). No better on BUSI,
-    worse on nerve and on HC18's Dice: the preset keeps the cosine decay.
+    preset's seeds 1 and 2 here, measured after it: Dice 0.976 and 0.975, 2.05 and 1.85 mm, so
+    the error is within the preset's spread on this machine, 1.85-2.05 mm, and the Dice below
+    its 0.975-0.977). No better on BUSI, worse on nerve and on HC18's Dice: the preset keeps
+    the cosine decay.
   - *A residual encoder* (`block-residual`, `--block residual`, added 2026-11-30: each
     encoder level's two convolutions get a shortcut, through a 1x1 convolution and batch norm
     where the channels change, added before the last ReLU, as in nnU-Net's residual-encoder
@@ -679,11 +680,11 @@ Measured on the held-out subjects above:
     preset's 11-14 and 0.726-0.743: a wider spread, not a better recipe. On HC18 a second seed
     (`depth-5+seed-1`, peak 459, 100 epochs) keeps the gain: Dice 0.977, head-circumference
     error 1.83 mm (mean signed -0.45), so 1.79 and 1.83 over two seeds against the preset's
-    1.98 here (one seed) and 1.72-1.79 on the faster machines. On nerve a second seed
-    (`depth-5+seed-1`, peak 451, 2026-12-01; 19 epochs of about 60 s) peaked early: validation
-    0.766 at epoch 8, 0.757-0.764 at epochs 11-19, so epoch 8 was kept; held-out 0.719, so
-    0.737 and 0.719 over two seeds against the preset's 0.741 here. Not adopted: BUSI's spread
-    widens and nerve loses.
+    1.85-2.05 here (three seeds, below) and 1.72-1.79 on the faster machines. On nerve a
+    second seed (`depth-5+seed-1`, peak 451, 2026-12-01; 19 epochs of about 60 s) peaked
+    early: validation 0.766 at epoch 8, 0.757-0.764 at epochs 11-19, so epoch 8 was kept;
+    held-out 0.719, so 0.737 and 0.719 over two seeds against the preset's 0.741 here. Not
+    adopted: BUSI's spread widens and nerve loses.
   - *Nerve and HC18 on this machine* (the preset, seed 0, the tables "on a machine with a bf16
     convolution peak of 454" and "457"): nerve 24 epochs instead of 37 (about 48 s each),
     validation 0.759, held-out Dice 0.741 against the faster machines' 0.735-0.737: the budget
@@ -692,11 +693,14 @@ Measured on the held-out subjects above:
     against 1.72-1.79: within the 2.0 mm target, barely, on this machine. With training seed 1
     (`seed-1`, peak 458, 2026-12-01): 116 epochs, the best the 71st, validation 0.975,
     held-out Dice 0.976 and a head-circumference error of 2.05 mm (median 1.48, mean signed
-    +0.84; four exams off by more than 5 mm, at most 11.0), over the target. So on a machine
-    with half the bf16 peak the preset meets HC18's Dice target over two seeds but its
-    head-circumference target with one of them: 1.98 and 2.05 mm, against 1.72-1.79 over three
-    seeds on the faster machines, where 1.6-1.7 times the epochs fit in the 20 minutes. Depth
-    5's 1.79 and 1.83 mm here lie below both.
+    +0.84; four exams off by more than 5 mm, at most 11.0), over the target; with seed 2
+    (`seed-2`, peak 373): 120 epochs, the best the 48th, validation 0.973, held-out Dice 0.975
+    and 1.85 mm (median 1.07, mean signed -0.16; four exams off by more than 5 mm, at most
+    9.4). So on a machine with half the bf16 peak the preset's head-circumference error is
+    1.85-2.05 mm over three seeds, two of them within the 2.0 mm target, and its Dice
+    0.975-0.977, at the 0.975 target, against 1.72-1.79 mm and 0.977 over three seeds on the
+    faster machines, where 1.6-1.7 times the epochs fit in the 20 minutes. Depth 5's 1.79 and
+    1.83 mm here lie below all three.
   - *Nerve at its own resolution* (`size-256`, peak 437, 2026-11-30 night: the set's frames
     are 256 px, the preset works at 192): 12 epochs of about 90 s against the preset's 24 of
     48 s here; validation Dice on the canvases 0.747 at epoch 8 and 0.745-0.747 after it
