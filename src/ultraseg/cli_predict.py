@@ -143,7 +143,7 @@ def format_measure_row(r: dict[str, Any]) -> str:
     def num(v: Any, unit: str, fmt: str = ".1f") -> str:
         return "n/a" if v is None else f"{v:{fmt}} {unit}"
 
-    if r["hc_mm"] is not None or r["area_mm2"] is not None:
+    if r["pixel_size_mm"]:
         return (f"{r['name']}: area {num(r['area_mm2'], 'mm2')}, "
                 f"perimeter {num(r['perimeter_mm'], 'mm')}, HC {num(r['hc_mm'], 'mm')}")
     return (f"{r['name']}: area {num(r['area_px'], 'px', '.0f')}, "

@@ -297,8 +297,7 @@ def pick_examples(dices: Sequence[float], truth_empty: Sequence[bool],
                     key=lambda i: (-float(dices[i]), i))
     slots = max(n - (1 if empty else 0), 0)
     m = len(ranked)
-    ranks = sorted({j * (m - 1) // (slots - 1) for j in range(slots)}) if slots > 1 and m \
-        else ([0] if slots and m else [])
+    ranks = sorted({j * (m - 1) // max(slots - 1, 1) for j in range(slots)}) if m else []
     picked = []
     for r in ranks:
         label = ("best" if r == 0 and m > 1 else "worst" if r == m - 1 and m > 1
