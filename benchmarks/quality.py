@@ -221,6 +221,10 @@ LEVERS: dict[str, tuple[str, dict]] = {
                                             "train": {"lr": 1e-3}}),
     "flip+size-192": ("two levers together: flips only, 192 px",
                       {"train": {"augment": "flip"}, "preprocess": {"size": 192}}),
+    "no-validation": ("no validation split: its subjects train too (a quarter more training "
+                      "frames; the last epoch kept, post-processing at its defaults)",
+                      {"train": {"val_fraction": 0.0}}),
+    **_seeded("no-validation", "no validation split", {"train": {"val_fraction": 0.0}}, 1),
     "valid": ("valid U-Net (unpadded; one 164-px output tile per frame and epoch) instead of same",
               {"model": {"variant": "valid", "tile": 164}, "train": {"tiles_per_image": 1}}),
 }

@@ -182,3 +182,18 @@ def test_run_split_holds_out_then_validates_by_subject() -> None:
     assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
     kept, held = holdout_by_subject(subjects, 0.2, 3)  # the held-out side is holdout_by_subject's
     assert test.tolist() == held.tolist()
+
+
+def test_run_split_without_validation_trains_on_every_frame_not_held_out() -> None:
+    subjects = [f"s{i % 10}" for i in range(50)]
+    train, val, test = run_split(subjects, 0.2, 0.0, seed=3)
+    assert val.size == 0
+    assert test.tolist() == run_split(subjects, 0.2, 0.2, seed=3)[2].tolist()  # same held out
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(50))
+    # one subject: no validation split is possible, and the error says how to train anyway
+    with pytest.raises(UltrasegError, match="--val-fraction 0"):
+        run_split(["a"] * 5, 0.0, 0.2, seed=0)
+    assert run_split(["a"] * 5, 0.0, 0.0, seed=0)[0].tolist() == list(range(5))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UltrasegError, match="val fraction"):
+            run_split(subjects, 0.2, bad, seed=0)

@@ -201,6 +201,9 @@ def test_split_of_another_dataset_is_a_user_error(checkpoint, data, tmp_path, ca
     assert "split.json" in err and "2 frames" in err
     bad.write_text("{broken")
     assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(bad)]) == 2
+    bad.write_text(json.dumps({"train": ["1_1"], "val": []}))  # a run without validation
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(bad)]) == 2
+    assert "'val' side is empty" in capsys.readouterr().err
 
 
 def test_cli_missing_checkpoint_is_a_user_error(data, tmp_path, capsys) -> None:

@@ -15,7 +15,8 @@ from PIL import Image
 
 from ultraseg import cli
 from ultraseg.checkpoint import load_checkpoint
-from ultraseg.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig
+from ultraseg.config import (ModelConfig, PostprocessConfig, PreprocessConfig, RunConfig,
+                             TrainConfig)
 from ultraseg.data import Arrays
 from ultraseg.errors import UltrasegError
 from ultraseg.phantom import make_dataset
@@ -190,6 +191,32 @@ def test_valid_model_run_completes(tmp_path) -> None:
     prob = predictor.predict_proba(np.full((37, 61), 90, np.uint8))
     assert prob.shape == (37, 61) and np.isfinite(prob).all()
     assert ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys) -> None:
+    """--val-fraction 0: every frame trains, each epoch's weights become best.ckpt, the
+    post-processing stays at its defaults, and the run says there is no validation Dice."""
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    run = tmp_path / "run"
+    rc = cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
+                   "--depth", "2", "--size", "32", "--epochs", "2", "--val-fraction", "0",
+                   "--device", "cpu", "--precision", "fp32", "--cache-dir", "",
+                   "--threads", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "last epoch 2 kept (no validation split" in out and "val Dice" not in out
+    split = json.loads((run / "split.json").read_text())
+    assert split["val"] == [] and len(split["train"]) == 20
+    best, last = load_checkpoint(run / "best.ckpt"), load_checkpoint(run / "last.ckpt")
+    assert best.meta["metrics"]["best_epoch"] == 2
+    assert best.meta["metrics"]["best_val_dice"] is None
+    assert best.meta["metrics"]["val_dice_postprocessed"] is None
+    assert all(torch.equal(best.state_dict[k], last.state_dict[k]) for k in last.state_dict)
+    assert best.postprocess == PostprocessConfig()
+    assert not (run / "seg_sample.png").exists()
+    assert "no validation split" in (run / "report.html").read_text()
+    prob = load(run / "best.ckpt", device="cpu").predict_proba(np.full((40, 50), 90, np.uint8))
+    assert prob.shape == (40, 50) and np.isfinite(prob).all()
 
 
 def test_valid_model_refuses_a_size_below_the_tile(tmp_path, capsys) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -33,9 +34,10 @@ class ProgressPrinter:
             if self.tty:
                 self.stream.write("\r" + " " * 90 + "\r")
             partial = "" if e["complete"] else "  (partial: time limit)"
+            val = ("" if math.isnan(e["val_dice"]) else  # NaN: no validation split
+                   f"val loss {e['val_loss']:.4f}  val Dice {e['val_dice']:.4f}  ")
             print(f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f}  "
-                  f"val loss {e['val_loss']:.4f}  val Dice {e['val_dice']:.4f}  "
-                  f"({e['seconds']:.0f} s){partial}", flush=True)
+                  f"{val}({e['seconds']:.0f} s){partial}", flush=True)
         elif e["event"] == "stage":
             print(e["message"] + " ...", file=self.stream, flush=True)
 
@@ -120,9 +122,13 @@ def _cmd_train(a: argparse.Namespace) -> int:
     result = train(cfg, a.out, resume=a.resume, progress=ProgressPrinter())
     if not result.is_main:  # a rank > 0 under torchrun: rank 0 reports
         return EXIT_OK
-    print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f} "
-          f"(original size {result.val_dice_original:.4f}, post-processed "
-          f"{result.val_dice_postprocessed:.4f}); {result.seconds:.0f} s")
+    if result.val_dice_original is None:  # --val-fraction 0
+        print(f"last epoch {result.best_epoch} kept (no validation split: no Dice to choose "
+              f"or report); {result.seconds:.0f} s")
+    else:
+        print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f} "
+              f"(original size {result.val_dice_original:.4f}, post-processed "
+              f"{result.val_dice_postprocessed:.4f}); {result.seconds:.0f} s")
     if result.stopped:
         print(f"note: {result.stopped}")
     print(f"checkpoint: {Path(a.out) / 'best.ckpt'}\nreport: {Path(a.out) / 'report.html'}")
@@ -175,7 +181,10 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="validate and keep an exponential moving average of the weights, "
                    "updated every step with decay D (e.g. 0.999; default 0: off)")
     p.add_argument("--tiles-per-image", type=int, help="valid model: random tiles per image per epoch")
-    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--val-fraction", type=float,
+                   help="share of the frames (by subject) that validate: choose the epoch and "
+                   "the post-processing (preset: 0.2); 0 trains on every frame not held out "
+                   "and keeps the last epoch")
     p.add_argument("--test-fraction", type=float,
                    help="share of frames (by subject) held out from training and tuning (0)")
     p.add_argument("--seed", type=int, help="seeds the initial weights, the batch order and the "

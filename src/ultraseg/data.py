@@ -169,8 +169,18 @@ def run_split(subjects: Sequence[str], test_fraction: float, val_fraction: float
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices (train, val, test) of a training run: ``test_fraction`` of the frames held out
     by subject (:func:`holdout_by_subject`), then ``val_fraction`` of the rest for validation
-    (:func:`split_by_subject`), both seeded with ``seed``; no subject on two sides."""
+    (:func:`split_by_subject`), both seeded with ``seed``; no subject on two sides.
+    ``val_fraction == 0``: no validation side, every frame not held out trains."""
+    if not 0 <= val_fraction < 1:
+        raise UltrasegError("val fraction must be 0 (no validation) or between 0 and 1, got "
+                            f"{val_fraction}")
     kept, test_idx = holdout_by_subject(subjects, test_fraction, seed)
+    if val_fraction == 0:
+        return kept, np.arange(0), test_idx
+    n_subjects = np.unique(np.asarray(subjects)[kept]).size
+    if n_subjects < 2:
+        raise UltrasegError("a subject-grouped validation split needs at least two subjects; "
+                            f"found {n_subjects} (--val-fraction 0 trains without validation)")
     tr, va = split_by_subject([subjects[i] for i in kept], val_fraction, seed)
     return kept[tr], kept[va], test_idx
 

@@ -36,6 +36,9 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None, sub
         names = set(doc[subset])
     except (OSError, ValueError, KeyError) as e:
         raise UltrasegError(f"cannot read the '{subset}' side of the split ({e})", split_file) from e
+    if not names:  # e.g. 'val' of a run trained with --val-fraction 0
+        raise UltrasegError(f"the split's '{subset}' side is empty; choose another with "
+                            "--subset", split_file)
     chosen = [s for s in samples if s.name in names]
     if len(chosen) != len(names):
         raise UltrasegError(f"split names {len(names) - len(chosen)} frames that are not in the "

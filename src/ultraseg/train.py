@@ -377,9 +377,13 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                         split_seed, tc.val_fraction, test_idx)
     log.info("%d training frames, %d validation frames (split by subject)",
              len(train_idx), len(val_idx))
+    validating = len(val_idx) > 0
+    if not validating:
+        log.info("no validation split (val fraction 0): every epoch's weights replace the "
+                 "last, and post-processing stays at its defaults")
     batches = Batches(arrays, train_idx, cfg)
     val_canvases = np.stack([normalise(im, cfg.preprocess.normalise)
-                             for im in arrays.images[val_idx]])
+                             for im in arrays.images[val_idx]]) if validating else None
     val_masks = arrays.masks[val_idx]
 
     # model and optimiser
@@ -452,7 +456,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         ctx.broadcast_buffers(model)  # batch-norm statistics: rank 0's, as saved
         if ema is not None:
             ctx.broadcast_buffers(ema.module)
-        val_loss, val_dice, _ = validate(scored, val_canvases, val_masks, cfg, device, dtype, ctx)
+        val_loss, val_dice = math.nan, math.nan
+        if validating:
+            val_loss, val_dice, _ = validate(scored, val_canvases, val_masks, cfg, device, dtype,
+                                             ctx)
         est_val = time.monotonic() - t_val
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                "val_loss": val_loss, "val_dice": val_dice,
@@ -465,12 +472,13 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         if epoch == 1 and complete:
             horizon = _horizon(tc.epochs, time.monotonic() - t_epoch, deadline, est_val, ctx,
                                device)
-        improved = val_dice > best_dice
+        improved = val_dice > best_dice or not validating  # no validation: the latest counts
         if improved:
             best_dice, best_epoch = val_dice, epoch
         if ctx.is_main:  # metrics first: a kill before last.ckpt re-runs this epoch identically
             _write_metrics(out / "metrics.csv", history)
-            metrics = {"history": history, "best_epoch": best_epoch, "best_val_dice": best_dice,
+            metrics = {"history": history, "best_epoch": best_epoch,
+                       "best_val_dice": best_dice if validating else None,
                        "world_size": ctx.world_size}
             if improved:
                 save_checkpoint(out / "best.ckpt", scored.state_dict(), meta(metrics))
@@ -529,11 +537,16 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             val_idx: np.ndarray, device: torch.device, dtype: torch.dtype | None,
             history: list[dict[str, Any]], best_epoch: int, best_dice: float,
             stopped: str | None, t0: float, meta: Callable, progress: Progress) -> TrainResult:
-    """Choose post-processing on the validation frames at their original size; write the report."""
+    """Choose post-processing on the validation frames at their original size; write the report.
+
+    Without validation frames the post-processing stays at its defaults, the Dice figures are
+    None and the report has no prediction figure.
+    """
     from .postprocess import apply as apply_pp
     from .postprocess import tune
 
-    progress({"event": "stage", "message": "choosing post-processing on the validation split"})
+    if len(val_idx):
+        progress({"event": "stage", "message": "choosing post-processing on the validation split"})
     best = load_checkpoint(out / "best.ckpt")
     model = build_model(cfg.model)
     model.load_state_dict(best.state_dict)
@@ -548,11 +561,14 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         truths.append(select_label(mask, cfg.preprocess.label))
     probs = list(predictor.predict_proba_many(images))
     pp = PostprocessConfig()
-    raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
-    tuned = raw
-    if cfg.train.tune_postprocess:
-        pp, tuned = tune(probs, truths)
-    log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned, pp)
+    raw = tuned = None
+    if probs:
+        raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
+        tuned = raw
+        if cfg.train.tune_postprocess:
+            pp, tuned = tune(probs, truths)
+        log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned,
+                 pp)
     seconds = time.monotonic() - t0
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
                    train_seconds=round(seconds, 1), stopped=stopped,
@@ -575,14 +591,22 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         m = apply_pp(p, pp)
         scores.append(dice(m, t))
         areas.append(int(m.sum()))
-    shown = report.pick_examples(scores, [not t.any() for t in truths], areas)
-    report.plot_predictions([images[i] for i, _ in shown], [truths[i] for i, _ in shown],
-                            [apply_pp(probs[i], pp) for i, _ in shown], out / "seg_sample.png",
-                            [f"{val_samples[i].name} ({why})" for i, why in shown])
+    if probs:
+        shown = report.pick_examples(scores, [not t.any() for t in truths], areas)
+        report.plot_predictions([images[i] for i, _ in shown], [truths[i] for i, _ in shown],
+                                [apply_pp(probs[i], pp) for i, _ in shown],
+                                out / "seg_sample.png",
+                                [f"{val_samples[i].name} ({why})" for i, why in shown])
+
+    def figure(v: float | None) -> float | str:
+        return "n/a (no validation split)" if v is None or math.isnan(v) else round(v, 4)
+
     summary = {
-        "dataset": f"{ds.root} ({ds.layout})", "frames (train / val)": f"{len(train_idx)} / {len(val_idx)}",
-        "best epoch": best_epoch, "best val Dice (canvas)": round(best_dice, 4),
-        "val Dice, original size": round(raw, 4), "val Dice, post-processed": round(tuned, 4),
+        "dataset": f"{ds.root} ({ds.layout})",
+        "frames (train / val)": f"{len(train_idx)} / {len(val_idx)}",
+        "best epoch": best_epoch if probs else f"{best_epoch} (the last: no validation split)",
+        "best val Dice (canvas)": figure(best_dice),
+        "val Dice, original size": figure(raw), "val Dice, post-processed": figure(tuned),
         "post-processing": json.dumps(pp.to_dict()), "training time (s)": round(seconds, 1),
         "device / precision": f"{device} / {'bf16' if dtype else 'fp32'}"
                               + (f" ({cfg.train.world_size} processes)"
