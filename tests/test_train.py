@@ -205,6 +205,8 @@ def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert rc == 0
     assert "last epoch 2 kept (no validation split" in out and "val Dice" not in out
+    log = (run / "train.log").read_text()
+    assert "epoch 2: train loss" in log and "nan" not in log
     split = json.loads((run / "split.json").read_text())
     assert split["val"] == [] and len(split["train"]) == 20
     best, last = load_checkpoint(run / "best.ckpt"), load_checkpoint(run / "last.ckpt")

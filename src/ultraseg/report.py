@@ -214,6 +214,9 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
         ax_dice.plot([epochs[best]], [y[best]], marker="*", markersize=12, color="tab:orange",
                      linestyle="none", label=f"best {y[best]:.4f} (epoch {epochs[best]:g})")
         ax_dice.legend(loc="lower right")
+    elif rows:  # a run trained without a validation split
+        ax_dice.text(0.5, 0.5, "no validation Dice recorded\n(no validation split)",
+                     ha="center", va="center", transform=ax_dice.transAxes)
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("Dice")
     ax_dice.set_title("validation Dice")

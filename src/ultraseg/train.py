@@ -466,8 +466,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                "lr": optimizer.param_groups[0]["lr"],
                "seconds": round(time.monotonic() - t_epoch, 2), "complete": complete}
         history.append(row)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f (%.0f s)", epoch,
-                 row["train_loss"], val_loss, val_dice, row["seconds"])
+        if validating:
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f (%.0f s)", epoch,
+                     row["train_loss"], val_loss, val_dice, row["seconds"])
+        else:
+            log.info("epoch %d: train loss %.4f (%.0f s)", epoch, row["train_loss"],
+                     row["seconds"])
         progress({"event": "epoch", **row, "epochs": tc.epochs})
         if epoch == 1 and complete:
             horizon = _horizon(tc.epochs, time.monotonic() - t_epoch, deadline, est_val, ctx,
@@ -497,7 +501,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             break
 
     if stopped:
-        log.warning("%s; keeping the best checkpoint (epoch %d)", stopped, best_epoch)
+        log.warning("%s; keeping the %s checkpoint (epoch %d)", stopped,
+                    "best" if validating else "last", best_epoch)
     if not ctx.is_main:  # rank 0 alone chooses post-processing and writes the report
         return TrainResult(out, best_epoch, best_dice, len(history), time.monotonic() - t0,
                            stopped, history, world_size=ctx.world_size, is_main=False)
