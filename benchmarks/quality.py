@@ -114,7 +114,7 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
     run = runs / f"{dataset}-{preset_name}"
     cfg = bench_config(dataset, preset_name, time_limit)
     meta = finished_run(run, cfg, f"preset {preset_name}")
-    host = None  # how fast the cores that trained it were: known when trained here
+    host: dict = {}  # how fast the cores that trained it were: known when trained here
     if meta is not None:
         minutes = meta["train_seconds"] / 60
     elif not train_missing:
@@ -128,8 +128,7 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
              "command": f"ultraseg train {DATA / dataset} --out {run} --preset {preset_name} "
                         f"--time-limit {time_limit} --test-fraction 0.2 --seed 0",
              "plain": score_test(run, dataset), "tta": score_test(run, dataset, tta=True)}
-    if host is not None:
-        entry["host_bf16_gflops"] = host
+    entry.update(host)
     entry["eval_minutes"] = round((time.monotonic() - t) / 60, 2)
     logging.info("%s", json.dumps(entry))
     return entry
@@ -253,7 +252,7 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
             entry["val_dice_canvas"] = load_checkpoint(run / "best.ckpt").meta["metrics"].get(
                 "best_val_dice")
         return entry
-    host = None  # how fast the cores that trained it were: known when trained here
+    host: dict = {}  # how fast the cores that trained it were: known when trained here
     meta = finished_run(run, cfg, f"lever {name}")
     if meta is not None:
         epochs = len((run / "metrics.csv").read_text().strip().splitlines()) - 1
@@ -271,8 +270,7 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
              "epochs": epochs, "best_epoch": best_epoch, "val_dice": val_dice,
              "val_dice_canvas": canvas,  # on the working canvases, before post-processing
              "test": score_test(run, dataset)}
-    if host is not None:
-        entry["host_bf16_gflops"] = host
+    entry.update(host)
     done.write_text(json.dumps(entry, indent=2))
     logging.info("%s", json.dumps(entry))
     return entry
@@ -829,8 +827,8 @@ def write_markdown(result: dict, path: Path) -> None:
     for e in result["runs"]:
         lines += ["", f"## {e['dataset']} — preset `{e['preset']}`", "",
                   f"Training {e['train_minutes']:.1f} min (time limit {result['time_limit']}"
-                  + (f"; bf16 convolution peak {e['host_bf16_gflops']} GFLOP/s"
-                     if e.get("host_bf16_gflops") else "") + "); "
+                  + (f"; {speed_of(e)[0]} convolution peak {speed_of(e)[1]} GFLOP/s"
+                     if speed_of(e) else "") + "); "
                   f"command: `{e['command']}`, then `ultraseg evaluate RUN/best.ckpt DATA "
                   "--split RUN/split.json --subset test [--tta]`.", "",
                   "| evaluation | frames | Dice (all) | Dice (non-empty) | Dice, no post-processing"
@@ -925,12 +923,27 @@ def parse_minutes(limit: str) -> float:
 OLD_BASE_SIZE = 256
 
 
-def host_speed() -> float:
-    """This machine's bf16 convolution peak (GFLOP/s; speed.py's ``peak_bf16_gflops``),
-    measured before a lever run trains: a wall-clock budget buys as many epochs as the cores
-    give, and the machines these runs are made on differ (1056 and 379-459 GFLOP/s on two
-    days)."""
-    return round(conv_peak("bfloat16"))
+def host_speed() -> dict[str, int]:
+    """This machine's convolution peak (GFLOP/s; speed.py's ``peak_bf16_gflops``) in the
+    precision training runs in here, measured before a run trains: a wall-clock budget buys as
+    many epochs as the cores give, and the machines these runs are made on differ (bf16 peaks
+    of 1056 and 379-459 GFLOP/s on two days). A CPU without native bf16 trains in fp32
+    (``--precision auto``) and emulates bf16 at a tenth of its fp32 speed: its record holds
+    ``host_fp32_gflops`` instead."""
+    from ultraseg.runtime import cpu_has_bf16
+
+    if cpu_has_bf16():
+        return {"host_bf16_gflops": round(conv_peak("bfloat16"))}
+    return {"host_fp32_gflops": round(conv_peak("float32"))}
+
+
+def speed_of(e: dict) -> tuple[str, float] | None:
+    """(precision, convolution peak) of the machine a record was trained on; None for records
+    made before the peak was recorded."""
+    for precision in ("bf16", "fp32"):
+        if e.get(f"host_{precision}_gflops") is not None:
+            return precision, e[f"host_{precision}_gflops"]
+    return None
 
 
 #: Lever runs on machines whose measured bf16 convolution peaks differ by more than this factor
@@ -943,20 +956,20 @@ SPEED_RATIO = 1.5
 def same_speed(a: dict, b: dict) -> bool:
     """Were two lever records trained on machines of one speed (:data:`SPEED_RATIO`)? Records
     made before the peak was recorded (the machines of 2026-11-29 and the morning of
-    2026-11-30, where the cpu preset ran 110-112 BUSI epochs in 20 minutes) go together."""
-    ga, gb = a.get("host_bf16_gflops"), b.get("host_bf16_gflops")
-    if ga is None or gb is None:
-        return ga is None and gb is None
-    return max(ga, gb) / min(ga, gb) <= SPEED_RATIO
+    2026-11-30, where the cpu preset ran 110-112 BUSI epochs in 20 minutes) go together; a
+    machine training in fp32 is never of one speed with one training in bf16."""
+    sa, sb = speed_of(a), speed_of(b)
+    if sa is None or sb is None:
+        return sa is None and sb is None
+    return sa[0] == sb[0] and max(sa[1], sb[1]) / min(sa[1], sb[1]) <= SPEED_RATIO
 
 
 def speed_classes(runs: list[dict]) -> list[list[dict]]:
     """``runs`` split by machine speed: the records without a peak first, then runs in order of
     their peak, a new class wherever a peak is more than :data:`SPEED_RATIO` times the
     slowest of the class so far."""
-    classes = [[e for e in runs if e.get("host_bf16_gflops") is None]]
-    for e in sorted((e for e in runs if e.get("host_bf16_gflops") is not None),
-                    key=lambda e: e["host_bf16_gflops"]):
+    classes = [[e for e in runs if speed_of(e) is None]]
+    for e in sorted((e for e in runs if speed_of(e) is not None), key=speed_of):
         if classes[-1] and same_speed(classes[-1][0], e):
             classes[-1].append(e)
         else:
@@ -986,9 +999,11 @@ def lever_table(doc: dict) -> list[str]:
     for (dataset, limit, size), runs in tables:
         runs.sort(key=lambda e: list(LEVERS).index(e["lever"]) if e["lever"] in LEVERS else 99)
         base = next((e for e in runs if e["lever"] == "base"), None)
-        peaks = sorted(e["host_bf16_gflops"] for e in runs if "host_bf16_gflops" in e)
-        on = ("" if not peaks else
-              f", on a machine with a bf16 convolution peak of {peaks[0]}"
+        speeds = sorted(s for e in runs if (s := speed_of(e)) is not None)
+        peaks = [g for _, g in speeds]
+        on = ("" if not speeds else
+              f", on a machine with a{'n' if speeds[0][0] == 'fp32' else ''} "
+              f"{speeds[0][0]} convolution peak of {peaks[0]}"
               + (f"-{peaks[-1]}" if peaks[-1] != peaks[0] else "") + " GFLOP/s")
         lines += ["", f"## Levers on {dataset}, one at a time ({limit} each, against the cpu "
                   f"preset at {size} px{on})", "",
