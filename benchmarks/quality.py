@@ -927,6 +927,18 @@ def peer_table(result: dict) -> list[str]:
     return lines
 
 
+def budget_note(limit: str) -> str:
+    """What a lever table's budget is, against the headline's 20 minutes."""
+    minutes = parse_minutes(limit)
+    if minutes < 20:
+        return (" (a budget shorter than the headline's 20 minutes ranks levers by how fast they "
+                "learn, and is not the headline)")
+    if minutes > 20:
+        return (" (a budget longer than the headline's 20 minutes: what more time buys, not the "
+                "headline)")
+    return ""
+
+
 def parse_minutes(limit: str) -> float:
     from ultraseg.config import parse_duration
 
@@ -1027,9 +1039,8 @@ def lever_table(doc: dict) -> list[str]:
                   f"`python benchmarks/quality.py --datasets {dataset} --time-limit {limit} "
                   f"--record --levers {' '.join(e['lever'] for e in runs)}`: the cpu preset "
                   f"as it was (working at {size} px) "
-                  "with one change, trained for the same wall-clock budget (a budget shorter than "
-                  "the headline's 20 minutes ranks levers by how fast they learn, and is not the "
-                  "headline). "
+                  "with one change, trained for the same wall-clock budget"
+                  + budget_note(limit) + ". "
                   "Validation Dice is what the run chose its epoch and post-processing on; the "
                   "test columns are the held-out subjects.", "",
                   "| lever | change | epochs | val Dice | test Dice (all) | vs base | extra |",
