@@ -24,7 +24,8 @@ from ultraseg.predict import load
 from ultraseg.tiling import crop_with_context, extract_tiles, pad_for_tiles
 from ultraseg.losses import compute_loss
 from ultraseg.model import build_model
-from ultraseg.train import RUN_FILES, Batches, lr_at, validate
+from ultraseg import train as train_mod
+from ultraseg.train import RUN_FILES, Batches, lr_at, training_layout, validate
 
 # A tiny 'same' U-Net that learns the phantom's hypoechoic structures in ~15 s of CPU time.
 # 96 px frames (at 64 px the structures are a few pixels wide and 20 subjects do not
@@ -191,6 +192,58 @@ def test_valid_model_run_completes(tmp_path) -> None:
     prob = predictor.predict_proba(np.full((37, 61), 90, np.uint8))
     assert prob.shape == (37, 61) and np.isfinite(prob).all()
     assert ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_a_run_trains_alike_in_either_layout(tmp_path, monkeypatch) -> None:
+    """Whichever layout training_layout picks, the run trains its weights in that layout and
+    learns the same thing (to fp32 rounding): the layout is speed, not results."""
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    states = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        monkeypatch.setattr(train_mod, "training_layout", lambda *a, _l=layout, **k: _l)
+        run = tmp_path / f"run-{layout}"
+        rc = cli.main(["train", str(data), "--out", str(run), "--model", "same", "--width",
+                       "4", "--depth", "2", "--size", "32", "--epochs", "2", "--batch-size",
+                       "4", "--device", "cpu", "--precision", "fp32", "--cache-dir", "",
+                       "--threads", "1", "--seed", "0"])
+        assert rc == 0
+        states.append(load_checkpoint(run / "best.ckpt").state_dict)
+    torch.manual_seed(0)  # as training seeds its initial weights
+    initial = build_model(ModelConfig(variant="same", width=4, depth=2)).state_dict()
+    for key, value in states[0].items():
+        torch.testing.assert_close(value, states[1][key], rtol=1e-3, atol=1e-4, msg=key)
+    assert any(not torch.equal(states[0][k], initial[k]) for k in initial)  # it trained
+
+
+def test_training_layout_times_fp32_on_a_copy_and_keeps_channels_last_otherwise() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(variant="same", width=4, depth=2)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    cpu = torch.device("cpu")
+    shape = (2, 1, 16, 16)
+    assert training_layout(model, cpu, torch.bfloat16, shape) == torch.channels_last
+    assert training_layout(model, cpu, None, shape, distributed=True) == torch.channels_last
+    assert training_layout(model, torch.device("cuda"), None, shape) == torch.channels_last
+    chosen = training_layout(model, cpu, None, shape)
+    assert chosen in (torch.channels_last, torch.contiguous_format)
+    # the timing trained nothing: weights and batch-norm statistics, grads and RNG as before
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_batches_input_shape_is_a_full_batch() -> None:
+    arrays = _position_arrays()
+    same = Batches(arrays, np.array([0, 1]), _cfg("same", depth=2, batch_size=8))
+    assert same.input_shape() == (2, 1, 16, 16)   # two frames: the batch is never fuller
+    (x, _), = list(same.epoch(np.random.default_rng(0)))
+    assert tuple(x.shape) == same.input_shape()
+    valid = Batches(arrays, np.array([0, 1]), _cfg("valid", depth=1, tile=4, batch_size=3,
+                                                   per=2))
+    x, _ = next(iter(valid.epoch(np.random.default_rng(0))))
+    assert tuple(x.shape) == valid.input_shape() and x.shape[0] == 3  # tile plus its context
 
 
 def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys) -> None:
