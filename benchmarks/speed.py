@@ -193,7 +193,7 @@ def run_config(width: int, data: Path | str = "", device: str = "cpu", **train: 
 
 
 # ------------------------------------------------------------------------------------ training
-def ultraseg_step_fn(cfg, device, dtype) -> tuple[Callable, str]:
+def ultraseg_step_fn(cfg, device, dtype, layout=None) -> tuple[Callable, str]:
     """One optimisation step exactly as ``ultraseg.train`` takes it; returns (step, source).
 
     ``step(model, optimizer, x, y, gen)`` -> loss (float). Uses ``ultraseg.train.forward_loss``
@@ -208,12 +208,15 @@ def ultraseg_step_fn(cfg, device, dtype) -> tuple[Callable, str]:
     from ultraseg.losses import compute_loss
     from ultraseg.runtime import autocast
 
+    layout = torch.channels_last if layout is None else layout
     forward_loss = getattr(train_mod, "forward_loss", None)
     optimizer_step = getattr(train_mod, "optimizer_step", None)
+    layout_aware = hasattr(train_mod, "training_layout")
     if forward_loss is not None and optimizer_step is not None:
         def step(model, optimizer, x, y, gen) -> float:
             x, y = augment_batch(x, y, cfg.train.augment, gen)
-            loss = forward_loss(model, x, y, cfg, device, dtype)
+            loss = (forward_loss(model, x, y, cfg, device, dtype, layout)
+                    if layout_aware else forward_loss(model, x, y, cfg, device, dtype))
             value = loss.item()
             if not math.isfinite(value):
                 raise RuntimeError(f"loss is {value}")
@@ -224,7 +227,7 @@ def ultraseg_step_fn(cfg, device, dtype) -> tuple[Callable, str]:
 
     def step(model, optimizer, x, y, gen) -> float:  # replica of ultraseg.train._train's loop
         x, y = augment_batch(x, y, cfg.train.augment, gen)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        x = x.to(device).contiguous(memory_format=layout)
         y = y.to(device)
         with autocast(device, dtype):
             logits = model(x)
@@ -238,6 +241,20 @@ def ultraseg_step_fn(cfg, device, dtype) -> tuple[Callable, str]:
         return value
 
     return step, "replica of the loop body of ultraseg.train._train"
+
+
+def ultraseg_layout(model, device, dtype, batches):
+    """The memory layout ``ultraseg.train`` trains ``model`` in here (``training_layout``
+    where the package has it: channels_last, or on a CPU computing in fp32 the faster of
+    channels_last and contiguous, timed), given ``batches`` (``Batches``)."""
+    import torch
+
+    from ultraseg import train as train_mod
+
+    choose = getattr(train_mod, "training_layout", None)
+    if choose is None or not hasattr(batches, "input_shape"):
+        return torch.channels_last
+    return choose(model, device, dtype, batches.input_shape())
 
 
 def ultraseg_optimizer(model, cfg):
@@ -322,10 +339,12 @@ def measure_training(s: Settings, data: Path, device_name: str = "cpu",
     ref_batches = reference_batches(batches, steps, device)
     torch.manual_seed(0)
     ref_model = build_model(cfg.model).to(device)
-    fast_model = copy.deepcopy(ref_model).to(memory_format=torch.channels_last)
+    fast_model = copy.deepcopy(ref_model)
+    layout = ultraseg_layout(fast_model, device, dtype, batches)
+    fast_model = fast_model.to(memory_format=layout)
     ref_opt = torch.optim.Adam(ref_model.parameters(), lr=cfg.train.lr)
     fast_opt = ultraseg_optimizer(fast_model, cfg)
-    step, step_source = ultraseg_step_fn(cfg, device, dtype)
+    step, step_source = ultraseg_step_fn(cfg, device, dtype, layout)
     gen = torch.Generator().manual_seed(0)
     ref_model.train()
     fast_model.train()
@@ -363,6 +382,7 @@ def measure_training(s: Settings, data: Path, device_name: str = "cpu",
         "speedup_median_of_rounds": round(statistics.median(
             r / f for r, f in zip(ref_t, fast_t)), 3),
         "precision": "bf16" if dtype else "fp32", "step": step_source,
+        "layout": "channels_last" if layout == torch.channels_last else "contiguous",
         "optimizer": ("ultraseg.train.make_optimizer" if hasattr(train_mod, "make_optimizer")
                       else "torch.optim.Adam as ultraseg.train._train builds it"),
         "round_seconds": {"reference": [round(t, 3) for t in ref_t],
@@ -386,18 +406,20 @@ def child_pipeline(args: dict[str, Any]) -> dict[str, Any]:
     batches = training_batches(cfg)
     n = math.ceil(round((1 - cfg.train.val_fraction) * len(batches.index))
                   / cfg.train.batch_size)  # about train()'s steps per epoch; corrected below
+    torch.manual_seed(0)
+    layout = ultraseg_layout(build_model(cfg.model).to(device), device, dtype, batches)
     held = []
     for x, y in endless(batches):
         if len(held) == 2 * n + 2:
             break
-        held.append((x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)))
+        held.append((x.to(device).contiguous(memory_format=layout), y.to(device)))
     del batches
-    step, _ = ultraseg_step_fn(cfg, device, dtype)
+    step, _ = ultraseg_step_fn(cfg, device, dtype, layout)
 
     def pure(steps: int) -> float:
         """Seconds for ``steps`` steps of a fresh model on the held batches (after a warm-up)."""
         torch.manual_seed(0)
-        model = build_model(cfg.model).to(device).to(memory_format=torch.channels_last).train()
+        model = build_model(cfg.model).to(device).to(memory_format=layout).train()
         optimizer = ultraseg_optimizer(model, cfg)
         gen = torch.Generator().manual_seed(0)
         step(model, optimizer, *held[-1], gen)
@@ -673,11 +695,14 @@ def child_ultraseg(args: dict[str, Any]) -> dict[str, Any]:
     device = torch.device("cpu")
     cfg = run_config(s.width, args["data"])
     dtype = resolve_precision(cfg.train.precision, device)
-    source = endless(training_batches(cfg))
+    batches = training_batches(cfg)
+    source = endless(batches)
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(memory_format=torch.channels_last).train()
+    model = build_model(cfg.model)
+    layout = ultraseg_layout(model, device, dtype, batches)
+    model = model.to(memory_format=layout).train()
     opt = ultraseg_optimizer(model, cfg)
-    step, _ = ultraseg_step_fn(cfg, device, dtype)
+    step, _ = ultraseg_step_fn(cfg, device, dtype, layout)
     gen = torch.Generator().manual_seed(0)
 
     def train_round() -> None:
