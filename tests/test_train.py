@@ -199,14 +199,24 @@ def test_a_run_trains_alike_in_either_layout(tmp_path, monkeypatch) -> None:
     learns the same thing (to fp32 rounding): the layout is speed, not results."""
     data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
     states = []
+    real_step = train_mod.optimizer_step
     for layout in (torch.contiguous_format, torch.channels_last):
         monkeypatch.setattr(train_mod, "training_layout", lambda *a, _l=layout, **k: _l)
+        kept = []  # every step, the second epoch's after validation too, in the chosen layout
+
+        def step(optimizer, loss, _l=layout, _kept=kept):
+            _kept.append(all(p.is_contiguous(memory_format=_l) for g in optimizer.param_groups
+                             for p in g["params"] if p.dim() == 4))
+            real_step(optimizer, loss)
+
+        monkeypatch.setattr(train_mod, "optimizer_step", step)
         run = tmp_path / f"run-{layout}"
         rc = cli.main(["train", str(data), "--out", str(run), "--model", "same", "--width",
                        "4", "--depth", "2", "--size", "32", "--epochs", "2", "--batch-size",
                        "4", "--device", "cpu", "--precision", "fp32", "--cache-dir", "",
                        "--threads", "1", "--seed", "0"])
         assert rc == 0
+        assert len(kept) >= 2 and len(kept) % 2 == 0 and all(kept)  # two epochs alike
         states.append(load_checkpoint(run / "best.ckpt").state_dict)
     torch.manual_seed(0)  # as training seeds its initial weights
     initial = build_model(ModelConfig(variant="same", width=4, depth=2)).state_dict()

@@ -513,6 +513,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         if validating:
             val_loss, val_dice, _ = validate(scored, val_canvases, val_masks, cfg, device, dtype,
                                              ctx)
+            model.to(memory_format=layout)  # validation predicts channels_last; train as chosen
         est_val = time.monotonic() - t_val
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                "val_loss": val_loss, "val_dice": val_dice,
