@@ -84,6 +84,7 @@ class Batches:
         m = cfg.model
         size = arrays.images.shape[-1]
         self.valid = m.variant == "valid"
+        self.per = cfg.train.tiles_per_image if self.valid else 1  # samples per frame per epoch
         if self.valid:
             if size < m.tile:
                 raise UltrasegError(f"working size {size} is smaller than the output tile {m.tile}")
@@ -106,17 +107,14 @@ class Batches:
     def input_shape(self) -> tuple[int, int, int, int]:
         """(N, 1, h, w) of a full training batch's input."""
         side = self.cfg.model.tile + 2 * self.margin if self.valid else self.size
-        per = self.cfg.train.tiles_per_image if self.valid else 1
-        return min(self.cfg.train.batch_size, len(self.index) * per), 1, side, side
+        return min(self.cfg.train.batch_size, len(self.index) * self.per), 1, side, side
 
     def __len__(self) -> int:
-        per = self.cfg.train.tiles_per_image if self.valid else 1
-        return math.ceil(len(self.index) * per / self.cfg.train.batch_size)
+        return math.ceil(len(self.index) * self.per / self.cfg.train.batch_size)
 
     def epoch(self, rng: np.random.Generator):
         """Yield (x, y) float32 tensors (N, 1, h, w), (N, 1, h', w') for one epoch."""
-        per = self.cfg.train.tiles_per_image if self.valid else 1
-        order = rng.permutation(np.repeat(np.arange(len(self.index)), per))
+        order = rng.permutation(np.repeat(np.arange(len(self.index)), self.per))
         bs = self.cfg.train.batch_size
         t, m = self.cfg.model.tile, getattr(self, "margin", 0)
         for start in range(0, len(order), bs):
@@ -177,11 +175,13 @@ def training_layout(model: torch.nn.Module, device: torch.device, dtype: torch.d
     kernels and cuDNN want, except on a CPU computing in fp32 (one without native bf16), where
     the faster of channels_last and contiguous is timed here on a copy of ``model``: two
     forward and backward passes on a zero batch of ``input_shape`` after a warm-up, in each
-    layout (``model`` and the random generators are left as they were). On an AVX2 CPU in fp32
-    contiguous trained the original width-64 network at 252 px 1.37x faster (3.25 against
-    4.44 s per step of 4), while channels_last trained the cpu preset's width-16 network at
-    192 px 1.08x faster (0.85 against 0.92 s per step of 8): neither wins everywhere.
-    Distributed runs keep channels_last (every rank must choose alike)."""
+    layout (``model`` and the random generators are left as they were; the two timings are
+    logged). On an AVX2 CPU in fp32 contiguous trained the original width-64 network at 252 px
+    about 1.2-1.4x faster (3.25-3.43 against 3.94-4.44 s per step of 4), while for the cpu
+    preset's width-16 network at 192 px the two were within the timings' noise (channels_last
+    0.82-1.02 s, contiguous 0.93-1.05 s per pass of 8, the choice going either way): where it
+    matters, contiguous wins. Distributed runs keep channels_last (every rank must choose
+    alike)."""
     if device.type != "cpu" or dtype is not None or distributed:
         return torch.channels_last
     trial = copy.deepcopy(model).train()
