@@ -243,18 +243,15 @@ def ultraseg_step_fn(cfg, device, dtype, layout=None) -> tuple[Callable, str]:
     return step, "replica of the loop body of ultraseg.train._train"
 
 
-def ultraseg_layout(model, device, dtype, batches):
-    """The memory layout ``ultraseg.train`` trains ``model`` in here (``training_layout``
-    where the package has it: channels_last, or on a CPU computing in fp32 the faster of
-    channels_last and contiguous, timed), given ``batches`` (``Batches``)."""
+def ultraseg_layout(device, dtype):
+    """The memory layout ``ultraseg.train`` trains in here (``training_layout`` where the
+    package has it: channels_last, contiguous on a CPU computing in fp32)."""
     import torch
 
     from ultraseg import train as train_mod
 
     choose = getattr(train_mod, "training_layout", None)
-    if choose is None or not hasattr(batches, "input_shape"):
-        return torch.channels_last
-    return choose(model, device, dtype, batches.input_shape())
+    return torch.channels_last if choose is None else choose(device, dtype)
 
 
 def ultraseg_optimizer(model, cfg):
@@ -339,9 +336,8 @@ def measure_training(s: Settings, data: Path, device_name: str = "cpu",
     ref_batches = reference_batches(batches, steps, device)
     torch.manual_seed(0)
     ref_model = build_model(cfg.model).to(device)
-    fast_model = copy.deepcopy(ref_model)
-    layout = ultraseg_layout(fast_model, device, dtype, batches)
-    fast_model = fast_model.to(memory_format=layout)
+    layout = ultraseg_layout(device, dtype)
+    fast_model = copy.deepcopy(ref_model).to(memory_format=layout)
     ref_opt = torch.optim.Adam(ref_model.parameters(), lr=cfg.train.lr)
     fast_opt = ultraseg_optimizer(fast_model, cfg)
     step, step_source = ultraseg_step_fn(cfg, device, dtype, layout)
@@ -406,8 +402,7 @@ def child_pipeline(args: dict[str, Any]) -> dict[str, Any]:
     batches = training_batches(cfg)
     n = math.ceil(round((1 - cfg.train.val_fraction) * len(batches.index))
                   / cfg.train.batch_size)  # about train()'s steps per epoch; corrected below
-    torch.manual_seed(0)
-    layout = ultraseg_layout(build_model(cfg.model).to(device), device, dtype, batches)
+    layout = ultraseg_layout(device, dtype)
     held = []
     for x, y in endless(batches):
         if len(held) == 2 * n + 2:
@@ -695,12 +690,10 @@ def child_ultraseg(args: dict[str, Any]) -> dict[str, Any]:
     device = torch.device("cpu")
     cfg = run_config(s.width, args["data"])
     dtype = resolve_precision(cfg.train.precision, device)
-    batches = training_batches(cfg)
-    source = endless(batches)
+    source = endless(training_batches(cfg))
     torch.manual_seed(0)
-    model = build_model(cfg.model)
-    layout = ultraseg_layout(model, device, dtype, batches)
-    model = model.to(memory_format=layout).train()
+    layout = ultraseg_layout(device, dtype)
+    model = build_model(cfg.model).to(memory_format=layout).train()
     opt = ultraseg_optimizer(model, cfg)
     step, _ = ultraseg_step_fn(cfg, device, dtype, layout)
     gen = torch.Generator().manual_seed(0)

@@ -14,7 +14,6 @@ to stop are agreed, and only rank 0 writes files.
 """
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -104,11 +103,6 @@ class Batches:
             self.mean = flat.mean(1)
             self.std = np.maximum(flat.std(1), 1e-6)
 
-    def input_shape(self) -> tuple[int, int, int, int]:
-        """(N, 1, h, w) of a full training batch's input."""
-        side = self.cfg.model.tile + 2 * self.margin if self.valid else self.size
-        return min(self.cfg.train.batch_size, len(self.index) * self.per), 1, side, side
-
     def __len__(self) -> int:
         return math.ceil(len(self.index) * self.per / self.cfg.train.batch_size)
 
@@ -161,48 +155,18 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
     return DenseAdam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused)
 
 
-def _leaves(out: Any) -> list[torch.Tensor]:
-    """The tensors of a model's output (a tensor, or tuples of them, as with a presence head)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for item in (out or ()) for t in _leaves(item)]
-
-
-def training_layout(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
-                    input_shape: tuple[int, ...], distributed: bool = False
-                    ) -> torch.memory_format:
+def training_layout(device: torch.device, dtype: torch.dtype | None) -> torch.memory_format:
     """The memory layout the weights and inputs train in: channels_last, which oneDNN's bf16
-    kernels and cuDNN want, except on a CPU computing in fp32 (one without native bf16), where
-    the faster of channels_last and contiguous is timed here on a copy of ``model``: two
-    forward and backward passes on a zero batch of ``input_shape`` after a warm-up, in each
-    layout (``model`` and the random generators are left as they were; the two timings are
-    logged). On an AVX2 CPU in fp32 contiguous trained the original width-64 network at 252 px
-    about 1.2-1.4x faster (3.25-3.43 against 3.94-4.44 s per step of 4), while for the cpu
-    preset's width-16 network at 192 px the two were within the timings' noise (channels_last
-    0.82-1.02 s, contiguous 0.93-1.05 s per pass of 8, the choice going either way): where it
-    matters, contiguous wins. Distributed runs keep channels_last (every rank must choose
-    alike)."""
-    if device.type != "cpu" or dtype is not None or distributed:
-        return torch.channels_last
-    trial = copy.deepcopy(model).train()
-    x = torch.zeros(input_shape, device=device)
-    seconds = {}
-    for layout in (torch.channels_last, torch.contiguous_format):
-        trial = trial.to(memory_format=layout)
-        xl = x.contiguous(memory_format=layout)
-        times = []
-        for _ in range(3):  # the first builds oneDNN's primitives for this layout
-            t = time.perf_counter()
-            sum(o.float().mean() for o in _leaves(trial(xl))).backward()
-            times.append(time.perf_counter() - t)
-            trial.zero_grad(set_to_none=True)
-        seconds[layout] = min(times[1:])
-    choice = min(seconds, key=seconds.get)
-    log.info("fp32 on the CPU: training channels_last %.2f s, contiguous %.2f s per "
-             "forward and backward pass of %d; using %s", seconds[torch.channels_last],
-             seconds[torch.contiguous_format], input_shape[0],
-             "channels_last" if choice == torch.channels_last else "contiguous")
-    return choice
+    kernels and cuDNN want, except on a CPU computing in fp32 (one without native bf16):
+    contiguous. There oneDNN's fp32 backward convolutions run slower channels_last: on an AVX2
+    CPU contiguous trained the original width-64 network at 252 px about 1.2-1.4x faster
+    (3.25-3.43 against 3.94-4.44 s per step of 4), and the cpu preset's width-16 network at
+    192 px within the timings' noise (0.93-1.05 against 0.82-1.02 s per pass of 8). A fixed
+    rule, not a timing at the start of each run: a timed choice could differ between two runs
+    of one command, or a run and its resumption, and so change their results."""
+    if device.type == "cpu" and dtype is None:
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: RunConfig,
@@ -439,9 +403,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
 
     # model and optimiser
     torch.manual_seed(tc.seed)
-    model = build_model(cfg.model).to(device)
-    layout = training_layout(model, device, dtype, batches.input_shape(), ctx.enabled)
-    model = model.to(memory_format=layout)
+    layout = training_layout(device, dtype)
+    model = build_model(cfg.model).to(device).to(memory_format=layout)
     log.info("model: %s U-Net, width %d, depth %d, %d parameters", cfg.model.variant,
              cfg.model.width, cfg.model.depth, count_parameters(model))
     optimizer = make_optimizer(model, cfg)
