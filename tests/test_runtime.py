@@ -1,0 +1,88 @@
+"""ultraseg.runtime: which precision a CPU gets, and the device rules."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ultraseg import runtime
+from ultraseg.errors import UltrasegError
+from ultraseg.runtime import cpu_has_avx512, cpu_has_bf16, resolve_device, resolve_precision
+
+CPU = torch.device("cpu")
+
+
+def fake_cpu(monkeypatch, *, machine="x86_64", onednn_bf16=True, avx512_bf16=False,
+             amx=False, probes=True, flags=()):
+    """Make this process see a CPU with the given features."""
+    monkeypatch.setattr(runtime.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16,
+                        raising=False)
+    for name, value in (("_is_avx512_bf16_supported", avx512_bf16),
+                        ("_is_amx_tile_supported", amx)):
+        if probes:
+            monkeypatch.setattr(torch.cpu, name, lambda v=value: v, raising=False)
+        else:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+    monkeypatch.setattr(runtime, "_x86_cpu_flags", lambda: set(flags))
+
+
+def test_avx512_without_bf16_counts_as_without_bf16(monkeypatch):
+    # oneDNN emulates bf16 on Skylake / Cascade Lake (3x slower than fp32): auto stays fp32
+    fake_cpu(monkeypatch, onednn_bf16=True, avx512_bf16=False, amx=False)
+    assert not cpu_has_bf16()
+    assert resolve_precision("auto", CPU) is None
+
+
+@pytest.mark.parametrize("feature", ["avx512_bf16", "amx"])
+def test_native_bf16_on_x86_is_used(monkeypatch, feature):
+    fake_cpu(monkeypatch, **{feature: True})
+    assert cpu_has_bf16()
+    assert resolve_precision("auto", CPU) is torch.bfloat16
+
+
+def test_without_onednn_bf16_there_is_none(monkeypatch):
+    fake_cpu(monkeypatch, onednn_bf16=False, avx512_bf16=True)
+    assert not cpu_has_bf16()
+
+
+def test_cpu_flags_decide_where_torch_has_no_probes(monkeypatch):
+    fake_cpu(monkeypatch, probes=False, flags={"avx512f", "avx512bw"})
+    assert not cpu_has_bf16()
+    fake_cpu(monkeypatch, probes=False, flags={"avx512f", "avx512_bf16"})
+    assert cpu_has_bf16()
+
+
+def test_arm_follows_onednn(monkeypatch):
+    fake_cpu(monkeypatch, machine="aarch64", onednn_bf16=True)
+    assert cpu_has_bf16()
+    fake_cpu(monkeypatch, machine="aarch64", onednn_bf16=False)
+    assert not cpu_has_bf16()
+
+
+@pytest.mark.parametrize("has", [False, True])
+def test_avx512_from_torch_or_the_flags(monkeypatch, has):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: has, raising=False)
+    assert cpu_has_avx512() is has
+    monkeypatch.delattr(torch.cpu, "_is_avx512_supported", raising=False)
+    monkeypatch.setattr(runtime, "_x86_cpu_flags", lambda: {"avx2", "avx512f"} if has else {"avx2"})
+    assert cpu_has_avx512() is has
+
+
+def test_explicit_precisions(monkeypatch):
+    fake_cpu(monkeypatch)  # a CPU without native bf16
+    assert resolve_precision("fp32", CPU) is None
+    assert resolve_precision("bf16", CPU) is torch.bfloat16  # asked for: given, with a warning
+    with pytest.raises(UltrasegError, match="unknown precision"):
+        resolve_precision("fp16", CPU)
+
+
+def test_the_real_flags_are_read():
+    flags = runtime._x86_cpu_flags()
+    if runtime.platform.machine().lower() in ("x86_64", "amd64"):
+        assert "sse2" in flags  # every x86-64 CPU has it
+
+
+def test_devices():
+    assert resolve_device("cpu") == CPU
+    with pytest.raises(UltrasegError, match="unknown device"):
+        resolve_device("tpu")
