@@ -225,9 +225,13 @@ def test_a_run_trains_alike_in_either_layout(tmp_path, monkeypatch) -> None:
     assert any(not torch.equal(states[0][k], initial[k]) for k in initial)  # it trained
 
 
-def test_training_layout_is_contiguous_for_fp32_on_the_cpu_only() -> None:
+@pytest.mark.parametrize("avx512", [False, True])
+def test_training_layout_is_contiguous_for_fp32_on_a_cpu_without_avx512_only(monkeypatch,
+                                                                           avx512) -> None:
+    monkeypatch.setattr(train_mod, "cpu_has_avx512", lambda: avx512)
     cpu = torch.device("cpu")
-    assert training_layout(cpu, None) == torch.contiguous_format
+    fp32 = torch.channels_last if avx512 else torch.contiguous_format
+    assert training_layout(cpu, None) == fp32
     assert training_layout(cpu, torch.bfloat16) == torch.channels_last
     assert training_layout(torch.device("cuda"), None) == torch.channels_last
     assert training_layout(torch.device("cuda"), torch.bfloat16) == torch.channels_last

@@ -43,7 +43,8 @@ from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise
-from .runtime import autocast, resolve_device, resolve_precision, threads, torch_runner
+from .runtime import (autocast, cpu_has_avx512, resolve_device, resolve_precision, threads,
+                      torch_runner)
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +158,18 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimi
 
 def training_layout(device: torch.device, dtype: torch.dtype | None) -> torch.memory_format:
     """The memory layout the weights and inputs train in: channels_last, which oneDNN's bf16
-    kernels and cuDNN want, except on a CPU computing in fp32 (one without native bf16):
-    contiguous. There oneDNN's fp32 backward convolutions run slower channels_last: on an AVX2
-    CPU contiguous trained the original width-64 network at 252 px about 1.2-1.4x faster
-    (3.25-3.43 against 3.94-4.44 s per step of 4), and the cpu preset's width-16 network at
-    192 px within the timings' noise (0.93-1.05 against 0.82-1.02 s per pass of 8). A fixed
-    rule, not a timing at the start of each run: a timed choice could differ between two runs
-    of one command, or a run and its resumption, and so change their results."""
-    if device.type == "cpu" and dtype is None:
+    and AVX-512 kernels and cuDNN want, except on a CPU computing in fp32 without AVX-512
+    (AVX2 only, or not x86): contiguous.
+
+    Measured on two cores (fp32, seconds per step, best of several): on an AVX2-only CPU
+    oneDNN's fp32 backward convolutions ran slower channels_last -- the original width-64
+    network at 252 px, batch 4, 3.25-3.43 contiguous against 3.94-4.44 channels_last, the
+    cpu preset's width-16 network at 192 px, batch 8, within noise (0.93-1.05 against
+    0.82-1.02); on an AVX-512 CPU without bf16 channels_last won both, 2.17-2.28 against
+    2.42-2.63 and 0.50-0.59 against 0.79-0.82. A fixed rule, not a timing at the start of each
+    run: a timed choice could differ between two runs of one command, or a run and its
+    resumption, and so change their results."""
+    if device.type == "cpu" and dtype is None and not cpu_has_avx512():
         return torch.contiguous_format
     return torch.channels_last
 
