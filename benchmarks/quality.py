@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from host import conv_peak, cpu_name
@@ -952,26 +953,36 @@ def parse_minutes(limit: str) -> float:
 OLD_BASE_SIZE = 256
 
 
-def host_speed() -> dict[str, int]:
+def host_speed() -> dict[str, Any]:
     """This machine's convolution peak (GFLOP/s; speed.py's ``peak_bf16_gflops``) in the
     precision training runs in here, measured before a run trains: a wall-clock budget buys as
     many epochs as the cores give, and the machines these runs are made on differ (bf16 peaks
     of 1056 and 379-459 GFLOP/s on two days). A CPU without native bf16 trains in fp32
-    (``--precision auto``) and emulates bf16 at a tenth of its fp32 speed: its record holds
-    ``host_fp32_gflops`` instead."""
-    from ultraseg.runtime import cpu_has_bf16
+    (``--precision auto``) and emulates bf16 at a tenth (AVX2) to a third (AVX-512) of its fp32
+    speed: its record holds ``host_fp32_gflops`` instead, and ``host_isa`` ('avx512' or
+    'avx2'), since fp32 training runs in another layout without AVX-512
+    (``ultraseg.train.training_layout``) and there trains the cpu preset about half as fast
+    as the peaks alone say."""
+    from ultraseg.runtime import cpu_has_avx512, cpu_has_bf16
 
     if cpu_has_bf16():
         return {"host_bf16_gflops": round(conv_peak("bfloat16"))}
-    return {"host_fp32_gflops": round(conv_peak("float32"))}
+    return {"host_fp32_gflops": round(conv_peak("float32")),
+            "host_isa": "avx512" if cpu_has_avx512() else "avx2"}
+
+
+#: How a record's ``host_isa`` is named in the tables.
+ISA_NAMES = {"avx512": "AVX-512", "avx2": "AVX2"}
 
 
 def speed_of(e: dict) -> tuple[str, float] | None:
-    """(precision, convolution peak) of the machine a record was trained on; None for records
-    made before the peak was recorded."""
-    for precision in ("bf16", "fp32"):
-        if e.get(f"host_{precision}_gflops") is not None:
-            return precision, e[f"host_{precision}_gflops"]
+    """(precision, convolution peak) of the machine a record was trained on, the precision
+    'fp32 (AVX2)' or 'fp32 (AVX-512)' for fp32 records; None for records made before the peak
+    was recorded. fp32 records without ``host_isa`` were all made on an AVX2 CPU."""
+    if e.get("host_bf16_gflops") is not None:
+        return "bf16", e["host_bf16_gflops"]
+    if e.get("host_fp32_gflops") is not None:
+        return f"fp32 ({ISA_NAMES[e.get('host_isa', 'avx2')]})", e["host_fp32_gflops"]
     return None
 
 
@@ -986,7 +997,8 @@ def same_speed(a: dict, b: dict) -> bool:
     """Were two lever records trained on machines of one speed (:data:`SPEED_RATIO`)? Records
     made before the peak was recorded (the machines of 2026-11-29 and the morning of
     2026-11-30, where the cpu preset ran 110-112 BUSI epochs in 20 minutes) go together; a
-    machine training in fp32 is never of one speed with one training in bf16."""
+    machine training in fp32 is never of one speed with one training in bf16, nor one with
+    AVX-512 with one without."""
     sa, sb = speed_of(a), speed_of(b)
     if sa is None or sb is None:
         return sa is None and sb is None
@@ -1031,7 +1043,7 @@ def lever_table(doc: dict) -> list[str]:
         speeds = sorted(s for e in runs if (s := speed_of(e)) is not None)
         peaks = [g for _, g in speeds]
         on = ("" if not speeds else
-              f", on a machine with a{'n' if speeds[0][0] == 'fp32' else ''} "
+              f", on a machine with a{'n' if speeds[0][0].startswith('fp32') else ''} "
               f"{speeds[0][0]} convolution peak of {peaks[0]}"
               + (f"-{peaks[-1]}" if peaks[-1] != peaks[0] else "") + " GFLOP/s")
         lines += ["", f"## Levers on {dataset}, one at a time ({limit} each, against the cpu "
