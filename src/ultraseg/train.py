@@ -166,9 +166,9 @@ def training_layout(device: torch.device, dtype: torch.dtype | None) -> torch.me
     network at 252 px, batch 4, 3.25-3.43 contiguous against 3.94-4.44 channels_last, the
     cpu preset's width-16 network at 192 px, batch 8, within noise (0.93-1.05 against
     0.82-1.02); on an AVX-512 CPU without bf16 channels_last won both, 2.17-2.28 against
-    2.42-2.63 and 0.50-0.59 against 0.79-0.82. A fixed rule, not a timing at the start of each
-    run: a timed choice could differ between two runs of one command, or a run and its
-    resumption, and so change their results."""
+    2.42-2.63 and 0.50-0.59 against 0.79-0.82 (``benchmarks/layout.py``). A fixed rule, not
+    a timing at the start of each run: a timed choice could differ between two runs of one
+    command, or a run and its resumption, and so change their results."""
     if device.type == "cpu" and dtype is None and not cpu_has_avx512():
         return torch.contiguous_format
     return torch.channels_last
