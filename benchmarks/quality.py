@@ -750,7 +750,7 @@ Measured on the held-out subjects above:
 - **On a CPU without native bf16** (2026-12-01: "AMD EPYC", 2 cores with AVX2 and no AVX-512;
   training runs in fp32 there, as `--precision auto` chooses, since its emulated bf16
   convolution reaches about 18 GFLOP/s against 146-185 in fp32; the tables "on a machine with
-  an fp32 convolution peak of ..." above). The preset, training seed 0, one run per set. BUSI:
+  an fp32 (AVX2) convolution peak of ..." above). The preset, training seed 0, one run per set. BUSI:
   25 epochs of about 48 s (a quarter of the fastest machine's 110-112, 40 % of the half-peak
   machine's 64-69), the best the 23rd, validation 0.669, lesion Dice 0.726 (12 under 0.1, the
   found ones outlined at 0.817; the six lesions named below all under 0.1), normal frames
@@ -764,6 +764,24 @@ Measured on the held-out subjects above:
   Dice target, within the millimetre one. On such a machine the 20 minutes are too few, for
   nerve most; a longer `--time-limit` is what the faster machines' figures point to (not
   measured here, nor other seeds or levers).
+- **On an AVX-512 CPU without bf16** (2026-12-01: "Intel(R) Xeon(R) Processor @ 2.80GHz", 2
+  cores, AVX-512 but no AVX512-BF16 or AMX; the tables "on a machine with an fp32 (AVX-512)
+  convolution peak of ..." above; the peak read 300-321 GFLOP/s at the runs' start and 218-224
+  in speed.py an hour earlier). oneDNN emulates bf16 there at a third of fp32's speed, so
+  before this day's fix `--precision auto` trained in bf16 on such a CPU; it now trains in
+  fp32, channels_last (faster than contiguous with AVX-512, `benchmarks/layout.py`). The
+  preset, training seed 0, one run per set, BUSI and nerve only (HC18 not run for lack of
+  session time). BUSI: 31 epochs of 30-40 s, the best the 29th, validation 0.643, lesion Dice
+  0.740, normal frames empty 7 of 19, 0.684 over all frames: lesions between the fastest
+  machine's 0.748 and the AVX2 CPU's 0.726, normal frames below every BUSI run recorded before
+  (47-84 %). Nerve: 11 epochs of 100-112 s (the first 141 s), the best the last, validation
+  0.749, held-out Dice 0.710, as on the AVX2 CPU (0.708, 8 epochs) and under the fast
+  machines' 0.735-0.737. A finding, not yet acted on: with a time limit the cosine schedule
+  spans the epochs that fit as measured by the first epoch, which ran 30 % slower than the
+  rest, so nerve's learning rate reached its floor at the 8th epoch of 11 (validation Dice
+  0.741 there, 0.742 at the 11th). Measuring the horizon on a later epoch would give such runs
+  their full cosine; it changes every time-limited run, so it waits for a measurement on all
+  three sets.
 - Not measured: short-budget levers on nerve and HC18, a third seed of instance
   normalisation on HC18. The presence head has nothing to learn on nerve: the set
   holds only frames that contain a nerve.
