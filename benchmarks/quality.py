@@ -750,20 +750,20 @@ Measured on the held-out subjects above:
 - **On a CPU without native bf16** (2026-12-01: "AMD EPYC", 2 cores with AVX2 and no AVX-512;
   training runs in fp32 there, as `--precision auto` chooses, since its emulated bf16
   convolution reaches about 18 GFLOP/s against 146-185 in fp32; the tables "on a machine with
-  an fp32 (AVX2) convolution peak of ..." above). The preset, training seed 0, one run per set. BUSI:
-  25 epochs of about 48 s (a quarter of the fastest machine's 110-112, 40 % of the half-peak
-  machine's 64-69), the best the 23rd, validation 0.669, lesion Dice 0.726 (12 under 0.1, the
-  found ones outlined at 0.817; the six lesions named below all under 0.1), normal frames
-  empty 10 of 19, 0.696 over all frames: the low end of the half-peak machine's three seeds.
-  Nerve: 8 epochs of about 150 s (the last cut short), the best the 6th, validation 0.745,
-  held-out Dice 0.708 against 0.741 on the half-peak machine and 0.735-0.737 on the fastest:
-  here the budget does hold nerve back, as its validation Dice reached 0.737 at the 6th epoch
-  where the faster machines' runs level off near 0.755 after about 15. HC18: 40 epochs, the
-  best the 31st, validation 0.969, held-out Dice 0.973 and a head-circumference error of 1.91
-  mm (median 1.12, mean signed +0.26; six exams off by more than 5 mm, at most 8.8): under the
-  Dice target, within the millimetre one. On such a machine the 20 minutes are too few, for
-  nerve most; a longer `--time-limit` is what the faster machines' figures point to (not
-  measured here, nor other seeds or levers).
+  an fp32 (AVX2) convolution peak of ..." above). The preset, training seed 0, one run per
+  set. BUSI: 25 epochs of about 48 s (a quarter of the fastest machine's 110-112, 40 % of the
+  half-peak machine's 64-69), the best the 23rd, validation 0.669, lesion Dice 0.726 (12 under
+  0.1, the found ones outlined at 0.817; the six lesions named below all under 0.1), normal
+  frames empty 10 of 19, 0.696 over all frames: the low end of the half-peak machine's three
+  seeds. Nerve: 8 epochs of about 150 s (the last cut short), the best the 6th, validation
+  0.745, held-out Dice 0.708 against 0.741 on the half-peak machine and 0.735-0.737 on the
+  fastest: here the budget does hold nerve back, as its validation Dice reached 0.737 at the
+  6th epoch where the faster machines' runs level off near 0.755 after about 15. HC18: 40
+  epochs, the best the 31st, validation 0.969, held-out Dice 0.973 and a head-circumference
+  error of 1.91 mm (median 1.12, mean signed +0.26; six exams off by more than 5 mm, at most
+  8.8): under the Dice target, within the millimetre one. On such a machine the 20 minutes are
+  too few, for nerve most; a longer `--time-limit` is what the faster machines' figures point
+  to (not measured here, nor other seeds or levers).
 - **On an AVX-512 CPU without bf16** (2026-12-01: "Intel(R) Xeon(R) Processor @ 2.80GHz", 2
   cores, AVX-512 but no AVX512-BF16 or AMX; the tables "on a machine with an fp32 (AVX-512)
   convolution peak of ..." above; the peak read 300-321 GFLOP/s at the runs' start and 218-224
