@@ -978,9 +978,10 @@ def host_speed() -> dict[str, Any]:
     of 1056 and 379-459 GFLOP/s on two days). A CPU without native bf16 trains in fp32
     (``--precision auto``) and emulates bf16 at a tenth (AVX2) to a third (AVX-512) of its fp32
     speed: its record holds ``host_fp32_gflops`` instead, and ``host_isa`` ('avx512' or
-    'avx2'), since fp32 training runs in another layout without AVX-512
-    (``ultraseg.train.training_layout``) and there trains the cpu preset about half as fast
-    as the peaks alone say."""
+    'avx2'): fp32 training runs in another layout without AVX-512
+    (``ultraseg.train.training_layout``), so records of the two kinds are never compared as
+    runs of one speed, whatever their peaks (the cpu preset's BUSI epochs took about 48 s on
+    the AVX2 CPU, peak 185, and 30-40 s on the AVX-512 one, peak 218-321)."""
     from ultraseg.runtime import cpu_has_avx512, cpu_has_bf16
 
     if cpu_has_bf16():
