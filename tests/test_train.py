@@ -432,6 +432,52 @@ def test_lr_schedule() -> None:
     assert lr_at(0.5, cos) == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5))
 
 
+
+def test_horizon_counts_the_epochs_that_still_fit_at_the_measured_pace(monkeypatch) -> None:
+    """The cosine spans the epochs done plus those the time left holds (less the reserve for
+    the last validation and the report: 2.5 validations + 15 s), at least 2, at most --epochs;
+    without a time limit, --epochs."""
+    from types import SimpleNamespace
+
+    from ultraseg.distributed import Dist
+
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+    cpu = torch.device("cpu")
+
+    def horizon(epochs, done, epoch_s, deadline, val_s=2.0):
+        return train_mod._horizon(epochs, done, epoch_s, deadline, val_s, Dist(), cpu)
+
+    assert horizon(50, 1, 10.0, float("inf")) == 50.0
+    # 2000 s left, 20 s reserved: a slow first epoch (141 s) fits 14 more, the pace of the
+    # second (100 s) 19 more
+    assert horizon(50, 1, 141.0, 3000.0) == 1 + 14
+    assert horizon(50, 2, 100.0, 3000.0) == 2 + 19
+    assert horizon(8, 2, 100.0, 3000.0) == 8.0
+    assert horizon(50, 1, 500.0, 1100.0) == 2.0
+
+
+def test_a_time_limited_run_sizes_its_schedule_after_epochs_1_and_2(tmp_path, monkeypatch):
+    """The horizon is measured after the first epoch and measured again, for good, after the
+    second (the first can run slower than the rest); last.ckpt keeps the second."""
+    calls: list[tuple[int, float]] = []
+    real = train_mod._horizon
+
+    def spy(epochs, done, *args):
+        calls.append((done, real(epochs, done, *args)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(train_mod, "_horizon", spy)
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    run = tmp_path / "run"
+    rc = cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
+                   "--depth", "2", "--size", "32", "--epochs", "4", "--time-limit", "30m",
+                   "--device", "cpu", "--precision", "fp32", "--cache-dir", "",
+                   "--threads", "1"])
+    assert rc == 0
+    assert [done for done, _ in calls] == [1, 2]
+    assert calls[-1][1] == 4.0  # 30 minutes hold all 4 epochs
+    assert load_checkpoint(run / "last.ckpt").train_state["horizon"] == 4.0
+
 def test_ema_moves_one_minus_decay_of_the_way_to_the_weights_and_statistics() -> None:
     import torch
 
