@@ -55,6 +55,14 @@ def e2e(phantoms, tmp_path_factory):
     return rc, out.getvalue(), run
 
 
+def _train_tiny(tmp_path: Path, run: Path, *flags: str) -> int:
+    """``ultraseg train`` of a width-4 U-Net on 20 phantom frames of 32 px, one thread."""
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    return cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
+                     "--depth", "2", "--size", "32", "--device", "cpu", "--precision", "fp32",
+                     "--cache-dir", "", "--threads", "1", *flags])
+
+
 # ------------------------------------------------------------------ end to end
 @pytest.mark.slow
 def test_e2e_train_then_evaluate_learns(e2e, phantoms, capsys) -> None:
@@ -240,12 +248,8 @@ def test_training_layout_is_contiguous_for_fp32_on_a_cpu_without_avx512_only(mon
 def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys) -> None:
     """--val-fraction 0: every frame trains, each epoch's weights become best.ckpt, the
     post-processing stays at its defaults, and the run says there is no validation Dice."""
-    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
     run = tmp_path / "run"
-    rc = cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
-                   "--depth", "2", "--size", "32", "--epochs", "2", "--val-fraction", "0",
-                   "--device", "cpu", "--precision", "fp32", "--cache-dir", "",
-                   "--threads", "1"])
+    rc = _train_tiny(tmp_path, run, "--epochs", "2", "--val-fraction", "0")
     out = capsys.readouterr().out
     assert rc == 0
     assert "last epoch 2 kept (no validation split" in out and "val Dice" not in out
@@ -432,7 +436,6 @@ def test_lr_schedule() -> None:
     assert lr_at(0.5, cos) == pytest.approx(1e-2 * (0.01 + 0.99 * 0.5))
 
 
-
 def test_horizon_counts_the_epochs_that_still_fit_at_the_measured_pace(monkeypatch) -> None:
     """The cosine spans the epochs done plus those the time left holds (less the reserve for
     the last validation and the report: 2.5 validations + 15 s), at least 2, at most --epochs;
@@ -467,16 +470,13 @@ def test_a_time_limited_run_sizes_its_schedule_after_epochs_1_and_2(tmp_path, mo
         return calls[-1][1]
 
     monkeypatch.setattr(train_mod, "_horizon", spy)
-    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
     run = tmp_path / "run"
-    rc = cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
-                   "--depth", "2", "--size", "32", "--epochs", "4", "--time-limit", "30m",
-                   "--device", "cpu", "--precision", "fp32", "--cache-dir", "",
-                   "--threads", "1"])
+    rc = _train_tiny(tmp_path, run, "--epochs", "4", "--time-limit", "30m")
     assert rc == 0
     assert [done for done, _ in calls] == [1, 2]
     assert calls[-1][1] == 4.0  # 30 minutes hold all 4 epochs
     assert load_checkpoint(run / "last.ckpt").train_state["horizon"] == 4.0
+
 
 def test_ema_moves_one_minus_decay_of_the_way_to_the_weights_and_statistics() -> None:
     import torch
