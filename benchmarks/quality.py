@@ -148,11 +148,11 @@ def _seeded(name: str, what: str, overrides: dict, *seeds: int) -> dict[str, tup
 LEVERS: dict[str, tuple[str, dict]] = {
     "base": ("the cpu preset (strong augmentation: flips, small affine, gamma/contrast, "
              "speckle)", {}),
-    "augment-flip": ("augmentation: horizontal flips only", {"train": {"augment": "flip"}}),
     "horizon-epoch-2": ("the cpu preset with the cosine's horizon measured again after the "
                         "second epoch (train.py since 2026-12-02; `base` beside it, trained "
                         "before, sized it by the first epoch alone)", {}),
     **_seeded("horizon-epoch-2", "the horizon measured again after the second epoch", {}, 1),
+    "augment-flip": ("augmentation: horizontal flips only", {"train": {"augment": "flip"}}),
     "augment-none": ("augmentation: none", {"train": {"augment": "none"}}),
     "augment-elastic": ("augmentation: strong plus elastic deformation",
                         {"train": {"augment": "elastic"}}),

@@ -467,7 +467,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             progress({"event": "batch", "epoch": epoch, "epochs": tc.epochs, "batch": i + 1,
                       "batches": n_batches, "loss": float(np.mean(losses)),
                       "elapsed": time.monotonic() - t_epoch})
-            reserve = 2.5 * est_val + 15  # this validation, post-processing choice, report
+            reserve = _reserve(est_val)
             if (deadline < math.inf and i + 1 < n_batches
                     and ctx.any(time.monotonic() + batch_s + reserve > deadline, device)):
                 complete = False
@@ -532,6 +532,14 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                    best_dice, stopped, t0, meta, progress)
 
 
+def _reserve(val_s: float) -> float:
+    """Seconds a time-limited run keeps after its last training batch for the last validation,
+    the post-processing choice on the validation frames and the report: 2.5 validations and
+    15 s. The batch loop stops this far from the deadline, and the schedule's horizon counts
+    the epochs that fit before that point, so the two agree."""
+    return 2.5 * val_s + 15
+
+
 def _horizon(epochs: int, done: int, epoch_s: float, deadline: float, val_s: float,
              ctx: Dist, device: torch.device) -> float:
     """Epochs the learning-rate schedule spans: ``epochs``, or, when a time limit will cut the
@@ -546,7 +554,7 @@ def _horizon(epochs: int, done: int, epoch_s: float, deadline: float, val_s: flo
     """
     if deadline == math.inf:
         return float(epochs)
-    fit = done + (deadline - time.monotonic() - 2.5 * val_s - 15) / max(epoch_s, 1e-6)
+    fit = done + (deadline - time.monotonic() - _reserve(val_s)) / max(epoch_s, 1e-6)
     fit = ctx.all_reduce_mean(fit, device)
     return float(min(epochs, max(2.0, math.floor(fit))))
 
