@@ -90,8 +90,12 @@ def test_postprocess_flags_override_the_checkpoint(tmp_path, ckpt):
     assert holes.sum() >= (prob >= median).sum()
     largest = run("--threshold", str(median), "--keep-largest")
     assert largest.sum() <= (prob >= median).sum()
-    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
-                 "--threshold", "1.5"]) == 2
+    peak = float(prob.max())
+    np.testing.assert_array_equal(run("--threshold", "0", "--min-peak", str(peak)), True)
+    assert not run("--threshold", "0", "--min-peak", str(np.nextafter(peak, 1.0))).any()
+    for bad in (["--threshold", "1.5"], ["--min-peak", "-0.1"]):
+        assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                     *bad]) == 2
 
 
 def test_tta_rle_overlay_and_tif(tmp_path, ckpt):

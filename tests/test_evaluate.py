@@ -158,6 +158,23 @@ def test_cli_human_summary_and_out(checkpoint, data, tmp_path, capsys) -> None:
     assert (out / "per_image.csv").is_file() and (out / "summary.json").is_file()
 
 
+def test_cli_postprocess_flags_override_the_checkpoint(checkpoint, data, capsys) -> None:
+    def summary(*flags: str) -> dict:
+        assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",
+                         *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert summary()["postprocess"]["threshold"] == 0.5
+    none = summary("--threshold", "1.0")          # no probability reaches 1: every frame empty
+    assert none["postprocess"]["threshold"] == 1.0
+    assert none["dice_nonempty_mean"] == 0.0 and none["empty_correct_rate"] == 1.0
+    peaked = summary("--min-peak", "1.0")         # the same, by the peak rule
+    assert peaked["postprocess"]["min_peak"] == 1.0
+    assert peaked["dice_nonempty_mean"] == 0.0 and peaked["empty_correct_rate"] == 1.0
+    assert peaked["raw"] == none["raw"]           # "without post-processing" stays the same
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--min-peak", "2"]) == 2
+
+
 @pytest.fixture(scope="module")
 def split_file(data, tmp_path_factory) -> tuple[Path, dict]:
     """A run's split.json for the phantom data, written as train() writes it."""

@@ -58,6 +58,45 @@ def test_keep_largest_and_fill_holes() -> None:
     np.testing.assert_array_equal(apply(_prob(c), PostprocessConfig(fill_holes=True)), c)
 
 
+def test_min_peak_removes_the_components_the_network_is_never_sure_of() -> None:
+    prob = np.zeros((12, 20))
+    prob[1:9, 1:9] = 0.7            # 64 px, at most 0.7
+    prob[2:5, 12:15] = 0.6          # 9 px ...
+    prob[3, 13] = 0.97              # ... one of them sure
+    both = prob >= 0.5
+    sure = both.copy()
+    sure[1:9, 1:9] = False
+    np.testing.assert_array_equal(apply(prob, PostprocessConfig(min_peak=0.9)), sure)
+    np.testing.assert_array_equal(apply(prob, PostprocessConfig(min_peak=0.97)), sure)  # >=
+    assert not apply(prob, PostprocessConfig(min_peak=0.98)).any()
+    for off in (0.0, 0.3, 0.5):    # at or under the threshold: nothing removed
+        np.testing.assert_array_equal(apply(prob, PostprocessConfig(min_peak=off)), both)
+    # the largest component kept is the largest that is sure somewhere, not the largest
+    np.testing.assert_array_equal(
+        apply(prob, PostprocessConfig(min_peak=0.9, keep_largest=True)), sure)
+    # the outline is still drawn at the threshold, not at min_peak
+    assert int(apply(prob, PostprocessConfig(min_peak=0.9)).sum()) == 9
+
+
+def test_tune_finds_min_peak_that_empties_a_doubtful_frame() -> None:
+    # frame 1: a small structure the network is sure of; frame 2: empty, with a larger doubtful
+    # false structure. No threshold or minimum area separates them; a minimum peak does.
+    sure = np.zeros((30, 30), bool)
+    sure[5:10, 5:10] = True
+    doubtful = np.zeros((30, 30), bool)
+    doubtful[10:25, 10:25] = True
+    probs = [_prob(sure, inside=0.99), _prob(doubtful, inside=0.85)]
+    truths = [sure, np.zeros_like(sure)]
+    cfg, score = tune(probs, truths, min_peaks=(0.0,))
+    assert score == pytest.approx(0.5)
+    cfg, score = tune(probs, truths)
+    assert score == 1.0
+    assert cfg == PostprocessConfig(threshold=0.5, min_peak=0.9)    # the lowest that works
+    # a min_peak at or under the chosen threshold is reported as 0 (off)
+    cfg, _ = tune([_prob(sure, inside=0.99)], [sure], thresholds=(0.5,), min_peaks=(0.4,))
+    assert cfg.min_peak == 0.0
+
+
 def test_fill_holes_matches_scipy() -> None:
     rng = np.random.default_rng(3)
     for _ in range(5):
@@ -105,11 +144,13 @@ def test_tune_matches_brute_force() -> None:
         probs.append(prob)
         truths.append(truth)
     assert sum(int(_holes(p >= 0.5).sum()) for p in probs) > 10
-    thresholds, areas = (0.4, 0.5, 0.6), (0, 3, 8, 20)
-    cfg, score = tune(probs, truths, thresholds=thresholds, min_areas=areas)
+    thresholds, areas, peaks = (0.4, 0.5, 0.6), (0, 3, 8, 20), (0.0, 0.55, 0.8, 0.95)
+    cfg, score = tune(probs, truths, thresholds=thresholds, min_areas=areas, min_peaks=peaks)
     best = -1.0
-    for th, a, kl, fh in itertools.product(thresholds, areas, (False, True), (False, True)):
-        c = PostprocessConfig(threshold=th, min_area=a, keep_largest=kl, fill_holes=fh)
+    for th, a, q, kl, fh in itertools.product(thresholds, areas, peaks, (False, True),
+                                              (False, True)):
+        c = PostprocessConfig(threshold=th, min_area=a, min_peak=q, keep_largest=kl,
+                              fill_holes=fh)
         best = max(best, float(np.mean([dice(apply(p, c), t) for p, t in zip(probs, truths)])))
     assert score == pytest.approx(best, abs=1e-12)
     achieved = np.mean([dice(apply(p, cfg), t) for p, t in zip(probs, truths)])

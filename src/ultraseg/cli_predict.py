@@ -61,11 +61,13 @@ def load_predictor(a: argparse.Namespace) -> Any:
 
 def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     """The checkpoint's PostprocessConfig with the flags given on the command line applied."""
-    changes = {k: getattr(a, k, None) for k in ("threshold", "min_area", "keep_largest",
-                                                "fill_holes")}
+    changes = {k: getattr(a, k, None) for k in ("threshold", "min_area", "min_peak",
+                                                "keep_largest", "fill_holes")}
     changes = {k: v for k, v in changes.items() if v is not None}
-    if "threshold" in changes and not 0.0 <= changes["threshold"] <= 1.0:
-        raise UltrasegError(f"--threshold must lie in [0, 1], got {changes['threshold']}")
+    for key in ("threshold", "min_peak"):
+        if key in changes and not 0.0 <= changes[key] <= 1.0:
+            flag = "--" + key.replace("_", "-")
+            raise UltrasegError(f"{flag} must lie in [0, 1], got {changes[key]}")
     if changes.get("min_area", 0) < 0:
         raise UltrasegError(f"--min-area must be >= 0, got {changes['min_area']}")
     return replace(base, **changes)
@@ -85,12 +87,15 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _postprocess_args(p: argparse.ArgumentParser) -> None:
+def postprocess_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("post-processing (default: what the checkpoint stores)")
     g.add_argument("--threshold", type=float, metavar="T",
                    help="probability at or above which a pixel is foreground")
     g.add_argument("--min-area", type=int, metavar="N",
                    help="remove connected components smaller than N pixels (original size)")
+    g.add_argument("--min-peak", type=float, metavar="P",
+                   help="remove connected components whose highest probability is under P "
+                        "(0: off)")
     g.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest component")
     g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
@@ -182,7 +187,7 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
     p.add_argument("--rle", metavar="FILE.csv",
                    help="write a Kaggle submission (img,pixels; run-length encoded masks)")
     _model_args(p)
-    _postprocess_args(p)
+    postprocess_args(p)
     layout_args(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -209,6 +214,6 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
     p.add_argument("--pixel-size", type=float, metavar="MM",
                    help="pixel size in mm for frames whose dataset gives none")
     _model_args(p)
-    _postprocess_args(p)
+    postprocess_args(p)
     layout_args(p)
     p.set_defaults(func=_cmd_measure)

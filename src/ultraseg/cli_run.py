@@ -204,10 +204,13 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
 
 # ---------------------------------------------------------------- evaluate
 def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from .cli_predict import postprocess_from_flags
     from .evaluate import evaluate, format_summary
     from .predict import load
 
     predictor = load(a.checkpoint, device=a.device, tta=a.tta)
+    predictor = predictor.with_options(
+        postprocess=postprocess_from_flags(predictor.postprocess, a))
     summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split, a.subset,
                           a.out)
     if a.json:
@@ -232,6 +235,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register the model subcommands on the ``ultraseg`` parser."""
+    from .cli_predict import postprocess_args
+
     p = sub.add_parser("train", help="train a U-Net on a dataset",
                        description="Train a U-Net; writes checkpoints, metrics and a report to --out.")
     _train_args(p, layout_args)
@@ -249,6 +254,7 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (horizontal flip)")
     p.add_argument("--device", default="auto")
+    postprocess_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="phantom data -> train -> evaluate -> report, in minutes",

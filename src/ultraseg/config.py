@@ -105,6 +105,7 @@ class PostprocessConfig(_Section):
 
     threshold: float = 0.5
     min_area: int = 0              # components smaller than this (pixels at original size) go
+    min_peak: float = 0.0          # so do components whose highest probability is under this
     keep_largest: bool = False
     fill_holes: bool = False
 

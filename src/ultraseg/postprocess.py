@@ -5,18 +5,22 @@ Numpy/scipy only (used by the ONNX-only prediction path).
 :func:`apply` runs, in this order:
 
 1. threshold: a pixel is foreground when ``prob >= cfg.threshold`` (NaN is background);
-2. connected components (8-connectivity) smaller than ``cfg.min_area`` pixels are removed;
+2. connected components (8-connectivity) smaller than ``cfg.min_area`` pixels are removed, and
+   so are those whose highest probability is under ``cfg.min_peak`` (hysteresis thresholding:
+   a structure is outlined at ``threshold`` but kept only where the network is sure of it
+   somewhere; a ``min_peak`` at or under ``threshold`` removes nothing);
 3. with ``cfg.keep_largest``, only the largest remaining component is kept (ties: the first in
    raster order);
 4. with ``cfg.fill_holes``, holes are filled: background regions not 4-connected to the image
    border, exactly as ``scipy.ndimage.binary_fill_holes`` (done by labelling the background,
    several times faster on large frames).
 
-:func:`tune` grid-searches those four settings for the best mean Dice (with the empty rule of
+:func:`tune` grid-searches those five settings for the best mean Dice (with the empty rule of
 :mod:`ultraseg.metrics`) over validation frames.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 
@@ -32,6 +36,10 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 #: Default threshold grid for :func:`tune`: 0.30, 0.35, ..., 0.70.
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))
+
+#: Default ``min_peak`` grid for :func:`tune`: 0 (off), then peaks a confident network's
+#: structures reach and a doubtful false one may not.
+DEFAULT_MIN_PEAKS: tuple[float, ...] = (0.0, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 def _prob2d(prob: np.ndarray) -> np.ndarray:
@@ -69,12 +77,23 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, sizes
 
 
-def _kept(sizes: np.ndarray, min_area: int, keep_largest: bool) -> np.ndarray:
+def _peaks(prob: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Highest probability of each of the ``n`` components (n + 1,); entry 0 is unused."""
+    peaks = np.zeros(n + 1)
+    if n:
+        peaks[1:] = ndimage.maximum(prob, labels, np.arange(1, n + 1))
+    return peaks
+
+
+def _kept(sizes: np.ndarray, min_area: int, keep_largest: bool,
+          peaks: np.ndarray | None = None, min_peak: float = 0.0) -> np.ndarray:
     """Bool lookup (n + 1,) of the components that survive; entry 0 (background) is False."""
     kept = sizes >= max(int(min_area), 1)
+    if peaks is not None and min_peak > 0:
+        kept &= peaks >= min_peak
     kept[0] = False
     if keep_largest and kept.any():
-        largest = int(np.argmax(sizes))        # first of equal sizes = first in raster order
+        largest = int(np.argmax(np.where(kept, sizes, -1)))  # ties: first in raster order
         kept = np.zeros_like(kept)
         kept[largest] = True
     return kept
@@ -84,9 +103,11 @@ def apply(prob: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
     """Turn a float (H, W) probability map into a bool (H, W) mask with ``cfg`` (see module)."""
     p = _prob2d(prob)
     mask = p >= cfg.threshold
-    if cfg.min_area > 1 or cfg.keep_largest:
+    peaked = cfg.min_peak > cfg.threshold
+    if cfg.min_area > 1 or cfg.keep_largest or peaked:
         labels, sizes = _components(mask)
-        mask = _kept(sizes, cfg.min_area, cfg.keep_largest)[labels]
+        peaks = _peaks(p, labels, len(sizes) - 1) if peaked else None
+        mask = _kept(sizes, cfg.min_area, cfg.keep_largest, peaks, cfg.min_peak)[labels]
     if cfg.fill_holes:
         mask = fill_holes(mask)
     return mask
@@ -115,23 +136,24 @@ def tune(
     try_keep_largest: bool = True,
     try_fill_holes: bool = True,
     min_gain: float = 0.005,
+    min_peaks: Sequence[float] = DEFAULT_MIN_PEAKS,
 ) -> tuple[PostprocessConfig, float]:
     """Choose the post-processing that maximises mean Dice over validation frames.
 
     ``probs``: float (H, W) probability maps; ``truths``: bool masks of the same shapes (frames
     may differ in size). ``min_areas`` defaults to :func:`default_min_areas` of the smallest
     frame. Every combination of the grids is scored exactly. Ties go to the simpler setting:
-    threshold nearest 0.5 (then the lower), then the smaller min_area, then keep_largest off,
-    then fill_holes off.
+    threshold nearest 0.5 (then the lower), then the smaller min_area, then the lower min_peak,
+    then keep_largest off, then fill_holes off.
 
-    Each frame is labelled once per threshold; min_area and keep_largest only select among
-    those components, so their Dice comes from per-component counts. Holes are filled (one more
-    labelling) only where the thresholded frame has any hole: removing components never
-    creates one.
+    Each frame is labelled once per threshold; min_area, min_peak and keep_largest only select
+    among those components, so their Dice comes from per-component counts. Holes are filled
+    (one more labelling) only where the thresholded frame has any hole: removing components
+    never creates one.
 
-    A setting other than the plainest (threshold nearest 0.5, smallest min_area, nothing else)
-    is chosen only when it gains at least ``min_gain`` mean Dice: on a small validation split a
-    smaller gain is more likely noise than a better rule for unseen frames.
+    A setting other than the plainest (threshold nearest 0.5, smallest min_area and min_peak,
+    nothing else) is chosen only when it gains at least ``min_gain`` mean Dice: on a small
+    validation split a smaller gain is more likely noise than a better rule for unseen frames.
 
     Returns ``(config, mean_dice)``.
     """
@@ -143,9 +165,10 @@ def tune(
     if min_areas is None:
         min_areas = default_min_areas(min(int(np.asarray(p).size) for p in probs))
     areas = sorted({max(int(a), 0) for a in min_areas})
+    peak_opts = sorted({max(float(q), 0.0) for q in min_peaks} or {0.0})
     largest_opts = (False, True) if try_keep_largest else (False,)
     fill_opts = (False, True) if try_fill_holes else (False,)
-    score = np.zeros((len(thr), len(areas), len(largest_opts), len(fill_opts)))
+    score = np.zeros((len(thr), len(areas), len(peak_opts), len(largest_opts), len(fill_opts)))
 
     for prob, truth in zip(probs, truths):
         p = _prob2d(prob)
@@ -156,36 +179,39 @@ def tune(
         for i, th in enumerate(thr):
             mask = p >= th
             labels, sizes = _components(mask)
+            peaks = _peaks(p, labels, len(sizes) - 1)
             tp_comp = np.bincount(labels[t], minlength=len(sizes))
             tp_comp[0] = 0
             any_hole = try_fill_holes and bool(_holes(mask).any())
             filled_cache: dict[bytes, float] = {}
-            for j, area in enumerate(areas):
-                for k, largest in enumerate(largest_opts):
-                    kept = _kept(sizes, area, largest)
-                    d = _dice(int(tp_comp[kept].sum()), int(sizes[kept].sum()), truth_sum)
-                    score[i, j, k, 0] += d
-                    if try_fill_holes:
-                        if any_hole:
-                            key = kept.tobytes()
-                            if key not in filled_cache:
-                                filled = fill_holes(kept[labels])
-                                filled_cache[key] = _dice(
-                                    int(np.count_nonzero(filled & t)), int(filled.sum()), truth_sum
-                                )
-                            d = filled_cache[key]
-                        score[i, j, k, 1] += d
+            for (j, area), (q, peak), (k, largest) in itertools.product(
+                    enumerate(areas), enumerate(peak_opts), enumerate(largest_opts)):
+                kept = _kept(sizes, area, largest, peaks, peak)
+                d = _dice(int(tp_comp[kept].sum()), int(sizes[kept].sum()), truth_sum)
+                score[i, j, q, k, 0] += d
+                if try_fill_holes:
+                    if any_hole:
+                        key = kept.tobytes()
+                        if key not in filled_cache:
+                            filled = fill_holes(kept[labels])
+                            filled_cache[key] = _dice(
+                                int(np.count_nonzero(filled & t)), int(filled.sum()), truth_sum
+                            )
+                        d = filled_cache[key]
+                    score[i, j, q, k, 1] += d
 
     score /= len(probs)
-    best_idx, best = (0, 0, 0, 0), -1.0
+    plain = (0,) * score.ndim
+    best_idx, best = plain, -1.0
     for idx in np.ndindex(score.shape):          # simplicity order: first wins ties
         if score[idx] > best + 1e-12:
             best_idx, best = idx, float(score[idx])
-    if best - float(score[0, 0, 0, 0]) < min_gain:  # not worth departing from the plain setting
-        best_idx, best = (0, 0, 0, 0), float(score[0, 0, 0, 0])
-    i, j, k, f = best_idx
+    if best - float(score[plain]) < min_gain:    # not worth departing from the plain setting
+        best_idx, best = plain, float(score[plain])
+    i, j, q, k, f = best_idx
     cfg = PostprocessConfig(
-        threshold=thr[i], min_area=areas[j], keep_largest=largest_opts[k], fill_holes=fill_opts[f]
+        threshold=thr[i], min_area=areas[j], min_peak=peak_opts[q] if peak_opts[q] > thr[i]
+        else 0.0, keep_largest=largest_opts[k], fill_holes=fill_opts[f]
     )
     logger.info("post-processing tuned on %d frames: %s, mean Dice %.4f", len(probs), cfg, best)
     return cfg, best
