@@ -5,6 +5,7 @@
     python benchmarks/quality.py --datasets busi --time-limit 6m --record --levers LEVER...
     python benchmarks/quality.py --agreement nerve [--record]
     python benchmarks/quality.py --presence RUN --datasets busi
+    python benchmarks/quality.py --postprocess RUN... --datasets busi [--record]
 
 For each dataset and preset: ``ultraseg train`` with ``--test-fraction 0.2`` (a fifth of the
 subjects held out from training, epoch selection and post-processing tuning alike), then
@@ -19,6 +20,9 @@ table per dataset, budget and preset working size in QUALITY.md).
 of one subject are (:func:`annotation_agreement`; results/agreement-DATASET.json).
 ``--presence RUN`` trains nothing: what a presence-head model's head says on the held-out
 frames of RUN, the frames with empty masks against the others (:func:`presence_probe`).
+``--postprocess RUN...`` trains nothing: RUN's post-processing chosen on its validation frames
+with and without the minimum-peak rule, scored on its held-out frames
+(:func:`postprocess_probe`; results/postprocess-DATASET.json).
 Reads ../shared/datasets in place; exits with a message when it is absent.
 """
 from __future__ import annotations
@@ -1150,6 +1154,79 @@ def presence_probe(run: Path, dataset: str) -> dict:
     return out
 
 
+#: How :func:`ultraseg.postprocess.tune` picks among the settings it scores (recorded with the
+#: probe's results; changes with that function).
+TUNE_SELECTION = "the best, unless the plain setting is within min_gain 0.005 of it"
+
+
+def postprocess_probe(run: Path, dataset: str) -> dict:
+    """Post-processing chosen on RUN's validation frames with and without the minimum-peak
+    rule (``PostprocessConfig.min_peak``), scored on RUN's held-out frames.
+
+    RUN/best.ckpt predicts the validation and held-out frames once, as ``ultraseg evaluate``
+    does; :func:`ultraseg.postprocess.tune` then chooses on the validation frames, once with
+    its grid as before the rule (``min_peaks=(0,)``) and once with its default grid. Each
+    choice is scored on the held-out frames: mean Dice over all frames (the empty rule), over
+    frames with a structure (BUSI: the lesion frames), and the share of frames without one
+    (BUSI: the normal frames) predicted empty."""
+    from ultraseg.config import RunConfig
+    from ultraseg.evaluate import select_samples
+    from ultraseg.io import open_dataset
+    from ultraseg.metrics import dice
+    from ultraseg.postprocess import apply, tune
+    from ultraseg.predict import load
+
+    predictor = load(run / "best.ckpt")
+    labelled = open_dataset(DATA / dataset, LAYOUTS[dataset]).labelled
+    frames = {}
+    for side in ("val", "test"):
+        masks, probs = [], []
+        samples = select_samples(labelled, run / "split.json", side)
+        for s in samples:
+            image, mask = s.load()
+            masks.append(mask > 0)
+            probs.append(predictor.predict_proba(image))
+        frames[side] = probs, masks
+
+    def held_out(cfg) -> dict:
+        probs, masks = frames["test"]
+        pred = [apply(p, cfg) for p in probs]
+        scores = [dice(m, t) for m, t in zip(pred, masks)]
+        present = [t.any() for t in masks]
+
+        def mean(values: list) -> float | None:     # None where there is nothing to average
+            return round(float(np.mean(values)), 4) if values else None
+
+        return {"dice_mean": mean(scores),
+                "dice_nonempty_mean": mean([d for d, here in zip(scores, present) if here]),
+                "empty_correct_rate": mean([not m.any() for m, here in zip(pred, present)
+                                            if not here])}
+
+    cfg = RunConfig.load(run / "config.json")
+    probs, masks = frames["val"]
+    tc = cfg.train
+    out: dict = {"run": str(run), "dataset": dataset, "seed": tc.seed,
+                 "train_command": f"ultraseg train ../shared/datasets/{dataset} --out {run} "
+                                  f"--preset "
+                                  f"{cfg.preset} "
+                                  + (f"--time-limit {tc.time_limit_s / 60:g}m "
+                                     if tc.time_limit_s else f"--epochs {tc.epochs} ")
+                                  + f"--test-fraction {tc.test_fraction:g} --seed {tc.seed}"
+                                  + ("" if tc.split_seed is None
+                                     else f" --split-seed {tc.split_seed}"),
+                 "epochs": len((run / "metrics.csv").read_text().strip().splitlines()) - 1,
+                 "val_frames": len(masks), "val_empty": sum(not t.any() for t in masks),
+                 "test_frames": len(frames["test"][1]),
+                 "test_empty": sum(not t.any() for t in frames["test"][1]),
+                 "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+                 "date": time.strftime("%Y-%m-%d"), "selection": TUNE_SELECTION}
+    for name, grid in (("without", {"min_peaks": (0.0,)}), ("with", {})):
+        chosen, val_dice = tune(probs, masks, **grid)
+        out[name] = {"postprocess": chosen.to_dict(), "val_dice": round(val_dice, 4),
+                     "test": held_out(chosen)}
+    return out
+
+
 def annotation_agreement(dataset: str, min_corr: float = 0.95, side: int = 64) -> dict:
     """How alike the ground truth is on near-identical frames of one subject.
 
@@ -1208,6 +1285,11 @@ def main() -> int:
     ap.add_argument("--agreement", choices=sorted(LAYOUTS), metavar="DATASET",
                     help="how alike the masks of near-identical frames of one subject are "
                          "(no training); with --record, results/agreement-DATASET.json")
+    ap.add_argument("--postprocess", nargs="+", metavar="RUN",
+                    help="choose RUN's post-processing on its validation frames with and "
+                         "without the minimum-peak rule and score both on its held-out frames "
+                         "(no training; the first of --datasets names the data); with "
+                         "--record, results/postprocess-DATASET.json")
     ap.add_argument("--presence", metavar="RUN",
                     help="what RUN's presence head says on its held-out frames (no training; "
                          "the first of --datasets names the data)")
@@ -1225,6 +1307,16 @@ def main() -> int:
         return 2
     if a.presence:
         print(json.dumps(presence_probe(Path(a.presence), a.datasets[0])))
+        return 0
+    if a.postprocess:
+        path = HERE / "results" / f"postprocess-{a.datasets[0]}.json"
+        doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
+        for run in a.postprocess:
+            entry = postprocess_probe(Path(run), a.datasets[0])
+            doc["runs"] = [e for e in doc["runs"] if e["run"] != entry["run"]] + [entry]
+            if a.record:
+                path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(json.dumps(doc))
         return 0
     if a.agreement:
         result = annotation_agreement(a.agreement)
