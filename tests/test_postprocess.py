@@ -145,7 +145,8 @@ def test_tune_matches_brute_force() -> None:
         truths.append(truth)
     assert sum(int(_holes(p >= 0.5).sum()) for p in probs) > 10
     thresholds, areas, peaks = (0.4, 0.5, 0.6), (0, 3, 8, 20), (0.0, 0.55, 0.8, 0.95)
-    cfg, score = tune(probs, truths, thresholds=thresholds, min_areas=areas, min_peaks=peaks)
+    cfg, score = tune(probs, truths, thresholds=thresholds, min_areas=areas, min_peaks=peaks,
+                      min_gain=0.0)
     best = -1.0
     for th, a, q, kl, fh in itertools.product(thresholds, areas, peaks, (False, True),
                                               (False, True)):
@@ -181,3 +182,24 @@ def test_tune_keeps_the_plain_setting_unless_the_gain_is_worth_it() -> None:
     assert cfg == plain and score == pytest.approx(200 / 203)
     cfg, score = tune([prob], [truth], thresholds=(0.5,), min_areas=(0, 5), min_gain=0.01)
     assert cfg != plain and score == pytest.approx(1.0)  # the speck removed, one way or another
+
+
+def test_tune_adds_a_rule_only_for_a_gain_worth_it() -> None:
+    # a 100-pixel structure with a one-pixel hole, and a 3-pixel false speck: removing the speck
+    # (min_area) scores 198/199, filling the hole as well 1.0, filling alone 200/203, neither
+    # 198/202
+    prob = np.zeros((40, 40))
+    prob[5:15, 5:15] = 0.9
+    prob[9, 9] = 0.1
+    prob[30, 30:33] = 0.9
+    truth = np.zeros((40, 40), bool)
+    truth[5:15, 5:15] = True
+    grids = {"thresholds": (0.5,), "min_areas": (0, 5), "min_peaks": (0.0,),
+             "try_keep_largest": False}
+    cfg, score = tune([prob], [truth], min_gain=0.004, **grids)
+    assert cfg == PostprocessConfig(min_area=5, fill_holes=True) and score == 1.0
+    # both rules gain 0.005 over min_area alone: within 0.01 of the best, one rule is enough
+    cfg, score = tune([prob], [truth], min_gain=0.01, **grids)
+    assert cfg == PostprocessConfig(min_area=5) and score == pytest.approx(198 / 199)
+    cfg, score = tune([prob], [truth], min_gain=0.03, **grids)
+    assert cfg == PostprocessConfig() and score == pytest.approx(198 / 202)

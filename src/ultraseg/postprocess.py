@@ -151,9 +151,12 @@ def tune(
     (one more labelling) only where the thresholded frame has any hole: removing components
     never creates one.
 
-    A setting other than the plainest (threshold nearest 0.5, smallest min_area and min_peak,
-    nothing else) is chosen only when it gains at least ``min_gain`` mean Dice: on a small
-    validation split a smaller gain is more likely noise than a better rule for unseen frames.
+    Of the settings within ``min_gain`` mean Dice of the best, the one that departs from the
+    plain setting (threshold nearest 0.5, smallest min_area, no min_peak, keep_largest and
+    fill_holes off) in the fewest rules is chosen, then the higher scoring: on a small
+    validation split a smaller gain is more likely noise than a better rule for unseen frames,
+    and each rule added for it is one more chance to fit that noise. ``min_gain=0`` chooses
+    the best.
 
     Returns ``(config, mean_dice)``.
     """
@@ -201,13 +204,18 @@ def tune(
                     score[i, j, q, k, 1] += d
 
     score /= len(probs)
-    plain = (0,) * score.ndim
-    best_idx, best = plain, -1.0
-    for idx in np.ndindex(score.shape):          # simplicity order: first wins ties
-        if score[idx] > best + 1e-12:
-            best_idx, best = idx, float(score[idx])
-    if best - float(score[plain]) < min_gain:    # not worth departing from the plain setting
-        best_idx, best = plain, float(score[plain])
+
+    def departures(idx: tuple[int, ...]) -> int:
+        """How many rules the setting adds to the plain one (a min_peak at or under the
+        threshold, or a min_area of 1, adds none: they remove nothing)."""
+        i, j, q, k, f = idx
+        return ((i > 0) + (j > 0 and areas[j] > 1) + (peak_opts[q] > thr[i]) + k + f)
+
+    floor = float(score.max()) - max(min_gain, 0.0) - 1e-12
+    near = [idx for idx in np.ndindex(score.shape) if score[idx] >= floor]
+    # min keeps the first of equal keys: ties go by the simplicity order of the grids
+    best_idx = min(near, key=lambda idx: (departures(idx), -round(float(score[idx]), 12)))
+    best = float(score[best_idx])
     i, j, q, k, f = best_idx
     cfg = PostprocessConfig(
         threshold=thr[i], min_area=areas[j], min_peak=peak_opts[q] if peak_opts[q] > thr[i]
