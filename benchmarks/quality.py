@@ -1194,8 +1194,8 @@ def postprocess_probe(run: Path, dataset: str) -> dict:
     (BUSI: the normal frames) predicted empty."""
     from ultraseg.config import RunConfig
     from ultraseg.evaluate import select_samples
-    from ultraseg.io import open_dataset
-    from ultraseg.metrics import dice
+    from ultraseg.io import open_dataset, select_label
+    from ultraseg.metrics import image_metrics, summarise
     from ultraseg.postprocess import apply, tune
     from ultraseg.predict import load
 
@@ -1203,40 +1203,33 @@ def postprocess_probe(run: Path, dataset: str) -> dict:
     labelled = open_dataset(DATA / dataset, LAYOUTS[dataset]).labelled
     frames = {}
     for side in ("val", "test"):
-        masks, probs = [], []
+        masks: list[np.ndarray] = []
+
+        def images(samples):
+            for s in samples:
+                image, mask = s.load()
+                masks.append(select_label(mask, predictor.preprocess.label))
+                yield image
+
         samples = select_samples(labelled, run / "split.json", side)
-        for s in samples:
-            image, mask = s.load()
-            masks.append(mask > 0)
-            probs.append(predictor.predict_proba(image))
-        frames[side] = probs, masks
+        frames[side] = list(predictor.predict_proba_many(images(samples))), masks
 
     def held_out(cfg) -> dict:
-        probs, masks = frames["test"]
-        pred = [apply(p, cfg) for p in probs]
-        scores = [dice(m, t) for m, t in zip(pred, masks)]
-        present = [t.any() for t in masks]
-
-        def mean(values: list) -> float | None:     # None where there is nothing to average
-            return round(float(np.mean(values)), 4) if values else None
-
-        return {"dice_mean": mean(scores),
-                "dice_nonempty_mean": mean([d for d, here in zip(scores, present) if here]),
-                "empty_correct_rate": mean([not m.any() for m, here in zip(pred, present)
-                                            if not here])}
+        """The figures ``ultraseg evaluate`` gives for the held-out frames with ``cfg``."""
+        summary = summarise([image_metrics(apply(p, cfg), t) for p, t in zip(*frames["test"])])
+        return {k: None if summary[k] is None else round(summary[k], 4)
+                for k in ("dice_mean", "dice_nonempty_mean", "empty_correct_rate")}
 
     cfg = RunConfig.load(run / "config.json")
     probs, masks = frames["val"]
     tc = cfg.train
+    budget = (f"--time-limit {tc.time_limit_s / 60:g}m" if tc.time_limit_s
+              else f"--epochs {tc.epochs}")
+    split_seed = "" if tc.split_seed is None else f" --split-seed {tc.split_seed}"
     out: dict = {"run": str(run), "dataset": dataset, "seed": tc.seed,
                  "train_command": f"ultraseg train ../shared/datasets/{dataset} --out {run} "
-                                  f"--preset "
-                                  f"{cfg.preset} "
-                                  + (f"--time-limit {tc.time_limit_s / 60:g}m "
-                                     if tc.time_limit_s else f"--epochs {tc.epochs} ")
-                                  + f"--test-fraction {tc.test_fraction:g} --seed {tc.seed}"
-                                  + ("" if tc.split_seed is None
-                                     else f" --split-seed {tc.split_seed}"),
+                                  f"--preset {cfg.preset} {budget} --test-fraction "
+                                  f"{tc.test_fraction:g} --seed {tc.seed}{split_seed}",
                  "epochs": len((run / "metrics.csv").read_text().strip().splitlines()) - 1,
                  "val_frames": len(masks), "val_empty": sum(not t.any() for t in masks),
                  "test_frames": len(frames["test"][1]),

@@ -138,7 +138,8 @@ def tune(
     min_gain: float = 0.005,
     min_peaks: Sequence[float] = DEFAULT_MIN_PEAKS,
 ) -> tuple[PostprocessConfig, float]:
-    """Choose the post-processing that maximises mean Dice over validation frames.
+    """Choose the post-processing for the best mean Dice over validation frames (the simplest
+    setting near the best: see ``min_gain``).
 
     ``probs``: float (H, W) probability maps; ``truths``: bool masks of the same shapes (frames
     may differ in size). ``min_areas`` defaults to :func:`default_min_areas` of the smallest
@@ -182,7 +183,7 @@ def tune(
         for i, th in enumerate(thr):
             mask = p >= th
             labels, sizes = _components(mask)
-            peaks = _peaks(p, labels, len(sizes) - 1)
+            peaks = _peaks(p, labels, len(sizes) - 1) if peak_opts[-1] > th else None
             tp_comp = np.bincount(labels[t], minlength=len(sizes))
             tp_comp[0] = 0
             any_hole = try_fill_holes and bool(_holes(mask).any())
