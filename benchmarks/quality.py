@@ -50,7 +50,8 @@ def score(dataset: str, rows: list[dict], summary: dict) -> dict:
     """Headline figures of one evaluation."""
     out = {"n": summary["n"], "dice_mean": summary["dice_mean"],
            "dice_nonempty_mean": summary["dice_nonempty_mean"],
-           "dice_mean_raw": summary["raw"]["dice_mean"], "hd95_median": summary["hd95_median"]}
+           "dice_mean_raw": summary["raw"]["dice_mean"], "hd95_median": summary["hd95_median"],
+           "tta": bool(summary["postprocess"].get("tta"))}
     if dataset == "busi":
         lesion = [r["dice"] for r in rows if r.get("class") != "normal"]
         normal = [bool(r["pred_empty"]) for r in rows if r.get("class") == "normal"]
@@ -102,14 +103,16 @@ def finished_run(run: Path, cfg, what: str) -> dict | None:
     return load_checkpoint(run / "best.ckpt").meta["metrics"]
 
 
-def score_test(run: Path, dataset: str, tta: bool = False) -> dict:
-    """Evaluate ``run``'s best.ckpt on its held-out subjects (written to RUN/eval-test[-tta])."""
+def score_test(run: Path, dataset: str, tta: bool | None = None) -> dict:
+    """Evaluate ``run``'s best.ckpt on its held-out subjects as ``ultraseg evaluate`` does
+    (written to RUN/eval-test), or with test-time augmentation forced on or off
+    (RUN/eval-test-tta, RUN/eval-test-notta)."""
     from ultraseg.evaluate import evaluate
     from ultraseg.predict import load
 
+    out = "eval-test" if tta is None else ("eval-test-tta" if tta else "eval-test-notta")
     summary, rows = evaluate(load(run / "best.ckpt", tta=tta), DATA / dataset, LAYOUTS[dataset],
-                             split_file=run / "split.json", subset="test",
-                             out=run / ("eval-test-tta" if tta else "eval-test"))
+                             split_file=run / "split.json", subset="test", out=run / out)
     return score(dataset, rows, summary)
 
 
@@ -130,10 +133,11 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
         host = host_speed()
         minutes = train(cfg, run).seconds / 60
     t = time.monotonic()
+    chosen = score_test(run, dataset)  # "plain": as the checkpoint says; "tta": the other way
     entry = {"dataset": dataset, "preset": preset_name, "train_minutes": round(minutes, 2),
              "command": f"ultraseg train {DATA / dataset} --out {run} --preset {preset_name} "
                         f"--time-limit {time_limit} --test-fraction 0.2 --seed 0",
-             "plain": score_test(run, dataset), "tta": score_test(run, dataset, tta=True)}
+             "plain": chosen, "tta": score_test(run, dataset, tta=not chosen["tta"])}
     entry.update(host)
     entry["eval_minutes"] = round((time.monotonic() - t) / 60, 2)
     logging.info("%s", json.dumps(entry))
@@ -196,6 +200,12 @@ LEVERS: dict[str, tuple[str, dict]] = {
                                     {"model": {"presence_head": True, "norm": "instance"}}),
     **_seeded("presence-head+norm-instance", "the presence head and instance normalisation",
               {"model": {"presence_head": True, "norm": "instance"}}, 1),
+    "presence-head+weight-0.25": ("the presence head with a quarter of the weight on its own "
+                                  "cross-entropy (presence_weight 0.25, not 1)",
+                                  {"model": {"presence_head": True},
+                                   "train": {"presence_weight": 0.25}}),
+    **_seeded("presence-head+weight-0.25", "the presence head with its loss weighted 0.25",
+              {"model": {"presence_head": True}, "train": {"presence_weight": 0.25}}, 1),
     "presence-head-gate-only": ("the presence head trained through the gated pixel loss "
                                 "alone (no loss of its own)",
                                 {"model": {"presence_head": True},
@@ -913,11 +923,13 @@ def write_markdown(result: dict, path: Path) -> None:
                   + (f"; {speed_of(e)[0]} convolution peak {speed_of(e)[1]} GFLOP/s"
                      if speed_of(e) else "") + "); "
                   f"command: `{e['command']}`, then `ultraseg evaluate RUN/best.ckpt DATA "
-                  "--split RUN/split.json --subset test [--tta]`.", "",
+                  "--split RUN/split.json --subset test [--tta/--no-tta]`.", "",
                   "| evaluation | frames | Dice (all) | Dice (non-empty) | Dice, no post-processing"
                   " | HD95 median (px) | extra |", "|---|---|---|---|---|---|---|"]
-        for label, key in (("plain", "plain"), ("with TTA (h-flip)", "tta")):
+        for key in ("plain", "tta"):
             r = e[key]
+            flip = "TTA (h-flip) " + ("on" if r.get("tta", key == "tta") else "off")
+            label = f"as chosen on validation ({flip})" if key == "plain" else flip
             notes = []
             if "dice_lesion" in r:
                 notes.append(f"lesion Dice {_f(r['dice_lesion'])}, normal frames empty "
@@ -1184,14 +1196,17 @@ TUNE_SELECTION = ("of the settings within min_gain 0.005 of the best, the one wi
 
 def postprocess_probe(run: Path, dataset: str) -> dict:
     """Post-processing chosen on RUN's validation frames with and without the minimum-peak
-    rule (``PostprocessConfig.min_peak``), scored on RUN's held-out frames.
+    rule (``PostprocessConfig.min_peak``) and test-time augmentation (``tta``), scored on RUN's
+    held-out frames.
 
-    RUN/best.ckpt predicts the validation and held-out frames once, as ``ultraseg evaluate``
-    does; :func:`ultraseg.postprocess.tune` then chooses on the validation frames, once with
-    its grid as before the rule (``min_peaks=(0,)``) and once with its default grid. Each
-    choice is scored on the held-out frames: mean Dice over all frames (the empty rule), over
-    frames with a structure (BUSI: the lesion frames), and the share of frames without one
-    (BUSI: the normal frames) predicted empty."""
+    RUN/best.ckpt predicts the validation and held-out frames as ``ultraseg evaluate`` does,
+    once plain and once test-time augmented; :func:`ultraseg.postprocess.tune` then chooses on
+    the validation frames: ``without``, its grid as before the peak rule (``min_peaks=(0,)``),
+    plain probabilities; ``with``, its default grid, plain probabilities; ``with_tta``, its
+    default grid over both (what training chooses since TTA became a rule). Each choice is
+    scored on the held-out frames: mean Dice over all frames (the empty rule), over frames
+    with a structure (BUSI: the lesion frames), and the share of frames without one (BUSI:
+    the normal frames) predicted empty."""
     from ultraseg.config import RunConfig
     from ultraseg.evaluate import select_samples
     from ultraseg.io import open_dataset, select_label
@@ -1201,7 +1216,7 @@ def postprocess_probe(run: Path, dataset: str) -> dict:
 
     predictor = load(run / "best.ckpt")
     labelled = open_dataset(DATA / dataset, LAYOUTS[dataset]).labelled
-    frames = {}
+    frames, flipped = {}, {}
     for side in ("val", "test"):
         masks: list[np.ndarray] = []
 
@@ -1212,11 +1227,16 @@ def postprocess_probe(run: Path, dataset: str) -> dict:
                 yield image
 
         samples = select_samples(labelled, run / "split.json", side)
-        frames[side] = list(predictor.predict_proba_many(images(samples))), masks
+        frames[side] = (list(predictor.with_options(tta=False).predict_proba_many(
+            images(samples))), masks)
+        flipped[side] = list(predictor.with_options(tta=True).predict_proba_many(
+            s.load()[0] for s in samples))
 
     def held_out(cfg) -> dict:
         """The figures ``ultraseg evaluate`` gives for the held-out frames with ``cfg``."""
-        summary = summarise([image_metrics(apply(p, cfg), t) for p, t in zip(*frames["test"])])
+        probs = flipped["test"] if cfg.tta else frames["test"][0]
+        summary = summarise([image_metrics(apply(p, cfg), t)
+                             for p, t in zip(probs, frames["test"][1])])
         return {k: None if summary[k] is None else round(summary[k], 4)
                 for k in ("dice_mean", "dice_nonempty_mean", "empty_correct_rate")}
 
@@ -1226,17 +1246,20 @@ def postprocess_probe(run: Path, dataset: str) -> dict:
     budget = (f"--time-limit {tc.time_limit_s / 60:g}m" if tc.time_limit_s
               else f"--epochs {tc.epochs}")
     split_seed = "" if tc.split_seed is None else f" --split-seed {tc.split_seed}"
-    out: dict = {"run": str(run), "dataset": dataset, "seed": tc.seed,
-                 "train_command": f"ultraseg train ../shared/datasets/{dataset} --out {run} "
-                                  f"--preset {cfg.preset} {budget} --test-fraction "
-                                  f"{tc.test_fraction:g} --seed {tc.seed}{split_seed}",
+    command = (f"ultraseg train ../shared/datasets/{dataset} --out {run} --preset {cfg.preset} "
+               f"{budget} --test-fraction {tc.test_fraction:g} --seed {tc.seed}{split_seed}")
+    if cfg.preset.startswith("cpu+"):  # a lever run (run_lever names its preset so)
+        command = (f"python benchmarks/quality.py --datasets {dataset} {budget} --levers "
+                   f"{cfg.preset[len('cpu+'):]}")
+    out: dict = {"run": str(run), "dataset": dataset, "seed": tc.seed, "train_command": command,
                  "epochs": len((run / "metrics.csv").read_text().strip().splitlines()) - 1,
                  "val_frames": len(masks), "val_empty": sum(not t.any() for t in masks),
                  "test_frames": len(frames["test"][1]),
                  "test_empty": sum(not t.any() for t in frames["test"][1]),
                  "machine": f"{cpu_name()}, {os.cpu_count()} cores",
                  "date": time.strftime("%Y-%m-%d"), "selection": TUNE_SELECTION}
-    for name, grid in (("without", {"min_peaks": (0.0,)}), ("with", {})):
+    for name, grid in (("without", {"min_peaks": (0.0,)}), ("with", {}),
+                       ("with_tta", {"tta_probs": flipped["val"]})):
         chosen, val_dice = tune(probs, masks, **grid)
         out[name] = {"postprocess": chosen.to_dict(), "val_dice": round(val_dice, 4),
                      "test": held_out(chosen)}

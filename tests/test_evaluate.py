@@ -175,6 +175,33 @@ def test_cli_postprocess_flags_override_the_checkpoint(checkpoint, data, capsys)
     assert cli.main(["evaluate", str(checkpoint), str(data), "--min-peak", "2"]) == 2
 
 
+def test_cli_tta_follows_the_checkpoint_unless_flagged(checkpoint, data, tmp_path,
+                                                      capsys) -> None:
+    from ultraseg.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    flipping = tmp_path / "tta.ckpt"                # the same weights, TTA chosen on validation
+    save_checkpoint(flipping, ck.state_dict,
+                    make_meta(ck.model, ck.preprocess, PostprocessConfig(tta=True)))
+
+    def summary(path: Path, *flags: str) -> dict:
+        assert cli.main(["evaluate", str(path), str(data), "--json", "--device", "cpu",
+                         *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    def figures(s: dict) -> tuple:
+        return s["dice_mean"], s["iou_mean"], s["raw"]["dice_mean"]
+
+    plain, chosen = summary(checkpoint), summary(flipping)
+    assert plain["postprocess"]["tta"] is False and chosen["postprocess"]["tta"] is True
+    forced = summary(checkpoint, "--tta")
+    assert forced["postprocess"]["tta"] is True and figures(forced) == figures(chosen)
+    off = summary(flipping, "--no-tta")
+    assert off["postprocess"]["tta"] is False and figures(off) == figures(plain)
+    assert cli.main(["evaluate", str(flipping), str(data), "--device", "cpu"]) == 0
+    assert "test-time flip        on" in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def split_file(data, tmp_path_factory) -> tuple[Path, dict]:
     """A run's split.json for the phantom data, written as train() writes it."""

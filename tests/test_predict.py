@@ -302,3 +302,24 @@ def test_measure_frames_pixel_size_fallback_and_boundary_offset(tmp_path):
     assert moved[0]["area_px"] == plain[0]["area_px"]
     with pytest.raises(UltrasegError, match="pixel-size"):
         measure_frames(pixel_predictor(), frames, pixel_size_mm=-1.0)
+
+
+def test_tta_follows_the_postprocessing_unless_set() -> None:
+    # an asymmetric "network": the probability rises from left to right, so the flipped
+    # frame's output, flipped back, falls: averaged, every pixel is 0.5
+    def run(batch: np.ndarray) -> np.ndarray:
+        w = batch.shape[-1]
+        return np.broadcast_to(np.linspace(0.0, 1.0, w, dtype=np.float32), batch.shape).copy()
+
+    base = Predictor(run, ModelConfig(variant="same", depth=2),
+                     PreprocessConfig(size=None, normalise="unit"))
+    image = np.zeros((4, 8), np.uint8)
+    assert not base.uses_tta
+    np.testing.assert_allclose(base.predict_proba(image)[0], np.linspace(0, 1, 8), atol=1e-6)
+    chosen = base.with_options(postprocess=PostprocessConfig(tta=True))
+    assert chosen.uses_tta
+    np.testing.assert_allclose(chosen.predict_proba(image), 0.5, atol=1e-6)
+    assert not chosen.with_options(tta=False).uses_tta
+    np.testing.assert_allclose(chosen.with_options(tta=False).predict_proba(image)[0],
+                               np.linspace(0, 1, 8), atol=1e-6)
+    assert base.with_options(tta=True).uses_tta

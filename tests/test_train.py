@@ -157,6 +157,25 @@ def test_e2e_best_checkpoint_matches_metrics(e2e) -> None:
 
 
 @pytest.mark.slow
+def test_e2e_tuned_val_dice_is_what_the_checkpoint_predicts(e2e, phantoms) -> None:
+    """The post-processing chosen on validation (test-time augmentation included) is the one
+    the checkpoint applies: evaluating it on the validation side of its split reproduces the
+    validation Dice it was chosen for."""
+    from ultraseg.evaluate import evaluate
+
+    _, _, run = e2e
+    best = load_checkpoint(run / "best.ckpt")
+    assert set(best.postprocess.to_dict()) >= {"threshold", "min_peak", "tta"}
+    predictor = load(run / "best.ckpt", device="cpu", precision="fp32")
+    assert predictor.uses_tta == best.postprocess.tta
+    summary, _ = evaluate(predictor, phantoms["train"], "folders", split_file=run / "split.json",
+                          subset="val")
+    assert summary["postprocess"]["tta"] == best.postprocess.tta
+    assert summary["dice_mean"] == pytest.approx(
+        best.meta["metrics"]["val_dice_postprocessed"], abs=1e-3)
+
+
+@pytest.mark.slow
 def test_e2e_pictures_and_report(e2e) -> None:
     _, _, run = e2e
     for name in ("curve.png", "sample.png", "seg_sample.png"):

@@ -42,7 +42,7 @@ def load_predictor(a: argparse.Namespace) -> Any:
     """The Predictor for MODEL with the command line's options and post-processing flags."""
     from .predict import load
 
-    options: dict[str, Any] = {"tta": getattr(a, "tta", False)}
+    options: dict[str, Any] = {}
     if getattr(a, "batch_size", None) is not None:
         if a.batch_size < 1:
             raise UltrasegError(f"--batch-size must be at least 1, got {a.batch_size}")
@@ -62,7 +62,7 @@ def load_predictor(a: argparse.Namespace) -> Any:
 def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     """The checkpoint's PostprocessConfig with the flags given on the command line applied."""
     changes = {k: getattr(a, k, None) for k in ("threshold", "min_area", "min_peak",
-                                                "keep_largest", "fill_holes")}
+                                                "keep_largest", "fill_holes", "tta")}
     changes = {k: v for k, v in changes.items() if v is not None}
     for key in ("threshold", "min_peak"):
         if key in changes and not 0.0 <= changes[key] <= 1.0:
@@ -100,11 +100,12 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
                    help="keep only the largest component")
     g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
                    help="fill holes inside components")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: average the probabilities with the "
+                        "horizontally flipped frame's (twice the prediction time)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average with the horizontally flipped frame")
     p.add_argument("--batch-size", type=int, metavar="N", help="frames (or tiles) per batch")
     p.add_argument("--tile", type=int, metavar="N",
                    help="valid model: output tile side for prediction (default: whole canvas)")

@@ -208,7 +208,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_summary
     from .predict import load
 
-    predictor = load(a.checkpoint, device=a.device, tta=a.tta)
+    predictor = load(a.checkpoint, device=a.device)
     predictor = predictor.with_options(
         postprocess=postprocess_from_flags(predictor.postprocess, a))
     summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split, a.subset,
@@ -252,7 +252,6 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
                    help="which side of --split to evaluate (default val)")
     p.add_argument("--out", help="folder for per_image.csv and summary.json")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (horizontal flip)")
     p.add_argument("--device", default="auto")
     postprocess_args(p)
     p.set_defaults(func=_cmd_evaluate)

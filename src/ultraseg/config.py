@@ -101,13 +101,19 @@ class PreprocessConfig(_Section):
 
 @dataclass(frozen=True)
 class PostprocessConfig(_Section):
-    """From probabilities to a mask. Chosen on the validation split when training ends."""
+    """From the network's output to a mask. Chosen on the validation split when training ends.
+
+    ``tta``: the probabilities are the average of the network's output on the frame and,
+    flipped back, on the horizontally flipped frame (test-time augmentation, twice the
+    prediction time), before the threshold and the component rules
+    (:mod:`ultraseg.postprocess`)."""
 
     threshold: float = 0.5
     min_area: int = 0              # components smaller than this (pixels at original size) go
     min_peak: float = 0.0          # so do components whose highest probability is under this
     keep_largest: bool = False
     fill_holes: bool = False
+    tta: bool = False              # average with the horizontally flipped frame's output first
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,9 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     """Score ``predictor`` on every labelled frame of ``data`` (or one side of a split).
 
     Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` computed with the
-    checkpoint's post-processing, and the same figures without it under ``raw`` (threshold
-    0.5, nothing removed). Rows carry per-image metrics and, where the frame's pixel size is
+    checkpoint's post-processing, and the same figures without its rules under ``raw`` (the
+    same probabilities, test-time augmented where the predictor is, at threshold 0.5, nothing
+    removed). Rows carry per-image metrics and, where the frame's pixel size is
     known, measurements in mm (and the error against a reference head circumference).
     With ``out``, writes ``per_image.csv`` and ``summary.json`` there.
     """
@@ -98,7 +99,7 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in SUMMARY_KEYS}
-    summary["postprocess"] = predictor.postprocess.to_dict()
+    summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
     errors = [abs(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
     if errors:
         summary["hc_mae_mm"] = float(np.mean(errors))
@@ -152,7 +153,9 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{f(raw.get('dice_nonempty_mean'))}",
              f"IoU                   {f(summary['iou_mean'])}",
              f"HD95 median (px)      {f(summary['hd95_median'])}",
-             f"empty frames right    {f(summary['empty_correct_rate'])}"]
+             f"empty frames right    {f(summary['empty_correct_rate'])}",
+             f"test-time flip        "
+             f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]
     if "hc_mae_mm" in summary:
         lines.append(f"head circumference MAE {summary['hc_mae_mm']:.2f} mm")
     lines.append("(empty rule: a frame with empty truth and empty prediction scores Dice 1)")

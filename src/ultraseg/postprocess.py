@@ -15,8 +15,12 @@ Numpy/scipy only (used by the ONNX-only prediction path).
    border, exactly as ``scipy.ndimage.binary_fill_holes`` (done by labelling the background,
    several times faster on large frames).
 
-:func:`tune` grid-searches those five settings for the best mean Dice (with the empty rule of
-:mod:`ultraseg.metrics`) over validation frames.
+:func:`apply` takes the probabilities as they come: ``cfg.tta`` (test-time augmentation, the
+network's output averaged with that of the horizontally flipped frame) is the predictor's to
+apply, before them (:class:`ultraseg.predict.Predictor`).
+
+:func:`tune` grid-searches those five settings, and TTA where given its probabilities, for the
+best mean Dice (with the empty rule of :mod:`ultraseg.metrics`) over validation frames.
 """
 from __future__ import annotations
 
@@ -128,52 +132,13 @@ def _dice(tp: int, pred_sum: int, truth_sum: int) -> float:
     return 1.0 if den == 0 else 2.0 * tp / den
 
 
-def tune(
-    probs: Sequence[np.ndarray],
-    truths: Sequence[np.ndarray],
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    min_areas: Sequence[int] | None = None,
-    try_keep_largest: bool = True,
-    try_fill_holes: bool = True,
-    min_gain: float = 0.005,
-    min_peaks: Sequence[float] = DEFAULT_MIN_PEAKS,
-) -> tuple[PostprocessConfig, float]:
-    """Choose the post-processing for the best mean Dice over validation frames (the simplest
-    setting near the best: see ``min_gain``).
-
-    ``probs``: float (H, W) probability maps; ``truths``: bool masks of the same shapes (frames
-    may differ in size). ``min_areas`` defaults to :func:`default_min_areas` of the smallest
-    frame. Every combination of the grids is scored exactly. Ties go to the simpler setting:
-    threshold nearest 0.5 (then the lower), then the smaller min_area, then the lower min_peak,
-    then keep_largest off, then fill_holes off.
-
-    Each frame is labelled once per threshold; min_area, min_peak and keep_largest only select
-    among those components, so their Dice comes from per-component counts. Holes are filled
-    (one more labelling) only where the thresholded frame has any hole: removing components
-    never creates one.
-
-    Of the settings within ``min_gain`` mean Dice of the best, the one that departs from the
-    plain setting (threshold nearest 0.5, smallest min_area, no min_peak, keep_largest and
-    fill_holes off) in the fewest rules is chosen, then the higher scoring: on a small
-    validation split a smaller gain is more likely noise than a better rule for unseen frames,
-    and each rule added for it is one more chance to fit that noise. ``min_gain=0`` chooses
-    the best.
-
-    Returns ``(config, mean_dice)``.
-    """
-    if len(probs) != len(truths):
-        raise ValueError(f"{len(probs)} probability maps but {len(truths)} masks")
-    if len(probs) == 0:
-        raise UltrasegError("no validation frames to tune the post-processing on")
-    thr = sorted({float(t) for t in thresholds}, key=lambda t: (abs(t - 0.5), t))
-    if min_areas is None:
-        min_areas = default_min_areas(min(int(np.asarray(p).size) for p in probs))
-    areas = sorted({max(int(a), 0) for a in min_areas})
-    peak_opts = sorted({max(float(q), 0.0) for q in min_peaks} or {0.0})
-    largest_opts = (False, True) if try_keep_largest else (False,)
-    fill_opts = (False, True) if try_fill_holes else (False,)
+def _score_grid(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], thr: list[float],
+                areas: list[int], peak_opts: list[float], largest_opts: tuple[bool, ...],
+                fill_opts: tuple[bool, ...]) -> np.ndarray:
+    """Mean Dice over the frames of every combination of the grids, indexed
+    ``[threshold, min_area, min_peak, keep_largest, fill_holes]``."""
+    try_fill_holes = len(fill_opts) > 1
     score = np.zeros((len(thr), len(areas), len(peak_opts), len(largest_opts), len(fill_opts)))
-
     for prob, truth in zip(probs, truths):
         p = _prob2d(prob)
         t = np.asarray(truth, dtype=bool)
@@ -203,24 +168,80 @@ def tune(
                             )
                         d = filled_cache[key]
                     score[i, j, q, k, 1] += d
+    return score / len(probs)
 
-    score /= len(probs)
+
+def tune(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    min_areas: Sequence[int] | None = None,
+    try_keep_largest: bool = True,
+    try_fill_holes: bool = True,
+    min_gain: float = 0.005,
+    min_peaks: Sequence[float] = DEFAULT_MIN_PEAKS,
+    tta_probs: Sequence[np.ndarray] | None = None,
+) -> tuple[PostprocessConfig, float]:
+    """Choose the post-processing for the best mean Dice over validation frames (the simplest
+    setting near the best: see ``min_gain``).
+
+    ``probs``: float (H, W) probability maps; ``truths``: bool masks of the same shapes (frames
+    may differ in size). ``min_areas`` defaults to :func:`default_min_areas` of the smallest
+    frame. Every combination of the grids is scored exactly. Ties go to the simpler setting:
+    test-time augmentation off (it doubles the prediction time), then threshold nearest 0.5
+    (then the lower), then the smaller min_area, then the lower min_peak, then keep_largest
+    off, then fill_holes off.
+
+    ``tta_probs``: the same frames' probabilities with test-time augmentation (the network's
+    output averaged with that of the flipped frame, :class:`ultraseg.predict.Predictor`); the
+    grid is then scored on both, and TTA is one more rule (``PostprocessConfig.tta``).
+
+    Each frame is labelled once per threshold; min_area, min_peak and keep_largest only select
+    among those components, so their Dice comes from per-component counts. Holes are filled
+    (one more labelling) only where the thresholded frame has any hole: removing components
+    never creates one.
+
+    Of the settings within ``min_gain`` mean Dice of the best, the one that departs from the
+    plain setting (threshold nearest 0.5, smallest min_area, no min_peak, keep_largest,
+    fill_holes and TTA off) in the fewest rules is chosen, then the higher scoring: on a small
+    validation split a smaller gain is more likely noise than a better rule for unseen frames,
+    and each rule added for it is one more chance to fit that noise. ``min_gain=0`` chooses
+    the best.
+
+    Returns ``(config, mean_dice)``.
+    """
+    alternatives = [probs] if tta_probs is None else [probs, tta_probs]
+    for alt in alternatives:
+        if len(alt) != len(truths):
+            raise ValueError(f"{len(alt)} probability maps but {len(truths)} masks")
+    if len(probs) == 0:
+        raise UltrasegError("no validation frames to tune the post-processing on")
+    thr = sorted({float(t) for t in thresholds}, key=lambda t: (abs(t - 0.5), t))
+    if min_areas is None:
+        min_areas = default_min_areas(min(int(np.asarray(p).size) for p in probs))
+    areas = sorted({max(int(a), 0) for a in min_areas})
+    peak_opts = sorted({max(float(q), 0.0) for q in min_peaks} or {0.0})
+    largest_opts = (False, True) if try_keep_largest else (False,)
+    fill_opts = (False, True) if try_fill_holes else (False,)
+    # [tta, threshold, min_area, min_peak, keep_largest, fill_holes]
+    score = np.stack([_score_grid(alt, truths, thr, areas, peak_opts, largest_opts, fill_opts)
+                      for alt in alternatives])
 
     def departures(idx: tuple[int, ...]) -> int:
         """How many rules the setting adds to the plain one (a min_peak at or under the
         threshold, or a min_area of 1, adds none: they remove nothing)."""
-        i, j, q, k, f = idx
-        return ((i > 0) + (j > 0 and areas[j] > 1) + (peak_opts[q] > thr[i]) + k + f)
+        a, i, j, q, k, f = idx
+        return (a + (i > 0) + (j > 0 and areas[j] > 1) + (peak_opts[q] > thr[i]) + k + f)
 
     floor = float(score.max()) - max(min_gain, 0.0) - 1e-12
     near = [idx for idx in np.ndindex(score.shape) if score[idx] >= floor]
     # min keeps the first of equal keys: ties go by the simplicity order of the grids
     best_idx = min(near, key=lambda idx: (departures(idx), -round(float(score[idx]), 12)))
     best = float(score[best_idx])
-    i, j, q, k, f = best_idx
+    a, i, j, q, k, f = best_idx
     cfg = PostprocessConfig(
         threshold=thr[i], min_area=areas[j], min_peak=peak_opts[q] if peak_opts[q] > thr[i]
-        else 0.0, keep_largest=largest_opts[k], fill_holes=fill_opts[f]
+        else 0.0, keep_largest=largest_opts[k], fill_holes=fill_opts[f], tta=bool(a)
     )
     logger.info("post-processing tuned on %d frames: %s, mean Dice %.4f", len(probs), cfg, best)
     return cfg, best

@@ -75,13 +75,19 @@ class Predictor:
     meta: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 4
     tile: int | None = None
-    tta: bool = False
+    tta: bool | None = None  # None: as the post-processing says (chosen on validation)
     source: str = ""
+
+    @property
+    def uses_tta(self) -> bool:
+        """Whether probabilities average the frame's output with the flipped frame's: ``tta``
+        where set, else the post-processing's choice (``PostprocessConfig.tta``)."""
+        return self.postprocess.tta if self.tta is None else self.tta
 
     # ------------------------------------------------------------------ canvas level
     def _run(self, batch: np.ndarray) -> np.ndarray:
         out = self.run_batch(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.tta:  # horizontal flip, probabilities averaged
+        if self.uses_tta:  # horizontal flip, probabilities averaged
             flipped = self.run_batch(np.ascontiguousarray(batch[..., ::-1], dtype=np.float32))
             out = 0.5 * (out + flipped[..., ::-1])
         return out

@@ -575,7 +575,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             val_idx: np.ndarray, device: torch.device, dtype: torch.dtype | None,
             history: list[dict[str, Any]], best_epoch: int, best_dice: float,
             stopped: str | None, t0: float, meta: Callable, progress: Progress) -> TrainResult:
-    """Choose post-processing on the validation frames at their original size; write the report.
+    """Choose post-processing (test-time augmentation included) on the validation frames at
+    their original size; write the report.
 
     Without validation frames the post-processing stays at its defaults, the Dice figures are
     None and the report has no prediction figure.
@@ -604,7 +605,10 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
         tuned = raw
         if cfg.train.tune_postprocess:
-            pp, tuned = tune(probs, truths)
+            flipped = list(predictor.with_options(tta=True).predict_proba_many(images))
+            pp, tuned = tune(probs, truths, tta_probs=flipped)
+            if pp.tta:
+                probs = flipped  # the report shows what the checkpoint predicts
         log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned,
                  pp)
     seconds = time.monotonic() - t0
