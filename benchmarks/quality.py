@@ -205,7 +205,7 @@ LEVERS: dict[str, tuple[str, dict]] = {
                                   {"model": {"presence_head": True},
                                    "train": {"presence_weight": 0.25}}),
     **_seeded("presence-head+weight-0.25", "the presence head with its loss weighted 0.25",
-              {"model": {"presence_head": True}, "train": {"presence_weight": 0.25}}, 1),
+              {"model": {"presence_head": True}, "train": {"presence_weight": 0.25}}, 1, 2),
     "presence-head-gate-only": ("the presence head trained through the gated pixel loss "
                                 "alone (no loss of its own)",
                                 {"model": {"presence_head": True},

@@ -101,7 +101,8 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--affine-scale", "0", "1"], ["--affine-scale", "0 < LO"]),
     (["--device", "tpu"], ["tpu", "cpu"]),
     (["--size", "30"], ["--size 32"]),  # the same U-Net at depth 2 needs a multiple of 4
-    (["--presence-mode", "classifier"], ["'classifier'", "--presence-head"]),
+    # (the cpu preset's head is 'auto': a mode applies to the head it may build)
+    (["--no-presence-head", "--presence-mode", "classifier"], ["'classifier'", "--presence-head"]),
     (["--presence-weight", "-1"], ["--presence-weight", ">= 0", "-1"]),
     (["--presence-head", "--presence-mode", "classifier", "--presence-weight", "0"],
      ["classifier", "--presence-weight", "> 0"]),
@@ -159,7 +160,7 @@ def test_resume_with_nothing_to_resume(tmp_path, capsys) -> None:
 @pytest.fixture(scope="module")
 def stopped_run(data, tmp_path_factory):
     """50 epochs of 15 batches can't fit in 5 s (validation and the report are reserved
-    15 s): the run stops inside epoch 1. (exit code, stdout, run folder)."""
+    60 s): the run stops inside epoch 1. (exit code, stdout, run folder)."""
     run = tmp_path_factory.mktemp("stopped") / "run"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -291,7 +292,9 @@ def test_batch_dice_flag_reaches_the_run(data, tmp_path) -> None:
 
 @pytest.mark.parametrize("mode", ["gate", "classifier", "detached"])
 def test_presence_head_run_trains_and_predicts(data, tmp_path, mode) -> None:
-    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.presence_head is False
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.presence_head == "auto"
+    assert _resolve(["D", "--out", "R", "--preset", "cpu", "--no-presence-head"]
+                    ).model.presence_head is False
     assert _resolve(["D", "--out", "R", "--presence-weight", "0"]).train.presence_weight == 0.0
     run = tmp_path / "run"
     assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "2",

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from ultraseg import cli
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.config import (ModelConfig, PostprocessConfig, PreprocessConfig, RunConfig,
-                             TrainConfig)
+                             TrainConfig, merge, preset)
 from ultraseg.data import Arrays
 from ultraseg.errors import UltrasegError
 from ultraseg.phantom import make_dataset
@@ -98,7 +99,12 @@ def test_e2e_config_is_the_resolved_human_readable_config(e2e, phantoms) -> None
     assert text.count("\n") > 20  # indented JSON, one key per line
     cfg = RunConfig.from_dict(json.loads(text))
     assert cfg.model == ModelConfig(variant="same", width=8, depth=3,
-                                    tile=ModelConfig().tile)
+                                    tile=ModelConfig().tile, presence_head="auto")
+    # the cpu preset's 'auto' presence head, decided by the training frames: a fifth of the
+    # phantom's subjects have no structure, so the checkpoint holds a head
+    best = load_checkpoint(run / "best.ckpt")
+    assert best.model.presence_head is True and "presence.weight" in best.state_dict
+    assert "presence head: on" in (run / "train.log").read_text()
     assert (cfg.preprocess.size, cfg.preprocess.normalise) == (96, "zscore")
     t = cfg.train
     assert (t.epochs, t.batch_size, t.lr, t.loss, t.augment, t.schedule) == \
@@ -457,7 +463,7 @@ def test_lr_schedule() -> None:
 
 def test_horizon_counts_the_epochs_that_still_fit_at_the_measured_pace(monkeypatch) -> None:
     """The cosine spans the epochs done plus those the time left holds (less the reserve for
-    the last validation and the report: 2.5 validations + 15 s), at least 2, at most --epochs;
+    the last validation and the report: 2.5 validations + 60 s), at least 2, at most --epochs;
     without a time limit, --epochs."""
     from types import SimpleNamespace
 
@@ -470,9 +476,9 @@ def test_horizon_counts_the_epochs_that_still_fit_at_the_measured_pace(monkeypat
         return train_mod._horizon(epochs, done, epoch_s, deadline, val_s, Dist(), cpu)
 
     assert horizon(50, 1, 10.0, float("inf")) == 50.0
-    # 2000 s left, 20 s reserved: a slow first epoch (141 s) fits 14 more, the pace of the
+    # 2000 s left, 65 s reserved: a slow first epoch (141 s) fits 13 more, the pace of the
     # second (100 s) 19 more
-    assert horizon(50, 1, 141.0, 3000.0) == 1 + 14
+    assert horizon(50, 1, 141.0, 3000.0) == 1 + 13
     assert horizon(50, 2, 100.0, 3000.0) == 2 + 19
     assert horizon(8, 2, 100.0, 3000.0) == 8.0
     assert horizon(50, 1, 500.0, 1100.0) == 2.0
@@ -522,3 +528,40 @@ def test_ema_moves_one_minus_decay_of_the_way_to_the_weights_and_statistics() ->
                         ("running_mean", ema.module.encoder[0].block[1].running_mean)]:
         torch.testing.assert_close(value, torch.full_like(value, 5.0), msg=name)
     assert bool((next(model.parameters()) == 8.0).all())  # the model itself untouched
+
+
+@pytest.mark.parametrize("empty, n, on", [(12, 100, True), (10, 200, True), (9, 100, False),
+                                          (9, 20, False), (10, 201, False), (0, 0, False)])
+def test_auto_presence_head_needs_empty_training_frames(empty, n, on) -> None:
+    """'auto' builds the head from 5 % empty training masks and at least 10 frames."""
+    masks = np.zeros((n, 6, 6), np.uint8)
+    masks[empty:, 2, 3] = 1                      # the first ``empty`` frames have no structure
+    cfg = merge(preset("cpu"), {"model": {"presence_head": "auto"}})
+    got = train_mod.resolve_presence_head(cfg, masks)
+    assert got.model.presence_head is on and got.train == cfg.train
+    classifier = merge(cfg, {"model": {"presence_mode": "classifier"}})
+    got = train_mod.resolve_presence_head(classifier, masks)
+    assert got.model.presence_head is on
+    assert got.model.presence_mode == ("classifier" if on else "gate")   # no head, no mode
+    for fixed in (True, False):
+        cfg = merge(preset("cpu"), {"model": {"presence_head": fixed}})
+        assert train_mod.resolve_presence_head(cfg, masks) == cfg
+
+
+def test_auto_presence_head_is_decided_once_and_recorded(tmp_path, capsys) -> None:
+    """config.json keeps the request ('auto'); the checkpoint holds the decision, and a model
+    cannot be built from 'auto' itself."""
+    conf = tmp_path / "auto.json"
+    conf.write_text(json.dumps({"model": {"presence_head": "auto"}}))
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "1", "--config", str(conf)) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["presence_head"] == "auto"
+    best = load_checkpoint(run / "best.ckpt")
+    assert best.model.presence_head is False             # 20 frames: too few empty ones
+    assert "presence head: off" in (run / "train.log").read_text()
+    with pytest.raises(UltrasegError, match="auto"):
+        build_model(replace(best.model, presence_head="auto"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"presence_head": "sometimes"}}))
+    assert _train_tiny(tmp_path / "second", tmp_path / "bad", "--config", str(bad)) == 2
+    assert "presence_head" in capsys.readouterr().err

@@ -154,7 +154,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "(plain)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-frame 'structure present?' output on the bottleneck: frames "
-                   "it calls absent come out empty (how it meets the pixels: --presence-mode)")
+                   "it calls absent come out empty (how it meets the pixels: --presence-mode; "
+                   "the cpu preset builds it where >= 5%% of the training frames are empty)")
     p.add_argument("--presence-mode", choices=choices(ModelConfig, "presence_mode"),
                    help="with --presence-head: 'gate' (every pixel's probability times the "
                    "frame's, in training too), 'classifier' (trained beside the pixels; at "
@@ -162,8 +163,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "or 'detached' (gated at prediction; in training the segmentation learns "
                    "ungated and the gate from its false structures)")
     p.add_argument("--presence-weight", type=float,
-                   help="weight of the presence head's own cross-entropy in the loss (1; 0: "
-                   "trained through the gated pixel loss alone)")
+                   help="weight of the presence head's own cross-entropy in the loss (1, the "
+                   "cpu preset 0.25; 0: trained through the gated pixel loss alone)")
     p.add_argument("--size", type=int, help="working resolution (frames padded square, resized)")
     p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"))
     p.add_argument("--epochs", type=int)

@@ -147,6 +147,9 @@ class UNet(nn.Module):
         if cfg.presence_mode not in PRESENCE_MODES:
             raise ValueError(f"unknown presence mode {cfg.presence_mode!r}; valid: "
                              f"{list(PRESENCE_MODES)}")
+        if cfg.presence_head == "auto":
+            raise ValueError("presence_head='auto' is decided by the training frames "
+                             "(ultraseg.train.resolve_presence_head): build with True or False")
         if cfg.presence_mode != "gate" and not cfg.presence_head:
             raise ValueError(f"presence mode {cfg.presence_mode!r} needs the presence head "
                              "(presence_head, --presence-head)")
