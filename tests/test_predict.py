@@ -323,3 +323,18 @@ def test_tta_follows_the_postprocessing_unless_set() -> None:
     np.testing.assert_allclose(chosen.with_options(tta=False).predict_proba(image)[0],
                                np.linspace(0, 1, 8), atol=1e-6)
     assert base.with_options(tta=True).uses_tta
+
+
+def test_predict_with_another_postprocessing_takes_its_tta_too() -> None:
+    def run(batch: np.ndarray) -> np.ndarray:   # 0.3 .. 0.9 left to right: flipped, 0.6 flat
+        w = batch.shape[-1]
+        return np.broadcast_to(np.linspace(0.3, 0.9, w, dtype=np.float32), batch.shape).copy()
+
+    p = Predictor(run, ModelConfig(variant="same", depth=2),
+                  PreprocessConfig(size=None, normalise="unit"))
+    image = np.zeros((4, 8), np.uint8)
+    plain = p.predict(image, PostprocessConfig(threshold=0.55))
+    assert plain[:, 0].sum() == 0 and plain[:, -1].all()      # the ramp, thresholded
+    assert p.predict(image, PostprocessConfig(threshold=0.55, tta=True)).all()
+    assert not p.with_options(tta=False).predict(
+        image, PostprocessConfig(threshold=0.55, tta=True))[:, 0].any()   # set: it wins

@@ -114,8 +114,11 @@ class Predictor:
         return next(iter(self.predict_proba_many([image])))
 
     def predict(self, image: np.ndarray, postprocess: PostprocessConfig | None = None) -> np.ndarray:
-        """A frame -> its mask (H, W) bool, thresholded and post-processed as the checkpoint says."""
-        return apply_postprocess(self.predict_proba(image), postprocess or self.postprocess)
+        """A frame -> its mask (H, W) bool, thresholded and post-processed as the checkpoint
+        says, or as ``postprocess`` says (its ``tta`` too, unless this predictor's is set)."""
+        if postprocess is not None and postprocess != self.postprocess:
+            return self.with_options(postprocess=postprocess).predict(image)
+        return apply_postprocess(self.predict_proba(image), self.postprocess)
 
     def predict_proba_many(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Stream probabilities for many frames, batching frames of equal canvas size."""
