@@ -189,6 +189,10 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "block-residual": ("residual encoder: a shortcut around each encoder level's two "
                        "convolutions (1x1 where the channels change), as nnU-Net's residual "
                        "encoder U-Net; the decoder plain", {"model": {"block": "residual"}}),
+    "attention": ("an additive attention gate on every skip connection (Attention U-Net, "
+                  "Oktay et al. 2018; since 2026-12-04 the preset builds BUSI's presence head "
+                  "too)", {"model": {"attention": True}}),
+    **_seeded("attention", "attention gates", {"model": {"attention": True}}, 1, 2),
     "presence-head": ("a per-frame presence head on the bottleneck gating every pixel "
                       "(P(present) x P(pixel, given present)), with its own cross-entropy against "
                       "\"the mask is not empty\" in the loss",

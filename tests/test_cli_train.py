@@ -251,6 +251,11 @@ def test_norm_flag() -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.norm == "batch"
 
 
+def test_attention_flag() -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu", "--attention"]).model.attention
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.attention is False
+
+
 def test_residual_block_run_trains_and_predicts(data, tmp_path) -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.block == "plain"
     run = tmp_path / "run"

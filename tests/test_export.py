@@ -41,6 +41,9 @@ MODELS = {
     # residual encoder blocks, unpadded: each shortcut crops its input (a negative Pad)
     "valid-residual": (ModelConfig(variant="valid", width=4, depth=2, tile=132,
                                    block="residual"), PreprocessConfig(size=None)),
+    # attention gates on the skips (batch norm inside each gate)
+    "same-attention": (ModelConfig(variant="same", width=4, depth=2, attention=True),
+                       PreprocessConfig(size=96)),
 }
 
 

@@ -48,6 +48,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "tile": ("model", "tile"), "deep_supervision": ("model", "deep_supervision"),
     "norm": ("model", "norm"), "presence_head": ("model", "presence_head"),
     "presence_mode": ("model", "presence_mode"), "block": ("model", "block"),
+    "attention": ("model", "attention"),
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
     "normalise": ("preprocess", "normalise"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -152,6 +153,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--block", choices=choices(ModelConfig, "block"),
                    help="'residual': a shortcut around each encoder level's two convolutions "
                    "(plain)")
+    p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="an attention gate on every skip connection (Attention U-Net; off)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-frame 'structure present?' output on the bottleneck: frames "
                    "it calls absent come out empty (how it meets the pixels: --presence-mode; "

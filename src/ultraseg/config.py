@@ -79,7 +79,9 @@ class ModelConfig(_Section):
     structures). ``block``: 'plain' (two convolutions per level, as the paper) or 'residual'
     (each encoder level's two convolutions get a shortcut, through a 1x1 convolution where
     the channels change, added before the last ReLU: the residual encoder nnU-Net recommends
-    since 2024, with one block per level; the decoder stays plain)."""
+    since 2024, with one block per level; the decoder stays plain). ``attention``: every skip
+    connection passes an additive attention gate before the decoder takes it (Attention
+    U-Net, Oktay et al. 2018; :class:`ultraseg.model.parts.AttentionGate`)."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
@@ -92,6 +94,7 @@ class ModelConfig(_Section):
     presence_head: bool | Literal["auto"] = False
     presence_mode: Literal["gate", "classifier", "detached"] = "gate"
     block: Literal["plain", "residual"] = "plain"
+    attention: bool = False
 
 
 @dataclass(frozen=True)

@@ -445,3 +445,46 @@ def test_residual_encoder_keeps_shapes_and_adds_shortcuts_to_the_encoder_only(va
 def test_unknown_block_is_refused() -> None:
     with pytest.raises(UltrasegError, match="unknown block 'dense'"):
         build_model(ModelConfig(variant="same", width=4, block="dense"))  # type: ignore[arg-type]
+
+
+# --- attention gates --------------------------------------------------------------------------
+def test_attention_gate_scales_each_skip_pixel_by_its_weight() -> None:
+    """out = skip * sigmoid(psi(relu(W_skip skip + W_up up))): with psi's weights zeroed the
+    gate passes sigmoid(bias) of every feature, whatever the inputs; otherwise the weight
+    follows both inputs, one per pixel, shared by the skip's channels."""
+    from ultraseg.model.parts import AttentionGate
+
+    torch.manual_seed(0)
+    gate = AttentionGate(6, 6, 3).eval()
+    skip, up = torch.randn(2, 6, 8, 10), torch.randn(2, 6, 8, 10)
+    with torch.no_grad():
+        a = torch.sigmoid(gate.psi(torch.relu(gate.w_skip(skip) + gate.w_up(up))))
+        assert a.shape == (2, 1, 8, 10)
+        torch.testing.assert_close(gate(skip, up), skip * a)
+        # the decoder's features steer it: another `up`, other weights for the same skip
+        assert not torch.allclose(gate(skip, up), gate(skip, torch.randn_like(up)))
+        gate.psi.weight.zero_()
+        gate.psi.bias.fill_(2.0)
+        torch.testing.assert_close(gate(skip, up), skip * torch.sigmoid(torch.tensor(2.0)))
+    with_norm = AttentionGate(6, 4, 3, norm="batch")
+    assert isinstance(with_norm.w_skip[1], torch.nn.BatchNorm2d)
+    assert with_norm.w_up[0].in_channels == 4 and with_norm.w_up[0].bias is None
+
+
+@pytest.mark.parametrize("variant,size", [("valid", 188), ("same", 64)])
+def test_attention_gates_every_skip_and_keeps_shapes(variant, size) -> None:
+    plain, att = tiny(variant), tiny(variant, attention=True)
+    x = torch.randn(2, 1, size, size)
+    assert att(x).shape == plain(x).shape
+    extra = set(att.state_dict()) - set(plain.state_dict())
+    # one gate per decoder level (four), nothing else added
+    assert extra and all(k.startswith("decoder.") and ".gate." in k for k in extra)
+    assert len({k.split(".gate.")[0] for k in extra}) == 4
+    assert set(plain.state_dict()) <= set(att.state_dict())
+    # the gates are on the path: zeroing their output (a = 0) changes the prediction
+    att.eval()
+    with torch.no_grad():
+        before = att(x)
+        for up in att.decoder:
+            up.gate.psi.bias.fill_(-1e4)
+        assert not torch.allclose(before, att(x))

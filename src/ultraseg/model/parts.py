@@ -3,7 +3,7 @@
 Three small blocks make the whole network: :class:`DoubleConv` (two 3x3 convolutions,
 optionally with a residual shortcut), :class:`Down` (2x2 max-pool, then a DoubleConv) and
 :class:`Up` (2x2 transposed convolution, concatenation with the cropped skip connection, then
-a DoubleConv).
+a DoubleConv), whose skip connection can pass an :class:`AttentionGate` first.
 """
 from __future__ import annotations
 
@@ -118,9 +118,46 @@ class Down(nn.Module):
         return self.conv(self.pool(x))
 
 
+class AttentionGate(nn.Module):
+    """The additive attention gate of Attention U-Net (Oktay et al., MIDL 2018), as MONAI's
+    ``AttentionUnet`` places it: the skip connection's features times a weight in (0, 1) per
+    pixel, computed from them and from the decoder's up-converted features at the same pixel::
+
+        a = sigmoid(psi(relu(W_skip(skip) + W_up(up))))     # (N, 1, H, W)
+        out = skip * a
+
+    ``W_skip`` and ``W_up`` are 1x1 convolutions to ``inter_ch`` channels (each followed by
+    ``norm`` when given), ``psi`` a 1x1 convolution to one channel. The decoder can so pass on
+    the skip's features where the coarser level says the structure is and damp them
+    elsewhere (the paper's aim: fewer false structures in cluttered backgrounds).
+
+    Shapes: skip (N, skip_ch, H, W), up (N, up_ch, H, W) -> (N, skip_ch, H, W).
+    """
+
+    def __init__(self, skip_ch: int, up_ch: int, inter_ch: int, norm: str | None = None
+                 ) -> None:
+        super().__init__()
+
+        def project(c_in: int) -> nn.Sequential:
+            layers: list[nn.Module] = [nn.Conv2d(c_in, inter_ch, 1, bias=norm is None)]
+            if norm is not None:
+                layers.append(NORMS[norm](inter_ch))
+            return nn.Sequential(*layers)
+
+        self.w_skip = project(skip_ch)
+        self.w_up = project(up_ch)
+        self.psi = nn.Conv2d(inter_ch, 1, kernel_size=1)
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        a = torch.sigmoid(self.psi(F.relu(self.w_skip(skip) + self.w_up(up))))
+        return skip * a
+
+
 class Up(nn.Module):
     """2x2 transposed convolution (stride 2) halving the channels, concatenation with the
-    centre-cropped skip connection ``[skip, up]``, then :class:`DoubleConv`.
+    centre-cropped skip connection ``[skip, up]``, then :class:`DoubleConv`. With
+    ``attention`` the cropped skip passes an :class:`AttentionGate` (gated by the
+    up-converted features, ``in_ch // 4`` intermediate channels) before the concatenation.
 
     Args:
         in_ch: channels of the lower-resolution input; the skip must have ``in_ch // 2``.
@@ -130,13 +167,17 @@ class Up(nn.Module):
     -> (N, out_ch, 2h - 4 + 4 * padding, 2w - 4 + 4 * padding).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None
-                 ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 0, norm: str | None = None,
+                 attention: bool = False) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_ch, in_ch // 2, kernel_size=2, stride=2)
+        self.gate = (AttentionGate(in_ch // 2, in_ch // 2, max(1, in_ch // 4), norm)
+                     if attention else None)
         self.conv = DoubleConv(in_ch, out_ch, padding, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
         skip = center_crop(skip, x.shape[-2], x.shape[-1])
+        if self.gate is not None:
+            skip = self.gate(skip, x)
         return self.conv(torch.cat([skip, x], dim=1))

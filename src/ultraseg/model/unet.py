@@ -135,7 +135,8 @@ class UNet(nn.Module):
         )
         # Expansive path: ``depth`` x (up-conv + skip + DoubleConv), deepest first.
         self.decoder = nn.ModuleList(
-            [Up(widths[i + 1], widths[i], padding, norm) for i in reversed(range(cfg.depth))]
+            [Up(widths[i + 1], widths[i], padding, norm, cfg.attention)
+             for i in reversed(range(cfg.depth))]
         )
         self.head = nn.Conv2d(widths[0], cfg.out_channels, kernel_size=1)
         # Deep supervision: a 1x1 head on the decoder's 1/2 and 1/4 resolution levels.
