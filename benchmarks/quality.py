@@ -883,6 +883,17 @@ Measured on the held-out subjects above:
   machine: 0.735-0.737); BUSI's rise is not the change's, which barely moved its schedule. The
   change is kept for what it corrects, a cosine spent before the time is; what it does to the
   Dice where the first epoch runs 30 % slower (the Xeon above) is not measured.
+- **Attention gates** (`attention`, `--attention`, added 2026-12-04: an additive gate on
+  every skip connection, as Attention U-Net and MONAI's `AttentionUnet`; on top of the
+  preset of that day, presence head included; peak 403, one seed): epochs of about 22 s
+  against the preset's 16-17 on such a machine, so 52 epochs against 68-69; validation Dice
+  0.702 (the preset's 0.688-0.713 over its three runs with the head), normal frames empty 19
+  of 19 (17-19), lesion Dice 0.730 (0.726-0.745), 0.771 over all frames (0.751-0.784), TTA
+  not chosen. Within the preset's spread on every figure, at a third more time per epoch:
+  not adopted; `--attention` stays an option. Nerve and HC18 not measured.
+- The nerve headline was re-recorded on 2026-12-04 with the preset of that day on a machine
+  with a bf16 peak of 427 (24 epochs; TTA chosen on validation): held-out Dice 0.747, 0.742
+  without TTA (the faster machine's run of 2026-11-29 before it: 0.735).
 - Not measured: short-budget levers on nerve and HC18, a third seed of instance
   normalisation on HC18. The presence head has nothing to learn on nerve: the set
   holds only frames that contain a nerve.
