@@ -428,6 +428,15 @@ def test_residual_block_adds_its_cropped_input_before_the_last_relu(variant) -> 
         assert not hasattr(DoubleConv(c_in, c_out, padding, norm), "shortcut")  # plain: none
 
 
+def _added_layers(plain: torch.nn.Module, other: torch.nn.Module, part: str, marker: str) -> int:
+    """How many layers ``other`` adds to ``plain``: every added state-dict key must lie in
+    ``part`` (encoder. / decoder.) under a ``marker`` module, and nothing of ``plain`` goes."""
+    extra = set(other.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith(part) and marker in k for k in extra), sorted(extra)
+    assert set(plain.state_dict()) <= set(other.state_dict())
+    return len({k.split(marker)[0] for k in extra})
+
+
 @pytest.mark.parametrize("variant,size", [("valid", 188), ("same", 64)])
 def test_residual_encoder_keeps_shapes_and_adds_shortcuts_to_the_encoder_only(variant,
                                                                                size) -> None:
@@ -436,10 +445,7 @@ def test_residual_encoder_keeps_shapes_and_adds_shortcuts_to_the_encoder_only(va
     assert res(x).shape == plain(x).shape
     # a 1x1 shortcut where each encoder level changes the channels (all five do), none in
     # the decoder
-    extra = set(res.state_dict()) - set(plain.state_dict())
-    assert extra and all(k.startswith("encoder.") and ".shortcut." in k for k in extra)
-    assert len({k.split(".shortcut.")[0] for k in extra}) == 5
-    assert set(plain.state_dict()) <= set(res.state_dict())
+    assert _added_layers(plain, res, "encoder.", ".shortcut.") == 5
 
 
 def test_unknown_block_is_refused() -> None:
@@ -476,11 +482,8 @@ def test_attention_gates_every_skip_and_keeps_shapes(variant, size) -> None:
     plain, att = tiny(variant), tiny(variant, attention=True)
     x = torch.randn(2, 1, size, size)
     assert att(x).shape == plain(x).shape
-    extra = set(att.state_dict()) - set(plain.state_dict())
     # one gate per decoder level (four), nothing else added
-    assert extra and all(k.startswith("decoder.") and ".gate." in k for k in extra)
-    assert len({k.split(".gate.")[0] for k in extra}) == 4
-    assert set(plain.state_dict()) <= set(att.state_dict())
+    assert _added_layers(plain, att, "decoder.", ".gate.") == 4
     # the gates are on the path: zeroing their output (a = 0) changes the prediction
     att.eval()
     with torch.no_grad():
