@@ -16,7 +16,7 @@ import torch
 from ultraseg import cli
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.cli_run import ProgressPrinter, resolve_config
-from ultraseg.config import PRESETS, RunConfig, preset
+from ultraseg.config import PRESETS, PostprocessConfig, RunConfig, preset
 from ultraseg.phantom import make_dataset
 from ultraseg.predict import load
 from ultraseg.train import RUN_FILES
@@ -254,6 +254,23 @@ def test_norm_flag() -> None:
 def test_attention_flag() -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu", "--attention"]).model.attention
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.attention is False
+
+
+def test_crop_border_and_stretch_flags_train_and_predict_at_the_frames_size(data, tmp_path
+                                                                          ) -> None:
+    plain = _resolve(["D", "--out", "R", "--preset", "cpu"]).preprocess
+    assert plain.pad_to_square and not plain.crop_border
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "1",
+                     "--crop-border", "--no-pad-to-square"]) == 0
+    pre = load_checkpoint(run / "best.ckpt").preprocess
+    assert pre.crop_border and not pre.pad_to_square
+    frame = np.full((60, 44), 128, np.uint8)  # grey bands above and below a textured middle
+    frame[10:50] = np.random.default_rng(0).integers(0, 256, (40, 44))
+    # every pixel of the kept middle scores above 1e-6; the trimmed bands are given exactly 0
+    mask = load(run / "best.ckpt", device="cpu").predict(frame, PostprocessConfig(threshold=1e-6))
+    assert mask.shape == (60, 44)
+    assert not mask[:10].any() and not mask[50:].any() and mask[10:50].all()
 
 
 def test_residual_block_run_trains_and_predicts(data, tmp_path) -> None:

@@ -7,8 +7,8 @@ from PIL import Image, ImageDraw
 
 from ultraseg.config import PreprocessConfig
 from ultraseg.errors import DataError
-from ultraseg.preprocess import (fill_outline, normalise, pad_to_square, prepare, resize, restore,
-                                 to_canvas, to_gray)
+from ultraseg.preprocess import (content_box, fill_outline, normalise, pad_to_square, prepare,
+                                 resize, restore, to_canvas, to_gray)
 
 
 # ------------------------------------------------------------------ to_gray / normalise
@@ -96,15 +96,20 @@ def test_prepare_restore_round_trip_size() -> None:
     assert x.shape == (90, 150) and restore(x, geom).shape == (90, 150)
 
 
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "squashed"])
 @pytest.mark.parametrize("shape", [(60, 100), (100, 60), (81, 47)])
-def test_square_comes_back_at_its_position(shape: tuple[int, int]) -> None:
+def test_square_comes_back_at_its_position(shape: tuple[int, int], pad: bool) -> None:
     h, w = shape
     prob = np.zeros(shape, np.float32)
     top, left = int(h * 0.6), int(w * 0.2)
     prob[top:top + 16, left:left + 16] = 1.0
-    cfg = PreprocessConfig(size=64, pad_to_square=True)
+    cfg = PreprocessConfig(size=64, pad_to_square=pad)
     canvas, geom = to_canvas(prob, cfg, "prob")
     assert canvas.shape == (64, 64)
+    if not pad:  # the frame fills the canvas: its square is stretched along the shorter side
+        ys, xs = np.nonzero(canvas > 0.5)
+        assert abs((ys.max() - ys.min() + 1) - 16 * 64 / h) <= 2
+        assert abs((xs.max() - xs.min() + 1) - 16 * 64 / w) <= 2
     back = restore(canvas, geom)
     assert back.shape == shape
     ys, xs = np.nonzero(back > 0.5)
@@ -174,3 +179,51 @@ def test_fill_outline_refuses_an_open_curve() -> None:
 def test_fill_outline_empty_stays_empty() -> None:
     empty = np.zeros((10, 10), bool)
     assert not fill_outline(empty).any()
+
+
+# ------------------------------------------------------------------ uniform border crop
+def test_content_box_trims_uniform_bands_only() -> None:
+    rng = np.random.default_rng(0)
+    frame = np.full((60, 80), 128, np.uint8)  # grey padding above and below, black at the left
+    frame[:, :5] = 0
+    frame[12:50, 5:] = rng.integers(0, 256, (38, 75))
+    assert content_box(frame) == (12, 50, 5, 80)
+    frame[30, 5:] = 77  # a uniform row inside the content stays
+    assert content_box(frame) == (12, 50, 5, 80)
+    frame[11, 40] = 130  # within the tolerance of 2: still padding
+    assert content_box(frame) == (12, 50, 5, 80)
+    assert content_box(np.full((7, 9), 3, np.uint8)) == (0, 7, 0, 9)  # nothing left: keep all
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_crop_border_round_trip_puts_the_structure_back_and_the_bands_to_background(pad) -> None:
+    rng = np.random.default_rng(1)
+    image = np.full((100, 100), 128, np.uint8)
+    image[20:80] = rng.integers(0, 256, (60, 100))  # a 100x60 frame padded square
+    mask = np.zeros((100, 100), np.uint8)
+    mask[40:60, 30:50] = 1
+    cfg = PreprocessConfig(size=64, pad_to_square=pad, crop_border=True)
+    canvas, geom = to_canvas(image, cfg, "image")
+    assert geom.box == (20, 80, 0, 100) and canvas.shape == (64, 64)
+    with pytest.raises(ValueError, match="needs its image's box"):
+        to_canvas(mask, cfg, "mask")
+    m, _ = to_canvas(mask, cfg, "mask", box=geom.box)
+    # stretched, the 60 kept rows fill the canvas; padded, they fill 60 % of it as before
+    rows = np.flatnonzero(m.any(axis=1))
+    assert abs(len(rows) - 20 * 64 / (100 if pad else 60)) <= 1
+    back = restore(m.astype(np.float32), geom)
+    assert back.shape == (100, 100)
+    assert back[:20].max() == 0 and back[80:].max() == 0
+    iou = ((back > 0.5) & (mask > 0)).sum() / ((back > 0.5) | (mask > 0)).sum()
+    assert iou > 0.85
+    # prepare gives the network the same canvas, with the box in its geometry
+    x, g = prepare(image, cfg)
+    assert g == geom and x.shape == (64, 64)
+
+
+def test_crop_border_needs_a_working_size() -> None:
+    image = np.zeros((10, 12), np.uint8)
+    image[3:7] = 200
+    image[5, 5] = 0
+    x, geom = prepare(image, PreprocessConfig(size=None, crop_border=True))
+    assert x.shape == (10, 12) and geom.box is None

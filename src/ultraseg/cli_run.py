@@ -50,7 +50,8 @@ _FLAGS = {  # flag dest -> (section, key)
     "presence_mode": ("model", "presence_mode"), "block": ("model", "block"),
     "attention": ("model", "attention"),
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
-    "normalise": ("preprocess", "normalise"),
+    "normalise": ("preprocess", "normalise"), "pad_to_square": ("preprocess", "pad_to_square"),
+    "crop_border": ("preprocess", "crop_border"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "loss": ("train", "loss"), "batch_dice": ("train", "batch_dice"),
     "val_fraction": ("train", "val_fraction"),
@@ -170,6 +171,12 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "cpu preset 0.25; 0: trained through the gated pixel loss alone)")
     p.add_argument("--size", type=int, help="working resolution (frames padded square, resized)")
     p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"))
+    p.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=None,
+                   help="pad each frame to a square before resizing it to --size (on); off "
+                   "stretches it to the square")
+    p.add_argument("--crop-border", action=argparse.BooleanOptionalAction, default=None,
+                   help="trim uniform bands at the frame's edges (added padding, blank "
+                   "margins) before the canvas; predicted as background (off)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

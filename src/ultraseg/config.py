@@ -103,11 +103,17 @@ class PreprocessConfig(_Section):
 
     ``size``: working resolution; the frame is padded to square (centred, longest side) and
     resized to ``size`` x ``size``. ``None`` keeps the frame at its own resolution.
+    ``pad_to_square``: False resizes the frame to the square as it is (stretching its shorter
+    side) instead of padding it first. ``crop_border``: before that, trim the uniform bands
+    at the frame's edges (padding a distributor added, blank margins: rows and columns whose
+    pixels all lie within 2 grey levels of each other); the prediction gives them background.
+    Both apply only with a ``size``.
     ``normalise``: 'zscore' (per image) or 'unit' (x / 255).
     """
 
     size: int | None = 252
     pad_to_square: bool = True
+    crop_border: bool = False
     normalise: Literal["zscore", "unit"] = "unit"
     label: int | None = None   # None: any non-zero label is foreground; K: only label K
 

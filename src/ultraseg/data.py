@@ -86,9 +86,9 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         except DataError as e:
             problems.append(e)
             continue
-        images[i], _ = to_canvas(image, cfg, "image")
+        images[i], geom = to_canvas(image, cfg, "image")
         target = select_label(mask, cfg.label).astype(np.uint8)
-        masks[i], _ = to_canvas(target, cfg, "mask")
+        masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
     if problems:
         raise DataProblems(problems)
     arrays = Arrays(images, masks, tuple(s.name for s in samples), tuple(s.subject for s in samples))

@@ -4,7 +4,7 @@ No torch here: the ONNX prediction path uses this module without PyTorch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,31 @@ class Geometry:
     left: int = 0
     side: int = 0          # padded square side (0: no padding)
     size: int | None = None  # working resolution (None: no resize)
+    box: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) kept by crop_border
+
+
+def content_box(image: np.ndarray, tol: int = 2) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a grayscale frame without its uniform edge bands.
+
+    A row or column is uniform when its values lie within ``tol`` of each other. Edge rows
+    and columns are peeled while uniform, rows and columns in turn until none is left to peel,
+    so bands of different values on different sides (grey above, black at the left) all go.
+    A frame uniform throughout keeps its whole extent.
+    """
+    h, w = image.shape[:2]
+    a = image.astype(np.int32 if image.dtype.kind in "ui" else np.float64, copy=False)
+    t, b, lft, r = 0, h, 0, w
+    while True:
+        sub = a[t:b, lft:r]
+        rows = np.flatnonzero(sub.max(axis=1) - sub.min(axis=1) > tol)
+        cols = np.flatnonzero(sub.max(axis=0) - sub.min(axis=0) > tol)
+        if rows.size == 0 or cols.size == 0:
+            return 0, h, 0, w
+        box = (t + int(rows[0]), t + int(rows[-1]) + 1,
+               lft + int(cols[0]), lft + int(cols[-1]) + 1)
+        if box == (t, b, lft, r):
+            return box
+        t, b, lft, r = box
 
 
 def pad_to_square(image: np.ndarray, value: float = 0) -> tuple[np.ndarray, tuple[int, int]]:
@@ -119,20 +144,31 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
     return filled
 
 
-def to_canvas(image: np.ndarray, cfg: PreprocessConfig, kind: str = "image"
-              ) -> tuple[np.ndarray, Geometry]:
-    """Place a frame (H, W) on the working canvas: pad to square, resize to ``cfg.size``.
+def to_canvas(image: np.ndarray, cfg: PreprocessConfig, kind: str = "image",
+              box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, Geometry]:
+    """Place a frame (H, W) on the working canvas: crop its uniform border where
+    ``cfg.crop_border``, pad to square, resize to ``cfg.size``.
 
-    Same dtype out as in. ``kind`` as in :func:`resize`.
+    Same dtype out as in. ``kind`` as in :func:`resize`. ``box``: the crop to apply (the one
+    the image's geometry holds, for its mask); found from the frame itself for images.
     """
     h, w = image.shape[:2]
     top = left = side = 0
-    if cfg.size is not None and cfg.pad_to_square and h != w:
+    if cfg.size is not None and cfg.crop_border:
+        if box is None:
+            if kind != "image":
+                raise ValueError("crop_border: a mask or probability map needs its image's box")
+            box = content_box(image)
+        image = image[box[0]:box[1], box[2]:box[3]]
+    else:
+        box = None
+    ch, cw = image.shape[:2]
+    if cfg.size is not None and cfg.pad_to_square and ch != cw:
         image, (top, left) = pad_to_square(image)
         side = image.shape[0]
     if cfg.size is not None:
         image = resize(image, (cfg.size, cfg.size), kind)
-    return image, Geometry(h, w, top, left, side, cfg.size)
+    return image, Geometry(h, w, top, left, side, cfg.size, box)
 
 
 def prepare(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Geometry]:
@@ -160,6 +196,11 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 def restore(prob: np.ndarray, geom: Geometry) -> np.ndarray:
     """Undo :func:`to_canvas` on a probability map (S, S) -> (H, W) float32 at the original size."""
     prob = prob.astype(np.float32, copy=False)
+    if geom.box is not None:  # the cropped bands come back as background
+        t, b, lft, r = geom.box
+        out = np.zeros((geom.height, geom.width), np.float32)
+        out[t:b, lft:r] = restore(prob, replace(geom, height=b - t, width=r - lft, box=None))
+        return out
     if geom.size is None:
         return prob[: geom.height, : geom.width]
     side = geom.side or max(geom.height, geom.width)
