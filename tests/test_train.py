@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -501,6 +502,35 @@ def test_a_time_limited_run_sizes_its_schedule_after_epochs_1_and_2(tmp_path, mo
     assert [done for done, _ in calls] == [1, 2]
     assert calls[-1][1] == 4.0  # 30 minutes hold all 4 epochs
     assert load_checkpoint(run / "last.ckpt").train_state["horizon"] == 4.0
+
+
+@pytest.mark.parametrize("end_s,tried", [(0.0, True), (1e6, False)], ids=["in-time", "late"])
+def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatch, end_s,
+                                                            tried) -> None:
+    """A time-limited run hands the choice its deadline (the limit less what the report
+    keeps), and tries test-time augmentation only where twice a prediction pass still fits."""
+    import ultraseg.postprocess as pp_mod
+
+    seen: list[dict] = []
+    real = pp_mod.tune
+
+    def spy(probs, truths, **kw):
+        seen.append(kw)
+        return real(probs, truths, **kw)
+
+    monkeypatch.setattr(pp_mod, "tune", spy)
+    monkeypatch.setattr(train_mod, "_END_S", end_s)
+    t_start = time.monotonic()
+    assert _train_tiny(tmp_path / "a", tmp_path / "run", "--epochs", "1", "--time-limit",
+                       "30m") == 0
+    t_end = time.monotonic()
+    (kw,) = seen
+    assert (kw["tta_probs"] is not None) == tried
+    assert t_start + 1800 - end_s <= kw["deadline"] <= t_end + 1800 - end_s
+    seen.clear()
+    assert _train_tiny(tmp_path / "b", tmp_path / "free", "--epochs", "1", "--time-limit",
+                       "none") == 0
+    assert seen[0]["deadline"] is None and seen[0]["tta_probs"] is not None
 
 
 def test_ema_moves_one_minus_decay_of_the_way_to_the_weights_and_statistics() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -132,43 +133,42 @@ def _dice(tp: int, pred_sum: int, truth_sum: int) -> float:
     return 1.0 if den == 0 else 2.0 * tp / den
 
 
-def _score_grid(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], thr: list[float],
-                areas: list[int], peak_opts: list[float], largest_opts: tuple[bool, ...],
-                fill_opts: tuple[bool, ...]) -> np.ndarray:
-    """Mean Dice over the frames of every combination of the grids, indexed
+def _score_frame(prob: np.ndarray, truth: np.ndarray, thr: list[float], areas: list[int],
+                 peak_opts: list[float], largest_opts: tuple[bool, ...],
+                 fill_opts: tuple[bool, ...]) -> np.ndarray:
+    """One frame's Dice under every combination of the grids, indexed
     ``[threshold, min_area, min_peak, keep_largest, fill_holes]``."""
     try_fill_holes = len(fill_opts) > 1
     score = np.zeros((len(thr), len(areas), len(peak_opts), len(largest_opts), len(fill_opts)))
-    for prob, truth in zip(probs, truths):
-        p = _prob2d(prob)
-        t = np.asarray(truth, dtype=bool)
-        if t.shape != p.shape:
-            raise ValueError(f"probability shape {p.shape} differs from mask shape {t.shape}")
-        truth_sum = int(t.sum())
-        for i, th in enumerate(thr):
-            mask = p >= th
-            labels, sizes = _components(mask)
-            peaks = _peaks(p, labels, len(sizes) - 1) if peak_opts[-1] > th else None
-            tp_comp = np.bincount(labels[t], minlength=len(sizes))
-            tp_comp[0] = 0
-            any_hole = try_fill_holes and bool(_holes(mask).any())
-            filled_cache: dict[bytes, float] = {}
-            for (j, area), (q, peak), (k, largest) in itertools.product(
-                    enumerate(areas), enumerate(peak_opts), enumerate(largest_opts)):
-                kept = _kept(sizes, area, largest, peaks, peak)
-                d = _dice(int(tp_comp[kept].sum()), int(sizes[kept].sum()), truth_sum)
-                score[i, j, q, k, 0] += d
-                if try_fill_holes:
-                    if any_hole:
-                        key = kept.tobytes()
-                        if key not in filled_cache:
-                            filled = fill_holes(kept[labels])
-                            filled_cache[key] = _dice(
-                                int(np.count_nonzero(filled & t)), int(filled.sum()), truth_sum
-                            )
-                        d = filled_cache[key]
-                    score[i, j, q, k, 1] += d
-    return score / len(probs)
+    p = _prob2d(prob)
+    t = np.asarray(truth, dtype=bool)
+    if t.shape != p.shape:
+        raise ValueError(f"probability shape {p.shape} differs from mask shape {t.shape}")
+    truth_sum = int(t.sum())
+    for i, th in enumerate(thr):
+        mask = p >= th
+        labels, sizes = _components(mask)
+        peaks = _peaks(p, labels, len(sizes) - 1) if peak_opts[-1] > th else None
+        tp_comp = np.bincount(labels[t], minlength=len(sizes))
+        tp_comp[0] = 0
+        any_hole = try_fill_holes and bool(_holes(mask).any())
+        filled_cache: dict[bytes, float] = {}
+        for (j, area), (q, peak), (k, largest) in itertools.product(
+                enumerate(areas), enumerate(peak_opts), enumerate(largest_opts)):
+            kept = _kept(sizes, area, largest, peaks, peak)
+            d = _dice(int(tp_comp[kept].sum()), int(sizes[kept].sum()), truth_sum)
+            score[i, j, q, k, 0] = d
+            if try_fill_holes:
+                if any_hole:
+                    key = kept.tobytes()
+                    if key not in filled_cache:
+                        filled = fill_holes(kept[labels])
+                        filled_cache[key] = _dice(
+                            int(np.count_nonzero(filled & t)), int(filled.sum()), truth_sum
+                        )
+                    d = filled_cache[key]
+                score[i, j, q, k, 1] = d
+    return score
 
 
 def tune(
@@ -181,6 +181,7 @@ def tune(
     min_gain: float = 0.005,
     min_peaks: Sequence[float] = DEFAULT_MIN_PEAKS,
     tta_probs: Sequence[np.ndarray] | None = None,
+    deadline: float | None = None,
 ) -> tuple[PostprocessConfig, float]:
     """Choose the post-processing for the best mean Dice over validation frames (the simplest
     setting near the best: see ``min_gain``).
@@ -208,6 +209,11 @@ def tune(
     and each rule added for it is one more chance to fit that noise. ``min_gain=0`` chooses
     the best.
 
+    ``deadline`` (a :func:`time.monotonic` time; a time-limited run's end): the frames are
+    scored in a fixed random order, and once the deadline has passed, the choice is made on
+    those scored so far (at least one), with a warning. The grid's cost grows with the frames'
+    pixels and with how many components the network outlines, so no fixed reserve holds it.
+
     Returns ``(config, mean_dice)``.
     """
     alternatives = [probs] if tta_probs is None else [probs, tta_probs]
@@ -224,8 +230,19 @@ def tune(
     largest_opts = (False, True) if try_keep_largest else (False,)
     fill_opts = (False, True) if try_fill_holes else (False,)
     # [tta, threshold, min_area, min_peak, keep_largest, fill_holes]
-    score = np.stack([_score_grid(alt, truths, thr, areas, peak_opts, largest_opts, fill_opts)
-                      for alt in alternatives])
+    score = np.zeros((len(alternatives), len(thr), len(areas), len(peak_opts),
+                      len(largest_opts), len(fill_opts)))
+    n = 0
+    for f in np.random.default_rng(0).permutation(len(truths)):
+        if n and deadline is not None and time.monotonic() > deadline:
+            logger.warning("post-processing chosen on %d of the %d validation frames (a random "
+                           "sample): the time limit came first", n, len(truths))
+            break
+        for a, alt in enumerate(alternatives):
+            score[a] += _score_frame(alt[f], truths[f], thr, areas, peak_opts, largest_opts,
+                                     fill_opts)
+        n += 1
+    score /= n
 
     def departures(idx: tuple[int, ...]) -> int:
         """How many rules the setting adds to the plain one (a min_peak at or under the
@@ -243,5 +260,5 @@ def tune(
         threshold=thr[i], min_area=areas[j], min_peak=peak_opts[q] if peak_opts[q] > thr[i]
         else 0.0, keep_largest=largest_opts[k], fill_holes=fill_opts[f], tta=bool(a)
     )
-    logger.info("post-processing tuned on %d frames: %s, mean Dice %.4f", len(probs), cfg, best)
+    logger.info("post-processing tuned on %d frames: %s, mean Dice %.4f", n, cfg, best)
     return cfg, best

@@ -552,6 +552,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                    best_dice, stopped, t0, meta, progress)
 
 
+#: Seconds a time-limited run keeps for saving the checkpoint and writing the report.
+_END_S = 10.0
+
+
 def _reserve(val_s: float) -> float:
     """Seconds a time-limited run keeps after its last training batch for the last validation,
     the post-processing choice on the validation frames and the report: 2.5 validations and
@@ -562,7 +566,10 @@ def _reserve(val_s: float) -> float:
     flip) and scores its grid on both: 20 s for BUSI's 100 validation frames, 45 s for
     HC18's 60 (800 x 540 each), 48 s for nerve's 351 on two 2026 AMD EPYC cores; it grows
     with the frames' pixels, which the validation pass on the working canvases (``val_s``)
-    does not measure, hence the fixed part."""
+    does not measure, hence the fixed part, and with how many components the network outlines
+    (34 and 54 s of grid for two nerve runs): where it would pass the time limit, the choice
+    is made on the validation frames scored by then (:func:`ultraseg.postprocess.tune`'s
+    ``deadline``, ``_END_S`` before the limit)."""
     return 2.5 * val_s + 60
 
 
@@ -624,15 +631,24 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         image, mask = s.load()
         images.append(image)
         truths.append(select_label(mask, cfg.preprocess.label))
+    t_pred = time.monotonic()
     probs = list(predictor.predict_proba_many(images))
+    pred_s = time.monotonic() - t_pred
     pp = PostprocessConfig()
     raw = tuned = None
+    # a time-limited run keeps _END_S for the checkpoint and the report after the choice
+    limit = cfg.train.time_limit_s
+    deadline = t0 + limit - _END_S if limit else None
     if probs:
         raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
         tuned = raw
         if cfg.train.tune_postprocess:
-            flipped = list(predictor.with_options(tta=True).predict_proba_many(images))
-            pp, tuned = tune(probs, truths, tta_probs=flipped)
+            flipped = None
+            if deadline is None or time.monotonic() + 2 * pred_s < deadline:
+                flipped = list(predictor.with_options(tta=True).predict_proba_many(images))
+            else:
+                log.warning("test-time augmentation not tried: the time limit comes first")
+            pp, tuned = tune(probs, truths, tta_probs=flipped, deadline=deadline)
             if pp.tta:
                 probs = flipped  # the report shows what the checkpoint predicts
         log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned,
