@@ -173,6 +173,18 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "size-256": ("working resolution 256 px", {"preprocess": {"size": 256}}),
     "size-192": ("working resolution 192 px", {"preprocess": {"size": 192}}),
     "size-160": ("working resolution 160 px", {"preprocess": {"size": 160}}),
+    "squash": ("each frame resized to the square canvas as it is, not padded to a square "
+               "first: no canvas spent on padding, finer rows (most BUSI frames 1.2-1.3x, HC18 "
+               "1.48x; the nerve set's frames are square already)",
+               {"preprocess": {"pad_to_square": False}}),
+    **_seeded("squash", "frames resized to the canvas unpadded",
+              {"preprocess": {"pad_to_square": False}}, 1),
+    "crop+squash": ("the frame's uniform edge bands trimmed (--crop-border: the nerve set's "
+                    "grey padding, 32 rows above and below) and the rest resized to the canvas "
+                    "unpadded: 1.33x the rows of the nerve frames' content",
+                    {"preprocess": {"crop_border": True, "pad_to_square": False}}),
+    **_seeded("crop+squash", "the uniform border trimmed and the frame resized unpadded",
+              {"preprocess": {"crop_border": True, "pad_to_square": False}}, 1),
     "width-32": ("width 32 (not 16)", {"model": {"width": 32}}),
     "depth-5": ("depth 5: one more pooling level (not 4)", {"model": {"depth": 5}}),
     **_seeded("depth-5", "depth 5", {"model": {"depth": 5}}, 1),
@@ -891,6 +903,25 @@ Measured on the held-out subjects above:
   of 19 (17-19), lesion Dice 0.730 (0.726-0.745), 0.771 over all frames (0.751-0.784), TTA
   not chosen. Within the preset's spread on every figure, at a third more time per epoch:
   not adopted; `--attention` stays an option. Nerve and HC18 not measured.
+- **The frame's own resolution on the canvas** (2026-12-04, levers `squash` and
+  `crop+squash`, peaks 398-458, on top of the preset of that day). The preset centres each
+  frame on a square of its longest side, so padding takes part of the 192-px canvas: a
+  sixth to a quarter for most BUSI frames (1.2-1.3 times wider than high), a third for HC18's
+  800x540. `--no-pad-to-square` stretches the frame to the square instead. On BUSI (63
+  epochs, TTA not chosen): validation 0.692, lesion Dice 0.725, normal frames empty 18 of 19,
+  0.758 over all frames: within the preset's spread (lesions 0.726-0.745, 17-19 of 19), at
+  its low end. On HC18 (107 epochs, peak 443): Dice 0.975 and 2.02 mm against the preset's
+  0.975-0.977 and 1.85-2.05 mm on this machine class. The shared nerve set is already square (its 580x420 frames were padded grey
+  to 256x256), so the stretch alone changes nothing there; `--crop-border` (new that day)
+  first trims the uniform bands at a frame's edges, there the 32 grey rows above and below,
+  so the frame's content fills the canvas with 1.33 times the rows. Nerve, seeds 0 and 1 on
+  the split of seed 0 (21 epochs each, TTA chosen): validation 0.767 and 0.774, at or above
+  every run of the preset on this machine class (0.757-0.767), but held-out 0.727 and 0.739 against
+  the preset's 0.738-0.747. Not adopted; both stay options. (Both nerve runs ended 2-5 s
+  past the 20 minutes: choosing the post-processing took 68-73 s where the preset's headline
+  run took 51; timed again on the finished runs, the grid alone took 54 against 34 s, for a
+  reason not looked into. Since then the choice stops at the limit,
+  on the validation frames scored by then, and TTA is tried only where it fits.)
 - The nerve headline was re-recorded on 2026-12-04 with the preset of that day on a machine
   with a bf16 peak of 427 (24 epochs; TTA chosen on validation): held-out Dice 0.747, 0.742
   without TTA (the faster machine's run of 2026-11-29 before it: 0.735).
