@@ -1309,9 +1309,9 @@ def postprocess_probe(run: Path, dataset: str) -> dict:
         loaded = [s.load() for s in select_samples(labelled, run / "split.json", side)]
         images = [image for image, _ in loaded]
         masks = [select_label(mask, predictor.preprocess.label) for _, mask in loaded]
-        frames[side] = (list(predictor.with_options(tta=False).predict_proba_many(images)),
-                        masks)
-        flipped[side] = list(predictor.with_options(tta=True).predict_proba_many(images))
+        plain = predictor.with_options(tta=False)
+        frames[side] = (list(plain.predict_proba_many(images)), masks)
+        flipped[side] = list(plain.tta_from_plain(images, frames[side][0]))
 
     def held_out(cfg) -> dict:
         """The figures ``ultraseg evaluate`` gives for the held-out frames with ``cfg``."""

@@ -338,3 +338,45 @@ def test_predict_with_another_postprocessing_takes_its_tta_too() -> None:
     assert p.predict(image, PostprocessConfig(threshold=0.55, tta=True)).all()
     assert not p.with_options(tta=False).predict(
         image, PostprocessConfig(threshold=0.55, tta=True))[:, 0].any()   # set: it wins
+
+
+def context_network(margin: int):
+    """A "network" that sees its neighbours and is not mirror-symmetric: each output pixel
+    mixes its input with the pixel to its left and a left-to-right ramp. ``margin`` > 0 makes
+    it a valid network whose output is the input's central window."""
+    def run(batch: np.ndarray) -> np.ndarray:
+        h, w = batch.shape[-2:]
+        left = np.roll(batch, 1, axis=-1)
+        if margin:
+            batch = batch[..., margin:h - margin, margin:w - margin]
+            left = left[..., margin:h - margin, margin:w - margin]
+        ramp = np.linspace(-1.0, 1.0, batch.shape[-1], dtype=np.float32)
+        return (1.0 / (1.0 + np.exp(-(3 * batch - 2 * left + ramp)))).astype(np.float32)
+
+    return run
+
+
+@pytest.mark.parametrize("variant", ["same", "valid"])
+@pytest.mark.parametrize("pre", [PreprocessConfig(size=48, normalise="unit"),
+                                 PreprocessConfig(size=48, normalise="unit", pad_to_square=False),
+                                 PreprocessConfig(size=48, normalise="unit", crop_border=True),
+                                 PreprocessConfig(size=None, normalise="unit")],
+                         ids=["pad", "squash", "crop", "native"])
+def test_tta_from_the_plain_pass_needs_only_the_mirror_pass(variant, pre) -> None:
+    # train's choice of post-processing averages its plain probabilities with a mirror pass
+    # instead of running TTA's two passes: the same numbers, through every preprocessing
+    from ultraseg.geometry import context_margin
+
+    model = ModelConfig(variant=variant, depth=2)
+    run = context_network(context_margin(2) if variant == "valid" else 0)
+    plain = Predictor(run, model, pre, batch_size=2)
+    frames = [ramp(30, 41, seed=1), ramp(30, 41, seed=2), ramp(37, 22, seed=3)]
+    frames[0][:3] = frames[0][-2:] = 128                     # a uniform band for crop_border
+    probs = list(plain.predict_proba_many(frames))
+    mirrored = list(plain.with_options(mirror=True).predict_proba_many(frames))
+    tta = list(plain.with_options(tta=True).predict_proba_many(frames))
+    for p, m, t, got in zip(probs, mirrored, tta, plain.tta_from_plain(frames, probs)):
+        assert p.shape == m.shape == t.shape == got.shape
+        assert np.abs(p - m).max() > 0.05                    # the mirror pass is not the plain one
+        np.testing.assert_allclose(got, t, atol=1e-5)
+        np.testing.assert_allclose(0.5 * (p + m), t, atol=1e-5)

@@ -77,6 +77,9 @@ class Predictor:
     tile: int | None = None
     tta: bool | None = None  # None: as the post-processing says (chosen on validation)
     source: str = ""
+    # the mirrored frame's output alone, mirrored back (tta does not apply): half of a TTA pass,
+    # for a caller that holds the plain half already (train's choice of post-processing)
+    mirror: bool = False
 
     @property
     def uses_tta(self) -> bool:
@@ -86,6 +89,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ canvas level
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        if self.mirror:
+            mirrored = np.ascontiguousarray(batch[..., ::-1], dtype=np.float32)
+            return self.run_batch(mirrored)[..., ::-1]
         out = self.run_batch(np.ascontiguousarray(batch, dtype=np.float32))
         if self.uses_tta:  # horizontal flip, probabilities averaged
             flipped = self.run_batch(np.ascontiguousarray(batch[..., ::-1], dtype=np.float32))
@@ -113,7 +119,8 @@ class Predictor:
         """A frame (H, W) (or (H, W, C)), uint8 or float -> probabilities (H, W) float32."""
         return next(iter(self.predict_proba_many([image])))
 
-    def predict(self, image: np.ndarray, postprocess: PostprocessConfig | None = None) -> np.ndarray:
+    def predict(self, image: np.ndarray, postprocess: PostprocessConfig | None = None
+                ) -> np.ndarray:
         """A frame -> its mask (H, W) bool, thresholded and post-processed as the checkpoint
         says, or as ``postprocess`` says (its ``tta`` too, unless this predictor's is set)."""
         if postprocess is not None and postprocess != self.postprocess:
@@ -135,13 +142,23 @@ class Predictor:
         if pending:
             yield from self._flush(pending)
 
+    def tta_from_plain(self, images: Iterable[np.ndarray], plain: Iterable[np.ndarray]
+                       ) -> Iterator[np.ndarray]:
+        """Test-time-augmented probabilities for frames whose plain ones (this predictor's,
+        TTA off) are known: only the mirrored pass runs, half of what ``tta=True`` costs. The
+        numbers are the same, since restoring a canvas to its frame is linear."""
+        mirrored = self.with_options(mirror=True).predict_proba_many(images)
+        for p, q in zip(plain, mirrored, strict=True):
+            yield 0.5 * (p + q)
+
     def _flush(self, pending: list[tuple[np.ndarray, Geometry]]) -> Iterator[np.ndarray]:
         probs = self.proba_canvas(np.stack([c for c, _ in pending]))
         for prob, (_, geom) in zip(probs, pending):
             yield restore(prob, geom)
 
     def with_options(self, **changes: Any) -> "Predictor":
-        """A copy with other options (``batch_size``, ``tile``, ``tta``, ``postprocess``)."""
+        """A copy with other options (``batch_size``, ``tile``, ``tta``, ``postprocess``,
+        ``mirror``)."""
         return replace(self, **changes)
 
 

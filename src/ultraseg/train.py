@@ -644,8 +644,9 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         tuned = raw
         if cfg.train.tune_postprocess:
             flipped = None
+            # the mirrored pass, and as long again for the choice, must fit
             if deadline is None or time.monotonic() + 2 * pred_s < deadline:
-                flipped = list(predictor.with_options(tta=True).predict_proba_many(images))
+                flipped = list(predictor.tta_from_plain(images, probs))
             else:
                 log.warning("test-time augmentation not tried: the time limit comes first")
             pp, tuned = tune(probs, truths, tta_probs=flipped, deadline=deadline)
