@@ -407,7 +407,10 @@ Measured on the held-out subjects above:
   choose it on nerve, as the probe did. Choosing it makes the end of a run search
   the grid twice: 20 s for BUSI's validation frames, 45 s for HC18's, 48 s for nerve's (timed
   on the finished runs by a script not kept; the time limit keeps 60 s for that now, against
-  15 before).
+  15 before). Since 2026-12-04 (evening) the TTA probabilities reuse the plain pass and add
+  only the mirrored one (`Predictor.tta_from_plain`): on the nerve headline run's 351
+  validation frames 5.3 s against 10.6 s for both passes, the same probabilities to 1.2e-7
+  (timed once by a script not kept).
 - **The `cpu` recipe against the original `seed` recipe** (valid U-Net, width 64, 252 -> 68
   tiles with correct geometry, BCE, Adam 1e-3, 5 epochs): see the `seed` sections above. On
   BUSI it predicts every frame empty (lesion Dice 0.00 in 6.9 minutes, the floor the issue
@@ -921,7 +924,25 @@ Measured on the held-out subjects above:
   past the 20 minutes: choosing the post-processing took 68-73 s where the preset's headline
   run took 51; timed again on the finished runs, the grid alone took 54 against 34 s, for a
   reason not looked into. Since then the choice stops at the limit,
-  on the validation frames scored by then, and TTA is tried only where it fits.)
+  on the validation frames scored by then, and TTA is tried only where it fits.) HC18 with
+  both (`crop+squash`, 2026-12-04 evening, peak 457, 109 epochs; its frames have 1-40 px of
+  blank margin, so the stretch does most of it): validation 0.971, held-out 0.975 and
+  2.19 mm, the worst head-circumference error of this machine class (the preset's
+  1.85-2.05 mm, `squash` 2.02).
+- **Nerve's overfitting, and regularisation against it** (2026-12-04 evening, peaks 433-456,
+  the preset of that day, one seed each; rows in the nerve table "on a machine with a bf16
+  convolution peak of ..."). With flips only (`augment-flip`) nerve overfits early: its
+  validation loss and Dice were best at the 8th of 22 epochs (0.330, Dice 0.725 on the
+  canvas) and no better after, while the training loss fell from 0.234 to 0.161; held-out
+  0.710, against the preset's 0.738-0.747: the strong augmentation is what lets nerve use
+  its 20 minutes. More of it, or a penalty, did not lift the figure:
+  elastic deformation on top (`augment-elastic`, 23 epochs, best at the 21st) 0.736,
+  weight decay 1e-4 (`weight-decay-1e-4`, 24 epochs, best at the last) 0.736, twice the
+  updates per epoch (`batch-4`, 22 epochs) 0.722; validation 0.763, 0.761 and 0.766 against
+  the preset's 0.757-0.767. None adopted. The elastic deformation on BUSI with the preset of
+  that day (peak 449, 67 epochs, TTA chosen): validation 0.706, lesion Dice 0.722, normal
+  frames empty 18 of 19, 0.756 over all frames, against the preset's 0.726-0.745 lesions and
+  17-19 of 19 over three seeds: within its spread on normal frames, just under it on lesions.
 - The nerve headline was re-recorded on 2026-12-04 with the preset of that day on a machine
   with a bf16 peak of 427 (24 epochs; TTA chosen on validation): held-out Dice 0.747, 0.742
   without TTA (the faster machine's run of 2026-11-29 before it: 0.735).
