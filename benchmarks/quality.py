@@ -914,13 +914,14 @@ Measured on the held-out subjects above:
   epochs, TTA not chosen): validation 0.692, lesion Dice 0.725, normal frames empty 18 of 19,
   0.758 over all frames: within the preset's spread (lesions 0.726-0.745, 17-19 of 19), at
   its low end. On HC18 (107 epochs, peak 443): Dice 0.975 and 2.02 mm against the preset's
-  0.975-0.977 and 1.85-2.05 mm on this machine class. The shared nerve set is already square (its 580x420 frames were padded grey
-  to 256x256), so the stretch alone changes nothing there; `--crop-border` (new that day)
-  first trims the uniform bands at a frame's edges, there the 32 grey rows above and below,
-  so the frame's content fills the canvas with 1.33 times the rows. Nerve, seeds 0 and 1 on
-  the split of seed 0 (21 epochs each, TTA chosen): validation 0.767 and 0.774, at or above
-  every run of the preset on this machine class (0.757-0.767), but held-out 0.727 and 0.739 against
-  the preset's 0.738-0.747. Not adopted; both stay options. (Both nerve runs ended 2-5 s
+  0.975-0.977 and 1.85-2.05 mm on this machine class. The shared nerve set is already
+  square (its 580x420 frames were padded grey to 256x256), so the stretch alone changes
+  nothing there; `--crop-border` (new that day) first trims the uniform bands at a frame's
+  edges, there the 32 grey rows above and below, so the frame's content fills the canvas
+  with 1.33 times the rows. Nerve, seeds 0 and 1 on the split of seed 0 (21 epochs each,
+  TTA chosen): validation 0.767 and 0.774, at or above every run of the preset on this
+  machine class (0.757-0.767), but held-out 0.727 and 0.739 against the preset's
+  0.738-0.747. Not adopted; both stay options. (Both nerve runs ended 2-5 s
   past the 20 minutes: choosing the post-processing took 68-73 s where the preset's headline
   run took 51; timed again on the finished runs, the grid alone took 54 against 34 s, for a
   reason not looked into. Since then the choice stops at the limit,

@@ -89,13 +89,15 @@ class Predictor:
 
     # ------------------------------------------------------------------ canvas level
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        def mirrored() -> np.ndarray:  # the horizontally flipped batch's output, flipped back
+            return self.run_batch(np.ascontiguousarray(batch[..., ::-1], dtype=np.float32)
+                                  )[..., ::-1]
+
         if self.mirror:
-            mirrored = np.ascontiguousarray(batch[..., ::-1], dtype=np.float32)
-            return self.run_batch(mirrored)[..., ::-1]
+            return mirrored()
         out = self.run_batch(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.uses_tta:  # horizontal flip, probabilities averaged
-            flipped = self.run_batch(np.ascontiguousarray(batch[..., ::-1], dtype=np.float32))
-            out = 0.5 * (out + flipped[..., ::-1])
+        if self.uses_tta:  # probabilities averaged with the mirrored ones
+            out = 0.5 * (out + mirrored())
         return out
 
     def proba_canvas(self, canvases: np.ndarray) -> np.ndarray:
