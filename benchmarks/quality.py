@@ -169,6 +169,11 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "loss-bce": ("loss: BCE alone (not BCE + Dice)", {"train": {"loss": "bce"}}),
     "loss-batch-dice": ("loss: BCE + Dice with the Dice pooled over each batch (nnU-Net's 2D "
                         "batch Dice; not per frame)", {"train": {"batch_dice": True}}),
+    "loss-dice-skip-empty": ("loss: BCE + Dice with the Dice term blind to frames whose mask "
+                             "is empty (BCE and the presence head answer for them; not every "
+                             "frame)", {"train": {"dice_skip_empty": True}}),
+    **_seeded("loss-dice-skip-empty", "the Dice term blind to empty frames",
+              {"train": {"dice_skip_empty": True}}, 1, 2),
     "normalise-unit": ("normalisation: x / 255 (not per-image z-score)",
                        {"preprocess": {"normalise": "unit"}}),
     "size-256": ("working resolution 256 px", {"preprocess": {"size": 256}}),

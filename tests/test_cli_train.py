@@ -301,6 +301,11 @@ def test_affine_scale_flag_reaches_the_config_and_survives_its_json() -> None:
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+def test_dice_skip_empty_flag_reaches_the_config() -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).train.dice_skip_empty is False
+    assert _resolve(["D", "--out", "R", "--dice-skip-empty"]).train.dice_skip_empty is True
+
+
 def test_batch_dice_flag_reaches_the_run(data, tmp_path) -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).train.batch_dice is False
     run = tmp_path / "run"

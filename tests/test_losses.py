@@ -183,6 +183,51 @@ def test_batch_dice_reaches_deep_supervision_and_presence_outputs() -> None:
         pytest.approx(float(want), rel=1e-6)
 
 
+def test_dice_skip_empty_leaves_frames_with_an_empty_target_out() -> None:
+    # frame 0: a structure half found; frame 1: empty truth with a confident false mark
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, :4] = 1
+    logits = torch.full((2, 1, 8, 8), -10.0)
+    logits[0, 0, :2] = 10.0
+    logits[1, 0, 2:6, 2:6] = 10.0
+    alone = float(soft_dice_loss(logits[:1], target[:1]))
+    assert alone == pytest.approx(1 - 33 / 49, abs=1e-4)
+    # per frame: the empty frame counts as zero in the mean over both frames
+    x = logits.clone().requires_grad_(True)
+    loss = soft_dice_loss(x, target, skip_empty=True)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(alone / 2, abs=1e-6)
+    assert float(x.grad[1].abs().max()) == 0.0 and float(x.grad[0].abs().max()) > 0
+    # without the option the false mark costs its frame almost a whole Dice term
+    assert float(soft_dice_loss(logits, target)) == pytest.approx((alone + 16 / 17) / 2, abs=1e-4)
+    # pooled: the empty frame is left out of the pool; an all-empty batch adds nothing
+    assert float(soft_dice_loss(logits, target, batch=True, skip_empty=True)) == \
+        pytest.approx(alone, abs=1e-6)
+    x = logits[1:].clone().requires_grad_(True)
+    loss = soft_dice_loss(x, target[1:], batch=True, skip_empty=True)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(x.grad.abs().max()) == 0.0
+
+
+def test_dice_skip_empty_reaches_deep_supervision_and_presence_outputs() -> None:
+    torch.manual_seed(0)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    target[1] = 0
+    outs = (torch.randn(2, 1, 8, 8), torch.randn(2, 1, 4, 4))
+    want = (2 * soft_dice_loss(outs[0], target, skip_empty=True)
+            + soft_dice_loss(outs[1], torch.nn.functional.avg_pool2d(target, 2),
+                             skip_empty=True)) / 3
+    for wrapped in (outs, PresenceOutput(outs, torch.zeros(2, 1))):
+        skipped = float(compute_loss("dice", wrapped, target, 0.0, dice_skip_empty=True))
+        assert skipped == pytest.approx(float(want), rel=1e-6)
+        assert skipped != pytest.approx(float(compute_loss("dice", wrapped, target, 0.0)),
+                                        abs=1e-3)
+    # the cross-entropy still scores every frame
+    assert float(compute_loss("bce+dice", outs[0], target, dice_skip_empty=True)) == \
+        pytest.approx(float(bce_loss(outs[0], target)
+                            + soft_dice_loss(outs[0], target, skip_empty=True)), rel=1e-6)
+
+
 @pytest.mark.parametrize("batch", [False, True])
 def test_soft_dice_agrees_with_monai(batch) -> None:
     losses = pytest.importorskip("monai.losses")

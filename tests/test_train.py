@@ -338,6 +338,24 @@ def test_validation_loss_pools_the_dice_as_training_does(batch_dice) -> None:
     assert loss != pytest.approx(pooled, rel=1e-3)
 
 
+def test_validation_loss_leaves_empty_frames_out_of_the_dice_as_training_does() -> None:
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(variant="same", width=4, depth=1),
+                    preprocess=PreprocessConfig(size=16),
+                    train=TrainConfig(batch_size=2, loss="bce+dice", dice_skip_empty=True))
+    model = build_model(cfg.model).eval()
+    rng = np.random.default_rng(0)
+    canvases = rng.normal(size=(5, 16, 16)).astype(np.float32)
+    masks = (rng.random((5, 16, 16)) > 0.7).astype(np.uint8)
+    masks[3] = 0
+    loss, _, probs = validate(model, canvases, masks, cfg, torch.device("cpu"), None)
+    logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
+    target = torch.from_numpy(masks).float().unsqueeze(1)
+    assert loss == pytest.approx(float(compute_loss("bce+dice", logits, target,
+                                                    dice_skip_empty=True)), rel=1e-6)
+    assert loss != pytest.approx(float(compute_loss("bce+dice", logits, target)), rel=1e-3)
+
+
 def _position_arrays(size: int = 16) -> Arrays:
     """Two images whose every pixel value is unique and says where it is: image 0 holds
     y * size + x, image 1 holds 255 - (y * size + x). Masks: random bits, so any shift of the

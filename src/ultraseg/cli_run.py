@@ -54,6 +54,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "crop_border": ("preprocess", "crop_border"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "loss": ("train", "loss"), "batch_dice": ("train", "batch_dice"),
+    "dice_skip_empty": ("train", "dice_skip_empty"),
     "val_fraction": ("train", "val_fraction"),
     "test_fraction": ("train", "test_fraction"), "seed": ("train", "seed"),
     "split_seed": ("train", "split_seed"), "device": ("train", "device"),
@@ -184,6 +185,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--batch-dice", action=argparse.BooleanOptionalAction, default=None,
                    help="the loss's Dice term over each batch's pixels pooled, not per frame "
                    "(off)")
+    p.add_argument("--dice-skip-empty", action=argparse.BooleanOptionalAction, default=None,
+                   help="the loss's Dice term scores only frames whose mask is not empty; the "
+                   "cross-entropy (and a presence head) answers for the empty ones (off)")
     p.add_argument("--augment", choices=choices(TrainConfig, "augment"))
     p.add_argument("--affine-scale", type=float, nargs=2, metavar=("LO", "HI"),
                    help="range of the strong/elastic augmentation's random zoom (0.85 1.15)")

@@ -142,6 +142,7 @@ class TrainConfig(_Section):
     lr: float = 1e-3
     loss: Literal["bce", "dice", "bce+dice"] = "bce"
     batch_dice: bool = False             # the Dice term pooled over each batch (nnU-Net's 2D)
+    dice_skip_empty: bool = False        # the Dice term blind to frames with an empty mask
     val_fraction: float = 0.2
     test_fraction: float = 0.0           # frames (by subject) held out from training and tuning
     seed: int = 0                        # initial weights, batch order, augmentation

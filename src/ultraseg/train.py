@@ -185,7 +185,7 @@ def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: 
     with autocast(device, dtype):
         logits = model(x)
     return compute_loss(cfg.train.loss, logits, y, cfg.train.presence_weight,
-                        cfg.train.batch_dice)
+                        cfg.train.batch_dice, cfg.train.dice_skip_empty)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -230,8 +230,9 @@ def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cf
         # per-frame losses are means over frames, so any grouping gives the same sum; a batch
         # Dice is pooled over training-sized groups of frames, as training pools it
         step = cfg.train.batch_size if cfg.train.batch_dice else len(canvases)
-        loss_sum = sum(len(lg) * float(compute_loss(cfg.train.loss, lg, tg,
-                                                    batch_dice=cfg.train.batch_dice))
+        loss_sum = sum(len(lg) * float(compute_loss(
+            cfg.train.loss, lg, tg, batch_dice=cfg.train.batch_dice,
+            dice_skip_empty=cfg.train.dice_skip_empty))
                        for lg, tg in zip(logits.split(step), target.split(step)))
         dice_sum = float(np.sum([dice(pr >= 0.5, m > 0) for pr, m in zip(probs, masks)]))
     loss_sum, dice_sum, n = ctx.all_reduce_sum([loss_sum, dice_sum, len(canvases)], device)
