@@ -1019,6 +1019,14 @@ What stands in the way of the BUSI and nerve targets:
   scores 0.799, and 0.827 against 0.834 on the 43 above 0.98: within 0.01 of the annotator's
   own agreement where it can be measured. Its 0.747 over all 393 frames comes from the frames
   without close twins, where it cannot.
+- **Three more nerve levers on the faster cores** (2026-12-04, the nerve table "on a machine
+  with a bf16 convolution peak of ..." above; peaks 458-460, AMD EPYC 2 cores), against the
+  preset's 0.738-0.747 held-out there: instance normalisation 20 epochs, validation 0.775,
+  held-out 0.745 (0.736-0.746 over three seeds on the slower cores); an attention gate on
+  every skip connection 21 epochs, 0.757 and 0.729; peak learning rate 1e-3 instead of 2e-3,
+  25 epochs, 0.768 and 0.730. None lifts nerve. With the annotation agreement above, the
+  preset sits within 0.01 of the annotator's own agreement on the held-out frames where that
+  can be measured; the rest of its gap to 0.80 is on frames without close twins.
 - Held-out *subjects*, not frames, are scored: frames of one nerve subject are near-duplicates,
   so a frame-level split would score much higher and say little.
 """
