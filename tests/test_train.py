@@ -313,12 +313,13 @@ def _cfg(variant: str = "valid", depth: int = 1, tile: int = 4, size: int = 16,
                      train=TrainConfig(batch_size=batch_size, tiles_per_image=per))
 
 
-@pytest.mark.parametrize("batch_dice", [False, True])
-def test_validation_loss_pools_the_dice_as_training_does(batch_dice) -> None:
+def _validated(**train) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """validate()'s loss on five random canvases (frame 3 empty), and the logits and targets
+    it scored, for the loss to be recomputed from."""
     torch.manual_seed(0)
     cfg = RunConfig(model=ModelConfig(variant="same", width=4, depth=1),
                     preprocess=PreprocessConfig(size=16),
-                    train=TrainConfig(batch_size=2, loss="bce+dice", batch_dice=batch_dice))
+                    train=TrainConfig(batch_size=2, loss="bce+dice", **train))
     model = build_model(cfg.model).eval()
     rng = np.random.default_rng(0)
     canvases = rng.normal(size=(5, 16, 16)).astype(np.float32)
@@ -326,7 +327,12 @@ def test_validation_loss_pools_the_dice_as_training_does(batch_dice) -> None:
     masks[3] = 0
     loss, _, probs = validate(model, canvases, masks, cfg, torch.device("cpu"), None)
     logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
-    target = torch.from_numpy(masks).float().unsqueeze(1)
+    return loss, logits, torch.from_numpy(masks).float().unsqueeze(1)
+
+
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_validation_loss_pools_the_dice_as_training_does(batch_dice) -> None:
+    loss, logits, target = _validated(batch_dice=batch_dice)
     if batch_dice:  # training-sized groups (2, 2, 1), each weighted by its frames
         want = sum(n * float(compute_loss("bce+dice", logits[i:i + n], target[i:i + n],
                                           batch_dice=True))
@@ -339,18 +345,7 @@ def test_validation_loss_pools_the_dice_as_training_does(batch_dice) -> None:
 
 
 def test_validation_loss_leaves_empty_frames_out_of_the_dice_as_training_does() -> None:
-    torch.manual_seed(0)
-    cfg = RunConfig(model=ModelConfig(variant="same", width=4, depth=1),
-                    preprocess=PreprocessConfig(size=16),
-                    train=TrainConfig(batch_size=2, loss="bce+dice", dice_skip_empty=True))
-    model = build_model(cfg.model).eval()
-    rng = np.random.default_rng(0)
-    canvases = rng.normal(size=(5, 16, 16)).astype(np.float32)
-    masks = (rng.random((5, 16, 16)) > 0.7).astype(np.uint8)
-    masks[3] = 0
-    loss, _, probs = validate(model, canvases, masks, cfg, torch.device("cpu"), None)
-    logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
-    target = torch.from_numpy(masks).float().unsqueeze(1)
+    loss, logits, target = _validated(dice_skip_empty=True)
     assert loss == pytest.approx(float(compute_loss("bce+dice", logits, target,
                                                     dice_skip_empty=True)), rel=1e-6)
     assert loss != pytest.approx(float(compute_loss("bce+dice", logits, target)), rel=1e-3)
