@@ -1033,9 +1033,9 @@ What stands in the way of the BUSI and nerve targets:
   that might also silence doubtful lesions; the presence head and the cross-entropy still
   answer for normal frames. Seeds 0, 1, 2: lesion Dice 0.753, 0.728, 0.738 (lesions under
   Dice 0.1: 7 and 13, seed 2 not counted), normal frames empty 16, 17, 18 of 19, validation
-  0.744, 0.743, 0.738 (71-72 epochs), against the preset's 0.745, 0.726, 0.737 and 19, 17, 17 with the same
-  seeds. Seed 0's fewer misses did not hold on seed 1: within the preset's spread, not
-  adopted; the option stays.
+  0.744, 0.743, 0.738 (71-72 epochs), against the preset's 0.745, 0.726, 0.737 and 19, 17,
+  17 with the same seeds. Seed 0's fewer misses did not hold on seed 1: within the preset's
+  spread, not adopted; the option stays.
 - Held-out *subjects*, not frames, are scored: frames of one nerve subject are near-duplicates,
   so a frame-level split would score much higher and say little.
 """
