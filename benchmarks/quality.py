@@ -211,6 +211,10 @@ LEVERS: dict[str, tuple[str, dict]] = {
                   "Oktay et al. 2018; since 2026-12-04 the preset builds BUSI's presence head "
                   "too)", {"model": {"attention": True}}),
     **_seeded("attention", "attention gates", {"model": {"attention": True}}, 1, 2),
+    "dropout-0.5": ("dropout 0.5 on the deepest two encoder levels' features in training (the "
+                    "U-Net paper's drop-out at the end of the contracting path)",
+                    {"model": {"dropout": 0.5}}),
+    **_seeded("dropout-0.5", "dropout 0.5", {"model": {"dropout": 0.5}}, 1, 2),
     "presence-head": ("a per-frame presence head on the bottleneck gating every pixel "
                       "(P(present) x P(pixel, given present)), with its own cross-entropy against "
                       "\"the mask is not empty\" in the loss",

@@ -256,6 +256,12 @@ def test_attention_flag() -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.attention is False
 
 
+def test_dropout_flag() -> None:
+    assert _resolve(["D", "--out", "R", "--preset", "cpu", "--dropout", "0.5"]
+                    ).model.dropout == 0.5
+    assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.dropout == 0.0
+
+
 def test_crop_border_and_stretch_flags_train_and_predict_at_the_frames_size(data, tmp_path
                                                                           ) -> None:
     plain = _resolve(["D", "--out", "R", "--preset", "cpu"]).preprocess

@@ -48,7 +48,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "tile": ("model", "tile"), "deep_supervision": ("model", "deep_supervision"),
     "norm": ("model", "norm"), "presence_head": ("model", "presence_head"),
     "presence_mode": ("model", "presence_mode"), "block": ("model", "block"),
-    "attention": ("model", "attention"),
+    "attention": ("model", "attention"), "dropout": ("model", "dropout"),
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
     "normalise": ("preprocess", "normalise"), "pad_to_square": ("preprocess", "pad_to_square"),
     "crop_border": ("preprocess", "crop_border"),
@@ -157,6 +157,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "(plain)")
     p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
                    help="an attention gate on every skip connection (Attention U-Net; off)")
+    p.add_argument("--dropout", type=float,
+                   help="dropout probability on the deepest two encoder levels in training "
+                   "(the paper's, 0.5 in its Caffe model; 0: none)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-frame 'structure present?' output on the bottleneck: frames "
                    "it calls absent come out empty (how it meets the pixels: --presence-mode; "

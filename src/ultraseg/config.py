@@ -81,7 +81,11 @@ class ModelConfig(_Section):
     the channels change, added before the last ReLU: the residual encoder nnU-Net recommends
     since 2024, with one block per level; the decoder stays plain). ``attention``: every skip
     connection passes an additive attention gate before the decoder takes it (Attention
-    U-Net, Oktay et al. 2018; :class:`ultraseg.model.parts.AttentionGate`)."""
+    U-Net, Oktay et al. 2018; :class:`ultraseg.model.parts.AttentionGate`). ``dropout``: the
+    probability with which dropout zeroes each feature of the deepest two encoder levels in
+    training (the paper's "drop-out layers at the end of the contracting path", 0.5 in its
+    released Caffe model, after the fourth and fifth levels); 0 (the default) builds none, and
+    prediction never drops anything."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
@@ -95,6 +99,7 @@ class ModelConfig(_Section):
     presence_mode: Literal["gate", "classifier", "detached"] = "gate"
     block: Literal["plain", "residual"] = "plain"
     attention: bool = False
+    dropout: float = 0.0
 
 
 @dataclass(frozen=True)

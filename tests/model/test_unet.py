@@ -491,3 +491,27 @@ def test_attention_gates_every_skip_and_keeps_shapes(variant, size) -> None:
         for up in att.decoder:
             up.gate.psi.bias.fill_(-1e4)
         assert not torch.allclose(before, att(x))
+
+
+# --- dropout at the end of the contracting path --------------------------------------------
+@pytest.mark.parametrize("variant,size", [("valid", 188), ("same", 64)])
+def test_dropout_drops_the_deepest_two_levels_in_training_only(variant, size) -> None:
+    plain, dropped = tiny(variant), tiny(variant, dropout=0.5)
+    assert set(dropped.state_dict()) == set(plain.state_dict())   # no weights of its own
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), plain(x))           # prediction: nothing dropped
+    seen: list[int] = []
+    dropped.dropout.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    plain.train(), dropped.train()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), plain(x))
+        assert not torch.allclose(dropped(x), dropped(x))          # training: features dropped
+    # on the 4th and 5th levels' features (32 and 64 channels at width 4), once per training pass
+    assert seen == [32, 64] * 2
+
+
+def test_dropout_outside_0_to_1_is_refused() -> None:
+    for p in (-0.1, 1.0):
+        with pytest.raises(UltrasegError, match=r"dropout must be in \[0, 1\)"):
+            build_model(ModelConfig(variant="same", width=4, dropout=p))

@@ -138,6 +138,10 @@ class UNet(nn.Module):
             [Up(widths[i + 1], widths[i], padding, norm, cfg.attention)
              for i in reversed(range(cfg.depth))]
         )
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+        # the paper's dropout at the end of the contracting path: on the deepest two levels
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         self.head = nn.Conv2d(widths[0], cfg.out_channels, kernel_size=1)
         # Deep supervision: a 1x1 head on the decoder's 1/2 and 1/4 resolution levels.
         self.aux_heads = nn.ModuleList(
@@ -209,8 +213,10 @@ class UNet(nn.Module):
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input_size(int(x.shape[-2]), int(x.shape[-1]))
         skips: list[torch.Tensor] = []
-        for block in self.encoder:          # contracting path, keeping every level's features
+        for level, block in enumerate(self.encoder):  # contracting path, keeping every level
             x = block(x)
+            if self.dropout is not None and level >= self.cfg.depth - 1:
+                x = self.dropout(x)         # the deepest skip and the bottleneck, as the paper
             skips.append(x)
         x = skips.pop()                     # the bottom of the "U" is no skip
         presence = None
