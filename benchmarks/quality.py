@@ -1050,22 +1050,22 @@ What stands in the way of the BUSI and nerve targets:
   0.744, 0.743, 0.738 (71-72 epochs), against the preset's 0.745, 0.726, 0.737 and 19, 17,
   17 with the same seeds. Seed 0's fewer misses did not hold on seed 1: within the preset's
   spread, not adopted; the option stays.
-- **The paper's dropout, and prediction at three scales** (2026-12-05, peaks 461-463): the
-  BUSI `base` row was trained again with the preset as it is since 2026-12-04 (72 epochs,
-  validation 0.701, lesion Dice 0.740, 18 of 19 normal frames empty; it replaces the row
-  trained before the presence head's weight changed, lesion 0.726 and 14 of 19), so its
-  "vs base" column now compares every BUSI row of that table with the current preset.
-  `--dropout 0.5` (lever `dropout-0.5`: dropout on the deepest two encoder levels in training,
-  as the paper's Caffe model) trains 70 epochs, but its canvas validation Dice peaks at
-  epoch 23 (0.635; 0.649 post-processed) and stays under 0.63 after it, with a validation
-  loss of 0.61-0.83 from epoch 24 on against the preset's 0.49-0.60: lesion Dice 0.625, 18
-  of 19 normal empty, one seed. The features dropped in training reach batch
-  normalisation that sees them whole at prediction, a known mismatch; not adopted, the
-  option stays off. On the new `base` checkpoint, averaging its (h-flipped) probabilities
-  over canvases of 176, 192 and 208 px, or 160, 192 and 224, each resized back (an ad-hoc
-  script over `ultraseg.evaluate` with the predictor's `run_batch` wrapped; not built into
-  `ultraseg predict`): validation 0.705 and 0.696 against 0.701, held-out lesion Dice 0.737
-  and 0.736 against 0.740, normal frames unchanged. Scale averaging does not help.
+- **The paper's dropout, and prediction at three scales** (2026-12-05, peaks 461-463): the BUSI
+  `base` row was trained again with the preset as it is since 2026-12-04 (72 epochs, validation
+  0.701, lesion Dice 0.740, 18 of 19 normal frames empty; it replaces the row trained before
+  the presence head's weight changed, lesion 0.726 and 14 of 19), so its "vs base" column now
+  compares every BUSI row of that table with the current preset. `--dropout 0.5` (lever
+  `dropout-0.5`: dropout on the deepest two encoder levels in training, at the rate common
+  re-implementations of the paper use) trains 70 epochs, but its canvas validation Dice peaks
+  at epoch 23 (0.635; 0.649 post-processed) and stays under 0.63 after it, with a validation
+  loss of 0.61-0.83 from epoch 24 on against the preset's 0.49-0.60: lesion Dice 0.625, 18 of
+  19 normal empty, one seed. The features dropped in training reach batch normalisation that
+  sees them whole at prediction, a known mismatch; not adopted, the option stays off. On the
+  new `base` checkpoint, averaging its (h-flipped) probabilities over canvases of 176, 192 and
+  208 px, or 160, 192 and 224, each resized back (an ad-hoc script over `ultraseg.evaluate`
+  with the predictor's `run_batch` wrapped; not built into `ultraseg predict`): validation
+  0.705 and 0.696 against 0.701, held-out lesion Dice 0.737 and 0.736 against 0.740, normal
+  frames unchanged. Scale averaging does not help.
 - Held-out *subjects*, not frames, are scored: frames of one nerve subject are near-duplicates,
   so a frame-level split would score much higher and say little.
 """

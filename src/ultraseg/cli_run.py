@@ -159,7 +159,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="an attention gate on every skip connection (Attention U-Net; off)")
     p.add_argument("--dropout", type=float,
                    help="dropout probability on the deepest two encoder levels in training "
-                   "(the paper's, 0.5 in its Caffe model; 0: none)")
+                   "(the paper's, at a rate it does not give; 0.5 is common; 0: none)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-frame 'structure present?' output on the bottleneck: frames "
                    "it calls absent come out empty (how it meets the pixels: --presence-mode; "

@@ -83,9 +83,9 @@ class ModelConfig(_Section):
     connection passes an additive attention gate before the decoder takes it (Attention
     U-Net, Oktay et al. 2018; :class:`ultraseg.model.parts.AttentionGate`). ``dropout``: the
     probability with which dropout zeroes each feature of the deepest two encoder levels in
-    training (the paper's "drop-out layers at the end of the contracting path", 0.5 in its
-    released Caffe model, after the fourth and fifth levels); 0 (the default) builds none, and
-    prediction never drops anything."""
+    training (the paper's "drop-out layers at the end of the contracting path"; it gives no
+    rate, and 0.5 after the fourth and fifth levels is the common re-implementation's); 0 (the
+    default) builds none, and prediction never drops anything."""
 
     variant: Literal["valid", "same"] = "valid"
     in_channels: int = 1
