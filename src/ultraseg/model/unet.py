@@ -70,6 +70,10 @@ class UNet(nn.Module):
     those of the half- and quarter-resolution heads (see :func:`aux_levels`); in eval mode
     (validation, prediction, export) the logits alone.
 
+    With ``cfg.dropout`` above 0, the features of the deepest two encoder levels (the deepest
+    skip and the bottleneck) pass one ``nn.Dropout``: dropped in training mode, untouched in
+    eval mode.
+
     With ``cfg.presence_head``, a linear layer on the bottleneck's globally average- and
     max-pooled features gives each image a presence logit ``c``; every output's pixel logit
     ``l`` becomes the logit of sigmoid(l) * sigmoid(c) (see :func:`gate_logits`), in training
