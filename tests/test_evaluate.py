@@ -253,3 +253,56 @@ def test_split_of_another_dataset_is_a_user_error(checkpoint, data, tmp_path, ca
 def test_cli_missing_checkpoint_is_a_user_error(data, tmp_path, capsys) -> None:
     assert cli.main(["evaluate", str(tmp_path / "nope.ckpt"), str(data)]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ label masks
+@pytest.fixture(scope="module")
+def label_data(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Three frames whose gray masks hold two structures: label 1 (a block) and label 2."""
+    root = tmp_path_factory.mktemp("eval-labels") / "data"
+    lab = np.zeros((SIZE, SIZE), np.uint8)
+    lab[2:10, 2:12] = 1   # 80 pixels
+    lab[16:30, 14:30] = 2  # 224 pixels
+    rng = np.random.default_rng(0)
+    for d in ("images", "masks"):
+        (root / d).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(
+            root / "images" / f"s{i}_1.png")
+        Image.fromarray(lab).save(root / "masks" / f"s{i}_1_mask.png")
+    return root, lab
+
+
+def _all_foreground_dice(truth: np.ndarray) -> float:
+    k = int(truth.sum())
+    return 2 * k / (k + truth.size)
+
+
+def test_label_picks_the_structure_scored(label_data) -> None:
+    root, lab = label_data
+    for label, truth in ((None, lab > 0), (1, lab == 1), (2, lab == 2)):
+        summary, _ = evaluate(_constant_predictor(1.0), root, "folders", label=label)
+        assert summary["dice_mean"] == pytest.approx(_all_foreground_dice(truth))
+    # without the argument, the label the predictor was trained on
+    trained_on_2 = Predictor(lambda b: np.ones_like(b), ModelConfig(variant="same", depth=2),
+                             PreprocessConfig(size=SIZE, label=2), PostprocessConfig())
+    summary, _ = evaluate(trained_on_2, root, "folders")
+    assert summary["dice_mean"] == pytest.approx(_all_foreground_dice(lab == 2))
+
+
+def test_cli_label_reaches_evaluate(checkpoint, label_data, capsys) -> None:
+    root, lab = label_data
+    for label, truth in (("1", lab == 1), ("2", lab == 2)):
+        # threshold 0: every pixel foreground, so the Dice depends on the label alone
+        assert cli.main(["evaluate", str(checkpoint), str(root), "--json", "--device", "cpu",
+                         "--threshold", "0", "--label", label]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["dice_mean"] == pytest.approx(_all_foreground_dice(truth))
+
+
+def test_measure_offers_no_label(checkpoint, label_data, capsys) -> None:
+    root, _ = label_data  # measure reads no ground truth: --label would do nothing
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["measure", str(checkpoint), str(root), "--label", "2"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --label" in capsys.readouterr().err

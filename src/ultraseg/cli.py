@@ -66,13 +66,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _layout_args(p: argparse.ArgumentParser) -> None:
+def _layout_args(p: argparse.ArgumentParser,
+                 label: str | None = "segment label K of a label mask (default: any non-zero "
+                                     "label)") -> None:
+    """--layout and --subject-pattern; --label with ``label`` as its help (None: no --label,
+    for a command that reads no ground truth)."""
     p.add_argument("--layout", default="auto",
                    help="dataset layout: auto (default), kaggle, folders, busi, hc18, images")
     p.add_argument("--subject-pattern", metavar="REGEX",
                    help="regex whose first group (else whole match) is the subject id of a file stem")
-    p.add_argument("--label", type=int, metavar="K",
-                   help="segment label K of a label mask (default: any non-zero label)")
+    if label is not None:
+        p.add_argument("--label", type=int, metavar="K", help=label)
 
 
 # ---------------------------------------------------------------- inspect
@@ -112,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="validate and summarise a dataset",
                        description="Decode every sample, report every problem and a summary.")
     p.add_argument("data", help="dataset folder")
-    _layout_args(p)
+    _layout_args(p, label="check and summarise label K of a label mask (default: any non-zero "
+                          "label)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.set_defaults(func=_cmd_inspect)
 

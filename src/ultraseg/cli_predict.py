@@ -172,7 +172,7 @@ def format_measure_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     """Register predict, export and measure on the ``ultraseg`` parser."""
     p = sub.add_parser(
         "predict", help="segment images: one mask per image at its original size",
@@ -189,7 +189,8 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
                    help="write a Kaggle submission (img,pixels; run-length encoded masks)")
     _model_args(p)
     postprocess_args(p)
-    layout_args(p)
+    layout_args(p, label="with --overlay: draw label K of a label mask as the ground truth "
+                         "(default: the label the checkpoint was trained on)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
@@ -216,5 +217,5 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
                    help="pixel size in mm for frames whose dataset gives none")
     _model_args(p)
     postprocess_args(p)
-    layout_args(p)
+    layout_args(p, label=None)  # measures the prediction; no ground truth to choose from
     p.set_defaults(func=_cmd_measure)

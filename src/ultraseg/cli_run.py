@@ -230,7 +230,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     predictor = predictor.with_options(
         postprocess=postprocess_from_flags(predictor.postprocess, a))
     summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split, a.subset,
-                          a.out)
+                          a.out, label=a.label)
     if a.json:
         print(json.dumps(summary, default=lambda v: None))
     else:
@@ -251,7 +251,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     """Register the model subcommands on the ``ultraseg`` parser."""
     from .cli_predict import postprocess_args
 
@@ -264,7 +264,8 @@ def add_commands(sub: Any, layout_args: Callable[[argparse.ArgumentParser], None
                        description="Dice, IoU, precision, recall, HD95 per image at original size.")
     p.add_argument("checkpoint", help="best.ckpt of a run, or an exported .onnx")
     p.add_argument("data", help="labelled dataset folder")
-    layout_args(p)
+    layout_args(p, label="score against label K of a label mask (default: the label the "
+                         "checkpoint was trained on)")
     p.add_argument("--split", help="a run's split.json: evaluate only one side of it")
     p.add_argument("--subset", default="val", choices=["train", "val", "test"],
                    help="which side of --split to evaluate (default val)")

@@ -49,7 +49,7 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None, sub
 def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
              subject_pattern: str | None = None, split_file: str | Path | None = None,
              subset: str = "val", out: str | Path | None = None,
-             progress: Callable[[int, int], None] | None = None
+             progress: Callable[[int, int], None] | None = None, label: int | None = None
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``predictor`` on every labelled frame of ``data`` (or one side of a split).
 
@@ -58,13 +58,15 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     same probabilities, test-time augmented where the predictor is, at threshold 0.5, nothing
     removed). Rows carry per-image metrics and, where the frame's pixel size is
     known, measurements in mm (and the error against a reference head circumference).
-    With ``out``, writes ``per_image.csv`` and ``summary.json`` there.
+    With ``out``, writes ``per_image.csv`` and ``summary.json`` there. ``label`` picks the
+    structure of a label mask to score against; None: the one the predictor was trained on
+    (its own None: any non-zero label).
     """
     ds = open_dataset(data, layout, subject_pattern)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:
         raise DataError("no labelled frames to evaluate", ds.root)
-    label = predictor.preprocess.label
+    label = predictor.preprocess.label if label is None else label
     offset = float(predictor.meta.get("measure", {}).get("boundary_offset_px", 0.0))
     raw_pp = PostprocessConfig()
     rows: list[dict[str, Any]] = []
