@@ -225,6 +225,22 @@ def test_refused_data_inspect_exits_2_too(tmp_path: Path, capsys: pytest.Capture
     _one_error_line(capsys.readouterr().err, culprit)
 
 
+def test_every_refused_file_gets_its_own_error_line(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    root = _dataset(tmp_path / "data", 4)
+    for name in ("0", "1"):  # two frames of a fifth subject, both unreadable
+        _save(root / "masks" / f"5_{name}_mask.png", _square())
+        (root / "images" / f"5_{name}.png").write_bytes(b"")
+    assert main(["train", str(root), "--out", str(tmp_path / "run"), *TINY_TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert [ln for ln in lines if "5_0.png" in ln] and [ln for ln in lines if "5_1.png" in ln]
+    for ln in lines:  # each problem a line of its own, marked as an error
+        if "5_0.png" in ln or "5_1.png" in ln:
+            assert ln.startswith("error: ") and "0 bytes" in ln, err
+
+
 def test_nan_in_array_refused_by_the_python_api(good: tuple[Path, Path]) -> None:
     from ultraseg.predict import load
 

@@ -149,8 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory()  # this process is ours: no page faults on every pass's large blocks
     try:
         return a.func(a)
-    except UltrasegError as e:
-        print(f"{_rank_prefix()}error: {e}", file=sys.stderr)
+    except UltrasegError as e:  # one line per problem (DataProblems holds several)
+        for line in str(e).splitlines() or [""]:
+            print(f"{_rank_prefix()}error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
         if e.errno not in USER_ERRNOS:

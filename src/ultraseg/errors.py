@@ -1,12 +1,14 @@
 """Exceptions. An :class:`UltrasegError` is the user's problem (bad data, bad flags):
-the CLI prints its one-line message and exits with code 2. Anything else is a bug: exit 1."""
+the CLI prints its message, each line as ``error: ...``, and exits with code 2. Anything else is
+a bug: exit 1."""
 from __future__ import annotations
 
 from pathlib import Path
 
 
 class UltrasegError(Exception):
-    """Bad input or usage. ``str(err)`` is one line that names the file and the problem."""
+    """Bad input or usage. ``str(err)`` names the file and the problem: one line (several only
+    for :class:`~ultraseg.io.DataProblems`, one per problem)."""
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else str(path)
