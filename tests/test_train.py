@@ -212,8 +212,11 @@ def test_valid_model_run_completes(tmp_path) -> None:
     rc = cli.main(["train", str(data), "--out", str(run), "--preset", "seed", "--width", "4",
                    "--depth", "2", "--tile", "20", "--size", "32", "--epochs", "2",
                    "--batch-size", "4", "--tiles-per-image", "2", "--device", "cpu",
-                   "--precision", "fp32", "--cache-dir", "", "--threads", "1"])
+                   "--precision", "fp32", "--cache-dir", "", "--threads", "1",
+                   "--augment", "strong"])
     assert rc == 0
+    # the target is the input's centre: geometric warps are skipped, and the run says so
+    assert "warps are not applied" in (run / "train.log").read_text()
     for name in RUN_FILES:
         assert (run / name).is_file(), name
     ckpt = load_checkpoint(run / "best.ckpt")

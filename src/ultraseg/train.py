@@ -433,6 +433,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     model = build_model(cfg.model).to(device).to(memory_format=layout)
     log.info("model: %s U-Net, width %d, depth %d, %d parameters", cfg.model.variant,
              cfg.model.width, cfg.model.depth, count_parameters(model))
+    if cfg.model.variant == "valid" and tc.augment in ("strong", "elastic"):
+        log.warning("augmentation %r on the valid model: flips, intensity and speckle only; its "
+                    "target is the centre of the input tile, so the rotation, zoom (and elastic) "
+                    "warps are not applied", tc.augment)
     optimizer = make_optimizer(model, cfg)
     ema = make_ema(model, cfg)
     scored = model if ema is None else ema.module  # what validation scores and best.ckpt keeps
