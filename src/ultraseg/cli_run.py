@@ -163,7 +163,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="a per-frame 'structure present?' output on the bottleneck: frames "
                    "it calls absent come out empty (how it meets the pixels: --presence-mode; "
-                   "the cpu preset builds it where >= 5%% of the training frames are empty)")
+                   "the cpu preset builds it where >= 5%% of the training frames, and at "
+                   "least 10, are empty)")
     p.add_argument("--presence-mode", choices=choices(ModelConfig, "presence_mode"),
                    help="with --presence-head: 'gate' (every pixel's probability times the "
                    "frame's, in training too), 'classifier' (trained beside the pixels; at "
@@ -193,7 +194,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "cross-entropy (and a presence head) answers for the empty ones (off)")
     p.add_argument("--augment", choices=choices(TrainConfig, "augment"))
     p.add_argument("--affine-scale", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="range of the strong/elastic augmentation's random zoom (0.85 1.15)")
+                   help="range of the strong/elastic augmentation's random zoom (0.85 1.15; "
+                   "the valid model's augmentation has no warps, so no zoom)")
     p.add_argument("--schedule", choices=choices(TrainConfig, "schedule"))
     p.add_argument("--ema-decay", type=float, metavar="D",
                    help="validate and keep an exponential moving average of the weights, "

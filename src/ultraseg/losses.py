@@ -60,8 +60,8 @@ def compute_loss(name: str, logits: torch.Tensor | Sequence[torch.Tensor] | Pres
 
     ``logits`` may be a sequence (a deep-supervised model in training: full resolution, then
     1/2, 1/4, ...): the k-th output is scored against the target average-pooled by 2**k (the
-    share of foreground in each cell, a soft target) with weight 2**-k, the weights summing
-    to 1 (nnU-Net's scheme).
+    share of foreground in each cell, a soft target) with a weight proportional to 2**-k,
+    normalised so the weights sum to 1 (nnU-Net's scheme; three outputs: 4/7, 2/7, 1/7).
 
     ``logits`` may be a :class:`~ultraseg.model.unet.PresenceOutput` (a model with a presence
     head, in training): the loss of its outputs plus ``presence_weight`` times the binary

@@ -213,7 +213,12 @@ class UNet(nn.Module):
             self._check_same(h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_channels, H, W) float -> logits (N, out_channels, h, w); see the class doc."""
+        """(N, in_channels, H, W) float -> logits (N, out_channels, h, w); see the class doc.
+
+        Outside training (prediction, export) always that one tensor. In training, with deep
+        supervision, a tuple: the full-resolution logits, then the coarser levels' heads; with
+        a presence head, a :class:`PresenceOutput` wrapping those outputs and the presence
+        logits (:func:`ultraseg.losses.compute_loss` takes each form)."""
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input_size(int(x.shape[-2]), int(x.shape[-1]))
         skips: list[torch.Tensor] = []
