@@ -846,6 +846,13 @@ Measured on the held-out subjects above:
     largest component kept); held-out Dice 0.714 (0.710 without the post-processing) against
     the preset's 0.741. Worse: at 256 px this machine's 20 minutes buy half the epochs, and
     the finer grid does not make up for them.
+  - *BUSI at 256 px* (`size-256`, peak 456, 2026-12-05, with the preset that builds the
+    presence head): 41 epochs of about 28 s against the preset's 64-72 of 17-19 s, the best
+    the 40th (still rising); validation 0.671 (the preset's 0.688-0.713), every normal frame
+    empty (19 of 19), but lesion Dice 0.680 (20 lesions under 0.1 against the preset's 9-14,
+    the found ones outlined at 0.838), 0.728 over all frames. The finer grid outlines the
+    lesions it finds a little better, and the budget's lost epochs cost more lesions found:
+    not adopted.
   - *No validation split* (`no-validation`, `--val-fraction 0`, added 2026-12-01: the
     validation subjects train too, a quarter more training frames, each epoch's weights
     replace the last and post-processing stays at threshold 0.5; the held-out subjects are the
