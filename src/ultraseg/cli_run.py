@@ -281,7 +281,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
                        description="On a fresh machine with no data: make phantom frames, train "
                                    "a small U-Net, evaluate it on unseen phantom frames.")
     p.add_argument("--out", default="ultraseg-demo", help="run folder (default ./ultraseg-demo)")
-    p.add_argument("--minutes", type=float, default=2.5, help="training time budget")
+    p.add_argument("--minutes", type=float, default=2.5,
+                   help="cap on training time (2.5; the demo's 12 epochs usually end it first)")
     p.set_defaults(func=_cmd_demo)
 
     from . import cli_predict  # predict, export, measure
