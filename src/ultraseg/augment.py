@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTS = ("none", "flip", "strong", "elastic")
+#: The levels that warp (rotation, zoom, elastic): applied only where target and input share a
+#: size, so never to the valid model's centre-cropped targets.
+WARPING = ("strong", "elastic")
 #: Standard deviation of the 'elastic' level's displacements, as a fraction of the image side
 #: (about 8 px at 256 px; the U-Net paper: 10 px at 512 px).
 ELASTIC_SIGMA = 0.03
@@ -93,7 +96,7 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, level: str, g: torch.Generat
     if level not in AUGMENTS:
         raise ValueError(f"unknown augmentation {level!r}; valid: {', '.join(AUGMENTS)}")
     x, y = hflip(x, y, g)
-    if level in ("strong", "elastic"):
+    if level in WARPING:
         if x.shape[-2:] == y.shape[-2:]:
             x, y = affine(x, y, g, scale=scale,
                           elastic=ELASTIC_SIGMA if level == "elastic" else 0.0)

@@ -218,8 +218,8 @@ class RunConfig:
 
 #: Named recipes. ``seed`` is the original description's recipe with correct valid geometry.
 #: ``cpu`` is tuned for two CPU cores and a 20-minute budget (see benchmarks/QUALITY.md).
-#: ``demo`` trains a small model on phantom frames: 12 epochs, under a minute on two CPU cores
-#: (45 s for all of ``ultraseg demo`` here), capped at 2.5 minutes on a slower machine.
+#: ``demo`` trains a small model on phantom frames for 12 epochs (``ultraseg demo --minutes``
+#: caps the time, 2.5 by default).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "seed": {
         "model": {"variant": "valid", "width": 64, "depth": 4, "tile": 68},

@@ -29,7 +29,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
-from .augment import augment_batch
+from .augment import WARPING, augment_batch
 from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from .config import AUTO_PRESENCE_MIN_EMPTY, PostprocessConfig, RunConfig
 from .data import Arrays, load_arrays, read_split, run_split, write_split
@@ -433,7 +433,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     model = build_model(cfg.model).to(device).to(memory_format=layout)
     log.info("model: %s U-Net, width %d, depth %d, %d parameters", cfg.model.variant,
              cfg.model.width, cfg.model.depth, count_parameters(model))
-    if cfg.model.variant == "valid" and tc.augment in ("strong", "elastic"):
+    if cfg.model.variant == "valid" and tc.augment in WARPING:
         log.warning("augmentation %r on the valid model: flips, intensity and speckle only; its "
                     "target is the centre of the input tile, so the rotation, zoom (and elastic) "
                     "warps are not applied", tc.augment)
