@@ -71,6 +71,25 @@ def test_synthetic_filled_ellipse() -> None:
     assert r2["area_px"] == r["area_px"] and r2["perimeter_px"] == r["perimeter_px"]
 
 
+def test_object_cut_by_the_frame_edge() -> None:
+    # A head whose lower part lies beyond the frame: the straight cut along the border is not
+    # its outline, so the fit uses the visible outline only and recovers the whole ellipse.
+    a, b = 80.0, 40.0
+    whole = _filled_ellipse((200, 240), 120.0, 140.0, a, b, 10.0)
+    cut = whole[:160]                            # rows 160..179 of the ellipse are off-frame
+    assert whole[160:].any()
+    r = measure(cut)
+    assert r["touches_edge"] is True
+    assert r["ellipse_method"] == "boundary_fit"
+    assert r["ellipse_axes"] == pytest.approx((a, b), abs=1.0)
+    assert r["ellipse_center"] == pytest.approx((120.0, 140.0), abs=0.5)
+    assert r["ellipse_circumference_px"] == pytest.approx(ellipse_circumference(a, b), rel=0.01)
+    # Area and perimeter stay those of what the frame shows (perimeter includes the cut).
+    assert r["area_px"] == int(cut.sum())
+    assert r["perimeter_px"] == pytest.approx(crofton_perimeter(cut))
+    assert measure(whole)["touches_edge"] is False
+
+
 def test_largest_component_with_holes_filled() -> None:
     m = _filled_ellipse((120, 120), 50, 60, 30, 20, 0.0)
     m[55:60, 45:50] = False                    # a hole: measured as filled

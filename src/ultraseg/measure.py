@@ -15,9 +15,13 @@ origin at the centre of the top-left pixel, ``x`` to the right (column) and ``y`
 * ellipse: a direct least-squares ellipse fit (Fitzgibbon, Pilu & Fisher 1999, in the numerically
   stable form of Halir & Flusser 1998) to the object's pixel-edge boundary (midpoints of the edges
   between object and background pixels, at half-pixel positions): the boundary of the region
-  itself, so a rasterised filled ellipse gives back its own axes. With fewer than 6 boundary
-  points, or a degenerate fit, the ellipse comes from the second moments of the object's pixels
-  instead (``ellipse_method`` says which).
+  itself, so a rasterised filled ellipse gives back its own axes. Where the object touches the
+  image's edge (a head cut by the frame), the boundary along that edge is not the object's outline
+  and is left out of the fit, so the ellipse extends the visible outline beyond the frame
+  (``touches_edge`` is then ``True``; ``area_px`` and ``perimeter_px`` remain those of the visible
+  part, the perimeter including the cut). With fewer than 6 boundary points, or a degenerate fit,
+  the ellipse comes from the second moments of the object's pixels instead (``ellipse_method``
+  says which).
 * ``boundary_offset_px``: where the masks were made by filling an outline *drawn on* the
   annotator's curve (HC18), the filled mask reaches half the drawn line's width beyond that curve,
   and so does a network trained on such masks. Passing that half-width (see
@@ -74,17 +78,27 @@ def crofton_perimeter(mask: np.ndarray) -> float:
     return float(math.pi / 4.0 * (entries_rows + entries_cols + diagonal))
 
 
-def boundary_points(mask: np.ndarray) -> np.ndarray:
+def boundary_points(mask: np.ndarray, frame_edge: bool = True) -> np.ndarray:
     """Points (x, y) on the pixel-edge boundary of a bool (H, W) mask; float (K, 2).
 
     One point at the midpoint of every edge shared by a pixel inside and a pixel outside the
     mask (4-neighbours; outside the array counts as outside): the boundary of the union of the
-    mask's unit squares, at half-pixel positions.
+    mask's unit squares, at half-pixel positions. With ``frame_edge=False`` the points on the
+    array's own border (where the object is cut by the edge of the image, not by its own outline)
+    are left out.
     """
-    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    m = np.pad(mask, 1)
     ys, xs = np.nonzero(m[:, 1:] != m[:, :-1])      # between padded columns xs and xs + 1
+    if not frame_edge:
+        keep = (xs > 0) & (xs < w)
+        ys, xs = ys[keep], xs[keep]
     horizontal = np.column_stack([xs - 0.5, ys - 1.0])
     ys, xs = np.nonzero(m[1:, :] != m[:-1, :])      # between padded rows ys and ys + 1
+    if not frame_edge:
+        keep = (ys > 0) & (ys < h)
+        ys, xs = ys[keep], xs[keep]
     vertical = np.column_stack([xs - 1.0, ys - 0.5])
     return np.vstack([horizontal, vertical]).astype(np.float64)
 
@@ -202,7 +216,8 @@ def measure(
     ``boundary_offset_px`` is subtracted from both fitted semi-axes (see the module docstring);
     it does not change ``area_px`` or ``perimeter_px``.
 
-    Keys: ``n_components``, ``area_px``, ``perimeter_px``, ``ellipse_center`` (x, y),
+    Keys: ``n_components``, ``touches_edge`` (the object reaches the image's border),
+    ``area_px``, ``perimeter_px``, ``ellipse_center`` (x, y),
     ``ellipse_axes`` (a, b semi-axes, a >= b, px), ``ellipse_angle_deg`` (major axis from +x
     towards +y, [0, 180)), ``ellipse_circumference_px``, ``ellipse_method`` ('boundary_fit' or
     'moments'); with ``pixel_size_mm`` (square pixels) also ``area_mm2``, ``perimeter_mm`` and
@@ -219,6 +234,9 @@ def measure(
     area = int(np.count_nonzero(obj))
     out: dict[str, Any] = {
         "n_components": int(n_components),
+        "touches_edge": bool(
+            obj[0].any() or obj[-1].any() or obj[:, 0].any() or obj[:, -1].any()
+        ),
         "area_px": area,
         "perimeter_px": crofton_perimeter(obj) if area else 0.0,
         "ellipse_center": None,
@@ -228,7 +246,8 @@ def measure(
         "ellipse_method": None,
     }
     if area:
-        ell = fit_ellipse(boundary_points(obj))
+        # An object cut by the frame's edge: fit its own outline only, not the straight cut.
+        ell = fit_ellipse(boundary_points(obj, frame_edge=False))
         method = "boundary_fit"
         if ell is None:
             logger.debug("boundary ellipse fit failed (%d px); using moments", area)

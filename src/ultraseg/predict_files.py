@@ -305,7 +305,7 @@ def _truth(frame: Frame, shape: tuple[int, ...], label: int | None) -> np.ndarra
 
 # ------------------------------------------------------------------------------ measure
 MEASURE_COLUMNS = ("name", "image", "width", "height", "pixel_size_mm", "n_components",
-                   "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
+                   "touches_edge", "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
                    "ellipse_a_px", "ellipse_b_px", "ellipse_angle_deg", "ellipse_method",
                    "area_mm2", "perimeter_mm", "hc_mm", "hc_ref_mm", "hc_error_mm")
 
@@ -340,7 +340,8 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
         row: dict[str, Any] = {
             "name": frame.out_name, "image": str(frame.image_path),
             "width": image.shape[1], "height": image.shape[0], "pixel_size_mm": spacing,
-            "n_components": m["n_components"], "area_px": m["area_px"],
+            "n_components": m["n_components"], "touches_edge": m["touches_edge"],
+            "area_px": m["area_px"],
             "perimeter_px": m["perimeter_px"], "hc_px": m["ellipse_circumference_px"],
             "ellipse_cx": centre[0], "ellipse_cy": centre[1], "ellipse_a_px": axes[0],
             "ellipse_b_px": axes[1], "ellipse_angle_deg": m["ellipse_angle_deg"],
