@@ -152,6 +152,32 @@ def test_synthetic_specifics(tmp_path: Path) -> None:
     assert kg.samples[0].load_image().shape == (24, 32)
 
 
+def make_hc18_test_set(root: Path) -> Path:
+    """HC18 as distributed for testing: test_set/NNN_HC.png (no annotations) and
+    test_set_pixel_size.csv one level up."""
+    for name in ("100_HC", "101_2HC"):
+        _save(root / "test_set" / f"{name}.png", _frame(40, 48))
+    with open(root / "test_set_pixel_size.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["filename", "pixel size(mm)"], ["100_HC.png", "0.12"],
+                                 ["101_2HC.png", "0.2"]])
+    return root
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_hc18_test_set_is_detected_with_its_pixel_sizes(tmp_path: Path, inside: bool) -> None:
+    """The unannotated test set (given as its parent or as test_set/ itself) is read as hc18, so
+    predict and measure get each frame's pixel size; plain *_HC.png without a CSV is not."""
+    root = make_hc18_test_set(tmp_path / "hc18")
+    target = root / "test_set" if inside else root
+    assert detect_layout(target) == "hc18"
+    ds, problems = scan_dataset(target)
+    assert problems == [] and not ds.labelled
+    assert {s.name: s.meta["pixel_size_mm"] for s in ds.samples} == pytest.approx(
+        {"100_HC": 0.12, "101_2HC": 0.2})
+    (root / "test_set_pixel_size.csv").unlink()
+    assert detect_layout(target) == "images"
+
+
 def test_unknown_layout_lists_valid_names(tmp_path: Path) -> None:
     with pytest.raises(UltrasegError) as e:
         get_reader("nonsense")

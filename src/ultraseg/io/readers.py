@@ -148,14 +148,24 @@ class BusiReader(Reader):
 class Hc18Reader(Reader):
     """HC18 fetal heads: ``NNN_HC.png`` / ``NNN_2HC.png`` + ``..._Annotation.png``, a one-pixel
     ellipse outline that is filled into a solid mask. Subject: the exam NNN. Pixel size (mm) and
-    reference head circumference from ``*pixel_size*.csv`` beside the images or one level up."""
+    reference head circumference from ``*pixel_size*.csv`` beside the images or one level up.
+    The unannotated ``test_set`` (images and ``test_set_pixel_size.csv`` only) is recognised too,
+    so ``predict``/``measure`` on it get the pixel sizes."""
 
     name = "hc18"
     description = "training_set/NNN_HC.png + NNN_HC_Annotation.png (outline), pixel-size CSV"
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any(any(d.glob("*HC_Annotation.png")) for d in (root, root / "training_set") if d.is_dir())
+        for d in (root, root / "training_set", root / "test_set"):
+            if not d.is_dir():
+                continue
+            if any(d.glob("*HC_Annotation.png")):
+                return True
+            if any(d.glob("*HC.png")) and (any(d.glob("*pixel_size*.csv"))
+                                           or any(d.parent.glob(f"{d.name}*pixel_size*.csv"))):
+                return True
+        return False
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         folders = [d for d in (root / "training_set", root / "test_set") if d.is_dir()] or [root]
