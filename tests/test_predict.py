@@ -185,6 +185,28 @@ def test_rle_submission_round_trips_and_keeps_input_order(tmp_path):
                                       images[stem] >= 128)
 
 
+def test_rle_submission_of_a_kaggle_root_holds_the_test_split_only(tmp_path):
+    root = tmp_path / "kaggle"
+    save(root / "train" / "1_1.tif", ramp(12, 10, 1))
+    save(root / "train" / "1_1_mask.tif", np.zeros((12, 10), np.uint8))
+    save(root / "test" / "1.tif", ramp(12, 10, 2))
+    save(root / "test" / "2.tif", ramp(12, 10, 3))
+    frames = collect_frames([root])
+    assert {f.out_name for f in frames} == {"1_1", "1", "2"}
+    summary = write_predictions(pixel_predictor(), frames, tmp_path / "out",
+                                rle=tmp_path / "sub.csv")
+    with open(tmp_path / "sub.csv", newline="") as f:
+        assert [r[0] for r in csv.reader(f)] == ["img", "1", "2"]
+    assert summary.rle_left_out == 1 and summary.n == 3
+    assert (tmp_path / "out" / "1_1_mask.png").is_file()     # masks still for every frame
+    # The training folder alone is scored locally: every frame goes in.
+    summary = write_predictions(pixel_predictor(), collect_frames([root / "train"]),
+                                tmp_path / "out2", rle=tmp_path / "sub2.csv")
+    with open(tmp_path / "sub2.csv", newline="") as f:
+        assert [r[0] for r in csv.reader(f)] == ["img", "1_1"]
+    assert summary.rle_left_out == 0
+
+
 def test_postprocess_of_the_predictor_is_applied(tmp_path):
     image = np.zeros((20, 20), np.uint8)
     image[2:4, 2:4] = 255                   # a 4-pixel speck

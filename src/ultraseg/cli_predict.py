@@ -82,8 +82,13 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
                                 rle=a.rle, label=a.label, progress=ProgressBar("predict"))
     extra = " and overlays" if a.overlay else ""
+    sub = ""
+    if summary.rle:
+        sub = f"; submission {summary.rle}"
+        if summary.rle_left_out:
+            sub += f" (test split only: {summary.rle_left_out} training frames left out)"
     print(f"predicted {summary.n} frames ({summary.n_empty} empty): masks{extra} in "
-          f"{summary.out}" + (f"; submission {summary.rle}" if summary.rle else ""))
+          f"{summary.out}{sub}")
     return EXIT_OK
 
 
@@ -186,7 +191,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("--overlay", action="store_true",
                    help="also write STEM_overlay.png: predicted outline red, ground truth green")
     p.add_argument("--rle", metavar="FILE.csv",
-                   help="write a Kaggle submission (img,pixels; run-length encoded masks)")
+                   help="write a Kaggle submission (img,pixels; run-length encoded masks); "
+                        "of a Kaggle root with train/ and test/, only the test frames")
     _model_args(p)
     postprocess_args(p)
     layout_args(p, label="with --overlay: draw label K of a label mask as the ground truth "

@@ -233,6 +233,21 @@ class PredictionSummary:
     masks: list[Path] = field(default_factory=list)
     overlays: list[Path] = field(default_factory=list)
     rle: Path | None = None
+    rle_left_out: int = 0
+
+
+def submission_frames(frames: Sequence[Frame]) -> list[bool]:
+    """Which frames go into a Kaggle submission CSV.
+
+    A Kaggle submission scores the competition's test images. Where the inputs hold a Kaggle
+    dataset's test split (``meta['split'] == 'test'``, a root with ``train/`` and ``test/``),
+    its training frames are left out; otherwise every frame goes in (a folder of images, or the
+    training folder alone, scored locally).
+    """
+    splits = [f.sample.meta.get("split") for f in frames]
+    if "test" not in splits:
+        return [True] * len(frames)
+    return [s != "train" for s in splits]
 
 
 def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | Path,
@@ -245,7 +260,9 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     the predicted outline (red) and, for frames of a labelled dataset, the true one (green;
     ``label`` selects a structure of a label mask, default the predictor's). ``rle``: a Kaggle
     submission CSV (``img,pixels``, one row per frame in input order, ``img`` = the output
-    name, the image's stem unless stems collide). The mask is the predictor's post-processed
+    name, the image's stem unless stems collide; of a Kaggle dataset with a test split, only
+    the test frames: see :func:`submission_frames`; masks are still written for every
+    frame). The mask is the predictor's post-processed
     decision (``predictor.postprocess``). Stops at the first unreadable file with a
     :class:`~ultraseg.errors.DataError`; files already written are complete, and the CSV is
     only written when every frame succeeded.
@@ -262,6 +279,12 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     truth_label = predictor.preprocess.label if label is None else label
     suffix = MASK_FORMATS[fmt][0]
     summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
+    in_submission = dict(zip((f.out_name for f in frames), submission_frames(frames)))
+    if rle is not None:
+        summary.rle_left_out = sum(not v for v in in_submission.values())
+        if summary.rle_left_out:
+            log.info("submission: leaving out %d frames of the training split",
+                     summary.rle_left_out)
 
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for frame, image, prob in iter_probabilities(predictor, frames):
@@ -279,7 +302,8 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
             summary.n_empty += not mask.any()
             if progress:
                 progress(summary.n, len(frames))
-            yield frame.out_name, mask
+            if in_submission[frame.out_name]:
+                yield frame.out_name, mask
 
     if rle is None:
         for _ in rows():
