@@ -592,6 +592,18 @@ def test_auto_presence_head_needs_empty_training_frames(empty, n, on) -> None:
     for fixed in (True, False):
         cfg = merge(preset("cpu"), {"model": {"presence_head": fixed}})
         assert train_mod.resolve_presence_head(cfg, masks) == cfg
+    # the valid model sees frames in tiles: 'auto' never builds a head there
+    valid = merge(preset("cpu"), {"model": {"variant": "valid", "norm": "batch",
+                                            "presence_head": "auto"}})
+    assert train_mod.resolve_presence_head(valid, masks).model.presence_head is False
+
+
+def test_presence_head_on_the_valid_model_is_refused_before_training(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "1", "--model", "valid",
+                       "--presence-head") == 2
+    assert "presence head needs the 'same' variant" in capsys.readouterr().err
+    assert not (run / "best.ckpt").exists()
 
 
 def test_auto_presence_head_is_decided_once_and_recorded(tmp_path, capsys) -> None:

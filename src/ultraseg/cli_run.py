@@ -161,8 +161,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="dropout probability on the deepest two encoder levels in training "
                    "(the paper's, at a rate it does not give; 0.5 is common; 0: none)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
-                   help="a per-frame 'structure present?' output on the bottleneck: frames "
-                   "it calls absent come out empty (how it meets the pixels: --presence-mode; "
+                   help="same model: a per-frame 'structure present?' output on the "
+                   "bottleneck: frames it calls absent come out empty (how it meets the "
+                   "pixels: --presence-mode; "
                    "the cpu preset builds it where >= 5%% of the training frames, and at "
                    "least 10, are empty)")
     p.add_argument("--presence-mode", choices=choices(ModelConfig, "presence_mode"),

@@ -57,8 +57,9 @@ class ModelConfig(_Section):
     each convolution, 'batch' (BatchNorm2d, statistics of the batch in training and running
     averages at prediction) or 'instance' (InstanceNorm2d with a learned scale and shift,
     statistics of each image's own feature maps, in training and prediction alike: nnU-Net's
-    and MONAI BasicUNet's choice). ``presence_head``: a per-image "is the structure there at
-    all?" output on the bottleneck (global average and max pooling, then a linear layer); each
+    and MONAI BasicUNet's choice). ``presence_head`` ('same' only): a per-image "is the
+    structure there at all?" output on the bottleneck (global average and max pooling, then a
+    linear layer; 'auto' builds none on the 'valid' variant, which sees frames in tiles); each
     pixel's probability becomes P(present) x P(pixel | present), so no pixel can exceed its
     frame's presence probability and a frame the head calls absent comes out empty (the
     Kaggle nerve competition's empty-mask trick). The head is trained through the gated pixel

@@ -292,22 +292,31 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.model.presence_mode == "classifier" and w == 0:
         raise UltrasegError("a classifier-mode presence head learns from its own loss alone: "
                             "train.presence_weight (--presence-weight) must be > 0")
+    head = cfg.model.presence_head
+    if head == "auto":          # what resolve_presence_head could decide: check the head too
+        head = cfg.model.variant == "same"
+    mode = cfg.model.presence_mode if head else "gate"
     with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
-        build_model(replace(cfg.model, presence_head=bool(cfg.model.presence_head)))
+        build_model(replace(cfg.model, presence_head=head, presence_mode=mode))
 
 
 def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
     """``cfg`` with ``model.presence_head='auto'`` decided by the training masks ``masks``
     (N, h, w): a presence head where at least :data:`~ultraseg.config.AUTO_PRESENCE_MIN_EMPTY`
     of them, and at least 10, are empty (a head that learns "is the structure there?" needs
-    frames where it is not), else none. Any other value is returned as it is."""
+    frames where it is not), else none; never on the valid model, which sees frames in tiles.
+    Any other value is returned as it is."""
     if cfg.model.presence_head != "auto":
         return cfg
     empty = int((~masks.reshape(len(masks), -1).any(1)).sum()) if len(masks) else 0
-    on = empty >= 10 and empty >= AUTO_PRESENCE_MIN_EMPTY * len(masks)
-    log.info("presence head: %s (%d of %d training frames have an empty mask; 'auto' builds "
-             "it from %d %% and 10 frames)", "on" if on else "off", empty, len(masks),
-             round(100 * AUTO_PRESENCE_MIN_EMPTY))
+    if cfg.model.variant != "same":
+        on = False
+        log.info("presence head: off (the valid model sees frames in tiles)")
+    else:
+        on = empty >= 10 and empty >= AUTO_PRESENCE_MIN_EMPTY * len(masks)
+        log.info("presence head: %s (%d of %d training frames have an empty mask; 'auto' "
+                 "builds it from %d %% and 10 frames)", "on" if on else "off", empty,
+                 len(masks), round(100 * AUTO_PRESENCE_MIN_EMPTY))
     mode = cfg.model.presence_mode if on else "gate"  # the mode of a head not built: none
     return replace(cfg, model=replace(cfg.model, presence_head=on, presence_mode=mode))
 

@@ -209,7 +209,13 @@ def test_gate_is_the_logit_of_the_product_of_probabilities() -> None:
     assert (gate_logits(torch.full((1, 1, 2, 2), 200.0), torch.tensor([[-3.0]])) < -2.9).all()
 
 
-@pytest.mark.parametrize("variant,depth", [("same", 3), ("valid", 2)])
+def test_presence_head_needs_the_same_variant() -> None:
+    # the valid model predicts a frame tile by tile: its head would judge tiles, not frames
+    with pytest.raises(ValueError, match="presence head needs the 'same' variant"):
+        tiny("valid", 2, presence_head=True)
+
+
+@pytest.mark.parametrize("variant,depth", [("same", 3), ("same", 2)])
 def test_presence_head_keeps_shapes_and_adds_only_its_layer(variant, depth) -> None:
     plain, gated = tiny(variant, depth), tiny(variant, depth, presence_head=True)
     assert set(gated.state_dict()) - set(plain.state_dict()) == {"presence.weight",

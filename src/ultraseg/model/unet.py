@@ -159,6 +159,10 @@ class UNet(nn.Module):
         if cfg.presence_head == "auto":
             raise ValueError("presence_head='auto' is decided by the training frames "
                              "(ultraseg.train.resolve_presence_head): build with True or False")
+        if cfg.presence_head and cfg.variant != "same":
+            raise ValueError("a presence head needs the 'same' variant (a valid U-Net sees a "
+                             "frame tile by tile, so its head would judge each tile, and "
+                             "prediction's tiles are larger than training's)")
         if cfg.presence_mode != "gate" and not cfg.presence_head:
             raise ValueError(f"presence mode {cfg.presence_mode!r} needs the presence head "
                              "(presence_head, --presence-head)")
