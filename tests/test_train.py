@@ -606,6 +606,35 @@ def test_presence_head_on_the_valid_model_is_refused_before_training(tmp_path, c
     assert not (run / "best.ckpt").exists()
 
 
+def test_every_checkpoint_carries_the_outline_offset_for_measurement(tmp_path) -> None:
+    """Masks filled from drawn outlines (HC18) reach half the line's width beyond the curve;
+    best.ckpt and last.ckpt alike carry that offset, so measuring with either agrees."""
+    from PIL import ImageDraw
+
+    from ultraseg.measure import outline_half_width
+
+    data = tmp_path / "hc18" / "training_set"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(
+            data / f"{i:03d}_HC.png")
+        outline = Image.new("L", (32, 32), 0)
+        ImageDraw.Draw(outline).ellipse((4 + i % 3, 5, 27, 26 - i % 4), outline=255, width=3)
+        outline.save(data / f"{i:03d}_HC_Annotation.png")
+    want = float(np.median([outline_half_width(np.asarray(Image.open(f)) > 0)
+                            for f in sorted(data.glob("*_Annotation.png"))]))
+    run = tmp_path / "run"
+    assert cli.main(["train", str(tmp_path / "hc18"), "--out", str(run), "--preset", "demo",
+                     "--width", "4", "--depth", "2", "--size", "32", "--epochs", "1",
+                     "--device", "cpu", "--precision", "fp32", "--cache-dir", "",
+                     "--threads", "1"]) == 0
+    offsets = [load_checkpoint(run / f).meta["measure"]["boundary_offset_px"]
+               for f in ("best.ckpt", "last.ckpt")]
+    assert offsets[0] == offsets[1] > 1.0
+    assert offsets[0] == pytest.approx(want, abs=0.3)     # the median over training outlines
+
+
 def test_auto_presence_head_is_decided_once_and_recorded(tmp_path, capsys) -> None:
     """config.json keeps the request ('auto'); the checkpoint holds the decision, and a model
     cannot be built from 'auto' itself."""

@@ -465,9 +465,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         log.info("resuming after epoch %d", start_epoch - 1)
     ddp = ctx.wrap(model, device)  # trains; averages gradients over ranks (the model if alone)
 
+    # every checkpoint (best, last, one left by an interrupted run) measures as the final one
+    measure_meta = {"boundary_offset_px": _boundary_offset(ds, arrays, train_idx)}
+
     def meta(metrics: dict[str, Any], pp: PostprocessConfig | None = None) -> dict[str, Any]:
-        return make_meta(cfg.model, cfg.preprocess, pp or PostprocessConfig(), metrics,
-                         cfg.to_dict())
+        return {**make_meta(cfg.model, cfg.preprocess, pp or PostprocessConfig(), metrics,
+                            cfg.to_dict()), "measure": measure_meta}
 
     stopped = None
     est_val = None          # seconds for one validation pass, measured
@@ -673,9 +676,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                    train_seconds=round(seconds, 1), stopped=stopped,
                    world_size=cfg.train.world_size, device=str(device),
                    precision="bf16" if dtype else "fp32")
-    final_meta = meta(metrics, pp)
-    final_meta["measure"] = {"boundary_offset_px": _boundary_offset(ds, arrays, train_idx)}
-    save_checkpoint(out / "best.ckpt", best.state_dict, final_meta)
+    save_checkpoint(out / "best.ckpt", best.state_dict, meta(metrics, pp))
 
     progress({"event": "stage", "message": "writing the report"})
     from . import report
