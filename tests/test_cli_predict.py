@@ -117,6 +117,18 @@ def test_tta_rle_overlay_and_tif(tmp_path, ckpt):
         assert np.asarray(Image.open(tmp_path / "o" / f"{stem}_overlay.png")).shape == (29, 41, 3)
 
 
+def test_tile_on_a_same_model_is_noted_not_silently_dropped(tmp_path, ckpt, capsys):
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+               "--device", "cpu", "--tile", "20"])
+    assert rc == 0
+    assert "--tile applies to the valid model" in capsys.readouterr().err
+    valid = make_checkpoint(tmp_path / "v.ckpt", variant="valid")
+    assert main(["predict", str(valid), str(tmp_path / "in"), "--out", str(tmp_path / "v"),
+                 "--device", "cpu", "--tile", "20"]) == 0
+    assert "--tile" not in capsys.readouterr().err
+
+
 def test_bad_image_is_exit_2_one_line_and_no_partial_file(tmp_path, ckpt, capsys):
     frames(tmp_path / "in", {"1.png": (20, 30), "3.png": (20, 30)})
     (tmp_path / "in" / "2.png").write_bytes(b"not an image at all")

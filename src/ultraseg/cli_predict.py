@@ -56,6 +56,9 @@ def load_predictor(a: argparse.Namespace) -> Any:
         predictor = load(a.model, **options)
     else:
         predictor = load(a.model, device=a.device, precision=a.precision, **options)
+    if options.get("tile") is not None and predictor.model.variant != "valid":
+        print(f"note: --tile applies to the valid model; this {predictor.model.variant} "
+              "model predicts each frame whole", file=sys.stderr)
     return predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess, a))
 
 
