@@ -292,10 +292,10 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.model.presence_mode == "classifier" and w == 0:
         raise UltrasegError("a classifier-mode presence head learns from its own loss alone: "
                             "train.presence_weight (--presence-weight) must be > 0")
-    head = cfg.model.presence_head
+    head, mode = cfg.model.presence_head, cfg.model.presence_mode
     if head == "auto":          # what resolve_presence_head could decide: check the head too
         head = cfg.model.variant == "same"
-    mode = cfg.model.presence_mode if head else "gate"
+        mode = mode if head else "gate"     # (a mode of an 'auto' head never built: none)
     with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
         build_model(replace(cfg.model, presence_head=head, presence_mode=mode))
 
