@@ -201,6 +201,13 @@ def test_subject_pattern_overrides(tmp_path: Path) -> None:
     assert sorted(s.subject for s in ds.samples) == ["1", "1", "2"]
 
 
+@pytest.mark.parametrize("layout", sorted(BUILDERS))
+def test_subject_pattern_applies_to_every_layout(tmp_path: Path, layout: str) -> None:
+    ds, _ = scan_dataset(BUILDERS[layout](tmp_path / layout), subject_pattern=r"^.")
+    assert ds.samples and all(s.subject == s.image_path.stem[0] for s in ds.samples), \
+        [(s.name, s.subject) for s in ds.samples]
+
+
 def test_missing_folder_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
         scan_dataset(tmp_path / "nope")

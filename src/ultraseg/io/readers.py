@@ -110,7 +110,8 @@ _BUSI_MASK = re.compile(r"^(.*)_mask(?:_\d+)?$")
 class BusiReader(Reader):
     """BUSI breast lesions: ``CLASS/images/CLASS (N).png`` + ``CLASS/mask/CLASS (N)_mask.png``
     (+ ``_mask_1.png``, ``_mask_2.png``: merged by union). Masks may also sit beside the images,
-    as in the original distribution. BUSI names no patients: each image is its own subject."""
+    as in the original distribution. BUSI names no patients: each image is its own subject
+    (--subject-pattern overrides)."""
 
     name = "busi"
     description = "CLASS/images/CLASS (N).png + CLASS/mask/CLASS (N)_mask[_K].png"
@@ -139,7 +140,8 @@ class BusiReader(Reader):
                     problems.append(DataError("image without a mask in a labelled set", images[name][0]))
                     continue
                 mask_paths = tuple(sorted(masks[name], key=lambda q: natural_key(q.name)))
-                samples.append(Sample(name, images[name][0], mask_paths, name, {"class": cls_name}))
+                samples.append(Sample(name, images[name][0], mask_paths,
+                                      self.subject_of(name), {"class": cls_name}))
         if not samples and not problems:
             problems.append(DataError("empty folder: no images found", root))
         return samples, problems
