@@ -121,6 +121,15 @@ def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> 
     assert first.names == second.names and first.subjects == second.subjects
 
 
+def test_a_cache_hit_takes_subjects_from_the_dataset_not_the_cache(tmp_path: Path) -> None:
+    root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
+    assert load_arrays(open_dataset(root), cfg, cache_dir=cache).subjects == ("0", "0", "1", "1")
+    regrouped = open_dataset(root, subject_pattern=r"_(\d+)$")   # one subject per frame
+    hit = load_arrays(regrouped, cfg, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 1                     # the pixels are the same
+    assert hit.subjects == ("0", "1", "2", "3")
+
+
 def test_cache_key_follows_files_and_settings(tmp_path: Path) -> None:
     root = _tree(tmp_path / "data")
     ds = open_dataset(root)

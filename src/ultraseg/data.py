@@ -71,10 +71,14 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         if cache_path.exists():
             try:
                 with np.load(cache_path, allow_pickle=False) as z:
-                    arrays = Arrays(z["images"], z["masks"], tuple(z["names"].tolist()),
-                                    tuple(z["subjects"].tolist()))
+                    images, masks = z["images"], z["masks"]
+                if len(images) != len(samples) or masks.shape != images.shape:
+                    raise ValueError(f"{len(images)} frames cached for {len(samples)} samples")
+                # names and subjects come from the dataset as scanned now: the subject pattern
+                # is not in the key (it does not change a pixel) and must not come from the cache
                 log.info("cache hit: %s", cache_path)
-                return arrays
+                return Arrays(images, masks, tuple(s.name for s in samples),
+                              tuple(s.subject for s in samples))
             except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt
                 log.warning("ignoring damaged cache %s (%s)", cache_path, e)
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
@@ -94,8 +98,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     arrays = Arrays(images, masks, tuple(s.name for s in samples), tuple(s.subject for s in samples))
     if cache_path is not None:
         try:
-            _save_npz(cache_path, images=images, masks=masks, names=np.array(arrays.names),
-                      subjects=np.array(arrays.subjects))
+            _save_npz(cache_path, images=images, masks=masks, names=np.array(arrays.names))
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return arrays
