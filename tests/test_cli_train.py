@@ -50,7 +50,7 @@ def test_flags_win_over_config_file_over_preset(tmp_path) -> None:
     demo = PRESETS["demo"]
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({
-        "preset": "cpu",  # a file's preset name chooses nothing
+        "preset": "cpu",  # --preset wins over the file's preset
         "model": {"width": 6},
         "train": {"epochs": 2, "lr": 0.01},
     }))
@@ -63,6 +63,24 @@ def test_flags_win_over_config_file_over_preset(tmp_path) -> None:
     assert cfg.preprocess.size == demo["preprocess"]["size"]
     assert cfg.train.augment == demo["train"]["augment"]
     assert cfg.preset == "demo"
+
+
+def test_a_config_files_preset_is_the_base_when_no_flag_names_one(tmp_path) -> None:
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"preset": "seed", "train": {"epochs": 2}}))
+    cfg = _resolve(["DATA", "--out", "RUN", "--config", str(conf)])
+    seed = preset("seed")
+    assert cfg.preset == "seed" and cfg.train.epochs == 2
+    assert (cfg.model, cfg.preprocess) == (seed.model, seed.preprocess)
+    assert cfg.train.loss == seed.train.loss and cfg.train.lr == seed.train.lr
+
+
+def test_a_config_files_unknown_preset_is_a_user_error(data, tmp_path, capsys) -> None:
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"preset": "fastest"}))
+    rc = cli.main(["train", str(data), "--out", str(tmp_path / "r"), "--config", str(conf)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "fastest" in err and "conf.json" in err
 
 
 def test_a_runs_config_json_reproduces_its_settings(tmp_path) -> None:
@@ -209,6 +227,24 @@ def test_resume_continues_a_stopped_run(stopped_run, tmp_path, capsys) -> None:
     assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == n_before + 1
     assert json.loads((run / "config.json").read_text()) == \
         json.loads((original / "config.json").read_text())
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--epochs", "9"], ["--epochs"]),
+    (["--time-limit", "1h", "--lr", "0.1"], ["--time-limit", "--lr"]),
+    (["--preset", "seed"], ["--preset"]),
+    (["--no-presence-head"], ["--presence-head"]),
+    (["DATA_ELSEWHERE"], ["DATA", "config.json"]),
+])
+def test_resume_refuses_settings_it_would_ignore(stopped_run, tmp_path, capsys, extra,
+                                                 words) -> None:
+    _, _, run = stopped_run
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    extra = [str(tmp_path) if x == "DATA_ELSEWHERE" else x for x in extra]
+    rc = cli.main(["train", "--out", str(run), "--resume", *extra])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and err.startswith("error:") and all(w in err for w in words), err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # untouched
 
 
 # ------------------------------------------------------------------ progress display

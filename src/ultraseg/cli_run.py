@@ -88,14 +88,46 @@ def _read_config_file(path: str) -> dict[str, Any]:
                                             if k != "preset"):
         raise UltrasegError("a config file is one JSON object of sections (data, preprocess, "
                             "model, train), each a JSON object", path)
+    if not isinstance(doc.get("preset", ""), str):
+        raise UltrasegError(f"a config file's \"preset\" is a preset's name, got "
+                            f"{doc['preset']!r}", path)
     return doc
 
 
+_RESUME_OWN = ("preset", "config", "time_limit", *_FLAGS)  # what a resumed run takes from its
+#                                                            own config.json, never from flags
+
+
+def _check_resume_args(a: argparse.Namespace) -> None:
+    """--resume continues a run as the uninterrupted run would have gone on: refuse settings
+    it would otherwise drop in silence (a changed recipe is a new run in a new --out)."""
+    given = [f"--{d.replace('_', '-')}" for d in _RESUME_OWN if getattr(a, d, None) is not None]
+    if given:
+        raise UltrasegError(f"--resume continues the run with its own config.json; it takes no "
+                            f"{', '.join(given)} (to change the recipe, train a new run into "
+                            f"another --out)")
+    if a.data:
+        conf = Path(a.out) / "config.json"
+        try:
+            recorded = json.loads(conf.read_text())["data"]["path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return                  # train() says what is wrong with the run folder
+        if Path(a.data).resolve() != Path(recorded).resolve():
+            raise UltrasegError(f"--resume continues on the run's own data ({recorded}, from "
+                                f"its config.json), not DATA {a.data}")
+
+
 def resolve_config(a: argparse.Namespace) -> RunConfig:
-    """Preset, then --config FILE, then explicit flags: later wins."""
-    cfg = preset(a.preset or default_preset())
-    if a.config:
-        file_cfg = _read_config_file(a.config)
+    """Preset, then --config FILE, then explicit flags: later wins. The preset is --preset's,
+    else the file's ``"preset"``, else :func:`default_preset`."""
+    file_cfg = _read_config_file(a.config) if a.config else {}
+    try:
+        cfg = preset(a.preset or file_cfg.get("preset") or default_preset())
+    except UltrasegError as e:
+        if a.preset:
+            raise
+        raise UltrasegError(e.message, a.config) from e
+    if file_cfg:
         try:
             cfg = merge(cfg, {k: v for k, v in file_cfg.items() if k != "preset"})
         except UltrasegError as e:
@@ -117,6 +149,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from .train import train
 
     if a.resume:
+        _check_resume_args(a)
         cfg = RunConfig()  # the run's own config.json is used
     else:
         if not a.data:
@@ -218,7 +251,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s; 'none' lifts a "
                    "preset's cap")
     p.add_argument("--cache-dir", help="where decoded frames are cached ('' disables)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out with its own "
+                   "config.json (setting flags are refused)")
     layout_args(p)
     p.set_defaults(layout=None)
 
