@@ -303,6 +303,17 @@ def test_newer_format_refused(tmp_path) -> None:
         load_checkpoint(tmp_path / "future.ckpt")
 
 
+def test_newer_format_with_a_new_model_field_is_called_newer_not_damaged(tmp_path) -> None:
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig())
+    meta["format_version"] = 99
+    meta["model"]["a_field_of_the_future"] = 1          # what a newer format may well bring
+    save_checkpoint(tmp_path / "future.ckpt", build_model(cfg).state_dict(), meta)
+    with pytest.raises(CheckpointError, match="newer") as e:
+        load_checkpoint(tmp_path / "future.ckpt")
+    assert "damaged" not in str(e.value)
+
+
 def test_save_is_atomic_and_overwrites(tmp_path) -> None:
     cfg = ModelConfig(variant="same", width=4, depth=2)
     meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig())

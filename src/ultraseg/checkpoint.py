@@ -102,6 +102,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError("not an ultraseg checkpoint (weights of another model?)", path)
     try:
         meta = json.loads(payload["meta_json"])
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"format_version {version!r} is not a number")
+    except Exception as e:
+        raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
+    if version > FORMAT_VERSION:        # said before reading what a newer format holds
+        raise CheckpointError(f"checkpoint format {version} is newer than this ultraseg "
+                              f"({__version__}) reads", path)
+    try:
         ckpt = Checkpoint(
             model=ModelConfig.from_dict(meta["model"]),
             preprocess=PreprocessConfig.from_dict(meta["preprocess"]),
@@ -112,9 +121,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except Exception as e:
         raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint format {meta['format_version']} is newer than this "
-                              f"ultraseg ({__version__}) reads", path)
     return ckpt
 
 
