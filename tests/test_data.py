@@ -206,3 +206,9 @@ def test_run_split_without_validation_trains_on_every_frame_not_held_out() -> No
     for bad in (-0.1, 1.0):
         with pytest.raises(UltrasegError, match="val fraction"):
             run_split(subjects, 0.2, bad, seed=0)
+
+
+@pytest.mark.parametrize("test_fraction", [-0.2, 1.0, 1.5, float("nan")])
+def test_run_split_refuses_a_bad_test_fraction_by_its_name(test_fraction: float) -> None:
+    with pytest.raises(UltrasegError, match="test fraction"):
+        run_split(_subjects(0), test_fraction, 0.2, seed=0)

@@ -177,6 +177,9 @@ def run_split(subjects: Sequence[str], test_fraction: float, val_fraction: float
     if not 0 <= val_fraction < 1:
         raise UltrasegError("val fraction must be 0 (no validation) or between 0 and 1, got "
                             f"{val_fraction}")
+    if not 0 <= test_fraction < 1:      # (NaN fails both comparisons, so it is refused too)
+        raise UltrasegError("test fraction must be 0 (nothing held out) or between 0 and 1, "
+                            f"got {test_fraction}")
     kept, test_idx = holdout_by_subject(subjects, test_fraction, seed)
     if val_fraction == 0:
         return kept, np.arange(0), test_idx

@@ -278,6 +278,10 @@ def check_config(cfg: RunConfig) -> None:
             or not 0 < s[0] <= s[1] < math.inf):
         raise UltrasegError(f"train.affine_scale (--affine-scale) must be two numbers "
                             f"0 < LO <= HI, got {s!r}")
+    for name, v in (("train.val_fraction (--val-fraction)", t.val_fraction),
+                    ("train.test_fraction (--test-fraction)", t.test_fraction)):
+        if not _number(v) or not 0 <= v < 1:
+            raise UltrasegError(f"{name} must be a number in [0, 1), got {v!r}")
     d = t.ema_decay
     if not _number(d) or not 0 <= d < 1:
         raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
