@@ -158,6 +158,21 @@ def test_cli_human_summary_and_out(checkpoint, data, tmp_path, capsys) -> None:
     assert (out / "per_image.csv").is_file() and (out / "summary.json").is_file()
 
 
+def test_cli_takes_predicts_model_flags(checkpoint, data, capsys) -> None:
+    """--precision, --batch-size (and --tile, --device) as predict has them: fp32 and bf16
+    figures agree closely, a bad batch size is a user error."""
+    def summary(*flags: str) -> dict:
+        assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",
+                         *flags]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    fp32 = summary("--precision", "fp32", "--batch-size", "3")
+    assert fp32 == summary("--precision", "fp32")                  # batching changes nothing
+    assert abs(summary("--precision", "bf16")["dice_mean"] - fp32["dice_mean"]) < 0.01
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+
+
 def test_cli_postprocess_flags_override_the_checkpoint(checkpoint, data, capsys) -> None:
     def summary(*flags: str) -> dict:
         assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",

@@ -113,7 +113,9 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
                         "horizontally flipped frame's (twice the prediction time)")
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def model_args(p: argparse.ArgumentParser) -> None:
+    """How a model runs: batch size, valid-model tile, device and precision (predict, measure,
+    evaluate)."""
     p.add_argument("--batch-size", type=int, metavar="N", help="frames (or tiles) per batch")
     p.add_argument("--tile", type=int, metavar="N",
                    help="valid model: output tile side for prediction (default: whole canvas)")
@@ -196,7 +198,7 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("--rle", metavar="FILE.csv",
                    help="write a Kaggle submission (img,pixels; run-length encoded masks); "
                         "of a Kaggle root with train/ and test/, only the test frames")
-    _model_args(p)
+    model_args(p)
     postprocess_args(p)
     layout_args(p, label="with --overlay: draw label K of a label mask as the ground truth "
                          "(default: the label the checkpoint was trained on)")
@@ -224,7 +226,7 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--pixel-size", type=float, metavar="MM",
                    help="pixel size in mm for frames whose dataset gives none")
-    _model_args(p)
+    model_args(p)
     postprocess_args(p)
     layout_args(p, label=None)  # measures the prediction; no ground truth to choose from
     p.set_defaults(func=_cmd_measure)

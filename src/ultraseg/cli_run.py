@@ -259,13 +259,10 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
 
 # ---------------------------------------------------------------- evaluate
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .cli_predict import postprocess_from_flags
+    from .cli_predict import load_predictor
     from .evaluate import evaluate, format_summary
-    from .predict import load
 
-    predictor = load(a.checkpoint, device=a.device)
-    predictor = predictor.with_options(
-        postprocess=postprocess_from_flags(predictor.postprocess, a))
+    predictor = load_predictor(a)      # predict's model flags and post-processing, the same way
     summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split, a.subset,
                           a.out, label=a.label)
     if a.json:
@@ -290,7 +287,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     """Register the model subcommands on the ``ultraseg`` parser."""
-    from .cli_predict import postprocess_args
+    from .cli_predict import model_args, postprocess_args
 
     p = sub.add_parser("train", help="train a U-Net on a dataset",
                        description="Train a U-Net; writes checkpoints, metrics and a report to --out.")
@@ -299,7 +296,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
 
     p = sub.add_parser("evaluate", help="per-image metrics of a checkpoint on a labelled dataset",
                        description="Dice, IoU, precision, recall, HD95 per image at original size.")
-    p.add_argument("checkpoint", help="best.ckpt of a run, or an exported .onnx")
+    p.add_argument("model", metavar="checkpoint", help="best.ckpt of a run, or an exported "
+                   ".onnx")
     p.add_argument("data", help="labelled dataset folder")
     layout_args(p, label="score against label K of a label mask (default: the label the "
                          "checkpoint was trained on)")
@@ -308,7 +306,7 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
                    help="which side of --split to evaluate (default val)")
     p.add_argument("--out", help="folder for per_image.csv and summary.json")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--device", default="auto")
+    model_args(p)
     postprocess_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
