@@ -171,6 +171,14 @@ def test_export_then_predict_from_onnx_gives_the_same_masks(tmp_path, capsys):
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx")]) == 2
 
 
+def test_export_says_that_tile_does_nothing_on_a_same_model(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "same.ckpt")
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--tile", "20"]) == 0
+    assert "--tile applies to the valid model" in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "n.onnx")]) == 0
+    assert "--tile" not in capsys.readouterr().err
+
+
 def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "m.ckpt", meta_extra={"measure": {"boundary_offset_px": 0.5}})
     folder = tmp_path / "hc" / "training_set"

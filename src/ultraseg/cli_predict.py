@@ -130,6 +130,13 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     path = export_onnx(a.checkpoint, a.onnx, opset=a.opset, tile=a.tile)
     print(f"exported {a.checkpoint} -> {path} (checked against PyTorch on ONNX Runtime)")
+    if a.tile is not None:
+        from .checkpoint import load_checkpoint
+
+        variant = load_checkpoint(a.checkpoint).model.variant
+        if variant != "valid":
+            print(f"note: --tile applies to the valid model; this {variant} model is exported "
+                  "with dynamic height and width", file=sys.stderr)
     return EXIT_OK
 
 
