@@ -41,10 +41,12 @@ def test_nerve_subset_reaches_a_dice_floor_on_unseen_subjects(tmp_path) -> None:
         "data": {"path": str(data), "layout": "folders", "cache_dir": ""},
         "preprocess": {"size": 96},
         "model": {"width": 8},
-        "train": {"time_limit_s": 75.0, "test_fraction": 0.25, "seed": 0}})
+        # a fixed number of epochs, not a time limit: the floor must not depend on how busy
+        # the machine is (under a 75 s cap a loaded CI machine trained 3 epochs and scored 0.26)
+        "train": {"epochs": 30, "time_limit_s": None, "test_fraction": 0.25, "seed": 0}})
     run = tmp_path / "run"
     result = train(cfg, run)
-    assert result.epochs_run >= 3
+    assert result.epochs_run == 30 and not result.stopped
     summary, rows = evaluate(load(run / "best.ckpt"), data, "folders",
                              split_file=run / "split.json", subset="test")
     assert summary["n"] >= 30 and all(not r["truth_empty"] for r in rows)
