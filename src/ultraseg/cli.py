@@ -74,7 +74,8 @@ def _layout_args(p: argparse.ArgumentParser,
     p.add_argument("--layout", default="auto",
                    help="dataset layout: auto (default), kaggle, folders, busi, hc18, images")
     p.add_argument("--subject-pattern", metavar="REGEX",
-                   help="regex whose first group (else whole match) is the subject id of a file stem")
+                   help="regex whose first group (else whole match) is the subject id of a file "
+                   "stem (matching no name: refused; names it misses keep the layout's subject)")
     if label is not None:
         p.add_argument("--label", type=int, metavar="K", help=label)
 

@@ -208,6 +208,18 @@ def test_subject_pattern_applies_to_every_layout(tmp_path: Path, layout: str) ->
         [(s.name, s.subject) for s in ds.samples]
 
 
+def test_subject_pattern_that_matches_no_name_is_refused(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "f")
+    with pytest.raises(UltrasegError, match=r"matches none of the 3 file names.*'1_1'"):
+        scan_dataset(root, subject_pattern=r"^(\d+)-")        # a '-' typed for the '_'
+
+
+def test_subject_pattern_that_misses_some_names_keeps_their_layout_subject(tmp_path) -> None:
+    root = make_folders(tmp_path / "f")                       # 1_1, 1_2, 2_1: subjects 1, 1, 2
+    ds, _ = scan_dataset(root, subject_pattern=r"^(2)_")       # matches 2_1 only
+    assert {s.name: s.subject for s in ds.samples} == {"1_1": "1", "1_2": "1", "2_1": "2"}
+
+
 def test_missing_folder_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
         scan_dataset(tmp_path / "nope")

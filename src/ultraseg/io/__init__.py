@@ -91,7 +91,23 @@ def scan_dataset(path: str | Path, layout: str = "auto",
     except PermissionError as e:
         raise DataError("cannot read folder: permission denied", e.filename or root) from e
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
+    _check_pattern(reader, subject_pattern)
     return Dataset(root, name, tuple(samples)), problems
+
+
+def _check_pattern(reader: Reader, pattern: str | None) -> None:
+    """A --subject-pattern that matches no file name is refused (each frame would silently be
+    its own subject, and one patient's frames could land on both sides of the split); one that
+    misses some names is warned about (those keep the layout's own subject)."""
+    misses, hits = reader.pattern_misses, reader.pattern_hits
+    if not misses:
+        return
+    if not hits:
+        raise UltrasegError(f"--subject-pattern {pattern!r} matches none of the "
+                            f"{len(misses)} file names (first: {misses[0]!r})")
+    log.warning("--subject-pattern %r does not match %d of %d file names (first: %r); those "
+                "keep the layout's own subject", pattern, len(misses), len(misses) + hits,
+                misses[0])
 
 
 def open_dataset(path: str | Path, layout: str = "auto",

@@ -195,6 +195,8 @@ class Reader(ABC):
 
     def __init__(self, subject_pattern: str | None = None) -> None:
         self.subject_pattern = re.compile(subject_pattern) if subject_pattern else None
+        self.pattern_hits = 0
+        self.pattern_misses: list[str] = []   # stems the pattern did not match
 
     @classmethod
     @abstractmethod
@@ -206,12 +208,15 @@ class Reader(ABC):
         """Pair the files under ``root``: the samples found and the structural problems."""
 
     def subject_of(self, stem: str, default: str | None = None) -> str:
-        """Subject id from a file stem: --subject-pattern's first group (or whole match) if given."""
+        """Subject id from a file stem: --subject-pattern's first group (or whole match) if
+        given and it matches; else the layout's ``default`` (the stem where there is none).
+        Misses are counted in :attr:`pattern_misses` (:func:`ultraseg.io.scan_dataset` says)."""
         if self.subject_pattern is not None:
             m = self.subject_pattern.search(stem)
             if m:
+                self.pattern_hits += 1
                 return m.group(1) if m.groups() else m.group(0)
-            return stem
+            self.pattern_misses.append(stem)
         return stem if default is None else default
 
     def leading_subject(self, stem: str) -> str:
