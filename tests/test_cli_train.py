@@ -147,6 +147,11 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, caps
     ('{"train": {"epochz": 3}}', ["conf.json", "epochz", "epochs", "batch_size"]),
     ('{"trian": {"epochs": 3}}', ["conf.json", "trian"]),
     ('{"train": {"epochs": "3"}}', ["epochs", "'3'"]),
+    # a value outside a field's choices: 'step' trained a cosine schedule, 'focal' crashed
+    ('{"train": {"schedule": "step"}}', ["conf.json", "schedule", "'cosine'", "'step'"]),
+    ('{"train": {"loss": "focal"}}', ["conf.json", "loss", "'bce+dice'", "'focal'"]),
+    ('{"preprocess": {"normalise": "minmax"}}', ["conf.json", "normalise", "'minmax'"]),
+    ('{"model": {"variant": true}}', ["conf.json", "variant", "True"]),
 ])
 def test_bad_config_file_is_a_user_error(data, tmp_path, capsys, content, words) -> None:
     conf = tmp_path / "conf.json"
@@ -158,6 +163,7 @@ def test_bad_config_file_is_a_user_error(data, tmp_path, capsys, content, words)
     assert rc == 2, err
     assert all(w in err for w in words), err
     assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert not (tmp_path / "run" / "config.json").exists()   # refused before any file
 
 
 def test_missing_config_file(data, tmp_path, capsys) -> None:

@@ -6,7 +6,9 @@ written as JSON and stored in checkpoints without pickle.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -27,7 +29,20 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name in data and isinstance(data[f.name], list):
             data[f.name] = tuple(data[f.name])
+    for name, allowed in _literal_fields(cls).items():   # a config file's typo, not a default
+        if name in data and not any(data[name] == a and type(data[name]) is type(a)
+                                    for a in allowed):
+            raise UltrasegError(f"{cls.__name__} {name!r} must be one of "
+                                f"{', '.join(map(repr, allowed))}; got {data[name]!r}")
     return cls(**data)
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The fields of ``cls`` typed as one ``Literal[...]``, with the values each allows."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in fields(cls)
+            if typing.get_origin(hints[f.name]) is Literal}
 
 
 class _Section:
