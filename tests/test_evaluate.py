@@ -173,6 +173,19 @@ def test_cli_takes_predicts_model_flags(checkpoint, data, capsys) -> None:
     assert "--batch-size" in capsys.readouterr().err
 
 
+def test_cli_says_when_the_label_scored_occurs_in_no_mask(checkpoint, data, capsys) -> None:
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",
+                     "--label", "7"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["label"] == 7 and doc["label_absent"] == [1]     # binary masks: label 1 only
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--device", "cpu",
+                     "--label", "7"]) == 0
+    assert "note: label 7 occurs in no mask (they hold labels 1)" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",
+                     "--label", "1"]) == 0
+    assert "label_absent" not in json.loads(capsys.readouterr().out)
+
+
 def test_cli_postprocess_flags_override_the_checkpoint(checkpoint, data, capsys) -> None:
     def summary(*flags: str) -> dict:
         assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",

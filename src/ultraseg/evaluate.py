@@ -72,11 +72,16 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []
     truths: list[np.ndarray] = []
+    labels_seen: set[int] = set()      # the labels the masks hold (with a label to score)
 
     def decoded():
         for s in samples:
             image, mask = s.load()
             truths.append(select_label(mask, label))
+            if label is not None and not truths[-1].any():
+                labels_seen.update(int(v) for v in np.unique(mask[mask > 0]))
+            elif label is not None:
+                labels_seen.add(label)
             yield image
 
     for i, prob in enumerate(predictor.predict_proba_many(decoded())):
@@ -105,6 +110,13 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     errors = [abs(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
     if errors:
         summary["hc_mae_mm"] = float(np.mean(errors))
+    summary["label"] = label
+    if label is not None and label not in labels_seen and labels_seen:
+        # the masks hold structures, none of them this one: a wrong --label (or a checkpoint
+        # trained on another set's labels) would score every frame as empty
+        summary["label_absent"] = sorted(labels_seen)
+        log.warning("label %d occurs in none of the %d masks (they hold labels %s): every "
+                    "frame is scored as empty", label, len(rows), summary["label_absent"])
     if out is not None:
         write_evaluation(out, summary, rows)
     return summary, rows
@@ -160,5 +172,9 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]
     if "hc_mae_mm" in summary:
         lines.append(f"head circumference MAE {summary['hc_mae_mm']:.2f} mm")
+    if summary.get("label_absent"):
+        lines.append(f"note: label {summary['label']} occurs in no mask (they hold labels "
+                     f"{', '.join(map(str, summary['label_absent']))}): every frame scored as "
+                     "empty; --label K scores another")
     lines.append("(empty rule: a frame with empty truth and empty prediction scores Dice 1)")
     return "\n".join(lines)

@@ -34,7 +34,7 @@ from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from .config import AUTO_PRESENCE_MIN_EMPTY, PostprocessConfig, RunConfig
 from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, session
-from .errors import UltrasegError
+from .errors import DataError, UltrasegError
 from .fileio import atomic_write_text
 from .io import open_dataset, select_label
 from .losses import compute_loss
@@ -419,6 +419,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     progress({"event": "stage", "message": "reading and caching the dataset"})
     ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern)
     arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir)
+    if not arrays.masks.any():      # every target empty: the model could only learn "nothing"
+        label = cfg.preprocess.label
+        raise DataError(f"none of the {len(arrays.masks)} masks holds "
+                        + (f"label {label} (--label; `ultraseg inspect DATA` lists the labels "
+                           "the masks hold)" if label is not None else "a foreground pixel")
+                        + ": nothing to learn", ds.root)
     if resume:
         train_idx, val_idx = read_split(out / "split.json", arrays.names)
     else:
