@@ -117,6 +117,9 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--test-fraction", "1"], ["--test-fraction", "[0, 1)", "1.0"]),
     (["--test-fraction", "-0.2"], ["--test-fraction", "-0.2"]),
     (["--label", "5"], ["label 5", "inspect", "nothing to learn"]),   # binary masks: no 5
+    (["--seed", "-1"], ["--seed", ">= 0", "-1"]),
+    (["--split-seed", "-3"], ["--split-seed", ">= 0", "-3"]),
+    (["--threads", "0"], ["--threads", ">= 1"]),
     (["--ema-decay", "1"], ["ema_decay", "--ema-decay", "[0, 1)"]),
     (["--affine-scale", "1.2", "0.8"], ["--affine-scale", "LO <= HI", "(1.2, 0.8)"]),
     (["--affine-scale", "0", "1"], ["--affine-scale", "0 < LO"]),

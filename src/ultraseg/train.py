@@ -263,9 +263,17 @@ def check_config(cfg: RunConfig) -> None:
               "train.tiles_per_image (--tiles-per-image)": t.tiles_per_image}
     if cfg.preprocess.size is not None:
         counts["preprocess.size (--size)"] = cfg.preprocess.size
+    if t.num_threads is not None:
+        counts["train.num_threads (--threads)"] = t.num_threads
     for name, v in counts.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UltrasegError(f"{name} must be a whole number >= 1, got {v!r}")
+    seeds = {"train.seed (--seed)": t.seed}
+    if t.split_seed is not None:
+        seeds["train.split_seed (--split-seed)"] = t.split_seed
+    for name, v in seeds.items():     # numpy's generators take no negative seed
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UltrasegError(f"{name} must be a whole number >= 0, got {v!r}")
     positive = {"train.lr (--lr)": t.lr}
     if t.time_limit_s is not None:
         positive["train.time_limit_s (--time-limit)"] = t.time_limit_s
