@@ -27,6 +27,9 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     from .predict import load
     from .train import train
 
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
+            or not 0 < minutes < float("inf"):       # before any phantom frame is written
+        raise UltrasegError(f"--minutes must be a number of minutes > 0, got {minutes!r}")
     out = Path(out)
     if (out / "best.ckpt").exists():
         raise UltrasegError("already holds a demo run; choose another --out", out)

@@ -1,0 +1,41 @@
+"""``ultraseg demo``: the main job end to end (at a reduced scale: fewer, smaller frames and
+two epochs; the full demo is the README's first command), and its user errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ultraseg import cli, demo
+from ultraseg.config import PRESETS
+
+
+def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatch,
+                                                            capsys) -> None:
+    monkeypatch.setattr(demo, "TRAIN_FRAMES", 24)
+    monkeypatch.setattr(demo, "TEST_FRAMES", 6)
+    monkeypatch.setattr(demo, "FRAME_SIZE", 64)
+    monkeypatch.setitem(PRESETS["demo"]["preprocess"], "size", 32)
+    monkeypatch.setitem(PRESETS["demo"]["model"], "width", 4)
+    monkeypatch.setitem(PRESETS["demo"]["train"], "epochs", 2)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "on 6 unseen phantom frames" in stdout and str(out / "report.html") in stdout
+    for name in ("best.ckpt", "report.html", "config.json", "split.json", "metrics.csv"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert summary["n"] == 6 and 0.0 <= summary["dice_mean"] <= 1.0
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
+    assert "unseen phantom" in (out / "report.html").read_text()
+    assert cli.main(["demo", "--out", str(out)]) == 2            # never over a finished run
+    assert "already holds a demo run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan"])
+def test_demo_refuses_a_bad_minutes_before_writing_anything(tmp_path, capsys, minutes) -> None:
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--minutes", minutes]) == 2
+    err = capsys.readouterr().err
+    assert "--minutes" in err and "--time-limit" not in err, err
+    assert not out.exists()
