@@ -171,6 +171,16 @@ def test_export_then_predict_from_onnx_gives_the_same_masks(tmp_path, capsys):
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx")]) == 2
 
 
+@pytest.mark.parametrize("tile", ["0", "-5"])
+def test_a_tile_below_one_is_a_user_error(tmp_path, capsys, tile):
+    ckpt = make_checkpoint(tmp_path / "valid.ckpt", variant="valid", size=40)
+    frames(tmp_path / "in", {"1.png": (37, 52)})
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                 "--tile", tile]) == 2
+    assert f"--tile must be at least 1, got {tile}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_export_says_that_tile_does_nothing_on_a_same_model(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "same.ckpt")
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--tile", "20"]) == 0

@@ -278,6 +278,16 @@ def test_split_of_another_dataset_is_a_user_error(checkpoint, data, tmp_path, ca
     assert "'val' side is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", ["[1, 2]", '{"val": 5}', '{"val": [1, 2]}', '"val"'])
+def test_a_file_that_is_not_a_split_is_a_user_error(checkpoint, data, tmp_path, capsys,
+                                                      content) -> None:
+    bad = tmp_path / "split.json"
+    bad.write_text(content)
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "split.json" in err and "'val' side" in err and "internal" not in err, err
+
+
 def test_cli_missing_checkpoint_is_a_user_error(data, tmp_path, capsys) -> None:
     assert cli.main(["evaluate", str(tmp_path / "nope.ckpt"), str(data)]) == 2
     assert "nope.ckpt" in capsys.readouterr().err

@@ -48,6 +48,8 @@ def load_predictor(a: argparse.Namespace) -> Any:
             raise UltrasegError(f"--batch-size must be at least 1, got {a.batch_size}")
         options["batch_size"] = a.batch_size
     if getattr(a, "tile", None) is not None:
+        if a.tile < 1:
+            raise UltrasegError(f"--tile must be at least 1, got {a.tile}")
         options["tile"] = a.tile
     if Path(a.model).suffix.lower() == ".onnx":
         if a.device not in ("auto", "cpu") or a.precision not in ("auto", "fp32"):

@@ -33,7 +33,10 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None, sub
         return list(samples)
     try:
         doc = json.loads(Path(split_file).read_text())
-        names = set(doc[subset])
+        side = doc[subset] if isinstance(doc, dict) else None
+        if not isinstance(side, list) or not all(isinstance(n, str) for n in side):
+            raise ValueError("not a split.json: its sides are lists of frame names")
+        names = set(side)
     except (OSError, ValueError, KeyError) as e:
         raise UltrasegError(f"cannot read the '{subset}' side of the split ({e})", split_file) from e
     if not names:  # e.g. 'val' of a run trained with --val-fraction 0
