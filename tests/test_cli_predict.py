@@ -171,6 +171,18 @@ def test_export_then_predict_from_onnx_gives_the_same_masks(tmp_path, capsys):
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx")]) == 2
 
 
+@pytest.mark.parametrize("where, words", [("adir", "a folder of that name"),
+                                          ("no/sub.csv", "its folder does not exist")])
+def test_a_bad_rle_target_is_refused_before_predicting(tmp_path, ckpt, capsys, where, words):
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    (tmp_path / "adir").mkdir()
+    rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+               "--rle", str(tmp_path / where)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and words in err and str(tmp_path / where) in err and ".tmp" not in err, err
+    assert not (tmp_path / "o").exists()                      # nothing predicted or written
+
+
 @pytest.mark.parametrize("tile", ["0", "-5"])
 def test_a_tile_below_one_is_a_user_error(tmp_path, capsys, tile):
     ckpt = make_checkpoint(tmp_path / "valid.ckpt", variant="valid", size=40)

@@ -7,14 +7,13 @@ with 1-based starts; an empty mask is the empty string. The submission CSV has t
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UltrasegError
+from .fileio import atomic_open
 
 
 def encode(mask: np.ndarray) -> str:
@@ -69,24 +68,17 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
 def write_submission(rows: Iterable[tuple[str, np.ndarray]], path: str | Path) -> None:
     """Write a Kaggle submission CSV (``img,pixels``) of ``(image stem, bool (H, W) mask)`` rows.
 
-    Written to a temporary file in the same folder and moved into place, so a reader never
-    sees half a file.
+    Written through :func:`~ultraseg.fileio.atomic_open`: a reader never sees half a file, and
+    a failed write (a folder at ``path``, a full disk) is an error naming ``path``.
     """
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UltrasegError(f"cannot write the submission: {e.strerror}", path) from e
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write("img,pixels\n")
-            for name, mask in rows:
-                name = str(name)
-                if any(c in name for c in ',"\n\r'):
-                    raise UltrasegError(f"image name {name!r} cannot go in a CSV field unquoted")
-                f.write(f"{name},{encode(mask)}\n")
-        os.chmod(tmp, 0o644)            # mkstemp makes it private; a submission is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if path.is_dir():
+        raise UltrasegError("cannot write the submission: a folder of that name is there "
+                            "(give a file name such as sub.csv)", path)
+    with atomic_open(path, "w") as f:
+        f.write("img,pixels\n")
+        for name, mask in rows:
+            name = str(name)
+            if any(c in name for c in ',"\n\r'):
+                raise UltrasegError(f"image name {name!r} cannot go in a CSV field unquoted")
+            f.write(f"{name},{encode(mask)}\n")
