@@ -269,3 +269,20 @@ def test_a_frame_a_classifier_head_calls_absent_exports_empty(exported, tmp_path
         got = load(onnx_path).predict_proba(image)
         assert np.abs(got - want).max() < 1e-4
         assert (got.max() == 0.0) if empty else (got.max() > 0.5)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_the_opset_asked_for_is_the_opset_written(exported, tmp_path, opset):
+    """torch's own exporter raises an opset under 18 to 18; ultraseg then takes the
+    TorchScript exporter rather than hand back another opset than the one asked for."""
+    path = export_onnx(exported["same"][0], tmp_path / "m.onnx", opset=opset)  # verified inside
+    model = onnx.load(str(path))
+    assert [op.version for op in model.opset_import if op.domain in ("", "ai.onnx")] == [opset]
+    meta = json.loads({p.key: p.value for p in model.metadata_props}[META_KEY])
+    assert meta["onnx"]["opset"] == opset
+
+
+def test_an_opset_no_exporter_writes_is_a_user_error(exported, tmp_path):
+    with pytest.raises(UltrasegError):
+        export_onnx(exported["same"][0], tmp_path / "m.onnx", opset=3)
+    assert not (tmp_path / "m.onnx").exists()

@@ -219,7 +219,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
                     "probabilities) that carries the checkpoint's metadata.")
     p.add_argument("checkpoint", help="a checkpoint (best.ckpt)")
     p.add_argument("--onnx", required=True, metavar="FILE.onnx", help="the file to write")
-    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset written, or an error "
+                   "(default: the exporter's)")
     p.add_argument("--tile", type=int, metavar="N",
                    help="valid model: output tile side of the fixed-size graph")
     p.set_defaults(func=_cmd_export)

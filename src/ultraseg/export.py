@@ -157,7 +157,12 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                         dynamic_shapes={"image": dims}, opset_version=opset,
                                         external_data=False)
-        return program.model_proto, "dynamo"
+        got = _opset_of(program.model_proto)
+        if opset is None or got == opset:
+            return program.model_proto, "dynamo"
+        # it raises an opset below its own minimum (18) and cannot always convert down
+        log.info("the torch.export-based exporter wrote opset %s, not %s; using the "
+                 "TorchScript exporter", got, opset)
     except Exception as e:  # older torch, or a graph torch.export cannot take
         log.warning("torch.export-based ONNX export failed (%s); using the TorchScript "
                     "exporter", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
@@ -165,12 +170,22 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
 
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=opset or 17,
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
-    return onnx.load_from_string(buf.getvalue()), "torchscript"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=opset or 17,
+                              dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
+    except Exception as e:
+        if opset is None:
+            raise
+        raise UltrasegError(f"cannot export at opset {opset} "
+                            f"({(str(e).splitlines() or [type(e).__name__])[0][:160]})") from e
+    proto = onnx.load_from_string(buf.getvalue())
+    if opset is not None and _opset_of(proto) != opset:
+        raise UltrasegError(f"cannot export at opset {opset}: the exporter wrote opset "
+                            f"{_opset_of(proto)}")
+    return proto, "torchscript"
 
 
 @contextlib.contextmanager
