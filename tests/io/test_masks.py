@@ -105,6 +105,16 @@ def test_rgba_gray_mask_accepted(tmp_path: Path) -> None:
     assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
 
 
+@pytest.mark.parametrize("alpha", ["opaque", "same as gray"])
+def test_gray_plus_alpha_mask_accepted(tmp_path: Path, alpha: str) -> None:
+    disk = (_disk() * 255).astype(np.uint8)
+    a = np.full_like(disk, 255) if alpha == "opaque" else disk
+    p = tmp_path / "m.png"
+    Image.fromarray(np.stack([disk, a], axis=-1), mode="LA").save(p)
+    assert Image.open(p).mode == "LA"
+    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
+
+
 def test_rgb_mask_with_differing_channels_refused(tmp_path: Path) -> None:
     disk = (_disk() * 255).astype(np.uint8)
     rgb = np.stack([disk, np.zeros_like(disk), disk], axis=-1)

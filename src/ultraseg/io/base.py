@@ -132,7 +132,8 @@ def read_mask(path: str | Path) -> np.ndarray:
 
     Accepted: values {0,1} or {0,255}; lossy (JPEG) binary masks (>= 98 % of pixels within 48
     of 0 or 255), binarised at 127; palette PNGs (palette indices are the labels); integer label
-    masks with at most 32 distinct values; RGB/RGBA masks whose colour channels agree.
+    masks with at most 32 distinct values; RGB/RGBA masks whose colour channels agree; gray
+    masks with an alpha channel (LA: the alpha is ignored).
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
     path = Path(path)
@@ -142,6 +143,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     if im.mode == "1":
         return np.asarray(im, dtype=np.uint8)
     arr = np.asarray(im)
+    if arr.ndim == 3 and arr.shape[2] == 2:   # gray + alpha (LA): the gray; alpha says nothing
+        arr = arr[..., 0]
     if arr.ndim == 3:
         colour = arr[..., :3]
         if not (np.array_equal(colour[..., 0], colour[..., 1])
