@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
 from ultraseg.io import read_image
 from ultraseg.model import build_model
 from ultraseg.predict import load
+from ultraseg.predict_files import OUTPUT_MARKER
 from ultraseg.rle import decode
 
 
@@ -61,7 +63,7 @@ def test_predict_writes_one_mask_per_image_at_original_size(tmp_path, ckpt, caps
               "c.jpg": "c_mask.png"}          # '1' is shared: its folders are kept
     written = sorted(p.relative_to(tmp_path / "out").as_posix()
                      for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert written == sorted(expect.values())
+    assert written == sorted([*expect.values(), OUTPUT_MARKER])  # the marker: see its test
     for rel, name in expect.items():
         mask = np.asarray(Image.open(tmp_path / "out" / name))
         assert mask.dtype == np.uint8 and mask.shape == SHAPES[rel]
@@ -137,7 +139,7 @@ def test_bad_image_is_exit_2_one_line_and_no_partial_file(tmp_path, ckpt, capsys
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and "2.png" in err and err.startswith("error:")
-    left = sorted(p.name for p in (tmp_path / "o").iterdir())
+    left = sorted(p.name for p in (tmp_path / "o").iterdir() if p.name != OUTPUT_MARKER)
     assert "2_mask.png" not in left and not [n for n in left if n.startswith(".")]
     assert not (tmp_path / "s.csv").exists()
 
@@ -169,6 +171,30 @@ def test_export_then_predict_from_onnx_gives_the_same_masks(tmp_path, capsys):
     b = np.asarray(Image.open(tmp_path / "o_onnx" / "1_mask.png"))
     np.testing.assert_array_equal(a, b)
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx")]) == 2
+
+
+def test_a_later_run_does_not_read_an_earlier_runs_outputs_as_frames(tmp_path, ckpt, capsys):
+    frames(tmp_path / "imgs", {"1.png": (20, 30), "sub/2.png": (24, 24)})
+    assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out",
+                 str(tmp_path / "imgs" / "pred"), "--overlay"]) == 0
+    assert "predicted 2 frames" in capsys.readouterr().out
+    assert (tmp_path / "imgs" / "pred" / OUTPUT_MARKER).is_file()
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append                               # type: ignore[method-assign]
+    logging.getLogger("ultraseg").addHandler(handler)
+    try:
+        assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out",
+                     str(tmp_path / "imgs" / "pred2")]) == 0
+    finally:
+        logging.getLogger("ultraseg").removeHandler(handler)
+    assert "predicted 2 frames" in capsys.readouterr().out     # not the 4 outputs of 'pred'
+    assert sorted(p.name for p in (tmp_path / "imgs" / "pred2").glob("*.png")) == \
+        ["1_mask.png", "2_mask.png"]
+    assert any("left out 4 images" in r.getMessage() for r in warned)
+    assert main(["predict", str(ckpt), str(tmp_path / "imgs" / "pred"), "--out",
+                 str(tmp_path / "again")]) == 0                # named itself, it is read
+    assert "predicted 4 frames" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("where, words", [("adir", "a folder of that name"),

@@ -17,8 +17,8 @@ from PIL import Image
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.predict import Predictor
-from ultraseg.predict_files import (collect_frames, encode_mask, iter_probabilities,
-                                    measure_frames, write_predictions)
+from ultraseg.predict_files import (OUTPUT_MARKER, collect_frames, encode_mask,
+                                    iter_probabilities, measure_frames, write_predictions)
 from ultraseg.rle import decode
 
 
@@ -128,7 +128,8 @@ def test_masks_have_each_images_original_size_and_hand_computed_values(tmp_path)
         assert got.dtype == np.uint8 and got.shape == im.shape
         assert set(np.unique(got)) <= {0, 255}
         np.testing.assert_array_equal(got == 255, im >= 128)
-    leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in (tmp_path / "out").iterdir()
+                 if p.name.startswith(".") and p.name != OUTPUT_MARKER]
     assert leftovers == []
 
 
@@ -234,10 +235,12 @@ def test_unreadable_image_stops_with_the_file_named_and_nothing_half_written(tmp
         write_predictions(pixel_predictor(batch_size=1), frames, out, rle=tmp_path / "s.csv")
     names = sorted(p.name for p in out.iterdir())
     assert "2_mask.png" not in names and "3_mask.png" not in names
-    assert not [n for n in names if n.startswith(".")]           # no temporary files left
+    assert not [n for n in names if n.startswith(".") and n != OUTPUT_MARKER]  # no temp files
     assert not (tmp_path / "s.csv").exists()                      # no half submission
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.csv")]
     for n in names:                                               # what exists is complete
+        if n == OUTPUT_MARKER:
+            continue
         assert read(out / n).shape == (8, 8)
 
 

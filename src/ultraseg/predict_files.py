@@ -97,12 +97,20 @@ def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
                     f"images folder (layout found: {ds.layout})")
             raise DataError(f"{problems[0]}{more}{hint}")
         root_name = path.resolve().name
+        marked: dict[Path, bool] = {}
+        left_out = 0
         for s in ds.samples:
             if skip is not None and _is_within(s.image_path.resolve(), skip):
+                continue
+            if _in_an_output_folder(s.image_path, path, marked):
+                left_out += 1
                 continue
             rel = PurePosixPath(_relative(s.image_path, path).with_suffix("").as_posix())
             found.append((s, path, rel, root_name))
         log.info("%s: %s layout, %d images", path, ds.layout, len(ds.samples))
+        if left_out:
+            log.warning("%s: left out %d images in folders ultraseg wrote (%s marks them)",
+                        path, left_out, OUTPUT_MARKER)
     if not found:
         raise DataError("no images to predict (the only images are in the output folder)",
                         inputs[0])
@@ -192,8 +200,27 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+#: A file ``predict`` and ``measure`` leave in their output folder, so that a later run whose
+#: input folder holds it does not take the masks and overlays there for frames.
+OUTPUT_MARKER = ".ultraseg-output"
+
+
+def _in_an_output_folder(image: Path, root: Path, marked: dict[Path, bool]) -> bool:
+    """Whether a folder between ``image`` and the input folder ``root`` (not ``root`` itself:
+    an output folder given as input is read) holds :data:`OUTPUT_MARKER`."""
+    for folder in image.parents:
+        if folder == root or root not in folder.parents:
+            return False
+        if folder not in marked:
+            marked[folder] = (folder / OUTPUT_MARKER).is_file()
+        if marked[folder]:
+            return True
+    return False
+
+
 def prepare_out_dir(out: str | Path) -> Path:
-    """Create the output folder (and parents); a path that cannot be one is a user error."""
+    """Create the output folder (and parents), marked with :data:`OUTPUT_MARKER`; a path that
+    cannot be one is a user error."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +231,9 @@ def prepare_out_dir(out: str | Path) -> Path:
         raise UltrasegError(f"cannot create the output folder ({e.strerror or e})", out) from e
     if not out.is_dir():
         raise UltrasegError("the output path is not a folder", out)
+    marker = out / OUTPUT_MARKER
+    if not marker.exists():
+        _write(marker, b"written by ultraseg predict/measure: its images are outputs\n")
     return out
 
 
