@@ -86,3 +86,33 @@ def test_devices():
     assert resolve_device("cpu") == CPU
     with pytest.raises(UltrasegError, match="unknown device"):
         resolve_device("tpu")
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """torch.cuda as a machine with one GPU would answer (this one has none)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_a_gpu_index_the_machine_lacks_is_a_user_error(one_gpu):
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(UltrasegError, match=r"cuda:7.*1 CUDA GPU"):
+        resolve_device("cuda:7")
+    with pytest.raises(UltrasegError, match="unknown device 'cuda:x'"):
+        resolve_device("cuda:x")
+
+
+@pytest.mark.parametrize("capability, want", [((7, 0), None), ((7, 5), None),
+                                              ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_precision_takes_bf16_only_on_gpus_that_have_it_natively(one_gpu, monkeypatch,
+                                                                      capability, want):
+    """A V100 (7.0) or T4 (7.5) only emulates bf16, though torch.cuda.is_bf16_supported()
+    says yes for it; from Ampere (8.0) it is native."""
+    asked: list = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda d=None: asked.append(d) or capability)
+    assert resolve_precision("auto", torch.device("cuda:0")) is want
+    assert asked == [torch.device("cuda:0")]           # the device asked for, not the current

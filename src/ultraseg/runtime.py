@@ -24,7 +24,16 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UltrasegError("--device cuda asked for, but no CUDA GPU is available")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise UltrasegError(f"unknown device {name!r}; valid: auto, cpu, cuda")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:         # 'cuda:x', 'cuda:-1'
+        raise UltrasegError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from e
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise UltrasegError(f"--device {name} asked for, but this machine has "
+                            f"{torch.cuda.device_count()} CUDA GPU(s): cuda:0 .. "
+                            f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def _x86_cpu_flags() -> set[str]:
@@ -80,7 +89,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision not in ("auto", "bf16"):
         raise UltrasegError(f"unknown precision {precision!r}; valid: auto, fp32, bf16")
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
+        # native bf16 from compute capability 8.0 (Ampere); torch's is_bf16_supported() also
+        # says yes for older GPUs that only emulate it, slowly, and asks the current device
+        ok = torch.cuda.get_device_capability(device) >= (8, 0)
     else:
         ok = cpu_has_bf16()
     if precision == "bf16" and not ok:
