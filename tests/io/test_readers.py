@@ -195,6 +195,17 @@ def test_forced_layout_overrides_detection(tmp_path: Path) -> None:
     assert len(ds.samples) == 6 and not ds.labelled  # masks read as plain images
 
 
+@pytest.mark.parametrize("forced", ["busi", "kaggle", "hc18"])
+def test_forced_layout_that_finds_nothing_names_the_layout_found(tmp_path: Path,
+                                                                  forced: str) -> None:
+    root = make_folders(tmp_path / "f")
+    _, problems = scan_dataset(root, layout=forced)
+    assert len(problems) == 1
+    msg = str(problems[0])
+    assert f"no '{forced}' files found" in msg and "'folders' layout" in msg, msg
+    assert "empty folder" not in msg
+
+
 def test_subject_pattern_overrides(tmp_path: Path) -> None:
     root = make_folders(tmp_path / "f")
     ds, _ = scan_dataset(root, subject_pattern=r"_(\d+)$")

@@ -90,9 +90,26 @@ def scan_dataset(path: str | Path, layout: str = "auto",
         samples, problems = reader.scan(root)
     except PermissionError as e:
         raise DataError("cannot read folder: permission denied", e.filename or root) from e
+    if layout != "auto" and not samples:
+        problems = _forced_layout_problems(root, name, problems)
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
     _check_pattern(reader, subject_pattern)
     return Dataset(root, name, tuple(samples)), problems
+
+
+def _forced_layout_problems(root: Path, name: str, problems: list[DataError]
+                            ) -> list[DataError]:
+    """A forced --layout that finds nothing in a folder of another layout says so, rather
+    than calling the folder empty."""
+    try:
+        found = detect_layout(root)
+    except DataError:
+        return problems                 # the folder does hold nothing ultraseg reads
+    if found == name:
+        return problems
+    return [DataError(f"no '{name}' files found (--layout {name} expects "
+                      f"{READERS[name].description}); auto-detection finds the '{found}' "
+                      f"layout here", root)]
 
 
 def _check_pattern(reader: Reader, pattern: str | None) -> None:
