@@ -265,6 +265,13 @@ def test_split_default_subset_is_val(checkpoint, data, split_file, capsys) -> No
     assert json.loads(capsys.readouterr().out)["n"] == len(doc["val"])
 
 
+def test_subset_without_a_split_is_a_user_error(checkpoint, data, capsys) -> None:
+    """Without --split, '--subset test' would score every frame, training frames too."""
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--subset", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "--subset test" in err and "--split" in err
+
+
 def test_split_of_another_dataset_is_a_user_error(checkpoint, data, tmp_path, capsys) -> None:
     bad = tmp_path / "split.json"
     bad.write_text(json.dumps({"train": ["1_1"], "val": ["99_1", "98_2"]}))

@@ -262,9 +262,12 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .cli_predict import load_predictor
     from .evaluate import evaluate, format_summary
 
+    if a.subset is not None and a.split is None:   # it would score every frame, training too
+        raise UltrasegError(f"--subset {a.subset} picks a side of a run's split: give it "
+                            "with --split RUN/split.json")
     predictor = load_predictor(a)      # predict's model flags and post-processing, the same way
-    summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split, a.subset,
-                          a.out, label=a.label)
+    summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
+                          a.subset or "val", a.out, label=a.label)
     if a.json:
         print(json.dumps(summary, default=lambda v: None))
     else:
@@ -302,8 +305,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     layout_args(p, label="score against label K of a label mask (default: the label the "
                          "checkpoint was trained on)")
     p.add_argument("--split", help="a run's split.json: evaluate only one side of it")
-    p.add_argument("--subset", default="val", choices=["train", "val", "test"],
-                   help="which side of --split to evaluate (default val)")
+    p.add_argument("--subset", choices=["train", "val", "test"],
+                   help="which side of --split to evaluate (default val; needs --split)")
     p.add_argument("--out", help="folder for per_image.csv and summary.json")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     model_args(p)
