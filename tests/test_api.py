@@ -102,3 +102,33 @@ def test_public_names_resolve():
     assert set(ultraseg.__all__) <= set(dir(ultraseg))
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         ultraseg.nonsense  # noqa: B018
+
+
+def test_readme_training_block_runs_as_written(tmp_path, monkeypatch):
+    """The README's train-then-evaluate block, on phantom frames at data/nerve, with the cpu
+    preset shrunk to a tiny model and two epochs so it runs in seconds."""
+    from ultraseg.config import PRESETS
+    from ultraseg.phantom import make_dataset
+
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+              if "train(cfg" in b]
+    assert len(blocks) == 1, "README holds one training block"
+    monkeypatch.chdir(tmp_path)
+    make_dataset(tmp_path / "data" / "nerve", n=60, size=48, seed=0)      # 6 subjects
+    monkeypatch.setitem(PRESETS["cpu"], "model", {"variant": "same", "width": 4, "depth": 2})
+    monkeypatch.setitem(PRESETS["cpu"], "preprocess", {"size": 32})
+    monkeypatch.setitem(PRESETS["cpu"], "train", {"epochs": 2, "test_fraction": 0.25})
+    scope: dict = {"ultraseg": ultraseg}
+    exec(blocks[0], scope)
+    assert scope["result"].best_epoch in (1, 2)
+    assert (tmp_path / "runs" / "nerve" / "best.ckpt").is_file()
+    assert scope["summary"]["n"] == len(scope["rows"]) > 0
+
+
+def test_train_refuses_a_config_without_data_before_writing(tmp_path, monkeypatch):
+    from ultraseg.train import train
+
+    monkeypatch.chdir(tmp_path)                 # '' must not mean "the current folder"
+    with pytest.raises(ultraseg.UltrasegError, match="data.path is empty"):
+        train(ultraseg.preset("demo"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

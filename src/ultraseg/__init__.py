@@ -11,7 +11,9 @@ Example:
     >>> prob = predictor.predict_proba(image)        # float32 (H, W), probabilities in [0, 1]
 
 Training and evaluation are stages with modules of their own:
-``from ultraseg.train import train`` and ``from ultraseg.evaluate import evaluate``.
+``from ultraseg.train import train`` and ``from ultraseg.evaluate import evaluate``; a run's
+config is a preset with the data and any changes merged in:
+``ultraseg.merge(ultraseg.preset("cpu"), {"data": {"path": "DATA"}})``.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ _API: dict[str, tuple[str, str]] = {
     "open_dataset": ("io", "open_dataset"),
     "read_image": ("io", "read_image"),
     "preset": ("config", "preset"),
+    "merge": ("config", "merge"),
     "RunConfig": ("config", "RunConfig"),
     "ModelConfig": ("config", "ModelConfig"),
     "PreprocessConfig": ("config", "PreprocessConfig"),

@@ -258,6 +258,9 @@ def _number(v: object) -> bool:
 def check_config(cfg: RunConfig) -> None:
     """Refuse settings training cannot use (a zero batch size, a config file's "5" for 5)
     as a user error naming the setting, before anything is written."""
+    if not isinstance(cfg.data.path, str) or not cfg.data.path.strip():
+        raise UltrasegError("data.path is empty: name the dataset (DATA on the command line; "
+                            "in Python ultraseg.merge(cfg, {\"data\": {\"path\": ...}}))")
     t = cfg.train
     counts = {"train.epochs (--epochs)": t.epochs, "train.batch_size (--batch-size)": t.batch_size,
               "train.tiles_per_image (--tiles-per-image)": t.tiles_per_image}
