@@ -193,6 +193,21 @@ def test_text_file_named_ckpt_refused_as_user_error(tmp_path) -> None:
         load_checkpoint(text)
 
 
+def test_what_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "frame.png")
+    (tmp_path / "run").mkdir()
+    onnx_like = tmp_path / "exported_model"                 # protobuf: field 1 (ir_version)
+    onnx_like.write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(64))
+    for path, words in ((tmp_path / "frame.png", "an image file"),
+                        (tmp_path / "run", "a folder, not a checkpoint file"),
+                        (onnx_like, "an ONNX model? (ultraseg tells one by its name")):
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(path)
+        assert words in str(e.value) and "could run code" not in str(e.value), str(e.value)
+
+
 def test_plain_state_dict_of_another_model_refused(tmp_path) -> None:
     other = tmp_path / "resnet-ish.pth"
     torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),

@@ -171,6 +171,9 @@ def test_export_then_predict_from_onnx_gives_the_same_masks(tmp_path, capsys):
     b = np.asarray(Image.open(tmp_path / "o_onnx" / "1_mask.png"))
     np.testing.assert_array_equal(a, b)
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx")]) == 2
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "exported_model")]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err      # load tells ONNX by the name
+    assert not (tmp_path / "exported_model").exists()
 
 
 def test_a_later_run_does_not_read_an_earlier_runs_outputs_as_frames(tmp_path, ckpt, capsys):

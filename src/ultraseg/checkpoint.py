@@ -81,14 +81,20 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint; every failure is a one-line :class:`CheckpointError`."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError("a folder, not a checkpoint file (a run's checkpoint is "
+                              "RUN/best.ckpt)", path)
     if not path.is_file():
         raise CheckpointError("no such checkpoint file", path)
     if path.stat().st_size == 0:
         raise CheckpointError("empty file (0 bytes), not a checkpoint", path)
+    kind = _not_torch(path)
+    if kind:
+        raise CheckpointError(f"not a checkpoint: {kind}", path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():
+        if "global" in str(e).lower():      # torch names the global it would have imported
             raise CheckpointError("refused: the file holds Python objects other than weights "
                                   "(it could run code); ultraseg loads only tensors and JSON",
                                   path) from e
@@ -122,6 +128,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as e:
         raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
     return ckpt
+
+
+def _not_torch(path: Path) -> str | None:
+    """What ``path`` is when its first bytes say it is no PyTorch file (a zip from torch.save,
+    or a pickle), else None."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    if head.startswith(b"\x89PNG") or head[:3] == b"\xff\xd8\xff" or head[:4] in (
+            b"II*\x00", b"MM\x00*"):
+        return "an image file"
+    if head[:1] == b"\x08" and path.suffix.lower() != ".onnx":
+        return "an ONNX model? (ultraseg tells one by its name: it must end in .onnx)"
+    return "neither a zip written by torch.save nor a pickle"
 
 
 def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> torch.nn.Module:

@@ -77,6 +77,9 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     if Path(checkpoint_path).suffix.lower() == ".onnx":
         raise UltrasegError("already an ONNX file; export takes a checkpoint (best.ckpt)",
                             checkpoint_path)
+    if onnx_path.suffix.lower() != ".onnx":
+        raise UltrasegError("the ONNX file's name must end in .onnx (predict, evaluate and "
+                            "measure tell an ONNX model by it)", onnx_path)
     if not onnx_path.parent.is_dir():
         raise UltrasegError("cannot write the ONNX file: its folder does not exist", onnx_path)
     try:
