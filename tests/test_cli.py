@@ -59,3 +59,25 @@ def test_the_command_sets_up_its_process_before_running(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("kept") or True)
     assert cli.main(["phantom", str(tmp_path / "ph"), "--n", "2", "--size", "64"]) == 0
     assert calls == ["kept"]
+
+
+def _broken_inspect(a) -> int:
+    raise RuntimeError("a bug")
+
+
+@pytest.mark.parametrize("argv", [["--debug", "inspect", "DATA"], ["inspect", "DATA", "--debug"]])
+def test_debug_shows_the_traceback_before_or_after_the_command(monkeypatch, argv) -> None:
+    from ultraseg import cli
+
+    monkeypatch.setattr(cli, "_cmd_inspect", _broken_inspect)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(argv)
+
+
+def test_without_debug_an_internal_error_is_one_line_and_exit_1(monkeypatch, capsys) -> None:
+    from ultraseg import cli
+
+    monkeypatch.setattr(cli, "_cmd_inspect", _broken_inspect)
+    assert cli.main(["inspect", "DATA"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "internal error: RuntimeError: a bug (run with --debug for the traceback)"

@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_run  # train, evaluate, predict, export, measure, demo
 
     cli_run.add_commands(sub, _layout_args)
+    for command in sub.choices.values():    # also after the command, where users type them
+        g = command.add_argument_group("output")
+        g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more log output (also before the command)")
+        g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks of internal errors")
     return parser
 
 
