@@ -115,6 +115,14 @@ def test_gray_plus_alpha_mask_accepted(tmp_path: Path, alpha: str) -> None:
     assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
 
 
+def test_16_bit_black_and_white_mask_is_binary(tmp_path: Path) -> None:
+    disk = _disk().astype(np.uint16) * 65535
+    p = tmp_path / "m16.png"
+    Image.fromarray(disk).save(p)
+    assert Image.open(p).mode == "I;16"
+    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
+
+
 def test_rgb_mask_with_differing_channels_refused(tmp_path: Path) -> None:
     disk = (_disk() * 255).astype(np.uint8)
     rgb = np.stack([disk, np.zeros_like(disk), disk], axis=-1)

@@ -130,7 +130,7 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """Decode a mask file to (H, W) uint8 labels: binary masks become {0, 1}, label masks keep labels.
 
-    Accepted: values {0,1} or {0,255}; lossy (JPEG) binary masks (>= 98 % of pixels within 48
+    Accepted: values {0,1}, {0,255} or (16-bit) {0,65535}; lossy (JPEG) binary masks (>= 98 % of pixels within 48
     of 0 or 255), binarised at 127; palette PNGs (palette indices are the labels); integer label
     masks with at most 32 distinct values; RGB/RGBA masks whose colour channels agree; gray
     masks with an alpha channel (LA: the alpha is ignored).
@@ -166,7 +166,7 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.
     vset = set(values.tolist())
     if vset <= {0, 1}:
         return arr.astype(np.uint8)
-    if vset <= {0, 255}:
+    if vset <= {0, 255} or vset <= {0, 65535}:     # 8- or 16-bit black and white
         return (arr > 0).astype(np.uint8)
     if values.min() < 0:
         raise DataError("mask has negative values", path)
