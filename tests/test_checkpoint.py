@@ -273,8 +273,9 @@ def test_weights_that_do_not_fit_the_described_model_refused(tmp_path, capsys) -
     save_checkpoint(tmp_path / "lies.ckpt", model.state_dict(),
                     make_meta(claimed, PreprocessConfig(size=32), PostprocessConfig()))
     ckpt = load_checkpoint(tmp_path / "lies.ckpt")  # readable ...
-    with pytest.raises(CheckpointError, match="do not fit"):
+    with pytest.raises(CheckpointError, match="do not fit") as e:
         build_from_checkpoint(ckpt, tmp_path / "lies.ckpt")  # ... but not usable
+    assert "size mismatch for" in str(e.value)               # what does not fit, not a header
     with pytest.raises(CheckpointError, match="lies.ckpt"):
         load(tmp_path / "lies.ckpt", device="cpu")
     # a weight missing from an otherwise right state_dict
@@ -338,3 +339,12 @@ def test_save_is_atomic_and_overwrites(tmp_path) -> None:
     save_checkpoint(path, build_model(cfg).state_dict(), meta2)
     assert load_checkpoint(path).meta["metrics"] == {"best_epoch": 7}
     assert [p.name for p in tmp_path.iterdir()] == ["m.ckpt"]  # no temporary files left
+
+
+def test_weights_that_are_not_named_tensors_are_a_damaged_checkpoint(tmp_path) -> None:
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    torch.save({"format": FORMAT, "train_state": {}, "state_dict": [1, 2],
+                "meta_json": json.dumps(make_meta(cfg, PreprocessConfig(size=32),
+                                                  PostprocessConfig()))}, tmp_path / "l.ckpt")
+    with pytest.raises(CheckpointError, match="damaged checkpoint: its weights are a list"):
+        build_from_checkpoint(load_checkpoint(tmp_path / "l.ckpt"), tmp_path / "l.ckpt")

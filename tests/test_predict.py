@@ -405,3 +405,17 @@ def test_tta_from_the_plain_pass_needs_only_the_mirror_pass(variant, pre) -> Non
         assert np.abs(p - m).max() > 0.05                    # the mirror pass is not the plain one
         np.testing.assert_allclose(got, t, atol=1e-5)
         np.testing.assert_allclose(0.5 * (p + m), t, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"batch_size": 2.5}, {"tile": 0},
+                                     {"tile": -5}])
+def test_a_predictor_refuses_a_batch_size_or_tile_below_one(options) -> None:
+    with pytest.raises(UltrasegError, match=next(iter(options))):
+        pixel_predictor(**options)
+    with pytest.raises(UltrasegError):                      # with_options checks the same
+        pixel_predictor().with_options(**options)
+
+
+def test_a_channels_first_frame_is_a_user_error_that_says_so() -> None:
+    with pytest.raises(UltrasegError, match="channels first"):
+        pixel_predictor().predict(np.zeros((3, 20, 30), np.uint8))

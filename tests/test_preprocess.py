@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from ultraseg.config import PreprocessConfig
-from ultraseg.errors import DataError
+from ultraseg.errors import DataError, UltrasegError
 from ultraseg.preprocess import (content_box, fill_outline, normalise, pad_to_square, prepare,
                                  resize, restore, to_canvas, to_gray)
 
@@ -22,7 +22,7 @@ def test_to_gray() -> None:
     assert out[0, 0] == round(0.299 * 100 + 0.587 * 200 + 0.114 * 50)
     rgba = np.concatenate([rgb, np.zeros((2, 2, 1), np.uint8)], axis=-1)
     assert np.array_equal(to_gray(rgba), out)  # alpha dropped
-    with pytest.raises(ValueError):
+    with pytest.raises(UltrasegError, match="channels first"):
         to_gray(np.zeros((2, 2, 5)))
 
 

@@ -150,9 +150,16 @@ def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> t
     from .model import build_model
 
     model = build_model(ckpt.model)
+    if not isinstance(ckpt.state_dict, dict):
+        raise CheckpointError(f"damaged checkpoint: its weights are a "
+                              f"{type(ckpt.state_dict).__name__}, not named tensors", path)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
+        # torch's first line is a header ('Error(s) in loading state_dict for UNet:'):
+        # quote the first line that says what does not fit
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines[1:]), lines[0] if lines else type(e).__name__)
         raise CheckpointError("weights do not fit the model the checkpoint describes "
-                              f"({str(e).splitlines()[0][:120]})", path) from e
+                              f"({detail[:160]})", path) from e
     return model.eval()

@@ -81,6 +81,15 @@ class Predictor:
     # for a caller that holds the plain half already (train's choice of post-processing)
     mirror: bool = False
 
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
+                or self.batch_size < 1:
+            raise UltrasegError(f"batch_size must be a whole number >= 1, got "
+                                f"{self.batch_size!r}")
+        if self.tile is not None and (isinstance(self.tile, bool)
+                                      or not isinstance(self.tile, int) or self.tile < 1):
+            raise UltrasegError(f"tile must be a whole number >= 1 (or None), got {self.tile!r}")
+
     @property
     def uses_tta(self) -> bool:
         """Whether probabilities average the frame's output with the flipped frame's: ``tta``

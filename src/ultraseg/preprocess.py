@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from .config import PreprocessConfig
-from .errors import DataError
+from .errors import DataError, UltrasegError
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -25,7 +25,9 @@ def to_gray(image: np.ndarray) -> np.ndarray:
         rgb = image[..., :3].astype(np.float64)
         gray = rgb @ np.array([0.299, 0.587, 0.114])
         return np.round(gray).astype(image.dtype) if image.dtype.kind in "ui" else gray.astype(image.dtype)
-    raise ValueError(f"expected a 2D image or (H, W, C) with C in 1..4, got shape {image.shape}")
+    hint = " (channels first? give (H, W) or (H, W, C))" if image.ndim == 3 else ""
+    raise UltrasegError(f"expected a 2D image or (H, W, C) with C in 1..4, got shape "
+                        f"{image.shape}{hint}")
 
 
 @dataclass(frozen=True)
