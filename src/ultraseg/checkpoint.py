@@ -94,7 +94,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():      # torch names the global it would have imported
+        # (a file that is no zip or pickle at all was told apart above, by its first bytes)
+        if "weights only load failed" in str(e).lower():
             raise CheckpointError("refused: the file holds Python objects other than weights "
                                   "(it could run code); ultraseg loads only tensors and JSON",
                                   path) from e
