@@ -348,3 +348,22 @@ def test_weights_that_are_not_named_tensors_are_a_damaged_checkpoint(tmp_path) -
                                                   PostprocessConfig()))}, tmp_path / "l.ckpt")
     with pytest.raises(CheckpointError, match="damaged checkpoint: its weights are a list"):
         build_from_checkpoint(load_checkpoint(tmp_path / "l.ckpt"), tmp_path / "l.ckpt")
+
+
+def test_unreadable_checkpoint_is_a_checkpoint_error_simulated(tmp_path, monkeypatch) -> None:
+    """Permission denied on open (simulated: root ignores file modes)."""
+    import errno
+
+    from ultraseg import checkpoint as module
+
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    path = tmp_path / "locked.ckpt"
+    save_checkpoint(path, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig()))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(module, "open", denied, raising=False)
+    with pytest.raises(CheckpointError, match="permission denied"):
+        load_checkpoint(path)

@@ -88,7 +88,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError("no such checkpoint file", path)
     if path.stat().st_size == 0:
         raise CheckpointError("empty file (0 bytes), not a checkpoint", path)
-    kind = _not_torch(path)
+    try:
+        kind = _not_torch(path)
+    except PermissionError as e:
+        raise CheckpointError("cannot read checkpoint: permission denied", path) from e
     if kind:
         raise CheckpointError(f"not a checkpoint: {kind}", path)
     try:
