@@ -143,6 +143,28 @@ def test_valid_output_is_translation_equivariant_on_the_tile_grid():
     torch.testing.assert_close(small, big[:, :, 16:, 16:], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_valid_output_pixel_sees_a_window_centred_on_its_input_pixel(depth):
+    """The 252 -> 68 output covers the *central* 68 x 68 of the input: output (i, j) lies over
+    input (i + m, j + m). With the top level's up-convolution zeroed the output sees the
+    input only through the top skip connection, so the input pixels its gradient reaches
+    are those the skip's crop took: they must be centred on (i + m, j + m). (A top-left crop
+    passes every shape test and the shift test above, and fails this one.)"""
+    net = tiny("valid", depth=depth)
+    with torch.no_grad():
+        net.decoder[-1].up.weight.zero_()
+    m = context_margin(depth)
+    size = valid_input_size(nearest_valid_output(20, depth), depth)
+    x = torch.randn(1, 1, size, size, requires_grad=True)
+    out = net(x)
+    i, j = 5, 7
+    out[0, 0, i, j].backward()
+    rows, cols = torch.nonzero(x.grad[0, 0].abs() > 0, as_tuple=True)
+    assert rows.numel() > 0
+    assert (int(rows.min()) + int(rows.max())) / 2 == i + m
+    assert (int(cols.min()) + int(cols.max())) / 2 == j + m
+
+
 def test_center_crop():
     t = torch.arange(36).reshape(1, 1, 6, 6)
     assert center_crop(t, 2, 4).tolist() == [[[[13, 14, 15, 16], [19, 20, 21, 22]]]]
