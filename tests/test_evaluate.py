@@ -351,3 +351,37 @@ def test_measure_offers_no_label(checkpoint, label_data, capsys) -> None:
         cli.main(["measure", str(checkpoint), str(root), "--label", "2"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --label" in capsys.readouterr().err
+
+
+def test_where_the_dataset_gives_pixel_sizes_evaluate_reports_mm(tmp_path) -> None:
+    """HC18-style frames, one with a pixel size (0.5 mm) and reference HC, one without; the
+    prediction is the head shifted 2 px right, so HD95 is not trivially 0."""
+    from test_predict import hc18_like
+
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.measure import measure
+    from ultraseg.predict import Predictor
+
+    def shifted(batch: np.ndarray) -> np.ndarray:
+        return np.roll((batch > 0.5).astype(np.float32), 2, axis=-1)
+
+    hc18_like(tmp_path / "hc")
+    predictor = Predictor(shifted, ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None, normalise="unit"))
+    summary, rows = evaluate(predictor, tmp_path / "hc")
+    first, second = rows
+    assert first["pixel_size_mm"] == 0.5 and second.get("pixel_size_mm") is None
+    assert first["hd95"] == pytest.approx(2.0)                  # the shift, in pixels
+    assert first["hd95_mm"] == pytest.approx(0.5 * first["hd95"])
+    assert "hd95_mm" not in second and "hc_error_mm" not in second
+    pred = np.roll(_ellipse(48, 64, 20, 30, 12, 8), 2, axis=-1)
+    m = measure(pred, 0.5)
+    assert first["area_mm2"] == pytest.approx(m["area_mm2"])
+    assert first["hc_pred_mm"] == pytest.approx(m["hc_mm"])
+    assert first["hc_error_mm"] == pytest.approx(m["hc_mm"] - 30.0)
+    assert summary["hc_mae_mm"] == pytest.approx(abs(first["hc_error_mm"]))
+
+
+def _ellipse(h: int, w: int, cy: int, cx: int, a: int, b: int) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
