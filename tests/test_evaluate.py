@@ -158,17 +158,30 @@ def test_cli_human_summary_and_out(checkpoint, data, tmp_path, capsys) -> None:
     assert (out / "per_image.csv").is_file() and (out / "summary.json").is_file()
 
 
-def test_cli_takes_predicts_model_flags(checkpoint, data, capsys) -> None:
-    """--precision, --batch-size (and --tile, --device) as predict has them: fp32 and bf16
-    figures agree closely, a bad batch size is a user error."""
+def test_cli_takes_predicts_model_flags(checkpoint, data, capsys, monkeypatch) -> None:
+    """--precision, --batch-size and --device reach the predictor as predict's do; fp32 and
+    bf16 figures agree closely; a bad batch size is a user error."""
+    from ultraseg import runtime
+
+    seen: list[dict] = []
+    real = runtime.torch_predictor
+
+    def recording(path, **kwargs):
+        seen.append(kwargs)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(runtime, "torch_predictor", recording)
+
     def summary(*flags: str) -> dict:
         assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",
                          *flags]) == 0, capsys.readouterr().err
         return json.loads(capsys.readouterr().out)
 
     fp32 = summary("--precision", "fp32", "--batch-size", "3")
-    assert fp32 == summary("--precision", "fp32")                  # batching changes nothing
-    assert abs(summary("--precision", "bf16")["dice_mean"] - fp32["dice_mean"]) < 0.01
+    assert seen[-1] == {"device": "cpu", "precision": "fp32", "batch_size": 3}
+    bf16 = summary("--precision", "bf16")
+    assert seen[-1] == {"device": "cpu", "precision": "bf16"}
+    assert abs(bf16["dice_mean"] - fp32["dice_mean"]) < 0.01
     assert cli.main(["evaluate", str(checkpoint), str(data), "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
 
