@@ -2,6 +2,7 @@
 two epochs; the full demo is the README's first command), and its user errors."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -24,6 +25,12 @@ def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatc
     assert "on 6 unseen phantom frames" in stdout and str(out / "report.html") in stdout
     for name in ("best.ckpt", "report.html", "config.json", "split.json", "metrics.csv"):
         assert (out / name).is_file(), name
+    def digests(folder: str) -> set[str]:
+        return {hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in (out / "data" / folder / "images").iterdir()}
+
+    unseen = digests("unseen")
+    assert len(unseen) == 6 and not unseen & digests("train")   # frames it never trained on
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     assert summary["n"] == 6 and 0.0 <= summary["dice_mean"] <= 1.0
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
