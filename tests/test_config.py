@@ -102,6 +102,21 @@ def test_seed_preset_is_the_original_recipe() -> None:
     assert cfg.preprocess.size == 252
     t = cfg.train
     assert (t.epochs, t.lr, t.loss, t.val_fraction) == (5, 1e-3, "bce", 0.2)
+    # README: "batch 4, no augmentation, one random tile per image per epoch", Adam 1e-3 flat
+    assert (t.batch_size, t.augment, t.tiles_per_image, t.schedule) == (4, "none", 1,
+                                                                          "constant")
+
+
+def test_cpu_preset_is_the_recipe_the_readme_describes() -> None:
+    """README: same U-Net, width 16, 192 px, per-image z-score, BCE + Dice, strong
+    augmentation, Adam 2e-3 with a cosine schedule, a presence head decided at the start
+    ('auto') with weight 0.25, a 20-minute budget."""
+    cfg = preset("cpu")
+    m, p, t = cfg.model, cfg.preprocess, cfg.train
+    assert (m.variant, m.width, m.depth, m.presence_head) == ("same", 16, 4, "auto")
+    assert (p.size, p.normalise) == (192, "zscore")
+    assert (t.loss, t.augment, t.lr, t.schedule, t.presence_weight, t.time_limit_s) == \
+        ("bce+dice", "strong", 2e-3, "cosine", 0.25, 1200.0)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
