@@ -81,3 +81,14 @@ def test_without_debug_an_internal_error_is_one_line_and_exit_1(monkeypatch, cap
     assert cli.main(["inspect", "DATA"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "internal error: RuntimeError: a bug (run with --debug for the traceback)"
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys) -> None:
+    from ultraseg import cli
+
+    def interrupted(a) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_inspect", interrupted)
+    assert cli.main(["inspect", "DATA"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

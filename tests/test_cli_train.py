@@ -246,13 +246,16 @@ def test_resume_continues_a_stopped_run(stopped_run, tmp_path, capsys) -> None:
     (["--time-limit", "1h", "--lr", "0.1"], ["--time-limit", "--lr"]),
     (["--preset", "seed"], ["--preset"]),
     (["--no-presence-head"], ["--presence-head"]),
+    (["--config", "CONF"], ["--config"]),
     (["DATA_ELSEWHERE"], ["DATA", "config.json"]),
 ])
 def test_resume_refuses_settings_it_would_ignore(stopped_run, tmp_path, capsys, extra,
                                                  words) -> None:
     _, _, run = stopped_run
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    extra = [str(tmp_path) if x == "DATA_ELSEWHERE" else x for x in extra]
+    (tmp_path / "conf.json").write_text("{}")
+    extra = [{"DATA_ELSEWHERE": str(tmp_path), "CONF": str(tmp_path / "conf.json")}.get(x, x)
+             for x in extra]
     rc = cli.main(["train", "--out", str(run), "--resume", *extra])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and err.startswith("error:") and all(w in err for w in words), err

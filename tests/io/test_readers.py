@@ -3,6 +3,7 @@ the real samples in ../shared/datasets (skipped with the reason where that folde
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -227,8 +228,19 @@ def test_subject_pattern_that_matches_no_name_is_refused(tmp_path: Path) -> None
 
 def test_subject_pattern_that_misses_some_names_keeps_their_layout_subject(tmp_path) -> None:
     root = make_folders(tmp_path / "f")                       # 1_1, 1_2, 2_1: subjects 1, 1, 2
-    ds, _ = scan_dataset(root, subject_pattern=r"^(2)_")       # matches 2_1 only
-    assert {s.name: s.subject for s in ds.samples} == {"1_1": "1", "1_2": "1", "2_1": "2"}
+    pattern = r"^2_(\d+)"                                      # matches 2_1 only, giving '1'
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append                               # type: ignore[method-assign]
+    logging.getLogger("ultraseg").addHandler(handler)
+    try:
+        ds, _ = scan_dataset(root, subject_pattern=pattern)
+    finally:
+        logging.getLogger("ultraseg").removeHandler(handler)
+    assert {s.name: s.subject for s in ds.samples} == {"1_1": "1", "1_2": "1", "2_1": "1"}
+    assert [r.getMessage() for r in warned] == [
+        f"--subject-pattern {pattern!r} does not match 2 of 3 file names (first: '1_1'); "
+        "those keep the layout's own subject"]
 
 
 def test_missing_folder_is_a_data_error(tmp_path: Path) -> None:
