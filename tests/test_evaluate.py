@@ -398,3 +398,26 @@ def test_where_the_dataset_gives_pixel_sizes_evaluate_reports_mm(tmp_path) -> No
 def _ellipse(h: int, w: int, cy: int, cx: int, a: int, b: int) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     return ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+
+
+def test_a_box_predicted_on_a_small_canvas_is_scored_where_it_lies_in_the_frame(tmp_path) -> None:
+    """Non-square 24 x 40 frames (padded to square, worked on at 16 px) with a bright box off
+    the centre; the predictor marks bright canvas pixels. Restored to the frame, the mask
+    must land on the box: a flipped, shifted or wrongly un-padded restore scores far lower."""
+    box = np.zeros((24, 40), bool)
+    box[4:14, 0:20] = True
+    for i in range(2):
+        (tmp_path / "d" / "images").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "d" / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.where(box, 220, 20).astype(np.uint8)).save(
+            tmp_path / "d" / "images" / f"{i}_0.png")
+        Image.fromarray(box.astype(np.uint8) * 255).save(
+            tmp_path / "d" / "masks" / f"{i}_0_mask.png")
+    bright = Predictor(lambda batch: (batch > 0.5).astype(np.float32),
+                       ModelConfig(variant="same", depth=2),
+                       PreprocessConfig(size=16, normalise="unit"), PostprocessConfig())
+    summary, rows = evaluate(bright, tmp_path / "d", "folders")
+    assert summary["n"] == 2
+    for row in rows:
+        assert row["dice"] > 0.9, row
+        assert row["hd95"] <= 2.0, row
