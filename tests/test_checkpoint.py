@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shlex
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +265,14 @@ def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path, writer, 
     with pytest.raises(CheckpointError):
         load(path, device="cpu")
     assert not marker.exists()
+    assert "could run code" in str(e.value)
+    # the control: the payload is live, an unsafe load does run it
+    if zipfile.is_zipfile(path):
+        torch.load(path, weights_only=False)
+    else:
+        with open(path, "rb") as f:
+            pickle.load(f)
+    assert marker.exists()
 
 
 def test_weights_that_do_not_fit_the_described_model_refused(tmp_path, capsys) -> None:
