@@ -43,7 +43,10 @@ Measures in one run, on the same frames and the same weights:
 * ``train_peak_rss_gb`` / ``predict_peak_rss_gb``: peak resident memory (VmHWM) of the training
   child above, and of a child that loads a saved checkpoint as ``ultraseg predict`` does and
   streams a folder of frames (500 in the full run: real nerve frames when present, else
-  phantom ones) through it, writing one mask PNG per frame.
+  phantom ones) through it, writing one mask PNG per frame. ``predict_native_peak_rss_gb``:
+  the same child on 580x420 frames with a checkpoint that keeps frames at their own
+  resolution -- the path ``infer_speedup`` times, whose one large window per frame holds the
+  most memory (40 frames: streaming, the peak is that of one batch, not of the count).
 * ``peak_fp32_gflops`` / ``peak_bf16_gflops``: the best of a few runs of one 3x3 convolution
   (128 -> 128 channels on 256 x 256, channels_last, oneDNN) in each precision -- what these
   cores give the network's own operation at a good shape. (A 2048 x 2048 fp32 matrix product
@@ -112,6 +115,7 @@ class Settings:
     infer_reps: int            # alternating repeats of both paths per frame (best of)
     pipeline_frames: int       # phantom frames of the training child (80 % train)
     predict_frames: int        # frames streamed by the prediction child
+    native_frames: int = 40    # 580x420 frames streamed at their own resolution (peak RSS)
     plain_processes: int = 4   # child processes timing the reference as a plain script
     cuda_batches: tuple[int, ...] = (4, 32)
     infer_compiled: bool = True  # also time torch_runner(compile=True) (not the headline)
@@ -120,7 +124,8 @@ class Settings:
 FULL = Settings(width=64, train_rounds=6, train_steps=1, infer_frames=2, infer_reps=2,
                 pipeline_frames=60, predict_frames=500)
 QUICK = Settings(width=8, train_rounds=4, train_steps=2, infer_frames=1, infer_reps=2,
-                 pipeline_frames=24, predict_frames=40, plain_processes=1, cuda_batches=(4,),
+                 pipeline_frames=24, predict_frames=40, native_frames=2, plain_processes=1,
+                 cuda_batches=(4,),
                  infer_compiled=False)
 
 
@@ -395,8 +400,7 @@ def child_pipeline(args: dict[str, Any]) -> dict[str, Any]:
     from ultraseg.runtime import resolve_device, resolve_precision
     from ultraseg.train import train
 
-    cfg = run_config(args["width"], args["data"], args["device"], epochs=2,
-                     tune_postprocess=False)
+    cfg = run_config(args["width"], args["data"], args["device"], epochs=2)
     device = resolve_device(args["device"])
     dtype = resolve_precision(cfg.train.precision, device)
     batches = training_batches(cfg)
@@ -527,8 +531,9 @@ def measure_inference(s: Settings, device_name: str = "cpu") -> dict[str, Any]:
     model, fp32_masks = decisive_model(s.width, device, images)
     dtype = resolve_precision("auto", device)
     cfg = ModelConfig(width=s.width)
-    fast = Predictor(torch_runner(model, device, dtype), cfg, PreprocessConfig(size=None))
+    # the reference copies the model first: torch_runner turns it channels_last in place
     reference = reference_predict(model, device)
+    fast = Predictor(torch_runner(model, device, dtype), cfg, PreprocessConfig(size=None))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     fast.predict_proba(images[0])  # warm-up (oneDNN / cuDNN primitives)
@@ -661,18 +666,36 @@ def predict_files(n: int, tmp: Path) -> tuple[list[str], str]:
     return [str(p) for p in sorted((folder / "images").glob("*.png"))], "phantom (256x256 PNG)"
 
 
-def save_checkpoint_for(width: int, path: Path) -> None:
+def save_checkpoint_for(width: int, path: Path, native: bool = False) -> None:
+    """The seed recipe's model at ``width``; ``native``: frames kept at their own resolution
+    (``preprocess.size=None``), the path infer_speedup times, with its large windows."""
     import torch
 
     from ultraseg.checkpoint import make_meta, save_checkpoint
-    from ultraseg.config import PostprocessConfig
+    from ultraseg.config import PostprocessConfig, merge
     from ultraseg.model import build_model
 
     cfg = run_config(width)
+    if native:
+        cfg = merge(cfg, {"preprocess": {"size": None}})
     torch.manual_seed(0)
     model = build_model(cfg.model)
     save_checkpoint(path, model.state_dict(),
                     make_meta(cfg.model, cfg.preprocess, PostprocessConfig(), {}, cfg.to_dict()))
+
+
+def native_files(n: int, tmp: Path) -> list[str]:
+    """``n`` 420x580 frames as PNG files (the Kaggle sample's, then phantom ones)."""
+    from PIL import Image
+
+    images, _ = infer_images(n)
+    folder = tmp / "native_frames"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(folder / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    return [str(p) for p in paths]
 
 
 def child_ultraseg(args: dict[str, Any]) -> dict[str, Any]:
@@ -792,6 +815,11 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
             "checkpoint": str(ckpt), "files": files, "out": str(tmp / "masks"),
             "device": "cpu"}))
         predict["source"] = files_source
+        native_ckpt = tmp / "native.ckpt"
+        save_checkpoint_for(s.width, native_ckpt, native=True)
+        native = section("predict_native", lambda: run_child("predict", {
+            "checkpoint": str(native_ckpt), "files": native_files(s.native_frames, tmp),
+            "out": str(tmp / "native_masks"), "device": "cpu"}))
         plain = section("plain", lambda: fresh_processes(s, data))
         cuda = None
         if device == "cuda":
@@ -826,8 +854,10 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
         "infer_mask_agreement_vs_reference": infer["mask_agreement_vs_reference"],
         "train_peak_rss_gb": pipeline["peak_rss_gb"],
         "predict_peak_rss_gb": predict["peak_rss_gb"],
+        "predict_native_peak_rss_gb": native["peak_rss_gb"],
         "details": {"settings": asdict(s), "train": train, "pipeline": pipeline,
-                    "infer": infer, "predict": predict, "plain": plain,
+                    "infer": infer, "predict": predict, "predict_native": native,
+                    "plain": plain,
                     "section_seconds": sections},
         "machine": machine(),
         "seconds": round(time.perf_counter() - t0, 1),
@@ -901,10 +931,15 @@ def write_results(result: dict[str, Any], command: str) -> None:
          ("vs fp32 with the same windows; vs the 68-tile fp32 reference: "
           f"{result['infer_mask_agreement_vs_reference']:.4f} (random weights, see README)")),
         ("train_peak_rss_gb", f"{result['train_peak_rss_gb']:.2f}",
-         f"ultraseg.train.train, 2 epochs of {d['pipeline']['steps_per_epoch']} steps"),
+         f"ultraseg.train.train, 2 epochs of {d['pipeline']['steps_per_epoch']} steps, then "
+         "its post-processing tuning on validation"),
         ("predict_peak_rss_gb", f"{result['predict_peak_rss_gb']:.2f}",
-         (f"{d['predict']['frames']} frames streamed ({d['predict']['source']}), "
-          f"{d['predict']['seconds']:.0f} s")),
+         (f"{d['predict']['frames']} frames streamed ({d['predict']['source']}, worked on "
+          f"at the seed recipe's 252 px), {d['predict']['seconds']:.0f} s")),
+        ("predict_native_peak_rss_gb", f"{result['predict_native_peak_rss_gb']:.2f}",
+         (f"{d['predict_native']['frames']} 580x420 frames at their own resolution, the "
+          f"path infer_speedup times (one window per frame), "
+          f"{d['predict_native']['seconds']:.0f} s")),
     ]
     target = {k: f"{op} {v}" for k, op, v in TARGETS}
     run = (f"`{command}` ({result['seconds']:.0f} s), {m['date']}: {m['cpu']}, "
