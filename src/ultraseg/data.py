@@ -65,6 +65,9 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     samples = ds.labelled
     if not samples:
         raise DataError("no labelled samples to train on", ds.root)
+    # names and subjects come from the dataset as scanned now, never from the cache: the
+    # subject pattern is not in the key (it does not change a pixel)
+    names, subjects = tuple(s.name for s in samples), tuple(s.subject for s in samples)
     cache_path = None
     if cache_dir != "":
         cache_path = Path(cache_dir or default_cache_dir()) / f"{cache_key(ds, cfg)}.npz"
@@ -74,11 +77,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                     images, masks = z["images"], z["masks"]
                 if len(images) != len(samples) or masks.shape != images.shape:
                     raise ValueError(f"{len(images)} frames cached for {len(samples)} samples")
-                # names and subjects come from the dataset as scanned now: the subject pattern
-                # is not in the key (it does not change a pixel) and must not come from the cache
                 log.info("cache hit: %s", cache_path)
-                return Arrays(images, masks, tuple(s.name for s in samples),
-                              tuple(s.subject for s in samples))
+                return Arrays(images, masks, names, subjects)
             except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt
                 log.warning("ignoring damaged cache %s (%s)", cache_path, e)
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
@@ -95,13 +95,12 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
     if problems:
         raise DataProblems(problems)
-    arrays = Arrays(images, masks, tuple(s.name for s in samples), tuple(s.subject for s in samples))
     if cache_path is not None:
         try:
-            _save_npz(cache_path, images=images, masks=masks, names=np.array(arrays.names))
+            _save_npz(cache_path, images=images, masks=masks)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
-    return arrays
+    return Arrays(images, masks, names, subjects)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
