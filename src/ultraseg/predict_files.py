@@ -302,11 +302,9 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     if fmt not in MASK_FORMATS:
         raise UltrasegError(f"unknown mask format {fmt!r}; valid: {', '.join(MASK_FORMATS)}")
     if rle is not None:                 # found now, not after every frame is predicted
-        if Path(rle).is_dir():
-            raise UltrasegError("cannot write the submission: a folder of that name is there "
-                                "(give a file name such as sub.csv)", rle)
-        if not Path(rle).parent.is_dir():
-            raise UltrasegError("cannot write the submission: its folder does not exist", rle)
+        from .rle import check_submission_path
+
+        check_submission_path(rle)
     out = prepare_out_dir(out)
     if rle is not None:
         bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]

@@ -65,16 +65,25 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     return (np.cumsum(flat[:-1]) > 0).reshape((h, w), order="F")
 
 
+def check_submission_path(path: str | Path) -> Path:
+    """``path`` as a Path when a submission can be written there: not a folder, in a folder
+    that exists (a caller checks before predicting anything)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UltrasegError("cannot write the submission: a folder of that name is there "
+                            "(give a file name such as sub.csv)", path)
+    if not path.parent.is_dir():
+        raise UltrasegError("cannot write the submission: its folder does not exist", path)
+    return path
+
+
 def write_submission(rows: Iterable[tuple[str, np.ndarray]], path: str | Path) -> None:
     """Write a Kaggle submission CSV (``img,pixels``) of ``(image stem, bool (H, W) mask)`` rows.
 
     Written through :func:`~ultraseg.fileio.atomic_open`: a reader never sees half a file, and
     a failed write (a folder at ``path``, a full disk) is an error naming ``path``.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UltrasegError("cannot write the submission: a folder of that name is there "
-                            "(give a file name such as sub.csv)", path)
+    path = check_submission_path(path)
     with atomic_open(path, "w") as f:
         f.write("img,pixels\n")
         for name, mask in rows:
