@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from ultraseg.cli import main
@@ -71,6 +71,64 @@ def test_jpeg_noisy_binary_mask_is_binarised(tmp_path: Path) -> None:
     edge = outer & ~inner  # within two pixels of the mask's edge
     assert not (wrong & ~edge).any(), "JPEG noise changed pixels away from the mask's edge"
     assert wrong.sum() < 0.05 * disk.sum()
+
+
+@pytest.mark.parametrize("quality", [15, 40, 70, 95])
+def test_empty_jpeg_mask_stays_empty(tmp_path: Path, quality: int) -> None:
+    """JPEG turns an all-black mask into a flat 1 or 2 at some qualities: still an empty mask,
+    not a frame full of foreground (most Kaggle nerve frames have empty masks)."""
+    p = _save(tmp_path / "m.jpg", np.zeros((48, 64), np.uint8), quality=quality)
+    assert not read_mask(p).any()
+
+
+def test_jpeg_mask_of_a_tiny_structure_is_binarised_at_127(tmp_path: Path) -> None:
+    """Few distinct values (JPEG ringing around a 3-pixel mark) are no label mask in a JPEG."""
+    im = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(im).ellipse((13, 19, 15, 21), fill=255)
+    p = _save(tmp_path / "m.jpg", im, quality=90)
+    raw = np.asarray(Image.open(p))
+    assert 2 < len(np.unique(raw)) <= 32, "the JPEG must ring with few values for this test"
+    assert np.array_equal(read_mask(p), (raw > 127).astype(np.uint8))
+
+
+def test_black_and_white_palette_png_decoded_through_its_palette(tmp_path: Path) -> None:
+    """An adaptive (quantized) palette may put white at index 0: a grey palette is decoded
+    through its colours, so the mask is not inverted."""
+    bw = np.zeros((30, 40), np.uint8)
+    bw[5:10, 5:10] = 255
+    p = _save(tmp_path / "m.png", Image.fromarray(bw).quantize(2))
+    im = Image.open(p)
+    assert im.mode == "P" and np.asarray(im)[0, 0] != 0, "white must take index 0 here"
+    assert np.array_equal(read_mask(p), (bw > 0).astype(np.uint8))
+
+
+def test_photograph_as_palette_png_refused(tmp_path: Path) -> None:
+    photo = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)
+    p = _save(tmp_path / "m.png", Image.fromarray(photo).convert("RGB").quantize(200))
+    assert Image.open(p).mode == "P"
+    with pytest.raises(DataError, match="neither binary nor a label mask"):
+        read_mask(p)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_mask_drawn_in_the_alpha_channel(tmp_path: Path, mode: str) -> None:
+    """Annotation tools export a structure as opaque pixels on a transparent frame of one
+    colour: the alpha channel is the mask."""
+    disk = (_disk() * 255).astype(np.uint8)
+    colour = np.full_like(disk, 255)
+    channels = [colour] * (3 if mode == "RGBA" else 1) + [disk]
+    p = tmp_path / "m.png"
+    Image.fromarray(np.stack(channels, axis=-1), mode=mode).save(p)
+    assert Image.open(p).mode == mode
+    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
+
+
+def test_16_bit_two_value_mask_is_binary(tmp_path: Path) -> None:
+    disk = _disk().astype(np.uint16) * 1000
+    p = tmp_path / "m16.png"
+    Image.fromarray(disk).save(p)
+    assert Image.open(p).mode == "I;16"
+    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
 
 
 def test_palette_png_keeps_labels_and_select_label(tmp_path: Path) -> None:

@@ -130,29 +130,75 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """Decode a mask file to (H, W) uint8 labels: binary masks become {0, 1}, label masks keep labels.
 
-    Accepted: values {0,1}, {0,255} or (16-bit) {0,65535}; lossy (JPEG) binary masks (>= 98 % of pixels within 48
-    of 0 or 255), binarised at 127; palette PNGs (palette indices are the labels); integer label
-    masks with at most 32 distinct values; RGB/RGBA masks whose colour channels agree; gray
-    masks with an alpha channel (LA: the alpha is ignored).
+    Accepted: values {0,1}, {0,255}, or two values {0, N} at 16 bits; JPEG masks, whatever
+    values their compression leaves (>= 98 % of pixels within 48 of 0 or 255), binarised at 127;
+    palette PNGs: a palette of greys is decoded through its colours (a quantized black-and-white
+    mask may put white at index 0), a coloured palette's indices are the labels (at most 32);
+    integer label masks with at most 32 distinct values; RGB/RGBA masks whose colour channels
+    agree; gray masks with an alpha channel (LA). With an alpha channel, the alpha is the mask
+    when the colour is one flat value and the alpha varies (a structure drawn as opaque pixels
+    on a transparent frame); otherwise the alpha is ignored.
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
     path = Path(path)
     im = _open(path)
-    if im.mode == "P":
-        return np.asarray(im, dtype=np.uint8)
     if im.mode == "1":
         return np.asarray(im, dtype=np.uint8)
-    arr = np.asarray(im)
-    if arr.ndim == 3 and arr.shape[2] == 2:   # gray + alpha (LA): the gray; alpha says nothing
-        arr = arr[..., 0]
+    if im.mode == "P":
+        indices = np.asarray(im, dtype=np.uint8)
+        rgb = np.asarray(im.convert("RGB"))
+        if not _channels_agree(rgb):
+            return _check_label_count(indices, path)   # coloured palette: indices are labels
+        arr = rgb[..., 0]                               # greys: decode through the palette
+    else:
+        arr = np.asarray(im)
     if arr.ndim == 3:
-        colour = arr[..., :3]
-        if not (np.array_equal(colour[..., 0], colour[..., 1])
-                and np.array_equal(colour[..., 0], colour[..., 2])):
+        has_alpha = arr.shape[2] in (2, 4)                  # LA, RGBA
+        colour = arr[..., :-1] if has_alpha else arr
+        alpha = arr[..., -1] if has_alpha else None
+        if not _channels_agree(colour):
             raise DataError("colour mask whose channels disagree: a mask must be gray "
                             "(R == G == B) or a palette PNG", path)
         arr = colour[..., 0]
+        if alpha is not None and _flat(arr) and not _flat(alpha):
+            arr = alpha                                 # drawn in the alpha channel
+    if im.format in LOSSY_FORMATS:
+        return _binarise_lossy(arr, path)
     return classify_mask_values(arr, path)
+
+
+#: Pillow's names of lossy formats: their masks are binary masks blurred by compression.
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "JPEG2000"})
+
+
+def _channels_agree(colour: np.ndarray) -> bool:
+    return all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(1, colour.shape[-1]))
+
+
+def _flat(arr: np.ndarray) -> bool:
+    return bool(arr.size) and bool((arr == arr.flat[0]).all())
+
+
+def _check_label_count(labels: np.ndarray, path: Path) -> np.ndarray:
+    n = np.unique(labels).size
+    if n > MAX_LABELS:
+        raise DataError(f"mask is neither binary nor a label mask: {n} distinct palette indices "
+                        f"(at most {MAX_LABELS} labels; is this an image saved as a mask?)", path)
+    return labels
+
+
+def _binarise_lossy(arr: np.ndarray, path: Path) -> np.ndarray:
+    """A JPEG mask is a binary mask that compression blurred: threshold at half the range,
+    however few or many values it holds (an empty mask may decode to a flat 1 or 2, a tiny
+    structure to a few ringing values); refused unless nearly every pixel is near 0 or the top."""
+    top = 255 if arr.max() <= 255 else int(arr.max())
+    band = LOSSY_BINARY_BAND * top / 255
+    if ((arr <= band) | (arr >= top - band)).mean() < LOSSY_BINARY_SHARE:
+        values = np.unique(arr)
+        raise DataError(
+            f"mask is neither binary nor a label mask: {values.size} distinct values spread over "
+            f"{values.min():g}..{values.max():g} (is this an image saved as a mask?)", path)
+    return (arr > top / 2).astype(np.uint8)
 
 
 def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
@@ -166,8 +212,8 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.
     vset = set(values.tolist())
     if vset <= {0, 1}:
         return arr.astype(np.uint8)
-    if vset <= {0, 255} or vset <= {0, 65535}:     # 8- or 16-bit black and white
-        return (arr > 0).astype(np.uint8)
+    if vset <= {0, 255} or (values.size == 2 and values.min() == 0 and values.max() > 255):
+        return (arr > 0).astype(np.uint8)           # black and white, 8 or 16 bits
     if values.min() < 0:
         raise DataError("mask has negative values", path)
     top = 255 if values.max() <= 255 else int(values.max())
