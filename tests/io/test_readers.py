@@ -352,3 +352,128 @@ def test_real_forced_layout() -> None:
     assert ds.layout == "images" and len(ds.samples) == 3 and not ds.labelled and not problems
     ds, problems = scan_dataset(root, layout="kaggle")
     assert ds.layout == "kaggle" and len(ds.samples) == 2
+
+
+# ------------------------------------------------------------------ files a layout must not drop
+def _pairs(root: Path) -> tuple[dict[str, tuple[str, ...]], list[str]]:
+    ds, problems = scan_dataset(root)
+    assert ds.layout == "folders"
+    return ({s.name: tuple(p.name for p in s.mask_paths) for s in ds.samples},
+            [str(p) for p in problems])
+
+
+@pytest.mark.parametrize("images, masks", [("images", "images"), ("Images", "Masks"),
+                                           ("images", "mask"), ("IMAGES", "MASKS")])
+def test_folders_finds_masks_beside_the_images_or_in_a_differently_spelt_folder(
+        tmp_path: Path, images: str, masks: str) -> None:
+    """Masks beside their images (NAME_mask.EXT in images/), or in Masks/ or mask/: paired,
+    not read as unlabelled frames (before, every pair was silently lost)."""
+    for i, name in enumerate(["1_1", "2_1"]):
+        _save(tmp_path / images / f"{name}.png", _frame(seed=i))
+        _save(tmp_path / masks / f"{name}_mask.png", _disk())
+    pairs, problems = _pairs(tmp_path)
+    assert problems == []
+    assert pairs == {"1_1": ("1_1_mask.png",), "2_1": ("2_1_mask.png",)}
+
+
+def test_folders_names_a_subfolder_it_does_not_read(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "f")
+    _save(root / "images" / "b2" / "4_1.png", _frame())
+    _save(root / "masks" / "b2" / "4_1_mask.png", _disk())
+    _save(root / "images" / ".ipynb_checkpoints" / "x.png", _frame())   # hidden: not named
+    pairs, problems = _pairs(root)
+    assert sorted(pairs) == ["1_1", "1_2", "2_1"]
+    assert len(problems) == 2, problems
+    for folder, problem in zip(("images", "masks"), problems):
+        assert str(Path(folder) / "b2") in problem and "1 image file" in problem, problem
+        assert "not read" in problem
+
+
+def test_folders_with_two_mask_folders_is_a_problem(tmp_path: Path) -> None:
+    root = make_folders(tmp_path / "f")
+    _save(root / "mask" / "1_1_mask.png", _disk())
+    _, problems = _pairs(root)
+    assert len(problems) == 1 and "mask, masks" in problems[0], problems
+
+
+def test_hc18_table_saved_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a BOM; the first column is still 'filename'."""
+    root = make_hc18(tmp_path / "hc18")
+    table = root / "training_set_pixel_size_and_HC.csv"
+    table.write_text("\ufeff" + table.read_text(), encoding="utf-8")
+    ds, problems = scan_dataset(root)
+    assert problems == []
+    assert [s.meta for s in ds.samples] == [{"pixel_size_mm": 0.1, "hc_mm": 30.5}] * 3
+
+
+def test_hc18_table_that_names_none_of_the_images_is_warned_about(tmp_path: Path) -> None:
+    root = make_hc18(tmp_path / "hc18")
+    table = root / "training_set_pixel_size_and_HC.csv"
+    table.write_text(table.read_text().replace("HC.png", "XX.png"))
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append                               # type: ignore[method-assign]
+    logging.getLogger("ultraseg").addHandler(handler)
+    try:
+        ds, problems = scan_dataset(root)
+    finally:
+        logging.getLogger("ultraseg").removeHandler(handler)
+    assert problems == [] and all(s.meta == {} for s in ds.samples)
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    assert "3 of 3 images" in warned[0].getMessage() and "no mm" in warned[0].getMessage()
+
+
+@pytest.mark.parametrize("pattern, subjects", [
+    (r"^(\d)_(\d)?", ["1", "1", "2"]),           # group 1 always takes part
+    (r"^x(\d)?|^(\d)", ["1", "1", "2"]),        # group 1 never does: the first group that does
+    (r"^\d*(?=_)", ["1", "1", "2"]),            # no group: the whole match
+])
+def test_subject_pattern_takes_the_first_group_that_matched(tmp_path: Path, pattern: str,
+                                                             subjects: list[str]) -> None:
+    ds, _ = scan_dataset(make_folders(tmp_path / "f"), subject_pattern=pattern)
+    assert [s.subject for s in ds.samples] == subjects
+
+
+def test_subject_pattern_that_matches_an_empty_string_is_a_miss(tmp_path: Path) -> None:
+    """An empty match would put every such name in one subject named ''."""
+    with pytest.raises(UltrasegError, match="matches none"):
+        scan_dataset(make_folders(tmp_path / "f"), subject_pattern=r"^[a-z]*")
+
+
+def test_busi_ignores_hidden_files(tmp_path: Path) -> None:
+    """macOS leaves ._NAME AppleDouble files on exFAT and network copies."""
+    root = make_busi(tmp_path / "busi")
+    _save(root / "benign" / "images" / "._benign (1).png", _frame())
+    _save(root / "benign" / "mask" / "._benign (1)_mask.png", _disk())
+    _save(root / "normal" / "images" / "._normal (3).png", _frame())
+    ds, problems = scan_dataset(root)
+    assert problems == [] and len(ds.samples) == 4
+    assert not any(s.name.startswith(".") for s in ds.samples)
+
+
+@pytest.mark.parametrize("ext", [".tiff", ".TIF", ".Tiff"])
+def test_kaggle_detected_with_any_tiff_spelling(tmp_path: Path, ext: str) -> None:
+    for i, name in enumerate(["1_1", "3_2"]):
+        _save(tmp_path / "train" / f"{name}{ext}", _frame(seed=i), format="TIFF")
+        _save(tmp_path / "train" / f"{name}_mask{ext}", _disk(), format="TIFF")
+    ds, problems = scan_dataset(tmp_path)
+    assert ds.layout == "kaggle" and problems == [] and len(ds.labelled) == 2
+
+
+def test_a_folder_that_fits_two_layouts_is_warned_about(tmp_path: Path) -> None:
+    root = make_kaggle(tmp_path / "k")
+    make_folders(root)
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append                               # type: ignore[method-assign]
+    logging.getLogger("ultraseg").addHandler(handler)
+    try:
+        ds, _ = scan_dataset(root)
+    finally:
+        logging.getLogger("ultraseg").removeHandler(handler)
+    assert ds.layout == "kaggle"
+    assert len(warned) == 1
+    assert "also fits the 'folders' layout" in warned[0].getMessage()
+    assert "--layout" in warned[0].getMessage()
+    ds, _ = scan_dataset(root, layout="folders")              # forcing one: no warning needed
+    assert ds.layout == "folders"

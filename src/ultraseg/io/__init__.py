@@ -65,11 +65,17 @@ def get_reader(layout: str, subject_pattern: str | None = None) -> Reader:
 
 
 def detect_layout(root: str | Path) -> str:
-    """The first registered layout whose ``detect`` accepts ``root``."""
+    """The first registered layout whose ``detect`` accepts ``root``; a warning names the
+    other labelled layouts it also fits (``images``, which fits any folder of images, aside)."""
     root = Path(root)
-    for name, cls in READERS.items():
-        if cls.detect(root):
-            return name
+    fits = [name for name, cls in READERS.items() if cls.detect(root)]
+    if fits:
+        others = [name for name in fits[1:] if name != ImagesReader.name]
+        if others:
+            log.warning("%s is read as the '%s' layout but also fits the %s layout%s; "
+                        "--layout NAME picks one", root, fits[0],
+                        ", ".join(f"'{n}'" for n in others), "s" * (len(others) > 1))
+        return fits[0]
     raise DataError("empty folder or unknown layout: no images found; valid layouts: "
                     + ", ".join(READERS), root)
 

@@ -257,14 +257,17 @@ class Reader(ABC):
         """Pair the files under ``root``: the samples found and the structural problems."""
 
     def subject_of(self, stem: str, default: str | None = None) -> str:
-        """Subject id from a file stem: --subject-pattern's first group (or whole match) if
-        given and it matches; else the layout's ``default`` (the stem where there is none).
+        """Subject id from a file stem: --subject-pattern's first group that matched (or its
+        whole match) if given and it matches a non-empty string; else the layout's ``default`` (the stem where there is none).
         Misses are counted in :attr:`pattern_misses` (:func:`ultraseg.io.scan_dataset` says)."""
         if self.subject_pattern is not None:
             m = self.subject_pattern.search(stem)
-            if m:
+            # the first group that took part in the match, else the whole match; an empty
+            # subject would join every such name into one subject, so it counts as a miss
+            subject = next((g for g in m.groups() if g is not None), m.group(0)) if m else ""
+            if subject:
                 self.pattern_hits += 1
-                return m.group(1) if m.groups() else m.group(0)
+                return subject
             self.pattern_misses.append(stem)
         return stem if default is None else default
 

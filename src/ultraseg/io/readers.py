@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from ..errors import DataError
 from .base import IMAGE_EXTENSIONS, Reader, Sample, list_images, natural_key
+
+log = logging.getLogger(__name__)
 
 
 def _check_unique(items: dict[str, list[Path]], what: str) -> list[DataError]:
@@ -50,27 +53,64 @@ def _group(files: list[Path], mask_suffix: str, masks_only: bool = False
     return images, masks
 
 
+def _subdirs(root: Path, names: tuple[str, ...]) -> list[Path]:
+    """Folders directly in ``root`` named one of ``names``, in any letter case."""
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and d.name.lower() in names)
+
+
+def _unread_subfolders(folder: Path) -> list[DataError]:
+    """A problem per subfolder of ``folder`` holding image files a flat layout does not read
+    (hidden folders, such as .ipynb_checkpoints, are left alone)."""
+    counts: dict[Path, int] = defaultdict(int)
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).parts
+        if (len(rel) > 1 and p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in rel)):
+            counts[folder / rel[0]] += 1
+    return [DataError(f"{n} image file{'s' * (n > 1)} in a subfolder, not read: this layout reads "
+                      f"the files directly in {folder.name}/ (move them up, or remove the "
+                      f"subfolder)", sub) for sub, n in sorted(counts.items())]
+
+
 class FoldersReader(Reader):
-    """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp).
+    """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp);
+    the masks may also sit beside the images (``images/NAME_mask.EXT``), and the folders may be
+    spelt ``Images``, ``mask``, ``Masks``... Image files in subfolders are named as problems.
 
     Subject: the leading integer of ``SUBJECT_FRAME`` names, else the frame itself;
     ``subject_pattern`` (a regex; its first group, else the whole match) overrides.
-    Without a ``masks`` folder (or with an empty one) the set is unlabelled.
+    Without any mask (no masks folder, an empty one, none beside the images) the set is unlabelled.
     """
 
     name = "folders"
-    description = "images/NAME.EXT + masks/NAME_mask.EXT (or masks/NAME.EXT)"
+    description = "images/NAME.EXT + masks/NAME_mask.EXT (or masks/NAME.EXT, or beside the images)"
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return (root / "images").is_dir()
+        return bool(_subdirs(root, ("images",)))
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
-        images, _ = _group(list_images(root / "images"), "_mask")
-        _, masks = _group(list_images(root / "masks"), "_mask", masks_only=True)
-        pairs, problems = _pair(images, masks, labelled=bool(masks), folder=root / "images")
+        problems: list[DataError] = []
+        folders = {"image": _subdirs(root, ("images",)), "mask": _subdirs(root, ("masks", "mask"))}
+        for what, found in folders.items():
+            if len(found) > 1:
+                problems.append(DataError(f"several {what} folders: {', '.join(d.name for d in found)}"
+                                          f" (keep one)", root))
+        if problems:
+            return [], problems                 # pairing against either would report noise
+        image_dir = folders["image"][0]
+        mask_dir = folders["mask"][0] if folders["mask"] else None
+        images, masks = _group(list_images(image_dir), "_mask")     # masks beside the images
+        problems += _unread_subfolders(image_dir)
+        if mask_dir is not None:
+            for name, paths in _group(list_images(mask_dir), "_mask", masks_only=True)[1].items():
+                masks[name] += paths
+            problems += _unread_subfolders(mask_dir)
+        pairs, found_problems = _pair(images, masks, labelled=bool(masks), folder=image_dir)
         return [Sample(name, image, mask, self.leading_subject(name))
-                for name, image, mask in pairs], problems
+                for name, image, mask in pairs], problems + found_problems
 
 
 class KaggleReader(Reader):
@@ -83,7 +123,8 @@ class KaggleReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any(any(d.glob("*_mask.tif")) for d in (root, root / "train") if d.is_dir())
+        return any(p.stem.endswith("_mask") and p.suffix.lower() in (".tif", ".tiff")
+                   for d in (root, root / "train") if d.is_dir() for p in d.iterdir())
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         train = root / "train" if (root / "train").is_dir() else root
@@ -128,7 +169,8 @@ class BusiReader(Reader):
             images: dict[str, list[Path]] = defaultdict(list)
             masks: dict[str, list[Path]] = defaultdict(list)
             for p in sorted((root / cls_name).rglob("*")):
-                if not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
+                if (not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS
+                        or p.name.startswith(".")):       # macOS's ._NAME beside each file
                     continue
                 m = _BUSI_MASK.match(p.stem)
                 (masks[m.group(1)] if m else images[p.stem]).append(p)
@@ -176,6 +218,7 @@ class Hc18Reader(Reader):
         for folder in folders:
             meta = self._read_csvs(folder, problems)
             images, masks = _group(list_images(folder), "_Annotation")
+            _warn_unmatched_table(meta, [paths[0].name for paths in images.values()], folder)
             pairs, found = _pair(images, masks, labelled=bool(masks), folder=folder)
             problems += found
             samples += [Sample(name, image, mask, self.leading_subject(name),
@@ -189,7 +232,7 @@ class Hc18Reader(Reader):
         for csv_path in sorted(folder.glob("*pixel_size*.csv")) + sorted(
                 folder.parent.glob(f"{folder.name}*pixel_size*.csv")):
             try:
-                with open(csv_path, newline="") as f:
+                with open(csv_path, newline="", encoding="utf-8-sig") as f:   # Excel's BOM
                     for row in csv.DictReader(f):
                         entry: dict[str, float] = {}
                         for key, value in row.items():
@@ -202,6 +245,18 @@ class Hc18Reader(Reader):
             except (OSError, ValueError, KeyError) as e:
                 problems.append(DataError(f"cannot read pixel-size table ({e})", csv_path))
         return meta
+
+
+def _warn_unmatched_table(meta: dict[str, dict[str, float]], names: list[str],
+                          folder: Path) -> None:
+    """Say when a pixel-size table was found but leaves images without a row: they get no mm
+    figures (no pixel size) and no reference head circumference."""
+    if not meta or not names:
+        return
+    missing = [n for n in names if n not in meta]
+    if missing:
+        log.warning("%s: %d of %d images have no row in the pixel-size table (first: %s): "
+                    "no mm figures for them", folder, len(missing), len(names), missing[0])
 
 
 class ImagesReader(Reader):
