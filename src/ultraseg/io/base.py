@@ -258,7 +258,8 @@ class Reader(ABC):
 
     def subject_of(self, stem: str, default: str | None = None) -> str:
         """Subject id from a file stem: --subject-pattern's first group that matched (or its
-        whole match) if given and it matches a non-empty string; else the layout's ``default`` (the stem where there is none).
+        whole match) if given and it matches a non-empty string; else the layout's ``default``
+        (the stem where there is none).
         Misses are counted in :attr:`pattern_misses` (:func:`ultraseg.io.scan_dataset` says)."""
         if self.subject_pattern is not None:
             m = self.subject_pattern.search(stem)

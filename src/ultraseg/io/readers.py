@@ -96,8 +96,8 @@ class FoldersReader(Reader):
         folders = {"image": _subdirs(root, ("images",)), "mask": _subdirs(root, ("masks", "mask"))}
         for what, found in folders.items():
             if len(found) > 1:
-                problems.append(DataError(f"several {what} folders: {', '.join(d.name for d in found)}"
-                                          f" (keep one)", root))
+                names = ", ".join(d.name for d in found)
+                problems.append(DataError(f"several {what} folders: {names} (keep one)", root))
         if problems:
             return [], problems                 # pairing against either would report noise
         image_dir = folders["image"][0]
