@@ -60,6 +60,8 @@ def score(dataset: str, rows: list[dict], summary: dict) -> dict:
         out["normal_empty_rate"] = float(np.mean(normal)) if normal else None
     if "hc_mae_mm" in summary:
         out["hc_mae_mm"] = summary["hc_mae_mm"]
+        # frames with a reference whose head was not found have no error: counted, not hidden
+        out["hc_missed"] = summary.get("hc_missed")
     return out
 
 
@@ -1149,7 +1151,7 @@ def write_markdown(result: dict, path: Path) -> None:
                 notes.append(f"lesion Dice {_f(r['dice_lesion'])}, normal frames empty "
                              f"{_f(r['normal_empty_rate'])}")
             if r.get("hc_mae_mm") is not None:
-                notes.append(f"HC MAE {_f(r['hc_mae_mm'], 2)} mm")
+                notes.append(f"HC MAE {_f(r['hc_mae_mm'], 2)} mm" + _missed(r))
             lines.append(f"| {label} | {r['n']} | {_f(r['dice_mean'])} | "
                          f"{_f(r['dice_nonempty_mean'])} | {_f(r['dice_mean_raw'])} | "
                          f"{_f(r['hd95_median'], 1)} | {'; '.join(notes)} |")
@@ -1166,8 +1168,13 @@ def extra(t: dict) -> str:
     if t.get("dice_lesion") is not None:
         out.append(f"lesion {_f(t['dice_lesion'])}, normal empty {_f(t['normal_empty_rate'])}")
     if t.get("hc_mae_mm") is not None:
-        out.append(f"HC MAE {_f(t['hc_mae_mm'], 2)} mm")
+        out.append(f"HC MAE {_f(t['hc_mae_mm'], 2)} mm" + _missed(t))
     return "; ".join(out)
+
+
+def _missed(t: dict) -> str:
+    """How many frames with a reference HC the MAE leaves out (no head found), where recorded."""
+    return "" if t.get("hc_missed") is None else f" ({t['hc_missed']} heads not found)"
 
 
 def preset_size() -> int:

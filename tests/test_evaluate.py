@@ -15,7 +15,7 @@ from ultraseg.checkpoint import make_meta, save_checkpoint
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
 from ultraseg.data import split_by_subject, write_split
 from ultraseg.errors import UltrasegError
-from ultraseg.evaluate import SUMMARY_KEYS, evaluate
+from ultraseg.evaluate import SUMMARY_KEYS, evaluate, format_summary
 from ultraseg.model import build_model
 from ultraseg.phantom import make_dataset
 from ultraseg.predict import Predictor
@@ -391,8 +391,32 @@ def test_where_the_dataset_gives_pixel_sizes_evaluate_reports_mm(tmp_path) -> No
     m = measure(pred, 0.5)
     assert first["area_mm2"] == pytest.approx(m["area_mm2"])
     assert first["hc_pred_mm"] == pytest.approx(m["hc_mm"])
+    assert first["hc_ref_mm"] == 30.0 and "hc_mm" not in first   # measure's name for it
     assert first["hc_error_mm"] == pytest.approx(m["hc_mm"] - 30.0)
     assert summary["hc_mae_mm"] == pytest.approx(abs(first["hc_error_mm"]))
+    assert summary["hc_n"] == 1 and summary["hc_missed"] == 0
+
+
+def test_hc_error_counts_the_heads_the_model_missed(tmp_path, capsys) -> None:
+    """A frame with a reference head circumference and an empty prediction has no HC error;
+    the summary and the printed line say how many such frames the MAE leaves out."""
+    from test_predict import hc18_like
+
+    hc18_like(tmp_path / "hc")
+    table = tmp_path / "hc" / "training_set_pixel_size_and_HC.csv"
+    table.write_text(table.read_text() + "002_HC.png,0.5,28.0\n")
+    Image.fromarray(np.full((48, 64), 30, np.uint8)).save(tmp_path / "hc" / "training_set" /
+                                                           "002_HC.png")   # no head to find
+
+    def bright(batch: np.ndarray) -> np.ndarray:
+        return (batch > 0.5).astype(np.float32)
+
+    predictor = Predictor(bright, ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None, normalise="unit"))
+    summary, rows = evaluate(predictor, tmp_path / "hc")
+    assert [r.get("hc_error_mm") is None for r in rows] == [False, True]
+    assert summary["hc_n"] == 1 and summary["hc_missed"] == 1
+    assert "over 1 of 2 frames with a reference (1 with no head found)" in format_summary(summary)
 
 
 def _ellipse(h: int, w: int, cy: int, cx: int, a: int, b: int) -> np.ndarray:

@@ -101,6 +101,20 @@ def test_largest_component_with_holes_filled() -> None:
     assert min(r["ellipse_angle_deg"], 180.0 - r["ellipse_angle_deg"]) < 0.5
 
 
+def test_a_ring_outweighs_a_smaller_solid_blob() -> None:
+    """The object is chosen by its size with holes filled: a head predicted as a ring (thin
+    skull, hole filling off in post-processing) has fewer pixels than a solid false blob but is
+    the larger object, and is the one measured."""
+    outer = _filled_ellipse((240, 240), 100, 100, 50, 50, 0.0)
+    ring = outer & ~_filled_ellipse((240, 240), 100, 100, 47, 47, 0.0)
+    blob = _filled_ellipse((240, 240), 200, 200, 20, 20, 0.0)
+    assert ring.sum() < blob.sum()
+    r = measure(ring | blob)
+    assert r["ellipse_center"] == pytest.approx((100, 100), abs=0.5)
+    assert r["area_px"] == int(outer.sum())
+    assert r["ellipse_circumference_px"] == pytest.approx(2 * math.pi * 50, rel=0.02)
+
+
 def test_crofton_disk_and_square() -> None:
     yy, xx = np.mgrid[:100, :100]
     disk = (yy - 50) ** 2 + (xx - 50) ** 2 <= 40**2

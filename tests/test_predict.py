@@ -307,11 +307,26 @@ def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
     assert first["hc_px"] == pytest.approx(63.8, abs=4)
     assert second["pixel_size_mm"] is None and second["hc_mm"] is None
     assert summary["n"] == 2 and summary["n_with_reference"] == 1
+    assert summary["n_reference_missed"] == 0
     assert summary["hc_mae_mm"] == pytest.approx(abs(first["hc_error_mm"]))
     with open(tmp_path / "m" / "measurements.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["name"] for r in table] == ["001_HC", "002_HC"]
     assert float(table[0]["hc_ref_mm"]) == 30.0 and table[1]["hc_mm"] == ""
+
+
+def test_measure_counts_the_references_whose_head_was_not_found(tmp_path, capsys):
+    from ultraseg.cli_predict import format_measure_summary
+
+    hc18_like(tmp_path / "hc")
+    table = tmp_path / "hc" / "training_set_pixel_size_and_HC.csv"
+    table.write_text(table.read_text() + "002_HC.png,0.5,28.0\n")
+    Image.fromarray(np.full((48, 64), 30, np.uint8)).save(tmp_path / "hc" / "training_set" /
+                                                           "002_HC.png")   # no head to find
+    summary, rows = measure_frames(pixel_predictor(), collect_frames([tmp_path / "hc"]))
+    assert [r["hc_mm"] is None for r in rows] == [False, True]
+    assert summary["n_with_reference"] == 1 and summary["n_reference_missed"] == 1
+    assert "1 frames with a reference HC had no head found" in format_measure_summary(summary)
 
 
 def test_measure_frames_pixel_size_fallback_and_boundary_offset(tmp_path):

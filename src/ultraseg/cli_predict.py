@@ -186,6 +186,9 @@ def format_measure_summary(s: dict[str, Any]) -> str:
     if s["hc_mae_mm"] is not None:
         lines.append(f"HC error against the {s['n_with_reference']} references: mean absolute "
                      f"{s['hc_mae_mm']:.2f} mm, mean signed {s['hc_bias_mm']:+.2f} mm")
+    if s.get("n_reference_missed"):
+        lines.append(f"{s['n_reference_missed']} frames with a reference HC had no head found: "
+                     "not in the error")
     if s.get("csv"):
         lines.append(f"per-image measurements: {s['csv']}")
     return "\n".join(lines)

@@ -91,7 +91,10 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
         s, truth = samples[i], truths[i]
         spacing = s.meta.get("pixel_size_mm")
         pred = apply_postprocess(prob, predictor.postprocess)
-        row: dict[str, Any] = {"name": s.name, "subject": s.subject, **s.meta}
+        # the dataset's reference HC is hc_ref_mm, as in measure's CSV (there hc_mm is the
+        # prediction's; here hc_pred_mm)
+        meta = {("hc_ref_mm" if k == "hc_mm" else k): v for k, v in s.meta.items()}
+        row: dict[str, Any] = {"name": s.name, "subject": s.subject, **meta}
         row.update(image_metrics(pred, truth, spacing))
         raw = image_metrics(apply_postprocess(prob, raw_pp), truth)
         raw_rows.append(raw)
@@ -111,8 +114,14 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in SUMMARY_KEYS}
     summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
     errors = [abs(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
-    if errors:
-        summary["hc_mae_mm"] = float(np.mean(errors))
+    with_reference = sum(1 for r in rows
+                         if r.get("hc_ref_mm") is not None and r.get("pixel_size_mm"))
+    if with_reference:
+        # frames whose head the model did not find have no error: the MAE is over the others,
+        # and the summary says how many it leaves out
+        summary["hc_mae_mm"] = float(np.mean(errors)) if errors else None
+        summary["hc_n"] = len(errors)
+        summary["hc_missed"] = with_reference - len(errors)
     summary["label"] = label
     if label is not None and label not in labels_seen and labels_seen:
         # the masks hold structures, none of them this one: a wrong --label (or a checkpoint
@@ -173,8 +182,11 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"empty frames right    {f(summary['empty_correct_rate'])}",
              f"test-time flip        "
              f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]
-    if "hc_mae_mm" in summary:
-        lines.append(f"head circumference MAE {summary['hc_mae_mm']:.2f} mm")
+    if "hc_n" in summary:
+        n_ref = summary["hc_n"] + summary["hc_missed"]
+        lines.append(f"head circumference MAE {f(summary['hc_mae_mm'])} mm over "
+                     f"{summary['hc_n']} of {n_ref} frames with a reference "
+                     f"({summary['hc_missed']} with no head found)")
     if summary.get("label_absent"):
         lines.append(f"note: label {summary['label']} occurs in no mask (they hold labels "
                      f"{', '.join(map(str, summary['label_absent']))}): every frame scored as "

@@ -51,16 +51,17 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected component of a (H, W) mask, holes filled, as bool (H, W).
 
-    Ties go to the component met first in raster order; an empty mask gives an empty mask.
+    Sizes are compared with the holes filled, so a ring (a head outlined by its skull alone)
+    outweighs a smaller solid blob. Ties go to the component met first in raster order; an
+    empty mask gives an empty mask.
     """
-    mask = np.asarray(mask, dtype=bool)
-    labels, n = ndimage.label(mask, structure=_EIGHT)
+    filled = ndimage.binary_fill_holes(np.asarray(mask, dtype=bool))
+    labels, n = ndimage.label(filled, structure=_EIGHT)
     if n == 0:
-        return np.zeros_like(mask)
+        return np.zeros_like(filled)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = 0
-    obj = labels == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(obj)
+    return labels == int(np.argmax(sizes))
 
 
 def crofton_perimeter(mask: np.ndarray) -> float:

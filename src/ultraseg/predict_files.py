@@ -421,7 +421,8 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
 
 def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: float = 0.0
                            ) -> dict[str, Any]:
-    """Counts, mean HC, and the mean absolute / signed HC error where references exist."""
+    """Counts, mean HC, and the mean absolute / signed HC error where references exist (and
+    how many frames with a reference had no object to measure)."""
     hc = [r["hc_mm"] for r in rows if r.get("hc_mm") is not None]
     errors = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
     return {
@@ -431,6 +432,9 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
         "area_px_mean": float(np.mean([r["area_px"] for r in rows])) if rows else None,
         "hc_mm_mean": float(np.mean(hc)) if hc else None,
         "n_with_reference": len(errors),
+        # frames with a reference whose head the model did not find: no error, left out
+        "n_reference_missed": sum(1 for r in rows if r.get("hc_ref_mm") is not None
+                                  and r.get("pixel_size_mm") and r.get("hc_mm") is None),
         "hc_mae_mm": float(np.mean(np.abs(errors))) if errors else None,
         "hc_bias_mm": float(np.mean(errors)) if errors else None,
         "boundary_offset_px": boundary_offset_px,
