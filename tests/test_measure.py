@@ -90,6 +90,30 @@ def test_object_cut_by_the_frame_edge() -> None:
     assert measure(whole)["touches_edge"] is False
 
 
+def test_object_cut_by_the_edge_of_the_region_the_network_saw() -> None:
+    """With --crop-border the network sees only the frame's content box; the trimmed bands come
+    back as background. A head cut by a band's edge is cut as by the frame's edge: fitted on its
+    visible outline and flagged, its centre in the frame's coordinates."""
+    a, b = 80.0, 40.0
+    whole = _filled_ellipse((260, 240), 120.0, 140.0, a, b, 10.0)
+    banded = whole.copy()
+    assert whole[:110].any() and not whole[190:].any()
+    banded[:110] = False                         # the band above the content box cuts the head
+    region = (110, 190, 5, 235)
+    plain = measure(banded)
+    assert plain["touches_edge"] is False        # the cut looks like outline without the region
+    r = measure(banded, region=region)
+    assert r["touches_edge"] is True
+    assert r["ellipse_center"] == pytest.approx((120.0, 140.0), abs=0.5)
+    assert r["ellipse_circumference_px"] == pytest.approx(ellipse_circumference(a, b), rel=0.01)
+    true = ellipse_circumference(a, b)
+    error, plain_error = (abs(m["ellipse_circumference_px"] - true) for m in (r, plain))
+    assert error < plain_error / 3
+    assert r["area_px"] == plain["area_px"] and r["n_components"] == plain["n_components"]
+    with pytest.raises(ValueError, match="region"):
+        measure(banded, region=(110, 300, 0, 240))
+
+
 def test_largest_component_with_holes_filled() -> None:
     m = _filled_ellipse((120, 120), 50, 60, 30, 20, 0.0)
     m[55:60, 45:50] = False                    # a hole: measured as filled

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
 from ultraseg.errors import DataError, UltrasegError
+from ultraseg.measure import ellipse_circumference
 from ultraseg.predict import Predictor
 from ultraseg.predict_files import (OUTPUT_MARKER, collect_frames, encode_mask,
                                     iter_probabilities, measure_frames, write_predictions)
@@ -327,6 +328,24 @@ def test_measure_counts_the_references_whose_head_was_not_found(tmp_path, capsys
     assert [r["hc_mm"] is None for r in rows] == [False, True]
     assert summary["n_with_reference"] == 1 and summary["n_reference_missed"] == 1
     assert "1 frames with a reference HC had no head found" in format_measure_summary(summary)
+
+
+def test_measure_frames_treats_the_cropped_band_as_the_frame_edge(tmp_path):
+    """A predictor that crops uniform borders: a head reaching into the black band above the
+    content is flagged as cut and fitted on its visible outline."""
+    yy, xx = np.mgrid[:120, :160]
+    head = ((xx - 80) / 45.0) ** 2 + ((yy - 40) / 30.0) ** 2 <= 1       # rows 10..70
+    noise = np.random.default_rng(0).integers(0, 20, head.shape)
+    frame = (np.where(head, 180, 60) + noise).astype(np.uint8)
+    frame[:25] = 0                                                    # the band hides the top
+    save(tmp_path / "f" / "head.png", frame)
+    predictor = Predictor(lambda b: (b > 0.5).astype(np.float32),
+                          ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=96, crop_border=True, normalise="unit"))
+    _, (row,) = measure_frames(predictor, collect_frames([tmp_path / "f"]))
+    assert row["touches_edge"] is True
+    assert row["ellipse_cy"] == pytest.approx(40, abs=1.5)
+    assert row["hc_px"] == pytest.approx(ellipse_circumference(45, 30), rel=0.03)
 
 
 def test_measure_frames_pixel_size_fallback_and_boundary_offset(tmp_path):

@@ -19,6 +19,7 @@ from .measure import measure
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor
+from .preprocess import seen_region
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,15 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []
     truths: list[np.ndarray] = []
+    regions: list[tuple[int, int, int, int] | None] = []   # the part of each frame the net saw
     labels_seen: set[int] = set()      # the labels the masks hold (with a label to score)
 
     def decoded():
         for s in samples:
             image, mask = s.load()
             truths.append(select_label(mask, label))
+            regions.append(seen_region(image, predictor.preprocess) if s.meta.get(
+                "pixel_size_mm") else None)
             if label is not None and not truths[-1].any():
                 labels_seen.update(int(v) for v in np.unique(mask[mask > 0]))
             elif label is not None:
@@ -100,7 +104,7 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
         raw_rows.append(raw)
         row["dice_raw"] = raw["dice"]
         if spacing:
-            m = measure(pred, spacing, boundary_offset_px=offset)
+            m = measure(pred, spacing, boundary_offset_px=offset, region=regions[i])
             row.update(area_mm2=m.get("area_mm2"), perimeter_mm=m.get("perimeter_mm"),
                        hc_pred_mm=m.get("hc_mm"))
             if "hc_mm" in s.meta and m.get("hc_mm") is not None:

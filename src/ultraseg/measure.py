@@ -211,11 +211,15 @@ def measure(
     mask: np.ndarray,
     pixel_size_mm: float | None = None,
     boundary_offset_px: float = 0.0,
+    region: tuple[int, int, int, int] | None = None,
 ) -> dict[str, Any]:
     """Measure the object (largest component, holes filled) of a bool (H, W) mask.
 
     ``boundary_offset_px`` is subtracted from both fitted semi-axes (see the module docstring);
-    it does not change ``area_px`` or ``perimeter_px``.
+    it does not change ``area_px`` or ``perimeter_px``. ``region`` (top, bottom, left, right):
+    the part of the frame the prediction covers (with ``crop_border``, the content box; the
+    mask is empty outside it): its edges count as the frame's edges, so an object cut there is
+    flagged and fitted on its visible outline. Coordinates stay the whole frame's.
 
     Keys: ``n_components``, ``touches_edge`` (the object reaches the image's border),
     ``area_px``, ``perimeter_px``, ``ellipse_center`` (x, y),
@@ -230,6 +234,17 @@ def measure(
     mask = mask.astype(bool)
     if not math.isfinite(boundary_offset_px):
         raise ValueError(f"boundary_offset_px must be finite, got {boundary_offset_px!r}")
+    if region is not None:
+        t, b, lft, r = region
+        if not (0 <= t < b <= mask.shape[0] and 0 <= lft < r <= mask.shape[1]):
+            raise ValueError(f"region {region} does not lie in the {mask.shape} mask")
+        out = measure(mask[t:b, lft:r], pixel_size_mm, boundary_offset_px)
+        if out["ellipse_center"] is not None:
+            cx, cy = out["ellipse_center"]
+            out["ellipse_center"] = (cx + lft, cy + t)
+        # anything outside the region is no object the prediction could hold
+        out["n_components"] = int(ndimage.label(mask, structure=_EIGHT)[1])
+        return out
     _, n_components = ndimage.label(mask, structure=_EIGHT)
     obj = largest_component(mask)
     area = int(np.count_nonzero(obj))

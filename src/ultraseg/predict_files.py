@@ -384,6 +384,7 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     ``hc_bias_mm`` over the frames that have both.
     """
     from .measure import measure
+    from .preprocess import seen_region
 
     if pixel_size_mm is not None and not (pixel_size_mm > 0 and math.isfinite(pixel_size_mm)):
         raise UltrasegError(f"--pixel-size must be a positive number of mm, got {pixel_size_mm}")
@@ -393,7 +394,8 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     for frame, image, prob in iter_probabilities(predictor, frames):
         mask = apply_postprocess(prob, predictor.postprocess)
         spacing = frame.sample.meta.get("pixel_size_mm") or pixel_size_mm
-        m = measure(mask, spacing, boundary_offset_px=offset)
+        m = measure(mask, spacing, boundary_offset_px=offset,
+                    region=seen_region(image, predictor.preprocess))
         centre, axes = m["ellipse_center"] or (None, None), m["ellipse_axes"] or (None, None)
         row: dict[str, Any] = {
             "name": frame.out_name, "image": str(frame.image_path),

@@ -146,6 +146,12 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
     return filled
 
 
+def seen_region(image: np.ndarray, cfg: PreprocessConfig) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the part of a frame :func:`to_canvas` keeps: its content
+    box where ``cfg.crop_border`` applies, else None (all of it)."""
+    return content_box(image) if cfg.size is not None and cfg.crop_border else None
+
+
 def to_canvas(image: np.ndarray, cfg: PreprocessConfig, kind: str = "image",
               box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, Geometry]:
     """Place a frame (H, W) on the working canvas: crop its uniform border where
@@ -160,7 +166,8 @@ def to_canvas(image: np.ndarray, cfg: PreprocessConfig, kind: str = "image",
         if box is None:
             if kind != "image":
                 raise ValueError("crop_border: a mask or probability map needs its image's box")
-            box = content_box(image)
+            box = seen_region(image, cfg)
+            assert box is not None
         image = image[box[0]:box[1], box[2]:box[3]]
     else:
         box = None
