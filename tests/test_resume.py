@@ -62,10 +62,12 @@ def _last_epoch(run: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--ema-decay", "0.9"]], ids=["plain", "ema"])
+@pytest.mark.parametrize("extra", [[], ["--ema-decay", "0.9"], ["--dropout", "0.5"]],
+                         ids=["plain", "ema", "dropout"])
 def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(
         data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str]) -> None:
-    """With ``--ema-decay`` the moving average is state too: best.ckpt holds it."""
+    """With ``--ema-decay`` the moving average is state too: best.ckpt holds it. Dropout draws
+    from torch's global generator, which a resumed run must find as the uninterrupted one did."""
     cache = ["--cache-dir", str(tmp_path / "cache")]
     recipe = [*RECIPE, *extra]
     reference = tmp_path / "reference"

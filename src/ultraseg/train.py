@@ -499,6 +499,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     for epoch in range(start_epoch, tc.epochs + 1):
         rng = np.random.default_rng([tc.seed, epoch])
         gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
+        # dropout draws from torch's global generator (train() forks it): seeded per epoch
+        # too, so a run resumed after epoch k draws what the uninterrupted run drew
+        torch.manual_seed(tc.seed * 100_003 + epoch + 50_001)
         ddp.train()
         t_epoch = time.monotonic()
         losses: list[float] = []
