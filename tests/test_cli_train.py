@@ -156,6 +156,15 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, caps
     ('{"train": {"loss": "focal"}}', ["conf.json", "loss", "'bce+dice'", "'focal'"]),
     ('{"preprocess": {"normalise": "minmax"}}', ["conf.json", "normalise", "'minmax'"]),
     ('{"model": {"variant": true}}', ["conf.json", "variant", "True"]),
+    # a string for a switch: "false" turned batch Dice on
+    ('{"train": {"batch_dice": "false"}}', ["conf.json", "batch_dice", "true or false", "'false'"]),
+    ('{"preprocess": {"pad_to_square": "no"}}', ["conf.json", "pad_to_square", "'no'"]),
+    # internal errors before: a ValueError from Adam, an AttributeError, a RuntimeError mid-run
+    ('{"train": {"weight_decay": -1}}', ["train.weight_decay", ">= 0", "-1"]),
+    ('{"train": {"weight_decay": "0.1"}}', ["train.weight_decay", "'0.1'"]),
+    ('{"train": {"device": 5}}', ["train.device", "5"]),
+    ('{"model": {"in_channels": 3}}', ["model.in_channels", "1", "grayscale"]),
+    ('{"model": {"out_channels": 2}}', ["model.out_channels", "1"]),
 ])
 def test_bad_config_file_is_a_user_error(data, tmp_path, capsys, content, words) -> None:
     conf = tmp_path / "conf.json"
@@ -168,6 +177,66 @@ def test_bad_config_file_is_a_user_error(data, tmp_path, capsys, content, words)
     assert all(w in err for w in words), err
     assert not (tmp_path / "run" / "metrics.csv").exists()
     assert not (tmp_path / "run" / "config.json").exists()   # refused before any file
+
+
+def test_a_runs_config_json_alone_repeats_it_from_anywhere(data, tmp_path, monkeypatch,
+                                                           capsys) -> None:
+    """DATA given relative to the working folder is recorded as an absolute path, so the run's
+    config.json (with --config, and no DATA) and --resume work from another folder."""
+    monkeypatch.chdir(data.parent)
+    first = tmp_path / "first"
+    assert cli.main(["train", data.name, "--out", str(first), *TINY, "--epochs", "1"]) == 0
+    recorded = json.loads((first / "config.json").read_text())["data"]["path"]
+    assert recorded == str(data.resolve())
+    assert load_checkpoint(first / "best.ckpt").meta["run"]["data"]["path"] == recorded
+    monkeypatch.chdir(tmp_path)
+    again = tmp_path / "again"
+    rc = cli.main(["train", "--config", str(first / "config.json"), "--out", str(again)])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((again / "config.json").read_text()) == \
+        json.loads((first / "config.json").read_text())
+    assert cli.main(["train", "--resume", "--out", str(first)]) == 0, capsys.readouterr().err
+
+
+def test_a_config_built_without_a_preset_can_be_given_back(data, tmp_path, capsys) -> None:
+    """RunConfig.from_dict without a preset names it 'custom'; such a config.json is given
+    back on the dataclasses' defaults, not refused as an unknown preset."""
+    conf = tmp_path / "custom.json"
+    conf.write_text(RunConfig.from_dict({"model": {"variant": "same", "width": 5}}).to_json())
+    assert json.loads(conf.read_text())["preset"] == "custom"
+    cfg = _resolve(["DATA", "--out", "RUN", "--config", str(conf)])
+    assert cfg.preset == "custom" and cfg.model.width == 5
+    assert cfg.train == RunConfig().train
+
+
+def test_a_training_side_without_foreground_is_refused(tmp_path, capsys) -> None:
+    """Only subject 1's frames hold a structure: a split that trains on subject 2 alone has
+    nothing to learn (before, it trained in silence and validated against subject 1)."""
+    from PIL import Image
+
+    from ultraseg.data import run_split
+
+    root = tmp_path / "data"
+    names = [f"{subject}_{k}" for subject in (1, 2) for k in range(4)]
+    for name in names:
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(len(name))
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(
+            root / "images" / f"{name}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        if name.startswith("1_"):
+            mask[8:20, 10:22] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{name}_mask.png")
+    subjects = [n.split("_")[0] for n in names]
+    seed = next(s for s in range(50)
+                if {subjects[i] for i in run_split(subjects, 0.0, 0.5, s)[0]} == {"2"})
+    rc = cli.main(["train", str(root), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
+                   "--val-fraction", "0.5", "--seed", str(seed)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2
+    assert "none of the 4 training masks" in err and "--split-seed" in err, err
+    assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
 def test_missing_config_file(data, tmp_path, capsys) -> None:

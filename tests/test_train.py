@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -652,3 +653,17 @@ def test_auto_presence_head_is_decided_once_and_recorded(tmp_path, capsys) -> No
     bad.write_text(json.dumps({"model": {"presence_head": "sometimes"}}))
     assert _train_tiny(tmp_path / "second", tmp_path / "bad", "--config", str(bad)) == 2
     assert "presence_head" in capsys.readouterr().err
+
+
+def test_a_tie_in_validation_dice_goes_to_the_lower_validation_loss() -> None:
+    """Validation Dice of 0 for every epoch (nothing found yet) kept epoch 1, the least
+    trained weights; a tie now goes to the lower validation loss, then stays put."""
+    from ultraseg.train import _improves
+
+    assert _improves(0.5, 0.9, best_dice=0.4, best_loss=0.1)
+    assert not _improves(0.3, 0.1, best_dice=0.4, best_loss=0.9)
+    assert _improves(0.0, 1.05, best_dice=0.0, best_loss=1.17)
+    assert not _improves(0.0, 1.17, best_dice=0.0, best_loss=1.17)
+    assert not _improves(0.0, 1.2, best_dice=0.0, best_loss=1.17)
+    assert _improves(0.0, 1.2, best_dice=-math.inf, best_loss=math.inf)     # the first epoch
+    assert not _improves(math.nan, 0.5, best_dice=0.2, best_loss=1.0)

@@ -122,7 +122,9 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
     else the file's ``"preset"``, else :func:`default_preset`."""
     file_cfg = _read_config_file(a.config) if a.config else {}
     try:
-        cfg = preset(a.preset or file_cfg.get("preset") or default_preset())
+        name = a.preset or file_cfg.get("preset") or default_preset()
+        # a config built without a preset (RunConfig.from_dict) is 'custom': the defaults
+        cfg = RunConfig(preset=name) if name == "custom" and not a.preset else preset(name)
     except UltrasegError as e:
         if a.preset:
             raise
@@ -152,9 +154,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         _check_resume_args(a)
         cfg = RunConfig()  # the run's own config.json is used
     else:
-        if not a.data:
-            raise UltrasegError("train needs DATA (or --resume with --out RUN)")
         cfg = resolve_config(a)
+        if not a.data and not cfg.data.path:
+            raise UltrasegError("train needs DATA (or --config RUN/config.json, or --resume "
+                                "with --out RUN)")
     result = train(cfg, a.out, resume=a.resume, progress=ProgressPrinter())
     if not result.is_main:  # a rank > 0 under torchrun: rank 0 reports
         return EXIT_OK

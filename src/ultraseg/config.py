@@ -34,7 +34,18 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
                                     for a in allowed):
             raise UltrasegError(f"{cls.__name__} {name!r} must be one of "
                                 f"{', '.join(map(repr, allowed))}; got {data[name]!r}")
+    for name in _bool_fields(cls):                       # "false" would be truthy
+        if name in data and not isinstance(data[name], bool):
+            raise UltrasegError(f"{cls.__name__} {name!r} must be true or false; "
+                                f"got {data[name]!r}")
     return cls(**data)
+
+
+@functools.cache
+def _bool_fields(cls: type) -> tuple[str, ...]:
+    """The fields of ``cls`` typed ``bool`` (a switch, nothing else)."""
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in fields(cls) if hints[f.name] is bool)
 
 
 @functools.cache

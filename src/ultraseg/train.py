@@ -293,6 +293,15 @@ def check_config(cfg: RunConfig) -> None:
                     ("train.test_fraction (--test-fraction)", t.test_fraction)):
         if not _number(v) or not 0 <= v < 1:
             raise UltrasegError(f"{name} must be a number in [0, 1), got {v!r}")
+    if not _number(t.weight_decay) or not 0 <= t.weight_decay < math.inf:
+        raise UltrasegError(f"train.weight_decay must be a number >= 0, got {t.weight_decay!r}")
+    if not isinstance(t.device, str):
+        raise UltrasegError(f"train.device (--device) must be a name such as \"auto\", "
+                            f"\"cpu\", \"cuda\" or \"cuda:1\", got {t.device!r}")
+    for name in ("in_channels", "out_channels"):      # frames are grayscale, one structure
+        if getattr(cfg.model, name) != 1:
+            raise UltrasegError(f"model.{name} must be 1 (ultraseg trains on grayscale frames "
+                                f"for one structure), got {getattr(cfg.model, name)!r}")
     d = t.ema_decay
     if not _number(d) or not 0 <= d < 1:
         raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
@@ -382,6 +391,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
     t0 = time.monotonic()
     cfg, last = _run_config(out, cfg, resume)
     check_config(cfg)
+    if not resume:      # recorded absolute: the run's config.json works from any folder
+        cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
     with session(resolve_device(cfg.train.device)) as ctx:
         recorded = cfg.train.world_size
         if recorded != ctx.world_size:
@@ -447,6 +458,13 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                         split_seed, tc.val_fraction, test_idx)
     log.info("%d training frames, %d validation frames (split by subject)",
              len(train_idx), len(val_idx))
+    if not arrays.masks[train_idx].any():   # the split left every structure out of training
+        raise DataError(f"none of the {len(train_idx)} training masks holds "
+                        + (f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
+                           else "a foreground pixel")
+                        + f" under this split (the {len(val_idx)} validation frames take the "
+                        "rest): nothing to learn; another --split-seed or --val-fraction "
+                        "draws another split", ds.root)
     cfg = resolve_presence_head(cfg, arrays.masks[train_idx])
     validating = len(val_idx) > 0
     if not validating:
@@ -471,7 +489,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     ema = make_ema(model, cfg)
     scored = model if ema is None else ema.module  # what validation scores and best.ckpt keeps
     history: list[dict[str, Any]] = []
-    best_dice, best_epoch, start_epoch = -1.0, 0, 1
+    best_dice, best_loss, best_epoch, start_epoch = -1.0, math.inf, 0, 1
     horizon = float(tc.epochs)  # epochs the learning-rate schedule spans (see _horizon)
     if last is not None:
         model.load_state_dict(last.state_dict)
@@ -481,6 +499,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         history = json.loads(last.train_state["history_json"])
         best_dice = float(last.train_state["best_dice"])
         best_epoch = int(last.train_state["best_epoch"])
+        best_loss = next((float(r["val_loss"]) for r in history if r["epoch"] == best_epoch),
+                         math.inf)
         start_epoch = int(last.train_state["epoch"]) + 1
         horizon = float(last.train_state.get("horizon", tc.epochs))
         log.info("resuming after epoch %d", start_epoch - 1)
@@ -559,9 +579,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         if epoch <= 2 and complete:  # the second epoch re-measures (see _horizon)
             horizon = _horizon(tc.epochs, epoch, time.monotonic() - t_epoch, deadline, est_val,
                                ctx, device)
-        improved = val_dice > best_dice or not validating  # no validation: the latest counts
+        # no validation: the latest counts
+        improved = not validating or _improves(val_dice, val_loss, best_dice, best_loss)
         if improved:
-            best_dice, best_epoch = val_dice, epoch
+            best_dice, best_loss, best_epoch = val_dice, val_loss, epoch
         if ctx.is_main:  # metrics first: a kill before last.ckpt re-runs this epoch identically
             _write_metrics(out / "metrics.csv", history)
             metrics = {"history": history, "best_epoch": best_epoch,
@@ -591,6 +612,13 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
                    best_dice, stopped, t0, meta, progress)
+
+
+def _improves(val_dice: float, val_loss: float, best_dice: float, best_loss: float) -> bool:
+    """Whether an epoch's validation beats the best so far: a higher Dice, or the same Dice
+    at a lower loss (every epoch scoring Dice 0 before the network finds anything would
+    otherwise keep the first, least trained one). NaN never improves."""
+    return val_dice > best_dice or (val_dice == best_dice and val_loss < best_loss)
 
 
 #: Seconds a time-limited run keeps for saving the checkpoint and writing the report.
