@@ -316,6 +316,17 @@ def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
     assert float(table[0]["hc_ref_mm"]) == 30.0 and table[1]["hc_mm"] == ""
 
 
+def test_a_bool_array_is_predicted_as_its_black_and_white_frame() -> None:
+    """np.asarray(Image.open(one_bit.png)) is bool: read as 0/255, as read_image reads the
+    file, not as the grey levels 0 and 1 (an almost black frame)."""
+    frame = np.zeros((24, 32), bool)
+    frame[5:15, 8:20] = True
+    predictor = pixel_predictor()
+    np.testing.assert_array_equal(predictor.predict_proba(frame),
+                                  predictor.predict_proba(frame.astype(np.uint8) * 255))
+    assert predictor.predict(frame)[5:15, 8:20].all()
+
+
 def test_measure_counts_the_references_whose_head_was_not_found(tmp_path, capsys):
     from ultraseg.cli_predict import format_measure_summary
 

@@ -193,6 +193,11 @@ def prepare(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Geome
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """An array given to the predictor, as 8 bits: bool as 0/255 (a 1-bit PNG read with
+    ``np.asarray``, as :func:`ultraseg.io.read_image` reads the file); floats in [0, 1] times
+    255; integers within 0..255 as they are; anything else stretched from its min..max."""
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
     x = image.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
     if lo >= 0 and hi <= 1.0 and image.dtype.kind == "f":

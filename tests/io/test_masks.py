@@ -219,6 +219,18 @@ def test_classify_mask_values_rules() -> None:
 
 
 # ------------------------------------------------------------------ images
+@pytest.mark.parametrize("reader", [read_image, read_mask])
+def test_multi_page_tiff_is_refused_not_cut_to_its_first_page(tmp_path: Path, reader) -> None:
+    """A cine loop saved as one TIFF would silently become its first frame."""
+    pages = [Image.fromarray((_disk() * 255).astype(np.uint8)) for _ in range(3)]
+    p = tmp_path / "cine.tif"
+    pages[0].save(p, save_all=True, append_images=pages[1:])
+    assert Image.open(p).n_frames == 3
+    with pytest.raises(DataError, match="3 pages") as e:
+        reader(p)
+    assert "cine.tif" in str(e.value)
+
+
 def test_16bit_image_rescaled_to_uint8(tmp_path: Path) -> None:
     ramp = np.linspace(1000, 4000, 40 * 50).reshape(40, 50).astype(np.uint16)
     p = _save(tmp_path / "img16.png", ramp)

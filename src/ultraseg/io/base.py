@@ -94,6 +94,10 @@ def _open(path: Path) -> Image.Image:
             raise DataError("empty file (0 bytes)", path)
         im = Image.open(path)
         im.load()  # decode now: truncated files fail here, not later
+        pages = getattr(im, "n_frames", 1)
+        if im.format == "TIFF" and pages > 1:   # (a phone's MPO JPEG: its first is the photo)
+            raise DataError(f"holds {pages} pages (a cine loop or a stack?): ultraseg reads "
+                            "one frame per file; save each page as its own file", path)
         return im
     except DataError:
         raise
