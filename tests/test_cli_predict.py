@@ -100,8 +100,16 @@ def test_postprocess_flags_override_the_checkpoint(tmp_path, ckpt):
                      *bad]) == 2
 
 
-def test_tta_rle_overlay_and_tif(tmp_path, ckpt):
+def test_tta_rle_overlay_and_tif(tmp_path):
+    """With its threshold at the median probability, the random network's masks hold both
+    classes in shapes that are not symmetric: a transposed run order or a dropped flip shows."""
     images = frames(tmp_path / "in", {"3.png": (29, 41), "12.png": (29, 41)})
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    probs = [load(ckpt, device="cpu", precision="fp32", tta=True).predict_proba(im)
+             for im in images.values()]
+    median = float(np.median(np.concatenate([p.ravel() for p in probs])))
+    make_checkpoint(ckpt, meta_extra={"postprocess": PostprocessConfig(threshold=median).to_dict()})
+    plain = load(ckpt, device="cpu", precision="fp32", tta=False)
     sub = tmp_path / "sub.csv"
     assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
                  "--tta", "--rle", str(sub), "--overlay", "--format", "tif", "--device", "cpu",
@@ -112,6 +120,9 @@ def test_tta_rle_overlay_and_tif(tmp_path, ckpt):
     tta = load(ckpt, device="cpu", precision="fp32", tta=True)
     for stem, pixels in rows[1:]:
         want = tta.predict(images[f"{stem}.png"])
+        assert 0.2 < want.mean() < 0.8, want.mean()
+        assert (want != plain.predict(images[f"{stem}.png"])).sum() > 10   # the flip counts
+        assert not np.array_equal(decode(pixels, (41, 29)).T, want)        # order matters
         np.testing.assert_array_equal(decode(pixels, (29, 41)), want)
         tif = Image.open(tmp_path / "o" / f"{stem}_mask.tif")
         assert tif.format == "TIFF"
