@@ -117,6 +117,20 @@ def test_plot_curves_writes_png(tmp_path: Path, history: list[dict]) -> None:
     _assert_png(path)
 
 
+def test_plot_curves_draws_the_history_it_is_given(tmp_path: Path) -> None:
+    """Two histories that differ in one validation Dice give different pictures (a figure that
+    ignored its data, or dropped the Dice curve, would not)."""
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_dice": 0.2 * e}
+               for e in (1, 2, 3)]
+    changed = [dict(r) for r in history]
+    changed[1]["val_dice"] = 0.1
+    plot_curves(history, tmp_path / "a.png")
+    plot_curves(changed, tmp_path / "b.png")
+    a, b = (np.asarray(Image.open(tmp_path / n).convert("L"), dtype=float)
+            for n in ("a.png", "b.png"))
+    assert a.shape == b.shape and (a != b).sum() > 20
+
+
 def test_plot_samples_and_predictions_write_png(tmp_path: Path) -> None:
     images, truths, preds = _frames(3)
     images[1] = images[1].astype(np.float32) / 255.0  # float frames are scaled for display
