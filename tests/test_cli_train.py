@@ -260,9 +260,12 @@ def test_resume_with_nothing_to_resume(tmp_path, capsys) -> None:
 def stopped_run(data, tmp_path_factory):
     """50 epochs of 15 batches can't fit in 5 s (validation and the report are reserved
     60 s): the run stops inside epoch 1. (exit code, stdout, run folder)."""
+    import ultraseg.train as train_mod
+
     run = tmp_path_factory.mktemp("stopped") / "run"
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "_RESERVE_SHARE", 1e9)   # the full 60 s, not a quarter of 5 s
         rc = cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "50",
                        "--batch-size", "2", "--time-limit", "5s"])
     return rc, out.getvalue(), run
@@ -295,7 +298,10 @@ def test_training_into_an_existing_run_needs_resume(stopped_run, data, capsys) -
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # untouched
 
 
-def test_resume_continues_a_stopped_run(stopped_run, tmp_path, capsys) -> None:
+def test_resume_continues_a_stopped_run(stopped_run, tmp_path, capsys, monkeypatch) -> None:
+    import ultraseg.train as train_mod
+
+    monkeypatch.setattr(train_mod, "_RESERVE_SHARE", 1e9)   # as the stopped run: 60 s kept
     _, _, original = stopped_run
     run = tmp_path / "copy"
     shutil.copytree(original, run)

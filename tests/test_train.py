@@ -503,6 +503,30 @@ def test_horizon_counts_the_epochs_that_still_fit_at_the_measured_pace(monkeypat
     assert horizon(50, 1, 500.0, 1100.0) == 2.0
 
 
+def test_the_reserve_is_at_most_a_quarter_of_a_short_limit() -> None:
+    """60 s (and 2.5 validations) of a 20-minute limit; a quarter of a 1-minute one, which kept
+    all of it back before (the demo at --minutes 1 trained one batch)."""
+    assert train_mod._reserve(2.0, 1200.0) == 65.0
+    assert train_mod._reserve(2.0, 60.0) == 20.0
+    assert train_mod._reserve(2.0) == 65.0
+
+
+def test_a_short_limit_is_mostly_spent_training(tmp_path) -> None:
+    """--time-limit 20s on frames that take far less to validate and tune: training stops
+    about a quarter of the limit before it, not after the first batch (the 60 s reserve)."""
+    data = make_dataset(tmp_path / "data", n=40, size=32, seed=3)
+    run = tmp_path / "run"
+    rc = cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
+                   "--depth", "2", "--size", "32", "--epochs", "100000", "--batch-size", "2",
+                   "--device", "cpu", "--precision", "fp32", "--cache-dir", "", "--threads",
+                   "1", "--time-limit", "20s"])
+    assert rc == 0
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    trained = sum(float(r["seconds"]) for r in rows)
+    assert trained > 8, (len(rows), trained)      # 20 s less 5 s, 2.5 validations, set-up
+
+
 def test_a_time_limited_run_sizes_its_schedule_after_epochs_1_and_2(tmp_path, monkeypatch):
     """The horizon is measured after the first epoch and measured again, for good, after the
     second (the first can run slower than the rest); last.ckpt keeps the second."""

@@ -548,7 +548,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             progress({"event": "batch", "epoch": epoch, "epochs": tc.epochs, "batch": i + 1,
                       "batches": n_batches, "loss": float(np.mean(losses)),
                       "elapsed": time.monotonic() - t_epoch})
-            reserve = _reserve(est_val)
+            reserve = _reserve(est_val, tc.time_limit_s)
             if (deadline < math.inf and i + 1 < n_batches
                     and ctx.any(time.monotonic() + batch_s + reserve > deadline, device)):
                 complete = False
@@ -578,7 +578,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         progress({"event": "epoch", **row, "epochs": tc.epochs})
         if epoch <= 2 and complete:  # the second epoch re-measures (see _horizon)
             horizon = _horizon(tc.epochs, epoch, time.monotonic() - t_epoch, deadline, est_val,
-                               ctx, device)
+                               ctx, device, tc.time_limit_s)
         # no validation: the latest counts
         improved = not validating or _improves(val_dice, val_loss, best_dice, best_loss)
         if improved:
@@ -625,11 +625,18 @@ def _improves(val_dice: float, val_loss: float, best_dice: float, best_loss: flo
 _END_S = 10.0
 
 
-def _reserve(val_s: float) -> float:
+#: The fixed part of :func:`_reserve`: at most this many seconds, and at most this share of
+#: the time limit (a limit of a minute or two would otherwise leave no time to train).
+_RESERVE_S = 60.0
+_RESERVE_SHARE = 0.25
+
+
+def _reserve(val_s: float, limit_s: float | None = None) -> float:
     """Seconds a time-limited run keeps after its last training batch for the last validation,
     the post-processing choice on the validation frames and the report: 2.5 validations and
-    60 s. The batch loop stops this far from the deadline, and the schedule's horizon counts
-    the epochs that fit before that point, so the two agree.
+    60 s, or a quarter of the limit where that is less. The batch loop stops this far from the
+    deadline, and the schedule's horizon counts the epochs that fit before that point, so the
+    two agree.
 
     The choice predicts the validation frames at their own size twice (plain, then with the
     flip) and scores its grid on both: 20 s for BUSI's 100 validation frames, 45 s for
@@ -638,12 +645,14 @@ def _reserve(val_s: float) -> float:
     does not measure, hence the fixed part, and with how many components the network outlines
     (34 and 54 s of grid for two nerve runs): where it would pass the time limit, the choice
     is made on the validation frames scored by then (:func:`ultraseg.postprocess.tune`'s
-    ``deadline``, ``_END_S`` before the limit)."""
-    return 2.5 * val_s + 60
+    ``deadline``, ``_END_S`` before the limit). Under a short limit that choice, made on a
+    few small frames, takes seconds, and is cut short by its deadline where it would not."""
+    fixed = _RESERVE_S if limit_s is None else min(_RESERVE_S, _RESERVE_SHARE * limit_s)
+    return 2.5 * val_s + fixed
 
 
 def _horizon(epochs: int, done: int, epoch_s: float, deadline: float, val_s: float,
-             ctx: Dist, device: torch.device) -> float:
+             ctx: Dist, device: torch.device, limit_s: float | None = None) -> float:
     """Epochs the learning-rate schedule spans: ``epochs``, or, when a time limit will cut the
     run short, the ``done`` epochs plus those that still fit at ``epoch_s`` seconds each.
 
@@ -656,7 +665,7 @@ def _horizon(epochs: int, done: int, epoch_s: float, deadline: float, val_s: flo
     """
     if deadline == math.inf:
         return float(epochs)
-    fit = done + (deadline - time.monotonic() - _reserve(val_s)) / max(epoch_s, 1e-6)
+    fit = done + (deadline - time.monotonic() - _reserve(val_s, limit_s)) / max(epoch_s, 1e-6)
     fit = ctx.all_reduce_mean(fit, device)
     return float(min(epochs, max(2.0, math.floor(fit))))
 
