@@ -286,3 +286,29 @@ def test_an_opset_no_exporter_writes_is_a_user_error(exported, tmp_path):
     with pytest.raises(UltrasegError):
         export_onnx(exported["same"][0], tmp_path / "m.onnx", opset=3)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_valid_model_at_native_resolution_says_its_graph_predicts_in_tiles(tmp_path) -> None:
+    """The checkpoint predicts each native-size frame in one window; its ONNX graph has one
+    fixed tile (model.tile), whose tiles meet the pooling grid elsewhere: the export says so
+    (and a given --tile, chosen knowingly, is not warned about)."""
+    import logging
+
+    cfg = ModelConfig(variant="valid", width=4, depth=2, tile=20)
+    ckpt = tmp_path / "v.ckpt"
+    torch.manual_seed(0)
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=None), PostprocessConfig()))
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append                               # type: ignore[method-assign]
+    logging.getLogger("ultraseg").addHandler(handler)
+    try:
+        export_onnx(ckpt, tmp_path / "v.onnx", verify=False)
+        assert len(warned) == 1
+        message = warned[0].getMessage()
+        assert "tiles of 20" in message and "one window" in message and "--tile 20" in message
+        export_onnx(ckpt, tmp_path / "t.onnx", tile=20, verify=False)
+        assert len(warned) == 1
+    finally:
+        logging.getLogger("ultraseg").removeHandler(handler)
