@@ -1,13 +1,29 @@
 """Shared fixtures: where the real datasets are, and their ``inspect`` results computed once."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
 #: ``../shared/datasets`` seen from the repository root (this file is ``ROOT/tests/conftest.py``).
 SHARED_DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
+
+
+@contextlib.contextmanager
+def ultraseg_warnings() -> Iterator[list[logging.LogRecord]]:
+    """The warnings the ``ultraseg`` loggers emit inside the block, as records (the CLI's
+    logging.basicConfig keeps its first stream, so capsys cannot see them in-process)."""
+    warned: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append                               # type: ignore[method-assign]
+    logging.getLogger("ultraseg").addHandler(handler)
+    try:
+        yield warned
+    finally:
+        logging.getLogger("ultraseg").removeHandler(handler)
 
 
 def shared_datasets() -> Path:

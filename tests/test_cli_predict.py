@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import ultraseg_warnings
 from ultraseg.checkpoint import make_meta, save_checkpoint
 from ultraseg.cli import main
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
@@ -193,15 +193,9 @@ def test_a_later_run_does_not_read_an_earlier_runs_outputs_as_frames(tmp_path, c
                  str(tmp_path / "imgs" / "pred"), "--overlay"]) == 0
     assert "predicted 2 frames" in capsys.readouterr().out
     assert (tmp_path / "imgs" / "pred" / OUTPUT_MARKER).is_file()
-    warned: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = warned.append                               # type: ignore[method-assign]
-    logging.getLogger("ultraseg").addHandler(handler)
-    try:
+    with ultraseg_warnings() as warned:
         assert main(["predict", str(ckpt), str(tmp_path / "imgs"), "--out",
                      str(tmp_path / "imgs" / "pred2")]) == 0
-    finally:
-        logging.getLogger("ultraseg").removeHandler(handler)
     assert "predicted 2 frames" in capsys.readouterr().out     # not the 4 outputs of 'pred'
     assert sorted(p.name for p in (tmp_path / "imgs" / "pred2").glob("*.png")) == \
         ["1_mask.png", "2_mask.png"]

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import shared_dataset
+from conftest import shared_dataset, ultraseg_warnings
 from PIL import Image
 
 from ultraseg.checkpoint import load_checkpoint, make_meta, save_checkpoint
@@ -292,23 +292,15 @@ def test_a_valid_model_at_native_resolution_says_its_graph_predicts_in_tiles(tmp
     """The checkpoint predicts each native-size frame in one window; its ONNX graph has one
     fixed tile (model.tile), whose tiles meet the pooling grid elsewhere: the export says so
     (and a given --tile, chosen knowingly, is not warned about)."""
-    import logging
-
     cfg = ModelConfig(variant="valid", width=4, depth=2, tile=20)
     ckpt = tmp_path / "v.ckpt"
     torch.manual_seed(0)
     save_checkpoint(ckpt, build_model(cfg).state_dict(),
                     make_meta(cfg, PreprocessConfig(size=None), PostprocessConfig()))
-    warned: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = warned.append                               # type: ignore[method-assign]
-    logging.getLogger("ultraseg").addHandler(handler)
-    try:
+    with ultraseg_warnings() as warned:
         export_onnx(ckpt, tmp_path / "v.onnx", verify=False)
         assert len(warned) == 1
         message = warned[0].getMessage()
         assert "tiles of 20" in message and "one window" in message and "--tile 20" in message
         export_onnx(ckpt, tmp_path / "t.onnx", tile=20, verify=False)
         assert len(warned) == 1
-    finally:
-        logging.getLogger("ultraseg").removeHandler(handler)

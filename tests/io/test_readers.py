@@ -3,7 +3,6 @@ the real samples in ../shared/datasets (skipped with the reason where that folde
 from __future__ import annotations
 
 import csv
-import logging
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import shared_dataset
+from conftest import shared_dataset, ultraseg_warnings
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import READERS, detect_layout, get_reader, read_mask, scan_dataset
 
@@ -229,14 +228,8 @@ def test_subject_pattern_that_matches_no_name_is_refused(tmp_path: Path) -> None
 def test_subject_pattern_that_misses_some_names_keeps_their_layout_subject(tmp_path) -> None:
     root = make_folders(tmp_path / "f")                       # 1_1, 1_2, 2_1: subjects 1, 1, 2
     pattern = r"^2_(\d+)"                                      # matches 2_1 only, giving '1'
-    warned: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = warned.append                               # type: ignore[method-assign]
-    logging.getLogger("ultraseg").addHandler(handler)
-    try:
+    with ultraseg_warnings() as warned:
         ds, _ = scan_dataset(root, subject_pattern=pattern)
-    finally:
-        logging.getLogger("ultraseg").removeHandler(handler)
     assert {s.name: s.subject for s in ds.samples} == {"1_1": "1", "1_2": "1", "2_1": "1"}
     assert [r.getMessage() for r in warned] == [
         f"--subject-pattern {pattern!r} does not match 2 of 3 file names (first: '1_1'); "
@@ -410,14 +403,8 @@ def test_hc18_table_that_names_none_of_the_images_is_warned_about(tmp_path: Path
     root = make_hc18(tmp_path / "hc18")
     table = root / "training_set_pixel_size_and_HC.csv"
     table.write_text(table.read_text().replace("HC.png", "XX.png"))
-    warned: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = warned.append                               # type: ignore[method-assign]
-    logging.getLogger("ultraseg").addHandler(handler)
-    try:
+    with ultraseg_warnings() as warned:
         ds, problems = scan_dataset(root)
-    finally:
-        logging.getLogger("ultraseg").removeHandler(handler)
     assert problems == [] and all(s.meta == {} for s in ds.samples)
     assert len(warned) == 1, [r.getMessage() for r in warned]
     assert "3 of 3 images" in warned[0].getMessage() and "no mm" in warned[0].getMessage()
@@ -463,14 +450,8 @@ def test_kaggle_detected_with_any_tiff_spelling(tmp_path: Path, ext: str) -> Non
 def test_a_folder_that_fits_two_layouts_is_warned_about(tmp_path: Path) -> None:
     root = make_kaggle(tmp_path / "k")
     make_folders(root)
-    warned: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = warned.append                               # type: ignore[method-assign]
-    logging.getLogger("ultraseg").addHandler(handler)
-    try:
+    with ultraseg_warnings() as warned:
         ds, _ = scan_dataset(root)
-    finally:
-        logging.getLogger("ultraseg").removeHandler(handler)
     assert ds.layout == "kaggle"
     assert len(warned) == 1
     assert "also fits the 'folders' layout" in warned[0].getMessage()
