@@ -123,14 +123,6 @@ def test_mask_drawn_in_the_alpha_channel(tmp_path: Path, mode: str) -> None:
     assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
 
 
-def test_16_bit_two_value_mask_is_binary(tmp_path: Path) -> None:
-    disk = _disk().astype(np.uint16) * 1000
-    p = tmp_path / "m16.png"
-    Image.fromarray(disk).save(p)
-    assert Image.open(p).mode == "I;16"
-    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
-
-
 def test_palette_png_keeps_labels_and_select_label(tmp_path: Path) -> None:
     lab = _labels()
     p = _palette_png(tmp_path / "m.png", lab)
@@ -173,8 +165,9 @@ def test_gray_plus_alpha_mask_accepted(tmp_path: Path, alpha: str) -> None:
     assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
 
 
-def test_16_bit_black_and_white_mask_is_binary(tmp_path: Path) -> None:
-    disk = _disk().astype(np.uint16) * 65535
+@pytest.mark.parametrize("top", [65535, 1000])       # {0, N}: two values are black and white
+def test_16_bit_black_and_white_mask_is_binary(tmp_path: Path, top: int) -> None:
+    disk = _disk().astype(np.uint16) * top
     p = tmp_path / "m16.png"
     Image.fromarray(disk).save(p)
     assert Image.open(p).mode == "I;16"
