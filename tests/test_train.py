@@ -561,7 +561,7 @@ def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatc
         return real(probs, truths, **kw)
 
     monkeypatch.setattr(pp_mod, "tune", spy)
-    monkeypatch.setattr(train_mod, "_END_S", end_s)
+    monkeypatch.setattr(train_mod, "_end_s", lambda limit_s: end_s)
     t_start = time.monotonic()
     assert _train_tiny(tmp_path / "a", tmp_path / "run", "--epochs", "1", "--time-limit",
                        "30m") == 0
@@ -573,6 +573,38 @@ def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatc
     assert _train_tiny(tmp_path / "b", tmp_path / "free", "--epochs", "1", "--time-limit",
                        "none") == 0
     assert seen[0]["deadline"] is None and seen[0]["tta_probs"] is not None
+
+
+def test_a_short_limit_leaves_the_post_processing_choice_its_time(tmp_path, monkeypatch) -> None:
+    """Under a 30 s limit training stops 7.5 s (and 2.5 validations) before it; the choice's
+    deadline falls after that, not 10 s before the limit (before it, so the choice saw one
+    frame and TTA was never tried). The recorded post-processed Dice is over every validation
+    frame, whatever the choice saw."""
+    import ultraseg.postprocess as pp_mod
+
+    assert train_mod._end_s(30.0) == 3.75 and train_mod._end_s(1200.0) == train_mod._END_S
+    seen: list[int] = []
+    real = pp_mod.tune
+
+    def one_frame(probs, truths, **kw):           # a choice the time limit cut to one frame
+        seen.append(len(probs))
+        if kw.get("tta_probs") is not None:
+            kw["tta_probs"] = kw["tta_probs"][:1]
+        return real(probs[:1], truths[:1], **kw)
+
+    monkeypatch.setattr(pp_mod, "tune", one_frame)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "1") == 0
+    from ultraseg.evaluate import evaluate
+
+    val = json.loads((run / "split.json").read_text())["val"]
+    assert seen == [len(val)] and len(val) > 1
+    predictor = load(run / "best.ckpt", device="cpu", precision="fp32")
+    summary, _ = evaluate(predictor, tmp_path / "data", split_file=run / "split.json",
+                          subset="val")
+    best = load_checkpoint(run / "best.ckpt")
+    assert best.meta["metrics"]["val_dice_postprocessed"] == pytest.approx(summary["dice_mean"],
+                                                                            abs=1e-6)
 
 
 def test_ema_moves_one_minus_decay_of_the_way_to_the_weights_and_statistics() -> None:

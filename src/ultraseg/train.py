@@ -647,8 +647,18 @@ def _reserve(val_s: float, limit_s: float | None = None) -> float:
     is made on the validation frames scored by then (:func:`ultraseg.postprocess.tune`'s
     ``deadline``, ``_END_S`` before the limit). Under a short limit that choice, made on a
     few small frames, takes seconds, and is cut short by its deadline where it would not."""
-    fixed = _RESERVE_S if limit_s is None else min(_RESERVE_S, _RESERVE_SHARE * limit_s)
-    return 2.5 * val_s + fixed
+    return 2.5 * val_s + _reserve_fixed(limit_s)
+
+
+def _reserve_fixed(limit_s: float | None) -> float:
+    return _RESERVE_S if limit_s is None else min(_RESERVE_S, _RESERVE_SHARE * limit_s)
+
+
+def _end_s(limit_s: float) -> float:
+    """Seconds before the time limit by which the post-processing choice stops, leaving the
+    rest for the checkpoint and the report: ``_END_S``, or half the reserve's fixed part where
+    that is less (a short limit's training stops less than ``_END_S`` before it)."""
+    return min(_END_S, _reserve_fixed(limit_s) / 2)
 
 
 def _horizon(epochs: int, done: int, epoch_s: float, deadline: float, val_s: float,
@@ -714,12 +724,11 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     pred_s = time.monotonic() - t_pred
     pp = PostprocessConfig()
     raw = tuned = None
-    # a time-limited run keeps _END_S for the checkpoint and the report after the choice
+    # a time-limited run keeps _end_s for the checkpoint and the report after the choice
     limit = cfg.train.time_limit_s
-    deadline = t0 + limit - _END_S if limit else None
+    deadline = t0 + limit - _end_s(limit) if limit else None
     if probs:
         raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
-        tuned = raw
         if cfg.train.tune_postprocess:
             flipped = None
             # the mirrored pass, and as long again for the choice, must fit
@@ -727,9 +736,17 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                 flipped = list(predictor.tta_from_plain(images, probs))
             else:
                 log.warning("test-time augmentation not tried: the time limit comes first")
-            pp, tuned = tune(probs, truths, tta_probs=flipped, deadline=deadline)
+            pp, _ = tune(probs, truths, tta_probs=flipped, deadline=deadline)
             if pp.tta:
                 probs = flipped  # the report shows what the checkpoint predicts
+    # the choice scored on every validation frame (the time limit may have cut it short)
+    scores, areas = [], []
+    for p, t in zip(probs, truths):
+        m = apply_pp(p, pp)
+        scores.append(dice(m, t))
+        areas.append(int(m.sum()))
+    if probs:
+        tuned = float(np.mean(scores))
         log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned,
                  pp)
     seconds = time.monotonic() - t0
@@ -747,11 +764,6 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     report.plot_samples([arrays.images[i] for i in train_idx[pick]],
                         [arrays.masks[i] > 0 for i in train_idx[pick]], out / "sample.png",
                         [arrays.names[i] for i in train_idx[pick]])
-    scores, areas = [], []
-    for p, t in zip(probs, truths):
-        m = apply_pp(p, pp)
-        scores.append(dice(m, t))
-        areas.append(int(m.sum()))
     if probs:
         shown = report.pick_examples(scores, [not t.any() for t in truths], areas)
         report.plot_predictions([images[i] for i, _ in shown], [truths[i] for i, _ in shown],
