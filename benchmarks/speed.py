@@ -881,6 +881,7 @@ TARGETS = [("train_speedup", ">=", 2.5), ("pipeline_overhead", "<=", 1.10),
 
 def write_results(result: dict[str, Any], command: str) -> None:
     (HERE / "results").mkdir(exist_ok=True)
+    result = {**result, "command": command}      # the record says how to reproduce it
     (HERE / "results" / "speed.json").write_text(json.dumps(result, indent=1) + "\n")
     m, d = result["machine"], result["details"]
     precision = result.get("ceiling_precision", "bf16")  # what ultraseg computed in
@@ -888,7 +889,8 @@ def write_results(result: dict[str, Any], command: str) -> None:
     rows = [
         ("train_speedup", f"{result['train_speedup']:.2f}",
          (f"{result['train_images_per_s']:.2f} vs {result['train_ref_images_per_s']:.2f} "
-          f"images/s: ultraseg's step ({d['train']['precision']}, channels_last; "
+          f"images/s: ultraseg's step ({d['train']['precision']}, "
+          f"{d['train'].get('layout', 'channels_last')}; "
           f"{d['train']['step']}) in processes set up as the `ultraseg` command sets them up, "
           f"the reference as a plain script (each side's best of "
           f"{len(d['plain']['processes'])} fresh processes; in the benchmark's own process "
