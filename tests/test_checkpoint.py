@@ -112,6 +112,18 @@ def test_state_dict_survives_bit_for_bit(tmp_path) -> None:
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_loading_a_checkpoint_leaves_the_callers_random_state_alone(tmp_path) -> None:
+    """The model is built (drawing initial weights) before its weights are loaded: a seeded
+    script's later draws must not depend on whether it loaded a model."""
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    _save(tmp_path / "m.ckpt", _model_with_statistics(cfg), cfg, PreprocessConfig(size=32))
+    torch.manual_seed(0)
+    without = torch.rand(3)
+    torch.manual_seed(0)
+    load(tmp_path / "m.ckpt", device="cpu")
+    assert torch.equal(torch.rand(3), without)
+
+
 def test_trained_run_checkpoint_reproduces_the_run(tiny_run) -> None:
     data, run = tiny_run
     # the run's config.json and best.ckpt's weights rebuild exactly the loaded predictor

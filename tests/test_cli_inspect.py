@@ -291,3 +291,13 @@ def test_real_forced_layout_via_cli(capsys: pytest.CaptureFixture) -> None:
     assert main(["inspect", str(root), "--layout", "images", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["layout"] == "images" and report["pairs"] == 0 and report["unlabelled"] == 3
+
+
+def test_an_unlabelled_folder_counts_its_subjects_not_its_images(tmp_path: Path) -> None:
+    """Frames 1_1, 1_2 and 2_1 without masks: two subjects (the reader's), not three."""
+    for name in ("1_1", "1_2", "2_1"):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    report, problems = inspect_dataset(tmp_path)
+    assert problems == [] and report["pairs"] == 0 and report["unlabelled"] == 3
+    assert report["subjects"] == 2

@@ -153,7 +153,8 @@ def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> t
     """The model a checkpoint describes, with its weights loaded, in eval mode."""
     from .model import build_model
 
-    model = build_model(ckpt.model)
+    with torch.random.fork_rng(devices=[]):   # its initial weights are overwritten: the
+        model = build_model(ckpt.model)       # caller's random state is left as it was
     if not isinstance(ckpt.state_dict, dict):
         raise CheckpointError(f"damaged checkpoint: its weights are a "
                               f"{type(ckpt.state_dict).__name__}, not named tensors", path)

@@ -28,6 +28,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     classes: Counter[str] = Counter()
     pairs = unlabelled = 0
     subjects: set[str] = set()
+    unlabelled_subjects: set[str] = set()
     for s in ds.samples:
         try:
             image, mask = s.load()
@@ -38,6 +39,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         heights.append(image.shape[0])
         if mask is None:
             unlabelled += 1
+            unlabelled_subjects.add(s.subject)
             continue
         pairs += 1
         subjects.add(s.subject)
@@ -59,7 +61,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         "layout": ds.layout,
         "pairs": pairs,
         "unlabelled": unlabelled,
-        "subjects": len(subjects) if pairs else unlabelled,
+        "subjects": len(subjects) if pairs else len(unlabelled_subjects),
         "empty_masks": empty,
         "foreground_fraction_mean": float(np.mean(fractions)) if fractions else None,
         "image_size_min": dims(np.min),
