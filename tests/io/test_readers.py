@@ -206,6 +206,21 @@ def test_forced_layout_that_finds_nothing_names_the_layout_found(tmp_path: Path,
     assert "empty folder" not in msg
 
 
+@pytest.mark.parametrize("layout", ["busi", "kaggle", "hc18", "images"])
+def test_folders_forced_on_another_layout_names_the_layout_found(tmp_path: Path,
+                                                                 layout: str) -> None:
+    root = BUILDERS[layout](tmp_path / layout)
+    _, problems = scan_dataset(root, layout="folders")
+    assert len(problems) == 1
+    assert "no 'folders' files found" in str(problems[0]), problems
+    assert f"'{layout}' layout" in str(problems[0])
+
+
+def test_folders_forced_on_an_empty_folder(tmp_path: Path) -> None:
+    _, problems = scan_dataset(tmp_path, layout="folders")
+    assert [str(p) for p in problems] == [f"{tmp_path / 'images'}: empty folder: no images found"]
+
+
 def test_subject_pattern_overrides(tmp_path: Path) -> None:
     root = make_folders(tmp_path / "f")
     ds, _ = scan_dataset(root, subject_pattern=r"_(\d+)$")

@@ -100,6 +100,8 @@ class FoldersReader(Reader):
                 problems.append(DataError(f"several {what} folders: {names} (keep one)", root))
         if problems:
             return [], problems                 # pairing against either would report noise
+        if not folders["image"]:                # (--layout folders forced on another layout)
+            return [], [DataError("empty folder: no images found", root / "images")]
         image_dir = folders["image"][0]
         mask_dir = folders["mask"][0] if folders["mask"] else None
         images, masks = _group(list_images(image_dir), "_mask")     # masks beside the images
