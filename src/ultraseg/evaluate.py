@@ -41,8 +41,10 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None, sub
     except (OSError, ValueError, KeyError) as e:
         raise UltrasegError(f"cannot read the '{subset}' side of the split ({e})", split_file) from e
     if not names:  # e.g. 'val' of a run trained with --val-fraction 0
-        raise UltrasegError(f"the split's '{subset}' side is empty; choose another with "
-                            "--subset", split_file)
+        hint = (" (the run held no frames out: train with --test-fraction, e.g. 0.2)"
+                if subset == "test" else "")
+        raise UltrasegError(f"the split's '{subset}' side is empty{hint}; choose another side "
+                            "(--subset; in Python, subset=)", split_file)
     chosen = [s for s in samples if s.name in names]
     if len(chosen) != len(names):
         raise UltrasegError(f"split names {len(names) - len(chosen)} frames that are not in the "
