@@ -217,6 +217,15 @@ def test_a_bad_rle_target_is_refused_before_predicting(tmp_path, ckpt, capsys, w
     assert not (tmp_path / "o").exists()                      # nothing predicted or written
 
 
+def test_the_submission_may_go_in_the_output_folder_it_creates(tmp_path, ckpt, capsys):
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    out = tmp_path / "new" / "o"
+    rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out),
+               "--rle", str(out / "sub.csv")])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "sub.csv").read_text().startswith("img,pixels\n1,")
+
+
 @pytest.mark.parametrize("tile", ["0", "-5"])
 def test_a_tile_below_one_is_a_user_error(tmp_path, capsys, tile):
     ckpt = make_checkpoint(tmp_path / "valid.ckpt", variant="valid", size=40)

@@ -304,7 +304,7 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     if rle is not None:                 # found now, not after every frame is predicted
         from .rle import check_submission_path
 
-        check_submission_path(rle)
+        check_submission_path(rle, pending=out)     # (--out itself: created just below)
     out = prepare_out_dir(out)
     if rle is not None:
         bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]

@@ -65,13 +65,16 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     return (np.cumsum(flat[:-1]) > 0).reshape((h, w), order="F")
 
 
-def check_submission_path(path: str | Path) -> Path:
+def check_submission_path(path: str | Path, pending: str | Path | None = None) -> Path:
     """``path`` as a Path when a submission can be written there: not a folder, in a folder
-    that exists (a caller checks before predicting anything)."""
+    that exists, or is ``pending``, the folder the caller creates before writing (a caller
+    checks before predicting anything)."""
     path = Path(path)
     if path.is_dir():
         raise UltrasegError("cannot write the submission: a folder of that name is there "
                             "(give a file name such as sub.csv)", path)
+    if pending is not None and path.parent.resolve() == Path(pending).resolve():
+        return path
     if not path.parent.is_dir():
         raise UltrasegError("cannot write the submission: its folder does not exist", path)
     return path
