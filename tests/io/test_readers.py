@@ -473,3 +473,22 @@ def test_a_folder_that_fits_two_layouts_is_warned_about(tmp_path: Path) -> None:
     assert "--layout" in warned[0].getMessage()
     ds, _ = scan_dataset(root, layout="folders")              # forcing one: no warning needed
     assert ds.layout == "folders"
+
+
+@pytest.mark.parametrize("layout", ["folders", "busi", "images"])
+def test_a_link_whose_target_is_missing_is_named_not_dropped(tmp_path: Path, layout: str) -> None:
+    """A dead symlink for an image was dropped in silence (images layout) or blamed on its
+    mask ('mask without an image'); it is now a sample whose reading says what is wrong."""
+    from ultraseg.inspection import inspect_dataset
+
+    root = BUILDERS[layout](tmp_path / layout)
+    dead = {"folders": root / "images" / "9_9.png",
+            "busi": root / "benign" / "images" / "benign (9).png",
+            "images": root / "dead.png"}[layout]
+    dead.symlink_to(tmp_path / "nowhere.png")
+    if layout == "folders":
+        _save(root / "masks" / "9_9_mask.png", _disk())
+    if layout == "busi":
+        _save(root / "benign" / "mask" / "benign (9)_mask.png", _disk())
+    _, problems = inspect_dataset(root)
+    assert [str(p) for p in problems] == [f"{dead}: broken link: its target is missing"]

@@ -104,7 +104,8 @@ def _open(path: Path) -> Image.Image:
     except PermissionError as e:
         raise DataError("cannot read file: permission denied", path) from e
     except FileNotFoundError as e:
-        raise DataError("file not found", path) from e
+        raise DataError("broken link: its target is missing" if path.is_symlink()
+                        else "file not found", path) from e
     except UnidentifiedImageError as e:
         raise DataError("not an image file Pillow can read", path) from e
     except (OSError, ValueError, SyntaxError) as e:
@@ -283,12 +284,18 @@ class Reader(ABC):
         return self.subject_of(stem, m.group(1) if m else stem)
 
 
+def is_image_file(p: Path) -> bool:
+    """An image file by its name (not hidden), or a link to one whose target is missing: kept,
+    so that reading it says so, rather than dropped in silence."""
+    return ((p.is_file() or (p.is_symlink() and not p.exists()))
+            and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Image files directly in ``folder`` (see :func:`is_image_file`), sorted by name."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 def natural_key(name: str) -> list[Any]:

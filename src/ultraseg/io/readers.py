@@ -8,7 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import DataError
-from .base import IMAGE_EXTENSIONS, Reader, Sample, list_images, natural_key
+from .base import (IMAGE_EXTENSIONS, Reader, Sample, is_image_file, list_images,
+                   natural_key)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _unread_subfolders(folder: Path) -> list[DataError]:
     counts: dict[Path, int] = defaultdict(int)
     for p in folder.rglob("*"):
         rel = p.relative_to(folder).parts
-        if (len(rel) > 1 and p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        if (len(rel) > 1 and is_image_file(p)
                 and not any(part.startswith(".") for part in rel)):
             counts[folder / rel[0]] += 1
     return [DataError(f"{n} image file{'s' * (n > 1)} in a subfolder, not read: this layout reads "
@@ -171,8 +172,7 @@ class BusiReader(Reader):
             images: dict[str, list[Path]] = defaultdict(list)
             masks: dict[str, list[Path]] = defaultdict(list)
             for p in sorted((root / cls_name).rglob("*")):
-                if (not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS
-                        or p.name.startswith(".")):       # macOS's ._NAME beside each file
+                if not is_image_file(p):        # (not macOS's ._NAME beside each file)
                     continue
                 m = _BUSI_MASK.match(p.stem)
                 (masks[m.group(1)] if m else images[p.stem]).append(p)
@@ -272,9 +272,8 @@ class ImagesReader(Reader):
         return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file())
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
-        files = sorted((p for p in root.rglob("*")
-                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                        and not p.name.startswith(".")), key=lambda q: natural_key(str(q)))
+        files = sorted((p for p in root.rglob("*") if is_image_file(p)),
+                       key=lambda q: natural_key(str(q)))
         samples = []
         for p in files:
             rel = p.relative_to(root).with_suffix("").as_posix()
