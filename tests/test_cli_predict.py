@@ -203,6 +203,10 @@ def test_a_later_run_does_not_read_an_earlier_runs_outputs_as_frames(tmp_path, c
     assert main(["predict", str(ckpt), str(tmp_path / "imgs" / "pred"), "--out",
                  str(tmp_path / "again")]) == 0                # named itself, it is read
     assert "predicted 4 frames" in capsys.readouterr().out
+    with ultraseg_warnings() as warned:                        # inspect sees what predict sees
+        assert main(["inspect", str(tmp_path / "imgs"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unlabelled"] == 2
+    assert any("left out 6 images" in r.getMessage() for r in warned)   # pred's 4, pred2's 2
 
 
 @pytest.mark.parametrize("where, words", [("adir", "a folder of that name"),

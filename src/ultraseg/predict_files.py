@@ -24,6 +24,7 @@ from PIL import Image
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .io import IMAGE_EXTENSIONS, Sample, scan_dataset, select_label
+from .io.base import OUTPUT_MARKER, in_output_folder, warn_outputs_left_out
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor
 
@@ -102,15 +103,14 @@ def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
         for s in ds.samples:
             if skip is not None and _is_within(s.image_path.resolve(), skip):
                 continue
-            if _in_an_output_folder(s.image_path, path, marked):
+            if in_output_folder(s.image_path, path, marked):
                 left_out += 1
                 continue
             rel = PurePosixPath(_relative(s.image_path, path).with_suffix("").as_posix())
             found.append((s, path, rel, root_name))
         log.info("%s: %s layout, %d images", path, ds.layout, len(ds.samples))
         if left_out:
-            log.warning("%s: left out %d images in folders ultraseg wrote (%s marks them)",
-                        path, left_out, OUTPUT_MARKER)
+            warn_outputs_left_out(path, left_out)
     if not found:
         raise DataError("no images to predict (the only images are in the output folder)",
                         inputs[0])
@@ -202,22 +202,6 @@ def encode_png(rgb: np.ndarray) -> bytes:
 
 #: A file ``predict`` and ``measure`` leave in their output folder, so that a later run whose
 #: input folder holds it does not take the masks and overlays there for frames.
-OUTPUT_MARKER = ".ultraseg-output"
-
-
-def _in_an_output_folder(image: Path, root: Path, marked: dict[Path, bool]) -> bool:
-    """Whether a folder between ``image`` and the input folder ``root`` (not ``root`` itself:
-    an output folder given as input is read) holds :data:`OUTPUT_MARKER`."""
-    for folder in image.parents:
-        if folder == root or root not in folder.parents:
-            return False
-        if folder not in marked:
-            marked[folder] = (folder / OUTPUT_MARKER).is_file()
-        if marked[folder]:
-            return True
-    return False
-
-
 def prepare_out_dir(out: str | Path) -> Path:
     """Create the output folder (and parents), marked with :data:`OUTPUT_MARKER`; a path that
     cannot be one is a user error."""

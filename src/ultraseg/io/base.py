@@ -284,6 +284,32 @@ class Reader(ABC):
         return self.subject_of(stem, m.group(1) if m else stem)
 
 
+#: The file ``predict`` and ``measure`` leave in their output folder: images in a folder that
+#: holds it are outputs, which a later scan of a folder above it leaves out.
+OUTPUT_MARKER = ".ultraseg-output"
+
+
+def in_output_folder(image: Path, root: Path, marked: dict[Path, bool]) -> bool:
+    """Whether a folder between ``image`` and the scanned folder ``root`` (not ``root`` itself:
+    an output folder named as input is read) holds :data:`OUTPUT_MARKER`. ``marked`` caches
+    the answer per folder."""
+    for folder in image.parents:
+        if folder == root or root not in folder.parents:
+            return False
+        if folder not in marked:
+            marked[folder] = (folder / OUTPUT_MARKER).is_file()
+        if marked[folder]:
+            return True
+    return False
+
+
+def warn_outputs_left_out(root: Path, n: int) -> None:
+    """Say that ``n`` images under ``root`` were left out as ultraseg's own outputs."""
+    logging.getLogger("ultraseg.io").warning(
+        "%s: left out %d images in folders ultraseg wrote (%s marks them)", root, n,
+        OUTPUT_MARKER)
+
+
 def is_image_file(p: Path) -> bool:
     """An image file by its name (not hidden), or a link to one whose target is missing: kept,
     so that reading it says so, rather than dropped in silence."""

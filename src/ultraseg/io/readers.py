@@ -8,8 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import DataError
-from .base import (IMAGE_EXTENSIONS, Reader, Sample, is_image_file, list_images,
-                   natural_key)
+from .base import (IMAGE_EXTENSIONS, Reader, Sample, in_output_folder, is_image_file,
+                   list_images, natural_key, warn_outputs_left_out)
 
 log = logging.getLogger(__name__)
 
@@ -272,11 +272,17 @@ class ImagesReader(Reader):
         return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file())
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
-        files = sorted((p for p in root.rglob("*") if is_image_file(p)),
+        marked: dict[Path, bool] = {}
+        found = [p for p in root.rglob("*") if is_image_file(p)]
+        files = sorted((p for p in found if not in_output_folder(p, root, marked)),
                        key=lambda q: natural_key(str(q)))
+        if len(files) < len(found):   # masks and overlays a predict run wrote below root
+            warn_outputs_left_out(root, len(found) - len(files))
         samples = []
         for p in files:
             rel = p.relative_to(root).with_suffix("").as_posix()
             samples.append(Sample(rel, p, (), self.subject_of(p.stem)))
-        problems = [] if files else [DataError("empty folder: no images found", root)]
+        problems = [] if files else [DataError(
+            "no images found outside the folders ultraseg wrote" if found
+            else "empty folder: no images found", root)]
         return samples, problems
