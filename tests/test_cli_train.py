@@ -139,9 +139,9 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, caps
     assert rc == 2, err
     last = err.splitlines()[-1]
     assert last.startswith("error:") and all(w in last for w in words), last
-    assert not (run / "best.ckpt").exists() and not (run / "metrics.csv").exists()
-    if any(a.startswith("--presence") for a in argv):   # refused before any file
-        assert not (run / "config.json").exists()
+    # refused before training or before its first epoch ended: no run folder is left
+    # (before, a refusal after the data were read left config.json, train.log, split.json)
+    assert not run.exists(), sorted(p.name for p in run.iterdir())
 
 
 @pytest.mark.parametrize("content, words", [
@@ -236,7 +236,7 @@ def test_a_training_side_without_foreground_is_refused(tmp_path, capsys) -> None
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2
     assert "none of the 4 training masks" in err and "--split-seed" in err, err
-    assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_config_file(data, tmp_path, capsys) -> None:
@@ -499,3 +499,12 @@ def test_split_seed_holds_the_split_while_seed_changes_the_training(data, tmp_pa
     assert any(not torch.equal(base_w[k], same_w[k]) for k in base_w)  # other weights
     assert (other["val"], other["test"]) != (base["val"], base["test"])  # --seed alone: both
     assert other["seed"] == 1 and same["seed"] == 0
+
+
+def test_a_refused_run_keeps_what_was_in_its_folder_before(data, tmp_path, capsys) -> None:
+    """Only what the refused run wrote goes: a folder it did not make stays, with its files."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert cli.main(["train", str(data), "--out", str(run), *TINY, "--label", "5"]) == 2
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]

@@ -14,6 +14,7 @@ to stop are agreed, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -403,6 +404,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
         if not ctx.is_main:
             with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
+        # what a run refused before its first epoch removes again (see _remove_refused_run)
+        existed = out.exists(), {n for n in _REFUSED_RUN_FILES if (out / n).exists()}
         if not resume or recorded != ctx.world_size:
             _write_run_config(out, cfg)
         if resume:  # temporary files of a write that a kill -9 interrupted
@@ -417,12 +420,35 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
         if pkg_log.getEffectiveLevel() > logging.INFO:
             pkg_log.setLevel(logging.INFO)
         try:
-            with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
-                return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
-        finally:
-            pkg_log.removeHandler(handler)
-            pkg_log.setLevel(old_level)
-            handler.close()
+            try:
+                with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
+                    return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
+            finally:
+                pkg_log.removeHandler(handler)
+                pkg_log.setLevel(old_level)
+                handler.close()
+        except UltrasegError:
+            if not resume:
+                _remove_refused_run(out, *existed)
+            raise
+
+
+#: The files a new run writes before its first epoch ends.
+_REFUSED_RUN_FILES = ("config.json", "split.json", "train.log")
+
+
+def _remove_refused_run(out: Path, folder_existed: bool, files_existed: set[str]) -> None:
+    """A new run refused before any epoch was saved (a --label no mask holds, a split with no
+    foreground...) leaves nothing behind: the files it wrote go, and the folder if it made it.
+    Once last.ckpt exists (a later error, such as a diverged loss) everything is kept."""
+    if (out / "last.ckpt").exists():
+        return
+    for name in _REFUSED_RUN_FILES:
+        if name not in files_existed:
+            (out / name).unlink(missing_ok=True)
+    if not folder_existed:
+        with contextlib.suppress(OSError):          # not empty: something else is in it
+            out.rmdir()
 
 
 def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,
