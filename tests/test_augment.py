@@ -106,6 +106,32 @@ def test_affine_moves_image_and_target_together() -> None:
     assert not torch.equal(ya, y)
 
 
+@pytest.mark.parametrize("elastic", [0.0, 0.05])
+def test_a_structure_at_the_edge_moves_with_its_mask(elastic: float) -> None:
+    """Where the warp brings in the outside of the frame, image and target must agree: the
+    image's border padding repeated an edge-touching structure that the target's zero padding
+    called background (a reviewer measured up to a third of the object)."""
+    y = torch.zeros(8, 1, 48, 48)
+    y[:, :, 14:34, 0:12] = 1.0                     # touching the left edge
+    xa, ya = affine(y.clone(), y, torch.Generator().manual_seed(2), scale=(0.6, 0.6),
+                    elastic=elastic)
+    assert torch.equal((xa > 0.5).float(), ya)
+
+
+def test_rotation_on_a_wide_frame_keeps_a_disc_round() -> None:
+    """The angle turns pixels, not torch's normalised coordinates: on a 64 x 192 frame a
+    rotation in normalised units also sheared and stretched (axis ratios up to 1.75)."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(192.0), indexing="ij")
+    disc = (((yy - 32) ** 2 + (xx - 96) ** 2) <= 20 ** 2).float().expand(16, 1, 64, 192)
+    _, ya = affine(disc.clone(), disc.clone(), torch.Generator().manual_seed(0), max_deg=15,
+                   scale=(1.0, 1.0), shift=0.0)
+    for m in ya[:, 0]:
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        cov = torch.cov(torch.stack([ys.float(), xs.float()]))
+        ev = torch.linalg.eigvalsh(cov)
+        assert float((ev[1] / ev[0]).sqrt()) < 1.08
+
+
 def test_elastic_bends_image_and_target_together() -> None:
     x, y = _same_pairs()
     x = y.clone()

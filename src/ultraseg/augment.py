@@ -45,7 +45,9 @@ def affine(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, max_deg: float 
            scale: tuple[float, float] = (0.85, 1.15), shift: float = 0.08, elastic: float = 0.0
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random rotation, isotropic scaling and shift, the same for image and target
-    (bilinear for the image with border padding, bilinear-then-0.5 for the target).
+    (bilinear for the image, bilinear-then-0.5 for the target, both with border padding: what
+    the warp brings in from outside the frame repeats the edge in both, so a structure at the
+    edge stays its mask's). The angle turns pixels, whatever the frame's aspect.
 
     ``elastic > 0`` adds a smooth deformation: displacements with standard deviation
     ``elastic`` (a fraction of the image side) drawn on a 3 x 3 grid and interpolated
@@ -55,7 +57,9 @@ def affine(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, max_deg: float 
     s = _uniform(n, *scale, g)
     tx, ty = _uniform(n, -shift, shift, g), _uniform(n, -shift, shift, g)
     cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    h, w = x.shape[-2:]     # a rotation of pixels in torch's [-1, 1] coordinates of each side
+    theta = torch.stack([torch.stack([cos, -sin * h / w, tx], 1),
+                         torch.stack([sin * w / h, cos, ty], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     if elastic > 0:
         coarse = torch.randn(n, 2, 3, 3, generator=g) * (2 * elastic)  # grid units span 2
@@ -63,7 +67,7 @@ def affine(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, max_deg: float 
                               align_corners=True)
         grid = grid + field.permute(0, 2, 3, 1).to(grid.dtype)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5)
+    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False) > 0.5)
     return x, y.to(x.dtype)
 
 
