@@ -131,6 +131,17 @@ def test_plot_curves_draws_the_history_it_is_given(tmp_path: Path) -> None:
     assert a.shape == b.shape and (a != b).sum() > 20
 
 
+def test_frame_names_are_drawn_literally(tmp_path: Path) -> None:
+    """Two '$' in a name made matplotlib parse it as math and fail, ending a finished training
+    run at its report (exit 1, no report.html)."""
+    images, truths, preds = _frames(2)
+    titles = ["scan_$1_$2", "a$^$b"]
+    plot_samples(images, truths, tmp_path / "s.png", titles=titles)
+    plot_predictions(images, truths, preds, tmp_path / "p.png", titles)
+    _assert_png(tmp_path / "s.png")
+    _assert_png(tmp_path / "p.png")
+
+
 def test_plot_samples_and_predictions_write_png(tmp_path: Path) -> None:
     images, truths, preds = _frames(3)
     images[1] = images[1].astype(np.float32) / 255.0  # float frames are scaled for display

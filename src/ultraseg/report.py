@@ -249,7 +249,7 @@ def _draw_panels(
     for ax, panel, title in zip(axes, panels, titles):
         ax.imshow(panel, interpolation="antialiased")
         if title:
-            ax.set_title(title, fontsize=9)
+            ax.set_title(title, fontsize=9, parse_math=False)   # a name, drawn as it is
     if not panels:
         axes[0].text(0.5, 0.5, "no frames", ha="center", va="center", transform=axes[0].transAxes)
     fig.suptitle(suptitle, fontsize=10)
