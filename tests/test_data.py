@@ -161,15 +161,23 @@ def test_changed_file_invalidates_the_cache(tmp_path: Path) -> None:
     assert np.array_equal(before.images[0], after.images[0])
 
 
-def test_damaged_cache_is_rebuilt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["not a zip", "cut in half", "a flipped byte", "empty"])
+def test_damaged_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    """Whatever the damage (a truncated npz raised BadZipFile, an empty one EOFError, and the
+    damaged file stayed to fail every later run), the cache is rebuilt and replaced."""
     ds = open_dataset(_tree(tmp_path / "data"))
     cfg = PreprocessConfig(size=16)
     cache = tmp_path / "cache"
     first = load_arrays(ds, cfg, cache_dir=cache)
     (npz,) = cache.glob("*.npz")
-    npz.write_bytes(b"not a zip file")
+    data = npz.read_bytes()
+    npz.write_bytes({"not a zip": b"not a zip file", "cut in half": data[: len(data) // 2],
+                     "a flipped byte": data[:200] + bytes([data[200] ^ 0xFF]) + data[201:],
+                     "empty": b""}[damage])
     again = load_arrays(ds, cfg, cache_dir=cache)
     assert np.array_equal(first.images, again.images)
+    with np.load(npz) as z:                               # rebuilt in its place
+        assert np.array_equal(z["images"], first.images)
 
 
 def test_load_arrays_collects_every_problem(tmp_path: Path) -> None:
@@ -212,3 +220,47 @@ def test_run_split_without_validation_trains_on_every_frame_not_held_out() -> No
 def test_run_split_refuses_a_bad_test_fraction_by_its_name(test_fraction: float) -> None:
     with pytest.raises(UltrasegError, match="test fraction"):
         run_split(_subjects(0), test_fraction, 0.2, seed=0)
+
+
+def test_a_cache_key_for_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """Names with undecodable bytes (a Latin-1 'cafe' with an accent) reach Python as
+    surrogate escapes; the cache key must hash them, not raise UnicodeEncodeError."""
+    root = _tree(tmp_path / "data")
+    odd = os.fsdecode(b"0_caf\xe9")
+    (root / "images" / "0_0.png").rename(root / "images" / f"{odd}.png")
+    (root / "masks" / "0_0_mask.png").rename(root / "masks" / f"{odd}_mask.png")
+    arrays = load_arrays(open_dataset(root), PreprocessConfig(size=16), cache_dir=tmp_path / "c")
+    assert odd in arrays.names and list((tmp_path / "c").glob("*.npz"))
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "not a split file"), ("[1, 2]", "not a split file"),
+    ('{"train": ["a"]}', "not a split file"),
+    ('{"train": ["a", "b"], "val": ["b"]}', "on both sides: b"),
+    ('{"train": ["a", "a"], "val": ["b"]}', "twice: a"),
+])
+def test_a_damaged_split_file_is_a_user_error(tmp_path: Path, content: str, words: str) -> None:
+    path = tmp_path / "split.json"
+    path.write_text(content)
+    with pytest.raises(UltrasegError, match=words) as e:
+        read_split(path, ["a", "b", "c"])
+    assert str(path) in str(e.value)
+
+
+def test_a_large_subject_that_overshoots_the_fraction_is_warned_about(tmp_path: Path) -> None:
+    """Whole subjects are drawn until the fraction is reached; one large subject drawn last
+    can overshoot it far (0.5-0.675 of the frames for 0.2): the split is kept (changing the
+    draw would change every recorded split), and a warning says so."""
+    from conftest import ultraseg_warnings
+
+    subjects = ["big"] * 100 + [f"s{i}" for i in range(20) for _ in range(5)]
+    warned_seeds, shares = [], []
+    for seed in range(20):
+        with ultraseg_warnings() as warned:
+            _, val = split_by_subject(subjects, 0.2, seed)
+        shares.append(len(val) / len(subjects))
+        if warned:
+            warned_seeds.append(seed)
+            assert "0.2" in warned[0].getMessage() and "--split-seed" in warned[0].getMessage()
+    assert warned_seeds == [i for i, share in enumerate(shares) if share > 0.3]
+    assert warned_seeds                                    # the case does occur here

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -49,7 +50,9 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     for s in ds.labelled:
         for p in (s.image_path, *s.mask_paths):
             st = p.stat()
-            h.update(f"{s.name}|{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            # (a name with undecodable bytes arrives as surrogate escapes: hashed as its bytes)
+            h.update(f"{s.name}|{p}|{st.st_size}|{st.st_mtime_ns}\n".encode(
+                "utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 
@@ -79,8 +82,10 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                     raise ValueError(f"{len(images)} frames cached for {len(samples)} samples")
                 log.info("cache hit: %s", cache_path)
                 return Arrays(images, masks, names, subjects)
-            except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt
-                log.warning("ignoring damaged cache %s (%s)", cache_path, e)
+            except Exception as e:  # noqa: BLE001  (a truncated npz raises BadZipFile, an
+                # empty one EOFError...): whatever the damage, the cache is rebuilt over it
+                log.warning("ignoring damaged cache %s (%s: %s)", cache_path,
+                            type(e).__name__, e)
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
     masks = np.empty_like(images)
     problems: list[DataError] = []
@@ -134,6 +139,11 @@ def split_by_subject(subjects: Sequence[str], val_fraction: float = 0.2, seed: i
         val_subjects.append(s)
         n_val += counts[s]
     is_val = np.isin(subjects, val_subjects)
+    if n_val > 1.5 * target:  # one large subject drawn last; the draw stays as it is
+        log.warning("the subjects drawn aside hold %.2f of the frames against the %.2g asked "
+                    "(one large subject, %d frames, came last): another --split-seed draws "
+                    "another split", n_val / len(subjects), val_fraction,
+                    counts[val_subjects[-1]])
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
@@ -191,12 +201,23 @@ def run_split(subjects: Sequence[str], test_fraction: float, val_fraction: float
 
 
 def read_split(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) from a split file written by :func:`write_split`."""
-    doc = json.loads(Path(path).read_text())
+    """Indices (train, val) from a split file written by :func:`write_split`; a file that is
+    no such split, or lists a frame twice or on both sides, is an :class:`UltrasegError`."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        train, val = list(doc["train"]), list(doc["val"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UltrasegError(f"not a split file ({type(e).__name__}: {e})", path) from e
+    both = sorted(set(train) & set(val))
+    if both:
+        raise UltrasegError(f"the split lists {len(both)} frames on both sides: {both[0]}", path)
+    twice = [n for n, k in Counter(train + val).items() if k > 1]
+    if twice:
+        raise UltrasegError(f"the split lists {len(twice)} frames twice: {twice[0]}", path)
     index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in doc["train"] + doc["val"] if n not in index]
+    missing = [n for n in train + val if n not in index]
     if missing:
         raise UltrasegError(f"split names {len(missing)} frames not in the dataset "
                             f"(first: {missing[0]})", path)
-    return (np.array([index[n] for n in doc["train"]], dtype=np.int64),
-            np.array([index[n] for n in doc["val"]], dtype=np.int64))
+    return (np.array([index[n] for n in train], dtype=np.int64),
+            np.array([index[n] for n in val], dtype=np.int64))
