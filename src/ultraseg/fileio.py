@@ -13,7 +13,6 @@ read-only file system, a missing folder -- raises :class:`WriteError`, a one-lin
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import tempfile
 from contextlib import contextmanager
@@ -51,9 +50,16 @@ def write_error(e: OSError, path: str | Path) -> WriteError:
     return err
 
 
-@functools.lru_cache(maxsize=1)
 def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; put it straight back
+    """The process's umask now (it can change: read each time). Linux says it in
+    /proc/self/status; elsewhere the only way to read it is to set it and put it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -74,6 +80,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     (disk full, permissions, ...) becomes a :class:`WriteError` naming ``path``.
     """
     path = Path(path)
+    if path.is_symlink():       # write the file it points to, and keep the link
+        path = Path(os.path.realpath(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:

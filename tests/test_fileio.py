@@ -1,0 +1,31 @@
+"""Atomic output files: the mode a plain open() would give, and links written through."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ultraseg.fileio import atomic_write_text
+
+
+def test_a_new_file_takes_the_umask_in_force_now(tmp_path: Path) -> None:
+    """The umask was read once and cached: after os.umask(0o077) new outputs stayed 0644,
+    more readable than the user asked for."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "a")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "b")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_writing_to_a_link_replaces_its_target_and_keeps_the_link(tmp_path: Path) -> None:
+    target = tmp_path / "real" / "config.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "config.json"
+    link.symlink_to(target)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
