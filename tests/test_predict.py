@@ -316,6 +316,22 @@ def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
     assert float(table[0]["hc_ref_mm"]) == 30.0 and table[1]["hc_mm"] == ""
 
 
+def test_a_full_batch_is_predicted_before_the_next_frame_is_asked_for() -> None:
+    """A live source (a probe, a camera) gets each batch's results as soon as the batch is
+    full: the stream used to read one frame more first, and wait for it."""
+    pulled: list[int] = []
+
+    def frames():
+        for i in range(5):
+            pulled.append(i)
+            yield np.full((8, 8), 40 * i, np.uint8)
+
+    stream = pixel_predictor(batch_size=2).predict_proba_many(frames())
+    next(stream)
+    assert pulled == [0, 1]
+    assert len(list(stream)) == 4 and pulled == [0, 1, 2, 3, 4]
+
+
 def test_a_bool_array_is_predicted_as_its_black_and_white_frame() -> None:
     """np.asarray(Image.open(one_bit.png)) is bool: read as 0/255, as read_image reads the
     file, not as the grey levels 0 and 1 (an almost black frame)."""

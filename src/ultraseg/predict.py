@@ -146,10 +146,13 @@ class Predictor:
             if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
                 raise UltrasegError(f"expected a 2D image, got an array of shape {image.shape}")
             canvas, geom = prepare(image, self.preprocess)
-            if pending and (canvas.shape != pending[0][0].shape or len(pending) >= self.batch_size):
+            if pending and canvas.shape != pending[0][0].shape:
                 yield from self._flush(pending)
                 pending = []
             pending.append((canvas, geom))
+            if len(pending) >= self.batch_size:    # full: out now, not when the next arrives
+                yield from self._flush(pending)
+                pending = []
         if pending:
             yield from self._flush(pending)
 
