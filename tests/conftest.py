@@ -12,6 +12,14 @@ import pytest
 SHARED_DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
 
 
+@pytest.fixture(autouse=True)
+def _pytest_keeps_its_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli.main() tells glibc to keep freed memory for the rest of its process; in-process
+    CLI tests would do that to pytest's process, for good and depending on test order. The
+    tests of that setting itself run it in fresh interpreters (tests/test_cli.py)."""
+    monkeypatch.setenv("ULTRASEG_KEEP_FREED_MEMORY", "0")
+
+
 @contextlib.contextmanager
 def ultraseg_warnings() -> Iterator[list[logging.LogRecord]]:
     """The warnings the ``ultraseg`` loggers emit inside the block, as records (the CLI's
