@@ -1119,6 +1119,18 @@ Two limits, measured (2026-12-05, AMD EPYC 2 cores, bf16 convolution peak about 
   7 of them normal; no evaluation of that run was kept to score them apart.) Grouping
   near-copies into one subject before splitting would remove the question; the reader does not
   do it, as it would be ultraseg's guess, not the data's, at which images share a patient.
+
+## After the augmentation fix of 2026-12-05
+
+The affine warp padded the image by repeating its border but the mask with zeros, so a
+structure at the frame's edge was background in its mask where the warp brought the outside
+in; both now repeat the border (`ultraseg/augment.py`). The headline runs above were trained
+before that fix. One BUSI run after it, the headline's own command (`ultraseg train
+/work/shared/datasets/busi --out RUN --preset cpu --time-limit 20m --test-fraction 0.2 --seed
+0`, 72 epochs in 19.3 min, best epoch 49; AMD EPYC 2 cores, 2026-12-05): lesion Dice 0.741 on
+the 106 held-out lesion frames, normal frames predicted empty 19 of 19, 0.781 over all 125
+frames, against the headline's 0.738, 18 of 19 and 0.770: inside the spread of earlier seeds,
+so no regression shows; nerve and HC18 were not rerun.
 """
 
 
