@@ -199,11 +199,15 @@ def _binarise_lossy(arr: np.ndarray, path: Path) -> np.ndarray:
     top = 255 if arr.max() <= 255 else int(arr.max())
     band = LOSSY_BINARY_BAND * top / 255
     if ((arr <= band) | (arr >= top - band)).mean() < LOSSY_BINARY_SHARE:
-        values = np.unique(arr)
-        raise DataError(
-            f"mask is neither binary nor a label mask: {values.size} distinct values spread over "
-            f"{values.min():g}..{values.max():g} (is this an image saved as a mask?)", path)
+        raise _not_a_mask(np.unique(arr), path)
     return (arr > top / 2).astype(np.uint8)
+
+
+def _not_a_mask(values: np.ndarray, path: str | Path | None) -> DataError:
+    """The refusal of values that are neither a binary nor a label mask."""
+    return DataError(
+        f"mask is neither binary nor a label mask: {values.size} distinct values spread over "
+        f"{values.min():g}..{values.max():g} (is this an image saved as a mask?)", path)
 
 
 def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
@@ -231,9 +235,7 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.
         return (arr > top / 2).astype(np.uint8)
     if values.size <= MAX_LABELS and np.all(values == np.round(values)) and values.max() <= 255:
         return arr.astype(np.uint8)
-    raise DataError(
-        f"mask is neither binary nor a label mask: {values.size} distinct values spread over "
-        f"{values.min():g}..{values.max():g} (is this an image saved as a mask?)", path)
+    raise _not_a_mask(values, path)
 
 
 def select_label(mask: np.ndarray, label: int | None) -> np.ndarray:
