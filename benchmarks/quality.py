@@ -1130,7 +1130,7 @@ before that fix. One BUSI run after it, the headline's own command (`ultraseg tr
 0`, 72 epochs in 19.3 min, best epoch 49; AMD EPYC 2 cores, 2026-12-05): lesion Dice 0.741 on
 the 106 held-out lesion frames, normal frames predicted empty 19 of 19, 0.781 over all 125
 frames, against the headline's 0.738, 18 of 19 and 0.770: inside the spread of earlier seeds,
-so no regression shows; nerve and HC18 were not rerun.
+so no regression shows (`results/busi-augment-fix.json`); nerve and HC18 were not rerun.
 """
 
 
