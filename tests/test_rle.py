@@ -71,6 +71,9 @@ def test_round_trip_real_mask() -> None:
         ("0 2", "at least 1"),
         ("3 0", "at least 1"),
         ("8 3", "past the last pixel"),
+        ("99999999999999999999 1", "past the last pixel"),  # beyond int64
+        ("9223372036854775807 2", "past the last pixel"),   # start + length wraps in int64
+        ("1 9223372036854775807", "past the last pixel"),
         ("1 3 3 1", "overlaps"),
         ("6 1 1 2", "overlaps or precedes"),
     ],

@@ -39,21 +39,20 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     size = h * w
     text = (rle or "").strip()
     try:
-        values = np.array([int(v) for v in text.split()], dtype=np.int64)
+        ints = [int(v) for v in text.split()]
     except ValueError as e:
         raise UltrasegError(f"run-length values must be whole numbers: {e}") from e
-    if len(values) % 2:
-        raise UltrasegError(f"run-length string has an odd number of values ({len(values)})")
-    starts, lengths = values[0::2], values[1::2]
-    if (starts < 1).any() or (lengths < 1).any():
+    if len(ints) % 2:
+        raise UltrasegError(f"run-length string has an odd number of values ({len(ints)})")
+    if any(v < 1 for v in ints):
         raise UltrasegError("run-length starts and lengths must be at least 1")
+    for start, length in zip(ints[0::2], ints[1::2]):   # Python ints: no overflow
+        if start + length - 1 > size:
+            raise UltrasegError(f"run {start} {length} goes past the last pixel ({size}) "
+                                f"of a {h}x{w} mask")
+    values = np.array(ints, dtype=np.int64)           # every value <= size from here
+    starts, lengths = values[0::2], values[1::2]
     ends = starts + lengths - 1                       # 1-based, inclusive
-    if (ends > size).any():
-        bad = int(np.argmax(ends > size))
-        raise UltrasegError(
-            f"run {int(starts[bad])} {int(lengths[bad])} goes past the last pixel ({size}) "
-            f"of a {h}x{w} mask"
-        )
     if (starts[1:] <= ends[:-1]).any():
         bad = int(np.argmax(starts[1:] <= ends[:-1])) + 1
         raise UltrasegError(
