@@ -414,6 +414,29 @@ def test_hc18_table_saved_with_a_byte_order_mark(tmp_path: Path) -> None:
     assert [s.meta for s in ds.samples] == [{"pixel_size_mm": 0.1, "hc_mm": 30.5}] * 3
 
 
+@pytest.mark.parametrize("size, hc", [("-0.1", "30.5"), ("0", "30.5"), ("nan", "30.5"),
+                                      ("inf", "30.5"), ("0.1", "nan"), ("0.1", "x")])
+def test_hc18_table_value_that_is_no_positive_number_is_a_problem(tmp_path: Path, size: str,
+                                                                  hc: str) -> None:
+    """A 0, negative or nan pixel size made every mm figure of the frame nonsense (and a
+    negative one crashed measure after predicting); each bad value is a problem naming its
+    line, and the other rows keep their values."""
+    root = make_hc18(tmp_path / "hc18")
+    table = root / "training_set_pixel_size_and_HC.csv"
+    lines = table.read_text().splitlines()
+    lines[2] = lines[2].replace("0.1,30.5", f"{size},{hc}")
+    table.write_text("\n".join(lines) + "\n")
+    ds, problems = scan_dataset(root)
+    assert len(problems) == 1, problems
+    assert "line 3" in str(problems[0]) and "positive number" in str(problems[0])
+    assert table.name in str(problems[0])
+    good = {"pixel_size_mm": 0.1, "hc_mm": 30.5}
+    metas = {s.name: s.meta for s in ds.samples}
+    assert metas["000_HC"] == metas["001_HC"] == good
+    bad_key = "pixel_size_mm" if size != "0.1" else "hc_mm"
+    assert bad_key not in metas["000_2HC"]
+
+
 def test_hc18_table_that_names_none_of_the_images_is_warned_about(tmp_path: Path) -> None:
     root = make_hc18(tmp_path / "hc18")
     table = root / "training_set_pixel_size_and_HC.csv"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -230,23 +231,43 @@ class Hc18Reader(Reader):
 
     @staticmethod
     def _read_csvs(folder: Path, problems: list[DataError]) -> dict[str, dict[str, float]]:
+        """Pixel size and reference head circumference per image name. A value that is no
+        positive, finite number is a problem naming its row (a 0, negative or nan pixel size
+        would turn every mm figure of that frame into nonsense)."""
         meta: dict[str, dict[str, float]] = {}
         for csv_path in sorted(folder.glob("*pixel_size*.csv")) + sorted(
                 folder.parent.glob(f"{folder.name}*pixel_size*.csv")):
             try:
                 with open(csv_path, newline="", encoding="utf-8-sig") as f:   # Excel's BOM
-                    for row in csv.DictReader(f):
+                    reader = csv.DictReader(f)
+                    for row in reader:
                         entry: dict[str, float] = {}
                         for key, value in row.items():
                             k = (key or "").lower()
-                            if "pixel size" in k:
-                                entry["pixel_size_mm"] = float(value)
-                            elif "circumference" in k:
-                                entry["hc_mm"] = float(value)
+                            field = ("pixel_size_mm" if "pixel size" in k
+                                     else "hc_mm" if "circumference" in k else None)
+                            if field is None:
+                                continue
+                            number = _positive_number(value)
+                            if number is None:
+                                problems.append(DataError(
+                                    f"line {reader.line_num}: {key.strip()} must be a positive "
+                                    f"number, got {value!r}", csv_path))
+                            else:
+                                entry[field] = number
                         meta[row.get("filename", "")] = entry
             except (OSError, ValueError, KeyError) as e:
                 problems.append(DataError(f"cannot read pixel-size table ({e})", csv_path))
         return meta
+
+
+def _positive_number(value: object) -> float | None:
+    """``value`` as a positive, finite float, or None where it is not one."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
 def _warn_unmatched_table(meta: dict[str, dict[str, float]], names: list[str],
