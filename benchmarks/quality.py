@@ -52,7 +52,7 @@ def score(dataset: str, rows: list[dict], summary: dict) -> dict:
     out = {"n": summary["n"], "dice_mean": summary["dice_mean"],
            "dice_nonempty_mean": summary["dice_nonempty_mean"],
            "dice_mean_raw": summary["raw"]["dice_mean"], "hd95_median": summary["hd95_median"],
-           "tta": bool(summary["postprocess"].get("tta"))}
+           "hd95_n": summary.get("hd95_n"), "tta": bool(summary["postprocess"].get("tta"))}
     if dataset == "busi":
         lesion = [r["dice"] for r in rows if r.get("class") != "normal"]
         normal = [bool(r["pred_empty"]) for r in rows if r.get("class") == "normal"]
@@ -1178,12 +1178,29 @@ def write_markdown(result: dict, path: Path) -> None:
                 notes.append(f"HC MAE {_f(r['hc_mae_mm'], 2)} mm" + _missed(r))
             lines.append(f"| {label} | {r['n']} | {_f(r['dice_mean'])} | "
                          f"{_f(r['dice_nonempty_mean'])} | {_f(r['dice_mean_raw'])} | "
-                         f"{_f(r['hd95_median'], 1)} | {'; '.join(notes)} |")
+                         f"{_f(r['hd95_median'], 1)}{_hd95_mark(r, e['dataset'])} | {'; '.join(notes)} |")
+    if any(_hd95_mark(e[k], e["dataset"]) for e in result["runs"] for k in ("plain", "tta")):
+        lines += ["", f"{OLD_HD95} Recorded when the HD95 median also counted frames with "
+                  "nothing to find and nothing found, as 0; since 2026-12-05 it is taken over "
+                  "the frames where truth and prediction both hold a structure (`hd95_n`). "
+                  "BUSI's normal frames are the only such frames in these sets, so the other "
+                  "figures are the same either way; BUSI's are lower than they would be now "
+                  "(the seed run's 0.0 comes from normal frames alone: it found no lesion)."]
     lines += peer_table(result)
     levers = HERE / "results" / "levers.json"
     if levers.exists():
         lines += lever_table(json.loads(levers.read_text()))
     path.write_text("\n".join(lines) + "\n" + NOTES)
+
+
+OLD_HD95 = "†"
+
+
+def _hd95_mark(r: dict, dataset: str) -> str:
+    """A mark on an HD95 median recorded before empty frames were left out of it (only BUSI
+    has frames with nothing to find)."""
+    old = "hd95_n" not in r and r.get("hd95_median") is not None
+    return OLD_HD95 if old and dataset == "busi" else ""
 
 
 def extra(t: dict) -> str:

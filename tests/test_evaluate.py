@@ -73,7 +73,9 @@ def test_all_empty_predictor_and_the_empty_rule(data, truths) -> None:
     assert summary["dice_mean"] == pytest.approx(n_empty / len(truths))
     assert summary["dice_nonempty_mean"] == 0.0  # the all-empty baseline on non-empty frames
     assert summary["empty_correct_rate"] == 1.0
-    assert summary["hd95_median"] == 0.0  # only the empty frames have a finite HD95
+    # no frame has a boundary on both sides: no distance, rather than a perfect 0 from the
+    # empty frames
+    assert summary["hd95_median"] is None and summary["hd95_n"] == 0
 
 
 def test_all_foreground_predictor_by_hand(data, truths) -> None:
@@ -91,6 +93,11 @@ def test_all_foreground_predictor_by_hand(data, truths) -> None:
     assert summary["dice_nonempty_mean"] == pytest.approx(np.mean(nonempty))
     assert summary["dice_mean"] == pytest.approx(np.mean([d for d, _ in want.values()]))
     assert summary["empty_correct_rate"] == 0.0  # structures invented on every empty frame
+    n_nonempty = sum(t.any() for t in truths.values())
+    assert summary["hd95_n"] == n_nonempty
+    assert summary["hd95_median"] == pytest.approx(
+        np.median([r["hd95"] for r in rows if truths[r["name"]].any()]))
+    assert f"over {n_nonempty} frames with a structure" in format_summary(summary)
 
 
 def test_metrics_are_at_the_original_resolution(data, truths) -> None:

@@ -1,10 +1,14 @@
 """Atomic output files: the mode a plain open() would give, and links written through."""
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
-from ultraseg.fileio import atomic_write_text
+import pytest
+
+from ultraseg.fileio import atomic_write_text, json_text
 
 
 def test_a_new_file_takes_the_umask_in_force_now(tmp_path: Path) -> None:
@@ -29,3 +33,13 @@ def test_writing_to_a_link_replaces_its_target_and_keeps_the_link(tmp_path: Path
     link.symlink_to(target)
     atomic_write_text(link, "new")
     assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_json_text_is_strict_json() -> None:
+    """json.dumps writes an undefined figure as NaN, which JSON readers refuse (`--json`
+    promises one JSON object)."""
+    value = {"a": math.nan, "b": [1.0, math.inf, (-math.inf, 2)], "c": {"d": math.nan},
+             "e": Path("x")}
+    text = json_text(value)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}")) == {
+        "a": None, "b": [1.0, None, [None, 2]], "c": {"d": None}, "e": None}

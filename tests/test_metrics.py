@@ -51,6 +51,16 @@ def test_shape_mismatch() -> None:
         M.dice(np.zeros((3, 3), bool), np.zeros((3, 4), bool))
 
 
+@pytest.mark.parametrize("spacing", [0.0, -0.5, math.nan, math.inf, (0.1, 0.0)])
+def test_hd95_refuses_a_spacing_that_is_no_pixel_size(spacing) -> None:
+    """A 0 spacing gave HD95 0 mm beside 235 px; a negative one its absolute value."""
+    a = np.zeros((5, 5), bool)
+    a[1:3, 1:3] = True
+    for pred, truth in ((a, a), (a, np.zeros_like(a))):
+        with pytest.raises(ValueError, match="positive"):
+            M.hd95(pred, truth, spacing)
+
+
 def test_hd95_by_hand() -> None:
     a = np.zeros((5, 5), bool)
     b = np.zeros((5, 5), bool)
@@ -124,7 +134,10 @@ def test_image_metrics_and_summarise() -> None:
     assert s["precision_mean"] == pytest.approx((4 / 5 + 1) / 4)
     assert s["recall_mean"] == pytest.approx((4 / 6 + 1) / 4)
     assert s["empty_correct_rate"] == pytest.approx(0.5)
-    assert s["hd95_median"] == pytest.approx(np.median([rows[0]["hd95"], 0.0]))
+    # HD95 over the frames where both masks hold a boundary (only the first): the empty
+    # frame's 0 is no distance between two boundaries
+    assert s["hd95_n"] == 1
+    assert s["hd95_median"] == pytest.approx(rows[0]["hd95"])
     assert s["hd95_mm_median"] == pytest.approx(rows[0]["hd95_mm"])
 
 
@@ -135,6 +148,7 @@ def test_summarise_degenerate() -> None:
     assert s["empty_correct_rate"] == 1.0
     assert "hd95_mm_median" not in s
     nonempty = np.ones((2, 2), bool)
+    assert s["hd95_median"] is None and s["hd95_n"] == 0
     s = M.summarise([M.image_metrics(np.zeros((2, 2), bool), nonempty)])
     assert s["empty_correct_rate"] is None
     assert s["hd95_median"] is None

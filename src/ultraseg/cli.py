@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
-import json
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .errors import UltrasegError
+from .fileio import json_text
 
 log = logging.getLogger("ultraseg")
 
@@ -87,7 +87,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     report, problems = inspect_dataset(a.data, a.layout, a.subject_pattern, a.label)
     if a.json:
         report["problem_lines"] = [str(p) for p in problems]
-        print(json.dumps(report))
+        print(json_text(report))
     else:
         print(format_report(report))
     for p in problems:

@@ -5,7 +5,6 @@ Thin: parse -> call :mod:`ultraseg.predict_files` / :mod:`ultraseg.export` -> pr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .errors import UltrasegError
+from .fileio import json_text
 
 EXIT_OK = 0
 
@@ -151,7 +151,7 @@ def _cmd_measure(a: argparse.Namespace) -> int:
     summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
                                    progress=ProgressBar("measure"))
     if a.json:
-        print(json.dumps({**summary, "rows": rows}))
+        print(json_text({**summary, "rows": rows}))
         return EXIT_OK
     if a.out is None:
         for r in rows:

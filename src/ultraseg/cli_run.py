@@ -11,6 +11,7 @@ from typing import Any, Callable
 from .config import (ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices, merge,
                      parse_duration, preset)
 from .errors import UltrasegError
+from .fileio import json_text
 
 EXIT_OK = 0
 
@@ -272,7 +273,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
                           a.subset or "val", a.out, label=a.label)
     if a.json:
-        print(json.dumps(summary, default=lambda v: None))
+        print(json_text(summary))
     else:
         print(format_summary(summary))
         if a.out:

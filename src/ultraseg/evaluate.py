@@ -13,7 +13,7 @@ import numpy as np
 
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, json_text
 from .io import Sample, open_dataset, select_label
 from .measure import measure
 from .metrics import image_metrics, summarise
@@ -23,7 +23,7 @@ from .preprocess import seen_region
 
 log = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "hd95_median",
+SUMMARY_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "hd95_median", "hd95_n",
                 "empty_correct_rate")
 
 
@@ -156,21 +156,13 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
     for r in rows:
         w.writerow({k: _cell(r.get(k)) for k in keys})
     atomic_write_text(out / "per_image.csv", buf.getvalue())
-    atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2))
+    atomic_write_text(out / "summary.json", json_text(summary, indent=2))
 
 
 def _cell(v: Any) -> Any:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"
     return "" if v is None else v
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -184,7 +176,8 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"Dice (non-empty)      {f(summary['dice_nonempty_mean'])}   without: "
              f"{f(raw.get('dice_nonempty_mean'))}",
              f"IoU                   {f(summary['iou_mean'])}",
-             f"HD95 median (px)      {f(summary['hd95_median'])}",
+             f"HD95 median (px)      {f(summary['hd95_median'])}   over "
+             f"{summary.get('hd95_n', 'n/a')} frames with a structure in truth and prediction",
              f"empty frames right    {f(summary['empty_correct_rate'])}",
              f"test-time flip        "
              f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]

@@ -13,11 +13,13 @@ read-only file system, a missing folder -- raises :class:`WriteError`, a one-lin
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 from .errors import UltrasegError
 
@@ -112,3 +114,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as strict JSON: a nan or infinite float (an undefined figure) becomes ``null``,
+    as does anything JSON has no type for, where ``json.dumps`` would write ``NaN``, which
+    JSON readers refuse."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+    return json.dumps(clean(value), indent=indent, allow_nan=False, default=lambda _: None)

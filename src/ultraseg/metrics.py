@@ -98,12 +98,14 @@ def hd95(
     unit (pixels by default). Both masks empty: 0.0; exactly one empty: nan.
     """
     p, t = _pair(pred, truth)
+    sampling = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (p.ndim,))
+    if not (np.all(np.isfinite(sampling)) and np.all(sampling > 0)):
+        raise ValueError(f"spacing must be positive, finite pixel sizes, got {spacing!r}")
     p_any, t_any = bool(p.any()), bool(t.any())
     if not p_any and not t_any:
         return 0.0
     if not (p_any and t_any):
         return math.nan
-    sampling = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (p.ndim,))
     bp, bt = boundary(p), boundary(t)
     to_t = ndimage.distance_transform_edt(~bt, sampling=sampling)[bp]
     to_p = ndimage.distance_transform_edt(~bp, sampling=sampling)[bt]
@@ -144,19 +146,24 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     Keys: ``n``; ``dice_mean``, ``iou_mean``, ``precision_mean``, ``recall_mean`` over all
     frames (empty rule included); ``dice_nonempty_mean`` over frames with non-empty truth;
-    ``hd95_median`` (and ``hd95_mm_median`` when rows carry ``hd95_mm``) over frames where it is
-    finite; ``empty_correct_rate``: fraction of empty-truth frames predicted empty. A figure with
-    no frame to average over is ``None``.
+    ``hd95_median`` (and ``hd95_mm_median`` when rows carry ``hd95_mm``) over the ``hd95_n``
+    frames where truth and prediction both hold a boundary: a frame with nothing to find and
+    nothing found (HD95 0 by :func:`hd95`) would pull the median towards 0, and a missed or
+    invented structure has no distance; both are counted by Dice and ``empty_correct_rate``
+    instead. ``empty_correct_rate``: fraction of empty-truth frames predicted empty. A figure
+    with no frame to average over is ``None``.
     """
     out: dict[str, Any] = {"n": len(rows)}
     for key in ("dice", "iou", "precision", "recall"):
         out[f"{key}_mean"] = _mean([float(r[key]) for r in rows])
     out["dice_nonempty_mean"] = _mean([float(r["dice"]) for r in rows if not r["truth_empty"]])
+    both = [r for r in rows if not r["truth_empty"] and not r["pred_empty"]]
+    out["hd95_n"] = len(both)
     for key in ("hd95", "hd95_mm"):
         if key == "hd95_mm" and not any(key in r for r in rows):
             continue
-        finite = [float(r[key]) for r in rows if key in r and math.isfinite(float(r[key]))]
-        out[f"{key}_median"] = float(np.median(finite)) if finite else None
+        values = [float(r[key]) for r in both if key in r]
+        out[f"{key}_median"] = float(np.median(values)) if values else None
     empty = [bool(r["pred_empty"]) for r in rows if r["truth_empty"]]
     out["empty_correct_rate"] = _mean([float(e) for e in empty])
     return out
