@@ -321,6 +321,17 @@ def test_damaged_metadata_refused(tmp_path) -> None:
         "not-json": "{model: ",
         "no-model": json.dumps({k: v for k, v in good.items() if k != "model"}),
         "unknown-key": json.dumps({**good, "model": {**good["model"], "heads": 3}}),
+        # wrong types and ranges crashed prediction with internal errors, or were used:
+        "width-string": json.dumps({**good, "model": {**good["model"], "width": "4"}}),
+        "size-float": json.dumps({**good, "preprocess": {**good["preprocess"], "size": 32.0}}),
+        "size-zero": json.dumps({**good, "preprocess": {**good["preprocess"], "size": 0}}),
+        "threshold-string": json.dumps(
+            {**good, "postprocess": {**good["postprocess"], "threshold": "0.5"}}),
+        "threshold-nan": json.dumps(
+            {**good, "postprocess": {**good["postprocess"], "threshold": float("nan")}}),
+        "min-area-negative": json.dumps(
+            {**good, "postprocess": {**good["postprocess"], "min_area": -3}}),
+        "preprocess-null": json.dumps({**good, "preprocess": None}),   # was: the defaults
     }
     for name, meta_json in cases.items():
         buf = io.BytesIO()

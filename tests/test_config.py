@@ -78,6 +78,67 @@ def test_typo_in_a_known_section_names_the_right_key() -> None:
         RunConfig.from_dict({"train": {"epoch": 3}})
 
 
+@pytest.mark.parametrize("section, key, value, words", [
+    ("model", "width", "16", ["model.width", "whole number", "'16'"]),
+    ("model", "width", 16.0, ["model.width", "whole number", "16.0"]),
+    ("model", "width", True, ["model.width", "True"]),       # was a width-1 network
+    ("model", "dropout", "0.5", ["model.dropout", "a number", "'0.5'"]),
+    ("model", "tile", "68", ["model.tile", "'68'"]),
+    ("model", "presence_head", "yes", ["model.presence_head", "true or false or 'auto'"]),
+    ("preprocess", "label", "1", ["preprocess.label", "or null", "'1'"]),  # was "no mask
+    ("preprocess", "label", 1.5, ["preprocess.label", "1.5"]),            # holds label 1"
+    ("preprocess", "size", "252", ["preprocess.size"]),
+    ("data", "layout", 5, ["data.layout", "a string"]),
+    ("train", "world_size", "x", ["train.world_size"]),
+    ("train", "affine_scale", [0.9], ["train.affine_scale", "a list of 2"]),
+    ("train", "affine_scale", [0.9, "1.1"], ["train.affine_scale"]),
+    ("train", "lr", False, ["train.lr", "a number", "False"]),
+    ("train", "schedule", "step", ["train.schedule", "'cosine'", "'step'"]),
+])
+def test_value_of_the_wrong_type_is_refused_naming_the_setting(section, key, value,
+                                                               words) -> None:
+    with pytest.raises(UltrasegError) as e:
+        RunConfig.from_dict({section: {key: value}})
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_right_types_pass() -> None:
+    from pathlib import Path
+
+    cfg = RunConfig.from_dict({"train": {"lr": 1, "time_limit_s": 60, "affine_scale": [1, 2],
+                                         "split_seed": None},
+                               "model": {"presence_head": "auto"},
+                               "data": {"path": Path("/data/x")}})   # ints where numbers go
+    assert cfg.train.lr == 1 and cfg.train.affine_scale == (1, 2)
+    assert cfg.data.path == "/data/x"                   # a Path where a path string goes
+
+
+def test_config_built_in_python_is_type_checked_before_training() -> None:
+    from ultraseg.train import check_config
+
+    cfg = RunConfig(data=DataConfig(path="x"), model=ModelConfig(width="16"))  # type: ignore
+    with pytest.raises(UltrasegError, match="model.width"):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("doc, words", [
+    (5, ["c.json", "JSON object of sections"]),
+    ({"model": 5}, ["c.json", "'model'", "JSON object"]),
+    ({"model": "abc"}, ["c.json", "'model'"]),
+    ({"preset": 3}, ["c.json", "preset"]),
+])
+def test_load_of_a_config_of_the_wrong_shape_is_a_user_error(tmp_path, doc, words) -> None:
+    """`train --resume` read a damaged config.json into internal errors."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UltrasegError) as e:
+        RunConfig.load(path)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(UltrasegError, match="c.json"):
+        RunConfig.load(path)
+
+
 def test_unknown_section_refused() -> None:
     with pytest.raises(UltrasegError, match="trian"):
         RunConfig.from_dict({"trian": {"epochs": 3}})

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import ModelConfig, PostprocessConfig, PreprocessConfig
+from .config import ModelConfig, PostprocessConfig, PreprocessConfig, postprocess_problem
 from .errors import CheckpointError
 from .fileio import atomic_write_bytes
 
@@ -121,14 +121,25 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint format {version} is newer than this ultraseg "
                               f"({__version__}) reads", path)
     try:
+        sections = {}
+        for name in ("model", "preprocess", "postprocess"):
+            if not isinstance(meta[name], dict):
+                raise ValueError(f"{name} is a {type(meta[name]).__name__}, not settings")
+            sections[name] = meta[name]
         ckpt = Checkpoint(
-            model=ModelConfig.from_dict(meta["model"]),
-            preprocess=PreprocessConfig.from_dict(meta["preprocess"]),
-            postprocess=PostprocessConfig.from_dict(meta["postprocess"]),
+            model=ModelConfig.from_dict(sections["model"]),
+            preprocess=PreprocessConfig.from_dict(sections["preprocess"]),
+            postprocess=PostprocessConfig.from_dict(sections["postprocess"]),
             state_dict=payload["state_dict"],
             meta=meta,
             train_state=payload.get("train_state") or {},
         )
+        size = ckpt.preprocess.size
+        if size is not None and size < 1:
+            raise ValueError(f"preprocess.size must be >= 1, got {size}")
+        problem = postprocess_problem(ckpt.postprocess)
+        if problem:
+            raise ValueError(f"postprocess.{problem[0]} {problem[1]}")
     except Exception as e:
         raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
     return ckpt

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from .config import postprocess_problem
 from .errors import UltrasegError
 from .fileio import json_text
 
@@ -69,13 +70,12 @@ def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     changes = {k: getattr(a, k, None) for k in ("threshold", "min_area", "min_peak",
                                                 "keep_largest", "fill_holes", "tta")}
     changes = {k: v for k, v in changes.items() if v is not None}
-    for key in ("threshold", "min_peak"):
-        if key in changes and not 0.0 <= changes[key] <= 1.0:
-            flag = "--" + key.replace("_", "-")
-            raise UltrasegError(f"{flag} must lie in [0, 1], got {changes[key]}")
-    if changes.get("min_area", 0) < 0:
-        raise UltrasegError(f"--min-area must be >= 0, got {changes['min_area']}")
-    return replace(base, **changes)
+    pp = replace(base, **changes)
+    problem = postprocess_problem(pp)     # the checkpoint's own values were checked at load
+    if problem:
+        name, what = problem
+        raise UltrasegError(f"--{name.replace('_', '-')} {what}")
+    return pp
 
 
 # ---------------------------------------------------------------- predict

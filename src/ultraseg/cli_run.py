@@ -85,13 +85,10 @@ def _read_config_file(path: str) -> dict[str, Any]:
         doc = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UltrasegError(f"cannot read the config file ({e})", path) from e
-    if not isinstance(doc, dict) or not all(isinstance(v, dict) for k, v in doc.items()
-                                            if k != "preset"):
-        raise UltrasegError("a config file is one JSON object of sections (data, preprocess, "
-                            "model, train), each a JSON object", path)
-    if not isinstance(doc.get("preset", ""), str):
-        raise UltrasegError(f"a config file's \"preset\" is a preset's name, got "
-                            f"{doc['preset']!r}", path)
+    try:
+        RunConfig.from_dict(doc)          # its shape and every value's type, naming the file
+    except UltrasegError as e:
+        raise UltrasegError(e.message, path) from e
     return doc
 
 

@@ -6,8 +6,9 @@ written as JSON and stored in checkpoints without pickle.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
+import os
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,34 +27,71 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
         raise UltrasegError(
             f"unknown {cls.__name__} keys {unknown}; valid: {sorted(names)}"
         )
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.name in data and isinstance(data[f.name], list):
-            data[f.name] = tuple(data[f.name])
-    for name, allowed in _literal_fields(cls).items():   # a config file's typo, not a default
-        if name in data and not any(data[name] == a and type(data[name]) is type(a)
-                                    for a in allowed):
-            raise UltrasegError(f"{cls.__name__} {name!r} must be one of "
-                                f"{', '.join(map(repr, allowed))}; got {data[name]!r}")
-    for name in _bool_fields(cls):                       # "false" would be truthy
-        if name in data and not isinstance(data[name], bool):
-            raise UltrasegError(f"{cls.__name__} {name!r} must be true or false; "
-                                f"got {data[name]!r}")
-    return cls(**data)
-
-
-@functools.cache
-def _bool_fields(cls: type) -> tuple[str, ...]:
-    """The fields of ``cls`` typed ``bool`` (a switch, nothing else)."""
     hints = typing.get_type_hints(cls)
-    return tuple(f.name for f in fields(cls) if hints[f.name] is bool)
+    for name, value in data.items():
+        if isinstance(value, list):                      # JSON has no tuples
+            data[name] = tuple(value)
+        elif isinstance(value, os.PathLike) and _fits("", hints[name]):
+            data[name] = os.fspath(value)                # a Path where a path string goes
+    section = cls(**data)
+    check_types(section)
+    return section
 
 
-@functools.cache
-def _literal_fields(cls: type) -> dict[str, tuple[Any, ...]]:
-    """The fields of ``cls`` typed as one ``Literal[...]``, with the values each allows."""
+def check_types(section: Any) -> None:
+    """Refuse a config section (a dataclass) holding a value of another type than its field
+    declares -- a config file's "16" for 16, true for 1, 5.5 frames -- as a user error naming
+    the setting (``train.epochs``). Ranges are the user's (:func:`ultraseg.train.check_config`)."""
+    cls = type(section)
     hints = typing.get_type_hints(cls)
-    return {f.name: typing.get_args(hints[f.name]) for f in fields(cls)
-            if typing.get_origin(hints[f.name]) is Literal}
+    prefix = cls.__name__.removesuffix("Config").lower()
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if not _fits(value, hints[f.name]):
+            raise UltrasegError(f"{prefix}.{f.name} must be {_describe(hints[f.name])}; "
+                                f"got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (from JSON, lists already made tuples) has the type ``hint`` names:
+    ``bool`` only true/false, ``int`` a whole number that is no bool, ``float`` any number but
+    a bool, ``str``, ``None``, a ``Literal``'s values, a union's arms, ``tuple[X, ...]``."""
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:                # True == 1: the type must match too
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        return (isinstance(value, tuple) and len(value) == len(args)
+                and all(_fits(v, a) for v, a in zip(value, args)))
+    return True                          # a type this check does not know: left to the user
+
+
+def _describe(hint: Any) -> str:
+    """Words for the values a type hint allows, for an error message."""
+    if hint is type(None):
+        return "null"
+    simple = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    if hint in simple:
+        return simple[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {len(args)}: " + ", ".join(_describe(a) for a in args)
+    return str(hint)
 
 
 class _Section:
@@ -167,6 +205,18 @@ class PostprocessConfig(_Section):
     tta: bool = False              # average with the horizontally flipped frame's output first
 
 
+def postprocess_problem(pp: PostprocessConfig) -> tuple[str, str] | None:
+    """``(setting, what is wrong)`` for a post-processing value out of its range (a threshold
+    or minimum peak outside [0, 1] -- nan included --, a negative minimum area), else None."""
+    for name in ("threshold", "min_peak"):
+        v = getattr(pp, name)
+        if not 0.0 <= v <= 1.0:
+            return name, f"must lie in [0, 1], got {v}"
+    if not pp.min_area >= 0:
+        return "min_area", f"must be >= 0, got {pp.min_area}"
+    return None
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     epochs: int = 5
@@ -221,9 +271,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        unknown = sorted(set(d) - {"preset", "data", "preprocess", "model", "train"})
+        if not isinstance(d, dict):
+            raise UltrasegError(f"a config is a JSON object of sections, got {d!r:.60}")
+        unknown = sorted(set(d) - {"preset", "data", "preprocess", "model", "train"}, key=str)
         if unknown:
             raise UltrasegError(f"unknown config sections {unknown}")
+        for name in ("data", "preprocess", "model", "train"):
+            if name in d and not isinstance(d[name], dict):
+                raise UltrasegError(f"config section {name!r} must be a JSON object of "
+                                    f"settings, got {d[name]!r}")
+        if not isinstance(d.get("preset", ""), str):
+            raise UltrasegError(f"config 'preset' must be a name, got {d['preset']!r}")
         return cls(
             data=DataConfig.from_dict(d.get("data")),
             preprocess=PreprocessConfig.from_dict(d.get("preprocess")),
@@ -238,9 +296,13 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UltrasegError(f"cannot read config: {e}", path) from e
+        try:
+            return cls.from_dict(doc)
+        except UltrasegError as e:
+            raise UltrasegError(e.message, path) from e
 
 
 #: Named recipes. ``seed`` is the original description's recipe with correct valid geometry.

@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import __version__
 from .augment import WARPING, augment_batch
 from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
-from .config import AUTO_PRESENCE_MIN_EMPTY, PostprocessConfig, RunConfig
+from .config import AUTO_PRESENCE_MIN_EMPTY, PostprocessConfig, RunConfig, check_types
 from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, session
 from .errors import DataError, UltrasegError
@@ -259,6 +259,8 @@ def _number(v: object) -> bool:
 def check_config(cfg: RunConfig) -> None:
     """Refuse settings training cannot use (a zero batch size, a config file's "5" for 5)
     as a user error naming the setting, before anything is written."""
+    for section in (cfg.data, cfg.preprocess, cfg.model, cfg.train):
+        check_types(section)     # a config built in Python never passed from_dict's check
     if not isinstance(cfg.data.path, str) or not cfg.data.path.strip():
         raise UltrasegError("data.path is empty: name the dataset (DATA on the command line; "
                             "in Python ultraseg.merge(cfg, {\"data\": {\"path\": ...}}))")
