@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
 
 from ultraseg.config import PreprocessConfig
 from ultraseg.errors import DataError, UltrasegError
@@ -179,6 +180,26 @@ def test_fill_outline_closes_a_contour_cut_by_the_border() -> None:
     yy, xx = np.mgrid[:60, :100]
     inside = ((yy - 5) ** 2 + (xx - 50) ** 2) <= 20 ** 2
     assert filled.sum() == pytest.approx(inside.sum(), rel=0.1)
+
+
+@pytest.mark.parametrize("cy, cx, ry, rx", [
+    (75, 110, 90, 125),      # cut by top and left; the top-left corner lies outside the head
+    (100, 150, 130, 170),    # cut by all four sides: the four corners lie outside
+    (125, 190, 90, 125),     # cut by bottom and right, that corner outside
+    (10, 10, 60, 90),        # cut by top and left, the corner inside
+    (80, 150, 110, 155),     # cut by left and right only; the top row lies inside the head
+])
+def test_fill_outline_of_a_contour_cut_by_two_or_more_sides(cy, cx, ry, rx) -> None:
+    """Closing the contour along every side it touches also filled corners outside the head
+    (2795 px of a 200x300 frame cut on all sides), and a contour cut by two opposite sides
+    that never touches the third was refused as not closed."""
+    h, w, pad = 200, 300, 400
+    yy, xx = np.mgrid[-pad:h + pad, -pad:w + pad]
+    solid = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    edge = solid & ~ndi.binary_erosion(solid, np.ones((3, 3)))
+    outline, truth = edge[pad:pad + h, pad:pad + w], solid[pad:pad + h, pad:pad + w]
+    filled = fill_outline(outline)
+    assert (filled ^ truth).sum() <= 0.002 * truth.sum()
 
 
 def test_fill_outline_closes_a_small_gap() -> None:

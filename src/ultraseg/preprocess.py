@@ -114,7 +114,10 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
     """Fill a closed contour (bool (H, W), e.g. HC18's one-pixel ellipse) into a solid mask.
 
     The outline itself belongs to the mask. A contour cut by the image border (a head larger
-    than the frame) is closed along the border it touches; one with small gaps is closed by
+    than the frame) splits the frame into regions, some inside the head and some outside, all
+    touching the border: the regions lying mostly inside the ellipse fitted to the contour's
+    pixels are filled (HC18's outlines are ellipses; closing the contour along every border it
+    touches would also fill a frame corner outside the head). One with small gaps is closed by
     morphological closing; one that still encloses nothing raises :class:`DataError`.
     """
     outline = outline.astype(bool)
@@ -123,27 +126,43 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
     filled = ndi.binary_fill_holes(outline)
     if filled.sum() > outline.sum() * 1.5:
         return filled
-    # cut by the border: pad the touched sides with foreground so the contour closes there
-    sides = [bool(outline[0].any()), bool(outline[-1].any()),
-             bool(outline[:, 0].any()), bool(outline[:, -1].any())]
-    if any(sides):
-        padded = np.pad(outline, 1)
-        if sides[0]:
-            padded[0] = True
-        if sides[1]:
-            padded[-1] = True
-        if sides[2]:
-            padded[:, 0] = True
-        if sides[3]:
-            padded[:, -1] = True
-        filled = ndi.binary_fill_holes(padded)[1:-1, 1:-1]
-        if filled.sum() > outline.sum() * 1.5:
+    touches_border = (outline[0].any() or outline[-1].any() or outline[:, 0].any()
+                      or outline[:, -1].any())
+    if touches_border:
+        filled = _fill_cut_outline(outline)
+        if filled is not None and filled.sum() > outline.sum() * 1.5:
             return filled
     closed = ndi.binary_closing(outline, structure=np.ones((3, 3)), iterations=2)
     filled = ndi.binary_fill_holes(closed) | outline
     if filled.sum() <= outline.sum() * 1.5:
         raise DataError("outline annotation is not a closed contour: nothing to fill", path)
     return filled
+
+
+def _fill_cut_outline(outline: np.ndarray) -> np.ndarray | None:
+    """A contour cut by the frame, filled: the outline and the regions it splits the frame
+    into (4-connected, so a one-pixel 8-connected contour separates them) that lie mostly
+    inside the ellipse fitted to its pixels. None where no ellipse fits."""
+    from .measure import fit_ellipse
+
+    ys, xs = np.nonzero(outline)
+    ellipse = fit_ellipse(np.column_stack([xs, ys]).astype(np.float64))
+    if ellipse is None:
+        return None
+    cx, cy, a, b, angle = ellipse
+    if not (a > 0 and b > 0):
+        return None
+    t = np.deg2rad(angle)
+    yy, xx = np.mgrid[0:outline.shape[0], 0:outline.shape[1]]
+    u = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)
+    v = -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
+    inside = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    regions, n = ndi.label(~outline)
+    counts = np.bincount(regions.ravel(), minlength=n + 1)
+    counts_inside = np.bincount(regions.ravel(), weights=inside.ravel(), minlength=n + 1)
+    interior = counts_inside > counts / 2
+    interior[0] = True                                  # label 0: the outline itself
+    return interior[regions]
 
 
 def seen_region(image: np.ndarray, cfg: PreprocessConfig) -> tuple[int, int, int, int] | None:
