@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import time
 from dataclasses import replace
@@ -19,8 +20,8 @@ from PIL import Image
 
 from ultraseg import cli
 from ultraseg.checkpoint import load_checkpoint
-from ultraseg.config import (ModelConfig, PostprocessConfig, PreprocessConfig, RunConfig,
-                             TrainConfig, merge, preset)
+from ultraseg.config import (DataConfig, ModelConfig, PostprocessConfig, PreprocessConfig,
+                             RunConfig, TrainConfig, merge, preset)
 from ultraseg.data import Arrays
 from ultraseg.errors import UltrasegError
 from ultraseg.phantom import make_dataset
@@ -724,3 +725,37 @@ def test_a_tie_in_validation_dice_goes_to_the_lower_validation_loss() -> None:
     assert not _improves(0.0, 1.2, best_dice=0.0, best_loss=1.17)
     assert _improves(0.0, 1.2, best_dice=-math.inf, best_loss=math.inf)     # the first epoch
     assert not _improves(math.nan, 0.5, best_dice=0.2, best_loss=1.0)
+
+
+# ------------------------------------------------------------------ the caller's logging
+@pytest.mark.parametrize("package_level", [logging.NOTSET, logging.ERROR])
+def test_training_logs_info_to_its_file_not_to_the_callers_handlers(tmp_path,
+                                                                   package_level) -> None:
+    """train() lowered the `ultraseg` logger to INFO for train.log, and those records also
+    reached the caller's handlers, even where the caller had silenced the package."""
+    data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)
+    cfg = RunConfig(data=DataConfig(path=str(data), cache_dir=""),
+                    model=ModelConfig(variant="same", width=4, depth=1),
+                    preprocess=PreprocessConfig(size=32),
+                    train=TrainConfig(epochs=1, batch_size=4, device="cpu"))
+    seen: list[logging.LogRecord] = []
+    caller = logging.Handler(logging.NOTSET)     # a handler that takes what reaches it
+    caller.emit = seen.append                    # type: ignore[method-assign]
+    root, pkg = logging.getLogger(), logging.getLogger("ultraseg")
+    old_root_level = root.level
+    root.addHandler(caller)
+    root.setLevel(logging.WARNING)
+    pkg.setLevel(package_level)
+    try:
+        train_mod.train(cfg, tmp_path / "run")
+        assert pkg.level == package_level and pkg.propagate
+        pkg.warning("after training")            # propagation is back as it was
+    finally:
+        root.removeHandler(caller)
+        root.setLevel(old_root_level)
+        pkg.setLevel(logging.NOTSET)
+    assert "INFO" in (tmp_path / "run" / "train.log").read_text()
+    leaked = [r.getMessage() for r in seen if r.levelno < logging.WARNING]
+    assert leaked == [], leaked
+    assert [r.getMessage() for r in seen][-1:] == (
+        ["after training"] if package_level == logging.NOTSET else [])

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -414,25 +414,59 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
             for name in RUN_FILES:
                 for tmp in out.glob(f".{name}.*.tmp"):
                     tmp.unlink(missing_ok=True)
-        handler = logging.FileHandler(out / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        pkg_log = logging.getLogger("ultraseg")
-        pkg_log.addHandler(handler)
-        old_level = pkg_log.level
-        if pkg_log.getEffectiveLevel() > logging.INFO:
-            pkg_log.setLevel(logging.INFO)
         try:
-            try:
-                with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
-                    return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
-            finally:
-                pkg_log.removeHandler(handler)
-                pkg_log.setLevel(old_level)
-                handler.close()
+            with _run_log(out / "train.log"), threads(cfg.train.num_threads), \
+                    torch.random.fork_rng(devices=[]):
+                return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
         except UltrasegError:
             if not resume:
                 _remove_refused_run(out, *existed)
             raise
+
+
+@contextlib.contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    """The package's INFO records go to the run's ``train.log`` inside the block, while the
+    caller's handlers get only what they got before: the ``ultraseg`` logger is lowered to INFO
+    for the file, stops propagating, and a forwarding handler passes on to the handlers above
+    it (as logging's own propagation would) the records at or above its former effective
+    level. Level and propagation are put back after."""
+    pkg_log = logging.getLogger("ultraseg")
+    old_level, old_propagate = pkg_log.level, pkg_log.propagate
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                "%(message)s"))
+    forward = _Forward(pkg_log.getEffectiveLevel())
+    pkg_log.addHandler(file_handler)
+    if old_propagate:
+        pkg_log.addHandler(forward)
+    pkg_log.setLevel(min(pkg_log.getEffectiveLevel(), logging.INFO))
+    pkg_log.propagate = False
+    try:
+        yield
+    finally:
+        pkg_log.removeHandler(file_handler)
+        pkg_log.removeHandler(forward)
+        pkg_log.setLevel(old_level)
+        pkg_log.propagate = old_propagate
+        file_handler.close()
+
+
+class _Forward(logging.Handler):
+    """Hands a record to the handlers of the ``ultraseg`` logger's ancestors, as propagation
+    does (``logging.lastResort`` where none has a handler)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = 0
+        logger: logging.Logger | None = logging.getLogger("ultraseg").parent
+        while logger is not None:
+            for h in logger.handlers:
+                found += 1
+                if record.levelno >= h.level:
+                    h.handle(record)
+            logger = logger.parent if logger.propagate else None
+        if not found and logging.lastResort and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
 
 
 #: The files a new run writes before its first epoch ends.
