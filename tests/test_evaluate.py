@@ -18,7 +18,7 @@ from ultraseg.errors import UltrasegError
 from ultraseg.evaluate import SUMMARY_KEYS, evaluate, format_summary
 from ultraseg.model import build_model
 from ultraseg.phantom import make_dataset
-from ultraseg.predict import Predictor
+from ultraseg.predict import Predictor, load
 
 SIZE = 32
 
@@ -289,7 +289,13 @@ def test_subset_without_a_split_is_a_user_error(checkpoint, data, capsys) -> Non
     """Without --split, '--subset test' would score every frame, training frames too."""
     assert cli.main(["evaluate", str(checkpoint), str(data), "--subset", "test"]) == 2
     err = capsys.readouterr().err
-    assert "--subset test" in err and "--split" in err
+    assert "'test'" in err and "--split" in err
+
+
+def test_subset_without_a_split_is_a_user_error_in_python_too(checkpoint, data) -> None:
+    """The API scored every frame, training frames too, where the CLI refused."""
+    with pytest.raises(UltrasegError, match="split_file"):
+        evaluate(load(checkpoint), data, subset="test")
 
 
 def test_split_of_another_dataset_is_a_user_error(checkpoint, data, tmp_path, capsys) -> None:

@@ -263,12 +263,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .cli_predict import load_predictor
     from .evaluate import evaluate, format_summary
 
-    if a.subset is not None and a.split is None:   # it would score every frame, training too
-        raise UltrasegError(f"--subset {a.subset} picks a side of a run's split: give it "
-                            "with --split RUN/split.json")
     predictor = load_predictor(a)      # predict's model flags and post-processing, the same way
     summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
-                          a.subset or "val", a.out, label=a.label)
+                          a.subset, a.out, label=a.label)
     if a.json:
         print(json_text(summary))
     else:

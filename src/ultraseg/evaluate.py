@@ -27,11 +27,17 @@ SUMMARY_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "hd95_median
                 "empty_correct_rate")
 
 
-def select_samples(samples: Sequence[Sample], split_file: str | Path | None, subset: str
-                   ) -> list[Sample]:
-    """The samples named by ``subset`` ('train' | 'val' | 'test') of a run's ``split.json``, or all."""
+def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
+                   subset: str | None = None) -> list[Sample]:
+    """The samples named by ``subset`` ('train' | 'val' | 'test'; None: 'val') of a run's
+    ``split.json``, or all of them without a split file. A ``subset`` without a split file is
+    a user error: it would score every frame, training frames too."""
     if split_file is None:
+        if subset is not None:
+            raise UltrasegError(f"subset {subset!r} picks a side of a run's split: give the "
+                                "split too (--split RUN/split.json; in Python, split_file=)")
         return list(samples)
+    subset = subset or "val"
     try:
         doc = json.loads(Path(split_file).read_text())
         side = doc[subset] if isinstance(doc, dict) else None
@@ -54,10 +60,11 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None, sub
 
 def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
              subject_pattern: str | None = None, split_file: str | Path | None = None,
-             subset: str = "val", out: str | Path | None = None,
+             subset: str | None = None, out: str | Path | None = None,
              progress: Callable[[int, int], None] | None = None, label: int | None = None
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score ``predictor`` on every labelled frame of ``data`` (or one side of a split).
+    """Score ``predictor`` on every labelled frame of ``data``, or on the ``subset`` side
+    ('train' | 'val' | 'test'; None: 'val') of a run's ``split_file``.
 
     Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` computed with the
     checkpoint's post-processing, and the same figures without its rules under ``raw`` (the
