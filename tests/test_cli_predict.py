@@ -17,7 +17,7 @@ from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
 from ultraseg.io import read_image
 from ultraseg.model import build_model
 from ultraseg.predict import load
-from ultraseg.predict_files import OUTPUT_MARKER
+from ultraseg.io.base import OUTPUT_MARKER
 from ultraseg.rle import decode
 
 
@@ -207,6 +207,36 @@ def test_a_later_run_does_not_read_an_earlier_runs_outputs_as_frames(tmp_path, c
         assert main(["inspect", str(tmp_path / "imgs"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["unlabelled"] == 2
     assert any("left out 6 images" in r.getMessage() for r in warned)   # pred's 4, pred2's 2
+
+
+def test_an_output_folder_holding_the_users_images_is_refused(tmp_path, ckpt, capsys):
+    """Predicting one file into its own folder marked the user's folder as ultraseg output:
+    every later scan of a folder above it left all their images out."""
+    frames(tmp_path / "parent" / "scans", {"1.png": (20, 30), "2.png": (24, 24)})
+    scans = tmp_path / "parent" / "scans"
+    assert main(["predict", str(ckpt), str(scans / "1.png"), "--out", str(scans)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds 2 image files ultraseg did not write" in err and "1.png" in err
+    assert not (scans / OUTPUT_MARKER).exists() and not (scans / "1_mask.png").exists()
+    assert main(["predict", str(ckpt), str(tmp_path / "parent"), "--out",
+                 str(tmp_path / "o")]) == 0
+    assert "predicted 2 frames" in capsys.readouterr().out
+    # an output folder ultraseg marked takes a second run; a new or empty one is fine
+    assert main(["predict", str(ckpt), str(scans / "1.png"), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_outputs_written_inside_a_datasets_images_folder_are_left_out(tmp_path, ckpt, capsys):
+    """predict --out DATA/images/pred made DATA unreadable for evaluate, inspect and the next
+    predict ("image files in a subfolder")."""
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    assert main(["predict", str(ckpt), str(data), "--out", str(data / "images" / "pred")]) == 0
+    capsys.readouterr()
+    with ultraseg_warnings() as warned:
+        assert main(["inspect", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == 0
+    assert any("left out 4 images" in r.getMessage() for r in warned)
 
 
 @pytest.mark.parametrize("where, words", [("adir", "a folder of that name"),

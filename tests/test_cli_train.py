@@ -508,3 +508,19 @@ def test_a_refused_run_keeps_what_was_in_its_folder_before(data, tmp_path, capsy
     (run / "notes.txt").write_text("mine")
     assert cli.main(["train", str(data), "--out", str(run), *TINY, "--label", "5"]) == 2
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_a_run_folder_inside_the_data_is_no_part_of_the_data(tmp_path, capsys) -> None:
+    """train --out DATA/images/run was accepted and its figures (curve.png, sample.png...)
+    then broke the dataset: resume and evaluate refused it, predict took them for frames."""
+    from ultraseg.io import scan_dataset
+    from ultraseg.io.base import OUTPUT_MARKER
+
+    data = make_dataset(tmp_path / "data", n=40, size=32, seed=4)
+    run = data / "images" / "run"
+    assert cli.main(["train", str(data), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    capsys.readouterr()
+    assert (run / OUTPUT_MARKER).is_file() and (run / "curve.png").is_file()
+    ds, problems = scan_dataset(data)
+    assert problems == [] and len(ds.samples) == 40
+    assert cli.main(["train", "--resume", "--out", str(run)]) == 0

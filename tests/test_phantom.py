@@ -136,3 +136,10 @@ def test_dataset_refuses_bad_requests(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UltrasegError, match="not a folder"):
         make_dataset(tmp_path / "file", n=1, size=32)
+    # a folder of the user's own images: the phantom's images/ would hide them from a scan
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "scan.png").write_bytes((out / "images").iterdir().__next__()
+                                                 .read_bytes())
+    with pytest.raises(UltrasegError, match="already holds images"):
+        make_dataset(tmp_path / "mine", n=1, size=32)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["scan.png"]

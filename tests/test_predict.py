@@ -18,8 +18,9 @@ from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.measure import ellipse_circumference
 from ultraseg.predict import Predictor
-from ultraseg.predict_files import (OUTPUT_MARKER, collect_frames, encode_mask,
-                                    iter_probabilities, measure_frames, write_predictions)
+from ultraseg.io.base import OUTPUT_MARKER
+from ultraseg.predict_files import (collect_frames, encode_mask, iter_probabilities,
+                                    measure_frames, write_predictions)
 from ultraseg.rle import decode
 
 

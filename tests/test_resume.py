@@ -134,6 +134,31 @@ def test_resume_refuses_a_checkpoint_without_training_state(
         "['epoch', 'optimizer', 'history_json', 'best_dice', 'best_epoch'])"]
 
 
+def test_resume_refuses_a_last_checkpoint_of_another_model(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Another run's last.ckpt (a valid model in a same run) ended, after reading the whole
+    dataset, in a many-line internal error from load_state_dict."""
+    from ultraseg.checkpoint import make_meta, save_checkpoint
+    from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig, RunConfig
+    from ultraseg.model import build_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    other = ModelConfig(variant="valid", width=4, depth=2, tile=20)
+    meta = make_meta(other, PreprocessConfig(size=64), PostprocessConfig())
+    state = {"epoch": 1, "optimizer": {}, "history_json": "[]", "best_dice": 0.0,
+             "best_epoch": 1}
+    save_checkpoint(run / "last.ckpt", build_model(other).state_dict(), meta, state)
+    cfg = RunConfig.from_dict({"data": {"path": str(data)},
+                               "model": {"variant": "same", "width": 4, "depth": 2,
+                                         "presence_head": "auto"}})
+    (run / "config.json").write_text(cfg.to_json())
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "holds another model" in err[0], err
+    assert "variant 'valid' vs 'same'" in err[0] and "presence_head" not in err[0]
+
+
 def test_resume_with_nothing_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--resume", "--out", str(tmp_path / "nothing")]) == 2
     assert "nothing to resume" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .errors import UltrasegError
+from .io.base import list_images
 
 __all__ = ["make_frame", "make_dataset", "FRAMES_PER_SUBJECT"]
 
@@ -411,8 +412,8 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
     depend on ``n``.
 
     Raises:
-        UltrasegError: ``n < 1``, ``size < 32``, a negative seed, ``out`` is a file, or
-        ``out/images`` or ``out/masks`` already holds files.
+        UltrasegError: ``n < 1``, ``size < 32``, a negative seed, ``out`` is a file or
+        holds images, or ``out/images`` or ``out/masks`` already holds files.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise UltrasegError(f"phantom frame count n must be an integer >= 1, got {n!r}")
@@ -422,6 +423,9 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UltrasegError("phantom output exists and is not a folder", out)
+    if out.is_dir() and list_images(out):    # the folders layout would leave them unread
+        raise UltrasegError("already holds images; the phantom set would hide them: choose a "
+                            "new or empty folder", out)
     images, masks = out / "images", out / "masks"
     for folder in (images, masks):
         if folder.is_dir() and any(folder.iterdir()):

@@ -24,7 +24,7 @@ from PIL import Image
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .io import IMAGE_EXTENSIONS, Sample, scan_dataset, select_label
-from .io.base import OUTPUT_MARKER, in_output_folder, warn_outputs_left_out
+from .io.base import in_output_folder, mark_output_folder, warn_outputs_left_out
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor
 
@@ -200,11 +200,10 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-#: A file ``predict`` and ``measure`` leave in their output folder, so that a later run whose
-#: input folder holds it does not take the masks and overlays there for frames.
 def prepare_out_dir(out: str | Path) -> Path:
-    """Create the output folder (and parents), marked with :data:`OUTPUT_MARKER`; a path that
-    cannot be one is a user error."""
+    """Create the output folder (and parents), marked as ultraseg's output
+    (:func:`~ultraseg.io.base.mark_output_folder`); a path that cannot be one, or a folder that
+    holds images of the user's, is a user error."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -215,9 +214,7 @@ def prepare_out_dir(out: str | Path) -> Path:
         raise UltrasegError(f"cannot create the output folder ({e.strerror or e})", out) from e
     if not out.is_dir():
         raise UltrasegError("the output path is not a folder", out)
-    marker = out / OUTPUT_MARKER
-    if not marker.exists():
-        _write(marker, b"written by ultraseg predict/measure: its images are outputs\n")
+    mark_output_folder(out, "predict/measure")
     return out
 
 

@@ -35,9 +35,10 @@ from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from .config import AUTO_PRESENCE_MIN_EMPTY, PostprocessConfig, RunConfig, check_types
 from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, session
-from .errors import DataError, UltrasegError
+from .errors import CheckpointError, DataError, UltrasegError
 from .fileio import atomic_write_text
 from .io import open_dataset, select_label
+from .io.base import OUTPUT_MARKER, mark_output_folder
 from .losses import compute_loss
 from .metrics import dice
 from .model import build_model, context_margin, count_parameters
@@ -362,7 +363,18 @@ def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Che
         if missing:
             raise UltrasegError(f"holds no training state to resume from (missing {missing})",
                                 out / "last.ckpt")
-        return RunConfig.load(out / "config.json"), last
+        cfg = RunConfig.load(out / "config.json")
+        want = cfg.model
+        if want.presence_head == "auto":    # decided when the run started; last.ckpt says how
+            want = replace(want, presence_head=last.model.presence_head,
+                           presence_mode=last.model.presence_mode)
+        differ = [f"{k} {getattr(last.model, k)!r} vs {v!r}" for k, v in want.to_dict().items()
+                  if getattr(last.model, k) != v]
+        if differ:
+            raise CheckpointError(f"holds another model than the run's config.json describes "
+                                  f"({'; '.join(differ)}): not this run's checkpoint",
+                                  out / "last.ckpt")
+        return cfg, last
     if out.exists() and any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv")):
         raise UltrasegError("already holds a training run; use --resume to continue it, or "
                             "choose another --out", out)
@@ -370,8 +382,11 @@ def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Che
 
 
 def _write_run_config(out: Path, cfg: RunConfig) -> None:
+    """The run folder, marked as ultraseg's output (its figures are no frames for a later
+    scan of a folder above it), with the run's config.json."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        mark_output_folder(out, "train")
         atomic_write_text(out / "config.json", cfg.to_json())
     except OSError as e:
         raise UltrasegError(f"cannot write the run folder ({e.strerror})", out) from e
@@ -470,7 +485,7 @@ class _Forward(logging.Handler):
 
 
 #: The files a new run writes before its first epoch ends.
-_REFUSED_RUN_FILES = ("config.json", "split.json", "train.log")
+_REFUSED_RUN_FILES = ("config.json", "split.json", "train.log", OUTPUT_MARKER)
 
 
 def _remove_refused_run(out: Path, folder_existed: bool, files_existed: set[str]) -> None:

@@ -397,6 +397,18 @@ def test_folders_names_a_subfolder_it_does_not_read(tmp_path: Path) -> None:
         assert "not read" in problem
 
 
+def test_folders_warns_about_images_beside_its_images_folder(tmp_path: Path) -> None:
+    """A folder of scans that also holds an images/ subfolder read only the subfolder, without
+    a word about the scans."""
+    root = make_folders(tmp_path / "f")
+    _save(root / "scan.png", _frame(seed=9))
+    with ultraseg_warnings() as warned:
+        pairs, problems = _pairs(root)
+    assert len(pairs) == 3 and problems == []
+    assert len(warned) == 1 and "1 image files beside images/" in warned[0].getMessage()
+    assert "--layout images" in warned[0].getMessage()
+
+
 def test_folders_with_two_mask_folders_is_a_problem(tmp_path: Path) -> None:
     root = make_folders(tmp_path / "f")
     _save(root / "mask" / "1_1_mask.png", _disk())

@@ -286,9 +286,32 @@ class Reader(ABC):
         return self.subject_of(stem, m.group(1) if m else stem)
 
 
-#: The file ``predict`` and ``measure`` leave in their output folder: images in a folder that
-#: holds it are outputs, which a later scan of a folder above it leaves out.
+#: The file ``predict``, ``measure`` and ``train`` leave in their output folder: images in a
+#: folder that holds it are outputs, which a later scan of a folder above it leaves out.
 OUTPUT_MARKER = ".ultraseg-output"
+
+
+def mark_output_folder(folder: Path, by: str) -> None:
+    """Leave :data:`OUTPUT_MARKER` in ``folder`` (which exists), naming the command ``by``.
+
+    A folder that already holds image files ultraseg did not write (a user's images, in it or
+    one level below) is a user error: marking it would hide those images from every later
+    scan of a folder above it, and the outputs would mix with them."""
+    from ..fileio import atomic_write_text
+
+    marker = folder / OUTPUT_MARKER
+    if marker.exists():
+        return
+    theirs = [p for p in folder.iterdir() if is_image_file(p)]
+    theirs += [p for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+               and not (d / OUTPUT_MARKER).exists() for p in d.iterdir() if is_image_file(p)]
+    theirs.sort(key=lambda q: natural_key(str(q)))
+    if theirs:
+        raise DataError(f"the output folder already holds {len(theirs)} image file"
+                        f"{'s' * (len(theirs) > 1)} ultraseg did not write (first: "
+                        f"{theirs[0].name}); choose a new or empty folder", folder)
+    atomic_write_text(marker, f"written by ultraseg {by}: its images are outputs, which "
+                              "scans of the folders above leave out\n")
 
 
 def in_output_folder(image: Path, root: Path, marked: dict[Path, bool]) -> bool:

@@ -64,13 +64,21 @@ def _subdirs(root: Path, names: tuple[str, ...]) -> list[Path]:
 
 def _unread_subfolders(folder: Path) -> list[DataError]:
     """A problem per subfolder of ``folder`` holding image files a flat layout does not read
-    (hidden folders, such as .ipynb_checkpoints, are left alone)."""
+    (hidden folders, such as .ipynb_checkpoints, are left alone, and so are folders ultraseg
+    wrote its outputs to, with a warning)."""
     counts: dict[Path, int] = defaultdict(int)
+    marked: dict[Path, bool] = {}
+    outputs = 0
     for p in folder.rglob("*"):
         rel = p.relative_to(folder).parts
         if (len(rel) > 1 and is_image_file(p)
                 and not any(part.startswith(".") for part in rel)):
-            counts[folder / rel[0]] += 1
+            if in_output_folder(p, folder, marked):
+                outputs += 1
+            else:
+                counts[folder / rel[0]] += 1
+    if outputs:
+        warn_outputs_left_out(folder, outputs)
     return [DataError(f"{n} image file{'s' * (n > 1)} in a subfolder, not read: this layout reads "
                       f"the files directly in {folder.name}/ (move them up, or remove the "
                       f"subfolder)", sub) for sub, n in sorted(counts.items())]
@@ -106,6 +114,11 @@ class FoldersReader(Reader):
             return [], [DataError("empty folder: no images found", root / "images")]
         image_dir = folders["image"][0]
         mask_dir = folders["mask"][0] if folders["mask"] else None
+        loose = list_images(root)
+        if loose:      # e.g. a folder of scans that also holds an images/ subfolder
+            log.warning("%s: %d image files beside %s/ are not read by the folders layout "
+                        "(first: %s); --layout images reads every image below the folder",
+                        root, len(loose), image_dir.name, loose[0].name)
         images, masks = _group(list_images(image_dir), "_mask")     # masks beside the images
         problems += _unread_subfolders(image_dir)
         if mask_dir is not None:
