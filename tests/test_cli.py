@@ -92,3 +92,15 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys) -> None:
     monkeypatch.setattr(cli, "_cmd_inspect", interrupted)
     assert cli.main(["inspect", "DATA"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("argv", [["phantom", "{long}"], ["train", "{data}", "--out", "{long}"]])
+def test_a_file_name_too_long_is_a_user_error(tmp_path, capsys, argv) -> None:
+    from ultraseg import cli
+
+    """ENAMETOOLONG from Path.exists() on --out was an internal error, exit 1."""
+    long = str(tmp_path / ("x" * 300))
+    args = [a.format(long=long, data=tmp_path) for a in argv]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "too long" in err[0], err

@@ -25,7 +25,8 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
 #: An OSError with one of these is the environment's problem, not a bug: exit 2, one line.
 USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
-                         errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EFBIG})
+                         errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EFBIG,
+                         errno.ENAMETOOLONG, errno.ELOOP})
 
 
 #: Set to 0 to keep glibc's allocator as it is in ``ultraseg``'s own process.
