@@ -27,6 +27,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -183,7 +185,8 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        # on failure torch's C++ side dumps its whole graph to file descriptor 1
+        with warnings.catch_warnings(), _stdout_fd_silenced():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=opset or 17,
@@ -213,6 +216,27 @@ def _quiet_logs(names: tuple[str, ...] = ("torch.onnx", "onnxscript", "onnx_ir")
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _stdout_fd_silenced() -> Iterator[None]:
+    """Send what is written to file descriptor 1 inside the block to /dev/null: output that
+    C++ code writes there directly, which ``contextlib.redirect_stdout`` cannot catch."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):   # no descriptor 1 (or no sys.stdout)
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _opset_of(proto: Any) -> int | None:
