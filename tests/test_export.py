@@ -196,9 +196,34 @@ def test_files_that_are_not_ultraseg_exports_are_one_line_checkpoint_errors(expo
 
 
 def test_valid_export_refuses_another_tile(exported):
-    with pytest.raises(UltrasegError, match="exported with tile 132"):
+    with pytest.raises(UltrasegError, match="takes tile 132 only"):
         load(exported["valid"][1], tile=100)
-    assert load(exported["valid"][1], tile=132).tile == 132
+    predictor = load(exported["valid"][1], tile=132)
+    assert predictor.tile == 132
+    # with_options skipped the check, and ONNX Runtime's own error came out of predict
+    for tile in (None, 20):
+        with pytest.raises(UltrasegError, match="takes tile 132 only"):
+            predictor.with_options(tile=tile)
+    assert predictor.with_options(batch_size=2).tile == 132
+
+
+@pytest.mark.parametrize("change", [{"output_tile": None}, {"output_tile": 20}, "drop"])
+def test_valid_export_whose_tile_metadata_does_not_fit_its_graph(exported, tmp_path, change):
+    """A missing, null or wrong output_tile was a KeyError, a TypeError or ONNX Runtime's
+    INVALID_ARGUMENT at the first frame: internal errors."""
+    model = onnx.load(str(exported["valid"][1]))
+    entry = next(e for e in model.metadata_props if e.key == "ultraseg")
+    meta = json.loads(entry.value)
+    if change == "drop":
+        del meta["onnx"]["output_tile"]
+    else:
+        meta["onnx"].update(change)
+    entry.value = json.dumps(meta)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(CheckpointError, match="output_tile") as err:
+        load(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
 def test_failed_export_leaves_the_target_untouched(tmp_path):

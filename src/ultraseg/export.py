@@ -323,14 +323,17 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None, **optio
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         raise CheckpointError("not an ultraseg export: expected one (N, 1, H, W) input", path)
     name = inputs[0].name
-    if model.variant == "valid":
-        out_tile = int(graph["output_tile"])
-        asked = options.get("tile")
-        if asked is not None and nearest_valid_output(asked, model.depth) != out_tile:
-            raise UltrasegError(f"this ONNX file was exported with tile {out_tile}; re-export "
-                                f"with `ultraseg export --tile {asked}` to predict with another",
-                                path)
-        options["tile"] = out_tile
+    if model.variant == "valid":      # one fixed tile: the graph's input says which
+        side = inputs[0].shape[2]
+        out_tile = graph.get("output_tile")
+        if (not isinstance(out_tile, int) or isinstance(out_tile, bool)
+                or side != out_tile + 2 * context_margin(model.depth)):
+            raise CheckpointError(f"damaged ultraseg metadata in the ONNX file (output_tile "
+                                  f"{out_tile!r} does not fit the graph's input of {side} px)",
+                                  path)
+        options["fixed_tile"] = out_tile
+        if options.get("tile") is None:
+            options["tile"] = out_tile
 
     def run_batch(batch: np.ndarray) -> np.ndarray:
         return sess.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -80,6 +80,8 @@ class Predictor:
     # the mirrored frame's output alone, mirrored back (tta does not apply): half of a TTA pass,
     # for a caller that holds the plain half already (train's choice of post-processing)
     mirror: bool = False
+    # the only output tile the model takes (an ONNX graph of a valid model), else None
+    fixed_tile: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
@@ -89,6 +91,12 @@ class Predictor:
         if self.tile is not None and (isinstance(self.tile, bool)
                                       or not isinstance(self.tile, int) or self.tile < 1):
             raise UltrasegError(f"tile must be a whole number >= 1 (or None), got {self.tile!r}")
+        if self.fixed_tile is not None and (
+                self.tile is None
+                or nearest_valid_output(self.tile, self.model.depth) != self.fixed_tile):
+            raise UltrasegError(f"this model takes tile {self.fixed_tile} only (an ONNX export "
+                                f"of a valid model), not tile {self.tile!r}: re-export it with "
+                                "`ultraseg export --tile T` for another", self.source or None)
 
     @property
     def uses_tta(self) -> bool:
