@@ -146,6 +146,23 @@ def test_onnxruntime_matches_pytorch_on_real_frames(exported, name):
 
 
 # ------------------------------------------------------------------------ no torch
+def test_a_checkpoint_where_torch_cannot_be_imported_is_a_user_error(exported, tmp_path):
+    """Without PyTorch a checkpoint given to predict was an internal error, exit 1."""
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "frame.png")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None
+        from ultraseg.cli import main
+        sys.exit(main(["predict", {str(exported["same"][0])!r}, {str(tmp_path / "frame.png")!r},
+                       "--out", {str(tmp_path / "out")!r}]))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PyTorch is not installed" in lines[0] and ".onnx" in lines[0]
+
+
 def test_onnx_prediction_runs_where_torch_cannot_be_imported(exported, tmp_path):
     _, path = exported["valid"]
     rng = np.random.default_rng(3)

@@ -170,6 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ImportError as e:
+        if e.name != "torch":
+            return _internal(e, a.debug)
+        # an install without it (torch is a dependency): only .onnx prediction runs there
+        print(f"{_rank_prefix()}error: PyTorch is not installed: `ultraseg {a.command}` needs "
+              "it for this (checkpoints, training and export run on it; predict, evaluate and "
+              "measure run without it from an exported .onnx file)", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:  # a bug: say so in one line, traceback on --debug
         return _internal(e, a.debug)
 
