@@ -334,19 +334,24 @@ def test_an_opset_no_exporter_writes_is_a_user_error(exported, tmp_path, capfd):
     assert capfd.readouterr().out == "stdout still works\n"
 
 
-def test_a_valid_model_at_native_resolution_says_its_graph_predicts_in_tiles(tmp_path) -> None:
+def test_a_valid_model_at_native_resolution_exports_a_tile_with_its_values(tmp_path) -> None:
     """The checkpoint predicts each native-size frame in one window; its ONNX graph has one
-    fixed tile (model.tile), whose tiles meet the pooling grid elsewhere: the export says so
-    (and a given --tile, chosen knowingly, is not warned about)."""
+    fixed tile (model.tile). The tiles start on the pooling grid, so the graph gives the one
+    window's values (they met the grid elsewhere before, and the export warned)."""
     cfg = ModelConfig(variant="valid", width=4, depth=2, tile=20)
     ckpt = tmp_path / "v.ckpt"
     torch.manual_seed(0)
-    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)                # a network whose output depends on the grid
+    save_checkpoint(ckpt, model.state_dict(),
                     make_meta(cfg, PreprocessConfig(size=None), PostprocessConfig()))
     with ultraseg_warnings() as warned:
-        export_onnx(ckpt, tmp_path / "v.onnx", verify=False)
-        assert len(warned) == 1
-        message = warned[0].getMessage()
-        assert "tiles of 20" in message and "one window" in message and "--tile 20" in message
-        export_onnx(ckpt, tmp_path / "t.onnx", tile=20, verify=False)
-        assert len(warned) == 1
+        export_onnx(ckpt, tmp_path / "v.onnx")
+    assert warned == []
+    image = np.random.default_rng(2).integers(0, 256, (61, 47), dtype=np.uint8)
+    one = load(ckpt, device="cpu", precision="fp32").predict_proba(image)
+    onnx_pred = load(tmp_path / "v.onnx")
+    assert onnx_pred.tile == 20 and one.std() > 0.01
+    np.testing.assert_allclose(onnx_pred.predict_proba(image), one, atol=1e-5)

@@ -11,9 +11,8 @@ float32: the sigmoid is part of the graph.
   working canvas with (:func:`~ultraseg.predict.prediction_tile` of ``preprocess.size``). The
   numpy overlap-tiler runs tiles around it. Where frames keep their own resolution
   (``preprocess.size`` None) the checkpoint predicts each frame in one window of its own size,
-  which no fixed graph can; the graph then takes ``model.tile``, its masks can differ where
-  the tiles meet the pooling grid differently (as ``predict --tile`` does), and the export
-  warns.
+  which no fixed graph can; the graph then takes ``model.tile``, and the tiler starts every
+  tile on the pooling grid, so the tiles give that one window's values.
 
 The checkpoint's metadata (model, preprocessing, post-processing, label, measurement) travels
 in the ONNX model's ``metadata_props`` under the key ``"ultraseg"`` (JSON), with an ``onnx``
@@ -99,12 +98,6 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
         side = out_tile + 2 * context_margin(depth)
         example_hw = (side, side)
         graph = {"dynamic_hw": False, "input_tile": side, "output_tile": out_tile}
-        if ckpt.preprocess.size is None and tile is None:
-            log.warning("the ONNX graph predicts in tiles of %d px (model.tile); the checkpoint "
-                        "itself predicts each frame in one window of the frame's size, so masks "
-                        "can differ where the tiles meet the pooling grid differently (predict "
-                        "with the checkpoint and --tile %d to compare like with like)",
-                        out_tile, out_tile)
     else:
         if tile is not None:
             log.info("--tile ignored: a 'same' model is exported with dynamic height and width")

@@ -35,7 +35,8 @@ def prediction_tile(model: ModelConfig, h: int, w: int, tile: int | None = None)
 
     ``tile=None``: the smallest valid output covering the larger side (one tile for the whole
     frame), capped at :data:`MAX_PREDICT_TILE`. Larger tiles cost fewer FLOPs per pixel (less
-    context recomputed) and give the same result up to pooling-grid alignment.
+    context recomputed) and give the same result (the predictor starts every window on the
+    pooling grid).
     """
     want = min(max(h, w), MAX_PREDICT_TILE) if tile is None else tile
     return nearest_valid_output(want, model.depth)
@@ -122,8 +123,10 @@ class Predictor:
         n, h, w = canvases.shape
         if self.model.variant == "valid":
             tile = prediction_window(self.model, h, w, self.tile)
+            # windows start on the pooling grid: tiles give one window's values
             return np.stack([predict_tiled(self._run, c, tile, context_margin(self.model.depth),
-                                           self.batch_size)[0] for c in canvases])
+                                           self.batch_size, align=2**self.model.depth)[0]
+                             for c in canvases])
         step = 2**self.model.depth
         ph, pw = -h % step, -w % step
         x = canvases[:, None]

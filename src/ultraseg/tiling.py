@@ -81,9 +81,10 @@ class TilePlan:
 
     @property
     def padded_shape(self) -> tuple[int, int]:
-        """(H, W) of the image once padded up to at least the window in each dimension."""
+        """(H, W) of the image once padded (bottom, right) to hold every window."""
         th, tw = self.out_shape
-        return max(self.h, th), max(self.w, tw)
+        return (max(self.h, max(y for y, _ in self.positions) + th),
+                max(self.w, max(x for _, x in self.positions) + tw))
 
     @property
     def in_tile(self) -> int:
@@ -94,30 +95,42 @@ class TilePlan:
         return ih
 
 
-def _starts(size: int, out_tile: int) -> list[int]:
-    """Window starts along one axis: steps of ``out_tile``, the last one ending at the border."""
+def _starts(size: int, out_tile: int, align: int = 1) -> list[int]:
+    """Window starts along one axis. ``align`` 1: steps of ``out_tile``, the last window shifted
+    back to end at the border. Else every start is a multiple of ``align``: steps of the largest
+    such multiple up to ``out_tile``, the last window reaching past the border where it must
+    (unaligned, as with ``align`` 1, for a window narrower than ``align``)."""
     if size <= out_tile:
         return [0]
-    starts = list(range(0, size - out_tile + 1, out_tile))
-    if starts[-1] != size - out_tile:
-        starts.append(size - out_tile)
-    return starts
+    if align <= 1 or out_tile < align:
+        starts = list(range(0, size - out_tile + 1, out_tile))
+        if starts[-1] != size - out_tile:
+            starts.append(size - out_tile)
+        return starts
+    step = out_tile - out_tile % align
+    return list(range(0, size - out_tile + step, step))   # the last one ends at or past size
 
 
-def plan_tiles(h: int, w: int, out_tile: Tile) -> list[tuple[int, int]]:
+def plan_tiles(h: int, w: int, out_tile: Tile, align: int = 1) -> list[tuple[int, int]]:
     """Top-left corners (y, x) of ``out_tile`` windows covering an ``h`` x ``w`` image, row by row.
 
     ``out_tile``: a side ``t`` or ``(th, tw)``. Windows step by their side; the last row /
     column is shifted back to stay inside the image (so it overlaps its neighbour). A dimension
     smaller than the window gets the single start 0 (the image is padded up to the window by
-    :func:`extract_tiles`).
+    :func:`extract_tiles`). ``align``: every start a multiple of it (``2 ** depth`` for the
+    valid U-Net: each window then meets the max-pooling grid where one window over the whole
+    image would, and gives the same values); windows step by the largest multiple of
+    ``align`` up to their side, overlap a little, and the last may reach past the image, which
+    :func:`extract_tiles` mirror-pads to fit.
     """
     if h < 1 or w < 1:
         raise ValueError(f"image must be at least 1x1, got {h}x{w}")
     if isinstance(out_tile, (int, np.integer)) and out_tile < 1:
         raise ValueError(f"out_tile must be >= 1, got {out_tile}")
+    if isinstance(align, bool) or not isinstance(align, (int, np.integer)) or align < 1:
+        raise ValueError(f"align must be an integer >= 1, got {align!r}")
     th, tw = tile_shape(out_tile)
-    return [(y, x) for y in _starts(h, th) for x in _starts(w, tw)]
+    return [(y, x) for y in _starts(h, th, align) for x in _starts(w, tw, align)]
 
 
 def _spatial_pad(image: np.ndarray, before: int, after_h: int, after_w: int) -> np.ndarray:
@@ -164,13 +177,15 @@ def crop_with_context(
     return padded[..., y : y + side_h, x : x + side_w]
 
 
-def extract_tiles(image: np.ndarray, out_tile: Tile, margin: int) -> tuple[np.ndarray, TilePlan]:
+def extract_tiles(image: np.ndarray, out_tile: Tile, margin: int, align: int = 1
+                  ) -> tuple[np.ndarray, TilePlan]:
     """Cut the network's input windows out of a mirror-padded image.
 
     Args:
         image: (H, W) or (C, H, W) float array.
         out_tile: each output window: a side ``t`` or ``(th, tw)``.
         margin: context on each side (``context_margin(depth)`` for the valid U-Net).
+        align: window starts are multiples of it (see :func:`plan_tiles`).
 
     Returns:
         tiles: (N, C, th + 2 margin, tw + 2 margin) float32 (C = 1 for a 2D image),
@@ -183,10 +198,9 @@ def extract_tiles(image: np.ndarray, out_tile: Tile, margin: int) -> tuple[np.nd
         raise ValueError(f"margin must be >= 0, got {margin}")
     chw = image[None] if image.ndim == 2 else image
     h, w = chw.shape[-2:]
-    positions = tuple(plan_tiles(h, w, out_tile))
+    positions = tuple(plan_tiles(h, w, out_tile, align))
     plan = TilePlan(h=h, w=w, out_tile=out_tile, margin=margin, positions=positions)
-    th, tw = plan.out_shape
-    grow_h, grow_w = max(0, th - h), max(0, tw - w)
+    grow_h, grow_w = plan.padded_shape[0] - h, plan.padded_shape[1] - w
     chw = chw.astype(np.float32, copy=False)
     padded = _spatial_pad(chw, margin, margin + grow_h, margin + grow_w)
     tiles = np.stack([crop_with_context(padded, y, x, out_tile, margin) for y, x in positions])
@@ -224,6 +238,7 @@ def predict_tiled(
     out_tile: Tile,
     margin: int,
     batch_size: int = 4,
+    align: int = 1,
 ) -> np.ndarray:
     """Run a network over a whole image with the overlap-tile strategy.
 
@@ -233,13 +248,15 @@ def predict_tiled(
         image: (H, W) or (C_in, H, W) float array.
         out_tile: output window, a side ``t`` or ``(th, tw)``; margin: context on each side.
         batch_size: tiles per ``run_batch`` call.
+        align: window starts are multiples of it (``2 ** depth``: the values of one window
+            over the whole image; see :func:`plan_tiles`).
 
     Returns:
         (C, H, W) float32, whatever ``run_batch`` produces (logits or probabilities).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tiles, plan = extract_tiles(image, out_tile, margin)
+    tiles, plan = extract_tiles(image, out_tile, margin, align)
     outputs = [
         np.asarray(run_batch(tiles[i : i + batch_size])) for i in range(0, len(tiles), batch_size)
     ]
