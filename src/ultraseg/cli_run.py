@@ -237,9 +237,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "updated every step with decay D (e.g. 0.999; default 0: off)")
     p.add_argument("--tiles-per-image", type=int, help="valid model: random tiles per image per epoch")
     p.add_argument("--val-fraction", type=float,
-                   help="share of the frames (by subject) that validate: choose the epoch and "
-                   "the post-processing (preset: 0.2); 0 trains on every frame not held out "
-                   "and keeps the last epoch")
+                   help="share of the frames not held out (--test-fraction; by subject) that "
+                   "validate: choose the epoch and the post-processing (preset: 0.2); 0 trains "
+                   "on every frame not held out and keeps the last epoch")
     p.add_argument("--test-fraction", type=float,
                    help="share of frames (by subject) held out from training and tuning (0)")
     p.add_argument("--seed", type=int, help="seeds the initial weights, the batch order and the "

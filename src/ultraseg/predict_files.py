@@ -64,8 +64,9 @@ def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
                    ) -> list[Frame]:
     """Find every image named by ``inputs`` (files, or folders of any supported layout).
 
-    Everything is checked before anything is predicted: a missing path, a file that is not an
-    image, an empty folder or a dataset with structural problems raises one
+    Everything that can be told without decoding is checked before anything is predicted: a
+    missing path, a file whose name is no image file's, an empty folder or a dataset with
+    structural problems raises one
     :class:`~ultraseg.errors.UltrasegError` (for a labelled dataset with problems, point at its
     images folder or use ``layout='images'``). Images under ``exclude`` (the output folder)
     are skipped. Frames come in the order of ``inputs``, each folder in its reader's (natural)
