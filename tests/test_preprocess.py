@@ -97,6 +97,30 @@ def test_prepare_restore_round_trip_size() -> None:
     assert x.shape == (90, 150) and restore(x, geom).shape == (90, 150)
 
 
+@pytest.mark.parametrize("shape, size", [((407, 800), 252), ((407, 800), 256), ((90, 150), 64),
+                                         ((150, 90), 64), ((41, 100), 37)])
+@pytest.mark.parametrize("crop", [False, True])
+def test_a_structure_reaching_the_edge_beside_the_padding_comes_back_to_that_edge(
+        shape, size, crop) -> None:
+    """Resized back with its padding, the frame's edge rows blended with the padding's zeros:
+    a head filling row 0 of a 407x800 HC18 frame came back from row 1, was not seen to touch
+    the frame's edge, and measured 9-23 mm short."""
+    h, w = shape
+    image = np.random.default_rng(0).integers(10, 250, shape, dtype=np.uint8)
+    truth = np.zeros(shape, bool)
+    truth[: h // 3, w // 4: 3 * w // 4] = True      # cut by the top edge
+    truth[h // 2:, : w // 5] = True                 # by the bottom and the left
+    truth[h // 3: 2 * h // 3, -2:] = True           # a thin one at the right
+    cfg = PreprocessConfig(size=size, crop_border=crop)
+    canvas, geom = to_canvas(truth.astype(np.uint8), cfg, "mask",
+                             box=content_box(image) if crop else None)
+    back = restore(canvas.astype(np.float32), geom) >= 0.5
+    slack = 2 * max(h, w) / size + 1       # where a structure ends along the edge: resampling
+    for got, want in ((back[0], truth[0]), (back[-1], truth[-1]),
+                      (back[:, 0], truth[:, 0]), (back[:, -1], truth[:, -1])):
+        assert got[want].mean() > 0.9 and (got & ~want).sum() <= slack
+
+
 @pytest.mark.parametrize("cfg", [PreprocessConfig(size=96), PreprocessConfig(size=300),
                                  PreprocessConfig(size=96, pad_to_square=False)],
                          ids=["padded-down", "padded-up", "squashed"])

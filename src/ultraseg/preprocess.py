@@ -4,6 +4,7 @@ No torch here: the ONNX prediction path uses this module without PyTorch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -238,6 +239,24 @@ def restore(prob: np.ndarray, geom: Geometry) -> np.ndarray:
         return prob[: geom.height, : geom.width]
     side = geom.side or max(geom.height, geom.width)
     if geom.side:
-        prob = resize(prob, (side, side), "prob")
+        prob = resize(_padding_from_frame(prob, geom), (side, side), "prob")
         return prob[geom.top: geom.top + geom.height, geom.left: geom.left + geom.width]
     return resize(prob, (geom.height, geom.width), "prob")
+
+
+def _padding_from_frame(prob: np.ndarray, geom: Geometry) -> np.ndarray:
+    """The canvas with its padding rows and columns (those whose centres lie outside the frame)
+    replaced by the nearest row or column of the frame. Resized back as it is, the frame's
+    edge pixels beside the padding would blend with the padding's near-zero probabilities: a
+    structure reaching that edge came back one row short of it (and a head cut by the frame
+    was not seen to touch it)."""
+    scale = prob.shape[0] / geom.side
+    out = prob
+    for axis, start, length in ((0, geom.top, geom.height), (1, geom.left, geom.width)):
+        first = max(math.ceil(start * scale - 0.5), 0)
+        last = min(math.ceil((start + length) * scale - 0.5) - 1, prob.shape[axis] - 1)
+        if first > last or (first == 0 and last == prob.shape[axis] - 1):
+            continue                     # no padding on this axis, or no row of the frame
+        index = np.clip(np.arange(prob.shape[axis]), first, last)
+        out = np.take(out, index, axis=axis)
+    return out
