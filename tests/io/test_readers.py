@@ -457,7 +457,21 @@ def test_hc18_table_that_names_none_of_the_images_is_warned_about(tmp_path: Path
         ds, problems = scan_dataset(root)
     assert problems == [] and all(s.meta == {} for s in ds.samples)
     assert len(warned) == 1, [r.getMessage() for r in warned]
-    assert "3 of 3 images" in warned[0].getMessage() and "no mm" in warned[0].getMessage()
+    assert "3 of 3 images" in warned[0].getMessage()
+    assert "no pixel size" in warned[0].getMessage() and "--pixel-size" in warned[0].getMessage()
+
+
+def test_hc18_table_header_in_another_case_is_read(tmp_path: Path) -> None:
+    """'Filename' (a re-saved table) filed every row under '' and dropped all pixel sizes."""
+    root = make_hc18(tmp_path / "hc18")
+    table = root / "training_set_pixel_size_and_HC.csv"
+    table.write_text(table.read_text().replace("filename,", " Filename ,", 1))
+    ds, problems = scan_dataset(root)
+    assert problems == []
+    assert [s.meta for s in ds.samples] == [{"pixel_size_mm": 0.1, "hc_mm": 30.5}] * 3
+    table.write_text(table.read_text().replace(" Filename ,", "image,", 1))
+    _, problems = scan_dataset(root)
+    assert len(problems) == 1 and "'filename' column" in str(problems[0])
 
 
 @pytest.mark.parametrize("pattern, subjects", [

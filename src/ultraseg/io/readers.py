@@ -253,6 +253,12 @@ class Hc18Reader(Reader):
             try:
                 with open(csv_path, newline="", encoding="utf-8-sig") as f:   # Excel's BOM
                     reader = csv.DictReader(f)
+                    names = [n for n in reader.fieldnames or []
+                             if (n or "").strip().lower() == "filename"]
+                    if not names:
+                        problems.append(DataError("pixel-size table without a 'filename' column",
+                                                  csv_path))
+                        continue
                     for row in reader:
                         entry: dict[str, float] = {}
                         for key, value in row.items():
@@ -268,7 +274,7 @@ class Hc18Reader(Reader):
                                     f"number, got {value!r}", csv_path))
                             else:
                                 entry[field] = number
-                        meta[row.get("filename", "")] = entry
+                        meta[(row.get(names[0]) or "").strip()] = entry
             except (OSError, ValueError, KeyError) as e:
                 problems.append(DataError(f"cannot read pixel-size table ({e})", csv_path))
         return meta
@@ -291,8 +297,9 @@ def _warn_unmatched_table(meta: dict[str, dict[str, float]], names: list[str],
         return
     missing = [n for n in names if n not in meta]
     if missing:
-        log.warning("%s: %d of %d images have no row in the pixel-size table (first: %s): "
-                    "no mm figures for them", folder, len(missing), len(names), missing[0])
+        log.warning("%s: %d of %d images have no row in the pixel-size table (first: %s): no "
+                    "pixel size or reference head circumference from it (measure --pixel-size "
+                    "gives one)", folder, len(missing), len(names), missing[0])
 
 
 class ImagesReader(Reader):
