@@ -131,6 +131,36 @@ def test_plot_curves_draws_the_history_it_is_given(tmp_path: Path) -> None:
     assert a.shape == b.shape and (a != b).sum() > 20
 
 
+def test_the_best_epoch_marked_is_the_one_training_keeps(tmp_path: Path) -> None:
+    """On a tie in validation Dice training keeps the lower validation loss; the curve and
+    the metrics table marked the first epoch reaching that Dice, not the checkpoint's."""
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": loss, "val_dice": d}
+               for e, d, loss in ((1, 0.0, 0.9), (2, 0.0, 0.7), (3, 1.0, 0.45),
+                                  (4, 1.0, 0.37), (5, 1.0, 0.40), (6, math.nan, 0.1))]
+    assert report.best_row(history) == 3
+    assert report.best_row(history[:2]) == 1          # Dice 0 throughout: the lower loss
+    assert report.best_row([{"epoch": 1, "val_dice": None}]) == -1
+    page = write_html(tmp_path, title="t", summary={}, config={}, history=history
+                      ).read_text(encoding="utf-8")
+    assert page.count("<tr class=best>") == 1
+    assert "<tr class=best><td class=num>4</td>" in page
+    # the Dice panel's star: the rule's epoch (4), not the first with the best Dice (3)
+    marked = [dict(r) for r in history]
+    plot_curves(history, tmp_path / "a.png")
+    first = [dict(r) for r in history]
+    first[3]["val_dice"] = first[4]["val_dice"] = 0.999999     # epoch 3 best outright
+    last = [dict(r) for r in history]
+    last[2]["val_dice"] = 0.999999                               # epoch 4 best outright
+    plot_curves(first, tmp_path / "first.png")
+    plot_curves(last, tmp_path / "last.png")
+    a, f, g = (np.asarray(Image.open(tmp_path / n).convert("L"), dtype=float)
+               for n in ("a.png", "first.png", "last.png"))
+    right = slice(a.shape[1] // 2, None)                         # the Dice panel
+    assert (a[:, right] != f[:, right]).sum() > 20
+    assert (a[:, right] != g[:, right]).sum() < (a[:, right] != f[:, right]).sum()
+    assert marked == history
+
+
 def test_frame_names_are_drawn_literally(tmp_path: Path) -> None:
     """Two '$' in a name made matplotlib parse it as math and fail, ending a finished training
     run at its report (exit 1, no report.html)."""

@@ -167,3 +167,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     empty = [bool(r["pred_empty"]) for r in rows if r["truth_empty"]]
     out["empty_correct_rate"] = _mean([float(e) for e in empty])
     return out
+
+
+def improves(val_dice: float, val_loss: float, best_dice: float, best_loss: float) -> bool:
+    """Whether an epoch's validation beats the best so far: a higher Dice, or the same Dice
+    at a lower loss (every epoch scoring Dice 0 before the network finds anything would
+    otherwise keep the first, least trained one). NaN never improves. The one rule that picks
+    a run's best epoch, in training and in its report."""
+    return val_dice > best_dice or (val_dice == best_dice and val_loss < best_loss)

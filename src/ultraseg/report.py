@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ultraseg.fileio import atomic_write_bytes
-from ultraseg.metrics import dice
+from ultraseg.metrics import dice, improves
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -166,6 +166,18 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+def best_row(history: Sequence[Mapping[str, Any]]) -> int:
+    """Index of the row of ``history`` that training kept as its best epoch: the highest
+    validation Dice, on a tie the lower validation loss (:func:`ultraseg.metrics.improves`);
+    -1 where no row has a validation Dice."""
+    best, best_dice, best_loss = -1, -math.inf, math.inf
+    for i, row in enumerate(history):
+        d, loss = _num(row.get("val_dice")), _num(row.get("val_loss"))
+        if improves(d, loss, best_dice, best_loss):
+            best, best_dice, best_loss = i, d, loss
+    return best
+
+
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     """Write the learning curves (``curve.png``) of a training history.
 
@@ -209,7 +221,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     if ok.any():
         ax_dice.plot(epochs[ok], y[ok], marker=marker, markersize=4, color="tab:green",
                      label="validation Dice")
-        best = int(np.nanargmax(np.where(ok, y, -np.inf)))
+        best = best_row(rows)
         ax_dice.axvline(epochs[best], color="gray", linestyle="--", linewidth=1)
         ax_dice.plot([epochs[best]], [y[best]], marker="*", markersize=12, color="tab:orange",
                      linestyle="none", label=f"best {y[best]:.4f} (epoch {epochs[best]:g})")
@@ -395,9 +407,7 @@ def _metrics_table(history: Sequence[Mapping[str, Any]]) -> str:
     if "epoch" in columns:
         columns.remove("epoch")
         columns.insert(0, "epoch")
-    dices = [_num(r.get("val_dice")) for r in history]
-    finite = [d for d in dices if math.isfinite(d)]
-    best = dices.index(max(finite)) if finite else -1
+    best = best_row(history)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for i, row in enumerate(history):

@@ -41,6 +41,7 @@ from .io import open_dataset, select_label
 from .io.base import OUTPUT_MARKER, mark_output_folder
 from .losses import compute_loss
 from .metrics import dice
+from .metrics import improves as _improves
 from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
@@ -689,13 +690,6 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
                    best_dice, stopped, t0, meta, progress)
-
-
-def _improves(val_dice: float, val_loss: float, best_dice: float, best_loss: float) -> bool:
-    """Whether an epoch's validation beats the best so far: a higher Dice, or the same Dice
-    at a lower loss (every epoch scoring Dice 0 before the network finds anything would
-    otherwise keep the first, least trained one). NaN never improves."""
-    return val_dice > best_dice or (val_dice == best_dice and val_loss < best_loss)
 
 
 #: Seconds a time-limited run keeps for saving the checkpoint and writing the report.
