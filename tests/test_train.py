@@ -728,11 +728,14 @@ def test_a_tie_in_validation_dice_goes_to_the_lower_validation_loss() -> None:
 
 
 # ------------------------------------------------------------------ the caller's logging
-@pytest.mark.parametrize("package_level", [logging.NOTSET, logging.ERROR])
-def test_training_logs_info_to_its_file_not_to_the_callers_handlers(tmp_path,
+@pytest.mark.parametrize("where", ["root", "package"])
+@pytest.mark.parametrize("package_level", [logging.NOTSET, logging.WARNING, logging.ERROR])
+def test_training_logs_info_to_its_file_not_to_the_callers_handlers(tmp_path, where,
                                                                    package_level) -> None:
     """train() lowered the `ultraseg` logger to INFO for train.log, and those records also
-    reached the caller's handlers, even where the caller had silenced the package."""
+    reached the caller's handlers, even where the caller had silenced the package; a handler
+    on the package's own logger then got warnings twice (once more from logging's last
+    resort)."""
     data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)
     cfg = RunConfig(data=DataConfig(path=str(data), cache_dir=""),
                     model=ModelConfig(variant="same", width=4, depth=1),
@@ -742,20 +745,51 @@ def test_training_logs_info_to_its_file_not_to_the_callers_handlers(tmp_path,
     caller = logging.Handler(logging.NOTSET)     # a handler that takes what reaches it
     caller.emit = seen.append                    # type: ignore[method-assign]
     root, pkg = logging.getLogger(), logging.getLogger("ultraseg")
-    old_root_level = root.level
-    root.addHandler(caller)
+    old_root_level, old_root_handlers = root.level, list(root.handlers)
+    old_last_resort = logging.lastResort
+    last_resort: list[logging.LogRecord] = []
+    logging.lastResort = logging.Handler(logging.WARNING)
+    logging.lastResort.emit = last_resort.append  # type: ignore[method-assign]
+    for h in old_root_handlers:                  # pytest's own: the caller's are the test's
+        root.removeHandler(h)
+    (root if where == "root" else pkg).addHandler(caller)
     root.setLevel(logging.WARNING)
     pkg.setLevel(package_level)
     try:
+        with train_mod._run_log(tmp_path / "warm.log"):
+            pkg.getChild("x").warning("inside training")
+            pkg.getChild("x").info("info inside training")
         train_mod.train(cfg, tmp_path / "run")
         assert pkg.level == package_level and pkg.propagate
+        assert pkg.handlers == ([caller] if where == "package" else [])
         pkg.warning("after training")            # propagation is back as it was
     finally:
-        root.removeHandler(caller)
+        (root if where == "root" else pkg).removeHandler(caller)
+        for h in old_root_handlers:
+            root.addHandler(h)
         root.setLevel(old_root_level)
         pkg.setLevel(logging.NOTSET)
+        logging.lastResort = old_last_resort
     assert "INFO" in (tmp_path / "run" / "train.log").read_text()
     leaked = [r.getMessage() for r in seen if r.levelno < logging.WARNING]
     assert leaked == [], leaked
-    assert [r.getMessage() for r in seen][-1:] == (
-        ["after training"] if package_level == logging.NOTSET else [])
+    messages = [r.getMessage() for r in seen]
+    if package_level == logging.ERROR:
+        assert messages == []
+    else:
+        assert messages[0] == "inside training" and messages[-1] == "after training"
+    assert last_resort == []                     # the caller's handler took every record
+
+
+def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -> None:
+    pkg = logging.getLogger("ultraseg")
+    before = (pkg.level, pkg.propagate, list(pkg.handlers))
+    first = train_mod._run_log(tmp_path / "a.log")
+    second = train_mod._run_log(tmp_path / "b.log")
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)            # the first to start ends first
+    pkg.getChild("x").info("still logged")
+    second.__exit__(None, None, None)
+    assert (pkg.level, pkg.propagate, list(pkg.handlers)) == before
+    assert "still logged" in (tmp_path / "b.log").read_text()

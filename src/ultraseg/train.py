@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -443,38 +444,69 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
 @contextlib.contextmanager
 def _run_log(path: Path) -> Iterator[None]:
     """The package's INFO records go to the run's ``train.log`` inside the block, while the
-    caller's handlers get only what they got before: the ``ultraseg`` logger is lowered to INFO
-    for the file, stops propagating, and a forwarding handler passes on to the handlers above
-    it (as logging's own propagation would) the records at or above its former effective
-    level. Level and propagation are put back after."""
-    pkg_log = logging.getLogger("ultraseg")
-    old_level, old_propagate = pkg_log.level, pkg_log.propagate
+    caller's handlers get only what they got before. The ``ultraseg`` logger is lowered to
+    INFO for the file; its own handlers (the caller's) are taken off it and it stops
+    propagating; one forwarding handler passes the records at or above its former effective
+    level to those handlers and, where it propagated, to its ancestors' (as logging itself
+    would). Overlapping blocks (trainings in threads) share that set-up; the last to leave
+    puts level, propagation and handlers back."""
+    global _RUN_LOGS
     file_handler = logging.FileHandler(path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                 "%(message)s"))
-    forward = _Forward(pkg_log.getEffectiveLevel())
-    pkg_log.addHandler(file_handler)
-    if old_propagate:
-        pkg_log.addHandler(forward)
-    pkg_log.setLevel(min(pkg_log.getEffectiveLevel(), logging.INFO))
-    pkg_log.propagate = False
+    pkg_log = logging.getLogger("ultraseg")
+    with _RUN_LOG_LOCK:
+        if _RUN_LOGS == 0:
+            _RUN_LOG_STATE[:] = [pkg_log.level, pkg_log.propagate, list(pkg_log.handlers)]
+            forward = _Forward(pkg_log.getEffectiveLevel(), list(pkg_log.handlers),
+                               pkg_log.propagate)
+            for h in list(pkg_log.handlers):
+                pkg_log.removeHandler(h)
+            pkg_log.addHandler(forward)
+            pkg_log.setLevel(min(pkg_log.getEffectiveLevel(), logging.INFO))
+            pkg_log.propagate = False
+        _RUN_LOGS += 1
+        pkg_log.addHandler(file_handler)
     try:
         yield
     finally:
-        pkg_log.removeHandler(file_handler)
-        pkg_log.removeHandler(forward)
-        pkg_log.setLevel(old_level)
-        pkg_log.propagate = old_propagate
-        file_handler.close()
+        with _RUN_LOG_LOCK:
+            pkg_log.removeHandler(file_handler)
+            file_handler.close()
+            _RUN_LOGS -= 1
+            if _RUN_LOGS == 0:
+                level, propagate, handlers = _RUN_LOG_STATE
+                for h in list(pkg_log.handlers):
+                    if isinstance(h, _Forward):
+                        pkg_log.removeHandler(h)
+                for h in handlers:
+                    pkg_log.addHandler(h)
+                pkg_log.setLevel(level)
+                pkg_log.propagate = propagate
+
+
+_RUN_LOG_LOCK = threading.Lock()
+_RUN_LOGS = 0                       # _run_log blocks open now
+_RUN_LOG_STATE: list[Any] = []      # the ultraseg logger's level, propagate, handlers before
 
 
 class _Forward(logging.Handler):
-    """Hands a record to the handlers of the ``ultraseg`` logger's ancestors, as propagation
-    does (``logging.lastResort`` where none has a handler)."""
+    """Hands a record on to ``handlers`` (those taken off the ``ultraseg`` logger) and, where
+    ``propagate``, to the handlers of its ancestors, as propagation does
+    (``logging.lastResort`` where there are none at all)."""
+
+    def __init__(self, level: int, handlers: list[logging.Handler], propagate: bool) -> None:
+        super().__init__(level)
+        self.handlers = handlers
+        self.propagate = propagate
 
     def emit(self, record: logging.LogRecord) -> None:
         found = 0
-        logger: logging.Logger | None = logging.getLogger("ultraseg").parent
+        for h in self.handlers:
+            found += 1
+            if record.levelno >= h.level:
+                h.handle(record)
+        logger = logging.getLogger("ultraseg").parent if self.propagate else None
         while logger is not None:
             for h in logger.handlers:
                 found += 1
