@@ -524,3 +524,20 @@ def test_a_run_folder_inside_the_data_is_no_part_of_the_data(tmp_path, capsys) -
     ds, problems = scan_dataset(data)
     assert problems == [] and len(ds.samples) == 40
     assert cli.main(["train", "--resume", "--out", str(run)]) == 0
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_run_from_before_the_output_marker_resumes_and_is_marked(data, tmp_path,
+                                                                  world_size) -> None:
+    """Its own figures (curve.png...) were taken for the user's images: the resume of a run
+    recorded with another process count (which rewrites config.json) was refused."""
+    from ultraseg.io.base import OUTPUT_MARKER
+
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    (run / OUTPUT_MARKER).unlink()                      # as a run of an earlier version
+    conf = json.loads((run / "config.json").read_text())
+    conf["train"]["world_size"] = world_size
+    (run / "config.json").write_text(json.dumps(conf))
+    assert cli.main(["train", "--resume", "--out", str(run)]) == 0
+    assert (run / OUTPUT_MARKER).is_file()

@@ -383,12 +383,18 @@ def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Che
     return cfg, None
 
 
+def _mark_run_folder(out: Path) -> None:
+    """Mark ``out`` as ultraseg's output (its figures are no frames for a later scan of a
+    folder above it); its own figures do not count as the user's images."""
+    mark_output_folder(out, "train", own=RUN_FILES)
+
+
 def _write_run_config(out: Path, cfg: RunConfig) -> None:
     """The run folder, marked as ultraseg's output (its figures are no frames for a later
     scan of a folder above it), with the run's config.json."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        mark_output_folder(out, "train")
+        _mark_run_folder(out)
         atomic_write_text(out / "config.json", cfg.to_json())
     except OSError as e:
         raise UltrasegError(f"cannot write the run folder ({e.strerror})", out) from e
@@ -427,6 +433,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
         existed = out.exists(), {n for n in _REFUSED_RUN_FILES if (out / n).exists()}
         if not resume or recorded != ctx.world_size:
             _write_run_config(out, cfg)
+        else:       # a run from before the marker existed gets it now
+            _mark_run_folder(out)
         if resume:  # temporary files of a write that a kill -9 interrupted
             for name in RUN_FILES:
                 for tmp in out.glob(f".{name}.*.tmp"):

@@ -11,7 +11,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Collection
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -291,18 +291,20 @@ class Reader(ABC):
 OUTPUT_MARKER = ".ultraseg-output"
 
 
-def mark_output_folder(folder: Path, by: str) -> None:
+def mark_output_folder(folder: Path, by: str, own: Collection[str] = ()) -> None:
     """Leave :data:`OUTPUT_MARKER` in ``folder`` (which exists), naming the command ``by``.
 
     A folder that already holds image files ultraseg did not write (a user's images, in it or
     one level below) is a user error: marking it would hide those images from every later
-    scan of a folder above it, and the outputs would mix with them."""
+    scan of a folder above it, and the outputs would mix with them. ``own``: names of files
+    directly in ``folder`` that are the command's own (a run folder from before the marker
+    existed holds its figures)."""
     from ..fileio import atomic_write_text
 
     marker = folder / OUTPUT_MARKER
     if marker.exists():
         return
-    theirs = [p for p in folder.iterdir() if is_image_file(p)]
+    theirs = [p for p in folder.iterdir() if is_image_file(p) and p.name not in own]
     theirs += [p for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
                and not (d / OUTPUT_MARKER).exists() for p in d.iterdir() if is_image_file(p)]
     theirs.sort(key=lambda q: natural_key(str(q)))
