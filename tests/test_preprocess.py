@@ -226,6 +226,20 @@ def test_fill_outline_of_a_contour_cut_by_two_or_more_sides(cy, cx, ry, rx) -> N
     assert (filled ^ truth).sum() <= 0.002 * truth.sum()
 
 
+def test_fill_outline_of_a_cut_contour_with_a_gap() -> None:
+    """A contour cut by the frame and missing a pixel was refused as not closed (closing its
+    gap was only tried on contours inside the frame)."""
+    h, w, pad = 200, 300, 400
+    yy, xx = np.mgrid[-pad:h + pad, -pad:w + pad]
+    solid = ((xx - 220) / 120.0) ** 2 + ((yy - 100) / 80.0) ** 2 <= 1
+    edge = (solid & ~ndi.binary_erosion(solid))[pad:pad + h, pad:pad + w]
+    truth = solid[pad:pad + h, pad:pad + w]
+    ys, xs = np.nonzero(edge)
+    edge[ys[np.argmin(xs)], xs[np.argmin(xs)]] = False      # far from the border
+    filled = fill_outline(edge)
+    assert (filled ^ truth).sum() <= 0.005 * truth.sum()
+
+
 def test_fill_outline_closes_a_small_gap() -> None:
     outline = _outline(80, 100, (20, 10, 80, 70))
     outline[38:41, 78:82] = False  # a 2-3 pixel gap at the right

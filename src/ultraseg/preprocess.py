@@ -133,9 +133,12 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
         filled = _fill_cut_outline(outline)
         if filled is not None and filled.sum() > outline.sum() * 1.5:
             return filled
-    closed = ndi.binary_closing(outline, structure=np.ones((3, 3)), iterations=2)
-    filled = ndi.binary_fill_holes(closed) | outline
-    if filled.sum() <= outline.sum() * 1.5:
+    closed = ndi.binary_closing(outline, structure=np.ones((3, 3)), iterations=2,
+                                border_value=0) | outline
+    filled = ndi.binary_fill_holes(closed)
+    if filled.sum() <= outline.sum() * 1.5 and touches_border:    # cut, and with a gap
+        filled = _fill_cut_outline(closed)
+    if filled is None or filled.sum() <= outline.sum() * 1.5:
         raise DataError("outline annotation is not a closed contour: nothing to fill", path)
     return filled
 
