@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,8 @@ def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatc
     monkeypatch.setitem(PRESETS["demo"]["preprocess"], "size", 32)
     monkeypatch.setitem(PRESETS["demo"]["model"], "width", 4)
     monkeypatch.setitem(PRESETS["demo"]["train"], "epochs", 2)
-    out = tmp_path / "demo"
+    monkeypatch.chdir(tmp_path)
+    out = Path("demo")                          # as a user types it: relative
     assert cli.main(["demo", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "on 6 unseen phantom frames" in stdout and str(out / "report.html") in stdout
@@ -34,9 +36,23 @@ def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatc
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
     assert summary["n"] == 6 and 0.0 <= summary["dice_mean"] <= 1.0
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
-    assert "unseen phantom" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "unseen phantom" in page
+    # the report shows the config the run recorded (data.path absolute, not as given)
+    recorded = json.loads((out / "config.json").read_text())["data"]["path"]
+    assert recorded.startswith("/") and f'"path": {json.dumps(recorded)}' in page
     assert cli.main(["demo", "--out", str(out)]) == 2            # never over a finished run
-    assert "already holds a demo run" in capsys.readouterr().err
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_demo_refuses_any_training_run_before_writing_its_data(tmp_path, capsys) -> None:
+    """A folder holding another run's metrics.csv got 720 phantom files, then the refusal."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "metrics.csv").write_text("epoch\n")
+    assert cli.main(["demo", "--out", str(out)]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]
 
 
 @pytest.mark.parametrize("minutes", ["0", "-1", "nan"])

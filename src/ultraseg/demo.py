@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import merge, preset
+from .config import RunConfig, merge, preset
 from .errors import UltrasegError
 
 log = logging.getLogger(__name__)
@@ -25,14 +25,15 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     from .evaluate import evaluate
     from .phantom import make_dataset
     from .predict import load
-    from .train import train
+    from .train import holds_run, train
 
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
             or not 0 < minutes < float("inf"):       # before any phantom frame is written
         raise UltrasegError(f"--minutes must be a number of minutes > 0, got {minutes!r}")
     out = Path(out)
-    if (out / "best.ckpt").exists():
-        raise UltrasegError("already holds a demo run; choose another --out", out)
+    if holds_run(out):                                # before any phantom frame is written
+        raise UltrasegError("already holds a training run (a demo's, or another); choose "
+                            "another --out", out)
     train_data = make_dataset(out / "data" / "train", n=TRAIN_FRAMES, size=FRAME_SIZE,
                               seed=TRAIN_SEED)
     test_data = make_dataset(out / "data" / "unseen", n=TEST_FRAMES, size=FRAME_SIZE,
@@ -45,7 +46,8 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
         progress({"event": "stage", "message": "evaluating on unseen phantom frames"})
     summary, _ = evaluate(load(out / "best.ckpt"), test_data, "folders", out=out / "evaluation")
     report.write_html(out, title="ultraseg demo (phantom data)", summary=result.summary,
-                      config=cfg.to_dict(), history=result.history,
+                      config=RunConfig.load(out / "config.json").to_dict(),   # as recorded
+                      history=result.history,
                       evaluation={"frames (unseen phantom, seed 1)": summary["n"],
                                   **{k: v for k, v in summary.items() if k not in ("raw", "n")}})
     log.info("demo finished: %s", summary)

@@ -354,6 +354,11 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
 RESUME_KEYS = ("epoch", "optimizer", "history_json", "best_dice", "best_epoch")
 
 
+def holds_run(out: Path) -> bool:
+    """Whether the folder ``out`` holds (part of) a training run."""
+    return any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv"))
+
+
 def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Checkpoint | None]:
     """``cfg``, or on resume the run's own config and its ``last.ckpt``; checks ``out``
     without writing (a damaged checkpoint fails here, before the data are read)."""
@@ -377,7 +382,7 @@ def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Che
                                   f"({'; '.join(differ)}): not this run's checkpoint",
                                   out / "last.ckpt")
         return cfg, last
-    if out.exists() and any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv")):
+    if holds_run(out):
         raise UltrasegError("already holds a training run; use --resume to continue it, or "
                             "choose another --out", out)
     return cfg, None
