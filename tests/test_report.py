@@ -172,6 +172,20 @@ def test_frame_names_are_drawn_literally(tmp_path: Path) -> None:
     _assert_png(tmp_path / "p.png")
 
 
+def test_names_with_bytes_that_are_no_utf8_are_shown(tmp_path: Path) -> None:
+    """A frame or folder name with bytes that are no UTF-8 (Python's surrogate escapes) ended a
+    finished run at its report: matplotlib refused the title, the page could not be encoded."""
+    name = b"scan_\xfe".decode("utf-8", "surrogateescape")
+    images, truths, preds = _frames(1)
+    plot_samples(images, truths, tmp_path / "sample.png", titles=[name])
+    plot_predictions(images, truths, preds, tmp_path / "seg_sample.png", [name])
+    out = write_html(tmp_path, title=f"run {name}", summary={"dataset": f"/data/{name}"},
+                     config={"data": {"path": f"/data/{name}"}}, history=[])
+    page = out.read_text(encoding="utf-8")
+    assert "/data/scan_\ufffd" in page and "run scan_\ufffd" in page
+    assert page.count('<img src="data:image/png;base64,') == 2
+
+
 def test_plot_samples_and_predictions_write_png(tmp_path: Path) -> None:
     images, truths, preds = _frames(3)
     images[1] = images[1].astype(np.float32) / 255.0  # float frames are scaled for display

@@ -158,6 +158,12 @@ def _save(fig: Figure, path: str | Path) -> None:
     logger.debug("wrote %s (%d bytes)", path, buf.tell())
 
 
+def _shown(text: str) -> str:
+    """``text`` as it can be shown: bytes of a file name that are no UTF-8 (held by Python as
+    surrogate escapes, which neither UTF-8 nor a font takes) become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _num(value: Any) -> float:
     """A float, with None / missing / unparsable as NaN."""
     try:
@@ -261,10 +267,10 @@ def _draw_panels(
     for ax, panel, title in zip(axes, panels, titles):
         ax.imshow(panel, interpolation="antialiased")
         if title:
-            ax.set_title(title, fontsize=9, parse_math=False)   # a name, drawn as it is
+            ax.set_title(_shown(title), fontsize=9, parse_math=False)   # a name, as it is
     if not panels:
         axes[0].text(0.5, 0.5, "no frames", ha="center", va="center", transform=axes[0].transAxes)
-    fig.suptitle(suptitle, fontsize=10)
+    fig.suptitle(_shown(suptitle), fontsize=10)
     _save(fig, path)
 
 
@@ -468,6 +474,6 @@ def write_html(
     parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_json, quote=False)}</pre>",
               "</body></html>", ""]
     out = run_dir / "report.html"
-    atomic_write_bytes(out, "\n".join(parts).encode("utf-8"))
+    atomic_write_bytes(out, _shown("\n".join(parts)).encode("utf-8"))
     logger.info("wrote report %s (%d figures)", out, len(figures))
     return out
