@@ -458,3 +458,17 @@ def test_a_box_predicted_on_a_small_canvas_is_scored_where_it_lies_in_the_frame(
     for row in rows:
         assert row["dice"] > 0.9, row
         assert row["hd95"] <= 2.0, row
+
+
+def test_a_frame_named_with_bytes_that_are_no_utf8_is_scored_and_written(checkpoint, tmp_path,
+                                                                          capsys) -> None:
+    import os
+
+    data = make_dataset(tmp_path / "d", n=4, size=SIZE, seed=2)
+    for sub, suffix in (("images", ".png"), ("masks", "_mask.png")):
+        os.rename(bytes(data / sub / f"1_1{suffix}"),
+                  bytes(data / sub / "1_1") + b"\xfe" + suffix.encode())
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--out", str(tmp_path / "ev"),
+                     "--device", "cpu"]) == 0, capsys.readouterr().err
+    rows = (tmp_path / "ev" / "per_image.csv").read_bytes().splitlines()
+    assert len(rows) == 5 and any(r.startswith(b"1_1\xfe,") for r in rows)

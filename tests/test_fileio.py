@@ -43,3 +43,11 @@ def test_json_text_is_strict_json() -> None:
     text = json_text(value)
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}")) == {
         "a": None, "b": [1.0, None, [None, 2]], "c": {"d": None}, "e": None}
+
+
+def test_text_with_a_file_names_undecodable_bytes_is_written_as_they_were(tmp_path) -> None:
+    """A frame named with bytes that are no UTF-8 ended evaluate, measure and predict --rle
+    in an internal error (UnicodeEncodeError) when their CSV was written."""
+    name = b"scan_\xfe".decode("utf-8", "surrogateescape")
+    atomic_write_text(tmp_path / "t.csv", f"name\n{name}\n")
+    assert (tmp_path / "t.csv").read_bytes() == b"name\nscan_\xfe\n"

@@ -78,8 +78,9 @@ def _new_file_mode(path: Path) -> int:
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` atomically.
 
-    On any error the temporary file is removed and ``path`` is left as it was; an ``OSError``
-    (disk full, permissions, ...) becomes a :class:`WriteError` naming ``path``.
+    A text mode writes UTF-8, with the undecodable bytes of file names (surrogate escapes) as
+    they were. On any error the temporary file is removed and ``path`` is left as it was; an
+    ``OSError`` (disk full, permissions, ...) becomes a :class:`WriteError` naming ``path``.
     """
     path = Path(path)
     if path.is_symlink():       # write the file it points to, and keep the link
@@ -90,7 +91,10 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise write_error(e, path) from e
     try:
         os.fchmod(fd, _new_file_mode(path))  # mkstemp's 0600 would hide outputs from others
-        with os.fdopen(fd, mode) as f:
+        # text: UTF-8, and a file name's bytes that are no UTF-8 (surrogate escapes) written
+        # back as they are on disk
+        text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"}
+        with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
