@@ -528,6 +528,24 @@ def test_a_short_limit_is_mostly_spent_training(tmp_path) -> None:
     assert trained > 8, (len(rows), trained)      # 20 s less 5 s, 2.5 validations, set-up
 
 
+def test_a_run_of_one_batch_epochs_stops_before_the_time_kept_for_its_end() -> None:
+    """The batch loop keeps _reserve (validations, the post-processing choice, the report)
+    before the deadline, but an epoch of one batch never reaches that check, and the epoch
+    check kept only a validation: a 30 s run of one-batch epochs trained to 29.6 s and then
+    chose its post-processing on 1 of 10 frames, past the limit."""
+    stop = train_mod._no_time_for_another_epoch
+    limit = 30.0                            # keeps 2.5 validations + min(60, 30 / 4) s
+    assert train_mod._reserve(0.1, limit) == pytest.approx(0.25 + 7.5)
+    # one-batch epochs of 1 s, 25 s in: an epoch and its validation fit, the reserve does not
+    assert stop(now=25.0, deadline=30.0, epoch_s=1.0, batch_s=1.0, val_s=0.1, limit_s=limit)
+    assert not stop(now=20.0, deadline=30.0, epoch_s=1.0, batch_s=1.0, val_s=0.1,
+                    limit_s=limit)
+    # many-batch epochs: a partial epoch may still start, the batch loop cuts it
+    assert not stop(now=18.0, deadline=30.0, epoch_s=8.0, batch_s=0.5, val_s=0.1,
+                    limit_s=limit)
+    assert stop(now=25.0, deadline=30.0, epoch_s=8.0, batch_s=0.5, val_s=0.1, limit_s=limit)
+
+
 def test_a_time_limited_run_sizes_its_schedule_after_epochs_1_and_2(tmp_path, monkeypatch):
     """The horizon is measured after the first epoch and measured again, for good, after the
     second (the first can run slower than the rest); last.ckpt keeps the second."""

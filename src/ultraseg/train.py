@@ -722,8 +722,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         if stopped:
             break
         per_epoch = time.monotonic() - t_epoch
-        if (epoch < tc.epochs and deadline < math.inf and ctx.any(
-                time.monotonic() + min(per_epoch, 60) + 2.5 * est_val > deadline, device)):
+        if (epoch < tc.epochs and deadline < math.inf and ctx.any(_no_time_for_another_epoch(
+                time.monotonic(), deadline, per_epoch, batch_s, est_val, tc.time_limit_s),
+                device)):
             stopped = f"time limit: no time for another epoch after epoch {epoch}"
             break
 
@@ -735,6 +736,17 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
                    best_dice, stopped, t0, meta, progress)
+
+
+def _no_time_for_another_epoch(now: float, deadline: float, epoch_s: float, batch_s: float,
+                               val_s: float, limit_s: float | None) -> bool:
+    """Whether a time-limited run stops after an epoch: another (up to a minute of it) and
+    its validation would not fit, or not even one batch would fit before :func:`_reserve`,
+    which the batch loop keeps. An epoch of one batch has no batch check of its own, so
+    without the second rule it trained into the time kept for the post-processing choice and
+    the report."""
+    return (now + min(epoch_s, 60) + 2.5 * val_s > deadline
+            or now + batch_s + _reserve(val_s, limit_s) > deadline)
 
 
 #: Seconds a time-limited run keeps for saving the checkpoint and writing the report.
