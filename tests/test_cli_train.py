@@ -541,3 +541,11 @@ def test_a_run_from_before_the_output_marker_resumes_and_is_marked(data, tmp_pat
     (run / "config.json").write_text(json.dumps(conf))
     assert cli.main(["train", "--resume", "--out", str(run)]) == 0
     assert (run / OUTPUT_MARKER).is_file()
+
+
+def test_label_0_is_refused_before_training(data, tmp_path, capsys) -> None:
+    """--label 0 trained the background as the structure and reported Dice 0.97."""
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--label", "0",
+                     *TINY]) == 2
+    assert "0 is the background" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -39,7 +39,7 @@ from .distributed import SINGLE, Dist, session
 from .errors import CheckpointError, DataError, UltrasegError
 from .fileio import atomic_write_text
 from .io import open_dataset, select_label
-from .io.base import OUTPUT_MARKER, mark_output_folder
+from .io.base import OUTPUT_MARKER, check_label, mark_output_folder
 from .losses import compute_loss
 from .metrics import dice
 from .metrics import improves as _improves
@@ -264,6 +264,7 @@ def check_config(cfg: RunConfig) -> None:
     as a user error naming the setting, before anything is written."""
     for section in (cfg.data, cfg.preprocess, cfg.model, cfg.train):
         check_types(section)     # a config built in Python never passed from_dict's check
+    check_label(cfg.preprocess.label)
     if not isinstance(cfg.data.path, str) or not cfg.data.path.strip():
         raise UltrasegError("data.path is empty: name the dataset (DATA on the command line; "
                             "in Python ultraseg.merge(cfg, {\"data\": {\"path\": ...}}))")

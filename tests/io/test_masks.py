@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from ultraseg.cli import main
-from ultraseg.errors import DataError
+from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import classify_mask_values, read_image, read_mask, select_label
 from ultraseg.inspection import inspect_dataset
 
@@ -132,6 +132,9 @@ def test_palette_png_keeps_labels_and_select_label(tmp_path: Path) -> None:
     assert np.array_equal(select_label(mask, 2), lab == 2)
     assert np.array_equal(select_label(mask, 1), lab == 1)
     assert np.array_equal(select_label(mask, None), lab > 0)
+    for label in (0, -1):          # 0 made the background the target: ~every pixel
+        with pytest.raises(UltrasegError, match="0 is the background"):
+            select_label(mask, label)
 
 
 def test_gray_label_mask_keeps_labels(tmp_path: Path) -> None:

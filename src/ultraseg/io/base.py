@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Collection
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, UltrasegError
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +239,20 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.
 
 
 def select_label(mask: np.ndarray, label: int | None) -> np.ndarray:
-    """Binary target from a label mask: any structure when ``label`` is None, else label ``label``."""
-    return (mask > 0) if label is None else (mask == label)
+    """Binary target from a label mask: any structure when ``label`` is None, else label
+    ``label`` (>= 1: 0 is the background, which as a target would be nearly every pixel)."""
+    if label is None:
+        return mask > 0
+    check_label(label)
+    return mask == label
+
+
+def check_label(label: int | None) -> None:
+    """Refuse a ``--label`` that names no structure: 0 (the background) or below."""
+    if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer))
+                              or label < 1):
+        raise UltrasegError(f"--label (preprocess.label) must be a structure's label, 1 or "
+                            f"more (0 is the background), got {label!r}")
 
 
 class Reader(ABC):
