@@ -10,6 +10,7 @@ running statistics, the best-epoch bookkeeping and the split.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -162,3 +163,31 @@ def test_resume_refuses_a_last_checkpoint_of_another_model(
 def test_resume_with_nothing_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--resume", "--out", str(tmp_path / "nothing")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_time_limit_caps_the_whole_run_across_a_resume(data: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A resumed time-limited run got its whole limit again (33 epochs where 22 ran
+    uninterrupted, past the cap). last.ckpt now keeps the run's seconds so far, a resume
+    counts them, and a run whose limit was used up finishes without training on."""
+    from ultraseg.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", "3",
+                 "--time-limit", "10m", "--cache-dir", "", "--device", "cpu",
+                 "--threads", "1"]) == 0
+    last = load_checkpoint(run / "last.ckpt")
+    spent = last.train_state["seconds"]
+    assert 0 < spent < 600
+    # as if the run had used 9m59s and then been killed after epoch 2 of 3
+    last.train_state["seconds"] = 599.0
+    last.train_state["epoch"] = 2
+    history = json.loads(last.train_state["history_json"])[:2]
+    last.train_state["history_json"] = json.dumps(history)
+    save_checkpoint(run / "last.ckpt", last.state_dict, last.meta, last.train_state)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "used up by the run before it was interrupted" in out
+    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 2     # nothing trained
+    assert "used up" in load_checkpoint(run / "best.ckpt").meta["metrics"]["stopped"]

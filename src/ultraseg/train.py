@@ -559,6 +559,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     log.info("ultraseg %s: training on %s, precision %s%s", __version__, device,
              "bf16" if dtype else "fp32",
              f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else "")
+    if resume:   # --time-limit caps the whole run: the time up to its last saved epoch counts
+        t0 -= float(last.train_state.get("seconds", 0.0))
     deadline = t0 + tc.time_limit_s if tc.time_limit_s else math.inf
 
     # data and split
@@ -640,6 +642,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     stopped = None
     est_val = None          # seconds for one validation pass, measured
     n_batches = len(batches)
+    if resume and time.monotonic() + _reserve_fixed(tc.time_limit_s) > deadline:
+        stopped = (f"time limit: used up by the run before it was interrupted, after epoch "
+                   f"{start_epoch - 1}")
+        start_epoch = tc.epochs + 1             # nothing more to train: finish the run
     for epoch in range(start_epoch, tc.epochs + 1):
         rng = np.random.default_rng([tc.seed, epoch])
         gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
@@ -716,7 +722,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                 save_checkpoint(out / "best.ckpt", scored.state_dict(), meta(metrics))
             state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
                      "history_json": json.dumps(history), "best_dice": best_dice,
-                     "best_epoch": best_epoch, "horizon": horizon}
+                     "best_epoch": best_epoch, "horizon": horizon,
+                     "seconds": time.monotonic() - t0}    # of the whole run, so far
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), state)
