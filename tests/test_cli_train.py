@@ -298,7 +298,10 @@ def test_training_into_an_existing_run_needs_resume(stopped_run, data, capsys) -
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # untouched
 
 
-def test_resume_continues_a_stopped_run(stopped_run, tmp_path, capsys, monkeypatch) -> None:
+def test_resume_of_a_run_its_time_limit_stopped_trains_no_further(stopped_run, tmp_path,
+                                                                  capsys, monkeypatch) -> None:
+    """--time-limit caps the whole run: resumed, a run that used its limit up finishes (it
+    used to get the whole limit again and train another epoch)."""
     import ultraseg.train as train_mod
 
     monkeypatch.setattr(train_mod, "_RESERVE_SHARE", 1e9)   # as the stopped run: 60 s kept
@@ -308,10 +311,11 @@ def test_resume_continues_a_stopped_run(stopped_run, tmp_path, capsys, monkeypat
     n_before = load_checkpoint(run / "last.ckpt").train_state["epoch"]
     rc = cli.main(["train", "--out", str(run), "--resume"])  # its own config: no DATA, no flags
     assert rc == 0, capsys.readouterr().err
+    assert "used up by the run before it was interrupted" in capsys.readouterr().out
     with open(run / "metrics.csv", newline="") as f:
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
-    assert epochs == list(range(1, n_before + 2))  # one more (cut) epoch appended
-    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == n_before + 1
+    assert epochs == list(range(1, n_before + 1))  # nothing appended
+    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == n_before
     assert json.loads((run / "config.json").read_text()) == \
         json.loads((original / "config.json").read_text())
 
