@@ -734,7 +734,7 @@ def test_auto_presence_head_is_decided_once_and_recorded(tmp_path, capsys) -> No
 def test_a_tie_in_validation_dice_goes_to_the_lower_validation_loss() -> None:
     """Validation Dice of 0 for every epoch (nothing found yet) kept epoch 1, the least
     trained weights; a tie now goes to the lower validation loss, then stays put."""
-    from ultraseg.train import _improves
+    from ultraseg.metrics import improves as _improves
 
     assert _improves(0.5, 0.9, best_dice=0.4, best_loss=0.1)
     assert not _improves(0.3, 0.1, best_dice=0.4, best_loss=0.9)

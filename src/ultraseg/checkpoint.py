@@ -121,15 +121,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint format {version} is newer than this ultraseg "
                               f"({__version__}) reads", path)
     try:
-        sections = {}
-        for name in ("model", "preprocess", "postprocess"):
+        for name in ("model", "preprocess", "postprocess"):   # from_dict takes None too
             if not isinstance(meta[name], dict):
                 raise ValueError(f"{name} is a {type(meta[name]).__name__}, not settings")
-            sections[name] = meta[name]
         ckpt = Checkpoint(
-            model=ModelConfig.from_dict(sections["model"]),
-            preprocess=PreprocessConfig.from_dict(sections["preprocess"]),
-            postprocess=PostprocessConfig.from_dict(sections["postprocess"]),
+            model=ModelConfig.from_dict(meta["model"]),
+            preprocess=PreprocessConfig.from_dict(meta["preprocess"]),
+            postprocess=PostprocessConfig.from_dict(meta["postprocess"]),
             state_dict=payload["state_dict"],
             meta=meta,
             train_state=payload.get("train_state") or {},

@@ -254,12 +254,12 @@ def _padding_from_frame(prob: np.ndarray, geom: Geometry) -> np.ndarray:
     structure reaching that edge came back one row short of it (and a head cut by the frame
     was not seen to touch it)."""
     scale = prob.shape[0] / geom.side
-    out = prob
+    keep, pads = [], []
     for axis, start, length in ((0, geom.top, geom.height), (1, geom.left, geom.width)):
         first = max(math.ceil(start * scale - 0.5), 0)
         last = min(math.ceil((start + length) * scale - 0.5) - 1, prob.shape[axis] - 1)
-        if first > last or (first == 0 and last == prob.shape[axis] - 1):
-            continue                     # no padding on this axis, or no row of the frame
-        index = np.clip(np.arange(prob.shape[axis]), first, last)
-        out = np.take(out, index, axis=axis)
-    return out
+        if first > last:                 # the frame holds no row's centre: leave the axis
+            first, last = 0, prob.shape[axis] - 1
+        keep.append(slice(first, last + 1))
+        pads.append((first, prob.shape[axis] - 1 - last))
+    return np.pad(prob[tuple(keep)], pads, mode="edge")

@@ -41,8 +41,7 @@ from .fileio import atomic_write_text
 from .io import open_dataset, select_label
 from .io.base import OUTPUT_MARKER, check_label, mark_output_folder
 from .losses import compute_loss
-from .metrics import dice
-from .metrics import improves as _improves
+from .metrics import dice, improves
 from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
@@ -710,7 +709,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             horizon = _horizon(tc.epochs, epoch, time.monotonic() - t_epoch, deadline, est_val,
                                ctx, device, tc.time_limit_s)
         # no validation: the latest counts
-        improved = not validating or _improves(val_dice, val_loss, best_dice, best_loss)
+        improved = not validating or improves(val_dice, val_loss, best_dice, best_loss)
         if improved:
             best_dice, best_loss, best_epoch = val_dice, val_loss, epoch
         if ctx.is_main:  # metrics first: a kill before last.ckpt re-runs this epoch identically
