@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from ultraseg.measure import (
+    choose_boundary_offset,
     crofton_perimeter,
     ellipse_circumference,
     fit_ellipse,
@@ -199,3 +200,41 @@ def test_hc18_head_circumference() -> None:
     assert 0.3 < float(np.mean(err_plain)) < 1.0
     # Measured 0.008 mm on these 40 (moments of the filled area: 0.64 mm).
     assert mae_offset < 0.05, mae_offset
+
+
+def _ellipse_refs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n heads: true semi-axes (px), pixel sizes (mm) and their true circumferences (mm)."""
+    axes = np.column_stack([rng.uniform(60, 200, n), rng.uniform(40, 60, n)])
+    sizes = rng.uniform(0.1, 0.3, n)
+    refs = np.array([ellipse_circumference(a, b) * s for (a, b), s in zip(axes, sizes)])
+    return axes, sizes, refs
+
+
+def test_choose_boundary_offset_removes_a_models_bias() -> None:
+    """A model whose boundary lies 2 px outside the heads: the offset that fits the references
+    is 2 px, whatever the outlines' half-width it starts from, and the error it leaves is what
+    the noise makes."""
+    rng = np.random.default_rng(0)
+    axes, sizes, refs = _ellipse_refs(rng, 40)
+    fitted = axes + 2.0 + rng.normal(0, 0.1, axes.shape)
+    for start in (0.0, 1.27, 3.5):
+        offset, before, after = choose_boundary_offset(fitted, sizes, refs, start)
+        assert offset == pytest.approx(2.0, abs=0.1)
+        assert after < 0.2 < before
+        assert after == pytest.approx(np.mean(np.abs(
+            [ellipse_circumference(a - offset, b - offset) * s - r
+             for (a, b), s, r in zip(fitted, sizes, refs)])))
+
+
+def test_choose_boundary_offset_keeps_the_start_when_nothing_gains() -> None:
+    """Of the offsets within the tolerance of the least error the one nearest the start is
+    taken: a model that draws its boundary where the annotations do keeps the outlines'
+    half-width."""
+    rng = np.random.default_rng(1)
+    axes, sizes, refs = _ellipse_refs(rng, 20)
+    fitted = axes + 1.27
+    assert choose_boundary_offset(fitted, sizes, refs, 1.27)[0] == 1.27
+    # a tolerance wider than any change the search can make: the start, though another fits
+    assert choose_boundary_offset(fitted, sizes, refs, 0.5, tolerance_mm=1e3)[0] == 0.5
+    with pytest.raises(ValueError, match="as many"):
+        choose_boundary_offset(fitted, sizes[:-1], refs, 1.27)

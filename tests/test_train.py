@@ -811,3 +811,57 @@ def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -
     second.__exit__(None, None, None)
     assert (pkg.level, pkg.propagate, list(pkg.handlers)) == before
     assert "still logged" in (tmp_path / "b.log").read_text()
+
+
+def _head(shape: tuple[int, int], a: float, b: float) -> np.ndarray:
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (((xx - shape[1] / 2) / a) ** 2 + ((yy - shape[0] / 2) / b) ** 2 <= 1)
+
+
+def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_reference() -> None:
+    """Validation frames with a pixel size and a reference HC choose the boundary offset: a
+    model drawing heads 3 px too large gets about 3 px, where the outlines' half-width was 1;
+    frames without a reference take no part, and fewer than 10 with one keep the offset."""
+    from types import SimpleNamespace
+
+    from ultraseg.measure import ellipse_circumference
+
+    rng = np.random.default_rng(0)
+    samples, images, probs = [], [], []
+    for i in range(14):
+        a, b = rng.uniform(30, 50), rng.uniform(20, 29)
+        size = rng.uniform(0.1, 0.3)
+        meta = {"pixel_size_mm": size, "hc_mm": ellipse_circumference(a, b) * size}
+        if i >= 11:
+            meta = {"pixel_size_mm": size} if i < 13 else {}   # no reference: left out
+        samples.append(SimpleNamespace(meta=meta))
+        images.append(np.zeros((80, 120), np.uint8))
+        probs.append(_head((80, 120), a + 3, b + 3).astype(np.float32))
+    cfg = preset("cpu")
+    before = {"boundary_offset_px": 1.0}
+    got = train_mod._calibrate_measure(samples, images, probs, PostprocessConfig(), cfg, before)
+    assert got["boundary_offset_px"] == pytest.approx(3.0, abs=0.35)
+    assert got["outline_half_width_px"] == 1.0 and got["offset_frames"] == 11
+    assert before == {"boundary_offset_px": 1.0}             # the caller's dict unchanged
+    few = train_mod._calibrate_measure(samples[2:], images[2:], probs[2:], PostprocessConfig(),
+                                       cfg, before)
+    assert few == before                                      # 9 frames with a reference
+
+
+def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatch) -> None:
+    """What the validation frames chose is what best.ckpt measures with (evaluate, measure and
+    an exported model read it there), and the report says so."""
+    chosen = {"boundary_offset_px": 2.5, "outline_half_width_px": 0.0, "offset_frames": 12}
+    seen = []
+
+    def calibrate(samples, images, probs, pp, cfg, measure_meta):
+        seen.append(dict(measure_meta))
+        return chosen
+
+    monkeypatch.setattr(train_mod, "_calibrate_measure", calibrate)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "1") == 0
+    assert seen == [{"boundary_offset_px": 0.0}]              # phantom masks: drawn filled
+    assert load_checkpoint(run / "best.ckpt").meta["measure"] == chosen
+    assert "2.5 (chosen on 12 validation frames" in (run / "report.html").read_text()
+    assert load(run / "best.ckpt").meta["measure"]["boundary_offset_px"] == 2.5

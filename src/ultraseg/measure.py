@@ -30,6 +30,9 @@ origin at the centre of the top-left pixel, ``x`` to the right (column) and ``y`
   HC18 training annotations here (370 closed outlines, filled, then measured): mean absolute
   head-circumference error 1.11 mm with offset 0 and 0.02 mm with each outline's half-width;
   the moments of the filled area give 1.10 mm, a fit to the inner boundary pixels' centres 0.70 mm.
+  A trained network draws its boundary near there, but not exactly: training therefore chooses
+  the offset again on its validation frames where they carry a reference circumference
+  (:func:`choose_boundary_offset`), as it chooses the threshold there.
 * ``ellipse_circumference_px``: Ramanujan's second approximation.
 
 An empty mask gives ``area_px == 0``, ``perimeter_px == 0.0`` and ``None`` for every ellipse field.
@@ -205,6 +208,44 @@ def ellipse_circumference(a: float, b: float) -> float:
         return 0.0
     h = ((a - b) / (a + b)) ** 2
     return math.pi * (a + b) * (1.0 + 3.0 * h / (10.0 + math.sqrt(4.0 - 3.0 * h)))
+
+
+#: Fewest validation frames with a reference circumference for :func:`choose_boundary_offset`
+#: to replace the outline's half-width: one frame's error says nothing of a model's bias.
+MIN_CALIBRATION_FRAMES = 10
+
+
+def choose_boundary_offset(axes_px: np.ndarray, pixel_sizes_mm: np.ndarray,
+                           references_mm: np.ndarray, start: float, span: float = 4.0,
+                           step: float = 0.05, tolerance_mm: float = 1e-6
+                           ) -> tuple[float, float, float]:
+    """The ``boundary_offset_px`` that fits a model's ellipses to reference circumferences.
+
+    ``axes_px`` float (N, 2): the semi-axes fitted to N predicted masks with no offset (px at
+    each frame's resolution); ``pixel_sizes_mm`` and ``references_mm`` (N,): each frame's pixel
+    size and reference circumference. Searches ``start +- span`` px in steps of ``step`` for
+    the least mean absolute circumference error (the error reported), and of the offsets
+    within ``tolerance_mm`` of it takes the one nearest ``start`` (the outline's half-width,
+    what the masks themselves need): ties keep the start.
+    Returns (offset, mean absolute error at ``start``, at the offset), errors in mm.
+    """
+    axes = np.asarray(axes_px, dtype=np.float64).reshape(-1, 2)
+    sizes = np.asarray(pixel_sizes_mm, dtype=np.float64).reshape(-1)
+    refs = np.asarray(references_mm, dtype=np.float64).reshape(-1)
+    if not (len(axes) == len(sizes) == len(refs)) or not len(axes):
+        raise ValueError(f"need as many axes, pixel sizes and references, at least one; got "
+                         f"{len(axes)}, {len(sizes)}, {len(refs)}")
+    a, b = axes[:, 0:1], axes[:, 1:2]
+    n = int(round(span / step))
+    offsets = start + step * np.arange(-n, n + 1)
+    aa, bb = np.maximum(a - offsets, 0.0), np.maximum(b - offsets, 0.0)   # (N, offsets)
+    s = aa + bb
+    h = np.divide((aa - bb) ** 2, s ** 2, out=np.zeros_like(s), where=s > 0)
+    circ = math.pi * s * (1.0 + 3.0 * h / (10.0 + np.sqrt(4.0 - 3.0 * h)))  # Ramanujan II
+    mae = np.abs(circ * sizes[:, None] - refs[:, None]).mean(axis=0)
+    near = np.flatnonzero(mae <= mae.min() + tolerance_mm)
+    best = int(near[np.argmin(np.abs(offsets[near] - start))])
+    return round(float(offsets[best]), 4), float(mae[n]), float(mae[best])
 
 
 def measure(

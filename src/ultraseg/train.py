@@ -631,12 +631,14 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         log.info("resuming after epoch %d", start_epoch - 1)
     ddp = ctx.wrap(model, device)  # trains; averages gradients over ranks (the model if alone)
 
-    # every checkpoint (best, last, one left by an interrupted run) measures as the final one
+    # every checkpoint (best, last, one left by an interrupted run) measures with the outlines'
+    # half-width; the final best.ckpt with the offset its validation frames choose (_finish)
     measure_meta = {"boundary_offset_px": _boundary_offset(ds, arrays, train_idx)}
 
-    def meta(metrics: dict[str, Any], pp: PostprocessConfig | None = None) -> dict[str, Any]:
+    def meta(metrics: dict[str, Any], pp: PostprocessConfig | None = None,
+             measure: dict[str, Any] | None = None) -> dict[str, Any]:
         return {**make_meta(cfg.model, cfg.preprocess, pp or PostprocessConfig(), metrics,
-                            cfg.to_dict()), "measure": measure_meta}
+                            cfg.to_dict()), "measure": measure or measure_meta}
 
     stopped = None
     est_val = None          # seconds for one validation pass, measured
@@ -832,7 +834,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             history: list[dict[str, Any]], best_epoch: int, best_dice: float,
             stopped: str | None, t0: float, meta: Callable, progress: Progress) -> TrainResult:
     """Choose post-processing (test-time augmentation included) on the validation frames at
-    their original size; write the report.
+    their original size, and where they carry reference head circumferences the boundary
+    offset measurements use (:func:`_calibrate_measure`); write the report.
 
     Without validation frames the post-processing stays at its defaults, the Dice figures are
     None and the report has no prediction figure.
@@ -884,12 +887,16 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         tuned = float(np.mean(scores))
         log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned,
                  pp)
+    measure_meta = dict(best.meta.get("measure") or {})
+    if probs and cfg.train.tune_postprocess and (deadline is None
+                                                 or time.monotonic() < deadline):
+        measure_meta = _calibrate_measure(val_samples, images, probs, pp, cfg, measure_meta)
     seconds = time.monotonic() - t0
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
                    train_seconds=round(seconds, 1), stopped=stopped,
                    world_size=cfg.train.world_size, device=str(device),
                    precision="bf16" if dtype else "fp32")
-    save_checkpoint(out / "best.ckpt", best.state_dict, meta(metrics, pp))
+    save_checkpoint(out / "best.ckpt", best.state_dict, meta(metrics, pp, measure_meta))
 
     progress({"event": "stage", "message": "writing the report"})
     from . import report
@@ -915,7 +922,13 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         "best epoch": best_epoch if probs else f"{best_epoch} (the last: no validation split)",
         "best val Dice (canvas)": figure(best_dice),
         "val Dice, original size": figure(raw), "val Dice, post-processed": figure(tuned),
-        "post-processing": json.dumps(pp.to_dict()), "training time (s)": round(seconds, 1),
+        "post-processing": json.dumps(pp.to_dict()),
+        **({"head-circumference boundary offset (px)":
+            f"{measure_meta['boundary_offset_px']} (chosen on {measure_meta['offset_frames']} "
+            f"validation frames; the outlines' half-width "
+            f"{measure_meta['outline_half_width_px']})"} if "offset_frames" in measure_meta
+           else {}),
+        "training time (s)": round(seconds, 1),
         "device / precision": f"{device} / {'bf16' if dtype else 'fp32'}"
                               + (f" ({cfg.train.world_size} processes)"
                                  if cfg.train.world_size > 1 else ""),
@@ -925,6 +938,41 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                       config=cfg.to_dict(), history=history)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size)
+
+
+def _calibrate_measure(samples: list, images: list[np.ndarray], probs: list[np.ndarray],
+                       pp: PostprocessConfig, cfg: RunConfig, measure_meta: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """``measure_meta`` with its ``boundary_offset_px`` chosen on the validation frames that
+    carry a reference head circumference and a pixel size (HC18):
+    :func:`ultraseg.measure.choose_boundary_offset`, starting from the outlines' half-width.
+    As it was where fewer than :data:`~ultraseg.measure.MIN_CALIBRATION_FRAMES` frames have a
+    reference and a predicted object."""
+    from .measure import MIN_CALIBRATION_FRAMES, choose_boundary_offset, measure
+    from .postprocess import apply as apply_pp
+    from .preprocess import seen_region
+
+    rows = []
+    for s, image, prob in zip(samples, images, probs):
+        size, ref = s.meta.get("pixel_size_mm"), s.meta.get("hc_mm")
+        if not size or ref is None:
+            continue
+        m = measure(apply_pp(prob, pp), size, 0.0, region=seen_region(image, cfg.preprocess))
+        if m["ellipse_axes"] is not None:
+            rows.append((*m["ellipse_axes"], size, ref))
+    if len(rows) < MIN_CALIBRATION_FRAMES:
+        if rows:
+            log.info("head-circumference boundary offset kept: %d validation frames with a "
+                     "reference (fewer than %d)", len(rows), MIN_CALIBRATION_FRAMES)
+        return measure_meta
+    r = np.asarray(rows, dtype=np.float64)
+    start = float(measure_meta.get("boundary_offset_px", 0.0))
+    offset, before, after = choose_boundary_offset(r[:, :2], r[:, 2], r[:, 3], start)
+    log.info("head-circumference boundary offset chosen on %d validation frames: %.2f px (the "
+             "outlines' half-width %.2f px); validation HC error %.2f -> %.2f mm", len(rows),
+             offset, start, before, after)
+    return {**measure_meta, "boundary_offset_px": offset, "outline_half_width_px": start,
+            "offset_frames": len(rows)}
 
 
 def _diverged(out: Path, epoch: int, batch: int, loss: float) -> UltrasegError:
