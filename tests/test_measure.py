@@ -238,3 +238,18 @@ def test_choose_boundary_offset_keeps_the_start_when_nothing_gains() -> None:
     assert choose_boundary_offset(fitted, sizes, refs, 0.5, tolerance_mm=1e3)[0] == 0.5
     with pytest.raises(ValueError, match="as many"):
         choose_boundary_offset(fitted, sizes[:-1], refs, 1.27)
+
+
+def test_a_band_across_the_frame_gets_no_ellipse_kilometres_long() -> None:
+    """Cut at both ends, a band leaves two straight lines to fit, a degenerate conic that
+    rounding passed as an ellipse 110 000 px long (HC 44 m at 0.1 mm/px): it now falls back to
+    the band's moments. A head cut at both sides keeps its boundary fit and its own axes."""
+    band = np.zeros((100, 120), bool)
+    band[10:30, :] = True
+    r = measure(band, 0.1)
+    assert r["ellipse_method"] == "moments"
+    assert r["ellipse_axes"][0] < 120 and r["hc_mm"] < 50
+    head = _filled_ellipse((200, 400), 200, 100, 190, 80, 0)[:, 40:360]   # 300 of 380 px wide
+    r = measure(head)
+    assert r["touches_edge"] and r["ellipse_method"] == "boundary_fit"
+    assert r["ellipse_axes"] == pytest.approx((190, 80), abs=1.0)

@@ -124,12 +124,20 @@ def outline_half_width(outline: np.ndarray) -> float:
     return float(np.count_nonzero(band) / length)
 
 
+#: How much larger than its points a fitted ellipse may be (:func:`fit_ellipse`): the visible
+#: arc of a head cut at both sides spans most of its width; nearly straight lines do not.
+MAX_FIT_SPREAD = 5.0
+
+
 def fit_ellipse(points: np.ndarray) -> tuple[float, float, float, float, float] | None:
     """Direct least-squares ellipse fit to points float (K, 2) of (x, y).
 
     Halir & Flusser's stable form of Fitzgibbon's fit, on centred and scaled coordinates.
     Returns ``(cx, cy, a, b, angle_deg)`` with semi-axes ``a >= b`` and the angle of the major
-    axis from +x towards +y in [0, 180), or ``None`` with fewer than 6 points or no ellipse.
+    axis from +x towards +y in [0, 180), or ``None`` with fewer than 6 points, no ellipse, or
+    an ellipse whose major semi-axis exceeds :data:`MAX_FIT_SPREAD` times the points' largest
+    distance from their mean: a degenerate fit to nearly straight lines (a band crossing the
+    frame, its ends cut off) that rounding lets pass as an ellipse kilometres long.
     """
     pts = np.asarray(points, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 6:
@@ -163,6 +171,8 @@ def fit_ellipse(points: np.ndarray) -> tuple[float, float, float, float, float] 
     if geom is None:
         return None
     cx, cy, a, b, angle = geom
+    if a > MAX_FIT_SPREAD * float(np.sqrt(x * x + y * y).max()):
+        return None
     return (float(cx * scale + mean[0]), float(cy * scale + mean[1]), a * scale, b * scale, angle)
 
 
