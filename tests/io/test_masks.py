@@ -277,3 +277,17 @@ def test_label_option_absent_label_is_an_error(tmp_path: Path,
     assert main(["inspect", str(root), "--label", "5"]) == 2
     err = capsys.readouterr().err
     assert "label 5" in err and "[1, 2]" in err
+
+
+@pytest.mark.parametrize("values", [(0, 1), (0, 1, 2)])
+@pytest.mark.parametrize("quality", [75, 100])
+def test_a_label_mask_saved_as_jpeg_is_refused_not_read_empty(tmp_path: Path, values,
+                                                               quality: int) -> None:
+    """A 0/1 (or 0/1/2) mask saved as JPEG keeps its structure at 1 or 2: thresholded at 127
+    it read as an empty mask, and inspect, evaluate and train took it for one."""
+    im = np.zeros((48, 64), np.uint8)
+    for k, v in enumerate(values[1:]):
+        im[8 + 16 * k:20 + 16 * k, 10:40] = v
+    p = _save(tmp_path / "m.jpg", im, quality=quality)
+    with pytest.raises(DataError, match="0/1 or label mask saved as JPEG.*save masks as PNG"):
+        read_mask(p)

@@ -172,6 +172,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     return classify_mask_values(arr, path)
 
 
+#: Share of a lossy mask's pixels above its lowest value, none above half the range, beyond
+#: which it is taken for a 0/1 or label mask saved as JPEG rather than an empty mask.
+LOW_LABEL_SHARE = 0.001
+
 #: Pillow's names of lossy formats: their masks are binary masks blurred by compression.
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "JPEG2000"})
 
@@ -200,7 +204,13 @@ def _binarise_lossy(arr: np.ndarray, path: Path) -> np.ndarray:
     band = LOSSY_BINARY_BAND * top / 255
     if ((arr <= band) | (arr >= top - band)).mean() < LOSSY_BINARY_SHARE:
         raise _not_a_mask(np.unique(arr), path)
-    return (arr > top / 2).astype(np.uint8)
+    mask = (arr > top / 2).astype(np.uint8)
+    if not mask.any() and not _flat(arr) and (arr > arr.min()).mean() >= LOW_LABEL_SHARE:
+        # a 0/1 or label mask saved as JPEG: its structure sits at 1, 2 ... and would be read
+        # as an empty mask (an empty JPEG mask decodes flat)
+        raise DataError(f"JPEG mask whose values reach only {int(arr.max())}: a 0/1 or label "
+                        "mask saved as JPEG, which compression blurs; save masks as PNG", path)
+    return mask
 
 
 def _not_a_mask(values: np.ndarray, path: str | Path | None) -> DataError:
