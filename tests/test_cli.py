@@ -104,3 +104,19 @@ def test_a_file_name_too_long_is_a_user_error(tmp_path, capsys, argv) -> None:
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "too long" in err[0], err
+
+
+def test_a_closed_pipe_on_stdout_is_no_internal_error(tmp_path) -> None:
+    """`ultraseg inspect DATA | head -1`: the reader goes away before the report is printed.
+    That is no bug: exit 141 as a shell reports SIGPIPE, nothing on stderr (it used to say
+    'internal error: BrokenPipeError')."""
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    read, write = os.pipe()
+    os.close(read)                              # gone before the child prints anything
+    proc = subprocess.run([sys.executable, "-m", "ultraseg", "inspect", str(data)],
+                          stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""

@@ -22,6 +22,8 @@ from .fileio import json_text
 log = logging.getLogger("ultraseg")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+#: stdout's reader went away (a pipe into `head`): 128 + SIGPIPE, as a shell reports it
+EXIT_BROKEN_PIPE = 141
 
 #: An OSError with one of these is the environment's problem, not a bug: exit 2, one line.
 USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
@@ -161,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines() or [""]:
             print(f"{_rank_prefix()}error: {line}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # the reader of stdout went away (`ultraseg inspect DATA | head -1`): no bug, nothing
+        # more to say; stdout goes to devnull so that its flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as e:
         if e.errno not in USER_ERRNOS:
             return _internal(e, a.debug)
