@@ -355,3 +355,16 @@ def test_a_valid_model_at_native_resolution_exports_a_tile_with_its_values(tmp_p
     onnx_pred = load(tmp_path / "v.onnx")
     assert onnx_pred.tile == 20 and one.std() > 0.01
     np.testing.assert_allclose(onnx_pred.predict_proba(image), one, atol=1e-5)
+
+
+def test_export_refuses_a_tile_narrower_than_the_pooling_grid(tmp_path) -> None:
+    """--tile 4 is a valid output side at depth 4, but its windows cannot start on the 16-px
+    pooling grid: the graph predicted 0.3 away from the checkpoint while export said it was
+    checked against PyTorch. The smallest is named."""
+    model = ModelConfig(variant="valid", width=2, depth=4)
+    ckpt = tmp_path / "d4.ckpt"
+    save_checkpoint(ckpt, build_model(model).state_dict(),
+                    make_meta(model, PreprocessConfig(size=None), PostprocessConfig()))
+    with pytest.raises(UltrasegError, match="narrower than the depth-4 .*the smallest is 20"):
+        export_onnx(ckpt, tmp_path / "t4.onnx", tile=4)
+    assert not (tmp_path / "t4.onnx").exists()

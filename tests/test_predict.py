@@ -481,3 +481,31 @@ def test_a_predictor_refuses_a_batch_size_or_tile_below_one(options) -> None:
 def test_a_channels_first_frame_is_a_user_error_that_says_so() -> None:
     with pytest.raises(UltrasegError, match="channels first"):
         pixel_predictor().predict(np.zeros((3, 20, 30), np.uint8))
+
+
+def test_a_tile_is_kept_between_the_pooling_grid_and_the_canvas() -> None:
+    """Tiles narrower than 2**depth cannot start on the pooling grid: --tile 1 or 4 gave a
+    random depth-3 net's probabilities 0.3 away from one window's. Tiles beyond the canvas
+    only computed padding (--tile 100000: a 37 GiB allocation). Both are rounded into range
+    and give one window's values."""
+    torch = pytest.importorskip("torch")
+    from ultraseg.model import build_model
+    from ultraseg.predict import min_prediction_tile, prediction_window
+    from ultraseg.runtime import torch_runner
+
+    model = ModelConfig(variant="valid", width=2, depth=3)
+    torch.manual_seed(0)
+    net = build_model(model).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    pred = Predictor(torch_runner(net, torch.device("cpu"), None), model,
+                     PreprocessConfig(size=48, normalise="unit"), batch_size=4)
+    frame = ramp(40, 52)
+    one = pred.predict_proba(frame)
+    assert min_prediction_tile(3) == 12
+    assert prediction_window(model, 48, 48, 1) == (12, 12)
+    assert prediction_window(model, 48, 48, 100_000) == prediction_window(model, 48, 48, 48)
+    for tile in (1, 4, 100_000):
+        np.testing.assert_allclose(pred.with_options(tile=tile).predict_proba(frame), one,
+                                   atol=1e-5)

@@ -120,8 +120,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
     evaluate)."""
     p.add_argument("--batch-size", type=int, metavar="N", help="frames (or tiles) per batch")
     p.add_argument("--tile", type=int, metavar="N",
-                   help="valid model: output tile side for prediction, rounded to the nearest "
-                   "side the model produces (default: one window over the whole canvas)")
+                   help="valid model: output tile side for prediction, rounded up to a side "
+                   "the model produces, at least 20 at depth 4, and at most the "
+                   "canvas (default: one window over the whole canvas)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (checkpoints only)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="checkpoints only (auto: bf16 where the hardware has it)")

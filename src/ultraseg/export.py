@@ -37,7 +37,7 @@ import numpy as np
 from .config import ModelConfig, PostprocessConfig, PreprocessConfig
 from .errors import CheckpointError, UltrasegError
 from .geometry import context_margin, nearest_valid_output, same_padded_size
-from .predict import Predictor, prediction_tile
+from .predict import Predictor, min_prediction_tile, prediction_tile
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ def export_tile(model: ModelConfig, preprocess: PreprocessConfig, tile: int | No
             raise UltrasegError(f"--tile {tile} is not a valid output side of the depth-"
                                 f"{model.depth} U-Net; nearest: "
                                 f"{nearest_valid_output(max(tile, 1), model.depth)}")
+        smallest = min_prediction_tile(model.depth)
+        if tile < smallest:
+            raise UltrasegError(f"--tile {tile} is narrower than the depth-{model.depth} U-Net's "
+                                f"pooling grid: its tiles would predict other values than one "
+                                f"window over the frame; the smallest is {smallest}")
         return tile
     if preprocess.size is None:
         return model.tile

@@ -36,10 +36,21 @@ def prediction_tile(model: ModelConfig, h: int, w: int, tile: int | None = None)
     ``tile=None``: the smallest valid output covering the larger side (one tile for the whole
     frame), capped at :data:`MAX_PREDICT_TILE`. Larger tiles cost fewer FLOPs per pixel (less
     context recomputed) and give the same result (the predictor starts every window on the
-    pooling grid).
+    pooling grid). A ``tile`` is rounded up to a valid output, of at least
+    :func:`min_prediction_tile` (narrower windows cannot start on that grid and would give
+    other values) and at most the one covering the larger side (more computes only padding).
     """
-    want = min(max(h, w), MAX_PREDICT_TILE) if tile is None else tile
+    if tile is None:
+        want = min(max(h, w), MAX_PREDICT_TILE)
+    else:
+        want = max(min_prediction_tile(model.depth), min(tile, max(h, w)))
     return nearest_valid_output(want, model.depth)
+
+
+def min_prediction_tile(depth: int) -> int:
+    """The smallest output tile whose windows can start on the 2**depth pooling grid (20 at
+    depth 4): tiles give one window's values from this side up."""
+    return nearest_valid_output(2**depth, depth)
 
 
 def prediction_window(model: ModelConfig, h: int, w: int, tile: int | None = None
@@ -122,7 +133,10 @@ class Predictor:
         """Probabilities for prepared canvases (N, h, w) float32 -> (N, h, w) float32."""
         n, h, w = canvases.shape
         if self.model.variant == "valid":
-            tile = prediction_window(self.model, h, w, self.tile)
+            # a fixed-size graph takes its own tile whatever the canvas (prediction_window
+            # would shrink a tile larger than a small canvas to fit it)
+            tile = ((self.fixed_tile, self.fixed_tile) if self.fixed_tile is not None
+                    else prediction_window(self.model, h, w, self.tile))
             # windows start on the pooling grid: tiles give one window's values
             return np.stack([predict_tiled(self._run, c, tile, context_margin(self.model.depth),
                                            self.batch_size, align=2**self.model.depth)[0]
