@@ -865,3 +865,34 @@ def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatc
     assert load_checkpoint(run / "best.ckpt").meta["measure"] == chosen
     assert "2.5 (chosen on 12 validation frames" in (run / "report.html").read_text()
     assert load(run / "best.ckpt").meta["measure"]["boundary_offset_px"] == 2.5
+
+
+def test_a_validation_side_without_any_structure_chooses_nothing(tmp_path) -> None:
+    """Where the split puts only empty masks on the validation side, the epoch and the
+    post-processing were chosen for predicting nothing (validation Dice 1.0, a minimum peak
+    that deletes real structures), without a word. Such frames are scored but choose nothing:
+    the last epoch is kept and post-processing stays at its defaults, with a warning that
+    names the way out."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg.data import run_split
+    from ultraseg.io import open_dataset
+
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    ds = open_dataset(data)
+    _, val_idx, _ = run_split([s.subject for s in ds.labelled], 0.0, 0.2, 0)
+    for i in val_idx:                               # blank every validation frame's mask
+        path = ds.labelled[i].mask_paths[0]
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(path)))).save(path)
+    assert 0 < len(val_idx) < len(ds.labelled)
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": None},
+        "model": {"width": 4, "depth": 2}, "preprocess": {"size": 32},
+        "train": {"epochs": 3, "val_fraction": 0.2, "seed": 0, "device": "cpu",
+                  "precision": "fp32", "num_threads": 1, "time_limit_s": None}})
+    with ultraseg_warnings() as warned:
+        result = train_mod.train(cfg, tmp_path / "run")
+    assert any("validation masks holds a foreground pixel" in r.getMessage()
+               and "--split-seed" in r.getMessage() for r in warned)
+    assert result.best_epoch == 3
+    assert load_checkpoint(tmp_path / "run" / "best.ckpt").postprocess == PostprocessConfig()

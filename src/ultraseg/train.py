@@ -280,9 +280,10 @@ def check_config(cfg: RunConfig) -> None:
     seeds = {"train.seed (--seed)": t.seed}
     if t.split_seed is not None:
         seeds["train.split_seed (--split-seed)"] = t.split_seed
-    for name, v in seeds.items():     # numpy's generators take no negative seed
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise UltrasegError(f"{name} must be a whole number >= 0, got {v!r}")
+    for name, v in seeds.items():     # numpy's generators take no negative seed; torch's
+        # take 64 bits, and each epoch's seed is the run's times 100 003 plus the epoch
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
+            raise UltrasegError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {v!r}")
     positive = {"train.lr (--lr)": t.lr}
     if t.time_limit_s is not None:
         positive["train.time_limit_s (--time-limit)"] = t.time_limit_s
@@ -352,6 +353,10 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
 
 
 RESUME_KEYS = ("epoch", "optimizer", "history_json", "best_dice", "best_epoch")
+
+#: The largest --seed and --split-seed (numpy's legacy range): each epoch's torch seed, the
+#: run's times 100 003 plus the epoch, stays within torch's 64 bits.
+MAX_SEED = 2**32 - 1
 
 
 def holds_run(out: Path) -> bool:
@@ -592,9 +597,20 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                         "draws another split", ds.root)
     cfg = resolve_presence_head(cfg, arrays.masks[train_idx])
     validating = len(val_idx) > 0
+    # validation frames that hold no structure cannot tell a model that finds structures from
+    # one that finds none: they would choose the epoch and the post-processing that predict
+    # nothing (validation Dice 1.0); they are scored, but choose nothing
+    choosing = validating and bool(arrays.masks[val_idx].any())
     if not validating:
         log.info("no validation split (val fraction 0): every epoch's weights replace the "
                  "last, and post-processing stays at its defaults")
+    elif not choosing:
+        log.warning("none of the %d validation masks holds %s under this split: validation "
+                    "cannot choose, so every epoch's weights replace the last and "
+                    "post-processing stays at its defaults, as with --val-fraction 0; another "
+                    "--split-seed or --val-fraction draws a split that can", len(val_idx),
+                    f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
+                    else "a foreground pixel")
     batches = Batches(arrays, train_idx, cfg)
     val_canvases = np.stack([normalise(im, cfg.preprocess.normalise)
                              for im in arrays.images[val_idx]]) if validating else None
@@ -711,7 +727,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             horizon = _horizon(tc.epochs, epoch, time.monotonic() - t_epoch, deadline, est_val,
                                ctx, device, tc.time_limit_s)
         # no validation: the latest counts
-        improved = not validating or improves(val_dice, val_loss, best_dice, best_loss)
+        improved = not choosing or improves(val_dice, val_loss, best_dice, best_loss)
         if improved:
             best_dice, best_loss, best_epoch = val_dice, val_loss, epoch
         if ctx.is_main:  # metrics first: a kill before last.ckpt re-runs this epoch identically
@@ -739,7 +755,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
 
     if stopped:
         log.warning("%s; keeping the %s checkpoint (epoch %d)", stopped,
-                    "best" if validating else "last", best_epoch)
+                    "best" if choosing else "last", best_epoch)
     if not ctx.is_main:  # rank 0 alone chooses post-processing and writes the report
         return TrainResult(out, best_epoch, best_dice, len(history), time.monotonic() - t0,
                            stopped, history, world_size=ctx.world_size, is_main=False)
@@ -867,7 +883,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     deadline = t0 + limit - _end_s(limit) if limit else None
     if probs:
         raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
-        if cfg.train.tune_postprocess:
+        if cfg.train.tune_postprocess and any(t.any() for t in truths):  # see `choosing`
             flipped = None
             # the mirrored pass, and as long again for the choice, must fit
             if deadline is None or time.monotonic() + 2 * pred_s < deadline:
