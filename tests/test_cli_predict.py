@@ -327,3 +327,16 @@ def test_measure_prints_each_frame_in_mm_where_the_pixel_size_is_known_else_in_p
     assert main(args + ["--threshold", "0", "--min-area", "5000"]) == 0   # the frame removed
     out = capsys.readouterr().out
     assert "a: no object" in out and "no pixel size known" not in out
+
+
+@pytest.mark.parametrize("label", ["0", "-7"])
+def test_predict_refuses_a_label_that_names_no_structure_before_writing(tmp_path, ckpt, capsys,
+                                                                        label):
+    """train, evaluate and inspect refused --label 0 (the background); predict accepted it,
+    or with --overlay refused it after making the output folder and writing a mask."""
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+               "--overlay", "--label", label])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "--label" in err and "background" in err
+    assert not (tmp_path / "o").exists()

@@ -24,6 +24,7 @@ from PIL import Image
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .io import IMAGE_EXTENSIONS, Sample, scan_dataset, select_label
+from .io.base import check_label
 from .io.base import in_output_folder, mark_output_folder, warn_outputs_left_out
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor
@@ -283,6 +284,7 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
 
     if fmt not in MASK_FORMATS:
         raise UltrasegError(f"unknown mask format {fmt!r}; valid: {', '.join(MASK_FORMATS)}")
+    check_label(label)                  # before the output folder is made
     if rle is not None:                 # found now, not after every frame is predicted
         from .rle import check_submission_path
 
