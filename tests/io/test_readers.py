@@ -541,3 +541,28 @@ def test_a_link_whose_target_is_missing_is_named_not_dropped(tmp_path: Path, lay
         _save(root / "benign" / "mask" / "benign (9)_mask.png", _disk())
     _, problems = inspect_dataset(root)
     assert [str(p) for p in problems] == [f"{dead}: broken link: its target is missing"]
+
+
+@pytest.mark.parametrize("stems, warns", [
+    (["patientA_001", "patientA_002", "patientB_001", "patientB_002"], True),
+    (["1_1", "1_2", "2_1", "2_2"], False),                # SUBJECT_FRAME: subjects found
+    (["cat", "dog", "owl", "yak"], False),                # nothing shared
+])
+def test_frames_that_are_their_own_subject_but_share_a_name_are_warned_about(
+        tmp_path, stems, warns) -> None:
+    """patientB_001 and patientB_002 carry no leading subject number, so each was its own
+    subject and the split put one patient's frames on both sides, without a word."""
+    for stem in stems:
+        _save(tmp_path / "d" / "images" / f"{stem}.png", _frame())
+        _save(tmp_path / "d" / "masks" / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
+    with ultraseg_warnings() as warned:
+        samples, _ = scan_dataset(tmp_path / "d")
+    said = [r.getMessage() for r in warned if "own subject" in r.getMessage()]
+    assert bool(said) == warns, said
+    if warns:
+        assert "4 names differ only in a trailing number" in said[0]
+        assert "--subject-pattern" in said[0]
+        import re
+        pattern = re.search(r"e\.g\. '([^']+)'\)", said[0]).group(1)
+        ds, _ = scan_dataset(tmp_path / "d", subject_pattern=pattern)
+        assert {s.subject for s in ds.labelled} == {"patientA", "patientB"}   # as suggested

@@ -126,8 +126,35 @@ class FoldersReader(Reader):
                 masks[name] += paths
             problems += _unread_subfolders(mask_dir)
         pairs, found_problems = _pair(images, masks, labelled=bool(masks), folder=image_dir)
-        return [Sample(name, image, mask, self.leading_subject(name))
-                for name, image, mask in pairs], problems + found_problems
+        samples = [Sample(name, image, mask, self.leading_subject(name))
+                   for name, image, mask in pairs]
+        if self.subject_pattern is None:
+            _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
+        return samples, problems + found_problems
+
+
+#: A frame name's stem without its trailing frame number: 'patientB_002' -> 'patientB'.
+_TRAILING_NUMBER = re.compile(r"[\W_]*\d+$")
+
+
+def _warn_frames_as_subjects(root: Path, own: list[str]) -> None:
+    """Warn where frames that are their own subject (no leading subject number) share a name
+    but for a trailing number: likely one patient's frames, which a subject-grouped split
+    would then put on both sides."""
+    groups: dict[str, int] = {}
+    for name in own:
+        prefix = _TRAILING_NUMBER.sub("", name)
+        if prefix and prefix != name:
+            groups[prefix] = groups.get(prefix, 0) + 1
+    shared = sorted(((n, k) for k, n in groups.items() if n > 1), key=lambda g: (-g[0], g[1]))
+    if shared:
+        n, prefix = shared[0]
+        log.warning("%s: %d frames have no leading subject number (SUBJECT_FRAME), so each is "
+                    "its own subject, but %d names differ only in a trailing number (e.g. %d "
+                    "named %r...): if those are one patient's frames, the split can put them "
+                    "on both sides; --subject-pattern REGEX takes the subject from the name "
+                    "(e.g. '^(.+?)[_-]?\\d+$')", root, len(own), sum(k for k, _ in shared),
+                    n, prefix)
 
 
 class KaggleReader(Reader):
