@@ -291,3 +291,40 @@ def test_a_label_mask_saved_as_jpeg_is_refused_not_read_empty(tmp_path: Path, va
     p = _save(tmp_path / "m.jpg", im, quality=quality)
     with pytest.raises(DataError, match="0/1 or label mask saved as JPEG.*save masks as PNG"):
         read_mask(p)
+
+
+def _png16(path: Path, arr: np.ndarray, colour_type: int) -> Path:
+    """A 16-bit PNG written by hand (Pillow writes no 16-bit colour): colour type 2 is RGB,
+    4 gray with alpha."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("colour_type, channels", [(2, 3), (4, 2)])
+def test_a_16_bit_colour_png_is_refused_not_crushed(tmp_path: Path, colour_type: int,
+                                                    channels: int) -> None:
+    """Pillow reads a 16-bit RGB (or gray + alpha) PNG to its high bytes: a 12-bit ramp came
+    out as 0..15 and a 0/1 mask as empty, against the README's '16-bit images are rescaled'."""
+    ramp = np.tile(np.linspace(0, 4095, 16).astype(np.uint16), (8, 1))
+    arr = np.stack([ramp] * channels, -1)
+    if channels == 2:
+        arr[..., 1] = 65535                                # opaque alpha
+    p = _png16(tmp_path / "x.png", arr, colour_type)
+    for read in (read_image, read_mask):
+        with pytest.raises(DataError, match="16-bit colour image.*16-bit grayscale"):
+            read(p)
+    gray = tmp_path / "g.png"                              # 16-bit grayscale: rescaled
+    Image.fromarray(ramp).save(gray)
+    assert read_image(gray).max() == 255

@@ -566,3 +566,13 @@ def test_frames_that_are_their_own_subject_but_share_a_name_are_warned_about(
         pattern = re.search(r"e\.g\. '([^']+)'\)", said[0]).group(1)
         ds, _ = scan_dataset(tmp_path / "d", subject_pattern=pattern)
         assert {s.subject for s in ds.labelled} == {"patientA", "patientB"}   # as suggested
+
+
+def test_the_images_layout_leaves_hidden_folders_out(tmp_path) -> None:
+    """A thumbnail cache (.cache/thumb.jpg) below a folder of scans was predicted as a frame;
+    the other layouts and the output-folder check skip hidden folders."""
+    _save(tmp_path / "scans" / "a.png", _frame())
+    _save(tmp_path / "scans" / ".cache" / "thumb.png", _frame(seed=1))
+    _save(tmp_path / "scans" / "sub" / ".hidden" / "x.png", _frame(seed=2))
+    ds, problems = scan_dataset(tmp_path / "scans", "images")
+    assert [s.name for s in ds.samples] == ["a"] and problems == []

@@ -93,6 +93,12 @@ def _open(path: Path) -> Image.Image:
         if path.stat().st_size == 0:
             raise DataError("empty file (0 bytes)", path)
         im = Image.open(path)
+        rawmodes = [str(getattr(tile, "args", "")) for tile in (im.tile or [])]
+        if im.mode in ("RGB", "RGBA", "LA") and any(";16" in r for r in rawmodes):
+            # Pillow keeps only each channel's high byte: a 12-bit scan would read as 0..15
+            raise DataError(f"a 16-bit colour image ({im.mode}, 16 bits a channel), which Pillow "
+                            "reads only to its high bytes: save it as 16-bit grayscale or as "
+                            "8-bit", path)
         im.load()  # decode now: truncated files fail here, not later
         pages = getattr(im, "n_frames", 1)
         if im.format == "TIFF" and pages > 1:   # (a phone's MPO JPEG: its first is the photo)

@@ -341,7 +341,10 @@ class ImagesReader(Reader):
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         marked: dict[Path, bool] = {}
-        found = [p for p in root.rglob("*") if is_image_file(p)]
+        # hidden folders below root (.cache, .thumbnails) are no part of it, as in the other
+        # layouts and the output-folder check
+        found = [p for p in root.rglob("*") if is_image_file(p)
+                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
         files = sorted((p for p in found if not in_output_folder(p, root, marked)),
                        key=lambda q: natural_key(str(q)))
         if len(files) < len(found):   # masks and overlays a predict run wrote below root
