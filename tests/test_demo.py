@@ -62,3 +62,42 @@ def test_demo_refuses_a_bad_minutes_before_writing_anything(tmp_path, capsys, mi
     err = capsys.readouterr().err
     assert "--minutes" in err and "--time-limit" not in err, err
     assert not out.exists()
+
+
+def test_demo_refuses_a_folder_of_the_users_images_before_writing_its_data(tmp_path,
+                                                                          capsys) -> None:
+    """A folder holding a user's image got 720 phantom files (17 MB), then train's refusal."""
+    out = tmp_path / "scans"
+    out.mkdir()
+    (out / "patient1.png").write_bytes(b"\x89PNG not really")
+    assert cli.main(["demo", "--out", str(out)]) == 2
+    assert "already holds 1 image file ultraseg did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["patient1.png"]
+
+
+def test_a_demo_stopped_before_its_first_epoch_can_run_again(tmp_path, monkeypatch,
+                                                            capsys) -> None:
+    """Ctrl-C during the first demo left out/data behind, and every later demo into that
+    folder was refused ('already contains files'). The frames it wrote are the same bytes a
+    new demo would write: they are used again."""
+    monkeypatch.setattr(demo, "TRAIN_FRAMES", 24)
+    monkeypatch.setattr(demo, "TEST_FRAMES", 6)
+    monkeypatch.setattr(demo, "FRAME_SIZE", 64)
+    monkeypatch.setitem(PRESETS["demo"]["preprocess"], "size", 32)
+    monkeypatch.setitem(PRESETS["demo"]["model"], "width", 4)
+    monkeypatch.setitem(PRESETS["demo"]["train"], "epochs", 1)
+    out = tmp_path / "demo"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import ultraseg.train as train_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "train", interrupted)
+        assert cli.main(["demo", "--out", str(out)]) == 130
+    written = {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*.png")}
+    assert len(written) == 2 * (24 + 6)
+    assert cli.main(["demo", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*.png")} == written
+    assert (out / "best.ckpt").is_file()

@@ -25,7 +25,8 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     from .evaluate import evaluate
     from .phantom import make_dataset
     from .predict import load
-    from .train import holds_run, train
+    from .io.base import check_no_foreign_images
+    from .train import RUN_FILES, holds_run, train
 
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
             or not 0 < minutes < float("inf"):       # before any phantom frame is written
@@ -34,10 +35,15 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     if holds_run(out):                                # before any phantom frame is written
         raise UltrasegError("already holds a training run (a demo's, or another); choose "
                             "another --out", out)
-    train_data = make_dataset(out / "data" / "train", n=TRAIN_FRAMES, size=FRAME_SIZE,
-                              seed=TRAIN_SEED)
-    test_data = make_dataset(out / "data" / "unseen", n=TEST_FRAMES, size=FRAME_SIZE,
-                             seed=TEST_SEED)
+    check_no_foreign_images(out, RUN_FILES)           # train would refuse it after the data
+    train_data, test_data = out / "data" / "train", out / "data" / "unseen"
+    if _holds_phantom(train_data, TRAIN_FRAMES) and _holds_phantom(test_data, TEST_FRAMES):
+        # the frames a demo stopped before its first epoch had written (the same seeds give
+        # the same bytes): used again, not refused as files in the way
+        log.info("using the phantom frames an earlier demo wrote in %s", out / "data")
+    else:
+        make_dataset(train_data, n=TRAIN_FRAMES, size=FRAME_SIZE, seed=TRAIN_SEED)
+        make_dataset(test_data, n=TEST_FRAMES, size=FRAME_SIZE, seed=TEST_SEED)
     cfg = merge(preset("demo"), {"data": {"path": str(train_data), "layout": "folders",
                                           "cache_dir": ""},
                                  "train": {"time_limit_s": 60.0 * minutes}})
@@ -52,3 +58,16 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                                   **{k: v for k, v in summary.items() if k not in ("raw", "n")}})
     log.info("demo finished: %s", summary)
     return summary
+
+
+def _holds_phantom(folder: Path, n: int) -> bool:
+    """Whether ``folder`` holds exactly the file names of a phantom set of ``n`` frames."""
+    from .phantom import FRAMES_PER_SUBJECT
+
+    names = [f"{i // FRAMES_PER_SUBJECT + 1}_{i % FRAMES_PER_SUBJECT + 1}" for i in range(n)]
+    try:
+        return ({p.name for p in (folder / "images").iterdir()} == {f"{s}.png" for s in names}
+                and {p.name for p in (folder / "masks").iterdir()}
+                == {f"{s}_mask.png" for s in names})
+    except OSError:
+        return False

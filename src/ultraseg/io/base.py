@@ -332,6 +332,17 @@ def mark_output_folder(folder: Path, by: str, own: Collection[str] = ()) -> None
     marker = folder / OUTPUT_MARKER
     if marker.exists():
         return
+    check_no_foreign_images(folder, own)
+    atomic_write_text(marker, f"written by ultraseg {by}: its images are outputs, which "
+                              "scans of the folders above leave out\n")
+
+
+def check_no_foreign_images(folder: Path, own: Collection[str] = ()) -> None:
+    """Refuse an output ``folder`` that holds image files ultraseg did not write, in it or one
+    level below (in folders not marked as ultraseg's): see :func:`mark_output_folder`, which
+    calls it; a command that writes elsewhere first (``demo``) calls it before that."""
+    if not folder.is_dir() or (folder / OUTPUT_MARKER).exists():
+        return
     theirs = [p for p in folder.iterdir() if is_image_file(p) and p.name not in own]
     theirs += [p for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
                and not (d / OUTPUT_MARKER).exists() for p in d.iterdir() if is_image_file(p)]
@@ -340,8 +351,6 @@ def mark_output_folder(folder: Path, by: str, own: Collection[str] = ()) -> None
         raise DataError(f"the output folder already holds {len(theirs)} image file"
                         f"{'s' * (len(theirs) > 1)} ultraseg did not write (first: "
                         f"{theirs[0].name}); choose a new or empty folder", folder)
-    atomic_write_text(marker, f"written by ultraseg {by}: its images are outputs, which "
-                              "scans of the folders above leave out\n")
 
 
 def in_output_folder(image: Path, root: Path, marked: dict[Path, bool]) -> bool:
