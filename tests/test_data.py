@@ -12,7 +12,7 @@ from PIL import Image
 from ultraseg.config import PreprocessConfig
 from ultraseg.data import (cache_key, holdout_by_subject, load_arrays, read_split, run_split,
                            split_by_subject, write_split)
-from ultraseg.errors import UltrasegError
+from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import DataProblems, Sample, open_dataset
 
 
@@ -110,6 +110,9 @@ def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> 
     assert first.names == tuple(s.name for s in ds.labelled)
     assert first.subjects == ("0", "0", "1", "1")
     assert len(list(cache.glob("*.npz"))) == 1
+    # the frames, decoded, outside the dataset's folder: its owner's alone
+    assert cache.stat().st_mode & 0o777 == 0o700
+    assert next(cache.glob("*.npz")).stat().st_mode & 0o777 == 0o600
 
     def no_decoding(self):  # a cache hit must not decode any file
         raise AssertionError("decoded a file on a cache hit")
@@ -264,3 +267,14 @@ def test_a_large_subject_that_overshoots_the_fraction_is_warned_about(tmp_path: 
             assert "0.2" in warned[0].getMessage() and "--split-seed" in warned[0].getMessage()
     assert warned_seeds == [i for i, share in enumerate(shares) if share > 0.3]
     assert warned_seeds                                    # the case does occur here
+
+
+def test_training_on_a_folder_read_as_unlabelled_says_which_layout_it_found(tmp_path) -> None:
+    """A flat folder of 1_1.png + 1_1_mask.png is read as unlabelled images; train said only
+    'no labelled samples to train on', with no word of the layout it had found."""
+    for stem in ("1_1", "1_2"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"{stem}.png")
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"{stem}_mask.png")
+    ds = open_dataset(tmp_path)
+    with pytest.raises(DataError, match="read as the 'images' layout .*unlabelled.*inspect"):
+        load_arrays(ds, PreprocessConfig(size=8), cache_dir="")

@@ -191,3 +191,20 @@ def test_time_limit_caps_the_whole_run_across_a_resume(data: Path, tmp_path: Pat
     assert "used up by the run before it was interrupted" in out
     assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 2     # nothing trained
     assert "used up" in load_checkpoint(run / "best.ckpt").meta["metrics"]["stopped"]
+
+
+def test_resuming_a_finished_run_changes_nothing(data: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """A finished run resumed (as scripts on preemptible machines always pass --resume) chose
+    its post-processing again under its spent time limit and rewrote best.ckpt and the report,
+    sometimes worse, saying it had been interrupted. It is left as it was and said so."""
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", "2",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 0
+    figures = next(line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("best epoch")).split(";")[0]
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out and figures in out          # the same figures
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before   # untouched

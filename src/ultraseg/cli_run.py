@@ -251,7 +251,10 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s; 'none' lifts a "
                    "preset's cap")
-    p.add_argument("--cache-dir", help="where decoded frames are cached ('' disables)")
+    p.add_argument("--cache-dir", help="where the frames decoded onto the working canvas are "
+                   "cached for the next run (default $XDG_CACHE_HOME/ultraseg or "
+                   "~/.cache/ultraseg; files readable by their owner only, never removed by "
+                   "ultraseg; '' disables)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its own "
                    "config.json (setting flags are refused)")
     layout_args(p)

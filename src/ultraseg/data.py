@@ -67,7 +67,13 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         raise UltrasegError("training needs a working size (--size)")
     samples = ds.labelled
     if not samples:
-        raise DataError("no labelled samples to train on", ds.root)
+        from .io import READERS
+
+        expects = READERS[ds.layout].description if ds.layout in READERS else ds.layout
+        raise DataError(f"no labelled samples to train on: read as the {ds.layout!r} layout "
+                        f"({expects}); `ultraseg inspect` shows what was found, and the "
+                        "README's layout table what each layout expects (--layout names one)",
+                        ds.root)
     # names and subjects come from the dataset as scanned now, never from the cache: the
     # subject pattern is not in the key (it does not change a pixel)
     names, subjects = tuple(s.name for s in samples), tuple(s.subject for s in samples)
@@ -109,8 +115,11 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the cache file readable by its owner alone: it holds the frames (patients'
+    images), decoded, outside the dataset's own folder."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
         np.savez(f, **arrays)
 
 

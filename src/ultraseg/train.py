@@ -393,6 +393,27 @@ def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Che
     return cfg, None
 
 
+def _finished_run(out: Path, last: Checkpoint | None) -> TrainResult | None:
+    """The result of the run in ``out`` where it finished (its best.ckpt holds what
+    :func:`_finish` records: the post-processing chosen, the training time and the epochs run,
+    those ``last`` has too), else None. A finished run has no epoch left (its epochs, or its
+    time limit, are used up), and finishing it again re-chose the post-processing under the
+    spent limit and rewrote best.ckpt and the report."""
+    path = out / "best.ckpt"
+    if last is None or not path.is_file():
+        return None
+    best = load_checkpoint(path)
+    m = best.meta.get("metrics") or {}
+    if "train_seconds" not in m or m.get("epochs_run", last.train_state["epoch"]) != \
+            last.train_state["epoch"]:
+        return None
+    history = m.get("history") or []
+    return TrainResult(out, int(m["best_epoch"]), m.get("best_val_dice"), len(history),
+                       float(m["train_seconds"]), "already finished: nothing resumed",
+                       history, best.postprocess, m.get("val_dice_original"),
+                       m.get("val_dice_postprocessed"), world_size=int(m.get("world_size", 1)))
+
+
 def _mark_run_folder(out: Path) -> None:
     """Mark ``out`` as ultraseg's output (its figures are no frames for a later scan of a
     folder above it); its own figures do not count as the user's images."""
@@ -427,6 +448,11 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
     t0 = time.monotonic()
     cfg, last = _run_config(out, cfg, resume)
     check_config(cfg)
+    finished = _finished_run(out, last) if resume else None
+    if finished is not None:  # resuming it would choose its post-processing again, worse
+        _mark_run_folder(out)     # (a run from before the marker existed gets it now)
+        log.warning("%s: the run had finished; nothing resumed, nothing rewritten", out)
+        return finished
     if not resume:      # recorded absolute: the run's config.json works from any folder
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
     with session(resolve_device(cfg.train.device)) as ctx:
@@ -909,7 +935,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         measure_meta = _calibrate_measure(val_samples, images, probs, pp, cfg, measure_meta)
     seconds = time.monotonic() - t0
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
-                   train_seconds=round(seconds, 1), stopped=stopped,
+                   train_seconds=round(seconds, 1), epochs_run=len(history), stopped=stopped,
                    world_size=cfg.train.world_size, device=str(device),
                    precision="bf16" if dtype else "fp32")
     save_checkpoint(out / "best.ckpt", best.state_dict, meta(metrics, pp, measure_meta))
