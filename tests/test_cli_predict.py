@@ -340,3 +340,19 @@ def test_predict_refuses_a_label_that_names_no_structure_before_writing(tmp_path
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and "--label" in err and "background" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_second_run_into_an_output_folder_says_the_earlier_outputs_stay(tmp_path, ckpt,
+                                                                           capsys):
+    """A run with --overlay, then one without into the same folder: the old overlays stayed
+    beside the new masks without a word (from another model they match nothing)."""
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    out = tmp_path / "o"
+    with ultraseg_warnings() as warned:
+        assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out),
+                     "--overlay"]) == 0
+    assert not [r for r in warned if "earlier run" in r.getMessage()]
+    with ultraseg_warnings() as warned:
+        assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out)]) == 0
+    assert any("holds an earlier run's outputs" in r.getMessage() for r in warned)
+    assert (out / "1_overlay.png").is_file()

@@ -104,9 +104,21 @@ def test_collect_frames_errors_before_anything_runs(tmp_path):
     save(broken / "images" / "a.png", ramp(4, 4))
     save(broken / "images" / "b.png", ramp(4, 4))
     save(broken / "masks" / "a_mask.png", np.zeros((4, 4), np.uint8))
-    with pytest.raises(DataError, match="b.png: image without a mask.*--layout images"):
+    # the hint names the images folder; it said --layout images, which reads the masks too
+    # and so predicted masks as frames and put them in a submission
+    with pytest.raises(DataError, match="b.png: image without a mask.*point at .*images$") as e:
         collect_frames([broken])
+    assert "--layout images" not in str(e.value)
     assert [f.out_name for f in collect_frames([broken / "images"])] == ["a", "b"]
+
+
+def test_an_output_folder_that_is_the_input_is_refused_as_such(tmp_path):
+    """--out set to the input folder said 'the only images are in the output folder'."""
+    save(tmp_path / "in" / "a.png", ramp(4, 4))
+    for out in (tmp_path / "in", tmp_path):
+        with pytest.raises(UltrasegError, match="is this input folder or holds it.*--out"):
+            collect_frames([tmp_path / "in"], exclude=out)
+    assert len(collect_frames([tmp_path / "in"], exclude=tmp_path / "in" / "pred")) == 1
 
 
 def test_collect_frames_skips_the_output_folder_inside_an_input(tmp_path):
@@ -509,3 +521,19 @@ def test_a_tile_is_kept_between_the_pooling_grid_and_the_canvas() -> None:
     for tile in (1, 4, 100_000):
         np.testing.assert_allclose(pred.with_options(tile=tile).predict_proba(frame), one,
                                    atol=1e-5)
+
+
+def test_a_16_bit_array_is_scaled_as_its_file_is_read(tmp_path) -> None:
+    """A uint16 scan with values 0..200 given as an array was kept as 8-bit values, while the
+    same file through read_image (the CLI) was stretched to 0..255: the API and the CLI
+    predicted different masks for one frame."""
+    from ultraseg.io import read_image
+
+    scan = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) % 201)
+    path = tmp_path / "scan.png"
+    Image.fromarray(scan).save(path)
+    pred = pixel_predictor()
+    np.testing.assert_array_equal(pred.predict_proba(scan), pred.predict_proba(read_image(path)))
+    eight = scan.astype(np.uint8)                      # 8 bits: as they are, as before
+    np.testing.assert_array_equal(pred.predict_proba(eight),
+                                  pred.predict_proba(np.asarray(Image.fromarray(eight))))

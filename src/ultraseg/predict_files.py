@@ -24,8 +24,8 @@ from PIL import Image
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .io import IMAGE_EXTENSIONS, Sample, scan_dataset, select_label
-from .io.base import check_label
-from .io.base import in_output_folder, mark_output_folder, warn_outputs_left_out
+from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
+                      warn_outputs_left_out)
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor
 
@@ -69,9 +69,9 @@ def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
     missing path, a file whose name is no image file's, an empty folder or a dataset with
     structural problems raises one
     :class:`~ultraseg.errors.UltrasegError` (for a labelled dataset with problems, point at its
-    images folder or use ``layout='images'``). Images under ``exclude`` (the output folder)
-    are skipped. Frames come in the order of ``inputs``, each folder in its reader's (natural)
-    order.
+    images folder). Images under ``exclude`` (the output folder) are skipped; an input that is
+    the output folder, or inside it, is refused. Frames come in the order of ``inputs``, each
+    folder in its reader's (natural) order.
 
     Output names: the file stem; where several frames share a stem, the path below their input
     folder (``a/x``, ``b/x``); where that still collides, the input folder's name in front
@@ -92,12 +92,20 @@ def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
             found.append((Sample(path.stem, path), None, PurePosixPath(path.stem),
                           path.resolve().parent.name))
             continue
+        if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):
+            raise UltrasegError("the output folder (--out) is this input folder or holds it: "
+                                "its images would be left out as outputs; choose another --out",
+                                path)
         ds, problems = scan_dataset(path, layout, subject_pattern)
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            hint = ("" if ds.layout == "images" else
-                    f"; to predict its images anyway use --layout images or point at the "
-                    f"images folder (layout found: {ds.layout})")
+            # (not --layout images: it reads every image below the folder, masks included)
+            images = next((d for d in sorted(path.iterdir()) if d.is_dir()
+                           and d.name.lower() == "images"), None) \
+                if ds.layout == "folders" else None
+            hint = (f"; to predict its images anyway, point at {images}" if images else
+                    f"; `ultraseg inspect {path}` lists the problems (layout found: "
+                    f"{ds.layout})" if ds.layout != "images" else "")
             raise DataError(f"{problems[0]}{more}{hint}")
         root_name = path.resolve().name
         marked: dict[Path, bool] = {}
@@ -216,7 +224,12 @@ def prepare_out_dir(out: str | Path) -> Path:
         raise UltrasegError(f"cannot create the output folder ({e.strerror or e})", out) from e
     if not out.is_dir():
         raise UltrasegError("the output path is not a folder", out)
+    earlier = (out / OUTPUT_MARKER).is_file() and any(
+        p.name != OUTPUT_MARKER for p in out.iterdir())
     mark_output_folder(out, "predict/measure")
+    if earlier:     # old overlays or a submission may not match the new masks
+        log.warning("%s holds an earlier run's outputs: the files this run writes replace "
+                    "theirs, the others stay as they were", out)
     return out
 
 

@@ -218,14 +218,16 @@ def prepare(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Geome
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     """An array given to the predictor, as 8 bits: bool as 0/255 (a 1-bit PNG read with
     ``np.asarray``, as :func:`ultraseg.io.read_image` reads the file); floats in [0, 1] times
-    255; integers within 0..255 as they are; anything else stretched from its min..max."""
+    255; 8-bit integers as they are; wider integers (a 16-bit scan read with ``np.asarray``)
+    stretched from their min..max, as :func:`ultraseg.io.read_image` reads the file, whatever
+    their range; anything else stretched too."""
     if image.dtype == bool:
         return image.astype(np.uint8) * 255
     x = image.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
     if lo >= 0 and hi <= 1.0 and image.dtype.kind == "f":
         return np.round(x * 255).astype(np.uint8)
-    if lo >= 0 and hi <= 255:
+    if lo >= 0 and hi <= 255 and (image.dtype.kind == "f" or image.dtype.itemsize == 1):
         return np.round(x).astype(np.uint8)
     return np.round((x - lo) / (hi - lo) * 255 if hi > lo else x * 0).astype(np.uint8)
 
@@ -240,10 +242,18 @@ def restore(prob: np.ndarray, geom: Geometry) -> np.ndarray:
         return out
     if geom.size is None:
         return prob[: geom.height, : geom.width]
-    side = geom.side or max(geom.height, geom.width)
     if geom.side:
-        prob = resize(_padding_from_frame(prob, geom), (side, side), "prob")
-        return prob[geom.top: geom.top + geom.height, geom.left: geom.left + geom.width]
+        prob = _padding_from_frame(prob, geom)
+        if prob.shape[0] == geom.side:
+            return prob[geom.top: geom.top + geom.height, geom.left: geom.left + geom.width]
+        # only the frame's part of the padded square, resampled from the whole canvas: the
+        # values of resizing the square and cropping it, without the square (a 200 x 8000
+        # frame's would take 256 MB per float32 map, as much as an 8000 x 8000 frame's)
+        k = prob.shape[0] / geom.side
+        box = (geom.left * k, geom.top * k, (geom.left + geom.width) * k,
+               (geom.top + geom.height) * k)
+        out = Image.fromarray(prob).resize((geom.width, geom.height), Image.BILINEAR, box=box)
+        return np.asarray(out, dtype=np.float32)
     return resize(prob, (geom.height, geom.width), "prob")
 
 
