@@ -472,3 +472,17 @@ def test_a_frame_named_with_bytes_that_are_no_utf8_is_scored_and_written(checkpo
                      "--device", "cpu"]) == 0, capsys.readouterr().err
     rows = (tmp_path / "ev" / "per_image.csv").read_bytes().splitlines()
     assert len(rows) == 5 and any(r.startswith(b"1_1\xfe,") for r in rows)
+
+
+def test_the_printed_summary_names_what_the_raw_figure_is_and_shows_hd95_in_mm() -> None:
+    """'without post-processing' was printed beside a figure that still used the test-time
+    flip; the README promised HD95 in px and mm, and the mm median was never printed."""
+    summary = {"n": 3, "dice_mean": 0.8, "dice_nonempty_mean": 0.8, "iou_mean": 0.7,
+               "hd95_median": 4.0, "hd95_n": 3, "hd95_mm_median": 0.8, "hd95_mm_n": 2,
+               "empty_correct_rate": None, "postprocess": {"tta": True},
+               "raw": {"dice_mean": 0.78, "dice_nonempty_mean": 0.78}}
+    text = format_summary(summary)
+    assert "without post-processing" not in text
+    assert "threshold 0.5 alone (no rules; the flip as below): 0.7800" in text
+    assert "HD95 median (mm)      0.8000   over 2 of them with a pixel size" in text
+    assert "HD95 median (mm)" not in format_summary({**summary, "hd95_mm_n": 0})

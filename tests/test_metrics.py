@@ -139,6 +139,11 @@ def test_image_metrics_and_summarise() -> None:
     assert s["hd95_n"] == 1
     assert s["hd95_median"] == pytest.approx(rows[0]["hd95"])
     assert s["hd95_mm_median"] == pytest.approx(rows[0]["hd95_mm"])
+    assert s["hd95_mm_n"] == 1
+    # a frame without a pixel size has no mm figure: the mm median says over how many it is
+    rows.append(M.image_metrics(np.ones((4, 4), bool), np.ones((4, 4), bool)))
+    s = M.summarise(rows)
+    assert s["hd95_n"] == 2 and s["hd95_mm_n"] == 1
 
 
 def test_summarise_degenerate() -> None:

@@ -178,13 +178,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
     raw = summary.get("raw", {})
     lines = [f"frames                {summary['n']}",
-             f"Dice (all frames)     {f(summary['dice_mean'])}   without post-processing: "
-             f"{f(raw.get('dice_mean'))}",
-             f"Dice (non-empty)      {f(summary['dice_nonempty_mean'])}   without: "
-             f"{f(raw.get('dice_nonempty_mean'))}",
+             f"Dice (all frames)     {f(summary['dice_mean'])}   threshold 0.5 alone (no "
+             f"rules; the flip as below): {f(raw.get('dice_mean'))}",
+             f"Dice (non-empty)      {f(summary['dice_nonempty_mean'])}   threshold 0.5 "
+             f"alone: {f(raw.get('dice_nonempty_mean'))}",
              f"IoU                   {f(summary['iou_mean'])}",
              f"HD95 median (px)      {f(summary['hd95_median'])}   over "
              f"{summary.get('hd95_n', 'n/a')} frames with a structure in truth and prediction",
+             *([f"HD95 median (mm)      {f(summary['hd95_mm_median'])}   over "
+                f"{summary['hd95_mm_n']} of them with a pixel size"]
+               if summary.get("hd95_mm_n") else []),
              f"empty frames right    {f(summary['empty_correct_rate'])}",
              f"test-time flip        "
              f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]

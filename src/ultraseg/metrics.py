@@ -146,7 +146,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     Keys: ``n``; ``dice_mean``, ``iou_mean``, ``precision_mean``, ``recall_mean`` over all
     frames (empty rule included); ``dice_nonempty_mean`` over frames with non-empty truth;
-    ``hd95_median`` (and ``hd95_mm_median`` when rows carry ``hd95_mm``) over the ``hd95_n``
+    ``hd95_median`` (and ``hd95_mm_median`` over ``hd95_mm_n`` of them when rows carry
+    ``hd95_mm``, only frames with a pixel size having one) over the ``hd95_n``
     frames where truth and prediction both hold a boundary: a frame with nothing to find and
     nothing found (HD95 0 by :func:`hd95`) would pull the median towards 0, and a missed or
     invented structure has no distance; both are counted by Dice and ``empty_correct_rate``
@@ -164,6 +165,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         values = [float(r[key]) for r in both if key in r]
         out[f"{key}_median"] = float(np.median(values)) if values else None
+        if key == "hd95_mm":    # frames without a pixel size have no mm figure: fewer
+            out["hd95_mm_n"] = len(values)
     empty = [bool(r["pred_empty"]) for r in rows if r["truth_empty"]]
     out["empty_correct_rate"] = _mean([float(e) for e in empty])
     return out
