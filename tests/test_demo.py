@@ -12,14 +12,19 @@ from ultraseg import cli, demo
 from ultraseg.config import PRESETS
 
 
-def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatch,
-                                                            capsys) -> None:
+def _small_demo(monkeypatch, epochs: int) -> None:
+    """The demo at a reduced scale: 24 + 6 frames of 64 px, a width-4 net on 32 px."""
     monkeypatch.setattr(demo, "TRAIN_FRAMES", 24)
     monkeypatch.setattr(demo, "TEST_FRAMES", 6)
     monkeypatch.setattr(demo, "FRAME_SIZE", 64)
     monkeypatch.setitem(PRESETS["demo"]["preprocess"], "size", 32)
     monkeypatch.setitem(PRESETS["demo"]["model"], "width", 4)
-    monkeypatch.setitem(PRESETS["demo"]["train"], "epochs", 2)
+    monkeypatch.setitem(PRESETS["demo"]["train"], "epochs", epochs)
+
+
+def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatch,
+                                                            capsys) -> None:
+    _small_demo(monkeypatch, epochs=2)
     monkeypatch.chdir(tmp_path)
     out = Path("demo")                          # as a user types it: relative
     assert cli.main(["demo", "--out", str(out)]) == 0
@@ -80,12 +85,7 @@ def test_a_demo_stopped_before_its_first_epoch_can_run_again(tmp_path, monkeypat
     """Ctrl-C during the first demo left out/data behind, and every later demo into that
     folder was refused ('already contains files'). The frames it wrote are the same bytes a
     new demo would write: they are used again."""
-    monkeypatch.setattr(demo, "TRAIN_FRAMES", 24)
-    monkeypatch.setattr(demo, "TEST_FRAMES", 6)
-    monkeypatch.setattr(demo, "FRAME_SIZE", 64)
-    monkeypatch.setitem(PRESETS["demo"]["preprocess"], "size", 32)
-    monkeypatch.setitem(PRESETS["demo"]["model"], "width", 4)
-    monkeypatch.setitem(PRESETS["demo"]["train"], "epochs", 1)
+    _small_demo(monkeypatch, epochs=1)
     out = tmp_path / "demo"
 
     def interrupted(*args, **kwargs):
