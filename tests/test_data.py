@@ -278,3 +278,11 @@ def test_training_on_a_folder_read_as_unlabelled_says_which_layout_it_found(tmp_
     ds = open_dataset(tmp_path)
     with pytest.raises(DataError, match="read as the 'images' layout .*unlabelled.*inspect"):
         load_arrays(ds, PreprocessConfig(size=8), cache_dir="")
+
+
+def test_holding_out_test_subjects_from_one_subject_names_the_flag() -> None:
+    """--val-fraction 0 --test-fraction 0.2 on one subject said only 'a subject-grouped
+    split needs at least two subjects', naming neither flag."""
+    with pytest.raises(UltrasegError, match=r"--test-fraction\) needs at least two subjects; "
+                                            r"found 1 \(--test-fraction 0"):
+        run_split(["a"] * 10, 0.2, 0.0, 0)

@@ -182,6 +182,10 @@ def holdout_by_subject(subjects: Sequence[str], fraction: float, seed: int
     """
     if fraction <= 0:
         return np.arange(len(subjects)), np.arange(0)
+    n_subjects = np.unique(np.asarray(subjects)).size
+    if n_subjects < 2:
+        raise UltrasegError(f"holding out test subjects (--test-fraction) needs at least two "
+                            f"subjects; found {n_subjects} (--test-fraction 0 holds none out)")
     kept, held = split_by_subject(subjects, fraction, seed + 7919)
     return kept, held
 

@@ -576,3 +576,18 @@ def test_the_images_layout_leaves_hidden_folders_out(tmp_path) -> None:
     _save(tmp_path / "scans" / "sub" / ".hidden" / "x.png", _frame(seed=2))
     ds, problems = scan_dataset(tmp_path / "scans", "images")
     assert [s.name for s in ds.samples] == ["a"] and problems == []
+
+
+def test_images_named_like_masks_in_an_unlabelled_folder_are_warned_about(tmp_path) -> None:
+    """A flat folder of 1_1.png + 1_1_mask.png is read as unlabelled images: its masks were
+    predicted as frames (1_1_mask_mask.png) without a word; --layout kaggle pairs them."""
+    for stem in ("1_1", "1_2"):
+        _save(tmp_path / "flat" / f"{stem}.png", _frame())
+        _save(tmp_path / "flat" / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(tmp_path / "flat")
+    assert ds.layout == "images"
+    said = [r.getMessage() for r in warned if "named like masks" in r.getMessage()]
+    assert len(said) == 1 and "2 of the 4 images" in said[0] and "--layout kaggle" in said[0]
+    paired, _ = scan_dataset(tmp_path / "flat", "kaggle")
+    assert len(paired.labelled) == 2                     # as the warning says

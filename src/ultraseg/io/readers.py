@@ -325,8 +325,8 @@ def _warn_unmatched_table(meta: dict[str, dict[str, float]], names: list[str],
     missing = [n for n in names if n not in meta]
     if missing:
         log.warning("%s: %d of %d images have no row in the pixel-size table (first: %s): no "
-                    "pixel size or reference head circumference from it (measure --pixel-size "
-                    "gives one)", folder, len(missing), len(names), missing[0])
+                    "pixel size or reference head circumference from it (for measure, "
+                    "--pixel-size gives one)", folder, len(missing), len(names), missing[0])
 
 
 class ImagesReader(Reader):
@@ -349,6 +349,12 @@ class ImagesReader(Reader):
                        key=lambda q: natural_key(str(q)))
         if len(files) < len(found):   # masks and overlays a predict run wrote below root
             warn_outputs_left_out(root, len(found) - len(files))
+        masks = [p for p in files if p.stem.lower().endswith("_mask")]
+        if masks:   # a flat folder of NAME + NAME_mask, read as unlabelled: its masks as frames
+            log.warning("%s: %d of the %d images are named like masks (first: %s) and are read "
+                        "as frames of their own; --layout kaggle pairs a folder of NAME and "
+                        "NAME_mask files, and the README's layout table shows the others",
+                        root, len(masks), len(files), masks[0].name)
         samples = []
         for p in files:
             rel = p.relative_to(root).with_suffix("").as_posix()
