@@ -218,9 +218,9 @@ def prepare(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Geome
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     """An array given to the predictor, as 8 bits: bool as 0/255 (a 1-bit PNG read with
     ``np.asarray``, as :func:`ultraseg.io.read_image` reads the file); floats in [0, 1] times
-    255; 8-bit integers as they are; wider integers (a 16-bit scan read with ``np.asarray``)
-    stretched from their min..max, as :func:`ultraseg.io.read_image` reads the file, whatever
-    their range; anything else stretched too."""
+    255, within 0..255 as they are; 8-bit integers as they are; wider integers (a 16-bit scan
+    read with ``np.asarray``) stretched from their min..max whatever their range, as
+    :func:`ultraseg.io.read_image` reads the file; anything else stretched too."""
     if image.dtype == bool:
         return image.astype(np.uint8) * 255
     x = image.astype(np.float64)
