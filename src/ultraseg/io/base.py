@@ -93,7 +93,8 @@ def _open(path: Path) -> Image.Image:
         if path.stat().st_size == 0:
             raise DataError("empty file (0 bytes)", path)
         im = Image.open(path)
-        rawmodes = [str(getattr(tile, "args", "")) for tile in (im.tile or [])]
+        # (a tile is (codec, extents, offset, args), args naming the raw mode: 'RGB;16B')
+        rawmodes = [str(tile[3]) for tile in (im.tile or []) if len(tile) > 3]
         if im.mode in ("RGB", "RGBA", "LA") and any(";16" in r for r in rawmodes):
             # Pillow keeps only each channel's high byte: a 12-bit scan would read as 0..15
             raise DataError(f"a 16-bit colour image ({im.mode}, 16 bits a channel), which Pillow "
