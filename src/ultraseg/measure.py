@@ -212,12 +212,14 @@ def moments_ellipse(mask: np.ndarray) -> tuple[float, float, float, float, float
     return cx, cy, a, b, angle
 
 
-def ellipse_circumference(a: float, b: float) -> float:
-    """Circumference of an ellipse with semi-axes a, b (Ramanujan's second approximation)."""
-    if a + b == 0:
-        return 0.0
-    h = ((a - b) / (a + b)) ** 2
-    return math.pi * (a + b) * (1.0 + 3.0 * h / (10.0 + math.sqrt(4.0 - 3.0 * h)))
+def ellipse_circumference(a: Any, b: Any) -> Any:
+    """Circumference of an ellipse with semi-axes a, b (Ramanujan's second approximation): a
+    float for numbers, an array for arrays (broadcast); 0 where a + b is 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    s = a + b
+    h = np.divide((a - b) ** 2, s ** 2, out=np.zeros(np.shape(s)), where=s != 0)
+    circ = math.pi * s * (1.0 + 3.0 * h / (10.0 + np.sqrt(4.0 - 3.0 * h)))
+    return float(circ) if circ.ndim == 0 else circ
 
 
 #: Fewest validation frames with a reference circumference for :func:`choose_boundary_offset`
@@ -248,10 +250,8 @@ def choose_boundary_offset(axes_px: np.ndarray, pixel_sizes_mm: np.ndarray,
     a, b = axes[:, 0:1], axes[:, 1:2]
     n = int(round(span / step))
     offsets = start + step * np.arange(-n, n + 1)
-    aa, bb = np.maximum(a - offsets, 0.0), np.maximum(b - offsets, 0.0)   # (N, offsets)
-    s = aa + bb
-    h = np.divide((aa - bb) ** 2, s ** 2, out=np.zeros_like(s), where=s > 0)
-    circ = math.pi * s * (1.0 + 3.0 * h / (10.0 + np.sqrt(4.0 - 3.0 * h)))  # Ramanujan II
+    circ = ellipse_circumference(np.maximum(a - offsets, 0.0),    # (N, offsets)
+                                 np.maximum(b - offsets, 0.0))
     mae = np.abs(circ * sizes[:, None] - refs[:, None]).mean(axis=0)
     near = np.flatnonzero(mae <= mae.min() + tolerance_mm)
     best = int(near[np.argmin(np.abs(offsets[near] - start))])
