@@ -786,7 +786,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         return TrainResult(out, best_epoch, best_dice, len(history), time.monotonic() - t0,
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
-                   best_dice, stopped, t0, meta, progress)
+                   best_dice, stopped, t0, meta, progress, choosing)
 
 
 def _no_time_for_another_epoch(now: float, deadline: float, epoch_s: float, batch_s: float,
@@ -874,13 +874,15 @@ def _val_cost_ratio(cfg: RunConfig, arrays: Arrays) -> float:
 def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray,
             val_idx: np.ndarray, device: torch.device, dtype: torch.dtype | None,
             history: list[dict[str, Any]], best_epoch: int, best_dice: float,
-            stopped: str | None, t0: float, meta: Callable, progress: Progress) -> TrainResult:
+            stopped: str | None, t0: float, meta: Callable, progress: Progress,
+            choosing: bool = True) -> TrainResult:
     """Choose post-processing (test-time augmentation included) on the validation frames at
     their original size, and where they carry reference head circumferences the boundary
     offset measurements use (:func:`_calibrate_measure`); write the report.
 
     Without validation frames the post-processing stays at its defaults, the Dice figures are
-    None and the report has no prediction figure.
+    None and the report has no prediction figure; so does it where they hold no structure
+    (``choosing`` False: they are scored, but choose nothing).
     """
     from .postprocess import apply as apply_pp
     from .postprocess import tune
@@ -909,7 +911,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     deadline = t0 + limit - _end_s(limit) if limit else None
     if probs:
         raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
-        if cfg.train.tune_postprocess and any(t.any() for t in truths):  # see `choosing`
+        if cfg.train.tune_postprocess and choosing:
             flipped = None
             # the mirrored pass, and as long again for the choice, must fit
             if deadline is None or time.monotonic() + 2 * pred_s < deadline:
