@@ -62,9 +62,9 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
 
 def _holds_phantom(folder: Path, n: int) -> bool:
     """Whether ``folder`` holds exactly the file names of a phantom set of ``n`` frames."""
-    from .phantom import FRAMES_PER_SUBJECT
+    from .phantom import frame_name
 
-    names = [f"{i // FRAMES_PER_SUBJECT + 1}_{i % FRAMES_PER_SUBJECT + 1}" for i in range(n)]
+    names = [frame_name(i) for i in range(n)]
     try:
         return ({p.name for p in (folder / "images").iterdir()} == {f"{s}.png" for s in names}
                 and {p.name for p in (folder / "masks").iterdir()}

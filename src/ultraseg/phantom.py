@@ -401,6 +401,12 @@ def _write_png(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def frame_name(i: int) -> str:
+    """The stem of the ``i``-th frame (from 0) :func:`make_dataset` writes: ``SUBJECT_FRAME``,
+    both from 1, :data:`FRAMES_PER_SUBJECT` frames a subject."""
+    return f"{i // FRAMES_PER_SUBJECT + 1}_{i % FRAMES_PER_SUBJECT + 1}"
+
+
 def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) -> Path:
     """Write ``n`` phantom frames in the ``folders`` layout and return ``out``.
 
@@ -448,7 +454,7 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
         scene = _draw_scene(rng, int(size), FRAMES_PER_SUBJECT, n_structures=count)
         for t in range(frames):
             image, mask, _ = _render(scene, t, rng)
-            name = f"{subject}_{t + 1}"
+            name = frame_name(written)
             _write_png(image, images / f"{name}.png")
             _write_png(mask * np.uint8(255), masks / f"{name}_mask.png")
             n_empty += int(not mask.any())
