@@ -24,6 +24,7 @@ from PIL import Image
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .io import IMAGE_EXTENSIONS, Sample, scan_dataset, select_label
+from .io.readers import subfolders
 from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
                       warn_outputs_left_out)
 from .postprocess import apply as apply_postprocess
@@ -100,8 +101,7 @@ def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             # (not --layout images: it reads every image below the folder, masks included)
-            images = next((d for d in sorted(path.iterdir()) if d.is_dir()
-                           and d.name.lower() == "images"), None) \
+            images = next(iter(subfolders(path, ("images",))), None) \
                 if ds.layout == "folders" else None
             hint = (f"; to predict its images anyway, point at {images}" if images else
                     f"; `ultraseg inspect {path}` lists the problems (layout found: "

@@ -55,7 +55,7 @@ def _group(files: list[Path], mask_suffix: str, masks_only: bool = False
     return images, masks
 
 
-def _subdirs(root: Path, names: tuple[str, ...]) -> list[Path]:
+def subfolders(root: Path, names: tuple[str, ...]) -> list[Path]:
     """Folders directly in ``root`` named one of ``names``, in any letter case."""
     if not root.is_dir():
         return []
@@ -99,11 +99,12 @@ class FoldersReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return bool(_subdirs(root, ("images",)))
+        return bool(subfolders(root, ("images",)))
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         problems: list[DataError] = []
-        folders = {"image": _subdirs(root, ("images",)), "mask": _subdirs(root, ("masks", "mask"))}
+        folders = {"image": subfolders(root, ("images",)),
+                   "mask": subfolders(root, ("masks", "mask"))}
         for what, found in folders.items():
             if len(found) > 1:
                 names = ", ".join(d.name for d in found)
