@@ -579,15 +579,75 @@ def test_the_images_layout_leaves_hidden_folders_out(tmp_path) -> None:
 
 
 def test_images_named_like_masks_in_an_unlabelled_folder_are_warned_about(tmp_path) -> None:
-    """A flat folder of 1_1.png + 1_1_mask.png is read as unlabelled images: its masks were
-    predicted as frames (1_1_mask_mask.png) without a word; --layout kaggle pairs them."""
+    """Read as unlabelled images (here: forced), a folder of 1_1.png + 1_1_mask.png had its
+    masks predicted as frames (1_1_mask_mask.png) without a word; --layout kaggle pairs them."""
     for stem in ("1_1", "1_2"):
         _save(tmp_path / "flat" / f"{stem}.png", _frame())
         _save(tmp_path / "flat" / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
     with ultraseg_warnings() as warned:
-        ds, _ = scan_dataset(tmp_path / "flat")
+        ds, _ = scan_dataset(tmp_path / "flat", "images")
     assert ds.layout == "images"
     said = [r.getMessage() for r in warned if "named like masks" in r.getMessage()]
     assert len(said) == 1 and "2 of the 4 images" in said[0] and "--layout kaggle" in said[0]
     paired, _ = scan_dataset(tmp_path / "flat", "kaggle")
     assert len(paired.labelled) == 2                     # as the warning says
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp"])
+def test_a_flat_folder_of_name_and_name_mask_pairs_is_read_labelled(tmp_path, ext) -> None:
+    """A flat folder of NAME.png + NAME_mask.png (the Kaggle naming in another format) was
+    detected as unlabelled images: train found no labelled samples, predict segmented the
+    masks as frames. It is now the kaggle layout, paired, with subjects from the names."""
+    for i, stem in enumerate(("1_1", "1_2", "2_1")):
+        _save(tmp_path / "flat" / f"{stem}{ext}", _frame(seed=i))
+        _save(tmp_path / "flat" / f"{stem}_mask.png", _disk())
+    ds, problems = scan_dataset(tmp_path / "flat")
+    assert ds.layout == "kaggle" and problems == []
+    assert [(s.name, s.subject) for s in ds.labelled] == [("1_1", "1"), ("1_2", "1"), ("2_1", "2")]
+    assert not ds.unlabelled
+
+
+def test_a_lone_mask_named_file_does_not_make_a_folder_labelled(tmp_path) -> None:
+    """Only a NAME_mask beside its NAME pairs: a folder of scans that happens to hold one
+    file named like a mask (and no partner) stays a folder of images."""
+    _save(tmp_path / "scans" / "a.png", _frame())
+    _save(tmp_path / "scans" / "b_mask.png", _frame(seed=1))
+    assert detect_layout(tmp_path / "scans") == "images"
+
+
+def test_a_flat_pairs_folder_names_images_in_its_subfolders(tmp_path) -> None:
+    """The folder reads its own files: images in a subfolder are named, not dropped in
+    silence (as the folders layout does); a test/ folder beside the pairs is read as test."""
+    for stem in ("1_1", "1_2"):
+        _save(tmp_path / "flat" / f"{stem}.png", _frame())
+        _save(tmp_path / "flat" / f"{stem}_mask.png", _disk())
+    _save(tmp_path / "flat" / "test" / "7.png", _frame())
+    ds, problems = scan_dataset(tmp_path / "flat")
+    assert problems == [] and [s.name for s in ds.unlabelled] == ["7"]
+    _save(tmp_path / "flat" / "more" / "3_1.png", _frame())
+    _, problems = scan_dataset(tmp_path / "flat")
+    assert [p.path for p in problems] == [str(tmp_path / "flat" / "more")]
+    assert "1 image file in a subfolder, not read" in str(problems[0])
+
+
+@pytest.mark.parametrize("folder", ["labels", "Labels", "gt", "annotations"])
+def test_the_folders_layout_takes_other_usual_names_for_its_masks(tmp_path, folder) -> None:
+    """images/ + labels/ (or gt/, annotations/) was read as unlabelled: train found no
+    labelled samples. Those names are now the masks folder."""
+    for i, stem in enumerate(("1_1", "2_1")):
+        _save(tmp_path / "d" / "images" / f"{stem}.png", _frame(seed=i))
+        _save(tmp_path / "d" / folder / f"{stem}.png", _disk())
+    ds, problems = scan_dataset(tmp_path / "d")
+    assert ds.layout == "folders" and problems == [] and len(ds.labelled) == 2
+
+
+def test_a_labels_folder_without_images_leaves_the_masks_folder_alone(tmp_path) -> None:
+    """A labels/ of text files (detection boxes) beside masks/ is no second masks folder."""
+    root = make_folders(tmp_path / "d")
+    (root / "labels").mkdir()
+    (root / "labels" / "1_1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    ds, problems = scan_dataset(root)
+    assert problems == [] and len(ds.labelled) == 3
+    _save(root / "labels" / "1_1.png", _disk())                # two folders of masks: which?
+    _, problems = scan_dataset(root)
+    assert len(problems) == 1 and "several mask folders: labels, masks" in str(problems[0])

@@ -84,10 +84,16 @@ def _unread_subfolders(folder: Path) -> list[DataError]:
                       f"subfolder)", sub) for sub, n in sorted(counts.items())]
 
 
+#: Names the folders layout takes for its masks folder (in any letter case).
+MASK_FOLDERS = ("masks", "mask", "labels", "label", "annotations", "ground_truth",
+                "groundtruth", "gt")
+
+
 class FoldersReader(Reader):
     """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp);
-    the masks may also sit beside the images (``images/NAME_mask.EXT``), and the folders may be
-    spelt ``Images``, ``mask``, ``Masks``... Image files in subfolders are named as problems.
+    the masks may also sit beside the images (``images/NAME_mask.EXT``), the masks folder may
+    be named any of :data:`MASK_FOLDERS` (``labels/``, ``gt/``...), and the folders may be spelt
+    ``Images``, ``Masks``... Image files in subfolders are named as problems.
 
     Subject: the leading integer of ``SUBJECT_FRAME`` names, else the frame itself;
     ``subject_pattern`` (a regex; its first group, else the whole match) overrides.
@@ -103,8 +109,10 @@ class FoldersReader(Reader):
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         problems: list[DataError] = []
+        masks_found = subfolders(root, MASK_FOLDERS)
+        # of several candidates (masks/ and a labels/ of text files), those holding images
         folders = {"image": subfolders(root, ("images",)),
-                   "mask": subfolders(root, ("masks", "mask"))}
+                   "mask": [d for d in masks_found if list_images(d)] or masks_found[:1]}
         for what, found in folders.items():
             if len(found) > 1:
                 names = ", ".join(d.name for d in found)
@@ -161,23 +169,37 @@ def _warn_frames_as_subjects(root: Path, own: list[str]) -> None:
 class KaggleReader(Reader):
     """Kaggle "Ultrasound Nerve Segmentation": ``train/SUBJECT_FRAME.tif`` +
     ``train/SUBJECT_FRAME_mask.tif``, and unlabelled ``test/N.tif``. DATA may be the
-    competition folder (holding train/ and test/) or the train folder itself."""
+    competition folder (holding train/ and test/) or the train folder itself, and the pairs
+    may be in any image format: a flat folder of ``NAME.png`` + ``NAME_mask.png`` is read
+    as this layout too. Image files in subfolders of the train folder are named as problems."""
 
     name = "kaggle"
-    description = "train/SUBJECT_FRAME.tif + train/SUBJECT_FRAME_mask.tif, test/N.tif"
+    description = ("train/SUBJECT_FRAME.tif + train/SUBJECT_FRAME_mask.tif, test/N.tif "
+                   "(or NAME.EXT + NAME_mask.EXT pairs in one flat folder)")
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any(p.stem.endswith("_mask") and p.suffix.lower() in (".tif", ".tiff")
-                   for d in (root, root / "train") if d.is_dir() for p in d.iterdir())
+        """A TIFF named ``*_mask`` (the competition's files), or any image ``NAME_mask.EXT``
+        beside an image ``NAME.*``, directly in ``root`` or in ``root/train``."""
+        for d in (root, root / "train"):
+            files = list_images(d)
+            stems = {p.stem for p in files}
+            if any(p.stem.endswith("_mask") and (p.suffix.lower() in (".tif", ".tiff")
+                                                 or p.stem[:-len("_mask")] in stems)
+                   for p in files):
+                return True
+        return False
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         train = root / "train" if (root / "train").is_dir() else root
         images, masks = _group(list_images(train), "_mask")
         pairs, problems = _pair(images, masks, labelled=True, folder=train)
+        test = root / "test"
+        problems += [p for p in _unread_subfolders(train) if p.path != str(test)]
         samples = [Sample(name, image, mask, self.leading_subject(name), {"split": "train"})
                    for name, image, mask in pairs]
-        test = root / "test"
+        if self.subject_pattern is None:
+            _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
         if test.is_dir() and test != train:
             seen = {s.name for s in samples}
             for p in sorted(list_images(test), key=lambda q: natural_key(q.name)):
