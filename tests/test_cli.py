@@ -1,6 +1,7 @@
 """The ``ultraseg`` command's own process set-up (``ultraseg.cli``)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -92,6 +93,50 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys) -> None:
     monkeypatch.setattr(cli, "_cmd_inspect", interrupted)
     assert cli.main(["inspect", "DATA"]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_a_working_size_memory_cannot_hold_is_a_user_error(tmp_path, capsys) -> None:
+    """--size 1000000 asks for terabytes of canvases: it was 'internal error: MemoryError'
+    (exit 1, a bug to report); it is the machine's limit, with the settings that need less."""
+    from ultraseg import cli
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--preset", "demo",
+                     "--size", "1000000", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any("internal error" in line for line in err), err
+    assert err[-1].startswith("error: out of memory (Unable to allocate"), err
+    assert "a smaller --size or --batch-size needs less" in err[-1]
+
+
+@pytest.mark.parametrize("command, raised, code", [
+    ("predict", RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                             "can't allocate memory: you tried to allocate 10 bytes.\nmore"), 2),
+    ("evaluate", MemoryError(), 2),
+    ("inspect", RuntimeError("a bug"), 1),               # other runtime errors stay bugs
+])
+def test_torch_running_out_of_memory_is_a_user_error(monkeypatch, capsys, command, raised,
+                                                      code) -> None:
+    from ultraseg import cli
+
+    def fails(a) -> int:
+        raise raised
+
+    parser = cli.build_parser()
+    sub = next(act for act in parser._actions if isinstance(act, argparse._SubParsersAction))
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    sub.choices[command].set_defaults(func=fails)
+    args = {"predict": ["predict", "M", "D", "--out", "O"], "evaluate": ["evaluate", "M", "D"],
+            "inspect": ["inspect", "D"]}[command]
+    assert cli.main(args) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    if code == 2:
+        assert err[0].startswith("error: out of memory (")
+        assert "--batch-size" in err[0] and "more" not in err[0]   # the first line only
+    else:
+        assert err[0].startswith("internal error: RuntimeError: a bug")
 
 
 @pytest.mark.parametrize("argv", [["phantom", "{long}"], ["train", "{data}", "--out", "{long}"]])

@@ -178,6 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:           # numpy's "Unable to allocate 74.5 GiB for an array..."
+        return _out_of_memory(str(e) or "MemoryError", a.command)
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            return _internal(e, a.debug)
+        return _out_of_memory(str(e).splitlines()[0], a.command)
     except ImportError as e:
         if e.name != "torch":
             return _internal(e, a.debug)
@@ -188,6 +194,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as e:  # a bug: say so in one line, traceback on --debug
         return _internal(e, a.debug)
+
+
+#: What makes a command need less memory, by command (the others: the generic line).
+_LESS_MEMORY = {
+    "train": "a smaller --size or --batch-size needs less",
+    **{c: "a smaller --batch-size (for a valid model also --tile) needs less"
+       for c in ("predict", "evaluate", "measure")},
+}
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that failed: torch's CPU allocator ("can't allocate
+    memory") or a GPU's (``torch.OutOfMemoryError``), as well as a plain MemoryError."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                            or "out of memory" in str(e).lower())
+
+
+def _out_of_memory(detail: str, command: str) -> int:
+    """Running out of memory is the machine's limit meeting the settings, not a bug: exit 2,
+    naming the settings that need less."""
+    hint = _LESS_MEMORY.get(command, "a machine with more memory, or smaller inputs, needed")
+    print(f"{_rank_prefix()}error: out of memory ({detail.strip()}); {hint}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _internal(e: Exception, debug: bool) -> int:
