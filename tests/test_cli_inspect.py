@@ -236,6 +236,28 @@ def test_json_with_problems_is_still_one_object(tmp_path: Path,
     assert culprit.name in captured.err
 
 
+@pytest.mark.parametrize("case", ["missing", "empty", "pattern"])
+def test_json_when_the_folder_cannot_be_read_at_all_is_still_one_object(
+        tmp_path: Path, capsys: pytest.CaptureFixture, case: str) -> None:
+    """A missing or empty folder, or a --subject-pattern matching no name, printed nothing on
+    stdout with --json: a script parsing it failed on empty input rather than on the problem."""
+    root = tmp_path / "data"
+    args = {"missing": [], "empty": [], "pattern": ["--subject-pattern", "^zzz(\\d+)"]}[case]
+    if case == "empty":
+        root.mkdir()
+    if case == "pattern":
+        _good(root)
+    assert main(["inspect", str(root), "--json", *args]) == 2
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["path"] == str(root) and report["layout"] is None
+    assert report["problems"] == len(report["problem_lines"]) == 1
+    said = {"missing": "no such file or folder", "empty": "no images found",
+            "pattern": "matches none of"}[case]
+    assert said in report["problem_lines"][0]
+    assert captured.err.strip() == f"error: {report['problem_lines'][0]}"   # as without --json
+
+
 def test_human_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "data"
     _good(root)

@@ -87,7 +87,14 @@ def _layout_args(p: argparse.ArgumentParser,
 def _cmd_inspect(a: argparse.Namespace) -> int:
     from .inspection import format_report, inspect_dataset
 
-    report, problems = inspect_dataset(a.data, a.layout, a.subject_pattern, a.label)
+    try:
+        report, problems = inspect_dataset(a.data, a.layout, a.subject_pattern, a.label)
+    except UltrasegError as e:
+        if a.json:        # a script reading stdout gets its JSON object, saying what failed
+            lines = str(e).splitlines() or [""]
+            print(json_text({"path": str(a.data), "layout": None, "problems": len(lines),
+                             "problem_lines": lines}))
+        raise            # and stderr its error lines, as for any command
     if a.json:
         report["problem_lines"] = [str(p) for p in problems]
         print(json_text(report))
