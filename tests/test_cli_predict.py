@@ -72,6 +72,31 @@ def test_predict_writes_one_mask_per_image_at_original_size(tmp_path, ckpt, caps
         np.testing.assert_array_equal(mask == 255, predictor.predict(decoded))
 
 
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_a_frame_that_cannot_be_read_is_skipped_named_and_exit_2(tmp_path, ckpt, capsys,
+                                                                 command):
+    """predict and measure stopped at the first unreadable frame of a folder; the frames
+    after it were never predicted. Each is now named, the others written, and the exit is 2."""
+    frames(tmp_path / "in", {"a.png": (20, 24), "c.png": (20, 24)})
+    (tmp_path / "in" / "b.png").write_bytes(b"")
+    out = tmp_path / "out"
+    extra = ["--rle", str(tmp_path / "s.csv")] if command == "predict" else []
+    assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--device", "cpu",
+                 *extra]) == 2
+    captured = capsys.readouterr()
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2 and str(tmp_path / "in" / "b.png") in errors[0]
+    assert errors[1] == "error: 1 of 3 frames could not be read (skipped, named above)"
+    if command == "predict":
+        assert sorted(p.name for p in out.glob("*_mask.png")) == ["a_mask.png", "c_mask.png"]
+        assert "predicted 2 frames" in captured.out and "not written" in captured.out
+        assert not (tmp_path / "s.csv").exists()
+    else:
+        with open(out / "measurements.csv", newline="") as f:
+            assert [r["name"] for r in csv.DictReader(f)] == ["a", "c"]
+        assert "measured 2 frames" in captured.out
+
+
 def test_postprocess_flags_override_the_checkpoint(tmp_path, ckpt):
     images = frames(tmp_path / "in", {"x.png": (31, 45)})
     predictor = load(ckpt, device="cpu", precision="fp32")
@@ -142,16 +167,16 @@ def test_tile_on_a_same_model_is_noted_not_silently_dropped(tmp_path, ckpt, caps
     assert "--tile" not in capsys.readouterr().err
 
 
-def test_bad_image_is_exit_2_one_line_and_no_partial_file(tmp_path, ckpt, capsys):
+def test_bad_image_is_exit_2_named_on_one_line_and_no_partial_file(tmp_path, ckpt, capsys):
     frames(tmp_path / "in", {"1.png": (20, 30), "3.png": (20, 30)})
     (tmp_path / "in" / "2.png").write_bytes(b"not an image at all")
     rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
                "--batch-size", "1", "--rle", str(tmp_path / "s.csv")])
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert len(err.splitlines()) == 1 and "2.png" in err and err.startswith("error:")
+    assert len(err) == 2 and "2.png" in err[0] and err[0].startswith("error:")   # + the count
     left = sorted(p.name for p in (tmp_path / "o").iterdir() if p.name != OUTPUT_MARKER)
-    assert "2_mask.png" not in left and not [n for n in left if n.startswith(".")]
+    assert left == ["1_mask.png", "3_mask.png"]       # skipped: no 2_mask.png, no temp file
     assert not (tmp_path / "s.csv").exists()
 
 

@@ -486,3 +486,16 @@ def test_the_printed_summary_names_what_the_raw_figure_is_and_shows_hd95_in_mm()
     assert "threshold 0.5 alone (no rules; the flip as below): 0.7800" in text
     assert "HD95 median (mm)      0.8000   over 2 of them with a pixel size" in text
     assert "HD95 median (mm)" not in format_summary({**summary, "hd95_mm_n": 0})
+
+
+def test_an_unreadable_frame_stops_evaluation_pointing_at_inspect(tmp_path) -> None:
+    """Scores over the frames that could be read would be no evaluation of the set: the
+    first bad file stops it, and the message says how to list every bad file at once."""
+    root = make_dataset(tmp_path / "data", n=6, size=SIZE, seed=2)
+    bad = sorted((root / "images").glob("*.png"))[2]
+    bad.write_bytes(b"")
+    with pytest.raises(UltrasegError) as err:
+        evaluate(_constant_predictor(0.9), root, out=tmp_path / "ev")
+    assert str(err.value).startswith(f"{bad}: ") and "0 bytes" in str(err.value)
+    assert f"`ultraseg inspect {root}` lists every problem" in str(err.value)
+    assert not (tmp_path / "ev").exists()                    # nothing written

@@ -537,3 +537,53 @@ def test_a_16_bit_array_is_scaled_as_its_file_is_read(tmp_path) -> None:
     eight = scan.astype(np.uint8)                      # 8 bits: as they are, as before
     np.testing.assert_array_equal(pred.predict_proba(eight),
                                   pred.predict_proba(np.asarray(Image.fromarray(eight))))
+
+
+def test_skip_unreadable_writes_the_other_frames_and_names_the_bad_ones(tmp_path):
+    """One corrupt frame in 500 stopped the whole run at it; with skip_unreadable (what the
+    CLI asks for) the others are written and the bad ones named; the submission, which
+    would lack rows, is not written."""
+    save(tmp_path / "in" / "1.png", ramp(8, 8))
+    (tmp_path / "in" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    save(tmp_path / "in" / "3.png", ramp(8, 8, 1))
+    (tmp_path / "in" / "4.png").write_bytes(b"")             # the last frame, too
+    frames = collect_frames([tmp_path / "in"])
+    out = tmp_path / "out"
+    seen: list[tuple[int, int]] = []
+    summary = write_predictions(pixel_predictor(batch_size=2), frames, out,
+                                rle=tmp_path / "s.csv", skip_unreadable=True,
+                                progress=lambda done, total: seen.append((done, total)))
+    assert summary.n == 2 and [m.name for m in summary.masks] == ["1_mask.png", "3_mask.png"]
+    assert [Path(e.path).name for e in summary.failed] == ["2.png", "4.png"]
+    assert summary.rle is None and not (tmp_path / "s.csv").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.csv")]
+    assert seen[-1] == (4, 4)                                 # the bar reaches its end
+    for name in ("1", "3"):
+        expect = pixel_predictor().predict(read(tmp_path / "in" / f"{name}.png"))
+        np.testing.assert_array_equal(read(out / f"{name}_mask.png") == 255, expect)
+
+
+def test_skip_unreadable_with_overlays_skips_a_frame_whose_mask_cannot_be_read(tmp_path):
+    root = tmp_path / "d"
+    for name in ("1_1", "1_2"):
+        save(root / "images" / f"{name}.png", ramp(8, 8))
+        save(root / "masks" / f"{name}_mask.png", np.zeros((8, 8), np.uint8))
+    save(root / "masks" / "1_2_mask.png", np.zeros((6, 8), np.uint8))    # not the image's size
+    summary = write_predictions(pixel_predictor(), collect_frames([root]), tmp_path / "out",
+                                overlay=True, skip_unreadable=True)
+    assert summary.n == 1 and [o.name for o in summary.overlays] == ["1_1_overlay.png"]
+    assert len(summary.failed) == 1 and "1_2_mask.png" in str(summary.failed[0])
+
+
+def test_measure_frames_with_a_failed_list_skips_the_unreadable_ones(tmp_path):
+    save(tmp_path / "in" / "1.png", ramp(8, 8))
+    (tmp_path / "in" / "2.png").write_bytes(b"")
+    failed: list = []
+    summary, rows = measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]),
+                                   out=tmp_path / "m", failed=failed)
+    assert [r["name"] for r in rows] == ["1"] and summary["n"] == 1
+    assert summary["n_unreadable"] == 1 and "2.png" in str(failed[0])
+    with open(tmp_path / "m" / "measurements.csv", newline="") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == ["1"]
+    with pytest.raises(DataError, match=r"2\.png"):                # without the list: stops
+        measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]))

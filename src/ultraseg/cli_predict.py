@@ -15,7 +15,7 @@ from .config import postprocess_problem
 from .errors import UltrasegError
 from .fileio import json_text
 
-EXIT_OK = 0
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 class ProgressBar:
@@ -85,16 +85,30 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     frames = collect_frames(a.inputs, a.layout, a.subject_pattern, exclude=a.out)
     predictor = load_predictor(a)
     summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
-                                rle=a.rle, label=a.label, progress=ProgressBar("predict"))
+                                rle=a.rle, label=a.label, progress=ProgressBar("predict"),
+                                skip_unreadable=True)
     extra = " and overlays" if a.overlay else ""
     sub = ""
     if summary.rle:
         sub = f"; submission {summary.rle}"
         if summary.rle_left_out:
             sub += f" (test split only: {summary.rle_left_out} training frames left out)"
+    elif a.rle:
+        sub = f"; submission {a.rle} not written (it would lack the frames not read)"
     print(f"predicted {summary.n} frames ({summary.n_empty} empty): masks{extra} in "
           f"{summary.out}{sub}")
-    return EXIT_OK
+    return report_unreadable(summary.failed, len(frames))
+
+
+def report_unreadable(failed: list[Any], total: int) -> int:
+    """One ``error:`` line per frame that could not be read and was skipped, and the exit
+    code: 2 where there was any (the others' outputs are written), else 0."""
+    for e in failed:
+        print(f"error: {e}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {total} frames could not be read (skipped, named above)",
+              file=sys.stderr)
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 def postprocess_args(p: argparse.ArgumentParser) -> None:
@@ -150,16 +164,17 @@ def _cmd_measure(a: argparse.Namespace) -> int:
 
     frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
     predictor = load_predictor(a)
+    failed: list[Any] = []
     summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
-                                   progress=ProgressBar("measure"))
+                                   progress=ProgressBar("measure"), failed=failed)
     if a.json:
-        print(json_text({**summary, "rows": rows}))
-        return EXIT_OK
+        print(json_text({**summary, "unreadable": [str(e) for e in failed], "rows": rows}))
+        return report_unreadable(failed, len(frames))
     if a.out is None:
         for r in rows:
             print(format_measure_row(r))
     print(format_measure_summary(summary))
-    return EXIT_OK
+    return report_unreadable(failed, len(frames))
 
 
 def format_measure_row(r: dict[str, Any]) -> str:

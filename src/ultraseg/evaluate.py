@@ -90,7 +90,11 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
 
     def decoded():
         for s in samples:
-            image, mask = s.load()
+            try:
+                image, mask = s.load()
+            except DataError as e:   # scores over some frames are no evaluation: stop here
+                raise DataError(f"{e.message} (`ultraseg inspect {ds.root}` lists every "
+                                f"problem of the set at once)", e.path) from e
             truths.append(select_label(mask, label))
             regions.append(seen_region(image, predictor.preprocess) if s.meta.get(
                 "pixel_size_mm") else None)

@@ -173,18 +173,27 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -
 
 
 # ------------------------------------------------------------------------------ streaming
-def iter_probabilities(predictor: Predictor, frames: Iterable[Frame]
+def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
+                       failed: list[DataError] | None = None
                        ) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
     """Yield ``(frame, image (H, W) uint8, probabilities (H, W) float32)`` frame by frame.
 
     Images are decoded as the predictor asks for them; at most one batch is held at a time.
-    An unreadable image raises :class:`~ultraseg.errors.DataError` naming the file.
+    An unreadable image raises :class:`~ultraseg.errors.DataError` naming the file; given a
+    ``failed`` list, it is appended there instead and the frame skipped.
     """
     pending: deque[tuple[Frame, np.ndarray]] = deque()
 
     def images() -> Iterator[np.ndarray]:
         for frame in frames:
-            image = frame.sample.load_image()
+            try:
+                image = frame.sample.load_image()
+            except DataError as e:
+                if failed is None:
+                    raise
+                log.info("%s (skipped)", e)
+                failed.append(e)
+                continue
             pending.append((frame, image))
             yield image
 
@@ -260,6 +269,7 @@ class PredictionSummary:
     overlays: list[Path] = field(default_factory=list)
     rle: Path | None = None
     rle_left_out: int = 0
+    failed: list[DataError] = field(default_factory=list)   # frames skipped, unreadable
 
 
 def submission_frames(frames: Sequence[Frame]) -> list[bool]:
@@ -276,10 +286,14 @@ def submission_frames(frames: Sequence[Frame]) -> list[bool]:
     return [s != "train" for s in splits]
 
 
+class _Incomplete(Exception):
+    """Raised into a submission being written when frames were skipped: it is not kept."""
+
+
 def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | Path,
                       fmt: str = "png", overlay: bool = False, rle: str | Path | None = None,
-                      label: int | None = None, progress: Progress | None = None
-                      ) -> PredictionSummary:
+                      label: int | None = None, progress: Progress | None = None,
+                      skip_unreadable: bool = False) -> PredictionSummary:
     """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size).
 
     ``fmt='tif'`` writes TIFF masks. ``overlay``: also ``OUT/NAME_overlay.png``, the image with
@@ -291,7 +305,10 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     frame). The mask is the predictor's post-processed
     decision (``predictor.postprocess``). Stops at the first unreadable file with a
     :class:`~ultraseg.errors.DataError`; files already written are complete, and the CSV is
-    only written when every frame succeeded.
+    only written when every frame succeeded. With ``skip_unreadable`` an image that cannot be
+    read (or, for an overlay, whose mask cannot) is skipped and named in the summary's
+    ``failed``, and the other frames are written; the submission CSV then is not (it would
+    lack their rows: ``summary.rle`` is None).
     """
     from .report import overlay as draw_overlay
 
@@ -317,14 +334,24 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
             log.info("submission: leaving out %d frames of the training split",
                      summary.rle_left_out)
 
+    failed = summary.failed if skip_unreadable else None
+
     def rows() -> Iterator[tuple[str, np.ndarray]]:
-        for frame, image, prob in iter_probabilities(predictor, frames):
+        for frame, image, prob in iter_probabilities(predictor, frames, failed):
+            if overlay:      # the truth first: a mask that cannot be read skips the frame
+                try:
+                    truth = _truth(frame, image.shape, truth_label)
+                except DataError as e:
+                    if failed is None:
+                        raise
+                    log.info("%s (skipped)", e)
+                    failed.append(e)
+                    continue
             mask = apply_postprocess(prob, predictor.postprocess)
             mask_path = out / f"{frame.out_name}_mask{suffix}"
             _write(mask_path, encode_mask(mask, fmt))
             summary.masks.append(mask_path)
             if overlay:
-                truth = _truth(frame, image.shape, truth_label)
                 rgb = draw_overlay(image, mask, truth, thickness=overlay_thickness(image.shape))
                 ov_path = out / f"{frame.out_name}_overlay.png"
                 _write(ov_path, encode_png(rgb))
@@ -332,9 +359,13 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
             summary.n += 1
             summary.n_empty += not mask.any()
             if progress:
-                progress(summary.n, len(frames))
+                progress(summary.n + len(summary.failed), len(frames))
             if in_submission[frame.out_name]:
                 yield frame.out_name, mask
+        if summary.failed and progress:     # (the last frames may have been skipped)
+            progress(summary.n + len(summary.failed), len(frames))
+        if summary.failed and rle is not None:
+            raise _Incomplete
 
     if rle is None:
         for _ in rows():
@@ -342,7 +373,12 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     else:
         from .rle import write_submission
 
-        write_submission(rows(), rle)
+        try:
+            write_submission(rows(), rle)
+        except _Incomplete:
+            log.info("submission %s not written: %d frames could not be read", rle,
+                        len(summary.failed))
+            summary.rle = None
     log.info("wrote %d masks to %s (%d empty)", summary.n, out, summary.n_empty)
     return summary
 
@@ -367,7 +403,7 @@ MEASURE_COLUMNS = ("name", "image", "width", "height", "pixel_size_mm", "n_compo
 
 def measure_frames(predictor: Predictor, frames: Sequence[Frame],
                    pixel_size_mm: float | None = None, out: str | Path | None = None,
-                   progress: Progress | None = None
+                   progress: Progress | None = None, failed: list[DataError] | None = None
                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
 
@@ -378,7 +414,10 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     ``meta['measure']['boundary_offset_px']`` (0 when absent). With ``out``, writes
     ``OUT/measurements.csv``. Returns ``(summary, rows)``; the summary has ``n``,
     ``n_with_object``, ``hc_mm_mean`` and, where references exist, ``hc_mae_mm`` and
-    ``hc_bias_mm`` over the frames that have both.
+    ``hc_bias_mm`` over the frames that have both. An unreadable image stops it with a
+    :class:`~ultraseg.errors.DataError`; given a ``failed`` list, it is appended there and
+    skipped instead (the CSV and the summary then cover the frames measured, and the summary
+    counts the others as ``n_unreadable``).
     """
     from .measure import measure
     from .preprocess import seen_region
@@ -388,7 +427,8 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     out_dir = prepare_out_dir(out) if out is not None else None
     rows: list[dict[str, Any]] = []
-    for frame, image, prob in iter_probabilities(predictor, frames):
+    skipped_before = len(failed) if failed is not None else 0
+    for frame, image, prob in iter_probabilities(predictor, frames, failed):
         mask = apply_postprocess(prob, predictor.postprocess)
         spacing = frame.sample.meta.get("pixel_size_mm") or pixel_size_mm
         m = measure(mask, spacing, boundary_offset_px=offset,
@@ -410,8 +450,12 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
             row["hc_error_mm"] = row["hc_mm"] - row["hc_ref_mm"]
         rows.append(row)
         if progress:
-            progress(len(rows), len(frames))
+            progress(len(rows) + len(failed or ()) - skipped_before, len(frames))
     summary = summarise_measurements(rows, offset)
+    if failed is not None:
+        summary["n_unreadable"] = len(failed) - skipped_before
+        if summary["n_unreadable"] and progress:    # (the last frames may have been skipped)
+            progress(len(frames), len(frames))
     if out_dir is not None:
         summary["csv"] = str(out_dir / "measurements.csv")
         atomic_write_text(out_dir / "measurements.csv", measurements_csv(rows))
