@@ -382,7 +382,11 @@ Measured on the held-out subjects above:
   epochs (BUSI 92 against 68, nerve 36 against 11, HC18 165-187 against 122), and no figure
   rises beyond the earlier runs' spread: BUSI lesion Dice 0.728 with 17 of 19 normal frames
   empty (the EPYC headline: 0.738, 18 of 19), nerve 0.742 (0.747). The preset's recipe, not
-  its compute, is what holds BUSI and nerve under 0.80.
+  its compute, is what holds BUSI and nerve under 0.80. Spending that compute on width instead
+  (lever `width-32` on nerve, the same Xeon, peak 2221 GFLOP/s, its table above; no `base`
+  beside it, the nerve headline being the preset on the same machine): 12 epochs, validation
+  0.752, held-out 0.720, against the width-16 headline's 36 epochs, 0.770 and 0.742. Twice
+  the width, at a third of the epochs, loses within the 20 minutes.
 - **Post-processing chosen on validation** (threshold, minimum component area, keeping the
   largest component, hole filling; the plain setting is kept unless a rule gains 0.005 Dice on
   validation): on BUSI the run chose threshold 0.6, components under 482 px removed, the
