@@ -896,3 +896,21 @@ def test_a_validation_side_without_any_structure_chooses_nothing(tmp_path) -> No
                and "--split-seed" in r.getMessage() for r in warned)
     assert result.best_epoch == 3
     assert load_checkpoint(tmp_path / "run" / "best.ckpt").postprocess == PostprocessConfig()
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_a_working_size_that_leaves_one_pixel_at_the_bottleneck_is_refused(tmp_path, norm):
+    """--size 16 at depth 4 (a 1 x 1 bottleneck) with instance normalisation stopped in the
+    first batch with torch's 'Expected more than 1 spatial element' as an internal error, and
+    with batch normalisation on a last batch of one frame; it is refused before anything is
+    written, and --size 32 trains."""
+    data = make_dataset(tmp_path / "data", n=9, size=32, seed=0)
+    args = ["train", str(data), "--preset", "demo", "--depth", "4", "--norm", norm,
+            "--epochs", "1", "--batch-size", "4", "--val-fraction", "0", "--width", "4"]
+    with pytest.raises(UltrasegError, match="--size at least 32, or a smaller --depth"):
+        train_mod.train(merge(preset("demo"), {"data": {"path": str(data)},
+                                               "preprocess": {"size": 16},
+                                               "model": {"depth": 4, "norm": norm}}),
+                        tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    assert cli.main([*args, "--size", "32", "--out", str(tmp_path / "ok")]) == 0

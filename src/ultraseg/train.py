@@ -33,7 +33,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import __version__
 from .augment import WARPING, augment_batch
 from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
-from .config import AUTO_PRESENCE_MIN_EMPTY, PostprocessConfig, RunConfig, check_types
+from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, RunConfig,
+                     check_types)
 from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, session
 from .errors import CheckpointError, DataError, UltrasegError
@@ -99,6 +100,7 @@ class Batches:
             if size % step:
                 raise UltrasegError(f"the 'same' model needs a working size divisible by {step}; "
                                     f"use --size {size + (-size % step)}")
+            check_bottleneck(m, size)     # (frames kept at their own size: known only now)
             self.images = arrays.images[index]
         self.masks = arrays.masks[index]
         self.size = size
@@ -327,8 +329,21 @@ def check_config(cfg: RunConfig) -> None:
     if head == "auto":          # what resolve_presence_head could decide: check the head too
         head = cfg.model.variant == "same"
         mode = mode if head else "gate"     # (a mode of an 'auto' head never built: none)
+    check_bottleneck(cfg.model, cfg.preprocess.size)
     with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
         build_model(replace(cfg.model, presence_head=head, presence_mode=mode))
+
+
+def check_bottleneck(model: ModelConfig, size: int | None) -> None:
+    """Refuse a 'same' model whose working ``size`` leaves one pixel at the bottleneck
+    (``size`` 2**depth): instance normalisation cannot train on a single pixel, and batch
+    normalisation fails on a last batch of one frame; 2 x 2 is the least that trains."""
+    least = 2 * 2**model.depth
+    if model.variant == "same" and size is not None and size < least:
+        raise UltrasegError(f"working size {size} is too small for a depth-{model.depth} "
+                            f"U-Net: its bottleneck needs 2 x 2 pixels or more for its "
+                            f"normalisation to train; --size at least {least}, or a smaller "
+                            f"--depth")
 
 
 def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
