@@ -270,12 +270,13 @@ def test_a_large_subject_that_overshoots_the_fraction_is_warned_about(tmp_path: 
 
 
 def test_training_on_a_folder_read_as_unlabelled_says_which_layout_it_found(tmp_path) -> None:
-    """A flat folder of 1_1.png + 1_1_mask.png is read as unlabelled images; train said only
-    'no labelled samples to train on', with no word of the layout it had found."""
+    """A folder read as unlabelled images (here by --layout images; a flat folder of 1_1.png +
+    1_1_mask.png is detected as the kaggle layout now): train said only 'no labelled samples
+    to train on', with no word of the layout it had found."""
     for stem in ("1_1", "1_2"):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"{stem}.png")
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / f"{stem}_mask.png")
-    ds = open_dataset(tmp_path)
+    ds = open_dataset(tmp_path, "images")
     with pytest.raises(DataError, match="read as the 'images' layout .*unlabelled.*inspect"):
         load_arrays(ds, PreprocessConfig(size=8), cache_dir="")
 

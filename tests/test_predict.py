@@ -16,6 +16,7 @@ from PIL import Image
 
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
 from ultraseg.errors import DataError, UltrasegError
+from ultraseg.io import open_dataset
 from ultraseg.measure import ellipse_circumference
 from ultraseg.predict import Predictor
 from ultraseg.io.base import OUTPUT_MARKER
@@ -100,16 +101,36 @@ def test_collect_frames_errors_before_anything_runs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError):
         collect_frames([tmp_path / "empty"])
-    broken = tmp_path / "broken"                      # labelled set with an orphan image
+    broken = tmp_path / "broken"                      # labelled set with two masks folders
     save(broken / "images" / "a.png", ramp(4, 4))
     save(broken / "images" / "b.png", ramp(4, 4))
     save(broken / "masks" / "a_mask.png", np.zeros((4, 4), np.uint8))
+    save(broken / "mask" / "b_mask.png", np.zeros((4, 4), np.uint8))
     # the hint names the images folder; it said --layout images, which reads the masks too
     # and so predicted masks as frames and put them in a submission
-    with pytest.raises(DataError, match="b.png: image without a mask.*point at .*images$") as e:
+    with pytest.raises(DataError, match="several mask folders.*point at .*images$") as e:
         collect_frames([broken])
     assert "--layout images" not in str(e.value)
     assert [f.out_name for f in collect_frames([broken / "images"])] == ["a", "b"]
+
+
+def test_an_image_without_its_mask_is_still_predicted(tmp_path):
+    """A labelled set missing a mask (or holding an orphan mask) stopped predict, which needs
+    no masks; a flat folder of scans holding one NAME_mask.png beside its NAME.png (now the
+    kaggle layout) did too. Training still refuses such a set."""
+    root = tmp_path / "d"
+    for name in ("a", "b"):
+        save(root / "images" / f"{name}.png", ramp(4, 4))
+    save(root / "masks" / "a_mask.png", np.zeros((4, 4), np.uint8))
+    save(root / "masks" / "z_mask.png", np.zeros((4, 4), np.uint8))     # no image z
+    assert [f.out_name for f in collect_frames([root])] == ["a", "b"]
+    with pytest.raises(DataError, match="b.png: image without a mask"):
+        open_dataset(root)
+    flat = tmp_path / "flat"
+    for name in ("1_1", "1_2", "1_3"):
+        save(flat / f"{name}.png", ramp(4, 4))
+    save(flat / "1_1_mask.png", np.zeros((4, 4), np.uint8))
+    assert [f.out_name for f in collect_frames([flat])] == ["1_1", "1_2", "1_3"]
 
 
 def test_an_output_folder_that_is_the_input_is_refused_as_such(tmp_path):

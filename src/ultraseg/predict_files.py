@@ -24,7 +24,7 @@ from PIL import Image
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
 from .io import IMAGE_EXTENSIONS, Sample, scan_dataset, select_label
-from .io.readers import subfolders
+from .io.readers import Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
                       warn_outputs_left_out)
 from .postprocess import apply as apply_postprocess
@@ -98,6 +98,9 @@ def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
                                 "its images would be left out as outputs; choose another --out",
                                 path)
         ds, problems = scan_dataset(path, layout, subject_pattern)
+        # an image without its mask is still an image to predict, and a mask without its image
+        # none to predict
+        problems = [p for p in problems if not isinstance(p, Unpaired)]
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             # (not --layout images: it reads every image below the folder, masks included)

@@ -648,6 +648,66 @@ def test_a_labels_folder_without_images_leaves_the_masks_folder_alone(tmp_path) 
     (root / "labels" / "1_1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     ds, problems = scan_dataset(root)
     assert problems == [] and len(ds.labelled) == 3
-    _save(root / "labels" / "1_1.png", _disk())                # two folders of masks: which?
+    _save(root / "labels" / "1_1.png", _disk())       # masks/ before the other names, said
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(root)
+    assert problems == [] and len(ds.labelled) == 3
+    assert [r.getMessage() for r in warned] == [f"{root}: read masks/ as the masks; labels/ "
+                                                f"not read"]
+    _save(root / "mask" / "1_1.png", _disk())          # two of the usual names: which?
     _, problems = scan_dataset(root)
-    assert len(problems) == 1 and "several mask folders: labels, masks" in str(problems[0])
+    assert len(problems) == 1 and "several mask folders: mask, masks" in str(problems[0])
+
+
+@pytest.mark.parametrize("folder", ["masks", "labels"])
+def test_a_masks_folder_predict_wrote_is_no_ground_truth(tmp_path, folder) -> None:
+    """`predict DATA --out DATA/labels` (or DATA/masks) on a folder of images: the next scan
+    read the predictions as ground truth, and evaluate scored the model against itself
+    (Dice 1.0). A folder ultraseg marked as its output is left out, with a warning."""
+    from ultraseg.io.base import mark_output_folder
+
+    root = tmp_path / "scans"
+    (root / folder).mkdir(parents=True)
+    mark_output_folder(root / folder, "predict/measure")
+    for i, stem in enumerate(("1_1", "2_1")):
+        _save(root / "images" / f"{stem}.png", _frame(seed=i))
+        _save(root / folder / f"{stem}_mask.png", _disk())
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(root)
+    assert problems == [] and not ds.labelled and len(ds.unlabelled) == 2
+    assert any("predictions, not read as ground truth" in r.getMessage() for r in warned)
+
+
+def test_a_train_and_test_split_of_png_pairs_is_not_read_as_the_kaggle_layout(tmp_path) -> None:
+    """train/ + test/ of NAME.png + NAME_mask.png was detected as kaggle: test/'s masks were
+    read as frames to predict (1_6_mask_mask.png, rows in a submission) and evaluate scored
+    the training frames alone. Only the competition's TIFFs make train/ kaggle; a flat folder
+    of pairs does, where a test/ holding masks is a problem."""
+    for split, stems in (("train", ("1_1", "1_2")), ("test", ("2_1",))):
+        for stem in stems:
+            _save(tmp_path / "tt" / split / f"{stem}.png", _frame())
+            _save(tmp_path / "tt" / split / f"{stem}_mask.png", _disk())
+    assert detect_layout(tmp_path / "tt") != "kaggle"
+    flat = tmp_path / "tt" / "train"
+    _save(flat / "test" / "2_1.png", _frame())
+    _save(flat / "test" / "2_1_mask.png", _disk())
+    ds, problems = scan_dataset(flat)
+    assert ds.layout == "kaggle" and len(ds.labelled) == 2
+    assert [Path(p.path).name for p in problems] == ["2_1_mask.png"]
+    assert "a mask in test/" in str(problems[0])
+
+
+def test_a_flat_folder_with_several_masks_per_image_unites_them(tmp_path) -> None:
+    """One BUSI class folder as distributed (images and masks together, NAME_mask_1.png for a
+    second lesion): the extra masks were 'images without a mask'. They join their image's."""
+    root = tmp_path / "benign"
+    _save(root / "benign (1).png", _frame())
+    _save(root / "benign (1)_mask.png", _disk(cx=8, r=3))
+    _save(root / "benign (1)_mask_1.png", _disk(cx=24, r=3))
+    _save(root / "benign (2).png", _frame(seed=1))
+    _save(root / "benign (2)_mask.png", _disk())
+    ds, problems = scan_dataset(root)
+    assert ds.layout == "kaggle" and problems == []
+    first = ds.labelled[0]
+    assert [p.name for p in first.mask_paths] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
+    assert first.load()[1].sum() == ((_disk(cx=8, r=3) | _disk(cx=24, r=3)) > 0).sum()

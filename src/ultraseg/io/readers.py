@@ -9,10 +9,19 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import DataError
-from .base import (IMAGE_EXTENSIONS, Reader, Sample, in_output_folder, is_image_file,
-                   list_images, natural_key, warn_outputs_left_out)
+from .base import (IMAGE_EXTENSIONS, OUTPUT_MARKER, Reader, Sample, in_output_folder,
+                   is_image_file, list_images, natural_key, warn_outputs_left_out)
 
 log = logging.getLogger(__name__)
+
+
+#: A mask's file stem: NAME_mask, or NAME_mask_K where one image has several (their union).
+_MASK_STEM = re.compile(r"^(.*)_mask(?:_\d+)?$")
+
+
+class Unpaired(DataError):
+    """An image without its mask in a labelled set, or a mask without its image: a problem
+    for training and evaluation, none for prediction, which reads the images alone."""
 
 
 def _check_unique(items: dict[str, list[Path]], what: str) -> list[DataError]:
@@ -22,18 +31,29 @@ def _check_unique(items: dict[str, list[Path]], what: str) -> list[DataError]:
 
 
 def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled: bool,
-          folder: Path) -> tuple[list[tuple[str, Path, tuple[Path, ...]]], list[DataError]]:
-    """Pair image stems with mask stems; report orphans both ways and duplicate names."""
-    problems = _check_unique(images, "image") + _check_unique(masks, "mask")
+          folder: Path, several_masks: bool = False
+          ) -> tuple[list[tuple[str, Path, tuple[Path, ...]]], list[DataError]]:
+    """Pair image stems with mask stems; report orphans both ways and duplicate names.
+    ``several_masks``: an image's masks are all its paths (NAME_mask_1, NAME_mask_2: their
+    union), two of the same stem still a duplicate. An image without a mask in a labelled
+    set is a problem, and a sample without one (what ``predict`` reads; training refuses a
+    set with problems)."""
+    problems = _check_unique(images, "image")
+    if several_masks:
+        problems += _check_unique({p.stem: [q for q in paths if q.stem == p.stem]
+                                   for paths in masks.values() for p in paths}, "mask")
+    else:
+        problems += _check_unique(masks, "mask")
     for name in sorted(set(masks) - set(images), key=natural_key):
-        problems.append(DataError("mask without an image", masks[name][0]))
+        problems.append(Unpaired("mask without an image", masks[name][0]))
     pairs = []
     for name in sorted(images, key=natural_key):
         mask = masks.get(name)
         if labelled and not mask:
-            problems.append(DataError("image without a mask in a labelled set", images[name][0]))
-            continue
-        pairs.append((name, images[name][0], (mask[0],) if mask else ()))
+            problems.append(Unpaired("image without a mask in a labelled set", images[name][0]))
+        found = tuple(sorted(mask, key=lambda p: natural_key(p.name))) if several_masks and mask \
+            else (mask[0],) if mask else ()
+        pairs.append((name, images[name][0], found))
     if not images and not masks:
         problems.append(DataError("empty folder: no images found", folder))
     return pairs, problems
@@ -89,6 +109,27 @@ MASK_FOLDERS = ("masks", "mask", "labels", "label", "annotations", "ground_truth
                 "groundtruth", "gt")
 
 
+def _mask_folders(root: Path) -> list[Path]:
+    """The folders layout's masks folder candidates in ``root`` (more than one: a problem).
+
+    Left out, with a warning: a folder ultraseg wrote (:data:`OUTPUT_MARKER`: predicted masks
+    are no ground truth). Of the others, those holding images (a labels/ of text files beside
+    masks/ is none), and of those ``masks/`` or ``mask/`` before the other names."""
+    found = []
+    for d in subfolders(root, MASK_FOLDERS):
+        if (d / OUTPUT_MARKER).is_file():
+            log.warning("%s holds ultraseg's outputs (%s marks it): its masks are predictions, "
+                        "not read as ground truth", d, OUTPUT_MARKER)
+        else:
+            found.append(d)
+    holding = [d for d in found if list_images(d)]
+    usual = [d for d in holding if d.name.lower() in ("masks", "mask")]
+    if usual and len(holding) > len(usual):
+        log.warning("%s: read %s/ as the masks; %s not read", root, usual[0].name,
+                    ", ".join(f"{d.name}/" for d in holding if d not in usual))
+    return usual or holding or found[:1]
+
+
 class FoldersReader(Reader):
     """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp);
     the masks may also sit beside the images (``images/NAME_mask.EXT``), the masks folder may
@@ -109,10 +150,7 @@ class FoldersReader(Reader):
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         problems: list[DataError] = []
-        masks_found = subfolders(root, MASK_FOLDERS)
-        # of several candidates (masks/ and a labels/ of text files), those holding images
-        folders = {"image": subfolders(root, ("images",)),
-                   "mask": [d for d in masks_found if list_images(d)] or masks_found[:1]}
+        folders = {"image": subfolders(root, ("images",)), "mask": _mask_folders(root)}
         for what, found in folders.items():
             if len(found) > 1:
                 names = ", ".join(d.name for d in found)
@@ -179,23 +217,33 @@ class KaggleReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        """A TIFF named ``*_mask`` (the competition's files), or any image ``NAME_mask.EXT``
-        beside an image ``NAME.*``, directly in ``root`` or in ``root/train``."""
+        """A TIFF named ``*_mask`` (the competition's files) directly in ``root`` or in
+        ``root/train``; or, directly in ``root`` (a flat folder: not a train/ + test/ split
+        of another dataset's, whose test masks this layout would read as frames), any image
+        ``NAME_mask.EXT`` beside an image ``NAME.*``."""
         for d in (root, root / "train"):
             files = list_images(d)
             stems = {p.stem for p in files}
             if any(p.stem.endswith("_mask") and (p.suffix.lower() in (".tif", ".tiff")
-                                                 or p.stem[:-len("_mask")] in stems)
+                                                 or (d == root and p.stem[:-5] in stems))
                    for p in files):
                 return True
         return False
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         train = root / "train" if (root / "train").is_dir() else root
-        images, masks = _group(list_images(train), "_mask")
-        pairs, problems = _pair(images, masks, labelled=True, folder=train)
+        images: dict[str, list[Path]] = defaultdict(list)
+        masks: dict[str, list[Path]] = defaultdict(list)
+        for p in list_images(train):      # NAME_mask, and NAME_mask_1, NAME_mask_2 (a union)
+            m = _MASK_STEM.match(p.stem)
+            (masks[m.group(1)] if m else images[p.stem]).append(p)
+        pairs, problems = _pair(images, masks, labelled=True, folder=train, several_masks=True)
         test = root / "test"
         problems += [p for p in _unread_subfolders(train) if p.path != str(test)]
+        if test.is_dir() and test != train:    # the competition's test split has no masks
+            problems += [DataError("a mask in test/, which this layout reads as unlabelled "
+                                   "frames (a labelled test set is a dataset of its own)", p)
+                         for p in list_images(test) if _MASK_STEM.match(p.stem)]
         samples = [Sample(name, image, mask, self.leading_subject(name), {"split": "train"})
                    for name, image, mask in pairs]
         if self.subject_pattern is None:
@@ -212,7 +260,6 @@ class KaggleReader(Reader):
 
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
-_BUSI_MASK = re.compile(r"^(.*)_mask(?:_\d+)?$")
 
 
 class BusiReader(Reader):
@@ -238,16 +285,16 @@ class BusiReader(Reader):
             for p in sorted((root / cls_name).rglob("*")):
                 if not is_image_file(p):        # (not macOS's ._NAME beside each file)
                     continue
-                m = _BUSI_MASK.match(p.stem)
+                m = _MASK_STEM.match(p.stem)
                 (masks[m.group(1)] if m else images[p.stem]).append(p)
             problems += _check_unique(images, "image")
             for name in sorted(set(masks) - set(images), key=natural_key):
-                problems.append(DataError("mask without an image", masks[name][0]))
+                problems.append(Unpaired("mask without an image", masks[name][0]))
             for name in sorted(images, key=natural_key):
-                if name not in masks:
-                    problems.append(DataError("image without a mask in a labelled set", images[name][0]))
-                    continue
-                mask_paths = tuple(sorted(masks[name], key=lambda q: natural_key(q.name)))
+                if name not in masks:      # (a sample still: an image to predict)
+                    problems.append(Unpaired("image without a mask in a labelled set",
+                                             images[name][0]))
+                mask_paths = tuple(sorted(masks.get(name, ()), key=lambda q: natural_key(q.name)))
                 samples.append(Sample(name, images[name][0], mask_paths,
                                       self.subject_of(name), {"class": cls_name}))
         if not samples and not problems:
