@@ -229,3 +229,25 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_refuses_nonsense(text: str) -> None:
     with pytest.raises(UltrasegError, match="duration"):
         parse_duration(text)
+
+
+def test_a_config_file_naming_a_preset_is_the_same_recipe_in_python_and_on_the_cli(
+        tmp_path) -> None:
+    """{"preset": "demo", "train": {"epochs": 1}} trained the demo recipe from the CLI but,
+    through RunConfig.load, the 31M-parameter seed U-Net labelled 'demo'."""
+    from ultraseg.cli import build_parser
+    from ultraseg.cli_run import resolve_config
+    from ultraseg.config import merge, preset
+
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps({"preset": "demo", "data": {"path": "d"},
+                                "train": {"epochs": 1}}))
+    loaded = RunConfig.load(path)
+    assert loaded == merge(preset("demo"), {"data": {"path": "d"}, "train": {"epochs": 1}})
+    assert loaded.model.variant == "same" and loaded.model.width == 8
+    args = build_parser().parse_args(["train", "--config", str(path), "--out", "run"])
+    assert resolve_config(args) == loaded
+    written = RunConfig.from_dict(json.loads(loaded.to_json()))      # a run's config.json
+    assert written == loaded
+    assert RunConfig.from_dict({"preset": "cpu+width-32", "model": {"width": 32}}).model.width \
+        == 32                                                         # a label: the defaults

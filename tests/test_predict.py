@@ -608,3 +608,37 @@ def test_measure_frames_with_a_failed_list_skips_the_unreadable_ones(tmp_path):
         assert [r["name"] for r in csv.DictReader(f)] == ["1"]
     with pytest.raises(DataError, match=r"2\.png"):                # without the list: stops
         measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]))
+
+
+@pytest.mark.parametrize("pp, words", [
+    (PostprocessConfig(threshold=50), "postprocess.threshold must lie in [0, 1], got 50"),
+    (PostprocessConfig(min_area=-3), "postprocess.min_area must be >= 0, got -3"),
+    (PostprocessConfig(threshold="0.3"), "postprocess.threshold must be a number; got '0.3'"),
+    ({"threshold": 0.3}, "postprocess must be a PostprocessConfig"),
+])
+def test_post_processing_given_in_python_is_checked_as_on_the_command_line(tmp_path, pp, words):
+    """A threshold of 50 set in Python emptied every mask without a word (the CLI refuses
+    --threshold 50); a string threshold or a dict ended in numpy's or Python's tracebacks."""
+    save(tmp_path / "in" / "a.png", ramp(8, 8))
+    for attempt in (lambda: pixel_predictor(postprocess=pp),
+                    lambda: pixel_predictor().with_options(postprocess=pp),
+                    lambda: pixel_predictor().predict(ramp(8, 8), pp)):
+        with pytest.raises(UltrasegError) as e:
+            attempt()
+        assert words in str(e.value)
+
+
+def test_numpy_numbers_are_taken_for_the_python_ones(tmp_path):
+    """A sweep over np.arange gave 'batch_size must be a whole number >= 1, got
+    np.int64(8)' and 'train.epochs must be a whole number; got np.int64(5)'."""
+    import json
+
+    from ultraseg.config import TrainConfig, merge, preset
+
+    assert pixel_predictor(batch_size=np.int64(2)).batch_size == 2
+    cfg = merge(preset("demo"), {"train": {"epochs": np.int64(5), "lr": np.float64(1e-3),
+                                           "affine_scale": (np.float64(0.9), 1.1)}})
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.affine_scale) == (5, 1e-3, (0.9, 1.1))
+    assert type(cfg.train.epochs) is int and type(cfg.train.affine_scale[0]) is float
+    assert type(TrainConfig(epochs=np.int64(3), batch_dice=np.bool_(True)).batch_dice) is bool
+    json.dumps(cfg.to_dict())                               # JSON takes them as they now are

@@ -38,6 +38,14 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     return section
 
 
+def plain_number(value: Any) -> Any:
+    """A numpy scalar (np.int64, np.float32, np.bool_) as the Python number it holds; any
+    other value as it is."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
 def check_types(section: Any) -> None:
     """Refuse a config section (a dataclass) holding a value of another type than its field
     declares -- a config file's "16" for 16, true for 1, 5.5 frames -- as a user error naming
@@ -96,6 +104,16 @@ def _describe(hint: Any) -> str:
 
 class _Section:
     """to_dict / from_dict for a config section (a frozen dataclass)."""
+
+    def __post_init__(self) -> None:
+        # numpy's numbers (a sweep over np.arange or np.linspace) as Python's, which the type
+        # checks and JSON take: np.int64(5) for 5, also inside tuples
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            plain = (tuple(plain_number(v) for v in value) if isinstance(value, tuple)
+                     else plain_number(value))
+            if plain is not value:
+                object.__setattr__(self, f.name, plain)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -205,6 +223,19 @@ class PostprocessConfig(_Section):
     tta: bool = False              # average with the horizontally flipped frame's output first
 
 
+def check_postprocess(pp: Any) -> None:
+    """Refuse post-processing the masks cannot follow: not a :class:`PostprocessConfig` (a
+    dict), a value of the wrong type ("0.3") or out of its range (a threshold of 50, which
+    left every mask empty without a word), as a user error naming the setting."""
+    if not isinstance(pp, PostprocessConfig):
+        raise UltrasegError(f"postprocess must be a PostprocessConfig (ultraseg."
+                            f"PostprocessConfig(threshold=...)), got {type(pp).__name__}")
+    check_types(pp)
+    problem = postprocess_problem(pp)
+    if problem:
+        raise UltrasegError(f"postprocess.{problem[0]} {problem[1]}")
+
+
 def postprocess_problem(pp: PostprocessConfig) -> tuple[str, str] | None:
     """``(setting, what is wrong)`` for a post-processing value out of its range (a threshold
     or minimum peak outside [0, 1] -- nan included --, a negative minimum area), else None."""
@@ -254,6 +285,11 @@ class DataConfig(_Section):
 
 @dataclass(frozen=True)
 class RunConfig:
+    """Every setting of a run. ``preset`` names the recipe it started from: ``from_dict`` and
+    ``load`` build on that preset's values, as ``ultraseg train --config`` does; the
+    constructor does not (``RunConfig(preset="cpu")`` holds the defaults: build a preset's
+    config with :func:`preset`, changed with :func:`merge`)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -282,12 +318,19 @@ class RunConfig:
                                     f"settings, got {d[name]!r}")
         if not isinstance(d.get("preset", ""), str):
             raise UltrasegError(f"config 'preset' must be a name, got {d['preset']!r}")
+        name = d.get("preset", "custom")
+        # a named preset's values under the file's, as `ultraseg train --config` builds it (a
+        # config.json a run wrote names every value: the same config either way); another
+        # name (custom, cpu+lever) is a label on the defaults
+        base = PRESETS.get(name, {})
+        sections = {s: {**base.get(s, {}), **(d.get(s) or {})}
+                    for s in ("data", "preprocess", "model", "train")}
         return cls(
-            data=DataConfig.from_dict(d.get("data")),
-            preprocess=PreprocessConfig.from_dict(d.get("preprocess")),
-            model=ModelConfig.from_dict(d.get("model")),
-            train=TrainConfig.from_dict(d.get("train")),
-            preset=d.get("preset", "custom"),
+            data=DataConfig.from_dict(sections["data"]),
+            preprocess=PreprocessConfig.from_dict(sections["preprocess"]),
+            model=ModelConfig.from_dict(sections["model"]),
+            train=TrainConfig.from_dict(sections["train"]),
+            preset=name,
         )
 
     def to_json(self) -> str:

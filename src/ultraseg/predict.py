@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from .config import ModelConfig, PostprocessConfig, PreprocessConfig
+from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_postprocess,
+                     plain_number)
 from .errors import UltrasegError
 from .geometry import context_margin, nearest_valid_output
 from .postprocess import apply as apply_postprocess
@@ -96,6 +97,9 @@ class Predictor:
     fixed_tile: int | None = None
 
     def __post_init__(self) -> None:
+        check_postprocess(self.postprocess)
+        self.batch_size = plain_number(self.batch_size)    # np.int64(8) is 8
+        self.tile = plain_number(self.tile)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
                 or self.batch_size < 1:
             raise UltrasegError(f"batch_size must be a whole number >= 1, got "
