@@ -91,6 +91,11 @@ def test_a_frame_that_cannot_be_read_is_skipped_named_and_exit_2(tmp_path, ckpt,
         assert sorted(p.name for p in out.glob("*_mask.png")) == ["a_mask.png", "c_mask.png"]
         assert "predicted 2 frames" in captured.out and "not written" in captured.out
         assert not (tmp_path / "s.csv").exists()
+        (tmp_path / "s.csv").write_text("img,pixels\nold,\n")     # an earlier run's
+        assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), *extra]) == 2
+        said = capsys.readouterr().out
+        assert "not written" in said and "the file there is an earlier run's" in said
+        assert (tmp_path / "s.csv").read_text() == "img,pixels\nold,\n"
     else:
         with open(out / "measurements.csv", newline="") as f:
             assert [r["name"] for r in csv.DictReader(f)] == ["a", "c"]

@@ -642,3 +642,25 @@ def test_numpy_numbers_are_taken_for_the_python_ones(tmp_path):
     assert type(cfg.train.epochs) is int and type(cfg.train.affine_scale[0]) is float
     assert type(TrainConfig(epochs=np.int64(3), batch_dice=np.bool_(True)).batch_dice) is bool
     json.dumps(cfg.to_dict())                               # JSON takes them as they now are
+
+
+def test_a_skipped_frame_outside_the_submission_leaves_the_submission_whole(tmp_path):
+    """Of a Kaggle folder, the submission holds the test frames alone: an unreadable
+    training frame cost the whole submission. Only a skipped frame that belongs in it does."""
+    root = tmp_path / "kg"
+    save(root / "train" / "1_1.tif", ramp(8, 8))
+    save(root / "train" / "1_1_mask.tif", np.zeros((8, 8), np.uint8))
+    (root / "train" / "1_2.tif").write_bytes(b"")
+    save(root / "train" / "1_2_mask.tif", np.zeros((8, 8), np.uint8))
+    save(root / "test" / "1.tif", ramp(8, 8, 1))
+    frames = collect_frames([root])
+    summary = write_predictions(pixel_predictor(), frames, tmp_path / "out",
+                                rle=tmp_path / "s.csv", skip_unreadable=True)
+    assert [Path(e.path).name for e in summary.failed] == ["1_2.tif"]
+    assert summary.rle == tmp_path / "s.csv"
+    with open(tmp_path / "s.csv", newline="") as f:
+        assert [r["img"] for r in csv.DictReader(f)] == ["1"]
+    (root / "test" / "1.tif").write_bytes(b"")               # now one of the submission's
+    summary = write_predictions(pixel_predictor(), collect_frames([root]), tmp_path / "out",
+                                rle=tmp_path / "s.csv", skip_unreadable=True)
+    assert summary.rle is None

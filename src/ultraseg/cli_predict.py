@@ -95,6 +95,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
             sub += f" (test split only: {summary.rle_left_out} training frames left out)"
     elif a.rle:
         sub = f"; submission {a.rle} not written (it would lack the frames not read)"
+        if Path(a.rle).exists():
+            sub += "; the file there is an earlier run's"
     print(f"predicted {summary.n} frames ({summary.n_empty} empty): masks{extra} in "
           f"{summary.out}{sub}")
     return report_unreadable(summary.failed, len(frames))

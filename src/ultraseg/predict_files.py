@@ -310,8 +310,9 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     :class:`~ultraseg.errors.DataError`; files already written are complete, and the CSV is
     only written when every frame succeeded. With ``skip_unreadable`` an image that cannot be
     read (or, for an overlay, whose mask cannot) is skipped and named in the summary's
-    ``failed``, and the other frames are written; the submission CSV then is not (it would
-    lack their rows: ``summary.rle`` is None).
+    ``failed``, and the other frames are written; where a skipped frame belongs in the
+    submission CSV, that is not written (it would lack the frame's row: ``summary.rle`` is
+    None, and a file already at that path stays as it was).
     """
     from .report import overlay as draw_overlay
 
@@ -338,6 +339,7 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
                      summary.rle_left_out)
 
     failed = summary.failed if skip_unreadable else None
+    written: set[str] = set()
 
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for frame, image, prob in iter_probabilities(predictor, frames, failed):
@@ -361,14 +363,16 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
                 summary.overlays.append(ov_path)
             summary.n += 1
             summary.n_empty += not mask.any()
+            written.add(frame.out_name)
             if progress:
                 progress(summary.n + len(summary.failed), len(frames))
             if in_submission[frame.out_name]:
                 yield frame.out_name, mask
         if summary.failed and progress:     # (the last frames may have been skipped)
             progress(summary.n + len(summary.failed), len(frames))
-        if summary.failed and rle is not None:
-            raise _Incomplete
+        if rle is not None and any(in_submission[f.out_name] and f.out_name not in written
+                                   for f in frames):
+            raise _Incomplete               # (a skipped training frame is in no submission)
 
     if rle is None:
         for _ in rows():
