@@ -258,6 +258,29 @@ def test_json_when_the_folder_cannot_be_read_at_all_is_still_one_object(
     assert captured.err.strip() == f"error: {report['problem_lines'][0]}"   # as without --json
 
 
+def test_json_when_the_folder_cannot_be_listed_is_still_one_object(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Permission denied on listing the folder (simulated: root ignores modes) printed no JSON:
+    it is an OSError, which the first version of the --json answer did not catch."""
+    import errno
+
+    root = tmp_path / "noperm"
+    _good(root)
+    real = Path.iterdir
+
+    def denied(self):
+        if self == root:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    assert main(["inspect", str(root), "--json"]) == 2
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["problem_lines"] == [f"{root}: Permission denied"]
+    assert captured.err.strip() == f"error: {root}: Permission denied"
+
+
 def test_human_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "data"
     _good(root)

@@ -89,9 +89,10 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
     try:
         report, problems = inspect_dataset(a.data, a.layout, a.subject_pattern, a.label)
-    except UltrasegError as e:
+    except (UltrasegError, OSError) as e:
         if a.json:        # a script reading stdout gets its JSON object, saying what failed
-            lines = str(e).splitlines() or [""]
+            lines = (str(e).splitlines() or [""]) if isinstance(e, UltrasegError) else [
+                f"{e.filename}: {e.strerror or e}" if e.filename else str(e)]
             print(json_text({"path": str(a.data), "layout": None, "problems": len(lines),
                              "problem_lines": lines}))
         raise            # and stderr its error lines, as for any command
