@@ -664,3 +664,11 @@ def test_a_skipped_frame_outside_the_submission_leaves_the_submission_whole(tmp_
     summary = write_predictions(pixel_predictor(), collect_frames([root]), tmp_path / "out",
                                 rle=tmp_path / "s.csv", skip_unreadable=True)
     assert summary.rle is None
+
+
+def test_collect_frames_takes_one_path_as_it_is(tmp_path):
+    """collect_frames("in") walked the string's characters ('i: no such file or folder'),
+    and an absolute path scanned '/' first; a Path raised 'not iterable'."""
+    save(tmp_path / "in" / "a.png", ramp(4, 4))
+    for given in (str(tmp_path / "in"), tmp_path / "in"):
+        assert [f.out_name for f in collect_frames(given)] == ["a"]

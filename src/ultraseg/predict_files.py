@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import math
+import os
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -61,10 +62,11 @@ class Frame:
 
 
 # ------------------------------------------------------------------------------ inputs
-def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
+def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "auto",
                    subject_pattern: str | None = None, exclude: str | Path | None = None
                    ) -> list[Frame]:
-    """Find every image named by ``inputs`` (files, or folders of any supported layout).
+    """Find every image named by ``inputs`` (files, or folders of any supported layout; one
+    path alone is taken as a list of one).
 
     Everything that can be told without decoding is checked before anything is predicted: a
     missing path, a file whose name is no image file's, an empty folder or a dataset with
@@ -78,6 +80,8 @@ def collect_frames(inputs: Sequence[str | Path], layout: str = "auto",
     folder (``a/x``, ``b/x``); where that still collides, the input folder's name in front
     (``in1/x``); then the file suffix (``x_png``); then a counter.
     """
+    if isinstance(inputs, (str, os.PathLike)):   # one path: not a sequence of characters
+        inputs = [inputs]
     if not inputs:
         raise UltrasegError("no input images given")
     skip = Path(exclude).resolve() if exclude is not None else None
