@@ -161,6 +161,44 @@ def test_the_best_epoch_marked_is_the_one_training_keeps(tmp_path: Path) -> None
     assert marked == history
 
 
+def test_the_epoch_the_caller_kept_is_marked_where_it_is_given(tmp_path: Path) -> None:
+    """A run whose validation could not choose keeps its last epoch; the curve and table
+    marked another (the lowest validation loss of an all-zero Dice) as best."""
+    history = [{"epoch": e, "train_loss": 1.0, "val_loss": loss, "val_dice": 0.0}
+               for e, loss in ((1, 1.3), (2, 1.4), (3, 1.5))]
+    assert report.kept_row(history, None) == report.best_row(history) == 0
+    assert report.kept_row(history, 3) == 2
+    page = write_html(tmp_path, title="t", summary={}, config={}, history=history,
+                      best_epoch=3).read_text(encoding="utf-8")
+    assert page.count("<tr class=best>") == 1 and "<tr class=best><td class=num>3</td>" in page
+    plot_curves(history, tmp_path / "rule.png")
+    plot_curves(history, tmp_path / "kept.png", best_epoch=3)
+    a, b = (np.asarray(Image.open(tmp_path / n).convert("L"), dtype=float)
+            for n in ("rule.png", "kept.png"))
+    right = slice(a.shape[1] // 2, None)                         # the Dice panel moves
+    assert (a[:, right] != b[:, right]).sum() > 20
+
+
+def test_without_validation_both_panels_span_the_epochs(tmp_path: Path) -> None:
+    """Without a validation split the Dice panel's axis read 0..1 while the loss panel's read
+    the epochs: the panels share their epoch axis."""
+    import unittest.mock
+
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": None, "val_dice": None}
+               for e in (1, 2, 3)]
+    limits = []
+    real = report._save
+
+    def spy(fig, path):
+        limits.extend(ax.get_xlim() for ax in fig.axes)
+        real(fig, path)
+
+    with unittest.mock.patch.object(report, "_save", spy):
+        plot_curves(history, tmp_path / "c.png")
+    loss, dice = limits[:2]
+    assert dice == loss and loss[0] >= 0.5 and loss[1] <= 3.5
+
+
 def test_frame_names_are_drawn_literally(tmp_path: Path) -> None:
     """Two '$' in a name made matplotlib parse it as math and fail, ending a finished training
     run at its report (exit 1, no report.html)."""

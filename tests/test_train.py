@@ -896,6 +896,11 @@ def test_a_validation_side_without_any_structure_chooses_nothing(tmp_path) -> No
                and "--split-seed" in r.getMessage() for r in warned)
     assert result.best_epoch == 3
     assert load_checkpoint(tmp_path / "run" / "best.ckpt").postprocess == PostprocessConfig()
+    # the report says so, and marks the epoch kept (it marked the lowest validation loss's)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "3 (the last: no validation mask holds a structure" in page
+    assert "(the defaults: not chosen)" in page
+    assert page.count("<tr class=best>") == 1 and "<tr class=best><td class=num>3</td>" in page
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])

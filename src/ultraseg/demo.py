@@ -53,7 +53,7 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     summary, _ = evaluate(load(out / "best.ckpt"), test_data, "folders", out=out / "evaluation")
     report.write_html(out, title="ultraseg demo (phantom data)", summary=result.summary,
                       config=RunConfig.load(out / "config.json").to_dict(),   # as recorded
-                      history=result.history,
+                      history=result.history, best_epoch=result.best_epoch,
                       evaluation={"frames (unseen phantom, seed 1)": summary["n"],
                                   **{k: v for k, v in summary.items() if k not in ("raw", "n")}})
     log.info("demo finished: %s", summary)

@@ -184,16 +184,26 @@ def best_row(history: Sequence[Mapping[str, Any]]) -> int:
     return best
 
 
-def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
+def kept_row(history: Sequence[Mapping[str, Any]], best_epoch: int | None) -> int:
+    """Index of the row of the epoch training kept, ``best_epoch`` where the caller knows it
+    (a run whose validation could not choose keeps its last), else :func:`best_row`."""
+    if best_epoch is None:
+        return best_row(history)
+    return next((i for i, row in enumerate(history) if _num(row.get("epoch")) == best_epoch), -1)
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
+                best_epoch: int | None = None) -> None:
     """Write the learning curves (``curve.png``) of a training history.
 
     ``history``: one row per epoch with keys ``epoch``, ``train_loss``, ``val_loss``,
     ``val_dice`` (values may be NaN/None, e.g. for a partial epoch). Left panel: the two losses;
-    right panel: validation Dice, with the best epoch marked. A single epoch is drawn as markers.
+    right panel: validation Dice, with the epoch kept marked (``best_epoch``; None: the best by
+    :func:`best_row`). A single epoch is drawn as markers.
     """
     rows = list(history)
     fig = _new_figure(10.0, 4.0)
-    ax_loss, ax_dice = fig.subplots(1, 2)
+    ax_loss, ax_dice = fig.subplots(1, 2, sharex=True)
     epochs = np.array([_num(r.get("epoch", i + 1)) for i, r in enumerate(rows)], dtype=float)
     marker = "o" if len(rows) <= 30 else None
 
@@ -227,10 +237,13 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> None:
     if ok.any():
         ax_dice.plot(epochs[ok], y[ok], marker=marker, markersize=4, color="tab:green",
                      label="validation Dice")
-        best = best_row(rows)
-        ax_dice.axvline(epochs[best], color="gray", linestyle="--", linewidth=1)
-        ax_dice.plot([epochs[best]], [y[best]], marker="*", markersize=12, color="tab:orange",
-                     linestyle="none", label=f"best {y[best]:.4f} (epoch {epochs[best]:g})")
+        best = kept_row(rows, best_epoch)
+        if best >= 0:
+            label = "best" if best == best_row(rows) else "kept"
+            ax_dice.axvline(epochs[best], color="gray", linestyle="--", linewidth=1)
+            ax_dice.plot([epochs[best]], [y[best]], marker="*", markersize=12,
+                         color="tab:orange", linestyle="none",
+                         label=f"{label} {y[best]:.4f} (epoch {epochs[best]:g})")
         ax_dice.legend(loc="lower right")
     elif rows:  # a run trained without a validation split
         ax_dice.text(0.5, 0.5, "no validation Dice recorded\n(no validation split)",
@@ -404,7 +417,7 @@ def _kv_table(data: Mapping[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
-def _metrics_table(history: Sequence[Mapping[str, Any]]) -> str:
+def _metrics_table(history: Sequence[Mapping[str, Any]], best_epoch: int | None = None) -> str:
     if not history:
         return "<p>No epochs recorded.</p>"
     columns: list[str] = []
@@ -413,7 +426,7 @@ def _metrics_table(history: Sequence[Mapping[str, Any]]) -> str:
     if "epoch" in columns:
         columns.remove("epoch")
         columns.insert(0, "epoch")
-    best = best_row(history)
+    best = kept_row(history, best_epoch)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for i, row in enumerate(history):
@@ -445,12 +458,14 @@ def write_html(
     history: Sequence[Mapping[str, Any]],
     evaluation: Mapping[str, Any] | None = None,
     images: tuple[str, ...] = ("curve.png", "sample.png", "seg_sample.png"),
+    best_epoch: int | None = None,
 ) -> Path:
     """Write ``run_dir/report.html``, one self-contained page, and return its path.
 
     Sections: title; ``summary`` as a key/value table; the figures named in ``images``
     (relative to ``run_dir``) embedded as base64 data URIs, missing ones skipped; the per-epoch
-    ``history`` table (best validation Dice row highlighted); ``evaluation`` as a key/value table
+    ``history`` table (the row of the epoch kept highlighted: ``best_epoch``, else the best
+    validation Dice's); ``evaluation`` as a key/value table
     when given; ``config`` as indented JSON. All text is HTML-escaped.
     """
     run_dir = Path(run_dir)
@@ -467,7 +482,7 @@ def write_html(
     ]
     if figures:
         parts += ["<h2>Figures</h2>", *figures]
-    parts += ["<h2>Per-epoch metrics</h2>", _metrics_table(history)]
+    parts += ["<h2>Per-epoch metrics</h2>", _metrics_table(history, best_epoch)]
     if evaluation is not None:
         parts += ["<h2>Evaluation</h2>", _kv_table(evaluation)]
     config_json = json.dumps(config, indent=2, default=str, ensure_ascii=False)

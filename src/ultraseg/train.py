@@ -960,7 +960,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     progress({"event": "stage", "message": "writing the report"})
     from . import report
 
-    report.plot_curves(history, out / "curve.png")
+    report.plot_curves(history, out / "curve.png", best_epoch=best_epoch)
     pick = np.arange(min(4, len(train_idx)))
     report.plot_samples([arrays.images[i] for i in train_idx[pick]],
                         [arrays.masks[i] > 0 for i in train_idx[pick]], out / "sample.png",
@@ -978,10 +978,14 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     summary = {
         "dataset": f"{ds.root} ({ds.layout})",
         "frames (train / val)": f"{len(train_idx)} / {len(val_idx)}",
-        "best epoch": best_epoch if probs else f"{best_epoch} (the last: no validation split)",
+        "best epoch": (best_epoch if probs and choosing else
+                       f"{best_epoch} (the last: no validation split)" if not probs else
+                       f"{best_epoch} (the last: no validation mask holds a structure, so "
+                       f"validation chose nothing)"),
         "best val Dice (canvas)": figure(best_dice),
         "val Dice, original size": figure(raw), "val Dice, post-processed": figure(tuned),
-        "post-processing": json.dumps(pp.to_dict()),
+        "post-processing": json.dumps(pp.to_dict()) + ("" if choosing or not probs else
+                                                        " (the defaults: not chosen)"),
         **({"head-circumference boundary offset (px)":
             f"{measure_meta['boundary_offset_px']} (chosen on {measure_meta['offset_frames']} "
             f"validation frames; the outlines' half-width "
@@ -994,7 +998,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         "stopped early": stopped or "no", "checkpoint": str(out / "best.ckpt"),
     }
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
-                      config=cfg.to_dict(), history=history)
+                      config=cfg.to_dict(), history=history, best_epoch=best_epoch)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size)
 
