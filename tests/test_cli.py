@@ -165,3 +165,24 @@ def test_a_closed_pipe_on_stdout_is_no_internal_error(tmp_path) -> None:
     os.close(write)
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
+
+
+def test_ranks_after_the_first_of_a_torchrun_job_leave_warnings_to_rank_0(
+        tmp_path, capsys, monkeypatch) -> None:
+    """Each of a torchrun job's processes printed the same warnings (the split's, the
+    layout's), those of rank 1 without its 'rank 1:' prefix; rank 0 says them for all."""
+    from ultraseg import cli
+    from ultraseg.phantom import make_dataset
+
+    import logging
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    (data / "loose.png").write_bytes((data / "images" / "1_1.png").read_bytes())
+    # a fresh root handler, on the stderr capsys reads (an earlier test's is on its own)
+    monkeypatch.setattr(logging.root, "handlers", [])
+    assert cli.main(["inspect", str(data)]) == 0
+    assert "WARNING" in capsys.readouterr().err             # rank 0 (or no torchrun) warns
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["inspect", str(data)]) == 0
+    assert capsys.readouterr().err == ""

@@ -160,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     level = logging.WARNING - 10 * min(a.verbose, 2)
+    if _rank_prefix():      # ranks > 0 of a torchrun job: rank 0 says what all would
+        level = max(level, logging.ERROR)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for handler in logging.getLogger().handlers:  # training logs INFO to its run's train.log;
