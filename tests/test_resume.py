@@ -208,3 +208,51 @@ def test_resuming_a_finished_run_changes_nothing(data: Path, tmp_path: Path,
     out = capsys.readouterr().out
     assert "already finished" in out and figures in out          # the same figures
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before   # untouched
+
+
+def test_a_finished_run_whose_report_was_not_written_gets_it_on_resume(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Stopped while writing its report (after the final best.ckpt), a run had no
+    report.html, and --resume called it finished and wrote nothing: the only way out was to
+    train again. It now writes the page and the curves from the checkpoint; and the Python
+    result of a finished run has every epoch's row (it had the best epoch's history)."""
+    from ultraseg.config import RunConfig
+    from ultraseg.train import train
+
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", "3",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 0
+    page = (run / "report.html").read_text()
+    for name in ("report.html", "curve.png"):
+        (run / name).unlink()                                   # as an interrupt leaves it
+    capsys.readouterr()
+    result = train(RunConfig(), run, resume=True)
+    assert result.epochs_run == 3 and [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert (run / "report.html").is_file() and (run / "curve.png").is_file()
+    rebuilt = (run / "report.html").read_text()
+    kept = load_checkpoint(run / "best.ckpt").meta["metrics"]["best_epoch"]
+    assert f"<tr class=best><td class=num>{kept}</td>" in rebuilt
+    summary = page[page.index("<h2>Summary</h2>"):page.index("<h2>Figures</h2>")]
+    assert summary in rebuilt                                   # the same summary table
+
+
+def test_resuming_a_run_whose_data_moved_says_how(data: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """'no such file or folder' (resume without DATA) and 'not DATA ...' (with the new
+    place) left no way out but editing config.json, which neither message said."""
+    import shutil
+
+    moved = tmp_path / "data"
+    shutil.copytree(data, moved)
+    run = tmp_path / "run"
+    assert main(["train", str(moved), "--out", str(run), *RECIPE[:-8], "--epochs", "1",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 0
+    (run / "best.ckpt").unlink()                   # an unfinished run (interrupted)
+    moved.rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is not there: if it has moved, set data.path in" in err and "config.json" in err
+    assert main(["train", str(tmp_path / "elsewhere"), "--resume", "--out", str(run)]) == 2
+    assert "that is gone: if DATA is where it has moved, set data.path" in \
+        capsys.readouterr().err

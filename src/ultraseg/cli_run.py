@@ -111,8 +111,11 @@ def _check_resume_args(a: argparse.Namespace) -> None:
         except (OSError, ValueError, KeyError, TypeError):
             return                  # train() says what is wrong with the run folder
         if Path(a.data).resolve() != Path(recorded).resolve():
+            moved = "" if Path(recorded).exists() else (
+                f"; that is gone: if DATA is where it has moved, set data.path in {conf} to "
+                f"it and resume without DATA")
             raise UltrasegError(f"--resume continues on the run's own data ({recorded}, from "
-                                f"its config.json), not DATA {a.data}")
+                                f"its config.json), not DATA {a.data}{moved}")
 
 
 def resolve_config(a: argparse.Namespace) -> RunConfig:

@@ -36,7 +36,7 @@ from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, RunConfig,
                      check_types)
 from .data import Arrays, load_arrays, read_split, run_split, write_split
-from .distributed import SINGLE, Dist, session
+from .distributed import SINGLE, Dist, is_main, session
 from .errors import CheckpointError, DataError, UltrasegError
 from .fileio import atomic_write_text
 from .io import open_dataset, select_label
@@ -422,11 +422,33 @@ def _finished_run(out: Path, last: Checkpoint | None) -> TrainResult | None:
     if "train_seconds" not in m or m.get("epochs_run", last.train_state["epoch"]) != \
             last.train_state["epoch"]:
         return None
-    history = m.get("history") or []
-    return TrainResult(out, int(m["best_epoch"]), m.get("best_val_dice"), len(history),
-                       float(m["train_seconds"]), "already finished: nothing resumed",
-                       history, best.postprocess, m.get("val_dice_original"),
-                       m.get("val_dice_postprocessed"), world_size=int(m.get("world_size", 1)))
+    # every epoch's row (best.ckpt's history stops at the best epoch)
+    history = json.loads(last.train_state["history_json"])
+    result = TrainResult(out, int(m["best_epoch"]), m.get("best_val_dice"),
+                         int(m.get("epochs_run", len(history))), float(m["train_seconds"]),
+                         "already finished: nothing resumed", history, best.postprocess,
+                         m.get("val_dice_original"), m.get("val_dice_postprocessed"),
+                         dict(m.get("report") or {}), world_size=int(m.get("world_size", 1)),
+                         is_main=is_main())
+    if result.is_main and not (out / "report.html").is_file():
+        _rebuild_report(out, result)
+    return result
+
+
+def _rebuild_report(out: Path, result: TrainResult) -> None:
+    """The report of a finished run stopped while it was written: the learning curves and the
+    page again, from the checkpoint's record (the sample and prediction figures as far as
+    they were written; they need the frames)."""
+    from . import report
+
+    log.warning("%s: the run had finished but its report was not written (interrupted?): "
+                "writing it from the checkpoint", out)
+    summary = result.summary or {"best epoch": result.best_epoch,
+                                 "training time (s)": result.seconds}
+    report.plot_curves(result.history, out / "curve.png", best_epoch=result.best_epoch)
+    report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
+                      config=RunConfig.load(out / "config.json").to_dict(),
+                      history=result.history, best_epoch=result.best_epoch)
 
 
 def _mark_run_folder(out: Path) -> None:
@@ -468,6 +490,10 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
         _mark_run_folder(out)     # (a run from before the marker existed gets it now)
         log.warning("%s: the run had finished; nothing resumed, nothing rewritten", out)
         return finished
+    if resume and not Path(cfg.data.path).exists():
+        raise UltrasegError(f"the run's data {cfg.data.path} (its config.json's data.path) is "
+                            f"not there: if it has moved, set data.path in "
+                            f"{out / 'config.json'} to where it is now, and resume")
     if not resume:      # recorded absolute: the run's config.json works from any folder
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
     with session(resolve_device(cfg.train.device)) as ctx:
@@ -955,22 +981,6 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                    train_seconds=round(seconds, 1), epochs_run=len(history), stopped=stopped,
                    world_size=cfg.train.world_size, device=str(device),
                    precision="bf16" if dtype else "fp32")
-    save_checkpoint(out / "best.ckpt", best.state_dict, meta(metrics, pp, measure_meta))
-
-    progress({"event": "stage", "message": "writing the report"})
-    from . import report
-
-    report.plot_curves(history, out / "curve.png", best_epoch=best_epoch)
-    pick = np.arange(min(4, len(train_idx)))
-    report.plot_samples([arrays.images[i] for i in train_idx[pick]],
-                        [arrays.masks[i] > 0 for i in train_idx[pick]], out / "sample.png",
-                        [arrays.names[i] for i in train_idx[pick]])
-    if probs:
-        shown = report.pick_examples(scores, [not t.any() for t in truths], areas)
-        report.plot_predictions([images[i] for i, _ in shown], [truths[i] for i, _ in shown],
-                                [apply_pp(probs[i], pp) for i, _ in shown],
-                                out / "seg_sample.png",
-                                [f"{val_samples[i].name} ({why})" for i, why in shown])
 
     def figure(v: float | None) -> float | str:
         return "n/a (no validation split)" if v is None or math.isnan(v) else round(v, 4)
@@ -997,6 +1007,24 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                                  if cfg.train.world_size > 1 else ""),
         "stopped early": stopped or "no", "checkpoint": str(out / "best.ckpt"),
     }
+    save_checkpoint(out / "best.ckpt", best.state_dict,
+                    meta(dict(metrics, report=summary), pp, measure_meta))
+
+    progress({"event": "stage", "message": "writing the report"})
+    from . import report
+
+    report.plot_curves(history, out / "curve.png", best_epoch=best_epoch)
+    pick = np.arange(min(4, len(train_idx)))
+    report.plot_samples([arrays.images[i] for i in train_idx[pick]],
+                        [arrays.masks[i] > 0 for i in train_idx[pick]], out / "sample.png",
+                        [arrays.names[i] for i in train_idx[pick]])
+    if probs:
+        shown = report.pick_examples(scores, [not t.any() for t in truths], areas)
+        report.plot_predictions([images[i] for i, _ in shown], [truths[i] for i, _ in shown],
+                                [apply_pp(probs[i], pp) for i, _ in shown],
+                                out / "seg_sample.png",
+                                [f"{val_samples[i].name} ({why})" for i, why in shown])
+
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
