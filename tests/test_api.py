@@ -132,3 +132,30 @@ def test_train_refuses_a_config_without_data_before_writing(tmp_path, monkeypatc
     with pytest.raises(ultraseg.UltrasegError, match="data.path is empty"):
         train(ultraseg.preset("demo"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_python_callers_get_user_errors_not_tracebacks(tmp_path) -> None:
+    """merge(cfg, {"train": 5}), train({...}, out) and measure_frames(pixel_size_mm="0.2")
+    ended in TypeError or AttributeError from deep inside; evaluate("best.ckpt", data)
+    raised AttributeError, where a path is what a notebook has at hand: it is loaded."""
+    from ultraseg.evaluate import evaluate
+    from ultraseg.predict_files import collect_frames, measure_frames
+    from ultraseg.train import train
+
+    with pytest.raises(ultraseg.UltrasegError, match="section 'train' must be a dict"):
+        ultraseg.merge(ultraseg.preset("demo"), {"train": 5})
+    with pytest.raises(ultraseg.UltrasegError, match="train takes a RunConfig"):
+        train({"data": {"path": "x"}}, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ultraseg.UltrasegError, match="expected a Predictor"):
+        evaluate(5, tmp_path)
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=4, size=32, seed=0)
+    ckpt = make_run(tmp_path / "m", variant="same")
+    predictor = ultraseg.load(ckpt)
+    with pytest.raises(ultraseg.UltrasegError, match="--pixel-size must be a positive number"):
+        measure_frames(predictor, collect_frames(data / "images"), pixel_size_mm="0.2")
+    by_path, _ = evaluate(ckpt, data)
+    by_object, _ = evaluate(predictor, data)
+    assert by_path["dice_mean"] == by_object["dice_mean"]

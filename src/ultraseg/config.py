@@ -399,6 +399,9 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
             continue
         if section not in d:
             raise UltrasegError(f"unknown config section '{section}'")
+        if not isinstance(values, dict):
+            raise UltrasegError(f"config section '{section}' must be a dict of settings "
+                                f"({{\"epochs\": 5}}), got {type(values).__name__}")
         d[section] = {**d[section], **values}
     return RunConfig.from_dict(d)
 

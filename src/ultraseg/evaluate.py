@@ -18,7 +18,7 @@ from .io import Sample, open_dataset, select_label
 from .measure import measure
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
-from .predict import Predictor
+from .predict import Predictor, as_predictor
 from .preprocess import seen_region
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
     return chosen
 
 
-def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
+def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = "auto",
              subject_pattern: str | None = None, split_file: str | Path | None = None,
              subset: str | None = None, out: str | Path | None = None,
              progress: Callable[[int, int], None] | None = None, label: int | None = None
@@ -73,8 +73,10 @@ def evaluate(predictor: Predictor, data: str | Path, layout: str = "auto",
     known, measurements in mm (and the error against a reference head circumference).
     With ``out``, writes ``per_image.csv`` and ``summary.json`` there. ``label`` picks the
     structure of a label mask to score against; None: the one the predictor was trained on
-    (its own None: any non-zero label).
+    (its own None: any non-zero label). ``predictor`` may also be the path of a checkpoint
+    or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults).
     """
+    predictor = as_predictor(predictor)
     ds = open_dataset(data, layout, subject_pattern)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:

@@ -9,6 +9,7 @@ onnxruntime, so prediction from an ``.onnx`` file runs without PyTorch.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -203,6 +204,17 @@ class Predictor:
         """A copy with other options (``batch_size``, ``tile``, ``tta``, ``postprocess``,
         ``mirror``)."""
         return replace(self, **changes)
+
+
+def as_predictor(model: Predictor | str | Path) -> Predictor:
+    """``model`` itself where it is a :class:`Predictor`, else loaded from its path (a
+    checkpoint or an ``.onnx`` file); anything else is a user error naming what it got."""
+    if isinstance(model, Predictor):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load(model)
+    raise UltrasegError(f"expected a Predictor (ultraseg.load(PATH)) or a model's path, got "
+                        f"{type(model).__name__}")
 
 
 def load(path: str | Path, device: str = "auto", precision: str = "auto", **options: Any

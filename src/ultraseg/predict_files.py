@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import math
+import numbers
 import os
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -433,7 +434,9 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     from .measure import measure
     from .preprocess import seen_region
 
-    if pixel_size_mm is not None and not (pixel_size_mm > 0 and math.isfinite(pixel_size_mm)):
+    if pixel_size_mm is not None and (isinstance(pixel_size_mm, bool)
+                                      or not isinstance(pixel_size_mm, numbers.Real)
+                                      or not (pixel_size_mm > 0 and math.isfinite(pixel_size_mm))):
         raise UltrasegError(f"--pixel-size must be a positive number of mm, got {pixel_size_mm}")
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     out_dir = prepare_out_dir(out) if out is not None else None

@@ -481,6 +481,9 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
     global batch, ``cfg.train.world_size`` is recorded, and ranks > 0 write nothing and return
     a result with ``is_main=False``.
     """
+    if not isinstance(cfg, RunConfig):
+        raise UltrasegError(f"train takes a RunConfig (ultraseg.preset(NAME), changed with "
+                            f"ultraseg.merge, or RunConfig.from_dict), got {type(cfg).__name__}")
     out = Path(out)
     t0 = time.monotonic()
     cfg, last = _run_config(out, cfg, resume)
