@@ -178,7 +178,9 @@ def test_ranks_after_the_first_of_a_torchrun_job_leave_warnings_to_rank_0(
 
     data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
     (data / "loose.png").write_bytes((data / "images" / "1_1.png").read_bytes())
-    # a fresh root handler, on the stderr capsys reads (an earlier test's is on its own)
+    # a fresh root handler, on the stderr capsys reads (an earlier test's is on its own);
+    # the root level basicConfig sets is restored for the tests after this one
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
     monkeypatch.setattr(logging.root, "handlers", [])
     assert cli.main(["inspect", str(data)]) == 0
     assert "WARNING" in capsys.readouterr().err             # rank 0 (or no torchrun) warns
