@@ -181,6 +181,23 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -
 
 
 # ------------------------------------------------------------------------------ streaming
+#: What :func:`_or_skip` returns for a frame it skipped.
+_SKIPPED: Any = object()
+
+
+def _or_skip(read: Callable[[], Any], failed: list[DataError] | None) -> Any:
+    """``read()``; where it raises a :class:`~ultraseg.errors.DataError` and ``failed`` is a
+    list, the error is appended there and :data:`_SKIPPED` returned (None: raised)."""
+    try:
+        return read()
+    except DataError as e:
+        if failed is None:
+            raise
+        log.info("%s (skipped)", e)
+        failed.append(e)
+        return _SKIPPED
+
+
 def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
                        failed: list[DataError] | None = None
                        ) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
@@ -194,13 +211,8 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
 
     def images() -> Iterator[np.ndarray]:
         for frame in frames:
-            try:
-                image = frame.sample.load_image()
-            except DataError as e:
-                if failed is None:
-                    raise
-                log.info("%s (skipped)", e)
-                failed.append(e)
+            image = _or_skip(frame.sample.load_image, failed)
+            if image is _SKIPPED:
                 continue
             pending.append((frame, image))
             yield image
@@ -349,13 +361,8 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for frame, image, prob in iter_probabilities(predictor, frames, failed):
             if overlay:      # the truth first: a mask that cannot be read skips the frame
-                try:
-                    truth = _truth(frame, image.shape, truth_label)
-                except DataError as e:
-                    if failed is None:
-                        raise
-                    log.info("%s (skipped)", e)
-                    failed.append(e)
+                truth = _or_skip(lambda: _truth(frame, image.shape, truth_label), failed)
+                if truth is _SKIPPED:
                     continue
             mask = apply_postprocess(prob, predictor.postprocess)
             mask_path = out / f"{frame.out_name}_mask{suffix}"
