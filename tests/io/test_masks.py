@@ -328,3 +328,26 @@ def test_a_16_bit_colour_png_is_refused_not_crushed(tmp_path: Path, colour_type:
     gray = tmp_path / "g.png"                              # 16-bit grayscale: rescaled
     Image.fromarray(ramp).save(gray)
     assert read_image(gray).max() == 255
+
+
+@pytest.mark.parametrize("size", [128, 64, 32])
+@pytest.mark.parametrize("resample", ["BOX", "BILINEAR", "LANCZOS"])
+def test_a_binary_mask_resized_with_a_filter_is_binarised_at_half(tmp_path, size, resample):
+    """A 0/255 mask scaled down with area averaging (BOX) or interpolation holds a band of
+    in-between values at its edge. With few of them it was read as a label mask (labels 64,
+    128, 191, 255: every half-covered pixel foreground, 'labels' in inspect), with many on a
+    small frame refused as 'neither binary nor a label mask'. It is the 0/255 mask it was."""
+    yy, xx = np.mgrid[:256, :256]
+    disk = ((yy - 128) ** 2 + (xx - 120) ** 2 < 60 ** 2).astype(np.uint8) * 255
+    small = Image.fromarray(disk).resize((size, size), getattr(Image, resample))
+    small.save(tmp_path / "m.png")
+    values = np.asarray(small)
+    assert 0 < ((values > 0) & (values < 255)).sum()                 # it has such a band
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), values >= 128)
+
+
+def test_a_label_mask_with_thick_regions_between_0_and_255_stays_a_label_mask() -> None:
+    labels = np.zeros((64, 64), np.uint8)
+    labels[10:30, 10:30] = 128
+    labels[35:60, 35:60] = 255
+    np.testing.assert_array_equal(classify_mask_values(labels), labels)

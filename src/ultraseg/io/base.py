@@ -220,6 +220,22 @@ def _binarise_lossy(arr: np.ndarray, path: Path) -> np.ndarray:
     return mask
 
 
+def _blended_binary(arr: np.ndarray) -> bool:
+    """Whether ``arr`` is a 0/255 mask resized with interpolation or area averaging (a
+    dataset's masks scaled down with a resize's default filter): values 0 and 255 and, between
+    them, a band of in-between values at most two pixels thick wherever it lies (no in-between
+    pixel has only in-between neighbours). A label mask's regions are thicker than that."""
+    if arr.dtype.kind not in "ui" or arr.min() != 0 or arr.max() != 255:
+        return False
+    between = (arr > 0) & (arr < 255)
+    if not between.any():
+        return False
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(between, structure=np.ones((3, 3), bool), border_value=1)
+    return not inner.any()
+
+
 def _not_a_mask(values: np.ndarray, path: str | Path | None) -> DataError:
     """The refusal of values that are neither a binary nor a label mask."""
     return DataError(
@@ -240,6 +256,8 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.
         return arr.astype(np.uint8)
     if vset <= {0, 255} or (values.size == 2 and values.min() == 0 and values.max() > 255):
         return (arr > 0).astype(np.uint8)           # black and white, 8 or 16 bits
+    if _blended_binary(arr):      # resized with interpolation: the half-covered pixels in
+        return (arr >= 128).astype(np.uint8)        # (read as labels, every edge pixel was)
     if values.min() < 0:
         raise DataError("mask has negative values", path)
     top = 255 if values.max() <= 255 else int(values.max())
