@@ -697,6 +697,27 @@ def test_a_train_and_test_split_of_png_pairs_is_not_read_as_the_kaggle_layout(tm
     assert "a mask in test/" in str(problems[0])
 
 
+def test_a_competition_folder_in_png_is_the_kaggle_layout_and_a_val_beside_it_is_named(
+        tmp_path) -> None:
+    """train/ of PNG pairs with an unlabelled test/ (the competition's layout in another
+    format) was detected as kaggle before the fix above narrowed it to flat folders; it is
+    again, where test/ holds no masks. A val/ beside them, which this layout does not read,
+    is named rather than left out in silence."""
+    root = tmp_path / "kp"
+    for stem in ("1_1", "1_2"):
+        _save(root / "train" / f"{stem}.png", _frame())
+        _save(root / "train" / f"{stem}_mask.png", _disk())
+    _save(root / "test" / "1.png", _frame())
+    ds, problems = scan_dataset(root)
+    assert ds.layout == "kaggle" and problems == []
+    assert len(ds.labelled) == 2 and [s.name for s in ds.unlabelled] == ["1"]
+    _save(root / "val" / "2_1.png", _frame())
+    _save(root / "val" / "2_1_mask.png", _disk())
+    _, problems = scan_dataset(root)
+    assert [p.path for p in problems] == [str(root / "val")]
+    assert "2 image files in a subfolder, not read" in str(problems[0])
+
+
 def test_a_flat_folder_with_several_masks_per_image_unites_them(tmp_path) -> None:
     """One BUSI class folder as distributed (images and masks together, NAME_mask_1.png for a
     second lesion): the extra masks were 'images without a mask'. They join their image's."""

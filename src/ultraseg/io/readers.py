@@ -208,8 +208,9 @@ class KaggleReader(Reader):
     """Kaggle "Ultrasound Nerve Segmentation": ``train/SUBJECT_FRAME.tif`` +
     ``train/SUBJECT_FRAME_mask.tif``, and unlabelled ``test/N.tif``. DATA may be the
     competition folder (holding train/ and test/) or the train folder itself, and the pairs
-    may be in any image format: a flat folder of ``NAME.png`` + ``NAME_mask.png`` is read
-    as this layout too. Image files in subfolders of the train folder are named as problems."""
+    may be in any image format (a flat folder of ``NAME.png`` + ``NAME_mask.png`` too). Named
+    as problems: image files in subfolders of the train folder, in folders beside train/
+    other than test/ (a val/ split), and masks in test/ (its frames are unlabelled)."""
 
     name = "kaggle"
     description = ("train/SUBJECT_FRAME.tif + train/SUBJECT_FRAME_mask.tif, test/N.tif "
@@ -217,15 +218,17 @@ class KaggleReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        """A TIFF named ``*_mask`` (the competition's files) directly in ``root`` or in
-        ``root/train``; or, directly in ``root`` (a flat folder: not a train/ + test/ split
-        of another dataset's, whose test masks this layout would read as frames), any image
-        ``NAME_mask.EXT`` beside an image ``NAME.*``."""
+        """A TIFF named ``*_mask`` (the competition's files), or any image ``NAME_mask.EXT``
+        beside an image ``NAME.*``, directly in ``root`` or in ``root/train``; the latter not
+        where ``root/test`` holds masks too (another dataset's labelled train/ + test/ split,
+        whose test masks this layout would read as frames)."""
+        test_masks = any(_MASK_STEM.match(p.stem) for p in list_images(root / "test"))
         for d in (root, root / "train"):
             files = list_images(d)
             stems = {p.stem for p in files}
             if any(p.stem.endswith("_mask") and (p.suffix.lower() in (".tif", ".tiff")
-                                                 or (d == root and p.stem[:-5] in stems))
+                                                 or (p.stem[:-5] in stems
+                                                     and (d == root or not test_masks)))
                    for p in files):
                 return True
         return False
@@ -240,6 +243,9 @@ class KaggleReader(Reader):
         pairs, problems = _pair(images, masks, labelled=True, folder=train, several_masks=True)
         test = root / "test"
         problems += [p for p in _unread_subfolders(train) if p.path != str(test)]
+        if train != root:                 # a val/ beside train/ and test/ is not read
+            problems += [p for p in _unread_subfolders(root)
+                         if p.path not in (str(train), str(test))]
         if test.is_dir() and test != train:    # the competition's test split has no masks
             problems += [DataError("a mask in test/, which this layout reads as unlabelled "
                                    "frames (a labelled test set is a dataset of its own)", p)
