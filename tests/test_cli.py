@@ -184,7 +184,25 @@ def test_ranks_after_the_first_of_a_torchrun_job_leave_warnings_to_rank_0(
     monkeypatch.setattr(logging.root, "handlers", [])
     assert cli.main(["inspect", str(data)]) == 0
     assert "WARNING" in capsys.readouterr().err             # rank 0 (or no torchrun) warns
+    def training(a) -> int:             # a train command that warns, then fails
+        logging.getLogger("ultraseg.train").warning("the split overshoots")
+        raise cli.UltrasegError("no labelled samples")
+
+    parser = cli.build_parser()
+    sub = next(act for act in parser._actions if isinstance(act, argparse._SubParsersAction))
+    sub.choices["train"].set_defaults(func=training)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(logging.root, "handlers", [])
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "run")]) == 2
+    assert "WARNING ultraseg.train: the split overshoots" in capsys.readouterr().err
     monkeypatch.setattr(logging.root, "handlers", [])
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err                      # rank 0 warns for all; errors stay
+    assert err == "rank 1: error: no labelled samples\n"
+    # other commands run in no process group, so no rank 0 says theirs: a launcher's RANK
+    # silenced every command's warnings
+    monkeypatch.setattr(logging.root, "handlers", [])
     assert cli.main(["inspect", str(data)]) == 0
-    assert capsys.readouterr().err == ""
+    assert "WARNING" in capsys.readouterr().err

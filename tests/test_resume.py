@@ -226,7 +226,13 @@ def test_a_finished_run_whose_report_was_not_written_gets_it_on_resume(
     for name in ("report.html", "curve.png"):
         (run / name).unlink()                                   # as an interrupt leaves it
     capsys.readouterr()
-    result = train(RunConfig(), run, resume=True)
+    from conftest import ultraseg_warnings
+
+    with ultraseg_warnings() as warned:
+        result = train(RunConfig(), run, resume=True)
+    said = " ".join(r.getMessage() for r in warned)
+    assert "nothing rewritten" not in said and "its report was not written" in said
+    assert result.stopped.endswith("its report written again")
     assert result.epochs_run == 3 and [r["epoch"] for r in result.history] == [1, 2, 3]
     assert (run / "report.html").is_file() and (run / "curve.png").is_file()
     rebuilt = (run / "report.html").read_text()

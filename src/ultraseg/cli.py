@@ -160,8 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     level = logging.WARNING - 10 * min(a.verbose, 2)
-    if _rank_prefix():      # ranks > 0 of a torchrun job: rank 0 says what all would
-        level = max(level, logging.ERROR)
+    if a.command == "train" and _rank_prefix() and not a.verbose \
+            and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        level = logging.ERROR     # ranks > 0 of a torchrun job: rank 0 says what all would
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for handler in logging.getLogger().handlers:  # training logs INFO to its run's train.log;

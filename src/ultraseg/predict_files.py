@@ -104,7 +104,12 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
                                 path)
         ds, problems = scan_dataset(path, layout, subject_pattern)
         # an image without its mask is still an image to predict, and a mask without its image
-        # none to predict
+        # none to predict (said: an overlay shows no truth for them)
+        unpaired = [p for p in problems if isinstance(p, Unpaired)]
+        if unpaired:
+            log.warning("%s: %d images or masks without their partner (first: %s): their "
+                        "images are predicted, with no truth on an overlay", path,
+                        len(unpaired), unpaired[0])
         problems = [p for p in problems if not isinstance(p, Unpaired)]
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
@@ -444,7 +449,8 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     if pixel_size_mm is not None and (isinstance(pixel_size_mm, bool)
                                       or not isinstance(pixel_size_mm, numbers.Real)
                                       or not (pixel_size_mm > 0 and math.isfinite(pixel_size_mm))):
-        raise UltrasegError(f"--pixel-size must be a positive number of mm, got {pixel_size_mm}")
+        raise UltrasegError(f"--pixel-size must be a positive number of mm, got "
+                            f"{pixel_size_mm!r}")
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     out_dir = prepare_out_dir(out) if out is not None else None
     rows: list[dict[str, Any]] = []

@@ -408,6 +408,10 @@ def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Che
     return cfg, None
 
 
+#: A resumed run's ``stopped`` where it had finished already.
+ALREADY_FINISHED = "already finished: nothing resumed"
+
+
 def _finished_run(out: Path, last: Checkpoint | None) -> TrainResult | None:
     """The result of the run in ``out`` where it finished (its best.ckpt holds what
     :func:`_finish` records: the post-processing chosen, the training time and the epochs run,
@@ -426,12 +430,13 @@ def _finished_run(out: Path, last: Checkpoint | None) -> TrainResult | None:
     history = json.loads(last.train_state["history_json"])
     result = TrainResult(out, int(m["best_epoch"]), m.get("best_val_dice"),
                          int(m.get("epochs_run", len(history))), float(m["train_seconds"]),
-                         "already finished: nothing resumed", history, best.postprocess,
+                         ALREADY_FINISHED, history, best.postprocess,
                          m.get("val_dice_original"), m.get("val_dice_postprocessed"),
                          dict(m.get("report") or {}), world_size=int(m.get("world_size", 1)),
                          is_main=is_main())
     if result.is_main and not (out / "report.html").is_file():
         _rebuild_report(out, result)
+        result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again")
     return result
 
 
@@ -491,7 +496,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
     finished = _finished_run(out, last) if resume else None
     if finished is not None:  # resuming it would choose its post-processing again, worse
         _mark_run_folder(out)     # (a run from before the marker existed gets it now)
-        log.warning("%s: the run had finished; nothing resumed, nothing rewritten", out)
+        log.warning("%s: the run had finished; %s", out, "nothing resumed, nothing rewritten"
+                    if finished.stopped == ALREADY_FINISHED else "nothing resumed")
         return finished
     if resume and not Path(cfg.data.path).exists():
         raise UltrasegError(f"the run's data {cfg.data.path} (its config.json's data.path) is "
