@@ -251,3 +251,24 @@ def test_a_config_file_naming_a_preset_is_the_same_recipe_in_python_and_on_the_c
     assert written == loaded
     assert RunConfig.from_dict({"preset": "cpu+width-32", "model": {"width": 32}}).model.width \
         == 32                                                         # a label: the defaults
+
+
+def test_a_run_config_whose_preset_is_a_label_repeats_on_the_cli(tmp_path) -> None:
+    """A run built in Python with merge(preset("demo"), {"preset": "mine"}) (or a quality
+    lever's 'cpu+NAME') could not be repeated with `train --config RUN/config.json`:
+    'unknown preset'. Its config.json names every value, so the label stands; a hand-written
+    partial file with an unknown name (a typo) is still refused."""
+    from ultraseg.cli import build_parser
+    from ultraseg.cli_run import resolve_config
+    from ultraseg.config import merge, preset
+
+    cfg = merge(preset("demo"), {"preset": "mine", "data": {"path": "d"},
+                                 "train": {"epochs": 2}})
+    path = tmp_path / "config.json"
+    path.write_text(cfg.to_json())
+    args = build_parser().parse_args(["train", "--config", str(path), "--out", "run"])
+    assert resolve_config(args) == cfg == RunConfig.load(path)
+    path.write_text(json.dumps({"preset": "cpuu", "train": {"epochs": 2}}))
+    args = build_parser().parse_args(["train", "d", "--config", str(path), "--out", "run"])
+    with pytest.raises(UltrasegError, match="unknown preset 'cpuu'"):
+        resolve_config(args)

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import (ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices, merge,
-                     parse_duration, preset)
+from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
+                     merge, parse_duration, preset)
 from .errors import UltrasegError
 from .fileio import json_text
 
@@ -118,14 +118,25 @@ def _check_resume_args(a: argparse.Namespace) -> None:
                                 f"its config.json), not DATA {a.data}{moved}")
 
 
+def _names_every_value(doc: dict[str, Any]) -> bool:
+    """Whether a config file sets every setting of every section (a run's config.json)."""
+    full = RunConfig().to_dict()
+    return all(isinstance(doc.get(k), dict) and set(full[k]) <= set(doc[k])
+               for k in full if k != "preset")
+
+
 def resolve_config(a: argparse.Namespace) -> RunConfig:
     """Preset, then --config FILE, then explicit flags: later wins. The preset is --preset's,
     else the file's ``"preset"``, else :func:`default_preset`."""
     file_cfg = _read_config_file(a.config) if a.config else {}
     try:
         name = a.preset or file_cfg.get("preset") or default_preset()
-        # a config built without a preset (RunConfig.from_dict) is 'custom': the defaults
-        cfg = RunConfig(preset=name) if name == "custom" and not a.preset else preset(name)
+        # a config built without a preset (RunConfig.from_dict) is 'custom': the defaults; so
+        # is one whose preset is a label (a run's from merge(..., {"preset": "mine"}), a
+        # quality lever's 'cpu+NAME'), where the file names every value
+        label = not a.preset and (name == "custom" or name not in PRESETS
+                                  and _names_every_value(file_cfg))
+        cfg = RunConfig(preset=name) if label else preset(name)
     except UltrasegError as e:
         if a.preset:
             raise

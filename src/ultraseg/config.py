@@ -285,10 +285,13 @@ class DataConfig(_Section):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every setting of a run. ``preset`` names the recipe it started from: ``from_dict`` and
-    ``load`` build on that preset's values, as ``ultraseg train --config`` does; the
-    constructor does not (``RunConfig(preset="cpu")`` holds the defaults: build a preset's
-    config with :func:`preset`, changed with :func:`merge`)."""
+    """Every setting of a run. ``preset`` names the recipe it started from: where it is one
+    of :data:`PRESETS`, ``from_dict`` and ``load`` build on that preset's values, as
+    ``ultraseg train --config`` does. Another name is a label on the defaults (a run's own
+    config.json names every value), and so is a file without one ('custom'; there the CLI
+    starts from its default preset instead). The constructor builds on no preset
+    (``RunConfig(preset="cpu")`` holds the defaults: build a preset's config with
+    :func:`preset`, changed with :func:`merge`)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
