@@ -101,3 +101,30 @@ def test_a_demo_stopped_before_its_first_epoch_can_run_again(tmp_path, monkeypat
     assert cli.main(["demo", "--out", str(out)]) == 0, capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in (out / "data").rglob("*.png")} == written
     assert (out / "best.ckpt").is_file()
+
+
+def test_a_demo_stopped_while_writing_its_frames_can_run_again(tmp_path, monkeypatch,
+                                                               capsys) -> None:
+    """Ctrl-C in the demo's first seconds left a part of the phantom frames in out/data,
+    and the next demo was refused ('already contains files'), the README's first command
+    with it. A set is written aside and moved in when whole; the next run starts it again."""
+    import ultraseg.phantom as phantom
+
+    _small_demo(monkeypatch, epochs=1)
+    out = tmp_path / "demo"
+    real, calls = phantom._write_png, []
+
+    def stopped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 52:                # within the unseen set, after the training set
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(phantom, "_write_png", stopped)
+        assert cli.main(["demo", "--out", str(out)]) == 130
+    assert not list((out / "data" / "unseen").glob("*/*.png"))     # no half set in the way
+    assert len(list((out / "data" / "train").glob("*/*.png"))) == 2 * 24
+    assert cli.main(["demo", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert not list(out.rglob(".phantom-*"))                       # nothing left aside
+    assert len(list((out / "data").rglob("*.png"))) == 2 * (24 + 6)

@@ -37,13 +37,15 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                             "another --out", out)
     check_no_foreign_images(out, RUN_FILES)           # train would refuse it after the data
     train_data, test_data = out / "data" / "train", out / "data" / "unseen"
-    if _holds_phantom(train_data, TRAIN_FRAMES) and _holds_phantom(test_data, TEST_FRAMES):
-        # the frames a demo stopped before its first epoch had written (the same seeds give
-        # the same bytes): used again, not refused as files in the way
-        log.info("using the phantom frames an earlier demo wrote in %s", out / "data")
-    else:
-        make_dataset(train_data, n=TRAIN_FRAMES, size=FRAME_SIZE, seed=TRAIN_SEED)
-        make_dataset(test_data, n=TEST_FRAMES, size=FRAME_SIZE, seed=TEST_SEED)
+    for folder, n, seed in ((train_data, TRAIN_FRAMES, TRAIN_SEED),
+                            (test_data, TEST_FRAMES, TEST_SEED)):
+        if _holds_phantom(folder, n):
+            # a set a demo stopped before its first epoch had written (the same seeds give
+            # the same bytes): used again, not refused as files in the way (a set it was
+            # stopped while writing is no half set: make_dataset moves it in when whole)
+            log.info("using the phantom frames an earlier demo wrote in %s", folder)
+        else:
+            make_dataset(folder, n=n, size=FRAME_SIZE, seed=seed)
     cfg = merge(preset("demo"), {"data": {"path": str(train_data), "layout": "folders",
                                           "cache_dir": ""},
                                  "train": {"time_limit_s": 60.0 * minutes}})

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -432,14 +434,21 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
     if out.is_dir() and list_images(out):    # the folders layout would leave them unread
         raise UltrasegError("already holds images; the phantom set would hide them: choose a "
                             "new or empty folder", out)
-    images, masks = out / "images", out / "masks"
-    for folder in (images, masks):
+    for folder in (out / "images", out / "masks"):
         if folder.is_dir() and any(folder.iterdir()):
             raise UltrasegError(
                 "already contains files; refusing to overwrite: choose a new or empty folder",
                 folder)
-    images.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
+    # written into a hidden folder and moved into place at the end: an interrupted run
+    # leaves no half set in the way of the next (the hidden folder's readers skip; removed
+    # by the next run)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".phantom-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".phantom-", suffix=".tmp", dir=out))
+    images, masks = staging / "images", staging / "masks"
+    images.mkdir()
+    masks.mkdir()
 
     n_subjects = -(-int(n) // FRAMES_PER_SUBJECT)
     n_empty = 0
@@ -459,6 +468,9 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
             _write_png(mask * np.uint8(255), masks / f"{name}_mask.png")
             n_empty += int(not mask.any())
             written += 1
+    for folder in (images, masks):       # onto an empty folder of the name, if one is there
+        os.replace(folder, out / folder.name)
+    staging.rmdir()
     log.info("wrote %d phantom frames (%d subjects, %d with an empty mask, %dx%d px, seed %d) "
              "to %s", written, n_subjects, n_empty, size, size, seed, out)
     return out
