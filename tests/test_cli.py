@@ -108,6 +108,7 @@ def test_a_working_size_memory_cannot_hold_is_a_user_error(tmp_path, capsys) -> 
     assert not any("internal error" in line for line in err), err
     assert err[-1].startswith("error: out of memory (Unable to allocate"), err
     assert "a smaller --size or --batch-size needs less" in err[-1]
+    assert not (tmp_path / "run").exists()       # a run refused before an epoch leaves nothing
 
 
 @pytest.mark.parametrize("command, raised, code", [

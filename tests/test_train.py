@@ -919,3 +919,20 @@ def test_a_working_size_that_leaves_one_pixel_at_the_bottleneck_is_refused(tmp_p
                         tmp_path / "r")
     assert not (tmp_path / "r").exists()
     assert cli.main([*args, "--size", "32", "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_a_run_interrupted_before_its_first_epoch_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C (or running out of memory) before the first epoch was saved left config.json
+    and train.log in a folder holding no run, which the README says a refused run removes."""
+    data = make_dataset(tmp_path / "data", n=8, size=32, seed=0)
+    cfg = merge(preset("demo"), {"data": {"path": str(data), "cache_dir": None},
+                                 "preprocess": {"size": 32}, "model": {"width": 4},
+                                 "train": {"epochs": 1, "val_fraction": 0.0}})
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "load_arrays", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
-from .errors import UltrasegError
+from .errors import UltrasegError, is_out_of_memory
 from .fileio import json_text
 
 log = logging.getLogger("ultraseg")
@@ -213,15 +213,6 @@ _LESS_MEMORY = {
     **{c: "a smaller --batch-size (for a valid model also --tile) needs less"
        for c in ("predict", "evaluate", "measure")},
 }
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """Whether ``e`` is an allocation that failed: torch's CPU allocator ("can't allocate
-    memory") or a GPU's (``torch.OutOfMemoryError``), as well as a plain MemoryError."""
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
-                                            or "out of memory" in str(e).lower())
 
 
 def _out_of_memory(detail: str, command: str) -> int:

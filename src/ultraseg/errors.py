@@ -22,3 +22,12 @@ class DataError(UltrasegError):
 
 class CheckpointError(UltrasegError):
     """A checkpoint or exported model that cannot be loaded."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that failed: torch's CPU allocator ("can't allocate
+    memory") or a GPU's (``torch.OutOfMemoryError``), as well as a plain MemoryError."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                            or "out of memory" in str(e).lower())

@@ -37,7 +37,7 @@ from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, Ru
                      check_types)
 from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, is_main, session
-from .errors import CheckpointError, DataError, UltrasegError
+from .errors import CheckpointError, DataError, UltrasegError, is_out_of_memory
 from .fileio import atomic_write_text
 from .io import open_dataset, select_label
 from .io.base import OUTPUT_MARKER, check_label, mark_output_folder
@@ -529,8 +529,10 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
             with _run_log(out / "train.log"), threads(cfg.train.num_threads), \
                     torch.random.fork_rng(devices=[]):
                 return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
-        except UltrasegError:
-            if not resume:
+        except BaseException as e:
+            # refused, out of memory or interrupted before an epoch was saved: nothing left
+            if not resume and isinstance(e, (UltrasegError, KeyboardInterrupt)) \
+                    or not resume and is_out_of_memory(e):
                 _remove_refused_run(out, *existed)
             raise
 
