@@ -936,3 +936,21 @@ def test_a_run_interrupted_before_its_first_epoch_leaves_nothing(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_presence_mode_the_auto_head_does_not_use_is_warned_about() -> None:
+    """--presence-mode classifier under the cpu preset (presence_head 'auto') on frames that
+    all hold a structure trained without a head and without a word on the terminal, while
+    other presets refuse the mode without a head."""
+    from conftest import ultraseg_warnings
+
+    cfg = merge(preset("cpu"), {"model": {"presence_mode": "classifier"}})
+    masks = np.ones((20, 8, 8), bool)
+    with ultraseg_warnings() as warned:
+        resolved = train_mod.resolve_presence_head(cfg, masks)
+    assert resolved.model.presence_head is False and resolved.model.presence_mode == "gate"
+    assert any("presence mode 'classifier' applies to a presence head" in r.getMessage()
+               for r in warned)
+    with ultraseg_warnings() as warned:                  # the default mode: nothing to say
+        train_mod.resolve_presence_head(preset("cpu"), masks)
+    assert not warned

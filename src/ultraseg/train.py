@@ -363,6 +363,10 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
         log.info("presence head: %s (%d of %d training frames have an empty mask; 'auto' "
                  "builds it from %d %% and 10 frames)", "on" if on else "off", empty,
                  len(masks), round(100 * AUTO_PRESENCE_MIN_EMPTY))
+    if not on and cfg.model.presence_mode != "gate":   # asked for, and dropped: said
+        log.warning("presence mode %r applies to a presence head, which 'auto' does not build "
+                    "for these training frames (--presence-head on builds one)",
+                    cfg.model.presence_mode)
     mode = cfg.model.presence_mode if on else "gate"  # the mode of a head not built: none
     return replace(cfg, model=replace(cfg.model, presence_head=on, presence_mode=mode))
 
