@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,63 @@ def test_damaged_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
     assert np.array_equal(first.images, again.images)
     with np.load(npz) as z:                               # rebuilt in its place
         assert np.array_equal(z["images"], first.images)
+
+
+@pytest.mark.parametrize("foreign", ["smaller frames", "random masks at 255", "float frames"])
+def test_a_loadable_cache_of_other_arrays_is_rebuilt(tmp_path: Path, foreign: str) -> None:
+    """An npz of the right frame count but other contents under the key's name (another
+    size's frames, masks at 255, floats) was used as it was: training ran on 32-px frames
+    with config.json saying 64, or scored Dice 1.0 on masks at 255."""
+    ds = open_dataset(_tree(tmp_path / "data"))
+    cfg = PreprocessConfig(size=16)
+    cache = tmp_path / "cache"
+    first = load_arrays(ds, cfg, cache_dir=cache)
+    (npz,) = cache.glob("*.npz")
+    n = len(first.images)
+    images, masks = first.images, first.masks
+    if foreign == "smaller frames":
+        images, masks = images[:, :8, :8], masks[:, :8, :8]
+    elif foreign == "random masks at 255":
+        masks = np.full_like(masks, 255)
+    else:
+        images = images.astype(np.float64)
+    np.savez(npz, images=images, masks=masks)
+    again = load_arrays(ds, cfg, cache_dir=cache)
+    assert again.images.shape == (n, 16, 16) and again.images.dtype == np.uint8
+    assert np.array_equal(again.images, first.images)
+    assert np.array_equal(again.masks, first.masks)
+
+
+def test_an_edit_that_keeps_size_and_modification_time_invalidates_the_cache(
+        tmp_path: Path) -> None:
+    """An uncompressed frame edited in place with its modification time set back
+    (`touch -r`, `cp -p`) kept the key, and training used the old pixels."""
+    root = _tree(tmp_path / "data")
+    ds = open_dataset(root)
+    cfg = PreprocessConfig(size=16)
+    p = ds.labelled[1].image_path
+    bmp = p.with_suffix(".bmp")
+    Image.open(p).save(bmp)
+    p.unlink()
+    ds = open_dataset(root)
+    before = load_arrays(ds, cfg, cache_dir=tmp_path / "cache")
+    st = bmp.stat()
+    data = bytearray(bmp.read_bytes())
+    data[-40:] = bytes(255 - b for b in data[-40:])         # other pixels, the same size
+    time.sleep(0.01)
+    bmp.write_bytes(bytes(data))
+    os.utime(bmp, ns=(st.st_atime_ns, st.st_mtime_ns))      # the modification time set back
+    assert bmp.stat().st_size == st.st_size and bmp.stat().st_mtime_ns == st.st_mtime_ns
+    after = load_arrays(open_dataset(root), cfg, cache_dir=tmp_path / "cache")
+    assert not np.array_equal(before.images, after.images)
+
+
+def test_normalisation_shares_the_cache(tmp_path: Path) -> None:
+    """z-score and unit normalisation give the same canvases (it is applied after the
+    cache), yet each wrote its own full copy of the patients' frames."""
+    ds = open_dataset(_tree(tmp_path / "data"))
+    assert cache_key(ds, PreprocessConfig(size=16, normalise="zscore")) == \
+        cache_key(ds, PreprocessConfig(size=16, normalise="unit"))
 
 
 def test_load_arrays_collects_every_problem(tmp_path: Path) -> None:

@@ -43,16 +43,23 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
-    """Hash of the files (names, sizes, modification times) and the preprocessing settings."""
+    """Hash of the files (names, sizes, inodes, modification and status-change times) and the
+    settings that shape the canvases (not ``normalise``, applied after the cache).
+
+    The status-change time moves on every write and no tool sets it back, so an edit that
+    keeps a file's size and restores its modification time (``touch -r``, ``cp -p`` over it,
+    an uncompressed format) still makes a new key; so does a chmod, at the cost of one
+    rebuild."""
     h = hashlib.sha256()
+    shaping = {k: v for k, v in cfg.to_dict().items() if k != "normalise"}
     h.update(json.dumps({"v": __version__, "layout": ds.layout, "root": str(ds.root.resolve()),
-                         "pre": cfg.to_dict()}, sort_keys=True).encode())
+                         "pre": shaping}, sort_keys=True).encode())
     for s in ds.labelled:
         for p in (s.image_path, *s.mask_paths):
             st = p.stat()
             # (a name with undecodable bytes arrives as surrogate escapes: hashed as its bytes)
-            h.update(f"{s.name}|{p}|{st.st_size}|{st.st_mtime_ns}\n".encode(
-                "utf-8", "surrogateescape"))
+            h.update(f"{s.name}|{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|"
+                     f"{st.st_ino}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 
@@ -84,8 +91,13 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             try:
                 with np.load(cache_path, allow_pickle=False) as z:
                     images, masks = z["images"], z["masks"]
-                if len(images) != len(samples) or masks.shape != images.shape:
-                    raise ValueError(f"{len(images)} frames cached for {len(samples)} samples")
+                want = (len(samples), cfg.size, cfg.size)
+                if images.shape != want or masks.shape != want:
+                    raise ValueError(f"arrays of {images.shape} and {masks.shape} cached for "
+                                     f"{want}")
+                if images.dtype != np.uint8 or masks.dtype != np.uint8 or masks.max() > 1:
+                    raise ValueError(f"{images.dtype} frames and {masks.dtype} masks up to "
+                                     f"{masks.max()} cached, not uint8 frames and 0/1 masks")
                 log.info("cache hit: %s", cache_path)
                 return Arrays(images, masks, names, subjects)
             except Exception as e:  # noqa: BLE001  (a truncated npz raises BadZipFile, an
