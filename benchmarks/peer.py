@@ -143,8 +143,9 @@ def main() -> int:
     ap.add_argument("--record", action="store_true", help="write results/peer-DATASET.json")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not DATA.is_dir():
-        print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
+    if not (DATA / a.dataset).is_dir():
+        print(f"shared dataset {a.dataset} not found in {DATA}: nothing to benchmark",
+              file=sys.stderr)
         return 2
     result = run_peer(a.dataset, a.time_limit, Path(a.runs))
     if a.record:

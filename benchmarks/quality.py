@@ -1634,9 +1634,12 @@ def _spread(d: np.ndarray, unit: str) -> dict:
 
 
 def main() -> int:
+    from ultraseg.config import PRESETS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", default=["busi", "nerve", "hc18"])
-    ap.add_argument("--presets", nargs="+", default=["cpu"])
+    ap.add_argument("--datasets", nargs="+", default=["busi", "nerve", "hc18"],
+                    choices=sorted(LAYOUTS))
+    ap.add_argument("--presets", nargs="+", default=["cpu"], choices=sorted(PRESETS))
     ap.add_argument("--time-limit", default="20m")
     ap.add_argument("--runs", default=str(HERE / "runs"))
     ap.add_argument("--record", action="store_true",
@@ -1673,6 +1676,11 @@ def main() -> int:
     keep_freed_memory()  # train as the `ultraseg train` command the records name would
     if not DATA.is_dir():
         print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
+        return 2
+    missing = [d for d in a.datasets if not (DATA / d).is_dir()]
+    if missing:       # found now, not after the datasets before it have trained for minutes
+        print(f"shared dataset{'s' * (len(missing) > 1)} not found in {DATA}: "
+              f"{', '.join(missing)}", file=sys.stderr)
         return 2
     if a.presence:
         print(json.dumps(presence_probe(Path(a.presence), a.datasets[0])))

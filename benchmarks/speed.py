@@ -995,6 +995,12 @@ def main(argv: list[str] | None = None) -> int:
               "ultraseg": child_ultraseg}[kind]
         print(json.dumps(fn(json.loads(args))))
         return 0
+    import torch
+
+    if a.device == "cuda" and not torch.cuda.is_available():   # before minutes of CPU work
+        print(f"--device cuda: no CUDA GPU available (torch {torch.__version__})",
+              file=sys.stderr)
+        return 2
     s = QUICK if a.quick else FULL
     if a.predict_frames:
         s = Settings(**{**asdict(s), "predict_frames": a.predict_frames})
