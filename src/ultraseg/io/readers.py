@@ -75,6 +75,17 @@ def _group(files: list[Path], mask_suffix: str, masks_only: bool = False
     return images, masks
 
 
+def _group_several(files: list[Path]) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Files by stem: (images, masks), ``NAME_mask`` and ``NAME_mask_K`` all masks of the
+    image ``NAME`` (several: their union; :func:`_pair` with ``several_masks``)."""
+    images: dict[str, list[Path]] = defaultdict(list)
+    masks: dict[str, list[Path]] = defaultdict(list)
+    for p in files:
+        m = _MASK_STEM.match(p.stem)
+        (masks[m.group(1)] if m else images[p.stem]).append(p)
+    return images, masks
+
+
 def subfolders(root: Path, names: tuple[str, ...]) -> list[Path]:
     """Folders directly in ``root`` named one of ``names``, in any letter case."""
     if not root.is_dir():
@@ -235,11 +246,7 @@ class KaggleReader(Reader):
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         train = root / "train" if (root / "train").is_dir() else root
-        images: dict[str, list[Path]] = defaultdict(list)
-        masks: dict[str, list[Path]] = defaultdict(list)
-        for p in list_images(train):      # NAME_mask, and NAME_mask_1, NAME_mask_2 (a union)
-            m = _MASK_STEM.match(p.stem)
-            (masks[m.group(1)] if m else images[p.stem]).append(p)
+        images, masks = _group_several(list_images(train))
         pairs, problems = _pair(images, masks, labelled=True, folder=train, several_masks=True)
         test = root / "test"
         problems += [p for p in _unread_subfolders(train) if p.path != str(test)]
@@ -286,23 +293,16 @@ class BusiReader(Reader):
         problems: list[DataError] = []
         classes = [c for c in BUSI_CLASSES if (root / c).is_dir()]
         for cls_name in classes:
-            images: dict[str, list[Path]] = defaultdict(list)
-            masks: dict[str, list[Path]] = defaultdict(list)
-            for p in sorted((root / cls_name).rglob("*")):
-                if not is_image_file(p):        # (not macOS's ._NAME beside each file)
-                    continue
-                m = _MASK_STEM.match(p.stem)
-                (masks[m.group(1)] if m else images[p.stem]).append(p)
-            problems += _check_unique(images, "image")
-            for name in sorted(set(masks) - set(images), key=natural_key):
-                problems.append(Unpaired("mask without an image", masks[name][0]))
-            for name in sorted(images, key=natural_key):
-                if name not in masks:      # (a sample still: an image to predict)
-                    problems.append(Unpaired("image without a mask in a labelled set",
-                                             images[name][0]))
-                mask_paths = tuple(sorted(masks.get(name, ()), key=lambda q: natural_key(q.name)))
-                samples.append(Sample(name, images[name][0], mask_paths,
-                                      self.subject_of(name), {"class": cls_name}))
+            # (not macOS's ._NAME beside each file: is_image_file leaves hidden files out)
+            images, masks = _group_several(sorted(p for p in (root / cls_name).rglob("*")
+                                                  if is_image_file(p)))
+            if not images and not masks:       # an empty class folder is no problem
+                continue
+            pairs, found = _pair(images, masks, labelled=True, folder=root / cls_name,
+                                 several_masks=True)
+            problems += found
+            samples += [Sample(name, image, mask_paths, self.subject_of(name),
+                               {"class": cls_name}) for name, image, mask_paths in pairs]
         if not samples and not problems:
             problems.append(DataError("empty folder: no images found", root))
         return samples, problems
