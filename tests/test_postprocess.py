@@ -306,3 +306,20 @@ def test_tune_stops_at_its_deadline_and_chooses_on_the_frames_scored_by_then() -
     assert in_time == tune(probs, truths)
     cfg, score = in_time
     assert score == pytest.approx(np.mean([dice(apply(p, cfg), t) for p, t in zip(probs, truths)]))
+
+
+def test_a_tie_between_thresholds_as_far_from_one_half_goes_to_the_lower() -> None:
+    """0.3 and 0.7 scoring the same went to 0.7: 0.7 - 0.5 is 0.19999999999999996 in
+    floating point, nearer than 0.5 - 0.3."""
+    p = np.zeros((8, 8), np.float32)
+    p[2:5, 2:5] = 0.9
+    cfg, _ = tune([p], [p > 0.5], thresholds=[0.3, 0.7], min_areas=[0], min_peaks=[0],
+                  try_keep_largest=False, try_fill_holes=False)
+    assert cfg.threshold == 0.3
+
+
+@pytest.mark.parametrize("empty", ["thresholds", "min_areas"])
+def test_an_empty_grid_is_a_user_error(empty) -> None:
+    p = np.zeros((8, 8), np.float32)
+    with pytest.raises(UltrasegError, match="must not be empty"):
+        tune([p], [p > 0.5], **{empty: []})

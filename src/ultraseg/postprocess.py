@@ -222,10 +222,13 @@ def tune(
             raise ValueError(f"{len(alt)} probability maps but {len(truths)} masks")
     if len(probs) == 0:
         raise UltrasegError("no validation frames to tune the post-processing on")
-    thr = sorted({float(t) for t in thresholds}, key=lambda t: (abs(t - 0.5), t))
+    # nearest 0.5 first, then the lower (0.7 - 0.5 is 0.19999999999999996 in floating point)
+    thr = sorted({float(t) for t in thresholds}, key=lambda t: (round(abs(t - 0.5), 9), t))
     if min_areas is None:
         min_areas = default_min_areas(min(int(np.asarray(p).size) for p in probs))
     areas = sorted({max(int(a), 0) for a in min_areas})
+    if not thr or not areas:
+        raise UltrasegError("the thresholds and minimum areas to try must not be empty")
     peak_opts = sorted({max(float(q), 0.0) for q in min_peaks} or {0.0})
     largest_opts = (False, True) if try_keep_largest else (False,)
     fill_opts = (False, True) if try_fill_holes else (False,)
