@@ -399,3 +399,17 @@ def test_unreadable_checkpoint_is_a_checkpoint_error_simulated(tmp_path, monkeyp
     monkeypatch.setattr(module, "open", denied, raising=False)
     with pytest.raises(CheckpointError, match="permission denied"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_of_a_model_this_version_does_not_build_names_the_file(tmp_path) -> None:
+    """A presence head on the valid U-Net (trained before that combination was withdrawn)
+    failed as 'bad model config: ...' naming no file and no way out."""
+    cfg = ModelConfig(variant="valid", width=4, depth=2, tile=20)
+    meta = make_meta(cfg, PreprocessConfig(size=None), PostprocessConfig())
+    meta["model"]["presence_head"] = True
+    path = tmp_path / "old.ckpt"
+    save_checkpoint(path, {"w": torch.zeros(1)}, meta)
+    with pytest.raises(CheckpointError) as e:
+        build_from_checkpoint(load_checkpoint(path), path)
+    assert str(e.value).startswith(f"{path}: describes a model this version of ultraseg")
+    assert "presence head needs the 'same' variant" in str(e.value) and "retrain" in str(e.value)

@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .config import ModelConfig, PostprocessConfig, PreprocessConfig, postprocess_problem
-from .errors import CheckpointError
+from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,12 @@ def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> t
     from .model import build_model
 
     with torch.random.fork_rng(devices=[]):   # its initial weights are overwritten: the
-        model = build_model(ckpt.model)       # caller's random state is left as it was
+        try:                                  # caller's random state is left as it was
+            model = build_model(ckpt.model)
+        except UltrasegError as e:    # a model this version does not build (one trained
+            # before a combination was withdrawn: the presence head on the valid U-Net)
+            raise CheckpointError(f"describes a model this version of ultraseg does not "
+                                  f"build ({e.message}): retrain it", path) from e
     if not isinstance(ckpt.state_dict, dict):
         raise CheckpointError(f"damaged checkpoint: its weights are a "
                               f"{type(ckpt.state_dict).__name__}, not named tensors", path)

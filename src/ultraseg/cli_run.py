@@ -197,7 +197,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--depth", type=int, help="number of poolings (4 in the paper)")
     p.add_argument("--tile", type=int, help="valid model: output tile side (68)")
     p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None,
-                   help="same model: also train 1/2- and 1/4-resolution outputs")
+                   help="same model: also train 1/2- and (depth 3 or more) 1/4-resolution "
+                        "outputs (depth 2 or more)")
     p.add_argument("--norm", choices=choices(ModelConfig, "norm"),
                    help="same model: normalisation after each convolution (batch)")
     p.add_argument("--block", choices=choices(ModelConfig, "block"),
@@ -210,8 +211,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "(the paper's, at a rate it does not give; 0.5 is common; 0: none)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="same model: a per-frame 'structure present?' output on the "
-                   "bottleneck: frames it calls absent come out empty (how it meets the "
-                   "pixels: --presence-mode; "
+                   "bottleneck: no pixel exceeds it, so a frame it gives less than the "
+                   "threshold comes out empty (how it meets the pixels: --presence-mode; "
                    "the cpu preset builds it where >= 5%% of the training frames, and at "
                    "least 10, are empty)")
     p.add_argument("--presence-mode", choices=choices(ModelConfig, "presence_mode"),

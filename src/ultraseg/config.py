@@ -143,10 +143,11 @@ class ModelConfig(_Section):
     structure there at all?" output on the bottleneck (global average and max pooling, then a
     linear layer; 'auto' builds none on the 'valid' variant, which sees frames in tiles); each
     pixel's probability becomes P(present) x P(pixel | present), so no pixel can exceed its
-    frame's presence probability and a frame the head calls absent comes out empty (the
-    Kaggle nerve competition's empty-mask trick). The head is trained through the gated pixel
-    loss and by its own binary cross-entropy against "the mask is not empty", weighted by
-    ``TrainConfig.presence_weight`` (0: the pixel loss alone). ``presence_head='auto'`` (the
+    frame's presence probability and a frame whose P(present) is below the threshold comes out
+    empty (the Kaggle nerve competition's empty-mask trick). The head is trained through the
+    gated pixel loss and by its own binary cross-entropy against "the mask is not empty",
+    weighted by ``TrainConfig.presence_weight`` (0: the pixel loss alone).
+    ``presence_head='auto'`` (the
     ``cpu`` preset's): the head is built where the training frames give it something to learn,
     at least :data:`AUTO_PRESENCE_MIN_EMPTY` of them (and 10 frames) with an empty mask, and
     not otherwise; decided when training starts, and the checkpoint holds the outcome

@@ -543,3 +543,15 @@ def test_dropout_outside_0_to_1_is_refused() -> None:
     for p in (-0.1, 1.0):
         with pytest.raises(UltrasegError, match=r"dropout must be in \[0, 1\)"):
             build_model(ModelConfig(variant="same", width=4, dropout=p))
+
+
+def test_deep_supervision_at_depth_1_is_refused() -> None:
+    """--deep-supervision --depth 1 built no head at all and trained as without the flag,
+    the run labelled deep-supervised."""
+    from ultraseg.config import ModelConfig
+    from ultraseg.errors import UltrasegError
+    from ultraseg.model import build_model
+
+    with pytest.raises(UltrasegError, match="deep supervision needs depth 2 or more"):
+        build_model(ModelConfig(variant="same", depth=1, width=4, deep_supervision=True))
+    build_model(ModelConfig(variant="same", depth=2, width=4, deep_supervision=True))

@@ -118,6 +118,10 @@ class UNet(nn.Module):
         if cfg.deep_supervision and cfg.variant != "same":
             raise ValueError("deep supervision needs the 'same' variant (a valid U-Net's "
                              "coarser outputs do not line up with its cropped target)")
+        if cfg.deep_supervision and cfg.depth < 2:
+            raise ValueError("deep supervision needs depth 2 or more (its heads sit on the "
+                             "decoder's half-resolution level, and at depth 3 or more also "
+                             "its quarter-resolution one)")
         self.cfg = cfg
         if cfg.block not in BLOCKS:
             raise ValueError(f"unknown block {cfg.block!r}; valid: {list(BLOCKS)}")
