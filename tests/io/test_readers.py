@@ -732,3 +732,19 @@ def test_a_flat_folder_with_several_masks_per_image_unites_them(tmp_path) -> Non
     first = ds.labelled[0]
     assert [p.name for p in first.mask_paths] == ["benign (1)_mask.png", "benign (1)_mask_1.png"]
     assert first.load()[1].sum() == ((_disk(cx=8, r=3) | _disk(cx=24, r=3)) > 0).sum()
+
+
+def test_the_folders_layout_unites_several_masks_and_names_two_of_one_part(tmp_path) -> None:
+    """The folders layout paired through its own suffix rule: NAME_mask_1 beside NAME_mask
+    was an image without a mask, while the kaggle and busi layouts united them. One grouping
+    now serves the three; two files for one mask (masks/1_1.png and images/1_1_mask.png) are
+    still named."""
+    root = make_folders(tmp_path / "d")
+    _save(root / "masks" / "1_1_mask_1.png", _disk(cx=24, r=3))
+    ds, problems = scan_dataset(root)
+    assert problems == [] and len(ds.labelled) == 3
+    first = next(s for s in ds.labelled if s.name == "1_1")
+    assert [p.name for p in first.mask_paths] == ["1_1_mask.png", "1_1_mask_1.png"]
+    _save(root / "images" / "1_2_mask.png", _disk())         # a second mask of 1_2
+    _, problems = scan_dataset(root)
+    assert len(problems) == 1 and "two masks share the name '1_2'" in str(problems[0])

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 #: A mask's file stem: NAME_mask, or NAME_mask_K where one image has several (their union).
-_MASK_STEM = re.compile(r"^(.*)_mask(?:_\d+)?$")
+_MASK_STEM = re.compile(r"^(.*)_mask(?:_(\d+))?$")
 
 
 class Unpaired(DataError):
@@ -39,9 +39,13 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
     set is a problem, and a sample without one (what ``predict`` reads; training refuses a
     set with problems)."""
     problems = _check_unique(images, "image")
-    if several_masks:
-        problems += _check_unique({p.stem: [q for q in paths if q.stem == p.stem]
-                                   for paths in masks.values() for p in paths}, "mask")
+    if several_masks:   # one NAME_mask (or masks/NAME) and one NAME_mask_K each, at most
+        by_part: dict[str, list[Path]] = defaultdict(list)
+        for name, paths in masks.items():
+            for q in paths:
+                m = _MASK_STEM.match(q.stem)
+                by_part[f"{name}_mask_{m.group(2)}" if m and m.group(2) else name].append(q)
+        problems += _check_unique(by_part, "mask")
     else:
         problems += _check_unique(masks, "mask")
     for name in sorted(set(masks) - set(images), key=natural_key):
@@ -59,30 +63,30 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
     return pairs, problems
 
 
-def _group(files: list[Path], mask_suffix: str, masks_only: bool = False
-           ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+def _group(files: list[Path], mask_suffix: str) -> tuple[dict[str, list[Path]],
+                                                          dict[str, list[Path]]]:
     """Files by stem: (images, masks). A stem ending in ``mask_suffix`` is a mask of the image
-    named without it; with ``masks_only`` every file is a mask (the suffix being optional)."""
+    named without it (HC18's ``_Annotation``; masks named ``_mask``: :func:`_group_several`)."""
     images: dict[str, list[Path]] = defaultdict(list)
     masks: dict[str, list[Path]] = defaultdict(list)
     for p in files:
         if p.stem.endswith(mask_suffix):
             masks[p.stem[: -len(mask_suffix)]].append(p)
-        elif masks_only:
-            masks[p.stem].append(p)
         else:
             images[p.stem].append(p)
     return images, masks
 
 
-def _group_several(files: list[Path]) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+def _group_several(files: list[Path], masks_only: bool = False
+                   ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     """Files by stem: (images, masks), ``NAME_mask`` and ``NAME_mask_K`` all masks of the
-    image ``NAME`` (several: their union; :func:`_pair` with ``several_masks``)."""
+    image ``NAME`` (several: their union; :func:`_pair` with ``several_masks``); with
+    ``masks_only`` every file is a mask (``NAME`` itself one of the image ``NAME``)."""
     images: dict[str, list[Path]] = defaultdict(list)
     masks: dict[str, list[Path]] = defaultdict(list)
     for p in files:
         m = _MASK_STEM.match(p.stem)
-        (masks[m.group(1)] if m else images[p.stem]).append(p)
+        (masks[m.group(1)] if m else masks[p.stem] if masks_only else images[p.stem]).append(p)
     return images, masks
 
 
@@ -142,7 +146,8 @@ def _mask_folders(root: Path) -> list[Path]:
 
 
 class FoldersReader(Reader):
-    """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp);
+    """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp;
+    ``NAME_mask_1``, ``NAME_mask_2``: their union, as in the kaggle and busi layouts);
     the masks may also sit beside the images (``images/NAME_mask.EXT``), the masks folder may
     be named any of :data:`MASK_FOLDERS` (``labels/``, ``gt/``...), and the folders may be spelt
     ``Images``, ``Masks``... Image files in subfolders are named as problems.
@@ -177,13 +182,14 @@ class FoldersReader(Reader):
             log.warning("%s: %d image files beside %s/ are not read by the folders layout "
                         "(first: %s); --layout images reads every image below the folder",
                         root, len(loose), image_dir.name, loose[0].name)
-        images, masks = _group(list_images(image_dir), "_mask")     # masks beside the images
+        images, masks = _group_several(list_images(image_dir))     # masks beside the images
         problems += _unread_subfolders(image_dir)
         if mask_dir is not None:
-            for name, paths in _group(list_images(mask_dir), "_mask", masks_only=True)[1].items():
+            for name, paths in _group_several(list_images(mask_dir), masks_only=True)[1].items():
                 masks[name] += paths
             problems += _unread_subfolders(mask_dir)
-        pairs, found_problems = _pair(images, masks, labelled=bool(masks), folder=image_dir)
+        pairs, found_problems = _pair(images, masks, labelled=bool(masks), folder=image_dir,
+                                      several_masks=True)
         samples = [Sample(name, image, mask, self.leading_subject(name))
                    for name, image, mask in pairs]
         if self.subject_pattern is None:
