@@ -601,12 +601,12 @@ def test_skip_unreadable_with_overlays_skips_a_frame_whose_mask_cannot_be_read(t
     assert len(summary.failed) == 1 and "1_2_mask.png" in str(summary.failed[0])
 
 
-def test_measure_frames_with_a_failed_list_skips_the_unreadable_ones(tmp_path):
+def test_measure_frames_skipping_unreadable_frames_names_them(tmp_path):
     save(tmp_path / "in" / "1.png", ramp(8, 8))
     (tmp_path / "in" / "2.png").write_bytes(b"")
-    failed: list = []
     summary, rows = measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]),
-                                   out=tmp_path / "m", failed=failed)
+                                   out=tmp_path / "m", skip_unreadable=True)
+    failed = summary["unreadable"]
     assert [r["name"] for r in rows] == ["1"] and summary["n"] == 1
     assert summary["n_unreadable"] == 1 and "2.png" in str(failed[0])
     with open(tmp_path / "m" / "measurements.csv", newline="") as f:

@@ -189,12 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except MemoryError as e:           # numpy's "Unable to allocate 74.5 GiB for an array..."
-        return _out_of_memory(str(e) or "MemoryError", a.command)
-    except RuntimeError as e:
-        if not is_out_of_memory(e):
+    except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
+        if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs
             return _internal(e, a.debug)
-        return _out_of_memory(str(e).splitlines()[0], a.command)
+        return _out_of_memory((str(e) or type(e).__name__).splitlines()[0], a.command)
     except ImportError as e:
         if e.name != "torch":
             return _internal(e, a.debug)

@@ -166,17 +166,16 @@ def _cmd_measure(a: argparse.Namespace) -> int:
 
     frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
     predictor = load_predictor(a)
-    failed: list[Any] = []
     summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
-                                   progress=ProgressBar("measure"), failed=failed)
+                                   progress=ProgressBar("measure"), skip_unreadable=True)
     if a.json:
-        print(json_text({**summary, "unreadable": [str(e) for e in failed], "rows": rows}))
-        return report_unreadable(failed, len(frames))
-    if a.out is None:
-        for r in rows:
-            print(format_measure_row(r))
-    print(format_measure_summary(summary))
-    return report_unreadable(failed, len(frames))
+        print(json_text({**summary, "rows": rows}))
+    else:
+        if a.out is None:
+            for r in rows:
+                print(format_measure_row(r))
+        print(format_measure_summary(summary))
+    return report_unreadable(summary["unreadable"], len(frames))
 
 
 def format_measure_row(r: dict[str, Any]) -> str:

@@ -427,7 +427,7 @@ MEASURE_COLUMNS = ("name", "image", "width", "height", "pixel_size_mm", "n_compo
 
 def measure_frames(predictor: Predictor, frames: Sequence[Frame],
                    pixel_size_mm: float | None = None, out: str | Path | None = None,
-                   progress: Progress | None = None, failed: list[DataError] | None = None
+                   progress: Progress | None = None, skip_unreadable: bool = False
                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
 
@@ -439,9 +439,9 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     ``OUT/measurements.csv``. Returns ``(summary, rows)``; the summary has ``n``,
     ``n_with_object``, ``hc_mm_mean`` and, where references exist, ``hc_mae_mm`` and
     ``hc_bias_mm`` over the frames that have both. An unreadable image stops it with a
-    :class:`~ultraseg.errors.DataError`; given a ``failed`` list, it is appended there and
-    skipped instead (the CSV and the summary then cover the frames measured, and the summary
-    counts the others as ``n_unreadable``).
+    :class:`~ultraseg.errors.DataError`; with ``skip_unreadable`` it is skipped instead, as in
+    :func:`write_predictions` (the CSV and the summary then cover the frames measured, and the
+    summary names the others under ``unreadable``, counted as ``n_unreadable``).
     """
     from .measure import measure
     from .preprocess import seen_region
@@ -454,7 +454,7 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     out_dir = prepare_out_dir(out) if out is not None else None
     rows: list[dict[str, Any]] = []
-    skipped_before = len(failed) if failed is not None else 0
+    failed: list[DataError] | None = [] if skip_unreadable else None
     for frame, image, prob in iter_probabilities(predictor, frames, failed):
         mask = apply_postprocess(prob, predictor.postprocess)
         spacing = frame.sample.meta.get("pixel_size_mm") or pixel_size_mm
@@ -477,11 +477,12 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
             row["hc_error_mm"] = row["hc_mm"] - row["hc_ref_mm"]
         rows.append(row)
         if progress:
-            progress(len(rows) + len(failed or ()) - skipped_before, len(frames))
+            progress(len(rows) + len(failed or ()), len(frames))
     summary = summarise_measurements(rows, offset)
     if failed is not None:
-        summary["n_unreadable"] = len(failed) - skipped_before
-        if summary["n_unreadable"] and progress:    # (the last frames may have been skipped)
+        summary["n_unreadable"] = len(failed)
+        summary["unreadable"] = [str(e) for e in failed]
+        if failed and progress:          # (the last frames may have been skipped)
             progress(len(frames), len(frames))
     if out_dir is not None:
         summary["csv"] = str(out_dir / "measurements.csv")
