@@ -100,7 +100,6 @@ class Batches:
             if size % step:
                 raise UltrasegError(f"the 'same' model needs a working size divisible by {step}; "
                                     f"use --size {size + (-size % step)}")
-            check_bottleneck(m, size)     # (frames kept at their own size: known only now)
             self.images = arrays.images[index]
         self.masks = arrays.masks[index]
         self.size = size
