@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ultraseg.errors import UltrasegError
 from ultraseg.io import open_dataset, read_image
 
 THUMB = 96
@@ -58,6 +59,23 @@ def scores(rows: list[dict[str, str]]) -> dict[str, float | int | None]:
                                   if normal else None)}
 
 
+def read_inputs(run: Path, evaluation: Path) -> tuple[dict, dict[str, dict[str, str]]]:
+    """The run's split and the evaluation's rows by frame name; exits with one line where
+    either cannot be read."""
+    try:
+        split = json.loads((run / "split.json").read_text())
+        with open(evaluation / "per_image.csv", newline="") as f:
+            rows = {r["name"]: r for r in csv.DictReader(f)}
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if not all(isinstance(split, dict) and isinstance(split.get(k), list)
+               for k in ("train", "val", "test")):
+        sys.exit(f"error: {run}/split.json is not a run's split (train, val, test lists)")
+    if rows and not {"name", "dice", "truth_empty", "pred_empty"} <= set(next(iter(rows.values()))):
+        sys.exit(f"error: {evaluation}/per_image.csv is not ultraseg evaluate's per-image table")
+    return split, rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("data")
@@ -66,12 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--out", help="also write the JSON object here")
     a = p.parse_args(argv)
-    split = json.loads((Path(a.run) / "split.json").read_text())
-    paths = {s.name: s.image_path for s in open_dataset(a.data).labelled}
+    if not 0 < a.threshold <= 1:
+        p.error(f"--threshold must be a correlation in (0, 1], got {a.threshold}")
+    split, rows = read_inputs(Path(a.run), Path(a.eval))
+    try:
+        paths = {s.name: s.image_path for s in open_dataset(a.data).labelled}
+    except UltrasegError as e:
+        sys.exit(f"error: {e}")
     held, others = split["test"], split["train"] + split["val"]
+    unknown = sorted(set(held + others) - set(paths))
+    if unknown:
+        sys.exit(f"error: {a.run}/split.json names {len(unknown)} frames {a.data} does not hold "
+                 f"(first: {unknown[0]}): is it the run's dataset?")
+    if not held:
+        sys.exit(f"error: {a.run}/split.json holds no frames out: train with --test-fraction")
     near = nearest(held, others, paths)
-    with open(Path(a.eval) / "per_image.csv", newline="") as f:
-        rows = {r["name"]: r for r in csv.DictReader(f)}
     missing = sorted(set(held) - set(rows))
     if missing:
         sys.exit(f"{a.eval}/per_image.csv lacks {len(missing)} held-out frames "
