@@ -565,6 +565,18 @@ def test_a_16_bit_array_is_scaled_as_its_file_is_read(tmp_path) -> None:
                                   pred.predict_proba(np.asarray(Image.fromarray(eight))))
 
 
+def test_a_float_file_and_its_array_predict_alike(tmp_path) -> None:
+    """A float TIFF through read_image (the CLI) and the same values as an array (the API)
+    were scaled apart (min..max against x 255) and predicted different masks."""
+    from ultraseg.io import read_image
+
+    scan = np.linspace(0.05, 0.6, 24 * 32, dtype=np.float32).reshape(24, 32)
+    path = tmp_path / "scan.tif"
+    Image.fromarray(scan).save(path)
+    pred = pixel_predictor()
+    np.testing.assert_array_equal(pred.predict_proba(scan), pred.predict_proba(read_image(path)))
+
+
 def test_skip_unreadable_writes_the_other_frames_and_names_the_bad_ones(tmp_path):
     """One corrupt frame in 500 stopped the whole run at it; with skip_unreadable (what the
     CLI asks for) the others are written and the bad ones named; the submission, which

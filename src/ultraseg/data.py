@@ -52,8 +52,11 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     rebuild."""
     h = hashlib.sha256()
     shaping = {k: v for k, v in cfg.to_dict().items() if k != "normalise"}
-    h.update(json.dumps({"v": __version__, "layout": ds.layout, "root": str(ds.root.resolve()),
-                         "pre": shaping}, sort_keys=True).encode())
+    # "decode": the rule files are decoded by (2: float images read as intensities, not
+    # stretched), so frames a changed rule reads otherwise are decoded again
+    h.update(json.dumps({"v": __version__, "decode": 2, "layout": ds.layout,
+                         "root": str(ds.root.resolve()), "pre": shaping},
+                        sort_keys=True).encode())
     for s in ds.labelled:
         for p in (s.image_path, *s.mask_paths):
             st = p.stat()

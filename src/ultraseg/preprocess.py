@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 
 from .config import PreprocessConfig
 from .errors import DataError, UltrasegError
+from .io.base import to_uint8
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -210,26 +211,9 @@ def prepare(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Geome
     if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
         raise DataError("input array contains NaN or infinite values")
     if image.dtype != np.uint8:
-        image = _to_uint8(image)
+        image = to_uint8(image)
     canvas, geom = to_canvas(image, cfg, "image")
     return normalise(canvas, cfg.normalise), geom
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """An array given to the predictor, as 8 bits: bool as 0/255 (a 1-bit PNG read with
-    ``np.asarray``, as :func:`ultraseg.io.read_image` reads the file); floats in [0, 1] times
-    255, within 0..255 as they are; 8-bit integers as they are; wider integers (a 16-bit scan
-    read with ``np.asarray``) stretched from their min..max whatever their range, as
-    :func:`ultraseg.io.read_image` reads the file; anything else stretched too."""
-    if image.dtype == bool:
-        return image.astype(np.uint8) * 255
-    x = image.astype(np.float64)
-    lo, hi = float(x.min()), float(x.max())
-    if lo >= 0 and hi <= 1.0 and image.dtype.kind == "f":
-        return np.round(x * 255).astype(np.uint8)
-    if lo >= 0 and hi <= 255 and (image.dtype.kind == "f" or image.dtype.itemsize == 1):
-        return np.round(x).astype(np.uint8)
-    return np.round((x - lo) / (hi - lo) * 255 if hi > lo else x * 0).astype(np.uint8)
 
 
 def restore(prob: np.ndarray, geom: Geometry) -> np.ndarray:

@@ -238,6 +238,25 @@ def test_16bit_image_rescaled_to_uint8(tmp_path: Path) -> None:
     assert np.all(np.diff(flat) >= 0)  # order kept
 
 
+def test_float_tiff_keeps_its_intensities_as_an_array_does(tmp_path: Path) -> None:
+    """A float TIFF was stretched from its own min..max, while the same values given to a
+    predictor as an array were taken as intensities (x 255 within [0, 1]): a dim frame saved
+    as floats came out full-contrast from the file alone. One rule now reads both."""
+    dim = np.linspace(0.1, 0.4, 40 * 50, dtype=np.float32).reshape(40, 50)   # in [0, 1]
+    p = tmp_path / "dim.tif"
+    Image.fromarray(dim).save(p)
+    assert Image.open(p).mode == "F"
+    np.testing.assert_array_equal(read_image(p), np.round(dim.astype(np.float64) * 255))
+    assert read_image(p).max() == 102
+    grey = np.linspace(20, 180, 40 * 50, dtype=np.float32).reshape(40, 50)  # within 0..255
+    Image.fromarray(grey).save(p)
+    np.testing.assert_array_equal(read_image(p), np.round(grey))
+    wide = np.linspace(-50, 4000, 40 * 50, dtype=np.float32).reshape(40, 50)  # beyond: stretched
+    Image.fromarray(wide).save(p)
+    image = read_image(p)
+    assert image.min() == 0 and image.max() == 255 and np.all(np.diff(image.ravel()) >= 0)
+
+
 def test_rgb_image_becomes_gray(tmp_path: Path) -> None:
     rgb = np.zeros((10, 12, 3), np.uint8)
     rgb[..., 0] = 100

@@ -123,20 +123,42 @@ def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to grayscale (H, W) uint8.
 
     RGB/RGBA/palette images are converted to luminance (ITU-R 601, Pillow's ``convert('L')``);
-    16-bit and float images are rescaled linearly from their own min..max to 0..255.
+    16-bit and float images go to 8 bits by :func:`to_uint8`, the rule arrays given to a
+    predictor follow too.
     """
     path = Path(path)
     im = _open(path)
     if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
         return np.asarray(im.convert("L"), dtype=np.uint8)
-    arr = np.asarray(im).astype(np.float64)  # I;16, I, F
+    arr = np.asarray(im)  # I;16, I, F
     if arr.ndim == 3:
-        arr = arr.mean(axis=2)
-    if not np.all(np.isfinite(arr)):
+        arr = arr.mean(axis=2) if arr.dtype.kind == "f" else np.round(
+            arr.mean(axis=2)).astype(arr.dtype)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise DataError("image contains NaN or infinite values", path)
-    lo, hi = float(arr.min()), float(arr.max())
-    scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-    return np.round(scaled).astype(np.uint8)
+    return to_uint8(arr)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A grey frame of any numeric dtype -> 8 bits, by one rule for files and arrays.
+
+    uint8 as it is; bool as 0/255 (a 1-bit PNG read with ``np.asarray``); floats within
+    [0, 1] times 255 (intensities scaled to one), floats within 0..255 as they are, other
+    floats stretched from their own min..max; wider integers (a 16-bit scan) stretched from
+    their own min..max whatever their range, as nothing says where their white lies; signed
+    8-bit integers within 0..127 as they are, others stretched. NaN and infinities are the
+    caller's to refuse."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255
+    x = image.astype(np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 1.0 and image.dtype.kind == "f":
+        return np.round(x * 255).astype(np.uint8)
+    if lo >= 0 and hi <= 255 and (image.dtype.kind == "f" or image.dtype.itemsize == 1):
+        return np.round(x).astype(np.uint8)
+    return np.round((x - lo) / (hi - lo) * 255 if hi > lo else x * 0).astype(np.uint8)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
