@@ -352,7 +352,8 @@ def test_measure_prints_each_frame_in_mm_where_the_pixel_size_is_known_else_in_p
     assert main(args + ["--threshold", "0", "--pixel-size", "0.5"]) == 0
     out = capsys.readouterr().out
     assert (f"a: area {row['area_mm2']:.1f} mm2, perimeter {row['perimeter_mm']:.1f} mm, "
-            f"HC {row['hc_mm']:.1f} mm") in out
+            f"HC {row['hc_mm']:.1f} mm, axes {row['major_axis_mm']:.1f} x "
+            f"{row['minor_axis_mm']:.1f} mm") in out
     assert row["area_mm2"] == pytest.approx(1200 * 0.25) and "no pixel size" not in out
     assert main(args + ["--threshold", "0", "--min-area", "5000"]) == 0   # the frame removed
     out = capsys.readouterr().out

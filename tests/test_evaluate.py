@@ -404,6 +404,8 @@ def test_where_the_dataset_gives_pixel_sizes_evaluate_reports_mm(tmp_path) -> No
     m = measure(pred, 0.5)
     assert first["area_mm2"] == pytest.approx(m["area_mm2"])
     assert first["hc_pred_mm"] == pytest.approx(m["hc_mm"])
+    assert (first["major_axis_mm"], first["minor_axis_mm"]) == pytest.approx(
+        (m["major_axis_mm"], m["minor_axis_mm"]))
     assert first["hc_ref_mm"] == 30.0 and "hc_mm" not in first   # measure's name for it
     assert first["hc_error_mm"] == pytest.approx(m["hc_mm"] - 30.0)
     assert summary["hc_mae_mm"] == pytest.approx(abs(first["hc_error_mm"]))

@@ -65,6 +65,10 @@ def test_synthetic_filled_ellipse() -> None:
     assert r["area_px"] == int(m.sum())
     assert r["area_mm2"] == pytest.approx(m.sum() * 0.01)
     assert r["hc_mm"] == pytest.approx(r["ellipse_circumference_px"] * 0.1)
+    # the whole axes in mm (a head's occipitofrontal and biparietal diameters)
+    assert r["major_axis_mm"] == pytest.approx(2 * a * 0.1, abs=0.1)
+    assert r["minor_axis_mm"] == pytest.approx(2 * b * 0.1, abs=0.1)
+    assert measure(m)["ellipse_axes"] == r["ellipse_axes"] and "major_axis_mm" not in measure(m)
     # The offset shrinks both semi-axes and nothing else.
     r2 = measure(m, boundary_offset_px=1.5)
     a0, b0 = r["ellipse_axes"]
@@ -154,7 +158,7 @@ def test_empty_and_tiny() -> None:
     assert r["area_px"] == 0 and r["perimeter_px"] == 0.0 and r["n_components"] == 0
     for k in ("ellipse_center", "ellipse_axes", "ellipse_angle_deg", "ellipse_circumference_px"):
         assert r[k] is None
-    assert r["hc_mm"] is None
+    assert r["hc_mm"] is None and r["major_axis_mm"] is None and r["minor_axis_mm"] is None
     assert r["area_mm2"] == 0.0
     one = np.zeros((5, 5), bool)
     one[2, 3] = True

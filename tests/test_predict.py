@@ -345,6 +345,8 @@ def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
     assert first["hc_error_mm"] == pytest.approx(first["hc_mm"] - 30.0)
     # the 24 x 16 px ellipse: circumference ~ 63.8 px (Ramanujan), measured within a few px
     assert first["hc_px"] == pytest.approx(63.8, abs=4)
+    assert first["major_axis_mm"] == pytest.approx(2 * first["ellipse_a_px"] * 0.5)
+    assert first["minor_axis_mm"] == pytest.approx(2 * first["ellipse_b_px"] * 0.5)
     assert second["pixel_size_mm"] is None and second["hc_mm"] is None
     assert summary["n"] == 2 and summary["n_with_reference"] == 1
     assert summary["n_reference_missed"] == 0
@@ -353,6 +355,8 @@ def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
         table = list(csv.DictReader(f))
     assert [r["name"] for r in table] == ["001_HC", "002_HC"]
     assert float(table[0]["hc_ref_mm"]) == 30.0 and table[1]["hc_mm"] == ""
+    assert float(table[0]["major_axis_mm"]) == pytest.approx(first["major_axis_mm"], abs=1e-3)
+    assert table[1]["minor_axis_mm"] == ""
 
 
 def test_a_full_batch_is_predicted_before_the_next_frame_is_asked_for() -> None:

@@ -188,7 +188,8 @@ def format_measure_row(r: dict[str, Any]) -> str:
 
     if r["pixel_size_mm"]:
         return (f"{r['name']}: area {num(r['area_mm2'], 'mm2')}, "
-                f"perimeter {num(r['perimeter_mm'], 'mm')}, HC {num(r['hc_mm'], 'mm')}")
+                f"perimeter {num(r['perimeter_mm'], 'mm')}, HC {num(r['hc_mm'], 'mm')}, "
+                f"axes {num(r['major_axis_mm'], 'x')} {num(r['minor_axis_mm'], 'mm')}")
     return (f"{r['name']}: area {num(r['area_px'], 'px', '.0f')}, "
             f"perimeter {num(r['perimeter_px'], 'px')}, HC {num(r['hc_px'], 'px')}")
 

@@ -121,7 +121,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         if spacing:
             m = measure(pred, spacing, boundary_offset_px=offset, region=regions[i])
             row.update(area_mm2=m.get("area_mm2"), perimeter_mm=m.get("perimeter_mm"),
-                       hc_pred_mm=m.get("hc_mm"))
+                       major_axis_mm=m.get("major_axis_mm"),
+                       minor_axis_mm=m.get("minor_axis_mm"), hc_pred_mm=m.get("hc_mm"))
             if "hc_mm" in s.meta and m.get("hc_mm") is not None:
                 row["hc_error_mm"] = m["hc_mm"] - s.meta["hc_mm"]
         rows.append(row)

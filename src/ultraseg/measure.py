@@ -276,8 +276,10 @@ def measure(
     ``area_px``, ``perimeter_px``, ``ellipse_center`` (x, y),
     ``ellipse_axes`` (a, b semi-axes, a >= b, px), ``ellipse_angle_deg`` (major axis from +x
     towards +y, [0, 180)), ``ellipse_circumference_px``, ``ellipse_method`` ('boundary_fit' or
-    'moments'); with ``pixel_size_mm`` (square pixels) also ``area_mm2``, ``perimeter_mm`` and
-    ``hc_mm`` (the ellipse circumference in mm). Ellipse fields are ``None`` for an empty mask.
+    'moments'); with ``pixel_size_mm`` (square pixels) also ``area_mm2``, ``perimeter_mm``,
+    ``hc_mm`` (the ellipse circumference in mm) and ``major_axis_mm`` and ``minor_axis_mm``
+    (the ellipse's whole axes, 2a and 2b: of a fetal head, the occipitofrontal and the
+    biparietal diameter, outer to outer). Ellipse fields are ``None`` for an empty mask.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -336,6 +338,8 @@ def measure(
             raise ValueError(f"pixel_size_mm must be a positive number, got {pixel_size_mm!r}")
         out["area_mm2"] = area * s * s
         out["perimeter_mm"] = out["perimeter_px"] * s
-        circ = out["ellipse_circumference_px"]
+        circ, axes = out["ellipse_circumference_px"], out["ellipse_axes"]
         out["hc_mm"] = None if circ is None else circ * s
+        out["major_axis_mm"] = None if axes is None else 2 * axes[0] * s
+        out["minor_axis_mm"] = None if axes is None else 2 * axes[1] * s
     return out

@@ -422,7 +422,8 @@ def _truth(frame: Frame, shape: tuple[int, ...], label: int | None) -> np.ndarra
 MEASURE_COLUMNS = ("name", "image", "width", "height", "pixel_size_mm", "n_components",
                    "touches_edge", "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
                    "ellipse_a_px", "ellipse_b_px", "ellipse_angle_deg", "ellipse_method",
-                   "area_mm2", "perimeter_mm", "hc_mm", "hc_ref_mm", "hc_error_mm")
+                   "area_mm2", "perimeter_mm", "major_axis_mm", "minor_axis_mm", "hc_mm",
+                   "hc_ref_mm", "hc_error_mm")
 
 
 def measure_frames(predictor: Predictor, frames: Sequence[Frame],
@@ -432,7 +433,7 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
 
     Per frame: area, perimeter and fitted-ellipse circumference in pixels, and in mm where the
-    pixel size is known -- from the dataset (HC18's CSV), else ``pixel_size_mm`` -- plus the
+    pixel size is known (with the ellipse's axes, 2a and 2b, in mm) -- from the dataset (HC18's CSV), else ``pixel_size_mm`` -- plus the
     reference head circumference ``hc_ref_mm`` and ``hc_error_mm`` (predicted - reference)
     where the dataset gives one. The ellipse is shrunk by the checkpoint's
     ``meta['measure']['boundary_offset_px']`` (0 when absent). With ``out``, writes
@@ -470,7 +471,8 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
             "ellipse_cx": centre[0], "ellipse_cy": centre[1], "ellipse_a_px": axes[0],
             "ellipse_b_px": axes[1], "ellipse_angle_deg": m["ellipse_angle_deg"],
             "ellipse_method": m["ellipse_method"], "area_mm2": m.get("area_mm2"),
-            "perimeter_mm": m.get("perimeter_mm"), "hc_mm": m.get("hc_mm"),
+            "perimeter_mm": m.get("perimeter_mm"), "major_axis_mm": m.get("major_axis_mm"),
+            "minor_axis_mm": m.get("minor_axis_mm"), "hc_mm": m.get("hc_mm"),
             "hc_ref_mm": frame.sample.meta.get("hc_mm"), "hc_error_mm": None,
         }
         if row["hc_mm"] is not None and row["hc_ref_mm"] is not None:
