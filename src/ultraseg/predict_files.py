@@ -432,8 +432,9 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
 
-    Per frame: area, perimeter and fitted-ellipse circumference in pixels, and in mm where the
-    pixel size is known (with the ellipse's axes, 2a and 2b, in mm) -- from the dataset (HC18's CSV), else ``pixel_size_mm`` -- plus the
+    Per frame: area, perimeter and fitted-ellipse circumference in pixels, and in mm (with the
+    ellipse's axes, 2a and 2b) where the pixel size is known -- from the dataset (HC18's CSV),
+    else ``pixel_size_mm`` -- plus the
     reference head circumference ``hc_ref_mm`` and ``hc_error_mm`` (predicted - reference)
     where the dataset gives one. The ellipse is shrunk by the checkpoint's
     ``meta['measure']['boundary_offset_px']`` (0 when absent). With ``out``, writes
