@@ -19,7 +19,7 @@ from ultraseg.cli_run import ProgressPrinter, resolve_config
 from ultraseg.config import PRESETS, PostprocessConfig, RunConfig, preset
 from ultraseg.phantom import make_dataset
 from ultraseg.predict import load
-from ultraseg.train import RUN_FILES
+from ultraseg.run_folder import RUN_FILES
 
 TINY = ["--model", "same", "--width", "4", "--depth", "2", "--size", "32", "--device", "cpu",
         "--precision", "fp32", "--cache-dir", "", "--threads", "1"]

@@ -30,7 +30,8 @@ from ultraseg.tiling import crop_with_context, extract_tiles, pad_for_tiles
 from ultraseg.losses import compute_loss
 from ultraseg.model import build_model
 from ultraseg import train as train_mod
-from ultraseg.train import RUN_FILES, Batches, lr_at, training_layout, validate
+from ultraseg.run_folder import RUN_FILES, run_log
+from ultraseg.train import Batches, lr_at, training_layout, validate
 
 # A tiny 'same' U-Net that learns the phantom's hypoechoic structures in ~15 s of CPU time.
 # 96 px frames (at 64 px the structures are a few pixels wide and 20 subjects do not
@@ -774,7 +775,7 @@ def test_training_logs_info_to_its_file_not_to_the_callers_handlers(tmp_path, wh
     root.setLevel(logging.WARNING)
     pkg.setLevel(package_level)
     try:
-        with train_mod._run_log(tmp_path / "warm.log"):
+        with run_log(tmp_path / "warm.log"):
             pkg.getChild("x").warning("inside training")
             pkg.getChild("x").info("info inside training")
         train_mod.train(cfg, tmp_path / "run")
@@ -797,20 +798,6 @@ def test_training_logs_info_to_its_file_not_to_the_callers_handlers(tmp_path, wh
     else:
         assert messages[0] == "inside training" and messages[-1] == "after training"
     assert last_resort == []                     # the caller's handler took every record
-
-
-def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -> None:
-    pkg = logging.getLogger("ultraseg")
-    before = (pkg.level, pkg.propagate, list(pkg.handlers))
-    first = train_mod._run_log(tmp_path / "a.log")
-    second = train_mod._run_log(tmp_path / "b.log")
-    first.__enter__()
-    second.__enter__()
-    first.__exit__(None, None, None)            # the first to start ends first
-    pkg.getChild("x").info("still logged")
-    second.__exit__(None, None, None)
-    assert (pkg.level, pkg.propagate, list(pkg.handlers)) == before
-    assert "still logged" in (tmp_path / "b.log").read_text()
 
 
 def _head(shape: tuple[int, int], a: float, b: float) -> np.ndarray:

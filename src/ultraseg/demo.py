@@ -26,7 +26,8 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     from .phantom import make_dataset
     from .predict import load
     from .io.base import check_no_foreign_images
-    from .train import RUN_FILES, holds_run, train
+    from .run_folder import RUN_FILES, holds_run
+    from .train import train
 
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
             or not 0 < minutes < float("inf"):       # before any phantom frame is written

@@ -14,17 +14,15 @@ to stop are agreed, and only rank 0 writes files.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,24 +35,24 @@ from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, Ru
                      check_types)
 from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, is_main, session
-from .errors import CheckpointError, DataError, UltrasegError, is_out_of_memory
+from .errors import DataError, UltrasegError, is_out_of_memory
 from .fileio import atomic_write_text
 from .io import open_dataset, select_label
-from .io.base import OUTPUT_MARKER, check_label, mark_output_folder
+from .io.base import check_label
 from .losses import compute_loss
 from .metrics import dice, improves
 from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise
+from .run_folder import (REFUSED_RUN_FILES, mark_run_folder, open_run, remove_refused_run,
+                         remove_temporaries, run_log, write_run_config)
 from .runtime import (autocast, cpu_has_avx512, resolve_device, resolve_precision, threads,
                       torch_runner)
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
-RUN_FILES = ("config.json", "split.json", "metrics.csv", "best.ckpt", "last.ckpt", "train.log",
-             "curve.png", "sample.png", "seg_sample.png", "report.html")
 
 
 @dataclass
@@ -370,45 +368,9 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
     return replace(cfg, model=replace(cfg.model, presence_head=on, presence_mode=mode))
 
 
-RESUME_KEYS = ("epoch", "optimizer", "history_json", "best_dice", "best_epoch")
-
 #: The largest --seed and --split-seed (numpy's legacy range): each epoch's torch seed, the
 #: run's times 100 003 plus the epoch, stays within torch's 64 bits.
 MAX_SEED = 2**32 - 1
-
-
-def holds_run(out: Path) -> bool:
-    """Whether the folder ``out`` holds (part of) a training run."""
-    return any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv"))
-
-
-def _run_config(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Checkpoint | None]:
-    """``cfg``, or on resume the run's own config and its ``last.ckpt``; checks ``out``
-    without writing (a damaged checkpoint fails here, before the data are read)."""
-    if resume:
-        if not (out / "last.ckpt").is_file() or not (out / "config.json").is_file():
-            raise UltrasegError("nothing to resume: no last.ckpt and config.json", out)
-        last = load_checkpoint(out / "last.ckpt")
-        missing = [k for k in RESUME_KEYS if k not in last.train_state]
-        if missing:
-            raise UltrasegError(f"holds no training state to resume from (missing {missing})",
-                                out / "last.ckpt")
-        cfg = RunConfig.load(out / "config.json")
-        want = cfg.model
-        if want.presence_head == "auto":    # decided when the run started; last.ckpt says how
-            want = replace(want, presence_head=last.model.presence_head,
-                           presence_mode=last.model.presence_mode)
-        differ = [f"{k} {getattr(last.model, k)!r} vs {v!r}" for k, v in want.to_dict().items()
-                  if getattr(last.model, k) != v]
-        if differ:
-            raise CheckpointError(f"holds another model than the run's config.json describes "
-                                  f"({'; '.join(differ)}): not this run's checkpoint",
-                                  out / "last.ckpt")
-        return cfg, last
-    if holds_run(out):
-        raise UltrasegError("already holds a training run; use --resume to continue it, or "
-                            "choose another --out", out)
-    return cfg, None
 
 
 #: A resumed run's ``stopped`` where it had finished already.
@@ -459,26 +421,10 @@ def _rebuild_report(out: Path, result: TrainResult) -> None:
                       history=result.history, best_epoch=result.best_epoch)
 
 
-def _mark_run_folder(out: Path) -> None:
-    """Mark ``out`` as ultraseg's output (its figures are no frames for a later scan of a
-    folder above it); its own figures do not count as the user's images."""
-    mark_output_folder(out, "train", own=RUN_FILES)
-
-
-def _write_run_config(out: Path, cfg: RunConfig) -> None:
-    """The run folder, marked as ultraseg's output (its figures are no frames for a later
-    scan of a folder above it), with the run's config.json."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        _mark_run_folder(out)
-        atomic_write_text(out / "config.json", cfg.to_json())
-    except OSError as e:
-        raise UltrasegError(f"cannot write the run folder ({e.strerror})", out) from e
-
-
 def train(cfg: RunConfig, out: str | Path, resume: bool = False,
           progress: Progress | None = None) -> TrainResult:
-    """Train a U-Net as ``cfg`` says and write the run folder ``out`` (see :data:`RUN_FILES`).
+    """Train a U-Net as ``cfg`` says and write the run folder ``out`` (its files:
+    :data:`ultraseg.run_folder.RUN_FILES`).
 
     ``resume=True`` continues the run in ``out`` from its ``last.ckpt`` with its own config.
     ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage", ...} for a CLI to show.
@@ -494,11 +440,11 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
                             f"ultraseg.merge, or RunConfig.from_dict), got {type(cfg).__name__}")
     out = Path(out)
     t0 = time.monotonic()
-    cfg, last = _run_config(out, cfg, resume)
+    cfg, last = open_run(out, cfg, resume)
     check_config(cfg)
     finished = _finished_run(out, last) if resume else None
     if finished is not None:  # resuming it would choose its post-processing again, worse
-        _mark_run_folder(out)     # (a run from before the marker existed gets it now)
+        mark_run_folder(out)     # (a run from before the marker existed gets it now)
         log.warning("%s: the run had finished; %s", out, "nothing resumed, nothing rewritten"
                     if finished.stopped == ALREADY_FINISHED else "nothing resumed")
         return finished
@@ -519,119 +465,23 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
             with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
         # what a run refused before its first epoch removes again (see _remove_refused_run)
-        existed = out.exists(), {n for n in _REFUSED_RUN_FILES if (out / n).exists()}
+        existed = out.exists(), {n for n in REFUSED_RUN_FILES if (out / n).exists()}
         if not resume or recorded != ctx.world_size:
-            _write_run_config(out, cfg)
+            write_run_config(out, cfg)
         else:       # a run from before the marker existed gets it now
-            _mark_run_folder(out)
-        if resume:  # temporary files of a write that a kill -9 interrupted
-            for name in RUN_FILES:
-                for tmp in out.glob(f".{name}.*.tmp"):
-                    tmp.unlink(missing_ok=True)
+            mark_run_folder(out)
+        if resume:
+            remove_temporaries(out)
         try:
-            with _run_log(out / "train.log"), threads(cfg.train.num_threads), \
+            with run_log(out / "train.log"), threads(cfg.train.num_threads), \
                     torch.random.fork_rng(devices=[]):
                 return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
         except BaseException as e:
             # refused, out of memory or interrupted before an epoch was saved: nothing left
             if not resume and isinstance(e, (UltrasegError, KeyboardInterrupt)) \
                     or not resume and is_out_of_memory(e):
-                _remove_refused_run(out, *existed)
+                remove_refused_run(out, *existed)
             raise
-
-
-@contextlib.contextmanager
-def _run_log(path: Path) -> Iterator[None]:
-    """The package's INFO records go to the run's ``train.log`` inside the block, while the
-    caller's handlers get only what they got before. The ``ultraseg`` logger is lowered to
-    INFO for the file; its own handlers (the caller's) are taken off it and it stops
-    propagating; one forwarding handler passes the records at or above its former effective
-    level to those handlers and, where it propagated, to its ancestors' (as logging itself
-    would). Overlapping blocks (trainings in threads) share that set-up; the last to leave
-    puts level, propagation and handlers back."""
-    global _RUN_LOGS
-    file_handler = logging.FileHandler(path)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
-                                                "%(message)s"))
-    pkg_log = logging.getLogger("ultraseg")
-    with _RUN_LOG_LOCK:
-        if _RUN_LOGS == 0:
-            _RUN_LOG_STATE[:] = [pkg_log.level, pkg_log.propagate, list(pkg_log.handlers)]
-            forward = _Forward(pkg_log.getEffectiveLevel(), list(pkg_log.handlers),
-                               pkg_log.propagate)
-            for h in list(pkg_log.handlers):
-                pkg_log.removeHandler(h)
-            pkg_log.addHandler(forward)
-            pkg_log.setLevel(min(pkg_log.getEffectiveLevel(), logging.INFO))
-            pkg_log.propagate = False
-        _RUN_LOGS += 1
-        pkg_log.addHandler(file_handler)
-    try:
-        yield
-    finally:
-        with _RUN_LOG_LOCK:
-            pkg_log.removeHandler(file_handler)
-            file_handler.close()
-            _RUN_LOGS -= 1
-            if _RUN_LOGS == 0:
-                level, propagate, handlers = _RUN_LOG_STATE
-                for h in list(pkg_log.handlers):
-                    if isinstance(h, _Forward):
-                        pkg_log.removeHandler(h)
-                for h in handlers:
-                    pkg_log.addHandler(h)
-                pkg_log.setLevel(level)
-                pkg_log.propagate = propagate
-
-
-_RUN_LOG_LOCK = threading.Lock()
-_RUN_LOGS = 0                       # _run_log blocks open now
-_RUN_LOG_STATE: list[Any] = []      # the ultraseg logger's level, propagate, handlers before
-
-
-class _Forward(logging.Handler):
-    """Hands a record on to ``handlers`` (those taken off the ``ultraseg`` logger) and, where
-    ``propagate``, to the handlers of its ancestors, as propagation does
-    (``logging.lastResort`` where there are none at all)."""
-
-    def __init__(self, level: int, handlers: list[logging.Handler], propagate: bool) -> None:
-        super().__init__(level)
-        self.handlers = handlers
-        self.propagate = propagate
-
-    def emit(self, record: logging.LogRecord) -> None:
-        found = 0
-        for h in self.handlers:
-            found += 1
-            if record.levelno >= h.level:
-                h.handle(record)
-        logger = logging.getLogger("ultraseg").parent if self.propagate else None
-        while logger is not None:
-            for h in logger.handlers:
-                found += 1
-                if record.levelno >= h.level:
-                    h.handle(record)
-            logger = logger.parent if logger.propagate else None
-        if not found and logging.lastResort and record.levelno >= logging.lastResort.level:
-            logging.lastResort.handle(record)
-
-
-#: The files a new run writes before its first epoch ends.
-_REFUSED_RUN_FILES = ("config.json", "split.json", "train.log", OUTPUT_MARKER)
-
-
-def _remove_refused_run(out: Path, folder_existed: bool, files_existed: set[str]) -> None:
-    """A new run refused before any epoch was saved (a --label no mask holds, a split with no
-    foreground...) leaves nothing behind: the files it wrote go, and the folder if it made it.
-    Once last.ckpt exists (a later error, such as a diverged loss) everything is kept."""
-    if (out / "last.ckpt").exists():
-        return
-    for name in _REFUSED_RUN_FILES:
-        if name not in files_existed:
-            (out / name).unlink(missing_ok=True)
-    if not folder_existed:
-        with contextlib.suppress(OSError):          # not empty: something else is in it
-            out.rmdir()
 
 
 def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,

@@ -1,0 +1,179 @@
+"""The run folder: what a training run writes there, how it is opened, resumed and logged, and
+what a run refused before its first epoch takes away again.
+
+:func:`ultraseg.train.train` drives it; nothing here trains.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import RunConfig
+from .errors import CheckpointError, UltrasegError
+from .fileio import atomic_write_text
+from .io.base import OUTPUT_MARKER, mark_output_folder
+
+#: What a run writes in its folder.
+RUN_FILES = ("config.json", "split.json", "metrics.csv", "best.ckpt", "last.ckpt", "train.log",
+             "curve.png", "sample.png", "seg_sample.png", "report.html")
+
+#: What ``last.ckpt``'s training state must hold for a run to resume.
+RESUME_KEYS = ("epoch", "optimizer", "history_json", "best_dice", "best_epoch")
+
+
+def holds_run(out: Path) -> bool:
+    """Whether the folder ``out`` holds (part of) a training run."""
+    return any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv"))
+
+
+def open_run(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Checkpoint | None]:
+    """``cfg``, or on resume the run's own config and its ``last.ckpt``; checks ``out``
+    without writing (a damaged checkpoint fails here, before the data are read)."""
+    if resume:
+        if not (out / "last.ckpt").is_file() or not (out / "config.json").is_file():
+            raise UltrasegError("nothing to resume: no last.ckpt and config.json", out)
+        last = load_checkpoint(out / "last.ckpt")
+        missing = [k for k in RESUME_KEYS if k not in last.train_state]
+        if missing:
+            raise UltrasegError(f"holds no training state to resume from (missing {missing})",
+                                out / "last.ckpt")
+        cfg = RunConfig.load(out / "config.json")
+        want = cfg.model
+        if want.presence_head == "auto":    # decided when the run started; last.ckpt says how
+            want = replace(want, presence_head=last.model.presence_head,
+                           presence_mode=last.model.presence_mode)
+        differ = [f"{k} {getattr(last.model, k)!r} vs {v!r}" for k, v in want.to_dict().items()
+                  if getattr(last.model, k) != v]
+        if differ:
+            raise CheckpointError(f"holds another model than the run's config.json describes "
+                                  f"({'; '.join(differ)}): not this run's checkpoint",
+                                  out / "last.ckpt")
+        return cfg, last
+    if holds_run(out):
+        raise UltrasegError("already holds a training run; use --resume to continue it, or "
+                            "choose another --out", out)
+    return cfg, None
+
+
+def mark_run_folder(out: Path) -> None:
+    """Mark ``out`` as ultraseg's output (its figures are no frames for a later scan of a
+    folder above it); its own figures do not count as the user's images."""
+    mark_output_folder(out, "train", own=RUN_FILES)
+
+
+def write_run_config(out: Path, cfg: RunConfig) -> None:
+    """The run folder, marked as ultraseg's output (its figures are no frames for a later
+    scan of a folder above it), with the run's config.json."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        mark_run_folder(out)
+        atomic_write_text(out / "config.json", cfg.to_json())
+    except OSError as e:
+        raise UltrasegError(f"cannot write the run folder ({e.strerror})", out) from e
+
+
+def remove_temporaries(out: Path) -> None:
+    """Temporary files of a write that a kill -9 interrupted (see
+    :func:`ultraseg.fileio.atomic_write_text`)."""
+    for name in RUN_FILES:
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """The package's INFO records go to the run's ``train.log`` inside the block, while the
+    caller's handlers get only what they got before. The ``ultraseg`` logger is lowered to
+    INFO for the file; its own handlers (the caller's) are taken off it and it stops
+    propagating; one forwarding handler passes the records at or above its former effective
+    level to those handlers and, where it propagated, to its ancestors' (as logging itself
+    would). Overlapping blocks (trainings in threads) share that set-up; the last to leave
+    puts level, propagation and handlers back."""
+    global _RUN_LOGS
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                "%(message)s"))
+    pkg_log = logging.getLogger("ultraseg")
+    with _RUN_LOG_LOCK:
+        if _RUN_LOGS == 0:
+            _RUN_LOG_STATE[:] = [pkg_log.level, pkg_log.propagate, list(pkg_log.handlers)]
+            forward = _Forward(pkg_log.getEffectiveLevel(), list(pkg_log.handlers),
+                               pkg_log.propagate)
+            for h in list(pkg_log.handlers):
+                pkg_log.removeHandler(h)
+            pkg_log.addHandler(forward)
+            pkg_log.setLevel(min(pkg_log.getEffectiveLevel(), logging.INFO))
+            pkg_log.propagate = False
+        _RUN_LOGS += 1
+        pkg_log.addHandler(file_handler)
+    try:
+        yield
+    finally:
+        with _RUN_LOG_LOCK:
+            pkg_log.removeHandler(file_handler)
+            file_handler.close()
+            _RUN_LOGS -= 1
+            if _RUN_LOGS == 0:
+                level, propagate, handlers = _RUN_LOG_STATE
+                for h in list(pkg_log.handlers):
+                    if isinstance(h, _Forward):
+                        pkg_log.removeHandler(h)
+                for h in handlers:
+                    pkg_log.addHandler(h)
+                pkg_log.setLevel(level)
+                pkg_log.propagate = propagate
+
+
+_RUN_LOG_LOCK = threading.Lock()
+_RUN_LOGS = 0                       # run_log blocks open now
+_RUN_LOG_STATE: list[Any] = []      # the ultraseg logger's level, propagate, handlers before
+
+
+class _Forward(logging.Handler):
+    """Hands a record on to ``handlers`` (those taken off the ``ultraseg`` logger) and, where
+    ``propagate``, to the handlers of its ancestors, as propagation does
+    (``logging.lastResort`` where there are none at all)."""
+
+    def __init__(self, level: int, handlers: list[logging.Handler], propagate: bool) -> None:
+        super().__init__(level)
+        self.handlers = handlers
+        self.propagate = propagate
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = 0
+        for h in self.handlers:
+            found += 1
+            if record.levelno >= h.level:
+                h.handle(record)
+        logger = logging.getLogger("ultraseg").parent if self.propagate else None
+        while logger is not None:
+            for h in logger.handlers:
+                found += 1
+                if record.levelno >= h.level:
+                    h.handle(record)
+            logger = logger.parent if logger.propagate else None
+        if not found and logging.lastResort and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
+
+
+#: The files a new run writes before its first epoch ends.
+REFUSED_RUN_FILES = ("config.json", "split.json", "train.log", OUTPUT_MARKER)
+
+
+def remove_refused_run(out: Path, folder_existed: bool, files_existed: set[str]) -> None:
+    """A new run refused before any epoch was saved (a --label no mask holds, a split with no
+    foreground...) leaves nothing behind: the files it wrote go, and the folder if it made it.
+    Once last.ckpt exists (a later error, such as a diverged loss) everything is kept."""
+    if (out / "last.ckpt").exists():
+        return
+    for name in REFUSED_RUN_FILES:
+        if name not in files_existed:
+            (out / name).unlink(missing_ok=True)
+    if not folder_existed:
+        with contextlib.suppress(OSError):          # not empty: something else is in it
+            out.rmdir()

@@ -1,0 +1,67 @@
+"""The run folder: opening, resuming, the run's log and the clean-up of a refused run
+(training itself: test_train.py)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ultraseg.config import preset
+from ultraseg.errors import UltrasegError
+from ultraseg.run_folder import (REFUSED_RUN_FILES, holds_run, open_run, remove_refused_run,
+                                 remove_temporaries, run_log)
+
+
+def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -> None:
+    pkg = logging.getLogger("ultraseg")
+    before = (pkg.level, pkg.propagate, list(pkg.handlers))
+    first = run_log(tmp_path / "a.log")
+    second = run_log(tmp_path / "b.log")
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)            # the first to start ends first
+    pkg.getChild("x").info("still logged")
+    second.__exit__(None, None, None)
+    assert (pkg.level, pkg.propagate, list(pkg.handlers)) == before
+    assert "still logged" in (tmp_path / "b.log").read_text()
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed(tmp_path) -> None:
+    cfg = preset("demo")
+    assert open_run(tmp_path, cfg, resume=False) == (cfg, None)    # an empty folder: a new run
+    (tmp_path / "metrics.csv").write_text("epoch\n")
+    assert holds_run(tmp_path)
+    with pytest.raises(UltrasegError, match="already holds a training run; use --resume"):
+        open_run(tmp_path, cfg, resume=False)
+    with pytest.raises(UltrasegError, match="nothing to resume"):
+        open_run(tmp_path / "none", cfg, resume=True)
+
+
+def test_a_refused_run_takes_away_only_what_it_wrote(tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")       # the user's, there before the run
+    (out / "notes.txt").write_text("mine")
+    for name in REFUSED_RUN_FILES:
+        (out / name).write_text("")
+    remove_refused_run(out, folder_existed=True, files_existed={"config.json"})
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / "split.json").write_text("")
+    remove_refused_run(made, folder_existed=False, files_existed=set())
+    assert not made.exists()                     # the folder it made goes too
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for name in ("split.json", "last.ckpt"):     # an epoch was saved: everything stays
+        (kept / name).write_text("")
+    remove_refused_run(kept, folder_existed=False, files_existed=set())
+    assert sorted(p.name for p in kept.iterdir()) == ["last.ckpt", "split.json"]
+
+
+def test_temporaries_of_an_interrupted_write_are_removed(tmp_path) -> None:
+    (tmp_path / ".last.ckpt.1234.tmp").write_text("half")
+    (tmp_path / ".mine.tmp").write_text("not ours")
+    (tmp_path / "last.ckpt").write_text("whole")
+    remove_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.tmp", "last.ckpt"]
