@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
+from conftest import ultraseg_warnings
 from ultraseg.cli import main
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import classify_mask_values, read_image, read_mask, select_label
@@ -216,15 +218,36 @@ def test_classify_mask_values_rules() -> None:
 
 # ------------------------------------------------------------------ images
 @pytest.mark.parametrize("reader", [read_image, read_mask])
-def test_multi_page_tiff_is_refused_not_cut_to_its_first_page(tmp_path: Path, reader) -> None:
-    """A cine loop saved as one TIFF would silently become its first frame."""
-    pages = [Image.fromarray((_disk() * 255).astype(np.uint8)) for _ in range(3)]
-    p = tmp_path / "cine.tif"
+@pytest.mark.parametrize("ext", ["tif", "png"])
+def test_multi_page_tiff_is_refused_not_cut_to_its_first_page(tmp_path: Path, reader,
+                                                              ext: str) -> None:
+    """A cine loop saved as one TIFF, or as an animated PNG (which was still cut to its first
+    frame), would silently become its first frame."""
+    pages = [Image.fromarray((_disk() * 255).astype(np.uint8) ^ np.uint8(i)) for i in range(3)]
+    p = tmp_path / f"cine.{ext}"
     pages[0].save(p, save_all=True, append_images=pages[1:])
     assert Image.open(p).n_frames == 3
     with pytest.raises(DataError, match="3 pages") as e:
         reader(p)
-    assert "cine.tif" in str(e.value)
+    assert f"cine.{ext}" in str(e.value)
+
+
+def test_an_image_beyond_pillows_size_guard_is_a_data_error(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Pillow's guard against decompression bombs raised an error that is no OSError: an
+    internal error (exit 1) that stopped predict at that frame; between the guard and twice
+    it, Pillow's warning was printed with a line of source code."""
+    p = _save(tmp_path / "big.png", (_disk() * 200).astype(np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 50 // 2 - 1)   # twice it: an error
+    with pytest.raises(DataError, match="too large to read") as e:
+        read_image(p)
+    assert "big.png" in str(e.value)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 50 - 1)        # beyond it: a warning
+    with warnings.catch_warnings(), ultraseg_warnings() as warned:
+        warnings.simplefilter("error")
+        assert read_image(p).shape == (40, 50)
+    (record,) = warned
+    assert "decompression bombs" in record.getMessage() and "big.png" in record.getMessage()
 
 
 def test_16bit_image_rescaled_to_uint8(tmp_path: Path) -> None:

@@ -748,3 +748,59 @@ def test_the_folders_layout_unites_several_masks_and_names_two_of_one_part(tmp_p
     _save(root / "images" / "1_2_mask.png", _disk())         # a second mask of 1_2
     _, problems = scan_dataset(root)
     assert len(problems) == 1 and "two masks share the name '1_2'" in str(problems[0])
+
+
+def test_linked_subfolders_are_read_once_and_hidden_ones_in_busi_not_at_all(tmp_path) -> None:
+    """Path.rglob does not follow linked folders: a scan folder holding a link to another
+    lost that folder's frames without a word, and a BUSI copy whose class folders link to
+    images/ and mask/ elsewhere was an empty folder. BUSI read hidden subfolders, which the
+    other layouts leave out (a notebook's checkpoint copy was an image without a mask)."""
+    _save(tmp_path / "other" / "b.png", _frame(seed=1))
+    _save(tmp_path / "other" / "c.png", _frame(seed=2))
+    _save(tmp_path / "scans" / "a.png", _frame())
+    (tmp_path / "scans" / "sub").symlink_to(tmp_path / "other", target_is_directory=True)
+    (tmp_path / "other" / "loop").symlink_to(tmp_path / "scans", target_is_directory=True)
+    ds, problems = scan_dataset(tmp_path / "scans", "images")
+    assert [s.name for s in ds.samples] == ["a", "sub/b", "sub/c"] and problems == []
+
+    real = make_busi(tmp_path / "real")
+    root = tmp_path / "busi"
+    for cls in ("benign", "normal"):
+        for part in ("images", "mask"):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            (root / cls / part).symlink_to(real / cls / part, target_is_directory=True)
+    _save(real / "benign" / "images" / ".ipynb_checkpoints" / "benign (1)-checkpoint.png",
+          _frame())
+    assert detect_layout(root) == "busi"
+    ds, problems = scan_dataset(root)
+    assert problems == [] and len(ds.samples) == 4
+
+
+def test_a_hidden_copy_of_the_pixel_size_table_is_no_table(tmp_path) -> None:
+    """macOS's ._NAME copy of HC18's table (binary) was read as a table and refused the set."""
+    root = make_hc18(tmp_path / "hc")
+    (root / "training_set" / "._training_set_pixel_size_and_HC.csv").write_bytes(
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe")
+    (root / "._training_set_pixel_size_and_HC.csv").write_bytes(b"\x00\x05\x16\x07\xff")
+    ds, problems = scan_dataset(root)
+    assert problems == [] and all(s.meta["pixel_size_mm"] == 0.1 for s in ds.samples)
+
+
+def test_names_written_decomposed_and_composed_pair(tmp_path) -> None:
+    """An image saved with a decomposed name (macOS: 'e' + a combining accent) and its mask
+    with the composed one were an image without a mask and a mask without an image."""
+    import unicodedata
+
+    name = "1_patient café"
+    _save(tmp_path / "d" / "images" / f"{unicodedata.normalize('NFD', name)}.png", _frame())
+    _save(tmp_path / "d" / "masks" / f"{unicodedata.normalize('NFC', name)}_mask.png", _disk())
+    ds, problems = scan_dataset(tmp_path / "d")
+    assert problems == [] and len(ds.labelled) == 1
+    root = make_hc18(tmp_path / "hc")          # a table's names pair alike
+    for p in (root / "training_set").glob("000_HC*.png"):
+        p.rename(p.with_name(p.name.replace("000_HC", unicodedata.normalize("NFD", "000_é_HC"))))
+    with open(root / "training_set_pixel_size_and_HC.csv", "a", newline="") as f:
+        csv.writer(f).writerow([f"{unicodedata.normalize('NFC', '000_é_HC')}.png", "0.2", "9"])
+    ds, problems = scan_dataset(root)
+    (head,) = [s for s in ds.samples if "é" in unicodedata.normalize("NFC", s.name)]
+    assert problems == [] and head.meta == {"pixel_size_mm": 0.2, "hc_mm": 9.0}

@@ -7,7 +7,9 @@ Decoding rules for images and masks live here, once, for every layout.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +94,13 @@ def _open(path: Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise DataError("empty file (0 bytes)", path)
-        im = Image.open(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+            log.warning("%s: %d x %d pixels, beyond Pillow's guard against decompression bombs "
+                        "(%d pixels): read all the same", path, *im.size,
+                        Image.MAX_IMAGE_PIXELS)
         # (a tile is (codec, extents, offset, args), args naming the raw mode: 'RGB;16B')
         rawmodes = [str(tile[3]) for tile in (im.tile or []) if len(tile) > 3]
         if im.mode in ("RGB", "RGBA", "LA") and any(";16" in r for r in rawmodes):
@@ -102,12 +110,14 @@ def _open(path: Path) -> Image.Image:
                             "8-bit", path)
         im.load()  # decode now: truncated files fail here, not later
         pages = getattr(im, "n_frames", 1)
-        if im.format == "TIFF" and pages > 1:   # (a phone's MPO JPEG: its first is the photo)
+        if pages > 1 and im.format != "MPO":   # (a phone's MPO JPEG: its first is the photo)
             raise DataError(f"holds {pages} pages (a cine loop or a stack?): ultraseg reads "
                             "one frame per file; save each page as its own file", path)
         return im
     except DataError:
         raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"too large to read ({e})", path) from e
     except PermissionError as e:
         raise DataError("cannot read file: permission denied", path) from e
     except FileNotFoundError as e:
@@ -420,6 +430,28 @@ def is_image_file(p: Path) -> bool:
     so that reading it says so, rather than dropped in silence."""
     return ((p.is_file() or (p.is_symlink() and not p.exists()))
             and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+#: Folders no dataset lives in: macOS's archive metadata (its ``._NAME`` files are no images).
+NO_DATA_FOLDERS = ("__MACOSX",)
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file below ``root`` at any depth, as paths under ``root``, sorted: linked folders
+    are followed (each real folder once, so a link to a folder above ends no walk), hidden
+    folders (``.ipynb_checkpoints``, ``.thumbnails``) and :data:`NO_DATA_FOLDERS` are not;
+    broken links are kept as files, for reading them to say so."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:            # reached again through a link
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in NO_DATA_FOLDERS]
+        found += [Path(folder, f) for f in files]
+    return sorted(found)
 
 
 def list_images(folder: Path) -> list[Path]:

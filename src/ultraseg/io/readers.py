@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
 import logging
 import math
 import re
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
 from ..errors import DataError
 from .base import (IMAGE_EXTENSIONS, OUTPUT_MARKER, Reader, Sample, in_output_folder,
-                   is_image_file, list_images, natural_key, warn_outputs_left_out)
+                   is_image_file, list_images, natural_key, walk_files, warn_outputs_left_out)
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +72,19 @@ def _group(files: list[Path], mask_suffix: str) -> tuple[dict[str, list[Path]],
     images: dict[str, list[Path]] = defaultdict(list)
     masks: dict[str, list[Path]] = defaultdict(list)
     for p in files:
-        if p.stem.endswith(mask_suffix):
-            masks[p.stem[: -len(mask_suffix)]].append(p)
+        stem = _nfc(p.stem)
+        if stem.endswith(mask_suffix):
+            masks[stem[: -len(mask_suffix)]].append(p)
         else:
-            images[p.stem].append(p)
+            images[stem].append(p)
     return images, masks
+
+
+def _nfc(name: str) -> str:
+    """``name`` in Unicode's composed form: an image and its mask pair whether their names
+    were written decomposed (macOS's Archive Utility: ``e`` + combining accent) or composed
+    (typed, or made by a script)."""
+    return unicodedata.normalize("NFC", name)
 
 
 def _group_several(files: list[Path], masks_only: bool = False
@@ -85,8 +95,9 @@ def _group_several(files: list[Path], masks_only: bool = False
     images: dict[str, list[Path]] = defaultdict(list)
     masks: dict[str, list[Path]] = defaultdict(list)
     for p in files:
-        m = _MASK_STEM.match(p.stem)
-        (masks[m.group(1)] if m else masks[p.stem] if masks_only else images[p.stem]).append(p)
+        stem = _nfc(p.stem)
+        m = _MASK_STEM.match(stem)
+        (masks[m.group(1)] if m else masks[stem] if masks_only else images[stem]).append(p)
     return images, masks
 
 
@@ -104,10 +115,9 @@ def _unread_subfolders(folder: Path) -> list[DataError]:
     counts: dict[Path, int] = defaultdict(int)
     marked: dict[Path, bool] = {}
     outputs = 0
-    for p in folder.rglob("*"):
+    for p in walk_files(folder):
         rel = p.relative_to(folder).parts
-        if (len(rel) > 1 and is_image_file(p)
-                and not any(part.startswith(".") for part in rel)):
+        if len(rel) > 1 and is_image_file(p):
             if in_output_folder(p, folder, marked):
                 outputs += 1
             else:
@@ -292,7 +302,9 @@ class BusiReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any((root / c).is_dir() and any((root / c).rglob("*_mask*.png")) for c in BUSI_CLASSES)
+        return any((root / c).is_dir() and any(fnmatch.fnmatch(p.name, "*_mask*.png")
+                                               for p in walk_files(root / c))
+                   for c in BUSI_CLASSES)
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         samples: list[Sample] = []
@@ -300,8 +312,8 @@ class BusiReader(Reader):
         classes = [c for c in BUSI_CLASSES if (root / c).is_dir()]
         for cls_name in classes:
             # (not macOS's ._NAME beside each file: is_image_file leaves hidden files out)
-            images, masks = _group_several(sorted(p for p in (root / cls_name).rglob("*")
-                                                  if is_image_file(p)))
+            images, masks = _group_several([p for p in walk_files(root / cls_name)
+                                            if is_image_file(p)])
             if not images and not masks:       # an empty class folder is no problem
                 continue
             pairs, found = _pair(images, masks, labelled=True, folder=root / cls_name,
@@ -343,11 +355,12 @@ class Hc18Reader(Reader):
         for folder in folders:
             meta = self._read_csvs(folder, problems)
             images, masks = _group(list_images(folder), "_Annotation")
-            _warn_unmatched_table(meta, [paths[0].name for paths in images.values()], folder)
+            _warn_unmatched_table(meta, [_nfc(paths[0].name) for paths in images.values()],
+                                  folder)
             pairs, found = _pair(images, masks, labelled=bool(masks), folder=folder)
             problems += found
             samples += [Sample(name, image, mask, self.leading_subject(name),
-                               dict(meta.get(image.name, {})), mask_kind="outline")
+                               dict(meta.get(_nfc(image.name), {})), mask_kind="outline")
                         for name, image, mask in pairs]
         return samples, problems
 
@@ -357,8 +370,10 @@ class Hc18Reader(Reader):
         positive, finite number is a problem naming its row (a 0, negative or nan pixel size
         would turn every mm figure of that frame into nonsense)."""
         meta: dict[str, dict[str, float]] = {}
-        for csv_path in sorted(folder.glob("*pixel_size*.csv")) + sorted(
-                folder.parent.glob(f"{folder.name}*pixel_size*.csv")):
+        # (not macOS's ._NAME copy of a table: hidden files are no tables)
+        for csv_path in [p for p in sorted(folder.glob("*pixel_size*.csv")) + sorted(
+                folder.parent.glob(f"{folder.name}*pixel_size*.csv"))
+                if not p.name.startswith(".")]:
             try:
                 with open(csv_path, newline="", encoding="utf-8-sig") as f:   # Excel's BOM
                     reader = csv.DictReader(f)
@@ -383,7 +398,7 @@ class Hc18Reader(Reader):
                                     f"number, got {value!r}", csv_path))
                             else:
                                 entry[field] = number
-                        meta[(row.get(names[0]) or "").strip()] = entry
+                        meta[_nfc((row.get(names[0]) or "").strip())] = entry
             except (OSError, ValueError, KeyError) as e:
                 problems.append(DataError(f"cannot read pixel-size table ({e})", csv_path))
         return meta
@@ -419,14 +434,13 @@ class ImagesReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file())
+        return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in walk_files(root) if p.is_file())
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         marked: dict[Path, bool] = {}
         # hidden folders below root (.cache, .thumbnails) are no part of it, as in the other
-        # layouts and the output-folder check
-        found = [p for p in root.rglob("*") if is_image_file(p)
-                 and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        # layouts and the output-folder check (walk_files leaves them out)
+        found = [p for p in walk_files(root) if is_image_file(p)]
         files = sorted((p for p in found if not in_output_folder(p, root, marked)),
                        key=lambda q: natural_key(str(q)))
         if len(files) < len(found):   # masks and overlays a predict run wrote below root
