@@ -83,6 +83,21 @@ def test_collect_frames_order_follows_inputs_then_natural_order(tmp_path):
     assert [f.out_name for f in frames] == ["0", "1", "2", "10"]
 
 
+def test_a_file_given_twice_is_predicted_once_under_its_own_name(tmp_path):
+    """A folder and a file in it (or nested folders) named the file twice: it was predicted
+    twice, as x_png_0 and x_png_2."""
+    from conftest import ultraseg_warnings
+
+    save(tmp_path / "d" / "x.png", ramp(4, 4))
+    save(tmp_path / "d" / "sub" / "y.png", ramp(4, 4))
+    with ultraseg_warnings() as warned:
+        frames = collect_frames([tmp_path / "d", tmp_path / "d" / "x.png", tmp_path / "d" / "sub"])
+    assert [f.out_name for f in frames] == ["y", "x"]            # the folder's order
+    assert [f.image_path for f in frames] == [tmp_path / "d" / "sub" / "y.png",
+                                              tmp_path / "d" / "x.png"]
+    assert any("given more than once" in r.getMessage() for r in warned)
+
+
 def test_collect_frames_uses_a_labelled_dataset_and_its_masks(tmp_path):
     root = tmp_path / "ds"
     save(root / "images" / "1_1.png", ramp(9, 11))

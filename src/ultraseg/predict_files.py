@@ -137,6 +137,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
     if not found:
         raise DataError("no images to predict (the only images are in the output folder)",
                         inputs[0])
+    found = _once_each(found)
     names = _unique_names(found)
     return [Frame(s, name) for (s, _, _, _), name in zip(found, names)]
 
@@ -158,6 +159,23 @@ def _is_within(path: Path, folder: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _once_each(found: list[tuple[Sample, Path | None, PurePosixPath, str]]
+               ) -> list[tuple[Sample, Path | None, PurePosixPath, str]]:
+    """The frames, each file once: a file named twice (a folder and a file in it, or nested
+    folders) was predicted twice under two made-up names. Its first mention is kept."""
+    seen: set[Path] = set()
+    kept = []
+    for item in found:
+        key = item[0].image_path.resolve()
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
+    if len(kept) < len(found):
+        log.warning("%d input images were given more than once (as files and in folders, or in "
+                    "nested folders): each is predicted once", len(found) - len(kept))
+    return kept
 
 
 def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -> list[str]:
