@@ -804,3 +804,27 @@ def test_names_written_decomposed_and_composed_pair(tmp_path) -> None:
     ds, problems = scan_dataset(root)
     (head,) = [s for s in ds.samples if "é" in unicodedata.normalize("NFC", s.name)]
     assert problems == [] and head.meta == {"pixel_size_mm": 0.2, "hc_mm": 9.0}
+
+
+def test_a_dataset_one_folder_down_is_pointed_at(tmp_path) -> None:
+    """An archive unpacked one level down (download/Dataset_BUSI_with_GT/, mydata/ beside
+    macOS's __MACOSX/) was read as unlabelled images, its masks among the frames to predict,
+    without a word; training said only that nothing was labelled."""
+    from ultraseg.data import load_arrays
+    from ultraseg.config import PreprocessConfig
+
+    make_folders(tmp_path / "w" / "mydata")
+    _save(tmp_path / "w" / "__MACOSX" / "mydata" / "images" / "._1_1.png", _frame())
+    make_busi(tmp_path / "dl" / "Dataset_BUSI_with_GT")
+    for root, sub, layout in ((tmp_path / "w", "mydata", "folders"),
+                              (tmp_path / "dl", "Dataset_BUSI_with_GT", "busi")):
+        with ultraseg_warnings() as warned:
+            ds, problems = scan_dataset(root)
+        assert ds.layout == "images"
+        assert any(f"{root / sub} holds a '{layout}' dataset: point at it" in r.getMessage()
+                   for r in warned)
+        with pytest.raises(DataError, match=f"holds a '{layout}' dataset: point at it"):
+            load_arrays(ds, PreprocessConfig(size=32), cache_dir="")
+    with ultraseg_warnings() as warned:                     # a plain folder of scans: no word
+        scan_dataset(make_images(tmp_path / "scans"))
+    assert not any("point at it" in r.getMessage() for r in warned)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, UltrasegError
-from .base import (IMAGE_EXTENSIONS, Reader, Sample, classify_mask_values, read_image, read_mask,
-                   select_label)
+from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, Reader, Sample, classify_mask_values,
+                   read_image, read_mask, select_label)
 from .readers import BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,33 @@ def detect_layout(root: str | Path) -> str:
                     + ", ".join(READERS), root)
 
 
+def nested_datasets(root: str | Path) -> list[tuple[Path, str]]:
+    """The folders directly in ``root`` that a labelled layout reads, with that layout: the
+    dataset an archive unpacked one level down (``download/Dataset_BUSI_with_GT/``, or
+    ``mydata/`` beside macOS's ``__MACOSX/``), where ``root`` itself is only a folder of
+    images, masks included."""
+    root = Path(root)
+    found = []
+    for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                      and d.name not in NO_DATA_FOLDERS):
+        fits = [name for name, cls in READERS.items()
+                if name != ImagesReader.name and cls.detect(sub)]
+        if fits:
+            found.append((sub, fits[0]))
+    return found
+
+
+def nested_hint(root: str | Path) -> str:
+    """``; ROOT/SUB holds a 'LAYOUT' dataset: point at it`` where :func:`nested_datasets`
+    finds one (or several), else ''."""
+    nested = nested_datasets(root)
+    if not nested:
+        return ""
+    sub, name = nested[0]
+    more = f" (and {len(nested) - 1} more folders)" if len(nested) > 1 else ""
+    return f"; {sub} holds a {name!r} dataset{more}: point at it"
+
+
 def scan_dataset(path: str | Path, layout: str = "auto",
                  subject_pattern: str | None = None) -> tuple[Dataset, list[DataError]]:
     """Find and pair the samples under ``path``; structural problems are returned, not raised."""
@@ -98,6 +125,11 @@ def scan_dataset(path: str | Path, layout: str = "auto",
         raise DataError("cannot read folder: permission denied", e.filename or root) from e
     if layout != "auto" and not samples:
         problems = _forced_layout_problems(root, name, problems)
+    if layout == "auto" and name == ImagesReader.name:
+        hint = nested_hint(root)
+        if hint:    # its masks read here as frames of their own
+            log.warning("%s is read as a folder of unlabelled images, masks included%s", root,
+                        hint)
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
     _check_pattern(reader, subject_pattern)
     return Dataset(root, name, tuple(samples)), problems
@@ -144,4 +176,4 @@ def open_dataset(path: str | Path, layout: str = "auto",
 
 __all__ = ["READERS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS", "Reader", "Sample",
            "classify_mask_values", "detect_layout", "get_reader", "open_dataset", "read_image",
-           "read_mask", "register", "scan_dataset", "select_label"]
+           "nested_datasets", "read_mask", "register", "scan_dataset", "select_label"]
