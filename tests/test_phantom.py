@@ -143,3 +143,38 @@ def test_dataset_refuses_bad_requests(tmp_path):
     with pytest.raises(UltrasegError, match="already holds images"):
         make_dataset(tmp_path / "mine", n=1, size=32)
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["scan.png"]
+    # ... in patient folders too (only the folder itself was looked at)
+    (tmp_path / "scans" / "patientA").mkdir(parents=True)
+    (tmp_path / "mine" / "scan.png").rename(tmp_path / "scans" / "patientA" / "a1.png")
+    with pytest.raises(UltrasegError, match="already holds images .first: .*a1.png"):
+        make_dataset(tmp_path / "scans", n=1, size=32)
+    assert [p.name for p in (tmp_path / "scans").rglob("*")] == ["patientA", "a1.png"]
+    # images/ that is a file: refused before anything is written, not inside the staging
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "images").write_text("x")
+    with pytest.raises(UltrasegError, match="exists and is not a folder"):
+        make_dataset(tmp_path / "odd", n=1, size=32)
+    assert [p.name for p in (tmp_path / "odd").iterdir()] == ["images"]
+
+
+def test_a_running_writers_staging_folder_is_left_alone(tmp_path) -> None:
+    """Two phantom runs into one folder: the second removed the first's staging folder while
+    it was written. Only the folders of writers that have ended go."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "race"
+    out.mkdir()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / f".phantom-{alive.pid}-abc.tmp").mkdir()
+        ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        (out / f".phantom-{ended}-def.tmp").mkdir()
+        (out / ".phantom-old.tmp").mkdir()              # named before names carried a pid
+        make_dataset(out, n=1, size=32)
+        assert sorted(p.name for p in out.iterdir()) == [
+            f".phantom-{alive.pid}-abc.tmp", "images", "masks"]
+    finally:
+        alive.kill()
+        alive.wait()

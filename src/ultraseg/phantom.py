@@ -34,7 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .errors import UltrasegError
-from .io.base import list_images
+from .io.base import is_image_file, walk_files
 
 __all__ = ["make_frame", "make_dataset", "FRAMES_PER_SUBJECT"]
 
@@ -409,6 +409,21 @@ def frame_name(i: int) -> str:
     return f"{i // FRAMES_PER_SUBJECT + 1}_{i % FRAMES_PER_SUBJECT + 1}"
 
 
+def _running(pid: str) -> bool:
+    """Whether the process ``pid`` (a staging folder's writer) still runs, writing it; a name
+    without one (written before names carried it), or this process's (an interrupted call
+    before this one), is a stale folder's."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                 # another user's process: running
+        return True
+    return True
+
+
 def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) -> Path:
     """Write ``n`` phantom frames in the ``folders`` layout and return ``out``.
 
@@ -431,21 +446,27 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UltrasegError("phantom output exists and is not a folder", out)
-    if out.is_dir() and list_images(out):    # the folders layout would leave them unread
-        raise UltrasegError("already holds images; the phantom set would hide them: choose a "
-                            "new or empty folder", out)
     for folder in (out / "images", out / "masks"):
+        if folder.exists() and not folder.is_dir():
+            raise UltrasegError("exists and is not a folder: choose a new or empty folder",
+                                folder)
         if folder.is_dir() and any(folder.iterdir()):
             raise UltrasegError(
                 "already contains files; refusing to overwrite: choose a new or empty folder",
                 folder)
+    # at any depth (patient folders): the folders layout would leave them unread
+    theirs = [p for p in walk_files(out) if is_image_file(p)] if out.is_dir() else []
+    if theirs:
+        raise UltrasegError(f"already holds images (first: {theirs[0]}); the phantom set would "
+                            "hide them: choose a new or empty folder", out)
     # written into a hidden folder and moved into place at the end: an interrupted run
     # leaves no half set in the way of the next (the hidden folder's readers skip; removed
-    # by the next run)
+    # by the next run, where the process that wrote it has ended)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".phantom-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=".phantom-", suffix=".tmp", dir=out))
+        if not _running(stale.name.split("-")[1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".phantom-{os.getpid()}-", suffix=".tmp", dir=out))
     images, masks = staging / "images", staging / "masks"
     images.mkdir()
     masks.mkdir()
