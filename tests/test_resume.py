@@ -262,3 +262,39 @@ def test_resuming_a_run_whose_data_moved_says_how(data: Path, tmp_path: Path,
     assert main(["train", str(tmp_path / "elsewhere"), "--resume", "--out", str(run)]) == 2
     assert "that is gone: if DATA is where it has moved, set data.path" in \
         capsys.readouterr().err
+
+
+def test_a_run_goes_on_elsewhere_with_the_execution_settings_given(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run trained with --device cuda could not be resumed on a machine without a GPU:
+    --device (and --threads, --precision, --cache-dir) beside --resume were refused, and the
+    run's own device failed. Where it runs is now taken anew and recorded; the recipe not."""
+    from ultraseg.config import merge, preset
+    from ultraseg.train import train
+
+    def stop_after_epoch_1(event: dict) -> None:
+        if event["event"] == "batch" and event["epoch"] == 2:      # epoch 1 saved
+            raise KeyboardInterrupt
+
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""}, "preprocess": {"size": 32},
+        "model": {"variant": "same", "width": 2, "depth": 2},
+        "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "num_threads": 1,
+                  "time_limit_s": None}})
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, progress=stop_after_epoch_1)
+    assert _last_epoch(run) == 1
+    conf = json.loads((run / "config.json").read_text())
+    conf["train"]["device"] = "cuda"                     # as trained on a GPU machine
+    (run / "config.json").write_text(json.dumps(conf))
+    if not torch.cuda.is_available():
+        assert main(["train", "--out", str(run), "--resume"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume", "--device", "cpu",
+                 "--threads", "1"]) == 0, capsys.readouterr().err
+    assert _last_epoch(run) == 2
+    conf = json.loads((run / "config.json").read_text())
+    assert conf["train"]["device"] == "cpu" and conf["train"]["num_threads"] == 1
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3"]) == 2   # the recipe
+    assert "takes no --epochs" in capsys.readouterr().err

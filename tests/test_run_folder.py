@@ -9,7 +9,7 @@ import pytest
 from ultraseg.config import preset
 from ultraseg.errors import UltrasegError
 from ultraseg.run_folder import (REFUSED_RUN_FILES, holds_run, open_run, remove_refused_run,
-                                 remove_temporaries, run_log)
+                                 remove_temporaries, run_log, with_execution)
 
 
 def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -> None:
@@ -65,3 +65,12 @@ def test_temporaries_of_an_interrupted_write_are_removed(tmp_path) -> None:
     (tmp_path / "last.ckpt").write_text("whole")
     remove_temporaries(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.tmp", "last.ckpt"]
+
+
+def test_a_resumed_run_takes_anew_where_it_runs_and_nothing_else() -> None:
+    cfg = preset("cpu")
+    moved = with_execution(cfg, {"device": "cpu", "num_threads": 1, "cache_dir": ""})
+    assert (moved.train.device, moved.train.num_threads, moved.data.cache_dir) == ("cpu", 1, "")
+    assert moved.model == cfg.model and moved.train.lr == cfg.train.lr
+    with pytest.raises(UltrasegError, match="epochs: not an execution setting"):
+        with_execution(cfg, {"epochs": 3})

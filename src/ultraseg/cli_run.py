@@ -92,8 +92,13 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return doc
 
 
-_RESUME_OWN = ("preset", "config", "time_limit", *_FLAGS)  # what a resumed run takes from its
-#                                                            own config.json, never from flags
+#: Flags a resumed run takes anew (where it runs: recorded in its config.json), by the
+#: setting of :data:`ultraseg.run_folder.EXECUTION` they set.
+_RESUME_EXECUTION = {"device": "device", "precision": "precision", "threads": "num_threads",
+                     "cache_dir": "cache_dir"}
+#: What a resumed run takes from its own config.json, never from flags.
+_RESUME_OWN = ("preset", "config", "time_limit",
+               *(d for d in _FLAGS if d not in _RESUME_EXECUTION))
 
 
 def _check_resume_args(a: argparse.Namespace) -> None:
@@ -103,7 +108,8 @@ def _check_resume_args(a: argparse.Namespace) -> None:
     if given:
         raise UltrasegError(f"--resume continues the run with its own config.json; it takes no "
                             f"{', '.join(given)} (to change the recipe, train a new run into "
-                            f"another --out)")
+                            f"another --out; where it runs, --device, --precision, --threads "
+                            f"and --cache-dir, it takes anew)")
     if a.data:
         conf = Path(a.out) / "config.json"
         try:
@@ -162,15 +168,18 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
 def _cmd_train(a: argparse.Namespace) -> int:
     from .train import train
 
+    execution = None
     if a.resume:
         _check_resume_args(a)
         cfg = RunConfig()  # the run's own config.json is used
+        execution = {key: getattr(a, dest) for dest, key in _RESUME_EXECUTION.items()
+                     if getattr(a, dest, None) is not None}
     else:
         cfg = resolve_config(a)
         if not a.data and not cfg.data.path:
             raise UltrasegError("train needs DATA (or --config RUN/config.json, or --resume "
                                 "with --out RUN)")
-    result = train(cfg, a.out, resume=a.resume, progress=ProgressPrinter())
+    result = train(cfg, a.out, resume=a.resume, progress=ProgressPrinter(), execution=execution)
     if not result.is_main:  # a rank > 0 under torchrun: rank 0 reports
         return EXIT_OK
     if result.val_dice_original is None:  # --val-fraction 0

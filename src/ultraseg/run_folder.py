@@ -10,7 +10,7 @@ import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import RunConfig
@@ -24,6 +24,26 @@ RUN_FILES = ("config.json", "split.json", "metrics.csv", "best.ckpt", "last.ckpt
 
 #: What ``last.ckpt``'s training state must hold for a run to resume.
 RESUME_KEYS = ("epoch", "optimizer", "history_json", "best_dice", "best_epoch")
+
+
+#: The settings a resumed run may take anew (where it runs, not what it learns): setting ->
+#: its section of the config.
+EXECUTION = {"device": "train", "precision": "train", "num_threads": "train",
+             "cache_dir": "data"}
+
+
+def with_execution(cfg: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
+    """``cfg`` with the execution ``settings`` (keys of :data:`EXECUTION`) in place of its
+    own; any other key is refused, naming the allowed ones."""
+    unknown = sorted(set(settings) - set(EXECUTION))
+    if unknown:
+        raise UltrasegError(f"{', '.join(unknown)}: not an execution setting a resumed run "
+                            f"takes anew (those are {', '.join(EXECUTION)}); a changed recipe "
+                            f"is a new run")
+    for key, value in settings.items():
+        section = EXECUTION[key]
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: value})})
+    return cfg
 
 
 def holds_run(out: Path) -> bool:

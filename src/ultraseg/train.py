@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise
 from .run_folder import (REFUSED_RUN_FILES, mark_run_folder, open_run, remove_refused_run,
-                         remove_temporaries, run_log, write_run_config)
+                         remove_temporaries, run_log, with_execution, write_run_config)
 from .runtime import (autocast, cpu_has_avx512, resolve_device, resolve_precision, threads,
                       torch_runner)
 
@@ -422,11 +422,15 @@ def _rebuild_report(out: Path, result: TrainResult) -> None:
 
 
 def train(cfg: RunConfig, out: str | Path, resume: bool = False,
-          progress: Progress | None = None) -> TrainResult:
+          progress: Progress | None = None, execution: Mapping[str, Any] | None = None
+          ) -> TrainResult:
     """Train a U-Net as ``cfg`` says and write the run folder ``out`` (its files:
     :data:`ultraseg.run_folder.RUN_FILES`).
 
-    ``resume=True`` continues the run in ``out`` from its ``last.ckpt`` with its own config.
+    ``resume=True`` continues the run in ``out`` from its ``last.ckpt`` with its own config;
+    ``execution`` (``{"device": "cpu", "num_threads": 2}``; the keys of
+    :data:`ultraseg.run_folder.EXECUTION`) replaces where it runs, not what it learns, and is
+    recorded in its config.json: a run trained on a GPU goes on on a CPU.
     ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage", ...} for a CLI to show.
     Leaves the caller's torch thread count and global random state as they were.
 
@@ -441,6 +445,9 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
     out = Path(out)
     t0 = time.monotonic()
     cfg, last = open_run(out, cfg, resume)
+    own = cfg
+    if execution:
+        cfg = with_execution(cfg, execution)
     check_config(cfg)
     finished = _finished_run(out, last) if resume else None
     if finished is not None:  # resuming it would choose its post-processing again, worse
@@ -466,7 +473,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
         # what a run refused before its first epoch removes again (see _remove_refused_run)
         existed = out.exists(), {n for n in REFUSED_RUN_FILES if (out / n).exists()}
-        if not resume or recorded != ctx.world_size:
+        if not resume or recorded != ctx.world_size or cfg.train != own.train \
+                or cfg.data != own.data:
             write_run_config(out, cfg)
         else:       # a run from before the marker existed gets it now
             mark_run_folder(out)
