@@ -252,6 +252,10 @@ def test_json_when_the_folder_cannot_be_read_at_all_is_still_one_object(
     report = json.loads(captured.out)
     assert report["path"] == str(root) and report["layout"] is None
     assert report["problems"] == len(report["problem_lines"]) == 1
+    _good(tmp_path / "good")                   # the keys of a folder that could be read
+    assert main(["inspect", str(tmp_path / "good"), "--json"]) == 0
+    assert report.keys() == json.loads(capsys.readouterr().out).keys()
+    assert report["pairs"] == 0 and report["image_size_min"] is None
     said = {"missing": "no such file or folder", "empty": "no images found",
             "pattern": "matches none of"}[case]
     assert said in report["problem_lines"][0]

@@ -85,7 +85,7 @@ def _layout_args(p: argparse.ArgumentParser,
 
 # ---------------------------------------------------------------- inspect
 def _cmd_inspect(a: argparse.Namespace) -> int:
-    from .inspection import format_report, inspect_dataset
+    from .inspection import failed_report, format_report, inspect_dataset
 
     try:
         report, problems = inspect_dataset(a.data, a.layout, a.subject_pattern, a.label)
@@ -93,8 +93,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
         if a.json:        # a script reading stdout gets its JSON object, saying what failed
             lines = (str(e).splitlines() or [""]) if isinstance(e, UltrasegError) else [
                 f"{e.filename}: {e.strerror or e}" if e.filename else str(e)]
-            print(json_text({"path": str(a.data), "layout": None, "problems": len(lines),
-                             "problem_lines": lines}))
+            print(json_text(failed_report(a.data, lines)))
         raise            # and stderr its error lines, as for any command
     if a.json:
         report["problem_lines"] = [str(p) for p in problems]
@@ -130,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset folder")
     _layout_args(p, label="check and summarise label K of a label mask (default: any non-zero "
                           "label)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object, of the "
+                   "same keys whether or not the folder could be read (once the arguments "
+                   "parse)")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("phantom", help="write synthetic ultrasound frames (folders layout)",

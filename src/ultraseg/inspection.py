@@ -74,6 +74,16 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     return report, problems
 
 
+def failed_report(path: str | Path, problem_lines: list[str]) -> dict[str, Any]:
+    """The report of a folder that could not be read at all (missing, empty, no layout found):
+    every key :func:`inspect_dataset` gives, nothing found, ``layout`` None, and the lines that
+    say why, so a script reads one shape either way."""
+    return {"path": str(path), "layout": None, "pairs": 0, "unlabelled": 0, "subjects": 0,
+            "empty_masks": 0, "foreground_fraction_mean": None, "image_size_min": None,
+            "image_size_median": None, "image_size_max": None, "labels": [], "classes": {},
+            "problems": len(problem_lines), "problem_lines": problem_lines}
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable lines for the CLI."""
     fg = report["foreground_fraction_mean"]
