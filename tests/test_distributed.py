@@ -100,6 +100,20 @@ def test_cleanup_lets_the_groups_threads_finish_before_it_returns(
     assert freed.is_set()
 
 
+def test_a_world_size_left_outside_torchrun_is_a_user_error(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """WORLD_SIZE without torchrun's rendezvous (MASTER_ADDR, MASTER_PORT) failed inside
+    init_process_group: an internal error (exit 1)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(UltrasegError, match="MASTER_ADDR is not set: start several processes "
+                                            "with torchrun, or unset WORLD_SIZE"):
+        with session(torch.device("cpu")):
+            pass
+
+
 def test_torchrun_environment_is_read_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")

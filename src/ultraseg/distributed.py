@@ -195,6 +195,11 @@ def session(device: torch.device) -> Iterator[Dist]:
                                 f"{torch.cuda.device_count()} GPUs on this machine; use "
                                 "--nproc_per_node <= the number of GPUs")
         torch.cuda.set_device(ctx.local_rank)
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:     # WORLD_SIZE left in the environment, outside torchrun
+        raise UltrasegError(f"WORLD_SIZE is {ctx.world_size} but {' and '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not set: start several "
+                            "processes with torchrun, or unset WORLD_SIZE to train in one")
     dist.init_process_group(backend, rank=ctx.rank, world_size=ctx.world_size, timeout=TIMEOUT)
     log.info("joined the process group: rank %d of %d (%s)", ctx.rank, ctx.world_size, backend)
     try:
