@@ -207,3 +207,17 @@ def test_ranks_after_the_first_of_a_torchrun_job_leave_warnings_to_rank_0(
     monkeypatch.setattr(logging.root, "handlers", [])
     assert cli.main(["inspect", str(data)]) == 0
     assert "WARNING" in capsys.readouterr().err
+
+
+def test_a_name_that_is_no_utf8_prints_on_a_strict_utf8_stdout(tmp_path) -> None:
+    """A folder named in Latin-1 reaches Python as surrogate escapes; printing it on a strict
+    UTF-8 stdout (PYTHONIOENCODING=utf-8, as a UTF-8 locale's pipes) was an internal error,
+    after the work was done."""
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / os.fsdecode(b"scans\xe9"), n=2, size=32, seed=0)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-m", "ultraseg", "inspect", str(data)],
+                          capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert b"dataset     " + os.fsencode(data) in proc.stdout     # the bytes it was

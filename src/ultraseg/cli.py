@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
+import io
 import logging
 import os
 import sys
@@ -154,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_any_path() -> None:
+    """A file name that is no valid UTF-8 (an old archive's Latin-1 name) reaches Python as
+    surrogate escapes; printed on a strict UTF-8 stdout it failed (an internal error, after
+    the work was done). stdout writes it back as the bytes it was; stderr already escapes."""
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -169,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # training logs INFO to its run's train.log;
         handler.setLevel(level)                   # the terminal shows only what -v asks for
     keep_freed_memory()  # this process is ours: no page faults on every pass's large blocks
+    _print_any_path()
     try:
         return a.func(a)
     except UltrasegError as e:  # one line per problem (DataProblems holds several)
