@@ -86,6 +86,10 @@ def test_devices():
     assert resolve_device("cpu") == CPU
     with pytest.raises(UltrasegError, match="unknown device"):
         resolve_device("tpu")
+    # a torch.device is taken by its name; None (load(path, device=None)) was an AttributeError
+    assert resolve_device(torch.device("cpu")) == CPU
+    with pytest.raises(UltrasegError, match="device must be a name"):
+        resolve_device(None)
 
 
 @pytest.fixture

@@ -17,7 +17,12 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu. 'cuda' without a GPU is a usage error."""
+    """'auto' -> cuda when available, else cpu. 'cuda' without a GPU is a usage error; a
+    torch.device is taken by its name, and anything but a name is one too."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise UltrasegError(f"device must be a name (auto, cpu, cuda, cuda:N), got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
