@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import DataError, UltrasegError
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, Reader, Sample, classify_mask_values,
                    read_image, read_mask, select_label)
+from .dicom import DICOM_EXTENSIONS, dicom_pixel_size_mm, is_dicom, read_dicom
 from .readers import BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def scan_dataset(path: str | Path, layout: str = "auto",
         samples, problems = reader.scan(root)
     except PermissionError as e:
         raise DataError("cannot read folder: permission denied", e.filename or root) from e
+    samples = [_with_dicom_pixel_size(s) for s in samples]
     if layout != "auto" and not samples:
         problems = _forced_layout_problems(root, name, problems)
     if layout == "auto" and name == ImagesReader.name:
@@ -133,6 +135,20 @@ def scan_dataset(path: str | Path, layout: str = "auto",
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
     _check_pattern(reader, subject_pattern)
     return Dataset(root, name, tuple(samples)), problems
+
+
+def _with_dicom_pixel_size(sample: Sample) -> Sample:
+    """A DICOM frame's pixel size from its header, where its layout gave none (a table's
+    wins); a header that cannot be read gives none here (reading the frame says why)."""
+    if not is_dicom(sample.image_path) or "pixel_size_mm" in sample.meta:
+        return sample
+    try:
+        size = dicom_pixel_size_mm(sample.image_path)
+    except DataError:
+        return sample
+    if size is not None:
+        sample.meta["pixel_size_mm"] = size
+    return sample
 
 
 def _forced_layout_problems(root: Path, name: str, problems: list[DataError]
@@ -174,6 +190,7 @@ def open_dataset(path: str | Path, layout: str = "auto",
     return ds
 
 
-__all__ = ["READERS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS", "Reader", "Sample",
+__all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS",
+           "Reader", "Sample", "dicom_pixel_size_mm", "read_dicom",
            "classify_mask_values", "detect_layout", "get_reader", "open_dataset", "read_image",
            "nested_datasets", "read_mask", "register", "scan_dataset", "select_label"]

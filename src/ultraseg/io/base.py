@@ -19,10 +19,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, UltrasegError
+from .dicom import is_dicom, read_dicom
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 _LEADING_SUBJECT = re.compile(r"^(\d+)_")
 
@@ -137,6 +138,8 @@ def read_image(path: str | Path) -> np.ndarray:
     predictor follow too.
     """
     path = Path(path)
+    if is_dicom(path):
+        return read_dicom(path)
     im = _open(path)
     if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
         return np.asarray(im.convert("L"), dtype=np.uint8)
@@ -185,6 +188,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
     path = Path(path)
+    if is_dicom(path):
+        raise DataError("a DICOM file as a mask: masks are image files (PNG, TIFF...); DICOM "
+                        "segmentation objects are not read", path)
     im = _open(path)
     if im.mode == "1":
         return np.asarray(im, dtype=np.uint8)

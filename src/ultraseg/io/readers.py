@@ -156,8 +156,8 @@ def _mask_folders(root: Path) -> list[Path]:
 
 
 class FoldersReader(Reader):
-    """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp;
-    ``NAME_mask_1``, ``NAME_mask_2``: their union, as in the kaggle and busi layouts);
+    """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp,
+    images also dcm; ``NAME_mask_1``, ``NAME_mask_2``: their union, as in the kaggle and busi layouts);
     the masks may also sit beside the images (``images/NAME_mask.EXT``), the masks folder may
     be named any of :data:`MASK_FOLDERS` (``labels/``, ``gt/``...), and the folders may be spelt
     ``Images``, ``Masks``... Image files in subfolders are named as problems.
