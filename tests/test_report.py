@@ -285,3 +285,55 @@ def test_pick_examples_shows_the_best_median_and_worst_frames_and_the_worst_empt
     assert pick_examples([], [], []) == []
     with pytest.raises(ValueError, match="length"):
         pick_examples([0.1], [False, True], [1])
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures the report stage draws, kept instead of written."""
+    figures: list = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    return figures
+
+
+def test_long_names_are_cut_to_the_panel_and_the_dice_gets_a_line(monkeypatch) -> None:
+    """A clinic's file names (IM_0000_20230101_093012_LT) ran the four panel titles of
+    seg_sample.png into each other, the Dice and the reason unreadable."""
+    figures = _drawn(monkeypatch)
+    images, truths, preds = _frames(2)
+    long = "IM_0000_20230101_093012_LT_" * 3
+    plot_predictions(images, truths, preds, "x.png", [f"{long}\n(best)", "short (worst)"])
+    titles = [ax.get_title() for ax in figures[0].axes if ax.get_title()]
+    first = titles[0].split("\n")
+    assert len(first) == 2 and all(len(line) <= report.TITLE_CHARS for line in first)
+    assert first[0].startswith("IM_0000_") and first[0].endswith("_LT_") and "\u2026" in first[0]
+    assert first[1].startswith("(best)  Dice ")
+    assert titles[1].startswith("short (worst)\nDice ")          # one line: the Dice its own
+    assert report._fit("a" * 40) == "a" * 40 and len(report._fit("a" * 41)) == 40
+
+
+def test_the_sample_figure_shows_frames_with_a_structure_and_one_empty() -> None:
+    """sample.png showed the first four training frames, all with empty masks on a set
+    sorted by subject: no outline to check against its frame."""
+    assert report.pick_samples([False] * 6) == [0, 1, 2, 3]
+    assert report.pick_samples([False, False, True, False, True, True, True]) == [0, 2, 4, 5]
+    assert report.pick_samples([True] * 6) == [0, 1, 2, 3]
+    assert report.pick_samples([False, True]) == [0, 1]
+    assert report.pick_samples([False, True], n=1) == [1]
+    assert report.pick_samples([]) == []
+
+
+def test_curves_keep_a_least_dice_span_and_take_a_log_loss_axis(monkeypatch) -> None:
+    """A Dice wobble of 0.005 filled the whole axis, looking like a peak; a first epoch's loss
+    of 0.8 against 0.035 later flattened every epoch after it."""
+    figures = _drawn(monkeypatch)
+    history = [{"epoch": e, "train_loss": 0.8 / e ** 1.5, "val_loss": 0.9 / e ** 1.5,
+                "val_dice": 0.970 + 0.005 * (e == 3)} for e in range(1, 6)]
+    plot_curves(history, "c.png")
+    loss_ax, dice_ax = figures[0].axes[:2]
+    lo, hi = dice_ax.get_ylim()
+    assert hi - lo >= report.MIN_DICE_SPAN and lo <= 0.970 and hi >= 0.975 and hi <= 1.01
+    assert loss_ax.get_yscale() == "log"
+    flat = [{**r, "train_loss": 0.5, "val_loss": 0.6, "val_dice": 0.3 + 0.1 * r["epoch"]}
+            for r in history]
+    plot_curves(flat, "d.png")
+    loss_ax, dice_ax = figures[1].axes[:2]
+    assert loss_ax.get_yscale() == "linear" and dice_ax.get_ylim()[1] >= 0.8

@@ -225,7 +225,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--format", default="png", choices=["png", "tif"], help="mask file format")
     p.add_argument("--overlay", action="store_true",
-                   help="also write STEM_overlay.png: predicted outline red, ground truth green")
+                   help="also write STEM_overlay.png: predicted outline orange, ground truth "
+                   "blue (a labelled dataset's), white where they meet")
     p.add_argument("--rle", metavar="FILE.csv",
                    help="write a Kaggle submission (img,pixels; run-length encoded masks); "
                         "of a Kaggle root with train/ and test/, only the test frames")

@@ -340,7 +340,7 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size).
 
     ``fmt='tif'`` writes TIFF masks. ``overlay``: also ``OUT/NAME_overlay.png``, the image with
-    the predicted outline (red) and, for frames of a labelled dataset, the true one (green;
+    the predicted outline (orange) and, for frames of a labelled dataset, the true one (blue;
     ``label`` selects a structure of a label mask, default the predictor's). ``rle``: a Kaggle
     submission CSV (``img,pixels``, one row per frame in input order, ``img`` = the output
     name, the image's stem unless stems collide; of a Kaggle dataset with a test split, only

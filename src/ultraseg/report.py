@@ -5,7 +5,8 @@ The plotting functions import matplotlib lazily and draw on a ``matplotlib.figur
 the Agg canvas, so importing this module is cheap and no global pyplot state is touched. Every
 file is written atomically (figure -> bytes -> :func:`ultraseg.fileio.atomic_write_bytes`).
 
-Colours: ground truth outlines are green, predicted outlines red, pixels on both outlines yellow.
+Colours (Okabe and Ito's, told apart with any colour vision): ground-truth outlines sky blue,
+predicted outlines orange, pixels on both outlines white.
 """
 from __future__ import annotations
 
@@ -29,13 +30,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-#: RGB of the predicted mask's outline.
-PRED_COLOR: tuple[int, int, int] = (255, 0, 0)
-#: RGB of the ground-truth outline.
-TRUTH_COLOR: tuple[int, int, int] = (0, 255, 0)
-#: RGB of pixels on both outlines.
-BOTH_COLOR: tuple[int, int, int] = (255, 255, 0)
+#: RGB of the predicted mask's outline: orange. (Red beside green, as before 2026-12-06, reads
+#: as one colour to a red-green colour-blind eye, one man in twelve.)
+PRED_COLOR: tuple[int, int, int] = (230, 159, 0)
+#: RGB of the ground-truth outline: sky blue.
+TRUTH_COLOR: tuple[int, int, int] = (86, 180, 233)
+#: RGB of pixels on both outlines: white.
+BOTH_COLOR: tuple[int, int, int] = (255, 255, 255)
+#: The colours in words, as figures and help texts say them.
+COLOURS = "blue: truth, orange: prediction, white: both"
 
+#: The least span of the learning curves' Dice axis.
+MIN_DICE_SPAN = 0.1
 #: Resolution of every figure written here.
 DPI = 100
 #: At most this many frames are drawn by :func:`plot_samples` / :func:`plot_predictions`.
@@ -98,11 +104,11 @@ def overlay(
     *,
     thickness: int = 1,
 ) -> np.ndarray:
-    """The image in RGB with the outlines of the predicted (red) and true (green) masks.
+    """The image in RGB with the outlines of the predicted (orange) and true (blue) masks.
 
     ``image``: (H, W) gray, uint8 (other dtypes are min-max scaled), or (H, W, 3) uint8 RGB.
     ``pred`` / ``truth``: (H, W) masks (bool, or nonzero = inside), either may be ``None``.
-    Pixels on both outlines are yellow; mask interiors and background keep the image's gray.
+    Pixels on both outlines are white; mask interiors and background keep the image's gray.
     ``thickness``: outline width in pixels. Returns a new (H, W, 3) uint8 array.
     """
     img = to_uint8(image)
@@ -210,15 +216,19 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     def series(key: str) -> np.ndarray:
         return np.array([_num(r.get(key)) for r in rows], dtype=float)
 
-    drawn = False
+    drawn = []
     for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
         y = series(key)
         if np.isfinite(y).any():
             ok = np.isfinite(y)
             ax_loss.plot(epochs[ok], y[ok], marker=marker, markersize=4, label=label)
-            drawn = True
+            drawn.append(y[ok])
     if drawn:
         ax_loss.legend(loc="best")
+        losses = np.concatenate(drawn)
+        # a first epoch's loss ten times the last ones' flattened the epochs that matter
+        if losses.min() > 0 and losses.max() > 10 * losses.min():
+            ax_loss.set_yscale("log")
     from matplotlib.ticker import MaxNLocator
 
     finite_epochs = epochs[np.isfinite(epochs)]
@@ -248,6 +258,12 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     elif rows:  # a run trained without a validation split
         ax_dice.text(0.5, 0.5, "no validation Dice recorded\n(no validation split)",
                      ha="center", va="center", transform=ax_dice.transAxes)
+    if ok.any():    # at least MIN_DICE_SPAN tall: a 0.005 wobble is drawn as one
+        lo, hi = float(y[ok].min()), float(y[ok].max())
+        if hi - lo < MIN_DICE_SPAN:
+            mid = (lo + hi) / 2
+            lo = min(max(mid - MIN_DICE_SPAN / 2, 0.0), 1.0 - MIN_DICE_SPAN)
+            ax_dice.set_ylim(lo - 0.01 * MIN_DICE_SPAN, lo + 1.01 * MIN_DICE_SPAN)
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("Dice")
     ax_dice.set_title("validation Dice")
@@ -279,12 +295,37 @@ def _draw_panels(
         ax.set_axis_off()
     for ax, panel, title in zip(axes, panels, titles):
         ax.imshow(panel, interpolation="antialiased")
-        if title:
-            ax.set_title(_shown(title), fontsize=9, parse_math=False)   # a name, as it is
+        if title:   # a name, as it is, each line cut to the panel's width
+            ax.set_title(_shown("\n".join(_fit(line) for line in title.split("\n"))),
+                         fontsize=9, parse_math=False)
     if not panels:
         axes[0].text(0.5, 0.5, "no frames", ha="center", va="center", transform=axes[0].transAxes)
     fig.suptitle(_shown(suptitle), fontsize=10)
     _save(fig, path)
+
+
+#: Characters of a panel title's line that fit a 3-inch panel at 9 points.
+TITLE_CHARS = 40
+
+
+def _fit(line: str, width: int = TITLE_CHARS) -> str:
+    """``line``, or where it is longer than ``width`` its start and end around an ellipsis: a
+    clinic's file names (``IM_0000_20230101_093012_LT``) ran into the next panel's title."""
+    if len(line) <= width:
+        return line
+    keep = width - 1
+    return f"{line[:(keep + 1) // 2]}\u2026{line[len(line) - keep // 2:]}"
+
+
+def pick_samples(has_structure: Sequence[bool], n: int = 4) -> list[int]:
+    """Which training frames ``sample.png`` shows: the first ``n`` in order, but frames whose
+    mask holds a structure first (an outline to check against its frame), with one frame of an
+    empty mask among them where there are such frames and room (the first four frames of a set
+    sorted by subject can all be empty, which shows nothing to check). Returned in order."""
+    full = [i for i, h in enumerate(has_structure) if h]
+    empty = [i for i, h in enumerate(has_structure) if not h]
+    take_empty = min(len(empty), 1 if full else n, max(n - len(full), 1 if n > 1 else 0))
+    return sorted(full[:n - take_empty] + empty[:take_empty])
 
 
 def _check_lengths(**lists: Sequence[Any] | None) -> int:
@@ -300,7 +341,7 @@ def plot_samples(
     path: str | Path,
     titles: Sequence[str] | None = None,
 ) -> None:
-    """Write a grid (``sample.png``) of frames with their mask outlines (green).
+    """Write a grid (``sample.png``) of frames with their mask outlines (blue).
 
     ``images``: (H, W) gray frames (uint8, or float min-max scaled); ``masks``: matching (H, W)
     masks (bool or nonzero = inside). At most :data:`MAX_FRAMES` frames are drawn.
@@ -312,7 +353,7 @@ def plot_samples(
         for i in range(n)
     ]
     names = [str(titles[i]) if titles is not None else f"frame {i}" for i in range(n)]
-    _draw_panels(panels, names, path, "training samples (green: mask outline)")
+    _draw_panels(panels, names, path, "training samples (blue: mask outline)")
 
 
 def pick_examples(dices: Sequence[float], truth_empty: Sequence[bool],
@@ -349,7 +390,8 @@ def plot_predictions(
     path: str | Path,
     titles: Sequence[str] | None = None,
 ) -> None:
-    """Write a grid (``seg_sample.png``) of frames with truth (green) and prediction (red) outlines.
+    """Write a grid (``seg_sample.png``) of frames with truth (blue) and prediction (orange)
+    outlines.
 
     ``images``: (H, W) gray frames; ``truths`` / ``preds``: matching (H, W) masks (bool or
     nonzero = inside; a truth may be ``None``). Each panel's title carries the frame's Dice
@@ -363,9 +405,10 @@ def plot_predictions(
         panels.append(overlay(images[i], pred, truth, thickness=_thickness(np.shape(images[i]))))
         name = str(titles[i]) if titles is not None else f"frame {i}"
         if truth is not None:
-            name += f"  Dice {dice(np.asarray(pred) != 0, np.asarray(truth) != 0):.3f}"
+            name += ("\n" if "\n" not in name else "  ") + \
+                f"Dice {dice(np.asarray(pred) != 0, np.asarray(truth) != 0):.3f}"
         names.append(name)
-    _draw_panels(panels, names, path, "predictions (green: truth, red: prediction, yellow: both)")
+    _draw_panels(panels, names, path, f"predictions ({COLOURS})")
 
 
 # --------------------------------------------------------------------------------------------

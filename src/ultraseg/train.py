@@ -886,16 +886,18 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     from . import report
 
     report.plot_curves(history, out / "curve.png", best_epoch=best_epoch)
-    pick = np.arange(min(4, len(train_idx)))
-    report.plot_samples([arrays.images[i] for i in train_idx[pick]],
-                        [arrays.masks[i] > 0 for i in train_idx[pick]], out / "sample.png",
-                        [arrays.names[i] for i in train_idx[pick]])
+    shown_train = train_idx[report.pick_samples([bool(arrays.masks[i].any())
+                                                 for i in train_idx])]
+    report.plot_samples([arrays.images[i] for i in shown_train],
+                        [arrays.masks[i] > 0 for i in shown_train], out / "sample.png",
+                        [arrays.names[i] + ("" if arrays.masks[i].any() else "\n(empty mask)")
+                         for i in shown_train])
     if probs:
         shown = report.pick_examples(scores, [not t.any() for t in truths], areas)
         report.plot_predictions([images[i] for i, _ in shown], [truths[i] for i, _ in shown],
                                 [apply_pp(probs[i], pp) for i, _ in shown],
                                 out / "seg_sample.png",
-                                [f"{val_samples[i].name} ({why})" for i, why in shown])
+                                [f"{val_samples[i].name}\n({why})" for i, why in shown])
 
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch)
