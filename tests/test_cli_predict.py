@@ -320,9 +320,12 @@ def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
     (tmp_path / "hc" / "training_set_pixel_size_and_HC.csv").write_text(
         "filename,pixel size(mm),head circumference (mm)\n007_HC.png,0.2,15.0\n")
     rc = main(["measure", str(ckpt), str(tmp_path / "hc"), "--out", str(tmp_path / "m"),
-               "--threshold", "0", "--device", "cpu", "--precision", "fp32"])
+               "--threshold", "0", "--device", "cpu", "--precision", "fp32", "--overlay"])
     out = capsys.readouterr().out
     assert rc == 0 and "measured 1 frames" in out and "mean absolute" in out
+    assert (tmp_path / "m" / "007_HC_measure.png").is_file()
+    assert main(["measure", str(ckpt), str(tmp_path / "hc"), "--overlay"]) == 2
+    assert "need an output folder (--out)" in capsys.readouterr().err
     with open(tmp_path / "m" / "measurements.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["name"] == "007_HC" and float(row["area_px"]) == 40 * 56   # threshold 0: all

@@ -348,6 +348,28 @@ def hc18_like(root: Path) -> None:
         "filename,pixel size(mm),head circumference (mm)\n001_HC.png,0.5,30.0\n")
 
 
+def test_measure_overlays_draw_the_outline_and_the_ellipse_measured(tmp_path):
+    """The fitted ellipse was numbers only: nothing to check a head circumference by eye."""
+    from ultraseg.report import ELLIPSE_COLOR, PRED_COLOR
+
+    hc18_like(tmp_path / "hc")
+    frames = collect_frames([tmp_path / "hc"])
+    with pytest.raises(UltrasegError, match="need an output folder"):
+        measure_frames(pixel_predictor(), frames, overlay=True)
+    _, rows = measure_frames(pixel_predictor(), frames, out=tmp_path / "m", overlay=True)
+    for row in rows:
+        rgb = np.asarray(Image.open(tmp_path / "m" / f"{row['name']}_measure.png"))
+        assert rgb.shape == (48, 64, 3)
+        on = np.all(rgb == ELLIPSE_COLOR, axis=-1)
+        assert (np.all(rgb == PRED_COLOR, axis=-1) | on).sum() > 20
+        yy, xx = np.nonzero(on)          # the green pixels lie on the ellipse of the row
+        t = np.radians(row["ellipse_angle_deg"])
+        u = (xx - row["ellipse_cx"]) * np.cos(t) + (yy - row["ellipse_cy"]) * np.sin(t)
+        v = -(xx - row["ellipse_cx"]) * np.sin(t) + (yy - row["ellipse_cy"]) * np.cos(t)
+        r = np.sqrt((u / row["ellipse_a_px"]) ** 2 + (v / row["ellipse_b_px"]) ** 2)
+        assert on.sum() > 30 and np.abs(r - 1).max() < 0.12
+
+
 def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
     hc18_like(tmp_path / "hc")
     frames = collect_frames([tmp_path / "hc"])

@@ -337,3 +337,15 @@ def test_curves_keep_a_least_dice_span_and_take_a_log_loss_axis(monkeypatch) -> 
     plot_curves(flat, "d.png")
     loss_ax, dice_ax = figures[1].axes[:2]
     assert loss_ax.get_yscale() == "linear" and dice_ax.get_ylim()[1] >= 0.8
+
+
+def test_an_ellipse_is_drawn_closed_on_its_curve_and_cut_to_the_frame() -> None:
+    on = report.ellipse_pixels((60, 80), (40.0, 30.0, 25.0, 12.0, 30.0))
+    from scipy import ndimage
+
+    assert ndimage.label(on, structure=np.ones((3, 3)))[1] == 1        # closed, no gaps
+    filled = ndimage.binary_fill_holes(on)
+    assert filled.sum() == pytest.approx(math.pi * 25 * 12, rel=0.1)   # its area inside
+    cut = report.ellipse_pixels((20, 80), (40.0, 30.0, 25.0, 12.0, 30.0))   # half off-frame
+    assert cut.shape == (20, 80) and cut.any()
+    assert report.ellipse_pixels((60, 80), (40, 30, 25, 12, 30), thickness=3).sum() > on.sum()

@@ -167,7 +167,8 @@ def _cmd_measure(a: argparse.Namespace) -> int:
     frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
     predictor = load_predictor(a)
     summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
-                                   progress=ProgressBar("measure"), skip_unreadable=True)
+                                   progress=ProgressBar("measure"), skip_unreadable=True,
+                                   overlay=a.overlay)
     if a.json:
         print(json_text({**summary, "rows": rows}))
     else:
@@ -256,6 +257,9 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("model", help="a checkpoint (best.ckpt) or an exported .onnx file")
     p.add_argument("data", help="a dataset folder (e.g. HC18) or one image file")
     p.add_argument("--out", help="folder for measurements.csv")
+    p.add_argument("--overlay", action="store_true",
+                   help="with --out: also write STEM_measure.png, the frame with the object's "
+                        "outline (orange) and the ellipse measured on it (bluish green)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--pixel-size", type=float, metavar="MM",
                    help="pixel size in mm for frames whose dataset gives none")

@@ -446,8 +446,8 @@ MEASURE_COLUMNS = ("name", "image", "width", "height", "pixel_size_mm", "n_compo
 
 def measure_frames(predictor: Predictor, frames: Sequence[Frame],
                    pixel_size_mm: float | None = None, out: str | Path | None = None,
-                   progress: Progress | None = None, skip_unreadable: bool = False
-                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   progress: Progress | None = None, skip_unreadable: bool = False,
+                   overlay: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
 
     Per frame: area, perimeter and fitted-ellipse circumference in pixels, and in mm (with the
@@ -461,10 +461,16 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     ``hc_bias_mm`` over the frames that have both. An unreadable image stops it with a
     :class:`~ultraseg.errors.DataError`; with ``skip_unreadable`` it is skipped instead, as in
     :func:`write_predictions` (the CSV and the summary then cover the frames measured, and the
-    summary names the others under ``unreadable``, counted as ``n_unreadable``).
+    summary names the others under ``unreadable``, counted as ``n_unreadable``). ``overlay``
+    (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
+    the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     """
     from .measure import measure
     from .preprocess import seen_region
+    from .report import measure_overlay
+
+    if overlay and out is None:
+        raise UltrasegError("measure's overlays need an output folder (--out)")
 
     if pixel_size_mm is not None and (isinstance(pixel_size_mm, bool)
                                       or not isinstance(pixel_size_mm, numbers.Real)
@@ -496,6 +502,10 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
         }
         if row["hc_mm"] is not None and row["hc_ref_mm"] is not None:
             row["hc_error_mm"] = row["hc_mm"] - row["hc_ref_mm"]
+        if overlay and out_dir is not None:
+            ellipse = None if centre[0] is None else (*centre, *axes, m["ellipse_angle_deg"])
+            rgb = measure_overlay(image, mask, ellipse, thickness=overlay_thickness(image.shape))
+            _write(out_dir / f"{frame.out_name}_measure.png", encode_png(rgb))
         rows.append(row)
         if progress:
             progress(len(rows) + len(failed or ()), len(frames))

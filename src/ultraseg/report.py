@@ -37,6 +37,8 @@ PRED_COLOR: tuple[int, int, int] = (230, 159, 0)
 TRUTH_COLOR: tuple[int, int, int] = (86, 180, 233)
 #: RGB of pixels on both outlines: white.
 BOTH_COLOR: tuple[int, int, int] = (255, 255, 255)
+#: RGB of the ellipse ``measure`` fits to the predicted object: bluish green.
+ELLIPSE_COLOR: tuple[int, int, int] = (0, 158, 115)
 #: The colours in words, as figures and help texts say them.
 COLOURS = "blue: truth, orange: prediction, white: both"
 
@@ -135,6 +137,41 @@ def overlay(
         rgb[p_edge] = PRED_COLOR
         if t_edge is not None:
             rgb[p_edge & t_edge] = BOTH_COLOR
+    return rgb
+
+
+def ellipse_pixels(shape: tuple[int, int], ellipse: Sequence[float],
+                   thickness: int = 1) -> np.ndarray:
+    """The pixels (H, W) bool on an ellipse ``(cx, cy, a, b, angle_deg)`` as
+    :func:`ultraseg.measure.measure` gives it (x a column, y a row, origin at the top-left
+    pixel's centre; semi-axes in px; the major axis ``angle_deg`` from +x towards +y): sampled
+    densely enough to leave no gap, cut to the frame, ``thickness`` px wide."""
+    from scipy import ndimage
+
+    cx, cy, a, b, angle = (float(v) for v in ellipse)
+    h, w = shape
+    n = max(16, int(math.ceil(2 * math.pi * max(a, b) * 2)))
+    t = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
+    th = math.radians(angle)
+    x = cx + a * np.cos(t) * math.cos(th) - b * np.sin(t) * math.sin(th)
+    y = cy + a * np.cos(t) * math.sin(th) + b * np.sin(t) * math.cos(th)
+    col, row = np.round(x).astype(np.int64), np.round(y).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    on = np.zeros((h, w), bool)
+    on[row[inside], col[inside]] = True
+    if thickness > 1:
+        on = ndimage.binary_dilation(on, iterations=thickness - 1)
+    return on
+
+
+def measure_overlay(image: np.ndarray, mask: np.ndarray, ellipse: Sequence[float] | None,
+                    *, thickness: int = 1) -> np.ndarray:
+    """The frame in RGB with the predicted object's outline (orange) and the ellipse measured
+    on it (bluish green; ``None``: no object, none drawn), to check a measurement by eye.
+    ``image`` (H, W) gray; ``mask`` (H, W). Returns a new (H, W, 3) uint8 array."""
+    rgb = overlay(image, mask, None, thickness=thickness)
+    if ellipse is not None:
+        rgb[ellipse_pixels(rgb.shape[:2], ellipse, thickness)] = ELLIPSE_COLOR
     return rgb
 
 
