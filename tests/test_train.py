@@ -941,3 +941,38 @@ def test_a_presence_mode_the_auto_head_does_not_use_is_warned_about() -> None:
     with ultraseg_warnings() as warned:                  # the default mode: nothing to say
         train_mod.resolve_presence_head(preset("cpu"), masks)
     assert not warned
+
+
+def test_a_callers_grad_mode_and_default_dtype_change_nothing(tmp_path) -> None:
+    """A notebook that turned gradients off for inference, or set float64 as torch's default
+    dtype, got internal errors from train ('element 0 of tensors does not require grad'; float
+    inputs against double weights), from prediction and from export, and train left a refused
+    run's files behind. Both are the caller's, and left as they were."""
+    from ultraseg.predict import load
+
+    data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""},
+        "model": {"width": 2, "depth": 2}, "preprocess": {"size": 32},
+        "train": {"epochs": 1, "seed": 0, "device": "cpu", "precision": "fp32",
+                  "num_threads": 1, "time_limit_s": None, "augment": "elastic"}})
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            result = train_mod.train(cfg, tmp_path / "run")
+            assert not torch.is_grad_enabled()
+        assert torch.get_default_dtype() == torch.float64
+        predictor = load(tmp_path / "run" / "best.ckpt", device="cpu", precision="fp32")
+        frame = np.asarray(Image.open(next((data / "images").iterdir())))
+        assert predictor.predict_proba(frame).shape == frame.shape
+        pytest.importorskip("onnxruntime")
+        from ultraseg.export import export_onnx
+
+        export_onnx(tmp_path / "run" / "best.ckpt", tmp_path / "m.onnx")
+        onnx = load(tmp_path / "m.onnx")
+        assert onnx.predict_proba(frame) == pytest.approx(predictor.predict_proba(frame),
+                                                          abs=1e-4)
+    finally:
+        torch.set_default_dtype(before)
+    assert result.epochs_run == 1

@@ -27,7 +27,7 @@ ELASTIC_SIGMA = 0.03
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g)
+    return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float32)
 
 
 def hflip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +62,7 @@ def affine(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, max_deg: float 
                          torch.stack([sin * w / h, cos, ty], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     if elastic > 0:
-        coarse = torch.randn(n, 2, 3, 3, generator=g) * (2 * elastic)  # grid units span 2
+        coarse = torch.randn(n, 2, 3, 3, generator=g, dtype=x.dtype) * (2 * elastic)  # units: 2
         field = F.interpolate(coarse, size=tuple(x.shape[-2:]), mode="bicubic",
                               align_corners=True)
         grid = grid + field.permute(0, 2, 3, 1).to(grid.dtype)
@@ -87,7 +87,7 @@ def intensity(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     bright = _uniform(n, -0.08, 0.08, g).view(n, 1, 1, 1)
     u = (u - 0.5) * contrast + 0.5 + bright
     sigma = _uniform(n, 0.0, 0.15, g).view(n, 1, 1, 1)
-    u = u * (1 + sigma * torch.randn(u.shape, generator=g))
+    u = u * (1 + sigma * torch.randn(u.shape, generator=g, dtype=u.dtype))
     return u.clamp(0, 1) * (hi - lo) + lo
 
 

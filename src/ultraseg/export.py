@@ -111,7 +111,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
         graph = {"dynamic_hw": True, "input_tile": None, "output_tile": None,
                  "multiple_of": 2**depth}
     model = _with_sigmoid(net).eval()
-    example = torch.zeros(2, 1, *example_hw)
+    example = torch.zeros(2, 1, *example_hw, dtype=torch.float32)
     with torch.no_grad():
         proto, exporter = _export(model, example, cfg.variant == "same", 2**depth, opset)
     meta = {k: v for k, v in ckpt.meta.items() if k != "run"}

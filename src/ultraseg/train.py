@@ -432,7 +432,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
     :data:`ultraseg.run_folder.EXECUTION`) replaces where it runs, not what it learns, and is
     recorded in its config.json: a run trained on a GPU goes on on a CPU.
     ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage", ...} for a CLI to show.
-    Leaves the caller's torch thread count and global random state as they were.
+    Leaves the caller's torch thread count, global random state (CPU, and GPUs where it trains
+    on one) and grad mode as they were; a caller's default dtype (float64) changes nothing.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1), or in a process group the caller initialised,
     trains with DistributedDataParallel (:mod:`ultraseg.distributed`): ``batch_size`` is the
@@ -461,7 +462,11 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
                             f"{out / 'config.json'} to where it is now, and resume")
     if not resume:      # recorded absolute: the run's config.json works from any folder
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
-    with session(resolve_device(cfg.train.device)) as ctx:
+    device = resolve_device(cfg.train.device)
+    # the caller's random state, CUDA's included (torch.manual_seed seeds every GPU), and its
+    # grad mode (a notebook's torch.set_grad_enabled(False) or no_grad block) as they were
+    rng_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with session(device) as ctx:
         recorded = cfg.train.world_size
         if recorded != ctx.world_size:
             if resume:
@@ -469,7 +474,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
                             "the same", recorded, ctx.world_size)
             cfg = replace(cfg, train=replace(cfg.train, world_size=ctx.world_size))
         if not ctx.is_main:
-            with threads(cfg.train.num_threads), torch.random.fork_rng(devices=[]):
+            with threads(cfg.train.num_threads), torch.random.fork_rng(devices=rng_devices), \
+                    torch.enable_grad():
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
         # what a run refused before its first epoch removes again (see _remove_refused_run)
         existed = out.exists(), {n for n in REFUSED_RUN_FILES if (out / n).exists()}
@@ -482,7 +488,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
             remove_temporaries(out)
         try:
             with run_log(out / "train.log"), threads(cfg.train.num_threads), \
-                    torch.random.fork_rng(devices=[]):
+                    torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
                 return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
         except BaseException as e:
             # refused, out of memory or interrupted before an epoch was saved: nothing left

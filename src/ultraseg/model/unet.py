@@ -322,6 +322,6 @@ def build_model(cfg: ModelConfig) -> UNet:
     try:
         if cfg.variant == "valid":
             valid_input_size(cfg.tile, cfg.depth)
-        return UNet(cfg)
+        return UNet(cfg).float()    # float32 whatever torch's default dtype the caller set
     except ValueError as e:
         raise UltrasegError(f"bad model config: {e}") from e
