@@ -201,7 +201,9 @@ def test_tif_format_and_nested_duplicate_stems(tmp_path):
     np.testing.assert_array_equal(np.asarray(b) == 255, im2 >= 128)
 
 
-def test_overlay_draws_prediction_red_and_truth_green(tmp_path):
+def test_overlay_draws_prediction_and_truth_in_their_colours(tmp_path):
+    from ultraseg.report import PRED_COLOR, TRUTH_COLOR
+
     image = np.full((24, 30), 40, np.uint8)
     image[4:12, 5:15] = 220                                 # predicted: this bright box
     truth = np.zeros((24, 30), np.uint8)
@@ -214,14 +216,14 @@ def test_overlay_draws_prediction_red_and_truth_green(tmp_path):
     assert len(summary.overlays) == 2
     ov = read(tmp_path / "out" / "1_1_overlay.png")
     assert ov.shape == (24, 30, 3)
-    red = np.all(ov == (255, 0, 0), axis=2)
-    green = np.all(ov == (0, 255, 0), axis=2)
+    red = np.all(ov == PRED_COLOR, axis=2)
+    green = np.all(ov == TRUTH_COLOR, axis=2)
     assert red[4:12, 5:15].any() and not red[12:, :].any()
     assert green[14:22, 16:28].any() and not green[:13, :].any()
     assert (ov[0, 0] == 40).all()                           # background keeps its gray
     plain = read(tmp_path / "out" / "2_overlay.png")
-    assert np.all(plain == (255, 0, 0), axis=2).any()
-    assert not np.all(plain == (0, 255, 0), axis=2).any()   # no truth: no green
+    assert np.all(plain == PRED_COLOR, axis=2).any()
+    assert not np.all(plain == TRUTH_COLOR, axis=2).any()   # no truth: none drawn
 
 
 def test_rle_submission_round_trips_and_keeps_input_order(tmp_path):
@@ -346,6 +348,32 @@ def hc18_like(root: Path) -> None:
         save(folder / f"{name}_Annotation.png", np.where(edge, 255, 0).astype(np.uint8))
     (root / "training_set_pixel_size_and_HC.csv").write_text(
         "filename,pixel size(mm),head circumference (mm)\n001_HC.png,0.5,30.0\n")
+
+
+def test_write_and_measure_take_paths_as_evaluate_does(tmp_path):
+    """write_predictions(predictor, "folder", out) and a model's path were AttributeErrors
+    (after an empty output folder was made); evaluate takes both."""
+    from ultraseg.checkpoint import make_meta, save_checkpoint
+    from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+    from ultraseg.model import build_model
+
+    save(tmp_path / "in" / "a.png", ramp(16, 16))
+    save(tmp_path / "in" / "b.png", ramp(16, 16, 1))
+    cfg = ModelConfig(variant="same", width=2, depth=2)
+    ckpt = tmp_path / "m.ckpt"
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=16), PostprocessConfig()))
+    for frames in (tmp_path / "in", str(tmp_path / "in"),
+                   [tmp_path / "in" / "a.png", tmp_path / "in" / "b.png"]):
+        summary = write_predictions(str(ckpt), frames, tmp_path / "o")
+        assert summary.n == 2
+        _, rows = measure_frames(ckpt, frames)
+        assert [r["name"] for r in rows] == ["a", "b"]
+    with pytest.raises(UltrasegError, match="expected frames"):
+        write_predictions(pixel_predictor(), [1, 2], tmp_path / "never")
+    with pytest.raises(UltrasegError, match="expected a Predictor"):
+        measure_frames(42, tmp_path / "in")
+    assert not (tmp_path / "never").exists()
 
 
 def test_measure_overlays_draw_the_outline_and_the_ellipse_measured(tmp_path):

@@ -52,16 +52,8 @@ def load_predictor(a: argparse.Namespace) -> Any:
         if a.tile < 1:
             raise UltrasegError(f"--tile must be at least 1, got {a.tile}")
         options["tile"] = a.tile
-    if Path(a.model).suffix.lower() == ".onnx":
-        if a.device not in ("auto", "cpu") or a.precision not in ("auto", "fp32"):
-            print("note: --device/--precision apply to checkpoints; the ONNX model runs on "
-                  "ONNX Runtime's CPU provider in fp32", file=sys.stderr)
-        predictor = load(a.model, **options)
-    else:
-        predictor = load(a.model, device=a.device, precision=a.precision, **options)
-    if options.get("tile") is not None and predictor.model.variant != "valid":
-        print(f"note: --tile applies to the valid model; this {predictor.model.variant} "
-              "model predicts each frame whole", file=sys.stderr)
+    # (settings that do not apply to the model are warned about by load)
+    predictor = load(a.model, device=a.device, precision=a.precision, **options)
     return predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess, a))
 
 

@@ -228,12 +228,23 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", **opti
     """A :class:`Predictor` from a checkpoint (``.ckpt``) or an exported ``.onnx`` file.
 
     ``device``/``precision`` apply to checkpoints (torch); ``options`` are Predictor fields.
+    A setting that does not apply (a GPU or bf16 for an ONNX model, which runs on ONNX
+    Runtime's CPU provider in fp32; a ``tile`` for a model that predicts each frame whole) is
+    warned about, not dropped in silence.
     """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         from .export import onnx_predictor
 
-        return onnx_predictor(path, **options)
-    from .runtime import torch_predictor
+        if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
+            log.warning("device %r / precision %r apply to checkpoints; the ONNX model %s runs "
+                        "on ONNX Runtime's CPU provider in fp32", device, precision, path.name)
+        predictor = onnx_predictor(path, **options)
+    else:
+        from .runtime import torch_predictor
 
-    return torch_predictor(path, device=device, precision=precision, **options)
+        predictor = torch_predictor(path, device=device, precision=precision, **options)
+    if options.get("tile") is not None and predictor.model.variant != "valid":
+        log.warning("tile (--tile) applies to the valid model; this %s model predicts each "
+                    "frame whole", predictor.model.variant)
+    return predictor

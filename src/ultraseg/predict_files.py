@@ -30,7 +30,7 @@ from .io.readers import Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
                       warn_outputs_left_out)
 from .postprocess import apply as apply_postprocess
-from .predict import Predictor
+from .predict import Predictor, as_predictor
 
 log = logging.getLogger(__name__)
 
@@ -333,9 +333,27 @@ class _Incomplete(Exception):
     """Raised into a submission being written when frames were skipped: it is not kept."""
 
 
-def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | Path,
-                      fmt: str = "png", overlay: bool = False, rle: str | Path | None = None,
-                      label: int | None = None, progress: Progress | None = None,
+def frames_of(frames: Sequence[Frame] | str | os.PathLike | Sequence[str | os.PathLike]
+              ) -> list[Frame]:
+    """``frames`` as :class:`Frame` s: image files or folders (a path, or several) are
+    collected by :func:`collect_frames`; anything else but frames is a user error."""
+    if isinstance(frames, (str, os.PathLike)) or (
+            isinstance(frames, (list, tuple)) and frames
+            and all(isinstance(f, (str, os.PathLike)) for f in frames)):
+        return collect_frames(frames)
+    frames = list(frames)
+    wrong = [f for f in frames if not isinstance(f, Frame)]
+    if wrong:
+        raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
+                            f"got {type(wrong[0]).__name__}")
+    return frames
+
+
+def write_predictions(predictor: Predictor | str | Path,
+                      frames: Sequence[Frame] | str | Path | Sequence[str | Path],
+                      out: str | Path, fmt: str = "png", overlay: bool = False,
+                      rle: str | Path | None = None, label: int | None = None,
+                      progress: Progress | None = None,
                       skip_unreadable: bool = False) -> PredictionSummary:
     """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size).
 
@@ -356,6 +374,7 @@ def write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | 
     """
     from .report import overlay as draw_overlay
 
+    predictor, frames = as_predictor(predictor), frames_of(frames)   # before --out is made
     if fmt not in MASK_FORMATS:
         raise UltrasegError(f"unknown mask format {fmt!r}; valid: {', '.join(MASK_FORMATS)}")
     check_label(label)                  # before the output folder is made
@@ -444,7 +463,8 @@ MEASURE_COLUMNS = ("name", "image", "width", "height", "pixel_size_mm", "n_compo
                    "hc_ref_mm", "hc_error_mm")
 
 
-def measure_frames(predictor: Predictor, frames: Sequence[Frame],
+def measure_frames(predictor: Predictor | str | Path,
+                   frames: Sequence[Frame] | str | Path | Sequence[str | Path],
                    pixel_size_mm: float | None = None, out: str | Path | None = None,
                    progress: Progress | None = None, skip_unreadable: bool = False,
                    overlay: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -469,6 +489,7 @@ def measure_frames(predictor: Predictor, frames: Sequence[Frame],
     from .preprocess import seen_region
     from .report import measure_overlay
 
+    predictor, frames = as_predictor(predictor), frames_of(frames)
     if overlay and out is None:
         raise UltrasegError("measure's overlays need an output folder (--out)")
 
