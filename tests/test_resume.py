@@ -216,7 +216,6 @@ def test_a_finished_run_whose_report_was_not_written_gets_it_on_resume(
     report.html, and --resume called it finished and wrote nothing: the only way out was to
     train again. It now writes the page and the curves from the checkpoint; and the Python
     result of a finished run has every epoch's row (it had the best epoch's history)."""
-    from ultraseg.config import RunConfig
     from ultraseg.train import train
 
     run = tmp_path / "run"
@@ -229,7 +228,7 @@ def test_a_finished_run_whose_report_was_not_written_gets_it_on_resume(
     from conftest import ultraseg_warnings
 
     with ultraseg_warnings() as warned:
-        result = train(RunConfig(), run, resume=True)
+        result = train(None, run, resume=True)
     said = " ".join(r.getMessage() for r in warned)
     assert "nothing rewritten" not in said and "its report was not written" in said
     assert result.stopped.endswith("its report written again")
@@ -298,3 +297,20 @@ def test_a_run_goes_on_elsewhere_with_the_execution_settings_given(
     assert conf["train"]["device"] == "cpu" and conf["train"]["num_threads"] == 1
     assert main(["train", "--out", str(run), "--resume", "--epochs", "3"]) == 2   # the recipe
     assert "takes no --epochs" in capsys.readouterr().err
+
+    # the Python API: a config given beside resume=True was dropped in silence, a changed
+    # learning rate with it; it must be the run's own recipe, and where it runs is taken
+    from ultraseg.errors import UltrasegError
+
+    api = tmp_path / "api"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, api, progress=stop_after_epoch_1)
+    with pytest.raises(UltrasegError, match=r"another recipe \(train.epochs, train.lr\)"):
+        train(merge(cfg, {"train": {"lr": 0.1, "epochs": 9}}), api, resume=True)
+    with pytest.raises(UltrasegError, match="train takes a RunConfig"):
+        train(None, tmp_path / "new")
+    relative = merge(cfg, {"data": {"path": os.path.relpath(data)},      # the same data
+                           "train": {"num_threads": 2}})
+    result = train(relative, api, resume=True)
+    assert result.epochs_run == 2
+    assert json.loads((api / "config.json").read_text())["train"]["num_threads"] == 2

@@ -171,7 +171,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     execution = None
     if a.resume:
         _check_resume_args(a)
-        cfg = RunConfig()  # the run's own config.json is used
+        cfg = None  # the run's own config.json is used
         execution = {key: getattr(a, dest) for dest, key in _RESUME_EXECUTION.items()
                      if getattr(a, dest, None) is not None}
     else:

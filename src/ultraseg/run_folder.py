@@ -51,9 +51,34 @@ def holds_run(out: Path) -> bool:
     return any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv"))
 
 
-def open_run(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Checkpoint | None]:
+def recipe_differences(given: RunConfig, own: RunConfig) -> list[str]:
+    """The settings (``section.key``) in which ``given`` asks for another recipe than a run's
+    ``own`` config: all but where it runs (:data:`EXECUTION`), the processes it ran on, and the
+    data's path spelt otherwise (relative, or through a link)."""
+    a, b = given.to_dict(), own.to_dict()
+    differ = []
+    for section, values in b.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            mine = a.get(section, {}).get(key)
+            if key in EXECUTION or (section, key) == ("train", "world_size"):
+                continue
+            if (section, key) == ("data", "path"):
+                same = Path(mine or "").resolve() == Path(value or "").resolve()
+            else:
+                same = mine == value
+            if not same:
+                differ.append(f"{section}.{key}")
+    return differ
+
+
+def open_run(out: Path, cfg: RunConfig | None, resume: bool
+             ) -> tuple[RunConfig, Checkpoint | None]:
     """``cfg``, or on resume the run's own config and its ``last.ckpt``; checks ``out``
-    without writing (a damaged checkpoint fails here, before the data are read)."""
+    without writing (a damaged checkpoint fails here, before the data are read). A ``cfg``
+    given on resume must ask for the run's own recipe (:func:`recipe_differences`): it was
+    dropped in silence, a changed learning rate or epoch count with it."""
     if resume:
         if not (out / "last.ckpt").is_file() or not (out / "config.json").is_file():
             raise UltrasegError("nothing to resume: no last.ckpt and config.json", out)
@@ -62,7 +87,14 @@ def open_run(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Checkp
         if missing:
             raise UltrasegError(f"holds no training state to resume from (missing {missing})",
                                 out / "last.ckpt")
-        cfg = RunConfig.load(out / "config.json")
+        own = RunConfig.load(out / "config.json")
+        differ = [] if cfg is None else recipe_differences(cfg, own)
+        if differ:
+            raise UltrasegError(f"resuming continues the run with its own config.json; the "
+                                f"config given asks for another recipe ({', '.join(differ)}): "
+                                f"a changed recipe is a new run in another folder (pass no "
+                                f"config, or the run's own, to resume)", out)
+        cfg = own
         want = cfg.model
         if want.presence_head == "auto":    # decided when the run started; last.ckpt says how
             want = replace(want, presence_head=last.model.presence_head,
@@ -77,6 +109,8 @@ def open_run(out: Path, cfg: RunConfig, resume: bool) -> tuple[RunConfig, Checkp
     if holds_run(out):
         raise UltrasegError("already holds a training run; use --resume to continue it, or "
                             "choose another --out", out)
+    if cfg is None:
+        raise UltrasegError("a new run needs a RunConfig (only a resumed run takes its own)")
     return cfg, None
 
 

@@ -45,8 +45,9 @@ from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise
-from .run_folder import (REFUSED_RUN_FILES, mark_run_folder, open_run, remove_refused_run,
-                         remove_temporaries, run_log, with_execution, write_run_config)
+from .run_folder import (EXECUTION, REFUSED_RUN_FILES, mark_run_folder, open_run,
+                         remove_refused_run, remove_temporaries, run_log, with_execution,
+                         write_run_config)
 from .runtime import (autocast, cpu_has_avx512, resolve_device, resolve_precision, threads,
                       torch_runner)
 
@@ -421,14 +422,15 @@ def _rebuild_report(out: Path, result: TrainResult) -> None:
                       history=result.history, best_epoch=result.best_epoch)
 
 
-def train(cfg: RunConfig, out: str | Path, resume: bool = False,
+def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
           progress: Progress | None = None, execution: Mapping[str, Any] | None = None
           ) -> TrainResult:
     """Train a U-Net as ``cfg`` says and write the run folder ``out`` (its files:
     :data:`ultraseg.run_folder.RUN_FILES`).
 
-    ``resume=True`` continues the run in ``out`` from its ``last.ckpt`` with its own config;
-    ``execution`` (``{"device": "cpu", "num_threads": 2}``; the keys of
+    ``resume=True`` continues the run in ``out`` from its ``last.ckpt`` with its own config
+    (``cfg`` None, or the run's own recipe: another is refused; where it runs is taken from
+    it); ``execution`` (``{"device": "cpu", "num_threads": 2}``; the keys of
     :data:`ultraseg.run_folder.EXECUTION`) replaces where it runs, not what it learns, and is
     recorded in its config.json: a run trained on a GPU goes on on a CPU.
     ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage", ...} for a CLI to show.
@@ -440,13 +442,19 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False,
     global batch, ``cfg.train.world_size`` is recorded, and ranks > 0 write nothing and return
     a result with ``is_main=False``.
     """
-    if not isinstance(cfg, RunConfig):
+    if not isinstance(cfg, RunConfig) and not (cfg is None and resume):
         raise UltrasegError(f"train takes a RunConfig (ultraseg.preset(NAME), changed with "
                             f"ultraseg.merge, or RunConfig.from_dict), got {type(cfg).__name__}")
     out = Path(out)
     t0 = time.monotonic()
+    given = cfg
     cfg, last = open_run(out, cfg, resume)
     own = cfg
+    if resume and given is not None:    # where it runs: the given config's, where it differs
+        execution = {**{key: getattr(getattr(given, section), key)
+                        for key, section in EXECUTION.items()
+                        if getattr(getattr(given, section), key)
+                        != getattr(getattr(own, section), key)}, **(execution or {})}
     if execution:
         cfg = with_execution(cfg, execution)
     check_config(cfg)
