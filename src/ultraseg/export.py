@@ -76,6 +76,10 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     ``opset``: ONNX opset (default: the exporter's). ``tile``: valid model only, output tile
     side of the fixed-size graph (default: :func:`export_tile`). ``verify``: run the exported
     graph on ONNX Runtime once and check it matches PyTorch (max difference 1e-4).
+
+    The exporter prints its progress on stdout, which is silenced while it runs; stdout is the
+    process's, so another thread's output in those seconds is silenced too (export before
+    starting such threads, or in a process of its own).
     """
     import torch
 
