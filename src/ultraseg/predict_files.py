@@ -25,10 +25,11 @@ from PIL import Image
 
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
-from .io import IMAGE_EXTENSIONS, Sample, scan_dataset, select_label
+from .io import (IMAGE_EXTENSIONS, Sample, scan_dataset, select_label,
+                 with_header_pixel_size)
 from .io.readers import Unpaired, subfolders
-from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
-                      warn_outputs_left_out)
+from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, is_image_file,
+                      mark_output_folder, warn_outputs_left_out)
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor, as_predictor
 
@@ -92,11 +93,11 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
         if not path.exists():
             raise DataError("no such file or folder", path)
         if path.is_file():
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if not is_image_file(path):
                 raise DataError("not an image file; supported: " + ", ".join(IMAGE_EXTENSIONS),
                                 path)
-            found.append((Sample(path.stem, path), None, PurePosixPath(path.stem),
-                          path.resolve().parent.name))
+            found.append((with_header_pixel_size(Sample(path.stem, path)), None,
+                          PurePosixPath(path.stem), path.resolve().parent.name))
             continue
         if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):
             raise UltrasegError("the output folder (--out) is this input folder or holds it: "

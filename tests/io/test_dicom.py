@@ -143,3 +143,95 @@ def test_measure_gives_mm_from_the_header_without_a_pixel_size(tmp_path, capsys)
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert row["pixel_size_mm"] == pytest.approx(0.5)
     assert row["area_mm2"] == pytest.approx(30 * 40 * 0.25)       # threshold 0: the frame
+
+
+def test_one_frame_given_as_a_file_keeps_its_header_pixel_size(tmp_path) -> None:
+    """measure MODEL frame.dcm gave px where the same file in a folder gave mm."""
+    from ultraseg import collect_frames
+
+    p = make_dicom(tmp_path / "a.dcm", _scan(), regions=[_region(0.05, 0.05)])
+    (frame,) = collect_frames(p)
+    assert frame.sample.meta["pixel_size_mm"] == pytest.approx(0.5)
+
+
+def test_files_without_an_ending_are_read_by_their_marker(tmp_path) -> None:
+    """A scanner's export media names its frames IM000001, without an ending: a folder of
+    them was 'empty', and beside a PNG they were left out without a word."""
+    scan = _scan()
+    make_dicom(tmp_path / "media" / "IM000001", scan, regions=[_region(0.05, 0.05)])
+    make_dicom(tmp_path / "media" / "DICOMDIR", scan)      # the media's index: no frame
+    (tmp_path / "media" / "README").write_text("not an image")
+    ds, problems = scan_dataset(tmp_path / "media")
+    assert problems == [] and [s.name for s in ds.samples] == ["IM000001"]
+    np.testing.assert_array_equal(ds.samples[0].load_image(), scan)
+    assert ds.samples[0].meta["pixel_size_mm"] == pytest.approx(0.5)
+
+
+def test_a_palette_frame_is_read_through_its_colour_table(tmp_path) -> None:
+    """PALETTE COLOR frames were read as their indices, not their colours."""
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut, pixel_array
+
+    path = get_testdata_file("examples_palette.dcm")
+    if path is None:
+        pytest.skip("pydicom's palette example is not installed")
+    rgb = apply_color_lut(pixel_array(path), pydicom.dcmread(path)).astype(np.float64)
+    want = to_uint8(np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint16))
+    assert np.abs(read_image(Path(path)).astype(int) - want).max() <= 1
+
+
+def test_a_damaged_header_or_pixel_data_is_one_line_for_its_file(tmp_path) -> None:
+    """An empty PixelSpacing (an anonymiser's) stopped a whole folder as an internal error; a
+    NumberOfFrames that is no number too; undecodable pixels said 'transfer syntax ?' over
+    several lines with a plugin's traceback."""
+    scan = _scan()
+    p = make_dicom(tmp_path / "d" / "a.dcm", scan, spacing=(0.2, 0.2))
+    ds = pydicom.dcmread(p)
+    ds["PixelSpacing"].value = None
+    ds.save_as(p)
+    found, problems = scan_dataset(tmp_path / "d")
+    assert problems == [] and "pixel_size_mm" not in found.samples[0].meta
+    ds.PixelSpacing = "0.2"                               # one value where two belong
+    ds.save_as(p)
+    with ultraseg_warnings() as warned:
+        assert dicom_pixel_size_mm(p) is None
+        found, problems = scan_dataset(tmp_path / "d")
+    assert problems == [] and "pixel_size_mm" not in found.samples[0].meta
+    assert any("pixel size cannot be read" in r.getMessage() for r in warned)
+    from pydicom.data import get_testdata_file
+
+    bad = get_testdata_file("badVR.dcm")                 # pydicom's: NumberOfFrames '1A'
+    if bad is not None:
+        with pytest.raises(DataError, match="NumberOfFrames is no number"):
+            read_image(Path(bad))
+    short = make_dicom(tmp_path / "short.dcm", scan)
+    ds = pydicom.dcmread(short)
+    ds.PixelData = ds.PixelData[:-100]
+    ds.save_as(short)
+    with pytest.raises(DataError, match=r"cannot decode its pixels \(Explicit VR Little Endian: "
+                                        r"The number of bytes") as e:
+        read_image(short)
+    assert "\n" not in str(e.value) and "short.dcm" in str(e.value)
+
+
+def test_without_pydicom_each_file_is_named(tmp_path, monkeypatch) -> None:
+    import sys
+
+    p = make_dicom(tmp_path / "a.dcm", _scan())
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(DataError, match="needs pydicom 3") as e:
+        read_image(p)
+    assert "a.dcm" in str(e.value)
+
+
+def test_signed_inverted_and_wide_colour_frames_follow_the_one_rule(tmp_path) -> None:
+    scan = _scan()
+    wide = scan.astype(np.int16) * 8 - 1000              # signed, 12 bits of range
+    ds_path = make_dicom(tmp_path / "s.dcm", (-wide).astype(np.int16).view(np.uint16),
+                         photometric="MONOCHROME1", bits_stored=16)
+    ds = pydicom.dcmread(ds_path)
+    ds.PixelRepresentation = 1
+    ds.save_as(ds_path)
+    np.testing.assert_array_equal(read_image(ds_path), to_uint8(wide))
+    rgb16 = np.stack([scan.astype(np.uint16)] * 3, axis=-1)    # 16-bit colour: stretched as grey
+    assert read_image(make_dicom(tmp_path / "c.dcm", rgb16, photometric="RGB")).max() == 255

@@ -124,7 +124,7 @@ def scan_dataset(path: str | Path, layout: str = "auto",
         samples, problems = reader.scan(root)
     except PermissionError as e:
         raise DataError("cannot read folder: permission denied", e.filename or root) from e
-    samples = [_with_dicom_pixel_size(s) for s in samples]
+    samples = [with_header_pixel_size(s) for s in samples]
     if layout != "auto" and not samples:
         problems = _forced_layout_problems(root, name, problems)
     if layout == "auto" and name == ImagesReader.name:
@@ -137,9 +137,10 @@ def scan_dataset(path: str | Path, layout: str = "auto",
     return Dataset(root, name, tuple(samples)), problems
 
 
-def _with_dicom_pixel_size(sample: Sample) -> Sample:
-    """A DICOM frame's pixel size from its header, where its layout gave none (a table's
-    wins); a header that cannot be read gives none here (reading the frame says why)."""
+def with_header_pixel_size(sample: Sample) -> Sample:
+    """``sample``, a DICOM frame's given its header's pixel size where its layout gave none (a
+    table's wins); a header that cannot be read gives none here (reading the frame says
+    why)."""
     if not is_dicom(sample.image_path) or "pixel_size_mm" in sample.meta:
         return sample
     try:
@@ -193,4 +194,5 @@ def open_dataset(path: str | Path, layout: str = "auto",
 __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS",
            "Reader", "Sample", "dicom_pixel_size_mm", "read_dicom",
            "classify_mask_values", "detect_layout", "get_reader", "open_dataset", "read_image",
-           "nested_datasets", "read_mask", "register", "scan_dataset", "select_label"]
+           "nested_datasets", "read_mask", "register", "scan_dataset", "select_label",
+           "with_header_pixel_size"]

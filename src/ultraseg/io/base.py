@@ -106,12 +106,14 @@ def _open(path: Path) -> Image.Image:
         rawmodes = [str(tile[3]) for tile in (im.tile or []) if len(tile) > 3]
         if im.mode in ("RGB", "RGBA", "LA") and any(";16" in r for r in rawmodes):
             # Pillow keeps only each channel's high byte: a 12-bit scan would read as 0..15
+            im.close()
             raise DataError(f"a 16-bit colour image ({im.mode}, 16 bits a channel), which Pillow "
                             "reads only to its high bytes: save it as 16-bit grayscale or as "
                             "8-bit", path)
         im.load()  # decode now: truncated files fail here, not later
         pages = getattr(im, "n_frames", 1)
         if pages > 1 and im.format != "MPO":   # (a phone's MPO JPEG: its first is the photo)
+            im.close()
             raise DataError(f"holds {pages} pages (a cine loop or a stack?): ultraseg reads "
                             "one frame per file; save each page as its own file", path)
         return im
@@ -435,7 +437,8 @@ def is_image_file(p: Path) -> bool:
     """An image file by its name (not hidden), or a link to one whose target is missing: kept,
     so that reading it says so, rather than dropped in silence."""
     return ((p.is_file() or (p.is_symlink() and not p.exists()))
-            and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+            and (p.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(p))
+            and not p.name.startswith("."))
 
 
 #: Folders no dataset lives in: macOS's archive metadata (its ``._NAME`` files are no images).

@@ -18,10 +18,12 @@ loop (several frames) is refused, as a multi-page TIFF is; so is a DICOM file gi
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -38,25 +40,63 @@ _SQUARE = 1e-3            # relative difference under which two spacings are one
 
 
 def is_dicom(path: Path) -> bool:
-    """Whether ``path`` is read as DICOM (by its ending)."""
-    return path.suffix.lower() in DICOM_EXTENSIONS
+    """Whether ``path`` is read as DICOM: by its ending, or, without one (the ``IM000001`` of
+    a scanner's export media), by the ``DICM`` marker after its 128-byte preamble
+    (``DICOMDIR``, the media's index, holds no image)."""
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        return True
+    if path.suffix or path.name.upper() == "DICOMDIR" or path.name.startswith("."):
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
-def _pydicom() -> Any:
+def _pydicom(path: Path) -> Any:
     try:
         import pydicom
         import pydicom.pixels  # noqa: F401  (pydicom >= 3)
     except ImportError as e:
         raise DataError("reading DICOM needs pydicom 3 or later: pip install 'ultraseg[dicom]' "
-                        "(or pip install pydicom)") from e
+                        "(or pip install pydicom)", path) from e
     return pydicom
+
+
+class _Quiet(logging.Filter):
+    """Keeps pydicom's own log records (a decoder plugin's traceback) off the caller's
+    handlers while ultraseg decodes: its failure becomes one DataError line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    logger, quiet = logging.getLogger("pydicom"), _Quiet()
+    logger.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+#: Decoder plugins pydicom needs, by the transfer syntax's name: what to install.
+_PLUGINS = {"JPEG-LS": "pylibjpeg pylibjpeg-libjpeg", "JPEG 2000": "pylibjpeg pylibjpeg-openjpeg",
+            "JPEG Lossless": "pylibjpeg pylibjpeg-libjpeg",
+            "JPEG Extended": "pylibjpeg pylibjpeg-libjpeg"}
 
 
 def _read(path: Path, pixels: bool) -> Any:
     """The dataset of ``path`` (without its pixel data unless ``pixels``), or a DataError."""
-    pydicom = _pydicom()
+    pydicom = _pydicom(path)
     try:
-        return pydicom.dcmread(path, stop_before_pixels=not pixels)
+        with _quiet_pydicom():
+            return pydicom.dcmread(path, stop_before_pixels=not pixels)
     except pydicom.errors.InvalidDicomError as e:
         raise DataError("not a DICOM file pydicom can read (no DICM preamble)", path) from e
     except FileNotFoundError as e:
@@ -73,31 +113,68 @@ def read_dicom(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     ds = _read(path, pixels=True)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        with _quiet_pydicom():
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"its NumberOfFrames is no number ({ds.get('NumberOfFrames')!r})",
+                        path) from e
     if frames > 1:
         raise DataError(f"holds {frames} frames (a cine loop?): ultraseg reads one frame per "
                         "file; export each frame as its own file", path)
     if "PixelData" not in ds:
         raise DataError("holds no image (no Pixel Data: a report or a structured document?)",
                         path)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    pydicom = _pydicom(path)
     try:
-        arr = _pydicom().pixels.pixel_array(ds)    # YCbCr comes back as RGB
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError) as e:
-        syntax = ds.file_meta.get("TransferSyntaxUID", "?") if "file_meta" in ds else "?"
-        raise DataError(f"cannot decode its pixels (transfer syntax {syntax}: {e}); a "
-                        "compressed syntax may need pydicom's decoder plugins, such as "
-                        "pylibjpeg", path) from e
-    if arr.ndim == 3:                               # colour: luma, as Pillow's convert('L')
-        rgb = arr[..., :3].astype(np.float64)
-        arr = rgb @ np.array([0.299, 0.587, 0.114])
-        arr = np.round(arr).astype(np.uint8 if rgb.max() <= 255 else np.uint16)
+        with _quiet_pydicom():
+            arr = pydicom.pixels.pixel_array(ds)    # YCbCr comes back as RGB
+            if photometric == "PALETTE COLOR":      # indices into the header's colour table
+                arr = pydicom.pixels.apply_color_lut(arr, ds)
+    except Exception as e:      # pydicom's decoders raise what their libraries raise
+        raise DataError(_undecodable(ds, e), path) from e
+    if arr.ndim == 3:       # colour: luma (ITU-R 601, as Pillow's convert('L')), in its dtype
+        luma = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        arr = np.round(luma).astype(arr.dtype)
     elif arr.ndim != 2:
         raise DataError(f"pixel data of shape {arr.shape} is no 2D frame", path)
-    if photometric == "MONOCHROME1" and arr.dtype.kind == "u":   # low values bright: inverted
-        top = 2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1
-        arr = (top - arr.astype(np.int64)).clip(0, top).astype(arr.dtype)
+    if photometric == "MONOCHROME1":                # low values bright: inverted
+        if arr.dtype.kind == "u":
+            top = 2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1
+            arr = (top - arr.astype(np.int64)).clip(0, top).astype(arr.dtype)
+        else:                                       # signed: about its own range
+            arr = (int(arr.max()) + int(arr.min()) - arr.astype(np.int64))
     return to_uint8(arr)
+
+
+def _undecodable(ds: Any, error: Exception) -> str:
+    """One line on pixels pydicom could not decode, with what to install where a decoder
+    plugin is missing for a compressed transfer syntax."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+    reason = " ".join(str(error).split())[:160]
+    if syntax is not None and getattr(syntax, "is_compressed", False):
+        plugin = next((v for k, v in _PLUGINS.items() if k in name), None)
+        if plugin and ("dependenc" in reason.lower() or "plugin" in reason.lower()):
+            return (f"cannot decode its pixels ({name}): pydicom needs a decoder plugin for "
+                    f"it: pip install {plugin}")
+    return f"cannot decode its pixels ({name}: {reason})"
+
+
+def _header_sizes(ds: Any) -> list[tuple[float, float]]:
+    """(x, y) pixel sizes in mm the header gives: its 2D ultrasound regions' in cm, else
+    PixelSpacing's (row spacing, column spacing)."""
+    regions = [r for r in ds.get("SequenceOfUltrasoundRegions", None) or []
+               if r.get("RegionSpatialFormat") == _TISSUE_2D
+               and r.get("PhysicalUnitsXDirection") == _CM
+               and r.get("PhysicalUnitsYDirection") == _CM]
+    sizes = [(float(r.PhysicalDeltaX) * 10, float(r.PhysicalDeltaY) * 10) for r in regions]
+    if not sizes and ds.get("PixelSpacing", None) is not None:
+        row, col = (float(v) for v in ds.PixelSpacing)
+        sizes = [(col, row)]
+    return sizes
 
 
 def dicom_pixel_size_mm(path: str | Path) -> float | None:
@@ -105,15 +182,13 @@ def dicom_pixel_size_mm(path: str | Path) -> float | None:
     None where it gives none, or none that is square and one."""
     path = Path(path)
     ds = _read(path, pixels=False)
-    regions = [r for r in ds.get("SequenceOfUltrasoundRegions", [])
-               if r.get("RegionSpatialFormat") == _TISSUE_2D
-               and r.get("PhysicalUnitsXDirection") == _CM
-               and r.get("PhysicalUnitsYDirection") == _CM]
-    sizes = [(float(r.get("PhysicalDeltaX", 0)) * 10, float(r.get("PhysicalDeltaY", 0)) * 10)
-             for r in regions]
-    if not sizes and "PixelSpacing" in ds:          # (row spacing, column spacing), mm
-        row, col = (float(v) for v in ds.PixelSpacing)
-        sizes = [(col, row)]
+    try:
+        with _quiet_pydicom():
+            sizes = _header_sizes(ds)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # an empty or odd element
+        log.warning("%s: its header's pixel size cannot be read (%s): none taken "
+                    "(--pixel-size gives one)", path, " ".join(str(e).split())[:120])
+        return None
     if not sizes:
         return None
     x, y = sizes[0]

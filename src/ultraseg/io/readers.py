@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..errors import DataError
-from .base import (IMAGE_EXTENSIONS, OUTPUT_MARKER, Reader, Sample, in_output_folder,
+from .base import (OUTPUT_MARKER, Reader, Sample, in_output_folder,
                    is_image_file, list_images, natural_key, walk_files, warn_outputs_left_out)
 
 log = logging.getLogger(__name__)
@@ -434,7 +434,7 @@ class ImagesReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in walk_files(root) if p.is_file())
+        return any(is_image_file(p) for p in walk_files(root))
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         marked: dict[Path, bool] = {}
