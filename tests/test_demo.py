@@ -43,6 +43,7 @@ def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatc
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
     page = (out / "report.html").read_text()
     assert "unseen phantom" in page
+    assert "hd95_median (px)" in page                          # its unit said
     # the report shows the config the run recorded (data.path absolute, not as given)
     recorded = json.loads((out / "config.json").read_text())["data"]["path"]
     assert recorded.startswith("/") and f'"path": {json.dumps(recorded)}' in page
