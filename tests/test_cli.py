@@ -221,3 +221,34 @@ def test_a_name_that_is_no_utf8_prints_on_a_strict_utf8_stdout(tmp_path) -> None
                           capture_output=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert b"dataset     " + os.fsencode(data) in proc.stdout     # the bytes it was
+
+
+@pytest.mark.parametrize("args", [["phantom", ""], ["inspect", " "],
+                                  ["predict", "m.ckpt", "in", "--out", ""],
+                                  ["train", "data", "--out", ""], ["demo", "--out", ""]])
+def test_an_empty_path_is_refused_not_taken_as_the_current_folder(args, capsys) -> None:
+    """`ultraseg phantom "$OUT"` with OUT unset wrote the phantom set into the current
+    folder."""
+    from ultraseg.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "an empty path" in capsys.readouterr().err
+
+
+def test_verbose_counts_before_and_after_the_command(tmp_path, monkeypatch) -> None:
+    """-v -v CMD -v gave verbosity 1: the command's own -v count replaced the one before."""
+    import logging
+
+    from ultraseg.cli import main
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=2, size=32, seed=0)
+    levels: list[int] = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    for args, level in ((["-v", "-v", "inspect", str(data), "-v"], logging.DEBUG),
+                        (["-v", "inspect", str(data)], logging.INFO),
+                        (["inspect", str(data), "-v"], logging.INFO),
+                        (["inspect", str(data)], logging.WARNING)):
+        assert main(args) == 0
+        assert levels[-1] == level, args

@@ -65,6 +65,14 @@ def keep_freed_memory() -> bool:
     return ok
 
 
+def path_arg(value: str) -> str:
+    """An argument naming a file or folder: an empty one (an unset shell variable, ``$OUT``)
+    is refused rather than taken as the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?)")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # usage errors: one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -127,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="validate and summarise a dataset",
                        description="Decode every sample, report every problem and a summary.")
-    p.add_argument("data", help="dataset folder")
+    p.add_argument("data", type=path_arg, help="dataset folder")
     _layout_args(p, label="check and summarise label K of a label mask (default: any non-zero "
                           "label)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object, of the "
@@ -137,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantom", help="write synthetic ultrasound frames (folders layout)",
                        description="Synthetic B-mode frames with hypoechoic structures and masks.")
-    p.add_argument("out", help="output folder (created; must not already hold images)")
+    p.add_argument("out", type=path_arg,
+                   help="output folder (created; must not already hold images)")
     p.add_argument("--n", type=int, default=200, help="number of frames (default 200)")
     p.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0)
@@ -148,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_run.add_commands(sub, _layout_args)
     for command in sub.choices.values():    # also after the command, where users type them
         g = command.add_argument_group("output")
+        # (its own count: a command's flags are parsed apart and would replace the count
+        # given before the command, -v -v CMD -v giving 1)
         g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                       help="more log output (also before the command)")
+                       dest="verbose_after", help="more log output (also before the command)")
         g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks of internal errors")
     return parser
@@ -169,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(a, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    a.verbose += getattr(a, "verbose_after", 0)
     level = logging.WARNING - 10 * min(a.verbose, 2)
     if a.command == "train" and _rank_prefix() and not a.verbose \
             and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .config import postprocess_problem
+from .cli import path_arg
 from .errors import UltrasegError
 from .fileio import json_text
 
@@ -212,15 +213,16 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
         "predict", help="segment images: one mask per image at its original size",
         description="Write OUT/STEM_mask.png (0/255, the image's width and height) for every "
                     "image of the inputs; optional overlays and a Kaggle submission CSV.")
-    p.add_argument("model", help="a checkpoint (best.ckpt) or an exported .onnx file")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("model", type=path_arg,
+                   help="a checkpoint (best.ckpt) or an exported .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", type=path_arg,
                    help="image files or folders (any dataset layout, labelled or not)")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--out", required=True, type=path_arg, help="output folder (created)")
     p.add_argument("--format", default="png", choices=["png", "tif"], help="mask file format")
     p.add_argument("--overlay", action="store_true",
                    help="also write STEM_overlay.png: predicted outline orange, ground truth "
                    "blue (a labelled dataset's), white where they meet")
-    p.add_argument("--rle", metavar="FILE.csv",
+    p.add_argument("--rle", metavar="FILE.csv", type=path_arg,
                    help="write a Kaggle submission (img,pixels; run-length encoded masks); "
                         "of a Kaggle root with train/ and test/, only the test frames")
     model_args(p)
@@ -233,8 +235,9 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
         "export", help="export a checkpoint to ONNX (runs without PyTorch)",
         description="Write an ONNX model (input 'image' (N, 1, H, W) float32, output "
                     "probabilities) that carries the checkpoint's metadata.")
-    p.add_argument("checkpoint", help="a checkpoint (best.ckpt)")
-    p.add_argument("--onnx", required=True, metavar="FILE.onnx", help="the file to write")
+    p.add_argument("checkpoint", type=path_arg, help="a checkpoint (best.ckpt)")
+    p.add_argument("--onnx", required=True, metavar="FILE.onnx", type=path_arg,
+                   help="the file to write")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset written, or an error "
                    "(default: the exporter's)")
     p.add_argument("--tile", type=int, metavar="N",
@@ -246,9 +249,10 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
         description="Segment each image and measure its object: area, perimeter and "
                     "fitted-ellipse circumference, in mm where the pixel size is known, with "
                     "the error against reference circumferences where the dataset has them.")
-    p.add_argument("model", help="a checkpoint (best.ckpt) or an exported .onnx file")
-    p.add_argument("data", help="a dataset folder (e.g. HC18) or one image file")
-    p.add_argument("--out", help="folder for measurements.csv")
+    p.add_argument("model", type=path_arg,
+                   help="a checkpoint (best.ckpt) or an exported .onnx file")
+    p.add_argument("data", type=path_arg, help="a dataset folder (e.g. HC18) or one image file")
+    p.add_argument("--out", type=path_arg, help="folder for measurements.csv")
     p.add_argument("--overlay", action="store_true",
                    help="with --out: also write STEM_measure.png, the frame with the object's "
                         "outline (orange) and the ellipse measured on it (bluish green)")

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
                      merge, parse_duration, preset)
+from .cli import path_arg
 from .errors import UltrasegError
 from .fileio import json_text
 
@@ -196,11 +197,12 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
-    p.add_argument("data", nargs="?", help="dataset folder")
-    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("data", nargs="?", type=path_arg, help="dataset folder")
+    p.add_argument("--out", required=True, type=path_arg, help="run folder to write")
     p.add_argument("--preset", help="recipe: seed, cpu, demo (default: cpu without a GPU, "
                    "seed with one)")
-    p.add_argument("--config", help="JSON config file (sections data/preprocess/model/train)")
+    p.add_argument("--config", type=path_arg,
+                   help="JSON config file (sections data/preprocess/model/train)")
     p.add_argument("--model", choices=choices(ModelConfig, "variant"), help="U-Net variant")
     p.add_argument("--width", type=int, help="channels of the first block (64 in the paper)")
     p.add_argument("--depth", type=int, help="number of poolings (4 in the paper)")
@@ -324,15 +326,16 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
 
     p = sub.add_parser("evaluate", help="per-image metrics of a checkpoint on a labelled dataset",
                        description="Dice, IoU, precision, recall, HD95 per image at original size.")
-    p.add_argument("model", metavar="checkpoint", help="best.ckpt of a run, or an exported "
-                   ".onnx")
-    p.add_argument("data", help="labelled dataset folder")
+    p.add_argument("model", metavar="checkpoint", type=path_arg,
+                   help="best.ckpt of a run, or an exported .onnx")
+    p.add_argument("data", type=path_arg, help="labelled dataset folder")
     layout_args(p, label="score against label K of a label mask (default: the label the "
                          "checkpoint was trained on)")
-    p.add_argument("--split", help="a run's split.json: evaluate only one side of it")
+    p.add_argument("--split", type=path_arg,
+                   help="a run's split.json: evaluate only one side of it")
     p.add_argument("--subset", choices=["train", "val", "test"],
                    help="which side of --split to evaluate (default val; needs --split)")
-    p.add_argument("--out", help="folder for per_image.csv and summary.json")
+    p.add_argument("--out", type=path_arg, help="folder for per_image.csv and summary.json")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     model_args(p)
     postprocess_args(p)
@@ -341,7 +344,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p = sub.add_parser("demo", help="phantom data -> train -> evaluate -> report, in minutes",
                        description="On a fresh machine with no data: make phantom frames, train "
                                    "a small U-Net, evaluate it on unseen phantom frames.")
-    p.add_argument("--out", default="ultraseg-demo", help="run folder (default ./ultraseg-demo)")
+    p.add_argument("--out", default="ultraseg-demo", type=path_arg,
+                   help="run folder (default ./ultraseg-demo)")
     p.add_argument("--minutes", type=float, default=2.5,
                    help="cap on training time (2.5; the demo's 12 epochs usually end it first)")
     p.set_defaults(func=_cmd_demo)
