@@ -65,14 +65,16 @@ def read_inputs(run: Path, evaluation: Path) -> tuple[dict, dict[str, dict[str, 
     try:
         split = json.loads((run / "split.json").read_text())
         with open(evaluation / "per_image.csv", newline="") as f:
-            rows = {r["name"]: r for r in csv.DictReader(f)}
+            table = csv.DictReader(f)
+            if not {"name", "dice", "truth_empty", "pred_empty"} <= set(table.fieldnames or ()):
+                sys.exit(f"error: {evaluation}/per_image.csv is not ultraseg evaluate's "
+                         f"per-image table")
+            rows = {r["name"]: r for r in table}
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     if not all(isinstance(split, dict) and isinstance(split.get(k), list)
                for k in ("train", "val", "test")):
         sys.exit(f"error: {run}/split.json is not a run's split (train, val, test lists)")
-    if rows and not {"name", "dice", "truth_empty", "pred_empty"} <= set(next(iter(rows.values()))):
-        sys.exit(f"error: {evaluation}/per_image.csv is not ultraseg evaluate's per-image table")
     return split, rows
 
 

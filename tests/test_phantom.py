@@ -149,6 +149,13 @@ def test_dataset_refuses_bad_requests(tmp_path):
     with pytest.raises(UltrasegError, match="already holds images .first: .*a1.png"):
         make_dataset(tmp_path / "scans", n=1, size=32)
     assert [p.name for p in (tmp_path / "scans").rglob("*")] == ["patientA", "a1.png"]
+    # images in a folder ultraseg wrote (a run's figures) are none of the user's
+    from ultraseg.io.base import OUTPUT_MARKER
+
+    (tmp_path / "runs" / "run1").mkdir(parents=True)
+    (tmp_path / "runs" / "run1" / OUTPUT_MARKER).write_text("train")
+    (tmp_path / "scans" / "patientA" / "a1.png").rename(tmp_path / "runs" / "run1" / "curve.png")
+    make_dataset(tmp_path / "runs", n=1, size=32)
     # images/ that is a file: refused before anything is written, not inside the staging
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "images").write_text("x")

@@ -98,6 +98,20 @@ def test_a_file_given_twice_is_predicted_once_under_its_own_name(tmp_path):
     assert any("given more than once" in r.getMessage() for r in warned)
 
 
+def test_two_names_linked_to_one_stored_file_are_two_frames(tmp_path):
+    """A download cache links frame_001.png and frame_002.png to one blob: keyed on the
+    resolved file, the second was dropped as 'given more than once', its mask and its
+    submission row with it."""
+    blob = save(tmp_path / "blobs" / "3f2a9c.png", ramp(4, 4))
+    (tmp_path / "snap").mkdir()
+    for name in ("frame_001.png", "frame_002.png"):
+        (tmp_path / "snap" / name).symlink_to(blob)
+    save(tmp_path / "snap" / "frame_003.png", ramp(4, 4, 1))
+    hidden = save(tmp_path / "other" / ".scan.png", ramp(4, 4))     # named itself: read
+    frames = collect_frames([tmp_path / "snap", hidden])
+    assert [f.out_name for f in frames] == ["frame_001", "frame_002", "frame_003", ".scan"]
+
+
 def test_collect_frames_uses_a_labelled_dataset_and_its_masks(tmp_path):
     root = tmp_path / "ds"
     save(root / "images" / "1_1.png", ramp(9, 11))

@@ -34,7 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .errors import UltrasegError
-from .io.base import is_image_file, walk_files
+from .io.base import in_output_folder, is_image_file, walk_files
 
 __all__ = ["make_frame", "make_dataset", "FRAMES_PER_SUBJECT"]
 
@@ -455,7 +455,9 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
                 "already contains files; refusing to overwrite: choose a new or empty folder",
                 folder)
     # at any depth (patient folders): the folders layout would leave them unread
-    theirs = [p for p in walk_files(out) if is_image_file(p)] if out.is_dir() else []
+    marked: dict[Path, bool] = {}     # (ultraseg's own output folders hold none of theirs)
+    theirs = [p for p in walk_files(out) if is_image_file(p)
+              and not in_output_folder(p, out, marked)] if out.is_dir() else []
     if theirs:
         raise UltrasegError(f"already holds images (first: {theirs[0]}); the phantom set would "
                             "hide them: choose a new or empty folder", out)

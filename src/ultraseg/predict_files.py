@@ -28,8 +28,9 @@ from .fileio import atomic_write_bytes, atomic_write_text
 from .io import (IMAGE_EXTENSIONS, Sample, scan_dataset, select_label,
                  with_header_pixel_size)
 from .io.readers import Unpaired, subfolders
-from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, is_image_file,
-                      mark_output_folder, warn_outputs_left_out)
+from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
+                      warn_outputs_left_out)
+from .io.dicom import is_dicom
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor, as_predictor
 
@@ -92,8 +93,8 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
         path = Path(given)
         if not path.exists():
             raise DataError("no such file or folder", path)
-        if path.is_file():
-            if not is_image_file(path):
+        if path.is_file():      # (named itself: a hidden name is the user's choice)
+            if path.suffix.lower() not in IMAGE_EXTENSIONS and not is_dicom(path):
                 raise DataError("not an image file; supported: " + ", ".join(IMAGE_EXTENSIONS),
                                 path)
             found.append((with_header_pixel_size(Sample(path.stem, path)), None,
@@ -165,11 +166,14 @@ def _is_within(path: Path, folder: Path) -> bool:
 def _once_each(found: list[tuple[Sample, Path | None, PurePosixPath, str]]
                ) -> list[tuple[Sample, Path | None, PurePosixPath, str]]:
     """The frames, each file once: a file named twice (a folder and a file in it, or nested
-    folders) was predicted twice under two made-up names. Its first mention is kept."""
-    seen: set[Path] = set()
+    folders) was predicted twice under two made-up names. Its first mention is kept. A file
+    is its real folder and its own name: two names linked to one stored file (a download
+    cache's blobs) stay two frames."""
+    seen: set[tuple[str, str]] = set()
     kept = []
     for item in found:
-        key = item[0].image_path.resolve()
+        path = item[0].image_path
+        key = (os.path.realpath(path.parent), path.name)
         if key not in seen:
             seen.add(key)
             kept.append(item)

@@ -828,3 +828,29 @@ def test_a_dataset_one_folder_down_is_pointed_at(tmp_path) -> None:
     with ultraseg_warnings() as warned:                     # a plain folder of scans: no word
         scan_dataset(make_images(tmp_path / "scans"))
     assert not any("point at it" in r.getMessage() for r in warned)
+
+
+def test_a_link_to_a_folder_read_already_keeps_the_frames_real_names(tmp_path) -> None:
+    """scans/latest -> 2024-06 named 2024-06's frames latest/f0 or 2024-06/f0 by the order
+    the folder listed them: adding a convenience link renamed the frames and their outputs."""
+    for month in ("2024-05", "2024-06"):
+        for i in (0, 1):
+            _save(tmp_path / "scans" / month / f"f{i}.png", _frame(seed=i))
+    for name in ("latest", "0-newest"):             # before and after the real one by name
+        (tmp_path / "scans" / name).symlink_to(tmp_path / "scans" / "2024-06",
+                                               target_is_directory=True)
+    ds, problems = scan_dataset(tmp_path / "scans", "images")
+    assert problems == [] and [s.name for s in ds.samples] == [
+        "2024-05/f0", "2024-05/f1", "2024-06/f0", "2024-06/f1"]
+
+
+def test_the_hint_to_a_dataset_one_folder_down_leaves_ultraseg_outputs_alone(tmp_path) -> None:
+    """A folder predict wrote (masks named *_mask.tif) was named as a 'kaggle' dataset to
+    point at."""
+    from ultraseg.io import nested_datasets
+    from ultraseg.io.base import OUTPUT_MARKER
+
+    make_images(tmp_path / "imgs")
+    _save(tmp_path / "imgs" / "pred" / "a_mask.tif", _disk())
+    (tmp_path / "imgs" / "pred" / OUTPUT_MARKER).write_text("predict")
+    assert nested_datasets(tmp_path / "imgs") == []

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, UltrasegError
-from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, Reader, Sample, classify_mask_values,
-                   read_image, read_mask, select_label)
+from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
+                   classify_mask_values, read_image, read_mask, select_label)
 from .dicom import DICOM_EXTENSIONS, dicom_pixel_size_mm, is_dicom, read_dicom
 from .readers import BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader
 
@@ -89,7 +89,7 @@ def nested_datasets(root: str | Path) -> list[tuple[Path, str]]:
     root = Path(root)
     found = []
     for sub in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                      and d.name not in NO_DATA_FOLDERS):
+                      and d.name not in NO_DATA_FOLDERS and not (d / OUTPUT_MARKER).exists()):
         fits = [name for name, cls in READERS.items()
                 if name != ImagesReader.name and cls.detect(sub)]
         if fits:

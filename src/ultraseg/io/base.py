@@ -452,14 +452,26 @@ def walk_files(root: Path) -> list[Path]:
     broken links are kept as files, for reading them to say so."""
     found: list[Path] = []
     seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:            # reached again through a link
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in NO_DATA_FOLDERS]
-        found += [Path(folder, f) for f in files]
+    links: list[str] = []
+
+    def walk(top: str, follow: bool) -> None:
+        for folder, dirs, files in os.walk(top, followlinks=follow):
+            real = os.path.realpath(folder)
+            if real in seen:            # reached again through a link
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d not in NO_DATA_FOLDERS]
+            if not follow:
+                links.extend(os.path.join(folder, d) for d in dirs
+                             if os.path.islink(os.path.join(folder, d)))
+            found.extend(Path(folder, f) for f in files)
+
+    # the real folders first, then links to folders not reached that way: a frame keeps its
+    # real folder's name where a link (latest -> 2024-06) leads there too
+    walk(str(root), follow=False)
+    for link in sorted(links):
+        walk(link, follow=True)
     return sorted(found)
 
 

@@ -45,7 +45,7 @@ def is_dicom(path: Path) -> bool:
     (``DICOMDIR``, the media's index, holds no image)."""
     if path.suffix.lower() in DICOM_EXTENSIONS:
         return True
-    if path.suffix or path.name.upper() == "DICOMDIR" or path.name.startswith("."):
+    if path.suffix or path.name.upper() == "DICOMDIR":
         return False
     try:
         with open(path, "rb") as f:
