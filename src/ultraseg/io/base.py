@@ -13,7 +13,7 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Collection
+from typing import Any, ClassVar, Collection, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -445,16 +445,16 @@ def is_image_file(p: Path) -> bool:
 NO_DATA_FOLDERS = ("__MACOSX",)
 
 
-def walk_files(root: Path) -> list[Path]:
-    """Every file below ``root`` at any depth, as paths under ``root``, sorted: linked folders
-    are followed (each real folder once, so a link to a folder above ends no walk), hidden
-    folders (``.ipynb_checkpoints``, ``.thumbnails``) and :data:`NO_DATA_FOLDERS` are not;
-    broken links are kept as files, for reading them to say so."""
-    found: list[Path] = []
+def iter_files(root: Path) -> Iterator[Path]:
+    """Every file below ``root`` at any depth, as paths under ``root``, in the order found (a
+    search can stop at the first it wants): linked folders are followed (each real folder
+    once, so a link to a folder above ends no walk), hidden folders (``.ipynb_checkpoints``,
+    ``.thumbnails``) and :data:`NO_DATA_FOLDERS` are not; broken links are kept as files, for
+    reading them to say so."""
     seen: set[str] = set()
     links: list[str] = []
 
-    def walk(top: str, follow: bool) -> None:
+    def walk(top: str, follow: bool) -> Iterator[Path]:
         for folder, dirs, files in os.walk(top, followlinks=follow):
             real = os.path.realpath(folder)
             if real in seen:            # reached again through a link
@@ -465,14 +465,18 @@ def walk_files(root: Path) -> list[Path]:
             if not follow:
                 links.extend(os.path.join(folder, d) for d in dirs
                              if os.path.islink(os.path.join(folder, d)))
-            found.extend(Path(folder, f) for f in files)
+            yield from (Path(folder, f) for f in files)
 
     # the real folders first, then links to folders not reached that way: a frame keeps its
     # real folder's name where a link (latest -> 2024-06) leads there too
-    walk(str(root), follow=False)
+    yield from walk(str(root), follow=False)
     for link in sorted(links):
-        walk(link, follow=True)
-    return sorted(found)
+        yield from walk(link, follow=True)
+
+
+def walk_files(root: Path) -> list[Path]:
+    """:func:`iter_files`, sorted."""
+    return sorted(iter_files(root))
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..errors import DataError
 from .base import (OUTPUT_MARKER, Reader, Sample, in_output_folder,
-                   is_image_file, list_images, natural_key, walk_files, warn_outputs_left_out)
+                   is_image_file, iter_files, list_images, natural_key, walk_files,
+                   warn_outputs_left_out)
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ class BusiReader(Reader):
     @classmethod
     def detect(cls, root: Path) -> bool:
         return any((root / c).is_dir() and any(fnmatch.fnmatch(p.name, "*_mask*.png")
-                                               for p in walk_files(root / c))
+                                               for p in iter_files(root / c))
                    for c in BUSI_CLASSES)
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
@@ -434,7 +435,7 @@ class ImagesReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any(is_image_file(p) for p in walk_files(root))
+        return any(is_image_file(p) for p in iter_files(root))
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         marked: dict[Path, bool] = {}
