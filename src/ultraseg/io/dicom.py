@@ -109,6 +109,7 @@ def _read(path: Path, pixels: bool) -> Any:
 
 def read_dicom(path: str | Path) -> np.ndarray:
     """A single-frame DICOM file -> grayscale (H, W) uint8 (see the module docstring)."""
+    from ..preprocess import to_gray     # (preprocess reads through io: imported here)
     from .base import to_uint8
 
     path = Path(path)
@@ -134,9 +135,8 @@ def read_dicom(path: str | Path) -> np.ndarray:
                 arr = pydicom.pixels.apply_color_lut(arr, ds)
     except Exception as e:      # pydicom's decoders raise what their libraries raise
         raise DataError(_undecodable(ds, e), path) from e
-    if arr.ndim == 3:       # colour: luma (ITU-R 601, as Pillow's convert('L')), in its dtype
-        luma = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        arr = np.round(luma).astype(arr.dtype)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):   # colour: luma, in its dtype
+        arr = to_gray(arr)
     elif arr.ndim != 2:
         raise DataError(f"pixel data of shape {arr.shape} is no 2D frame", path)
     if photometric == "MONOCHROME1":                # low values bright: inverted
