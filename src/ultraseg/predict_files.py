@@ -443,7 +443,7 @@ def write_predictions(predictor: Predictor | str | Path,
             write_submission(rows(), rle)
         except _Incomplete:
             log.info("submission %s not written: %d frames could not be read", rle,
-                        len(summary.failed))
+                     len(summary.failed))
             summary.rle = None
     log.info("wrote %d masks to %s (%d empty)", summary.n, out, summary.n_empty)
     return summary

@@ -292,15 +292,15 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
                          color="tab:orange", linestyle="none",
                          label=f"{label} {y[best]:.4f} (epoch {epochs[best]:g})")
         ax_dice.legend(loc="lower right")
-    elif rows:  # a run trained without a validation split
-        ax_dice.text(0.5, 0.5, "no validation Dice recorded\n(no validation split)",
-                     ha="center", va="center", transform=ax_dice.transAxes)
-    if ok.any():    # at least MIN_DICE_SPAN tall: a 0.005 wobble is drawn as one
+        # at least MIN_DICE_SPAN tall: a 0.005 wobble is drawn as one
         lo, hi = float(y[ok].min()), float(y[ok].max())
         if hi - lo < MIN_DICE_SPAN:
             mid = (lo + hi) / 2
             lo = min(max(mid - MIN_DICE_SPAN / 2, 0.0), 1.0 - MIN_DICE_SPAN)
             ax_dice.set_ylim(lo - 0.01 * MIN_DICE_SPAN, lo + 1.01 * MIN_DICE_SPAN)
+    elif rows:  # a run trained without a validation split
+        ax_dice.text(0.5, 0.5, "no validation Dice recorded\n(no validation split)",
+                     ha="center", va="center", transform=ax_dice.transAxes)
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("Dice")
     ax_dice.set_title("validation Dice")
@@ -361,7 +361,7 @@ def pick_samples(has_structure: Sequence[bool], n: int = 4) -> list[int]:
     sorted by subject can all be empty, which shows nothing to check). Returned in order."""
     full = [i for i, h in enumerate(has_structure) if h]
     empty = [i for i, h in enumerate(has_structure) if not h]
-    take_empty = min(len(empty), 1 if full else n, max(n - len(full), 1 if n > 1 else 0))
+    take_empty = min(len(empty), max(n - len(full), 1 if n > 1 else 0))
     return sorted(full[:n - take_empty] + empty[:take_empty])
 
 

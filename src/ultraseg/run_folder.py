@@ -32,6 +32,11 @@ EXECUTION = {"device": "train", "precision": "train", "num_threads": "train",
              "cache_dir": "data"}
 
 
+def execution_of(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg``'s execution settings (the keys of :data:`EXECUTION`)."""
+    return {key: getattr(getattr(cfg, section), key) for key, section in EXECUTION.items()}
+
+
 def with_execution(cfg: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
     """``cfg`` with the execution ``settings`` (keys of :data:`EXECUTION`) in place of its
     own; any other key is refused, naming the allowed ones."""

@@ -45,7 +45,7 @@ from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise
-from .run_folder import (EXECUTION, REFUSED_RUN_FILES, mark_run_folder, open_run,
+from .run_folder import (REFUSED_RUN_FILES, execution_of, mark_run_folder, open_run,
                          remove_refused_run, remove_temporaries, run_log, with_execution,
                          write_run_config)
 from .runtime import (autocast, cpu_has_avx512, resolve_device, resolve_precision, threads,
@@ -449,12 +449,10 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     t0 = time.monotonic()
     given = cfg
     cfg, last = open_run(out, cfg, resume)
-    own = cfg
     if resume and given is not None:    # where it runs: the given config's, where it differs
-        execution = {**{key: getattr(getattr(given, section), key)
-                        for key, section in EXECUTION.items()
-                        if getattr(getattr(given, section), key)
-                        != getattr(getattr(own, section), key)}, **(execution or {})}
+        own = execution_of(cfg)
+        execution = {**{k: v for k, v in execution_of(given).items() if v != own[k]},
+                     **(execution or {})}
     if execution:
         cfg = with_execution(cfg, execution)
     check_config(cfg)
@@ -487,8 +485,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
         # what a run refused before its first epoch removes again (see _remove_refused_run)
         existed = out.exists(), {n for n in REFUSED_RUN_FILES if (out / n).exists()}
-        if not resume or recorded != ctx.world_size or cfg.train != own.train \
-                or cfg.data != own.data:
+        if not resume or recorded != ctx.world_size or execution:
             write_run_config(out, cfg)
         else:       # a run from before the marker existed gets it now
             mark_run_folder(out)
