@@ -112,6 +112,57 @@ def test_two_names_linked_to_one_stored_file_are_two_frames(tmp_path):
     assert [f.out_name for f in frames] == ["frame_001", "frame_002", "frame_003", ".scan"]
 
 
+def _loop(path: Path, frames: list[np.ndarray]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frames[0]).save(path, save_all=True,
+                                    append_images=[Image.fromarray(f) for f in frames[1:]])
+    return path
+
+
+def test_a_cine_loop_is_predicted_frame_by_frame(tmp_path):
+    """A loop (here a multi-page TIFF; a DICOM cine loop alike) was refused: each frame is
+    now predicted, named after its file and its number from 1, and measured with its number
+    in the table."""
+    frames = [ramp(6, 8, k) for k in range(12)]
+    loop = _loop(tmp_path / "in" / "clip.tif", frames)
+    save(tmp_path / "in" / "still.png", ramp(6, 8, 99))
+    got = collect_frames([tmp_path / "in"])
+    assert [f.out_name for f in got] == [f"clip_frame{k:03d}" for k in range(1, 13)] + ["still"]
+    assert [f.sample.frame for f in got] == list(range(12)) + [None]
+    summary = write_predictions(pixel_predictor(), got, tmp_path / "o")
+    assert summary.n == 13
+    for k in (0, 11):        # each frame's own pixels: the steep sigmoid thresholds at 128
+        mask = read(tmp_path / "o" / f"clip_frame{k + 1:03d}_mask.png")
+        assert np.array_equal(mask, np.where(frames[k] > 128, 255, 0))
+    _, rows = measure_frames(pixel_predictor(), [loop], out=tmp_path / "m")
+    assert [r["frame"] for r in rows] == list(range(1, 13))
+    with open(tmp_path / "m" / "measurements.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["frame"] for r in table[:2]] == ["1", "2"]
+    assert table[0]["image"] == str(loop)
+    (row,) = measure_frames(pixel_predictor(), [tmp_path / "in" / "still.png"])[1]
+    assert row["frame"] is None
+
+
+def test_names_of_loops_that_share_a_stem_stay_apart(tmp_path):
+    _loop(tmp_path / "a" / "clip.tif", [ramp(4, 4, k) for k in range(2)])
+    _loop(tmp_path / "b" / "clip.tif", [ramp(4, 4, k) for k in range(2)])
+    got = collect_frames([tmp_path / "a", tmp_path / "b"])
+    assert [f.out_name for f in got] == ["a/clip_frame001", "a/clip_frame002",
+                                         "b/clip_frame001", "b/clip_frame002"]
+
+
+def test_a_loop_in_a_labelled_dataset_stays_one_frame_and_is_refused_when_read(tmp_path):
+    """Its mask is one frame: the loop cannot be paired frame by frame."""
+    root = tmp_path / "ds"
+    _loop(root / "images" / "1_1.tif", [ramp(9, 11, k) for k in range(2)])
+    save(root / "masks" / "1_1_mask.png", np.zeros((9, 11), np.uint8))
+    (frame,) = collect_frames([root])
+    assert frame.out_name == "1_1" and frame.sample.frame is None
+    with pytest.raises(DataError, match="holds 2 pages"):
+        write_predictions(pixel_predictor(), [frame], tmp_path / "o")
+
+
 def test_collect_frames_uses_a_labelled_dataset_and_its_masks(tmp_path):
     root = tmp_path / "ds"
     save(root / "images" / "1_1.png", ramp(9, 11))

@@ -25,8 +25,8 @@ from PIL import Image
 
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
-from .io import (IMAGE_EXTENSIONS, Sample, scan_dataset, select_label,
-                 with_header_pixel_size)
+from .io import (IMAGE_EXTENSIONS, Sample, frame_tag, scan_dataset, select_label,
+                 split_frames, with_header_pixel_size)
 from .io.readers import Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
                       warn_outputs_left_out)
@@ -47,7 +47,8 @@ class Frame:
     """One image to predict.
 
     ``out_name``: where its outputs go below the output folder, without suffix (posix; the
-    image's stem unless two inputs share it, see :func:`collect_frames`). ``sample`` carries
+    image's stem unless two inputs share it, see :func:`collect_frames`; a cine loop's frame
+    adds ``_frame001``...). ``sample`` carries
     the ground-truth mask paths and metadata (pixel size, reference measurements) when the
     image came from a labelled dataset.
     """
@@ -79,9 +80,14 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
     the output folder, or inside it, is refused. Frames come in the order of ``inputs``, each
     folder in its reader's (natural) order.
 
+    A file of several frames (a cine loop: a multi-frame DICOM, a multi-page TIFF, an animated
+    PNG) gives one frame each (:func:`ultraseg.io.split_frames`), but not in a labelled
+    dataset: its masks are one frame each.
+
     Output names: the file stem; where several frames share a stem, the path below their input
     folder (``a/x``, ``b/x``); where that still collides, the input folder's name in front
-    (``in1/x``); then the file suffix (``x_png``); then a counter.
+    (``in1/x``); then the file suffix (``x_png``); then a counter. A loop's frames add
+    ``_frame001``, ``_frame002``... (from 1, as a viewer counts).
     """
     if isinstance(inputs, (str, os.PathLike)):   # one path: not a sequence of characters
         inputs = [inputs]
@@ -139,7 +145,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
     if not found:
         raise DataError("no images to predict (the only images are in the output folder)",
                         inputs[0])
-    found = _once_each(found)
+    found = [(frame, *rest) for s, *rest in _once_each(found) for frame in split_frames(s)]
     names = _unique_names(found)
     return [Frame(s, name) for (s, _, _, _), name in zip(found, names)]
 
@@ -187,14 +193,15 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -
     """Output names, made longer only for the frames that would otherwise collide."""
     def candidate(i: int, level: int) -> str:
         s, _, rel, root_name = found[i]
+        tag = frame_tag(s.frame, s.meta.get("frames", 1))
         if level == 0:
-            return s.image_path.stem
+            return s.image_path.stem + tag
         if level == 1:
-            return rel.as_posix()
+            return rel.as_posix() + tag
         if level == 2:
-            return f"{root_name}/{rel.as_posix()}"
+            return f"{root_name}/{rel.as_posix()}{tag}"
         suffix = s.image_path.suffix.lstrip(".").lower()
-        base = f"{root_name}/{rel.as_posix()}_{suffix}"
+        base = f"{root_name}/{rel.as_posix()}_{suffix}{tag}"
         return base if level == 3 else f"{base}_{i}"
 
     levels = [0] * len(found)
@@ -461,7 +468,7 @@ def _truth(frame: Frame, shape: tuple[int, ...], label: int | None) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------ measure
-MEASURE_COLUMNS = ("name", "image", "width", "height", "pixel_size_mm", "n_components",
+MEASURE_COLUMNS = ("name", "image", "frame", "width", "height", "pixel_size_mm", "n_components",
                    "touches_edge", "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
                    "ellipse_a_px", "ellipse_b_px", "ellipse_angle_deg", "ellipse_method",
                    "area_mm2", "perimeter_mm", "major_axis_mm", "minor_axis_mm", "hc_mm",
@@ -515,6 +522,7 @@ def measure_frames(predictor: Predictor | str | Path,
         centre, axes = m["ellipse_center"] or (None, None), m["ellipse_axes"] or (None, None)
         row: dict[str, Any] = {
             "name": frame.out_name, "image": str(frame.image_path),
+            "frame": None if frame.sample.frame is None else frame.sample.frame + 1,
             "width": image.shape[1], "height": image.shape[0], "pixel_size_mm": spacing,
             "n_components": m["n_components"], "touches_edge": m["touches_edge"],
             "area_px": m["area_px"],

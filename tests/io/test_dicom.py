@@ -120,6 +120,34 @@ def test_what_gives_no_pixel_size(tmp_path) -> None:
     assert "not square" in said and "different pixel sizes" in said
 
 
+def _cine(path: Path, frames: list[np.ndarray], **header) -> Path:
+    """A multi-frame DICOM file holding ``frames`` (each its own pixels)."""
+    make_dicom(path, frames[0], frames=len(frames), **header)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = np.stack(frames).tobytes()
+    ds.save_as(path)
+    return path
+
+
+def test_a_cine_loops_frames_are_read_one_by_one(tmp_path) -> None:
+    """A scanner's cine loop was refused outright: its frames are read one at a time."""
+    from ultraseg.io import frame_count
+
+    frames = [np.roll(_scan(), 5 * k, axis=1) for k in range(3)]
+    loop = _cine(tmp_path / "loop.dcm", frames, regions=[_region(0.02, 0.02)])
+    assert frame_count(loop) == 3
+    for k, frame in enumerate(frames):
+        assert np.array_equal(read_image(loop, frame=k), frame)
+    with pytest.raises(DataError, match="holds 3 frames, no frame 4"):
+        read_image(loop, frame=3)
+    with pytest.raises(DataError, match="holds 3 frames .*predict and measure take each"):
+        read_image(loop)                 # one frame wanted: which is not said
+    assert dicom_pixel_size_mm(loop) == pytest.approx(0.2)
+    single = make_dicom(tmp_path / "one.dcm", frames[1])
+    assert frame_count(single) == 1
+    assert np.array_equal(read_image(single, frame=0), frames[1])
+
+
 def test_what_is_refused_with_one_line(tmp_path) -> None:
     scan = _scan()
     with pytest.raises(DataError, match="holds 2 frames"):
@@ -143,6 +171,27 @@ def test_measure_gives_mm_from_the_header_without_a_pixel_size(tmp_path, capsys)
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert row["pixel_size_mm"] == pytest.approx(0.5)
     assert row["area_mm2"] == pytest.approx(30 * 40 * 0.25)       # threshold 0: the frame
+
+
+def test_predict_and_measure_take_each_frame_of_a_cine_loop(tmp_path, capsys) -> None:
+    from test_cli_predict import make_checkpoint
+
+    from ultraseg.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    _cine(tmp_path / "exam" / "IM000001", [np.roll(_scan(30, 40), k, axis=0) for k in range(2)],
+          regions=[_region(0.05, 0.05)])
+    assert main(["predict", str(ckpt), str(tmp_path / "exam"), "--out", str(tmp_path / "o"),
+                 "--device", "cpu", "--precision", "fp32"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == [
+        "IM000001_frame001_mask.png", "IM000001_frame002_mask.png"]
+    capsys.readouterr()
+    assert main(["measure", str(ckpt), str(tmp_path / "exam"), "--threshold", "0", "--json",
+                 "--device", "cpu", "--precision", "fp32"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["name"], r["frame"]) for r in rows] == [("IM000001_frame001", 1),
+                                                      ("IM000001_frame002", 2)]
+    assert all(r["pixel_size_mm"] == pytest.approx(0.5) for r in rows)
 
 
 def test_one_frame_given_as_a_file_keeps_its_header_pixel_size(tmp_path) -> None:

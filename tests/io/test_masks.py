@@ -230,6 +230,27 @@ def test_multi_page_tiff_is_refused_not_cut_to_its_first_page(tmp_path: Path, re
     with pytest.raises(DataError, match="3 pages") as e:
         reader(p)
     assert f"cine.{ext}" in str(e.value)
+    assert ("one mask per file" in str(e.value)) == (reader is read_mask)
+
+
+@pytest.mark.parametrize("ext", ["tif", "png"])
+def test_a_page_of_a_multi_page_file_is_read_when_named(tmp_path: Path, ext: str) -> None:
+    """``frame`` picks a page of a cine loop saved as one TIFF or an animated PNG."""
+    from ultraseg.io import frame_count
+
+    pages = [(_disk() * 255).astype(np.uint8) ^ np.uint8(40 * i) for i in range(3)]
+    p = tmp_path / f"cine.{ext}"
+    Image.fromarray(pages[0]).save(p, save_all=True,
+                                   append_images=[Image.fromarray(a) for a in pages[1:]])
+    assert frame_count(p) == 3
+    for k, page in enumerate(pages):
+        assert np.array_equal(read_image(p, frame=k), page)
+    with pytest.raises(DataError, match="holds 3 pages, no page 4"):
+        read_image(p, frame=3)
+    single = _save(tmp_path / "one.png", pages[1])
+    assert frame_count(single) == 1 and np.array_equal(read_image(single, frame=0), pages[1])
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00junk")
+    assert frame_count(tmp_path / "broken.tif") == 1      # reading it says what is wrong
 
 
 def test_an_image_beyond_pillows_size_guard_is_a_data_error(tmp_path: Path,

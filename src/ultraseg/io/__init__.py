@@ -7,13 +7,14 @@ A new layout is a :class:`Reader` subclass added with :func:`register`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DataError, UltrasegError
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
-                   classify_mask_values, read_image, read_mask, select_label)
-from .dicom import DICOM_EXTENSIONS, dicom_pixel_size_mm, is_dicom, read_dicom
+                   classify_mask_values, frame_count, read_image, read_mask, select_label)
+from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm, is_dicom,
+                    read_dicom)
 from .readers import BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,29 @@ def with_header_pixel_size(sample: Sample) -> Sample:
     return sample
 
 
+def split_frames(sample: Sample) -> list[Sample]:
+    """An unlabelled sample whose file holds several frames (a cine loop:
+    :func:`~ultraseg.io.base.frame_count`), as one sample per frame: named ``NAME_frame001``
+    on (1-based, as a viewer counts; at least three digits), ``frame`` from 0, the header's
+    pixel size and ``meta['frames']``, the loop's length, kept. Any other sample as it is: a
+    labelled one's masks are one frame each, so reading its loop refuses it."""
+    if sample.labelled or sample.frame is not None:
+        return [sample]
+    n = frame_count(sample.image_path)
+    if n <= 1:
+        return [sample]
+    return [replace(sample, name=f"{sample.name}{frame_tag(k, n)}", frame=k,
+                    meta={**sample.meta, "frames": n}) for k in range(n)]
+
+
+def frame_tag(frame: int | None, frames: int) -> str:
+    """What a loop's frame adds to its file's name: ``_frame001`` for ``frame`` 0 (digits:
+    at least three, as many as ``frames`` needs); nothing where ``frame`` is None."""
+    if frame is None:
+        return ""
+    return f"_frame{frame + 1:0{max(3, len(str(frames)))}d}"
+
+
 def _forced_layout_problems(root: Path, name: str, problems: list[DataError]
                             ) -> list[DataError]:
     """A forced --layout that finds nothing in a folder of another layout says so, rather
@@ -192,7 +216,7 @@ def open_dataset(path: str | Path, layout: str = "auto",
 
 
 __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS",
-           "Reader", "Sample", "dicom_pixel_size_mm", "read_dicom",
-           "classify_mask_values", "detect_layout", "get_reader", "open_dataset", "read_image",
-           "nested_datasets", "read_mask", "register", "scan_dataset", "select_label",
-           "with_header_pixel_size"]
+           "Reader", "Sample", "dicom_frame_count", "dicom_pixel_size_mm", "read_dicom",
+           "classify_mask_values", "detect_layout", "frame_count", "frame_tag", "get_reader",
+           "open_dataset", "read_image", "nested_datasets", "read_mask", "register",
+           "scan_dataset", "select_label", "split_frames", "with_header_pixel_size"]

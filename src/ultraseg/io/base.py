@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, UltrasegError
-from .dicom import is_dicom, read_dicom
+from .dicom import dicom_frame_count, is_dicom, read_dicom
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class Sample:
 
     ``mask_paths`` is empty for an unlabelled image; several paths are merged by union.
     ``mask_kind`` is 'mask' (binary or label raster) or 'outline' (a closed contour to fill).
+    ``frame``: which frame of a file holding several (a cine loop: a multi-frame DICOM, a
+    multi-page TIFF, an animated PNG), counted from 0; None for a file that is one frame (a
+    file of several is then refused when read, see :func:`split_frames`).
     """
 
     name: str
@@ -49,6 +52,7 @@ class Sample:
     subject: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     mask_kind: str = "mask"
+    frame: int | None = None
 
     @property
     def labelled(self) -> bool:
@@ -56,7 +60,7 @@ class Sample:
 
     def load_image(self) -> np.ndarray:
         """The grayscale image, (H, W) uint8."""
-        return read_image(self.image_path)
+        return read_image(self.image_path, frame=self.frame)
 
     def load_mask(self) -> np.ndarray | None:
         """The mask, (H, W) uint8: 0 background, 1..K structures (labels kept); None if unlabelled."""
@@ -91,7 +95,15 @@ class Sample:
         return image, mask
 
 
-def _open(path: Path) -> Image.Image:
+def _pages(im: Image.Image) -> int:
+    """How many frames a Pillow image holds (a phone's MPO JPEG: one, its first is the
+    photo)."""
+    return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
+
+
+def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Image:
+    """``path`` opened and decoded (its page ``frame``, from 0, of several); ``kind`` ('image'
+    or 'mask') says what a file of several pages is refused as."""
     try:
         if path.stat().st_size == 0:
             raise DataError("empty file (0 bytes)", path)
@@ -110,12 +122,18 @@ def _open(path: Path) -> Image.Image:
             raise DataError(f"a 16-bit colour image ({im.mode}, 16 bits a channel), which Pillow "
                             "reads only to its high bytes: save it as 16-bit grayscale or as "
                             "8-bit", path)
-        im.load()  # decode now: truncated files fail here, not later
-        pages = getattr(im, "n_frames", 1)
-        if pages > 1 and im.format != "MPO":   # (a phone's MPO JPEG: its first is the photo)
+        pages = _pages(im)
+        if pages > 1 and frame is None:
             im.close()
-            raise DataError(f"holds {pages} pages (a cine loop or a stack?): ultraseg reads "
-                            "one frame per file; save each page as its own file", path)
+            why = (SEVERAL_FRAMES_ADVICE if kind == "image" else
+                   "ultraseg reads one mask per file: save each page as its own file")
+            raise DataError(f"holds {pages} pages (a cine loop or a stack?): {why}", path)
+        if frame is not None and not 0 <= frame < pages:
+            im.close()
+            raise DataError(f"holds {pages} pages, no page {frame + 1}", path)
+        if frame:
+            im.seek(frame)
+        im.load()  # decode now: truncated files fail here, not later
         return im
     except DataError:
         raise
@@ -132,17 +150,25 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"unreadable or truncated image ({e})", path) from e
 
 
-def read_image(path: str | Path) -> np.ndarray:
+#: Why a file of several frames is refused where one frame is wanted.
+SEVERAL_FRAMES_ADVICE = ("predict and measure take each of its frames; training and "
+                         "evaluation read one frame per file: save each as its own file, "
+                         "with its mask")
+
+
+def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     """Decode an image file to grayscale (H, W) uint8.
 
     RGB/RGBA/palette images are converted to luminance (ITU-R 601, Pillow's ``convert('L')``);
     16-bit and float images go to 8 bits by :func:`to_uint8`, the rule arrays given to a
-    predictor follow too.
+    predictor follow too. A file of several frames (a cine loop: a multi-frame DICOM, a
+    multi-page TIFF, an animated PNG; :func:`frame_count`) is refused unless ``frame`` (from
+    0) says which.
     """
     path = Path(path)
     if is_dicom(path):
-        return read_dicom(path)
-    im = _open(path)
+        return read_dicom(path, frame=frame)
+    im = _open(path, frame)
     if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
         return np.asarray(im.convert("L"), dtype=np.uint8)
     arr = np.asarray(im)  # I;16, I, F
@@ -152,6 +178,28 @@ def read_image(path: str | Path) -> np.ndarray:
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise DataError("image contains NaN or infinite values", path)
     return to_uint8(arr)
+
+
+#: File endings that can hold several frames (besides DICOM's).
+_MULTI_FRAME_EXTENSIONS = (".tif", ".tiff", ".png")
+
+
+def frame_count(path: str | Path) -> int:
+    """How many frames an image file holds: a DICOM's ``NumberOfFrames``, a TIFF's pages, an
+    animated PNG's frames; 1 for any other file, and for one that cannot be read (reading it
+    says why). Reads the header alone."""
+    path = Path(path)
+    try:
+        if is_dicom(path):
+            return dicom_frame_count(path)
+        if path.suffix.lower() not in _MULTI_FRAME_EXTENSIONS:
+            return 1
+        with warnings.catch_warnings():     # (reading the frame says what is wrong)
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return _pages(im)
+    except Exception:           # noqa: BLE001  (reading the frame raises its DataError)
+        return 1
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -193,7 +241,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     if is_dicom(path):
         raise DataError("a DICOM file as a mask: masks are image files (PNG, TIFF...); DICOM "
                         "segmentation objects are not read", path)
-    im = _open(path)
+    im = _open(path, kind="mask")
     if im.mode == "1":
         return np.asarray(im, dtype=np.uint8)
     if im.mode == "P":

@@ -13,8 +13,9 @@ tissue stays bright), and its pixel size comes from the header, so ``measure`` a
 
 Pixels that are not square, or regions that disagree (a B-mode image beside a Doppler strip of
 another scale), give no pixel size, with a warning: a measurement in mm would be wrong. A cine
-loop (several frames) is refused, as a multi-page TIFF is; so is a DICOM file given as a mask
-(masks are image files: PNG...).
+loop (several frames) is read one frame at a time (``frame``; ``predict`` and ``measure`` take
+each), as a multi-page TIFF is, and refused where one frame is wanted (training, evaluation);
+so is a DICOM file given as a mask (masks are image files: PNG...).
 """
 from __future__ import annotations
 
@@ -107,30 +108,47 @@ def _read(path: Path, pixels: bool) -> Any:
         raise DataError(f"unreadable or truncated DICOM file ({e})", path) from e
 
 
-def read_dicom(path: str | Path) -> np.ndarray:
-    """A single-frame DICOM file -> grayscale (H, W) uint8 (see the module docstring)."""
-    from ..preprocess import to_gray     # (preprocess reads through io: imported here)
-    from .base import to_uint8
-
-    path = Path(path)
-    ds = _read(path, pixels=True)
+def _frames(ds: Any, path: Path) -> int:
+    """The dataset's ``NumberOfFrames`` (1 where absent), or a DataError."""
     try:
         with _quiet_pydicom():
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
     except (TypeError, ValueError) as e:
         raise DataError(f"its NumberOfFrames is no number ({ds.get('NumberOfFrames')!r})",
                         path) from e
-    if frames > 1:
-        raise DataError(f"holds {frames} frames (a cine loop?): ultraseg reads one frame per "
-                        "file; export each frame as its own file", path)
-    if "PixelData" not in ds:
+
+
+def dicom_frame_count(path: str | Path) -> int:
+    """How many frames a DICOM file holds (a cine loop: several), from its header alone."""
+    path = Path(path)
+    return _frames(_read(path, pixels=False), path)
+
+
+def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
+    """A DICOM frame -> grayscale (H, W) uint8 (see the module docstring): the file's one
+    frame, or frame ``frame`` (from 0) of a cine loop; a loop without ``frame`` is refused."""
+    from ..preprocess import to_gray     # (preprocess reads through io: imported here)
+    from .base import SEVERAL_FRAMES_ADVICE, to_uint8
+
+    path = Path(path)
+    # a loop's frame is decoded alone, from the file (pydicom reads no other frame's bytes)
+    ds = _read(path, pixels=frame is None)
+    frames = _frames(ds, path)
+    if frames > 1 and frame is None:
+        raise DataError(f"holds {frames} frames (a cine loop?): {SEVERAL_FRAMES_ADVICE}", path)
+    if frame is not None and not 0 <= frame < frames:
+        raise DataError(f"holds {frames} frames, no frame {frame + 1}", path)
+    if frame is None and "PixelData" not in ds:
         raise DataError("holds no image (no Pixel Data: a report or a structured document?)",
                         path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     pydicom = _pydicom(path)
     try:
         with _quiet_pydicom():
-            arr = pydicom.pixels.pixel_array(ds)    # YCbCr comes back as RGB
+            if frame is None:
+                arr = pydicom.pixels.pixel_array(ds)        # YCbCr comes back as RGB
+            else:
+                arr = pydicom.pixels.pixel_array(path, index=frame if frames > 1 else None)
             if photometric == "PALETTE COLOR":      # indices into the header's colour table
                 arr = pydicom.pixels.apply_color_lut(arr, ds)
     except Exception as e:      # pydicom's decoders raise what their libraries raise
