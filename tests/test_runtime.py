@@ -1,6 +1,7 @@
 """ultraseg.runtime: which precision a CPU gets, and the device rules."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,58 @@ def test_auto_precision_takes_bf16_only_on_gpus_that_have_it_natively(one_gpu, m
                         lambda d=None: asked.append(d) or capability)
     assert resolve_precision("auto", torch.device("cuda:0")) is want
     assert asked == [torch.device("cuda:0")]           # the device asked for, not the current
+
+
+def test_cudnn_autotunes_inside_the_block_on_a_gpu_and_is_restored_after():
+    """ultraseg's GPU training and prediction left cuDNN's autotuning off (PyTorch's default),
+    while the speed benchmark turned it on for ultraseg's side: the GPU figures credited
+    ultraseg with a setting it never used."""
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with runtime.cudnn_autotune(torch.device("cuda", 0)):
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(RuntimeError), runtime.cudnn_autotune(torch.device("cuda")):
+            raise RuntimeError("out of memory")
+        assert torch.backends.cudnn.benchmark is False
+        with runtime.cudnn_autotune(CPU):                  # elsewhere: nothing
+            assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_training_and_prediction_run_inside_cudnn_autotune(tmp_path, monkeypatch):
+    """Each model call of a runner, and train's whole run, is inside the block (here on the
+    CPU, where the block changes nothing: entered with the run's device)."""
+    import contextlib
+
+    from test_train import make_dataset
+
+    from ultraseg import train as train_mod
+    from ultraseg.config import ModelConfig, merge, preset
+    from ultraseg.model import build_model
+
+    inside: list[str] = []
+
+    @contextlib.contextmanager
+    def spy(device):
+        inside.append(device.type)
+        yield
+        inside.append("out")
+
+    monkeypatch.setattr(runtime, "cudnn_autotune", spy)
+    monkeypatch.setattr(train_mod, "cudnn_autotune", spy)
+    run = runtime.torch_runner(build_model(ModelConfig(variant="same", width=2, depth=2)),
+                               CPU, None)
+    run(np.zeros((1, 1, 16, 16), np.float32))
+    assert inside == ["cpu", "out"]
+    inside.clear()
+    data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""}, "model": {"width": 2, "depth": 2},
+        "preprocess": {"size": 32},
+        "train": {"epochs": 1, "seed": 0, "device": "cpu", "precision": "fp32",
+                  "num_threads": 1, "time_limit_s": None}})
+    train_mod.train(cfg, tmp_path / "run")
+    assert inside[0] == "cpu" and inside[-1] == "out"

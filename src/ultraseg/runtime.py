@@ -123,6 +123,24 @@ def threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """On a GPU, let cuDNN time its convolution algorithms for each new input shape and keep
+    the fastest (``torch.backends.cudnn.benchmark``) inside the block, the caller's setting
+    restored after; elsewhere nothing. Training and prediction run a few shapes many times,
+    where the search pays at once; the price is that GPU results are not bit-for-bit
+    repeatable between runs (cuDNN's choice may differ)."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 #: Layers whose weights autocast casts to the low-precision dtype on every call.
 _LOW_PRECISION_LAYERS = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)
 
@@ -147,7 +165,8 @@ def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
                  compile: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap a model as a numpy backend: (N, 1, h, w) float32 -> probabilities, float32.
 
-    Runs in inference mode, channels_last. With a low-precision ``dtype`` (bf16) the backend
+    Runs in inference mode, channels_last (on a GPU with cuDNN's autotuning,
+    :func:`cudnn_autotune`). With a low-precision ``dtype`` (bf16) the backend
     holds its own copy of the weights in that dtype (:func:`low_precision_copy`), taken now:
     later changes to ``model`` do not reach it; make a new runner after training further.
     ``model`` itself is put in eval mode and channels_last on ``device``, weights unchanged.
@@ -166,7 +185,7 @@ def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     def run(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
         x = x.to(in_dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), cudnn_autotune(device):
             prob = torch.sigmoid(net(x).float())
         return prob.cpu().numpy()
 

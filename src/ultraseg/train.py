@@ -48,8 +48,8 @@ from .preprocess import normalise
 from .run_folder import (REFUSED_RUN_FILES, execution_of, mark_run_folder, open_run,
                          remove_refused_run, remove_temporaries, run_log, with_execution,
                          write_run_config)
-from .runtime import (autocast, cpu_has_avx512, resolve_device, resolve_precision, threads,
-                      torch_runner)
+from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, resolve_device,
+                      resolve_precision, threads, torch_runner)
 
 log = logging.getLogger(__name__)
 
@@ -481,7 +481,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
             cfg = replace(cfg, train=replace(cfg.train, world_size=ctx.world_size))
         if not ctx.is_main:
             with threads(cfg.train.num_threads), torch.random.fork_rng(devices=rng_devices), \
-                    torch.enable_grad():
+                    torch.enable_grad(), cudnn_autotune(device):
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
         # what a run refused before its first epoch removes again (see _remove_refused_run)
         existed = out.exists(), {n for n in REFUSED_RUN_FILES if (out / n).exists()}
@@ -493,7 +493,8 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
             remove_temporaries(out)
         try:
             with run_log(out / "train.log"), threads(cfg.train.num_threads), \
-                    torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+                    torch.random.fork_rng(devices=rng_devices), torch.enable_grad(), \
+                    cudnn_autotune(device):
                 return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
         except BaseException as e:
             # refused, out of memory or interrupted before an epoch was saved: nothing left
