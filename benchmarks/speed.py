@@ -1,6 +1,8 @@
 """Speed: ultraseg's training step and prediction against the plain PyTorch loop (issue 5).
 
-    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--predict-frames N]
+    python benchmarks/speed.py [--quick] [--predict-frames N]
+    PYTHONPATH=src python3 benchmarks/speed.py --device cuda [--quick] [--out DIR] [--data DIR]
+    python benchmarks/speed.py --record-cuda DIR/speed-cuda.json
 
 Measures in one run, on the same frames and the same weights:
 
@@ -57,8 +59,17 @@ Measures in one run, on the same frames and the same weights:
   prediction, times the FLOPs the one-window plan saves over 68-pixel tiles). On a CPU without
   native bf16 ultraseg computes in fp32 (bf16 is emulated there, several times slower than
   fp32), and both ceilings use the fp32 peak: ``ceiling_precision`` says which.
-* ``cuda`` (``--device cuda``): the same training and prediction comparisons on the GPU with
-  AMP bf16, channels_last and cudnn.benchmark.
+* ``--device cuda``: the training and prediction comparisons alone, on the GPU: ultraseg's
+  step and predictor as they run there (AMP bf16 where the GPU has it, channels_last, cuDNN's
+  autotuning: ``ultraseg.runtime.cudnn_autotune``) against the same plain reference (fp32,
+  eager, contiguous, cuDNN's default algorithms; note that PyTorch lets cuDNN convolutions use
+  TF32 on Ampere and later GPUs: recorded as ``cudnn_allow_tf32``), at batch 4 and 32, with
+  peak GPU memory, then the compiled predictor. No CPU figure is taken: those come from a CPU
+  run. Each finished section is written at once to ``OUT/speed-cuda.json`` (``--out``; default
+  ``benchmarks/results``) and printed to stderr, so a run cut short keeps what it measured.
+  ``--record-cuda FILE`` puts such a file (brought back from a GPU machine) into
+  ``results/speed-cuda.json`` and the "Speed (GPU)" section of ``RESULTS.md``, beside the CPU
+  figures, which stay as they are.
 
 The process set-up: the ``ultraseg`` command keeps glibc's freed memory for reuse in its own
 process (``ultraseg.cli.keep_freed_memory``). Without it, glibc maps every block over 32 MB
@@ -80,6 +91,7 @@ The last stdout line is the JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -91,8 +103,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -101,7 +113,7 @@ import numpy as np
 from host import conv_peak, cpu_name
 
 HERE = Path(__file__).resolve().parent
-DATA = (HERE.parent / ".." / "shared" / "datasets").resolve()
+DATA = (HERE.parent / ".." / "shared" / "datasets").resolve()   # --data sets another
 KAGGLE_FRAMES = ("kaggle_nerve_sample/train/1_1.tif", "kaggle_nerve_sample/test/1.tif")
 FOREGROUND_FRACTION = 0.10   # share of foreground pixels the shifted head bias gives in fp32
 
@@ -118,6 +130,7 @@ class Settings:
     native_frames: int = 40    # 580x420 frames streamed at their own resolution (peak RSS)
     plain_processes: int = 4   # child processes timing the reference as a plain script
     cuda_batches: tuple[int, ...] = (4, 32)
+    cuda_train_steps: int = 20  # steps per round on a GPU (a step takes milliseconds there)
     infer_compiled: bool = True  # also time torch_runner(compile=True) (not the headline)
 
 
@@ -125,7 +138,7 @@ FULL = Settings(width=64, train_rounds=6, train_steps=1, infer_frames=2, infer_r
                 pipeline_frames=60, predict_frames=500)
 QUICK = Settings(width=8, train_rounds=4, train_steps=2, infer_frames=1, infer_reps=2,
                  pipeline_frames=24, predict_frames=40, native_frames=2, plain_processes=1,
-                 cuda_batches=(4,),
+                 cuda_batches=(4,), cuda_train_steps=2,
                  infer_compiled=False)
 
 
@@ -153,8 +166,25 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(),
+                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     return info
+
+
+@contextlib.contextmanager
+def cudnn_default(device) -> Iterator[None]:
+    """The plain reference's cuDNN: PyTorch's default, no autotuning (restored after)."""
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def sync(device) -> None:
@@ -324,20 +354,21 @@ def reference_batches(batches, steps: int, device) -> list[tuple[Any, Any]]:
 
 
 def measure_training(s: Settings, data: Path, device_name: str = "cpu",
-                     batch_size: int = 4) -> dict[str, Any]:
-    """Images/s of the plain loop and of ultraseg's step, in alternating rounds."""
+                     batch_size: int = 4, steps: int | None = None) -> dict[str, Any]:
+    """Images/s of the plain loop and of ultraseg's step, in alternating rounds of ``steps``
+    steps (``s.train_steps`` unless given)."""
     import torch
 
     from ultraseg import train as train_mod
     from ultraseg.model import build_model
-    from ultraseg.runtime import resolve_device, resolve_precision
+    from ultraseg.runtime import cudnn_autotune, resolve_device, resolve_precision
 
     device = resolve_device(device_name)
     cfg = run_config(s.width, data, device_name, batch_size=batch_size)
     dtype = resolve_precision(cfg.train.precision, device)
     batches = training_batches(cfg)
     source = endless(batches)
-    steps = s.train_steps
+    steps = s.train_steps if steps is None else steps
     ref_batches = reference_batches(batches, steps, device)
     torch.manual_seed(0)
     ref_model = build_model(cfg.model).to(device)
@@ -351,25 +382,21 @@ def measure_training(s: Settings, data: Path, device_name: str = "cpu",
     fast_model.train()
 
     def ref_round() -> None:
-        for x, y in ref_batches:
-            reference_step(ref_model, ref_opt, x, y)
+        with cudnn_default(device):
+            for x, y in ref_batches:
+                reference_step(ref_model, ref_opt, x, y)
 
     def fast_round() -> None:
-        for _ in range(steps):
-            x, y = next(source)
-            step(fast_model, fast_opt, x, y, gen)
+        with cudnn_autotune(device):     # as ultraseg.train.train runs on a GPU
+            for _ in range(steps):
+                x, y = next(source)
+                step(fast_model, fast_opt, x, y, gen)
 
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
     ref_round()          # warm-up: allocator, oneDNN / cuDNN primitives
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     fast_round()
     ref_t, fast_t = [], []
     for r in range(s.train_rounds):  # alternate the order too: drift hits both sides alike
         for side in (("ref", "fast") if r % 2 == 0 else ("fast", "ref")):
-            if device.type == "cuda":
-                torch.backends.cudnn.benchmark = side == "fast"
             if side == "ref":
                 ref_t.append(timed(ref_round, device))
             else:
@@ -476,7 +503,9 @@ def decisive_model(width: int, device, images: list[np.ndarray]):
     torch.manual_seed(1)
     cfg = ModelConfig(width=width)
     model = build_model(cfg).to(device)
-    pred = Predictor(torch_runner(model, device, None), cfg, PreprocessConfig(size=None))
+    # (a copy: torch_runner turns its model channels_last, and the reference runs contiguous)
+    pred = Predictor(torch_runner(copy.deepcopy(model), device, None), cfg,
+                     PreprocessConfig(size=None))
     probs = [pred.predict_proba(im) for im in images]
     logits = np.concatenate([_logit(p).ravel() for p in probs])
     shift = float(np.quantile(logits, 1 - FOREGROUND_FRACTION))
@@ -505,7 +534,7 @@ def reference_predict(model, device, tile: int = 68, batch: int = 4):
     model = copy.deepcopy(model).to(device).eval()
 
     def run(tiles: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
+        with torch.no_grad(), cudnn_default(device):
             return torch.sigmoid(model(torch.from_numpy(tiles).to(device))).cpu().numpy()
 
     def predict(image: np.ndarray) -> np.ndarray:
@@ -518,8 +547,6 @@ def reference_predict(model, device, tile: int = 68, batch: int = 4):
 def measure_inference(s: Settings, device_name: str = "cpu") -> dict[str, Any]:
     """Seconds per 580x420 frame of the plain reference and of ultraseg's predictor, and how
     far their masks agree."""
-    import torch
-
     from ultraseg.config import ModelConfig, PreprocessConfig
     from ultraseg.geometry import context_margin
     from ultraseg.predict import Predictor, prediction_window
@@ -533,9 +560,8 @@ def measure_inference(s: Settings, device_name: str = "cpu") -> dict[str, Any]:
     cfg = ModelConfig(width=s.width)
     # the reference copies the model first: torch_runner turns it channels_last in place
     reference = reference_predict(model, device)
+    # (on a GPU the runner autotunes cuDNN as ultraseg predict does: runtime.cudnn_autotune)
     fast = Predictor(torch_runner(model, device, dtype), cfg, PreprocessConfig(size=None))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     fast.predict_proba(images[0])  # warm-up (oneDNN / cuDNN primitives)
     ref_t, fast_t, same, vs_ref = [], [], [], []
     for image, m32 in zip(images, fp32_masks):
@@ -543,8 +569,6 @@ def measure_inference(s: Settings, device_name: str = "cpu") -> dict[str, Any]:
         ref_reps, fast_reps = [], []
         for r in range(s.infer_reps):  # alternating, best of each (contention only adds time)
             for side in (("ref", "fast") if r % 2 == 0 else ("fast", "ref")):
-                if device.type == "cuda":
-                    torch.backends.cudnn.benchmark = side == "fast"
                 fn = reference if side == "ref" else fast.predict_proba
                 reps = ref_reps if side == "ref" else fast_reps
                 reps.append(timed(partial(_store, out, side, fn, image), device))
@@ -553,21 +577,13 @@ def measure_inference(s: Settings, device_name: str = "cpu") -> dict[str, Any]:
         mask = out["fast"] >= 0.5
         same.append(float(np.mean(mask == m32)))
         vs_ref.append(float(np.mean(mask == (out["ref"] >= 0.5))))
-    compiled: dict[str, Any] = {}
-    if s.infer_compiled:  # the opt-in compiled backend: recorded, not the headline
-        try:
-            comp = fast.with_options(run_batch=torch_runner(model, device, dtype, compile=True))
-            compiled["compile_s"] = round(timed(partial(comp.predict_proba, images[0]), device), 1)
-            compiled["s_per_frame"] = round(min(
-                timed(partial(comp.predict_proba, images[0]), device) for _ in range(2)), 3)
-            compiled["eager_s_per_frame"] = round(min(
-                timed(partial(fast.predict_proba, images[0]), device) for _ in range(2)), 3)
-        except Exception as e:  # noqa: BLE001 -- no compiler, unsupported build: say so
-            compiled["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    # the opt-in compiled backend: recorded, not the headline
+    compiled = time_compiled(fast, model, device, dtype, images[0]) if s.infer_compiled else {}
     h, w = images[0].shape
     th, tw = prediction_window(cfg, h, w)
     margin = context_margin(cfg.depth)
     square = fast.with_options(tile=max(h, w))  # one square window: what rectangles save
+    square.predict_proba(images[0])             # (a new shape: its warm-up)
     square_s = timed(lambda: square.predict_proba(images[0]), device)
     return {
         "frames": len(images), "frame_shape": [h, w], "source": source,
@@ -765,30 +781,88 @@ def run_child(kind: str, args: dict[str, Any], env: dict[str, str] | None = None
 
 
 # ------------------------------------------------------------------------------------ the run
-def measure_cuda(s: Settings, data: Path) -> dict[str, Any]:
-    """The same comparisons on the GPU: AMP bf16, channels_last, cudnn.benchmark."""
+def measure_cuda(s: Settings, out_dir: Path, quick: bool) -> dict[str, Any]:
+    """The training and prediction comparisons on the GPU alone (see the module docstring),
+    each section written to ``out_dir/speed-cuda.json`` and said on stderr as it ends."""
     import torch
 
-    out: dict[str, Any] = {"gpu": torch.cuda.get_device_name(0)}
-    for bs in s.cuda_batches:
-        torch.cuda.reset_peak_memory_stats()
-        out[f"train_batch{bs}"] = measure_training(s, data, "cuda", batch_size=bs)
-        out[f"train_batch{bs}"]["peak_gpu_memory_gb"] = round(
-            torch.cuda.max_memory_allocated() / 1e9, 3)
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"quick": quick, "settings": asdict(s), "machine": machine(),
+                              "frames_source": None}
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def done(name: str, value: dict[str, Any]) -> None:
+        result[name] = value
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        (out_dir / "speed-cuda.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"[{result['seconds']:.0f} s] {name}: {json.dumps(value)}", file=sys.stderr,
+              flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ultraseg-speed-") as tmp_name:
+        data = make_phantom(Path(tmp_name) / "phantom", s.pipeline_frames)
+        for bs in s.cuda_batches:
+            torch.cuda.reset_peak_memory_stats()
+            r = measure_training(s, data, "cuda", batch_size=bs, steps=s.cuda_train_steps)
+            r["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+            r["gflops"] = round(3 * forward_gflop(s.width, (252, 252)) * r["images_per_s"], 1)
+            done(f"train_batch{bs}", r)
     torch.cuda.reset_peak_memory_stats()
-    out["infer"] = measure_inference(s, "cuda")
-    out["infer"]["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
-    first = out[f"train_batch{s.cuda_batches[0]}"]
-    out.update(train_speedup=first["speedup"], train_images_per_s=first["images_per_s"],
-               infer_speedup=out["infer"]["speedup"],
-               infer_frames_per_s=round(1 / out["infer"]["s_per_frame"], 2),
-               infer_mask_agreement=out["infer"]["mask_agreement"])
+    eager = replace(s, infer_compiled=False)      # the compiler last: the slowest, riskiest
+    r = measure_inference(eager, "cuda")
+    r["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    r["frames_per_s"] = round(1 / r["s_per_frame"], 2)
+    result["frames_source"] = r["source"]
+    done("infer", r)
+    first = result[f"train_batch{s.cuda_batches[0]}"]
+    result.update(train_speedup=first["speedup"], train_images_per_s=first["images_per_s"],
+                  infer_speedup=r["speedup"], infer_frames_per_s=r["frames_per_s"],
+                  infer_mask_agreement=r["mask_agreement"])
+    if s.infer_compiled:
+        compiled = measure_compiled(s, "cuda")
+        done("infer_compiled", compiled)
+    return result
+
+
+def time_compiled(fast, model, device, dtype, image: np.ndarray) -> dict[str, Any]:
+    """The opt-in compiled predictor (``torch_runner(compile=True)``) beside ``fast``, the
+    eager one, on one frame: the first call (compiling), then the best of two calls each."""
+    from ultraseg.runtime import torch_runner
+
+    out: dict[str, Any] = {}
+    try:
+        comp = fast.with_options(run_batch=torch_runner(model, device, dtype, compile=True))
+        out["compile_s"] = round(timed(partial(comp.predict_proba, image), device), 1)
+        out["s_per_frame"] = round(min(
+            timed(partial(comp.predict_proba, image), device) for _ in range(2)), 3)
+        out["eager_s_per_frame"] = round(min(
+            timed(partial(fast.predict_proba, image), device) for _ in range(2)), 3)
+    except Exception as e:  # noqa: BLE001 -- no compiler, unsupported build: say so
+        out["error"] = f"{type(e).__name__}: {str(e)[:200]}"
     return out
 
 
-def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
+def measure_compiled(s: Settings, device_name: str) -> dict[str, Any]:
+    """:func:`time_compiled` on its own (the GPU run's last section)."""
     import torch
 
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.model import build_model
+    from ultraseg.predict import Predictor
+    from ultraseg.runtime import resolve_device, resolve_precision, torch_runner
+
+    device = resolve_device(device_name)
+    images, _ = infer_images(1)
+    dtype = resolve_precision("auto", device)
+    cfg = ModelConfig(width=s.width)
+    torch.manual_seed(1)
+    model = build_model(cfg).to(device)
+    fast = Predictor(torch_runner(model, device, dtype), cfg, PreprocessConfig(size=None))
+    fast.predict_proba(images[0])       # warm-up (cuDNN's autotuning)
+    return time_compiled(fast, model, device, dtype, images[0])
+
+
+def benchmark(s: Settings, quick: bool) -> dict[str, Any]:
+    """The CPU run (see the module docstring)."""
     t0 = time.perf_counter()
     sections: dict[str, float] = {}
 
@@ -821,11 +895,6 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
             "checkpoint": str(native_ckpt), "files": native_files(s.native_frames, tmp),
             "out": str(tmp / "native_masks"), "device": "cpu"}))
         plain = section("plain", lambda: fresh_processes(s, data))
-        cuda = None
-        if device == "cuda":
-            if not torch.cuda.is_available():
-                raise SystemExit("--device cuda: no CUDA GPU available")
-            cuda = section("cuda", lambda: measure_cuda(s, data))
 
     pure = min(pipeline["pure_s"])
     result: dict[str, Any] = {
@@ -869,8 +938,6 @@ def benchmark(s: Settings, device: str, quick: bool) -> dict[str, Any]:
     result["train_ceiling"] = round(top / result["train_ref_gflops"], 2)
     result["infer_ceiling"] = round(top / result["infer_ref_gflops"]
                                     * infer["ref_gflop_per_frame"] / infer["gflop_per_frame"], 2)
-    if cuda is not None:
-        result["cuda"] = cuda
     return result
 
 
@@ -957,17 +1024,15 @@ def write_results(result: dict[str, Any], command: str) -> None:
                        "not used by the headline figure.")]
     elif comp:
         lines += ["", f"`torch_runner(compile=True)` failed: {comp['error']}"]
-    if "cuda" in result:
-        c = result["cuda"]
-        gpu = (f"GPU ({c['gpu']}): training {c['train_images_per_s']:.1f} images/s "
-               f"(x{c['train_speedup']:.2f} over fp32 eager), prediction "
-               f"{c['infer_frames_per_s']:.1f} frames/s (x{c['infer_speedup']:.2f}), mask "
-               f"agreement {c['infer_mask_agreement']:.4f}.")
-        lines += ["", gpu]
-    section = "\n".join(lines) + "\n"
+    put_section("## Speed", "\n".join(lines) + "\n")
+
+
+def put_section(heading: str, section: str) -> None:
+    """Put ``section`` (starting with ``heading``) into RESULTS.md in place of the section of
+    that heading, or at its end."""
     path = HERE / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = text.find("## Speed")
+    start = text.find(heading + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
@@ -977,15 +1042,69 @@ def write_results(result: dict[str, Any], command: str) -> None:
     path.write_text(text)
 
 
+def write_cuda_results(result: dict[str, Any]) -> None:
+    """``results/speed-cuda.json`` and the "Speed (GPU)" section of RESULTS.md, from a GPU
+    run's record; the CPU figures are left as they are."""
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "speed-cuda.json").write_text(json.dumps(result, indent=1) + "\n")
+    m = result["machine"]
+    lines = ["## Speed (GPU)", "",
+             (f"`{result.get('command', CUDA_COMMAND)}` ({result.get('seconds', 0):.0f} s), "
+              f"{m['date']}: {m.get('gpu')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')} "
+              f"(TF32 convolutions allowed: {m.get('cudnn_allow_tf32')}), torch {m['torch']}, "
+              f"Python {m['python']}; frames: {result.get('frames_source')}."
+              + (" Cut short: the sections below are those it finished."
+                 if "infer" not in result else "")), "",
+             "| what | ultraseg | plain reference | ratio | peak GPU memory |",
+             "|---|---|---|---|---|"]
+    for key in sorted(k for k in result if k.startswith("train_batch")):
+        t = result[key]
+        lines.append(f"| training, batch {key[len('train_batch'):]} ({t['precision']}, "
+                     f"{t['layout']}; {t['gflops']:.0f} GFLOP/s) | {t['images_per_s']:.1f} "
+                     f"images/s | {t['ref_images_per_s']:.1f} | {t['speedup']:.2f} | "
+                     f"{t['peak_gpu_memory_gb']:.2f} GB |")
+    if "infer" in result:
+        i = result["infer"]
+        lines.append(f"| prediction, {i['frame_shape'][1]}x{i['frame_shape'][0]} frames "
+                     f"({i['precision']}; mask agreement with fp32 {i['mask_agreement']:.4f}) | "
+                     f"{i['s_per_frame'] * 1000:.1f} ms a frame | "
+                     f"{i['ref_s_per_frame'] * 1000:.1f} ms | {i['speedup']:.2f} | "
+                     f"{i['peak_gpu_memory_gb']:.2f} GB |")
+    comp = result.get("infer_compiled")
+    if comp and "error" not in comp:
+        lines += ["", (f"Opt-in `torch_runner(compile=True)`: {comp['s_per_frame'] * 1000:.1f} "
+                       f"ms a frame vs {comp['eager_s_per_frame'] * 1000:.1f} ms eager, after "
+                       f"{comp['compile_s']:.0f} s compiling.")]
+    elif comp:
+        lines += ["", f"`torch_runner(compile=True)` failed: {comp['error']}"]
+    put_section("## Speed (GPU)", "\n".join(lines) + "\n")
+
+
+CUDA_COMMAND = "PYTHONPATH=src python3 benchmarks/speed.py --device cuda"
+
+
 def main(argv: list[str] | None = None) -> int:
+    global DATA
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small model, few frames: < 1 minute")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="cuda: also measure on the GPU (recorded under 'cuda')")
+                   help="cuda: the training and prediction comparisons on the GPU alone, "
+                        "written to OUT/speed-cuda.json section by section")
+    p.add_argument("--out", type=Path, help="--device cuda: where speed-cuda.json goes "
+                                            "(default benchmarks/results)")
+    p.add_argument("--data", type=Path, help=f"the datasets folder holding "
+                                             f"{KAGGLE_FRAMES[0].split('/')[0]}/ (default {DATA})")
+    p.add_argument("--record-cuda", type=Path, metavar="FILE",
+                   help="record a GPU run's speed-cuda.json in results/ and RESULTS.md")
     p.add_argument("--predict-frames", type=int, help="frames the prediction child streams")
     p.add_argument("--no-write", action="store_true", help="full run: do not write results")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.record_cuda:
+        write_cuda_results(json.loads(a.record_cuda.read_text()))
+        return 0
+    if a.data:
+        DATA = a.data.resolve()
     from ultraseg.cli import keep_freed_memory
 
     keep_freed_memory()  # as the ``ultraseg`` command does; both sides of a comparison share it
@@ -997,16 +1116,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    if a.device == "cuda" and not torch.cuda.is_available():   # before minutes of CPU work
-        print(f"--device cuda: no CUDA GPU available (torch {torch.__version__})",
-              file=sys.stderr)
-        return 2
     s = QUICK if a.quick else FULL
+    if a.device == "cuda":
+        if not torch.cuda.is_available():
+            print(f"--device cuda: no CUDA GPU available (torch {torch.__version__})",
+                  file=sys.stderr)
+            return 2
+        out_dir = a.out or HERE / "results"
+        result = {**measure_cuda(s, out_dir, a.quick),
+                  "command": CUDA_COMMAND + (" --quick" if a.quick else "")}
+        (out_dir / "speed-cuda.json").write_text(json.dumps(result, indent=1) + "\n")
+        if not a.quick and not a.no_write and a.out is None:
+            write_cuda_results(result)
+        print(json.dumps(result))
+        return 0
     if a.predict_frames:
         s = Settings(**{**asdict(s), "predict_frames": a.predict_frames})
-    result = benchmark(s, a.device, a.quick)
+    result = benchmark(s, a.quick)
     if not a.quick and not a.no_write:
-        command = "python benchmarks/speed.py" + (" --device cuda" if a.device == "cuda" else "")
+        command = "python benchmarks/speed.py"
         if a.predict_frames:
             command += f" --predict-frames {a.predict_frames}"
         write_results(result, command)
