@@ -410,6 +410,28 @@ def test_where_the_dataset_gives_pixel_sizes_evaluate_reports_mm(tmp_path) -> No
     assert first["hc_error_mm"] == pytest.approx(m["hc_mm"] - 30.0)
     assert summary["hc_mae_mm"] == pytest.approx(abs(first["hc_error_mm"]))
     assert summary["hc_n"] == 1 and summary["hc_missed"] == 0
+    # --pixel-size: for the frames whose dataset gives none (the table's wins), as measure's
+    _, rows = evaluate(predictor, tmp_path / "hc", pixel_size_mm=0.25)
+    first, second = rows
+    assert first["pixel_size_mm"] == 0.5 and second["pixel_size_mm"] == 0.25
+    assert second["hd95_mm"] == pytest.approx(0.25 * second["hd95"])
+    doubled = evaluate(predictor, tmp_path / "hc", pixel_size_mm=0.5)[1][1]
+    assert second["area_mm2"] > 0 and doubled["area_mm2"] == pytest.approx(
+        4 * second["area_mm2"])
+    assert "hc_error_mm" not in second                  # no reference to err against
+    with pytest.raises(UltrasegError, match="--pixel-size must be a positive number"):
+        evaluate(predictor, tmp_path / "hc", pixel_size_mm=-1)
+
+
+def test_cli_evaluate_takes_a_pixel_size(checkpoint, data, capsys) -> None:
+    """The README said evaluate gives mm; it had no --pixel-size (an argparse error)."""
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--pixel-size", "0.1",
+                     "--device", "cpu", "--precision", "fp32"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 50
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--pixel-size", "0",
+                     "--device", "cpu"]) == 2
+    assert "--pixel-size must be a positive number" in capsys.readouterr().err
 
 
 def test_hc_error_counts_the_heads_the_model_missed(tmp_path, capsys) -> None:
@@ -501,3 +523,33 @@ def test_an_unreadable_frame_stops_evaluation_pointing_at_inspect(tmp_path) -> N
     assert str(err.value).startswith(f"{bad}: ") and "0 bytes" in str(err.value)
     assert f"`ultraseg inspect {root}` lists every problem" in str(err.value)
     assert not (tmp_path / "ev").exists()                    # nothing written
+
+
+def test_scoring_the_training_data_without_a_split_is_warned_about(data, tmp_path) -> None:
+    """`ultraseg evaluate RUN/best.ckpt DATA` on the data the run trained on scored its
+    training frames too, with no word: a user reported the training-set Dice."""
+    from conftest import ultraseg_warnings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig())
+    meta["run"] = {"data": {"path": str(data)}}
+    save_checkpoint(run / "best.ckpt", build_model(cfg).state_dict(), meta)
+    names = sorted(p.stem for p in (data / "images").iterdir())
+    (run / "split.json").write_text(json.dumps({"train": names[:40], "val": names[40:]}))
+    predictor = load(run / "best.ckpt", device="cpu", precision="fp32")
+    with ultraseg_warnings() as warned:
+        evaluate(predictor, data)
+    (said,) = [r.getMessage() for r in warned]
+    assert "the data the model was trained on" in said and f"--split {run / 'split.json'}" in said
+    with ultraseg_warnings() as warned:            # the same folder, spelt another way
+        evaluate(predictor, data.parent / ".." / data.parent.name / data.name)
+    assert len(warned) == 1
+    with ultraseg_warnings() as warned:
+        evaluate(predictor, data, split_file=run / "split.json")
+    assert not warned
+    other = make_dataset(tmp_path / "other", n=10, size=SIZE, seed=5)
+    with ultraseg_warnings() as warned:
+        evaluate(predictor, other)                  # other data: nothing to say
+    assert not warned

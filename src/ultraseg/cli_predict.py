@@ -124,6 +124,13 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
                         "horizontally flipped frame's (twice the prediction time)")
 
 
+def pixel_size_arg(p: argparse.ArgumentParser) -> None:
+    """``--pixel-size MM``, for frames whose dataset (a table, a DICOM header) gives none."""
+    p.add_argument("--pixel-size", type=float, metavar="MM",
+                   help="pixel size in mm for frames whose dataset (a table, a DICOM header) "
+                        "gives none")
+
+
 def model_args(p: argparse.ArgumentParser) -> None:
     """How a model runs: batch size, valid-model tile, device and precision (predict, measure,
     evaluate)."""
@@ -257,8 +264,7 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
                    help="with --out: also write STEM_measure.png, the frame with the object's "
                         "outline (orange) and the ellipse measured on it (bluish green)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    p.add_argument("--pixel-size", type=float, metavar="MM",
-                   help="pixel size in mm for frames whose dataset gives none")
+    pixel_size_arg(p)
     model_args(p)
     postprocess_args(p)
     layout_args(p, label=None)  # measures the prediction; no ground truth to choose from

@@ -294,7 +294,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
     predictor = load_predictor(a)      # predict's model flags and post-processing, the same way
     summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
-                          a.subset, a.out, label=a.label)
+                          a.subset, a.out, label=a.label, pixel_size_mm=a.pixel_size)
     if a.json:
         print(json_text(summary))
     else:
@@ -317,7 +317,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     """Register the model subcommands on the ``ultraseg`` parser."""
-    from .cli_predict import model_args, postprocess_args
+    from .cli_predict import model_args, pixel_size_arg, postprocess_args
 
     p = sub.add_parser("train", help="train a U-Net on a dataset",
                        description="Train a U-Net; writes checkpoints, metrics and a report to --out.")
@@ -337,6 +337,7 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
                    help="which side of --split to evaluate (default val; needs --split)")
     p.add_argument("--out", type=path_arg, help="folder for per_image.csv and summary.json")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    pixel_size_arg(p)
     model_args(p)
     postprocess_args(p)
     p.set_defaults(func=_cmd_evaluate)

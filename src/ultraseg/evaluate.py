@@ -15,7 +15,7 @@ from .config import PostprocessConfig
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_text, json_text
 from .io import Sample, open_dataset, select_label
-from .measure import measure
+from .measure import check_pixel_size, measure
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor, as_predictor
@@ -58,13 +58,35 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
     return chosen
 
 
+def _warn_if_trained_on(predictor: Predictor, root: Path) -> None:
+    """Say so where ``root`` is the data the model was trained on (its checkpoint records
+    it) and no split was given: every frame is then scored, its training frames too, and the
+    figure says how well the model learnt them, not how it does on new frames."""
+    trained_on = ((predictor.meta.get("run") or {}).get("data") or {}).get("path")
+    try:
+        if not trained_on or Path(trained_on).resolve() != Path(root).resolve():
+            return
+    except (OSError, RuntimeError, ValueError):
+        return
+    split = Path(predictor.source).parent / "split.json" if predictor.source else None
+    split_arg = f"--split {split}" if split is not None and split.is_file() else \
+        "--split RUN/split.json"
+    log.warning("%s is the data the model was trained on: without a split every frame is "
+                "scored, its training frames too (%s scores the validation side, with "
+                "--subset test the held-out one; in Python, split_file= and subset=)", root,
+                split_arg)
+
+
 def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = "auto",
              subject_pattern: str | None = None, split_file: str | Path | None = None,
              subset: str | None = None, out: str | Path | None = None,
-             progress: Callable[[int, int], None] | None = None, label: int | None = None
+             progress: Callable[[int, int], None] | None = None, label: int | None = None,
+             pixel_size_mm: float | None = None
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``predictor`` on every labelled frame of ``data``, or on the ``subset`` side
-    ('train' | 'val' | 'test'; None: 'val') of a run's ``split_file``.
+    ('train' | 'val' | 'test'; None: 'val') of a run's ``split_file``. Without a split, on the
+    data the model was trained on (as its checkpoint records it), a warning says that its
+    training frames are scored too.
 
     Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` computed with the
     checkpoint's post-processing, and the same figures without its rules under ``raw`` (the
@@ -74,13 +96,18 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     With ``out``, writes ``per_image.csv`` and ``summary.json`` there. ``label`` picks the
     structure of a label mask to score against; None: the one the predictor was trained on
     (its own None: any non-zero label). ``predictor`` may also be the path of a checkpoint
-    or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults).
+    or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults). ``pixel_size_mm``:
+    for frames whose dataset gives none (a table's or a DICOM header's wins), as in
+    :func:`ultraseg.measure_frames`; with it, HD95 and the measurements are also in mm.
     """
     predictor = as_predictor(predictor)
+    pixel_size_mm = check_pixel_size(pixel_size_mm)
     ds = open_dataset(data, layout, subject_pattern)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:
         raise DataError("no labelled frames to evaluate", ds.root)
+    if split_file is None:
+        _warn_if_trained_on(predictor, ds.root)
     label = predictor.preprocess.label if label is None else label
     offset = float(predictor.meta.get("measure", {}).get("boundary_offset_px", 0.0))
     raw_pp = PostprocessConfig()
@@ -98,8 +125,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
                 raise DataError(f"{e.message} (`ultraseg inspect {ds.root}` lists every "
                                 f"problem of the set at once)", e.path) from e
             truths.append(select_label(mask, label))
-            regions.append(seen_region(image, predictor.preprocess) if s.meta.get(
-                "pixel_size_mm") else None)
+            regions.append(seen_region(image, predictor.preprocess)
+                           if s.meta.get("pixel_size_mm") or pixel_size_mm else None)
             if label is not None and not truths[-1].any():
                 labels_seen.update(int(v) for v in np.unique(mask[mask > 0]))
             elif label is not None:
@@ -108,12 +135,14 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
 
     for i, prob in enumerate(predictor.predict_proba_many(decoded())):
         s, truth = samples[i], truths[i]
-        spacing = s.meta.get("pixel_size_mm")
+        spacing = s.meta.get("pixel_size_mm") or pixel_size_mm
         pred = apply_postprocess(prob, predictor.postprocess)
         # the dataset's reference HC is hc_ref_mm, as in measure's CSV (there hc_mm is the
         # prediction's; here hc_pred_mm)
         meta = {("hc_ref_mm" if k == "hc_mm" else k): v for k, v in s.meta.items()}
         row: dict[str, Any] = {"name": s.name, "subject": s.subject, **meta}
+        if spacing and not row.get("pixel_size_mm"):        # --pixel-size's
+            row["pixel_size_mm"] = spacing
         row.update(image_metrics(pred, truth, spacing))
         raw = image_metrics(apply_postprocess(prob, raw_pp), truth)
         raw_rows.append(raw)

@@ -41,12 +41,27 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from .errors import UltrasegError
+
 logger = logging.getLogger(__name__)
+
+
+def check_pixel_size(pixel_size_mm: Any) -> float | None:
+    """``pixel_size_mm`` as a float (None stays None), or a user error where it is no
+    positive, finite number of mm (``--pixel-size``)."""
+    if pixel_size_mm is None:
+        return None
+    if isinstance(pixel_size_mm, bool) or not isinstance(pixel_size_mm, numbers.Real) \
+            or not (pixel_size_mm > 0 and math.isfinite(pixel_size_mm)):
+        raise UltrasegError(f"--pixel-size must be a positive number of mm, got "
+                            f"{pixel_size_mm!r}")
+    return float(pixel_size_mm)
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 

@@ -13,7 +13,6 @@ import csv
 import io
 import logging
 import math
-import numbers
 import os
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -497,7 +496,7 @@ def measure_frames(predictor: Predictor | str | Path,
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     """
-    from .measure import measure
+    from .measure import check_pixel_size, measure
     from .preprocess import seen_region
     from .report import measure_overlay
 
@@ -505,11 +504,7 @@ def measure_frames(predictor: Predictor | str | Path,
     if overlay and out is None:
         raise UltrasegError("measure's overlays need an output folder (--out)")
 
-    if pixel_size_mm is not None and (isinstance(pixel_size_mm, bool)
-                                      or not isinstance(pixel_size_mm, numbers.Real)
-                                      or not (pixel_size_mm > 0 and math.isfinite(pixel_size_mm))):
-        raise UltrasegError(f"--pixel-size must be a positive number of mm, got "
-                            f"{pixel_size_mm!r}")
+    pixel_size_mm = check_pixel_size(pixel_size_mm)
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     out_dir = prepare_out_dir(out) if out is not None else None
     rows: list[dict[str, Any]] = []
