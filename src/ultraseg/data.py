@@ -77,11 +77,11 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         raise UltrasegError("training needs a working size (--size)")
     samples = ds.labelled
     if not samples:
-        from .io import READERS, nested_hint
+        from .io import READERS, dataset_hint
 
         expects = READERS[ds.layout].description if ds.layout in READERS else ds.layout
         raise DataError(f"no labelled samples to train on: read as the {ds.layout!r} layout "
-                        f"({expects}){nested_hint(ds.root)}; `ultraseg inspect` shows what was "
+                        f"({expects}){dataset_hint(ds.root)}; `ultraseg inspect` shows what was "
                         "found, and the README's layout table what each layout expects "
                         "(--layout names one)", ds.root)
     # names and subjects come from the dataset as scanned now, never from the cache: the

@@ -14,7 +14,7 @@ import numpy as np
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_text, json_text
-from .io import Sample, open_dataset, select_label
+from .io import Sample, dataset_hint, open_dataset, select_label
 from .measure import check_pixel_size, measure
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
@@ -105,7 +105,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     ds = open_dataset(data, layout, subject_pattern)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:
-        raise DataError("no labelled frames to evaluate", ds.root)
+        hint = dataset_hint(ds.root) if ds.layout == "images" else ""
+        raise DataError(f"no labelled frames to evaluate{hint}", ds.root)
     if split_file is None:
         _warn_if_trained_on(predictor, ds.root)
     label = predictor.preprocess.label if label is None else label

@@ -830,6 +830,36 @@ def test_a_dataset_one_folder_down_is_pointed_at(tmp_path) -> None:
     assert not any("point at it" in r.getMessage() for r in warned)
 
 
+def test_a_datasets_images_folder_given_for_the_dataset_is_pointed_at_its_parent(
+        tmp_path) -> None:
+    """`ultraseg inspect DATA/images` said only 'unlabelled images: 9, problems 0', and train
+    that nothing was labelled, without naming DATA, the folder to point at."""
+    from ultraseg.config import PreprocessConfig
+    from ultraseg.data import load_arrays
+    from ultraseg.evaluate import evaluate
+    from ultraseg.predict import Predictor
+    from ultraseg.config import ModelConfig
+
+    root = make_folders(tmp_path / "nerve")
+    for given in (root / "images", root / "masks"):
+        with ultraseg_warnings() as warned:
+            ds, _ = scan_dataset(given)
+        assert ds.layout == "images"
+        said = [r.getMessage() for r in warned]
+        assert any(f"{root} holds a 'folders' dataset: point at it" in m for m in said), said
+        assert not any("masks included" in m for m in said)
+    ds, _ = scan_dataset(root / "images")
+    with pytest.raises(DataError, match=f"{root} holds a 'folders' dataset: point at it"):
+        load_arrays(ds, PreprocessConfig(size=32), cache_dir="")
+    predictor = Predictor(lambda b: b, ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None))
+    with pytest.raises(DataError, match=r"no labelled frames to evaluate; .* point at it"):
+        evaluate(predictor, root / "images")
+    with ultraseg_warnings() as warned:     # a folder of scans named images, alone: no word
+        scan_dataset(make_images(tmp_path / "lone" / "images"))
+    assert not any("point at it" in r.getMessage() for r in warned)
+
+
 def test_a_link_to_a_folder_read_already_keeps_the_frames_real_names(tmp_path) -> None:
     """scans/latest -> 2024-06 named 2024-06's frames latest/f0 or 2024-06/f0 by the order
     the folder listed them: adding a convenience link renamed the frames and their outputs."""

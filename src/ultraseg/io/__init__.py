@@ -15,7 +15,8 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
                    classify_mask_values, frame_count, read_image, read_mask, select_label)
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm, is_dicom,
                     read_dicom)
-from .readers import BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader
+from .readers import (MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader, ImagesReader,
+                      KaggleReader)
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +99,31 @@ def nested_datasets(root: str | Path) -> list[tuple[Path, str]]:
     return found
 
 
-def nested_hint(root: str | Path) -> str:
-    """``; ROOT/SUB holds a 'LAYOUT' dataset: point at it`` where :func:`nested_datasets`
-    finds one (or several), else ''."""
+def dataset_hint(root: str | Path) -> str:
+    """Where a folder read as unlabelled images is part of a labelled dataset, what to point
+    at instead: ``(masks included); ROOT/SUB holds a 'LAYOUT' dataset: point at it`` where
+    :func:`nested_datasets` finds one (or several) below it, ``; PARENT holds a 'LAYOUT'
+    dataset: point at it`` where ``root`` is the images or masks folder of one (``DATA/images``
+    given for ``DATA``); else ''."""
+    root = Path(root)
     nested = nested_datasets(root)
-    if not nested:
+    if nested:
+        sub, name = nested[0]
+        more = f" (and {len(nested) - 1} more folders)" if len(nested) > 1 else ""
+        return f" (masks included); {sub} holds a {name!r} dataset{more}: point at it"
+    # (only a folder named as a dataset's part: detection could walk a large parent's tree)
+    if root.name.lower() not in ("images", *MASK_FOLDERS):
         return ""
-    sub, name = nested[0]
-    more = f" (and {len(nested) - 1} more folders)" if len(nested) > 1 else ""
-    return f"; {sub} holds a {name!r} dataset{more}: point at it"
+    parent = root.absolute().parent
+    for name, cls in READERS.items():
+        if name != ImagesReader.name and cls.detect(parent):
+            try:
+                labelled = any(s.labelled for s in cls().scan(parent)[0])
+            except (OSError, UltrasegError):
+                labelled = False
+            # (a lone images/ folder is a 'folders' dataset of unlabelled frames: no better)
+            return f"; {parent} holds a {name!r} dataset: point at it" if labelled else ""
+    return ""
 
 
 def scan_dataset(path: str | Path, layout: str = "auto",
@@ -129,10 +146,9 @@ def scan_dataset(path: str | Path, layout: str = "auto",
     if layout != "auto" and not samples:
         problems = _forced_layout_problems(root, name, problems)
     if layout == "auto" and name == ImagesReader.name:
-        hint = nested_hint(root)
-        if hint:    # its masks read here as frames of their own
-            log.warning("%s is read as a folder of unlabelled images, masks included%s", root,
-                        hint)
+        hint = dataset_hint(root)
+        if hint:    # part of a labelled dataset, or one below: its masks read as frames
+            log.warning("%s is read as a folder of unlabelled images%s", root, hint)
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
     _check_pattern(reader, subject_pattern)
     return Dataset(root, name, tuple(samples)), problems
@@ -217,6 +233,6 @@ def open_dataset(path: str | Path, layout: str = "auto",
 
 __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS",
            "Reader", "Sample", "dicom_frame_count", "dicom_pixel_size_mm", "read_dicom",
-           "classify_mask_values", "detect_layout", "frame_count", "frame_tag", "get_reader",
-           "open_dataset", "read_image", "nested_datasets", "read_mask", "register",
-           "scan_dataset", "select_label", "split_frames", "with_header_pixel_size"]
+           "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
+           "get_reader", "open_dataset", "read_image", "nested_datasets", "read_mask",
+           "register", "scan_dataset", "select_label", "split_frames", "with_header_pixel_size"]
