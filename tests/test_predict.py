@@ -463,6 +463,22 @@ def test_measure_overlays_draw_the_outline_and_the_ellipse_measured(tmp_path):
         assert on.sum() > 30 and np.abs(r - 1).max() < 0.12
 
 
+def test_one_hc18_frame_named_alone_keeps_its_tables_row(tmp_path):
+    """`measure MODEL hc18/training_set/001_HC.png` gave px, the table beside it unread, where
+    the folder gave mm and the reference."""
+    hc18_like(tmp_path / "hc")
+    one = tmp_path / "hc" / "training_set" / "001_HC.png"
+    (frame,) = collect_frames([one])
+    assert frame.sample.meta == {"pixel_size_mm": 0.5, "hc_mm": 30.0}
+    (row,) = measure_frames(pixel_predictor(), [one])[1]
+    assert row["pixel_size_mm"] == 0.5 and row["hc_ref_mm"] == 30.0
+    assert row["hc_error_mm"] == pytest.approx(row["hc_mm"] - 30.0)
+    (frame,) = collect_frames([tmp_path / "hc" / "training_set" / "002_HC.png"])
+    assert frame.sample.meta == {}                           # no row: none
+    save(tmp_path / "elsewhere" / "001_HC.png", ramp(8, 8))
+    assert collect_frames([tmp_path / "elsewhere" / "001_HC.png"])[0].sample.meta == {}
+
+
 def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
     hc18_like(tmp_path / "hc")
     frames = collect_frames([tmp_path / "hc"])

@@ -24,8 +24,8 @@ from PIL import Image
 
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_bytes, atomic_write_text
-from .io import (IMAGE_EXTENSIONS, Sample, frame_tag, scan_dataset, select_label,
-                 split_frames, with_header_pixel_size)
+from .io import (IMAGE_EXTENSIONS, Sample, file_sample, frame_tag, scan_dataset,
+                 select_label, split_frames)
 from .io.readers import Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
                       warn_outputs_left_out)
@@ -102,8 +102,8 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
             if path.suffix.lower() not in IMAGE_EXTENSIONS and not is_dicom(path):
                 raise DataError("not an image file; supported: " + ", ".join(IMAGE_EXTENSIONS),
                                 path)
-            found.append((with_header_pixel_size(Sample(path.stem, path)), None,
-                          PurePosixPath(path.stem), path.resolve().parent.name))
+            found.append((file_sample(path), None, PurePosixPath(path.stem),
+                          path.resolve().parent.name))
             continue
         if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):
             raise UltrasegError("the output folder (--out) is this input folder or holds it: "

@@ -154,6 +154,14 @@ def scan_dataset(path: str | Path, layout: str = "auto",
     return Dataset(root, name, tuple(samples)), problems
 
 
+def file_sample(path: Path) -> Sample:
+    """An image file named on its own, as a sample: its pixel size and reference head
+    circumference from its HC18 folder's table (:meth:`Hc18Reader.file_meta`), else its DICOM
+    header's pixel size: it is measured in mm as it is when its folder is given."""
+    sample = Sample(path.stem, path, meta=Hc18Reader.file_meta(path))
+    return with_header_pixel_size(sample)
+
+
 def with_header_pixel_size(sample: Sample) -> Sample:
     """``sample``, a DICOM frame's given its header's pixel size where its layout gave none (a
     table's wins); a header that cannot be read gives none here (reading the frame says
@@ -235,4 +243,5 @@ __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTE
            "Reader", "Sample", "dicom_frame_count", "dicom_pixel_size_mm", "read_dicom",
            "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
            "get_reader", "open_dataset", "read_image", "nested_datasets", "read_mask",
-           "register", "scan_dataset", "select_label", "split_frames", "with_header_pixel_size"]
+           "register", "scan_dataset", "select_label", "split_frames",
+           "file_sample", "with_header_pixel_size"]

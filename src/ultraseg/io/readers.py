@@ -365,6 +365,15 @@ class Hc18Reader(Reader):
                         for name, image, mask in pairs]
         return samples, problems
 
+    @classmethod
+    def file_meta(cls, path: Path) -> dict[str, float]:
+        """The table row of one image file named on its own (``measure MODEL
+        training_set/000_HC.png``), where its folder is an HC18 set: its pixel size and
+        reference head circumference; {} elsewhere."""
+        if not cls.detect(path.parent):
+            return {}
+        return dict(cls._read_csvs(path.parent, []).get(_nfc(path.name), {}))
+
     @staticmethod
     def _read_csvs(folder: Path, problems: list[DataError]) -> dict[str, dict[str, float]]:
         """Pixel size and reference head circumference per image name. A value that is no
