@@ -839,3 +839,12 @@ def test_collect_frames_takes_one_path_as_it_is(tmp_path):
     save(tmp_path / "in" / "a.png", ramp(4, 4))
     for given in (str(tmp_path / "in"), tmp_path / "in"):
         assert [f.out_name for f in collect_frames(given)] == ["a"]
+
+
+@pytest.mark.parametrize("call", ["predict", "predict_proba"])
+def test_a_path_given_for_a_frame_says_how_to_read_it(tmp_path, call):
+    """predictor.predict("frame.png") said 'expected a 2D image, got an array of shape ()'."""
+    p = save(tmp_path / "frame.png", ramp(8, 8))
+    for given in (str(p), p):
+        with pytest.raises(UltrasegError, match=r"got the path .*frame\.png.*read_image"):
+            getattr(pixel_predictor(), call)(given)

@@ -178,6 +178,10 @@ class Predictor:
         """Stream probabilities for many frames, batching frames of equal canvas size."""
         pending: list[tuple[np.ndarray, Geometry]] = []
         for image in images:
+            if isinstance(image, (str, os.PathLike)):
+                raise UltrasegError(f"expected an image array, got the path {str(image)!r}: "
+                                    "read the file with ultraseg.read_image(path), or give "
+                                    "paths to write_predictions / measure_frames")
             image = np.asarray(image)
             if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
                 raise UltrasegError(f"expected a 2D image, got an array of shape {image.shape}")
