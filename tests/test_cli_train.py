@@ -456,6 +456,18 @@ def test_batch_dice_flag_reaches_the_run(data, tmp_path) -> None:
     assert len(rows) == 2 and all(0 < float(r["val_loss"]) < 3 for r in rows)
 
 
+@pytest.mark.parametrize("flags", [["--batch-dice"], ["--dice-skip-empty"],
+                                   ["--batch-dice", "--dice-skip-empty"]])
+def test_dice_term_flags_without_a_dice_term_are_refused(data, tmp_path, capsys, flags) -> None:
+    """With --loss bce (the seed recipe's) they were ignored in silence."""
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "1",
+                     "--loss", "bce", *flags]) == 2
+    err = capsys.readouterr().err
+    assert " and ".join(flags) in err and "--loss bce has none" in err
+    assert not run.exists()
+
+
 @pytest.mark.parametrize("mode", ["gate", "classifier", "detached"])
 def test_presence_head_run_trains_and_predicts(data, tmp_path, mode) -> None:
     assert _resolve(["D", "--out", "R", "--preset", "cpu"]).model.presence_head == "auto"
