@@ -178,6 +178,9 @@ def test_collect_frames_errors_before_anything_runs(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="not an image file"):
         collect_frames([tmp_path / "notes.txt"])
+    (tmp_path / "best.ckpt").write_bytes(b"x")     # `predict DATA MODEL`: the order swapped
+    with pytest.raises(DataError, match="not an image file but a model: the model comes first"):
+        collect_frames([tmp_path / "best.ckpt"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError):
         collect_frames([tmp_path / "empty"])

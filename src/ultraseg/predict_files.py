@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
+#: File endings of models (a run's checkpoints, exported graphs, PyTorch's own files).
+MODEL_EXTENSIONS = (".ckpt", ".onnx", ".pt", ".pth")
+
 #: Mask file formats: ``--format`` value -> (file suffix, Pillow format).
 MASK_FORMATS = {"png": (".png", "PNG"), "tif": (".tif", "TIFF")}
 
@@ -100,8 +103,10 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
             raise DataError("no such file or folder", path)
         if path.is_file():      # (named itself: a hidden name is the user's choice)
             if path.suffix.lower() not in IMAGE_EXTENSIONS and not is_dicom(path):
-                raise DataError("not an image file; supported: " + ", ".join(IMAGE_EXTENSIONS),
-                                path)
+                model = path.suffix.lower() in MODEL_EXTENSIONS
+                raise DataError("not an image file" + (
+                    " but a model: the model comes first, the images after it"
+                    if model else "; supported: " + ", ".join(IMAGE_EXTENSIONS)), path)
             found.append((file_sample(path), None, PurePosixPath(path.stem),
                           path.resolve().parent.name))
             continue
