@@ -165,9 +165,11 @@ def test_elastic_level_warps_like_strong_and_more() -> None:
 
 
 def test_strong_preserves_zscore_range_statistics_roughly() -> None:
-    # the intensity transform maps back to the image's own range (works on z-scored input)
+    # the intensity transform maps back to the image's own range (works on z-scored input); a
+    # range that does not hold [0, 1] (with randn * 2 + 1 it did, and an intensity change
+    # left in [0, 1] passed)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 1, 32, 32, generator=g) * 2 + 1
+    x = torch.randn(4, 1, 32, 32, generator=g) * 2 + 10
     y = torch.zeros(4, 1, 32, 32)
     xa, _ = augment_batch(x, y, "strong", torch.Generator().manual_seed(1))
     lo, hi = x.amin((1, 2, 3)), x.amax((1, 2, 3))
@@ -187,3 +189,16 @@ def test_unknown_level_names_the_valid_ones() -> None:
         augment_batch(x, y, "extreme", torch.Generator())
     for level in AUGMENTS:
         assert level in str(e.value)
+
+
+def test_elastic_displacement_is_a_few_percent_of_the_side() -> None:
+    """Only the direction of the deformation was tested: ten times the field passed."""
+    from ultraseg.augment import ELASTIC_SIGMA
+
+    # identity affine (no rotation, scale 1, no shift): the sample grid moves by the field only
+    x = torch.arange(64.0).repeat(64, 1)[None, None].repeat(8, 1, 1, 1)   # value = column
+    y = torch.zeros_like(x)
+    xa, _ = affine(x, y, torch.Generator().manual_seed(0), max_deg=0.0, scale=(1.0, 1.0),
+                   shift=0.0, elastic=ELASTIC_SIGMA)
+    moved = (xa - x).abs()[..., 8:-8, 8:-8].mean().item()    # pixels, away from the border
+    assert 0 < moved < 0.1 * 64

@@ -14,6 +14,7 @@ from ultraseg.measure import (
     ellipse_circumference,
     fit_ellipse,
     measure,
+    moments_ellipse,
     outline_half_width,
 )
 
@@ -257,3 +258,32 @@ def test_a_band_across_the_frame_gets_no_ellipse_kilometres_long() -> None:
     r = measure(head)
     assert r["touches_edge"] and r["ellipse_method"] == "boundary_fit"
     assert r["ellipse_axes"] == pytest.approx((190, 80), abs=1.0)
+
+
+@pytest.mark.parametrize("box", [(slice(10, 30), slice(25, 40)), (slice(10, 30), slice(0, 15)),
+                                 (slice(0, 15), slice(10, 30)), (slice(25, 40), slice(10, 30))])
+def test_an_object_cut_by_any_edge_is_flagged(box) -> None:
+    m = np.zeros((40, 40), bool)
+    m[box] = True
+    assert measure(m)["touches_edge"] is True
+    inner = np.zeros((40, 40), bool)
+    inner[10:30, 10:30] = True
+    assert measure(inner)["touches_edge"] is False
+
+
+def test_the_moments_ellipse_of_a_bar_lies_along_it() -> None:
+    """Swapping x and y in the fallback's angle turned it by 90 degrees unnoticed."""
+    bar = np.zeros((20, 40), bool)
+    bar[9:11, 5:35] = True
+    assert moments_ellipse(bar)[4] % 180 == pytest.approx(0.0, abs=1e-6)
+    assert moments_ellipse(bar.T)[4] % 180 == pytest.approx(90.0, abs=1e-6)
+
+
+def test_the_boundary_offsets_error_before_is_at_the_start() -> None:
+    fitted = np.array([[50.0, 40.0], [60.0, 45.0]])
+    sizes = np.array([0.1, 0.12])
+    refs = np.array([30.0, 40.0])
+    _, before, _ = choose_boundary_offset(fitted, sizes, refs, 1.27)
+    want = np.mean([abs(ellipse_circumference(a - 1.27, b - 1.27) * s - r)
+                    for (a, b), s, r in zip(fitted, sizes, refs)])
+    assert before == pytest.approx(want)

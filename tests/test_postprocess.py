@@ -323,3 +323,32 @@ def test_an_empty_grid_is_a_user_error(empty) -> None:
     p = np.zeros((8, 8), np.float32)
     with pytest.raises(UltrasegError, match="must not be empty"):
         tune([p], [p > 0.5], **{empty: []})
+
+
+def test_tune_takes_the_higher_scoring_of_equally_simple_settings() -> None:
+    """Thresholds 0.3 and 0.7 are each one rule away from 0.5: the better one wins (the tie
+    on simplicity was broken by order, which could ship a setting min_gain worse)."""
+    truth = np.zeros((20, 20), bool)
+    prob = np.zeros((20, 20))
+    truth[0:9, 0:5] = True
+    prob[0:9, 0:5] = 0.75                        # 45 px found at every threshold
+    truth[9, 0:5] = True
+    prob[9, 0:5] = 0.4                           # 5 px found at 0.3 only
+    prob[15, 0:10] = 0.55                        # 10 false px above 0.5
+    prob[18, 0:3] = 0.4                          # 3 false px above 0.3
+    # Dice: 0.7 -> 0.947, 0.5 -> 0.857, 0.3 -> 0.885
+    cfg, score = tune([prob], [truth], thresholds=(0.5, 0.3, 0.7), min_areas=(0,),
+                      try_keep_largest=False, try_fill_holes=False, min_peaks=(0.0,),
+                      min_gain=0.08)
+    assert cfg.threshold == 0.7 and score == pytest.approx(90 / 95)
+
+
+def test_min_peak_counts_as_a_rule_that_must_earn_its_place() -> None:
+    truth = np.zeros((20, 20), bool)
+    truth[2:12, 2:12] = True                    # 100 px, confident
+    prob = np.zeros((20, 20))
+    prob[2:12, 2:12] = 0.99
+    prob[15, 15] = 0.6                          # one doubtful false pixel: Dice 200/201
+    cfg, _ = tune([prob], [truth], thresholds=(0.5,), min_areas=(0,), try_keep_largest=False,
+                  try_fill_holes=False, min_peaks=(0.0, 0.9), min_gain=0.01)
+    assert cfg.min_peak == 0.0                  # the gain (0.005) is under min_gain

@@ -335,3 +335,13 @@ def test_restore_resamples_only_the_frame_yet_gives_the_squares_values(shape) ->
     assert got.shape == shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert peak < 3 * got.nbytes + 200_000
+
+
+def test_restore_where_the_canvas_is_the_padded_square_itself() -> None:
+    """A frame whose longer side is the working size (48 x 64 at 64): its canvas is the padded
+    square, unresized; swapping the padding's top and left passed every test."""
+    m = np.zeros((48, 64), np.float32)
+    m[10:20, 5:30] = 1.0
+    canvas, geom = to_canvas(m, PreprocessConfig(size=64), "prob")
+    assert geom.side == 64 and geom.top == 8
+    np.testing.assert_array_equal(restore(canvas, geom), m)

@@ -104,3 +104,10 @@ def test_write_submission_failure_leaves_no_file(tmp_path: Path) -> None:
         write_submission([("a,b", SMALL)], out)
     with pytest.raises(UltrasegError):
         write_submission([], tmp_path / "missing" / "s.csv")
+
+
+@pytest.mark.parametrize("name", ['a"b', "a\nb", "a,b"])
+def test_a_name_that_would_break_the_csv_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UltrasegError):
+        write_submission([(name, np.zeros((2, 2), bool))], tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()

@@ -284,3 +284,11 @@ def test_signed_inverted_and_wide_colour_frames_follow_the_one_rule(tmp_path) ->
     np.testing.assert_array_equal(read_image(ds_path), to_uint8(wide))
     rgb16 = np.stack([scan.astype(np.uint16)] * 3, axis=-1)    # 16-bit colour: stretched as grey
     assert read_image(make_dicom(tmp_path / "c.dcm", rgb16, photometric="RGB")).max() == 255
+
+
+def test_a_zero_or_infinite_pixel_spacing_gives_no_pixel_size(tmp_path) -> None:
+    """PixelSpacing [0, 0] gave 0 mm, and measure then failed where it should have measured
+    in px."""
+    for i, spacing in enumerate(((0.0, 0.0), (float("inf"), float("inf")))):
+        p = make_dicom(tmp_path / f"{i}.dcm", _scan(), spacing=spacing)
+        assert dicom_pixel_size_mm(p) is None

@@ -14,6 +14,7 @@ from conftest import ultraseg_warnings
 from ultraseg.cli import main
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import classify_mask_values, read_image, read_mask, select_label
+from ultraseg.io.base import to_uint8
 from ultraseg.inspection import inspect_dataset
 
 
@@ -414,3 +415,44 @@ def test_a_label_mask_with_thick_regions_between_0_and_255_stays_a_label_mask() 
     labels[10:30, 10:30] = 128
     labels[35:60, 35:60] = 255
     np.testing.assert_array_equal(classify_mask_values(labels), labels)
+
+
+# ------------------------------------------------------------------ rules no test held
+def test_a_photograph_saved_as_a_jpeg_mask_is_refused(tmp_path: Path) -> None:
+    yy, _ = np.mgrid[0:64, 0:64]
+    Image.fromarray((yy * 4).astype(np.uint8)).save(tmp_path / "m.jpg", quality=95)
+    with pytest.raises(DataError):
+        read_mask(tmp_path / "m.jpg")
+
+
+def test_a_label_mask_with_an_ignore_value_keeps_its_labels() -> None:
+    """{0, 1, 2, 255} (255: 'ignore', as some tools write) is a label mask, not a lossy
+    binary one to binarise at 127, which would turn labels 1 and 2 into background."""
+    a = np.zeros((20, 20), np.uint8)
+    a[2:8, 2:8] = 1
+    a[10:16, 10:16] = 2
+    a[0, 0] = 255
+    np.testing.assert_array_equal(classify_mask_values(a), a)
+
+
+def test_label_values_beyond_8_bits_are_refused() -> None:
+    """{0, 1000, 2000} in 16 bits would wrap around in uint8."""
+    with pytest.raises(DataError):
+        classify_mask_values(np.array([[0, 1000], [2000, 0]], np.uint16))
+
+
+def test_a_coloured_palette_of_more_than_32_indices_is_refused(tmp_path: Path) -> None:
+    idx = (np.arange(64 * 64) % 40).reshape(64, 64).astype(np.uint8)
+    im = Image.fromarray(idx, mode="P")
+    im.putpalette([v for i in range(256) for v in (i * 5 % 256, i * 11 % 256, i * 17 % 256)])
+    im.save(tmp_path / "m.png")
+    with pytest.raises(DataError):
+        read_mask(tmp_path / "m.png")
+
+
+def test_to_uint8_at_the_boundaries_of_its_rules() -> None:
+    """A float frame whose maximum is exactly 1.0 (the usual normalised frame) is [0, 1]
+    times 255, not a 0..255 frame rounded to near black; 16 bits that use 0..100 alone are
+    stretched, as documented."""
+    np.testing.assert_array_equal(to_uint8(np.array([[0.0, 0.5, 1.0]])), [[0, 128, 255]])
+    np.testing.assert_array_equal(to_uint8(np.array([[0, 100]], np.uint16)), [[0, 255]])
