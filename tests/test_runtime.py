@@ -143,8 +143,9 @@ def test_cudnn_autotunes_inside_the_block_on_a_gpu_and_is_restored_after():
 
 
 def test_training_and_prediction_run_inside_cudnn_autotune(tmp_path, monkeypatch):
-    """Each model call of a runner, and train's whole run, is inside the block (here on the
-    CPU, where the block changes nothing: entered with the run's device)."""
+    """A runner's model calls of a shape seen before, and train's whole run, are inside the
+    block (here on the CPU, where the block changes nothing: entered with the run's
+    device)."""
     import contextlib
 
     from test_train import make_dataset
@@ -165,8 +166,12 @@ def test_training_and_prediction_run_inside_cudnn_autotune(tmp_path, monkeypatch
     monkeypatch.setattr(train_mod, "cudnn_autotune", spy)
     run = runtime.torch_runner(build_model(ModelConfig(variant="same", width=2, depth=2)),
                                CPU, None)
-    run(np.zeros((1, 1, 16, 16), np.float32))
-    assert inside == ["cpu", "out"]
+    # from a shape's second batch on: a folder of frames of many sizes (one window each)
+    # would pay cuDNN's search for every frame
+    for side in (16, 16, 32, 16, 32, 48):
+        inside.append(side)
+        run(np.zeros((1, 1, side, side), np.float32))
+    assert inside == [16, 16, "cpu", "out", 32, 16, "cpu", "out", 32, "cpu", "out", 48]
     inside.clear()
     data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)
     cfg = merge(preset("demo"), {

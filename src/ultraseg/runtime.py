@@ -166,9 +166,10 @@ def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     """Wrap a model as a numpy backend: (N, 1, h, w) float32 -> probabilities, float32.
 
     Runs in inference mode, channels_last (on a GPU with cuDNN's autotuning,
-    :func:`cudnn_autotune`). With a low-precision ``dtype`` (bf16) the backend
-    holds its own copy of the weights in that dtype (:func:`low_precision_copy`), taken now:
-    later changes to ``model`` do not reach it; make a new runner after training further.
+    :func:`cudnn_autotune`, from an input shape's second batch on). With a low-precision
+    ``dtype`` (bf16) the backend holds its own copy of the weights in that dtype
+    (:func:`low_precision_copy`), taken now: later changes to ``model`` do not reach it; make
+    a new runner after training further.
     ``model`` itself is put in eval mode and channels_last on ``device``, weights unchanged.
 
     ``compile=True``: ``torch.compile`` with weight freezing (inductor; needs a C++ compiler
@@ -182,10 +183,17 @@ def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
         net = torch.compile(net, dynamic=False, options={"freezing": True})
     in_dtype = torch.float32 if dtype is None else dtype
 
+    seen: set[tuple[int, ...]] = set()
+
     def run(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
         x = x.to(in_dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), cudnn_autotune(device):
+        # autotuned from a shape's second batch on: a folder of frames of many sizes (each
+        # its own window) would otherwise pay cuDNN's search for every frame
+        again = x.shape in seen
+        seen.add(tuple(x.shape))
+        with torch.inference_mode(), (cudnn_autotune(device) if again else
+                                      contextlib.nullcontext()):
             prob = torch.sigmoid(net(x).float())
         return prob.cpu().numpy()
 
