@@ -482,6 +482,29 @@ def test_one_hc18_frame_named_alone_keeps_its_tables_row(tmp_path):
     assert collect_frames([tmp_path / "elsewhere" / "001_HC.png"])[0].sample.meta == {}
 
 
+
+def test_files_named_one_by_one_read_their_folders_table_once(tmp_path, monkeypatch):
+    """`predict MODEL scans/*.png` looked for a table (a glob of the whole folder) once per
+    file: 4000 files took 12 s before the first prediction, growing with the square."""
+    from ultraseg.io.readers import Hc18Reader
+
+    hc18_like(tmp_path / "hc")
+    for i in range(5):
+        save(tmp_path / "scans" / f"{i}.png", ramp(4, 4, i))
+    looked: list[Path] = []
+    real = Hc18Reader.folder_table.__func__
+
+    def counting(cls, folder):
+        looked.append(folder)
+        return real(cls, folder)
+
+    monkeypatch.setattr(Hc18Reader, "folder_table", classmethod(counting))
+    frames = collect_frames(sorted((tmp_path / "scans").iterdir())
+                            + sorted((tmp_path / "hc" / "training_set").glob("*_HC.png")))
+    assert len(frames) == 7 and frames[-2].sample.meta["pixel_size_mm"] == 0.5
+    assert looked == [tmp_path / "scans", tmp_path / "hc" / "training_set"]
+
+
 def test_measure_frames_reads_pixel_size_and_reference_and_writes_csv(tmp_path):
     hc18_like(tmp_path / "hc")
     frames = collect_frames([tmp_path / "hc"])

@@ -97,6 +97,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
         raise UltrasegError("no input images given")
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Sample, Path | None, PurePosixPath, str]] = []
+    tables: dict[Path, Any] = {}        # pixel-size tables by folder, for files named alone
     for given in inputs:
         path = Path(given)
         if not path.exists():
@@ -107,7 +108,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
                 raise DataError("not an image file" + (
                     " but a model: the model comes first, the images after it"
                     if model else "; supported: " + ", ".join(IMAGE_EXTENSIONS)), path)
-            found.append((file_sample(path), None, PurePosixPath(path.stem),
+            found.append((file_sample(path, tables), None, PurePosixPath(path.stem),
                           path.resolve().parent.name))
             continue
         if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):

@@ -16,7 +16,7 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm, is_dicom,
                     read_dicom)
 from .readers import (MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader, ImagesReader,
-                      KaggleReader)
+                      KaggleReader, table_key)
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,18 @@ def scan_dataset(path: str | Path, layout: str = "auto",
     return Dataset(root, name, tuple(samples)), problems
 
 
-def file_sample(path: Path) -> Sample:
+def file_sample(path: Path, tables: dict[Path, dict[str, dict[str, float]]] | None = None
+                ) -> Sample:
     """An image file named on its own, as a sample: its pixel size and reference head
-    circumference from its HC18 folder's table (:meth:`Hc18Reader.file_meta`), else its DICOM
-    header's pixel size: it is measured in mm as it is when its folder is given."""
-    sample = Sample(path.stem, path, meta=Hc18Reader.file_meta(path))
-    return with_header_pixel_size(sample)
+    circumference from its HC18 folder's table (:meth:`Hc18Reader.folder_table`), else its
+    DICOM header's pixel size: it is measured in mm as it is when its folder is given.
+    ``tables``: each folder's table, kept across calls (many files of one folder read its
+    table once)."""
+    tables = {} if tables is None else tables
+    if path.parent not in tables:
+        tables[path.parent] = Hc18Reader.folder_table(path.parent)
+    meta = dict(tables[path.parent].get(table_key(path), {}))
+    return with_header_pixel_size(Sample(path.stem, path, meta=meta))
 
 
 def with_header_pixel_size(sample: Sample) -> Sample:

@@ -88,6 +88,11 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def table_key(path: Path) -> str:
+    """The name an image file goes by in a pixel-size table (composed Unicode)."""
+    return _nfc(path.name)
+
+
 def _group_several(files: list[Path], masks_only: bool = False
                    ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     """Files by stem: (images, masks), ``NAME_mask`` and ``NAME_mask_K`` all masks of the
@@ -366,13 +371,11 @@ class Hc18Reader(Reader):
         return samples, problems
 
     @classmethod
-    def file_meta(cls, path: Path) -> dict[str, float]:
-        """The table row of one image file named on its own (``measure MODEL
-        training_set/000_HC.png``), where its folder is an HC18 set: its pixel size and
-        reference head circumference; {} elsewhere."""
-        if not cls.detect(path.parent):
-            return {}
-        return dict(cls._read_csvs(path.parent, []).get(_nfc(path.name), {}))
+    def folder_table(cls, folder: Path) -> dict[str, dict[str, float]]:
+        """Pixel size and reference head circumference by image name, where ``folder`` is an
+        HC18 set (for its files named on their own: ``measure MODEL
+        training_set/000_HC.png``); {} elsewhere. Look a name up with :func:`table_key`."""
+        return cls._read_csvs(folder, []) if cls.detect(folder) else {}
 
     @staticmethod
     def _read_csvs(folder: Path, problems: list[DataError]) -> dict[str, dict[str, float]]:
