@@ -254,6 +254,25 @@ def test_a_page_of_a_multi_page_file_is_read_when_named(tmp_path: Path, ext: str
     assert frame_count(tmp_path / "broken.tif") == 1      # reading it says what is wrong
 
 
+@pytest.mark.parametrize("disposal,blend", [(0, 0), (1, 0), (2, 1), (0, 1)])
+def test_an_animated_pngs_frames_are_drawn_over_the_ones_before(tmp_path: Path, disposal: int,
+                                                                 blend: int) -> None:
+    """Pillow stores a frame of an animated PNG as the part that changed, drawn over the frames
+    before it: jumping to frame k gave a frame of background where only that part was right."""
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((64, 80)) * 255).astype(np.uint8)]
+    for k in range(1, 5):
+        f = frames[-1].copy()
+        f[10 + k * 5: 20 + k * 5, 10:30] = 255 - k * 40
+        frames.append(f)
+    p = tmp_path / "clip.png"
+    rgba = [Image.fromarray(f).convert("RGBA") for f in frames]
+    rgba[0].save(p, save_all=True, append_images=rgba[1:], duration=40, disposal=disposal,
+                 blend=blend)
+    for k in (4, 2, 0, 3):                       # in any order
+        assert np.array_equal(read_image(p, frame=k), frames[k]), k
+
+
 def test_an_image_beyond_pillows_size_guard_is_a_data_error(tmp_path: Path,
                                                              monkeypatch) -> None:
     """Pillow's guard against decompression bombs raised an error that is no OSError: an

@@ -131,7 +131,11 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
         if frame is not None and not 0 <= frame < pages:
             im.close()
             raise DataError(f"holds {pages} pages, no page {frame + 1}", path)
-        if frame:
+        if frame and im.format == "PNG":     # an animated PNG's frame is drawn over those
+            for f in range(frame + 1):         # before it: each is decoded, in order
+                im.seek(f)
+                im.load()
+        elif frame:
             im.seek(frame)
         im.load()  # decode now: truncated files fail here, not later
         return im
