@@ -292,3 +292,37 @@ def test_a_zero_or_infinite_pixel_spacing_gives_no_pixel_size(tmp_path) -> None:
     for i, spacing in enumerate(((0.0, 0.0), (float("inf"), float("inf")))):
         p = make_dicom(tmp_path / f"{i}.dcm", _scan(), spacing=spacing)
         assert dicom_pixel_size_mm(p) is None
+
+
+def test_a_damaged_frame_of_a_loop_is_named_in_one_line(tmp_path) -> None:
+    """A truncated JPEG frame in a scanner's loop printed pydicom's 20-line traceback (its
+    decoder logs through a child logger, which the filter on 'pydicom' never saw), and the
+    error did not say which frame."""
+    import logging
+
+    frames = [np.roll(_scan(), 4 * k, axis=1) for k in range(3)]
+    jpegs = []
+    for k, f in enumerate(frames):
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, format="JPEG", quality=95)
+        jpegs.append(buf.getvalue()[: 200] if k == 1 else buf.getvalue())
+    p = make_dicom(tmp_path / "loop.dcm", frames[0], jpeg=True, frames=3)
+    ds = pydicom.dcmread(p)
+    ds.PixelData = encapsulate(jpegs)
+    ds.save_as(p)
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep(level=logging.DEBUG)
+    logging.getLogger().addHandler(keep)
+    try:
+        assert np.abs(read_image(p, frame=2).astype(int) - frames[2]).mean() < 4
+        with pytest.raises(DataError, match="frame 2 of 3: cannot decode its pixels"):
+            read_image(p, frame=1)
+    finally:
+        logging.getLogger().removeHandler(keep)
+    assert not [r for r in records if r.name.startswith("pydicom")]
+    assert logging.getLogger("pydicom").level == logging.WARNING      # restored

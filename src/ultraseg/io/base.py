@@ -150,8 +150,9 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
                         else "file not found", path) from e
     except UnidentifiedImageError as e:
         raise DataError("not an image file Pillow can read", path) from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"unreadable or truncated image ({e})", path) from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        where = f"page {frame + 1}: " if frame is not None else ""
+        raise DataError(f"{where}unreadable or truncated image ({e})", path) from e
 
 
 #: Why a file of several frames is refused where one frame is wanted.

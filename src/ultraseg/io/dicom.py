@@ -66,24 +66,21 @@ def _pydicom(path: Path) -> Any:
     return pydicom
 
 
-class _Quiet(logging.Filter):
-    """Keeps pydicom's own log records (a decoder plugin's traceback) off the caller's
-    handlers while ultraseg decodes: its failure becomes one DataError line instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
 @contextlib.contextmanager
 def _quiet_pydicom() -> Iterator[None]:
-    logger, quiet = logging.getLogger("pydicom"), _Quiet()
-    logger.addFilter(quiet)
+    """Keeps pydicom's log records (a decoder's traceback, logged by ``pydicom.pixels...``)
+    and warnings off the caller's handlers while ultraseg decodes: its failure becomes one
+    DataError line instead. The records of pydicom's child loggers pass no filter of
+    ``pydicom``'s, so its level is raised instead (their effective level), then restored."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.removeFilter(quiet)
+        logger.setLevel(level)
 
 
 #: Decoder plugins pydicom needs, by the transfer syntax's name: what to install.
@@ -152,7 +149,8 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
             if photometric == "PALETTE COLOR":      # indices into the header's colour table
                 arr = pydicom.pixels.apply_color_lut(arr, ds)
     except Exception as e:      # pydicom's decoders raise what their libraries raise
-        raise DataError(_undecodable(ds, e), path) from e
+        where = f"frame {frame + 1} of {frames}: " if frames > 1 else ""
+        raise DataError(where + _undecodable(ds, e), path) from e
     if arr.ndim == 3 and arr.shape[2] in (3, 4):   # colour: luma, in its dtype
         arr = to_gray(arr)
     elif arr.ndim != 2:
