@@ -860,6 +860,27 @@ def test_a_datasets_images_folder_given_for_the_dataset_is_pointed_at_its_parent
     assert not any("point at it" in r.getMessage() for r in warned)
 
 
+
+def test_looking_one_level_up_says_nothing_about_the_folder_above(tmp_path,
+                                                                  monkeypatch) -> None:
+    """The look at DATA/images' parent logged what scanning the parent found ('1 image files
+    beside images/ are not read ...'), about a folder the user never named; and '.' (the
+    images folder itself) had no name to look at."""
+    home = tmp_path / "home"
+    _save(home / "images" / "a.png", _frame(seed=1))
+    _save(home / "photo.png", _frame(seed=2))
+    with ultraseg_warnings() as warned:
+        scan_dataset(home / "images")
+    assert [r.getMessage() for r in warned] == []    # unlabelled parent: nothing to say
+    root = make_folders(tmp_path / "nerve")
+    _save(root / "notes.png", _frame(seed=3))
+    monkeypatch.chdir(root / "images")
+    with ultraseg_warnings() as warned:
+        scan_dataset(".")
+    said = [r.getMessage() for r in warned]
+    assert len(said) == 1 and f"{root} holds a 'folders' dataset: point at it" in said[0]
+
+
 def test_a_link_to_a_folder_read_already_keeps_the_frames_real_names(tmp_path) -> None:
     """scans/latest -> 2024-06 named 2024-06's frames latest/f0 or 2024-06/f0 by the order
     the folder listed them: adding a convenience link renamed the frames and their outputs."""

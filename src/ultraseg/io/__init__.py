@@ -7,10 +7,12 @@ A new layout is a :class:`Reader` subclass added with :func:`register`.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DataError, UltrasegError
+from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
                    classify_mask_values, frame_count, read_image, read_mask, select_label)
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm, is_dicom,
@@ -112,18 +114,21 @@ def dataset_hint(root: str | Path) -> str:
         more = f" (and {len(nested) - 1} more folders)" if len(nested) > 1 else ""
         return f" (masks included); {sub} holds a {name!r} dataset{more}: point at it"
     # (only a folder named as a dataset's part: detection could walk a large parent's tree)
+    root = Path(os.path.abspath(root))              # ('.' has no name; '..' none to test)
     if root.name.lower() not in ("images", *MASK_FOLDERS):
         return ""
-    parent = root.absolute().parent
+    parent = root.parent
     for name, cls in READERS.items():
         if name != ImagesReader.name and cls.detect(parent):
             try:
-                labelled = any(s.labelled for s in cls().scan(parent)[0])
+                with quiet(log.name):  # (what the probe finds is about a folder not given)
+                    labelled = any(s.labelled for s in cls().scan(parent)[0])
             except (OSError, UltrasegError):
                 labelled = False
             # (a lone images/ folder is a 'folders' dataset of unlabelled frames: no better)
             return f"; {parent} holds a {name!r} dataset: point at it" if labelled else ""
     return ""
+
 
 
 def scan_dataset(path: str | Path, layout: str = "auto",

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import DataError
+from ..logs import quiet
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +71,10 @@ def _pydicom(path: Path) -> Any:
 def _quiet_pydicom() -> Iterator[None]:
     """Keeps pydicom's log records (a decoder's traceback, logged by ``pydicom.pixels...``)
     and warnings off the caller's handlers while ultraseg decodes: its failure becomes one
-    DataError line instead. The records of pydicom's child loggers pass no filter of
-    ``pydicom``'s, so its level is raised instead (their effective level), then restored."""
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    DataError line instead."""
+    with quiet("pydicom"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 #: Decoder plugins pydicom needs, by the transfer syntax's name: what to install.
