@@ -210,6 +210,23 @@ def test_resuming_a_finished_run_changes_nothing(data: Path, tmp_path: Path,
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before   # untouched
 
 
+def test_a_run_asking_for_dice_flags_without_a_dice_term_still_resumes(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--batch-dice with --loss bce is refused since 2026-12-06; a run started before, where
+    the flag changed nothing, could no longer be resumed (--resume takes neither flag)."""
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", "2",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"].update(loss="bce", batch_dice=True)            # as such a run recorded it
+    (run / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "already finished" in captured.out
+    assert "--batch-dice or --dice-skip-empty with --loss bce" in captured.err
+
+
 def test_a_finished_run_whose_report_was_not_written_gets_it_on_resume(
         data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Stopped while writing its report (after the final best.ckpt), a run had no

@@ -18,6 +18,8 @@ from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_text
 from .io.base import OUTPUT_MARKER, mark_output_folder
 
+log = logging.getLogger(__name__)
+
 #: What a run writes in its folder.
 RUN_FILES = ("config.json", "split.json", "metrics.csv", "best.ckpt", "last.ckpt", "train.log",
              "curve.png", "sample.png", "seg_sample.png", "report.html")
@@ -99,7 +101,7 @@ def open_run(out: Path, cfg: RunConfig | None, resume: bool
                                 f"config given asks for another recipe ({', '.join(differ)}): "
                                 f"a changed recipe is a new run in another folder (pass no "
                                 f"config, or the run's own, to resume)", out)
-        cfg = own
+        cfg = _without_idle_dice_flags(own, out)
         want = cfg.model
         if want.presence_head == "auto":    # decided when the run started; last.ckpt says how
             want = replace(want, presence_head=last.model.presence_head,
@@ -117,6 +119,18 @@ def open_run(out: Path, cfg: RunConfig | None, resume: bool
     if cfg is None:
         raise UltrasegError("a new run needs a RunConfig (only a resumed run takes its own)")
     return cfg, None
+
+
+def _without_idle_dice_flags(cfg: RunConfig, out: Path) -> RunConfig:
+    """A run started before --batch-dice and --dice-skip-empty were refused with a loss that
+    has no Dice term: they changed nothing then, and are dropped (said) so that it resumes."""
+    t = cfg.train
+    if "dice" in t.loss or not (t.batch_dice or t.dice_skip_empty):
+        return cfg
+    log.warning("%s: its config asks for --batch-dice or --dice-skip-empty with --loss %s, "
+                "which has no Dice term for them to shape: they changed nothing and are "
+                "dropped", out, t.loss)
+    return replace(cfg, train=replace(t, batch_dice=False, dice_skip_empty=False))
 
 
 def mark_run_folder(out: Path) -> None:
