@@ -152,6 +152,16 @@ def test_names_of_loops_that_share_a_stem_stay_apart(tmp_path):
                                          "b/clip_frame001", "b/clip_frame002"]
 
 
+def test_a_loops_frames_keep_one_naming_where_one_of_them_collides(tmp_path):
+    """clip.tif's frame 2 collided with a still named clip_frame002.png: that frame alone was
+    renamed (mix/clip_tif_frame002 among clip_frame001, clip_frame003...)."""
+    _loop(tmp_path / "mix" / "clip.tif", [ramp(4, 4, k) for k in range(3)])
+    save(tmp_path / "mix" / "clip_frame002.png", ramp(4, 4, 9))
+    got = [f.out_name for f in collect_frames([tmp_path / "mix"])]
+    assert got == ["mix/clip_tif_frame001", "mix/clip_tif_frame002", "mix/clip_tif_frame003",
+                   "mix/clip_frame002_png"]
+
+
 def test_a_loop_in_a_labelled_dataset_stays_one_frame_and_is_refused_when_read(tmp_path):
     """Its mask is one frame: the loop cannot be paired frame by frame."""
     root = tmp_path / "ds"

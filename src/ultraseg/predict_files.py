@@ -209,15 +209,18 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -
         base = f"{root_name}/{rel.as_posix()}_{suffix}{tag}"
         return base if level == 3 else f"{base}_{i}"
 
+    # a loop's frames are made longer together: their names stay one series
+    files = [item[0].image_path for item in found]
     levels = [0] * len(found)
     while True:
         names = [candidate(i, lv) for i, lv in enumerate(levels)]
         counts = Counter(n.lower() for n in names)  # case-insensitive file systems too
-        clashes = [i for i, n in enumerate(names) if counts[n.lower()] > 1]
-        if not clashes:
+        clashing = {files[i] for i, n in enumerate(names) if counts[n.lower()] > 1}
+        if not clashing:
             return names
-        for i in clashes:
-            levels[i] = min(levels[i] + 1, 4)
+        for i, f in enumerate(files):
+            if f in clashing:
+                levels[i] = min(levels[i] + 1, 4)
 
 
 # ------------------------------------------------------------------------------ streaming
