@@ -350,3 +350,23 @@ def test_an_unlabelled_folder_counts_its_subjects_not_its_images(tmp_path: Path)
     report, problems = inspect_dataset(tmp_path)
     assert problems == [] and report["pairs"] == 0 and report["unlabelled"] == 3
     assert report["subjects"] == 2
+
+
+def test_an_unlabelled_loop_counts_its_frames_and_a_labelled_one_is_a_problem(
+        tmp_path: Path) -> None:
+    """inspect called a folder of loops broken (exit 2, one problem per loop) while predict
+    and measure take every frame."""
+    frames = [Image.fromarray(np.full((8, 10), 40 * k, np.uint8)) for k in range(3)]
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    frames[0].save(scans / "clip.tif", save_all=True, append_images=frames[1:])
+    frames[0].save(scans / "still.png")
+    report, problems = inspect_dataset(scans)
+    assert problems == [] and report["unlabelled"] == 4
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    frames[0].save(root / "images" / "1_1.tif", save_all=True, append_images=frames[1:])
+    Image.fromarray(np.zeros((8, 10), np.uint8)).save(root / "masks" / "1_1_mask.png")
+    report, problems = inspect_dataset(root)
+    assert report["pairs"] == 0 and len(problems) == 1 and "holds 3 pages" in str(problems[0])

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .io import scan_dataset, select_label
+from .io import scan_dataset, select_label, split_frames
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,8 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
 
     Sizes are ``[width, height]``; min, median and max are taken per dimension.
     ``foreground_fraction_mean`` is the mean over labelled frames of the mask's share of the frame.
+    An unlabelled cine loop counts its frames, as ``predict`` takes them
+    (:func:`ultraseg.io.split_frames`); a labelled one is a problem, as in training.
     """
     ds, problems = scan_dataset(path, layout, subject_pattern)
     widths, heights, fractions = [], [], []
@@ -29,7 +31,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     pairs = unlabelled = 0
     subjects: set[str] = set()
     unlabelled_subjects: set[str] = set()
-    for s in ds.samples:
+    for s in (frame for sample in ds.samples for frame in split_frames(sample)):
         try:
             image, mask = s.load()
         except DataError as e:
