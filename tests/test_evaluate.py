@@ -553,3 +553,16 @@ def test_scoring_the_training_data_without_a_split_is_warned_about(data, tmp_pat
     with ultraseg_warnings() as warned:
         evaluate(predictor, other)                  # other data: nothing to say
     assert not warned
+    # a folder the training data lies in, or one inside it: training frames scored too
+    meta["run"] = {"data": {"path": str(data.parent)}}
+    save_checkpoint(run / "best.ckpt", build_model(cfg).state_dict(), meta)
+    with ultraseg_warnings() as warned:
+        evaluate(load(run / "best.ckpt", device="cpu", precision="fp32"), data)
+    assert [r.getMessage() for r in warned][0].startswith(f"{data} lies in the data")
+    # an exported model keeps no paths: the run folder it lies in says
+    (run / "config.json").write_text(json.dumps({"data": {"path": str(data)}}))
+    onnx_like = Predictor(lambda b: np.zeros_like(b), cfg, PreprocessConfig(size=SIZE),
+                          PostprocessConfig(), {}, source=str(run / "model.onnx"))
+    with ultraseg_warnings() as warned:
+        evaluate(onnx_like, data)
+    assert len(warned) == 1 and "the data the model was trained on" in warned[0].getMessage()

@@ -58,23 +58,39 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
     return chosen
 
 
-def _warn_if_trained_on(predictor: Predictor, root: Path) -> None:
-    """Say so where ``root`` is the data the model was trained on (its checkpoint records
-    it) and no split was given: every frame is then scored, its training frames too, and the
-    figure says how well the model learnt them, not how it does on new frames."""
-    trained_on = ((predictor.meta.get("run") or {}).get("data") or {}).get("path")
+def _trained_on(predictor: Predictor) -> str | None:
+    """The data folder the model was trained on: its checkpoint's record, else (an exported
+    .onnx keeps no paths) the config.json of the run folder it lies in."""
+    path = ((predictor.meta.get("run") or {}).get("data") or {}).get("path")
+    if path or not predictor.source:
+        return path
+    config = Path(predictor.source).parent / "config.json"
     try:
-        if not trained_on or Path(trained_on).resolve() != Path(root).resolve():
+        return json.loads(config.read_text())["data"]["path"] if config.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _warn_if_trained_on(predictor: Predictor, root: Path) -> None:
+    """Say so where ``root`` is, holds or lies in the data the model was trained on and no
+    split was given: every frame is then scored, its training frames too, and the figure
+    says how well the model learnt them, not how it does on new frames."""
+    trained_on = _trained_on(predictor)
+    try:
+        if not trained_on:
+            return
+        a, b = Path(trained_on).resolve(), Path(root).resolve()
+        if not (a == b or a in b.parents or b in a.parents):
             return
     except (OSError, RuntimeError, ValueError):
         return
     split = Path(predictor.source).parent / "split.json" if predictor.source else None
     split_arg = f"--split {split}" if split is not None and split.is_file() else \
         "--split RUN/split.json"
-    log.warning("%s is the data the model was trained on: without a split every frame is "
+    log.warning("%s %s the data the model was trained on: without a split every frame is "
                 "scored, its training frames too (%s scores the validation side, with "
                 "--subset test the held-out one; in Python, split_file= and subset=)", root,
-                split_arg)
+                "is" if a == b else "holds" if b in a.parents else "lies in", split_arg)
 
 
 def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = "auto",
