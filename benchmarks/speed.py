@@ -64,8 +64,9 @@ Measures in one run, on the same frames and the same weights:
   autotuning: ``ultraseg.runtime.cudnn_autotune``) against the same plain reference (fp32,
   eager, contiguous, cuDNN's default algorithms; note that PyTorch lets cuDNN convolutions use
   TF32 on Ampere and later GPUs: recorded as ``cudnn_allow_tf32``), at batch 4 and 32, with
-  peak GPU memory, then the compiled predictor. No CPU figure is taken: those come from a CPU
-  run. Each finished section is written at once to ``OUT/speed-cuda.json`` (``--out``; default
+  peak GPU memory (of both sides together: the reference's model and batches stay on the
+  GPU), then the compiled predictor. No CPU figure is taken: those come from a CPU run.
+  Each finished section is written at once to ``OUT/speed-cuda.json`` (``--out``; default
   ``benchmarks/results``) and printed to stderr, so a run cut short keeps what it measured.
   ``--record-cuda FILE`` puts such a file (brought back from a GPU machine) into
   ``results/speed-cuda.json`` and the "Speed (GPU)" section of ``RESULTS.md``, beside the CPU
@@ -774,7 +775,8 @@ def fresh_processes(s: Settings, data: Path) -> dict[str, Any]:
 
 def run_child(kind: str, args: dict[str, Any], env: dict[str, str] | None = None
               ) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(args)],
+    proc = subprocess.run([sys.executable, __file__, "--data", str(DATA), "--child", kind,
+                           json.dumps(args)],
                           capture_output=True, text=True, check=False,
                           env={**os.environ, **(env or {})})
     if proc.returncode:
@@ -1058,9 +1060,10 @@ def write_cuda_results(result: dict[str, Any]) -> None:
               f"Python {m['python']}; frames: {result.get('frames_source')}."
               + (" Cut short: the sections below are those it finished."
                  if "infer" not in result else "")), "",
-             "| what | ultraseg | plain reference | ratio | peak GPU memory |",
+             "| what | ultraseg | plain reference | ratio | peak GPU memory (both sides) |",
              "|---|---|---|---|---|"]
-    for key in sorted(k for k in result if k.startswith("train_batch")):
+    for key in sorted((k for k in result if k.startswith("train_batch")),
+                      key=lambda k: int(k[len("train_batch"):])):
         t = result[key]
         lines.append(f"| training, batch {key[len('train_batch'):]} ({t['precision']}, "
                      f"{t['layout']}; {t['gflops']:.0f} GFLOP/s) | {t['images_per_s']:.1f} "
