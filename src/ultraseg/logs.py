@@ -3,18 +3,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from typing import Iterator
+
+_lock = threading.Lock()
+_silenced: dict[str, tuple[int, int]] = {}     # logger name -> (blocks open, its own level)
 
 
 @contextlib.contextmanager
 def quiet(name: str) -> Iterator[None]:
     """No records from logger ``name`` or the loggers below it inside the block: its level is
     raised (the effective level of loggers below it that set none; a filter on it would not
-    see their records), then restored."""
+    see their records), and restored when the last block open on it ends, in whatever order
+    blocks of several threads end. The level is the process's: while a block is open, other
+    threads' records from these loggers are dropped too."""
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
+    with _lock:
+        open_blocks, level = _silenced.get(name, (0, logger.level))
+        if not open_blocks:
+            logger.setLevel(logging.CRITICAL + 1)
+        _silenced[name] = (open_blocks + 1, level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        with _lock:
+            open_blocks, level = _silenced.pop(name)
+            if open_blocks > 1:
+                _silenced[name] = (open_blocks - 1, level)
+            else:
+                logger.setLevel(level)
