@@ -163,6 +163,27 @@ def make_hc18_test_set(root: Path) -> Path:
     return root
 
 
+def test_hc18_given_from_inside_or_through_a_link_keeps_its_table(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """`train .` from inside training_set/ (and a file named there as 000_HC.png) lost every
+    pixel size and reference, silently: the table one level up was looked for beside '.',
+    whose name is empty; a link to the folder under another name lost it too."""
+    from ultraseg.predict_files import collect_frames
+
+    root = make_hc18(tmp_path / "hc18")
+    want = {"pixel_size_mm": 0.1, "hc_mm": 30.5}
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "scans").symlink_to(root / "training_set")
+    monkeypatch.chdir(root / "training_set")
+    for given in (".", tmp_path / "elsewhere" / "scans"):
+        ds, problems = scan_dataset(given)
+        assert ds.layout == "hc18" and problems == []
+        assert [s.meta for s in ds.samples] == [want] * 3, given
+    for name in ("000_HC.png", "./000_HC.png"):
+        (frame,) = collect_frames([name])
+        assert frame.sample.meta == want
+
+
 @pytest.mark.parametrize("inside", [False, True])
 def test_hc18_test_set_is_detected_with_its_pixel_sizes(tmp_path: Path, inside: bool) -> None:
     """The unannotated test set (given as its parent or as test_set/ itself) is read as hc18, so

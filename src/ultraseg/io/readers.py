@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import glob
 import logging
 import math
+import os
 import re
 import unicodedata
 from collections import defaultdict
@@ -86,6 +88,19 @@ def _nfc(name: str) -> str:
     were written decomposed (macOS's Archive Utility: ``e`` + combining accent) or composed
     (typed, or made by a script)."""
     return unicodedata.normalize("NFC", name)
+
+
+def _tables_beside(folder: Path) -> list[Path]:
+    """The pixel-size tables one level up named after ``folder``
+    (``training_set_pixel_size_and_HC.csv`` beside ``training_set/``): found from its absolute
+    path ('.' given from inside it has no name and no parent), else, for a link to the folder
+    under another name, from its real one."""
+    found: list[Path] = []
+    for here in dict.fromkeys((Path(os.path.abspath(folder)), Path(os.path.realpath(folder)))):
+        found = sorted(here.parent.glob(f"{glob.escape(here.name)}*pixel_size*.csv"))
+        if found:
+            break
+    return found
 
 
 def table_key(path: Path) -> str:
@@ -350,7 +365,7 @@ class Hc18Reader(Reader):
             if any(d.glob("*HC_Annotation.png")):
                 return True
             if any(d.glob("*HC.png")) and (any(d.glob("*pixel_size*.csv"))
-                                           or any(d.parent.glob(f"{d.name}*pixel_size*.csv"))):
+                                           or any(_tables_beside(d))):
                 return True
         return False
 
@@ -384,9 +399,8 @@ class Hc18Reader(Reader):
         would turn every mm figure of that frame into nonsense)."""
         meta: dict[str, dict[str, float]] = {}
         # (not macOS's ._NAME copy of a table: hidden files are no tables)
-        for csv_path in [p for p in sorted(folder.glob("*pixel_size*.csv")) + sorted(
-                folder.parent.glob(f"{folder.name}*pixel_size*.csv"))
-                if not p.name.startswith(".")]:
+        for csv_path in [p for p in sorted(folder.glob("*pixel_size*.csv"))
+                         + _tables_beside(folder) if not p.name.startswith(".")]:
             try:
                 with open(csv_path, newline="", encoding="utf-8-sig") as f:   # Excel's BOM
                     reader = csv.DictReader(f)
