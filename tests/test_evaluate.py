@@ -553,12 +553,28 @@ def test_scoring_the_training_data_without_a_split_is_warned_about(data, tmp_pat
     with ultraseg_warnings() as warned:
         evaluate(predictor, other)                  # other data: nothing to say
     assert not warned
-    # a folder the training data lies in, or one inside it: training frames scored too
-    meta["run"] = {"data": {"path": str(data.parent)}}
-    save_checkpoint(run / "best.ckpt", build_model(cfg).state_dict(), meta)
+    # one class folder of the BUSI-like set it was trained on: training frames scored too
+    import shutil
+
+    busi = tmp_path / "busi"
+    for cls, frames in (("benign", range(0, 6)), ("malignant", range(6, 12))):
+        (busi / cls).mkdir(parents=True)
+        for i in frames:
+            shutil.copy(data / "images" / f"{names[i]}.png", busi / cls / f"{cls} ({i}).png")
+            shutil.copy(data / "masks" / f"{names[i]}_mask.png",
+                        busi / cls / f"{cls} ({i})_mask.png")
+    meta["run"] = {"data": {"path": str(busi), "layout": "auto"}}
+    save_checkpoint(run / "busi.ckpt", build_model(cfg).state_dict(), meta)
+    on_busi = load(run / "busi.ckpt", device="cpu", precision="fp32")
     with ultraseg_warnings() as warned:
-        evaluate(load(run / "best.ckpt", device="cpu", precision="fp32"), data)
-    assert [r.getMessage() for r in warned][0].startswith(f"{data} lies in the data")
+        evaluate(on_busi, busi / "benign")
+    said = [r.getMessage() for r in warned]
+    assert len(said) == 1 and said[0].startswith(f"6 of the 6 frames scored are frames of {busi}")
+    # another dataset that merely lies inside the training folder shares no frame: no word
+    inside = make_dataset(busi / "extra", n=10, size=SIZE, seed=7)
+    with ultraseg_warnings() as warned:
+        evaluate(on_busi, inside)
+    assert not warned
     # an exported model keeps no paths: the run folder it lies in says
     (run / "config.json").write_text(json.dumps({"data": {"path": str(data)}}))
     onnx_like = Predictor(lambda b: np.zeros_like(b), cfg, PreprocessConfig(size=SIZE),

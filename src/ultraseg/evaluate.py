@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -14,7 +15,8 @@ import numpy as np
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_text, json_text
-from .io import Sample, dataset_hint, open_dataset, select_label
+from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
+from .logs import quiet
 from .measure import check_pixel_size, measure
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
@@ -71,26 +73,42 @@ def _trained_on(predictor: Predictor) -> str | None:
         return None
 
 
-def _warn_if_trained_on(predictor: Predictor, root: Path) -> None:
-    """Say so where ``root`` is, holds or lies in the data the model was trained on and no
-    split was given: every frame is then scored, its training frames too, and the figure
-    says how well the model learnt them, not how it does on new frames."""
+def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Sample]) -> None:
+    """Say so where the frames scored include frames the model was trained on and no split
+    was given: ``root`` is its training folder (every frame is then scored, its training
+    frames too), or holds it or lies in it and shares frames with it. The figure then says how
+    well the model learnt them, not how it does on new frames."""
     trained_on = _trained_on(predictor)
+    if not trained_on:
+        return
     try:
-        if not trained_on:
-            return
         a, b = Path(trained_on).resolve(), Path(root).resolve()
-        if not (a == b or a in b.parents or b in a.parents):
-            return
     except (OSError, RuntimeError, ValueError):
         return
     split = Path(predictor.source).parent / "split.json" if predictor.source else None
     split_arg = f"--split {split}" if split is not None and split.is_file() else \
         "--split RUN/split.json"
-    log.warning("%s %s the data the model was trained on: without a split every frame is "
-                "scored, its training frames too (%s scores the validation side, with "
-                "--subset test the held-out one; in Python, split_file= and subset=)", root,
-                "is" if a == b else "holds" if b in a.parents else "lies in", split_arg)
+    if a == b:
+        log.warning("%s is the data the model was trained on: without a split every frame is "
+                    "scored, its training frames too (%s scores the validation side, with "
+                    "--subset test the held-out one; in Python, split_file= and subset=)", root,
+                    split_arg)
+        return
+    if not (a in b.parents or b in a.parents):
+        return
+    run = (predictor.meta.get("run") or {}).get("data") or {}
+    try:        # (the training folder as it was read; what it says is not about this data)
+        with quiet("ultraseg.io"):
+            ds, _ = scan_dataset(a, run.get("layout") or "auto", run.get("subject_pattern"))
+    except UltrasegError:
+        return
+    seen = {os.path.realpath(s.image_path) for s in ds.labelled}
+    shared = sum(os.path.realpath(s.image_path) in seen for s in samples)
+    if shared:
+        log.warning("%d of the %d frames scored are frames of %s, the data the model was "
+                    "trained on, training frames among them: `ultraseg evaluate MODEL %s %s` "
+                    "scores its validation side (with --subset test the held-out one)", shared,
+                    len(samples), a, a, split_arg)
 
 
 def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = "auto",
@@ -124,7 +142,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         hint = dataset_hint(ds.root) if ds.layout == "images" else ""
         raise DataError(f"no labelled frames to evaluate{hint}", ds.root)
     if split_file is None:
-        _warn_if_trained_on(predictor, ds.root)
+        _warn_if_trained_on(predictor, ds.root, samples)
     label = predictor.preprocess.label if label is None else label
     offset = float(predictor.meta.get("measure", {}).get("boundary_offset_px", 0.0))
     raw_pp = PostprocessConfig()
