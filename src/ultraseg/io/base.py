@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -101,6 +102,33 @@ def _pages(im: Image.Image) -> int:
     return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
 
 
+#: Per thread, the animated PNG last read by frame: (file key, its image, the frame it is at).
+_last_apng = threading.local()
+
+
+def _composited(path: Path, im: Image.Image, frame: int) -> Image.Image:
+    """Frame ``frame`` of the animated PNG ``im`` (just opened from ``path``), drawn over the
+    frames before it, as Pillow builds it when each is decoded in order. The image is kept
+    (one per thread), so that a loop read frame after frame, as predict reads it, decodes
+    each frame once rather than all those before it each time."""
+    st = path.stat()
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    last = getattr(_last_apng, "entry", None)
+    if last is not None and last[0] == key and last[2] <= frame:
+        im.close()
+        im, at = last[1], last[2]
+    else:
+        if last is not None:
+            last[1].close()
+        at = -1
+    _last_apng.entry = None         # (until it is at a frame again: a failure leaves none)
+    for f in range(at + 1, frame + 1):
+        im.seek(f)
+        im.load()
+    _last_apng.entry = (key, im, frame)
+    return im
+
+
 def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Image:
     """``path`` opened and decoded (its page ``frame``, from 0, of several); ``kind`` ('image'
     or 'mask') says what a file of several pages is refused as."""
@@ -132,9 +160,7 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
             im.close()
             raise DataError(f"holds {pages} pages, no page {frame + 1}", path)
         if frame and im.format == "PNG":     # an animated PNG's frame is drawn over those
-            for f in range(frame + 1):         # before it: each is decoded, in order
-                im.seek(f)
-                im.load()
+            im = _composited(path, im, frame)  # before it: each is decoded, in order
         elif frame:
             im.seek(frame)
         im.load()  # decode now: truncated files fail here, not later
