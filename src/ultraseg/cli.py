@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from . import __version__
 from .errors import UltrasegError, is_out_of_memory
@@ -121,9 +121,6 @@ def _cmd_phantom(a: argparse.Namespace) -> int:
     out = make_dataset(a.out, n=a.n, size=a.size, seed=a.seed)
     print(f"wrote {a.n} phantom frames to {out} (layout: folders)")
     return EXIT_OK
-
-
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
