@@ -40,3 +40,27 @@ def test_records_below_the_logger_are_dropped_inside_and_kept_after() -> None:
         child.removeHandler(keep)
     assert seen == ["after"]
 
+
+
+def test_reading_frames_in_threads_leaves_the_warnings_machinery_as_it_was(tmp_path) -> None:
+    """Two threads reading PNGs at once (each read's Image.open in catch_warnings) restored
+    each other's saved state in the wrong order: a filter stayed added for good, and every
+    later warning of the session went into a dead list."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    from ultraseg.io import read_image
+
+    files = []
+    for i in range(24):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.full((64, 64), i, np.uint8)).save(files[-1])
+    before = (list(warnings.filters), warnings.showwarning, warnings._showwarnmsg_impl)
+    for _ in range(5):
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(read_image, files))
+    assert (list(warnings.filters), warnings.showwarning,
+            warnings._showwarnmsg_impl) == before

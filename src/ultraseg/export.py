@@ -37,6 +37,7 @@ import numpy as np
 from .config import ModelConfig, PostprocessConfig, PreprocessConfig
 from .errors import CheckpointError, UltrasegError
 from .geometry import context_margin, nearest_valid_output, same_padded_size
+from .logs import caught_warnings
 from .predict import Predictor, min_prediction_tile, prediction_tile
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
             dims[2] = multiple * torch.export.Dim("h", min=1)
             dims[3] = multiple * torch.export.Dim("w", min=1)
         # the exporter prints progress to stdout and logs chatter: keep both out of the way
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
+        with caught_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (example,), None, dynamo=True, verbose=False,
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -188,7 +189,7 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
     buf = io.BytesIO()
     try:
         # on failure torch's C++ side dumps its whole graph to file descriptor 1
-        with warnings.catch_warnings(), _stdout_fd_silenced():
+        with caught_warnings(), _stdout_fd_silenced():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), buf, dynamo=False, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=opset or 17,

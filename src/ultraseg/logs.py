@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import warnings
 from typing import Iterator
 
 _lock = threading.Lock()
@@ -32,3 +33,17 @@ def quiet(name: str) -> Iterator[None]:
                 _silenced[name] = (open_blocks - 1, level)
             else:
                 logger.setLevel(level)
+
+
+_warnings_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def caught_warnings(record: bool = False) -> Iterator[list[warnings.WarningMessage] | None]:
+    """``warnings.catch_warnings`` under one lock for all of ultraseg's blocks. The warnings
+    machinery is the process's, and two blocks of two threads that overlap restore each
+    other's saved state in the wrong order: reading frames in a thread pool left every later
+    warning of the session recorded into a dead list. The blocks wait on one another (a
+    DICOM frame's decoding is one: DICOM frames decode one at a time across threads)."""
+    with _warnings_lock, warnings.catch_warnings(record=record) as caught:
+        yield caught

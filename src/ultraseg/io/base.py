@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, UltrasegError
+from ..logs import caught_warnings
 from .dicom import dicom_frame_count, is_dicom, read_dicom
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
     try:
         if path.stat().st_size == 0:
             raise DataError("empty file (0 bytes)", path)
-        with warnings.catch_warnings(record=True) as caught:
+        with caught_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             im = Image.open(path)
         if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
@@ -225,7 +226,7 @@ def frame_count(path: str | Path) -> int:
             return dicom_frame_count(path)
         if path.suffix.lower() not in _MULTI_FRAME_EXTENSIONS:
             return 1
-        with warnings.catch_warnings():     # (reading the frame says what is wrong)
+        with caught_warnings():     # (reading the frame says what is wrong)
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 return _pages(im)

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import DataError
-from ..logs import quiet
+from ..logs import caught_warnings, quiet
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _quiet_pydicom() -> Iterator[None]:
     """Keeps pydicom's log records (a decoder's traceback, logged by ``pydicom.pixels...``)
     and warnings off the caller's handlers while ultraseg decodes: its failure becomes one
     DataError line instead."""
-    with quiet("pydicom"), warnings.catch_warnings():
+    with quiet("pydicom"), caught_warnings():
         warnings.simplefilter("ignore")
         yield
 
