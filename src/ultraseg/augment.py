@@ -32,7 +32,7 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
 
 def hflip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip each pair left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    flip = torch.rand(x.shape[0], generator=g, dtype=torch.float32) < 0.5
     if flip.any():
         x = x.clone()
         y = y.clone()

@@ -441,7 +441,8 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     recorded in its config.json: a run trained on a GPU goes on on a CPU.
     ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage", ...} for a CLI to show.
     Leaves the caller's torch thread count, global random state (CPU, and GPUs where it trains
-    on one) and grad mode as they were; a caller's default dtype (float64) changes nothing.
+    on one) and grad or inference mode as they were; a caller's default dtype (float64)
+    changes nothing: the same config and seed learn the same weights.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1), or in a process group the caller initialised,
     trains with DistributedDataParallel (:mod:`ultraseg.distributed`): ``batch_size`` is the
@@ -487,7 +488,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
             cfg = replace(cfg, train=replace(cfg.train, world_size=ctx.world_size))
         if not ctx.is_main:
             with threads(cfg.train.num_threads), torch.random.fork_rng(devices=rng_devices), \
-                    torch.enable_grad(), cudnn_autotune(device):
+                    torch.inference_mode(False), torch.enable_grad(), cudnn_autotune(device):
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
         # what a run refused before its first epoch removes again (see _remove_refused_run)
         existed = out.exists(), {n for n in REFUSED_RUN_FILES if (out / n).exists()}
@@ -499,8 +500,8 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
             remove_temporaries(out)
         try:
             with run_log(out / "train.log"), threads(cfg.train.num_threads), \
-                    torch.random.fork_rng(devices=rng_devices), torch.enable_grad(), \
-                    cudnn_autotune(device):
+                    torch.random.fork_rng(devices=rng_devices), torch.inference_mode(False), \
+                    torch.enable_grad(), cudnn_autotune(device):
                 return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
         except BaseException as e:
             # refused, out of memory or interrupted before an epoch was saved: nothing left

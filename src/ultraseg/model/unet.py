@@ -322,6 +322,13 @@ def build_model(cfg: ModelConfig) -> UNet:
     try:
         if cfg.variant == "valid":
             valid_input_size(cfg.tile, cfg.depth)
-        return UNet(cfg).float()    # float32 whatever torch's default dtype the caller set
+        # float32 whatever torch's default dtype the caller set: built and initialised in it
+        # (built in float64 and cast, its initial weights were other draws than the CLI's)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            return UNet(cfg)
+        finally:
+            torch.set_default_dtype(previous)
     except ValueError as e:
         raise UltrasegError(f"bad model config: {e}") from e
