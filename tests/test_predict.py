@@ -884,3 +884,25 @@ def test_a_path_given_for_a_frame_says_how_to_read_it(tmp_path, call):
     for given in (str(p), p):
         with pytest.raises(UltrasegError, match=r"got the path .*frame\.png.*read_image"):
             getattr(pixel_predictor(), call)(given)
+
+
+def test_load_takes_a_post_processing_and_names_unknown_options(tmp_path):
+    """load(path, postprocess=...) raised TypeError (multiple values for 'postprocess'), and
+    an unknown option a raw TypeError, where its docstring offered the Predictor's fields."""
+    from test_cli_predict import make_checkpoint
+
+    from ultraseg.config import PostprocessConfig
+    from ultraseg.predict import load
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    mine = PostprocessConfig(threshold=0.3, keep_largest=True)
+    predictor = load(ckpt, device="cpu", precision="fp32", postprocess=mine, batch_size=2)
+    assert predictor.postprocess == mine and predictor.batch_size == 2
+    assert load(ckpt, device="cpu").postprocess != mine          # the checkpoint's own
+    with pytest.raises(UltrasegError, match="unknown predictor option.*foo.*valid: batch_size"):
+        load(ckpt, foo=1)
+    pytest.importorskip("onnxruntime")
+    from ultraseg.export import export_onnx
+
+    export_onnx(ckpt, tmp_path / "m.onnx")
+    assert load(tmp_path / "m.onnx", postprocess=mine).postprocess == mine

@@ -227,15 +227,27 @@ def as_predictor(model: Predictor | str | Path) -> Predictor:
                         f"{type(model).__name__}")
 
 
+#: The options :func:`load` takes (those of :meth:`Predictor.with_options`).
+LOAD_OPTIONS = ("batch_size", "tile", "tta", "postprocess", "mirror")
+
+
 def load(path: str | Path, device: str = "auto", precision: str = "auto", **options: Any
          ) -> Predictor:
     """A :class:`Predictor` from a checkpoint (``.ckpt``) or an exported ``.onnx`` file.
 
-    ``device``/``precision`` apply to checkpoints (torch); ``options`` are Predictor fields.
-    A setting that does not apply (a GPU or bf16 for an ONNX model, which runs on ONNX
+    ``device``/``precision`` apply to checkpoints (torch); ``options`` are the options of
+    :meth:`Predictor.with_options` (``batch_size``, ``tile``, ``tta``, ``postprocess``:
+    another threshold or rules than the checkpoint's, ``mirror``); another name is a user
+    error. A setting that does not apply (a GPU or bf16 for an ONNX model, which runs on ONNX
     Runtime's CPU provider in fp32; a ``tile`` for a model that predicts each frame whole) is
     warned about, not dropped in silence.
     """
+    unknown = sorted(set(options) - set(LOAD_OPTIONS))
+    if unknown:
+        raise UltrasegError(f"unknown predictor option(s) {', '.join(unknown)}; valid: "
+                            f"{', '.join(LOAD_OPTIONS)}")
+    # (the file's own post-processing is the builders'; a caller's replaces it after)
+    later = {"postprocess": options.pop("postprocess")} if "postprocess" in options else {}
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         from .export import onnx_predictor
@@ -251,4 +263,4 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", **opti
     if options.get("tile") is not None and predictor.model.variant != "valid":
         log.warning("tile (--tile) applies to the valid model; this %s model predicts each "
                     "frame whole", predictor.model.variant)
-    return predictor
+    return predictor.with_options(**later) if later else predictor
