@@ -138,7 +138,7 @@ def test_a_cine_loops_frames_are_read_one_by_one(tmp_path) -> None:
     assert frame_count(loop) == 3
     for k, frame in enumerate(frames):
         assert np.array_equal(read_image(loop, frame=k), frame)
-    with pytest.raises(DataError, match="holds 3 frames, no frame 4"):
+    with pytest.raises(DataError, match=r"holds 3 frames: no frame 3 \(frames count from 0\)"):
         read_image(loop, frame=3)
     with pytest.raises(DataError, match="holds 3 frames .*predict and measure take each"):
         read_image(loop)                 # one frame wanted: which is not said

@@ -246,8 +246,14 @@ def test_a_page_of_a_multi_page_file_is_read_when_named(tmp_path: Path, ext: str
     assert frame_count(p) == 3
     for k, page in enumerate(pages):
         assert np.array_equal(read_image(p, frame=k), page)
-    with pytest.raises(DataError, match="holds 3 pages, no page 4"):
+    with pytest.raises(DataError, match=r"holds 3 pages: no frame 3 \(frames count from 0\)"):
         read_image(p, frame=3)
+    with pytest.raises(DataError, match="holds 1 page: no frame 1"):
+        read_image(_save(tmp_path / "still.png", pages[0]), frame=1)
+    for wrong in (-1, 1.0, "1", True):
+        with pytest.raises(UltrasegError, match="frame must be a whole number from 0"):
+            read_image(p, frame=wrong)
+    assert np.array_equal(read_image(p, frame=np.int64(2)), pages[2])
     single = _save(tmp_path / "one.png", pages[1])
     assert frame_count(single) == 1 and np.array_equal(read_image(single, frame=0), pages[1])
     (tmp_path / "broken.tif").write_bytes(b"II*\x00junk")

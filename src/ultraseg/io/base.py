@@ -7,6 +7,7 @@ Decoding rules for images and masks live here, once, for every layout.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import re
 import threading
@@ -159,7 +160,8 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
             raise DataError(f"holds {pages} pages (a cine loop or a stack?): {why}", path)
         if frame is not None and not 0 <= frame < pages:
             im.close()
-            raise DataError(f"holds {pages} pages, no page {frame + 1}", path)
+            raise DataError(f"holds {pages} page{'s' * (pages != 1)}: no frame {frame} (frames "
+                            "count from 0)", path)
         if frame and im.format == "PNG":     # an animated PNG's frame is drawn over those
             im = _composited(path, im, frame)  # before it: each is decoded, in order
         elif frame:
@@ -198,6 +200,10 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     0) says which.
     """
     path = Path(path)
+    if frame is not None:
+        if isinstance(frame, bool) or not isinstance(frame, numbers.Integral) or frame < 0:
+            raise UltrasegError(f"frame must be a whole number from 0 (or None), got {frame!r}")
+        frame = int(frame)
     if is_dicom(path):
         return read_dicom(path, frame=frame)
     im = _open(path, frame)

@@ -128,7 +128,8 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
     if frames > 1 and frame is None:
         raise DataError(f"holds {frames} frames (a cine loop?): {SEVERAL_FRAMES_ADVICE}", path)
     if frame is not None and not 0 <= frame < frames:
-        raise DataError(f"holds {frames} frames, no frame {frame + 1}", path)
+        raise DataError(f"holds {frames} frame{'s' * (frames != 1)}: no frame {frame} (frames "
+                        "count from 0)", path)
     if frame is None and "PixelData" not in ds:
         raise DataError("holds no image (no Pixel Data: a report or a structured document?)",
                         path)
