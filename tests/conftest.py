@@ -62,3 +62,19 @@ def real_inspect() -> Callable[[str], tuple[dict[str, Any], list]]:
         return cache[name]
 
     return get
+
+
+def assert_reads_each_frame(path: Path, frames: list[Any], unit: str) -> None:
+    """``path`` (a loop) holds ``frames``, each read alone by ``read_image(path, frame=k)``,
+    and a frame past its end is refused counting from 0 (``unit``: 'frames', 'pages')."""
+    import numpy as np
+
+    from ultraseg.errors import DataError
+    from ultraseg.io import frame_count, read_image
+
+    assert frame_count(path) == len(frames)
+    for k, frame in enumerate(frames):
+        assert np.array_equal(read_image(path, frame=k), frame), k
+    n = len(frames)
+    with pytest.raises(DataError, match=rf"holds {n} {unit}: no frame {n} \(frames count from 0\)"):
+        read_image(path, frame=n)

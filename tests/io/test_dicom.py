@@ -131,15 +131,12 @@ def _cine(path: Path, frames: list[np.ndarray], **header) -> Path:
 
 def test_a_cine_loops_frames_are_read_one_by_one(tmp_path) -> None:
     """A scanner's cine loop was refused outright: its frames are read one at a time."""
+    from conftest import assert_reads_each_frame
     from ultraseg.io import frame_count
 
     frames = [np.roll(_scan(), 5 * k, axis=1) for k in range(3)]
     loop = _cine(tmp_path / "loop.dcm", frames, regions=[_region(0.02, 0.02)])
-    assert frame_count(loop) == 3
-    for k, frame in enumerate(frames):
-        assert np.array_equal(read_image(loop, frame=k), frame)
-    with pytest.raises(DataError, match=r"holds 3 frames: no frame 3 \(frames count from 0\)"):
-        read_image(loop, frame=3)
+    assert_reads_each_frame(loop, frames, "frames")
     with pytest.raises(DataError, match="holds 3 frames .*predict and measure take each"):
         read_image(loop)                 # one frame wanted: which is not said
     assert dicom_pixel_size_mm(loop) == pytest.approx(0.2)

@@ -237,17 +237,14 @@ def test_multi_page_tiff_is_refused_not_cut_to_its_first_page(tmp_path: Path, re
 @pytest.mark.parametrize("ext", ["tif", "png"])
 def test_a_page_of_a_multi_page_file_is_read_when_named(tmp_path: Path, ext: str) -> None:
     """``frame`` picks a page of a cine loop saved as one TIFF or an animated PNG."""
+    from conftest import assert_reads_each_frame
     from ultraseg.io import frame_count
 
     pages = [(_disk() * 255).astype(np.uint8) ^ np.uint8(40 * i) for i in range(3)]
     p = tmp_path / f"cine.{ext}"
     Image.fromarray(pages[0]).save(p, save_all=True,
                                    append_images=[Image.fromarray(a) for a in pages[1:]])
-    assert frame_count(p) == 3
-    for k, page in enumerate(pages):
-        assert np.array_equal(read_image(p, frame=k), page)
-    with pytest.raises(DataError, match=r"holds 3 pages: no frame 3 \(frames count from 0\)"):
-        read_image(p, frame=3)
+    assert_reads_each_frame(p, pages, "pages")
     with pytest.raises(DataError, match="holds 1 page: no frame 1"):
         read_image(_save(tmp_path / "still.png", pages[0]), frame=1)
     for wrong in (-1, 1.0, "1", True):
