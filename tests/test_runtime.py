@@ -138,6 +138,14 @@ def test_cudnn_autotunes_inside_the_block_on_a_gpu_and_is_restored_after():
         assert torch.backends.cudnn.benchmark is False
         with runtime.cudnn_autotune(CPU):                  # elsewhere: nothing
             assert torch.backends.cudnn.benchmark is False
+        # two threads' blocks ending out of order (a predictor in a thread pool) left it on
+        first, second = (runtime.cudnn_autotune(torch.device("cuda")) for _ in range(2))
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert torch.backends.cudnn.benchmark is True
+        second.__exit__(None, None, None)
+        assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
 

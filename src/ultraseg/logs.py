@@ -7,8 +7,7 @@ import threading
 import warnings
 from typing import Iterator
 
-_lock = threading.Lock()
-_silenced: dict[str, tuple[int, int]] = {}     # logger name -> (blocks open, its own level)
+from .shared import while_held
 
 
 @contextlib.contextmanager
@@ -16,23 +15,18 @@ def quiet(name: str) -> Iterator[None]:
     """No records from logger ``name`` or the loggers below it inside the block: its level is
     raised (the effective level of loggers below it that set none; a filter on it would not
     see their records), and restored when the last block open on it ends, in whatever order
-    blocks of several threads end. The level is the process's: while a block is open, other
-    threads' records from these loggers are dropped too."""
+    blocks of several threads end (:func:`ultraseg.shared.while_held`). The level is the
+    process's: while a block is open, other threads' records from these loggers are dropped
+    too."""
     logger = logging.getLogger(name)
-    with _lock:
-        open_blocks, level = _silenced.get(name, (0, logger.level))
-        if not open_blocks:
-            logger.setLevel(logging.CRITICAL + 1)
-        _silenced[name] = (open_blocks + 1, level)
-    try:
+
+    def raise_level() -> int:
+        level = logger.level
+        logger.setLevel(logging.CRITICAL + 1)
+        return level
+
+    with while_held(("logger level", name), raise_level, logger.setLevel):
         yield
-    finally:
-        with _lock:
-            open_blocks, level = _silenced.pop(name)
-            if open_blocks > 1:
-                _silenced[name] = (open_blocks - 1, level)
-            else:
-                logger.setLevel(level)
 
 
 _warnings_lock = threading.RLock()

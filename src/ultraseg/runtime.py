@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .errors import UltrasegError
+from .shared import while_held
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +130,23 @@ def cudnn_autotune(device: torch.device) -> Iterator[None]:
     the fastest (``torch.backends.cudnn.benchmark``) inside the block, the caller's setting
     restored after; elsewhere nothing. Training and prediction run a few shapes many times,
     where the search pays at once; the price is that GPU results are not bit-for-bit
-    repeatable between runs (cuDNN's choice may differ)."""
+    repeatable between runs (cuDNN's choice may differ). Blocks of several threads (a
+    predictor used in a thread pool) restore it when the last ends
+    (:func:`ultraseg.shared.while_held`)."""
     if device.type != "cuda":
         yield
         return
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
+
+    def turn_on() -> bool:
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        return before
+
+    def restore(before: bool) -> None:
         torch.backends.cudnn.benchmark = before
+
+    with while_held("cudnn.benchmark", turn_on, restore):
+        yield
 
 
 #: Layers whose weights autocast casts to the low-precision dtype on every call.
