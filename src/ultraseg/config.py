@@ -275,6 +275,15 @@ class TrainConfig(_Section):
     num_threads: int | None = None
     world_size: int = 1                  # recorded, not chosen: processes that trained (torchrun)
 
+    @property
+    def dice_shaped(self) -> list[str]:
+        """The flags set that shape the loss's Dice term (``--batch-dice``,
+        ``--dice-skip-empty``), where ``loss`` has none for them to shape."""
+        if "dice" in self.loss:
+            return []
+        return [flag for flag, on in (("--batch-dice", self.batch_dice),
+                                      ("--dice-skip-empty", self.dice_skip_empty)) if on]
+
 
 @dataclass(frozen=True)
 class DataConfig(_Section):

@@ -119,8 +119,9 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``predictor`` on every labelled frame of ``data``, or on the ``subset`` side
     ('train' | 'val' | 'test'; None: 'val') of a run's ``split_file``. Without a split, on the
-    data the model was trained on (as its checkpoint records it), a warning says that its
-    training frames are scored too.
+    data the model was trained on (as its checkpoint, or the run folder of an exported model,
+    records it), or on a folder holding or inside it that shares frames with it, a warning
+    says that training frames are scored too.
 
     Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` computed with the
     checkpoint's post-processing, and the same figures without its rules under ``raw`` (the

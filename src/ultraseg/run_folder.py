@@ -125,7 +125,7 @@ def _without_idle_dice_flags(cfg: RunConfig, out: Path) -> RunConfig:
     """A run started before --batch-dice and --dice-skip-empty were refused with a loss that
     has no Dice term: they changed nothing then, and are dropped (said) so that it resumes."""
     t = cfg.train
-    if "dice" in t.loss or not (t.batch_dice or t.dice_skip_empty):
+    if not t.dice_shaped:
         return cfg
     log.warning("%s: its config asks for --batch-dice or --dice-skip-empty with --loss %s, "
                 "which has no Dice term for them to shape: they changed nothing and are "

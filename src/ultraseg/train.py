@@ -309,9 +309,8 @@ def check_config(cfg: RunConfig) -> None:
         if getattr(cfg.model, name) != 1:
             raise UltrasegError(f"model.{name} must be 1 (ultraseg trains on grayscale frames "
                                 f"for one structure), got {getattr(cfg.model, name)!r}")
-    shaping = [flag for flag, on in (("--batch-dice", t.batch_dice),
-                                     ("--dice-skip-empty", t.dice_skip_empty)) if on]
-    if shaping and "dice" not in t.loss:     # (they were ignored in silence)
+    shaping = t.dice_shaped
+    if shaping:     # (they were ignored in silence)
         raise UltrasegError(f"{' and '.join(shaping)} shape{'s' * (len(shaping) == 1)} the "
                             f"loss's Dice term, and --loss {t.loss} has none: use --loss "
                             "bce+dice (or dice)")

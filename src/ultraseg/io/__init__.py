@@ -130,7 +130,6 @@ def dataset_hint(root: str | Path) -> str:
     return ""
 
 
-
 def scan_dataset(path: str | Path, layout: str = "auto",
                  subject_pattern: str | None = None) -> tuple[Dataset, list[DataError]]:
     """Find and pair the samples under ``path``; structural problems are returned, not raised."""

@@ -450,7 +450,8 @@ def _warn_unmatched_table(meta: dict[str, dict[str, float]], names: list[str],
     if missing:
         log.warning("%s: %d of %d images have no row in the pixel-size table (first: %s): no "
                     "pixel size or reference head circumference from it (for measure and "
-                    "evaluate, --pixel-size gives one)", folder, len(missing), len(names), missing[0])
+                    "evaluate, --pixel-size gives one)", folder, len(missing), len(names),
+                    missing[0])
 
 
 class ImagesReader(Reader):
