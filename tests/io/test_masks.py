@@ -503,3 +503,15 @@ def test_to_uint8_at_the_boundaries_of_its_rules() -> None:
     stretched, as documented."""
     np.testing.assert_array_equal(to_uint8(np.array([[0.0, 0.5, 1.0]])), [[0, 128, 255]])
     np.testing.assert_array_equal(to_uint8(np.array([[0, 100]], np.uint16)), [[0, 255]])
+
+
+def test_a_unit_float_frame_that_overshoots_one_a_little_is_still_a_unit_frame() -> None:
+    """A frame scaled to [0, 1] and then resampled with a cubic or Lanczos filter rings a
+    little past 0 and 1. Its maximum of 1.02 made it a 0..255 frame: every pixel 0 or 1 of
+    255, a black frame, predicted in silence. Values just outside [0, 1] are clipped to it;
+    a frame reaching well past it is still read as 0..255 or stretched."""
+    ringing = np.array([[-0.03, 0.0, 0.5, 1.0, 1.02]])
+    np.testing.assert_array_equal(to_uint8(ringing), [[0, 0, 128, 255, 255]])
+    np.testing.assert_array_equal(to_uint8(ringing.astype(np.float32)), [[0, 0, 128, 255, 255]])
+    np.testing.assert_array_equal(to_uint8(np.array([[0.0, 2.0, 200.0]])), [[0, 2, 200]])
+    np.testing.assert_array_equal(to_uint8(np.array([[-1.0, 0.0, 1.0]])), [[0, 128, 255]])

@@ -240,11 +240,19 @@ def frame_count(path: str | Path) -> int:
         return 1
 
 
+#: How far past 0 or 1 a float frame's values may reach and it still counts as scaled to
+#: [0, 1] (clipped to it): a cubic or Lanczos resize of a [0, 1] frame rings a few percent
+#: past both ends, and read as 0..255 it would be black.
+UNIT_FLOAT_SLACK = 0.1
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """A grey frame of any numeric dtype -> 8 bits, by one rule for files and arrays.
 
     uint8 as it is; bool as 0/255 (a 1-bit PNG read with ``np.asarray``); floats within
-    [0, 1] times 255 (intensities scaled to one), floats within 0..255 as they are, other
+    [0, 1] times 255 (intensities scaled to one; values up to :data:`UNIT_FLOAT_SLACK` past 0
+    or 1, the ringing of a cubic or Lanczos resize, clipped to it), floats within 0..255 as
+    they are, other
     floats stretched from their own min..max; wider integers (a 16-bit scan) stretched from
     their own min..max whatever their range, as nothing says where their white lies; signed
     8-bit integers within 0..127 as they are, others stretched. NaN and infinities are the
@@ -255,8 +263,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         return image.astype(np.uint8) * 255
     x = image.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
-    if lo >= 0 and hi <= 1.0 and image.dtype.kind == "f":
-        return np.round(x * 255).astype(np.uint8)
+    if image.dtype.kind == "f" and lo >= -UNIT_FLOAT_SLACK and hi <= 1.0 + UNIT_FLOAT_SLACK:
+        return np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
     if lo >= 0 and hi <= 255 and (image.dtype.kind == "f" or image.dtype.itemsize == 1):
         return np.round(x).astype(np.uint8)
     return np.round((x - lo) / (hi - lo) * 255 if hi > lo else x * 0).astype(np.uint8)
