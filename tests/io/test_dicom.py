@@ -323,3 +323,71 @@ def test_a_damaged_frame_of_a_loop_is_named_in_one_line(tmp_path) -> None:
         logging.getLogger().removeHandler(keep)
     assert not [r for r in records if r.name.startswith("pydicom")]
     assert logging.getLogger("pydicom").level == logging.WARNING      # restored
+
+
+def _linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1's LINEAR window to 0..255, written out independently."""
+    y = ((x.astype(np.float64) - (center - 0.5)) / (width - 1) + 0.5).clip(0.0, 1.0)
+    return np.round(y * 255).astype(np.uint8)
+
+
+def test_a_window_in_the_header_is_applied_as_a_viewer_shows_it(tmp_path) -> None:
+    """A header's window (WindowCenter/WindowWidth) was ignored: a 12-bit frame was
+    stretched from its own min..max, not shown as the sonographer saw it. MONOCHROME1 is
+    inverted after the window; a rescale comes before it; a loop's frames all take it."""
+    wide = (_scan().astype(np.uint16) * 16)                     # 12 bits: 1280..2240 or so
+    p = make_dicom(tmp_path / "w.dcm", wide, bits_stored=12)
+    ds = pydicom.dcmread(p)
+    ds.WindowCenter, ds.WindowWidth = 1800, 600
+    ds.save_as(p)
+    want = _linear_window(wide, 1800, 600)
+    assert 0 < (want == 0).mean() < 1 and 0 < (want == 255).mean() < 1      # clips both ends
+    np.testing.assert_array_equal(read_image(p), want)
+    assert not np.array_equal(read_image(p), to_uint8(wide))
+
+    inv = make_dicom(tmp_path / "m1.dcm", wide, photometric="MONOCHROME1", bits_stored=12)
+    ds = pydicom.dcmread(inv)
+    ds.WindowCenter, ds.WindowWidth = 1800, 600
+    ds.save_as(inv)
+    np.testing.assert_array_equal(read_image(inv), 255 - want)
+
+    rescaled = make_dicom(tmp_path / "r.dcm", wide, bits_stored=12)
+    ds = pydicom.dcmread(rescaled)
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1000             # the window is in output units
+    ds.WindowCenter, ds.WindowWidth = 2600, 1200
+    ds.save_as(rescaled)
+    got = read_image(rescaled)
+    np.testing.assert_array_equal(got, _linear_window(wide * 2.0 - 1000, 2600, 1200))
+
+    frames = [wide, np.roll(wide, 7, axis=1)]
+    loop = _cine(tmp_path / "loop.dcm", frames, bits_stored=12)
+    ds = pydicom.dcmread(loop)
+    ds.WindowCenter, ds.WindowWidth = 1800, 600
+    ds.save_as(loop)
+    for k, f in enumerate(frames):
+        np.testing.assert_array_equal(read_image(loop, frame=k), _linear_window(f, 1800, 600))
+
+
+def test_a_voi_lut_in_the_header_is_applied_and_a_bad_one_warns(tmp_path) -> None:
+    """A VOI LUT (a table from stored value to shown grey) was ignored. A table that cannot
+    be applied is one warning, and the frame is read as without it."""
+    scan = _scan()
+    lut = (255 - np.arange(256)).astype(np.uint16) // 2         # inverted, to 0..127
+    p = make_dicom(tmp_path / "lut.dcm", scan)
+    ds = pydicom.dcmread(p)
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 8]
+    item.LUTData = lut.tolist()
+    item["LUTData"].VR = "US"
+    ds.VOILUTSequence = [item]
+    ds.save_as(p)
+    # shown: lut[scan], its range lut[0]..lut[255] (127..0) taken as 255..0
+    want = np.round((lut[scan].astype(np.float64) - 127) / (0 - 127) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(p), want)
+
+    ds.VOILUTSequence[0].LUTDescriptor = [256, 0, 3]            # 3 bits a value: unsupported
+    ds.save_as(p)
+    with ultraseg_warnings() as warned:
+        np.testing.assert_array_equal(read_image(p), scan)
+    (record,) = warned
+    assert "VOI LUT or window cannot be applied" in record.getMessage()

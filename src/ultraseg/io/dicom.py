@@ -3,7 +3,9 @@
 A single-frame DICOM file (``.dcm``, ``.dicom``) is a frame like any image file: its pixels
 become grayscale 8 bits by the rule every file follows (:func:`ultraseg.io.base.to_uint8`;
 colour, stored as RGB or as YCbCr, becomes its ITU-R 601 luma; MONOCHROME1 is inverted so that
-tissue stays bright), and its pixel size comes from the header, so ``measure`` and
+tissue stays bright), except that a grey frame whose header says how to show it (a VOI LUT,
+or a window: ``WindowCenter``/``WindowWidth``, after any rescale) is read as a viewer shows
+it, the table's or window's output range as 0..255; and its pixel size comes from the header, so ``measure`` and
 ``evaluate`` give millimetres without ``--pixel-size``:
 
 * the ultrasound regions (``SequenceOfUltrasoundRegions``): the 2D regions whose physical
@@ -150,6 +152,10 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
         arr = to_gray(arr)
     elif arr.ndim != 2:
         raise DataError(f"pixel data of shape {arr.shape} is no 2D frame", path)
+    shown = _through_voi(arr, ds, path) if photometric in ("MONOCHROME1", "MONOCHROME2") \
+        and _has_voi(ds) else None
+    if shown is not None:                           # as a viewer shows it
+        return 255 - shown if photometric == "MONOCHROME1" else shown
     if photometric == "MONOCHROME1":                # low values bright: inverted
         if arr.dtype.kind == "u":
             top = 2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1
@@ -157,6 +163,39 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
         else:                                       # signed: about its own range
             arr = (int(arr.max()) + int(arr.min()) - arr.astype(np.int64))
     return to_uint8(arr)
+
+
+def _has_voi(ds: Any) -> bool:
+    """Whether the header says how to show its grey values: a VOI LUT or a window."""
+    lut = ds.get("VOILUTSequence", None)
+    return bool(lut) or ("WindowCenter" in ds and "WindowWidth" in ds)
+
+
+def _through_voi(arr: np.ndarray, ds: Any, path: Path) -> np.ndarray | None:
+    """A grey frame as a DICOM viewer shows it, 8 bits: the modality LUT (rescale), then the
+    header's first VOI LUT or window (pydicom's ``apply_modality_lut`` and ``apply_voi_lut``),
+    its output range (what the lowest and the highest stored value come out as) taken as
+    0..255. None, with a warning, where the table or window cannot be applied: the frame is
+    then read as a header without them is."""
+    pydicom = _pydicom(path)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    bits = int(ds.get("BitsStored", 8 * arr.dtype.itemsize) or 8 * arr.dtype.itemsize)
+    ends = (np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1]) if signed
+            else np.array([0, 2 ** bits - 1]))
+    try:
+        with _quiet_pydicom():
+            def show(values: np.ndarray) -> np.ndarray:
+                modality = pydicom.pixels.apply_modality_lut(values, ds)
+                return pydicom.pixels.apply_voi_lut(modality, ds).astype(np.float64)
+            shown = show(arr)
+            lo, hi = show(ends.astype(arr.dtype))
+    except Exception as e:      # noqa: BLE001  (a malformed window or table)
+        log.warning("%s: its VOI LUT or window cannot be applied (%s): its grey values are "
+                    "read without it", path, " ".join(str(e).split())[:120])
+        return None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:   # no range: all one grey
+        return np.zeros(arr.shape, np.uint8)
+    return np.round(np.clip((shown - lo) / (hi - lo), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def _undecodable(ds: Any, error: Exception) -> str:
