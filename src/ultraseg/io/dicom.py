@@ -5,8 +5,8 @@ become grayscale 8 bits by the rule every file follows (:func:`ultraseg.io.base.
 colour, stored as RGB or as YCbCr, becomes its ITU-R 601 luma; MONOCHROME1 is inverted so that
 tissue stays bright), except that a grey frame whose header says how to show it (a VOI LUT,
 or a window: ``WindowCenter``/``WindowWidth``, after any rescale) is read as a viewer shows
-it, the table's or window's output range as 0..255; and its pixel size comes from the header, so ``measure`` and
-``evaluate`` give millimetres without ``--pixel-size``:
+it, the table's or window's output range as 0..255; and its pixel size comes from the
+header, so ``measure`` and ``evaluate`` give millimetres without ``--pixel-size``:
 
 * the ultrasound regions (``SequenceOfUltrasoundRegions``): the 2D regions whose physical
   units are centimetres, where they all agree on one square pixel size (``PhysicalDeltaX`` and
