@@ -126,6 +126,37 @@ def test_mask_drawn_in_the_alpha_channel(tmp_path: Path, mode: str) -> None:
     assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
 
 
+def test_a_mask_drawn_in_the_alpha_channel_and_saved_as_a_palette(tmp_path: Path) -> None:
+    """A PNG optimiser (pngquant, oxipng, Pillow's quantize) turns an RGBA mask drawn in its
+    alpha channel into a palette with transparency. The palette was read through its colours
+    alone, all white: the whole frame was the structure, and inspect counted no problem."""
+    disk = _disk()
+    rgba = np.zeros(disk.shape + (4,), np.uint8)
+    rgba[..., :3] = 255
+    rgba[disk, 3] = 255
+    p = _save(tmp_path / "m.png", Image.fromarray(rgba, "RGBA").quantize(2))
+    assert Image.open(p).mode == "P" and "transparency" in Image.open(p).info
+    np.testing.assert_array_equal(read_mask(p), disk.astype(np.uint8))
+    # a label palette with a transparent background keeps its indices as labels
+    lab = _labels()
+    q = _palette_png(tmp_path / "lab.png", lab)
+    im = Image.open(q)
+    im.info["transparency"] = 0
+    im.save(tmp_path / "lab_t.png", transparency=0)
+    np.testing.assert_array_equal(read_mask(tmp_path / "lab_t.png"), lab)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_a_cmyk_mask_is_read_as_it_shows(tmp_path: Path, fmt: str) -> None:
+    """A CMYK mask's four channels were taken for RGBA: C (255 minus the grey) as the grey
+    and K as the alpha, so the structure read inverted, the background as the structure."""
+    disk = _disk()
+    rgb = np.stack([disk.astype(np.uint8) * 255] * 3, axis=-1)
+    p = _save(tmp_path / f"m.{fmt.lower()}", Image.fromarray(rgb).convert("CMYK"), format=fmt)
+    assert Image.open(p).mode == "CMYK"
+    np.testing.assert_array_equal(read_mask(p), disk.astype(np.uint8))
+
+
 def test_palette_png_keeps_labels_and_select_label(tmp_path: Path) -> None:
     lab = _labels()
     p = _palette_png(tmp_path / "m.png", lab)

@@ -278,9 +278,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     palette PNGs: a palette of greys is decoded through its colours (a quantized black-and-white
     mask may put white at index 0), a coloured palette's indices are the labels (at most 32);
     integer label masks with at most 32 distinct values; RGB/RGBA masks whose colour channels
-    agree; gray masks with an alpha channel (LA). With an alpha channel, the alpha is the mask
-    when the colour is one flat value and the alpha varies (a structure drawn as opaque pixels
-    on a transparent frame); otherwise the alpha is ignored.
+    agree; gray masks with an alpha channel (LA); CMYK and YCbCr masks by their RGB colours.
+    With an alpha channel (a palette's transparency too), the alpha is the mask when the colour
+    is one flat value and the alpha varies (a structure drawn as opaque pixels on a transparent
+    frame); otherwise the alpha is ignored.
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
     path = Path(path)
@@ -288,11 +289,18 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise DataError("a DICOM file as a mask: masks are image files (PNG, TIFF...); DICOM "
                         "segmentation objects are not read", path)
     im = _open(path, kind="mask")
+    lossy = im.format in LOSSY_FORMATS
     if im.mode == "1":
         return np.asarray(im, dtype=np.uint8)
+    if im.mode in ("CMYK", "YCbCr"):        # colour spaces: their colours, as a viewer shows
+        im = im.convert("RGB")
     if im.mode == "P":
         indices = np.asarray(im, dtype=np.uint8)
-        rgb = np.asarray(im.convert("RGB"))
+        rgba = np.asarray(im.convert("RGBA"))
+        rgb = rgba[..., :3]
+        if "transparency" in im.info and _channels_agree(rgb) and _flat(rgb[..., 0]) \
+                and not _flat(rgba[..., 3]):
+            return classify_mask_values(rgba[..., 3], path)   # drawn in the alpha, optimised
         if not _channels_agree(rgb):
             return _check_label_count(indices, path)   # coloured palette: indices are labels
         arr = rgb[..., 0]                               # greys: decode through the palette
@@ -308,7 +316,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         arr = colour[..., 0]
         if alpha is not None and _flat(arr) and not _flat(alpha):
             arr = alpha                                 # drawn in the alpha channel
-    if im.format in LOSSY_FORMATS:
+    if lossy:
         return _binarise_lossy(arr, path)
     return classify_mask_values(arr, path)
 
