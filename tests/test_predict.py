@@ -763,6 +763,24 @@ def test_a_float_file_and_its_array_predict_alike(tmp_path) -> None:
     np.testing.assert_array_equal(pred.predict_proba(scan), pred.predict_proba(read_image(path)))
 
 
+def test_a_pillow_image_predicts_as_its_file_does(tmp_path) -> None:
+    """A PIL image given to predict went through np.asarray: a palette image's indices (dark,
+    their order reversed) were taken for greys, and CMYK's four channels for RGBA, inverted.
+    It is read by read_image's rules now."""
+    from ultraseg.io import read_image
+
+    xx = np.tile(np.arange(32) * 8, (24, 1)).astype(np.uint8)
+    pred = pixel_predictor()
+    Image.fromarray(xx).quantize(16).save(tmp_path / "pal.png")
+    Image.fromarray(np.stack([xx] * 3, axis=-1)).convert("CMYK").save(tmp_path / "c.tif")
+    for name in ("pal.png", "c.tif"):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode in ("P", "CMYK")
+            np.testing.assert_array_equal(pred.predict_proba(im),
+                                          pred.predict_proba(read_image(tmp_path / name)))
+            assert len(list(pred.predict_proba_many([im, im]))) == 2
+
+
 def test_skip_unreadable_writes_the_other_frames_and_names_the_bad_ones(tmp_path):
     """One corrupt frame in 500 stopped the whole run at it; with skip_unreadable (what the
     CLI asks for) the others are written and the bad ones named; the submission, which

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_postprocess,
                      plain_number)
 from .errors import UltrasegError
 from .geometry import context_margin, nearest_valid_output
+from .io.base import pillow_to_gray
 from .postprocess import apply as apply_postprocess
 from .preprocess import Geometry, prepare, restore
 from .tiling import predict_tiled
@@ -157,7 +159,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ image level
     def predict_proba(self, image: np.ndarray) -> np.ndarray:
-        """A frame (H, W) (or (H, W, C)) -> probabilities (H, W) float32.
+        """A frame (H, W) (or (H, W, C), or a Pillow image) -> probabilities (H, W) float32.
 
         Pixel values, as :func:`ultraseg.read_image` reads a file's (one rule,
         :func:`ultraseg.io.base.to_uint8`): uint8 as it is; bool as 0/255; floats in [0, 1]
@@ -182,6 +184,8 @@ class Predictor:
                 raise UltrasegError(f"expected an image array, got the path {str(image)!r}: "
                                     "read the file with ultraseg.read_image(path), or give "
                                     "paths to write_predictions / measure_frames")
+            if isinstance(image, Image.Image):      # decoded as read_image decodes a file
+                image = pillow_to_gray(image, getattr(image, "filename", None) or None)
             image = np.asarray(image)
             if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
                 raise UltrasegError(f"expected a 2D image, got an array of shape {image.shape}")

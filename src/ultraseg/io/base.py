@@ -206,7 +206,13 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
         frame = int(frame)
     if is_dicom(path):
         return read_dicom(path, frame=frame)
-    im = _open(path, frame)
+    return pillow_to_gray(_open(path, frame), path)
+
+
+def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarray:
+    """A decoded Pillow image -> grayscale (H, W) uint8 by :func:`read_image`'s rules (a
+    palette through its colours, CMYK and YCbCr as they show, 16-bit and float by
+    :func:`to_uint8`); ``path`` names it in errors."""
     if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
         return np.asarray(im.convert("L"), dtype=np.uint8)
     arr = np.asarray(im)  # I;16, I, F
