@@ -380,6 +380,31 @@ def test_float_tiff_keeps_its_intensities_as_an_array_does(tmp_path: Path) -> No
     assert image.min() == 0 and image.max() == 255 and np.all(np.diff(image.ravel()) >= 0)
 
 
+def test_tiff_tags_pillow_leaves_to_the_reader(tmp_path: Path) -> None:
+    """Pillow reads a signed 8-bit TIFF as unsigned (-50 came out 206: the contrast
+    inverted), a 16-bit WhiteIsZero TIFF without inverting it (it does invert 8 bits), and a
+    CIELab TIFF's L, a and b averaged (a third of the brightness)."""
+    disk = _disk()
+    signed = np.where(disk, 50, -50).astype(np.int8)
+    p = tmp_path / "i8.tif"
+    Image.fromarray(signed.view(np.uint8), "L").save(p, tiffinfo={339: 2})
+    np.testing.assert_array_equal(read_image(p), to_uint8(signed))
+    assert read_image(p)[20, 22] > read_image(p)[0, 0]          # the disk stays the brighter
+    wide = np.where(disk, 1000, 3000).astype(np.uint16)
+    q = tmp_path / "wiz16.tif"
+    Image.fromarray(wide).save(q, tiffinfo={262: 0})               # WhiteIsZero: low is white
+    np.testing.assert_array_equal(read_image(q), to_uint8(65535 - wide))
+    eight = tmp_path / "wiz8.tif"       # Pillow inverts 8 bits as it writes and as it reads:
+    Image.fromarray((disk * 255).astype(np.uint8)).save(eight, tiffinfo={262: 0})
+    np.testing.assert_array_equal(read_image(eight), disk * 255)     # not inverted twice
+    grey = np.where(disk, 200, 60).astype(np.uint8)
+    lab = Image.fromarray(np.stack([grey, np.full_like(grey, 128), np.full_like(grey, 128)],
+                                   axis=-1), "LAB")
+    lab.save(tmp_path / "lab.tif")
+    assert Image.open(tmp_path / "lab.tif").mode == "LAB"
+    np.testing.assert_array_equal(read_image(tmp_path / "lab.tif"), grey)
+
+
 def test_rgb_image_becomes_gray(tmp_path: Path) -> None:
     rgb = np.zeros((10, 12, 3), np.uint8)
     rgb[..., 0] = 100

@@ -209,13 +209,35 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     return pillow_to_gray(_open(path, frame), path)
 
 
+#: TIFF tags and values Pillow leaves to the reader for some sample types.
+PHOTOMETRIC, WHITE_IS_ZERO = 262, 0
+SAMPLE_FORMAT, SIGNED = 339, 2
+
+
+def _tag(tags: Any, tag: int) -> Any:
+    """A TIFF tag's (first) value, or None."""
+    value = tags.get(tag) if hasattr(tags, "get") else None
+    return value[0] if isinstance(value, tuple) and value else value
+
+
 def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarray:
     """A decoded Pillow image -> grayscale (H, W) uint8 by :func:`read_image`'s rules (a
     palette through its colours, CMYK and YCbCr as they show, 16-bit and float by
     :func:`to_uint8`); ``path`` names it in errors."""
+    tiff = getattr(im, "tag_v2", None) or {}
+    if im.mode == "L" and _tag(tiff, SAMPLE_FORMAT) == SIGNED:     # Pillow reads it unsigned
+        return to_uint8(np.asarray(im).view(np.int8))
+    if im.mode == "LAB":                                            # its lightness
+        return np.asarray(im.getchannel("L"), dtype=np.uint8)
     if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
         return np.asarray(im.convert("L"), dtype=np.uint8)
     arr = np.asarray(im)  # I;16, I, F
+    if arr.ndim == 2 and _tag(tiff, PHOTOMETRIC) == WHITE_IS_ZERO:  # Pillow inverts 8 bits only
+        if arr.dtype.kind == "u":
+            arr = np.iinfo(arr.dtype).max - arr
+        else:                                                       # about its own range
+            arr = arr.max() + arr.min() - arr.astype(np.float64 if arr.dtype.kind == "f"
+                                                      else np.int64)
     if arr.ndim == 3:
         arr = arr.mean(axis=2) if arr.dtype.kind == "f" else np.round(
             arr.mean(axis=2)).astype(arr.dtype)
