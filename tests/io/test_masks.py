@@ -146,6 +146,37 @@ def test_a_mask_drawn_in_the_alpha_channel_and_saved_as_a_palette(tmp_path: Path
     np.testing.assert_array_equal(read_mask(tmp_path / "lab_t.png"), lab)
 
 
+def test_a_label_mask_of_2_or_4_bits_keeps_its_labels(tmp_path: Path) -> None:
+    """Pillow scales 2- and 4-bit grey samples up to 8 bits: labels 0, 1, 2 stored in a 4-bit
+    PNG read as 0, 17, 34 (so `--label 1` found nothing). A binary mask stored at full
+    scale (0 and 15) is still binary."""
+    import struct
+    import zlib
+
+    def png(path: Path, values: np.ndarray, bits: int) -> Path:
+        h, w = values.shape
+        rows = b""
+        for row in values:
+            packed = np.packbits(np.unpackbits(row[:, None], axis=1)[:, -bits:].ravel())
+            rows += b"\0" + packed.tobytes()[: (w * bits + 7) // 8]
+
+        def chunk(tag: bytes, data: bytes) -> bytes:
+            return (struct.pack(">I", len(data)) + tag + data
+                    + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        ihdr = struct.pack(">IIBBBBB", w, h, bits, 0, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                         + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+        return path
+
+    lab = _labels()
+    for bits in (2, 4):
+        p = png(tmp_path / f"l{bits}.png", lab, bits)
+        assert Image.open(p).tile[0][3] == f"L;{bits}"
+        np.testing.assert_array_equal(read_mask(p), lab)
+    full = png(tmp_path / "b4.png", (_disk() * 15).astype(np.uint8), 4)
+    np.testing.assert_array_equal(read_mask(full), _disk().astype(np.uint8))
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
 def test_a_cmyk_mask_is_read_as_it_shows(tmp_path: Path, fmt: str) -> None:
     """A CMYK mask's four channels were taken for RGBA: C (255 minus the grey) as the grey

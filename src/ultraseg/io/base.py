@@ -152,6 +152,9 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
             raise DataError(f"a 16-bit colour image ({im.mode}, 16 bits a channel), which Pillow "
                             "reads only to its high bytes: save it as 16-bit grayscale or as "
                             "8-bit", path)
+        low = [int(r[2]) for r in rawmodes if r in ("L;1", "L;2", "L;4")]
+        if low:             # Pillow scales these samples up to 0..255: keep their depth
+            im.info[SAMPLE_BITS] = low[0]
         pages = _pages(im)
         if pages > 1 and frame is None:
             im.close()
@@ -208,6 +211,10 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
         return read_dicom(path, frame=frame)
     return pillow_to_gray(_open(path, frame), path)
 
+
+#: Where :func:`_open` notes a grey image's sample depth under 8 bits (Pillow scales such
+#: samples up to 0..255), in the image's ``info``.
+SAMPLE_BITS = "ultraseg_sample_bits"
 
 #: TIFF tags and values Pillow leaves to the reader for some sample types.
 PHOTOMETRIC, WHITE_IS_ZERO = 262, 0
@@ -305,7 +312,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     values their compression leaves (>= 98 % of pixels within 48 of 0 or 255), binarised at 127;
     palette PNGs: a palette of greys is decoded through its colours (a quantized black-and-white
     mask may put white at index 0), a coloured palette's indices are the labels (at most 32);
-    integer label masks with at most 32 distinct values; RGB/RGBA masks whose colour channels
+    integer label masks with at most 32 distinct values (at 2 or 4 bits a sample, the values
+    stored, not Pillow's scaled ones); RGB/RGBA masks whose colour channels
     agree; gray masks with an alpha channel (LA); CMYK and YCbCr masks by their RGB colours.
     With an alpha channel (a palette's transparency too), the alpha is the mask when the colour
     is one flat value and the alpha varies (a structure drawn as opaque pixels on a transparent
@@ -334,6 +342,9 @@ def read_mask(path: str | Path) -> np.ndarray:
         arr = rgb[..., 0]                               # greys: decode through the palette
     else:
         arr = np.asarray(im)
+        bits = im.info.get(SAMPLE_BITS)
+        if bits and not set(np.unique(arr).tolist()) <= {0, 255}:
+            arr = arr // (255 // (2 ** bits - 1))    # labels of 2 or 4 bits, as stored
     if arr.ndim == 3:
         has_alpha = arr.shape[2] in (2, 4)                  # LA, RGBA
         colour = arr[..., :-1] if has_alpha else arr
