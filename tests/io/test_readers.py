@@ -926,3 +926,21 @@ def test_the_hint_to_a_dataset_one_folder_down_leaves_ultraseg_outputs_alone(tmp
     _save(tmp_path / "imgs" / "pred" / "a_mask.tif", _disk())
     (tmp_path / "imgs" / "pred" / OUTPUT_MARKER).write_text("predict")
     assert nested_datasets(tmp_path / "imgs") == []
+
+
+def test_image_files_in_formats_not_read_are_counted_not_dropped_in_silence(tmp_path) -> None:
+    """A folder of four frames, two of them WebP and one GIF, was predicted as one frame,
+    without a word on the other three."""
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    for name in ("b.webp", "c.webp", "d.gif", "sub/e.jp2"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"not decoded: the name is enough")
+    (tmp_path / "notes.txt").write_text("x")
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(tmp_path)
+    assert [s.name for s in ds.samples] == ["a"]
+    said = [r.getMessage() for r in warned if "not read" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in warned]
+    assert "4 files in formats ultraseg does not read" in said[0]
+    assert ".webp 2" in said[0] and ".gif 1" in said[0] and ".jp2 1" in said[0]
+    assert "notes" not in said[0] and ".txt" not in said[0]

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import DataError, UltrasegError
 from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
-                   classify_mask_values, frame_count, read_image, read_mask, select_label)
+                   classify_mask_values, frame_count, read_image, read_mask, select_label,
+                   unread_image_files)
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm, is_dicom,
                     read_dicom)
 from .readers import (MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader, ImagesReader,
@@ -153,6 +154,12 @@ def scan_dataset(path: str | Path, layout: str = "auto",
         hint = dataset_hint(root)
         if hint:    # part of a labelled dataset, or one below: its masks read as frames
             log.warning("%s is read as a folder of unlabelled images%s", root, hint)
+    unread = unread_image_files(root)
+    if unread:
+        log.warning("%s: %d files in formats ultraseg does not read (%s), left out: it reads "
+                    "%s; convert them (to PNG, say) to use them", root, sum(unread.values()),
+                    ", ".join(f"{k} {n}" for k, n in sorted(unread.items())),
+                    ", ".join(IMAGE_EXTENSIONS))
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
     _check_pattern(reader, subject_pattern)
     return Dataset(root, name, tuple(samples)), problems

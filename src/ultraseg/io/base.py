@@ -615,6 +615,28 @@ def iter_files(root: Path) -> Iterator[Path]:
         yield from walk(link, follow=True)
 
 
+#: Endings of image files ultraseg does not read: counted where a folder holds them
+#: (:func:`unread_image_files`), so that they are not left out in silence.
+UNREAD_IMAGE_EXTENSIONS = (".webp", ".gif", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".jxl",
+                           ".pgm", ".ppm", ".pnm", ".nii", ".gz", ".mha", ".mhd", ".nrrd")
+
+
+def unread_image_files(root: Path) -> dict[str, int]:
+    """How many files below ``root`` (:func:`iter_files`) are images in a format ultraseg
+    does not read, by ending (``.nii.gz`` for a compressed NIfTI volume; other ``.gz`` files
+    are not counted)."""
+    counts: dict[str, int] = {}
+    for p in iter_files(root):
+        ending = p.suffix.lower()
+        if ending == ".gz":
+            if not p.name.lower().endswith(".nii.gz"):
+                continue
+            ending = ".nii.gz"
+        if ending in UNREAD_IMAGE_EXTENSIONS and not p.name.startswith("."):
+            counts[ending] = counts.get(ending, 0) + 1
+    return counts
+
+
 def walk_files(root: Path) -> list[Path]:
     """:func:`iter_files`, sorted."""
     return sorted(iter_files(root))
