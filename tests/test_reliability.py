@@ -513,6 +513,42 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(
     assert not (run / "report.html").exists()
 
 
+def test_a_first_epoch_that_could_not_be_saved_leaves_a_folder_to_start_again(
+        tmp_path: Path, good: tuple[Path, Path], capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at epoch 1's last.ckpt (or a kill before it was written) left best.ckpt
+    and metrics.csv: the same command again was refused (`already holds a training run`),
+    and --resume too (`nothing to resume`)."""
+    data = good[0]
+    run = tmp_path / "run"
+    _fill_disk(monkeypatch, "last.ckpt", room=1000)
+    argv = ["train", str(data), "--out", str(run), *TINY_TRAIN, "--epochs", "2"]
+    assert main(argv) == 2
+    assert "no space left" in capsys.readouterr().err
+    assert not run.exists()                          # nothing left of it: it made the folder
+    monkeypatch.undo()
+    assert main(argv) == 0                           # room again: the same command runs
+    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 2
+
+    killed = tmp_path / "killed"                     # kill -9 after epoch 1's best.ckpt
+    assert main(["train", str(data), "--out", str(killed), *TINY_TRAIN, "--epochs", "1"]) == 0
+    (killed / "last.ckpt").unlink()
+    for name in ("report.html", "curve.png", "sample.png", "seg_sample.png"):
+        (killed / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(killed)]) == 2
+    assert "stopped before its first epoch was saved" in capsys.readouterr().err
+    assert main(["train", str(data), "--out", str(killed), *TINY_TRAIN, "--epochs", "1"]) == 0
+    assert load_checkpoint(killed / "last.ckpt").train_state["epoch"] == 1
+
+    finished = tmp_path / "finished"                 # a finished run without its last.ckpt
+    assert main(["train", str(data), "--out", str(finished), *TINY_TRAIN, "--epochs", "1"]) == 0
+    (finished / "last.ckpt").unlink()                # (deleted to save room) is kept
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(finished), *TINY_TRAIN, "--epochs", "1"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ NaN loss (item 3)
 def test_nan_loss_names_epoch_and_batch_and_keeps_the_last_good_checkpoint(
         tmp_path: Path, good: tuple[Path, Path], capsys: pytest.CaptureFixture,

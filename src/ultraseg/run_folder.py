@@ -54,8 +54,25 @@ def with_execution(cfg: RunConfig, settings: Mapping[str, Any]) -> RunConfig:
 
 
 def holds_run(out: Path) -> bool:
-    """Whether the folder ``out`` holds (part of) a training run."""
-    return any((out / f).exists() for f in ("best.ckpt", "last.ckpt", "metrics.csv"))
+    """Whether the folder ``out`` holds (part of) a training run, one a new run would
+    overwrite: not one stopped before its first epoch was saved (:func:`never_saved`)."""
+    return not never_saved(out) and any((out / f).exists() for f in EPOCH_FILES)
+
+
+#: What each epoch writes, in this order: last.ckpt last, so an epoch without it is unsaved.
+EPOCH_FILES = ("metrics.csv", "best.ckpt", "last.ckpt")
+
+#: What a finished run writes beside its checkpoints.
+FINISHED_RUN_FILES = ("report.html", "curve.png")
+
+
+def never_saved(out: Path) -> bool:
+    """Whether ``out`` holds a run stopped (killed, out of room) before its first epoch was
+    saved: its config.json (written first), no last.ckpt (an epoch's last write), and nothing
+    a finished run writes. What it left (that epoch's metrics.csv or best.ckpt) is nothing to
+    resume from, and a new run in the folder replaces it."""
+    return ((out / "config.json").is_file() and not (out / "last.ckpt").exists()
+            and not any((out / f).exists() for f in FINISHED_RUN_FILES))
 
 
 def recipe_differences(given: RunConfig, own: RunConfig) -> list[str]:
@@ -87,6 +104,10 @@ def open_run(out: Path, cfg: RunConfig | None, resume: bool
     given on resume must ask for the run's own recipe (:func:`recipe_differences`): it was
     dropped in silence, a changed learning rate or epoch count with it."""
     if resume:
+        if never_saved(out):
+            raise UltrasegError("nothing to resume: the run was stopped before its first "
+                                "epoch was saved (no last.ckpt); start it again: the same "
+                                "command without --resume", out)
         if not (out / "last.ckpt").is_file() or not (out / "config.json").is_file():
             raise UltrasegError("nothing to resume: no last.ckpt and config.json", out)
         last = load_checkpoint(out / "last.ckpt")
@@ -240,13 +261,16 @@ REFUSED_RUN_FILES = ("config.json", "split.json", "train.log", OUTPUT_MARKER)
 
 def remove_refused_run(out: Path, folder_existed: bool, files_existed: set[str]) -> None:
     """A new run refused before any epoch was saved (a --label no mask holds, a split with no
-    foreground...) leaves nothing behind: the files it wrote go, and the folder if it made it.
-    Once last.ckpt exists (a later error, such as a diverged loss) everything is kept."""
+    foreground, a full disk at epoch 1's checkpoints...) leaves nothing behind: the files it
+    wrote go, and the folder if it made it. Once last.ckpt exists (a later error, such as a
+    diverged loss) everything is kept."""
     if (out / "last.ckpt").exists():
         return
     for name in REFUSED_RUN_FILES:
         if name not in files_existed:
             (out / name).unlink(missing_ok=True)
+    for name in EPOCH_FILES:        # an epoch not saved to the end (a full disk): this run's
+        (out / name).unlink(missing_ok=True)    # (a folder holding a run's was refused)
     if not folder_existed:
         with contextlib.suppress(OSError):          # not empty: something else is in it
             out.rmdir()
