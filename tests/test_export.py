@@ -283,6 +283,28 @@ def test_falls_back_to_the_torchscript_exporter(tmp_path, torchscript_only):
     assert np.abs(load(path).predict_proba(image) - want).max() < 1e-4
 
 
+def test_ctrl_c_during_the_first_exporter_stops_the_export(tmp_path, monkeypatch) -> None:
+    """torch wraps a KeyboardInterrupt in its exporter's error: Ctrl-C during the
+    torch.export-based exporter fell back to the TorchScript one and exited 0, exported."""
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(kwargs.get("dynamo", True))
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Failed to export the model with torch.export") from e
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    ckpt = tmp_path / "s.ckpt"
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig()))
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(ckpt, tmp_path / "s.onnx")
+    assert calls == [True] and not (tmp_path / "s.onnx").exists()
+
+
 def test_presence_head_exports_with_the_torchscript_exporter_too(exported, tmp_path,
                                                                  torchscript_only):
     ckpt = exported["same-presence"][0]

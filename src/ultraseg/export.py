@@ -181,6 +181,7 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
         log.info("the torch.export-based exporter wrote opset %s, not %s; using the "
                  "TorchScript exporter", got, opset)
     except Exception as e:  # older torch, or a graph torch.export cannot take
+        _reraise_interrupt(e)
         log.warning("torch.export-based ONNX export failed (%s); using the TorchScript "
                     "exporter", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
     import onnx
@@ -195,6 +196,7 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
                               output_names=[OUTPUT_NAME], opset_version=opset or 17,
                               dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
     except Exception as e:
+        _reraise_interrupt(e)
         if opset is None:
             raise
         raise UltrasegError(f"cannot export at opset {opset} "
@@ -219,6 +221,18 @@ def _quiet_logs(names: tuple[str, ...] = ("torch.onnx", "onnxscript", "onnx_ir")
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _reraise_interrupt(error: BaseException) -> None:
+    """Ctrl-C inside torch's exporters comes out wrapped in their errors (a RuntimeError
+    caused by the KeyboardInterrupt): raised as what it is, not taken for a failed export."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            raise e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
 
 
 @contextlib.contextmanager
