@@ -220,6 +220,10 @@ def test_a_run_asking_for_dice_flags_without_a_dice_term_still_resumes(
     cfg = json.loads((run / "config.json").read_text())
     cfg["train"].update(loss="bce", batch_dice=True)            # as such a run recorded it
     (run / "config.json").write_text(json.dumps(cfg))
+    from ultraseg.checkpoint import save_checkpoint
+    last = load_checkpoint(run / "last.ckpt")                   # (its checkpoints too)
+    last.meta["run"]["train"].update(loss="bce", batch_dice=True)
+    save_checkpoint(run / "last.ckpt", last.state_dict, last.meta, last.train_state)
     from conftest import ultraseg_warnings
 
     capsys.readouterr()
@@ -334,3 +338,46 @@ def test_a_run_goes_on_elsewhere_with_the_execution_settings_given(
     result = train(relative, api, resume=True)
     assert result.epochs_run == 2
     assert json.loads((api / "config.json").read_text())["train"]["num_threads"] == 2
+
+
+def test_a_config_json_edited_by_hand_is_no_other_recipe_for_the_run(
+        data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """config.json edited by hand (size 64 -> 48, lr 3e-3 -> 0.5) resumed the run at the new
+    learning rate without a word, and best.ckpt's epochs, trained at 64 px, were then
+    described as 48-px ones: every prediction ran at the wrong scale. What last.ckpt records
+    is the recipe; data.path may change (the data moved), with a warning."""
+    import shutil
+
+    from ultraseg.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", "3",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 0
+    last = load_checkpoint(run / "last.ckpt")      # as if killed after epoch 2 of 3
+    last.train_state["epoch"] = 2
+    last.train_state["history_json"] = json.dumps(
+        json.loads(last.train_state["history_json"])[:2])
+    save_checkpoint(run / "last.ckpt", last.state_dict, last.meta, last.train_state)
+    original = (run / "config.json").read_text()
+    edited = json.loads(original)
+    edited["preprocess"]["size"] = 48
+    edited["train"]["lr"] = 0.5
+    (run / "config.json").write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "preprocess.size" in err[0] and "train.lr" in err[0], err
+    assert "config.json" in err[0]
+    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 2    # nothing trained
+
+    moved = tmp_path / "moved"                      # the data moved: data.path set anew
+    shutil.copytree(data, moved)
+    edited = json.loads(original)
+    edited["data"]["path"] = str(moved)
+    (run / "config.json").write_text(json.dumps(edited))
+    from conftest import ultraseg_warnings
+    with ultraseg_warnings() as warned:
+        assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert any("was trained on" in r.getMessage() and str(moved) in r.getMessage()
+               for r in warned), [r.getMessage() for r in warned]
+    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 3

@@ -116,6 +116,7 @@ def open_run(out: Path, cfg: RunConfig | None, resume: bool
             raise UltrasegError(f"holds no training state to resume from (missing {missing})",
                                 out / "last.ckpt")
         own = RunConfig.load(out / "config.json")
+        _check_recorded_recipe(own, last, out)
         differ = [] if cfg is None else recipe_differences(cfg, own)
         if differ:
             raise UltrasegError(f"resuming continues the run with its own config.json; the "
@@ -140,6 +141,33 @@ def open_run(out: Path, cfg: RunConfig | None, resume: bool
     if cfg is None:
         raise UltrasegError("a new run needs a RunConfig (only a resumed run takes its own)")
     return cfg, None
+
+
+def _check_recorded_recipe(own: RunConfig, last: Checkpoint, out: Path) -> None:
+    """The run's config.json must ask for the recipe its last.ckpt was trained with (the
+    ``run`` it records): one edited by hand (a size, a learning rate) resumed the run on
+    another recipe without a word, and best.ckpt's epochs were then described by it. The
+    model is checked apart (``presence_head: auto`` is decided when a run starts); the data
+    may have moved (said); where it runs may change."""
+    recorded = last.meta.get("run") or {}
+    if not recorded:                    # a checkpoint from before runs were recorded
+        return
+    try:
+        trained = RunConfig.from_dict(recorded)
+    except UltrasegError:
+        return
+    idle = {"train.batch_dice", "train.dice_skip_empty"} if own.train.dice_shaped else set()
+    differ = [d for d in recipe_differences(own, trained)
+              if not d.startswith("model.") and d != "data.path" and d not in idle]
+    if differ:
+        raise UltrasegError(f"its config.json asks for another recipe ({', '.join(differ)}) "
+                            f"than the run's last.ckpt was trained with: a changed recipe is "
+                            f"a new run in another folder; put the recorded values back to "
+                            f"resume (only data.path, where the data now are, and where it "
+                            f"runs may change)", out / "config.json")
+    if Path(own.data.path).resolve() != Path(trained.data.path or "").resolve():
+        log.warning("%s: the run was trained on %s; its config.json says %s: resuming on "
+                    "those frames", out, trained.data.path, own.data.path)
 
 
 def _without_idle_dice_flags(cfg: RunConfig, out: Path) -> RunConfig:
