@@ -413,3 +413,36 @@ def test_a_checkpoint_of_a_model_this_version_does_not_build_names_the_file(tmp_
         build_from_checkpoint(load_checkpoint(path), path)
     assert str(e.value).startswith(f"{path}: describes a model this version of ultraseg")
     assert "presence head needs the 'same' variant" in str(e.value) and "retrain" in str(e.value)
+
+
+def test_a_checkpoint_saved_during_training_says_its_post_processing_is_the_defaults(
+        tiny_run) -> None:
+    """An interrupted run's best.ckpt (or any last.ckpt) holds the default post-processing,
+    not the one a finished run chooses on validation, and was used without a word (Dice 0.33
+    at threshold 0.5 where the finished run scored 0.875 with its rules)."""
+    from conftest import ultraseg_warnings
+    from ultraseg.predict import load
+
+    _, run = tiny_run
+    with ultraseg_warnings() as warned:
+        load(run / "best.ckpt", device="cpu")
+    assert not [r for r in warned if "saved during training" in r.getMessage()]
+    with ultraseg_warnings() as warned:
+        load(run / "last.ckpt", device="cpu")
+    (said,) = [r.getMessage() for r in warned if "saved during training" in r.getMessage()]
+    assert "after epoch 2" in said and "post-processing is the defaults" in said
+    assert "--resume" in said
+
+
+def test_unknown_settings_are_called_a_newer_ultrasegs_not_damage(tmp_path) -> None:
+    """A checkpoint of a later ultraseg (same format number, a model setting added since)
+    was called 'damaged checkpoint metadata'."""
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig())
+    meta["model"]["a_later_setting"] = False
+    meta["ultraseg_version"] = "9.9.9"
+    save_checkpoint(tmp_path / "later.ckpt", build_model(cfg).state_dict(), meta)
+    with pytest.raises(CheckpointError, match="newer ultraseg") as e:
+        load_checkpoint(tmp_path / "later.ckpt")
+    assert "damaged" not in str(e.value) and "9.9.9" in str(e.value)
+    assert "a_later_setting" in str(e.value)

@@ -568,3 +568,21 @@ def test_label_0_is_refused_before_training(data, tmp_path, capsys) -> None:
                      *TINY]) == 2
     assert "0 is the background" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_during_training_says_how_to_go_on(tmp_path, capsys, monkeypatch) -> None:
+    """`interrupted` alone did not say that the run goes on with --resume from its last
+    saved epoch (its best.ckpt meanwhile holds the default post-processing)."""
+    import ultraseg.train as train_module
+
+    def interrupted_after_an_epoch(cfg, out, **kw):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "last.ckpt").write_bytes(b"an epoch was saved")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_after_an_epoch)
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=1)
+    out = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(out), *TINY]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and f"ultraseg train --resume --out {out}" in err

@@ -138,9 +138,32 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         problem = postprocess_problem(ckpt.postprocess)
         if problem:
             raise ValueError(f"postprocess.{problem[0]} {problem[1]}")
+    except UltrasegError as e:
+        if "unknown" not in str(e):
+            raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
+        # a setting added since this ultraseg (the format number is raised for changes
+        # that older readers would misread, not for every setting added)
+        raise CheckpointError(f"settings this ultraseg ({__version__}) does not know "
+                              f"({str(e).split('; valid')[0]}): written by a newer ultraseg "
+                              f"(the checkpoint says {meta.get('ultraseg_version', '?')}), "
+                              f"or edited; upgrade ultraseg to read it", path) from e
     except Exception as e:
         raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
     return ckpt
+
+
+def warn_if_saved_during_training(ckpt: Checkpoint, path: str | Path) -> None:
+    """Say where ``ckpt`` was saved by a training epoch (an interrupted run's best.ckpt, any
+    last.ckpt), not by the run's end: its post-processing is the defaults, not the one the
+    finished run chooses on validation."""
+    metrics = ckpt.meta.get("metrics") or {}
+    history = metrics.get("history")
+    if not isinstance(history, list) or "train_seconds" in metrics:
+        return
+    log.warning("%s: saved during training (after epoch %d), not by the run's end: its "
+                "post-processing is the defaults, not the one the run chooses on validation "
+                "(a finished run's best.ckpt holds that; `ultraseg train --resume --out RUN` "
+                "finishes an interrupted run)", path, len(history))
 
 
 def _not_torch(path: Path) -> str | None:

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from . import __version__
@@ -207,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_rank_prefix()}error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        out = getattr(a, "out", None) if a.command == "train" else None
+        saved = out is not None and (Path(out) / "last.ckpt").is_file()
+        print("interrupted" + (f": `ultraseg train --resume --out {out}` goes on from the "
+                               f"last saved epoch" if saved else ""), file=sys.stderr)
         return 130
     except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
         if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs

@@ -84,7 +84,8 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     """
     import torch
 
-    from .checkpoint import build_from_checkpoint, load_checkpoint
+    from .checkpoint import (build_from_checkpoint, load_checkpoint,
+                             warn_if_saved_during_training)
     from .fileio import atomic_write_bytes
 
     onnx_path = Path(onnx_path)
@@ -101,6 +102,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     except ImportError as e:
         raise UltrasegError(_INSTALL) from e
     ckpt = load_checkpoint(checkpoint_path)
+    warn_if_saved_during_training(ckpt, checkpoint_path)
     net = build_from_checkpoint(ckpt, checkpoint_path)
     cfg, depth = ckpt.model, ckpt.model.depth
     if cfg.variant == "valid":
