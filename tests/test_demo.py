@@ -51,6 +51,39 @@ def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatc
     assert "already holds a training run" in capsys.readouterr().err
 
 
+def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, capsys) -> None:
+    """Ctrl-C during a demo's training left a folder the demo refused (`already holds a
+    training run`); train --resume finished the training but not the demo's evaluation on
+    unseen frames or its report. The demo now goes on with its own run."""
+    _small_demo(monkeypatch, epochs=3)
+    out = tmp_path / "demo"
+    epochs_seen = []
+
+    def stop_in_epoch_2(event: dict) -> None:
+        if event.get("event") == "epoch":
+            epochs_seen.append(event["epoch"])
+            if event["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out, progress=stop_in_epoch_2)
+    assert (out / "last.ckpt").is_file() and not (out / "evaluation").exists()
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    assert "on 6 unseen phantom frames" in capsys.readouterr().out
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3                               # epochs 1 (kept), 2 and 3
+    assert (out / "evaluation" / "summary.json").is_file()
+    assert cli.main(["demo", "--out", str(out), "--minutes", "1"]) == 2   # another demo's
+    assert "already holds a training run" in capsys.readouterr().err
+
+    def interrupted(out, **kw):                 # Ctrl-C in the CLI says how to go on
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    assert cli.main(["demo", "--out", str(out)]) == 130
+    assert f"`ultraseg demo --out {out}` goes on" in capsys.readouterr().err
+
+
 def test_demo_refuses_any_training_run_before_writing_its_data(tmp_path, capsys) -> None:
     """A folder holding another run's metrics.csv got 720 phantom files, then the refusal."""
     out = tmp_path / "demo"

@@ -208,10 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_rank_prefix()}error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        out = getattr(a, "out", None) if a.command == "train" else None
+        out = getattr(a, "out", None) if a.command in ("train", "demo") else None
         saved = out is not None and (Path(out) / "last.ckpt").is_file()
-        print("interrupted" + (f": `ultraseg train --resume --out {out}` goes on from the "
-                               f"last saved epoch" if saved else ""), file=sys.stderr)
+        again = (f"ultraseg train --resume --out {out}" if a.command == "train" else
+                 f"ultraseg demo --out {out}")
+        print("interrupted" + (f": `{again}` goes on from the last saved epoch" if saved
+                               else ""), file=sys.stderr)
         return 130
     except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
         if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs

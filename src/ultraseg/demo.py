@@ -33,11 +33,17 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
             or not 0 < minutes < float("inf"):       # before any phantom frame is written
         raise UltrasegError(f"--minutes must be a number of minutes > 0, got {minutes!r}")
     out = Path(out)
-    if holds_run(out):                                # before any phantom frame is written
-        raise UltrasegError("already holds a training run (a demo's, or another); choose "
-                            "another --out", out)
-    check_no_foreign_images(out, RUN_FILES)           # train would refuse it after the data
     train_data, test_data = out / "data" / "train", out / "data" / "unseen"
+    cfg = merge(preset("demo"), {"data": {"path": str(train_data), "layout": "folders",
+                                          "cache_dir": ""},
+                                 "train": {"time_limit_s": 60.0 * minutes}})
+    resume = holds_run(out) and _unfinished_demo(out, cfg)
+    if holds_run(out) and not resume:                 # before any phantom frame is written
+        raise UltrasegError("already holds a training run (a finished demo's, another "
+                            "demo's or another); choose another --out", out)
+    if resume:
+        log.warning("%s: a demo stopped before it finished: going on with its run", out)
+    check_no_foreign_images(out, RUN_FILES)           # train would refuse it after the data
     for folder, n, seed in ((train_data, TRAIN_FRAMES, TRAIN_SEED),
                             (test_data, TEST_FRAMES, TEST_SEED)):
         if _holds_phantom(folder, n):
@@ -47,10 +53,7 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
             log.info("using the phantom frames an earlier demo wrote in %s", folder)
         else:
             make_dataset(folder, n=n, size=FRAME_SIZE, seed=seed)
-    cfg = merge(preset("demo"), {"data": {"path": str(train_data), "layout": "folders",
-                                          "cache_dir": ""},
-                                 "train": {"time_limit_s": 60.0 * minutes}})
-    result = train(cfg, out, progress=progress)
+    result = train(None if resume else cfg, out, resume=resume, progress=progress)
     if progress:
         progress({"event": "stage", "message": "evaluating on unseen phantom frames"})
     summary, _ = evaluate(load(out / "best.ckpt"), test_data, "folders", out=out / "evaluation")
@@ -62,6 +65,19 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                                      for k, v in summary.items() if k not in ("raw", "n")}})
     log.info("demo finished: %s", summary)
     return summary
+
+
+def _unfinished_demo(out: Path, cfg: RunConfig) -> bool:
+    """Whether ``out`` holds this demo's run (its config.json asks for ``cfg``'s recipe) that
+    stopped before the demo's evaluation was written: the demo goes on with it."""
+    from .run_folder import recipe_differences
+
+    if (out / "evaluation" / "summary.json").exists() or not (out / "last.ckpt").is_file():
+        return False
+    try:
+        return not recipe_differences(cfg, RunConfig.load(out / "config.json"))
+    except (UltrasegError, OSError):
+        return False
 
 
 def _holds_phantom(folder: Path, n: int) -> bool:
