@@ -101,6 +101,27 @@ def _tree(root: Path, n: int = 4) -> Path:
     return root
 
 
+def test_a_cache_write_killed_halfway_is_swept_by_a_later_one(tmp_path: Path) -> None:
+    """A kill -9 while the cache was written left its temporary file (the decoded frames of
+    the dataset, megabytes) in the cache folder for good. A later cache write removes those
+    no longer written to; one still being written (recent) is left to its writer."""
+    ds = open_dataset(_tree(tmp_path / "d"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / ".0123abcd.npz.x1y2z3.tmp"
+    stale.write_bytes(b"half a cache")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    fresh = cache / ".4567efgh.npz.a1b2c3.tmp"       # another process writing now
+    fresh.write_bytes(b"being written")
+    other = cache / ".notes.tmp"
+    other.write_bytes(b"not ultraseg's")
+    os.utime(other, (old, old))
+    load_arrays(ds, PreprocessConfig(size=32), cache_dir=cache)
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert len(list(cache.glob("*.npz"))) == 1
+
+
 def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> None:
     ds = open_dataset(_tree(tmp_path / "data"))
     cfg = PreprocessConfig(size=16)

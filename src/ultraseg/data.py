@@ -5,10 +5,12 @@ keyed by the dataset's files and the preprocessing settings, so epochs never dec
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,9 +135,25 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write the cache file readable by its owner alone: it holds the frames (patients'
     images), decoded, outside the dataset's own folder."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _sweep_stale_cache_writes(path.parent)
     with atomic_open(path, "wb") as f:
         os.fchmod(f.fileno(), 0o600)
         np.savez(f, **arrays)
+
+
+#: Seconds without a write after which a cache file's temporary is a killed writer's.
+STALE_CACHE_WRITE_S = 600.0
+
+
+def _sweep_stale_cache_writes(folder: Path) -> None:
+    """Remove the temporaries of cache writes a kill -9 stopped (``atomic_open``'s
+    ``.NAME.npz.XXXX.tmp``, each a copy of a dataset's frames): those not written to for
+    :data:`STALE_CACHE_WRITE_S`; a writer still at work keeps touching its own."""
+    now = time.time()
+    for tmp in folder.glob(".*.npz.*.tmp"):
+        with contextlib.suppress(OSError):      # gone meanwhile, or not ours to remove
+            if now - tmp.stat().st_mtime > STALE_CACHE_WRITE_S:
+                tmp.unlink()
 
 
 def split_by_subject(subjects: Sequence[str], val_fraction: float = 0.2, seed: int = 0
