@@ -446,3 +446,26 @@ def test_unknown_settings_are_called_a_newer_ultrasegs_not_damage(tmp_path) -> N
         load_checkpoint(tmp_path / "later.ckpt")
     assert "damaged" not in str(e.value) and "9.9.9" in str(e.value)
     assert "a_later_setting" in str(e.value)
+
+
+def test_a_byte_flipped_in_the_weights_is_a_damaged_checkpoint(tmp_path) -> None:
+    """One corrupted byte inside a tensor (a bad disk, a copy gone wrong) loaded in silence:
+    one weight changed, and every prediction with it. The zip's checksums say so."""
+    import struct
+    import zipfile
+
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig()))
+    load_checkpoint(path)                                   # whole: loads
+    with zipfile.ZipFile(path) as z:
+        entry = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[entry.header_offset + 26:
+                                                    entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_len + extra_len
+    raw[start + 8] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged checkpoint.*checksum"):
+        load_checkpoint(path)

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as e:  # zip/pickle errors of every kind: truncated, text, random bytes
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise CheckpointError(f"truncated or not a checkpoint ({first})", path) from e
+    _check_checksums(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError("not an ultraseg checkpoint (weights of another model?)", path)
     try:
@@ -164,6 +166,21 @@ def warn_if_saved_during_training(ckpt: Checkpoint, path: str | Path) -> None:
                 "post-processing is the defaults, not the one the run chooses on validation "
                 "(a finished run's best.ckpt holds that; `ultraseg train --resume --out RUN` "
                 "finishes an interrupted run)", path, len(history))
+
+
+def _check_checksums(path: Path) -> None:
+    """A zip written by torch.save keeps a CRC-32 of each entry, which torch.load does not
+    check: a byte flipped in the weights (a bad disk, a copy gone wrong) loaded in silence."""
+    if not zipfile.is_zipfile(path):            # (a legacy pickle holds no checksums)
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"damaged checkpoint ({e})", path) from e
+    if bad is not None:
+        raise CheckpointError(f"damaged checkpoint: its entry {bad} fails its checksum (a "
+                              f"corrupted copy?)", path)
 
 
 def _not_torch(path: Path) -> str | None:
