@@ -91,6 +91,9 @@ def test_devices():
     assert resolve_device(torch.device("cpu")) == CPU
     with pytest.raises(UltrasegError, match="device must be a name"):
         resolve_device(None)
+    if not torch.cuda.is_available():   # a run's config.json may ask for it: the way out said
+        with pytest.raises(UltrasegError, match=r"config\.json.*--device cpu"):
+            resolve_device("cuda")
 
 
 @pytest.fixture

@@ -27,7 +27,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UltrasegError("--device cuda asked for, but no CUDA GPU is available")
+        raise UltrasegError(f"device {name} asked for (by --device, or a resumed run's "
+                            f"config.json), but no CUDA GPU is available: --device cpu runs "
+                            f"on the CPU")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise UltrasegError(f"unknown device {name!r}; valid: auto, cpu, cuda")
     try:
