@@ -582,3 +582,22 @@ def test_scoring_the_training_data_without_a_split_is_warned_about(data, tmp_pat
     with ultraseg_warnings() as warned:
         evaluate(onnx_like, data)
     assert len(warned) == 1 and "the data the model was trained on" in warned[0].getMessage()
+
+
+
+def test_training_data_moved_as_the_readme_says_is_still_recognised(data, tmp_path) -> None:
+    """After the data moved and `data.path` was set in the run's config.json (as the README
+    says), the checkpoint's old path won: scoring the training frames had no warning."""
+    from conftest import ultraseg_warnings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig(),
+                     run={"data": {"path": str(tmp_path / "where-it-was")}})
+    save_checkpoint(run / "best.ckpt", build_model(cfg).state_dict(), meta)
+    (run / "config.json").write_text(json.dumps({"data": {"path": str(data)}}))
+    with ultraseg_warnings() as warned:
+        evaluate(load(run / "best.ckpt", device="cpu"), data)
+    (said,) = [r.getMessage() for r in warned]
+    assert "the data the model was trained on" in said

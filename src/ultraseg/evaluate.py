@@ -60,17 +60,28 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
     return chosen
 
 
-def _trained_on(predictor: Predictor) -> str | None:
-    """The data folder the model was trained on: its checkpoint's record, else (an exported
-    .onnx keeps no paths) the config.json of the run folder it lies in."""
-    path = ((predictor.meta.get("run") or {}).get("data") or {}).get("path")
-    if path or not predictor.source:
-        return path
-    config = Path(predictor.source).parent / "config.json"
+def _trained_on(predictor: Predictor) -> list[str]:
+    """The data folders the model may have been trained on: its checkpoint's record and the
+    config.json of the run folder it lies in (an exported .onnx keeps no paths; where the data
+    moved, the README has the user set ``data.path`` there), each once."""
+    paths = [((predictor.meta.get("run") or {}).get("data") or {}).get("path")]
+    if predictor.source:
+        config = Path(predictor.source).parent / "config.json"
+        try:
+            paths.append(json.loads(config.read_text())["data"]["path"]
+                         if config.is_file() else None)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return list(dict.fromkeys(p for p in paths if p and isinstance(p, str)))
+
+
+def _related(trained_on: str, root: Path) -> tuple[Path, Path] | None:
+    """(trained_on, root) resolved where one is, holds or lies in the other; else None."""
     try:
-        return json.loads(config.read_text())["data"]["path"] if config.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
+        a, b = Path(trained_on).resolve(), Path(root).resolve()
+    except (OSError, RuntimeError, ValueError):
         return None
+    return (a, b) if a == b or a in b.parents or b in a.parents else None
 
 
 def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Sample]) -> None:
@@ -78,30 +89,34 @@ def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Samp
     was given: ``root`` is its training folder (every frame is then scored, its training
     frames too), or holds it or lies in it and shares frames with it. The figure then says how
     well the model learnt them, not how it does on new frames."""
-    trained_on = _trained_on(predictor)
-    if not trained_on:
-        return
-    try:
-        a, b = Path(trained_on).resolve(), Path(root).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return
     split = Path(predictor.source).parent / "split.json" if predictor.source else None
     split_arg = f"--split {split}" if split is not None and split.is_file() else \
         "--split RUN/split.json"
+    for trained_on in _trained_on(predictor):
+        if _warn_if_trained_on_folder(predictor, trained_on, root, samples, split_arg):
+            return
+
+
+def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path,
+                               samples: Sequence[Sample], split_arg: str) -> bool:
+    """:func:`_warn_if_trained_on` for one folder the model may have been trained on;
+    whether it warned."""
+    pair = _related(trained_on, root)
+    if pair is None:
+        return False
+    a, b = pair
     if a == b:
         log.warning("%s is the data the model was trained on: without a split every frame is "
                     "scored, its training frames too (%s scores the validation side, with "
                     "--subset test the held-out one; in Python, split_file= and subset=)", root,
                     split_arg)
-        return
-    if not (a in b.parents or b in a.parents):
-        return
+        return True
     run = (predictor.meta.get("run") or {}).get("data") or {}
     try:        # (the training folder as it was read; what it says is not about this data)
         with quiet("ultraseg.io"):
             ds, _ = scan_dataset(a, run.get("layout") or "auto", run.get("subject_pattern"))
     except UltrasegError:
-        return
+        return False
     seen = {os.path.realpath(s.image_path) for s in ds.labelled}
     shared = sum(os.path.realpath(s.image_path) in seen for s in samples)
     if shared:
@@ -109,6 +124,7 @@ def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Samp
                     "trained on, training frames among them: `ultraseg evaluate MODEL %s %s` "
                     "scores its validation side (with --subset test the held-out one)", shared,
                     len(samples), a, a, split_arg)
+    return bool(shared)
 
 
 def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = "auto",
