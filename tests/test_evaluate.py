@@ -601,3 +601,90 @@ def test_training_data_moved_as_the_readme_says_is_still_recognised(data, tmp_pa
         evaluate(load(run / "best.ckpt", device="cpu"), data)
     (said,) = [r.getMessage() for r in warned]
     assert "the data the model was trained on" in said
+
+
+# ------------------------------------------------------------------ whose split is scored
+def _run(folder: Path, data: Path, split_seed: int, val_fraction: float = 0.2) -> Path:
+    """A run folder as train writes it: best.ckpt recording its run (data path, split seed,
+    fractions) and split.json drawn as train draws it; returns the folder."""
+    from ultraseg.data import run_split
+    from ultraseg.io import open_dataset
+
+    folder.mkdir(parents=True)
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    run = {"data": {"path": str(data), "layout": "folders"},
+           "train": {"seed": 0, "split_seed": split_seed, "val_fraction": val_fraction,
+                     "test_fraction": 0.0}}
+    save_checkpoint(folder / "best.ckpt", build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig(), run=run))
+    ds = open_dataset(data, "folders")
+    names, subjects = [s.name for s in ds.labelled], [s.subject for s in ds.labelled]
+    tr, va, te = run_split(subjects, 0.0, val_fraction, split_seed)
+    write_split(folder / "split.json", names, subjects, tr, va, split_seed, val_fraction, te)
+    return folder
+
+
+def test_another_runs_split_is_warned_about(data, tmp_path) -> None:
+    """`evaluate m_cls/best.ckpt DATA --split m_s1/split.json` (a run of another --split-seed)
+    printed a Dice with no word, though the frames of that split's validation side were
+    m_cls's training frames: the check for training frames ran only without a split."""
+    from conftest import ultraseg_warnings
+
+    own, other = _run(tmp_path / "m_cls", data, 0), _run(tmp_path / "m_s1", data, 3)
+    trained = set(json.loads((own / "split.json").read_text())["train"])
+    scored = json.loads((other / "split.json").read_text())["val"]
+    shared = len(trained & set(scored))
+    assert shared > 0                                       # (the case of the report)
+    model = load(own / "best.ckpt", device="cpu", precision="fp32")
+    with ultraseg_warnings() as warned:
+        evaluate(model, data, split_file=other / "split.json")
+    (said,) = [r.getMessage() for r in warned]
+    assert said.startswith(f"{shared} of the {len(scored)} frames scored")
+    assert str(other / "split.json") in said and str(own / "split.json") in said
+    # its own split, or a copy of it, any side (--subset train is asked for on purpose)
+    copy = tmp_path / "elsewhere" / "split.json"
+    copy.parent.mkdir()
+    copy.write_text((own / "split.json").read_text())
+    for split, subset in ((own / "split.json", None), (copy, None), (copy, "train")):
+        with ultraseg_warnings() as warned:
+            evaluate(model, data, split_file=split, subset=subset)
+        assert not warned, (split, subset)
+    # the other run's training side holds no frame of its own validation side
+    with ultraseg_warnings() as warned:
+        evaluate(load(other / "best.ckpt", device="cpu"), data, split_file=copy)
+    assert len(warned) == 1 and "trained on" in warned[0].getMessage()
+
+
+def test_another_runs_split_is_warned_about_without_the_run_folder(data, tmp_path) -> None:
+    """A checkpoint moved out of its run folder keeps its run's split seed and fractions: a
+    split drawn otherwise may put its training frames on the side scored."""
+    from conftest import ultraseg_warnings
+
+    own, other = _run(tmp_path / "m_cls", data, 0), _run(tmp_path / "m_s1", data, 3)
+    alone = tmp_path / "shared" / "model.ckpt"
+    alone.parent.mkdir()
+    alone.write_bytes((own / "best.ckpt").read_bytes())
+    model = load(alone, device="cpu", precision="fp32")
+    with ultraseg_warnings() as warned:
+        evaluate(model, data, split_file=other / "split.json")
+    (said,) = [r.getMessage() for r in warned]
+    assert str(other / "split.json") in said and "split seed 3" in said and "0" in said
+    with ultraseg_warnings() as warned:                      # the split it was trained with
+        evaluate(model, data, split_file=own / "split.json")
+    assert not warned
+    other_fraction = _run(tmp_path / "m_v3", data, 0, val_fraction=0.4)
+    with ultraseg_warnings() as warned:
+        evaluate(model, data, split_file=other_fraction / "split.json")
+    assert len(warned) == 1 and "0.4" in warned[0].getMessage()
+
+
+def test_cli_warns_about_another_runs_split(data, tmp_path, capsys) -> None:
+    """The CLI scores it (a user may mean it) and says so."""
+    from conftest import ultraseg_warnings
+
+    own, other = _run(tmp_path / "m_cls", data, 0), _run(tmp_path / "m_s1", data, 3)
+    with ultraseg_warnings() as warned:
+        assert cli.main(["evaluate", str(own / "best.ckpt"), str(data), "--split",
+                         str(other / "split.json"), "--json", "--device", "cpu"]) == 0
+    assert len(warned) == 1
+    assert json.loads(capsys.readouterr().out)["n"] > 0

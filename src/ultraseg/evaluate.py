@@ -127,6 +127,74 @@ def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path
     return bool(shared)
 
 
+def _split_doc(path: str | Path) -> dict[str, Any] | None:
+    """A split.json's contents, or None where it cannot be read as one."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("train"), list) else None
+
+
+def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | Path,
+                           subset: str | None, samples: Sequence[Sample]) -> None:
+    """Say so where ``split_file`` is not the model's own split and the side scored may hold
+    frames it trained on (another run's split.json, e.g. of another --split-seed): the
+    split.json of the run folder the model lies in names its training frames; without one,
+    the split seed and fractions its checkpoint records are compared with the file's. The
+    frames are scored all the same: a user may mean it."""
+    doc = _split_doc(split_file) or {}
+    own = Path(predictor.source).parent / "split.json" if predictor.source else None
+    own_doc = _split_doc(own) if own is not None and own.is_file() else None
+    if own is not None and own_doc is not None:
+        if own_doc["train"] == doc.get("train"):     # its own (or a copy): the side is chosen
+            return
+        trained = {n for n in own_doc["train"] if isinstance(n, str)}
+        shared = sum(s.name in trained for s in samples)
+        if shared:
+            log.warning("%d of the %d frames scored (the '%s' side of %s) are frames the model "
+                        "trained on (the 'train' side of %s, its run's split): `--split %s` "
+                        "scores its own validation side", shared, len(samples), subset or "val",
+                        split_file, own, own)
+        return
+    differs = _split_differences(predictor, doc)
+    if differs and _may_be_its_data(predictor, root):
+        log.warning("%s was drawn with %s, the model's run with %s: its '%s' side may hold "
+                    "frames the model trained on (its run's own split.json scores its "
+                    "validation side)", split_file, ", ".join(d[0] for d in differs),
+                    ", ".join(d[1] for d in differs), subset or "val")
+
+
+def _split_differences(predictor: Predictor, doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(the split's, the run's) for each of split seed, validation fraction and held-out
+    side where a split.json ``doc`` and the run the checkpoint records differ."""
+    t = (predictor.meta.get("run") or {}).get("train")
+    if not isinstance(t, dict) or not t:
+        return []
+    seed = t.get("seed") if t.get("split_seed") is None else t.get("split_seed")
+    differs = []
+    if seed is not None and doc.get("seed") is not None and doc["seed"] != seed:
+        differs.append((f"split seed {doc['seed']}", f"split seed {seed}"))
+    fraction, theirs = t.get("val_fraction"), doc.get("val_fraction")
+    if (isinstance(fraction, (int, float)) and isinstance(theirs, (int, float))
+            and not math.isclose(fraction, theirs)):
+        differs.append((f"val fraction {theirs:g}", f"val fraction {fraction:g}"))
+    held_out = t.get("test_fraction")
+    if isinstance(held_out, (int, float)) and isinstance(doc.get("test"), list) \
+            and bool(doc["test"]) != (held_out > 0):
+        differs.append(("a held-out side" if doc["test"] else "no held-out side",
+                        f"test fraction {held_out:g}"))
+    return differs
+
+
+def _may_be_its_data(predictor: Predictor, root: Path) -> bool:
+    """False only where every data folder the model's run records exists and is another
+    dataset than ``root`` (neither it, nor holding it, nor in it)."""
+    paths = _trained_on(predictor)
+    return not paths or any(_related(p, root) is not None or not Path(p).is_dir()
+                            for p in paths)
+
+
 def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = "auto",
              subject_pattern: str | None = None, split_file: str | Path | None = None,
              subset: str | None = None, out: str | Path | None = None,
@@ -137,7 +205,9 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     ('train' | 'val' | 'test'; None: 'val') of a run's ``split_file``. Without a split, on the
     data the model was trained on (as its checkpoint, or the run folder of an exported model,
     records it), or on a folder holding or inside it that shares frames with it, a warning
-    says that training frames are scored too.
+    says that training frames are scored too; with a split that is not the model's own
+    (another run's), a warning says where the side scored holds (or, without the run folder,
+    may hold) frames it trained on.
 
     Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` computed with the
     checkpoint's post-processing, and the same figures without its rules under ``raw`` (the
@@ -160,6 +230,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         raise DataError(f"no labelled frames to evaluate{hint}", ds.root)
     if split_file is None:
         _warn_if_trained_on(predictor, ds.root, samples)
+    else:
+        _warn_if_not_its_split(predictor, ds.root, split_file, subset, samples)
     label = predictor.preprocess.label if label is None else label
     offset = float(predictor.meta.get("measure", {}).get("boundary_offset_px", 0.0))
     raw_pp = PostprocessConfig()
