@@ -688,3 +688,33 @@ def test_cli_warns_about_another_runs_split(data, tmp_path, capsys) -> None:
                          str(other / "split.json"), "--json", "--device", "cpu"]) == 0
     assert len(warned) == 1
     assert json.loads(capsys.readouterr().out)["n"] > 0
+
+
+def test_an_out_that_cannot_be_a_folder_is_refused_before_scoring(data, tmp_path,
+                                                                   capsys) -> None:
+    """`evaluate --out afile` scored every frame, then said only 'cannot create the output
+    folder': the check comes first now, and nothing is scored."""
+    calls = []
+
+    def backend(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return np.zeros_like(batch)
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    predictor = Predictor(backend, ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=SIZE), PostprocessConfig())
+    for out in (afile, afile / "sub"):
+        with pytest.raises(UltrasegError, match="cannot create the output folder") as err:
+            evaluate(predictor, data, "folders", out=out)
+        assert str(afile) in str(err.value)
+    assert not calls and afile.read_text() == "mine\n"
+
+
+def test_cli_out_that_is_a_file(checkpoint, data, tmp_path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--out", str(afile),
+                     "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    assert "frames" not in out and f"{afile}: cannot create the output folder" in err

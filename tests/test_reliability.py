@@ -488,14 +488,36 @@ def test_disk_full_during_evaluate(tmp_path: Path, good: tuple[Path, Path],
     (out / "summary.json").write_text('{"old": true}\n')  # an earlier result stays as it was
     _fill_disk(monkeypatch, "per_image.csv")
     assert main(["evaluate", str(ckpt), str(data), "--out", str(out), "--device", "cpu"]) == 2
-    line = _one_error_line(capsys.readouterr().err, out / "per_image.csv")
+    printed, err = capsys.readouterr()
+    line = _one_error_line(err, out / "per_image.csv")
     assert "no space left" in line
     assert _files(out) == {"summary.json"}  # no per_image.csv, no temporary file
     assert (out / "summary.json").read_text() == '{"old": true}\n'
+    # the figures computed are printed all the same (they were lost), not the files' names
+    assert "Dice (all frames)" in printed and "per_image.csv" not in printed
+    assert main(["evaluate", str(ckpt), str(data), "--out", str(out), "--device", "cpu",
+                 "--json"]) == 2
+    printed, err = capsys.readouterr()
+    assert json.loads(printed)["n"] > 0 and "no space left" in _one_error_line(err, out)
 
     monkeypatch.undo()  # with room on the disk the same command writes both files
     assert main(["evaluate", str(ckpt), str(data), "--out", str(out), "--device", "cpu"]) == 0
     assert _files(out) == {"summary.json", "per_image.csv"}
+
+
+def test_disk_full_during_measure_still_prints_the_summary(
+        tmp_path: Path, good: tuple[Path, Path], capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`measure --out` on a full disk measured every frame, then printed only the error:
+    the summary computed was lost with the table."""
+    data, ckpt = good
+    out = tmp_path / "m"
+    _fill_disk(monkeypatch, "measurements.csv")
+    assert main(["measure", str(ckpt), str(data), "--out", str(out), "--device", "cpu"]) == 2
+    printed, err = capsys.readouterr()
+    assert "no space left" in _one_error_line(err, out / "measurements.csv")
+    assert printed.startswith("measured ") and "measurements.csv" not in printed
+    assert not (out / "measurements.csv").exists() and not _tmp_files(out)
 
 
 def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(

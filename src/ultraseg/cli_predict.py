@@ -166,17 +166,29 @@ def _cmd_measure(a: argparse.Namespace) -> int:
 
     frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
     predictor = load_predictor(a)
-    summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
-                                   progress=ProgressBar("measure"), skip_unreadable=True,
-                                   overlay=a.overlay)
+    try:
+        summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
+                                       progress=ProgressBar("measure"), skip_unreadable=True,
+                                       overlay=a.overlay)
+    except UltrasegError as e:
+        if e.result is not None:       # measured, but the table could not be written
+            _print_measurements(a, *e.result)
+            report_unreadable(e.result[0]["unreadable"], len(frames))
+        raise
+    _print_measurements(a, summary, rows)
+    return report_unreadable(summary["unreadable"], len(frames))
+
+
+def _print_measurements(a: argparse.Namespace, summary: dict[str, Any],
+                        rows: list[dict[str, Any]]) -> None:
+    """The JSON object, or the summary (and each frame's line without --out)."""
     if a.json:
         print(json_text({**summary, "rows": rows}))
-    else:
-        if a.out is None:
-            for r in rows:
-                print(format_measure_row(r))
-        print(format_measure_summary(summary))
-    return report_unreadable(summary["unreadable"], len(frames))
+        return
+    if a.out is None:
+        for r in rows:
+            print(format_measure_row(r))
+    print(format_measure_summary(summary))
 
 
 def format_measure_row(r: dict[str, Any]) -> str:

@@ -293,8 +293,13 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_summary
 
     predictor = load_predictor(a)      # predict's model flags and post-processing, the same way
-    summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
-                          a.subset, a.out, label=a.label, pixel_size_mm=a.pixel_size)
+    try:
+        summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
+                              a.subset, a.out, label=a.label, pixel_size_mm=a.pixel_size)
+    except UltrasegError as e:
+        if e.result is not None:       # scored, but its files could not be written (full disk)
+            print(json_text(e.result[0]) if a.json else format_summary(e.result[0]))
+        raise
     if a.json:
         print(json_text(summary))
     else:

@@ -4,11 +4,18 @@ a bug: exit 1."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class UltrasegError(Exception):
     """Bad input or usage. ``str(err)`` names the file and the problem: one line (several only
-    for :class:`~ultraseg.io.DataProblems`, one per problem)."""
+    for :class:`~ultraseg.io.DataProblems`, one per problem).
+
+    ``result``: where the work was done and only writing its files failed (a full disk), what
+    the function would have returned (``evaluate``'s and ``measure_frames``' (summary, rows)),
+    for the caller to show; else None."""
+
+    result: Any = None
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else str(path)

@@ -195,6 +195,25 @@ def _may_be_its_data(predictor: Predictor, root: Path) -> bool:
                             for p in paths)
 
 
+def check_out_folder(out: str | Path) -> Path:
+    """Refuse, before any work, an ``out`` that cannot be a folder to write in: a file, a path
+    under a file, or one in a folder that cannot be written. Creates nothing (an evaluation
+    stopped by bad data leaves no empty folder behind)."""
+    out = Path(out)
+    first = out
+    while not first.exists() and first.parent != first:
+        first = first.parent
+    if first.exists() and not first.is_dir():
+        raise UltrasegError("cannot create the output folder: a file of that name exists"
+                            if first == out else f"cannot create the output folder: {first} "
+                            "is a file", out)
+    if first.exists() and not os.access(first, os.W_OK | os.X_OK):
+        raise UltrasegError("cannot write in the output folder (permission denied)"
+                            if first == out else "cannot create the output folder (permission "
+                            f"denied in {first})", out)
+    return out
+
+
 def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = "auto",
              subject_pattern: str | None = None, split_file: str | Path | None = None,
              subset: str | None = None, out: str | Path | None = None,
@@ -214,7 +233,9 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     same probabilities, test-time augmented where the predictor is, at threshold 0.5, nothing
     removed). Rows carry per-image metrics and, where the frame's pixel size is
     known, measurements in mm (and the error against a reference head circumference).
-    With ``out``, writes ``per_image.csv`` and ``summary.json`` there. ``label`` picks the
+    With ``out``, writes ``per_image.csv`` and ``summary.json`` there (an ``out`` that cannot
+    be a folder is refused before any scoring; where the files cannot be written, the
+    :class:`UltrasegError` carries (summary, rows) as its ``result``). ``label`` picks the
     structure of a label mask to score against; None: the one the predictor was trained on
     (its own None: any non-zero label). ``predictor`` may also be the path of a checkpoint
     or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults). ``pixel_size_mm``:
@@ -223,6 +244,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     """
     predictor = as_predictor(predictor)
     pixel_size_mm = check_pixel_size(pixel_size_mm)
+    if out is not None:     # before the scoring, which may take long
+        check_out_folder(out)
     ds = open_dataset(data, layout, subject_pattern)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:
@@ -303,7 +326,11 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         log.warning("label %d occurs in none of the %d masks (they hold labels %s): every "
                     "frame is scored as empty", label, len(rows), summary["label_absent"])
     if out is not None:
-        write_evaluation(out, summary, rows)
+        try:
+            write_evaluation(out, summary, rows)
+        except UltrasegError as e:      # (a full disk): the figures are not lost with the files
+            e.result = (summary, rows)
+            raise
     return summary, rows
 
 

@@ -496,12 +496,14 @@ def measure_frames(predictor: Predictor | str | Path,
     reference head circumference ``hc_ref_mm`` and ``hc_error_mm`` (predicted - reference)
     where the dataset gives one. The ellipse is shrunk by the checkpoint's
     ``meta['measure']['boundary_offset_px']`` (0 when absent). With ``out``, writes
-    ``OUT/measurements.csv``. Returns ``(summary, rows)``; the summary has ``n``,
-    ``n_with_object``, ``hc_mm_mean`` and, where references exist, ``hc_mae_mm`` and
-    ``hc_bias_mm`` over the frames that have both. An unreadable image stops it with a
-    :class:`~ultraseg.errors.DataError`; with ``skip_unreadable`` it is skipped instead, as in
-    :func:`write_predictions` (the CSV and the summary then cover the frames measured, and the
-    summary names the others under ``unreadable``, counted as ``n_unreadable``). ``overlay``
+    ``OUT/measurements.csv`` (where it cannot be written, the
+    :class:`~ultraseg.errors.UltrasegError` carries (summary, rows) as its ``result``).
+    Returns ``(summary, rows)``; the summary has ``n``, ``n_with_object``, ``hc_mm_mean``
+    and, where references exist, ``hc_mae_mm`` and ``hc_bias_mm`` over the frames that have
+    both. An unreadable image stops it with a :class:`~ultraseg.errors.DataError`; with
+    ``skip_unreadable`` it is skipped instead, as in :func:`write_predictions` (the CSV and
+    the summary then cover the frames measured, and the summary names the others under
+    ``unreadable``, counted as ``n_unreadable``). ``overlay``
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     """
@@ -554,8 +556,12 @@ def measure_frames(predictor: Predictor | str | Path,
         if failed and progress:          # (the last frames may have been skipped)
             progress(len(frames), len(frames))
     if out_dir is not None:
+        try:
+            atomic_write_text(out_dir / "measurements.csv", measurements_csv(rows))
+        except UltrasegError as e:      # (a full disk): the figures are not lost with the table
+            e.result = (summary, rows)
+            raise
         summary["csv"] = str(out_dir / "measurements.csv")
-        atomic_write_text(out_dir / "measurements.csv", measurements_csv(rows))
     return summary, rows
 
 
