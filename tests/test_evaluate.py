@@ -718,3 +718,14 @@ def test_cli_out_that_is_a_file(checkpoint, data, tmp_path, capsys) -> None:
                      "--device", "cpu"]) == 2
     out, err = capsys.readouterr()
     assert "frames" not in out and f"{afile}: cannot create the output folder" in err
+
+
+def test_a_null_measure_entry_in_a_checkpoint_is_no_crash(data, tmp_path) -> None:
+    """A checkpoint whose metadata holds "measure": null stopped evaluate with an
+    AttributeError (measure treats it as no offset)."""
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = {**make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig()), "measure": None}
+    save_checkpoint(tmp_path / "m.ckpt", build_model(cfg).state_dict(), meta)
+    summary, _ = evaluate(load(tmp_path / "m.ckpt", device="cpu"), data, "folders",
+                          pixel_size_mm=0.1)
+    assert summary["n"] == 50

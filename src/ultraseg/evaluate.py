@@ -256,7 +256,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     else:
         _warn_if_not_its_split(predictor, ds.root, split_file, subset, samples)
     label = predictor.preprocess.label if label is None else label
-    offset = float(predictor.meta.get("measure", {}).get("boundary_offset_px", 0.0))
+    offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     raw_pp = PostprocessConfig()
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []
