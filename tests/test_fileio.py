@@ -1,14 +1,22 @@
-"""Atomic output files: the mode a plain open() would give, and links written through."""
+"""Atomic output files: the mode a plain open() would give, and links written through; the
+lock that keeps a second command out of an output folder in use."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from ultraseg.fileio import atomic_write_text, json_text
+from ultraseg import fileio
+from ultraseg.errors import UltrasegError
+from ultraseg.fileio import LOCK_FILE, atomic_write_text, json_text, output_lock
 
 
 def test_a_new_file_takes_the_umask_in_force_now(tmp_path: Path) -> None:
@@ -51,3 +59,179 @@ def test_text_with_a_file_names_undecodable_bytes_is_written_as_they_were(tmp_pa
     name = b"scan_\xfe".decode("utf-8", "surrogateescape")
     atomic_write_text(tmp_path / "t.csv", f"name\n{name}\n")
     assert (tmp_path / "t.csv").read_bytes() == b"name\nscan_\xfe\n"
+
+
+# ------------------------------------------------------------------ one command per folder
+@contextlib.contextmanager
+def _held_elsewhere(folder: Path, command: str = "train") -> Iterator[None]:
+    """``folder`` locked by another thread (another command) inside the block."""
+    locked, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with output_lock(folder, command):
+            locked.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert locked.wait(30)
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_a_folder_in_use_is_refused_naming_the_command_that_holds_it(tmp_path: Path) -> None:
+    """Nothing kept two commands out of one output folder: both wrote, and their files mixed
+    (best.ckpt of one run, split.json of the other)."""
+    out = tmp_path / "run"
+    with _held_elsewhere(out):
+        with pytest.raises(UltrasegError) as refused:
+            with output_lock(out, "predict"):
+                pytest.fail("a second command got the folder")
+        assert str(refused.value) == (f"{out}: in use by another ultraseg command (train, pid "
+                                      f"{os.getpid()}); wait for it to end or choose another "
+                                      f"--out")
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+    with output_lock(out, "predict"):           # free again once the first one has ended
+        (out / "mask.png").write_bytes(b"m")
+    assert sorted(p.name for p in out.iterdir()) == ["mask.png"]      # the lock file went
+
+
+def test_the_thread_that_holds_a_folder_may_take_it_again(tmp_path: Path) -> None:
+    """``demo`` holds its folder and trains into it."""
+    with output_lock(tmp_path / "demo", "demo"):
+        with output_lock(tmp_path / "demo", "train"):
+            (tmp_path / "demo" / "best.ckpt").write_bytes(b"c")
+        assert (tmp_path / "demo" / LOCK_FILE).read_text() == f"{os.getpid()} demo\n"
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["best.ckpt"]
+
+
+def test_folders_the_lock_made_go_where_the_command_wrote_nothing(tmp_path: Path) -> None:
+    """A command refused before it wrote anything leaves no folder behind; a folder that was
+    there stays, and one the command wrote into stays."""
+    with output_lock(tmp_path / "a" / "b", "train"):
+        assert (tmp_path / "a" / "b" / LOCK_FILE).is_file()
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(KeyError), output_lock(tmp_path / "a" / "b", "train"):
+        raise KeyError("refused")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "there").mkdir()
+    with output_lock(tmp_path / "there", "predict"):
+        pass
+    assert (tmp_path / "there").is_dir() and not any((tmp_path / "there").iterdir())
+
+
+HOLDER = '''
+import sys, time
+from ultraseg.fileio import output_lock
+with output_lock(sys.argv[1], "train"):
+    print("locked", flush=True)
+    time.sleep(60)
+'''
+
+
+def test_a_lock_ends_with_its_process_killed_with_sigkill(tmp_path: Path) -> None:
+    """``kill -9`` leaves the lock file, but no lock: the next command takes it over."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+        with pytest.raises(UltrasegError, match=rf"\(train, pid {proc.pid}\)"):
+            with output_lock(out, "train"):
+                pass
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert (out / LOCK_FILE).is_file()
+    with output_lock(out, "train"):
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()} train\n"
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_a_lock_file_removed_by_its_holder_as_it_ended_is_made_anew(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """A command that opened the lock file just before its holder ended and removed it would
+    lock a file no longer in the folder: a third command could then lock a new one, and two
+    would write at once."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    real_try_lock, calls = fileio._try_lock, []
+    locked, release, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with output_lock(out, "train"):
+            locked.set()
+            release.wait(30)
+        ended.set()
+
+    def try_lock(fd: int) -> bool:      # the holder ends between open and lock
+        calls.append(fd)
+        if len(calls) == 1:
+            release.set()
+            assert ended.wait(30)
+        return real_try_lock(fd)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(30)
+    monkeypatch.setattr(fileio, "_try_lock", try_lock)
+    try:
+        with output_lock(out, "predict"):
+            assert len(calls) == 2                      # the removed file, then a new one
+            probe = os.open(out / LOCK_FILE, os.O_RDWR)
+            try:                                        # the file in the folder is locked
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(probe)
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_a_folder_that_cannot_hold_the_lock_file_is_left_to_the_command(tmp_path) -> None:
+    """A path through a file: not locked (and not made); the command's own write says so."""
+    (tmp_path / "f").write_text("")
+    with output_lock(tmp_path / "f" / "out", "predict"):
+        pass
+    assert (tmp_path / "f").is_file()
+
+
+FORKING_HOLDER = '''
+import os, sys, time
+from ultraseg.fileio import output_lock
+with output_lock(sys.argv[1], "train"):
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+'''
+
+
+def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path: Path) -> None:
+    """A data loader's worker, forked while training, held the lock on after the training
+    process was killed."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(out)],
+                            stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        proc.kill()
+        proc.wait(30)
+        os.kill(child, 0)                       # the child lives on
+        with output_lock(out, "train"):
+            pass
+    finally:
+        proc.kill()
+        if child is not None:
+            with contextlib.suppress(OSError):
+                os.kill(child, 9)

@@ -9,6 +9,11 @@ A write that fails for a reason outside the program -- disk full, permission den
 read-only file system, a missing folder -- raises :class:`WriteError`, a one-line
 :class:`~ultraseg.errors.UltrasegError` naming the target (the CLI exits 2), which is also an
 ``OSError`` for callers that treat a failed write as something to log and survive.
+
+Atomic files keep one file whole; they do not keep two commands apart. A command that writes an
+output folder holds :func:`output_lock` on it for as long as it runs, so that a second one
+(``train`` started twice into one ``--out``) is refused at once instead of mixing its files
+with the first one's.
 """
 from __future__ import annotations
 
@@ -16,12 +21,25 @@ import errno
 import json
 import math
 import os
+import logging
 import tempfile
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from .errors import UltrasegError
+
+try:                    # POSIX: flock
+    import fcntl
+except ImportError:     # pragma: no cover (Windows)
+    fcntl = None        # type: ignore[assignment]
+try:                    # Windows: a byte-range lock
+    import msvcrt
+except ImportError:
+    msvcrt = None       # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 #: errno -> the words used in a :class:`WriteError`'s message.
 REASONS = {
@@ -133,3 +151,180 @@ def json_text(value: Any, indent: int | None = None) -> str:
             return None
         return v
     return json.dumps(clean(value), indent=indent, allow_nan=False, default=lambda _: None)
+
+
+# ------------------------------------------------------------------ one command per folder
+#: The file a command holds locked in its output folder while it runs (:func:`output_lock`):
+#: hidden, no image and no run file, and gone again when the command ends.
+LOCK_FILE = ".ultraseg-lock"
+
+#: The locks this process holds: (the folder's real path, thread) -> the lock file's descriptor.
+_HELD: dict[tuple[str, int], int] = {}
+
+#: Where the Windows lock sits in the lock file: a byte past its text, which stays readable.
+_WINDOWS_LOCK_AT = 1 << 16
+
+#: How often a lock file removed under a command's hands (by the holder before it, as it
+#: ended) is made again before the command goes on without a lock.
+_TRIES = 10
+
+
+@contextmanager
+def output_lock(folder: str | Path, command: str) -> Iterator[None]:
+    """Hold ``folder`` (made, with its parents, where missing) for ``command`` (``'train'``)
+    inside the block: a second command that asks for it meanwhile, in this process or another,
+    is refused at once with an :class:`~ultraseg.errors.UltrasegError` naming the holder
+    (``OUT: in use by another ultraseg command (train, pid N); ...``).
+
+    The lock is advisory: ``fcntl.flock`` on :data:`LOCK_FILE` in the folder (on Windows
+    ``msvcrt.locking``; elsewhere none), which the system lets go when the process ends, a
+    ``kill -9`` included: a lock file such a process leaves is taken over by the next command.
+    The same thread may take it again inside the block (``demo`` holds its folder and trains
+    into it); a child process forked inside it does not hold it. On the way out the lock file
+    goes, and so do the folders it made where the command left nothing in them (a command
+    refused before it wrote anything leaves no folder behind). A folder that cannot hold the
+    lock file (a path through a file, a read-only disk) is not locked: the command's own
+    first write says what is wrong with it."""
+    folder = Path(folder)
+    key = (os.path.realpath(folder), threading.get_ident())
+    if key in _HELD:
+        yield
+        return
+    made = _make_folder(folder)
+    fd = None
+    try:
+        if made is not None:
+            fd = _lock(folder, command)
+        if fd is not None:
+            _HELD[key] = fd
+        yield
+    finally:
+        if fd is not None and _HELD.pop(key, None) == fd:     # (not in a forked child)
+            _unlock(folder / LOCK_FILE, fd)
+        for made_folder in made or ():      # deepest first; one holding anything stays
+            with suppress(OSError):
+                made_folder.rmdir()
+
+
+def _make_folder(folder: Path) -> list[Path] | None:
+    """Make ``folder`` and its missing parents; returns the folders made, deepest first
+    (None: it cannot be made, or is no folder)."""
+    missing, p = [], folder
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return missing
+
+
+def _lock(folder: Path, command: str) -> int | None:
+    """The descriptor of ``folder``'s lock file, locked and naming this process and
+    ``command``; None where it cannot be locked. Raises where another command holds it."""
+    if fcntl is None and msvcrt is None:
+        return None             # no lock on this platform (see the README)
+    path = folder / LOCK_FILE
+    for _ in range(_TRIES):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:   # the holder before removed the folder it had made
+            with suppress(OSError):
+                folder.mkdir(parents=True, exist_ok=True)
+            continue
+        except OSError as e:
+            log.debug("%s: not locked: %s", folder, e)
+            return None
+        try:
+            locked = _try_lock(fd)
+        except OSError as e:
+            os.close(fd)
+            log.warning("%s: cannot be locked (%s): another ultraseg command writing into it "
+                        "at the same time would not be stopped", folder, e.strerror or e)
+            return None
+        if not locked:
+            holder = _holder(fd)
+            os.close(fd)
+            raise UltrasegError(f"in use by another ultraseg command{holder}; wait for it to "
+                                f"end or choose another --out", folder)
+        if _same_file(fd, path):
+            with suppress(OSError):     # only the message of a refused command needs it
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, f"{os.getpid()} {command}\n".encode())
+            return fd
+        os.close(fd)    # locked a file its holder removed as it ended: lock the new one
+    log.warning("%s: not locked: its lock file kept changing", folder)
+    return None
+
+
+def _try_lock(fd: int) -> bool:
+    """Lock ``fd`` without waiting: False where another holds it."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    os.lseek(fd, _WINDOWS_LOCK_AT, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as e:
+        if e.errno in (errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)):
+            return False
+        raise
+    return True
+
+
+def _unlock(path: Path, fd: int) -> None:
+    """Remove the lock file ``path`` and let go of ``fd``. Under flock it is removed while
+    still held, and only if it is still the file ``fd`` locked: a command that opened it
+    meanwhile finds it gone once it gets the lock, and makes a new one (:func:`_lock`)."""
+    try:
+        if fcntl is not None:
+            if _same_file(fd, path):
+                with suppress(OSError):
+                    path.unlink()
+        else:
+            os.lseek(fd, _WINDOWS_LOCK_AT, os.SEEK_SET)
+            with suppress(OSError):
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    finally:
+        os.close(fd)
+    if fcntl is None:       # Windows removes no file another has open: one being locked stays
+        with suppress(OSError):
+            path.unlink()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` is the file open as ``fd``."""
+    try:
+        st, own = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _holder(fd: int) -> str:
+    """`` (train, pid N)``: what the lock file open as ``fd`` says of its holder; empty where
+    it says nothing (yet)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid, command = os.read(fd, 200).decode().split(None, 1)
+        return f" ({command.strip()}, pid {int(pid)})"
+    except (OSError, ValueError):
+        return ""
+
+
+def _forget_locks() -> None:
+    """In a forked child (a data loader's worker): close the parent's lock files, so that the
+    lock ends with the parent, not with the last of its children."""
+    for fd in _HELD.values():
+        with suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks)
