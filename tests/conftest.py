@@ -34,6 +34,31 @@ def ultraseg_warnings() -> Iterator[list[logging.LogRecord]]:
         logging.getLogger("ultraseg").removeHandler(handler)
 
 
+@contextlib.contextmanager
+def held_elsewhere(folder: Path, command: str = "train") -> Iterator[None]:
+    """``folder`` held by another thread (as by another command: see
+    :func:`ultraseg.fileio.output_lock`) inside the block."""
+    import threading
+
+    from ultraseg.fileio import output_lock
+
+    locked, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with output_lock(folder, command):
+            locked.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert locked.wait(60)
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def shared_datasets() -> Path:
     """The shared real-data folder, or skip the calling test with the reason."""
     if not SHARED_DATASETS.is_dir():

@@ -6,17 +6,22 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import held_elsewhere
 from ultraseg import cli
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.cli_run import ProgressPrinter, resolve_config
 from ultraseg.config import PRESETS, PostprocessConfig, RunConfig, preset
+from ultraseg.errors import UltrasegError
+from ultraseg.fileio import LOCK_FILE
 from ultraseg.phantom import make_dataset
 from ultraseg.predict import load
 from ultraseg.run_folder import RUN_FILES
@@ -342,6 +347,79 @@ def test_resume_refuses_settings_it_would_ignore(stopped_run, tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and err.startswith("error:") and all(w in err for w in words), err
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # untouched
+
+
+# ------------------------------------------------------------------ one command per folder
+def _in_use(run: Path) -> str:
+    return (f"error: {run}: in use by another ultraseg command (train, pid {os.getpid()}); "
+            f"wait for it to end or choose another --out")
+
+
+def test_a_train_into_a_folder_in_use_is_refused_before_it_writes(data, tmp_path,
+                                                                    capsys) -> None:
+    """Two trains into one --out both ran to the end: best.ckpt was one run's, split.json
+    and config.json the other's, and evaluating with that split scored the first run's
+    training frames as validation; train.log held both runs."""
+    run = tmp_path / "run"
+    with held_elsewhere(run):
+        rc = cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "1"])
+        assert rc == 2
+        assert capsys.readouterr().err.strip().splitlines() == [_in_use(run)]
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE]    # nothing written
+    assert not run.exists()             # the holder wrote nothing either
+
+
+def test_a_resume_of_a_run_in_use_is_refused_leaving_it_untouched(stopped_run,
+                                                                  capsys) -> None:
+    _, _, run = stopped_run
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with held_elsewhere(run):
+        assert cli.main(["train", "--out", str(run), "--resume"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [_in_use(run)]
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # untouched
+
+
+def test_a_run_holds_its_folder_until_it_ends(data, tmp_path, monkeypatch) -> None:
+    """The folder is locked from before the run is opened to after its report is written,
+    and nothing of the lock is left in it."""
+    import ultraseg.train as train_mod
+    from ultraseg.fileio import output_lock
+
+    seen = []
+    real_open_run, real_train = train_mod.open_run, train_mod._train
+
+    def probe(when: str) -> None:       # another command (a thread) asks for the folder
+        answer = []
+
+        def other() -> None:
+            try:
+                with output_lock(run, "predict"):
+                    answer.append("got it")
+            except UltrasegError as e:
+                answer.append(str(e))
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        seen.append((when, answer[0].split(": ", 1)[-1]))
+
+    def open_run(*args):
+        probe("open")
+        return real_open_run(*args)
+
+    def _train(*args):
+        result = real_train(*args)
+        probe("trained")
+        return result
+
+    monkeypatch.setattr(train_mod, "open_run", open_run)
+    monkeypatch.setattr(train_mod, "_train", _train)
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "1"]) == 0
+    held = f"in use by another ultraseg command (train, pid {os.getpid()}); wait for it " \
+        f"to end or choose another --out"
+    assert seen == [("open", held), ("trained", held)]
+    assert LOCK_FILE not in {p.name for p in run.iterdir()}
 
 
 # ------------------------------------------------------------------ progress display

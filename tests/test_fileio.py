@@ -10,10 +10,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from conftest import held_elsewhere
 from ultraseg import fileio
 from ultraseg.errors import UltrasegError
 from ultraseg.fileio import LOCK_FILE, atomic_write_text, json_text, output_lock
@@ -62,31 +62,11 @@ def test_text_with_a_file_names_undecodable_bytes_is_written_as_they_were(tmp_pa
 
 
 # ------------------------------------------------------------------ one command per folder
-@contextlib.contextmanager
-def _held_elsewhere(folder: Path, command: str = "train") -> Iterator[None]:
-    """``folder`` locked by another thread (another command) inside the block."""
-    locked, done = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with output_lock(folder, command):
-            locked.set()
-            done.wait(30)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        assert locked.wait(30)
-        yield
-    finally:
-        done.set()
-        thread.join()
-
-
 def test_a_folder_in_use_is_refused_naming_the_command_that_holds_it(tmp_path: Path) -> None:
     """Nothing kept two commands out of one output folder: both wrote, and their files mixed
     (best.ckpt of one run, split.json of the other)."""
     out = tmp_path / "run"
-    with _held_elsewhere(out):
+    with held_elsewhere(out):
         with pytest.raises(UltrasegError) as refused:
             with output_lock(out, "predict"):
                 pytest.fail("a second command got the folder")

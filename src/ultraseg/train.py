@@ -14,6 +14,7 @@ to stop are agreed, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -36,7 +37,7 @@ from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, Ru
 from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, output_lock
 from .io import open_dataset, select_label
 from .io.base import check_label
 from .losses import compute_loss
@@ -453,6 +454,15 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
                             f"ultraseg.merge, or RunConfig.from_dict), got {type(cfg).__name__}")
     out = Path(out)
     t0 = time.monotonic()
+    # the folder is this run's alone from before it is opened to the end: a second command
+    # into it is refused at once (ranks > 0 of a torchrun job write nothing: rank 0 holds it)
+    with output_lock(out, "train") if is_main() else contextlib.nullcontext():
+        return _open_and_train(cfg, out, resume, progress, execution, t0)
+
+
+def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Progress | None,
+                    execution: Mapping[str, Any] | None, t0: float) -> TrainResult:
+    """:func:`train`, holding ``out``."""
     given = cfg
     cfg, last = open_run(out, cfg, resume)
     if resume and given is not None:    # where it runs: the given config's, where it differs
@@ -489,7 +499,8 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
             with threads(cfg.train.num_threads), torch.random.fork_rng(devices=rng_devices), \
                     torch.inference_mode(False), torch.enable_grad(), cudnn_autotune(device):
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
-        # what a run refused before its first epoch removes again (see _remove_refused_run)
+        # what a run refused before its first epoch removes again (see _remove_refused_run;
+        # a folder the lock made goes as the lock ends, where nothing is left in it)
         existed = out.exists(), {n for n in REFUSED_RUN_FILES if (out / n).exists()}
         if not resume or recorded != ctx.world_size or execution:
             write_run_config(out, cfg)
