@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ultraseg_warnings
+from conftest import held_elsewhere, ultraseg_warnings
 from ultraseg.checkpoint import make_meta, save_checkpoint
 from ultraseg.cli import main
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+from ultraseg.fileio import LOCK_FILE
 from ultraseg.io import read_image
 from ultraseg.model import build_model
 from ultraseg.predict import load
@@ -398,3 +400,69 @@ def test_a_second_run_into_an_output_folder_says_the_earlier_outputs_stay(tmp_pa
         assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out)]) == 0
     assert any("holds an earlier run's outputs" in r.getMessage() for r in warned)
     assert (out / "1_overlay.png").is_file()
+
+
+# ------------------------------------------------------------------ one command per folder
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_a_second_command_into_an_output_folder_in_use_is_refused(tmp_path, ckpt, capsys,
+                                                                   command):
+    """`predict A --out pcon & predict B --out pcon`: both ran to the end, and the folder held
+    masks of both models."""
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    out = tmp_path / "o"
+    with held_elsewhere(out, "predict"):
+        assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"error: {out}: in use by another ultraseg command (predict, pid {os.getpid()}); "
+            f"wait for it to end or choose another --out"]
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]    # nothing written
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monkeypatch,
+                                                           command):
+    """The folder is held from before the first output is written to the last, and nothing
+    of the lock is left in it."""
+    import threading
+
+    import ultraseg.predict_files as pf
+    from ultraseg.errors import UltrasegError
+    from ultraseg.fileio import output_lock
+
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    out, answers = tmp_path / "o", []
+    real_write, real_text = pf._write, pf.atomic_write_text
+
+    def other() -> None:        # another command asks for the folder
+        try:
+            with output_lock(out, "predict"):
+                answers.append("got it")
+        except UltrasegError as e:
+            answers.append(str(e).split("(")[1].split(",")[0])
+
+    def probe(write):
+        def probed(*args):
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join()
+            return write(*args)
+        return probed
+
+    monkeypatch.setattr(pf, "_write", probe(real_write))
+    monkeypatch.setattr(pf, "atomic_write_text", probe(real_text))
+    assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--overlay"]) == 0
+    assert answers == [command] * 2
+    assert LOCK_FILE not in {p.name for p in out.iterdir()}
+
+
+def test_a_folder_holding_only_its_marker_holds_no_earlier_outputs(tmp_path, ckpt) -> None:
+    """The lock file is nobody's output: a run into a folder that an earlier run marked but
+    left empty (every frame unreadable) says nothing of earlier outputs."""
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / OUTPUT_MARKER).write_text("written by ultraseg predict/measure\n")
+    with ultraseg_warnings() as warned:
+        assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out)]) == 0
+    assert not [r for r in warned if "earlier run" in r.getMessage()]
