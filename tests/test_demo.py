@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from conftest import held_elsewhere
 from ultraseg import cli, demo
 from ultraseg.config import PRESETS
+from ultraseg.fileio import LOCK_FILE
 
 
 def _small_demo(monkeypatch, epochs: int) -> None:
@@ -100,6 +103,21 @@ def test_demo_refuses_a_bad_minutes_before_writing_anything(tmp_path, capsys, mi
     assert cli.main(["demo", "--out", str(out), "--minutes", minutes]) == 2
     err = capsys.readouterr().err
     assert "--minutes" in err and "--time-limit" not in err, err
+    assert not out.exists()
+
+
+def test_demo_refuses_a_folder_in_use_before_writing_its_data(tmp_path, monkeypatch,
+                                                              capsys) -> None:
+    """A demo into a folder another command was writing got its phantom frames written there
+    before train refused the folder."""
+    _small_demo(monkeypatch, epochs=1)
+    out = tmp_path / "demo"
+    with held_elsewhere(out, "train"):
+        assert cli.main(["demo", "--out", str(out)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"error: {out}: in use by another ultraseg command (train, pid {os.getpid()}); "
+            f"wait for it to end or choose another --out"]
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
     assert not out.exists()
 
 

@@ -23,6 +23,7 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     """
     from . import report
     from .evaluate import evaluate
+    from .fileio import output_lock
     from .phantom import make_dataset
     from .predict import load
     from .io.base import check_no_foreign_images
@@ -33,38 +34,40 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
             or not 0 < minutes < float("inf"):       # before any phantom frame is written
         raise UltrasegError(f"--minutes must be a number of minutes > 0, got {minutes!r}")
     out = Path(out)
-    train_data, test_data = out / "data" / "train", out / "data" / "unseen"
-    cfg = merge(preset("demo"), {"data": {"path": str(train_data), "layout": "folders",
-                                          "cache_dir": ""},
-                                 "train": {"time_limit_s": 60.0 * minutes}})
-    resume = holds_run(out) and _unfinished_demo(out, cfg)
-    if holds_run(out) and not resume:                 # before any phantom frame is written
-        raise UltrasegError("already holds a training run (a finished demo's, another "
-                            "demo's or another); choose another --out", out)
-    if resume:
-        log.warning("%s: a demo stopped before it finished: going on with its run", out)
-    check_no_foreign_images(out, RUN_FILES)           # train would refuse it after the data
-    for folder, n, seed in ((train_data, TRAIN_FRAMES, TRAIN_SEED),
-                            (test_data, TEST_FRAMES, TEST_SEED)):
-        if _holds_phantom(folder, n):
-            # a set a demo stopped before its first epoch had written (the same seeds give
-            # the same bytes): used again, not refused as files in the way (a set it was
-            # stopped while writing is no half set: make_dataset moves it in when whole)
-            log.info("using the phantom frames an earlier demo wrote in %s", folder)
-        else:
-            make_dataset(folder, n=n, size=FRAME_SIZE, seed=seed)
-    result = train(None if resume else cfg, out, resume=resume, progress=progress)
-    if progress:
-        progress({"event": "stage", "message": "evaluating on unseen phantom frames"})
-    summary, _ = evaluate(load(out / "best.ckpt"), test_data, "folders", out=out / "evaluation")
-    report.write_html(out, title="ultraseg demo (phantom data)", summary=result.summary,
-                      config=RunConfig.load(out / "config.json").to_dict(),   # as recorded
-                      history=result.history, best_epoch=result.best_epoch,
-                      evaluation={"frames (unseen phantom, seed 1)": summary["n"],
-                                  **{("hd95_median (px)" if k == "hd95_median" else k): v
-                                     for k, v in summary.items() if k not in ("raw", "n")}})
-    log.info("demo finished: %s", summary)
-    return summary
+    with output_lock(out, "demo"):       # the whole demo: train and evaluate included
+        train_data, test_data = out / "data" / "train", out / "data" / "unseen"
+        cfg = merge(preset("demo"), {"data": {"path": str(train_data), "layout": "folders",
+                                              "cache_dir": ""},
+                                     "train": {"time_limit_s": 60.0 * minutes}})
+        resume = holds_run(out) and _unfinished_demo(out, cfg)
+        if holds_run(out) and not resume:                 # before any phantom frame is written
+            raise UltrasegError("already holds a training run (a finished demo's, another "
+                                "demo's or another); choose another --out", out)
+        if resume:
+            log.warning("%s: a demo stopped before it finished: going on with its run", out)
+        check_no_foreign_images(out, RUN_FILES)           # train would refuse it after the data
+        for folder, n, seed in ((train_data, TRAIN_FRAMES, TRAIN_SEED),
+                                (test_data, TEST_FRAMES, TEST_SEED)):
+            if _holds_phantom(folder, n):
+                # a set a demo stopped before its first epoch had written (the same seeds give
+                # the same bytes): used again, not refused as files in the way (a set it was
+                # stopped while writing is no half set: make_dataset moves it in when whole)
+                log.info("using the phantom frames an earlier demo wrote in %s", folder)
+            else:
+                make_dataset(folder, n=n, size=FRAME_SIZE, seed=seed)
+        result = train(None if resume else cfg, out, resume=resume, progress=progress)
+        if progress:
+            progress({"event": "stage", "message": "evaluating on unseen phantom frames"})
+        summary, _ = evaluate(load(out / "best.ckpt"), test_data, "folders",
+                              out=out / "evaluation")
+        report.write_html(out, title="ultraseg demo (phantom data)", summary=result.summary,
+                          config=RunConfig.load(out / "config.json").to_dict(),   # as recorded
+                          history=result.history, best_epoch=result.best_epoch,
+                          evaluation={"frames (unseen phantom, seed 1)": summary["n"],
+                                      **{("hd95_median (px)" if k == "hd95_median" else k): v
+                                         for k, v in summary.items() if k not in ("raw", "n")}})
+        log.info("demo finished: %s", summary)
+        return summary
 
 
 def _unfinished_demo(out: Path, cfg: RunConfig) -> bool:
