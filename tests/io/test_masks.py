@@ -436,6 +436,30 @@ def test_tiff_tags_pillow_leaves_to_the_reader(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(tmp_path / "lab.tif"), grey)
 
 
+def test_a_tiff_pillow_cannot_decode_says_what_to_save_instead(tmp_path: Path) -> None:
+    """A 64-bit float TIFF (numpy's default float, as tifffile writes it) was `not an image
+    file Pillow can read`, which said nothing of why or what to do."""
+    import struct
+
+    values = np.linspace(0, 1, 64).reshape(8, 8)               # float64
+    data = values.astype("<f8").tobytes()
+    entries = [(256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 64), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 8), (277, 3, 1, 1), (278, 3, 1, 8), (279, 4, 1, len(data)),
+               (339, 3, 1, 3)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHIHH", t, k, n, v, 0) if k == 3 else struct.pack("<HHII", t, k, n, v)
+        for t, k, n, v in entries) + struct.pack("<I", 0)
+    p = tmp_path / "f64.tif"
+    p.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + ifd)
+    with pytest.raises(DataError, match="a TIFF Pillow cannot decode.*32-bit floats") as e:
+        read_image(p)
+    assert "f64.tif" in str(e.value)
+    q = tmp_path / "not.png"
+    q.write_bytes(b"plain text, no image")
+    with pytest.raises(DataError, match="not an image file Pillow can read$"):
+        read_image(q)
+
+
 def test_rgb_image_becomes_gray(tmp_path: Path) -> None:
     rgb = np.zeros((10, 12, 3), np.uint8)
     rgb[..., 0] = 100

@@ -181,10 +181,25 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
         raise DataError("broken link: its target is missing" if path.is_symlink()
                         else "file not found", path) from e
     except UnidentifiedImageError as e:
-        raise DataError("not an image file Pillow can read", path) from e
+        raise DataError("not an image file Pillow can read" + _tiff_hint(path), path) from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         where = f"page {frame + 1}: " if frame is not None else ""
         raise DataError(f"{where}unreadable or truncated image ({e})", path) from e
+
+
+def _tiff_hint(path: Path) -> str:
+    """What to do with a TIFF (by its first bytes) Pillow could not open: its sample type
+    (64-bit or 16-bit floats, as numpy and tifffile write them) or compression is one Pillow
+    does not decode."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return ""
+    if head not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return ""
+    return (": a TIFF Pillow cannot decode (64- or 16-bit float samples, or a compression "
+            "it lacks): save it with 8- or 16-bit integers or 32-bit floats, uncompressed")
 
 
 #: Why a file of several frames is refused where one frame is wanted.
