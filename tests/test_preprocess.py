@@ -345,3 +345,34 @@ def test_restore_where_the_canvas_is_the_padded_square_itself() -> None:
     canvas, geom = to_canvas(m, PreprocessConfig(size=64), "prob")
     assert geom.side == 64 and geom.top == 8
     np.testing.assert_array_equal(restore(canvas, geom), m)
+
+
+def test_a_long_thin_frame_is_placed_without_its_padded_square(monkeypatch) -> None:
+    """A 4 x 40000 frame was padded to its 40000 x 40000 square (1.6 GB) before being shrunk
+    to the canvas; at 100000 px long, 9.3 GiB: out of memory, with advice (a smaller --size
+    or --batch-size) that could not help. The canvas is now made without the square, with
+    the very values the square gave (Pillow's two passes, the first one band by band)."""
+    import ultraseg.preprocess as pp
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(pp, "SQUARE_PIXELS_IN_ONE_GO", 0)      # the new way for every frame
+    monkeypatch.setattr(pp, "_ROWS_AT_A_TIME", 7)              # many bands
+    for h, w, size in ((30, 200, 64), (200, 31, 64), (97, 41, 40), (5, 300, 33), (120, 7, 16)):
+        image = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        mask = (rng.random((h, w)) < 0.3).astype(np.uint8) * 2
+        cfg = PreprocessConfig(size=size)
+        for kind, a in (("image", image), ("mask", mask)):
+            square, _ = pad_to_square(a)
+            got, geom = to_canvas(a, cfg, kind)
+            np.testing.assert_array_equal(got, pp.resize(square, (size, size), kind))
+            assert (geom.top, geom.left, geom.side) == ((max(h, w) - h) // 2,
+                                                        (max(h, w) - w) // 2, max(h, w))
+    monkeypatch.undo()
+
+    def no_square(*args, **kwargs):
+        raise AssertionError("the padded square was made")
+
+    monkeypatch.setattr(pp, "pad_to_square", no_square)
+    long = rng.integers(0, 256, (4, 40000), dtype=np.uint8)
+    canvas, _ = prepare(long, PreprocessConfig(size=64))
+    assert canvas.shape == (64, 64)
