@@ -3,6 +3,7 @@ everything prediction needs, and every file that is not a sound ultraseg checkpo
 with a CheckpointError -- above all a pickle that would run code, which must never run."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -122,6 +123,30 @@ def test_loading_a_checkpoint_leaves_the_callers_random_state_alone(tmp_path) ->
     torch.manual_seed(0)
     load(tmp_path / "m.ckpt", device="cpu")
     assert torch.equal(torch.rand(3), without)
+
+
+def test_loading_draws_nothing_from_the_shared_random_generator(tmp_path, monkeypatch) -> None:
+    """Loading saved torch's global generator, drew initial weights from it, and put it back:
+    a training or a seeded script in another thread lost or repeated draws meanwhile (2 of 4
+    trainings beside a thread loading models learnt other weights). The model is now built
+    with no weights at all (on the meta device) before its own are loaded."""
+    for cfg in (ModelConfig(variant="same", width=4, depth=2, presence_head=True,
+                            norm="instance", attention=True),
+                ModelConfig(variant="valid", width=4, depth=2, tile=20, block="residual")):
+        _save(tmp_path / "m.ckpt", _model_with_statistics(cfg), cfg, PreprocessConfig(size=32))
+        # what another thread sees meanwhile: fork_rng's putting the state back does not
+        # give it back the draws it lost
+        monkeypatch.setattr(torch.random, "fork_rng",
+                            lambda *a, **k: contextlib.nullcontext())
+        before = torch.get_rng_state()
+        ckpt = load_checkpoint(tmp_path / "m.ckpt")
+        model = build_from_checkpoint(ckpt)
+        assert torch.equal(torch.get_rng_state(), before)
+        monkeypatch.undo()
+        for name, value in model.state_dict().items():   # every tensor the checkpoint's
+            assert torch.equal(value, ckpt.state_dict[name]), name
+        x = torch.rand(1, 1, 40, 40) if cfg.variant == "same" else torch.rand(1, 1, 60, 60)
+        assert torch.isfinite(model(x)).all()
 
 
 def test_trained_run_checkpoint_reproduces_the_run(tiny_run) -> None:

@@ -202,13 +202,17 @@ def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> t
     """The model a checkpoint describes, with its weights loaded, in eval mode."""
     from .model import build_model
 
-    with torch.random.fork_rng(devices=[]):   # its initial weights are overwritten: the
-        try:                                  # caller's random state is left as it was
+    # built without weights (on the meta device), then given room: no initial weights are
+    # drawn from torch's generator, which is the process's, shared with every thread (saving
+    # and restoring it took draws from, or gave them again to, a training in another thread)
+    try:
+        with torch.device("meta"):
             model = build_model(ckpt.model)
-        except UltrasegError as e:    # a model this version does not build (one trained
-            # before a combination was withdrawn: the presence head on the valid U-Net)
-            raise CheckpointError(f"describes a model this version of ultraseg does not "
-                                  f"build ({e.message}): retrain it", path) from e
+    except UltrasegError as e:    # a model this version does not build (one trained
+        # before a combination was withdrawn: the presence head on the valid U-Net)
+        raise CheckpointError(f"describes a model this version of ultraseg does not "
+                              f"build ({e.message}): retrain it", path) from e
+    model = model.to_empty(device="cpu")
     if not isinstance(ckpt.state_dict, dict):
         raise CheckpointError(f"damaged checkpoint: its weights are a "
                               f"{type(ckpt.state_dict).__name__}, not named tensors", path)
