@@ -122,6 +122,25 @@ def test_a_cache_write_killed_halfway_is_swept_by_a_later_one(tmp_path: Path) ->
     assert len(list(cache.glob("*.npz"))) == 1
 
 
+def test_frames_cached_by_other_decoding_code_are_decoded_again(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """The cache key named its decoding rules by a number bumped by hand; the rules changed
+    (a DICOM window, 4-bit label masks...) and the number did not, so training read the old
+    pixels from the cache (`none of the 20 masks holds label 1`) while predict read the new.
+    The key now holds a digest of the decoding code itself."""
+    import ultraseg.data as data_module
+
+    ds = open_dataset(_tree(tmp_path / "d"))
+    cfg = PreprocessConfig(size=16)
+    key = cache_key(ds, cfg)
+    assert cache_key(ds, cfg) == key                             # stable
+    real = data_module.decoding_code_digest()
+    monkeypatch.setattr(data_module, "decoding_code_digest", lambda: real + "changed")
+    assert cache_key(ds, cfg) != key
+    for module in ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py"):
+        assert module in data_module.DECODING_CODE
+
+
 def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> None:
     ds = open_dataset(_tree(tmp_path / "data"))
     cfg = PreprocessConfig(size=16)

@@ -6,6 +6,7 @@ keyed by the dataset's files and the preprocessing settings, so epochs never dec
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -44,6 +45,25 @@ def default_cache_dir() -> Path:
     return Path(base) / "ultraseg"
 
 
+#: The package's files whose code decides the cached canvases: reading images and masks,
+#: the layouts, placing a frame on the canvas.
+DECODING_CODE = ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py")
+
+
+@functools.lru_cache(maxsize=1)
+def decoding_code_digest() -> str:
+    """A digest of :data:`DECODING_CODE`'s source: any change to it, a comment's included,
+    makes cache keys anew (one rebuild, never a stale frame)."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for name in DECODING_CODE:
+        try:
+            h.update((root / name).read_bytes())
+        except OSError:                 # (a zipped install): the version alone
+            h.update(name.encode())
+    return h.hexdigest()[:16]
+
+
 def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     """Hash of the files (names, sizes, inodes, modification and status-change times) and the
     settings that shape the canvases (not ``normalise``, applied after the cache).
@@ -54,10 +74,10 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     rebuild."""
     h = hashlib.sha256()
     shaping = {k: v for k, v in cfg.to_dict().items() if k != "normalise"}
-    # "decode": the rule files are decoded by (2: float images read as intensities, not
-    # stretched), so frames a changed rule reads otherwise are decoded again
-    h.update(json.dumps({"v": __version__, "decode": 2, "layout": ds.layout,
-                         "root": str(ds.root.resolve()), "pre": shaping},
+    # "decode": the code files are decoded by, so frames that changed code reads otherwise
+    # are decoded again (a number bumped by hand was forgotten once)
+    h.update(json.dumps({"v": __version__, "decode": decoding_code_digest(),
+                         "layout": ds.layout, "root": str(ds.root.resolve()), "pre": shaping},
                         sort_keys=True).encode())
     for s in ds.labelled:
         for p in (s.image_path, *s.mask_paths):
