@@ -563,6 +563,16 @@ def test_a_first_epoch_that_could_not_be_saved_leaves_a_folder_to_start_again(
     assert main(["train", str(data), "--out", str(killed), *TINY_TRAIN, "--epochs", "1"]) == 0
     assert load_checkpoint(killed / "last.ckpt").train_state["epoch"] == 1
 
+    longer = tmp_path / "longer"                     # a run of 2 epochs, interrupted, whose
+    assert main(["train", str(data), "--out", str(longer), *TINY_TRAIN, "--epochs", "2"]) == 0
+    (longer / "last.ckpt").unlink()                  # last.ckpt was deleted, is no new run's
+    for name in ("report.html", "curve.png", "sample.png", "seg_sample.png"):
+        (longer / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(longer), *TINY_TRAIN, "--epochs", "1"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert len((longer / "metrics.csv").read_text().splitlines()) == 3     # both epochs kept
+
     finished = tmp_path / "finished"                 # a finished run without its last.ckpt
     assert main(["train", str(data), "--out", str(finished), *TINY_TRAIN, "--epochs", "1"]) == 0
     (finished / "last.ckpt").unlink()                # (deleted to save room) is kept

@@ -68,11 +68,20 @@ FINISHED_RUN_FILES = ("report.html", "curve.png")
 
 def never_saved(out: Path) -> bool:
     """Whether ``out`` holds a run stopped (killed, out of room) before its first epoch was
-    saved: its config.json (written first), no last.ckpt (an epoch's last write), and nothing
-    a finished run writes. What it left (that epoch's metrics.csv or best.ckpt) is nothing to
-    resume from, and a new run in the folder replaces it."""
-    return ((out / "config.json").is_file() and not (out / "last.ckpt").exists()
-            and not any((out / f).exists() for f in FINISHED_RUN_FILES))
+    saved: its config.json (written first), no last.ckpt (an epoch's last write), at most
+    one epoch in metrics.csv (an epoch's first write), and nothing a finished run writes.
+    What it left (that epoch's metrics.csv or best.ckpt) is nothing to resume from, and a new
+    run in the folder replaces it; a longer run whose last.ckpt was deleted is kept."""
+    if not (out / "config.json").is_file() or (out / "last.ckpt").exists() \
+            or any((out / f).exists() for f in FINISHED_RUN_FILES):
+        return False
+    try:
+        rows = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError):
+        return False
+    return len([r for r in rows[1:] if r.strip()]) <= 1
 
 
 def recipe_differences(given: RunConfig, own: RunConfig) -> list[str]:
