@@ -660,7 +660,7 @@ def test_ctrl_c_during_training_says_how_to_go_on(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(train_module, "train", interrupted_after_an_epoch)
     data = make_dataset(tmp_path / "data", n=4, size=32, seed=1)
-    out = tmp_path / "run"
+    out = tmp_path / "my run"
     assert cli.main(["train", str(data), "--out", str(out), *TINY]) == 130
     err = capsys.readouterr().err
-    assert "interrupted" in err and f"ultraseg train --resume --out {out}" in err
+    assert "interrupted" in err and f"ultraseg train --resume --out '{out}'" in err

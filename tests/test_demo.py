@@ -71,12 +71,14 @@ def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, cap
     with pytest.raises(KeyboardInterrupt):
         demo.run_demo(out, progress=stop_in_epoch_2)
     assert (out / "last.ckpt").is_file() and not (out / "evaluation").exists()
+    assert cli.main(["demo", "--out", str(out), "--minutes", "1"]) == 2   # not its --minutes
+    assert f"`ultraseg demo --out {out} --minutes 2.5` goes on" in capsys.readouterr().err
     assert cli.main(["demo", "--out", str(out)]) == 0
     assert "on 6 unseen phantom frames" in capsys.readouterr().out
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3                               # epochs 1 (kept), 2 and 3
     assert (out / "evaluation" / "summary.json").is_file()
-    assert cli.main(["demo", "--out", str(out), "--minutes", "1"]) == 2   # another demo's
+    assert cli.main(["demo", "--out", str(out), "--minutes", "1"]) == 2   # a finished demo
     assert "already holds a training run" in capsys.readouterr().err
 
     def interrupted(out, **kw):                 # Ctrl-C in the CLI says how to go on
@@ -84,7 +86,7 @@ def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(demo, "run_demo", interrupted)
     assert cli.main(["demo", "--out", str(out)]) == 130
-    assert f"`ultraseg demo --out {out}` goes on" in capsys.readouterr().err
+    assert f"`ultraseg demo --out {out} --minutes 2.5` goes on" in capsys.readouterr().err
 
 
 def test_demo_refuses_any_training_run_before_writing_its_data(tmp_path, capsys) -> None:

@@ -13,6 +13,7 @@ import errno
 import io
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -210,8 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out = getattr(a, "out", None) if a.command in ("train", "demo") else None
         saved = out is not None and (Path(out) / "last.ckpt").is_file()
-        again = (f"ultraseg train --resume --out {out}" if a.command == "train" else
-                 f"ultraseg demo --out {out}")
+        again = (f"ultraseg train --resume --out {shlex.quote(str(out))}"
+                 if a.command == "train" else
+                 f"ultraseg demo --out {shlex.quote(str(out))} --minutes {a.minutes:g}")
         print("interrupted" + (f": `{again}` goes on from the last saved epoch" if saved
                                else ""), file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +42,11 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                                      "train": {"time_limit_s": 60.0 * minutes}})
         resume = holds_run(out) and _unfinished_demo(out, cfg)
         if holds_run(out) and not resume:                 # before any phantom frame is written
+            other = _other_minutes(out, cfg)
+            if other is not None:
+                raise UltrasegError(f"holds a demo stopped before it finished, run with "
+                                    f"--minutes {other:g}: `ultraseg demo --out {out} "
+                                    f"--minutes {other:g}` goes on with it", out)
             raise UltrasegError("already holds a training run (a finished demo's, another "
                                 "demo's or another); choose another --out", out)
         if resume:
@@ -81,6 +87,20 @@ def _unfinished_demo(out: Path, cfg: RunConfig) -> bool:
         return not recipe_differences(cfg, RunConfig.load(out / "config.json"))
     except (UltrasegError, OSError):
         return False
+
+
+def _other_minutes(out: Path, cfg: RunConfig) -> float | None:
+    """The --minutes of an unfinished demo in ``out`` that differs from ``cfg`` in its time
+    limit alone, else None."""
+    try:
+        own = RunConfig.load(out / "config.json")
+    except (UltrasegError, OSError):
+        return None
+    limit = own.train.time_limit_s
+    if limit is None or not _unfinished_demo(out, replace(
+            cfg, train=replace(cfg.train, time_limit_s=limit))):
+        return None
+    return limit / 60.0
 
 
 def _holds_phantom(folder: Path, n: int) -> bool:
