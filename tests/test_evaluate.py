@@ -653,6 +653,13 @@ def test_another_runs_split_is_warned_about(data, tmp_path) -> None:
     with ultraseg_warnings() as warned:
         evaluate(load(other / "best.ckpt", device="cpu"), data, split_file=copy)
     assert len(warned) == 1 and "trained on" in warned[0].getMessage()
+    # another dataset whose frames have the same names (1.png, case001...): not its frames
+    import shutil
+    namesake = tmp_path / "namesake"
+    shutil.copytree(data, namesake)
+    with ultraseg_warnings() as warned:
+        evaluate(model, namesake, split_file=other / "split.json")
+    assert not warned, [r.getMessage() for r in warned]
 
 
 def test_another_runs_split_is_warned_about_without_the_run_folder(data, tmp_path) -> None:
