@@ -555,3 +555,45 @@ def test_deep_supervision_at_depth_1_is_refused() -> None:
     with pytest.raises(UltrasegError, match="deep supervision needs depth 2 or more"):
         build_model(ModelConfig(variant="same", depth=1, width=4, deep_supervision=True))
     build_model(ModelConfig(variant="same", depth=2, width=4, deep_supervision=True))
+
+
+def test_models_built_in_two_threads_at_once_are_float32(monkeypatch) -> None:
+    """build_model set float32 as torch's default dtype and put the caller's back, per call:
+    two threads building at once put float64 back under each other, so a model was built in
+    float64 (`mixed dtype` at prediction, a raw traceback) and the caller's dtype was lost."""
+    import threading
+
+    import ultraseg.model.unet as unet_module
+
+    real = unet_module.UNet
+    b_building, a_done = threading.Event(), threading.Event()
+
+    def slow(cfg):
+        if threading.current_thread().name == "A":
+            model = real(cfg)
+            assert b_building.wait(10)
+            return model
+        b_building.set()
+        assert a_done.wait(10)
+        return real(cfg)
+
+    monkeypatch.setattr(unet_module, "UNet", slow)
+    built = {}
+
+    def build(name: str) -> None:
+        built[name] = build_model(ModelConfig(variant="same", width=4, depth=2))
+        if name == "A":
+            a_done.set()
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        threads = [threading.Thread(target=build, args=(n,), name=n) for n in ("A", "B")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert torch.get_default_dtype() == torch.float64      # the caller's, back
+    finally:
+        torch.set_default_dtype(previous)
+    assert {next(m.parameters()).dtype for m in built.values()} == {torch.float32}

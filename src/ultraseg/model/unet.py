@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UltrasegError
+from ..shared import while_held
 from .parts import NORMS, DoubleConv, Down, Up
 
 VARIANTS: tuple[str, ...] = ("valid", "same")
@@ -323,12 +324,14 @@ def build_model(cfg: ModelConfig) -> UNet:
         if cfg.variant == "valid":
             valid_input_size(cfg.tile, cfg.depth)
         # float32 whatever torch's default dtype the caller set: built and initialised in it
-        # (built in float64 and cast, its initial weights were other draws than the CLI's)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float32)
-        try:
+        # (built in float64 and cast, its initial weights were other draws than the CLI's);
+        # the default is the process's: held for all threads building at once
+        def to_float32() -> torch.dtype:
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float32)
+            return previous
+
+        with while_held("default dtype", to_float32, torch.set_default_dtype):
             return UNet(cfg)
-        finally:
-            torch.set_default_dtype(previous)
     except ValueError as e:
         raise UltrasegError(f"bad model config: {e}") from e
