@@ -26,6 +26,23 @@ def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -
     assert "still logged" in (tmp_path / "b.log").read_text()
 
 
+def test_a_runs_log_holds_its_own_threads_records_alone(tmp_path) -> None:
+    """A service evaluating in one thread while it trained in another: 41 of the 58 lines of
+    the run's train.log were the other thread's warnings (the file handler sat on the whole
+    ultraseg logger). Training runs in the thread that opened the log."""
+    import threading
+
+    pkg = logging.getLogger("ultraseg")
+    with run_log(tmp_path / "train.log"):
+        pkg.getChild("train").info("the run's own")
+        other = threading.Thread(
+            target=lambda: pkg.getChild("evaluate").warning("another request's"))
+        other.start()
+        other.join()
+    text = (tmp_path / "train.log").read_text()
+    assert "the run's own" in text and "another request's" not in text
+
+
 def test_a_folder_holding_a_run_is_refused_unless_resumed(tmp_path) -> None:
     cfg = preset("demo")
     assert open_run(tmp_path, cfg, resume=False) == (cfg, None)    # an empty folder: a new run

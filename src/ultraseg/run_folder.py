@@ -224,11 +224,15 @@ def run_log(path: Path) -> Iterator[None]:
     propagating; one forwarding handler passes the records at or above its former effective
     level to those handlers and, where it propagated, to its ancestors' (as logging itself
     would). Overlapping blocks (trainings in threads) share that set-up; the last to leave
-    puts level, propagation and handlers back."""
+    puts level, propagation and handlers back. The file takes the records of the thread that
+    opened the block alone."""
     global _RUN_LOGS
     file_handler = logging.FileHandler(path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                 "%(message)s"))
+    # the run's thread's records alone (training runs in it): not another thread's work
+    own = threading.get_ident()
+    file_handler.addFilter(lambda record: record.thread == own)
     pkg_log = logging.getLogger("ultraseg")
     with _RUN_LOG_LOCK:
         if _RUN_LOGS == 0:
