@@ -1,6 +1,7 @@
 """Mask and image decoding rules: what is accepted (and how it is read) and what is refused."""
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -317,6 +318,39 @@ def test_a_page_of_a_multi_page_file_is_read_when_named(tmp_path: Path, ext: str
     assert frame_count(single) == 1 and np.array_equal(read_image(single, frame=0), pages[1])
     (tmp_path / "broken.tif").write_bytes(b"II*\x00junk")
     assert frame_count(tmp_path / "broken.tif") == 1      # reading it says what is wrong
+
+
+@pytest.mark.parametrize("ext", ["tif", "png"])
+def test_reading_every_frame_of_a_loop_leaves_no_file_open(tmp_path: Path, ext: str) -> None:
+    """Each TIFF page read left its file object to the garbage collector (a ResourceWarning
+    each), and an animated PNG stayed open, per thread, after its last frame (the file held
+    after it was deleted; on Windows it could not be deleted)."""
+    import gc
+    import os
+
+    pages = [(_disk() * 255).astype(np.uint8) ^ np.uint8(40 * i) for i in range(3)]
+    p = tmp_path / f"cine.{ext}"
+    Image.fromarray(pages[0]).save(p, save_all=True,
+                                   append_images=[Image.fromarray(a) for a in pages[1:]])
+
+    def open_here() -> list[str]:
+        fds = Path("/proc/self/fd")
+        found = []
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == str(p):
+                    found.append(fd.name)
+        return found
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc (Linux) to list open files")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for k in range(3):
+            assert np.array_equal(read_image(p, frame=k), pages[k])
+        assert open_here() == []
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 @pytest.mark.parametrize("disposal,blend", [(0, 0), (1, 0), (2, 1), (0, 1)])

@@ -224,7 +224,23 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
         frame = int(frame)
     if is_dicom(path):
         return read_dicom(path, frame=frame)
-    return pillow_to_gray(_open(path, frame), path)
+    im = _open(path, frame)
+    try:
+        return pillow_to_gray(im, path)
+    finally:
+        _release(im)
+
+
+def _release(im: Image.Image) -> None:
+    """Close ``im`` (its file: a TIFF page's stays open for the pages after it), unless it is
+    the animated PNG kept for the next frame (:func:`_composited`): that one at its last frame
+    (a loop read to its end), when it is no longer kept."""
+    last = getattr(_last_apng, "entry", None)
+    if last is not None and last[1] is im:
+        if last[2] < _pages(im) - 1:
+            return
+        _last_apng.entry = None
+    im.close()
 
 
 #: Where :func:`_open` notes a grey image's sample depth under 8 bits (Pillow scales such
@@ -339,7 +355,12 @@ def read_mask(path: str | Path) -> np.ndarray:
     if is_dicom(path):
         raise DataError("a DICOM file as a mask: masks are image files (PNG, TIFF...); DICOM "
                         "segmentation objects are not read", path)
-    im = _open(path, kind="mask")
+    with _open(path, kind="mask") as im:
+        return _mask_pixels(im, path)
+
+
+def _mask_pixels(im: Image.Image, path: Path) -> np.ndarray:
+    """:func:`read_mask`'s rules on the decoded ``im``."""
     lossy = im.format in LOSSY_FORMATS
     if im.mode == "1":
         return np.asarray(im, dtype=np.uint8)
