@@ -80,7 +80,10 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
 
     The exporter prints its progress on stdout, which is silenced while it runs; stdout is the
     process's, so another thread's output in those seconds is silenced too (export before
-    starting such threads, or in a process of its own).
+    starting such threads, or in a process of its own). Its warnings are caught under the
+    lock all of ultraseg's ``catch_warnings`` blocks share (:func:`ultraseg.logs.caught_warnings`:
+    Python's warning filters are the process's), so another thread's image reads wait for the
+    export to end (seconds).
     """
     import torch
 
