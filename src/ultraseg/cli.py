@@ -173,6 +173,17 @@ def _print_any_path() -> None:
         sys.stdout.reconfigure(errors="surrogateescape")
 
 
+def _how_to_go_on(a: argparse.Namespace) -> str:
+    """After Ctrl-C: the command that goes on with an interrupted train or demo whose run
+    saved an epoch (": `...` goes on from the last saved epoch"), else nothing."""
+    out = getattr(a, "out", None) if a.command in ("train", "demo") else None
+    if out is None or not (Path(out) / "last.ckpt").is_file():
+        return ""
+    again = (f"ultraseg train --resume --out {shlex.quote(str(out))}" if a.command == "train"
+             else f"ultraseg demo --out {shlex.quote(str(out))} --minutes {a.minutes:g}")
+    return f": `{again}` goes on from the last saved epoch"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -209,13 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{_rank_prefix()}error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        out = getattr(a, "out", None) if a.command in ("train", "demo") else None
-        saved = out is not None and (Path(out) / "last.ckpt").is_file()
-        again = (f"ultraseg train --resume --out {shlex.quote(str(out))}"
-                 if a.command == "train" else
-                 f"ultraseg demo --out {shlex.quote(str(out))} --minutes {a.minutes:g}")
-        print("interrupted" + (f": `{again}` goes on from the last saved epoch" if saved
-                               else ""), file=sys.stderr)
+        print("interrupted" + _how_to_go_on(a), file=sys.stderr)
         return 130
     except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
         if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs
