@@ -390,3 +390,30 @@ def test_export_refuses_a_tile_narrower_than_the_pooling_grid(tmp_path) -> None:
     with pytest.raises(UltrasegError, match="narrower than the depth-4 .*the smallest is 20"):
         export_onnx(ckpt, tmp_path / "t4.onnx", tile=4)
     assert not (tmp_path / "t4.onnx").exists()
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_an_exported_model_names_no_folder(tmp_path, request, exporter) -> None:
+    """The export meant to keep no paths (it drops the run's config) but kept the training
+    report's dataset folder and checkpoint path (`Patients/Smith_John_MRN12345`), and the
+    exporter's stack traces named the install's folders on every node."""
+    import re
+
+    if exporter == "torchscript":
+        request.getfixturevalue("torchscript_only")
+
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    folder = tmp_path / "Patients" / "Smith_John_MRN12345"
+    meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig(),
+                     metrics={"best_epoch": 2, "report": {
+                         "dataset": f"{folder} (folders)", "best epoch": 2,
+                         "checkpoint": str(tmp_path / "Studies" / "Doe_Jane" / "best.ckpt")}},
+                     run={"data": {"path": str(folder)}})
+    ckpt = tmp_path / "m.ckpt"
+    save_checkpoint(ckpt, build_model(cfg).state_dict(), meta)
+    path = export_onnx(ckpt, tmp_path / "m.onnx")
+    raw = path.read_bytes()
+    assert b"Smith_John" not in raw and b"Doe_Jane" not in raw
+    assert not re.search(rb"(/tmp|/work|/home|/root|site-packages|[A-Z]:\\\\)", raw)
+    kept = load(path).meta["metrics"]
+    assert kept["best_epoch"] == 2 and kept["report"]["best epoch"] == 2   # the figures stay

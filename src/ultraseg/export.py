@@ -124,7 +124,8 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     example = torch.zeros(2, 1, *example_hw, dtype=torch.float32)
     with torch.no_grad():
         proto, exporter = _export(model, example, cfg.variant == "same", 2**depth, opset)
-    meta = {k: v for k, v in ckpt.meta.items() if k != "run"}
+    meta = _without_paths(ckpt.meta)
+    _strip_node_metadata(proto)
     meta["onnx"] = {"input": INPUT_NAME, "output": OUTPUT_NAME, "exporter": exporter,
                     "opset": _opset_of(proto), "source": Path(checkpoint_path).name, **graph}
     del proto.metadata_props[:]
@@ -144,6 +145,34 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
              exporter, meta["onnx"]["opset"],
              "dynamic H x W" if graph["dynamic_hw"] else f"tile {graph['input_tile']}")
     return onnx_path
+
+
+#: What the training report in a checkpoint's metrics names by path: left out of an export.
+_REPORT_PATHS = ("dataset", "checkpoint")
+
+
+def _without_paths(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's metadata for a model that is shared: without the run's config (its data
+    and cache folders) and the paths the training report names (a dataset folder is often a
+    patient's name or record number); the figures stay."""
+    out = {k: v for k, v in meta.items() if k != "run"}
+    metrics = out.get("metrics")
+    if isinstance(metrics, dict) and isinstance(metrics.get("report"), dict):
+        out["metrics"] = {**metrics, "report": {k: v for k, v in metrics["report"].items()
+                                                if k not in _REPORT_PATHS}}
+    return out
+
+
+def _strip_node_metadata(proto: Any) -> None:
+    """Drop what the exporter records about each node (the source file and line it came
+    from, the install's folders among them): nothing the model needs to run."""
+    graphs = [proto.graph, *(f for f in getattr(proto, "functions", []))]
+    for g in graphs:
+        for node in g.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        if hasattr(g, "doc_string"):
+            g.doc_string = ""
 
 
 def _with_sigmoid(net: Any) -> Any:
