@@ -79,6 +79,40 @@ def test_a_folder_in_use_is_refused_naming_the_command_that_holds_it(tmp_path: P
     assert sorted(p.name for p in out.iterdir()) == ["mask.png"]      # the lock file went
 
 
+def test_a_lock_file_that_is_a_link_is_not_written_through(tmp_path: Path) -> None:
+    """A link planted as the lock file was opened through: the file it pointed to, outside
+    the output folder, was truncated and overwritten with the holder's pid and command."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("important data")
+    (out / LOCK_FILE).symlink_to(victim)
+    with output_lock(out, "predict"):
+        (out / "mask.png").write_bytes(b"m")
+    assert victim.read_text() == "important data"
+
+
+def test_another_users_lock_file_still_keeps_a_second_command_out(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """In a shared folder the lock file is its holder's (0644): another user could not open
+    it for writing, went on unlocked, and said so only at debug level. A lock needs no
+    writing: it is taken on the file opened for reading."""
+    out = tmp_path / "shared"
+    real_open = os.open
+
+    def as_another_user(path, flags, *args):
+        if str(path).endswith(LOCK_FILE) and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    with held_elsewhere(out):
+        monkeypatch.setattr(os, "open", as_another_user)
+        with pytest.raises(UltrasegError, match="in use by another ultraseg command"):
+            with output_lock(out, "predict"):
+                pytest.fail("a second user got the folder")
+        monkeypatch.undo()
+
+
 def test_the_thread_that_holds_a_folder_may_take_it_again(tmp_path: Path) -> None:
     """``demo`` holds its folder and trains into it."""
     with output_lock(tmp_path / "demo", "demo"):

@@ -228,13 +228,16 @@ def _lock(folder: Path, command: str) -> int | None:
     path = folder / LOCK_FILE
     for _ in range(_TRIES):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_lock_file(path)
         except FileNotFoundError:   # the holder before removed the folder it had made
             with suppress(OSError):
                 folder.mkdir(parents=True, exist_ok=True)
             continue
         except OSError as e:
-            log.debug("%s: not locked: %s", folder, e)
+            if e.errno == errno.ELOOP:      # a link put there: never written through
+                log.warning("%s: not locked: its %s is a link", folder, LOCK_FILE)
+            else:       # (no room for it: the command's own first write says what is wrong)
+                log.debug("%s: not locked: %s", folder, e)
             return None
         try:
             locked = _try_lock(fd)
@@ -257,6 +260,21 @@ def _lock(folder: Path, command: str) -> int | None:
         os.close(fd)    # locked a file its holder removed as it ended: lock the new one
     log.warning("%s: not locked: its lock file kept changing", folder)
     return None
+
+
+#: Open flags that do not follow a link in the last part of the path, where the OS has them.
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_lock_file(path: Path) -> int:
+    """``path`` opened (made where missing) without following a link; for reading alone where
+    it is another user's (a shared folder): a lock needs no writing."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o666)
+    except PermissionError:
+        if not os.path.lexists(path):
+            raise
+        return os.open(path, os.O_RDONLY | _NO_FOLLOW)
 
 
 def _try_lock(fd: int) -> bool:
@@ -298,9 +316,9 @@ def _unlock(path: Path, fd: int) -> None:
 
 
 def _same_file(fd: int, path: Path) -> bool:
-    """Whether ``path`` is the file open as ``fd``."""
+    """Whether ``path`` (not a link's target) is the file open as ``fd``."""
     try:
-        st, own = os.stat(path), os.fstat(fd)
+        st, own = os.lstat(path), os.fstat(fd)
     except OSError:
         return False
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
