@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import os
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, cap
     training run`); train --resume finished the training but not the demo's evaluation on
     unseen frames or its report. The demo now goes on with its own run."""
     _small_demo(monkeypatch, epochs=3)
-    out = tmp_path / "demo"
+    out = tmp_path / "my demo"
+    minutes = 1.2345678                          # printed so that it is given back
     epochs_seen = []
 
     def stop_in_epoch_2(event: dict) -> None:
@@ -69,11 +71,13 @@ def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, cap
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        demo.run_demo(out, progress=stop_in_epoch_2)
+        demo.run_demo(out, progress=stop_in_epoch_2, minutes=minutes)
     assert (out / "last.ckpt").is_file() and not (out / "evaluation").exists()
     assert cli.main(["demo", "--out", str(out), "--minutes", "1"]) == 2   # not its --minutes
-    assert f"`ultraseg demo --out {out} --minutes 2.5` goes on" in capsys.readouterr().err
-    assert cli.main(["demo", "--out", str(out)]) == 0
+    said = capsys.readouterr().err
+    assert f"`ultraseg demo --out '{out}' --minutes 1.2345678` goes on" in said
+    argv = shlex.split(said.split("`")[1])[1:]             # the command given, as typed
+    assert cli.main(argv) == 0
     assert "on 6 unseen phantom frames" in capsys.readouterr().out
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3                               # epochs 1 (kept), 2 and 3
@@ -85,8 +89,9 @@ def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(demo, "run_demo", interrupted)
-    assert cli.main(["demo", "--out", str(out)]) == 130
-    assert f"`ultraseg demo --out {out} --minutes 2.5` goes on" in capsys.readouterr().err
+    assert cli.main(["demo", "--out", str(out), "--minutes", str(minutes)]) == 130
+    said = capsys.readouterr().err
+    assert f"`ultraseg demo --out '{out}' --minutes 1.2345678` goes on" in said
 
 
 def test_demo_refuses_any_training_run_before_writing_its_data(tmp_path, capsys) -> None:

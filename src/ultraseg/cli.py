@@ -179,8 +179,11 @@ def _how_to_go_on(a: argparse.Namespace) -> str:
     out = getattr(a, "out", None) if a.command in ("train", "demo") else None
     if out is None or not (Path(out) / "last.ckpt").is_file():
         return ""
+    from .demo import minutes_arg
+
     again = (f"ultraseg train --resume --out {shlex.quote(str(out))}" if a.command == "train"
-             else f"ultraseg demo --out {shlex.quote(str(out))} --minutes {a.minutes:g}")
+             else f"ultraseg demo --out {shlex.quote(str(out))} --minutes "
+                  f"{minutes_arg(a.minutes)}")
     return f": `{again}` goes on from the last saved epoch"
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -45,8 +47,9 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
             other = _other_minutes(out, cfg)
             if other is not None:
                 raise UltrasegError(f"holds a demo stopped before it finished, run with "
-                                    f"--minutes {other:g}: `ultraseg demo --out {out} "
-                                    f"--minutes {other:g}` goes on with it", out)
+                                    f"--minutes {minutes_arg(other)}: `ultraseg demo --out "
+                                    f"{shlex.quote(str(out))} --minutes "
+                                    f"{minutes_arg(other)}` goes on with it", out)
             raise UltrasegError("already holds a training run (a finished demo's, another "
                                 "demo's or another); choose another --out", out)
         if resume:
@@ -76,17 +79,28 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
         return summary
 
 
+def minutes_arg(minutes: float) -> str:
+    """``--minutes`` as typed to get ``minutes`` back (to the tolerance a demo is resumed
+    with): ten significant digits, no exponent for the usual values."""
+    return f"{minutes:.10g}"
+
+
 def _unfinished_demo(out: Path, cfg: RunConfig) -> bool:
-    """Whether ``out`` holds this demo's run (its config.json asks for ``cfg``'s recipe) that
-    stopped before the demo's evaluation was written: the demo goes on with it."""
+    """Whether ``out`` holds this demo's run (its config.json asks for ``cfg``'s recipe, its
+    time limit to a millionth, as --minutes printed with :func:`minutes_arg` gives it back)
+    that stopped before the demo's evaluation was written: the demo goes on with it."""
     from .run_folder import recipe_differences
 
     if (out / "evaluation" / "summary.json").exists() or not (out / "last.ckpt").is_file():
         return False
     try:
-        return not recipe_differences(cfg, RunConfig.load(out / "config.json"))
+        own = RunConfig.load(out / "config.json")
     except (UltrasegError, OSError):
         return False
+    mine, theirs = cfg.train.time_limit_s, own.train.time_limit_s
+    if mine is not None and theirs is not None and math.isclose(mine, theirs, rel_tol=1e-6):
+        cfg = replace(cfg, train=replace(cfg.train, time_limit_s=theirs))
+    return not recipe_differences(cfg, own)
 
 
 def _other_minutes(out: Path, cfg: RunConfig) -> float | None:
