@@ -485,13 +485,20 @@ def test_a_tiff_pillow_cannot_decode_says_what_to_save_instead(tmp_path: Path) -
         for t, k, n, v in entries) + struct.pack("<I", 0)
     p = tmp_path / "f64.tif"
     p.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + ifd)
-    with pytest.raises(DataError, match="a TIFF Pillow cannot decode.*32-bit floats") as e:
+    with pytest.raises(DataError, match="a TIFF of 64-bit float samples.*32-bit floats") as e:
         read_image(p)
     assert "f64.tif" in str(e.value)
     q = tmp_path / "not.png"
     q.write_bytes(b"plain text, no image")
     with pytest.raises(DataError, match="not an image file Pillow can read$"):
         read_image(q)
+    cut = tmp_path / "cut.tif"            # an interrupted copy: its directory never came
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(cut)
+    cut.write_bytes(cut.read_bytes()[:40])
+    with pytest.raises(DataError) as e:
+        read_image(cut)
+    assert "float" not in str(e.value) and ("truncated" in str(e.value)
+                                           or "damaged" in str(e.value)), str(e.value)
 
 
 def test_rgb_image_becomes_gray(tmp_path: Path) -> None:

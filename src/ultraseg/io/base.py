@@ -188,18 +188,40 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
 
 
 def _tiff_hint(path: Path) -> str:
-    """What to do with a TIFF (by its first bytes) Pillow could not open: its sample type
-    (64-bit or 16-bit floats, as numpy and tifffile write them) or compression is one Pillow
-    does not decode."""
+    """What to say of a TIFF (by its first bytes) Pillow could not open: float samples of 16
+    or 64 bits (as numpy and tifffile write them), which Pillow does not decode, by its first
+    directory's tags; a directory past the file's end (an interrupted copy); else both
+    possibilities."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        data = path.read_bytes()[:1 << 20]
+        size = path.stat().st_size
     except OSError:
         return ""
-    if head not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+    if data[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
         return ""
-    return (": a TIFF Pillow cannot decode (64- or 16-bit float samples, or a compression "
-            "it lacks): save it with 8- or 16-bit integers or 32-bit floats, uncompressed")
+    damaged = ": a truncated or damaged TIFF (its directory lies past its end)"
+    generic = (": a truncated TIFF, or one of a sample type or compression Pillow does not "
+               "decode: save it with 8- or 16-bit integers or 32-bit floats, uncompressed")
+    if data[2:4] in (b"+\0", b"\0+"):                  # BigTIFF: not looked into
+        return generic
+    end = "little" if data[:2] == b"II" else "big"
+    at = int.from_bytes(data[4:8], end) if len(data) >= 8 else 0
+    if not 8 <= at <= size - 2 or at + 2 > len(data):
+        return damaged
+    n = int.from_bytes(data[at:at + 2], end)
+    if at + 2 + 12 * n > len(data):
+        return damaged
+    tags = {}
+    for k in range(n):
+        entry = data[at + 2 + 12 * k: at + 14 + 12 * k]
+        tag, kind, count = (int.from_bytes(entry[:2], end), int.from_bytes(entry[2:4], end),
+                            int.from_bytes(entry[4:8], end))
+        if count == 1 and kind == 3:                     # one SHORT, inline
+            tags[tag] = int.from_bytes(entry[8:10], end)
+    if tags.get(SAMPLE_FORMAT) == 3 and tags.get(258) in (16, 64):
+        return (f": a TIFF of {tags[258]}-bit float samples, which Pillow does not decode: "
+                f"save it with 32-bit floats (or 8- or 16-bit integers)")
+    return generic
 
 
 #: Why a file of several frames is refused where one frame is wanted.
