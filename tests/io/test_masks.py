@@ -483,7 +483,8 @@ def test_a_tiff_pillow_cannot_decode_says_what_to_save_instead(tmp_path: Path) -
     ifd = struct.pack("<H", len(entries)) + b"".join(
         struct.pack("<HHIHH", t, k, n, v, 0) if k == 3 else struct.pack("<HHII", t, k, n, v)
         for t, k, n, v in entries) + struct.pack("<I", 0)
-    p = tmp_path / "f64.tif"
+    p = tmp_path / "f64.tif"             # its directory after 1.2 MB of samples (libtiff's way)
+    data = np.zeros(150_000, "<f8").tobytes() + data
     p.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + ifd)
     with pytest.raises(DataError, match="a TIFF of 64-bit float samples.*32-bit floats") as e:
         read_image(p)

@@ -191,29 +191,33 @@ def _tiff_hint(path: Path) -> str:
     """What to say of a TIFF (by its first bytes) Pillow could not open: float samples of 16
     or 64 bits (as numpy and tifffile write them), which Pillow does not decode, by its first
     directory's tags; a directory past the file's end (an interrupted copy); else both
-    possibilities."""
+    possibilities. Reads the header and that directory alone."""
     try:
-        data = path.read_bytes()[:1 << 20]
-        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if head[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+                return ""
+            generic = (": a truncated TIFF, or one of a sample type or compression Pillow "
+                       "does not decode: save it with 8- or 16-bit integers or 32-bit floats, "
+                       "uncompressed")
+            if head[2:4] in (b"+\0", b"\0+"):          # BigTIFF: not looked into
+                return generic
+            end = "little" if head[:2] == b"II" else "big"
+            size = os.fstat(f.fileno()).st_size
+            at = int.from_bytes(head[4:8], end) if len(head) == 8 else 0
+            damaged = ": a truncated or damaged TIFF (its directory lies past its end)"
+            if not 8 <= at <= size - 2:
+                return damaged
+            f.seek(at)
+            n = int.from_bytes(f.read(2), end)
+            table = f.read(12 * n)
     except OSError:
         return ""
-    if data[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-        return ""
-    damaged = ": a truncated or damaged TIFF (its directory lies past its end)"
-    generic = (": a truncated TIFF, or one of a sample type or compression Pillow does not "
-               "decode: save it with 8- or 16-bit integers or 32-bit floats, uncompressed")
-    if data[2:4] in (b"+\0", b"\0+"):                  # BigTIFF: not looked into
-        return generic
-    end = "little" if data[:2] == b"II" else "big"
-    at = int.from_bytes(data[4:8], end) if len(data) >= 8 else 0
-    if not 8 <= at <= size - 2 or at + 2 > len(data):
-        return damaged
-    n = int.from_bytes(data[at:at + 2], end)
-    if at + 2 + 12 * n > len(data):
+    if len(table) < 12 * n:
         return damaged
     tags = {}
     for k in range(n):
-        entry = data[at + 2 + 12 * k: at + 14 + 12 * k]
+        entry = table[12 * k: 12 * k + 12]
         tag, kind, count = (int.from_bytes(entry[:2], end), int.from_bytes(entry[2:4], end),
                             int.from_bytes(entry[4:8], end))
         if count == 1 and kind == 3:                     # one SHORT, inline
