@@ -113,6 +113,46 @@ def test_another_users_lock_file_still_keeps_a_second_command_out(tmp_path: Path
         monkeypatch.undo()
 
 
+def test_a_lock_file_that_is_no_plain_file_is_left_alone(tmp_path: Path, monkeypatch) -> None:
+    """A FIFO planted as the lock file in a shared folder, opened read-only (another user's
+    file), blocked the command for good, waiting for a writer."""
+    out = tmp_path / "shared"
+    out.mkdir()
+    os.mkfifo(out / LOCK_FILE)
+    real_open = os.open
+
+    def as_another_user(path, flags, *args):
+        if str(path).endswith(LOCK_FILE) and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", as_another_user)
+    ran = threading.Event()
+
+    def command() -> None:
+        with output_lock(out, "predict"):
+            ran.set()
+
+    thread = threading.Thread(target=command, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert ran.is_set() and not thread.is_alive()
+
+
+def test_a_holder_that_is_gone_is_not_named(tmp_path: Path) -> None:
+    """Where the lock file could not be written (another user's, locked read-only), it still
+    named the process that wrote it, long gone: the refusal named a dead pid as the holder."""
+    path = tmp_path / "lock"
+    for text, said in ((f"{os.getpid()} train\n", f" (train, pid {os.getpid()})"),
+                       ("2147483646 train\n", "")):
+        path.write_text(text)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert fileio._holder(fd) == said
+        finally:
+            os.close(fd)
+
+
 def test_the_thread_that_holds_a_folder_may_take_it_again(tmp_path: Path) -> None:
     """``demo`` holds its folder and trains into it."""
     with output_lock(tmp_path / "demo", "demo"):

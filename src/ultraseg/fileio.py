@@ -22,6 +22,7 @@ import json
 import math
 import os
 import logging
+import stat
 import tempfile
 import threading
 from contextlib import contextmanager, suppress
@@ -234,8 +235,9 @@ def _lock(folder: Path, command: str) -> int | None:
                 folder.mkdir(parents=True, exist_ok=True)
             continue
         except OSError as e:
-            if e.errno == errno.ELOOP:      # a link put there: never written through
-                log.warning("%s: not locked: its %s is a link", folder, LOCK_FILE)
+            if e.errno == errno.ELOOP:      # a link (or a FIFO) put there: left alone
+                log.warning("%s: not locked: its %s is a link or no plain file", folder,
+                            LOCK_FILE)
             else:       # (no room for it: the command's own first write says what is wrong)
                 log.debug("%s: not locked: %s", folder, e)
             return None
@@ -266,15 +268,24 @@ def _lock(folder: Path, command: str) -> int | None:
 _NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
+#: Open flags that do not wait (a FIFO planted as the lock file), where the OS has them.
+_NO_WAIT = getattr(os, "O_NONBLOCK", 0)
+
+
 def _open_lock_file(path: Path) -> int:
-    """``path`` opened (made where missing) without following a link; for reading alone where
-    it is another user's (a shared folder): a lock needs no writing."""
+    """``path`` opened (made where missing) without following a link or waiting; for reading
+    alone where it is another user's (a shared folder): a lock needs no writing. Anything but
+    a plain file there raises ``OSError(ELOOP)``, as a link does."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NO_FOLLOW | _NO_WAIT, 0o666)
     except PermissionError:
         if not os.path.lexists(path):
             raise
-        return os.open(path, os.O_RDONLY | _NO_FOLLOW)
+        fd = os.open(path, os.O_RDONLY | _NO_FOLLOW | _NO_WAIT)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.ELOOP, "not a plain file", str(path))
+    return fd
 
 
 def _try_lock(fd: int) -> bool:
@@ -330,9 +341,22 @@ def _holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         pid, command = os.read(fd, 200).decode().split(None, 1)
+        if fcntl is not None and not _running(int(pid)):   # (a holder that could not write)
+            return ""
         return f" ({command.strip()}, pid {int(pid)})"
     except (OSError, ValueError):
         return ""
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists here (POSIX: signal 0 checks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):     # (no such process, or no pid at all)
+        return False
+    except PermissionError:                         # another user's
+        return True
+    return True
 
 
 def _forget_locks() -> None:
