@@ -409,7 +409,7 @@ def test_an_exported_model_names_no_folder(tmp_path, request, exporter) -> None:
                          "dataset": f"{folder} (folders)", "best epoch": 2,
                          "checkpoint": str(tmp_path / "Studies" / "Doe_Jane" / "best.ckpt")}},
                      run={"data": {"path": str(folder)}})
-    ckpt = tmp_path / "m.ckpt"
+    ckpt = tmp_path / "Smith_John_MRN123.ckpt"             # a file named after a patient too
     save_checkpoint(ckpt, build_model(cfg).state_dict(), meta)
     path = export_onnx(ckpt, tmp_path / "m.onnx")
     raw = path.read_bytes()

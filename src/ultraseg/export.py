@@ -127,7 +127,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     meta = _without_paths(ckpt.meta)
     _strip_node_metadata(proto)
     meta["onnx"] = {"input": INPUT_NAME, "output": OUTPUT_NAME, "exporter": exporter,
-                    "opset": _opset_of(proto), "source": Path(checkpoint_path).name, **graph}
+                    "opset": _opset_of(proto), **graph}    # (no file name: often a patient's)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta)
