@@ -137,6 +137,10 @@ def test_frames_cached_by_other_decoding_code_are_decoded_again(tmp_path: Path,
     real = data_module.decoding_code_digest()
     monkeypatch.setattr(data_module, "decoding_code_digest", lambda: real + "changed")
     assert cache_key(ds, cfg) != key
+    monkeypatch.undo()
+    import PIL                              # the libraries that decode and resize, too
+    monkeypatch.setattr(PIL, "__version__", "99.0.0")
+    assert cache_key(ds, cfg) != key
     for module in ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py"):
         assert module in data_module.DECODING_CODE
 

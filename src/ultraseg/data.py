@@ -64,6 +64,20 @@ def decoding_code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def decoding_libraries() -> dict[str, str]:
+    """The versions of the libraries that decode and resize the frames (Pillow; pydicom where
+    installed): an upgrade of either may read a file otherwise."""
+    import PIL
+
+    versions = {"Pillow": str(PIL.__version__)}
+    try:
+        import pydicom
+        versions["pydicom"] = str(pydicom.__version__)
+    except ImportError:
+        pass
+    return versions
+
+
 def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     """Hash of the files (names, sizes, inodes, modification and status-change times) and the
     settings that shape the canvases (not ``normalise``, applied after the cache).
@@ -77,6 +91,7 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     # "decode": the code files are decoded by, so frames that changed code reads otherwise
     # are decoded again (a number bumped by hand was forgotten once)
     h.update(json.dumps({"v": __version__, "decode": decoding_code_digest(),
+                         "libraries": decoding_libraries(),
                          "layout": ds.layout, "root": str(ds.root.resolve()), "pre": shaping},
                         sort_keys=True).encode())
     for s in ds.labelled:
