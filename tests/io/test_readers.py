@@ -944,3 +944,24 @@ def test_image_files_in_formats_not_read_are_counted_not_dropped_in_silence(tmp_
     assert "4 files in formats ultraseg does not read" in said[0]
     assert ".webp 2" in said[0] and ".gif 1" in said[0] and ".jp2 1" in said[0]
     assert "notes" not in said[0] and ".txt" not in said[0]
+
+
+def test_jpeg_endings_are_read_and_a_folder_of_unread_formats_says_so(tmp_path) -> None:
+    """`.jfif` and `.jpe` (JPEGs Pillow reads) and `.tga` were skipped in silence, and a folder
+    holding only WebP and GIF frames was 'empty folder or unknown layout' with no count."""
+    frame = Image.fromarray(np.full((8, 8), 120, np.uint8))
+    (tmp_path / "d").mkdir()
+    for name in ("a.jfif", "b.jpe", "c.jpg"):
+        frame.save(tmp_path / "d" / name, format="JPEG")
+    (tmp_path / "d" / "e.tga").write_bytes(b"not decoded")
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(tmp_path / "d")
+    assert sorted(s.name for s in ds.samples) == ["a", "b", "c"]
+    assert any(".tga 1" in r.getMessage() for r in warned)
+    only = tmp_path / "only"
+    only.mkdir()
+    for name in ("x1.webp", "x2.webp", "x3.gif"):
+        (only / name).write_bytes(b"not decoded")
+    with pytest.raises(DataError, match=r"no images found.*3 files in formats ultraseg does "
+                                        r"not read \(\.gif 1, \.webp 2\)"):
+        scan_dataset(only)

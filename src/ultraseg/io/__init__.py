@@ -15,7 +15,7 @@ from ..errors import DataError, UltrasegError
 from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
                    classify_mask_values, frame_count, read_image, read_mask, select_label,
-                   unread_image_files)
+                   unread_files_said, unread_image_files)
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm, is_dicom,
                     read_dicom)
 from .readers import (MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader, ImagesReader,
@@ -82,8 +82,10 @@ def detect_layout(root: str | Path) -> str:
                         "--layout NAME picks one", root, fits[0],
                         ", ".join(f"'{n}'" for n in others), "s" * (len(others) > 1))
         return fits[0]
-    raise DataError("empty folder or unknown layout: no images found; valid layouts: "
-                    + ", ".join(READERS), root)
+    unread = unread_image_files(root) if root.is_dir() else {}
+    raise DataError("empty folder or unknown layout: no images found" + (
+        f" ({unread_files_said(unread)}: it reads {', '.join(IMAGE_EXTENSIONS)}; convert them, "
+        f"to PNG say)" if unread else "") + "; valid layouts: " + ", ".join(READERS), root)
 
 
 def nested_datasets(root: str | Path) -> list[tuple[Path, str]]:
@@ -156,10 +158,8 @@ def scan_dataset(path: str | Path, layout: str = "auto",
             log.warning("%s is read as a folder of unlabelled images%s", root, hint)
     unread = unread_image_files(root)
     if unread:
-        log.warning("%s: %d files in formats ultraseg does not read (%s), left out: it reads "
-                    "%s; convert them (to PNG, say) to use them", root, sum(unread.values()),
-                    ", ".join(f"{k} {n}" for k, n in sorted(unread.items())),
-                    ", ".join(IMAGE_EXTENSIONS))
+        log.warning("%s: %s, left out: it reads %s; convert them (to PNG, say) to use them",
+                    root, unread_files_said(unread), ", ".join(IMAGE_EXTENSIONS))
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
     _check_pattern(reader, subject_pattern)
     return Dataset(root, name, tuple(samples)), problems

@@ -26,7 +26,8 @@ from .dicom import dicom_frame_count, is_dicom, read_dicom
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".tif", ".tiff", ".bmp",
+                    ".dcm", ".dicom")
 
 _LEADING_SUBJECT = re.compile(r"^(\d+)_")
 
@@ -680,7 +681,14 @@ def iter_files(root: Path) -> Iterator[Path]:
 #: Endings of image files ultraseg does not read: counted where a folder holds them
 #: (:func:`unread_image_files`), so that they are not left out in silence.
 UNREAD_IMAGE_EXTENSIONS = (".webp", ".gif", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".jxl",
-                           ".pgm", ".ppm", ".pnm", ".nii", ".gz", ".mha", ".mhd", ".nrrd")
+                           ".pgm", ".ppm", ".pnm", ".tga", ".dib", ".ico", ".psd", ".exr",
+                           ".pcx", ".nii", ".gz", ".mha", ".mhd", ".nrrd")
+
+
+def unread_files_said(counts: dict[str, int]) -> str:
+    """``N files in formats ultraseg does not read (.gif 1, .webp 2)``."""
+    return (f"{sum(counts.values())} files in formats ultraseg does not read "
+            f"({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})")
 
 
 def unread_image_files(root: Path) -> dict[str, int]:
