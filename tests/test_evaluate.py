@@ -641,6 +641,7 @@ def test_another_runs_split_is_warned_about(data, tmp_path) -> None:
     (said,) = [r.getMessage() for r in warned]
     assert said.startswith(f"{shared} of the {len(scored)} frames scored")
     assert str(other / "split.json") in said and str(own / "split.json") in said
+    assert said.endswith("scores its own validation side")
     # its own split, or a copy of it, any side (--subset train is asked for on purpose)
     copy = tmp_path / "elsewhere" / "split.json"
     copy.parent.mkdir()

@@ -152,10 +152,12 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
         trained = {n for n in own_doc["train"] if isinstance(n, str)}
         shared = sum(s.name in trained for s in samples)
         if shared and _may_be_its_data(predictor, root):   # (names alone: 1.png, case001)
+            side = ("its own held-out side with --subset test" if subset == "test" else
+                    "its own validation side")
             log.warning("%d of the %d frames scored (the '%s' side of %s) are frames the model "
                         "trained on (the 'train' side of %s, its run's split): `--split %s` "
-                        "scores its own validation side", shared, len(samples), subset or "val",
-                        split_file, own, own)
+                        "scores %s", shared, len(samples), subset or "val", split_file, own, own,
+                        side)
         return
     differs = _split_differences(predictor, doc)
     if differs and _may_be_its_data(predictor, root):
