@@ -191,41 +191,35 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
 def _tiff_hint(path: Path) -> str:
     """What to say of a TIFF (by its first bytes) Pillow could not open: float samples of 16
     or 64 bits (as numpy and tifffile write them), which Pillow does not decode, by its first
-    directory's tags; a directory past the file's end (an interrupted copy); else both
-    possibilities. Reads the header and that directory alone."""
+    directory's tags (read with Pillow's own directory reader); a directory past the file's
+    end or cut short (an interrupted copy); else both possibilities. Reads the header and
+    that directory alone."""
+    from PIL import TiffImagePlugin
+
+    generic = (": a truncated TIFF, or one of a sample type or compression Pillow does not "
+               "decode: save it with 8- or 16-bit integers or 32-bit floats, uncompressed")
+    damaged = ": a truncated or damaged TIFF (its directory lies past its end)"
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-            if head[:4] not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
-                return ""
-            generic = (": a truncated TIFF, or one of a sample type or compression Pillow "
-                       "does not decode: save it with 8- or 16-bit integers or 32-bit floats, "
-                       "uncompressed")
-            if head[2:4] in (b"+\0", b"\0+"):          # BigTIFF: not looked into
+            if head[:4] in (b"II+\0", b"MM\0+"):          # BigTIFF: not looked into
                 return generic
-            end = "little" if head[:2] == b"II" else "big"
-            size = os.fstat(f.fileno()).st_size
-            at = int.from_bytes(head[4:8], end) if len(head) == 8 else 0
-            damaged = ": a truncated or damaged TIFF (its directory lies past its end)"
-            if not 8 <= at <= size - 2:
+            if head[:4] not in (b"II*\0", b"MM\0*"):
+                return ""
+            tags = TiffImagePlugin.ImageFileDirectory_v2(head)
+            if not 8 <= tags.next <= os.fstat(f.fileno()).st_size - 2:
                 return damaged
-            f.seek(at)
-            n = int.from_bytes(f.read(2), end)
-            table = f.read(12 * n)
-    except OSError:
+            f.seek(tags.next)
+            with caught_warnings(record=True) as cut:      # ("Corrupt EXIF data": cut short)
+                warnings.simplefilter("always")
+                tags.load(f)
+    except (OSError, SyntaxError, ValueError):
         return ""
-    if len(table) < 12 * n:
+    if cut:
         return damaged
-    tags = {}
-    for k in range(n):
-        entry = table[12 * k: 12 * k + 12]
-        tag, kind, count = (int.from_bytes(entry[:2], end), int.from_bytes(entry[2:4], end),
-                            int.from_bytes(entry[4:8], end))
-        if count == 1 and kind == 3:                     # one SHORT, inline
-            tags[tag] = int.from_bytes(entry[8:10], end)
-    if tags.get(SAMPLE_FORMAT) == 3 and tags.get(258) in (16, 64):
-        return (f": a TIFF of {tags[258]}-bit float samples, which Pillow does not decode: "
-                f"save it with 32-bit floats (or 8- or 16-bit integers)")
+    if _tag(tags, SAMPLE_FORMAT) == 3 and _tag(tags, 258) in (16, 64):
+        return (f": a TIFF of {_tag(tags, 258)}-bit float samples, which Pillow does not "
+                f"decode: save it with 32-bit floats (or 8- or 16-bit integers)")
     return generic
 
 
