@@ -42,17 +42,9 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
         cfg = merge(preset("demo"), {"data": {"path": str(train_data), "layout": "folders",
                                               "cache_dir": ""},
                                      "train": {"time_limit_s": 60.0 * minutes}})
-        resume = holds_run(out) and _unfinished_demo(out, cfg)
-        if holds_run(out) and not resume:                 # before any phantom frame is written
-            other = _other_minutes(out, cfg)
-            if other is not None:
-                raise UltrasegError(f"holds a demo stopped before it finished, run with "
-                                    f"--minutes {minutes_arg(other)}: `ultraseg demo --out "
-                                    f"{shlex.quote(str(out))} --minutes "
-                                    f"{minutes_arg(other)}` goes on with it", out)
-            raise UltrasegError("already holds a training run (a finished demo's, another "
-                                "demo's or another); choose another --out", out)
-        if resume:
+        resume = holds_run(out)
+        if resume:                                        # before any phantom frame is written
+            _check_unfinished_demo(out, cfg)
             log.warning("%s: a demo stopped before it finished: going on with its run", out)
         check_no_foreign_images(out, RUN_FILES)           # train would refuse it after the data
         for folder, n, seed in ((train_data, TRAIN_FRAMES, TRAIN_SEED),
@@ -85,36 +77,30 @@ def minutes_arg(minutes: float) -> str:
     return f"{minutes:.10g}"
 
 
-def _unfinished_demo(out: Path, cfg: RunConfig) -> bool:
-    """Whether ``out`` holds this demo's run (its config.json asks for ``cfg``'s recipe, its
-    time limit to a millionth, as --minutes printed with :func:`minutes_arg` gives it back)
-    that stopped before the demo's evaluation was written: the demo goes on with it."""
+def _check_unfinished_demo(out: Path, cfg: RunConfig) -> None:
+    """Refuse ``out``, which holds a run, unless it is this demo's (its config.json asks for
+    ``cfg``'s recipe) stopped before the demo's evaluation was written: the demo goes on with
+    it. One that differs in its time limit alone is named with its --minutes (compared to a
+    millionth, as :func:`minutes_arg` prints it)."""
     from .run_folder import recipe_differences
 
-    if (out / "evaluation" / "summary.json").exists() or not (out / "last.ckpt").is_file():
-        return False
-    try:
-        own = RunConfig.load(out / "config.json")
-    except (UltrasegError, OSError):
-        return False
-    mine, theirs = cfg.train.time_limit_s, own.train.time_limit_s
-    if mine is not None and theirs is not None and math.isclose(mine, theirs, rel_tol=1e-6):
-        cfg = replace(cfg, train=replace(cfg.train, time_limit_s=theirs))
-    return not recipe_differences(cfg, own)
-
-
-def _other_minutes(out: Path, cfg: RunConfig) -> float | None:
-    """The --minutes of an unfinished demo in ``out`` that differs from ``cfg`` in its time
-    limit alone, else None."""
-    try:
-        own = RunConfig.load(out / "config.json")
-    except (UltrasegError, OSError):
-        return None
-    limit = own.train.time_limit_s
-    if limit is None or not _unfinished_demo(out, replace(
-            cfg, train=replace(cfg.train, time_limit_s=limit))):
-        return None
-    return limit / 60.0
+    own = None
+    if not (out / "evaluation" / "summary.json").exists() and (out / "last.ckpt").is_file():
+        try:
+            own = RunConfig.load(out / "config.json")
+        except (UltrasegError, OSError):
+            pass
+    limit = None if own is None else own.train.time_limit_s
+    if limit is None or recipe_differences(
+            replace(cfg, train=replace(cfg.train, time_limit_s=limit)), own):
+        raise UltrasegError("already holds a training run (a finished demo's, another "
+                            "demo's or another); choose another --out", out)
+    mine = cfg.train.time_limit_s
+    if mine is None or not math.isclose(mine, limit, rel_tol=1e-6):
+        minutes = minutes_arg(limit / 60.0)
+        raise UltrasegError(f"holds a demo stopped before it finished, run with --minutes "
+                            f"{minutes}: `ultraseg demo --out {shlex.quote(str(out))} "
+                            f"--minutes {minutes}` goes on with it", out)
 
 
 def _holds_phantom(folder: Path, n: int) -> bool:
