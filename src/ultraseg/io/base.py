@@ -279,6 +279,18 @@ def _tag(tags: Any, tag: int) -> Any:
     return value[0] if isinstance(value, tuple) and value else value
 
 
+def inverted(arr: np.ndarray, top: int | None = None) -> np.ndarray:
+    """A grey frame whose low values are bright (DICOM's MONOCHROME1, TIFF's WhiteIsZero),
+    turned so that they are dark: unsigned integers from ``top`` (default: their dtype's
+    largest value; a DICOM's ``2**BitsStored - 1``), signed integers and floats about their
+    own range."""
+    if arr.dtype.kind == "u":
+        top = np.iinfo(arr.dtype).max if top is None else top
+        return (top - arr.astype(np.int64)).clip(0, top).astype(arr.dtype)
+    wide = arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64)
+    return wide.max() + wide.min() - wide
+
+
 def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarray:
     """A decoded Pillow image -> grayscale (H, W) uint8 by :func:`read_image`'s rules (a
     palette through its colours, CMYK and YCbCr as they show, 16-bit and float by
@@ -292,11 +304,7 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
         return np.asarray(im.convert("L"), dtype=np.uint8)
     arr = np.asarray(im)  # I;16, I, F
     if arr.ndim == 2 and _tag(tiff, PHOTOMETRIC) == WHITE_IS_ZERO:  # Pillow inverts 8 bits only
-        if arr.dtype.kind == "u":
-            arr = np.iinfo(arr.dtype).max - arr
-        else:                                                       # about its own range
-            arr = arr.max() + arr.min() - arr.astype(np.float64 if arr.dtype.kind == "f"
-                                                      else np.int64)
+        arr = inverted(arr)
     if arr.ndim == 3:
         arr = arr.mean(axis=2) if arr.dtype.kind == "f" else np.round(
             arr.mean(axis=2)).astype(arr.dtype)

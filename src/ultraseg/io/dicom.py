@@ -121,7 +121,7 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
     """A DICOM frame -> grayscale (H, W) uint8 (see the module docstring): the file's one
     frame, or frame ``frame`` (from 0) of a cine loop; a loop without ``frame`` is refused."""
     from ..preprocess import to_gray     # (preprocess reads through io: imported here)
-    from .base import SEVERAL_FRAMES_ADVICE, to_uint8
+    from .base import SEVERAL_FRAMES_ADVICE, inverted, to_uint8
 
     path = Path(path)
     # a loop's frame is decoded alone, from the file (pydicom reads no other frame's bytes)
@@ -157,11 +157,7 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
     if shown is not None:                           # as a viewer shows it
         return 255 - shown if photometric == "MONOCHROME1" else shown
     if photometric == "MONOCHROME1":                # low values bright: inverted
-        if arr.dtype.kind == "u":
-            top = 2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1
-            arr = (top - arr.astype(np.int64)).clip(0, top).astype(arr.dtype)
-        else:                                       # signed: about its own range
-            arr = (int(arr.max()) + int(arr.min()) - arr.astype(np.int64))
+        arr = inverted(arr, 2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1)
     return to_uint8(arr)
 
 
