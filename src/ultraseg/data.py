@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .config import PreprocessConfig
 from .errors import DataError, UltrasegError
-from .fileio import atomic_open, atomic_write_text
+from .fileio import atomic_open, atomic_write_text, temporaries
 from .io import Dataset, DataProblems, select_label
 from .preprocess import to_canvas
 
@@ -185,7 +185,7 @@ def _sweep_stale_cache_writes(folder: Path) -> None:
     ``.NAME.npz.XXXX.tmp``, each a copy of a dataset's frames): those not written to for
     :data:`STALE_CACHE_WRITE_S`; a writer still at work keeps touching its own."""
     now = time.time()
-    for tmp in folder.glob(".*.npz.*.tmp"):
+    for tmp in temporaries(folder, "*.npz"):
         with contextlib.suppress(OSError):      # gone meanwhile, or not ours to remove
             if now - tmp.stat().st_mtime > STALE_CACHE_WRITE_S:
                 tmp.unlink()

@@ -139,6 +139,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+def temporaries(folder: Path, name: str = "*") -> Iterator[Path]:
+    """The temporary files :func:`atomic_open` makes in ``folder`` for a file called ``name``
+    (a glob pattern) that a kill left behind, or that a writer is writing now."""
+    return folder.glob(f".{name}.*.tmp")
+
+
 def json_text(value: Any, indent: int | None = None) -> str:
     """``value`` as strict JSON: a nan or infinite float (an undefined figure) becomes ``null``,
     as does anything JSON has no type for, where ``json.dumps`` would write ``NaN``, which

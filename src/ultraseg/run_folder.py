@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import RunConfig
 from .errors import CheckpointError, UltrasegError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, temporaries
 from .io.base import OUTPUT_MARKER, mark_output_folder
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def remove_temporaries(out: Path) -> None:
     """Temporary files of a write that a kill -9 interrupted (see
     :func:`ultraseg.fileio.atomic_write_text`)."""
     for name in RUN_FILES:
-        for tmp in out.glob(f".{name}.*.tmp"):
+        for tmp in temporaries(out, name):
             tmp.unlink(missing_ok=True)
 
 
