@@ -60,16 +60,22 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
     return chosen
 
 
+def _run_file(predictor: Predictor, name: str) -> Path | None:
+    """The file ``name`` (``config.json``, ``split.json``) of the run folder the model lies in,
+    where it is there."""
+    path = Path(predictor.source).parent / name if predictor.source else None
+    return path if path is not None and path.is_file() else None
+
+
 def _trained_on(predictor: Predictor) -> list[str]:
     """The data folders the model may have been trained on: its checkpoint's record and the
     config.json of the run folder it lies in (an exported .onnx keeps no paths; where the data
     moved, the README has the user set ``data.path`` there), each once."""
     paths = [((predictor.meta.get("run") or {}).get("data") or {}).get("path")]
-    if predictor.source:
-        config = Path(predictor.source).parent / "config.json"
+    config = _run_file(predictor, "config.json")
+    if config is not None:
         try:
-            paths.append(json.loads(config.read_text())["data"]["path"]
-                         if config.is_file() else None)
+            paths.append(json.loads(config.read_text())["data"]["path"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
     return list(dict.fromkeys(p for p in paths if p and isinstance(p, str)))
@@ -89,9 +95,8 @@ def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Samp
     was given: ``root`` is its training folder (every frame is then scored, its training
     frames too), or holds it or lies in it and shares frames with it. The figure then says how
     well the model learnt them, not how it does on new frames."""
-    split = Path(predictor.source).parent / "split.json" if predictor.source else None
-    split_arg = f"--split {split}" if split is not None and split.is_file() else \
-        "--split RUN/split.json"
+    split = _run_file(predictor, "split.json")
+    split_arg = f"--split {split}" if split is not None else "--split RUN/split.json"
     for trained_on in _trained_on(predictor):
         if _warn_if_trained_on_folder(predictor, trained_on, root, samples, split_arg):
             return
@@ -144,8 +149,8 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
     the split seed and fractions its checkpoint records are compared with the file's. The
     frames are scored all the same: a user may mean it."""
     doc = _split_doc(split_file) or {}
-    own = Path(predictor.source).parent / "split.json" if predictor.source else None
-    own_doc = _split_doc(own) if own is not None and own.is_file() else None
+    own = _run_file(predictor, "split.json")
+    own_doc = _split_doc(own) if own is not None else None
     if own is not None and own_doc is not None:
         if own_doc["train"] == doc.get("train"):     # its own (or a copy): the side is chosen
             return
