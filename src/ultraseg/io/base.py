@@ -347,8 +347,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     uint8 as it is; bool as 0/255 (a 1-bit PNG read with ``np.asarray``); floats within
     [0, 1] times 255 (intensities scaled to one; values up to :data:`UNIT_FLOAT_SLACK` past 0
     or 1, the ringing of a cubic or Lanczos resize, clipped to it), floats within 0..255 as
-    they are, other
-    floats stretched from their own min..max; wider integers (a 16-bit scan) stretched from
+    they are, other floats stretched from their own min..max; wider integers (a 16-bit scan) stretched from
     their own min..max whatever their range, as nothing says where their white lies; signed
     8-bit integers within 0..127 as they are, others stretched. NaN and infinities are the
     caller's to refuse."""
