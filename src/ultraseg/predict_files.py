@@ -393,8 +393,6 @@ def write_predictions(predictor: Predictor | str | Path,
     submission CSV, that is not written (it would lack the frame's row: ``summary.rle`` is
     None, and a file already at that path stays as it was).
     """
-    from .report import overlay as draw_overlay
-
     predictor, frames = as_predictor(predictor), frames_of(frames)   # before --out is made
     if fmt not in MASK_FORMATS:
         raise UltrasegError(f"unknown mask format {fmt!r}; valid: {', '.join(MASK_FORMATS)}")
@@ -405,66 +403,76 @@ def write_predictions(predictor: Predictor | str | Path,
         check_submission_path(rle, pending=out)     # (--out itself: created just below)
     # held to the last file: a second command writing into it too would mix its outputs
     with output_lock(out, "predict"):
-        out = prepare_out_dir(out)
-        if rle is not None:
-            bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]
-            if bad:
-                raise UltrasegError(f"image name {bad[0]!r} cannot go in a submission CSV field")
-        truth_label = predictor.preprocess.label if label is None else label
-        suffix = MASK_FORMATS[fmt][0]
-        summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
-        in_submission = dict(zip((f.out_name for f in frames), submission_frames(frames)))
-        if rle is not None:
-            summary.rle_left_out = sum(not v for v in in_submission.values())
-            if summary.rle_left_out:
-                log.info("submission: leaving out %d frames of the training split",
-                         summary.rle_left_out)
+        return _write_predictions(predictor, frames, out, fmt, overlay, rle, label, progress,
+                                  skip_unreadable)
 
-        failed = summary.failed if skip_unreadable else None
-        written: set[str] = set()
 
-        def rows() -> Iterator[tuple[str, np.ndarray]]:
-            for frame, image, prob in iter_probabilities(predictor, frames, failed):
-                if overlay:      # the truth first: a mask that cannot be read skips the frame
-                    truth = _or_skip(lambda: _truth(frame, image.shape, truth_label), failed)
-                    if truth is _SKIPPED:
-                        continue
-                mask = apply_postprocess(prob, predictor.postprocess)
-                mask_path = out / f"{frame.out_name}_mask{suffix}"
-                _write(mask_path, encode_mask(mask, fmt))
-                summary.masks.append(mask_path)
-                if overlay:
-                    rgb = draw_overlay(image, mask, truth, thickness=overlay_thickness(image.shape))
-                    ov_path = out / f"{frame.out_name}_overlay.png"
-                    _write(ov_path, encode_png(rgb))
-                    summary.overlays.append(ov_path)
-                summary.n += 1
-                summary.n_empty += not mask.any()
-                written.add(frame.out_name)
-                if progress:
-                    progress(summary.n + len(summary.failed), len(frames))
-                if in_submission[frame.out_name]:
-                    yield frame.out_name, mask
-            if summary.failed and progress:     # (the last frames may have been skipped)
+def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | Path,
+                       fmt: str, overlay: bool, rle: str | Path | None, label: int | None,
+                       progress: Progress | None, skip_unreadable: bool) -> PredictionSummary:
+    """:func:`write_predictions`, its arguments checked, holding ``out``."""
+    from .report import overlay as draw_overlay
+
+    out = prepare_out_dir(out)
+    if rle is not None:
+        bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]
+        if bad:
+            raise UltrasegError(f"image name {bad[0]!r} cannot go in a submission CSV field")
+    truth_label = predictor.preprocess.label if label is None else label
+    suffix = MASK_FORMATS[fmt][0]
+    summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
+    in_submission = dict(zip((f.out_name for f in frames), submission_frames(frames)))
+    if rle is not None:
+        summary.rle_left_out = sum(not v for v in in_submission.values())
+        if summary.rle_left_out:
+            log.info("submission: leaving out %d frames of the training split",
+                     summary.rle_left_out)
+
+    failed = summary.failed if skip_unreadable else None
+    written: set[str] = set()
+
+    def rows() -> Iterator[tuple[str, np.ndarray]]:
+        for frame, image, prob in iter_probabilities(predictor, frames, failed):
+            if overlay:      # the truth first: a mask that cannot be read skips the frame
+                truth = _or_skip(lambda: _truth(frame, image.shape, truth_label), failed)
+                if truth is _SKIPPED:
+                    continue
+            mask = apply_postprocess(prob, predictor.postprocess)
+            mask_path = out / f"{frame.out_name}_mask{suffix}"
+            _write(mask_path, encode_mask(mask, fmt))
+            summary.masks.append(mask_path)
+            if overlay:
+                rgb = draw_overlay(image, mask, truth, thickness=overlay_thickness(image.shape))
+                ov_path = out / f"{frame.out_name}_overlay.png"
+                _write(ov_path, encode_png(rgb))
+                summary.overlays.append(ov_path)
+            summary.n += 1
+            summary.n_empty += not mask.any()
+            written.add(frame.out_name)
+            if progress:
                 progress(summary.n + len(summary.failed), len(frames))
-            if rle is not None and any(in_submission[f.out_name] and f.out_name not in written
-                                       for f in frames):
-                raise _Incomplete               # (a skipped training frame is in no submission)
+            if in_submission[frame.out_name]:
+                yield frame.out_name, mask
+        if summary.failed and progress:     # (the last frames may have been skipped)
+            progress(summary.n + len(summary.failed), len(frames))
+        if rle is not None and any(in_submission[f.out_name] and f.out_name not in written
+                                   for f in frames):
+            raise _Incomplete               # (a skipped training frame is in no submission)
 
-        if rle is None:
-            for _ in rows():
-                pass
-        else:
-            from .rle import write_submission
+    if rle is None:
+        for _ in rows():
+            pass
+    else:
+        from .rle import write_submission
 
-            try:
-                write_submission(rows(), rle)
-            except _Incomplete:
-                log.info("submission %s not written: %d frames could not be read", rle,
-                         len(summary.failed))
-                summary.rle = None
-        log.info("wrote %d masks to %s (%d empty)", summary.n, out, summary.n_empty)
-        return summary
+        try:
+            write_submission(rows(), rle)
+        except _Incomplete:
+            log.info("submission %s not written: %d frames could not be read", rle,
+                     len(summary.failed))
+            summary.rle = None
+    log.info("wrote %d masks to %s (%d empty)", summary.n, out, summary.n_empty)
+    return summary
 
 
 def _truth(frame: Frame, shape: tuple[int, ...], label: int | None) -> np.ndarray | None:
@@ -530,26 +538,11 @@ def measure_frames(predictor: Predictor | str | Path,
             spacing = frame.sample.meta.get("pixel_size_mm") or pixel_size_mm
             m = measure(mask, spacing, boundary_offset_px=offset,
                         region=seen_region(image, predictor.preprocess))
-            centre, axes = m["ellipse_center"] or (None, None), m["ellipse_axes"] or (None, None)
-            row: dict[str, Any] = {
-                "name": frame.out_name, "image": str(frame.image_path),
-                "frame": None if frame.sample.frame is None else frame.sample.frame + 1,
-                "width": image.shape[1], "height": image.shape[0], "pixel_size_mm": spacing,
-                "n_components": m["n_components"], "touches_edge": m["touches_edge"],
-                "area_px": m["area_px"],
-                "perimeter_px": m["perimeter_px"], "hc_px": m["ellipse_circumference_px"],
-                "ellipse_cx": centre[0], "ellipse_cy": centre[1], "ellipse_a_px": axes[0],
-                "ellipse_b_px": axes[1], "ellipse_angle_deg": m["ellipse_angle_deg"],
-                "ellipse_method": m["ellipse_method"], "area_mm2": m.get("area_mm2"),
-                "perimeter_mm": m.get("perimeter_mm"), "major_axis_mm": m.get("major_axis_mm"),
-                "minor_axis_mm": m.get("minor_axis_mm"), "hc_mm": m.get("hc_mm"),
-                "hc_ref_mm": frame.sample.meta.get("hc_mm"), "hc_error_mm": None,
-            }
-            if row["hc_mm"] is not None and row["hc_ref_mm"] is not None:
-                row["hc_error_mm"] = row["hc_mm"] - row["hc_ref_mm"]
+            row = _measurement_row(frame, image.shape, spacing, m)
             if overlay and out_dir is not None:
-                ellipse = None if centre[0] is None else (*centre, *axes,
-                                                          m["ellipse_angle_deg"])
+                ellipse = None if row["ellipse_cx"] is None else (*m["ellipse_center"],
+                                                                  *m["ellipse_axes"],
+                                                                  m["ellipse_angle_deg"])
                 rgb = measure_overlay(image, mask, ellipse,
                                       thickness=overlay_thickness(image.shape))
                 _write(out_dir / f"{frame.out_name}_measure.png", encode_png(rgb))
@@ -570,6 +563,30 @@ def measure_frames(predictor: Predictor | str | Path,
                 raise
             summary["csv"] = str(out_dir / "measurements.csv")
         return summary, rows
+
+
+def _measurement_row(frame: Frame, shape: tuple[int, ...], spacing: float | None,
+                     m: dict[str, Any]) -> dict[str, Any]:
+    """The measurements table's row (:data:`MEASURE_COLUMNS`) of ``frame``, of shape
+    ``shape``, measured as ``m`` (:func:`ultraseg.measure.measure`) at ``spacing`` mm."""
+    centre, axes = m["ellipse_center"] or (None, None), m["ellipse_axes"] or (None, None)
+    row: dict[str, Any] = {
+        "name": frame.out_name, "image": str(frame.image_path),
+        "frame": None if frame.sample.frame is None else frame.sample.frame + 1,
+        "width": shape[1], "height": shape[0], "pixel_size_mm": spacing,
+        "n_components": m["n_components"], "touches_edge": m["touches_edge"],
+        "area_px": m["area_px"],
+        "perimeter_px": m["perimeter_px"], "hc_px": m["ellipse_circumference_px"],
+        "ellipse_cx": centre[0], "ellipse_cy": centre[1], "ellipse_a_px": axes[0],
+        "ellipse_b_px": axes[1], "ellipse_angle_deg": m["ellipse_angle_deg"],
+        "ellipse_method": m["ellipse_method"], "area_mm2": m.get("area_mm2"),
+        "perimeter_mm": m.get("perimeter_mm"), "major_axis_mm": m.get("major_axis_mm"),
+        "minor_axis_mm": m.get("minor_axis_mm"), "hc_mm": m.get("hc_mm"),
+        "hc_ref_mm": frame.sample.meta.get("hc_mm"), "hc_error_mm": None,
+    }
+    if row["hc_mm"] is not None and row["hc_ref_mm"] is not None:
+        row["hc_error_mm"] = row["hc_mm"] - row["hc_ref_mm"]
+    return row
 
 
 def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: float = 0.0
