@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import ModelConfig, PostprocessConfig, PreprocessConfig, postprocess_problem
+from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
+                     postprocess_problem)
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_bytes
 
@@ -140,15 +141,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         problem = postprocess_problem(ckpt.postprocess)
         if problem:
             raise ValueError(f"postprocess.{problem[0]} {problem[1]}")
-    except UltrasegError as e:
-        if "unknown" not in str(e):
-            raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
+    except UnknownSettings as e:
         # a setting added since this ultraseg (the format number is raised for changes
         # that older readers would misread, not for every setting added)
         raise CheckpointError(f"settings this ultraseg ({__version__}) does not know "
-                              f"({str(e).split('; valid')[0]}): written by a newer ultraseg "
-                              f"(the checkpoint says {meta.get('ultraseg_version', '?')}), "
-                              f"or edited; upgrade ultraseg to read it", path) from e
+                              f"(unknown {e.section} keys {e.keys}): written by a newer "
+                              f"ultraseg (the checkpoint says "
+                              f"{meta.get('ultraseg_version', '?')}), or edited; upgrade "
+                              f"ultraseg to read it", path) from e
     except Exception as e:
         raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
     return ckpt

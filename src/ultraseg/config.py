@@ -19,14 +19,21 @@ from .errors import UltrasegError
 T = TypeVar("T")
 
 
+class UnknownSettings(UltrasegError):
+    """Settings a config section does not have (a typo, or a newer ultraseg's): ``section``
+    (the class's name) and ``keys``."""
+
+    def __init__(self, section: str, keys: list[str], valid: list[str]) -> None:
+        super().__init__(f"unknown {section} keys {keys}; valid: {valid}")
+        self.section, self.keys = section, keys
+
+
 def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     data = dict(data or {})
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise UltrasegError(
-            f"unknown {cls.__name__} keys {unknown}; valid: {sorted(names)}"
-        )
+        raise UnknownSettings(cls.__name__, unknown, sorted(names))
     hints = typing.get_type_hints(cls)
     for name, value in data.items():
         if isinstance(value, list):                      # JSON has no tuples
