@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -70,10 +71,9 @@ def decoding_libraries() -> dict[str, str]:
     import PIL
 
     versions = {"Pillow": str(PIL.__version__)}
-    try:
-        import pydicom
-        versions["pydicom"] = str(pydicom.__version__)
-    except ImportError:
+    try:            # (its installed version, without importing it)
+        versions["pydicom"] = importlib.metadata.version("pydicom")
+    except importlib.metadata.PackageNotFoundError:
         pass
     return versions
 
