@@ -664,3 +664,26 @@ def test_ctrl_c_during_training_says_how_to_go_on(tmp_path, capsys, monkeypatch)
     assert cli.main(["train", str(data), "--out", str(out), *TINY]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and f"ultraseg train --resume --out '{out}'" in err
+
+
+def test_the_go_on_command_keeps_a_folder_named_with_a_dash(tmp_path, capsys,
+                                                            monkeypatch) -> None:
+    """`--out=-run` was printed back as `--resume --out -run`, which argparse refuses
+    ("expected one argument"): a dash-led name goes as `--out=-run`."""
+    import ultraseg.train as train_module
+
+    def interrupted_after_an_epoch(cfg, out, **kw):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "last.ckpt").write_bytes(b"an epoch was saved")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_after_an_epoch)
+    monkeypatch.chdir(tmp_path)
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=1)
+    assert cli.main(["train", str(data), "--out=-run", *TINY]) == 130
+    err = capsys.readouterr().err
+    assert "ultraseg train --resume --out=-run`" in err
+    with pytest.raises(SystemExit):           # what was printed before
+        cli.build_parser().parse_args(["train", "--resume", "--out", "-run"])
+    a = cli.build_parser().parse_args(["train", "--resume", "--out=-run"])
+    assert a.out == "-run" or str(a.out) == "-run"

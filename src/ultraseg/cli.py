@@ -8,15 +8,19 @@ of ranks other than 0 prefixed with ``rank R:``.
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import ctypes
 import errno
 import io
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from . import __version__
 from .errors import UltrasegError, is_out_of_memory
@@ -168,9 +172,38 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_any_path() -> None:
     """A file name that is no valid UTF-8 (an old archive's Latin-1 name) reaches Python as
     surrogate escapes; printed on a strict UTF-8 stdout it failed (an internal error, after
-    the work was done). stdout writes it back as the bytes it was; stderr already escapes."""
+    the work was done). stdout writes it back as the bytes it was; stderr already escapes.
+    On a stdout of another encoding (Windows' cp1252 when redirected to a file) a name's
+    characters it lacks (CJK, or an escaped byte) are written as backslash escapes: a
+    training into `数据/run` finished, then exited 1 with "internal error: UnicodeEncodeError"
+    while printing where its checkpoint lay."""
     if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors == "strict":
-        sys.stdout.reconfigure(errors="surrogateescape")
+        utf8 = codecs.lookup(sys.stdout.encoding or "ascii").name == "utf-8"
+        sys.stdout.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`timeout`, a batch scheduler's time limit, `docker stop`), raised where the
+    process is, as Ctrl-C's KeyboardInterrupt is: the same clean-up and the same word on how
+    to go on, exit 143 (128 + SIGTERM) as a shell reports a process the signal ended."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside the block (main thread only: elsewhere a
+    handler cannot be installed, and the caller's handling stays as it was)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _how_to_go_on(a: argparse.Namespace) -> str:
@@ -181,9 +214,12 @@ def _how_to_go_on(a: argparse.Namespace) -> str:
         return ""
     from .demo import minutes_arg
 
-    again = (f"ultraseg train --resume --out {shlex.quote(str(out))}" if a.command == "train"
-             else f"ultraseg demo --out {shlex.quote(str(out))} --minutes "
-                  f"{minutes_arg(a.minutes)}")
+    # `--out=-run`: a folder whose name starts with a dash, given as `--out -run`, is taken
+    # for a flag and refused
+    where = (f"--out={shlex.quote(str(out))}" if str(out).startswith("-")
+             else f"--out {shlex.quote(str(out))}")
+    again = (f"ultraseg train --resume {where}" if a.command == "train"
+             else f"ultraseg demo {where} --minutes {minutes_arg(a.minutes)}")
     return f": `{again}` goes on from the last saved epoch"
 
 
@@ -198,14 +234,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command == "train" and _rank_prefix() and not a.verbose \
             and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
         level = logging.ERROR     # ranks > 0 of a torchrun job: rank 0 says what all would
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    # -v is ultraseg's own INFO, -v -v its DEBUG; other libraries keep to their warnings
+    # (at DEBUG, matplotlib's font search and Pillow's chunk-by-chunk reading drowned ours)
+    logging.basicConfig(level=max(level, logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level < logging.WARNING:
+        logging.getLogger("ultraseg").setLevel(level)
     for handler in logging.getLogger().handlers:  # training logs INFO to its run's train.log;
         handler.setLevel(level)                   # the terminal shows only what -v asks for
     keep_freed_memory()  # this process is ours: no page faults on every pass's large blocks
     _print_any_path()
     try:
-        return a.func(a)
+        with _sigterm_as_interrupt():
+            return a.func(a)
     except UltrasegError as e:  # one line per problem (DataProblems holds several)
         for line in str(e).splitlines() or [""]:
             print(f"{_rank_prefix()}error: {line}", file=sys.stderr)
@@ -222,9 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"{_rank_prefix()}error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted" + _how_to_go_on(a), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(("terminated" if terminated else "interrupted") + _how_to_go_on(a),
+              file=sys.stderr)
+        return 143 if terminated else 130
     except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
         if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs
             return _internal(e, a.debug)
