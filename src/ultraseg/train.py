@@ -528,8 +528,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     resume = last is not None
     device = ctx.device(resolve_device(tc.device))
     dtype = resolve_precision(tc.precision, device)
-    log.info("ultraseg %s: training on %s, precision %s%s", __version__, device,
-             "bf16" if dtype else "fp32",
+    # the thread count used, not the one asked for (none: torch's default, the machine's):
+    # the same seed gives the same weights at the same device, precision and thread count
+    log.info("ultraseg %s: training on %s, precision %s, %d threads%s", __version__, device,
+             "bf16" if dtype else "fp32", torch.get_num_threads(),
              f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else "")
     if resume:   # --time-limit caps the whole run: the time up to its last saved epoch counts
         t0 -= float(last.train_state.get("seconds", 0.0))
