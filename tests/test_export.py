@@ -3,6 +3,7 @@ frames, prediction without torch, and refusal of files that are not ultraseg exp
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -417,3 +418,34 @@ def test_an_exported_model_names_no_folder(tmp_path, request, exporter) -> None:
     assert not re.search(rb"(/tmp|/work|/home|/root|site-packages|[A-Z]:\\\\)", raw)
     kept = load(path).meta["metrics"]
     assert kept["best_epoch"] == 2 and kept["report"]["best epoch"] == 2   # the figures stay
+
+
+# The variables by which ONNX Runtime takes a process for a CI job, where it sends nothing
+# (.ci/run sets CI): taken out of the probes' environment, or the check could not fail there.
+_CI_VARIABLES = ("CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS",
+                 "JENKINS_URL", "CODEBUILD_BUILD_ID", "BUILDKITE", "TEAMCITY_VERSION",
+                 "APPVEYOR", "BITBUCKET_BUILD_NUMBER")
+
+
+def _telemetry_files(tmp_path: Path, name: str, code: str) -> list[str]:
+    """The files a fresh interpreter running ``code`` leaves under a home folder of its own."""
+    from ultraseg.export import TELEMETRY_SWITCH
+
+    home = tmp_path / name
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in _CI_VARIABLES and k != TELEMETRY_SWITCH and not k.startswith("XDG_")}
+    env["HOME"] = str(home)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+
+
+def test_onnx_runtime_is_imported_with_its_telemetry_off(tmp_path) -> None:
+    """ONNX Runtime 1.32 starts telemetry on import: a device id and an event store under
+    ~/.cache/Microsoft/DeveloperTools, events for Microsoft's collector, and a coloured
+    warning on stderr where HOME cannot be written. Predicting on patients' frames from an
+    .onnx file did all that."""
+    if not _telemetry_files(tmp_path, "plain", "import onnxruntime"):
+        pytest.skip("this onnxruntime writes no telemetry files on import: nothing to check")
+    assert _telemetry_files(tmp_path, "ultraseg",
+                            "from ultraseg.export import _onnxruntime; _onnxruntime()") == []

@@ -318,7 +318,18 @@ def _verify(data: bytes, model: Any, shapes: list[tuple[int, int, int, int]]) ->
 
 
 # ---------------------------------------------------------------------------- prediction
+#: The environment variable with which ONNX Runtime's official wheels skip their telemetry.
+TELEMETRY_SWITCH = "ORT_DISABLE_TELEMETRY"
+
+
 def _onnxruntime() -> Any:
+    """ONNX Runtime, imported with its telemetry off. From 1.32 its Linux and macOS wheels
+    (Windows' for longer) start telemetry on import: a device id and an event store under
+    ``~/.cache/Microsoft/DeveloperTools``, events sent to Microsoft's collector, and a
+    coloured warning on stderr where the home folder cannot be written. A tool run on
+    patients' images sends nothing anywhere: ``ORT_DISABLE_TELEMETRY=1`` is set unless the
+    environment already sets it (too late where the caller imported onnxruntime first)."""
+    os.environ.setdefault(TELEMETRY_SWITCH, "1")
     try:
         import onnxruntime
     except ImportError as e:
