@@ -106,7 +106,13 @@ def hd95(
         return 0.0
     if not (p_any and t_any):
         return math.nan
-    bp, bt = boundary(p), boundary(t)
+    # on the box around both masks (and a pixel of background about it, where boundary()
+    # finds the same edges): every distance measured runs inside it, and the two distance
+    # transforms over a whole 4000 x 4000 frame took 4.6 s where the box takes 0.14 s
+    rows, cols = np.nonzero(p | t)
+    box = (slice(max(rows.min() - 1, 0), rows.max() + 2),
+           slice(max(cols.min() - 1, 0), cols.max() + 2))
+    bp, bt = boundary(p[box]), boundary(t[box])
     to_t = ndimage.distance_transform_edt(~bt, sampling=sampling)[bp]
     to_p = ndimage.distance_transform_edt(~bp, sampling=sampling)[bt]
     return float(max(np.percentile(to_t, 95), np.percentile(to_p, 95)))
