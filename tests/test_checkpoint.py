@@ -494,3 +494,29 @@ def test_a_byte_flipped_in_the_weights_is_a_damaged_checkpoint(tmp_path) -> None
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="damaged checkpoint.*checksum"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("where, value", [("encoder.0.block.0.weight", float("inf")),
+                                          ("encoder.0.block.1.running_var", float("nan"))])
+def test_a_checkpoint_holding_nan_or_inf_weights_is_refused(tmp_path, capsys, where,
+                                                            value) -> None:
+    """A diverged training's weights (inf, or a batch-norm running variance of inf) loaded
+    in silence: predict wrote every frame empty, evaluate scored Dice 0, predict_proba gave
+    NaN and export blamed the exported graph. Loading it now says what it is."""
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    state = build_model(cfg).state_dict()
+    state[where][0] = value
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, state, make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig()))
+    with pytest.raises(CheckpointError, match=r"holds NaN/inf weights \(its training "
+                                              r"diverged\)") as e:
+        load_checkpoint(path)
+    assert str(path) in str(e.value) and where in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="NaN/inf"):
+        load(path, device="cpu")
+    image = tmp_path / "f.png"
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(image)
+    rc = cli.main(["predict", str(path), str(image), "--out", str(tmp_path / "p"),
+                   "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "NaN/inf weights" in err and "Traceback" not in err, err

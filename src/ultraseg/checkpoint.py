@@ -19,7 +19,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -151,7 +151,25 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                               f"ultraseg to read it", path) from e
     except Exception as e:
         raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
+    if isinstance(ckpt.state_dict, dict):   # (anything else: build_from_checkpoint says so)
+        bad = non_finite(ckpt.state_dict)
+        if bad:     # every prediction would be NaN, or background
+            raise CheckpointError(f"holds NaN/inf weights (its training diverged): "
+                                  f"{some_names(bad)}; train it again with a lower --lr", path)
     return ckpt
+
+
+def non_finite(state_dict: Mapping[str, Any]) -> list[str]:
+    """The names of the floating-point tensors (weights, batch-norm statistics) in
+    ``state_dict`` that hold NaN or inf: what a diverged training leaves."""
+    return [name for name, t in state_dict.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point()
+            and not bool(torch.isfinite(t).all())]
+
+
+def some_names(names: list[str]) -> str:
+    """The first of ``names`` and how many more: "encoder.0.weight and 40 more"."""
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 def warn_if_saved_during_training(ckpt: Checkpoint, path: str | Path) -> None:
