@@ -985,3 +985,121 @@ def test_a_callers_grad_mode_and_default_dtype_change_nothing(tmp_path) -> None:
     finally:
         torch.set_default_dtype(before)
     assert result.epochs_run == 1
+
+
+def _finite(path: Path) -> bool:
+    """Whether every floating tensor of the checkpoint at ``path`` is finite (read raw: a
+    checkpoint with NaN/inf weights is refused by load_checkpoint)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return all(torch.isfinite(t).all() for t in payload["state_dict"].values()
+               if t.is_floating_point())
+
+
+def _error_line(err: str) -> str:
+    """The one ``error:`` line of the CLI's stderr. (Not "no Traceback in it": in-process, the
+    CLI's logging.basicConfig keeps the stream of the first test's capsys, and a warning
+    logged to it once it is closed prints logging's own traceback.)"""
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags", [["--epochs", "3"], ["--epochs", "1"],
+                                   ["--epochs", "1", "--val-fraction", "0"]],
+                         ids=["3 epochs", "1 epoch", "no validation"])
+def test_an_epoch_whose_last_step_leaves_inf_weights_diverges_and_saves_nothing(
+        tmp_path, capsys, flags) -> None:
+    """--lr 1e39 with one batch an epoch: the loss of that batch is finite, its step makes
+    every weight inf, and only the next batch's loss was checked. The inf weights were
+    validated (val loss nan) and saved as best.ckpt and last.ckpt, "the last good
+    checkpoint" of the error; with --epochs 1 the run even exited 0, and predict, evaluate
+    and export used them. Now the epoch is divergence: nothing is saved, the folder is left
+    as a refused run leaves it, and the same command is accepted again."""
+    run = tmp_path / "run"
+    args = ["--lr", "1e39", "--batch-size", "64", *flags]
+    assert _train_tiny(tmp_path, run, *args) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "training diverged" in line and "epoch 1" in line and "NaN/inf" in line, line
+    assert "no epoch was saved" in line and "try a lower --lr" in line, line
+    assert not (run / "best.ckpt").exists() and not (run / "last.ckpt").exists()
+    assert not run.exists()         # nothing left: a run refused before its first epoch
+    again = ["train", str(tmp_path / "data"), "--out", str(run), "--preset", "demo", "--width",
+             "4", "--depth", "2", "--size", "32", "--device", "cpu", "--precision", "fp32",
+             "--cache-dir", "", "--threads", "1", *args]    # _train_tiny's, on its frames
+    assert cli.main(again) == 2     # diverges again; not refused as "holds a training run"
+    assert "training diverged" in _error_line(capsys.readouterr().err)
+
+
+def test_a_huge_learning_rate_never_leaves_a_checkpoint_with_inf_weights(tmp_path,
+                                                                       capsys) -> None:
+    """--lr 1e6: the training loss stayed finite while the weights blew up: epoch 1's
+    validation loss was nan, and epoch 2 left batch-norm running variances inf in last.ckpt;
+    the run exited 0, and every prediction was background. Whatever epoch it happens in,
+    the run now stops as diverged and every checkpoint it leaves holds finite weights, the
+    last one its error names."""
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--lr", "1e6", "--batch-size", "64",
+                       "--epochs", "3") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "training diverged" in line, line
+    for name in ("best.ckpt", "last.ckpt"):
+        assert not (run / name).exists() or _finite(run / name), name
+    if (run / "last.ckpt").exists():
+        epoch = load_checkpoint(run / "last.ckpt").train_state["epoch"]
+        assert f"checkpoint (epoch {epoch}) is kept" in line, line
+
+
+def test_a_nan_validation_loss_is_divergence(tmp_path, capsys, monkeypatch) -> None:
+    """A validation loss of nan (the model's probabilities NaN) was recorded and the weights
+    saved as any epoch's. Now it stops the run like a NaN training loss; the epoch before is
+    the one kept."""
+    real = train_mod.validate
+    calls = []
+
+    def validate(*args, **kwargs):
+        loss, score, probs = real(*args, **kwargs)
+        calls.append(1)
+        return (math.nan if len(calls) == 2 else loss), score, probs
+
+    monkeypatch.setattr(train_mod, "validate", validate)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "3") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "training diverged: the validation loss is nan after epoch 2" in line, line
+    assert "the last good checkpoint (epoch 1) is kept" in line, line
+    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 1
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2
+
+
+def test_inf_weights_after_a_later_epoch_name_the_epoch_saved(tmp_path, capsys,
+                                                            monkeypatch) -> None:
+    """The message said "the last good checkpoint (epoch E-1)" for any divergence in epoch E,
+    assuming E-1 was saved and good. A running variance made inf by epoch 2's last step (the
+    loss finite) now stops the run before epoch 2 is validated or saved; epoch 1 is kept."""
+    real = train_mod.optimizer_step
+    steps = []
+
+    def step(optimizer, loss):
+        real(optimizer, loss)
+        steps.append(1)
+        if len(steps) == 2:     # epoch 2's step (one batch an epoch)
+            with torch.no_grad():
+                bns[-1].running_var.fill_(math.inf)
+
+    real_build = train_mod.build_model
+    bns = []
+
+    def build(cfg):     # (the last model built before training is the one trained)
+        model = real_build(cfg)
+        bns.append(next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)))
+        return model
+
+    monkeypatch.setattr(train_mod, "optimizer_step", step)
+    monkeypatch.setattr(train_mod, "build_model", build)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "3", "--batch-size", "64") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "training diverged" in line and "after epoch 2" in line, line
+    assert "running_var" in line and "the last good checkpoint (epoch 1) is kept" in line, line
+    assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 1
+    assert _finite(run / "last.ckpt") and _finite(run / "best.ckpt")

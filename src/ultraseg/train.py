@@ -31,7 +31,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
 from .augment import WARPING, augment_batch
-from .checkpoint import Checkpoint, load_checkpoint, make_meta, save_checkpoint
+from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
+                         some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, RunConfig,
                      check_types)
 from .data import Arrays, load_arrays, read_split, run_split, write_split
@@ -615,6 +616,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         start_epoch = int(last.train_state["epoch"]) + 1
         horizon = float(last.train_state.get("horizon", tc.epochs))
         log.info("resuming after epoch %d", start_epoch - 1)
+    saved = start_epoch - 1     # the last epoch whose checkpoints are on disk
     ddp = ctx.wrap(model, device)  # trains; averages gradients over ranks (the model if alone)
 
     # every checkpoint (best, last, one left by an interrupted run) measures with the outlines'
@@ -651,7 +653,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             # ranks agree on the loss (mean), so they stop alike
             loss_value = ctx.all_reduce_mean(loss.item(), device)
             if not math.isfinite(loss_value):
-                raise _diverged(out, epoch, i + 1, loss_value)
+                raise _diverged(out, saved, f"the loss is {loss_value} at epoch {epoch}, "
+                                            f"batch {i + 1}")
             for group in optimizer.param_groups:
                 group["lr"] = lr_at((epoch - 1 + i / n_batches) / horizon, cfg)
             optimizer_step(optimizer, loss)
@@ -675,11 +678,20 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         ctx.broadcast_buffers(model)  # batch-norm statistics: rank 0's, as saved
         if ema is not None:
             ctx.broadcast_buffers(ema.module)
+        # the loss is checked before each step: the epoch's last step is checked here, before
+        # its weights are validated or saved (a finite loss can leave an inf running variance)
+        bad = _non_finite_weights(model, ema)
+        if ctx.any(bool(bad), device):
+            raise _diverged(out, saved, f"the weights hold NaN/inf after epoch {epoch} "
+                                        f"({some_names(bad) if bad else 'on another process'})")
         val_loss, val_dice = math.nan, math.nan
         if validating:
             val_loss, val_dice, _ = validate(scored, val_canvases, val_masks, cfg, device, dtype,
                                              ctx)
             model.to(memory_format=layout)  # validation predicts channels_last; train as chosen
+            if not math.isfinite(val_loss):     # (all-reduced: every rank stops alike)
+                raise _diverged(out, saved, f"the validation loss is {val_loss} after epoch "
+                                            f"{epoch}")
         est_val = time.monotonic() - t_val
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                "val_loss": val_loss, "val_dice": val_dice,
@@ -714,6 +726,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), state)
+        saved = epoch
         if stopped:
             break
         per_epoch = time.monotonic() - t_epoch
@@ -971,12 +984,22 @@ def _calibrate_measure(samples: list, images: list[np.ndarray], probs: list[np.n
             "offset_frames": len(rows)}
 
 
-def _diverged(out: Path, epoch: int, batch: int, loss: float) -> UltrasegError:
-    """The error for a non-finite loss: where it happened and which checkpoint survives."""
-    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {out / 'last.ckpt'}"
-            if epoch > 1 else "no epoch had completed, so no checkpoint was written")
-    return UltrasegError(f"training diverged: the loss is {loss} at epoch {epoch}, batch {batch}; "
-                         f"{kept} (try a lower --lr)", out)
+def _non_finite_weights(model: torch.nn.Module, ema: AveragedModel | None) -> list[str]:
+    """The weights and buffers of ``model``, and of its average ``ema`` (named "ema ..."),
+    that hold NaN or inf."""
+    bad = non_finite(model.state_dict())
+    if ema is not None:
+        bad += [f"ema {name}" for name in non_finite(ema.module.state_dict())]
+    return bad
+
+
+def _diverged(out: Path, saved: int, what: str) -> UltrasegError:
+    """The error for a diverged run: ``what`` went non-finite where, and which checkpoint
+    survives: that of epoch ``saved``, the last saved (0: none). Checked before every save,
+    so no saved checkpoint holds NaN/inf."""
+    kept = (f"the last good checkpoint (epoch {saved}) is kept in {out / 'last.ckpt'}"
+            if saved else "no epoch was saved, so no checkpoint was written")
+    return UltrasegError(f"training diverged: {what}; {kept} (try a lower --lr)", out)
 
 
 def _boundary_offset(ds, arrays: Arrays, train_idx: np.ndarray, n: int = 25) -> float:
