@@ -326,29 +326,15 @@ def test_reading_every_frame_of_a_loop_leaves_no_file_open(tmp_path: Path, ext: 
     each), and an animated PNG stayed open, per thread, after its last frame (the file held
     after it was deleted; on Windows it could not be deleted)."""
     import gc
-    import os
 
     pages = [(_disk() * 255).astype(np.uint8) ^ np.uint8(40 * i) for i in range(3)]
-    p = tmp_path / f"cine.{ext}"
-    Image.fromarray(pages[0]).save(p, save_all=True,
-                                   append_images=[Image.fromarray(a) for a in pages[1:]])
-
-    def open_here() -> list[str]:
-        fds = Path("/proc/self/fd")
-        found = []
-        for fd in fds.iterdir():
-            with contextlib.suppress(OSError):
-                if os.readlink(fd) == str(p):
-                    found.append(fd.name)
-        return found
-
-    if not Path("/proc/self/fd").is_dir():
-        pytest.skip("needs /proc (Linux) to list open files")
+    p = _loop(tmp_path / f"cine.{ext}", pages)
+    _files_open(p)                                   # (skips the test without /proc)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         for k in range(3):
             assert np.array_equal(read_image(p, frame=k), pages[k])
-        assert open_here() == []
+        assert _files_open(p) == []
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
@@ -395,6 +381,129 @@ def test_an_animated_png_read_frame_after_frame_decodes_each_frame_once(tmp_path
         assert np.array_equal(read_image(p, frame=k), frame)
     assert len(seeks) <= 2 * len(frames)
     assert np.array_equal(read_image(p, frame=3), frames[3])     # back: from the start
+
+
+def _files_open(path: Path) -> list[str]:
+    """This process's file descriptors open on ``path`` (skips the test without /proc)."""
+    import os
+
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc (Linux) to list open files")
+    found = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                found.append(fd.name)
+    return found
+
+
+def _loop(path: Path, frames: list[np.ndarray], **kw) -> Path:
+    Image.fromarray(frames[0]).save(path, save_all=True,
+                                    append_images=[Image.fromarray(f) for f in frames[1:]], **kw)
+    return path
+
+
+@pytest.mark.parametrize("dtype,compression", [(np.uint8, None), (np.uint8, "tiff_lzw"),
+                                               (np.uint16, None), (np.float32, None)])
+def test_every_page_of_a_multi_page_tiff_reads_as_that_page_saved_alone(
+        tmp_path: Path, dtype, compression) -> None:
+    """Each page of a TIFF loop, read in order, backwards or after another, is the page as
+    it reads saved alone (a loop's file is kept open between pages: the pages share it)."""
+    rng = np.random.default_rng(1)
+    top = 255 if dtype == np.uint8 else 4000 if dtype == np.uint16 else 1.0
+    frames = [(rng.random((24, 30)) * top * (k + 1) / 6).astype(dtype) for k in range(6)]
+    kw = {"compression": compression} if compression else {}
+    loop = _loop(tmp_path / "loop.tif", frames, **kw)
+    alone = [read_image(_save(tmp_path / f"page{k}.tif", f, **kw)) for k, f in enumerate(frames)]
+    for k in [*range(6), *range(5, -1, -1), 2, 4, 1, 5]:
+        got = read_image(loop, frame=k)
+        assert got.dtype == np.uint8 and np.array_equal(got, alone[k]), k
+    assert _files_open(loop) == []                 # (read to its last page last)
+
+
+def test_a_multi_page_tiff_read_page_after_page_is_opened_once(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """Each page was read from a fresh open of the file, which counted its pages by walking
+    every page's directory and then walked to the page: a loop read as predict reads it cost
+    n * n directory reads (300 pages of 64 x 64: 43 ms a frame; 1200: 97 ms). The file is
+    now opened once and each directory read about once, however long the loop."""
+    from PIL import TiffImagePlugin
+
+    opened, directories = [], []
+    real_open, real_load = Image.open, TiffImagePlugin.ImageFileDirectory_v2.load
+
+    def counting_open(*args, **kw):
+        opened.append(args[0])
+        return real_open(*args, **kw)
+
+    def counting_load(self, fp):
+        directories.append(1)
+        return real_load(self, fp)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    monkeypatch.setattr(TiffImagePlugin.ImageFileDirectory_v2, "load", counting_load)
+    for n in (10, 40):
+        frames = [np.full((8, 12), 5 * k, np.uint8) + np.eye(8, 12, k % 12, dtype=np.uint8)
+                  for k in range(n)]
+        p = _loop(tmp_path / f"loop{n}.tif", frames)
+        opened.clear()
+        directories.clear()
+        for k, frame in enumerate(frames):
+            assert np.array_equal(read_image(p, frame=k), frame), k
+        assert len(opened) == 1, n
+        assert len(directories) <= 4 * n, n
+    opened.clear()
+    directories.clear()
+    assert np.array_equal(read_image(p, frame=3), frames[3])     # one page: not all counted
+    assert len(opened) == 1 and len(directories) <= 10
+    with pytest.raises(DataError, match=r"holds 40 pages: no frame 40 \(frames count from 0"):
+        read_image(p, frame=40)
+
+
+@pytest.mark.parametrize("ext", ["tif", "png"])
+def test_a_loop_replaced_on_disk_between_frames_is_read_anew(tmp_path: Path, ext: str) -> None:
+    """The loop kept open between frames is the file that was read: one written anew under
+    its name (copied over with its times kept, or rewritten in place, to the same size) is
+    opened again, not read on from the old file."""
+    import os
+
+    kw = {"compression": "tiff_lzw"} if ext == "tif" else {}   # (decoded from the open file)
+    old = [np.full((16, 20), 10 * k, np.uint8) for k in range(4)]
+    new = old[::-1]                                             # (files of the same size)
+    p = _loop(tmp_path / f"loop.{ext}", old, **kw)
+    assert np.array_equal(read_image(p, frame=1), old[1])
+    stat = p.stat()
+    os.replace(_loop(tmp_path / f"other.{ext}", new, **kw), p)  # another file, same times
+    os.utime(p, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert p.stat().st_size == stat.st_size
+    assert np.array_equal(read_image(p, frame=2), new[2])
+    data = _loop(tmp_path / f"third.{ext}", old, **kw).read_bytes()
+    with open(p, "r+b") as f:                                  # in place: same file and size
+        f.write(data)
+    os.utime(p, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert np.array_equal(read_image(p, frame=3), old[3])
+
+
+@pytest.mark.parametrize("ext", ["tif", "png"])
+def test_at_most_one_loop_a_thread_is_kept_open(tmp_path: Path, ext: str) -> None:
+    """Loops read frame by frame, one after another: reading a frame of another loop closes
+    the one kept before (each stayed open until its last frame was read), and a thread keeps
+    its own."""
+    import threading
+
+    frames = [np.full((16, 20), 10 * k, np.uint8) for k in range(4)]
+    a, b = _loop(tmp_path / f"a.{ext}", frames), _loop(tmp_path / f"b.{ext}", frames)
+    assert np.array_equal(read_image(a, frame=1), frames[1])
+    assert _files_open(a)                     # (an uncompressed TIFF's pages: mapped too)
+    assert np.array_equal(read_image(b, frame=1), frames[1])
+    assert _files_open(a) == [] and _files_open(b)
+    elsewhere = threading.Thread(target=read_image, args=(a,), kwargs={"frame": 3})
+    elsewhere.start()
+    elsewhere.join()
+    assert _files_open(a) == [] and _files_open(b)
+    assert np.array_equal(read_image(b, frame=3), frames[3])
+    assert _files_open(b) == []
 
 
 def test_an_image_beyond_pillows_size_guard_is_a_data_error(tmp_path: Path,

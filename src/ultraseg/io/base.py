@@ -105,72 +105,127 @@ def _pages(im: Image.Image) -> int:
     return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
 
 
-#: Per thread, the animated PNG last read by frame: (file key, its image, the frame it is at).
-_last_apng = threading.local()
+#: Per thread, the file of several frames last read by frame, kept open for the frames after
+#: it (predict reads a loop frame after frame): (file key, its image, the frame last read).
+#: One a thread: reading another file's frame closes it, and so does reading its last frame.
+_kept = threading.local()
 
 
-def _composited(path: Path, im: Image.Image, frame: int) -> Image.Image:
-    """Frame ``frame`` of the animated PNG ``im`` (just opened from ``path``), drawn over the
-    frames before it, as Pillow builds it when each is decoded in order. The image is kept
-    (one per thread), so that a loop read frame after frame, as predict reads it, decodes
-    each frame once rather than all those before it each time."""
-    st = path.stat()
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
-    last = getattr(_last_apng, "entry", None)
-    if last is not None and last[0] == key and last[2] <= frame:
-        im.close()
-        im, at = last[1], last[2]
-    else:
-        if last is not None:
-            last[1].close()
-        at = -1
-    _last_apng.entry = None         # (until it is at a frame again: a failure leaves none)
+def _file_key(path: Path, st: os.stat_result) -> tuple[Any, ...]:
+    """What tells ``path``'s file (``st``: its stat) from one written anew under its name
+    (copied over, or rewritten in place), which is then opened again, not read on."""
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _take_kept(key: tuple[Any, ...], frame: int) -> tuple[Image.Image, int] | None:
+    """The image kept for the file ``key`` and the frame it was last read at, taken out of
+    the cache, if it can go on to ``frame``: a TIFF to any page (Pillow keeps where each page
+    it has read lies), an animated PNG forward only (:func:`_composited`). Any other kept
+    image is closed."""
+    last = getattr(_kept, "entry", None)
+    _kept.entry = None
+    if last is None:
+        return None
+    if last[0] == key and (last[1].format == "TIFF" or last[2] <= frame):
+        return last[1], last[2]
+    last[1].close()
+    return None
+
+
+def _composited(im: Image.Image, at: int, frame: int) -> None:
+    """Decode frame ``frame`` of the animated PNG ``im``, at frame ``at`` (-1: just opened),
+    drawn over the frames before it, as Pillow builds it when each is decoded in order: the
+    frames after ``at`` are decoded, each once however the loop is read frame by frame."""
     for f in range(at + 1, frame + 1):
         im.seek(f)
         im.load()
-    _last_apng.entry = (key, im, frame)
+
+
+def _opened(path: Path) -> Image.Image:
+    """``path`` opened by Pillow (its header read, no pixels), a size beyond Pillow's guard
+    against decompression bombs said."""
+    with caught_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+        log.warning("%s: %d x %d pixels, beyond Pillow's guard against decompression bombs "
+                    "(%d pixels): read all the same", path, *im.size, Image.MAX_IMAGE_PIXELS)
+    return im
+
+
+def _check_samples(im: Image.Image, path: Path) -> None:
+    """Refuse what Pillow would read wrong of ``im``'s current page (16-bit colour, to its
+    high bytes); note in its ``info`` the depth of grey samples under 8 bits
+    (:data:`SAMPLE_BITS`), which Pillow scales up to 0..255."""
+    # (a tile is (codec, extents, offset, args), args naming the raw mode: 'RGB;16B')
+    rawmodes = [str(tile[3]) for tile in (im.tile or []) if len(tile) > 3]
+    if im.mode in ("RGB", "RGBA", "LA") and any(";16" in r for r in rawmodes):
+        # Pillow keeps only each channel's high byte: a 12-bit scan would read as 0..15
+        raise DataError(f"a 16-bit colour image ({im.mode}, 16 bits a channel), which Pillow "
+                        "reads only to its high bytes: save it as 16-bit grayscale or as "
+                        "8-bit", path)
+    low = [int(r[2]) for r in rawmodes if r in ("L;1", "L;2", "L;4")]
+    if low:
+        im.info[SAMPLE_BITS] = low[0]
+
+
+def _no_frame(path: Path, pages: int, frame: int) -> DataError:
+    return DataError(f"holds {pages} page{'s' * (pages != 1)}: no frame {frame} (frames "
+                     "count from 0)", path)
+
+
+def _at_frame(path: Path, st: os.stat_result, frame: int) -> Image.Image:
+    """Frame ``frame`` of ``path`` (``st``: its stat), decoded: from the image kept open for
+    it (:data:`_kept`) if there is one, else from a fresh open; kept for the next frame. A
+    TIFF's pages are not counted (Pillow walks every page's directory to count them): a page
+    past its last is found by seeking to it."""
+    key = _file_key(path, st)
+    kept = _take_kept(key, frame)
+    im, at = kept if kept is not None else (_opened(path), -1)
+    try:
+        if at < 0 and im.format != "TIFF":
+            _check_samples(im, path)
+            pages = _pages(im)
+            if frame >= pages:
+                raise _no_frame(path, pages, frame)
+        if im.format == "PNG" and _pages(im) > 1:    # a frame is drawn over those before it
+            _composited(im, at, frame)
+        else:
+            try:
+                im.seek(frame)
+            except EOFError:
+                raise _no_frame(path, frame_count(path), frame) from None
+            _check_samples(im, path)
+            im.load()  # decode now: truncated files fail here, not later
+    except BaseException:
+        im.close()
+        raise
+    _kept.entry = (key, im, frame)
     return im
 
 
 def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Image:
     """``path`` opened and decoded (its page ``frame``, from 0, of several); ``kind`` ('image'
-    or 'mask') says what a file of several pages is refused as."""
+    or 'mask') says what a file of several pages is refused as. A page's image is kept open
+    for the pages after it: :func:`_release` it, not close it."""
     try:
-        if path.stat().st_size == 0:
+        st = path.stat()
+        if st.st_size == 0:
             raise DataError("empty file (0 bytes)", path)
-        with caught_warnings(record=True) as caught:
-            warnings.simplefilter("always", Image.DecompressionBombWarning)
-            im = Image.open(path)
-        if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
-            log.warning("%s: %d x %d pixels, beyond Pillow's guard against decompression bombs "
-                        "(%d pixels): read all the same", path, *im.size,
-                        Image.MAX_IMAGE_PIXELS)
-        # (a tile is (codec, extents, offset, args), args naming the raw mode: 'RGB;16B')
-        rawmodes = [str(tile[3]) for tile in (im.tile or []) if len(tile) > 3]
-        if im.mode in ("RGB", "RGBA", "LA") and any(";16" in r for r in rawmodes):
-            # Pillow keeps only each channel's high byte: a 12-bit scan would read as 0..15
+        if frame is not None:
+            return _at_frame(path, st, frame)
+        im = _opened(path)
+        try:
+            _check_samples(im, path)
+            pages = _pages(im)
+            if pages > 1:
+                why = (SEVERAL_FRAMES_ADVICE if kind == "image" else
+                       "ultraseg reads one mask per file: save each page as its own file")
+                raise DataError(f"holds {pages} pages (a cine loop or a stack?): {why}", path)
+            im.load()  # decode now: truncated files fail here, not later
+        except BaseException:
             im.close()
-            raise DataError(f"a 16-bit colour image ({im.mode}, 16 bits a channel), which Pillow "
-                            "reads only to its high bytes: save it as 16-bit grayscale or as "
-                            "8-bit", path)
-        low = [int(r[2]) for r in rawmodes if r in ("L;1", "L;2", "L;4")]
-        if low:             # Pillow scales these samples up to 0..255: keep their depth
-            im.info[SAMPLE_BITS] = low[0]
-        pages = _pages(im)
-        if pages > 1 and frame is None:
-            im.close()
-            why = (SEVERAL_FRAMES_ADVICE if kind == "image" else
-                   "ultraseg reads one mask per file: save each page as its own file")
-            raise DataError(f"holds {pages} pages (a cine loop or a stack?): {why}", path)
-        if frame is not None and not 0 <= frame < pages:
-            im.close()
-            raise DataError(f"holds {pages} page{'s' * (pages != 1)}: no frame {frame} (frames "
-                            "count from 0)", path)
-        if frame and im.format == "PNG":     # an animated PNG's frame is drawn over those
-            im = _composited(path, im, frame)  # before it: each is decoded, in order
-        elif frame:
-            im.seek(frame)
-        im.load()  # decode now: truncated files fail here, not later
+            raise
         return im
     except DataError:
         raise
@@ -253,15 +308,29 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
 
 
 def _release(im: Image.Image) -> None:
-    """Close ``im`` (its file: a TIFF page's stays open for the pages after it), unless it is
-    the animated PNG kept for the next frame (:func:`_composited`): that one at its last frame
-    (a loop read to its end), when it is no longer kept."""
-    last = getattr(_last_apng, "entry", None)
+    """Close ``im`` (a TIFF page's file stays open for the pages after it: closed here),
+    unless it is the image kept for the next frame (:data:`_kept`) and a frame follows the
+    one read: a loop is closed once its last frame is read, and when it is no longer kept."""
+    last = getattr(_kept, "entry", None)
     if last is not None and last[1] is im:
-        if last[2] < _pages(im) - 1:
+        if not _at_last_frame(im, last[2]):
             return
-        _last_apng.entry = None
+        _kept.entry = None
     im.close()
+
+
+def _at_last_frame(im: Image.Image, frame: int) -> bool:
+    """Whether ``frame`` is the last of ``im``'s file: a TIFF is moved on to the page after
+    it (its directory alone is read, which the next page's read needs anyway; a directory
+    that cannot be read counts as the end, reading that page says why); other files say how
+    many frames they hold in their header."""
+    if im.format != "TIFF":
+        return frame >= _pages(im) - 1
+    try:
+        im.seek(frame + 1)
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return True
+    return False
 
 
 #: Where :func:`_open` notes a grey image's sample depth under 8 bits (Pillow scales such
