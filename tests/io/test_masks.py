@@ -777,3 +777,49 @@ def test_a_unit_float_frame_that_overshoots_one_a_little_is_still_a_unit_frame()
     np.testing.assert_array_equal(to_uint8(ringing.astype(np.float32)), [[0, 0, 128, 255, 255]])
     np.testing.assert_array_equal(to_uint8(np.array([[0.0, 2.0, 200.0]])), [[0, 2, 200]])
     np.testing.assert_array_equal(to_uint8(np.array([[-1.0, 0.0, 1.0]])), [[0, 128, 255]])
+
+
+def test_a_unit_float_frame_that_overshoots_past_the_slack_is_read_as_one_and_said(
+        tmp_path: Path) -> None:
+    """A frame scaled to [0, 1] whose resize rang further than the slack (a cubic resize to
+    1.2-1.26, Lanczos to 1.49) was read as 0..255: its pixels rounded to 0, 1 or 2, a black
+    frame predicted in silence. Values within [-0.5, 2] (no 0..255 frame looks like that)
+    are a [0, 1] frame clipped to it, with one warning naming the file and its values."""
+    frame = np.linspace(0.0, 1.0, 40 * 50, dtype=np.float32).reshape(40, 50)
+    frame[0, 0], frame[0, 1] = 1.49, -0.2
+    expected = np.round(np.clip(frame.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    p = tmp_path / "fhot.tif"
+    Image.fromarray(frame, mode="F").save(p)
+    with ultraseg_warnings() as warned:
+        np.testing.assert_array_equal(read_image(p), expected)
+        np.testing.assert_array_equal(read_image(p), expected)         # said once
+    (record,) = warned
+    said = record.getMessage()
+    assert "fhot.tif" in said and "-0.2..1.49" in said and "[0, 1]" in said
+    with ultraseg_warnings() as warned:                       # an array given to a predictor
+        np.testing.assert_array_equal(to_uint8(frame), expected)
+    assert len(warned) == 1 and "-0.2..1.49" in warned[0].getMessage()
+    np.testing.assert_array_equal(to_uint8(np.array([[0.0, 1.0, 2.5]])), [[0, 1, 2]])
+    np.testing.assert_array_equal(to_uint8(np.array([[-0.6, 0.0, 1.0]])), [[0, 96, 255]])
+
+
+def test_a_float_frame_read_as_0_255_that_rounds_to_a_few_greys_is_said(tmp_path: Path) -> None:
+    """A float frame of values within 0..255 is read as they are: one of many values between
+    0 and 5 (scaled neither to [0, 1] nor to 0..255) rounded to six grey levels, in silence.
+    It is read so still, with a warning naming the file and what to scale it to; a float
+    frame of a few values (a 0/255 frame saved as floats) is not warned of."""
+    dark = np.linspace(0.0, 5.0, 40 * 50, dtype=np.float32).reshape(40, 50)
+    p = tmp_path / "dark.tif"
+    Image.fromarray(dark, mode="F").save(p)
+    with ultraseg_warnings() as warned:
+        np.testing.assert_array_equal(read_image(p), np.round(dark).astype(np.uint8))
+    (record,) = warned
+    said = record.getMessage()
+    assert "dark.tif" in said and "6 grey levels" in said and "[0, 1] or 0..255" in said
+    few = tmp_path / "few.tif"
+    Image.fromarray((_disk() * 4).astype(np.float32), mode="F").save(few)
+    grey = tmp_path / "grey.tif"
+    Image.fromarray(np.linspace(0, 200, 40 * 50, dtype=np.float32).reshape(40, 50)).save(grey)
+    with ultraseg_warnings() as warned:
+        assert read_image(few).max() == 4 and read_image(grey).max() == 200
+    assert warned == []

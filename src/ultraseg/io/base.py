@@ -366,7 +366,7 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
     :func:`to_uint8`); ``path`` names it in errors."""
     tiff = getattr(im, "tag_v2", None) or {}
     if im.mode == "L" and _tag(tiff, SAMPLE_FORMAT) == SIGNED:     # Pillow reads it unsigned
-        return to_uint8(np.asarray(im).view(np.int8))
+        return to_uint8(np.asarray(im).view(np.int8), path)
     if im.mode == "LAB":                                            # its lightness
         return np.asarray(im.getchannel("L"), dtype=np.uint8)
     if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
@@ -379,7 +379,7 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
             arr.mean(axis=2)).astype(arr.dtype)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise DataError("image contains NaN or infinite values", path)
-    return to_uint8(arr)
+    return to_uint8(arr, path)
 
 
 #: File endings that can hold several frames (besides DICOM's).
@@ -405,32 +405,75 @@ def frame_count(path: str | Path) -> int:
 
 
 #: How far past 0 or 1 a float frame's values may reach and it still counts as scaled to
-#: [0, 1] (clipped to it): a cubic or Lanczos resize of a [0, 1] frame rings a few percent
+#: [0, 1] (clipped to it) in silence: a cubic resize of a [0, 1] frame rings a few percent
 #: past both ends, and read as 0..255 it would be black.
 UNIT_FLOAT_SLACK = 0.1
+#: Bounds within which a float frame counts as scaled to [0, 1] all the same, clipped to it
+#: and warned of: a resize can ring further (Lanczos to 1.5), and no 0..255 frame lies there.
+UNIT_FLOAT_BOUNDS = (-0.5, 2.0)
+#: A float frame read as 0..255 that rounds to fewer grey levels than this, though its
+#: values are many more, is warned of: it was scaled neither to [0, 1] nor to 0..255.
+FEW_GREY_LEVELS = 8
+
+#: Files whose float scale was warned of, by kind: a loop's frames say it once.
+_scale_said: set[tuple[str, str]] = set()
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray, path: str | Path | None = None) -> np.ndarray:
     """A grey frame of any numeric dtype -> 8 bits, by one rule for files and arrays.
 
     uint8 as it is; bool as 0/255 (a 1-bit PNG read with ``np.asarray``); floats within
-    [0, 1] times 255 (intensities scaled to one; values up to :data:`UNIT_FLOAT_SLACK` past 0
-    or 1, the ringing of a cubic or Lanczos resize, clipped to it), floats within 0..255 as
-    they are, other floats stretched from their own min..max; wider integers (a 16-bit scan) stretched from
-    their own min..max whatever their range, as nothing says where their white lies; signed
-    8-bit integers within 0..127 as they are, others stretched. NaN and infinities are the
-    caller's to refuse."""
+    [0, 1] times 255 (values up to :data:`UNIT_FLOAT_SLACK` past 0 or 1, the ringing of a
+    cubic resize, clipped to it; within :data:`UNIT_FLOAT_BOUNDS`, -0.5..2, clipped too,
+    with a warning), floats within 0..255 as they are (a warning where they round to fewer
+    than :data:`FEW_GREY_LEVELS` grey levels of many more values), other floats stretched
+    from their own min..max; wider integers (a 16-bit scan) stretched from their own
+    min..max whatever their range, as nothing says where their white lies; signed 8-bit
+    integers within 0..127 as they are, others stretched. ``path``: the file the frame is
+    from, which warnings name (each once). NaN and infinities are the caller's to refuse."""
     if image.dtype == np.uint8:
         return image
     if image.dtype == bool:
         return image.astype(np.uint8) * 255
     x = image.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
-    if image.dtype.kind == "f" and lo >= -UNIT_FLOAT_SLACK and hi <= 1.0 + UNIT_FLOAT_SLACK:
+    floats = image.dtype.kind == "f"
+    if floats and UNIT_FLOAT_BOUNDS[0] <= lo and hi <= UNIT_FLOAT_BOUNDS[1]:
+        if lo < -UNIT_FLOAT_SLACK or hi > 1.0 + UNIT_FLOAT_SLACK:
+            _say_scale(path, "unit", f"float values {lo:g}..{hi:g}, past [0, 1] by more than "
+                       f"{UNIT_FLOAT_SLACK:g} (a resize's ringing?): read as a [0, 1] frame, "
+                       "clipped to it")
         return np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
-    if lo >= 0 and hi <= 255 and (image.dtype.kind == "f" or image.dtype.itemsize == 1):
-        return np.round(x).astype(np.uint8)
+    if lo >= 0 and hi <= 255 and (floats or image.dtype.itemsize == 1):
+        out = np.round(x).astype(np.uint8)
+        if floats:
+            _say_few_greys(x, out, path)
+        return out
     return np.round((x - lo) / (hi - lo) * 255 if hi > lo else x * 0).astype(np.uint8)
+
+
+def _say_few_greys(x: np.ndarray, out: np.ndarray, path: str | Path | None) -> None:
+    """Warn where the float frame ``x``, read as 0..255 to ``out``, rounds to fewer than
+    :data:`FEW_GREY_LEVELS` grey levels though it holds over four times as many values."""
+    levels = int(np.count_nonzero(np.bincount(out.ravel(), minlength=256)))
+    if levels >= FEW_GREY_LEVELS:
+        return
+    values = np.unique(x).size
+    if values > 4 * levels:
+        _say_scale(path, "few", f"float values {x.min():g}..{x.max():g}, read as 0..255, "
+                   f"round to {levels} grey levels (of {values} values): scale it to [0, 1] "
+                   "or 0..255")
+
+
+def _say_scale(path: str | Path | None, kind: str, what: str) -> None:
+    """Warn of a float frame's scale: once a file (``kind`` tells the warnings apart), each
+    time for an array."""
+    if path is not None:
+        key = (os.path.realpath(path), kind)
+        if key in _scale_said:
+            return
+        _scale_said.add(key)
+    log.warning("%s: %s", path if path is not None else "a float frame (an array)", what)
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -158,7 +158,7 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
         return 255 - shown if photometric == "MONOCHROME1" else shown
     if photometric == "MONOCHROME1":                # low values bright: inverted
         arr = inverted(arr, 2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1)
-    return to_uint8(arr)
+    return to_uint8(arr, path)
 
 
 def _has_voi(ds: Any) -> bool:
