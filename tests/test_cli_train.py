@@ -687,3 +687,50 @@ def test_the_go_on_command_keeps_a_folder_named_with_a_dash(tmp_path, capsys,
         cli.build_parser().parse_args(["train", "--resume", "--out", "-run"])
     a = cli.build_parser().parse_args(["train", "--resume", "--out=-run"])
     assert a.out == "-run" or str(a.out) == "-run"
+
+
+class _GonePipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_progress_goes_quiet_when_stdout_s_reader_goes(monkeypatch) -> None:
+    """`ultraseg train ... | head -1`: the second epoch line met a closed pipe and the
+    BrokenPipeError stopped training in silence (exit 141, no resume command). The printer
+    now says once, on stderr, that training goes on, and prints nothing more."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", _GonePipe())
+    show = ProgressPrinter(stream)
+    epoch = {"event": "epoch", "epoch": 1, "epochs": 3, "train_loss": 0.4, "val_loss": 0.5,
+             "val_dice": 0.75, "seconds": 8.0, "complete": True}
+    show(epoch)
+    show({**epoch, "epoch": 2})
+    said = stream.getvalue()
+    assert said.count("training goes on") == 1, said
+    show({"event": "stage", "message": "writing the report"})  # stderr itself still works
+    assert stream.getvalue().endswith("writing the report ...\n")
+
+
+@pytest.mark.slow
+def test_train_finishes_when_stdout_is_a_closed_pipe(tmp_path: Path) -> None:
+    """The same from outside: stdout is a pipe whose reader has gone before the first epoch
+    line. The run trains to its end, writes its report and exits 0."""
+    import subprocess
+    import sys
+
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ultraseg", "train", str(data), "--out", str(run), "--preset",
+         "demo", "--width", "4", "--depth", "2", "--size", "32", "--epochs", "2", "--device",
+         "cpu", "--precision", "fp32", "--cache-dir", "", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    child.stdout.close()                                   # the reader is gone at once
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=300) == 0, err
+    assert "training goes on" in err
+    assert (run / "report.html").is_file()
+    with open(run / "metrics.csv", newline="") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]

@@ -381,3 +381,26 @@ def test_a_config_json_edited_by_hand_is_no_other_recipe_for_the_run(
     assert any("was trained on" in r.getMessage() and str(moved) in r.getMessage()
                for r in warned), [r.getMessage() for r in warned]
     assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 3
+
+
+def test_an_epoch_is_reported_once_it_is_saved(data: Path, tmp_path: Path) -> None:
+    """The epoch event (the CLI's epoch line) came before the epoch's checkpoints were written:
+    a run stopped at the line (Ctrl-C as it appeared, `train | head -1`) had printed an epoch
+    that last.ckpt did not hold, and --resume trained it again. The line now means saved."""
+    from ultraseg.config import merge, preset
+    from ultraseg.train import train
+
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""}, "preprocess": {"size": 32},
+        "model": {"variant": "same", "width": 2, "depth": 2},
+        "train": {"epochs": 2, "batch_size": 16, "device": "cpu", "num_threads": 1,
+                  "time_limit_s": None}})
+    run = tmp_path / "run"
+    seen: list[tuple[int, int]] = []
+
+    def on_epoch(event: dict) -> None:
+        if event["event"] == "epoch":
+            seen.append((event["epoch"], _last_epoch(run)))
+
+    train(cfg, run, progress=on_epoch)
+    assert seen == [(1, 1), (2, 2)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -18,11 +19,17 @@ EXIT_OK = 0
 
 
 class ProgressPrinter:
-    """Renders training progress: a bar on a terminal's stderr, one line per epoch on stdout."""
+    """Renders training progress: a bar on a terminal's stderr, one line per epoch on stdout.
+
+    Where stdout's reader goes away (``ultraseg train ... | head -1``), training goes on to
+    its end: the printer says so once on stderr and stdout is sent to the null device (the
+    run's epochs are in its metrics.csv and train.log); a display is no reason to lose a run.
+    """
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.quiet = False          # stdout's reader has gone
 
     def __call__(self, e: dict[str, Any]) -> None:
         if e["event"] == "batch" and self.tty:
@@ -38,10 +45,35 @@ class ProgressPrinter:
             partial = "" if e["complete"] else "  (partial: time limit)"
             val = ("" if math.isnan(e["val_dice"]) else  # NaN: no validation split
                    f"val loss {e['val_loss']:.4f}  val Dice {e['val_dice']:.4f}  ")
-            print(f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f}  "
-                  f"{val}({e['seconds']:.0f} s){partial}", flush=True)
+            self._out(f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f}  "
+                      f"{val}({e['seconds']:.0f} s){partial}")
         elif e["event"] == "stage":
             print(e["message"] + " ...", file=self.stream, flush=True)
+
+    def _out(self, line: str) -> None:
+        if self.quiet:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            self.quiet = True
+            _stdout_to_null()
+            print("note: stdout's reader has gone; training goes on (its epochs: metrics.csv "
+                  "and train.log in the run folder)", file=self.stream, flush=True)
+
+
+def _stdout_to_null() -> None:
+    """Point stdout's file descriptor at the null device: what is still buffered for it, and
+    whatever is printed later, goes nowhere instead of failing again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):     # not a file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 # ---------------------------------------------------------------- train

@@ -704,7 +704,6 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         else:
             log.info("epoch %d: train loss %.4f (%.0f s)", epoch, row["train_loss"],
                      row["seconds"])
-        progress({"event": "epoch", **row, "epochs": tc.epochs})
         if epoch <= 2 and complete:  # the second epoch re-measures (see _horizon)
             horizon = _horizon(tc.epochs, epoch, time.monotonic() - t_epoch, deadline, est_val,
                                ctx, device, tc.time_limit_s)
@@ -727,6 +726,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                 state["ema"] = ema.state_dict()
             save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), state)
         saved = epoch
+        # after the checkpoints: an epoch shown (the CLI's epoch line) is one --resume keeps
+        progress({"event": "epoch", **row, "epochs": tc.epochs})
         if stopped:
             break
         per_epoch = time.monotonic() - t_epoch
