@@ -352,3 +352,38 @@ def test_min_peak_counts_as_a_rule_that_must_earn_its_place() -> None:
     cfg, _ = tune([prob], [truth], thresholds=(0.5,), min_areas=(0,), try_keep_largest=False,
                   try_fill_holes=False, min_peaks=(0.0, 0.9), min_gain=0.01)
     assert cfg.min_peak == 0.0                  # the gain (0.005) is under min_gain
+
+
+def _blobby(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Smooth random probabilities: components of many sizes, holes and peaks."""
+    p = ndimage.gaussian_filter(rng.random(shape), 1.5)
+    return ((p - p.min()) / (p.max() - p.min())).astype(np.float32)
+
+
+def test_grid_search_takes_frames_one_at_a_time_and_reads_back_what_apply_gives() -> None:
+    """GridSearch is how the end of training chooses without holding the frames: fed the
+    frames in tune's order it makes tune's choice, and each frame's Dice and predicted area
+    under any setting of the grids are exactly those of apply and metrics.dice (the report's
+    figures and the post-processed Dice come from them, the frames long gone)."""
+    from ultraseg.postprocess import GridSearch
+
+    rng = np.random.default_rng(4)
+    shapes = [(24, 30), (20, 26), (24, 30), (22, 22)]
+    probs = [_blobby(rng, s) for s in shapes]
+    flipped = [_blobby(rng, s) for s in shapes]
+    truths = [_blobby(rng, s) > 0.55 for s in shapes]
+    truths[2][:] = False                                       # an empty truth
+    search = GridSearch(min(int(np.prod(s)) for s in shapes), alternatives=2)
+    order = np.random.default_rng(0).permutation(len(probs))
+    for f in order:
+        search.add([probs[f], flipped[f]], truths[f])
+    assert search.choose() == tune(probs, truths, tta_probs=flipped)
+    for row, f in enumerate(order):
+        for tta, thr, area, peak, largest, fill in itertools.product(
+                (False, True), search.thr, search.areas, search.peak_opts, (False, True),
+                (False, True)):
+            cfg = PostprocessConfig(threshold=thr, min_area=area,
+                                    min_peak=peak if peak > thr else 0.0,
+                                    keep_largest=largest, fill_holes=fill, tta=tta)
+            m = apply((flipped if tta else probs)[f], cfg)
+            assert search.frame(row, cfg) == (dice(m, truths[f]), int(m.sum())), cfg

@@ -570,55 +570,67 @@ def test_a_time_limited_run_sizes_its_schedule_after_epochs_1_and_2(tmp_path, mo
 def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatch, end_s,
                                                             tried) -> None:
     """A time-limited run hands the choice its deadline (the limit less what the report
-    keeps), and tries test-time augmentation only where twice a prediction pass still fits."""
+    keeps), and tries test-time augmentation only where it still fits."""
     import ultraseg.postprocess as pp_mod
 
-    seen: list[dict] = []
-    real = pp_mod.tune
+    deadlines: list[float | None] = []
+    alternatives: list[int] = []
+    real, real_choose = train_mod._score_validation, pp_mod.GridSearch.choose
 
-    def spy(probs, truths, **kw):
-        seen.append(kw)
-        return real(probs, truths, **kw)
+    def spy(predictor, samples, cfg, tuning, deadline):
+        deadlines.append(deadline)
+        return real(predictor, samples, cfg, tuning, deadline)
 
-    monkeypatch.setattr(pp_mod, "tune", spy)
+    def choose(self, *args, **kw):
+        alternatives.append(self.alternatives)
+        return real_choose(self, *args, **kw)
+
+    monkeypatch.setattr(train_mod, "_score_validation", spy)
+    monkeypatch.setattr(pp_mod.GridSearch, "choose", choose)
     monkeypatch.setattr(train_mod, "_end_s", lambda limit_s: end_s)
     t_start = time.monotonic()
     assert _train_tiny(tmp_path / "a", tmp_path / "run", "--epochs", "1", "--time-limit",
                        "30m") == 0
     t_end = time.monotonic()
-    (kw,) = seen
-    assert (kw["tta_probs"] is not None) == tried
-    assert t_start + 1800 - end_s <= kw["deadline"] <= t_end + 1800 - end_s
-    seen.clear()
+    (deadline,) = deadlines
+    assert alternatives == [2 if tried else 1]
+    assert t_start + 1800 - end_s <= deadline <= t_end + 1800 - end_s
+    deadlines.clear()
+    alternatives.clear()
     assert _train_tiny(tmp_path / "b", tmp_path / "free", "--epochs", "1", "--time-limit",
                        "none") == 0
-    assert seen[0]["deadline"] is None and seen[0]["tta_probs"] is not None
+    assert deadlines == [None] and alternatives == [2]
 
 
 def test_a_short_limit_leaves_the_post_processing_choice_its_time(tmp_path, monkeypatch) -> None:
     """Under a 30 s limit training stops 7.5 s (and 2.5 validations) before it; the choice's
     deadline falls after that, not 10 s before the limit (before it, so the choice saw one
     frame and TTA was never tried). The recorded post-processed Dice is over every validation
-    frame, whatever the choice saw."""
+    frame, whatever the choice saw: here a deadline already passed cuts it to the first frame,
+    and the others are scored under what that one chose."""
     import ultraseg.postprocess as pp_mod
 
     assert train_mod._end_s(30.0) == 3.75 and train_mod._end_s(1200.0) == train_mod._END_S
     seen: list[int] = []
-    real = pp_mod.tune
+    chosen_on: list[int] = []
+    real, real_choose = train_mod._score_validation, pp_mod.GridSearch.choose
 
-    def one_frame(probs, truths, **kw):           # a choice the time limit cut to one frame
-        seen.append(len(probs))
-        if kw.get("tta_probs") is not None:
-            kw["tta_probs"] = kw["tta_probs"][:1]
-        return real(probs[:1], truths[:1], **kw)
+    def passed(predictor, samples, cfg, tuning, deadline):   # the deadline passes at once
+        seen.append(len(samples))
+        return real(predictor, samples, cfg, tuning, time.monotonic())
 
-    monkeypatch.setattr(pp_mod, "tune", one_frame)
+    def choose(self, *args, **kw):
+        chosen_on.append(len(self))
+        return real_choose(self, *args, **kw)
+
+    monkeypatch.setattr(train_mod, "_score_validation", passed)
+    monkeypatch.setattr(pp_mod.GridSearch, "choose", choose)
     run = tmp_path / "run"
     assert _train_tiny(tmp_path, run, "--epochs", "1") == 0
     from ultraseg.evaluate import evaluate
 
     val = json.loads((run / "split.json").read_text())["val"]
-    assert seen == [len(val)] and len(val) > 1
+    assert seen == [len(val)] and len(val) > 1 and chosen_on == [1]
     predictor = load(run / "best.ckpt", device="cpu", precision="fp32")
     summary, _ = evaluate(predictor, tmp_path / "data", split_file=run / "split.json",
                           subset="val")
@@ -814,7 +826,7 @@ def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_referen
     from ultraseg.measure import ellipse_circumference
 
     rng = np.random.default_rng(0)
-    samples, images, probs = [], [], []
+    samples, regions, probs = [], [], []
     for i in range(14):
         a, b = rng.uniform(30, 50), rng.uniform(20, 29)
         size = rng.uniform(0.1, 0.3)
@@ -822,17 +834,42 @@ def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_referen
         if i >= 11:
             meta = {"pixel_size_mm": size} if i < 13 else {}   # no reference: left out
         samples.append(SimpleNamespace(meta=meta))
-        images.append(np.zeros((80, 120), np.uint8))
+        regions.append(None)                                  # the whole frame
         probs.append(_head((80, 120), a + 3, b + 3).astype(np.float32))
     cfg = preset("cpu")
     before = {"boundary_offset_px": 1.0}
-    got = train_mod._calibrate_measure(samples, images, probs, PostprocessConfig(), cfg, before)
+    got = train_mod._calibrate_measure(samples, regions, probs, PostprocessConfig(), cfg, before)
     assert got["boundary_offset_px"] == pytest.approx(3.0, abs=0.35)
     assert got["outline_half_width_px"] == 1.0 and got["offset_frames"] == 11
     assert before == {"boundary_offset_px": 1.0}             # the caller's dict unchanged
-    few = train_mod._calibrate_measure(samples[2:], images[2:], probs[2:], PostprocessConfig(),
+    few = train_mod._calibrate_measure(samples[2:], regions[2:], probs[2:], PostprocessConfig(),
                                        cfg, before)
     assert few == before                                      # 9 frames with a reference
+
+
+def test_the_levels_kept_for_calibration_give_the_masks_the_probabilities_give() -> None:
+    """Frames with a reference head circumference keep their probabilities as a byte a pixel
+    of levels between the choice's thresholds and peaks (not four bytes of float32) until the
+    offset is calibrated: read back, they make the same masks under any setting the choice
+    can make, NaN and values on the cuts themselves included."""
+    import itertools
+
+    from ultraseg.postprocess import DEFAULT_MIN_PEAKS, DEFAULT_THRESHOLDS, apply
+
+    rng = np.random.default_rng(2)
+    cuts = train_mod._cuts()
+    prob = rng.random((40, 50)).astype(np.float32)
+    prob[0, :len(cuts)] = cuts                             # on a cut: it reaches it
+    prob[1, :len(cuts)] = np.nextafter(np.float32(cuts), np.float32(0))
+    prob[2, :3] = np.nan
+    levels = train_mod._levels(prob, cuts)
+    assert levels.dtype == np.uint8
+    back = np.asarray((0.0, *cuts))[levels]
+    for thr, peak, area, largest, fill in itertools.product(
+            DEFAULT_THRESHOLDS, DEFAULT_MIN_PEAKS, (0, 5), (False, True), (False, True)):
+        cfg = PostprocessConfig(threshold=thr, min_peak=peak if peak > thr else 0.0,
+                                min_area=area, keep_largest=largest, fill_holes=fill)
+        np.testing.assert_array_equal(apply(back, cfg), apply(prob, cfg), err_msg=str(cfg))
 
 
 def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatch) -> None:
@@ -841,7 +878,7 @@ def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatc
     chosen = {"boundary_offset_px": 2.5, "outline_half_width_px": 0.0, "offset_frames": 12}
     seen = []
 
-    def calibrate(samples, images, probs, pp, cfg, measure_meta):
+    def calibrate(samples, regions, probs, pp, cfg, measure_meta):
         seen.append(dict(measure_meta))
         return chosen
 
@@ -852,6 +889,66 @@ def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatc
     assert load_checkpoint(run / "best.ckpt").meta["measure"] == chosen
     assert "2.5 (chosen on 12 validation frames" in (run / "report.html").read_text()
     assert load(run / "best.ckpt").meta["measure"]["boundary_offset_px"] == 2.5
+
+
+def test_choosing_the_post_processing_holds_a_few_validation_frames_at_a_time(
+        tmp_path, monkeypatch) -> None:
+    """The end of training held every validation frame at its original size at once (the
+    frames, their masks, and the plain and mirrored float32 probabilities): 80 frames of
+    1280x1024 took 1.5 GB after training had needed 0.4 GB, and a larger split ran out of
+    memory after all the training was done. It streams them now: the probability maps alive at
+    once stay a few batches' worth however many validation frames there are, and the run still
+    chooses its post-processing (test-time augmentation tried) and writes its report."""
+    import weakref
+
+    import ultraseg.predict as predict_mod
+
+    alive, most, made = [0], [0], [0]
+    restore = predict_mod.restore
+
+    def counted(prob, geom):
+        out = restore(prob, geom)
+        made[0] += 1
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        weakref.finalize(out, lambda: alive.__setitem__(0, alive[0] - 1))
+        return out
+
+    monkeypatch.setattr(predict_mod, "restore", counted)
+    data = make_dataset(tmp_path / "data", n=80, size=32, seed=3)
+    run = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
+                     "--depth", "2", "--size", "32", "--device", "cpu", "--precision", "fp32",
+                     "--cache-dir", "", "--threads", "1", "--epochs", "1", "--batch-size", "2",
+                     "--time-limit", "none"]) == 0
+    n_val = len(json.loads((run / "split.json").read_text())["val"])
+    assert n_val >= 16
+    assert made[0] >= 2 * n_val                  # plain and mirrored: TTA was tried
+    assert most[0] <= 8, (most[0], n_val)        # two passes of batch_size 2, and a little
+    best = load_checkpoint(run / "best.ckpt")
+    assert best.meta["metrics"]["val_dice_postprocessed"] is not None
+    assert (run / "report.html").exists() and (run / "seg_sample.png").exists()
+
+
+def test_running_out_of_memory_choosing_the_post_processing_says_what_needs_less(
+        tmp_path, monkeypatch, capsys) -> None:
+    """Out of memory while choosing the post-processing (all training done) said 'a smaller
+    --size or --batch-size needs less': neither changes that stage, whose memory follows the
+    validation frames at their original size. It names those, and says what was kept."""
+    from ultraseg.predict import Predictor
+
+    def no_room(self, images):
+        raise MemoryError("Unable to allocate 1.2 GiB for an array")
+        yield
+
+    monkeypatch.setattr(Predictor, "predict_proba_many", no_room)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert _train_tiny(tmp_path, run, "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "validation frames" in err and "--val-fraction" in err
+    assert "--size or --batch-size" not in err
+    assert (run / "best.ckpt").exists()
 
 
 def test_a_validation_side_without_any_structure_chooses_nothing(tmp_path) -> None:
@@ -1103,3 +1200,45 @@ def test_inf_weights_after_a_later_epoch_name_the_epoch_saved(tmp_path, capsys,
     assert "running_var" in line and "the last good checkpoint (epoch 1) is kept" in line, line
     assert load_checkpoint(run / "last.ckpt").train_state["epoch"] == 1
     assert _finite(run / "last.ckpt") and _finite(run / "best.ckpt")
+
+
+def test_the_choice_leaves_time_to_score_the_frames_after_it(tmp_path, monkeypatch) -> None:
+    """The end of training reads, predicts and scores the validation frames a batch at a time.
+    Where the choice waited for the deadline itself, the frames not read by then were read and
+    predicted after it: 297 HC18 frames ran 11 s past a 60 s limit. On a clock that only
+    prediction (a second a frame a pass) and the grid (three a frame) move, the choice now
+    comes while another grid frame and the rest still fit, and the last frame is scored by the
+    deadline; waiting for it, as before, ends at 31 s of 30."""
+    from types import SimpleNamespace
+
+    import ultraseg.postprocess as pp_mod
+    from ultraseg.config import merge, preset
+    from ultraseg.io import open_dataset
+    from ultraseg.model import build_model
+    from ultraseg.predict import Predictor
+    from ultraseg.runtime import torch_runner
+
+    clock = [0.0]
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    real_predict, real_add = Predictor.predict_proba_many, pp_mod.GridSearch.add
+
+    def predict(self, images):
+        for p in real_predict(self, images):
+            clock[0] += 1.0
+            yield p
+
+    def add(self, probs, truth):
+        clock[0] += 3.0
+        return real_add(self, probs, truth)
+
+    monkeypatch.setattr(Predictor, "predict_proba_many", predict)
+    monkeypatch.setattr(pp_mod.GridSearch, "add", add)
+    cfg = merge(preset("demo"), {"preprocess": {"size": 32},
+                                 "model": {"variant": "same", "width": 2, "depth": 2}})
+    torch.manual_seed(0)
+    predictor = Predictor(torch_runner(build_model(cfg.model), torch.device("cpu"), None),
+                          cfg.model, cfg.preprocess, batch_size=2)
+    samples = open_dataset(make_dataset(tmp_path / "d", n=8, size=32, seed=1)).labelled[:8]
+    seen = train_mod._score_validation(predictor, samples, cfg, True, 30.0)
+    assert clock[0] <= 30.0
+    assert len(seen.scores) == 8 and all(0.0 <= d <= 1.0 for d in seen.scores)

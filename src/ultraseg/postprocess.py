@@ -20,7 +20,8 @@ network's output averaged with that of the horizontally flipped frame) is the pr
 apply, before them (:class:`ultraseg.predict.Predictor`).
 
 :func:`tune` grid-searches those five settings, and TTA where given its probabilities, for the
-best mean Dice (with the empty rule of :mod:`ultraseg.metrics`) over validation frames.
+best mean Dice (with the empty rule of :mod:`ultraseg.metrics`) over validation frames;
+:class:`GridSearch` makes the same choice taking the frames one at a time.
 """
 from __future__ import annotations
 
@@ -135,11 +136,12 @@ def _dice(tp: int, pred_sum: int, truth_sum: int) -> float:
 
 def _score_frame(prob: np.ndarray, truth: np.ndarray, thr: list[float], areas: list[int],
                  peak_opts: list[float], largest_opts: tuple[bool, ...],
-                 fill_opts: tuple[bool, ...]) -> np.ndarray:
-    """One frame's Dice under every combination of the grids, indexed
-    ``[threshold, min_area, min_peak, keep_largest, fill_holes]``."""
+                 fill_opts: tuple[bool, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """One frame's Dice, and its predicted area (pixels), under every combination of the
+    grids, each indexed ``[threshold, min_area, min_peak, keep_largest, fill_holes]``."""
     try_fill_holes = len(fill_opts) > 1
     score = np.zeros((len(thr), len(areas), len(peak_opts), len(largest_opts), len(fill_opts)))
+    area = np.zeros(score.shape, dtype=np.int64)
     p = _prob2d(prob)
     t = np.asarray(truth, dtype=bool)
     if t.shape != p.shape:
@@ -152,23 +154,124 @@ def _score_frame(prob: np.ndarray, truth: np.ndarray, thr: list[float], areas: l
         tp_comp = np.bincount(labels[t], minlength=len(sizes))
         tp_comp[0] = 0
         any_hole = try_fill_holes and bool(_holes(mask).any())
-        filled_cache: dict[bytes, float] = {}
-        for (j, area), (q, peak), (k, largest) in itertools.product(
+        filled_cache: dict[bytes, tuple[float, int]] = {}
+        for (j, min_area), (q, peak), (k, largest) in itertools.product(
                 enumerate(areas), enumerate(peak_opts), enumerate(largest_opts)):
-            kept = _kept(sizes, area, largest, peaks, peak)
-            d = _dice(int(tp_comp[kept].sum()), int(sizes[kept].sum()), truth_sum)
-            score[i, j, q, k, 0] = d
+            kept = _kept(sizes, min_area, largest, peaks, peak)
+            pred_sum = int(sizes[kept].sum())
+            d = _dice(int(tp_comp[kept].sum()), pred_sum, truth_sum)
+            score[i, j, q, k, 0], area[i, j, q, k, 0] = d, pred_sum
             if try_fill_holes:
                 if any_hole:
                     key = kept.tobytes()
                     if key not in filled_cache:
                         filled = fill_holes(kept[labels])
-                        filled_cache[key] = _dice(
-                            int(np.count_nonzero(filled & t)), int(filled.sum()), truth_sum
-                        )
-                    d = filled_cache[key]
-                score[i, j, q, k, 1] = d
-    return score
+                        filled_sum = int(filled.sum())
+                        filled_cache[key] = (_dice(int(np.count_nonzero(filled & t)),
+                                                   filled_sum, truth_sum), filled_sum)
+                    d, pred_sum = filled_cache[key]
+                score[i, j, q, k, 1], area[i, j, q, k, 1] = d, pred_sum
+    return score, area
+
+
+class GridSearch:
+    """:func:`tune`, one frame at a time, for callers that cannot hold every frame (the end of
+    training, on validation frames at their original size): :meth:`add` scores a frame under
+    every setting of the grids and keeps those scores only (a few thousand numbers, not the
+    frame's pixels); :meth:`choose` makes :func:`tune`'s choice on the frames added so far, the
+    same one given the same frames in the same order; :meth:`frame` reads back one frame's Dice
+    and predicted area under a setting of the grids (exactly what :func:`apply` and
+    :func:`ultraseg.metrics.dice` give).
+
+    ``smallest_area``: the pixels of the smallest frame to come (``min_areas`` defaults to
+    :func:`default_min_areas` of it); ``alternatives``: how many probability maps each frame
+    comes with (2: plain, then with test-time augmentation). The other arguments as
+    :func:`tune`'s.
+    """
+
+    def __init__(self, smallest_area: int, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                 min_areas: Sequence[int] | None = None, try_keep_largest: bool = True,
+                 try_fill_holes: bool = True, min_peaks: Sequence[float] = DEFAULT_MIN_PEAKS,
+                 alternatives: int = 1) -> None:
+        # nearest 0.5 first, then the lower (0.7 - 0.5 is 0.19999999999999996 in floating
+        # point)
+        self.thr = sorted({float(t) for t in thresholds},
+                          key=lambda t: (round(abs(t - 0.5), 9), t))
+        if min_areas is None:
+            min_areas = default_min_areas(int(smallest_area))
+        self.areas = sorted({max(int(a), 0) for a in min_areas})
+        if not self.thr or not self.areas:
+            raise UltrasegError("the thresholds and minimum areas to try must not be empty")
+        self.peak_opts = sorted({max(float(q), 0.0) for q in min_peaks} or {0.0})
+        self.largest_opts = (False, True) if try_keep_largest else (False,)
+        self.fill_opts = (False, True) if try_fill_holes else (False,)
+        self.alternatives = alternatives
+        # per frame added: [alternative, threshold, min_area, min_peak, keep_largest, fill]
+        self.scores: list[np.ndarray] = []
+        self.pred_areas: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def add(self, probs: Sequence[np.ndarray], truth: np.ndarray) -> None:
+        """Score one frame: its probability maps (one per alternative) against its mask."""
+        if len(probs) != self.alternatives:
+            raise ValueError(f"{len(probs)} probability maps for {self.alternatives} "
+                             "alternatives")
+        grids = [_score_frame(p, truth, self.thr, self.areas, self.peak_opts,
+                              self.largest_opts, self.fill_opts) for p in probs]
+        self.scores.append(np.stack([g[0] for g in grids]))
+        self.pred_areas.append(np.stack([g[1] for g in grids]).astype(np.int32))
+
+    def keep_alternatives(self, n: int) -> None:
+        """Forget all but the first ``n`` alternatives (test-time augmentation given up)."""
+        self.alternatives = min(self.alternatives, n)
+        self.scores = [s[:n] for s in self.scores]
+        self.pred_areas = [a[:n] for a in self.pred_areas]
+
+    def choose(self, min_gain: float = 0.005) -> tuple[PostprocessConfig, float]:
+        """:func:`tune`'s choice on the frames added (at least one), summed in their order."""
+        if not self.scores:
+            raise UltrasegError("no validation frames to tune the post-processing on")
+        score = np.zeros(self.scores[0].shape)
+        for s in self.scores:
+            score += s
+        score /= len(self.scores)
+        thr, areas, peak_opts = self.thr, self.areas, self.peak_opts
+
+        def departures(idx: tuple[int, ...]) -> int:
+            """How many rules the setting adds to the plain one (a min_peak at or under the
+            threshold, or a min_area of 1, adds none: they remove nothing)."""
+            a, i, j, q, k, f = idx
+            return (a + (i > 0) + (j > 0 and areas[j] > 1) + (peak_opts[q] > thr[i]) + k + f)
+
+        floor = float(score.max()) - max(min_gain, 0.0) - 1e-12
+        near = [idx for idx in np.ndindex(score.shape) if score[idx] >= floor]
+        # min keeps the first of equal keys: ties go by the simplicity order of the grids
+        best_idx = min(near, key=lambda idx: (departures(idx), -round(float(score[idx]), 12)))
+        best = float(score[best_idx])
+        a, i, j, q, k, f = best_idx
+        cfg = PostprocessConfig(
+            threshold=thr[i], min_area=areas[j], min_peak=peak_opts[q] if peak_opts[q] > thr[i]
+            else 0.0, keep_largest=self.largest_opts[k], fill_holes=self.fill_opts[f],
+            tta=bool(a)
+        )
+        logger.info("post-processing tuned on %d frames: %s, mean Dice %.4f", len(self.scores),
+                    cfg, best)
+        return cfg, best
+
+    def frame(self, n: int, cfg: PostprocessConfig) -> tuple[float, int]:
+        """The Dice and the predicted area of the ``n``-th frame added under ``cfg``, a setting
+        of the grids (one :meth:`choose` gives)."""
+        a = int(cfg.tta)
+        i = self.thr.index(cfg.threshold)
+        j = self.areas.index(cfg.min_area)
+        # a min_peak of 0 is any peak at or under the threshold: they remove nothing
+        q = (self.peak_opts.index(cfg.min_peak) if cfg.min_peak > cfg.threshold else
+             next(q for q, v in enumerate(self.peak_opts) if v <= cfg.threshold))
+        idx = (a, i, j, q, self.largest_opts.index(cfg.keep_largest),
+               self.fill_opts.index(cfg.fill_holes))
+        return float(self.scores[n][idx]), int(self.pred_areas[n][idx])
 
 
 def tune(
@@ -222,46 +325,12 @@ def tune(
             raise ValueError(f"{len(alt)} probability maps but {len(truths)} masks")
     if len(probs) == 0:
         raise UltrasegError("no validation frames to tune the post-processing on")
-    # nearest 0.5 first, then the lower (0.7 - 0.5 is 0.19999999999999996 in floating point)
-    thr = sorted({float(t) for t in thresholds}, key=lambda t: (round(abs(t - 0.5), 9), t))
-    if min_areas is None:
-        min_areas = default_min_areas(min(int(np.asarray(p).size) for p in probs))
-    areas = sorted({max(int(a), 0) for a in min_areas})
-    if not thr or not areas:
-        raise UltrasegError("the thresholds and minimum areas to try must not be empty")
-    peak_opts = sorted({max(float(q), 0.0) for q in min_peaks} or {0.0})
-    largest_opts = (False, True) if try_keep_largest else (False,)
-    fill_opts = (False, True) if try_fill_holes else (False,)
-    # [tta, threshold, min_area, min_peak, keep_largest, fill_holes]
-    score = np.zeros((len(alternatives), len(thr), len(areas), len(peak_opts),
-                      len(largest_opts), len(fill_opts)))
-    n = 0
+    search = GridSearch(min(int(np.asarray(p).size) for p in probs), thresholds, min_areas,
+                        try_keep_largest, try_fill_holes, min_peaks, len(alternatives))
     for f in np.random.default_rng(0).permutation(len(truths)):
-        if n and deadline is not None and time.monotonic() > deadline:
+        if len(search) and deadline is not None and time.monotonic() > deadline:
             logger.warning("post-processing chosen on %d of the %d validation frames (a random "
-                           "sample): the time limit came first", n, len(truths))
+                           "sample): the time limit came first", len(search), len(truths))
             break
-        for a, alt in enumerate(alternatives):
-            score[a] += _score_frame(alt[f], truths[f], thr, areas, peak_opts, largest_opts,
-                                     fill_opts)
-        n += 1
-    score /= n
-
-    def departures(idx: tuple[int, ...]) -> int:
-        """How many rules the setting adds to the plain one (a min_peak at or under the
-        threshold, or a min_area of 1, adds none: they remove nothing)."""
-        a, i, j, q, k, f = idx
-        return (a + (i > 0) + (j > 0 and areas[j] > 1) + (peak_opts[q] > thr[i]) + k + f)
-
-    floor = float(score.max()) - max(min_gain, 0.0) - 1e-12
-    near = [idx for idx in np.ndindex(score.shape) if score[idx] >= floor]
-    # min keeps the first of equal keys: ties go by the simplicity order of the grids
-    best_idx = min(near, key=lambda idx: (departures(idx), -round(float(score[idx]), 12)))
-    best = float(score[best_idx])
-    a, i, j, q, k, f = best_idx
-    cfg = PostprocessConfig(
-        threshold=thr[i], min_area=areas[j], min_peak=peak_opts[q] if peak_opts[q] > thr[i]
-        else 0.0, keep_largest=largest_opts[k], fill_holes=fill_opts[f], tta=bool(a)
-    )
-    logger.info("post-processing tuned on %d frames: %s, mean Dice %.4f", n, cfg, best)
-    return cfg, best
+        search.add([alt[f] for alt in alternatives], truths[f])
+    return search.choose(min_gain)

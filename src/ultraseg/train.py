@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -842,9 +842,6 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     None and the report has no prediction figure; so does it where they hold no structure
     (``choosing`` False: they are scored, but choose nothing).
     """
-    from .postprocess import apply as apply_pp
-    from .postprocess import tune
-
     if len(val_idx):
         progress({"event": "stage", "message": "choosing post-processing on the validation split"})
     best = load_checkpoint(out / "best.ckpt")
@@ -854,45 +851,35 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                           batch_size=cfg.train.batch_size)
     by_name = {s.name: s for s in ds.labelled}
     val_samples = [by_name[arrays.names[i]] for i in val_idx]
-    images, truths = [], []
-    for s in val_samples:
-        image, mask = s.load()
-        images.append(image)
-        truths.append(select_label(mask, cfg.preprocess.label))
-    t_pred = time.monotonic()
-    probs = list(predictor.predict_proba_many(images))
-    pred_s = time.monotonic() - t_pred
-    pp = PostprocessConfig()
-    raw = tuned = None
     # a time-limited run keeps _end_s for the checkpoint and the report after the choice
     limit = cfg.train.time_limit_s
     deadline = t0 + limit - _end_s(limit) if limit else None
-    if probs:
-        raw = float(np.mean([dice(apply_pp(p, pp), t) for p, t in zip(probs, truths)]))
-        if cfg.train.tune_postprocess and choosing:
-            flipped = None
-            # the mirrored pass, and as long again for the choice, must fit
-            if deadline is None or time.monotonic() + 2 * pred_s < deadline:
-                flipped = list(predictor.tta_from_plain(images, probs))
-            else:
-                log.warning("test-time augmentation not tried: the time limit comes first")
-            pp, _ = tune(probs, truths, tta_probs=flipped, deadline=deadline)
-            if pp.tta:
-                probs = flipped  # the report shows what the checkpoint predicts
-    # the choice scored on every validation frame (the time limit may have cut it short)
-    scores, areas = [], []
-    for p, t in zip(probs, truths):
-        m = apply_pp(p, pp)
-        scores.append(dice(m, t))
-        areas.append(int(m.sum()))
-    if probs:
-        tuned = float(np.mean(scores))
+    seen = None
+    if val_samples:
+        try:
+            seen = _score_validation(predictor, val_samples, cfg,
+                                     cfg.train.tune_postprocess and choosing, deadline)
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise UltrasegError(
+                f"out of memory choosing the post-processing on the {len(val_samples)} "
+                f"validation frames at their original size ({str(e).splitlines()[0]}); "
+                f"training is done and {out / 'best.ckpt'} holds the default post-processing: "
+                "fewer or smaller validation frames need less (a new run with a lower "
+                "--val-fraction)", out) from e
+    pp = seen.pp if seen else PostprocessConfig()
+    raw = seen.raw if seen else None
+    scores = seen.scores if seen else []
+    tuned = float(np.mean(scores)) if seen else None
+    if seen:
         log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned,
                  pp)
     measure_meta = dict(best.meta.get("measure") or {})
-    if probs and cfg.train.tune_postprocess and (deadline is None
+    if seen and cfg.train.tune_postprocess and (deadline is None
                                                  or time.monotonic() < deadline):
-        measure_meta = _calibrate_measure(val_samples, images, probs, pp, cfg, measure_meta)
+        measure_meta = _calibrate_measure(seen.hc_samples, seen.hc_regions,
+                                          seen.hc_probs(pp), pp, cfg, measure_meta)
     seconds = time.monotonic() - t0
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
                    train_seconds=round(seconds, 1), epochs_run=len(history), stopped=stopped,
@@ -905,13 +892,13 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     summary = {
         "dataset": f"{ds.root} ({ds.layout})",
         "frames (train / val)": f"{len(train_idx)} / {len(val_idx)}",
-        "best epoch": (best_epoch if probs and choosing else
-                       f"{best_epoch} (the last: no validation split)" if not probs else
+        "best epoch": (best_epoch if seen and choosing else
+                       f"{best_epoch} (the last: no validation split)" if not seen else
                        f"{best_epoch} (the last: no validation mask holds a structure, so "
                        f"validation chose nothing)"),
         "best val Dice (canvas)": figure(best_dice),
         "val Dice, original size": figure(raw), "val Dice, post-processed": figure(tuned),
-        "post-processing": json.dumps(pp.to_dict()) + ("" if choosing or not probs else
+        "post-processing": json.dumps(pp.to_dict()) + ("" if choosing or not seen else
                                                         " (the defaults: not chosen)"),
         **({"head-circumference boundary offset (px)":
             f"{measure_meta['boundary_offset_px']} (chosen on {measure_meta['offset_frames']} "
@@ -937,11 +924,11 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                         [arrays.masks[i] > 0 for i in shown_train], out / "sample.png",
                         [arrays.names[i] + ("" if arrays.masks[i].any() else "\n(empty mask)")
                          for i in shown_train])
-    if probs:
-        shown = report.pick_examples(scores, [not t.any() for t in truths], areas)
-        report.plot_predictions([images[i] for i, _ in shown], [truths[i] for i, _ in shown],
-                                [apply_pp(probs[i], pp) for i, _ in shown],
-                                out / "seg_sample.png",
+    if seen:
+        shown = report.pick_examples(scores, seen.empty, seen.areas)
+        images, truths, masks = _shown_frames(predictor, [val_samples[i] for i, _ in shown],
+                                              cfg, pp)
+        report.plot_predictions(images, truths, masks, out / "seg_sample.png",
                                 [f"{val_samples[i].name}\n({why})" for i, why in shown])
 
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
@@ -950,24 +937,192 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                        raw, tuned, summary, world_size=cfg.train.world_size)
 
 
-def _calibrate_measure(samples: list, images: list[np.ndarray], probs: list[np.ndarray],
+@dataclass
+class _Validation:
+    """What the end of training keeps of the validation frames (in their order): no frame.
+
+    ``hc_levels``: of the frames with a pixel size and a reference head circumference (those
+    :func:`_calibrate_measure` measures on), the probabilities as :func:`_levels` of ``cuts``,
+    one array per alternative (plain, then with test-time augmentation where it was tried).
+    """
+
+    pp: PostprocessConfig
+    raw: float
+    scores: list[float]
+    areas: list[int]
+    empty: list[bool]
+    cuts: tuple[float, ...] = ()
+    hc_samples: list = field(default_factory=list)
+    hc_regions: list = field(default_factory=list)
+    hc_levels: list[list[np.ndarray]] = field(default_factory=list)
+
+    def hc_probs(self, pp: PostprocessConfig) -> Iterator[np.ndarray]:
+        """Those frames' probabilities as ``pp`` predicts them, one frame at a time, to the
+        cuts: :func:`ultraseg.postprocess.apply` with ``pp`` makes the same masks of them."""
+        values = np.asarray((0.0, *self.cuts))
+        for levels in self.hc_levels:
+            yield values[levels[int(pp.tta)]]
+
+
+def _cuts() -> tuple[float, ...]:
+    """The probabilities the choice of post-processing compares with (its grids' thresholds
+    and minimum peaks, and the default threshold), ascending."""
+    from .postprocess import DEFAULT_MIN_PEAKS, DEFAULT_THRESHOLDS
+
+    return tuple(sorted({*DEFAULT_THRESHOLDS, *(q for q in DEFAULT_MIN_PEAKS if q > 0),
+                         PostprocessConfig().threshold}))
+
+
+def _levels(prob: np.ndarray, cuts: tuple[float, ...]) -> np.ndarray:
+    """uint8 (H, W): how many of ``cuts`` (ascending, under 256) each probability reaches,
+    compared as :func:`ultraseg.postprocess.apply` compares (NaN reaches none). Each level read
+    back as its cut (``(0.0, *cuts)[level]``) is at or over any of the cuts exactly where the
+    probability is, and so is a component's highest: a byte a pixel for four, and the same
+    masks for any threshold and minimum peak among the cuts."""
+    out = np.zeros(np.shape(prob), np.uint8)
+    for c in cuts:
+        out += prob >= c
+    return out
+
+
+def _val_frames(samples: list, label: Any) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each sample's image and its mask for ``label``, read as they are asked for."""
+    for s in samples:
+        image, mask = s.load()
+        yield image, select_label(mask, label)
+
+
+def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tuning: bool,
+                      deadline: float | None) -> _Validation:
+    """Predict the validation frames at their original size a batch at a time and score each
+    as it comes, then forget it: its Dice with the default post-processing, and with
+    ``tuning`` under every setting of :class:`ultraseg.postprocess.GridSearch`'s grids, with
+    test-time augmentation too while the time limit allows (the mirrored pass runs beside the
+    plain one, on the same batches); then the choice, and each frame's Dice and predicted area
+    under it. Memory holds one batch of frames however many there are.
+
+    The frames come in the random order :func:`ultraseg.postprocess.tune` scores them in:
+    where another frame on the grid and then the frames not read yet, at the pace so far,
+    would not be scored by ``deadline``, the choice is made on those scored so far (a random
+    sample, at least one) and the frames after them are scored under it alone.
+    """
+    from .postprocess import GridSearch
+    from .postprocess import apply as apply_pp
+    from .preprocess import seen_region
+
+    n = len(samples)
+    order = np.random.default_rng(0).permutation(n)
+    pp: PostprocessConfig | None = None if tuning else PostprocessConfig()
+    search = None
+    tta = False
+    if tuning:
+        # the grid's minimum areas follow the smallest frame: read their sizes first
+        smallest = min(int(np.prod(s.load_image().shape[:2])) for s in samples)
+        search = GridSearch(smallest, alternatives=2)
+        tta = deadline is None or time.monotonic() < deadline
+        if not tta:
+            log.warning("test-time augmentation not tried: the time limit comes first")
+            search.keep_alternatives(1)
+    cuts = _cuts()
+    measured = cfg.train.tune_postprocess
+    raws, scores, areas = [0.0] * n, [0.0] * n, [0] * n
+    empty, gridded = [False] * n, {}
+    hc: dict[int, tuple[Any, Any, list[np.ndarray]]] = {}
+    mirror = predictor.with_options(mirror=True)
+    t_start = time.monotonic()
+    per_frame = 0.0     # seconds reading, predicting and plainly scoring a frame so far
+    grid_s = 0.0        # seconds scoring frames on the grid so far
+    for start in range(0, n, predictor.batch_size):
+        rows = [int(f) for f in order[start:start + predictor.batch_size]]
+        now = time.monotonic()
+        if (pp is None and tta and deadline is not None and start
+                and now + (now - t_start) / start * (n - start) >= deadline):
+            # the rest, mirrored pass and grid, at this pace must fit
+            log.warning("test-time augmentation not tried: the time limit comes first")
+            tta = False
+            search.keep_alternatives(1)
+            for _, _, levels in hc.values():
+                del levels[1:]
+        t_batch = time.monotonic()
+        frames = list(_val_frames([samples[f] for f in rows], cfg.preprocess.label))
+        images = [image for image, _ in frames]
+        plain = list(predictor.predict_proba_many(images))
+        flipped = (list(mirror.predict_proba_many(images))
+                   if (tta if pp is None else pp.tta) else None)
+        for j, f in enumerate(rows):
+            raws[f] = dice(apply_pp(plain[j], PostprocessConfig()), frames[j][1])
+            empty[f] = not frames[j][1].any()
+        done = start + len(rows)
+        per_frame = (per_frame * start + time.monotonic() - t_batch) / done
+        for j, f in enumerate(rows):
+            image, truth = frames[j]
+            p = plain[j]
+            # another frame on the grid, and then the frames not read yet, read, predicted
+            # and scored under the choice, must fit before the deadline: where they would
+            # not, choose on those so far
+            if (pp is None and deadline is not None and start + j and time.monotonic()
+                    + grid_s / len(search) + per_frame * (n - done) > deadline):
+                log.warning("post-processing chosen on %d of the %d validation frames (a "
+                            "random sample): the time limit came first", len(search), n)
+                pp, _ = search.choose()
+            alts = [p] if flipped is None else [p, 0.5 * (p + flipped[j])]
+            if pp is None:
+                t_grid = time.monotonic()
+                search.add(alts, truth)
+                grid_s += time.monotonic() - t_grid
+                gridded[f] = len(search) - 1
+            else:
+                m = apply_pp(alts[int(pp.tta)], pp)
+                scores[f], areas[f] = dice(m, truth), int(m.sum())
+            meta = samples[f].meta
+            if measured and meta.get("pixel_size_mm") and meta.get("hc_mm") is not None:
+                hc[f] = (samples[f], seen_region(image, cfg.preprocess),
+                         [_levels(a, cuts) for a in alts])
+        del frames, images, plain, flipped
+    if pp is None:
+        pp, _ = search.choose()
+    for f, row in gridded.items():
+        scores[f], areas[f] = search.frame(row, pp)
+    chosen = sorted(hc)
+    return _Validation(pp, float(np.mean(raws)), scores, areas, empty, cuts,
+                       [hc[f][0] for f in chosen], [hc[f][1] for f in chosen],
+                       [hc[f][2] for f in chosen])
+
+
+def _shown_frames(predictor: Predictor, samples: list, cfg: RunConfig, pp: PostprocessConfig
+                  ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The few frames the report's figure shows, read and predicted again: their images,
+    their masks and the masks ``pp`` predicts."""
+    from .postprocess import apply as apply_pp
+
+    frames = list(_val_frames(samples, cfg.preprocess.label))
+    images = [image for image, _ in frames]
+    probs = list(predictor.predict_proba_many(images))
+    if pp.tta:
+        probs = list(predictor.tta_from_plain(images, probs))
+    return images, [t for _, t in frames], [apply_pp(p, pp) for p in probs]
+
+
+def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndarray],
                        pp: PostprocessConfig, cfg: RunConfig, measure_meta: dict[str, Any]
                        ) -> dict[str, Any]:
     """``measure_meta`` with its ``boundary_offset_px`` chosen on the validation frames that
     carry a reference head circumference and a pixel size (HC18):
     :func:`ultraseg.measure.choose_boundary_offset`, starting from the outlines' half-width.
     As it was where fewer than :data:`~ultraseg.measure.MIN_CALIBRATION_FRAMES` frames have a
-    reference and a predicted object."""
+    reference and a predicted object.
+
+    ``regions``: each frame's :func:`ultraseg.preprocess.seen_region`; ``probs``: its
+    probabilities, taken one at a time."""
     from .measure import MIN_CALIBRATION_FRAMES, choose_boundary_offset, measure
     from .postprocess import apply as apply_pp
-    from .preprocess import seen_region
 
     rows = []
-    for s, image, prob in zip(samples, images, probs):
+    for s, region, prob in zip(samples, regions, probs):
         size, ref = s.meta.get("pixel_size_mm"), s.meta.get("hc_mm")
         if not size or ref is None:
             continue
-        m = measure(apply_pp(prob, pp), size, 0.0, region=seen_region(image, cfg.preprocess))
+        m = measure(apply_pp(prob, pp), size, 0.0, region=region)
         if m["ellipse_axes"] is not None:
             rows.append((*m["ellipse_axes"], size, ref))
     if len(rows) < MIN_CALIBRATION_FRAMES:
