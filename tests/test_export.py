@@ -449,3 +449,37 @@ def test_onnx_runtime_is_imported_with_its_telemetry_off(tmp_path) -> None:
         pytest.skip("this onnxruntime writes no telemetry files on import: nothing to check")
     assert _telemetry_files(tmp_path, "ultraseg",
                             "from ultraseg.export import _onnxruntime; _onnxruntime()") == []
+
+
+def test_an_unfinished_run_s_export_is_strict_json_and_says_it_is_unfinished(exported,
+                                                                            tmp_path) -> None:
+    """A run trained with --val-fraction 0 (the README's recipe for the final model) has NaN
+    validation figures; the ONNX file's metadata carried them as `NaN`, which JSON.parse,
+    Java's and C#'s readers refuse. And an export of a checkpoint saved during training
+    warned once, at export; predicting with the .onnx never said its post-processing is
+    the defaults, though the same checkpoint says so each time it is loaded."""
+    ckpt = load_checkpoint(exported["same"][0])
+    meta = dict(ckpt.meta, metrics={"history": [{"epoch": 1, "train_loss": 0.5,
+                                                 "val_loss": float("nan"),
+                                                 "val_dice": float("nan")}],
+                                    "best_epoch": 1, "best_val_dice": float("inf")})
+    save_checkpoint(tmp_path / "epoch1.ckpt", ckpt.state_dict, meta)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    payload = torch.load(tmp_path / "epoch1.ckpt", weights_only=True)
+    json.loads(payload["meta_json"], parse_constant=refuse)
+    with ultraseg_warnings() as warned:
+        path = export_onnx(tmp_path / "epoch1.ckpt", tmp_path / "epoch1.onnx")
+    assert [r for r in warned if "saved during training" in r.getMessage()]
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props[META_KEY], parse_constant=refuse)["metrics"]["history"][0][
+        "val_loss"] is None
+    with ultraseg_warnings() as warned:
+        onnx_predictor(path)
+    (said,) = [r.getMessage() for r in warned if "saved during training" in r.getMessage()]
+    assert str(path) in said and "post-processing is the defaults" in said
+    with ultraseg_warnings() as warned:                  # a finished run's export: no word
+        onnx_predictor(exported["same"][1])
+    assert not [r for r in warned if "saved during training" in r.getMessage()]

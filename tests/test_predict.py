@@ -636,6 +636,22 @@ def test_tta_follows_the_postprocessing_unless_set() -> None:
     assert base.with_options(tta=True).uses_tta
 
 
+
+@pytest.mark.parametrize("option", ["tta", "mirror"])
+@pytest.mark.parametrize("value", ["false", 0, 1.0, "yes"])
+def test_tta_and_mirror_are_true_or_false(option, value) -> None:
+    """load(..., tta="false") (a value from an environment variable or a text config) was
+    taken as on: it doubled the prediction time and changed the masks in silence;
+    mirror="false" gave the mirrored pass alone. PostprocessConfig(tta="false") is refused,
+    and so are these now."""
+    base = Predictor(lambda b: b, ModelConfig(variant="same", depth=2), PreprocessConfig())
+    with pytest.raises(UltrasegError, match=f"{option} must be true or false"):
+        base.with_options(**{option: value})
+    assert base.with_options(**{option: True}).uses_tta == (option == "tta")
+    if option == "tta":
+        assert base.with_options(tta=None).uses_tta is False        # the post-processing's
+
+
 def test_predict_with_another_postprocessing_takes_its_tta_too() -> None:
     def run(batch: np.ndarray) -> np.ndarray:   # 0.3 .. 0.9 left to right: flipped, 0.6 flat
         w = batch.shape[-1]

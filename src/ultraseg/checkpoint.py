@@ -27,7 +27,7 @@ from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
                      postprocess_problem)
 from .errors import CheckpointError, UltrasegError
-from .fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes, json_text
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
     """Write a checkpoint atomically (temporary name, then rename)."""
     payload = {
         "format": FORMAT,
-        "meta_json": json.dumps(meta),
+        "meta_json": json_text(meta),     # strict: a NaN figure (no validation) is null
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "train_state": train_state or {},
     }
@@ -170,20 +170,6 @@ def non_finite(state_dict: Mapping[str, Any]) -> list[str]:
 def some_names(names: list[str]) -> str:
     """The first of ``names`` and how many more: "encoder.0.weight and 40 more"."""
     return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
-
-
-def warn_if_saved_during_training(ckpt: Checkpoint, path: str | Path) -> None:
-    """Say where ``ckpt`` was saved by a training epoch (an interrupted run's best.ckpt, any
-    last.ckpt), not by the run's end: its post-processing is the defaults, not the one the
-    finished run chooses on validation."""
-    metrics = ckpt.meta.get("metrics") or {}
-    history = metrics.get("history")
-    if not isinstance(history, list) or "train_seconds" in metrics:
-        return
-    log.warning("%s: saved during training (after epoch %d), not by the run's end: its "
-                "post-processing is the defaults, not the one the run chooses on validation "
-                "(a finished run's best.ckpt holds that; `ultraseg train --resume --out RUN` "
-                "finishes an interrupted run)", path, len(history))
 
 
 def _check_checksums(path: Path) -> None:

@@ -36,9 +36,11 @@ import numpy as np
 
 from .config import ModelConfig, PostprocessConfig, PreprocessConfig
 from .errors import CheckpointError, UltrasegError
+from .fileio import json_text
 from .geometry import context_margin, nearest_valid_output, same_padded_size
 from .logs import caught_warnings
-from .predict import Predictor, min_prediction_tile, prediction_tile
+from .predict import (Predictor, min_prediction_tile, prediction_tile,
+                      warn_if_saved_during_training)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     """
     import torch
 
-    from .checkpoint import (build_from_checkpoint, load_checkpoint,
-                             warn_if_saved_during_training)
+    from .checkpoint import build_from_checkpoint, load_checkpoint
     from .fileio import atomic_write_bytes
 
     onnx_path = Path(onnx_path)
@@ -105,7 +106,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     except ImportError as e:
         raise UltrasegError(_INSTALL) from e
     ckpt = load_checkpoint(checkpoint_path)
-    warn_if_saved_during_training(ckpt, checkpoint_path)
+    warn_if_saved_during_training(ckpt.meta, checkpoint_path)
     net = build_from_checkpoint(ckpt, checkpoint_path)
     cfg, depth = ckpt.model, ckpt.model.depth
     if cfg.variant == "valid":
@@ -130,7 +131,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
                     "opset": _opset_of(proto), **graph}    # (no file name: often a patient's)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta)
+    entry.key, entry.value = META_KEY, json_text(meta)   # strict: NaN figures are null
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     if verify:  # a second, non-square size and batch check the dynamic axes
@@ -374,6 +375,7 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None, **optio
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"ONNX Runtime cannot load this file ({first[:160]})", path) from e
     meta = read_onnx_meta(sess, path)
+    warn_if_saved_during_training(meta, path)
     graph = meta["onnx"]
     try:
         model = ModelConfig.from_dict(meta["model"])

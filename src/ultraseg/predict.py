@@ -73,6 +73,20 @@ def prediction_window(model: ModelConfig, h: int, w: int, tile: int | None = Non
             nearest_valid_output(min(w, MAX_PREDICT_TILE), model.depth))
 
 
+
+def warn_if_saved_during_training(meta: dict[str, Any], path: str | Path) -> None:
+    """Say where a checkpoint's (or its ONNX export's) ``meta`` was saved by a training epoch
+    (an interrupted run's best.ckpt, any last.ckpt), not by the run's end: its
+    post-processing is the defaults, not the one the finished run chooses on validation."""
+    metrics = meta.get("metrics") or {}
+    history = metrics.get("history")
+    if not isinstance(history, list) or "train_seconds" in metrics:
+        return
+    log.warning("%s: saved during training (after epoch %d), not by the run's end: its "
+                "post-processing is the defaults, not the one the run chooses on validation "
+                "(a finished run's best.ckpt holds that; `ultraseg train --resume --out RUN` "
+                "finishes an interrupted run)", path, len(history))
+
 @dataclass
 class Predictor:
     """Segment 2D ultrasound frames of any size with a trained U-Net.
@@ -101,6 +115,12 @@ class Predictor:
 
     def __post_init__(self) -> None:
         check_postprocess(self.postprocess)
+        for name, value, what in (("tta", self.tta, " (or None: as the post-processing says)"),
+                                  ("mirror", self.mirror, "")):
+            # "false" from a text config was taken as on; np.bool_ is a bool
+            if not (isinstance(value, (bool, np.bool_)) or (value is None and what)):
+                raise UltrasegError(f"{name} must be true or false{what}, got {value!r}")
+            setattr(self, name, None if value is None else bool(value))
         self.batch_size = plain_number(self.batch_size)    # np.int64(8) is 8
         self.tile = plain_number(self.tile)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \

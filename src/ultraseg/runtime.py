@@ -213,11 +213,11 @@ def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
 def torch_predictor(path: str | Path, device: str = "auto", precision: str = "auto",
                     **options: Any):
     """A :class:`~ultraseg.predict.Predictor` running a checkpoint with PyTorch."""
-    from .checkpoint import build_from_checkpoint, load_checkpoint, warn_if_saved_during_training
-    from .predict import Predictor
+    from .checkpoint import build_from_checkpoint, load_checkpoint
+    from .predict import Predictor, warn_if_saved_during_training
 
     ckpt = load_checkpoint(path)
-    warn_if_saved_during_training(ckpt, path)
+    warn_if_saved_during_training(ckpt.meta, path)
     model = build_from_checkpoint(ckpt, path)
     dev = resolve_device(device)
     run = torch_runner(model, dev, resolve_precision(precision, dev))
