@@ -483,3 +483,26 @@ def test_an_unfinished_run_s_export_is_strict_json_and_says_it_is_unfinished(exp
     with ultraseg_warnings() as warned:                  # a finished run's export: no word
         onnx_predictor(exported["same"][1])
     assert not [r for r in warned if "saved during training" in r.getMessage()]
+
+
+@pytest.mark.parametrize("fake, said", [
+    ("raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')",
+     "ONNX support is not installed: pip install 'ultraseg[onnx]'"),
+    # onnxruntime 1.18.0 built on NumPy 1 under NumPy 2: installed, but it cannot be imported
+    ("raise ImportError('numpy.core.multiarray failed to import')",
+     "onnxruntime is installed but cannot be imported (numpy.core.multiarray failed to "
+     "import)"),
+])
+def test_onnx_runtime_not_installed_is_told_from_one_that_fails_to_import(
+        tmp_path, monkeypatch, fake, said) -> None:
+    """Every ImportError was 'ONNX support is not installed: pip install ...', which answers
+    'Requirement already satisfied' where onnxruntime is installed but fails to import."""
+    from ultraseg import export
+
+    (tmp_path / "onnxruntime").mkdir()
+    (tmp_path / "onnxruntime" / "__init__.py").write_text(fake + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    with pytest.raises(UltrasegError) as e:
+        export._onnxruntime()
+    assert str(e.value) == said

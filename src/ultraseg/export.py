@@ -50,6 +50,16 @@ OUTPUT_NAME = "probability"
 _INSTALL = "ONNX support is not installed: pip install 'ultraseg[onnx]'"
 
 
+def _import_error(e: ImportError, module: str) -> UltrasegError:
+    """What to tell a user whose ``import module`` failed: to install it where it is missing;
+    where it is installed but fails to import (a build against another NumPy), why, since
+    the install command would only answer 'Requirement already satisfied'."""
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == module:
+        return UltrasegError(_INSTALL)
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return UltrasegError(f"{module} is installed but cannot be imported ({first})")
+
+
 def export_tile(model: ModelConfig, preprocess: PreprocessConfig, tile: int | None = None
                 ) -> int:
     """Output tile side a valid model is exported with (see the module docstring).
@@ -104,7 +114,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     try:
         import onnx
     except ImportError as e:
-        raise UltrasegError(_INSTALL) from e
+        raise _import_error(e, "onnx") from e
     ckpt = load_checkpoint(checkpoint_path)
     warn_if_saved_during_training(ckpt.meta, checkpoint_path)
     net = build_from_checkpoint(ckpt, checkpoint_path)
@@ -334,7 +344,7 @@ def _onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as e:
-        raise UltrasegError(_INSTALL) from e
+        raise _import_error(e, "onnxruntime") from e
     return onnxruntime
 
 

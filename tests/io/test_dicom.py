@@ -391,3 +391,24 @@ def test_a_voi_lut_in_the_header_is_applied_and_a_bad_one_warns(tmp_path) -> Non
         np.testing.assert_array_equal(read_image(p), scan)
     (record,) = warned
     assert "VOI LUT or window cannot be applied" in record.getMessage()
+
+
+def test_pydicom_3_0_0_is_refused_before_it_is_imported(tmp_path, monkeypatch) -> None:
+    """pydicom 3.0.0 fetches five example files from GitHub when imported: offline, reading
+    one DICOM took 106 s, printed urlopen retries on stdout (breaking `inspect --json`) and
+    243 lines of tracebacks; online, it went to the internet while reading patients' scans.
+    It is named and refused before the import; 3.0.1 fixed it."""
+    import sys
+    from importlib import metadata
+
+    from ultraseg.io import dicom
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version",
+                        lambda name: "3.0.0" if name == "pydicom" else real(name))
+    monkeypatch.delitem(sys.modules, "pydicom", raising=False)
+    imported = []
+    monkeypatch.setattr(dicom, "_import_pydicom", lambda: imported.append(1))
+    with pytest.raises(DataError, match=r"pydicom 3\.0\.0 .*internet.*pydicom>=3\.0\.1"):
+        dicom._pydicom(tmp_path / "a.dcm")
+    assert not imported

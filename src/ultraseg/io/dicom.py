@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -60,12 +62,22 @@ def is_dicom(path: Path) -> bool:
 
 
 def _pydicom(path: Path) -> Any:
+    if "pydicom" not in sys.modules:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            if metadata.version("pydicom") == "3.0.0":
+                raise DataError("pydicom 3.0.0 fetches example files from the internet when "
+                                "imported (fixed in 3.0.1): pip install 'pydicom>=3.0.1'", path)
     try:
-        import pydicom
-        import pydicom.pixels  # noqa: F401  (pydicom >= 3)
+        return _import_pydicom()
     except ImportError as e:
         raise DataError("reading DICOM needs pydicom 3 or later: pip install 'ultraseg[dicom]' "
                         "(or pip install pydicom)", path) from e
+
+
+def _import_pydicom() -> Any:
+    import pydicom
+    import pydicom.pixels  # noqa: F401  (pydicom >= 3)
+
     return pydicom
 
 
