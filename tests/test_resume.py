@@ -53,6 +53,16 @@ def _assert_same_metrics(a: list[dict[str, str]], b: list[dict[str, str]]) -> No
                 assert ra[k] == rb[k], (k, ra, rb)
 
 
+def _two_epochs(data: Path, batch_size: int):
+    """A two-epoch run of a width-2 U-Net on ``data`` at 32 px, one thread, no time limit."""
+    from ultraseg.config import merge, preset
+
+    return merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""}, "preprocess": {"size": 32},
+        "model": {"variant": "same", "width": 2, "depth": 2},
+        "train": {"epochs": 2, "batch_size": batch_size, "device": "cpu", "num_threads": 1,
+                  "time_limit_s": None}})
+
 def _last_epoch(run: Path) -> int:
     """The epoch of ``run/last.ckpt``; 0 while there is none (it is written atomically, so a
     file that exists is complete)."""
@@ -292,18 +302,14 @@ def test_a_run_goes_on_elsewhere_with_the_execution_settings_given(
     """A run trained with --device cuda could not be resumed on a machine without a GPU:
     --device (and --threads, --precision, --cache-dir) beside --resume were refused, and the
     run's own device failed. Where it runs is now taken anew and recorded; the recipe not."""
-    from ultraseg.config import merge, preset
+    from ultraseg.config import merge
     from ultraseg.train import train
 
     def stop_after_epoch_1(event: dict) -> None:
         if event["event"] == "batch" and event["epoch"] == 2:      # epoch 1 saved
             raise KeyboardInterrupt
 
-    cfg = merge(preset("demo"), {
-        "data": {"path": str(data), "cache_dir": ""}, "preprocess": {"size": 32},
-        "model": {"variant": "same", "width": 2, "depth": 2},
-        "train": {"epochs": 2, "batch_size": 8, "device": "cpu", "num_threads": 1,
-                  "time_limit_s": None}})
+    cfg = _two_epochs(data, batch_size=8)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run, progress=stop_after_epoch_1)
@@ -387,14 +393,9 @@ def test_an_epoch_is_reported_once_it_is_saved(data: Path, tmp_path: Path) -> No
     """The epoch event (the CLI's epoch line) came before the epoch's checkpoints were written:
     a run stopped at the line (Ctrl-C as it appeared, `train | head -1`) had printed an epoch
     that last.ckpt did not hold, and --resume trained it again. The line now means saved."""
-    from ultraseg.config import merge, preset
     from ultraseg.train import train
 
-    cfg = merge(preset("demo"), {
-        "data": {"path": str(data), "cache_dir": ""}, "preprocess": {"size": 32},
-        "model": {"variant": "same", "width": 2, "depth": 2},
-        "train": {"epochs": 2, "batch_size": 16, "device": "cpu", "num_threads": 1,
-                  "time_limit_s": None}})
+    cfg = _two_epochs(data, batch_size=16)
     run = tmp_path / "run"
     seen: list[tuple[int, int]] = []
 
