@@ -43,6 +43,40 @@ def test_a_runs_log_holds_its_own_threads_records_alone(tmp_path) -> None:
     assert "the run's own" in text and "another request's" not in text
 
 
+
+def test_a_caller_s_level_on_a_module_s_logger_holds_inside_a_run_s_log(tmp_path) -> None:
+    """A notebook's logging.getLogger("ultraseg.train").setLevel(INFO) showed that module's
+    INFO records, but none of a training's epoch lines: inside the run's log the records
+    were passed on at the ultraseg logger's former level (WARNING) whatever their own
+    logger's level. The caller's handlers now get what they got before, record by record."""
+    pkg = logging.getLogger("ultraseg")
+    train_log = pkg.getChild("train")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    old = (pkg.level, train_log.level)
+    pkg.addHandler(keep)
+    try:
+        pkg.setLevel(logging.WARNING)
+        train_log.setLevel(logging.INFO)
+        train_log.info("before the run")
+        pkg.getChild("data").info("not shown before the run")
+        with run_log(tmp_path / "train.log"):
+            train_log.info("epoch 1")
+            pkg.getChild("data").info("not shown in the run")
+            pkg.getChild("data").warning("a warning")
+        assert seen == ["before the run", "epoch 1", "a warning"]
+        text = (tmp_path / "train.log").read_text()
+        assert "epoch 1" in text and "not shown in the run" in text     # the file: all INFO
+    finally:
+        pkg.removeHandler(keep)
+        pkg.setLevel(old[0])
+        train_log.setLevel(old[1])
+
 def test_a_folder_holding_a_run_is_refused_unless_resumed(tmp_path) -> None:
     cfg = preset("demo")
     assert open_run(tmp_path, cfg, resume=False) == (cfg, None)    # an empty folder: a new run

@@ -221,10 +221,11 @@ def run_log(path: Path) -> Iterator[None]:
     """The package's INFO records go to the run's ``train.log`` inside the block, while the
     caller's handlers get only what they got before. The ``ultraseg`` logger is lowered to
     INFO for the file; its own handlers (the caller's) are taken off it and it stops
-    propagating; one forwarding handler passes the records at or above its former effective
-    level to those handlers and, where it propagated, to its ancestors' (as logging itself
-    would). Overlapping blocks (trainings in threads) share that set-up; the last to leave
-    puts level, propagation and handlers back. The file takes the records of the thread that
+    propagating; one forwarding handler passes the records their loggers made before (at or
+    above the level of the nearest one that sets a level, ultraseg's as it was) to those
+    handlers and, where it propagated, to its ancestors' (as logging itself would).
+    Overlapping blocks (trainings in threads) share that set-up; the last to leave puts level,
+    propagation and handlers back. The file takes the records of the thread that
     opened the block alone."""
     global _RUN_LOGS
     file_handler = logging.FileHandler(path)
@@ -275,11 +276,26 @@ class _Forward(logging.Handler):
     (``logging.lastResort`` where there are none at all)."""
 
     def __init__(self, level: int, handlers: list[logging.Handler], propagate: bool) -> None:
-        super().__init__(level)
+        super().__init__()
+        self.former = level         # the ultraseg logger's effective level before the block
         self.handlers = handlers
         self.propagate = propagate
 
+    def shown_before(self, record: logging.LogRecord) -> bool:
+        """Whether ``record``'s logger made it before the block lowered the ultraseg logger:
+        the level of the nearest logger from the record's up to ultraseg's that sets one (a
+        caller's ``ultraseg.train`` at INFO), else ultraseg's former level."""
+        name = record.name
+        while name.startswith("ultraseg."):
+            level = getattr(logging.root.manager.loggerDict.get(name), "level", logging.NOTSET)
+            if level:
+                return record.levelno >= level
+            name = name.rpartition(".")[0]
+        return record.levelno >= self.former
+
     def emit(self, record: logging.LogRecord) -> None:
+        if not self.shown_before(record):
+            return
         found = 0
         for h in self.handlers:
             found += 1
