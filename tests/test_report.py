@@ -210,6 +210,33 @@ def test_frame_names_are_drawn_literally(tmp_path: Path) -> None:
     _assert_png(tmp_path / "p.png")
 
 
+
+def test_figures_are_drawn_alike_whatever_the_caller_s_matplotlib_settings(tmp_path) -> None:
+    """A notebook's (or a matplotlibrc's) rcParams were the report's: with text.usetex on
+    and no LaTeX installed, a finished training failed at its report (no report.html, and
+    --resume failed the same way). The figures are now drawn in matplotlib's default style,
+    the same whatever the caller set."""
+    import matplotlib
+
+    images, truths, preds = _frames(2)
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_dice": 0.2 * e}
+               for e in (1, 2)]
+
+    def draw(folder: Path) -> list[bytes]:
+        folder.mkdir()
+        plot_curves(history, folder / "curve.png")
+        plot_samples(images, truths, folder / "sample.png", titles=["a_1", "b"])
+        plot_predictions(images, truths, preds, folder / "seg_sample.png", ["a_1", "b"])
+        return [(folder / n).read_bytes() for n in ("curve.png", "sample.png", "seg_sample.png")]
+
+    plain = draw(tmp_path / "plain")
+    with matplotlib.rc_context({"font.size": 31, "lines.linewidth": 9,
+                                "figure.facecolor": "red", "axes.grid": True}):
+        assert draw(tmp_path / "styled") == plain
+    with matplotlib.rc_context({"text.usetex": True}):
+        assert draw(tmp_path / "usetex") == plain
+    assert not matplotlib.rcParams["text.usetex"]      # the caller's settings are back
+
 def test_names_with_bytes_that_are_no_utf8_are_shown(tmp_path: Path) -> None:
     """A frame or folder name with bytes that are no UTF-8 (Python's surrogate escapes) ended a
     finished run at its report: matplotlib refused the title, the page could not be encoded."""

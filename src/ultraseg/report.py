@@ -2,7 +2,8 @@
 
 :func:`overlay` needs numpy only (``ultraseg predict --overlay`` calls it per frame).
 The plotting functions import matplotlib lazily and draw on a ``matplotlib.figure.Figure`` with
-the Agg canvas, so importing this module is cheap and no global pyplot state is touched. Every
+the Agg canvas in matplotlib's default style, so importing this module is cheap, no global
+pyplot state is touched and the caller's rcParams change nothing. Every
 file is written atomically (figure -> bytes -> :func:`ultraseg.fileio.atomic_write_bytes`).
 
 Colours (Okabe and Ito's, told apart with any colour vision): ground-truth outlines sky blue,
@@ -11,12 +12,14 @@ predicted outlines orange, pixels on both outlines white.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +183,22 @@ def measure_overlay(image: np.ndarray, mask: np.ndarray, ellipse: Sequence[float
 # --------------------------------------------------------------------------------------------
 
 
+_STYLE_LOCK = threading.Lock()
+
+
+def _house_style(draw: Callable[..., None]) -> Callable[..., None]:
+    """``draw`` in matplotlib's default style, whatever the caller's rcParams (a notebook's
+    ``text.usetex`` without LaTeX failed a finished run at its report). rcParams are the
+    process's: drawings wait on one another, and the caller's settings are back after."""
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> None:
+        from matplotlib import style
+
+        with _STYLE_LOCK, style.context("default"):
+            draw(*args, **kwargs)
+    return drawn
+
+
 def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -235,6 +254,7 @@ def kept_row(history: Sequence[Mapping[str, Any]], best_epoch: int | None) -> in
     return next((i for i, row in enumerate(history) if _num(row.get("epoch")) == best_epoch), -1)
 
 
+@_house_style
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
                 best_epoch: int | None = None) -> None:
     """Write the learning curves (``curve.png``) of a training history.
@@ -322,6 +342,7 @@ def _grid(fig_count: int) -> tuple[int, int]:
     return max(1, math.ceil(fig_count / max(cols, 1))), max(cols, 1)
 
 
+@_house_style
 def _draw_panels(
     panels: list[np.ndarray], titles: list[str], path: str | Path, suptitle: str
 ) -> None:
