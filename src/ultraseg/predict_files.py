@@ -28,7 +28,8 @@ from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, output_loc
 from .io import (IMAGE_EXTENSIONS, Sample, file_sample, frame_tag, scan_dataset,
                  select_label, split_frames)
 from .io.readers import Unpaired, subfolders
-from .io.base import (OUTPUT_MARKER, check_label, in_output_folder, mark_output_folder,
+from .io.base import (OUTPUT_MARKER, check_label, close_kept, in_output_folder,
+                      mark_output_folder,
                       warn_outputs_left_out)
 from .io.dicom import is_dicom
 from .postprocess import apply as apply_postprocess
@@ -261,9 +262,12 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
             pending.append((frame, image))
             yield image
 
-    for prob in predictor.predict_proba_many(images()):
-        frame, image = pending.popleft()
-        yield frame, image, prob
+    try:
+        for prob in predictor.predict_proba_many(images()):
+            frame, image = pending.popleft()
+            yield frame, image, prob
+    finally:    # done, or stopped: a loop kept open for its next frame is closed
+        close_kept()
 
 
 def encode_mask(mask: np.ndarray, fmt: str = "png") -> bytes:

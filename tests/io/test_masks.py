@@ -506,6 +506,33 @@ def test_at_most_one_loop_a_thread_is_kept_open(tmp_path: Path, ext: str) -> Non
     assert _files_open(b) == []
 
 
+
+@pytest.mark.parametrize("ext", ["tif", "png"])
+def test_a_kept_loop_is_closed_by_any_other_read_and_when_prediction_stops(
+        tmp_path: Path, ext: str) -> None:
+    """A loop read up to frame 1 stayed open however many single images were read after it,
+    though the README says another file's read closes it, and a write_predictions stopped by
+    an error kept it open (a deleted loop's disk space held) until another loop was read."""
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.predict import Predictor
+    from ultraseg.predict_files import collect_frames, iter_probabilities
+
+    frames = [np.full((16, 20), 10 * k, np.uint8) for k in range(4)]
+    loop = _loop(tmp_path / f"a.{ext}", frames)
+    single = _save(tmp_path / "single.png", frames[2])
+    assert np.array_equal(read_image(loop, frame=1), frames[1])
+    assert _files_open(loop)
+    read_image(single)
+    assert _files_open(loop) == []
+
+    predictor = Predictor(lambda batch: batch, ModelConfig(variant="same", depth=1),
+                          PreprocessConfig(size=None), batch_size=1)
+    probs = iter_probabilities(predictor, collect_frames([loop]))
+    next(probs)                                 # the loop's first frames read, then an error
+    assert _files_open(loop)
+    probs.close()
+    assert _files_open(loop) == []
+
 def test_an_image_beyond_pillows_size_guard_is_a_data_error(tmp_path: Path,
                                                              monkeypatch) -> None:
     """Pillow's guard against decompression bombs raised an error that is no OSError: an

@@ -107,8 +107,17 @@ def _pages(im: Image.Image) -> int:
 
 #: Per thread, the file of several frames last read by frame, kept open for the frames after
 #: it (predict reads a loop frame after frame): (file key, its image, the frame last read).
-#: One a thread: reading another file's frame closes it, and so does reading its last frame.
+#: One a thread: reading another file closes it, and so does reading its last frame.
 _kept = threading.local()
+
+
+def close_kept() -> None:
+    """Close the loop this thread keeps open for its next frame (:data:`_kept`), if any: for
+    a read of another file, and for a caller done reading frames (or stopped by an error)."""
+    last = getattr(_kept, "entry", None)
+    _kept.entry = None
+    if last is not None:
+        last[1].close()
 
 
 def _file_key(path: Path, st: os.stat_result) -> tuple[Any, ...]:
@@ -214,6 +223,7 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
             raise DataError("empty file (0 bytes)", path)
         if frame is not None:
             return _at_frame(path, st, frame)
+        close_kept()                    # another file read: the loop kept is done with
         im = _opened(path)
         try:
             _check_samples(im, path)
@@ -299,6 +309,7 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
             raise UltrasegError(f"frame must be a whole number from 0 (or None), got {frame!r}")
         frame = int(frame)
     if is_dicom(path):
+        close_kept()
         return read_dicom(path, frame=frame)
     im = _open(path, frame)
     try:
