@@ -370,3 +370,22 @@ def test_an_unlabelled_loop_counts_its_frames_and_a_labelled_one_is_a_problem(
     Image.fromarray(np.zeros((8, 10), np.uint8)).save(root / "masks" / "1_1_mask.png")
     report, problems = inspect_dataset(root)
     assert report["pairs"] == 0 and len(problems) == 1 and "holds 3 pages" in str(problems[0])
+
+
+@pytest.mark.parametrize("name", ["a\x1b[2J\x1b]0;pwned\x07b", "two\nlines"])
+def test_a_file_name_is_printed_as_text_never_as_terminal_commands(tmp_path, capsys,
+                                                                    name) -> None:
+    """A received frame named with ESC [2J cleared the screen and set the window title when
+    its error was printed (and could hide the lines above); a newline in a name split 'one
+    line per problem'. Control characters in what the CLI prints are written as \\xNN."""
+    root = tmp_path / "data"
+    _good(root)
+    p = _save(root / "images" / f"{name}.png", _img(1, 60, 80))
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    _save(root / "masks" / f"{name}_mask.png", _mask(60, 80))
+    assert main(["inspect", str(root)]) == 2
+    out, err = capsys.readouterr()
+    said = out + err
+    assert "\x1b" not in said and "\x07" not in said
+    assert err and all(line.startswith("error: ") for line in err.splitlines())
+    assert ("\\x1b[2J\\x1b]0;pwned\\x07b" if "\x1b" in name else "two\\x0alines") in err

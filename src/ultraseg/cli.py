@@ -20,10 +20,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import __version__
-from .errors import UltrasegError, is_out_of_memory
+from .errors import UltrasegError, escape_controls, is_out_of_memory
 from .fileio import json_text
 
 log = logging.getLogger("ultraseg")
@@ -223,12 +223,52 @@ def _how_to_go_on(a: argparse.Namespace) -> str:
     return f": `{again}` goes on from the last saved epoch"
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` with the characters a terminal acts on rather than shows (ESC, which starts a
+    sequence that clears the screen or sets the window title, BEL, backspace, C1 controls)
+    written as ``\\xNN``; tab, newline and carriage return (the progress bar's) are kept."""
+    return escape_controls(text, keep="\t\n\r")
+
+
+class _Printable:
+    """A text stream that writes through :func:`terminal_safe`; anything else is the
+    stream's own."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(terminal_safe(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _printable_streams() -> Iterator[None]:
+    """stdout and stderr write file names as text, never as terminal commands: a received
+    frame named ``a\\x1b[2J.png`` cleared the screen (and could set the window title, or hide
+    the error lines above it) when its error was printed."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Printable(out), _Printable(err)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     if not getattr(a, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    _print_any_path()
+    with _printable_streams():
+        return _main(a)
+
+
+def _main(a: argparse.Namespace) -> int:
     a.verbose += getattr(a, "verbose_after", 0)
     level = logging.WARNING - 10 * min(a.verbose, 2)
     if a.command == "train" and _rank_prefix() and not a.verbose \
@@ -243,7 +283,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # training logs INFO to its run's train.log;
         handler.setLevel(level)                   # the terminal shows only what -v asks for
     keep_freed_memory()  # this process is ours: no page faults on every pass's large blocks
-    _print_any_path()
     try:
         with _sigterm_as_interrupt():
             return a.func(a)

@@ -3,8 +3,18 @@ the CLI prints its message, each line as ``error: ...``, and exits with code 2. 
 a bug: exit 1."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """``text`` with its control characters but those in ``keep`` written as ``\\xNN``: a file
+    name that holds a newline or an escape sequence is shown as text, on one line."""
+    return _CONTROLS.sub(lambda m: m.group() if m.group() in keep
+                         else f"\\x{ord(m.group()):02x}", text)
 
 
 class UltrasegError(Exception):
@@ -19,7 +29,7 @@ class UltrasegError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        super().__init__(f"{escape_controls(self.path)}: {message}" if self.path else message)
         self.message = message
 
 
