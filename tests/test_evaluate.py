@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -737,3 +738,26 @@ def test_a_null_measure_entry_in_a_checkpoint_is_no_crash(data, tmp_path) -> Non
     summary, _ = evaluate(load(tmp_path / "m.ckpt", device="cpu"), data, "folders",
                           pixel_size_mm=0.1)
     assert summary["n"] == 50
+
+
+def test_names_that_a_spreadsheet_would_run_are_written_as_text(data, tmp_path) -> None:
+    """A received frame named `=HYPERLINK("evil.example","y").png` went into per_image.csv (and
+    measure's measurements.csv) as it was, which Excel and LibreOffice run as a formula
+    opened. A text cell starting with = + - @ (or a tab or carriage return) now starts with
+    an apostrophe, which they show as text; numbers are written as they are."""
+    from ultraseg.predict_files import measurements_csv
+
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    name = '=HYPERLINK("evil.example","y")'
+    for folder, suffix in (("images", ""), ("masks", "_mask")):
+        (root / folder / f"1_1{suffix}.png").rename(root / folder / f"{name}{suffix}.png")
+    out = tmp_path / "ev"
+    evaluate(_constant_predictor(0.0), root, "folders", out=out)
+    with open(out / "per_image.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert "'" + name in {r["name"] for r in table}
+    assert all(not r[k].startswith(("=", "+", "-", "@")) for r in table for k in r)
+    text = measurements_csv([{"name": "@SUM(1)", "frame": 2, "area_px": -1.5}])
+    assert text.splitlines()[1].startswith("'@SUM(1),,2,")
+    assert ",-1.5," in text                   # a negative number stays a number

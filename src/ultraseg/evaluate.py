@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError
-from .fileio import atomic_write_text, json_text
+from .fileio import atomic_write_text, csv_cell, json_text
 from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .logs import quiet
 from .measure import check_pixel_size, measure
@@ -355,15 +355,9 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
     for r in rows:
-        w.writerow({k: _cell(r.get(k)) for k in keys})
+        w.writerow({k: csv_cell(r.get(k)) for k in keys})
     atomic_write_text(out / "per_image.csv", buf.getvalue())
     atomic_write_text(out / "summary.json", json_text(summary, indent=2))
-
-
-def _cell(v: Any) -> Any:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return "" if v is None else v
 
 
 def format_summary(summary: dict[str, Any]) -> str:

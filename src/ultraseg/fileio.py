@@ -160,6 +160,23 @@ def json_text(value: Any, indent: int | None = None) -> str:
     return json.dumps(clean(value), indent=indent, allow_nan=False, default=lambda _: None)
 
 
+
+#: What starts a formula in Excel and LibreOffice (a tab or carriage return before one too).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell of ultraseg's tables: None and NaN empty, floats to 6
+    significant digits, and text that a spreadsheet would run as a formula (a received
+    frame named ``=HYPERLINK(...)``) after an apostrophe, which it shows as text."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
 # ------------------------------------------------------------------ one command per folder
 #: The file a command holds locked in its output folder while it runs (:func:`output_lock`):
 #: hidden, no image and no run file, and gone again when the command ends.

@@ -13,7 +13,6 @@ import contextlib
 import csv
 import io
 import logging
-import math
 import os
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError, UltrasegError
-from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, output_lock
+from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock
 from .io import (IMAGE_EXTENSIONS, Sample, file_sample, frame_tag, scan_dataset,
                  select_label, split_frames)
 from .io.readers import Unpaired, subfolders
@@ -621,13 +620,5 @@ def measurements_csv(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=list(MEASURE_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: _cell(r.get(k)) for k in MEASURE_COLUMNS})
+        writer.writerow({k: csv_cell(r.get(k)) for k in MEASURE_COLUMNS})
     return buf.getvalue()
-
-
-def _cell(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return v
