@@ -412,3 +412,113 @@ def test_pydicom_3_0_0_is_refused_before_it_is_imported(tmp_path, monkeypatch) -
     with pytest.raises(DataError, match=r"pydicom 3\.0\.0 .*internet.*pydicom>=3\.0\.1"):
         dicom._pydicom(tmp_path / "a.dcm")
     assert not imported
+
+
+def _patched(path: Path, good: bytes, old: bytes, new: bytes) -> Path:
+    """``good`` (a DICOM file's bytes) with its one ``old`` replaced by ``new``, at ``path``."""
+    assert good.count(old) == 1
+    path.write_bytes(good.replace(old, new))
+    return path
+
+
+def _nested(path: Path, good: bytes, depth: int) -> Path:
+    """``good`` with a sequence of items nested ``depth`` deep before its SamplesPerPixel."""
+    import struct
+
+    opened = (struct.pack("<HH", 0x0008, 0x1115) + b"SQ\0\0" + struct.pack("<I", 0xFFFFFFFF)
+              + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF))
+    closed = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    i = good.index(struct.pack("<HH", 0x0028, 0x0002))
+    path.write_bytes(good[:i] + opened * depth + closed * depth + good[i:])
+    return path
+
+
+def test_any_damage_to_a_dicom_file_is_one_line_naming_it(tmp_path, capsys) -> None:
+    """One damaged DICOM file in a folder stopped every command on it as 'internal error'
+    naming no file: pydicom raised what the readers did not catch (BytesLengthException,
+    NotImplementedError, RecursionError), or the error handler itself raised ("UID is not a
+    transfer syntax"). Each is now a DataError naming its file; the others are read."""
+    from ultraseg.cli import main
+    from ultraseg.io import frame_count
+
+    d = tmp_path / "exam"
+    scan = _scan(8, 8)
+    good = make_dicom(d / "good.dcm", scan).read_bytes()
+    bad = [_patched(d / "vr.dcm", good, b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00\x55\xc0"),
+           _patched(d / "syntax.dcm", good, b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.5.1.1\0"),
+           _nested(d / "nest.dcm", good, 5000)]
+    length = bytearray(good)
+    length[138] = 10            # (0002,0000), a UL: 10 bytes long
+    (d / "length.dcm").write_bytes(bytes(length))
+    bad.append(d / "length.dcm")
+    found, problems = scan_dataset(d)
+    assert sorted(s.name for s in found.samples) == ["good", "length", "nest", "syntax", "vr"]
+    for p in bad:
+        assert frame_count(p) == 1
+        with pytest.raises(DataError) as e:
+            read_image(p)
+        assert p.name in str(e.value) and "\n" not in str(e.value)
+        with pytest.raises(DataError, match=p.name):
+            read_image(p, frame=0)
+    np.testing.assert_array_equal(read_image(d / "good.dcm"), scan)
+    assert main(["inspect", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "internal error" not in err and all(p.name in err for p in bad)
+
+
+def _declaring(path: Path, frames: int, **header) -> Path:
+    """A DICOM file of one 8x8 frame whose header says it holds ``frames``."""
+    make_dicom(path, _scan(8, 8), **header)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = frames
+    ds.save_as(path)
+    return path
+
+
+def test_a_frame_count_the_file_cannot_hold_is_refused(tmp_path) -> None:
+    """A 654-byte DICOM file saying NumberOfFrames 2147483647 had inspect and predict build a
+    sample a frame and run out of memory (blaming --batch-size). A count the file's bytes
+    cannot hold (an uncompressed frame's pixels; an encapsulated frame's 8-byte item header)
+    is now refused, naming the file; a loop that holds its frames is read."""
+    from ultraseg.io import Sample, frame_count, split_frames
+
+    for name, jpeg in (("raw.dcm", False), ("jpeg.dcm", True)):
+        p = _declaring(tmp_path / name, 2 ** 31 - 1, jpeg=jpeg)
+        assert p.stat().st_size < 2000
+        assert frame_count(p) == 1
+        assert split_frames(Sample(p.stem, p)) == [Sample(p.stem, p)]
+        for frame in (None, 0):
+            with pytest.raises(DataError, match="NumberOfFrames 2147483647, more than its "
+                                                r"\d+ bytes hold") as e:
+                read_image(p, frame=frame)
+            assert name in str(e.value)
+    short = _declaring(tmp_path / "short.dcm", 100)     # 6400 bytes of pixels: in 1 KB
+    with pytest.raises(DataError, match="NumberOfFrames 100, more than its"):
+        read_image(short, frame=0)
+    loop = _cine(tmp_path / "loop.dcm", [_scan(8, 8)] * 3)
+    assert frame_count(loop) == 3 and read_image(loop, frame=2).shape == (8, 8)
+
+
+def test_a_frame_beyond_pillows_size_guard_is_refused_before_it_is_decoded(
+        tmp_path, monkeypatch) -> None:
+    """DICOM had no guard against decompression bombs: a 389 KB deflated file of 20000 x
+    20000 pixels was decoded to 8.5 GB. Its Rows x Columns are checked before decoding, by
+    Pillow's rule for other files: beyond twice Image.MAX_IMAGE_PIXELS refused, beyond it a
+    warning."""
+    scan = _scan()
+    p = make_dicom(tmp_path / "big.dcm", scan)
+    loop = _cine(tmp_path / "loop.dcm", [scan, scan])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 56 // 2 - 1)     # twice it: refused
+    decoded = []
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda *a, **k: decoded.append(a))
+    for path, frame in ((p, None), (loop, 1)):
+        with pytest.raises(DataError, match="too large to read") as e:
+            read_image(path, frame=frame)
+        assert path.name in str(e.value)
+    assert decoded == []
+    monkeypatch.undo()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 56 - 1)          # beyond it: a warning
+    with ultraseg_warnings() as warned:
+        np.testing.assert_array_equal(read_image(p), scan)
+    (record,) = warned
+    assert "decompression bombs" in record.getMessage() and "big.dcm" in record.getMessage()

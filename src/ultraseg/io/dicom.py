@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import warnings
 from importlib import metadata
@@ -32,7 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, is_out_of_memory
 from ..logs import caught_warnings, quiet
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 _CM = 3                   # PhysicalUnitsX/YDirection: 3 is centimetres
 _TISSUE_2D = 1            # RegionSpatialFormat: 1 is a 2D (tissue or flow) region
 _SQUARE = 1e-3            # relative difference under which two spacings are one
+#: The fewest bytes a frame of encapsulated (compressed) pixel data takes in its file: each
+#: frame is at least one item, whose tag and length alone are 8 bytes.
+_ENCAPSULATED_FRAME_BYTES = 8
+#: Deflate's largest compression ratio (RFC 1951: 258 bytes a match of at most 2 bits, about
+#: 1032:1): a deflated file's pixels take at least their size over it.
+_DEFLATE_RATIO = 1032
 
 
 def is_dicom(path: Path) -> bool:
@@ -109,18 +116,96 @@ def _read(path: Path, pixels: bool) -> Any:
         raise DataError("file not found", path) from e
     except PermissionError as e:
         raise DataError("cannot read file: permission denied", path) from e
-    except (OSError, ValueError, EOFError, KeyError, AttributeError) as e:
-        raise DataError(f"unreadable or truncated DICOM file ({e})", path) from e
+    except Exception as e:      # pydicom's parsers raise what they meet: BytesLengthException,
+        # NotImplementedError (an unknown VR), RecursionError (sequences nested thousands deep)
+        if is_out_of_memory(e):
+            raise
+        raise DataError(f"unreadable or truncated DICOM file ({_said(e)})", path) from e
+
+
+def _said(error: BaseException) -> str:
+    """One line on what pydicom raised."""
+    if isinstance(error, RecursionError):
+        return "its sequences nest too deeply"
+    return " ".join(str(error).split())[:160] or type(error).__name__
 
 
 def _frames(ds: Any, path: Path) -> int:
-    """The dataset's ``NumberOfFrames`` (1 where absent), or a DataError."""
+    """The dataset's ``NumberOfFrames`` (1 where absent), or a DataError, where it is no
+    number or more than the file's bytes can hold (:func:`_least_bytes`)."""
+    raw: Any = "?"
     try:
         with _quiet_pydicom():
-            return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"its NumberOfFrames is no number ({ds.get('NumberOfFrames')!r})",
-                        path) from e
+            raw = ds.get("NumberOfFrames", 1)
+            frames = max(int(raw or 1), 1)
+    except Exception as e:      # noqa: BLE001  (a damaged element: pydicom's conversion)
+        if is_out_of_memory(e):
+            raise
+        raise DataError(f"its NumberOfFrames is no number ({raw!r})", path) from e
+    if frames > 1:
+        size = path.stat().st_size
+        if _least_bytes(ds, frames) > size:
+            # (a damaged header: each frame would be a sample, a list too long for memory)
+            raise DataError(f"its header says NumberOfFrames {frames}, more than its {size} "
+                            "bytes hold (a damaged file?)", path)
+    return frames
+
+
+def _syntax(ds: Any) -> Any:
+    """The dataset's transfer syntax UID, or None."""
+    meta = getattr(ds, "file_meta", None)
+    return meta.get("TransferSyntaxUID") if meta is not None else None
+
+
+def _is(syntax: Any, flag: str) -> bool:
+    """A transfer syntax's ``flag`` (``is_compressed``...); False for a UID that is none (on
+    which pydicom raises ValueError)."""
+    try:
+        return bool(getattr(syntax, flag, False))
+    except ValueError:
+        return False
+
+
+def _least_bytes(ds: Any, frames: int) -> int:
+    """The fewest bytes ``frames`` frames of ``ds``'s size take in a file: uncompressed, their
+    pixels (Rows x Columns x SamplesPerPixel x BitsAllocated); deflated, those over
+    :data:`_DEFLATE_RATIO`; encapsulated (or a transfer syntax not known),
+    :data:`_ENCAPSULATED_FRAME_BYTES` a frame."""
+    syntax = _syntax(ds)
+    with _quiet_pydicom():
+        bits = (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+                * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("BitsAllocated", 8) or 8))
+    raw = syntax is not None and _is(syntax, "is_transfer_syntax") \
+        and not _is(syntax, "is_encapsulated")
+    if not raw or bits <= 0:
+        return _ENCAPSULATED_FRAME_BYTES * frames
+    pixels = frames * bits // 8
+    return pixels // _DEFLATE_RATIO if _is(syntax, "is_deflated") else pixels
+
+
+#: Files whose size beyond Pillow's guard was warned of: a loop's frames say it once.
+_large_said: set[str] = set()
+
+
+def _check_size(ds: Any, path: Path) -> None:
+    """Pillow's guard against decompression bombs, on the header's Rows x Columns before
+    anything is decoded: beyond twice ``Image.MAX_IMAGE_PIXELS`` a DataError, beyond it a
+    warning (as :func:`ultraseg.io.base._opened` gives for other files)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    with _quiet_pydicom():
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if not limit or rows * cols <= limit:
+        return
+    if rows * cols > 2 * limit:
+        raise DataError(f"too large to read ({cols} x {rows} pixels, over twice Pillow's guard "
+                        f"against decompression bombs, {limit} pixels)", path)
+    key = os.path.realpath(path)
+    if key not in _large_said:
+        _large_said.add(key)
+        log.warning("%s: %d x %d pixels, beyond Pillow's guard against decompression bombs "
+                    "(%d pixels): read all the same", path, cols, rows, limit)
 
 
 def dicom_frame_count(path: str | Path) -> int:
@@ -132,18 +217,34 @@ def dicom_frame_count(path: str | Path) -> int:
 def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
     """A DICOM frame -> grayscale (H, W) uint8 (see the module docstring): the file's one
     frame, or frame ``frame`` (from 0) of a cine loop; a loop without ``frame`` is refused."""
+    path = Path(path)
+    try:
+        return _read_dicom(path, frame)
+    except DataError:
+        raise
+    except Exception as e:      # a damaged element pydicom converts when it is first used
+        if is_out_of_memory(e):
+            raise
+        raise DataError(f"unreadable DICOM file ({_said(e)})", path) from e
+
+
+def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
+    """:func:`read_dicom`, whose errors other than DataError are the file's damage."""
     from ..preprocess import to_gray     # (preprocess reads through io: imported here)
     from .base import SEVERAL_FRAMES_ADVICE, inverted, to_uint8
 
-    path = Path(path)
-    # a loop's frame is decoded alone, from the file (pydicom reads no other frame's bytes)
-    ds = _read(path, pixels=frame is None)
+    # the header first: the frame's size is checked before any pixel is read; a loop's frame
+    # is decoded alone, from the file (pydicom reads no other frame's bytes)
+    ds = _read(path, pixels=False)
     frames = _frames(ds, path)
     if frames > 1 and frame is None:
         raise DataError(f"holds {frames} frames (a cine loop?): {SEVERAL_FRAMES_ADVICE}", path)
     if frame is not None and not 0 <= frame < frames:
         raise DataError(f"holds {frames} frame{'s' * (frames != 1)}: no frame {frame} (frames "
                         "count from 0)", path)
+    _check_size(ds, path)
+    if frame is None:
+        ds = _read(path, pixels=True)
     if frame is None and "PixelData" not in ds:
         raise DataError("holds no image (no Pixel Data: a report or a structured document?)",
                         path)
@@ -209,11 +310,10 @@ def _through_voi(arr: np.ndarray, ds: Any, path: Path) -> np.ndarray | None:
 def _undecodable(ds: Any, error: Exception) -> str:
     """One line on pixels pydicom could not decode, with what to install where a decoder
     plugin is missing for a compressed transfer syntax."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    syntax = _syntax(ds)
     name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
-    reason = " ".join(str(error).split())[:160]
-    if syntax is not None and getattr(syntax, "is_compressed", False):
+    reason = _said(error)
+    if syntax is not None and _is(syntax, "is_compressed"):
         plugin = next((v for k, v in _PLUGINS.items() if k in name), None)
         if plugin and ("dependenc" in reason.lower() or "plugin" in reason.lower()):
             return (f"cannot decode its pixels ({name}): pydicom needs a decoder plugin for "
@@ -243,7 +343,9 @@ def dicom_pixel_size_mm(path: str | Path) -> float | None:
     try:
         with _quiet_pydicom():
             sizes = _header_sizes(ds)
-    except (TypeError, ValueError, AttributeError, KeyError) as e:  # an empty or odd element
+    except Exception as e:  # noqa: BLE001  (an empty or odd element: pydicom's conversion)
+        if is_out_of_memory(e):
+            raise
         log.warning("%s: its header's pixel size cannot be read (%s): none taken "
                     "(--pixel-size gives one)", path, " ".join(str(e).split())[:120])
         return None
