@@ -551,6 +551,80 @@ def test_an_image_beyond_pillows_size_guard_is_a_data_error(tmp_path: Path,
     assert "decompression bombs" in record.getMessage() and "big.png" in record.getMessage()
 
 
+
+def _damaged_second_page(path: Path) -> Path:
+    """A 2-page TIFF whose second directory lost its ImageWidth tag (renamed to a private
+    tag): Pillow raises TypeError('Missing dimensions') on counting or reaching that page."""
+    import struct
+
+    pages = [np.full((8, 8), v, np.uint8) for v in (10, 200)]
+    b = bytearray(_loop(path, pages).read_bytes())
+    first = struct.unpack_from("<I", b, 4)[0]
+    second = struct.unpack_from("<I", b, first + 2 + 12 * struct.unpack_from("<H", b, first)[0])[0]
+    for i in range(struct.unpack_from("<H", b, second)[0]):
+        if struct.unpack_from("<H", b, second + 2 + 12 * i)[0] == 256:
+            struct.pack_into("<H", b, second + 2 + 12 * i, 0xC000)
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_a_tiff_with_a_damaged_second_page_is_one_line_naming_it(tmp_path: Path,
+                                                                 capsys) -> None:
+    """A TIFF whose second directory was damaged stopped every command on its folder as
+    'internal error: TypeError: Missing dimensions' naming no file (Pillow raises TypeError
+    where it counts or reaches that page). That page's read is now a DataError naming the
+    file."""
+    from ultraseg.io import frame_count
+
+    (tmp_path / "exam").mkdir()
+    p = _damaged_second_page(tmp_path / "exam" / "loop.tif")
+    _save(tmp_path / "exam" / "good.png", (_disk() * 255).astype(np.uint8))
+    assert frame_count(p) == 1                      # (reading it says what is wrong)
+    for frame in (None, 1):
+        with pytest.raises(DataError, match="unreadable or truncated image") as e:
+            read_image(p, frame=frame)
+        assert "loop.tif" in str(e.value) and "\n" not in str(e.value)
+    assert read_image(p, frame=0)[0, 0] == 10       # its first page is whole
+    with pytest.raises(DataError, match="loop.tif"):
+        read_mask(p)
+    assert main(["inspect", str(tmp_path / "exam")]) == 2
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "loop.tif" in err
+
+
+def _declaring_frames(path: Path, frames: int) -> Path:
+    """A 2-frame animated PNG whose acTL chunk says it holds ``frames`` (its CRC made good)."""
+    import struct
+    import zlib
+
+    b = bytearray(_loop(path, [np.full((8, 8), v, np.uint8) for v in (10, 200)]).read_bytes())
+    i = b.index(b"acTL")
+    struct.pack_into(">I", b, i + 4, frames)
+    struct.pack_into(">I", b, i + 12, zlib.crc32(bytes(b[i:i + 12])))
+    path.write_bytes(bytes(b))
+    return path
+
+
+def test_a_frame_count_a_file_cannot_hold_is_refused(tmp_path: Path) -> None:
+    """A 200-byte animated PNG whose acTL said 2147483647 frames had inspect and predict
+    build a sample a frame and run out of memory (blaming --batch-size). A count of frames
+    the file's bytes cannot hold is refused, naming the file."""
+    from ultraseg.io import Sample, frame_count, split_frames
+
+    p = _declaring_frames(tmp_path / "anim.png", 2 ** 31 - 1)
+    assert p.stat().st_size < 1000
+    assert frame_count(p) == 1
+    assert split_frames(Sample("anim", p)) == [Sample("anim", p)]
+    for frame in (None, 0, 5):
+        with pytest.raises(DataError, match="says it holds 2147483647 frames, more than its "
+                                            r"\d+ bytes hold") as e:
+            read_image(p, frame=frame)
+        assert "anim.png" in str(e.value)
+    with pytest.raises(DataError, match="2147483647 frames"):
+        read_mask(p)
+    honest = _declaring_frames(tmp_path / "two.png", 2)
+    assert frame_count(honest) == 2 and read_image(honest, frame=1)[0, 0] == 200
+
 def test_16bit_image_rescaled_to_uint8(tmp_path: Path) -> None:
     ramp = np.linspace(1000, 4000, 40 * 50).reshape(40, 50).astype(np.uint16)
     p = _save(tmp_path / "img16.png", ramp)

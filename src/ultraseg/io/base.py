@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Collection, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, UltrasegError
+from ..errors import DataError, UltrasegError, is_out_of_memory
 from ..logs import caught_warnings
 from .dicom import dicom_frame_count, is_dicom, read_dicom
 
@@ -99,10 +99,25 @@ class Sample:
         return image, mask
 
 
-def _pages(im: Image.Image) -> int:
+#: The fewest bytes a frame of a file of several takes, by Pillow's format name: each frame
+#: of an animated PNG has its own fcTL chunk (12 bytes of length, type and CRC around 26 of
+#: data); any other file's frame at least 8 (a TIFF page's directory alone is more).
+_FRAME_BYTES = {"PNG": 38}
+_LEAST_FRAME_BYTES = 8
+
+
+def _pages(im: Image.Image, path: Path | None = None) -> int:
     """How many frames a Pillow image holds (a phone's MPO JPEG: one, its first is the
-    photo)."""
-    return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
+    photo). With ``path`` (its file), a DataError where that is more than the file's bytes
+    can hold (:data:`_FRAME_BYTES`): an animated PNG's header says how many frames follow,
+    and 2**31 - 1 of them would be as many samples, more than memory holds."""
+    pages = 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
+    if pages > 1 and path is not None:
+        size = path.stat().st_size
+        if pages * _FRAME_BYTES.get(str(im.format), _LEAST_FRAME_BYTES) > size:
+            raise DataError(f"says it holds {pages} frames, more than its {size} bytes hold "
+                            "(a damaged file?)", path)
+    return pages
 
 
 #: Per thread, the file of several frames last read by frame, kept open for the frames after
@@ -194,7 +209,7 @@ def _at_frame(path: Path, st: os.stat_result, frame: int) -> Image.Image:
     try:
         if at < 0 and im.format != "TIFF":
             _check_samples(im, path)
-            pages = _pages(im)
+            pages = _pages(im, path)
             if frame >= pages:
                 raise _no_frame(path, pages, frame)
         if im.format == "PNG" and _pages(im) > 1:    # a frame is drawn over those before it
@@ -227,7 +242,7 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
         im = _opened(path)
         try:
             _check_samples(im, path)
-            pages = _pages(im)
+            pages = _pages(im, path)
             if pages > 1:
                 why = (SEVERAL_FRAMES_ADVICE if kind == "image" else
                        "ultraseg reads one mask per file: save each page as its own file")
@@ -248,7 +263,10 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
                         else "file not found", path) from e
     except UnidentifiedImageError as e:
         raise DataError("not an image file Pillow can read" + _tiff_hint(path), path) from e
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
+    except Exception as e:      # Pillow's plugins raise what they meet on damaged files:
+        # OSError, ValueError, SyntaxError, EOFError, TypeError ('Missing dimensions')...
+        if is_out_of_memory(e):
+            raise
         where = f"page {frame + 1}: " if frame is not None else ""
         raise DataError(f"{where}unreadable or truncated image ({e})", path) from e
 
@@ -278,7 +296,9 @@ def _tiff_hint(path: Path) -> str:
             with caught_warnings(record=True) as cut:      # ("Corrupt EXIF data": cut short)
                 warnings.simplefilter("always")
                 tags.load(f)
-    except (OSError, SyntaxError, ValueError):
+    except Exception as e:      # noqa: BLE001  (a damaged directory: no hint)
+        if is_out_of_memory(e):
+            raise
         return ""
     if cut:
         return damaged
@@ -339,7 +359,9 @@ def _at_last_frame(im: Image.Image, frame: int) -> bool:
         return frame >= _pages(im) - 1
     try:
         im.seek(frame + 1)
-    except (OSError, ValueError, SyntaxError, EOFError):
+    except Exception as e:      # noqa: BLE001  (a damaged directory: TypeError too)
+        if is_out_of_memory(e):
+            raise
         return True
     return False
 
@@ -410,8 +432,10 @@ def frame_count(path: str | Path) -> int:
         with caught_warnings():     # (reading the frame says what is wrong)
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                return _pages(im)
-    except Exception:           # noqa: BLE001  (reading the frame raises its DataError)
+                return _pages(im, path)
+    except Exception as e:      # noqa: BLE001  (reading the frame raises its DataError)
+        if is_out_of_memory(e):
+            raise
         return 1
 
 
