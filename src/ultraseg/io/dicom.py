@@ -17,7 +17,10 @@ Pixels that are not square, or regions that disagree (a B-mode image beside a Do
 another scale), give no pixel size, with a warning: a measurement in mm would be wrong. A cine
 loop (several frames) is read one frame at a time (``frame``; ``predict`` and ``measure`` take
 each), as a multi-page TIFF is, and refused where one frame is wanted (training, evaluation);
-so is a DICOM file given as a mask (masks are image files: PNG...).
+so is a DICOM file given as a mask (masks are image files: PNG...). A file that cannot be read
+is a DataError naming it, whatever pydicom raised; so is a frame beyond Pillow's guard against
+decompression bombs (checked on the header's Rows x Columns before any pixel is read), and a
+NumberOfFrames more than the file's bytes can hold.
 """
 from __future__ import annotations
 
