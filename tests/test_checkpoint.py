@@ -520,3 +520,59 @@ def test_a_checkpoint_holding_nan_or_inf_weights_is_refused(tmp_path, capsys, wh
                    "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "NaN/inf weights" in err and "Traceback" not in err, err
+
+
+def _tiny_checkpoint(path: Path, **extra: torch.Tensor) -> Path:
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    save_checkpoint(path, {**build_model(cfg).state_dict(), **extra},
+                    make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig()))
+    return path
+
+
+def _rewrite_zip(src: Path, dst: Path, compression: int) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", compression) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+
+
+def test_torch_save_writes_its_entries_stored_not_compressed(tmp_path) -> None:
+    """What the refusal of compressed entries below rests on."""
+    path = _tiny_checkpoint(tmp_path / "m.ckpt")
+    with zipfile.ZipFile(path) as z:
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
+        assert sum(i.file_size for i in z.infolist()) <= path.stat().st_size
+
+
+def test_a_compressed_checkpoint_is_refused_before_anything_is_inflated(tmp_path,
+                                                                       monkeypatch) -> None:
+    """A checkpoint rewritten with deflate holding a 1.5 GB zero tensor is a 1.5 MB file:
+    torch.load inflated all of it (1.79 GB of memory) before 'weights do not fit', and an
+    unused 4 GiB entry cost seconds of checksum inflation on every load."""
+    from ultraseg import checkpoint as module
+
+    plain = _tiny_checkpoint(tmp_path / "plain.ckpt", junk=torch.zeros(200_000, dtype=torch.uint8))
+    bomb = tmp_path / "bomb.ckpt"
+    _rewrite_zip(plain, bomb, zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size * 4 < plain.stat().st_size     # 200 kB of zeros, deflated
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.load reached")
+
+    monkeypatch.setattr(module.torch, "load", never)
+    with pytest.raises(CheckpointError, match="compressed") as e:
+        load_checkpoint(bomb)
+    assert str(e.value).startswith(f"{bomb}: ") and "\n" not in str(e.value)
+
+
+def test_a_checkpoint_whose_entries_claim_more_than_the_file_holds_is_refused(tmp_path) -> None:
+    """An entry's size (in the zip's directory) is what a reader makes room for."""
+    import struct
+
+    path = _tiny_checkpoint(tmp_path / "m.ckpt")
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"PK\x01\x02")              # the first central directory record
+    raw[at + 24:at + 28] = struct.pack("<I", 0x7FFF0000)    # its uncompressed size
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="more than the file") as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)

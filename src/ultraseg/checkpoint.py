@@ -96,6 +96,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError("cannot read checkpoint: permission denied", path) from e
     if kind:
         raise CheckpointError(f"not a checkpoint: {kind}", path)
+    _check_entries(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -170,6 +171,28 @@ def non_finite(state_dict: Mapping[str, Any]) -> list[str]:
 def some_names(names: list[str]) -> str:
     """The first of ``names`` and how many more: "encoder.0.weight and 40 more"."""
     return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+
+
+def _check_entries(path: Path) -> None:
+    """Refuse, before torch.load inflates anything, a zip whose entries could unpack to more
+    than the file holds: a compressed entry (torch.save stores every entry as it is, so a
+    deflated one is a rewritten file, and 1.5 MB of deflate held a 1.5 GB tensor that
+    torch.load unpacked into memory), or entries whose sizes add up to more than the file."""
+    if not zipfile.is_zipfile(path):            # (a legacy pickle: torch.load reads it)
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"damaged checkpoint ({e})", path) from e
+    packed = next((i for i in entries if i.compress_type != zipfile.ZIP_STORED), None)
+    if packed is not None:
+        raise CheckpointError(f"refused: its entry {packed.filename} is compressed (torch.save "
+                              f"writes none; a compressed entry can unpack to gigabytes)", path)
+    total, size = sum(i.file_size for i in entries), path.stat().st_size
+    if total > size:
+        raise CheckpointError(f"damaged checkpoint: its entries claim {total} bytes, more than "
+                              f"the file's {size}", path)
 
 
 def _check_checksums(path: Path) -> None:
