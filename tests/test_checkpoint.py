@@ -576,3 +576,43 @@ def test_a_checkpoint_whose_entries_claim_more_than_the_file_holds_is_refused(tm
     with pytest.raises(CheckpointError, match="more than the file") as e:
         load_checkpoint(path)
     assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change", [{"width": 10**9}, {"depth": 60}, {"depth": 13},
+                                    {"width": 4097}])
+def test_a_checkpoint_describing_an_impossibly_large_model_is_refused(tmp_path, capsys,
+                                                                      change) -> None:
+    """Width 1e9 or depth 60 in a checkpoint's meta: 'internal error: RuntimeError: Storage
+    size calculation overflowed' from building the model."""
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig())
+    meta["model"].update(change)
+    path = tmp_path / "big.ckpt"
+    save_checkpoint(path, build_model(cfg).state_dict(), meta)
+    with pytest.raises(CheckpointError, match="damaged checkpoint metadata") as e:
+        load(path, device="cpu")
+    (name,) = change
+    assert str(e.value).startswith(f"{path}: ") and f"model.{name}" in str(e.value)
+    image = tmp_path / "f.png"
+    Image.fromarray(np.full((32, 32), 90, np.uint8)).save(image)
+    rc = cli.main(["predict", str(path), str(image), "--out", str(tmp_path / "p"),
+                   "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "internal error" not in err and str(path) in err, err
+
+
+def test_a_large_model_described_beside_small_weights_is_refused_before_room_is_made(
+        tmp_path) -> None:
+    """The largest model the bounds allow, described beside a tiny model's weights: room
+    for the described model's weights (hundreds of terabytes) was asked before its weights
+    were compared."""
+    from ultraseg.config import MAX_DEPTH, MAX_WIDTH
+
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig())
+    meta["model"].update(width=MAX_WIDTH, depth=MAX_DEPTH)
+    path = tmp_path / "big.ckpt"
+    save_checkpoint(path, build_model(cfg).state_dict(), meta)
+    with pytest.raises(CheckpointError, match="weights do not fit") as e:
+        build_from_checkpoint(load_checkpoint(path), path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)

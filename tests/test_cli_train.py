@@ -186,6 +186,21 @@ def test_bad_config_file_is_a_user_error(data, tmp_path, capsys, content, words)
     assert not (tmp_path / "run" / "config.json").exists()   # refused before any file
 
 
+@pytest.mark.parametrize("model, words", [({"width": 1000000000}, ["model.width", "4096"]),
+                                         ({"depth": 60}, ["model.depth", "12"])])
+def test_a_config_files_model_too_large_to_build_is_a_user_error(data, tmp_path, capsys, model,
+                                                                 words) -> None:
+    """'internal error: RuntimeError: Storage size calculation overflowed'."""
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"model": model}))
+    rc = cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--config", str(conf),
+                   "--model", "same", "--size", "32", "--cache-dir", ""])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "internal error" not in err, err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_a_runs_config_json_alone_repeats_it_from_anywhere(data, tmp_path, monkeypatch,
                                                            capsys) -> None:
     """DATA given relative to the working folder is recorded as an absolute path, so the run's

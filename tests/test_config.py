@@ -7,6 +7,8 @@ import pytest
 
 from ultraseg.augment import AUGMENTS
 from ultraseg.config import (
+    MAX_DEPTH,
+    MAX_WIDTH,
     PRESETS,
     DataConfig,
     ModelConfig,
@@ -15,6 +17,7 @@ from ultraseg.config import (
     RunConfig,
     TrainConfig,
     merge,
+    model_problem,
     parse_duration,
     preset,
 )
@@ -119,6 +122,40 @@ def test_config_built_in_python_is_type_checked_before_training() -> None:
     cfg = RunConfig(data=DataConfig(path="x"), model=ModelConfig(width="16"))  # type: ignore
     with pytest.raises(UltrasegError, match="model.width"):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("model, words", [
+    ({"width": 10**9}, ["model.width", "4096", "1000000000"]),
+    ({"width": 4097}, ["model.width", "4096"]),
+    ({"depth": 60}, ["model.depth", "12", "60"]),
+    ({"depth": 13}, ["model.depth", "12"]),
+    ({"width": 0}, ["model.width", "0"]),
+])
+def test_model_width_and_depth_have_bounds(model, words) -> None:
+    """Width 1e9 or depth 60 overflowed torch's storage size as the model was built:
+    'internal error: RuntimeError: Storage size calculation overflowed'."""
+    from ultraseg.model import build_model
+    from ultraseg.train import check_config
+
+    cfg = RunConfig(data=DataConfig(path="x"), preprocess=PreprocessConfig(size=None),
+                    model=ModelConfig(variant="same", **model))
+    with pytest.raises(UltrasegError) as e:
+        check_config(cfg)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    with pytest.raises(UltrasegError):
+        build_model(cfg.model)
+    assert model_problem(cfg.model) is not None
+
+
+def test_the_largest_model_the_bounds_allow_builds_without_memory() -> None:
+    import torch
+
+    from ultraseg.model import build_model
+
+    model = ModelConfig(variant="same", width=MAX_WIDTH, depth=MAX_DEPTH)
+    assert model_problem(model) is None
+    with torch.device("meta"):
+        build_model(model)
 
 
 @pytest.mark.parametrize("doc, words", [

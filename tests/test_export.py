@@ -244,6 +244,27 @@ def test_valid_export_whose_tile_metadata_does_not_fit_its_graph(exported, tmp_p
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("name, depth, words", [
+    ("same", 3, "multiple_of"), ("same", 10, "multiple_of"), ("same", 20, "model.depth"),
+    ("same", 1000, "model.depth"), ("valid", 1000, "model.depth")])
+def test_an_export_whose_model_depth_does_not_fit_its_graph_is_refused(exported, tmp_path,
+                                                                        name, depth, words):
+    """Depth 20 in the metadata of a depth-2 export: frames padded to multiples of 2**20,
+    'Unable to allocate 4.00 TiB' with advice about --batch-size; depth 1000: 'internal
+    error: TypeError: pad_width'."""
+    model = onnx.load(str(exported[name][1]))
+    entry = next(e for e in model.metadata_props if e.key == "ultraseg")
+    meta = json.loads(entry.value)
+    meta["model"]["depth"] = depth
+    entry.value = json.dumps(meta)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(CheckpointError, match="damaged ultraseg metadata") as err:
+        load(path)
+    assert words in str(err.value)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 def test_failed_export_leaves_the_target_untouched(tmp_path):
     target = tmp_path / "m.onnx"
     target.write_bytes(b"previous")

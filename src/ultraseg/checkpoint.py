@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
-                     postprocess_problem)
+                     model_problem, postprocess_problem)
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_bytes, json_text
 
@@ -142,6 +142,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         problem = postprocess_problem(ckpt.postprocess)
         if problem:
             raise ValueError(f"postprocess.{problem[0]} {problem[1]}")
+        problem = model_problem(ckpt.model)     # (a width of 1e9 overflowed the build)
+        if problem:
+            raise ValueError(f"model.{problem[0]} {problem[1]}")
     except UnknownSettings as e:
         # a setting added since this ultraseg (the format number is raised for changes
         # that older readers would misread, not for every setting added)
@@ -239,10 +242,11 @@ def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> t
         # before a combination was withdrawn: the presence head on the valid U-Net)
         raise CheckpointError(f"describes a model this version of ultraseg does not "
                               f"build ({e.message}): retrain it", path) from e
-    model = model.to_empty(device="cpu")
     if not isinstance(ckpt.state_dict, dict):
         raise CheckpointError(f"damaged checkpoint: its weights are a "
                               f"{type(ckpt.state_dict).__name__}, not named tensors", path)
+    _check_shapes(model, ckpt.state_dict, path)
+    model = model.to_empty(device="cpu")
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -253,3 +257,17 @@ def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> t
         raise CheckpointError("weights do not fit the model the checkpoint describes "
                               f"({detail[:160]})", path) from e
     return model.eval()
+
+
+def _check_shapes(model: torch.nn.Module, state_dict: dict[str, Any], path: str | Path | None
+                  ) -> None:
+    """Refuse weights of other shapes than ``model``'s (built on the meta device) before
+    room is made for the model's: a checkpoint describing a vast model beside a small
+    model's weights asked for terabytes first. Missing and unexpected names are left to
+    ``load_state_dict``, which lists them."""
+    for name, want in model.state_dict().items():
+        have = state_dict.get(name)
+        if isinstance(have, torch.Tensor) and have.shape != want.shape:
+            raise CheckpointError(f"weights do not fit the model the checkpoint describes "
+                                  f"(size mismatch for {name}: {tuple(have.shape)} in the "
+                                  f"checkpoint, {tuple(want.shape)} in the model)", path)

@@ -193,6 +193,26 @@ class ModelConfig(_Section):
     dropout: float = 0.0
 
 
+#: Upper bounds of ``ModelConfig.width`` and ``depth``, far beyond any real U-Net's (the
+#: paper's is width 64 and depth 4, nnU-Net's 2D networks 32 and 7 or 8 levels with at most
+#: 512 channels; a depth of 12 pads every frame to a multiple of 4096 pixels). The deepest
+#: block has ``width * 2**depth`` channels and a 3x3 convolution of that many squared weights:
+#: at these bounds 2.5e15 of them (10 PB, refused as memory, not built), where width 1e9 or
+#: depth 60 overflowed torch's 64-bit storage size ("Storage size calculation overflowed").
+MAX_WIDTH = 4096
+MAX_DEPTH = 12
+
+
+def model_problem(model: ModelConfig) -> tuple[str, str] | None:
+    """``(setting, what is wrong)`` for a model ``width`` or ``depth`` outside 1 to
+    :data:`MAX_WIDTH` or :data:`MAX_DEPTH`, else None (their types are check_types's)."""
+    for name, most in (("width", MAX_WIDTH), ("depth", MAX_DEPTH)):
+        v = getattr(model, name)
+        if isinstance(v, int) and not isinstance(v, bool) and not 1 <= v <= most:
+            return name, f"must be a whole number from 1 to {most}, got {v}"
+    return None
+
+
 @dataclass(frozen=True)
 class PreprocessConfig(_Section):
     """From a decoded frame to the network's input.

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .config import ModelConfig, PostprocessConfig, PreprocessConfig
+from .config import ModelConfig, PostprocessConfig, PreprocessConfig, model_problem
 from .errors import CheckpointError, UltrasegError
 from .fileio import json_text
 from .geometry import context_margin, nearest_valid_output, same_padded_size
@@ -363,6 +363,20 @@ def read_onnx_meta(session: Any, path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"damaged ultraseg metadata in the ONNX file ({e})", path) from e
 
 
+def check_graph_depth(model: ModelConfig, graph: dict[str, Any]) -> None:
+    """Raise ValueError where the metadata's model depth is out of bounds, or, on a 'same'
+    model, disagrees with the graph's ``multiple_of`` (2**depth, what frames are padded to):
+    depth 20 on a depth-2 graph padded frames to 2**20 pixels (4 TiB), depth 1000 failed
+    inside numpy."""
+    problem = model_problem(model)
+    if problem:
+        raise ValueError(f"model.{problem[0]} {problem[1]}")
+    step = graph.get("multiple_of")
+    if model.variant == "same" and step != 2**model.depth:
+        raise ValueError(f"model.depth {model.depth} does not fit the graph's multiple_of "
+                         f"{step!r}, which is 2**depth")
+
+
 def onnx_predictor(path: str | Path, providers: list[str] | None = None, **options: Any
                    ) -> Predictor:
     """A :class:`~ultraseg.predict.Predictor` running an exported ``.onnx`` file on ONNX Runtime.
@@ -391,6 +405,7 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None, **optio
         model = ModelConfig.from_dict(meta["model"])
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
         postprocess = PostprocessConfig.from_dict(meta["postprocess"])
+        check_graph_depth(model, graph)
     except Exception as e:
         raise CheckpointError(f"damaged ultraseg metadata in the ONNX file ({e})", path) from e
     inputs = sess.get_inputs()

@@ -34,7 +34,7 @@ from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, RunConfig,
-                     check_types)
+                     check_types, model_problem)
 from .data import Arrays, load_arrays, read_split, run_split, write_split
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
@@ -334,6 +334,9 @@ def check_config(cfg: RunConfig) -> None:
     if head == "auto":          # what resolve_presence_head could decide: check the head too
         head = cfg.model.variant == "same"
         mode = mode if head else "gate"     # (a mode of an 'auto' head never built: none)
+    problem = model_problem(cfg.model)  # before the bottleneck's 2**depth, and the build
+    if problem:
+        raise UltrasegError(f"model.{problem[0]} (--{problem[0]}) {problem[1]}")
     check_bottleneck(cfg.model, cfg.preprocess.size)
     with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
         build_model(replace(cfg.model, presence_head=head, presence_mode=mode))
