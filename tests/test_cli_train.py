@@ -172,6 +172,8 @@ def test_user_errors_exit_2_with_one_line_and_write_nothing(data, tmp_path, caps
     ('{"train": {"device": 5}}', ["train.device", "5"]),
     ('{"model": {"in_channels": 3}}', ["model.in_channels", "1", "grayscale"]),
     ('{"model": {"out_channels": 2}}', ["model.out_channels", "1"]),
+    # JSON nested deeper than Python reads: RecursionError, an internal error
+    ("[" * 100_000 + "]" * 100_000, ["conf.json", "nested too deeply"]),
 ])
 def test_bad_config_file_is_a_user_error(data, tmp_path, capsys, content, words) -> None:
     conf = tmp_path / "conf.json"

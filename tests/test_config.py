@@ -188,6 +188,10 @@ def test_load_of_bad_json_is_a_user_error(tmp_path) -> None:
     bad.write_text("{not json")
     with pytest.raises(UltrasegError, match="c.json"):
         RunConfig.load(bad)
+    bad.write_text("[" * 100_000 + "]" * 100_000)    # was: RecursionError, an internal error
+    with pytest.raises(UltrasegError, match="c.json") as e:
+        RunConfig.load(bad)
+    assert "nested too deeply" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UltrasegError):
         RunConfig.load(tmp_path / "missing.json")
 

@@ -343,6 +343,7 @@ def test_a_cache_key_for_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
     ('{"train": ["a"]}', "not a split file"),
     ('{"train": ["a", "b"], "val": ["b"]}', "on both sides: b"),
     ('{"train": ["a", "a"], "val": ["b"]}', "twice: a"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),   # was: RecursionError, internal
 ])
 def test_a_damaged_split_file_is_a_user_error(tmp_path: Path, content: str, words: str) -> None:
     path = tmp_path / "split.json"

@@ -312,7 +312,9 @@ def test_split_of_another_dataset_is_a_user_error(checkpoint, data, tmp_path, ca
     assert "'val' side is empty" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '{"val": 5}', '{"val": [1, 2]}', '"val"'])
+@pytest.mark.parametrize("content", ["[1, 2]", '{"val": 5}', '{"val": [1, 2]}', '"val"',
+                                     # was: RecursionError, an internal error
+                                     "[" * 100_000 + "]" * 100_000])
 def test_a_file_that_is_not_a_split_is_a_user_error(checkpoint, data, tmp_path, capsys,
                                                       content) -> None:
     bad = tmp_path / "split.json"

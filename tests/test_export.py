@@ -265,6 +265,19 @@ def test_an_export_whose_model_depth_does_not_fit_its_graph_is_refused(exported,
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+def test_an_export_whose_metadata_is_nested_too_deeply_is_refused(exported, tmp_path):
+    """JSON nested deeper than Python reads: 'internal error: RecursionError'."""
+    model = onnx.load(str(exported["same"][1]))
+    entry = next(e for e in model.metadata_props if e.key == "ultraseg")
+    entry.value = '{"onnx": {}, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(CheckpointError, match="damaged ultraseg metadata.*nested too deeply"
+                       ) as err:
+        onnx_predictor(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 def test_failed_export_leaves_the_target_untouched(tmp_path):
     target = tmp_path / "m.onnx"
     target.write_bytes(b"previous")

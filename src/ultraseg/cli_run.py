@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -13,7 +12,7 @@ from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainCon
                      merge, parse_duration, preset)
 from .cli import path_arg
 from .errors import UltrasegError
-from .fileio import json_text
+from .fileio import json_text, parse_json
 
 EXIT_OK = 0
 
@@ -115,8 +114,8 @@ def _read_config_file(path: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise UltrasegError("config file not found", path)
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = parse_json(Path(path).read_text())
+    except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
         raise UltrasegError(f"cannot read the config file ({e})", path) from e
     try:
         RunConfig.from_dict(doc)          # its shape and every value's type, naming the file
@@ -146,7 +145,7 @@ def _check_resume_args(a: argparse.Namespace) -> None:
     if a.data:
         conf = Path(a.out) / "config.json"
         try:
-            recorded = json.loads(conf.read_text())["data"]["path"]
+            recorded = parse_json(conf.read_text())["data"]["path"]
         except (OSError, ValueError, KeyError, TypeError):
             return                  # train() says what is wrong with the run folder
         if Path(a.data).resolve() != Path(recorded).resolve():

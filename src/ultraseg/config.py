@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .errors import UltrasegError
+from .fileio import parse_json
 
 T = TypeVar("T")
 
@@ -379,8 +380,8 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            doc = parse_json(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
             raise UltrasegError(f"cannot read config: {e}", path) from e
         try:
             return cls.from_dict(doc)

@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .config import PreprocessConfig
 from .errors import DataError, UltrasegError
-from .fileio import atomic_open, atomic_write_text, temporaries
+from .fileio import atomic_open, atomic_write_text, parse_json, temporaries
 from .io import Dataset, DataProblems, select_label
 from .preprocess import to_canvas
 
@@ -285,7 +285,7 @@ def read_split(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.n
     """Indices (train, val) from a split file written by :func:`write_split`; a file that is
     no such split, or lists a frame twice or on both sides, is an :class:`UltrasegError`."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = parse_json(Path(path).read_text())
         train, val = list(doc["train"]), list(doc["val"])
     except (ValueError, KeyError, TypeError) as e:
         raise UltrasegError(f"not a split file ({type(e).__name__}: {e})", path) from e

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -14,7 +13,7 @@ import numpy as np
 
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError
-from .fileio import atomic_write_text, csv_cell, json_text
+from .fileio import atomic_write_text, csv_cell, json_text, parse_json
 from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .logs import quiet
 from .measure import check_pixel_size, measure
@@ -41,7 +40,7 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
         return list(samples)
     subset = subset or "val"
     try:
-        doc = json.loads(Path(split_file).read_text())
+        doc = parse_json(Path(split_file).read_text())
         side = doc[subset] if isinstance(doc, dict) else None
         if not isinstance(side, list) or not all(isinstance(n, str) for n in side):
             raise ValueError("not a split.json: its sides are lists of frame names")
@@ -75,7 +74,7 @@ def _trained_on(predictor: Predictor) -> list[str]:
     config = _run_file(predictor, "config.json")
     if config is not None:
         try:
-            paths.append(json.loads(config.read_text())["data"]["path"])
+            paths.append(parse_json(config.read_text())["data"]["path"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
     return list(dict.fromkeys(p for p in paths if p and isinstance(p, str)))
@@ -135,7 +134,7 @@ def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path
 def _split_doc(path: str | Path) -> dict[str, Any] | None:
     """A split.json's contents, or None where it cannot be read as one."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = parse_json(Path(path).read_text())
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("train"), list) else None

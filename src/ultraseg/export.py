@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -36,7 +35,7 @@ import numpy as np
 
 from .config import ModelConfig, PostprocessConfig, PreprocessConfig, model_problem
 from .errors import CheckpointError, UltrasegError
-from .fileio import json_text
+from .fileio import json_text, parse_json
 from .geometry import context_margin, nearest_valid_output, same_padded_size
 from .logs import caught_warnings
 from .predict import (Predictor, min_prediction_tile, prediction_tile,
@@ -355,7 +354,7 @@ def read_onnx_meta(session: Any, path: str | Path) -> dict[str, Any]:
         raise CheckpointError("not an ultraseg export: the ONNX file carries no 'ultraseg' "
                               "metadata (export it with `ultraseg export`)", path)
     try:
-        meta = json.loads(props[META_KEY])
+        meta = parse_json(props[META_KEY])
         if not isinstance(meta, dict) or not isinstance(meta.get("onnx"), dict):
             raise ValueError("no 'onnx' section")
         return meta
