@@ -522,3 +522,36 @@ def test_a_frame_beyond_pillows_size_guard_is_refused_before_it_is_decoded(
         np.testing.assert_array_equal(read_image(p), scan)
     (record,) = warned
     assert "decompression bombs" in record.getMessage() and "big.dcm" in record.getMessage()
+
+
+def test_an_uncompressed_ybr_full_422_loop_holds_its_frames(tmp_path) -> None:
+    """YBR_FULL_422, which ultrasound machines write, stores 2 bytes a pixel for its 3
+    samples: the frame-count check took 3, and a valid 3-frame loop was refused as a
+    damaged file ('NumberOfFrames 3, more than its 25168 bytes hold')."""
+    from ultraseg.io import frame_count
+
+    path = make_dicom(tmp_path / "ybr.dcm", np.zeros((64, 64, 3), np.uint8), "YBR_FULL_422",
+                      frames=3)
+    ds = pydicom.dcmread(path)
+    y = np.random.default_rng(0).integers(16, 235, 3 * 64 * 64, dtype=np.uint8)
+    packed = np.full(3 * 64 * 64 * 2, 128, np.uint8)        # Y0 Y1 Cb Cr for each pair
+    packed[0::4], packed[1::4] = y[0::2], y[1::2]
+    ds.PixelData = packed.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    assert frame_count(path) == 3
+    assert read_image(path, frame=2).shape == (64, 64)
+
+
+def test_a_damaged_size_element_is_one_line_naming_the_file(tmp_path) -> None:
+    """A loop whose Columns element is 3 bytes long raised pydicom's BytesLengthException
+    from ultraseg.io.dicom_frame_count (the frame-count check reads Rows and Columns)."""
+    from ultraseg.io import dicom_frame_count
+
+    path = make_dicom(tmp_path / "rows.dcm", _scan(32, 32), frames=2)
+    data = bytearray(path.read_bytes())
+    at = data.find(bytes.fromhex("28001100") + b"US")      # (0028,0011) Columns, US, 2 bytes
+    data[at + 6:at + 8] = (3).to_bytes(2, "little")
+    data.insert(at + 10, 0)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="rows.dcm"):
+        dicom_frame_count(path)

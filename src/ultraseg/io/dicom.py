@@ -147,7 +147,13 @@ def _frames(ds: Any, path: Path) -> int:
         raise DataError(f"its NumberOfFrames is no number ({raw!r})", path) from e
     if frames > 1:
         size = path.stat().st_size
-        if _least_bytes(ds, frames) > size:
+        try:
+            least = _least_bytes(ds, frames)
+        except Exception as e:  # noqa: BLE001  (a damaged Rows, Columns...: pydicom's conversion)
+            if is_out_of_memory(e):
+                raise
+            raise DataError(f"unreadable DICOM header ({_said(e)})", path) from e
+        if least > size:
             # (a damaged header: each frame would be a sample, a list too long for memory)
             raise DataError(f"its header says NumberOfFrames {frames}, more than its {size} "
                             "bytes hold (a damaged file?)", path)
@@ -171,13 +177,17 @@ def _is(syntax: Any, flag: str) -> bool:
 
 def _least_bytes(ds: Any, frames: int) -> int:
     """The fewest bytes ``frames`` frames of ``ds``'s size take in a file: uncompressed, their
-    pixels (Rows x Columns x SamplesPerPixel x BitsAllocated); deflated, those over
+    pixels (Rows x Columns x SamplesPerPixel x BitsAllocated, half that for chroma-subsampled
+    YBR_FULL_422 and the like); deflated, those over
     :data:`_DEFLATE_RATIO`; encapsulated (or a transfer syntax not known),
     :data:`_ENCAPSULATED_FRAME_BYTES` a frame."""
     syntax = _syntax(ds)
     with _quiet_pydicom():
         bits = (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
                 * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("BitsAllocated", 8) or 8))
+        if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_") \
+                and "42" in str(ds.get("PhotometricInterpretation", "")):
+            bits //= 2  # 4:2:2 keeps 2 of 3 samples a pixel, 4:2:0 1.5: at least half
     raw = syntax is not None and _is(syntax, "is_transfer_syntax") \
         and not _is(syntax, "is_encapsulated")
     if not raw or bits <= 0:
