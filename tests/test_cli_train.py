@@ -726,12 +726,19 @@ def test_progress_goes_quiet_when_stdout_s_reader_goes(monkeypatch) -> None:
     assert said.count("training goes on") == 1, said
     show({"event": "stage", "message": "writing the report"})  # stderr itself still works
     assert stream.getvalue().endswith("writing the report ...\n")
+    gone = ProgressPrinter(_GonePipe())                # `2>&1 | head`: both streams gone
+    gone({"event": "stage", "message": "reading and caching the dataset"})
+    gone(epoch)
+    gone({"event": "stage", "message": "writing the report"})
+    assert gone.quiet and gone.err_quiet
 
 
 @pytest.mark.slow
-def test_train_finishes_when_stdout_is_a_closed_pipe(tmp_path: Path) -> None:
-    """The same from outside: stdout is a pipe whose reader has gone before the first epoch
-    line. The run trains to its end, writes its report and exits 0."""
+@pytest.mark.parametrize("both", [False, True], ids=["stdout", "stdout-and-stderr"])
+def test_train_finishes_when_stdout_is_a_closed_pipe(tmp_path: Path, both: bool) -> None:
+    """The same from outside: stdout (and, as `2>&1 | head` makes it, stderr) is a pipe whose
+    reader has gone before the first line. The run trains to its end, writes its report and
+    exits 0."""
     import subprocess
     import sys
 
@@ -743,11 +750,11 @@ def test_train_finishes_when_stdout_is_a_closed_pipe(tmp_path: Path) -> None:
         [sys.executable, "-m", "ultraseg", "train", str(data), "--out", str(run), "--preset",
          "demo", "--width", "4", "--depth", "2", "--size", "32", "--epochs", "2", "--device",
          "cpu", "--precision", "fp32", "--cache-dir", "", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if both else subprocess.PIPE, env=env)
     child.stdout.close()                                   # the reader is gone at once
-    err = child.stderr.read().decode()
+    err = "" if both else child.stderr.read().decode()
     assert child.wait(timeout=300) == 0, err
-    assert "training goes on" in err
+    assert both or "training goes on" in err
     assert (run / "report.html").is_file()
     with open(run / "metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]

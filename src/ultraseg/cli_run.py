@@ -20,34 +20,35 @@ EXIT_OK = 0
 class ProgressPrinter:
     """Renders training progress: a bar on a terminal's stderr, one line per epoch on stdout.
 
-    Where stdout's reader goes away (``ultraseg train ... | head -1``), training goes on to
-    its end: the printer says so once on stderr and stdout is sent to the null device (the
-    run's epochs are in its metrics.csv and train.log); a display is no reason to lose a run.
+    Where the reader of stdout or stderr goes away (``ultraseg train ... | head -1``, or
+    ``2>&1 | head``), training goes on to its end: the printer says so once where stderr still
+    has a reader, and the stream gone is sent to the null device (the run's epochs are in its
+    metrics.csv and train.log); a display is no reason to lose a run.
     """
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.quiet = False          # stdout's reader has gone
+        self.err_quiet = False      # stderr's has
 
     def __call__(self, e: dict[str, Any]) -> None:
         if e["event"] == "batch" and self.tty:
             done = e["batch"] / e["batches"]
             eta = e["elapsed"] / done - e["elapsed"] if done else 0
             bar = "#" * int(30 * done)
-            self.stream.write(f"\repoch {e['epoch']}/{e['epochs']} [{bar:<30}] "
-                              f"{e['batch']}/{e['batches']} loss {e['loss']:.4f} ETA {eta:4.0f}s ")
-            self.stream.flush()
+            self._err(f"\repoch {e['epoch']}/{e['epochs']} [{bar:<30}] "
+                      f"{e['batch']}/{e['batches']} loss {e['loss']:.4f} ETA {eta:4.0f}s ")
         elif e["event"] == "epoch":
             if self.tty:
-                self.stream.write("\r" + " " * 90 + "\r")
+                self._err("\r" + " " * 90 + "\r")
             partial = "" if e["complete"] else "  (partial: time limit)"
             val = ("" if math.isnan(e["val_dice"]) else  # NaN: no validation split
                    f"val loss {e['val_loss']:.4f}  val Dice {e['val_dice']:.4f}  ")
             self._out(f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f}  "
                       f"{val}({e['seconds']:.0f} s){partial}")
         elif e["event"] == "stage":
-            print(e["message"] + " ...", file=self.stream, flush=True)
+            self._err(e["message"] + " ...\n")
 
     def _out(self, line: str) -> None:
         if self.quiet:
@@ -56,16 +57,27 @@ class ProgressPrinter:
             print(line, flush=True)
         except BrokenPipeError:
             self.quiet = True
-            _stdout_to_null()
-            print("note: stdout's reader has gone; training goes on (its epochs: metrics.csv "
-                  "and train.log in the run folder)", file=self.stream, flush=True)
+            _to_null(sys.stdout)
+            self._err("note: stdout's reader has gone; training goes on (its epochs: "
+                      "metrics.csv and train.log in the run folder)\n")
+
+    def _err(self, text: str) -> None:
+        if self.err_quiet:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            self.err_quiet = True
+            _to_null(self.stream)
 
 
-def _stdout_to_null() -> None:
-    """Point stdout's file descriptor at the null device: what is still buffered for it, and
-    whatever is printed later, goes nowhere instead of failing again."""
+def _to_null(stream: Any) -> None:
+    """Point ``stream``'s file descriptor at the null device: what is still buffered for it,
+    and whatever is written later (by print, or a log handler holding it), goes nowhere
+    instead of failing again."""
     try:
-        fd = sys.stdout.fileno()
+        fd = stream.fileno()
     except (AttributeError, OSError, ValueError):     # not a file (a test's capture)
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
