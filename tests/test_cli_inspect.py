@@ -389,3 +389,21 @@ def test_a_file_name_is_printed_as_text_never_as_terminal_commands(tmp_path, cap
     assert "\x1b" not in said and "\x07" not in said
     assert err and all(line.startswith("error: ") for line in err.splitlines())
     assert ("\\x1b[2J\\x1b]0;pwned\\x07b" if "\x1b" in name else "two\\x0alines") in err
+
+
+def test_a_warning_naming_a_file_is_one_line_whatever_the_name(tmp_path) -> None:
+    """A float frame named 'f\\nerror: fake line.tif' made its warning print as a warning
+    line and a faked 'error:' line: control characters in log lines are written as \\xNN
+    too (a subprocess: the CLI sets up the process's log handler once)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    frame = (np.random.default_rng(0).random((20, 24)) * 1.6 - 0.3).astype(np.float32)
+    Image.fromarray(frame).save(folder / "f\nerror: fake line.tif")
+    proc = subprocess.run([sys.executable, "-m", "ultraseg", "inspect", str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("WARNING ultraseg.io.base: ") and "f\\x0aerror: fake line.tif" in line

@@ -230,6 +230,14 @@ def terminal_safe(text: str) -> str:
     return escape_controls(text, keep="\t\n\r")
 
 
+
+class _OneLine(logging.Formatter):
+    """A log line whose message (a file name in it) holds no control character, a newline
+    included: a frame named 'f\\nerror: fake.tif' printed a warning and a faked error line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record), keep="\t")
+
 class _Printable:
     """A text stream that writes through :func:`terminal_safe`; anything else is the
     stream's own."""
@@ -276,8 +284,9 @@ def _main(a: argparse.Namespace) -> int:
         level = logging.ERROR     # ranks > 0 of a torchrun job: rank 0 says what all would
     # -v is ultraseg's own INFO, -v -v its DEBUG; other libraries keep to their warnings
     # (at DEBUG, matplotlib's font search and Pillow's chunk-by-chunk reading drowned ours)
-    logging.basicConfig(level=max(level, logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=max(level, logging.WARNING), handlers=[handler])
     if level < logging.WARNING:
         logging.getLogger("ultraseg").setLevel(level)
     for handler in logging.getLogger().handlers:  # training logs INFO to its run's train.log;
