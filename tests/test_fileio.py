@@ -259,7 +259,8 @@ import os, sys, time
 from ultraseg.fileio import output_lock
 with output_lock(sys.argv[1], "train"):
     child = os.fork()
-    if child == 0:
+    if child == 0:                      # (the at-fork handlers have run once fork returns)
+        print("forked", flush=True)
         time.sleep(60)
         os._exit(0)
     print(child, flush=True)
@@ -278,7 +279,10 @@ def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path: Path) -> None:
     child = None
     try:
         assert proc.stdout is not None
-        child = int(proc.stdout.readline())
+        # the parent's line (the child's pid) and the child's, once its at-fork handler ran,
+        # in either order: the lock was tried before that at times (a flaky failure)
+        lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}
+        child = int((lines - {"forked"}).pop())
         proc.kill()
         proc.wait(30)
         os.kill(child, 0)                       # the child lives on
