@@ -223,12 +223,26 @@ def _how_to_go_on(a: argparse.Namespace) -> str:
     return f": `{again}` goes on from the last saved epoch"
 
 
+
+def to_null(stream: Any) -> None:
+    """Point ``stream``'s file descriptor at the null device, once its reader has gone: what
+    is still buffered for it, and whatever is written later (by print, or a log handler
+    holding it), goes nowhere instead of failing again."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):     # not a file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
 def terminal_safe(text: str) -> str:
     """``text`` with the characters a terminal acts on rather than shows (ESC, which starts a
     sequence that clears the screen or sets the window title, BEL, backspace, C1 controls)
     written as ``\\xNN``; tab, newline and carriage return (the progress bar's) are kept."""
     return escape_controls(text, keep="\t\n\r")
-
 
 
 class _OneLine(logging.Formatter):
@@ -237,6 +251,7 @@ class _OneLine(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape_controls(super().formatMessage(record), keep="\t")
+
 
 class _Printable:
     """A text stream that writes through :func:`terminal_safe`; anything else is the
@@ -302,8 +317,7 @@ def _main(a: argparse.Namespace) -> int:
     except BrokenPipeError:
         # the reader of stdout went away (`ultraseg inspect DATA | head -1`): no bug, nothing
         # more to say; stdout goes to devnull so that its flush at exit does not fail again
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        to_null(sys.stdout)
         return EXIT_BROKEN_PIPE
     except OSError as e:
         if e.errno not in USER_ERRNOS:

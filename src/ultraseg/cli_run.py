@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
                      merge, parse_duration, preset)
-from .cli import path_arg
+from .cli import path_arg, to_null
 from .errors import UltrasegError
 from .fileio import json_text, parse_json
 
@@ -57,7 +56,7 @@ class ProgressPrinter:
             print(line, flush=True)
         except BrokenPipeError:
             self.quiet = True
-            _to_null(sys.stdout)
+            to_null(sys.stdout)
             self._err("note: stdout's reader has gone; training goes on (its epochs: "
                       "metrics.csv and train.log in the run folder)\n")
 
@@ -69,22 +68,7 @@ class ProgressPrinter:
             self.stream.flush()
         except BrokenPipeError:
             self.err_quiet = True
-            _to_null(self.stream)
-
-
-def _to_null(stream: Any) -> None:
-    """Point ``stream``'s file descriptor at the null device: what is still buffered for it,
-    and whatever is written later (by print, or a log handler holding it), goes nowhere
-    instead of failing again."""
-    try:
-        fd = stream.fileno()
-    except (AttributeError, OSError, ValueError):     # not a file (a test's capture)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
+            to_null(self.stream)
 
 
 # ---------------------------------------------------------------- train

@@ -169,7 +169,6 @@ def json_text(value: Any, indent: int | None = None) -> str:
     return json.dumps(clean(value), indent=indent, allow_nan=False, default=lambda _: None)
 
 
-
 #: What starts a formula in Excel and LibreOffice (a tab or carriage return before one too).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -185,6 +184,7 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value
+
 
 # ------------------------------------------------------------------ one command per folder
 #: The file a command holds locked in its output folder while it runs (:func:`output_lock`):
