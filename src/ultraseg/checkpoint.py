@@ -96,7 +96,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError("cannot read checkpoint: permission denied", path) from e
     if kind:
         raise CheckpointError(f"not a checkpoint: {kind}", path)
-    _check_entries(path)
+    _check_zip(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -111,7 +111,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except Exception as e:  # zip/pickle errors of every kind: truncated, text, random bytes
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise CheckpointError(f"truncated or not a checkpoint ({first})", path) from e
-    _check_checksums(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError("not an ultraseg checkpoint (weights of another model?)", path)
     try:
@@ -176,35 +175,29 @@ def some_names(names: list[str]) -> str:
     return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
-def _check_entries(path: Path) -> None:
-    """Refuse, before torch.load inflates anything, a zip whose entries could unpack to more
-    than the file holds: a compressed entry (torch.save stores every entry as it is, so a
-    deflated one is a rewritten file, and 1.5 MB of deflate held a 1.5 GB tensor that
-    torch.load unpacked into memory), or entries whose sizes add up to more than the file."""
-    if not zipfile.is_zipfile(path):            # (a legacy pickle: torch.load reads it)
+def _check_zip(path: Path) -> None:
+    """The checks of a checkpoint's zip that torch.load does not make, before it inflates
+    anything; a legacy pickle has none of them.
+
+    A compressed entry is refused (torch.save stores every entry as it is, so a deflated one
+    is a rewritten file: 1.5 MB of deflate held a 1.5 GB tensor that torch.load unpacked into
+    memory), and so are entries whose sizes add up to more than the file. Then each entry's
+    CRC-32, which torch.load does not check either: a byte flipped in the weights (a bad
+    disk, a copy gone wrong) loaded in silence."""
+    if not zipfile.is_zipfile(path):
         return
     try:
         with zipfile.ZipFile(path) as z:
             entries = z.infolist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(f"damaged checkpoint ({e})", path) from e
-    packed = next((i for i in entries if i.compress_type != zipfile.ZIP_STORED), None)
-    if packed is not None:
-        raise CheckpointError(f"refused: its entry {packed.filename} is compressed (torch.save "
-                              f"writes none; a compressed entry can unpack to gigabytes)", path)
-    total, size = sum(i.file_size for i in entries), path.stat().st_size
-    if total > size:
-        raise CheckpointError(f"damaged checkpoint: its entries claim {total} bytes, more than "
-                              f"the file's {size}", path)
-
-
-def _check_checksums(path: Path) -> None:
-    """A zip written by torch.save keeps a CRC-32 of each entry, which torch.load does not
-    check: a byte flipped in the weights (a bad disk, a copy gone wrong) loaded in silence."""
-    if not zipfile.is_zipfile(path):            # (a legacy pickle holds no checksums)
-        return
-    try:
-        with zipfile.ZipFile(path) as z:
+            packed = next((i for i in entries if i.compress_type != zipfile.ZIP_STORED), None)
+            if packed is not None:
+                raise CheckpointError(f"refused: its entry {packed.filename} is compressed "
+                                      f"(torch.save writes none; a compressed entry can "
+                                      f"unpack to gigabytes)", path)
+            total, size = sum(i.file_size for i in entries), path.stat().st_size
+            if total > size:
+                raise CheckpointError(f"damaged checkpoint: its entries claim {total} bytes, "
+                                      f"more than the file's {size}", path)
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"damaged checkpoint ({e})", path) from e
