@@ -172,9 +172,26 @@ def _opened(path: Path) -> Image.Image:
         warnings.simplefilter("always", Image.DecompressionBombWarning)
         im = Image.open(path)
     if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
-        log.warning("%s: %d x %d pixels, beyond Pillow's guard against decompression bombs "
-                    "(%d pixels): read all the same", path, *im.size, Image.MAX_IMAGE_PIXELS)
+        _say_beyond_guard(path, *im.size)
     return im
+
+
+def check_size_guard(path: Path, width: int, height: int) -> None:
+    """Pillow's guard against decompression bombs, on a frame's size read before anything is
+    decoded (a DICOM header's Rows and Columns): beyond twice ``Image.MAX_IMAGE_PIXELS`` a
+    DataError, beyond it the warning :func:`_opened` gives for Pillow's own files."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if not limit or width * height <= limit:
+        return
+    if width * height > 2 * limit:
+        raise DataError(f"too large to read ({width} x {height} pixels, over twice Pillow's "
+                        f"guard against decompression bombs, {limit} pixels)", path)
+    _say_beyond_guard(path, width, height)
+
+
+def _say_beyond_guard(path: Path, width: int, height: int) -> None:
+    say_of_file(path, "large", f"{width} x {height} pixels, beyond Pillow's guard against "
+                f"decompression bombs ({Image.MAX_IMAGE_PIXELS} pixels): read all the same")
 
 
 def _check_samples(im: Image.Image, path: Path) -> None:
@@ -450,8 +467,8 @@ UNIT_FLOAT_BOUNDS = (-0.5, 2.0)
 #: values are many more, is warned of: it was scaled neither to [0, 1] nor to 0..255.
 FEW_GREY_LEVELS = 8
 
-#: Files whose float scale was warned of, by kind: a loop's frames say it once.
-_scale_said: set[tuple[str, str]] = set()
+#: Files warned of, by the kind of warning (:func:`say_of_file`): a loop's frames say it once.
+_said_of_files: set[tuple[str, str]] = set()
 
 
 def to_uint8(image: np.ndarray, path: str | Path | None = None) -> np.ndarray:
@@ -475,7 +492,7 @@ def to_uint8(image: np.ndarray, path: str | Path | None = None) -> np.ndarray:
     floats = image.dtype.kind == "f"
     if floats and UNIT_FLOAT_BOUNDS[0] <= lo and hi <= UNIT_FLOAT_BOUNDS[1]:
         if lo < -UNIT_FLOAT_SLACK or hi > 1.0 + UNIT_FLOAT_SLACK:
-            _say_scale(path, "unit", f"float values {lo:g}..{hi:g}, past [0, 1] by more than "
+            say_of_file(path, "unit", f"float values {lo:g}..{hi:g}, past [0, 1] by more than "
                        f"{UNIT_FLOAT_SLACK:g} (a resize's ringing?): read as a [0, 1] frame, "
                        "clipped to it")
         return np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
@@ -495,19 +512,19 @@ def _say_few_greys(x: np.ndarray, out: np.ndarray, path: str | Path | None) -> N
         return
     values = np.unique(x).size
     if values > 4 * levels:
-        _say_scale(path, "few", f"float values {x.min():g}..{x.max():g}, read as 0..255, "
+        say_of_file(path, "few", f"float values {x.min():g}..{x.max():g}, read as 0..255, "
                    f"round to {levels} grey levels (of {values} values): scale it to [0, 1] "
                    "or 0..255")
 
 
-def _say_scale(path: str | Path | None, kind: str, what: str) -> None:
-    """Warn of a float frame's scale: once a file (``kind`` tells the warnings apart), each
-    time for an array."""
+def say_of_file(path: str | Path | None, kind: str, what: str) -> None:
+    """Warn of a frame (a float scale, a size beyond Pillow's guard): once a file (``kind``
+    tells the warnings apart), each time for an array (``path`` None)."""
     if path is not None:
         key = (os.path.realpath(path), kind)
-        if key in _scale_said:
+        if key in _said_of_files:
             return
-        _scale_said.add(key)
+        _said_of_files.add(key)
     log.warning("%s: %s", path if path is not None else "a float frame (an array)", what)
 
 

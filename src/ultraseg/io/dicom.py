@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sys
 import warnings
 from importlib import metadata
@@ -196,29 +195,14 @@ def _least_bytes(ds: Any, frames: int) -> int:
     return pixels // _DEFLATE_RATIO if _is(syntax, "is_deflated") else pixels
 
 
-#: Files whose size beyond Pillow's guard was warned of: a loop's frames say it once.
-_large_said: set[str] = set()
-
-
 def _check_size(ds: Any, path: Path) -> None:
-    """Pillow's guard against decompression bombs, on the header's Rows x Columns before
-    anything is decoded: beyond twice ``Image.MAX_IMAGE_PIXELS`` a DataError, beyond it a
-    warning (as :func:`ultraseg.io.base._opened` gives for other files)."""
-    from PIL import Image
+    """Pillow's guard against decompression bombs on the header's Rows x Columns, before
+    anything is decoded (:func:`ultraseg.io.base.check_size_guard`)."""
+    from .base import check_size_guard
 
-    limit = Image.MAX_IMAGE_PIXELS
     with _quiet_pydicom():
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if not limit or rows * cols <= limit:
-        return
-    if rows * cols > 2 * limit:
-        raise DataError(f"too large to read ({cols} x {rows} pixels, over twice Pillow's guard "
-                        f"against decompression bombs, {limit} pixels)", path)
-    key = os.path.realpath(path)
-    if key not in _large_said:
-        _large_said.add(key)
-        log.warning("%s: %d x %d pixels, beyond Pillow's guard against decompression bombs "
-                    "(%d pixels): read all the same", path, cols, rows, limit)
+    check_size_guard(path, cols, rows)
 
 
 def dicom_frame_count(path: str | Path) -> int:
