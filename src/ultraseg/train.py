@@ -1032,7 +1032,6 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     raws, scores, areas = [0.0] * n, [0.0] * n, [0] * n
     empty, gridded = [False] * n, {}
     hc: dict[int, tuple[Any, Any, list[np.ndarray]]] = {}
-    mirror = predictor.with_options(mirror=True)
     t_start = time.monotonic()
     per_frame = 0.0     # seconds reading, predicting and plainly scoring a frame so far
     grid_s = 0.0        # seconds scoring frames on the grid so far
@@ -1051,8 +1050,8 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
         frames = list(_val_frames([samples[f] for f in rows], cfg.preprocess.label))
         images = [image for image, _ in frames]
         plain = list(predictor.predict_proba_many(images))
-        flipped = (list(mirror.predict_proba_many(images))
-                   if (tta if pp is None else pp.tta) else None)
+        augmented = (list(predictor.tta_from_plain(images, plain))
+                     if (tta if pp is None else pp.tta) else None)
         for j, f in enumerate(rows):
             raws[f] = dice(apply_pp(plain[j], PostprocessConfig()), frames[j][1])
             empty[f] = not frames[j][1].any()
@@ -1069,7 +1068,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
                 log.warning("post-processing chosen on %d of the %d validation frames (a "
                             "random sample): the time limit came first", len(search), n)
                 pp, _ = search.choose()
-            alts = [p] if flipped is None else [p, 0.5 * (p + flipped[j])]
+            alts = [p] if augmented is None else [p, augmented[j]]
             if pp is None:
                 t_grid = time.monotonic()
                 search.add(alts, truth)
@@ -1082,7 +1081,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
             if measured and meta.get("pixel_size_mm") and meta.get("hc_mm") is not None:
                 hc[f] = (samples[f], seen_region(image, cfg.preprocess),
                          [_levels(a, cuts) for a in alts])
-        del frames, images, plain, flipped
+        del frames, images, plain, augmented
     if pp is None:
         pp, _ = search.choose()
     for f, row in gridded.items():
