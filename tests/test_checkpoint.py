@@ -113,6 +113,34 @@ def test_state_dict_survives_bit_for_bit(tmp_path) -> None:
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_weights_of_the_models_dtypes_are_taken_uncopied_others_cast(tmp_path) -> None:
+    """A predictor held the checkpoint's weights and a copy of them while it was built (about
+    120 MB more at width 64): weights already of the model's dtypes are now its own. A
+    checkpoint written in another precision is still loaded, cast to the model's dtypes."""
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    model = _model_with_statistics(cfg)
+    _save(tmp_path / "m.ckpt", model, cfg, PreprocessConfig(size=32))
+    ckpt = load_checkpoint(tmp_path / "m.ckpt")
+    rebuilt = build_from_checkpoint(ckpt)
+    for name, value in rebuilt.state_dict().items():
+        assert value.data_ptr() == ckpt.state_dict[name].data_ptr(), name    # not copied
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad
+               for p in rebuilt.parameters())
+
+    half = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
+            for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "h.ckpt", half, make_meta(cfg, PreprocessConfig(size=32),
+                                                         PostprocessConfig(), {}))
+    cast = build_from_checkpoint(load_checkpoint(tmp_path / "h.ckpt"))
+    ours = cast.state_dict()
+    assert all(ours[k].dtype == v.dtype for k, v in model.state_dict().items())
+    assert all(torch.equal(ours[k], v.to(ours[k].dtype)) for k, v in half.items())
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert cast(x).dtype == torch.float32
+        torch.testing.assert_close(cast(x), model.eval()(x), rtol=0.05, atol=0.05)
+
+
 def test_loading_a_checkpoint_leaves_the_callers_random_state_alone(tmp_path) -> None:
     """The model is built (drawing initial weights) before its weights are loaded: a seeded
     script's later draws must not depend on whether it loaded a model."""

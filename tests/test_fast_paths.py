@@ -110,6 +110,17 @@ def test_low_precision_copy_equals_autocast(variant, norm):
     assert lowered.head.weight.dtype == torch.bfloat16
 
 
+def test_runner_lowering_the_models_own_weights_gives_the_same_output():
+    """``copy_weights=False`` (a predictor's own model, built from a checkpoint) lowers the
+    model's weights in place instead of holding an fp32 and a bf16 copy."""
+    x = np.random.default_rng(3).random((2, 1, 60, 60), dtype=np.float32)
+    want = torch_runner(tiny_valid(), CPU, torch.bfloat16)(x)
+    model = tiny_valid()
+    got = torch_runner(model, CPU, torch.bfloat16, copy_weights=False)(x)
+    np.testing.assert_array_equal(got, want)
+    assert model.head.weight.dtype == torch.bfloat16        # its own weights, lowered
+
+
 def test_runner_snapshot_and_model_state():
     model = tiny_valid()
     model.train()

@@ -222,7 +222,10 @@ def _not_torch(path: Path) -> str | None:
 
 
 def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> torch.nn.Module:
-    """The model a checkpoint describes, with its weights loaded, in eval mode."""
+    """The model a checkpoint describes, with its weights loaded, in eval mode.
+
+    Its weights are the checkpoint's own tensors where their dtypes are the model's (no
+    copy): changing one in place changes ``ckpt.state_dict`` too."""
     from .model import build_model
 
     # built without weights (on the meta device), then given room: no initial weights are
@@ -239,9 +242,14 @@ def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> t
         raise CheckpointError(f"damaged checkpoint: its weights are a "
                               f"{type(ckpt.state_dict).__name__}, not named tensors", path)
     _check_shapes(model, ckpt.state_dict, path)
-    model = model.to_empty(device="cpu")
+    # weights already of the model's dtypes become its own, uncopied (a predictor held a
+    # second copy while it was built: about 120 MB more at width 64); others (a checkpoint
+    # written in another precision) are copied, and so cast, into room made for them
+    assign = _same_dtypes(model, ckpt.state_dict)
+    if not assign:
+        model = model.to_empty(device="cpu")
     try:
-        model.load_state_dict(ckpt.state_dict, strict=True)
+        model.load_state_dict(ckpt.state_dict, strict=True, assign=assign)
     except (RuntimeError, TypeError, AttributeError) as e:
         # torch's first line is a header ('Error(s) in loading state_dict for UNet:'):
         # quote the first line that says what does not fit
@@ -250,6 +258,13 @@ def build_from_checkpoint(ckpt: Checkpoint, path: str | Path | None = None) -> t
         raise CheckpointError("weights do not fit the model the checkpoint describes "
                               f"({detail[:160]})", path) from e
     return model.eval()
+
+
+def _same_dtypes(model: torch.nn.Module, state_dict: dict[str, Any]) -> bool:
+    """Whether every weight ``model`` holds is in ``state_dict`` as a CPU tensor of its dtype."""
+    return all(isinstance(have := state_dict.get(name), torch.Tensor)
+               and have.dtype == want.dtype and have.device.type == "cpu"
+               for name, want in model.state_dict().items())
 
 
 def _check_shapes(model: torch.nn.Module, state_dict: dict[str, Any], path: str | Path | None
