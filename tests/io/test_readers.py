@@ -965,3 +965,62 @@ def test_jpeg_endings_are_read_and_a_folder_of_unread_formats_says_so(tmp_path) 
     with pytest.raises(DataError, match=r"no images found.*3 files in formats ultraseg does "
                                         r"not read \(\.gif 1, \.webp 2\)"):
         scan_dataset(only)
+
+
+def _per_patient(root: Path, frames: dict[str, list[str]], mask_suffix: str = "") -> Path:
+    for p, (subject, names) in enumerate(frames.items()):
+        for k, name in enumerate(names):
+            _save(root / "images" / subject / f"{name}.png", _frame(seed=10 * p + k))
+            _save(root / "masks" / subject / f"{name}{mask_suffix}.png", _disk(cx=10 + k))
+    return root
+
+
+@pytest.mark.parametrize("suffix", ["", "_mask"])
+def test_the_folders_layout_reads_one_subfolder_per_patient(tmp_path, suffix) -> None:
+    """images/patient0/1.png + masks/patient0/1.png was refused with advice (move the files
+    up) that, followed, lost the patient: purely numeric names made each frame its own
+    subject, and one patient's frames fell on both sides of the split. One subfolder per
+    subject is read: samples SUBJECT/NAME, their subject the folder."""
+    root = _per_patient(tmp_path / "d", {"p0": ["1", "2"], "p1": ["3", "4"]}, suffix)
+    ds, problems = scan_dataset(root)
+    assert ds.layout == "folders" and problems == []
+    assert [(s.name, s.subject) for s in ds.labelled] == [
+        ("p0/1", "p0"), ("p0/2", "p0"), ("p1/3", "p1"), ("p1/4", "p1")]
+    assert ds.labelled[0].mask_paths == (root / "masks" / "p0" / f"1{suffix}.png",)
+    (root / "labels").mkdir()                  # notes beside masks/: not the masks folder
+    (root / "labels" / "notes.txt").write_text("p0: lesion")
+    assert len(scan_dataset(root)[0].labelled) == 4
+    # frames that share a name in two patients' folders stay two samples
+    root = _per_patient(tmp_path / "e", {"a": ["frame0"], "b": ["frame0"]})
+    ds, problems = scan_dataset(root)
+    assert problems == [] and [s.name for s in ds.labelled] == ["a/frame0", "b/frame0"]
+    # --subject-pattern reads the file's stem, over the folder
+    ds, problems = scan_dataset(root, subject_pattern=r"^(frame)")
+    assert problems == [] and {s.subject for s in ds.labelled} == {"frame"}
+
+
+def test_a_mix_of_loose_and_per_patient_images_is_named_with_the_grouping_it_would_lose(
+        tmp_path) -> None:
+    """Files directly in images/ and in subfolders, or nested deeper, stay unread problems;
+    the message no longer advises moving the files up without saying that loses the patient,
+    and a masks folder that does not mirror the images' subfolders is one line."""
+    root = _per_patient(tmp_path / "d", {"p0": ["1", "2"]})
+    _save(root / "images" / "9.png", _frame())
+    _save(root / "masks" / "9.png", _disk())
+    ds, problems = scan_dataset(root)
+    assert [s.name for s in ds.samples] == ["9"]
+    assert [p.path for p in problems] == [str(root / "images" / "p0"), str(root / "masks" / "p0")]
+    assert all("patient grouping" in str(p) and "SUBJECT/NAME" in str(p) for p in problems)
+
+    root = _per_patient(tmp_path / "deep", {"p0": ["1"]})
+    _save(root / "images" / "p1" / "x" / "2.png", _frame())
+    ds, problems = scan_dataset(root)
+    assert [s.name for s in ds.samples] == ["p0/1"]
+    assert len(problems) == 1 and "more than one subfolder deep" in str(problems[0])
+
+    root = _per_patient(tmp_path / "flatmasks", {"p0": ["1"], "p1": ["2"]})
+    for q in sorted((root / "masks").glob("*/*.png")):
+        q.rename(root / "masks" / q.name)
+    ds, problems = scan_dataset(root)
+    assert len(problems) == 1 and "2 image files directly in masks/" in str(problems[0])
+    assert "masks/SUBJECT/NAME" in str(problems[0])

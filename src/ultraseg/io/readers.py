@@ -11,6 +11,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import DataError
 from .base import (OUTPUT_MARKER, Reader, Sample, in_output_folder,
@@ -150,6 +151,71 @@ def _unread_subfolders(folder: Path) -> list[DataError]:
                       f"subfolder)", sub) for sub, n in sorted(counts.items())]
 
 
+class _Tree(NamedTuple):
+    """The image files of a folder of the folders layout: directly in it, in each of its
+    subfolders (one level down), and deeper (by the subfolder one level down they are in)."""
+
+    direct: list[Path]
+    nested: dict[Path, list[Path]]
+    deeper: dict[Path, list[Path]]
+
+    @property
+    def per_subject(self) -> bool:
+        """Images in subfolders and none directly: ``images/SUBJECT/NAME``."""
+        return bool(self.nested) and not self.direct
+
+
+def _tree(folder: Path | None) -> _Tree:
+    """``folder``'s :class:`_Tree` (an empty one for None); hidden folders are left alone, and
+    so are folders ultraseg wrote its outputs to, with a warning."""
+    tree = _Tree([], {}, {})
+    if folder is None:
+        return tree
+    tree.direct.extend(list_images(folder))
+    marked: dict[Path, bool] = {}
+    outputs = 0
+    for p in walk_files(folder):
+        rel = p.relative_to(folder).parts
+        if len(rel) < 2 or not is_image_file(p):
+            continue
+        if in_output_folder(p, folder, marked):
+            outputs += 1
+            continue
+        into = tree.nested if len(rel) == 2 else tree.deeper
+        into.setdefault(folder / rel[0], []).append(p)
+    if outputs:
+        warn_outputs_left_out(folder, outputs)
+    return tree
+
+
+def _files(n: int) -> str:
+    return f"{n} image file{'s' * (n > 1)}"
+
+
+def _too_deep(tree: _Tree, folder: Path) -> list[DataError]:
+    """A problem per subfolder of ``folder`` holding images more than one subfolder down."""
+    return [DataError(f"{_files(len(files))} more than one subfolder deep, not read: the folders "
+                      f"layout reads {folder.name}/NAME or {folder.name}/SUBJECT/NAME (one "
+                      "subfolder per subject), no deeper", sub)
+            for sub, files in sorted(tree.deeper.items())]
+
+
+def _mixed(tree: _Tree, image_dir: Path, mask_dir: Path | None) -> list[DataError]:
+    """A problem per subfolder of the images or masks folder (``tree``) where the images sit
+    directly in ``image_dir``: the subfolders are not read. Moving their files up is what a
+    user would do, and loses the patient a subfolder stood for: the message says so."""
+    images = f"{image_dir.name}/"
+    rule = (f"{images} holds images directly, and the folders layout reads either "
+            f"{images}NAME or {images}SUBJECT/NAME (one subfolder per subject, the masks "
+            f"alike), not both")
+    return [DataError(
+        f"{_files(len(files))} in a subfolder, not read: {rule}; put every image in its "
+        f"subject's folder (moving these up instead loses the patient grouping that keeps a "
+        f"patient's frames on one side of the split, unless they are renamed SUBJECT_FRAME, "
+        f"as {sub.name}_{files[0].name})", sub)
+        for sub, files in sorted(tree.nested.items())]
+
+
 #: Names the folders layout takes for its masks folder (in any letter case).
 MASK_FOLDERS = ("masks", "mask", "labels", "label", "annotations", "ground_truth",
                 "groundtruth", "gt")
@@ -168,7 +234,7 @@ def _mask_folders(root: Path) -> list[Path]:
                         "not read as ground truth", d, OUTPUT_MARKER)
         else:
             found.append(d)
-    holding = [d for d in found if list_images(d)]
+    holding = [d for d in found if _holds_images(d)]
     usual = [d for d in holding if d.name.lower() in ("masks", "mask")]
     if usual and len(holding) > len(usual):
         log.warning("%s: read %s/ as the masks; %s not read", root, usual[0].name,
@@ -176,15 +242,25 @@ def _mask_folders(root: Path) -> list[Path]:
     return usual or holding or found[:1]
 
 
+def _holds_images(folder: Path) -> bool:
+    """Whether ``folder`` holds image files, directly or one subfolder down (one per subject),
+    hidden subfolders aside."""
+    return bool(list_images(folder)) or any(
+        list_images(d) for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 class FoldersReader(Reader):
     """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp,
     images also dcm; ``NAME_mask_1``, ``NAME_mask_2``: their union, as in the kaggle and busi layouts);
     the masks may also sit beside the images (``images/NAME_mask.EXT``), the masks folder may
     be named any of :data:`MASK_FOLDERS` (``labels/``, ``gt/``...), and the folders may be spelt
-    ``Images``, ``Masks``... Image files in subfolders are named as problems.
+    ``Images``, ``Masks``... Or one subfolder per subject: ``images/SUBJECT/NAME.EXT`` +
+    ``masks/SUBJECT/NAME[_mask].EXT``, every image in one (a sample named ``SUBJECT/NAME``,
+    its subject the folder); a mix of the two, or deeper folders, are named as problems.
 
-    Subject: the leading integer of ``SUBJECT_FRAME`` names, else the frame itself;
-    ``subject_pattern`` (a regex; its first group, else the whole match) overrides.
+    Subject: the subfolder, else the leading integer of ``SUBJECT_FRAME`` names, else the frame
+    itself; ``subject_pattern`` (a regex, on the file stem; its first group, else the whole
+    match) overrides.
     Without any mask (no masks folder, an empty one, none beside the images) the set is unlabelled.
     """
 
@@ -213,12 +289,19 @@ class FoldersReader(Reader):
             log.warning("%s: %d image files beside %s/ are not read by the folders layout "
                         "(first: %s); --layout images reads every image below the folder",
                         root, len(loose), image_dir.name, loose[0].name)
-        images, masks = _group_several(list_images(image_dir))     # masks beside the images
-        problems += _unread_subfolders(image_dir)
-        if mask_dir is not None:
-            for name, paths in _group_several(list_images(mask_dir), masks_only=True)[1].items():
-                masks[name] += paths
-            problems += _unread_subfolders(mask_dir)
+        image_tree, mask_tree = _tree(image_dir), _tree(mask_dir)
+        problems += _too_deep(image_tree, image_dir) + _too_deep(mask_tree, mask_dir or root)
+        if image_tree.per_subject:
+            samples, found_problems = self._scan_per_subject(image_tree, mask_tree, image_dir,
+                                                             mask_dir)
+            return samples, problems + found_problems
+        images, masks = _group_several(image_tree.direct)     # masks beside the images
+        problems += _mixed(image_tree, image_dir, mask_dir) + _mixed(mask_tree, image_dir,
+                                                                     mask_dir)
+        for name, paths in _group_several(mask_tree.direct, masks_only=True)[1].items():
+            masks[name] += paths
+        if not images and not masks and problems:   # (no 'empty folder' besides)
+            return [], problems
         pairs, found_problems = _pair(images, masks, labelled=bool(masks), folder=image_dir,
                                       several_masks=True)
         samples = [Sample(name, image, mask, self.leading_subject(name))
@@ -226,6 +309,32 @@ class FoldersReader(Reader):
         if self.subject_pattern is None:
             _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
         return samples, problems + found_problems
+
+    def _scan_per_subject(self, image_tree: _Tree, mask_tree: _Tree, image_dir: Path,
+                          mask_dir: Path | None) -> tuple[list[Sample], list[DataError]]:
+        """``images/SUBJECT/NAME`` + ``masks/SUBJECT/NAME[_mask]`` (or beside the images): the
+        samples named ``SUBJECT/NAME``, their subject the folder (``subject_pattern``, on the
+        file stem, overrides). Masks directly in the masks folder are a problem of their own."""
+        if mask_dir is not None and mask_tree.direct:
+            return [], [DataError(
+                f"{_files(len(mask_tree.direct))} directly in {mask_dir.name}/ (first: "
+                f"{mask_tree.direct[0].name}), but the images sit in one subfolder per subject "
+                f"({image_dir.name}/SUBJECT/NAME): put each mask in its subject's folder, as "
+                f"its image ({mask_dir.name}/SUBJECT/NAME)", mask_dir)]
+        images: dict[str, list[Path]] = defaultdict(list)
+        masks: dict[str, list[Path]] = defaultdict(list)
+        parts: dict[str, tuple[str, str]] = {}       # sample name -> (subject folder, stem)
+        for sub, files in [*image_tree.nested.items(), *mask_tree.nested.items()]:
+            found = _group_several(files, masks_only=sub.parent != image_dir)
+            for into, grouped in zip((images, masks), found):
+                for stem, paths in grouped.items():
+                    name = f"{_nfc(sub.name)}/{stem}"
+                    into[name] += paths
+                    parts[name] = (_nfc(sub.name), stem)
+        pairs, problems = _pair(images, masks, labelled=bool(masks), folder=image_dir,
+                                several_masks=True)
+        return [Sample(name, image, mask, self.subject_of(parts[name][1], parts[name][0]))
+                for name, image, mask in pairs], problems
 
 
 #: A frame name's stem without its trailing frame number: 'patientB_002' -> 'patientB'.
