@@ -407,3 +407,21 @@ def test_a_warning_naming_a_file_is_one_line_whatever_the_name(tmp_path) -> None
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stderr.splitlines()
     assert line.startswith("WARNING ultraseg.io.base: ") and "f\\x0aerror: fake line.tif" in line
+
+
+def test_inspect_says_beside_several_labels_that_train_takes_their_union(tmp_path, capsys):
+    """`labels [1, 2]` said nothing of what train does with them (their union, silently);
+    binary masks (0/1, 0/255) and an inspect --label say no more than before."""
+    for k in range(2):
+        mask = (_mask() > 0).astype(np.uint8)
+        mask[:3, :3] = 2
+        _save(tmp_path / "d" / "images" / f"{k}_1.png", _img(seed=k))
+        _save(tmp_path / "d" / "masks" / f"{k}_1.png", mask)
+        _good(tmp_path / "b", f"{k}_1", seed=k)
+    assert main(["inspect", str(tmp_path / "d")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("labels"))
+    assert "[1, 2]" in line and "union" in line and "--label K" in line, line
+    assert main(["inspect", str(tmp_path / "d"), "--label", "2"]) == 0
+    assert "union" not in capsys.readouterr().out
+    report, _ = inspect_dataset(tmp_path / "b")
+    assert report["labels"] == [1] and report["labels_note"] is None

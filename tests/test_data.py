@@ -167,6 +167,24 @@ def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> 
     assert np.array_equal(first.images, second.images)
     assert np.array_equal(first.masks, second.masks)
     assert first.names == second.names and first.subjects == second.subjects
+    assert first.labels == second.labels == (1,)
+
+
+def test_the_cache_keeps_the_labels_the_masks_held(tmp_path: Path) -> None:
+    """Training warns about masks of several labels trained as their union: the labels are
+    kept with the cached canvases (which hold the target alone), and a cache written before
+    they were is rebuilt rather than read as saying nothing."""
+    root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
+    mask_path = open_dataset(root).labelled[0].mask_paths[0]
+    mask = (np.asarray(Image.open(mask_path)) > 0).astype(np.uint8)
+    mask[:2, :2] = 2
+    Image.fromarray(mask).save(mask_path)
+    first = load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert first.labels == (1, 2) and set(np.unique(first.masks)) == {0, 1}
+    npz = next(cache.glob("*.npz"))
+    with np.load(npz) as z:
+        np.savez(npz, images=z["images"], masks=z["masks"])      # an older cache's contents
+    assert load_arrays(open_dataset(root), cfg, cache_dir=cache).labels == (1, 2)
 
 
 def test_a_cache_hit_takes_subjects_from_the_dataset_not_the_cache(tmp_path: Path) -> None:

@@ -1242,3 +1242,33 @@ def test_the_choice_leaves_time_to_score_the_frames_after_it(tmp_path, monkeypat
     seen = train_mod._score_validation(predictor, samples, cfg, True, 30.0)
     assert clock[0] <= 30.0
     assert len(seen.scores) == 8 and all(0.0 <= d <= 1.0 for d in seen.scores)
+
+
+def test_masks_of_several_labels_trained_as_their_union_are_warned_about(tmp_path) -> None:
+    """Masks holding 0/1/2 (a lesion and its organ; or 255 as 'ignore') trained as one
+    foreground without a word: neither stderr, train.log nor the report said so. A warning
+    names the labels and --label, once at the start of training (a cache hit too), and the
+    report's summary says what was trained; --label K, or binary masks, say nothing."""
+    from conftest import ultraseg_warnings
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    for k, path in enumerate(sorted((data / "masks").iterdir())):
+        mask = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+        mask[:4, :4] = 2 if k % 2 else 0
+        Image.fromarray(mask).save(path)
+
+    def run(name: str, **pre) -> list[str]:
+        cfg = merge(preset("demo"), {
+            "data": {"path": str(data), "cache_dir": str(tmp_path / "cache")},
+            "model": {"width": 4, "depth": 1}, "preprocess": {"size": 32, **pre},
+            "train": {"epochs": 1, "val_fraction": 0, "seed": 0, "device": "cpu",
+                      "precision": "fp32", "num_threads": 1, "time_limit_s": None}})
+        with ultraseg_warnings() as warned:
+            train_mod.train(cfg, tmp_path / name)
+        return [r.getMessage() for r in warned if "labels [1, 2]" in r.getMessage()]
+
+    said = run("union")
+    assert len(said) == 1 and "union" in said[0] and "--label K" in said[0], said
+    assert "labels [1, 2] as one structure" in (tmp_path / "union" / "report.html").read_text()
+    assert len(run("again")) == 1                        # from the cache
+    assert run("one", label=1) == []

@@ -38,6 +38,18 @@ class Arrays:
     masks: np.ndarray
     names: tuple[str, ...]
     subjects: tuple[str, ...]
+    #: The non-zero labels the masks hold before the target is chosen (``(1,)``: binary masks).
+    labels: tuple[int, ...] = ()
+
+
+def union_note(labels: Sequence[int], label: int | None) -> str | None:
+    """What training does with masks holding several labels when no ``label`` is chosen:
+    trains their union as one structure (a lesion and its organ, or an 'ignore' band at 255,
+    become one foreground), and how to train one instead; None where that is no question."""
+    if label is not None or len(labels) < 2:
+        return None
+    return (f"masks hold labels {list(labels)}: training on their union as one structure; "
+            "--label K (preprocess.label in a config) trains label K alone")
 
 
 def default_cache_dir() -> Path:
@@ -131,6 +143,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             try:
                 with np.load(cache_path, allow_pickle=False) as z:
                     images, masks = z["images"], z["masks"]
+                    labels = tuple(int(v) for v in z["labels"]) if "labels" in z.files \
+                        else None
                 want = (len(samples), cfg.size, cfg.size)
                 if images.shape != want or masks.shape != want:
                     raise ValueError(f"arrays of {images.shape} and {masks.shape} cached for "
@@ -138,8 +152,9 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                 if images.dtype != np.uint8 or masks.dtype != np.uint8 or masks.max() > 1:
                     raise ValueError(f"{images.dtype} frames and {masks.dtype} masks up to "
                                      f"{masks.max()} cached, not uint8 frames and 0/1 masks")
-                log.info("cache hit: %s", cache_path)
-                return Arrays(images, masks, names, subjects)
+                if labels is not None:      # (a cache written before it kept them: rebuilt)
+                    log.info("cache hit: %s", cache_path)
+                    return Arrays(images, masks, names, subjects, labels)
             except Exception as e:  # noqa: BLE001  (a truncated npz raises BadZipFile, an
                 # empty one EOFError...): whatever the damage, the cache is rebuilt over it
                 log.warning("ignoring damaged cache %s (%s: %s)", cache_path,
@@ -147,12 +162,14 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
     masks = np.empty_like(images)
     problems: list[DataError] = []
+    labels: set[int] = set()
     for i, s in enumerate(samples):
         try:
             image, mask = s.load()
         except DataError as e:
             problems.append(e)
             continue
+        labels.update(int(v) for v in np.unique(mask) if v)
         images[i], geom = to_canvas(image, cfg, "image")
         target = select_label(mask, cfg.label).astype(np.uint8)
         masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
@@ -160,10 +177,11 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         raise DataProblems(problems)
     if cache_path is not None:
         try:
-            _save_npz(cache_path, images=images, masks=masks)
+            _save_npz(cache_path, images=images, masks=masks,
+                      labels=np.array(sorted(labels), np.int64))
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
-    return Arrays(images, masks, names, subjects)
+    return Arrays(images, masks, names, subjects, tuple(sorted(labels)))
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import union_note
 from .errors import DataError
 from .io import scan_dataset, select_label, split_frames
 
@@ -70,6 +71,8 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         "image_size_median": dims(np.median),
         "image_size_max": dims(np.max),
         "labels": sorted(labels),
+        # what training does with several labels and no --label (None: no question)
+        "labels_note": union_note(sorted(labels), label),
         "classes": dict(sorted(classes.items())),
         "problems": len(problems),
     }
@@ -82,7 +85,8 @@ def failed_report(path: str | Path, problem_lines: list[str]) -> dict[str, Any]:
     say why, so a script reads one shape either way."""
     return {"path": str(path), "layout": None, "pairs": 0, "unlabelled": 0, "subjects": 0,
             "empty_masks": 0, "foreground_fraction_mean": None, "image_size_min": None,
-            "image_size_median": None, "image_size_max": None, "labels": [], "classes": {},
+            "image_size_median": None, "image_size_max": None, "labels": [], "labels_note": None,
+            "classes": {},
             "problems": len(problem_lines), "problem_lines": problem_lines}
 
 
@@ -101,7 +105,8 @@ def format_report(report: dict[str, Any]) -> str:
             *("x".join(map(str, report[k])) for k in
               ("image_size_min", "image_size_median", "image_size_max"))))
     if report["labels"]:
-        lines.append(f"labels      {report['labels']}")
+        note = report.get("labels_note")
+        lines.append(f"labels      {report['labels']}" + (f"   ({note})" if note else ""))
     if report["classes"]:
         lines.append("classes     " + ", ".join(f"{k}: {v}" for k, v in report["classes"].items()))
     lines.append(f"problems    {report['problems']}")

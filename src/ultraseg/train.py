@@ -35,7 +35,7 @@ from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, sav
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, RunConfig,
                      check_types, model_problem)
-from .data import Arrays, load_arrays, read_split, run_split, write_split
+from .data import Arrays, load_arrays, read_split, run_split, union_note, write_split
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
 from .fileio import atomic_write_text, output_lock
@@ -545,6 +545,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     progress({"event": "stage", "message": "reading and caching the dataset"})
     ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern)
     arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir)
+    note = union_note(arrays.labels, cfg.preprocess.label)
+    if note:        # (1 = lesion, 2 = organ, or 255 = 'ignore' trained as the structure)
+        log.warning("%s: %s", ds.root, note)
     if not arrays.masks.any():      # every target empty: the model could only learn "nothing"
         label = cfg.preprocess.label
         raise DataError(f"none of the {len(arrays.masks)} masks holds "
@@ -896,6 +899,9 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     summary = {
         "dataset": f"{ds.root} ({ds.layout})",
         "frames (train / val)": f"{len(train_idx)} / {len(val_idx)}",
+        **({"target": f"labels {list(arrays.labels)} as one structure (their union; --label "
+                      "K trains label K alone)"}
+           if union_note(arrays.labels, cfg.preprocess.label) else {}),
         "best epoch": (best_epoch if seen and choosing else
                        f"{best_epoch} (the last: no validation split)" if not seen else
                        f"{best_epoch} (the last: no validation mask holds a structure, so "
