@@ -1024,3 +1024,29 @@ def test_a_mix_of_loose_and_per_patient_images_is_named_with_the_grouping_it_wou
     ds, problems = scan_dataset(root)
     assert len(problems) == 1 and "2 image files directly in masks/" in str(problems[0])
     assert "masks/SUBJECT/NAME" in str(problems[0])
+
+
+def test_the_mask_suffix_is_matched_in_any_letter_case(tmp_path) -> None:
+    """NAME_Mask / NAME_MASK: the images layout's hint sent the user to --layout kaggle,
+    which then called the masks themselves 'images without a mask'; in the folders layout
+    every image and every mask was an orphan. The suffix is matched as the folders' names
+    are, in any letter case; the image keeps its own name."""
+    _save(tmp_path / "flat" / "1_a.png", _frame())
+    _save(tmp_path / "flat" / "1_a_Mask.png", _disk())
+    _save(tmp_path / "flat" / "1_a_MASK_1.png", _disk(cx=20, r=3))
+    ds, problems = scan_dataset(tmp_path / "flat")
+    assert ds.layout == "kaggle" and problems == []
+    assert [(s.name, [p.name for p in s.mask_paths]) for s in ds.samples] == [
+        ("1_a", ["1_a_MASK_1.png", "1_a_Mask.png"])]
+    _save(tmp_path / "d" / "images" / "x.png", _frame())
+    _save(tmp_path / "d" / "masks" / "x_MASK.png", _disk())
+    _save(tmp_path / "d" / "images" / "y.png", _frame(seed=1))
+    _save(tmp_path / "d" / "images" / "y_Mask.png", _disk())
+    ds, problems = scan_dataset(tmp_path / "d")
+    assert problems == [] and [(s.name, len(s.mask_paths)) for s in ds.samples] == [
+        ("x", 1), ("y", 1)]
+    busi = make_busi(tmp_path / "busi")
+    for q in busi.rglob("*_mask*.png"):
+        q.rename(q.with_name(q.name.replace("_mask", "_Mask")))
+    ds, problems = scan_dataset(busi)
+    assert ds.layout == "busi" and problems == [] and all(s.labelled for s in ds.samples)

@@ -21,8 +21,9 @@ from .base import (OUTPUT_MARKER, Reader, Sample, in_output_folder,
 log = logging.getLogger(__name__)
 
 
-#: A mask's file stem: NAME_mask, or NAME_mask_K where one image has several (their union).
-_MASK_STEM = re.compile(r"^(.*)_mask(?:_(\d+))?$")
+#: A mask's file stem: NAME_mask, or NAME_mask_K where one image has several (their union);
+#: in any letter case (NAME_Mask, NAME_MASK), as the folders' names are matched.
+_MASK_STEM = re.compile(r"^(.*)_mask(?:_(\d+))?$", re.IGNORECASE)
 
 
 class Unpaired(DataError):
@@ -383,9 +384,9 @@ class KaggleReader(Reader):
         for d in (root, root / "train"):
             files = list_images(d)
             stems = {p.stem for p in files}
-            if any(p.stem.endswith("_mask") and (p.suffix.lower() in (".tif", ".tiff")
-                                                 or (p.stem[:-5] in stems
-                                                     and (d == root or not test_masks)))
+            if any(p.stem.lower().endswith("_mask")
+                   and (p.suffix.lower() in (".tif", ".tiff")
+                        or (p.stem[:-5] in stems and (d == root or not test_masks)))
                    for p in files):
                 return True
         return False
@@ -432,7 +433,7 @@ class BusiReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return any((root / c).is_dir() and any(fnmatch.fnmatch(p.name, "*_mask*.png")
+        return any((root / c).is_dir() and any(fnmatch.fnmatchcase(p.name.lower(), "*_mask*.png")
                                                for p in iter_files(root / c))
                    for c in BUSI_CLASSES)
 
@@ -582,7 +583,7 @@ class ImagesReader(Reader):
                        key=lambda q: natural_key(str(q)))
         if len(files) < len(found):   # masks and overlays a predict run wrote below root
             warn_outputs_left_out(root, len(found) - len(files))
-        masks = [p for p in files if p.stem.lower().endswith("_mask")]
+        masks = [p for p in files if _MASK_STEM.match(p.stem)]
         if masks:   # a flat folder of NAME + NAME_mask, read as unlabelled: its masks as frames
             log.warning("%s: %d of the %d images are named like masks (first: %s) and are read "
                         "as frames of their own; --layout kaggle pairs a folder of NAME and "
