@@ -1050,3 +1050,48 @@ def test_the_mask_suffix_is_matched_in_any_letter_case(tmp_path) -> None:
         q.rename(q.with_name(q.name.replace("_mask", "_Mask")))
     ds, problems = scan_dataset(busi)
     assert ds.layout == "busi" and problems == [] and all(s.labelled for s in ds.samples)
+
+
+@pytest.mark.parametrize("suffix", ["_seg", "_gt", "_label", "-mask", "_segmentation", "_GT"])
+def test_masks_named_with_another_common_suffix_are_one_line_saying_how_to_name_them(
+        tmp_path, suffix) -> None:
+    """masks/case00_seg.png for images/case00.png gave two orphan lines a pair (thousands
+    for a real set), none saying how masks must be named. Where most masks are orphans and
+    one common suffix explains them, one line says so in place of those lines; an orphan it
+    does not explain keeps its own line, and a lone misnamed mask among good ones is only an
+    orphan."""
+    root = tmp_path / "d"
+    for k in range(3):
+        _save(root / "images" / f"case{k}.png", _frame(seed=k))
+        _save(root / "masks" / f"case{k}{suffix}.png", _disk())
+    _save(root / "masks" / "stray.png", _disk())
+    _, problems = scan_dataset(root)
+    said = [str(p) for p in problems]
+    assert len(said) == 2 and f"3 of the 4 masks are named NAME{suffix}" in said[0], said
+    assert "masks/NAME_mask.EXT" in said[0] and "case0_mask.png" in said[0]
+    assert "stray.png: mask without an image" in said[1]
+
+    root = _per_patient(tmp_path / "p", {"p0": ["1"], "p1": ["2"]}, suffix)
+    _, problems = scan_dataset(root)
+    assert len(problems) == 1 and "masks/SUBJECT/NAME_mask.EXT" in str(problems[0])
+
+    root = make_folders(tmp_path / "one")
+    _save(root / "images" / "3_1.png", _frame())
+    _save(root / "masks" / f"3_1{suffix}.png", _disk())
+    _, problems = scan_dataset(root)
+    assert sorted(type(p).__name__ for p in problems) == ["Unpaired", "Unpaired"]
+    assert not any("named NAME" in str(p) for p in problems)
+
+
+def test_a_flat_folder_of_masks_with_another_suffix_is_warned_about(tmp_path) -> None:
+    """c0.png + c0_seg.png in one folder were read as twice as many unlabelled frames, with
+    no word (the hint knew only _mask)."""
+    for k in range(2):
+        _save(tmp_path / "flat" / f"c{k}.png", _frame(seed=k))
+        _save(tmp_path / "flat" / f"c{k}_seg.png", _disk())
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(tmp_path / "flat")
+    assert ds.layout == "images" and problems == []
+    said = [r.getMessage() for r in warned if "named like masks" in r.getMessage()]
+    assert len(said) == 1 and "2 of the 4 images" in said[0] and "NAME_seg" in said[0]
+    assert "c0_seg.png -> c0_mask.png" in said[0]

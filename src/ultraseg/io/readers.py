@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
-from typing import NamedTuple
+from typing import Collection, NamedTuple
 
 from ..errors import DataError
 from .base import (OUTPUT_MARKER, Reader, Sample, in_output_folder,
@@ -37,14 +37,62 @@ def _check_unique(items: dict[str, list[Path]], what: str) -> list[DataError]:
             for name, paths in items.items() if len(paths) > 1]
 
 
+#: Suffixes other tools name masks by (``NAME_seg.png`` for ``NAME.png``), which ultraseg does
+#: not pair: named where they explain why masks find no image. In any letter case.
+OTHER_MASK_SUFFIXES = ("_segmentation", "-segmentation", "_seg", "-seg", "_gt", "-gt",
+                       "_groundtruth", "_labels", "_label", "-label", "_annotation", "-mask",
+                       " mask", ".mask")
+
+
+def _other_suffix(stem: str, partners: Collection[str]) -> str | None:
+    """The suffix of :data:`OTHER_MASK_SUFFIXES` ``stem`` ends with (as written there) where
+    ``stem`` without it is one of ``partners``; else None."""
+    for suffix in OTHER_MASK_SUFFIXES:
+        if stem.lower().endswith(suffix) and stem[: -len(suffix)] in partners:
+            return stem[-len(suffix):]
+    return None
+
+
+def _misnamed_masks(images: dict[str, list[Path]], masks: dict[str, list[Path]]
+                    ) -> tuple[str, dict[str, str]] | None:
+    """Where most masks pair with no image and most of those are an image's name plus one
+    common suffix (``NAME_seg``): that suffix and the masks it explains (mask name -> image
+    name); else None."""
+    orphans = [n for n in masks if n not in images]
+    if not orphans or 2 * len(orphans) <= len(masks):
+        return None
+    by_suffix: dict[str, dict[str, str]] = defaultdict(dict)
+    for name in orphans:
+        suffix = _other_suffix(name, images)
+        if suffix is not None:
+            by_suffix[suffix.lower()][name] = name[: -len(suffix)]
+    if not by_suffix:
+        return None
+    suffix, explained = max(by_suffix.items(), key=lambda item: len(item[1]))
+    return (suffix, explained) if 2 * len(explained) > len(orphans) else None
+
+
+def _misnamed_problem(suffix: str, explained: dict[str, str], masks: dict[str, list[Path]],
+                      naming: str) -> Unpaired:
+    """The one line for masks named ``NAME{suffix}`` (:func:`_misnamed_masks`)."""
+    first = masks[min(explained, key=natural_key)][0]
+    written = first.stem[-len(suffix):]
+    return Unpaired(f"{len(explained)} of the {len(masks)} masks are named NAME{written} "
+                    f"(first: {first.name}), which pairs with no image: ultraseg pairs {naming}; "
+                    f"rename them (e.g. {first.name} -> {first.stem[: -len(suffix)]}_mask"
+                    f"{first.suffix})", first.parent)
+
+
 def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled: bool,
-          folder: Path, several_masks: bool = False
+          folder: Path, several_masks: bool = False, naming: str | None = None
           ) -> tuple[list[tuple[str, Path, tuple[Path, ...]]], list[DataError]]:
     """Pair image stems with mask stems; report orphans both ways and duplicate names.
     ``several_masks``: an image's masks are all its paths (NAME_mask_1, NAME_mask_2: their
     union), two of the same stem still a duplicate. An image without a mask in a labelled
     set is a problem, and a sample without one (what ``predict`` reads; training refuses a
-    set with problems)."""
+    set with problems). ``naming`` (how the layout pairs masks, as words): where most masks
+    are named with another common suffix (``NAME_seg``), one line says so in its words in
+    place of an orphan line for each of those masks and their images."""
     problems = _check_unique(images, "image")
     if several_masks:   # one NAME_mask (or masks/NAME) and one NAME_mask_K each, at most
         by_part: dict[str, list[Path]] = defaultdict(list)
@@ -55,12 +103,17 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
         problems += _check_unique(by_part, "mask")
     else:
         problems += _check_unique(masks, "mask")
-    for name in sorted(set(masks) - set(images), key=natural_key):
+    misnamed = _misnamed_masks(images, masks) if naming is not None else None
+    explained = misnamed[1] if misnamed else {}
+    if misnamed and naming is not None:
+        problems.append(_misnamed_problem(*misnamed, masks, naming))
+    for name in sorted(set(masks) - set(images) - set(explained), key=natural_key):
         problems.append(Unpaired("mask without an image", masks[name][0]))
+    told = set(explained.values())
     pairs = []
     for name in sorted(images, key=natural_key):
         mask = masks.get(name)
-        if labelled and not mask:
+        if labelled and not mask and name not in told:
             problems.append(Unpaired("image without a mask in a labelled set", images[name][0]))
         found = tuple(sorted(mask, key=lambda p: natural_key(p.name))) if several_masks and mask \
             else (mask[0],) if mask else ()
@@ -250,6 +303,13 @@ def _holds_images(folder: Path) -> bool:
         list_images(d) for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _naming(image_dir: Path, mask_dir: Path | None, subject: str = "") -> str:
+    """How the folders layout pairs a mask with its image, in words."""
+    images = f"{image_dir.name}/{subject}"
+    masks = f"{mask_dir.name if mask_dir else 'masks'}/{subject}"
+    return f"{images}NAME.EXT with {masks}NAME.EXT or {masks}NAME_mask.EXT"
+
+
 class FoldersReader(Reader):
     """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp,
     images also dcm; ``NAME_mask_1``, ``NAME_mask_2``: their union, as in the kaggle and busi layouts);
@@ -304,7 +364,7 @@ class FoldersReader(Reader):
         if not images and not masks and problems:   # (no 'empty folder' besides)
             return [], problems
         pairs, found_problems = _pair(images, masks, labelled=bool(masks), folder=image_dir,
-                                      several_masks=True)
+                                      several_masks=True, naming=_naming(image_dir, mask_dir))
         samples = [Sample(name, image, mask, self.leading_subject(name))
                    for name, image, mask in pairs]
         if self.subject_pattern is None:
@@ -333,7 +393,8 @@ class FoldersReader(Reader):
                     into[name] += paths
                     parts[name] = (_nfc(sub.name), stem)
         pairs, problems = _pair(images, masks, labelled=bool(masks), folder=image_dir,
-                                several_masks=True)
+                                several_masks=True,
+                                naming=_naming(image_dir, mask_dir, "SUBJECT/"))
         return [Sample(name, image, mask, self.subject_of(parts[name][1], parts[name][0]))
                 for name, image, mask in pairs], problems
 
@@ -589,6 +650,8 @@ class ImagesReader(Reader):
                         "as frames of their own; --layout kaggle pairs a folder of NAME and "
                         "NAME_mask files, and the README's layout table shows the others",
                         root, len(masks), len(files), masks[0].name)
+        else:
+            _warn_other_mask_suffix(root, files)
         samples = []
         for p in files:
             rel = p.relative_to(root).with_suffix("").as_posix()
@@ -597,3 +660,24 @@ class ImagesReader(Reader):
             "no images found outside the folders ultraseg wrote" if found
             else "empty folder: no images found", root)]
         return samples, problems
+
+
+def _warn_other_mask_suffix(root: Path, files: list[Path]) -> None:
+    """Warn where images are named as another image plus a common mask suffix (``c0_seg.png``
+    beside ``c0.png``, :data:`OTHER_MASK_SUFFIXES`): masks read as frames of their own."""
+    stems: dict[Path, set[str]] = defaultdict(set)
+    for p in files:
+        stems[p.parent].add(p.stem)
+    found: dict[str, list[Path]] = defaultdict(list)
+    for p in files:
+        suffix = _other_suffix(p.stem, stems[p.parent])
+        if suffix is not None:
+            found[suffix.lower()].append(p)
+    if found:
+        suffix, named = max(found.items(), key=lambda item: len(item[1]))
+        log.warning("%s: %d of the %d images are named like masks, NAME%s beside NAME (first: "
+                    "%s), and are read as frames of their own; ultraseg pairs NAME with "
+                    "NAME_mask (a flat folder of them is the kaggle layout) or images/NAME with "
+                    "masks/NAME: rename them (e.g. %s -> %s_mask%s)", root, len(named),
+                    len(files), named[0].stem[-len(suffix):], named[0].name, named[0].name,
+                    named[0].stem[: -len(suffix)], named[0].suffix)
