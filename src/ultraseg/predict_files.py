@@ -26,7 +26,7 @@ from .errors import DataError, UltrasegError
 from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock
 from .io import (IMAGE_EXTENSIONS, Sample, file_sample, frame_tag, scan_dataset,
                  select_label, split_frames)
-from .io.readers import Unpaired, subfolders
+from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, check_label, close_kept, in_output_folder,
                       mark_output_folder,
                       warn_outputs_left_out)
@@ -128,7 +128,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             # (not --layout images: it reads every image below the folder, masks included)
-            images = next(iter(subfolders(path, ("images",))), None) \
+            images = next(iter(subfolders(path, IMAGE_FOLDERS)), None) \
                 if ds.layout == "folders" else None
             hint = (f"; to predict its images anyway, point at {images}" if images else
                     f"; `ultraseg inspect {path}` lists the problems (layout found: "

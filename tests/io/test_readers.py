@@ -1095,3 +1095,31 @@ def test_a_flat_folder_of_masks_with_another_suffix_is_warned_about(tmp_path) ->
     said = [r.getMessage() for r in warned if "named like masks" in r.getMessage()]
     assert len(said) == 1 and "2 of the 4 images" in said[0] and "NAME_seg" in said[0]
     assert "c0_seg.png -> c0_mask.png" in said[0]
+
+
+@pytest.mark.parametrize("images, masks", [("image", "mask"), ("Image", "masks"),
+                                           ("img", "gt")])
+def test_the_folders_layout_takes_a_singular_images_folder(tmp_path, images, masks) -> None:
+    """image/ + mask/ (mask/ already a masks folder) fell to the images layout: 'pairs 0,
+    unlabelled images: 20, problems 0', and train found no labelled samples. image/, img/
+    are the images folder as images/ is; beside images/ they are left, with a warning, and
+    two of them are a problem."""
+    for k, stem in enumerate(("1_1", "2_1")):
+        _save(tmp_path / "d" / images / f"{stem}.png", _frame(seed=k))
+        _save(tmp_path / "d" / masks / f"{stem}.png", _disk())
+    ds, problems = scan_dataset(tmp_path / "d")
+    assert ds.layout == "folders" and problems == [] and len(ds.labelled) == 2
+    _save(tmp_path / "d" / "images" / "1_1.png", _frame())
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(tmp_path / "d")
+    assert [s.image_path.parent.name for s in ds.samples] == ["images"]
+    assert any(f"{images}/ not read" in r.getMessage() for r in warned)
+    (tmp_path / "d" / "images" / "1_1.png").unlink()
+    (tmp_path / "d" / "images").rmdir()
+    _save(tmp_path / "d" / "imgs" / "1_1.png", _frame())
+    _, problems = scan_dataset(tmp_path / "d")
+    assert len(problems) == 1 and "several image folders" in str(problems[0])
+    # without a masks folder beside it, an img/ is no images folder of this layout
+    _save(tmp_path / "scans" / "img" / "logo.png", _frame())
+    _save(tmp_path / "scans" / "a" / "1.png", _frame())
+    assert detect_layout(tmp_path / "scans") == "images"

@@ -275,6 +275,30 @@ MASK_FOLDERS = ("masks", "mask", "labels", "label", "annotations", "ground_truth
                 "groundtruth", "gt")
 
 
+#: Names the folders layout takes for its images folder (in any letter case): ``image/``
+#: beside an accepted ``mask/`` was read as a folder of unlabelled images, masks included.
+#: The names but ``images`` only beside a masks folder (:data:`MASK_FOLDERS`): a folder of
+#: scans that holds an ``img/`` of figures is no dataset of this layout.
+IMAGE_FOLDERS = ("images", "image", "imgs", "img")
+
+
+def _image_folder_names(root: Path) -> tuple[str, ...]:
+    """The names :func:`_image_folders` takes in ``root`` (see :data:`IMAGE_FOLDERS`)."""
+    return IMAGE_FOLDERS if subfolders(root, MASK_FOLDERS) else IMAGE_FOLDERS[:1]
+
+
+def _image_folders(root: Path) -> list[Path]:
+    """The folders layout's images folder candidates in ``root`` (more than one: a problem):
+    of those holding images, ``images/`` before the other names, with a warning."""
+    found = subfolders(root, _image_folder_names(root))
+    holding = [d for d in found if _holds_images(d)]
+    usual = [d for d in holding if d.name.lower() == "images"]
+    if usual and len(holding) > len(usual):
+        log.warning("%s: read %s/ as the images; %s not read", root, usual[0].name,
+                    ", ".join(f"{d.name}/" for d in holding if d not in usual))
+    return usual or holding or found[:1]
+
+
 def _mask_folders(root: Path) -> list[Path]:
     """The folders layout's masks folder candidates in ``root`` (more than one: a problem).
 
@@ -315,7 +339,9 @@ class FoldersReader(Reader):
     images also dcm; ``NAME_mask_1``, ``NAME_mask_2``: their union, as in the kaggle and busi layouts);
     the masks may also sit beside the images (``images/NAME_mask.EXT``), the masks folder may
     be named any of :data:`MASK_FOLDERS` (``labels/``, ``gt/``...), and the folders may be spelt
-    ``Images``, ``Masks``... Or one subfolder per subject: ``images/SUBJECT/NAME.EXT`` +
+    ``Images``, ``Masks``..., the images folder also ``image/``, ``img/`` beside a masks
+    folder (:data:`IMAGE_FOLDERS`).
+    Or one subfolder per subject: ``images/SUBJECT/NAME.EXT`` +
     ``masks/SUBJECT/NAME[_mask].EXT``, every image in one (a sample named ``SUBJECT/NAME``,
     its subject the folder); a mix of the two, or deeper folders, are named as problems.
 
@@ -330,11 +356,11 @@ class FoldersReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return bool(subfolders(root, ("images",)))
+        return bool(subfolders(root, _image_folder_names(root)))
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         problems: list[DataError] = []
-        folders = {"image": subfolders(root, ("images",)), "mask": _mask_folders(root)}
+        folders = {"image": _image_folders(root), "mask": _mask_folders(root)}
         for what, found in folders.items():
             if len(found) > 1:
                 names = ", ".join(d.name for d in found)
