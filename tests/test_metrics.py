@@ -106,7 +106,11 @@ def test_against_monai_and_brute_force() -> None:
         assert M.dice(p, t) == pytest.approx(ref_dice, abs=1e-6)
         assert M.iou(p, t) == pytest.approx(ref_iou, abs=1e-6)
         assert M.hd95(p, t) == pytest.approx(ref_hd, abs=1e-4)
-        # MONAI measures anisotropic spacing on sub-pixel surfaces; check ours by brute force.
+        # anisotropic spacing: against MONAI (its default, boundary pixels' centres, as ours)
+        # and by brute force
+        ref_aniso = float(monai_metrics.compute_hausdorff_distance(
+            pt, tt, include_background=True, percentile=95, spacing=(0.3, 0.7)))
+        assert M.hd95(p, t, spacing=(0.3, 0.7)) == pytest.approx(ref_aniso, abs=1e-4)
         assert M.hd95(p, t, spacing=(0.3, 0.7)) == pytest.approx(
             _brute_hd95(p, t, (0.3, 0.7)), abs=1e-9
         )
