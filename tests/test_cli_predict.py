@@ -386,6 +386,21 @@ def test_predict_refuses_a_label_that_names_no_structure_before_writing(tmp_path
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command", ["predict", "measure"])
+@pytest.mark.parametrize("flag", [["--layout", "nope"], ["--subject-pattern", "("]])
+def test_a_bad_layout_flag_is_a_usage_error_whatever_the_inputs(tmp_path, ckpt, capsys,
+                                                               command, flag):
+    """With a file as the only input, --layout nope (or a pattern that is no regex) was taken
+    in silence and the run exited 0; with a folder it was refused."""
+    frames(tmp_path, {"x.png": (20, 30)})
+    out = ["--out", str(tmp_path / "o")]
+    rc = main([command, str(ckpt), str(tmp_path / "x.png"), *out, *flag])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:")
+    assert ("unknown layout 'nope'" if flag[0] == "--layout" else "bad subject pattern") in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_second_run_into_an_output_folder_says_the_earlier_outputs_stay(tmp_path, ckpt,
                                                                            capsys):
     """A run with --overlay, then one without into the same folder: the old overlays stayed

@@ -207,6 +207,18 @@ def test_collect_frames_errors_before_anything_runs(tmp_path):
     assert [f.out_name for f in collect_frames([broken / "images"])] == ["a", "b"]
 
 
+def test_a_bad_layout_or_subject_pattern_is_refused_for_files_alone_too(tmp_path):
+    """--layout nope and --subject-pattern '(' were refused for a folder but taken in silence
+    when every input was a file (no folder's reader ever saw them)."""
+    png = save(tmp_path / "x.png", ramp(4, 4))
+    with pytest.raises(UltrasegError, match="unknown layout 'nope'; valid layouts: auto, "):
+        collect_frames([png], layout="nope")
+    with pytest.raises(UltrasegError, match="bad subject pattern '\\('"):
+        collect_frames([png], subject_pattern="(")
+    assert [f.out_name for f in collect_frames([png], layout="hc18", subject_pattern="^x")] \
+        == ["x"]
+
+
 def test_an_image_without_its_mask_is_still_predicted(tmp_path):
     """A labelled set missing a mask (or holding an orphan mask) stopped predict, which needs
     no masks; a flat folder of scans holding one NAME_mask.png beside its NAME.png (now the

@@ -24,8 +24,8 @@ from PIL import Image
 
 from .errors import DataError, UltrasegError
 from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock
-from .io import (IMAGE_EXTENSIONS, Sample, file_sample, frame_tag, scan_dataset,
-                 select_label, split_frames)
+from .io import (IMAGE_EXTENSIONS, Sample, check_layout, file_sample, frame_tag,
+                 scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, check_label, close_kept, in_output_folder,
                       mark_output_folder,
@@ -79,9 +79,10 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
     missing path, a file whose name is no image file's, an empty folder or a dataset with
     structural problems raises one
     :class:`~ultraseg.errors.UltrasegError` (for a labelled dataset with problems, point at its
-    images folder). Images under ``exclude`` (the output folder) are skipped; an input that is
-    the output folder, or inside it, is refused. Frames come in the order of ``inputs``, each
-    folder in its reader's (natural) order.
+    images folder); so does an unknown ``layout`` or a ``subject_pattern`` that is no regex,
+    whatever the inputs (:func:`ultraseg.io.check_layout`). Images under ``exclude`` (the
+    output folder) are skipped; an input that is the output folder, or inside it, is refused.
+    Frames come in the order of ``inputs``, each folder in its reader's (natural) order.
 
     A file of several frames (a cine loop: a multi-frame DICOM, a multi-page TIFF, an animated
     PNG) gives one frame each (:func:`ultraseg.io.split_frames`), but not in a labelled
@@ -96,6 +97,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
         inputs = [inputs]
     if not inputs:
         raise UltrasegError("no input images given")
+    check_layout(layout, subject_pattern)   # (files alone never reach a folder's reader)
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Sample, Path | None, PurePosixPath, str]] = []
     tables: dict[Path, Any] = {}        # pixel-size tables by folder, for files named alone

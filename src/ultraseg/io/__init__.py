@@ -70,6 +70,13 @@ def get_reader(layout: str, subject_pattern: str | None = None) -> Reader:
         raise UltrasegError(f"bad subject pattern {subject_pattern!r}: {e}") from e
 
 
+def check_layout(layout: str, subject_pattern: str | None = None) -> None:
+    """Refuse an unknown ``layout`` name (``auto`` or one of :data:`READERS`) and a
+    ``subject_pattern`` that is no regex, before any folder is read: also where none is (image
+    files named alone), so that a mistyped flag is never taken in silence."""
+    get_reader(ImagesReader.name if layout == "auto" else layout, subject_pattern)
+
+
 def detect_layout(root: str | Path) -> str:
     """The first registered layout whose ``detect`` accepts ``root``; a warning names the
     other labelled layouts it also fits (``images``, which fits any folder of images, aside)."""
@@ -141,8 +148,7 @@ def scan_dataset(path: str | Path, layout: str = "auto",
         raise DataError("no such file or folder", root)
     if not root.is_dir():
         raise DataError("not a folder", root)
-    if layout != "auto":
-        get_reader(layout)  # validates the name before touching the disk
+    check_layout(layout, subject_pattern)   # before touching the disk
     name = detect_layout(root) if layout == "auto" else layout
     reader = get_reader(name, subject_pattern)
     try:
@@ -259,6 +265,6 @@ def open_dataset(path: str | Path, layout: str = "auto",
 __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS",
            "Reader", "Sample", "dicom_frame_count", "dicom_pixel_size_mm", "read_dicom",
            "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
-           "get_reader", "open_dataset", "read_image", "nested_datasets", "read_mask",
-           "register", "scan_dataset", "select_label", "split_frames",
+           "check_layout", "get_reader", "open_dataset", "read_image", "nested_datasets",
+           "read_mask", "register", "scan_dataset", "select_label", "split_frames",
            "file_sample", "with_header_pixel_size"]
