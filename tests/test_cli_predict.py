@@ -386,6 +386,26 @@ def test_predict_refuses_a_label_that_names_no_structure_before_writing(tmp_path
     assert not (tmp_path / "o").exists()
 
 
+def test_an_overlay_of_a_label_no_mask_holds_says_so_as_evaluate_does(tmp_path, ckpt, capsys):
+    """predict --overlay --label 2 on binary masks drew no truth on any overlay and said
+    nothing (evaluate warns that the label occurs in no mask)."""
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=3, size=32, seed=0)
+    for label, absent in (("2", True), ("1", False)):
+        with ultraseg_warnings() as warned:
+            assert main(["predict", str(ckpt), str(data), "--out", str(tmp_path / label),
+                         "--overlay", "--label", label]) == 0
+        said = [r.getMessage() for r in warned if "occurs in none" in r.getMessage()]
+        assert said == (["label 2 occurs in none of the 3 masks (they hold labels [1]): no "
+                         "overlay shows a ground truth (--label K draws another)"]
+                        if absent else [])
+    with ultraseg_warnings() as warned:        # without overlays no mask is read
+        assert main(["predict", str(ckpt), str(data), "--out", str(tmp_path / "plain"),
+                     "--label", "2"]) == 0
+    assert not any("occurs in none" in r.getMessage() for r in warned)
+
+
 @pytest.mark.parametrize("command", ["predict", "measure"])
 @pytest.mark.parametrize("flag", [["--layout", "nope"], ["--subject-pattern", "("]])
 def test_a_bad_layout_flag_is_a_usage_error_whatever_the_inputs(tmp_path, ckpt, capsys,

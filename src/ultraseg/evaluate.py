@@ -15,6 +15,7 @@ from .config import PostprocessConfig
 from .errors import DataError, UltrasegError
 from .fileio import atomic_write_text, csv_cell, json_text, parse_json
 from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
+from .io.base import LabelTally
 from .logs import quiet
 from .measure import check_pixel_size, measure
 from .metrics import image_metrics, summarise
@@ -268,7 +269,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     raw_rows: list[dict[str, Any]] = []
     truths: list[np.ndarray] = []
     regions: list[tuple[int, int, int, int] | None] = []   # the part of each frame the net saw
-    labels_seen: set[int] = set()      # the labels the masks hold (with a label to score)
+    labels = LabelTally(label)         # the labels the masks hold (with a label to score)
 
     def decoded():
         for s in samples:
@@ -280,10 +281,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
             truths.append(select_label(mask, label))
             regions.append(seen_region(image, predictor.preprocess)
                            if s.meta.get("pixel_size_mm") or pixel_size_mm else None)
-            if label is not None and not truths[-1].any():
-                labels_seen.update(int(v) for v in np.unique(mask[mask > 0]))
-            elif label is not None:
-                labels_seen.add(label)
+            labels.add(mask, truths[-1])
             yield image
 
     for i, prob in enumerate(predictor.predict_proba_many(decoded())):
@@ -325,12 +323,9 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
     summary["label"] = label
-    if label is not None and label not in labels_seen and labels_seen:
-        # the masks hold structures, none of them this one: a wrong --label (or a checkpoint
-        # trained on another set's labels) would score every frame as empty
-        summary["label_absent"] = sorted(labels_seen)
-        log.warning("label %d occurs in none of the %d masks (they hold labels %s): every "
-                    "frame is scored as empty", label, len(rows), summary["label_absent"])
+    absent = labels.warn_if_absent("every frame is scored as empty", log)
+    if absent:
+        summary["label_absent"] = absent
     if out is not None:
         try:
             write_evaluation(out, summary, rows)

@@ -27,7 +27,7 @@ from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, 
 from .io import (IMAGE_EXTENSIONS, Sample, check_layout, file_sample, frame_tag,
                  scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
-from .io.base import (OUTPUT_MARKER, check_label, close_kept, in_output_folder,
+from .io.base import (OUTPUT_MARKER, LabelTally, check_label, close_kept, in_output_folder,
                       mark_output_folder,
                       warn_outputs_left_out)
 from .io.dicom import is_dicom
@@ -339,6 +339,9 @@ class PredictionSummary:
     rle: Path | None = None
     rle_left_out: int = 0
     failed: list[DataError] = field(default_factory=list)   # frames skipped, unreadable
+    #: with an overlay: the labels the masks hold where none holds the label drawn (its truth
+    #: then shows as empty on every overlay), else None
+    label_absent: list[int] | None = None
 
 
 def submission_frames(frames: Sequence[Frame]) -> list[bool]:
@@ -385,7 +388,9 @@ def write_predictions(predictor: Predictor | str | Path,
 
     ``fmt='tif'`` writes TIFF masks. ``overlay``: also ``OUT/NAME_overlay.png``, the image with
     the predicted outline (orange) and, for frames of a labelled dataset, the true one (blue;
-    ``label`` selects a structure of a label mask, default the predictor's). ``rle``: a Kaggle
+    ``label`` selects a structure of a label mask, default the predictor's; where no mask holds
+    it, a warning says so, as ``evaluate`` does, and ``summary.label_absent`` lists the labels
+    they hold). ``rle``: a Kaggle
     submission CSV (``img,pixels``, one row per frame in input order, ``img`` = the output
     name, the image's stem unless stems collide; of a Kaggle dataset with a test split, only
     the test frames: see :func:`submission_frames`; masks are still written for every
@@ -423,7 +428,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
         bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]
         if bad:
             raise UltrasegError(f"image name {bad[0]!r} cannot go in a submission CSV field")
-    truth_label = predictor.preprocess.label if label is None else label
+    labels = LabelTally(predictor.preprocess.label if label is None else label)
     suffix = MASK_FORMATS[fmt][0]
     summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
     in_submission = dict(zip((f.out_name for f in frames), submission_frames(frames)))
@@ -439,7 +444,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for frame, image, prob in iter_probabilities(predictor, frames, failed):
             if overlay:      # the truth first: a mask that cannot be read skips the frame
-                truth = _or_skip(lambda: _truth(frame, image.shape, truth_label), failed)
+                truth = _or_skip(lambda: _truth(frame, image.shape, labels), failed)
                 if truth is _SKIPPED:
                     continue
             mask = apply_postprocess(prob, predictor.postprocess)
@@ -476,19 +481,25 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
             log.info("submission %s not written: %d frames could not be read", rle,
                      len(summary.failed))
             summary.rle = None
+    if overlay:     # (evaluate says the same of its scores)
+        summary.label_absent = labels.warn_if_absent(
+            "no overlay shows a ground truth (--label K draws another)", log)
     log.info("wrote %d masks to %s (%d empty)", summary.n, out, summary.n_empty)
     return summary
 
 
-def _truth(frame: Frame, shape: tuple[int, ...], label: int | None) -> np.ndarray | None:
-    """The frame's ground-truth mask as bool (H, W), or None for an unlabelled image."""
+def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally) -> np.ndarray | None:
+    """The frame's ground-truth mask as bool (H, W) (its structure ``labels.label``, tallied
+    there), or None for an unlabelled image."""
     mask = frame.sample.load_mask()
     if mask is None:
         return None
     if mask.shape != shape[:2]:
         raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                         f"{shape[1]}x{shape[0]}", frame.sample.mask_paths[0])
-    return select_label(mask, label)
+    truth = select_label(mask, labels.label)
+    labels.add(mask, truth)
+    return truth
 
 
 # ------------------------------------------------------------------------------ measure

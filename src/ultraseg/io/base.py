@@ -691,6 +691,43 @@ def select_label(mask: np.ndarray, label: int | None) -> np.ndarray:
     return mask == label
 
 
+class LabelTally:
+    """The labels a run's masks hold, to say when the one selected (``--label K``) is in none of
+    them: every frame's truth is then empty (a wrong K, or a checkpoint trained on another
+    set's labels). :meth:`add` each mask with its :func:`select_label`; then
+    :meth:`warn_if_absent`."""
+
+    def __init__(self, label: int | None) -> None:
+        self.label = label
+        self.masks = 0
+        self.held: set[int] = set()
+
+    def add(self, mask: np.ndarray, selected: np.ndarray) -> None:
+        self.masks += 1
+        if self.label is None:
+            return
+        if selected.any():
+            self.held.add(self.label)
+        else:
+            self.held.update(int(v) for v in np.unique(mask[mask > 0]))
+
+    def absent(self) -> list[int] | None:
+        """The labels the masks hold where none holds ``label``; None where one does, where
+        they hold none at all (empty masks), or where no label is selected (any structure)."""
+        if self.label is None or not self.held or self.label in self.held:
+            return None
+        return sorted(self.held)
+
+    def warn_if_absent(self, consequence: str, logger: logging.Logger = log) -> list[int] | None:
+        """:meth:`absent`, with a warning on ``logger`` ending in ``consequence`` (what the run
+        did with the empty truth) where it is not None."""
+        held = self.absent()
+        if held:
+            logger.warning("label %d occurs in none of the %d masks (they hold labels %s): %s",
+                           self.label, self.masks, held, consequence)
+        return held
+
+
 def check_label(label: int | None) -> None:
     """Refuse a ``--label`` that names no structure: 0 (the background) or below."""
     if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer))
