@@ -287,3 +287,37 @@ def test_the_boundary_offsets_error_before_is_at_the_start() -> None:
     want = np.mean([abs(ellipse_circumference(a - 1.27, b - 1.27) * s - r)
                     for (a, b), s, r in zip(fitted, sizes, refs)])
     assert before == pytest.approx(want)
+
+
+@pytest.mark.parametrize("dy, dx", [(0.2, 0.4), (0.45, 0.15)])
+def test_pixels_that_are_not_square_are_measured_as_they_are(dy, dx) -> None:
+    """A DICOM header's PixelSpacing of 0.2 x 0.4 mm gave no mm at all, and --pixel-size then
+    replaced it with a square size: lengths were wrong along one axis. An ellipse of 24 x 14 mm
+    at 30 degrees (in mm), drawn on that grid, is measured in mm from its pixels as they are."""
+    a, b, t = 12.0, 7.0, math.radians(30.0)
+    yy, xx = np.mgrid[:int(32 / dy), :int(32 / dx)]
+    x, y = (xx - xx.shape[1] / 2) * dx, (yy - yy.shape[0] / 2) * dy
+    u, v = x * math.cos(t) + y * math.sin(t), -x * math.sin(t) + y * math.cos(t)
+    mask = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    m = measure(mask, (dy, dx))
+    assert m["area_mm2"] == m["area_px"] * dy * dx
+    assert m["area_mm2"] == pytest.approx(math.pi * a * b, rel=0.02)
+    assert (m["major_axis_mm"], m["minor_axis_mm"]) == pytest.approx((2 * a, 2 * b), rel=0.02)
+    assert m["hc_mm"] == pytest.approx(ellipse_circumference(a, b), rel=0.01)
+    assert m["perimeter_mm"] == pytest.approx(ellipse_circumference(a, b), rel=0.02)
+    square = measure(mask, math.sqrt(dy * dx))      # one square size: wrong along both axes
+    assert abs(square["major_axis_mm"] - 2 * a) > 0.1 * a
+    # square pixels given as a pair are measured as one number
+    assert measure(mask, (0.3, 0.3)) == measure(mask, 0.3)
+    with pytest.raises(ValueError, match="pixel_size_mm must be a positive number"):
+        measure(mask, (0.3, 0.0))
+
+
+def test_crofton_on_a_grid_that_is_not_square() -> None:
+    sq = np.zeros((30, 30), bool)
+    sq[5:25, 5:25] = True
+    assert crofton_perimeter(sq, (1.0, 1.0)) == pytest.approx(crofton_perimeter(sq))
+    # a disk of radius 20 mm on pixels 0.25 mm high, 0.5 mm wide
+    yy, xx = np.mgrid[:200, :100]
+    disk = ((yy - 100) * 0.25) ** 2 + ((xx - 50) * 0.5) ** 2 <= 20.0 ** 2
+    assert crofton_perimeter(disk, (0.25, 0.5)) == pytest.approx(2 * math.pi * 20, rel=0.01)

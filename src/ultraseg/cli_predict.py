@@ -193,13 +193,15 @@ def _print_measurements(a: argparse.Namespace, summary: dict[str, Any],
 
 def format_measure_row(r: dict[str, Any]) -> str:
     """One frame's measurement as a line: in mm where its pixel size is known, else in px."""
+    from .measure import has_pixel_size
+
     if not r["area_px"]:
         return f"{r['name']}: no object"
 
     def num(v: Any, unit: str, fmt: str = ".1f") -> str:
         return "n/a" if v is None else f"{v:{fmt}} {unit}"
 
-    if r["pixel_size_mm"]:
+    if has_pixel_size(r):
         return (f"{r['name']}: area {num(r['area_mm2'], 'mm2')}, "
                 f"perimeter {num(r['perimeter_mm'], 'mm')}, HC {num(r['hc_mm'], 'mm')}, "
                 f"axes {num(r['major_axis_mm'], 'x')} {num(r['minor_axis_mm'], 'mm')}")

@@ -17,7 +17,8 @@ from .fileio import atomic_write_text, csv_cell, json_text, parse_json
 from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally
 from .logs import quiet
-from .measure import check_pixel_size, measure
+from .measure import (check_pixel_size, frame_pixel_size, has_pixel_size, measure,
+                      warn_pixel_size_not_used)
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor, as_predictor
@@ -246,8 +247,10 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     structure of a label mask to score against; None: the one the predictor was trained on
     (its own None: any non-zero label). ``predictor`` may also be the path of a checkpoint
     or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults). ``pixel_size_mm``:
-    for frames whose dataset gives none (a table's or a DICOM header's wins), as in
-    :func:`ultraseg.measure_frames`; with it, HD95 and the measurements are also in mm.
+    for frames whose dataset gives none (a table's or a DICOM header's wins, and a header's
+    pixels that are not square are scored as they are: their height and width are the row's
+    ``pixel_height_mm`` and ``pixel_width_mm``), as in :func:`ultraseg.measure_frames`; with
+    it, HD95 and the measurements are also in mm.
     """
     predictor = as_predictor(predictor)
     pixel_size_mm = check_pixel_size(pixel_size_mm)
@@ -280,20 +283,25 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
                                 f"problem of the set at once)", e.path) from e
             truths.append(select_label(mask, label))
             regions.append(seen_region(image, predictor.preprocess)
-                           if s.meta.get("pixel_size_mm") or pixel_size_mm else None)
+                           if frame_pixel_size(s.meta, pixel_size_mm) else None)
             labels.add(mask, truths[-1])
             yield image
 
+    kept: tuple[list[str], list[tuple[float, float]]] = ([], [])   # header's, not --pixel-size
     for i, prob in enumerate(predictor.predict_proba_many(decoded())):
         s, truth = samples[i], truths[i]
-        spacing = s.meta.get("pixel_size_mm") or pixel_size_mm
+        # (pixels that are not square: (height, width), as hd95 and measure take them)
+        spacing = frame_pixel_size(s.meta, pixel_size_mm)
+        if pixel_size_mm is not None and isinstance(spacing, tuple):
+            kept[0].append(s.name)
+            kept[1].append(spacing)
         pred = apply_postprocess(prob, predictor.postprocess)
         # the dataset's reference HC is hc_ref_mm, as in measure's CSV (there hc_mm is the
         # prediction's; here hc_pred_mm)
         meta = {("hc_ref_mm" if k == "hc_mm" else k): v for k, v in s.meta.items()}
         row: dict[str, Any] = {"name": s.name, "subject": s.subject, **meta}
-        if spacing and not row.get("pixel_size_mm"):        # --pixel-size's
-            row["pixel_size_mm"] = spacing
+        if spacing and not isinstance(spacing, tuple) and not row.get("pixel_size_mm"):
+            row["pixel_size_mm"] = spacing                  # --pixel-size's
         row.update(image_metrics(pred, truth, spacing))
         raw = image_metrics(apply_postprocess(prob, raw_pp), truth)
         raw_rows.append(raw)
@@ -309,13 +317,15 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         truths[i] = None  # type: ignore[call-overload]  # free memory as we stream
         if progress:
             progress(i + 1, len(samples))
+    if pixel_size_mm is not None:
+        warn_pixel_size_not_used(*kept, pixel_size_mm, log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in SUMMARY_KEYS}
     summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
     errors = [abs(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
     with_reference = sum(1 for r in rows
-                         if r.get("hc_ref_mm") is not None and r.get("pixel_size_mm"))
+                         if r.get("hc_ref_mm") is not None and has_pixel_size(r))
     if with_reference:
         # frames whose head the model did not find have no error: the MAE is over the others,
         # and the summary says how many it leaves out

@@ -34,6 +34,13 @@ origin at the centre of the top-left pixel, ``x`` to the right (column) and ``y`
   the offset again on its validation frames where they carry a reference circumference
   (:func:`choose_boundary_offset`), as it chooses the threshold there.
 * ``ellipse_circumference_px``: Ramanujan's second approximation.
+* in mm: with square pixels of ``s`` mm, every length in px times ``s`` (areas ``s**2``). Pixels
+  that are not square (a DICOM header's ``PixelSpacing`` of 0.2 x 0.4 mm), given as their
+  (height, width) ``(dy, dx)``, are measured as they are: the area is ``area_px * dy * dx``; the
+  perimeter is Crofton's on that grid (:func:`crofton_perimeter`: its diagonals no longer lie at
+  45 degrees, so the four directions are weighted by the angles they stand for); the ellipse is
+  the one fitted in px mapped by ``x * dx, y * dy`` (an ellipse still, its axes the singular
+  values of that map), whose axes and circumference give the diameters and HC in mm.
 
 An empty mask gives ``area_px == 0``, ``perimeter_px == 0.0`` and ``None`` for every ellipse field.
 """
@@ -63,6 +70,54 @@ def check_pixel_size(pixel_size_mm: Any) -> float | None:
                             f"{pixel_size_mm!r}")
     return float(pixel_size_mm)
 
+
+def frame_pixel_size(meta: dict[str, Any], pixel_size_mm: float | None = None
+                     ) -> float | tuple[float, float] | None:
+    """The pixel size a frame is measured with, from its sample's ``meta``: its dataset's square
+    size (``pixel_size_mm``: a table's, or a DICOM header's), else its DICOM header's pixels
+    that are not square as ``(height, width)`` mm (``pixel_height_mm``, ``pixel_width_mm``),
+    else ``pixel_size_mm`` (``--pixel-size``). A square ``pixel_size_mm`` never replaces a
+    header's pixels that are not square: every length in mm would be wrong along one axis."""
+    if meta.get("pixel_size_mm"):
+        return float(meta["pixel_size_mm"])
+    if meta.get("pixel_height_mm") and meta.get("pixel_width_mm"):
+        return float(meta["pixel_height_mm"]), float(meta["pixel_width_mm"])
+    return pixel_size_mm
+
+
+def has_pixel_size(row: dict[str, Any]) -> bool:
+    """Whether a row of ``measure``'s or ``evaluate``'s table has a known pixel size: square
+    (``pixel_size_mm``) or not (``pixel_height_mm``, see :func:`frame_pixel_size`)."""
+    return bool(row.get("pixel_size_mm") or row.get("pixel_height_mm"))
+
+
+def warn_pixel_size_not_used(names: list[str], spacings: list[tuple[float, float]],
+                             pixel_size_mm: float, log: logging.Logger = logger) -> None:
+    """Say on ``log`` that ``--pixel-size`` was not used for the frames ``names``, whose
+    DICOM headers give pixels that are not square (``spacings``, (height, width) mm, measured
+    with those: see :func:`frame_pixel_size`)."""
+    if not names:
+        return
+    (dy, dx), more = spacings[0], len(names) - 1
+    log.warning("%s: its DICOM header gives pixels that are not square (%.4g mm high, %.4g mm "
+                "wide): measured in mm with those; --pixel-size %g (square) was not used for "
+                "it%s", names[0], dy, dx, pixel_size_mm,
+                f", nor for {more} more frames of such headers" if more else "")
+
+
+def pixel_spacing(pixel_size_mm: float | tuple[float, float]) -> tuple[float, float]:
+    """A pixel size (one number: square pixels; or (height, width)) as (height, width) mm;
+    ValueError where either is no positive, finite number."""
+    pair = (pixel_size_mm, pixel_size_mm) if np.ndim(pixel_size_mm) == 0 else pixel_size_mm
+    try:
+        dy, dx = (float(v) for v in pair)      # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        dy = dx = math.nan
+    if not all(v > 0 and math.isfinite(v) for v in (dy, dx)):
+        raise ValueError(f"pixel_size_mm must be a positive number or a (height, width) pair "
+                         f"of them, got {pixel_size_mm!r}")
+    return dy, dx
+
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -82,19 +137,40 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def crofton_perimeter(mask: np.ndarray) -> float:
+def crofton_perimeter(mask: np.ndarray, spacing: tuple[float, float] | None = None) -> float:
     """Perimeter (pixels) of a bool (H, W) mask by the four-direction Crofton formula.
 
     Counts the boundaries of every component and hole; pass a single filled component for the
-    outer boundary only.
+    outer boundary only. ``spacing``: pixels of (height, width) mm, for the perimeter in mm of
+    pixels that need not be square: each direction's count of boundary crossings times its
+    lines' spacing, weighted by the share of the half circle of directions nearest to it (on a
+    grid of ``dy`` by ``dx``, the diagonals lie at ``atan(dy / dx)``, not at 45 degrees).
     """
     m = np.pad(np.asarray(mask, dtype=bool), 1)
     entries_rows = np.count_nonzero(m[:, 1:] & ~m[:, :-1])
     entries_cols = np.count_nonzero(m[1:, :] & ~m[:-1, :])
     entries_diag = np.count_nonzero(m[1:, 1:] & ~m[:-1, :-1])
     entries_anti = np.count_nonzero(m[1:, :-1] & ~m[:-1, 1:])
+    if spacing is not None:
+        dy, dx = spacing
+        alpha = math.atan2(dy, dx)             # the diagonals' angle from the rows
+        return float(alpha * entries_rows * dy + (math.pi / 2.0 - alpha) * entries_cols * dx
+                     + math.pi / 4.0 * (entries_diag + entries_anti) * dx * dy / math.hypot(dx, dy))
     diagonal = (entries_diag + entries_anti) / math.sqrt(2.0)
     return float(math.pi / 4.0 * (entries_rows + entries_cols + diagonal))
+
+
+def scaled_ellipse_axes(a: float, b: float, angle_deg: float, spacing: tuple[float, float]
+                        ) -> tuple[float, float]:
+    """The semi-axes (mm, major first) of the ellipse of semi-axes ``a``, ``b`` px whose major
+    axis lies at ``angle_deg`` from +x towards +y, on pixels of (height, width) ``spacing`` mm:
+    the singular values of diag(dx, dy) R(angle) diag(a, b)."""
+    dy, dx = spacing
+    t = math.radians(angle_deg)
+    m = np.array([[dx * a * math.cos(t), -dx * b * math.sin(t)],
+                  [dy * a * math.sin(t), dy * b * math.cos(t)]])
+    major, minor = np.linalg.svd(m, compute_uv=False)
+    return float(major), float(minor)
 
 
 def boundary_points(mask: np.ndarray, frame_edge: bool = True) -> np.ndarray:
@@ -275,7 +351,7 @@ def choose_boundary_offset(axes_px: np.ndarray, pixel_sizes_mm: np.ndarray,
 
 def measure(
     mask: np.ndarray,
-    pixel_size_mm: float | None = None,
+    pixel_size_mm: float | tuple[float, float] | None = None,
     boundary_offset_px: float = 0.0,
     region: tuple[int, int, int, int] | None = None,
 ) -> dict[str, Any]:
@@ -291,10 +367,11 @@ def measure(
     ``area_px``, ``perimeter_px``, ``ellipse_center`` (x, y),
     ``ellipse_axes`` (a, b semi-axes, a >= b, px), ``ellipse_angle_deg`` (major axis from +x
     towards +y, [0, 180)), ``ellipse_circumference_px``, ``ellipse_method`` ('boundary_fit' or
-    'moments'); with ``pixel_size_mm`` (square pixels) also ``area_mm2``, ``perimeter_mm``,
-    ``hc_mm`` (the ellipse circumference in mm) and ``major_axis_mm`` and ``minor_axis_mm``
-    (the ellipse's whole axes, 2a and 2b: of a fetal head, the occipitofrontal and the
-    biparietal diameter, outer to outer). Ellipse fields are ``None`` for an empty mask.
+    'moments'); with ``pixel_size_mm`` (one number: square pixels; or a (height, width) pair:
+    pixels that are not square, see the module docstring) also ``area_mm2``,
+    ``perimeter_mm``, ``hc_mm`` (the ellipse circumference in mm) and ``major_axis_mm`` and
+    ``minor_axis_mm`` (the ellipse's whole axes, 2a and 2b: of a fetal head, the occipitofrontal
+    and the biparietal diameter, outer to outer). Ellipse fields are ``None`` for an empty mask.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -348,13 +425,26 @@ def measure(
             ellipse_method=method,
         )
     if pixel_size_mm is not None:
-        s = float(pixel_size_mm)
-        if not (s > 0 and math.isfinite(s)):
-            raise ValueError(f"pixel_size_mm must be a positive number, got {pixel_size_mm!r}")
-        out["area_mm2"] = area * s * s
-        out["perimeter_mm"] = out["perimeter_px"] * s
-        circ, axes = out["ellipse_circumference_px"], out["ellipse_axes"]
-        out["hc_mm"] = None if circ is None else circ * s
-        out["major_axis_mm"] = None if axes is None else 2 * axes[0] * s
-        out["minor_axis_mm"] = None if axes is None else 2 * axes[1] * s
+        out.update(_in_mm(out, obj, pixel_spacing(pixel_size_mm)))
     return out
+
+
+def _in_mm(out: dict[str, Any], obj: np.ndarray, spacing: tuple[float, float]
+           ) -> dict[str, float | None]:
+    """:func:`measure`'s mm fields of the object ``obj`` measured as ``out`` in px, on pixels
+    of (height, width) ``spacing`` mm."""
+    dy, dx = spacing
+    circ, axes = out["ellipse_circumference_px"], out["ellipse_axes"]
+    if dy == dx:            # square: every length times the one size
+        s = dx
+        return {"area_mm2": out["area_px"] * s * s, "perimeter_mm": out["perimeter_px"] * s,
+                "hc_mm": None if circ is None else circ * s,
+                "major_axis_mm": None if axes is None else 2 * axes[0] * s,
+                "minor_axis_mm": None if axes is None else 2 * axes[1] * s}
+    mm_axes = None if axes is None else scaled_ellipse_axes(*axes, out["ellipse_angle_deg"],
+                                                            spacing)
+    return {"area_mm2": out["area_px"] * dy * dx,
+            "perimeter_mm": crofton_perimeter(obj, spacing) if out["area_px"] else 0.0,
+            "hc_mm": None if mm_axes is None else ellipse_circumference(*mm_axes),
+            "major_axis_mm": None if mm_axes is None else 2 * mm_axes[0],
+            "minor_axis_mm": None if mm_axes is None else 2 * mm_axes[1]}

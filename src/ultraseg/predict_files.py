@@ -31,6 +31,7 @@ from .io.base import (OUTPUT_MARKER, LabelTally, check_label, close_kept, in_out
                       mark_output_folder,
                       warn_outputs_left_out)
 from .io.dicom import is_dicom
+from .measure import has_pixel_size
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor, as_predictor
 
@@ -503,8 +504,9 @@ def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally) -> np.ndarr
 
 
 # ------------------------------------------------------------------------------ measure
-MEASURE_COLUMNS = ("name", "image", "frame", "width", "height", "pixel_size_mm", "n_components",
-                   "touches_edge", "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
+MEASURE_COLUMNS = ("name", "image", "frame", "width", "height", "pixel_size_mm",
+                   "pixel_height_mm", "pixel_width_mm", "n_components", "touches_edge",
+                   "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
                    "ellipse_a_px", "ellipse_b_px", "ellipse_angle_deg", "ellipse_method",
                    "area_mm2", "perimeter_mm", "major_axis_mm", "minor_axis_mm", "hc_mm",
                    "hc_ref_mm", "hc_error_mm")
@@ -518,8 +520,10 @@ def measure_frames(predictor: Predictor | str | Path,
     """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
 
     Per frame: area, perimeter and fitted-ellipse circumference in pixels, and in mm (with the
-    ellipse's axes, 2a and 2b) where the pixel size is known -- from the dataset (HC18's CSV),
-    else ``pixel_size_mm`` -- plus the
+    ellipse's axes, 2a and 2b) where the pixel size is known -- from the dataset (HC18's CSV,
+    a DICOM header), else ``pixel_size_mm`` (:func:`ultraseg.measure.frame_pixel_size`: a
+    header's pixels that are not square are measured as they are, never with
+    ``pixel_size_mm``, with a warning where it is given) -- plus the
     reference head circumference ``hc_ref_mm`` and ``hc_error_mm`` (predicted - reference)
     where the dataset gives one. The ellipse is shrunk by the checkpoint's
     ``meta['measure']['boundary_offset_px']`` (0 when absent). With ``out``, writes
@@ -534,7 +538,7 @@ def measure_frames(predictor: Predictor | str | Path,
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     """
-    from .measure import check_pixel_size, measure
+    from .measure import check_pixel_size, frame_pixel_size, measure, warn_pixel_size_not_used
     from .preprocess import seen_region
     from .report import measure_overlay
 
@@ -549,9 +553,13 @@ def measure_frames(predictor: Predictor | str | Path,
         out_dir = prepare_out_dir(out) if out is not None else None
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
+        kept: tuple[list[str], list[tuple[float, float]]] = ([], [])   # header's, not --pixel-size
         for frame, image, prob in iter_probabilities(predictor, frames, failed):
             mask = apply_postprocess(prob, predictor.postprocess)
-            spacing = frame.sample.meta.get("pixel_size_mm") or pixel_size_mm
+            spacing = frame_pixel_size(frame.sample.meta, pixel_size_mm)
+            if pixel_size_mm is not None and isinstance(spacing, tuple):
+                kept[0].append(frame.out_name)
+                kept[1].append(spacing)
             m = measure(mask, spacing, boundary_offset_px=offset,
                         region=seen_region(image, predictor.preprocess))
             row = _measurement_row(frame, image.shape, spacing, m)
@@ -565,6 +573,8 @@ def measure_frames(predictor: Predictor | str | Path,
             rows.append(row)
             if progress:
                 progress(len(rows) + len(failed or ()), len(frames))
+        if pixel_size_mm is not None:
+            warn_pixel_size_not_used(*kept, pixel_size_mm, log)
         summary = summarise_measurements(rows, offset)
         if failed is not None:
             summary["n_unreadable"] = len(failed)
@@ -581,15 +591,22 @@ def measure_frames(predictor: Predictor | str | Path,
         return summary, rows
 
 
-def _measurement_row(frame: Frame, shape: tuple[int, ...], spacing: float | None,
+def _measurement_row(frame: Frame, shape: tuple[int, ...],
+                     spacing: float | tuple[float, float] | None,
                      m: dict[str, Any]) -> dict[str, Any]:
     """The measurements table's row (:data:`MEASURE_COLUMNS`) of ``frame``, of shape
-    ``shape``, measured as ``m`` (:func:`ultraseg.measure.measure`) at ``spacing`` mm."""
+    ``shape``, measured as ``m`` (:func:`ultraseg.measure.measure`) at ``spacing`` mm (one
+    number: square pixels, ``pixel_size_mm``; else (height, width): ``pixel_size_mm`` empty;
+    ``pixel_height_mm`` and ``pixel_width_mm`` either way)."""
     centre, axes = m["ellipse_center"] or (None, None), m["ellipse_axes"] or (None, None)
+    height, width = (None, None) if spacing is None else (
+        spacing if isinstance(spacing, tuple) else (spacing, spacing))
     row: dict[str, Any] = {
         "name": frame.out_name, "image": str(frame.image_path),
         "frame": None if frame.sample.frame is None else frame.sample.frame + 1,
-        "width": shape[1], "height": shape[0], "pixel_size_mm": spacing,
+        "width": shape[1], "height": shape[0],
+        "pixel_size_mm": None if isinstance(spacing, tuple) else spacing,
+        "pixel_height_mm": height, "pixel_width_mm": width,
         "n_components": m["n_components"], "touches_edge": m["touches_edge"],
         "area_px": m["area_px"],
         "perimeter_px": m["perimeter_px"], "hc_px": m["ellipse_circumference_px"],
@@ -614,13 +631,13 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
     return {
         "n": len(rows),
         "n_with_object": sum(1 for r in rows if r["area_px"] > 0),
-        "n_with_pixel_size": sum(1 for r in rows if r.get("pixel_size_mm")),
+        "n_with_pixel_size": sum(1 for r in rows if has_pixel_size(r)),
         "area_px_mean": float(np.mean([r["area_px"] for r in rows])) if rows else None,
         "hc_mm_mean": float(np.mean(hc)) if hc else None,
         "n_with_reference": len(errors),
         # frames with a reference whose head the model did not find: no error, left out
         "n_reference_missed": sum(1 for r in rows if r.get("hc_ref_mm") is not None
-                                  and r.get("pixel_size_mm") and r.get("hc_mm") is None),
+                                  and has_pixel_size(r) and r.get("hc_mm") is None),
         "hc_mae_mm": float(np.mean(np.abs(errors))) if errors else None,
         "hc_bias_mm": float(np.mean(errors)) if errors else None,
         "boundary_offset_px": boundary_offset_px,

@@ -555,3 +555,81 @@ def test_a_damaged_size_element_is_one_line_naming_the_file(tmp_path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match="rows.dcm"):
         dicom_frame_count(path)
+
+
+def _head(h: int, w: int, cx: float, cy: float) -> np.ndarray:
+    """A bright ellipse (value 200) on a dark frame (40): a pixel predictor's object."""
+    yy, xx = np.mgrid[:h, :w]
+    return np.where(((xx - cx) / 14.0) ** 2 + ((yy - cy) / 9.0) ** 2 <= 1, 200, 40
+                    ).astype(np.uint8)
+
+
+def test_pixels_that_are_not_square_are_measured_as_they_are_not_with_a_pixel_size(
+        tmp_path) -> None:
+    """PixelSpacing [0.2, 0.4] (0.2 mm high, 0.4 mm wide) gave no pixel size, with a warning
+    that mm need square pixels; `measure --pixel-size 0.3` then printed mm at 0.3 mm square
+    (area 75.7 mm2 for a true 67.3), counted the frame as "with a known pixel size", and said
+    nothing more. Now the header's pixels are measured as they are, and --pixel-size is said
+    not to be used for them."""
+    from test_predict import pixel_predictor
+
+    from ultraseg import collect_frames
+    from ultraseg.measure import measure
+    from ultraseg.predict_files import measure_frames, measurements_csv
+
+    image = _head(30, 40, 20.0, 15.0)
+    p = make_dicom(tmp_path / "exam" / "aniso.dcm", image, spacing=(0.2, 0.4))
+    (frame,) = collect_frames(p)
+    assert "pixel_size_mm" not in frame.sample.meta
+    assert (frame.sample.meta["pixel_height_mm"], frame.sample.meta["pixel_width_mm"]) == (0.2,
+                                                                                        0.4)
+    expected = measure(image >= 128, (0.2, 0.4))
+    with ultraseg_warnings() as warned:
+        summary, (row,) = measure_frames(pixel_predictor(), [frame], pixel_size_mm=0.3)
+    assert row["pixel_size_mm"] is None
+    assert (row["pixel_height_mm"], row["pixel_width_mm"]) == (0.2, 0.4)
+    assert row["area_mm2"] == pytest.approx(row["area_px"] * 0.2 * 0.4)
+    assert row["hc_mm"] == pytest.approx(expected["hc_mm"])
+    assert row["major_axis_mm"] == pytest.approx(expected["major_axis_mm"])
+    assert summary["n_with_pixel_size"] == 1
+    said = " ".join(r.getMessage() for r in warned)
+    assert "aniso: its DICOM header gives pixels that are not square (0.2 mm high, 0.4 mm " \
+           "wide)" in said and "--pixel-size 0.3 (square) was not used for it" in said
+    header, line = measurements_csv([row]).splitlines()
+    cells = dict(zip(header.split(","), line.split(",")))
+    assert (cells["pixel_size_mm"], cells["pixel_height_mm"], cells["pixel_width_mm"]) == (
+        "", "0.2", "0.4")
+    # without --pixel-size: the same mm, and no warning (nothing was left unused)
+    with ultraseg_warnings() as warned:
+        _, (plain,) = measure_frames(pixel_predictor(), [frame])
+    assert plain["area_mm2"] == row["area_mm2"] and not warned
+    # a square header's size is still one number, in both columns
+    square = make_dicom(tmp_path / "sq.dcm", image, spacing=(0.25, 0.25))
+    _, (row,) = measure_frames(pixel_predictor(), collect_frames(square), pixel_size_mm=0.3)
+    assert (row["pixel_size_mm"], row["pixel_height_mm"], row["pixel_width_mm"]) == (
+        0.25, 0.25, 0.25)
+
+
+def test_evaluate_scores_hd95_in_mm_on_pixels_that_are_not_square(tmp_path) -> None:
+    """evaluate --pixel-size took the same fallback: a square size over a header's 0.2 x 0.4
+    mm pixels. HD95 in mm and the measurements now use each axis's own size."""
+    from test_predict import pixel_predictor
+
+    from ultraseg.evaluate import evaluate
+    from ultraseg.measure import measure
+    from ultraseg.metrics import hd95
+
+    image = _head(30, 40, 20.0, 15.0)
+    truth = _head(30, 40, 22.0, 17.0) >= 128              # shifted 2 px right and down
+    make_dicom(tmp_path / "d" / "images" / "a.dcm", image, spacing=(0.2, 0.4))
+    (tmp_path / "d" / "masks").mkdir()
+    Image.fromarray(truth.astype(np.uint8) * 255).save(tmp_path / "d" / "masks" / "a_mask.png")
+    with ultraseg_warnings() as warned:
+        _, (row,) = evaluate(pixel_predictor(), tmp_path / "d", pixel_size_mm=0.3)
+    pred = image >= 128
+    assert row["hd95_mm"] == pytest.approx(hd95(pred, truth, (0.2, 0.4)))
+    assert row["hd95_mm"] != pytest.approx(hd95(pred, truth, 0.3))
+    assert row.get("pixel_size_mm") is None
+    assert (row["pixel_height_mm"], row["pixel_width_mm"]) == (0.2, 0.4)
+    assert row["area_mm2"] == pytest.approx(measure(pred, (0.2, 0.4))["area_mm2"])
+    assert any("--pixel-size 0.3 (square) was not used" in r.getMessage() for r in warned)

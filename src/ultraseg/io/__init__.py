@@ -16,8 +16,8 @@ from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
                    classify_mask_values, frame_count, read_image, read_mask, select_label,
                    unread_files_said, unread_image_files)
-from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm, is_dicom,
-                    read_dicom)
+from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm,
+                    dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (IMAGE_FOLDERS, MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader,
                       ImagesReader, KaggleReader, table_key)
 
@@ -187,16 +187,24 @@ def file_sample(path: Path, tables: dict[Path, dict[str, dict[str, float]]] | No
 
 def with_header_pixel_size(sample: Sample) -> Sample:
     """``sample``, a DICOM frame's given its header's pixel size where its layout gave none (a
-    table's wins); a header that cannot be read gives none here (reading the frame says
-    why)."""
+    table's wins): ``meta['pixel_size_mm']`` for square pixels, else ``pixel_height_mm`` and
+    ``pixel_width_mm`` (see :func:`ultraseg.measure.frame_pixel_size`); a header that cannot be
+    read gives none here (reading the frame says why)."""
     if not is_dicom(sample.image_path) or "pixel_size_mm" in sample.meta:
         return sample
     try:
-        size = dicom_pixel_size_mm(sample.image_path)
+        spacing = dicom_pixel_spacing_mm(sample.image_path)
     except DataError:
         return sample
-    if size is not None:
-        sample.meta["pixel_size_mm"] = size
+    if spacing is None:
+        return sample
+    dy, dx = spacing
+    if dy == dx:
+        sample.meta["pixel_size_mm"] = dx
+    else:
+        log.info("%s: its pixels are not square (%.4g mm high, %.4g mm wide): measured in mm "
+                 "with each axis's own size", sample.image_path, dy, dx)
+        sample.meta["pixel_height_mm"], sample.meta["pixel_width_mm"] = dy, dx
     return sample
 
 
@@ -263,7 +271,8 @@ def open_dataset(path: str | Path, layout: str = "auto",
 
 
 __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS",
-           "Reader", "Sample", "dicom_frame_count", "dicom_pixel_size_mm", "read_dicom",
+           "Reader", "Sample", "dicom_frame_count", "dicom_pixel_size_mm",
+           "dicom_pixel_spacing_mm", "read_dicom",
            "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
            "check_layout", "get_reader", "open_dataset", "read_image", "nested_datasets",
            "read_mask", "register", "scan_dataset", "select_label", "split_frames",

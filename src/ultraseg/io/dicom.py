@@ -9,12 +9,14 @@ it, the table's or window's output range as 0..255; and its pixel size comes fro
 header, so ``measure`` and ``evaluate`` give millimetres without ``--pixel-size``:
 
 * the ultrasound regions (``SequenceOfUltrasoundRegions``): the 2D regions whose physical
-  units are centimetres, where they all agree on one square pixel size (``PhysicalDeltaX`` and
+  units are centimetres, where they all agree on one pixel size (``PhysicalDeltaX`` and
   ``PhysicalDeltaY``, cm, times 10);
-* else ``PixelSpacing`` (mm; row and column spacing), where it is square.
+* else ``PixelSpacing`` (mm; row and column spacing).
 
-Pixels that are not square, or regions that disagree (a B-mode image beside a Doppler strip of
-another scale), give no pixel size, with a warning: a measurement in mm would be wrong. A cine
+Pixels that are not square give their height and width (:func:`dicom_pixel_spacing_mm`), and
+are measured in mm with those (:mod:`ultraseg.measure`), never with a square ``--pixel-size``.
+Regions that disagree (a B-mode image beside a Doppler strip of another scale) give no pixel
+size, with a warning: a measurement in mm would be wrong. A cine
 loop (several frames) is read one frame at a time (``frame``; ``predict`` and ``measure`` take
 each), as a multi-page TIFF is, and refused where one frame is wanted (training, evaluation);
 so is a DICOM file given as a mask (masks are image files: PNG...). A file that cannot be read
@@ -332,9 +334,10 @@ def _header_sizes(ds: Any) -> list[tuple[float, float]]:
     return sizes
 
 
-def dicom_pixel_size_mm(path: str | Path) -> float | None:
-    """The square pixel size in mm a DICOM file's header gives (see the module docstring), or
-    None where it gives none, or none that is square and one."""
+def dicom_pixel_spacing_mm(path: str | Path) -> tuple[float, float] | None:
+    """The (height, width) of a pixel in mm a DICOM file's header gives (see the module
+    docstring; equal, the width twice, where they agree within 0.1 %: square), or None where
+    it gives none, or regions that disagree."""
     path = Path(path)
     ds = _read(path, pixels=False)
     try:
@@ -356,8 +359,19 @@ def dicom_pixel_size_mm(path: str | Path) -> float | None:
                     "size taken (--pixel-size gives one)", path,
                     ", ".join(f"{a:.4g} x {b:.4g}" for a, b in sizes))
         return None
-    if abs(x - y) > _SQUARE * max(x, y):
-        log.warning("%s: its pixels are not square (%.4g x %.4g mm): no pixel size taken, as "
-                    "measurements in mm assume square pixels", path, x, y)
+    return (x, x) if abs(x - y) <= _SQUARE * max(x, y) else (y, x)
+
+
+def dicom_pixel_size_mm(path: str | Path) -> float | None:
+    """The square pixel size in mm a DICOM file's header gives (see the module docstring), or
+    None where it gives none, or none that is square and one (pixels that are not square:
+    :func:`dicom_pixel_spacing_mm` gives their height and width)."""
+    spacing = dicom_pixel_spacing_mm(path)
+    if spacing is None:
         return None
-    return x
+    dy, dx = spacing
+    if dy != dx:
+        log.warning("%s: its pixels are not square (%.4g x %.4g mm): no one pixel size (their "
+                    "height and width: dicom_pixel_spacing_mm)", path, dx, dy)
+        return None
+    return dx
