@@ -203,6 +203,50 @@ def test_time_limit_caps_the_whole_run_across_a_resume(data: Path, tmp_path: Pat
     assert "used up" in load_checkpoint(run / "best.ckpt").meta["metrics"]["stopped"]
 
 
+@pytest.mark.parametrize("when", ["after an epoch", "during an epoch",
+                                  "during an epoch, an older checkpoint"])
+def test_a_run_stopped_by_its_time_limit_does_not_train_on_after_resume(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture, when: str) -> None:
+    """A time-limited run that had stopped (no time for another epoch, or the limit reached
+    during one) and was then interrupted while choosing its post-processing trained a partial
+    epoch more on --resume, one the uninterrupted run never trained, which could become the
+    best and took the choice's time. last.ckpt records the stop; the resume finishes the run.
+    A checkpoint from before the stop was recorded tells a cut epoch by its history row."""
+    import ultraseg.train as T
+    from ultraseg.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    if when == "after an epoch":
+        monkeypatch.setattr(T, "_no_time_for_another_epoch", lambda *a, **k: True)
+    else:       # no batch after the first fits before the reserve
+        monkeypatch.setattr(T, "_reserve", lambda *a, **k: 1e6)
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_finish", interrupted)
+    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--time-limit", "10m",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 130
+    monkeypatch.undo()
+    last = load_checkpoint(run / "last.ckpt")
+    assert last.train_state["epoch"] == 1
+    stop = ("no time for another epoch after epoch 1" if when == "after an epoch" else
+            "time limit reached during epoch 1")
+    if when.endswith("older checkpoint"):
+        last.train_state.pop("stopped", None)
+        save_checkpoint(run / "last.ckpt", last.state_dict, last.meta, last.train_state)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert len(_rows(run)) == 1, f"the resumed run trained {len(_rows(run)) - 1} more epochs"
+    last = load_checkpoint(run / "last.ckpt")
+    assert last.train_state["epoch"] == 1
+    if not when.endswith("older checkpoint"):
+        assert stop in last.train_state["stopped"]
+    assert stop in load_checkpoint(run / "best.ckpt").meta["metrics"]["stopped"]
+    assert stop in capsys.readouterr().out
+
+
 def test_resuming_a_finished_run_changes_nothing(data: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     """A finished run resumed (as scripts on preemptible machines always pass --resume) chose

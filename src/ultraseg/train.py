@@ -634,10 +634,14 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         return {**make_meta(cfg.model, cfg.preprocess, pp or PostprocessConfig(), metrics,
                             cfg.to_dict()), "measure": measure or measure_meta}
 
-    stopped = None
+    stopped = _recorded_stop(last.train_state, history) if resume else None
     est_val = None          # seconds for one validation pass, measured
     n_batches = len(batches)
-    if resume and time.monotonic() + _reserve_fixed(tc.time_limit_s) > deadline:
+    if stopped:     # interrupted while choosing its post-processing or writing its report
+        log.info("the run had stopped before it was interrupted (%s): finishing it without "
+                 "training on", stopped)
+        start_epoch = tc.epochs + 1
+    elif resume and time.monotonic() + _reserve_fixed(tc.time_limit_s) > deadline:
         stopped = (f"time limit: used up by the run before it was interrupted, after epoch "
                    f"{start_epoch - 1}")
         start_epoch = tc.epochs + 1             # nothing more to train: finish the run
@@ -727,7 +731,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
                      "history_json": json.dumps(history), "best_dice": best_dice,
                      "best_epoch": best_epoch, "horizon": horizon,
-                     "seconds": time.monotonic() - t0}    # of the whole run, so far
+                     "seconds": time.monotonic() - t0,    # of the whole run, so far
+                     "stopped": stopped}     # a resume finishes a run that had stopped
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), state)
@@ -741,6 +746,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                 time.monotonic(), deadline, per_epoch, batch_s, est_val, tc.time_limit_s),
                 device)):
             stopped = f"time limit: no time for another epoch after epoch {epoch}"
+            if ctx.is_main:     # decided after the save: recorded, as an epoch cut short is
+                save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics),
+                                {**state, "stopped": stopped})
             break
 
     if stopped:
@@ -751,6 +759,18 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
                    best_dice, stopped, t0, meta, progress, choosing)
+
+
+def _recorded_stop(state: Mapping[str, Any], history: list[dict[str, Any]]) -> str | None:
+    """Why a run had stopped training when it was interrupted after its last saved epoch
+    (while it chose its post-processing or wrote its report), else None: its time limit,
+    as ``last.ckpt``'s training state records it. A checkpoint from before the stop was
+    recorded tells it by its last epoch's row alone, where that epoch was cut short."""
+    if state.get("stopped"):
+        return str(state["stopped"])
+    if history and history[-1].get("complete") is False:
+        return f"time limit reached during epoch {history[-1]['epoch']}"
+    return None
 
 
 def _no_time_for_another_epoch(now: float, deadline: float, epoch_s: float, batch_s: float,
