@@ -247,6 +247,40 @@ def test_a_run_stopped_by_its_time_limit_does_not_train_on_after_resume(
     assert stop in capsys.readouterr().out
 
 
+def test_resume_keeps_the_auto_presence_head_decided_at_the_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A presence head 'auto' (the cpu preset's) is decided on the training masks when the run
+    starts, and last.ckpt is built so. --resume decided it again on the masks of then: where
+    they had been corrected since, it built a model without the head and died loading
+    last.ckpt (internal error, exit 1). It now builds the recorded model; config.json, which
+    a resume on other threads rewrites, still asks for 'auto'."""
+    import numpy as np
+    from PIL import Image
+
+    import ultraseg.train as T
+
+    data = make_dataset(tmp_path / "data", n=80, size=64, seed=0)   # 1 in 8 masks empty
+    run = tmp_path / "run"
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_finish", interrupted)
+    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", "2",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 130
+    monkeypatch.undo()
+    assert "presence head: on" in (run / "train.log").read_text()
+    for f in (data / "masks").iterdir():          # the empty masks corrected since
+        a = np.array(Image.open(f))
+        if not a.any():
+            a[20:30, 20:30] = 255
+            Image.fromarray(a).save(f)
+    assert main(["train", "--resume", "--out", str(run), "--threads", "1"]) == 0
+    assert "presence head: on (decided when the run started" in (run / "train.log").read_text()
+    assert json.loads((run / "config.json").read_text())["model"]["presence_head"] == "auto"
+    assert load_checkpoint(run / "best.ckpt").model.presence_head is True
+
+
 def test_resuming_a_finished_run_changes_nothing(data: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     """A finished run resumed (as scripts on preemptible machines always pass --resume) chose

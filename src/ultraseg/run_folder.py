@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import RunConfig
+from .config import ModelConfig, RunConfig
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_text, temporaries
 from .io.base import OUTPUT_MARKER, mark_output_folder
@@ -133,10 +133,7 @@ def open_run(out: Path, cfg: RunConfig | None, resume: bool
                                 f"a changed recipe is a new run in another folder (pass no "
                                 f"config, or the run's own, to resume)", out)
         cfg = _without_idle_dice_flags(own, out)
-        want = cfg.model
-        if want.presence_head == "auto":    # decided when the run started; last.ckpt says how
-            want = replace(want, presence_head=last.model.presence_head,
-                           presence_mode=last.model.presence_mode)
+        want = recorded_presence_head(cfg.model, last)
         differ = [f"{k} {getattr(last.model, k)!r} vs {v!r}" for k, v in want.to_dict().items()
                   if getattr(last.model, k) != v]
         if differ:
@@ -150,6 +147,17 @@ def open_run(out: Path, cfg: RunConfig | None, resume: bool
     if cfg is None:
         raise UltrasegError("a new run needs a RunConfig (only a resumed run takes its own)")
     return cfg, None
+
+
+def recorded_presence_head(model: ModelConfig, last: Checkpoint) -> ModelConfig:
+    """``model`` with a ``presence_head: "auto"`` as it was decided when the run started, on
+    the training masks of then: as the run's ``last.ckpt`` was built. The masks may have
+    changed since (corrected, or the data moved to a copy), and deciding again on them built
+    another model than the checkpoint's. Any other value is returned as it is."""
+    if model.presence_head != "auto":
+        return model
+    return replace(model, presence_head=last.model.presence_head,
+                   presence_mode=last.model.presence_mode)
 
 
 def _check_recorded_recipe(own: RunConfig, last: Checkpoint, out: Path) -> None:

@@ -48,8 +48,8 @@ from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise
 from .run_folder import (REFUSED_RUN_FILES, execution_of, mark_run_folder, open_run,
-                         remove_refused_run, remove_temporaries, run_log, with_execution,
-                         write_run_config)
+                         recorded_presence_head, remove_refused_run, remove_temporaries,
+                         run_log, with_execution, write_run_config)
 from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, resolve_device,
                       resolve_precision, threads, torch_runner)
 
@@ -572,6 +572,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                         + f" under this split (the {len(val_idx)} validation frames take the "
                         "rest): nothing to learn; another --split-seed or --val-fraction "
                         "draws another split", ds.root)
+    if resume and cfg.model.presence_head == "auto":   # decided when the run started
+        cfg = replace(cfg, model=recorded_presence_head(cfg.model, last))
+        log.info("presence head: %s (decided when the run started, as last.ckpt records)",
+                 "on" if cfg.model.presence_head else "off")
     cfg = resolve_presence_head(cfg, arrays.masks[train_idx])
     validating = len(val_idx) > 0
     # validation frames that hold no structure cannot tell a model that finds structures from
