@@ -87,6 +87,30 @@ def test_split_file_round_trip(tmp_path: Path) -> None:
         read_split(path, names[:-3])
 
 
+
+def test_a_split_read_against_frames_added_since_says_so(tmp_path: Path) -> None:
+    """Frames the split lists nowhere (added to the data since) are left out, with a warning;
+    the frames its test side holds out are none of them."""
+    from conftest import ultraseg_warnings
+
+    names = [f"{i // 3}_{i % 3}" for i in range(30)]
+    subjects = [n.split("_")[0] for n in names]
+    train, val, test = run_split(subjects, 0.2, 0.2, seed=1)
+    path = tmp_path / "split.json"
+    write_split(path, names, subjects, train, val, 1, 0.2, test)
+    with ultraseg_warnings() as warned:
+        read_split(path, names, "DATA")
+    assert not warned                                   # the test side is in the split
+    with ultraseg_warnings() as warned:
+        t2, v2 = read_split(path, [*names, "new_1", "new_2"], "DATA")
+    assert [r.getMessage() for r in warned] == [
+        f"{path}: 2 frames of the dataset DATA are in none of its sides (first: new_1, "
+        f"new_2): added since the run started? This run goes on without them, on the frames "
+        f"it started with; a new run (another --out) uses them"]
+    assert sorted(t2) == sorted(train) and sorted(v2) == sorted(val)
+    with pytest.raises(UltrasegError, match="split names 3 frames not in the dataset DATA"):
+        read_split(path, [n for n in names if n not in ("0_0", "0_1", "0_2")], "DATA")
+
 # ------------------------------------------------------------------ cache
 def _tree(root: Path, n: int = 4) -> Path:
     rng = np.random.default_rng(0)

@@ -281,6 +281,52 @@ def test_resume_keeps_the_auto_presence_head_decided_at_the_start(
     assert load_checkpoint(run / "best.ckpt").model.presence_head is True
 
 
+def test_frames_added_or_removed_before_a_resume_are_said(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """A resume goes on with the split the run started with (split.json). Frames added to the
+    data since were read and left out without a word; frames of the split removed since
+    ended it with a message that said neither why nor what to do."""
+    import shutil
+
+    import ultraseg.train as T
+    from conftest import ultraseg_warnings
+
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    run = tmp_path / "run"
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_finish", interrupted)
+    assert main(["train", str(mine), "--out", str(run), *RECIPE[:-8], "--epochs", "1",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 130
+    monkeypatch.undo()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for f in ("images/1_1.png", "masks/1_1_mask.png"):   # a frame of the split removed
+        (mine / f).rename(gone / Path(f).name)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {run / 'split.json'}: split names 1 frame not in the "
+                          f"dataset {mine} (first: 1_1): removed or renamed since"), err
+    assert "put them back" in err
+
+    (gone / "1_1.png").rename(mine / "images/1_1.png")      # back, and a new subject's frames
+    (gone / "1_1_mask.png").rename(mine / "masks/1_1_mask.png")
+    for i in range(1, 5):
+        shutil.copy(mine / "images" / f"1_{i}.png", mine / "images" / f"9_{i}.png")
+        shutil.copy(mine / "masks" / f"1_{i}_mask.png", mine / "masks" / f"9_{i}_mask.png")
+    with ultraseg_warnings() as warned:
+        assert main(["train", "--resume", "--out", str(run)]) == 0
+    said = [r.getMessage() for r in warned if "none of its sides" in r.getMessage()]
+    assert len(said) == 1 and "4 frames" in said[0] and str(mine) in said[0], said
+    assert "9_1, 9_2, 9_3 and 1 more" in said[0] and "a new run" in said[0]
+    assert "4 frames of the dataset" in (run / "train.log").read_text()
+
+
 def test_resuming_a_finished_run_changes_nothing(data: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     """A finished run resumed (as scripts on preemptible machines always pass --resume) chose

@@ -299,13 +299,18 @@ def run_split(subjects: Sequence[str], test_fraction: float, val_fraction: float
     return kept[tr], kept[va], test_idx
 
 
-def read_split(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def read_split(path: str | Path, names: Sequence[str], dataset: str | Path | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) from a split file written by :func:`write_split`; a file that is
-    no such split, or lists a frame twice or on both sides, is an :class:`UltrasegError`."""
+    no such split, or lists a frame twice or on both sides, is an :class:`UltrasegError`, and
+    so is one that lists frames ``names`` (the frames of ``dataset`` now) lacks. Frames of
+    ``names`` the split lists nowhere (added since it was written) are left out, with a
+    warning."""
     try:
         doc = parse_json(Path(path).read_text())
         train, val = list(doc["train"]), list(doc["val"])
-    except (ValueError, KeyError, TypeError) as e:
+        test = list(doc.get("test") or [])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UltrasegError(f"not a split file ({type(e).__name__}: {e})", path) from e
     both = sorted(set(train) & set(val))
     if both:
@@ -313,10 +318,31 @@ def read_split(path: str | Path, names: Sequence[str]) -> tuple[np.ndarray, np.n
     twice = [n for n, k in Counter(train + val).items() if k > 1]
     if twice:
         raise UltrasegError(f"the split lists {len(twice)} frames twice: {twice[0]}", path)
+    where = f" {dataset}" if dataset is not None else ""
     index = {n: i for i, n in enumerate(names)}
     missing = [n for n in train + val if n not in index]
     if missing:
-        raise UltrasegError(f"split names {len(missing)} frames not in the dataset "
-                            f"(first: {missing[0]})", path)
+        raise UltrasegError(f"split names {_frames(missing)} not in the dataset{where} "
+                            f"(first: {_first(missing)}): removed or renamed since the run "
+                            f"started? A resumed run trains on the frames it started with: "
+                            f"put them back to resume, or start a new run in another --out",
+                            path)
+    listed = set(train) | set(val) | set(test)
+    added = [n for n in names if n not in listed]
+    if added:
+        log.warning("%s: %s of the dataset%s %s in none of its sides (first: %s): added "
+                    "since the run started? This run goes on without them, on the frames it "
+                    "started with; a new run (another --out) uses them", path, _frames(added),
+                    where, "is" if len(added) == 1 else "are", _first(added))
     return (np.array([index[n] for n in train], dtype=np.int64),
             np.array([index[n] for n in val], dtype=np.int64))
+
+
+def _frames(names: Sequence[str]) -> str:
+    return f"{len(names)} frame" + "s" * (len(names) != 1)
+
+
+def _first(names: Sequence[str], n: int = 3) -> str:
+    """The first ``n`` of ``names``, and how many more."""
+    more = len(names) - n
+    return ", ".join(names[:n]) + (f" and {more} more" if more > 0 else "")

@@ -555,7 +555,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                            "the masks hold)" if label is not None else "a foreground pixel")
                         + ": nothing to learn", ds.root)
     if resume:
-        train_idx, val_idx = read_split(out / "split.json", arrays.names)
+        train_idx, val_idx = read_split(out / "split.json", arrays.names, ds.root)
     else:
         split_seed = tc.seed if tc.split_seed is None else tc.split_seed
         train_idx, val_idx, test_idx = run_split(arrays.subjects, tc.test_fraction,
