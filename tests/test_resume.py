@@ -372,15 +372,19 @@ def test_a_finished_run_whose_report_was_not_written_gets_it_on_resume(
         data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Stopped while writing its report (after the final best.ckpt), a run had no
     report.html, and --resume called it finished and wrote nothing: the only way out was to
-    train again. It now writes the page and the curves from the checkpoint; and the Python
-    result of a finished run has every epoch's row (it had the best epoch's history)."""
+    train again. It now writes the page and its figures again: the curves from the
+    checkpoint, the sample and prediction figures (which came back missing) from the run's
+    data, split and best.ckpt, as they were; and the Python result of a finished run has
+    every epoch's row (it had the best epoch's history)."""
     from ultraseg.train import train
 
     run = tmp_path / "run"
     assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", "3",
                  "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 0
     page = (run / "report.html").read_text()
-    for name in ("report.html", "curve.png"):
+    assert page.count("<img ") == 3
+    figures = {name: (run / name).read_bytes() for name in ("sample.png", "seg_sample.png")}
+    for name in ("report.html", "curve.png", *figures):
         (run / name).unlink()                                   # as an interrupt leaves it
     capsys.readouterr()
     from conftest import ultraseg_warnings
@@ -392,11 +396,43 @@ def test_a_finished_run_whose_report_was_not_written_gets_it_on_resume(
     assert result.stopped.endswith("its report written again")
     assert result.epochs_run == 3 and [r["epoch"] for r in result.history] == [1, 2, 3]
     assert (run / "report.html").is_file() and (run / "curve.png").is_file()
+    assert {name: (run / name).read_bytes() for name in figures} == figures   # the same
     rebuilt = (run / "report.html").read_text()
+    assert rebuilt.count("<img ") == 3 and "figures missing" not in rebuilt
     kept = load_checkpoint(run / "best.ckpt").meta["metrics"]["best_epoch"]
     assert f"<tr class=best><td class=num>{kept}</td>" in rebuilt
     summary = page[page.index("<h2>Summary</h2>"):page.index("<h2>Figures</h2>")]
     assert summary in rebuilt                                   # the same summary table
+
+
+def test_a_report_written_again_without_the_data_names_the_figures_missing(
+        data: Path, tmp_path: Path) -> None:
+    """Where the run's frames cannot be read when its report is written again, the page has
+    the learning curves alone: a warning and the page name the figures missing."""
+    import shutil
+
+    from conftest import ultraseg_warnings
+    from ultraseg.train import train
+
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    run = tmp_path / "run"
+    assert main(["train", str(mine), "--out", str(run), *RECIPE[:-8], "--epochs", "1",
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 0
+    for name in ("report.html", "curve.png", "sample.png", "seg_sample.png"):
+        (run / name).unlink()
+    shutil.rmtree(mine)
+    with ultraseg_warnings() as warned:
+        result = train(None, run, resume=True)
+    assert result.stopped.endswith("its report written again without sample.png and "
+                                   "seg_sample.png (the run's frames could not be read)")
+    said = [r.getMessage() for r in warned if "not drawn again" in r.getMessage()]
+    assert len(said) == 1 and "sample.png and seg_sample.png not drawn again" in said[0], said
+    assert "data.path" in said[0] and "delete report.html and resume" in said[0]
+    page = (run / "report.html").read_text()
+    assert page.count("<img ") == 1 and "figures missing" in page
+    assert "sample.png, seg_sample.png: the run&#x27;s frames could not be read" in page \
+        or "sample.png, seg_sample.png: the run's frames could not be read" in page
 
 
 def test_resuming_a_run_whose_data_moved_says_how(data: Path, tmp_path: Path,

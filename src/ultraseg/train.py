@@ -388,7 +388,7 @@ MAX_SEED = 2**32 - 1
 ALREADY_FINISHED = "already finished: nothing resumed"
 
 
-def _finished_run(out: Path, last: Checkpoint | None) -> TrainResult | None:
+def _finished_run(out: Path, last: Checkpoint | None, cfg: RunConfig) -> TrainResult | None:
     """The result of the run in ``out`` where it finished (its best.ckpt holds what
     :func:`_finish` records: the post-processing chosen, the training time and the epochs run,
     those ``last`` has too), else None. A finished run has no epoch left (its epochs, or its
@@ -411,15 +411,18 @@ def _finished_run(out: Path, last: Checkpoint | None) -> TrainResult | None:
                          dict(m.get("report") or {}), world_size=int(m.get("world_size", 1)),
                          is_main=is_main())
     if result.is_main and not (out / "report.html").is_file():
-        _rebuild_report(out, result)
-        result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again")
+        missing = _rebuild_report(out, result, cfg)
+        result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again"
+                         + (f" without {' and '.join(missing)} (the run's frames could not "
+                            f"be read)" if missing else ""))
     return result
 
 
-def _rebuild_report(out: Path, result: TrainResult) -> None:
-    """The report of a finished run stopped while it was written: the learning curves and the
-    page again, from the checkpoint's record (the sample and prediction figures as far as
-    they were written; they need the frames)."""
+def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]:
+    """The report of a finished run stopped while it was written: its figures and the page
+    again, from the checkpoint's record, the run's split and its data (the learning curves
+    alone where the data cannot be read: the page and a warning name the figures missing).
+    Returns the names of the figures missing."""
     from . import report
 
     log.warning("%s: the run had finished but its report was not written (interrupted?): "
@@ -427,9 +430,49 @@ def _rebuild_report(out: Path, result: TrainResult) -> None:
     summary = result.summary or {"best epoch": result.best_epoch,
                                  "training time (s)": result.seconds}
     report.plot_curves(result.history, out / "curve.png", best_epoch=result.best_epoch)
+    missing: list[str] = []
+    try:
+        with threads(cfg.train.num_threads):
+            _redraw_figures(out, cfg, result.val_dice_original is not None)
+    except (UltrasegError, OSError) as e:
+        wanted = ["sample.png"] + ["seg_sample.png"] * (result.val_dice_original is not None)
+        missing = [name for name in wanted if not (out / name).is_file()]
+        if missing:
+            why = str(e).splitlines()[0]
+            log.warning("%s: %s not drawn again: the run's frames could not be read (%s); the "
+                        "report shows the rest (make the data readable where its config.json's "
+                        "data.path says, delete report.html and resume to draw %s)", out,
+                        " and ".join(missing), why, "them" if len(missing) > 1 else "it")
+            summary = {**summary, "figures missing": f"{', '.join(missing)}: the run's frames "
+                                                     f"could not be read when this page was "
+                                                     f"written again ({why})"}
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=RunConfig.load(out / "config.json").to_dict(),
                       history=result.history, best_epoch=result.best_epoch)
+    return missing
+
+
+def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
+    """The report's sample and prediction figures (the latter where the run ``validated``),
+    drawn again as :func:`_finish` draws them: from the run's data and split, and its
+    best.ckpt with the post-processing chosen."""
+    ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern)
+    arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir)
+    train_idx, val_idx = read_split(out / "split.json", arrays.names, ds.root)
+    _plot_samples(out, arrays, train_idx)
+    if not validated or not len(val_idx):
+        return
+    from .runtime import torch_predictor
+
+    # built without drawing initial weights (the caller's random state stays as it was);
+    # plain probabilities: the scoring adds the mirrored pass where the choice has it
+    predictor = torch_predictor(out / "best.ckpt", cfg.train.device, cfg.train.precision,
+                                batch_size=cfg.train.batch_size, tta=False)
+    by_name = {s.name: s for s in ds.labelled}
+    samples = [by_name[arrays.names[i]] for i in val_idx]
+    pp = predictor.postprocess      # the one the run chose
+    seen = _score_validation(predictor, samples, cfg, False, None, pp)
+    _plot_predictions(out, predictor, samples, seen, cfg, pp)
 
 
 def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
@@ -476,7 +519,7 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
     if execution:
         cfg = with_execution(cfg, execution)
     check_config(cfg)
-    finished = _finished_run(out, last) if resume else None
+    finished = _finished_run(out, last, cfg) if resume else None
     if finished is not None:  # resuming it would choose its post-processing again, worse
         mark_run_folder(out)     # (a run from before the marker existed gets it now)
         log.warning("%s: the run had finished; %s", out, "nothing resumed, nothing rewritten"
@@ -952,23 +995,37 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     from . import report
 
     report.plot_curves(history, out / "curve.png", best_epoch=best_epoch)
-    shown_train = train_idx[report.pick_samples([bool(arrays.masks[i].any())
-                                                 for i in train_idx])]
-    report.plot_samples([arrays.images[i] for i in shown_train],
-                        [arrays.masks[i] > 0 for i in shown_train], out / "sample.png",
-                        [arrays.names[i] + ("" if arrays.masks[i].any() else "\n(empty mask)")
-                         for i in shown_train])
+    _plot_samples(out, arrays, train_idx)
     if seen:
-        shown = report.pick_examples(scores, seen.empty, seen.areas)
-        images, truths, masks = _shown_frames(predictor, [val_samples[i] for i, _ in shown],
-                                              cfg, pp)
-        report.plot_predictions(images, truths, masks, out / "seg_sample.png",
-                                [f"{val_samples[i].name}\n({why})" for i, why in shown])
+        _plot_predictions(out, predictor, val_samples, seen, cfg, pp)
 
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size)
+
+
+def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray) -> None:
+    """The report's ``sample.png``: a few training frames (canvases) with their masks."""
+    from . import report
+
+    shown = train_idx[report.pick_samples([bool(arrays.masks[i].any()) for i in train_idx])]
+    report.plot_samples([arrays.images[i] for i in shown], [arrays.masks[i] > 0 for i in shown],
+                        out / "sample.png",
+                        [arrays.names[i] + ("" if arrays.masks[i].any() else "\n(empty mask)")
+                         for i in shown])
+
+
+def _plot_predictions(out: Path, predictor: Predictor, samples: list, seen: _Validation,
+                      cfg: RunConfig, pp: PostprocessConfig) -> None:
+    """The report's ``seg_sample.png``: a few validation frames ``samples`` (picked by their
+    scores in ``seen``), their masks and the masks ``pp`` predicts."""
+    from . import report
+
+    shown = report.pick_examples(seen.scores, seen.empty, seen.areas)
+    images, truths, masks = _shown_frames(predictor, [samples[i] for i, _ in shown], cfg, pp)
+    report.plot_predictions(images, truths, masks, out / "seg_sample.png",
+                            [f"{samples[i].name}\n({why})" for i, why in shown])
 
 
 @dataclass
@@ -1027,7 +1084,8 @@ def _val_frames(samples: list, label: Any) -> Iterator[tuple[np.ndarray, np.ndar
 
 
 def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tuning: bool,
-                      deadline: float | None) -> _Validation:
+                      deadline: float | None, chosen: PostprocessConfig | None = None
+                      ) -> _Validation:
     """Predict the validation frames at their original size a batch at a time and score each
     as it comes, then forget it: its Dice with the default post-processing, and with
     ``tuning`` under every setting of :class:`ultraseg.postprocess.GridSearch`'s grids, with
@@ -1039,6 +1097,8 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     where another frame on the grid and then the frames not read yet, at the pace so far,
     would not be scored by ``deadline``, the choice is made on those scored so far (a random
     sample, at least one) and the frames after them are scored under it alone.
+
+    Without ``tuning`` the frames are scored under ``chosen`` (the defaults where None).
     """
     from .postprocess import GridSearch
     from .postprocess import apply as apply_pp
@@ -1046,7 +1106,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
 
     n = len(samples)
     order = np.random.default_rng(0).permutation(n)
-    pp: PostprocessConfig | None = None if tuning else PostprocessConfig()
+    pp: PostprocessConfig | None = None if tuning else chosen or PostprocessConfig()
     search = None
     tta = False
     if tuning:
