@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import held_elsewhere
+from conftest import held_elsewhere, ultraseg_warnings
 from ultraseg import cli
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.cli_run import ProgressPrinter, resolve_config
@@ -97,6 +97,74 @@ def test_a_runs_config_json_reproduces_its_settings(tmp_path) -> None:
     assert (again.model, again.preprocess, again.train) == \
         (original.model, original.preprocess, original.train)
     assert again.data.path == "NEW"  # DATA on the command line names the data
+
+
+def test_a_preset_beside_a_file_setting_every_value_keeps_the_files_name_and_says_so(
+        tmp_path) -> None:
+    """A run's config.json sets every value: --preset cpu beside a seed run's file trained the
+    seed recipe labelled 'cpu', without a word."""
+    conf = tmp_path / "config.json"
+    conf.write_text(_resolve(["OLD", "--out", "RUN", "--preset", "seed"]).to_json())
+    with ultraseg_warnings() as warned:
+        cfg = _resolve(["NEW", "--out", "RUN2", "--preset", "cpu", "--config", str(conf)])
+    seed = preset("seed")
+    assert cfg.preset == "seed" and (cfg.model, cfg.train) == (seed.model, seed.train)
+    assert any("--preset cpu changes none" in r.getMessage() for r in warned), warned
+    partial = tmp_path / "partial.json"           # a file setting some values: preset first
+    partial.write_text(json.dumps({"train": {"epochs": 2}}))
+    assert _resolve(["D", "--out", "R", "--preset", "demo", "--config", str(partial)]
+                    ).preset == "demo"
+
+
+def test_a_config_file_is_read_as_utf8_whatever_the_locale(tmp_path) -> None:
+    """Read in the locale's encoding, a UTF-8 file was refused under LANG=C, and under Latin-1
+    recorded a data path that no UTF-8 process finds ('donnÃ©es'); a BOM was refused."""
+    import subprocess
+    import sys
+
+    conf = tmp_path / "conf.json"
+    conf.write_bytes('{"data": {"path": "/x/données"}}'.encode("utf-8"))
+    script = ("import sys; from ultraseg import cli; from ultraseg.cli_run import resolve_config; "
+              "a = cli.build_parser().parse_args(['train', '--out', 'R', '--preset', 'demo', "
+              "'--config', sys.argv[1]]); print(ascii(resolve_config(a).data.path))")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-c", script, str(conf)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.strip() == ascii("/x/données")
+    conf.write_bytes('\ufeff{"data": {"path": "/x/données"}}'.encode("utf-8"))  # Notepad's BOM
+    assert _resolve(["--out", "R", "--preset", "demo", "--config", str(conf)]
+                    ).data.path == "/x/données"
+
+
+def test_an_empty_preset_or_a_folder_as_config_is_said_plainly(tmp_path) -> None:
+    with pytest.raises(UltrasegError, match="--preset is empty"):
+        _resolve(["D", "--out", "R", "--preset", ""])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(UltrasegError, match="a folder, not a config file.*config.json"):
+        _resolve(["D", "--out", "R", "--config", str(run)])
+
+
+def test_valid_model_settings_on_a_same_model_are_warned_about(data, tmp_path) -> None:
+    """--tiles-per-image 4 --tile 5 on the cpu preset's 'same' model were taken without a
+    word, recorded in config.json, and changed nothing."""
+    from ultraseg.train import ignored_settings
+
+    cfg = _resolve(["D", "--out", "R", "--preset", "cpu", "--tiles-per-image", "4",
+                    "--tile", "5"])
+    notes = ignored_settings(cfg)
+    assert len(notes) == 2 and "tiles_per_image" in notes[1] and "model.tile" in notes[0]
+    assert ignored_settings(_resolve(["D", "--out", "R", "--preset", "cpu"])) == []
+    assert ignored_settings(_resolve(["D", "--out", "R", "--preset", "seed",
+                                      "--tiles-per-image", "4"])) == []
+    with ultraseg_warnings() as warned:
+        assert cli.main(["train", str(data), "--out", str(tmp_path / "r"), *TINY, "--epochs",
+                         "1", "--tiles-per-image", "3"]) == 0
+    assert any("tiles_per_image" in r.getMessage() and "ignores it" in r.getMessage()
+               for r in warned), [r.getMessage() for r in warned]
 
 
 @pytest.mark.parametrize("text, seconds", [("20m", 1200.0), ("90s", 90.0), ("1h30m", 5400.0)])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainCon
 from .cli import path_arg, to_null
 from .errors import UltrasegError
 from .fileio import json_text, parse_json
+
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 
@@ -107,10 +110,15 @@ def default_preset() -> str:
 
 def _read_config_file(path: str) -> dict[str, Any]:
     """A --config file: a JSON object of sections, each an object; any flaw is a user error."""
+    if Path(path).is_dir():
+        hint = " (a run's is its config.json)" if (Path(path) / "config.json").is_file() else ""
+        raise UltrasegError(f"a folder, not a config file{hint}", path)
     if not Path(path).is_file():
         raise UltrasegError("config file not found", path)
     try:
-        doc = parse_json(Path(path).read_text())
+        # JSON is UTF-8 (RunConfig.load reads it so), whatever the locale; a BOM (Notepad's)
+        # is let through
+        doc = parse_json(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
         raise UltrasegError(f"cannot read the config file ({e})", path) from e
     try:
@@ -163,6 +171,16 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
     """Preset, then --config FILE, then explicit flags: later wins. The preset is --preset's,
     else the file's ``"preset"``, else :func:`default_preset`."""
     file_cfg = _read_config_file(a.config) if a.config else {}
+    if a.preset is not None and a.preset.strip() == "":
+        raise UltrasegError("--preset is empty (an unset variable?): name one of "
+                            f"{', '.join(PRESETS)}, or leave the flag out")
+    if a.preset and file_cfg and _names_every_value(file_cfg):
+        # every value is the file's: the preset would change none, and its name would label
+        # another recipe
+        log.warning("%s sets every setting: --preset %s changes none of them (the run is "
+                    "labelled %r, as the file is); flags change single settings", a.config,
+                    a.preset, file_cfg.get("preset") or "custom")
+        a = argparse.Namespace(**{**vars(a), "preset": None})
     try:
         name = a.preset or file_cfg.get("preset") or default_preset()
         # a config built without a preset (RunConfig.from_dict) is 'custom': the defaults; so
@@ -263,28 +281,36 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="weight of the presence head's own cross-entropy in the loss (1, the "
                    "cpu preset 0.25; 0: trained through the gated pixel loss alone)")
     p.add_argument("--size", type=int, help="working resolution (frames padded square, resized)")
-    p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"))
+    p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"),
+                   help="intensity scaling: unit is x / 255, zscore each frame's own mean and "
+                   "spread (seed unit, cpu zscore)")
     p.add_argument("--pad-to-square", action=argparse.BooleanOptionalAction, default=None,
                    help="pad each frame to a square before resizing it to --size (on); off "
                    "stretches it to the square")
     p.add_argument("--crop-border", action=argparse.BooleanOptionalAction, default=None,
                    help="trim uniform bands at the frame's edges (added padding, blank "
                    "margins) before the canvas; predicted as background (off)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--loss", choices=choices(TrainConfig, "loss"))
+    p.add_argument("--epochs", type=int, help="epochs at most (seed 5, cpu 300 under its time "
+                   "limit)")
+    p.add_argument("--batch-size", type=int, help="frames (valid model: tiles) per step (seed 4, "
+                   "cpu 8)")
+    p.add_argument("--lr", type=float, help="Adam's (peak) learning rate (seed 1e-3, cpu 2e-3)")
+    p.add_argument("--loss", choices=choices(TrainConfig, "loss"),
+                   help="training loss (seed bce, cpu bce+dice)")
     p.add_argument("--batch-dice", action=argparse.BooleanOptionalAction, default=None,
                    help="the loss's Dice term over each batch's pixels pooled, not per frame "
                    "(off)")
     p.add_argument("--dice-skip-empty", action=argparse.BooleanOptionalAction, default=None,
                    help="the loss's Dice term scores only frames whose mask is not empty; the "
                    "cross-entropy (and a presence head) answers for the empty ones (off)")
-    p.add_argument("--augment", choices=choices(TrainConfig, "augment"))
+    p.add_argument("--augment", choices=choices(TrainConfig, "augment"),
+                   help="training augmentation (seed none, cpu strong: flips, small affine, "
+                   "gamma/contrast, speckle; see the README)")
     p.add_argument("--affine-scale", type=float, nargs=2, metavar=("LO", "HI"),
                    help="range of the strong/elastic augmentation's random zoom (0.85 1.15; "
                    "the valid model's augmentation has no warps, so no zoom)")
-    p.add_argument("--schedule", choices=choices(TrainConfig, "schedule"))
+    p.add_argument("--schedule", choices=choices(TrainConfig, "schedule"),
+                   help="learning-rate schedule (seed constant, cpu cosine)")
     p.add_argument("--ema-decay", type=float, metavar="D",
                    help="validate and keep an exponential moving average of the weights, "
                    "updated every step with decay D (e.g. 0.999; default 0: off)")
@@ -300,7 +326,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--split-seed", type=int, help="seeds the held-out and validation subjects "
                    "alone, so runs with other --seed values share one split (default: --seed)")
     p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--precision", choices=choices(TrainConfig, "precision"))
+    p.add_argument("--precision", choices=choices(TrainConfig, "precision"),
+                   help="auto: bf16 autocast where the CPU or GPU computes it natively, else "
+                   "fp32 (every preset, seed included)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s; 'none' lifts a "
                    "preset's cap")

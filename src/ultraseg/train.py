@@ -34,7 +34,7 @@ from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, RunConfig,
-                     check_types, model_problem)
+                     TrainConfig, check_types, model_problem)
 from .data import Arrays, load_arrays, read_split, run_split, union_note, write_split
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
@@ -342,6 +342,22 @@ def check_config(cfg: RunConfig) -> None:
         build_model(replace(cfg.model, presence_head=head, presence_mode=mode))
 
 
+def ignored_settings(cfg: RunConfig) -> list[str]:
+    """What a config sets that its model has no use for (one line each): the valid model's
+    output tile and tiles per image on a 'same' model, which trains on whole canvases. Warned
+    about, not refused: a run recorded with them still resumes."""
+    if cfg.model.variant != "same":
+        return []
+    notes = []
+    if cfg.model.tile != ModelConfig().tile:
+        notes.append(f"model.tile (--tile) {cfg.model.tile}")
+    if cfg.train.tiles_per_image != TrainConfig().tiles_per_image:
+        notes.append(f"train.tiles_per_image (--tiles-per-image) {cfg.train.tiles_per_image}")
+    return [f"{note}: a setting of the valid model (--model valid, the seed preset's); this "
+            f"'same' model trains on whole {cfg.preprocess.size or 'frame'}-px canvases and "
+            f"ignores it" for note in notes]
+
+
 def check_bottleneck(model: ModelConfig, size: int | None) -> None:
     """Refuse a 'same' model whose working ``size`` leaves one pixel at the bottleneck
     (``size`` 2**depth): instance normalisation cannot train on a single pixel, and batch
@@ -519,6 +535,8 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
     if execution:
         cfg = with_execution(cfg, execution)
     check_config(cfg)
+    for note in ignored_settings(cfg):
+        log.warning("%s", note)
     finished = _finished_run(out, last, cfg) if resume else None
     if finished is not None:  # resuming it would choose its post-processing again, worse
         mark_run_folder(out)     # (a run from before the marker existed gets it now)
