@@ -1007,10 +1007,31 @@ def test_a_mix_of_loose_and_per_patient_images_is_named_with_the_grouping_it_wou
     root = _per_patient(tmp_path / "d", {"p0": ["1", "2"]})
     _save(root / "images" / "9.png", _frame())
     _save(root / "masks" / "9.png", _disk())
+    ds, problems = scan_dataset(root)         # a stray beside the subjects: one line each
+    assert [s.name for s in ds.samples] == ["p0/1", "p0/2"]
+    assert [p.path for p in problems] == [str(root / "images"), str(root / "masks")]
+    assert "1 image file directly in images/ (first: 9.png)" in str(problems[0])
+    assert "masks/SUBJECT/NAME" in str(problems[1])
+
+    root = _per_patient(tmp_path / "d2", {f"p{i}": ["1"] for i in range(3)})
+    _save(root / "images" / "9.png", _frame())           # one stray among 30 subjects: one line
+    for i in range(3, 30):
+        _save(root / "images" / f"p{i}" / "1.png", _frame())
+        _save(root / "masks" / f"p{i}" / "1.png", _disk())
     ds, problems = scan_dataset(root)
-    assert [s.name for s in ds.samples] == ["9"]
+    assert len(ds.labelled) == 30 and len(problems) == 1, [str(p) for p in problems]
+    assert "9.png" in str(problems[0])
+
+    root = _per_patient(tmp_path / "mostly_flat", {"p0": ["1"]})
+    for n in ("7", "8", "9"):
+        _save(root / "images" / f"{n}.png", _frame())
+        _save(root / "masks" / f"{n}.png", _disk())
+    ds, problems = scan_dataset(root)    # most images loose: the subfolders are the odd ones
+    assert [s.name for s in ds.samples] == ["7", "8", "9"]
     assert [p.path for p in problems] == [str(root / "images" / "p0"), str(root / "masks" / "p0")]
-    assert all("patient grouping" in str(p) and "SUBJECT/NAME" in str(p) for p in problems)
+    assert "patient grouping" in str(problems[0]) and "SUBJECT/NAME" in str(problems[0])
+    assert "move them up, or remove the subfolder" in str(problems[1])   # a masks backup
+    assert "patient grouping" not in str(problems[1])
 
     root = _per_patient(tmp_path / "deep", {"p0": ["1"]})
     _save(root / "images" / "p1" / "x" / "2.png", _frame())

@@ -255,9 +255,9 @@ def _too_deep(tree: _Tree, folder: Path) -> list[DataError]:
 
 
 def _mixed(tree: _Tree, image_dir: Path, mask_dir: Path | None) -> list[DataError]:
-    """A problem per subfolder of the images or masks folder (``tree``) where the images sit
-    directly in ``image_dir``: the subfolders are not read. Moving their files up is what a
-    user would do, and loses the patient a subfolder stood for: the message says so."""
+    """A problem per subfolder of the images folder (``tree``) where most images sit directly
+    in ``image_dir``: the subfolders are not read. Moving their files up is what a user would
+    do, and loses the patient a subfolder stood for: the message says so."""
     images = f"{image_dir.name}/"
     rule = (f"{images} holds images directly, and the folders layout reads either "
             f"{images}NAME or {images}SUBJECT/NAME (one subfolder per subject, the masks "
@@ -268,6 +268,30 @@ def _mixed(tree: _Tree, image_dir: Path, mask_dir: Path | None) -> list[DataErro
         f"patient's frames on one side of the split, unless they are renamed SUBJECT_FRAME, "
         f"as {sub.name}_{files[0].name})", sub)
         for sub, files in sorted(tree.nested.items())]
+
+
+def _loose(tree: _Tree, image_dir: Path) -> list[DataError]:
+    """One problem for the images directly in ``image_dir`` where the others sit in one
+    subfolder per subject (``tree``): they are not read."""
+    if not tree.direct:
+        return []
+    return [DataError(f"{_files(len(tree.direct))} directly in {image_dir.name}/ (first: "
+                      f"{tree.direct[0].name}), not read: the other images sit in one subfolder "
+                      f"per subject ({len(tree.nested)} of them, {image_dir.name}/SUBJECT/NAME); "
+                      f"move each into its subject's folder, or out of {image_dir.name}/",
+                      image_dir)]
+
+
+def _unread_mask_subfolders(tree: _Tree, image_dir: Path, mask_dir: Path | None
+                            ) -> list[DataError]:
+    """A problem per subfolder of the masks folder (``tree``) where the images sit directly in
+    theirs: not read (a backup, ``masks/old/``, or masks to move up)."""
+    if mask_dir is None:
+        return []
+    return [DataError(f"{_files(len(files))} in a subfolder, not read: the images sit directly "
+                      f"in {image_dir.name}/, so their masks are read directly in "
+                      f"{mask_dir.name}/ (move them up, or remove the subfolder)", sub)
+            for sub, files in sorted(tree.nested.items())]
 
 
 #: Names the folders layout takes for its masks folder (in any letter case).
@@ -378,13 +402,16 @@ class FoldersReader(Reader):
                         root, len(loose), image_dir.name, loose[0].name)
         image_tree, mask_tree = _tree(image_dir), _tree(mask_dir)
         problems += _too_deep(image_tree, image_dir) + _too_deep(mask_tree, mask_dir or root)
-        if image_tree.per_subject:
+        nested = sum(len(files) for files in image_tree.nested.values())
+        if image_tree.per_subject or len(image_tree.direct) < nested:
+            # one subfolder per subject, a few images loose beside them (strays): the set is
+            # read as it is laid out, the strays named in one line
             samples, found_problems = self._scan_per_subject(image_tree, mask_tree, image_dir,
                                                              mask_dir)
-            return samples, problems + found_problems
+            return samples, problems + _loose(image_tree, image_dir) + found_problems
         images, masks = _group_several(image_tree.direct)     # masks beside the images
-        problems += _mixed(image_tree, image_dir, mask_dir) + _mixed(mask_tree, image_dir,
-                                                                     mask_dir)
+        problems += _mixed(image_tree, image_dir, mask_dir) + _unread_mask_subfolders(
+            mask_tree, image_dir, mask_dir)
         for name, paths in _group_several(mask_tree.direct, masks_only=True)[1].items():
             masks[name] += paths
         if not images and not masks and problems:   # (no 'empty folder' besides)
@@ -402,7 +429,14 @@ class FoldersReader(Reader):
         """``images/SUBJECT/NAME`` + ``masks/SUBJECT/NAME[_mask]`` (or beside the images): the
         samples named ``SUBJECT/NAME``, their subject the folder (``subject_pattern``, on the
         file stem, overrides). Masks directly in the masks folder are a problem of their own."""
-        if mask_dir is not None and mask_tree.direct:
+        strays: list[DataError] = []
+        if mask_dir is not None and mask_tree.direct and mask_tree.nested:
+            # masks loose beside the subjects' folders (a stray image's): named, not read
+            strays = [DataError(f"{_files(len(mask_tree.direct))} directly in {mask_dir.name}/ "
+                                f"(first: {mask_tree.direct[0].name}), not read: the masks sit "
+                                f"in one subfolder per subject ({mask_dir.name}/SUBJECT/NAME), "
+                                f"as their images", mask_dir)]
+        elif mask_dir is not None and mask_tree.direct:
             return [], [DataError(
                 f"{_files(len(mask_tree.direct))} directly in {mask_dir.name}/ (first: "
                 f"{mask_tree.direct[0].name}), but the images sit in one subfolder per subject "
@@ -422,7 +456,7 @@ class FoldersReader(Reader):
                                 several_masks=True,
                                 naming=_naming(image_dir, mask_dir, "SUBJECT/"))
         return [Sample(name, image, mask, self.subject_of(parts[name][1], parts[name][0]))
-                for name, image, mask in pairs], problems
+                for name, image, mask in pairs], strays + problems
 
 
 #: A frame name's stem without its trailing frame number: 'patientB_002' -> 'patientB'.
