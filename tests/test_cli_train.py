@@ -110,6 +110,8 @@ def test_a_preset_beside_a_file_setting_every_value_keeps_the_files_name_and_say
     seed = preset("seed")
     assert cfg.preset == "seed" and (cfg.model, cfg.train) == (seed.model, seed.train)
     assert any("--preset cpu changes none" in r.getMessage() for r in warned), warned
+    with pytest.raises(UltrasegError, match="bogus"):      # a mistyped name is still refused
+        _resolve(["NEW", "--out", "RUN2", "--preset", "bogus", "--config", str(conf)])
     partial = tmp_path / "partial.json"           # a file setting some values: preset first
     partial.write_text(json.dumps({"train": {"epochs": 2}}))
     assert _resolve(["D", "--out", "R", "--preset", "demo", "--config", str(partial)]

@@ -298,3 +298,16 @@ def test_a_forked_child_does_not_keep_the_folder_locked(tmp_path: Path) -> None:
         if child is not None:
             with contextlib.suppress(OSError):
                 os.kill(child, 9)
+
+
+def test_json_files_are_read_as_utf8_with_or_without_a_bom(tmp_path: Path) -> None:
+    """A config.json edited in Notepad (a BOM) was taken by --config but refused by --resume
+    and by RunConfig.load; every JSON file ultraseg reads goes through read_json."""
+    from ultraseg.config import RunConfig
+    from ultraseg.fileio import read_json
+
+    path = tmp_path / "config.json"
+    text = RunConfig().to_json().replace('"path": ""', '"path": "/x/donn\u00e9es"')
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_json(path)["data"]["path"] == "/x/données"
+    assert RunConfig.load(path).data.path == "/x/données"

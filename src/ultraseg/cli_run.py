@@ -12,7 +12,7 @@ from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainCon
                      merge, parse_duration, preset)
 from .cli import path_arg, to_null
 from .errors import UltrasegError
-from .fileio import json_text, parse_json
+from .fileio import json_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise UltrasegError("config file not found", path)
     try:
-        # JSON is UTF-8 (RunConfig.load reads it so), whatever the locale; a BOM (Notepad's)
-        # is let through
-        doc = parse_json(Path(path).read_text(encoding="utf-8-sig"))
+        doc = read_json(path)          # as UTF-8 whatever the locale, a BOM let through
     except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
         raise UltrasegError(f"cannot read the config file ({e})", path) from e
     try:
@@ -149,7 +147,7 @@ def _check_resume_args(a: argparse.Namespace) -> None:
     if a.data:
         conf = Path(a.out) / "config.json"
         try:
-            recorded = parse_json(conf.read_text())["data"]["path"]
+            recorded = read_json(conf)["data"]["path"]
         except (OSError, ValueError, KeyError, TypeError):
             return                  # train() says what is wrong with the run folder
         if Path(a.data).resolve() != Path(recorded).resolve():
@@ -174,6 +172,8 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
     if a.preset is not None and a.preset.strip() == "":
         raise UltrasegError("--preset is empty (an unset variable?): name one of "
                             f"{', '.join(PRESETS)}, or leave the flag out")
+    if a.preset and a.preset not in PRESETS:
+        preset(a.preset)         # an unknown name: refused as such, whatever the file sets
     if a.preset and file_cfg and _names_every_value(file_cfg):
         # every value is the file's: the preset would change none, and its name would label
         # another recipe

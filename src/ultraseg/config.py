@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .errors import UltrasegError
-from .fileio import parse_json
+from .fileio import read_json
 
 T = TypeVar("T")
 
@@ -380,7 +380,7 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         try:
-            doc = parse_json(Path(path).read_text(encoding="utf-8"))
+            doc = read_json(path)
         except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
             raise UltrasegError(f"cannot read config: {e}", path) from e
         try:

@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .config import PreprocessConfig
 from .errors import DataError, UltrasegError
-from .fileio import atomic_open, atomic_write_text, parse_json, temporaries
+from .fileio import atomic_open, atomic_write_text, read_json, temporaries
 from .io import Dataset, DataProblems, select_label
 from .preprocess import to_canvas
 
@@ -307,7 +307,7 @@ def read_split(path: str | Path, names: Sequence[str], dataset: str | Path | Non
     ``names`` the split lists nowhere (added since it was written) are left out, with a
     warning."""
     try:
-        doc = parse_json(Path(path).read_text())
+        doc = read_json(path)
         train, val = list(doc["train"]), list(doc["val"])
         test = list(doc.get("test") or [])
     except (ValueError, KeyError, TypeError, AttributeError) as e:

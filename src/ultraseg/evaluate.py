@@ -13,7 +13,7 @@ import numpy as np
 
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError
-from .fileio import atomic_write_text, csv_cell, json_text, parse_json
+from .fileio import atomic_write_text, csv_cell, json_text, read_json
 from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally
 from .logs import quiet
@@ -42,7 +42,7 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
         return list(samples)
     subset = subset or "val"
     try:
-        doc = parse_json(Path(split_file).read_text())
+        doc = read_json(split_file)
         side = doc[subset] if isinstance(doc, dict) else None
         if not isinstance(side, list) or not all(isinstance(n, str) for n in side):
             raise ValueError("not a split.json: its sides are lists of frame names")
@@ -76,7 +76,7 @@ def _trained_on(predictor: Predictor) -> list[str]:
     config = _run_file(predictor, "config.json")
     if config is not None:
         try:
-            paths.append(parse_json(config.read_text())["data"]["path"])
+            paths.append(read_json(config)["data"]["path"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
     return list(dict.fromkeys(p for p in paths if p and isinstance(p, str)))
@@ -136,7 +136,7 @@ def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path
 def _split_doc(path: str | Path) -> dict[str, Any] | None:
     """A split.json's contents, or None where it cannot be read as one."""
     try:
-        doc = parse_json(Path(path).read_text())
+        doc = read_json(path)
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("train"), list) else None

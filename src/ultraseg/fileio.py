@@ -154,6 +154,13 @@ def parse_json(text: str | bytes) -> Any:
         raise ValueError("JSON nested too deeply to read") from None
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's value: read as UTF-8, as JSON is, whatever the locale (a hand-edited
+    config.json or split.json under LANG=C was refused, or misread under Latin-1), a BOM
+    (Notepad's) let through. OSError where it cannot be read, ValueError where it is no JSON."""
+    return parse_json(Path(path).read_text(encoding="utf-8-sig"))
+
+
 def json_text(value: Any, indent: int | None = None) -> str:
     """``value`` as strict JSON: a nan or infinite float (an undefined figure) becomes ``null``,
     as does anything JSON has no type for, where ``json.dumps`` would write ``NaN``, which
