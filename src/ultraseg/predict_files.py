@@ -504,12 +504,14 @@ def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally) -> np.ndarr
 
 
 # ------------------------------------------------------------------------------ measure
+#: (pixels that are not square, added later, last: a script reading columns by position reads
+#: the others where they were)
 MEASURE_COLUMNS = ("name", "image", "frame", "width", "height", "pixel_size_mm",
-                   "pixel_height_mm", "pixel_width_mm", "n_components", "touches_edge",
+                   "n_components", "touches_edge",
                    "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
                    "ellipse_a_px", "ellipse_b_px", "ellipse_angle_deg", "ellipse_method",
                    "area_mm2", "perimeter_mm", "major_axis_mm", "minor_axis_mm", "hc_mm",
-                   "hc_ref_mm", "hc_error_mm")
+                   "hc_ref_mm", "hc_error_mm", "pixel_height_mm", "pixel_width_mm")
 
 
 def measure_frames(predictor: Predictor | str | Path,
