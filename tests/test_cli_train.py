@@ -828,3 +828,17 @@ def test_train_finishes_when_stdout_is_a_closed_pipe(tmp_path: Path, both: bool)
     assert (run / "report.html").is_file()
     with open(run / "metrics.csv", newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+
+
+def test_validation_frames_show_on_a_terminal_only(capsys) -> None:
+    """The frames scored while the post-processing is chosen show as a line rewritten in
+    place on a terminal, cleared after the last; logs and pipes get nothing per frame."""
+    stream = _Tty()
+    show = ProgressPrinter(stream)
+    show({"event": "validation", "frame": 2, "frames": 5, "elapsed": 61.2})
+    assert stream.getvalue() == "\rvalidation frame 2/5 (61 s) "
+    show({"event": "validation", "frame": 5, "frames": 5, "elapsed": 90.0})
+    assert stream.getvalue().endswith("\r" + " " * 60 + "\r")
+    piped = io.StringIO()
+    ProgressPrinter(piped)({"event": "validation", "frame": 1, "frames": 5, "elapsed": 1.0})
+    assert piped.getvalue() == "" and capsys.readouterr().out == ""

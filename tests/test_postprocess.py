@@ -387,3 +387,77 @@ def test_grid_search_takes_frames_one_at_a_time_and_reads_back_what_apply_gives(
                                     keep_largest=largest, fill_holes=fill, tta=tta)
             m = apply((flipped if tta else probs)[f], cfg)
             assert search.frame(row, cfg) == (dice(m, truths[f]), int(m.sum())), cfg
+
+
+def _reference_scores(prob: np.ndarray, truth: np.ndarray, search) -> np.ndarray:
+    """The grid's Dice as first written: every setting thresholded, its components kept by
+    ndimage's own measures and each kept set's holes filled by scipy, the frame whole."""
+    out = np.zeros(search.scores[0].shape[1:])
+    for (i, th), (j, area), (q, peak), (k, largest), (f, fill) in itertools.product(
+            enumerate(search.thr), enumerate(search.areas), enumerate(search.peak_opts),
+            enumerate(search.largest_opts), enumerate(search.fill_opts)):
+        labels, n = ndimage.label(prob >= th, structure=np.ones((3, 3), bool))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        peaks = np.zeros(n + 1)
+        if n:
+            peaks[1:] = ndimage.maximum(prob, labels, np.arange(1, n + 1))
+        kept = (sizes >= max(area, 1)) & (peaks >= peak if peak > 0 else True)
+        kept[0] = False
+        if largest and kept.any():
+            kept = np.arange(n + 1) == np.argmax(np.where(kept, sizes, -1))
+        m = kept[labels]
+        if fill:
+            m = ndimage.binary_fill_holes(m)
+        out[i, j, q, k, f] = dice(m, truth)
+    return out
+
+
+def _nested_rings(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Rings in rings with specks in their holes, at random probabilities: holes in holes."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2 + rng.uniform(-2, 2), xx - size / 2 + rng.uniform(-2, 2))
+    p = np.where((r.astype(int) // 3) % 2 == 0, rng.uniform(0.5, 1.0, r.shape), 0.1)
+    p[rng.random(p.shape) < 0.05] = rng.uniform(0.3, 1.0)
+    return p.astype(np.float32)
+
+
+def test_grid_search_scores_fill_holes_exactly_as_filling_each_kept_set() -> None:
+    """The grid fills holes from how the components nest (once per threshold), not by filling
+    every kept set of components at full size (about 70 whole-frame fillings a frame, 30 s on
+    a 4000x3000 frame): its Dice is identical on smooth and speckled maps, rings nested in
+    rings, frames touching the border, NaN, empty and full frames."""
+    from ultraseg.postprocess import GridSearch
+
+    rng = np.random.default_rng(11)
+    maps = [_blobby(rng, (40, 52)), _blobby(rng, (33, 17)), _nested_rings(rng, 45),
+            _nested_rings(rng, 30).astype(np.float64), rng.random((25, 31)),
+            (rng.random((30, 30)) > 0.4) * rng.uniform(0.3, 1.0, (30, 30)),
+            np.zeros((9, 12)), np.ones((9, 12)), np.full((1, 40), 0.9), np.full((40, 1), 0.9)]
+    nan = _blobby(rng, (30, 30))
+    nan[rng.random(nan.shape) < 0.1] = np.nan
+    maps.append(nan)
+    for n, prob in enumerate(maps):
+        for truth in (_blobby(rng, prob.shape) > 0.5, np.zeros(prob.shape, bool),
+                      rng.random(prob.shape) > 0.5):
+            search = GridSearch(20 * 20, thresholds=(0.3, 0.5, 0.65, 0.9),
+                                min_peaks=(0.0, 0.7, 0.95, 0.99))
+            search.add([prob], truth)
+            np.testing.assert_array_equal(search.scores[0][0],
+                                          _reference_scores(prob, truth, search), err_msg=n)
+
+
+def test_grid_search_labels_a_frame_a_few_times_per_threshold(monkeypatch) -> None:
+    """The grid's cost on a large frame is a few labellings per threshold, not one per kept
+    set of components (which made a 4000x3000 frame take 30 s)."""
+    from ultraseg import postprocess
+    from ultraseg.postprocess import GridSearch
+
+    calls = []
+    label = ndimage.label
+    monkeypatch.setattr(postprocess.ndimage, "label",
+                        lambda *a, **k: calls.append(1) or label(*a, **k))
+    rng = np.random.default_rng(2)
+    prob = _blobby(rng, (200, 240))
+    search = GridSearch(prob.size)
+    search.add([prob], _blobby(rng, prob.shape) > 0.5)
+    assert len(calls) <= 2 * len(search.thr)

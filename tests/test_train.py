@@ -577,9 +577,9 @@ def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatc
     alternatives: list[int] = []
     real, real_choose = train_mod._score_validation, pp_mod.GridSearch.choose
 
-    def spy(predictor, samples, cfg, tuning, deadline):
+    def spy(predictor, samples, cfg, tuning, deadline, **kw):
         deadlines.append(deadline)
-        return real(predictor, samples, cfg, tuning, deadline)
+        return real(predictor, samples, cfg, tuning, deadline, **kw)
 
     def choose(self, *args, **kw):
         alternatives.append(self.alternatives)
@@ -615,9 +615,9 @@ def test_a_short_limit_leaves_the_post_processing_choice_its_time(tmp_path, monk
     chosen_on: list[int] = []
     real, real_choose = train_mod._score_validation, pp_mod.GridSearch.choose
 
-    def passed(predictor, samples, cfg, tuning, deadline):   # the deadline passes at once
+    def passed(predictor, samples, cfg, tuning, deadline, **kw):  # the deadline passes at once
         seen.append(len(samples))
-        return real(predictor, samples, cfg, tuning, time.monotonic())
+        return real(predictor, samples, cfg, tuning, time.monotonic(), **kw)
 
     def choose(self, *args, **kw):
         chosen_on.append(len(self))
@@ -1272,3 +1272,24 @@ def test_masks_of_several_labels_trained_as_their_union_are_warned_about(tmp_pat
     assert "labels [1, 2] as one structure" in (tmp_path / "union" / "report.html").read_text()
     assert len(run("again")) == 1                        # from the cache
     assert run("one", label=1) == []
+
+
+def test_choosing_the_post_processing_reports_each_validation_frame(tmp_path) -> None:
+    """Choosing the post-processing scores each validation frame at its original size (30 s a
+    4000x3000 frame once, with nothing shown): the progress callback hears of each frame."""
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""},
+        "model": {"width": 4, "depth": 2},
+        "preprocess": {"size": 32},
+        "train": {"epochs": 1, "batch_size": 4, "device": "cpu", "precision": "fp32",
+                  "num_threads": 1, "time_limit_s": None}})
+    events: list[dict] = []
+    train_mod.train(cfg, tmp_path / "run", progress=events.append)
+    n_val = len(json.loads((tmp_path / "run" / "split.json").read_text())["val"])
+    frames = [e for e in events if e["event"] == "validation"]
+    assert n_val and [e["frame"] for e in frames] == list(range(1, n_val + 1))
+    assert all(e["frames"] == n_val and e["elapsed"] >= 0 for e in frames)
+    stage = next(i for i, e in enumerate(events) if e["event"] == "stage"
+                 and "post-processing" in e["message"])
+    assert events.index(frames[0]) > stage

@@ -51,6 +51,12 @@ class ProgressPrinter:
                       f"{val}({e['seconds']:.0f} s){partial}")
         elif e["event"] == "stage":
             self._err(e["message"] + " ...\n")
+        elif e["event"] == "validation" and self.tty:   # frames scored at their own size
+            if e["frame"] < e["frames"]:
+                self._err(f"\rvalidation frame {e['frame']}/{e['frames']} "
+                          f"({e['elapsed']:.0f} s) ")
+            else:
+                self._err("\r" + " " * 60 + "\r")
 
     def _out(self, line: str) -> None:
         if self.quiet:

@@ -502,7 +502,9 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     it); ``execution`` (``{"device": "cpu", "num_threads": 2}``; the keys of
     :data:`ultraseg.run_folder.EXECUTION`) replaces where it runs, not what it learns, and is
     recorded in its config.json: a run trained on a GPU goes on on a CPU.
-    ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage", ...} for a CLI to show.
+    ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage"|"validation", ...} for a
+    CLI to show ("validation": each validation frame scored at its original size while the
+    post-processing is chosen, ``frame`` of ``frames``).
     Leaves the caller's torch thread count, global random state (CPU, and GPUs where it trains
     on one) and grad or inference mode as they were; a caller's default dtype (float64)
     changes nothing: the same config and seed learn the same weights.
@@ -950,7 +952,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     if val_samples:
         try:
             seen = _score_validation(predictor, val_samples, cfg,
-                                     cfg.train.tune_postprocess and choosing, deadline)
+                                     cfg.train.tune_postprocess and choosing, deadline,
+                                     progress=progress)
         except (MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
@@ -1102,8 +1105,8 @@ def _val_frames(samples: list, label: Any) -> Iterator[tuple[np.ndarray, np.ndar
 
 
 def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tuning: bool,
-                      deadline: float | None, chosen: PostprocessConfig | None = None
-                      ) -> _Validation:
+                      deadline: float | None, chosen: PostprocessConfig | None = None,
+                      progress: Progress | None = None) -> _Validation:
     """Predict the validation frames at their original size a batch at a time and score each
     as it comes, then forget it: its Dice with the default post-processing, and with
     ``tuning`` under every setting of :class:`ultraseg.postprocess.GridSearch`'s grids, with
@@ -1117,6 +1120,8 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     sample, at least one) and the frames after them are scored under it alone.
 
     Without ``tuning`` the frames are scored under ``chosen`` (the defaults where None).
+    ``progress`` receives ``{"event": "validation", "frame": k, "frames": n, "elapsed": s}``
+    as each frame is scored.
     """
     from .postprocess import GridSearch
     from .postprocess import apply as apply_pp
@@ -1189,6 +1194,9 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
             if measured and meta.get("pixel_size_mm") and meta.get("hc_mm") is not None:
                 hc[f] = (samples[f], seen_region(image, cfg.preprocess),
                          [_levels(a, cuts) for a in alts])
+            if progress is not None:
+                progress({"event": "validation", "frame": start + j + 1, "frames": n,
+                          "elapsed": time.monotonic() - t_start})
         del frames, images, plain, augmented
     if pp is None:
         pp, _ = search.choose()
