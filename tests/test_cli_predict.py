@@ -501,3 +501,82 @@ def test_a_folder_holding_only_its_marker_holds_no_earlier_outputs(tmp_path, ckp
     with ultraseg_warnings() as warned:
         assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out)]) == 0
     assert not [r for r in warned if "earlier run" in r.getMessage()]
+
+
+def _out_of_memory_on(monkeypatch, stage: str, shape: tuple[int, int]) -> None:
+    """Memory runs out at ``stage`` on the frame of ``shape`` only (H, W)."""
+    import ultraseg.predict as predict_mod
+    import ultraseg.predict_files as files_mod
+    from ultraseg.io.base import Sample
+
+    def failing(real, shape_of):
+        def wrapped(*args, **kw):
+            if shape_of(*args) == shape:
+                raise MemoryError("Unable to allocate 1.2 GiB for an array")
+            return real(*args, **kw)
+        return wrapped
+
+    if stage == "decode":       # (decoded first: its shape read from the file's header)
+        real = Sample.load_image
+        monkeypatch.setattr(Sample, "load_image", lambda self: failing(
+            real, lambda s: np.asarray(Image.open(s.image_path)).shape)(self))
+    elif stage == "canvas":
+        monkeypatch.setattr(predict_mod, "prepare",
+                            failing(predict_mod.prepare, lambda im, cfg: im.shape[:2]))
+    elif stage == "restore":
+        monkeypatch.setattr(predict_mod, "restore",
+                            failing(predict_mod.restore, lambda p, g: (g.height, g.width)))
+    else:
+        monkeypatch.setattr(files_mod, "apply_postprocess",
+                            failing(files_mod.apply_postprocess, lambda p, cfg: p.shape))
+
+
+@pytest.mark.parametrize("command", ["predict", "measure"])
+@pytest.mark.parametrize("stage", ["decode", "canvas", "restore", "postprocess"])
+def test_a_frame_memory_cannot_hold_is_skipped_named_with_its_size(tmp_path, ckpt, capsys,
+                                                                   monkeypatch, command, stage):
+    """One frame too large for the machine's memory (an 8000x6000 scan) stopped predict for
+    the whole folder, the file unnamed, advising --batch-size (which cannot help: the memory
+    goes to the frame's full resolution). Now it is skipped like an unreadable frame: named
+    with its size in megapixels, the others (in its batch too) predicted, exit 2."""
+    frames(tmp_path / "in", {"a.png": (20, 24), "b.png": (30, 40), "c.png": (20, 24)})
+    _out_of_memory_on(monkeypatch, stage, (30, 40))
+    out = tmp_path / "out"
+    assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--device", "cpu",
+                 "--batch-size", "3"]) == 2
+    captured = capsys.readouterr()
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2, captured.err
+    assert errors[0].startswith(f"error: {tmp_path / 'in' / 'b.png'}: out of memory at its "
+                                "full resolution (40x30, 0.0 Mpx"), errors[0]
+    assert "downscale" in errors[0] and "--batch-size" in errors[0]
+    assert errors[1] == ("error: 1 of 3 frames could not be read or held in memory (skipped, "
+                         "named above)")
+    if command == "predict":
+        assert sorted(p.name for p in out.glob("*_mask.png")) == ["a_mask.png", "c_mask.png"]
+        predictor = load(ckpt, device="cpu", precision="fp32")
+        for name in "ac":
+            mask = np.asarray(Image.open(out / f"{name}_mask.png")) == 255
+            np.testing.assert_array_equal(
+                mask, predictor.predict(read_image(tmp_path / "in" / f"{name}.png")))
+    else:
+        with open(out / "measurements.csv") as f:
+            assert [r["name"] for r in csv.DictReader(f)] == ["a", "c"]
+
+
+def test_the_network_running_out_of_memory_still_stops_the_run(tmp_path, ckpt, capsys,
+                                                               monkeypatch):
+    """Where the network's batch itself does not fit, no frame is to blame: the run stops with
+    the advice that helps there (a smaller --batch-size)."""
+    from ultraseg.predict import Predictor
+
+    def fails(self, canvases):
+        raise MemoryError("Unable to allocate 80 GiB")
+
+    monkeypatch.setattr(Predictor, "proba_canvas", fails)
+    frames(tmp_path / "in", {"a.png": (20, 24), "c.png": (20, 24)})
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory (Unable to allocate 80 GiB)")
+    assert "a smaller --batch-size" in err[0] and "20 bytes a pixel" in err[0]

@@ -763,3 +763,44 @@ def test_names_that_a_spreadsheet_would_run_are_written_as_text(data, tmp_path) 
     text = measurements_csv([{"name": "@SUM(1)", "frame": 2, "area_px": -1.5}])
     assert text.splitlines()[1].startswith("'@SUM(1),,2,")
     assert ",-1.5," in text                   # a negative number stays a number
+
+
+@pytest.mark.parametrize("stage", ["restore", "postprocess", "network"])
+def test_running_out_of_memory_on_a_frame_names_it_and_its_size(tmp_path, monkeypatch,
+                                                                 stage) -> None:
+    """An out-of-memory on one frame at its full resolution said only 'out of memory', with
+    advice (--batch-size) that cannot help there: it names the frame and its size now (and
+    stops, as an unreadable frame stops evaluation). The network's own batch not fitting
+    stays the machine's limit for the whole run."""
+    import ultraseg.evaluate as evaluate_mod
+    import ultraseg.predict as predict_mod
+
+    root = make_dataset(tmp_path / "data", n=6, size=SIZE, seed=2)
+    calls = [0]
+
+    def third(real):
+        def wrapped(*args, **kw):
+            calls[0] += 1
+            if calls[0] == 3:
+                raise MemoryError("Unable to allocate 1.2 GiB for an array")
+            return real(*args, **kw)
+        return wrapped
+
+    predictor = _constant_predictor(0.9)
+    if stage == "restore":
+        monkeypatch.setattr(predict_mod, "restore", third(predict_mod.restore))
+    elif stage == "postprocess":
+        monkeypatch.setattr(evaluate_mod, "apply_postprocess",
+                            third(evaluate_mod.apply_postprocess))
+    else:
+        predictor = Predictor(third(lambda batch: np.full_like(batch, 0.9)),
+                              ModelConfig(variant="same", depth=2), PreprocessConfig(size=SIZE),
+                              PostprocessConfig(), batch_size=1)
+    images = {str(p) for p in (root / "images").glob("*.png")}
+    with pytest.raises(MemoryError if stage == "network" else UltrasegError) as err:
+        evaluate(predictor, root)
+    if stage != "network":
+        path, message = str(err.value).split(": ", 1)
+        assert path in images
+        assert message.startswith(f"out of memory at its full resolution ({SIZE}x{SIZE}, "
+                                  "0.0 Mpx"), message

@@ -349,7 +349,8 @@ def _main(a: argparse.Namespace) -> int:
 #: What makes a command need less memory, by command (the others: the generic line).
 _LESS_MEMORY = {
     "train": "a smaller --size or --batch-size needs less",
-    **{c: "a smaller --batch-size (for a valid model also --tile) needs less"
+    **{c: "a smaller --batch-size (for a valid model also --tile) makes the network's batch "
+          "need less; each frame also takes about 20 bytes a pixel at its full size"
        for c in ("predict", "evaluate", "measure")},
 }
 

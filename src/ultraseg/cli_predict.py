@@ -13,7 +13,7 @@ from typing import Any, Callable, TextIO
 
 from .config import postprocess_problem
 from .cli import path_arg
-from .errors import UltrasegError
+from .errors import FrameTooLarge, UltrasegError
 from .fileio import json_text
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -96,12 +96,16 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 
 def report_unreadable(failed: list[Any], total: int) -> int:
-    """One ``error:`` line per frame that could not be read and was skipped, and the exit
-    code: 2 where there was any (the others' outputs are written), else 0."""
+    """One ``error:`` line per frame that could not be read (or held in memory at its full
+    size) and was skipped, and the exit code: 2 where there was any (the others' outputs are
+    written), else 0. (``failed``: the errors, or their messages.)"""
     for e in failed:
         print(f"error: {e}", file=sys.stderr)
     if failed:
-        print(f"error: {len(failed)} of {total} frames could not be read (skipped, named above)",
+        large = any(isinstance(e, FrameTooLarge) or "out of memory at its full resolution"
+                    in str(e) for e in failed)
+        what = "could not be read or held in memory" if large else "could not be read"
+        print(f"error: {len(failed)} of {total} frames {what} (skipped, named above)",
               file=sys.stderr)
     return EXIT_USAGE if failed else EXIT_OK
 

@@ -37,6 +37,30 @@ class DataError(UltrasegError):
     """An image, mask or dataset folder that cannot be used."""
 
 
+class FrameTooLarge(DataError):
+    """A frame this machine's memory does not hold at its full resolution."""
+
+
+#: Memory a frame takes at its full resolution while it is predicted and written (its pixels,
+#: probabilities, post-processing and encoding), measured on 8000x6000 frames.
+FRAME_BYTES_PER_PIXEL = 20
+
+
+def frame_too_large(path: str | Path, shape: tuple[int, ...] | None,
+                    frame: int | None = None) -> FrameTooLarge:
+    """The error for a frame (the ``frame``-th of a loop, from 0) that ran out of memory at
+    its full resolution ``shape`` (H, W; None: unknown)."""
+    which = "" if frame is None else f"frame {frame + 1}: "
+    size = ""
+    if shape:
+        mpx = shape[0] * shape[1] / 1e6
+        size = (f" ({shape[1]}x{shape[0]}, {mpx:.1f} Mpx: at about {FRAME_BYTES_PER_PIXEL} "
+                f"bytes a pixel, {mpx * FRAME_BYTES_PER_PIXEL / 1000:.1f} GB)")
+    return FrameTooLarge(f"{which}out of memory at its full resolution{size}; downscale the "
+                         "image, or use a machine with more memory (--batch-size and --tile "
+                         "size the network's batch, not this)", path)
+
+
 class CheckpointError(UltrasegError):
     """A checkpoint or exported model that cannot be loaded."""
 

@@ -7,12 +7,12 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from .config import PostprocessConfig
-from .errors import DataError, UltrasegError
+from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import atomic_write_text, csv_cell, json_text, read_json
 from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally
@@ -21,7 +21,7 @@ from .measure import (check_pixel_size, frame_pixel_size, has_pixel_size, measur
                       warn_pixel_size_not_used)
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
-from .predict import Predictor, as_predictor
+from .predict import FrameOutOfMemory, Predictor, as_predictor
 from .preprocess import seen_region
 
 log = logging.getLogger(__name__)
@@ -267,15 +267,18 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         _warn_if_not_its_split(predictor, ds.root, split_file, subset, samples)
     label = predictor.preprocess.label if label is None else label
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
-    raw_pp = PostprocessConfig()
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []
     truths: list[np.ndarray] = []
     regions: list[tuple[int, int, int, int] | None] = []   # the part of each frame the net saw
     labels = LabelTally(label)         # the labels the masks hold (with a label to score)
+    # the frame whose own pixels are being worked on (decoded, post-processed, scored), for
+    # memory that runs out there to name it: a frame larger than the machine holds
+    at: list[int | None] = [None]
 
     def decoded():
-        for s in samples:
+        for k, s in enumerate(samples):
+            at[0] = k
             try:
                 image, mask = s.load()
             except DataError as e:   # scores over some frames are no evaluation: stop here
@@ -285,10 +288,65 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
             regions.append(seen_region(image, predictor.preprocess)
                            if frame_pixel_size(s.meta, pixel_size_mm) else None)
             labels.add(mask, truths[-1])
+            at[0] = None
             yield image
 
     kept: tuple[list[str], list[tuple[float, float]]] = ([], [])   # header's, not --pixel-size
-    for i, prob in enumerate(predictor.predict_proba_many(decoded())):
+    try:
+        _score_frames(predictor, samples, decoded(), truths, regions, at, rows, raw_rows,
+                      kept, pixel_size_mm, offset, progress)
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        # (scores over some frames are no evaluation: it stops, as at an unreadable frame)
+        from .predict_files import header_shape
+
+        index = e.index if isinstance(e, FrameOutOfMemory) else at[0]
+        if index is None:       # the network's batch, not a frame's pixels
+            raise
+        shape = e.shape if isinstance(e, FrameOutOfMemory) else None
+        raise frame_too_large(samples[index].image_path,
+                              shape or header_shape(samples[index].image_path)) from e
+    if pixel_size_mm is not None:
+        warn_pixel_size_not_used(*kept, pixel_size_mm, log)
+    summary = {k: v for k, v in summarise(rows).items()}
+    summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
+    summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in SUMMARY_KEYS}
+    summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
+    errors = [abs(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
+    with_reference = sum(1 for r in rows
+                         if r.get("hc_ref_mm") is not None and has_pixel_size(r))
+    if with_reference:
+        # frames whose head the model did not find have no error: the MAE is over the others,
+        # and the summary says how many it leaves out
+        summary["hc_mae_mm"] = float(np.mean(errors)) if errors else None
+        summary["hc_n"] = len(errors)
+        summary["hc_missed"] = with_reference - len(errors)
+    summary["label"] = label
+    absent = labels.warn_if_absent("every frame is scored as empty", log)
+    if absent:
+        summary["label_absent"] = absent
+    if out is not None:
+        try:
+            write_evaluation(out, summary, rows)
+        except UltrasegError as e:      # (a full disk): the figures are not lost with the files
+            e.result = (summary, rows)
+            raise
+    return summary, rows
+
+
+
+def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Iterable[np.ndarray],
+                  truths: list[np.ndarray], regions: list, at: list[int | None],
+                  rows: list[dict[str, Any]], raw_rows: list[dict[str, Any]],
+                  kept: tuple[list[str], list[tuple[float, float]]],
+                  pixel_size_mm: float | None, offset: float,
+                  progress: Callable[[int, int], None] | None) -> None:
+    """:func:`evaluate`'s scoring, frame by frame: each frame's row into ``rows`` (its raw
+    figures into ``raw_rows``); ``at[0]`` says the frame being scored."""
+    raw_pp = PostprocessConfig()
+    for i, prob in enumerate(predictor.predict_proba_many(images)):
+        at[0] = i
         s, truth = samples[i], truths[i]
         # (pixels that are not square: (height, width), as hd95 and measure take them)
         spacing = frame_pixel_size(s.meta, pixel_size_mm)
@@ -317,32 +375,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         truths[i] = None  # type: ignore[call-overload]  # free memory as we stream
         if progress:
             progress(i + 1, len(samples))
-    if pixel_size_mm is not None:
-        warn_pixel_size_not_used(*kept, pixel_size_mm, log)
-    summary = {k: v for k, v in summarise(rows).items()}
-    summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
-    summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in SUMMARY_KEYS}
-    summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
-    errors = [abs(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
-    with_reference = sum(1 for r in rows
-                         if r.get("hc_ref_mm") is not None and has_pixel_size(r))
-    if with_reference:
-        # frames whose head the model did not find have no error: the MAE is over the others,
-        # and the summary says how many it leaves out
-        summary["hc_mae_mm"] = float(np.mean(errors)) if errors else None
-        summary["hc_n"] = len(errors)
-        summary["hc_missed"] = with_reference - len(errors)
-    summary["label"] = label
-    absent = labels.warn_if_absent("every frame is scored as empty", log)
-    if absent:
-        summary["label_absent"] = absent
-    if out is not None:
-        try:
-            write_evaluation(out, summary, rows)
-        except UltrasegError as e:      # (a full disk): the figures are not lost with the files
-            e.result = (summary, rows)
-            raise
-    return summary, rows
+        at[0] = None
 
 
 def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:

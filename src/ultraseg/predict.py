@@ -19,7 +19,7 @@ from PIL import Image
 
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_postprocess,
                      plain_number)
-from .errors import UltrasegError
+from .errors import UltrasegError, is_out_of_memory
 from .geometry import context_margin, nearest_valid_output
 from .io.base import pillow_to_gray
 from .postprocess import apply as apply_postprocess
@@ -86,6 +86,30 @@ def warn_if_saved_during_training(meta: dict[str, Any], path: str | Path) -> Non
                 "post-processing is the defaults, not the one the run chooses on validation "
                 "(a finished run's best.ckpt holds that; `ultraseg train --resume --out RUN` "
                 "finishes an interrupted run)", path, len(history))
+
+
+class FrameOutOfMemory(MemoryError):
+    """Memory ran out on one frame at its full resolution (its pixels onto the canvas, or its
+    probabilities back to its size), not on the network: a larger frame than this machine's
+    memory holds. ``index``: its place among the images given to
+    :meth:`Predictor.predict_proba_many`; ``shape``: its (H, W)."""
+
+    def __init__(self, index: int, shape: tuple[int, ...], detail: str) -> None:
+        super().__init__(f"frame {index} ({shape[1]}x{shape[0]}): {detail}")
+        self.index, self.shape = index, tuple(shape[:2])
+
+
+def _frame_sized(work: Callable[[], Any], index: int, shape: tuple[int, ...]) -> Any:
+    """``work()``, whose memory goes with a frame's pixels: running out is
+    :class:`FrameOutOfMemory` for that frame."""
+    try:
+        return work()
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e) or isinstance(e, FrameOutOfMemory):
+            raise
+        raise FrameOutOfMemory(index, shape, (str(e) or type(e).__name__).splitlines()[0]
+                               ) from e
+
 
 @dataclass
 class Predictor:
@@ -199,9 +223,13 @@ class Predictor:
         return apply_postprocess(self.predict_proba(image), self.postprocess)
 
     def predict_proba_many(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Stream probabilities for many frames, batching frames of equal canvas size."""
-        pending: list[tuple[np.ndarray, Geometry]] = []
-        for image in images:
+        """Stream probabilities for many frames, batching frames of equal canvas size.
+
+        Memory that runs out on a frame's own pixels (its canvas made, its probabilities
+        restored to its size) raises :class:`FrameOutOfMemory` naming the frame's place;
+        running out on the network's batch raises as it came."""
+        pending: list[tuple[np.ndarray, Geometry, int]] = []
+        for index, image in enumerate(images):
             if isinstance(image, (str, os.PathLike)):
                 raise UltrasegError(f"expected an image array, got the path {str(image)!r}: "
                                     "read the file with ultraseg.read_image(path), or give "
@@ -211,11 +239,12 @@ class Predictor:
             image = np.asarray(image)
             if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
                 raise UltrasegError(f"expected a 2D image, got an array of shape {image.shape}")
-            canvas, geom = prepare(image, self.preprocess)
+            canvas, geom = _frame_sized(lambda: prepare(image, self.preprocess), index,
+                                        image.shape)
             if pending and canvas.shape != pending[0][0].shape:
                 yield from self._flush(pending)
                 pending = []
-            pending.append((canvas, geom))
+            pending.append((canvas, geom, index))
             if len(pending) >= self.batch_size:    # full: out now, not when the next arrives
                 yield from self._flush(pending)
                 pending = []
@@ -231,10 +260,10 @@ class Predictor:
         for p, q in zip(plain, mirrored, strict=True):
             yield 0.5 * (p + q)
 
-    def _flush(self, pending: list[tuple[np.ndarray, Geometry]]) -> Iterator[np.ndarray]:
-        probs = self.proba_canvas(np.stack([c for c, _ in pending]))
-        for prob, (_, geom) in zip(probs, pending):
-            yield restore(prob, geom)
+    def _flush(self, pending: list[tuple[np.ndarray, Geometry, int]]) -> Iterator[np.ndarray]:
+        probs = self.proba_canvas(np.stack([c for c, _, _ in pending]))
+        for prob, (_, geom, index) in zip(probs, pending):
+            yield _frame_sized(lambda: restore(prob, geom), index, (geom.height, geom.width))
 
     def with_options(self, **changes: Any) -> "Predictor":
         """A copy with other options (``batch_size``, ``tile``, ``tta``, ``postprocess``,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, UltrasegError
+from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock
 from .io import (IMAGE_EXTENSIONS, Sample, check_layout, file_sample, frame_tag,
                  scan_dataset, select_label, split_frames)
@@ -33,7 +33,7 @@ from .io.base import (OUTPUT_MARKER, LabelTally, check_label, close_kept, in_out
 from .io.dicom import is_dicom
 from .measure import has_pixel_size
 from .postprocess import apply as apply_postprocess
-from .predict import Predictor, as_predictor
+from .predict import FrameOutOfMemory, Predictor, as_predictor
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,21 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -
 _SKIPPED: Any = object()
 
 
-def _or_skip(read: Callable[[], Any], failed: list[DataError] | None) -> Any:
+def header_shape(path: str | Path) -> tuple[int, int] | None:
+    """An image file's (H, W) from its header without decoding it, where Pillow reads it."""
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:   # (a DICOM, a damaged header: the message goes without the size)
+        return None
+
+
+def _or_skip(read: Callable[[], Any], failed: list[DataError] | None,
+             frame: Frame | None = None, shape: tuple[int, ...] | None = None) -> Any:
     """``read()``; where it raises a :class:`~ultraseg.errors.DataError` and ``failed`` is a
-    list, the error is appended there and :data:`_SKIPPED` returned (None: raised)."""
+    list, the error is appended there and :data:`_SKIPPED` returned (None: raised). Given the
+    ``frame`` it works on (of ``shape``, else its header's), running out of memory is that
+    frame's :func:`frame_too_large` error, skipped or raised alike."""
     try:
         return read()
     except DataError as e:
@@ -243,6 +255,16 @@ def _or_skip(read: Callable[[], Any], failed: list[DataError] | None) -> Any:
         log.info("%s (skipped)", e)
         failed.append(e)
         return _SKIPPED
+    except (MemoryError, RuntimeError) as e:
+        if frame is None or not is_out_of_memory(e):
+            raise
+        err = frame_too_large(frame.image_path, shape or header_shape(frame.image_path),
+                              frame.sample.frame)
+        if failed is None:
+            raise err from e
+    log.info("%s (skipped)", err)      # (out of the except block: the frame's arrays go)
+    failed.append(err)
+    return _SKIPPED
 
 
 def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
@@ -251,23 +273,49 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
     """Yield ``(frame, image (H, W) uint8, probabilities (H, W) float32)`` frame by frame.
 
     Images are decoded as the predictor asks for them; at most one batch is held at a time.
-    An unreadable image raises :class:`~ultraseg.errors.DataError` naming the file; given a
-    ``failed`` list, it is appended there instead and the frame skipped.
+    An unreadable image raises :class:`~ultraseg.errors.DataError` naming the file; so does
+    one whose decoding, canvas or probabilities at its full resolution run out of memory
+    (:func:`frame_too_large`: a larger frame than the machine holds; running out on the
+    network's batch raises as it came). Given a ``failed`` list, the error is appended there
+    instead and the frame skipped; the frames read with it are predicted again without it.
     """
+    todo = iter(frames)
     pending: deque[tuple[Frame, np.ndarray]] = deque()
 
-    def images() -> Iterator[np.ndarray]:
-        for frame in frames:
-            image = _or_skip(frame.sample.load_image, failed)
+    def images(again: list[tuple[Frame, np.ndarray]]) -> Iterator[np.ndarray]:
+        for frame, image in again:
+            pending.append((frame, image))
+            yield image
+        for frame in todo:
+            image = _or_skip(frame.sample.load_image, failed, frame)
             if image is _SKIPPED:
                 continue
             pending.append((frame, image))
             yield image
 
+    again: list[tuple[Frame, np.ndarray]] = []
     try:
-        for prob in predictor.predict_proba_many(images()):
-            frame, image = pending.popleft()
-            yield frame, image, prob
+        while True:
+            given = 0       # frames this pass of the predictor has given back
+            run = predictor.predict_proba_many(images(again))
+            try:
+                for prob in run:
+                    frame, image = pending.popleft()
+                    given += 1
+                    yield frame, image, prob
+                return
+            except FrameOutOfMemory as e:
+                culprit = e.index - given
+                frame = pending[culprit][0]
+                err = frame_too_large(frame.image_path, e.shape, frame.sample.frame)
+                if failed is None:
+                    raise err from e
+            run.close()
+            log.info("%s (skipped)", err)
+            failed.append(err)
+            # the frames read with it, the culprit left out, start the next pass
+            again = [item for k, item in enumerate(pending) if k != culprit]
+            pending.clear()
     finally:    # done, or stopped: a loop kept open for its next frame is closed
         close_kept()
 
@@ -442,21 +490,27 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     failed = summary.failed if skip_unreadable else None
     written: set[str] = set()
 
+    def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """Write the frame's mask (and overlay); its mask."""
+        # the truth first: a mask that cannot be read skips the frame
+        truth = _truth(frame, image.shape, labels) if overlay else None
+        mask = apply_postprocess(prob, predictor.postprocess)
+        mask_path = out / f"{frame.out_name}_mask{suffix}"
+        _write(mask_path, encode_mask(mask, fmt))
+        summary.masks.append(mask_path)
+        if overlay:
+            rgb = draw_overlay(image, mask, truth, thickness=overlay_thickness(image.shape))
+            ov_path = out / f"{frame.out_name}_overlay.png"
+            _write(ov_path, encode_png(rgb))
+            summary.overlays.append(ov_path)
+        return mask
+
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for frame, image, prob in iter_probabilities(predictor, frames, failed):
-            if overlay:      # the truth first: a mask that cannot be read skips the frame
-                truth = _or_skip(lambda: _truth(frame, image.shape, labels), failed)
-                if truth is _SKIPPED:
-                    continue
-            mask = apply_postprocess(prob, predictor.postprocess)
-            mask_path = out / f"{frame.out_name}_mask{suffix}"
-            _write(mask_path, encode_mask(mask, fmt))
-            summary.masks.append(mask_path)
-            if overlay:
-                rgb = draw_overlay(image, mask, truth, thickness=overlay_thickness(image.shape))
-                ov_path = out / f"{frame.out_name}_overlay.png"
-                _write(ov_path, encode_png(rgb))
-                summary.overlays.append(ov_path)
+            # (out of memory here too: the frame's post-processing and files at full size)
+            mask = _or_skip(lambda: outputs(frame, image, prob), failed, frame, image.shape)
+            if mask is _SKIPPED:
+                continue
             summary.n += 1
             summary.n_empty += not mask.any()
             written.add(frame.out_name)
@@ -556,12 +610,10 @@ def measure_frames(predictor: Predictor | str | Path,
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
         kept: tuple[list[str], list[tuple[float, float]]] = ([], [])   # header's, not --pixel-size
-        for frame, image, prob in iter_probabilities(predictor, frames, failed):
+        def measured(frame: Frame, image: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
+            """The frame's row (its overlay written)."""
             mask = apply_postprocess(prob, predictor.postprocess)
             spacing = frame_pixel_size(frame.sample.meta, pixel_size_mm)
-            if pixel_size_mm is not None and isinstance(spacing, tuple):
-                kept[0].append(frame.out_name)
-                kept[1].append(spacing)
             m = measure(mask, spacing, boundary_offset_px=offset,
                         region=seen_region(image, predictor.preprocess))
             row = _measurement_row(frame, image.shape, spacing, m)
@@ -572,6 +624,16 @@ def measure_frames(predictor: Predictor | str | Path,
                 rgb = measure_overlay(image, mask, ellipse,
                                       thickness=overlay_thickness(image.shape))
                 _write(out_dir / f"{frame.out_name}_measure.png", encode_png(rgb))
+            return row
+
+        for frame, image, prob in iter_probabilities(predictor, frames, failed):
+            row = _or_skip(lambda: measured(frame, image, prob), failed, frame, image.shape)
+            if row is _SKIPPED:
+                continue
+            spacing = frame_pixel_size(frame.sample.meta, pixel_size_mm)
+            if pixel_size_mm is not None and isinstance(spacing, tuple):
+                kept[0].append(frame.out_name)
+                kept[1].append(spacing)
             rows.append(row)
             if progress:
                 progress(len(rows) + len(failed or ()), len(frames))
