@@ -580,3 +580,19 @@ def test_the_network_running_out_of_memory_still_stops_the_run(tmp_path, ckpt, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: out of memory (Unable to allocate 80 GiB)")
     assert "a smaller --batch-size" in err[0] and "20 bytes a pixel" in err[0]
+
+
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_frames_padded_to_a_strip_of_the_canvas_are_warned_about_once(tmp_path, ckpt,
+                                                                      command):
+    """A 40x2000 frame padded to the square 32 px canvas covers less than one canvas row: its
+    mask said nothing useful, and nothing said so. One warning now names the first such frame
+    and counts them; a frame of ordinary shape is not counted."""
+    frames(tmp_path / "in", {"a.png": (40, 2000), "b.png": (30, 40), "c.png": (1000, 20)})
+    with ultraseg_warnings() as warned:
+        assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                     "--device", "cpu"]) == 0
+    thin = [r.getMessage() for r in warned if "long and thin" in r.getMessage()]
+    assert len(thin) == 1, thin
+    assert thin[0].startswith("2 frame(s) so long and thin") and "--no-pad-to-square" in thin[0]
+    assert f"first: {tmp_path / 'in' / 'a.png'}, 2000x40: 0.6 px" in thin[0]

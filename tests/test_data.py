@@ -432,3 +432,26 @@ def test_holding_out_test_subjects_from_one_subject_names_the_flag() -> None:
     with pytest.raises(UltrasegError, match=r"--test-fraction\) needs at least two subjects; "
                                             r"found 1 \(--test-fraction 0"):
         run_split(["a"] * 10, 0.2, 0.0, 0)
+
+
+def test_training_frames_padded_to_a_strip_of_the_canvas_are_warned_about(tmp_path) -> None:
+    """Training on 2000x40 frames padded to a 32 px square canvas (under one canvas row of
+    frame): one warning names the first and suggests --no-pad-to-square, which stretches
+    them instead (and so says nothing)."""
+    from conftest import ultraseg_warnings
+
+    root = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for name, (h, w) in {"a": (40, 2000), "b": (32, 32), "c": (2000, 40)}.items():
+        Image.fromarray(np.full((h, w), 90, np.uint8)).save(root / "images" / f"{name}.png")
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(root / "masks" / f"{name}_mask.png")
+    ds = open_dataset(root)
+    said = {}
+    for pad in (True, False):
+        with ultraseg_warnings() as warned:
+            load_arrays(ds, PreprocessConfig(size=32, pad_to_square=pad), cache_dir="")
+        said[pad] = [r.getMessage() for r in warned if "long and thin" in r.getMessage()]
+    assert said[False] == [] and len(said[True]) == 1, said
+    assert said[True][0].startswith("2 frame(s)") and "--no-pad-to-square" in said[True][0]
+    assert f"first: {root / 'images' / 'a.png'}, 2000x40" in said[True][0]

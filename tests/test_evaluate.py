@@ -804,3 +804,22 @@ def test_running_out_of_memory_on_a_frame_names_it_and_its_size(tmp_path, monkey
         assert path in images
         assert message.startswith(f"out of memory at its full resolution ({SIZE}x{SIZE}, "
                                   "0.0 Mpx"), message
+
+
+def test_frames_padded_to_a_strip_of_the_canvas_are_warned_about(tmp_path) -> None:
+    """Evaluating on frames whose shorter side covers under 8 canvas pixels (40x2000 on a
+    32 px canvas): the figures are of masks the network barely saw; a warning says so."""
+    from conftest import ultraseg_warnings
+
+    root = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for name, (h, w) in {"a": (2000, 40), "b": (32, 32)}.items():
+        Image.fromarray(np.full((h, w), 90, np.uint8)).save(root / "images" / f"{name}.png")
+        m = np.zeros((h, w), np.uint8)
+        m[h // 4:h // 2, w // 4:w // 2] = 255
+        Image.fromarray(m).save(root / "masks" / f"{name}_mask.png")
+    with ultraseg_warnings() as warned:
+        evaluate(_constant_predictor(0.9), root)
+    thin = [r.getMessage() for r in warned if "long and thin" in r.getMessage()]
+    assert len(thin) == 1 and "1 frame(s)" in thin[0] and str(root / "images" / "a.png") in thin[0]

@@ -25,7 +25,7 @@ from .config import PreprocessConfig
 from .errors import DataError, UltrasegError
 from .fileio import atomic_open, atomic_write_text, read_json, temporaries
 from .io import Dataset, DataProblems, select_label
-from .preprocess import to_canvas
+from .preprocess import ThinFrames, to_canvas
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +163,22 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     masks = np.empty_like(images)
     problems: list[DataError] = []
     labels: set[int] = set()
+    thin = ThinFrames(cfg)
     for i, s in enumerate(samples):
         try:
             image, mask = s.load()
         except DataError as e:
             problems.append(e)
             continue
+        thin.add(s.image_path, image.shape)
         labels.update(int(v) for v in np.unique(mask) if v)
         images[i], geom = to_canvas(image, cfg, "image")
         target = select_label(mask, cfg.label).astype(np.uint8)
         masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
     if problems:
         raise DataProblems(problems)
+    thin.warn(log, "--no-pad-to-square stretches such frames onto the canvas instead (or a "
+              "larger --size)")
     if cache_path is not None:
         try:
             _save_npz(cache_path, images=images, masks=masks,

@@ -22,7 +22,7 @@ from .measure import (check_pixel_size, frame_pixel_size, has_pixel_size, measur
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
-from .preprocess import seen_region
+from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames, seen_region
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +275,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     # the frame whose own pixels are being worked on (decoded, post-processed, scored), for
     # memory that runs out there to name it: a frame larger than the machine holds
     at: list[int | None] = [None]
+    thin = ThinFrames(predictor.preprocess)
 
     def decoded():
         for k, s in enumerate(samples):
@@ -284,6 +285,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
             except DataError as e:   # scores over some frames are no evaluation: stop here
                 raise DataError(f"{e.message} (`ultraseg inspect {ds.root}` lists every "
                                 f"problem of the set at once)", e.path) from e
+            thin.add(s.image_path, image.shape)
             truths.append(select_label(mask, label))
             regions.append(seen_region(image, predictor.preprocess)
                            if frame_pixel_size(s.meta, pixel_size_mm) else None)
@@ -307,6 +309,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         shape = e.shape if isinstance(e, FrameOutOfMemory) else None
         raise frame_too_large(samples[index].image_path,
                               shape or header_shape(samples[index].image_path)) from e
+    thin.warn(log, PAD_TO_SQUARE_REMEDY)
     if pixel_size_mm is not None:
         warn_pixel_size_not_used(*kept, pixel_size_mm, log)
     summary = {k: v for k, v in summarise(rows).items()}

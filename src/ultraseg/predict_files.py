@@ -34,6 +34,7 @@ from .io.dicom import is_dicom
 from .measure import has_pixel_size
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
+from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
     """
     todo = iter(frames)
     pending: deque[tuple[Frame, np.ndarray]] = deque()
+    thin = ThinFrames(predictor.preprocess)
 
     def images(again: list[tuple[Frame, np.ndarray]]) -> Iterator[np.ndarray]:
         for frame, image in again:
@@ -290,6 +292,7 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
             image = _or_skip(frame.sample.load_image, failed, frame)
             if image is _SKIPPED:
                 continue
+            thin.add(frame.image_path, image.shape)
             pending.append((frame, image))
             yield image
 
@@ -318,6 +321,7 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
             pending.clear()
     finally:    # done, or stopped: a loop kept open for its next frame is closed
         close_kept()
+        thin.warn(log, PAD_TO_SQUARE_REMEDY)
 
 
 def encode_mask(mask: np.ndarray, fmt: str = "png") -> bytes:

@@ -4,6 +4,7 @@ No torch here: the ONNX prediction path uses this module without PyTorch.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -207,6 +208,47 @@ def to_canvas(image: np.ndarray, cfg: PreprocessConfig, kind: str = "image",
     if cfg.size is not None:
         image = resize(image, (cfg.size, cfg.size), kind)
     return image, Geometry(h, w, top, left, side, cfg.size, box)
+
+
+#: Canvas pixels under which a frame's shorter side, padded to the square, leaves a strip
+#: the network hardly sees (2000x40 on a 64 px canvas: 1.3 rows; its mask says little).
+MIN_SHORT_SIDE_ON_CANVAS = 8
+
+
+class ThinFrames:
+    """A tally of the frames whose shorter side, padded to ``cfg``'s square canvas, covers
+    fewer than :data:`MIN_SHORT_SIDE_ON_CANVAS` canvas pixels; :meth:`warn` says so once for
+    all of them, naming the first."""
+
+    def __init__(self, cfg: PreprocessConfig) -> None:
+        self.cfg = cfg
+        self.n = 0
+        self.first: tuple[str, int, int] | None = None
+
+    def add(self, name: object, shape: tuple[int, ...]) -> None:
+        """Count the frame ``name`` of ``shape`` (H, W, ...) where it is one."""
+        h, w = shape[:2]
+        if self.cfg.size is None or not self.cfg.pad_to_square or h == w:
+            return
+        if min(h, w) * self.cfg.size / max(h, w) < MIN_SHORT_SIDE_ON_CANVAS:
+            self.n += 1
+            self.first = self.first or (str(name), h, w)
+
+    def warn(self, logger: logging.Logger, remedy: str) -> None:
+        """One warning for the frames counted (none: nothing), then the tally starts again."""
+        if self.first is not None:
+            name, h, w = self.first
+            logger.warning(
+                "%d frame(s) so long and thin that, padded to the %d px square canvas, their "
+                "shorter side covers fewer than %d canvas pixels (first: %s, %dx%d: %.1f px): "
+                "their masks say little; %s", self.n, self.cfg.size, MIN_SHORT_SIDE_ON_CANVAS,
+                name, w, h, min(h, w) * self.cfg.size / max(h, w), remedy)
+        self.n, self.first = 0, None
+
+
+#: What helps a prediction of the frames :class:`ThinFrames` counts (the padding is the model's).
+PAD_TO_SQUARE_REMEDY = ("a model trained with --no-pad-to-square stretches such frames onto "
+                        "its canvas instead (or one trained at a larger --size)")
 
 
 #: Past this many pixels a frame's padded square is not made: a long, thin frame (4 x 40000)
