@@ -109,13 +109,34 @@ def hd95(
     # on the box around both masks (and a pixel of background about it, where boundary()
     # finds the same edges): every distance measured runs inside it, and the two distance
     # transforms over a whole 4000 x 4000 frame took 4.6 s where the box takes 0.14 s
-    rows, cols = np.nonzero(p | t)
-    box = (slice(max(rows.min() - 1, 0), rows.max() + 2),
-           slice(max(cols.min() - 1, 0), cols.max() + 2))
+    # (the rows and columns that hold any: np.nonzero's coordinates of every foreground pixel
+    # took 16 bytes each, 0.7 GB on an 8000 x 6000 frame a weak model fills)
+    either = p | t
+    rows, cols = np.flatnonzero(either.any(axis=1)), np.flatnonzero(either.any(axis=0))
+    del either
+    box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
     bp, bt = boundary(p[box]), boundary(t[box])
-    to_t = ndimage.distance_transform_edt(~bt, sampling=sampling)[bp]
-    to_p = ndimage.distance_transform_edt(~bp, sampling=sampling)[bt]
+    to_t, to_p = _distances_at(bt, bp, sampling), _distances_at(bp, bt, sampling)
     return float(max(np.percentile(to_t, 95), np.percentile(to_p, 95)))
+
+
+def _distances_at(target: np.ndarray, at: np.ndarray, sampling: np.ndarray) -> np.ndarray:
+    """``ndimage.distance_transform_edt(~target, sampling=sampling)[at]``, the same values,
+    computed at the ``at`` pixels only: the whole frame's float64 distances, and the index
+    grid scipy takes them from, held 3 times the frame's feature transform (about 30 bytes a
+    pixel, 1.7 GB for an 8000 x 6000 frame's HD95)."""
+    ft = ndimage.distance_transform_edt(~target, sampling=sampling, return_distances=False,
+                                        return_indices=True)
+    where = np.nonzero(at)
+    dt = np.stack([ft[k][where] - where[k].astype(ft.dtype) for k in range(target.ndim)])
+    del ft
+    dt = dt.astype(np.float64)
+    for k in range(target.ndim):     # as scipy: scaled, squared, summed along the axes, root
+        dt[k, ...] *= sampling[k]
+    np.multiply(dt, dt, dt)
+    out = np.add.reduce(dt, axis=0)
+    np.sqrt(out, out)
+    return out
 
 
 def image_metrics(
