@@ -247,6 +247,21 @@ def test_a_run_stopped_by_its_time_limit_does_not_train_on_after_resume(
     assert stop in capsys.readouterr().out
 
 
+def _train_stopped_before_its_end(data: Path, run: Path, epochs: int,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train ``epochs`` of the tiny recipe into ``run``, interrupted (Ctrl-C) once training is
+    over, before the post-processing choice and the report."""
+    import ultraseg.train as T
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_finish", interrupted)
+    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", str(epochs),
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 130
+    monkeypatch.undo()
+
+
 def test_resume_keeps_the_auto_presence_head_decided_at_the_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A presence head 'auto' (the cpu preset's) is decided on the training masks when the run
@@ -257,18 +272,9 @@ def test_resume_keeps_the_auto_presence_head_decided_at_the_start(
     import numpy as np
     from PIL import Image
 
-    import ultraseg.train as T
-
     data = make_dataset(tmp_path / "data", n=80, size=64, seed=0)   # 1 in 8 masks empty
     run = tmp_path / "run"
-
-    def interrupted(*a: object, **k: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "_finish", interrupted)
-    assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", "2",
-                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 130
-    monkeypatch.undo()
+    _train_stopped_before_its_end(data, run, 2, monkeypatch)
     assert "presence head: on" in (run / "train.log").read_text()
     for f in (data / "masks").iterdir():          # the empty masks corrected since
         a = np.array(Image.open(f))
@@ -289,20 +295,12 @@ def test_frames_added_or_removed_before_a_resume_are_said(
     ended it with a message that said neither why nor what to do."""
     import shutil
 
-    import ultraseg.train as T
     from conftest import ultraseg_warnings
 
     mine = tmp_path / "data"
     shutil.copytree(data, mine)
     run = tmp_path / "run"
-
-    def interrupted(*a: object, **k: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(T, "_finish", interrupted)
-    assert main(["train", str(mine), "--out", str(run), *RECIPE[:-8], "--epochs", "1",
-                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 130
-    monkeypatch.undo()
+    _train_stopped_before_its_end(mine, run, 1, monkeypatch)
     gone = tmp_path / "gone"
     gone.mkdir()
     for f in ("images/1_1.png", "masks/1_1_mask.png"):   # a frame of the split removed
