@@ -564,6 +564,29 @@ def test_a_frame_memory_cannot_hold_is_skipped_named_with_its_size(tmp_path, ckp
             assert [r["name"] for r in csv.DictReader(f)] == ["a", "c"]
 
 
+def test_a_frame_whose_overlay_runs_out_of_memory_leaves_no_mask_behind(tmp_path, ckpt,
+                                                                        capsys, monkeypatch):
+    """The mask was written before the overlay was drawn: a frame skipped there left its
+    mask in OUT, outside the summary's count."""
+    import ultraseg.report as report
+
+    real = report.overlay
+
+    def overlay(image, mask, truth, thickness=1):
+        if image.shape[:2] == (30, 40):
+            raise MemoryError("Unable to allocate 1.2 GiB for an array")
+        return real(image, mask, truth, thickness=thickness)
+
+    monkeypatch.setattr(report, "overlay", overlay)
+    frames(tmp_path / "in", {"a.png": (20, 24), "b.png": (30, 40), "c.png": (20, 24)})
+    out = tmp_path / "out"
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--device",
+                 "cpu", "--overlay"]) == 2
+    assert "b.png: out of memory" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "a_mask.png", "a_overlay.png", "c_mask.png", "c_overlay.png"]
+
+
 def test_the_network_running_out_of_memory_still_stops_the_run(tmp_path, ckpt, capsys,
                                                                monkeypatch):
     """Where the network's batch itself does not fit, no frame is to blame: the run stops with

@@ -499,13 +499,18 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
         # the truth first: a mask that cannot be read skips the frame
         truth = _truth(frame, image.shape, labels) if overlay else None
         mask = apply_postprocess(prob, predictor.postprocess)
+        # both files encoded before either is written: a frame skipped (out of memory while
+        # its overlay is drawn) leaves no mask behind that the summary does not count
+        encoded = encode_mask(mask, fmt)
+        drawn = encode_png(draw_overlay(image, mask, truth,
+                                        thickness=overlay_thickness(image.shape))
+                           ) if overlay else None
         mask_path = out / f"{frame.out_name}_mask{suffix}"
-        _write(mask_path, encode_mask(mask, fmt))
+        _write(mask_path, encoded)
         summary.masks.append(mask_path)
-        if overlay:
-            rgb = draw_overlay(image, mask, truth, thickness=overlay_thickness(image.shape))
+        if drawn is not None:
             ov_path = out / f"{frame.out_name}_overlay.png"
-            _write(ov_path, encode_png(rgb))
+            _write(ov_path, drawn)
             summary.overlays.append(ov_path)
         return mask
 
