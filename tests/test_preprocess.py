@@ -376,3 +376,22 @@ def test_a_long_thin_frame_is_placed_without_its_padded_square(monkeypatch) -> N
     long = rng.integers(0, 256, (4, 40000), dtype=np.uint8)
     canvas, _ = prepare(long, PreprocessConfig(size=64))
     assert canvas.shape == (64, 64)
+
+
+def test_thin_frames_are_counted_by_the_part_crop_border_keeps() -> None:
+    """With --crop-border the canvas takes the frame's content alone: a square frame whose
+    content is a 3-row strip leaves it 3 canvas rows (warned about), and a 2000x40 strip
+    cropped to 200x40 leaves it 12.8 (not)."""
+    from ultraseg.preprocess import ThinFrames
+
+    rng = np.random.default_rng(0)
+    square = np.full((64, 64), 30, np.uint8)
+    square[30:33] = rng.integers(0, 255, (3, 64))
+    long = np.full((40, 2000), 30, np.uint8)
+    long[:, 900:1100] = rng.integers(0, 255, (40, 200))
+    cropped, plain = (ThinFrames(PreprocessConfig(size=64, crop_border=c)) for c in (True, False))
+    for tally in (cropped, plain):
+        tally.add("square", square)
+        tally.add("long", long)
+    assert (cropped.n, cropped.first[0]) == (1, "square")
+    assert (plain.n, plain.first[0]) == (1, "long")

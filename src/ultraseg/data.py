@@ -170,7 +170,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         except DataError as e:
             problems.append(e)
             continue
-        thin.add(s.image_path, image.shape)
+        thin.add(s.image_path, image)
         labels.update(int(v) for v in np.unique(mask) if v)
         images[i], geom = to_canvas(image, cfg, "image")
         target = select_label(mask, cfg.label).astype(np.uint8)

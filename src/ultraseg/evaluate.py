@@ -285,7 +285,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
             except DataError as e:   # scores over some frames are no evaluation: stop here
                 raise DataError(f"{e.message} (`ultraseg inspect {ds.root}` lists every "
                                 f"problem of the set at once)", e.path) from e
-            thin.add(s.image_path, image.shape)
+            thin.add(s.image_path, image)
             truths.append(select_label(mask, label))
             regions.append(seen_region(image, predictor.preprocess)
                            if frame_pixel_size(s.meta, pixel_size_mm) else None)

@@ -292,7 +292,7 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
             image = _or_skip(frame.sample.load_image, failed, frame)
             if image is _SKIPPED:
                 continue
-            thin.add(frame.image_path, image.shape)
+            thin.add(frame.image_path, image)
             pending.append((frame, image))
             yield image
 

@@ -225,10 +225,16 @@ class ThinFrames:
         self.n = 0
         self.first: tuple[str, int, int] | None = None
 
-    def add(self, name: object, shape: tuple[int, ...]) -> None:
-        """Count the frame ``name`` of ``shape`` (H, W, ...) where it is one."""
-        h, w = shape[:2]
-        if self.cfg.size is None or not self.cfg.pad_to_square or h == w:
+    def add(self, name: object, image: np.ndarray) -> None:
+        """Count the frame ``name`` (its pixels ``image``) where it is one: with
+        ``crop_border``, by the part of it the canvas takes (:func:`content_box`)."""
+        h, w = image.shape[:2]
+        if self.cfg.size is None or not self.cfg.pad_to_square:
+            return
+        if self.cfg.crop_border and image.ndim == 2:
+            top, bottom, left, right = content_box(image)
+            h, w = bottom - top, right - left
+        if h == w:
             return
         if min(h, w) * self.cfg.size / max(h, w) < MIN_SHORT_SIDE_ON_CANVAS:
             self.n += 1
