@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_dataset
+from conftest import shared_dataset, ultraseg_warnings
 from ultraseg.cli import main
 from ultraseg.errors import DataError
 from ultraseg.inspection import inspect_dataset
@@ -425,3 +425,88 @@ def test_inspect_says_beside_several_labels_that_train_takes_their_union(tmp_pat
     assert "union" not in capsys.readouterr().out
     report, _ = inspect_dataset(tmp_path / "b")
     assert report["labels"] == [1] and report["labels_note"] is None
+
+
+# ------------------------------------------------------------------ duplicates, blank frames
+def _scene(seed: int, size: int = 64) -> np.ndarray:
+    """A smooth frame (an 8x8 random field, enlarged): distinct seeds share no structure."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (8, 8), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
+
+
+def _duplicated(root: Path) -> None:
+    """Subjects 1-4 distinct; 9_1 a pixel copy of 1_1 with another mask; 2_2 a noisy copy of
+    2_1 (same subject, same mask); 7_1 a noisy copy of 3_1 (another subject, empty mask)."""
+    for k in range(1, 5):
+        _save(root / "images" / f"{k}_1.png", _scene(k))
+        _save(root / "masks" / f"{k}_1_mask.png", _mask(64, 64))
+    _save(root / "images" / "9_1.png", _scene(1))
+    _save(root / "masks" / "9_1_mask.png", np.roll(_mask(64, 64), 20, axis=0))
+    noise = np.random.default_rng(5).normal(0, 3, (64, 64))
+    for src, dst, mask in (("2_1", "2_2", _mask(64, 64)), ("3_1", "7_1", 0 * _mask(64, 64))):
+        noisy = np.clip(_scene(int(src[0])) + noise, 0, 255).astype(np.uint8)
+        _save(root / "images" / f"{dst}.png", noisy)
+        _save(root / "masks" / f"{dst}_mask.png", mask)
+
+
+def test_inspect_names_identical_and_near_duplicate_frames(tmp_path) -> None:
+    """Pixel-identical frames (BUSI benign 433 = malignant 145, nerve 17_7 = 18_44, with
+    other masks) and near copies (BUSI: ~100 pairs) were never mentioned: frames of one scan
+    in two subjects leak across a subject-grouped split. Now counted and named, as warnings."""
+    root = tmp_path / "d"
+    _duplicated(root)
+    with ultraseg_warnings() as warned:
+        report, problems = inspect_dataset(root)
+    assert not problems and report["problems"] == 0
+    assert report["duplicates_exact"] == [["1_1", "9_1"]]
+    assert report["duplicates_exact_count"] == 1
+    assert report["duplicates_exact_across_subjects"] == 1
+    assert report["duplicates_exact_masks_differ"] == 1
+    # across subjects first; the exact pair is not counted again as a near one
+    assert report["duplicates_near"] == [["3_1", "7_1"], ["2_1", "2_2"]]
+    assert report["duplicates_near_count"] == 2
+    assert report["duplicates_near_across_subjects"] == 1
+    assert report["duplicates_near_masks_differ"] == 1
+    assert report["constant_frames_count"] == 0
+    said = [r.getMessage() for r in warned]
+    assert len(said) == 2, said
+    assert "1 pixel-identical frame pair (1 across subjects, 1 with masks that differ)" in said[0]
+    assert "1_1 = 9_1" in said[0] and "3_1 ~ 7_1" in said[1] and str(root) in said[0]
+
+
+def test_distinct_frames_are_not_duplicates(tmp_path) -> None:
+    root = tmp_path / "d"
+    for k in range(1, 9):
+        _save(root / "images" / f"{k}_1.png", _scene(k, size=48 + k))
+        _save(root / "masks" / f"{k}_1_mask.png", _mask(48 + k, 48 + k))
+    with ultraseg_warnings() as warned:
+        report, _ = inspect_dataset(root)
+    assert report["duplicates_exact_count"] == report["duplicates_near_count"] == 0
+    assert report["duplicates_exact"] == report["duplicates_near"] == []
+    assert not warned
+
+
+def test_a_constant_frame_is_a_warning_not_a_problem(tmp_path, capsys) -> None:
+    """An all-black frame whose mask marks a square (foreground on no image content) passed
+    as 'problems 0' with no word: now a warning naming it; exit 0 (data a user may keep)."""
+    root = tmp_path / "d"
+    _good(root)
+    _save(root / "images" / "2_1.png", np.zeros((20, 24), np.uint8))
+    _save(root / "masks" / "2_1_mask.png", _mask())
+    with ultraseg_warnings() as warned:
+        assert main(["inspect", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["constant_frames"] == ["2_1"] and report["constant_frames_count"] == 1
+    assert report["duplicates_near_count"] == 0       # a flat frame correlates with nothing
+    (line,) = [r.getMessage() for r in warned]
+    assert "1 constant (blank) frame" in line and "2_1" in line
+    assert main(["inspect", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"constant\s+1 frames", out) and re.search(r"problems\s+0", out)
+
+
+def test_the_human_report_counts_duplicates(tmp_path, capsys) -> None:
+    _duplicated(tmp_path / "d")
+    assert main(["inspect", str(tmp_path / "d")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("duplicates"))
+    assert "1 identical pairs, 2 near pairs (1 and 1 across subjects)" in line, line

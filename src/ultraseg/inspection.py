@@ -1,18 +1,160 @@
 """``ultraseg inspect``: decode every sample of a dataset, validate it and summarise it."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .data import union_note
 from .errors import DataError
 from .io import scan_dataset, select_label, split_frames
 
 log = logging.getLogger(__name__)
+
+#: Side of the thumbnail frames are compared by for near duplicates (4 KiB a frame).
+THUMB = 32
+#: Correlation of two zero-mean unit-norm thumbnails at or above which frames are near
+#: duplicates. On BUSI the pairs at 0.990-0.991 are still the same scan cropped 1-4 px apart
+#: (checked by eye); any lower and different scans of similar anatomy start to pass.
+NEAR_CORRELATION = 0.99
+#: Pairs (and constant frames) named in the report; the counts cover all of them.
+LISTED = 20
+#: Thumbnails correlated per block: BLOCK x frames floats at a time, whatever the dataset size.
+BLOCK = 512
+
+
+@dataclass
+class _Frames:
+    """What the duplicate checks keep of each decoded frame: name, subject, a hash of the
+    pixels, a normalised thumbnail and the mask's foreground (hash and thumbnail)."""
+
+    names: list[str] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
+    pixels: list[bytes] = field(default_factory=list)
+    thumbs: list[np.ndarray] = field(default_factory=list)
+    masks: list[tuple[bytes, np.ndarray] | None] = field(default_factory=list)
+    constant: list[str] = field(default_factory=list)
+
+    def add(self, name: str, subject: str, image: np.ndarray, fg: np.ndarray | None) -> None:
+        self.names.append(name)
+        self.subjects.append(subject)
+        self.pixels.append(_digest(image))
+        thumb = thumbnail(image)
+        thumb -= thumb.mean()
+        norm = float(np.linalg.norm(thumb))
+        if image.min() == image.max():
+            self.constant.append(name)
+        # a flat thumbnail correlates with nothing: zero, never a near duplicate
+        self.thumbs.append(thumb / norm if norm > 1e-6 else np.zeros_like(thumb))
+        self.masks.append(None if fg is None else (_digest(fg), thumbnail(fg) > 127))
+
+
+def _digest(a: np.ndarray) -> bytes:
+    """Hash of an array's shape, type and bytes: equal for pixel-identical frames."""
+    h = hashlib.sha256(f"{a.shape}{a.dtype}".encode())   # sha256: the fastest hashlib has here
+    h.update(np.ascontiguousarray(np.packbits(a) if a.dtype == bool else a).tobytes())
+    return h.digest()
+
+
+def thumbnail(image: np.ndarray, side: int = THUMB) -> np.ndarray:
+    """A 2D uint8 (or bool) frame resized to ``side`` x ``side`` (Pillow's bilinear filter,
+    which averages over the source pixels when shrinking), float32, flattened."""
+    small = Image.fromarray(image.astype(np.uint8) * 255 if image.dtype == bool else image)
+    return np.asarray(small.resize((side, side), Image.BILINEAR), np.float32).ravel()
+
+
+def _exact_pairs(frames: _Frames) -> list[tuple[int, int]]:
+    """Index pairs of pixel-identical frames (each frame with the first of its group)."""
+    first: dict[bytes, int] = {}
+    pairs = []
+    for i, key in enumerate(frames.pixels):
+        if key in first:
+            pairs.append((first[key], i))
+        else:
+            first[key] = i
+    return pairs
+
+
+def _near_pairs(frames: _Frames, threshold: float) -> list[tuple[int, int]]:
+    """Index pairs ``i < j`` of frames whose thumbnails correlate at ``threshold`` or more and
+    whose pixels differ, found by a matrix product block by block (memory: BLOCK x frames)."""
+    if len(frames.thumbs) < 2:
+        return []
+    t = np.stack(frames.thumbs)
+    pairs = []
+    for start in range(0, len(t), BLOCK):
+        corr = t[start:start + BLOCK] @ t.T
+        for i, j in zip(*np.nonzero(corr >= threshold)):
+            i = int(i) + start
+            if i < j and frames.pixels[i] != frames.pixels[j]:
+                pairs.append((i, int(j)))
+    return sorted(pairs)
+
+
+def _masks_differ(a: tuple[bytes, np.ndarray] | None, b: tuple[bytes, np.ndarray] | None,
+                  exact: bool) -> bool:
+    """Whether two labelled frames' foregrounds disagree: by their bytes for identical frames,
+    for near ones (sizes may differ) by a Dice under 0.9 of their thumbnails. Unlabelled: no."""
+    if a is None or b is None:
+        return False
+    if exact:
+        return a[0] != b[0]
+    inter, size = int((a[1] & b[1]).sum()), int(a[1].sum() + b[1].sum())
+    return size > 0 and 2 * inter < 0.9 * size
+
+
+def duplicate_summary(frames: _Frames, threshold: float = NEAR_CORRELATION) -> dict[str, Any]:
+    """The report's duplicate keys: the first LISTED pairs by name of each kind (those across
+    subjects first), and counts of all pairs, of those across subjects and of those whose masks
+    differ; the constant frames (first LISTED, and their count)."""
+    out: dict[str, Any] = {}
+    for kind, pairs in (("exact", _exact_pairs(frames)), ("near", _near_pairs(frames, threshold))):
+        # pairs across subjects first: they are the ones that leak across a split
+        pairs.sort(key=lambda ij: (frames.subjects[ij[0]] == frames.subjects[ij[1]], ij))
+        out[f"duplicates_{kind}"] = [[frames.names[i], frames.names[j]] for i, j in pairs[:LISTED]]
+        out[f"duplicates_{kind}_count"] = len(pairs)
+        out[f"duplicates_{kind}_across_subjects"] = sum(
+            frames.subjects[i] != frames.subjects[j] for i, j in pairs)
+        out[f"duplicates_{kind}_masks_differ"] = sum(
+            _masks_differ(frames.masks[i], frames.masks[j], kind == "exact") for i, j in pairs)
+    out["constant_frames"] = frames.constant[:LISTED]
+    out["constant_frames_count"] = len(frames.constant)
+    return out
+
+
+def _empty_duplicates() -> dict[str, Any]:
+    return duplicate_summary(_Frames())
+
+
+def duplicate_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
+    """One warning line per kind of duplicate or constant frame found, with the first few
+    names: data a user may keep knowingly, so warnings, not problems."""
+    lines = []
+    for kind, what in (("exact", "pixel-identical"),
+                       ("near", f"near-duplicate (thumbnail correlation >= {NEAR_CORRELATION})")):
+        n = report[f"duplicates_{kind}_count"]
+        if n:
+            named = ", ".join(f"{a} = {b}" if kind == "exact" else f"{a} ~ {b}"
+                              for a, b in report[f"duplicates_{kind}"][:shown])
+            across = report[f"duplicates_{kind}_across_subjects"]
+            differ = report[f"duplicates_{kind}_masks_differ"]
+            lines.append(
+                f"{n} {what} frame pair{'s' * (n != 1)} ({across} across subjects, {differ} "
+                f"with masks that differ): {named}{', ...' if n > shown else ''}"
+                + ("; frames of one scan in two subjects leak across a subject-grouped "
+                   "train/val split: remove them or merge their subjects" if across else ""))
+    n = report["constant_frames_count"]
+    if n:
+        named = ", ".join(report["constant_frames"][:shown])
+        lines.append(f"{n} constant (blank) frame{'s' * (n != 1)}, every pixel the same: "
+                     f"{named}{', ...' if n > shown else ''}; check the export")
+    return lines
 
 
 def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
@@ -32,6 +174,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     pairs = unlabelled = 0
     subjects: set[str] = set()
     unlabelled_subjects: set[str] = set()
+    frames = _Frames()
     for s in (frame for sample in ds.samples for frame in split_frames(sample)):
         try:
             image, mask = s.load()
@@ -41,6 +184,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         widths.append(image.shape[1])
         heights.append(image.shape[0])
         if mask is None:
+            frames.add(s.name, s.subject, image, None)
             unlabelled += 1
             unlabelled_subjects.add(s.subject)
             continue
@@ -50,6 +194,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
             classes[s.meta["class"]] += 1
         labels.update(int(v) for v in np.unique(mask) if v)
         fg = select_label(mask, label)
+        frames.add(s.name, s.subject, image, fg)
         fractions.append(float(fg.mean()))
         empty += int(not fg.any())
     if label is not None and pairs and label not in labels:
@@ -74,8 +219,11 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         # what training does with several labels and no --label (None: no question)
         "labels_note": union_note(sorted(labels), label),
         "classes": dict(sorted(classes.items())),
+        **duplicate_summary(frames),
         "problems": len(problems),
     }
+    for line in duplicate_warnings(report):
+        log.warning("%s: %s", ds.root, line)
     return report, problems
 
 
@@ -86,7 +234,7 @@ def failed_report(path: str | Path, problem_lines: list[str]) -> dict[str, Any]:
     return {"path": str(path), "layout": None, "pairs": 0, "unlabelled": 0, "subjects": 0,
             "empty_masks": 0, "foreground_fraction_mean": None, "image_size_min": None,
             "image_size_median": None, "image_size_max": None, "labels": [], "labels_note": None,
-            "classes": {},
+            "classes": {}, **_empty_duplicates(),
             "problems": len(problem_lines), "problem_lines": problem_lines}
 
 
@@ -109,5 +257,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"labels      {report['labels']}" + (f"   ({note})" if note else ""))
     if report["classes"]:
         lines.append("classes     " + ", ".join(f"{k}: {v}" for k, v in report["classes"].items()))
+    if report.get("duplicates_exact_count") is not None:
+        lines.append(f"duplicates  {report['duplicates_exact_count']} identical pairs, "
+                     f"{report['duplicates_near_count']} near pairs "
+                     f"({report['duplicates_exact_across_subjects']} and "
+                     f"{report['duplicates_near_across_subjects']} across subjects)")
+    if report.get("constant_frames_count"):
+        lines.append(f"constant    {report['constant_frames_count']} frames")
     lines.append(f"problems    {report['problems']}")
     return "\n".join(lines)
