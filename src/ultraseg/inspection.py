@@ -69,44 +69,64 @@ def thumbnail(image: np.ndarray, side: int = THUMB) -> np.ndarray:
     return np.asarray(small.resize((side, side), Image.BILINEAR), np.float32).ravel()
 
 
-def _exact_pairs(frames: _Frames) -> list[tuple[int, int]]:
-    """Index pairs of pixel-identical frames (each frame with the first of its group)."""
-    first: dict[bytes, int] = {}
-    pairs = []
-    for i, key in enumerate(frames.pixels):
-        if key in first:
-            pairs.append((first[key], i))
-        else:
-            first[key] = i
-    return pairs
+def _ids(keys: list[bytes]) -> np.ndarray:
+    """Each key's index among the distinct keys, int64 (equal keys, equal ids)."""
+    seen: dict[bytes, int] = {}
+    return np.array([seen.setdefault(k, len(seen)) for k in keys], dtype=np.int64)
 
 
-def _near_pairs(frames: _Frames, threshold: float) -> list[tuple[int, int]]:
-    """Index pairs ``i < j`` of frames whose thumbnails correlate at ``threshold`` or more and
-    whose pixels differ, found by a matrix product block by block (memory: BLOCK x frames)."""
+def _exact_pairs(frames: _Frames) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) of pixel-identical frames (each frame with the first of its
+    group), as two int64 arrays."""
+    ids = _ids(frames.pixels)
+    if not len(ids):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    first = np.unique(ids, return_index=True)[1][ids]     # each frame's group's first frame
+    later = np.flatnonzero(first != np.arange(len(ids)))
+    return first[later], later
+
+
+def _near_pairs(frames: _Frames, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``i < j`` (two int64 arrays) of frames whose thumbnails correlate at
+    ``threshold`` or more and whose pixels differ, found by a matrix product block by block
+    (memory: BLOCK x frames floats, and 16 bytes a pair found: the frames of one cine loop
+    are thousands of pairs, kept as arrays, not Python objects)."""
     if len(frames.thumbs) < 2:
-        return []
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     t = np.stack(frames.thumbs)
-    pairs = []
+    ids = _ids(frames.pixels)
+    found_i, found_j = [], []
     for start in range(0, len(t), BLOCK):
-        corr = t[start:start + BLOCK] @ t.T
-        for i, j in zip(*np.nonzero(corr >= threshold)):
-            i = int(i) + start
-            if i < j and frames.pixels[i] != frames.pixels[j]:
-                pairs.append((i, int(j)))
-    return sorted(pairs)
+        ii, jj = np.nonzero(t[start:start + BLOCK] @ t.T >= threshold)
+        ii = ii + start
+        keep = (ii < jj) & (ids[ii] != ids[jj])
+        found_i.append(ii[keep].astype(np.int64))
+        found_j.append(jj[keep].astype(np.int64))
+    return np.concatenate(found_i), np.concatenate(found_j)
 
 
-def _masks_differ(a: tuple[bytes, np.ndarray] | None, b: tuple[bytes, np.ndarray] | None,
-                  exact: bool) -> bool:
-    """Whether two labelled frames' foregrounds disagree: by their bytes for identical frames,
-    for near ones (sizes may differ) by a Dice under 0.9 of their thumbnails. Unlabelled: no."""
-    if a is None or b is None:
-        return False
+def _masks_differ(frames: _Frames, i: np.ndarray, j: np.ndarray, exact: bool) -> int:
+    """How many pairs of labelled frames (i, j) have foregrounds that disagree: by their bytes
+    for identical frames, for near ones (sizes may differ) by a Dice under 0.9 of their
+    thumbnails. Unlabelled frames disagree with nothing."""
+    labelled = np.array([m is not None for m in frames.masks], dtype=bool)
+    both = labelled[i] & labelled[j] if len(i) else np.zeros(0, bool)
+    i, j = i[both], j[both]
+    if not len(i):
+        return 0
+    masks = frames.masks
     if exact:
-        return a[0] != b[0]
-    inter, size = int((a[1] & b[1]).sum()), int(a[1].sum() + b[1].sum())
-    return size > 0 and 2 * inter < 0.9 * size
+        ids = _ids([m[0] if m is not None else b"" for m in masks])
+        return int(np.count_nonzero(ids[i] != ids[j]))
+    thumbs = np.stack([m[1] if m is not None else np.zeros(THUMB * THUMB, bool)
+                       for m in masks])
+    differ = 0
+    for start in range(0, len(i), 8192):           # 8192 pairs x 1 KiB at a time
+        a, b = thumbs[i[start:start + 8192]], thumbs[j[start:start + 8192]]
+        inter = np.count_nonzero(a & b, axis=1)
+        size = np.count_nonzero(a, axis=1) + np.count_nonzero(b, axis=1)
+        differ += int(np.count_nonzero((size > 0) & (2 * inter < 0.9 * size)))
+    return differ
 
 
 def duplicate_summary(frames: _Frames, threshold: float = NEAR_CORRELATION) -> dict[str, Any]:
@@ -114,15 +134,17 @@ def duplicate_summary(frames: _Frames, threshold: float = NEAR_CORRELATION) -> d
     subjects first), and counts of all pairs, of those across subjects and of those whose masks
     differ; the constant frames (first LISTED, and their count)."""
     out: dict[str, Any] = {}
-    for kind, pairs in (("exact", _exact_pairs(frames)), ("near", _near_pairs(frames, threshold))):
+    subjects = _ids([s.encode("utf-8", "surrogatepass") for s in frames.subjects])
+    for kind, (i, j) in (("exact", _exact_pairs(frames)),
+                         ("near", _near_pairs(frames, threshold))):
+        across = subjects[i] != subjects[j] if len(i) else np.zeros(0, bool)
         # pairs across subjects first: they are the ones that leak across a split
-        pairs.sort(key=lambda ij: (frames.subjects[ij[0]] == frames.subjects[ij[1]], ij))
-        out[f"duplicates_{kind}"] = [[frames.names[i], frames.names[j]] for i, j in pairs[:LISTED]]
-        out[f"duplicates_{kind}_count"] = len(pairs)
-        out[f"duplicates_{kind}_across_subjects"] = sum(
-            frames.subjects[i] != frames.subjects[j] for i, j in pairs)
-        out[f"duplicates_{kind}_masks_differ"] = sum(
-            _masks_differ(frames.masks[i], frames.masks[j], kind == "exact") for i, j in pairs)
+        order = np.lexsort((j, i, ~across))[:LISTED]
+        out[f"duplicates_{kind}"] = [[frames.names[int(i[k])], frames.names[int(j[k])]]
+                                     for k in order]
+        out[f"duplicates_{kind}_count"] = int(len(i))
+        out[f"duplicates_{kind}_across_subjects"] = int(np.count_nonzero(across))
+        out[f"duplicates_{kind}_masks_differ"] = _masks_differ(frames, i, j, kind == "exact")
     out["constant_frames"] = frames.constant[:LISTED]
     out["constant_frames_count"] = len(frames.constant)
     return out
