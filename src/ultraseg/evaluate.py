@@ -17,8 +17,7 @@ from .fileio import atomic_write_text, csv_cell, json_text, read_json
 from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally
 from .logs import quiet
-from .measure import (check_pixel_size, frame_pixel_size, has_pixel_size, measure,
-                      warn_pixel_size_not_used)
+from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
 from .metrics import image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
@@ -293,10 +292,10 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
             at[0] = None
             yield image
 
-    kept: tuple[list[str], list[tuple[float, float]]] = ([], [])   # header's, not --pixel-size
+    sizes = PixelSizes(pixel_size_mm)
     try:
         _score_frames(predictor, samples, decoded(), truths, regions, at, rows, raw_rows,
-                      kept, pixel_size_mm, offset, progress)
+                      sizes, offset, progress)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -310,8 +309,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         raise frame_too_large(samples[index].image_path,
                               shape or header_shape(samples[index].image_path)) from e
     thin.warn(log, PAD_TO_SQUARE_REMEDY)
-    if pixel_size_mm is not None:
-        warn_pixel_size_not_used(*kept, pixel_size_mm, log)
+    sizes.warn(log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in SUMMARY_KEYS}
@@ -338,12 +336,10 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     return summary, rows
 
 
-
 def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Iterable[np.ndarray],
                   truths: list[np.ndarray], regions: list, at: list[int | None],
                   rows: list[dict[str, Any]], raw_rows: list[dict[str, Any]],
-                  kept: tuple[list[str], list[tuple[float, float]]],
-                  pixel_size_mm: float | None, offset: float,
+                  sizes: PixelSizes, offset: float,
                   progress: Callable[[int, int], None] | None) -> None:
     """:func:`evaluate`'s scoring, frame by frame: each frame's row into ``rows`` (its raw
     figures into ``raw_rows``); ``at[0]`` says the frame being scored."""
@@ -352,10 +348,7 @@ def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Itera
         at[0] = i
         s, truth = samples[i], truths[i]
         # (pixels that are not square: (height, width), as hd95 and measure take them)
-        spacing = frame_pixel_size(s.meta, pixel_size_mm)
-        if pixel_size_mm is not None and isinstance(spacing, tuple):
-            kept[0].append(s.name)
-            kept[1].append(spacing)
+        spacing = sizes.of(s.name, s.meta)
         pred = apply_postprocess(prob, predictor.postprocess)
         # the dataset's reference HC is hc_ref_mm, as in measure's CSV (there hc_mm is the
         # prediction's; here hc_pred_mm)

@@ -91,18 +91,31 @@ def has_pixel_size(row: dict[str, Any]) -> bool:
     return bool(row.get("pixel_size_mm") or row.get("pixel_height_mm"))
 
 
-def warn_pixel_size_not_used(names: list[str], spacings: list[tuple[float, float]],
-                             pixel_size_mm: float, log: logging.Logger = logger) -> None:
-    """Say on ``log`` that ``--pixel-size`` was not used for the frames ``names``, whose
-    DICOM headers give pixels that are not square (``spacings``, (height, width) mm, measured
-    with those: see :func:`frame_pixel_size`)."""
-    if not names:
-        return
-    (dy, dx), more = spacings[0], len(names) - 1
-    log.warning("%s: its DICOM header gives pixels that are not square (%.4g mm high, %.4g mm "
-                "wide): measured in mm with those; --pixel-size %g (square) was not used for "
-                "it%s", names[0], dy, dx, pixel_size_mm,
-                f", nor for {more} more frames of such headers" if more else "")
+class PixelSizes:
+    """Each frame's pixel size (:func:`frame_pixel_size`) given ``pixel_size_mm``
+    (``--pixel-size``), remembering the frames whose DICOM headers' pixels that are not square
+    were used instead of it, for :meth:`warn` to say so once."""
+
+    def __init__(self, pixel_size_mm: float | None) -> None:
+        self.pixel_size_mm = pixel_size_mm
+        self.not_used: list[tuple[str, tuple[float, float]]] = []   # (frame, (dy, dx))
+
+    def of(self, name: str, meta: dict[str, Any]) -> float | tuple[float, float] | None:
+        """The pixel size the frame ``name`` (its sample's ``meta``) is measured with."""
+        spacing = frame_pixel_size(meta, self.pixel_size_mm)
+        if self.pixel_size_mm is not None and isinstance(spacing, tuple):
+            self.not_used.append((name, spacing))
+        return spacing
+
+    def warn(self, log: logging.Logger = logger) -> None:
+        """Say on ``log`` that ``--pixel-size`` was not used for those frames (none: nothing)."""
+        if not self.not_used:
+            return
+        (name, (dy, dx)), more = self.not_used[0], len(self.not_used) - 1
+        log.warning("%s: its DICOM header gives pixels that are not square (%.4g mm high, "
+                    "%.4g mm wide): measured in mm with those; --pixel-size %g (square) was not "
+                    "used for it%s", name, dy, dx, self.pixel_size_mm,
+                    f", nor for {more} more frames of such headers" if more else "")
 
 
 def pixel_spacing(pixel_size_mm: float | tuple[float, float]) -> tuple[float, float]:

@@ -603,7 +603,7 @@ def measure_frames(predictor: Predictor | str | Path,
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     """
-    from .measure import check_pixel_size, frame_pixel_size, measure, warn_pixel_size_not_used
+    from .measure import PixelSizes, check_pixel_size, measure
     from .preprocess import seen_region
     from .report import measure_overlay
 
@@ -618,11 +618,11 @@ def measure_frames(predictor: Predictor | str | Path,
         out_dir = prepare_out_dir(out) if out is not None else None
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
-        kept: tuple[list[str], list[tuple[float, float]]] = ([], [])   # header's, not --pixel-size
+        sizes = PixelSizes(pixel_size_mm)
         def measured(frame: Frame, image: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
             """The frame's row (its overlay written)."""
             mask = apply_postprocess(prob, predictor.postprocess)
-            spacing = frame_pixel_size(frame.sample.meta, pixel_size_mm)
+            spacing = sizes.of(frame.out_name, frame.sample.meta)
             m = measure(mask, spacing, boundary_offset_px=offset,
                         region=seen_region(image, predictor.preprocess))
             row = _measurement_row(frame, image.shape, spacing, m)
@@ -639,15 +639,10 @@ def measure_frames(predictor: Predictor | str | Path,
             row = _or_skip(lambda: measured(frame, image, prob), failed, frame, image.shape)
             if row is _SKIPPED:
                 continue
-            spacing = frame_pixel_size(frame.sample.meta, pixel_size_mm)
-            if pixel_size_mm is not None and isinstance(spacing, tuple):
-                kept[0].append(frame.out_name)
-                kept[1].append(spacing)
             rows.append(row)
             if progress:
                 progress(len(rows) + len(failed or ()), len(frames))
-        if pixel_size_mm is not None:
-            warn_pixel_size_not_used(*kept, pixel_size_mm, log)
+        sizes.warn(log)
         summary = summarise_measurements(rows, offset)
         if failed is not None:
             summary["n_unreadable"] = len(failed)
