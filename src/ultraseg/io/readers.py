@@ -187,22 +187,18 @@ def subfolders(root: Path, names: tuple[str, ...]) -> list[Path]:
 def _unread_subfolders(folder: Path) -> list[DataError]:
     """A problem per subfolder of ``folder`` holding image files a flat layout does not read
     (hidden folders, such as .ipynb_checkpoints, are left alone, and so are folders ultraseg
-    wrote its outputs to, with a warning)."""
-    counts: dict[Path, int] = defaultdict(int)
-    marked: dict[Path, bool] = {}
-    outputs = 0
-    for p in walk_files(folder):
-        rel = p.relative_to(folder).parts
-        if len(rel) > 1 and is_image_file(p):
-            if in_output_folder(p, folder, marked):
-                outputs += 1
-            else:
-                counts[folder / rel[0]] += 1
-    if outputs:
-        warn_outputs_left_out(folder, outputs)
-    return [DataError(f"{n} image file{'s' * (n > 1)} in a subfolder, not read: this layout reads "
-                      f"the files directly in {folder.name}/ (move them up, or remove the "
-                      f"subfolder)", sub) for sub, n in sorted(counts.items())]
+    wrote its outputs to, with a warning: see :func:`_tree`)."""
+    tree = _tree(folder)
+    counts = {sub: len(tree.nested.get(sub, ())) + len(tree.deeper.get(sub, ()))
+              for sub in {*tree.nested, *tree.deeper}}
+    return _subfolder_problems(counts, f"this layout reads the files directly in {folder.name}/")
+
+
+def _subfolder_problems(counts: dict[Path, int], rule: str) -> list[DataError]:
+    """A problem per subfolder (its image files ``counts``) a layout does not read, by
+    ``rule``."""
+    return [DataError(f"{_files(n)} in a subfolder, not read: {rule} (move them up, or remove "
+                      f"the subfolder)", sub) for sub, n in sorted(counts.items())]
 
 
 class _Tree(NamedTuple):
@@ -288,10 +284,9 @@ def _unread_mask_subfolders(tree: _Tree, image_dir: Path, mask_dir: Path | None
     theirs: not read (a backup, ``masks/old/``, or masks to move up)."""
     if mask_dir is None:
         return []
-    return [DataError(f"{_files(len(files))} in a subfolder, not read: the images sit directly "
-                      f"in {image_dir.name}/, so their masks are read directly in "
-                      f"{mask_dir.name}/ (move them up, or remove the subfolder)", sub)
-            for sub, files in sorted(tree.nested.items())]
+    return _subfolder_problems({sub: len(files) for sub, files in tree.nested.items()},
+                               f"the images sit directly in {image_dir.name}/, so their masks "
+                               f"are read directly in {mask_dir.name}/")
 
 
 #: Names the folders layout takes for its masks folder (in any letter case).
