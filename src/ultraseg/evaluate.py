@@ -15,7 +15,7 @@ from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import atomic_write_text, csv_cell, json_text, read_json
 from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
-from .io.base import LabelTally
+from .io.base import LabelTally, header_shape
 from .logs import quiet
 from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
 from .metrics import image_metrics, summarise
@@ -300,8 +300,6 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         if not is_out_of_memory(e):
             raise
         # (scores over some frames are no evaluation: it stops, as at an unreadable frame)
-        from .predict_files import header_shape
-
         index = e.index if isinstance(e, FrameOutOfMemory) else at[0]
         if index is None:       # the network's batch, not a frame's pixels
             raise

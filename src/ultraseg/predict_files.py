@@ -27,7 +27,8 @@ from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, 
 from .io import (IMAGE_EXTENSIONS, Sample, check_layout, file_sample, frame_tag,
                  scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
-from .io.base import (OUTPUT_MARKER, LabelTally, check_label, close_kept, in_output_folder,
+from .io.base import (OUTPUT_MARKER, LabelTally, check_label, close_kept, header_shape,
+                      in_output_folder,
                       mark_output_folder,
                       warn_outputs_left_out)
 from .io.dicom import is_dicom
@@ -231,15 +232,6 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -
 # ------------------------------------------------------------------------------ streaming
 #: What :func:`_or_skip` returns for a frame it skipped.
 _SKIPPED: Any = object()
-
-
-def header_shape(path: str | Path) -> tuple[int, int] | None:
-    """An image file's (H, W) from its header without decoding it, where Pillow reads it."""
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except Exception:   # (a DICOM, a damaged header: the message goes without the size)
-        return None
 
 
 def _or_skip(read: Callable[[], Any], failed: list[DataError] | None,

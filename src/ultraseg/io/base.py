@@ -176,6 +176,15 @@ def _opened(path: Path) -> Image.Image:
     return im
 
 
+def header_shape(path: str | Path) -> tuple[int, int] | None:
+    """An image file's (H, W) from its header without decoding it, where Pillow reads it."""
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:   # (a DICOM, a damaged header: the message goes without the size)
+        return None
+
+
 def check_size_guard(path: Path, width: int, height: int) -> None:
     """Pillow's guard against decompression bombs, on a frame's size read before anything is
     decoded (a DICOM header's Rows and Columns): beyond twice ``Image.MAX_IMAGE_PIXELS`` a
