@@ -1,7 +1,6 @@
 """``ultraseg inspect``: decode every sample of a dataset, validate it and summarise it."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -9,24 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .data import union_note
+from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near_pairs,
+                         thumbnail, unit_thumbnail)
 from .errors import DataError
 from .io import scan_dataset, select_label, split_frames
 
 log = logging.getLogger(__name__)
 
-#: Side of the thumbnail frames are compared by for near duplicates (4 KiB a frame).
-THUMB = 32
-#: Correlation of two zero-mean unit-norm thumbnails at or above which frames are near
-#: duplicates. On BUSI the pairs at 0.990-0.991 are still the same scan cropped 1-4 px apart
-#: (checked by eye); any lower and different scans of similar anatomy start to pass.
-NEAR_CORRELATION = 0.99
 #: Pairs (and constant frames) named in the report; the counts cover all of them.
 LISTED = 20
-#: Thumbnails correlated per block: BLOCK x frames floats at a time, whatever the dataset size.
-BLOCK = 512
 
 
 @dataclass
@@ -44,65 +36,11 @@ class _Frames:
     def add(self, name: str, subject: str, image: np.ndarray, fg: np.ndarray | None) -> None:
         self.names.append(name)
         self.subjects.append(subject)
-        self.pixels.append(_digest(image))
-        thumb = thumbnail(image)
-        thumb -= thumb.mean()
-        norm = float(np.linalg.norm(thumb))
+        self.pixels.append(digest(image))
         if image.min() == image.max():
             self.constant.append(name)
-        # a flat thumbnail correlates with nothing: zero, never a near duplicate
-        self.thumbs.append(thumb / norm if norm > 1e-6 else np.zeros_like(thumb))
-        self.masks.append(None if fg is None else (_digest(fg), thumbnail(fg) > 127))
-
-
-def _digest(a: np.ndarray) -> bytes:
-    """Hash of an array's shape, type and bytes: equal for pixel-identical frames."""
-    h = hashlib.sha256(f"{a.shape}{a.dtype}".encode())   # sha256: the fastest hashlib has here
-    h.update(np.ascontiguousarray(np.packbits(a) if a.dtype == bool else a).tobytes())
-    return h.digest()
-
-
-def thumbnail(image: np.ndarray, side: int = THUMB) -> np.ndarray:
-    """A 2D uint8 (or bool) frame resized to ``side`` x ``side`` (Pillow's bilinear filter,
-    which averages over the source pixels when shrinking), float32, flattened."""
-    small = Image.fromarray(image.astype(np.uint8) * 255 if image.dtype == bool else image)
-    return np.asarray(small.resize((side, side), Image.BILINEAR), np.float32).ravel()
-
-
-def _ids(keys: list[bytes]) -> np.ndarray:
-    """Each key's index among the distinct keys, int64 (equal keys, equal ids)."""
-    seen: dict[bytes, int] = {}
-    return np.array([seen.setdefault(k, len(seen)) for k in keys], dtype=np.int64)
-
-
-def _exact_pairs(frames: _Frames) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j) of pixel-identical frames (each frame with the first of its
-    group), as two int64 arrays."""
-    ids = _ids(frames.pixels)
-    if not len(ids):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    first = np.unique(ids, return_index=True)[1][ids]     # each frame's group's first frame
-    later = np.flatnonzero(first != np.arange(len(ids)))
-    return first[later], later
-
-
-def _near_pairs(frames: _Frames, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs ``i < j`` (two int64 arrays) of frames whose thumbnails correlate at
-    ``threshold`` or more and whose pixels differ, found by a matrix product block by block
-    (memory: BLOCK x frames floats, and 16 bytes a pair found: the frames of one cine loop
-    are thousands of pairs, kept as arrays, not Python objects)."""
-    if len(frames.thumbs) < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    t = np.stack(frames.thumbs)
-    ids = _ids(frames.pixels)
-    found_i, found_j = [], []
-    for start in range(0, len(t), BLOCK):
-        ii, jj = np.nonzero(t[start:start + BLOCK] @ t.T >= threshold)
-        ii = ii + start
-        keep = (ii < jj) & (ids[ii] != ids[jj])
-        found_i.append(ii[keep].astype(np.int64))
-        found_j.append(jj[keep].astype(np.int64))
-    return np.concatenate(found_i), np.concatenate(found_j)
+        self.thumbs.append(unit_thumbnail(image))
+        self.masks.append(None if fg is None else (digest(fg), thumbnail(fg) > 127))
 
 
 def _masks_differ(frames: _Frames, i: np.ndarray, j: np.ndarray, exact: bool) -> int:
@@ -116,8 +54,8 @@ def _masks_differ(frames: _Frames, i: np.ndarray, j: np.ndarray, exact: bool) ->
         return 0
     masks = frames.masks
     if exact:
-        ids = _ids([m[0] if m is not None else b"" for m in masks])
-        return int(np.count_nonzero(ids[i] != ids[j]))
+        mask_ids = ids([m[0] if m is not None else b"" for m in masks])
+        return int(np.count_nonzero(mask_ids[i] != mask_ids[j]))
     thumbs = np.stack([m[1] if m is not None else np.zeros(THUMB * THUMB, bool)
                        for m in masks])
     differ = 0
@@ -134,9 +72,9 @@ def duplicate_summary(frames: _Frames, threshold: float = NEAR_CORRELATION) -> d
     subjects first), and counts of all pairs, of those across subjects and of those whose masks
     differ; the constant frames (first LISTED, and their count)."""
     out: dict[str, Any] = {}
-    subjects = _ids([s.encode("utf-8", "surrogatepass") for s in frames.subjects])
-    for kind, (i, j) in (("exact", _exact_pairs(frames)),
-                         ("near", _near_pairs(frames, threshold))):
+    subjects = ids([s.encode("utf-8", "surrogatepass") for s in frames.subjects])
+    for kind, (i, j) in (("exact", exact_pairs(frames.pixels)),
+                         ("near", near_pairs(frames.thumbs, frames.pixels, threshold))):
         across = subjects[i] != subjects[j] if len(i) else np.zeros(0, bool)
         # pairs across subjects first: they are the ones that leak across a split
         order = np.lexsort((j, i, ~across))[:LISTED]
