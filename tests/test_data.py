@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from ultraseg.config import PreprocessConfig
-from ultraseg.data import (cache_key, holdout_by_subject, load_arrays, read_split, run_split,
-                           split_by_subject, write_split)
+from ultraseg.data import (cache_key, duplicates_across_split, holdout_by_subject, load_arrays,
+                           read_split, run_split, split_by_subject, write_split)
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import DataProblems, Sample, open_dataset
 
@@ -455,3 +455,53 @@ def test_training_frames_padded_to_a_strip_of_the_canvas_are_warned_about(tmp_pa
     assert said[False] == [] and len(said[True]) == 1, said
     assert said[True][0].startswith("2 frame(s)") and "--no-pad-to-square" in said[True][0]
     assert f"first: {root / 'images' / 'a.png'}, 2000x40" in said[True][0]
+
+
+# ------------------------------------------------------------------ copies across the split
+def _copies_tree(root: Path) -> Path:
+    """Six frames of subjects 0, 1, 2 (two each); subject 2's frames are a copy of 0_0 and a
+    near copy (noise of +-2 grey levels) of 1_2: one scan filed under two subjects."""
+    _tree(root, n=6)
+    images = root / "images"
+    (images / "2_4.png").write_bytes((images / "0_0.png").read_bytes())
+    near = np.asarray(Image.open(images / "1_2.png")).astype(np.int16)
+    near += np.random.default_rng(1).integers(-2, 3, near.shape, dtype=np.int16)
+    Image.fromarray(np.clip(near, 0, 255).astype(np.uint8)).save(images / "2_5.png")
+    return root
+
+
+def test_copies_of_one_scan_on_two_sides_of_the_split_are_named(tmp_path: Path) -> None:
+    """inspect counted duplicate frames across subjects, but training split such data without
+    a word: BUSI's split of seed 0 puts 59 near-copies on two sides, nerve's of seed 1
+    subjects 17 and 18 (identical frames). The split is checked: the pairs on two sides are
+    counted, their subjects and first pairs named, and what to do said; pairs on one side are
+    no question."""
+    arrays = load_arrays(open_dataset(_copies_tree(tmp_path / "d")), PreprocessConfig(size=16),
+                         cache_dir="")
+    assert arrays.subjects == ("0", "0", "1", "1", "2", "2")
+    copies = duplicates_across_split(arrays, {"train": np.arange(4), "test": np.array([4, 5])})
+    assert copies is not None and (copies.identical, copies.near) == (1, 1)
+    said = str(copies)
+    assert "1 identical and 1 near-duplicate frame pairs lie on two sides" in said, said
+    assert "0 and 2" in said and "1 and 2" in said
+    assert "0_0 (train) = 2_4 (test)" in said and "1_2 (train) ~ 2_5 (test)" in said
+    assert "--subject-pattern" in said and "ultraseg inspect" in said
+    assert duplicates_across_split(arrays, {"train": np.array([0, 1, 2, 3, 4, 5])}) is None
+    assert duplicates_across_split(arrays, {"train": np.array([0, 2, 3, 4, 5]),
+                                            "validation": np.array([1])}) is None
+
+
+def test_the_cache_keeps_each_frames_fingerprints(tmp_path: Path) -> None:
+    """The split is checked on a cache hit too: the pixel hashes and thumbnails are cached
+    beside the canvases, and a cache written before them is rebuilt once."""
+    root, cache, cfg = _copies_tree(tmp_path / "d"), tmp_path / "cache", PreprocessConfig(size=16)
+    sides = {"train": np.arange(4), "test": np.array([4, 5])}
+    first = load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    hit = load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert np.array_equal(first.pixels, hit.pixels) and np.array_equal(first.thumbs, hit.thumbs)
+    assert str(duplicates_across_split(hit, sides)) == str(duplicates_across_split(first, sides))
+    npz = next(cache.glob("*.npz"))
+    with np.load(npz) as z:                                  # an older cache's contents
+        np.savez(npz, images=z["images"], masks=z["masks"], labels=z["labels"])
+    assert duplicates_across_split(load_arrays(open_dataset(root), cfg, cache_dir=cache),
+                                   sides) is not None

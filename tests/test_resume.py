@@ -248,7 +248,7 @@ def test_a_run_stopped_by_its_time_limit_does_not_train_on_after_resume(
 
 
 def _train_stopped_before_its_end(data: Path, run: Path, epochs: int,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                  monkeypatch: pytest.MonkeyPatch, *extra: str) -> None:
     """Train ``epochs`` of the tiny recipe into ``run``, interrupted (Ctrl-C) once training is
     over, before the post-processing choice and the report."""
     import ultraseg.train as T
@@ -258,7 +258,7 @@ def _train_stopped_before_its_end(data: Path, run: Path, epochs: int,
 
     monkeypatch.setattr(T, "_finish", interrupted)
     assert main(["train", str(data), "--out", str(run), *RECIPE[:-8], "--epochs", str(epochs),
-                 "--cache-dir", "", "--device", "cpu", "--threads", "1"]) == 130
+                 "--cache-dir", "", "--device", "cpu", "--threads", "1", *extra]) == 130
     monkeypatch.undo()
 
 
@@ -563,3 +563,24 @@ def test_an_epoch_is_reported_once_it_is_saved(data: Path, tmp_path: Path) -> No
 
     train(cfg, run, progress=on_epoch)
     assert seen == [(1, 1), (2, 2)]
+
+
+def test_a_resume_checks_its_split_for_copies_on_two_sides(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training warns where copies of one scan lie on two sides of its split; a resume reads
+    its split back (the held-out side from split.json's "test") and checks it again."""
+    import shutil
+
+    from conftest import ultraseg_warnings
+
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    run = tmp_path / "run"
+    _train_stopped_before_its_end(mine, run, 1, monkeypatch, "--test-fraction", "0.3")
+    split = json.loads((run / "split.json").read_text())
+    kept, held = split["train"][0], split["test"][0]
+    shutil.copy(mine / "images" / f"{kept}.png", mine / "images" / f"{held}.png")
+    with ultraseg_warnings() as warned:
+        assert main(["train", "--resume", "--out", str(run)]) == 0
+    said = [r.getMessage() for r in warned if "two sides of the split" in r.getMessage()]
+    assert len(said) == 1 and f"{kept} (train) = {held} (test)" in said[0], said

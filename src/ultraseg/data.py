@@ -22,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .config import PreprocessConfig
+from .duplicates import THUMB, digest, exact_pairs, near_pairs, unit_thumbnail
 from .errors import DataError, UltrasegError
 from .fileio import atomic_open, atomic_write_text, read_json, temporaries
 from .io import Dataset, DataProblems, select_label
@@ -40,6 +41,11 @@ class Arrays:
     subjects: tuple[str, ...]
     #: The non-zero labels the masks hold before the target is chosen (``(1,)``: binary masks).
     labels: tuple[int, ...] = ()
+    #: Each frame's fingerprints as decoded, before the canvas (:mod:`ultraseg.duplicates`): a
+    #: hash of its pixels (N, 32) uint8 and its unit thumbnail (N, 1024) float32; what the split
+    #: is checked by for one scan under two subjects. None: not known.
+    pixels: np.ndarray | None = None
+    thumbs: np.ndarray | None = None
 
 
 def union_note(labels: Sequence[int], label: int | None) -> str | None:
@@ -145,6 +151,9 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                     images, masks = z["images"], z["masks"]
                     labels = tuple(int(v) for v in z["labels"]) if "labels" in z.files \
                         else None
+                    # (a cache written before it kept these: rebuilt, as for labels)
+                    pixels, thumbs = (z["pixels"], z["thumbs"]) if "thumbs" in z.files \
+                        else (None, None)
                 want = (len(samples), cfg.size, cfg.size)
                 if images.shape != want or masks.shape != want:
                     raise ValueError(f"arrays of {images.shape} and {masks.shape} cached for "
@@ -152,15 +161,20 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                 if images.dtype != np.uint8 or masks.dtype != np.uint8 or masks.max() > 1:
                     raise ValueError(f"{images.dtype} frames and {masks.dtype} masks up to "
                                      f"{masks.max()} cached, not uint8 frames and 0/1 masks")
-                if labels is not None:      # (a cache written before it kept them: rebuilt)
+                if pixels is not None and pixels.shape != (len(samples), 32):
+                    raise ValueError(f"pixel hashes of {pixels.shape} cached for "
+                                     f"{len(samples)} frames")
+                if labels is not None and thumbs is not None:
                     log.info("cache hit: %s", cache_path)
-                    return Arrays(images, masks, names, subjects, labels)
+                    return Arrays(images, masks, names, subjects, labels, pixels, thumbs)
             except Exception as e:  # noqa: BLE001  (a truncated npz raises BadZipFile, an
                 # empty one EOFError...): whatever the damage, the cache is rebuilt over it
                 log.warning("ignoring damaged cache %s (%s: %s)", cache_path,
                             type(e).__name__, e)
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
     masks = np.empty_like(images)
+    pixels = np.zeros((len(samples), 32), np.uint8)
+    thumbs = np.zeros((len(samples), THUMB * THUMB), np.float32)
     problems: list[DataError] = []
     labels: set[int] = set()
     thin = ThinFrames(cfg)
@@ -171,6 +185,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             problems.append(e)
             continue
         thin.add(s.image_path, image)
+        pixels[i] = np.frombuffer(digest(image), np.uint8)
+        thumbs[i] = unit_thumbnail(image)
         labels.update(int(v) for v in np.unique(mask) if v)
         images[i], geom = to_canvas(image, cfg, "image")
         target = select_label(mask, cfg.label).astype(np.uint8)
@@ -182,10 +198,10 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     if cache_path is not None:
         try:
             _save_npz(cache_path, images=images, masks=masks,
-                      labels=np.array(sorted(labels), np.int64))
+                      labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
-    return Arrays(images, masks, names, subjects, tuple(sorted(labels)))
+    return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs)
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -301,6 +317,57 @@ def run_split(subjects: Sequence[str], test_fraction: float, val_fraction: float
                             f"found {n_subjects} (--val-fraction 0 trains without validation)")
     tr, va = split_by_subject([subjects[i] for i in kept], val_fraction, seed)
     return kept[tr], kept[va], test_idx
+
+
+@dataclass(frozen=True)
+class SplitCopies:
+    """Frame pairs a split put on two sides though they are copies of one scan."""
+
+    identical: int
+    near: int
+    #: The warning: how many, the subjects and first pairs by name, what to do.
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown: int = 3
+                            ) -> SplitCopies | None:
+    """The pixel-identical and near-duplicate frames (``inspect``'s tests) that the split put
+    on two of its ``sides`` (name: frame indices), through their subjects: the same scan filed
+    under two subjects, whose held-out copy the model has seen. None where there are none (or
+    the fingerprints are not known)."""
+    if arrays.pixels is None or arrays.thumbs is None:
+        return None
+    side = np.full(len(arrays.names), -1, np.int64)
+    names = list(sides)
+    for k, idx in enumerate(sides.values()):
+        side[idx] = k
+    keys = [bytes(row) for row in arrays.pixels]
+    pairs: list[tuple[int, int, str]] = []      # (frame, frame, "=" identical or "~" near)
+    counts = []
+    for kind, sign, (i, j) in (("identical", "=", exact_pairs(keys)),
+                               ("near-duplicate", "~", near_pairs(arrays.thumbs, keys))):
+        cross = (side[i] >= 0) & (side[j] >= 0) & (side[i] != side[j])
+        pairs += [(a, b, sign) for a, b in zip(i[cross].tolist(), j[cross].tolist())]
+        counts.append(int(np.count_nonzero(cross)))
+    if not pairs:
+        return None
+    subject_pairs = Counter(tuple(sorted((arrays.subjects[a], arrays.subjects[b])))
+                            for a, b, _ in pairs)
+    subjects = ", ".join(f"{a} and {b}" for (a, b), _ in subject_pairs.most_common(shown))
+    named = ", ".join(f"{arrays.names[a]} ({names[side[a]]}) {sign} {arrays.names[b]} "
+                      f"({names[side[b]]})" for a, b, sign in pairs[:shown])
+    what = " and ".join(f"{n} {kind}" for n, kind in zip(counts, ("identical", "near-duplicate"))
+                        if n)
+    more = ", ..." if len(subject_pairs) > shown else ""
+    return SplitCopies(counts[0], counts[1], (
+        f"{what} frame {'pairs lie' if len(pairs) != 1 else 'pair lies'} on two sides of the "
+        f"split, copies of one scan filed under two subjects ({subjects}{more}): {named}"
+        f"{', ...' if len(pairs) > shown else ''}; the held-out figures score copies of frames "
+        "the model saw. Where such subjects are one patient, give their frames one subject "
+        "(--subject-pattern) or remove the copies (`ultraseg inspect DATA` lists them)"))
 
 
 def read_split(path: str | Path, names: Sequence[str], dataset: str | Path | None = None

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,10 +35,11 @@ from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, sav
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, RunConfig,
                      TrainConfig, check_types, model_problem)
-from .data import Arrays, load_arrays, read_split, run_split, union_note, write_split
+from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays, read_split,
+                   run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
-from .fileio import atomic_write_text, output_lock
+from .fileio import atomic_write_text, output_lock, read_json
 from .io import open_dataset, select_label
 from .io.base import check_label
 from .losses import compute_loss
@@ -588,6 +589,13 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
             raise
 
 
+def _held_out(split_file: Path, names: Sequence[str]) -> np.ndarray:
+    """Indices of the frames ``split_file`` holds out for testing (those of ``names`` now)."""
+    index = {n: i for i, n in enumerate(names)}
+    test = read_json(split_file).get("test") or []
+    return np.array([index[n] for n in test if n in index], np.int64)
+
+
 def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,
            ctx: Dist = SINGLE) -> TrainResult:
     """The run itself; ``last`` is the checkpoint to resume from (None: a new run)."""
@@ -628,6 +636,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                         split_seed, tc.val_fraction, test_idx)
     log.info("%d training frames, %d validation frames (split by subject)",
              len(train_idx), len(val_idx))
+    if resume:
+        test_idx = _held_out(out / "split.json", arrays.names)
+    copies = duplicates_across_split(arrays, {"train": train_idx, "validation": val_idx,
+                                              "test": test_idx})
+    if copies:
+        log.warning("%s: %s", ds.root, copies)
     if not arrays.masks[train_idx].any():   # the split left every structure out of training
         raise DataError(f"none of the {len(train_idx)} training masks holds "
                         + (f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
@@ -825,7 +839,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         return TrainResult(out, best_epoch, best_dice, len(history), time.monotonic() - t0,
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
-                   best_dice, stopped, t0, meta, progress, choosing)
+                   best_dice, stopped, t0, meta, progress, choosing, copies)
 
 
 def _recorded_stop(state: Mapping[str, Any], history: list[dict[str, Any]]) -> str | None:
@@ -927,7 +941,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             val_idx: np.ndarray, device: torch.device, dtype: torch.dtype | None,
             history: list[dict[str, Any]], best_epoch: int, best_dice: float,
             stopped: str | None, t0: float, meta: Callable, progress: Progress,
-            choosing: bool = True) -> TrainResult:
+            choosing: bool = True, copies: SplitCopies | None = None) -> TrainResult:
     """Choose post-processing (test-time augmentation included) on the validation frames at
     their original size, and where they carry reference head circumferences the boundary
     offset measurements use (:func:`_calibrate_measure`); write the report.
@@ -990,6 +1004,10 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         **({"target": f"labels {list(arrays.labels)} as one structure (their union; --label "
                       "K trains label K alone)"}
            if union_note(arrays.labels, cfg.preprocess.label) else {}),
+        **({"copies across the split": f"{copies.identical} identical and {copies.near} "
+                                           "near-duplicate frame pairs on two sides (train.log "
+                                           "names them): held-out figures flatter the model"}
+           if copies else {}),
         "best epoch": (best_epoch if seen and choosing else
                        f"{best_epoch} (the last: no validation split)" if not seen else
                        f"{best_epoch} (the last: no validation mask holds a structure, so "
