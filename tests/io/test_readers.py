@@ -1144,3 +1144,18 @@ def test_the_folders_layout_takes_a_singular_images_folder(tmp_path, images, mas
     _save(tmp_path / "scans" / "img" / "logo.png", _frame())
     _save(tmp_path / "scans" / "a" / "1.png", _frame())
     assert detect_layout(tmp_path / "scans") == "images"
+
+
+@pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("RGB", ".png"), ("L", ".jpg"),
+                                         ("L", ".tif"), ("I;16", ".png")])
+def test_a_read_frame_is_the_callers_to_draw_on(tmp_path: Path, mode: str, suffix: str
+                                                ) -> None:
+    """read_image gave 8-bit files as a read-only view of Pillow's bytes (16-bit ones as a
+    writable array): `frame[mask] = 255` in a notebook failed, and torch.from_numpy warned."""
+    from ultraseg import read_image
+
+    path = tmp_path / f"f{suffix}"
+    Image.new(mode, (6, 4), 1).save(path)
+    frame = read_image(path)
+    assert frame.flags.writeable
+    frame[0, 0] = 255

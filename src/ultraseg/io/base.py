@@ -426,10 +426,12 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
     tiff = getattr(im, "tag_v2", None) or {}
     if im.mode == "L" and _tag(tiff, SAMPLE_FORMAT) == SIGNED:     # Pillow reads it unsigned
         return to_uint8(np.asarray(im).view(np.int8), path)
+    # np.array, not np.asarray: a view of Pillow's bytes is read-only, and a caller's
+    # `frame[mask] = 255` failed on 8-bit files alone (16-bit ones come back converted)
     if im.mode == "LAB":                                            # its lightness
-        return np.asarray(im.getchannel("L"), dtype=np.uint8)
+        return np.array(im.getchannel("L"), dtype=np.uint8)
     if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
-        return np.asarray(im.convert("L"), dtype=np.uint8)
+        return np.array(im.convert("L"), dtype=np.uint8)
     arr = np.asarray(im)  # I;16, I, F
     if arr.ndim == 2 and _tag(tiff, PHOTOMETRIC) == WHITE_IS_ZERO:  # Pillow inverts 8 bits only
         arr = inverted(arr)
