@@ -174,6 +174,27 @@ def test_prepare_casts_and_refuses_nan() -> None:
         prepare(bad, cfg)
 
 
+def test_prepare_takes_numbers_only() -> None:
+    """An object array holding NaN (``DataFrame.to_numpy()`` of mixed columns) passed the NaN
+    check, which looked at float arrays alone, and was predicted on as garbage; complex
+    arrays lost their imaginary part and dates were taken as numbers. An object array of
+    numbers is read as such; the rest are refused with what an image is."""
+    cfg = PreprocessConfig(size=32)
+    frame = np.random.default_rng(0).random((20, 30))
+    x, _ = prepare(frame.astype(object), cfg)
+    assert np.array_equal(x, prepare(frame, cfg)[0])
+    holed = frame.astype(object)
+    holed[3, 3] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        prepare(holed, cfg)
+    with pytest.raises(DataError, match="not all numbers"):
+        prepare(np.full((20, 30), "a", dtype=object), cfg)
+    for bad in (frame.astype(np.complex64), np.zeros((20, 30), "datetime64[s]"),
+                np.full((20, 30), "1")):
+        with pytest.raises(DataError, match="an image is an array of numbers"):
+            prepare(bad, cfg)
+
+
 # ------------------------------------------------------------------ fill_outline
 def _outline(h: int, w: int, box: tuple[int, int, int, int], start: int = 0, end: int = 360
              ) -> np.ndarray:

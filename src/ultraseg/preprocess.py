@@ -296,7 +296,19 @@ def _padded_and_shrunk(image: np.ndarray, top: int, left: int, side: int, size: 
 
 
 def prepare(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, Geometry]:
-    """A decoded grayscale frame (H, W) uint8 -> network input float32 (S, S) and its geometry."""
+    """A decoded grayscale frame (H, W) uint8 -> network input float32 (S, S) and its geometry.
+
+    Arrays of numbers only: an object array (``DataFrame.to_numpy()`` of mixed columns) is
+    read as float64 where it holds numbers; complex, date and string arrays are refused."""
+    if image.dtype.kind == "O":
+        try:
+            image = np.asarray(image, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"input array of Python objects that are not all numbers ({e})"
+                            ) from e
+    if image.dtype.kind not in "buif":
+        raise DataError(f"input array of {image.dtype} values: an image is an array of "
+                        "numbers (uint8, uint16, float...)")
     if image.ndim != 2:
         image = to_gray(image)
     if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
