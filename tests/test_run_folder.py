@@ -82,8 +82,9 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed(tmp_path) -> None:
     assert open_run(tmp_path, cfg, resume=False) == (cfg, None)    # an empty folder: a new run
     (tmp_path / "metrics.csv").write_text("epoch\n")
     assert holds_run(tmp_path)
-    with pytest.raises(UltrasegError, match="already holds a training run; use --resume"):
+    with pytest.raises(UltrasegError, match="already holds a training run; use --resume") as e:
         open_run(tmp_path, cfg, resume=False)
+    assert "train(None, out, resume=True)" in str(e.value)     # a Python caller's way too
     with pytest.raises(UltrasegError, match="nothing to resume"):
         open_run(tmp_path / "none", cfg, resume=True)
 

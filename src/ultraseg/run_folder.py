@@ -142,8 +142,9 @@ def open_run(out: Path, cfg: RunConfig | None, resume: bool
                                   out / "last.ckpt")
         return cfg, last
     if holds_run(out):
-        raise UltrasegError("already holds a training run; use --resume to continue it, or "
-                            "choose another --out", out)
+        raise UltrasegError("already holds a training run; use --resume to continue it (from "
+                            "Python: train(None, out, resume=True)), or choose another --out",
+                            out)
     if cfg is None:
         raise UltrasegError("a new run needs a RunConfig (only a resumed run takes its own)")
     return cfg, None

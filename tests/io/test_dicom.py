@@ -137,7 +137,8 @@ def test_a_cine_loops_frames_are_read_one_by_one(tmp_path) -> None:
     frames = [np.roll(_scan(), 5 * k, axis=1) for k in range(3)]
     loop = _cine(tmp_path / "loop.dcm", frames, regions=[_region(0.02, 0.02)])
     assert_reads_each_frame(loop, frames, "frames")
-    with pytest.raises(DataError, match="holds 3 frames .*predict and measure take each"):
+    with pytest.raises(DataError, match=r"holds 3 frames .*predict and measure take each .*"
+                                        r"read_image\(path, frame=k\)"):
         read_image(loop)                 # one frame wanted: which is not said
     assert dicom_pixel_size_mm(loop) == pytest.approx(0.2)
     single = make_dicom(tmp_path / "one.dcm", frames[1])

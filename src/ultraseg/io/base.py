@@ -335,9 +335,9 @@ def _tiff_hint(path: Path) -> str:
 
 
 #: Why a file of several frames is refused where one frame is wanted.
-SEVERAL_FRAMES_ADVICE = ("predict and measure take each of its frames; training and "
-                         "evaluation read one frame per file: save each as its own file, "
-                         "with its mask")
+SEVERAL_FRAMES_ADVICE = ("predict and measure take each of its frames (from Python: "
+                         "read_image(path, frame=k)); training and evaluation read one frame "
+                         "per file: save each as its own file, with its mask")
 
 
 def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
