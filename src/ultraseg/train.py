@@ -716,7 +716,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                             cfg.to_dict()), "measure": measure or measure_meta}
 
     stopped = _recorded_stop(last.train_state, history) if resume else None
-    est_val = None          # seconds for one validation pass, measured
+    est_val = None          # seconds for one validation pass: guessed, then measured
+    val_measured = False
+    fastest_s = math.inf    # the fastest training step so far
     n_batches = len(batches)
     if stopped:     # interrupted while choosing its post-processing or writing its report
         log.info("the run had stopped before it was interrupted (%s): finishing it without "
@@ -753,13 +755,18 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                 ema.update_parameters(model)
             losses.append(loss_value)
             batch_s = time.monotonic() - t_batch
-            if est_val is None:  # before the first validation: a forward costs ~1/3 of a step
-                est_val = (batch_s / 3 / x.shape[0] * math.ceil(len(val_idx) / ctx.world_size)
+            fastest_s = min(fastest_s, batch_s)
+            if not val_measured:  # before the first validation: a forward costs ~1/3 of a
+                # step, the fastest one seen: the first carries one-time set-up (3.5-5 s on
+                # two cores against 0.1 s for the rest), and a validation guessed from it alone
+                # stopped a 3-minute nerve run after its first batch
+                est_val = (fastest_s / 3 / x.shape[0] * math.ceil(len(val_idx) / ctx.world_size)
                            * _val_cost_ratio(cfg, arrays))
             progress({"event": "batch", "epoch": epoch, "epochs": tc.epochs, "batch": i + 1,
                       "batches": n_batches, "loss": float(np.mean(losses)),
                       "elapsed": time.monotonic() - t_epoch})
-            reserve = _reserve(est_val, tc.time_limit_s)
+            # one step tells too little to stop on: the first step stops only past the limit
+            reserve = _reserve(est_val, tc.time_limit_s) if val_measured or i else 0.0
             if (deadline < math.inf and i + 1 < n_batches
                     and ctx.any(time.monotonic() + batch_s + reserve > deadline, device)):
                 complete = False
@@ -783,7 +790,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             if not math.isfinite(val_loss):     # (all-reduced: every rank stops alike)
                 raise _diverged(out, saved, f"the validation loss is {val_loss} after epoch "
                                             f"{epoch}")
-        est_val = time.monotonic() - t_val
+        est_val, val_measured = time.monotonic() - t_val, True
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                "val_loss": val_loss, "val_dice": val_dice,
                "lr": optimizer.param_groups[0]["lr"],
