@@ -480,12 +480,19 @@ def test_copies_of_one_scan_on_two_sides_of_the_split_are_named(tmp_path: Path) 
                          cache_dir="")
     assert arrays.subjects == ("0", "0", "1", "1", "2", "2")
     copies = duplicates_across_split(arrays, {"train": np.arange(4), "test": np.array([4, 5])})
-    assert copies is not None and (copies.identical, copies.near) == (1, 1)
+    assert copies is not None and (copies.identical, copies.near, copies.trained) == (1, 1, 2)
     said = str(copies)
     assert "1 identical and 1 near-duplicate frame pairs lie on two sides" in said, said
     assert "0 and 2" in said and "1 and 2" in said
     assert "0_0 (train) = 2_4 (test)" in said and "1_2 (train) ~ 2_5 (test)" in said
+    assert "2 pair a training frame with a validation or test one" in said
     assert "--subject-pattern" in said and "ultraseg inspect" in said
+    # copies between validation and test: no frame the model trained on, and it says so
+    apart = duplicates_across_split(arrays, {"train": np.array([1, 3]),
+                                             "validation": np.array([0, 2]),
+                                             "test": np.array([4, 5])})
+    assert apart is not None and apart.trained == 0
+    assert "flatters" not in str(apart) and "no training frame" in str(apart), str(apart)
     assert duplicates_across_split(arrays, {"train": np.array([0, 1, 2, 3, 4, 5])}) is None
     assert duplicates_across_split(arrays, {"train": np.array([0, 2, 3, 4, 5]),
                                             "validation": np.array([1])}) is None

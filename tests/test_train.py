@@ -1297,9 +1297,9 @@ def test_choosing_the_post_processing_reports_each_validation_frame(tmp_path) ->
 
 def test_a_scan_filed_under_two_subjects_across_the_split_is_warned_about(tmp_path) -> None:
     """inspect named duplicate frames across subjects, but training split them onto two
-    sides without a word (BUSI's split of seed 0: 59 near-copies between training and the
-    held-out frames). Training warns, naming the pair and its sides, the report says the
-    held-out figures flatter the model."""
+    sides without a word (BUSI's split of seed 0: 59 near-copies between its sides). Training
+    warns, naming the pair and its sides, and the report says the held-out Dice flatters the
+    model where one frame of a pair trained."""
     from conftest import ultraseg_warnings
 
     data = make_dataset(tmp_path / "data", n=20, size=32, seed=0)     # subjects 1 and 2
@@ -1317,7 +1317,7 @@ def test_a_scan_filed_under_two_subjects_across_the_split_is_warned_about(tmp_pa
     assert len(said) == 1 and "1 identical frame pair lies" in said[0], said
     assert "1_5 (train) = 2_3 (test)" in said[0] or "1_5 (test) = 2_3 (train)" in said[0]
     report = (tmp_path / "run" / "report.html").read_text()
-    assert "copies across the split" in report and "flatter the model" in report
+    assert "copies across the split" in report and "flatters the model" in report
 
 
 def test_a_slow_first_step_does_not_stop_a_time_limited_run(tmp_path, monkeypatch) -> None:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -325,19 +325,30 @@ class SplitCopies:
 
     identical: int
     near: int
-    #: The warning: how many, the subjects and first pairs by name, what to do.
+    #: Of those pairs, the ones with a frame of the first side (training): a validation or
+    #: test frame the model trained on a copy of. The rest pair validation and test frames.
+    trained: int
+    #: The warning: how many, the subjects and first pairs by name, what it means, what to do.
     message: str
 
     def __str__(self) -> str:
         return self.message
 
+    def consequence(self) -> str:
+        """What the pairs do to the figures, in a few words (the report's row)."""
+        if self.trained:
+            return (f"{self.trained} pair a training frame with a validation or test one, whose "
+                    "Dice so flatters the model")
+        return ("each pairs a validation frame with a test one: the frames that chose the "
+                "epoch and post-processing copy held-out ones (no training frame)")
+
 
 def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown: int = 3
                             ) -> SplitCopies | None:
     """The pixel-identical and near-duplicate frames (``inspect``'s tests) that the split put
-    on two of its ``sides`` (name: frame indices), through their subjects: the same scan filed
-    under two subjects, whose held-out copy the model has seen. None where there are none (or
-    the fingerprints are not known)."""
+    on two of its ``sides`` (name: frame indices, the trained side first), through their
+    subjects: the same scan filed under two subjects. None where there are none (or the
+    fingerprints are not known)."""
     if arrays.pixels is None or arrays.thumbs is None:
         return None
     side = np.full(len(arrays.names), -1, np.int64)
@@ -354,6 +365,8 @@ def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown:
         counts.append(int(np.count_nonzero(cross)))
     if not pairs:
         return None
+    pairs.sort(key=lambda p: min(side[p[0]], side[p[1]]) != 0)    # with a training frame first
+    trained = sum(int(min(side[a], side[b]) == 0) for a, b, _ in pairs)
     subject_pairs = Counter(tuple(sorted((arrays.subjects[a], arrays.subjects[b])))
                             for a, b, _ in pairs)
     subjects = ", ".join(f"{a} and {b}" for (a, b), _ in subject_pairs.most_common(shown))
@@ -362,12 +375,13 @@ def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown:
     what = " and ".join(f"{n} {kind}" for n, kind in zip(counts, ("identical", "near-duplicate"))
                         if n)
     more = ", ..." if len(subject_pairs) > shown else ""
-    return SplitCopies(counts[0], counts[1], (
+    copies = SplitCopies(counts[0], counts[1], trained, "")
+    return replace(copies, message=(
         f"{what} frame {'pairs lie' if len(pairs) != 1 else 'pair lies'} on two sides of the "
         f"split, copies of one scan filed under two subjects ({subjects}{more}): {named}"
-        f"{', ...' if len(pairs) > shown else ''}; the held-out figures score copies of frames "
-        "the model saw. Where such subjects are one patient, give their frames one subject "
-        "(--subject-pattern) or remove the copies (`ultraseg inspect DATA` lists them)"))
+        f"{', ...' if len(pairs) > shown else ''}; {copies.consequence()}. Where such "
+        "subjects are one patient, give their frames one subject (--subject-pattern) or remove "
+        "the copies (`ultraseg inspect DATA` lists them)"))
 
 
 def read_split(path: str | Path, names: Sequence[str], dataset: str | Path | None = None

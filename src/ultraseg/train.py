@@ -1013,7 +1013,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
            if union_note(arrays.labels, cfg.preprocess.label) else {}),
         **({"copies across the split": f"{copies.identical} identical and {copies.near} "
                                            "near-duplicate frame pairs on two sides (train.log "
-                                           "names them): held-out figures flatter the model"}
+                                           f"names them): {copies.consequence()}"}
            if copies else {}),
         "best epoch": (best_epoch if seen and choosing else
                        f"{best_epoch} (the last: no validation split)" if not seen else
