@@ -440,6 +440,30 @@ def hc18_like(root: Path) -> None:
         "filename,pixel size(mm),head circumference (mm)\n001_HC.png,0.5,30.0\n")
 
 
+def test_measuring_the_frames_a_model_trained_on_is_warned_about(tmp_path) -> None:
+    """measure averaged the head-circumference error over every frame given, training frames
+    too, without a word (a reviewer's HC18 run: 265 of 371 frames measured were training
+    frames), where evaluate warns. It now says how many frames are of the training data and
+    what gives the error on held-out frames; frames without a reference, or of other data,
+    are measured as ever, without the check."""
+    from conftest import ultraseg_warnings
+
+    hc18_like(tmp_path / "hc")
+    bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),
+                       PreprocessConfig(size=None, normalise="unit"), PostprocessConfig(),
+                       {"run": {"data": {"path": str(tmp_path / "hc")}}})
+    with ultraseg_warnings() as warned:
+        summary, _ = measure_frames(bright, tmp_path / "hc")
+    said = [r.getMessage() for r in warned if "trained on" in r.getMessage()]
+    assert summary["n"] == 2 and len(said) == 1, said
+    assert said[0].startswith(f"2 of the 2 frames measured are frames of {tmp_path / 'hc'}")
+    assert "--subset test" in said[0]
+    hc18_like(tmp_path / "other")                     # the same files elsewhere: not its data
+    with ultraseg_warnings() as warned:
+        measure_frames(bright, tmp_path / "other")
+    assert not [r for r in warned if "trained on" in r.getMessage()]
+
+
 def test_write_and_measure_take_paths_as_evaluate_does(tmp_path):
     """write_predictions(predictor, "folder", out) and a model's path were AttributeErrors
     (after an empty output folder was made); evaluate takes both."""

@@ -116,20 +116,47 @@ def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path
                     "--subset test the held-out one; in Python, split_file= and subset=)", root,
                     split_arg)
         return True
-    run = (predictor.meta.get("run") or {}).get("data") or {}
-    try:        # (the training folder as it was read; what it says is not about this data)
-        with quiet("ultraseg.io"):
-            ds, _ = scan_dataset(a, run.get("layout") or "auto", run.get("subject_pattern"))
-    except UltrasegError:
-        return False
-    seen = {os.path.realpath(s.image_path) for s in ds.labelled}
-    shared = sum(os.path.realpath(s.image_path) in seen for s in samples)
+    shared = _shared_frames(predictor, a, samples)
     if shared:
         log.warning("%d of the %d frames scored are frames of %s, the data the model was "
                     "trained on, training frames among them: `ultraseg evaluate MODEL %s %s` "
                     "scores its validation side (with --subset test the held-out one)", shared,
                     len(samples), a, a, split_arg)
     return bool(shared)
+
+
+def _shared_frames(predictor: Predictor, trained_on: Path, samples: Sequence[Sample]) -> int:
+    """How many of ``samples`` are labelled frames of ``trained_on`` (the same files), the
+    folder read as the model's training run read it."""
+    run = (predictor.meta.get("run") or {}).get("data") or {}
+    try:        # (the training folder as it was read; what it says is not about this data)
+        with quiet("ultraseg.io"):
+            ds, _ = scan_dataset(trained_on, run.get("layout") or "auto",
+                                 run.get("subject_pattern"))
+    except UltrasegError:
+        return 0
+    seen = {os.path.realpath(s.image_path) for s in ds.labelled}
+    return sum(os.path.realpath(s.image_path) in seen for s in samples)
+
+
+def warn_if_measuring_trained_frames(predictor: Predictor, samples: Sequence[Sample]) -> None:
+    """``measure``'s check where its frames carry reference head circumferences: the error
+    over them is the model's on new frames only where none is a frame it was trained on, and
+    measure takes no split. Say how many are, and what gives the error on held-out frames."""
+    split = _run_file(predictor, "split.json")
+    for trained_on in _trained_on(predictor):
+        try:
+            folder = Path(trained_on).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        shared = _shared_frames(predictor, folder, samples) if folder.is_dir() else 0
+        if shared:
+            log.warning("%d of the %d frames measured are frames of %s, the data the model was "
+                        "trained on, training frames among them: their head-circumference "
+                        "error is not the model's on new frames; `ultraseg evaluate MODEL %s "
+                        "--split %s --subset test` gives it on the frames held out", shared,
+                        len(samples), folder, folder, split or "RUN/split.json")
+            return
 
 
 def _split_doc(path: str | Path) -> dict[str, Any] | None:

@@ -604,6 +604,10 @@ def measure_frames(predictor: Predictor | str | Path,
         raise UltrasegError("measure's overlays need an output folder (--out)")
 
     pixel_size_mm = check_pixel_size(pixel_size_mm)
+    if any(f.sample.meta.get("hc_mm") is not None for f in frames):
+        from .evaluate import warn_if_measuring_trained_frames
+
+        warn_if_measuring_trained_frames(predictor, [f.sample for f in frames])
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     # held to the last file, as by write_predictions
     with output_lock(out, "measure") if out is not None else contextlib.nullcontext():
