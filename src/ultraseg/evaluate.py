@@ -95,15 +95,33 @@ def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Samp
     was given: ``root`` is its training folder (every frame is then scored, its training
     frames too), or holds it or lies in it and shares frames with it. The figure then says how
     well the model learnt them, not how it does on new frames."""
-    split = _run_file(predictor, "split.json")
-    split_arg = f"--split {split}" if split is not None else "--split RUN/split.json"
+    advice = _split_advice(_run_file(predictor, "split.json"))
     for trained_on in _trained_on(predictor):
-        if _warn_if_trained_on_folder(predictor, trained_on, root, samples, split_arg):
+        if _warn_if_trained_on_folder(predictor, trained_on, root, samples, advice):
             return
 
 
+def _split_advice(split: Path | None) -> str:
+    """Which sides of the run's split (``split``; None: not found) score frames it did not
+    train on, as options to give ``evaluate``: only the sides the split holds (a run without
+    validation has none to score)."""
+    doc = _split_doc(split) if split is not None else None
+    arg = f"--split {split if split is not None else 'RUN/split.json'}"
+    if doc is None:
+        return f"{arg} scores the validation side, with --subset test the held-out one"
+    val, test = bool(doc.get("val")), bool(doc.get("test"))
+    if val and test:
+        return f"{arg} scores the validation side, with --subset test the held-out one"
+    if val:
+        return f"{arg} scores the validation side (the run held no frames out)"
+    if test:
+        return f"{arg} --subset test scores the held-out side (the run kept no validation side)"
+    return (f"its split, {split}, has no validation or held-out side: every frame of it was "
+            "trained on")
+
+
 def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path,
-                               samples: Sequence[Sample], split_arg: str) -> bool:
+                               samples: Sequence[Sample], advice: str) -> bool:
     """:func:`_warn_if_trained_on` for one folder the model may have been trained on;
     whether it warned."""
     pair = _related(trained_on, root)
@@ -112,16 +130,14 @@ def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path
     a, b = pair
     if a == b:
         log.warning("%s is the data the model was trained on: without a split every frame is "
-                    "scored, its training frames too (%s scores the validation side, with "
-                    "--subset test the held-out one; in Python, split_file= and subset=)", root,
-                    split_arg)
+                    "scored, its training frames too (%s; in Python, split_file= and subset=)",
+                    root, advice)
         return True
     shared = _shared_frames(predictor, a, samples)
     if shared:
         log.warning("%d of the %d frames scored are frames of %s, the data the model was "
-                    "trained on, training frames among them: `ultraseg evaluate MODEL %s %s` "
-                    "scores its validation side (with --subset test the held-out one)", shared,
-                    len(samples), a, a, split_arg)
+                    "trained on, training frames among them: `ultraseg evaluate MODEL %s` with "
+                    "%s", shared, len(samples), a, a, advice)
     return bool(shared)
 
 
@@ -143,7 +159,7 @@ def warn_if_measuring_trained_frames(predictor: Predictor, samples: Sequence[Sam
     """``measure``'s check where its frames carry reference head circumferences: the error
     over them is the model's on new frames only where none is a frame it was trained on, and
     measure takes no split. Say how many are, and what gives the error on held-out frames."""
-    split = _run_file(predictor, "split.json")
+    advice = _split_advice(_run_file(predictor, "split.json"))
     for trained_on in _trained_on(predictor):
         try:
             folder = Path(trained_on).resolve()
@@ -153,9 +169,8 @@ def warn_if_measuring_trained_frames(predictor: Predictor, samples: Sequence[Sam
         if shared:
             log.warning("%d of the %d frames measured are frames of %s, the data the model was "
                         "trained on, training frames among them: their head-circumference "
-                        "error is not the model's on new frames; `ultraseg evaluate MODEL %s "
-                        "--split %s --subset test` gives it on the frames held out", shared,
-                        len(samples), folder, folder, split or "RUN/split.json")
+                        "error is not the model's on new frames; `ultraseg evaluate MODEL %s` "
+                        "with %s", shared, len(samples), folder, folder, advice)
             return
 
 
