@@ -1318,6 +1318,9 @@ def test_a_scan_filed_under_two_subjects_across_the_split_is_warned_about(tmp_pa
     assert "1_5 (train) = 2_3 (test)" in said[0] or "1_5 (test) = 2_3 (train)" in said[0]
     report = (tmp_path / "run" / "report.html").read_text()
     assert "copies across the split" in report and "flatters the model" in report
+    # the held-out side is counted where a user reads (it was in split.json alone)
+    assert ("10 training frames, 0 validation frames, 10 held out for testing (split by "
+            "subject: 1 / 0 / 1 subjects)") in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_a_slow_first_step_does_not_stop_a_time_limited_run(tmp_path, monkeypatch) -> None:

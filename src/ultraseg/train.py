@@ -634,10 +634,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         if ctx.is_main:
             write_split(out / "split.json", arrays.names, arrays.subjects, train_idx, val_idx,
                         split_seed, tc.val_fraction, test_idx)
-    log.info("%d training frames, %d validation frames (split by subject)",
-             len(train_idx), len(val_idx))
     if resume:
         test_idx = _held_out(out / "split.json", arrays.names)
+    log.info("%d training frames, %d validation frames, %d held out for testing (split by "
+             "subject: %s)", len(train_idx), len(val_idx), len(test_idx),
+             " / ".join(str(len({arrays.subjects[i] for i in idx}))
+                        for idx in (train_idx, val_idx, test_idx)) + " subjects")
     copies = duplicates_across_split(arrays, {"train": train_idx, "validation": val_idx,
                                               "test": test_idx})
     if copies:
