@@ -24,6 +24,7 @@ from ultraseg.config import (DataConfig, ModelConfig, PostprocessConfig, Preproc
                              RunConfig, TrainConfig, merge, preset)
 from ultraseg.data import Arrays
 from ultraseg.errors import UltrasegError
+from ultraseg.evaluate import evaluate
 from ultraseg.phantom import make_dataset
 from ultraseg.predict import load
 from ultraseg.tiling import crop_with_context, extract_tiles, pad_for_tiles
@@ -1348,3 +1349,81 @@ def test_a_slow_first_step_does_not_stop_a_time_limited_run(tmp_path, monkeypatc
     result = train_mod.train(cfg, tmp_path / "run")
     assert result.history[0]["complete"], (len(calls), result.stopped)
     assert len(calls) > 1
+
+
+    assert "copies across the split" in report and "flatter the model" in report
+
+
+# ------------------------------------------------------------------ what the report says
+@pytest.fixture(scope="module")
+def held_out_run(tmp_path_factory) -> tuple[Path, Path, str]:
+    """``ultraseg train`` of a width-4 U-Net for one epoch on 60 phantom frames of 32 px (6
+    subjects, empty frames among them) holding a test side out; (data, run folder, stdout)."""
+    root = tmp_path_factory.mktemp("held-out")
+    data = make_dataset(root / "data", n=60, size=32, seed=0)
+    run = root / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
+                       "--depth", "2", "--size", "32", "--epochs", "1", "--test-fraction", "0.2",
+                       "--time-limit", "none", "--device", "cpu", "--precision", "fp32",
+                       "--cache-dir", "", "--threads", "1"])
+    assert rc == 0
+    return data, run, out.getvalue()
+
+
+def _summary_rows(run: Path) -> dict[str, str]:
+    """The report's summary table: row name -> the text of its cell."""
+    import html
+    import re
+
+    page = (run / "report.html").read_text().split("<h2>Figures")[0]
+    return {html.unescape(k): html.unescape(v)
+            for k, v in re.findall(r"<tr><th>(.*?)</th><td[^>]*>(.*?)</td></tr>", page)}
+
+
+def test_the_report_gives_the_non_empty_dice_and_the_empty_frames_beside_the_rule(
+        held_out_run) -> None:
+    """The report and the final console line gave the all-frames validation Dice alone, in
+    which every empty frame predicted empty scores 1: a model that found nothing read 0.5.
+    They now give the non-empty frames' Dice (as `evaluate` of the validation side has it),
+    the empty frames predicted empty and the rule; the old rows stay."""
+    data, run, out = held_out_run
+    rows = _summary_rows(run)
+    summary, per_image = evaluate(load(run / "best.ckpt", device="cpu", precision="fp32"), data,
+                                  split_file=run / "split.json", subset="val")
+    n_empty = sum(bool(r["truth_empty"]) for r in per_image)
+    assert 0 < n_empty < len(per_image)              # the side has both kinds of frame
+    right = round(summary["empty_correct_rate"] * n_empty)
+    nonempty = float(rows["val Dice, non-empty frames (post-processed)"])
+    assert nonempty == pytest.approx(summary["dice_nonempty_mean"], abs=1e-3)
+    assert rows["empty validation frames predicted empty"] == f"{right} of {n_empty}"
+    from ultraseg.metrics import EMPTY_RULE
+
+    assert rows["empty rule"] == EMPTY_RULE
+    assert {"val Dice, post-processed", "val Dice, original size",
+            "best val Dice (canvas)"} <= set(rows)
+    line = next(line for line in out.splitlines() if "non-empty frames" in line)
+    assert f"{nonempty:.4f}" in line and f"predicted empty: {right} of {n_empty}" in line
+    assert EMPTY_RULE in line
+    metrics = load_checkpoint(run / "best.ckpt").meta["metrics"]
+    assert metrics["val_empty_frames"] == n_empty
+    assert metrics["val_empty_predicted_empty"] == right
+
+
+def test_post_processing_that_leaves_nothing_on_any_validation_frame_is_warned_about() -> None:
+    """The all-frames Dice of such a choice is the empty frames' alone: 0.5 on a side half
+    empty, for a model that finds nothing."""
+    from conftest import ultraseg_warnings
+
+    seen = train_mod._Validation(PostprocessConfig(), 0.0, [1.0, 0.0, 1.0, 0.0], [0, 0, 0, 0],
+                                 [True, False, True, False])
+    assert train_mod._empty_figures(seen) == (0.0, 2, 2)
+    with ultraseg_warnings() as warned:
+        train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.5)
+    assert any("no validation frame has a structure predicted" in r.getMessage()
+               and "0.5000" in r.getMessage() for r in warned)
+    found = replace(seen, areas=[0, 3, 0, 0])
+    with ultraseg_warnings() as warned:
+        train_mod._warn_if_nothing_found(Path("run"), found, PostprocessConfig(), 0.5)
+    assert not warned

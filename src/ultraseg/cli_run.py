@@ -6,13 +6,16 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
                      merge, parse_duration, preset)
 from .cli import path_arg, to_null
 from .errors import UltrasegError
 from .fileio import json_text, read_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -241,10 +244,26 @@ def _cmd_train(a: argparse.Namespace) -> int:
         print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f} "
               f"(original size {result.val_dice_original:.4f}, post-processed "
               f"{result.val_dice_postprocessed:.4f}); {result.seconds:.0f} s")
+        _print_empty_figures(result)
     if result.stopped:
         print(f"note: {result.stopped}")
     print(f"checkpoint: {Path(a.out) / 'best.ckpt'}\nreport: {Path(a.out) / 'report.html'}")
     return EXIT_OK
+
+
+def _print_empty_figures(result: TrainResult) -> None:
+    """The line under the val Dice: the non-empty frames' Dice, the empty frames predicted
+    empty and the empty rule (the all-frames Dice counts each such frame 1), where the run
+    recorded them."""
+    from .metrics import EMPTY_RULE
+
+    if result.val_empty_frames is None:     # (a run finished before they were recorded)
+        return
+    nonempty = ("n/a (no validation frame holds a structure)"
+                if result.val_dice_nonempty is None else f"{result.val_dice_nonempty:.4f}")
+    print(f"  val Dice, non-empty frames (post-processed) {nonempty}; empty validation frames "
+          f"predicted empty: {result.val_empty_right} of {result.val_empty_frames} (empty "
+          f"rule: {EMPTY_RULE})")
 
 
 def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:

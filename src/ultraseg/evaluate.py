@@ -18,7 +18,7 @@ from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally, header_shape
 from .logs import quiet
 from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
-from .metrics import image_metrics, summarise
+from .metrics import EMPTY_RULE, image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
 from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames, seen_region
@@ -461,5 +461,5 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"note: label {summary['label']} occurs in no mask (they hold labels "
                      f"{', '.join(map(str, summary['label_absent']))}): every frame scored as "
                      "empty; --label K scores another")
-    lines.append("(empty rule: a frame with empty truth and empty prediction scores Dice 1)")
+    lines.append(f"(empty rule: {EMPTY_RULE})")
     return "\n".join(lines)

@@ -36,6 +36,10 @@ import numpy as np
 from scipy import ndimage
 
 
+#: The empty rule in one phrase, as the CLI and the training report state it.
+EMPTY_RULE = "a frame with empty truth and empty prediction scores Dice 1"
+
+
 def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     if p.shape != t.shape:

@@ -43,7 +43,7 @@ from .fileio import atomic_write_text, output_lock, read_json
 from .io import open_dataset, select_label
 from .io.base import check_label
 from .losses import compute_loss
-from .metrics import dice, improves
+from .metrics import EMPTY_RULE, dice, improves
 from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
@@ -74,6 +74,13 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
     is_main: bool = True   # False in ranks > 0 of a torchrun job, which write and report nothing
+    #: Post-processed validation Dice over the frames whose truth holds a structure (None:
+    #: none does, or no validation split).
+    val_dice_nonempty: float | None = None
+    #: The validation frames of empty truth, and those of them predicted empty (None: no
+    #: validation split, or a run finished before these were recorded).
+    val_empty_frames: int | None = None
+    val_empty_right: int | None = None
 
 
 # ---------------------------------------------------------------------------------- batches
@@ -426,7 +433,9 @@ def _finished_run(out: Path, last: Checkpoint | None, cfg: RunConfig) -> TrainRe
                          ALREADY_FINISHED, history, best.postprocess,
                          m.get("val_dice_original"), m.get("val_dice_postprocessed"),
                          dict(m.get("report") or {}), world_size=int(m.get("world_size", 1)),
-                         is_main=is_main())
+                         is_main=is_main(), val_dice_nonempty=m.get("val_dice_nonempty"),
+                         val_empty_frames=m.get("val_empty_frames"),
+                         val_empty_right=m.get("val_empty_predicted_empty"))
     if result.is_main and not (out / "report.html").is_file():
         missing = _rebuild_report(out, result, cfg)
         result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again"
@@ -990,9 +999,11 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     raw = seen.raw if seen else None
     scores = seen.scores if seen else []
     tuned = float(np.mean(scores)) if seen else None
+    nonempty, empty_right, n_empty = _empty_figures(seen) if seen else (None, None, None)
     if seen:
         log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned,
                  pp)
+        _warn_if_nothing_found(out, seen, pp, tuned)
     measure_meta = dict(best.meta.get("measure") or {})
     if seen and cfg.train.tune_postprocess and (deadline is None
                                                  or time.monotonic() < deadline):
@@ -1000,6 +1011,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                                           seen.hc_probs(pp), pp, cfg, measure_meta)
     seconds = time.monotonic() - t0
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
+                   val_dice_nonempty=nonempty, val_empty_frames=n_empty,
+                   val_empty_predicted_empty=empty_right,
                    train_seconds=round(seconds, 1), epochs_run=len(history), stopped=stopped,
                    world_size=cfg.train.world_size, device=str(device),
                    precision="bf16" if dtype else "fp32")
@@ -1023,6 +1036,12 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                        f"validation chose nothing)"),
         "best val Dice (canvas)": figure(best_dice),
         "val Dice, original size": figure(raw), "val Dice, post-processed": figure(tuned),
+        "val Dice, non-empty frames (post-processed)":
+            figure(nonempty) if nonempty is not None or not seen else
+            "n/a (no validation frame holds a structure)",
+        "empty validation frames predicted empty":
+            f"{empty_right} of {n_empty}" if seen else figure(None),
+        "empty rule": EMPTY_RULE,
         "post-processing": json.dumps(pp.to_dict()) + ("" if choosing or not seen else
                                                         " (the defaults: not chosen)"),
         **({"head-circumference boundary offset (px)":
@@ -1050,7 +1069,33 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
-                       raw, tuned, summary, world_size=cfg.train.world_size)
+                       raw, tuned, summary, world_size=cfg.train.world_size,
+                       val_dice_nonempty=nonempty, val_empty_frames=n_empty,
+                       val_empty_right=empty_right)
+
+
+def _empty_figures(seen: _Validation) -> tuple[float | None, int, int]:
+    """Of the validation frames ``seen`` scored under the post-processing chosen: the mean Dice
+    over those whose truth holds a structure (None: none does), the frames of empty truth
+    predicted empty, and the frames of empty truth (the all-frames mean scores those right
+    1 by the empty rule: with many of them it says little of the structures found)."""
+    full = [d for d, e in zip(seen.scores, seen.empty) if not e]
+    empty_areas = [a for a, e in zip(seen.areas, seen.empty) if e]
+    return (float(np.mean(full)) if full else None, sum(a == 0 for a in empty_areas),
+            len(empty_areas))
+
+
+def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
+                           tuned: float | None) -> None:
+    """Say so where the post-processing ``pp`` leaves no structure on any validation frame
+    while some hold one: the all-frames Dice ``tuned`` is then the empty frames' alone."""
+    n_full = sum(not e for e in seen.empty)
+    if n_full and not any(seen.areas):
+        log.warning("%s: with the post-processing chosen (%s) no validation frame has a "
+                    "structure predicted: its val Dice %.4f is the empty frames' alone (empty "
+                    "rule: %s) and the %d frames with a structure score 0; the model has not "
+                    "learnt to find it (train longer, or on more frames)", out, pp,
+                    tuned if tuned is not None else math.nan, EMPTY_RULE, n_full)
 
 
 def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray) -> None:
