@@ -833,3 +833,53 @@ def test_frames_padded_to_a_strip_of_the_canvas_are_warned_about(tmp_path) -> No
         evaluate(_constant_predictor(0.9), root)
     thin = [r.getMessage() for r in warned if "long and thin" in r.getMessage()]
     assert len(thin) == 1 and "1 frame(s)" in thin[0] and str(root / "images" / "a.png") in thin[0]
+
+
+def test_evaluating_a_split_says_which_side_it_scored(checkpoint, data, split_file, tmp_path,
+                                                      capsys) -> None:
+    """`--split RUN/split.json` alone scores the validation side, which chose the epoch and
+    the post-processing; neither summary.json nor the printed summary said so, and the figure
+    read as a held-out one. Both now name the side and the split; the side stays 'val'."""
+    path, doc = split_file
+    out = tmp_path / "ev"
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(path), "--out",
+                     str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["subset"] == "val" and summary["split"] == str(path)
+    assert summary["n"] == len(doc["val"])
+    first = printed.splitlines()[0]
+    assert f"validation side of {path}" in first and "chose the epoch" in first
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(path), "--subset",
+                     "train", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["subset"] == "train"
+    whole, _ = evaluate(load(checkpoint), data)
+    assert whole["subset"] is None and whole["split"] is None
+    assert "side of" not in format_summary(whole)
+
+
+def test_a_split_holding_frames_out_warns_once_that_its_validation_side_is_scored(
+        checkpoint, data, tmp_path) -> None:
+    """Where the split has a test side and none was asked for, one warning names --subset
+    test; asked for a side, or without a test side, none."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg.data import run_split
+    from ultraseg.io import open_dataset
+
+    ds = open_dataset(data, "folders")
+    names, subjects = [s.name for s in ds.labelled], [s.subject for s in ds.labelled]
+    tr, va, te = run_split(subjects, 0.2, 0.2, 0)
+    path = tmp_path / "split.json"
+    write_split(path, names, subjects, tr, va, 0, 0.2, te)
+    predictor = load(checkpoint)
+    with ultraseg_warnings() as warned:
+        summary, _ = evaluate(predictor, data, split_file=path)
+    named = [r for r in warned if "--subset test" in r.getMessage()]
+    assert len(named) == 1 and f"holds {len(te)} frames out for testing" in \
+        named[0].getMessage()
+    assert summary["subset"] == "val" and summary["n"] == len(va)
+    for subset in ("val", "test"):
+        with ultraseg_warnings() as warned:
+            evaluate(predictor, data, split_file=path, subset=subset)
+        assert not [r for r in warned if "--subset test" in r.getMessage()]

@@ -66,7 +66,8 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                           history=result.history, best_epoch=result.best_epoch,
                           evaluation={"frames (unseen phantom, seed 1)": summary["n"],
                                       **{("hd95_median (px)" if k == "hd95_median" else k): v
-                                         for k, v in summary.items() if k not in ("raw", "n")}})
+                                         for k, v in summary.items()
+                                         if k not in ("raw", "n", "subset", "split")}})
         log.info("demo finished: %s", summary)
         return summary
 

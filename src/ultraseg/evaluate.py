@@ -214,6 +214,25 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
                     ", ".join(d[1] for d in differs), subset or "val")
 
 
+def _warn_if_test_side_left(split_file: str | Path, n_val: int) -> None:
+    """Say so where ``split_file`` holds frames out for testing and no side was asked for: its
+    validation side is scored (``n_val`` frames), which chose the epoch and the
+    post-processing, so its figures read better than new frames' would."""
+    test = (_split_doc(split_file) or {}).get("test")
+    if isinstance(test, list) and test:
+        log.warning("%s holds %d frames out for testing, but without --subset its validation "
+                    "side is scored (%d frames, which chose the epoch and the post-processing: "
+                    "an optimistic estimate): --subset test scores the held-out frames (in "
+                    "Python, subset='test')", split_file, len(test), n_val)
+
+
+#: What each side of a run's split is, as the printed summary names it.
+SIDES = {"val": "validation side of {}: it chose the epoch and post-processing, an optimistic "
+                "estimate",
+         "test": "held-out test side of {}: not used in training or selection",
+         "train": "training side of {}: the model learnt these frames"}
+
+
 def _split_differences(predictor: Predictor, doc: dict[str, Any]) -> list[tuple[str, str]]:
     """(the split's, the run's) for each of split seed, validation fraction and held-out
     side where a split.json ``doc`` and the run the checkpoint records differ."""
@@ -280,8 +299,11 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` computed with the
     checkpoint's post-processing, and the same figures without its rules under ``raw`` (the
     same probabilities, test-time augmented where the predictor is, at threshold 0.5, nothing
-    removed). Rows carry per-image metrics and, where the frame's pixel size is
-    known, measurements in mm (and the error against a reference head circumference).
+    removed), ``subset`` (the side of ``split_file`` scored; None without one) and ``split``
+    (``split_file``); where a split holds frames out for testing and ``subset`` is None, a
+    warning says its validation side is scored. Rows carry per-image metrics and, where the
+    frame's pixel size is known, measurements in mm (and the error against a reference head
+    circumference).
     With ``out``, writes ``per_image.csv`` and ``summary.json`` there (an ``out`` that cannot
     be a folder is refused before any scoring; where the files cannot be written, the
     :class:`UltrasegError` carries (summary, rows) as its ``result``). ``label`` picks the
@@ -306,6 +328,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         _warn_if_trained_on(predictor, ds.root, samples)
     else:
         _warn_if_not_its_split(predictor, ds.root, split_file, subset, samples)
+        if subset is None:
+            _warn_if_test_side_left(split_file, len(samples))
     label = predictor.preprocess.label if label is None else label
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     rows: list[dict[str, Any]] = []
@@ -364,6 +388,9 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
     summary["label"] = label
+    # which frames the figures are over: a side of a run's split (None: every labelled frame)
+    summary["subset"] = None if split_file is None else subset or "val"
+    summary["split"] = None if split_file is None else str(split_file)
     absent = labels.warn_if_absent("every frame is scored as empty", log)
     if absent:
         summary["label_absent"] = absent
@@ -438,7 +465,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
     raw = summary.get("raw", {})
-    lines = [f"frames                {summary['n']}",
+    side = summary.get("subset")
+    where = f"   ({SIDES[side].format(summary.get('split'))})" if side in SIDES else ""
+    lines = [f"frames                {summary['n']}{where}",
              f"Dice (all frames)     {f(summary['dice_mean'])}   threshold 0.5 alone (no "
              f"rules; the flip as below): {f(raw.get('dice_mean'))}",
              f"Dice (non-empty)      {f(summary['dice_nonempty_mean'])}   threshold 0.5 "
