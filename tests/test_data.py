@@ -512,3 +512,23 @@ def test_the_cache_keeps_each_frames_fingerprints(tmp_path: Path) -> None:
         np.savez(npz, images=z["images"], masks=z["masks"], labels=z["labels"])
     assert duplicates_across_split(load_arrays(open_dataset(root), cfg, cache_dir=cache),
                                    sides) is not None
+
+
+def test_split_file_names_the_held_out_subjects_and_older_files_read_without_them(
+        tmp_path: Path) -> None:
+    """split.json named the training and validation subjects but not the held-out ones; files
+    written before it did are still read."""
+    names = [f"{i // 3}_{i % 3}" for i in range(30)]
+    subjects = [n.split("_")[0] for n in names]
+    train, val, test = run_split(subjects, 0.2, 0.2, seed=1)
+    path = tmp_path / "split.json"
+    write_split(path, names, subjects, train, val, 1, 0.2, test)
+    doc = json.loads(path.read_text())
+    assert doc["test_subjects"] == sorted({subjects[i] for i in test}) != []
+    assert not set(doc["test_subjects"]) & (set(doc["train_subjects"]) | set(doc["val_subjects"]))
+    del doc["test_subjects"]                       # as a run of an earlier version wrote it
+    path.write_text(json.dumps(doc))
+    t2, v2 = read_split(path, names)
+    assert sorted(t2) == sorted(train) and sorted(v2) == sorted(val)
+    write_split(path, names, subjects, train, val, 1, 0.2)      # nothing held out
+    assert json.loads(path.read_text())["test_subjects"] == []

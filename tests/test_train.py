@@ -1427,3 +1427,17 @@ def test_post_processing_that_leaves_nothing_on_any_validation_frame_is_warned_a
     with ultraseg_warnings() as warned:
         train_mod._warn_if_nothing_found(Path("run"), found, PostprocessConfig(), 0.5)
     assert not warned
+
+
+def test_the_report_counts_the_frames_and_subjects_of_every_side_the_held_out_one_too(
+        held_out_run) -> None:
+    """The row read "frames (train / val) 30 / 10": the 20 frames held out for testing, the
+    subjects on each side and how to score the held-out frames were nowhere on the page."""
+    _, run, _ = held_out_run
+    doc = json.loads((run / "split.json").read_text())
+    assert doc["test"] and doc["test_subjects"]
+    counts = [f"{len(doc[k])} ({len(doc[f'{k}_subjects'])} subject"
+              + ("s" if len(doc[f"{k}_subjects"]) > 1 else "") for k in ("train", "val", "test")]
+    row = _summary_rows(run)["frames (train / val / test)"]
+    assert row.startswith(f"{counts[0]}) / {counts[1]}) / {counts[2]}; not used in training")
+    assert f"--split {run / 'split.json'} --subset test" in row

@@ -267,14 +267,18 @@ def write_split(path: str | Path, names: Sequence[str], subjects: Sequence[str],
                 test_idx: np.ndarray | None = None) -> None:
     """Write the split as JSON (names and subjects of each side) so a run can be reproduced.
 
-    ``test`` lists frames held out from training *and* from model selection and tuning.
+    ``test`` lists frames held out from training *and* from model selection and tuning
+    (``test_subjects`` their subjects; files written before it had none, and are read all the
+    same).
     """
+    test_idx = test_idx if test_idx is not None else np.arange(0)
     doc = {
         "seed": seed, "val_fraction": val_fraction,
         "train": [names[i] for i in train_idx], "val": [names[i] for i in val_idx],
-        "test": [names[i] for i in (test_idx if test_idx is not None else [])],
+        "test": [names[i] for i in test_idx],
         "train_subjects": sorted({subjects[i] for i in train_idx}),
         "val_subjects": sorted({subjects[i] for i in val_idx}),
+        "test_subjects": sorted({subjects[i] for i in test_idx}),
     }
     atomic_write_text(path, json.dumps(doc, indent=1))
 

@@ -857,7 +857,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         return TrainResult(out, best_epoch, best_dice, len(history), time.monotonic() - t0,
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
-                   best_dice, stopped, t0, meta, progress, choosing, copies)
+                   best_dice, stopped, t0, meta, progress, choosing, copies, test_idx)
 
 
 def _recorded_stop(state: Mapping[str, Any], history: list[dict[str, Any]]) -> str | None:
@@ -959,7 +959,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             val_idx: np.ndarray, device: torch.device, dtype: torch.dtype | None,
             history: list[dict[str, Any]], best_epoch: int, best_dice: float,
             stopped: str | None, t0: float, meta: Callable, progress: Progress,
-            choosing: bool = True, copies: SplitCopies | None = None) -> TrainResult:
+            choosing: bool = True, copies: SplitCopies | None = None,
+            test_idx: np.ndarray | None = None) -> TrainResult:
     """Choose post-processing (test-time augmentation included) on the validation frames at
     their original size, and where they carry reference head circumferences the boundary
     offset measurements use (:func:`_calibrate_measure`); write the report.
@@ -1022,7 +1023,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
 
     summary = {
         "dataset": f"{ds.root} ({ds.layout})",
-        "frames (train / val)": f"{len(train_idx)} / {len(val_idx)}",
+        "frames (train / val / test)": _frames_row(out, arrays.subjects, train_idx, val_idx,
+                                                   test_idx),
         **({"target": f"labels {list(arrays.labels)} as one structure (their union; --label "
                       "K trains label K alone)"}
            if union_note(arrays.labels, cfg.preprocess.label) else {}),
@@ -1072,6 +1074,22 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                        raw, tuned, summary, world_size=cfg.train.world_size,
                        val_dice_nonempty=nonempty, val_empty_frames=n_empty,
                        val_empty_right=empty_right)
+
+
+def _frames_row(out: Path, subjects: Sequence[str], train_idx: np.ndarray, val_idx: np.ndarray,
+                test_idx: np.ndarray | None) -> str:
+    """The report's row of frames and subjects on each side of the split, saying what the
+    held-out side is for and how it is scored."""
+    def side(idx: np.ndarray) -> str:
+        n = len({subjects[i] for i in idx})
+        return f"{len(idx)} ({n} subject{'s' * (n != 1)}"
+
+    test_idx = test_idx if test_idx is not None else np.arange(0)
+    held_out = (f"{side(test_idx)}; not used in training or selection: `ultraseg evaluate "
+                f"{out / 'best.ckpt'} DATA --split {out / 'split.json'} --subset test` scores "
+                "them)" if len(test_idx) else "0 (none held out: --test-fraction holds "
+                "subjects out)")
+    return f"{side(train_idx)}) / {side(val_idx)}) / {held_out}"
 
 
 def _empty_figures(seen: _Validation) -> tuple[float | None, int, int]:
