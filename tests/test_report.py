@@ -376,3 +376,57 @@ def test_an_ellipse_is_drawn_closed_on_its_curve_and_cut_to_the_frame() -> None:
     cut = report.ellipse_pixels((20, 80), (40.0, 30.0, 25.0, 12.0, 30.0))   # half off-frame
     assert cut.shape == (20, 80) and cut.any()
     assert report.ellipse_pixels((60, 80), (40, 30, 25, 12, 30), thickness=3).sum() > on.sum()
+
+
+def _drawn_texts(monkeypatch) -> list[list[str]]:
+    """Each figure saved from now on: its title and every axis title and legend entry."""
+    texts: list[list[str]] = []
+    save = report._save
+
+    def keep(fig, path) -> None:
+        found = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+        for ax in fig.axes:
+            found.append(ax.get_title())
+            legend = ax.get_legend()
+            found += [t.get_text() for t in legend.get_texts()] if legend else []
+        texts.append(found)
+        save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return texts
+
+
+def test_an_epoch_cut_short_is_drawn_hollow_and_named_partial(tmp_path, monkeypatch) -> None:
+    """A time-limited run's last epoch (batch 2 of 5) was drawn as a complete one; only the
+    table's `complete` column told. It is drawn hollow and the legends name it partial."""
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_dice": 0.2 * e,
+                "complete": e < 3} for e in (1, 2, 3)]
+    texts = _drawn_texts(monkeypatch)
+    plot_curves(history, tmp_path / "partial.png")
+    plot_curves([{**r, "complete": True} for r in history], tmp_path / "whole.png")
+    partial, whole = texts
+    assert sum("epoch 3 (partial" in t for t in partial) == 2     # the losses' and the Dice's
+    assert not any("partial" in t for t in whole)
+    a, b = (np.asarray(Image.open(tmp_path / n).convert("L"), dtype=float)
+            for n in ("partial.png", "whole.png"))
+    assert a.shape == b.shape and np.abs(a - b).max() > 0
+
+
+def test_the_report_s_figures_say_what_they_show(tmp_path, monkeypatch) -> None:
+    """The prediction figure's title said "predictions" and each caption was the file's name:
+    nothing said these were validation frames, which chose the epoch and the post-processing,
+    shown after that post-processing."""
+    images, truths, preds = _frames(2)
+    texts = _drawn_texts(monkeypatch)
+    plot_predictions(images, truths, preds, tmp_path / "seg_sample.png", ["a", "b"],
+                     what=report.VALIDATION_TITLE)
+    assert texts[0][0].startswith("validation frames") and "post-processing" in texts[0][0]
+    plot_predictions(images, truths, preds, tmp_path / "p.png", ["a", "b"])
+    assert texts[1][0] == f"predictions ({report.COLOURS})"     # the default stays
+    plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_dice": 0.5}],
+                tmp_path / "curve.png")
+    page = write_html(tmp_path, title="t", summary={}, config={}, history=[]).read_text()
+    captions = page.split("<figcaption>")[1:]
+    assert [c.split(":")[0] for c in captions] == ["curve.png", "seg_sample.png"]
+    assert "Validation frames" in captions[1] and "chose the epoch and the post-processing" \
+        in captions[1] and "Learning curves" in captions[0]

@@ -52,6 +52,22 @@ DPI = 100
 #: At most this many frames are drawn by :func:`plot_samples` / :func:`plot_predictions`.
 MAX_FRAMES = 8
 
+#: What each figure of a run's report shows, its caption on the page.
+CAPTIONS: dict[str, str] = {
+    "curve.png": "Learning curves: the training and validation loss of each epoch, and the "
+                 "validation Dice on the working-size canvases, the epoch kept starred; an epoch "
+                 "the time limit cut short is drawn hollow and named partial.",
+    "sample.png": "Training frames at the working size with their mask outlines (blue): a "
+                  "check that frames and masks were read together.",
+    "seg_sample.png": "Validation frames at their original size: not trained on, but they chose "
+                      "the epoch and the post-processing, and are shown after that "
+                      f"post-processing ({COLOURS}); each panel's Dice counts an empty truth "
+                      "predicted empty as 1.",
+}
+#: The prediction figure's title in a run's report.
+VALIDATION_TITLE = ("validation frames (not trained on; they chose the epoch and the "
+                    f"post-processing),\nafter the post-processing chosen ({COLOURS})")
+
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
 
@@ -260,9 +276,11 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     """Write the learning curves (``curve.png``) of a training history.
 
     ``history``: one row per epoch with keys ``epoch``, ``train_loss``, ``val_loss``,
-    ``val_dice`` (values may be NaN/None, e.g. for a partial epoch). Left panel: the two losses;
-    right panel: validation Dice, with the epoch kept marked (``best_epoch``; None: the best by
-    :func:`best_row`). A single epoch is drawn as markers.
+    ``val_dice`` (values may be NaN/None, e.g. for a partial epoch) and ``complete``. Left panel:
+    the two losses; right panel: validation Dice, with the epoch kept marked (``best_epoch``;
+    None: the best by :func:`best_row`). A single epoch is drawn as markers; an epoch not
+    complete (``complete`` False: a time limit cut it short) as hollow markers named partial in
+    the legend.
     """
     rows = list(history)
     fig = _new_figure(10.0, 4.0)
@@ -273,12 +291,16 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     def series(key: str) -> np.ndarray:
         return np.array([_num(r.get(key)) for r in rows], dtype=float)
 
-    drawn = []
+    partial = np.array([_partial(r) for r in rows], dtype=bool)
+    drawn, named = [], False
     for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
         y = series(key)
         if np.isfinite(y).any():
             ok = np.isfinite(y)
-            ax_loss.plot(epochs[ok], y[ok], marker=marker, markersize=4, label=label)
+            line, = ax_loss.plot(epochs[ok], y[ok], marker=marker, markersize=4, label=label)
+            # (named once in the legend, beside both losses)
+            named = _mark_partial(ax_loss, epochs, y, ok & partial, line.get_color(),
+                                  named=not named) or named
             drawn.append(y[ok])
     if drawn:
         ax_loss.legend(loc="best")
@@ -304,6 +326,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     if ok.any():
         ax_dice.plot(epochs[ok], y[ok], marker=marker, markersize=4, color="tab:green",
                      label="validation Dice")
+        _mark_partial(ax_dice, epochs, y, ok & partial, "tab:green")
         best = kept_row(rows, best_epoch)
         if best >= 0:
             label = "best" if best == best_row(rows) else "kept"
@@ -330,6 +353,26 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
             ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center",
                     transform=ax.transAxes)
     _save(fig, path)
+
+
+def _partial(row: Mapping[str, Any]) -> bool:
+    """Whether a history row is of an epoch a time limit cut short (``complete`` False, or
+    "False" as a CSV reads it back)."""
+    v = row.get("complete")
+    return v is False or (isinstance(v, str) and v.strip().lower() in ("false", "0"))
+
+
+def _mark_partial(ax: Any, epochs: np.ndarray, y: np.ndarray, where: np.ndarray,
+                  color: str, named: bool = True) -> bool:
+    """Hollow markers over the points ``where`` of a curve: epochs not complete, ``named`` so
+    in the legend (their figures are over part of an epoch's batches). Whether it drew any."""
+    if not where.any():
+        return False
+    names = ", ".join(f"{e:g}" for e in epochs[where])
+    ax.plot(epochs[where], y[where], marker="o", markersize=8, markerfacecolor="white",
+            markeredgecolor=color, markeredgewidth=1.5, linestyle="none", zorder=3,
+            label=f"epoch {names} (partial: time limit)" if named else "_partial")
+    return True
 
 
 def _thickness(shape: tuple[int, ...]) -> int:
@@ -447,9 +490,10 @@ def plot_predictions(
     preds: Sequence[np.ndarray],
     path: str | Path,
     titles: Sequence[str] | None = None,
+    what: str = "predictions",
 ) -> None:
     """Write a grid (``seg_sample.png``) of frames with truth (blue) and prediction (orange)
-    outlines.
+    outlines, titled ``what`` (a run's report: :data:`VALIDATION_TITLE`) and the colours.
 
     ``images``: (H, W) gray frames; ``truths`` / ``preds``: matching (H, W) masks (bool or
     nonzero = inside; a truth may be ``None``). Each panel's title carries the frame's Dice
@@ -466,7 +510,8 @@ def plot_predictions(
             name += ("\n" if "\n" not in name else "  ") + \
                 f"Dice {dice(np.asarray(pred) != 0, np.asarray(truth) != 0):.3f}"
         names.append(name)
-    _draw_panels(panels, names, path, f"predictions ({COLOURS})")
+    _draw_panels(panels, names, path,
+                 what if COLOURS in what else f"{what} ({COLOURS})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,15 +584,16 @@ def _metrics_table(history: Sequence[Mapping[str, Any]], best_epoch: int | None 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _figure(path: Path, name: str) -> str | None:
+def _figure(path: Path, name: str, caption: str | None = None) -> str | None:
     if not path.is_file():
         logger.debug("report figure %s not found; skipped", path)
         return None
     mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     alt = html.escape(name)
+    text = html.escape(f"{name}: {caption}" if caption else name)
     return (f'<figure><img src="data:{mime};base64,{data}" alt="{alt}">'
-            f"<figcaption>{alt}</figcaption></figure>")
+            f"<figcaption>{text}</figcaption></figure>")
 
 
 def write_html(
@@ -560,18 +606,21 @@ def write_html(
     evaluation: Mapping[str, Any] | None = None,
     images: tuple[str, ...] = ("curve.png", "sample.png", "seg_sample.png"),
     best_epoch: int | None = None,
+    captions: Mapping[str, str] = CAPTIONS,
 ) -> Path:
     """Write ``run_dir/report.html``, one self-contained page, and return its path.
 
     Sections: title; ``summary`` as a key/value table; the figures named in ``images``
-    (relative to ``run_dir``) embedded as base64 data URIs, missing ones skipped; the per-epoch
-    ``history`` table (the row of the epoch kept highlighted: ``best_epoch``, else the best
-    validation Dice's); ``evaluation`` as a key/value table
-    when given; ``config`` as indented JSON. All text is HTML-escaped.
+    (relative to ``run_dir``) embedded as base64 data URIs, missing ones skipped, each captioned
+    with its name and what ``captions`` says it shows (a run's figures: :data:`CAPTIONS`); the
+    per-epoch ``history`` table (the row of the epoch kept highlighted: ``best_epoch``, else
+    the best validation Dice's); ``evaluation`` as a key/value table when given; ``config`` as
+    indented JSON. All text is HTML-escaped.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    figures = [f for f in (_figure(run_dir / name, name) for name in images) if f is not None]
+    figures = [f for f in (_figure(run_dir / name, name, captions.get(name)) for name in images)
+               if f is not None]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -1136,7 +1136,8 @@ def _plot_predictions(out: Path, predictor: Predictor, samples: list, seen: _Val
     shown = report.pick_examples(seen.scores, seen.empty, seen.areas)
     images, truths, masks = _shown_frames(predictor, [samples[i] for i, _ in shown], cfg, pp)
     report.plot_predictions(images, truths, masks, out / "seg_sample.png",
-                            [f"{samples[i].name}\n({why})" for i, why in shown])
+                            [f"{samples[i].name}\n({why})" for i, why in shown],
+                            what=report.VALIDATION_TITLE)
 
 
 @dataclass
