@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -191,6 +193,29 @@ def test_onnx_prediction_runs_where_torch_cannot_be_imported(exported, tmp_path)
     assert prob.shape == (57, 83) and np.abs(prob - want).max() < 1e-4
     mask = np.asarray(Image.open(tmp_path / "out" / "frame_mask.png"))
     np.testing.assert_array_equal(mask == 255, prob >= 0.5)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
+
+
+def test_the_readme_s_install_without_pytorch_lists_the_dependencies_but_torch():
+    """The README's deployment install (ultraseg with --no-deps, then its dependencies by
+    name) must name exactly pyproject.toml's dependencies less torch, plus onnxruntime: a
+    dependency added to the package and not to that list broke the deployed predictor."""
+    tomllib = pytest.importorskip("tomllib")              # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    want = [r for r in project["dependencies"] if _name(r) != "torch"]
+    want += [r for r in project["optional-dependencies"]["onnx"] if _name(r) == "onnxruntime"]
+    assert len(want) == len(project["dependencies"])      # torch left, onnxruntime come
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert "pip install --no-deps ." in lines
+    after = lines[lines.index("pip install --no-deps .") + 1:]
+    listed = shlex.split(next(ln for ln in after if ln.startswith("pip install ")))[2:]
+    assert sorted(listed) == sorted(want)
 
 
 # ------------------------------------------------------------------------ refusals
