@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +217,126 @@ def test_the_readme_s_install_without_pytorch_lists_the_dependencies_but_torch()
     after = lines[lines.index("pip install --no-deps .") + 1:]
     listed = shlex.split(next(ln for ln in after if ln.startswith("pip install ")))[2:]
     assert sorted(listed) == sorted(want)
+
+
+#: name -> settings of the models the README's function without ultraseg is checked on:
+#: both variants, trimmed bands and z-score, TTA, a stretched (not padded) canvas, a valid
+#: model tiling frames at their own size, and rules the function leaves out.
+STANDALONE = {
+    "same": (ModelConfig(variant="same", width=4, depth=2),
+             PreprocessConfig(size=48, crop_border=True, normalise="zscore"),
+             PostprocessConfig(threshold=0.45, tta=True, keep_largest=True, fill_holes=True)),
+    "same-stretched": (ModelConfig(variant="same", width=4, depth=3),
+                       PreprocessConfig(size=40, pad_to_square=False), PostprocessConfig()),
+    "valid": (ModelConfig(variant="valid", width=4, depth=2, tile=20),
+              PreprocessConfig(size=48, crop_border=True),
+              PostprocessConfig(threshold=0.55, min_area=5)),
+    "valid-native": (ModelConfig(variant="valid", width=4, depth=2, tile=20),
+                     PreprocessConfig(size=None, normalise="zscore"), PostprocessConfig(tta=True)),
+}
+
+
+def readme_function() -> str:
+    """The README's ```python block defining ``segment``: the reference without ultraseg."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    found = [b for b in blocks if "\ndef segment(session, frame):" in b]
+    assert len(found) == 1, "README.md: no ```python block defining segment(session, frame)"
+    return found[0]
+
+
+def phantom_frames(folder: Path) -> dict[str, np.ndarray]:
+    """Phantom frames that are not square: one with a grey band above and a black one at the
+    left (crop_border trims them), one smaller than the canvas, one whose longer side is it."""
+    from ultraseg.phantom import make_frame
+
+    image = make_frame(np.random.default_rng(5), 64)[0]
+    banded = np.zeros((58, 69), np.uint8)
+    banded[:6] = 128
+    banded[6:, 5:] = image[:52]
+    frames = {"banded.png": banded, "small.png": image[10:51, 20:50].copy(),
+              "edge.png": image[8:48, 8:56].copy()}
+    folder.mkdir()
+    for name, frame in frames.items():
+        Image.fromarray(frame).save(folder / name)
+    return frames
+
+
+def half_foreground(path: Path, seed: int, model: ModelConfig, pre: PreprocessConfig,
+                    post: PostprocessConfig, frames: dict[str, np.ndarray]) -> Path:
+    """A random model's checkpoint whose masks of ``frames`` hold both classes: the head's
+    weights spread the logits, its bias puts the threshold at their median."""
+    torch.manual_seed(seed)
+    net = build_model(model)
+    with torch.no_grad():
+        net.head.weight.mul_(20.0)
+    save_checkpoint(path, net.state_dict(), make_meta(model, pre, post))
+    predictor = load(path, device="cpu", precision="fp32")
+    median = np.median(np.concatenate([predictor.predict_proba(f).ravel()
+                                       for f in frames.values()]))
+    with torch.no_grad():
+        net.head.bias.add_(float(np.log(post.threshold / (1 - post.threshold))
+                                 - np.log(median / (1 - median))))
+    save_checkpoint(path, net.state_dict(), make_meta(model, pre, post))
+    return path
+
+
+@pytest.mark.slow
+def test_the_readme_s_function_without_ultraseg_predicts_what_ultraseg_does(tmp_path):
+    """An engineer running the .onnx with onnxruntime, numpy and Pillow alone had only the
+    config names to go on (no resize filter, z-score region, padding or restore rule): a
+    bilinear resize gave masks of Dice 0.57-0.92 against ultraseg's. The README's function,
+    run from the README, gives ultraseg's probabilities and, thresholded, the masks of
+    `ultraseg predict` with the rules it leaves out turned off."""
+    import onnxruntime
+
+    from ultraseg.cli import main
+    from ultraseg.postprocess import apply
+
+    code = readme_function()
+    imports = {ln.split()[1].split(".")[0] for ln in code.splitlines()
+               if ln.startswith(("import ", "from "))}
+    assert imports <= {"json", "math", "warnings", "numpy", "PIL"}, imports
+    env: dict = {}
+    exec(compile(code, "README.md", "exec"), env)
+    frames = phantom_frames(tmp_path / "in")
+    for i, (name, (model, pre, post)) in enumerate(STANDALONE.items()):
+        ckpt = half_foreground(tmp_path / f"{name}.ckpt", i, *STANDALONE[name], frames)
+        path = export_onnx(ckpt, tmp_path / f"{name}.onnx", verify=False)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        plain = ["--min-area", "0", "--min-peak", "0", "--no-keep-largest", "--no-fill-holes"]
+        for out, flags in (("plain", plain), ("rules", [])):
+            assert main(["predict", str(path), str(tmp_path / "in"), "--out",
+                         str(tmp_path / name / out), *flags]) == 0
+        predictor = load(path)
+        rules = (post.min_area > 1 or post.min_peak > post.threshold or post.keep_largest
+                 or post.fill_holes)
+        for file, frame in frames.items():
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                mask, prob = env["segment"](session, frame)
+            assert bool(said) == rules, (name, file)
+            np.testing.assert_array_equal(prob, predictor.predict_proba(frame), err_msg=name)
+            stem = file[:-4]
+            want = np.asarray(Image.open(tmp_path / name / "plain" / f"{stem}_mask.png")) == 255
+            assert mask.shape == frame.shape and 0 < want.sum() < want.size, (name, file)
+            np.testing.assert_array_equal(mask, want, err_msg=f"{name} {file}")
+            want = np.asarray(Image.open(tmp_path / name / "rules" / f"{stem}_mask.png")) == 255
+            np.testing.assert_array_equal(apply(prob, post), want, err_msg=f"{name} {file}")
+
+
+def test_the_export_states_the_rules_around_the_graph(exported):
+    """The rules the settings leave unsaid are in the file, as the README's function reads
+    them."""
+    for name, (_, path) in exported.items():
+        model = onnx.load(str(path))
+        graph = json.loads({p.key: p.value for p in model.metadata_props}[META_KEY])["onnx"]
+        valid = MODELS[name][0].variant == "valid"
+        assert graph["crop_border_tolerance"] == 2 and graph["pad_mode"] == "reflect"
+        assert graph["zscore_over"] == "canvas"
+        assert graph["resize"] == {"shrink": "box", "enlarge": "bilinear",
+                                   "probability": "bilinear"}
+        assert graph["connectivity"] == {"components": 8, "holes": 4}
+        assert graph["tile_align"] == (2**MODELS[name][0].depth if valid else None)
 
 
 # ------------------------------------------------------------------------ refusals

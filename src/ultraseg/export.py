@@ -16,7 +16,10 @@ float32: the sigmoid is part of the graph.
 
 The checkpoint's metadata (model, preprocessing, post-processing, label, measurement) travels
 in the ONNX model's ``metadata_props`` under the key ``"ultraseg"`` (JSON), with an ``onnx``
-section describing the graph, so an ``.onnx`` file describes itself as a checkpoint does.
+section describing the graph, so an ``.onnx`` file describes itself as a checkpoint does. That
+section also states the rules of the steps around the graph that the settings do not
+(:func:`pipeline_rules`), for a program that runs the graph without ultraseg (README,
+"Using the .onnx without ultraseg").
 
 :func:`onnx_predictor` imports onnxruntime only -- never torch.
 """
@@ -40,6 +43,7 @@ from .geometry import context_margin, nearest_valid_output, same_padded_size
 from .logs import caught_warnings
 from .predict import (Predictor, min_prediction_tile, prediction_tile,
                       warn_if_saved_during_training)
+from .preprocess import CROP_BORDER_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +141,8 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     meta = _without_paths(ckpt.meta)
     _strip_node_metadata(proto)
     meta["onnx"] = {"input": INPUT_NAME, "output": OUTPUT_NAME, "exporter": exporter,
-                    "opset": _opset_of(proto), **graph}    # (no file name: often a patient's)
+                    "opset": _opset_of(proto), **graph,    # (no file name: often a patient's)
+                    **pipeline_rules(cfg)}
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json_text(meta)   # strict: NaN figures are null
@@ -155,6 +160,23 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
              exporter, meta["onnx"]["opset"],
              "dynamic H x W" if graph["dynamic_hw"] else f"tile {graph['input_tile']}")
     return onnx_path
+
+
+def pipeline_rules(model: ModelConfig) -> dict[str, Any]:
+    """The rules of ultraseg's steps around the graph that the preprocessing and
+    post-processing settings leave unsaid, for the export's ``onnx`` section:
+    ``crop_border_tolerance`` (grey levels within which an edge row or column is a band
+    ``crop_border`` trims), ``resize`` (Pillow filters: the frame shrunk to the canvas by area
+    averaging, enlarged bilinearly, the probabilities back bilinearly), ``zscore_over`` (the
+    whole canvas, the square's black padding included), ``pad_mode`` (how the canvas is
+    padded: a same model's bottom and right up to ``multiple_of``, a valid model's context
+    around its tiles), ``tile_align`` (a valid model's tiles start on multiples of it) and
+    ``connectivity`` (components 8-connected, holes 4-connected: the post-processing's)."""
+    return {"crop_border_tolerance": CROP_BORDER_TOLERANCE,
+            "resize": {"shrink": "box", "enlarge": "bilinear", "probability": "bilinear"},
+            "zscore_over": "canvas", "pad_mode": "reflect",
+            "tile_align": 2**model.depth if model.variant == "valid" else None,
+            "connectivity": {"components": 8, "holes": 4}}
 
 
 #: What the training report in a checkpoint's metrics names by path: left out of an export.

@@ -46,7 +46,13 @@ class Geometry:
     box: tuple[int, int, int, int] | None = None  # (top, bottom, left, right) kept by crop_border
 
 
-def content_box(image: np.ndarray, tol: int = 2) -> tuple[int, int, int, int]:
+#: Grey levels within which a frame's edge row or column counts as a uniform band
+#: (``crop_border``): :func:`content_box`'s ``tol``.
+CROP_BORDER_TOLERANCE = 2
+
+
+def content_box(image: np.ndarray, tol: int = CROP_BORDER_TOLERANCE
+                ) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of a grayscale frame without its uniform edge bands.
 
     A row or column is uniform when its values lie within ``tol`` of each other. Edge rows
