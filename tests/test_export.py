@@ -527,6 +527,34 @@ def test_the_opset_asked_for_is_the_opset_written(exported, tmp_path, opset):
     assert meta["onnx"]["opset"] == opset
 
 
+@pytest.mark.parametrize("opset", [None, 17])
+def test_a_graph_that_cannot_refuse_a_size_off_the_multiple_says_so(exported, tmp_path, opset):
+    """The TorchScript exporter's graph (opset 17 and lower) declared free 'height' and
+    'width' and, given 66 x 64 on a depth-2 model, returned 64 x 64 without an error: a
+    program sizing its input from the graph got probabilities off its canvas. Its axes now
+    name the multiple, the metadata says the graph does not enforce it, and export warns."""
+    import onnxruntime as ort
+
+    with ultraseg_warnings() as warned:
+        path = export_onnx(exported["same"][0], tmp_path / "m.onnx", opset=opset)
+    model = onnx.load(str(path))
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    graph = json.loads({p.key: p.value for p in model.metadata_props}[META_KEY])["onnx"]
+    assert graph["multiple_of"] == 4 and graph["multiple_of_enforced"] == (opset is None)
+    said = [r.getMessage() for r in warned if "multiple of 4" in r.getMessage()]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.zeros((1, 1, 66, 64), np.float32)
+    if opset is None:                                   # torch.export's graph refuses it
+        assert graph["exporter"] == "dynamo" and not said
+        with pytest.raises(Exception):
+            sess.run(None, {"image": x})
+    else:
+        assert graph["exporter"] == "torchscript"
+        assert dims[2:] == ["height_multiple_of_4", "width_multiple_of_4"]
+        assert len(said) == 1 and str(path) in said[0] and "opset 18" in said[0]
+        assert sess.run(None, {"image": x})[0].shape == (1, 1, 64, 64)   # cropped, no error
+
+
 def test_an_opset_no_exporter_writes_is_a_user_error(exported, tmp_path, capfd):
     with pytest.raises(UltrasegError, match="opset 9"):
         export_onnx(exported["same"][0], tmp_path / "m.onnx", opset=9)

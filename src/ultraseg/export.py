@@ -5,7 +5,11 @@ The graph takes ``image`` (N, 1, H, W) float32 -- the prepared canvas, as
 float32: the sigmoid is part of the graph.
 
 * ``same`` model: batch, height and width are dynamic (height and width multiples of
-  ``2 ** depth``; :class:`~ultraseg.predict.Predictor` pads to them).
+  ``2 ** depth``; :class:`~ultraseg.predict.Predictor` pads to them). The torch.export-based
+  exporter's graph refuses other sizes; the TorchScript exporter's (opset 17 and lower, or
+  the fallback) takes them and returns an output cropped to the multiple below, without a
+  word: its axes are named ``height_multiple_of_N``, the metadata's ``multiple_of_enforced``
+  says which, and :func:`export_onnx` warns.
 * ``valid`` model: the batch is dynamic, the input is one fixed tile of
   ``output_tile + 2 * context_margin(depth)`` pixels -- the tile a checkpoint predicts its
   working canvas with (:func:`~ultraseg.predict.prediction_tile` of ``preprocess.size``). The
@@ -138,6 +142,8 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     example = torch.zeros(2, 1, *example_hw, dtype=torch.float32)
     with torch.no_grad():
         proto, exporter = _export(model, example, cfg.variant == "same", 2**depth, opset)
+    if graph["dynamic_hw"]:     # whether the graph itself refuses other heights and widths
+        graph["multiple_of_enforced"] = exporter == "dynamo"
     meta = _without_paths(ckpt.meta)
     _strip_node_metadata(proto)
     meta["onnx"] = {"input": INPUT_NAME, "output": OUTPUT_NAME, "exporter": exporter,
@@ -159,6 +165,12 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     log.info("exported %s -> %s (%s exporter, opset %s, %s)", checkpoint_path, onnx_path,
              exporter, meta["onnx"]["opset"],
              "dynamic H x W" if graph["dynamic_hw"] else f"tile {graph['input_tile']}")
+    if graph.get("multiple_of_enforced") is False:
+        log.warning("%s: the TorchScript exporter's graph takes any height and width and, "
+                    "without an error, returns a smaller output for one that is not a "
+                    "multiple of %d (ultraseg pads frames to it; a program of your own must "
+                    "too); export at opset 18 or later (the default) for a graph that refuses "
+                    "them", onnx_path, 2**depth)
     return onnx_path
 
 
@@ -252,7 +264,9 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
                     "exporter", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
     import onnx
 
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    # it cannot require the multiple: the axes' names say it
+    axes = ({0: "batch", 2: f"height_multiple_of_{multiple}", 3: f"width_multiple_of_{multiple}"}
+            if dynamic_hw else {0: "batch"})
     buf = io.BytesIO()
     try:
         # on failure torch's C++ side dumps its whole graph to file descriptor 1
