@@ -99,6 +99,12 @@ def test_all_foreground_predictor_by_hand(data, truths) -> None:
     assert summary["hd95_median"] == pytest.approx(
         np.median([r["hd95"] for r in rows if truths[r["name"]].any()]))
     assert f"over {n_nonempty} frames with a structure" in format_summary(summary)
+    # the figures' spread over subjects (5 here), as a researcher reports them
+    assert summary["n_subjects"] == 5
+    lo, hi = summary["dice_mean_ci95"]
+    assert lo <= summary["dice_mean"] <= hi
+    assert (f"95% interval          all frames {lo:.3f}-{hi:.3f}" in format_summary(summary)
+            and "the 5 subjects resampled" in format_summary(summary))
 
 
 def test_metrics_are_at_the_original_resolution(data, truths) -> None:

@@ -183,7 +183,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     nothing found (HD95 0 by :func:`hd95`) would pull the median towards 0, and a missed or
     invented structure has no distance; both are counted by Dice and ``empty_correct_rate``
     instead. ``empty_correct_rate``: fraction of empty-truth frames predicted empty. A figure
-    with no frame to average over is ``None``.
+    with no frame to average over is ``None``. Where every row names its ``subject``:
+    ``n_subjects`` and the 95 % intervals ``dice_mean_ci95`` and ``dice_nonempty_mean_ci95``
+    (``[low, high]``, subjects resampled: :func:`subject_interval`; None under two subjects).
     """
     out: dict[str, Any] = {"n": len(rows)}
     for key in ("dice", "iou", "precision", "recall"):
@@ -200,7 +202,49 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out["hd95_mm_n"] = len(values)
     empty = [bool(r["pred_empty"]) for r in rows if r["truth_empty"]]
     out["empty_correct_rate"] = _mean([float(e) for e in empty])
+    if rows and all("subject" in r for r in rows):
+        subjects = [str(r["subject"]) for r in rows]
+        out["n_subjects"] = len(set(subjects))
+        dice_values = [float(r["dice"]) for r in rows]
+        nonempty = [not r["truth_empty"] for r in rows]
+        out["dice_mean_ci95"] = subject_interval(dice_values, subjects)
+        out["dice_nonempty_mean_ci95"] = subject_interval(
+            [d for d, k in zip(dice_values, nonempty) if k],
+            [s for s, k in zip(subjects, nonempty) if k], among=subjects)
     return out
+
+
+#: Resamples behind :func:`subject_interval` (its seed is fixed: the same rows, the same
+#: interval).
+RESAMPLES = 2000
+
+
+def subject_interval(values: Sequence[float], subjects: Sequence[str],
+                     among: Sequence[str] | None = None, level: float = 0.95,
+                     resamples: int = RESAMPLES, seed: int = 0) -> list[float] | None:
+    """The percentile bootstrap interval (``level``) of the mean of ``values`` (one per frame)
+    with the subjects, not the frames, drawn with replacement: one patient's frames are one
+    sweep, not independent samples, and an interval over frames would be far too narrow.
+
+    ``subjects`` names each value's subject; ``among`` the subjects drawn from (default: those
+    of ``values``; a subject of ``among`` with no value, as one whose frames are all empty for
+    a non-empty mean, is drawn and adds nothing). Resamples that draw no value are left out.
+    None with fewer than two subjects to draw, or no value: there is no spread to resample.
+    """
+    pool = sorted(set(among if among is not None else subjects))
+    if len(pool) < 2 or not len(values):
+        return None
+    index = {s: k for k, s in enumerate(pool)}
+    of = np.array([index[s] for s in subjects], np.int64)
+    sums = np.bincount(of, weights=np.asarray(values, np.float64), minlength=len(pool))
+    counts = np.bincount(of, minlength=len(pool)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(pool), np.full(len(pool), 1 / len(pool)), size=resamples)
+    total, n = draws @ sums, draws @ counts
+    means = total[n > 0] / n[n > 0]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return [float(lo), float(hi)]
 
 
 def improves(val_dice: float, val_loss: float, best_dice: float, best_loss: float) -> bool:
