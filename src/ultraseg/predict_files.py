@@ -25,7 +25,7 @@ from PIL import Image
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock
 from .io import (IMAGE_EXTENSIONS, Sample, check_layout, file_sample, frame_tag,
-                 scan_dataset, select_label, split_frames)
+                 image_stem, scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, LabelTally, check_label, close_kept, header_shape,
                       in_output_folder,
@@ -68,7 +68,7 @@ class Frame:
 
     @property
     def stem(self) -> str:
-        return self.sample.image_path.stem
+        return image_stem(self.sample.image_path)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -114,7 +114,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
                 raise DataError("not an image file" + (
                     " but a model: the model comes first, the images after it"
                     if model else "; supported: " + ", ".join(IMAGE_EXTENSIONS)), path)
-            found.append((file_sample(path, tables), None, PurePosixPath(path.stem),
+            found.append((file_sample(path, tables), None, PurePosixPath(image_stem(path)),
                           path.resolve().parent.name))
             continue
         if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):
@@ -148,7 +148,8 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
             if in_output_folder(s.image_path, path, marked):
                 left_out += 1
                 continue
-            rel = PurePosixPath(_relative(s.image_path, path).with_suffix("").as_posix())
+            rel = PurePosixPath(_relative(s.image_path, path).parent.as_posix(),
+                                image_stem(s.image_path))
             found.append((s, path, rel, root_name))
         log.info("%s: %s layout, %d images", path, ds.layout, len(ds.samples))
         if left_out:
@@ -206,13 +207,13 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -
         s, _, rel, root_name = found[i]
         tag = frame_tag(s.frame, s.meta.get("frames", 1))
         if level == 0:
-            return s.image_path.stem + tag
+            return image_stem(s.image_path) + tag
         if level == 1:
             return rel.as_posix() + tag
         if level == 2:
             return f"{root_name}/{rel.as_posix()}{tag}"
-        suffix = s.image_path.suffix.lstrip(".").lower()
-        base = f"{root_name}/{rel.as_posix()}_{suffix}{tag}"
+        ending = s.image_path.name[len(image_stem(s.image_path)) + 1:].lower()
+        base = f"{root_name}/{rel.as_posix()}{'_' * bool(ending)}{ending}{tag}"
         return base if level == 3 else f"{base}_{i}"
 
     # a loop's frames are made longer together: their names stay one series

@@ -214,6 +214,46 @@ def test_files_without_an_ending_are_read_by_their_marker(tmp_path) -> None:
     assert ds.samples[0].meta["pixel_size_mm"] == pytest.approx(0.5)
 
 
+def test_files_named_by_their_uid_are_read_and_keep_their_whole_name(tmp_path) -> None:
+    """storescp (DCMTK, pynetdicom) names what a scanner sends by its SOP Instance UID,
+    US.1.2.840.113619.2.1.1: Python saw '.1' as an ending, so such files were left out of a
+    folder without a word, refused when named alone, their masks 'without an image', and
+    their outputs named without the last UID part (US.1.2.840.113619.2.1: one name for all)."""
+    from ultraseg import collect_frames
+    from ultraseg.io import is_dicom
+
+    scan = _scan()
+    exam = tmp_path / "exam"
+    uids = ["US.1.2.840.113619.2.1.1", "US.1.2.840.113619.2.1.2", "1.2.840.113619.2.1.3"]
+    for k, uid in enumerate(uids):
+        make_dicom(exam / uid, np.roll(scan, k, axis=1), regions=[_region(0.05, 0.05)])
+    Image.fromarray(scan).save(exam / "still.png")
+    (exam / "notes.1").write_text("not an image, though its ending is a number")
+    make_dicom(tmp_path / "elsewhere" / "scan.txt", scan)    # other endings are not opened
+    assert is_dicom(exam / uids[0]) and not is_dicom(exam / "notes.1")
+    assert not is_dicom(tmp_path / "elsewhere" / "scan.txt")
+    frames = {f.out_name: f for f in collect_frames(exam)}
+    assert sorted(frames) == sorted([*uids, "still"])
+    np.testing.assert_array_equal(frames[uids[0]].sample.load_image(), scan)
+    assert frames[uids[0]].sample.meta["pixel_size_mm"] == pytest.approx(0.5)
+    (alone,) = collect_frames(exam / uids[1])                 # named alone: read
+    assert alone.out_name == uids[1]
+    Image.fromarray(scan).save(exam / f"{uids[1]}.png")      # one stem: the ending tells
+    named = {f.image_path.name: f.out_name for f in collect_frames(exam)}
+    assert named[uids[1]] == f"exam/{uids[1]}" and named[f"{uids[1]}.png"] == f"exam/{uids[1]}_png"
+    np.testing.assert_array_equal(alone.sample.load_image(), np.roll(scan, 1, axis=1))
+    # a dataset: images/UID beside masks/UID_mask.png pair
+    ds_root = tmp_path / "ds"
+    for uid in uids[:2]:
+        make_dicom(ds_root / "images" / uid, scan)
+        (ds_root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros(scan.shape, np.uint8)).save(ds_root / "masks" / f"{uid}_mask.png")
+    ds, problems = scan_dataset(ds_root)
+    assert problems == [] and ds.layout == "folders"
+    assert [(s.name, [m.name for m in s.mask_paths]) for s in ds.samples] == [
+        (uid, [f"{uid}_mask.png"]) for uid in uids[:2]]
+
+
 def test_a_palette_frame_is_read_through_its_colour_table(tmp_path) -> None:
     """PALETTE COLOR frames were read as their indices, not their colours."""
     from pydicom.data import get_testdata_file

@@ -14,7 +14,7 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar, Collection, Iterator
 
 import numpy as np
@@ -856,6 +856,17 @@ def is_image_file(p: Path) -> bool:
     return ((p.is_file() or (p.is_symlink() and not p.exists()))
             and (p.suffix.lower() in IMAGE_EXTENSIONS or is_dicom(p))
             and not p.name.startswith("."))
+
+
+def image_stem(path: PurePath) -> str:
+    """An image file's name without its ending, where the ending is an image file's
+    (:data:`IMAGE_EXTENSIONS`); else its whole name: a DICOM file read by its marker
+    (:func:`~ultraseg.io.dicom.is_dicom`) named by its UID, ``US.1.2.840.113619.2.1.1``, keeps
+    its last UID part, which tells it from the other frames of its series (its mask is
+    ``US.1.2.840.113619.2.1.1_mask.png``)."""
+    name = path.name
+    ending = path.suffix
+    return name[: -len(ending)] if ending and ending.lower() in IMAGE_EXTENSIONS else name
 
 
 #: Folders no dataset lives in: macOS's archive metadata (its ``._NAME`` files are no images).

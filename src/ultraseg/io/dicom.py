@@ -1,6 +1,7 @@
 """DICOM frames: what a scanner exports, read with pydicom (the ``dicom`` extra).
 
-A single-frame DICOM file (``.dcm``, ``.dicom``) is a frame like any image file: its pixels
+A single-frame DICOM file (``.dcm``, ``.dicom``, or one found by its marker: :func:`is_dicom`)
+is a frame like any image file: its pixels
 become grayscale 8 bits by the rule every file follows (:func:`ultraseg.io.base.to_uint8`;
 colour, stored as RGB or as YCbCr, becomes its ITU-R 601 luma; MONOCHROME1 is inverted so that
 tissue stays bright), except that a grey frame whose header says how to show it (a VOI LUT,
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import sys
 import warnings
 from importlib import metadata
@@ -56,13 +58,21 @@ _ENCAPSULATED_FRAME_BYTES = 8
 _DEFLATE_RATIO = 1032
 
 
+#: An ending that is a number, the last part of a name that is a UID (``.1`` of
+#: ``US.1.2.840.113619.2.1.1``): such files are looked into for the DICOM marker.
+_NUMBER_ENDING = re.compile(r"\.[0-9]+")
+
+
 def is_dicom(path: Path) -> bool:
-    """Whether ``path`` is read as DICOM: by its ending, or, without one (the ``IM000001`` of
-    a scanner's export media), by the ``DICM`` marker after its 128-byte preamble
-    (``DICOMDIR``, the media's index, holds no image)."""
+    """Whether ``path`` is read as DICOM: by its ending, or by the ``DICM`` marker after its
+    128-byte preamble where it has no ending (the ``IM000001`` of a scanner's export media) or
+    one that is a number (a file named by its SOP Instance UID, ``US.1.2.840.113619.2.1.1``, as
+    DCMTK's and pynetdicom's storescp write what a scanner sends). ``DICOMDIR``, the media's
+    index, holds no image. Files of other endings (``.txt``, ``.csv``...) are not opened."""
     if path.suffix.lower() in DICOM_EXTENSIONS:
         return True
-    if path.suffix or path.name.upper() == "DICOMDIR":
+    if path.name.upper() == "DICOMDIR" or (
+            path.suffix and not _NUMBER_ENDING.fullmatch(path.suffix)):
         return False
     try:
         with open(path, "rb") as f:

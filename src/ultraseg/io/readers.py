@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Collection, NamedTuple
 
 from ..errors import DataError
-from .base import (OUTPUT_MARKER, Reader, Sample, in_output_folder,
+from .base import (OUTPUT_MARKER, Reader, Sample, image_stem, in_output_folder,
                    is_image_file, iter_files, list_images, natural_key, walk_files,
                    warn_outputs_left_out)
 
@@ -98,7 +98,7 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
         by_part: dict[str, list[Path]] = defaultdict(list)
         for name, paths in masks.items():
             for q in paths:
-                m = _MASK_STEM.match(q.stem)
+                m = _MASK_STEM.match(image_stem(q))
                 by_part[f"{name}_mask_{m.group(2)}" if m and m.group(2) else name].append(q)
         problems += _check_unique(by_part, "mask")
     else:
@@ -130,7 +130,7 @@ def _group(files: list[Path], mask_suffix: str) -> tuple[dict[str, list[Path]],
     images: dict[str, list[Path]] = defaultdict(list)
     masks: dict[str, list[Path]] = defaultdict(list)
     for p in files:
-        stem = _nfc(p.stem)
+        stem = _nfc(image_stem(p))
         if stem.endswith(mask_suffix):
             masks[stem[: -len(mask_suffix)]].append(p)
         else:
@@ -171,7 +171,7 @@ def _group_several(files: list[Path], masks_only: bool = False
     images: dict[str, list[Path]] = defaultdict(list)
     masks: dict[str, list[Path]] = defaultdict(list)
     for p in files:
-        stem = _nfc(p.stem)
+        stem = _nfc(image_stem(p))
         m = _MASK_STEM.match(stem)
         (masks[m.group(1)] if m else masks[stem] if masks_only else images[stem]).append(p)
     return images, masks
@@ -496,13 +496,13 @@ class KaggleReader(Reader):
         beside an image ``NAME.*``, directly in ``root`` or in ``root/train``; the latter not
         where ``root/test`` holds masks too (another dataset's labelled train/ + test/ split,
         whose test masks this layout would read as frames)."""
-        test_masks = any(_MASK_STEM.match(p.stem) for p in list_images(root / "test"))
+        test_masks = any(_MASK_STEM.match(image_stem(p)) for p in list_images(root / "test"))
         for d in (root, root / "train"):
             files = list_images(d)
-            stems = {p.stem for p in files}
-            if any(p.stem.lower().endswith("_mask")
+            stems = {image_stem(p) for p in files}
+            if any(image_stem(p).lower().endswith("_mask")
                    and (p.suffix.lower() in (".tif", ".tiff")
-                        or (p.stem[:-5] in stems and (d == root or not test_masks)))
+                        or (image_stem(p)[:-5] in stems and (d == root or not test_masks)))
                    for p in files):
                 return True
         return False
@@ -519,7 +519,7 @@ class KaggleReader(Reader):
         if test.is_dir() and test != train:    # the competition's test split has no masks
             problems += [DataError("a mask in test/, which this layout reads as unlabelled "
                                    "frames (a labelled test set is a dataset of its own)", p)
-                         for p in list_images(test) if _MASK_STEM.match(p.stem)]
+                         for p in list_images(test) if _MASK_STEM.match(image_stem(p))]
         samples = [Sample(name, image, mask, self.leading_subject(name), {"split": "train"})
                    for name, image, mask in pairs]
         if self.subject_pattern is None:
@@ -527,11 +527,12 @@ class KaggleReader(Reader):
         if test.is_dir() and test != train:
             seen = {s.name for s in samples}
             for p in sorted(list_images(test), key=lambda q: natural_key(q.name)):
-                if p.stem in seen:
-                    problems.append(DataError(f"two images share the name '{p.stem}'", p))
+                stem = image_stem(p)
+                if stem in seen:
+                    problems.append(DataError(f"two images share the name '{stem}'", p))
                     continue
-                seen.add(p.stem)
-                samples.append(Sample(p.stem, p, (), self.subject_of(p.stem), {"split": "test"}))
+                seen.add(stem)
+                samples.append(Sample(stem, p, (), self.subject_of(stem), {"split": "test"}))
         return samples, problems
 
 
@@ -699,7 +700,7 @@ class ImagesReader(Reader):
                        key=lambda q: natural_key(str(q)))
         if len(files) < len(found):   # masks and overlays a predict run wrote below root
             warn_outputs_left_out(root, len(found) - len(files))
-        masks = [p for p in files if _MASK_STEM.match(p.stem)]
+        masks = [p for p in files if _MASK_STEM.match(image_stem(p))]
         if masks:   # a flat folder of NAME + NAME_mask, read as unlabelled: its masks as frames
             log.warning("%s: %d of the %d images are named like masks (first: %s) and are read "
                         "as frames of their own; --layout kaggle pairs a folder of NAME and "
@@ -709,8 +710,8 @@ class ImagesReader(Reader):
             _warn_other_mask_suffix(root, files)
         samples = []
         for p in files:
-            rel = p.relative_to(root).with_suffix("").as_posix()
-            samples.append(Sample(rel, p, (), self.subject_of(p.stem)))
+            rel = (p.relative_to(root).parent / image_stem(p)).as_posix()
+            samples.append(Sample(rel, p, (), self.subject_of(image_stem(p))))
         problems = [] if files else [DataError(
             "no images found outside the folders ultraseg wrote" if found
             else "empty folder: no images found", root)]
@@ -722,10 +723,10 @@ def _warn_other_mask_suffix(root: Path, files: list[Path]) -> None:
     beside ``c0.png``, :data:`OTHER_MASK_SUFFIXES`): masks read as frames of their own."""
     stems: dict[Path, set[str]] = defaultdict(set)
     for p in files:
-        stems[p.parent].add(p.stem)
+        stems[p.parent].add(image_stem(p))
     found: dict[str, list[Path]] = defaultdict(list)
     for p in files:
-        suffix = _other_suffix(p.stem, stems[p.parent])
+        suffix = _other_suffix(image_stem(p), stems[p.parent])
         if suffix is not None:
             found[suffix.lower()].append(p)
     if found:
