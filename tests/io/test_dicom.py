@@ -263,8 +263,37 @@ def test_a_palette_frame_is_read_through_its_colour_table(tmp_path) -> None:
     if path is None:
         pytest.skip("pydicom's palette example is not installed")
     rgb = apply_color_lut(pixel_array(path), pydicom.dcmread(path)).astype(np.float64)
-    want = to_uint8(np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint16))
+    want = np.round(rgb / 257 @ np.array([0.299, 0.587, 0.114]))      # 16-bit entries
     assert np.abs(read_image(Path(path)).astype(int) - want).max() <= 1
+
+
+def _palette(path: Path, indices: np.ndarray, colours: np.ndarray, bits: int) -> Path:
+    """A PALETTE COLOR file of ``indices`` into ``colours`` ((256, 3) uint8), its table's
+    entries ``bits`` (8, or 16: the colours times 257) deep."""
+    make_dicom(path, indices, photometric="PALETTE COLOR")
+    ds = pydicom.dcmread(path)
+    table = colours.astype(np.uint16) * 257 if bits == 16 else colours
+    for k, c in enumerate(("Red", "Green", "Blue")):
+        ds.add_new(f"{c}PaletteColorLookupTableDescriptor", "US", [256, 0, bits])
+        ds.add_new(f"{c}PaletteColorLookupTableData", "OW",
+                   np.ascontiguousarray(table[:, k]).tobytes())
+    ds.save_as(path)
+    return path
+
+
+def test_a_palette_reads_alike_whatever_its_tables_entry_depth(tmp_path) -> None:
+    """A palette of 16-bit entries (the standard's usual) was stretched from each frame's own
+    min..max, where the same picture with 8-bit entries, or as RGB, kept its grey levels: the
+    model saw another input for what a viewer shows alike."""
+    levels = np.arange(256)
+    colours = np.stack([levels, 255 - levels // 2, levels // 3], axis=1).astype(np.uint8)
+    indices = (30 + _scan() % 200).astype(np.uint8)          # 30..229: no full range
+    rgb = colours[indices]
+    want = read_image(make_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
+    np.testing.assert_array_equal(read_image(_palette(tmp_path / "p8.dcm", indices, colours, 8)),
+                                  want)
+    np.testing.assert_array_equal(read_image(_palette(tmp_path / "p16.dcm", indices, colours, 16)),
+                                  want)
 
 
 def test_a_damaged_header_or_pixel_data_is_one_line_for_its_file(tmp_path) -> None:

@@ -4,7 +4,8 @@ A single-frame DICOM file (``.dcm``, ``.dicom``, or one found by its marker: :fu
 is a frame like any image file: its pixels
 become grayscale 8 bits by the rule every file follows (:func:`ultraseg.io.base.to_uint8`;
 colour, stored as RGB or as YCbCr, becomes its ITU-R 601 luma; MONOCHROME1 is inverted so that
-tissue stays bright), except that a grey frame whose header says how to show it (a VOI LUT,
+tissue stays bright; a palette's colours are taken at 8 bits whatever its table's entry depth,
+as a viewer shows them), except that a grey frame whose header says how to show it (a VOI LUT,
 or a window: ``WindowCenter``/``WindowWidth``, after any rescale) is read as a viewer shows
 it, the table's or window's output range as 0..255; and its pixel size comes from the
 header, so ``measure`` and ``evaluate`` give millimetres without ``--pixel-size``:
@@ -266,7 +267,7 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
             else:
                 arr = pydicom.pixels.pixel_array(path, index=frame if frames > 1 else None)
             if photometric == "PALETTE COLOR":      # indices into the header's colour table
-                arr = pydicom.pixels.apply_color_lut(arr, ds)
+                arr = _palette_8_bits(pydicom.pixels.apply_color_lut(arr, ds))
     except Exception as e:      # pydicom's decoders raise what their libraries raise
         where = f"frame {frame + 1} of {frames}: " if frames > 1 else ""
         raise DataError(where + _undecodable(ds, e), path) from e
@@ -281,6 +282,17 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     if photometric == "MONOCHROME1":                # low values bright: inverted
         arr = inverted(arr, 2 ** int(ds.get("BitsStored", 8 * arr.dtype.itemsize)) - 1)
     return to_uint8(arr, path)
+
+
+def _palette_8_bits(rgb: np.ndarray) -> np.ndarray:
+    """A palette's colours at 8 bits, scaled from its table's entry depth as a viewer shows
+    them: 16-bit entries (the standard's usual, 0..65535; pydicom gives them as uint16) times
+    255/65535, rounded. Left at 16 bits they were stretched from each frame's own min..max
+    (:func:`~ultraseg.io.base.to_uint8`), where the same picture with an 8-bit table, or as
+    RGB, keeps its grey levels."""
+    if rgb.dtype != np.uint16:
+        return rgb
+    return ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def _has_voi(ds: Any) -> bool:
