@@ -120,6 +120,59 @@ def test_what_gives_no_pixel_size(tmp_path) -> None:
     assert "not square" in said and "different pixel sizes" in said
 
 
+def _measures(*spacings: tuple[float, float] | None) -> list[Dataset]:
+    """Functional groups, one a spacing: a PixelMeasuresSequence holding it (None: none)."""
+    groups = []
+    for spacing in spacings:
+        group = Dataset()
+        if spacing is not None:
+            item = Dataset()
+            item.PixelSpacing = list(spacing)
+            group.PixelMeasuresSequence = [item]
+        groups.append(group)
+    return groups
+
+
+def test_a_pixel_size_in_the_functional_groups_is_read(tmp_path) -> None:
+    """An enhanced multi-frame file keeps its pixel size in its functional groups only: it
+    gave no mm (measure counted its frames without a pixel size)."""
+    from ultraseg import collect_frames
+    from ultraseg.io import dicom_pixel_spacing_mm
+
+    scan = _scan()
+
+    def loop(name: str, spacing: tuple[float, float] | None = None, **groups) -> Path:
+        path = make_dicom(tmp_path / name, scan, frames=2, spacing=spacing)
+        ds = pydicom.dcmread(path)
+        for key, value in groups.items():
+            setattr(ds, key, value)
+        ds.save_as(path)
+        return path
+
+    assert dicom_pixel_spacing_mm(loop("shared.dcm", SharedFunctionalGroupsSequence=_measures(
+        (0.15, 0.15)))) == pytest.approx((0.15, 0.15))
+    per_frame = loop("frames.dcm", PerFrameFunctionalGroupsSequence=_measures((0.1, 0.2),
+                                                                              (0.1, 0.2)))
+    assert dicom_pixel_spacing_mm(per_frame) == pytest.approx((0.1, 0.2))   # (height, width)
+    # the shared group before the frames', PixelSpacing (and the regions) before both
+    assert dicom_pixel_spacing_mm(loop(
+        "both.dcm", SharedFunctionalGroupsSequence=_measures((0.3, 0.3)),
+        PerFrameFunctionalGroupsSequence=_measures((0.1, 0.1), (0.1, 0.1)))) == (0.3, 0.3)
+    assert dicom_pixel_spacing_mm(loop("top.dcm", spacing=(0.4, 0.4),
+                                       SharedFunctionalGroupsSequence=_measures((0.3, 0.3)))
+                                  ) == (0.4, 0.4)
+    assert dicom_pixel_spacing_mm(loop("none.dcm", SharedFunctionalGroupsSequence=_measures(
+        None))) is None
+    with ultraseg_warnings() as warned:
+        assert dicom_pixel_spacing_mm(loop(
+            "differ.dcm", PerFrameFunctionalGroupsSequence=_measures((0.1, 0.1),
+                                                                     (0.2, 0.2)))) is None
+    assert any("frames' functional groups give different pixel sizes" in r.getMessage()
+               for r in warned)
+    frames = collect_frames(tmp_path / "shared.dcm")        # each frame measured in mm
+    assert [f.sample.meta["pixel_size_mm"] for f in frames] == pytest.approx([0.15, 0.15])
+
+
 def _cine(path: Path, frames: list[np.ndarray], **header) -> Path:
     """A multi-frame DICOM file holding ``frames`` (each its own pixels)."""
     make_dicom(path, frames[0], frames=len(frames), **header)

@@ -13,12 +13,15 @@ header, so ``measure`` and ``evaluate`` give millimetres without ``--pixel-size`
 * the ultrasound regions (``SequenceOfUltrasoundRegions``): the 2D regions whose physical
   units are centimetres, where they all agree on one pixel size (``PhysicalDeltaX`` and
   ``PhysicalDeltaY``, cm, times 10);
-* else ``PixelSpacing`` (mm; row and column spacing).
+* else ``PixelSpacing`` (mm; row and column spacing);
+* else, in a multi-frame file, its functional groups' (``PixelMeasuresSequence`` >
+  ``PixelSpacing``): the shared group's (``SharedFunctionalGroupsSequence``), else the frames'
+  own (``PerFrameFunctionalGroupsSequence``), where they all agree.
 
 Pixels that are not square give their height and width (:func:`dicom_pixel_spacing_mm`), and
 are measured in mm with those (:mod:`ultraseg.measure`), never with a square ``--pixel-size``.
-Regions that disagree (a B-mode image beside a Doppler strip of another scale) give no pixel
-size, with a warning: a measurement in mm would be wrong. A cine
+Regions that disagree (a B-mode image beside a Doppler strip of another scale), or frames
+that do, give no pixel size, with a warning: a measurement in mm would be wrong. A cine
 loop (several frames) is read one frame at a time (``frame``; ``predict`` and ``measure`` take
 each), as a multi-page TIFF is, and refused where one frame is wanted (training, evaluation);
 so is a DICOM file given as a mask (masks are image files: PNG...). A file that cannot be read
@@ -342,18 +345,40 @@ def _undecodable(ds: Any, error: Exception) -> str:
     return f"cannot decode its pixels ({name}: {reason})"
 
 
-def _header_sizes(ds: Any) -> list[tuple[float, float]]:
-    """(x, y) pixel sizes in mm the header gives: its 2D ultrasound regions' in cm, else
-    PixelSpacing's (row spacing, column spacing)."""
+def _header_sizes(ds: Any) -> tuple[list[tuple[float, float]], str]:
+    """(x, y) pixel sizes in mm the header gives, and where from (words for a warning): its
+    2D ultrasound regions' in cm, else PixelSpacing's (row spacing, column spacing), else a
+    multi-frame file's functional groups' (PixelMeasuresSequence > PixelSpacing): the shared
+    group's, else each frame's own."""
     regions = [r for r in ds.get("SequenceOfUltrasoundRegions", None) or []
                if r.get("RegionSpatialFormat") == _TISSUE_2D
                and r.get("PhysicalUnitsXDirection") == _CM
                and r.get("PhysicalUnitsYDirection") == _CM]
-    sizes = [(float(r.PhysicalDeltaX) * 10, float(r.PhysicalDeltaY) * 10) for r in regions]
-    if not sizes and ds.get("PixelSpacing", None) is not None:
-        row, col = (float(v) for v in ds.PixelSpacing)
-        sizes = [(col, row)]
-    return sizes
+    if regions:
+        return ([(float(r.PhysicalDeltaX) * 10, float(r.PhysicalDeltaY) * 10) for r in regions],
+                "ultrasound regions")
+    if ds.get("PixelSpacing", None) is not None:
+        return [_as_xy(ds.PixelSpacing)], "PixelSpacing"
+    for sequence, where in (("SharedFunctionalGroupsSequence", "shared functional groups"),
+                            ("PerFrameFunctionalGroupsSequence", "frames' functional groups")):
+        sizes = [xy for group in ds.get(sequence, None) or []
+                 if (xy := _group_spacing(group)) is not None]
+        if sizes:
+            return sizes, where
+    return [], ""
+
+
+def _as_xy(spacing: Any) -> tuple[float, float]:
+    """A PixelSpacing (row spacing, column spacing: mm) as (x, y)."""
+    row, col = (float(v) for v in spacing)
+    return col, row
+
+
+def _group_spacing(group: Any) -> tuple[float, float] | None:
+    """A functional group's PixelMeasuresSequence > PixelSpacing as (x, y) mm, or None."""
+    measures = group.get("PixelMeasuresSequence", None) or []
+    spacing = measures[0].get("PixelSpacing", None) if measures else None
+    return None if spacing is None else _as_xy(spacing)
 
 
 def dicom_pixel_spacing_mm(path: str | Path) -> tuple[float, float] | None:
@@ -364,7 +389,7 @@ def dicom_pixel_spacing_mm(path: str | Path) -> tuple[float, float] | None:
     ds = _read(path, pixels=False)
     try:
         with _quiet_pydicom():
-            sizes = _header_sizes(ds)
+            sizes, where = _header_sizes(ds)
     except Exception as e:  # noqa: BLE001  (an empty or odd element: pydicom's conversion)
         if is_out_of_memory(e):
             raise
@@ -377,9 +402,9 @@ def dicom_pixel_spacing_mm(path: str | Path) -> tuple[float, float] | None:
     if not all(v > 0 and math.isfinite(v) for v in sizes[0]):
         return None
     if any(abs(a - x) > _SQUARE * x or abs(b - y) > _SQUARE * y for a, b in sizes[1:]):
-        log.warning("%s: its ultrasound regions give different pixel sizes (%s mm): no pixel "
-                    "size taken (--pixel-size gives one)", path,
-                    ", ".join(f"{a:.4g} x {b:.4g}" for a, b in sizes))
+        log.warning("%s: its %s give different pixel sizes (%s mm): no pixel size taken "
+                    "(--pixel-size gives one)", path, where,
+                    ", ".join(f"{a:.4g} x {b:.4g}" for a, b in dict.fromkeys(sizes)))
         return None
     return (x, x) if abs(x - y) <= _SQUARE * max(x, y) else (y, x)
 
