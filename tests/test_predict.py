@@ -152,6 +152,17 @@ def test_names_of_loops_that_share_a_stem_stay_apart(tmp_path):
                                          "b/clip_frame001", "b/clip_frame002"]
 
 
+def test_a_loop_beside_a_file_of_its_stem_keeps_its_path_as_the_file_does(tmp_path):
+    """Export media name every series' files alike (SE000000/IM000000, SE000001/IM000000):
+    a loop's frames, IM000000_frame001..., collided with no file's name, so they lost the
+    series folder the single frames kept, and could not be traced to their series."""
+    save(tmp_path / "media" / "a" / "x.png", ramp(4, 4))
+    _loop(tmp_path / "media" / "b" / "x.tif", [ramp(4, 4, k) for k in range(2)])
+    save(tmp_path / "media" / "c" / "y.png", ramp(4, 4))
+    got = [f.out_name for f in collect_frames([tmp_path / "media"])]
+    assert got == ["a/x", "b/x_frame001", "b/x_frame002", "y"]
+
+
 def test_a_loops_frames_keep_one_naming_where_one_of_them_collides(tmp_path):
     """clip.tif's frame 2 collided with a still named clip_frame002.png: that frame alone was
     renamed (mix/clip_tif_frame002 among clip_frame001, clip_frame003...)."""

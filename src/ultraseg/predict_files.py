@@ -91,10 +91,11 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
     PNG) gives one frame each (:func:`ultraseg.io.split_frames`), but not in a labelled
     dataset: its masks are one frame each.
 
-    Output names: the file stem; where several frames share a stem, the path below their input
+    Output names: the file stem; where several files share a stem, the path below their input
     folder (``a/x``, ``b/x``); where that still collides, the input folder's name in front
     (``in1/x``); then the file suffix (``x_png``); then a counter. A loop's frames add
-    ``_frame001``, ``_frame002``... (from 1, as a viewer counts).
+    ``_frame001``, ``_frame002``... (from 1, as a viewer counts) to its file's name, by the
+    same rule: a loop ``b/x.dcm`` beside ``a/x.dcm`` gives ``b/x_frame001``...
     """
     if isinstance(inputs, (str, os.PathLike)):   # one path: not a sequence of characters
         inputs = [inputs]
@@ -202,10 +203,12 @@ def _once_each(found: list[tuple[Sample, Path | None, PurePosixPath, str]]
 
 
 def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -> list[str]:
-    """Output names, made longer only for the frames that would otherwise collide."""
-    def candidate(i: int, level: int) -> str:
+    """Output names, made longer only for the files whose frames would otherwise collide: two
+    files of one stem (a loop's frames, ``x_frame001``..., beside another file ``x``, whose
+    name is its path below the input folder) or of one output name."""
+    def candidate(i: int, level: int, tagged: bool = True) -> str:
         s, _, rel, root_name = found[i]
-        tag = frame_tag(s.frame, s.meta.get("frames", 1))
+        tag = frame_tag(s.frame, s.meta.get("frames", 1)) if tagged else ""
         if level == 0:
             return image_stem(s.image_path) + tag
         if level == 1:
@@ -222,7 +225,12 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -
     while True:
         names = [candidate(i, lv) for i, lv in enumerate(levels)]
         counts = Counter(n.lower() for n in names)  # case-insensitive file systems too
-        clashing = {files[i] for i, n in enumerate(names) if counts[n.lower()] > 1}
+        stems = [candidate(i, lv, tagged=False).lower() for i, lv in enumerate(levels)]
+        owners: dict[str, set[Path]] = {}
+        for f, stem in zip(files, stems):
+            owners.setdefault(stem, set()).add(f)
+        clashing = {files[i] for i, n in enumerate(names)
+                    if counts[n.lower()] > 1 or len(owners[stems[i]]) > 1}
         if not clashing:
             return names
         for i, f in enumerate(files):
