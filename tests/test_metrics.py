@@ -227,8 +227,8 @@ def test_hd95_is_scipys_distances_without_a_frame_of_float64_and_coordinates() -
 
 
 def test_the_interval_resamples_subjects_not_frames() -> None:
-    """A dataset figure had no interval: nerve's 0.742 over 393 frames of 10 subjects said
-    nothing of how far another 10 patients could take it. The 95 % interval draws subjects
+    """A dataset figure had no interval: nerve's 0.742 over 393 frames of 8 subjects said
+    nothing of how far other patients could take it. The 95 % interval draws subjects
     with replacement: ten subjects of 20 identical frames each (Dice k / 10) spread the mean
     as ten values would, not as 200 (a frame bootstrap would give about +-0.04)."""
     values = [k / 10 for k in range(10) for _ in range(20)]
