@@ -561,13 +561,15 @@ def test_scoring_the_training_data_without_a_split_is_warned_about(data, tmp_pat
     # the advice names only the sides the split holds: after --val-fraction 0 the
     # validation side it named was empty, and the command it gave failed
     for sides, says in (({"train": names[:40], "val": [], "test": names[40:]},
-                         "--subset test scores the held-out side"),
+                         "--subset test` scores the held-out side"),
                         ({"train": names, "val": []}, "has no validation or held-out side")):
         (run / "split.json").write_text(json.dumps(sides))
         with ultraseg_warnings() as warned:
             evaluate(predictor, data)
         (said,) = [r.getMessage() for r in warned]
         assert says in said and "scores the validation side" not in said, said
+        # no Python call that would score nothing is suggested either
+        assert "split_file=" not in said or "--subset test`" in said
     other = make_dataset(tmp_path / "other", n=10, size=SIZE, seed=5)
     with ultraseg_warnings() as warned:
         evaluate(predictor, other)                  # other data: nothing to say

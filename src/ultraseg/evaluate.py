@@ -95,33 +95,34 @@ def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Samp
     was given: ``root`` is its training folder (every frame is then scored, its training
     frames too), or holds it or lies in it and shares frames with it. The figure then says how
     well the model learnt them, not how it does on new frames."""
-    advice = _split_advice(_run_file(predictor, "split.json"))
+    split = _run_file(predictor, "split.json")
     for trained_on in _trained_on(predictor):
-        if _warn_if_trained_on_folder(predictor, trained_on, root, samples, advice):
+        if _warn_if_trained_on_folder(predictor, trained_on, root, samples, split):
             return
 
 
-def _split_advice(split: Path | None) -> str:
-    """Which sides of the run's split (``split``; None: not found) score frames it did not
-    train on, as options to give ``evaluate``: only the sides the split holds (a run without
-    validation has none to score)."""
+def _split_advice(split: Path | None, folder: Path) -> str:
+    """What scores the frames of ``folder`` the model did not train on, by the sides of its
+    run's split (``split``; None: not found): a command naming only the sides the split
+    holds, or, where it holds none (a run without validation or held-out frames), that none
+    does."""
     doc = _split_doc(split) if split is not None else None
-    arg = f"--split {split if split is not None else 'RUN/split.json'}"
-    if doc is None:
-        return f"{arg} scores the validation side, with --subset test the held-out one"
-    val, test = bool(doc.get("val")), bool(doc.get("test"))
+    command = f"`ultraseg evaluate MODEL {folder} --split {split or 'RUN/split.json'}"
+    python = " (in Python, split_file= and subset=)"
+    val, test = (True, True) if doc is None else (bool(doc.get("val")), bool(doc.get("test")))
     if val and test:
-        return f"{arg} scores the validation side, with --subset test the held-out one"
+        return f"{command}` scores the validation side, `--subset test` the held-out one{python}"
     if val:
-        return f"{arg} scores the validation side (the run held no frames out)"
+        return f"{command}` scores the validation side (the run held no frames out){python}"
     if test:
-        return f"{arg} --subset test scores the held-out side (the run kept no validation side)"
-    return (f"its split, {split}, has no validation or held-out side: every frame of it was "
-            "trained on")
+        return (f"{command} --subset test` scores the held-out side (the run kept no validation "
+                f"side){python}")
+    return (f"no split scores frames it did not train on: its split, {split}, has no validation "
+            "or held-out side")
 
 
 def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path,
-                               samples: Sequence[Sample], advice: str) -> bool:
+                               samples: Sequence[Sample], split: Path | None) -> bool:
     """:func:`_warn_if_trained_on` for one folder the model may have been trained on;
     whether it warned."""
     pair = _related(trained_on, root)
@@ -130,14 +131,13 @@ def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path
     a, b = pair
     if a == b:
         log.warning("%s is the data the model was trained on: without a split every frame is "
-                    "scored, its training frames too (%s; in Python, split_file= and subset=)",
-                    root, advice)
+                    "scored, its training frames too; %s", root, _split_advice(split, a))
         return True
     shared = _shared_frames(predictor, a, samples)
     if shared:
         log.warning("%d of the %d frames scored are frames of %s, the data the model was "
-                    "trained on, training frames among them: `ultraseg evaluate MODEL %s` with "
-                    "%s", shared, len(samples), a, a, advice)
+                    "trained on, training frames among them; %s", shared, len(samples), a,
+                    _split_advice(split, a))
     return bool(shared)
 
 
@@ -159,7 +159,7 @@ def warn_if_measuring_trained_frames(predictor: Predictor, samples: Sequence[Sam
     """``measure``'s check where its frames carry reference head circumferences: the error
     over them is the model's on new frames only where none is a frame it was trained on, and
     measure takes no split. Say how many are, and what gives the error on held-out frames."""
-    advice = _split_advice(_run_file(predictor, "split.json"))
+    split = _run_file(predictor, "split.json")
     for trained_on in _trained_on(predictor):
         try:
             folder = Path(trained_on).resolve()
@@ -169,8 +169,8 @@ def warn_if_measuring_trained_frames(predictor: Predictor, samples: Sequence[Sam
         if shared:
             log.warning("%d of the %d frames measured are frames of %s, the data the model was "
                         "trained on, training frames among them: their head-circumference "
-                        "error is not the model's on new frames; `ultraseg evaluate MODEL %s` "
-                        "with %s", shared, len(samples), folder, folder, advice)
+                        "error is not the model's on new frames; %s", shared, len(samples),
+                        folder, _split_advice(split, folder))
             return
 
 
