@@ -262,3 +262,22 @@ def test_summarise_gives_intervals_where_rows_name_subjects() -> None:
     assert 0.0 <= lo < s["dice_nonempty_mean"] == 0.5 < hi <= 1.0
     assert "dice_mean_ci95" not in M.summarise([{k: v for k, v in r.items() if k != "subject"}
                                                 for r in rows])
+
+
+def test_an_interval_needs_two_subjects_with_values() -> None:
+    """Where one subject alone held non-empty frames, the non-empty mean's interval came out
+    as a point ('0.833-0.833'): drawing subjects without values spreads nothing. Two subjects
+    with values are needed, whatever the subjects drawn from."""
+    assert M.subject_interval([0.8, 0.9], ["a", "a"], among=["a", "b", "c"]) is None
+    assert M.subject_interval([0.8, 0.9], ["a", "b"], among=["a", "b", "c"]) is not None
+
+
+def test_the_interval_over_thousands_of_subjects_is_drawn_in_blocks(monkeypatch) -> None:
+    """Every frame its own subject (BUSI) made the draws a 2000 x frames matrix: about 1 GB
+    at 30000 frames. They are drawn in blocks, to the same interval as at once."""
+    rng = np.random.default_rng(0)
+    values = rng.random(300).tolist()
+    subjects = [f"s{k}" for k in range(300)]
+    at_once = M.subject_interval(values, subjects)
+    monkeypatch.setattr(M, "_DRAWN", 300 * 7)      # blocks of 7 resamples
+    assert M.subject_interval(values, subjects) == at_once

@@ -217,6 +217,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 #: Resamples behind :func:`subject_interval` (its seed is fixed: the same rows, the same
 #: interval).
 RESAMPLES = 2000
+#: Subject counts of the draws :func:`subject_interval` holds at a time (8 bytes each).
+_DRAWN = 1 << 21
 
 
 def subject_interval(values: Sequence[float], subjects: Sequence[str],
@@ -229,19 +231,26 @@ def subject_interval(values: Sequence[float], subjects: Sequence[str],
     ``subjects`` names each value's subject; ``among`` the subjects drawn from (default: those
     of ``values``; a subject of ``among`` with no value, as one whose frames are all empty for
     a non-empty mean, is drawn and adds nothing). Resamples that draw no value are left out.
-    None with fewer than two subjects to draw, or no value: there is no spread to resample.
+    None where fewer than two subjects hold a value: there is no spread to resample.
+    Memory: a block of draws of at most :data:`_DRAWN` counts at a time, whatever the number
+    of subjects (every frame its own subject, as in BUSI, makes them thousands).
     """
-    pool = sorted(set(among if among is not None else subjects))
-    if len(pool) < 2 or not len(values):
+    if len(set(subjects)) < 2:
         return None
+    pool = sorted(set(among if among is not None else subjects) | set(subjects))
     index = {s: k for k, s in enumerate(pool)}
     of = np.array([index[s] for s in subjects], np.int64)
     sums = np.bincount(of, weights=np.asarray(values, np.float64), minlength=len(pool))
     counts = np.bincount(of, minlength=len(pool)).astype(np.float64)
     rng = np.random.default_rng(seed)
-    draws = rng.multinomial(len(pool), np.full(len(pool), 1 / len(pool)), size=resamples)
-    total, n = draws @ sums, draws @ counts
-    means = total[n > 0] / n[n > 0]
+    p = np.full(len(pool), 1 / len(pool))
+    block = max(1, _DRAWN // len(pool))
+    means = []
+    for start in range(0, resamples, block):
+        draws = rng.multinomial(len(pool), p, size=min(block, resamples - start))
+        total, n = draws @ sums, draws @ counts
+        means.append(total[n > 0] / n[n > 0])
+    means = np.concatenate(means)
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return [float(lo), float(hi)]
