@@ -320,12 +320,14 @@ def test_a_palette_frame_is_read_through_its_colour_table(tmp_path) -> None:
     assert np.abs(read_image(Path(path)).astype(int) - want).max() <= 1
 
 
-def _palette(path: Path, indices: np.ndarray, colours: np.ndarray, bits: int) -> Path:
+def _palette(path: Path, indices: np.ndarray, colours: np.ndarray, bits: int,
+             scaled: bool = True) -> Path:
     """A PALETTE COLOR file of ``indices`` into ``colours`` ((256, 3) uint8), its table's
-    entries ``bits`` (8, or 16: the colours times 257) deep."""
+    entries ``bits`` (8, or 16: the colours times 257, or as they are where not ``scaled``:
+    an older writer's 8-bit colours in 16-bit entries) deep."""
     make_dicom(path, indices, photometric="PALETTE COLOR")
     ds = pydicom.dcmread(path)
-    table = colours.astype(np.uint16) * 257 if bits == 16 else colours
+    table = colours.astype(np.uint16) * (257 if scaled else 1) if bits == 16 else colours
     for k, c in enumerate(("Red", "Green", "Blue")):
         ds.add_new(f"{c}PaletteColorLookupTableDescriptor", "US", [256, 0, bits])
         ds.add_new(f"{c}PaletteColorLookupTableData", "OW",
@@ -347,6 +349,9 @@ def test_a_palette_reads_alike_whatever_its_tables_entry_depth(tmp_path) -> None
                                   want)
     np.testing.assert_array_equal(read_image(_palette(tmp_path / "p16.dcm", indices, colours, 16)),
                                   want)
+    # 8-bit colours in entries declared 16 bits deep (read as black 0..1 when first scaled)
+    np.testing.assert_array_equal(
+        read_image(_palette(tmp_path / "p16_8.dcm", indices, colours, 16, scaled=False)), want)
 
 
 def test_a_damaged_header_or_pixel_data_is_one_line_for_its_file(tmp_path) -> None:

@@ -270,7 +270,7 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
             else:
                 arr = pydicom.pixels.pixel_array(path, index=frame if frames > 1 else None)
             if photometric == "PALETTE COLOR":      # indices into the header's colour table
-                arr = _palette_8_bits(pydicom.pixels.apply_color_lut(arr, ds))
+                arr = _palette_8_bits(pydicom.pixels.apply_color_lut(arr, ds), ds)
     except Exception as e:      # pydicom's decoders raise what their libraries raise
         where = f"frame {frame + 1} of {frames}: " if frames > 1 else ""
         raise DataError(where + _undecodable(ds, e), path) from e
@@ -287,15 +287,32 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     return to_uint8(arr, path)
 
 
-def _palette_8_bits(rgb: np.ndarray) -> np.ndarray:
+def _palette_8_bits(rgb: np.ndarray, ds: Any) -> np.ndarray:
     """A palette's colours at 8 bits, scaled from its table's entry depth as a viewer shows
     them: 16-bit entries (the standard's usual, 0..65535; pydicom gives them as uint16) times
     255/65535, rounded. Left at 16 bits they were stretched from each frame's own min..max
     (:func:`~ultraseg.io.base.to_uint8`), where the same picture with an 8-bit table, or as
-    RGB, keeps its grey levels."""
+    RGB, keeps its grey levels. A table declared 16 bits deep whose entries all lie within
+    0..255 holds 8-bit colours (older writers' files; DCMTK reads them so): taken as they are,
+    not scaled to black."""
     if rgb.dtype != np.uint16:
         return rgb
+    if _palette_table_max(ds) <= 255:
+        return rgb.astype(np.uint8)
     return ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _palette_table_max(ds: Any) -> int:
+    """The largest entry of a palette's colour tables (every entry, not the frame's own:
+    a dark frame of a 16-bit palette is no 8-bit one); 65535 where it cannot be told."""
+    import pydicom.pixels
+
+    try:
+        entries, first, _ = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+        index = np.arange(first, first + (entries or 65536)).astype(np.uint16)
+        return int(pydicom.pixels.apply_color_lut(index, ds).max())
+    except Exception:  # noqa: BLE001  (a segmented or odd table: scaled as declared)
+        return 65535
 
 
 def _has_voi(ds: Any) -> bool:
