@@ -165,7 +165,8 @@ def test_frames_cached_by_other_decoding_code_are_decoded_again(tmp_path: Path,
     import PIL                              # the libraries that decode and resize, too
     monkeypatch.setattr(PIL, "__version__", "99.0.0")
     assert cache_key(ds, cfg) != key
-    for module in ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py"):
+    for module in ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py",
+                   "duplicates.py"):             # (the fingerprints are cached beside them)
         assert module in data_module.DECODING_CODE
 
 
@@ -512,6 +513,10 @@ def test_the_cache_keeps_each_frames_fingerprints(tmp_path: Path) -> None:
         np.savez(npz, images=z["images"], masks=z["masks"], labels=z["labels"])
     assert duplicates_across_split(load_arrays(open_dataset(root), cfg, cache_dir=cache),
                                    sides) is not None
+    with np.load(npz) as z:              # thumbnails of another size: rebuilt, not served
+        np.savez(npz, **{k: z[k] for k in z.files if k != "thumbs"},
+                 thumbs=np.zeros((6, 16 * 16), np.float32))
+    assert load_arrays(open_dataset(root), cfg, cache_dir=cache).thumbs.shape == (6, 32 * 32)
 
 
 def test_split_file_names_the_held_out_subjects_and_older_files_read_without_them(

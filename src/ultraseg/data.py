@@ -64,9 +64,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "ultraseg"
 
 
-#: The package's files whose code decides the cached canvases: reading images and masks,
-#: the layouts, placing a frame on the canvas.
-DECODING_CODE = ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py")
+#: The package's files whose code decides what is cached: reading images and masks, the
+#: layouts, placing a frame on the canvas, and each frame's fingerprints (hash, thumbnail).
+DECODING_CODE = ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py",
+                 "duplicates.py")
 
 
 @functools.lru_cache(maxsize=1)
@@ -161,9 +162,10 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                 if images.dtype != np.uint8 or masks.dtype != np.uint8 or masks.max() > 1:
                     raise ValueError(f"{images.dtype} frames and {masks.dtype} masks up to "
                                      f"{masks.max()} cached, not uint8 frames and 0/1 masks")
-                if pixels is not None and pixels.shape != (len(samples), 32):
-                    raise ValueError(f"pixel hashes of {pixels.shape} cached for "
-                                     f"{len(samples)} frames")
+                if pixels is not None and (pixels.shape != (len(samples), 32) or
+                                           thumbs.shape != (len(samples), THUMB * THUMB)):
+                    raise ValueError(f"fingerprints of {pixels.shape} and {thumbs.shape} "
+                                     f"cached for {len(samples)} frames")
                 if labels is not None and thumbs is not None:
                     log.info("cache hit: %s", cache_path)
                     return Arrays(images, masks, names, subjects, labels, pixels, thumbs)
