@@ -1438,3 +1438,15 @@ def test_the_report_counts_the_frames_and_subjects_of_every_side_the_held_out_on
     row = _summary_rows(run)["frames (train / val / test)"]
     assert row.startswith(f"{counts[0]}) / {counts[1]}) / {counts[2]}; not used in training")
     assert f"--split {run / 'split.json'} --subset test" in row
+
+
+def test_a_validation_side_without_empty_frames_says_so(capsys) -> None:
+    """Where no validation frame is empty, train's last lines said 'empty validation frames
+    predicted empty: 0 of 0'."""
+    from ultraseg.cli_run import _print_empty_figures
+
+    result = train_mod.TrainResult(Path("run"), 1, 0.8, 1, 1.0, None, [],
+                                   val_dice_nonempty=0.8, val_empty_frames=0, val_empty_right=0)
+    _print_empty_figures(result)
+    line = capsys.readouterr().out
+    assert "no validation frame is empty" in line and "0 of 0" not in line, line

@@ -261,9 +261,10 @@ def _print_empty_figures(result: TrainResult) -> None:
         return
     nonempty = ("n/a (no validation frame holds a structure)"
                 if result.val_dice_nonempty is None else f"{result.val_dice_nonempty:.4f}")
-    print(f"  val Dice, non-empty frames (post-processed) {nonempty}; empty validation frames "
-          f"predicted empty: {result.val_empty_right} of {result.val_empty_frames} (empty "
-          f"rule: {EMPTY_RULE})")
+    empties = (f"empty validation frames predicted empty: {result.val_empty_right} of "
+               f"{result.val_empty_frames} (empty rule: {EMPTY_RULE})" if result.val_empty_frames
+               else "no validation frame is empty")
+    print(f"  val Dice, non-empty frames (post-processed) {nonempty}; {empties}")
 
 
 def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:

@@ -65,7 +65,9 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                           config=RunConfig.load(out / "config.json").to_dict(),   # as recorded
                           history=result.history, best_epoch=result.best_epoch,
                           evaluation={"frames (unseen phantom, seed 1)": summary["n"],
-                                      **{("hd95_median (px)" if k == "hd95_median" else k): v
+                                      **{("hd95_median (px)" if k == "hd95_median" else k):
+                                         (f"{v[0]:.3f}-{v[1]:.3f}" if k.endswith("_ci95") and v
+                                          else v)
                                          for k, v in summary.items()
                                          if k not in ("raw", "n", "subset", "split")}})
         log.info("demo finished: %s", summary)

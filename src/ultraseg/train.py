@@ -1042,7 +1042,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             figure(nonempty) if nonempty is not None or not seen else
             "n/a (no validation frame holds a structure)",
         "empty validation frames predicted empty":
-            f"{empty_right} of {n_empty}" if seen else figure(None),
+            (f"{empty_right} of {n_empty}" if n_empty else "n/a (no validation frame is empty)")
+            if seen else figure(None),
         "empty rule": EMPTY_RULE,
         "post-processing": json.dumps(pp.to_dict()) + ("" if choosing or not seen else
                                                         " (the defaults: not chosen)"),
