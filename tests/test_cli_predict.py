@@ -318,6 +318,26 @@ def test_export_says_that_tile_does_nothing_on_a_same_model(tmp_path, capsys):
     assert "--tile" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["predict", "measure"])
+@pytest.mark.parametrize("labelled", [False, True])
+def test_a_symlink_loop_among_the_frames_is_skipped_named_and_exit_2(tmp_path, ckpt, capsys,
+                                                                     command, labelled):
+    """A link that points at itself (a bad ``ln -s``, a copied tree) stopped predict and
+    measure with an internal error (exit 1) before any frame was predicted: finding the
+    output folder resolved each image's path. It is now an unreadable frame like any other."""
+    images = tmp_path / "in" / ("images" if labelled else "")
+    frames(images, {"a.png": (20, 24)})
+    (images / "loop.png").symlink_to("loop.png")
+    if labelled:
+        frames(tmp_path / "in" / "masks", {"a.png": (20, 24), "loop.png": (20, 24)})
+    out = tmp_path / "out"
+    rc = main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "internal error" not in err and str(images / "loop.png") in err
+    assert (out / ("a_mask.png" if command == "predict" else "measurements.csv")).is_file()
+
+
 def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
     ckpt = make_checkpoint(tmp_path / "m.ckpt", meta_extra={"measure": {"boundary_offset_px": 0.5}})
     folder = tmp_path / "hc" / "training_set"

@@ -102,7 +102,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
     if not inputs:
         raise UltrasegError("no input images given")
     check_layout(layout, subject_pattern)   # (files alone never reach a folder's reader)
-    skip = Path(exclude).resolve() if exclude is not None else None
+    skip = _real(Path(exclude)) if exclude is not None else None
     found: list[tuple[Sample, Path | None, PurePosixPath, str]] = []
     tables: dict[Path, Any] = {}        # pixel-size tables by folder, for files named alone
     for given in inputs:
@@ -116,9 +116,9 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
                     " but a model: the model comes first, the images after it"
                     if model else "; supported: " + ", ".join(IMAGE_EXTENSIONS)), path)
             found.append((file_sample(path, tables), None, PurePosixPath(image_stem(path)),
-                          path.resolve().parent.name))
+                          _real(path).parent.name))
             continue
-        if skip is not None and (path.resolve() == skip or skip in path.resolve().parents):
+        if skip is not None and (_real(path) == skip or skip in _real(path).parents):
             raise UltrasegError("the output folder (--out) is this input folder or holds it: "
                                 "its images would be left out as outputs; choose another --out",
                                 path)
@@ -140,11 +140,11 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
                     f"; `ultraseg inspect {path}` lists the problems (layout found: "
                     f"{ds.layout})" if ds.layout != "images" else "")
             raise DataError(f"{problems[0]}{more}{hint}")
-        root_name = path.resolve().name
+        root_name = _real(path).name
         marked: dict[Path, bool] = {}
         left_out = 0
         for s in ds.samples:
-            if skip is not None and _is_within(s.image_path.resolve(), skip):
+            if skip is not None and _is_within(_real(s.image_path), skip):
                 continue
             if in_output_folder(s.image_path, path, marked):
                 left_out += 1
@@ -172,6 +172,13 @@ def _relative(path: Path, folder: Path) -> Path:
             return path.absolute().relative_to(folder.absolute())
         except ValueError:
             return Path(path.name)
+
+
+def _real(path: Path) -> Path:
+    """``path`` absolute, its links followed as far as they go. Unlike ``Path.resolve()``, a
+    link that loops does not raise (RuntimeError up to Python 3.12): such a frame is left in,
+    its read fails and it is skipped and named like any unreadable frame."""
+    return Path(os.path.realpath(path))
 
 
 def _is_within(path: Path, folder: Path) -> bool:
