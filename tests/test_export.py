@@ -359,6 +359,23 @@ def test_files_that_are_not_ultraseg_exports_are_one_line_checkpoint_errors(expo
         assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+def test_an_export_in_a_folder_whose_name_is_not_utf8_loads_back(exported, tmp_path):
+    """A folder named in Latin-1 (an old NAS, a Windows zip; or any non-ASCII name where
+    Python's file system encoding is ASCII) reaches Python as text with surrogate escapes,
+    which ONNX Runtime's path argument refuses: export wrote and checked the file, then
+    predict, evaluate and load called it one ONNX Runtime 'cannot load'."""
+    folder = tmp_path / os.fsdecode(b"d\xe9p")
+    try:
+        folder.mkdir()
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    ckpt, onnx_file = exported["same"]
+    written = export_onnx(ckpt, folder / "m.onnx")
+    frame = np.random.default_rng(0).integers(0, 255, (40, 52), dtype=np.uint8)
+    want = onnx_predictor(onnx_file).predict(frame)
+    np.testing.assert_array_equal(load(written).predict(frame), want)
+
+
 def test_valid_export_refuses_another_tile(exported):
     with pytest.raises(UltrasegError, match="takes tile 132 only"):
         load(exported["valid"][1], tile=100)

@@ -347,8 +347,7 @@ def _verify(data: bytes, model: Any, shapes: list[tuple[int, int, int, int]]) ->
     """Run the serialized graph on ONNX Runtime and compare with PyTorch on random input."""
     import torch
 
-    ort = _onnxruntime()
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    sess = _session(data)
     rng = np.random.default_rng(0)
     for shape in shapes:
         x = rng.random(shape, dtype=np.float32)
@@ -412,6 +411,29 @@ def check_graph_depth(model: ModelConfig, graph: dict[str, Any]) -> None:
                          f"{step!r}, which is 2**depth")
 
 
+def _session(model: str | bytes, providers: list[str] | None = None) -> Any:
+    """An ONNX Runtime session of a graph, from its file's name or its bytes: how export
+    checks the graph it made (bytes) and how :func:`onnx_predictor` loads a file."""
+    ort = _onnxruntime()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: ONNX Runtime's warnings go to stderr otherwise
+    return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
+
+
+def _model_source(path: Path) -> str | bytes:
+    """What ONNX Runtime opens ``path`` from: its name, where the name's UTF-8 text is its
+    bytes on disk; else the file's contents. ONNX Runtime takes a name as UTF-8 text only: a
+    folder named in Latin-1 (an old NAS, a Windows zip), or any non-ASCII name where Python's
+    file system encoding is ASCII (``LC_ALL=C``), reaches it as text with surrogate escapes,
+    which it refuses. A session made from bytes keeps them while it lives: one more copy of
+    the model in memory (megabytes for ultraseg's models), hence only where the name fails."""
+    name = str(path)
+    with contextlib.suppress(UnicodeEncodeError):
+        if name.encode("utf-8") == os.fsencode(name):
+            return name
+    return path.read_bytes()
+
+
 def onnx_predictor(path: str | Path, providers: list[str] | None = None, **options: Any
                    ) -> Predictor:
     """A :class:`~ultraseg.predict.Predictor` running an exported ``.onnx`` file on ONNX Runtime.
@@ -420,16 +442,18 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None, **optio
     (default CPU). ``options``: Predictor fields (``batch_size``, ``tta``, ``postprocess``; a
     ``tile`` must equal the exported tile of a valid model).
     """
-    ort = _onnxruntime()
+    _onnxruntime()      # (one not installed is said before anything about the file)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("no such ONNX file", path)
     if path.stat().st_size == 0:
         raise CheckpointError("empty file (0 bytes), not an ONNX model", path)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only: ONNX Runtime's warnings go to stderr otherwise
     try:
-        sess = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+        source = _model_source(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read the ONNX file ({e.strerror or e})", path) from e
+    try:
+        sess = _session(source, providers)
     except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from the C++ side
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"ONNX Runtime cannot load this file ({first[:160]})", path) from e
