@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from ultraseg.config import PreprocessConfig
-from ultraseg.data import (cache_key, duplicates_across_split, holdout_by_subject, load_arrays,
-                           read_split, run_split, split_by_subject, write_split)
+from ultraseg.data import (cache_entry, cache_key, duplicates_across_split, holdout_by_subject,
+                           load_arrays, read_split, run_split, split_by_subject, write_split)
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import DataProblems, Sample, open_dataset
 
@@ -246,10 +246,53 @@ def test_changed_file_invalidates_the_cache(tmp_path: Path) -> None:
     Image.fromarray(np.full((20, 30), 200, np.uint8)).save(p)
     os.utime(p, ns=(mtime + 5_000_000_000, mtime + 5_000_000_000))
     after = load_arrays(open_dataset(root), cfg, cache_dir=cache)
-    assert len(list(cache.glob("*.npz"))) == 2
+    assert len(list(cache.glob("*.npz"))) == 1          # the superseded entry is removed
     assert np.all(after.images[1][5:11] == 200)  # the frame's rows (20x30 padded to square)
     assert not np.array_equal(before.images[1], after.images[1])
     assert np.array_equal(before.images[0], after.images[0])
+
+
+def test_a_new_entry_replaces_the_superseded_ones_of_its_dataset_and_settings(
+        tmp_path: Path) -> None:
+    """A chmod, an rsync, an upgrade or a mask corrected in place made a new key and so a new
+    full copy of the frames, and the old copy, which no key could reach again, stayed for
+    good (nerve at 252 px: 250 MB each). A new entry now removes those written before it for
+    the same dataset and canvas settings, and no other: not another size's, not another
+    dataset's, not a write another process has not finished."""
+    root, other = _tree(tmp_path / "data"), _tree(tmp_path / "other")
+    cache, cfg = tmp_path / "cache", PreprocessConfig(size=16)
+    load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    load_arrays(open_dataset(root), PreprocessConfig(size=24), cache_dir=cache)
+    load_arrays(open_dataset(other), cfg, cache_dir=cache)
+    kept = set(cache.glob("*.npz"))
+    assert len(kept) == 3
+    for _ in range(2):
+        os.chmod(root / "images" / "0_0.png", 0o640)    # a new key, the same frames
+        names_before = {p.name for p in cache.glob("*.npz")}
+        prefix = cache_entry(open_dataset(root), cfg, cache).name.split("-")[0]
+        writing = cache / f".{prefix}-{'0' * 24}.npz.a1b2c3.tmp"      # another process's
+        writing.write_bytes(b"being written")
+        load_arrays(open_dataset(root), cfg, cache_dir=cache)
+        now = {p.name for p in cache.glob("*.npz")}
+        assert len(now) == 3 and cache_entry(open_dataset(root), cfg, cache).name in now
+        assert len(now - names_before) == 1 and writing.exists()
+    assert {p for p in kept if not p.name.startswith(prefix)} <= set(cache.glob("*.npz"))
+
+
+def test_a_cache_entry_named_by_its_key_alone_is_read_and_renamed(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Entries written before the name held the dataset and settings' digest are used once
+    more, under their new name, not decoded again beside a copy nothing would reach."""
+    ds, cache, cfg = open_dataset(_tree(tmp_path / "data")), tmp_path / "cache", \
+        PreprocessConfig(size=16)
+    first = load_arrays(ds, cfg, cache_dir=cache)
+    entry = cache_entry(ds, cfg, cache)
+    legacy = cache / f"{cache_key(ds, cfg)}.npz"
+    entry.rename(legacy)
+    monkeypatch.setattr(Sample, "load", lambda self: pytest.fail("decoded on a cache hit"))
+    again = load_arrays(ds, cfg, cache_dir=cache)
+    assert np.array_equal(first.images, again.images)
+    assert list(cache.glob("*.npz")) == [entry]
 
 
 @pytest.mark.parametrize("damage", ["not a zip", "cut in half", "a flipped byte", "empty"])

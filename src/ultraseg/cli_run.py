@@ -360,8 +360,9 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "preset's cap")
     p.add_argument("--cache-dir", help="where the frames decoded onto the working canvas are "
                    "cached for the next run (default $XDG_CACHE_HOME/ultraseg or "
-                   "~/.cache/ultraseg; files readable by their owner only, never removed by "
-                   "ultraseg; '' disables)")
+                   "~/.cache/ultraseg; files readable by their owner only, each replacing "
+                   "the earlier ones of its dataset and settings; safe to delete; '' "
+                   "disables)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out with its own "
                    "config.json (setting flags are refused)")
     layout_args(p)

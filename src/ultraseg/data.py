@@ -97,6 +97,29 @@ def decoding_libraries() -> dict[str, str]:
     return versions
 
 
+def _shaping(cfg: PreprocessConfig) -> dict[str, object]:
+    """The settings that shape the canvases (not ``normalise``, applied after the cache)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "normalise"}
+
+
+def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
+    """Digest of the dataset's folder, its layout and the settings that shape the canvases:
+    the start of the name of each cache entry made for them, whatever the files' state, the
+    code and the libraries (:func:`cache_key`). An entry with the same prefix and another key
+    is one they made earlier, which no later run can hit (:func:`_remove_superseded`)."""
+    text = json.dumps({"layout": ds.layout, "root": str(ds.root.resolve()),
+                       "pre": _shaping(cfg)}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def cache_entry(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None
+                ) -> Path:
+    """The cache file of ``ds`` under ``cfg``: ``<entry_prefix>-<cache_key>.npz`` in
+    ``cache_dir`` (None: :func:`default_cache_dir`)."""
+    folder = Path(cache_dir or default_cache_dir())
+    return folder / f"{entry_prefix(ds, cfg)}-{cache_key(ds, cfg)}.npz"
+
+
 def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     """Hash of the files (names, sizes, inodes, modification and status-change times) and the
     settings that shape the canvases (not ``normalise``, applied after the cache).
@@ -106,7 +129,7 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     an uncompressed format) still makes a new key; so does a chmod, at the cost of one
     rebuild."""
     h = hashlib.sha256()
-    shaping = {k: v for k, v in cfg.to_dict().items() if k != "normalise"}
+    shaping = _shaping(cfg)
     # "decode": the code files are decoded by, so frames that changed code reads otherwise
     # are decoded again (a number bumped by hand was forgotten once)
     h.update(json.dumps({"v": __version__, "decode": decoding_code_digest(),
@@ -145,7 +168,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     names, subjects = tuple(s.name for s in samples), tuple(s.subject for s in samples)
     cache_path = None
     if cache_dir != "":
-        cache_path = Path(cache_dir or default_cache_dir()) / f"{cache_key(ds, cfg)}.npz"
+        cache_path = cache_entry(ds, cfg, cache_dir)
+        _adopt_unprefixed_entry(cache_path)
         if cache_path.exists():
             try:
                 with np.load(cache_path, allow_pickle=False) as z:
@@ -169,6 +193,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                 if labels is not None and thumbs is not None:
                     log.info("cache hit: %s", cache_path)
                     return Arrays(images, masks, names, subjects, labels, pixels, thumbs)
+            except FileNotFoundError:   # removed since: superseded by another process's
+                pass                    # entry (the files changed meanwhile); decoded anew
             except Exception as e:  # noqa: BLE001  (a truncated npz raises BadZipFile, an
                 # empty one EOFError...): whatever the damage, the cache is rebuilt over it
                 log.warning("ignoring damaged cache %s (%s: %s)", cache_path,
@@ -201,6 +227,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         try:
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs)
+            _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs)
@@ -214,6 +241,36 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     with atomic_open(path, "wb") as f:
         os.fchmod(f.fileno(), 0o600)
         np.savez(f, **arrays)
+
+
+def _adopt_unprefixed_entry(entry: Path) -> None:
+    """Give an entry named by its key alone (written before names began with
+    :func:`entry_prefix`) ``entry``'s name, so that it is read, and replaced in turn, rather
+    than decoded again beside a copy nothing would reach."""
+    unprefixed = entry.with_name(entry.name.split("-", 1)[1])
+    if unprefixed.exists() and not entry.exists():
+        with contextlib.suppress(OSError):      # renamed by another run meanwhile, read-only
+            os.replace(unprefixed, entry)
+
+
+def _remove_superseded(entry: Path) -> None:
+    """Remove the cache entries of ``entry``'s dataset and settings (its prefix) finished
+    before it: made for an earlier state of the files (a chmod, an edit, an rsync) or by
+    another version of the code or of Pillow, no run hits them again, and each is a full copy
+    of the frames. Another dataset's or setting's entries are left, and so is a write not
+    finished (its temporary, :func:`_sweep_stale_cache_writes`'s business)."""
+    prefix = entry.name.split("-", 1)[0]
+    try:
+        written = entry.stat().st_mtime_ns
+    except OSError:
+        return
+    for old in entry.parent.glob(f"{prefix}-*.npz"):
+        if old.name == entry.name:
+            continue
+        with contextlib.suppress(OSError):      # removed by another run meanwhile
+            if old.stat().st_mtime_ns <= written:
+                old.unlink()
+                log.info("removed the superseded cache entry %s", old)
 
 
 #: Seconds without a write after which a cache file's temporary is a killed writer's.
