@@ -27,12 +27,20 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``args`` under torchrun in ``cwd`` (a test's tmp_path). torchrun keeps its workers'
+    logs in a ``torchelastic_*`` folder of ``$TMPDIR`` unless ``--log-dir`` names one, and
+    leaves it there: every run of these tests left one in /tmp. Its logs now go below
+    ``cwd``, and ``$TMPDIR`` points below it too, to check that nothing else is left."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([*TORCHRUN, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    tmp = cwd / "tmpdir"
+    tmp.mkdir(exist_ok=True)
+    env["TMPDIR"] = str(tmp)
+    proc = subprocess.run([*TORCHRUN, f"--log-dir={cwd / 'torchrun-logs'}", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not list(tmp.glob("torchelastic_*")), "torchrun left its log folder in $TMPDIR"
     return proc
 
 
