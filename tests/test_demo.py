@@ -183,6 +183,7 @@ def test_a_demo_stopped_while_writing_its_frames_can_run_again(tmp_path, monkeyp
         m.setattr(phantom, "_write_png", stopped)
         assert cli.main(["demo", "--out", str(out)]) == 130
     assert not list((out / "data" / "unseen").glob("*/*.png"))     # no half set in the way
+    assert not list(out.rglob(".phantom-*"))        # nor a hidden one left aside (Ctrl-C)
     assert len(list((out / "data" / "train").glob("*/*.png"))) == 2 * 24
     assert cli.main(["demo", "--out", str(out)]) == 0, capsys.readouterr().err
     assert not list(out.rglob(".phantom-*"))                       # nothing left aside

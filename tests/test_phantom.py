@@ -185,3 +185,25 @@ def test_a_running_writers_staging_folder_is_left_alone(tmp_path) -> None:
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+def test_a_stopped_phantom_run_leaves_no_hidden_half_set(tmp_path, monkeypatch, stop) -> None:
+    """Ctrl-C (or a full disk) while the frames were written left the hidden staging folder
+    (``.phantom-PID-*.tmp``, growing with --n and --size) for good unless a later run wrote
+    into the same folder. It is removed as the run stops; the error goes on."""
+    import ultraseg.phantom as phantom
+
+    real, calls = phantom._write_png, []
+
+    def stopped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise stop("stopped")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phantom, "_write_png", stopped)
+    out = tmp_path / "ph"
+    with pytest.raises(stop):
+        make_dataset(out, n=8, size=32)
+    assert list(out.iterdir()) == []

@@ -463,17 +463,32 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
                             "hide them: choose a new or empty folder", out)
     # written into a hidden folder and moved into place at the end: an interrupted run
     # leaves no half set in the way of the next (the hidden folder's readers skip; removed
-    # by the next run, where the process that wrote it has ended)
+    # as the run stops, or, where a kill left it, by the next run once its writer has ended)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".phantom-*.tmp"):
         if not _running(stale.name.split("-")[1]):
             shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".phantom-{os.getpid()}-", suffix=".tmp", dir=out))
+    try:
+        n_subjects, n_empty = _write_set(staging, int(n), int(size), int(seed))
+        for name in ("images", "masks"):  # onto an empty folder of the name, if one is there
+            os.replace(staging / name, out / name)
+    except BaseException:   # Ctrl-C, a full disk: no hidden half set left behind for good
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.rmdir()
+    log.info("wrote %d phantom frames (%d subjects, %d with an empty mask, %dx%d px, seed %d) "
+             "to %s", n, n_subjects, n_empty, size, size, seed, out)
+    return out
+
+
+def _write_set(staging: Path, n: int, size: int, seed: int) -> tuple[int, int]:
+    """Write the ``n`` frames and masks into ``staging``'s ``images`` and ``masks``; return
+    the number of subjects and of frames with an empty mask."""
     images, masks = staging / "images", staging / "masks"
     images.mkdir()
     masks.mkdir()
-
-    n_subjects = -(-int(n) // FRAMES_PER_SUBJECT)
+    n_subjects = -(-n // FRAMES_PER_SUBJECT)
     n_empty = 0
     written = 0
     for subject in range(1, n_subjects + 1):
@@ -491,9 +506,4 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
             _write_png(mask * np.uint8(255), masks / f"{name}_mask.png")
             n_empty += int(not mask.any())
             written += 1
-    for folder in (images, masks):       # onto an empty folder of the name, if one is there
-        os.replace(folder, out / folder.name)
-    staging.rmdir()
-    log.info("wrote %d phantom frames (%d subjects, %d with an empty mask, %dx%d px, seed %d) "
-             "to %s", written, n_subjects, n_empty, size, size, seed, out)
-    return out
+    return n_subjects, n_empty
