@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from .data import union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near_pairs,
@@ -92,9 +93,10 @@ def _empty_duplicates() -> dict[str, Any]:
     return duplicate_summary(_Frames())
 
 
-def duplicate_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
-    """One warning line per kind of duplicate or constant frame found, with the first few
-    names: data a user may keep knowingly, so warnings, not problems."""
+def data_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
+    """One warning line per kind of duplicate or constant frame found, and for masks with
+    specks, with the first few names: data a user may keep knowingly, so warnings, not
+    problems."""
     lines = []
     for kind, what in (("exact", "pixel-identical"),
                        ("near", f"near-duplicate (thumbnail correlation >= {NEAR_CORRELATION})")):
@@ -114,7 +116,30 @@ def duplicate_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
         named = ", ".join(report["constant_frames"][:shown])
         lines.append(f"{n} constant (blank) frame{'s' * (n != 1)}, every pixel the same: "
                      f"{named}{', ...' if n > shown else ''}; check the export")
+    n = report["masks_with_specks_count"]
+    if n:
+        named = ", ".join(f"{name} ({', '.join(map(str, sizes))} px)"
+                          for name, sizes in report["masks_with_specks"][:shown])
+        lines.append(f"{n} mask{'s' * (n != 1)} with specks, separate regions under "
+                     f"{SPECK_SHARE:.0%} of the mask's largest: {named}"
+                     f"{', ...' if n > shown else ''}; slips of an annotation tool? Training "
+                     "learns them as the structure: clean them from the masks, or keep them "
+                     "knowingly")
     return lines
+
+
+#: A mask's region under this share of its largest region (8-connected) is a speck.
+SPECK_SHARE = 0.01
+
+
+def specks(fg: np.ndarray) -> list[int]:
+    """Sizes (px) of a foreground's specks: its separate 8-connected regions under
+    :data:`SPECK_SHARE` of its largest, smallest first (none: [])."""
+    labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    if n < 2:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    return sorted(int(v) for v in sizes[sizes < SPECK_SHARE * sizes.max()])
 
 
 def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
@@ -135,6 +160,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     subjects: set[str] = set()
     unlabelled_subjects: set[str] = set()
     frames = _Frames()
+    with_specks: list[list[Any]] = []       # [name, speck sizes]
     for s in (frame for sample in ds.samples for frame in split_frames(sample)):
         try:
             image, mask = s.load()
@@ -155,6 +181,9 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         labels.update(int(v) for v in np.unique(mask) if v)
         fg = select_label(mask, label)
         frames.add(s.name, s.subject, image, fg)
+        speckled = specks(fg)
+        if speckled:
+            with_specks.append([s.name, speckled])
         fractions.append(float(fg.mean()))
         empty += int(not fg.any())
     if label is not None and pairs and label not in labels:
@@ -180,9 +209,11 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         "labels_note": union_note(sorted(labels), label),
         "classes": dict(sorted(classes.items())),
         **duplicate_summary(frames),
+        "masks_with_specks": with_specks[:LISTED],
+        "masks_with_specks_count": len(with_specks),
         "problems": len(problems),
     }
-    for line in duplicate_warnings(report):
+    for line in data_warnings(report):
         log.warning("%s: %s", ds.root, line)
     return report, problems
 
@@ -194,7 +225,8 @@ def failed_report(path: str | Path, problem_lines: list[str]) -> dict[str, Any]:
     return {"path": str(path), "layout": None, "pairs": 0, "unlabelled": 0, "subjects": 0,
             "empty_masks": 0, "foreground_fraction_mean": None, "image_size_min": None,
             "image_size_median": None, "image_size_max": None, "labels": [], "labels_note": None,
-            "classes": {}, **_empty_duplicates(),
+            "classes": {}, **_empty_duplicates(), "masks_with_specks": [],
+            "masks_with_specks_count": 0,
             "problems": len(problem_lines), "problem_lines": problem_lines}
 
 
@@ -224,5 +256,7 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{report['duplicates_near_across_subjects']} across subjects)")
     if report.get("constant_frames_count"):
         lines.append(f"constant    {report['constant_frames_count']} frames")
+    if report.get("masks_with_specks_count"):
+        lines.append(f"specks      {report['masks_with_specks_count']} masks")
     lines.append(f"problems    {report['problems']}")
     return "\n".join(lines)
