@@ -499,6 +499,13 @@ def test_training_frames_padded_to_a_strip_of_the_canvas_are_warned_about(tmp_pa
     assert said[False] == [] and len(said[True]) == 1, said
     assert said[True][0].startswith("2 frame(s)") and "--no-pad-to-square" in said[True][0]
     assert f"first: {root / 'images' / 'a.png'}, 2000x40" in said[True][0]
+    # a cache hit says it again: the second run on the same frames warned of nothing
+    cached = []
+    for _ in range(2):
+        with ultraseg_warnings() as warned:
+            load_arrays(ds, PreprocessConfig(size=32), cache_dir=tmp_path / "cache")
+        cached.append([r.getMessage() for r in warned if "long and thin" in r.getMessage()])
+    assert cached[0] == cached[1] == said[True], cached
 
 
 # ------------------------------------------------------------------ copies across the split

@@ -179,6 +179,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                     # (a cache written before it kept these: rebuilt, as for labels)
                     pixels, thumbs = (z["pixels"], z["thumbs"]) if "thumbs" in z.files \
                         else (None, None)
+                    thin_record = z["thin"] if "thin" in z.files else None
                 want = (len(samples), cfg.size, cfg.size)
                 if images.shape != want or masks.shape != want:
                     raise ValueError(f"arrays of {images.shape} and {masks.shape} cached for "
@@ -192,6 +193,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                                      f"cached for {len(samples)} frames")
                 if labels is not None and thumbs is not None:
                     log.info("cache hit: %s", cache_path)
+                    _thin_frames(cfg, thin_record).warn(log, THIN_REMEDY)   # as when built
                     return Arrays(images, masks, names, subjects, labels, pixels, thumbs)
             except FileNotFoundError:   # removed since: superseded by another process's
                 pass                    # entry (the files changed meanwhile); decoded anew
@@ -221,16 +223,32 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
     if problems:
         raise DataProblems(problems)
-    thin.warn(log, "--no-pad-to-square stretches such frames onto the canvas instead (or a "
-              "larger --size)")
+    thin_record = np.array([] if thin.first is None else [thin.n, *thin.first], dtype=str)
+    thin.warn(log, THIN_REMEDY)
     if cache_path is not None:
         try:
             _save_npz(cache_path, images=images, masks=masks,
-                      labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs)
+                      labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
+                      thin=thin_record)
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs)
+
+
+#: What helps training on the frames :class:`~ultraseg.preprocess.ThinFrames` counts.
+THIN_REMEDY = ("--no-pad-to-square stretches such frames onto the canvas instead (or a larger "
+               "--size)")
+
+
+def _thin_frames(cfg: PreprocessConfig, record: np.ndarray | None) -> ThinFrames:
+    """The tally of thin frames a cache entry keeps (``[count, first name, height, width]``;
+    empty or None: none, or an entry written before it kept them), to warn on a hit as the
+    build did."""
+    thin = ThinFrames(cfg)
+    if record is not None and len(record) == 4:
+        thin.n, thin.first = int(record[0]), (str(record[1]), int(record[2]), int(record[3]))
+    return thin
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
