@@ -350,7 +350,7 @@ def test_detached_presence_head_gates_prediction_and_its_gated_loss_skips_the_de
     loss = compute_loss("bce+dice", net(x), target, presence_weight=0.0)
     without_gate = compute_loss("bce+dice", PresenceOutput(net(x).outputs, torch.zeros(3, 1)),
                                 target, presence_weight=0.0)
-    assert float(loss) > float(without_gate)             # the gated term is added
+    assert loss.item() > without_gate.item()             # the gated term is added
     loss.backward()
     compute_loss("bce+dice", plain(x), target).backward()
     torch.testing.assert_close(net.head.weight.grad, plain.head.weight.grad)
