@@ -8,6 +8,7 @@ threshold 0.5 a pixel is foreground exactly when its value is >= 128.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -457,6 +458,8 @@ def test_measuring_the_frames_a_model_trained_on_is_warned_about(tmp_path) -> No
     frames), where evaluate warns. It now says how many frames are of the training data and
     what gives the error on held-out frames; frames without a reference, or of other data,
     are measured as ever, without the check."""
+    from dataclasses import replace
+
     from conftest import ultraseg_warnings
 
     hc18_like(tmp_path / "hc")
@@ -473,6 +476,22 @@ def test_measuring_the_frames_a_model_trained_on_is_warned_about(tmp_path) -> No
     with ultraseg_warnings() as warned:
         measure_frames(bright, tmp_path / "other")
     assert not [r for r in warned if "trained on" in r.getMessage()]
+    # the run's split.json beside the model tells the frames that trained from held-out ones
+    # (a frame held out for testing, measured alone, was called a training frame)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "split.json").write_text(json.dumps({"train": ["001_HC"], "val": [],
+                                                "test": ["002_HC"]}))
+    in_run = replace(bright, source=str(run / "best.ckpt"))
+    for frames, trained in (([tmp_path / "hc"], 1),
+                            ([tmp_path / "hc" / "training_set" / "002_HC.png"], 0)):
+        with ultraseg_warnings() as warned:
+            measure_frames(in_run, frames)
+        said = [r.getMessage() for r in warned if "trained on" in r.getMessage()]
+        assert len(said) == (1 if trained else 0), said
+        if trained:
+            assert said[0].startswith("1 of the 2 frames measured are frames the model was "
+                                      "trained on (its split")
 
 
 def test_write_and_measure_take_paths_as_evaluate_does(tmp_path):

@@ -133,7 +133,7 @@ def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path
         log.warning("%s is the data the model was trained on: without a split every frame is "
                     "scored, its training frames too; %s", root, _split_advice(split, a))
         return True
-    shared = _shared_frames(predictor, a, samples)
+    shared = len(_shared_frames(predictor, a, samples))
     if shared:
         log.warning("%d of the %d frames scored are frames of %s, the data the model was "
                     "trained on, training frames among them; %s", shared, len(samples), a,
@@ -141,36 +141,50 @@ def _warn_if_trained_on_folder(predictor: Predictor, trained_on: str, root: Path
     return bool(shared)
 
 
-def _shared_frames(predictor: Predictor, trained_on: Path, samples: Sequence[Sample]) -> int:
-    """How many of ``samples`` are labelled frames of ``trained_on`` (the same files), the
-    folder read as the model's training run read it."""
+def _shared_frames(predictor: Predictor, trained_on: Path, samples: Sequence[Sample]
+                   ) -> list[str]:
+    """The names, as the training run named them, of the ``samples`` that are labelled frames
+    of ``trained_on`` (the same files), the folder read as the model's training run read it."""
     run = (predictor.meta.get("run") or {}).get("data") or {}
     try:        # (the training folder as it was read; what it says is not about this data)
         with quiet("ultraseg.io"):
             ds, _ = scan_dataset(trained_on, run.get("layout") or "auto",
                                  run.get("subject_pattern"))
     except UltrasegError:
-        return 0
-    seen = {os.path.realpath(s.image_path) for s in ds.labelled}
-    return sum(os.path.realpath(s.image_path) in seen for s in samples)
+        return []
+    name_of = {os.path.realpath(s.image_path): s.name for s in ds.labelled}
+    return [name_of[p] for p in (os.path.realpath(s.image_path) for s in samples)
+            if p in name_of]
 
 
 def warn_if_measuring_trained_frames(predictor: Predictor, samples: Sequence[Sample]) -> None:
     """``measure``'s check where its frames carry reference head circumferences: the error
     over them is the model's on new frames only where none is a frame it was trained on, and
-    measure takes no split. Say how many are, and what gives the error on held-out frames."""
+    measure takes no split. Say how many are (by the run's ``split.json`` where it lies
+    beside the model; else the frames of its training folder, any of which may have
+    trained), and what gives the error on held-out frames."""
     split = _run_file(predictor, "split.json")
+    doc = _split_doc(split) if split is not None else None
     for trained_on in _trained_on(predictor):
         try:
             folder = Path(trained_on).resolve()
         except (OSError, RuntimeError, ValueError):
             continue
-        shared = _shared_frames(predictor, folder, samples) if folder.is_dir() else 0
+        shared = _shared_frames(predictor, folder, samples) if folder.is_dir() else []
+        if doc is not None:
+            trained = set(doc.get("train") or [])
+            n = sum(name in trained for name in shared)
+            what = f"frames the model was trained on (its split, {split})"
+        else:
+            n = len(shared)
+            what = (f"frames of {folder}, the data the model was trained on (no split.json "
+                    "beside the model tells which trained)")
+        if n:
+            log.warning("%d of the %d frames measured are %s: their head-circumference error "
+                        "is not the model's on new frames; %s", n, len(samples), what,
+                        _split_advice(split, folder))
+            return
         if shared:
-            log.warning("%d of the %d frames measured are frames of %s, the data the model was "
-                        "trained on, training frames among them: their head-circumference "
-                        "error is not the model's on new frames; %s", shared, len(samples),
-                        folder, _split_advice(split, folder))
             return
 
 
