@@ -254,7 +254,7 @@ def test_changed_file_invalidates_the_cache(tmp_path: Path) -> None:
 
 def test_a_new_entry_replaces_the_superseded_ones_of_its_dataset_and_settings(
         tmp_path: Path) -> None:
-    """A chmod, an rsync, an upgrade or a mask corrected in place made a new key and so a new
+    """A chmod, an rsync or a mask corrected in place made a new key and so a new
     full copy of the frames, and the old copy, which no key could reach again, stayed for
     good (nerve at 252 px: 250 MB each). A new entry now removes those written before it for
     the same dataset and canvas settings, and no other: not another size's, not another
@@ -277,6 +277,23 @@ def test_a_new_entry_replaces_the_superseded_ones_of_its_dataset_and_settings(
         assert len(now) == 3 and cache_entry(open_dataset(root), cfg, cache).name in now
         assert len(now - names_before) == 1 and writing.exists()
     assert {p for p in kept if not p.name.startswith(prefix)} <= set(cache.glob("*.npz"))
+
+
+def test_two_installs_sharing_a_cache_keep_each_others_entries(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A development clone and a release sharing the cache folder removed each other's entry
+    on every run (a full decode each time: the reviewer's four alternating runs never hit).
+    Each version's entry stays, and is hit again."""
+    import ultraseg.data as data_module
+
+    root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
+    real = data_module.decoding_code_digest()
+    for digest in (real, real + "clone", real, real + "clone"):
+        monkeypatch.setattr(data_module, "decoding_code_digest", lambda d=digest: d)
+        load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2
+    monkeypatch.setattr(Sample, "load", lambda self: pytest.fail("decoded on a cache hit"))
+    load_arrays(open_dataset(root), cfg, cache_dir=cache)
 
 
 def test_a_cache_entry_named_by_its_key_alone_is_read_and_renamed(tmp_path: Path,
@@ -506,6 +523,12 @@ def test_training_frames_padded_to_a_strip_of_the_canvas_are_warned_about(tmp_pa
             load_arrays(ds, PreprocessConfig(size=32), cache_dir=tmp_path / "cache")
         cached.append([r.getMessage() for r in warned if "long and thin" in r.getMessage()])
     assert cached[0] == cached[1] == said[True], cached
+    npz = next((tmp_path / "cache").glob("*.npz"))        # an entry written before the tally
+    with np.load(npz) as z:
+        np.savez(npz, **{k: z[k] for k in z.files if k != "thin"})
+    with ultraseg_warnings() as warned:
+        load_arrays(ds, PreprocessConfig(size=32), cache_dir=tmp_path / "cache")
+    assert [r.getMessage() for r in warned if "long and thin" in r.getMessage()] == said[True]
 
 
 # ------------------------------------------------------------------ copies across the split

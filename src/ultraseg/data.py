@@ -103,12 +103,16 @@ def _shaping(cfg: PreprocessConfig) -> dict[str, object]:
 
 
 def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
-    """Digest of the dataset's folder, its layout and the settings that shape the canvases:
-    the start of the name of each cache entry made for them, whatever the files' state, the
-    code and the libraries (:func:`cache_key`). An entry with the same prefix and another key
-    is one they made earlier, which no later run can hit (:func:`_remove_superseded`)."""
-    text = json.dumps({"layout": ds.layout, "root": str(ds.root.resolve()),
-                       "pre": _shaping(cfg)}, sort_keys=True)
+    """Digest of the dataset's folder, its layout, the settings that shape the canvases and
+    the code and libraries that decode them: the start of the name of each cache entry made
+    for them, whatever the files' state (:func:`cache_key`). An entry with the same prefix and
+    another key is one made for an earlier state of the files, which no later run can hit
+    (:func:`_remove_superseded`). The code's version is in it so that two installs sharing a
+    cache folder (a development clone beside a release) do not remove each other's entries
+    on every run: an upgrade's leftovers stay until the folder is deleted."""
+    text = json.dumps({"v": __version__, "decode": decoding_code_digest(),
+                       "libraries": decoding_libraries(), "layout": ds.layout,
+                       "root": str(ds.root.resolve()), "pre": _shaping(cfg)}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
@@ -176,7 +180,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                     images, masks = z["images"], z["masks"]
                     labels = tuple(int(v) for v in z["labels"]) if "labels" in z.files \
                         else None
-                    # (a cache written before it kept these: rebuilt, as for labels)
+                    # (a cache written before it kept these, or the thin-frame tally:
+                    # rebuilt, as for labels)
                     pixels, thumbs = (z["pixels"], z["thumbs"]) if "thumbs" in z.files \
                         else (None, None)
                     thin_record = z["thin"] if "thin" in z.files else None
@@ -191,7 +196,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                                            thumbs.shape != (len(samples), THUMB * THUMB)):
                     raise ValueError(f"fingerprints of {pixels.shape} and {thumbs.shape} "
                                      f"cached for {len(samples)} frames")
-                if labels is not None and thumbs is not None:
+                if labels is not None and thumbs is not None and thin_record is not None:
                     log.info("cache hit: %s", cache_path)
                     _thin_frames(cfg, thin_record).warn(log, THIN_REMEDY)   # as when built
                     return Arrays(images, masks, names, subjects, labels, pixels, thumbs)
@@ -272,10 +277,9 @@ def _adopt_unprefixed_entry(entry: Path) -> None:
 
 
 def _remove_superseded(entry: Path) -> None:
-    """Remove the cache entries of ``entry``'s dataset and settings (its prefix) finished
-    before it: made for an earlier state of the files (a chmod, an edit, an rsync) or by
-    another version of the code or of Pillow, no run hits them again, and each is a full copy
-    of the frames. Another dataset's or setting's entries are left, and so is a write not
+    """Remove the cache entries of ``entry``'s dataset, settings and code (its prefix)
+    finished before it: made for an earlier state of the files (a chmod, an edit, an rsync),
+    no run hits them again, and each is a full copy of the frames. Another dataset's or setting's entries are left, and so is a write not
     finished (its temporary, :func:`_sweep_stale_cache_writes`'s business)."""
     prefix = entry.name.split("-", 1)[0]
     try:
