@@ -506,30 +506,34 @@ def test_a_constant_frame_is_a_warning_not_a_problem(tmp_path, capsys) -> None:
 
 
 def test_masks_with_specks_are_a_warning_naming_them(tmp_path, capsys) -> None:
-    """BUSI holds 8 masks with a stray 1-2 px region beside the lesion (benign 48, 96, 98...),
+    """BUSI holds 8 masks with a stray 1-3 px region beside the lesion (benign 48, 96, 98...),
     which training learns as the structure, and inspect said nothing. Such specks (a region
-    under 1 % of the mask's largest) are named in a warning; two lesions of their own size
-    are no specks."""
+    of at most 16 px under 1 % of its label's largest) are named in a warning; a small second
+    lesion, or a region of another label, is no speck."""
     root = tmp_path / "d"
-    for k, name in enumerate(("1_1", "2_1", "3_1")):
+    for k, name in enumerate(("1_1", "2_1", "3_1", "4_1")):
         _save(root / "images" / f"{name}.png", _scene(k, size=64))
     lesion = np.zeros((64, 64), np.uint8)
     lesion[10:40, 10:40] = 255
     speckled = lesion.copy()
     speckled[60, 60] = speckled[60, 61] = 255                      # 2 px, far from it
     two = lesion.copy()
-    two[45:60, 45:60] = 255                                        # a second lesion
-    for name, mask in (("1_1", speckled), ("2_1", two), ("3_1", lesion)):
+    two[50:54, 50:55] = 255                      # a small second lesion (20 px): no speck
+    labelled = (lesion > 0).astype(np.uint8)
+    labelled[60, 60] = 2                         # a region of another label: no speck of 1
+    dithered = lesion.copy()
+    dithered[45:64:3, 45:64:3] = 255             # 49 one-pixel specks: 5 sizes listed
+    for name, mask in (("1_1", speckled), ("2_1", two), ("3_1", labelled), ("4_1", dithered)):
         _save(root / "masks" / f"{name}_mask.png", mask)
     with ultraseg_warnings() as warned:
         assert main(["inspect", str(root), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["masks_with_specks"] == [["1_1", [2]]]
-    assert report["masks_with_specks_count"] == 1 and report["problems"] == 0
+    assert report["masks_with_specks"] == [["1_1", [2]], ["4_1", [1, 1, 1, 1, 1]]]
+    assert report["masks_with_specks_count"] == 2 and report["problems"] == 0
     (line,) = [r.getMessage() for r in warned if "specks" in r.getMessage()]
-    assert "1 mask with specks" in line and "1_1 (2 px)" in line and "2_1" not in line
+    assert "2 masks with specks" in line and "1_1 (2 px)" in line and "2_1" not in line
     assert main(["inspect", str(root)]) == 0
-    assert re.search(r"specks\s+1 masks", capsys.readouterr().out)
+    assert re.search(r"specks\s+2 masks", capsys.readouterr().out)
 
 
 def test_the_human_report_counts_duplicates(tmp_path, capsys) -> None:

@@ -120,26 +120,39 @@ def data_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
     if n:
         named = ", ".join(f"{name} ({', '.join(map(str, sizes))} px)"
                           for name, sizes in report["masks_with_specks"][:shown])
-        lines.append(f"{n} mask{'s' * (n != 1)} with specks, separate regions under "
-                     f"{SPECK_SHARE:.0%} of the mask's largest: {named}"
+        lines.append(f"{n} mask{'s' * (n != 1)} with specks, separate regions of at most "
+                     f"{SPECK_MAX_PX} px under {SPECK_SHARE:.0%} of the largest of their "
+                     f"label: {named}"
                      f"{', ...' if n > shown else ''}; slips of an annotation tool? Training "
                      "learns them as the structure: clean them from the masks, or keep them "
                      "knowingly")
     return lines
 
 
-#: A mask's region under this share of its largest region (8-connected) is a speck.
+#: A mask's region under this share of the largest region of its label (8-connected), and of
+#: at most :data:`SPECK_MAX_PX` pixels, is a speck: BUSI's are 1-3 px beside lesions of
+#: thousands; a small second lesion drawn on purpose is larger.
 SPECK_SHARE = 0.01
+SPECK_MAX_PX = 16
+#: Speck sizes listed per mask (the count covers them all).
+SPECKS_LISTED = 5
 
 
-def specks(fg: np.ndarray) -> list[int]:
-    """Sizes (px) of a foreground's specks: its separate 8-connected regions under
-    :data:`SPECK_SHARE` of its largest, smallest first (none: [])."""
-    labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
-    if n < 2:
-        return []
-    sizes = np.bincount(labels.ravel())[1:]
-    return sorted(int(v) for v in sizes[sizes < SPECK_SHARE * sizes.max()])
+def specks(mask: np.ndarray, label: int | None = None) -> list[int]:
+    """Sizes (px) of a mask's specks, smallest first (none: []): for each label it holds
+    (``label`` alone where given), its separate 8-connected regions under
+    :data:`SPECK_SHARE` of that label's largest and of at most :data:`SPECK_MAX_PX` pixels. A
+    region of another label beside it is no speck of it."""
+    found: list[int] = []
+    values = [label] if label is not None else [int(v) for v in np.unique(mask) if v]
+    for value in values:
+        regions, n = ndimage.label(mask == value, structure=np.ones((3, 3), bool))
+        if n < 2:
+            continue
+        sizes = np.bincount(regions.ravel())[1:]
+        small = sizes[(sizes < SPECK_SHARE * sizes.max()) & (sizes <= SPECK_MAX_PX)]
+        found += [int(v) for v in small]
+    return sorted(found)
 
 
 def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
@@ -181,9 +194,9 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         labels.update(int(v) for v in np.unique(mask) if v)
         fg = select_label(mask, label)
         frames.add(s.name, s.subject, image, fg)
-        speckled = specks(fg)
+        speckled = specks(mask, label)
         if speckled:
-            with_specks.append([s.name, speckled])
+            with_specks.append([s.name, speckled[:SPECKS_LISTED]])
         fractions.append(float(fg.mean()))
         empty += int(not fg.any())
     if label is not None and pairs and label not in labels:
