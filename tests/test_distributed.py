@@ -26,7 +26,7 @@ from ultraseg.phantom import make_dataset
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``args`` under torchrun in ``cwd`` (a test's tmp_path). torchrun keeps its workers'
     logs in a ``torchelastic_*`` folder of ``$TMPDIR`` unless ``--log-dir`` names one, and
     leaves it there: every run of these tests left one in /tmp. Its logs now go below
@@ -38,7 +38,7 @@ def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     tmp.mkdir(exist_ok=True)
     env["TMPDIR"] = str(tmp)
     proc = subprocess.run([*TORCHRUN, f"--log-dir={cwd / 'torchrun-logs'}", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not list(tmp.glob("torchelastic_*")), "torchrun left its log folder in $TMPDIR"
     return proc
@@ -246,3 +246,42 @@ def test_torchrun_two_cpu_processes_match_one_process(variant: str, data: Path,
         assert a["lr"] == b["lr"]
     if variant == "valid":  # no batch norm: training moved, and both runs moved alike
         assert rows_1[-1]["train_loss"] < rows_1[0]["train_loss"] - 0.01
+
+
+@pytest.mark.slow
+def test_a_resume_whose_time_is_used_up_on_one_process_stops_them_all(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming a time-limited run, each process decided alone whether its time was used up:
+    near the limit rank 0 finished the run and waited at the last barrier while rank 1
+    trained on and waited for it, both for good (a reviewer's 1 in 11 resumes). Here rank 1
+    alone sees the limit reached; the processes agree and the resume finishes."""
+    import ultraseg.train as T
+    from ultraseg.config import merge, preset
+
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""},
+        "model": {"variant": "same", "width": 4, "depth": 2}, "preprocess": {"size": 32},
+        "train": {"epochs": 3, "batch_size": 4, "seed": 1, "device": "cpu", "precision": "fp32",
+                  "num_threads": 1, "time_limit_s": 600.0}})
+    run = tmp_path / "run"
+
+    def stop_after_epoch_1(event: dict) -> None:
+        if event.get("event") == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, run, progress=stop_after_epoch_1)
+    assert len(_metrics(run)) == 1
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':   # this process alone: its time is used up\n"
+        "    import ultraseg.train as T\n"
+        "    T._reserve_fixed = lambda limit_s: 1e9\n")
+    monkeypatch.setenv("PYTHONPATH",
+                       os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]))
+    proc = _torchrun(["-m", "ultraseg", "train", "--resume", "--out", str(run)], tmp_path,
+                     timeout=180)
+    assert "time limit" in proc.stdout + proc.stderr
+    assert len(_metrics(run)) == 1 and (run / "report.html").is_file()

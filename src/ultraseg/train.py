@@ -735,7 +735,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         log.info("the run had stopped before it was interrupted (%s): finishing it without "
                  "training on", stopped)
         start_epoch = tc.epochs + 1
-    elif resume and time.monotonic() + _reserve_fixed(tc.time_limit_s) > deadline:
+    # (agreed by every process: one that trained on while another finished waited for good)
+    elif resume and ctx.any(time.monotonic() + _reserve_fixed(tc.time_limit_s) > deadline,
+                            device):
         stopped = (f"time limit: used up by the run before it was interrupted, after epoch "
                    f"{start_epoch - 1}")
         start_epoch = tc.epochs + 1             # nothing more to train: finish the run
