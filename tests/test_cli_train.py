@@ -842,3 +842,26 @@ def test_validation_frames_show_on_a_terminal_only(capsys) -> None:
     piped = io.StringIO()
     ProgressPrinter(piped)({"event": "validation", "frame": 1, "frames": 5, "elapsed": 1.0})
     assert piped.getvalue() == "" and capsys.readouterr().out == ""
+
+
+def test_ctrl_c_in_a_torchrun_job_names_its_process_and_torchrun(tmp_path, capsys,
+                                                                 monkeypatch) -> None:
+    """Under torchrun every process printed the same unprefixed 'interrupted' line (one read
+    as rank 0's after rank 0 was killed), suggesting the one-process command: each line now
+    names its process (as errors do), and the command is torchrun's."""
+    import ultraseg.train as train_module
+
+    def interrupted_after_an_epoch(cfg, out, **kw):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "last.ckpt").write_bytes(b"an epoch was saved")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_after_an_epoch)
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=1)
+    out = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(out), *TINY]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("rank 1: interrupted"), err
+    assert f"torchrun --nproc_per_node=2 -m ultraseg train --resume --out {out}`" in err

@@ -220,6 +220,12 @@ def _how_to_go_on(a: argparse.Namespace) -> str:
              else f"--out {shlex.quote(str(out))}")
     again = (f"ultraseg train --resume {where}" if a.command == "train"
              else f"ultraseg demo {where} --minutes {minutes_arg(a.minutes)}")
+    if a.command == "train" and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        # a torchrun job: go on as one (the plain command would go on in one process)
+        local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ["WORLD_SIZE"]
+        again = (f"torchrun --nproc_per_node={local} -m ultraseg train --resume {where}` "
+                 "(with the rest of the torchrun options the job was started with")
+        return f": `{again}) goes on from the last saved epoch"
     return f": `{again}` goes on from the last saved epoch"
 
 
@@ -327,8 +333,8 @@ def _main(a: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        print(("terminated" if terminated else "interrupted") + _how_to_go_on(a),
-              file=sys.stderr)
+        print(_rank_prefix() + ("terminated" if terminated else "interrupted")
+              + _how_to_go_on(a), file=sys.stderr)
         return 143 if terminated else 130
     except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
         if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs
