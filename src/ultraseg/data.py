@@ -279,8 +279,9 @@ def _adopt_unprefixed_entry(entry: Path) -> None:
 def _remove_superseded(entry: Path) -> None:
     """Remove the cache entries of ``entry``'s dataset, settings and code (its prefix)
     finished before it: made for an earlier state of the files (a chmod, an edit, an rsync),
-    no run hits them again, and each is a full copy of the frames. Another dataset's or setting's entries are left, and so is a write not
-    finished (its temporary, :func:`_sweep_stale_cache_writes`'s business)."""
+    no run hits them again, and each is a full copy of the frames. Another dataset's,
+    setting's or version's entries are left, and so is a write not finished (its temporary,
+    :func:`_sweep_stale_cache_writes`'s business)."""
     prefix = entry.name.split("-", 1)[0]
     try:
         written = entry.stat().st_mtime_ns
