@@ -174,38 +174,13 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     if cache_dir != "":
         cache_path = cache_entry(ds, cfg, cache_dir)
         _adopt_unprefixed_entry(cache_path)
-        if cache_path.exists():
-            try:
-                with np.load(cache_path, allow_pickle=False) as z:
-                    images, masks = z["images"], z["masks"]
-                    labels = tuple(int(v) for v in z["labels"]) if "labels" in z.files \
-                        else None
-                    # (a cache written before it kept these, or the thin-frame tally:
-                    # rebuilt, as for labels)
-                    pixels, thumbs = (z["pixels"], z["thumbs"]) if "thumbs" in z.files \
-                        else (None, None)
-                    thin_record = z["thin"] if "thin" in z.files else None
-                want = (len(samples), cfg.size, cfg.size)
-                if images.shape != want or masks.shape != want:
-                    raise ValueError(f"arrays of {images.shape} and {masks.shape} cached for "
-                                     f"{want}")
-                if images.dtype != np.uint8 or masks.dtype != np.uint8 or masks.max() > 1:
-                    raise ValueError(f"{images.dtype} frames and {masks.dtype} masks up to "
-                                     f"{masks.max()} cached, not uint8 frames and 0/1 masks")
-                if pixels is not None and (pixels.shape != (len(samples), 32) or
-                                           thumbs.shape != (len(samples), THUMB * THUMB)):
-                    raise ValueError(f"fingerprints of {pixels.shape} and {thumbs.shape} "
-                                     f"cached for {len(samples)} frames")
-                if labels is not None and thumbs is not None and thin_record is not None:
-                    log.info("cache hit: %s", cache_path)
-                    _thin_frames(cfg, thin_record).warn(log, THIN_REMEDY)   # as when built
-                    return Arrays(images, masks, names, subjects, labels, pixels, thumbs)
-            except FileNotFoundError:   # removed since: superseded by another process's
-                pass                    # entry (the files changed meanwhile); decoded anew
-            except Exception as e:  # noqa: BLE001  (a truncated npz raises BadZipFile, an
-                # empty one EOFError...): whatever the damage, the cache is rebuilt over it
-                log.warning("ignoring damaged cache %s (%s: %s)", cache_path,
-                            type(e).__name__, e)
+        cached = _read_cache(cache_path, len(samples), cfg.size)
+        if cached is not None:
+            log.info("cache hit: %s", cache_path)
+            _thin_frames(cfg, cached["thin"]).warn(log, THIN_REMEDY)   # as when it was built
+            return Arrays(cached["images"], cached["masks"], names, subjects,
+                          tuple(int(v) for v in cached["labels"]), cached["pixels"],
+                          cached["thumbs"])
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
     masks = np.empty_like(images)
     pixels = np.zeros((len(samples), 32), np.uint8)
@@ -239,6 +214,40 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs)
+
+
+#: What a cache entry holds; one written before it held all of them is rebuilt.
+CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin")
+
+
+def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:
+    """The arrays of the cache entry ``path`` (:data:`CACHED`) for ``n`` frames on a ``size``
+    canvas; None where there is none to use: no such file (or removed meanwhile, superseded
+    by another process's entry), an entry written before it kept all of them, or a damaged
+    one (warned about; whatever the damage, it is rebuilt over)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not set(CACHED) <= set(z.files):
+                return None
+            arrays = {k: z[k] for k in CACHED}
+        want = {"images": (n, size, size), "masks": (n, size, size), "pixels": (n, 32),
+                "thumbs": (n, THUMB * THUMB)}
+        wrong = {k: arrays[k].shape for k, shape in want.items() if arrays[k].shape != shape}
+        if wrong:
+            raise ValueError(f"arrays of {wrong} cached for {n} frames of {size} px")
+        images, masks = arrays["images"], arrays["masks"]
+        if images.dtype != np.uint8 or masks.dtype != np.uint8 or masks.max() > 1:
+            raise ValueError(f"{images.dtype} frames and {masks.dtype} masks up to "
+                             f"{masks.max()} cached, not uint8 frames and 0/1 masks")
+        return arrays
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001  (a truncated npz raises BadZipFile, an empty one
+        # EOFError...)
+        log.warning("ignoring damaged cache %s (%s: %s)", path, type(e).__name__, e)
+        return None
 
 
 #: What helps training on the frames :class:`~ultraseg.preprocess.ThinFrames` counts.
