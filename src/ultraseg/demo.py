@@ -25,7 +25,7 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     data in ``out/data`` and the evaluation in ``out/evaluation``. Returns the evaluation summary.
     """
     from . import report
-    from .evaluate import evaluate
+    from .evaluate import evaluate, format_interval
     from .fileio import output_lock
     from .phantom import make_dataset
     from .predict import load
@@ -66,8 +66,7 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                           history=result.history, best_epoch=result.best_epoch,
                           evaluation={"frames (unseen phantom, seed 1)": summary["n"],
                                       **{("hd95_median (px)" if k == "hd95_median" else k):
-                                         (f"{v[0]:.3f}-{v[1]:.3f}" if k.endswith("_ci95") and v
-                                          else v)
+                                         (format_interval(v) if k.endswith("_ci95") else v)
                                          for k, v in summary.items()
                                          if k not in ("raw", "n", "subset", "split")}})
         log.info("demo finished: %s", summary)

@@ -474,7 +474,8 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
     atomic_write_text(out / "summary.json", json_text(summary, indent=2))
 
 
-def _interval(ci: Sequence[float] | None) -> str:
+def format_interval(ci: Sequence[float] | None) -> str:
+    """A summary's ``*_ci95`` as printed, ``low-high`` (None: ``n/a``)."""
     return "n/a" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
@@ -490,8 +491,9 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"rules; the flip as below): {f(raw.get('dice_mean'))}",
              f"Dice (non-empty)      {f(summary['dice_nonempty_mean'])}   threshold 0.5 "
              f"alone: {f(raw.get('dice_nonempty_mean'))}",
-             *([f"95% interval          all frames {_interval(summary['dice_mean_ci95'])}, "
-                f"non-empty {_interval(summary.get('dice_nonempty_mean_ci95'))}   "
+             *([f"95% interval          all frames "
+                f"{format_interval(summary['dice_mean_ci95'])}, non-empty "
+                f"{format_interval(summary.get('dice_nonempty_mean_ci95'))}   "
                 f"(the {summary['n_subjects']} subjects resampled: one subject's frames are "
                 "not independent)"] if summary.get("dice_mean_ci95") else []),
              f"IoU                   {f(summary['iou_mean'])}",
