@@ -282,7 +282,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="same model: also train 1/2- and (depth 3 or more) 1/4-resolution "
                         "outputs (depth 2 or more)")
     p.add_argument("--norm", choices=choices(ModelConfig, "norm"),
-                   help="same model: normalisation after each convolution (batch)")
+                   help="same model: normalisation after each convolution (batch); the valid model "
+                        "has none, whatever config.json records here")
     p.add_argument("--block", choices=choices(ModelConfig, "block"),
                    help="'residual': a shortcut around each encoder level's two convolutions "
                    "(plain)")
