@@ -114,17 +114,29 @@ def test_photograph_as_palette_png_refused(tmp_path: Path) -> None:
         read_mask(p)
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "RGBA red", "RGBA red on transparent black"])
 def test_mask_drawn_in_the_alpha_channel(tmp_path: Path, mode: str) -> None:
     """Annotation tools export a structure as opaque pixels on a transparent frame of one
-    colour: the alpha channel is the mask."""
+    colour: the alpha channel is the mask. The colour may be any (red, not only white), and
+    what colour the transparent pixels hold does not matter (GIMP and Photoshop write them
+    (0, 0, 0, 0)): a red structure was refused as a 'colour mask whose channels disagree'."""
     disk = (_disk() * 255).astype(np.uint8)
-    colour = np.full_like(disk, 255)
-    channels = [colour] * (3 if mode == "RGBA" else 1) + [disk]
+    if mode.startswith("RGBA red"):
+        rgb = np.zeros(disk.shape + (3,), np.uint8)
+        rgb[..., 0] = 255 if mode == "RGBA red" else disk
+        arr = np.dstack([rgb, disk])
+    else:
+        colour = np.full_like(disk, 255)
+        arr = np.stack([colour] * (3 if mode == "RGBA" else 1) + [disk], axis=-1)
     p = tmp_path / "m.png"
-    Image.fromarray(np.stack(channels, axis=-1), mode=mode).save(p)
-    assert Image.open(p).mode == mode
-    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
+    Image.fromarray(arr, mode=mode.split()[0]).save(p)
+    assert Image.open(p).mode == mode.split()[0]
+    # a colour labels it by its grey level, as on an opaque frame (red: 76)
+    label = 76 if mode.startswith("RGBA red") else 1
+    assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8) * label)
+    # an optimiser's palette of the same picture reads the same
+    q = _save(tmp_path / "q.png", Image.open(p).convert("RGBA").quantize(2))
+    np.testing.assert_array_equal(read_mask(q) > 0, disk > 0)
 
 
 def test_a_mask_drawn_in_the_alpha_channel_and_saved_as_a_palette(tmp_path: Path) -> None:
@@ -243,13 +255,49 @@ def test_16_bit_black_and_white_mask_is_binary(tmp_path: Path, top: int) -> None
     assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8))
 
 
-def test_rgb_mask_with_differing_channels_refused(tmp_path: Path) -> None:
-    disk = (_disk() * 255).astype(np.uint8)
-    rgb = np.stack([disk, np.zeros_like(disk), disk], axis=-1)
-    p = _save(tmp_path / "colour_mask.png", rgb)
-    with pytest.raises(DataError) as e:
+@pytest.mark.parametrize("alpha", [False, True])
+def test_a_coloured_rgb_mask_is_read_as_labels(tmp_path: Path, alpha: bool) -> None:
+    """An RGB mask of a few colours on black (red disk, or a red lesion and a green organ) was
+    refused as a 'colour mask whose channels disagree', though the same picture as a palette
+    PNG was read. Black is the background; each colour's label is its grey level (ITU-R 601
+    luma, as Pillow's convert('L')), so a colour has one label in every mask of a set."""
+    disk = _disk()
+    red = np.zeros(disk.shape + (3,), np.uint8)
+    red[disk] = (255, 0, 0)
+    both = red.copy()
+    both[30:38, 35:48] = (0, 255, 0)
+    green = np.zeros_like(red)
+    green[30:38, 35:48] = (0, 255, 0)
+    if alpha:       # label colours on transparent pixels, whatever colour those hold
+        def rgba(rgb: np.ndarray) -> np.ndarray:
+            a = np.where(rgb.any(axis=-1), 255, 0).astype(np.uint8)
+            return np.dstack([np.where(a[..., None] > 0, rgb, 255), a])
+        red, both, green = rgba(red), rgba(both), rgba(green)
+    masks = {n: read_mask(_save(tmp_path / f"{n}.png", a))
+             for n, a in (("red", red), ("both", both), ("green", green))}
+    np.testing.assert_array_equal(masks["red"] > 0, disk)
+    assert set(np.unique(masks["red"]).tolist()) == {0, 76}
+    assert set(np.unique(masks["both"]).tolist()) == {0, 76, 150}
+    np.testing.assert_array_equal(masks["both"] == 150, masks["green"] == 150)
+    np.testing.assert_array_equal(masks["green"] > 0, masks["green"] == 150)
+
+
+def test_a_colour_photograph_as_mask_is_refused(tmp_path: Path) -> None:
+    photo = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    p = _save(tmp_path / "colour_mask.png", photo)
+    with pytest.raises(DataError, match="is this an image saved as a mask") as e:
         read_mask(p)
     assert "colour_mask.png" in str(e.value)
+
+
+def test_colours_of_one_grey_level_are_refused_not_merged(tmp_path: Path) -> None:
+    """Two colours whose grey levels are one label would be one structure: refused, saying
+    how to save such a mask."""
+    arr = np.zeros((20, 20, 3), np.uint8)
+    arr[2:8, 2:8] = (255, 0, 0)          # luma 76
+    arr[10:16, 10:16] = (0, 130, 0)      # luma 76 too
+    with pytest.raises(DataError, match="grey level.*palette PNG"):
+        read_mask(_save(tmp_path / "m.png", arr))
 
 
 def test_photograph_as_mask_refused(tmp_path: Path) -> None:

@@ -548,10 +548,14 @@ def read_mask(path: str | Path) -> np.ndarray:
     mask may put white at index 0), a coloured palette's indices are the labels (at most 32);
     integer label masks with at most 32 distinct values (at 2 or 4 bits a sample, the values
     stored, not Pillow's scaled ones); RGB/RGBA masks whose colour channels
-    agree; gray masks with an alpha channel (LA); CMYK and YCbCr masks by their RGB colours.
-    With an alpha channel (a palette's transparency too), the alpha is the mask when the colour
-    is one flat value and the alpha varies (a structure drawn as opaque pixels on a transparent
-    frame); otherwise the alpha is ignored.
+    agree, as gray; RGB/RGBA masks of at most 32 colours as labels, black the background and
+    each colour's label its grey level (ITU-R 601 luma: red 76, green 150); gray masks with an
+    alpha channel (LA); CMYK and YCbCr masks by their RGB colours.
+    With an alpha channel (a palette's transparency too), the alpha is the mask when it varies
+    and the colour is one value over the pixels not fully transparent (a structure drawn as
+    opaque pixels of one colour on a transparent frame, whatever colour the transparent pixels
+    hold; a colour, not a grey, labels it by its grey level, as above); otherwise the alpha is
+    ignored, but a fully transparent pixel of a coloured mask is background.
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
     path = Path(path)
@@ -573,8 +577,9 @@ def _mask_pixels(im: Image.Image, path: Path) -> np.ndarray:
         indices = np.asarray(im, dtype=np.uint8)
         rgba = np.asarray(im.convert("RGBA"))
         rgb = rgba[..., :3]
-        if "transparency" in im.info and _channels_agree(rgb) and _flat(rgb[..., 0]) \
-                and not _flat(rgba[..., 3]):
+        alpha = rgba[..., 3]
+        if "transparency" in im.info and _drawn_in_alpha(rgb, alpha) \
+                and _channels_agree(rgb[alpha > 0][:1]):     # (a colour's index is its label)
             return classify_mask_values(rgba[..., 3], path)   # drawn in the alpha, optimised
         if not _channels_agree(rgb):
             return _check_label_count(indices, path)   # coloured palette: indices are labels
@@ -588,12 +593,18 @@ def _mask_pixels(im: Image.Image, path: Path) -> np.ndarray:
         has_alpha = arr.shape[2] in (2, 4)                  # LA, RGBA
         colour = arr[..., :-1] if has_alpha else arr
         alpha = arr[..., -1] if has_alpha else None
-        if not _channels_agree(colour):
-            raise DataError("colour mask whose channels disagree: a mask must be gray "
-                            "(R == G == B) or a palette PNG", path)
-        arr = colour[..., 0]
-        if alpha is not None and _flat(arr) and not _flat(alpha):
+        if alpha is not None and _drawn_in_alpha(colour, alpha):
             arr = alpha                                 # drawn in the alpha channel
+            seen = colour[alpha > 0][:1]
+            if not _channels_agree(seen):   # in a colour: labelled as on an opaque frame
+                level = max(int(_grey_levels(seen[None])[0, 0]), 1)
+                return (classify_mask_values(arr, path) > 0).astype(np.uint8) * level
+        elif _channels_agree(colour):
+            arr = colour[..., 0]
+        else:           # a transparent pixel is background, whatever colour it holds
+            if alpha is not None:
+                colour = np.where(alpha[..., None] > 0, colour, 0).astype(colour.dtype)
+            return _colour_labels(colour, lossy, path)
     if lossy:
         return _binarise_lossy(arr, path)
     return classify_mask_values(arr, path)
@@ -613,6 +624,47 @@ def _channels_agree(colour: np.ndarray) -> bool:
 
 def _flat(arr: np.ndarray) -> bool:
     return bool(arr.size) and bool((arr == arr.flat[0]).all())
+
+
+def _drawn_in_alpha(colour: np.ndarray, alpha: np.ndarray) -> bool:
+    """Whether a mask's alpha is its structure: the alpha varies and the colour (H, W, C) is
+    one value over the pixels that are not fully transparent (what colour those hold does not
+    matter: GIMP and Photoshop write them (0, 0, 0, 0))."""
+    if _flat(alpha):
+        return False
+    seen = colour[alpha > 0]                            # (N, C), N > 0: the alpha varies
+    return bool((seen == seen[0]).all())
+
+
+def _grey_levels(colour: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 colours -> (H, W) uint8 grey levels, ITU-R 601 luma as Pillow's
+    ``convert("L")`` (as an RGB image is read)."""
+    return np.asarray(Image.fromarray(np.ascontiguousarray(colour, np.uint8), "RGB").convert("L"))
+
+
+def _colour_labels(colour: np.ndarray, lossy: bool, path: Path) -> np.ndarray:
+    """An RGB mask (H, W, 3) whose channels disagree as labels: black the background, each
+    colour's label its grey level (ITU-R 601 luma, as Pillow's ``convert("L")``), so one colour
+    has one label in every mask of a set (drawn in the alpha channel too). Refused: more than
+    :data:`MAX_LABELS` colours (a photograph), colours that share a grey level (or a colour
+    of grey level 0 but black), and a lossy file (compression scatters its colours)."""
+    if lossy:
+        raise DataError("colour mask saved as JPEG, which compression blurs into many colours: "
+                        "save masks as PNG (gray, or a palette PNG for labels)", path)
+    packed = (colour[..., 0].astype(np.uint32) << 16) | (colour[..., 1].astype(np.uint32) << 8) \
+        | colour[..., 2]
+    colours, first = np.unique(packed, return_index=True)
+    if colours.size > MAX_LABELS:
+        raise DataError(f"mask is neither binary nor a label mask: {colours.size} distinct "
+                        f"colours (at most {MAX_LABELS} label colours; is this an image saved "
+                        "as a mask?)", path)
+    luma = _grey_levels(colour)
+    levels = luma.ravel()[first]                        # each colour's grey level
+    if np.unique(levels).size < colours.size or (levels[colours != 0] == 0).any():
+        raise DataError(f"colour mask of {colours.size} colours, some sharing a grey level "
+                        "(each colour's label is its grey level): save it as a palette PNG "
+                        "(or a gray label mask)", path)
+    return luma
 
 
 def _check_label_count(labels: np.ndarray, path: Path) -> np.ndarray:
