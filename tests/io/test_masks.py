@@ -815,6 +815,19 @@ def test_a_label_mask_saved_as_jpeg_is_refused_not_read_empty(tmp_path: Path, va
         read_mask(p)
 
 
+@pytest.mark.parametrize("quality", [75, 95])
+def test_a_multi_level_label_mask_saved_as_jpeg_says_save_masks_as_png(tmp_path: Path,
+                                                                       quality: int) -> None:
+    """Labels 0/85/170/255 saved as JPEG were refused as 'is this an image saved as a mask?'
+    alone; as for a 0/1 mask saved as JPEG, the refusal says to save masks as PNG."""
+    im = np.zeros((48, 64), np.uint8)
+    for k, v in enumerate((85, 170, 255)):
+        im[4 + 14 * k:16 + 14 * k, 8:56] = v
+    p = _save(tmp_path / "m.jpg", im, quality=quality)
+    with pytest.raises(DataError, match="save masks as PNG"):
+        read_mask(p)
+
+
 def _png16(path: Path, arr: np.ndarray, colour_type: int) -> Path:
     """A 16-bit PNG written by hand (Pillow writes no 16-bit colour): colour type 2 is RGB,
     4 gray with alpha."""

@@ -682,7 +682,7 @@ def _binarise_lossy(arr: np.ndarray, path: Path) -> np.ndarray:
     top = 255 if arr.max() <= 255 else int(arr.max())
     band = LOSSY_BINARY_BAND * top / 255
     if ((arr <= band) | (arr >= top - band)).mean() < LOSSY_BINARY_SHARE:
-        raise _not_a_mask(np.unique(arr), path)
+        raise _not_a_mask(np.unique(arr), path, lossy=True)
     mask = (arr > top / 2).astype(np.uint8)
     if not mask.any() and not _flat(arr) and (arr > arr.min()).mean() >= LOW_LABEL_SHARE:
         # a 0/1 or label mask saved as JPEG: its structure sits at 1, 2 ... and would be read
@@ -708,11 +708,15 @@ def _blended_binary(arr: np.ndarray) -> bool:
     return not inner.any()
 
 
-def _not_a_mask(values: np.ndarray, path: str | Path | None) -> DataError:
-    """The refusal of values that are neither a binary nor a label mask."""
+def _not_a_mask(values: np.ndarray, path: str | Path | None, lossy: bool = False
+                ) -> DataError:
+    """The refusal of values that are neither a binary nor a label mask; ``lossy``: of a JPEG
+    mask, which may be a label mask that compression blurred (0/85/170/255)."""
+    why = ("a label mask saved as JPEG, whose compression blurs its labels: save masks as "
+           "PNG; or an image saved as a mask?" if lossy else "is this an image saved as a mask?")
     return DataError(
         f"mask is neither binary nor a label mask: {values.size} distinct values spread over "
-        f"{values.min():g}..{values.max():g} (is this an image saved as a mask?)", path)
+        f"{values.min():g}..{values.max():g} ({why})", path)
 
 
 def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
