@@ -1159,3 +1159,24 @@ def test_a_read_frame_is_the_callers_to_draw_on(tmp_path: Path, mode: str, suffi
     frame = read_image(path)
     assert frame.flags.writeable
     frame[0, 0] = 255
+
+
+@pytest.mark.parametrize("make", [make_folders, make_kaggle])
+def test_an_image_without_its_mask_and_a_mask_without_its_image_name_a_remedy(
+        tmp_path, make) -> None:
+    """'image without a mask in a labelled set' and 'mask without an image' said what was
+    wrong but not what to do, and train and evaluate refuse the whole set on them."""
+    root = make(tmp_path / "d")
+    folder = root / ("images" if make is make_folders else "train")
+    masks = root / "masks" if make is make_folders else folder
+    _save(folder / "9_9.png", _frame())
+    _save(masks / "8_8_mask.png", _disk())
+    _, problems = scan_dataset(root)
+    said = sorted(str(p) for p in problems)
+    assert len(said) == 2, said
+    image = next(s for s in said if "9_9.png" in s)
+    mask = next(s for s in said if "8_8_mask.png" in s)
+    assert "image without a mask in a labelled set: add its mask" in image
+    assert f"or move the image out of {folder.name}/" in image
+    assert "mask without an image: add its image" in mask
+    assert f"or move the mask out of {masks.name}/" in mask

@@ -108,13 +108,18 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
     if misnamed and naming is not None:
         problems.append(_misnamed_problem(*misnamed, masks, naming))
     for name in sorted(set(masks) - set(images) - set(explained), key=natural_key):
-        problems.append(Unpaired("mask without an image", masks[name][0]))
+        mask = masks[name][0]
+        problems.append(Unpaired(f"mask without an image: add its image, or move the mask out "
+                                 f"of {mask.parent.name}/", mask))
     told = set(explained.values())
     pairs = []
     for name in sorted(images, key=natural_key):
         mask = masks.get(name)
         if labelled and not mask and name not in told:
-            problems.append(Unpaired("image without a mask in a labelled set", images[name][0]))
+            image = images[name][0]
+            problems.append(Unpaired(f"image without a mask in a labelled set: add its mask, "
+                                     f"or move the image out of {image.parent.name}/ (predict "
+                                     "reads images without masks)", image))
         found = tuple(sorted(mask, key=lambda p: natural_key(p.name))) if several_masks and mask \
             else (mask[0],) if mask else ()
         pairs.append((name, images[name][0], found))
