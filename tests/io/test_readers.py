@@ -1180,3 +1180,50 @@ def test_an_image_without_its_mask_and_a_mask_without_its_image_name_a_remedy(
     assert f"or move the image out of {folder.name}/" in image
     assert "mask without an image: add its image" in mask
     assert f"or move the mask out of {masks.name}/" in mask
+
+
+@pytest.mark.parametrize("folder", ["segmentations", "Segmentation", "seg"])
+def test_a_masks_folder_named_segmentations_or_seg_pairs(tmp_path, folder) -> None:
+    """images/ + segmentations/NAME.png was read as 8 unlabelled images, without a word."""
+    root = tmp_path / "d"
+    for i, name in enumerate(["1_1", "1_2", "2_1"]):
+        _save(root / "images" / f"{name}.png", _frame(seed=i))
+        _save(root / folder / f"{name}.png", _disk(cx=10 + i))
+    ds, problems = scan_dataset(root)
+    assert not problems and len(ds.labelled) == 3
+
+
+@pytest.mark.parametrize("per_subject", [False, True])
+def test_a_sibling_of_images_holding_files_named_as_the_images_is_named(tmp_path,
+                                                                        per_subject) -> None:
+    """A masks folder of a name the layout does not take (truth/) was ignored without a word:
+    inspect showed 'pairs 0, unlabelled images 3' and train the generic 'no labelled
+    samples'. A warning names the folder and what to do; a folder of other files does not."""
+    root = tmp_path / "d"
+    sub = "p0/" if per_subject else ""
+    for i, name in enumerate(["1_1", "1_2", "2_1"]):
+        _save(root / "images" / f"{sub}{name}.png", _frame(seed=i))
+        _save(root / "truth" / f"{sub}{name}_mask.png", _disk(cx=10 + i))
+        _save(root / "figures" / f"plot{i}.png", _disk())
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(root)
+    assert not ds.labelled
+    said = [r.getMessage() for r in warned if "truth/" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in warned]
+    assert "3 files named as the images" in said[0] and "rename it masks/" in said[0]
+    assert not any("figures" in r.getMessage() for r in warned)
+    # where the masks are read, a copy of them elsewhere is no matter
+    (root / "truth").rename(root / "masks")
+    (root / "masks").mkdir(exist_ok=True)
+    import shutil
+    shutil.copytree(root / "masks", root / "truth")
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(root)
+    assert len(ds.labelled) == 3 and not any("truth" in r.getMessage() for r in warned)
+    # masks/ of misnamed masks is said by its own problem line, not this warning
+    for p in sorted((root / "masks").rglob("*.png")):
+        p.rename(p.with_name(p.name.replace("_mask", "_seg")))
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(root)
+    assert not ds.labelled and "named NAME_seg" in str(problems[0]), problems
+    assert not any("masks/ holds" in r.getMessage() for r in warned)

@@ -296,7 +296,7 @@ def _unread_mask_subfolders(tree: _Tree, image_dir: Path, mask_dir: Path | None
 
 #: Names the folders layout takes for its masks folder (in any letter case).
 MASK_FOLDERS = ("masks", "mask", "labels", "label", "annotations", "ground_truth",
-                "groundtruth", "gt")
+                "groundtruth", "gt", "segmentations", "segmentation", "seg")
 
 
 #: Names the folders layout takes for its images folder (in any letter case): ``image/``
@@ -408,6 +408,7 @@ class FoldersReader(Reader):
             # read as it is laid out, the strays named in one line
             samples, found_problems = self._scan_per_subject(image_tree, mask_tree, image_dir,
                                                              mask_dir)
+            _warn_unread_mask_folder(root, image_dir, samples)
             return samples, problems + _loose(image_tree, image_dir) + found_problems
         images, masks = _group_several(image_tree.direct)     # masks beside the images
         problems += _mixed(image_tree, image_dir, mask_dir) + _unread_mask_subfolders(
@@ -422,6 +423,7 @@ class FoldersReader(Reader):
                    for name, image, mask in pairs]
         if self.subject_pattern is None:
             _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
+        _warn_unread_mask_folder(root, image_dir, samples)
         return samples, problems + found_problems
 
     def _scan_per_subject(self, image_tree: _Tree, mask_tree: _Tree, image_dir: Path,
@@ -457,6 +459,40 @@ class FoldersReader(Reader):
                                 naming=_naming(image_dir, mask_dir, "SUBJECT/"))
         return [Sample(name, image, mask, self.subject_of(parts[name][1], parts[name][0]))
                 for name, image, mask in pairs], strays + problems
+
+
+def _warn_unread_mask_folder(root: Path, image_dir: Path, samples: list[Sample]) -> None:
+    """Where none of ``samples`` has a mask, warn of a folder beside ``image_dir`` (of a name
+    the layout does not take for masks: a masks folder's own problems are said) holding files
+    named as the images (``NAME``, ``NAME_mask``, ``NAME_seg``...: directly or one subfolder
+    down), at least half of its files: the masks, likely, which the set is read without.
+    Folders ultraseg wrote (its predictions are named as the images) and hidden ones are left
+    alone."""
+    if not samples or any(s.labelled for s in samples):
+        return
+    stems = {s.name.rsplit("/", 1)[-1] for s in samples}
+    best: tuple[int, Path, Path] | None = None          # (files matched, folder, first)
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d == image_dir or d.name.startswith(".") \
+                or d.name.lower() in MASK_FOLDERS or (d / OUTPUT_MARKER).exists():
+            continue
+        files = list_images(d) + [p for sub in sorted(d.iterdir()) if sub.is_dir()
+                                  and not sub.name.startswith(".") for p in list_images(sub)]
+        named = []
+        for p in files:
+            stem = _nfc(image_stem(p))
+            m = _MASK_STEM.match(stem)
+            if (m.group(1) if m else stem) in stems or _other_suffix(stem, stems):
+                named.append(p)
+        if named and 2 * len(named) >= len(files) and (best is None or len(named) > best[0]):
+            best = (len(named), d, min(named, key=lambda q: natural_key(q.name)))
+    if best is not None:
+        n, d, first = best
+        log.warning("%s: %s/ holds %d files named as the images in %s/ (first: %s), not read: "
+                    "the folders layout reads its masks from masks/ (or labels/, gt/, "
+                    "segmentations/...: the README's layout table lists the names); if they "
+                    "are the masks, rename it masks/", root, d.name, n, image_dir.name,
+                    first.name)
 
 
 #: A frame name's stem without its trailing frame number: 'patientB_002' -> 'patientB'.
