@@ -111,3 +111,37 @@ def test_a_name_that_would_break_the_csv_is_refused(tmp_path: Path, name: str) -
     with pytest.raises(UltrasegError):
         write_submission([(name, np.zeros((2, 2), bool))], tmp_path / "s.csv")
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_the_readmes_run_length_block_turns_a_kaggle_csv_into_masks_ultraseg_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run-length masks in a CSV are not read; the README's block decodes Kaggle's
+    train_masks.csv into NAME_mask.png beside the images, which the kaggle layout pairs."""
+    import re
+
+    from PIL import Image
+
+    from ultraseg.io import scan_dataset
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+              if "ultraseg.rle import decode" in b]
+    assert len(blocks) == 1, "README holds one block decoding run-length masks"
+    rng = np.random.default_rng(0)
+    truth = {}
+    (tmp_path / "train").mkdir()
+    rows = ["subject,img,pixels"]
+    for subject, img in ((1, 1), (1, 2), (2, 1)):
+        name = f"{subject}_{img}"
+        Image.fromarray(rng.integers(0, 256, (30, 40), dtype=np.uint8)).save(
+            tmp_path / "train" / f"{name}.tif")
+        truth[name] = np.zeros((30, 40), bool)
+        truth[name][5 + img:20, 3 * subject:30] = True
+        rows.append(f"{subject},{img},{encode(truth[name])}")
+    (tmp_path / "train_masks.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path)
+    exec(blocks[0], {})
+    ds, problems = scan_dataset(tmp_path)
+    assert ds.layout == "kaggle" and not problems and len(ds.labelled) == 3
+    for s in ds.labelled:
+        np.testing.assert_array_equal(s.load()[1], truth[s.name])

@@ -1227,3 +1227,31 @@ def test_a_sibling_of_images_holding_files_named_as_the_images_is_named(tmp_path
         ds, problems = scan_dataset(root)
     assert not ds.labelled and "named NAME_seg" in str(problems[0]), problems
     assert not any("masks/ holds" in r.getMessage() for r in warned)
+
+
+@pytest.mark.parametrize("header, where", [("subject,img,pixels", "root"),
+                                           ("ImageId,EncodedPixels", "root"),
+                                           ("subject,img,pixels", "train")])
+def test_run_length_masks_in_a_csv_are_named_as_not_read(tmp_path, header, where) -> None:
+    """Kaggle's train/*.tif + train_masks.csv (run-length masks in a 'pixels' or
+    'EncodedPixels' column) was read as unlabelled images, without a word: train then gave
+    the generic 'no labelled samples'. A warning says such masks are not read and how to
+    decode them (ultraseg.rle.decode); none where the set's masks are read."""
+    root = tmp_path / "d"
+    for i in range(3):
+        _save(root / "train" / f"1_{i}.png", _frame(seed=i))
+    (root / "train_masks.csv").write_text(f"{header}\n1,1,5 3\n")
+    given = root if where == "root" else root / "train"
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(given)
+    assert not ds.labelled
+    said = [r.getMessage() for r in warned if "train_masks.csv" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in warned]
+    assert "run-length" in said[0] and "not read" in said[0]
+    assert "ultraseg.rle.decode" in said[0] and "NAME_mask.png" in said[0]
+    # the set's masks read (the competition ships both): no word of the table
+    for i in range(3):
+        _save(root / "train" / f"1_{i}_mask.png", _disk())
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(given)
+    assert ds.labelled and not any("run-length" in r.getMessage() for r in warned)

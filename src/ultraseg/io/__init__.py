@@ -19,7 +19,7 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (IMAGE_FOLDERS, MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader,
-                      ImagesReader, KaggleReader, table_key)
+                      ImagesReader, KaggleReader, run_length_tables, table_key)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,13 @@ def scan_dataset(path: str | Path, layout: str = "auto",
         hint = dataset_hint(root)
         if hint:    # part of a labelled dataset, or one below: its masks read as frames
             log.warning("%s is read as a folder of unlabelled images%s", root, hint)
+    if not any(s.labelled for s in samples):
+        for table, column in run_length_tables(root):
+            log.warning("%s holds run-length masks (column %r), which ultraseg does not read: "
+                        "the images are unlabelled. Decode them to PNG masks beside the images "
+                        "(NAME_mask.png), e.g. with ultraseg.rle.decode(runs, (height, width)), "
+                        "which reads Kaggle's column-major runs (the README's 'Run-length "
+                        "masks' shows how)", table, column)
     unread = unread_image_files(root)
     if unread:
         log.warning("%s: %s, left out: it reads %s; convert them (to PNG, say) to use them",

@@ -699,6 +699,32 @@ class Hc18Reader(Reader):
         return meta
 
 
+#: A CSV column of run-length masks (lower case): Kaggle's nerve competition's ``pixels``, the
+#: ``EncodedPixels`` of others, Carvana's ``rle_mask``.
+RUN_LENGTH_COLUMNS = ("pixels", "encodedpixels", "encoded_pixels", "rle", "rle_mask")
+
+
+def run_length_tables(root: Path) -> list[tuple[Path, str]]:
+    """The CSV files in ``root`` (and beside it, for a folder named ``train``: the
+    competition's ``train_masks.csv`` beside ``train/``) whose header names a run-length
+    column (:data:`RUN_LENGTH_COLUMNS`), with that column: masks no layout reads."""
+    root = Path(os.path.abspath(root))
+    folders = [root] + ([root.parent] if root.name.lower() == "train" else [])
+    found = []
+    for csv_path in sorted(p for d in folders for p in d.glob("*.csv")
+                           if not p.name.startswith(".")):
+        try:
+            with open(csv_path, newline="", encoding="utf-8-sig") as f:
+                header = next(csv.reader([f.readline()]), [])
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+        column = next((c.strip() for c in header
+                       if c.strip().lower() in RUN_LENGTH_COLUMNS), None)
+        if column is not None:
+            found.append((csv_path, column))
+    return found
+
+
 def _positive_number(value: object) -> float | None:
     """``value`` as a positive, finite float, or None where it is not one."""
     try:
