@@ -557,3 +557,32 @@ def test_the_near_pairs_of_a_cine_loop_are_all_counted(tmp_path) -> None:
     assert problems == [] and report["duplicates_near_count"] == 40 * 39 // 2
     assert report["duplicates_exact_count"] == 0
     assert len(report["duplicates_near"]) == 20 and report["duplicates_near"][0] == ["f00", "f01"]
+
+
+def test_inspect_warns_of_masks_that_look_inverted(tmp_path, capsys):
+    """Masks with the structure black on white (foreground ~93 %) passed without a word and
+    scored well. A warning says they look inverted where most masks' foreground covers over
+    half the frame and touches all four borders; `--json` counts them. A large structure
+    that leaves a border free, and a few inverted masks among many, say nothing."""
+    for k in range(3):
+        _save(tmp_path / "inv" / "images" / f"{k}_1.png", _img(seed=k))
+        _save(tmp_path / "inv" / "masks" / f"{k}_1.png", 255 - _mask())
+        big = np.zeros((20, 24), np.uint8)
+        big[:, 2:] = 255                                 # 92 %, the left border free
+        _save(tmp_path / "big" / "images" / f"{k}_1.png", _img(seed=k))
+        _save(tmp_path / "big" / "masks" / f"{k}_1.png", big)
+    with ultraseg_warnings() as warned:
+        assert main(["inspect", str(tmp_path / "inv")]) == 0
+    said = [r.getMessage() for r in warned if "inverted" in r.getMessage()]
+    assert len(said) == 1 and "3 of the 3 masks" in said[0], [r.getMessage() for r in warned]
+    assert "black on white" in said[0] and "255 - mask" in said[0]
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "inv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["masks_inverted_count"] == 3
+    for k in range(3, 7):
+        _good(tmp_path / "inv", f"{k}_1", seed=k)
+    for folder in ("big", "inv"):
+        with ultraseg_warnings() as warned:
+            report, _ = inspect_dataset(tmp_path / folder)
+        assert not any("inverted" in r.getMessage() for r in warned), folder
+    assert report["masks_inverted_count"] == 3

@@ -610,3 +610,26 @@ def test_split_file_names_the_held_out_subjects_and_older_files_read_without_the
     assert sorted(t2) == sorted(train) and sorted(v2) == sorted(val)
     write_split(path, names, subjects, train, val, 1, 0.2)      # nothing held out
     assert json.loads(path.read_text())["test_subjects"] == []
+
+
+def test_the_cache_keeps_which_masks_look_inverted(tmp_path: Path) -> None:
+    """Training warns of masks that look inverted (structure black on white), judged on each
+    mask at its own size (the canvas's padding would hide its borders): kept with the cached
+    canvases, and a cache written before they were is rebuilt."""
+    from ultraseg.data import inverted_note
+
+    root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
+    paths = [s.mask_paths[0] for s in open_dataset(root).labelled]
+    for p in paths[:3]:
+        Image.fromarray(255 - np.asarray(Image.open(p))).save(p)
+    first = load_arrays(open_dataset(root), cfg, cache_dir=cache)    # 20x30: padded on the canvas
+    assert first.inverted is not None and first.inverted.tolist() == [True] * 3 + [False]
+    npz = next(cache.glob("*.npz"))
+    with np.load(npz) as z:
+        kept = {k: z[k] for k in z.files if k != "inverted"}
+    np.savez(npz, **kept)                                        # an older cache's contents
+    again = load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert again.inverted is not None and again.inverted.tolist() == first.inverted.tolist()
+    note = inverted_note(3, 4)
+    assert note is not None and "3 of the 4 masks" in note and "inverted" in note
+    assert inverted_note(2, 4) is None and inverted_note(0, 0) is None

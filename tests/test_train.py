@@ -1450,3 +1450,23 @@ def test_a_validation_side_without_empty_frames_says_so(capsys) -> None:
     _print_empty_figures(result)
     line = capsys.readouterr().out
     assert "no validation frame is empty" in line and "0 of 0" not in line, line
+
+
+def test_masks_that_look_inverted_are_warned_about(tmp_path) -> None:
+    """Masks drawn black on white trained on the background, without a word, and scored
+    well. A warning says so at the start of training."""
+    from conftest import ultraseg_warnings
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    for path in sorted((data / "masks").iterdir()):
+        mask = np.asarray(Image.open(path))
+        Image.fromarray((mask == 0).astype(np.uint8) * 255).save(path)
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": str(tmp_path / "cache")},
+        "model": {"width": 4, "depth": 1}, "preprocess": {"size": 32},
+        "train": {"epochs": 1, "val_fraction": 0, "seed": 0, "device": "cpu",
+                  "precision": "fp32", "num_threads": 1, "time_limit_s": None}})
+    with ultraseg_warnings() as warned:
+        train_mod.train(cfg, tmp_path / "run")
+    said = [r.getMessage() for r in warned if "inverted" in r.getMessage()]
+    assert len(said) == 1 and "4 of the 4 masks" in said[0], [r.getMessage() for r in warned]

@@ -46,6 +46,9 @@ class Arrays:
     #: is checked by for one scan under two subjects. None: not known.
     pixels: np.ndarray | None = None
     thumbs: np.ndarray | None = None
+    #: Which frames' masks look inverted (:func:`looks_inverted`, on the mask at its own size),
+    #: (N,) bool. None: not known.
+    inverted: np.ndarray | None = None
 
 
 def union_note(labels: Sequence[int], label: int | None) -> str | None:
@@ -56,6 +59,27 @@ def union_note(labels: Sequence[int], label: int | None) -> str | None:
         return None
     return (f"masks hold labels {list(labels)}: training on their union as one structure; "
             "--label K (preprocess.label in a config) trains label K alone")
+
+
+def looks_inverted(target: np.ndarray) -> bool:
+    """Whether a binary target (H, W) looks like a mask drawn inverted (the structure black on
+    white): its foreground covers over half the frame and touches all four borders. A
+    structure that large leaves a border free (an ultrasound image's black margin, the cone's
+    sides); none of BUSI's, HC18's or the nerve set's masks is both."""
+    fg = target.astype(bool)
+    return bool(fg.mean() > 0.5 and fg[0].any() and fg[-1].any() and fg[:, 0].any()
+                and fg[:, -1].any())
+
+
+def inverted_note(inverted: int, masks: int) -> str | None:
+    """The warning where most of ``masks`` (over half) look inverted (``inverted`` of them,
+    :func:`looks_inverted`); None where they do not."""
+    if not masks or 2 * inverted <= masks:
+        return None
+    return (f"{inverted} of the {masks} masks look inverted: their foreground covers over half "
+            "the frame and touches all four borders (the structure drawn black on white?); "
+            "training would learn the background as the structure. If so, invert them "
+            "(255 - mask, or 1 - mask for 0/1 masks)")
 
 
 def default_cache_dir() -> Path:
@@ -180,11 +204,12 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             _thin_frames(cfg, cached["thin"]).warn(log, THIN_REMEDY)   # as when it was built
             return Arrays(cached["images"], cached["masks"], names, subjects,
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
-                          cached["thumbs"])
+                          cached["thumbs"], cached["inverted"].astype(bool))
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
     masks = np.empty_like(images)
     pixels = np.zeros((len(samples), 32), np.uint8)
     thumbs = np.zeros((len(samples), THUMB * THUMB), np.float32)
+    inverted = np.zeros(len(samples), bool)
     problems: list[DataError] = []
     labels: set[int] = set()
     thin = ThinFrames(cfg)
@@ -200,6 +225,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         labels.update(int(v) for v in np.unique(mask) if v)
         images[i], geom = to_canvas(image, cfg, "image")
         target = select_label(mask, cfg.label).astype(np.uint8)
+        inverted[i] = looks_inverted(target)        # at its own size: no canvas padding
         masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
     if problems:
         raise DataProblems(problems)
@@ -209,15 +235,16 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         try:
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
-                      thin=thin_record)
+                      thin=thin_record, inverted=inverted)
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
-    return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs)
+    return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs,
+                  inverted)
 
 
 #: What a cache entry holds; one written before it held all of them is rebuilt.
-CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin")
+CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "inverted")
 
 
 def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:
@@ -233,7 +260,7 @@ def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:
                 return None
             arrays = {k: z[k] for k in CACHED}
         want = {"images": (n, size, size), "masks": (n, size, size), "pixels": (n, 32),
-                "thumbs": (n, THUMB * THUMB)}
+                "thumbs": (n, THUMB * THUMB), "inverted": (n,)}
         wrong = {k: arrays[k].shape for k, shape in want.items() if arrays[k].shape != shape}
         if wrong:
             raise ValueError(f"arrays of {wrong} cached for {n} frames of {size} px")

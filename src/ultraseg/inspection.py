@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .data import union_note
+from .data import inverted_note, looks_inverted, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near_pairs,
                          thumbnail, unit_thumbnail)
 from .errors import DataError
@@ -94,9 +94,9 @@ def _empty_duplicates() -> dict[str, Any]:
 
 
 def data_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
-    """One warning line per kind of duplicate or constant frame found, and for masks with
-    specks, with the first few names: data a user may keep knowingly, so warnings, not
-    problems."""
+    """One warning line per kind of duplicate or constant frame found, for masks with specks,
+    with the first few names, and for masks that mostly look inverted: data a user may keep
+    knowingly, so warnings, not problems."""
     lines = []
     for kind, what in (("exact", "pixel-identical"),
                        ("near", f"near-duplicate (thumbnail correlation >= {NEAR_CORRELATION})")):
@@ -116,6 +116,9 @@ def data_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
         named = ", ".join(report["constant_frames"][:shown])
         lines.append(f"{n} constant (blank) frame{'s' * (n != 1)}, every pixel the same: "
                      f"{named}{', ...' if n > shown else ''}; check the export")
+    note = inverted_note(report["masks_inverted_count"], report["pairs"])
+    if note:
+        lines.append(note)
     n = report["masks_with_specks_count"]
     if n:
         named = ", ".join(f"{name} ({', '.join(map(str, sizes))} px)"
@@ -174,6 +177,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     unlabelled_subjects: set[str] = set()
     frames = _Frames()
     with_specks: list[list[Any]] = []       # [name, speck sizes]
+    inverted = 0                            # masks that look inverted (black on white)
     for s in (frame for sample in ds.samples for frame in split_frames(sample)):
         try:
             image, mask = s.load()
@@ -199,6 +203,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
             with_specks.append([s.name, speckled[:SPECKS_LISTED]])
         fractions.append(float(fg.mean()))
         empty += int(not fg.any())
+        inverted += int(looks_inverted(fg))
     if label is not None and pairs and label not in labels:
         problems.append(DataError(f"label {label} occurs in no mask; labels present: "
                                   f"{sorted(labels) or 'none'}", ds.root))
@@ -224,6 +229,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         **duplicate_summary(frames),
         "masks_with_specks": with_specks[:LISTED],
         "masks_with_specks_count": len(with_specks),
+        "masks_inverted_count": inverted,
         "problems": len(problems),
     }
     for line in data_warnings(report):
@@ -239,7 +245,7 @@ def failed_report(path: str | Path, problem_lines: list[str]) -> dict[str, Any]:
             "empty_masks": 0, "foreground_fraction_mean": None, "image_size_min": None,
             "image_size_median": None, "image_size_max": None, "labels": [], "labels_note": None,
             "classes": {}, **_empty_duplicates(), "masks_with_specks": [],
-            "masks_with_specks_count": 0,
+            "masks_with_specks_count": 0, "masks_inverted_count": 0,
             "problems": len(problem_lines), "problem_lines": problem_lines}
 
 
