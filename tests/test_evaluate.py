@@ -891,3 +891,11 @@ def test_a_split_holding_frames_out_warns_once_that_its_validation_side_is_score
         with ultraseg_warnings() as warned:
             evaluate(predictor, data, split_file=path, subset=subset)
         assert not [r for r in warned if "--subset test" in r.getMessage()]
+
+
+def test_per_image_csv_ends_its_lines_as_measurements_csv_does(data, tmp_path) -> None:
+    """per_image.csv came out CRLF (the csv module's default) while measurements.csv is LF;
+    on Windows the text layer would have doubled the CR (a blank line between rows in Excel)."""
+    evaluate(_constant_predictor(0.0), data, "folders", out=tmp_path / "ev")
+    text = (tmp_path / "ev" / "per_image.csv").read_bytes()
+    assert b"\r" not in text and text.count(b"\n") == 51

@@ -1470,3 +1470,12 @@ def test_masks_that_look_inverted_are_warned_about(tmp_path) -> None:
         train_mod.train(cfg, tmp_path / "run")
     said = [r.getMessage() for r in warned if "inverted" in r.getMessage()]
     assert len(said) == 1 and "4 of the 4 masks" in said[0], [r.getMessage() for r in warned]
+
+
+def test_metrics_csv_ends_its_lines_with_lf(tmp_path) -> None:
+    """metrics.csv came out CRLF (the csv module's default) while measurements.csv is LF."""
+    train_mod._write_metrics(tmp_path / "metrics.csv",
+                             [{"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_dice": 0.6,
+                               "lr": 1e-3, "seconds": 1.0, "complete": True}])
+    text = (tmp_path / "metrics.csv").read_bytes()
+    assert b"\r" not in text and text.count(b"\n") == 2

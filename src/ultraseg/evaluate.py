@@ -466,7 +466,7 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
     for r in rows:
         keys += [k for k in r if k not in keys]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")   # as measurements.csv
     w.writeheader()
     for r in rows:
         w.writerow({k: csv_cell(r.get(k)) for k in keys})

@@ -256,7 +256,7 @@ def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cf
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     keys = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "complete"]
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for row in history:
         w.writerow(row)
