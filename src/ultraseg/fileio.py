@@ -181,13 +181,18 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_cell(value: Any) -> Any:
-    """``value`` as a CSV cell of ultraseg's tables: None and NaN empty, floats to 6
-    significant digits, and text that a spreadsheet would run as a formula (a received
-    frame named ``=HYPERLINK(...)``) after an apostrophe, which it shows as text."""
+    """``value`` as a CSV cell of ultraseg's tables: None and NaN empty, floats in the
+    fewest digits that read back as the same float (a figure recomputed from the table is
+    the summary's to the last bit; a whole number without its ``.0``), and text that a
+    spreadsheet would run as a formula (a received frame named ``=HYPERLINK(...)``) after
+    an apostrophe, which it shows as text."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        if math.isnan(value):
+            return ""
+        text = repr(float(value))       # (an np.float64's repr names its type)
+        return text[:-2] if text.endswith(".0") else text
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value
