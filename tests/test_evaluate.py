@@ -122,7 +122,7 @@ def test_threshold_of_the_checkpoint_is_used(data) -> None:
     s_high, _ = evaluate(high, data, "folders")
     assert s_low["empty_correct_rate"] == 0.0   # 0.6 >= 0.5: everything is foreground
     assert s_high["empty_correct_rate"] == 1.0  # 0.6 < 0.7: nothing is
-    assert s_high["raw"]["empty_correct_rate"] == 0.0  # 'raw' is always threshold 0.5
+    assert s_high["raw"]["dice_mean"] == s_low["dice_mean"]  # 'raw' is always threshold 0.5
 
 
 # ------------------------------------------------------------------ files
@@ -914,3 +914,17 @@ def test_the_summary_is_recomputed_from_per_image_csv_to_the_last_bit(data, tmp_
     for key in ("dice_mean", "iou_mean", "precision_mean", "dice_nonempty_mean", "hd95_median",
                 "dice_mean_ci95", "dice_nonempty_mean_ci95"):
         assert again[key] == summary[key], key
+
+
+def test_the_raw_figures_are_recomputed_from_per_image_csv(data, tmp_path) -> None:
+    """summary.json's 'raw' block gave IoU, HD95 and empty-frame figures at threshold 0.5 that
+    no column of per_image.csv holds (only dice_raw): it keeps the Dice figures the table
+    gives."""
+    summary, _ = evaluate(_constant_predictor(0.6).with_options(
+        postprocess=PostprocessConfig(threshold=0.7)), data, "folders", out=tmp_path / "ev")
+    with open(tmp_path / "ev" / "per_image.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    raw = [float(r["dice_raw"]) for r in table]
+    nonempty = [float(r["dice_raw"]) for r in table if r["truth_empty"] == "False"]
+    assert summary["raw"] == {"dice_mean": float(np.mean(raw)),
+                              "dice_nonempty_mean": float(np.mean(nonempty))}

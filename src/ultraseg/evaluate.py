@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "hd95_median", "hd95_n",
                 "empty_correct_rate")
 
+#: The figures of the summary's ``raw`` block: those per_image.csv's ``dice_raw`` (with
+#: ``truth_empty``) gives again.
+RAW_KEYS = ("dice_mean", "dice_nonempty_mean")
+
 
 def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
                    subset: str | None = None) -> list[Sample]:
@@ -311,11 +315,12 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     may hold) frames it trained on.
 
     Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` computed with the
-    checkpoint's post-processing, and the same figures without its rules under ``raw`` (the
-    same probabilities, test-time augmented where the predictor is, at threshold 0.5, nothing
-    removed), ``subset`` (the side of ``split_file`` scored; None without one) and ``split``
-    (``split_file``); where a split holds frames out for testing and ``subset`` is None, a
-    warning says its validation side is scored. Rows carry per-image metrics and, where the
+    checkpoint's post-processing, and the Dice figures without its rules under ``raw``
+    (:data:`RAW_KEYS`, from the rows' ``dice_raw``: the same probabilities, test-time
+    augmented where the predictor is, at threshold 0.5, nothing removed), ``subset`` (the
+    side of ``split_file`` scored; None without one) and ``split`` (``split_file``); where
+    a split holds frames out for testing and ``subset`` is None, a warning says its
+    validation side is scored. Rows carry per-image metrics and, where the
     frame's pixel size is known, measurements in mm (and the error against a reference head
     circumference).
     With ``out``, writes ``per_image.csv`` and ``summary.json`` there (an ``out`` that cannot
@@ -390,7 +395,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     sizes.warn(log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
-    summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in SUMMARY_KEYS}
+    summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in RAW_KEYS}
     summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
     errors = [abs(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
     with_reference = sum(1 for r in rows
