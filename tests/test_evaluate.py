@@ -928,3 +928,76 @@ def test_the_raw_figures_are_recomputed_from_per_image_csv(data, tmp_path) -> No
     nonempty = [float(r["dice_raw"]) for r in table if r["truth_empty"] == "False"]
     assert summary["raw"] == {"dice_mean": float(np.mean(raw)),
                               "dice_nonempty_mean": float(np.mean(nonempty))}
+
+
+# ------------------------------------------------------------------ provenance and the lock
+def test_summary_json_says_which_model_data_and_arithmetic_gave_it(data, tmp_path) -> None:
+    """summary.json named no checkpoint, data, version, precision or device: bf16 and fp32
+    give other figures, and nothing in the files said which was used. No timestamp: a
+    second run writes the same bytes."""
+    import hashlib
+
+    import torch
+
+    import ultraseg
+
+    ckpt = tmp_path / "run" / "best.ckpt"
+    ckpt.parent.mkdir()
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    save_checkpoint(ckpt, build_model(cfg).state_dict(), make_meta(
+        cfg, PreprocessConfig(size=SIZE), PostprocessConfig(),
+        {"best_epoch": 3, "history": [{"epoch": e} for e in range(1, 6)]}))
+    link = tmp_path / "data-link"
+    link.symlink_to(data)
+    predictor = load(ckpt, device="cpu", precision="fp32")
+    summary, _ = evaluate(predictor, link, out=tmp_path / "a")
+    assert summary["checkpoint"] == {
+        "path": str(ckpt.resolve()), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+        "ultraseg_version": ultraseg.__version__, "best_epoch": 3, "epochs_run": 5}
+    assert (summary["data"], summary["layout"]) == (str(data.resolve()), "folders")
+    assert (summary["ultraseg_version"], summary["torch_version"]) == (ultraseg.__version__,
+                                                                       torch.__version__)
+    assert (summary["precision"], summary["device"]) == ("fp32", "cpu")
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["checkpoint"] \
+        == summary["checkpoint"]
+    evaluate(predictor, link, out=tmp_path / "b")
+    for name in ("summary.json", "per_image.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # a predictor built by hand: no file, no engine to name
+    summary, _ = evaluate(_constant_predictor(0.0), data, "folders")
+    assert summary["checkpoint"] is None and summary["layout"] == "folders"
+    assert "precision" not in summary and "torch_version" not in summary
+
+
+def test_evaluate_holds_its_output_folder_while_it_writes(data, tmp_path, monkeypatch) -> None:
+    """evaluate took no lock: two checkpoints scored into one --out at once could leave
+    per_image.csv of one and summary.json of the other."""
+    import threading
+
+    import ultraseg.evaluate as ev
+    from ultraseg.fileio import LOCK_FILE, output_lock
+
+    from conftest import held_elsewhere
+
+    out, answers = tmp_path / "ev", []
+    with held_elsewhere(out, "evaluate"):            # refused before any scoring
+        with pytest.raises(UltrasegError, match="in use by another ultraseg command"):
+            evaluate(_constant_predictor(0.0), data, "folders", out=out)
+    real = ev.atomic_write_text
+
+    def probed(*args):
+        def other() -> None:
+            try:
+                with output_lock(out, "evaluate"):
+                    answers.append("got it")
+            except UltrasegError as e:
+                answers.append(str(e).split("(")[1].split(",")[0])
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        return real(*args)
+
+    monkeypatch.setattr(ev, "atomic_write_text", probed)
+    evaluate(_constant_predictor(0.0), data, "folders", out=out)
+    assert answers == ["evaluate"] * 2
+    assert LOCK_FILE not in {p.name for p in out.iterdir()}

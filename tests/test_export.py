@@ -731,3 +731,14 @@ def test_onnx_runtime_not_installed_is_told_from_one_that_fails_to_import(
     with pytest.raises(UltrasegError) as e:
         export._onnxruntime()
     assert str(e.value) == said
+
+
+def test_an_onnx_predictor_names_its_engine_for_an_evaluations_record(exported):
+    """summary.json names the engine that gave the figures: ONNX Runtime's version, its CPU
+    provider and fp32 for an exported model."""
+    import onnxruntime as ort
+
+    from ultraseg.export import onnx_predictor
+
+    assert onnx_predictor(exported["same"][1]).runtime == {
+        "onnxruntime_version": ort.__version__, "device": "cpu", "precision": "fp32"}

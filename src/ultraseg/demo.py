@@ -68,7 +68,8 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                                       **{("hd95_median (px)" if k == "hd95_median" else k):
                                          (format_interval(v) if k.endswith("_ci95") else v)
                                          for k, v in summary.items()
-                                         if k not in ("raw", "n", "subset", "split")}})
+                                         if k not in ("raw", "n", "subset", "split",
+                                                      "checkpoint")}})
         log.info("demo finished: %s", summary)
         return summary
 

@@ -1,7 +1,9 @@
 """Per-image evaluation of a model on a labelled dataset, at each image's original resolution."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import logging
 import math
@@ -11,10 +13,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from . import __version__
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
-from .fileio import atomic_write_text, csv_cell, json_text, read_json
-from .io import Sample, dataset_hint, open_dataset, scan_dataset, select_label
+from .fileio import atomic_write_text, csv_cell, json_text, output_lock, read_json
+from .io import Dataset, Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally, header_shape
 from .logs import quiet
 from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
@@ -323,9 +326,14 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     validation side is scored. Rows carry per-image metrics and, where the
     frame's pixel size is known, measurements in mm (and the error against a reference head
     circumference).
-    With ``out``, writes ``per_image.csv`` and ``summary.json`` there (an ``out`` that cannot
-    be a folder is refused before any scoring; where the files cannot be written, the
-    :class:`UltrasegError` carries (summary, rows) as its ``result``). ``label`` picks the
+    The summary also records what gave the figures (:func:`provenance`: the checkpoint with
+    its sha256, the data folder and layout, the versions, the precision and device; no
+    timestamp, so a second run writes the same bytes).
+    With ``out``, writes ``per_image.csv`` and ``summary.json`` there, the folder held
+    (:func:`~ultraseg.fileio.output_lock`) from before the scoring to the last file (an
+    ``out`` that cannot be a folder, or that another command holds, is refused before any
+    scoring; where the files cannot be written, the :class:`UltrasegError` carries (summary,
+    rows) as its ``result``). ``label`` picks the
     structure of a label mask to score against; None: the one the predictor was trained on
     (its own None: any non-zero label). ``predictor`` may also be the path of a checkpoint
     or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults). ``pixel_size_mm``:
@@ -338,7 +346,19 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     pixel_size_mm = check_pixel_size(pixel_size_mm)
     if out is not None:     # before the scoring, which may take long
         check_out_folder(out)
+    # two evaluations into one folder would leave one's table beside the other's summary
+    with output_lock(out, "evaluate") if out is not None else contextlib.nullcontext():
+        return _evaluate(predictor, data, layout, subject_pattern, split_file, subset, out,
+                         progress, label, pixel_size_mm)
+
+
+def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_pattern: str | None,
+              split_file: str | Path | None, subset: str | None, out: str | Path | None,
+              progress: Callable[[int, int], None] | None, label: int | None,
+              pixel_size_mm: float | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`evaluate` once its arguments are checked (and its ``out`` held)."""
     ds = open_dataset(data, layout, subject_pattern)
+    record = provenance(predictor, ds)      # (the file hashed as near its loading as can be)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:
         hint = dataset_hint(ds.root) if ds.layout == "images" else ""
@@ -413,6 +433,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     absent = labels.warn_if_absent("every frame is scored as empty", log)
     if absent:
         summary["label_absent"] = absent
+    summary.update(record)
     if out is not None:
         try:
             write_evaluation(out, summary, rows)
@@ -420,6 +441,30 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
             e.result = (summary, rows)
             raise
     return summary, rows
+
+
+def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
+    """What gave an evaluation's figures, as its summary records it: ``checkpoint`` (the
+    model file's resolved ``path``, ``sha256``, the ``ultraseg_version`` that wrote it and
+    its ``best_epoch`` and ``epochs_run`` where its meta records them; None for a predictor
+    built by hand), ``data`` (the folder, resolved), ``layout`` (as read), the
+    ``ultraseg_version`` scoring, and the predictor's :attr:`~Predictor.runtime`
+    (``torch_version`` or ``onnxruntime_version``, ``device``, ``precision`` as resolved)."""
+    checkpoint = None
+    if predictor.source and Path(predictor.source).is_file():
+        path = Path(predictor.source).resolve()
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        metrics = predictor.meta.get("metrics") or {}
+        history = metrics.get("history") or [{}]
+        checkpoint = {"path": str(path), "sha256": digest.hexdigest(),
+                      "ultraseg_version": predictor.meta.get("ultraseg_version"),
+                      "best_epoch": metrics.get("best_epoch"),
+                      "epochs_run": metrics.get("epochs_run", history[-1].get("epoch"))}
+    return {"checkpoint": checkpoint, "data": str(Path(ds.root).resolve()),
+            "layout": ds.layout, "ultraseg_version": __version__, **predictor.runtime}
 
 
 def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Iterable[np.ndarray],

@@ -486,4 +486,9 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None, **optio
     def run_batch(batch: np.ndarray) -> np.ndarray:
         return sess.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
-    return Predictor(run_batch, model, preprocess, postprocess, meta, source=str(path), **options)
+    provider = sess.get_providers()[0]
+    runtime = {"onnxruntime_version": _onnxruntime().__version__,
+               "device": "cpu" if provider == "CPUExecutionProvider" else provider,
+               "precision": "fp32"}
+    return Predictor(run_batch, model, preprocess, postprocess, meta, source=str(path),
+                     runtime=runtime, **options)

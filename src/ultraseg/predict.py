@@ -136,6 +136,10 @@ class Predictor:
     mirror: bool = False
     # the only output tile the model takes (an ONNX graph of a valid model), else None
     fixed_tile: int | None = None
+    # what runs the network, for an evaluation's record: its engine's version
+    # (torch_version or onnxruntime_version), device and precision as resolved ('bf16',
+    # 'fp32'); empty for a backend built by hand
+    runtime: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_postprocess(self.postprocess)

@@ -235,7 +235,10 @@ def torch_predictor(path: str | Path, device: str = "auto", precision: str = "au
     settings = ckpt.model, ckpt.preprocess, ckpt.postprocess, ckpt.meta
     del ckpt     # its weights, now the model's, go once the runner has put them its own way
     dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
     # the model is the runner's alone: its weights are lowered in place, not copied
-    run = torch_runner(model, dev, resolve_precision(precision, dev), copy_weights=False)
+    run = torch_runner(model, dev, dtype, copy_weights=False)
     del model
-    return Predictor(run, *settings, source=str(path), **options)
+    runtime = {"torch_version": torch.__version__, "device": str(dev),
+               "precision": "fp32" if dtype is None else "bf16"}
+    return Predictor(run, *settings, source=str(path), runtime=runtime, **options)
