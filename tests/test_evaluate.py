@@ -1001,3 +1001,43 @@ def test_evaluate_holds_its_output_folder_while_it_writes(data, tmp_path, monkey
     evaluate(_constant_predictor(0.0), data, "folders", out=out)
     assert answers == ["evaluate"] * 2
     assert LOCK_FILE not in {p.name for p in out.iterdir()}
+
+
+# ------------------------------------------------------------------ what a row carries
+def test_a_row_names_its_image_and_both_areas(data, truths, tmp_path) -> None:
+    """per_image.csv had no path to join a row to its file and no area of either mask (on a
+    dataset without a pixel size none at all): no Bland-Altman of lesion size, no Dice by
+    lesion size."""
+    _, rows = evaluate(_constant_predictor(1.0), data, "folders", out=tmp_path / "ev")
+    for row in rows:
+        assert row["image"] == str(data / "images" / f"{row['name']}.png")
+        assert row["area_px"] == SIZE * SIZE                   # every pixel predicted
+        assert row["truth_area_px"] == int(truths[row["name"]].sum())
+        assert "touches_edge" not in row          # measured only where the pixel size is known
+    with open(tmp_path / "ev" / "per_image.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["truth_area_px"]) for r in table] == [r["truth_area_px"] for r in rows]
+
+
+def test_a_measured_row_carries_measures_quality_flags(tmp_path) -> None:
+    """HC rows left out touches_edge, n_components and ellipse_method, which measure writes:
+    heads cut by the frame's edge could not be dropped from an error analysis of the test
+    side (measure takes no split). area_px is the whole mask scored; area_mm2 the largest
+    component measured."""
+    from test_predict import hc18_like
+
+    def two_heads(batch: np.ndarray) -> np.ndarray:
+        out = (batch > 0.5).astype(np.float32)
+        out[..., 0, :3] = 1.0                          # a second region, along the top edge
+        return out
+
+    hc18_like(tmp_path / "hc")
+    predictor = Predictor(two_heads, ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None, normalise="unit"))
+    first, second = evaluate(predictor, tmp_path / "hc")[1]
+    head = _ellipse(48, 64, 20, 30, 12, 8)
+    assert (first["n_components"], first["touches_edge"]) == (2, False)
+    assert first["ellipse_method"] in ("boundary_fit", "moments")
+    assert first["area_px"] == int(head.sum()) + 3 == first["truth_area_px"] + 3
+    assert first["area_mm2"] == pytest.approx(0.25 * head.sum())    # the head alone
+    assert "n_components" not in second and second["area_px"] > 0  # no pixel size: unmeasured

@@ -321,3 +321,25 @@ def test_crofton_on_a_grid_that_is_not_square() -> None:
     yy, xx = np.mgrid[:200, :100]
     disk = ((yy - 100) * 0.25) ** 2 + ((xx - 50) * 0.5) ** 2 <= 20.0 ** 2
     assert crofton_perimeter(disk, (0.25, 0.5)) == pytest.approx(2 * math.pi * 20, rel=0.01)
+
+
+def test_measurements_csv_names_each_frames_subject_where_the_layout_gives_one(tmp_path
+                                                                              ) -> None:
+    """HC18's NNN_2HC frames share exam NNN with NNN_HC, and measurements.csv named no
+    subject: the HC error could not be analysed per exam. A file named alone has none."""
+    from test_predict import hc18_like
+
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.predict import Predictor
+    from ultraseg.predict_files import MEASURE_COLUMNS, measure_frames
+
+    hc18_like(tmp_path / "hc")
+    bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),
+                       PreprocessConfig(size=None, normalise="unit"))
+    assert MEASURE_COLUMNS[-1] == "subject"     # added last: the others keep their places
+    measure_frames(bright, tmp_path / "hc", out=tmp_path / "m")
+    with open(tmp_path / "m" / "measurements.csv", newline="") as f:
+        assert [(r["name"], r["subject"]) for r in csv.DictReader(f)] == [
+            ("001_HC", "001"), ("002_HC", "002")]
+    _, rows = measure_frames(bright, [tmp_path / "hc" / "training_set" / "001_HC.png"])
+    assert rows[0]["subject"] is None

@@ -323,9 +323,11 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     augmented where the predictor is, at threshold 0.5, nothing removed), ``subset`` (the
     side of ``split_file`` scored; None without one) and ``split`` (``split_file``); where
     a split holds frames out for testing and ``subset`` is None, a warning says its
-    validation side is scored. Rows carry per-image metrics and, where the
-    frame's pixel size is known, measurements in mm (and the error against a reference head
-    circumference).
+    validation side is scored. Rows carry per-image metrics, the ``image`` file, the areas
+    ``area_px`` (the whole mask scored) and ``truth_area_px`` and, where the frame's pixel
+    size is known, measurements in mm of the largest region (and the error against a
+    reference head circumference) with measure's ``touches_edge``, ``n_components`` and
+    ``ellipse_method``.
     The summary also records what gave the figures (:func:`provenance`: the checkpoint with
     its sha256, the data folder and layout, the versions, the precision and device; no
     timestamp, so a second run writes the same bytes).
@@ -498,6 +500,14 @@ def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Itera
                        minor_axis_mm=m.get("minor_axis_mm"), hc_pred_mm=m.get("hc_mm"))
             if "hc_mm" in s.meta and m.get("hc_mm") is not None:
                 row["hc_error_mm"] = m["hc_mm"] - s.meta["hc_mm"]
+        # (added later, last: a script reading columns by position reads the others where
+        # they were) the file, to join on; the areas of the masks scored, the prediction's
+        # whole (area_mm2 is the largest region's, as measured)
+        row.update(image=str(s.image_path), area_px=int(np.count_nonzero(pred)),
+                   truth_area_px=int(np.count_nonzero(truth)))
+        if spacing:     # measure's flags, to leave out a head cut by the edge
+            row.update(touches_edge=m["touches_edge"], n_components=m["n_components"],
+                       ellipse_method=m["ellipse_method"])
         rows.append(row)
         truths[i] = None  # type: ignore[call-overload]  # free memory as we stream
         if progress:

@@ -575,14 +575,14 @@ def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally) -> np.ndarr
 
 
 # ------------------------------------------------------------------------------ measure
-#: (pixels that are not square, added later, last: a script reading columns by position reads
-#: the others where they were)
+#: (pixels that are not square, then the subject, added later, last: a script reading
+#: columns by position reads the others where they were)
 MEASURE_COLUMNS = ("name", "image", "frame", "width", "height", "pixel_size_mm",
                    "n_components", "touches_edge",
                    "area_px", "perimeter_px", "hc_px", "ellipse_cx", "ellipse_cy",
                    "ellipse_a_px", "ellipse_b_px", "ellipse_angle_deg", "ellipse_method",
                    "area_mm2", "perimeter_mm", "major_axis_mm", "minor_axis_mm", "hc_mm",
-                   "hc_ref_mm", "hc_error_mm", "pixel_height_mm", "pixel_width_mm")
+                   "hc_ref_mm", "hc_error_mm", "pixel_height_mm", "pixel_width_mm", "subject")
 
 
 def measure_frames(predictor: Predictor | str | Path,
@@ -696,6 +696,7 @@ def _measurement_row(frame: Frame, shape: tuple[int, ...],
         "perimeter_mm": m.get("perimeter_mm"), "major_axis_mm": m.get("major_axis_mm"),
         "minor_axis_mm": m.get("minor_axis_mm"), "hc_mm": m.get("hc_mm"),
         "hc_ref_mm": frame.sample.meta.get("hc_mm"), "hc_error_mm": None,
+        "subject": frame.sample.subject or None,     # (a file named alone has none)
     }
     if row["hc_mm"] is not None and row["hc_ref_mm"] is not None:
         row["hc_error_mm"] = row["hc_mm"] - row["hc_ref_mm"]
