@@ -1041,3 +1041,27 @@ def test_a_measured_row_carries_measures_quality_flags(tmp_path) -> None:
     assert first["area_px"] == int(head.sum()) + 3 == first["truth_area_px"] + 3
     assert first["area_mm2"] == pytest.approx(0.25 * head.sum())    # the head alone
     assert "n_components" not in second and second["area_px"] > 0  # no pixel size: unmeasured
+
+
+def test_every_column_of_the_tables_is_in_the_readmes_column_tables(tmp_path) -> None:
+    """per_image.csv's columns were documented nowhere (dice_raw, hc_error_mm's sign, that
+    the mm measurements are the largest region's), measurements.csv's only in part."""
+    from test_predict import hc18_like
+
+    from ultraseg.predict_files import MEASURE_COLUMNS
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.is_file():
+        pytest.skip("no README.md")
+    text = readme.read_text(encoding="utf-8")
+    start = text.index("### The tables `evaluate` and `measure` write")
+    per_image, measurements = text[start:].split("`measurements.csv` (every column")[:2]
+    measurements = measurements.split("\n## ")[0]
+    hc18_like(tmp_path / "hc")
+    predictor = Predictor(lambda b: (b > 0.5).astype(np.float32),
+                          ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None, normalise="unit"))
+    _, rows = evaluate(predictor, tmp_path / "hc", pixel_size_mm=0.3)
+    columns = {k for r in rows for k in r} | {"class", "pixel_height_mm", "pixel_width_mm"}
+    assert [k for k in sorted(columns) if f"`{k}`" not in per_image] == []
+    assert [k for k in MEASURE_COLUMNS if f"`{k}`" not in measurements] == []
