@@ -1011,7 +1011,7 @@ def test_a_row_names_its_image_and_both_areas(data, truths, tmp_path) -> None:
     _, rows = evaluate(_constant_predictor(1.0), data, "folders", out=tmp_path / "ev")
     for row in rows:
         assert row["image"] == str(data / "images" / f"{row['name']}.png")
-        assert row["area_px"] == SIZE * SIZE                   # every pixel predicted
+        assert row["pred_area_px"] == SIZE * SIZE                   # every pixel predicted
         assert row["truth_area_px"] == int(truths[row["name"]].sum())
         assert "touches_edge" not in row          # measured only where the pixel size is known
     with open(tmp_path / "ev" / "per_image.csv", newline="") as f:
@@ -1022,7 +1022,7 @@ def test_a_row_names_its_image_and_both_areas(data, truths, tmp_path) -> None:
 def test_a_measured_row_carries_measures_quality_flags(tmp_path) -> None:
     """HC rows left out touches_edge, n_components and ellipse_method, which measure writes:
     heads cut by the frame's edge could not be dropped from an error analysis of the test
-    side (measure takes no split). area_px is the whole mask scored; area_mm2 the largest
+    side (measure takes no split). pred_area_px is the whole mask scored; area_mm2 the largest
     component measured."""
     from test_predict import hc18_like
 
@@ -1038,9 +1038,9 @@ def test_a_measured_row_carries_measures_quality_flags(tmp_path) -> None:
     head = _ellipse(48, 64, 20, 30, 12, 8)
     assert (first["n_components"], first["touches_edge"]) == (2, False)
     assert first["ellipse_method"] in ("boundary_fit", "moments")
-    assert first["area_px"] == int(head.sum()) + 3 == first["truth_area_px"] + 3
+    assert first["pred_area_px"] == int(head.sum()) + 3 == first["truth_area_px"] + 3
     assert first["area_mm2"] == pytest.approx(0.25 * head.sum())    # the head alone
-    assert "n_components" not in second and second["area_px"] > 0  # no pixel size: unmeasured
+    assert "n_components" not in second and second["pred_area_px"] > 0  # no pixel size: unmeasured
 
 
 def test_every_column_of_the_tables_is_in_the_readmes_column_tables(tmp_path) -> None:

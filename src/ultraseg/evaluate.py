@@ -324,7 +324,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     side of ``split_file`` scored; None without one) and ``split`` (``split_file``); where
     a split holds frames out for testing and ``subset`` is None, a warning says its
     validation side is scored. Rows carry per-image metrics, the ``image`` file, the areas
-    ``area_px`` (the whole mask scored) and ``truth_area_px`` and, where the frame's pixel
+    ``pred_area_px`` (the whole mask scored) and ``truth_area_px`` and, where the frame's pixel
     size is known, measurements in mm of the largest region (and the error against a
     reference head circumference) with measure's ``touches_edge``, ``n_components`` and
     ``ellipse_method``.
@@ -503,7 +503,7 @@ def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Itera
         # (added later, last: a script reading columns by position reads the others where
         # they were) the file, to join on; the areas of the masks scored, the prediction's
         # whole (area_mm2 is the largest region's, as measured)
-        row.update(image=str(s.image_path), area_px=int(np.count_nonzero(pred)),
+        row.update(image=str(s.image_path), pred_area_px=int(np.count_nonzero(pred)),
                    truth_area_px=int(np.count_nonzero(truth)))
         if spacing:     # measure's flags, to leave out a head cut by the edge
             row.update(touches_edge=m["touches_edge"], n_components=m["n_components"],
