@@ -259,11 +259,13 @@ import os, sys, time
 from ultraseg.fileio import output_lock
 with output_lock(sys.argv[1], "train"):
     child = os.fork()
+    # each line in one write() (a pipe keeps those whole): print writes the text and its
+    # newline apart, and the two processes' lines came out as '3535forked' and ''
     if child == 0:                      # (the at-fork handlers have run once fork returns)
-        print("forked", flush=True)
+        os.write(1, b"forked\\n")
         time.sleep(60)
         os._exit(0)
-    print(child, flush=True)
+    os.write(1, f"{child}\\n".encode())
     time.sleep(60)
 '''
 
