@@ -166,8 +166,46 @@ def test_frames_cached_by_other_decoding_code_are_decoded_again(tmp_path: Path,
     monkeypatch.setattr(PIL, "__version__", "99.0.0")
     assert cache_key(ds, cfg) != key
     for module in ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py",
-                   "duplicates.py"):             # (the fingerprints are cached beside them)
+                   "duplicates.py", "measure.py"):  # (the fingerprints are cached beside them)
         assert module in data_module.DECODING_CODE
+
+
+#: Modules the decoding code imports that decide nothing cached: errors, log handling, the
+#: config dataclasses (the config itself is in the key), and atomic writes of output markers.
+_DECODING_IMPORTS_DECIDE_NOTHING = {"errors.py", "logs.py", "config.py", "fileio.py"}
+
+
+def _relative_imports(package: Path, name: str) -> set[str]:
+    """The package files that ``name`` (a path under ``package``) imports relatively, at the
+    top or inside a function: ``from .x import y``, ``from ..x import y``, ``from . import x``."""
+    import ast
+
+    here = Path(name).parent.parts
+    found = set()
+    for node in ast.walk(ast.parse((package / name).read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom) or not node.level:
+            continue
+        base = here[:len(here) - (node.level - 1)]
+        targets = ([(*base, *node.module.split("."))] if node.module
+                   else [(*base, alias.name) for alias in node.names])
+        for parts in targets:
+            module = "/".join(parts)
+            found.add(f"{module}/__init__.py" if (package / module).is_dir() else f"{module}.py")
+    return found
+
+
+def test_the_decoding_code_lists_every_module_it_imports() -> None:
+    """measure.py decides the filled HC18 outlines (preprocess.fill_outline fits an ellipse
+    with it) but was not in the digest: changing its MAX_FIT_SPREAD left the key unchanged and
+    the cache served the old masks. The list is now checked against the listed modules' own
+    imports, so a module left out (or split out of io/base.py later) fails here."""
+    import ultraseg.data as data_module
+
+    package = Path(data_module.__file__).resolve().parent
+    listed = set(data_module.DECODING_CODE)
+    for name in sorted(listed):
+        missing = _relative_imports(package, name) - listed - _DECODING_IMPORTS_DECIDE_NOTHING
+        assert not missing, f"{name} imports {sorted(missing)}, not in DECODING_CODE"
 
 
 def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> None:
