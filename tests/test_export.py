@@ -481,6 +481,53 @@ def test_falls_back_to_the_torchscript_exporter(tmp_path, torchscript_only):
     assert np.abs(load(path).predict_proba(image) - want).max() < 1e-4
 
 
+#: The loggers the exporter's chatter comes from, raised to ERROR during an export.
+EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+@pytest.fixture
+def exporter_levels():
+    """The exporter's loggers at levels of their own (DEBUG, INFO, unset), put back after."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in EXPORTER_LOGGERS]
+    before = [lg.level for lg in loggers]
+    for lg, level in zip(loggers, (logging.DEBUG, logging.INFO, logging.NOTSET)):
+        lg.setLevel(level)
+    yield [lg.level for lg in loggers]
+    for lg, level in zip(loggers, before):
+        lg.setLevel(level)
+
+
+def test_an_export_leaves_the_exporter_s_logger_levels_as_it_found_them(tmp_path,
+                                                                        exporter_levels):
+    import logging
+
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    ckpt = tmp_path / "s.ckpt"
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig()))
+    export_onnx(ckpt, tmp_path / "s.onnx")
+    assert [logging.getLogger(n).level for n in EXPORTER_LOGGERS] == exporter_levels
+
+
+def test_overlapping_exports_restore_the_exporter_s_logger_levels(exporter_levels):
+    """Two exports in two threads (A opens, B opens, A ends, B ends) left the exporter's
+    loggers at ERROR for the rest of the process: B had saved the level A raised."""
+    import logging
+
+    from ultraseg.export import _quiet_logs
+
+    first, second = _quiet_logs(), _quiet_logs()
+    first.__enter__()
+    second.__enter__()
+    assert all(logging.getLogger(n).level >= logging.ERROR for n in EXPORTER_LOGGERS)
+    first.__exit__(None, None, None)
+    assert all(logging.getLogger(n).level >= logging.ERROR for n in EXPORTER_LOGGERS)
+    second.__exit__(None, None, None)
+    assert [logging.getLogger(n).level for n in EXPORTER_LOGGERS] == exporter_levels
+
+
 def test_ctrl_c_during_the_first_exporter_stops_the_export(tmp_path, monkeypatch) -> None:
     """torch wraps a KeyboardInterrupt in its exporter's error: Ctrl-C during the
     torch.export-based exporter fell back to the TorchScript one and exited 0, exported."""

@@ -44,7 +44,7 @@ from .config import ModelConfig, PostprocessConfig, PreprocessConfig, model_prob
 from .errors import CheckpointError, UltrasegError
 from .fileio import json_text, parse_json
 from .geometry import context_margin, nearest_valid_output, same_padded_size
-from .logs import caught_warnings
+from .logs import caught_warnings, quiet
 from .predict import (Predictor, min_prediction_tile, prediction_tile,
                       warn_if_saved_during_training)
 from .preprocess import CROP_BORDER_TOLERANCE
@@ -246,6 +246,8 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
             dims[2] = multiple * torch.export.Dim("h", min=1)
             dims[3] = multiple * torch.export.Dim("w", min=1)
         # the exporter prints progress to stdout and logs chatter: keep both out of the way
+        # (redirect_stdout swaps the process's sys.stdout: another thread's prints during an
+        # export are lost too)
         with caught_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logs():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (example,), None, dynamo=True, verbose=False,
@@ -291,16 +293,13 @@ def _export(model: Any, example: Any, dynamic_hw: bool, multiple: int, opset: in
 @contextlib.contextmanager
 def _quiet_logs(names: tuple[str, ...] = ("torch.onnx", "onnxscript", "onnx_ir")
                 ) -> Iterator[None]:
-    """Raise the exporter's loggers to ERROR inside the block; restore their levels after."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
+    """Raise the exporter's loggers to ERROR inside the block; their levels are restored
+    when the last block open on them ends (:func:`ultraseg.logs.quiet`: two exports in two
+    threads may end in either order)."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(quiet(name, logging.ERROR))
         yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _reraise_interrupt(error: BaseException) -> None:

@@ -11,19 +11,20 @@ from .shared import while_held
 
 
 @contextlib.contextmanager
-def quiet(name: str) -> Iterator[None]:
-    """No records from logger ``name`` or the loggers below it inside the block: its level is
-    raised (the effective level of loggers below it that set none; a filter on it would not
-    see their records), and restored when the last block open on it ends, in whatever order
-    blocks of several threads end (:func:`ultraseg.shared.while_held`). The level is the
-    process's: while a block is open, other threads' records from these loggers are dropped
-    too."""
+def quiet(name: str, level: int = logging.CRITICAL + 1) -> Iterator[None]:
+    """No records from logger ``name`` or the loggers below it inside the block (none below
+    ``level`` where one is given): its level is raised (the effective level of loggers below
+    it that set none; a filter on it would not see their records), and restored when the last
+    block open on it ends, in whatever order blocks of several threads end
+    (:func:`ultraseg.shared.while_held`; the first block's ``level`` holds until then). The
+    level is the process's: while a block is open, other threads' records from these loggers
+    are dropped too."""
     logger = logging.getLogger(name)
 
     def raise_level() -> int:
-        level = logger.level
-        logger.setLevel(logging.CRITICAL + 1)
-        return level
+        before = logger.level
+        logger.setLevel(level)
+        return before
 
     with while_held(("logger level", name), raise_level, logger.setLevel):
         yield
