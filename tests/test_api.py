@@ -31,11 +31,14 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def readme_example() -> str:
-    if README.is_file():
-        for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S):
-            if "ultraseg.load(" in block:
-                return block
-    return README_EXAMPLE
+    """The README's block calling ``ultraseg.load``; the built-in example where there is no
+    README.md yet. A README without that block fails (it must not test the fallback)."""
+    if not README.is_file():
+        return README_EXAMPLE
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S):
+        if "ultraseg.load(" in block:
+            return block
+    raise AssertionError(f"{README} holds no ```python block calling ultraseg.load(")
 
 
 def make_run(folder: Path, variant: str = "valid") -> Path:
@@ -66,7 +69,21 @@ def test_readme_example_runs_and_returns_masks_of_the_images_size(tmp_path, monk
 def test_readme_block_matches_the_tested_example_when_present():
     if not README.is_file():
         pytest.skip("no README.md yet: the example above is the one to paste into it")
-    assert "ultraseg.load(" in readme_example()
+    block = readme_example()
+    assert "ultraseg.load(" in block and block in README.read_text()
+
+
+def test_a_readme_without_the_example_fails_rather_than_running_the_built_in_one(
+        tmp_path, monkeypatch):
+    """With every ```python block of the README replaced, both README tests still passed: the
+    example fell back to the built-in one. The fallback is for a missing README alone."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# ultraseg\n\n```python\nimport ultraseg\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "README", readme)
+    with pytest.raises(AssertionError, match="ultraseg.load"):
+        readme_example()
+    readme.unlink()
+    assert readme_example() == README_EXAMPLE
 
 
 @pytest.mark.parametrize("variant", ["valid", "same"])

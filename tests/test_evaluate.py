@@ -110,6 +110,7 @@ def test_all_foreground_predictor_by_hand(data, truths) -> None:
 def test_metrics_are_at_the_original_resolution(data, truths) -> None:
     # the network works on 16 px canvases; the masks are scored at the frames' 32 px
     summary, rows = evaluate(_constant_predictor(1.0, size=16), data, "folders")
+    assert sorted(row["name"] for row in rows) == sorted(truths)   # (no rows passed too)
     for row in rows:
         k = int(truths[row["name"]].sum())
         assert row["dice"] == pytest.approx(2 * k / (k + SIZE * SIZE))

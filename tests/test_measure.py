@@ -343,3 +343,21 @@ def test_measurements_csv_names_each_frames_subject_where_the_layout_gives_one(t
             ("001_HC", "001"), ("002_HC", "002")]
     _, rows = measure_frames(bright, [tmp_path / "hc" / "training_set" / "001_HC.png"])
     assert rows[0]["subject"] is None
+
+
+def test_the_measure_summary_tells_the_signed_error_from_the_absolute_one() -> None:
+    """hc_bias_mm was never tested: with one reference frame it equals the MAE up to its
+    sign, and a bias computed from |error| passed every test. Errors of opposite signs."""
+    from ultraseg.predict_files import summarise_measurements
+
+    rows = [{"area_px": 50, "pixel_size_mm": 0.5, "hc_mm": 33.0, "hc_ref_mm": 30.0,
+             "hc_error_mm": 3.0},
+            {"area_px": 40, "pixel_size_mm": 0.5, "hc_mm": 29.0, "hc_ref_mm": 30.0,
+             "hc_error_mm": -1.0},
+            {"area_px": 0, "pixel_size_mm": 0.5, "hc_mm": None, "hc_ref_mm": 30.0,
+             "hc_error_mm": None}]
+    s = summarise_measurements(rows)
+    assert s["n"] == 3 and s["n_with_reference"] == 2 and s["n_reference_missed"] == 1
+    assert s["hc_mae_mm"] == pytest.approx(2.0)
+    assert s["hc_bias_mm"] == pytest.approx(1.0)
+    assert s["hc_mm_mean"] == pytest.approx(31.0)

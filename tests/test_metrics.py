@@ -248,18 +248,24 @@ def test_the_interval_resamples_subjects_not_frames() -> None:
 def test_summarise_gives_intervals_where_rows_name_subjects() -> None:
     """The non-empty mean's interval draws from every subject (one whose frames are all empty
     adds nothing when drawn); rows without subjects give no interval keys."""
-    full = np.zeros((4, 4), bool)
-    full[1:3, 1:3] = True
+    full = np.zeros((8, 8), bool)
+    full[2:6, 2:6] = True
     rows = []
-    for k in range(6):
-        truth = full if k < 4 else np.zeros((4, 4), bool)
-        pred = full if k % 2 else np.zeros((4, 4), bool)
+    for k in range(6):                      # Dice 0, 0.4, 0.67, 0.86; two empty subjects
+        truth = full if k < 4 else np.zeros((8, 8), bool)
+        pred = np.zeros((8, 8), bool)
+        pred[2:6, 2:2 + k] = True
         rows += [{**M.image_metrics(pred, truth), "subject": f"p{k}"} for _ in range(3)]
     s = M.summarise(rows)
     assert s["n_subjects"] == 6
     assert s["dice_mean_ci95"][0] <= s["dice_mean"] <= s["dice_mean_ci95"][1]
     lo, hi = s["dice_nonempty_mean_ci95"]
-    assert 0.0 <= lo < s["dice_nonempty_mean"] == 0.5 < hi <= 1.0
+    assert 0.0 <= lo < s["dice_nonempty_mean"] < hi <= 1.0
+    nonempty = [r for r in rows if not r["truth_empty"]]
+    values, subjects = [r["dice"] for r in nonempty], [r["subject"] for r in nonempty]
+    every = [r["subject"] for r in rows]
+    assert [lo, hi] == M.subject_interval(values, subjects, among=every)
+    assert [lo, hi] != M.subject_interval(values, subjects)    # drawn from the 4 alone
     assert "dice_mean_ci95" not in M.summarise([{k: v for k, v in r.items() if k != "subject"}
                                                 for r in rows])
 
