@@ -208,6 +208,23 @@ def test_the_decoding_code_lists_every_module_it_imports() -> None:
         assert not missing, f"{name} imports {sorted(missing)}, not in DECODING_CODE"
 
 
+def test_each_load_of_the_arrays_says_its_files_warnings(tmp_path: Path) -> None:
+    """A file's warning (here a float frame past [0, 1]) was said once a process: a second
+    training in a notebook decoded the same file in silence. Once a call, not a process."""
+    from conftest import ultraseg_warnings
+
+    root = _tree(tmp_path / "d")
+    frame = np.linspace(0.0, 1.0, 20 * 30, dtype=np.float32).reshape(20, 30)
+    frame[0, 0] = 1.49
+    (root / "images" / "0_0.png").unlink()
+    Image.fromarray(frame, mode="F").save(root / "images" / "0_0.tif")
+    ds = open_dataset(root)
+    for _ in range(2):
+        with ultraseg_warnings() as warned:
+            load_arrays(ds, PreprocessConfig(size=16), cache_dir="")
+        assert ["0_0.tif" in r.getMessage() for r in warned] == [True]
+
+
 def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> None:
     ds = open_dataset(_tree(tmp_path / "data"))
     cfg = PreprocessConfig(size=16)

@@ -25,7 +25,7 @@ from .config import PreprocessConfig
 from .duplicates import THUMB, digest, exact_pairs, near_pairs, unit_thumbnail
 from .errors import DataError, UltrasegError
 from .fileio import atomic_open, atomic_write_text, read_json, temporaries
-from .io import Dataset, DataProblems, select_label
+from .io import Dataset, DataProblems, said_once, select_label
 from .preprocess import ThinFrames, to_canvas
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     return h.hexdigest()[:24]
 
 
+@said_once()
 def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None) -> Arrays:
     """Decode every labelled sample of ``ds`` onto the working canvas, through the cache.
 

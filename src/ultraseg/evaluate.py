@@ -18,7 +18,7 @@ from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import atomic_write_text, csv_cell, json_text, output_lock, read_json
 from .io import Dataset, Sample, dataset_hint, open_dataset, scan_dataset, select_label
-from .io.base import LabelTally, header_shape
+from .io.base import LabelTally, header_shape, said_once
 from .logs import quiet
 from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
 from .metrics import EMPTY_RULE, image_metrics, summarise
@@ -303,6 +303,7 @@ def check_out_folder(out: str | Path) -> Path:
     return out
 
 
+@said_once()
 def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = "auto",
              subject_pattern: str | None = None, split_file: str | Path | None = None,
              subset: str | None = None, out: str | Path | None = None,

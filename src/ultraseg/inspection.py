@@ -14,7 +14,7 @@ from .data import inverted_note, looks_inverted, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near_pairs,
                          thumbnail, unit_thumbnail)
 from .errors import DataError
-from .io import scan_dataset, select_label, split_frames
+from .io import said_once, scan_dataset, select_label, split_frames
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,7 @@ def specks(mask: np.ndarray, label: int | None = None) -> list[int]:
     return sorted(found)
 
 
+@said_once()
 def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
                     label: int | None = None) -> tuple[dict[str, Any], list[DataError]]:
     """Summary of a dataset and every problem found in it (structural and per file).

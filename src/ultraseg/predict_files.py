@@ -27,8 +27,8 @@ from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, 
 from .io import (IMAGE_EXTENSIONS, Sample, check_layout, file_sample, frame_tag,
                  image_stem, scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
-from .io.base import (OUTPUT_MARKER, LabelTally, check_label, close_kept, header_shape,
-                      in_output_folder,
+from .io.base import (OUTPUT_MARKER, LabelTally, check_label, frame_loop, header_shape,
+                      in_output_folder, said_once,
                       mark_output_folder,
                       warn_outputs_left_out)
 from .io.dicom import is_dicom
@@ -305,31 +305,33 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
             yield image
 
     again: list[tuple[Frame, np.ndarray]] = []
-    try:
-        while True:
-            given = 0       # frames this pass of the predictor has given back
-            run = predictor.predict_proba_many(images(again))
-            try:
-                for prob in run:
-                    frame, image = pending.popleft()
-                    given += 1
-                    yield frame, image, prob
-                return
-            except FrameOutOfMemory as e:
-                culprit = e.index - given
-                frame = pending[culprit][0]
-                err = frame_too_large(frame.image_path, e.shape, frame.sample.frame)
-                if failed is None:
-                    raise err from e
-            run.close()
-            log.info("%s (skipped)", err)
-            failed.append(err)
-            # the frames read with it, the culprit left out, start the next pass
-            again = [item for k, item in enumerate(pending) if k != culprit]
-            pending.clear()
-    finally:    # done, or stopped: a loop kept open for its next frame is closed
-        close_kept()
-        thin.warn(log, PAD_TO_SQUARE_REMEDY)
+    # a loop's file is kept open from frame to frame, and closed when done or stopped;
+    # a file's warnings are said once
+    with said_once(), frame_loop():
+        try:
+            while True:
+                given = 0       # frames this pass of the predictor has given back
+                run = predictor.predict_proba_many(images(again))
+                try:
+                    for prob in run:
+                        frame, image = pending.popleft()
+                        given += 1
+                        yield frame, image, prob
+                    return
+                except FrameOutOfMemory as e:
+                    culprit = e.index - given
+                    frame = pending[culprit][0]
+                    err = frame_too_large(frame.image_path, e.shape, frame.sample.frame)
+                    if failed is None:
+                        raise err from e
+                run.close()
+                log.info("%s (skipped)", err)
+                failed.append(err)
+                # the frames read with it, the culprit left out, start the next pass
+                again = [item for k, item in enumerate(pending) if k != culprit]
+                pending.clear()
+        finally:
+            thin.warn(log, PAD_TO_SQUARE_REMEDY)
 
 
 def encode_mask(mask: np.ndarray, fmt: str = "png") -> bytes:

@@ -41,7 +41,7 @@ from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
 from .fileio import atomic_write_text, output_lock, read_json
 from .io import open_dataset, select_label
-from .io.base import check_label
+from .io.base import check_label, said_once
 from .losses import compute_loss
 from .metrics import EMPTY_RULE, dice, improves
 from .model import build_model, context_margin, count_parameters
@@ -501,6 +501,7 @@ def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
     _plot_predictions(out, predictor, samples, seen, cfg, pp)
 
 
+@said_once()
 def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
           progress: Progress | None = None, execution: Mapping[str, Any] | None = None
           ) -> TrainResult:

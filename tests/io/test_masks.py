@@ -15,7 +15,7 @@ from conftest import ultraseg_warnings
 from ultraseg.cli import main
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import classify_mask_values, read_image, read_mask, select_label
-from ultraseg.io.base import to_uint8
+from ultraseg.io.base import frame_loop, said_once, to_uint8
 from ultraseg.inspection import inspect_dataset
 
 
@@ -425,10 +425,11 @@ def test_an_animated_png_read_frame_after_frame_decodes_each_frame_once(tmp_path
         return real(self, f)
 
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "seek", counting)
-    for k, frame in enumerate(frames):
-        assert np.array_equal(read_image(p, frame=k), frame)
-    assert len(seeks) <= 2 * len(frames)
-    assert np.array_equal(read_image(p, frame=3), frames[3])     # back: from the start
+    with frame_loop():
+        for k, frame in enumerate(frames):
+            assert np.array_equal(read_image(p, frame=k), frame)
+        assert len(seeks) <= 2 * len(frames)
+        assert np.array_equal(read_image(p, frame=3), frames[3])     # back: from the start
 
 
 def _files_open(path: Path) -> list[str]:
@@ -497,8 +498,9 @@ def test_a_multi_page_tiff_read_page_after_page_is_opened_once(tmp_path: Path,
         p = _loop(tmp_path / f"loop{n}.tif", frames)
         opened.clear()
         directories.clear()
-        for k, frame in enumerate(frames):
-            assert np.array_equal(read_image(p, frame=k), frame), k
+        with frame_loop():
+            for k, frame in enumerate(frames):
+                assert np.array_equal(read_image(p, frame=k), frame), k
         assert len(opened) == 1, n
         assert len(directories) <= 4 * n, n
     opened.clear()
@@ -520,17 +522,18 @@ def test_a_loop_replaced_on_disk_between_frames_is_read_anew(tmp_path: Path, ext
     old = [np.full((16, 20), 10 * k, np.uint8) for k in range(4)]
     new = old[::-1]                                             # (files of the same size)
     p = _loop(tmp_path / f"loop.{ext}", old, **kw)
-    assert np.array_equal(read_image(p, frame=1), old[1])
-    stat = p.stat()
-    os.replace(_loop(tmp_path / f"other.{ext}", new, **kw), p)  # another file, same times
-    os.utime(p, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert p.stat().st_size == stat.st_size
-    assert np.array_equal(read_image(p, frame=2), new[2])
-    data = _loop(tmp_path / f"third.{ext}", old, **kw).read_bytes()
-    with open(p, "r+b") as f:                                  # in place: same file and size
-        f.write(data)
-    os.utime(p, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert np.array_equal(read_image(p, frame=3), old[3])
+    with frame_loop():
+        assert np.array_equal(read_image(p, frame=1), old[1])
+        stat = p.stat()
+        os.replace(_loop(tmp_path / f"other.{ext}", new, **kw), p)  # another file, same times
+        os.utime(p, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert p.stat().st_size == stat.st_size
+        assert np.array_equal(read_image(p, frame=2), new[2])
+        data = _loop(tmp_path / f"third.{ext}", old, **kw).read_bytes()
+        with open(p, "r+b") as f:                              # in place: same file and size
+            f.write(data)
+        os.utime(p, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        assert np.array_equal(read_image(p, frame=3), old[3])
 
 
 @pytest.mark.parametrize("ext", ["tif", "png"])
@@ -542,16 +545,22 @@ def test_at_most_one_loop_a_thread_is_kept_open(tmp_path: Path, ext: str) -> Non
 
     frames = [np.full((16, 20), 10 * k, np.uint8) for k in range(4)]
     a, b = _loop(tmp_path / f"a.{ext}", frames), _loop(tmp_path / f"b.{ext}", frames)
-    assert np.array_equal(read_image(a, frame=1), frames[1])
-    assert _files_open(a)                     # (an uncompressed TIFF's pages: mapped too)
-    assert np.array_equal(read_image(b, frame=1), frames[1])
-    assert _files_open(a) == [] and _files_open(b)
-    elsewhere = threading.Thread(target=read_image, args=(a,), kwargs={"frame": 3})
-    elsewhere.start()
-    elsewhere.join()
-    assert _files_open(a) == [] and _files_open(b)
-    assert np.array_equal(read_image(b, frame=3), frames[3])
-    assert _files_open(b) == []
+
+    def read_a_in_a_loop(frame: int) -> None:
+        with frame_loop():
+            read_image(a, frame=frame)
+
+    with frame_loop():
+        assert np.array_equal(read_image(a, frame=1), frames[1])
+        assert _files_open(a)                 # (an uncompressed TIFF's pages: mapped too)
+        assert np.array_equal(read_image(b, frame=1), frames[1])
+        assert _files_open(a) == [] and _files_open(b)
+        elsewhere = threading.Thread(target=read_a_in_a_loop, args=(3,))
+        elsewhere.start()
+        elsewhere.join()
+        assert _files_open(a) == [] and _files_open(b)
+        assert np.array_equal(read_image(b, frame=3), frames[3])
+        assert _files_open(b) == []
 
 
 
@@ -568,10 +577,11 @@ def test_a_kept_loop_is_closed_by_any_other_read_and_when_prediction_stops(
     frames = [np.full((16, 20), 10 * k, np.uint8) for k in range(4)]
     loop = _loop(tmp_path / f"a.{ext}", frames)
     single = _save(tmp_path / "single.png", frames[2])
-    assert np.array_equal(read_image(loop, frame=1), frames[1])
-    assert _files_open(loop)
-    read_image(single)
-    assert _files_open(loop) == []
+    with frame_loop():
+        assert np.array_equal(read_image(loop, frame=1), frames[1])
+        assert _files_open(loop)
+        read_image(single)
+        assert _files_open(loop) == []
 
     predictor = Predictor(lambda batch: batch, ModelConfig(variant="same", depth=1),
                           PreprocessConfig(size=None), batch_size=1)
@@ -579,6 +589,23 @@ def test_a_kept_loop_is_closed_by_any_other_read_and_when_prediction_stops(
     next(probs)                                 # the loop's first frames read, then an error
     assert _files_open(loop)
     probs.close()
+    assert _files_open(loop) == []
+
+
+@pytest.mark.parametrize("ext", ["tif", "png"])
+def test_a_loop_s_file_is_kept_open_inside_a_frame_loop_alone(tmp_path: Path, ext: str) -> None:
+    """read_image(loop, frame=0) returned with the file still open (two descriptors on a
+    TIFF), so on Windows it could not be replaced or deleted until something else was read.
+    The file stays open between frames inside frame_loop() alone (predict opens one)."""
+    frames = [np.full((16, 20), 10 * k, np.uint8) for k in range(3)]
+    loop = _loop(tmp_path / f"loop.{ext}", frames)
+    assert np.array_equal(read_image(loop, frame=0), frames[0])
+    assert _files_open(loop) == []
+    with frame_loop():
+        assert np.array_equal(read_image(loop, frame=0), frames[0])
+        with frame_loop():                                  # (nested: the outer one holds)
+            assert np.array_equal(read_image(loop, frame=1), frames[1])
+        assert _files_open(loop)
     assert _files_open(loop) == []
 
 def test_an_image_beyond_pillows_size_guard_is_a_data_error(tmp_path: Path,
@@ -952,7 +979,7 @@ def test_a_unit_float_frame_that_overshoots_past_the_slack_is_read_as_one_and_sa
     expected = np.round(np.clip(frame.astype(np.float64), 0, 1) * 255).astype(np.uint8)
     p = tmp_path / "fhot.tif"
     Image.fromarray(frame, mode="F").save(p)
-    with ultraseg_warnings() as warned:
+    with ultraseg_warnings() as warned, said_once():
         np.testing.assert_array_equal(read_image(p), expected)
         np.testing.assert_array_equal(read_image(p), expected)         # said once
     (record,) = warned
@@ -963,6 +990,26 @@ def test_a_unit_float_frame_that_overshoots_past_the_slack_is_read_as_one_and_sa
     assert len(warned) == 1 and "-0.2..1.49" in warned[0].getMessage()
     np.testing.assert_array_equal(to_uint8(np.array([[0.0, 1.0, 2.5]])), [[0, 1, 2]])
     np.testing.assert_array_equal(to_uint8(np.array([[-0.6, 0.0, 1.0]])), [[0, 96, 255]])
+
+
+def test_a_file_is_warned_of_once_a_call_not_once_a_process(tmp_path: Path) -> None:
+    """The files warned of were kept for the whole process: in a notebook, a second
+    read_image (or evaluate, or training) of the same file said nothing. Each top-level
+    call says its warnings again; inside one (said_once), a file's warning is said once."""
+    frame = np.linspace(0.0, 1.0, 40 * 50, dtype=np.float32).reshape(40, 50)
+    frame[0, 0] = 1.49
+    p = tmp_path / "fhot.tif"
+    Image.fromarray(frame, mode="F").save(p)
+    for _ in range(2):
+        with ultraseg_warnings() as warned:
+            read_image(p)
+        assert len(warned) == 1
+    for _ in range(2):
+        with ultraseg_warnings() as warned, said_once():
+            read_image(p)
+            with said_once():                               # (nested: the outer one holds)
+                read_image(p)
+        assert len(warned) == 1
 
 
 def test_a_float_frame_read_as_0_255_that_rounds_to_a_few_greys_is_said(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 from ..errors import DataError, UltrasegError
 from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
-                   classify_mask_values, frame_count, image_stem, read_image, read_mask,
-                   select_label, unread_files_said, unread_image_files)
+                   classify_mask_values, frame_count, frame_loop, image_stem, read_image,
+                   read_mask, said_once, select_label, unread_files_said, unread_image_files)
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (IMAGE_FOLDERS, MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader,
@@ -283,4 +283,4 @@ __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTE
            "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
            "check_layout", "get_reader", "open_dataset", "read_image", "nested_datasets",
            "read_mask", "register", "scan_dataset", "select_label", "split_frames",
-           "file_sample", "image_stem", "with_header_pixel_size"]
+           "file_sample", "image_stem", "with_header_pixel_size", "frame_loop", "said_once"]

@@ -6,6 +6,7 @@ Decoding rules for images and masks live here, once, for every layout.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
@@ -120,10 +121,26 @@ def _pages(im: Image.Image, path: Path | None = None) -> int:
     return pages
 
 
-#: Per thread, the file of several frames last read by frame, kept open for the frames after
-#: it (predict reads a loop frame after frame): (file key, its image, the frame last read).
-#: One a thread: reading another file closes it, and so does reading its last frame.
+#: Per thread, inside :func:`frame_loop`, the file of several frames last read by frame, kept
+#: open for the frames after it (predict reads a loop frame after frame): ``entry``, (file
+#: key, its image, the frame last read); ``depth``, the blocks open. One a thread: reading
+#: another file closes it, and so do reading its last frame and the block's end.
 _kept = threading.local()
+
+
+@contextlib.contextmanager
+def frame_loop() -> Iterator[None]:
+    """Inside the block, a file of several frames read by frame (``read_image(path,
+    frame=k)``) stays open for this thread's next frame of it (:data:`_kept`), so a loop read
+    frame after frame costs each frame about the same however long it is; closed when the
+    outermost block ends. Outside any block a read closes its file before it returns."""
+    _kept.depth = getattr(_kept, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _kept.depth -= 1
+        if not _kept.depth:
+            close_kept()
 
 
 def close_kept() -> None:
@@ -366,11 +383,12 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
 
 def _release(im: Image.Image) -> None:
     """Close ``im`` (a TIFF page's file stays open for the pages after it: closed here),
-    unless it is the image kept for the next frame (:data:`_kept`) and a frame follows the
-    one read: a loop is closed once its last frame is read, and when it is no longer kept."""
+    unless it is the image kept for the next frame (:data:`_kept`), inside a
+    :func:`frame_loop`, and a frame follows the one read: a loop is closed once its last frame
+    is read, when it is no longer kept, and outside a frame loop at once."""
     last = getattr(_kept, "entry", None)
     if last is not None and last[1] is im:
-        if not _at_last_frame(im, last[2]):
+        if getattr(_kept, "depth", 0) and not _at_last_frame(im, last[2]):
             return
         _kept.entry = None
     im.close()
@@ -478,8 +496,27 @@ UNIT_FLOAT_BOUNDS = (-0.5, 2.0)
 #: values are many more, is warned of: it was scaled neither to [0, 1] nor to 0..255.
 FEW_GREY_LEVELS = 8
 
-#: Files warned of, by the kind of warning (:func:`say_of_file`): a loop's frames say it once.
-_said_of_files: set[tuple[str, str]] = set()
+#: Per thread, inside :func:`said_once`: ``files``, the files warned of by the kind of
+#: warning (:func:`say_of_file`); ``depth``, the blocks open.
+_said = threading.local()
+
+
+@contextlib.contextmanager
+def said_once() -> Iterator[None]:
+    """Inside the block (this thread's outermost), a file's warning of a kind is said once: a
+    loop's frames, or a file read again, say it once. A top-level call that reads files
+    (evaluate, training's arrays, predict's frames, inspect) opens one (it is a decorator
+    too), so its next call says them again; outside any block each read says them."""
+    depth = getattr(_said, "depth", 0)
+    if not depth:
+        _said.files = set()
+    _said.depth = depth + 1
+    try:
+        yield
+    finally:
+        _said.depth -= 1
+        if not _said.depth:
+            _said.files = set()
 
 
 def to_uint8(image: np.ndarray, path: str | Path | None = None) -> np.ndarray:
@@ -529,13 +566,14 @@ def _say_few_greys(x: np.ndarray, out: np.ndarray, path: str | Path | None) -> N
 
 
 def say_of_file(path: str | Path | None, kind: str, what: str) -> None:
-    """Warn of a frame (a float scale, a size beyond Pillow's guard): once a file (``kind``
-    tells the warnings apart), each time for an array (``path`` None)."""
-    if path is not None:
+    """Warn of a frame (a float scale, a size beyond Pillow's guard): once a file inside a
+    :func:`said_once` block (``kind`` tells the warnings apart), each time for an array
+    (``path`` None) and outside such a block."""
+    if path is not None and getattr(_said, "depth", 0):
         key = (os.path.realpath(path), kind)
-        if key in _said_of_files:
+        if key in _said.files:
             return
-        _said_of_files.add(key)
+        _said.files.add(key)
     log.warning("%s: %s", path if path is not None else "a float frame (an array)", what)
 
 
