@@ -139,14 +139,14 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
     Sizes are compared with the holes filled, so a ring (a head outlined by its skull alone)
     outweighs a smaller solid blob. Ties go to the component met first in raster order; an
-    empty mask gives an empty mask.
+    empty mask gives an empty mask. (Post-processing's hole filling and components: the same
+    as scipy's, several times faster on a large frame.)
     """
-    filled = ndimage.binary_fill_holes(np.asarray(mask, dtype=bool))
-    labels, n = ndimage.label(filled, structure=_EIGHT)
-    if n == 0:
-        return np.zeros_like(filled)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[0] = 0
+    from .postprocess import _components, fill_holes
+
+    labels, sizes = _components(fill_holes(mask))
+    if len(sizes) == 1:
+        return np.zeros(labels.shape, dtype=bool)
     return labels == int(np.argmax(sizes))
 
 
