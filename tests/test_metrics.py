@@ -287,3 +287,17 @@ def test_the_interval_over_thousands_of_subjects_is_drawn_in_blocks(monkeypatch)
     at_once = M.subject_interval(values, subjects)
     monkeypatch.setattr(M, "_DRAWN", 300 * 7)      # blocks of 7 resamples
     assert M.subject_interval(values, subjects) == at_once
+
+
+def test_boundary_is_the_mask_minus_its_erosion_and_the_overlays_outline() -> None:
+    """One outline for the metrics and the overlays (report drew its own, the same pixels):
+    the mask minus its 4-neighbour erosion, the array edge outside, on any mask."""
+    from ultraseg import report
+
+    rng = np.random.default_rng(3)
+    for k in range(200):
+        shape = tuple(int(s) for s in rng.integers(1, 40, 2))
+        m = rng.random(shape) < (0.0 if k % 20 == 0 else rng.uniform(0.1, 0.9))
+        want = m & ~ndimage.binary_erosion(m, border_value=0)
+        assert np.array_equal(M.boundary(m), want), k
+        assert np.array_equal(report.outline(m), want), k

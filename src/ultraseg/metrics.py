@@ -89,8 +89,31 @@ def recall(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def boundary(mask: np.ndarray) -> np.ndarray:
     """Pixels of a bool (H, W) mask with a 4-neighbour outside it (array edge = outside)."""
+    return outline(mask, 1)
+
+
+def outline(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """The outline of a bool (H, W) mask: the mask minus its binary erosion, ``thickness`` px.
+
+    The array edge counts as outside, so a mask touching the edge is closed there. Returns bool
+    (H, W).
+    """
     m = np.asarray(mask, dtype=bool)
-    return m & ~ndimage.binary_erosion(m, border_value=0)
+    out = np.zeros(m.shape, dtype=bool)
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return out
+    cols = np.flatnonzero(m.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    sub = m[box]
+    # Same as scipy.ndimage.binary_erosion(sub, iterations=thickness, border_value=0) with the
+    # 4-neighbour cross, done with slices on the mask's bounding box (several times faster).
+    eroded = sub
+    for _ in range(max(1, int(thickness))):
+        p = np.pad(eroded, 1)
+        eroded = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    out[box] = sub & ~eroded
+    return out
 
 
 def hd95(
