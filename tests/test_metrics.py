@@ -301,3 +301,17 @@ def test_boundary_is_the_mask_minus_its_erosion_and_the_overlays_outline() -> No
         want = m & ~ndimage.binary_erosion(m, border_value=0)
         assert np.array_equal(M.boundary(m), want), k
         assert np.array_equal(report.outline(m), want), k
+
+
+def test_dice_from_counts_is_the_one_dice_with_the_empty_rule() -> None:
+    """The empty rule was written twice (metrics and post-processing's grid search): both
+    now score Dice from the confusion counts by dice_from_counts."""
+    rng = np.random.default_rng(4)
+    for k in range(100):
+        shape = tuple(int(s) for s in rng.integers(1, 30, 2))
+        p = rng.random(shape) < (0.0 if k % 10 == 0 else rng.uniform(0, 1))
+        t = rng.random(shape) < (0.0 if k % 7 == 0 else rng.uniform(0, 1))
+        tp = int((p & t).sum())
+        d = M.dice_from_counts(tp, int(p.sum()), int(t.sum()))
+        assert d == M.dice(p, t) == M.image_metrics(p, t)["dice"], k
+    assert M.dice_from_counts(0, 0, 0) == 1.0 and M.dice_from_counts(0, 3, 0) == 0.0

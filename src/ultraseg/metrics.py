@@ -63,10 +63,17 @@ def _ratio(num: int, den: int, both_empty: bool) -> float:
     return num / den if den else 0.0
 
 
+def dice_from_counts(tp: int, pred_sum: int, truth_sum: int) -> float:
+    """Dice from pixel counts: ``2 tp / (pred_sum + truth_sum)``; 1.0 when both masks are
+    empty (:data:`EMPTY_RULE`)."""
+    den = pred_sum + truth_sum
+    return 1.0 if den == 0 else 2.0 * tp / den
+
+
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice coefficient of two bool (H, W) masks; 1.0 when both are empty."""
     tp, fp, fn, _ = confusion(pred, truth)
-    return _ratio(2 * tp, 2 * tp + fp + fn, tp + fp + fn == 0)
+    return dice_from_counts(tp, tp + fp, tp + fn)
 
 
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -178,7 +185,7 @@ def image_metrics(
     tp, fp, fn, _ = confusion(p, t)
     both_empty = tp + fp + fn == 0
     row: dict[str, Any] = {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
+        "dice": dice_from_counts(tp, tp + fp, tp + fn),
         "iou": _ratio(tp, tp + fp + fn, both_empty),
         "precision": _ratio(tp, tp + fp, both_empty),
         "recall": _ratio(tp, tp + fn, both_empty),

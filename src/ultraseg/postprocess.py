@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from .config import PostprocessConfig
 from .errors import UltrasegError
+from .metrics import dice_from_counts
 
 logger = logging.getLogger(__name__)
 
@@ -206,11 +207,6 @@ def default_min_areas(area: int, n: int = 8, max_fraction: float = 0.02) -> tupl
     return (0, *sorted(v for v in series if v > 1))
 
 
-def _dice(tp: int, pred_sum: int, truth_sum: int) -> float:
-    den = pred_sum + truth_sum
-    return 1.0 if den == 0 else 2.0 * tp / den
-
-
 def _score_frame(prob: np.ndarray, truth: np.ndarray, thr: list[float], areas: list[int],
                  peak_opts: list[float], largest_opts: tuple[bool, ...],
                  fill_opts: tuple[bool, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -236,14 +232,15 @@ def _score_frame(prob: np.ndarray, truth: np.ndarray, thr: list[float], areas: l
                 enumerate(areas), enumerate(peak_opts), enumerate(largest_opts)):
             kept = _kept(sizes, min_area, largest, peaks, peak)
             pred_sum = int(sizes[kept].sum())
-            d = _dice(int(tp_comp[kept].sum()), pred_sum, truth_sum)
+            d = dice_from_counts(int(tp_comp[kept].sum()), pred_sum, truth_sum)
             score[i, j, q, k, 0], area[i, j, q, k, 0] = d, pred_sum
             if nesting is not None:
                 if nesting.holes:
                     key = kept.tobytes()
                     if key not in filled_cache:
                         filled_sum, tp = nesting.filled(kept)
-                        filled_cache[key] = (_dice(tp, filled_sum, truth_sum), filled_sum)
+                        filled_cache[key] = (dice_from_counts(tp, filled_sum, truth_sum),
+                                             filled_sum)
                     d, pred_sum = filled_cache[key]
                 score[i, j, q, k, 1], area[i, j, q, k, 1] = d, pred_sum
     return score, area
