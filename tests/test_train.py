@@ -446,6 +446,32 @@ def test_a_marker_pixel_stays_aligned_with_its_target() -> None:
     assert hits > 0
 
 
+def test_training_batches_are_zscored_as_validation_and_prediction_canvases_are() -> None:
+    """Training batches and the canvases validation and prediction normalise had two copies
+    of the z-score, with different rules for a flat frame (std floored at 1e-6 / taken as 1).
+    One rule now (preprocess.zscore_stats): each batch row is normalise(canvas, 'zscore')."""
+    from ultraseg.preprocess import normalise, zscore_stats
+
+    rng = np.random.default_rng(3)
+    images = np.stack([rng.integers(0, 256, (16, 16), dtype=np.uint8),
+                       np.full((16, 16), 77, np.uint8),                  # flat: std 0
+                       rng.integers(100, 103, (16, 16), dtype=np.uint8)])
+    arrays = Arrays(images, np.zeros_like(images), ("a", "b", "c"), ("s1", "s2", "s3"))
+    index = np.arange(3)
+    batches = Batches(arrays, index, _cfg("same", depth=2, batch_size=3, normalise="zscore"))
+    mean, std = zscore_stats(images)
+    assert mean.shape == std.shape == (3,) and std[1] == 1.0
+    for _ in range(2):
+        (x, _y), = list(batches.epoch(rng))
+        seen = set()
+        for xi in x.numpy()[:, 0]:
+            k = next(k for k in index if np.allclose(xi, normalise(images[k], "zscore"),
+                                                     atol=1e-6))
+            np.testing.assert_array_equal(xi, normalise(images[k], "zscore"))
+            seen.add(int(k))
+        assert seen == {0, 1, 2}
+
+
 def test_same_model_batches_are_whole_canvases_zscored() -> None:
     arrays = _position_arrays()
     batches = Batches(arrays, np.array([0, 1]), _cfg("same", depth=2, batch_size=2,

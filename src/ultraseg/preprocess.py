@@ -108,14 +108,24 @@ def resize(image: np.ndarray, size: tuple[int, int], kind: str = "image") -> np.
     return np.asarray(out, dtype=np.float32)
 
 
+def zscore_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The z-score's statistics of (N, H, W) images, each over its whole canvas: mean and std
+    as float32 (N,), a std of 1e-6 or under (a flat frame) given as 1. Training batches,
+    validation and prediction all normalise by it."""
+    flat = np.asarray(images).reshape(len(images), -1).astype(np.float32)
+    mean, std = flat.mean(1), flat.std(1)
+    return mean, np.where(std > 1e-6, std, np.float32(1.0)).astype(np.float32)
+
+
 def normalise(image: np.ndarray, method: str = "unit") -> np.ndarray:
-    """uint8 (H, W) -> float32 (H, W). 'unit': x / 255. 'zscore': (x - mean) / std per image."""
+    """uint8 (H, W) -> float32 (H, W). 'unit': x / 255. 'zscore': (x - mean) / std per image
+    (:func:`zscore_stats`)."""
     x = image.astype(np.float32)
     if method == "unit":
         return x / 255.0
     if method == "zscore":
-        std = float(x.std())
-        return (x - float(x.mean())) / (std if std > 1e-6 else 1.0)
+        mean, std = zscore_stats(x[None])
+        return (x - float(mean[0])) / float(std[0])
     raise ValueError(f"unknown normalisation '{method}'; valid: unit, zscore")
 
 

@@ -47,7 +47,7 @@ from .metrics import EMPTY_RULE, dice, improves
 from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
-from .preprocess import normalise
+from .preprocess import normalise, zscore_stats
 from .run_folder import (REFUSED_RUN_FILES, execution_of, mark_run_folder, open_run,
                          recorded_presence_head, remove_refused_run, remove_temporaries,
                          run_log, with_execution, write_run_config)
@@ -113,9 +113,7 @@ class Batches:
         self.masks = arrays.masks[index]
         self.size = size
         if cfg.preprocess.normalise == "zscore":  # statistics of the whole canvas, as at prediction
-            flat = arrays.images[index].reshape(len(index), -1).astype(np.float32)
-            self.mean = flat.mean(1)
-            self.std = np.maximum(flat.std(1), 1e-6)
+            self.mean, self.std = zscore_stats(arrays.images[index])
 
     def __len__(self) -> int:
         return math.ceil(len(self.index) * self.per / self.cfg.train.batch_size)
