@@ -170,6 +170,28 @@ def test_frames_cached_by_other_decoding_code_are_decoded_again(tmp_path: Path,
         assert module in data_module.DECODING_CODE
 
 
+def test_the_entry_prefix_and_the_key_change_with_the_same_header(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """_remove_superseded is right only while the entry prefix and the key hash the same
+    header (version, decoding code and libraries, layout, root, shaping settings)."""
+    import ultraseg.data as data_module
+    from ultraseg.data import entry_prefix
+
+    ds = open_dataset(_tree(tmp_path / "d"))
+    cfg = PreprocessConfig(size=16)
+    before = entry_prefix(ds, cfg), cache_key(ds, cfg)
+    changes = [("__version__", "99.0"), ("decoding_code_digest", lambda: "x"),
+               ("decoding_libraries", lambda: {"PIL": "0"})]
+    for name, value in changes:
+        with monkeypatch.context() as m:
+            m.setattr(data_module, name, value)
+            after = entry_prefix(ds, cfg), cache_key(ds, cfg)
+        assert after[0] != before[0] and after[1] != before[1], name
+    other = PreprocessConfig(size=24)
+    assert entry_prefix(ds, other) != before[0] and cache_key(ds, other) != before[1]
+    assert (entry_prefix(ds, cfg), cache_key(ds, cfg)) == before
+
+
 #: Modules the decoding code imports that decide nothing cached: errors, log handling, the
 #: config dataclasses (the config itself is in the key), and atomic writes of output markers.
 _DECODING_IMPORTS_DECIDE_NOTHING = {"errors.py", "logs.py", "config.py", "fileio.py"}

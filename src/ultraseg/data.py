@@ -128,6 +128,17 @@ def _shaping(cfg: PreprocessConfig) -> dict[str, object]:
     return {k: v for k, v in cfg.to_dict().items() if k != "normalise"}
 
 
+def _header_json(ds: Dataset, cfg: PreprocessConfig) -> str:
+    """What :func:`entry_prefix` and :func:`cache_key` both hash, whatever the files' state:
+    the version, the decoding code and libraries, the layout, the root and the settings that
+    shape the canvases. (One dict: the two must agree for :func:`_remove_superseded`.)"""
+    # "decode": the code files are decoded by, so frames that changed code reads otherwise
+    # are decoded again (a number bumped by hand was forgotten once)
+    return json.dumps({"v": __version__, "decode": decoding_code_digest(),
+                       "libraries": decoding_libraries(), "layout": ds.layout,
+                       "root": str(ds.root.resolve()), "pre": _shaping(cfg)}, sort_keys=True)
+
+
 def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
     """Digest of the dataset's folder, its layout, the settings that shape the canvases and
     the code and libraries that decode them: the start of the name of each cache entry made
@@ -136,9 +147,7 @@ def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
     (:func:`_remove_superseded`). The code's version is in it so that two installs sharing a
     cache folder (a development clone beside a release) do not remove each other's entries
     on every run: an upgrade's leftovers stay until the folder is deleted."""
-    text = json.dumps({"v": __version__, "decode": decoding_code_digest(),
-                       "libraries": decoding_libraries(), "layout": ds.layout,
-                       "root": str(ds.root.resolve()), "pre": _shaping(cfg)}, sort_keys=True)
+    text = _header_json(ds, cfg)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
@@ -159,13 +168,7 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     an uncompressed format) still makes a new key; so does a chmod, at the cost of one
     rebuild."""
     h = hashlib.sha256()
-    shaping = _shaping(cfg)
-    # "decode": the code files are decoded by, so frames that changed code reads otherwise
-    # are decoded again (a number bumped by hand was forgotten once)
-    h.update(json.dumps({"v": __version__, "decode": decoding_code_digest(),
-                         "libraries": decoding_libraries(),
-                         "layout": ds.layout, "root": str(ds.root.resolve()), "pre": shaping},
-                        sort_keys=True).encode())
+    h.update(_header_json(ds, cfg).encode("utf-8", "surrogateescape"))
     for s in ds.labelled:
         for p in (s.image_path, *s.mask_paths):
             st = p.stat()
