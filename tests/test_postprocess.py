@@ -461,3 +461,25 @@ def test_grid_search_labels_a_frame_a_few_times_per_threshold(monkeypatch) -> No
     search = GridSearch(prob.size)
     search.add([prob], _blobby(rng, prob.shape) > 0.5)
     assert len(calls) <= 2 * len(search.thr)
+
+
+def test_tune_scores_the_frames_in_the_grid_search_s_order(monkeypatch) -> None:
+    """Training's validation scores its frames 'in the random order tune scores them in' (a
+    time-limited run stops on a random sample): both take GridSearch.order, not each its own
+    copy of the permutation."""
+    from ultraseg.postprocess import GridSearch
+
+    order = GridSearch.order(7)
+    assert sorted(order.tolist()) == list(range(7)) and np.array_equal(order, GridSearch.order(7))
+    truths = [_disk((20, 20), 10, 10, 2.0 + k) for k in range(7)]
+    probs = [_prob(t) for t in truths]
+    added: list[int] = []
+    real = GridSearch.add
+
+    def spy(self, frame_probs, truth):
+        added.append(next(k for k, t in enumerate(truths) if t is truth))
+        return real(self, frame_probs, truth)
+
+    monkeypatch.setattr(GridSearch, "add", spy)
+    tune(probs, truths)
+    assert added == order.tolist()

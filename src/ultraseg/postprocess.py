@@ -285,6 +285,13 @@ class GridSearch:
     def __len__(self) -> int:
         return len(self.scores)
 
+    @staticmethod
+    def order(n: int) -> np.ndarray:
+        """The order, int (n,), in which :func:`tune` and training's validation score ``n``
+        frames: a fixed random one, so a search cut short by a time limit holds a random
+        sample of them, the same each run."""
+        return np.random.default_rng(0).permutation(n)
+
     def add(self, probs: Sequence[np.ndarray], truth: np.ndarray) -> None:
         """Score one frame: its probability maps (one per alternative) against its mask."""
         if len(probs) != self.alternatives:
@@ -400,7 +407,7 @@ def tune(
         raise UltrasegError("no validation frames to tune the post-processing on")
     search = GridSearch(min(int(np.asarray(p).size) for p in probs), thresholds, min_areas,
                         try_keep_largest, try_fill_holes, min_peaks, len(alternatives))
-    for f in np.random.default_rng(0).permutation(len(truths)):
+    for f in GridSearch.order(len(truths)):
         if len(search) and deadline is not None and time.monotonic() > deadline:
             logger.warning("post-processing chosen on %d of the %d validation frames (a random "
                            "sample): the time limit came first", len(search), len(truths))

@@ -1225,7 +1225,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     from .preprocess import seen_region
 
     n = len(samples)
-    order = np.random.default_rng(0).permutation(n)
+    order = GridSearch.order(n)
     pp: PostprocessConfig | None = None if tuning else chosen or PostprocessConfig()
     search = None
     tta = False
