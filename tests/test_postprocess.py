@@ -278,36 +278,6 @@ def test_tune_turns_tta_on_only_for_a_gain_worth_it() -> None:
     assert cfg == PostprocessConfig(min_area=5) and score == 1.0
 
 
-def test_tune_stops_at_its_deadline_and_chooses_on_the_frames_scored_by_then() -> None:
-    """Past the deadline the choice is made on the frames scored so far: at least one, drawn
-    in a fixed random order; without one, on every frame."""
-    import logging
-    import time
-
-    rng = np.random.default_rng(3)
-    truths = [_disk((30, 30), 15, 15, r) for r in (4.0, 7.0, 10.0, 12.0)]
-    probs = [np.clip(_prob(t, 0.55 + 0.1 * i, 0.3) + rng.normal(0, 0.15, t.shape), 0, 1)
-             for i, t in enumerate(truths)]
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("ultraseg.postprocess")
-    logger.addHandler(handler)
-    try:
-        late = tune(probs, truths, deadline=time.monotonic() - 1.0)
-        assert any("chosen on 1 of the 4 validation frames" in r.getMessage() for r in records)
-        records.clear()
-        in_time = tune(probs, truths, deadline=time.monotonic() + 3600.0)
-        assert not any(r.levelno >= logging.WARNING for r in records)
-    finally:
-        logger.removeHandler(handler)
-    # one frame, whichever: the choice and score that frame alone gives
-    assert late in [tune([p], [t]) for p, t in zip(probs, truths)]
-    assert in_time == tune(probs, truths)
-    cfg, score = in_time
-    assert score == pytest.approx(np.mean([dice(apply(p, cfg), t) for p, t in zip(probs, truths)]))
-
-
 def test_a_tie_between_thresholds_as_far_from_one_half_goes_to_the_lower() -> None:
     """0.3 and 0.7 scoring the same went to 0.7: 0.7 - 0.5 is 0.19999999999999996 in
     floating point, nearer than 0.5 - 0.3."""

@@ -84,7 +84,7 @@ def test_extract_tiles_mirror_context():
     image = np.arange(12, dtype=np.float32).reshape(3, 4)
     tiles, plan = extract_tiles(image, out_tile=4, margin=2)
     assert plan.positions == ((0, 0),)
-    assert plan.padded_shape == (4, 4) and plan.in_tile == 8
+    assert plan.padded_shape == (4, 4) and plan.in_shape == (8, 8)
     # Reflect padding (edge pixel not repeated): row -1 is row 1, column -1 is column 1.
     assert tiles.shape == (1, 1, 8, 8)
     assert tiles[0, 0, 1, 1] == image[1, 1]

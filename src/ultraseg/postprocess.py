@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -363,7 +362,6 @@ def tune(
     min_gain: float = 0.005,
     min_peaks: Sequence[float] = DEFAULT_MIN_PEAKS,
     tta_probs: Sequence[np.ndarray] | None = None,
-    deadline: float | None = None,
 ) -> tuple[PostprocessConfig, float]:
     """Choose the post-processing for the best mean Dice over validation frames (the simplest
     setting near the best: see ``min_gain``).
@@ -392,11 +390,6 @@ def tune(
     and each rule added for it is one more chance to fit that noise. ``min_gain=0`` chooses
     the best.
 
-    ``deadline`` (a :func:`time.monotonic` time; a time-limited run's end): the frames are
-    scored in a fixed random order, and once the deadline has passed, the choice is made on
-    those scored so far (at least one), with a warning. The grid's cost grows with the frames'
-    pixels and with how many components the network outlines, so no fixed reserve holds it.
-
     Returns ``(config, mean_dice)``.
     """
     alternatives = [probs] if tta_probs is None else [probs, tta_probs]
@@ -408,9 +401,5 @@ def tune(
     search = GridSearch(min(int(np.asarray(p).size) for p in probs), thresholds, min_areas,
                         try_keep_largest, try_fill_holes, min_peaks, len(alternatives))
     for f in GridSearch.order(len(truths)):
-        if len(search) and deadline is not None and time.monotonic() > deadline:
-            logger.warning("post-processing chosen on %d of the %d validation frames (a random "
-                           "sample): the time limit came first", len(search), len(truths))
-            break
         search.add([alt[f] for alt in alternatives], truths[f])
     return search.choose(min_gain)

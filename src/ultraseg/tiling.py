@@ -86,14 +86,6 @@ class TilePlan:
         return (max(self.h, max(y for y, _ in self.positions) + th),
                 max(self.w, max(x for _, x in self.positions) + tw))
 
-    @property
-    def in_tile(self) -> int:
-        """Side of a square input window: ``out_tile + 2 * margin`` (see :attr:`in_shape`)."""
-        ih, iw = self.in_shape
-        if ih != iw:
-            raise ValueError(f"the input windows are rectangular ({ih}x{iw}); use in_shape")
-        return ih
-
 
 def _starts(size: int, out_tile: int, align: int = 1) -> list[int]:
     """Window starts along one axis. ``align`` 1: steps of ``out_tile``, the last window shifted

@@ -200,13 +200,6 @@ class UNet(nn.Module):
         """Context pixels consumed on each side: :func:`context_margin` ('valid') or 0 ('same')."""
         return context_margin(self.cfg.depth) if self.cfg.variant == "valid" else 0
 
-    def output_size(self, in_size: int) -> int:
-        """Output side for an input side (raises ValueError if the variant cannot take it)."""
-        if self.cfg.variant == "valid":
-            return valid_output_size(in_size, self.cfg.depth)
-        self._check_same(in_size, in_size)
-        return in_size
-
     def _check_same(self, h: int, w: int) -> None:
         scale = 2**self.cfg.depth
         if h % scale or w % scale or h < scale or w < scale:
