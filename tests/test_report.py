@@ -430,3 +430,15 @@ def test_the_report_s_figures_say_what_they_show(tmp_path, monkeypatch) -> None:
     assert [c.split(":")[0] for c in captions] == ["curve.png", "seg_sample.png"]
     assert "Validation frames" in captions[1] and "chose the epoch and the post-processing" \
         in captions[1] and "Learning curves" in captions[0]
+
+
+def test_the_display_stretch_is_not_named_as_the_reading_rule() -> None:
+    """report.to_uint8 (a min-max stretch for display) shared its name with io.base.to_uint8
+    (the reading rule: [0, 1] floats times 255): importing the wrong one read a [0, 1] frame
+    stretched, in silence. The display one is display_uint8."""
+    from ultraseg.io.base import to_uint8
+
+    frame = np.array([[0.2, 0.4]])
+    assert not hasattr(report, "to_uint8")
+    np.testing.assert_array_equal(report.display_uint8(frame), [[0, 255]])
+    np.testing.assert_array_equal(to_uint8(frame), [[51, 102]])

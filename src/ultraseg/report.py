@@ -76,8 +76,9 @@ _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg
 # --------------------------------------------------------------------------------------------
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A displayable uint8 copy of a gray (H, W) or RGB (H, W, 3) image.
+def display_uint8(image: np.ndarray) -> np.ndarray:
+    """A displayable uint8 copy of a gray (H, W) or RGB (H, W, 3) image (for display only:
+    frames are read by :func:`ultraseg.io.base.to_uint8`, another rule).
 
     uint8 is returned as is; bool becomes 0/255; any other dtype is min-max scaled to 0..255
     (a constant image becomes 0; NaN becomes 0).
@@ -108,7 +109,7 @@ def overlay(
     Pixels on both outlines are white; mask interiors and background keep the image's gray.
     ``thickness``: outline width in pixels. Returns a new (H, W, 3) uint8 array.
     """
-    img = to_uint8(image)
+    img = display_uint8(image)
     if img.ndim == 2:
         rgb = np.repeat(img[:, :, None], 3, axis=2)
     elif img.ndim == 3 and img.shape[2] == 3:
