@@ -195,12 +195,6 @@ def test_the_entry_prefix_and_the_key_change_with_the_same_header(tmp_path: Path
 #: Modules the decoding code imports that decide nothing cached: errors, log handling, the
 #: config dataclasses (the config itself is in the key), and atomic writes of output markers.
 _DECODING_IMPORTS_DECIDE_NOTHING = {"errors.py", "logs.py", "config.py", "fileio.py"}
-#: One listed module's imports that are off the decoding path, each with why.
-_OFF_THE_DECODING_PATH = {
-    # largest_component's hole filling and components, which measure() alone calls: the
-    # outline is filled with fit_ellipse (preprocess._fill_cut_outline), which uses neither
-    ("measure.py", "postprocess.py"),
-}
 
 
 def _relative_imports(package: Path, name: str) -> set[str]:
@@ -232,9 +226,8 @@ def test_the_decoding_code_lists_every_module_it_imports() -> None:
     package = Path(data_module.__file__).resolve().parent
     listed = set(data_module.DECODING_CODE)
     for name in sorted(listed):
-        missing = {module for module in _relative_imports(package, name)
-                   - listed - _DECODING_IMPORTS_DECIDE_NOTHING
-                   if (name, module) not in _OFF_THE_DECODING_PATH}
+        missing = (_relative_imports(package, name) - listed
+                   - _DECODING_IMPORTS_DECIDE_NOTHING)
         assert not missing, f"{name} imports {sorted(missing)}, not in DECODING_CODE"
 
 

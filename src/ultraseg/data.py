@@ -93,7 +93,7 @@ def default_cache_dir() -> Path:
 #: outline), and each frame's fingerprints (hash, thumbnail). tests/test_data.py checks the
 #: list against these modules' own imports.
 DECODING_CODE = ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py",
-                 "duplicates.py", "measure.py")
+                 "duplicates.py", "measure.py", "postprocess.py", "metrics.py")
 
 
 @functools.lru_cache(maxsize=1)
