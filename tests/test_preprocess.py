@@ -276,6 +276,43 @@ def test_fill_outline_refuses_an_open_curve() -> None:
     assert "open_Annotation.png" in str(e.value)
 
 
+def test_fill_outline_message_says_what_to_do_with_an_open_curve() -> None:
+    arc = _outline(80, 100, (20, 10, 80, 70), 0, 180)
+    with pytest.raises(DataError, match="close the contour's gap in the annotation, or remove "
+                                        "the frame"):
+        fill_outline(arc)
+
+
+def test_fill_outline_keeps_an_annotation_that_is_already_solid() -> None:
+    """A pre-filled annotation (a common preprocessing of HC18) was refused as 'not a closed
+    contour: nothing to fill'; so was one cut by the frame."""
+    im = Image.new("L", (100, 80), 0)
+    ImageDraw.Draw(im).ellipse((20, 10, 80, 70), fill=255)
+    solid = np.asarray(im) > 0
+    assert np.array_equal(fill_outline(solid), solid)
+    cut = np.zeros((60, 100), bool)
+    cut[:20, 30:70] = True
+    assert np.array_equal(fill_outline(cut), cut)
+
+
+def test_fill_outline_fills_a_thick_outline_of_a_small_structure() -> None:
+    """A closed 3-px-wide outline of radius 6 was refused: its fill is under 1.5x the band."""
+    im = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(im).ellipse((26, 26, 38, 38), outline=255, width=3)
+    band = np.asarray(im) > 0
+    disk = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(disk).ellipse((26, 26, 38, 38), fill=255)
+    assert np.array_equal(fill_outline(band), np.asarray(disk) > 0)
+
+
+def test_fill_outline_still_refuses_a_thick_open_band() -> None:
+    """Not taken for a solid mask: a 3-px-wide arc encloses nothing."""
+    im = Image.new("L", (100, 80), 0)
+    ImageDraw.Draw(im).arc((20, 10, 80, 70), 0, 270, fill=255, width=3)
+    with pytest.raises(DataError, match="not a closed contour"):
+        fill_outline(np.asarray(im) > 0)
+
+
 def test_fill_outline_empty_stays_empty() -> None:
     empty = np.zeros((10, 10), bool)
     assert not fill_outline(empty).any()
