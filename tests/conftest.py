@@ -103,3 +103,28 @@ def assert_reads_each_frame(path: Path, frames: list[Any], unit: str) -> None:
     n = len(frames)
     with pytest.raises(DataError, match=rf"holds {n} {unit}: no frame {n} \(frames count from 0\)"):
         read_image(path, frame=n)
+
+
+def outline_dataset(root: Path, n: int = 6, size: int = 32, mask_name: str = "{}_mask"
+                    ) -> tuple[Path, Any, Any]:
+    """A folders-layout set (``images/S_1.png``, ``masks/`` named by ``mask_name``) whose
+    masks are one-pixel closed circles drawn around a bright disk, as contour annotations
+    (HC18's) are: returns (root, the outline, the disk it encloses), bool (size, size)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+    ring, disk = Image.new("L", (size, size)), Image.new("L", (size, size))
+    ImageDraw.Draw(ring).ellipse(box, outline=255)
+    ImageDraw.Draw(disk).ellipse(box, fill=255)
+    outline, filled = np.asarray(ring) > 0, np.asarray(disk) > 0
+    rng = np.random.default_rng(0)
+    for d in ("images", "masks"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = rng.integers(0, 60, (size, size)).astype(np.uint8)
+        image[filled] += 150
+        Image.fromarray(image).save(root / "images" / f"s{i}_1.png")
+        Image.fromarray(np.asarray(ring)).save(root / "masks" /
+                                               f"{mask_name.format(f's{i}_1')}.png")
+    return root, outline, filled

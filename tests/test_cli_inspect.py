@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_dataset, ultraseg_warnings
+from conftest import outline_dataset, shared_dataset, ultraseg_warnings
 from ultraseg.cli import main
 from ultraseg.errors import DataError
 from ultraseg.inspection import inspect_dataset
@@ -586,3 +586,15 @@ def test_inspect_warns_of_masks_that_look_inverted(tmp_path, capsys):
             report, _ = inspect_dataset(tmp_path / folder)
         assert not any("inverted" in r.getMessage() for r in warned), folder
     assert report["masks_inverted_count"] == 3
+
+
+def test_fill_outlines_flag_fills_the_masks_inspected(tmp_path, capsys) -> None:
+    """images/ + masks/ contour annotations were summarised as rings, and no flag filled them."""
+    root, ring, disk = outline_dataset(tmp_path / "d", n=2)
+    report, _ = inspect_dataset(root)
+    assert report["foreground_fraction_mean"] == pytest.approx(ring.mean())
+    report, problems = inspect_dataset(root, fill_outlines=True)
+    assert problems == [] and report["foreground_fraction_mean"] == pytest.approx(disk.mean())
+    assert main(["inspect", str(root), "--json", "--fill-outlines"]) == 0
+    assert json.loads(capsys.readouterr().out)["foreground_fraction_mean"] == pytest.approx(
+        disk.mean())

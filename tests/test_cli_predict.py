@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import held_elsewhere, ultraseg_warnings
+from conftest import held_elsewhere, outline_dataset, ultraseg_warnings
 from ultraseg.checkpoint import make_meta, save_checkpoint
 from ultraseg.cli import main
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
@@ -639,3 +639,28 @@ def test_frames_padded_to_a_strip_of_the_canvas_are_warned_about_once(tmp_path, 
     assert len(thin) == 1, thin
     assert thin[0].startswith("2 frame(s) so long and thin") and "--no-pad-to-square" in thin[0]
     assert f"first: {tmp_path / 'in' / 'a.png'}, 2000x40: 0.6 px" in thin[0]
+
+
+def test_predict_overlay_fills_outline_truth_as_the_model_was_trained(tmp_path, ckpt,
+                                                                       monkeypatch):
+    """The truth an overlay draws is read as evaluate reads it: filled where the checkpoint
+    was trained with --fill-outlines (or --fill-outlines says so), a ring otherwise."""
+    import ultraseg.report as report
+
+    real, drawn = report.overlay, []
+
+    def overlay(image, mask, truth, thickness=1):
+        drawn.append(truth)
+        return real(image, mask, truth, thickness=thickness)
+
+    monkeypatch.setattr(report, "overlay", overlay)
+    root, ring, disk = outline_dataset(tmp_path / "d", n=1)
+    filled = make_checkpoint(tmp_path / "filled.ckpt", meta_extra={
+        "preprocess": PreprocessConfig(size=32, fill_outlines=True).to_dict()})
+    for model, flags, truth in ((ckpt, [], ring), (ckpt, ["--fill-outlines"], disk),
+                                (filled, [], disk), (filled, ["--no-fill-outlines"], ring)):
+        drawn.clear()
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        assert main(["predict", str(model), str(root), "--out", str(out), "--device", "cpu",
+                     "--overlay", *flags]) == 0
+        assert len(drawn) == 1 and np.array_equal(drawn[0], truth), (model, flags)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import held_elsewhere, ultraseg_warnings
+from conftest import held_elsewhere, outline_dataset, ultraseg_warnings
 from ultraseg import cli
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.cli_run import ProgressPrinter, resolve_config
@@ -420,6 +420,7 @@ def test_resume_of_a_run_its_time_limit_stopped_trains_no_further(stopped_run, t
     (["--time-limit", "1h", "--lr", "0.1"], ["--time-limit", "--lr"]),
     (["--preset", "seed"], ["--preset"]),
     (["--no-presence-head"], ["--presence-head"]),
+    (["--fill-outlines"], ["--fill-outlines"]),
     (["--config", "CONF"], ["--config"]),
     (["DATA_ELSEWHERE"], ["DATA", "config.json"]),
 ])
@@ -575,6 +576,24 @@ def test_crop_border_and_stretch_flags_train_and_predict_at_the_frames_size(data
     mask = load(run / "best.ckpt", device="cpu").predict(frame, PostprocessConfig(threshold=1e-6))
     assert mask.shape == (60, 44)
     assert not mask[:10].any() and not mask[50:].any() and mask[10:50].all()
+
+
+def test_fill_outlines_trains_on_the_filled_contours_and_is_kept_in_the_checkpoint(tmp_path
+                                                                                 ) -> None:
+    """Outline masks outside the hc18 layout trained as rings; --fill-outlines fills them in
+    any layout, and the checkpoint records it (evaluate and predict read truth so)."""
+    assert _resolve(["D", "--out", "R"]).preprocess.fill_outlines is False
+    root, ring, disk = outline_dataset(tmp_path / "d", n=6)
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    argv = [a for a in TINY if a not in ("--cache-dir", "")]
+    assert cli.main(["train", str(root), "--out", str(run), *argv, "--cache-dir", str(cache),
+                     "--epochs", "1", "--fill-outlines"]) == 0
+    assert load_checkpoint(run / "best.ckpt").preprocess.fill_outlines is True
+    assert json.loads((run / "config.json").read_text())["preprocess"]["fill_outlines"] is True
+    (entry,) = cache.glob("*.npz")
+    with np.load(entry) as z:
+        masks = z["masks"]
+    assert all(np.array_equal(m > 0, disk) for m in masks)
 
 
 def test_residual_block_run_trains_and_predicts(data, tmp_path) -> None:

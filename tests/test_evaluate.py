@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import outline_dataset
 from ultraseg import cli
 from ultraseg.checkpoint import make_meta, save_checkpoint
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
@@ -379,6 +380,44 @@ def test_cli_label_reaches_evaluate(checkpoint, label_data, capsys) -> None:
                          "--threshold", "0", "--label", label]) == 0
         doc = json.loads(capsys.readouterr().out)
         assert doc["dice_mean"] == pytest.approx(_all_foreground_dice(truth))
+
+
+# ------------------------------------------------------------------ outline masks
+@pytest.fixture(scope="module")
+def outline_data(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """Three frames whose masks are one-pixel closed circles (contours): (root, ring, disk)."""
+    return outline_dataset(tmp_path_factory.mktemp("eval-outlines") / "data", n=3, size=SIZE)
+
+
+def test_fill_outlines_reads_the_truth_filled(outline_data) -> None:
+    """Outline masks outside the hc18 layout were scored as rings, with no way to fill them."""
+    root, ring, disk = outline_data
+    for fill, truth in ((None, ring), (False, ring), (True, disk)):
+        summary, _ = evaluate(_constant_predictor(1.0), root, "folders", fill_outlines=fill)
+        assert summary["dice_mean"] == pytest.approx(_all_foreground_dice(truth))
+    # without the argument, as the predictor was trained; an explicit False overrides it
+    trained_filled = Predictor(lambda b: np.ones_like(b), ModelConfig(variant="same", depth=2),
+                               PreprocessConfig(size=SIZE, fill_outlines=True),
+                               PostprocessConfig())
+    for fill, truth in ((None, disk), (False, ring)):
+        summary, _ = evaluate(trained_filled, root, "folders", fill_outlines=fill)
+        assert summary["dice_mean"] == pytest.approx(_all_foreground_dice(truth))
+
+
+def test_cli_fill_outlines_reaches_evaluate(checkpoint, outline_data, tmp_path, capsys) -> None:
+    root, ring, disk = outline_data
+    filled_ckpt = tmp_path / "filled.ckpt"
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    save_checkpoint(filled_ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=SIZE, fill_outlines=True),
+                              PostprocessConfig()))
+    for ckpt, flags, truth in ((checkpoint, [], ring), (checkpoint, ["--fill-outlines"], disk),
+                               (filled_ckpt, [], disk),
+                               (filled_ckpt, ["--no-fill-outlines"], ring)):
+        assert cli.main(["evaluate", str(ckpt), str(root), "--json", "--device", "cpu",
+                         "--threshold", "0", *flags]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["dice_mean"] == pytest.approx(_all_foreground_dice(truth)), (ckpt, flags)
 
 
 def test_measure_offers_no_label(checkpoint, label_data, capsys) -> None:

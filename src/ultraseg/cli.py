@@ -86,9 +86,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _layout_args(p: argparse.ArgumentParser,
                  label: str | None = "segment label K of a label mask (default: any non-zero "
-                                     "label)") -> None:
-    """--layout and --subject-pattern; --label with ``label`` as its help (None: no --label,
-    for a command that reads no ground truth)."""
+                                     "label)",
+                 fill: str = "the masks are drawn closed contours (outlines): fill each into "
+                             "a solid mask, in any layout (the hc18 layout always does; "
+                             "kept in the checkpoint)") -> None:
+    """--layout and --subject-pattern; --label with ``label`` as its help and --fill-outlines
+    with ``fill`` as its (label None: neither, for a command that reads no ground truth)."""
     p.add_argument("--layout", default="auto",
                    help="dataset layout: auto (default), kaggle, folders, busi, hc18, images")
     p.add_argument("--subject-pattern", metavar="REGEX",
@@ -96,6 +99,8 @@ def _layout_args(p: argparse.ArgumentParser,
                    "stem (matching no name: refused; names it misses keep the layout's subject)")
     if label is not None:
         p.add_argument("--label", type=int, metavar="K", help=label)
+        p.add_argument("--fill-outlines", action=argparse.BooleanOptionalAction, default=None,
+                       help=fill)
 
 
 # ---------------------------------------------------------------- inspect
@@ -103,7 +108,8 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     from .inspection import failed_report, format_report, inspect_dataset
 
     try:
-        report, problems = inspect_dataset(a.data, a.layout, a.subject_pattern, a.label)
+        report, problems = inspect_dataset(a.data, a.layout, a.subject_pattern, a.label,
+                                           bool(a.fill_outlines))
     except (UltrasegError, OSError) as e:
         if a.json:        # a script reading stdout gets its JSON object, saying what failed
             lines = (str(e).splitlines() or [""]) if isinstance(e, UltrasegError) else [
@@ -140,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decode every sample, report every problem and a summary.")
     p.add_argument("data", type=path_arg, help="dataset folder")
     _layout_args(p, label="check and summarise label K of a label mask (default: any non-zero "
-                          "label)")
+                          "label)",
+                 fill="the masks are drawn closed contours (outlines): summarise them filled, "
+                      "as train --fill-outlines trains them (the hc18 layout always fills)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object, of the "
                    "same keys whether or not the folder could be read (once the arguments "
                    "parse)")

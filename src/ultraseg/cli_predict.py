@@ -79,6 +79,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     predictor = load_predictor(a)
     summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
                                 rle=a.rle, label=a.label, progress=ProgressBar("predict"),
+                                fill_outlines=a.fill_outlines,
                                 skip_unreadable=True)
     extra = " and overlays" if a.overlay else ""
     sub = ""
@@ -253,7 +254,9 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     model_args(p)
     postprocess_args(p)
     layout_args(p, label="with --overlay: draw label K of a label mask as the ground truth "
-                         "(default: the label the checkpoint was trained on)")
+                         "(default: the label the checkpoint was trained on)",
+                fill="with --overlay: the masks are drawn closed contours: draw them filled "
+                     "(default: as the checkpoint was trained; the hc18 layout always fills)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(

@@ -91,6 +91,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "presence_mode": ("model", "presence_mode"), "block": ("model", "block"),
     "attention": ("model", "attention"), "dropout": ("model", "dropout"),
     "size": ("preprocess", "size"), "label": ("preprocess", "label"),
+    "fill_outlines": ("preprocess", "fill_outlines"),
     "normalise": ("preprocess", "normalise"), "pad_to_square": ("preprocess", "pad_to_square"),
     "crop_border": ("preprocess", "crop_border"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -378,7 +379,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     predictor = load_predictor(a)      # predict's model flags and post-processing, the same way
     try:
         summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
-                              a.subset, a.out, label=a.label, pixel_size_mm=a.pixel_size)
+                              a.subset, a.out, label=a.label, pixel_size_mm=a.pixel_size,
+                              fill_outlines=a.fill_outlines)
     except UltrasegError as e:
         if e.result is not None:       # scored, but its files could not be written (full disk)
             print(json_text(e.result[0]) if a.json else format_summary(e.result[0]))
@@ -418,7 +420,9 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
                    help="best.ckpt of a run, or an exported .onnx")
     p.add_argument("data", type=path_arg, help="labelled dataset folder")
     layout_args(p, label="score against label K of a label mask (default: the label the "
-                         "checkpoint was trained on)")
+                         "checkpoint was trained on)",
+                fill="the masks are drawn closed contours: score against them filled "
+                     "(default: as the checkpoint was trained; the hc18 layout always fills)")
     p.add_argument("--split", type=path_arg,
                    help="a run's split.json: evaluate only one side of it")
     p.add_argument("--subset", choices=["train", "val", "test"],

@@ -226,6 +226,10 @@ class PreprocessConfig(_Section):
     pixels all lie within 2 grey levels of each other); the prediction gives them background.
     Both apply only with a ``size``.
     ``normalise``: 'zscore' (per image) or 'unit' (x / 255).
+    ``fill_outlines``: the masks are drawn closed contours (outlines, HC18's), each filled into
+    a solid mask (:func:`ultraseg.preprocess.fill_outline`) in any layout; the hc18 layout
+    fills its annotations whatever this says. Kept in the checkpoint, so that ``evaluate`` and
+    ``predict --overlay`` read ground truth as training did.
     """
 
     size: int | None = 252
@@ -233,6 +237,7 @@ class PreprocessConfig(_Section):
     crop_border: bool = False
     normalise: Literal["zscore", "unit"] = "unit"
     label: int | None = None   # None: any non-zero label is foreground; K: only label K
+    fill_outlines: bool = False  # masks are closed contours: fill them (hc18 layout: always)
 
 
 @dataclass(frozen=True)

@@ -308,7 +308,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
              subject_pattern: str | None = None, split_file: str | Path | None = None,
              subset: str | None = None, out: str | Path | None = None,
              progress: Callable[[int, int], None] | None = None, label: int | None = None,
-             pixel_size_mm: float | None = None
+             pixel_size_mm: float | None = None, fill_outlines: bool | None = None
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``predictor`` on every labelled frame of ``data``, or on the ``subset`` side
     ('train' | 'val' | 'test'; None: 'val') of a run's ``split_file``. Without a split, on the
@@ -338,7 +338,9 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     scoring; where the files cannot be written, the :class:`UltrasegError` carries (summary,
     rows) as its ``result``). ``label`` picks the
     structure of a label mask to score against; None: the one the predictor was trained on
-    (its own None: any non-zero label). ``predictor`` may also be the path of a checkpoint
+    (its own None: any non-zero label). ``fill_outlines``: the masks are closed contours to
+    fill (:func:`ultraseg.io.as_outline`); None: as the predictor was trained
+    (``preprocess.fill_outlines``). ``predictor`` may also be the path of a checkpoint
     or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults). ``pixel_size_mm``:
     for frames whose dataset gives none (a table's or a DICOM header's wins, and a header's
     pixels that are not square are scored as they are: their height and width are the row's
@@ -352,15 +354,18 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     # two evaluations into one folder would leave one's table beside the other's summary
     with output_lock(out, "evaluate") if out is not None else contextlib.nullcontext():
         return _evaluate(predictor, data, layout, subject_pattern, split_file, subset, out,
-                         progress, label, pixel_size_mm)
+                         progress, label, pixel_size_mm, fill_outlines)
 
 
 def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_pattern: str | None,
               split_file: str | Path | None, subset: str | None, out: str | Path | None,
               progress: Callable[[int, int], None] | None, label: int | None,
-              pixel_size_mm: float | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              pixel_size_mm: float | None, fill_outlines: bool | None
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """:func:`evaluate` once its arguments are checked (and its ``out`` held)."""
-    ds = open_dataset(data, layout, subject_pattern)
+    if fill_outlines is None:
+        fill_outlines = predictor.preprocess.fill_outlines
+    ds = open_dataset(data, layout, subject_pattern, fill_outlines)
     record = provenance(predictor, ds)      # (the file hashed as near its loading as can be)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:

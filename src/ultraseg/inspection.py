@@ -160,15 +160,17 @@ def specks(mask: np.ndarray, label: int | None = None) -> list[int]:
 
 @said_once()
 def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
-                    label: int | None = None) -> tuple[dict[str, Any], list[DataError]]:
+                    label: int | None = None, fill_outlines: bool = False
+                    ) -> tuple[dict[str, Any], list[DataError]]:
     """Summary of a dataset and every problem found in it (structural and per file).
+    ``fill_outlines``: the masks are closed contours, filled as training fills them.
 
     Sizes are ``[width, height]``; min, median and max are taken per dimension.
     ``foreground_fraction_mean`` is the mean over labelled frames of the mask's share of the frame.
     An unlabelled cine loop counts its frames, as ``predict`` takes them
     (:func:`ultraseg.io.split_frames`); a labelled one is a problem, as in training.
     """
-    ds, problems = scan_dataset(path, layout, subject_pattern)
+    ds, problems = scan_dataset(path, layout, subject_pattern, fill_outlines)
     widths, heights, fractions = [], [], []
     empty = 0
     labels: Counter[int] = Counter()

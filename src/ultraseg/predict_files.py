@@ -24,7 +24,7 @@ from PIL import Image
 
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock
-from .io import (IMAGE_EXTENSIONS, Sample, check_layout, file_sample, frame_tag,
+from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
                  image_stem, scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, LabelTally, check_label, frame_loop, header_shape,
@@ -446,14 +446,16 @@ def write_predictions(predictor: Predictor | str | Path,
                       out: str | Path, fmt: str = "png", overlay: bool = False,
                       rle: str | Path | None = None, label: int | None = None,
                       progress: Progress | None = None,
-                      skip_unreadable: bool = False) -> PredictionSummary:
+                      skip_unreadable: bool = False,
+                      fill_outlines: bool | None = None) -> PredictionSummary:
     """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size).
 
     ``fmt='tif'`` writes TIFF masks. ``overlay``: also ``OUT/NAME_overlay.png``, the image with
     the predicted outline (orange) and, for frames of a labelled dataset, the true one (blue;
     ``label`` selects a structure of a label mask, default the predictor's; where no mask holds
     it, a warning says so, as ``evaluate`` does, and ``summary.label_absent`` lists the labels
-    they hold). ``rle``: a Kaggle
+    they hold; ``fill_outlines``: the masks are closed contours, filled, None: as the
+    predictor was trained). ``rle``: a Kaggle
     submission CSV (``img,pixels``, one row per frame in input order, ``img`` = the output
     name, the image's stem unless stems collide; of a Kaggle dataset with a test split, only
     the test frames: see :func:`submission_frames`; masks are still written for every
@@ -477,12 +479,13 @@ def write_predictions(predictor: Predictor | str | Path,
     # held to the last file: a second command writing into it too would mix its outputs
     with output_lock(out, "predict"):
         return _write_predictions(predictor, frames, out, fmt, overlay, rle, label, progress,
-                                  skip_unreadable)
+                                  skip_unreadable, fill_outlines)
 
 
 def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | Path,
                        fmt: str, overlay: bool, rle: str | Path | None, label: int | None,
-                       progress: Progress | None, skip_unreadable: bool) -> PredictionSummary:
+                       progress: Progress | None, skip_unreadable: bool,
+                       fill_outlines: bool | None) -> PredictionSummary:
     """:func:`write_predictions`, its arguments checked, holding ``out``."""
     from .report import overlay as draw_overlay
 
@@ -492,6 +495,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
         if bad:
             raise UltrasegError(f"image name {bad[0]!r} cannot go in a submission CSV field")
     labels = LabelTally(predictor.preprocess.label if label is None else label)
+    fill = predictor.preprocess.fill_outlines if fill_outlines is None else fill_outlines
     suffix = MASK_FORMATS[fmt][0]
     summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
     in_submission = dict(zip((f.out_name for f in frames), submission_frames(frames)))
@@ -507,7 +511,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """Write the frame's mask (and overlay); its mask."""
         # the truth first: a mask that cannot be read skips the frame
-        truth = _truth(frame, image.shape, labels) if overlay else None
+        truth = _truth(frame, image.shape, labels, fill) if overlay else None
         mask = apply_postprocess(prob, predictor.postprocess)
         # both files encoded before either is written: a frame skipped (out of memory while
         # its overlay is drawn) leaves no mask behind that the summary does not count
@@ -562,10 +566,11 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     return summary
 
 
-def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally) -> np.ndarray | None:
+def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally, fill_outlines: bool
+           ) -> np.ndarray | None:
     """The frame's ground-truth mask as bool (H, W) (its structure ``labels.label``, tallied
-    there), or None for an unlabelled image."""
-    mask = frame.sample.load_mask()
+    there; a contour filled with ``fill_outlines``), or None for an unlabelled image."""
+    mask = (as_outline(frame.sample) if fill_outlines else frame.sample).load_mask()
     if mask is None:
         return None
     if mask.shape != shape[:2]:

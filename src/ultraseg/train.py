@@ -480,7 +480,8 @@ def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
     """The report's sample and prediction figures (the latter where the run ``validated``),
     drawn again as :func:`_finish` draws them: from the run's data and split, and its
     best.ckpt with the post-processing chosen."""
-    ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern)
+    ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern,
+                      cfg.preprocess.fill_outlines)
     arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir)
     train_idx, val_idx = read_split(out / "split.json", arrays.names, ds.root)
     _plot_samples(out, arrays, train_idx)
@@ -622,7 +623,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
 
     # data and split
     progress({"event": "stage", "message": "reading and caching the dataset"})
-    ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern)
+    ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern,
+                      cfg.preprocess.fill_outlines)
     arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir)
     note = union_note(arrays.labels, cfg.preprocess.label)
     if note:        # (1 = lesion, 2 = organ, or 255 = 'ignore' trained as the structure)

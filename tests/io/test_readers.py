@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import shared_dataset, ultraseg_warnings
+from conftest import outline_dataset, shared_dataset, ultraseg_warnings
 from ultraseg.errors import DataError, UltrasegError
-from ultraseg.io import READERS, detect_layout, get_reader, read_mask, scan_dataset
+from ultraseg.io import (READERS, detect_layout, get_reader, open_dataset, read_mask,
+                         scan_dataset)
 
 
 # ------------------------------------------------------------------ synthetic trees
@@ -1255,3 +1256,13 @@ def test_run_length_masks_in_a_csv_are_named_as_not_read(tmp_path, header, where
     with ultraseg_warnings() as warned:
         ds, _ = scan_dataset(given)
     assert ds.labelled and not any("run-length" in r.getMessage() for r in warned)
+
+
+def test_fill_outlines_fills_the_masks_of_any_layout(tmp_path) -> None:
+    """Contours were filled in the hc18 layout only: images/ + masks/ outlines read as rings."""
+    root, outline, disk = outline_dataset(tmp_path / "d", n=2)
+    plain = open_dataset(root)
+    assert plain.layout == "folders" and np.array_equal(plain.samples[0].load_mask() > 0, outline)
+    ds = open_dataset(root, fill_outlines=True)
+    assert all(s.mask_kind == "outline" for s in ds.samples)
+    assert np.array_equal(ds.samples[0].load_mask() > 0, disk)

@@ -140,9 +140,11 @@ def dataset_hint(root: str | Path) -> str:
     return ""
 
 
-def scan_dataset(path: str | Path, layout: str = "auto",
-                 subject_pattern: str | None = None) -> tuple[Dataset, list[DataError]]:
-    """Find and pair the samples under ``path``; structural problems are returned, not raised."""
+def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
+                 fill_outlines: bool = False) -> tuple[Dataset, list[DataError]]:
+    """Find and pair the samples under ``path``; structural problems are returned, not raised.
+    ``fill_outlines``: every mask is a drawn closed contour, filled when read
+    (:func:`as_outline`; the hc18 layout's always are)."""
     root = Path(path)
     if not root.exists():
         raise DataError("no such file or folder", root)
@@ -156,6 +158,8 @@ def scan_dataset(path: str | Path, layout: str = "auto",
     except PermissionError as e:
         raise DataError("cannot read folder: permission denied", e.filename or root) from e
     samples = [with_header_pixel_size(s) for s in samples]
+    if fill_outlines:
+        samples = [as_outline(s) for s in samples]
     if layout != "auto" and not samples:
         problems = _forced_layout_problems(root, name, problems)
     if layout == "auto" and name == ImagesReader.name:
@@ -190,6 +194,12 @@ def file_sample(path: Path, tables: dict[Path, dict[str, dict[str, float]]] | No
         tables[path.parent] = Hc18Reader.folder_table(path.parent)
     meta = dict(tables[path.parent].get(table_key(path), {}))
     return with_header_pixel_size(Sample(image_stem(path), path, meta=meta))
+
+
+def as_outline(sample: Sample) -> Sample:
+    """``sample`` with its mask read as a drawn closed contour and filled
+    (:func:`ultraseg.preprocess.fill_outline`), in any layout; an unlabelled one as it is."""
+    return replace(sample, mask_kind="outline") if sample.labelled else sample
 
 
 def with_header_pixel_size(sample: Sample) -> Sample:
@@ -268,17 +278,17 @@ def _check_pattern(reader: Reader, pattern: str | None) -> None:
                 misses[0])
 
 
-def open_dataset(path: str | Path, layout: str = "auto",
-                 subject_pattern: str | None = None) -> Dataset:
+def open_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
+                 fill_outlines: bool = False) -> Dataset:
     """Like :func:`scan_dataset`, but any structural problem raises :class:`DataProblems`."""
-    ds, problems = scan_dataset(path, layout, subject_pattern)
+    ds, problems = scan_dataset(path, layout, subject_pattern, fill_outlines)
     if problems:
         raise DataProblems(problems)
     return ds
 
 
 __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS",
-           "Reader", "Sample", "dicom_frame_count", "dicom_pixel_size_mm",
+           "Reader", "Sample", "as_outline", "dicom_frame_count", "dicom_pixel_size_mm",
            "dicom_pixel_spacing_mm", "read_dicom",
            "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
            "check_layout", "get_reader", "open_dataset", "read_image", "nested_datasets",
