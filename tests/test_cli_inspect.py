@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import outline_dataset, shared_dataset, ultraseg_warnings
 from ultraseg.cli import main
 from ultraseg.errors import DataError
-from ultraseg.inspection import inspect_dataset
+from ultraseg.inspection import format_report, inspect_dataset
 from ultraseg.io import READERS
 
 JSON_KEYS = {"layout", "pairs", "unlabelled", "subjects", "empty_masks",
@@ -598,3 +598,22 @@ def test_fill_outlines_flag_fills_the_masks_inspected(tmp_path, capsys) -> None:
     assert main(["inspect", str(root), "--json", "--fill-outlines"]) == 0
     assert json.loads(capsys.readouterr().out)["foreground_fraction_mean"] == pytest.approx(
         disk.mean())
+
+
+def test_masks_that_look_like_outlines_are_warned_about_with_the_remedy(tmp_path) -> None:
+    """1-px closed contours in images/ + masks/ were summarised as 1.3 % foreground with no
+    word, and trained as rings."""
+    root, _, _ = outline_dataset(tmp_path / "d", n=3)
+    with ultraseg_warnings() as warned:
+        report, problems = inspect_dataset(root)
+    said = [r.getMessage() for r in warned if "closed contours" in r.getMessage()]
+    assert problems == [] and report["outline_masks_count"] == 3
+    assert len(said) == 1 and "3 of the 3 non-empty masks" in said[0], said
+    assert "--fill-outlines" in said[0]
+    assert "outlines    3 masks" in format_report(report)
+    with ultraseg_warnings() as warned:
+        report, _ = inspect_dataset(root, fill_outlines=True)
+    assert report["outline_masks_count"] == 0
+    assert not [r for r in warned if "closed contours" in r.getMessage()]
+    _good(tmp_path / "solid")                        # solid masks: no word
+    assert inspect_dataset(tmp_path / "solid")[0]["outline_masks_count"] == 0

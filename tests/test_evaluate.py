@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import outline_dataset
+from conftest import outline_dataset, ultraseg_warnings
 from ultraseg import cli
 from ultraseg.checkpoint import make_meta, save_checkpoint
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
@@ -402,6 +402,15 @@ def test_fill_outlines_reads_the_truth_filled(outline_data) -> None:
     for fill, truth in ((None, disk), (False, ring)):
         summary, _ = evaluate(trained_filled, root, "folders", fill_outlines=fill)
         assert summary["dice_mean"] == pytest.approx(_all_foreground_dice(truth))
+
+
+def test_evaluate_warns_where_the_truth_looks_like_outlines(outline_data) -> None:
+    root, _, _ = outline_data
+    for fill, warns in ((None, True), (True, False)):
+        with ultraseg_warnings() as warned:
+            evaluate(_constant_predictor(1.0), root, "folders", fill_outlines=fill)
+        said = [r.getMessage() for r in warned if "closed contours" in r.getMessage()]
+        assert len(said) == warns and all("--fill-outlines" in m for m in said), said
 
 
 def test_cli_fill_outlines_reaches_evaluate(checkpoint, outline_data, tmp_path, capsys) -> None:

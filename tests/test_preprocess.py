@@ -8,7 +8,8 @@ from scipy import ndimage as ndi
 
 from ultraseg.config import PreprocessConfig
 from ultraseg.errors import DataError, UltrasegError
-from ultraseg.preprocess import (content_box, fill_outline, normalise, pad_to_square, prepare,
+from ultraseg.preprocess import (content_box, fill_outline, looks_like_outline, normalise,
+                                 pad_to_square, prepare,
                                  resize, restore, to_canvas, to_gray)
 
 
@@ -311,6 +312,23 @@ def test_fill_outline_still_refuses_a_thick_open_band() -> None:
     ImageDraw.Draw(im).arc((20, 10, 80, 70), 0, 270, fill=255, width=3)
     with pytest.raises(DataError, match="not a closed contour"):
         fill_outline(np.asarray(im) > 0)
+
+
+def _ring(radius: int, width: int, size: int = 100) -> np.ndarray:
+    c = size // 2
+    im = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(im).ellipse((c - radius, c - radius, c + radius, c + radius), outline=255,
+                               width=width)
+    return np.asarray(im) > 0
+
+
+def test_looks_like_outline_tells_drawn_contours_from_regions() -> None:
+    assert looks_like_outline(_ring(30, 1)) and looks_like_outline(_ring(20, 3))
+    assert looks_like_outline(_ring(8, 3))       # thick, round a small structure: 1.8-fold
+    assert not looks_like_outline(fill_outline(_ring(30, 1)))        # the filled disk
+    assert not looks_like_outline(_ring(40, 10))   # a thick ring of anatomy (a heart's wall)
+    assert not looks_like_outline(_outline(80, 100, (20, 10, 80, 70), 0, 180))  # encloses none
+    assert not looks_like_outline(np.zeros((8, 8), bool))
 
 
 def test_fill_outline_empty_stays_empty() -> None:

@@ -26,7 +26,7 @@ from .duplicates import THUMB, digest, exact_pairs, near_pairs, unit_thumbnail
 from .errors import DataError, UltrasegError
 from .fileio import atomic_open, atomic_write_text, read_json, temporaries
 from .io import Dataset, DataProblems, said_once, select_label
-from .preprocess import ThinFrames, to_canvas
+from .preprocess import ThinFrames, looks_like_outline, outline_note, to_canvas
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         if cached is not None:
             log.info("cache hit: %s", cache_path)
             _thin_frames(cfg, cached["thin"]).warn(log, THIN_REMEDY)   # as when it was built
+            _warn_outlines(ds, *(int(v) for v in cached["outlines"]))
             return Arrays(cached["images"], cached["masks"], names, subjects,
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
                           cached["thumbs"], cached["inverted"].astype(bool))
@@ -219,6 +220,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     problems: list[DataError] = []
     labels: set[int] = set()
     thin = ThinFrames(cfg)
+    outlined = nonempty = 0     # masks that look like drawn closed contours; non-empty ones
     for i, s in enumerate(samples):
         try:
             image, mask = s.load()
@@ -232,16 +234,20 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         images[i], geom = to_canvas(image, cfg, "image")
         target = select_label(mask, cfg.label).astype(np.uint8)
         inverted[i] = looks_inverted(target)        # at its own size: no canvas padding
+        outlined += looks_like_outline(target)
+        nonempty += bool(target.any())
         masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
     if problems:
         raise DataProblems(problems)
     thin_record = np.array([] if thin.first is None else [thin.n, *thin.first], dtype=str)
     thin.warn(log, THIN_REMEDY)
+    _warn_outlines(ds, outlined, nonempty)
     if cache_path is not None:
         try:
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
-                      thin=thin_record, inverted=inverted)
+                      thin=thin_record, inverted=inverted,
+                      outlines=np.array([outlined, nonempty], np.int64))
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
@@ -250,7 +256,15 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
 
 
 #: What a cache entry holds; one written before it held all of them is rebuilt.
-CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "inverted")
+CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "inverted", "outlines")
+
+
+def _warn_outlines(ds: Dataset, outlined: int, nonempty: int) -> None:
+    """Warn where most of the ``nonempty`` training masks, ``outlined`` of them at their own
+    size, look like drawn closed contours (:func:`~ultraseg.preprocess.outline_note`)."""
+    note = outline_note(outlined, nonempty)
+    if note:
+        log.warning("%s: %s", ds.root, note)
 
 
 def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:

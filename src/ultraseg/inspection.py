@@ -15,6 +15,7 @@ from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near
                          thumbnail, unit_thumbnail)
 from .errors import DataError
 from .io import said_once, scan_dataset, select_label, split_frames
+from .preprocess import looks_like_outline, outline_note
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,17 @@ def data_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
                      f"{', ...' if n > shown else ''}; slips of an annotation tool? Training "
                      "learns them as the structure: clean them from the masks, or keep them "
                      "knowingly")
+    note = _outline_note(report)
+    if note:
+        lines.append(note)
     return lines
+
+
+def _outline_note(report: dict[str, Any]) -> str | None:
+    """:func:`~ultraseg.preprocess.outline_note` of a report's masks (a report written before
+    it counted outlines: None)."""
+    return outline_note(report.get("outline_masks_count") or 0,
+                        report["pairs"] - report["empty_masks"])
 
 
 #: A mask's region under this share of the largest region of its label (8-connected), and of
@@ -181,6 +192,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     frames = _Frames()
     with_specks: list[list[Any]] = []       # [name, speck sizes]
     inverted = 0                            # masks that look inverted (black on white)
+    outlined = 0                            # masks that look like drawn closed contours
     for s in (frame for sample in ds.samples for frame in split_frames(sample)):
         try:
             image, mask = s.load()
@@ -207,6 +219,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         fractions.append(float(fg.mean()))
         empty += int(not fg.any())
         inverted += int(looks_inverted(fg))
+        outlined += looks_like_outline(fg)
     if label is not None and pairs and label not in labels:
         problems.append(DataError(f"label {label} occurs in no mask; labels present: "
                                   f"{sorted(labels) or 'none'}", ds.root))
@@ -233,6 +246,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         "masks_with_specks": with_specks[:LISTED],
         "masks_with_specks_count": len(with_specks),
         "masks_inverted_count": inverted,
+        "outline_masks_count": outlined,
         "problems": len(problems),
     }
     for line in data_warnings(report):
@@ -249,6 +263,7 @@ def failed_report(path: str | Path, problem_lines: list[str]) -> dict[str, Any]:
             "image_size_median": None, "image_size_max": None, "labels": [], "labels_note": None,
             "classes": {}, **_empty_duplicates(), "masks_with_specks": [],
             "masks_with_specks_count": 0, "masks_inverted_count": 0,
+            "outline_masks_count": 0,
             "problems": len(problem_lines), "problem_lines": problem_lines}
 
 
@@ -280,5 +295,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"constant    {report['constant_frames_count']} frames")
     if report.get("masks_with_specks_count"):
         lines.append(f"specks      {report['masks_with_specks_count']} masks")
+    if _outline_note(report):
+        lines.append(f"outlines    {report['outline_masks_count']} masks look like closed "
+                     "contours (--fill-outlines fills them)")
     lines.append(f"problems    {report['problems']}")
     return "\n".join(lines)

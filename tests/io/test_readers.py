@@ -299,6 +299,7 @@ def test_real_busi(real_inspect) -> None:
     assert report["subjects"] == 624  # BUSI names no patients: one subject per image
     assert report["classes"] == {"benign": 350, "malignant": 168, "normal": 106}
     assert 0 < report["foreground_fraction_mean"] < 0.5
+    assert report["outline_masks_count"] == 0     # solid lesions: no outline warning
 
 
 @pytest.mark.realdata
@@ -326,6 +327,7 @@ def test_real_nerve(real_inspect) -> None:
     assert report["layout"] == "folders"
     assert report["pairs"] == 1920 and report["subjects"] == 39 and report["empty_masks"] == 0
     assert report["image_size_min"] == report["image_size_max"] == [256, 256]
+    assert report["outline_masks_count"] == 0
 
 
 @pytest.mark.realdata
@@ -361,12 +363,25 @@ def test_real_hc18_filled_mask_and_pixel_size() -> None:
 
 
 @pytest.mark.realdata
+def test_real_hc18_annotations_look_like_outlines(real_inspect) -> None:
+    """What inspect, train and evaluate warn about where HC18's annotations are read unfilled
+    (another layout): each closed one looks like an outline; filled (the hc18 layout) none."""
+    from ultraseg.preprocess import looks_like_outline
+
+    ds, _ = scan_dataset(shared_dataset("hc18"))
+    for s in ds.labelled[:40]:
+        assert looks_like_outline(read_mask(s.mask_paths[0]) > 0), s.name
+    assert real_inspect("hc18")[0]["outline_masks_count"] == 0
+
+
+@pytest.mark.realdata
 def test_real_kaggle_sample(real_inspect) -> None:
     report, problems = real_inspect("kaggle_nerve_sample")
     assert [str(p) for p in problems] == []
     assert report["layout"] == "kaggle"
     assert report["pairs"] == 1 and report["unlabelled"] == 1
     assert report["image_size_min"] == report["image_size_max"] == [580, 420]
+    assert report["outline_masks_count"] == 0
     ds, _ = scan_dataset(shared_dataset("kaggle_nerve_sample"))
     lab = ds.labelled[0]
     image, mask = lab.load()  # LZW-compressed TIFF
