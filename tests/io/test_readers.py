@@ -1281,3 +1281,38 @@ def test_fill_outlines_fills_the_masks_of_any_layout(tmp_path) -> None:
     ds = open_dataset(root, fill_outlines=True)
     assert all(s.mask_kind == "outline" for s in ds.samples)
     assert np.array_equal(ds.samples[0].load_mask() > 0, disk)
+
+
+def test_outlines_named_annotation_are_pointed_to_fill_outlines_not_to_a_bare_rename(tmp_path
+                                                                                    ) -> None:
+    """masks/000_HC_Annotation.png beside images/000_HC.png got 'rename them (e.g. ... ->
+    000_HC_mask.png)', after which the outlines trained as rings with no word."""
+    root, _, _ = outline_dataset(tmp_path / "d", n=3, mask_name="{}_HC_Annotation")
+    for p in (root / "images").iterdir():
+        p.rename(p.with_name(p.stem + "_HC.png"))
+    _, problems = scan_dataset(root)
+    (said,) = [str(p) for p in problems]
+    assert "3 of the 3 masks are named NAME_Annotation" in said
+    assert "closed contours" in said and "--fill-outlines" in said, said
+    # solid masks so named: the rename alone, as before
+    for p in (root / "masks").iterdir():
+        _save(p, _disk(32, 32, 16, 16, 8))
+    (said,) = [str(p) for p in scan_dataset(root)[1]]
+    assert "s0_1_HC_mask.png" in said and "--fill-outlines" not in said
+
+
+def test_a_flat_folder_of_outlines_named_annotation_is_pointed_to_the_hc18_layout(tmp_path
+                                                                                 ) -> None:
+    """NAME.png + NAME_Annotation.png outlines in one folder: --layout hc18 pairs and fills
+    them; renaming them to _mask (the hint's advice) trained rings."""
+    src, _, disk = outline_dataset(tmp_path / "d", n=2, mask_name="{}_Annotation")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in [*(src / "images").iterdir(), *(src / "masks").iterdir()]:
+        p.rename(flat / p.name)
+    with ultraseg_warnings() as warned:
+        scan_dataset(flat)
+    (said,) = [r.getMessage() for r in warned if "named like masks" in r.getMessage()]
+    assert "--layout hc18" in said and "_mask" not in said.split("closed contours")[1], said
+    ds = open_dataset(flat, "hc18")           # what it advises does pair and fill them
+    assert len(ds.labelled) == 2 and np.array_equal(ds.labelled[0].load_mask() > 0, disk)

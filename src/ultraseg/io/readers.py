@@ -15,7 +15,7 @@ from typing import Collection, NamedTuple
 
 from ..errors import DataError
 from .base import (OUTPUT_MARKER, Reader, Sample, image_stem, in_output_folder,
-                   is_image_file, iter_files, list_images, natural_key, walk_files,
+                   is_image_file, iter_files, list_images, natural_key, read_mask, walk_files,
                    warn_outputs_left_out)
 
 log = logging.getLogger(__name__)
@@ -72,15 +72,41 @@ def _misnamed_masks(images: dict[str, list[Path]], masks: dict[str, list[Path]]
     return (suffix, explained) if 2 * len(explained) > len(orphans) else None
 
 
+#: How many of a set of misnamed masks are read to tell whether they are drawn outlines.
+_OUTLINES_READ = 3
+
+
+def _outlines(paths: list[Path]) -> bool:
+    """Whether most of the first :data:`_OUTLINES_READ` masks of ``paths`` (those that can be
+    read) look like drawn closed contours (:func:`ultraseg.preprocess.looks_like_outline`):
+    masks named for another tool (HC18's ``_Annotation``) then need filling, not a new name
+    alone."""
+    from ..preprocess import looks_like_outline
+
+    looks = []
+    for p in paths[:_OUTLINES_READ]:
+        try:
+            looks.append(looks_like_outline(read_mask(p) > 0))
+        except DataError:
+            continue
+    return 2 * sum(looks) > len(looks) > 0
+
+
 def _misnamed_problem(suffix: str, explained: dict[str, str], masks: dict[str, list[Path]],
                       naming: str) -> Unpaired:
-    """The one line for masks named ``NAME{suffix}`` (:func:`_misnamed_masks`)."""
-    first = masks[min(explained, key=natural_key)][0]
+    """The one line for masks named ``NAME{suffix}`` (:func:`_misnamed_masks`); where they
+    look like drawn outlines (:func:`_outlines`), it leads with --fill-outlines."""
+    names = sorted(explained, key=natural_key)
+    first = masks[names[0]][0]
     written = first.stem[-len(suffix):]
-    return Unpaired(f"{len(explained)} of the {len(masks)} masks are named NAME{written} "
-                    f"(first: {first.name}), which pairs with no image: ultraseg pairs {naming}; "
-                    f"rename them (e.g. {first.name} -> {first.stem[: -len(suffix)]}_mask"
-                    f"{first.suffix})", first.parent)
+    rename = f"{first.name} -> {first.stem[: -len(suffix)]}_mask{first.suffix}"
+    said = (f"{len(explained)} of the {len(masks)} masks are named NAME{written} "
+            f"(first: {first.name}), which pairs with no image: ultraseg pairs {naming}; ")
+    if _outlines([masks[n][0] for n in names]):
+        return Unpaired(said + "they look like drawn closed contours (outlines), learnt as "
+                        "thin rings unless filled: --fill-outlines fills them (train, inspect, "
+                        f"evaluate, predict), once renamed to pair (e.g. {rename})", first.parent)
+    return Unpaired(said + f"rename them (e.g. {rename})", first.parent)
 
 
 def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled: bool,
@@ -798,9 +824,21 @@ def _warn_other_mask_suffix(root: Path, files: list[Path]) -> None:
             found[suffix.lower()].append(p)
     if found:
         suffix, named = max(found.items(), key=lambda item: len(item[1]))
-        log.warning("%s: %d of the %d images are named like masks, NAME%s beside NAME (first: "
-                    "%s), and are read as frames of their own; ultraseg pairs NAME with "
-                    "NAME_mask (a flat folder of them is the kaggle layout) or images/NAME with "
-                    "masks/NAME: rename them (e.g. %s -> %s_mask%s)", root, len(named),
-                    len(files), named[0].stem[-len(suffix):], named[0].name, named[0].name,
-                    named[0].stem[: -len(suffix)], named[0].suffix)
+        said = (f"{len(named)} of the {len(files)} images are named like masks, "
+                f"NAME{named[0].stem[-len(suffix):]} beside NAME (first: {named[0].name}), and "
+                "are read as frames of their own; ")
+        rename = f"{named[0].name} -> {named[0].stem[: -len(suffix)]}_mask{named[0].suffix}"
+        outlines = _outlines(named)
+        if outlines and suffix == "_annotation":   # HC18's naming: its layout pairs them
+            log.warning("%s: %sthey look like drawn closed contours (outlines), as HC18's "
+                        "annotations are: --layout hc18 pairs NAME with NAME_Annotation and "
+                        "fills them", root, said)
+        elif outlines:
+            log.warning("%s: %sthey look like drawn closed contours (outlines), learnt as thin "
+                        "rings unless filled: rename them to pair (e.g. %s; a flat folder of "
+                        "NAME and NAME_mask is the kaggle layout) and add --fill-outlines",
+                        root, said, rename)
+        else:
+            log.warning("%s: %sultraseg pairs NAME with NAME_mask (a flat folder of them is "
+                        "the kaggle layout) or images/NAME with masks/NAME: rename them "
+                        "(e.g. %s)", root, said, rename)
