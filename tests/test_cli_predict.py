@@ -65,7 +65,8 @@ def test_predict_writes_one_mask_per_image_at_original_size(tmp_path, ckpt, caps
               "c.jpg": "c_mask.png"}          # '1' is shared: its folders are kept
     written = sorted(p.relative_to(tmp_path / "out").as_posix()
                      for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert written == sorted([*expect.values(), OUTPUT_MARKER])  # the marker: see its test
+    assert written == sorted([*expect.values(), OUTPUT_MARKER,   # the marker: see its test
+                              "predictions.csv"])
     for rel, name in expect.items():
         mask = np.asarray(Image.open(tmp_path / "out" / name))
         assert mask.dtype == np.uint8 and mask.shape == SHAPES[rel]
@@ -191,7 +192,8 @@ def test_bad_image_is_exit_2_named_on_one_line_and_no_partial_file(tmp_path, ckp
     assert rc == 2
     assert len(err) == 2 and "2.png" in err[0] and err[0].startswith("error:")   # + the count
     left = sorted(p.name for p in (tmp_path / "o").iterdir() if p.name != OUTPUT_MARKER)
-    assert left == ["1_mask.png", "3_mask.png"]       # skipped: no 2_mask.png, no temp file
+    assert left == ["1_mask.png", "3_mask.png",       # skipped: no 2_mask.png, no temp file
+                    "predictions.csv"]
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -507,7 +509,7 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
     monkeypatch.setattr(pf, "_write", probe(real_write))
     monkeypatch.setattr(pf, "atomic_write_text", probe(real_text))
     assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--overlay"]) == 0
-    assert answers == [command] * 2
+    assert answers == [command] * (3 if command == "predict" else 2)    # + predictions.csv
     assert LOCK_FILE not in {p.name for p in out.iterdir()}
 
 

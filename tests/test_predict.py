@@ -76,6 +76,61 @@ def test_collect_frames_names_keep_structure_only_where_stems_collide(tmp_path):
     assert len({n for n in names.values()}) == len(frames)
 
 
+def test_names_that_collide_take_the_parent_folders_that_tell_them_apart(tmp_path):
+    """Two sites' folders of one name (siteA/images, siteB/images) gave images/x_png_0 and
+    images/x_png_2: the site was lost, and the number, the frame's place in the whole input
+    list, changed as soon as a file was added before it."""
+    for site in ("siteA", "siteB"):
+        for stem in ("x", "y"):
+            save(tmp_path / site / "images" / f"{stem}.png", ramp(4, 4))
+    inputs = [tmp_path / "siteA" / "images", tmp_path / "siteB" / "images"]
+    got = [f.out_name for f in collect_frames(inputs)]
+    assert got == ["siteA/images/x", "siteA/images/y", "siteB/images/x", "siteB/images/y"]
+    save(tmp_path / "early" / "x.png", ramp(4, 4))          # one more file, before them
+    again = [f.out_name for f in collect_frames([tmp_path / "early"] + inputs)]
+    assert again[1:] == got and again[0] == "early/x"
+
+
+def test_names_told_apart_by_case_alone_carry_no_position(tmp_path):
+    """X.PNG beside x.png (a case-sensitive file system) were told apart by their place in
+    the input list: X_png_0 and x_png_4."""
+    save(tmp_path / "mix" / "X.PNG", ramp(4, 4))
+    save(tmp_path / "mix" / "x.png", ramp(4, 4, 1))
+    got = [f.out_name for f in collect_frames([tmp_path / "mix"])]
+    assert len({n.lower() for n in got}) == 2
+    save(tmp_path / "first" / "a.png", ramp(4, 4))
+    again = [f.out_name for f in collect_frames([tmp_path / "first", tmp_path / "mix"])]
+    assert again[1:] == got
+
+
+def test_predictions_csv_maps_each_image_to_its_outputs(tmp_path):
+    """predict wrote no table from an image to its mask: after a rerun on a grown archive
+    (or names that collide) a script could not tell which mask was whose."""
+    save(tmp_path / "in" / "a.png", ramp(6, 6))
+    (tmp_path / "in" / "b.png").write_bytes(b"")
+    _loop(tmp_path / "in" / "c.tif", [ramp(6, 6, k) for k in range(2)])
+    out = tmp_path / "out"
+    write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), out,
+                      overlay=True, skip_unreadable=True)
+    raw = (out / "predictions.csv").read_bytes()
+    assert b"\r" not in raw
+    with open(out / "predictions.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["name", "image", "frame", "mask", "overlay", "status", "reason"]
+    by_name = {r["name"]: r for r in table}
+    assert set(by_name) == {"a", "b", "c_frame001", "c_frame002"}
+    a = by_name["a"]
+    assert (a["image"], a["frame"], a["status"], a["reason"]) == (
+        str(tmp_path / "in" / "a.png"), "", "ok", "")
+    assert (out / a["mask"]).is_file() and (out / a["overlay"]).is_file()
+    assert a["mask"] == "a_mask.png" and a["overlay"] == "a_overlay.png"
+    assert by_name["c_frame002"]["frame"] == "2"
+    b = by_name["b"]
+    assert b["status"] == "unreadable" and "b.png" in b["reason"]
+    assert b["mask"] == "" and b["overlay"] == ""
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_collect_frames_order_follows_inputs_then_natural_order(tmp_path):
     for n in (10, 2, 1):
         save(tmp_path / "d" / f"{n}.png", ramp(4, 4))
@@ -398,7 +453,7 @@ def test_unreadable_image_stops_with_the_file_named_and_nothing_half_written(tmp
     assert not (tmp_path / "s.csv").exists()                      # no half submission
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.csv")]
     for n in names:                                               # what exists is complete
-        if n == OUTPUT_MARKER:
+        if n in (OUTPUT_MARKER, "predictions.csv"):
             continue
         assert read(out / n).shape == (8, 8)
 

@@ -36,6 +36,10 @@ class UltrasegError(Exception):
 class DataError(UltrasegError):
     """An image, mask or dataset folder that cannot be used."""
 
+    #: where a command skipped the frame this error is about and went on (``predict``,
+    #: ``measure``), that frame (:class:`ultraseg.predict_files.Frame`); else None
+    skipped_frame: Any = None
+
 
 class FrameTooLarge(DataError):
     """A frame this machine's memory does not hold at its full resolution."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import logging
 import os
+import sys
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -93,7 +95,11 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
 
     Output names: the file stem; where several files share a stem, the path below their input
     folder (``a/x``, ``b/x``); where that still collides, the input folder's name in front
-    (``in1/x``); then the file suffix (``x_png``); then a counter. A loop's frames add
+    (``in1/x``), then the folders above it, one at a time, until the names differ
+    (``siteA/images/x``, ``siteB/images/x``); files of one folder that differ only in their
+    suffix add it (``x_png``, ``x_jpg``), and only in case a short hash of the file's path
+    (``X_png_1f3a9c2e``): a name never depends on the file's place among the inputs, so it
+    stays when files are added. A loop's frames add
     ``_frame001``, ``_frame002``... (from 1, as a viewer counts) to its file's name, by the
     same rule: a loop ``b/x.dcm`` beside ``a/x.dcm`` gives ``b/x_frame001``...
     """
@@ -103,7 +109,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
         raise UltrasegError("no input images given")
     check_layout(layout, subject_pattern)   # (files alone never reach a folder's reader)
     skip = _real(Path(exclude)) if exclude is not None else None
-    found: list[tuple[Sample, Path | None, PurePosixPath, str]] = []
+    found: list[tuple[Sample, Path | None, PurePosixPath, tuple[str, ...]]] = []
     tables: dict[Path, Any] = {}        # pixel-size tables by folder, for files named alone
     for given in inputs:
         path = Path(given)
@@ -116,7 +122,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
                     " but a model: the model comes first, the images after it"
                     if model else "; supported: " + ", ".join(IMAGE_EXTENSIONS)), path)
             found.append((file_sample(path, tables), None, PurePosixPath(image_stem(path)),
-                          _real(path).parent.name))
+                          _ancestors(_real(path).parent)))
             continue
         if skip is not None and (_real(path) == skip or skip in _real(path).parents):
             raise UltrasegError("the output folder (--out) is this input folder or holds it: "
@@ -140,7 +146,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
                     f"; `ultraseg inspect {path}` lists the problems (layout found: "
                     f"{ds.layout})" if ds.layout != "images" else "")
             raise DataError(f"{problems[0]}{more}{hint}")
-        root_name = _real(path).name
+        root_names = _ancestors(_real(path))
         marked: dict[Path, bool] = {}
         left_out = 0
         for s in ds.samples:
@@ -151,7 +157,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
                 continue
             rel = PurePosixPath(_relative(s.image_path, path).parent.as_posix(),
                                 image_stem(s.image_path))
-            found.append((s, path, rel, root_name))
+            found.append((s, path, rel, root_names))
         log.info("%s: %s layout, %d images", path, ds.layout, len(ds.samples))
         if left_out:
             warn_outputs_left_out(path, left_out)
@@ -174,6 +180,11 @@ def _relative(path: Path, folder: Path) -> Path:
             return Path(path.name)
 
 
+def _ancestors(folder: Path) -> tuple[str, ...]:
+    """The names of ``folder`` and the folders above it, nearest first (the root left out)."""
+    return tuple(reversed([p for p in folder.parts if p != folder.anchor]))
+
+
 def _real(path: Path) -> Path:
     """``path`` absolute, its links followed as far as they go. Unlike ``Path.resolve()``, a
     link that loops does not raise (RuntimeError up to Python 3.12): such a frame is left in,
@@ -189,8 +200,8 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
-def _once_each(found: list[tuple[Sample, Path | None, PurePosixPath, str]]
-               ) -> list[tuple[Sample, Path | None, PurePosixPath, str]]:
+def _once_each(found: list[tuple[Sample, Path | None, PurePosixPath, tuple[str, ...]]]
+               ) -> list[tuple[Sample, Path | None, PurePosixPath, tuple[str, ...]]]:
     """The frames, each file once: a file named twice (a folder and a file in it, or nested
     folders) was predicted twice under two made-up names. Its first mention is kept. A file
     is its real folder and its own name: two names linked to one stored file (a download
@@ -209,40 +220,68 @@ def _once_each(found: list[tuple[Sample, Path | None, PurePosixPath, str]]
     return kept
 
 
-def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, str]]) -> list[str]:
+def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, tuple[str, ...]]]
+                  ) -> list[str]:
     """Output names, made longer only for the files whose frames would otherwise collide: two
     files of one stem (a loop's frames, ``x_frame001``..., beside another file ``x``, whose
-    name is its path below the input folder) or of one output name."""
-    def candidate(i: int, level: int, tagged: bool = True) -> str:
-        s, _, rel, root_name = found[i]
+    name is its path below the input folder) or of one output name. A name is made longer by
+    the folders that tell it from the others (below its input folder, then the input folder
+    and those above it), where they cannot (files of one folder) by its suffix, then by a
+    hash of its path: never by its place in ``found``, so names stay as files are added."""
+    def candidate(i: int, tagged: bool = True) -> str:
+        s, _, rel, ancestors = found[i]
+        level, suffixed, hashed = states[i]
         tag = frame_tag(s.frame, s.meta.get("frames", 1)) if tagged else ""
         if level == 0:
-            return image_stem(s.image_path) + tag
-        if level == 1:
-            return rel.as_posix() + tag
-        if level == 2:
-            return f"{root_name}/{rel.as_posix()}{tag}"
-        ending = s.image_path.name[len(image_stem(s.image_path)) + 1:].lower()
-        base = f"{root_name}/{rel.as_posix()}{'_' * bool(ending)}{ending}{tag}"
-        return base if level == 3 else f"{base}_{i}"
+            name = image_stem(s.image_path)
+        else:   # level 1: the path below the input folder; each level more, a folder above
+            name = "/".join([*reversed(ancestors[:level - 1]), rel.as_posix()])
+        if suffixed:
+            ending = s.image_path.name[len(image_stem(s.image_path)) + 1:].lower()
+            name += "_" * bool(ending) + ending
+        if hashed:
+            key = os.path.join(os.path.realpath(s.image_path.parent), s.image_path.name)
+            name += "_" + hashlib.sha1(os.fsencode(key)).hexdigest()[:8]
+        return name + tag
 
     # a loop's frames are made longer together: their names stay one series
     files = [item[0].image_path for item in found]
-    levels = [0] * len(found)
+    # every folder of each file, from the root down (what more levels can add at most)
+    folders = ["/".join([*reversed(anc), *rel.parts[:-1]]).lower() for _, _, rel, anc in found]
+    states = [(0, False, False)] * len(found)      # (level, suffix added, hash added)
     while True:
-        names = [candidate(i, lv) for i, lv in enumerate(levels)]
+        names = [candidate(i) for i in range(len(found))]
         counts = Counter(n.lower() for n in names)  # case-insensitive file systems too
-        stems = [candidate(i, lv, tagged=False).lower() for i, lv in enumerate(levels)]
+        stems = [candidate(i, tagged=False).lower() for i in range(len(found))]
         owners: dict[str, set[Path]] = {}
-        for f, stem in zip(files, stems):
+        where: dict[str, set[str]] = {}     # the folders of the files of each name or stem
+        for i, (f, stem) in enumerate(zip(files, stems)):
             owners.setdefault(stem, set()).add(f)
+            where.setdefault(stem, set()).add(folders[i])
+            where.setdefault(names[i].lower(), set()).add(folders[i])
         clashing = {files[i] for i, n in enumerate(names)
                     if counts[n.lower()] > 1 or len(owners[stems[i]]) > 1}
         if not clashing:
             return names
+        changed = False
         for i, f in enumerate(files):
-            if f in clashing:
-                levels[i] = min(levels[i] + 1, 4)
+            if f not in clashing:
+                continue
+            level, suffixed, hashed = states[i]
+            # a folder above tells it apart from a file of another folder, never of its own
+            apart = len(where[names[i].lower()]) > 1 or len(where[stems[i]]) > 1
+            deepest = len(found[i][3]) + 1
+            if level < 2 or (apart and level < deepest):
+                states[i] = (level + 1, suffixed, hashed)
+            elif not suffixed:
+                states[i] = (level, True, hashed)
+            elif not hashed:
+                states[i] = (level, suffixed, True)
+            else:
+                continue
+            changed = True
+        if not changed:         # (distinct files' hashes differ: not reached)
+            return names
 
 
 # ------------------------------------------------------------------------------ streaming
@@ -261,8 +300,7 @@ def _or_skip(read: Callable[[], Any], failed: list[DataError] | None,
     except DataError as e:
         if failed is None:
             raise
-        log.info("%s (skipped)", e)
-        failed.append(e)
+        _skip(failed, e, frame)
         return _SKIPPED
     except (MemoryError, RuntimeError) as e:
         if frame is None or not is_out_of_memory(e):
@@ -271,9 +309,16 @@ def _or_skip(read: Callable[[], Any], failed: list[DataError] | None,
                               frame.sample.frame)
         if failed is None:
             raise err from e
-    log.info("%s (skipped)", err)      # (out of the except block: the frame's arrays go)
-    failed.append(err)
+    _skip(failed, err, frame)       # (out of the except block: the frame's arrays go)
     return _SKIPPED
+
+
+def _skip(failed: list[DataError], err: DataError, frame: Frame | None) -> None:
+    """Note ``frame`` skipped for ``err`` (the error keeps the frame: the outputs' tables
+    name it)."""
+    log.info("%s (skipped)", err)
+    err.skipped_frame = frame
+    failed.append(err)
 
 
 def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
@@ -325,8 +370,7 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
                     if failed is None:
                         raise err from e
                 run.close()
-                log.info("%s (skipped)", err)
-                failed.append(err)
+                _skip(failed, err, frame)
                 # the frames read with it, the culprit left out, start the next pass
                 again = [item for k, item in enumerate(pending) if k != culprit]
                 pending.clear()
@@ -448,7 +492,11 @@ def write_predictions(predictor: Predictor | str | Path,
                       progress: Progress | None = None,
                       skip_unreadable: bool = False,
                       fill_outlines: bool | None = None) -> PredictionSummary:
-    """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size).
+    """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size),
+    and ``OUT/predictions.csv`` (:data:`PREDICTION_COLUMNS`): each frame's image, its frame
+    number in a multi-frame file (from 1), its outputs' paths below ``out``, and ``ok``, or
+    ``unreadable`` with the reason it was skipped (written however the run ends: an
+    interrupted or stopped run lists the frames it got to).
 
     ``fmt='tif'`` writes TIFF masks. ``overlay``: also ``OUT/NAME_overlay.png``, the image with
     the predicted outline (orange) and, for frames of a labelled dataset, the true one (blue;
@@ -507,6 +555,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
 
     failed = summary.failed if skip_unreadable else None
     written: set[str] = set()
+    listed: dict[str, dict[str, Any]] = {}     # predictions.csv's rows of the frames written
 
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """Write the frame's mask (and overlay); its mask."""
@@ -522,10 +571,12 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
         mask_path = out / f"{frame.out_name}_mask{suffix}"
         _write(mask_path, encoded)
         summary.masks.append(mask_path)
+        ov_path = None
         if drawn is not None:
             ov_path = out / f"{frame.out_name}_overlay.png"
             _write(ov_path, drawn)
             summary.overlays.append(ov_path)
+        listed[frame.out_name] = _listing_row(frame, out, mask_path, ov_path)
         return mask
 
     def rows() -> Iterator[tuple[str, np.ndarray]]:
@@ -547,23 +598,68 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
                                    for f in frames):
             raise _Incomplete               # (a skipped training frame is in no submission)
 
-    if rle is None:
-        for _ in rows():
-            pass
-    else:
-        from .rle import write_submission
+    try:
+        if rle is None:
+            for _ in rows():
+                pass
+        else:
+            from .rle import write_submission
 
-        try:
-            write_submission(rows(), rle)
-        except _Incomplete:
-            log.info("submission %s not written: %d frames could not be read", rle,
-                     len(summary.failed))
-            summary.rle = None
+            try:
+                write_submission(rows(), rle)
+            except _Incomplete:
+                log.info("submission %s not written: %d frames could not be read", rle,
+                         len(summary.failed))
+                summary.rle = None
+    finally:    # stopped too: the frames done are listed
+        _write_listing(out, frames, listed, summary.failed)
     if overlay:     # (evaluate says the same of its scores)
         summary.label_absent = labels.warn_if_absent(
             "no overlay shows a ground truth (--label K draws another)", log)
     log.info("wrote %d masks to %s (%d empty)", summary.n, out, summary.n_empty)
     return summary
+
+
+#: predictions.csv's columns: one row per frame written or skipped, in the inputs' order.
+PREDICTION_COLUMNS = ("name", "image", "frame", "mask", "overlay", "status", "reason")
+
+
+def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | None,
+                 error: DataError | None = None) -> dict[str, Any]:
+    """``frame``'s row of predictions.csv: its outputs' paths below ``out`` (posix), or the
+    error it was skipped for."""
+    def below(p: Path | None) -> str | None:
+        return None if p is None else p.relative_to(out).as_posix()
+
+    return {"name": frame.out_name, "image": str(frame.image_path),
+            "frame": None if frame.sample.frame is None else frame.sample.frame + 1,
+            "mask": below(mask), "overlay": below(overlay),
+            "status": "ok" if error is None else "unreadable",
+            "reason": None if error is None else str(error)}
+
+
+def _write_listing(out: Path, frames: Sequence[Frame], listed: dict[str, dict[str, Any]],
+                   failed: Sequence[DataError]) -> None:
+    """Write ``OUT/predictions.csv`` (:data:`PREDICTION_COLUMNS`): the frames written
+    (``listed``, by output name) and those skipped (``failed``), in the inputs' order. Where
+    the run is being stopped by an error already, one writing this table adds none."""
+    rows = dict(listed)
+    for e in failed:
+        if e.skipped_frame is not None:
+            rows[e.skipped_frame.out_name] = _listing_row(e.skipped_frame, out, None, None, e)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for f in frames:
+        if f.out_name in rows:
+            writer.writerow({k: csv_cell(rows[f.out_name][k]) for k in PREDICTION_COLUMNS})
+    stopping = sys.exc_info()[1] is not None
+    try:
+        atomic_write_text(out / "predictions.csv", buf.getvalue())
+    except UltrasegError as e:
+        if not stopping:
+            raise
+        log.warning("%s", e)
 
 
 def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally, fill_outlines: bool
