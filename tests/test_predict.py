@@ -968,6 +968,47 @@ def test_measure_frames_skipping_unreadable_frames_names_them(tmp_path):
         measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]))
 
 
+def _stopping_predictor(after: int, seen: list | None = None, stale: Path | None = None
+                        ) -> Predictor:
+    """pixel_predictor(batch_size=1) whose network is stopped (Ctrl-C) at its call
+    ``after`` + 1; ``seen`` gets, at each call, whether ``stale`` is still there."""
+    calls = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if seen is not None and stale is not None:
+            seen.append(stale.exists())
+        if len(calls) > after:
+            raise KeyboardInterrupt
+        return (1.0 / (1.0 + np.exp(-40.0 * (batch - 0.5)))).astype(np.float32)
+
+    return Predictor(run, ModelConfig(variant="same", depth=2),
+                     PreprocessConfig(size=None, normalise="unit"), batch_size=1)
+
+
+def test_an_interrupted_measure_writes_the_rows_measured_so_far(tmp_path):
+    """Ctrl-C (or SIGTERM) after 161 frames left 161 overlays and no measurements.csv; an
+    earlier run's table in that folder stayed beside the new overlays."""
+    from conftest import ultraseg_warnings
+
+    for k in range(4):
+        save(tmp_path / "in" / f"{k}.png", ramp(8, 8, k))
+    out = tmp_path / "m"
+    measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]), out=out)
+    seen: list[bool] = []
+    with ultraseg_warnings() as warned, pytest.raises(KeyboardInterrupt):
+        measure_frames(_stopping_predictor(2, seen, out / "measurements.csv"),
+                       collect_frames([tmp_path / "in"]), out=out, overlay=True,
+                       skip_unreadable=True)
+    assert seen and not any(seen)        # the earlier run's table is gone before a frame
+    with open(out / "measurements.csv", newline="") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == ["0", "1"]
+    assert sorted(p.name for p in out.glob("*_measure.png")) == ["0_measure.png",
+                                                                 "1_measure.png"]
+    assert any("measured 2 of 4 frames, interrupted" in r.getMessage() for r in warned)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
 @pytest.mark.parametrize("pp, words", [
     (PostprocessConfig(threshold=50), "postprocess.threshold must lie in [0, 1], got 50"),
     (PostprocessConfig(min_area=-3), "postprocess.min_area must be >= 0, got -3"),

@@ -710,7 +710,9 @@ def measure_frames(predictor: Predictor | str | Path,
     both. An unreadable image stops it with a :class:`~ultraseg.errors.DataError`; with
     ``skip_unreadable`` it is skipped instead, as in :func:`write_predictions` (the CSV and
     the summary then cover the frames measured, and the summary names the others under
-    ``unreadable``, counted as ``n_unreadable``). ``overlay``
+    ``unreadable``, counted as ``n_unreadable``). Stopped (Ctrl-C, SIGTERM, an error), the
+    rows measured so far are written and a warning counts them; an earlier run's
+    ``measurements.csv`` in ``out`` is removed before the first frame. ``overlay``
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     """
@@ -731,6 +733,13 @@ def measure_frames(predictor: Predictor | str | Path,
     # held to the last file, as by write_predictions
     with output_lock(out, "measure") if out is not None else contextlib.nullcontext():
         out_dir = prepare_out_dir(out) if out is not None else None
+        table = None if out_dir is None else out_dir / "measurements.csv"
+        if table is not None and table.is_file() and not table.is_symlink():
+            # an earlier run's table beside this run's overlays would not match them: a run
+            # killed before it writes its own leaves none
+            log.info("%s: removing the earlier run's table", table)
+            with contextlib.suppress(OSError):
+                table.unlink()
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
         sizes = PixelSizes(pixel_size_mm)
@@ -750,13 +759,26 @@ def measure_frames(predictor: Predictor | str | Path,
                 _write(out_dir / f"{frame.out_name}_measure.png", encode_png(rgb))
             return row
 
-        for frame, image, prob in iter_probabilities(predictor, frames, failed):
-            row = _or_skip(lambda: measured(frame, image, prob), failed, frame, image.shape)
-            if row is _SKIPPED:
-                continue
-            rows.append(row)
-            if progress:
-                progress(len(rows) + len(failed or ()), len(frames))
+        try:
+            for frame, image, prob in iter_probabilities(predictor, frames, failed):
+                row = _or_skip(lambda: measured(frame, image, prob), failed, frame,
+                               image.shape)
+                if row is _SKIPPED:
+                    continue
+                rows.append(row)
+                if progress:
+                    progress(len(rows) + len(failed or ()), len(frames))
+        except BaseException as e:      # Ctrl-C, SIGTERM, an error: the rows done are kept
+            how = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped"
+            kept = ""
+            if table is not None:
+                try:
+                    atomic_write_text(table, measurements_csv(rows))
+                    kept = f": their rows are in {table}"
+                except UltrasegError as write_failed:
+                    kept = f"; their rows could not be written ({write_failed})"
+            log.warning("measured %d of %d frames, %s%s", len(rows), len(frames), how, kept)
+            raise
         sizes.warn(log)
         summary = summarise_measurements(rows, offset)
         if failed is not None:
