@@ -5,11 +5,12 @@ Thin: parse -> call :mod:`ultraseg.predict_files` / :mod:`ultraseg.export` -> pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, ContextManager, TextIO
 
 from .config import postprocess_problem
 from .cli import path_arg
@@ -58,6 +59,23 @@ def load_predictor(a: argparse.Namespace) -> Any:
     return predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess, a))
 
 
+def model_threads(a: argparse.Namespace) -> ContextManager[None]:
+    """``--threads N``: a checkpoint's torch intra-op threads inside the block, the caller's
+    setting after (as train's); without it, torch's default (every core)."""
+    n = getattr(a, "threads", None)
+    if n is None:
+        return contextlib.nullcontext()
+    if n < 1:
+        raise UltrasegError(f"--threads must be at least 1, got {n}")
+    if Path(a.model).suffix.lower() == ".onnx":
+        print("note: --threads applies to checkpoints; an ONNX model runs on ONNX Runtime's "
+              "own threads", file=sys.stderr)
+        return contextlib.nullcontext()
+    from .runtime import threads
+
+    return threads(n)
+
+
 def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     """The checkpoint's PostprocessConfig with the flags given on the command line applied."""
     changes = {k: getattr(a, k, None) for k in ("threshold", "min_area", "min_peak",
@@ -76,11 +94,12 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict_files import collect_frames, write_predictions
 
     frames = collect_frames(a.inputs, a.layout, a.subject_pattern, exclude=a.out)
-    predictor = load_predictor(a)
-    summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
-                                rle=a.rle, label=a.label, progress=ProgressBar("predict"),
-                                fill_outlines=a.fill_outlines,
-                                skip_unreadable=True)
+    with model_threads(a):
+        predictor = load_predictor(a)
+        summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
+                                    rle=a.rle, label=a.label, progress=ProgressBar("predict"),
+                                    fill_outlines=a.fill_outlines,
+                                    skip_unreadable=True)
     extra = " and overlays" if a.overlay else ""
     sub = ""
     if summary.rle:
@@ -137,14 +156,17 @@ def pixel_size_arg(p: argparse.ArgumentParser) -> None:
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
-    """How a model runs: batch size, valid-model tile, device and precision (predict, measure,
-    evaluate)."""
+    """How a model runs: batch size, valid-model tile, device, threads and precision (predict,
+    measure, evaluate; :func:`model_threads` applies the threads)."""
     p.add_argument("--batch-size", type=int, metavar="N", help="frames (or tiles) per batch")
     p.add_argument("--tile", type=int, metavar="N",
                    help="valid model: output tile side for prediction, rounded up to a side "
                    "the model produces, at least 20 at depth 4, and at most the "
                    "canvas (default: one window over the whole canvas)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (checkpoints only)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op threads on the CPU (checkpoints only; default: every "
+                        "core, which a shared machine's other jobs slow down)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="checkpoints only (auto: bf16 where the hardware has it)")
 
@@ -170,11 +192,12 @@ def _cmd_measure(a: argparse.Namespace) -> int:
     from .predict_files import collect_frames, measure_frames
 
     frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
-    predictor = load_predictor(a)
     try:
-        summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
-                                       progress=ProgressBar("measure"), skip_unreadable=True,
-                                       overlay=a.overlay)
+        with model_threads(a):
+            predictor = load_predictor(a)
+            summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
+                                           progress=ProgressBar("measure"),
+                                           skip_unreadable=True, overlay=a.overlay)
     except UltrasegError as e:
         if e.result is not None:       # measured, but the table could not be written
             _print_measurements(a, *e.result)

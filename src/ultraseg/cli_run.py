@@ -373,14 +373,16 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
 
 # ---------------------------------------------------------------- evaluate
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .cli_predict import load_predictor
+    from .cli_predict import load_predictor, model_threads
     from .evaluate import evaluate, format_summary
 
-    predictor = load_predictor(a)      # predict's model flags and post-processing, the same way
     try:
-        summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
-                              a.subset, a.out, label=a.label, pixel_size_mm=a.pixel_size,
-                              fill_outlines=a.fill_outlines)
+        with model_threads(a):
+            # predict's model flags and post-processing, the same way
+            predictor = load_predictor(a)
+            summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
+                                  a.subset, a.out, label=a.label, pixel_size_mm=a.pixel_size,
+                                  fill_outlines=a.fill_outlines)
     except UltrasegError as e:
         if e.result is not None:       # scored, but its files could not be written (full disk)
             print(json_text(e.result[0]) if a.json else format_summary(e.result[0]))
