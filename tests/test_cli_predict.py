@@ -101,7 +101,9 @@ def test_a_frame_that_cannot_be_read_is_skipped_named_and_exit_2(tmp_path, ckpt,
         assert (tmp_path / "s.csv").read_text() == "img,pixels\nold,\n"
     else:
         with open(out / "measurements.csv", newline="") as f:
-            assert [r["name"] for r in csv.DictReader(f)] == ["a", "c"]
+            table = list(csv.DictReader(f))
+        assert [r["name"] for r in table] == ["a", "b", "c"]          # b: its error
+        assert [bool(r["error"]) for r in table] == [False, True, False]
         assert "measured 2 frames" in captured.out
 
 
@@ -583,7 +585,9 @@ def test_a_frame_memory_cannot_hold_is_skipped_named_with_its_size(tmp_path, ckp
                 mask, predictor.predict(read_image(tmp_path / "in" / f"{name}.png")))
     else:
         with open(out / "measurements.csv") as f:
-            assert [r["name"] for r in csv.DictReader(f)] == ["a", "c"]
+            table = list(csv.DictReader(f))
+        assert [r["name"] for r in table] == ["a", "b", "c"]          # b: its error
+        assert [bool(r["error"]) for r in table] == [False, True, False]
 
 
 def test_a_frame_whose_overlay_runs_out_of_memory_leaves_no_mask_behind(tmp_path, ckpt,

@@ -963,7 +963,11 @@ def test_measure_frames_skipping_unreadable_frames_names_them(tmp_path):
     assert [r["name"] for r in rows] == ["1"] and summary["n"] == 1
     assert summary["n_unreadable"] == 1 and "2.png" in str(failed[0])
     with open(tmp_path / "m" / "measurements.csv", newline="") as f:
-        assert [r["name"] for r in csv.DictReader(f)] == ["1"]
+        table = list(csv.DictReader(f))
+    # the skipped frame is in the table too, with its error: the table counts the folder
+    assert [(r["name"], r["area_px"] != "") for r in table] == [("1", True), ("2", False)]
+    assert table[0]["error"] == "" and "2.png" in table[1]["error"]
+    assert table[1]["image"] == str(tmp_path / "in" / "2.png")
     with pytest.raises(DataError, match=r"2\.png"):                # without the list: stops
         measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]))
 
@@ -1007,6 +1011,20 @@ def test_an_interrupted_measure_writes_the_rows_measured_so_far(tmp_path):
                                                                  "1_measure.png"]
     assert any("measured 2 of 4 frames, interrupted" in r.getMessage() for r in warned)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_interrupted_predict_says_how_many_frames_it_wrote_and_lists_them(tmp_path):
+    from conftest import ultraseg_warnings
+
+    for k in range(3):
+        save(tmp_path / "in" / f"{k}.png", ramp(8, 8, k))
+    out = tmp_path / "o"
+    with ultraseg_warnings() as warned, pytest.raises(KeyboardInterrupt):
+        write_predictions(_stopping_predictor(1), collect_frames([tmp_path / "in"]), out,
+                          skip_unreadable=True)
+    assert any("wrote 1 of 3 frames, interrupted" in r.getMessage() for r in warned)
+    with open(out / "predictions.csv", newline="") as f:
+        assert [(r["name"], r["status"]) for r in csv.DictReader(f)] == [("0", "ok")]
 
 
 @pytest.mark.parametrize("pp, words", [

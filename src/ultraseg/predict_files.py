@@ -611,6 +611,10 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
                 log.info("submission %s not written: %d frames could not be read", rle,
                          len(summary.failed))
                 summary.rle = None
+    except KeyboardInterrupt:       # Ctrl-C, SIGTERM: how far it got
+        log.warning("wrote %d of %d frames, interrupted: they are listed in %s", summary.n,
+                    len(frames), out / "predictions.csv")
+        raise
     finally:    # stopped too: the frames done are listed
         _write_listing(out, frames, listed, summary.failed)
     if overlay:     # (evaluate says the same of its scores)
@@ -708,9 +712,10 @@ def measure_frames(predictor: Predictor | str | Path,
     Returns ``(summary, rows)``; the summary has ``n``, ``n_with_object``, ``hc_mm_mean``
     and, where references exist, ``hc_mae_mm`` and ``hc_bias_mm`` over the frames that have
     both. An unreadable image stops it with a :class:`~ultraseg.errors.DataError`; with
-    ``skip_unreadable`` it is skipped instead, as in :func:`write_predictions` (the CSV and
-    the summary then cover the frames measured, and the summary names the others under
-    ``unreadable``, counted as ``n_unreadable``). Stopped (Ctrl-C, SIGTERM, an error), the
+    ``skip_unreadable`` it is skipped instead, as in :func:`write_predictions` (the summary
+    then covers the frames measured, and names the others under ``unreadable``, counted as
+    ``n_unreadable``; the CSV has a row for each of them too, its figures empty and its last
+    column, ``error``, saying why). Stopped (Ctrl-C, SIGTERM, an error), the
     rows measured so far are written and a warning counts them; an earlier run's
     ``measurements.csv`` in ``out`` is removed before the first frame. ``overlay``
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
@@ -769,15 +774,18 @@ def measure_frames(predictor: Predictor | str | Path,
                 if progress:
                     progress(len(rows) + len(failed or ()), len(frames))
         except BaseException as e:      # Ctrl-C, SIGTERM, an error: the rows done are kept
-            how = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped"
             kept = ""
             if table is not None:
                 try:
-                    atomic_write_text(table, measurements_csv(rows))
+                    atomic_write_text(table, measurements_csv(_with_skipped(frames, rows,
+                                                                            failed)))
                     kept = f": their rows are in {table}"
                 except UltrasegError as write_failed:
                     kept = f"; their rows could not be written ({write_failed})"
-            log.warning("measured %d of %d frames, %s%s", len(rows), len(frames), how, kept)
+            # (an error says its own one line: the count is for Ctrl-C)
+            log.log(logging.WARNING if isinstance(e, KeyboardInterrupt) else logging.INFO,
+                    "measured %d of %d frames, %s%s", len(rows), len(frames),
+                    "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped", kept)
             raise
         sizes.warn(log)
         summary = summarise_measurements(rows, offset)
@@ -788,12 +796,28 @@ def measure_frames(predictor: Predictor | str | Path,
                 progress(len(frames), len(frames))
         if out_dir is not None:
             try:
-                atomic_write_text(out_dir / "measurements.csv", measurements_csv(rows))
+                atomic_write_text(out_dir / "measurements.csv",
+                                  measurements_csv(_with_skipped(frames, rows, failed)))
             except UltrasegError as e:  # (a full disk): the figures are not lost with the table
                 e.result = (summary, rows)
                 raise
             summary["csv"] = str(out_dir / "measurements.csv")
         return summary, rows
+
+
+def _with_skipped(frames: Sequence[Frame], rows: Sequence[dict[str, Any]],
+                  failed: Sequence[DataError] | None) -> list[dict[str, Any]]:
+    """``rows`` and a row for each frame skipped (name, image, frame and its ``error``, the
+    figures empty), in the inputs' order: the table counts every frame it got to."""
+    by_name = {r["name"]: r for r in rows}
+    for e in failed or ():
+        f = e.skipped_frame
+        if f is not None:
+            by_name[f.out_name] = {
+                "name": f.out_name, "image": str(f.image_path),
+                "frame": None if f.sample.frame is None else f.sample.frame + 1,
+                "error": str(e)}
+    return [by_name[f.out_name] for f in frames if f.out_name in by_name]
 
 
 def _measurement_row(frame: Frame, shape: tuple[int, ...],
@@ -851,10 +875,12 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
 
 
 def measurements_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows of :func:`measure_frames` as CSV text (header :data:`MEASURE_COLUMNS`)."""
+    """The rows of :func:`measure_frames` as CSV text (header :data:`MEASURE_COLUMNS`, then
+    ``error``: why a frame was skipped, empty for the frames measured)."""
+    columns = [*MEASURE_COLUMNS, "error"]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(MEASURE_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: csv_cell(r.get(k)) for k in MEASURE_COLUMNS})
+        writer.writerow({k: csv_cell(r.get(k)) for k in columns})
     return buf.getvalue()
