@@ -696,3 +696,29 @@ def test_threads_sets_the_model_s_threads_and_puts_them_back(tmp_path, ckpt, mon
                  "--threads", str(want)]) == 0
     assert seen and set(seen) == {want} and torch.get_num_threads() == before
     assert main([command, str(ckpt), str(tmp_path / "d"), *out, "--threads", "0"]) == 2
+
+
+def test_progress_off_a_terminal_is_a_plain_line_a_minute_and_at_the_end() -> None:
+    """Under nohup, Slurm or `> log 2>&1` a multi-hour predict printed nothing between its
+    start and its end: the bar is drawn on a terminal alone."""
+    import io
+
+    from ultraseg.cli_predict import ProgressBar
+
+    now = [0.0]
+    log = io.StringIO()
+    bar = ProgressBar("predict", log, clock=lambda: now[0])
+    for done in range(1, 201):
+        now[0] = done * 1.0                  # a frame a second
+        bar(done, 200)
+    bar(200, 200)                            # the end said once
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "predict: 60/200 frames, ETA 2 min"
+    assert lines[1:] == ["predict: 120/200 frames, ETA 1 min",
+                         "predict: 180/200 frames, ETA 20 s", "predict: 200/200 frames"]
+    assert "\r" not in log.getvalue()
+    quick = io.StringIO()
+    bar = ProgressBar("measure", quick, clock=lambda: now[0])
+    bar(1, 2)
+    bar(2, 2)
+    assert quick.getvalue() == ""           # a run shorter than a minute: its summary says it

@@ -21,23 +21,39 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 
 class ProgressBar:
-    """``done/total`` with a bar and an ETA on a terminal's stderr; silent elsewhere."""
+    """``done/total`` with a bar and an ETA on a terminal's stderr; elsewhere (a log file,
+    nohup, a batch job) a plain line at most every ``every`` seconds, and one at the end of a
+    run that printed one (a run shorter than that prints none)."""
 
-    def __init__(self, what: str, stream: TextIO | None = None) -> None:
+    def __init__(self, what: str, stream: TextIO | None = None, every: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.monotonic()
+        self.every, self.clock = every, clock
+        self.t0 = self.last = clock()
+        self.ended = self.said = False
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.tty:
-            return
-        elapsed = time.monotonic() - self.t0
+        elapsed = self.clock() - self.t0
         eta = elapsed / done * (total - done) if done else 0.0
+        if not self.tty:
+            self._line(done, total, eta)
+            return
         bar = "#" * int(30 * done / max(total, 1))
         self.stream.write(f"\r{self.what} [{bar:<30}] {done}/{total} ETA {eta:4.0f}s ")
         if done >= total:
             self.stream.write("\r" + " " * 70 + "\r")
+        self.stream.flush()
+
+    def _line(self, done: int, total: int, eta: float) -> None:
+        now = self.clock()
+        if self.ended or now - self.last < self.every and (done < total or not self.said):
+            return
+        self.last, self.ended, self.said = now, done >= total, True
+        left = "" if self.ended else (f", ETA {eta:.0f} s" if eta < 60
+                                      else f", ETA {eta / 60:.0f} min")
+        self.stream.write(f"{self.what}: {done}/{total} frames{left}\n")
         self.stream.flush()
 
 
