@@ -1027,6 +1027,35 @@ def test_an_interrupted_predict_says_how_many_frames_it_wrote_and_lists_them(tmp
         assert [(r["name"], r["status"]) for r in csv.DictReader(f)] == [("0", "ok")]
 
 
+def test_temporary_files_a_killed_run_left_are_removed_by_the_next(tmp_path):
+    """kill -9 during --rle (the OOM killer, preemption) left .sub.csv.XXXX.tmp, growing
+    with the run, that no rerun removed; a killed mask or table write alike."""
+    import os
+    import time
+
+    save(tmp_path / "in" / "a.png", ramp(6, 6))
+    out, subs = tmp_path / "o", tmp_path / "subs"
+    (out / "p").mkdir(parents=True)
+    subs.mkdir()
+    left = [out / ".predictions.csv.k3j2l1zz.tmp", out / "p" / ".x_mask.png.ab12cd34.tmp",
+            out / ".measurements.csv.q9w8e7r6.tmp", out / ".s.csv.5s2g0vxk.tmp"]
+    old = subs / ".s.csv.oldoldol.tmp"      # outside --out: a day untouched is a dead writer's
+    live = subs / ".s.csv.livelive.tmp"     # (another run's, writing now)
+    mine = out / ".notes.txt.tmp"           # no name of ours
+    for p in [*left, old, live, mine]:
+        p.write_text("x")
+    day_ago = time.time() - 2 * 86400
+    os.utime(old, (day_ago, day_ago))
+    write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), out,
+                      rle=out / "s.csv")
+    assert not any(p.exists() for p in left[:2] + left[3:])
+    measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]), out=out)
+    assert not left[2].exists() and mine.exists()
+    write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), tmp_path / "o2",
+                      rle=subs / "s.csv")
+    assert not old.exists() and live.exists()
+
+
 @pytest.mark.parametrize("pp, words", [
     (PostprocessConfig(threshold=50), "postprocess.threshold must lie in [0, 1], got 50"),
     (PostprocessConfig(min_area=-3), "postprocess.min_area must be >= 0, got -3"),

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import hashlib
 import io
 import logging
 import os
+import re
 import sys
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -25,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
-from .fileio import LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock
+from .fileio import (LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock,
+                     temporaries)
 from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
                  image_stem, scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
@@ -409,6 +413,7 @@ def prepare_out_dir(out: str | Path) -> Path:
         raise UltrasegError(f"cannot create the output folder ({e.strerror or e})", out) from e
     if not out.is_dir():
         raise UltrasegError("the output path is not a folder", out)
+    _remove_temporaries(out)
     earlier = (out / OUTPUT_MARKER).is_file() and any(     # (the lock file: this command's)
         p.name not in (OUTPUT_MARKER, LOCK_FILE) for p in out.iterdir())
     mark_output_folder(out, "predict/measure")
@@ -416,6 +421,36 @@ def prepare_out_dir(out: str | Path) -> Path:
         log.warning("%s holds an earlier run's outputs: the files this run writes replace "
                     "theirs, the others stay as they were", out)
     return out
+
+
+#: The temporary files (:func:`ultraseg.fileio.atomic_open`) of this module's outputs: a mask,
+#: an overlay, a table, a submission CSV.
+_TEMPORARY = re.compile(r"\.(.+_(mask\.png|mask\.tif|overlay\.png|measure\.png)|.+\.csv)"
+                        r"\.[^.]+\.tmp")
+
+#: A submission's temporary file outside the output folder that has not grown for this long
+#: is a killed writer's (a live one adds a row a frame).
+_STALE_S = 86400.0
+
+
+def _remove_temporaries(out: Path, rle: Path | None = None) -> None:
+    """Remove what a killed (kill -9) predict or measure left in ``out``, held (as train's
+    :func:`ultraseg.run_folder.remove_temporaries`): the temporary files of its outputs.
+    Given ``rle`` outside ``out``, its temporaries a day untouched too (that folder is no
+    command's: a younger one may be another run's, writing)."""
+    found = [p for p in out.rglob(".*.tmp") if _TEMPORARY.fullmatch(p.name)]
+    if rle is not None and not _is_within(_real(rle.parent), _real(out)):
+        now = time.time()
+        for p in temporaries(rle.parent, glob.escape(rle.name)):
+            with contextlib.suppress(OSError):      # (gone meanwhile: its writer's rename)
+                if now - p.stat().st_mtime > _STALE_S:
+                    found.append(p)
+    for tmp in found:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    if found:
+        log.info("removed %d temporary files a killed run left (first: %s)", len(found),
+                 found[0])
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -539,6 +574,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
 
     out = prepare_out_dir(out)
     if rle is not None:
+        _remove_temporaries(out, Path(rle))
         bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]
         if bad:
             raise UltrasegError(f"image name {bad[0]!r} cannot go in a submission CSV field")
