@@ -942,16 +942,33 @@ def test_skip_unreadable_writes_the_other_frames_and_names_the_bad_ones(tmp_path
         np.testing.assert_array_equal(read(out / f"{name}_mask.png") == 255, expect)
 
 
-def test_skip_unreadable_with_overlays_skips_a_frame_whose_mask_cannot_be_read(tmp_path):
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_truth_mask_that_cannot_be_read_leaves_its_frame_predicted_without_truth(tmp_path,
+                                                                                  skip):
+    """A truth mask of the wrong size (or a coloured one) skipped its frame: on a folder of
+    such masks, predict --overlay wrote nothing ('8 of 8 frames could not be read'), where
+    without --overlay it predicted all. The image was readable; only the optional truth was
+    not: one warning counts and names them."""
+    from conftest import ultraseg_warnings
+
     root = tmp_path / "d"
-    for name in ("1_1", "1_2"):
+    for name in ("1_1", "1_2", "1_3"):
         save(root / "images" / f"{name}.png", ramp(8, 8))
         save(root / "masks" / f"{name}_mask.png", np.zeros((8, 8), np.uint8))
-    save(root / "masks" / "1_2_mask.png", np.zeros((6, 8), np.uint8))    # not the image's size
-    summary = write_predictions(pixel_predictor(), collect_frames([root]), tmp_path / "out",
-                                overlay=True, skip_unreadable=True)
-    assert summary.n == 1 and [o.name for o in summary.overlays] == ["1_1_overlay.png"]
-    assert len(summary.failed) == 1 and "1_2_mask.png" in str(summary.failed[0])
+    for name in ("1_2", "1_3"):
+        save(root / "masks" / f"{name}_mask.png", np.zeros((6, 8), np.uint8))   # wrong size
+    with ultraseg_warnings() as warned:
+        summary = write_predictions(pixel_predictor(), collect_frames([root]),
+                                    tmp_path / "out", overlay=True, skip_unreadable=skip)
+    assert summary.n == 3 and not summary.failed
+    assert [o.name for o in summary.overlays] == [f"1_{k}_overlay.png" for k in (1, 2, 3)]
+    said = [r.getMessage() for r in warned if "truth" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("2 ground-truth masks could not be read")
+    assert "1_2_mask.png" in said[0] and "1_3_mask.png" in said[0]
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["status"] for r in table] == ["ok"] * 3
+    assert table[0]["reason"] == "" and "1_2_mask.png" in table[1]["reason"]
 
 
 def test_measure_frames_skipping_unreadable_frames_names_them(tmp_path):

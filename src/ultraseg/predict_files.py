@@ -545,9 +545,10 @@ def write_predictions(predictor: Predictor | str | Path,
     frame). The mask is the predictor's post-processed
     decision (``predictor.postprocess``). Stops at the first unreadable file with a
     :class:`~ultraseg.errors.DataError`; files already written are complete, and the CSV is
-    only written when every frame succeeded. With ``skip_unreadable`` an image that cannot be
-    read (or, for an overlay, whose mask cannot) is skipped and named in the summary's
-    ``failed``, and the other frames are written; where a skipped frame belongs in the
+    only written when every frame succeeded (a truth mask that cannot be read for an overlay
+    does not stop it: that overlay is drawn without truth, and one warning counts and names
+    them). With ``skip_unreadable`` an image that cannot be read is skipped and named in the
+    summary's ``failed``, and the other frames are written; where a skipped frame belongs in the
     submission CSV, that is not written (it would lack the frame's row: ``summary.rle`` is
     None, and a file already at that path stays as it was).
     """
@@ -592,11 +593,20 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     failed = summary.failed if skip_unreadable else None
     written: set[str] = set()
     listed: dict[str, dict[str, Any]] = {}     # predictions.csv's rows of the frames written
+    bad_truth: list[DataError] = []             # truth masks that could not be read
 
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """Write the frame's mask (and overlay); its mask."""
-        # the truth first: a mask that cannot be read skips the frame
-        truth = _truth(frame, image.shape, labels, fill) if overlay else None
+        # a truth mask that cannot be read (another size, colours) leaves the overlay without
+        # truth; the image was read, and its prediction is written
+        truth, no_truth = None, None
+        if overlay:
+            try:
+                truth = _truth(frame, image.shape, labels, fill)
+            except DataError as e:
+                log.info("%s (its overlay shows no truth)", e)
+                bad_truth.append(e)
+                no_truth = e
         mask = apply_postprocess(prob, predictor.postprocess)
         # both files encoded before either is written: a frame skipped (out of memory while
         # its overlay is drawn) leaves no mask behind that the summary does not count
@@ -613,6 +623,8 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
             _write(ov_path, drawn)
             summary.overlays.append(ov_path)
         listed[frame.out_name] = _listing_row(frame, out, mask_path, ov_path)
+        if no_truth is not None:
+            listed[frame.out_name]["reason"] = f"no truth on the overlay: {no_truth}"
         return mask
 
     def rows() -> Iterator[tuple[str, np.ndarray]]:
@@ -653,6 +665,11 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
         raise
     finally:    # stopped too: the frames done are listed
         _write_listing(out, frames, listed, summary.failed)
+    if bad_truth:
+        shown = "; ".join(str(e) for e in bad_truth[:5])
+        more = f"; and {len(bad_truth) - 5} more" if len(bad_truth) > 5 else ""
+        log.warning("%d ground-truth masks could not be read: their frames are predicted, "
+                    "their overlays drawn without truth (%s%s)", len(bad_truth), shown, more)
     if overlay:     # (evaluate says the same of its scores)
         summary.label_absent = labels.warn_if_absent(
             "no overlay shows a ground truth (--label K draws another)", log)
