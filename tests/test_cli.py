@@ -313,3 +313,21 @@ def test_verbose_is_ultrasegs_own_log(tmp_path, monkeypatch) -> None:
     assert main(["-v", "-v", "inspect", str(data)]) == 0
     assert levels == [logging.WARNING]                  # the root: other libraries' records
     assert package.getEffectiveLevel() == logging.DEBUG
+
+
+@pytest.mark.parametrize("redirect, what, code", [
+    (">&-", "data", 0), ("2>&-", "data", 0), (">&- 2>&-", "data", 0),
+    ("2>&-", "nothing", 2), (">&-", "nothing", 2), (">/dev/full", "nothing", 2)])
+def test_a_stream_closed_at_start_is_no_internal_error(tmp_path, redirect, what,
+                                                       code) -> None:
+    """`ultraseg inspect DATA >&-`: Python makes a stream closed at start None, and printing
+    to it was "internal error: AttributeError" (exit 1), a user error's exit 2 too. What is
+    printed to a stream closed at start goes nowhere; the exit code is the command's own."""
+    from ultraseg.phantom import make_dataset
+
+    make_dataset(tmp_path / "data", n=2, size=32, seed=0)
+    command = [sys.executable, "-m", "ultraseg", "inspect", str(tmp_path / what)]
+    proc = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *command],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr

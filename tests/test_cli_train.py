@@ -898,3 +898,77 @@ def test_ctrl_c_in_a_torchrun_job_names_its_process_and_torchrun(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("rank 1: interrupted"), err
     assert f"torchrun --nproc_per_node=2 -m ultraseg train --resume --out {out}`" in err
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+class _ClosedLater(io.StringIO):
+    def write(self, text: str) -> int:
+        raise ValueError("I/O operation on closed file.")
+
+
+def test_progress_goes_quiet_when_a_stream_cannot_be_written(monkeypatch) -> None:
+    """stdout on a full disk (`>/dev/full`) or an I/O error: the ENOSPC of the first epoch
+    line stopped training (exit 2, "No space left on device", no file named); a stream closed
+    under it (ValueError) did too. Either goes quiet as a gone reader does."""
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", _FullDisk())
+    show = ProgressPrinter(stream)
+    epoch = {"event": "epoch", "epoch": 1, "epochs": 3, "train_loss": 0.4, "val_loss": 0.5,
+             "val_dice": 0.75, "seconds": 8.0, "complete": True}
+    show(epoch)
+    show({**epoch, "epoch": 2})
+    said = stream.getvalue()
+    assert said.count("training goes on") == 1 and "No space left" in said, said
+    quiet = ProgressPrinter(_ClosedLater())              # stderr closed under it
+    quiet({"event": "stage", "message": "writing the report"})
+    assert quiet.err_quiet
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("redirect", [">&-", "2>&-", ">&- 2>&-", ">/dev/full", "2>/dev/full"])
+def test_train_finishes_when_stdout_or_stderr_is_closed_or_full(tmp_path: Path,
+                                                                 redirect: str) -> None:
+    """A stream closed at start (`cmd >&-`, some daemons: Python's sys.stdout is None) or
+    one that cannot be written (`>/dev/full`): training stopped after its first epoch line,
+    or before its first epoch (exit 1 "internal error" or 2 "No space left on device"). A
+    display is no reason to lose a run: it trains every epoch and exits 0."""
+    import subprocess
+    import sys
+
+    if "/dev/full" in redirect and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "ultraseg", "train", str(data), "--out", str(run),
+               "--preset", "demo", "--width", "4", "--depth", "2", "--size", "32", "--epochs",
+               "2", "--device", "cpu", "--precision", "fp32", "--cache-dir", "", "--threads",
+               "1"]
+    proc = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *command],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "report.html").is_file()
+    with open(run / "metrics.csv", newline="") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+
+
+@pytest.mark.parametrize("redirect, code", [("2>&-", 2), (">&- 2>&-", 2)])
+def test_a_user_error_with_stderr_closed_still_exits_2(tmp_path: Path, redirect: str,
+                                                       code: int) -> None:
+    """`2>&-`: the error line could not be printed to a stream that is None, and the user
+    error came out as exit 1 (an internal error's code)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "ultraseg", "train", str(tmp_path / "nothing"), "--out",
+               str(tmp_path / "run"), "--cache-dir", ""]
+    proc = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *command],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == code

@@ -285,13 +285,27 @@ class _Printable:
 def _printable_streams() -> Iterator[None]:
     """stdout and stderr write file names as text, never as terminal commands: a received
     frame named ``a\\x1b[2J.png`` cleared the screen (and could set the window title, or hide
-    the error lines above it) when its error was printed."""
+    the error lines above it) when its error was printed.
+
+    A stream closed when the process started (``cmd >&-``, some daemons and cron set-ups) is
+    None in Python: it is written to the null device, so that printing to it is no
+    "internal error" (after the work was done, or in place of a user error's exit 2)."""
     out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Printable(out), _Printable(err)
+    opened: list[Any] = []
+
+    def usable(stream: Any) -> Any:
+        if stream is None:
+            opened.append(open(os.devnull, "w", encoding="utf-8"))
+            return opened[-1]
+        return stream
+
+    sys.stdout, sys.stderr = _Printable(usable(out)), _Printable(usable(err))
     try:
         yield
     finally:
         sys.stdout, sys.stderr = out, err
+        for stream in opened:
+            stream.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,8 +26,9 @@ class ProgressPrinter:
     """Renders training progress: a bar on a terminal's stderr, one line per epoch on stdout.
 
     Where the reader of stdout or stderr goes away (``ultraseg train ... | head -1``, or
-    ``2>&1 | head``), training goes on to its end: the printer says so once where stderr still
-    has a reader, and the stream gone is sent to the null device (the run's epochs are in its
+    ``2>&1 | head``), or the stream cannot be written (``>/dev/full``, an I/O error, a closed
+    file), training goes on to its end: the printer says so once where stderr still has a
+    reader, and the stream gone is sent to the null device (the run's epochs are in its
     metrics.csv and train.log); a display is no reason to lose a run.
     """
 
@@ -66,11 +67,13 @@ class ProgressPrinter:
             return
         try:
             print(line, flush=True)
-        except BrokenPipeError:
+        except (OSError, ValueError) as e:   # (ValueError: a stream closed under us)
             self.quiet = True
             to_null(sys.stdout)
-            self._err("note: stdout's reader has gone; training goes on (its epochs: "
-                      "metrics.csv and train.log in the run folder)\n")
+            why = ("stdout's reader has gone" if isinstance(e, BrokenPipeError) else
+                   f"stdout cannot be written ({getattr(e, 'strerror', None) or e})")
+            self._err(f"note: {why}; training goes on (its epochs: metrics.csv and train.log "
+                      "in the run folder)\n")
 
     def _err(self, text: str) -> None:
         if self.err_quiet:
@@ -78,7 +81,7 @@ class ProgressPrinter:
         try:
             self.stream.write(text)
             self.stream.flush()
-        except BrokenPipeError:
+        except (OSError, ValueError):
             self.err_quiet = True
             to_null(self.stream)
 
