@@ -424,10 +424,18 @@ def test_an_overlay_of_a_label_no_mask_holds_says_so_as_evaluate_does(tmp_path, 
         assert said == (["label 2 occurs in none of the 3 masks (they hold labels [1]): no "
                          "overlay shows a ground truth (--label K draws another)"]
                         if absent else [])
-    with ultraseg_warnings() as warned:        # without overlays no mask is read
-        assert main(["predict", str(ckpt), str(data), "--out", str(tmp_path / "plain"),
-                     "--label", "2"]) == 0
-    assert not any("occurs in none" in r.getMessage() for r in warned)
+
+
+def test_predict_refuses_a_label_without_overlay(tmp_path, ckpt, capsys):
+    """--label chooses the ground truth an overlay draws; without --overlay no mask is read,
+    and `predict --label 9` exited 0 saying nothing (not even checking the label)."""
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+               "--label", "9"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error:"), err
+    assert "--label" in err[0] and "--overlay" in err[0]
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("command", ["predict", "measure"])

@@ -169,6 +169,34 @@ def test_valid_model_settings_on_a_same_model_are_warned_about(data, tmp_path) -
                for r in warned), [r.getMessage() for r in warned]
 
 
+def test_settings_that_do_nothing_for_the_run_are_warned_about(data, tmp_path) -> None:
+    """--presence-weight with no presence head, --affine-scale with an augmentation that has
+    no zoom or on the valid model (which warps nothing): taken, recorded in config.json, and
+    silent, where --presence-mode in the same place is warned about."""
+    from ultraseg.train import ignored_settings
+
+    def notes(*flags: str) -> list[str]:
+        return ignored_settings(_resolve(["D", "--out", "R", *flags]))
+
+    said = notes("--preset", "cpu", "--no-presence-head", "--presence-weight", "3")
+    assert len(said) == 1 and "presence_weight (--presence-weight) 3.0" in said[0], said
+    assert notes("--preset", "cpu", "--no-presence-head") == []     # the preset's own 0.25
+    assert notes("--preset", "cpu", "--presence-head", "--presence-weight", "3") == []
+    for flags in (["--augment", "none"], ["--augment", "flip"], ["--model", "valid",
+                                                                 "--augment", "strong"]):
+        said = notes("--preset", "cpu", *flags, "--affine-scale", "0.5", "2")
+        assert len(said) == 1 and "affine_scale (--affine-scale) 0.5 2.0" in said[0], (flags,
+                                                                                        said)
+    assert notes("--preset", "cpu", "--affine-scale", "0.5", "2") == []       # strong, same
+    assert notes("--preset", "seed") == [] and notes("--preset", "demo") == []
+    with ultraseg_warnings() as warned:          # 'auto' builds no head on these frames
+        assert cli.main(["train", str(data), "--out", str(tmp_path / "auto"), *TINY,
+                         "--epochs", "1", "--preset", "cpu", "--presence-weight", "3",
+                         "--augment", "none"]) == 0
+    said = [r.getMessage() for r in warned if "presence" in r.getMessage()]
+    assert len(said) == 1 and "--presence-weight" in said[0], said
+
+
 @pytest.mark.parametrize("text, seconds", [("20m", 1200.0), ("90s", 90.0), ("1h30m", 5400.0)])
 def test_time_limit_flag(text: str, seconds: float) -> None:
     assert _resolve(["D", "--out", "R", "--time-limit", text]).train.time_limit_s == seconds

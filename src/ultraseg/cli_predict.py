@@ -109,6 +109,10 @@ def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
 def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict_files import collect_frames, write_predictions
 
+    if a.label is not None and not a.overlay:   # (it would do nothing, and say nothing)
+        raise UltrasegError(f"--label {a.label} chooses the ground truth --overlay draws; "
+                            "without --overlay no mask is read (add --overlay, or leave "
+                            "--label out)")
     frames = collect_frames(a.inputs, a.layout, a.subject_pattern, exclude=a.out)
     with model_threads(a):
         predictor = load_predictor(a)

@@ -33,8 +33,8 @@ from . import __version__
 from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
-from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig, RunConfig,
-                     TrainConfig, check_types, model_problem)
+from .config import (AUTO_PRESENCE_MIN_EMPTY, PRESETS, ModelConfig, PostprocessConfig,
+                     RunConfig, TrainConfig, check_types, model_problem)
 from .data import (Arrays, SplitCopies, duplicates_across_split, inverted_note, load_arrays,
                    read_split, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
@@ -350,18 +350,44 @@ def check_config(cfg: RunConfig) -> None:
 
 def ignored_settings(cfg: RunConfig) -> list[str]:
     """What a config sets that its model has no use for (one line each): the valid model's
-    output tile and tiles per image on a 'same' model, which trains on whole canvases. Warned
-    about, not refused: a run recorded with them still resumes."""
-    if cfg.model.variant != "same":
-        return []
+    output tile and tiles per image on a 'same' model, which trains on whole canvases; a
+    zoom range where the augmentation zooms nothing (no warps, or the valid model's tiles); a
+    presence head's loss weight where no head is built (the 'auto' head's is said where it is
+    decided: :func:`resolve_presence_head`). Warned about, not refused: a run recorded with
+    them still resumes."""
     notes = []
-    if cfg.model.tile != ModelConfig().tile:
-        notes.append(f"model.tile (--tile) {cfg.model.tile}")
-    if cfg.train.tiles_per_image != TrainConfig().tiles_per_image:
-        notes.append(f"train.tiles_per_image (--tiles-per-image) {cfg.train.tiles_per_image}")
-    return [f"{note}: a setting of the valid model (--model valid, the seed preset's); this "
-            f"'same' model trains on whole {cfg.preprocess.size or 'frame'}-px canvases and "
-            f"ignores it" for note in notes]
+    if cfg.model.variant == "same":
+        valid = []
+        if cfg.model.tile != ModelConfig().tile:
+            valid.append(f"model.tile (--tile) {cfg.model.tile}")
+        if cfg.train.tiles_per_image != TrainConfig().tiles_per_image:
+            valid.append(f"train.tiles_per_image (--tiles-per-image) "
+                         f"{cfg.train.tiles_per_image}")
+        notes += [f"{note}: a setting of the valid model (--model valid, the seed preset's); "
+                  f"this 'same' model trains on whole {cfg.preprocess.size or 'frame'}-px "
+                  f"canvases and ignores it" for note in valid]
+    scale = tuple(cfg.train.affine_scale)
+    if scale != TrainConfig().affine_scale:
+        zoom = f"train.affine_scale (--affine-scale) {scale[0]} {scale[1]}: the zoom range of"
+        if cfg.train.augment not in WARPING:
+            notes.append(f"{zoom} the strong and elastic augmentations; --augment "
+                         f"{cfg.train.augment} zooms nothing and ignores it")
+        elif cfg.model.variant != "same":
+            notes.append(f"{zoom} the warps, which the valid model's augmentation leaves out "
+                         f"(its target is the centre of its input tile); it ignores it")
+    if cfg.model.presence_head is False and _set_by_hand(cfg, "presence_weight"):
+        notes.append(f"train.presence_weight (--presence-weight) {cfg.train.presence_weight}: "
+                     f"the weight of a presence head's loss; this model has none "
+                     f"(--presence-head builds one) and ignores it")
+    return notes
+
+
+def _set_by_hand(cfg: RunConfig, key: str) -> bool:
+    """Whether ``cfg.train``'s ``key`` differs from the default and from the value its
+    recipe (the preset it names, or the one a 'cpu+lever' label starts from) sets by itself."""
+    value = getattr(cfg.train, key)
+    recipe = PRESETS.get(cfg.preset.split("+")[0], {}).get("train", {})
+    return value != getattr(TrainConfig(), key) and value != recipe.get(key, value)
 
 
 def check_bottleneck(model: ModelConfig, size: int | None) -> None:
@@ -397,6 +423,10 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
         log.warning("presence mode %r applies to a presence head, which 'auto' does not build "
                     "for these training frames (--presence-head on builds one)",
                     cfg.model.presence_mode)
+    if not on and _set_by_hand(cfg, "presence_weight"):
+        log.warning("--presence-weight %s weighs a presence head's loss, and 'auto' builds no "
+                    "head for these training frames (--presence-head on builds one): it is "
+                    "ignored", cfg.train.presence_weight)
     mode = cfg.model.presence_mode if on else "gate"  # the mode of a head not built: none
     return replace(cfg, model=replace(cfg.model, presence_head=on, presence_mode=mode))
 
