@@ -3,6 +3,7 @@ frames, prediction without torch, and refusal of files that are not ultraseg exp
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -652,17 +653,47 @@ def test_a_valid_model_at_native_resolution_exports_a_tile_with_its_values(tmp_p
     np.testing.assert_allclose(onnx_pred.predict_proba(image), one, atol=1e-5)
 
 
-def test_export_refuses_a_tile_narrower_than_the_pooling_grid(tmp_path) -> None:
+def test_export_rounds_a_tile_up_as_prediction_does(tmp_path) -> None:
     """--tile 4 is a valid output side at depth 4, but its windows cannot start on the 16-px
-    pooling grid: the graph predicted 0.3 away from the checkpoint while export said it was
-    checked against PyTorch. The smallest is named."""
+    pooling grid (the graph predicted 0.3 away from the checkpoint): it is rounded up to the
+    smallest that can, 20, as predict rounds it. --tile 21, which export refused while predict
+    took it as 36, is rounded up too; the log says so."""
+    from ultraseg.export import export_tile
+
     model = ModelConfig(variant="valid", width=2, depth=4)
+    pre = PreprocessConfig(size=None)
+    assert [export_tile(model, pre, t) for t in (4, 20, 21, 36)] == [20, 20, 36, 36]
     ckpt = tmp_path / "d4.ckpt"
     save_checkpoint(ckpt, build_model(model).state_dict(),
-                    make_meta(model, PreprocessConfig(size=None), PostprocessConfig()))
-    with pytest.raises(UltrasegError, match="narrower than the depth-4 .*the smallest is 20"):
+                    make_meta(model, pre, PostprocessConfig()))
+    said: list[logging.LogRecord] = []
+    logger, handler = logging.getLogger("ultraseg.export"), logging.Handler(logging.INFO)
+    handler.emit = said.append                                 # type: ignore[method-assign]
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
         export_onnx(ckpt, tmp_path / "t4.onnx", tile=4)
-    assert not (tmp_path / "t4.onnx").exists()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("--tile 4 rounded up to 20" in r.getMessage() for r in said), [
+        r.getMessage() for r in said]
+    assert load(tmp_path / "t4.onnx").tile == 20
+
+
+@pytest.mark.parametrize("variant", ["valid", "same"])
+@pytest.mark.parametrize("tile", [0, -3])
+def test_export_refuses_a_tile_below_one_in_its_own_words(tmp_path, variant, tile) -> None:
+    """--tile -3 was refused as "not a valid output side ...; nearest: 4" on the valid model
+    and taken without a check on the same model."""
+    model = ModelConfig(variant=variant, width=2, depth=2)
+    ckpt = tmp_path / "m.ckpt"
+    save_checkpoint(ckpt, build_model(model).state_dict(),
+                    make_meta(model, PreprocessConfig(size=32), PostprocessConfig()))
+    with pytest.raises(UltrasegError, match=f"--tile must be at least 1, got {tile}$"):
+        export_onnx(ckpt, tmp_path / "t.onnx", tile=tile)
+    assert not (tmp_path / "t.onnx").exists()
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])

@@ -312,7 +312,9 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset written, or an error "
                    "(default: the exporter's)")
     p.add_argument("--tile", type=int, metavar="N",
-                   help="valid model: output tile side of the fixed-size graph")
+                   help="valid model: output tile side of the fixed-size graph, rounded up "
+                   "to a side the model produces, at least 20 at depth 4, as predict rounds "
+                   "it (default: the tile the checkpoint predicts its canvas with)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(

@@ -71,19 +71,21 @@ def export_tile(model: ModelConfig, preprocess: PreprocessConfig, tile: int | No
                 ) -> int:
     """Output tile side a valid model is exported with (see the module docstring).
 
-    ``tile`` overrides the choice; it must be a valid output side of the model's depth.
+    ``tile`` (>= 1) overrides the choice. It is rounded up, as prediction rounds its tile
+    (:func:`~ultraseg.predict.prediction_tile`), to a valid output side of the model's depth
+    of at least :func:`~ultraseg.predict.min_prediction_tile` (narrower windows cannot start
+    on the pooling grid, and the graph would predict other values than the checkpoint); it is
+    not capped at the canvas: the graph's side is the caller's to choose, and a larger one
+    still predicts the same values.
     """
     if tile is not None:
-        if tile < 1 or nearest_valid_output(tile, model.depth) != tile:
-            raise UltrasegError(f"--tile {tile} is not a valid output side of the depth-"
-                                f"{model.depth} U-Net; nearest: "
-                                f"{nearest_valid_output(max(tile, 1), model.depth)}")
-        smallest = min_prediction_tile(model.depth)
-        if tile < smallest:
-            raise UltrasegError(f"--tile {tile} is narrower than the depth-{model.depth} U-Net's "
-                                f"pooling grid: its tiles would predict other values than one "
-                                f"window over the frame; the smallest is {smallest}")
-        return tile
+        if tile < 1:
+            raise UltrasegError(f"--tile must be at least 1, got {tile}")
+        side = nearest_valid_output(max(tile, min_prediction_tile(model.depth)), model.depth)
+        if side != tile:
+            log.info("--tile %d rounded up to %d, the nearest output side of the depth-%d "
+                     "U-Net whose windows start on its pooling grid", tile, side, model.depth)
+        return side
     if preprocess.size is None:
         return model.tile
     return prediction_tile(model, preprocess.size, preprocess.size)
@@ -110,6 +112,8 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     from .fileio import atomic_write_bytes
 
     onnx_path = Path(onnx_path)
+    if tile is not None and tile < 1:   # on any model, before the variant decides its use
+        raise UltrasegError(f"--tile must be at least 1, got {tile}")
     if Path(checkpoint_path).suffix.lower() == ".onnx":
         raise UltrasegError("already an ONNX file; export takes a checkpoint (best.ckpt)",
                             checkpoint_path)
