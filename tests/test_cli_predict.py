@@ -730,3 +730,34 @@ def test_progress_off_a_terminal_is_a_plain_line_a_minute_and_at_the_end() -> No
     bar(1, 2)
     bar(2, 2)
     assert quick.getvalue() == ""           # a run shorter than a minute: its summary says it
+
+
+@pytest.mark.parametrize("command", ["evaluate", "measure"])
+@pytest.mark.parametrize("damage", ["missing", "unreadable frame", "missing model"])
+def test_json_when_the_command_fails_is_still_one_object(tmp_path, ckpt, capsys, command,
+                                                         damage):
+    """`evaluate/measure --json` said "print exactly one JSON object" and printed nothing
+    when they failed: a script piping it to jq got empty input and no problem lines. They
+    print one object, with inspect's problem_lines, as inspect --json does; stderr keeps its
+    error lines."""
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=3, size=32, seed=0)
+    model = ckpt
+    if damage == "missing":
+        data = tmp_path / "nothing"
+    elif damage == "unreadable frame":
+        (data / "images" / "1_2.png").write_bytes(b"not a png")
+    else:
+        model = tmp_path / "gone.ckpt"
+    rc = main([command, str(model), str(data), "--json", "--device", "cpu"])
+    captured = capsys.readouterr()
+    if command == "measure" and damage == "unreadable frame":
+        assert rc == 2 and "unreadable" in json.loads(captured.out)   # measured the others
+        return
+    assert rc == 2
+    report = json.loads(captured.out)
+    assert report["failed"] is True and report["path"] == str(data)
+    assert report["problem_lines"] and report["problems"] == len(report["problem_lines"])
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    assert errors and errors[0] == f"error: {report['problem_lines'][0]}"

@@ -103,6 +103,29 @@ def _layout_args(p: argparse.ArgumentParser,
                        help=fill)
 
 
+def error_lines(e: UltrasegError | OSError) -> list[str]:
+    """The lines an error that stops a command says (each printed after ``error:``)."""
+    if isinstance(e, UltrasegError):
+        return str(e).splitlines() or [""]
+    return [f"{e.filename}: {e.strerror or e}" if e.filename else str(e)]
+
+
+@contextlib.contextmanager
+def json_on_failure(a: argparse.Namespace, path: str) -> Iterator[None]:
+    """With ``--json``, an error that stops the command inside the block still prints one
+    JSON object on stdout (a script piping it to ``jq`` gets input): ``{"path", "failed":
+    true, "problems", "problem_lines"}``, the lines as ``inspect --json``'s; the error goes
+    on to stderr as for any command."""
+    try:
+        yield
+    except (UltrasegError, OSError) as e:
+        if a.json and not (isinstance(e, UltrasegError) and e.result is not None):
+            lines = error_lines(e)   # (an error with a result printed that result's object)
+            print(json_text({"path": str(path), "failed": True, "problems": len(lines),
+                             "problem_lines": lines}))
+        raise
+
+
 # ---------------------------------------------------------------- inspect
 def _cmd_inspect(a: argparse.Namespace) -> int:
     from .inspection import failed_report, format_report, inspect_dataset
@@ -112,9 +135,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
                                            bool(a.fill_outlines))
     except (UltrasegError, OSError) as e:
         if a.json:        # a script reading stdout gets its JSON object, saying what failed
-            lines = (str(e).splitlines() or [""]) if isinstance(e, UltrasegError) else [
-                f"{e.filename}: {e.strerror or e}" if e.filename else str(e)]
-            print(json_text(failed_report(a.data, lines)))
+            print(json_text(failed_report(a.data, error_lines(e))))
         raise            # and stderr its error lines, as for any command
     if a.json:
         report["problem_lines"] = [str(p) for p in problems]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, TextIO
 
 from .config import postprocess_problem
-from .cli import path_arg
+from .cli import json_on_failure, path_arg
 from .errors import FrameTooLarge, UltrasegError
 from .fileio import json_text
 
@@ -211,18 +211,19 @@ def _cmd_export(a: argparse.Namespace) -> int:
 def _cmd_measure(a: argparse.Namespace) -> int:
     from .predict_files import collect_frames, measure_frames
 
-    frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
-    try:
-        with model_threads(a):
-            predictor = load_predictor(a)
-            summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
-                                           progress=ProgressBar("measure"),
-                                           skip_unreadable=True, overlay=a.overlay)
-    except UltrasegError as e:
-        if e.result is not None:       # measured, but the table could not be written
-            _print_measurements(a, *e.result)
-            report_unreadable(e.result[0]["unreadable"], len(frames))
-        raise
+    with json_on_failure(a, a.data):
+        frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
+        try:
+            with model_threads(a):
+                predictor = load_predictor(a)
+                summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
+                                               progress=ProgressBar("measure"),
+                                               skip_unreadable=True, overlay=a.overlay)
+        except UltrasegError as e:
+            if e.result is not None:   # measured, but the table could not be written
+                _print_measurements(a, *e.result)
+                report_unreadable(e.result[0]["unreadable"], len(frames))
+            raise
     _print_measurements(a, summary, rows)
     return report_unreadable(summary["unreadable"], len(frames))
 
@@ -329,7 +330,9 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("--overlay", action="store_true",
                    help="with --out: also write STEM_measure.png, the frame with the object's "
                         "outline (orange) and the ellipse measured on it (bluish green)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object: the "
+                   "summary and rows (frames skipped: 'unreadable'), or where an error stops "
+                   "the command {path, failed, problems, problem_lines}")
     pixel_size_arg(p)
     model_args(p)
     postprocess_args(p)

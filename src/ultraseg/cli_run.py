@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
                      merge, parse_duration, preset)
-from .cli import path_arg, to_null
+from .cli import json_on_failure, path_arg, to_null
 from .errors import UltrasegError
 from .fileio import json_text, read_json
 
@@ -379,17 +379,18 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from .cli_predict import load_predictor, model_threads
     from .evaluate import evaluate, format_summary
 
-    try:
-        with model_threads(a):
-            # predict's model flags and post-processing, the same way
-            predictor = load_predictor(a)
-            summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
-                                  a.subset, a.out, label=a.label, pixel_size_mm=a.pixel_size,
-                                  fill_outlines=a.fill_outlines)
-    except UltrasegError as e:
-        if e.result is not None:       # scored, but its files could not be written (full disk)
-            print(json_text(e.result[0]) if a.json else format_summary(e.result[0]))
-        raise
+    with json_on_failure(a, a.data):
+        try:
+            with model_threads(a):
+                # predict's model flags and post-processing, the same way
+                predictor = load_predictor(a)
+                summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
+                                      a.subset, a.out, label=a.label,
+                                      pixel_size_mm=a.pixel_size, fill_outlines=a.fill_outlines)
+        except UltrasegError as e:
+            if e.result is not None:   # scored, but its files could not be written (full disk)
+                print(json_text(e.result[0]) if a.json else format_summary(e.result[0]))
+            raise
     if a.json:
         print(json_text(summary))
     else:
@@ -433,7 +434,9 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("--subset", choices=["train", "val", "test"],
                    help="which side of --split to evaluate (default val; needs --split)")
     p.add_argument("--out", type=path_arg, help="folder for per_image.csv and summary.json")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object: the "
+                   "summary, or where an error stops the command {path, failed, problems, "
+                   "problem_lines}")
     pixel_size_arg(p)
     model_args(p)
     postprocess_args(p)
