@@ -331,3 +331,25 @@ def test_a_stream_closed_at_start_is_no_internal_error(tmp_path, redirect, what,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == code, proc.stderr
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_phantom_takes_its_folder_as_out_too(tmp_path, capsys) -> None:
+    """Every other command that writes a folder takes --out; `phantom --out x` failed with
+    "unrecognized arguments: --out". Either form is taken, not both, and --seed says its
+    default."""
+    from ultraseg import cli
+
+    assert cli.main(["phantom", "--out", str(tmp_path / "a"), "--n", "2", "--size", "32"]) == 0
+    assert len(list((tmp_path / "a" / "images").iterdir())) == 2
+    assert cli.main(["phantom", str(tmp_path / "b"), "--n", "2", "--size", "32"]) == 0
+    capsys.readouterr()
+    for argv in (["phantom"], ["phantom", str(tmp_path / "c"), "--out", str(tmp_path / "d")]):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--out" in err[0], err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["phantom"]
+                    .format_help().split())
+    assert "random seed of the frames (default 0)" in text

@@ -151,7 +151,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 def _cmd_phantom(a: argparse.Namespace) -> int:
     from .phantom import make_dataset
 
-    out = make_dataset(a.out, n=a.n, size=a.size, seed=a.seed)
+    out = make_dataset(a.out or a.out_flag, n=a.n, size=a.size, seed=a.seed)
     print(f"wrote {a.n} phantom frames to {out} (layout: folders)")
     return EXIT_OK
 
@@ -177,11 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantom", help="write synthetic ultrasound frames (folders layout)",
                        description="Synthetic B-mode frames with hypoechoic structures and masks.")
-    p.add_argument("out", type=path_arg,
-                   help="output folder (created; must not already hold images)")
+    where = p.add_mutually_exclusive_group(required=True)   # --out, as the other commands
+    where.add_argument("out", nargs="?", type=path_arg,
+                       help="output folder (created; must not already hold images)")
+    where.add_argument("--out", dest="out_flag", metavar="OUT", type=path_arg,
+                       help="the output folder, as the other commands name theirs")
     p.add_argument("--n", type=int, default=200, help="number of frames (default 200)")
     p.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the frames (default 0)")
     p.set_defaults(func=_cmd_phantom)
 
     from . import cli_run  # train, evaluate, predict, export, measure, demo
