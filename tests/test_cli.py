@@ -353,3 +353,32 @@ def test_phantom_takes_its_folder_as_out_too(tmp_path, capsys) -> None:
     text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["phantom"]
                     .format_help().split())
     assert "random seed of the frames (default 0)" in text
+
+
+def _help(command: str) -> str:
+    from ultraseg import cli
+
+    sub = cli.build_parser()._subparsers._group_actions[0].choices[command]
+    return " ".join(sub.format_help().split())
+
+
+def test_help_shows_the_defaults_a_preset_or_the_predictor_sets(monkeypatch) -> None:
+    """The cpu preset (the default without a GPU) stops every run at 20 minutes, and
+    `train --help` never said so: a scripted long run ended early with exit 0. Neither did it
+    give --size/--width/--depth's values, nor predict/evaluate/measure theirs for
+    --batch-size, nor predict --format's. The presets' values are read from the presets."""
+    from ultraseg.config import PRESETS
+    from ultraseg.predict import Predictor
+
+    train = _help("train")
+    assert "'none' lifts a preset's cap (seed none, cpu 20m, demo 150s)" in train, train
+    assert "resized; seed 252, cpu 192, demo 128)" in train
+    assert "(64 in the paper; seed 64, cpu 16, demo 8)" in train
+    assert "(4 in the paper; seed 4, cpu 4, demo 3)" in train
+    monkeypatch.setitem(PRESETS["cpu"], "train", {**PRESETS["cpu"]["train"],
+                                                  "time_limit_s": 5400.0})
+    assert "(seed none, cpu 1h30m, demo 150s)" in _help("train")
+    batch = f"frames (or tiles) per batch (default {Predictor.batch_size})"
+    for command in ("predict", "evaluate", "measure"):
+        assert batch in _help(command), command
+    assert "mask file format (default png)" in _help("predict")

@@ -178,7 +178,8 @@ def pixel_size_arg(p: argparse.ArgumentParser) -> None:
 def model_args(p: argparse.ArgumentParser) -> None:
     """How a model runs: batch size, valid-model tile, device, threads and precision (predict,
     measure, evaluate; :func:`model_threads` applies the threads)."""
-    p.add_argument("--batch-size", type=int, metavar="N", help="frames (or tiles) per batch")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="frames (or tiles) per batch (default 4)")
     p.add_argument("--tile", type=int, metavar="N",
                    help="valid model: output tile side for prediction, rounded up to a side "
                    "the model produces, at least 20 at depth 4, and at most the "
@@ -288,7 +289,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", type=path_arg,
                    help="image files or folders (any dataset layout, labelled or not)")
     p.add_argument("--out", required=True, type=path_arg, help="output folder (created)")
-    p.add_argument("--format", default="png", choices=["png", "tif"], help="mask file format")
+    p.add_argument("--format", default="png", choices=["png", "tif"],
+                   help="mask file format (default %(default)s)")
     p.add_argument("--overlay", action="store_true",
                    help="also write STEM_overlay.png: predicted outline orange, ground truth "
                    "blue (a labelled dataset's), white where they meet")

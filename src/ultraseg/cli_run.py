@@ -271,6 +271,23 @@ def _print_empty_figures(result: TrainResult) -> None:
     print(f"  val Dice, non-empty frames (post-processed) {nonempty}; {empties}")
 
 
+def _duration(seconds: float | None) -> str:
+    """A time limit as --time-limit takes it: None 'none', 1200 '20m', 5400 '1h30m'."""
+    if seconds is None:
+        return "none"
+    if seconds % 60:
+        return f"{seconds:g}s"
+    hours, minutes = divmod(int(seconds) // 60, 60)
+    return (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes or not hours else "")
+
+
+def _by_preset(section: str, key: str, show: Callable[[Any], str] = str) -> str:
+    """'seed 252, cpu 192, demo 128': what each preset sets ``section.key`` to, read from
+    :data:`~ultraseg.config.PRESETS` (the help follows the presets)."""
+    return ", ".join(f"{name} {show(getattr(getattr(preset(name), section), key))}"
+                     for name in PRESETS)
+
+
 def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("data", nargs="?", type=path_arg, help="dataset folder")
     p.add_argument("--out", required=True, type=path_arg, help="run folder to write")
@@ -279,8 +296,10 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--config", type=path_arg,
                    help="JSON config file (sections data/preprocess/model/train)")
     p.add_argument("--model", choices=choices(ModelConfig, "variant"), help="U-Net variant")
-    p.add_argument("--width", type=int, help="channels of the first block (64 in the paper)")
-    p.add_argument("--depth", type=int, help="number of poolings (4 in the paper)")
+    p.add_argument("--width", type=int, help="channels of the first block (64 in the paper; "
+                   f"{_by_preset('model', 'width')})")
+    p.add_argument("--depth", type=int, help="number of poolings (4 in the paper; "
+                   f"{_by_preset('model', 'depth')})")
     p.add_argument("--tile", type=int, help="valid model: output tile side (68)")
     p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None,
                    help="same model: also train 1/2- and (depth 3 or more) 1/4-resolution "
@@ -311,7 +330,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--presence-weight", type=float,
                    help="weight of the presence head's own cross-entropy in the loss (1, the "
                    "cpu preset 0.25; 0: trained through the gated pixel loss alone)")
-    p.add_argument("--size", type=int, help="working resolution (frames padded square, resized)")
+    p.add_argument("--size", type=int, help="working resolution (frames padded square, "
+                   f"resized; {_by_preset('preprocess', 'size')})")
     p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"),
                    help="intensity scaling: unit is x / 255, zscore each frame's own mean and "
                    "spread (seed unit, cpu zscore)")
@@ -362,7 +382,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "fp32 (every preset, seed included)")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s; 'none' lifts a "
-                   "preset's cap")
+                   f"preset's cap ({_by_preset('train', 'time_limit_s', _duration)})")
     p.add_argument("--cache-dir", help="where the frames decoded onto the working canvas are "
                    "cached for the next run (default $XDG_CACHE_HOME/ultraseg or "
                    "~/.cache/ultraseg; files readable by their owner only, each replacing "
