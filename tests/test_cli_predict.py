@@ -412,7 +412,8 @@ def test_predict_refuses_a_label_that_names_no_structure_before_writing(tmp_path
 
 def test_an_overlay_of_a_label_no_mask_holds_says_so_as_evaluate_does(tmp_path, ckpt, capsys):
     """predict --overlay --label 2 on binary masks drew no truth on any overlay and said
-    nothing (evaluate warns that the label occurs in no mask)."""
+    nothing (evaluate refuses a label that occurs in no mask; an overlay still shows the
+    prediction, so predict warns)."""
     from ultraseg.phantom import make_dataset
 
     data = make_dataset(tmp_path / "data", n=3, size=32, seed=0)

@@ -202,17 +202,23 @@ def test_cli_takes_predicts_model_flags(checkpoint, data, capsys, monkeypatch) -
     assert "--batch-size" in capsys.readouterr().err
 
 
-def test_cli_says_when_the_label_scored_occurs_in_no_mask(checkpoint, data, capsys) -> None:
-    assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",
-                     "--label", "7"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["label"] == 7 and doc["label_absent"] == [1]     # binary masks: label 1 only
+def test_a_label_scored_that_occurs_in_no_mask_is_refused(checkpoint, data, tmp_path,
+                                                          capsys) -> None:
+    """`evaluate --label 7` on masks that hold label 1 alone exited 0 with a note, every frame
+    scored as empty (Dice 0.29 on the phantom set): a typo in a script gave a success code
+    and meaningless figures, where inspect and train refuse the same mistake (exit 2)."""
+    out = tmp_path / "eval"
     assert cli.main(["evaluate", str(checkpoint), str(data), "--device", "cpu",
-                     "--label", "7"]) == 0
-    assert "note: label 7 occurs in no mask (they hold labels 1)" in capsys.readouterr().out
+                     "--label", "7", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert "label 7 occurs in none of the" in err[0] and "they hold labels 1" in err[0]
+    assert "--label" in err[0] and captured.out == ""
+    assert not (out / "summary.json").exists()
     assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu",
                      "--label", "1"]) == 0
-    assert "label_absent" not in json.loads(capsys.readouterr().out)
+    assert json.loads(capsys.readouterr().out)["label"] == 1
 
 
 def test_cli_postprocess_flags_override_the_checkpoint(checkpoint, data, capsys) -> None:

@@ -339,7 +339,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     scoring; where the files cannot be written, the :class:`UltrasegError` carries (summary,
     rows) as its ``result``). ``label`` picks the
     structure of a label mask to score against; None: the one the predictor was trained on
-    (its own None: any non-zero label). ``fill_outlines``: the masks are closed contours to
+    (its own None: any non-zero label); one that no mask holds is refused (:class:`DataError`)
+    once the frames are read. ``fill_outlines``: the masks are closed contours to
     fill (:func:`ultraseg.io.as_outline`); None: as the predictor was trained
     (``preprocess.fill_outlines``). ``predictor`` may also be the path of a checkpoint
     or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults). ``pixel_size_mm``:
@@ -423,6 +424,11 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         shape = e.shape if isinstance(e, FrameOutOfMemory) else None
         raise frame_too_large(samples[index].image_path,
                               shape or header_shape(samples[index].image_path)) from e
+    absent = labels.absent()
+    if absent:  # every frame's truth empty: the figures would be a typo's, refused as train does
+        raise DataError(f"label {label} occurs in none of the {labels.masks} masks (they hold "
+                        f"labels {', '.join(map(str, absent))}): every frame would be scored "
+                        f"as empty; --label K scores against another", ds.root)
     thin.warn(log, PAD_TO_SQUARE_REMEDY)
     sizes.warn(log)
     summary = {k: v for k, v in summarise(rows).items()}
@@ -445,9 +451,6 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     note = outline_note(*outlined)
     if note:
         log.warning("%s: %s", ds.root, note)
-    absent = labels.warn_if_absent("every frame is scored as empty", log)
-    if absent:
-        summary["label_absent"] = absent
     summary.update(record)
     if out is not None:
         try:
@@ -583,9 +586,5 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"head circumference MAE {f(summary['hc_mae_mm'])} mm over "
                      f"{summary['hc_n']} of {n_ref} frames with a reference "
                      f"({summary['hc_missed']} with no head found)")
-    if summary.get("label_absent"):
-        lines.append(f"note: label {summary['label']} occurs in no mask (they hold labels "
-                     f"{', '.join(map(str, summary['label_absent']))}): every frame scored as "
-                     "empty; --label K scores another")
     lines.append(f"(empty rule: {EMPTY_RULE})")
     return "\n".join(lines)

@@ -536,7 +536,7 @@ def write_predictions(predictor: Predictor | str | Path,
     ``fmt='tif'`` writes TIFF masks. ``overlay``: also ``OUT/NAME_overlay.png``, the image with
     the predicted outline (orange) and, for frames of a labelled dataset, the true one (blue;
     ``label`` selects a structure of a label mask, default the predictor's; where no mask holds
-    it, a warning says so, as ``evaluate`` does, and ``summary.label_absent`` lists the labels
+    it, a warning says so (``evaluate`` refuses it), and ``summary.label_absent`` lists the labels
     they hold; ``fill_outlines``: the masks are closed contours, filled, None: as the
     predictor was trained). ``rle``: a Kaggle
     submission CSV (``img,pixels``, one row per frame in input order, ``img`` = the output
