@@ -382,3 +382,18 @@ def test_help_shows_the_defaults_a_preset_or_the_predictor_sets(monkeypatch) -> 
     for command in ("predict", "evaluate", "measure"):
         assert batch in _help(command), command
     assert "mask file format (default png)" in _help("predict")
+
+
+def test_no_command_is_a_usage_error_on_stderr(capsys) -> None:
+    """`ultraseg` alone printed the whole help on stdout (exit 2): a usage error goes to
+    stderr, as argparse's own do, with a line saying what is missing."""
+    from ultraseg import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main([])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: ultraseg")
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("ultraseg: error: a command is required") and "train" in last

@@ -80,6 +80,8 @@ def path_arg(value: str) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
+    commands: tuple[str, ...] = ()     # the subcommands' names (the top-level parser's)
+
     def error(self, message: str) -> None:  # usage errors: one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -156,7 +158,7 @@ def _cmd_phantom(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(prog="ultraseg", description="U-Net segmentation of 2D ultrasound images.")
     parser.add_argument("--version", action="version", version=f"ultraseg {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -199,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                        dest="verbose_after", help="more log output (also before the command)")
         g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks of internal errors")
+    parser.commands = tuple(sub.choices)
     return parser
 
 
@@ -336,9 +339,11 @@ def _printable_streams() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    if not getattr(a, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
+    if not getattr(a, "func", None):   # a usage error: on stderr, as argparse's own are
+        if sys.stderr is not None:     # (argparse would print a None stderr's to stdout)
+            parser.print_usage(sys.stderr)
+        parser.error(f"a command is required: {', '.join(parser.commands)} (`ultraseg --help` "
+                     "says what each does)")
     _print_any_path()
     with _printable_streams():
         return _main(a)
