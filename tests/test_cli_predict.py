@@ -762,3 +762,19 @@ def test_json_when_the_command_fails_is_still_one_object(tmp_path, ckpt, capsys,
     assert report["problem_lines"] and report["problems"] == len(report["problem_lines"])
     errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
     assert errors and errors[0] == f"error: {report['problem_lines'][0]}"
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "measure"])
+def test_a_device_the_machine_lacks_is_said_in_predictions_words(tmp_path, ckpt, capsys,
+                                                                  monkeypatch, command):
+    """predict/evaluate --device cuda on a machine without a GPU said "asked for (by
+    --device, or a resumed run's config.json)": training's wording, where no run resumes."""
+    from ultraseg.phantom import make_dataset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = make_dataset(tmp_path / "data", n=2, size=32, seed=0)
+    out = ["--out", str(tmp_path / "o")] if command == "predict" else []
+    assert main([command, str(ckpt), str(data), *out, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "device cuda asked for (by --device)" in err[0], err
+    assert "resumed" not in err[0] and "--device cpu runs on the CPU" in err[0]

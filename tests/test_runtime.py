@@ -91,9 +91,11 @@ def test_devices():
     assert resolve_device(torch.device("cpu")) == CPU
     with pytest.raises(UltrasegError, match="device must be a name"):
         resolve_device(None)
-    if not torch.cuda.is_available():   # a run's config.json may ask for it: the way out said
-        with pytest.raises(UltrasegError, match=r"config\.json.*--device cpu"):
+    if not torch.cuda.is_available():   # the way out said; where it was asked for, by whom
+        with pytest.raises(UltrasegError, match=r"\(by --device\), .*--device cpu"):
             resolve_device("cuda")
+        with pytest.raises(UltrasegError, match=r"\(by --device, or the run's config\.json\)"):
+            resolve_device("cuda", asked_by="--device, or the run's config.json")
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from .shared import while_held
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu. 'cuda' without a GPU is a usage error; a
-    torch.device is taken by its name, and anything but a name is one too."""
+def resolve_device(name: str = "auto", asked_by: str = "--device") -> torch.device:
+    """'auto' -> cuda when available, else cpu. 'cuda' without a GPU is a usage error (its
+    message says it was asked for by ``asked_by``); a torch.device is taken by its name, and
+    anything but a name is one too."""
     if isinstance(name, torch.device):
         name = str(name)
     if not isinstance(name, str):
@@ -27,9 +28,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UltrasegError(f"device {name} asked for (by --device, or a resumed run's "
-                            f"config.json), but no CUDA GPU is available: --device cpu runs "
-                            f"on the CPU")
+        raise UltrasegError(f"device {name} asked for (by {asked_by}), but no CUDA GPU is "
+                            f"available: --device cpu runs on the CPU")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise UltrasegError(f"unknown device {name!r}; valid: auto, cpu, cuda")
     try:

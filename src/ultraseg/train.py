@@ -591,7 +591,7 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
                             f"{out / 'config.json'} to where it is now, and resume")
     if not resume:      # recorded absolute: the run's config.json works from any folder
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, asked_by="--device, or a resumed run's config.json")
     # the caller's random state, CUDA's included (torch.manual_seed seeds every GPU), and its
     # grad mode (a notebook's torch.set_grad_enabled(False) or no_grad block) as they were
     rng_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
