@@ -372,6 +372,33 @@ def test_an_unlabelled_loop_counts_its_frames_and_a_labelled_one_is_a_problem(
     assert report["pairs"] == 0 and len(problems) == 1 and "holds 3 pages" in str(problems[0])
 
 
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_inspect_opens_an_unlabelled_loop_once(tmp_path: Path, monkeypatch, ext: str) -> None:
+    """inspect read each frame of a cine loop from a fresh open of its file (outside any
+    frame_loop()), an animated PNG composited from its first frame again each time: 600
+    frames took 12.6 s, against 0.5 s before loops were kept open in predict alone. The
+    file is now opened once for all its frames."""
+    import ultraseg.io.base as base
+
+    frames = [Image.fromarray(np.full((8, 10), 20 * k, np.uint8) + np.eye(8, 10, k, np.uint8))
+              for k in range(8)]
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    loop = scans / f"clip.{ext}"
+    frames[0].save(loop, save_all=True, append_images=frames[1:])
+    opened: list[Path] = []
+    real = base._opened
+
+    def counting(path: Path):
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(base, "_opened", counting)
+    report, problems = inspect_dataset(scans)
+    assert problems == [] and report["unlabelled"] == 8
+    assert opened == [loop]
+
+
 @pytest.mark.parametrize("name", ["a\x1b[2J\x1b]0;pwned\x07b", "two\nlines"])
 def test_a_file_name_is_printed_as_text_never_as_terminal_commands(tmp_path, capsys,
                                                                     name) -> None:

@@ -14,7 +14,7 @@ from .data import inverted_note, looks_inverted, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near_pairs,
                          thumbnail, unit_thumbnail)
 from .errors import DataError
-from .io import said_once, scan_dataset, select_label, split_frames
+from .io import frame_loop, said_once, scan_dataset, select_label, split_frames
 from .preprocess import looks_like_outline, outline_note
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ def specks(mask: np.ndarray, label: int | None = None) -> list[int]:
 
 
 @said_once()
+@frame_loop()       # a loop's frames read one after another from one open of its file
 def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
                     label: int | None = None, fill_outlines: bool = False
                     ) -> tuple[dict[str, Any], list[DataError]]:
