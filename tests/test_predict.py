@@ -400,6 +400,22 @@ def test_rle_submission_round_trips_and_keeps_input_order(tmp_path):
                                       images[stem] >= 128)
 
 
+def test_predict_of_an_unlabelled_folder_gives_no_run_length_hint(tmp_path):
+    """`predict --rle unl/submission.csv` and then `predict unl` warned that the folder holds
+    run-length masks to decode beside the images as NAME_mask.png: the model's predictions
+    as ground truth. Unlabelled is what predict expects: no hint, whatever the CSV."""
+    from conftest import ultraseg_warnings
+
+    save(tmp_path / "unl" / "1.png", ramp(21, 13, 5))
+    (tmp_path / "unl" / "masks.csv").write_text("subject,img,pixels\n1,1,5 3\n")
+    frames = collect_frames([tmp_path / "unl"])
+    with ultraseg_warnings() as warned:
+        write_predictions(pixel_predictor(), frames, tmp_path / "p1",
+                          rle=tmp_path / "unl" / "submission.csv")
+        collect_frames([tmp_path / "unl"])
+    assert not any("run-length" in r.getMessage() for r in warned)
+
+
 def test_rle_submission_of_a_kaggle_root_holds_the_test_split_only(tmp_path):
     root = tmp_path / "kaggle"
     save(root / "train" / "1_1.tif", ramp(12, 10, 1))

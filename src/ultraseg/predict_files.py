@@ -132,7 +132,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
             raise UltrasegError("the output folder (--out) is this input folder or holds it: "
                                 "its images would be left out as outputs; choose another --out",
                                 path)
-        ds, problems = scan_dataset(path, layout, subject_pattern)
+        ds, problems = scan_dataset(path, layout, subject_pattern, needs_labels=False)
         # an image without its mask is still an image to predict, and a mask without its image
         # none to predict (said: an overlay shows no truth for them)
         unpaired = [p for p in problems if isinstance(p, Unpaired)]

@@ -1273,6 +1273,25 @@ def test_run_length_masks_in_a_csv_are_named_as_not_read(tmp_path, header, where
     assert ds.labelled and not any("run-length" in r.getMessage() for r in warned)
 
 
+def test_run_length_hint_not_given_to_predict_nor_of_a_submission(tmp_path) -> None:
+    """The hint fired on ultraseg's own `predict --rle` output in an unlabelled folder and
+    advised decoding the predictions into ground truth. It is for commands that need labels
+    (predict's scan asks for none), and a CSV whose header is exactly a submission's
+    (``img,pixels``, predict's and Kaggle's sample_submission) is no set's masks."""
+    root = tmp_path / "unl"
+    for i in range(3):
+        _save(root / f"1_{i}.png", _frame(seed=i))
+    (root / "train_masks.csv").write_text("subject,img,pixels\n1,1,5 3\n")
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(root, needs_labels=False)
+    assert not ds.labelled and not any("run-length" in r.getMessage() for r in warned)
+    (root / "train_masks.csv").unlink()
+    (root / "submission.csv").write_text("img,pixels\n1_0,5 3\n")
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(root)
+    assert not any("run-length" in r.getMessage() for r in warned)
+
+
 def test_fill_outlines_fills_the_masks_of_any_layout(tmp_path) -> None:
     """Contours were filled in the hc18 layout only: images/ + masks/ outlines read as rings."""
     root, outline, disk = outline_dataset(tmp_path / "d", n=2)

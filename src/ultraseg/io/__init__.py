@@ -141,10 +141,13 @@ def dataset_hint(root: str | Path) -> str:
 
 
 def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
-                 fill_outlines: bool = False) -> tuple[Dataset, list[DataError]]:
+                 fill_outlines: bool = False, needs_labels: bool = True
+                 ) -> tuple[Dataset, list[DataError]]:
     """Find and pair the samples under ``path``; structural problems are returned, not raised.
     ``fill_outlines``: every mask is a drawn closed contour, filled when read
-    (:func:`as_outline`; the hc18 layout's always are)."""
+    (:func:`as_outline`; the hc18 layout's always are). ``needs_labels``: the caller wants
+    masks (inspect, train, evaluate), so unlabelled images beside run-length masks in a CSV
+    are warned of; predict and measure, for which unlabelled is normal, pass False."""
     root = Path(path)
     if not root.exists():
         raise DataError("no such file or folder", root)
@@ -166,7 +169,7 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
         hint = dataset_hint(root)
         if hint:    # part of a labelled dataset, or one below: its masks read as frames
             log.warning("%s is read as a folder of unlabelled images%s", root, hint)
-    if not any(s.labelled for s in samples):
+    if needs_labels and not any(s.labelled for s in samples):
         for table, column in run_length_tables(root):
             log.warning("%s holds run-length masks (column %r), which ultraseg does not read: "
                         "the images are unlabelled. Decode them to PNG masks beside the images "

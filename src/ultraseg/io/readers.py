@@ -733,7 +733,9 @@ RUN_LENGTH_COLUMNS = ("pixels", "encodedpixels", "encoded_pixels", "rle", "rle_m
 def run_length_tables(root: Path) -> list[tuple[Path, str]]:
     """The CSV files in ``root`` (and beside it, for a folder named ``train``: the
     competition's ``train_masks.csv`` beside ``train/``) whose header names a run-length
-    column (:data:`RUN_LENGTH_COLUMNS`), with that column: masks no layout reads."""
+    column (:data:`RUN_LENGTH_COLUMNS`), with that column: masks no layout reads. A header
+    that is exactly a submission's, ``img,pixels`` (``predict --rle`` writes it, and so is
+    Kaggle's sample_submission), holds predictions, not masks to train on: left out."""
     root = Path(os.path.abspath(root))
     folders = [root] + ([root.parent] if root.name.lower() == "train" else [])
     found = []
@@ -743,6 +745,8 @@ def run_length_tables(root: Path) -> list[tuple[Path, str]]:
             with open(csv_path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader([f.readline()]), [])
         except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+        if [c.strip().lower() for c in header] == ["img", "pixels"]:
             continue
         column = next((c.strip() for c in header
                        if c.strip().lower() in RUN_LENGTH_COLUMNS), None)
