@@ -134,9 +134,11 @@ def test_mask_drawn_in_the_alpha_channel(tmp_path: Path, mode: str) -> None:
     # a colour labels it by its grey level, as on an opaque frame (red: 76)
     label = 76 if mode.startswith("RGBA red") else 1
     assert np.array_equal(read_mask(p), (disk > 0).astype(np.uint8) * label)
-    # an optimiser's palette of the same picture reads the same
+    # an optimiser's palette of the same picture reads the same, labels too (red was read
+    # as its palette index, 1, or 0 where red took index 0: one colour, two labels)
     q = _save(tmp_path / "q.png", Image.open(p).convert("RGBA").quantize(2))
-    np.testing.assert_array_equal(read_mask(q) > 0, disk > 0)
+    assert Image.open(q).mode == "P" and "transparency" in Image.open(q).info
+    np.testing.assert_array_equal(read_mask(q), (disk > 0).astype(np.uint8) * label)
 
 
 def test_a_mask_drawn_in_the_alpha_channel_and_saved_as_a_palette(tmp_path: Path) -> None:
@@ -157,6 +159,12 @@ def test_a_mask_drawn_in_the_alpha_channel_and_saved_as_a_palette(tmp_path: Path
     im.info["transparency"] = 0
     im.save(tmp_path / "lab_t.png", transparency=0)
     np.testing.assert_array_equal(read_mask(tmp_path / "lab_t.png"), lab)
+    # ... and so does one of its masks that shows one label (one colour on transparent
+    # pixels): its palette carries the other labels' colours, which no optimiser keeps
+    one = np.where(lab == 2, 2, 0).astype(np.uint8)
+    _palette_png(tmp_path / "one.png", one)
+    Image.open(tmp_path / "one.png").save(tmp_path / "one_t.png", transparency=0)
+    np.testing.assert_array_equal(read_mask(tmp_path / "one_t.png"), one)
 
 
 def test_a_label_mask_of_2_or_4_bits_keeps_its_labels(tmp_path: Path) -> None:
@@ -280,6 +288,20 @@ def test_a_coloured_rgb_mask_is_read_as_labels(tmp_path: Path, alpha: bool) -> N
     assert set(np.unique(masks["both"]).tolist()) == {0, 76, 150}
     np.testing.assert_array_equal(masks["both"] == 150, masks["green"] == 150)
     np.testing.assert_array_equal(masks["green"] > 0, masks["green"] == 150)
+    if alpha:       # an optimiser's palette with transparency of one colour: the same labels
+        for n, a in (("red", red), ("green", green)):
+            q = _save(tmp_path / f"{n}_q.png", Image.fromarray(a, "RGBA").quantize(4))
+            assert Image.open(q).mode == "P" and "transparency" in Image.open(q).info
+            np.testing.assert_array_equal(read_mask(q), masks[n])
+        # of several colours, its indices (a label palette with a transparent background
+        # reads so), a transparent pixel the background whatever its index (here 2)
+        indices = np.where(both[..., 0] == 255, 0, 1).astype(np.uint8)
+        indices[both[..., 3] == 0] = 2
+        im = Image.fromarray(indices, "P")
+        im.putpalette([255, 0, 0, 0, 255, 0, 255, 255, 255])
+        im.save(tmp_path / "both_q.png", transparency=b"\xff\xff\x00")
+        np.testing.assert_array_equal(read_mask(tmp_path / "both_q.png"),
+                                      np.where(indices == 2, 0, indices))
 
 
 def test_a_colour_photograph_as_mask_is_refused(tmp_path: Path) -> None:

@@ -592,8 +592,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     With an alpha channel (a palette's transparency too), the alpha is the mask when it varies
     and the colour is one value over the pixels not fully transparent (a structure drawn as
     opaque pixels of one colour on a transparent frame, whatever colour the transparent pixels
-    hold; a colour, not a grey, labels it by its grey level, as above); otherwise the alpha is
-    ignored, but a fully transparent pixel of a coloured mask is background.
+    hold; a colour, not a grey, labels it by its grey level, as above, in a palette too unless
+    it carries colours no pixel uses, a label palette's, whose indices stay the labels);
+    otherwise the alpha is ignored, but a fully transparent pixel of a coloured mask (or
+    coloured palette) is background.
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
     path = Path(path)
@@ -616,12 +618,13 @@ def _mask_pixels(im: Image.Image, path: Path) -> np.ndarray:
         rgba = np.asarray(im.convert("RGBA"))
         rgb = rgba[..., :3]
         alpha = rgba[..., 3]
-        if "transparency" in im.info and _drawn_in_alpha(rgb, alpha) \
-                and _channels_agree(rgb[alpha > 0][:1]):     # (a colour's index is its label)
-            return classify_mask_values(rgba[..., 3], path)   # drawn in the alpha, optimised
-        if not _channels_agree(rgb):
-            return _check_label_count(indices, path)   # coloured palette: indices are labels
-        arr = rgb[..., 0]                               # greys: decode through the palette
+        if "transparency" in im.info and _drawn_in_alpha(rgb, alpha) and (
+                _channels_agree(rgb[alpha > 0][:1]) or not _other_colours(im, indices)):
+            arr = rgba      # drawn in the alpha, optimised: read as the RGBA mask it shows
+        elif not _channels_agree(rgb):  # coloured palette: indices are labels, a transparent
+            return _check_label_count(np.where(alpha > 0, indices, 0), path)   # pixel none
+        else:
+            arr = rgb[..., 0]                           # greys: decode through the palette
     else:
         arr = np.asarray(im)
         bits = im.info.get(SAMPLE_BITS)
@@ -654,6 +657,19 @@ LOW_LABEL_SHARE = 0.001
 
 #: Pillow's names of lossy formats: their masks are binary masks blurred by compression.
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "JPEG2000"})
+
+
+def _other_colours(im: Image.Image, indices: np.ndarray) -> bool:
+    """Whether the palette image ``im`` (``indices``, its pixels) carries colours no pixel
+    uses (besides black, a palette's padding): a label palette's colormap, a colour for each
+    label of its set, whose indices are labels even where a mask shows one label; a PNG
+    optimiser (pngquant, oxipng, Pillow's quantize) keeps the colours used alone."""
+    entries = np.asarray(im.getpalette() or [], np.uint8).reshape(-1, 3)
+    used = np.bincount(indices.ravel(), minlength=len(entries))[:len(entries)] > 0
+    spare = entries[~used]
+    spare = spare[spare.any(axis=1)]                       # (black: padding)
+    return bool(spare.size) and not np.isin(spare @ [65536, 256, 1],
+                                            entries[used] @ [65536, 256, 1]).all()
 
 
 def _channels_agree(colour: np.ndarray) -> bool:
