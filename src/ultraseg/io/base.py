@@ -587,7 +587,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     integer label masks with at most 32 distinct values (at 2 or 4 bits a sample, the values
     stored, not Pillow's scaled ones); RGB/RGBA masks whose colour channels
     agree, as gray; RGB/RGBA masks of at most 32 colours as labels, black the background and
-    each colour's label its grey level (ITU-R 601 luma: red 76, green 150); gray masks with an
+    each colour's label its grey level (ITU-R 601 luma: red 76, green 150); resized with a
+    smoothing filter, grey (0/255 and a band of blends) or of one colour blended with black,
+    binarised at half (:func:`_blended_binary`, :func:`_blended_colour`), of several colours
+    blended refused; gray masks with an
     alpha channel (LA); CMYK and YCbCr masks by their RGB colours.
     With an alpha channel (a palette's transparency too), the alpha is the mask when it varies
     and the colour is one value over the pixels not fully transparent (a structure drawn as
@@ -699,7 +702,8 @@ def _grey_levels(colour: np.ndarray) -> np.ndarray:
 def _colour_labels(colour: np.ndarray, lossy: bool, path: Path) -> np.ndarray:
     """An RGB mask (H, W, 3) whose channels disagree as labels: black the background, each
     colour's label its grey level (ITU-R 601 luma, as Pillow's ``convert("L")``), so one colour
-    has one label in every mask of a set (drawn in the alpha channel too). Refused: more than
+    has one label in every mask of a set (drawn in the alpha channel too); an anti-aliased one
+    binarised or refused by :func:`_blended_colour`. Refused: more than
     :data:`MAX_LABELS` colours (a photograph), colours that share a grey level (or a colour
     of grey level 0 but black), and a lossy file (compression scatters its colours)."""
     if lossy:
@@ -708,6 +712,10 @@ def _colour_labels(colour: np.ndarray, lossy: bool, path: Path) -> np.ndarray:
     packed = (colour[..., 0].astype(np.uint32) << 16) | (colour[..., 1].astype(np.uint32) << 8) \
         | colour[..., 2]
     colours, first = np.unique(packed, return_index=True)
+    if colours.size > 2:
+        blended = _blended_colour(colour, packed, path)
+        if blended is not None:
+            return blended
     if colours.size > MAX_LABELS:
         raise DataError(f"mask is neither binary nor a label mask: {colours.size} distinct "
                         f"colours (at most {MAX_LABELS} label colours; is this an image saved "
@@ -719,6 +727,62 @@ def _colour_labels(colour: np.ndarray, lossy: bool, path: Path) -> np.ndarray:
                         "(each colour's label is its grey level): save it as a palette PNG "
                         "(or a gray label mask)", path)
     return luma
+
+
+#: How far (in each channel) a colour may lie from the blend of two colours and count as it:
+#: a resize rounds each channel of a blend to a whole value.
+BLEND_SLACK = 2
+#: Share of a soft-edged mask's in-between pixels that must be blends of two of its colours
+#: (where three regions meet, a pixel blends three).
+BLEND_SHARE = 0.9
+
+
+def _unpacked(packed: np.ndarray) -> np.ndarray:
+    """(N,) colours packed as 0xRRGGBB -> (N, 3) floats."""
+    return np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], -1).astype(float)
+
+
+def _blended_colour(colour: np.ndarray, packed: np.ndarray, path: Path) -> np.ndarray | None:
+    """A colour mask (H, W, 3) resized with interpolation (anti-aliased: its edges blend its
+    colours), as :func:`_blended_binary` tells a grey one: its colours are those of solid
+    regions (a pixel whose 8 neighbours share its colour) and, in a band at most two pixels
+    thick between them, blends of two of them (within :data:`BLEND_SLACK`). Where they are
+    black and one colour C, the labels of a blended binary of C (a pixel of t * C is C where
+    t >= 1/2, labelled by C's grey level); where more colours blend, a DataError (there is no
+    one colour to binarise, and each blend would be a label). None: no such mask."""
+    h, w = packed.shape
+    edged = np.pad(packed, 1, mode="edge")
+    solid = np.ones(packed.shape, bool)
+    for dy in range(3):
+        for dx in range(3):
+            solid &= edged[dy:dy + h, dx:dx + w] == packed
+    main = np.unique(packed[solid])
+    between = ~np.isin(packed, main)
+    if main.size < 2 or 0 not in main or not between.any():
+        return None
+    from scipy import ndimage
+
+    if ndimage.binary_erosion(between, structure=np.ones((3, 3), bool), border_value=1).any():
+        return None             # in-between colours in regions of their own: labels
+    mids, count = np.unique(packed[between], return_counts=True)
+    mid, ends = _unpacked(mids), _unpacked(main)
+    on = np.zeros(len(mids), bool)
+    for i in range(len(ends)):
+        for j in range(i + 1, len(ends)):
+            d = ends[j] - ends[i]
+            t = np.clip((mid - ends[i]) @ d / (d @ d), 0.0, 1.0)
+            on |= np.abs(mid - (ends[i] + t[:, None] * d)).max(axis=1) <= BLEND_SLACK
+    if main.size == 2 and on.all():         # black and C: a blended binary of C
+        c = ends[1]
+        fg = colour.reshape(-1, 3).astype(float) @ c >= 0.5 * (c @ c)
+        level = max(int(_grey_levels(c[None, None].astype(np.uint8))[0, 0]), 1)
+        return fg.reshape(h, w).astype(np.uint8) * level
+    if main.size > 2 and count[on].sum() >= BLEND_SHARE * count.sum():
+        raise DataError(f"a soft-edged (anti-aliased) colour mask: {len(mids)} colours blend "
+                        f"its {main.size - 1} label colours at their edges, and each would be "
+                        "a label: save it without anti-aliasing (with nearest-neighbour "
+                        "resizing), or as a gray or palette label mask", path)
+    return None
 
 
 def _check_label_count(labels: np.ndarray, path: Path) -> np.ndarray:
