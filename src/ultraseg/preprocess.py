@@ -204,6 +204,22 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
     return filled
 
 
+def fill_outline_labels(mask: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """Fill the closed contours of a label mask ((H, W) uint8, 0 background, 1..K), each label
+    on its own (:func:`fill_outline`), keeping its value: (H, W) uint8.
+
+    Where two labels' fills overlap, the smaller fill is painted last and wins (ties: the
+    higher label): a contour drawn inside another (a structure in a head) keeps its label, and
+    the outer label covers its fill outside it, as a solid label mask draws nested structures.
+    """
+    values = [int(v) for v in np.unique(mask) if v]
+    fills = [(fill_outline(mask == v, path=path), v) for v in values]
+    out = np.zeros(mask.shape, np.uint8)
+    for filled, v in sorted(fills, key=lambda f: (-int(f[0].sum()), f[1])):
+        out[filled] = v
+    return out
+
+
 def _solid(mask: np.ndarray) -> bool:
     """Whether a bool (H, W) mask is a region, not a drawn band: more than half its pixels
     survive one 3x3 erosion (the frame's edge not counted as background, so a region cut by it

@@ -1302,6 +1302,32 @@ def test_fill_outlines_fills_the_masks_of_any_layout(tmp_path) -> None:
     assert np.array_equal(ds.samples[0].load_mask() > 0, disk)
 
 
+def test_fill_outlines_fills_each_label_of_a_label_mask_on_its_own(tmp_path) -> None:
+    """A label mask of contours (label 2 round a head, label 1 round a structure in it) was
+    filled as one binary mask: every label became 1, so --label 1 got the head filled and
+    --label 2 was refused as held by no mask. Each label is filled and keeps its value; the
+    inner contour's label wins inside the outer one's fill."""
+    size = 64
+    mask, outer, inner = (Image.new("L", (size, size)) for _ in range(3))
+    ImageDraw.Draw(mask).ellipse((7, 7, 57, 57), outline=2)
+    ImageDraw.Draw(mask).ellipse((24, 24, 40, 40), outline=1)
+    ImageDraw.Draw(outer).ellipse((7, 7, 57, 57), fill=1)
+    ImageDraw.Draw(inner).ellipse((24, 24, 40, 40), fill=1)
+    outer_disk, inner_disk = np.asarray(outer) > 0, np.asarray(inner) > 0
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        _save(tmp_path / "images" / f"s{i}_1.png", np.full((size, size), 90, np.uint8))
+        _save(tmp_path / "masks" / f"s{i}_1_mask.png", np.asarray(mask))
+    filled = open_dataset(tmp_path, fill_outlines=True).samples[0].load_mask()
+    assert sorted(np.unique(filled)) == [0, 1, 2]
+    assert np.array_equal(filled == 1, inner_disk)
+    assert np.array_equal(filled == 2, outer_disk & ~inner_disk)
+    from ultraseg.inspection import inspect_dataset
+    report, problems = inspect_dataset(tmp_path, fill_outlines=True, label=2)
+    assert report["labels"] == [1, 2] and not problems, (report, problems)
+
+
 def test_outlines_named_annotation_are_pointed_to_fill_outlines_not_to_a_bare_rename(tmp_path
                                                                                     ) -> None:
     """masks/000_HC_Annotation.png beside images/000_HC.png got 'rename them (e.g. ... ->

@@ -84,9 +84,9 @@ class Sample:
             for m in masks[1:]:
                 mask[m > 0] = m[m > 0]
         if self.mask_kind == "outline":
-            from ..preprocess import fill_outline
+            from ..preprocess import fill_outline_labels
 
-            mask = fill_outline(mask > 0, path=self.mask_paths[0]).astype(np.uint8)
+            mask = fill_outline_labels(mask, path=self.mask_paths[0])
         return mask
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
