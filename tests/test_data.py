@@ -290,6 +290,22 @@ def test_the_cache_keeps_the_labels_the_masks_held(tmp_path: Path) -> None:
     assert load_arrays(open_dataset(root), cfg, cache_dir=cache).labels == (1, 2)
 
 
+def test_the_cache_tells_filled_outlines_from_the_masks_as_drawn(tmp_path: Path) -> None:
+    """The key hashed the settings and the files, not whether the samples' masks are filled
+    (their mask_kind): a dataset opened with fill_outlines=True and then without, under one
+    PreprocessConfig (the Python API), was served the filled masks from the cache."""
+    from conftest import outline_dataset
+
+    root, _, _ = outline_dataset(tmp_path / "d", n=2)
+    cache, cfg = tmp_path / "cache", PreprocessConfig(size=32)
+    filled = load_arrays(open_dataset(root, fill_outlines=True), cfg, cache_dir=cache).masks
+    drawn = load_arrays(open_dataset(root), cfg, cache_dir=cache).masks
+    assert np.array_equal(drawn, load_arrays(open_dataset(root), cfg, cache_dir="").masks)
+    assert drawn.sum() < filled.sum() / 2
+    # neither removes the other as superseded: both hit afterwards
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
 def test_a_cache_hit_takes_subjects_from_the_dataset_not_the_cache(tmp_path: Path) -> None:
     root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
     assert load_arrays(open_dataset(root), cfg, cache_dir=cache).subjects == ("0", "0", "1", "1")

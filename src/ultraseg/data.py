@@ -130,13 +130,18 @@ def _shaping(cfg: PreprocessConfig) -> dict[str, object]:
 
 def _header_json(ds: Dataset, cfg: PreprocessConfig) -> str:
     """What :func:`entry_prefix` and :func:`cache_key` both hash, whatever the files' state:
-    the version, the decoding code and libraries, the layout, the root and the settings that
-    shape the canvases. (One dict: the two must agree for :func:`_remove_superseded`.)"""
+    the version, the decoding code and libraries, the layout, the root, how the samples' masks
+    are read and the settings that shape the canvases. (One dict: the two must agree for
+    :func:`_remove_superseded`.)"""
     # "decode": the code files are decoded by, so frames that changed code reads otherwise
-    # are decoded again (a number bumped by hand was forgotten once)
+    # are decoded again (a number bumped by hand was forgotten once); "masks": the samples'
+    # mask kinds (outlines filled or not, open_dataset's fill_outlines), which a caller of the
+    # API need not keep in step with cfg.fill_outlines: an entry of each stays
+    kinds = hashlib.sha256("".join(f"{s.mask_kind}\n" for s in ds.labelled).encode())
     return json.dumps({"v": __version__, "decode": decoding_code_digest(),
                        "libraries": decoding_libraries(), "layout": ds.layout,
-                       "root": str(ds.root.resolve()), "pre": _shaping(cfg)}, sort_keys=True)
+                       "root": str(ds.root.resolve()), "pre": _shaping(cfg),
+                       "masks": kinds.hexdigest()[:16]}, sort_keys=True)
 
 
 def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
