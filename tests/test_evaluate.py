@@ -408,6 +408,8 @@ def test_fill_outlines_reads_the_truth_filled(outline_data) -> None:
     for fill, truth in ((None, disk), (False, ring)):
         summary, _ = evaluate(trained_filled, root, "folders", fill_outlines=fill)
         assert summary["dice_mean"] == pytest.approx(_all_foreground_dice(truth))
+        # the summary records the value used, as resolved (it changes every figure)
+        assert summary["fill_outlines"] is (truth is disk)
 
 
 def test_evaluate_warns_where_the_truth_looks_like_outlines(outline_data) -> None:

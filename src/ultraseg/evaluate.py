@@ -445,6 +445,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
     summary["label"] = label
+    summary["fill_outlines"] = fill_outlines        # as resolved: the truth filled or as drawn
     # which frames the figures are over: a side of a run's split (None: every labelled frame)
     summary["subset"] = None if split_file is None else subset or "val"
     summary["split"] = None if split_file is None else str(split_file)
