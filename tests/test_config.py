@@ -51,6 +51,20 @@ def test_run_config_round_trip_with_non_default_values() -> None:
     assert again.train.time_limit_s == 90.0 and again.preprocess.label == 2
 
 
+def test_fill_outlines_is_written_only_where_set_so_an_older_ultraseg_reads_the_file() -> None:
+    """to_dict always wrote fill_outlines: a checkpoint or ONNX file made without it was
+    refused by the build before the setting ('unknown PreprocessConfig keys')."""
+    assert "fill_outlines" not in PreprocessConfig().to_dict()
+    assert "fill_outlines" not in json.loads(preset("seed").to_json())["preprocess"]
+    filled = PreprocessConfig(size=64, fill_outlines=True)
+    assert filled.to_dict()["fill_outlines"] is True
+    assert PreprocessConfig.from_dict(filled.to_dict()) == filled
+    # a file that names the default (written by a build in between) reads as before
+    assert PreprocessConfig.from_dict({"fill_outlines": False}) == PreprocessConfig()
+    run = RunConfig(preprocess=filled)
+    assert RunConfig.from_dict(json.loads(run.to_json())) == run
+
+
 def test_to_json_is_human_readable() -> None:
     text = preset("seed").to_json()
     assert "\n" in text and '  "model"' in text  # indented, one key per line

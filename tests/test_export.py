@@ -429,6 +429,23 @@ def test_an_export_whose_model_depth_does_not_fit_its_graph_is_refused(exported,
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+def test_an_export_with_a_setting_this_ultraseg_lacks_is_called_newer_not_damaged(exported,
+                                                                                  tmp_path):
+    """An export made by a later build (a preprocess setting added since) was refused as
+    'damaged ultraseg metadata in the ONNX file', though both builds said 0.1.0."""
+    model = onnx.load(str(exported["same"][1]))
+    entry = next(e for e in model.metadata_props if e.key == "ultraseg")
+    meta = json.loads(entry.value)
+    meta["preprocess"]["a_later_setting"] = True
+    entry.value = json.dumps(meta)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(CheckpointError, match="written by a newer ultraseg") as err:
+        load(path)
+    assert "damaged" not in str(err.value) and "a_later_setting" in str(err.value)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 def test_an_export_whose_metadata_is_nested_too_deeply_is_refused(exported, tmp_path):
     """JSON nested deeper than Python reads: 'internal error: RecursionError'."""
     model = onnx.load(str(exported["same"][1]))

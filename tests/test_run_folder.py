@@ -8,8 +8,9 @@ import pytest
 
 from ultraseg.config import preset
 from ultraseg.errors import UltrasegError
-from ultraseg.run_folder import (REFUSED_RUN_FILES, holds_run, open_run, remove_refused_run,
-                                 remove_temporaries, run_log, with_execution)
+from ultraseg.run_folder import (REFUSED_RUN_FILES, holds_run, open_run, recipe_differences,
+                                 remove_refused_run, remove_temporaries, run_log,
+                                 with_execution)
 
 
 def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -> None:
@@ -126,3 +127,15 @@ def test_a_resumed_run_takes_anew_where_it_runs_and_nothing_else() -> None:
     assert moved.model == cfg.model and moved.train.lr == cfg.train.lr
     with pytest.raises(UltrasegError, match="epochs: not an execution setting"):
         with_execution(cfg, {"epochs": 3})
+
+
+def test_a_setting_a_run_leaves_at_its_default_still_counts_as_a_difference() -> None:
+    """fill_outlines is written only where set (an older ultraseg reads the file): a recipe
+    that sets it differs from a run's own config that does not, and the other way round."""
+    from dataclasses import replace
+
+    own = preset("seed")
+    filled = replace(own, preprocess=replace(own.preprocess, fill_outlines=True))
+    assert recipe_differences(filled, own) == ["preprocess.fill_outlines"]
+    assert recipe_differences(own, filled) == ["preprocess.fill_outlines"]
+    assert recipe_differences(own, own) == []

@@ -239,6 +239,15 @@ class PreprocessConfig(_Section):
     label: int | None = None   # None: any non-zero label is foreground; K: only label K
     fill_outlines: bool = False  # masks are closed contours: fill them (hc18 layout: always)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings; ``fill_outlines``, added after 0.1.0, only where set, so that the
+        builds before it read a checkpoint, ONNX file or config.json that leaves it False
+        (no preset sets it: a file without it reads as False under every one)."""
+        d = super().to_dict()
+        if not d["fill_outlines"]:
+            del d["fill_outlines"]
+        return d
+
 
 @dataclass(frozen=True)
 class PostprocessConfig(_Section):

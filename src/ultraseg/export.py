@@ -40,7 +40,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .config import ModelConfig, PostprocessConfig, PreprocessConfig, model_problem
+from . import __version__
+from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
+                     model_problem)
 from .errors import CheckpointError, UltrasegError
 from .fileio import json_text, parse_json
 from .geometry import context_margin, nearest_valid_output, same_padded_size
@@ -468,6 +470,11 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None, **optio
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
         postprocess = PostprocessConfig.from_dict(meta["postprocess"])
         check_graph_depth(model, graph)
+    except UnknownSettings as e:     # a setting added since this ultraseg: as load_checkpoint
+        raise CheckpointError(f"written by a newer ultraseg (unknown {e.section} keys "
+                              f"{e.keys}; the file says {meta.get('ultraseg_version', '?')}, "
+                              f"this is {__version__}), or edited; upgrade ultraseg to read "
+                              f"it", path) from e
     except Exception as e:
         raise CheckpointError(f"damaged ultraseg metadata in the ONNX file ({e})", path) from e
     inputs = sess.get_inputs()

@@ -93,8 +93,10 @@ def recipe_differences(given: RunConfig, own: RunConfig) -> list[str]:
     for section, values in b.items():
         if not isinstance(values, dict):
             continue
-        for key, value in values.items():
-            mine = a.get(section, {}).get(key)
+        # (a setting written only where set, fill_outlines, may be in either dict alone)
+        given_values = a.get(section, {})
+        for key in [*values, *(k for k in given_values if k not in values)]:
+            value, mine = values.get(key), given_values.get(key)
             if key in EXECUTION or (section, key) == ("train", "world_size"):
                 continue
             if (section, key) == ("data", "path"):
