@@ -178,7 +178,9 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
     touches would also fill a frame corner outside the head). One with small gaps is closed by
     morphological closing; one that still encloses nothing raises :class:`DataError`.
     An annotation already solid (filled beforehand), or whose fill is (a thick outline of a
-    small structure), is used as it is filled: see :func:`_solid`.
+    small structure), is used as it is filled: see :func:`_solid`; so is one with nothing to
+    fill whose regions fill their convex hulls (a small structure drawn solid, a thin bar),
+    which no open curve does: see :func:`_convex_regions`.
     """
     outline = outline.astype(bool)
     if not outline.any():
@@ -198,10 +200,53 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
     if filled.sum() <= outline.sum() * 1.5 and touches_border:    # cut, and with a gap
         filled = _fill_cut_outline(closed)
     if filled is None or filled.sum() <= outline.sum() * 1.5:
+        as_drawn = ndi.binary_fill_holes(outline)
+        if _convex_regions(as_drawn):   # a small structure drawn solid: nothing to fill
+            return as_drawn
         raise DataError("outline annotation is not a closed contour (a gap wider than about "
-                        "4 px, or an open curve): nothing to fill; close the contour's gap in "
+                        "4 px, or an open curve) nor a solid region (one that fills its convex "
+                        "hull, kept as drawn): nothing to fill; close the contour's gap in "
                         "the annotation, or remove the frame from the dataset", path)
     return filled
+
+
+#: :func:`_convex_regions`: the least share of the pixels inside a region's convex hull it
+#: must cover. A solid square, bar (slanted too) or disk covers all of them; a 1-px arc of a
+#: circle of radius 3 or more at most 0.71, half a circle's 0.41; a thicker arc round a
+#: structure of a few pixels is a blob, and is kept as one.
+CONVEX_SHARE = 0.8
+
+
+def _convex_regions(mask: np.ndarray) -> bool:
+    """Whether each region (8-connected) of a bool (H, W) mask covers nearly all the pixel
+    centres inside its convex hull (:data:`CONVEX_SHARE`): a structure drawn solid, however
+    small or thin, rather than an open curve, which leaves its hull mostly empty. For a mask
+    :func:`fill_outline` found nothing to fill in."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    regions, n = ndi.label(mask, structure=np.ones((3, 3)))
+    for i, box in enumerate(ndi.find_objects(regions), start=1):
+        ys, xs = np.nonzero(regions[box] == i)
+        try:
+            hull = ConvexHull(np.column_stack([xs, ys]).astype(np.float64))
+        except QhullError:                  # a point or a straight line of pixels: all solid
+            continue
+        if len(xs) < CONVEX_SHARE * hull.volume:    # (its area: fewer centres than inside)
+            return False
+        # the centres inside, row by row: each edge a x + b y + c <= 0 bounds x on row y
+        a, b, c = hull.equations.T
+        rows = np.arange(regions[box].shape[0], dtype=np.float64)[:, None]
+        rest = -(b * rows + c)                      # a x <= rest
+        tol = 1e-9
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lo = np.max(np.where(a < -tol, rest / a, -np.inf), axis=1)
+            hi = np.min(np.where(a > tol, rest / a, np.inf), axis=1)
+        crossed = np.all((np.abs(a) > tol) | (rest >= -tol), axis=1)
+        counts = np.floor(hi + tol) - np.ceil(lo - tol) + 1
+        inside = int(np.sum(np.where(crossed & (counts > 0), counts, 0)))
+        if len(xs) < CONVEX_SHARE * inside:
+            return False
+    return n > 0
 
 
 def fill_outline_labels(mask: np.ndarray, path: str | Path | None = None) -> np.ndarray:
