@@ -644,3 +644,17 @@ def test_masks_that_look_like_outlines_are_warned_about_with_the_remedy(tmp_path
     assert not [r for r in warned if "closed contours" in r.getMessage()]
     _good(tmp_path / "solid")                        # solid masks: no word
     assert inspect_dataset(tmp_path / "solid")[0]["outline_masks_count"] == 0
+
+
+def test_the_readme_names_every_count_inspect_json_gives() -> None:
+    """README's `--json` keys for inspect named masks_inverted_count, not outline_masks_count."""
+    from ultraseg.inspection import failed_report
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.is_file():
+        pytest.skip("no README.md")
+    (row,) = [line for line in readme.read_text(encoding="utf-8").splitlines()
+              if line.startswith("| `ultraseg inspect")]
+    counts = [k for k in failed_report("x", []) if k.endswith("_count")
+              and not k.startswith("duplicates_")]     # (those as `duplicates_{exact,near}_count`)
+    assert counts and [k for k in counts if f"`{k}`" not in row] == []
