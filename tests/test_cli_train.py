@@ -189,6 +189,12 @@ def test_settings_that_do_nothing_for_the_run_are_warned_about(data, tmp_path) -
                                                                                         said)
     assert notes("--preset", "cpu", "--affine-scale", "0.5", "2") == []       # strong, same
     assert notes("--preset", "seed") == [] and notes("--preset", "demo") == []
+    # presets that leave presence_weight at its default: set by hand all the same
+    for flags in (["--preset", "seed"], ["--preset", "seed", "--model", "same"],
+                  ["--preset", "demo"], ["--preset", "cpu", "--no-presence-head"]):
+        said = notes(*flags, "--presence-weight", "0.5")
+        assert len(said) == 1 and "presence_weight (--presence-weight) 0.5" in said[0], (flags,
+                                                                                         said)
     with ultraseg_warnings() as warned:          # 'auto' builds no head on these frames
         assert cli.main(["train", str(data), "--out", str(tmp_path / "auto"), *TINY,
                          "--epochs", "1", "--preset", "cpu", "--presence-weight", "3",

@@ -1067,6 +1067,21 @@ def test_a_presence_mode_the_auto_head_does_not_use_is_warned_about() -> None:
     assert not warned
 
 
+@pytest.mark.parametrize("name", ["cpu", "seed", "demo"])
+def test_a_presence_weight_the_auto_head_does_not_use_is_warned_about(name: str) -> None:
+    """A config with presence_head 'auto' and a --presence-weight of its own, on frames that
+    all hold a structure: the weight is ignored, and was said so only under the cpu preset
+    (the one preset that sets a weight of its own)."""
+    from conftest import ultraseg_warnings
+
+    cfg = merge(preset(name), {"model": {"variant": "same", "presence_head": "auto"},
+                               "train": {"presence_weight": 0.5}})
+    with ultraseg_warnings() as warned:
+        resolved = train_mod.resolve_presence_head(cfg, np.ones((20, 8, 8), bool))
+    assert resolved.model.presence_head is False
+    assert any("--presence-weight 0.5" in r.getMessage() for r in warned), name
+
+
 def test_a_callers_grad_mode_and_default_dtype_change_nothing(tmp_path) -> None:
     """A notebook that turned gradients off for inference, or set float64 as torch's default
     dtype, got internal errors from train ('element 0 of tensors does not require grad'; float

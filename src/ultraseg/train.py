@@ -383,11 +383,12 @@ def ignored_settings(cfg: RunConfig) -> list[str]:
 
 
 def _set_by_hand(cfg: RunConfig, key: str) -> bool:
-    """Whether ``cfg.train``'s ``key`` differs from the default and from the value its
-    recipe (the preset it names, or the one a 'cpu+lever' label starts from) sets by itself."""
+    """Whether ``cfg.train``'s ``key`` differs from the value its recipe (the preset it
+    names, or the one a 'cpu+lever' label starts from) gives it: the preset's own, else the
+    default (most presets set no value of their own, and a value there is set by hand too)."""
     value = getattr(cfg.train, key)
     recipe = PRESETS.get(cfg.preset.split("+")[0], {}).get("train", {})
-    return value != getattr(TrainConfig(), key) and value != recipe.get(key, value)
+    return value != recipe.get(key, getattr(TrainConfig(), key))
 
 
 def check_bottleneck(model: ModelConfig, size: int | None) -> None:
