@@ -284,7 +284,9 @@ def test_outputs_written_inside_a_datasets_images_folder_are_left_out(tmp_path, 
 
 
 @pytest.mark.parametrize("where, words", [("adir", "a folder of that name"),
-                                          ("no/sub.csv", "its folder does not exist")])
+                                          ("no/sub.csv", "its folder does not exist"),
+                                          ("o/predictions.csv", "predict's listing"),
+                                          ("o/./measurements.csv", "measure's table")])
 def test_a_bad_rle_target_is_refused_before_predicting(tmp_path, ckpt, capsys, where, words):
     frames(tmp_path / "in", {"1.png": (20, 30)})
     (tmp_path / "adir").mkdir()

@@ -560,10 +560,24 @@ def write_predictions(predictor: Predictor | str | Path,
         from .rle import check_submission_path
 
         check_submission_path(rle, pending=out)     # (--out itself: created just below)
+        _check_not_a_table(Path(rle), Path(out))
     # held to the last file: a second command writing into it too would mix its outputs
     with output_lock(out, "predict"):
         return _write_predictions(predictor, frames, out, fmt, overlay, rle, label, progress,
                                   skip_unreadable, fill_outlines)
+
+
+#: The tables a predict or measure writes in its output folder, and what each is.
+_TABLES = {"predictions.csv": "predict's listing of the frames",
+           "measurements.csv": "measure's table (a later measure there removes it)"}
+
+
+def _check_not_a_table(rle: Path, out: Path) -> None:
+    """Refuse a submission path ``rle`` that is one of :data:`_TABLES` in ``out``: the listing
+    written after it would replace it (and measure removes an earlier table)."""
+    if rle.name in _TABLES and rle.parent.resolve() == out.resolve():
+        raise UltrasegError(f"cannot write the submission there: that name in --out is "
+                            f"{_TABLES[rle.name]} (give another name, such as sub.csv)", rle)
 
 
 def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | Path,
