@@ -1,6 +1,7 @@
 """The predict / export / measure subcommands, end to end on tiny random-initialised models."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -733,6 +734,39 @@ def test_progress_off_a_terminal_is_a_plain_line_a_minute_and_at_the_end() -> No
     bar(1, 2)
     bar(2, 2)
     assert quick.getvalue() == ""           # a run shorter than a minute: its summary says it
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["predict", "measure"])
+@pytest.mark.parametrize("stderr", ["gone", "full"])
+def test_a_progress_line_that_cannot_be_written_stops_nothing(tmp_path, ckpt, monkeypatch,
+                                                              command, stderr):
+    """Off a terminal the progress line was written unguarded: `predict ... 2>&1 | head`, or a
+    stderr on a full disk, stopped the run at its first line (exit 141, or an internal error),
+    where training goes on (a display is no reason to lose a run)."""
+    from ultraseg import cli_predict
+
+    frames(tmp_path / "in", SHAPES)
+    bar = cli_predict.ProgressBar
+    monkeypatch.setattr(cli_predict, "ProgressBar", lambda what: bar(what, every=0.0))
+    if stderr == "full":
+        stream = open("/dev/full", "w")
+    else:
+        read, write = os.pipe()
+        os.close(read)
+        stream = open(write, "w")
+    monkeypatch.setattr("sys.stderr", stream)
+    try:
+        assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                     "--device", "cpu", "--batch-size", "1"]) == 0
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+    if command == "predict":
+        assert len(list((tmp_path / "o").rglob("*_mask.png"))) == len(SHAPES)
+    else:
+        with open(tmp_path / "o" / "measurements.csv") as f:
+            assert len(list(csv.DictReader(f))) == len(SHAPES)
 
 
 @pytest.mark.parametrize("command", ["evaluate", "measure"])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, TextIO
 
 from .config import postprocess_problem
-from .cli import json_on_failure, path_arg
+from .cli import json_on_failure, path_arg, to_null
 from .errors import FrameTooLarge, UltrasegError
 from .fileio import json_text
 
@@ -23,7 +23,9 @@ EXIT_OK, EXIT_USAGE = 0, 2
 class ProgressBar:
     """``done/total`` with a bar and an ETA on a terminal's stderr; elsewhere (a log file,
     nohup, a batch job) a plain line at most every ``every`` seconds, and one at the end of a
-    run that printed one (a run shorter than that prints none)."""
+    run that printed one (a run shorter than that prints none). A stream that cannot be
+    written (its reader gone, a full disk) stops nothing: the bar goes quiet, as training's
+    progress does."""
 
     def __init__(self, what: str, stream: TextIO | None = None, every: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -32,9 +34,18 @@ class ProgressBar:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.every, self.clock = every, clock
         self.t0 = self.last = clock()
-        self.ended = self.said = False
+        self.ended = self.said = self.quiet = False
 
     def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        try:
+            self._draw(done, total)
+        except (OSError, ValueError):     # (BrokenPipeError; a closed stream's ValueError)
+            self.quiet = True
+            to_null(self.stream)
+
+    def _draw(self, done: int, total: int) -> None:
         elapsed = self.clock() - self.t0
         eta = elapsed / done * (total - done) if done else 0.0
         if not self.tty:
