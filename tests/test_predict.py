@@ -1067,6 +1067,8 @@ def test_temporary_files_a_killed_run_left_are_removed_by_the_next(tmp_path):
     import time
 
     save(tmp_path / "in" / "a.png", ramp(6, 6))
+    save(tmp_path / "in" / "p" / "x.png", ramp(6, 6))     # (the names collide: the masks
+    save(tmp_path / "in" / "q" / "x.png", ramp(6, 6))     # go in OUT/p/ and OUT/q/)
     out, subs = tmp_path / "o", tmp_path / "subs"
     (out / "p").mkdir(parents=True)
     subs.mkdir()
@@ -1087,6 +1089,35 @@ def test_temporary_files_a_killed_run_left_are_removed_by_the_next(tmp_path):
     write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), tmp_path / "o2",
                       rle=subs / "s.csv")
     assert not old.exists() and live.exists()
+
+
+def test_temporary_files_are_removed_only_where_the_run_writes(tmp_path):
+    """The clean-up ran before --out was checked, and through every folder below it: a
+    refused --out (it holds the user's images) still lost matching dot-files anywhere below
+    it, and a subfolder that is another command's output folder lost its writer's temporary
+    files (that command then failed at its rename)."""
+    save(tmp_path / "in" / "a.png", ramp(6, 6))
+    user = tmp_path / "user"
+    save(user / "imgs" / "1_1.png", ramp(6, 6))
+    (user / "notes").mkdir()
+    budget = user / "notes" / ".budget.csv.k3j2.tmp"
+    budget.write_text("x")
+    with pytest.raises(DataError, match="already holds 1 image file"):
+        write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), user)
+    assert budget.exists()
+    res = tmp_path / "res"
+    (res / "siteB").mkdir(parents=True)
+    (res / "siteB" / OUTPUT_MARKER).write_text("written by ultraseg predict/measure\n")
+    (res / "other").mkdir()
+    theirs = [res / "siteB" / ".1_9_mask.png.ab12.tmp", res / "other" / ".x_mask.png.cd34.tmp"]
+    for p in theirs:
+        p.write_text("x")
+    mine = res / ".a_mask.png.ef56.tmp"
+    mine.write_text("x")
+    write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), res)
+    assert not mine.exists() and all(p.exists() for p in theirs)
+    measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]), out=res)
+    assert all(p.exists() for p in theirs)
 
 
 @pytest.mark.parametrize("pp, words", [

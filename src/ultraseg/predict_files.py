@@ -399,10 +399,13 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def prepare_out_dir(out: str | Path) -> Path:
+def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
+                    rle: Path | None = None) -> Path:
     """Create the output folder (and parents), marked as ultraseg's output
     (:func:`~ultraseg.io.base.mark_output_folder`); a path that cannot be one, or a folder that
-    holds images of the user's, is a user error."""
+    holds images of the user's, is a user error. Then (the folder held by the caller) remove
+    the temporary files a killed run left where this one writes: see
+    :func:`_remove_temporaries` (``names``: the frames' output names; ``rle``: a submission)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -413,10 +416,10 @@ def prepare_out_dir(out: str | Path) -> Path:
         raise UltrasegError(f"cannot create the output folder ({e.strerror or e})", out) from e
     if not out.is_dir():
         raise UltrasegError("the output path is not a folder", out)
-    _remove_temporaries(out)
     earlier = (out / OUTPUT_MARKER).is_file() and any(     # (the lock file: this command's)
         p.name not in (OUTPUT_MARKER, LOCK_FILE) for p in out.iterdir())
     mark_output_folder(out, "predict/measure")
+    _remove_temporaries(out, {out / PurePosixPath(n).parent for n in names}, rle)
     if earlier:     # old overlays or a submission may not match the new masks
         log.warning("%s holds an earlier run's outputs: the files this run writes replace "
                     "theirs, the others stay as they were", out)
@@ -433,24 +436,42 @@ _TEMPORARY = re.compile(r"\.(.+_(mask\.png|mask\.tif|overlay\.png|measure\.png)|
 _STALE_S = 86400.0
 
 
-def _remove_temporaries(out: Path, rle: Path | None = None) -> None:
-    """Remove what a killed (kill -9) predict or measure left in ``out``, held (as train's
-    :func:`ultraseg.run_folder.remove_temporaries`): the temporary files of its outputs.
-    Given ``rle`` outside ``out``, its temporaries a day untouched too (that folder is no
-    command's: a younger one may be another run's, writing)."""
-    found = [p for p in out.rglob(".*.tmp") if _TEMPORARY.fullmatch(p.name)]
-    if rle is not None and not _is_within(_real(rle.parent), _real(out)):
+def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
+                        rle: Path | None = None) -> None:
+    """Remove what a killed (kill -9) predict or measure left in ``out``, held and checked
+    (as train's :func:`ultraseg.run_folder.remove_temporaries`): the temporary files of its
+    outputs, in ``out`` and in ``folders`` below it (those this run writes in), not in any
+    other (a folder below may be another command's output folder, its writer at work), nor in
+    one that another command marked or holds. Given ``rle``, its own temporaries in its
+    folder; outside ``out`` (or in such a folder) only those a day untouched (that folder is
+    no command's of ours: a younger one may be another run's, writing)."""
+    found = {p for folder in {out, *folders} if folder == out or not _held_elsewhere(folder, out)
+             for p in folder.glob(".*.tmp") if _TEMPORARY.fullmatch(p.name)}
+    if rle is not None:
+        ours = _is_within(_real(rle.parent), _real(out)) and not _held_elsewhere(rle.parent, out)
         now = time.time()
         for p in temporaries(rle.parent, glob.escape(rle.name)):
             with contextlib.suppress(OSError):      # (gone meanwhile: its writer's rename)
-                if now - p.stat().st_mtime > _STALE_S:
-                    found.append(p)
+                if ours or now - p.stat().st_mtime > _STALE_S:
+                    found.add(p)
+    found = sorted(found)
     for tmp in found:
         with contextlib.suppress(OSError):
             tmp.unlink()
     if found:
         log.info("removed %d temporary files a killed run left (first: %s)", len(found),
                  found[0])
+
+
+def _held_elsewhere(folder: Path, out: Path) -> bool:
+    """Whether ``folder``, below ``out``, or a folder between them is another command's: it
+    holds an output marker or a lock of its own."""
+    here, top = _real(folder), _real(out)
+    while here != top and top in here.parents:
+        if (here / OUTPUT_MARKER).exists() or (here / LOCK_FILE).exists():
+            return True
+        here = here.parent
+    return False
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -587,9 +608,9 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     """:func:`write_predictions`, its arguments checked, holding ``out``."""
     from .report import overlay as draw_overlay
 
-    out = prepare_out_dir(out)
+    out = prepare_out_dir(out, (f.out_name for f in frames),
+                          None if rle is None else Path(rle))
     if rle is not None:
-        _remove_temporaries(out, Path(rle))
         bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]
         if bad:
             raise UltrasegError(f"image name {bad[0]!r} cannot go in a submission CSV field")
@@ -804,7 +825,8 @@ def measure_frames(predictor: Predictor | str | Path,
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     # held to the last file, as by write_predictions
     with output_lock(out, "measure") if out is not None else contextlib.nullcontext():
-        out_dir = prepare_out_dir(out) if out is not None else None
+        out_dir = (prepare_out_dir(out, (f.out_name for f in frames)) if out is not None
+                   else None)
         table = None if out_dir is None else out_dir / "measurements.csv"
         if table is not None and table.is_file() and not table.is_symlink():
             # an earlier run's table beside this run's overlays would not match them: a run
