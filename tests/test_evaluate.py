@@ -461,6 +461,9 @@ def test_where_the_dataset_gives_pixel_sizes_evaluate_reports_mm(tmp_path) -> No
     predictor = Predictor(shifted, ModelConfig(variant="same", depth=2),
                           PreprocessConfig(size=None, normalise="unit"))
     summary, rows = evaluate(predictor, tmp_path / "hc")
+    # the hc18 layout fills its outlines whatever the setting: the summary says what was scored
+    assert summary["fill_outlines"] is True and predictor.preprocess.fill_outlines is False
+    assert evaluate(predictor, tmp_path / "hc", fill_outlines=False)[0]["fill_outlines"] is True
     first, second = rows
     assert first["pixel_size_mm"] == 0.5 and second.get("pixel_size_mm") is None
     assert first["hd95"] == pytest.approx(2.0)                  # the shift, in pixels

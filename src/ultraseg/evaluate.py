@@ -445,7 +445,9 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
     summary["label"] = label
-    summary["fill_outlines"] = fill_outlines        # as resolved: the truth filled or as drawn
+    # what was scored: the truth filled (as asked, or by a layout that always fills its
+    # outlines, hc18's, whatever the setting) or as drawn
+    summary["fill_outlines"] = fill_outlines or any(s.mask_kind == "outline" for s in samples)
     # which frames the figures are over: a side of a run's split (None: every labelled frame)
     summary["subset"] = None if split_file is None else subset or "val"
     summary["split"] = None if split_file is None else str(split_file)
