@@ -430,15 +430,17 @@ def test_an_overlay_of_a_label_no_mask_holds_says_so_as_evaluate_does(tmp_path, 
                         if absent else [])
 
 
-def test_predict_refuses_a_label_without_overlay(tmp_path, ckpt, capsys):
+@pytest.mark.parametrize("flag", ["--label 9", "--fill-outlines", "--no-fill-outlines"])
+def test_predict_refuses_a_label_without_overlay(tmp_path, ckpt, capsys, flag):
     """--label chooses the ground truth an overlay draws; without --overlay no mask is read,
-    and `predict --label 9` exited 0 saying nothing (not even checking the label)."""
+    and `predict --label 9` exited 0 saying nothing (not even checking the label); so did
+    --fill-outlines, which says how the overlay reads that truth."""
     frames(tmp_path / "in", {"1.png": (20, 30)})
     rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
-               "--label", "9"])
+               *flag.split()])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error:"), err
-    assert "--label" in err[0] and "--overlay" in err[0]
+    assert flag.split()[0] in err[0] and "--overlay" in err[0]
     assert not (tmp_path / "o").exists()
 
 

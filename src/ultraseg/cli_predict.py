@@ -124,6 +124,11 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         raise UltrasegError(f"--label {a.label} chooses the ground truth --overlay draws; "
                             "without --overlay no mask is read (add --overlay, or leave "
                             "--label out)")
+    if a.fill_outlines is not None and not a.overlay:   # (the same: the truth is not read)
+        flag = "--fill-outlines" if a.fill_outlines else "--no-fill-outlines"
+        raise UltrasegError(f"{flag} says how --overlay reads the ground truth it draws; "
+                            f"without --overlay no mask is read (add --overlay, or leave "
+                            f"{flag} out)")
     frames = collect_frames(a.inputs, a.layout, a.subject_pattern, exclude=a.out)
     with model_threads(a):
         predictor = load_predictor(a)
