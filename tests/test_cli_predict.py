@@ -816,3 +816,25 @@ def test_a_device_the_machine_lacks_is_said_in_predictions_words(tmp_path, ckpt,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "device cuda asked for (by --device)" in err[0], err
     assert "resumed" not in err[0] and "--device cpu runs on the CPU" in err[0]
+
+
+@pytest.mark.parametrize("command", ["predict", "measure", "evaluate"])
+def test_the_readme_row_of_each_model_command_names_its_model_flags(command):
+    """The README's predict and measure rows left out --threads (the evaluate row alone named
+    it), and predict's never said what its progress is off a terminal."""
+    import argparse
+
+    from ultraseg.cli_predict import model_args
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.is_file():
+        pytest.skip("no README.md")
+    (row,) = [line for line in readme.read_text(encoding="utf-8").splitlines()
+              if line.startswith(f"| `ultraseg {command} ")]
+    p = argparse.ArgumentParser()
+    model_args(p)
+    flags = [s for action in p._actions for s in action.option_strings if s.startswith("--")
+             and s != "--help"]
+    assert flags and [f for f in flags if f"`{f}" not in row] == []
+    if command != "evaluate":
+        assert f"`{command}: K/N frames" in row        # the plain progress line

@@ -101,9 +101,10 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
     folder (``a/x``, ``b/x``); where that still collides, the input folder's name in front
     (``in1/x``), then the folders above it, one at a time, until the names differ
     (``siteA/images/x``, ``siteB/images/x``); files of one folder that differ only in their
-    suffix add it (``x_png``, ``x_jpg``), and only in case a short hash of the file's path
-    (``X_png_1f3a9c2e``): a name never depends on the file's place among the inputs, so it
-    stays when files are added. A loop's frames add
+    suffix add it, after that folder's name (``c/x.png``, ``c/x.jpg``: ``c/x_png``,
+    ``c/x_jpg``), and only in case a short hash of the file's path (``c/X_png_911b48c4``):
+    a name never depends on the file's place among the inputs, so it stays when files are
+    added. A loop's frames add
     ``_frame001``, ``_frame002``... (from 1, as a viewer counts) to its file's name, by the
     same rule: a loop ``b/x.dcm`` beside ``a/x.dcm`` gives ``b/x_frame001``...
     """
