@@ -848,6 +848,11 @@ class _GonePipe(io.StringIO):
         raise BrokenPipeError(32, "Broken pipe")
 
 
+#: An epoch line as training's progress callback gives it.
+FIRST_EPOCH = {"event": "epoch", "epoch": 1, "epochs": 3, "train_loss": 0.4, "val_loss": 0.5,
+               "val_dice": 0.75, "seconds": 8.0, "complete": True}
+
+
 def test_progress_goes_quiet_when_stdout_s_reader_goes(monkeypatch) -> None:
     """`ultraseg train ... | head -1`: the second epoch line met a closed pipe and the
     BrokenPipeError stopped training in silence (exit 141, no resume command). The printer
@@ -855,8 +860,7 @@ def test_progress_goes_quiet_when_stdout_s_reader_goes(monkeypatch) -> None:
     stream = io.StringIO()
     monkeypatch.setattr("sys.stdout", _GonePipe())
     show = ProgressPrinter(stream)
-    epoch = {"event": "epoch", "epoch": 1, "epochs": 3, "train_loss": 0.4, "val_loss": 0.5,
-             "val_dice": 0.75, "seconds": 8.0, "complete": True}
+    epoch = dict(FIRST_EPOCH)
     show(epoch)
     show({**epoch, "epoch": 2})
     said = stream.getvalue()
@@ -951,8 +955,7 @@ def test_progress_goes_quiet_when_a_stream_cannot_be_written(monkeypatch) -> Non
     stream = io.StringIO()
     monkeypatch.setattr("sys.stdout", _FullDisk())
     show = ProgressPrinter(stream)
-    epoch = {"event": "epoch", "epoch": 1, "epochs": 3, "train_loss": 0.4, "val_loss": 0.5,
-             "val_dice": 0.75, "seconds": 8.0, "complete": True}
+    epoch = dict(FIRST_EPOCH)
     show(epoch)
     show({**epoch, "epoch": 2})
     said = stream.getvalue()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -389,23 +390,33 @@ def test_valid_export_refuses_another_tile(exported):
     assert predictor.with_options(batch_size=2).tile == 132
 
 
+def _with_meta(source: Path, path: Path, edit: Callable[[dict], object]) -> Path:
+    """A copy of the ONNX file ``source`` at ``path`` whose ultraseg metadata ``edit`` changed
+    in place."""
+    model = onnx.load(str(source))
+    entry = next(e for e in model.metadata_props if e.key == "ultraseg")
+    meta = json.loads(entry.value)
+    edit(meta)
+    entry.value = json.dumps(meta)
+    onnx.save(model, str(path))
+    return path
+
+
 @pytest.mark.parametrize("change", [{"output_tile": None}, {"output_tile": 20}, "drop"])
 def test_valid_export_whose_tile_metadata_does_not_fit_its_graph(exported, tmp_path, change):
     """A missing, null or wrong output_tile was a KeyError, a TypeError or ONNX Runtime's
     INVALID_ARGUMENT at the first frame: internal errors."""
-    model = onnx.load(str(exported["valid"][1]))
-    entry = next(e for e in model.metadata_props if e.key == "ultraseg")
-    meta = json.loads(entry.value)
-    if change == "drop":
-        del meta["onnx"]["output_tile"]
-    else:
-        meta["onnx"].update(change)
-    entry.value = json.dumps(meta)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
+    def edit(meta: dict) -> None:
+        if change == "drop":
+            del meta["onnx"]["output_tile"]
+        else:
+            meta["onnx"].update(change)
+
+    path = _with_meta(exported["valid"][1], tmp_path / "m.onnx", edit)
     with pytest.raises(CheckpointError, match="output_tile") as err:
         load(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+
 
 
 @pytest.mark.parametrize("name, depth, words", [
@@ -416,13 +427,8 @@ def test_an_export_whose_model_depth_does_not_fit_its_graph_is_refused(exported,
     """Depth 20 in the metadata of a depth-2 export: frames padded to multiples of 2**20,
     'Unable to allocate 4.00 TiB' with advice about --batch-size; depth 1000: 'internal
     error: TypeError: pad_width'."""
-    model = onnx.load(str(exported[name][1]))
-    entry = next(e for e in model.metadata_props if e.key == "ultraseg")
-    meta = json.loads(entry.value)
-    meta["model"]["depth"] = depth
-    entry.value = json.dumps(meta)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
+    path = _with_meta(exported[name][1], tmp_path / "m.onnx",
+                      lambda meta: meta["model"].update(depth=depth))
     with pytest.raises(CheckpointError, match="damaged ultraseg metadata") as err:
         load(path)
     assert words in str(err.value)
@@ -433,13 +439,8 @@ def test_an_export_with_a_setting_this_ultraseg_lacks_is_called_newer_not_damage
                                                                                   tmp_path):
     """An export made by a later build (a preprocess setting added since) was refused as
     'damaged ultraseg metadata in the ONNX file', though both builds said 0.1.0."""
-    model = onnx.load(str(exported["same"][1]))
-    entry = next(e for e in model.metadata_props if e.key == "ultraseg")
-    meta = json.loads(entry.value)
-    meta["preprocess"]["a_later_setting"] = True
-    entry.value = json.dumps(meta)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
+    path = _with_meta(exported["same"][1], tmp_path / "m.onnx",
+                      lambda meta: meta["preprocess"].update(a_later_setting=True))
     with pytest.raises(CheckpointError, match="written by a newer ultraseg") as err:
         load(path)
     assert "damaged" not in str(err.value) and "a_later_setting" in str(err.value)
