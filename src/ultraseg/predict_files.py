@@ -633,7 +633,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
 
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
         """Write the frame's mask (and overlay); its mask."""
-        # a truth mask that cannot be read (another size, colours) leaves the overlay without
+        # a truth mask that cannot be read (another size, a photograph) leaves the overlay without
         # truth; the image was read, and its prediction is written
         truth, no_truth = None, None
         if overlay:
