@@ -390,6 +390,29 @@ def test_two_installs_sharing_a_cache_keep_each_others_entries(tmp_path: Path,
     load_arrays(open_dataset(root), cfg, cache_dir=cache)
 
 
+def test_no_home_folder_trains_without_a_cache(tmp_path: Path, monkeypatch) -> None:
+    """With HOME unset and a uid no passwd entry names (a container's `--user N`), Path.home()
+    raised RuntimeError and `train` died as an internal error (exit 1). The cache is optional:
+    one warning names the ways to give it a folder, and the arrays are decoded uncached."""
+    from conftest import ultraseg_warnings
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.chdir(tmp_path)
+    ds, cfg = open_dataset(_tree(tmp_path / "data")), PreprocessConfig(size=16)
+    with ultraseg_warnings() as warned:
+        arrays = load_arrays(ds, cfg)
+    assert arrays.images.shape == (4, 16, 16)
+    assert np.array_equal(arrays.images, load_arrays(ds, cfg, cache_dir="").images)
+    (message,) = [r.getMessage() for r in warned]
+    assert "XDG_CACHE_HOME" in message and "--cache-dir" in message
+    assert not list(tmp_path.rglob("*.npz"))
+
+
 def test_a_cache_entry_named_by_its_key_alone_is_read_and_renamed(tmp_path: Path,
                                                                   monkeypatch) -> None:
     """Entries written before the name held the dataset and settings' digest are used once

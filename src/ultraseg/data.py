@@ -82,9 +82,21 @@ def inverted_note(inverted: int, masks: int) -> str | None:
             "(255 - mask, or 1 - mask for 0/1 masks)")
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/ultraseg`` or ``~/.cache/ultraseg`` (read when called, not at import)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+#: Said where there is no cache folder: no XDG_CACHE_HOME and no home folder.
+NO_CACHE_FOLDER = ("no home folder to cache the decoded frames in (HOME unset, and no passwd "
+                   "entry for this user): set XDG_CACHE_HOME or --cache-dir (data.cache_dir)")
+
+
+def default_cache_dir() -> Path | None:
+    """``$XDG_CACHE_HOME/ultraseg`` or ``~/.cache/ultraseg`` (read when called, not at import);
+    None where neither names a folder: HOME unset and the uid in no passwd entry (a
+    container's ``--user N``), where ``Path.home()`` raises."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):
+            return None
     return Path(base) / "ultraseg"
 
 
@@ -159,9 +171,12 @@ def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
 def cache_entry(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None
                 ) -> Path:
     """The cache file of ``ds`` under ``cfg``: ``<entry_prefix>-<cache_key>.npz`` in
-    ``cache_dir`` (None: :func:`default_cache_dir`)."""
-    folder = Path(cache_dir or default_cache_dir())
-    return folder / f"{entry_prefix(ds, cfg)}-{cache_key(ds, cfg)}.npz"
+    ``cache_dir`` (None: :func:`default_cache_dir`, an :class:`UltrasegError` where there is
+    none)."""
+    folder = cache_dir or default_cache_dir()
+    if folder is None:
+        raise UltrasegError(NO_CACHE_FOLDER)
+    return Path(folder) / f"{entry_prefix(ds, cfg)}-{cache_key(ds, cfg)}.npz"
 
 
 def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
@@ -206,7 +221,9 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     # subject pattern is not in the key (it does not change a pixel)
     names, subjects = tuple(s.name for s in samples), tuple(s.subject for s in samples)
     cache_path = None
-    if cache_dir != "":
+    if cache_dir is None and default_cache_dir() is None:
+        log.warning("%s; training without a cache", NO_CACHE_FOLDER)
+    elif cache_dir != "":
         cache_path = cache_entry(ds, cfg, cache_dir)
         _adopt_unprefixed_entry(cache_path)
         cached = _read_cache(cache_path, len(samples), cfg.size)
