@@ -413,6 +413,36 @@ def test_no_home_folder_trains_without_a_cache(tmp_path: Path, monkeypatch) -> N
     assert not list(tmp_path.rglob("*.npz"))
 
 
+def test_the_cache_temporary_is_never_readable_by_others(tmp_path: Path, monkeypatch) -> None:
+    """atomic_open widened mkstemp's 0600 to 0666 less the umask (0644) and _save_npz only
+    then narrowed it to 0600: another user who opened the temporary in between kept a
+    descriptor to read the decoded frames through. No mode given the file is wider than
+    0600, from its creation to its first byte."""
+    import ultraseg.data as data_module
+
+    modes: list[int] = []
+    real_fchmod, real_savez = os.fchmod, np.savez
+
+    def fchmod(fd: int, mode: int) -> None:
+        modes.append(mode)
+        real_fchmod(fd, mode)
+
+    def savez(f, **arrays) -> None:
+        modes.append(os.fstat(f.fileno()).st_mode & 0o777)      # at the first write
+        real_savez(f, **arrays)
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    monkeypatch.setattr(data_module.np, "savez", savez)
+    old_umask = os.umask(0o022)
+    try:
+        load_arrays(open_dataset(_tree(tmp_path / "data")), PreprocessConfig(size=16),
+                    cache_dir=tmp_path / "cache")
+    finally:
+        os.umask(old_umask)
+    assert modes and all(m & 0o777 == 0o600 for m in modes), [oct(m) for m in modes]
+    assert next((tmp_path / "cache").glob("*.npz")).stat().st_mode & 0o777 == 0o600
+
+
 def test_a_cache_entry_named_by_its_key_alone_is_read_and_renamed(tmp_path: Path,
                                                                   monkeypatch) -> None:
     """Entries written before the name held the dataset and settings' digest are used once

@@ -339,8 +339,7 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     images), decoded, outside the dataset's own folder."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _sweep_stale_cache_writes(path.parent)
-    with atomic_open(path, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
+    with atomic_open(path, "wb", permissions=0o600) as f:      # 0600 from its creation on
         np.savez(f, **arrays)
 
 

@@ -94,8 +94,13 @@ def _new_file_mode(path: Path) -> int:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = None
+                ) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` atomically.
+
+    ``permissions``: the file's mode bits from its creation on (0o600: never readable by
+    others, not even for a moment); None: those ``open()`` would give a new file, or the
+    replaced file's.
 
     A text mode writes UTF-8, with the undecodable bytes of file names (surrogate escapes) as
     they were. On any error the temporary file is removed and ``path`` is left as it was; an
@@ -109,7 +114,8 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except OSError as e:
         raise write_error(e, path) from e
     try:
-        os.fchmod(fd, _new_file_mode(path))  # mkstemp's 0600 would hide outputs from others
+        # mkstemp's 0600 would hide outputs from others; before a byte is written
+        os.fchmod(fd, _new_file_mode(path) if permissions is None else permissions)
         # text: UTF-8, and a file name's bytes that are no UTF-8 (surrogate escapes) written
         # back as they are on disk
         text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"}
