@@ -443,20 +443,67 @@ def test_the_cache_temporary_is_never_readable_by_others(tmp_path: Path, monkeyp
     assert next((tmp_path / "cache").glob("*.npz")).stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.parametrize("older", ["key alone", "without the uid"])
 def test_a_cache_entry_named_by_its_key_alone_is_read_and_renamed(tmp_path: Path,
-                                                                  monkeypatch) -> None:
-    """Entries written before the name held the dataset and settings' digest are used once
-    more, under their new name, not decoded again beside a copy nothing would reach."""
+                                                                  monkeypatch, older) -> None:
+    """Entries written before the name held the dataset and settings' digest (or the user's
+    id) are used once more, under their new name, not decoded again beside a copy nothing
+    would reach."""
     ds, cache, cfg = open_dataset(_tree(tmp_path / "data")), tmp_path / "cache", \
         PreprocessConfig(size=16)
     first = load_arrays(ds, cfg, cache_dir=cache)
     entry = cache_entry(ds, cfg, cache)
-    legacy = cache / f"{cache_key(ds, cfg)}.npz"
+    legacy = cache / (f"{cache_key(ds, cfg)}.npz" if older == "key alone"
+                      else entry.name.split(".")[0] + "-" + entry.name.split("-", 1)[1])
+    assert legacy != entry
     entry.rename(legacy)
     monkeypatch.setattr(Sample, "load", lambda self: pytest.fail("decoded on a cache hit"))
     again = load_arrays(ds, cfg, cache_dir=cache)
     assert np.array_equal(first.images, again.images)
     assert list(cache.glob("*.npz")) == [entry]
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="no user ids")
+def test_users_sharing_a_cache_folder_keep_their_own_entries(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """Two users sharing one --cache-dir (a lab's scratch folder) wrote the same entry name:
+    each found the other's 0600 entry unreadable ("ignoring damaged cache ...
+    PermissionError"), decoded again and replaced it, and removed the other's entries as
+    superseded. Each user's entries are named by the uid: each hits its own, and a user's new
+    entry removes only that user's superseded ones."""
+    root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
+    for uid in (4242, 4343):
+        monkeypatch.setattr(os, "getuid", lambda uid=uid: uid)
+        load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2
+    os.chmod(root / "images" / "0_0.png", 0o640)        # a new key: 4242 rebuilds
+    monkeypatch.setattr(os, "getuid", lambda: 4242)
+    load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 2          # its own old one gone, not 4343's
+    monkeypatch.setattr(Sample, "load", lambda self: pytest.fail("decoded on a cache hit"))
+    load_arrays(open_dataset(root), cfg, cache_dir=cache)
+
+
+def test_a_cache_entry_that_cannot_be_read_is_not_called_damaged(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """A PermissionError reading an entry was reported as "ignoring damaged cache": the file
+    was whole, only not this user's to read."""
+    from conftest import ultraseg_warnings
+
+    import ultraseg.data as data_module
+
+    ds, cache, cfg = open_dataset(_tree(tmp_path / "data")), tmp_path / "cache", \
+        PreprocessConfig(size=16)
+    load_arrays(ds, cfg, cache_dir=cache)
+
+    def denied(path, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data_module.np, "load", denied)
+    with ultraseg_warnings() as warned:
+        load_arrays(ds, cfg, cache_dir=cache)
+    (message,) = [r.getMessage() for r in warned]
+    assert "damaged" not in message and "Permission denied" in message, message
 
 
 @pytest.mark.parametrize("damage", ["not a zip", "cut in half", "a flipped byte", "empty"])

@@ -170,13 +170,31 @@ def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
 
 def cache_entry(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None
                 ) -> Path:
-    """The cache file of ``ds`` under ``cfg``: ``<entry_prefix>-<cache_key>.npz`` in
+    """The cache file of ``ds`` under ``cfg``: ``<entry_prefix>.u<uid>-<cache_key>.npz`` in
     ``cache_dir`` (None: :func:`default_cache_dir`, an :class:`UltrasegError` where there is
-    none)."""
+    none). The user's id (where the system has one) keeps users who share a cache folder
+    off each other's entries: each 0600, another's could be neither read nor kept."""
     folder = cache_dir or default_cache_dir()
     if folder is None:
         raise UltrasegError(NO_CACHE_FOLDER)
-    return Path(folder) / f"{entry_prefix(ds, cfg)}-{cache_key(ds, cfg)}.npz"
+    uid = _uid()
+    owner = "" if uid is None else f".u{uid}"
+    return Path(folder) / f"{entry_prefix(ds, cfg)}{owner}-{cache_key(ds, cfg)}.npz"
+
+
+def _uid() -> int | None:
+    """This process's user id; None where the system has none (Windows)."""
+    getuid = getattr(os, "getuid", None)
+    return None if getuid is None else getuid()
+
+
+def _owned(path: Path) -> bool:
+    """Whether ``path`` exists and is this user's (any file, where there are no user ids)."""
+    uid = _uid()
+    try:
+        return uid is None or path.stat().st_uid == uid
+    except OSError:
+        return False
 
 
 def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
@@ -313,6 +331,10 @@ def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:
         return arrays
     except FileNotFoundError:
         return None
+    except PermissionError as e:    # whole, maybe, but not ours to read: no damage to report
+        log.warning("cannot read the cache entry %s (%s); decoding the frames again", path,
+                    e.strerror)
+        return None
     except Exception as e:  # noqa: BLE001  (a truncated npz raises BadZipFile, an empty one
         # EOFError...)
         log.warning("ignoring damaged cache %s (%s: %s)", path, type(e).__name__, e)
@@ -344,20 +366,22 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _adopt_unprefixed_entry(entry: Path) -> None:
-    """Give an entry named by its key alone (written before names began with
-    :func:`entry_prefix`) ``entry``'s name, so that it is read, and replaced in turn, rather
-    than decoded again beside a copy nothing would reach."""
-    unprefixed = entry.with_name(entry.name.split("-", 1)[1])
-    if unprefixed.exists() and not entry.exists():
-        with contextlib.suppress(OSError):      # renamed by another run meanwhile, read-only
-            os.replace(unprefixed, entry)
+    """Give this user's entry under an older name, by its key alone (written before names
+    began with :func:`entry_prefix`) or without the user's id (before they held it),
+    ``entry``'s name, so that it is read, and replaced in turn, rather than decoded again
+    beside a copy nothing would reach. Another user's is left alone."""
+    head, key = entry.name.split("-", 1)
+    for older in (entry.with_name(key), entry.with_name(f"{head.split('.')[0]}-{key}")):
+        if older != entry and _owned(older) and not entry.exists():
+            with contextlib.suppress(OSError):  # renamed by another run meanwhile, read-only
+                os.replace(older, entry)
 
 
 def _remove_superseded(entry: Path) -> None:
-    """Remove the cache entries of ``entry``'s dataset, settings and code (its prefix)
+    """Remove the cache entries of ``entry``'s dataset, settings, code and user (its prefix)
     finished before it: made for an earlier state of the files (a chmod, an edit, an rsync),
     no run hits them again, and each is a full copy of the frames. Another dataset's,
-    setting's or version's entries are left, and so is a write not finished (its temporary,
+    setting's, version's or user's entries are left, and so is a write not finished (its temporary,
     :func:`_sweep_stale_cache_writes`'s business)."""
     prefix = entry.name.split("-", 1)[0]
     try:
