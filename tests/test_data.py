@@ -506,6 +506,30 @@ def test_a_cache_entry_that_cannot_be_read_is_not_called_damaged(tmp_path: Path,
     assert "damaged" not in message and "Permission denied" in message, message
 
 
+def test_a_build_the_files_changed_under_keeps_the_newer_entry(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A slow build that finished after the files changed (a chmod, an rsync) wrote its
+    entry for the old state and removed, as superseded, the entry another run had written
+    meanwhile for the new one: the only one a later run could hit. A build whose files
+    changed under it now caches nothing and removes nothing."""
+    root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
+    real_load, meanwhile = Sample.load, []
+
+    def load(self):
+        if not meanwhile:           # run B, while run A decodes its first frame
+            meanwhile.append(True)
+            os.chmod(root / "images" / "0_0.png", 0o640)
+            load_arrays(open_dataset(root), cfg, cache_dir=cache)
+        return real_load(self)
+
+    monkeypatch.setattr(Sample, "load", load)
+    load_arrays(open_dataset(root), cfg, cache_dir=cache)             # run A
+    assert [p.name for p in cache.glob("*.npz")] == [cache_entry(open_dataset(root), cfg,
+                                                                 cache).name]
+    monkeypatch.setattr(Sample, "load", lambda self: pytest.fail("decoded on a cache hit"))
+    load_arrays(open_dataset(root), cfg, cache_dir=cache)
+
+
 @pytest.mark.parametrize("damage", ["not a zip", "cut in half", "a flipped byte", "empty"])
 def test_damaged_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
     """Whatever the damage (a truncated npz raised BadZipFile, an empty one EOFError, and the

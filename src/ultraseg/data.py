@@ -282,7 +282,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     thin_record = np.array([] if thin.first is None else [thin.n, *thin.first], dtype=str)
     thin.warn(log, THIN_REMEDY)
     _warn_outlines(ds, outlined, nonempty)
-    if cache_path is not None:
+    if cache_path is not None and _still_current(ds, cfg, cache_path):
         try:
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
@@ -293,6 +293,20 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs,
                   inverted)
+
+
+def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path) -> bool:
+    """Whether the files are in the state ``entry`` was named for as their decoding began.
+    Where they changed meanwhile (a chmod, an rsync) the frames may mix both states, and a
+    run since may have cached the new one, which :func:`_remove_superseded` would take for
+    older and remove: such a build is not cached (and removes nothing)."""
+    try:
+        if cache_entry(ds, cfg, entry.parent) == entry:
+            return True
+    except OSError:                     # a file gone meanwhile
+        pass
+    log.info("not caching %s: the files changed while they were decoded", entry)
+    return False
 
 
 #: What a cache entry holds; one written before it held all of them is rebuilt.
