@@ -120,13 +120,13 @@ def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
 def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict_files import collect_frames, write_predictions
 
-    if a.label is not None and not a.overlay:   # (it would do nothing, and say nothing)
-        raise UltrasegError(f"--label {a.label} chooses the ground truth --overlay draws; "
-                            "without --overlay no mask is read (add --overlay, or leave "
-                            "--label out)")
-    if a.fill_outlines is not None and not a.overlay:   # (the same: the truth is not read)
-        flag = "--fill-outlines" if a.fill_outlines else "--no-fill-outlines"
-        raise UltrasegError(f"{flag} says how --overlay reads the ground truth it draws; "
+    # flags that say how --overlay reads the ground truth: without it they would do nothing,
+    # and say nothing
+    truth_flags = {"--label": a.label is not None, "--fill-outlines": a.fill_outlines is True,
+                   "--no-fill-outlines": a.fill_outlines is False}
+    for flag in (f for f, given in truth_flags.items() if given and not a.overlay):
+        shown = f"--label {a.label}" if flag == "--label" else flag
+        raise UltrasegError(f"{shown} says how --overlay reads the ground truth it draws; "
                             f"without --overlay no mask is read (add --overlay, or leave "
                             f"{flag} out)")
     frames = collect_frames(a.inputs, a.layout, a.subject_pattern, exclude=a.out)
