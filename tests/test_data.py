@@ -166,7 +166,7 @@ def test_frames_cached_by_other_decoding_code_are_decoded_again(tmp_path: Path,
     monkeypatch.setattr(PIL, "__version__", "99.0.0")
     assert cache_key(ds, cfg) != key
     for module in ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py",
-                   "duplicates.py", "measure.py"):  # (the fingerprints are cached beside them)
+                   "duplicates.py", "ellipse.py"):  # (the fingerprints are cached beside them)
         assert module in data_module.DECODING_CODE
 
 

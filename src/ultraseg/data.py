@@ -101,11 +101,11 @@ def default_cache_dir() -> Path | None:
 
 
 #: The package's files whose code decides what is cached: reading images and masks, the
-#: layouts, placing a frame on the canvas (and measure.py, whose ellipse fit fills an HC18
+#: layouts, placing a frame on the canvas (and ellipse.py, whose fit fills an HC18
 #: outline), and each frame's fingerprints (hash, thumbnail). tests/test_data.py checks the
 #: list against these modules' own imports.
 DECODING_CODE = ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py",
-                 "duplicates.py", "measure.py", "postprocess.py", "metrics.py")
+                 "duplicates.py", "ellipse.py")
 
 
 @functools.lru_cache(maxsize=1)

@@ -285,7 +285,7 @@ def _fill_cut_outline(outline: np.ndarray) -> np.ndarray | None:
     """A contour cut by the frame, filled: the outline and the regions it splits the frame
     into (4-connected, so a one-pixel 8-connected contour separates them) that lie mostly
     inside the ellipse fitted to its pixels. None where no ellipse fits."""
-    from .measure import fit_ellipse
+    from .ellipse import fit_ellipse
 
     ys, xs = np.nonzero(outline)
     ellipse = fit_ellipse(np.column_stack([xs, ys]).astype(np.float64))
