@@ -16,7 +16,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import sys
 import time
 from collections import Counter, deque
@@ -427,10 +426,10 @@ def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
     return out
 
 
-#: The temporary files (:func:`ultraseg.fileio.atomic_open`) of this module's outputs: a mask,
-#: an overlay, a table, a submission CSV.
-_TEMPORARY = re.compile(r"\.(.+_(mask\.png|mask\.tif|overlay\.png|measure\.png)|.+\.csv)"
-                        r"\.[^.]+\.tmp")
+#: The names of this module's outputs whose temporary files
+#: (:func:`ultraseg.fileio.temporaries`) a killed run leaves: a mask, an overlay, a table, a
+#: submission CSV.
+_OUTPUT_NAMES = ("*_mask.png", "*_mask.tif", "*_overlay.png", "*_measure.png", "*.csv")
 
 #: A submission's temporary file outside the output folder that has not grown for this long
 #: is a killed writer's (a live one adds a row a frame).
@@ -447,7 +446,7 @@ def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
     folder; outside ``out`` (or in such a folder) only those a day untouched (that folder is
     no command's of ours: a younger one may be another run's, writing)."""
     found = {p for folder in {out, *folders} if folder == out or not _held_elsewhere(folder, out)
-             for p in folder.glob(".*.tmp") if _TEMPORARY.fullmatch(p.name)}
+             for name in _OUTPUT_NAMES for p in temporaries(folder, name)}
     if rle is not None:
         ours = _is_within(_real(rle.parent), _real(out)) and not _held_elsewhere(rle.parent, out)
         now = time.time()
