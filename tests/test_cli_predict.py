@@ -838,3 +838,31 @@ def test_the_readme_row_of_each_model_command_names_its_model_flags(command):
     assert flags and [f for f in flags if f"`{f}" not in row] == []
     if command != "evaluate":
         assert f"`{command}: K/N frames" in row        # the plain progress line
+
+
+@pytest.mark.parametrize("command", ["predict", "measure", "evaluate"])
+def test_threads_set_an_onnx_model_s_session_threads(tmp_path, ckpt, monkeypatch, command):
+    """--threads did nothing for an ONNX model (a note said so): its ONNX Runtime session,
+    which takes its threads when it is made, ran on every core of a shared host."""
+    from ultraseg import export
+
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "--onnx", str(onnx_path)]) == 0
+    frames(tmp_path / "d" / "images", {"a.png": (20, 30)})
+    (tmp_path / "d" / "masks").mkdir()
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "d" / "masks" / "a_mask.png")
+    made, real = [], export._session
+
+    def session(model, providers=None, threads=None):
+        sess = real(model, providers, threads)
+        made.append(sess.get_session_options().intra_op_num_threads)
+        return sess
+
+    monkeypatch.setattr(export, "_session", session)
+    out = [] if command == "evaluate" else ["--out", str(tmp_path / "o")]
+    assert main([command, str(onnx_path), str(tmp_path / "d"), *out, "--threads", "1"]) == 0
+    assert made == [1]
+    made.clear()
+    assert main([command, str(onnx_path), str(tmp_path / "d"), *out,
+                 *(["--out", str(tmp_path / "o2")] if out else [])]) == 0
+    assert made == [0]                       # ONNX Runtime's default: one per core

@@ -838,3 +838,27 @@ def test_an_onnx_predictor_names_its_engine_for_an_evaluations_record(exported):
 
     assert onnx_predictor(exported["same"][1]).runtime == {
         "onnxruntime_version": ort.__version__, "device": "cpu", "precision": "fp32"}
+
+
+def test_load_gives_threads_to_an_onnx_session_and_warns_a_checkpoint_s(exported,
+                                                                        monkeypatch):
+    """An ONNX session takes its threads when it is made, so load passes them on; a
+    checkpoint's torch threads are the process's, and load says so rather than drop them."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg import export
+
+    made, real = [], export._session
+
+    def session(model, providers=None, threads=None):
+        sess = real(model, providers, threads)
+        made.append(sess.get_session_options().intra_op_num_threads)
+        return sess
+
+    monkeypatch.setattr(export, "_session", session)
+    ckpt, path = exported["same"]
+    load(path, threads=1)
+    assert made == [1]
+    with ultraseg_warnings() as warned:
+        load(ckpt, device="cpu", threads=1)
+    assert any("runtime.threads(1)" in r.getMessage() for r in warned)

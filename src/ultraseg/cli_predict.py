@@ -81,6 +81,8 @@ def load_predictor(a: argparse.Namespace) -> Any:
         if a.tile < 1:
             raise UltrasegError(f"--tile must be at least 1, got {a.tile}")
         options["tile"] = a.tile
+    if Path(a.model).suffix.lower() == ".onnx":
+        options["threads"] = getattr(a, "threads", None)   # (the session's, made here)
     # (settings that do not apply to the model are warned about by load)
     predictor = load(a.model, device=a.device, precision=a.precision, **options)
     return predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess, a))
@@ -88,15 +90,14 @@ def load_predictor(a: argparse.Namespace) -> Any:
 
 def model_threads(a: argparse.Namespace) -> ContextManager[None]:
     """``--threads N``: a checkpoint's torch intra-op threads inside the block, the caller's
-    setting after (as train's); without it, torch's default (every core)."""
+    setting after (as train's); without it, torch's default (every core). An ONNX model's
+    session takes them when :func:`load_predictor` makes it."""
     n = getattr(a, "threads", None)
     if n is None:
         return contextlib.nullcontext()
     if n < 1:
         raise UltrasegError(f"--threads must be at least 1, got {n}")
     if Path(a.model).suffix.lower() == ".onnx":
-        print("note: --threads applies to checkpoints; an ONNX model runs on ONNX Runtime's "
-              "own threads", file=sys.stderr)
         return contextlib.nullcontext()
     from .runtime import threads
 
@@ -202,8 +203,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    "canvas (default: one window over the whole canvas)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (checkpoints only)")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="torch intra-op threads on the CPU (checkpoints only; default: every "
-                        "core, which a shared machine's other jobs slow down)")
+                   help="intra-op threads on the CPU (torch's for a checkpoint, ONNX "
+                        "Runtime's for an ONNX model; default: every core, which a shared "
+                        "machine's other jobs slow down)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="checkpoints only (auto: bf16 where the hardware has it)")
 

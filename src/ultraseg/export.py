@@ -416,12 +416,16 @@ def check_graph_depth(model: ModelConfig, graph: dict[str, Any]) -> None:
                          f"{step!r}, which is 2**depth")
 
 
-def _session(model: str | bytes, providers: list[str] | None = None) -> Any:
+def _session(model: str | bytes, providers: list[str] | None = None,
+             threads: int | None = None) -> Any:
     """An ONNX Runtime session of a graph, from its file's name or its bytes: how export
-    checks the graph it made (bytes) and how :func:`onnx_predictor` loads a file."""
+    checks the graph it made (bytes) and how :func:`onnx_predictor` loads a file.
+    ``threads``: its intra-op threads (default ONNX Runtime's: one per core)."""
     ort = _onnxruntime()
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only: ONNX Runtime's warnings go to stderr otherwise
+    if threads is not None:
+        so.intra_op_num_threads = threads
     return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
 
 
@@ -439,13 +443,15 @@ def _model_source(path: Path) -> str | bytes:
     return path.read_bytes()
 
 
-def onnx_predictor(path: str | Path, providers: list[str] | None = None, **options: Any
-                   ) -> Predictor:
+def onnx_predictor(path: str | Path, providers: list[str] | None = None,
+                   threads: int | None = None, **options: Any) -> Predictor:
     """A :class:`~ultraseg.predict.Predictor` running an exported ``.onnx`` file on ONNX Runtime.
 
     Imports onnxruntime, never torch. ``providers``: ONNX Runtime execution providers
-    (default CPU). ``options``: Predictor fields (``batch_size``, ``tta``, ``postprocess``; a
-    ``tile`` must equal the exported tile of a valid model).
+    (default CPU). ``threads``: the session's intra-op threads (default one per core; an
+    ONNX Runtime session takes its threads when it is made). ``options``: Predictor fields
+    (``batch_size``, ``tta``, ``postprocess``; a ``tile`` must equal the exported tile of a
+    valid model).
     """
     _onnxruntime()      # (one not installed is said before anything about the file)
     path = Path(path)
@@ -458,7 +464,7 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None, **optio
     except OSError as e:
         raise CheckpointError(f"cannot read the ONNX file ({e.strerror or e})", path) from e
     try:
-        sess = _session(source, providers)
+        sess = _session(source, providers, threads)
     except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from the C++ side
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"ONNX Runtime cannot load this file ({first[:160]})", path) from e

@@ -290,8 +290,8 @@ def as_predictor(model: Predictor | str | Path) -> Predictor:
 LOAD_OPTIONS = ("batch_size", "tile", "tta", "postprocess", "mirror")
 
 
-def load(path: str | Path, device: str = "auto", precision: str = "auto", **options: Any
-         ) -> Predictor:
+def load(path: str | Path, device: str = "auto", precision: str = "auto",
+         threads: int | None = None, **options: Any) -> Predictor:
     """A :class:`Predictor` from a checkpoint (``.ckpt``) or an exported ``.onnx`` file.
 
     ``device``/``precision`` apply to checkpoints (torch); ``options`` are the options of
@@ -300,6 +300,11 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", **opti
     error. A setting that does not apply (a GPU or bf16 for an ONNX model, which runs on ONNX
     Runtime's CPU provider in fp32; a ``tile`` for a model that predicts each frame whole) is
     warned about, not dropped in silence.
+
+    ``threads``: an ONNX model's ONNX Runtime threads, which its session takes when it is made
+    (default one per core). A checkpoint runs on torch's threads, which are the process's:
+    set them around the calls with :func:`ultraseg.runtime.threads` (``threads`` here is
+    warned about and not applied).
     """
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
@@ -314,10 +319,14 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto", **opti
         if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
             log.warning("device %r / precision %r apply to checkpoints; the ONNX model %s runs "
                         "on ONNX Runtime's CPU provider in fp32", device, precision, path.name)
-        predictor = onnx_predictor(path, **options)
+        predictor = onnx_predictor(path, threads=threads, **options)
     else:
         from .runtime import torch_predictor
 
+        if threads is not None:
+            log.warning("threads apply to an ONNX model's session; a checkpoint runs on "
+                        "torch's threads, the process's: use ultraseg.runtime.threads(%d) "
+                        "around the calls", threads)
         predictor = torch_predictor(path, device=device, precision=precision, **options)
     if options.get("tile") is not None and predictor.model.variant != "valid":
         log.warning("tile (--tile) applies to the valid model; this %s model predicts each "
