@@ -125,6 +125,36 @@ def _tree(root: Path, n: int = 4) -> Path:
     return root
 
 
+def _count_looks(monkeypatch) -> dict[str, int]:
+    """Counts of the calls made to the two per-mask looks (outline, inverted) from here on."""
+    import ultraseg.data as data_module
+
+    calls = {"outline": 0, "inverted": 0}
+    for key, name in (("outline", "looks_like_outline"), ("inverted", "looks_inverted")):
+        def counted(mask, _real=getattr(data_module, name), _key=key):
+            calls[_key] += 1
+            return _real(mask)
+        monkeypatch.setattr(data_module, name, counted)
+    return calls
+
+
+def test_each_mask_is_looked_at_once_per_load(tmp_path: Path, monkeypatch) -> None:
+    """The outline and inverted tallies were counted in three places (inspect, the cache
+    build, evaluate), the inverted one kept per frame to be summed: one MaskTally.of per
+    mask now, once per load (none on a cache hit), and inspect's report gives its counts."""
+    from ultraseg.inspection import inspect_dataset
+
+    root, cache = _tree(tmp_path / "data"), tmp_path / "cache"
+    calls = _count_looks(monkeypatch)
+    report, _ = inspect_dataset(root)
+    assert calls == {"outline": 4, "inverted": 4}
+    assert report["masks_inverted_count"] == 0 and report["outline_masks_count"] == 0
+    load_arrays(open_dataset(root), PreprocessConfig(size=16), cache_dir=cache)
+    assert calls == {"outline": 8, "inverted": 8}
+    load_arrays(open_dataset(root), PreprocessConfig(size=16), cache_dir=cache)   # a hit
+    assert calls == {"outline": 8, "inverted": 8}
+
+
 def test_a_cache_write_killed_halfway_is_swept_by_a_later_one(tmp_path: Path) -> None:
     """A kill -9 while the cache was written left its temporary file (the decoded frames of
     the dataset, megabytes) in the cache folder for good. A later cache write removes those
@@ -830,24 +860,30 @@ def test_split_file_names_the_held_out_subjects_and_older_files_read_without_the
     assert json.loads(path.read_text())["test_subjects"] == []
 
 
-def test_the_cache_keeps_which_masks_look_inverted(tmp_path: Path) -> None:
-    """Training warns of masks that look inverted (structure black on white), judged on each
-    mask at its own size (the canvas's padding would hide its borders): kept with the cached
-    canvases, and a cache written before they were is rebuilt."""
-    from ultraseg.data import inverted_note
+def test_the_cache_keeps_what_the_masks_look_like(tmp_path: Path) -> None:
+    """Training warns of masks that look inverted (structure black on white) or like drawn
+    outlines, judged on each mask at its own size (the canvas's padding would hide its
+    borders): their counts are kept with the cached canvases, and a cache written before
+    they were is rebuilt."""
+    from ultraseg.data import MaskTally, inverted_note
 
     root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
     paths = [s.mask_paths[0] for s in open_dataset(root).labelled]
     for p in paths[:3]:
         Image.fromarray(255 - np.asarray(Image.open(p))).save(p)
     first = load_arrays(open_dataset(root), cfg, cache_dir=cache)    # 20x30: padded on the canvas
-    assert first.inverted is not None and first.inverted.tolist() == [True] * 3 + [False]
+    assert first.tally == MaskTally(masks=4, nonempty=4, outlined=0, inverted=3)
+    assert first.tally.inverted_note() == inverted_note(3, 4)
+    hit = load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert hit.tally == first.tally
     npz = next(cache.glob("*.npz"))
     with np.load(npz) as z:
-        kept = {k: z[k] for k in z.files if k != "inverted"}
+        kept = {k: z[k] for k in z.files if k != "tally"}
     np.savez(npz, **kept)                                        # an older cache's contents
     again = load_arrays(open_dataset(root), cfg, cache_dir=cache)
-    assert again.inverted is not None and again.inverted.tolist() == first.inverted.tolist()
+    assert again.tally == first.tally
+    with np.load(npz) as z:
+        assert "tally" in z.files                                # rebuilt
     note = inverted_note(3, 4)
     assert note is not None and "3 of the 4 masks" in note and "inverted" in note
     assert inverted_note(2, 4) is None and inverted_note(0, 0) is None

@@ -421,6 +421,22 @@ def test_evaluate_warns_where_the_truth_looks_like_outlines(outline_data) -> Non
         assert len(said) == warns and all("--fill-outlines" in m for m in said), said
 
 
+def test_evaluate_looks_at_each_truth_once(outline_data, monkeypatch) -> None:
+    """evaluate tallies its truths with the one per-mask judgement (MaskTally.of) as inspect
+    and training do: each truth looked at once."""
+    import ultraseg.data as data_module
+
+    root, _, _ = outline_data
+    calls: list[int] = []
+    real = data_module.looks_like_outline
+    monkeypatch.setattr(data_module, "looks_like_outline",
+                        lambda mask: calls.append(1) or real(mask))
+    with ultraseg_warnings() as warned:
+        evaluate(_constant_predictor(1.0), root, "folders")
+    assert len(calls) == 3
+    assert [r for r in warned if "3 of the 3 non-empty masks" in r.getMessage()]
+
+
 def test_cli_fill_outlines_reaches_evaluate(checkpoint, outline_data, tmp_path, capsys) -> None:
     root, ring, disk = outline_data
     filled_ckpt = tmp_path / "filled.ckpt"

@@ -1495,7 +1495,7 @@ def test_a_validation_side_without_empty_frames_says_so(capsys) -> None:
 
 def test_masks_that_look_inverted_are_warned_about(tmp_path) -> None:
     """Masks drawn black on white trained on the background, without a word, and scored
-    well. A warning says so at the start of training."""
+    well. A warning says so at the start of training, once, and again on a cache hit."""
     from conftest import ultraseg_warnings
 
     data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
@@ -1507,10 +1507,11 @@ def test_masks_that_look_inverted_are_warned_about(tmp_path) -> None:
         "model": {"width": 4, "depth": 1}, "preprocess": {"size": 32},
         "train": {"epochs": 1, "val_fraction": 0, "seed": 0, "device": "cpu",
                   "precision": "fp32", "num_threads": 1, "time_limit_s": None}})
-    with ultraseg_warnings() as warned:
-        train_mod.train(cfg, tmp_path / "run")
-    said = [r.getMessage() for r in warned if "inverted" in r.getMessage()]
-    assert len(said) == 1 and "4 of the 4 masks" in said[0], [r.getMessage() for r in warned]
+    for k in range(2):          # built, then a cache hit: said once both times
+        with ultraseg_warnings() as warned:
+            train_mod.train(cfg, tmp_path / f"run{k}")
+        said = [r.getMessage() for r in warned if "inverted" in r.getMessage()]
+        assert len(said) == 1 and "4 of the 4 masks" in said[0], [r.getMessage() for r in warned]
 
 
 def test_metrics_csv_ends_its_lines_with_lf(tmp_path) -> None:

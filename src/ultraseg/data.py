@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -46,9 +46,8 @@ class Arrays:
     #: is checked by for one scan under two subjects. None: not known.
     pixels: np.ndarray | None = None
     thumbs: np.ndarray | None = None
-    #: Which frames' masks look inverted (:func:`looks_inverted`, on the mask at its own size),
-    #: (N,) bool. None: not known.
-    inverted: np.ndarray | None = None
+    #: What the masks look like at their own size (:class:`MaskTally`). None: not known.
+    tally: MaskTally | None = None
 
 
 def union_note(labels: Sequence[int], label: int | None) -> str | None:
@@ -80,6 +79,38 @@ def inverted_note(inverted: int, masks: int) -> str | None:
             "the frame and touches all four borders (the structure drawn black on white?); "
             "training would learn the background as the structure. If so, invert them "
             "(255 - mask, or 1 - mask for 0/1 masks)")
+
+
+@dataclass(frozen=True)
+class MaskTally:
+    """How many of a set's ``masks`` (binary targets, each at its own size: the canvas's
+    padding would hide its borders) are non-empty, look like drawn closed contours
+    (:func:`~ultraseg.preprocess.looks_like_outline`) and look inverted
+    (:func:`looks_inverted`): what inspect, train and evaluate warn by. :meth:`of` judges one
+    mask, the one place either look is taken; tallies add up."""
+
+    masks: int = 0
+    nonempty: int = 0
+    outlined: int = 0
+    inverted: int = 0
+
+    @classmethod
+    def of(cls, target: np.ndarray) -> MaskTally:
+        """The tally of one binary target (H, W)."""
+        fg = np.asarray(target, dtype=bool)
+        return cls(1, int(fg.any()), int(looks_like_outline(fg)), int(looks_inverted(fg)))
+
+    def __add__(self, other: MaskTally) -> MaskTally:
+        return MaskTally(self.masks + other.masks, self.nonempty + other.nonempty,
+                         self.outlined + other.outlined, self.inverted + other.inverted)
+
+    def outline_note(self) -> str | None:
+        """:func:`~ultraseg.preprocess.outline_note` of these masks."""
+        return outline_note(self.outlined, self.nonempty)
+
+    def inverted_note(self) -> str | None:
+        """:func:`inverted_note` of these masks."""
+        return inverted_note(self.inverted, self.masks)
 
 
 #: Said where there is no cache folder: no XDG_CACHE_HOME and no home folder.
@@ -248,19 +279,19 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         if cached is not None:
             log.info("cache hit: %s", cache_path)
             _thin_frames(cfg, cached["thin"]).warn(log, THIN_REMEDY)   # as when it was built
-            _warn_outlines(ds, *(int(v) for v in cached["outlines"]))
+            tally = MaskTally(*(int(v) for v in cached["tally"]))
+            _warn_outlines(ds, tally)
             return Arrays(cached["images"], cached["masks"], names, subjects,
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
-                          cached["thumbs"], cached["inverted"].astype(bool))
+                          cached["thumbs"], tally)
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
     masks = np.empty_like(images)
     pixels = np.zeros((len(samples), 32), np.uint8)
     thumbs = np.zeros((len(samples), THUMB * THUMB), np.float32)
-    inverted = np.zeros(len(samples), bool)
+    tally = MaskTally()
     problems: list[DataError] = []
     labels: set[int] = set()
     thin = ThinFrames(cfg)
-    outlined = nonempty = 0     # masks that look like drawn closed contours; non-empty ones
     for i, s in enumerate(samples):
         try:
             image, mask = s.load()
@@ -273,26 +304,23 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         labels.update(int(v) for v in np.unique(mask) if v)
         images[i], geom = to_canvas(image, cfg, "image")
         target = select_label(mask, cfg.label).astype(np.uint8)
-        inverted[i] = looks_inverted(target)        # at its own size: no canvas padding
-        outlined += looks_like_outline(target)
-        nonempty += bool(target.any())
+        tally += MaskTally.of(target)       # at its own size: no canvas padding
         masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
     if problems:
         raise DataProblems(problems)
     thin_record = np.array([] if thin.first is None else [thin.n, *thin.first], dtype=str)
     thin.warn(log, THIN_REMEDY)
-    _warn_outlines(ds, outlined, nonempty)
+    _warn_outlines(ds, tally)
     if cache_path is not None and _still_current(ds, cfg, cache_path):
         try:
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
-                      thin=thin_record, inverted=inverted,
-                      outlines=np.array([outlined, nonempty], np.int64))
+                      thin=thin_record, tally=np.array(astuple(tally), np.int64))
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs,
-                  inverted)
+                  tally)
 
 
 def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path) -> bool:
@@ -310,13 +338,13 @@ def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path) -> bool:
 
 
 #: What a cache entry holds; one written before it held all of them is rebuilt.
-CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "inverted", "outlines")
+CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally")
 
 
-def _warn_outlines(ds: Dataset, outlined: int, nonempty: int) -> None:
-    """Warn where most of the ``nonempty`` training masks, ``outlined`` of them at their own
-    size, look like drawn closed contours (:func:`~ultraseg.preprocess.outline_note`)."""
-    note = outline_note(outlined, nonempty)
+def _warn_outlines(ds: Dataset, tally: MaskTally) -> None:
+    """Warn where most of the non-empty training masks look like drawn closed contours
+    (:func:`~ultraseg.preprocess.outline_note`)."""
+    note = tally.outline_note()
     if note:
         log.warning("%s: %s", ds.root, note)
 
@@ -334,7 +362,7 @@ def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:
                 return None
             arrays = {k: z[k] for k in CACHED}
         want = {"images": (n, size, size), "masks": (n, size, size), "pixels": (n, 32),
-                "thumbs": (n, THUMB * THUMB), "inverted": (n,)}
+                "thumbs": (n, THUMB * THUMB), "tally": (len(fields(MaskTally)),)}
         wrong = {k: arrays[k].shape for k, shape in want.items() if arrays[k].shape != shape}
         if wrong:
             raise ValueError(f"arrays of {wrong} cached for {n} frames of {size} px")

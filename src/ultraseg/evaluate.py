@@ -16,6 +16,7 @@ import numpy as np
 from . import __version__
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
+from .data import MaskTally
 from .fileio import atomic_write_text, csv_cell, json_text, output_lock, read_json
 from .io import Dataset, Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally, header_shape, said_once
@@ -24,8 +25,7 @@ from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_s
 from .metrics import EMPTY_RULE, image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
-from .preprocess import (PAD_TO_SQUARE_REMEDY, ThinFrames, looks_like_outline, outline_note,
-                         seen_region)
+from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames, seen_region
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     truths: list[np.ndarray] = []
     regions: list[tuple[int, int, int, int] | None] = []   # the part of each frame the net saw
     labels = LabelTally(label)         # the labels the masks hold (with a label to score)
-    outlined = [0, 0]                  # truths that look like drawn contours; non-empty ones
+    tally = [MaskTally()]              # what the truths look like (drawn contours?)
     # the frame whose own pixels are being worked on (decoded, post-processed, scored), for
     # memory that runs out there to name it: a frame larger than the machine holds
     at: list[int | None] = [None]
@@ -402,8 +402,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
                                 f"problem of the set at once)", e.path) from e
             thin.add(s.image_path, image)
             truths.append(select_label(mask, label))
-            outlined[0] += looks_like_outline(truths[-1])
-            outlined[1] += bool(truths[-1].any())
+            tally[0] += MaskTally.of(truths[-1])
             regions.append(seen_region(image, predictor.preprocess)
                            if frame_pixel_size(s.meta, pixel_size_mm) else None)
             labels.add(mask, truths[-1])
@@ -451,7 +450,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     # which frames the figures are over: a side of a run's split (None: every labelled frame)
     summary["subset"] = None if split_file is None else subset or "val"
     summary["split"] = None if split_file is None else str(split_file)
-    note = outline_note(*outlined)
+    note = tally[0].outline_note()
     if note:
         log.warning("%s: %s", ds.root, note)
     summary.update(record)

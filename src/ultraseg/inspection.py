@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .data import inverted_note, looks_inverted, union_note
+from .data import MaskTally, inverted_note, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near_pairs,
                          thumbnail, unit_thumbnail)
 from .errors import DataError
 from .io import frame_loop, said_once, scan_dataset, select_label, split_frames
-from .preprocess import looks_like_outline, outline_note
+from .preprocess import outline_note
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     unlabelled_subjects: set[str] = set()
     frames = _Frames()
     with_specks: list[list[Any]] = []       # [name, speck sizes]
-    inverted = 0                            # masks that look inverted (black on white)
-    outlined = 0                            # masks that look like drawn closed contours
+    tally = MaskTally()                     # masks that look inverted, or like outlines
     for s in (frame for sample in ds.samples for frame in split_frames(sample)):
         try:
             image, mask = s.load()
@@ -219,8 +218,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
             with_specks.append([s.name, speckled[:SPECKS_LISTED]])
         fractions.append(float(fg.mean()))
         empty += int(not fg.any())
-        inverted += int(looks_inverted(fg))
-        outlined += looks_like_outline(fg)
+        tally += MaskTally.of(fg)
     if label is not None and pairs and label not in labels:
         problems.append(DataError(f"label {label} occurs in no mask; labels present: "
                                   f"{sorted(labels) or 'none'}", ds.root))
@@ -246,8 +244,8 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         **duplicate_summary(frames),
         "masks_with_specks": with_specks[:LISTED],
         "masks_with_specks_count": len(with_specks),
-        "masks_inverted_count": inverted,
-        "outline_masks_count": outlined,
+        "masks_inverted_count": tally.inverted,
+        "outline_masks_count": tally.outlined,
         "problems": len(problems),
     }
     for line in data_warnings(report):

@@ -35,7 +35,7 @@ from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, sav
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, PRESETS, ModelConfig, PostprocessConfig,
                      RunConfig, TrainConfig, check_types, model_problem)
-from .data import (Arrays, SplitCopies, duplicates_across_split, inverted_note, load_arrays,
+from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
@@ -660,10 +660,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     note = union_note(arrays.labels, cfg.preprocess.label)
     if note:        # (1 = lesion, 2 = organ, or 255 = 'ignore' trained as the structure)
         log.warning("%s: %s", ds.root, note)
-    if arrays.inverted is not None:
-        inverted = inverted_note(int(arrays.inverted.sum()), len(arrays.inverted))
-        if inverted:
-            log.warning("%s: %s", ds.root, inverted)
+    inverted = arrays.tally.inverted_note() if arrays.tally is not None else None
+    if inverted:
+        log.warning("%s: %s", ds.root, inverted)
     if not arrays.masks.any():      # every target empty: the model could only learn "nothing"
         label = cfg.preprocess.label
         raise DataError(f"none of the {len(arrays.masks)} masks holds "
