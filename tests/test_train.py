@@ -1067,6 +1067,24 @@ def test_a_presence_mode_the_auto_head_does_not_use_is_warned_about() -> None:
     assert not warned
 
 
+def test_the_auto_head_not_built_is_said_once_for_its_settings() -> None:
+    """--presence-mode classifier and --presence-weight 3 under the cpu preset (presence_head
+    'auto') on frames that all hold a structure: two warnings each said that 'auto' builds no
+    head for these frames and that --presence-head on builds one. One says it, naming both
+    settings the head not built ignores."""
+    from conftest import ultraseg_warnings
+
+    cfg = merge(preset("cpu"), {"model": {"presence_mode": "classifier"},
+                                "train": {"presence_weight": 3.0}})
+    with ultraseg_warnings() as warned:
+        resolved = train_mod.resolve_presence_head(cfg, np.ones((20, 8, 8), bool))
+    assert resolved.model.presence_head is False
+    said = [r.getMessage() for r in warned if "presence" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "'classifier'" in said[0] and "--presence-weight 3.0" in said[0], said
+    assert "--presence-head on builds one" in said[0], said
+
+
 @pytest.mark.parametrize("name", ["cpu", "seed", "demo"])
 def test_a_presence_weight_the_auto_head_does_not_use_is_warned_about(name: str) -> None:
     """A config with presence_head 'auto' and a --presence-weight of its own, on frames that

@@ -420,14 +420,16 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
         log.info("presence head: %s (%d of %d training frames have an empty mask; 'auto' "
                  "builds it from %d %% and 10 frames)", "on" if on else "off", empty,
                  len(masks), round(100 * AUTO_PRESENCE_MIN_EMPTY))
-    if not on and cfg.model.presence_mode != "gate":   # asked for, and dropped: said
-        log.warning("presence mode %r applies to a presence head, which 'auto' does not build "
-                    "for these training frames (--presence-head on builds one)",
-                    cfg.model.presence_mode)
-    if not on and _set_by_hand(cfg, "presence_weight"):
-        log.warning("--presence-weight %s weighs a presence head's loss, and 'auto' builds no "
-                    "head for these training frames (--presence-head on builds one): it is "
-                    "ignored", cfg.train.presence_weight)
+    # the head's settings asked for, and dropped with it: said in one line
+    unused = [] if on else [what for what, asked in (
+        (f"presence mode {cfg.model.presence_mode!r}", cfg.model.presence_mode != "gate"),
+        (f"--presence-weight {cfg.train.presence_weight}", _set_by_hand(cfg, "presence_weight")),
+    ) if asked]
+    if unused:
+        log.warning("%s appl%s to a presence head, which 'auto' does not build for these "
+                    "training frames (--presence-head on builds one): %s ignored",
+                    " and ".join(unused), "ies" if len(unused) == 1 else "y",
+                    "it is" if len(unused) == 1 else "they are")
     mode = cfg.model.presence_mode if on else "gate"  # the mode of a head not built: none
     return replace(cfg, model=replace(cfg.model, presence_head=on, presence_mode=mode))
 
