@@ -151,6 +151,67 @@ def test_largest_component_is_the_largest_filled_8_component_of_any_mask() -> No
         assert got.dtype == bool and np.array_equal(got, want), k
 
 
+def _random_masks(n: int = 120):
+    """Random masks (empty ones, rings round blobs, touching the edges) and a region in each."""
+    rng = np.random.default_rng(1)
+    for k in range(n):
+        shape = tuple(int(s) for s in rng.integers(3, 40, 2))
+        m = rng.random(shape) < (0.0 if k % 20 == 0 else rng.uniform(0.05, 0.7))
+        if k % 3 == 0:                              # a ring holding a blob: nested components
+            m[:] = False
+            h, w = shape
+            m[h // 4:3 * h // 4 + 1, w // 4:3 * w // 4 + 1] = True
+            m[h // 4 + 1:3 * h // 4, w // 4 + 1:3 * w // 4] = False
+            m[h // 2, w // 2] = True
+        t, lft = int(rng.integers(0, shape[0] - 1)), int(rng.integers(0, shape[1] - 1))
+        b, r = int(rng.integers(t + 1, shape[0] + 1)), int(rng.integers(lft + 1, shape[1] + 1))
+        yield m, (t, b, lft, r)
+
+
+def test_measure_counts_the_masks_components_and_measures_its_largest_filled_one() -> None:
+    """Pins measure's n_components (8-connected components of the mask as given, anything
+    outside a region included) and its object (largest_component's, of the region's part) on
+    random masks, with and without a region, against scipy's labels."""
+    from ultraseg.measure import largest_component
+
+    for k, (m, region) in enumerate(_random_masks()):
+        n = ndimage.label(m, structure=np.ones((3, 3), bool))[1]
+        got = measure(m, 0.5, 0.25)
+        assert got == {**measure(largest_component(m), 0.5, 0.25), "n_components": n}, k
+        t, b, lft, r = region
+        got = measure(m, 0.5, 0.25, region=region)
+        want = measure(largest_component(m[t:b, lft:r]), 0.5, 0.25)
+        if want["ellipse_center"] is not None:
+            want["ellipse_center"] = (want["ellipse_center"][0] + lft,
+                                      want["ellipse_center"][1] + t)
+        assert got == {**want, "n_components": n}, k
+
+
+def test_measure_labels_a_frames_components_once(monkeypatch) -> None:
+    """measure labelled a frame's components two or three times (the count, then the filled
+    mask's for the object, then the whole frame's again with a region): once now where the
+    mask has no holes, the filled mask (another mask) only where it has, and the whole frame
+    with a region only where the mask holds anything outside it."""
+    real, calls = ndimage.label, []
+
+    def counted(x, structure=None, *args, **kwargs):
+        calls.append(structure is not None)         # components (8-connected), not background
+        return real(x, structure, *args, **kwargs)
+
+    monkeypatch.setattr(ndimage, "label", counted)
+    solid = _filled_ellipse((60, 60), 30, 30, 20, 15, 0.0)
+    ring = solid & ~_filled_ellipse((60, 60), 30, 30, 15, 10, 0.0)
+    inner = (5, 55, 5, 55)
+    for mask, region, outside, labelled in ((solid, None, False, 1), (solid, inner, False, 1),
+                                            (solid, inner, True, 2), (ring, None, False, 2),
+                                            (ring, inner, False, 2)):
+        m = mask.copy()
+        m[58, 58] = outside
+        calls.clear()
+        measure(m, region=region)
+        assert calls.count(True) == labelled, (region, outside, calls)
+
+
 def test_a_ring_outweighs_a_smaller_solid_blob() -> None:
     """The object is chosen by its size with holes filled: a head predicted as a ring (thin
     skull, hole filling off in post-processing) has fewer pixels than a solid false blob but is

@@ -143,12 +143,23 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     empty mask gives an empty mask. (Post-processing's hole filling and components: the same
     as scipy's, several times faster on a large frame.)
     """
-    from .postprocess import _components, fill_holes
+    return _object(np.asarray(mask, dtype=bool))[0]
 
-    labels, sizes = _components(fill_holes(mask))
-    if len(sizes) == 1:
-        return np.zeros(labels.shape, dtype=bool)
-    return labels == int(np.argmax(sizes))
+
+def _object(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`largest_component` of a bool (H, W) mask and how many 8-connected components
+    the mask holds, from one labelling of them where the mask has no holes (filled, it is
+    itself); the filled mask, another, is labelled only where there are."""
+    from .postprocess import _components, _holes
+
+    labels, sizes = _components(mask)
+    n = len(sizes) - 1
+    if not n:
+        return np.zeros(mask.shape, dtype=bool), 0
+    holes = _holes(mask)
+    if holes.any():                     # the filled mask's components, sized with their holes
+        labels, sizes = _components(mask | holes)
+    return labels == int(np.argmax(sizes)), n
 
 
 def crofton_perimeter(mask: np.ndarray, spacing: tuple[float, float] | None = None) -> float:
@@ -322,15 +333,17 @@ def measure(
         t, b, lft, r = region
         if not (0 <= t < b <= mask.shape[0] and 0 <= lft < r <= mask.shape[1]):
             raise ValueError(f"region {region} does not lie in the {mask.shape} mask")
-        out = measure(mask[t:b, lft:r], pixel_size_mm, boundary_offset_px)
+        inside = mask[t:b, lft:r]
+        out = measure(inside, pixel_size_mm, boundary_offset_px)
         if out["ellipse_center"] is not None:
             cx, cy = out["ellipse_center"]
             out["ellipse_center"] = (cx + lft, cy + t)
-        # anything outside the region is no object the prediction could hold
-        out["n_components"] = int(ndimage.label(mask, structure=_EIGHT)[1])
+        # anything outside the region is no object the prediction could hold, but counts
+        # (labelled anew only where there is any: the region's own count holds otherwise)
+        if np.count_nonzero(inside) != np.count_nonzero(mask):
+            out["n_components"] = int(ndimage.label(mask, structure=_EIGHT)[1])
         return out
-    _, n_components = ndimage.label(mask, structure=_EIGHT)
-    obj = largest_component(mask)
+    obj, n_components = _object(mask)
     area = int(np.count_nonzero(obj))
     out: dict[str, Any] = {
         "n_components": int(n_components),
