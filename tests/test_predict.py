@@ -1213,3 +1213,83 @@ def test_load_takes_a_post_processing_and_names_unknown_options(tmp_path):
 
     export_onnx(ckpt, tmp_path / "m.onnx")
     assert load(tmp_path / "m.onnx", postprocess=mine).postprocess == mine
+
+
+# ------------------------------------------------------------ the tables of predict and measure
+def _mixed_folder(folder: Path) -> list:
+    """Five frames, the second and the last unreadable (one in a batch of two, one alone)."""
+    for k in (0, 2, 3):
+        save(folder / f"{k}.png", ramp(8, 8, k))
+    (folder / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "4.png").write_bytes(b"")
+    return collect_frames([folder])
+
+
+def _table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or ()), list(reader)
+
+
+def test_both_tables_list_every_frame_in_the_inputs_order_skipped_ones_with_why(tmp_path):
+    """Pins what predictions.csv and measurements.csv hold (the columns users read, one row
+    a frame in the inputs' order, a skipped frame's row saying why), written by one helper."""
+    from ultraseg.predict_files import MEASURE_COLUMNS, PREDICTION_COLUMNS
+
+    frames = _mixed_folder(tmp_path / "in")
+    write_predictions(pixel_predictor(batch_size=2), frames, tmp_path / "p",
+                      skip_unreadable=True)
+    columns, table = _table(tmp_path / "p" / "predictions.csv")
+    assert columns == list(PREDICTION_COLUMNS) == ["name", "image", "frame", "mask", "overlay",
+                                                   "status", "reason"]
+    assert [(r["name"], r["status"], r["mask"] != "") for r in table] == [
+        ("0", "ok", True), ("1", "unreadable", False), ("2", "ok", True), ("3", "ok", True),
+        ("4", "unreadable", False)]
+    assert [r["image"] for r in table] == [str(f.image_path) for f in frames]
+    assert "1.png" in table[1]["reason"] and "4.png" in table[4]["reason"]
+    assert table[0]["reason"] == table[0]["overlay"] == table[1]["mask"] == ""
+
+    summary, rows = measure_frames(pixel_predictor(batch_size=2), frames, out=tmp_path / "m",
+                                   skip_unreadable=True)
+    columns, table = _table(tmp_path / "m" / "measurements.csv")
+    assert columns == [*MEASURE_COLUMNS, "error"]
+    assert [r["name"] for r in table] == ["0", "1", "2", "3", "4"]
+    assert [r["image"] for r in table] == [str(f.image_path) for f in frames]
+    assert [r["error"] != "" for r in table] == [False, True, False, False, True]
+    assert "1.png" in table[1]["error"] and table[1]["area_px"] == table[1]["width"] == ""
+    measured = [r for r in table if not r["error"]]
+    assert [r["area_px"] for r in measured] == [str(r["area_px"]) for r in rows]
+    assert summary["csv"] == str(tmp_path / "m" / "measurements.csv")
+
+
+def _failing_predictor(after: int) -> Predictor:
+    """pixel_predictor(batch_size=1) whose network fails (an error, not Ctrl-C) at its call
+    ``after`` + 1."""
+    calls = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if len(calls) > after:
+            raise RuntimeError("the network failed")
+        return (1.0 / (1.0 + np.exp(-40.0 * (batch - 0.5)))).astype(np.float32)
+
+    return Predictor(run, ModelConfig(variant="same", depth=2),
+                     PreprocessConfig(size=None, normalise="unit"), batch_size=1)
+
+
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_a_run_stopped_by_an_error_lists_the_frames_it_got_to(tmp_path, command):
+    """Pins the stop: an error (not only Ctrl-C) leaves the table of the frames handled,
+    a skipped one among them, and raises as it came."""
+    frames = _mixed_folder(tmp_path / "in")
+    with pytest.raises(RuntimeError, match="the network failed"):
+        if command == "predict":
+            write_predictions(_failing_predictor(2), frames, tmp_path / "o",
+                              skip_unreadable=True)
+        else:
+            measure_frames(_failing_predictor(2), frames, out=tmp_path / "o",
+                           skip_unreadable=True)
+    name = "predictions.csv" if command == "predict" else "measurements.csv"
+    _, table = _table(tmp_path / "o" / name)
+    assert [r["name"] for r in table] == ["0", "1", "2"]
+    assert not [p for p in (tmp_path / "o").iterdir() if p.name.endswith(".tmp")]

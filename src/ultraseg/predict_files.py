@@ -16,7 +16,6 @@ import hashlib
 import io
 import logging
 import os
-import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -294,17 +293,19 @@ _SKIPPED: Any = object()
 
 
 def _or_skip(read: Callable[[], Any], failed: list[DataError] | None,
-             frame: Frame | None = None, shape: tuple[int, ...] | None = None) -> Any:
+             frame: Frame | None = None, shape: tuple[int, ...] | None = None,
+             on_skip: Callable[[DataError], None] | None = None) -> Any:
     """``read()``; where it raises a :class:`~ultraseg.errors.DataError` and ``failed`` is a
-    list, the error is appended there and :data:`_SKIPPED` returned (None: raised). Given the
-    ``frame`` it works on (of ``shape``, else its header's), running out of memory is that
-    frame's :func:`frame_too_large` error, skipped or raised alike."""
+    list, the error is appended there (and given to ``on_skip``) and :data:`_SKIPPED`
+    returned (None: raised). Given the ``frame`` it works on (of ``shape``, else its
+    header's), running out of memory is that frame's :func:`frame_too_large` error, skipped or
+    raised alike."""
     try:
         return read()
     except DataError as e:
         if failed is None:
             raise
-        _skip(failed, e, frame)
+        _skip(failed, e, frame, on_skip)
         return _SKIPPED
     except (MemoryError, RuntimeError) as e:
         if frame is None or not is_out_of_memory(e):
@@ -313,20 +314,24 @@ def _or_skip(read: Callable[[], Any], failed: list[DataError] | None,
                               frame.sample.frame)
         if failed is None:
             raise err from e
-    _skip(failed, err, frame)       # (out of the except block: the frame's arrays go)
+    _skip(failed, err, frame, on_skip)  # (out of the except block: the frame's arrays go)
     return _SKIPPED
 
 
-def _skip(failed: list[DataError], err: DataError, frame: Frame | None) -> None:
+def _skip(failed: list[DataError], err: DataError, frame: Frame | None,
+          on_skip: Callable[[DataError], None] | None = None) -> None:
     """Note ``frame`` skipped for ``err`` (the error keeps the frame: the outputs' tables
-    name it)."""
+    name it), and tell ``on_skip``."""
     log.info("%s (skipped)", err)
     err.skipped_frame = frame
     failed.append(err)
+    if on_skip is not None:
+        on_skip(err)
 
 
 def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
-                       failed: list[DataError] | None = None
+                       failed: list[DataError] | None = None,
+                       on_skip: Callable[[DataError], None] | None = None
                        ) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
     """Yield ``(frame, image (H, W) uint8, probabilities (H, W) float32)`` frame by frame.
 
@@ -335,7 +340,8 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
     one whose decoding, canvas or probabilities at its full resolution run out of memory
     (:func:`frame_too_large`: a larger frame than the machine holds; running out on the
     network's batch raises as it came). Given a ``failed`` list, the error is appended there
-    instead and the frame skipped; the frames read with it are predicted again without it.
+    instead (and given to ``on_skip``, as it is skipped) and the frame skipped; the frames read
+    with it are predicted again without it.
     """
     todo = iter(frames)
     pending: deque[tuple[Frame, np.ndarray]] = deque()
@@ -346,7 +352,7 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
             pending.append((frame, image))
             yield image
         for frame in todo:
-            image = _or_skip(frame.sample.load_image, failed, frame)
+            image = _or_skip(frame.sample.load_image, failed, frame, on_skip=on_skip)
             if image is _SKIPPED:
                 continue
             thin.add(frame.image_path, image)
@@ -374,7 +380,7 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
                     if failed is None:
                         raise err from e
                 run.close()
-                _skip(failed, err, frame)
+                _skip(failed, err, frame, on_skip)
                 # the frames read with it, the culprit left out, start the next pass
                 again = [item for k, item in enumerate(pending) if k != culprit]
                 pending.clear()
@@ -487,6 +493,81 @@ def _write(path: Path, data: bytes) -> None:
 def overlay_thickness(shape: tuple[int, ...]) -> int:
     """Outline width for a full-resolution overlay: 1 px up to ~600 px frames, then more."""
     return max(1, round(max(shape[:2]) / 500))
+
+
+# ------------------------------------------------------------------------------ tables
+def _frame_cells(frame: Frame) -> dict[str, Any]:
+    """The cells every table row of ``frame`` starts with: its output name, its image and its
+    frame number in a multi-frame file (from 1; empty for a file of one frame)."""
+    return {"name": frame.out_name, "image": str(frame.image_path),
+            "frame": None if frame.sample.frame is None else frame.sample.frame + 1}
+
+
+def _csv_text(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
+    """``rows`` as the CSV text of ultraseg's tables: header ``columns``, LF line ends, each
+    cell through :func:`~ultraseg.fileio.csv_cell` (a column a row lacks: empty)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: csv_cell(r.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+class _FrameTable:
+    """The table of a run over ``frames``, one row per frame handled: predict's
+    ``predictions.csv`` and measure's ``measurements.csv``.
+
+    A frame done is :meth:`add` ed with its row, a frame skipped is :meth:`skip` ped with its
+    error (its row made by ``skipped_row``); the rows go in the inputs' order, whatever order
+    they came in, the cells through :func:`~ultraseg.fileio.csv_cell`, header ``columns``.
+    ``path`` None: no file. :meth:`close` writes it; a run that stops calls :meth:`stopped`.
+    """
+
+    def __init__(self, path: Path | None, columns: Sequence[str], frames: Sequence[Frame],
+                 skipped_row: Callable[[Frame, DataError], dict[str, Any]]) -> None:
+        self.path, self.columns = path, list(columns)
+        self.order = [f.out_name for f in frames]
+        self.skipped_row = skipped_row
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.n_done = self.n_skipped = 0
+        self.closed = False
+
+    def add(self, frame: Frame, row: dict[str, Any]) -> None:
+        """``frame`` done: its row."""
+        self.rows[frame.out_name] = row
+        self.n_done += 1
+
+    def skip(self, err: DataError) -> None:
+        """A frame skipped for ``err`` (:func:`_skip` keeps the frame on it)."""
+        frame = err.skipped_frame
+        if frame is not None:
+            self.rows[frame.out_name] = self.skipped_row(frame, err)
+        self.n_skipped += 1
+
+    def text(self) -> str:
+        return _csv_text(self.columns, [self.rows[n] for n in self.order if n in self.rows])
+
+    def close(self) -> None:
+        """Write the table (a :class:`~ultraseg.errors.UltrasegError` where it cannot be)."""
+        if self.path is not None and not self.closed:
+            atomic_write_text(self.path, self.text())
+        self.closed = True
+
+    def stopped(self, e: BaseException, verb: str) -> None:
+        """The run stops with ``e`` (Ctrl-C, SIGTERM, an error): the rows so far are written
+        (a table that cannot be, said: ``e`` goes on), and a line counts the frames ``verb``
+        (a warning after Ctrl-C or SIGTERM; an error says its own line)."""
+        kept, loud = "", isinstance(e, KeyboardInterrupt)
+        if self.path is not None and not self.closed:
+            try:
+                self.close()
+                kept = f": their rows are in {self.path}"
+            except UltrasegError as failed:
+                kept, loud = f"; their rows could not be written ({failed})", True
+        log.log(logging.WARNING if loud else logging.INFO, "%s %d of %d frames, %s%s", verb,
+                self.n_done, len(self.order),
+                "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped", kept)
 
 
 # ------------------------------------------------------------------------------ predict
@@ -627,7 +708,8 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
 
     failed = summary.failed if skip_unreadable else None
     written: set[str] = set()
-    listed: dict[str, dict[str, Any]] = {}     # predictions.csv's rows of the frames written
+    table = _FrameTable(out / "predictions.csv", PREDICTION_COLUMNS, frames,
+                        lambda frame, e: _listing_row(frame, out, None, None, e))
     bad_truth: list[DataError] = []             # truth masks that could not be read
 
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -657,15 +739,17 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
             ov_path = out / f"{frame.out_name}_overlay.png"
             _write(ov_path, drawn)
             summary.overlays.append(ov_path)
-        listed[frame.out_name] = _listing_row(frame, out, mask_path, ov_path)
+        row = _listing_row(frame, out, mask_path, ov_path)
         if no_truth is not None:
-            listed[frame.out_name]["reason"] = f"no truth on the overlay: {no_truth}"
+            row["reason"] = f"no truth on the overlay: {no_truth}"
+        table.add(frame, row)
         return mask
 
     def rows() -> Iterator[tuple[str, np.ndarray]]:
-        for frame, image, prob in iter_probabilities(predictor, frames, failed):
+        for frame, image, prob in iter_probabilities(predictor, frames, failed, table.skip):
             # (out of memory here too: the frame's post-processing and files at full size)
-            mask = _or_skip(lambda: outputs(frame, image, prob), failed, frame, image.shape)
+            mask = _or_skip(lambda: outputs(frame, image, prob), failed, frame, image.shape,
+                            table.skip)
             if mask is _SKIPPED:
                 continue
             summary.n += 1
@@ -694,12 +778,10 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
                 log.info("submission %s not written: %d frames could not be read", rle,
                          len(summary.failed))
                 summary.rle = None
-    except KeyboardInterrupt:       # Ctrl-C, SIGTERM: how far it got
-        log.warning("wrote %d of %d frames, interrupted: they are listed in %s", summary.n,
-                    len(frames), out / "predictions.csv")
+    except BaseException as e:      # Ctrl-C, SIGTERM, an error: the frames done are listed
+        table.stopped(e, "wrote")
         raise
-    finally:    # stopped too: the frames done are listed
-        _write_listing(out, frames, listed, summary.failed)
+    table.close()
     if bad_truth:
         shown = "; ".join(str(e) for e in bad_truth[:5])
         more = f"; and {len(bad_truth) - 5} more" if len(bad_truth) > 5 else ""
@@ -723,35 +805,9 @@ def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | Non
     def below(p: Path | None) -> str | None:
         return None if p is None else p.relative_to(out).as_posix()
 
-    return {"name": frame.out_name, "image": str(frame.image_path),
-            "frame": None if frame.sample.frame is None else frame.sample.frame + 1,
-            "mask": below(mask), "overlay": below(overlay),
+    return {**_frame_cells(frame), "mask": below(mask), "overlay": below(overlay),
             "status": "ok" if error is None else "unreadable",
             "reason": None if error is None else str(error)}
-
-
-def _write_listing(out: Path, frames: Sequence[Frame], listed: dict[str, dict[str, Any]],
-                   failed: Sequence[DataError]) -> None:
-    """Write ``OUT/predictions.csv`` (:data:`PREDICTION_COLUMNS`): the frames written
-    (``listed``, by output name) and those skipped (``failed``), in the inputs' order. Where
-    the run is being stopped by an error already, one writing this table adds none."""
-    rows = dict(listed)
-    for e in failed:
-        if e.skipped_frame is not None:
-            rows[e.skipped_frame.out_name] = _listing_row(e.skipped_frame, out, None, None, e)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(PREDICTION_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for f in frames:
-        if f.out_name in rows:
-            writer.writerow({k: csv_cell(rows[f.out_name][k]) for k in PREDICTION_COLUMNS})
-    stopping = sys.exc_info()[1] is not None
-    try:
-        atomic_write_text(out / "predictions.csv", buf.getvalue())
-    except UltrasegError as e:
-        if not stopping:
-            raise
-        log.warning("%s", e)
 
 
 def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally, fill_outlines: bool
@@ -836,6 +892,8 @@ def measure_frames(predictor: Predictor | str | Path,
                 table.unlink()
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
+        written = _FrameTable(table, [*MEASURE_COLUMNS, "error"], frames,
+                              lambda frame, e: {**_frame_cells(frame), "error": str(e)})
         sizes = PixelSizes(pixel_size_mm)
         def measured(frame: Frame, image: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
             """The frame's row (its overlay written)."""
@@ -854,27 +912,18 @@ def measure_frames(predictor: Predictor | str | Path,
             return row
 
         try:
-            for frame, image, prob in iter_probabilities(predictor, frames, failed):
+            for frame, image, prob in iter_probabilities(predictor, frames, failed,
+                                                         written.skip):
                 row = _or_skip(lambda: measured(frame, image, prob), failed, frame,
-                               image.shape)
+                               image.shape, written.skip)
                 if row is _SKIPPED:
                     continue
                 rows.append(row)
+                written.add(frame, row)
                 if progress:
                     progress(len(rows) + len(failed or ()), len(frames))
         except BaseException as e:      # Ctrl-C, SIGTERM, an error: the rows done are kept
-            kept = ""
-            if table is not None:
-                try:
-                    atomic_write_text(table, measurements_csv(_with_skipped(frames, rows,
-                                                                            failed)))
-                    kept = f": their rows are in {table}"
-                except UltrasegError as write_failed:
-                    kept = f"; their rows could not be written ({write_failed})"
-            # (an error says its own one line: the count is for Ctrl-C)
-            log.log(logging.WARNING if isinstance(e, KeyboardInterrupt) else logging.INFO,
-                    "measured %d of %d frames, %s%s", len(rows), len(frames),
-                    "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped", kept)
+            written.stopped(e, "measured")
             raise
         sizes.warn(log)
         summary = summarise_measurements(rows, offset)
@@ -883,30 +932,14 @@ def measure_frames(predictor: Predictor | str | Path,
             summary["unreadable"] = [str(e) for e in failed]
             if failed and progress:          # (the last frames may have been skipped)
                 progress(len(frames), len(frames))
-        if out_dir is not None:
-            try:
-                atomic_write_text(out_dir / "measurements.csv",
-                                  measurements_csv(_with_skipped(frames, rows, failed)))
-            except UltrasegError as e:  # (a full disk): the figures are not lost with the table
-                e.result = (summary, rows)
-                raise
-            summary["csv"] = str(out_dir / "measurements.csv")
+        try:
+            written.close()
+        except UltrasegError as e:  # (a full disk): the figures are not lost with the table
+            e.result = (summary, rows)
+            raise
+        if table is not None:
+            summary["csv"] = str(table)
         return summary, rows
-
-
-def _with_skipped(frames: Sequence[Frame], rows: Sequence[dict[str, Any]],
-                  failed: Sequence[DataError] | None) -> list[dict[str, Any]]:
-    """``rows`` and a row for each frame skipped (name, image, frame and its ``error``, the
-    figures empty), in the inputs' order: the table counts every frame it got to."""
-    by_name = {r["name"]: r for r in rows}
-    for e in failed or ():
-        f = e.skipped_frame
-        if f is not None:
-            by_name[f.out_name] = {
-                "name": f.out_name, "image": str(f.image_path),
-                "frame": None if f.sample.frame is None else f.sample.frame + 1,
-                "error": str(e)}
-    return [by_name[f.out_name] for f in frames if f.out_name in by_name]
 
 
 def _measurement_row(frame: Frame, shape: tuple[int, ...],
@@ -920,9 +953,7 @@ def _measurement_row(frame: Frame, shape: tuple[int, ...],
     height, width = (None, None) if spacing is None else (
         spacing if isinstance(spacing, tuple) else (spacing, spacing))
     row: dict[str, Any] = {
-        "name": frame.out_name, "image": str(frame.image_path),
-        "frame": None if frame.sample.frame is None else frame.sample.frame + 1,
-        "width": shape[1], "height": shape[0],
+        **_frame_cells(frame), "width": shape[1], "height": shape[0],
         "pixel_size_mm": None if isinstance(spacing, tuple) else spacing,
         "pixel_height_mm": height, "pixel_width_mm": width,
         "n_components": m["n_components"], "touches_edge": m["touches_edge"],
@@ -966,10 +997,4 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
 def measurements_csv(rows: Sequence[dict[str, Any]]) -> str:
     """The rows of :func:`measure_frames` as CSV text (header :data:`MEASURE_COLUMNS`, then
     ``error``: why a frame was skipped, empty for the frames measured)."""
-    columns = [*MEASURE_COLUMNS, "error"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: csv_cell(r.get(k)) for k in columns})
-    return buf.getvalue()
+    return _csv_text([*MEASURE_COLUMNS, "error"], rows)
