@@ -505,7 +505,7 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
 
     frames(tmp_path / "in", {"1.png": (20, 30)})
     out, answers = tmp_path / "o", []
-    real_write, real_text = pf._write, pf.atomic_write_text
+    real_write = pf._write
 
     def other() -> None:        # another command asks for the folder
         try:
@@ -522,10 +522,20 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
             return write(*args)
         return probed
 
+    class Table(pf.LineFile):          # the table: made first, closed last
+        def __init__(self, *args):
+            probe(lambda: None)()
+            super().__init__(*args)
+
+        def close(self):
+            probe(lambda: None)()
+            super().close()
+
     monkeypatch.setattr(pf, "_write", probe(real_write))
-    monkeypatch.setattr(pf, "atomic_write_text", probe(real_text))
+    monkeypatch.setattr(pf, "LineFile", Table)
     assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--overlay"]) == 0
-    assert answers == [command] * (3 if command == "predict" else 2)    # + predictions.csv
+    # the mask (predict), the overlay, the table made and closed
+    assert answers == [command] * (4 if command == "predict" else 3)
     assert LOCK_FILE not in {p.name for p in out.iterdir()}
 
 

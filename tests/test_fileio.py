@@ -328,3 +328,36 @@ def test_a_csv_cell_holds_a_float_to_the_last_digit() -> None:
     # whole numbers as before: no '.0' (an empty-vs-empty HD95 is '0')
     assert (csv_cell(0.0), csv_cell(32.0), csv_cell(float("nan")), csv_cell(None)) == (
         "0", "32", "", "")
+
+
+def test_a_line_file_replaces_the_earlier_file_at_once_and_keeps_whole_lines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table written row by row (measure's, predict's): each line is on disk as it is
+    written; a line the disk has no room for is cut off again, never left half."""
+    import errno
+
+    path = tmp_path / "t.csv"
+    path.write_text("old,table\n1,2\n")
+    table = fileio.LineFile(path, "a,b\n")
+    assert path.read_text() == "a,b\n"                  # the earlier file is gone at once
+    table.write("1,2\n")
+    assert path.read_text() == "a,b\n1,2\n"             # before close: a kill keeps it
+    real = table.f
+
+    class Full:
+        def write(self, data):
+            real.write(bytes(data[:3]))                 # a partial write, then a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(table, "f", Full())
+    with pytest.raises(fileio.WriteError, match="no space left.*holds the lines written"):
+        table.write("3,4444444\n")
+    monkeypatch.setattr(table, "f", real)
+    assert path.read_text() == "a,b\n1,2\n"
+    table.write("5,6\n")
+    table.close()
+    assert path.read_text() == "a,b\n1,2\n5,6\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]

@@ -1008,13 +1008,13 @@ def test_measure_frames_skipping_unreadable_frames_names_them(tmp_path):
 def _stopping_predictor(after: int, seen: list | None = None, stale: Path | None = None
                         ) -> Predictor:
     """pixel_predictor(batch_size=1) whose network is stopped (Ctrl-C) at its call
-    ``after`` + 1; ``seen`` gets, at each call, whether ``stale`` is still there."""
+    ``after`` + 1; ``seen`` gets, at each call, the text of ``stale`` (None: not there)."""
     calls = []
 
     def run(batch: np.ndarray) -> np.ndarray:
         calls.append(1)
         if seen is not None and stale is not None:
-            seen.append(stale.exists())
+            seen.append(stale.read_text() if stale.exists() else None)
         if len(calls) > after:
             raise KeyboardInterrupt
         return (1.0 / (1.0 + np.exp(-40.0 * (batch - 0.5)))).astype(np.float32)
@@ -1032,12 +1032,16 @@ def test_an_interrupted_measure_writes_the_rows_measured_so_far(tmp_path):
         save(tmp_path / "in" / f"{k}.png", ramp(8, 8, k))
     out = tmp_path / "m"
     measure_frames(pixel_predictor(), collect_frames([tmp_path / "in"]), out=out)
-    seen: list[bool] = []
+    earlier = (out / "measurements.csv").read_text()
+    seen: list[str | None] = []
     with ultraseg_warnings() as warned, pytest.raises(KeyboardInterrupt):
         measure_frames(_stopping_predictor(2, seen, out / "measurements.csv"),
                        collect_frames([tmp_path / "in"]), out=out, overlay=True,
                        skip_unreadable=True)
-    assert seen and not any(seen)        # the earlier run's table is gone before a frame
+    # the earlier run's table is gone before a frame: at the network's call k (from 0) this
+    # run's table holds its header and the k rows made before (it grows row by row)
+    assert seen and earlier not in seen
+    assert [text.count("\n") if text else 0 for text in seen] == [1, 2, 3]
     with open(out / "measurements.csv", newline="") as f:
         assert [r["name"] for r in csv.DictReader(f)] == ["0", "1"]
     assert sorted(p.name for p in out.glob("*_measure.png")) == ["0_measure.png",
@@ -1293,3 +1297,84 @@ def test_a_run_stopped_by_an_error_lists_the_frames_it_got_to(tmp_path, command)
     _, table = _table(tmp_path / "o" / name)
     assert [r["name"] for r in table] == ["0", "1", "2"]
     assert not [p for p in (tmp_path / "o").iterdir() if p.name.endswith(".tmp")]
+
+
+_KILLED_RUN = """
+import os, sys
+import numpy as np
+from ultraseg.config import ModelConfig, PreprocessConfig
+from ultraseg.predict import Predictor
+from ultraseg.predict_files import collect_frames, measure_frames, write_predictions
+
+calls = []
+
+def run(batch):
+    calls.append(1)
+    if len(calls) > int(sys.argv[4]):
+        os._exit(9)                 # as kill -9 ends it: no except, no finally
+    return (1.0 / (1.0 + np.exp(-40.0 * (batch - 0.5)))).astype(np.float32)
+
+predictor = Predictor(run, ModelConfig(variant="same", depth=2),
+                      PreprocessConfig(size=None, normalise="unit"), batch_size=1)
+frames = collect_frames([sys.argv[2]])
+if sys.argv[1] == "predict":
+    write_predictions(predictor, frames, sys.argv[3], skip_unreadable=True)
+else:
+    measure_frames(predictor, frames, out=sys.argv[3], skip_unreadable=True)
+"""
+
+
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_a_killed_run_leaves_the_rows_it_made_in_its_table(tmp_path, command):
+    """kill -9 (the OOM killer, a preempted job) lost every row measure had made: its table
+    was written at the end, or by a handler when stopped, and a killed process runs none.
+    The rows now reach the file as they are made, each whole, in the inputs' order."""
+    import os
+    import subprocess
+    import sys
+
+    import ultraseg
+
+    frames = _mixed_folder(tmp_path / "in")     # 1.png and 4.png unreadable
+    out = tmp_path / "o"
+    src = str(Path(ultraseg.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    # batch size 1: the network's 4th call is frame 3's; frames 0 and 2 (and 1, skipped) are done
+    done = subprocess.run([sys.executable, "-c", _KILLED_RUN, command, str(tmp_path / "in"),
+                           str(out), "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr
+    name = "predictions.csv" if command == "predict" else "measurements.csv"
+    text = (out / name).read_text()
+    assert text.endswith("\n")
+    _, table = _table(out / name)
+    assert [r["name"] for r in table] == ["0", "1", "2"]
+    assert [str(f.image_path) for f in frames[:3]] == [r["image"] for r in table]
+
+
+def test_a_table_that_fills_the_disk_mid_run_keeps_its_rows_and_the_figures(tmp_path,
+                                                                           monkeypatch):
+    """Rows written one by one meet a full disk part way: the run goes on (its figures are
+    returned with the error, at the end, as when the whole table could not be written), and
+    the table keeps the whole rows written before."""
+    from ultraseg import fileio
+
+    frames = _mixed_folder(tmp_path / "in")
+    real, writes = fileio.LineFile.write, []
+
+    def write(self, text):
+        writes.append(text)
+        if len(writes) == 2:
+            real(self, text[:5])                    # (a partial row, cut off again)
+            self.f.truncate(self.size - 5)
+            self.size -= 5
+            raise fileio.WriteError("cannot write the file: no space left on the device "
+                                    "(disk full); it holds the lines written before", self.path)
+        real(self, text)
+
+    monkeypatch.setattr(fileio.LineFile, "write", write)
+    with pytest.raises(UltrasegError, match="no space left") as stopped:
+        measure_frames(pixel_predictor(), frames, out=tmp_path / "m", skip_unreadable=True)
+    summary, rows = stopped.value.result
+    assert summary["n"] == 3 and [r["name"] for r in rows] == ["0", "2", "3"]
+    _, table = _table(tmp_path / "m" / "measurements.csv")
+    assert [r["name"] for r in table] == ["0", "1"]     # (1 skipped: out with 0, at once)

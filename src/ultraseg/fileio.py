@@ -145,6 +145,75 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+class LineFile:
+    """A file that grows by whole lines (a table written row by row, each row on disk as soon
+    as it is made): made as :func:`atomic_open` makes a file, its ``first`` lines (a header)
+    written under a temporary name and renamed into place (replacing an earlier file at once),
+    then kept open; :meth:`write` adds lines, each in one write, flushed to the system at once
+    (a process killed with ``kill -9`` leaves every line written before). A reader finds whole
+    lines: a line that fails to be written (a full disk) is cut off again, and the
+    :class:`WriteError` says the file holds the lines written before. :meth:`close` syncs it
+    to disk. A link at ``path`` is followed, and kept."""
+
+    def __init__(self, path: str | Path, first: str) -> None:
+        path = Path(path)
+        if path.is_symlink():
+            path = Path(os.path.realpath(path))
+        self.path, self.size = path, 0
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as e:
+            raise write_error(e, path) from e
+        try:
+            os.fchmod(fd, _new_file_mode(path))
+            self.f = os.fdopen(fd, "wb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        try:
+            self._write(first)
+            os.replace(tmp, path)
+        except BaseException as e:
+            self.f.close()
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError) and not isinstance(e, WriteError):
+                raise write_error(e, path) from e
+            raise
+
+    def _write(self, text: str) -> None:
+        encoded = text.encode("utf-8", "surrogateescape")
+        data = memoryview(encoded)
+        while data:     # (a short write goes on where it stopped)
+            data = data[self.f.write(data) or 0:]
+        self.size += len(encoded)
+
+    def write(self, text: str) -> None:
+        """Add ``text`` (whole lines); where it cannot be written, none of it stays."""
+        try:
+            self._write(text)
+        except OSError as e:
+            with suppress(OSError):
+                self.f.truncate(self.size)
+                self.f.seek(self.size)
+            reason = REASONS.get(e.errno or 0) or e.strerror or str(e)
+            err = WriteError(f"cannot write the file: {reason}; it holds the lines written "
+                             "before", self.path)
+            err.errno, err.strerror = e.errno, reason
+            raise err from e
+
+    def close(self) -> None:
+        """Sync the file to disk and close it (a :class:`WriteError` where that fails)."""
+        if self.f.closed:
+            return
+        try:
+            os.fsync(self.f.fileno())
+        except OSError as e:
+            raise write_error(e, self.path) from e
+        finally:
+            self.f.close()
+
+
 def temporaries(folder: Path, name: str = "*") -> Iterator[Path]:
     """The temporary files :func:`atomic_open` makes in ``folder`` for a file called ``name``
     (a glob pattern) that a kill left behind, or that a writer is writing now."""

@@ -3,7 +3,9 @@
 Everything streams: frames are decoded one by one as the predictor asks for them (it batches a
 few), each result is written as soon as it is known, and nothing holds the whole input in
 memory. Every output file goes through :mod:`ultraseg.fileio` (temporary name, then rename), so
-an interrupted or failed run leaves complete files or none -- never half of one.
+an interrupted or failed run leaves complete files or none -- never half of one; the tables
+(predictions.csv, measurements.csv) are made so, then grow row by row, each row whole, so that
+a run killed outright (``kill -9``) leaves the rows it made.
 
 Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
 """
@@ -26,8 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
-from .fileio import (LOCK_FILE, atomic_write_bytes, atomic_write_text, csv_cell, output_lock,
-                     temporaries)
+from .fileio import LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, output_lock, temporaries
 from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
                  image_stem, scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
@@ -503,12 +504,15 @@ def _frame_cells(frame: Frame) -> dict[str, Any]:
             "frame": None if frame.sample.frame is None else frame.sample.frame + 1}
 
 
-def _csv_text(columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> str:
-    """``rows`` as the CSV text of ultraseg's tables: header ``columns``, LF line ends, each
-    cell through :func:`~ultraseg.fileio.csv_cell` (a column a row lacks: empty)."""
+def _csv_text(columns: Sequence[str], rows: Iterable[dict[str, Any]], header: bool = True
+              ) -> str:
+    """``rows`` as the CSV text of ultraseg's tables: header ``columns`` (unless not
+    ``header``), LF line ends, each cell through :func:`~ultraseg.fileio.csv_cell` (a column a
+    row lacks: empty)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     for r in rows:
         writer.writerow({k: csv_cell(r.get(k)) for k in columns})
     return buf.getvalue()
@@ -521,7 +525,11 @@ class _FrameTable:
     A frame done is :meth:`add` ed with its row, a frame skipped is :meth:`skip` ped with its
     error (its row made by ``skipped_row``); the rows go in the inputs' order, whatever order
     they came in, the cells through :func:`~ultraseg.fileio.csv_cell`, header ``columns``.
-    ``path`` None: no file. :meth:`close` writes it; a run that stops calls :meth:`stopped`.
+    The file (``path``; None: none) is made anew with its header at once, and each row reaches
+    it as soon as the frames before it have theirs (a :class:`~ultraseg.fileio.LineFile`:
+    whole rows, a run killed with ``kill -9`` leaves those it made). A file that cannot be
+    written does not stop the run: :meth:`close` raises its error at the end. A run that
+    stops calls :meth:`stopped`.
     """
 
     def __init__(self, path: Path | None, columns: Sequence[str], frames: Sequence[Frame],
@@ -529,37 +537,76 @@ class _FrameTable:
         self.path, self.columns = path, list(columns)
         self.order = [f.out_name for f in frames]
         self.skipped_row = skipped_row
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.held: dict[str, dict[str, Any]] = {}   # rows waiting for a frame before them
+        self.next = 0                               # the first frame whose row is not out
         self.n_done = self.n_skipped = 0
-        self.closed = False
+        self.file: LineFile | None = None
+        self.error: UltrasegError | None = None     # why the file could not be written
+        if path is not None:
+            try:
+                self.file = LineFile(path, _csv_text(self.columns, ()))
+            except UltrasegError as e:
+                self.error = e
 
     def add(self, frame: Frame, row: dict[str, Any]) -> None:
         """``frame`` done: its row."""
-        self.rows[frame.out_name] = row
         self.n_done += 1
+        self._put(frame.out_name, row)
 
     def skip(self, err: DataError) -> None:
         """A frame skipped for ``err`` (:func:`_skip` keeps the frame on it)."""
-        frame = err.skipped_frame
-        if frame is not None:
-            self.rows[frame.out_name] = self.skipped_row(frame, err)
         self.n_skipped += 1
+        if err.skipped_frame is not None:
+            self._put(err.skipped_frame.out_name, self.skipped_row(err.skipped_frame, err))
 
-    def text(self) -> str:
-        return _csv_text(self.columns, [self.rows[n] for n in self.order if n in self.rows])
+    def _put(self, name: str, row: dict[str, Any]) -> None:
+        if self.file is None:
+            return
+        self.held[name] = row
+        ready = []
+        while self.next < len(self.order) and self.order[self.next] in self.held:
+            ready.append(self.held.pop(self.order[self.next]))
+            self.next += 1
+        self._write(ready)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        if self.file is None or not rows:
+            return
+        try:
+            self.file.write(_csv_text(self.columns, rows, header=False))
+        except UltrasegError as e:
+            self.error = e
+            self._drop()
+
+    def _drop(self) -> None:
+        """Stop writing the file (it keeps the rows it holds)."""
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.f.close()
+            self.file = None
 
     def close(self) -> None:
-        """Write the table (a :class:`~ultraseg.errors.UltrasegError` where it cannot be)."""
-        if self.path is not None and not self.closed:
-            atomic_write_text(self.path, self.text())
-        self.closed = True
+        """Write the rows held (those of the frames after one the run did not get to), and
+        close the file; where it could not be written, its error is raised now."""
+        if self.file is not None:
+            self._write([self.held[n] for n in self.order[self.next:] if n in self.held])
+            self.held.clear()
+            try:
+                if self.file is not None:
+                    self.file.close()
+            except UltrasegError as e:
+                self.error = e
+            self.file = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
     def stopped(self, e: BaseException, verb: str) -> None:
         """The run stops with ``e`` (Ctrl-C, SIGTERM, an error): the rows so far are written
         (a table that cannot be, said: ``e`` goes on), and a line counts the frames ``verb``
         (a warning after Ctrl-C or SIGTERM; an error says its own line)."""
         kept, loud = "", isinstance(e, KeyboardInterrupt)
-        if self.path is not None and not self.closed:
+        if self.path is not None:
             try:
                 self.close()
                 kept = f": their rows are in {self.path}"
@@ -632,8 +679,9 @@ def write_predictions(predictor: Predictor | str | Path,
     """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size),
     and ``OUT/predictions.csv`` (:data:`PREDICTION_COLUMNS`): each frame's image, its frame
     number in a multi-frame file (from 1), its outputs' paths below ``out``, and ``ok``, or
-    ``unreadable`` with the reason it was skipped (written however the run ends: an
-    interrupted or stopped run lists the frames it got to).
+    ``unreadable`` with the reason it was skipped (written row by row as the frames are
+    done, however the run ends: an interrupted, stopped or killed run lists the frames it got
+    to).
 
     ``fmt='tif'`` writes TIFF masks. ``overlay``: also ``OUT/NAME_overlay.png``, the image with
     the predicted outline (orange) and, for frames of a labelled dataset, the true one (blue;
@@ -859,7 +907,8 @@ def measure_frames(predictor: Predictor | str | Path,
     ``skip_unreadable`` it is skipped instead, as in :func:`write_predictions` (the summary
     then covers the frames measured, and names the others under ``unreadable``, counted as
     ``n_unreadable``; the CSV has a row for each of them too, its figures empty and its last
-    column, ``error``, saying why). Stopped (Ctrl-C, SIGTERM, an error), the
+    column, ``error``, saying why). Each row reaches the table as it is made (killed with
+    ``kill -9``, the table holds the rows made); stopped (Ctrl-C, SIGTERM, an error), the
     rows measured so far are written and a warning counts them; an earlier run's
     ``measurements.csv`` in ``out`` is removed before the first frame. ``overlay``
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
