@@ -400,6 +400,33 @@ def test_measure_prints_each_frame_in_mm_where_the_pixel_size_is_known_else_in_p
     assert "a: no object" in out and "no pixel size known" not in out
 
 
+def test_measure_without_out_prints_each_frame_as_it_is_measured(tmp_path, ckpt, capsys,
+                                                                  monkeypatch):
+    """measure without --out printed nothing until every frame was measured (an hour's
+    folder: an hour of silence on stdout, and nothing at all when stopped). Each frame's line
+    now comes as it is measured; --json stays one object at the end."""
+    import ultraseg.predict_files as pf
+
+    frames(tmp_path / "in", {"a.png": (20, 24), "b.png": (20, 24), "c.png": (20, 24)})
+    printed: list[str] = []
+    real = pf._measurement_row
+
+    def row(frame, *args):      # what stdout holds when each frame's row is made
+        printed.append(capsys.readouterr().out)
+        return real(frame, *args)
+
+    monkeypatch.setattr(pf, "_measurement_row", row)
+    args = ["measure", str(ckpt), str(tmp_path / "in"), "--device", "cpu", "--batch-size", "1"]
+    assert main(args) == 0
+    rest = capsys.readouterr().out
+    assert printed[0] == "" and printed[1].startswith("a: ") and printed[2].startswith("b: ")
+    assert printed[1].count("\n") == printed[2].count("\n") == 1
+    assert rest.startswith("c: ") and "measured 3 frames" in rest
+    printed.clear()
+    assert main(args + ["--json"]) == 0
+    assert not any(printed) and len(json.loads(capsys.readouterr().out)["rows"]) == 3
+
+
 @pytest.mark.parametrize("label", ["0", "-7"])
 def test_predict_refuses_a_label_that_names_no_structure_before_writing(tmp_path, ckpt, capsys,
                                                                         label):
@@ -746,6 +773,28 @@ def test_progress_off_a_terminal_is_a_plain_line_a_minute_and_at_the_end() -> No
     bar(1, 2)
     bar(2, 2)
     assert quick.getvalue() == ""           # a run shorter than a minute: its summary says it
+
+
+def test_the_bar_is_taken_off_a_terminal_line_before_a_frame_line_is_printed() -> None:
+    """measure prints each frame's line as it is measured: on a terminal the bar's line is
+    cleared first (the line would follow the bar's text), and drawn again after."""
+    import io
+
+    from ultraseg.cli_predict import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = ProgressBar("measure", screen, clock=lambda: 0.0)
+    bar(1, 3)
+    drawn = screen.getvalue()
+    bar.clear()
+    assert screen.getvalue()[len(drawn):] == "\r" + " " * 70 + "\r"
+    off = io.StringIO()
+    ProgressBar("measure", off).clear()         # off a terminal: no bar to take off
+    assert off.getvalue() == ""
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

@@ -57,6 +57,17 @@ class ProgressBar:
             self.stream.write("\r" + " " * 70 + "\r")
         self.stream.flush()
 
+    def clear(self) -> None:
+        """Take the bar off a terminal's line (a line printed on stdout goes there: the next
+        call draws the bar again); off a terminal, nothing to take."""
+        if self.tty and not self.quiet:
+            try:
+                self.stream.write("\r" + " " * 70 + "\r")
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.quiet = True
+                to_null(self.stream)
+
     def _line(self, done: int, total: int, eta: float) -> None:
         now = self.clock()
         if self.ended or now - self.last < self.every and (done < total or not self.said):
@@ -232,12 +243,20 @@ def _cmd_measure(a: argparse.Namespace) -> int:
 
     with json_on_failure(a, a.data):
         frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)
+        bar = ProgressBar("measure")
+
+        def show(row: dict[str, Any]) -> None:      # each frame's line as it is measured
+            bar.clear()
+            print(format_measure_row(row), flush=True)
+
         try:
             with model_threads(a):
                 predictor = load_predictor(a)
                 summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
-                                               progress=ProgressBar("measure"),
-                                               skip_unreadable=True, overlay=a.overlay)
+                                               progress=bar, skip_unreadable=True,
+                                               overlay=a.overlay,
+                                               on_row=show if a.out is None and not a.json
+                                               else None)
         except UltrasegError as e:
             if e.result is not None:   # measured, but the table could not be written
                 _print_measurements(a, *e.result)
@@ -249,13 +268,11 @@ def _cmd_measure(a: argparse.Namespace) -> int:
 
 def _print_measurements(a: argparse.Namespace, summary: dict[str, Any],
                         rows: list[dict[str, Any]]) -> None:
-    """The JSON object, or the summary (and each frame's line without --out)."""
+    """The JSON object, or the summary (each frame's line, without --out, was printed as it
+    was measured)."""
     if a.json:
         print(json_text({**summary, "rows": rows}))
         return
-    if a.out is None:
-        for r in rows:
-            print(format_measure_row(r))
     print(format_measure_summary(summary))
 
 

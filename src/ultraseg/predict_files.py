@@ -888,7 +888,9 @@ def measure_frames(predictor: Predictor | str | Path,
                    frames: Sequence[Frame] | str | Path | Sequence[str | Path],
                    pixel_size_mm: float | None = None, out: str | Path | None = None,
                    progress: Progress | None = None, skip_unreadable: bool = False,
-                   overlay: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   overlay: bool = False,
+                   on_row: Callable[[dict[str, Any]], None] | None = None
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
 
     Per frame: area, perimeter and fitted-ellipse circumference in pixels, and in mm (with the
@@ -913,6 +915,7 @@ def measure_frames(predictor: Predictor | str | Path,
     ``measurements.csv`` in ``out`` is removed before the first frame. ``overlay``
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
+    ``on_row``: called with each frame's row as soon as it is measured (the CLI prints it).
     """
     from .measure import PixelSizes, check_pixel_size, measure
     from .preprocess import seen_region
@@ -969,6 +972,8 @@ def measure_frames(predictor: Predictor | str | Path,
                     continue
                 rows.append(row)
                 written.add(frame, row)
+                if on_row is not None:
+                    on_row(row)
                 if progress:
                     progress(len(rows) + len(failed or ()), len(frames))
         except BaseException as e:      # Ctrl-C, SIGTERM, an error: the rows done are kept
