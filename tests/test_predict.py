@@ -1378,3 +1378,22 @@ def test_a_table_that_fills_the_disk_mid_run_keeps_its_rows_and_the_figures(tmp_
     assert summary["n"] == 3 and [r["name"] for r in rows] == ["0", "2", "3"]
     _, table = _table(tmp_path / "m" / "measurements.csv")
     assert [r["name"] for r in table] == ["0", "1"]     # (1 skipped: out with 0, at once)
+
+
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_progress_counts_each_frame_as_it_is_handled_skipped_or_not(tmp_path, command):
+    """A skipped frame moved the progress only with the next frame written (or at the end):
+    a run of unreadable frames held the count still, then jumped. Each frame handled, written
+    or skipped, now counts one, up to N/N."""
+    frames = _mixed_folder(tmp_path / "in")
+    for k in range(5, 9):                               # a run of unreadable frames
+        (tmp_path / "in" / f"{k}.png").write_bytes(b"")
+    frames = collect_frames([tmp_path / "in"])
+    seen: list[tuple[int, int]] = []
+    if command == "predict":
+        write_predictions(pixel_predictor(batch_size=2), frames, tmp_path / "o",
+                          skip_unreadable=True, progress=lambda *a: seen.append(a))
+    else:
+        measure_frames(pixel_predictor(batch_size=2), frames, skip_unreadable=True,
+                       progress=lambda *a: seen.append(a))
+    assert seen == [(k, 9) for k in range(1, 10)]

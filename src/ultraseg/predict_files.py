@@ -525,16 +525,18 @@ class _FrameTable:
     A frame done is :meth:`add` ed with its row, a frame skipped is :meth:`skip` ped with its
     error (its row made by ``skipped_row``); the rows go in the inputs' order, whatever order
     they came in, the cells through :func:`~ultraseg.fileio.csv_cell`, header ``columns``.
-    The file (``path``; None: none) is made anew with its header at once, and each row reaches
-    it as soon as the frames before it have theirs (a :class:`~ultraseg.fileio.LineFile`:
-    whole rows, a run killed with ``kill -9`` leaves those it made). A file that cannot be
-    written does not stop the run: :meth:`close` raises its error at the end. A run that
-    stops calls :meth:`stopped`.
+    Each frame handled, done or skipped, is counted to ``progress`` as it is (``done, total``:
+    the count reaches N/N). The file (``path``; None: none) is made anew with its header at
+    once, and each row reaches it as soon as the frames before it have theirs (a
+    :class:`~ultraseg.fileio.LineFile`: whole rows, a run killed with ``kill -9`` leaves
+    those it made). A file that cannot be written does not stop the run: :meth:`close` raises
+    its error at the end. A run that stops calls :meth:`stopped`.
     """
 
     def __init__(self, path: Path | None, columns: Sequence[str], frames: Sequence[Frame],
-                 skipped_row: Callable[[Frame, DataError], dict[str, Any]]) -> None:
-        self.path, self.columns = path, list(columns)
+                 skipped_row: Callable[[Frame, DataError], dict[str, Any]],
+                 progress: Progress | None = None) -> None:
+        self.path, self.columns, self.progress = path, list(columns), progress
         self.order = [f.out_name for f in frames]
         self.skipped_row = skipped_row
         self.held: dict[str, dict[str, Any]] = {}   # rows waiting for a frame before them
@@ -552,12 +554,18 @@ class _FrameTable:
         """``frame`` done: its row."""
         self.n_done += 1
         self._put(frame.out_name, row)
+        self._count()
 
     def skip(self, err: DataError) -> None:
         """A frame skipped for ``err`` (:func:`_skip` keeps the frame on it)."""
         self.n_skipped += 1
         if err.skipped_frame is not None:
             self._put(err.skipped_frame.out_name, self.skipped_row(err.skipped_frame, err))
+        self._count()
+
+    def _count(self) -> None:
+        if self.progress is not None:
+            self.progress(self.n_done + self.n_skipped, len(self.order))
 
     def _put(self, name: str, row: dict[str, Any]) -> None:
         if self.file is None:
@@ -757,7 +765,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     failed = summary.failed if skip_unreadable else None
     written: set[str] = set()
     table = _FrameTable(out / "predictions.csv", PREDICTION_COLUMNS, frames,
-                        lambda frame, e: _listing_row(frame, out, None, None, e))
+                        lambda frame, e: _listing_row(frame, out, None, None, e), progress)
     bad_truth: list[DataError] = []             # truth masks that could not be read
 
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -803,12 +811,8 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
             summary.n += 1
             summary.n_empty += not mask.any()
             written.add(frame.out_name)
-            if progress:
-                progress(summary.n + len(summary.failed), len(frames))
             if in_submission[frame.out_name]:
                 yield frame.out_name, mask
-        if summary.failed and progress:     # (the last frames may have been skipped)
-            progress(summary.n + len(summary.failed), len(frames))
         if rle is not None and any(in_submission[f.out_name] and f.out_name not in written
                                    for f in frames):
             raise _Incomplete               # (a skipped training frame is in no submission)
@@ -945,7 +949,8 @@ def measure_frames(predictor: Predictor | str | Path,
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
         written = _FrameTable(table, [*MEASURE_COLUMNS, "error"], frames,
-                              lambda frame, e: {**_frame_cells(frame), "error": str(e)})
+                              lambda frame, e: {**_frame_cells(frame), "error": str(e)},
+                              progress)
         sizes = PixelSizes(pixel_size_mm)
         def measured(frame: Frame, image: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
             """The frame's row (its overlay written)."""
@@ -971,11 +976,9 @@ def measure_frames(predictor: Predictor | str | Path,
                 if row is _SKIPPED:
                     continue
                 rows.append(row)
-                written.add(frame, row)
-                if on_row is not None:
+                if on_row is not None:      # (before the count: the bar is drawn after it)
                     on_row(row)
-                if progress:
-                    progress(len(rows) + len(failed or ()), len(frames))
+                written.add(frame, row)
         except BaseException as e:      # Ctrl-C, SIGTERM, an error: the rows done are kept
             written.stopped(e, "measured")
             raise
@@ -984,8 +987,6 @@ def measure_frames(predictor: Predictor | str | Path,
         if failed is not None:
             summary["n_unreadable"] = len(failed)
             summary["unreadable"] = [str(e) for e in failed]
-            if failed and progress:          # (the last frames may have been skipped)
-                progress(len(frames), len(frames))
         try:
             written.close()
         except UltrasegError as e:  # (a full disk): the figures are not lost with the table
