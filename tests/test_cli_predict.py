@@ -775,6 +775,38 @@ def test_progress_off_a_terminal_is_a_plain_line_a_minute_and_at_the_end() -> No
     assert quick.getvalue() == ""           # a run shorter than a minute: its summary says it
 
 
+def test_the_bar_on_a_terminal_is_one_line_redrawn_and_cleared_at_the_end() -> None:
+    """Pins the terminal's bar (shared with training's printer: one guarded status line)."""
+    import io
+
+    from ultraseg.cli_predict import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    now = [0.0]
+    screen = Terminal()
+    bar = ProgressBar("predict", screen, clock=lambda: now[0])
+    now[0] = 2.0
+    bar(1, 3)
+    assert screen.getvalue() == f"\rpredict [{'#' * 10:<30}] 1/3 ETA    4s "
+    now[0] = 6.0
+    bar(3, 3)
+    assert screen.getvalue().endswith(f"\rpredict [{'#' * 30}] 3/3 ETA    0s "
+                                      + "\r" + " " * 70 + "\r")
+
+    class Gone(Terminal):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    gone = ProgressBar("measure", Gone(), clock=lambda: now[0])
+    gone(1, 3)
+    gone.clear()
+    gone(2, 3)
+    assert gone.quiet
+
+
 def test_the_bar_is_taken_off_a_terminal_line_before_a_frame_line_is_printed() -> None:
     """measure prints each frame's line as it is measured: on a terminal the bar's line is
     cleared first (the line would follow the bar's text), and drawn again after."""

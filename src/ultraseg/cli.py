@@ -280,6 +280,39 @@ def to_null(stream: Any) -> None:
     finally:
         os.close(devnull)
 
+class StatusLine:
+    """A progress display's line on stderr (``stream``): rewritten in place on a terminal
+    (``tty``; :meth:`clear` takes it off), and written guarded: a stream that cannot be
+    written (its reader gone, a full disk, closed under it) stops nothing, the display goes
+    quiet (``quiet``) and the stream is sent to the null device (:func:`to_null`). Predict's
+    and measure's bar and training's printer both write through it."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.quiet = False
+
+    def write(self, text: str) -> None:
+        if self.quiet:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):     # (BrokenPipeError; a closed stream's ValueError)
+            self.quiet = True
+            to_null(self.stream)
+
+    def clear(self, width: int) -> None:
+        """On a terminal, blank the line (``width`` characters) and go back to its start."""
+        if self.tty:
+            self.write("\r" + " " * width + "\r")
+
+
+def bar(done: float, total: float = 1.0) -> str:
+    """A 30-character bar, ``done`` of ``total`` of it filled."""
+    return f"[{'#' * int(30 * done / total):<30}]"
+
+
 def terminal_safe(text: str) -> str:
     """``text`` with the characters a terminal acts on rather than shows (ESC, which starts a
     sequence that clears the screen or sets the window title, BEL, backspace, C1 controls)

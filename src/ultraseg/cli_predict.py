@@ -13,60 +13,44 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, TextIO
 
 from .config import postprocess_problem
-from .cli import json_on_failure, path_arg, to_null
+from .cli import StatusLine, bar, json_on_failure, path_arg
 from .errors import FrameTooLarge, UltrasegError
 from .fileio import json_text
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
-class ProgressBar:
+class ProgressBar(StatusLine):
     """``done/total`` with a bar and an ETA on a terminal's stderr; elsewhere (a log file,
     nohup, a batch job) a plain line at most every ``every`` seconds, and one at the end of a
     run that printed one (a run shorter than that prints none). A stream that cannot be
     written (its reader gone, a full disk) stops nothing: the bar goes quiet, as training's
-    progress does."""
+    progress does (:class:`~ultraseg.cli.StatusLine`)."""
 
     def __init__(self, what: str, stream: TextIO | None = None, every: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(stream)
         self.what = what
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.every, self.clock = every, clock
         self.t0 = self.last = clock()
-        self.ended = self.said = self.quiet = False
+        self.ended = self.said = False
 
     def __call__(self, done: int, total: int) -> None:
         if self.quiet:
             return
-        try:
-            self._draw(done, total)
-        except (OSError, ValueError):     # (BrokenPipeError; a closed stream's ValueError)
-            self.quiet = True
-            to_null(self.stream)
-
-    def _draw(self, done: int, total: int) -> None:
         elapsed = self.clock() - self.t0
         eta = elapsed / done * (total - done) if done else 0.0
         if not self.tty:
             self._line(done, total, eta)
             return
-        bar = "#" * int(30 * done / max(total, 1))
-        self.stream.write(f"\r{self.what} [{bar:<30}] {done}/{total} ETA {eta:4.0f}s ")
+        self.write(f"\r{self.what} {bar(done, max(total, 1))} {done}/{total} ETA {eta:4.0f}s ")
         if done >= total:
-            self.stream.write("\r" + " " * 70 + "\r")
-        self.stream.flush()
+            self.clear(70)
 
-    def clear(self) -> None:
+    def clear(self, width: int = 70) -> None:
         """Take the bar off a terminal's line (a line printed on stdout goes there: the next
         call draws the bar again); off a terminal, nothing to take."""
-        if self.tty and not self.quiet:
-            try:
-                self.stream.write("\r" + " " * 70 + "\r")
-                self.stream.flush()
-            except (OSError, ValueError):
-                self.quiet = True
-                to_null(self.stream)
+        super().clear(width)
 
     def _line(self, done: int, total: int, eta: float) -> None:
         now = self.clock()
@@ -75,8 +59,7 @@ class ProgressBar:
         self.last, self.ended, self.said = now, done >= total, True
         left = "" if self.ended else (f", ETA {eta:.0f} s" if eta < 60
                                       else f", ETA {eta / 60:.0f} min")
-        self.stream.write(f"{self.what}: {done}/{total} frames{left}\n")
-        self.stream.flush()
+        self.write(f"{self.what}: {done}/{total} frames{left}\n")
 
 
 def load_predictor(a: argparse.Namespace) -> Any:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
                      merge, parse_duration, preset)
-from .cli import json_on_failure, path_arg, to_null
+from .cli import StatusLine, bar, json_on_failure, path_arg, to_null
 from .errors import UltrasegError
 from .fileio import json_text, read_json
 
@@ -29,25 +29,28 @@ class ProgressPrinter:
     ``2>&1 | head``), or the stream cannot be written (``>/dev/full``, an I/O error, a closed
     file), training goes on to its end: the printer says so once where stderr still has a
     reader, and the stream gone is sent to the null device (the run's epochs are in its
-    metrics.csv and train.log); a display is no reason to lose a run.
+    metrics.csv and train.log); a display is no reason to lose a run. stderr is written
+    through a :class:`~ultraseg.cli.StatusLine`, as predict's bar is.
     """
 
     def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.line = StatusLine(stream)
+        self.stream, self.tty = self.line.stream, self.line.tty
         self.quiet = False          # stdout's reader has gone
-        self.err_quiet = False      # stderr's has
+
+    @property
+    def err_quiet(self) -> bool:
+        """stderr's reader has gone."""
+        return self.line.quiet
 
     def __call__(self, e: dict[str, Any]) -> None:
         if e["event"] == "batch" and self.tty:
             done = e["batch"] / e["batches"]
             eta = e["elapsed"] / done - e["elapsed"] if done else 0
-            bar = "#" * int(30 * done)
-            self._err(f"\repoch {e['epoch']}/{e['epochs']} [{bar:<30}] "
+            self._err(f"\repoch {e['epoch']}/{e['epochs']} {bar(done)} "
                       f"{e['batch']}/{e['batches']} loss {e['loss']:.4f} ETA {eta:4.0f}s ")
         elif e["event"] == "epoch":
-            if self.tty:
-                self._err("\r" + " " * 90 + "\r")
+            self.line.clear(90)
             partial = "" if e["complete"] else "  (partial: time limit)"
             val = ("" if math.isnan(e["val_dice"]) else  # NaN: no validation split
                    f"val loss {e['val_loss']:.4f}  val Dice {e['val_dice']:.4f}  ")
@@ -60,7 +63,7 @@ class ProgressPrinter:
                 self._err(f"\rvalidation frame {e['frame']}/{e['frames']} "
                           f"({e['elapsed']:.0f} s) ")
             else:
-                self._err("\r" + " " * 60 + "\r")
+                self.line.clear(60)
 
     def _out(self, line: str) -> None:
         if self.quiet:
@@ -76,14 +79,7 @@ class ProgressPrinter:
                       "in the run folder)\n")
 
     def _err(self, text: str) -> None:
-        if self.err_quiet:
-            return
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):
-            self.err_quiet = True
-            to_null(self.stream)
+        self.line.write(text)
 
 
 # ---------------------------------------------------------------- train
