@@ -613,6 +613,28 @@ def test_measure_overlays_draw_the_outline_and_the_ellipse_measured(tmp_path):
         assert on.sum() > 30 and np.abs(r - 1).max() < 0.12
 
 
+def test_measure_overlay_outlines_the_object_measured_alone(tmp_path):
+    """The overlay outlined the whole mask (every stray region, every hole) where the figures
+    are of the largest region with its holes filled: which one was measured could not be seen."""
+    from ultraseg.metrics import outline
+    from ultraseg.report import PRED_COLOR
+
+    yy, xx = np.mgrid[:64, :64]
+    image = np.zeros((64, 64), np.uint8)
+    r2 = (yy - 30) ** 2 + (xx - 30) ** 2
+    image[r2 <= 15 ** 2] = 200                   # the object, with a hole the fit fills
+    image[r2 <= 4 ** 2] = 0
+    image[52:58, 2:8] = 200                      # a stray region, not measured
+    save(tmp_path / "in" / "two.png", image)
+    measure_frames(pixel_predictor(), collect_frames([tmp_path / "in" / "two.png"]),
+                   out=tmp_path / "m", overlay=True)
+    rgb = read(tmp_path / "m" / "two_measure.png")
+    drawn = np.all(rgb == PRED_COLOR, axis=-1)
+    measured = outline(r2 <= 15 ** 2, 1)
+    assert drawn.sum() > 30
+    assert not (drawn & ~measured).any()         # nothing on the stray region or the hole
+
+
 def test_one_hc18_frame_named_alone_keeps_its_tables_row(tmp_path):
     """`measure MODEL hc18/training_set/001_HC.png` gave px, the table beside it unread, where
     the folder gave mm and the reference."""

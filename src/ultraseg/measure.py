@@ -162,6 +162,20 @@ def _object(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels == int(np.argmax(sizes)), n
 
 
+def measured_object(mask: np.ndarray,
+                    region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The object :func:`measure` measures in a (H, W) mask, as bool (H, W): the
+    :func:`largest_component` (holes filled) of the mask within ``region`` (top, bottom, left,
+    right; ``None``: all of it), the object an overlay outlines."""
+    mask = np.asarray(mask).astype(bool)
+    if region is None:
+        return largest_component(mask)
+    t, b, lft, r = region
+    obj = np.zeros(mask.shape, dtype=bool)
+    obj[t:b, lft:r] = largest_component(mask[t:b, lft:r])
+    return obj
+
+
 def crofton_perimeter(mask: np.ndarray, spacing: tuple[float, float] | None = None) -> float:
     """Perimeter (pixels) of a bool (H, W) mask by the four-direction Crofton formula.
 

@@ -921,7 +921,7 @@ def measure_frames(predictor: Predictor | str | Path,
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     ``on_row``: called with each frame's row as soon as it is measured (the CLI prints it).
     """
-    from .measure import PixelSizes, check_pixel_size, measure
+    from .measure import PixelSizes, check_pixel_size, measure, measured_object
     from .preprocess import seen_region
     from .report import measure_overlay
 
@@ -956,14 +956,15 @@ def measure_frames(predictor: Predictor | str | Path,
             """The frame's row (its overlay written)."""
             mask = apply_postprocess(prob, predictor.postprocess)
             spacing = sizes.of(frame.out_name, frame.sample.meta)
-            m = measure(mask, spacing, boundary_offset_px=offset,
-                        region=seen_region(image, predictor.preprocess))
+            region = seen_region(image, predictor.preprocess)
+            m = measure(mask, spacing, boundary_offset_px=offset, region=region)
             row = _measurement_row(frame, image.shape, spacing, m)
             if overlay and out_dir is not None:
                 ellipse = None if row["ellipse_cx"] is None else (*m["ellipse_center"],
                                                                   *m["ellipse_axes"],
                                                                   m["ellipse_angle_deg"])
-                rgb = measure_overlay(image, mask, ellipse,
+                # the object measured alone (largest region, holes filled), not the mask
+                rgb = measure_overlay(image, measured_object(mask, region), ellipse,
                                       thickness=overlay_thickness(image.shape))
                 _write(out_dir / f"{frame.out_name}_measure.png", encode_png(rgb))
             return row
