@@ -360,6 +360,7 @@ def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
                "--threshold", "0", "--device", "cpu", "--precision", "fp32", "--overlay"])
     out = capsys.readouterr().out
     assert rc == 0 and "measured 1 frames" in out and "mean absolute" in out
+    assert "mean head circumference" in out     # frames with a reference HC: fetal heads
     assert (tmp_path / "m" / "007_HC_measure.png").is_file()
     assert main(["measure", str(ckpt), str(tmp_path / "hc"), "--overlay"]) == 2
     assert "need an output folder (--out)" in capsys.readouterr().err
@@ -384,7 +385,9 @@ def test_measure_prints_each_frame_in_mm_where_the_pixel_size_is_known_else_in_p
     assert main(args + ["--threshold", "0"]) == 0          # threshold 0: the whole frame
     out = capsys.readouterr().out
     first = out.splitlines()[0]
-    assert first.startswith("a: area 1200 px, perimeter ") and " px, HC " in first
+    # no reference HC: not called a head (a breast lesion was "HC 87.5 mm")
+    assert first.startswith("a: area 1200 px, perimeter ") and " px, ellipse circumference " \
+        in first and "HC" not in out and "head" not in out
     assert "mm" not in first
     assert "no pixel size known" in out and "--pixel-size" in out
     assert main(args + ["--threshold", "0", "--pixel-size", "0.5", "--json"]) == 0
@@ -392,8 +395,9 @@ def test_measure_prints_each_frame_in_mm_where_the_pixel_size_is_known_else_in_p
     assert main(args + ["--threshold", "0", "--pixel-size", "0.5"]) == 0
     out = capsys.readouterr().out
     assert (f"a: area {row['area_mm2']:.1f} mm2, perimeter {row['perimeter_mm']:.1f} mm, "
-            f"HC {row['hc_mm']:.1f} mm, axes {row['major_axis_mm']:.1f} x "
+            f"ellipse circumference {row['hc_mm']:.1f} mm, axes {row['major_axis_mm']:.1f} x "
             f"{row['minor_axis_mm']:.1f} mm") in out
+    assert f"mean ellipse circumference {row['hc_mm']:.2f} mm" in out and "head" not in out
     assert row["area_mm2"] == pytest.approx(1200 * 0.25) and "no pixel size" not in out
     assert main(args + ["--threshold", "0", "--min-area", "5000"]) == 0   # the frame removed
     out = capsys.readouterr().out

@@ -256,11 +256,23 @@ def _print_measurements(a: argparse.Namespace, summary: dict[str, Any],
     if a.json:
         print(json_text({**summary, "rows": rows}))
         return
-    print(format_measure_summary(summary))
+    heads = fetal_heads(rows)
+    if a.out is None:
+        for r in rows:
+            print(format_measure_row(r, heads=heads))
+    print(format_measure_summary(summary, heads=heads))
 
 
-def format_measure_row(r: dict[str, Any]) -> str:
-    """One frame's measurement as a line: in mm where its pixel size is known, else in px."""
+def fetal_heads(rows: list[dict[str, Any]]) -> bool:
+    """Whether the frames measured are fetal heads, their ellipse circumference a head
+    circumference: where a frame carries a reference head circumference (HC18's table). Other
+    data (a breast lesion) is measured the same, but the figure is not called a head's."""
+    return any(r.get("hc_ref_mm") is not None for r in rows)
+
+
+def format_measure_row(r: dict[str, Any], *, heads: bool = False) -> str:
+    """One frame's measurement as a line: in mm where its pixel size is known, else in px;
+    the circumference named HC where ``heads`` (see :func:`fetal_heads`)."""
     from .measure import has_pixel_size
 
     if not r["area_px"]:
@@ -269,22 +281,24 @@ def format_measure_row(r: dict[str, Any]) -> str:
     def num(v: Any, unit: str, fmt: str = ".1f") -> str:
         return "n/a" if v is None else f"{v:{fmt}} {unit}"
 
+    hc = "HC" if heads else "ellipse circumference"
     if has_pixel_size(r):
         return (f"{r['name']}: area {num(r['area_mm2'], 'mm2')}, "
-                f"perimeter {num(r['perimeter_mm'], 'mm')}, HC {num(r['hc_mm'], 'mm')}, "
+                f"perimeter {num(r['perimeter_mm'], 'mm')}, {hc} {num(r['hc_mm'], 'mm')}, "
                 f"axes {num(r['major_axis_mm'], 'x')} {num(r['minor_axis_mm'], 'mm')}")
     return (f"{r['name']}: area {num(r['area_px'], 'px', '.0f')}, "
-            f"perimeter {num(r['perimeter_px'], 'px')}, HC {num(r['hc_px'], 'px')}")
+            f"perimeter {num(r['perimeter_px'], 'px')}, {hc} {num(r['hc_px'], 'px')}")
 
 
-def format_measure_summary(s: dict[str, Any]) -> str:
-    """The measure summary as a few lines."""
+def format_measure_summary(s: dict[str, Any], *, heads: bool = False) -> str:
+    """The measure summary as a few lines (``heads``: as in :func:`format_measure_row`)."""
     lines = [f"measured {s['n']} frames ({s['n_with_object']} with an object, "
              f"{s['n_with_pixel_size']} with a known pixel size)"]
     if s["n_with_object"] and not s["n_with_pixel_size"]:
         lines.append("no pixel size known: figures in px (--pixel-size MM gives mm)")
     if s["hc_mm_mean"] is not None:
-        lines.append(f"mean head circumference {s['hc_mm_mean']:.2f} mm")
+        lines.append(f"mean {'head' if heads else 'ellipse'} circumference "
+                     f"{s['hc_mm_mean']:.2f} mm")
     if s["hc_mae_mm"] is not None:
         lines.append(f"HC error against the {s['n_with_reference']} references: mean absolute "
                      f"{s['hc_mae_mm']:.2f} mm, mean signed {s['hc_bias_mm']:+.2f} mm")
@@ -339,7 +353,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
-        "measure", help="area, perimeter and head circumference of the segmented object",
+        "measure", help="area, perimeter and fitted-ellipse circumference (a fetal head's "
+                        "HC) of the segmented object",
         description="Segment each image and measure its object: area, perimeter and "
                     "fitted-ellipse circumference, in mm where the pixel size is known, with "
                     "the error against reference circumferences where the dataset has them.")
