@@ -361,6 +361,8 @@ def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and "measured 1 frames" in out and "mean absolute" in out
     assert "mean head circumference" in out     # frames with a reference HC: fetal heads
+    # measurements in mm read as clinical output: the last line says they are not
+    assert out.rstrip().splitlines()[-1].lower().startswith("research use only")
     assert (tmp_path / "m" / "007_HC_measure.png").is_file()
     assert main(["measure", str(ckpt), str(tmp_path / "hc"), "--overlay"]) == 2
     assert "need an output folder (--out)" in capsys.readouterr().err

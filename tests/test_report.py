@@ -295,6 +295,16 @@ def test_write_html_without_figures_or_evaluation(tmp_path: Path) -> None:
     assert "No epochs recorded" in page
 
 
+def test_write_html_ends_with_the_intended_use(tmp_path: Path) -> None:
+    """A report looked like finished clinical output: nothing said research use only."""
+    page = write_html(tmp_path, title="t", summary={"a": 1}, config={"b": 2},
+                      history=[]).read_text(encoding="utf-8")
+    footer = page.rindex("<footer")
+    assert footer > page.index("Configuration")
+    assert "research use only" in page[footer:].lower()
+    assert "not a medical device" in page[footer:] and "diagnosis" in page[footer:]
+
+
 def test_pick_examples_shows_the_best_median_and_worst_frames_and_the_worst_empty_one() -> None:
     dices = [0.5, 0.9, 0.1, 0.7, 0.3, 1.0, 0.0]
     empty = [False, False, False, False, False, True, True]

@@ -307,6 +307,9 @@ def format_measure_summary(s: dict[str, Any], *, heads: bool = False) -> str:
                      "not in the error")
     if s.get("csv"):
         lines.append(f"per-image measurements: {s['csv']}")
+    from .report import INTENDED_USE
+
+    lines.append(INTENDED_USE)
     return "\n".join(lines)
 
 

@@ -45,6 +45,10 @@ ELLIPSE_COLOR: tuple[int, int, int] = (0, 158, 115)
 #: The colours in words, as figures and help texts say them.
 COLOURS = "blue: truth, orange: prediction, white: both"
 
+#: What ultraseg's figures are for, as README, report.html and measure say it.
+INTENDED_USE = ("Research use only: ultraseg is not a medical device; its masks, measurements "
+                "and figures are not validated for diagnosis or clinical decisions.")
+
 #: The least span of the learning curves' Dice axis.
 MIN_DICE_SPAN = 0.1
 #: Resolution of every figure written here.
@@ -505,6 +509,7 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.best td{font-weight:bold;background:#eef8ee}
 figure{margin:1em 0}img{max-width:100%;height:auto}figcaption{color:#666;font-size:.85em}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
+footer{margin-top:2em;border-top:1px solid #ddd;color:#666;font-size:.85em}
 """.strip()
 
 
@@ -592,7 +597,7 @@ def write_html(
     with its name and what ``captions`` says it shows (a run's figures: :data:`CAPTIONS`); the
     per-epoch ``history`` table (the row of the epoch kept highlighted: ``best_epoch``, else
     the best validation Dice's); ``evaluation`` as a key/value table when given; ``config`` as
-    indented JSON. All text is HTML-escaped.
+    indented JSON; a footer with :data:`INTENDED_USE`. All text is HTML-escaped.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -614,7 +619,7 @@ def write_html(
         parts += ["<h2>Evaluation</h2>", _kv_table(evaluation)]
     config_json = json.dumps(config, indent=2, default=str, ensure_ascii=False)
     parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(config_json, quote=False)}</pre>",
-              "</body></html>", ""]
+              f"<footer><p>{html.escape(INTENDED_USE)}</p></footer>", "</body></html>", ""]
     out = run_dir / "report.html"
     atomic_write_bytes(out, _shown("\n".join(parts)).encode("utf-8"))
     logger.info("wrote report %s (%d figures)", out, len(figures))
