@@ -67,6 +67,22 @@ def test_overlay_outline_colours_of_known_squares() -> None:
     assert (out[gray] == 100).all()
 
 
+def test_overlay_colours_differ_in_lightness_and_agreement_is_no_grey() -> None:
+    """Truth (sky blue) and prediction (orange) had one lightness, the same grey on a
+    monochrome monitor or a print; pixels on both were white, lost on a bright echo."""
+    image = np.full((20, 20), 230, dtype=np.uint8)          # a bright echo
+    out = overlay(image, _square(image.shape, 4, 4, 6), _square(image.shape, 4, 4, 8))
+    grey = np.asarray(Image.fromarray(out).convert("L")).astype(int)
+    drawn = {name: grey[np.all(out == colour, axis=-1)]
+             for name, colour in (("pred", PRED_COLOR), ("truth", TRUTH_COLOR),
+                                  ("both", BOTH_COLOR))}
+    assert all(v.size for v in drawn.values())
+    levels = {name: int(v[0]) for name, v in drawn.items()}
+    for a, b in (("pred", "truth"), ("pred", "both"), ("truth", "both")):
+        assert abs(levels[a] - levels[b]) >= 40, levels        # apart in greyscale
+    assert max(BOTH_COLOR) - min(BOTH_COLOR) >= 100            # a colour, not an echo's grey
+
+
 def test_overlay_single_mask_none_and_edges() -> None:
     image = np.arange(64, dtype=np.uint8).reshape(8, 8)
     assert np.array_equal(overlay(image, None), np.repeat(image[:, :, None], 3, axis=2))

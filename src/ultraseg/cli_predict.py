@@ -328,7 +328,7 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
                    help="mask file format (default %(default)s)")
     p.add_argument("--overlay", action="store_true",
                    help="also write STEM_overlay.png: predicted outline orange, ground truth "
-                   "blue (a labelled dataset's), white where they meet")
+                   "blue (a labelled dataset's), yellow where they meet")
     p.add_argument("--rle", metavar="FILE.csv", type=path_arg,
                    help="write a Kaggle submission (img,pixels; run-length encoded masks); "
                         "of a Kaggle root with train/ and test/, only the test frames")

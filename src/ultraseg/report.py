@@ -6,8 +6,8 @@ the Agg canvas in matplotlib's default style, so importing this module is cheap,
 pyplot state is touched and the caller's rcParams change nothing. Every
 file is written atomically (figure -> bytes -> :func:`ultraseg.fileio.atomic_write_bytes`).
 
-Colours (Okabe and Ito's, told apart with any colour vision): ground-truth outlines sky blue,
-predicted outlines orange, pixels on both outlines white.
+Colours (Okabe and Ito's, told apart with any colour vision, and in greyscale by their lightness
+too): ground-truth outlines blue, predicted outlines orange, pixels on both outlines yellow.
 """
 from __future__ import annotations
 
@@ -36,14 +36,16 @@ logger = logging.getLogger(__name__)
 #: RGB of the predicted mask's outline: orange. (Red beside green, as before 2026-12-06, reads
 #: as one colour to a red-green colour-blind eye, one man in twelve.)
 PRED_COLOR: tuple[int, int, int] = (230, 159, 0)
-#: RGB of the ground-truth outline: sky blue.
-TRUTH_COLOR: tuple[int, int, int] = (86, 180, 233)
-#: RGB of pixels on both outlines: white.
-BOTH_COLOR: tuple[int, int, int] = (255, 255, 255)
+#: RGB of the ground-truth outline: blue, darker than the orange (grey 87 against 162: sky
+#: blue, before 2026-12-07, was the orange's grey, one colour on a monochrome monitor or a print).
+TRUTH_COLOR: tuple[int, int, int] = (0, 114, 178)
+#: RGB of pixels on both outlines: yellow (grey 213), lighter than both; white was lost on a
+#: bright echo, the best case drawn least visibly.
+BOTH_COLOR: tuple[int, int, int] = (240, 228, 66)
 #: RGB of the ellipse ``measure`` fits to the predicted object: bluish green.
 ELLIPSE_COLOR: tuple[int, int, int] = (0, 158, 115)
 #: The colours in words, as figures and help texts say them.
-COLOURS = "blue: truth, orange: prediction, white: both"
+COLOURS = "blue: truth, orange: prediction, yellow: both"
 
 #: What ultraseg's figures are for, as README, report.html and measure say it.
 INTENDED_USE = ("Research use only: ultraseg is not a medical device; its masks, measurements "
@@ -110,7 +112,7 @@ def overlay(
 
     ``image``: (H, W) gray, uint8 (other dtypes are min-max scaled), or (H, W, 3) uint8 RGB.
     ``pred`` / ``truth``: (H, W) masks (bool, or nonzero = inside), either may be ``None``.
-    Pixels on both outlines are white; mask interiors and background keep the image's gray.
+    Pixels on both outlines are yellow; mask interiors and background keep the image's gray.
     ``thickness``: outline width in pixels. Returns a new (H, W, 3) uint8 array.
     """
     img = display_uint8(image)
