@@ -438,6 +438,33 @@ def test_an_epoch_cut_short_is_drawn_hollow_and_named_partial(tmp_path, monkeypa
     assert a.shape == b.shape and np.abs(a - b).max() > 0
 
 
+def test_the_curves_keep_their_colours_whether_or_not_an_epoch_was_cut_short(
+        tmp_path, monkeypatch) -> None:
+    """The partial epoch's marker took the next colour of matplotlib's cycle: validation loss
+    was green in one run, orange (the best epoch's star) in another."""
+    from matplotlib.colors import to_hex
+
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_dice": 0.2 * e,
+                "complete": e < 3} for e in (1, 2, 3)]
+    colours: list[dict[str, str]] = []
+    save = report._save
+
+    def keep(fig, path) -> None:
+        colours.append({line.get_label(): to_hex(line.get_color())
+                        for ax in fig.axes for line in ax.get_lines()})
+        save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    plot_curves(history, tmp_path / "partial.png")
+    plot_curves([{**r, "complete": True} for r in history], tmp_path / "whole.png")
+    partial, whole = colours
+    for label in ("train loss", "validation loss", "validation Dice"):
+        assert partial[label] == whole[label], label
+    star = next(c for name, c in whole.items() if name.startswith("best"))
+    assert len({whole["train loss"], whole["validation loss"], whole["validation Dice"],
+                star}) == 4
+
+
 def test_the_report_s_figures_say_what_they_show(tmp_path, monkeypatch) -> None:
     """The prediction figure's title said "predictions" and each caption was the file's name:
     nothing said these were validation frames, which chose the epoch and the post-processing,

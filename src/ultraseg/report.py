@@ -276,13 +276,17 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
 
     partial = np.array([_partial(r) for r in rows], dtype=bool)
     drawn, named = [], False
-    for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
+    # colours fixed per series: from matplotlib's cycle, a partial epoch's marker took one and
+    # the validation loss changed colour between runs
+    for key, label, colour in (("train_loss", "train loss", "tab:blue"),
+                               ("val_loss", "validation loss", "tab:purple")):
         y = series(key)
         if np.isfinite(y).any():
             ok = np.isfinite(y)
-            line, = ax_loss.plot(epochs[ok], y[ok], marker=marker, markersize=4, label=label)
+            ax_loss.plot(epochs[ok], y[ok], marker=marker, markersize=4, color=colour,
+                         label=label)
             # (named once in the legend, beside both losses)
-            named = _mark_partial(ax_loss, epochs, y, ok & partial, line.get_color(),
+            named = _mark_partial(ax_loss, epochs, y, ok & partial, colour,
                                   named=not named) or named
             drawn.append(y[ok])
     if drawn:
@@ -353,7 +357,7 @@ def _mark_partial(ax: Any, epochs: np.ndarray, y: np.ndarray, where: np.ndarray,
         return False
     names = ", ".join(f"{e:g}" for e in epochs[where])
     ax.plot(epochs[where], y[where], marker="o", markersize=8, markerfacecolor="white",
-            markeredgecolor=color, markeredgewidth=1.5, linestyle="none", zorder=3,
+            color=color, markeredgecolor=color, markeredgewidth=1.5, linestyle="none", zorder=3,
             label=f"epoch {names} (partial: time limit)" if named else "_partial")
     return True
 
