@@ -592,9 +592,28 @@ def test_the_printed_summary_names_what_the_raw_figure_is_and_shows_hd95_in_mm()
                "raw": {"dice_mean": 0.78, "dice_nonempty_mean": 0.78}}
     text = format_summary(summary)
     assert "without post-processing" not in text
-    assert "threshold 0.5 alone (no rules; the flip as below): 0.7800" in text
-    assert "HD95 median (mm)      0.8000   over 2 of them with a pixel size" in text
+    assert "threshold 0.5 alone (no rules; the flip as below): 0.780" in text
+    assert "HD95 median (mm)      0.8   over 2 of them with a pixel size" in text
     assert "HD95 median (mm)" not in format_summary({**summary, "hd95_mm_n": 0})
+
+
+def test_the_printed_summary_rounds_each_figure_to_its_kind() -> None:
+    """Every figure was printed to 4 decimals: 'HD95 median (px) 217.9447' claimed a
+    ten-thousandth of a pixel, 'empty frames right 0.0000' read as a score."""
+    summary = {"n": 9, "dice_mean": 0.654912, "dice_nonempty_mean": 0.70149,
+               "iou_mean": 0.51234, "hd95_median": 217.9447, "hd95_n": 8,
+               "hd95_mm_median": 16.3993, "hd95_mm_n": 8, "empty_correct_rate": 2 / 3,
+               "postprocess": {}, "raw": {"dice_mean": 0.61, "dice_nonempty_mean": 0.6},
+               "hc_n": 8, "hc_missed": 0, "hc_mae_mm": 16.5312}
+    lines = format_summary(summary).splitlines()
+    for start in ("Dice (all frames)     0.655   threshold 0.5 alone (no rules; the flip as "
+                  "below): 0.610", "Dice (non-empty)      0.701   threshold 0.5 alone: 0.600",
+                  "IoU                   0.512", "HD95 median (px)      217.9   over 8",
+                  "HD95 median (mm)      16.4   over 8", "empty frames right    67%",
+                  "head circumference MAE 16.5 mm over 8 of 8"):
+        assert any(line.startswith(start) for line in lines), start
+    assert "217.94" not in "\n".join(lines)
+    assert summary["hd95_median"] == 217.9447                    # the figures kept whole
 
 
 def test_an_unreadable_frame_stops_evaluation_pointing_at_inspect(tmp_path) -> None:

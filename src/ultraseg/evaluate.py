@@ -558,9 +558,12 @@ def format_interval(ci: Sequence[float] | None) -> str:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """Human-readable lines for the CLI."""
-    def f(v: Any) -> str:
-        return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+    """Human-readable lines for the CLI: each figure to the digits its kind carries (Dice
+    and IoU 3 decimals, px and mm 1, a share in %; the JSON and CSV keep them whole)."""
+    def as_(fmt: str) -> Callable[[Any], str]:
+        return lambda v: "n/a" if v is None else (format(v, fmt) if isinstance(v, float)
+                                                  else str(v))
+    f, dist, share = as_(".3f"), as_(".1f"), as_(".0%")
     raw = summary.get("raw", {})
     side = summary.get("subset")
     where = f"   ({SIDES[side].format(summary.get('split'))})" if side in SIDES else ""
@@ -575,17 +578,17 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"(the {summary['n_subjects']} subjects resampled: one subject's frames are "
                 "not independent)"] if summary.get("dice_mean_ci95") else []),
              f"IoU                   {f(summary['iou_mean'])}",
-             f"HD95 median (px)      {f(summary['hd95_median'])}   over "
+             f"HD95 median (px)      {dist(summary['hd95_median'])}   over "
              f"{summary.get('hd95_n', 'n/a')} frames with a structure in truth and prediction",
-             *([f"HD95 median (mm)      {f(summary['hd95_mm_median'])}   over "
+             *([f"HD95 median (mm)      {dist(summary['hd95_mm_median'])}   over "
                 f"{summary['hd95_mm_n']} of them with a pixel size"]
                if summary.get("hd95_mm_n") else []),
-             f"empty frames right    {f(summary['empty_correct_rate'])}",
+             f"empty frames right    {share(summary['empty_correct_rate'])}",
              f"test-time flip        "
              f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]
     if "hc_n" in summary:
         n_ref = summary["hc_n"] + summary["hc_missed"]
-        lines.append(f"head circumference MAE {f(summary['hc_mae_mm'])} mm over "
+        lines.append(f"head circumference MAE {dist(summary['hc_mae_mm'])} mm over "
                      f"{summary['hc_n']} of {n_ref} frames with a reference "
                      f"({summary['hc_missed']} with no head found)")
     lines.append(f"(empty rule: {EMPTY_RULE})")
