@@ -465,6 +465,17 @@ def test_the_curves_keep_their_colours_whether_or_not_an_epoch_was_cut_short(
                 star}) == 4
 
 
+def test_the_curves_dice_says_it_is_before_post_processing(tmp_path, monkeypatch) -> None:
+    """curve.png's 'validation Dice' (0.37) was taken for the report's post-processed Dice
+    (0.65) once the PNG left the page whose caption tells them apart."""
+    texts = _drawn_texts(monkeypatch)
+    plot_curves([{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "val_dice": 0.3}],
+                tmp_path / "curve.png")
+    (found,) = texts
+    assert any(t.startswith("validation Dice") and "training resolution" in t
+               and "before post-processing" in t for t in found), found
+
+
 def test_the_report_s_figures_say_what_they_show(tmp_path, monkeypatch) -> None:
     """The prediction figure's title said "predictions" and each caption was the file's name:
     nothing said these were validation frames, which chose the epoch and the post-processing,

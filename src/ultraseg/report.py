@@ -333,7 +333,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
                      ha="center", va="center", transform=ax_dice.transAxes)
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("Dice")
-    ax_dice.set_title("validation Dice")
+    ax_dice.set_title("validation Dice\n(training resolution, before post-processing)")
     ax_dice.grid(True, alpha=0.3)
     if not rows:
         for ax in (ax_loss, ax_dice):
