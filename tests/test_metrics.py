@@ -315,3 +315,39 @@ def test_dice_from_counts_is_the_one_dice_with_the_empty_rule() -> None:
         d = M.dice_from_counts(tp, int(p.sum()), int(t.sum()))
         assert d == M.dice(p, t) == M.image_metrics(p, t)["dice"], k
     assert M.dice_from_counts(0, 0, 0) == 1.0 and M.dice_from_counts(0, 3, 0) == 0.0
+
+
+def test_dice_nonempty_mean_is_over_the_frames_whose_truth_holds_a_structure() -> None:
+    """The headline 'Dice (non-empty)' of evaluate and the run summary: its frames are
+    chosen by the truth, so a missed structure (empty prediction, Dice 0) counts in it and
+    an invented one on an empty frame does not. Chosen by the prediction instead, a miss
+    drops out and the figure rises."""
+    truth = np.zeros((4, 4), bool)
+    truth[1:3, 1:3] = True
+    empty = np.zeros((4, 4), bool)
+    miss = M.image_metrics(empty, truth)        # truth non-empty, Dice 0
+    hit = M.image_metrics(truth, truth)         # truth non-empty, Dice 1
+    invented = M.image_metrics(truth, empty)    # truth empty, Dice 0
+    # by hand: the frames with truth are the miss and the hit, (0 + 1) / 2
+    assert M.summarise([miss, hit])["dice_nonempty_mean"] == pytest.approx(0.5)
+    # the invented frame has no truth: only the hit counts, 1 / 1
+    assert M.summarise([hit, invented])["dice_nonempty_mean"] == pytest.approx(1.0)
+
+
+def test_image_metrics_hd95_mm_on_pixels_that_are_not_square() -> None:
+    """evaluate passes a DICOM (row, column) pixel size through image_metrics: the mm HD95
+    is measured in mm along each axis, not the pixel HD95 times a mean pixel size."""
+    p = np.zeros((8, 8), bool)
+    q = np.zeros((8, 8), bool)
+    p[2:4, 2:4] = True
+    q[2:4, 5:7] = True
+    row = M.image_metrics(p, q, spacing=(1.0, 0.5))    # rows 1 mm apart, columns 0.5 mm
+    # by hand: every pixel of each 2x2 square is on its boundary; the nearest pixel of the
+    # other square is in the same row, 2 columns away (the facing column) or 3 (the far
+    # one): directed distances [2, 2, 3, 3] px both ways. Their 95th percentile (linear
+    # between the sorted 3rd and 4th, both 3) is 3 px, 3 columns = 3 x 0.5 mm = 1.5 mm.
+    assert row["hd95"] == pytest.approx(3.0)
+    assert row["hd95_mm"] == pytest.approx(1.5)
+    # the same masks turned a quarter: now the 3 px run along the rows, 1 mm apart
+    turned = M.image_metrics(p.T, q.T, spacing=(1.0, 0.5))
+    assert turned["hd95_mm"] == pytest.approx(3.0)
