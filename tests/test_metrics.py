@@ -351,3 +351,15 @@ def test_image_metrics_hd95_mm_on_pixels_that_are_not_square() -> None:
     # the same masks turned a quarter: now the 3 px run along the rows, 1 mm apart
     turned = M.image_metrics(p.T, q.T, spacing=(1.0, 0.5))
     assert turned["hd95_mm"] == pytest.approx(3.0)
+
+
+def test_a_tie_in_validation_dice_goes_to_the_lower_validation_loss() -> None:
+    """Validation Dice of 0 for every epoch (nothing found yet) kept epoch 1, the least
+    trained weights; a tie now goes to the lower validation loss, then stays put."""
+    assert M.improves(0.5, 0.9, best_dice=0.4, best_loss=0.1)
+    assert not M.improves(0.3, 0.1, best_dice=0.4, best_loss=0.9)
+    assert M.improves(0.0, 1.05, best_dice=0.0, best_loss=1.17)
+    assert not M.improves(0.0, 1.17, best_dice=0.0, best_loss=1.17)
+    assert not M.improves(0.0, 1.2, best_dice=0.0, best_loss=1.17)
+    assert M.improves(0.0, 1.2, best_dice=-math.inf, best_loss=math.inf)     # the first epoch
+    assert not M.improves(math.nan, 0.5, best_dice=0.2, best_loss=1.0)

@@ -771,20 +771,6 @@ def test_auto_presence_head_is_decided_once_and_recorded(tmp_path, capsys) -> No
     assert "presence_head" in capsys.readouterr().err
 
 
-def test_a_tie_in_validation_dice_goes_to_the_lower_validation_loss() -> None:
-    """Validation Dice of 0 for every epoch (nothing found yet) kept epoch 1, the least
-    trained weights; a tie now goes to the lower validation loss, then stays put."""
-    from ultraseg.metrics import improves as _improves
-
-    assert _improves(0.5, 0.9, best_dice=0.4, best_loss=0.1)
-    assert not _improves(0.3, 0.1, best_dice=0.4, best_loss=0.9)
-    assert _improves(0.0, 1.05, best_dice=0.0, best_loss=1.17)
-    assert not _improves(0.0, 1.17, best_dice=0.0, best_loss=1.17)
-    assert not _improves(0.0, 1.2, best_dice=0.0, best_loss=1.17)
-    assert _improves(0.0, 1.2, best_dice=-math.inf, best_loss=math.inf)     # the first epoch
-    assert not _improves(math.nan, 0.5, best_dice=0.2, best_loss=1.0)
-
-
 # ------------------------------------------------------------------ the caller's logging
 @pytest.mark.parametrize("where", ["root", "package"])
 @pytest.mark.parametrize("package_level", [logging.NOTSET, logging.WARNING, logging.ERROR])
