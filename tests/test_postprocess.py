@@ -391,6 +391,32 @@ def _nested_rings(rng: np.random.Generator, size: int) -> np.ndarray:
     return p.astype(np.float32)
 
 
+def _ring_around_blob(size: int = 40, ring: float = 0.9, blob: float = 0.9) -> np.ndarray:
+    """A 1-px square ring (rows/cols 2..size-3; 140 px at 40) at probability ``ring`` around a
+    larger solid blob inside its hole (rows/cols 8..size-9; 576 px at 40) at ``blob``."""
+    p = np.zeros((size, size), np.float32)
+    p[2:size - 2, 2:size - 2] = ring
+    p[3:size - 3, 3:size - 3] = 0.0
+    p[8:size - 8, 8:size - 8] = blob
+    return p
+
+
+def _rings_around_blobs(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Random rings (1 or 2 px) each around a random blob in its hole, at random peaks: a
+    kept component inside the hole of one dropped (by keep_largest, min_area or min_peak)."""
+    p = rng.uniform(0.0, 0.2, (size, size)).astype(np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        side = int(rng.integers(10, size // 2))
+        top, left = (int(v) for v in rng.integers(0, size - side, 2))
+        width = int(rng.integers(1, 3))
+        p[top:top + side, left:left + side] = rng.uniform(0.5, 1.0)
+        p[top + width:top + side - width, left + width:left + side - width] = 0.1
+        inner = int(rng.integers(1, side - 2 * width - 1))
+        at = top + width + 1, left + width + 1
+        p[at[0]:at[0] + inner, at[1]:at[1] + inner] = rng.uniform(0.5, 1.0)
+    return p
+
+
 def test_grid_search_scores_fill_holes_exactly_as_filling_each_kept_set() -> None:
     """The grid fills holes from how the components nest (once per threshold), not by filling
     every kept set of components at full size (about 70 whole-frame fillings a frame, 30 s on
@@ -406,6 +432,9 @@ def test_grid_search_scores_fill_holes_exactly_as_filling_each_kept_set() -> Non
     nan = _blobby(rng, (30, 30))
     nan[rng.random(nan.shape) < 0.1] = np.nan
     maps.append(nan)
+    # a kept component in the hole of one removed: by keep_largest (the blob is larger than
+    # its ring), and by min_peak (the ring's peak 0.6 under 0.7, the blob's 0.9 over it)
+    maps += [_ring_around_blob(), _ring_around_blob(ring=0.6), _rings_around_blobs(rng, 48)]
     for n, prob in enumerate(maps):
         for truth in (_blobby(rng, prob.shape) > 0.5, np.zeros(prob.shape, bool),
                       rng.random(prob.shape) > 0.5):
@@ -453,3 +482,53 @@ def test_tune_scores_the_frames_in_the_grid_search_s_order(monkeypatch) -> None:
     monkeypatch.setattr(GridSearch, "add", spy)
     tune(probs, truths)
     assert added == order.tolist()
+
+
+@pytest.mark.parametrize("ring", [0.9, 0.6])
+def test_grid_search_keeps_a_blob_in_the_hole_of_a_ring_it_drops(ring) -> None:
+    """Filling holes in the grid search: a kept component inside the hole of a component that
+    keep_largest or min_peak removes is still kept. The grid's own hole filling (the
+    components' nesting) could lose it, scoring such a frame Dice 0 where apply gives 1, and
+    tune would then choose on wrong scores."""
+    from ultraseg.postprocess import GridSearch
+
+    prob = _ring_around_blob(ring=ring)
+    truth = np.zeros(prob.shape, bool)
+    truth[8:32, 8:32] = True                    # the blob: 24 x 24 = 576 px
+    search = GridSearch(prob.size, thresholds=(0.5,), min_areas=(0,), min_peaks=(0.0, 0.8))
+    search.add([prob], truth)
+    # by hand: keep_largest keeps the blob (576 px > the ring's 36 * 4 - 4 = 140); min_peak
+    # 0.8 keeps only the blob where the ring's peak is 0.6. The ring is dropped, so nothing
+    # encloses anything and fill_holes adds nothing: the blob alone, the truth, Dice 1.
+    largest = PostprocessConfig(threshold=0.5, keep_largest=True, fill_holes=True)
+    assert search.frame(0, largest) == (1.0, 576)
+    # neither rule: the ring is kept and filled, 34 * 34 + 140 = 1296 px, Dice 2 * 576 /
+    # (1296 + 576)
+    filled_ring = pytest.approx((2 * 576 / (1296 + 576), 1296))
+    plain = PostprocessConfig(threshold=0.5, fill_holes=True)
+    assert search.frame(0, plain) == filled_ring
+    # min_peak 0.8 drops a ring peaking at 0.6 (the blob alone), not one at 0.9 (as plain)
+    peaked = PostprocessConfig(threshold=0.5, min_peak=0.8, fill_holes=True)
+    assert search.frame(0, peaked) == ((1.0, 576) if ring < 0.8 else filled_ring)
+
+
+def test_grid_search_reads_back_what_apply_gives_on_rings_around_blobs() -> None:
+    """The grid's Dice and area under every setting, on random frames of rings around blobs
+    (components kept in the holes of ones dropped), are those of applying the setting to the
+    frame directly (apply, which fills a mask's holes by labelling it, not by the nesting)."""
+    from ultraseg.postprocess import GridSearch
+
+    rng = np.random.default_rng(5)
+    for n in range(6):
+        prob = _rings_around_blobs(rng, 48)
+        truth = _rings_around_blobs(rng, 48) >= 0.5 if n % 2 else prob >= 0.5
+        search = GridSearch(100, thresholds=(0.3, 0.5, 0.7), min_areas=(0, 40),
+                            min_peaks=(0.0, 0.8, 0.95))
+        search.add([prob], truth)
+        for thr, area, peak, largest, fill in itertools.product(
+                search.thr, search.areas, search.peak_opts, (False, True), (False, True)):
+            cfg = PostprocessConfig(threshold=thr, min_area=area,
+                                    min_peak=peak if peak > thr else 0.0,
+                                    keep_largest=largest, fill_holes=fill)
+            m = apply(prob, cfg)
+            assert search.frame(0, cfg) == (dice(m, truth), int(m.sum())), (n, cfg)
