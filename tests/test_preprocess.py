@@ -296,6 +296,23 @@ def test_fill_outline_keeps_an_annotation_that_is_already_solid() -> None:
     assert np.array_equal(fill_outline(cut), cut)
 
 
+def test_fill_outline_keeps_a_solid_comb_cut_by_the_frame() -> None:
+    """A solid region is one that keeps over half its pixels under a 3x3 erosion with the
+    frame's edge not counted as background (a region cut by the frame stays solid). A comb
+    cut by the top and left edges keeps 198 of its 316 pixels so; were the edge background,
+    only 154 (under half), and the solid annotation was refused as an open contour."""
+    comb = np.zeros((40, 40), bool)
+    comb[0:4, 0:25] = True                      # the back: rows 0-3, cols 0-24
+    for left in (0, 10, 20):
+        comb[4:22, left:left + 4] = True        # three teeth 4 px wide, rows 4-21
+    # by hand: 4 * 25 + 3 * 18 * 4 = 316 px. Surviving the erosion, the edge as foreground:
+    # back rows 0-2 x cols 0-23 (72), row 3 over the teeth (cols 0-2, 11-12, 21-22: 7), and
+    # the teeth's rows 4-20 likewise (17 * 7 = 119): 198 > 316 / 2. It encloses no
+    # background, so there is nothing to fill: it comes back as drawn.
+    assert np.array_equal(ndi.binary_fill_holes(comb), comb)
+    assert np.array_equal(fill_outline(comb), comb)
+
+
 @pytest.mark.parametrize("shape", ["square 1", "square 3", "square 5", "square 6", "bar",
                                    "slanted bar", "disk 2"])
 def test_fill_outline_keeps_a_small_solid_annotation(shape) -> None:
