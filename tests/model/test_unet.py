@@ -19,7 +19,7 @@ from ultraseg.model import (
     valid_input_size,
     valid_output_size,
 )
-from ultraseg.model.unet import ABSENT_LOGIT, PresenceOutput, gate_logits
+from ultraseg.model.unet import ABSENT_LOGIT, PresenceOutput, drop_absent, gate_logits
 
 
 def tiny(variant: str, depth: int = 4, **kw) -> UNet:
@@ -168,6 +168,14 @@ def test_valid_output_pixel_sees_a_window_centred_on_its_input_pixel(depth):
 def test_center_crop():
     t = torch.arange(36).reshape(1, 1, 6, 6)
     assert center_crop(t, 2, 4).tolist() == [[[[13, 14, 15, 16], [19, 20, 21, 22]]]]
+    # an odd difference: the extra row and column go to the bottom and right (the docstring's
+    # rule, center_crop being exported): 5x5 -> 2x2 starts at (5 - 2) // 2 = 1, rows and
+    # columns 1-2: 1 * 5 + 1 = 6, 7 and 11, 12
+    assert center_crop(torch.arange(25).reshape(1, 1, 5, 5), 2, 2).tolist() == [[[[6, 7],
+                                                                                 [11, 12]]]]
+    # 5x6 -> 2x3: rows 1-2 ((5 - 2) // 2 = 1), columns 1-3 ((6 - 3) // 2 = 1)
+    assert center_crop(torch.arange(30).reshape(1, 1, 5, 6), 2, 3).tolist() == [[[
+        [7, 8, 9], [13, 14, 15]]]]
     with pytest.raises(ValueError):
         center_crop(t, 7, 2)
 
@@ -286,6 +294,15 @@ def test_adding_a_presence_head_leaves_the_other_layers_initial_weights_alone() 
         with_head = tiny("same", 3, presence_head=True, presence_mode=mode).state_dict()
         for key, value in plain.items():
             assert torch.equal(with_head[key], value), key
+
+
+def test_drop_absent_empties_a_frame_only_below_a_presence_logit_of_0() -> None:
+    """A frame is absent where its presence logit is below 0 (P(present) under 0.5); at 0
+    exactly (P = 0.5) it is kept, as the docstring says."""
+    logits = torch.randn(3, 1, 4, 4)
+    got = drop_absent(logits, torch.tensor([[-1e-3], [0.0], [1e-3]]))
+    assert (got[0] == ABSENT_LOGIT).all()
+    assert torch.equal(got[1:], logits[1:])
 
 
 def test_classifier_presence_head_trains_beside_the_pixels_and_empties_absent_frames() -> None:
