@@ -672,6 +672,49 @@ def test_run_split_without_validation_trains_on_every_frame_not_held_out() -> No
             run_split(subjects, 0.2, bad, seed=0)
 
 
+#: A small dataset's subjects and their frames (frames listed round-robin, 32 in all).
+_PINNED_COUNTS = {"p00": 3, "p01": 1, "p02": 4, "p03": 1, "p04": 3, "p05": 2, "p06": 4,
+                  "p07": 2, "p08": 3, "p09": 3, "p10": 2, "p11": 4}
+#: --split-seed -> (held-out test subjects, validation subjects) at --test-fraction 0.2 and
+#: --val-fraction 0.2.
+_PINNED_SPLITS = {0: (["p07", "p08", "p10"], ["p04", "p05"]),
+                  1: (["p06", "p08"], ["p04", "p10"])}
+
+
+def _documented_draw(subjects: list[str], fraction: float, seed: int) -> list[str]:
+    """split_by_subject's documented rule, written out: the sorted subjects shuffled by
+    numpy's default_rng(seed), drawn in that order (never the last) until their frames reach
+    ``fraction`` of all."""
+    order = [str(s) for s in np.random.default_rng(seed).permutation(sorted(set(subjects)))]
+    drawn: list[str] = []
+    for s in order[:-1]:
+        if sum(subjects.count(d) for d in drawn) >= fraction * len(subjects):
+            break
+        drawn.append(s)
+    return sorted(drawn)
+
+
+@pytest.mark.parametrize("seed", sorted(_PINNED_SPLITS))
+def test_a_split_seed_holds_out_the_same_subjects_from_version_to_version(seed: int) -> None:
+    """The held-out test subjects (and the validation ones) of a --split-seed are pinned: the
+    README's and benchmarks' figures name them by seed (the headline "held-out subjects
+    (split seed 0)", the fresh splits of --split-seed 1), and a run repeated with a later
+    ultraseg must hold out the same frames. The test subjects are drawn with the seed plus
+    7919, the validation ones with the seed itself. A deliberate change of the split must
+    update these pins and say so in the README's and benchmarks/QUALITY.md's notes on split
+    seeds (their figures were scored on the old split)."""
+    subjects = [s for k in range(max(_PINNED_COUNTS.values()))
+                for s, n in _PINNED_COUNTS.items() if n > k]
+    want_test, want_val = _PINNED_SPLITS[seed]
+    train, val, test = run_split(subjects, 0.2, 0.2, seed=seed)
+    assert sorted({subjects[i] for i in test}) == want_test
+    assert sorted({subjects[i] for i in val}) == want_val
+    # the pins are the documented rule's (numpy's generator included)
+    assert _documented_draw(subjects, 0.2, seed + 7919) == want_test
+    kept = [s for s in subjects if s not in want_test]
+    assert _documented_draw(kept, 0.2, seed) == want_val
+
+
 @pytest.mark.parametrize("test_fraction", [-0.2, 1.0, 1.5, float("nan")])
 def test_run_split_refuses_a_bad_test_fraction_by_its_name(test_fraction: float) -> None:
     with pytest.raises(UltrasegError, match="test fraction"):
