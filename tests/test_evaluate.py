@@ -1064,6 +1064,26 @@ def test_summary_json_says_which_model_data_and_arithmetic_gave_it(data, tmp_pat
     assert "precision" not in summary and "torch_version" not in summary
 
 
+def test_the_summary_hashes_the_checkpoint_that_was_loaded_not_its_path_now(data,
+                                                                           tmp_path) -> None:
+    """provenance read the file at the predictor's path a second time to hash it: a
+    checkpoint replaced between the load and the scoring (a training run saving best.ckpt
+    again) was recorded as the model that gave figures it never gave."""
+    import hashlib
+
+    ckpt = tmp_path / "best.ckpt"
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig()))
+    loaded = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    predictor = load(ckpt, device="cpu", precision="fp32")
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),      # other weights, same path
+                    make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig()))
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() != loaded
+    summary, _ = evaluate(predictor, data)
+    assert summary["checkpoint"]["sha256"] == loaded
+
+
 def test_evaluate_holds_its_output_folder_while_it_writes(data, tmp_path, monkeypatch) -> None:
     """evaluate took no lock: two checkpoints scored into one --out at once could leave
     per_image.csv of one and summary.json of the other."""

@@ -28,7 +28,7 @@ from ultraseg.export import META_KEY, export_onnx, onnx_predictor
 from ultraseg.geometry import context_margin
 from ultraseg.io import read_image
 from ultraseg.model import build_model
-from ultraseg.predict import load
+from ultraseg.predict import Predictor, load
 
 #: name -> (ModelConfig, PreprocessConfig): the variants exported once for this module.
 MODELS = {
@@ -376,6 +376,58 @@ def test_an_export_in_a_folder_whose_name_is_not_utf8_loads_back(exported, tmp_p
     frame = np.random.default_rng(0).integers(0, 255, (40, 52), dtype=np.uint8)
     want = onnx_predictor(onnx_file).predict(frame)
     np.testing.assert_array_equal(load(written).predict(frame), want)
+
+
+def _recorded_sha256(path: Path | Predictor, **options) -> str:
+    """The sha256 an evaluation's summary records for the model loaded from ``path``."""
+    from types import SimpleNamespace
+
+    from ultraseg.evaluate import provenance
+
+    ds = SimpleNamespace(root=Path.cwd(), layout="folders")     # (provenance reads these)
+    predictor = path if isinstance(path, Predictor) else load(path, **options)
+    return provenance(predictor, ds)["checkpoint"]["sha256"]
+
+
+def _sha256(*paths: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(p.read_bytes())
+    return digest.hexdigest()
+
+
+def test_the_recorded_hash_of_an_onnx_model_is_of_the_file_that_was_loaded(exported,
+                                                                             tmp_path):
+    """The hash was of the file at the predictor's path when evaluate scored, read a second
+    time: an export replaced after the load was recorded as the model that gave the figures."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(exported["same"][1].read_bytes())
+    assert _recorded_sha256(path) == _sha256(path)      # a whole file: its own sha256sum
+    predictor = load(path)
+    path.write_bytes(exported["same-instance"][1].read_bytes())     # another model there
+    assert _recorded_sha256(predictor) == _sha256(exported["same"][1])
+
+
+def test_an_onnx_model_replaced_while_it_loads_is_refused(exported, tmp_path, monkeypatch):
+    """What ONNX Runtime opens by name and what is hashed are two reads of the path: a file
+    replaced between them would be hashed as another model than the one that runs."""
+    import ultraseg.export as ex
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(exported["same"][1].read_bytes())
+    real = ex._session
+
+    def replaced_first(source, providers=None):
+        other = tmp_path / "other.onnx"
+        other.write_bytes(exported["same-instance"][1].read_bytes())
+        os.replace(other, path)
+        return real(source, providers)
+
+    monkeypatch.setattr(ex, "_session", replaced_first)
+    with pytest.raises(CheckpointError, match="changed while it was loaded"):
+        load(path)
 
 
 def test_valid_export_refuses_another_tile(exported):

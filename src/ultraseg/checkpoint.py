@@ -12,14 +12,16 @@ threshold), ``label`` (what foreground means), ``metrics`` (training history and
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import logging
 import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import torch
 
@@ -27,7 +29,7 @@ from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
                      model_problem, postprocess_problem)
 from .errors import CheckpointError, UltrasegError
-from .fileio import atomic_write_bytes, json_text
+from .fileio import atomic_write_bytes, hash_file, json_text
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What a checkpoint holds, decoded. ``train_state`` is empty in a weights-only file."""
+    """What a checkpoint holds, decoded. ``train_state`` is empty in a weights-only file.
+    ``sha256``: of the file's bytes as read (by :func:`load_checkpoint`; empty otherwise)."""
 
     model: ModelConfig
     preprocess: PreprocessConfig
@@ -45,6 +48,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     meta: dict[str, Any]
     train_state: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
 
 
 def make_meta(model: ModelConfig, preprocess: PreprocessConfig, postprocess: PostprocessConfig,
@@ -91,26 +95,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if path.stat().st_size == 0:
         raise CheckpointError("empty file (0 bytes), not a checkpoint", path)
     try:
-        kind = _not_torch(path)
+        f = open(path, "rb")
     except PermissionError as e:
         raise CheckpointError("cannot read checkpoint: permission denied", path) from e
-    if kind:
-        raise CheckpointError(f"not a checkpoint: {kind}", path)
-    _check_zip(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # (a file that is no zip or pickle at all was told apart above, by its first bytes)
-        if "weights only load failed" in str(e).lower():
-            raise CheckpointError("refused: the file holds Python objects other than weights "
-                                  "(it could run code); ultraseg loads only tensors and JSON",
-                                  path) from e
-        raise CheckpointError("not a checkpoint (unreadable pickle data)", path) from e
-    except PermissionError as e:
-        raise CheckpointError("cannot read checkpoint: permission denied", path) from e
-    except Exception as e:  # zip/pickle errors of every kind: truncated, text, random bytes
-        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
-        raise CheckpointError(f"truncated or not a checkpoint ({first})", path) from e
+    # one open file for the checks, the load and the hash: a file replaced at the path
+    # meanwhile (a training run saving best.ckpt again) is neither loaded nor hashed
+    with f:
+        payload, sha256 = _read_payload(f, path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError("not an ultraseg checkpoint (weights of another model?)", path)
     try:
@@ -134,6 +125,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             state_dict=payload["state_dict"],
             meta=meta,
             train_state=payload.get("train_state") or {},
+            sha256=sha256,
         )
         size = ckpt.preprocess.size
         if size is not None and size < 1:
@@ -162,6 +154,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return ckpt
 
 
+def _read_payload(f: BinaryIO, path: Path) -> tuple[Any, str]:
+    """(what torch.load reads from the open checkpoint file ``f``, the sha256 of its bytes),
+    once the file's first bytes and its zip are checked."""
+    kind = _not_torch(f, path)
+    if kind:
+        raise CheckpointError(f"not a checkpoint: {kind}", path)
+    _check_zip(f, path)
+    try:
+        f.seek(0)
+        payload = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # (a file that is no zip or pickle at all was told apart above, by its first bytes)
+        if "weights only load failed" in str(e).lower():
+            raise CheckpointError("refused: the file holds Python objects other than weights "
+                                  "(it could run code); ultraseg loads only tensors and JSON",
+                                  path) from e
+        raise CheckpointError("not a checkpoint (unreadable pickle data)", path) from e
+    except Exception as e:  # zip/pickle errors of every kind: truncated, text, random bytes
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise CheckpointError(f"truncated or not a checkpoint ({first})", path) from e
+    digest = hashlib.sha256()
+    hash_file(digest, f)
+    return payload, digest.hexdigest()
+
+
 def non_finite(state_dict: Mapping[str, Any]) -> list[str]:
     """The names of the floating-point tensors (weights, batch-norm statistics) in
     ``state_dict`` that hold NaN or inf: what a diverged training leaves."""
@@ -175,7 +192,7 @@ def some_names(names: list[str]) -> str:
     return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
-def _check_zip(path: Path) -> None:
+def _check_zip(f: BinaryIO, path: Path) -> None:
     """The checks of a checkpoint's zip that torch.load does not make, before it inflates
     anything; a legacy pickle has none of them.
 
@@ -184,17 +201,17 @@ def _check_zip(path: Path) -> None:
     memory), and so are entries whose sizes add up to more than the file. Then each entry's
     CRC-32, which torch.load does not check either: a byte flipped in the weights (a bad
     disk, a copy gone wrong) loaded in silence."""
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(f):
         return
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(f) as z:
             entries = z.infolist()
             packed = next((i for i in entries if i.compress_type != zipfile.ZIP_STORED), None)
             if packed is not None:
                 raise CheckpointError(f"refused: its entry {packed.filename} is compressed "
                                       f"(torch.save writes none; a compressed entry can "
                                       f"unpack to gigabytes)", path)
-            total, size = sum(i.file_size for i in entries), path.stat().st_size
+            total, size = sum(i.file_size for i in entries), os.fstat(f.fileno()).st_size
             if total > size:
                 raise CheckpointError(f"damaged checkpoint: its entries claim {total} bytes, "
                                       f"more than the file's {size}", path)
@@ -206,11 +223,11 @@ def _check_zip(path: Path) -> None:
                               f"corrupted copy?)", path)
 
 
-def _not_torch(path: Path) -> str | None:
-    """What ``path`` is when its first bytes say it is no PyTorch file (a zip from torch.save,
-    or a pickle), else None."""
-    with open(path, "rb") as f:
-        head = f.read(8)
+def _not_torch(f: BinaryIO, path: Path) -> str | None:
+    """What the open file ``f`` (at ``path``) is when its first bytes say it is no PyTorch
+    file (a zip from torch.save, or a pickle), else None."""
+    f.seek(0)
+    head = f.read(8)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
         return None
     if head.startswith(b"\x89PNG") or head[:3] == b"\xff\xd8\xff" or head[:4] in (

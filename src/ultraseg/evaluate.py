@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import logging
 import math
@@ -368,7 +367,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     if fill_outlines is None:
         fill_outlines = predictor.preprocess.fill_outlines
     ds = open_dataset(data, layout, subject_pattern, fill_outlines)
-    record = provenance(predictor, ds)      # (the file hashed as near its loading as can be)
+    record = provenance(predictor, ds)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:
         hint = dataset_hint(ds.root) if ds.layout == "images" else ""
@@ -465,7 +464,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
 
 def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
     """What gave an evaluation's figures, as its summary records it: ``checkpoint`` (the
-    model file's resolved ``path``, ``sha256``, the ``ultraseg_version`` that wrote it and
+    model file's resolved ``path``, the ``sha256`` it was loaded with (:attr:`Predictor.sha256`),
+    the ``ultraseg_version`` that wrote it and
     its ``best_epoch`` and ``epochs_run`` where its meta records them; None for a predictor
     built by hand), ``data`` (the folder, resolved), ``layout`` (as read), the
     ``ultraseg_version`` scoring, and the predictor's :attr:`~Predictor.runtime`
@@ -473,13 +473,10 @@ def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
     checkpoint = None
     if predictor.source and Path(predictor.source).is_file():
         path = Path(predictor.source).resolve()
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
         metrics = predictor.meta.get("metrics") or {}
         history = metrics.get("history") or [{}]
-        checkpoint = {"path": str(path), "sha256": digest.hexdigest(),
+        # the hash taken as the file was loaded: the path may name another file by now
+        checkpoint = {"path": str(path), "sha256": predictor.sha256 or None,
                       "ultraseg_version": predictor.meta.get("ultraseg_version"),
                       "best_epoch": metrics.get("best_epoch"),
                       "epochs_run": metrics.get("epochs_run", history[-1].get("epoch"))}

@@ -30,6 +30,7 @@ section also states the rules of the steps around the graph that the settings do
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -44,7 +45,7 @@ from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
                      model_problem)
 from .errors import CheckpointError, UltrasegError
-from .fileio import json_text, parse_json
+from .fileio import hash_file, json_text, parse_json
 from .geometry import context_margin, nearest_valid_output, same_padded_size
 from .logs import caught_warnings, quiet
 from .predict import (Predictor, min_prediction_tile, prediction_tile,
@@ -429,18 +430,33 @@ def _session(model: str | bytes, providers: list[str] | None = None,
     return ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
 
 
-def _model_source(path: Path) -> str | bytes:
-    """What ONNX Runtime opens ``path`` from: its name, where the name's UTF-8 text is its
-    bytes on disk; else the file's contents. ONNX Runtime takes a name as UTF-8 text only: a
-    folder named in Latin-1 (an old NAS, a Windows zip), or any non-ASCII name where Python's
-    file system encoding is ASCII (``LC_ALL=C``), reaches it as text with surrogate escapes,
-    which it refuses. A session made from bytes keeps them while it lives: one more copy of
-    the model in memory (megabytes for ultraseg's models), hence only where the name fails."""
+def _model_source(path: Path, data: bytes) -> str | bytes:
+    """What ONNX Runtime opens ``path`` (whose contents are ``data``) from: its name, where
+    the name's UTF-8 text is its bytes on disk; else ``data``. ONNX Runtime takes a name as
+    UTF-8 text only: a folder named in Latin-1 (an old NAS, a Windows zip), or any non-ASCII
+    name where Python's file system encoding is ASCII (``LC_ALL=C``), reaches it as text with
+    surrogate escapes, which it refuses. A session made from bytes keeps them while it lives:
+    one more copy of the model in memory (megabytes for ultraseg's models), hence only where
+    the name fails."""
     name = str(path)
     with contextlib.suppress(UnicodeEncodeError):
         if name.encode("utf-8") == os.fsencode(name):
             return name
-    return path.read_bytes()
+    return data
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What tells a file's version apart: the file (device, inode), its size and mtime."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _unchanged(f: Any, was: tuple[int, ...]) -> bool:
+    """Whether the name the open file ``f`` was opened by still names it as it was (``was``,
+    its :func:`_identity` when opened)."""
+    try:
+        return _identity(os.stat(f.name)) == was
+    except OSError:     # removed
+        return False
 
 
 def onnx_predictor(path: str | Path, providers: list[str] | None = None,
@@ -451,7 +467,7 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
     (default CPU). ``threads``: the session's intra-op threads (default one per core; an
     ONNX Runtime session takes its threads when it is made). ``options``: Predictor fields
     (``batch_size``, ``tta``, ``postprocess``; a ``tile`` must equal the exported tile of a
-    valid model).
+    valid model). Its ``sha256`` is of the file as loaded.
     """
     _onnxruntime()      # (one not installed is said before anything about the file)
     path = Path(path)
@@ -459,15 +475,27 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
         raise CheckpointError("no such ONNX file", path)
     if path.stat().st_size == 0:
         raise CheckpointError("empty file (0 bytes), not an ONNX model", path)
-    try:
-        source = _model_source(path)
-    except OSError as e:
-        raise CheckpointError(f"cannot read the ONNX file ({e.strerror or e})", path) from e
-    try:
-        sess = _session(source, providers, threads)
-    except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from the C++ side
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"ONNX Runtime cannot load this file ({first[:160]})", path) from e
+    # the files held open while ONNX Runtime reads them by name, and hashed from what was
+    # opened: one replaced or rewritten meanwhile is refused, never hashed for another
+    with contextlib.ExitStack() as held:
+        try:
+            opened = [held.enter_context(open(path, "rb"))]
+            data = opened[0].read()
+        except OSError as e:
+            raise CheckpointError(f"cannot read the ONNX file ({e.strerror or e})", path) from e
+        was = [_identity(os.fstat(f.fileno())) for f in opened]
+        try:
+            sess = _session(_model_source(path, data), providers, threads)
+        except Exception as e:  # InvalidProtobuf, Fail, NoSuchFile, ... from the C++ side
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"ONNX Runtime cannot load this file ({first[:160]})",
+                                  path) from e
+        if not all(map(_unchanged, opened, was)):
+            raise CheckpointError("changed while it was loaded (replaced or rewritten): load it "
+                                  "again", path)
+        digest = hashlib.sha256(data)
+        for f in opened[1:]:
+            hash_file(digest, f)
     meta = read_onnx_meta(sess, path)
     warn_if_saved_during_training(meta, path)
     graph = meta["onnx"]
@@ -507,4 +535,4 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
                "device": "cpu" if provider == "CPUExecutionProvider" else provider,
                "precision": "fp32"}
     return Predictor(run_batch, model, preprocess, postprocess, meta, source=str(path),
-                     runtime=runtime, **options)
+                     sha256=digest.hexdigest(), runtime=runtime, **options)

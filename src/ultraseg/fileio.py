@@ -214,6 +214,14 @@ class LineFile:
             self.f.close()
 
 
+def hash_file(digest: Any, f: IO[bytes]) -> None:
+    """Feed the whole of the open binary file ``f``, from its start, to ``digest`` (a hashlib
+    object): the file that was opened, whatever its name has come to name since."""
+    f.seek(0)
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+
+
 def temporaries(folder: Path, name: str = "*") -> Iterator[Path]:
     """The temporary files :func:`atomic_open` makes in ``folder`` for a file called ``name``
     (a glob pattern) that a kill left behind, or that a writer is writing now."""

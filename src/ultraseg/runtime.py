@@ -233,6 +233,7 @@ def torch_predictor(path: str | Path, device: str = "auto", precision: str = "au
     warn_if_saved_during_training(ckpt.meta, path)
     model = build_from_checkpoint(ckpt, path)
     settings = ckpt.model, ckpt.preprocess, ckpt.postprocess, ckpt.meta
+    sha256 = ckpt.sha256
     del ckpt     # its weights, now the model's, go once the runner has put them its own way
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
@@ -241,4 +242,5 @@ def torch_predictor(path: str | Path, device: str = "auto", precision: str = "au
     del model
     runtime = {"torch_version": torch.__version__, "device": str(dev),
                "precision": "fp32" if dtype is None else "bf16"}
-    return Predictor(run, *settings, source=str(path), runtime=runtime, **options)
+    return Predictor(run, *settings, source=str(path), sha256=sha256, runtime=runtime,
+                     **options)
