@@ -430,6 +430,42 @@ def test_an_onnx_model_replaced_while_it_loads_is_refused(exported, tmp_path, mo
         load(path)
 
 
+def _external(source: Path, folder: Path, scale: float = 1.0) -> Path:
+    """``source`` saved in ``folder`` as model.onnx with its weights in model.onnx.data beside
+    it (every float initializer; shapes and pads stay in the graph, where ONNX Runtime's shape
+    inference reads them), the weights times ``scale``."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    model = onnx.load(str(source))
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype == np.float32:
+            t.CopyFrom(numpy_helper.from_array(a * np.float32(scale), t.name))
+            set_external_data(t, "model.onnx.data")
+    folder.mkdir()
+    onnx.save_model(model, str(folder / "model.onnx"))
+    return folder / "model.onnx"
+
+
+def test_the_recorded_hash_of_an_onnx_model_covers_its_external_data(exported, tmp_path):
+    """Weights saved beside the graph (onnx's external data: model.onnx.data) were outside
+    the hash: two models with other weights in the same graph were recorded as one."""
+    a = _external(exported["same"][1], tmp_path / "a")
+    b = _external(exported["same"][1], tmp_path / "b", scale=1.5)
+    assert a.read_bytes() == b.read_bytes()     # one graph file, other weights
+    frame = np.random.default_rng(0).integers(0, 255, (40, 52), dtype=np.uint8)
+    np.testing.assert_array_equal(load(a).predict(frame),
+                                  load(exported["same"][1]).predict(frame))
+    first = _recorded_sha256(a)
+    (tmp_path / "a" / "model.onnx.data").write_bytes((tmp_path / "b" / "model.onnx.data")
+                                                     .read_bytes())
+    second = _recorded_sha256(a)
+    assert first != second
+    # the graph's file, then its external data files in the order of their names
+    assert second == _sha256(a, tmp_path / "a" / "model.onnx.data")
+
+
 def test_valid_export_refuses_another_tile(exported):
     with pytest.raises(UltrasegError, match="takes tile 132 only"):
         load(exported["valid"][1], tile=100)

@@ -464,8 +464,9 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
 
 def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
     """What gave an evaluation's figures, as its summary records it: ``checkpoint`` (the
-    model file's resolved ``path``, the ``sha256`` it was loaded with (:attr:`Predictor.sha256`),
-    the ``ultraseg_version`` that wrote it and
+    model file's resolved ``path``, the ``sha256`` it was loaded with (:attr:`Predictor.sha256`:
+    an ONNX model's external data files hashed after it), the ``ultraseg_version`` that wrote
+    it and
     its ``best_epoch`` and ``epochs_run`` where its meta records them; None for a predictor
     built by hand), ``data`` (the folder, resolved), ``layout`` (as read), the
     ``ultraseg_version`` scoring, and the predictor's :attr:`~Predictor.runtime`

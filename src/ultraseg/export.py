@@ -445,6 +445,26 @@ def _model_source(path: Path, data: bytes) -> str | bytes:
     return data
 
 
+def _external_data(data: bytes, path: Path) -> list[Path]:
+    """The external data files (weights saved beside the graph, as onnx's
+    ``save_as_external_data`` writes them) that the ONNX model ``data``, the file at ``path``,
+    names: each once, in the order of their names. ultraseg's own exports have none."""
+    if b"location" not in data:     # (each reference names its file under that key)
+        return []
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+    except ImportError as e:
+        raise _import_error(e, "onnx") from e
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:   # (ONNX Runtime says what is wrong with the file)
+        return []
+    names = {entry.value for t in _get_all_tensors(model) if uses_external_data(t)
+             for entry in t.external_data if entry.key == "location"}
+    return [path.parent / name for name in sorted(names)]
+
+
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     """What tells a file's version apart: the file (device, inode), its size and mtime."""
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
@@ -467,7 +487,8 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
     (default CPU). ``threads``: the session's intra-op threads (default one per core; an
     ONNX Runtime session takes its threads when it is made). ``options``: Predictor fields
     (``batch_size``, ``tta``, ``postprocess``; a ``tile`` must equal the exported tile of a
-    valid model). Its ``sha256`` is of the file as loaded.
+    valid model). Its ``sha256`` is of the file as loaded, followed by its external data
+    files (weights saved beside it) in the order of their names.
     """
     _onnxruntime()      # (one not installed is said before anything about the file)
     path = Path(path)
@@ -483,6 +504,12 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
             data = opened[0].read()
         except OSError as e:
             raise CheckpointError(f"cannot read the ONNX file ({e.strerror or e})", path) from e
+        for extra in _external_data(data, path):
+            try:
+                opened.append(held.enter_context(open(extra, "rb")))
+            except OSError as e:
+                raise CheckpointError(f"cannot read its external data file {extra.name} "
+                                      f"({e.strerror or e})", path) from e
         was = [_identity(os.fstat(f.fileno())) for f in opened]
         try:
             sess = _session(_model_source(path, data), providers, threads)
@@ -491,8 +518,8 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
             raise CheckpointError(f"ONNX Runtime cannot load this file ({first[:160]})",
                                   path) from e
         if not all(map(_unchanged, opened, was)):
-            raise CheckpointError("changed while it was loaded (replaced or rewritten): load it "
-                                  "again", path)
+            raise CheckpointError("changed while it was loaded (replaced or rewritten, or its "
+                                  "external data): load it again", path)
         digest = hashlib.sha256(data)
         for f in opened[1:]:
             hash_file(digest, f)

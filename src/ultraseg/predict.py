@@ -131,8 +131,9 @@ class Predictor:
     tile: int | None = None
     tta: bool | None = None  # None: as the post-processing says (chosen on validation)
     source: str = ""
-    # the sha256 of the model file as it was loaded, for an evaluation's record; empty for a
-    # backend built by hand
+    # the sha256 of the model file as it was loaded (an ONNX model's external data files
+    # after it: :func:`ultraseg.export.onnx_predictor`), for an evaluation's record; empty
+    # for a backend built by hand
     sha256: str = ""
     # the mirrored frame's output alone, mirrored back (tta does not apply): half of a TTA pass,
     # for a caller that holds the plain half already (train's choice of post-processing)
