@@ -169,6 +169,47 @@ def test_valid_model_settings_on_a_same_model_are_warned_about(data, tmp_path) -
                for r in warned), [r.getMessage() for r in warned]
 
 
+@pytest.mark.parametrize("label, recipe_weight", [
+    ("cpu", 0.25), ("seed", 1.0), ("demo", 1.0),
+    ("cpu+width-32", 0.25),         # a quality lever's run: the cpu recipe and one change
+    ("custom", 1.0), ("mine", 1.0)])        # labels on the defaults
+def test_a_value_set_by_hand_is_told_from_its_recipe_s_from_flags_files_and_labels(
+        tmp_path, label, recipe_weight) -> None:
+    """Pins what 'set by hand' means beside a recipe (train's notes about an ignored
+    --presence-weight): the value the preset the label names gives, a 'PRESET+NAME' label's
+    preset's, the defaults' for another label; the same from flags, from a --config file
+    and from a run's config.json."""
+    from ultraseg.config import merge
+    from ultraseg.train import ignored_settings
+
+    def noted(cfg: RunConfig) -> bool:
+        return any("presence_weight" in n for n in ignored_settings(cfg))
+
+    base = preset(label.split("+")[0]) if label.split("+")[0] in PRESETS else RunConfig()
+    for weight in (recipe_weight, 0.5):
+        by_hand = weight != recipe_weight
+        cfg = merge(base, {"preset": label, "data": {"path": "D"},
+                           "model": {"presence_head": False},
+                           "train": {"presence_weight": weight}})
+        assert noted(cfg) is by_hand, (label, weight)
+        run = tmp_path / f"{weight}.json"            # a run's config.json: every value
+        run.write_text(cfg.to_json())
+        assert _resolve(["--config", str(run), "--out", "R"]) == cfg
+        assert noted(_resolve(["--config", str(run), "--out", "R"])) is by_hand
+        if label in PRESETS:                         # a partial file, and flags, on a preset
+            part = tmp_path / "part.json"
+            part.write_text(json.dumps({"preset": label, "model": {"presence_head": False},
+                                        "train": {"presence_weight": weight}}))
+            from_file = _resolve(["D", "--config", str(part), "--out", "R"])
+            assert from_file == cfg == RunConfig.from_dict(
+                {**json.loads(part.read_text()), "data": {"path": "D"}})
+            flags = _resolve(["D", "--preset", label, "--no-presence-head",
+                              "--presence-weight", str(weight), "--out", "R"])
+            assert flags == cfg and noted(flags) is by_hand
+            assert noted(_resolve(["D", "--config", str(part), "--presence-weight",
+                                   str(recipe_weight), "--out", "R"])) is False
+
+
 def test_settings_that_do_nothing_for_the_run_are_warned_about(data, tmp_path) -> None:
     """--presence-weight with no presence head, --affine-scale with an augmentation that has
     no zoom or on the valid model (which warps nothing): taken, recorded in config.json, and

@@ -388,6 +388,19 @@ class RunConfig:
             preset=name,
         )
 
+    def recipe(self) -> "RunConfig":
+        """The config this run's recipe gives before any value set by hand: the preset its
+        label names (:func:`from_dict` of the name alone), the preset a 'PRESET+NAME' label
+        starts from (a quality lever's run: 'cpu+NAME' is the cpu recipe and a change), else
+        the defaults ('custom', a label of the user's)."""
+        return RunConfig.from_dict({"preset": self.preset.split("+")[0]})
+
+    def set_by_hand(self, section: str, key: str) -> bool:
+        """Whether the ``section``'s ``key`` differs from what :meth:`recipe` gives it (most
+        presets leave a value at its default, and a value set there is set by hand too)."""
+        return getattr(getattr(self, section), key) != getattr(getattr(self.recipe(), section),
+                                                               key)
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 

@@ -33,7 +33,7 @@ from . import __version__
 from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
-from .config import (AUTO_PRESENCE_MIN_EMPTY, PRESETS, ModelConfig, PostprocessConfig,
+from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
                      RunConfig, TrainConfig, check_types, model_problem)
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, run_split, union_note, write_split)
@@ -375,20 +375,11 @@ def ignored_settings(cfg: RunConfig) -> list[str]:
         elif cfg.model.variant != "same":
             notes.append(f"{zoom} the warps, which the valid model's augmentation leaves out "
                          f"(its target is the centre of its input tile); it ignores it")
-    if cfg.model.presence_head is False and _set_by_hand(cfg, "presence_weight"):
+    if cfg.model.presence_head is False and cfg.set_by_hand("train", "presence_weight"):
         notes.append(f"train.presence_weight (--presence-weight) {cfg.train.presence_weight}: "
                      f"the weight of a presence head's loss; this model has none "
                      f"(--presence-head builds one) and ignores it")
     return notes
-
-
-def _set_by_hand(cfg: RunConfig, key: str) -> bool:
-    """Whether ``cfg.train``'s ``key`` differs from the value its recipe (the preset it
-    names, or the one a 'cpu+lever' label starts from) gives it: the preset's own, else the
-    default (most presets set no value of their own, and a value there is set by hand too)."""
-    value = getattr(cfg.train, key)
-    recipe = PRESETS.get(cfg.preset.split("+")[0], {}).get("train", {})
-    return value != recipe.get(key, getattr(TrainConfig(), key))
 
 
 def check_bottleneck(model: ModelConfig, size: int | None) -> None:
@@ -423,7 +414,8 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
     # the head's settings asked for, and dropped with it: said in one line
     unused = [] if on else [what for what, asked in (
         (f"presence mode {cfg.model.presence_mode!r}", cfg.model.presence_mode != "gate"),
-        (f"--presence-weight {cfg.train.presence_weight}", _set_by_hand(cfg, "presence_weight")),
+        (f"--presence-weight {cfg.train.presence_weight}",
+         cfg.set_by_hand("train", "presence_weight")),
     ) if asked]
     if unused:
         log.warning("%s appl%s to a presence head, which 'auto' does not build for these "
