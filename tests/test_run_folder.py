@@ -139,3 +139,29 @@ def test_a_setting_a_run_leaves_at_its_default_still_counts_as_a_difference() ->
     assert recipe_differences(filled, own) == ["preprocess.fill_outlines"]
     assert recipe_differences(own, filled) == ["preprocess.fill_outlines"]
     assert recipe_differences(own, own) == []
+
+
+def test_recipe_differences_names_each_setting_asked_otherwise_in_the_config_s_order(
+        tmp_path, monkeypatch) -> None:
+    """Pins recipe_differences: every section's settings in their order, where it runs
+    (device, precision, threads, cache), the processes it ran on and the data's path spelt
+    otherwise left out."""
+    from ultraseg.config import merge
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    own = merge(preset("cpu"), {"data": {"path": str(tmp_path / "d")}})
+    given = merge(own, {
+        "data": {"path": "link", "cache_dir": "", "layout": "busi"},
+        "preprocess": {"fill_outlines": True, "size": 160},
+        "model": {"width": 8, "variant": "valid", "tile": 100},
+        "train": {"device": "cpu", "precision": "fp32", "num_threads": 1, "world_size": 2,
+                  "lr": 1e-3, "epochs": 3},
+        "preset": "mine"})
+    assert recipe_differences(given, own) == [
+        "data.layout", "preprocess.size", "preprocess.fill_outlines", "model.variant",
+        "model.width", "model.tile", "train.epochs", "train.lr"]
+    assert recipe_differences(own, given) == recipe_differences(given, own)
+    assert recipe_differences(merge(own, {"data": {"path": "d"}}), own) == []
+    assert recipe_differences(merge(own, {"data": {"path": "e"}}), own) == ["data.path"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -88,21 +88,18 @@ def recipe_differences(given: RunConfig, own: RunConfig) -> list[str]:
     """The settings (``section.key``) in which ``given`` asks for another recipe than a run's
     ``own`` config: all but where it runs (:data:`EXECUTION`), the processes it ran on, and the
     data's path spelt otherwise (relative, or through a link)."""
-    a, b = given.to_dict(), own.to_dict()
     differ = []
-    for section, values in b.items():
-        if not isinstance(values, dict):
-            continue
-        # (a setting written only where set, fill_outlines, may be in either dict alone)
-        given_values = a.get(section, {})
-        for key in [*values, *(k for k in given_values if k not in values)]:
-            value, mine = values.get(key), given_values.get(key)
+    for section in ("data", "preprocess", "model", "train"):
+        # the settings themselves (to_dict leaves fill_outlines out where unset)
+        mine, its = getattr(given, section), getattr(own, section)
+        for key in (f.name for f in fields(its)):
             if key in EXECUTION or (section, key) == ("train", "world_size"):
                 continue
+            a, b = getattr(mine, key), getattr(its, key)
             if (section, key) == ("data", "path"):
-                same = Path(mine or "").resolve() == Path(value or "").resolve()
+                same = Path(a or "").resolve() == Path(b or "").resolve()
             else:
-                same = mine == value
+                same = a == b
             if not same:
                 differ.append(f"{section}.{key}")
     return differ
