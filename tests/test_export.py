@@ -950,3 +950,23 @@ def test_load_gives_threads_to_an_onnx_session_and_warns_a_checkpoint_s(exported
     with ultraseg_warnings() as warned:
         load(ckpt, device="cpu", threads=1)
     assert any("runtime.threads(1)" in r.getMessage() for r in warned)
+
+
+def test_a_model_with_external_data_loads_where_only_onnxruntime_is_installed(
+        exported, tmp_path, monkeypatch):
+    """Telling a model's external data files apart needs the onnx package, which a deployment
+    with ONNX Runtime alone lacks: loading such a model raised 'install the onnx extra'
+    (any .onnx whose bytes held the word 'location', a data path's folder name included)."""
+    import sys
+
+    from conftest import ultraseg_warnings
+
+    a = _external(exported["same"][1], tmp_path / "a")
+    monkeypatch.setitem(sys.modules, "onnx", None)      # any 'import onnx' raises ImportError
+    frame = np.random.default_rng(0).integers(0, 255, (40, 52), dtype=np.uint8)
+    with ultraseg_warnings() as warned:
+        predictor = load(a)
+    np.testing.assert_array_equal(predictor.predict(frame),
+                                  load(exported["same"][1]).predict(frame))
+    assert _recorded_sha256(predictor) == _sha256(a)      # the graph's file alone, and said
+    assert any("without the onnx package" in r.getMessage() for r in warned)

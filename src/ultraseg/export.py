@@ -445,22 +445,40 @@ def _model_source(path: Path, data: bytes) -> str | bytes:
     return data
 
 
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of an ONNX graph: its initializers and the tensors of its nodes'
+    attributes, subgraphs (an If's branches, a Loop's body) included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _tensors(g)
+
+
 def _external_data(data: bytes, path: Path) -> list[Path]:
     """The external data files (weights saved beside the graph, as onnx's
     ``save_as_external_data`` writes them) that the ONNX model ``data``, the file at ``path``,
-    names: each once, in the order of their names. ultraseg's own exports have none."""
+    names: each once, in the order of their names. ultraseg's own exports have none. Telling
+    needs the onnx package; where only ONNX Runtime is installed (a deployment), a file that
+    may name some is said to be hashed alone."""
     if b"location" not in data:     # (each reference names its file under that key)
         return []
     try:
         import onnx
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
-    except ImportError as e:
-        raise _import_error(e, "onnx") from e
+    except ImportError:
+        log.warning("%s may keep weights in files beside it, which cannot be told without the "
+                    "onnx package: its recorded sha256 is of the .onnx file alone (pip install "
+                    "onnx to cover them)", path.name)
+        return []
     try:
         model = onnx.load_model_from_string(data)
     except Exception:   # (ONNX Runtime says what is wrong with the file)
         return []
-    names = {entry.value for t in _get_all_tensors(model) if uses_external_data(t)
+    names = {entry.value for t in _tensors(model.graph)
+             if t.data_location == onnx.TensorProto.EXTERNAL
              for entry in t.external_data if entry.key == "location"}
     return [path.parent / name for name in sorted(names)]
 
