@@ -165,3 +165,36 @@ def test_recipe_differences_names_each_setting_asked_otherwise_in_the_config_s_o
     assert recipe_differences(own, given) == recipe_differences(given, own)
     assert recipe_differences(merge(own, {"data": {"path": "d"}}), own) == []
     assert recipe_differences(merge(own, {"data": {"path": "e"}}), own) == ["data.path"]
+
+
+def test_a_run_log_that_cannot_be_written_says_so_once_and_keeps_the_real_error(tmp_path,
+                                                                                 capsys) -> None:
+    """train.log on a full disk: every record printed a '--- Logging error ---' traceback,
+    and the file's close() at the end raised a bare OSError that replaced the error on its
+    way out (a WriteError naming split.json) and left the ultraseg logger not propagating.
+    Now one warning names the file and why, the file is no longer written, and the error
+    that stopped the block is the one that comes out."""
+    from conftest import ultraseg_warnings
+
+    import ultraseg.run_folder as run_folder
+
+    pkg = logging.getLogger("ultraseg")
+    (tmp_path / "train.log").symlink_to("/dev/full")          # every write: ENOSPC
+    with ultraseg_warnings() as warned:
+        before = (pkg.level, pkg.propagate, list(pkg.handlers))
+        with pytest.raises(UltrasegError, match="the real error"):
+            with run_log(tmp_path / "train.log"):
+                for i in range(3):
+                    pkg.getChild("train").info("epoch %d", i)
+                pkg.getChild("train").warning("a warning")
+                raise UltrasegError("the real error")
+        assert (pkg.level, pkg.propagate, list(pkg.handlers)) == before
+    assert run_folder._RUN_LOGS == 0
+    assert "Logging error" not in capsys.readouterr().err
+    said = [r.getMessage() for r in warned if "train.log" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "no space left on the device" in said[0] and "stopped" in said[0], said
+    assert [r.getMessage() for r in warned if "train.log" not in r.getMessage()] == [
+        "a warning"]                                         # the other records still shown
+    with run_log(tmp_path / "train.log"):                     # and no error at its end
+        pkg.getChild("train").info("epoch")

@@ -1525,3 +1525,28 @@ def test_metrics_csv_ends_its_lines_with_lf(tmp_path) -> None:
                                "lr": 1e-3, "seconds": 1.0, "complete": True}])
     text = (tmp_path / "metrics.csv").read_bytes()
     assert b"\r" not in text and text.count(b"\n") == 2
+
+
+def test_a_train_log_that_cannot_be_written_leaves_the_refusal_and_its_clean_up(tmp_path,
+                                                                              capsys,
+                                                                              monkeypatch):
+    """A full disk under train.log: the close of the file raised a bare OSError in place of
+    the run's own error, so the clean-up of a refused run (which takes UltrasegErrors) was
+    skipped and config.json and the output marker stayed; stderr held a traceback per
+    record."""
+    data = make_dataset(tmp_path / "data", n=8, size=32, seed=0)
+    cfg = merge(preset("demo"), {"data": {"path": str(data), "cache_dir": None},
+                                 "preprocess": {"size": 32}, "model": {"width": 4},
+                                 "train": {"epochs": 1, "val_fraction": 0.0}})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").symlink_to("/dev/full")
+
+    def refused(*args, **kwargs):
+        raise UltrasegError("refused", run / "split.json")
+
+    monkeypatch.setattr(train_mod, "load_arrays", refused)
+    with pytest.raises(UltrasegError, match="refused"):
+        train_mod.train(cfg, run)
+    assert sorted(p.name for p in run.iterdir()) == ["train.log"]   # (the user's link)
+    assert "Logging error" not in capsys.readouterr().err

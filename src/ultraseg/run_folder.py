@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from dataclasses import fields, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Iterator, Mapping
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import ModelConfig, RunConfig
 from .errors import CheckpointError, UltrasegError
-from .fileio import atomic_write_text, temporaries
+from .fileio import REASONS, atomic_write_text, temporaries
 from .io.base import OUTPUT_MARKER, mark_output_folder
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def run_log(path: Path) -> Iterator[None]:
     propagation and handlers back. The file takes the records of the thread that
     opened the block alone."""
     global _RUN_LOGS
-    file_handler = logging.FileHandler(path)
+    file_handler = _RunLogFile(path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                 "%(message)s"))
     # the run's thread's records alone (training runs in it): not another thread's work
@@ -260,7 +261,8 @@ def run_log(path: Path) -> Iterator[None]:
     finally:
         with _RUN_LOG_LOCK:
             pkg_log.removeHandler(file_handler)
-            file_handler.close()
+            with contextlib.suppress(OSError):  # (said once already): not the block's error
+                file_handler.close()
             _RUN_LOGS -= 1
             if _RUN_LOGS == 0:
                 level, propagate, handlers = _RUN_LOG_STATE
@@ -271,6 +273,28 @@ def run_log(path: Path) -> Iterator[None]:
                     pkg_log.addHandler(h)
                 pkg_log.setLevel(level)
                 pkg_log.propagate = propagate
+
+
+class _RunLogFile(logging.FileHandler):
+    """The run's log file. The first write that fails (a full disk) is said once, in a
+    warning naming the file and why, and the file is written no more: logging's own
+    handling printed a traceback for every record."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if self.failed or not isinstance(error, OSError):
+            super().handleError(record)     # a bug (a record's bad arguments): as logging does
+            return
+        self.failed = True
+        reason = REASONS.get(error.errno or 0) or error.strerror or str(error)
+        log.warning("%s: cannot write the run's log: %s; logging to it stopped",
+                    self.baseFilename, reason)
 
 
 _RUN_LOG_LOCK = threading.Lock()
