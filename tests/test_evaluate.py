@@ -1098,7 +1098,7 @@ def test_evaluate_holds_its_output_folder_while_it_writes(data, tmp_path, monkey
     with held_elsewhere(out, "evaluate"):            # refused before any scoring
         with pytest.raises(UltrasegError, match="in use by another ultraseg command"):
             evaluate(_constant_predictor(0.0), data, "folders", out=out)
-    real = ev.atomic_write_text
+    real = ev.atomic_write_texts
 
     def probed(*args):
         def other() -> None:
@@ -1112,10 +1112,40 @@ def test_evaluate_holds_its_output_folder_while_it_writes(data, tmp_path, monkey
         thread.join()
         return real(*args)
 
-    monkeypatch.setattr(ev, "atomic_write_text", probed)
+    monkeypatch.setattr(ev, "atomic_write_texts", probed)
     evaluate(_constant_predictor(0.0), data, "folders", out=out)
-    assert answers == ["evaluate"] * 2
+    assert answers == ["evaluate"]
     assert LOCK_FILE not in {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("failing", ["per_image.csv", "summary.json"])
+def test_a_failed_write_leaves_both_files_of_the_earlier_evaluation(data, tmp_path, monkeypatch,
+                                                                    failing) -> None:
+    """per_image.csv was written, then summary.json: a full disk at the second left the new
+    table beside the old summary (another threshold's means), while the error said the
+    folder 'was left as it was'. Both are written before either replaces its file."""
+    import errno
+    import tempfile
+
+    import ultraseg.fileio as fileio
+
+    out = tmp_path / "ev"
+    evaluate(_constant_predictor(0.0), data, "folders", out=out)
+    before = {n: (out / n).read_bytes() for n in ("per_image.csv", "summary.json")}
+    names = sorted(p.name for p in out.iterdir())
+    real = tempfile.mkstemp
+
+    def full(*args, **kwargs):
+        if failing in kwargs.get("prefix", ""):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", full)
+    with pytest.raises(UltrasegError, match=f"{failing}: cannot write the file: no space left.*"
+                                            "left as it was"):
+        evaluate(_constant_predictor(1.0), data, "folders", out=out)
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert sorted(p.name for p in out.iterdir()) == names         # no temporaries left
 
 
 # ------------------------------------------------------------------ what a row carries

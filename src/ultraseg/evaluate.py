@@ -16,7 +16,7 @@ from . import __version__
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .data import MaskTally
-from .fileio import atomic_write_text, csv_cell, json_text, output_lock, read_json
+from .fileio import atomic_write_texts, csv_cell, json_text, output_lock, read_json
 from .io import Dataset, Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally, header_shape, said_once
 from .logs import quiet
@@ -532,7 +532,8 @@ def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Itera
 
 
 def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """``per_image.csv`` (one row per frame) and ``summary.json`` in ``out``, written atomically."""
+    """``per_image.csv`` (one row per frame) and ``summary.json`` in ``out``, written atomically
+    together (a failure leaves both as they were)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -546,8 +547,9 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
     w.writeheader()
     for r in rows:
         w.writerow({k: csv_cell(r.get(k)) for k in keys})
-    atomic_write_text(out / "per_image.csv", buf.getvalue())
-    atomic_write_text(out / "summary.json", json_text(summary, indent=2))
+    # both or neither: a full disk at the second left the first new beside the old other
+    atomic_write_texts({out / "per_image.csv": buf.getvalue(),
+                        out / "summary.json": json_text(summary, indent=2)})
 
 
 def format_interval(ci: Sequence[float] | None) -> str:

@@ -25,9 +25,9 @@ import logging
 import stat
 import tempfile
 import threading
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Mapping
 
 from .errors import UltrasegError
 
@@ -220,6 +220,19 @@ def hash_file(digest: Any, f: IO[bytes]) -> None:
     f.seek(0)
     for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
+
+
+def atomic_write_texts(texts: Mapping[Path, str]) -> None:
+    """Files that belong together (an evaluation's table and summary), written as one: each
+    to its temporary file, and only once all are written and synced do they replace their
+    files (renames, which need no room). A failure (a full disk) leaves every one as it was:
+    one at a time, a failure at the second left the first new beside the second's old."""
+    with ExitStack() as stack:
+        for path, text in texts.items():
+            f = stack.enter_context(atomic_open(path, "w"))
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def temporaries(folder: Path, name: str = "*") -> Iterator[Path]:
