@@ -1148,6 +1148,27 @@ def test_a_failed_write_leaves_both_files_of_the_earlier_evaluation(data, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == names         # no temporaries left
 
 
+@pytest.mark.parametrize("read_only", [True, False])
+def test_an_output_folder_that_cannot_be_written_is_refused_with_its_reason(tmp_path, monkeypatch,
+                                                                           read_only) -> None:
+    """--out on a read-only file system was refused as 'permission denied' (os.access is
+    False for both, and the words were fixed); predict, measure and export say 'read-only
+    file system'. Simulated: root may write anywhere, and a test cannot mount."""
+    import os
+    from types import SimpleNamespace
+
+    from ultraseg.evaluate import check_out_folder
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    flag = os.ST_RDONLY if read_only else 0
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_flag=flag))
+    reason = "read-only file system" if read_only else "permission denied"
+    with pytest.raises(UltrasegError, match=f"cannot write in the output folder \\({reason}\\)"):
+        check_out_folder(tmp_path)
+    with pytest.raises(UltrasegError, match=f"cannot create the output folder \\({reason} in "):
+        check_out_folder(tmp_path / "new" / "ev")
+
+
 # ------------------------------------------------------------------ what a row carries
 def test_a_row_names_its_image_and_both_areas(data, truths, tmp_path) -> None:
     """per_image.csv had no path to join a row to its file and no area of either mask (on a

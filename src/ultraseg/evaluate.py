@@ -16,7 +16,7 @@ from . import __version__
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .data import MaskTally
-from .fileio import atomic_write_texts, csv_cell, json_text, output_lock, read_json
+from .fileio import atomic_write_texts, cannot_write_in, csv_cell, json_text, output_lock, read_json
 from .io import Dataset, Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally, header_shape, said_once
 from .logs import quiet
@@ -296,10 +296,10 @@ def check_out_folder(out: str | Path) -> Path:
         raise UltrasegError("cannot create the output folder: a file of that name exists"
                             if first == out else f"cannot create the output folder: {first} "
                             "is a file", out)
-    if first.exists() and not os.access(first, os.W_OK | os.X_OK):
-        raise UltrasegError("cannot write in the output folder (permission denied)"
-                            if first == out else "cannot create the output folder (permission "
-                            f"denied in {first})", out)
+    reason = cannot_write_in(first) if first.exists() else None
+    if reason:
+        raise UltrasegError(f"cannot write in the output folder ({reason})" if first == out
+                            else f"cannot create the output folder ({reason} in {first})", out)
     return out
 
 

@@ -71,6 +71,18 @@ def write_error(e: OSError, path: str | Path) -> WriteError:
     return err
 
 
+def cannot_write_in(folder: str | Path) -> str | None:
+    """Why no file can be made in ``folder``, in :data:`REASONS`' words (a read-only file
+    system, permission denied), as a write there would say; None where one can."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    try:        # (os.access is False on both; no statvfs on Windows)
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):
+        read_only = False
+    return REASONS[errno.EROFS if read_only else errno.EACCES]
+
+
 def _umask() -> int:
     """The process's umask now (it can change: read each time). Linux says it in
     /proc/self/status; elsewhere the only way to read it is to set it and put it back."""
