@@ -265,6 +265,35 @@ def test_sigterm_is_handled_as_ctrl_c(monkeypatch, capsys) -> None:
     assert signal.getsignal(signal.SIGTERM) == before      # the caller's handler is back
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="no SIGHUP here")
+def test_sighup_is_handled_as_sigterm(monkeypatch, capsys) -> None:
+    """A terminal or ssh session closed under a run (no nohup), and some schedulers, send
+    SIGHUP: train died with its default action (exit 129, nothing said, the lock file left),
+    skipping the clean-up and the word on how to go on that SIGTERM gets."""
+    import signal
+    import time
+
+    from ultraseg import cli
+
+    cleaned: list[str] = []
+
+    def hung_up(a) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+        except KeyboardInterrupt:        # as train's clean-up catches it
+            cleaned.append("clean-up ran")
+            raise
+        return 0
+
+    before = signal.getsignal(signal.SIGHUP)
+    monkeypatch.setattr(cli, "_cmd_inspect", hung_up)
+    assert cli.main(["inspect", "DATA"]) == 129
+    assert capsys.readouterr().err.strip() == "hung up (SIGHUP)"
+    assert cleaned == ["clean-up ran"]
+    assert signal.getsignal(signal.SIGHUP) == before       # the caller's handler is back
+
+
 @pytest.mark.parametrize("args", [["phantom", ""], ["inspect", " "],
                                   ["predict", "m.ckpt", "in", "--out", ""],
                                   ["train", "data", "--out", ""], ["demo", "--out", ""]])

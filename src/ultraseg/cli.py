@@ -219,27 +219,38 @@ def _print_any_path() -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`timeout`, a batch scheduler's time limit, `docker stop`), raised where the
-    process is, as Ctrl-C's KeyboardInterrupt is: the same clean-up and the same word on how
-    to go on, exit 143 (128 + SIGTERM) as a shell reports a process the signal ended."""
+    """SIGTERM (`timeout`, a batch scheduler's time limit, `docker stop`) or SIGHUP (the
+    terminal or ssh session closed, some schedulers), raised where the process is, as
+    Ctrl-C's KeyboardInterrupt is: the same clean-up and the same word on how to go on, exit
+    128 + the signal's number (143, 129) as a shell reports a process the signal ended."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
+    raise Terminated(signum)
+
+
+#: The signals that stop a command as Ctrl-C does (SIGHUP where the system has it).
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                      if hasattr(signal, name))
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` inside the block (main thread only: elsewhere a
-    handler cannot be installed, and the caller's handling stays as it was)."""
+    """SIGTERM and SIGHUP raise :class:`Terminated` inside the block (main thread only:
+    elsewhere a handler cannot be installed, and the caller's handling stays as it was)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    before = {signum: signal.signal(signum, _raise_terminated) for signum in _STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _how_to_go_on(a: argparse.Namespace) -> str:
@@ -417,10 +428,11 @@ def _main(a: argparse.Namespace) -> int:
         print(f"{_rank_prefix()}error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        print(_rank_prefix() + ("terminated" if terminated else "interrupted")
-              + _how_to_go_on(a), file=sys.stderr)
-        return 143 if terminated else 130
+        signum = e.signum if isinstance(e, Terminated) else None
+        said = {None: "interrupted", signal.SIGTERM: "terminated"}.get(signum, "hung up (SIGHUP)")
+        with contextlib.suppress(OSError):      # (after SIGHUP the terminal may be gone)
+            print(_rank_prefix() + said + _how_to_go_on(a), file=sys.stderr)
+        return 130 if signum is None else 128 + signum
     except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
         if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs
             return _internal(e, a.debug)
