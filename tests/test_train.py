@@ -1550,3 +1550,38 @@ def test_a_train_log_that_cannot_be_written_leaves_the_refusal_and_its_clean_up(
         train_mod.train(cfg, run)
     assert sorted(p.name for p in run.iterdir()) == ["train.log"]   # (the user's link)
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_full_disk_after_an_epoch_was_saved_says_resume_goes_on(tmp_path, capsys,
+                                                                  monkeypatch) -> None:
+    """A full disk at epoch 2's checkpoint stopped the run with the write's error alone,
+    though last.ckpt and metrics.csv were in order and `train --resume` went on once there
+    was room (SIGTERM's message says so). A full disk before any epoch was saved says
+    nothing of resuming: there is nothing to resume."""
+    import errno
+
+    from ultraseg.fileio import write_error
+
+    real = train_mod.save_checkpoint
+
+    def full_after_epoch_1(path, *args, **kwargs):
+        if (Path(path).parent / "last.ckpt").exists():
+            raise write_error(OSError(errno.ENOSPC, "No space left on device"), path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", full_after_epoch_1)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "2") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "no space left on the device" in line, line
+    assert f"`ultraseg train --resume --out {run}` goes on from the last saved epoch" in line, line
+    def full(path, *args, **kwargs):
+        raise write_error(OSError(errno.ENOSPC, "No space left on device"), path)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", full)    # epoch 1's fails: none saved
+    args = ["train", str(tmp_path / "data"), "--out", str(tmp_path / "first"), "--preset",
+            "demo", "--width", "4", "--depth", "2", "--size", "32", "--device", "cpu",
+            "--precision", "fp32", "--cache-dir", "", "--threads", "1", "--epochs", "2"]
+    assert cli.main(args) == 2                          # (_train_tiny's, on its frames)
+    line = _error_line(capsys.readouterr().err)
+    assert "no space left on the device" in line and "--resume" not in line, line

@@ -277,6 +277,16 @@ def _how_to_go_on(a: argparse.Namespace) -> str:
 
 
 
+def _then_resume(a: argparse.Namespace) -> str:
+    """After a write that failed (a full disk) in a train or demo whose run saved an epoch:
+    "; then `...` goes on from the last saved epoch", as after SIGTERM; else nothing."""
+    try:
+        hint = _how_to_go_on(a)
+    except OSError:     # --out itself the trouble (a name too long): nothing to go on from
+        return ""
+    return f"; then{hint[1:]}" if hint else ""
+
+
 def to_null(stream: Any) -> None:
     """Point ``stream``'s file descriptor at the null device, once its reader has gone: what
     is still buffered for it, and whatever is written later (by print, or a log handler
@@ -413,7 +423,10 @@ def _main(a: argparse.Namespace) -> int:
         with _sigterm_as_interrupt():
             return a.func(a)
     except UltrasegError as e:  # one line per problem (DataProblems holds several)
-        for line in str(e).splitlines() or [""]:
+        lines = str(e).splitlines() or [""]
+        if isinstance(e, OSError):  # a full disk: a run with a saved epoch goes on from it
+            lines[-1] += _then_resume(a)
+        for line in lines:
             print(f"{_rank_prefix()}error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
@@ -425,7 +438,8 @@ def _main(a: argparse.Namespace) -> int:
         if e.errno not in USER_ERRNOS:
             return _internal(e, a.debug)
         where = f"{e.filename}: " if e.filename else ""
-        print(f"{_rank_prefix()}error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {where}{e.strerror or e}{_then_resume(a)}",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Terminated) else None
