@@ -854,6 +854,9 @@ def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_referen
     got = train_mod._calibrate_measure(samples, regions, probs, PostprocessConfig(), cfg, before)
     assert got["boundary_offset_px"] == pytest.approx(3.0, abs=0.35)
     assert got["outline_half_width_px"] == 1.0 and got["offset_frames"] == 11
+    # the validation head-circumference error (mm) at the half-width and at the chosen offset
+    assert got["val_hc_mae_mm"] < 0.5 * got["val_hc_mae_mm_start"]
+    assert got["val_hc_mae_mm_start"] > 1.0
     assert before == {"boundary_offset_px": 1.0}             # the caller's dict unchanged
     few = train_mod._calibrate_measure(samples[2:], regions[2:], probs[2:], PostprocessConfig(),
                                        cfg, before)
@@ -885,10 +888,14 @@ def test_the_levels_kept_for_calibration_give_the_masks_the_probabilities_give()
         np.testing.assert_array_equal(apply(back, cfg), apply(prob, cfg), err_msg=str(cfg))
 
 
-def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatch) -> None:
+def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatch,
+                                                             capsys) -> None:
     """What the validation frames chose is what best.ckpt measures with (evaluate, measure and
-    an exported model read it there), and the report says so."""
-    chosen = {"boundary_offset_px": 2.5, "outline_half_width_px": 0.0, "offset_frames": 12}
+    an exported model read it there), and the report says so; the validation head-circumference
+    error in mm, the task's headline figure, is in the report and train's closing lines (it
+    was in train.log alone)."""
+    chosen = {"boundary_offset_px": 2.5, "outline_half_width_px": 0.0, "offset_frames": 12,
+              "val_hc_mae_mm": 1.75, "val_hc_mae_mm_start": 2.07}
     seen = []
 
     def calibrate(samples, regions, probs, pp, cfg, measure_meta):
@@ -900,7 +907,12 @@ def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatc
     assert _train_tiny(tmp_path, run, "--epochs", "1") == 0
     assert seen == [{"boundary_offset_px": 0.0}]              # phantom masks: drawn filled
     assert load_checkpoint(run / "best.ckpt").meta["measure"] == chosen
-    assert "2.5 (chosen on 12 validation frames" in (run / "report.html").read_text()
+    html = (run / "report.html").read_text()
+    assert "2.5 (chosen on 12 validation frames" in html
+    assert "validation head-circumference error, mean absolute (mm)" in html
+    assert "1.75 (2.07 with the outlines&#x27; half-width)" in html.replace("&#39;", "&#x27;")
+    printed = capsys.readouterr().out
+    assert "validation head-circumference error, mean absolute 1.75 mm (12 frames)" in printed
     assert load(run / "best.ckpt").meta["measure"]["boundary_offset_px"] == 2.5
 
 

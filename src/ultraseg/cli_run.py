@@ -245,6 +245,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
               f"(original size {result.val_dice_original:.4f}, post-processed "
               f"{result.val_dice_postprocessed:.4f}); {result.seconds:.0f} s")
         _print_empty_figures(result)
+        if result.val_hc_mae_mm is not None:
+            print(f"  validation head-circumference error, mean absolute "
+                  f"{result.val_hc_mae_mm:.2f} mm ({result.val_hc_frames} frames)")
     if result.stopped:
         print(f"note: {result.stopped}")
     print(f"checkpoint: {Path(a.out) / 'best.ckpt'}\nreport: {Path(a.out) / 'report.html'}")

@@ -81,6 +81,11 @@ class TrainResult:
     #: validation split, or a run finished before these were recorded).
     val_empty_frames: int | None = None
     val_empty_right: int | None = None
+    #: The validation head-circumference error, mean absolute (mm), with the boundary offset
+    #: chosen on them, and the frames it is over (None: no frames with a reference HC, or
+    #: fewer than choose the offset).
+    val_hc_mae_mm: float | None = None
+    val_hc_frames: int | None = None
 
 
 # ---------------------------------------------------------------------------------- batches
@@ -1083,6 +1088,9 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             f"validation frames; the outlines' half-width "
             f"{measure_meta['outline_half_width_px']})"} if "offset_frames" in measure_meta
            else {}),
+        **({"validation head-circumference error, mean absolute (mm)":
+            f"{measure_meta['val_hc_mae_mm']:.2f} ({measure_meta['val_hc_mae_mm_start']:.2f} "
+            "with the outlines' half-width)"} if "val_hc_mae_mm" in measure_meta else {}),
         "training time (s)": round(seconds, 1),
         "device / precision": f"{device} / {'bf16' if dtype else 'fp32'}"
                               + (f" ({cfg.train.world_size} processes)"
@@ -1105,7 +1113,9 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size,
                        val_dice_nonempty=nonempty, val_empty_frames=n_empty,
-                       val_empty_right=empty_right)
+                       val_empty_right=empty_right,
+                       val_hc_mae_mm=measure_meta.get("val_hc_mae_mm"),
+                       val_hc_frames=measure_meta.get("offset_frames"))
 
 
 def _frames_row(out: Path, subjects: Sequence[str], train_idx: np.ndarray, val_idx: np.ndarray,
@@ -1379,7 +1389,8 @@ def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndar
              "outlines' half-width %.2f px); validation HC error %.2f -> %.2f mm", len(rows),
              offset, start, before, after)
     return {**measure_meta, "boundary_offset_px": offset, "outline_half_width_px": start,
-            "offset_frames": len(rows)}
+            "offset_frames": len(rows), "val_hc_mae_mm": round(after, 4),
+            "val_hc_mae_mm_start": round(before, 4)}
 
 
 def _non_finite_weights(model: torch.nn.Module, ema: AveragedModel | None) -> list[str]:
