@@ -494,6 +494,7 @@ def test_where_the_dataset_gives_pixel_sizes_evaluate_reports_mm(tmp_path) -> No
     assert first["hc_ref_mm"] == 30.0 and "hc_mm" not in first   # measure's name for it
     assert first["hc_error_mm"] == pytest.approx(m["hc_mm"] - 30.0)
     assert summary["hc_mae_mm"] == pytest.approx(abs(first["hc_error_mm"]))
+    assert summary["hc_bias_mm"] == pytest.approx(first["hc_error_mm"])   # signed, as measure's
     assert summary["hc_n"] == 1 and summary["hc_missed"] == 0
     # --pixel-size: for the frames whose dataset gives none (the table's wins), as measure's
     _, rows = evaluate(predictor, tmp_path / "hc", pixel_size_mm=0.25)
@@ -538,6 +539,7 @@ def test_hc_error_counts_the_heads_the_model_missed(tmp_path, capsys) -> None:
     summary, rows = evaluate(predictor, tmp_path / "hc")
     assert [r.get("hc_error_mm") is None for r in rows] == [False, True]
     assert summary["hc_n"] == 1 and summary["hc_missed"] == 1
+    assert summary["hc_bias_mm"] == pytest.approx(rows[0]["hc_error_mm"])
     assert "over 1 of 2 frames with a reference (1 with no head found)" in format_summary(summary)
 
 
@@ -604,13 +606,14 @@ def test_the_printed_summary_rounds_each_figure_to_its_kind() -> None:
                "iou_mean": 0.51234, "hd95_median": 217.9447, "hd95_n": 8,
                "hd95_mm_median": 16.3993, "hd95_mm_n": 8, "empty_correct_rate": 2 / 3,
                "postprocess": {}, "raw": {"dice_mean": 0.61, "dice_nonempty_mean": 0.6},
-               "hc_n": 8, "hc_missed": 0, "hc_mae_mm": 16.5312}
+               "hc_n": 8, "hc_missed": 0, "hc_mae_mm": 16.5312, "hc_bias_mm": 16.0451}
     lines = format_summary(summary).splitlines()
     for start in ("Dice (all frames)     0.655   threshold 0.5 alone (no rules; the flip as "
                   "below): 0.610", "Dice (non-empty)      0.701   threshold 0.5 alone: 0.600",
                   "IoU                   0.512", "HD95 median (px)      217.9   over 8",
                   "HD95 median (mm)      16.4   over 8", "empty frames right    67%",
-                  "head circumference MAE 16.5 mm over 8 of 8"):
+                  "head circumference MAE 16.5 mm, mean signed error (predicted - "
+                  "reference) +16.0 mm, over 8 of 8"):
         assert any(line.startswith(start) for line in lines), start
     assert "217.94" not in "\n".join(lines)
     assert summary["hd95_median"] == 217.9447                    # the figures kept whole

@@ -433,13 +433,15 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in RAW_KEYS}
     summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
-    errors = [abs(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
+    signed = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
+    errors = [abs(e) for e in signed]
     with_reference = sum(1 for r in rows
                          if r.get("hc_ref_mm") is not None and has_pixel_size(r))
     if with_reference:
         # frames whose head the model did not find have no error: the MAE is over the others,
         # and the summary says how many it leaves out
         summary["hc_mae_mm"] = float(np.mean(errors)) if errors else None
+        summary["hc_bias_mm"] = float(np.mean(signed)) if signed else None  # predicted - ref
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
     summary["label"] = label
@@ -588,7 +590,10 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]
     if "hc_n" in summary:
         n_ref = summary["hc_n"] + summary["hc_missed"]
-        lines.append(f"head circumference MAE {dist(summary['hc_mae_mm'])} mm over "
+        bias = summary.get("hc_bias_mm")
+        lines.append(f"head circumference MAE {dist(summary['hc_mae_mm'])} mm, mean signed "
+                     f"error (predicted - reference) "
+                     f"{'n/a' if bias is None else format(bias, '+.1f')} mm, over "
                      f"{summary['hc_n']} of {n_ref} frames with a reference "
                      f"({summary['hc_missed']} with no head found)")
     lines.append(f"(empty rule: {EMPTY_RULE})")
