@@ -433,7 +433,7 @@ def test_a_warning_naming_a_file_is_one_line_whatever_the_name(tmp_path) -> None
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stderr.splitlines()
-    assert line.startswith("WARNING ultraseg.io.base: ") and "f\\x0aerror: fake line.tif" in line
+    assert line.startswith("warning: ") and "f\\x0aerror: fake line.tif" in line
 
 
 def test_inspect_says_beside_several_labels_that_train_takes_their_union(tmp_path, capsys):

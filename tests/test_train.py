@@ -814,7 +814,7 @@ def test_training_logs_info_to_its_file_not_to_the_callers_handlers(tmp_path, wh
         root.setLevel(old_root_level)
         pkg.setLevel(logging.NOTSET)
         logging.lastResort = old_last_resort
-    assert "INFO" in (tmp_path / "run" / "train.log").read_text()
+    assert "INFO ultraseg.train: " in (tmp_path / "run" / "train.log").read_text()  # modules named
     leaked = [r.getMessage() for r in seen if r.levelno < logging.WARNING]
     assert leaked == [], leaked
     messages = [r.getMessage() for r in seen]

@@ -342,11 +342,17 @@ def terminal_safe(text: str) -> str:
 
 
 class _OneLine(logging.Formatter):
-    """A log line whose message (a file name in it) holds no control character, a newline
-    included: a frame named 'f\\nerror: fake.tif' printed a warning and a faked error line."""
+    """A log line as the CLI prints its own: ``warning: MESSAGE`` (the level in lower case, as
+    ``error: ...``; ultraseg's module path left out, another library's logger named), whose
+    message (a file name in it) holds no control character, a newline included: a frame
+    named 'f\\nerror: fake.tif' printed a warning and a faked error line. (train.log keeps
+    the level and module of each record: run_folder's file handler.)"""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return escape_controls(super().formatMessage(record), keep="\t")
+        ours = record.name == "ultraseg" or record.name.startswith("ultraseg.")
+        source = "" if ours else f"{record.name}: "
+        return escape_controls(f"{record.levelname.lower()}: {source}{record.message}",
+                               keep="\t")
 
 
 class _Printable:
@@ -412,7 +418,7 @@ def _main(a: argparse.Namespace) -> int:
     # -v is ultraseg's own INFO, -v -v its DEBUG; other libraries keep to their warnings
     # (at DEBUG, matplotlib's font search and Pillow's chunk-by-chunk reading drowned ours)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_OneLine())
     logging.basicConfig(level=max(level, logging.WARNING), handlers=[handler])
     if level < logging.WARNING:
         logging.getLogger("ultraseg").setLevel(level)
