@@ -1,6 +1,7 @@
 """Tests of the report stage: overlay colours, PNG figures, the self-contained HTML page."""
 from __future__ import annotations
 
+import html
 import math
 import subprocess
 import sys
@@ -494,6 +495,14 @@ def test_the_report_s_figures_say_what_they_show(tmp_path, monkeypatch) -> None:
     assert [c.split(":")[0] for c in captions] == ["curve.png", "seg_sample.png"]
     assert "Validation frames" in captions[1] and "chose the epoch and the post-processing" \
         in captions[1] and "Learning curves" in captions[0]
+    # each figure's alt text says what it shows (the caption's first sentence), not its name
+    alts = [html.unescape(a.split('"')[0]) for a in page.split(' alt="')[1:]]
+    assert alts == [report.CAPTIONS["curve.png"].split(". ")[0].rstrip("."),
+                    report.CAPTIONS["seg_sample.png"].split(". ")[0].rstrip(".")]
+    assert alts[0].startswith("Learning curves") and alts[1].startswith("Validation frames")
+    page = write_html(tmp_path, title="t", summary={}, config={}, history=[],
+                      captions={}).read_text()
+    assert ' alt="curve.png"' in page                       # no caption: its name is all
 
 
 def test_the_display_stretch_is_not_named_as_the_reading_rule() -> None:

@@ -578,7 +578,9 @@ def _figure(path: Path, name: str, caption: str | None = None) -> str | None:
         return None
     mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    alt = html.escape(name)
+    # what the figure shows, for a screen reader or a page without its images: the caption's
+    # first sentence (the file's name said nothing)
+    alt = html.escape(caption.split(". ")[0].rstrip(".") if caption else name)
     text = html.escape(f"{name}: {caption}" if caption else name)
     return (f'<figure><img src="data:{mime};base64,{data}" alt="{alt}">'
             f"<figcaption>{text}</figcaption></figure>")
