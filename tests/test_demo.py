@@ -47,7 +47,8 @@ def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatc
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
     page = (out / "report.html").read_text()
     assert "unseen phantom" in page
-    assert "hd95_median (px)" in page                          # its unit said
+    assert "HD95, median (px)" in page                         # its unit said
+    assert "dice_nonempty_mean" not in page                    # the table in words
     # the report shows the config the run recorded (data.path absolute, not as given)
     recorded = json.loads((out / "config.json").read_text())["data"]["path"]
     assert recorded.startswith("/") and f'"path": {json.dumps(recorded)}' in page
@@ -188,3 +189,33 @@ def test_a_demo_stopped_while_writing_its_frames_can_run_again(tmp_path, monkeyp
     assert cli.main(["demo", "--out", str(out)]) == 0, capsys.readouterr().err
     assert not list(out.rglob(".phantom-*"))                       # nothing left aside
     assert len(list((out / "data").rglob("*.png"))) == 2 * (24 + 6)
+
+
+def test_the_report_s_evaluation_table_reads_in_words_with_units() -> None:
+    """The demo report's Evaluation table showed evaluate's summary keys (dice_nonempty_mean,
+    hd95_n, empty_correct_rate, n_subjects) and the post-processing as a JSON string, beside a
+    Summary table in plain words."""
+    summary = {"n": 6, "dice_mean": 0.91, "dice_nonempty_mean": 0.88, "iou_mean": 0.8,
+               "precision_mean": 0.9, "recall_mean": 0.9, "hd95_median": 2.5, "hd95_n": 4,
+               "empty_correct_rate": 0.5, "n_subjects": 6, "dice_mean_ci95": [0.8, 0.95],
+               "dice_nonempty_mean_ci95": [0.7, 0.9], "raw": {"dice_mean": 0.9},
+               "postprocess": {"threshold": 0.5, "min_area": 10, "keep_largest": True,
+                               "fill_holes": False, "tta": True},
+               "label": None, "fill_outlines": False, "subset": None, "split": None,
+               "checkpoint": {"path": "/x/best.ckpt"}, "data": "/x/data", "layout": "folders",
+               "ultraseg_version": "1.0", "torch_version": "2.5", "device": "cpu",
+               "precision": "fp32", "a_new_key": 1}
+    table = demo.evaluation_table(summary)
+    keys = list(table)
+    assert keys[0] == "frames (unseen phantom, seed 1)" and table[keys[0]] == 6
+    for raw in ("dice_mean", "dice_nonempty_mean", "hd95_median", "hd95_n",
+                "empty_correct_rate", "n_subjects", "ultraseg_version", "postprocess"):
+        assert not any(raw in k for k in keys), raw
+    assert table["HD95, median (px)"] == 2.5                   # units said
+    assert table["Dice, frames with a structure (0-1)"] == 0.88
+    assert table["empty frames predicted empty (share, 0-1)"] == 0.5
+    assert table["precision (mean, 0-1)"] == 0.9 and table["numeric precision"] == "fp32"
+    assert table["post-processing"] == ("threshold 0.5, min area 10, keep largest on, "
+                                        "fill holes off, tta on")
+    assert table["a new key"] == 1                             # a key not listed: in words
+    assert "checkpoint" not in table and "raw" not in table and "subset" not in table

@@ -25,7 +25,7 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     data in ``out/data`` and the evaluation in ``out/evaluation``. Returns the evaluation summary.
     """
     from . import report
-    from .evaluate import evaluate, format_interval
+    from .evaluate import evaluate
     from .fileio import output_lock
     from .phantom import make_dataset
     from .predict import load
@@ -64,14 +64,56 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
         report.write_html(out, title="ultraseg demo (phantom data)", summary=result.summary,
                           config=RunConfig.load(out / "config.json").to_dict(),   # as recorded
                           history=result.history, best_epoch=result.best_epoch,
-                          evaluation={"frames (unseen phantom, seed 1)": summary["n"],
-                                      **{("hd95_median (px)" if k == "hd95_median" else k):
-                                         (format_interval(v) if k.endswith("_ci95") else v)
-                                         for k, v in summary.items()
-                                         if k not in ("raw", "n", "subset", "split",
-                                                      "checkpoint")}})
+                          evaluation=evaluation_table(summary))
         log.info("demo finished: %s", summary)
         return summary
+
+
+#: The words the report's Evaluation table gives evaluate's summary keys (units said); a key
+#: not here is shown with spaces for its underscores.
+EVALUATION_LABELS = {
+    "dice_mean": "Dice, all frames (0-1)",
+    "dice_nonempty_mean": "Dice, frames with a structure (0-1)",
+    "dice_mean_ci95": "Dice, all frames: 95 % interval (subjects resampled)",
+    "dice_nonempty_mean_ci95": "Dice, frames with a structure: 95 % interval (subjects "
+                               "resampled)",
+    "iou_mean": "IoU (mean, 0-1)", "precision_mean": "precision (mean, 0-1)",
+    "recall_mean": "recall (mean, 0-1)",
+    "hd95_median": "HD95, median (px)",
+    "hd95_n": "frames in the HD95 median (a structure in truth and prediction)",
+    "hd95_mm_median": "HD95, median (mm)", "hd95_mm_n": "frames in the HD95 median (mm)",
+    "empty_correct_rate": "empty frames predicted empty (share, 0-1)",
+    "n_subjects": "subjects", "postprocess": "post-processing", "label": "label scored",
+    "fill_outlines": "outline masks filled", "data": "dataset",
+    "ultraseg_version": "ultraseg version", "torch_version": "PyTorch version",
+    "onnxruntime_version": "ONNX Runtime version", "precision": "numeric precision",
+    "hc_mae_mm": "head-circumference error, mean absolute (mm)",
+    "hc_bias_mm": "head-circumference error, mean signed (mm)",
+    "hc_n": "frames in the head-circumference error",
+    "hc_missed": "frames with a reference and no head found",
+}
+
+
+def evaluation_table(summary: dict[str, Any]) -> dict[str, Any]:
+    """The report's Evaluation table of an evaluation ``summary`` on the unseen phantom
+    frames: each figure labelled in words with its unit (:data:`EVALUATION_LABELS`), the
+    post-processing as words; the raw block, side and checkpoint left out (the Summary
+    table above names the checkpoint)."""
+    from .evaluate import format_interval
+
+    def shown(key: str, value: Any) -> Any:
+        if key.endswith("_ci95"):
+            return format_interval(value)
+        if key == "postprocess" and isinstance(value, dict):
+            return ", ".join(f"{k.replace('_', ' ')} "
+                             f"{({True: 'on', False: 'off'}[v] if isinstance(v, bool) else v)}"
+                             for k, v in value.items())
+        return value
+
+    return {"frames (unseen phantom, seed 1)": summary["n"],
+            **{EVALUATION_LABELS.get(k, k.replace("_", " ")): shown(k, v)
+               for k, v in summary.items()
+               if k not in ("raw", "n", "subset", "split", "checkpoint")}}
 
 
 def minutes_arg(minutes: float) -> str:
