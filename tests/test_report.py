@@ -515,3 +515,29 @@ def test_the_display_stretch_is_not_named_as_the_reading_rule() -> None:
     assert not hasattr(report, "to_uint8")
     np.testing.assert_array_equal(report.display_uint8(frame), [[0, 255]])
     np.testing.assert_array_equal(to_uint8(frame), [[51, 102]])
+
+
+def test_a_prediction_filling_the_frame_shows_in_the_report_s_panels(tmp_path,
+                                                                    monkeypatch) -> None:
+    """A prediction that fills the frame was drawn as its outline alone, a 1-px orange border
+    along the panel's edge that read as a picture frame: the report's panels tint the
+    prediction's area lightly orange (the image still shows through; the outside and the
+    truth's outline untouched). overlay itself keeps interiors grey unless asked."""
+    image = np.full((20, 24), 100, dtype=np.uint8)
+    full = np.ones(image.shape, dtype=bool)
+    truth = _square(image.shape, 6, 6, 6)
+    drawn: list[list[np.ndarray]] = []
+    monkeypatch.setattr(report, "_draw_panels", lambda panels, *a: drawn.append(panels))
+    plot_predictions([image, image], [truth, truth], [full, _square(image.shape, 2, 2, 4)],
+                     tmp_path / "seg_sample.png")
+    panel = drawn[0][0].astype(int)
+    inside = panel[5:15, 15:20]                              # the prediction's, off the truth
+    assert (inside != 100).any(axis=-1).all()                # tinted, every pixel
+    assert (np.abs(inside - np.asarray(PRED_COLOR)) < np.abs(100 - np.asarray(PRED_COLOR))).all()
+    assert (np.abs(inside - 100) <= 60).all()                # light: the image shows through
+    t_edge = truth & ~_square(image.shape, 7, 7, 4)
+    assert (drawn[0][0][t_edge] == TRUTH_COLOR).all()
+    outside = drawn[0][1].astype(int)[10:, 10:]              # beyond the small prediction
+    small_truth = truth[10:, 10:]
+    assert (outside[~small_truth] == 100).all()
+    assert (overlay(image, full)[1:-1, 1:-1] == 100).all()   # overlay's default: outline only

@@ -44,6 +44,9 @@ TRUTH_COLOR: tuple[int, int, int] = (0, 114, 178)
 BOTH_COLOR: tuple[int, int, int] = (240, 228, 66)
 #: RGB of the ellipse ``measure`` fits to the predicted object: bluish green.
 ELLIPSE_COLOR: tuple[int, int, int] = (0, 158, 115)
+#: How far the report's prediction panels tint the predicted area towards :data:`PRED_COLOR`
+#: (light: the image shows through).
+PRED_FILL = 0.25
 #: The colours in words, as figures and help texts say them.
 COLOURS = "blue: truth, orange: prediction, yellow: both"
 
@@ -67,8 +70,8 @@ CAPTIONS: dict[str, str] = {
                   "check that frames and masks were read together.",
     "seg_sample.png": "Validation frames at their original size: not trained on, but they chose "
                       "the epoch and the post-processing, and are shown after that "
-                      f"post-processing ({COLOURS}); each panel's Dice counts an empty truth "
-                      "predicted empty as 1.",
+                      f"post-processing ({COLOURS}, the predicted area lightly tinted "
+                      "orange); each panel's Dice counts an empty truth predicted empty as 1.",
 }
 #: The prediction figure's title in a run's report.
 VALIDATION_TITLE = ("validation frames (not trained on; they chose the epoch and the "
@@ -107,12 +110,15 @@ def overlay(
     truth: np.ndarray | None = None,
     *,
     thickness: int = 1,
+    fill: float = 0.0,
 ) -> np.ndarray:
     """The image in RGB with the outlines of the predicted (orange) and true (blue) masks.
 
     ``image``: (H, W) gray, uint8 (other dtypes are min-max scaled), or (H, W, 3) uint8 RGB.
     ``pred`` / ``truth``: (H, W) masks (bool, or nonzero = inside), either may be ``None``.
-    Pixels on both outlines are yellow; mask interiors and background keep the image's gray.
+    Pixels on both outlines are yellow; mask interiors and background keep the image's gray,
+    but for ``fill`` > 0: the prediction's area blended that much towards orange (the
+    report's panels: a prediction filling the frame is otherwise a border at its edge).
     ``thickness``: outline width in pixels. Returns a new (H, W, 3) uint8 array.
     """
     img = display_uint8(image)
@@ -131,7 +137,10 @@ def overlay(
         m = np.asarray(mask)
         if m.shape != hw:
             raise ValueError(f"{name} mask shape {m.shape} differs from image shape {hw}")
-        edges.append(outline(m if m.dtype == bool else m != 0, thickness))
+        m = m if m.dtype == bool else m != 0
+        if name == "pred" and fill > 0:
+            rgb[m] = np.round((1.0 - fill) * rgb[m] + fill * np.asarray(PRED_COLOR))
+        edges.append(outline(m, thickness))
     p_edge, t_edge = edges
     if t_edge is not None:
         rgb[t_edge] = TRUTH_COLOR
@@ -491,7 +500,8 @@ def plot_predictions(
     panels, names = [], []
     for i in range(n):
         truth, pred = truths[i], preds[i]
-        panels.append(overlay(images[i], pred, truth, thickness=_thickness(np.shape(images[i]))))
+        panels.append(overlay(images[i], pred, truth, thickness=_thickness(np.shape(images[i])),
+                              fill=PRED_FILL))
         name = str(titles[i]) if titles is not None else f"frame {i}"
         if truth is not None:
             name += ("\n" if "\n" not in name else "  ") + \
