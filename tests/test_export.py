@@ -419,11 +419,11 @@ def test_an_onnx_model_replaced_while_it_loads_is_refused(exported, tmp_path, mo
     path.write_bytes(exported["same"][1].read_bytes())
     real = ex._session
 
-    def replaced_first(source, providers=None):
+    def replaced_first(source, providers=None, threads=None):
         other = tmp_path / "other.onnx"
         other.write_bytes(exported["same-instance"][1].read_bytes())
         os.replace(other, path)
-        return real(source, providers)
+        return real(source, providers, threads)
 
     monkeypatch.setattr(ex, "_session", replaced_first)
     with pytest.raises(CheckpointError, match="changed while it was loaded"):
