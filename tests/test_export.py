@@ -326,6 +326,77 @@ def test_the_readme_s_function_without_ultraseg_predicts_what_ultraseg_does(tmp_
             np.testing.assert_array_equal(apply(prob, post), want, err_msg=f"{name} {file}")
 
 
+#: Settings added to each section since the first checkpoints: an older build's checkpoint
+#: lacks them (1e70402's lacked all five).
+LATER_KEYS = {"model": ("attention", "dropout"), "preprocess": ("crop_border",),
+              "postprocess": ("min_peak", "tta")}
+
+
+def _old_style(path: Path, edit: Callable[[dict], None]) -> Path:
+    """A random model's checkpoint whose metadata ``edit`` makes as an older build wrote it."""
+    model, pre = ModelConfig(variant="same", width=4, depth=2), PreprocessConfig(size=64)
+    torch.manual_seed(3)
+    net = build_model(model)
+    meta = make_meta(model, pre, PostprocessConfig(threshold=0.5))
+    edit(meta)
+    save_checkpoint(path, net.state_dict(), meta)
+    return path
+
+
+def _export_meta(path: Path) -> dict:
+    return json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[META_KEY])
+
+
+def test_an_older_checkpoint_exports_every_setting_the_readme_s_function_reads(tmp_path):
+    """export copied a checkpoint's settings as stored: one from a build before crop_border,
+    min_peak, tta, attention and dropout gave an ONNX file without them, and the README's
+    segment() (a program without ultraseg) failed on every frame with KeyError 'crop_border'.
+    The file now holds the settings as this build reads them, and this build's version."""
+    import onnxruntime
+
+    def older(meta: dict) -> None:
+        for section, keys in LATER_KEYS.items():
+            for key in keys:
+                del meta[section][key]
+        meta["ultraseg_version"] = "0.0.1"
+
+    ckpt = load_checkpoint(_old_style(tmp_path / "old.ckpt", older))
+    path = export_onnx(tmp_path / "old.ckpt", tmp_path / "old.onnx", verify=False)
+    meta = _export_meta(path)
+    for section, keys in LATER_KEYS.items():
+        assert set(keys) <= set(meta[section]), section
+    assert meta["model"] == ckpt.model.to_dict()
+    assert meta["preprocess"] == ckpt.preprocess.to_dict()
+    assert meta["postprocess"] == ckpt.postprocess.to_dict()
+    from ultraseg import __version__
+    assert meta["ultraseg_version"] == __version__
+    env: dict = {}
+    exec(compile(readme_function(), "README.md", "exec"), env)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    frame = phantom_frames(tmp_path / "in")["banded.png"]
+    mask, prob = env["segment"](session, frame)
+    np.testing.assert_array_equal(prob, load(path).predict_proba(frame))
+
+
+def test_a_checkpoint_that_stored_fill_outlines_false_exports_without_it(tmp_path):
+    """Builds 5bdc52d..329e89a wrote ``fill_outlines: false`` into every checkpoint; export
+    copied it into the ONNX file, which the builds before the setting refuse (unknown
+    PreprocessConfig keys), though a file made now leaves it out where it is not set."""
+    def stored_false(meta: dict) -> None:
+        meta["preprocess"]["fill_outlines"] = False
+
+    path = export_onnx(_old_style(tmp_path / "f.ckpt", stored_false), tmp_path / "f.onnx",
+                       verify=False)
+    assert "fill_outlines" not in _export_meta(path)["preprocess"]
+
+    def stored_true(meta: dict) -> None:
+        meta["preprocess"]["fill_outlines"] = True
+
+    path = export_onnx(_old_style(tmp_path / "t.ckpt", stored_true), tmp_path / "t.onnx",
+                       verify=False)
+    assert _export_meta(path)["preprocess"]["fill_outlines"] is True
+
+
 def test_the_export_states_the_rules_around_the_graph(exported):
     """The rules the settings leave unsaid are in the file, as the README's function reads
     them."""

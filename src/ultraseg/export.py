@@ -151,7 +151,12 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
         proto, exporter = _export(model, example, cfg.variant == "same", 2**depth, opset)
     if graph["dynamic_hw"]:     # whether the graph itself refuses other heights and widths
         graph["multiple_of_enforced"] = exporter == "dynamo"
-    meta = _without_paths(ckpt.meta)
+    # the settings as this build read them, not as the checkpoint stored them: an older
+    # build's lack settings added since (the README's segment() reads them), and some builds
+    # wrote fill_outlines: false, which the builds before it refuse
+    meta = {**_without_paths(ckpt.meta), "ultraseg_version": __version__,
+            "model": cfg.to_dict(), "preprocess": ckpt.preprocess.to_dict(),
+            "postprocess": ckpt.postprocess.to_dict()}
     _strip_node_metadata(proto)
     meta["onnx"] = {"input": INPUT_NAME, "output": OUTPUT_NAME, "exporter": exporter,
                     "opset": _opset_of(proto), **graph,    # (no file name: often a patient's)
