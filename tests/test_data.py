@@ -211,6 +211,7 @@ def test_the_entry_prefix_and_the_key_change_with_the_same_header(tmp_path: Path
     cfg = PreprocessConfig(size=16)
     before = entry_prefix(ds, cfg), cache_key(ds, cfg)
     changes = [("__version__", "99.0"), ("decoding_code_digest", lambda: "x"),
+               ("CACHE_FORMAT", -1),
                ("decoding_libraries", lambda: {"PIL": "0"})]
     for name, value in changes:
         with monkeypatch.context() as m:
@@ -418,6 +419,43 @@ def test_two_installs_sharing_a_cache_keep_each_others_entries(tmp_path: Path,
     assert len(list(cache.glob("*.npz"))) == 2
     monkeypatch.setattr(Sample, "load", lambda self: pytest.fail("decoded on a cache hit"))
     load_arrays(open_dataset(root), cfg, cache_dir=cache)
+
+
+def test_entries_of_another_cache_format_are_kept_and_not_served(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Two builds with the same version and decoding code whose entries hold other arrays (a
+    later one added `tally`) shared one entry name: run in turn, neither ever hit, each
+    decoded again and replaced the other's entry. The format of an entry is in its name:
+    another format's entry is neither read nor replaced, and each build hits its own."""
+    import ultraseg.data as data_module
+
+    root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
+    real = getattr(data_module, "CACHE_FORMAT", 1)
+    decoded: list[str] = []
+    real_load = Sample.load
+
+    def counting(self):
+        decoded.append(self.name)
+        return real_load(self)
+
+    monkeypatch.setattr(Sample, "load", counting)
+
+    def run(fmt: int) -> None:
+        monkeypatch.setattr(data_module, "CACHE_FORMAT", fmt, raising=False)
+        load_arrays(open_dataset(root), cfg, cache_dir=cache)
+
+    run(real + 1)
+    (other,) = cache.glob("*.npz")
+    n, written = len(decoded), other.stat()
+    assert n > 0
+    run(real)                                         # not served: decoded
+    assert len(decoded) == 2 * n
+    for fmt in (real + 1, real, real + 1, real):      # each hits its own
+        run(fmt)
+    assert len(decoded) == 2 * n
+    assert len(list(cache.glob("*.npz"))) == 2
+    kept = other.stat()                               # never replaced
+    assert (kept.st_ino, kept.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
 
 
 def test_no_home_folder_trains_without_a_cache(tmp_path: Path, monkeypatch) -> None:

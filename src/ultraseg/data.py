@@ -173,15 +173,16 @@ def _shaping(cfg: PreprocessConfig) -> dict[str, object]:
 
 def _header_json(ds: Dataset, cfg: PreprocessConfig) -> str:
     """What :func:`entry_prefix` and :func:`cache_key` both hash, whatever the files' state:
-    the version, the decoding code and libraries, the layout, the root, how the samples' masks
-    are read and the settings that shape the canvases. (One dict: the two must agree for
-    :func:`_remove_superseded`.)"""
+    the version, the entries' format (:data:`CACHE_FORMAT`), the decoding code and libraries,
+    the layout, the root, how the samples' masks are read and the settings that shape the
+    canvases. (One dict: the two must agree for :func:`_remove_superseded`.)"""
     # "decode": the code files are decoded by, so frames that changed code reads otherwise
     # are decoded again (a number bumped by hand was forgotten once); "masks": the samples'
     # mask kinds (outlines filled or not, open_dataset's fill_outlines), which a caller of the
     # API need not keep in step with cfg.fill_outlines: an entry of each stays
     kinds = hashlib.sha256("".join(f"{s.mask_kind}\n" for s in ds.labelled).encode())
-    return json.dumps({"v": __version__, "decode": decoding_code_digest(),
+    return json.dumps({"v": __version__, "format": CACHE_FORMAT,
+                       "decode": decoding_code_digest(),
                        "libraries": decoding_libraries(), "layout": ds.layout,
                        "root": str(ds.root.resolve()), "pre": _shaping(cfg),
                        "masks": kinds.hexdigest()[:16]}, sort_keys=True)
@@ -192,9 +193,10 @@ def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
     the code and libraries that decode them: the start of the name of each cache entry made
     for them, whatever the files' state (:func:`cache_key`). An entry with the same prefix and
     another key is one made for an earlier state of the files, which no later run can hit
-    (:func:`_remove_superseded`). The code's version is in it so that two installs sharing a
-    cache folder (a development clone beside a release) do not remove each other's entries
-    on every run: an upgrade's leftovers stay until the folder is deleted."""
+    (:func:`_remove_superseded`). The code's version and the entries' format are in it so
+    that two installs sharing a cache folder (a development clone beside a release) do not
+    remove each other's entries on every run: an upgrade's leftovers stay until the folder is
+    deleted."""
     text = _header_json(ds, cfg)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
@@ -339,6 +341,11 @@ def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path) -> bool:
 
 #: What a cache entry holds; one written before it held all of them is rebuilt.
 CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally")
+#: The format of a cache entry, in its name (:func:`_header_json`): bump it whenever what an
+#: entry holds changes (an array added to or dropped from :data:`CACHED`, or one's meaning or
+#: shape), so that two builds of one version sharing a cache folder each keep their own entry
+#: rather than replacing the other's on every run.
+CACHE_FORMAT = 1
 
 
 def _warn_outlines(ds: Dataset, tally: MaskTally) -> None:
