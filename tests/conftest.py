@@ -128,3 +128,19 @@ def outline_dataset(root: Path, n: int = 6, size: int = 32, mask_name: str = "{}
         Image.fromarray(np.asarray(ring)).save(root / "masks" /
                                                f"{mask_name.format(f's{i}_1')}.png")
     return root, outline, filled
+
+
+def onnx_session_threads(monkeypatch: Any) -> list[int]:
+    """The intra-op threads of each ONNX Runtime session ultraseg makes from here on, in the
+    order made (0: ONNX Runtime's default, one per core)."""
+    from ultraseg import export
+
+    made, real = [], export._session
+
+    def session(model, providers=None, threads=None):
+        sess = real(model, providers, threads)
+        made.append(sess.get_session_options().intra_op_num_threads)
+        return sess
+
+    monkeypatch.setattr(export, "_session", session)
+    return made

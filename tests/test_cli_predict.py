@@ -941,21 +941,14 @@ def test_the_readme_row_of_each_model_command_names_its_model_flags(command):
 def test_threads_set_an_onnx_model_s_session_threads(tmp_path, ckpt, monkeypatch, command):
     """--threads did nothing for an ONNX model (a note said so): its ONNX Runtime session,
     which takes its threads when it is made, ran on every core of a shared host."""
-    from ultraseg import export
+    from conftest import onnx_session_threads
 
     onnx_path = tmp_path / "m.onnx"
     assert main(["export", str(ckpt), "--onnx", str(onnx_path)]) == 0
     frames(tmp_path / "d" / "images", {"a.png": (20, 30)})
     (tmp_path / "d" / "masks").mkdir()
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "d" / "masks" / "a_mask.png")
-    made, real = [], export._session
-
-    def session(model, providers=None, threads=None):
-        sess = real(model, providers, threads)
-        made.append(sess.get_session_options().intra_op_num_threads)
-        return sess
-
-    monkeypatch.setattr(export, "_session", session)
+    made = onnx_session_threads(monkeypatch)
     out = [] if command == "evaluate" else ["--out", str(tmp_path / "o")]
     assert main([command, str(onnx_path), str(tmp_path / "d"), *out, "--threads", "1"]) == 0
     assert made == [1]

@@ -1003,18 +1003,9 @@ def test_load_gives_threads_to_an_onnx_session_and_warns_a_checkpoint_s(exported
                                                                         monkeypatch):
     """An ONNX session takes its threads when it is made, so load passes them on; a
     checkpoint's torch threads are the process's, and load says so rather than drop them."""
-    from conftest import ultraseg_warnings
+    from conftest import onnx_session_threads, ultraseg_warnings
 
-    from ultraseg import export
-
-    made, real = [], export._session
-
-    def session(model, providers=None, threads=None):
-        sess = real(model, providers, threads)
-        made.append(sess.get_session_options().intra_op_num_threads)
-        return sess
-
-    monkeypatch.setattr(export, "_session", session)
+    made = onnx_session_threads(monkeypatch)
     ckpt, path = exported["same"]
     load(path, threads=1)
     assert made == [1]
