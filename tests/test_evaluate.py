@@ -611,7 +611,7 @@ def test_the_printed_summary_rounds_each_figure_to_its_kind() -> None:
     for start in ("Dice (all frames)     0.655   threshold 0.5 alone (no rules; the flip as "
                   "below): 0.610", "Dice (non-empty)      0.701   threshold 0.5 alone: 0.600",
                   "IoU                   0.512", "HD95 median (px)      217.9   over 8",
-                  "HD95 median (mm)      16.4   over 8", "empty frames right    67%",
+                  "HD95 median (mm)      16.4   over 8", "empty frames right    66.7%",
                   "head circumference MAE 16.5 mm, mean signed error (predicted - "
                   "reference) +16.0 mm, over 8 of 8"):
         assert any(line.startswith(start) for line in lines), start
@@ -1234,3 +1234,20 @@ def test_every_column_of_the_tables_is_in_the_readmes_column_tables(tmp_path) ->
     columns = {k for r in rows for k in r} | {"class", "pixel_height_mm", "pixel_width_mm"}
     assert [k for k in sorted(columns) if f"`{k}`" not in per_image] == []
     assert [k for k in MEASURE_COLUMNS if f"`{k}`" not in measurements] == []
+
+
+def test_the_printed_share_of_empty_frames_right_is_100_or_0_percent_only_when_exact() -> None:
+    """'empty frames right 100%' was printed for 249 of 250 (.0% rounds 0.996 up), saying
+    every empty frame was predicted empty beside one that was not; 1 of 250 printed 0%."""
+    summary = {"n": 250, "dice_mean": 0.8, "dice_nonempty_mean": 0.8, "iou_mean": 0.7,
+               "hd95_median": 4.0, "hd95_n": 3, "postprocess": {}, "raw": {}}
+
+    def share(rate):
+        line, = [s for s in format_summary({**summary, "empty_correct_rate": rate}).splitlines()
+                 if s.startswith("empty frames right")]
+        return line.split()[-1]
+    assert share(249 / 250) == "99.6%"
+    assert share(1 / 250) not in ("0%", "0.0%") and share(1 / 250) == "0.4%"
+    assert share(0.0004) == "<0.1%" and share(0.9996) == ">99.9%"
+    assert share(1.0) == "100%" and share(0.0) == "0%"
+    assert share(2 / 3) == "66.7%" and share(None) == "n/a"

@@ -559,13 +559,26 @@ def format_interval(ci: Sequence[float] | None) -> str:
     return "n/a" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
+def format_share(rate: float | None) -> str:
+    """A share as printed: ``%`` to one decimal, ``100%`` and ``0%`` only where it is exactly
+    1 or 0 (249 of 250 is ``99.6%``, 0.9996 ``>99.9%``, 0.0004 ``<0.1%``): "100%" of the
+    empty frames right says no empty frame was wrong."""
+    if rate is None:
+        return "n/a"
+    if rate in (0, 1):
+        return f"{rate:.0%}"
+    text = f"{rate:.1%}"
+    return {"100.0%": ">99.9%", "0.0%": "<0.1%"}.get(text, text)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable lines for the CLI: each figure to the digits its kind carries (Dice
-    and IoU 3 decimals, px and mm 1, a share in %; the JSON and CSV keep them whole)."""
+    and IoU 3 decimals, px and mm 1, a share in % (:func:`format_share`); the JSON and CSV
+    keep them whole)."""
     def as_(fmt: str) -> Callable[[Any], str]:
         return lambda v: "n/a" if v is None else (format(v, fmt) if isinstance(v, float)
                                                   else str(v))
-    f, dist, share = as_(".3f"), as_(".1f"), as_(".0%")
+    f, dist, share = as_(".3f"), as_(".1f"), format_share
     raw = summary.get("raw", {})
     side = summary.get("subset")
     where = f"   ({SIDES[side].format(summary.get('split'))})" if side in SIDES else ""
