@@ -644,3 +644,31 @@ def test_a_large_model_described_beside_small_weights_is_refused_before_room_is_
     with pytest.raises(CheckpointError, match="weights do not fit") as e:
         build_from_checkpoint(load_checkpoint(path), path)
     assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+def test_a_checkpoint_rewritten_in_place_while_it_loads_is_refused(tmp_path, monkeypatch) -> None:
+    """One open file covered a replacement by rename, not a rewrite of the same file (`cp
+    other.ckpt best.ckpt`, a torch.save to its path) during the load: the weights were the
+    old file's and the recorded sha256 the new file's, and nothing refused, where the README
+    says a file changed while it loads is refused."""
+    cfg, pre = ModelConfig(variant="same", width=4, depth=2), PreprocessConfig(size=32)
+    path, other = tmp_path / "best.ckpt", tmp_path / "other.ckpt"
+    _save(path, _model_with_statistics(cfg, seed=0), cfg, pre)
+    _save(other, _model_with_statistics(cfg, seed=1), cfg, pre)
+    real = torch.load
+
+    def load_then_rewrite(*args, **kwargs):
+        payload = real(*args, **kwargs)
+        with open(path, "r+b") as f:      # the same file, new bytes: as cp does
+            f.write(other.read_bytes())
+            f.truncate()
+        return payload
+
+    for read in (load_checkpoint, lambda p: load(p, device="cpu", precision="fp32")):
+        _save(path, _model_with_statistics(cfg, seed=0), cfg, pre)
+        os.utime(path, (1e9, 1e9))   # saved before this clock tick, as a file being loaded is
+        monkeypatch.setattr(torch, "load", load_then_rewrite)
+        with pytest.raises(CheckpointError, match="changed while it was loaded"):
+            read(path)
+        monkeypatch.undo()
+    assert load_checkpoint(path).meta["metrics"] == {"best_epoch": 1}   # unchanged: loads

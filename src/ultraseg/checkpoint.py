@@ -99,9 +99,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except PermissionError as e:
         raise CheckpointError("cannot read checkpoint: permission denied", path) from e
     # one open file for the checks, the load and the hash: a file replaced at the path
-    # meanwhile (a training run saving best.ckpt again) is neither loaded nor hashed
+    # meanwhile (a training run saving best.ckpt again) is neither loaded nor hashed; one
+    # rewritten in place (cp over it, a torch.save to its path) is refused, as export's
+    # onnx_predictor refuses an ONNX file: its weights and its hash would be two files'
     with f:
+        was = _version(os.fstat(f.fileno()))
         payload, sha256 = _read_payload(f, path)
+        if _version(os.fstat(f.fileno())) != was:
+            raise CheckpointError("changed while it was loaded (rewritten): load it again",
+                                  path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError("not an ultraseg checkpoint (weights of another model?)", path)
     try:
@@ -152,6 +158,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(f"holds NaN/inf weights (its training diverged): "
                                   f"{some_names(bad)}; train it again with a lower --lr", path)
     return ckpt
+
+
+def _version(st: os.stat_result) -> tuple[int, ...]:
+    """What tells an open file's versions apart: its size, mtime and ctime (export's
+    ``_identity`` for a file held open)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _read_payload(f: BinaryIO, path: Path) -> tuple[Any, str]:
