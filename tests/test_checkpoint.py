@@ -672,3 +672,28 @@ def test_a_checkpoint_rewritten_in_place_while_it_loads_is_refused(tmp_path, mon
             read(path)
         monkeypatch.undo()
     assert load_checkpoint(path).meta["metrics"] == {"best_epoch": 1}   # unchanged: loads
+
+
+def test_only_a_predictor_hashes_its_checkpoint(tiny_run, tmp_path, monkeypatch) -> None:
+    """Every load hashed the whole file (0.33 s on a 372 MB checkpoint, more than torch.load
+    took), where only a Predictor records the hash: resume, the end of training and export
+    never use it. The Predictor's sha256 is still the file's sha256sum."""
+    import hashlib
+
+    import ultraseg.checkpoint as checkpoint
+    from ultraseg.export import export_onnx
+    from ultraseg.run_folder import open_run
+
+    _, run = tiny_run
+    hashed: list[object] = []
+    real = checkpoint.hash_file
+    monkeypatch.setattr(checkpoint, "hash_file", lambda *a: hashed.append(a) or real(*a))
+    assert load_checkpoint(run / "best.ckpt").sha256 == ""
+    _, last = open_run(run, None, resume=True)
+    assert last is not None and last.sha256 == ""
+    export_onnx(run / "best.ckpt", tmp_path / "m.onnx")
+    assert hashed == []
+    predictor = load(run / "best.ckpt", device="cpu", precision="fp32")
+    assert len(hashed) == 1
+    assert predictor.sha256 == hashlib.sha256((run / "best.ckpt").read_bytes()).hexdigest()
+    assert load_checkpoint(run / "best.ckpt", sha256=True).sha256 == predictor.sha256

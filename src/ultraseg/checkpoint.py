@@ -40,7 +40,8 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class Checkpoint:
     """What a checkpoint holds, decoded. ``train_state`` is empty in a weights-only file.
-    ``sha256``: of the file's bytes as read (by :func:`load_checkpoint`; empty otherwise)."""
+    ``sha256``: of the file's bytes as read (by :func:`load_checkpoint` asked for it; empty
+    otherwise)."""
 
     model: ModelConfig
     preprocess: PreprocessConfig
@@ -84,8 +85,11 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and check a checkpoint; every failure is a one-line :class:`CheckpointError`."""
+def load_checkpoint(path: str | Path, sha256: bool = False) -> Checkpoint:
+    """Read and check a checkpoint; every failure is a one-line :class:`CheckpointError`.
+    ``sha256``: hash the file as read too (:attr:`Checkpoint.sha256`; a Predictor records it;
+    resume, training and export have no use for it, and on a large file it takes longer than
+    the load)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError("a folder, not a checkpoint file (a run's checkpoint is "
@@ -104,7 +108,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     # onnx_predictor refuses an ONNX file: its weights and its hash would be two files'
     with f:
         was = _version(os.fstat(f.fileno()))
-        payload, sha256 = _read_payload(f, path)
+        payload, digest = _read_payload(f, path, sha256)
         if _version(os.fstat(f.fileno())) != was:
             raise CheckpointError("changed while it was loaded (rewritten): load it again",
                                   path)
@@ -131,7 +135,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             state_dict=payload["state_dict"],
             meta=meta,
             train_state=payload.get("train_state") or {},
-            sha256=sha256,
+            sha256=digest,
         )
         size = ckpt.preprocess.size
         if size is not None and size < 1:
@@ -166,9 +170,10 @@ def _version(st: os.stat_result) -> tuple[int, ...]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _read_payload(f: BinaryIO, path: Path) -> tuple[Any, str]:
-    """(what torch.load reads from the open checkpoint file ``f``, the sha256 of its bytes),
-    once the file's first bytes and its zip are checked."""
+def _read_payload(f: BinaryIO, path: Path, sha256: bool) -> tuple[Any, str]:
+    """(what torch.load reads from the open checkpoint file ``f``, the sha256 of its bytes
+    where ``sha256`` asks for it, else ""), once the file's first bytes and its zip are
+    checked."""
     kind = _not_torch(f, path)
     if kind:
         raise CheckpointError(f"not a checkpoint: {kind}", path)
@@ -186,6 +191,8 @@ def _read_payload(f: BinaryIO, path: Path) -> tuple[Any, str]:
     except Exception as e:  # zip/pickle errors of every kind: truncated, text, random bytes
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise CheckpointError(f"truncated or not a checkpoint ({first})", path) from e
+    if not sha256:
+        return payload, ""
     digest = hashlib.sha256()
     hash_file(digest, f)
     return payload, digest.hexdigest()

@@ -229,7 +229,7 @@ def torch_predictor(path: str | Path, device: str = "auto", precision: str = "au
     from .checkpoint import build_from_checkpoint, load_checkpoint
     from .predict import Predictor, warn_if_saved_during_training
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, sha256=True)     # (the Predictor records it)
     warn_if_saved_during_training(ckpt.meta, path)
     model = build_from_checkpoint(ckpt, path)
     settings = ckpt.model, ckpt.preprocess, ckpt.postprocess, ckpt.meta
