@@ -601,7 +601,8 @@ def test_the_printed_summary_names_what_the_raw_figure_is_and_shows_hd95_in_mm()
 
 def test_the_printed_summary_rounds_each_figure_to_its_kind() -> None:
     """Every figure was printed to 4 decimals: 'HD95 median (px) 217.9447' claimed a
-    ten-thousandth of a pixel, 'empty frames right 0.0000' read as a score."""
+    ten-thousandth of a pixel, 'empty frames right 0.0000' read as a score. The HC error
+    was printed to 1 decimal, measure's to 2."""
     summary = {"n": 9, "dice_mean": 0.654912, "dice_nonempty_mean": 0.70149,
                "iou_mean": 0.51234, "hd95_median": 217.9447, "hd95_n": 8,
                "hd95_mm_median": 16.3993, "hd95_mm_n": 8, "empty_correct_rate": 2 / 3,
@@ -612,10 +613,15 @@ def test_the_printed_summary_rounds_each_figure_to_its_kind() -> None:
                   "below): 0.610", "Dice (non-empty)      0.701   threshold 0.5 alone: 0.600",
                   "IoU                   0.512", "HD95 median (px)      217.9   over 8",
                   "HD95 median (mm)      16.4   over 8", "empty frames right    66.7%",
-                  "head circumference MAE 16.5 mm, mean signed error (predicted - "
-                  "reference) +16.0 mm, over 8 of 8"):
+                  "head circumference MAE 16.53 mm, mean signed error (predicted - "
+                  "reference) +16.05 mm, over 8 of 8"):
         assert any(line.startswith(start) for line in lines), start
     assert "217.94" not in "\n".join(lines)
+    # the HC error in mm to 2 decimals, as measure prints it and the README quotes it (a
+    # model 0.02 mm off printed 0.0 mm); HD95 in mm stays at 1
+    small = format_summary({**summary, "hc_mae_mm": 0.0234, "hc_bias_mm": -0.0151})
+    assert "head circumference MAE 0.02 mm, mean signed error (predicted - reference) " \
+           "-0.02 mm" in small
     assert summary["hd95_median"] == 217.9447                    # the figures kept whole
 
 

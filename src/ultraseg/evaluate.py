@@ -573,12 +573,12 @@ def format_share(rate: float | None) -> str:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable lines for the CLI: each figure to the digits its kind carries (Dice
-    and IoU 3 decimals, px and mm 1, a share in % (:func:`format_share`); the JSON and CSV
-    keep them whole)."""
+    and IoU 3 decimals, px and mm 1, the head-circumference error in mm 2 as measure prints
+    it, a share in % (:func:`format_share`); the JSON and CSV keep them whole)."""
     def as_(fmt: str) -> Callable[[Any], str]:
         return lambda v: "n/a" if v is None else (format(v, fmt) if isinstance(v, float)
                                                   else str(v))
-    f, dist, share = as_(".3f"), as_(".1f"), format_share
+    f, dist, hc, share = as_(".3f"), as_(".1f"), as_(".2f"), format_share
     raw = summary.get("raw", {})
     side = summary.get("subset")
     where = f"   ({SIDES[side].format(summary.get('split'))})" if side in SIDES else ""
@@ -604,9 +604,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if "hc_n" in summary:
         n_ref = summary["hc_n"] + summary["hc_missed"]
         bias = summary.get("hc_bias_mm")
-        lines.append(f"head circumference MAE {dist(summary['hc_mae_mm'])} mm, mean signed "
+        lines.append(f"head circumference MAE {hc(summary['hc_mae_mm'])} mm, mean signed "
                      f"error (predicted - reference) "
-                     f"{'n/a' if bias is None else format(bias, '+.1f')} mm, over "
+                     f"{'n/a' if bias is None else format(bias, '+.2f')} mm, over "
                      f"{summary['hc_n']} of {n_ref} frames with a reference "
                      f"({summary['hc_missed']} with no head found)")
     lines.append(f"(empty rule: {EMPTY_RULE})")
