@@ -454,6 +454,21 @@ def test_inspect_says_beside_several_labels_that_train_takes_their_union(tmp_pat
     assert report["labels"] == [1] and report["labels_note"] is None
 
 
+def test_empty_masks_are_those_empty_under_the_label_inspected(tmp_path) -> None:
+    """A mask holding only another label is empty for --label K: the count follows the
+    label, as training's targets do (pinned across inspect's empty count becoming its
+    MaskTally's)."""
+    both = (_mask() > 0).astype(np.uint8)
+    both[:3, :3] = 2
+    for k, mask in enumerate((both, (_mask() > 0).astype(np.uint8), np.zeros((20, 24),
+                                                                            np.uint8))):
+        _save(tmp_path / "d" / "images" / f"{k}_1.png", _img(seed=k))
+        _save(tmp_path / "d" / "masks" / f"{k}_1.png", mask)
+    counts = [inspect_dataset(tmp_path / "d", label=label)[0] for label in (None, 1, 2, 3)]
+    assert [r["empty_masks"] for r in counts] == [1, 1, 2, 3]
+    assert all(r["pairs"] == 3 for r in counts)
+
+
 # ------------------------------------------------------------------ duplicates, blank frames
 def _scene(seed: int, size: int = 64) -> np.ndarray:
     """A smooth frame (an 8x8 random field, enlarged): distinct seeds share no structure."""

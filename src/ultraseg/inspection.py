@@ -184,7 +184,6 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     """
     ds, problems = scan_dataset(path, layout, subject_pattern, fill_outlines)
     widths, heights, fractions = [], [], []
-    empty = 0
     labels: Counter[int] = Counter()
     classes: Counter[str] = Counter()
     pairs = unlabelled = 0
@@ -192,7 +191,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     unlabelled_subjects: set[str] = set()
     frames = _Frames()
     with_specks: list[list[Any]] = []       # [name, speck sizes]
-    tally = MaskTally()                     # masks that look inverted, or like outlines
+    tally = MaskTally()                     # masks: empty, inverted, like outlines
     for s in (frame for sample in ds.samples for frame in split_frames(sample)):
         try:
             image, mask = s.load()
@@ -217,7 +216,6 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         if speckled:
             with_specks.append([s.name, speckled[:SPECKS_LISTED]])
         fractions.append(float(fg.mean()))
-        empty += int(not fg.any())
         tally += MaskTally.of(fg)
     if label is not None and pairs and label not in labels:
         problems.append(DataError(f"label {label} occurs in no mask; labels present: "
@@ -232,7 +230,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         "pairs": pairs,
         "unlabelled": unlabelled,
         "subjects": len(subjects) if pairs else len(unlabelled_subjects),
-        "empty_masks": empty,
+        "empty_masks": tally.masks - tally.nonempty,
         "foreground_fraction_mean": float(np.mean(fractions)) if fractions else None,
         "image_size_min": dims(np.min),
         "image_size_median": dims(np.median),
