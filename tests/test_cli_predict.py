@@ -345,8 +345,8 @@ def test_a_symlink_loop_among_the_frames_is_skipped_named_and_exit_2(tmp_path, c
     assert (out / ("a_mask.png" if command == "predict" else "measurements.csv")).is_file()
 
 
-def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
-    ckpt = make_checkpoint(tmp_path / "m.ckpt", meta_extra={"measure": {"boundary_offset_px": 0.5}})
+def hc18_folder(tmp_path):
+    """An HC18 folder of one frame, 007_HC, with its pixel size and reference HC."""
     folder = tmp_path / "hc" / "training_set"
     folder.mkdir(parents=True)
     yy, xx = np.mgrid[:40, :56]
@@ -356,6 +356,11 @@ def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
     Image.fromarray(np.where(ring, 255, 0).astype(np.uint8)).save(folder / "007_HC_Annotation.png")
     (tmp_path / "hc" / "training_set_pixel_size_and_HC.csv").write_text(
         "filename,pixel size(mm),head circumference (mm)\n007_HC.png,0.2,15.0\n")
+
+
+def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", meta_extra={"measure": {"boundary_offset_px": 0.5}})
+    hc18_folder(tmp_path)
     rc = main(["measure", str(ckpt), str(tmp_path / "hc"), "--out", str(tmp_path / "m"),
                "--threshold", "0", "--device", "cpu", "--precision", "fp32", "--overlay"])
     out = capsys.readouterr().out
@@ -376,6 +381,21 @@ def test_measure_writes_csv_with_reference_errors(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["n"] == 1 and doc["rows"][0]["name"] == "007_HC"
     assert doc["boundary_offset_px"] == 0.5
+
+
+def test_measure_lines_printed_as_frames_are_measured_call_a_reference_heads_figure_hc(
+        tmp_path, capsys):
+    """Without --out, each frame's line is printed as it is measured: on a frame with a
+    reference HC (HC18) it said 'ellipse circumference', the line calling it HC coming only
+    in a second copy of every line at the end."""
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    hc18_folder(tmp_path)
+    assert main(["measure", str(ckpt), str(tmp_path / "hc"), "--threshold", "0",
+                 "--device", "cpu", "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("007_HC: ")]
+    assert lines and all(", HC " in line for line in lines)
+    assert "ellipse circumference" not in out and "mean head circumference" in out
 
 
 def test_measure_prints_each_frame_in_mm_where_the_pixel_size_is_known_else_in_px(

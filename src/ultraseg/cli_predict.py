@@ -229,8 +229,8 @@ def _cmd_measure(a: argparse.Namespace) -> int:
         bar = ProgressBar("measure")
 
         def show(row: dict[str, Any]) -> None:      # each frame's line as it is measured
-            bar.clear()
-            print(format_measure_row(row), flush=True)
+            bar.clear()    # HC where this frame carries a reference HC (see fetal_heads)
+            print(format_measure_row(row, heads=fetal_heads([row])), flush=True)
 
         try:
             with model_threads(a):
