@@ -394,7 +394,7 @@ def test_measure_lines_printed_as_frames_are_measured_call_a_reference_heads_fig
                  "--device", "cpu", "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("007_HC: ")]
-    assert lines and all(", HC " in line for line in lines)
+    assert len(lines) == 1 and ", HC " in lines[0]
     assert "ellipse circumference" not in out and "mean head circumference" in out
 
 
@@ -448,6 +448,8 @@ def test_measure_without_out_prints_each_frame_as_it_is_measured(tmp_path, ckpt,
     assert printed[0] == "" and printed[1].startswith("a: ") and printed[2].startswith("b: ")
     assert printed[1].count("\n") == printed[2].count("\n") == 1
     assert rest.startswith("c: ") and "measured 3 frames" in rest
+    # once each: the lines were printed again, all of them, before the summary
+    assert [line[:3] for line in rest.splitlines() if line[1:3] == ": "] == ["c: "]
     printed.clear()
     assert main(args + ["--json"]) == 0
     assert not any(printed) and len(json.loads(capsys.readouterr().out)["rows"]) == 3

@@ -256,11 +256,7 @@ def _print_measurements(a: argparse.Namespace, summary: dict[str, Any],
     if a.json:
         print(json_text({**summary, "rows": rows}))
         return
-    heads = fetal_heads(rows)
-    if a.out is None:
-        for r in rows:
-            print(format_measure_row(r, heads=heads))
-    print(format_measure_summary(summary, heads=heads))
+    print(format_measure_summary(summary, heads=fetal_heads(rows)))
 
 
 def fetal_heads(rows: list[dict[str, Any]]) -> bool:
