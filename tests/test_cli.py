@@ -298,6 +298,51 @@ def test_sighup_is_handled_as_sigterm(monkeypatch, capsys) -> None:
     assert signal.getsignal(signal.SIGHUP) == before       # the caller's handler is back
 
 
+# In a fresh interpreter started with SIGHUP ignored (as nohup starts a command): a command
+# that is sent SIGHUP while it runs, then says it went on.
+HUNG_UP = """
+import os, signal, sys
+from ultraseg import cli
+
+def hung_up(a):
+    os.kill(os.getpid(), signal.SIGHUP)
+    print("went on", flush=True)
+    return 0
+
+cli._cmd_inspect = hung_up
+sys.exit(cli.main(["inspect", "DATA"]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="no SIGHUP here")
+def test_an_ignored_sighup_stays_ignored_as_nohup_asks(monkeypatch, capsys) -> None:
+    """`nohup ultraseg train ...` (the way to leave a training running after logging out)
+    starts the command with SIGHUP ignored: the handler that makes SIGHUP stop a command as
+    SIGTERM does replaced that, so closing the session stopped the run (exit 129)."""
+    import signal
+
+    from ultraseg import cli
+
+    def hung_up(a) -> int:
+        os.kill(os.getpid(), signal.SIGHUP)
+        print("went on")
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_inspect", hung_up)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert cli.main(["inspect", "DATA"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert capsys.readouterr().out == "went on\n"
+    # as nohup runs it: a process started with SIGHUP ignored
+    proc = subprocess.run([sys.executable, "-c", HUNG_UP], capture_output=True, text=True,
+                          timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    assert (proc.returncode, proc.stdout) == (0, "went on\n"), proc.stderr
+
+
 @pytest.mark.parametrize("args", [["phantom", ""], ["inspect", " "],
                                   ["predict", "m.ckpt", "in", "--out", ""],
                                   ["train", "data", "--out", ""], ["demo", "--out", ""]])

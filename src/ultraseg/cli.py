@@ -241,11 +241,14 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP raise :class:`Terminated` inside the block (main thread only:
-    elsewhere a handler cannot be installed, and the caller's handling stays as it was)."""
+    elsewhere a handler cannot be installed, and the caller's handling stays as it was). A
+    signal the process was started ignoring stays ignored: `nohup` ignores SIGHUP so that the
+    command outlives the session that started it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {signum: signal.signal(signum, _raise_terminated) for signum in _STOP_SIGNALS}
+    before = {signum: signal.signal(signum, _raise_terminated) for signum in _STOP_SIGNALS
+              if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     finally:
