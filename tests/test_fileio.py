@@ -361,3 +361,73 @@ def test_a_line_file_replaces_the_earlier_file_at_once_and_keeps_whole_lines(
     table.close()
     assert path.read_text() == "a,b\n1,2\n5,6\n"
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def _line_file(path: Path, text: str) -> None:
+    head, rest = text.split("\n", 1)
+    table = fileio.LineFile(path, head + "\n")
+    table.write(rest)
+    table.close()
+
+
+OUTPUT_WRITERS = {
+    "atomic_write_text": atomic_write_text,
+    "atomic_write_bytes": lambda path, text: fileio.atomic_write_bytes(path, text.encode()),
+    "atomic_write_texts": lambda path, text: fileio.atomic_write_texts({path: text}),
+    "LineFile": _line_file,
+}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("linked", [True, False], ids=["link", "path"])
+@pytest.mark.parametrize("writer", list(OUTPUT_WRITERS))
+def test_an_output_that_is_no_regular_file_is_written_in_place(tmp_path: Path, writer: str,
+                                                                linked: bool) -> None:
+    """An output (or a link's target) that is a FIFO or a device (/dev/null) was replaced by
+    a regular file, renamed over it: run as root, a table linked to /dev/full made the
+    system's /dev/full a regular file. It is written in place, as a shell's `>` writes it."""
+    import stat
+
+    fifo = tmp_path / "real" / "pipe"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    keep = tmp_path / "keep"        # the FIFO, whatever becomes of the name 'pipe'
+    os.link(fifo, keep)
+    target = tmp_path / "table.csv" if linked else fifo
+    if linked:
+        target.symlink_to(fifo)
+    got: list[bytes] = []
+
+    def read() -> None:
+        with open(keep, "rb") as f:
+            got.append(f.read())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    OUTPUT_WRITERS[writer](target, "name\nrow\n")
+    while reader.is_alive():        # a reader no writer came to (the FIFO replaced): end it
+        with contextlib.suppress(OSError):
+            os.close(os.open(keep, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(0.1)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)             # still the FIFO, not a file
+    assert got == [b"name\nrow\n"]
+    assert target.is_symlink() == linked
+    assert sorted(p.name for p in fifo.parent.iterdir()) == ["pipe"]   # no temporary left
+
+
+@pytest.mark.parametrize("writer", list(OUTPUT_WRITERS))
+def test_a_link_to_a_device_writes_the_device(tmp_path: Path, writer: str) -> None:
+    """A table linked to a device, here a null device made in tmp_path (the system's own is
+    never at stake if the fix is wrong): it is written through, and stays the device."""
+    import stat
+
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))   # Linux's /dev/null
+        device.open("wb").close()
+    except (AttributeError, OSError):
+        pytest.skip("no device can be made here (not root, or no Linux /dev/null numbers)")
+    (tmp_path / "t.csv").symlink_to(device)
+    OUTPUT_WRITERS[writer](tmp_path / "t.csv", "name\nrow\n")
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null", "t.csv"]

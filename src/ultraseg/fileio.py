@@ -105,6 +105,25 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def _in_place(path: Path) -> bool:
+    """Whether ``path`` (a link followed) is a file that is written in place, never replaced:
+    a device (``/dev/null``), a FIFO or a socket, as a shell's ``>`` writes it. Renamed over,
+    it became a regular file (run as root, a table linked to ``/dev/full`` replaced the
+    system's device)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _sync(fd: int) -> None:
+    """``os.fsync``, for a regular file: a device or FIFO written in place has nothing on disk
+    to sync (and fsync refuses it)."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fsync(fd)
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = None
                 ) -> Iterator[IO]:
@@ -117,10 +136,25 @@ def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = No
     A text mode writes UTF-8, with the undecodable bytes of file names (surrogate escapes) as
     they were. On any error the temporary file is removed and ``path`` is left as it was; an
     ``OSError`` (disk full, permissions, ...) becomes a :class:`WriteError` naming ``path``.
+
+    A ``path`` that is a device or a FIFO (``/dev/null``, or a link to one) is written in
+    place, as a shell's ``>`` writes it; it has no earlier content to keep.
     """
     path = Path(path)
     if path.is_symlink():       # write the file it points to, and keep the link
         path = Path(os.path.realpath(path))
+    # text: UTF-8, and a file name's bytes that are no UTF-8 (surrogate escapes) written back
+    # as they are on disk
+    text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"}
+    if _in_place(path):
+        try:
+            with open(path, mode, **text) as f:
+                yield f
+        except WriteError:
+            raise
+        except OSError as e:
+            raise write_error(e, path) from e
+        return
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
@@ -128,9 +162,6 @@ def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = No
     try:
         # mkstemp's 0600 would hide outputs from others; before a byte is written
         os.fchmod(fd, _new_file_mode(path) if permissions is None else permissions)
-        # text: UTF-8, and a file name's bytes that are no UTF-8 (surrogate escapes) written
-        # back as they are on disk
-        text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"}
         with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()
@@ -165,13 +196,27 @@ class LineFile:
     (a process killed with ``kill -9`` leaves every line written before). A reader finds whole
     lines: a line that fails to be written (a full disk) is cut off again, and the
     :class:`WriteError` says the file holds the lines written before. :meth:`close` syncs it
-    to disk. A link at ``path`` is followed, and kept."""
+    to disk. A link at ``path`` is followed, and kept; a device or FIFO is written in place,
+    as :func:`atomic_open` writes it."""
 
     def __init__(self, path: str | Path, first: str) -> None:
         path = Path(path)
         if path.is_symlink():
             path = Path(os.path.realpath(path))
         self.path, self.size = path, 0
+        if _in_place(path):
+            try:
+                self.f = open(path, "wb", buffering=0)
+            except OSError as e:
+                raise write_error(e, path) from e
+            try:
+                self._write(first)
+            except BaseException as e:
+                self.f.close()
+                if isinstance(e, OSError):
+                    raise write_error(e, path) from e
+                raise
+            return
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         except OSError as e:
@@ -219,7 +264,7 @@ class LineFile:
         if self.f.closed:
             return
         try:
-            os.fsync(self.f.fileno())
+            _sync(self.f.fileno())
         except OSError as e:
             raise write_error(e, self.path) from e
         finally:
@@ -244,7 +289,7 @@ def atomic_write_texts(texts: Mapping[Path, str]) -> None:
             f = stack.enter_context(atomic_open(path, "w"))
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            _sync(f.fileno())
 
 
 def temporaries(folder: Path, name: str = "*") -> Iterator[Path]:
