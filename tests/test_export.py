@@ -1014,6 +1014,16 @@ def test_load_gives_threads_to_an_onnx_session_and_warns_a_checkpoint_s(exported
     assert any("runtime.threads(1)" in r.getMessage() for r in warned)
 
 
+@pytest.mark.parametrize("n", [0, -1])
+def test_load_refuses_fewer_than_one_thread_as_the_cli_does(exported, n):
+    """`--threads 0` is refused by the CLI; load(onnx, threads=0 or -1) went through, ONNX
+    Runtime quietly taking its default (one per core) for a caller who asked for fewer."""
+    ckpt, path = exported["same"]
+    for model in (path, ckpt):
+        with pytest.raises(UltrasegError, match="threads must be at least 1"):
+            load(model, device="cpu", threads=n)
+
+
 def test_a_model_with_external_data_loads_where_only_onnxruntime_is_installed(
         exported, tmp_path, monkeypatch):
     """Telling a model's external data files apart needs the onnx package, which a deployment

@@ -306,10 +306,12 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
     warned about, not dropped in silence.
 
     ``threads``: an ONNX model's ONNX Runtime threads, which its session takes when it is made
-    (default one per core). A checkpoint runs on torch's threads, which are the process's:
-    set them around the calls with :func:`ultraseg.runtime.threads` (``threads`` here is
-    warned about and not applied).
+    (default one per core; at least 1). A checkpoint runs on torch's threads, which are the
+    process's: set them around the calls with :func:`ultraseg.runtime.threads` (``threads``
+    here is warned about and not applied).
     """
+    if threads is not None and threads < 1:     # (ONNX Runtime took 0 or -1 as its default)
+        raise UltrasegError(f"threads must be at least 1, got {threads}")
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
         raise UltrasegError(f"unknown predictor option(s) {', '.join(unknown)}; valid: "
