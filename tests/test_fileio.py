@@ -431,3 +431,28 @@ def test_a_link_to_a_device_writes_the_device(tmp_path: Path, writer: str) -> No
     OUTPUT_WRITERS[writer](tmp_path / "t.csv", "name\nrow\n")
     assert stat.S_ISCHR(os.stat(device).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["null", "t.csv"]
+
+
+@pytest.mark.parametrize("command", ["predict", "train", "evaluate"])
+def test_an_output_folder_on_a_read_only_file_system_is_refused_in_reasons_words(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """Making --out on a read-only file system: predict and measure said 'Read-only file
+    system' and train 'cannot write the run folder (Read-only file system)' (the system's
+    strerror), evaluate 'read-only file system' (REASONS'). Simulated: a test cannot mount."""
+    import errno
+
+    from ultraseg.config import RunConfig
+    from ultraseg.evaluate import write_evaluation
+    from ultraseg.predict_files import prepare_out_dir
+    from ultraseg.run_folder import write_run_config
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    out = tmp_path / "ro" / "out"
+    make = {"predict": lambda: prepare_out_dir(out),
+            "train": lambda: write_run_config(out, RunConfig()),
+            "evaluate": lambda: write_evaluation(out, {}, [])}[command]
+    with pytest.raises(UltrasegError, match=r"\(read-only file system\)"):
+        make()

@@ -16,7 +16,8 @@ from . import __version__
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .data import MaskTally
-from .fileio import atomic_write_texts, cannot_write_in, csv_cell, json_text, output_lock, read_json
+from .fileio import (atomic_write_texts, cannot_write_in, csv_cell, failure_reason, json_text,
+                     output_lock, read_json)
 from .io import Dataset, Sample, dataset_hint, open_dataset, scan_dataset, select_label
 from .io.base import LabelTally, header_shape, said_once
 from .logs import quiet
@@ -540,7 +541,7 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UltrasegError(f"cannot create the output folder ({e.strerror})", out) from e
+        raise UltrasegError(f"cannot create the output folder ({failure_reason(e)})", out) from e
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]

@@ -63,11 +63,17 @@ class WriteError(UltrasegError, OSError):
         return str(self.args[0])
 
 
+def failure_reason(e: OSError) -> str:
+    """Why ``e`` stopped a write, in :data:`REASONS`' words where it has them (every command
+    says 'read-only file system' alike), else the system's."""
+    return REASONS.get(e.errno or 0) or e.strerror or str(e)
+
+
 def write_error(e: OSError, path: str | Path) -> WriteError:
     """A :class:`WriteError` for ``path`` from the ``OSError`` that stopped the write."""
-    reason = REASONS.get(e.errno or 0) or e.strerror or str(e)
-    err = WriteError(f"cannot write the file: {reason}; it was left as it was", path)
-    err.errno, err.strerror = e.errno, reason
+    why = failure_reason(e)
+    err = WriteError(f"cannot write the file: {why}; it was left as it was", path)
+    err.errno, err.strerror = e.errno, why
     return err
 
 
@@ -253,10 +259,10 @@ class LineFile:
             with suppress(OSError):
                 self.f.truncate(self.size)
                 self.f.seek(self.size)
-            reason = REASONS.get(e.errno or 0) or e.strerror or str(e)
-            err = WriteError(f"cannot write the file: {reason}; it holds the lines written "
+            why = failure_reason(e)
+            err = WriteError(f"cannot write the file: {why}; it holds the lines written "
                              "before", self.path)
-            err.errno, err.strerror = e.errno, reason
+            err.errno, err.strerror = e.errno, why
             raise err from e
 
     def close(self) -> None:

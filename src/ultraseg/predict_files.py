@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
-from .fileio import LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, output_lock, temporaries
+from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, failure_reason,
+                     output_lock, temporaries)
 from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
                  image_stem, scan_dataset, select_label, split_frames)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
@@ -420,7 +421,7 @@ def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
         raise UltrasegError("cannot create the output folder: a file of that name exists",
                             out) from e
     except OSError as e:
-        raise UltrasegError(f"cannot create the output folder ({e.strerror or e})", out) from e
+        raise UltrasegError(f"cannot create the output folder ({failure_reason(e)})", out) from e
     if not out.is_dir():
         raise UltrasegError("the output path is not a folder", out)
     earlier = (out / OUTPUT_MARKER).is_file() and any(     # (the lock file: this command's)
@@ -488,7 +489,7 @@ def _write(path: Path, data: bytes) -> None:
     except UltrasegError:
         raise
     except OSError as e:
-        raise UltrasegError(f"cannot write the file ({e.strerror or e})", path) from e
+        raise UltrasegError(f"cannot write the file ({failure_reason(e)})", path) from e
 
 
 def overlay_thickness(shape: tuple[int, ...]) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import ModelConfig, RunConfig
 from .errors import CheckpointError, UltrasegError
-from .fileio import REASONS, atomic_write_text, temporaries
+from .fileio import atomic_write_text, failure_reason, temporaries
 from .io.base import OUTPUT_MARKER, mark_output_folder
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def write_run_config(out: Path, cfg: RunConfig) -> None:
         mark_run_folder(out)
         atomic_write_text(out / "config.json", cfg.to_json())
     except OSError as e:
-        raise UltrasegError(f"cannot write the run folder ({e.strerror})", out) from e
+        raise UltrasegError(f"cannot write the run folder ({failure_reason(e)})", out) from e
 
 
 def remove_temporaries(out: Path) -> None:
@@ -292,9 +292,8 @@ class _RunLogFile(logging.FileHandler):
             super().handleError(record)     # a bug (a record's bad arguments): as logging does
             return
         self.failed = True
-        reason = REASONS.get(error.errno or 0) or error.strerror or str(error)
         log.warning("%s: cannot write the run's log: %s; logging to it stopped",
-                    self.baseFilename, reason)
+                    self.baseFilename, failure_reason(error))
 
 
 _RUN_LOG_LOCK = threading.Lock()
