@@ -74,6 +74,16 @@ def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, cap
     with pytest.raises(KeyboardInterrupt):
         demo.run_demo(out, progress=stop_in_epoch_2, minutes=minutes)
     assert (out / "last.ckpt").is_file() and not (out / "evaluation").exists()
+    real = demo.run_demo
+
+    def interrupted(out, **kw):                 # Ctrl-C in the CLI says how to go on
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    assert cli.main(["demo", "--out", str(out), "--minutes", str(minutes)]) == 130
+    said = capsys.readouterr().err
+    assert f"`ultraseg demo --out '{out}' --minutes 1.2345678` goes on" in said
+    monkeypatch.setattr(demo, "run_demo", real)
     assert cli.main(["demo", "--out", str(out), "--minutes", "1"]) == 2   # not its --minutes
     said = capsys.readouterr().err
     assert f"`ultraseg demo --out '{out}' --minutes 1.2345678` goes on" in said
@@ -85,14 +95,46 @@ def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, cap
     assert (out / "evaluation" / "summary.json").is_file()
     assert cli.main(["demo", "--out", str(out), "--minutes", "1"]) == 2   # a finished demo
     assert "already holds a training run" in capsys.readouterr().err
-
-    def interrupted(out, **kw):                 # Ctrl-C in the CLI says how to go on
-        raise KeyboardInterrupt
-
+    # stopped once its evaluation was written: nothing to go on with (the demo is refused)
     monkeypatch.setattr(demo, "run_demo", interrupted)
     assert cli.main(["demo", "--out", str(out), "--minutes", str(minutes)]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_a_full_disk_names_the_demo_that_goes_on_only_where_one_does(tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """A write error in a demo whose run saved an epoch ends with the `ultraseg demo` that goes
+    on, also at its run's report (the demo goes on and writes it again). It was added once the
+    evaluation was written too (a full disk at the demo's own report, its last file), where
+    that command is refused: 'already holds a training run'."""
+    import errno
+
+    from ultraseg import report
+    from ultraseg.fileio import write_error
+
+    _small_demo(monkeypatch, epochs=1)
+    out = tmp_path / "demo"
+    real = report.write_html
+    evaluated = out / "evaluation" / "summary.json"
+
+    def full(after_evaluation: bool):
+        def write_html(folder, *args, **kwargs):
+            if evaluated.exists() or not after_evaluation:
+                raise write_error(OSError(errno.ENOSPC, "No space left on device"),
+                                  Path(folder) / "report.html")
+            return real(folder, *args, **kwargs)
+        return write_html
+
+    monkeypatch.setattr(report, "write_html", full(after_evaluation=False))   # the run's
+    assert cli.main(["demo", "--out", str(out)]) == 2
     said = capsys.readouterr().err
-    assert f"`ultraseg demo --out '{out}' --minutes 1.2345678` goes on" in said
+    assert "no space left" in said and f"then `ultraseg demo --out {out} --minutes " in said
+    monkeypatch.setattr(report, "write_html", full(after_evaluation=True))    # the demo's
+    assert cli.main(shlex.split(said.split("`")[1])[1:]) == 2       # the command it named
+    said = capsys.readouterr().err
+    assert evaluated.is_file() and "no space left" in said and "goes on" not in said, said
+    assert cli.main(["demo", "--out", str(out)]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
 
 
 def test_demo_refuses_any_training_run_before_writing_its_data(tmp_path, capsys) -> None:

@@ -258,11 +258,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _how_to_go_on(a: argparse.Namespace) -> str:
     """After Ctrl-C: the command that goes on with an interrupted train or demo whose run
-    saved an epoch (": `...` goes on from the last saved epoch"), else nothing."""
+    saved an epoch (": `...` goes on from the last saved epoch"), else nothing. A train run
+    that had finished goes on too (``--resume`` writes a report it stopped at again); a demo
+    whose evaluation was written does not (the demo refuses a finished demo's folder)."""
     out = getattr(a, "out", None) if a.command in ("train", "demo") else None
     if out is None or not (Path(out) / "last.ckpt").is_file():
         return ""
-    from .demo import minutes_arg
+    from .demo import goes_on, minutes_arg
+
+    if a.command == "demo" and not goes_on(out):
+        return ""
 
     # `--out=-run`: a folder whose name starts with a dash, given as `--out -run`, is taken
     # for a flag and refused

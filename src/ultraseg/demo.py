@@ -122,6 +122,14 @@ def minutes_arg(minutes: float) -> str:
     return f"{minutes:.10g}"
 
 
+def goes_on(out: str | Path) -> bool:
+    """Whether ``out`` holds a run the demo goes on with: one that saved an epoch, and whose
+    demo stopped before its evaluation was written (after that, the folder is a finished
+    demo's, which the demo refuses)."""
+    out = Path(out)
+    return not (out / "evaluation" / "summary.json").exists() and (out / "last.ckpt").is_file()
+
+
 def _check_unfinished_demo(out: Path, cfg: RunConfig) -> None:
     """Refuse ``out``, which holds a run, unless it is this demo's (its config.json asks for
     ``cfg``'s recipe) stopped before the demo's evaluation was written: the demo goes on with
@@ -130,7 +138,7 @@ def _check_unfinished_demo(out: Path, cfg: RunConfig) -> None:
     from .run_folder import recipe_differences
 
     own = None
-    if not (out / "evaluation" / "summary.json").exists() and (out / "last.ckpt").is_file():
+    if goes_on(out):
         try:
             own = RunConfig.load(out / "config.json")
         except (UltrasegError, OSError):
