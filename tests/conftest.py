@@ -22,8 +22,9 @@ def _pytest_keeps_its_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @contextlib.contextmanager
 def ultraseg_warnings() -> Iterator[list[logging.LogRecord]]:
-    """The warnings the ``ultraseg`` loggers emit inside the block, as records (the CLI's
-    logging.basicConfig keeps its first stream, so capsys cannot see them in-process)."""
+    """The warnings the ``ultraseg`` loggers emit inside the block, as records (whether or not
+    a CLI call prints them: under pytest's logging plugin the root logger has pytest's
+    handlers, and the CLI leaves a host's logging set-up as it finds it)."""
     warned: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = warned.append                               # type: ignore[method-assign]

@@ -356,6 +356,27 @@ def test_an_empty_path_is_refused_not_taken_as_the_current_folder(args, capsys) 
     assert e.value.code == 2 and "an empty path" in capsys.readouterr().err
 
 
+def _levels_inside(monkeypatch) -> list[tuple[int, int, int]]:
+    """(root level, the terminal handler's level, ultraseg's effective level) as each
+    command of ``main`` ran, with no logging set up before it (as in a fresh process)."""
+    import logging
+
+    from ultraseg import cli
+
+    seen: list[tuple[int, int, int]] = []
+    real = cli._run
+
+    def run(a):
+        root = logging.getLogger()
+        seen.append((root.level, root.handlers[0].level,
+                     logging.getLogger("ultraseg").getEffectiveLevel()))
+        return real(a)
+
+    monkeypatch.setattr(cli, "_run", run)
+    monkeypatch.setattr(logging.root, "handlers", [])
+    return seen
+
+
 def test_verbose_counts_before_and_after_the_command(tmp_path, monkeypatch) -> None:
     """-v -v CMD -v gave verbosity 1: the command's own -v count replaced the one before."""
     import logging
@@ -364,15 +385,12 @@ def test_verbose_counts_before_and_after_the_command(tmp_path, monkeypatch) -> N
     from ultraseg.phantom import make_dataset
 
     data = make_dataset(tmp_path / "d", n=2, size=32, seed=0)
-    levels: list[int] = []
-    package = logging.getLogger("ultraseg")
-    monkeypatch.setattr(package, "level", package.level)      # put back after the test
-    monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    seen = _levels_inside(monkeypatch)
     for args, level in ((["-v", "-v", "inspect", str(data), "-v"], logging.DEBUG),
                         (["-v", "inspect", str(data)], logging.INFO),
                         (["inspect", str(data), "-v"], logging.INFO)):
         assert main(args) == 0
-        assert package.getEffectiveLevel() == level, args
+        assert seen[-1][2] == level, args
 
 
 def test_verbose_is_ultrasegs_own_log(tmp_path, monkeypatch) -> None:
@@ -384,13 +402,38 @@ def test_verbose_is_ultrasegs_own_log(tmp_path, monkeypatch) -> None:
     from ultraseg.phantom import make_dataset
 
     data = make_dataset(tmp_path / "d", n=2, size=32, seed=0)
-    levels: list[int] = []
-    package = logging.getLogger("ultraseg")
-    monkeypatch.setattr(package, "level", package.level)
-    monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    seen = _levels_inside(monkeypatch)
     assert main(["-v", "-v", "inspect", str(data)]) == 0
-    assert levels == [logging.WARNING]                  # the root: other libraries' records
-    assert package.getEffectiveLevel() == logging.DEBUG
+    # the root (other libraries' records) at WARNING; the terminal and ultraseg at DEBUG
+    assert seen == [(logging.WARNING, logging.DEBUG, logging.DEBUG)]
+
+
+def test_each_call_of_main_logs_on_its_own_stderr_and_leaves_logging_as_it_was(
+        tmp_path, monkeypatch, capsys) -> None:
+    """main() set up logging once per process (logging.basicConfig) on the stderr of its
+    first call: a second call in the process (a notebook's, a test's) printed its warnings
+    there, and once that stream was closed each record printed logging's own traceback."""
+    import io
+    import logging
+
+    from ultraseg.cli import main
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=2, size=32, seed=0)
+    (data / "loose.png").write_bytes((data / "images" / "1_1.png").read_bytes())  # warns
+    monkeypatch.setattr(logging.root, "handlers", [])
+    root, package = logging.getLogger(), logging.getLogger("ultraseg")
+    before = root.level, package.level
+    for _ in range(2):
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert main(["-v", "inspect", str(data)]) == 0
+        assert "warning: " in stream.getvalue()       # each call's on its own stderr
+        stream.close()                     # as a finished test's capsys stream is
+        assert root.handlers == [] and (root.level, package.level) == before
+    monkeypatch.undo()
+    logging.getLogger("ultraseg.data").warning("after the calls")
+    assert "Logging error" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("redirect, what, code", [

@@ -1151,9 +1151,7 @@ def _finite(path: Path) -> bool:
 
 
 def _error_line(err: str) -> str:
-    """The one ``error:`` line of the CLI's stderr. (Not "no Traceback in it": in-process, the
-    CLI's logging.basicConfig keeps the stream of the first test's capsys, and a warning
-    logged to it once it is closed prints logging's own traceback.)"""
+    """The one ``error:`` line of the CLI's stderr."""
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, err
     return lines[0]

@@ -425,13 +425,38 @@ def _main(a: argparse.Namespace) -> int:
         level = logging.ERROR     # ranks > 0 of a torchrun job: rank 0 says what all would
     # -v is ultraseg's own INFO, -v -v its DEBUG; other libraries keep to their warnings
     # (at DEBUG, matplotlib's font search and Pillow's chunk-by-chunk reading drowned ours)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine())
-    logging.basicConfig(level=max(level, logging.WARNING), handlers=[handler])
+    with _terminal_log(level):
+        return _run(a)
+
+
+@contextlib.contextmanager
+def _terminal_log(level: int) -> Iterator[None]:
+    """Log records on this call's stderr, one line each (``warning: ...``), for the call
+    alone: the handler is taken off and the levels put back after, so a second ``main()`` in
+    one process (a notebook, a test) prints on its own stderr, not on the first call's (kept
+    by ``logging.basicConfig``, once closed, each record printed logging's own traceback). A
+    host that set up logging itself (handlers on the root logger) keeps its set-up."""
+    root, package = logging.getLogger(), logging.getLogger("ultraseg")
+    before = root.level, package.level
+    handler = None
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_OneLine())
+        handler.setLevel(level)     # training logs INFO to its run's train.log; the terminal
+        root.addHandler(handler)    # shows only what -v asks for
+        root.setLevel(max(level, logging.WARNING))
     if level < logging.WARNING:
-        logging.getLogger("ultraseg").setLevel(level)
-    for handler in logging.getLogger().handlers:  # training logs INFO to its run's train.log;
-        handler.setLevel(level)                   # the terminal shows only what -v asks for
+        package.setLevel(level)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            root.removeHandler(handler)
+            root.setLevel(before[0])
+        package.setLevel(before[1])
+
+
+def _run(a: argparse.Namespace) -> int:
     keep_freed_memory()  # this process is ours: no page faults on every pass's large blocks
     try:
         with _sigterm_as_interrupt():
