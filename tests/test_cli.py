@@ -241,61 +241,39 @@ def test_a_name_a_code_page_lacks_prints_on_a_cp1252_stdout(tmp_path) -> None:
     assert b"\\u6570\\u636e" in proc.stdout          # 数据, escaped as the code page lacks it
 
 
-def test_sigterm_is_handled_as_ctrl_c(monkeypatch, capsys) -> None:
-    """`timeout`, a batch scheduler's time limit and `docker stop` send SIGTERM: the process
-    died where it was (exit 143, nothing said), skipping the clean-up and the word on how to
-    go on that Ctrl-C gets."""
+@pytest.mark.parametrize("name, code, said", [("SIGTERM", 143, "terminated"),
+                                              ("SIGHUP", 129, "hung up (SIGHUP)")])
+def test_sigterm_and_sighup_are_handled_as_ctrl_c(monkeypatch, capsys, name, code,
+                                                  said) -> None:
+    """`timeout`, a batch scheduler's time limit and `docker stop` send SIGTERM; a terminal or
+    ssh session closed under a run (no nohup), and some schedulers, send SIGHUP: the process
+    died where it was (exit 143 or 129, nothing said, the lock file left), skipping the
+    clean-up and the word on how to go on that Ctrl-C gets."""
     import signal
     import time
 
     from ultraseg import cli
 
+    if not hasattr(signal, name):
+        pytest.skip(f"no {name} here")
+    signum = getattr(signal, name)
     cleaned: list[str] = []
 
-    def terminated(a) -> int:
+    def signalled(a) -> int:
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
             time.sleep(5)
         except KeyboardInterrupt:        # as train's clean-up catches it
             cleaned.append("clean-up ran")
             raise
         return 0
 
-    before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(cli, "_cmd_inspect", terminated)
-    assert cli.main(["inspect", "DATA"]) == 143
-    assert capsys.readouterr().err.strip() == "terminated"
+    before = signal.getsignal(signum)
+    monkeypatch.setattr(cli, "_cmd_inspect", signalled)
+    assert cli.main(["inspect", "DATA"]) == code
+    assert capsys.readouterr().err.strip() == said
     assert cleaned == ["clean-up ran"]
-    assert signal.getsignal(signal.SIGTERM) == before      # the caller's handler is back
-
-
-@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="no SIGHUP here")
-def test_sighup_is_handled_as_sigterm(monkeypatch, capsys) -> None:
-    """A terminal or ssh session closed under a run (no nohup), and some schedulers, send
-    SIGHUP: train died with its default action (exit 129, nothing said, the lock file left),
-    skipping the clean-up and the word on how to go on that SIGTERM gets."""
-    import signal
-    import time
-
-    from ultraseg import cli
-
-    cleaned: list[str] = []
-
-    def hung_up(a) -> int:
-        try:
-            os.kill(os.getpid(), signal.SIGHUP)
-            time.sleep(5)
-        except KeyboardInterrupt:        # as train's clean-up catches it
-            cleaned.append("clean-up ran")
-            raise
-        return 0
-
-    before = signal.getsignal(signal.SIGHUP)
-    monkeypatch.setattr(cli, "_cmd_inspect", hung_up)
-    assert cli.main(["inspect", "DATA"]) == 129
-    assert capsys.readouterr().err.strip() == "hung up (SIGHUP)"
-    assert cleaned == ["clean-up ran"]
-    assert signal.getsignal(signal.SIGHUP) == before       # the caller's handler is back
+    assert signal.getsignal(signum) == before      # the caller's handler is back
 
 
 # In a fresh interpreter started with SIGHUP ignored (as nohup starts a command): a command
