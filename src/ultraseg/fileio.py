@@ -130,6 +130,24 @@ def _sync(fd: int) -> None:
         os.fsync(fd)
 
 
+def _temporary(path: Path, permissions: int | None = None) -> tuple[int, str]:
+    """A new temporary file beside ``path`` that will replace it (its descriptor and name),
+    with the mode bits ``permissions`` (None: those ``open()`` would give a new file, or the
+    replaced file's) from before a byte is written: mkstemp's 0600 would hide outputs from
+    others. An ``OSError`` is a :class:`WriteError` naming ``path``."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(e, path) from e
+    try:
+        os.fchmod(fd, _new_file_mode(path) if permissions is None else permissions)
+    except OSError as e:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(e, path) from e
+    return fd, tmp
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = None
                 ) -> Iterator[IO]:
@@ -161,13 +179,8 @@ def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = No
         except OSError as e:
             raise write_error(e, path) from e
         return
+    fd, tmp = _temporary(path, permissions)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise write_error(e, path) from e
-    try:
-        # mkstemp's 0600 would hide outputs from others; before a byte is written
-        os.fchmod(fd, _new_file_mode(path) if permissions is None else permissions)
         with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()
@@ -223,17 +236,8 @@ class LineFile:
                     raise write_error(e, path) from e
                 raise
             return
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        except OSError as e:
-            raise write_error(e, path) from e
-        try:
-            os.fchmod(fd, _new_file_mode(path))
-            self.f = os.fdopen(fd, "wb", buffering=0)
-        except BaseException:
-            os.close(fd)
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        fd, tmp = _temporary(path)
+        self.f = os.fdopen(fd, "wb", buffering=0)
         try:
             self._write(first)
             os.replace(tmp, path)
