@@ -165,9 +165,10 @@ def load_checkpoint(path: str | Path, sha256: bool = False) -> Checkpoint:
 
 
 def _version(st: os.stat_result) -> tuple[int, ...]:
-    """What tells an open file's versions apart: its size, mtime and ctime (export's
-    ``_identity`` for a file held open)."""
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    """What tells an open file's versions apart: its size and mtime. Not its ctime, which a
+    file replaced at its path (a training run saving best.ckpt again: the open file is the
+    one that was loaded, intact) changes too, losing its last link."""
+    return st.st_size, st.st_mtime_ns
 
 
 def _read_payload(f: BinaryIO, path: Path, sha256: bool) -> tuple[Any, str]:
