@@ -414,6 +414,50 @@ def test_each_call_of_main_logs_on_its_own_stderr_and_leaves_logging_as_it_was(
     assert "Logging error" not in capsys.readouterr().err
 
 
+def test_calls_of_main_in_threads_at_once_keep_the_terminal_log_until_the_last_ends(
+        monkeypatch) -> None:
+    """The first of two main() calls in threads to end took the terminal handler off while
+    the other, started after it, ran: that one's warnings came out bare (no 'warning:',
+    control characters not escaped) and its -v lines were lost."""
+    import io
+    import logging
+    import threading
+
+    from ultraseg import cli
+
+    second_running, first_done, logged = (threading.Event() for _ in range(3))
+
+    def command(a) -> int:
+        if a.data == "first":
+            second_running.wait(10)
+            return 0
+        second_running.set()
+        first_done.wait(10)
+        logging.getLogger("ultraseg.data").warning("second\x1b[2J call")
+        logging.getLogger("ultraseg.data").info("second call's -v line")
+        logged.set()
+        return 0
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logging.root, "handlers", [])
+    monkeypatch.setattr(cli, "_cmd_inspect", command)
+    first = threading.Thread(target=cli.main, args=(["-v", "inspect", "first"],))
+    first.start()
+    while not logging.root.handlers:            # the first call's handler is on
+        threading.Event().wait(0.01)
+    second = threading.Thread(target=cli.main, args=(["-v", "inspect", "second"],))
+    second.start()
+    first.join(10)
+    first_done.set()
+    second.join(10)
+    assert logged.is_set()
+    lines = stream.getvalue().splitlines()
+    assert "warning: second\\x1b[2J call" in lines, lines
+    assert "info: second call's -v line" in lines, lines
+    assert logging.root.handlers == []           # the last call to end took it off
+
+
 @pytest.mark.parametrize("redirect, what, code", [
     (">&-", "data", 0), ("2>&-", "data", 0), (">&- 2>&-", "data", 0),
     ("2>&-", "nothing", 2), (">&-", "nothing", 2), (">/dev/full", "nothing", 2)])

@@ -20,11 +20,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, Sequence
 
 from . import __version__
 from .errors import UltrasegError, escape_controls, is_out_of_memory
 from .fileio import json_text
+from .shared import while_held
 
 log = logging.getLogger("ultraseg")
 
@@ -429,31 +430,37 @@ def _main(a: argparse.Namespace) -> int:
         return _run(a)
 
 
-@contextlib.contextmanager
-def _terminal_log(level: int) -> Iterator[None]:
-    """Log records on this call's stderr, one line each (``warning: ...``), for the call
-    alone: the handler is taken off and the levels put back after, so a second ``main()`` in
+def _terminal_log(level: int) -> ContextManager[None]:
+    """Log records on the call's stderr, one line each (``warning: ...``), for the call
+    alone: the handler is taken off and the levels put back after, so a later ``main()`` in
     one process (a notebook, a test) prints on its own stderr, not on the first call's (kept
     by ``logging.basicConfig``, once closed, each record printed logging's own traceback). A
-    host that set up logging itself (handlers on the root logger) keeps its set-up."""
+    host that set up logging itself (handlers on the root logger) keeps its set-up. Calls in
+    threads at once share the first one's handler and levels until the last one ends
+    (:func:`~ultraseg.shared.while_held`)."""
     root, package = logging.getLogger(), logging.getLogger("ultraseg")
-    before = root.level, package.level
-    handler = None
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_OneLine())
-        handler.setLevel(level)     # training logs INFO to its run's train.log; the terminal
-        root.addHandler(handler)    # shows only what -v asks for
-        root.setLevel(max(level, logging.WARNING))
-    if level < logging.WARNING:
-        package.setLevel(level)
-    try:
-        yield
-    finally:
+
+    def change() -> tuple[int, int, logging.Handler | None]:
+        before = root.level, package.level
+        handler = None
+        if not root.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(_OneLine())
+            handler.setLevel(level)     # training logs INFO to its run's train.log; the
+            root.addHandler(handler)    # terminal shows only what -v asks for
+            root.setLevel(max(level, logging.WARNING))
+        if level < logging.WARNING:
+            package.setLevel(level)
+        return (*before, handler)
+
+    def restore(before: tuple[int, int, logging.Handler | None]) -> None:
+        root_level, package_level, handler = before
         if handler is not None:
             root.removeHandler(handler)
-            root.setLevel(before[0])
-        package.setLevel(before[1])
+            root.setLevel(root_level)
+        package.setLevel(package_level)
+
+    return while_held("cli terminal log", change, restore)
 
 
 def _run(a: argparse.Namespace) -> int:
