@@ -456,3 +456,36 @@ def test_an_output_folder_on_a_read_only_file_system_is_refused_in_reasons_words
             "evaluate": lambda: write_evaluation(out, {}, [])}[command]
     with pytest.raises(UltrasegError, match=r"\(read-only file system\)"):
         make()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_pipe_whose_reader_left_is_said_so_with_no_word_on_what_it_holds(
+        tmp_path: Path) -> None:
+    """A table written to a FIFO whose reader closed it failed with 'cannot write the file:
+    Broken pipe; it holds the lines written before': a pipe holds nothing, and 'Broken pipe'
+    is the system's word for its reader gone."""
+    import signal
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def read_a_line_and_leave() -> None:
+        with open(fifo, "rb") as f:
+            f.readline()
+
+    reader = threading.Thread(target=read_a_line_and_leave)
+    reader.start()
+    before = signal.signal(signal.SIGPIPE, signal.SIG_IGN)   # as Python runs: EPIPE, no kill
+    try:
+        table = fileio.LineFile(fifo, "a,b\n")
+        reader.join(10)
+        with pytest.raises(fileio.WriteError) as e:
+            for _ in range(1000):               # (a write fills the pipe's buffer first)
+                table.write("1,2\n" * 1000)
+        table.close()
+    finally:
+        signal.signal(signal.SIGPIPE, before)
+    said = str(e.value)
+    assert "its reader closed it (broken pipe)" in said and "holds" not in said, said
+    assert __import__("stat").S_ISFIFO(os.stat(fifo).st_mode)

@@ -53,6 +53,7 @@ REASONS = {
     errno.ENOTDIR: "a parent of the path is not a folder",
     errno.EISDIR: "the path is a folder",
     errno.EFBIG: "file too large",
+    errno.EPIPE: "its reader closed it (broken pipe)",
 }
 
 
@@ -69,10 +70,13 @@ def failure_reason(e: OSError) -> str:
     return REASONS.get(e.errno or 0) or e.strerror or str(e)
 
 
-def write_error(e: OSError, path: str | Path) -> WriteError:
-    """A :class:`WriteError` for ``path`` from the ``OSError`` that stopped the write."""
+def write_error(e: OSError, path: str | Path, kept: str | None = "it was left as it was"
+                ) -> WriteError:
+    """A :class:`WriteError` for ``path`` from the ``OSError`` that stopped the write;
+    ``kept``: what the file holds since (None: nothing can be said, a device or a pipe
+    written in place)."""
     why = failure_reason(e)
-    err = WriteError(f"cannot write the file: {why}; it was left as it was", path)
+    err = WriteError(f"cannot write the file: {why}" + (f"; {kept}" if kept else ""), path)
     err.errno, err.strerror = e.errno, why
     return err
 
@@ -177,7 +181,7 @@ def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = No
         except WriteError:
             raise
         except OSError as e:
-            raise write_error(e, path) from e
+            raise write_error(e, path, kept=None) from e
         return
     fd, tmp = _temporary(path, permissions)
     try:
@@ -222,18 +226,19 @@ class LineFile:
         path = Path(path)
         if path.is_symlink():
             path = Path(os.path.realpath(path))
-        self.path, self.size = path, 0
+        self.path, self.size, self.in_place = path, 0, False
         if _in_place(path):
             try:
                 self.f = open(path, "wb", buffering=0)
             except OSError as e:
-                raise write_error(e, path) from e
+                raise write_error(e, path, kept=None) from e
+            self.in_place = True
             try:
                 self._write(first)
             except BaseException as e:
                 self.f.close()
                 if isinstance(e, OSError):
-                    raise write_error(e, path) from e
+                    raise write_error(e, path, kept=None) from e
                 raise
             return
         fd, tmp = _temporary(path)
@@ -263,11 +268,8 @@ class LineFile:
             with suppress(OSError):
                 self.f.truncate(self.size)
                 self.f.seek(self.size)
-            why = failure_reason(e)
-            err = WriteError(f"cannot write the file: {why}; it holds the lines written "
-                             "before", self.path)
-            err.errno, err.strerror = e.errno, why
-            raise err from e
+            kept = None if self.in_place else "it holds the lines written before"
+            raise write_error(e, self.path, kept) from e
 
     def close(self) -> None:
         """Sync the file to disk and close it (a :class:`WriteError` where that fails)."""
