@@ -863,6 +863,22 @@ def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_referen
     assert few == before                                      # 9 frames with a reference
 
 
+def test_the_validation_hc_error_counts_the_frames_with_no_head_found() -> None:
+    """The validation HC error is over the frames where a head was found; the frames with a
+    reference where none was are counted beside it (they were left out without a word, so a
+    model missing a third of the heads got a good-looking headline error)."""
+    from types import SimpleNamespace
+
+    yy, xx = np.mgrid[:200, :200]
+    head = (((xx - 100) / 60) ** 2 + ((yy - 100) / 50) ** 2 <= 1).astype(np.float32)
+    samples = [SimpleNamespace(meta={"pixel_size_mm": 0.1, "hc_mm": 40.0}) for _ in range(15)]
+    probs = [head if i < 10 else np.zeros((200, 200), np.float32) for i in range(15)]
+    got = train_mod._calibrate_measure(samples, [None] * 15, probs, PostprocessConfig(),
+                                       preset("cpu"), {"boundary_offset_px": 1.0})
+    assert got["offset_frames"] == 10
+    assert got["reference_frames"] == 15 and got["no_head_frames"] == 5
+
+
 def test_the_levels_kept_for_calibration_give_the_masks_the_probabilities_give() -> None:
     """Frames with a reference head circumference keep their probabilities as a byte a pixel
     of levels between the choice's thresholds and peaks (not four bytes of float32) until the
@@ -895,7 +911,8 @@ def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatc
     error in mm, the task's headline figure, is in the report and train's closing lines (it
     was in train.log alone)."""
     chosen = {"boundary_offset_px": 2.5, "outline_half_width_px": 0.0, "offset_frames": 12,
-              "val_hc_mae_mm": 1.75, "val_hc_mae_mm_start": 2.07}
+              "val_hc_mae_mm": 1.75, "val_hc_mae_mm_start": 2.07, "reference_frames": 14,
+              "no_head_frames": 2}
     seen = []
 
     def calibrate(samples, regions, probs, pp, cfg, measure_meta):
@@ -910,9 +927,11 @@ def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatc
     html = (run / "report.html").read_text()
     assert "2.5 (chosen on 12 validation frames" in html
     assert "validation head-circumference error, mean absolute (mm)" in html
-    assert "1.75 (2.07 with the outlines&#x27; half-width)" in html.replace("&#39;", "&#x27;")
+    assert "1.75 (2.07 with the outlines&#x27; half-width), over 12 of 14 validation frames " \
+        "with a reference (2 with no head found)" in html.replace("&#39;", "&#x27;")
     printed = capsys.readouterr().out
-    assert "validation head-circumference error, mean absolute 1.75 mm (12 frames)" in printed
+    assert "validation head-circumference error, mean absolute 1.75 mm, over 12 of 14 frames " \
+        "with a reference (2 with no head found)" in printed
     assert load(run / "best.ckpt").meta["measure"]["boundary_offset_px"] == 2.5
 
 

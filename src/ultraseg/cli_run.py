@@ -246,8 +246,11 @@ def _cmd_train(a: argparse.Namespace) -> int:
               f"{result.val_dice_postprocessed:.4f}); {result.seconds:.0f} s")
         _print_empty_figures(result)
         if result.val_hc_mae_mm is not None:
+            n, of = result.val_hc_frames, result.val_hc_reference_frames
+            frames = (f", over {n} of {of} frames with a reference ({of - n} with no head "
+                      "found)" if of is not None else f" ({n} frames)")  # older runs: no count
             print(f"  validation head-circumference error, mean absolute "
-                  f"{result.val_hc_mae_mm:.2f} mm ({result.val_hc_frames} frames)")
+                  f"{result.val_hc_mae_mm:.2f} mm{frames}")
     if result.stopped:
         print(f"note: {result.stopped}")
     print(f"checkpoint: {Path(a.out) / 'best.ckpt'}\nreport: {Path(a.out) / 'report.html'}")

@@ -82,10 +82,12 @@ class TrainResult:
     val_empty_frames: int | None = None
     val_empty_right: int | None = None
     #: The validation head-circumference error, mean absolute (mm), with the boundary offset
-    #: chosen on them, and the frames it is over (None: no frames with a reference HC, or
-    #: fewer than choose the offset).
+    #: chosen on them, the frames it is over (those where a head was found) and the frames
+    #: with a reference HC, those with no head found included (None: no frames with a
+    #: reference HC, fewer than choose the offset, or a run that did not record them).
     val_hc_mae_mm: float | None = None
     val_hc_frames: int | None = None
+    val_hc_reference_frames: int | None = None
 
 
 # ---------------------------------------------------------------------------------- batches
@@ -1090,7 +1092,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
            else {}),
         **({"validation head-circumference error, mean absolute (mm)":
             f"{measure_meta['val_hc_mae_mm']:.2f} ({measure_meta['val_hc_mae_mm_start']:.2f} "
-            "with the outlines' half-width)"} if "val_hc_mae_mm" in measure_meta else {}),
+            "with the outlines' half-width)" + _hc_frames(measure_meta, " validation")}
+           if "val_hc_mae_mm" in measure_meta else {}),
         "training time (s)": round(seconds, 1),
         "device / precision": f"{device} / {'bf16' if dtype else 'fp32'}"
                               + (f" ({cfg.train.world_size} processes)"
@@ -1115,7 +1118,18 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                        val_dice_nonempty=nonempty, val_empty_frames=n_empty,
                        val_empty_right=empty_right,
                        val_hc_mae_mm=measure_meta.get("val_hc_mae_mm"),
-                       val_hc_frames=measure_meta.get("offset_frames"))
+                       val_hc_frames=measure_meta.get("offset_frames"),
+                       val_hc_reference_frames=measure_meta.get("reference_frames"))
+
+
+def _hc_frames(measure_meta: dict[str, Any], which: str = "") -> str:
+    """', over N of M{which} frames with a reference (K with no head found)' where
+    ``measure_meta`` records the frames with a reference (a run from before did not: '')."""
+    if "reference_frames" not in measure_meta:
+        return ""
+    return (f", over {measure_meta['offset_frames']} of {measure_meta['reference_frames']}"
+            f"{which} frames with a reference ({measure_meta['no_head_frames']} with no head "
+            "found)")
 
 
 def _frames_row(out: Path, subjects: Sequence[str], train_idx: np.ndarray, val_idx: np.ndarray,
@@ -1369,11 +1383,12 @@ def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndar
     from .measure import MIN_CALIBRATION_FRAMES, choose_boundary_offset, measure
     from .postprocess import apply as apply_pp
 
-    rows = []
+    rows, with_reference = [], 0
     for s, region, prob in zip(samples, regions, probs):
         size, ref = s.meta.get("pixel_size_mm"), s.meta.get("hc_mm")
         if not size or ref is None:
             continue
+        with_reference += 1
         m = measure(apply_pp(prob, pp), size, 0.0, region=region)
         if m["ellipse_axes"] is not None:
             rows.append((*m["ellipse_axes"], size, ref))
@@ -1390,7 +1405,8 @@ def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndar
              offset, start, before, after)
     return {**measure_meta, "boundary_offset_px": offset, "outline_half_width_px": start,
             "offset_frames": len(rows), "val_hc_mae_mm": round(after, 4),
-            "val_hc_mae_mm_start": round(before, 4)}
+            "val_hc_mae_mm_start": round(before, 4), "reference_frames": with_reference,
+            "no_head_frames": with_reference - len(rows)}
 
 
 def _non_finite_weights(model: torch.nn.Module, ema: AveragedModel | None) -> list[str]:
