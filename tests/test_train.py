@@ -935,6 +935,27 @@ def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatc
     assert load(run / "best.ckpt").meta["measure"]["boundary_offset_px"] == 2.5
 
 
+def test_a_finished_run_resumed_keeps_its_head_circumference_error(tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """A finished HC18 run resumed (--resume on a finished run) printed the other closing
+    lines but not the head-circumference error, and its Python result had val_hc_mae_mm None,
+    though best.ckpt's measure holds it."""
+    chosen = {"boundary_offset_px": 2.5, "outline_half_width_px": 0.0, "offset_frames": 12,
+              "val_hc_mae_mm": 1.75, "val_hc_mae_mm_start": 2.07, "reference_frames": 14,
+              "no_head_frames": 2}
+    monkeypatch.setattr(train_mod, "_calibrate_measure", lambda *a: chosen)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "1") == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines()
+                if "head-circumference error" in ln)
+    assert cli.main(["train", "--resume", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out and line in out.splitlines()
+    result = train_mod.train(None, run, resume=True)
+    assert (result.val_hc_mae_mm, result.val_hc_frames, result.val_hc_reference_frames) == \
+        (1.75, 12, 14)
+
+
 def test_choosing_the_post_processing_holds_a_few_validation_frames_at_a_time(
         tmp_path, monkeypatch) -> None:
     """The end of training held every validation frame at its original size at once (the

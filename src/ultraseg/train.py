@@ -458,6 +458,7 @@ def _finished_run(out: Path, last: Checkpoint | None, cfg: RunConfig) -> TrainRe
         return None
     # every epoch's row (best.ckpt's history stops at the best epoch)
     history = json.loads(last.train_state["history_json"])
+    hc = best.meta.get("measure") or {}
     result = TrainResult(out, int(m["best_epoch"]), m.get("best_val_dice"),
                          int(m.get("epochs_run", len(history))), float(m["train_seconds"]),
                          ALREADY_FINISHED, history, best.postprocess,
@@ -465,7 +466,10 @@ def _finished_run(out: Path, last: Checkpoint | None, cfg: RunConfig) -> TrainRe
                          dict(m.get("report") or {}), world_size=int(m.get("world_size", 1)),
                          is_main=is_main(), val_dice_nonempty=m.get("val_dice_nonempty"),
                          val_empty_frames=m.get("val_empty_frames"),
-                         val_empty_right=m.get("val_empty_predicted_empty"))
+                         val_empty_right=m.get("val_empty_predicted_empty"),
+                         val_hc_mae_mm=hc.get("val_hc_mae_mm"),
+                         val_hc_frames=hc.get("offset_frames"),
+                         val_hc_reference_frames=hc.get("reference_frames"))
     if result.is_main and not (out / "report.html").is_file():
         missing = _rebuild_report(out, result, cfg)
         result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again"
