@@ -666,6 +666,36 @@ def test_a_short_limit_leaves_the_post_processing_choice_its_time(tmp_path, monk
                                                                             abs=1e-6)
 
 
+def test_a_time_limit_that_skips_the_head_circumference_calibration_says_so(
+        tmp_path, monkeypatch) -> None:
+    """Where the time limit came before the boundary offset could be chosen, an HC18 run's
+    offset calibration and validation HC error were skipped without a word (the report and
+    the closing lines just had no HC figure); it is a warning now, as for the
+    post-processing."""
+    from types import SimpleNamespace
+
+    from conftest import ultraseg_warnings
+
+    real = train_mod._score_validation
+
+    def with_references(predictor, samples, cfg, tuning, deadline, **kw):
+        seen = real(predictor, samples, cfg, tuning, deadline, **kw)
+        seen.hc_samples = [SimpleNamespace(meta={"pixel_size_mm": 0.1, "hc_mm": 40.0})] * 12
+        return seen
+
+    calibrated = []
+    monkeypatch.setattr(train_mod, "_score_validation", with_references)
+    monkeypatch.setattr(train_mod, "_calibrate_measure", lambda *a: calibrated.append(a) or a[-1])
+    monkeypatch.setattr(train_mod, "_end_s", lambda limit_s: 1e6)   # the deadline has passed
+    with ultraseg_warnings() as warned:
+        assert _train_tiny(tmp_path, tmp_path / "run", "--epochs", "1", "--time-limit",
+                           "30m") == 0
+    assert calibrated == []
+    said = [r.getMessage() for r in warned if "boundary offset not chosen" in r.getMessage()]
+    assert len(said) == 1 and "12 validation frames" in said[0], said
+    assert "time limit came first" in said[0]
+
+
 def test_ema_moves_one_minus_decay_of_the_way_to_the_weights_and_statistics() -> None:
     import torch
 

@@ -1052,6 +1052,10 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                                                  or time.monotonic() < deadline):
         measure_meta = _calibrate_measure(seen.hc_samples, seen.hc_regions,
                                           seen.hc_probs(pp), pp, cfg, measure_meta)
+    elif seen and cfg.train.tune_postprocess and seen.hc_samples:
+        log.warning("head-circumference boundary offset not chosen on the %d validation frames "
+                    "with a reference: the time limit came first; the outlines' half-width "
+                    "kept, no validation HC error", len(seen.hc_samples))
     seconds = time.monotonic() - t0
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
                    val_dice_nonempty=nonempty, val_empty_frames=n_empty,
