@@ -351,7 +351,8 @@ def test_an_older_checkpoint_exports_every_setting_the_readme_s_function_reads(t
     """export copied a checkpoint's settings as stored: one from a build before crop_border,
     min_peak, tta, attention and dropout gave an ONNX file without them, and the README's
     segment() (a program without ultraseg) failed on every frame with KeyError 'crop_border'.
-    The file now holds the settings as this build reads them, and this build's version."""
+    The file now holds the settings as this build reads them, and this build's version; the
+    version of the build that trained the model, which that dropped, is kept beside it."""
     import onnxruntime
 
     def older(meta: dict) -> None:
@@ -370,6 +371,7 @@ def test_an_older_checkpoint_exports_every_setting_the_readme_s_function_reads(t
     assert meta["postprocess"] == ckpt.postprocess.to_dict()
     from ultraseg import __version__
     assert meta["ultraseg_version"] == __version__
+    assert meta["trained_with_version"] == "0.0.1"   # the training build's, kept beside it
     env: dict = {}
     exec(compile(readme_function(), "README.md", "exec"), env)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -153,8 +153,11 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
         graph["multiple_of_enforced"] = exporter == "dynamo"
     # the settings as this build read them, not as the checkpoint stored them: an older
     # build's lack settings added since (the README's segment() reads them), and some builds
-    # wrote fill_outlines: false, which the builds before it refuse
+    # wrote fill_outlines: false, which the builds before it refuse; the version of the build
+    # that trained the model is kept beside this build's
     meta = {**_without_paths(ckpt.meta), "ultraseg_version": __version__,
+            **({"trained_with_version": ckpt.meta["ultraseg_version"]}
+               if "ultraseg_version" in ckpt.meta else {}),
             "model": cfg.to_dict(), "preprocess": ckpt.preprocess.to_dict(),
             "postprocess": ckpt.postprocess.to_dict()}
     _strip_node_metadata(proto)
