@@ -203,7 +203,9 @@ def test_frames_cached_by_other_decoding_code_are_decoded_again(tmp_path: Path,
 def test_the_entry_prefix_and_the_key_change_with_the_same_header(tmp_path: Path,
                                                                     monkeypatch) -> None:
     """_remove_superseded is right only while the entry prefix and the key hash the same
-    header (version, decoding code and libraries, layout, root, shaping settings)."""
+    header (version, decoding code and libraries, layout, root, shaping settings). The arrays
+    an entry holds (CACHED) are in it too: one added without bumping CACHE_FORMAT (a number
+    bumped by hand) changes the name all the same."""
     import ultraseg.data as data_module
     from ultraseg.data import entry_prefix
 
@@ -211,7 +213,7 @@ def test_the_entry_prefix_and_the_key_change_with_the_same_header(tmp_path: Path
     cfg = PreprocessConfig(size=16)
     before = entry_prefix(ds, cfg), cache_key(ds, cfg)
     changes = [("__version__", "99.0"), ("decoding_code_digest", lambda: "x"),
-               ("CACHE_FORMAT", -1),
+               ("CACHE_FORMAT", -1), ("CACHED", (*data_module.CACHED, "added")),
                ("decoding_libraries", lambda: {"PIL": "0"})]
     for name, value in changes:
         with monkeypatch.context() as m:

@@ -173,16 +173,19 @@ def _shaping(cfg: PreprocessConfig) -> dict[str, object]:
 
 def _header_json(ds: Dataset, cfg: PreprocessConfig) -> str:
     """What :func:`entry_prefix` and :func:`cache_key` both hash, whatever the files' state:
-    the version, the entries' format (:data:`CACHE_FORMAT`), the decoding code and libraries,
-    the layout, the root, how the samples' masks are read and the settings that shape the
-    canvases. (One dict: the two must agree for :func:`_remove_superseded`.)"""
+    the version, the entries' format (:data:`CACHE_FORMAT`) and arrays (:data:`CACHED`),
+    the decoding code and libraries, the layout, the root, how the samples' masks are read and
+    the settings that shape the canvases. (One dict: the two must agree for
+    :func:`_remove_superseded`.)"""
     # "decode": the code files are decoded by, so frames that changed code reads otherwise
     # are decoded again (a number bumped by hand was forgotten once); "masks": the samples'
     # mask kinds (outlines filled or not, open_dataset's fill_outlines), which a caller of the
-    # API need not keep in step with cfg.fill_outlines: an entry of each stays
+    # API need not keep in step with cfg.fill_outlines: an entry of each stays; "arrays": the
+    # names of what an entry holds, so one added or dropped changes the name even where
+    # CACHE_FORMAT was not bumped
     kinds = hashlib.sha256("".join(f"{s.mask_kind}\n" for s in ds.labelled).encode())
     return json.dumps({"v": __version__, "format": CACHE_FORMAT,
-                       "decode": decoding_code_digest(),
+                       "arrays": list(CACHED), "decode": decoding_code_digest(),
                        "libraries": decoding_libraries(), "layout": ds.layout,
                        "root": str(ds.root.resolve()), "pre": _shaping(cfg),
                        "masks": kinds.hexdigest()[:16]}, sort_keys=True)
@@ -342,9 +345,9 @@ def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path) -> bool:
 #: What a cache entry holds; one written before it held all of them is rebuilt.
 CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally")
 #: The format of a cache entry, in its name (:func:`_header_json`): bump it whenever what an
-#: entry holds changes (an array added to or dropped from :data:`CACHED`, or one's meaning or
-#: shape), so that two builds of one version sharing a cache folder each keep their own entry
-#: rather than replacing the other's on every run.
+#: entry holds changes in a way :data:`CACHED`'s names do not show (an array's meaning or
+#: shape; the names are in the name themselves), so that two builds of one version sharing a
+#: cache folder each keep their own entry rather than replacing the other's on every run.
 CACHE_FORMAT = 1
 
 
