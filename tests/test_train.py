@@ -909,6 +909,28 @@ def test_the_validation_hc_error_counts_the_frames_with_no_head_found() -> None:
     assert got["reference_frames"] == 15 and got["no_head_frames"] == 5
 
 
+@pytest.mark.parametrize("found", [0, 3, 9])
+def test_too_few_heads_found_to_choose_the_offset_is_a_warning_with_both_counts(found) -> None:
+    """With fewer heads found than the offset's choice needs, nothing was said (none found)
+    or an info line, seen with -v alone, called the heads found 'frames with a reference'
+    (3 of 15 read '3 validation frames with a reference')."""
+    from types import SimpleNamespace
+
+    from conftest import ultraseg_warnings
+
+    yy, xx = np.mgrid[:200, :200]
+    head = (((xx - 100) / 60) ** 2 + ((yy - 100) / 50) ** 2 <= 1).astype(np.float32)
+    samples = [SimpleNamespace(meta={"pixel_size_mm": 0.1, "hc_mm": 40.0}) for _ in range(15)]
+    probs = [head if i < found else np.zeros((200, 200), np.float32) for i in range(15)]
+    before = {"boundary_offset_px": 1.0}
+    with ultraseg_warnings() as warned:
+        got = train_mod._calibrate_measure(samples, [None] * 15, probs, PostprocessConfig(),
+                                           preset("cpu"), before)
+    assert got == before
+    said = [r.getMessage() for r in warned]
+    assert len(said) == 1 and f"on {found} of the 15 validation frames" in said[0], said
+
+
 def test_the_levels_kept_for_calibration_give_the_masks_the_probabilities_give() -> None:
     """Frames with a reference head circumference keep their probabilities as a byte a pixel
     of levels between the choice's thresholds and peaks (not four bytes of float32) until the

@@ -1401,9 +1401,11 @@ def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndar
         if m["ellipse_axes"] is not None:
             rows.append((*m["ellipse_axes"], size, ref))
     if len(rows) < MIN_CALIBRATION_FRAMES:
-        if rows:
-            log.info("head-circumference boundary offset kept: %d validation frames with a "
-                     "reference (fewer than %d)", len(rows), MIN_CALIBRATION_FRAMES)
+        if with_reference:      # (a model finding no head at all is said too, not hidden)
+            log.warning("head-circumference boundary offset not chosen: a head was found on "
+                        "%d of the %d validation frames with a reference, fewer than the %d "
+                        "it needs; the outlines' half-width kept, no validation HC error",
+                        len(rows), with_reference, MIN_CALIBRATION_FRAMES)
         return measure_meta
     r = np.asarray(rows, dtype=np.float64)
     start = float(measure_meta.get("boundary_offset_px", 0.0))
