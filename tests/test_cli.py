@@ -458,6 +458,27 @@ def test_calls_of_main_in_threads_at_once_keep_the_terminal_log_until_the_last_e
     assert logging.root.handlers == []           # the last call to end took it off
 
 
+def test_main_without_v_leaves_ultrasegs_level_to_whoever_set_it(monkeypatch) -> None:
+    """main() put the 'ultraseg' logger's level back when it ended though it had not changed
+    it: a training run through the API in another thread, which had set INFO for its
+    train.log meanwhile, lost its log lines from then on."""
+    import logging
+
+    from ultraseg import cli
+
+    package = logging.getLogger("ultraseg")
+    monkeypatch.setattr(package, "level", package.level)     # put back after the test
+    monkeypatch.setattr(logging.root, "handlers", [])
+
+    def command(a) -> int:
+        package.setLevel(logging.INFO)      # as a training in another thread does
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_inspect", command)
+    assert cli.main(["inspect", "DATA"]) == 0
+    assert package.level == logging.INFO
+
+
 @pytest.mark.parametrize("redirect, what, code", [
     (">&-", "data", 0), ("2>&-", "data", 0), (">&- 2>&-", "data", 0),
     ("2>&-", "nothing", 2), (">&-", "nothing", 2), (">/dev/full", "nothing", 2)])

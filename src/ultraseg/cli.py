@@ -436,8 +436,9 @@ def _terminal_log(level: int) -> ContextManager[None]:
     one process (a notebook, a test) prints on its own stderr, not on the first call's (kept
     by ``logging.basicConfig``, once closed, each record printed logging's own traceback). A
     host that set up logging itself (handlers on the root logger) keeps its set-up. Calls in
-    threads at once share the first one's handler and levels until the last one ends
-    (:func:`~ultraseg.shared.while_held`)."""
+    threads at once share the first one's handler and levels, its ``-v`` included, until the
+    last one ends (:func:`~ultraseg.shared.while_held`). ``ultraseg``'s level is set and put
+    back for ``-v`` alone: a training in another thread sets it for its ``train.log``."""
     root, package = logging.getLogger(), logging.getLogger("ultraseg")
 
     def change() -> tuple[int, int, logging.Handler | None]:
@@ -451,14 +452,17 @@ def _terminal_log(level: int) -> ContextManager[None]:
             root.setLevel(max(level, logging.WARNING))
         if level < logging.WARNING:
             package.setLevel(level)
+        else:           # not ours to put back: a training in another thread may set it
+            before = before[0], None
         return (*before, handler)
 
-    def restore(before: tuple[int, int, logging.Handler | None]) -> None:
+    def restore(before: tuple[int, int | None, logging.Handler | None]) -> None:
         root_level, package_level, handler = before
         if handler is not None:
             root.removeHandler(handler)
             root.setLevel(root_level)
-        package.setLevel(package_level)
+        if package_level is not None:
+            package.setLevel(package_level)
 
     return while_held("cli terminal log", change, restore)
 
