@@ -489,3 +489,21 @@ def test_a_pipe_whose_reader_left_is_said_so_with_no_word_on_what_it_holds(
     said = str(e.value)
     assert "its reader closed it (broken pipe)" in said and "holds" not in said, said
     assert __import__("stat").S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_table_whose_sync_fails_says_it_holds_the_lines_written_before(tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """A LineFile whose sync at close failed said 'it was left as it was', though the earlier
+    table had been replaced by the one holding the rows written."""
+    import errno
+
+    table = fileio.LineFile(tmp_path / "t.csv", "a\n")
+    table.write("1\n")
+
+    def no_room(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_room)
+    with pytest.raises(fileio.WriteError, match="it holds the lines written before"):
+        table.close()
+    assert (tmp_path / "t.csv").read_text() == "a\n1\n"

@@ -145,10 +145,12 @@ def _temporary(path: Path, permissions: int | None = None) -> tuple[int, str]:
         raise write_error(e, path) from e
     try:
         os.fchmod(fd, _new_file_mode(path) if permissions is None else permissions)
-    except OSError as e:
+    except BaseException as e:      # (Ctrl-C too: no descriptor or file left behind)
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)
-        raise write_error(e, path) from e
+        if isinstance(e, OSError):
+            raise write_error(e, path) from e
+        raise
     return fd, tmp
 
 
@@ -268,8 +270,7 @@ class LineFile:
             with suppress(OSError):
                 self.f.truncate(self.size)
                 self.f.seek(self.size)
-            kept = None if self.in_place else "it holds the lines written before"
-            raise write_error(e, self.path, kept) from e
+            raise write_error(e, self.path, self._kept()) from e
 
     def close(self) -> None:
         """Sync the file to disk and close it (a :class:`WriteError` where that fails)."""
@@ -278,9 +279,14 @@ class LineFile:
         try:
             _sync(self.f.fileno())
         except OSError as e:
-            raise write_error(e, self.path) from e
+            raise write_error(e, self.path, self._kept()) from e
         finally:
             self.f.close()
+
+    def _kept(self) -> str | None:
+        """What the file holds after a failed write: the lines written before (nothing can
+        be said of a device or a pipe written in place)."""
+        return None if self.in_place else "it holds the lines written before"
 
 
 def hash_file(digest: Any, f: IO[bytes]) -> None:
