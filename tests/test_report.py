@@ -305,6 +305,15 @@ def test_write_html_self_contained_and_escaped(tmp_path: Path) -> None:
     assert '"epochs": 2' in page
 
 
+def test_write_html_says_yes_or_no_for_a_boolean(tmp_path: Path) -> None:
+    """The report's tables showed Python's True / False (`outline masks filled: False`)."""
+    page = write_html(tmp_path, title="t", summary={"stopped": True}, config={}, history=[],
+                      evaluation={"outline masks filled": False}).read_text(encoding="utf-8")
+    assert "<tr><th>stopped</th><td>yes</td></tr>" in page
+    assert "<tr><th>outline masks filled</th><td>no</td></tr>" in page
+    assert "True" not in page and "False" not in page
+
+
 def test_write_html_without_figures_or_evaluation(tmp_path: Path) -> None:
     out = write_html(tmp_path, title="t", summary={}, config={}, history=[])
     page = out.read_text(encoding="utf-8")

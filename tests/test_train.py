@@ -1526,6 +1526,17 @@ def _summary_rows(run: Path) -> dict[str, str]:
             for k, v in re.findall(r"<tr><th>(.*?)</th><td[^>]*>(.*?)</td></tr>", page)}
 
 
+def test_the_report_s_summary_gives_the_post_processing_in_words(held_out_run) -> None:
+    """The Summary table gave the post-processing as a JSON string, where the demo's
+    Evaluation table below it gives the same settings in words."""
+    _, run, _ = held_out_run
+    pp = load_checkpoint(run / "best.ckpt").meta["postprocess"]
+    row = _summary_rows(run)["post-processing"]
+    assert "{" not in row and '"' not in row, row
+    assert row.startswith(f"threshold {pp['threshold']}, min area {pp['min_area']}, "), row
+    assert f"keep largest {'on' if pp['keep_largest'] else 'off'}" in row, row
+
+
 def test_the_report_gives_the_non_empty_dice_and_the_empty_frames_beside_the_rule(
         held_out_run) -> None:
     """The report and the final console line gave the all-frames validation Dice alone, in

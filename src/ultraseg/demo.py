@@ -100,14 +100,13 @@ def evaluation_table(summary: dict[str, Any]) -> dict[str, Any]:
     post-processing as words; the raw block, side and checkpoint left out (the Summary
     table above names the checkpoint)."""
     from .evaluate import format_interval
+    from .report import postprocess_words
 
     def shown(key: str, value: Any) -> Any:
         if key.endswith("_ci95"):
             return format_interval(value)
         if key == "postprocess" and isinstance(value, dict):
-            return ", ".join(f"{k.replace('_', ' ')} "
-                             f"{({True: 'on', False: 'off'}[v] if isinstance(v, bool) else v)}"
-                             for k, v in value.items())
+            return postprocess_words(value)
         return value
 
     return {"frames (unseen phantom, seed 1)": summary["n"],

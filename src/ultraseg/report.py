@@ -529,12 +529,21 @@ footer{margin-top:2em;border-top:1px solid #ddd;color:#666;font-size:.85em}
 """.strip()
 
 
+def postprocess_words(settings: Mapping[str, Any]) -> str:
+    """Post-processing ``settings`` (:meth:`ultraseg.config.PostprocessConfig.to_dict`, with
+    ``tta``) in words, as the report's tables give them: ``threshold 0.5, min area 10, keep
+    largest on, ...``."""
+    return ", ".join(f"{k.replace('_', ' ')} "
+                     f"{({True: 'on', False: 'off'}[v] if isinstance(v, bool) else v)}"
+                     for k, v in settings.items())
+
+
 def _fmt(value: Any) -> str:
-    """One table cell's text (not yet escaped)."""
+    """One table cell's text (not yet escaped): a boolean as yes / no."""
     if value is None:
         return "–"
     if isinstance(value, bool):
-        return str(value)
+        return "yes" if value else "no"
     if isinstance(value, float):
         if math.isnan(value):
             return "–"

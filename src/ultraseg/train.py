@@ -48,6 +48,7 @@ from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise, zscore_stats
+from .report import postprocess_words
 from .run_folder import (REFUSED_RUN_FILES, execution_of, mark_run_folder, open_run,
                          recorded_presence_head, remove_refused_run, remove_temporaries,
                          run_log, with_execution, write_run_config)
@@ -1091,7 +1092,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             (f"{empty_right} of {n_empty}" if n_empty else "n/a (no validation frame is empty)")
             if seen else figure(None),
         "empty rule": EMPTY_RULE,
-        "post-processing": json.dumps(pp.to_dict()) + ("" if choosing or not seen else
+        "post-processing": postprocess_words(pp.to_dict()) + ("" if choosing or not seen else
                                                         " (the defaults: not chosen)"),
         **({"head-circumference boundary offset (px)":
             f"{measure_meta['boundary_offset_px']} (chosen on {measure_meta['offset_frames']} "
