@@ -486,6 +486,20 @@ def test_the_curves_dice_says_it_is_before_post_processing(tmp_path, monkeypatch
                and "before post-processing" in t for t in found), found
 
 
+def test_the_prediction_figure_s_title_says_the_predicted_area_is_tinted(tmp_path,
+                                                                         monkeypatch) -> None:
+    """seg_sample.png tints the predicted area orange, which its title did not say (the
+    report's caption alone did): the PNG on its own showed an unexplained orange wash."""
+    images, truths, preds = _frames(2)
+    texts = _drawn_texts(monkeypatch)
+    plot_predictions(images, truths, preds, tmp_path / "seg_sample.png", ["a", "b"],
+                     what=report.VALIDATION_TITLE)
+    plot_predictions(images, truths, preds, tmp_path / "p.png", ["a", "b"])
+    for found in texts:
+        assert "predicted area tinted orange" in found[0], found[0]
+        assert found[0].count("tinted") == 1 and found[0].count(report.COLOURS) == 1, found[0]
+
+
 def test_the_report_s_figures_say_what_they_show(tmp_path, monkeypatch) -> None:
     """The prediction figure's title said "predictions" and each caption was the file's name:
     nothing said these were validation frames, which chose the epoch and the post-processing,
@@ -496,7 +510,7 @@ def test_the_report_s_figures_say_what_they_show(tmp_path, monkeypatch) -> None:
                      what=report.VALIDATION_TITLE)
     assert texts[0][0].startswith("validation frames") and "post-processing" in texts[0][0]
     plot_predictions(images, truths, preds, tmp_path / "p.png", ["a", "b"])
-    assert texts[1][0] == f"predictions ({report.COLOURS})"     # the default stays
+    assert texts[1][0].startswith(f"predictions ({report.COLOURS})")  # the default stays
     plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_dice": 0.5}],
                 tmp_path / "curve.png")
     page = write_html(tmp_path, title="t", summary={}, config={}, history=[]).read_text()

@@ -73,9 +73,11 @@ CAPTIONS: dict[str, str] = {
                       f"post-processing ({COLOURS}, the predicted area lightly tinted "
                       "orange); each panel's Dice counts an empty truth predicted empty as 1.",
 }
+#: What the prediction figures' titles add to :data:`COLOURS` (the tint, :data:`PRED_FILL`).
+TINT = "predicted area tinted orange"
 #: The prediction figure's title in a run's report.
 VALIDATION_TITLE = ("validation frames (not trained on; they chose the epoch and the "
-                    f"post-processing),\nafter the post-processing chosen ({COLOURS})")
+                    f"post-processing),\nafter the post-processing chosen ({COLOURS};\n{TINT})")
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -489,7 +491,8 @@ def plot_predictions(
     what: str = "predictions",
 ) -> None:
     """Write a grid (``seg_sample.png``) of frames with truth (blue) and prediction (orange)
-    outlines, titled ``what`` (a run's report: :data:`VALIDATION_TITLE`) and the colours.
+    outlines, the predicted area lightly tinted orange, titled ``what`` (a run's report:
+    :data:`VALIDATION_TITLE`), the colours and the tint.
 
     ``images``: (H, W) gray frames; ``truths`` / ``preds``: matching (H, W) masks (bool or
     nonzero = inside; a truth may be ``None``). Each panel's title carries the frame's Dice
@@ -507,8 +510,8 @@ def plot_predictions(
             name += ("\n" if "\n" not in name else "  ") + \
                 f"Dice {dice(np.asarray(pred) != 0, np.asarray(truth) != 0):.3f}"
         names.append(name)
-    _draw_panels(panels, names, path,
-                 what if COLOURS in what else f"{what} ({COLOURS})")
+    title = what if COLOURS in what else f"{what} ({COLOURS})"
+    _draw_panels(panels, names, path, title if TINT in title else f"{title}\n({TINT})")
 
 
 # --------------------------------------------------------------------------------------------
