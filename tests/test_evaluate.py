@@ -1057,7 +1057,8 @@ def test_summary_json_says_which_model_data_and_arithmetic_gave_it(data, tmp_pat
     summary, _ = evaluate(predictor, link, out=tmp_path / "a")
     assert summary["checkpoint"] == {
         "path": str(ckpt.resolve()), "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
-        "ultraseg_version": ultraseg.__version__, "best_epoch": 3, "epochs_run": 5}
+        "ultraseg_version": ultraseg.__version__,
+        "trained_with_version": ultraseg.__version__, "best_epoch": 3, "epochs_run": 5}
     assert (summary["data"], summary["layout"]) == (str(data.resolve()), "folders")
     assert (summary["ultraseg_version"], summary["torch_version"]) == (ultraseg.__version__,
                                                                        torch.__version__)

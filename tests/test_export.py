@@ -462,6 +462,27 @@ def _recorded_sha256(path: Path | Predictor, **options) -> str:
     return provenance(predictor, ds)["checkpoint"]["sha256"]
 
 
+def test_an_evaluation_of_an_exported_model_records_the_training_build_s_version(tmp_path):
+    """evaluate's summary of an .onnx recorded the exporting build's ultraseg_version alone:
+    the version of the build that trained the model (the file's trained_with_version) was
+    nowhere in it. A checkpoint's is the ultraseg_version that wrote it."""
+    from types import SimpleNamespace
+
+    from ultraseg import __version__
+    from ultraseg.evaluate import provenance
+
+    def older(meta: dict) -> None:
+        meta["ultraseg_version"] = "0.0.1"
+
+    ckpt = _old_style(tmp_path / "old.ckpt", older)
+    onnx_file = export_onnx(ckpt, tmp_path / "old.onnx", verify=False)
+    ds = SimpleNamespace(root=tmp_path, layout="folders")
+    block = provenance(load(onnx_file), ds)["checkpoint"]
+    assert block["ultraseg_version"] == __version__ and block["trained_with_version"] == "0.0.1"
+    block = provenance(load(ckpt), ds)["checkpoint"]
+    assert block["ultraseg_version"] == block["trained_with_version"] == "0.0.1"
+
+
 def _sha256(*paths: Path) -> str:
     import hashlib
 

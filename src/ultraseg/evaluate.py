@@ -469,10 +469,11 @@ def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
     """What gave an evaluation's figures, as its summary records it: ``checkpoint`` (the
     model file's resolved ``path``, the ``sha256`` it was loaded with (:attr:`Predictor.sha256`:
     an ONNX model's external data files hashed after it), the ``ultraseg_version`` that wrote
-    it and
-    its ``best_epoch`` and ``epochs_run`` where its meta records them; None for a predictor
-    built by hand), ``data`` (the folder, resolved), ``layout`` (as read), the
-    ``ultraseg_version`` scoring, and the predictor's :attr:`~Predictor.runtime`
+    it, the ``trained_with_version`` of the build that trained it (an ONNX model's exporter
+    records it; a checkpoint's is its ``ultraseg_version``) and its ``best_epoch`` and
+    ``epochs_run`` where its meta records them; None for a predictor built by hand),
+    ``data`` (the folder, resolved), ``layout`` (as read), the ``ultraseg_version`` scoring,
+    and the predictor's :attr:`~Predictor.runtime`
     (``torch_version`` or ``onnxruntime_version``, ``device``, ``precision`` as resolved)."""
     checkpoint = None
     if predictor.source and Path(predictor.source).is_file():
@@ -482,6 +483,9 @@ def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
         # the hash taken as the file was loaded: the path may name another file by now
         checkpoint = {"path": str(path), "sha256": predictor.sha256 or None,
                       "ultraseg_version": predictor.meta.get("ultraseg_version"),
+                      # an .onnx's ultraseg_version is the exporting build's
+                      "trained_with_version": predictor.meta.get(
+                          "trained_with_version", predictor.meta.get("ultraseg_version")),
                       "best_epoch": metrics.get("best_epoch"),
                       "epochs_run": metrics.get("epochs_run", history[-1].get("epoch"))}
     return {"checkpoint": checkpoint, "data": str(Path(ds.root).resolve()),
