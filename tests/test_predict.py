@@ -1402,6 +1402,37 @@ def test_a_table_that_fills_the_disk_mid_run_keeps_its_rows_and_the_figures(tmp_
     assert [r["name"] for r in table] == ["0", "1"]     # (1 skipped: out with 0, at once)
 
 
+def test_a_table_that_fills_the_disk_mid_run_names_the_masks_it_does_not_list(tmp_path,
+                                                                              monkeypatch):
+    """predictions.csv meeting a full disk part way let predict go on writing masks, and its
+    error said only that the table holds the lines written before: the masks written after
+    were on disk, listed nowhere. The error now names them."""
+    from ultraseg import fileio
+
+    frames = _mixed_folder(tmp_path / "in")
+    real, writes = fileio.LineFile.write, []
+
+    def write(self, text):
+        writes.append(text)
+        if len(writes) == 2:
+            raise fileio.WriteError("cannot write the file: no space left on the device "
+                                    "(disk full); it holds the lines written before", self.path)
+        real(self, text)
+
+    monkeypatch.setattr(fileio.LineFile, "write", write)
+    with pytest.raises(fileio.WriteError, match="no space left") as stopped:
+        write_predictions(pixel_predictor(), frames, tmp_path / "o", skip_unreadable=True)
+    _, table = _table(tmp_path / "o" / "predictions.csv")
+    listed = {r["mask"] for r in table if r["mask"]}
+    on_disk = {p.name for p in (tmp_path / "o").glob("*_mask.png")}
+    unlisted = sorted(on_disk - listed)
+    assert unlisted                                   # (the case: masks the table misses)
+    message = str(stopped.value)
+    assert all(name in message for name in unlisted), message
+    assert not any(name in message for name in listed), message
+    assert stopped.value.path == str(tmp_path / "o" / "predictions.csv")
+
+
 @pytest.mark.parametrize("command", ["predict", "measure"])
 def test_progress_counts_each_frame_as_it_is_handled_skipped_or_not(tmp_path, command):
     """A skipped frame moved the progress only with the next frame written (or at the end):

@@ -531,12 +531,14 @@ class _FrameTable:
     once, and each row reaches it as soon as the frames before it have theirs (a
     :class:`~ultraseg.fileio.LineFile`: whole rows, a run killed with ``kill -9`` leaves
     those it made). A file that cannot be written does not stop the run: :meth:`close` raises
-    its error at the end. A run that stops calls :meth:`stopped`.
+    its error at the end, naming the files the rows it does not hold list (cells of the
+    columns ``files``: predict's masks and overlays, written, listed nowhere else). A run that
+    stops calls :meth:`stopped`.
     """
 
     def __init__(self, path: Path | None, columns: Sequence[str], frames: Sequence[Frame],
                  skipped_row: Callable[[Frame, DataError], dict[str, Any]],
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, files: Sequence[str] = ()) -> None:
         self.path, self.columns, self.progress = path, list(columns), progress
         self.order = [f.out_name for f in frames]
         self.skipped_row = skipped_row
@@ -545,6 +547,8 @@ class _FrameTable:
         self.n_done = self.n_skipped = 0
         self.file: LineFile | None = None
         self.error: UltrasegError | None = None     # why the file could not be written
+        self.files = tuple(files)
+        self.unlisted: list[str] = []               # files of rows the file does not hold
         if path is not None:
             try:
                 self.file = LineFile(path, _csv_text(self.columns, ()))
@@ -570,6 +574,7 @@ class _FrameTable:
 
     def _put(self, name: str, row: dict[str, Any]) -> None:
         if self.file is None:
+            self._lost([row])
             return
         self.held[name] = row
         ready = []
@@ -586,6 +591,12 @@ class _FrameTable:
         except UltrasegError as e:
             self.error = e
             self._drop()
+            self._lost(rows)
+
+    def _lost(self, rows: list[dict[str, Any]]) -> None:
+        """``rows`` are not in the file: their files (:attr:`files`) are kept to be named."""
+        if self.path is not None:
+            self.unlisted += [str(row[c]) for row in rows for c in self.files if row.get(c)]
 
     def _drop(self) -> None:
         """Stop writing the file (it keeps the rows it holds)."""
@@ -608,6 +619,11 @@ class _FrameTable:
             self.file = None
         if self.error is not None:
             error, self.error = self.error, None
+            if self.unlisted:
+                shown = ", ".join(self.unlisted[:5]) + (
+                    f" and {len(self.unlisted) - 5} more" if len(self.unlisted) > 5 else "")
+                raise _with_note(error, f"it does not list {len(self.unlisted)} files "
+                                        f"written in its folder: {shown}") from error
             raise error
 
     def stopped(self, e: BaseException, verb: str) -> None:
@@ -624,6 +640,15 @@ class _FrameTable:
         log.log(logging.WARNING if loud else logging.INFO, "%s %d of %d frames, %s%s", verb,
                 self.n_done, len(self.order),
                 "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped", kept)
+
+
+def _with_note(error: UltrasegError, note: str) -> UltrasegError:
+    """``error`` (its kind, path, errno and result kept) with ``note`` after its message."""
+    new = type(error)(f"{error.message}; {note}", error.path)
+    for name in ("errno", "strerror", "result"):
+        if getattr(error, name, None) is not None:
+            setattr(new, name, getattr(error, name))
+    return new
 
 
 # ------------------------------------------------------------------------------ predict
@@ -766,7 +791,8 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     failed = summary.failed if skip_unreadable else None
     written: set[str] = set()
     table = _FrameTable(out / "predictions.csv", PREDICTION_COLUMNS, frames,
-                        lambda frame, e: _listing_row(frame, out, None, None, e), progress)
+                        lambda frame, e: _listing_row(frame, out, None, None, e), progress,
+                        files=("mask", "overlay"))
     bad_truth: list[DataError] = []             # truth masks that could not be read
 
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
