@@ -1433,6 +1433,31 @@ def test_a_table_that_fills_the_disk_mid_run_names_the_masks_it_does_not_list(tm
     assert stopped.value.path == str(tmp_path / "o" / "predictions.csv")
 
 
+def test_an_overlay_that_fills_the_disk_leaves_no_mask_the_table_does_not_list(tmp_path,
+                                                                               monkeypatch):
+    """A full disk at a frame's overlay, its mask just written, stopped predict with that
+    mask on disk and no row for it in predictions.csv. The mask is removed with the error."""
+    from ultraseg import predict_files as pf
+
+    frames = _mixed_folder(tmp_path / "in")
+    real = pf._write
+
+    def write(path, data):
+        if path.name == "2_overlay.png":
+            raise UltrasegError("cannot write the file (no space left on the device (disk "
+                                "full))", path)
+        real(path, data)
+
+    monkeypatch.setattr(pf, "_write", write)
+    with pytest.raises(UltrasegError, match="no space left"):
+        write_predictions(pixel_predictor(), frames, tmp_path / "o", overlay=True,
+                          skip_unreadable=True)
+    _, table = _table(tmp_path / "o" / "predictions.csv")
+    listed = {r["mask"] for r in table if r["mask"]}
+    assert listed == {"0_mask.png"}                   # (the frame before is listed)
+    assert {p.name for p in (tmp_path / "o").glob("*_mask.png")} == listed
+
+
 @pytest.mark.parametrize("command", ["predict", "measure"])
 def test_progress_counts_each_frame_as_it_is_handled_skipped_or_not(tmp_path, command):
     """A skipped frame moved the progress only with the next frame written (or at the end):

@@ -816,12 +816,17 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
                            ) if overlay else None
         mask_path = out / f"{frame.out_name}_mask{suffix}"
         _write(mask_path, encoded)
-        summary.masks.append(mask_path)
         ov_path = None
         if drawn is not None:
             ov_path = out / f"{frame.out_name}_overlay.png"
-            _write(ov_path, drawn)
+            try:
+                _write(ov_path, drawn)
+            except BaseException:   # (a full disk) the frame gets no row: nor its mask
+                with contextlib.suppress(OSError):
+                    mask_path.unlink()
+                raise
             summary.overlays.append(ov_path)
+        summary.masks.append(mask_path)
         row = _listing_row(frame, out, mask_path, ov_path)
         if no_truth is not None:
             row["reason"] = f"no truth on the overlay: {no_truth}"
