@@ -191,22 +191,22 @@ def fill_outline(outline: np.ndarray, path: str | Path | None = None) -> np.ndar
     outline = outline.astype(bool)
     if not outline.any():
         return outline
-    filled = ndi.binary_fill_holes(outline)
-    if filled.sum() > outline.sum() * 1.5 or _solid(filled):
-        return filled
+    encloses = 1.5 * outline.sum()      # a fill this large enclosed something
+    as_drawn = ndi.binary_fill_holes(outline)
+    if as_drawn.sum() > encloses or _solid(as_drawn):
+        return as_drawn
     touches_border = (outline[0].any() or outline[-1].any() or outline[:, 0].any()
                       or outline[:, -1].any())
     if touches_border:
         filled = _fill_cut_outline(outline)
-        if filled is not None and filled.sum() > outline.sum() * 1.5:
+        if filled is not None and filled.sum() > encloses:
             return filled
     closed = ndi.binary_closing(outline, structure=np.ones((3, 3)), iterations=2,
                                 border_value=0) | outline
     filled = ndi.binary_fill_holes(closed)
-    if filled.sum() <= outline.sum() * 1.5 and touches_border:    # cut, and with a gap
+    if filled.sum() <= encloses and touches_border:    # cut, and with a gap
         filled = _fill_cut_outline(closed)
-    if filled is None or filled.sum() <= outline.sum() * 1.5:
-        as_drawn = ndi.binary_fill_holes(outline)
+    if filled is None or filled.sum() <= encloses:
         if _convex_regions(as_drawn):   # a small structure drawn solid: nothing to fill
             return as_drawn
         raise DataError("outline annotation is not a closed contour (a gap wider than about "
@@ -239,17 +239,11 @@ def _convex_regions(mask: np.ndarray) -> bool:
             continue
         if len(xs) < CONVEX_SHARE * hull.volume:    # (its area: fewer centres than inside)
             return False
-        # the centres inside, row by row: each edge a x + b y + c <= 0 bounds x on row y
-        a, b, c = hull.equations.T
-        rows = np.arange(regions[box].shape[0], dtype=np.float64)[:, None]
-        rest = -(b * rows + c)                      # a x <= rest
-        tol = 1e-9
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lo = np.max(np.where(a < -tol, rest / a, -np.inf), axis=1)
-            hi = np.min(np.where(a > tol, rest / a, np.inf), axis=1)
-        crossed = np.all((np.abs(a) > tol) | (rest >= -tol), axis=1)
-        counts = np.floor(hi + tol) - np.ceil(lo - tol) + 1
-        inside = int(np.sum(np.where(crossed & (counts > 0), counts, 0)))
+        # the pixel centres of its box inside the hull: a x + b y + c <= 0 for every edge
+        yy, xx = np.indices(regions[box].shape, dtype=np.float64)
+        inside = int(np.all(np.multiply.outer(xx, hull.equations[:, 0])
+                            + np.multiply.outer(yy, hull.equations[:, 1])
+                            + hull.equations[:, 2] <= 1e-9, axis=-1).sum())
         if len(xs) < CONVEX_SHARE * inside:
             return False
     return n > 0
