@@ -155,7 +155,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
         marked: dict[Path, bool] = {}
         left_out = 0
         for s in ds.samples:
-            if skip is not None and _is_within(_real(s.image_path), skip):
+            if skip is not None and _real(s.image_path).is_relative_to(skip):
                 continue
             if in_output_folder(s.image_path, path, marked):
                 left_out += 1
@@ -195,14 +195,6 @@ def _real(path: Path) -> Path:
     link that loops does not raise (RuntimeError up to Python 3.12): such a frame is left in,
     its read fails and it is skipped and named like any unreadable frame."""
     return Path(os.path.realpath(path))
-
-
-def _is_within(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder)
-        return True
-    except ValueError:
-        return False
 
 
 def _once_each(found: list[tuple[Sample, Path | None, PurePosixPath, tuple[str, ...]]]
@@ -456,7 +448,7 @@ def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
     found = {p for folder in {out, *folders} if folder == out or not _held_elsewhere(folder, out)
              for name in _OUTPUT_NAMES for p in temporaries(folder, name)}
     if rle is not None:
-        ours = _is_within(_real(rle.parent), _real(out)) and not _held_elsewhere(rle.parent, out)
+        ours = _real(rle.parent).is_relative_to(_real(out)) and not _held_elsewhere(rle.parent, out)
         now = time.time()
         for p in temporaries(rle.parent, glob.escape(rle.name)):
             with contextlib.suppress(OSError):      # (gone meanwhile: its writer's rename)
@@ -948,7 +940,7 @@ def measure_frames(predictor: Predictor | str | Path,
     column, ``error``, saying why). Each row reaches the table as it is made (killed with
     ``kill -9``, the table holds the rows made); stopped (Ctrl-C, SIGTERM, an error), the
     rows measured so far are written and a warning counts them; an earlier run's
-    ``measurements.csv`` in ``out`` is removed before the first frame. ``overlay``
+    ``measurements.csv`` in ``out`` is replaced before the first frame. ``overlay``
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     ``on_row``: called with each frame's row as soon as it is measured (the CLI prints it).
@@ -971,13 +963,8 @@ def measure_frames(predictor: Predictor | str | Path,
     with output_lock(out, "measure") if out is not None else contextlib.nullcontext():
         out_dir = (prepare_out_dir(out, (f.out_name for f in frames)) if out is not None
                    else None)
+        # (an earlier run's table is replaced by this run's header before the first frame)
         table = None if out_dir is None else out_dir / "measurements.csv"
-        if table is not None and table.is_file() and not table.is_symlink():
-            # an earlier run's table beside this run's overlays would not match them: a run
-            # killed before it writes its own leaves none
-            log.info("%s: removing the earlier run's table", table)
-            with contextlib.suppress(OSError):
-                table.unlink()
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
         written = _FrameTable(table, [*MEASURE_COLUMNS, "error"], frames,
