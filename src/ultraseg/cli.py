@@ -258,10 +258,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _how_to_go_on(a: argparse.Namespace) -> str:
-    """After Ctrl-C: the command that goes on with an interrupted train or demo whose run
-    saved an epoch (": `...` goes on from the last saved epoch"), else nothing. A train run
-    that had finished goes on too (``--resume`` writes a report it stopped at again); a demo
-    whose evaluation was written does not (the demo refuses a finished demo's folder)."""
+    """After Ctrl-C: ": " and :func:`_going_on`, else nothing."""
+    going_on = _going_on(a)
+    return f": {going_on}" if going_on else ""
+
+
+def _going_on(a: argparse.Namespace) -> str:
+    """The command that goes on with an interrupted train or demo whose run saved an epoch
+    ("`...` goes on from the last saved epoch"), else nothing. A train run that had finished
+    goes on too (``--resume`` writes a report it stopped at again); a demo whose evaluation
+    was written does not (the demo refuses a finished demo's folder)."""
     out = getattr(a, "out", None) if a.command in ("train", "demo") else None
     if out is None or not (Path(out) / "last.ckpt").is_file():
         return ""
@@ -281,19 +287,18 @@ def _how_to_go_on(a: argparse.Namespace) -> str:
         local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ["WORLD_SIZE"]
         again = (f"torchrun --nproc_per_node={local} -m ultraseg train --resume {where}` "
                  "(with the rest of the torchrun options the job was started with")
-        return f": `{again}) goes on from the last saved epoch"
-    return f": `{again}` goes on from the last saved epoch"
-
+        return f"`{again}) goes on from the last saved epoch"
+    return f"`{again}` goes on from the last saved epoch"
 
 
 def _then_resume(a: argparse.Namespace) -> str:
     """After a write that failed (a full disk) in a train or demo whose run saved an epoch:
     "; then `...` goes on from the last saved epoch", as after SIGTERM; else nothing."""
     try:
-        hint = _how_to_go_on(a)
+        going_on = _going_on(a)
     except OSError:     # --out itself the trouble (a name too long): nothing to go on from
         return ""
-    return f"; then{hint[1:]}" if hint else ""
+    return f"; then {going_on}" if going_on else ""
 
 
 def to_null(stream: Any) -> None:
