@@ -247,8 +247,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         _print_empty_figures(result)
         if result.val_hc_mae_mm is not None:
             n, of = result.val_hc_frames, result.val_hc_reference_frames
-            frames = (f", over {n} of {of} frames with a reference ({of - n} with no head "
-                      "found)" if of is not None else f" ({n} frames)")  # older runs: no count
+            from .measure import over_frames_with_a_reference
+
+            frames = (", " + over_frames_with_a_reference(n, of) if of is not None
+                      else f" ({n} frames)")      # older runs: no count
             print(f"  validation head-circumference error, mean absolute "
                   f"{result.val_hc_mae_mm:.2f} mm{frames}")
     if result.stopped:

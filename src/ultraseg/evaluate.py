@@ -607,12 +607,13 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"test-time flip        "
              f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]
     if "hc_n" in summary:
-        n_ref = summary["hc_n"] + summary["hc_missed"]
+        from .measure import over_frames_with_a_reference
+
         bias = summary.get("hc_bias_mm")
+        over = over_frames_with_a_reference(summary["hc_n"],
+                                            summary["hc_n"] + summary["hc_missed"])
         lines.append(f"head circumference MAE {hc(summary['hc_mae_mm'])} mm, mean signed "
                      f"error (predicted - reference) "
-                     f"{'n/a' if bias is None else format(bias, '+.2f')} mm, over "
-                     f"{summary['hc_n']} of {n_ref} frames with a reference "
-                     f"({summary['hc_missed']} with no head found)")
+                     f"{'n/a' if bias is None else format(bias, '+.2f')} mm, {over}")
     lines.append(f"(empty rule: {EMPTY_RULE})")
     return "\n".join(lines)

@@ -277,6 +277,14 @@ def ellipse_circumference(a: Any, b: Any) -> Any:
     return float(circ) if circ.ndim == 0 else circ
 
 
+def over_frames_with_a_reference(found: int, with_reference: int, which: str = "") -> str:
+    """'over N of M{which} frames with a reference (K with no head found)': how many frames a
+    head-circumference error is over, the frames with a reference where no head was found
+    counted beside it (evaluate's summary, training's validation figure)."""
+    return (f"over {found} of {with_reference}{which} frames with a reference "
+            f"({with_reference - found} with no head found)")
+
+
 #: Fewest validation frames with a reference circumference for :func:`choose_boundary_offset`
 #: to replace the outline's half-width: one frame's error says nothing of a model's bias.
 MIN_CALIBRATION_FRAMES = 10

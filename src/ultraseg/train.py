@@ -1136,9 +1136,10 @@ def _hc_frames(measure_meta: dict[str, Any], which: str = "") -> str:
     ``measure_meta`` records the frames with a reference (a run from before did not: '')."""
     if "reference_frames" not in measure_meta:
         return ""
-    return (f", over {measure_meta['offset_frames']} of {measure_meta['reference_frames']}"
-            f"{which} frames with a reference ({measure_meta['no_head_frames']} with no head "
-            "found)")
+    from .measure import over_frames_with_a_reference
+
+    return ", " + over_frames_with_a_reference(measure_meta["offset_frames"],
+                                               measure_meta["reference_frames"], which)
 
 
 def _frames_row(out: Path, subjects: Sequence[str], train_idx: np.ndarray, val_idx: np.ndarray,
