@@ -465,12 +465,7 @@ def _finished_run(out: Path, last: Checkpoint | None, cfg: RunConfig) -> TrainRe
                          ALREADY_FINISHED, history, best.postprocess,
                          m.get("val_dice_original"), m.get("val_dice_postprocessed"),
                          dict(m.get("report") or {}), world_size=int(m.get("world_size", 1)),
-                         is_main=is_main(), val_dice_nonempty=m.get("val_dice_nonempty"),
-                         val_empty_frames=m.get("val_empty_frames"),
-                         val_empty_right=m.get("val_empty_predicted_empty"),
-                         val_hc_mae_mm=hc.get("val_hc_mae_mm"),
-                         val_hc_frames=hc.get("offset_frames"),
-                         val_hc_reference_frames=hc.get("reference_frames"))
+                         is_main=is_main(), **_validation_figures(m, hc))
     if result.is_main and not (out / "report.html").is_file():
         missing = _rebuild_report(out, result, cfg)
         result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again"
@@ -1124,11 +1119,20 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size,
-                       val_dice_nonempty=nonempty, val_empty_frames=n_empty,
-                       val_empty_right=empty_right,
-                       val_hc_mae_mm=measure_meta.get("val_hc_mae_mm"),
-                       val_hc_frames=measure_meta.get("offset_frames"),
-                       val_hc_reference_frames=measure_meta.get("reference_frames"))
+                       **_validation_figures(metrics, measure_meta))
+
+
+def _validation_figures(metrics: dict[str, Any], measure_meta: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """The :class:`TrainResult` fields of the figures best.ckpt keeps in its ``metrics`` and
+    ``measure`` (a run's end and a finished run resumed read them alike: the resumed run
+    lost its head-circumference figures while each listed them itself)."""
+    return {"val_dice_nonempty": metrics.get("val_dice_nonempty"),
+            "val_empty_frames": metrics.get("val_empty_frames"),
+            "val_empty_right": metrics.get("val_empty_predicted_empty"),
+            "val_hc_mae_mm": measure_meta.get("val_hc_mae_mm"),
+            "val_hc_frames": measure_meta.get("offset_frames"),
+            "val_hc_reference_frames": measure_meta.get("reference_frames")}
 
 
 def _hc_frames(measure_meta: dict[str, Any], which: str = "") -> str:
