@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, ContextManager, TextIO
+from typing import Any, Callable, ContextManager, Iterator, TextIO
 
 from .config import postprocess_problem
 from .cli import StatusLine, bar, json_on_failure, path_arg
@@ -62,10 +62,17 @@ class ProgressBar(StatusLine):
         self.write(f"{self.what}: {done}/{total} frames{left}\n")
 
 
-def load_predictor(a: argparse.Namespace) -> Any:
-    """The Predictor for MODEL with the command line's options and post-processing flags."""
+@contextlib.contextmanager
+def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
+    """The Predictor for MODEL with the command line's options and post-processing flags,
+    run inside the block on ``--threads N``: a checkpoint's torch intra-op threads there, the
+    caller's setting after (as train's); an ONNX model's session takes them when it is made.
+    Without it, every core."""
     from .predict import load
 
+    n = getattr(a, "threads", None)
+    if n is not None and n < 1:
+        raise UltrasegError(f"--threads must be at least 1, got {n}")
     options: dict[str, Any] = {}
     if getattr(a, "batch_size", None) is not None:
         if a.batch_size < 1:
@@ -75,27 +82,20 @@ def load_predictor(a: argparse.Namespace) -> Any:
         if a.tile < 1:
             raise UltrasegError(f"--tile must be at least 1, got {a.tile}")
         options["tile"] = a.tile
-    if Path(a.model).suffix.lower() == ".onnx":
-        options["threads"] = getattr(a, "threads", None)   # (the session's, made here)
-    # (settings that do not apply to the model are warned about by load)
-    predictor = load(a.model, device=a.device, precision=a.precision, **options)
-    return predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess, a))
+    onnx = Path(a.model).suffix.lower() == ".onnx"
+    if onnx:
+        options["threads"] = n      # (the session's, made by load)
+    if n is None or onnx:
+        block: ContextManager[None] = contextlib.nullcontext()
+    else:
+        from .runtime import threads
 
-
-def model_threads(a: argparse.Namespace) -> ContextManager[None]:
-    """``--threads N``: a checkpoint's torch intra-op threads inside the block, the caller's
-    setting after (as train's); without it, torch's default (every core). An ONNX model's
-    session takes them when :func:`load_predictor` makes it."""
-    n = getattr(a, "threads", None)
-    if n is None:
-        return contextlib.nullcontext()
-    if n < 1:
-        raise UltrasegError(f"--threads must be at least 1, got {n}")
-    if Path(a.model).suffix.lower() == ".onnx":
-        return contextlib.nullcontext()
-    from .runtime import threads
-
-    return threads(n)
+        block = threads(n)
+    with block:
+        # (settings that do not apply to the model are warned about by load)
+        predictor = load(a.model, device=a.device, precision=a.precision, **options)
+        yield predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess,
+                                                                        a))
 
 
 def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
@@ -125,8 +125,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                             f"without --overlay no mask is read (add --overlay, or leave "
                             f"{flag} out)")
     frames = collect_frames(a.inputs, a.layout, a.subject_pattern, exclude=a.out)
-    with model_threads(a):
-        predictor = load_predictor(a)
+    with loaded_model(a) as predictor:
         summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
                                     rle=a.rle, label=a.label, progress=ProgressBar("predict"),
                                     fill_outlines=a.fill_outlines,
@@ -188,7 +187,7 @@ def pixel_size_arg(p: argparse.ArgumentParser) -> None:
 
 def model_args(p: argparse.ArgumentParser) -> None:
     """How a model runs: batch size, valid-model tile, device, threads and precision (predict,
-    measure, evaluate; :func:`model_threads` applies the threads)."""
+    measure, evaluate; :func:`loaded_model` applies the threads)."""
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="frames (or tiles) per batch (default 4)")
     p.add_argument("--tile", type=int, metavar="N",
@@ -233,8 +232,7 @@ def _cmd_measure(a: argparse.Namespace) -> int:
             print(format_measure_row(row, heads=fetal_heads([row])), flush=True)
 
         try:
-            with model_threads(a):
-                predictor = load_predictor(a)
+            with loaded_model(a) as predictor:
                 summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
                                                progress=bar, skip_unreadable=True,
                                                overlay=a.overlay,

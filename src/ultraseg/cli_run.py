@@ -400,14 +400,13 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
 
 # ---------------------------------------------------------------- evaluate
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .cli_predict import load_predictor, model_threads
+    from .cli_predict import loaded_model
     from .evaluate import evaluate, format_summary
 
     with json_on_failure(a, a.data):
         try:
-            with model_threads(a):
-                # predict's model flags and post-processing, the same way
-                predictor = load_predictor(a)
+            # predict's model flags and post-processing, the same way
+            with loaded_model(a) as predictor:
                 summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
                                       a.subset, a.out, label=a.label,
                                       pixel_size_mm=a.pixel_size, fill_outlines=a.fill_outlines)
