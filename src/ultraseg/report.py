@@ -77,7 +77,7 @@ CAPTIONS: dict[str, str] = {
 TINT = "predicted area tinted orange"
 #: The prediction figure's title in a run's report.
 VALIDATION_TITLE = ("validation frames (not trained on; they chose the epoch and the "
-                    f"post-processing),\nafter the post-processing chosen ({COLOURS};\n{TINT})")
+                    "post-processing),\nafter the post-processing chosen")
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -510,8 +510,7 @@ def plot_predictions(
             name += ("\n" if "\n" not in name else "  ") + \
                 f"Dice {dice(np.asarray(pred) != 0, np.asarray(truth) != 0):.3f}"
         names.append(name)
-    title = what if COLOURS in what else f"{what} ({COLOURS})"
-    _draw_panels(panels, names, path, title if TINT in title else f"{title}\n({TINT})")
+    _draw_panels(panels, names, path, f"{what} ({COLOURS})\n({TINT})")
 
 
 # --------------------------------------------------------------------------------------------
