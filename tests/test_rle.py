@@ -145,3 +145,16 @@ def test_the_readmes_run_length_block_turns_a_kaggle_csv_into_masks_ultraseg_rea
     assert ds.layout == "kaggle" and not problems and len(ds.labelled) == 3
     for s in ds.labelled:
         np.testing.assert_array_equal(s.load()[1], truth[s.name])
+
+
+def test_a_name_that_cannot_go_in_a_csv_field_unquoted_is_refused(tmp_path) -> None:
+    """A comma, a quote or a line break in an image's name would split or break its row."""
+    from ultraseg.rle import check_submission_names
+
+    check_submission_names(["1_1", "scan 2", "é"])
+    for bad in ("a,b", 'a"b', "a\nb", "a\rb"):
+        with pytest.raises(UltrasegError, match="cannot go in a submission CSV field"):
+            check_submission_names(["ok", bad])
+        with pytest.raises(UltrasegError, match="cannot go in a submission CSV field"):
+            write_submission([(bad, np.zeros((2, 2), bool))], tmp_path / "sub.csv")
+    assert not (tmp_path / "sub.csv").exists()

@@ -751,7 +751,7 @@ _TABLES = {"predictions.csv": "predict's listing of the frames",
 def _check_not_a_table(rle: Path, out: Path) -> None:
     """Refuse a submission path ``rle`` that is one of :data:`_TABLES` in ``out``: the listing
     written after it would replace it (and measure removes an earlier table)."""
-    if rle.name in _TABLES and rle.parent.resolve() == out.resolve():
+    if rle.name in _TABLES and _real(rle.parent) == _real(out):
         raise UltrasegError(f"cannot write the submission there: that name in --out is "
                             f"{_TABLES[rle.name]} (give another name, such as sub.csv)", rle)
 
@@ -766,9 +766,9 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     out = prepare_out_dir(out, (f.out_name for f in frames),
                           None if rle is None else Path(rle))
     if rle is not None:
-        bad = [f.out_name for f in frames if any(c in f.out_name for c in ',"\n\r')]
-        if bad:
-            raise UltrasegError(f"image name {bad[0]!r} cannot go in a submission CSV field")
+        from .rle import check_submission_names
+
+        check_submission_names(f.out_name for f in frames)
     labels = LabelTally(predictor.preprocess.label if label is None else label)
     fill = predictor.preprocess.fill_outlines if fill_outlines is None else fill_outlines
     suffix = MASK_FORMATS[fmt][0]

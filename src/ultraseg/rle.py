@@ -79,6 +79,15 @@ def check_submission_path(path: str | Path, pending: str | Path | None = None) -
     return path
 
 
+def check_submission_names(names: Iterable[str]) -> None:
+    """Refuse a name that cannot go in a submission's CSV field unquoted (a comma, a quote, a
+    line break): checked before predicting by ``predict --rle``, and again as each row is
+    written."""
+    bad = next((str(n) for n in names if any(c in str(n) for c in ',"\n\r')), None)
+    if bad is not None:
+        raise UltrasegError(f"image name {bad!r} cannot go in a submission CSV field unquoted")
+
+
 def write_submission(rows: Iterable[tuple[str, np.ndarray]], path: str | Path) -> None:
     """Write a Kaggle submission CSV (``img,pixels``) of ``(image stem, bool (H, W) mask)`` rows.
 
@@ -90,6 +99,5 @@ def write_submission(rows: Iterable[tuple[str, np.ndarray]], path: str | Path) -
         f.write("img,pixels\n")
         for name, mask in rows:
             name = str(name)
-            if any(c in name for c in ',"\n\r'):
-                raise UltrasegError(f"image name {name!r} cannot go in a CSV field unquoted")
+            check_submission_names([name])
             f.write(f"{name},{encode(mask)}\n")
