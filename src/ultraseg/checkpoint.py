@@ -147,13 +147,7 @@ def load_checkpoint(path: str | Path, sha256: bool = False) -> Checkpoint:
         if problem:
             raise ValueError(f"model.{problem[0]} {problem[1]}")
     except UnknownSettings as e:
-        # a setting added since this ultraseg (the format number is raised for changes
-        # that older readers would misread, not for every setting added)
-        raise CheckpointError(f"settings this ultraseg ({__version__}) does not know "
-                              f"(unknown {e.section} keys {e.keys}): written by a newer "
-                              f"ultraseg (the checkpoint says "
-                              f"{meta.get('ultraseg_version', '?')}), or edited; upgrade "
-                              f"ultraseg to read it", path) from e
+        raise e.in_file(meta, path) from e
     except Exception as e:
         raise CheckpointError(f"damaged checkpoint metadata ({e})", path) from e
     if isinstance(ckpt.state_dict, dict):   # (anything else: build_from_checkpoint says so)

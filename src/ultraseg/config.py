@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .errors import UltrasegError
+from .errors import CheckpointError, UltrasegError
 from .fileio import read_json
 
 T = TypeVar("T")
@@ -27,6 +27,17 @@ class UnknownSettings(UltrasegError):
     def __init__(self, section: str, keys: list[str], valid: list[str]) -> None:
         super().__init__(f"unknown {section} keys {keys}; valid: {valid}")
         self.section, self.keys = section, keys
+
+    def in_file(self, meta: dict[str, Any], path: str | Path) -> CheckpointError:
+        """The refusal of a checkpoint or export at ``path`` (its metadata ``meta``) holding
+        these settings: a setting added since this ultraseg, not damage (the format number is
+        raised for changes that older readers would misread, not for every setting added)."""
+        from . import __version__
+
+        return CheckpointError(f"written by a newer ultraseg (unknown {self.section} keys "
+                               f"{self.keys}; the file says {meta.get('ultraseg_version', '?')}"
+                               f", this is {__version__}), or edited; upgrade ultraseg to read "
+                               "it", path)
 
 
 def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:

@@ -558,10 +558,7 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
         postprocess = PostprocessConfig.from_dict(meta["postprocess"])
         check_graph_depth(model, graph)
     except UnknownSettings as e:     # a setting added since this ultraseg: as load_checkpoint
-        raise CheckpointError(f"written by a newer ultraseg (unknown {e.section} keys "
-                              f"{e.keys}; the file says {meta.get('ultraseg_version', '?')}, "
-                              f"this is {__version__}), or edited; upgrade ultraseg to read "
-                              f"it", path) from e
+        raise e.in_file(meta, path) from e
     except Exception as e:
         raise CheckpointError(f"damaged ultraseg metadata in the ONNX file ({e})", path) from e
     inputs = sess.get_inputs()
