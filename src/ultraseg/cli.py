@@ -337,8 +337,9 @@ class StatusLine:
             self.quiet = True
             to_null(self.stream)
 
-    def clear(self, width: int) -> None:
-        """On a terminal, blank the line (``width`` characters) and go back to its start."""
+    def clear(self, width: int = 70) -> None:
+        """On a terminal, blank the line (``width`` characters) and go back to its start (a
+        line printed on stdout goes there; a progress bar's next call draws it again)."""
         if self.tty:
             self.write("\r" + " " * width + "\r")
 

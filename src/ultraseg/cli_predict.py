@@ -45,12 +45,7 @@ class ProgressBar(StatusLine):
             return
         self.write(f"\r{self.what} {bar(done, max(total, 1))} {done}/{total} ETA {eta:4.0f}s ")
         if done >= total:
-            self.clear(70)
-
-    def clear(self, width: int = 70) -> None:
-        """Take the bar off a terminal's line (a line printed on stdout goes there: the next
-        call draws the bar again); off a terminal, nothing to take."""
-        super().clear(width)
+            self.clear()
 
     def _line(self, done: int, total: int, eta: float) -> None:
         now = self.clock()

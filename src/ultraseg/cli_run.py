@@ -35,7 +35,6 @@ class ProgressPrinter:
 
     def __init__(self, stream: Any = None) -> None:
         self.line = StatusLine(stream)
-        self.stream, self.tty = self.line.stream, self.line.tty
         self.quiet = False          # stdout's reader has gone
 
     @property
@@ -44,7 +43,7 @@ class ProgressPrinter:
         return self.line.quiet
 
     def __call__(self, e: dict[str, Any]) -> None:
-        if e["event"] == "batch" and self.tty:
+        if e["event"] == "batch" and self.line.tty:
             done = e["batch"] / e["batches"]
             eta = e["elapsed"] / done - e["elapsed"] if done else 0
             self._err(f"\repoch {e['epoch']}/{e['epochs']} {bar(done)} "
@@ -58,7 +57,7 @@ class ProgressPrinter:
                       f"{val}({e['seconds']:.0f} s){partial}")
         elif e["event"] == "stage":
             self._err(e["message"] + " ...\n")
-        elif e["event"] == "validation" and self.tty:   # frames scored at their own size
+        elif e["event"] == "validation" and self.line.tty:   # frames scored at their own size
             if e["frame"] < e["frames"]:
                 self._err(f"\rvalidation frame {e['frame']}/{e['frames']} "
                           f"({e['elapsed']:.0f} s) ")
