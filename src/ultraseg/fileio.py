@@ -228,31 +228,27 @@ class LineFile:
         path = Path(path)
         if path.is_symlink():
             path = Path(os.path.realpath(path))
-        self.path, self.size, self.in_place = path, 0, False
-        if _in_place(path):
+        self.path, self.size, self.in_place = path, 0, _in_place(path)
+        tmp = None
+        if self.in_place:
             try:
                 self.f = open(path, "wb", buffering=0)
             except OSError as e:
                 raise write_error(e, path, kept=None) from e
-            self.in_place = True
-            try:
-                self._write(first)
-            except BaseException as e:
-                self.f.close()
-                if isinstance(e, OSError):
-                    raise write_error(e, path, kept=None) from e
-                raise
-            return
-        fd, tmp = _temporary(path)
-        self.f = os.fdopen(fd, "wb", buffering=0)
+        else:
+            fd, tmp = _temporary(path)
+            self.f = os.fdopen(fd, "wb", buffering=0)
         try:
             self._write(first)
-            os.replace(tmp, path)
+            if tmp is not None:
+                os.replace(tmp, path)
         except BaseException as e:
             self.f.close()
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             if isinstance(e, OSError) and not isinstance(e, WriteError):
-                raise write_error(e, path) from e
+                raise write_error(e, path, None if self.in_place else
+                                  "it was left as it was") from e
             raise
 
     def _write(self, text: str) -> None:
