@@ -750,19 +750,17 @@ def _blended_colour(colour: np.ndarray, packed: np.ndarray, path: Path) -> np.nd
     black and one colour C, the labels of a blended binary of C (a pixel of t * C is C where
     t >= 1/2, labelled by C's grey level); where more colours blend, a DataError (there is no
     one colour to binarise, and each blend would be a label). None: no such mask."""
+    from scipy import ndimage
+
     h, w = packed.shape
-    edged = np.pad(packed, 1, mode="edge")
-    solid = np.ones(packed.shape, bool)
-    for dy in range(3):
-        for dx in range(3):
-            solid &= edged[dy:dy + h, dx:dx + w] == packed
+    # (the frame's edge repeated, as a neighbour outside it)
+    solid = ((ndimage.maximum_filter(packed, size=3, mode="nearest") == packed)
+             & (ndimage.minimum_filter(packed, size=3, mode="nearest") == packed))
     main = np.unique(packed[solid])
     between = ~np.isin(packed, main)
     if main.size < 2 or 0 not in main or not between.any():
         return None
-    from scipy import ndimage
-
-    if ndimage.binary_erosion(between, structure=np.ones((3, 3), bool), border_value=1).any():
+    if not _thin_band(between):
         return None             # in-between colours in regions of their own: labels
     mids, count = np.unique(packed[between], return_counts=True)
     mid, ends = _unpacked(mids), _unpacked(main)
@@ -818,12 +816,16 @@ def _blended_binary(arr: np.ndarray) -> bool:
     if arr.dtype.kind not in "ui" or arr.min() != 0 or arr.max() != 255:
         return False
     between = (arr > 0) & (arr < 255)
-    if not between.any():
-        return False
+    return bool(between.any()) and _thin_band(between)
+
+
+def _thin_band(between: np.ndarray) -> bool:
+    """Whether the in-between pixels of a resized mask (bool (H, W)) lie in a band at most two
+    pixels thick: none has only in-between neighbours (the frame's edge counting as such)."""
     from scipy import ndimage
 
-    inner = ndimage.binary_erosion(between, structure=np.ones((3, 3), bool), border_value=1)
-    return not inner.any()
+    return not ndimage.binary_erosion(between, structure=np.ones((3, 3), bool),
+                                      border_value=1).any()
 
 
 def _not_a_mask(values: np.ndarray, path: str | Path | None, lossy: bool = False
