@@ -513,26 +513,6 @@ def test_the_cache_temporary_is_never_readable_by_others(tmp_path: Path, monkeyp
     assert next((tmp_path / "cache").glob("*.npz")).stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("older", ["key alone", "without the uid"])
-def test_a_cache_entry_named_by_its_key_alone_is_read_and_renamed(tmp_path: Path,
-                                                                  monkeypatch, older) -> None:
-    """Entries written before the name held the dataset and settings' digest (or the user's
-    id) are used once more, under their new name, not decoded again beside a copy nothing
-    would reach."""
-    ds, cache, cfg = open_dataset(_tree(tmp_path / "data")), tmp_path / "cache", \
-        PreprocessConfig(size=16)
-    first = load_arrays(ds, cfg, cache_dir=cache)
-    entry = cache_entry(ds, cfg, cache)
-    legacy = cache / (f"{cache_key(ds, cfg)}.npz" if older == "key alone"
-                      else entry.name.split(".")[0] + "-" + entry.name.split("-", 1)[1])
-    assert legacy != entry
-    entry.rename(legacy)
-    monkeypatch.setattr(Sample, "load", lambda self: pytest.fail("decoded on a cache hit"))
-    again = load_arrays(ds, cfg, cache_dir=cache)
-    assert np.array_equal(first.images, again.images)
-    assert list(cache.glob("*.npz")) == [entry]
-
-
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="no user ids")
 def test_users_sharing_a_cache_folder_keep_their_own_entries(tmp_path: Path,
                                                             monkeypatch) -> None:

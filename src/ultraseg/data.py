@@ -279,7 +279,6 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         log.warning("%s; training without a cache", NO_CACHE_FOLDER)
     elif cache_dir != "":
         cache_path = cache_entry(ds, cfg, cache_dir)
-        _adopt_unprefixed_entry(cache_path)
         cached = _read_cache(cache_path, len(samples), cfg.size)
         if cached is not None:
             log.info("cache hit: %s", cache_path)
@@ -415,18 +414,6 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     _sweep_stale_cache_writes(path.parent)
     with atomic_open(path, "wb", permissions=0o600) as f:      # 0600 from its creation on
         np.savez(f, **arrays)
-
-
-def _adopt_unprefixed_entry(entry: Path) -> None:
-    """Give this user's entry under an older name, by its key alone (written before names
-    began with :func:`entry_prefix`) or without the user's id (before they held it),
-    ``entry``'s name, so that it is read, and replaced in turn, rather than decoded again
-    beside a copy nothing would reach. Another user's is left alone."""
-    head, key = entry.name.split("-", 1)
-    for older in (entry.with_name(key), entry.with_name(f"{head.split('.')[0]}-{key}")):
-        if older != entry and _owned(older) and not entry.exists():
-            with contextlib.suppress(OSError):  # renamed by another run meanwhile, read-only
-                os.replace(older, entry)
 
 
 def _remove_superseded(entry: Path) -> None:
