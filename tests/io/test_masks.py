@@ -1091,3 +1091,18 @@ def test_a_float_frame_read_as_0_255_that_rounds_to_a_few_greys_is_said(tmp_path
     with ultraseg_warnings() as warned:
         assert read_image(few).max() == 4 and read_image(grey).max() == 200
     assert warned == []
+
+
+# ------------------------------------------------------------------ review: labels of a set
+def test_a_16_bit_label_mask_with_labels_above_255_is_refused_saying_to_renumber(
+        tmp_path: Path) -> None:
+    """{0, 300, 600} at 16 bits is a label mask (the README: at most 32 distinct values) whose
+    labels do not fit the 8-bit labels ultraseg keeps: it was refused as 'is this an image
+    saved as a mask?'; the refusal says what it is and what to do."""
+    a = np.zeros((20, 20), np.uint16)
+    a[2:8, 2:8] = 300
+    a[10:18, 10:18] = 600
+    p = _save(tmp_path / "m_mask.png", Image.fromarray(a))
+    with pytest.raises(DataError, match=r"labels above 255 \(300, 600\).*renumber") as e:
+        read_mask(p)
+    assert "image saved as a mask" not in str(e.value)

@@ -864,8 +864,15 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.
     lossy = values.size > MAX_LABELS or int((values >= top - band).sum()) >= 2
     if values.max() >= top / 2 and lossy and near.mean() >= LOSSY_BINARY_SHARE:
         return (arr > top / 2).astype(np.uint8)
-    if values.size <= MAX_LABELS and np.all(values == np.round(values)) and values.max() <= 255:
-        return arr.astype(np.uint8)
+    if values.size <= MAX_LABELS and np.all(values == np.round(values)):
+        if values.max() <= 255:
+            return arr.astype(np.uint8)
+        if arr.dtype.kind in "ui":  # a label mask whose labels do not fit 8 bits
+            above = ", ".join(str(int(v)) for v in values[values > 255][:5])
+            raise DataError(f"label mask with labels above 255 ({above}"
+                            f"{', ...' if (values > 255).sum() > 5 else ''}): ultraseg keeps "
+                            "labels 1 to 255; renumber them 1..K (at most 32 values in all)",
+                            path)
     raise _not_a_mask(values, path)
 
 
