@@ -1106,3 +1106,16 @@ def test_a_16_bit_label_mask_with_labels_above_255_is_refused_saying_to_renumber
     with pytest.raises(DataError, match=r"labels above 255 \(300, 600\).*renumber") as e:
         read_mask(p)
     assert "image saved as a mask" not in str(e.value)
+
+
+@pytest.mark.parametrize("value", [128, 127])
+@pytest.mark.parametrize("thickness", [1, 2])
+def test_a_thin_label_apart_from_the_foreground_keeps_its_label(value: int,
+                                                                 thickness: int) -> None:
+    """A 2 px line labelled 128 beside a 255 structure (a fascia, a needle) was taken for
+    anti-aliasing, a thin band of blends: merged into the foreground (128) or dropped (127).
+    A band of blends lies between 0 and the foreground; this one touches no 255 pixel."""
+    m = np.zeros((96, 96), np.uint8)
+    m[10:40, 10:40] = 255
+    m[70:70 + thickness, 5:90] = value
+    np.testing.assert_array_equal(classify_mask_values(m), m)

@@ -812,11 +812,29 @@ def _blended_binary(arr: np.ndarray) -> bool:
     """Whether ``arr`` is a 0/255 mask resized with interpolation or area averaging (a
     dataset's masks scaled down with a resize's default filter): values 0 and 255 and, between
     them, a band of in-between values at most two pixels thick wherever it lies (no in-between
-    pixel has only in-between neighbours). A label mask's regions are thicker than that."""
+    pixel has only in-between neighbours) that lies between the two: each of its pieces
+    touches a 0 and a 255 pixel. A label mask's regions are thicker than that, or apart from
+    the 255 structure (a thin line labelled 128 beside it)."""
     if arr.dtype.kind not in "ui" or arr.min() != 0 or arr.max() != 255:
         return False
     between = (arr > 0) & (arr < 255)
-    return bool(between.any()) and _thin_band(between)
+    return (bool(between.any()) and _thin_band(between)
+            and _between(between, arr == 0, arr == 255))
+
+
+def _between(band: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether every piece of ``band`` (8-connected, bool (H, W)) touches a pixel of ``low``
+    and one of ``high``: blends lie between the two values they blend."""
+    from scipy import ndimage
+
+    eight = np.ones((3, 3), bool)
+    pieces, n = ndimage.label(band, structure=eight)
+    index = np.arange(1, n + 1)
+    for side in (low, high):
+        near = ndimage.binary_dilation(side, structure=eight)
+        if not ndimage.maximum(near, pieces, index).all():
+            return False
+    return True
 
 
 def _thin_band(between: np.ndarray) -> bool:
