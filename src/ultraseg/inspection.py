@@ -14,7 +14,7 @@ from .data import MaskTally, inverted_note, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near_pairs,
                          thumbnail, unit_thumbnail)
 from .errors import DataError
-from .io import frame_loop, said_once, scan_dataset, select_label, split_frames
+from .io import frame_loop, label_set, said_once, scan_dataset, select_label, split_frames
 from .preprocess import outline_note
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     (:func:`ultraseg.io.split_frames`); a labelled one is a problem, as in training.
     """
     ds, problems = scan_dataset(path, layout, subject_pattern, fill_outlines)
+    ds = label_set(ds)          # a 0/255 mask's white: label 1, or 255 in a set of label masks
     widths, heights, fractions = [], [], []
     labels: Counter[int] = Counter()
     classes: Counter[str] = Counter()

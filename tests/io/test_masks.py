@@ -1119,3 +1119,73 @@ def test_a_thin_label_apart_from_the_foreground_keeps_its_label(value: int,
     m[10:40, 10:40] = 255
     m[70:70 + thickness, 5:90] = value
     np.testing.assert_array_equal(classify_mask_values(m), m)
+
+
+def _set_of(root: Path, masks: list[np.ndarray]) -> Path:
+    rng = np.random.default_rng(0)
+    for i, m in enumerate(masks):
+        _save(root / "images" / f"{i}_1.png", rng.integers(0, 256, m.shape, dtype=np.uint8))
+        _save(root / "masks" / f"{i}_1_mask.png", m)
+    return root
+
+
+def _two_structures() -> tuple[np.ndarray, np.ndarray]:
+    both = np.zeros((32, 32), np.uint8)
+    both[2:12, 2:12] = 128
+    both[16:30, 16:30] = 255
+    alone = np.where(both == 255, 255, 0).astype(np.uint8)        # the 255 structure alone
+    return both, alone
+
+
+def test_a_black_and_white_mask_in_a_set_of_label_masks_keeps_its_255(tmp_path: Path) -> None:
+    """Masks were judged one file at a time: in a set of 0/128/255 masks, one holding only the
+    255 structure (0/255) was read as a binary mask, its structure label 1, so `--label 255`
+    trained that frame as empty and `inspect` listed labels [1, 128, 255]. Where another mask
+    of the set holds a label other than 1, a 0/255 mask's white is label 255."""
+    from ultraseg.config import PreprocessConfig
+    from ultraseg.data import load_arrays
+    from ultraseg.io import label_set, open_dataset
+
+    both, alone = _two_structures()
+    root = _set_of(tmp_path / "lab", [both, alone, both, alone])
+    report, problems = inspect_dataset(root)
+    assert not problems and report["labels"] == [128, 255]
+    report, _ = inspect_dataset(root, label=255)
+    assert report["empty_masks"] == 0
+    arrays = load_arrays(label_set(open_dataset(root)), PreprocessConfig(size=32, label=255), "")
+    assert all(m.sum() == (alone > 0).sum() for m in arrays.masks)
+    assert arrays.labels == (128, 255)
+    arrays = load_arrays(label_set(open_dataset(root)), PreprocessConfig(size=32, label=1), "")
+    assert not arrays.masks.any()
+
+
+def test_a_mask_holding_only_the_ignore_255_is_empty_under_label_1(tmp_path: Path) -> None:
+    """The README's '1 and an ignore 255' scheme: a mask holding only the ignore band (0/255)
+    was read as binary, so `--label 1` trained the ignore band as the structure."""
+    from ultraseg.config import PreprocessConfig
+    from ultraseg.data import load_arrays
+    from ultraseg.io import label_set, open_dataset
+
+    a = np.zeros((32, 32), np.uint8)
+    a[4:14, 4:14] = 1
+    a[26:30, :] = 255
+    b = np.where(a == 255, 255, 0).astype(np.uint8)
+    root = _set_of(tmp_path / "ign", [a, b])
+    arrays = load_arrays(label_set(open_dataset(root)), PreprocessConfig(size=32, label=1), "")
+    assert arrays.masks[0].sum() == (a == 1).sum() and not arrays.masks[1].any()
+    report, _ = inspect_dataset(root, label=1)
+    assert report["empty_masks"] == 1 and report["labels"] == [1, 255]
+
+
+def test_a_set_of_black_and_white_masks_stays_binary(tmp_path: Path) -> None:
+    """0/1 and 0/255 masks mixed in one set are binary masks: their white is label 1."""
+    from ultraseg.config import PreprocessConfig
+    from ultraseg.data import load_arrays
+    from ultraseg.io import label_set, open_dataset
+
+    _, alone = _two_structures()
+    root = _set_of(tmp_path / "bw", [alone, (alone > 0).astype(np.uint8)])
+    report, _ = inspect_dataset(root, label=1)
+    assert report["labels"] == [1] and report["empty_masks"] == 0
+    arrays = load_arrays(label_set(open_dataset(root)), PreprocessConfig(size=32, label=1), "")
+    assert all(m.sum() == (alone > 0).sum() for m in arrays.masks)

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError, UltrasegError
 from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
@@ -281,6 +283,29 @@ def _check_pattern(reader: Reader, pattern: str | None) -> None:
                 misses[0])
 
 
+#: The labels whose targets hang on whether a 0/255 mask's white is label 1 or 255
+#: (:func:`label_set`): any other ``--label`` selects neither, none (any structure) both.
+WHITE_LABELS = (1, 255)
+
+
+def label_set(ds: Dataset) -> Dataset:
+    """``ds`` with its 0/255 masks read as the set has them: where a mask of the set is a label
+    mask (it holds a label other than 1 and is not 0/255 alone: 0/128/255, or 1 with an
+    'ignore' 255), a 0/255 mask's white is label 255, the structure the other masks label 255
+    (a 0/255 mask holding only the ignore band is then empty under ``--label 1``); else the
+    set is binary (0/1 and 0/255 masks alike) and ``ds`` is returned as it is, white label 1.
+    Decodes the masks until it finds a label mask (every mask of a binary set; one it cannot
+    read is left to the caller's own reading to report)."""
+    for s in ds.labelled:
+        try:
+            held = [set(np.unique(read_mask(p, 255)).tolist()) - {0} for p in s.mask_paths]
+        except DataError:
+            continue
+        if any(h - {1} and h != {255} for h in held):
+            return replace(ds, samples=tuple(replace(x, white=255) for x in ds.samples))
+    return ds
+
+
 def open_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
                  fill_outlines: bool = False) -> Dataset:
     """Like :func:`scan_dataset`, but any structural problem raises :class:`DataProblems`."""
@@ -295,5 +320,6 @@ __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTE
            "dicom_pixel_spacing_mm", "read_dicom",
            "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
            "check_layout", "get_reader", "open_dataset", "read_image", "nested_datasets",
-           "read_mask", "register", "scan_dataset", "select_label", "split_frames",
+           "label_set", "read_mask", "register", "scan_dataset", "select_label", "WHITE_LABELS",
+           "split_frames",
            "file_sample", "image_stem", "with_header_pixel_size", "frame_loop", "said_once"]

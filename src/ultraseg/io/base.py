@@ -58,6 +58,9 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     mask_kind: str = "mask"
     frame: int | None = None
+    #: The label of a black-and-white (0/255) mask's white: 1, or 255 in a set of label masks
+    #: (:func:`ultraseg.io.label_set` decides it over the set).
+    white: int = 1
 
     @property
     def labelled(self) -> bool:
@@ -71,7 +74,7 @@ class Sample:
         """The mask, (H, W) uint8: 0 background, 1..K structures (labels kept); None if unlabelled."""
         if not self.mask_paths:
             return None
-        masks = [read_mask(p) for p in self.mask_paths]
+        masks = [read_mask(p, self.white) for p in self.mask_paths]
         shape = masks[0].shape
         for p, m in zip(self.mask_paths, masks):
             if m.shape != shape:
@@ -577,8 +580,10 @@ def say_of_file(path: str | Path | None, kind: str, what: str) -> None:
     log.warning("%s: %s", path if path is not None else "a float frame (an array)", what)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
+def read_mask(path: str | Path, white: int = 1) -> np.ndarray:
     """Decode a mask file to (H, W) uint8 labels: binary masks become {0, 1}, label masks keep labels.
+    ``white``: the label of a 0/255 mask's white, 255 where the set's other masks are label
+    masks (:func:`ultraseg.io.label_set`), else 1.
 
     Accepted: values {0,1}, {0,255}, or two values {0, N} at 16 bits; JPEG masks, whatever
     values their compression leaves (>= 98 % of pixels within 48 of 0 or 255), binarised at 127;
@@ -606,10 +611,10 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise DataError("a DICOM file as a mask: masks are image files (PNG, TIFF...); DICOM "
                         "segmentation objects are not read", path)
     with _open(path, kind="mask") as im:
-        return _mask_pixels(im, path)
+        return _mask_pixels(im, path, white)
 
 
-def _mask_pixels(im: Image.Image, path: Path) -> np.ndarray:
+def _mask_pixels(im: Image.Image, path: Path, white: int = 1) -> np.ndarray:
     """:func:`read_mask`'s rules on the decoded ``im``."""
     lossy = im.format in LOSSY_FORMATS
     if im.mode == "1":
@@ -651,7 +656,7 @@ def _mask_pixels(im: Image.Image, path: Path) -> np.ndarray:
             return _colour_labels(colour, lossy, path)
     if lossy:
         return _binarise_lossy(arr, path)
-    return classify_mask_values(arr, path)
+    return classify_mask_values(arr, path, white)
 
 
 #: Share of a lossy mask's pixels above its lowest value, none above half the range, beyond
@@ -857,8 +862,10 @@ def _not_a_mask(values: np.ndarray, path: str | Path | None, lossy: bool = False
         f"{values.min():g}..{values.max():g} ({why})", path)
 
 
-def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
-    """Apply the mask rules of :func:`read_mask` to a 2D integer array; returns uint8 labels."""
+def classify_mask_values(arr: np.ndarray, path: str | Path | None = None, white: int = 1
+                         ) -> np.ndarray:
+    """Apply the mask rules of :func:`read_mask` to a 2D integer array; returns uint8 labels
+    (``white``: the label of a 0/255 mask's white, as :func:`read_mask`)."""
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
             raise DataError("mask contains NaN or infinite values", path)
@@ -868,8 +875,10 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.
     vset = set(values.tolist())
     if vset <= {0, 1}:
         return arr.astype(np.uint8)
-    if vset <= {0, 255} or (values.size == 2 and values.min() == 0 and values.max() > 255):
-        return (arr > 0).astype(np.uint8)           # black and white, 8 or 16 bits
+    if vset <= {0, 255}:                            # black and white, 8 or 16 bits
+        return (arr > 0).astype(np.uint8) * np.uint8(white)
+    if values.size == 2 and values.min() == 0 and values.max() > 255:
+        return (arr > 0).astype(np.uint8)
     if _blended_binary(arr):      # resized with interpolation: the half-covered pixels in
         return (arr >= 128).astype(np.uint8)        # (read as labels, every edge pixel was)
     if values.min() < 0:
