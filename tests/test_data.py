@@ -339,6 +339,24 @@ def test_the_cache_tells_filled_outlines_from_the_masks_as_drawn(tmp_path: Path)
     assert len(list(cache.glob("*.npz"))) == 2
 
 
+def test_the_cache_tells_a_0_255_masks_white_as_label_255_from_label_1(tmp_path: Path) -> None:
+    """A 0/255 mask's white is label 1, or 255 in a set of label masks (io.label_set): the
+    same files under one PreprocessConfig read either way through the Python API, and the
+    key did not tell them apart, so the second was served the first's masks."""
+    from ultraseg.io import label_set
+
+    root, cache = _tree(tmp_path / "data"), tmp_path / "cache"
+    two = np.zeros((20, 30), np.uint8)
+    two[2:6, 20:28], two[12:16, 20:28] = 128, 255
+    Image.fromarray(two).save(root / "masks" / "0_0_mask.png")      # a label mask in the set
+    cfg = PreprocessConfig(size=16, label=255)
+    as_one = load_arrays(open_dataset(root), cfg, cache_dir=cache).masks
+    as_set = load_arrays(label_set(open_dataset(root)), cfg, cache_dir=cache).masks
+    assert np.array_equal(as_set, load_arrays(label_set(open_dataset(root)), cfg,
+                                              cache_dir="").masks)
+    assert as_set[1:].any() and not as_one[1:].any()    # the 0/255 masks' white is 255 there
+
+
 def test_a_cache_hit_takes_subjects_from_the_dataset_not_the_cache(tmp_path: Path) -> None:
     root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
     assert load_arrays(open_dataset(root), cfg, cache_dir=cache).subjects == ("0", "0", "1", "1")

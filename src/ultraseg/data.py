@@ -180,10 +180,13 @@ def _header_json(ds: Dataset, cfg: PreprocessConfig) -> str:
     # "decode": the code files are decoded by, so frames that changed code reads otherwise
     # are decoded again (a number bumped by hand was forgotten once); "masks": the samples'
     # mask kinds (outlines filled or not, open_dataset's fill_outlines), which a caller of the
-    # API need not keep in step with cfg.fill_outlines: an entry of each stays; "arrays": the
+    # API need not keep in step with cfg.fill_outlines: an entry of each stays; and a 0/255
+    # mask's white, label 1 or 255 (io.label_set), chosen by the caller too; "arrays": the
     # names of what an entry holds, so one added or dropped changes the name even where
     # CACHE_FORMAT was not bumped
-    kinds = hashlib.sha256("".join(f"{s.mask_kind}\n" for s in ds.labelled).encode())
+    kinds = hashlib.sha256("".join(f"{s.mask_kind}\n" if s.white == 1 else
+                                   f"{s.mask_kind} white {s.white}\n"
+                                   for s in ds.labelled).encode())
     return json.dumps({"v": __version__, "format": CACHE_FORMAT,
                        "arrays": list(CACHED), "decode": decoding_code_digest(),
                        "libraries": decoding_libraries(), "layout": ds.layout,
