@@ -383,6 +383,26 @@ def test_overlay_draws_prediction_and_truth_in_their_colours(tmp_path):
     assert not np.all(plain == TRUTH_COLOR, axis=2).any()   # no truth: none drawn
 
 
+def test_an_overlays_truth_reads_a_0_255_mask_as_its_set_has_it(tmp_path):
+    """In a set of label masks (0/128/255), a mask holding only the 255 structure (0/255)
+    was read as binary, its white label 1, so `predict --overlay --label 255` drew no truth
+    on that frame (train and evaluate read it as label 255: io.label_set)."""
+    from ultraseg.report import TRUTH_COLOR
+
+    image = np.full((24, 30), 40, np.uint8)
+    both = np.zeros((24, 30), np.uint8)
+    both[2:8, 2:10], both[14:22, 16:28] = 128, 255
+    alone = np.where(both == 255, 255, 0).astype(np.uint8)
+    for name, mask in (("1_1", both), ("1_2", alone)):
+        save(tmp_path / "ds" / "images" / f"{name}.png", image)
+        save(tmp_path / "ds" / "masks" / f"{name}_mask.png", mask)
+    frames = collect_frames([tmp_path / "ds"])
+    write_predictions(pixel_predictor(), frames, tmp_path / "out", overlay=True, label=255)
+    for name in ("1_1", "1_2"):
+        truth = np.all(read(tmp_path / "out" / f"{name}_overlay.png") == TRUTH_COLOR, axis=2)
+        assert truth[14:22, 16:28].any() and not truth[:12, :].any(), name
+
+
 def test_rle_submission_round_trips_and_keeps_input_order(tmp_path):
     images = {"10": ramp(21, 13, 5), "2": ramp(21, 13, 6), "1": np.zeros((21, 13), np.uint8)}
     for stem, im in images.items():

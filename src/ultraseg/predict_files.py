@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -30,8 +30,8 @@ from PIL import Image
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, failure_reason,
                      output_lock, temporaries)
-from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
-                 image_stem, scan_dataset, select_label, split_frames)
+from .io import (IMAGE_EXTENSIONS, WHITE_LABELS, Sample, as_outline, check_layout, file_sample,
+                 frame_tag, image_stem, scan_dataset, select_label, split_frames, white_label)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, LabelTally, check_label, frame_loop, header_shape,
                       in_output_folder, said_once,
@@ -770,6 +770,8 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
 
         check_submission_names(f.out_name for f in frames)
     labels = LabelTally(predictor.preprocess.label if label is None else label)
+    if overlay and labels.label in WHITE_LABELS:
+        frames = _truth_as_the_set_has_it(frames)
     fill = predictor.preprocess.fill_outlines if fill_outlines is None else fill_outlines
     suffix = MASK_FORMATS[fmt][0]
     summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
@@ -884,6 +886,16 @@ def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | Non
     return {**_frame_cells(frame), "mask": below(mask), "overlay": below(overlay),
             "status": "ok" if error is None else "unreadable",
             "reason": None if error is None else str(error)}
+
+
+def _truth_as_the_set_has_it(frames: Sequence[Frame]) -> Sequence[Frame]:
+    """``frames`` with their 0/255 truth masks' white read as their masks together have it
+    (:func:`ultraseg.io.white_label`: label 255 among label masks, as train and evaluate
+    read it), where ``--label`` is 1 or 255, the labels it changes."""
+    samples = {f.sample.image_path: f.sample for f in frames if f.sample.mask_paths}
+    if white_label(samples.values()) == 1:
+        return frames
+    return [replace(f, sample=replace(f.sample, white=255)) for f in frames]
 
 
 def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally, fill_outlines: bool

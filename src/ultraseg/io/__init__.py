@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -288,22 +289,29 @@ def _check_pattern(reader: Reader, pattern: str | None) -> None:
 WHITE_LABELS = (1, 255)
 
 
-def label_set(ds: Dataset) -> Dataset:
-    """``ds`` with its 0/255 masks read as the set has them: where a mask of the set is a label
-    mask (it holds a label other than 1 and is not 0/255 alone: 0/128/255, or 1 with an
-    'ignore' 255), a 0/255 mask's white is label 255, the structure the other masks label 255
-    (a 0/255 mask holding only the ignore band is then empty under ``--label 1``); else the
-    set is binary (0/1 and 0/255 masks alike) and ``ds`` is returned as it is, white label 1.
-    Decodes the masks until it finds a label mask (every mask of a binary set; one it cannot
-    read is left to the caller's own reading to report)."""
-    for s in ds.labelled:
+def white_label(samples: Iterable[Sample]) -> int:
+    """The label of a 0/255 mask's white among ``samples``' masks: 255 where one of them is a
+    label mask (it holds a label other than 1 and is not 0/255 alone: 0/128/255, or 1 with an
+    'ignore' 255), the structure the other masks label 255 (a 0/255 mask holding only the
+    ignore band is then empty under ``--label 1``); else 1, a binary set (0/1 and 0/255 masks
+    alike). Decodes the masks until it finds a label mask (every mask of a binary set; one it
+    cannot read is left to the caller's own reading to report)."""
+    for s in samples:
         try:
             held = [set(np.unique(read_mask(p, 255)).tolist()) - {0} for p in s.mask_paths]
         except DataError:
             continue
         if any(h - {1} and h != {255} for h in held):
-            return replace(ds, samples=tuple(replace(x, white=255) for x in ds.samples))
-    return ds
+            return 255
+    return 1
+
+
+def label_set(ds: Dataset) -> Dataset:
+    """``ds`` with its 0/255 masks read as the set has them (:func:`white_label`): their white
+    label 255 in a set of label masks; else ``ds`` as it is, white label 1."""
+    if white_label(ds.labelled) == 1:
+        return ds
+    return replace(ds, samples=tuple(replace(x, white=255) for x in ds.samples))
 
 
 def open_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
@@ -320,6 +328,6 @@ __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTE
            "dicom_pixel_spacing_mm", "read_dicom",
            "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
            "check_layout", "get_reader", "open_dataset", "read_image", "nested_datasets",
-           "label_set", "read_mask", "register", "scan_dataset", "select_label", "WHITE_LABELS",
-           "split_frames",
+           "label_set", "white_label", "read_mask", "register", "scan_dataset", "select_label",
+           "WHITE_LABELS", "split_frames",
            "file_sample", "image_stem", "with_header_pixel_size", "frame_loop", "said_once"]
