@@ -176,3 +176,43 @@ def test_python_callers_get_user_errors_not_tracebacks(tmp_path) -> None:
     by_path, _ = evaluate(ckpt, data)
     by_object, _ = evaluate(predictor, data)
     assert by_path["dice_mean"] == by_object["dice_mean"]
+
+
+def test_the_package_ships_its_types():
+    """A user's type checker reads ultraseg's annotations only when the package carries a
+    ``py.typed`` marker (PEP 561) that the build puts in the wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    assert (Path(ultraseg.__file__).parent / "py.typed").is_file()
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    package_data = pyproject["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in package_data["ultraseg"]
+
+
+def test_the_names_a_type_checker_sees_are_the_names_served_on_first_use():
+    """``ultraseg.load`` and the rest are imported on first use (``__getattr__``), which a type
+    checker cannot follow; the ``if TYPE_CHECKING:`` imports give it the same names from the same
+    modules, and ``__all__`` is written out so that checkers can read it."""
+    import ast
+
+    source = Path(ultraseg.__file__).read_text()
+    tree = ast.parse(source)
+    checked: dict[str, tuple[str, str]] = {}
+    all_names = None
+    for node in tree.body:
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING"):
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.level == 1, ast.dump(imp)
+                for alias in imp.names:
+                    checked[alias.asname or alias.name] = (imp.module or "", alias.name)
+        if (isinstance(node, (ast.Assign, ast.AnnAssign)) and
+                any(isinstance(t, ast.Name) and t.id == "__all__"
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))):
+            try:
+                all_names = ast.literal_eval(node.value)
+            except ValueError:  # a computed list, which checkers cannot read
+                all_names = None
+    assert checked == ultraseg._API
+    assert all_names is not None, "__all__ is not a literal list"
+    assert sorted(all_names) == sorted(["__version__", *ultraseg._API])
+    assert list(ultraseg.__all__) == all_names

@@ -18,7 +18,15 @@ config is a preset with the data and any changes merged in:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what ``__getattr__`` serves, for type checkers; the same as _API (tested)
+    from .config import ModelConfig, PostprocessConfig, PreprocessConfig, RunConfig, merge, preset
+    from .errors import UltrasegError
+    from .export import export_onnx
+    from .io import open_dataset, read_image
+    from .predict import Predictor, load
+    from .predict_files import collect_frames, measure_frames, write_predictions
 
 __version__ = "0.1.0"
 
@@ -41,7 +49,25 @@ _API: dict[str, tuple[str, str]] = {
     "UltrasegError": ("errors", "UltrasegError"),
 }
 
-__all__ = ["__version__", *_API]
+#: Written out so that type checkers can read it; the same names as _API (tested).
+__all__ = [
+    "__version__",
+    "load",
+    "Predictor",
+    "export_onnx",
+    "collect_frames",
+    "write_predictions",
+    "measure_frames",
+    "open_dataset",
+    "read_image",
+    "preset",
+    "merge",
+    "RunConfig",
+    "ModelConfig",
+    "PreprocessConfig",
+    "PostprocessConfig",
+    "UltrasegError",
+]
 
 
 def __getattr__(name: str) -> Any:
