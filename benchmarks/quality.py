@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -320,8 +319,7 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
         host = host_speed()
         result = train(cfg, run)
         epochs, best_epoch = result.epochs_run, result.best_epoch
-        val_dice, canvas = result.val_dice_postprocessed, result.best_dice
-        canvas = None if math.isnan(canvas) else canvas  # NaN: trained without validation
+        val_dice, canvas = result.val_dice_postprocessed, result.best_dice  # None: no val split
         minutes = result.seconds / 60
     entry = {"dataset": dataset, "lever": name, "what": what, "overrides": overrides,
              "base_size": base.preprocess.size, "train_minutes": round(minutes, 2),

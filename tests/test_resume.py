@@ -584,3 +584,29 @@ def test_a_resume_checks_its_split_for_copies_on_two_sides(
         assert main(["train", "--resume", "--out", str(run)]) == 0
     said = [r.getMessage() for r in warned if "two sides of the split" in r.getMessage()]
     assert len(said) == 1 and f"{kept} (train) = {held} (test)" in said[0], said
+
+
+def test_a_run_without_validation_has_one_best_dice_fresh_or_resumed(tmp_path: Path) -> None:
+    """TrainResult.best_dice was NaN at the end of a run without validation and None when the
+    finished run was resumed (best.ckpt records best_val_dice None): it is None both ways."""
+    import dataclasses
+
+    from ultraseg.config import merge, preset
+    from ultraseg.phantom import make_dataset
+    from ultraseg.train import ALREADY_FINISHED, train
+
+    data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""},
+        "model": {"width": 4, "depth": 2, "variant": "same"}, "preprocess": {"size": 32},
+        "train": {"epochs": 1, "val_fraction": 0.0, "batch_size": 4, "seed": 0,
+                  "device": "cpu", "precision": "fp32", "num_threads": 1,
+                  "time_limit_s": None}})
+    fresh = train(cfg, tmp_path / "run")
+    resumed = train(None, tmp_path / "run", resume=True)
+    assert resumed.stopped == ALREADY_FINISHED
+    assert fresh.best_dice is None
+    differ = {f.name for f in dataclasses.fields(fresh)
+              if getattr(fresh, f.name) != getattr(resumed, f.name)}
+    assert json.dumps(fresh.history) == json.dumps(resumed.history)   # (its NaN val_loss)
+    assert differ <= {"stopped", "seconds", "history"}, differ

@@ -64,7 +64,8 @@ Progress = Callable[[dict[str, Any]], None]
 class TrainResult:
     run_dir: Path
     best_epoch: int
-    best_dice: float
+    #: The best epoch's validation Dice (None: no validation split), as best.ckpt records it.
+    best_dice: float | None
     epochs_run: int
     seconds: float
     stopped: str | None = None
@@ -897,11 +898,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     if stopped:
         log.warning("%s; keeping the %s checkpoint (epoch %d)", stopped,
                     "best" if choosing else "last", best_epoch)
+    best_val_dice = best_dice if validating else None  # as best.ckpt records it (NaN else)
     if not ctx.is_main:  # rank 0 alone chooses post-processing and writes the report
-        return TrainResult(out, best_epoch, best_dice, len(history), time.monotonic() - t0,
+        return TrainResult(out, best_epoch, best_val_dice, len(history), time.monotonic() - t0,
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
-                   best_dice, stopped, t0, meta, progress, choosing, copies, test_idx)
+                   best_val_dice, stopped, t0, meta, progress, choosing, copies, test_idx)
 
 
 def _recorded_stop(state: Mapping[str, Any], history: list[dict[str, Any]]) -> str | None:
@@ -1001,7 +1003,7 @@ def _val_cost_ratio(cfg: RunConfig, arrays: Arrays) -> float:
 
 def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray,
             val_idx: np.ndarray, device: torch.device, dtype: torch.dtype | None,
-            history: list[dict[str, Any]], best_epoch: int, best_dice: float,
+            history: list[dict[str, Any]], best_epoch: int, best_dice: float | None,
             stopped: str | None, t0: float, meta: Callable, progress: Progress,
             choosing: bool = True, copies: SplitCopies | None = None,
             test_idx: np.ndarray | None = None) -> TrainResult:
