@@ -1047,6 +1047,24 @@ def test_load_refuses_fewer_than_one_thread_as_the_cli_does(exported, n):
             load(model, device="cpu", threads=n)
 
 
+@pytest.mark.parametrize("n", [1.0, 1.5, "2", True], ids=["1.0", "1.5", "str", "bool"])
+def test_load_refuses_threads_that_are_not_a_whole_number(exported, n):
+    """threads=1.0 or 1.5 for an .onnx was blamed on the file ('ONNX Runtime cannot load this
+    file'), "2" raised a raw TypeError, and a checkpoint took 1.5 (its warning said 1)."""
+    ckpt, path = exported["same"]
+    for model in (path, ckpt):
+        with pytest.raises(UltrasegError, match=r"threads must be a whole number >= 1, got "):
+            load(model, device="cpu", threads=n)
+
+
+def test_load_takes_a_numpy_integer_for_threads(exported, monkeypatch):
+    from conftest import onnx_session_threads
+
+    made = onnx_session_threads(monkeypatch)
+    load(exported["same"][1], threads=np.int64(2))
+    assert made == [2]
+
+
 def test_a_model_with_external_data_loads_where_only_onnxruntime_is_installed(
         exported, tmp_path, monkeypatch):
     """Telling a model's external data files apart needs the onnx package, which a deployment

@@ -310,8 +310,13 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
     process's: set them around the calls with :func:`ultraseg.runtime.threads` (``threads``
     here is warned about and not applied).
     """
-    if threads is not None and threads < 1:     # (ONNX Runtime took 0 or -1 as its default)
-        raise UltrasegError(f"threads must be at least 1, got {threads}")
+    if threads is not None:
+        threads = plain_number(threads)     # np.int64(2) is 2
+        # 1.0 reached ONNX Runtime, whose refusal was blamed on the file; "2" a raw TypeError
+        if isinstance(threads, bool) or not isinstance(threads, int):
+            raise UltrasegError(f"threads must be a whole number >= 1, got {threads!r}")
+        if threads < 1:     # (ONNX Runtime took 0 or -1 as its default)
+            raise UltrasegError(f"threads must be at least 1, got {threads}")
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
         raise UltrasegError(f"unknown predictor option(s) {', '.join(unknown)}; valid: "
