@@ -138,6 +138,24 @@ def test_config_built_in_python_is_type_checked_before_training() -> None:
         check_config(cfg)
 
 
+def test_a_list_for_a_tuple_setting_built_in_python_is_taken_as_merge_takes_it() -> None:
+    """TrainConfig(affine_scale=[0.9, 1.1]) was refused by check_config as 'must be a list of
+    2 ...; got [0.9, 1.1]' (merge makes the list a tuple, a config built in Python kept it), and
+    the frozen config holding the list could not be hashed."""
+    import dataclasses
+
+    from ultraseg.train import check_config
+
+    base = RunConfig(data=DataConfig(path="x"))
+    for cfg in (RunConfig(data=DataConfig(path="x"), train=TrainConfig(affine_scale=[0.9, 1.1])),
+                dataclasses.replace(base, train=dataclasses.replace(
+                    base.train, affine_scale=[0.9, 1.1]))):
+        assert cfg.train.affine_scale == (0.9, 1.1)
+        check_config(cfg)
+        hash(cfg)
+        assert cfg == merge(base, {"train": {"affine_scale": [0.9, 1.1]}})
+
+
 @pytest.mark.parametrize("model, words", [
     ({"width": 10**9}, ["model.width", "4096", "1000000000"]),
     ({"width": 4097}, ["model.width", "4096"]),

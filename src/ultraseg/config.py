@@ -126,10 +126,11 @@ class _Section:
 
     def __post_init__(self) -> None:
         # numpy's numbers (a sweep over np.arange or np.linspace) as Python's, which the type
-        # checks and JSON take: np.int64(5) for 5, also inside tuples
+        # checks and JSON take: np.int64(5) for 5, also inside tuples; a list as the tuple it
+        # stands for (as _from_dict makes JSON's; a list also left the config unhashable)
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            plain = (tuple(plain_number(v) for v in value) if isinstance(value, tuple)
+            plain = (tuple(plain_number(v) for v in value) if isinstance(value, (tuple, list))
                      else plain_number(value))
             if plain is not value:
                 object.__setattr__(self, f.name, plain)
