@@ -611,6 +611,24 @@ def test_write_and_measure_take_paths_as_evaluate_does(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_write_and_measure_take_paths_in_any_iterable_as_collect_frames_does(tmp_path):
+    """Paths in a generator, a set or dict keys were refused: 'expected frames
+    (ultraseg.collect_frames(PATHS)) or image paths, got PosixPath', naming a path as what it
+    takes while refusing one; collect_frames took the same generator."""
+    paths = [save(tmp_path / "in" / "a.png", ramp(16, 16)),
+             save(tmp_path / "in" / "b.png", ramp(16, 16, 1))]
+    for k, make in enumerate((lambda: (p for p in paths), lambda: set(paths),
+                              lambda: dict.fromkeys(paths).keys())):
+        assert write_predictions(pixel_predictor(), make(), tmp_path / f"o{k}").n == 2
+        _, rows = measure_frames(pixel_predictor(), make())
+        assert sorted(r["name"] for r in rows) == ["a", "b"]
+    frames = collect_frames(paths)
+    assert write_predictions(pixel_predictor(), iter(frames), tmp_path / "f").n == 2
+    with pytest.raises(UltrasegError, match="expected frames"):   # a mixture stays refused
+        write_predictions(pixel_predictor(), iter([frames[0], paths[1]]), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
 def test_measure_overlays_draw_the_outline_and_the_ellipse_measured(tmp_path):
     """The fitted ellipse was numbers only: nothing to check a head circumference by eye."""
     from ultraseg.report import ELLIPSE_COLOR, PRED_COLOR

@@ -679,24 +679,25 @@ class _Incomplete(Exception):
     """Raised into a submission being written when frames were skipped: it is not kept."""
 
 
-def frames_of(frames: Sequence[Frame] | str | os.PathLike | Sequence[str | os.PathLike]
+def frames_of(frames: Iterable[Frame] | str | os.PathLike | Iterable[str | os.PathLike]
               ) -> list[Frame]:
-    """``frames`` as :class:`Frame` s: image files or folders (a path, or several) are
-    collected by :func:`collect_frames`; anything else but frames is a user error."""
-    if isinstance(frames, (str, os.PathLike)) or (
-            isinstance(frames, (list, tuple)) and frames
-            and all(isinstance(f, (str, os.PathLike)) for f in frames)):
+    """``frames`` as :class:`Frame` s: image files or folders (a path, or several, in any
+    iterable: a list, a generator, a set) are collected by :func:`collect_frames`; anything
+    else but frames is a user error."""
+    if isinstance(frames, (str, os.PathLike)):
         return collect_frames(frames)
-    frames = list(frames)
-    wrong = [f for f in frames if not isinstance(f, Frame)]
+    given = list(frames)    # once: a generator's items are gone after
+    if given and all(isinstance(f, (str, os.PathLike)) for f in given):
+        return collect_frames(given)
+    wrong = [f for f in given if not isinstance(f, Frame)]
     if wrong:
         raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
                             f"got {type(wrong[0]).__name__}")
-    return frames
+    return given  # type: ignore[return-value]  # (all frames: checked above)
 
 
 def write_predictions(predictor: Predictor | str | Path,
-                      frames: Sequence[Frame] | str | Path | Sequence[str | Path],
+                      frames: Iterable[Frame] | str | Path | Iterable[str | Path],
                       out: str | Path, fmt: str = "png", overlay: bool = False,
                       rle: str | Path | None = None, label: int | None = None,
                       progress: Progress | None = None,
@@ -925,7 +926,7 @@ MEASURE_COLUMNS = ("name", "image", "frame", "width", "height", "pixel_size_mm",
 
 
 def measure_frames(predictor: Predictor | str | Path,
-                   frames: Sequence[Frame] | str | Path | Sequence[str | Path],
+                   frames: Iterable[Frame] | str | Path | Iterable[str | Path],
                    pixel_size_mm: float | None = None, out: str | Path | None = None,
                    progress: Progress | None = None, skip_unreadable: bool = False,
                    overlay: bool = False,
