@@ -326,6 +326,18 @@ def test_collect_frames_skips_the_output_folder_inside_an_input(tmp_path):
     assert [f.out_name for f in frames] == ["a"]
 
 
+
+def test_collect_frames_takes_inputs_in_a_generator_to_the_end(tmp_path):
+    """A generator's paths were read once, then indexed for the error where every image was
+    in the output folder: a raw TypeError ('generator' object is not subscriptable)."""
+    save(tmp_path / "in" / "out" / "a_mask.png", ramp(4, 4))  # an earlier run's output
+    with pytest.raises(UltrasegError, match="the only images are in the output folder"):
+        collect_frames((p for p in [tmp_path / "in"]), exclude=tmp_path / "in" / "out")
+    save(tmp_path / "in" / "a.png", ramp(4, 4))
+    frames = collect_frames((p for p in [tmp_path / "in"]), exclude=tmp_path / "in" / "out")
+    assert [f.out_name for f in frames] == ["a"]
+
+
 # ------------------------------------------------------------------------ writing masks
 def test_masks_have_each_images_original_size_and_hand_computed_values(tmp_path):
     shapes = [(37, 53), (61, 29), (1, 5), (16, 16)]  # odd, non-square, tiny

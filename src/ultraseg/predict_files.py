@@ -78,7 +78,7 @@ class Frame:
 
 
 # ------------------------------------------------------------------------------ inputs
-def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "auto",
+def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layout: str = "auto",
                    subject_pattern: str | None = None, exclude: str | Path | None = None
                    ) -> list[Frame]:
     """Find every image named by ``inputs`` (files, or folders of any supported layout; one
@@ -108,15 +108,15 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
     ``_frame001``, ``_frame002``... (from 1, as a viewer counts) to its file's name, by the
     same rule: a loop ``b/x.dcm`` beside ``a/x.dcm`` gives ``b/x_frame001``...
     """
-    if isinstance(inputs, (str, os.PathLike)):   # one path: not a sequence of characters
-        inputs = [inputs]
-    if not inputs:
+    # one path: not a sequence of characters; any other iterable read once (a generator)
+    named = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not named:
         raise UltrasegError("no input images given")
     check_layout(layout, subject_pattern)   # (files alone never reach a folder's reader)
     skip = _real(Path(exclude)) if exclude is not None else None
     found: list[tuple[Sample, Path | None, PurePosixPath, tuple[str, ...]]] = []
     tables: dict[Path, Any] = {}        # pixel-size tables by folder, for files named alone
-    for given in inputs:
+    for given in named:
         path = Path(given)
         if not path.exists():
             raise DataError("no such file or folder", path)
@@ -168,7 +168,7 @@ def collect_frames(inputs: str | Path | Sequence[str | Path], layout: str = "aut
             warn_outputs_left_out(path, left_out)
     if not found:
         raise DataError("no images to predict (the only images are in the output folder)",
-                        inputs[0])
+                        Path(named[0]))
     found = [(frame, *rest) for s, *rest in _once_each(found) for frame in split_frames(s)]
     names = _unique_names(found)
     return [Frame(s, name) for (s, _, _, _), name in zip(found, names)]
@@ -687,13 +687,15 @@ def frames_of(frames: Iterable[Frame] | str | os.PathLike | Iterable[str | os.Pa
     if isinstance(frames, (str, os.PathLike)):
         return collect_frames(frames)
     given = list(frames)    # once: a generator's items are gone after
-    if given and all(isinstance(f, (str, os.PathLike)) for f in given):
-        return collect_frames(given)
-    wrong = [f for f in given if not isinstance(f, Frame)]
-    if wrong:
+    paths = [f for f in given if isinstance(f, (str, os.PathLike))]
+    if paths and len(paths) == len(given):
+        return collect_frames(paths)
+    found = [f for f in given if isinstance(f, Frame)]
+    if len(found) < len(given):
+        wrong = next(f for f in given if not isinstance(f, Frame))
         raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
-                            f"got {type(wrong[0]).__name__}")
-    return given  # type: ignore[return-value]  # (all frames: checked above)
+                            f"got {type(wrong).__name__}")
+    return found
 
 
 def write_predictions(predictor: Predictor | str | Path,
