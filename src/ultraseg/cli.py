@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Sequence
+from typing import Any, ContextManager, Iterator, NoReturn, Sequence
 
 from . import __version__
 from .errors import UltrasegError, escape_controls, is_out_of_memory
@@ -83,7 +83,7 @@ def path_arg(value: str) -> str:
 class _Parser(argparse.ArgumentParser):
     commands: tuple[str, ...] = ()     # the subcommands' names (the top-level parser's)
 
-    def error(self, message: str) -> None:  # usage errors: one line, exit 2
+    def error(self, message: str) -> NoReturn:  # usage errors: one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
@@ -447,7 +447,7 @@ def _terminal_log(level: int) -> ContextManager[None]:
     back for ``-v`` alone: a training in another thread sets it for its ``train.log``."""
     root, package = logging.getLogger(), logging.getLogger("ultraseg")
 
-    def change() -> tuple[int, int, logging.Handler | None]:
+    def change() -> tuple[int, int | None, logging.Handler | None]:
         before = root.level, package.level
         handler = None
         if not root.handlers:

@@ -64,8 +64,8 @@ def exact_pairs(pixels: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return first[later], later
 
 
-def near_pairs(thumbs: np.ndarray, pixels: list[bytes], threshold: float = NEAR_CORRELATION
-               ) -> tuple[np.ndarray, np.ndarray]:
+def near_pairs(thumbs: np.ndarray | list[np.ndarray], pixels: list[bytes],
+               threshold: float = NEAR_CORRELATION) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs ``i < j`` (two int64 arrays) of frames whose unit thumbnails (rows of
     ``thumbs``) correlate at ``threshold`` or more and whose pixels differ, found by a matrix
     product block by block (memory: BLOCK x frames floats, and 16 bytes a pair found: the

@@ -137,7 +137,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
         out_tile = export_tile(cfg, ckpt.preprocess, tile)
         side = out_tile + 2 * context_margin(depth)
         example_hw = (side, side)
-        graph = {"dynamic_hw": False, "input_tile": side, "output_tile": out_tile}
+        graph: dict[str, Any] = {"dynamic_hw": False, "input_tile": side, "output_tile": out_tile}
     else:
         if tile is not None:
             log.info("--tile ignored: a 'same' model is exported with dynamic height and width")

@@ -12,9 +12,10 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generator, Iterable, Iterator, Union
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image
 
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_postprocess,
@@ -27,6 +28,10 @@ from .preprocess import Geometry, prepare, restore
 from .tiling import predict_tiled
 
 log = logging.getLogger(__name__)
+
+#: A frame as :class:`Predictor` takes it: an array (H, W) or (H, W, C), as nested lists too,
+#: or a Pillow image.
+ImageLike = Union[ArrayLike, Image.Image]
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
 
@@ -210,7 +215,7 @@ class Predictor:
         return out[:, 0, :h, :w].astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ image level
-    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+    def predict_proba(self, image: ImageLike) -> np.ndarray:
         """A frame (H, W) (or (H, W, C), or a Pillow image) -> probabilities (H, W) float32.
 
         Pixel values, as :func:`ultraseg.read_image` reads a file's (one rule,
@@ -222,7 +227,7 @@ class Predictor:
         image is decoded as its file would be."""
         return next(iter(self.predict_proba_many([image])))
 
-    def predict(self, image: np.ndarray, postprocess: PostprocessConfig | None = None
+    def predict(self, image: ImageLike, postprocess: PostprocessConfig | None = None
                 ) -> np.ndarray:
         """A frame -> its mask (H, W) bool, thresholded and post-processed as the checkpoint
         says, or as ``postprocess`` says (its ``tta`` too, unless this predictor's is set)."""
@@ -230,7 +235,8 @@ class Predictor:
             return self.with_options(postprocess=postprocess).predict(image)
         return apply_postprocess(self.predict_proba(image), self.postprocess)
 
-    def predict_proba_many(self, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def predict_proba_many(self, images: Iterable[ImageLike]
+                           ) -> Generator[np.ndarray, None, None]:
         """Stream probabilities for many frames, batching frames of equal canvas size.
 
         Memory that runs out on a frame's own pixels (its canvas made, its probabilities

@@ -17,7 +17,8 @@ from .shared import while_held
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str = "auto", asked_by: str = "--device") -> torch.device:
+def resolve_device(name: str | torch.device = "auto", asked_by: str = "--device"
+                   ) -> torch.device:
     """'auto' -> cuda when available, else cpu. 'cuda' without a GPU is a usage error (its
     message says it was asked for by ``asked_by``); a torch.device is taken by its name, and
     anything but a name is one too."""

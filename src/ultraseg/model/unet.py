@@ -217,7 +217,8 @@ class UNet(nn.Module):
         else:
             self._check_same(h, w)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor
+                ) -> torch.Tensor | tuple[torch.Tensor, ...] | PresenceOutput:
         """(N, in_channels, H, W) float -> logits (N, out_channels, h, w); see the class doc.
 
         Outside training (prediction, export) always that one tensor. In training, with deep
