@@ -372,6 +372,31 @@ def test_an_unlabelled_loop_counts_its_frames_and_a_labelled_one_is_a_problem(
     assert report["pairs"] == 0 and len(problems) == 1 and "holds 3 pages" in str(problems[0])
 
 
+
+def test_inspect_counts_the_frames_in_colour(tmp_path: Path, capsys) -> None:
+    """Doppler frames (a colour-flow box on B-mode) were read as their luma in silence:
+    inspect counts them (one warning for all, not one a file) and names the first."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    for d in ("images", "masks"):
+        (root / d).mkdir(parents=True)
+    for k in range(3):
+        rgb = np.stack([rng.integers(60, 140, (20, 24), dtype=np.uint8)] * 3, axis=-1)
+        if k:
+            rgb[2:8, 2:8] = (200, 30, 30)
+        Image.fromarray(rgb).save(root / "images" / f"{k}_1.png")
+        mask = np.zeros((20, 24), np.uint8)
+        mask[10:16, 10:16] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{k}_1_mask.png")
+    with ultraseg_warnings() as warned:
+        report, problems = inspect_dataset(root)
+    assert problems == [] and report["colour_frames_count"] == 2
+    assert [Path(p).name for p in report["colour_frames"]] == ["1_1.png", "2_1.png"]
+    said = [w.getMessage() for w in warned if "colour" in w.getMessage()]
+    assert len(said) == 1 and "2 frames" in said[0] and "1_1.png" in said[0], said
+    assert "colour      2 frames" in format_report(report)
+
+
 @pytest.mark.parametrize("ext", ["png", "tif"])
 def test_inspect_opens_an_unlabelled_loop_once(tmp_path: Path, monkeypatch, ext: str) -> None:
     """inspect read each frame of a cine loop from a fresh open of its file (outside any

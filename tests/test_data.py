@@ -155,6 +155,26 @@ def test_each_mask_is_looked_at_once_per_load(tmp_path: Path, monkeypatch) -> No
     assert calls == {"outline": 8, "inverted": 8}
 
 
+
+def test_training_counts_its_frames_in_colour_on_a_build_and_a_cache_hit(tmp_path) -> None:
+    """Doppler frames in a training set were read as their luma in silence (and said one
+    line a file would be hundreds): one warning counts them, naming the first, on the
+    build and again on a cache hit, as the thin frames' is."""
+    from conftest import ultraseg_warnings
+
+    root, cache = _tree(tmp_path / "data"), tmp_path / "cache"
+    for p in sorted((root / "images").iterdir())[1:]:
+        grey = np.asarray(Image.open(p))
+        rgb = np.stack([grey] * 3, axis=-1)
+        rgb[:5, :5] = (200, 30, 30)
+        Image.fromarray(rgb).save(p)
+    for _ in range(2):                                  # a build, then a hit
+        with ultraseg_warnings() as warned:
+            load_arrays(open_dataset(root), PreprocessConfig(size=16), cache_dir=cache)
+        said = [w.getMessage() for w in warned if "colour" in w.getMessage()]
+        assert len(said) == 1 and "3 frames" in said[0] and "0_1.png" in said[0], said
+
+
 def test_a_cache_write_killed_halfway_is_swept_by_a_later_one(tmp_path: Path) -> None:
     """A kill -9 while the cache was written left its temporary file (the decoded frames of
     the dataset, megabytes) in the cache folder for good. A later cache write removes those

@@ -15,6 +15,7 @@ from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near
                          thumbnail, unit_thumbnail)
 from .errors import DataError
 from .io import frame_loop, label_set, said_once, scan_dataset, select_label, split_frames
+from .io.base import colour_note, counting_colour
 from .preprocess import outline_note
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,10 @@ def data_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
     note = _outline_note(report)
     if note:
         lines.append(note)
+    note = colour_note(report.get("colour_frames_count") or 0, report.get("colour_frames") or [],
+                       shown)
+    if note:
+        lines.append(note)
     return lines
 
 
@@ -193,31 +198,32 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     frames = _Frames()
     with_specks: list[list[Any]] = []       # [name, speck sizes]
     tally = MaskTally()                     # masks: empty, inverted, like outlines
-    for s in (frame for sample in ds.samples for frame in split_frames(sample)):
-        try:
-            image, mask = s.load()
-        except DataError as e:
-            problems.append(e)
-            continue
-        widths.append(image.shape[1])
-        heights.append(image.shape[0])
-        if mask is None:
-            frames.add(s.name, s.subject, image, None)
-            unlabelled += 1
-            unlabelled_subjects.add(s.subject)
-            continue
-        pairs += 1
-        subjects.add(s.subject)
-        if "class" in s.meta:
-            classes[s.meta["class"]] += 1
-        labels.update(int(v) for v in np.unique(mask) if v)
-        fg = select_label(mask, label)
-        frames.add(s.name, s.subject, image, fg)
-        speckled = specks(mask, label)
-        if speckled:
-            with_specks.append([s.name, speckled[:SPECKS_LISTED]])
-        fractions.append(float(fg.mean()))
-        tally += MaskTally.of(fg)
+    with counting_colour() as colour:     # one warning for the frames in colour
+        for s in (frame for sample in ds.samples for frame in split_frames(sample)):
+            try:
+                image, mask = s.load()
+            except DataError as e:
+                problems.append(e)
+                continue
+            widths.append(image.shape[1])
+            heights.append(image.shape[0])
+            if mask is None:
+                frames.add(s.name, s.subject, image, None)
+                unlabelled += 1
+                unlabelled_subjects.add(s.subject)
+                continue
+            pairs += 1
+            subjects.add(s.subject)
+            if "class" in s.meta:
+                classes[s.meta["class"]] += 1
+            labels.update(int(v) for v in np.unique(mask) if v)
+            fg = select_label(mask, label)
+            frames.add(s.name, s.subject, image, fg)
+            speckled = specks(mask, label)
+            if speckled:
+                with_specks.append([s.name, speckled[:SPECKS_LISTED]])
+            fractions.append(float(fg.mean()))
+            tally += MaskTally.of(fg)
     if label is not None and pairs and label not in labels:
         problems.append(DataError(f"label {label} occurs in no mask; labels present: "
                                   f"{sorted(labels) or 'none'}", ds.root))
@@ -245,6 +251,8 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         "masks_with_specks_count": len(with_specks),
         "masks_inverted_count": tally.inverted,
         "outline_masks_count": tally.outlined,
+        "colour_frames": colour.files[:LISTED],
+        "colour_frames_count": colour.n,
         "problems": len(problems),
     }
     for line in data_warnings(report):
@@ -261,7 +269,7 @@ def failed_report(path: str | Path, problem_lines: list[str]) -> dict[str, Any]:
             "image_size_median": None, "image_size_max": None, "labels": [], "labels_note": None,
             "classes": {}, **_empty_duplicates(), "masks_with_specks": [],
             "masks_with_specks_count": 0, "masks_inverted_count": 0,
-            "outline_masks_count": 0,
+            "outline_masks_count": 0, "colour_frames": [], "colour_frames_count": 0,
             "problems": len(problem_lines), "problem_lines": problem_lines}
 
 
@@ -296,5 +304,8 @@ def format_report(report: dict[str, Any]) -> str:
     if _outline_note(report):
         lines.append(f"outlines    {report['outline_masks_count']} masks look like closed "
                      "contours (--fill-outlines fills them)")
+    if report.get("colour_frames_count"):
+        lines.append(f"colour      {report['colour_frames_count']} frames partly colour "
+                     "(read as their luma)")
     lines.append(f"problems    {report['problems']}")
     return "\n".join(lines)

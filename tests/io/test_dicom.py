@@ -89,6 +89,23 @@ def test_a_grey_frame_reads_as_its_pixels_with_the_regions_pixel_size(tmp_path) 
     assert s.meta["pixel_size_mm"] == pytest.approx(0.12)
 
 
+
+def test_a_colour_overlay_on_a_dicom_frame_is_warned_of(tmp_path) -> None:
+    """A Doppler box on a B-mode DICOM frame (RGB, and as scanners export it: JPEG in
+    YCbCr) was read as its luma in silence; a grey RGB frame is not warned of."""
+    rgb = np.stack([_scan()] * 3, axis=-1)
+    with ultraseg_warnings() as warned:
+        read_image(make_dicom(tmp_path / "grey.dcm", rgb, photometric="RGB"))
+    assert warned == []
+    rgb[4:14, 4:14] = (200, 30, 30)                     # 100 of 2240 pixels: 4.5 %
+    for p in (make_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"),
+              make_dicom(tmp_path / "ybr.dcm", rgb, photometric="YBR_FULL_422", jpeg=True)):
+        with ultraseg_warnings() as warned:
+            read_image(p)
+        assert len(warned) == 1 and "of its pixels are colour" in warned[0].getMessage()
+        assert str(p) in warned[0].getMessage()
+
+
 def test_colour_ybr_jpeg_and_inverted_16_bit_frames_become_grey(tmp_path) -> None:
     scan = _scan()
     rgb = np.stack([scan, scan, scan], axis=-1)

@@ -855,6 +855,57 @@ def test_rgb_image_becomes_gray(tmp_path: Path) -> None:
     assert abs(int(image[0, 0]) - round(0.299 * 100 + 0.587 * 200)) <= 1
 
 
+
+def _doppler(h: int = 40, w: int = 50, box: int = 6) -> np.ndarray:
+    """A grey frame with a box x box colour-flow patch (red over blue) in it."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(60, 140, (h, w), dtype=np.uint8)
+    rgb = np.stack([grey] * 3, axis=-1)
+    rgb[5:5 + box // 2, 5:5 + box] = (200, 30, 30)
+    rgb[5 + box // 2:5 + box, 5:5 + box] = (30, 60, 220)
+    return rgb
+
+
+def test_an_image_with_a_colour_overlay_is_warned_of_once_a_file(tmp_path: Path) -> None:
+    """A Doppler box on a B-mode frame was read as its luma, a flat grey patch, in silence:
+    a model segments it and measure measures it. 36 of 2000 pixels in colour: 1.8 %, said
+    once a file (a loop's frames too); a grey RGB, a slight tint and 0.4 % of colour are not."""
+    p = _save(tmp_path / "doppler.png", _doppler())
+    with ultraseg_warnings() as warned:
+        read_image(p)
+    assert len(warned) == 1, [w.getMessage() for w in warned]
+    said = warned[0].getMessage()
+    assert str(p) in said and "1.8 % of its pixels are colour" in said and "luma" in said
+    tinted = np.stack([np.full((40, 50), 120, np.uint8)] * 3, axis=-1)
+    tinted[..., 0] += 30                                        # a tint, no colour
+    few = _doppler(box=0)
+    few[0, :8] = (200, 30, 30)                                  # 8 of 2000: 0.4 %
+    for quiet in (np.stack([_doppler()[..., 0]] * 3, axis=-1), tinted, few):
+        with ultraseg_warnings() as warned:
+            read_image(_save(tmp_path / "quiet.png", quiet))
+        assert warned == []
+    frames = [Image.fromarray(_doppler()) for _ in range(3)]
+    frames[0].save(tmp_path / "loop.tif", save_all=True, append_images=frames[1:])
+    with ultraseg_warnings() as warned, said_once():
+        for k in range(3):
+            read_image(tmp_path / "loop.tif", frame=k)
+    assert len(warned) == 1
+
+
+def test_frames_in_colour_are_counted_inside_counting_colour(tmp_path: Path) -> None:
+    """Training or inspect reading many Doppler frames said one line each: inside
+    counting_colour they are counted, and one line says how many, naming the first."""
+    from ultraseg.io.base import counting_colour
+
+    paths = [_save(tmp_path / f"{k}.png", _doppler()) for k in range(4)]
+    with ultraseg_warnings() as warned, counting_colour() as colour:
+        for p in paths:
+            read_image(p)
+    assert warned == [] and colour.n == 4
+    note = colour.note()
+    assert note is not None and note.startswith("4 frames") and str(paths[0]) in note
+
+
 # ------------------------------------------------------------------ --label K
 def _label_dataset(root: Path) -> Path:
     rng = np.random.default_rng(0)

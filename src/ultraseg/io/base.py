@@ -451,6 +451,8 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
     # `frame[mask] = 255` failed on 8-bit files alone (16-bit ones come back converted)
     if im.mode == "LAB":                                            # its lightness
         return np.array(im.getchannel("L"), dtype=np.uint8)
+    if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+        say_colour(np.asarray(im if im.mode in ("RGB", "RGBA") else im.convert("RGB")), path)
     if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
         return np.array(im.convert("L"), dtype=np.uint8)
     arr = np.asarray(im)  # I;16, I, F
@@ -568,16 +570,101 @@ def _say_few_greys(x: np.ndarray, out: np.ndarray, path: str | Path | None) -> N
                    "or 0..255")
 
 
-def say_of_file(path: str | Path | None, kind: str, what: str) -> None:
+def say_of_file(path: str | Path | None, kind: str, what: str,
+                unnamed: str = "a float frame (an array)") -> None:
     """Warn of a frame (a float scale, a size beyond Pillow's guard): once a file inside a
     :func:`said_once` block (``kind`` tells the warnings apart), each time for an array
-    (``path`` None) and outside such a block."""
+    (``path`` None, said to be ``unnamed``) and outside such a block."""
     if path is not None and getattr(_said, "depth", 0):
         key = (os.path.realpath(path), kind)
         if key in _said.files:
             return
         _said.files.add(key)
-    log.warning("%s: %s", path if path is not None else "a float frame (an array)", what)
+    log.warning("%s: %s", path if path is not None else unnamed, what)
+
+
+#: A pixel whose colour channels spread over more than this (of 0..255) is in colour (a
+#: Doppler flow box, an annotation), not grey: a tint or a JPEG's chroma noise stays under it.
+COLOUR_SPREAD = 40
+#: The share of a frame's pixels in colour from which its reading as luma is warned of.
+COLOUR_SHARE = 0.005
+#: What reading a frame in colour as its luma costs, and what its colour may be.
+COLOUR_LOST = ("(a Doppler or annotation overlay?): read as their luma, the tissue under "
+               "them is lost")
+
+#: Per thread, inside :func:`counting_colour`: ``tally``, the :class:`ColourFrames` counting.
+_colour = threading.local()
+
+
+def colour_share(rgb: np.ndarray) -> float:
+    """The share of an (H, W, C >= 3) frame's pixels in colour: channels spread over more
+    than :data:`COLOUR_SPREAD` (of 0..255; a wider dtype's, of the frame's own range, as it
+    is stretched to 8 bits). Alpha is not looked at."""
+    rgb = rgb[..., :3]
+    spread = rgb.max(axis=2) - rgb.min(axis=2)      # (max >= min: no unsigned wrap)
+    limit = float(COLOUR_SPREAD)
+    if rgb.dtype != np.uint8:
+        limit *= float(rgb.max()) - float(rgb.min()) if rgb.size else 0.0
+        limit /= 255.0
+    return float(np.count_nonzero(spread > limit)) / max(spread.size, 1)
+
+
+def say_colour(rgb: np.ndarray, path: str | Path | None) -> None:
+    """Warn where at least :data:`COLOUR_SHARE` of the colour frame ``rgb`` (H, W, C >= 3),
+    read from ``path``, is in colour (:func:`colour_share`), which its luma loses: once a
+    file (:func:`say_of_file`), or, inside :func:`counting_colour`, counted there."""
+    share = colour_share(rgb)
+    if share < COLOUR_SHARE:
+        return
+    tally = getattr(_colour, "tally", None)
+    if tally is not None and path is not None:
+        tally.add(path, share)
+        return
+    say_of_file(path, "colour", f"{100 * share:.1f} % of its pixels are colour {COLOUR_LOST}",
+                unnamed="an image")
+
+
+def colour_note(n: int, files: list[str], shown: int = 3) -> str | None:
+    """The one line for ``n`` frames in colour, ``files`` the first of their files (none:
+    None)."""
+    if not n:
+        return None
+    named = ", ".join(files[:shown]) + (", ..." if len(files) > shown or n > len(files)
+                                        else "")
+    return (f"{n} frame{'s' * (n != 1)} partly colour, at least {COLOUR_SHARE:.1%} of "
+            f"{'their' if n != 1 else 'its'} pixels: {named} {COLOUR_LOST}")
+
+
+class ColourFrames:
+    """A tally of the frames read in colour inside :func:`counting_colour`: their count and
+    their files (the first :data:`LISTED`), said in one line (:func:`colour_note`)."""
+
+    LISTED = 20
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.files: list[str] = []
+
+    def add(self, path: str | Path, share: float) -> None:
+        self.n += 1
+        if len(self.files) < self.LISTED and str(path) not in self.files:
+            self.files.append(str(path))
+
+    def note(self) -> str | None:
+        return colour_note(self.n, self.files)
+
+
+@contextlib.contextmanager
+def counting_colour() -> Iterator[ColourFrames]:
+    """Inside the block, this thread's frames read in colour are counted in the
+    :class:`ColourFrames` it gives, not warned of a file at a time (:func:`say_colour`):
+    training and inspect, reading many, say one line for all."""
+    outer = getattr(_colour, "tally", None)
+    _colour.tally = tally = ColourFrames()
+    try:
+        yield tally
+    finally:
+        _colour.tally = outer
 
 
 def read_mask(path: str | Path, white: int = 1) -> np.ndarray:

@@ -244,7 +244,7 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
 def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     """:func:`read_dicom`, whose errors other than DataError are the file's damage."""
     from ..preprocess import to_gray     # (preprocess reads through io: imported here)
-    from .base import SEVERAL_FRAMES_ADVICE, inverted, to_uint8
+    from .base import SEVERAL_FRAMES_ADVICE, inverted, say_colour, to_uint8
 
     # the header first: the frame's size is checked before any pixel is read; a loop's frame
     # is decoded alone, from the file (pydicom reads no other frame's bytes)
@@ -275,6 +275,7 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
         where = f"frame {frame + 1} of {frames}: " if frames > 1 else ""
         raise DataError(where + _undecodable(ds, e), path) from e
     if arr.ndim == 3 and arr.shape[2] in (3, 4):   # colour: luma, in its dtype
+        say_colour(arr, path)
         arr = to_gray(arr)
     elif arr.ndim != 2:
         raise DataError(f"pixel data of shape {arr.shape} is no 2D frame", path)
