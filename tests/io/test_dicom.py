@@ -199,6 +199,22 @@ def _cine(path: Path, frames: list[np.ndarray], **header) -> Path:
     return path
 
 
+
+def test_a_dicom_loop_with_a_mask_says_what_applies_to_a_labelled_set(tmp_path) -> None:
+    """A labelled set's multi-frame DICOM was refused saying 'predict and measure take each of
+    its frames', which predict on that set then refused: it names the mask and the ways out."""
+    root = tmp_path / "ds"
+    _cine(root / "images" / "1_1.dcm", [_scan()] * 3)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros(_scan().shape, np.uint8)).save(root / "masks" / "1_1_mask.png")
+    (s,) = scan_dataset(root)[0].samples
+    with pytest.raises(DataError, match="holds 3 frames") as e:
+        s.load()
+    said = str(e.value)
+    assert "predict and measure take each" not in said and "1_1_mask.png" in said, said
+    assert "labelled set" in said, said
+
+
 def test_a_cine_loops_frames_are_read_one_by_one(tmp_path) -> None:
     """A scanner's cine loop was refused outright: its frames are read one at a time."""
     from conftest import assert_reads_each_frame

@@ -1361,3 +1361,22 @@ def test_a_flat_folder_of_outlines_named_annotation_is_pointed_to_the_hc18_layou
     assert "--layout hc18" in said and "_mask" not in said.split("closed contours")[1], said
     ds = open_dataset(flat, "hc18")           # what it advises does pair and fill them
     assert len(ds.labelled) == 2 and np.array_equal(ds.labelled[0].load_mask() > 0, disk)
+
+
+def test_a_loop_with_a_mask_is_refused_with_what_applies_to_a_labelled_set(tmp_path) -> None:
+    """predict on a labelled set refused its cine loop (images/1_1.tif, with a mask) saying
+    'predict and measure take each of its frames': in a labelled set each image is one frame;
+    the error says so, names the mask, and how to predict the loop (alone) or train on it."""
+    pages = [Image.fromarray(np.full((8, 10), 40 * k, np.uint8)) for k in range(3)]
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    pages[0].save(root / "images" / "1_1.tif", save_all=True, append_images=pages[1:])
+    Image.fromarray(np.zeros((8, 10), np.uint8)).save(root / "masks" / "1_1_mask.png")
+    (s,) = open_dataset(root).samples
+    with pytest.raises(DataError, match="holds 3 pages") as e:
+        s.load()
+    said = str(e.value)
+    assert "predict and measure take each of its frames" not in said
+    assert "1_1_mask.png" in said and "labelled set" in said and "alone" in said, said
+    assert "save each" in said, said

@@ -68,6 +68,9 @@ class Sample:
 
     def load_image(self) -> np.ndarray:
         """The grayscale image, (H, W) uint8."""
+        if self.mask_paths and self.frame is None:      # a loop refused says what applies
+            return _read_image(self.image_path, None, with_mask_advice(self.image_path,
+                                                                      self.mask_paths[0]))
         return read_image(self.image_path, frame=self.frame)
 
     def load_mask(self) -> np.ndarray | None:
@@ -274,10 +277,12 @@ def _at_frame(path: Path, st: os.stat_result, frame: int) -> Image.Image:
     return im
 
 
-def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Image:
+def _open(path: Path, frame: int | None = None, kind: str = "image",
+          several: str = "") -> Image.Image:
     """``path`` opened and decoded (its page ``frame``, from 0, of several); ``kind`` ('image'
-    or 'mask') says what a file of several pages is refused as. A page's image is kept open
-    for the pages after it: :func:`_release` it, not close it."""
+    or 'mask') says what a file of several pages is refused as (an image: with ``several``,
+    default :data:`SEVERAL_FRAMES_ADVICE`). A page's image is kept open for the pages after
+    it: :func:`_release` it, not close it."""
     try:
         st = path.stat()
         if st.st_size == 0:
@@ -290,7 +295,7 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
             _check_samples(im, path)
             pages = _pages(im, path)
             if pages > 1:
-                why = (SEVERAL_FRAMES_ADVICE if kind == "image" else
+                why = (several or SEVERAL_FRAMES_ADVICE if kind == "image" else
                        "ultraseg reads one mask per file: save each page as its own file")
                 raise DataError(f"holds {pages} pages (a cine loop or a stack?): {why}", path)
             im.load()  # decode now: truncated files fail here, not later
@@ -360,6 +365,15 @@ SEVERAL_FRAMES_ADVICE = ("predict and measure take each of its frames (from Pyth
                          "per file: save each as its own file, with its mask")
 
 
+def with_mask_advice(image: Path, mask: Path) -> str:
+    """Why the file ``image`` of several frames is refused as a labelled set's image
+    (``mask``: its mask), where :data:`SEVERAL_FRAMES_ADVICE`'s 'predict takes each of its
+    frames' would not hold: predict takes a labelled set's images as one frame each."""
+    return (f"it has a mask ({mask.name}), and in a labelled set each image is one frame: save "
+            "each frame as its own image, with its own mask, or predict the loop alone "
+            f"(`ultraseg predict MODEL {image}` takes each of its frames)")
+
+
 def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     """Decode an image file to grayscale (H, W) uint8.
 
@@ -369,15 +383,20 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     multi-page TIFF, an animated PNG; :func:`frame_count`) is refused unless ``frame`` (from
     0) says which.
     """
-    path = Path(path)
+    return _read_image(Path(path), frame)
+
+
+def _read_image(path: Path, frame: int | None, several: str = "") -> np.ndarray:
+    """:func:`read_image`; a file of several frames, ``frame`` None, refused with ``several``
+    (default :data:`SEVERAL_FRAMES_ADVICE`)."""
     if frame is not None:
         if isinstance(frame, bool) or not isinstance(frame, numbers.Integral) or frame < 0:
             raise UltrasegError(f"frame must be a whole number from 0 (or None), got {frame!r}")
         frame = int(frame)
     if is_dicom(path):
         close_kept()
-        return read_dicom(path, frame=frame)
-    im = _open(path, frame)
+        return read_dicom(path, frame=frame, several=several)
+    im = _open(path, frame, several=several)
     try:
         return pillow_to_gray(im, path)
     finally:

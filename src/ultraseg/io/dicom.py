@@ -227,12 +227,13 @@ def dicom_frame_count(path: str | Path) -> int:
     return _frames(_read(path, pixels=False), path)
 
 
-def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
+def read_dicom(path: str | Path, frame: int | None = None, several: str = "") -> np.ndarray:
     """A DICOM frame -> grayscale (H, W) uint8 (see the module docstring): the file's one
-    frame, or frame ``frame`` (from 0) of a cine loop; a loop without ``frame`` is refused."""
+    frame, or frame ``frame`` (from 0) of a cine loop; a loop without ``frame`` is refused
+    (saying ``several``, default :data:`~ultraseg.io.base.SEVERAL_FRAMES_ADVICE`)."""
     path = Path(path)
     try:
-        return _read_dicom(path, frame)
+        return _read_dicom(path, frame, several)
     except DataError:
         raise
     except Exception as e:      # a damaged element pydicom converts when it is first used
@@ -241,7 +242,7 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
         raise DataError(f"unreadable DICOM file ({_said(e)})", path) from e
 
 
-def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
+def _read_dicom(path: Path, frame: int | None, several: str = "") -> np.ndarray:
     """:func:`read_dicom`, whose errors other than DataError are the file's damage."""
     from ..preprocess import to_gray     # (preprocess reads through io: imported here)
     from .base import SEVERAL_FRAMES_ADVICE, inverted, say_colour, to_uint8
@@ -251,7 +252,8 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     ds = _read(path, pixels=False)
     frames = _frames(ds, path)
     if frames > 1 and frame is None:
-        raise DataError(f"holds {frames} frames (a cine loop?): {SEVERAL_FRAMES_ADVICE}", path)
+        raise DataError(f"holds {frames} frames (a cine loop?): "
+                        f"{several or SEVERAL_FRAMES_ADVICE}", path)
     if frame is not None and not 0 <= frame < frames:
         raise DataError(f"holds {frames} frame{'s' * (frames != 1)}: no frame {frame} (frames "
                         "count from 0)", path)
