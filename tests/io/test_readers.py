@@ -1380,3 +1380,25 @@ def test_a_loop_with_a_mask_is_refused_with_what_applies_to_a_labelled_set(tmp_p
     assert "predict and measure take each of its frames" not in said
     assert "1_1_mask.png" in said and "labelled set" in said and "alone" in said, said
     assert "save each" in said, said
+
+
+def test_masks_named_as_a_loop_s_frames_get_one_line_naming_the_loop(tmp_path) -> None:
+    """masks/clip_frame001_mask.png ... beside images/clip.tif (a 3-page loop), the names
+    predict gives a loop's frames: three 'mask without an image' lines and one 'image without a
+    mask', none linking them. One line names the loop and says to save each frame as its own
+    image; a mask of another name still gets its own line."""
+    pages = [Image.fromarray(np.full((8, 10), 40 * k, np.uint8)) for k in range(3)]
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    pages[0].save(root / "images" / "clip.tif", save_all=True, append_images=pages[1:])
+    pages[0].save(root / "images" / "still.png")
+    for name in ("clip_frame001", "clip_frame002", "clip_frame003", "still", "stray"):
+        Image.fromarray(np.zeros((8, 10), np.uint8)).save(root / "masks" / f"{name}_mask.png")
+    _, problems = scan_dataset(root)
+    said = sorted(str(p) for p in problems)
+    assert len(said) == 2, said
+    loop, stray = sorted(said, key=lambda line: "stray" in line)
+    assert "clip.tif" in loop and "3 masks" in loop and "clip_frame001_mask.png" in loop, loop
+    assert "3 frames" in loop and "save each frame as its own image" in loop, loop
+    assert "stray_mask.png" in stray and "mask without an image" in stray

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Collection, NamedTuple
 
 from ..errors import DataError
-from .base import (OUTPUT_MARKER, Reader, Sample, image_stem, in_output_folder,
+from .base import (OUTPUT_MARKER, Reader, Sample, frame_count, image_stem, in_output_folder,
                    is_image_file, iter_files, list_images, natural_key, read_mask, walk_files,
                    warn_outputs_left_out)
 
@@ -109,6 +109,35 @@ def _misnamed_problem(suffix: str, explained: dict[str, str], masks: dict[str, l
     return Unpaired(said + f"rename them (e.g. {rename})", first.parent)
 
 
+#: A name as predict gives a loop's frames (:func:`ultraseg.io.frame_tag`): NAME_frame001.
+_FRAME_NAME = re.compile(r"^(.*)_frame(\d{3,})$")
+
+
+def _loop_frame_masks(images: dict[str, list[Path]], orphans: Collection[str]
+                      ) -> dict[str, list[str]]:
+    """The masks among ``orphans`` (names that pair with no image) named as predict names a
+    loop's frames (``NAME_frame001``), by the image ``NAME`` they are frames of, where that
+    file holds several frames (its header read, one a loop)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for name in orphans:
+        m = _FRAME_NAME.match(name)
+        if m and m.group(1) in images:
+            found[m.group(1)].append(name)
+    return {stem: sorted(names, key=natural_key) for stem, names in found.items()
+            if frame_count(images[stem][0]) > 1}
+
+
+def _loop_frames_problem(image: Path, masks: list[Path]) -> Unpaired:
+    """The one line for ``masks`` named as frames of the cine loop ``image``."""
+    named = masks[0].name + (f" .. {masks[-1].name}" if len(masks) > 1 else "")
+    frames = frame_count(image)
+    return Unpaired(f"{len(masks)} mask{'s' * (len(masks) != 1)} ({named}) are named as frames "
+                    f"of this cine loop ({frames} frames), as predict names them, but a "
+                    "labelled set's image is one frame: save each frame as its own image, "
+                    f"named as its mask ({masks[0].name.replace('_mask', '', 1)} ...; from "
+                    "Python: read_image(path, frame=k))", image)
+
+
 def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled: bool,
           folder: Path, several_masks: bool = False, naming: str | None = None
           ) -> tuple[list[tuple[str, Path, tuple[Path, ...]]], list[DataError]]:
@@ -133,11 +162,16 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
     explained = misnamed[1] if misnamed else {}
     if misnamed and naming is not None:
         problems.append(_misnamed_problem(*misnamed, masks, naming))
-    for name in sorted(set(masks) - set(images) - set(explained), key=natural_key):
+    orphans = set(masks) - set(images) - set(explained)
+    loops = _loop_frame_masks(images, orphans)
+    for stem, names in loops.items():
+        problems.append(_loop_frames_problem(images[stem][0], [masks[n][0] for n in names]))
+        orphans -= set(names)
+    for name in sorted(orphans, key=natural_key):
         mask = masks[name][0]
         problems.append(Unpaired(f"mask without an image: add its image, or move the mask out "
                                  f"of {mask.parent.name}/", mask))
-    told = set(explained.values())
+    told = set(explained.values()) | set(loops)
     pairs = []
     for name in sorted(images, key=natural_key):
         mask = masks.get(name)
