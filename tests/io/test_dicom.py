@@ -106,6 +106,19 @@ def test_a_colour_overlay_on_a_dicom_frame_is_warned_of(tmp_path) -> None:
         assert str(p) in warned[0].getMessage()
 
 
+
+def test_a_region_with_a_negative_delta_gives_its_magnitude(tmp_path) -> None:
+    """PhysicalDeltaX/Y are the physical increments per positive pixel step: a negative one
+    is an axis that runs the other way, not a missing size. Such a region was dropped in
+    silence (measure in px, 'no pixel size known')."""
+    scan = _scan()
+    for dx, dy in ((0.02, -0.02), (-0.02, -0.02), (-0.02, 0.02)):
+        p = make_dicom(tmp_path / "neg.dcm", scan, regions=[_region(dx, dy)])
+        assert dicom_pixel_size_mm(p) == pytest.approx(0.2), (dx, dy)
+    p = make_dicom(tmp_path / "zero.dcm", scan, regions=[_region(0.0, 0.02)])
+    assert dicom_pixel_size_mm(p) is None
+
+
 def test_colour_ybr_jpeg_and_inverted_16_bit_frames_become_grey(tmp_path) -> None:
     scan = _scan()
     rgb = np.stack([scan, scan, scan], axis=-1)

@@ -12,7 +12,8 @@ header, so ``measure`` and ``evaluate`` give millimetres without ``--pixel-size`
 
 * the ultrasound regions (``SequenceOfUltrasoundRegions``): the 2D regions whose physical
   units are centimetres, where they all agree on one pixel size (``PhysicalDeltaX`` and
-  ``PhysicalDeltaY``, cm, times 10);
+  ``PhysicalDeltaY``, cm, times 10; their magnitudes: a negative delta is an axis that runs
+  the other way);
 * else ``PixelSpacing`` (mm; row and column spacing);
 * else, in a multi-frame file, its functional groups' (``PixelMeasuresSequence`` >
   ``PixelSpacing``): the shared group's (``SharedFunctionalGroupsSequence``), else the frames'
@@ -375,8 +376,10 @@ def _header_sizes(ds: Any) -> tuple[list[tuple[float, float]], str]:
                and r.get("PhysicalUnitsXDirection") == _CM
                and r.get("PhysicalUnitsYDirection") == _CM]
     if regions:
-        return ([(float(r.PhysicalDeltaX) * 10, float(r.PhysicalDeltaY) * 10) for r in regions],
-                "ultrasound regions")
+        # (a delta is the increment per positive pixel step: negative, the axis runs the
+        # other way; its magnitude is the pixel's size)
+        return ([(abs(float(r.PhysicalDeltaX)) * 10, abs(float(r.PhysicalDeltaY)) * 10)
+                 for r in regions], "ultrasound regions")
     if ds.get("PixelSpacing", None) is not None:
         return [_as_xy(ds.PixelSpacing)], "PixelSpacing"
     for sequence, where in (("SharedFunctionalGroupsSequence", "shared functional groups"),
