@@ -248,6 +248,18 @@ def test_collect_frames_uses_a_labelled_dataset_and_its_masks(tmp_path):
     assert frame.out_name == "1_1" and frame.sample.labelled
 
 
+
+def test_a_gif_or_a_video_named_to_predict_says_how_to_read_it(tmp_path):
+    """`predict MODEL cine.gif` (or clip.mp4) said 'not an image file; supported: ...', true
+    but no help: GIF is an image format ultraseg does not read, a video a loop of frames."""
+    (tmp_path / "cine.gif").write_bytes(b"GIF89a")
+    with pytest.raises(DataError, match="GIF is not read: convert it to PNG"):
+        collect_frames([tmp_path / "cine.gif"])
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    with pytest.raises(DataError, match="a video.*ffmpeg -i .*clip.mp4.*multi-frame DICOM"):
+        collect_frames([tmp_path / "clip.mp4"])
+
+
 def test_collect_frames_errors_before_anything_runs(tmp_path):
     save(tmp_path / "ok.png", ramp(4, 4))
     with pytest.raises(DataError, match="no such file or folder"):

@@ -36,7 +36,7 @@ from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, LabelTally, check_label, frame_loop, header_shape,
                       in_output_folder, said_once,
                       mark_output_folder,
-                      warn_outputs_left_out)
+                      unread_file_advice, warn_outputs_left_out)
 from .io.dicom import is_dicom
 from .measure import has_pixel_size
 from .postprocess import apply as apply_postprocess
@@ -123,6 +123,9 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
         if path.is_file():      # (named itself: a hidden name is the user's choice)
             if path.suffix.lower() not in IMAGE_EXTENSIONS and not is_dicom(path):
                 model = path.suffix.lower() in MODEL_EXTENSIONS
+                advice = unread_file_advice(path)
+                if advice:
+                    raise DataError(advice, path)
                 raise DataError("not an image file" + (
                     " but a model: the model comes first, the images after it"
                     if model else "; supported: " + ", ".join(IMAGE_EXTENSIONS)), path)

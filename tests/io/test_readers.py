@@ -1402,3 +1402,24 @@ def test_masks_named_as_a_loop_s_frames_get_one_line_naming_the_loop(tmp_path) -
     assert "clip.tif" in loop and "3 masks" in loop and "clip_frame001_mask.png" in loop, loop
     assert "3 frames" in loop and "save each frame as its own image" in loop, loop
     assert "stray_mask.png" in stray and "mask without an image" in stray
+
+
+def test_video_files_are_counted_with_how_to_read_their_frames(tmp_path) -> None:
+    """A folder of .mp4/.avi loops alone was 'empty folder or unknown layout: no images
+    found', and beside images they were left out without a word: they are counted as formats
+    not read, with how to get their frames (ffmpeg, or a multi-frame DICOM/TIFF export)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("clip.mp4", "loop.AVI", "scan.mov"):
+        (videos / name).write_bytes(b"not decoded: the name is enough")
+    with pytest.raises(DataError) as e:
+        scan_dataset(videos)
+    said = str(e.value)
+    assert "empty folder" not in said and ".mp4 1" in said and ".avi 1" in said, said
+    assert ".mov 1" in said and "ffmpeg" in said and "multi-frame DICOM" in said, said
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(videos / "still.png")
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(videos)
+    assert [s.name for s in ds.samples] == ["still"]
+    said = [r.getMessage() for r in warned if "not read" in r.getMessage()]
+    assert len(said) == 1 and "3 files" in said[0] and "ffmpeg" in said[0], said

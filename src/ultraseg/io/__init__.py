@@ -17,8 +17,9 @@ import numpy as np
 from ..errors import DataError, UltrasegError
 from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
-                   classify_mask_values, frame_count, frame_loop, image_stem, read_image,
-                   read_mask, said_once, select_label, unread_files_said, unread_image_files)
+                   classify_mask_values, convert_advice, frame_count, frame_loop, image_stem,
+                   read_image, read_mask, said_once, select_label, unread_files_said,
+                   unread_image_files)
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (IMAGE_FOLDERS, MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader,
@@ -93,9 +94,11 @@ def detect_layout(root: str | Path) -> str:
                         ", ".join(f"'{n}'" for n in others), "s" * (len(others) > 1))
         return fits[0]
     unread = unread_image_files(root) if root.is_dir() else {}
-    raise DataError("empty folder or unknown layout: no images found" + (
-        f" ({unread_files_said(unread)}: it reads {', '.join(IMAGE_EXTENSIONS)}; convert them, "
-        f"to PNG say)" if unread else "") + "; valid layouts: " + ", ".join(READERS), root)
+    raise DataError(("no images found" if unread else "empty folder or unknown layout: no "
+                     "images found") + (
+        f" ({unread_files_said(unread)}: it reads {', '.join(IMAGE_EXTENSIONS)}; "
+        f"{convert_advice(unread)})" if unread else "") + "; valid layouts: " + ", ".join(READERS),
+        root)
 
 
 def nested_datasets(root: str | Path) -> list[tuple[Path, str]]:
@@ -181,8 +184,9 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
                         "masks' shows how)", table, column)
     unread = unread_image_files(root)
     if unread:
-        log.warning("%s: %s, left out: it reads %s; convert them (to PNG, say) to use them",
-                    root, unread_files_said(unread), ", ".join(IMAGE_EXTENSIONS))
+        log.warning("%s: %s, left out: it reads %s; to use them, %s", root,
+                    unread_files_said(unread), ", ".join(IMAGE_EXTENSIONS),
+                    convert_advice(unread))
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
     _check_pattern(reader, subject_pattern)
     return Dataset(root, name, tuple(samples)), problems

@@ -1220,9 +1220,41 @@ def iter_files(root: Path) -> Iterator[Path]:
 
 #: Endings of image files ultraseg does not read: counted where a folder holds them
 #: (:func:`unread_image_files`), so that they are not left out in silence.
+#: Endings of video files: loops, whose frames ultraseg reads once extracted or exported.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".wmv", ".m4v", ".mpg", ".mpeg", ".webm")
 UNREAD_IMAGE_EXTENSIONS = (".webp", ".gif", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".jxl",
                            ".pgm", ".ppm", ".pnm", ".tga", ".dib", ".ico", ".psd", ".exr",
-                           ".pcx", ".nii", ".gz", ".mha", ".mhd", ".nrrd")
+                           ".pcx", ".nii", ".gz", ".mha", ".mhd", ".nrrd", *VIDEO_EXTENSIONS)
+
+#: How a video's frames are read: ``{name}``, ``{stem}`` its file's.
+VIDEO_ADVICE = ("extract {their} frames (ffmpeg -i {name} {stem}_%03d.png) or export {loop} as "
+                "multi-frame DICOM or TIFF, which predict and measure read frame by frame")
+
+
+def convert_advice(counts: dict[str, int]) -> str:
+    """What to do with the files :func:`unread_image_files` counted (``counts``): convert
+    the images, get the videos' frames."""
+    videos = [k for k in counts if k in VIDEO_EXTENSIONS]
+    said = ([f"convert {'the images' if videos else 'them'} (to PNG, say)"]
+            if len(videos) < len(counts) else [])
+    if videos:
+        said.append("videos: " + VIDEO_ADVICE.format(their="their", name=f"clip{videos[0]}",
+                                                      stem="clip", loop="the loops"))
+    return "; ".join(said)
+
+
+def unread_file_advice(path: Path) -> str | None:
+    """Why the file ``path``, named on its own, is not read and what to do, where its ending
+    is one of :data:`UNREAD_IMAGE_EXTENSIONS`; else None."""
+    ending = path.suffix.lower()
+    if ending not in UNREAD_IMAGE_EXTENSIONS:
+        return None
+    if ending in VIDEO_EXTENSIONS:
+        return "a video, which ultraseg does not read: " + VIDEO_ADVICE.format(
+            their="its", name=path.name, stem=path.stem, loop="the loop")
+    if ending == ".gif":
+        return "GIF is not read: convert it to PNG (a GIF loop: to a multi-page TIFF)"
+    return f"a {ending} file, a format ultraseg does not read: convert it (to PNG, say)"
 
 
 def unread_files_said(counts: dict[str, int]) -> str:
