@@ -151,6 +151,25 @@ def test_no_labelled_frames_is_a_user_error(tmp_path) -> None:
         evaluate(_constant_predictor(0.0), tmp_path / "empty")
 
 
+def test_evaluating_frames_in_colour_says_one_line_for_them_all(tmp_path) -> None:
+    """Frames in colour (a Doppler box read as its luma) were warned of once a file; one line
+    counts them, naming the first, as predict, training and inspect say it."""
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (tmp_path / "d" / folder).mkdir(parents=True)
+    for k in range(3):
+        rgb = np.stack([rng.integers(60, 140, (30, 40), dtype=np.uint8)] * 3, axis=-1)
+        rgb[4:10, 4:12] = (200, 30, 30)                          # 48 of 1200 pixels: 4 %
+        Image.fromarray(rgb).save(tmp_path / "d" / "images" / f"1_{k}.png")
+        mask = np.zeros((30, 40), np.uint8)
+        mask[12:20, 10:30] = 255
+        Image.fromarray(mask).save(tmp_path / "d" / "masks" / f"1_{k}_mask.png")
+    with ultraseg_warnings() as warned:
+        evaluate(_constant_predictor(0.0), tmp_path / "d")
+    said = [w.getMessage() for w in warned if "colour" in w.getMessage()]
+    assert len(said) == 1 and said[0].startswith("3 frames partly colour"), said
+
+
 # ------------------------------------------------------------------ the CLI
 def test_cli_json_prints_exactly_one_object(checkpoint, data, capsys) -> None:
     rc = cli.main(["evaluate", str(checkpoint), str(data), "--json", "--device", "cpu"])

@@ -427,6 +427,29 @@ def test_an_overlays_truth_reads_a_0_255_mask_as_its_set_has_it(tmp_path):
         assert truth[14:22, 16:28].any() and not truth[:12, :].any(), name
 
 
+def test_predicting_frames_in_colour_says_one_line_for_them_all(tmp_path):
+    """predict warned once a file of frames in colour (a Doppler box read as its luma): a
+    folder of hundreds of Doppler frames said hundreds of lines. One line counts them, naming
+    the first, as training and inspect say it; measure reads its frames the same way."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg.predict_files import measure_frames
+
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        rgb = np.stack([rng.integers(60, 140, (30, 40), dtype=np.uint8)] * 3, axis=-1)
+        rgb[4:10, 4:12] = (200, 30, 30)                          # 48 of 1200 pixels: 4 %
+        Image.fromarray(rgb).save(tmp_path / f"d{k}.png")
+    frames = collect_frames([tmp_path / f"d{k}.png" for k in range(4)])
+    for run in (lambda: write_predictions(pixel_predictor(), frames, tmp_path / "out"),
+                lambda: measure_frames(pixel_predictor(), frames, out=tmp_path / "m")):
+        with ultraseg_warnings() as warned:
+            run()
+        said = [w.getMessage() for w in warned if "colour" in w.getMessage()]
+        assert len(said) == 1 and said[0].startswith("4 frames partly colour"), said
+        assert str(tmp_path / "d0.png") in said[0]
+
+
 def test_rle_submission_round_trips_and_keeps_input_order(tmp_path):
     images = {"10": ramp(21, 13, 5), "2": ramp(21, 13, 6), "1": np.zeros((21, 13), np.uint8)}
     for stem, im in images.items():

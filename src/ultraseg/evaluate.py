@@ -20,7 +20,7 @@ from .fileio import (atomic_write_texts, cannot_write_in, csv_cell, failure_reas
                      output_lock, read_json)
 from .io import (WHITE_LABELS, Dataset, Sample, dataset_hint, label_set, open_dataset,
                  scan_dataset, select_label)
-from .io.base import LabelTally, header_shape, said_once
+from .io.base import LabelTally, counting_colour, header_shape, said_once
 from .logs import quiet
 from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
 from .metrics import EMPTY_RULE, image_metrics, summarise
@@ -414,8 +414,9 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
 
     sizes = PixelSizes(pixel_size_mm)
     try:
-        _score_frames(predictor, samples, decoded(), truths, regions, at, rows, raw_rows,
-                      sizes, offset, progress)
+        with counting_colour() as colour:   # the frames in colour said in one line for all
+            _score_frames(predictor, samples, decoded(), truths, regions, at, rows, raw_rows,
+                          sizes, offset, progress)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -432,6 +433,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
                         f"labels {', '.join(map(str, absent))}): every frame would be scored "
                         f"as empty; --label K scores against another", ds.root)
     thin.warn(log, PAD_TO_SQUARE_REMEDY)
+    if colour.note():
+        log.warning("%s", colour.note())
     sizes.warn(log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}

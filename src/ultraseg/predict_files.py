@@ -33,7 +33,8 @@ from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, failure_
 from .io import (IMAGE_EXTENSIONS, WHITE_LABELS, Sample, as_outline, check_layout, file_sample,
                  frame_tag, image_stem, scan_dataset, select_label, split_frames, white_label)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
-from .io.base import (OUTPUT_MARKER, LabelTally, check_label, frame_loop, header_shape,
+from .io.base import (OUTPUT_MARKER, LabelTally, check_label, counting_colour, frame_loop,
+                      header_shape,
                       in_output_folder, said_once,
                       mark_output_folder,
                       unread_file_advice, warn_outputs_left_out)
@@ -358,8 +359,8 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
 
     again: list[tuple[Frame, np.ndarray]] = []
     # a loop's file is kept open from frame to frame, and closed when done or stopped;
-    # a file's warnings are said once
-    with said_once(), frame_loop():
+    # a file's warnings are said once, the frames in colour in one line for all
+    with said_once(), frame_loop(), counting_colour() as colour:
         try:
             while True:
                 given = 0       # frames this pass of the predictor has given back
@@ -383,6 +384,8 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
                 pending.clear()
         finally:
             thin.warn(log, PAD_TO_SQUARE_REMEDY)
+            if colour.note():
+                log.warning("%s", colour.note())
 
 
 def encode_mask(mask: np.ndarray, fmt: str = "png") -> bytes:
