@@ -47,8 +47,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h
 
 def keep_freed_memory() -> bool:
     """Tell glibc's allocator to keep freed memory in the process for reuse. Process-wide:
-    the ``ultraseg`` command calls it for its own process; a program using the Python API
-    decides for its own (call this, or set the environment variables below).
+    the ``ultraseg`` command calls it for its own process (:func:`command`); a program using
+    the Python API or :func:`main` decides for its own (call this, or set the environment
+    variables below).
 
     By default glibc gives every block over 32 MB (a width-64 U-Net's first activations on a
     580x420 frame are 58 MB) its own ``mmap`` and hands it back when freed, so each forward
@@ -411,6 +412,14 @@ def _printable_streams() -> Iterator[None]:
             stream.close()
 
 
+def command() -> int:
+    """The ``ultraseg`` command and ``python -m ultraseg``: this process is ultraseg's own, so
+    glibc keeps the memory it frees (:func:`keep_freed_memory`), then :func:`main` runs
+    ``sys.argv``. A host calling :func:`main` keeps its allocator as it is."""
+    keep_freed_memory()  # this process is ours: no page faults on every pass's large blocks
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -474,7 +483,6 @@ def _terminal_log(level: int) -> ContextManager[None]:
 
 
 def _run(a: argparse.Namespace) -> int:
-    keep_freed_memory()  # this process is ours: no page faults on every pass's large blocks
     try:
         with _sigterm_as_interrupt():
             return a.func(a)
