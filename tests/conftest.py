@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -12,12 +13,18 @@ import pytest
 SHARED_DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
 
 
-@pytest.fixture(autouse=True)
-def _pytest_keeps_its_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """cli.main() tells glibc to keep freed memory for the rest of its process; in-process
-    CLI tests would do that to pytest's process, for good and depending on test order. The
-    tests of that setting itself run it in fresh interpreters (tests/test_cli.py)."""
-    monkeypatch.setenv("ULTRASEG_KEEP_FREED_MEMORY", "0")
+@pytest.fixture(autouse=True, scope="session")
+def _nothing_written_to_the_users_home(tmp_path_factory: pytest.TempPathFactory
+                                       ) -> Iterator[None]:
+    """The session's cache folder (``XDG_CACHE_HOME``) is a temporary one, and ONNX Runtime
+    is told to keep its telemetry off (ultraseg sets it where it imports it; some tests import
+    it themselves): tests that train with the default cache left entries in the user's
+    ``~/.cache/ultraseg`` on every run, and ONNX Runtime wrote its device id under ``~/.cache``
+    or not depending on test order. Session-scoped, so module-scoped fixtures run inside it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        mp.setenv("ORT_DISABLE_TELEMETRY", os.environ.get("ORT_DISABLE_TELEMETRY", "1"))
+        yield
 
 
 @contextlib.contextmanager
