@@ -1423,3 +1423,32 @@ def test_video_files_are_counted_with_how_to_read_their_frames(tmp_path) -> None
     assert [s.name for s in ds.samples] == ["still"]
     said = [r.getMessage() for r in warned if "not read" in r.getMessage()]
     assert len(said) == 1 and "3 files" in said[0] and "ffmpeg" in said[0], said
+
+
+def test_compressed_nifti_volumes_are_counted_with_how_to_read_them(tmp_path) -> None:
+    """CAMUS's database_nifti/patientNNNN/*.nii.gz (volumes and their _gt labels) was 'empty
+    folder or unknown layout' and, beside images, left out without a word: the .nii.gz ending
+    was worked out but not in the list of endings counted. A .nii.gz named on its own is a
+    NIfTI file, not 'a .gz file'; another .gz file is still no image."""
+    from ultraseg.io.base import unread_file_advice
+    camus = tmp_path / "CAMUS_public" / "database_nifti"
+    for patient in ("patient0001", "patient0002"):
+        for part in ("2CH_ED", "2CH_ED_gt", "4CH_ES"):
+            (camus / patient).mkdir(parents=True, exist_ok=True)
+            (camus / patient / f"{patient}_{part}.nii.gz").write_bytes(b"\x1f\x8b not decoded")
+    (camus / "patient0001" / "Info_2CH.cfg").write_text("ED: 1\n")
+    (camus / "notes.tar.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(DataError) as e:
+        scan_dataset(tmp_path / "CAMUS_public")
+    said = str(e.value)
+    assert "empty folder" not in said and "6 files" in said and ".nii.gz 6" in said, said
+    assert "convert them" in said, said
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(camus / "still.png")
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(camus)
+    assert [s.name for s in ds.samples] == ["still"]
+    assert any(".nii.gz 6" in r.getMessage() for r in warned), [r.getMessage() for r in warned]
+    advice = unread_file_advice(camus / "patient0001" / "patient0001_2CH_ED.nii.gz")
+    assert advice is not None and "NIfTI (.nii.gz)" in advice and ".gz file" not in advice
+    assert "NIfTI (.nii)" in (unread_file_advice(tmp_path / "x.NII") or "")
+    assert unread_file_advice(camus / "notes.tar.gz") is None

@@ -1224,7 +1224,12 @@ def iter_files(root: Path) -> Iterator[Path]:
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".wmv", ".m4v", ".mpg", ".mpeg", ".webm")
 UNREAD_IMAGE_EXTENSIONS = (".webp", ".gif", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".jxl",
                            ".pgm", ".ppm", ".pnm", ".tga", ".dib", ".ico", ".psd", ".exr",
-                           ".pcx", ".nii", ".gz", ".mha", ".mhd", ".nrrd", *VIDEO_EXTENSIONS)
+                           ".pcx", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", *VIDEO_EXTENSIONS)
+
+#: Endings of medical volume formats (NIfTI, MetaImage, NRRD), named as such where one is
+#: given on its own.
+VOLUME_FORMATS = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".mha": "MetaImage",
+                  ".mhd": "MetaImage", ".nrrd": "NRRD"}
 
 #: How a video's frames are read: ``{name}``, ``{stem}`` its file's.
 VIDEO_ADVICE = ("extract {their} frames (ffmpeg -i {name} {stem}_%03d.png) or export {loop} as "
@@ -1246,7 +1251,7 @@ def convert_advice(counts: dict[str, int]) -> str:
 def unread_file_advice(path: Path) -> str | None:
     """Why the file ``path``, named on its own, is not read and what to do, where its ending
     is one of :data:`UNREAD_IMAGE_EXTENSIONS`; else None."""
-    ending = path.suffix.lower()
+    ending = unread_ending(path)
     if ending not in UNREAD_IMAGE_EXTENSIONS:
         return None
     if ending in VIDEO_EXTENSIONS:
@@ -1254,7 +1259,17 @@ def unread_file_advice(path: Path) -> str | None:
             their="its", name=path.name, stem=path.stem, loop="the loop")
     if ending == ".gif":
         return "GIF is not read: convert it to PNG (a GIF loop: to a multi-page TIFF)"
+    if ending in VOLUME_FORMATS:
+        return (f"a {VOLUME_FORMATS[ending]} ({ending}) file, a format ultraseg does not read: "
+                "convert it (each 2D frame to PNG, say; a label volume to PNG masks keeping its "
+                "labels 1, 2, 3..., which --label K picks from)")
     return f"a {ending} file, a format ultraseg does not read: convert it (to PNG, say)"
+
+
+def unread_ending(path: Path) -> str:
+    """``path``'s ending as :data:`UNREAD_IMAGE_EXTENSIONS` spells it, in lower case:
+    ``.nii.gz`` for a compressed NIfTI volume, else its last suffix."""
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
 
 
 def unread_files_said(counts: dict[str, int]) -> str:
@@ -1269,11 +1284,7 @@ def unread_image_files(root: Path) -> dict[str, int]:
     are not counted)."""
     counts: dict[str, int] = {}
     for p in iter_files(root):
-        ending = p.suffix.lower()
-        if ending == ".gz":
-            if not p.name.lower().endswith(".nii.gz"):
-                continue
-            ending = ".nii.gz"
+        ending = unread_ending(p)
         if ending in UNREAD_IMAGE_EXTENSIONS and not p.name.startswith("."):
             counts[ending] = counts.get(ending, 0) + 1
     return counts
