@@ -1452,3 +1452,75 @@ def test_compressed_nifti_volumes_are_counted_with_how_to_read_them(tmp_path) ->
     assert advice is not None and "NIfTI (.nii.gz)" in advice and ".gz file" not in advice
     assert "NIfTI (.nii)" in (unread_file_advice(tmp_path / "x.NII") or "")
     assert unread_file_advice(camus / "notes.tar.gz") is None
+
+
+@pytest.mark.parametrize("images, masks", [("trainval-image", "trainval-mask"),
+                                           ("thyroid-image", "thyroid-mask"),
+                                           ("original", "GT"),
+                                           ("US images", "Expert mask images"),
+                                           ("Images_train", "Labels_train")])
+def test_image_and_mask_folders_named_as_public_datasets_name_them_pair(tmp_path, images,
+                                                                         masks) -> None:
+    """TN3K's trainval-image/ + trainval-mask/, TG3K's thyroid-*, UDIAT's original/ + GT/ and
+    the carotid set's 'US images/' + 'Expert mask images/' were read as the images layout,
+    the masks as frames: 'problems 0', and train then found no labelled samples. A folder
+    named as images and one named as masks, their files named alike, are the folders layout."""
+    root = tmp_path / "d"
+    for i, name in enumerate(["0000", "0001", "0002"]):
+        _save(root / images / f"{name}.png", _frame(seed=i))
+        _save(root / masks / f"{name}.png", _disk(cx=10 + i))
+    ds, problems = scan_dataset(root)
+    assert ds.layout == "folders" and problems == [], problems
+    assert len(ds.labelled) == 3
+    assert {s.image_path.parent.name for s in ds.samples} == {images}
+    with ultraseg_warnings() as warned:         # the images folder given: the pair is named
+        scan_dataset(root / images)
+    assert any(f"{root} holds a 'folders' dataset" in r.getMessage() for r in warned)
+    # named alike but none of their files named alike: no pair (a folder of figures)
+    other = tmp_path / "e"
+    _save(other / images / "scan.png", _frame())
+    _save(other / masks / "logo.png", _disk())
+    assert detect_layout(other) == "images"
+
+
+def test_a_train_and_a_test_pair_of_folders_read_the_train_pair_and_name_the_other(
+        tmp_path) -> None:
+    """TN3K holds trainval-image/ + trainval-mask/ and test-image/ + test-mask/: the
+    training pair is read, and a warning names the test pair and how to read it; two pairs
+    neither of which is a training pair are a problem naming them."""
+    root = tmp_path / "tn3k"
+    for part, names in (("trainval", ["0000", "0001", "0002"]), ("test", ["0000", "0001"])):
+        for i, name in enumerate(names):
+            _save(root / f"{part}-image" / f"{name}.jpg", _frame(seed=i))
+            _save(root / f"{part}-mask" / f"{name}.jpg", _disk(cx=10 + i))
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(root)
+    assert ds.layout == "folders" and problems == [] and len(ds.labelled) == 3
+    said = [r.getMessage() for r in warned if "test-image/" in r.getMessage()]
+    assert len(said) == 1 and "test-mask/" in said[0] and "ln -s" in said[0], said
+    for part in ("trainval", "test"):
+        (root / f"{part}-image").rename(root / f"{'a' if part == 'test' else 'b'}-image")
+        (root / f"{part}-mask").rename(root / f"{'a' if part == 'test' else 'b'}-mask")
+    ds, problems = scan_dataset(root)
+    assert not ds.labelled and len(problems) == 1, problems
+    assert "a-image" in str(problems[0]) and "b-image" in str(problems[0])
+
+
+def test_a_folder_named_as_masks_beside_the_images_read_as_unlabelled_is_named(tmp_path
+                                                                                ) -> None:
+    """Where the images layout reads a folder whose subfolder, named as masks (a label, gt,
+    mask... in its name), holds files named as another's images, the masks were frames of
+    their own, without a word: a warning names the folder and how to point at the pair.
+    Two folders of frames named alike (two sites) are no such case."""
+    root = tmp_path / "d"
+    for i, name in enumerate(["1", "2", "3"]):
+        _save(root / "scans" / f"{name}.png", _frame(seed=i))
+        _save(root / "scan-labels" / f"{name}.png", _disk(cx=10 + i))
+        _save(root / "site b" / f"{name}.png", _frame(seed=5 + i))
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(root)
+    assert ds.layout == "images" and not ds.labelled
+    said = [r.getMessage() for r in warned if "scan-labels/" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in warned]
+    assert "3 files named as the images in scans/" in said[0] and "ln -s" in said[0], said
+    assert not any("site b/ holds" in r.getMessage() for r in warned)

@@ -23,7 +23,8 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (IMAGE_FOLDERS, MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader,
-                      ImagesReader, KaggleReader, run_length_tables, table_key)
+                      ImagesReader, KaggleReader, folder_role, run_length_tables,
+                      table_key)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def dataset_hint(root: str | Path) -> str:
         return f" (masks included); {sub} holds a {name!r} dataset{more}: point at it"
     # (only a folder named as a dataset's part: detection could walk a large parent's tree)
     root = Path(os.path.abspath(root))              # ('.' has no name; '..' none to test)
-    if root.name.lower() not in (*IMAGE_FOLDERS, *MASK_FOLDERS):
+    if root.name.lower() not in (*IMAGE_FOLDERS, *MASK_FOLDERS) and folder_role(root.name) is None:
         return ""
     parent = root.parent
     for name, cls in READERS.items():

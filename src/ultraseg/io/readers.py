@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
@@ -366,6 +367,104 @@ MASK_FOLDERS = ("masks", "mask", "labels", "label", "annotations", "ground_truth
 IMAGE_FOLDERS = ("images", "image", "imgs", "img")
 
 
+#: Words of a folder's name that make it a folder of masks, else of images, where no folder
+#: is named as :data:`IMAGE_FOLDERS` says (``trainval-image/`` + ``trainval-mask/``,
+#: ``original/`` + ``GT/``, ``US images/`` + ``Expert mask images/``): see :func:`_named_pairs`.
+MASK_WORDS = ("masks", "mask", "labels", "label", "gt", "gts", "annotations", "annotation",
+              "groundtruth", "segmentations", "segmentation", "seg", "truth")
+IMAGE_WORDS = ("images", "image", "imgs", "img", "original", "originals")
+
+#: What the rest of a pair's names says where it is the pair to train on (of several).
+TRAIN_WORDS = ("train", "training", "trainval", "train val")
+
+
+def folder_role(name: str) -> tuple[str, str] | None:
+    """``("mask", REST)`` for a folder name holding one of :data:`MASK_WORDS` (split at
+    ``-``, ``_`` and spaces, in any letter case), else ``("image", REST)`` for one holding one
+    of :data:`IMAGE_WORDS`, else None; REST is the name's other words, lower case."""
+    words = [w for w in re.split(r"[-_\s]+", re.sub(r"ground[-_\s]*truth", "groundtruth",
+                                                    name.lower())) if w]
+    role = ("mask" if any(w in MASK_WORDS for w in words)
+            else "image" if any(w in IMAGE_WORDS for w in words) else None)
+    if role is None:
+        return None
+    return role, " ".join(w for w in words if w not in MASK_WORDS and w not in IMAGE_WORDS)
+
+
+def _files_one_down(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` and one subfolder down (hidden ones aside)."""
+    return list_images(folder) + [p for sub in sorted(folder.iterdir()) if sub.is_dir()
+                                  and not sub.name.startswith(".") for p in list_images(sub)]
+
+
+def _named_as(files: list[Path], stems: Collection[str]) -> list[Path]:
+    """The ``files`` named as one of ``stems`` (``NAME``, ``NAME_mask``, ``NAME_seg``...)."""
+    named = []
+    for p in files:
+        stem = _nfc(image_stem(p))
+        m = _MASK_STEM.match(stem)
+        if (m.group(1) if m else stem) in stems or _other_suffix(stem, stems):
+            named.append(p)
+    return named
+
+
+def _named_pairs(root: Path) -> list[tuple[Path, Path, str]]:
+    """Folders in ``root`` named as images and as masks (:func:`folder_role`), as pairs
+    ``(images, masks, REST)``: the one of each, or those whose names' other words agree
+    (``trainval-image`` + ``trainval-mask``, ``test-image`` + ``test-mask``); only pairs where
+    some mask is named as an image (a folder of figures beside one of scans is no pair).
+    Hidden folders and those ultraseg wrote are left alone."""
+    if not root.is_dir():
+        return []
+    roles: dict[str, list[tuple[Path, str]]] = {"image": [], "mask": []}
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith(".") or (d / OUTPUT_MARKER).exists():
+            continue
+        role = folder_role(d.name)
+        if role is not None:
+            roles[role[0]].append((d, role[1]))
+    if len(roles["image"]) == 1 and len(roles["mask"]) == 1:
+        candidates = [(roles["image"][0][0], roles["mask"][0][0], roles["image"][0][1])]
+    else:
+        candidates = [(i, m, rest) for i, rest in roles["image"]
+                      for m, other in roles["mask"] if rest == other]
+    pairs = []
+    for images, masks, rest in candidates:
+        stems = {_nfc(image_stem(p)) for p in _files_one_down(images)}
+        if stems and _named_as(_files_one_down(masks), stems):
+            pairs.append((images, masks, rest))
+    return pairs
+
+
+def _link_advice(images: Path, masks: Path) -> str:
+    """How to read ``images`` and ``masks`` as the folders layout without renaming them."""
+    return (f"mkdir DATA && ln -s {shlex.quote(os.path.abspath(images))} DATA/images && "
+            f"ln -s {shlex.quote(os.path.abspath(masks))} DATA/masks")
+
+
+def _folders_by_name(root: Path) -> tuple[tuple[Path, Path] | None, DataError | None]:
+    """The images and masks folders :func:`_named_pairs` finds in ``root``: the one pair, or
+    of several the one to train on (:data:`TRAIN_WORDS`), the others named in a warning;
+    several and none to train on, a problem naming them."""
+    pairs = _named_pairs(root)
+    if not pairs:
+        return None, None
+    train = [p for p in pairs if p[2] in TRAIN_WORDS]
+    if len(pairs) == 1 or len(train) == 1:
+        chosen = pairs[0] if len(pairs) == 1 else train[0]
+        for images, masks, _ in pairs:
+            if images != chosen[0]:
+                log.warning("%s: read %s/ + %s/ as the images and masks; %s/ + %s/ not read "
+                            "(to use that pair, to evaluate on it say, point at a folder "
+                            "linking it: %s)", root, chosen[0].name, chosen[1].name,
+                            images.name, masks.name, _link_advice(images, masks))
+        return (chosen[0], chosen[1]), None
+    named = ", ".join(f"{i.name}/ + {m.name}/" for i, m, _ in pairs)
+    return None, DataError(f"several image and mask folder pairs: {named}: the folders layout "
+                           f"reads one; point at a folder holding one as images/ and masks/ "
+                           f"(e.g. {_link_advice(pairs[0][0], pairs[0][1])})", root)
+
+
 def _image_folder_names(root: Path) -> tuple[str, ...]:
     """The names :func:`_image_folders` takes in ``root`` (see :data:`IMAGE_FOLDERS`)."""
     return IMAGE_FOLDERS if subfolders(root, MASK_FOLDERS) else IMAGE_FOLDERS[:1]
@@ -424,7 +523,8 @@ class FoldersReader(Reader):
     the masks may also sit beside the images (``images/NAME_mask.EXT``), the masks folder may
     be named any of :data:`MASK_FOLDERS` (``labels/``, ``gt/``...), and the folders may be spelt
     ``Images``, ``Masks``..., the images folder also ``image/``, ``img/`` beside a masks
-    folder (:data:`IMAGE_FOLDERS`).
+    folder (:data:`IMAGE_FOLDERS`); where no folder is named so, a pair named in other words
+    (``trainval-image/`` + ``trainval-mask/``, ``original/`` + ``GT/``: :func:`_named_pairs`).
     Or one subfolder per subject: ``images/SUBJECT/NAME.EXT`` +
     ``masks/SUBJECT/NAME[_mask].EXT``, every image in one (a sample named ``SUBJECT/NAME``,
     its subject the folder); a mix of the two, or deeper folders, are named as problems.
@@ -440,11 +540,17 @@ class FoldersReader(Reader):
 
     @classmethod
     def detect(cls, root: Path) -> bool:
-        return bool(subfolders(root, _image_folder_names(root)))
+        return bool(subfolders(root, _image_folder_names(root)) or _named_pairs(root))
 
     def scan(self, root: Path) -> tuple[list[Sample], list[DataError]]:
         problems: list[DataError] = []
         folders = {"image": _image_folders(root), "mask": _mask_folders(root)}
+        if not folders["image"]:        # (trainval-image/ + trainval-mask/, original/ + GT/)
+            pair, several = _folders_by_name(root)
+            if several is not None:
+                return [], [several]
+            if pair is not None:
+                folders = {"image": [pair[0]], "mask": [pair[1]]}
         for what, found in folders.items():
             if len(found) > 1:
                 names = ", ".join(d.name for d in found)
@@ -468,7 +574,7 @@ class FoldersReader(Reader):
             # read as it is laid out, the strays named in one line
             samples, found_problems = self._scan_per_subject(image_tree, mask_tree, image_dir,
                                                              mask_dir)
-            _warn_unread_mask_folder(root, image_dir, samples)
+            _warn_unread_mask_folder(root, image_dir, mask_dir, samples)
             return samples, problems + _loose(image_tree, image_dir) + found_problems
         images, masks = _group_several(image_tree.direct)     # masks beside the images
         problems += _mixed(image_tree, image_dir, mask_dir) + _unread_mask_subfolders(
@@ -483,7 +589,7 @@ class FoldersReader(Reader):
                    for name, image, mask in pairs]
         if self.subject_pattern is None:
             _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
-        _warn_unread_mask_folder(root, image_dir, samples)
+        _warn_unread_mask_folder(root, image_dir, mask_dir, samples)
         return samples, problems + found_problems
 
     def _scan_per_subject(self, image_tree: _Tree, mask_tree: _Tree, image_dir: Path,
@@ -521,7 +627,8 @@ class FoldersReader(Reader):
                 for name, image, mask in pairs], strays + problems
 
 
-def _warn_unread_mask_folder(root: Path, image_dir: Path, samples: list[Sample]) -> None:
+def _warn_unread_mask_folder(root: Path, image_dir: Path, mask_dir: Path | None,
+                             samples: list[Sample]) -> None:
     """Where none of ``samples`` has a mask, warn of a folder beside ``image_dir`` (of a name
     the layout does not take for masks: a masks folder's own problems are said) holding files
     named as the images (``NAME``, ``NAME_mask``, ``NAME_seg``...: directly or one subfolder
@@ -533,17 +640,11 @@ def _warn_unread_mask_folder(root: Path, image_dir: Path, samples: list[Sample])
     stems = {s.name.rsplit("/", 1)[-1] for s in samples}
     best: tuple[int, Path, Path] | None = None          # (files matched, folder, first)
     for d in sorted(root.iterdir()):
-        if not d.is_dir() or d == image_dir or d.name.startswith(".") \
+        if not d.is_dir() or d in (image_dir, mask_dir) or d.name.startswith(".") \
                 or d.name.lower() in MASK_FOLDERS or (d / OUTPUT_MARKER).exists():
             continue
-        files = list_images(d) + [p for sub in sorted(d.iterdir()) if sub.is_dir()
-                                  and not sub.name.startswith(".") for p in list_images(sub)]
-        named = []
-        for p in files:
-            stem = _nfc(image_stem(p))
-            m = _MASK_STEM.match(stem)
-            if (m.group(1) if m else stem) in stems or _other_suffix(stem, stems):
-                named.append(p)
+        files = _files_one_down(d)
+        named = _named_as(files, stems)
         if named and 2 * len(named) >= len(files) and (best is None or len(named) > best[0]):
             best = (len(named), d, min(named, key=lambda q: natural_key(q.name)))
     if best is not None:
@@ -839,6 +940,7 @@ class ImagesReader(Reader):
                         root, len(masks), len(files), masks[0].name)
         else:
             _warn_other_mask_suffix(root, files)
+        _warn_mask_folder_read_as_frames(root, files)
         samples = []
         for p in files:
             rel = (p.relative_to(root).parent / image_stem(p)).as_posix()
@@ -880,3 +982,33 @@ def _warn_other_mask_suffix(root: Path, files: list[Path]) -> None:
             log.warning("%s: %sultraseg pairs NAME with NAME_mask (a flat folder of them is "
                         "the kaggle layout) or images/NAME with masks/NAME: rename them "
                         "(e.g. %s)", root, said, rename)
+
+
+def _warn_mask_folder_read_as_frames(root: Path, files: list[Path]) -> None:
+    """Warn where a folder below ``root`` named as masks (:func:`folder_role`: ``scan-labels/``,
+    ``GT/``) holds files named as the images of a folder beside it, at least half of its files,
+    directly or one subfolder down: the masks, read as frames of their own (two folders of
+    frames named alike, two sites', are no such case: their names say no masks)."""
+    folders = {q for p in files for q in (p.parent, p.parent.parent)
+               if q != root and q.is_relative_to(root)}
+    best: tuple[int, Path, Path, Path] | None = None     # (files matched, masks, images, first)
+    for masks in sorted(folders):
+        role = folder_role(masks.name)
+        if role is None or role[0] != "mask":
+            continue
+        found = _files_one_down(masks)
+        for images in sorted(folders):
+            if images == masks or images.parent != masks.parent \
+                    or (folder_role(images.name) or ("",))[0] == "mask":
+                continue
+            named = _named_as(found, {_nfc(image_stem(p)) for p in _files_one_down(images)})
+            if named and 2 * len(named) >= len(found) and (best is None or len(named) > best[0]):
+                best = (len(named), masks, images, min(named, key=lambda q: natural_key(q.name)))
+    if best is not None:
+        n, masks, images, first = best
+        log.warning("%s: %s/ holds %d files named as the images in %s/ (first: %s), read as "
+                    "frames of their own: if they are the masks, point at a folder holding "
+                    "them as masks/ beside the images as images/ (rename the folders, or link "
+                    "them: %s)", root, masks.relative_to(root).as_posix(), n,
+                    images.relative_to(root).as_posix(), first.name,
+                    _link_advice(images, masks))
