@@ -1524,3 +1524,25 @@ def test_a_folder_named_as_masks_beside_the_images_read_as_unlabelled_is_named(t
     assert len(said) == 1, [r.getMessage() for r in warned]
     assert "3 files named as the images in scans/" in said[0] and "ln -s" in said[0], said
     assert not any("site b/ holds" in r.getMessage() for r in warned)
+
+
+@pytest.mark.parametrize("image_prefix", ["bus_", ""])
+def test_masks_named_with_another_prefix_are_one_line_saying_how_to_name_them(
+        tmp_path, image_prefix) -> None:
+    """BUS-BRA names the mask of Images/bus_0001-l.png Masks/mask_0001-l.png: an orphan line
+    for every mask and every image (3750 on the real set), none saying how to name them, as
+    one line does for another suffix. Where most masks are orphans and one prefix in place
+    of the images' explains them, one line says so; an orphan it does not explain keeps its
+    own line."""
+    root = tmp_path / "BUSBRA"
+    for k, name in enumerate(["0001-l", "0001-r", "0002-l"]):
+        _save(root / "Images" / f"{image_prefix}{name}.png", _frame(seed=k))
+        _save(root / "Masks" / f"mask_{name}.png", _disk())
+    _save(root / "Masks" / "stray.png", _disk())
+    _, problems = scan_dataset(root)
+    said = [str(p) for p in problems]
+    assert len(said) == 2, said
+    assert "3 of the 4 masks are named mask_ID" in said[0], said
+    assert f"images named {image_prefix}ID" in said[0], said
+    assert f"mask_0001-l.png -> {image_prefix}0001-l.png" in said[0], said
+    assert "stray.png: mask without an image" in said[1]

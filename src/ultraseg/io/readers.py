@@ -73,6 +73,56 @@ def _misnamed_masks(images: dict[str, list[Path]], masks: dict[str, list[Path]]
     return (suffix, explained) if 2 * len(explained) > len(orphans) else None
 
 
+#: A name's leading word and the separator after it: ``mask_`` of ``mask_0001-l``.
+_LEADING_WORD = re.compile(r"^[A-Za-z]+[-_ ]")
+
+
+def _leading_word(name: str) -> str:
+    """The :data:`_LEADING_WORD` of ``name``'s stem (after a ``SUBJECT/``), else ''."""
+    m = _LEADING_WORD.match(name.rpartition("/")[2])
+    return m.group(0) if m else ""
+
+
+def _prefixed_masks(images: dict[str, list[Path]], masks: dict[str, list[Path]]
+                    ) -> tuple[str, str, dict[str, str]] | None:
+    """Where most masks pair with no image and most of those are named with one leading word
+    where an image has another or none (BUS-BRA's ``mask_0001-l`` for ``bus_0001-l``): the
+    masks' word, the images' and the masks it explains (mask name -> image name); else
+    None."""
+    orphans = [n for n in masks if n not in images]
+    if not orphans or 2 * len(orphans) <= len(masks):
+        return None
+    words = [w for w in map(_leading_word, orphans) if w]
+    if not words:
+        return None
+    word = max(set(words), key=words.count)
+    lone = [w for w in map(_leading_word, (n for n in images if n not in masks)) if w]
+    for image_word in ([max(set(lone), key=lone.count)] if lone else []) + [""]:
+        if image_word == word:
+            continue
+        explained = {}
+        for name in orphans:
+            head, slash, stem = name.rpartition("/")
+            target = f"{head}{slash}{image_word}{stem[len(word):]}"
+            if stem.startswith(word) and target in images and target not in masks:
+                explained[name] = target
+        if 2 * len(explained) > len(orphans):
+            return word, image_word, explained
+    return None
+
+
+def _prefixed_problem(word: str, image_word: str, explained: dict[str, str],
+                      masks: dict[str, list[Path]], naming: str) -> Unpaired:
+    """The one line for masks named ``{word}ID`` for images ``{image_word}ID``
+    (:func:`_prefixed_masks`)."""
+    first = masks[min(explained, key=natural_key)][0]
+    rename = f"{first.name} -> {image_word}{first.name[len(word):]}"
+    return Unpaired(f"{len(explained)} of the {len(masks)} masks are named {word}ID (first: "
+                    f"{first.name}) for images named {image_word}ID, which pairs with no "
+                    f"image: ultraseg pairs {naming}; rename them (e.g. {rename})",
+                    first.parent)
+
+
 #: How many of a set of misnamed masks are read to tell whether they are drawn outlines.
 _OUTLINES_READ = 3
 
@@ -160,9 +210,12 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
     else:
         problems += _check_unique(masks, "mask")
     misnamed = _misnamed_masks(images, masks) if naming is not None else None
-    explained = misnamed[1] if misnamed else {}
+    prefixed = _prefixed_masks(images, masks) if naming is not None and not misnamed else None
+    explained = misnamed[1] if misnamed else prefixed[2] if prefixed else {}
     if misnamed and naming is not None:
         problems.append(_misnamed_problem(*misnamed, masks, naming))
+    elif prefixed and naming is not None:
+        problems.append(_prefixed_problem(*prefixed, masks, naming))
     orphans = set(masks) - set(images) - set(explained)
     loops = _loop_frame_masks(images, orphans)
     for stem, names in loops.items():
