@@ -1546,3 +1546,28 @@ def test_masks_named_with_another_prefix_are_one_line_saying_how_to_name_them(
     assert f"images named {image_prefix}ID" in said[0], said
     assert f"mask_0001-l.png -> {image_prefix}0001-l.png" in said[0], said
     assert "stray.png: mask without an image" in said[1]
+
+
+def test_a_second_mask_of_each_image_is_one_line_naming_the_pattern(tmp_path) -> None:
+    """MMOTU holds annotations/N_binary.PNG beside each annotations/N.PNG: a 'mask without an
+    image' line for every one of them (1469 on the real set), and the grouped line for
+    misnamed masks could not fire, half the masks pairing. One line names them and what to
+    do, no mask is chosen for the user; a lone stray keeps its own line."""
+    root = tmp_path / "OTU_2d"
+    for k in range(1, 4):
+        _save(root / "images" / f"{k}.JPG", _frame(seed=k))
+        _save(root / "annotations" / f"{k}.PNG", _disk())
+        _save(root / "annotations" / f"{k}_binary.PNG", _disk())
+    _save(root / "annotations" / "stray.PNG", _disk())
+    _, problems = scan_dataset(root)
+    said = [str(p) for p in problems]
+    assert len(said) == 2, said
+    line = next(s for s in said if "_binary" in s)
+    assert "3 masks" in line and "NAME_binary beside NAME" in line, line
+    assert "first: 1_binary.PNG" in line and "move them out of annotations/" in line, line
+    assert "stray.PNG: mask without an image" in next(s for s in said if s is not line)
+    # a set of NAME_binary masks alone is misnamed masks: one line saying how to name them
+    for k in range(1, 4):
+        (root / "annotations" / f"{k}.PNG").unlink()
+    _, problems = scan_dataset(root)
+    assert "3 of the 4 masks are named NAME_binary" in str(problems[0]), problems

@@ -42,7 +42,7 @@ def _check_unique(items: dict[str, list[Path]], what: str) -> list[DataError]:
 #: not pair: named where they explain why masks find no image. In any letter case.
 OTHER_MASK_SUFFIXES = ("_segmentation", "-segmentation", "_seg", "-seg", "_gt", "-gt",
                        "_groundtruth", "_labels", "_label", "-label", "_annotation", "-mask",
-                       " mask", ".mask")
+                       " mask", ".mask", "_binary")
 
 
 def _other_suffix(stem: str, partners: Collection[str]) -> str | None:
@@ -56,16 +56,16 @@ def _other_suffix(stem: str, partners: Collection[str]) -> str | None:
 
 def _misnamed_masks(images: dict[str, list[Path]], masks: dict[str, list[Path]]
                     ) -> tuple[str, dict[str, str]] | None:
-    """Where most masks pair with no image and most of those are an image's name plus one
-    common suffix (``NAME_seg``): that suffix and the masks it explains (mask name -> image
-    name); else None."""
+    """Where most masks pair with no image and most of those are the name of an image
+    without a mask plus one common suffix (``NAME_seg``): that suffix and the masks it
+    explains (mask name -> image name); else None."""
     orphans = [n for n in masks if n not in images]
     if not orphans or 2 * len(orphans) <= len(masks):
         return None
     by_suffix: dict[str, dict[str, str]] = defaultdict(dict)
     for name in orphans:
         suffix = _other_suffix(name, images)
-        if suffix is not None:
+        if suffix is not None and name[: -len(suffix)] not in masks:  # (else a second mask)
             by_suffix[suffix.lower()][name] = name[: -len(suffix)]
     if not by_suffix:
         return None
@@ -121,6 +121,39 @@ def _prefixed_problem(word: str, image_word: str, explained: dict[str, str],
                     f"{first.name}) for images named {image_word}ID, which pairs with no "
                     f"image: ultraseg pairs {naming}; rename them (e.g. {rename})",
                     first.parent)
+
+
+def _second_masks(images: dict[str, list[Path]], masks: dict[str, list[Path]],
+                  orphans: Collection[str]) -> tuple[str, list[str]] | None:
+    """Where at least two of ``orphans`` (masks that pair with no image), more than half of
+    them, are named as an image that has its mask plus one common suffix (MMOTU's
+    ``N_binary`` beside ``N``): that suffix (as the first writes it) and those masks; else
+    None."""
+    by_suffix: dict[str, list[str]] = defaultdict(list)
+    for name in orphans:
+        cuts = [i for i, c in enumerate(name) if c in "_- ." and i > name.rfind("/") + 1]
+        paired = [i for i in cuts if name[:i] in images and name[:i] in masks]
+        if paired:
+            by_suffix[name[max(paired):].lower()].append(name)
+    if not by_suffix:
+        return None
+    named = max(by_suffix.values(), key=len)
+    if len(named) < 2 or 2 * len(named) <= len(orphans):
+        return None
+    named.sort(key=natural_key)
+    first = named[0]
+    return first[len(first) - len(max(by_suffix, key=lambda k: len(by_suffix[k]))):], named
+
+
+def _second_masks_problem(suffix: str, named: list[str], masks: dict[str, list[Path]]
+                          ) -> Unpaired:
+    """The one line for masks that are a second mask of a paired image
+    (:func:`_second_masks`)."""
+    first = masks[named[0]][0]
+    return Unpaired(f"{len(named)} masks are a second mask of an image that has its mask, "
+                    f"named NAME{suffix} beside NAME (first: {first.name}): ultraseg reads one "
+                    f"mask per image; move them out of {first.parent.name}/ (or, to train on "
+                    f"them instead, move the NAME masks out and name these NAME)", first.parent)
 
 
 #: How many of a set of misnamed masks are read to tell whether they are drawn outlines.
@@ -217,6 +250,10 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
     elif prefixed and naming is not None:
         problems.append(_prefixed_problem(*prefixed, masks, naming))
     orphans = set(masks) - set(images) - set(explained)
+    second = _second_masks(images, masks, orphans)
+    if second is not None:
+        problems.append(_second_masks_problem(*second, masks))
+        orphans -= set(second[1])
     loops = _loop_frame_masks(images, orphans)
     for stem, names in loops.items():
         problems.append(_loop_frames_problem(images[stem][0], [masks[n][0] for n in names]))
