@@ -1571,3 +1571,32 @@ def test_a_second_mask_of_each_image_is_one_line_naming_the_pattern(tmp_path) ->
         (root / "annotations" / f"{k}.PNG").unlink()
     _, problems = scan_dataset(root)
     assert "3 of the 4 masks are named NAME_binary" in str(problems[0]), problems
+
+
+def test_polygon_annotation_files_named_as_the_images_are_named_as_not_read(tmp_path) -> None:
+    """DDTI's N.xml (the polygons of the frames N_1.jpg, N_2.jpg...) was neither read nor
+    mentioned: inspect said 'unlabelled images: 6, problems 0' and train 'no labelled
+    samples'. XML or JSON files named as the images or their subject are named in a warning
+    saying to rasterise them; an XML of another name is not, nor are they where the set has
+    masks, nor to predict."""
+    root = tmp_path / "DDTI"
+    for name in ("1_1", "2_1", "2_2", "3_1"):
+        _save(root / f"{name}.jpg", _frame())
+    for n in (1, 2):
+        (root / f"{n}.xml").write_text("<case><mark><image>1</image><svg>[]</svg></mark></case>")
+    (root / "3_1.json").write_text('{"shapes": []}')
+    (root / "notes.xml").write_text("<notes/>")
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(root)
+    assert not ds.labelled
+    said = [r.getMessage() for r in warned if "annotation" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in warned]
+    assert "3 XML or JSON annotation files" in said[0] and "first: 1.xml" in said[0], said
+    assert "not read" in said[0] and "rasterise" in said[0] and "notes.xml" not in said[0]
+    with ultraseg_warnings() as warned:
+        scan_dataset(root, needs_labels=False)
+    assert not any("annotation files" in r.getMessage() for r in warned)
+    _save(root / "1_1_mask.png", _disk())
+    with ultraseg_warnings() as warned:
+        scan_dataset(root)
+    assert not any("annotation files" in r.getMessage() for r in warned)

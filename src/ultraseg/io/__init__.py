@@ -23,8 +23,8 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (IMAGE_FOLDERS, MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader,
-                      ImagesReader, KaggleReader, folder_role, run_length_tables,
-                      table_key)
+                      ImagesReader, KaggleReader, annotation_files, folder_role,
+                      run_length_tables, table_key)
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,16 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
                         "(NAME_mask.png), e.g. with ultraseg.rle.decode(runs, (height, width)), "
                         "which reads Kaggle's column-major runs (the README's 'Run-length "
                         "masks' shows how)", table, column)
+        annotations = annotation_files(root, [s.image_path for s in samples])
+        if annotations:
+            first, image = annotations[0]
+            log.warning("%s holds %d XML or JSON annotation files named as the images (first: "
+                        "%s, for %s), not read: polygon or outline annotations (DDTI's XML, "
+                        "LabelMe's or COCO's JSON...) are not masks, so the images are "
+                        "unlabelled: rasterise them to PNG masks beside the images "
+                        "(NAME_mask.png), e.g. with PIL.ImageDraw.Draw(mask).polygon(points, "
+                        "fill=255)",
+                        root, len(annotations), first.name, image.name)
     unread = unread_image_files(root)
     if unread:
         log.warning("%s: %s, left out: it reads %s; to use them, %s", root,

@@ -980,6 +980,27 @@ def run_length_tables(root: Path) -> list[tuple[Path, str]]:
     return found
 
 
+#: Endings of annotation files that hold outlines or polygons (DDTI's XML, LabelMe's and
+#: COCO's JSON, CVAT's XML), which no layout reads.
+ANNOTATION_EXTENSIONS = (".xml", ".json")
+
+
+def annotation_files(root: Path, images: Collection[Path]) -> list[tuple[Path, Path]]:
+    """The :data:`ANNOTATION_EXTENSIONS` files below ``root`` named as one of ``images`` or
+    as its subject, its name without a trailing frame number (DDTI's ``2.xml`` for
+    ``2_1.jpg`` and ``2_2.jpg``; LabelMe's ``NAME.json`` for ``NAME.png``), each with the
+    first image it is named for, in name order."""
+    named: dict[str, Path] = {}
+    for p in sorted(images, key=lambda q: natural_key(q.name)):
+        stem = _nfc(image_stem(p))
+        for name in (stem, _TRAILING_NUMBER.sub("", stem)):
+            if name:
+                named.setdefault(name, p)
+    return sorted(((p, named[_nfc(p.stem)]) for p in iter_files(root)
+                   if p.suffix.lower() in ANNOTATION_EXTENSIONS and not p.name.startswith(".")
+                   and _nfc(p.stem) in named), key=lambda pair: natural_key(pair[0].name))
+
+
 def _positive_number(value: object) -> float | None:
     """``value`` as a positive, finite float, or None where it is not one."""
     try:
