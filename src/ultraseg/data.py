@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .config import PreprocessConfig
-from .duplicates import THUMB, digest, exact_pairs, near_pairs, unit_thumbnail
+from .duplicates import THUMB, digest, exact_pairs, first, near_blocks, unit_thumbnail
 from .errors import DataError, UltrasegError
 from .fileio import atomic_open, atomic_write_text, read_json, temporaries
 from .io import Dataset, DataProblems, said_once, select_label
@@ -586,6 +586,46 @@ class SplitCopies:
                 "epoch and post-processing copy held-out ones (no training frame)")
 
 
+class _Tally:
+    """Counts of int64 keys handed over a batch at a time, with each key's smallest place:
+    memory a key, not a batch's item (merged where the batches kept outgrow the tally)."""
+
+    def __init__(self) -> None:
+        self.keys = self.counts = self.places = np.zeros(0, np.int64)
+        self.waiting: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, keys: np.ndarray, places: np.ndarray) -> None:
+        self.waiting.append(self._reduce(keys, np.ones(len(keys), np.int64), places))
+        if sum(len(w[0]) for w in self.waiting) > max(len(self.keys), 1 << 16):
+            self._merge()
+
+    def _merge(self) -> None:
+        parts = [(self.keys, self.counts, self.places), *self.waiting]
+        self.keys, self.counts, self.places = self._reduce(
+            *(np.concatenate([p[k] for p in parts]) for k in range(3)))
+        self.waiting = []
+
+    @staticmethod
+    def _reduce(keys: np.ndarray, counts: np.ndarray, places: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not len(keys):
+            return keys, counts, places
+        order = np.lexsort((places, keys))
+        keys, counts, places = keys[order], counts[order], places[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        return keys[starts], np.add.reduceat(counts, starts), places[starts]
+
+    def __len__(self) -> int:
+        self._merge()
+        return len(self.keys)
+
+    def most(self, k: int) -> list[int]:
+        """The ``k`` keys counted most, ties in the order of their smallest places (as
+        Counter.most_common names the first met)."""
+        self._merge()
+        return [int(x) for x in self.keys[np.lexsort((self.places, -self.counts))[:k]]]
+
+
 def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown: int = 3
                             ) -> SplitCopies | None:
     """The pixel-identical and near-duplicate frames (``inspect``'s tests) that the split put
@@ -594,35 +634,53 @@ def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown:
     fingerprints are not known)."""
     if arrays.pixels is None or arrays.thumbs is None:
         return None
-    side = np.full(len(arrays.names), -1, np.int64)
+    n = len(arrays.names)
+    side = np.full(n, -1, np.int64)
     names = list(sides)
     for k, idx in enumerate(sides.values()):
         side[idx] = k
     keys = [bytes(row) for row in arrays.pixels]
-    pairs: list[tuple[int, int, str]] = []      # (frame, frame, "=" identical or "~" near)
-    counts = []
-    for kind, sign, (i, j) in (("identical", "=", exact_pairs(keys)),
-                               ("near-duplicate", "~", near_pairs(arrays.thumbs, keys))):
-        cross = (side[i] >= 0) & (side[j] >= 0) & (side[i] != side[j])
-        pairs += [(a, b, sign) for a, b in zip(i[cross].tolist(), j[cross].tolist())]
-        counts.append(int(np.count_nonzero(cross)))
-    if not pairs:
+    # each subject's index in name order: a subject pair (lo, hi) is named "lo and hi"
+    subject_names, subject = np.unique(np.asarray(arrays.subjects, dtype=str),
+                                       return_inverse=True)
+    s = len(subject_names)
+    # the pairs are counted a batch at a time (a cine loop across the split is millions):
+    # each pair's place in the order they are named in, a training frame's first, then the
+    # identical before the near ones, each by index; of each subject pair, how many pairs
+    # and its first pair's place (ties are named in that order)
+    counts, trained = [0, 0], 0
+    named = np.zeros(0, np.int64)
+    tally = _Tally()
+    for kind, batches in ((0, [exact_pairs(keys)]),
+                          (1, near_blocks(arrays.thumbs, keys, sides=side))):
+        for i, j in batches:
+            cross = (side[i] >= 0) & (side[j] >= 0) & (side[i] != side[j])
+            i, j = i[cross], j[cross]
+            with_training = np.minimum(side[i], side[j]) == 0
+            counts[kind] += len(i)
+            trained += int(np.count_nonzero(with_training))
+            # (an identical pair (i, j) is placed by j: each frame with the first of its group)
+            place = ((~with_training * 2 + kind) * n + (i if kind else j)) * n + (j if kind else i)
+            named = first(np.concatenate([named, place]), shown)
+            lo, hi = np.minimum(subject[i], subject[j]), np.maximum(subject[i], subject[j])
+            tally.add(lo * s + hi, place)
+    if not sum(counts):
         return None
-    pairs.sort(key=lambda p: min(side[p[0]], side[p[1]]) != 0)    # with a training frame first
-    trained = sum(int(min(side[a], side[b]) == 0) for a, b, _ in pairs)
-    subject_pairs = Counter(tuple(sorted((arrays.subjects[a], arrays.subjects[b])))
-                            for a, b, _ in pairs)
-    subjects = ", ".join(f"{a} and {b}" for (a, b), _ in subject_pairs.most_common(shown))
-    named = ", ".join(f"{arrays.names[a]} ({names[side[a]]}) {sign} {arrays.names[b]} "
-                      f"({names[side[b]]})" for a, b, sign in pairs[:shown])
-    what = " and ".join(f"{n} {kind}" for n, kind in zip(counts, ("identical", "near-duplicate"))
-                        if n)
-    more = ", ..." if len(subject_pairs) > shown else ""
+    total = sum(counts)
+    most = tally.most(shown)
+    subjects = ", ".join(f"{subject_names[c // s]} and {subject_names[c % s]}" for c in most)
+    pairs = [(int(p // n % n), int(p % n), "~") if p // n // n % 2 else
+             (int(p % n), int(p // n % n), "=") for p in named]
+    named_pairs = ", ".join(f"{arrays.names[a]} ({names[side[a]]}) {sign} {arrays.names[b]} "
+                            f"({names[side[b]]})" for a, b, sign in pairs)
+    what = " and ".join(f"{c} {kind}" for c, kind in zip(counts, ("identical", "near-duplicate"))
+                        if c)
+    more = ", ..." if len(tally) > shown else ""
     copies = SplitCopies(counts[0], counts[1], trained, "")
     return replace(copies, message=(
-        f"{what} frame {'pairs lie' if len(pairs) != 1 else 'pair lies'} on two sides of the "
-        f"split, copies of one scan filed under two subjects ({subjects}{more}): {named}"
-        f"{', ...' if len(pairs) > shown else ''}; {copies.consequence()}. Where such "
+        f"{what} frame {'pairs lie' if total != 1 else 'pair lies'} on two sides of the "
+        f"split, copies of one scan filed under two subjects ({subjects}{more}): {named_pairs}"
+        f"{', ...' if total > shown else ''}; {copies.consequence()}. Where such "
         "subjects are one patient, give their frames one subject (--subject-pattern) or remove "
         "the copies (`ultraseg inspect DATA` lists them)"))
 

@@ -6,6 +6,7 @@ A frame is kept as two fingerprints: a hash of its decoded pixels and a 32 x 32 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -18,6 +19,8 @@ THUMB = 32
 NEAR_CORRELATION = 0.99
 #: Thumbnails correlated per block: BLOCK x frames floats at a time, whatever the dataset size.
 BLOCK = 512
+#: Near pairs handed over at a time (at least one block row's): 16 bytes each.
+PAIRS = 1 << 18
 
 
 def digest(a: np.ndarray) -> bytes:
@@ -64,21 +67,60 @@ def exact_pairs(pixels: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     return first[later], later
 
 
-def near_pairs(thumbs: np.ndarray | list[np.ndarray], pixels: list[bytes],
-               threshold: float = NEAR_CORRELATION) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs ``i < j`` (two int64 arrays) of frames whose unit thumbnails (rows of
-    ``thumbs``) correlate at ``threshold`` or more and whose pixels differ, found by a matrix
-    product block by block (memory: BLOCK x frames floats, and 16 bytes a pair found: the
-    frames of one cine loop are thousands of pairs, kept as arrays, not Python objects)."""
+def near_blocks(thumbs: np.ndarray | list[np.ndarray], pixels: list[bytes],
+                threshold: float = NEAR_CORRELATION, sides: np.ndarray | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs ``i < j`` (two int64 arrays at a time, at most PAIRS or a row's worth) of
+    frames whose unit thumbnails (rows of ``thumbs``) correlate at ``threshold`` or more and
+    whose pixels differ, found by a matrix product block by block. Memory: BLOCK x frames
+    floats and the pairs of one yield, whatever the pairs found (a cine loop of n frames is
+    n (n - 1) / 2 pairs: the caller counts them, keeping what it lists).
+
+    Without ``sides``: every pair, in order (by ``i``, then ``j``), each block of rows
+    against the frames from its first row on. With ``sides`` (each frame's side of a split,
+    -1: on none): the pairs of frames on two sides alone, each side's frames against those
+    of the later sides (a training side against the held-out ones, not every frame against
+    every frame), in no particular order."""
     if len(thumbs) < 2:
-        return _none()
+        return
     t = np.asarray(thumbs, np.float32)
     group = ids(pixels)
-    found_i, found_j = [], []
-    for start in range(0, len(t), BLOCK):
-        ii, jj = np.nonzero(t[start:start + BLOCK] @ t.T >= threshold)
-        ii = ii + start
-        keep = (ii < jj) & (group[ii] != group[jj])
-        found_i.append(ii[keep].astype(np.int64))
-        found_j.append(jj[keep].astype(np.int64))
-    return np.concatenate(found_i), np.concatenate(found_j)
+    if sides is None:
+        for s in range(0, len(t), BLOCK):
+            yield from _block(t, group, threshold, np.arange(s, min(s + BLOCK, len(t))),
+                              np.arange(s, len(t)), t[s:], upper=True)
+        return
+    side = np.asarray(sides)
+    for k in np.unique(side[side >= 0]):
+        rows, cols = np.flatnonzero(side == k), np.flatnonzero(side > k)
+        if len(cols):
+            against = t[cols]
+            for s in range(0, len(rows), BLOCK):
+                yield from _block(t, group, threshold, rows[s:s + BLOCK], cols, against,
+                                  upper=False)
+
+
+def _block(t: np.ndarray, group: np.ndarray, threshold: float, rows: np.ndarray,
+           cols: np.ndarray, against: np.ndarray, upper: bool
+           ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`near_blocks`' pairs of a frame of ``rows`` and one of ``cols`` (thumbnails
+    ``against``) as ``i < j``, PAIRS or one row's worth at a time; ``upper``: the two
+    overlap, and only pairs with the row's frame first are taken (each pair once)."""
+    hit = t[rows] @ against.T >= threshold
+    hit &= group[rows][:, None] != group[cols][None, :]
+    if upper:
+        hit &= rows[:, None] < cols[None, :]
+    step = max(1, PAIRS // len(cols))
+    for s in range(0, len(rows), step):
+        ii, jj = np.nonzero(hit[s:s + step])
+        if len(ii):
+            a, b = rows[s + ii], cols[jj]
+            yield np.minimum(a, b), np.maximum(a, b)
+
+
+def first(keys: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` smallest of int64 ``keys``, in order: what a caller lists of pairs it is
+    handed a batch at a time, keeping these and the next batch's."""
+    if len(keys) > k:
+        keys = np.partition(keys, k - 1)[:k]
+    return np.sort(keys)

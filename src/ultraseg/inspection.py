@@ -11,8 +11,8 @@ import numpy as np
 from scipy import ndimage
 
 from .data import MaskTally, inverted_note, union_note
-from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, ids, near_pairs,
-                         thumbnail, unit_thumbnail)
+from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, first, ids,
+                         near_blocks, thumbnail, unit_thumbnail)
 from .errors import DataError
 from .io import frame_loop, label_set, said_once, scan_dataset, select_label, split_frames
 from .io.base import colour_note, counting_colour
@@ -46,46 +46,61 @@ class _Frames:
         self.masks.append(None if fg is None else (digest(fg), thumbnail(fg) > 127))
 
 
-def _masks_differ(frames: _Frames, i: np.ndarray, j: np.ndarray, exact: bool) -> int:
+class _MasksDiffer:
     """How many pairs of labelled frames (i, j) have foregrounds that disagree: by their bytes
     for identical frames, for near ones (sizes may differ) by a Dice under 0.9 of their
-    thumbnails. Unlabelled frames disagree with nothing."""
-    labelled = np.array([m is not None for m in frames.masks], dtype=bool)
-    both = labelled[i] & labelled[j] if len(i) else np.zeros(0, bool)
-    i, j = i[both], j[both]
-    if not len(i):
-        return 0
-    masks = frames.masks
-    if exact:
-        mask_ids = ids([m[0] if m is not None else b"" for m in masks])
-        return int(np.count_nonzero(mask_ids[i] != mask_ids[j]))
-    thumbs = np.stack([m[1] if m is not None else np.zeros(THUMB * THUMB, bool)
-                       for m in masks])
-    differ = 0
-    for start in range(0, len(i), 8192):           # 8192 pairs x 1 KiB at a time
-        a, b = thumbs[i[start:start + 8192]], thumbs[j[start:start + 8192]]
-        inter = np.count_nonzero(a & b, axis=1)
-        size = np.count_nonzero(a, axis=1) + np.count_nonzero(b, axis=1)
-        differ += int(np.count_nonzero((size > 0) & (2 * inter < 0.9 * size)))
-    return differ
+    thumbnails. Unlabelled frames disagree with nothing. Called once a batch of pairs."""
+
+    def __init__(self, frames: _Frames) -> None:
+        masks = frames.masks
+        self.labelled = np.array([m is not None for m in masks], dtype=bool)
+        self.ids = ids([m[0] if m is not None else b"" for m in masks])
+        self.thumbs = np.stack([m[1] if m is not None else np.zeros(THUMB * THUMB, bool)
+                                for m in masks]) if self.labelled.any() else None
+
+    def __call__(self, i: np.ndarray, j: np.ndarray, exact: bool) -> int:
+        both = self.labelled[i] & self.labelled[j] if len(i) else np.zeros(0, bool)
+        i, j = i[both], j[both]
+        if not len(i) or self.thumbs is None:
+            return 0
+        if exact:
+            return int(np.count_nonzero(self.ids[i] != self.ids[j]))
+        differ = 0
+        for start in range(0, len(i), 8192):           # 8192 pairs x 1 KiB at a time
+            a, b = self.thumbs[i[start:start + 8192]], self.thumbs[j[start:start + 8192]]
+            inter = np.count_nonzero(a & b, axis=1)
+            size = np.count_nonzero(a, axis=1) + np.count_nonzero(b, axis=1)
+            differ += int(np.count_nonzero((size > 0) & (2 * inter < 0.9 * size)))
+        return differ
 
 
 def duplicate_summary(frames: _Frames, threshold: float = NEAR_CORRELATION) -> dict[str, Any]:
     """The report's duplicate keys: the first LISTED pairs by name of each kind (those across
     subjects first), and counts of all pairs, of those across subjects and of those whose masks
-    differ; the constant frames (first LISTED, and their count)."""
+    differ; the constant frames (first LISTED, and their count). The near pairs are counted
+    as the search hands them over, a batch at a time, and the first LISTED kept: a cine
+    loop's frames are n (n - 1) / 2 pairs."""
     out: dict[str, Any] = {}
     subjects = ids([s.encode("utf-8", "surrogatepass") for s in frames.subjects])
-    for kind, (i, j) in (("exact", exact_pairs(frames.pixels)),
-                         ("near", near_pairs(frames.thumbs, frames.pixels, threshold))):
-        across = subjects[i] != subjects[j] if len(i) else np.zeros(0, bool)
-        # pairs across subjects first: they are the ones that leak across a split
-        order = np.lexsort((j, i, ~across))[:LISTED]
-        out[f"duplicates_{kind}"] = [[frames.names[int(i[k])], frames.names[int(j[k])]]
-                                     for k in order]
-        out[f"duplicates_{kind}_count"] = int(len(i))
-        out[f"duplicates_{kind}_across_subjects"] = int(np.count_nonzero(across))
-        out[f"duplicates_{kind}_masks_differ"] = _masks_differ(frames, i, j, kind == "exact")
+    masks_differ = _MasksDiffer(frames)
+    n = len(frames.names)
+    for kind, batches in (("exact", [exact_pairs(frames.pixels)]),
+                          ("near", near_blocks(frames.thumbs, frames.pixels, threshold))):
+        count = across_count = differ = 0
+        # the first LISTED pairs so far, by the key they are listed by: pairs across
+        # subjects first (they are the ones that leak across a split), then by index
+        listed = np.zeros(0, np.int64)
+        for i, j in batches:
+            across = subjects[i] != subjects[j] if len(i) else np.zeros(0, bool)
+            count += len(i)
+            across_count += int(np.count_nonzero(across))
+            differ += masks_differ(i, j, kind == "exact")
+            listed = first(np.concatenate([listed, (~across * n + i) * n + j]), LISTED)
+        out[f"duplicates_{kind}"] = [[frames.names[int(k // n % n)], frames.names[int(k % n)]]
+                                     for k in listed]
+        out[f"duplicates_{kind}_count"] = count
+        out[f"duplicates_{kind}_across_subjects"] = across_count
+        out[f"duplicates_{kind}_masks_differ"] = differ
     out["constant_frames"] = frames.constant[:LISTED]
     out["constant_frames_count"] = len(frames.constant)
     return out
