@@ -556,6 +556,29 @@ def test_a_short_limit_is_mostly_spent_training(tmp_path) -> None:
     assert trained > 8, (len(rows), trained)      # 20 s less 5 s, 2.5 validations, set-up
 
 
+def test_a_limit_used_up_before_training_trains_nothing_and_says_so(tmp_path, monkeypatch,
+                                                                    capsys) -> None:
+    """--time-limit counts from the start of the run, reading the data included, but a limit
+    that reading, caching and checking the split had used up still trained a batch,
+    validated, chose the post-processing and scored every validation frame at its own size,
+    all past the limit (a review: a 3 s limit on 20k frames ran 59 s, 36 s of it before the
+    first batch). It stops before the first batch, saying what took the time."""
+    real = train_mod.load_arrays
+
+    def slow(*args, **kwargs):          # reading a large dataset: longer than the limit
+        arrays = real(*args, **kwargs)
+        time.sleep(1.2)
+        return arrays
+
+    monkeypatch.setattr(train_mod, "load_arrays", slow)
+    run = tmp_path / "run"
+    rc = _train_tiny(tmp_path, run, "--epochs", "3", "--batch-size", "4", "--time-limit", "1s")
+    err = capsys.readouterr().err
+    assert rc != 0 and "time limit (1 s) was used up before training" in err, (rc, err)
+    assert "reading and caching the data" in err and "nothing trained" in err, err
+    assert not (run / "best.ckpt").exists() and not (run / "last.ckpt").exists()
+
+
 def test_a_run_of_one_batch_epochs_stops_before_the_time_kept_for_its_end() -> None:
     """The batch loop keeps _reserve (validations, the post-processing choice, the report)
     before the deadline, but an epoch of one batch never reaches that check, and the epoch

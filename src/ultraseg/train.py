@@ -784,6 +784,16 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         stopped = (f"time limit: used up by the run before it was interrupted, after epoch "
                    f"{start_epoch - 1}")
         start_epoch = tc.epochs + 1             # nothing more to train: finish the run
+    # the limit counts from the start of the run: one that reading a large dataset used up
+    # would still train a batch, validate and score every validation frame, past it
+    elif not resume and ctx.any(time.monotonic() >= deadline, device):
+        raise UltrasegError(
+            f"the time limit ({tc.time_limit_s:g} s) was used up before training began: "
+            f"reading and caching the data, checking its split and building the model took "
+            f"{time.monotonic() - t0:.0f} s; nothing trained. A longer --time-limit "
+            "(train.time_limit_s) leaves time to train"
+            + ("; the data's cache makes the next start faster" if cfg.data.cache_dir != ""
+               else ""), out)
     for epoch in range(start_epoch, tc.epochs + 1):
         rng = np.random.default_rng([tc.seed, epoch])
         gen = torch.Generator().manual_seed(tc.seed * 100_003 + epoch)
