@@ -605,6 +605,25 @@ def test_frames_that_are_their_own_subject_but_share_a_name_are_warned_about(
         assert {s.subject for s in ds.labelled} == {"patientA", "patientB"}   # as suggested
 
 
+def test_frames_that_differ_only_in_a_side_tag_are_warned_about(tmp_path) -> None:
+    """BUS-BRA names a patient's views bus_0001-l and bus_0001-r (a trailing side letter, not
+    a number): each was its own subject, the split put one patient's breasts on both sides,
+    and nothing said so. The pattern suggested groups them."""
+    stems = ["bus_0001-l", "bus_0001-r", "bus_0002-l", "bus_0002-r", "bus_0003-s"]
+    for stem in stems:
+        _save(tmp_path / "d" / "images" / f"{stem}.png", _frame())
+        _save(tmp_path / "d" / "masks" / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
+    with ultraseg_warnings() as warned:
+        scan_dataset(tmp_path / "d")
+    said = [r.getMessage() for r in warned if "own subject" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "4 names differ only in a trailing tag" in said[0] and "bus_0001" in said[0]
+    import re
+    pattern = re.search(r"e\.g\. '([^']+)'\)", said[0]).group(1)
+    ds, _ = scan_dataset(tmp_path / "d", subject_pattern=pattern)
+    assert {s.subject for s in ds.labelled} == {"bus_0001", "bus_0002", "bus_0003"}
+
+
 def test_the_images_layout_leaves_hidden_folders_out(tmp_path) -> None:
     """A thumbnail cache (.cache/thumb.jpg) below a folder of scans was predicted as a frame;
     the other layouts and the output-folder check skip hidden folders."""

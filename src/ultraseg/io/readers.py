@@ -748,26 +748,40 @@ def _warn_unread_mask_folder(root: Path, image_dir: Path, mask_dir: Path | None,
 
 #: A frame name's stem without its trailing frame number: 'patientB_002' -> 'patientB'.
 _TRAILING_NUMBER = re.compile(r"[\W_]*\d+$")
+#: ... or without a trailing tag of letters (a side, a view): 'bus_0001-l' -> 'bus_0001'.
+_TRAILING_TAG = re.compile(r"[-_ ][A-Za-z]{1,5}$")
+#: Each rule above, what it strips, and a --subject-pattern that takes the rest as the subject.
+_SHARED_NAME_RULES = ((_TRAILING_NUMBER, "number", "^(.+?)[_-]?\\d+$"),
+                      (_TRAILING_TAG, "tag (a side or view letter?)", "^(.+?)[-_ ][A-Za-z]+$"))
+
+
+def _shared_names(own: list[str], rule: re.Pattern[str]) -> list[tuple[int, str]]:
+    """The names in ``own`` that ``rule`` strips to one shared prefix: (count, prefix), the
+    largest group first."""
+    groups: dict[str, int] = {}
+    for name in own:
+        prefix = rule.sub("", name)
+        if prefix and prefix != name:
+            groups[prefix] = groups.get(prefix, 0) + 1
+    return sorted(((n, k) for k, n in groups.items() if n > 1), key=lambda g: (-g[0], g[1]))
 
 
 def _warn_frames_as_subjects(root: Path, own: list[str]) -> None:
     """Warn where frames that are their own subject (no leading subject number) share a name
-    but for a trailing number: likely one patient's frames, which a subject-grouped split
-    would then put on both sides."""
-    groups: dict[str, int] = {}
-    for name in own:
-        prefix = _TRAILING_NUMBER.sub("", name)
-        if prefix and prefix != name:
-            groups[prefix] = groups.get(prefix, 0) + 1
-    shared = sorted(((n, k) for k, n in groups.items() if n > 1), key=lambda g: (-g[0], g[1]))
+    but for a trailing number (patientB_001, patientB_002) or tag (BUS-BRA's bus_0001-l,
+    bus_0001-r): likely one patient's frames, which a subject-grouped split would then put on
+    both sides. The rule that groups more names is said."""
+    found = [(_shared_names(own, rule), what, pattern) for rule, what, pattern in
+             _SHARED_NAME_RULES]
+    shared, what, pattern = max(found, key=lambda f: sum(n for n, _ in f[0]))
     if shared:
         n, prefix = shared[0]
         log.warning("%s: %d frames have no leading subject number (SUBJECT_FRAME), so each is "
-                    "its own subject, but %d names differ only in a trailing number (e.g. %d "
+                    "its own subject, but %d names differ only in a trailing %s (e.g. %d "
                     "named %r...): if those are one patient's frames, the split can put them "
                     "on both sides; --subject-pattern REGEX takes the subject from the name "
-                    "(e.g. '^(.+?)[_-]?\\d+$')", root, len(own), sum(k for k, _ in shared),
-                    n, prefix)
+                    "(e.g. '%s')", root, len(own), sum(k for k, _ in shared), what, n, prefix,
+                    pattern)
 
 
 class KaggleReader(Reader):
