@@ -61,7 +61,6 @@ def run_peer(dataset: str, time_limit: str, runs: Path) -> dict:
     from ultraseg.evaluate import evaluate
     from ultraseg.io import open_dataset
     from ultraseg.predict import Predictor
-    from ultraseg.preprocess import normalise
     from ultraseg.runtime import autocast, resolve_precision, torch_runner
     from ultraseg.train import Batches, validate
 
@@ -78,9 +77,7 @@ def run_peer(dataset: str, time_limit: str, runs: Path) -> dict:
     write_split(out / "split.json", arrays.names, arrays.subjects, train_idx, val_idx, tc.seed,
                 tc.val_fraction, test_idx)
     batches = Batches(arrays, train_idx, cfg)
-    val_canvases = np.stack([normalise(im, cfg.preprocess.normalise)
-                             for im in arrays.images[val_idx]])
-    val_masks = arrays.masks[val_idx]
+    val_frames, val_masks = arrays.images[val_idx], arrays.masks[val_idx]
 
     torch.manual_seed(tc.seed)
     device = torch.device("cpu")
@@ -111,7 +108,7 @@ def run_peer(dataset: str, time_limit: str, runs: Path) -> dict:
             losses.append(loss.item())
         epoch_s = time.monotonic() - t
         t = time.monotonic()
-        _, val_dice, _ = validate(net, val_canvases, val_masks, cfg, device, dtype)
+        _, val_dice = validate(net, val_frames, val_masks, cfg, device, dtype)
         val_s = time.monotonic() - t
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
                         "val_dice": val_dice, "seconds": round(epoch_s + val_s, 1)})

@@ -322,18 +322,22 @@ def _cfg(variant: str = "valid", depth: int = 1, tile: int = 4, size: int = 16,
 
 
 def _validated(**train) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """validate()'s loss on five random canvases (frame 3 empty), and the logits and targets
+    """validate()'s loss on five random frames (frame 3 empty), and the logits and targets
     it scored, for the loss to be recomputed from."""
+    from ultraseg.predict import Predictor
+    from ultraseg.runtime import torch_runner
     torch.manual_seed(0)
     cfg = RunConfig(model=ModelConfig(variant="same", width=4, depth=1),
                     preprocess=PreprocessConfig(size=16),
                     train=TrainConfig(batch_size=2, loss="bce+dice", **train))
     model = build_model(cfg.model).eval()
     rng = np.random.default_rng(0)
-    canvases = rng.normal(size=(5, 16, 16)).astype(np.float32)
+    frames = rng.integers(0, 256, (5, 16, 16), dtype=np.uint8)
     masks = (rng.random((5, 16, 16)) > 0.7).astype(np.uint8)
     masks[3] = 0
-    loss, _, probs = validate(model, canvases, masks, cfg, torch.device("cpu"), None)
+    loss, _ = validate(model, frames, masks, cfg, torch.device("cpu"), None)
+    probs = Predictor(torch_runner(model, torch.device("cpu"), None), cfg.model,
+                      cfg.preprocess).proba_canvas(frames.astype(np.float32) / 255)
     logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
     return loss, logits, torch.from_numpy(masks).float().unsqueeze(1)
 
@@ -357,6 +361,101 @@ def test_validation_loss_leaves_empty_frames_out_of_the_dice_as_training_does() 
     assert loss == pytest.approx(float(compute_loss("bce+dice", logits, target,
                                                     dice_skip_empty=True)), rel=1e-6)
     assert loss != pytest.approx(float(compute_loss("bce+dice", logits, target)), rel=1e-3)
+
+
+def _all_at_once(model, frames, masks, cfg, device, dtype) -> tuple[float, float]:
+    """validate()'s figures by their definition, over every validation frame at once: the
+    probabilities of all the canvases, the loss over all of them (a batch Dice pooled over
+    training-sized groups, as training pools it) and the mean Dice (empty rule)."""
+    from ultraseg.metrics import dice
+    from ultraseg.predict import Predictor
+    from ultraseg.preprocess import normalise
+    from ultraseg.runtime import torch_runner
+    canvases = (np.stack([normalise(f, cfg.preprocess.normalise) for f in frames])
+                if frames.dtype == np.uint8 else frames)
+    probs = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
+                      batch_size=cfg.train.batch_size).proba_canvas(canvases)
+    logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
+    target = torch.from_numpy(masks).float().unsqueeze(1)
+    t = cfg.train
+    step = t.batch_size if t.batch_dice else len(frames)
+    loss = sum(len(lg) * float(compute_loss(t.loss, lg, tg, batch_dice=t.batch_dice,
+                                            dice_skip_empty=t.dice_skip_empty))
+               for lg, tg in zip(logits.split(step), target.split(step))) / len(frames)
+    return loss, float(np.mean([dice(p >= 0.5, m > 0) for p, m in zip(probs, masks)]))
+
+
+@pytest.mark.parametrize("flags", [
+    ("--loss", "bce+dice"),
+    ("--loss", "bce+dice", "--batch-dice", "--dice-skip-empty", "--normalise", "zscore"),
+    ("--loss", "dice", "--dice-skip-empty", "--ema-decay", "0.5", "--presence-head"),
+    ("--loss", "bce+dice", "--deep-supervision"),
+    ("--model", "valid", "--tile", "20", "--tiles-per-image", "2", "--loss", "bce+dice",
+     "--batch-dice")], ids=["plain", "batch-dice-zscore", "ema-presence", "deep", "valid"])
+def test_validation_scores_every_frame_as_all_of_them_at_once(tmp_path, monkeypatch,
+                                                              flags) -> None:
+    """Each epoch's validation loss and Dice are those of every validation frame scored at
+    once (7 frames in batches of 3, so the last batch is short), whatever the loss, the
+    normalisation, the EMA, the presence head, deep supervision or the variant; the run's
+    metrics.csv and chosen epoch record them."""
+    real = train_mod.validate
+    seen = []
+
+    def validate(model, frames, masks, cfg, device, dtype, *rest):
+        want = _all_at_once(model, frames, masks, cfg, device, dtype)
+        got = real(model, frames, masks, cfg, device, dtype, *rest)
+        seen.append((len(frames), got[:2], want))
+        return got
+
+    monkeypatch.setattr(train_mod, "validate", validate)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--model", "same", "--epochs", "2", "--batch-size", "3",
+                       "--val-fraction", "0.35", "--seed", "1", *flags) == 0
+    assert len(seen) == 2 and seen[0][0] % 3, seen   # a short last batch
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for (_, (loss, score), (want_loss, want_score)), row in zip(seen, rows):
+        assert loss == pytest.approx(want_loss, rel=1e-5, abs=1e-7)
+        assert score == pytest.approx(want_score, rel=1e-5, abs=1e-7)
+        assert float(row["val_loss"]) == pytest.approx(want_loss, rel=1e-5, abs=1e-7)
+        assert float(row["val_dice"]) == pytest.approx(want_score, rel=1e-5, abs=1e-7)
+    scores = [want for _, _, (_, want) in seen]
+    best = load_checkpoint(run / "best.ckpt").meta["metrics"]["best_epoch"]
+    assert best == 1 + int(np.argmax(scores)) or max(scores) - min(scores) < 1e-6
+
+
+def test_validation_takes_the_cached_uint8_frames_and_scores_a_batch_at_a_time(
+        tmp_path, monkeypatch) -> None:
+    """Training kept a float32 copy of every validation canvas for the whole run, and
+    validation asked for the probabilities of all its frames at once, then took their
+    logits and the float targets whole: ~1.3 MB a validation frame at --size 192 (5.8 GB
+    for 4000). Now validation gets the uint8 frames the cache holds and asks the model for
+    one batch of them at a time, normalised as they go."""
+    from ultraseg.predict import Predictor
+    real_validate, real_proba = train_mod.validate, Predictor.proba_canvas
+    handed, asked, inside = [], [], []
+
+    def validate(model, frames, *rest):
+        handed.append((frames.dtype, len(frames)))
+        inside.append(1)
+        try:
+            return real_validate(model, frames, *rest)
+        finally:
+            inside.pop()
+
+    def proba_canvas(self, canvases):
+        if inside:
+            asked.append(len(canvases))
+        return real_proba(self, canvases)
+
+    monkeypatch.setattr(train_mod, "validate", validate)
+    monkeypatch.setattr(Predictor, "proba_canvas", proba_canvas)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--model", "same", "--epochs", "1", "--batch-size", "3",
+                       "--val-fraction", "0.35", "--seed", "1") == 0
+    n_val = len(json.loads((run / "split.json").read_text())["val"])
+    assert handed == [(np.uint8, n_val)] and n_val > 3
+    assert sum(asked) == n_val and max(asked) <= 3, asked
 
 
 def _position_arrays(size: int = 16) -> Arrays:
@@ -1325,9 +1424,9 @@ def test_a_nan_validation_loss_is_divergence(tmp_path, capsys, monkeypatch) -> N
     calls = []
 
     def validate(*args, **kwargs):
-        loss, score, probs = real(*args, **kwargs)
+        loss, score = real(*args, **kwargs)
         calls.append(1)
-        return (math.nan if len(calls) == 2 else loss), score, probs
+        return (math.nan if len(calls) == 2 else loss), score
 
     monkeypatch.setattr(train_mod, "validate", validate)
     run = tmp_path / "run"

@@ -228,35 +228,42 @@ def make_ema(model: torch.nn.Module, cfg: RunConfig) -> AveragedModel | None:
 
 
 # ---------------------------------------------------------------------------------- validation
-def validate(model: torch.nn.Module, canvases: np.ndarray, masks: np.ndarray, cfg: RunConfig,
+def validate(model: torch.nn.Module, frames: np.ndarray, masks: np.ndarray, cfg: RunConfig,
              device: torch.device, dtype: torch.dtype | None, ctx: Dist = SINGLE
-             ) -> tuple[float, float, np.ndarray]:
-    """Loss and mean Dice (empty rule) over whole validation canvases; also the probabilities.
+             ) -> tuple[float, float]:
+    """Loss and mean Dice (empty rule) over whole validation frames.
 
-    Distributed: each rank scores its share of the canvases (``ctx.rows``) and the sums are
-    all-reduced, so every rank returns the same loss and Dice, and the probabilities of its
-    share. (Both are per-image means, so the shares add up to the single-process value; with
-    ``batch_dice`` the loss pools groups of ``batch_size`` frames within each share.)
+    ``frames``: uint8 (N, S, S) on the working canvas, as the cache holds them (``masks``
+    likewise, in {0, 1}). They are normalised, scored and summed a batch (``batch_size``
+    frames) at a time, so validation holds one batch's canvases and probabilities whatever N:
+    all of them at once in float32 cost ~1.3 MB a frame at 192 px. The figures are those of
+    every frame at once: the loss's terms are per-frame means, and a batch Dice pools
+    ``batch_size`` frames as training pools them.
+
+    Distributed: each rank scores its share of the frames (``ctx.rows``) and the sums are
+    all-reduced, so every rank returns the same loss and Dice. (Both are per-image means, so
+    the shares add up to the single-process value; with ``batch_dice`` the loss pools groups
+    of ``batch_size`` frames within each share.)
     """
-    mine = ctx.rows(len(canvases))
-    canvases, masks = canvases[mine], masks[mine]
-    loss_sum, dice_sum, probs = 0.0, 0.0, np.zeros((0, *canvases.shape[1:]), np.float32)
-    if len(canvases):
+    if frames.dtype != np.uint8:
+        raise TypeError(f"validate takes the uint8 frames the cache holds, got {frames.dtype}")
+    mine = ctx.rows(len(frames))
+    frames, masks = frames[mine], masks[mine]
+    loss_sum, dice_sum, step = 0.0, 0.0, cfg.train.batch_size
+    if len(frames):
         predictor = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
-                              batch_size=cfg.train.batch_size)
-        probs = predictor.proba_canvas(canvases)
-        logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
-        target = torch.from_numpy(masks).float().unsqueeze(1)
-        # per-frame losses are means over frames, so any grouping gives the same sum; a batch
-        # Dice is pooled over training-sized groups of frames, as training pools it
-        step = cfg.train.batch_size if cfg.train.batch_dice else len(canvases)
-        loss_sum = sum(len(lg) * float(compute_loss(
-            cfg.train.loss, lg, tg, batch_dice=cfg.train.batch_dice,
-            dice_skip_empty=cfg.train.dice_skip_empty))
-                       for lg, tg in zip(logits.split(step), target.split(step)))
-        dice_sum = float(np.sum([dice(pr >= 0.5, m > 0) for pr, m in zip(probs, masks)]))
-    loss_sum, dice_sum, n = ctx.all_reduce_sum([loss_sum, dice_sum, len(canvases)], device)
-    return loss_sum / n, dice_sum / n, probs
+                              batch_size=step)
+        for i in range(0, len(frames), step):
+            probs = predictor.proba_canvas(np.stack(
+                [normalise(im, cfg.preprocess.normalise) for im in frames[i:i + step]]))
+            truth = masks[i:i + step]
+            logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
+            loss_sum += len(probs) * float(compute_loss(
+                cfg.train.loss, logits, torch.from_numpy(truth).float().unsqueeze(1),
+                batch_dice=cfg.train.batch_dice, dice_skip_empty=cfg.train.dice_skip_empty))
+            dice_sum += float(np.sum([dice(pr >= 0.5, m > 0) for pr, m in zip(probs, truth)]))
+    loss_sum, dice_sum, n = ctx.all_reduce_sum([loss_sum, dice_sum, len(frames)], device)
+    return loss_sum / n, dice_sum / n
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -724,9 +731,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                     f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
                     else "a foreground pixel")
     batches = Batches(arrays, train_idx, cfg)
-    val_canvases = np.stack([normalise(im, cfg.preprocess.normalise)
-                             for im in arrays.images[val_idx]]) if validating else None
-    val_masks = arrays.masks[val_idx]
+    val_frames, val_masks = arrays.images[val_idx], arrays.masks[val_idx]   # uint8
 
     # model and optimiser
     torch.manual_seed(tc.seed)
@@ -850,8 +855,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                                         f"({some_names(bad) if bad else 'on another process'})")
         val_loss, val_dice = math.nan, math.nan
         if validating:
-            val_loss, val_dice, _ = validate(scored, val_canvases, val_masks, cfg, device, dtype,
-                                             ctx)
+            val_loss, val_dice = validate(scored, val_frames, val_masks, cfg, device, dtype, ctx)
             model.to(memory_format=layout)  # validation predicts channels_last; train as chosen
             if not math.isfinite(val_loss):     # (all-reduced: every rank stops alike)
                 raise _diverged(out, saved, f"the validation loss is {val_loss} after epoch "
