@@ -619,8 +619,11 @@ def colour_share(rgb: np.ndarray) -> float:
     """The share of an (H, W, C >= 3) frame's pixels in colour: channels spread over more
     than :data:`COLOUR_SPREAD` (of 0..255; a wider dtype's, of the frame's own range, as it
     is stretched to 8 bits). Alpha is not looked at."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    # (element-wise over the three planes: a reduction over a 3-wide last axis is ~15x slower;
+    # max >= min: no unsigned wrap)
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
     rgb = rgb[..., :3]
-    spread = rgb.max(axis=2) - rgb.min(axis=2)      # (max >= min: no unsigned wrap)
     limit = float(COLOUR_SPREAD)
     if rgb.dtype != np.uint8:
         limit *= float(rgb.max()) - float(rgb.min()) if rgb.size else 0.0
