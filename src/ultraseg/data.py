@@ -26,7 +26,7 @@ from .duplicates import THUMB, digest, exact_pairs, first, near_blocks, unit_thu
 from .errors import DataError, UltrasegError
 from .fileio import atomic_open, atomic_write_text, read_json, temporaries
 from .io import Dataset, DataProblems, said_once, select_label
-from .io.base import colour_note, counting_colour
+from .io.base import ColourFrames, counting_colour
 from .preprocess import ThinFrames, looks_like_outline, outline_note, to_canvas
 
 log = logging.getLogger(__name__)
@@ -287,8 +287,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         if cached is not None:
             log.info("cache hit: %s", cache_path)
             _thin_frames(cfg, cached["thin"]).warn(log, THIN_REMEDY)   # as when it was built
-            colour_record = [str(v) for v in cached["colour"]]
-            _warn_colour(ds, int(colour_record[0]) if colour_record else 0, colour_record[1:])
+            ColourFrames.from_record(cached["colour"]).warn(log, ds.root)
             tally = MaskTally(*(int(v) for v in cached["tally"]))
             _warn_outlines(ds, tally)
             return Arrays(cached["images"], cached["masks"], names, subjects,
@@ -321,14 +320,14 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         raise DataProblems(problems)
     thin_record = np.array([] if thin.first is None else [thin.n, *thin.first], dtype=str)
     thin.warn(log, THIN_REMEDY)
-    _warn_colour(ds, colour.n, colour.files)
+    colour.warn(log, ds.root)
     _warn_outlines(ds, tally)
     if cache_path is not None and _still_current(ds, cfg, cache_path):
         try:
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
                       thin=thin_record, tally=np.array(astuple(tally), np.int64),
-                      colour=np.array([colour.n, *colour.files], dtype=str))
+                      colour=colour.record())
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
@@ -357,14 +356,6 @@ CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally", "col
 #: shape; the names are in the name themselves), so that two builds of one version sharing a
 #: cache folder each keep their own entry rather than replacing the other's on every run.
 CACHE_FORMAT = 1
-
-
-def _warn_colour(ds: Dataset, n: int, files: list[str]) -> None:
-    """Warn of the ``n`` frames read in colour (``files``: the first of their files), which
-    their luma loses (:func:`~ultraseg.io.base.colour_note`)."""
-    note = colour_note(n, files)
-    if note:
-        log.warning("%s: %s", ds.root, note)
 
 
 def _warn_outlines(ds: Dataset, tally: MaskTally) -> None:

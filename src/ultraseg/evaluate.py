@@ -433,8 +433,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
                         f"labels {', '.join(map(str, absent))}): every frame would be scored "
                         f"as empty; --label K scores against another", ds.root)
     thin.warn(log, PAD_TO_SQUARE_REMEDY)
-    if colour.note():
-        log.warning("%s", colour.note())
+    colour.warn(log)
     sizes.warn(log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}

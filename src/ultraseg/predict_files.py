@@ -384,8 +384,7 @@ def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
                 pending.clear()
         finally:
             thin.warn(log, PAD_TO_SQUARE_REMEDY)
-            if colour.note():
-                log.warning("%s", colour.note())
+            colour.warn(log)
 
 
 def encode_mask(mask: np.ndarray, fmt: str = "png") -> bytes:

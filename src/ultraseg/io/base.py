@@ -640,7 +640,7 @@ def say_colour(rgb: np.ndarray, path: str | Path | None) -> None:
         return
     tally = getattr(_colour, "tally", None)
     if tally is not None and path is not None:
-        tally.add(path, share)
+        tally.add(path)
         return
     say_of_file(path, "colour", f"{100 * share:.1f} % of its pixels are colour {COLOUR_LOST}",
                 unnamed="an image")
@@ -667,13 +667,33 @@ class ColourFrames:
         self.n = 0
         self.files: list[str] = []
 
-    def add(self, path: str | Path, share: float) -> None:
+    def add(self, path: str | Path) -> None:
         self.n += 1
         if len(self.files) < self.LISTED and str(path) not in self.files:
             self.files.append(str(path))
 
     def note(self) -> str | None:
         return colour_note(self.n, self.files)
+
+    def warn(self, logger: logging.Logger, where: str | Path | None = None) -> None:
+        """One warning for the frames counted (none: nothing), after ``where`` (the dataset's
+        folder) where given."""
+        note = self.note()
+        if note and where is not None:
+            logger.warning("%s: %s", where, note)
+        elif note:
+            logger.warning("%s", note)
+
+    def record(self) -> np.ndarray:
+        """The tally as a cache entry keeps it (:meth:`from_record` reads it back)."""
+        return np.array([self.n, *self.files], dtype=str)
+
+    @classmethod
+    def from_record(cls, record: np.ndarray) -> ColourFrames:
+        tally = cls()
+        if len(record):
+            tally.n, tally.files = int(record[0]), [str(v) for v in record[1:]]
+        return tally
 
 
 @contextlib.contextmanager
