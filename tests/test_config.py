@@ -156,6 +156,22 @@ def test_a_list_for_a_tuple_setting_built_in_python_is_taken_as_merge_takes_it()
         assert cfg == merge(base, {"train": {"affine_scale": [0.9, 1.1]}})
 
 
+def test_a_path_for_a_path_setting_built_in_python_is_taken_as_merge_takes_it(tmp_path) -> None:
+    """DataConfig(path=Path(...)) or dataclasses.replace(cfg.data, path=Path(...)) was refused
+    by check_config as 'data.path must be a string; got PosixPath(...)', though merge takes a
+    Path there (it made it a string, a config built in Python kept the Path)."""
+    import dataclasses
+
+    from ultraseg.train import check_config
+
+    base = RunConfig(data=DataConfig(path="x"))
+    for cfg in (RunConfig(data=DataConfig(path=tmp_path)),
+                dataclasses.replace(base, data=dataclasses.replace(base.data, path=tmp_path))):
+        assert cfg.data.path == str(tmp_path)
+        check_config(cfg)
+        assert cfg == merge(base, {"data": {"path": tmp_path}})
+
+
 @pytest.mark.parametrize("model, words", [
     ({"width": 10**9}, ["model.width", "4096", "1000000000"]),
     ({"width": 4097}, ["model.width", "4096"]),

@@ -46,13 +46,7 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise UnknownSettings(cls.__name__, unknown, sorted(names))
-    hints = typing.get_type_hints(cls)
-    for name, value in data.items():
-        if isinstance(value, list):                      # JSON has no tuples
-            data[name] = tuple(value)
-        elif isinstance(value, os.PathLike) and _fits("", hints[name]):
-            data[name] = os.fspath(value)                # a Path where a path string goes
-    section = cls(**data)
+    section = cls(**data)     # (JSON's lists as tuples, Paths as strings: __post_init__)
     check_types(section)
     return section
 
@@ -126,12 +120,18 @@ class _Section:
 
     def __post_init__(self) -> None:
         # numpy's numbers (a sweep over np.arange or np.linspace) as Python's, which the type
-        # checks and JSON take: np.int64(5) for 5, also inside tuples; a list as the tuple it
-        # stands for (as _from_dict makes JSON's; a list also left the config unhashable)
+        # checks and JSON take: np.int64(5) for 5, also inside tuples; a list (JSON's, or one
+        # built in Python) as the tuple it stands for (a list also left the config
+        # unhashable); a Path where a path string goes as that string
+        hints = typing.get_type_hints(type(self))
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            plain = (tuple(plain_number(v) for v in value) if isinstance(value, (tuple, list))
-                     else plain_number(value))
+            if isinstance(value, (tuple, list)):
+                plain = tuple(plain_number(v) for v in value)
+            elif isinstance(value, os.PathLike) and _fits("", hints[f.name]):
+                plain = os.fspath(value)
+            else:
+                plain = plain_number(value)
             if plain is not value:
                 object.__setattr__(self, f.name, plain)
 
