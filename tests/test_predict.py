@@ -671,8 +671,9 @@ def test_write_and_measure_take_paths_in_any_iterable_as_collect_frames_does(tmp
         assert sorted(r["name"] for r in rows) == ["a", "b"]
     frames = collect_frames(paths)
     assert write_predictions(pixel_predictor(), iter(frames), tmp_path / "f").n == 2
-    with pytest.raises(UltrasegError, match="expected frames"):   # a mixture stays refused
+    with pytest.raises(UltrasegError, match="expected frames") as e:  # a mixture stays refused
         write_predictions(pixel_predictor(), iter([frames[0], paths[1]]), tmp_path / "never")
+    assert "got PosixPath" not in str(e.value) and "1 frame and 1 path" in str(e.value)
     assert not (tmp_path / "never").exists()
 
 

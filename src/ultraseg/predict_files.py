@@ -696,8 +696,12 @@ def frames_of(frames: Iterable[Frame] | str | os.PathLike | Iterable[str | os.Pa
     if paths and len(paths) == len(given):
         return collect_frames(paths)
     found = [f for f in given if isinstance(f, Frame)]
+    if paths and len(found) + len(paths) == len(given):
+        raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
+                            f"not both: got {len(found)} frame{'s' * (len(found) != 1)} and "
+                            f"{len(paths)} path{'s' * (len(paths) != 1)}")
     if len(found) < len(given):
-        wrong = next(f for f in given if not isinstance(f, Frame))
+        wrong = next(f for f in given if not isinstance(f, (Frame, str, os.PathLike)))
         raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
                             f"got {type(wrong).__name__}")
     return found
