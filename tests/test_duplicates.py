@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ultraseg import duplicates
 from ultraseg.data import duplicates_across_split
 from ultraseg.duplicates import NEAR_CORRELATION, THUMB, digest, thumbnail, unit_thumbnail
 from ultraseg.inspection import LISTED, _Frames, duplicate_summary
@@ -137,3 +138,54 @@ def test_the_near_pairs_of_a_long_loop_are_counted_without_being_kept() -> None:
     assert got["duplicates_near"][:2] == [["f0000", "f0001"], ["f0000", "f0002"]]
     assert len(got["duplicates_near"]) == LISTED
     assert peak < 8 * n * (n - 1) // 2, f"{peak / 1e6:.0f} MB at peak"
+
+
+def test_the_split_check_of_a_loop_of_one_frame_subjects_keeps_what_it_names(
+        monkeypatch) -> None:
+    """A cine loop read with each frame its own subject (no SUBJECT_FRAME names) puts every
+    near pair across the split under its own subject pair: the tally kept each (~113 bytes
+    a pair at peak: 659 MB at 5000 frames, ~10 GB at 20k). The warning names 3 subject
+    pairs: with the search's batches made small (memory a batch), the peak stays far under
+    8 bytes a pair on two sides, and what it says matches the brute-force reading (every
+    subject pair once: the first met, a training frame's first, by index)."""
+    monkeypatch.setattr(duplicates, "BLOCK", 64)
+    monkeypatch.setattr(duplicates, "PAIRS", 1 << 13)
+    rng = np.random.default_rng(0)
+    base = rng.random(THUMB * THUMB).astype(np.float32)
+    n = 4000
+    thumbs = []
+    for _ in range(n):
+        t = base + rng.random(base.shape, dtype=np.float32) * 0.01
+        t -= t.mean()
+        thumbs.append(t / np.linalg.norm(t))
+    names = tuple(f"f{k:04d}" for k in range(n))
+    arrays = SimpleNamespace(
+        names=names, subjects=names, thumbs=np.stack(thumbs),
+        pixels=np.stack([np.frombuffer(k.to_bytes(32, "little"), np.uint8) for k in range(n)]))
+    side = rng.choice(3, n, p=[0.7, 0.15, 0.15])
+    sides = {"train": np.flatnonzero(side == 0), "validation": np.flatnonzero(side == 1),
+             "test": np.flatnonzero(side == 2)}
+    sizes = [len(v) for v in sides.values()]
+    cross = sizes[0] * (sizes[1] + sizes[2]) + sizes[1] * sizes[2]
+    tracemalloc.start()
+    try:
+        copies = duplicates_across_split(arrays, sides)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert copies is not None
+    assert (copies.identical, copies.near, copies.trained) == (
+        0, cross, sizes[0] * (sizes[1] + sizes[2]))
+    first = []                          # the first 3 pairs with a training frame, by index
+    for i in range(n):
+        j = np.arange(i + 1, n)
+        j = j[(side[j] != side[i]) & (np.minimum(side[j], side[i]) == 0)]
+        first += [(i, int(k)) for k in j[:3 - len(first)]]
+        if len(first) == 3:
+            break
+    side_names = list(sides)
+    said = ", ".join(f"{names[i]} and {names[j]}" for i, j in first)
+    named = ", ".join(f"{names[i]} ({side_names[side[i]]}) ~ {names[j]} "
+                      f"({side_names[side[j]]})" for i, j in first)
+    assert f"under two subjects ({said}, ...): {named}, ...;" in str(copies), str(copies)
+    assert peak < 8 * cross, f"{peak / 1e6:.0f} MB at peak for {cross} pairs"

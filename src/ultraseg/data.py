@@ -577,44 +577,27 @@ class SplitCopies:
                 "epoch and post-processing copy held-out ones (no training frame)")
 
 
-class _Tally:
-    """Counts of int64 keys handed over a batch at a time, with each key's smallest place:
-    memory a key, not a batch's item (merged where the batches kept outgrow the tally)."""
+#: Subject pairs the split check keeps a count of while it counts the pairs of frames on two
+#: sides: exact up to this many subject pairs (the message names the most counted), else the
+#: most counted so far are kept (a cine loop's frames, each its own subject, are millions).
+SUBJECT_PAIRS_KEPT = 4096
 
-    def __init__(self) -> None:
-        self.keys = self.counts = self.places = np.zeros(0, np.int64)
-        self.waiting: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def add(self, keys: np.ndarray, places: np.ndarray) -> None:
-        self.waiting.append(self._reduce(keys, np.ones(len(keys), np.int64), places))
-        if sum(len(w[0]) for w in self.waiting) > max(len(self.keys), 1 << 16):
-            self._merge()
-
-    def _merge(self) -> None:
-        parts = [(self.keys, self.counts, self.places), *self.waiting]
-        self.keys, self.counts, self.places = self._reduce(
-            *(np.concatenate([p[k] for p in parts]) for k in range(3)))
-        self.waiting = []
-
-    @staticmethod
-    def _reduce(keys: np.ndarray, counts: np.ndarray, places: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not len(keys):
-            return keys, counts, places
-        order = np.lexsort((places, keys))
-        keys, counts, places = keys[order], counts[order], places[order]
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        return keys[starts], np.add.reduceat(counts, starts), places[starts]
-
-    def __len__(self) -> int:
-        self._merge()
-        return len(self.keys)
-
-    def most(self, k: int) -> list[int]:
-        """The ``k`` keys counted most, ties in the order of their smallest places (as
-        Counter.most_common names the first met)."""
-        self._merge()
-        return [int(x) for x in self.keys[np.lexsort((self.places, -self.counts))[:k]]]
+def _most_counted(kept: tuple[np.ndarray, np.ndarray, np.ndarray], keys: np.ndarray,
+                  places: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` keys counted most (keys, counts, each key's smallest place), ties by place
+    (as Counter.most_common names the first met), of those ``kept`` and a batch's ``keys``
+    (one each, at ``places``)."""
+    keys, places = np.concatenate([kept[0], keys]), np.concatenate([kept[2], places])
+    counts = np.concatenate([kept[1], np.ones(len(keys) - len(kept[0]), np.int64)])
+    if not len(keys):
+        return keys, counts, places
+    order = np.lexsort((places, keys))
+    keys, counts, places = keys[order], counts[order], places[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    keys, counts, places = keys[starts], np.add.reduceat(counts, starts), places[starts]
+    top = np.lexsort((places, -counts))[:k]
+    return keys[top], counts[top], places[top]
 
 
 def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown: int = 3
@@ -637,11 +620,11 @@ def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown:
     s = len(subject_names)
     # the pairs are counted a batch at a time (a cine loop across the split is millions):
     # each pair's place in the order they are named in, a training frame's first, then the
-    # identical before the near ones, each by index; of each subject pair, how many pairs
-    # and its first pair's place (ties are named in that order)
+    # identical before the near ones, each by index; of the SUBJECT_PAIRS_KEPT subject pairs
+    # counted most, how many pairs and the first's place (ties are named in that order)
     counts, trained = [0, 0], 0
     named = np.zeros(0, np.int64)
-    tally = _Tally()
+    tally = (np.zeros(0, np.int64),) * 3
     for kind, batches in ((0, [exact_pairs(keys)]),
                           (1, near_blocks(arrays.thumbs, keys, sides=side))):
         for i, j in batches:
@@ -654,19 +637,19 @@ def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown:
             place = ((~with_training * 2 + kind) * n + (i if kind else j)) * n + (j if kind else i)
             named = first(np.concatenate([named, place]), shown)
             lo, hi = np.minimum(subject[i], subject[j]), np.maximum(subject[i], subject[j])
-            tally.add(lo * s + hi, place)
+            tally = _most_counted(tally, lo * s + hi, place, SUBJECT_PAIRS_KEPT)
     if not sum(counts):
         return None
     total = sum(counts)
-    most = tally.most(shown)
-    subjects = ", ".join(f"{subject_names[c // s]} and {subject_names[c % s]}" for c in most)
+    subjects = ", ".join(f"{subject_names[c // s]} and {subject_names[c % s]}"
+                         for c in tally[0][:shown])
     pairs = [(int(p // n % n), int(p % n), "~") if p // n // n % 2 else
              (int(p % n), int(p // n % n), "=") for p in named]
     named_pairs = ", ".join(f"{arrays.names[a]} ({names[side[a]]}) {sign} {arrays.names[b]} "
                             f"({names[side[b]]})" for a, b, sign in pairs)
     what = " and ".join(f"{c} {kind}" for c, kind in zip(counts, ("identical", "near-duplicate"))
                         if c)
-    more = ", ..." if len(tally) > shown else ""
+    more = ", ..." if len(tally[0]) > shown else ""
     copies = SplitCopies(counts[0], counts[1], trained, "")
     return replace(copies, message=(
         f"{what} frame {'pairs lie' if total != 1 else 'pair lies'} on two sides of the "
