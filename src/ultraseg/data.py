@@ -634,17 +634,19 @@ def duplicates_across_split(arrays: Arrays, sides: dict[str, np.ndarray], shown:
             counts[kind] += len(i)
             trained += int(np.count_nonzero(with_training))
             # (an identical pair (i, j) is placed by j: each frame with the first of its group)
-            place = ((~with_training * 2 + kind) * n + (i if kind else j)) * n + (j if kind else i)
+            by, then = (i, j) if kind else (j, i)
+            place = np.ravel_multi_index((~with_training, kind, by, then), (2, 2, n, n))
             named = first(np.concatenate([named, place]), shown)
             lo, hi = np.minimum(subject[i], subject[j]), np.maximum(subject[i], subject[j])
-            tally = _most_counted(tally, lo * s + hi, place, SUBJECT_PAIRS_KEPT)
+            tally = _most_counted(tally, np.ravel_multi_index((lo, hi), (s, s)), place,
+                                  SUBJECT_PAIRS_KEPT)
     if not sum(counts):
         return None
     total = sum(counts)
-    subjects = ", ".join(f"{subject_names[c // s]} and {subject_names[c % s]}"
-                         for c in tally[0][:shown])
-    pairs = [(int(p // n % n), int(p % n), "~") if p // n // n % 2 else
-             (int(p % n), int(p // n % n), "=") for p in named]
+    subjects = ", ".join(f"{subject_names[lo]} and {subject_names[hi]}"
+                         for lo, hi in zip(*np.unravel_index(tally[0][:shown], (s, s))))
+    _, kinds, by, then = np.unravel_index(named, (2, 2, n, n))
+    pairs = [(b, t, "~") if k else (t, b, "=") for k, b, t in zip(kinds, by, then)]
     named_pairs = ", ".join(f"{arrays.names[a]} ({names[side[a]]}) {sign} {arrays.names[b]} "
                             f"({names[side[b]]})" for a, b, sign in pairs)
     what = " and ".join(f"{c} {kind}" for c, kind in zip(counts, ("identical", "near-duplicate"))

@@ -95,9 +95,10 @@ def duplicate_summary(frames: _Frames, threshold: float = NEAR_CORRELATION) -> d
             count += len(i)
             across_count += int(np.count_nonzero(across))
             differ += masks_differ(i, j, kind == "exact")
-            listed = first(np.concatenate([listed, (~across * n + i) * n + j]), LISTED)
-        out[f"duplicates_{kind}"] = [[frames.names[int(k // n % n)], frames.names[int(k % n)]]
-                                     for k in listed]
+            listed = first(np.concatenate(
+                [listed, np.ravel_multi_index((~across, i, j), (2, n, n))]), LISTED)
+        out[f"duplicates_{kind}"] = [[frames.names[a], frames.names[b]] for a, b in
+                                     zip(*np.unravel_index(listed, (2, n, n))[1:])]
         out[f"duplicates_{kind}_count"] = count
         out[f"duplicates_{kind}_across_subjects"] = across_count
         out[f"duplicates_{kind}_masks_differ"] = differ
