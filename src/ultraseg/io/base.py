@@ -68,10 +68,13 @@ class Sample:
 
     def load_image(self) -> np.ndarray:
         """The grayscale image, (H, W) uint8."""
-        if self.mask_paths and self.frame is None:      # a loop refused says what applies
-            return _read_image(self.image_path, None, with_mask_advice(self.image_path,
-                                                                      self.mask_paths[0]))
-        return read_image(self.image_path, frame=self.frame)
+        try:
+            return read_image(self.image_path, frame=self.frame)
+        except SeveralFrames as e:
+            if not self.mask_paths:
+                raise
+            # a loop refused says what applies: predict takes a labelled set's images whole
+            raise e.advised(with_mask_advice(self.image_path, self.mask_paths[0])) from None
 
     def load_mask(self) -> np.ndarray | None:
         """The mask, (H, W) uint8: 0 background, 1..K structures (labels kept); None if unlabelled."""
@@ -277,12 +280,10 @@ def _at_frame(path: Path, st: os.stat_result, frame: int) -> Image.Image:
     return im
 
 
-def _open(path: Path, frame: int | None = None, kind: str = "image",
-          several: str = "") -> Image.Image:
+def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Image:
     """``path`` opened and decoded (its page ``frame``, from 0, of several); ``kind`` ('image'
-    or 'mask') says what a file of several pages is refused as (an image: with ``several``,
-    default :data:`SEVERAL_FRAMES_ADVICE`). A page's image is kept open for the pages after
-    it: :func:`_release` it, not close it."""
+    or 'mask') says what a file of several pages is refused as (an image: :class:`SeveralFrames`).
+    A page's image is kept open for the pages after it: :func:`_release` it, not close it."""
     try:
         st = path.stat()
         if st.st_size == 0:
@@ -294,10 +295,11 @@ def _open(path: Path, frame: int | None = None, kind: str = "image",
         try:
             _check_samples(im, path)
             pages = _pages(im, path)
+            if pages > 1 and kind == "image":
+                raise SeveralFrames(path, f"holds {pages} pages (a cine loop or a stack?)")
             if pages > 1:
-                why = (several or SEVERAL_FRAMES_ADVICE if kind == "image" else
-                       "ultraseg reads one mask per file: save each page as its own file")
-                raise DataError(f"holds {pages} pages (a cine loop or a stack?): {why}", path)
+                raise DataError(f"holds {pages} pages (a cine loop or a stack?): ultraseg "
+                                "reads one mask per file: save each page as its own file", path)
             im.load()  # decode now: truncated files fail here, not later
         except BaseException:
             im.close()
@@ -365,6 +367,20 @@ SEVERAL_FRAMES_ADVICE = ("predict and measure take each of its frames (from Pyth
                          "per file: save each as its own file, with its mask")
 
 
+class SeveralFrames(DataError):
+    """A file of several frames read where one is wanted (no ``frame`` given): ``what`` it
+    holds, then ``advice`` (by default :data:`SEVERAL_FRAMES_ADVICE`)."""
+
+    def __init__(self, path: str | Path | None, what: str,
+                 advice: str = SEVERAL_FRAMES_ADVICE) -> None:
+        super().__init__(f"{what}: {advice}", path)
+        self.what = what
+
+    def advised(self, advice: str) -> SeveralFrames:
+        """The same refusal with other ``advice`` (what applies where the file was read)."""
+        return SeveralFrames(self.path, self.what, advice)
+
+
 def with_mask_advice(image: Path, mask: Path) -> str:
     """Why the file ``image`` of several frames is refused as a labelled set's image
     (``mask``: its mask), where :data:`SEVERAL_FRAMES_ADVICE`'s 'predict takes each of its
@@ -380,23 +396,18 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     RGB/RGBA/palette images are converted to luminance (ITU-R 601, Pillow's ``convert('L')``);
     16-bit and float images go to 8 bits by :func:`to_uint8`, the rule arrays given to a
     predictor follow too. A file of several frames (a cine loop: a multi-frame DICOM, a
-    multi-page TIFF, an animated PNG; :func:`frame_count`) is refused unless ``frame`` (from
-    0) says which.
+    multi-page TIFF, an animated PNG; :func:`frame_count`) is refused (:class:`SeveralFrames`)
+    unless ``frame`` (from 0) says which.
     """
-    return _read_image(Path(path), frame)
-
-
-def _read_image(path: Path, frame: int | None, several: str = "") -> np.ndarray:
-    """:func:`read_image`; a file of several frames, ``frame`` None, refused with ``several``
-    (default :data:`SEVERAL_FRAMES_ADVICE`)."""
+    path = Path(path)
     if frame is not None:
         if isinstance(frame, bool) or not isinstance(frame, numbers.Integral) or frame < 0:
             raise UltrasegError(f"frame must be a whole number from 0 (or None), got {frame!r}")
         frame = int(frame)
     if is_dicom(path):
         close_kept()
-        return read_dicom(path, frame=frame, several=several)
-    im = _open(path, frame, several=several)
+        return read_dicom(path, frame=frame)
+    im = _open(path, frame)
     try:
         return pillow_to_gray(im, path)
     finally:

@@ -228,13 +228,13 @@ def dicom_frame_count(path: str | Path) -> int:
     return _frames(_read(path, pixels=False), path)
 
 
-def read_dicom(path: str | Path, frame: int | None = None, several: str = "") -> np.ndarray:
+def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
     """A DICOM frame -> grayscale (H, W) uint8 (see the module docstring): the file's one
     frame, or frame ``frame`` (from 0) of a cine loop; a loop without ``frame`` is refused
-    (saying ``several``, default :data:`~ultraseg.io.base.SEVERAL_FRAMES_ADVICE`)."""
+    (:class:`~ultraseg.io.base.SeveralFrames`)."""
     path = Path(path)
     try:
-        return _read_dicom(path, frame, several)
+        return _read_dicom(path, frame)
     except DataError:
         raise
     except Exception as e:      # a damaged element pydicom converts when it is first used
@@ -243,18 +243,17 @@ def read_dicom(path: str | Path, frame: int | None = None, several: str = "") ->
         raise DataError(f"unreadable DICOM file ({_said(e)})", path) from e
 
 
-def _read_dicom(path: Path, frame: int | None, several: str = "") -> np.ndarray:
+def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     """:func:`read_dicom`, whose errors other than DataError are the file's damage."""
     from ..preprocess import to_gray     # (preprocess reads through io: imported here)
-    from .base import SEVERAL_FRAMES_ADVICE, inverted, say_colour, to_uint8
+    from .base import SeveralFrames, inverted, say_colour, to_uint8
 
     # the header first: the frame's size is checked before any pixel is read; a loop's frame
     # is decoded alone, from the file (pydicom reads no other frame's bytes)
     ds = _read(path, pixels=False)
     frames = _frames(ds, path)
     if frames > 1 and frame is None:
-        raise DataError(f"holds {frames} frames (a cine loop?): "
-                        f"{several or SEVERAL_FRAMES_ADVICE}", path)
+        raise SeveralFrames(path, f"holds {frames} frames (a cine loop?)")
     if frame is not None and not 0 <= frame < frames:
         raise DataError(f"holds {frames} frame{'s' * (frames != 1)}: no frame {frame} (frames "
                         "count from 0)", path)
