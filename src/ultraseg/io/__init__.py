@@ -22,9 +22,8 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
                    unread_image_files)
 from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
-from .readers import (IMAGE_FOLDERS, MASK_FOLDERS, BusiReader, FoldersReader, Hc18Reader,
-                      ImagesReader, KaggleReader, annotation_files, folder_role,
-                      run_length_tables, table_key)
+from .readers import (BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader,
+                      annotation_files, folder_role, frame_tag, run_length_tables, table_key)
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ def dataset_hint(root: str | Path) -> str:
         return f" (masks included); {sub} holds a {name!r} dataset{more}: point at it"
     # (only a folder named as a dataset's part: detection could walk a large parent's tree)
     root = Path(os.path.abspath(root))              # ('.' has no name; '..' none to test)
-    if root.name.lower() not in (*IMAGE_FOLDERS, *MASK_FOLDERS) and folder_role(root.name) is None:
+    if folder_role(root.name) is None:
         return ""
     parent = root.parent
     for name, cls in READERS.items():
@@ -259,14 +258,6 @@ def split_frames(sample: Sample) -> list[Sample]:
         return [sample]
     return [replace(sample, name=f"{sample.name}{frame_tag(k, n)}", frame=k,
                     meta={**sample.meta, "frames": n}) for k in range(n)]
-
-
-def frame_tag(frame: int | None, frames: int) -> str:
-    """What a loop's frame adds to its file's name: ``_frame001`` for ``frame`` 0 (digits:
-    at least three, as many as ``frames`` needs); nothing where ``frame`` is None."""
-    if frame is None:
-        return ""
-    return f"_frame{frame + 1:0{max(3, len(str(frames)))}d}"
 
 
 def _forced_layout_problems(root: Path, name: str, problems: list[DataError]

@@ -1252,10 +1252,10 @@ def iter_files(root: Path) -> Iterator[Path]:
         yield from walk(link, follow=True)
 
 
-#: Endings of image files ultraseg does not read: counted where a folder holds them
-#: (:func:`unread_image_files`), so that they are not left out in silence.
 #: Endings of video files: loops, whose frames ultraseg reads once extracted or exported.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".wmv", ".m4v", ".mpg", ".mpeg", ".webm")
+#: Endings of image files ultraseg does not read: counted where a folder holds them
+#: (:func:`unread_image_files`), so that they are not left out in silence.
 UNREAD_IMAGE_EXTENSIONS = (".webp", ".gif", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".jxl",
                            ".pgm", ".ppm", ".pnm", ".tga", ".dib", ".ico", ".psd", ".exr",
                            ".pcx", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", *VIDEO_EXTENSIONS)

@@ -137,12 +137,12 @@ def _second_masks(images: dict[str, list[Path]], masks: dict[str, list[Path]],
             by_suffix[name[max(paired):].lower()].append(name)
     if not by_suffix:
         return None
-    named = max(by_suffix.values(), key=len)
+    suffix, named = max(by_suffix.items(), key=lambda kv: len(kv[1]))
     if len(named) < 2 or 2 * len(named) <= len(orphans):
         return None
     named.sort(key=natural_key)
     first = named[0]
-    return first[len(first) - len(max(by_suffix, key=lambda k: len(by_suffix[k]))):], named
+    return first[len(first) - len(suffix):], named
 
 
 def _second_masks_problem(suffix: str, named: list[str], masks: dict[str, list[Path]]
@@ -193,28 +193,38 @@ def _misnamed_problem(suffix: str, explained: dict[str, str], masks: dict[str, l
     return Unpaired(said + f"rename them (e.g. {rename})", first.parent)
 
 
-#: A name as predict gives a loop's frames (:func:`ultraseg.io.frame_tag`): NAME_frame001.
-_FRAME_NAME = re.compile(r"^(.*)_frame(\d{3,})$")
+#: What a loop's frame adds to its file's name (:func:`frame_tag`), and its fewest digits.
+_FRAME_TAG, _FRAME_DIGITS = "_frame", 3
+#: A name as predict gives a loop's frames (:func:`frame_tag`): NAME_frame001.
+_FRAME_NAME = re.compile(rf"^(.*){_FRAME_TAG}(\d{{{_FRAME_DIGITS},}})$")
+
+
+def frame_tag(frame: int | None, frames: int) -> str:
+    """What a loop's frame adds to its file's name: ``_frame001`` for ``frame`` 0 (digits:
+    at least three, as many as ``frames`` needs); nothing where ``frame`` is None."""
+    if frame is None:
+        return ""
+    return f"{_FRAME_TAG}{frame + 1:0{max(_FRAME_DIGITS, len(str(frames)))}d}"
 
 
 def _loop_frame_masks(images: dict[str, list[Path]], orphans: Collection[str]
-                      ) -> dict[str, list[str]]:
+                      ) -> dict[str, tuple[list[str], int]]:
     """The masks among ``orphans`` (names that pair with no image) named as predict names a
-    loop's frames (``NAME_frame001``), by the image ``NAME`` they are frames of, where that
-    file holds several frames (its header read, one a loop)."""
+    loop's frames (``NAME_frame001``), by the image ``NAME`` they are frames of, with its
+    frame count, where that file holds several frames (its header read, one a loop)."""
     found: dict[str, list[str]] = defaultdict(list)
     for name in orphans:
         m = _FRAME_NAME.match(name)
         if m and m.group(1) in images:
             found[m.group(1)].append(name)
-    return {stem: sorted(names, key=natural_key) for stem, names in found.items()
-            if frame_count(images[stem][0]) > 1}
+    counts = {stem: frame_count(images[stem][0]) for stem in found}
+    return {stem: (sorted(names, key=natural_key), counts[stem])
+            for stem, names in found.items() if counts[stem] > 1}
 
 
-def _loop_frames_problem(image: Path, masks: list[Path]) -> Unpaired:
-    """The one line for ``masks`` named as frames of the cine loop ``image``."""
+def _loop_frames_problem(image: Path, frames: int, masks: list[Path]) -> Unpaired:
+    """The one line for ``masks`` named as frames of the cine loop ``image`` (of ``frames``)."""
     named = masks[0].name + (f" .. {masks[-1].name}" if len(masks) > 1 else "")
-    frames = frame_count(image)
     return Unpaired(f"{len(masks)} mask{'s' * (len(masks) != 1)} ({named}) are named as frames "
                     f"of this cine loop ({frames} frames), as predict names them, but a "
                     "labelled set's image is one frame: save each frame as its own image, "
@@ -255,8 +265,9 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
         problems.append(_second_masks_problem(*second, masks))
         orphans -= set(second[1])
     loops = _loop_frame_masks(images, orphans)
-    for stem, names in loops.items():
-        problems.append(_loop_frames_problem(images[stem][0], [masks[n][0] for n in names]))
+    for stem, (names, frames) in loops.items():
+        problems.append(_loop_frames_problem(images[stem][0], frames,
+                                             [masks[n][0] for n in names]))
         orphans -= set(names)
     for name in sorted(orphans, key=natural_key):
         mask = masks[name][0]
