@@ -1240,3 +1240,54 @@ def test_a_set_of_black_and_white_masks_stays_binary(tmp_path: Path) -> None:
     assert report["labels"] == [1] and report["empty_masks"] == 0
     arrays = load_arrays(label_set(open_dataset(root)), PreprocessConfig(size=32, label=1), "")
     assert all(m.sum() == (alone > 0).sum() for m in arrays.masks)
+
+
+def _black_and_white_as(form: str, path: Path) -> tuple[Path, np.ndarray]:
+    """A 0/255 mask (a square) saved as ``form``; the file and where it is white as read."""
+    sq = np.zeros((64, 64), np.uint8)
+    sq[16:48, 20:52] = 255
+    if form == "png":
+        return _save(path / "m.png", sq), sq > 0
+    if form == "one_bit":
+        return _save(path / "m.png", Image.fromarray(sq).convert("1")), sq > 0
+    if form == "jpeg":
+        return _save(path / "m.jpg", sq, quality=90), sq > 0
+    if form == "resized":
+        small = Image.fromarray(sq).resize((48, 48), Image.BILINEAR)
+        assert ((np.asarray(small) > 0) & (np.asarray(small) < 255)).any()
+        return _save(path / "m.png", small), np.asarray(small) >= 128
+    assert form == "sixteen_bit"
+    return _save(path / "m.png", Image.fromarray(sq.astype(np.uint16) * 257)), sq > 0
+
+
+@pytest.mark.parametrize("form", ["png", "one_bit", "jpeg", "resized", "sixteen_bit"])
+def test_a_black_and_white_masks_white_is_the_label_asked_however_it_is_stored(tmp_path, form):
+    """``read_mask(p, 255)`` (a 0/255 mask in a set of label masks) gave label 255 to a plain
+    8-bit 0/255 PNG alone: the same mask as a 1-bit PNG, a JPEG, resized with a filter or at
+    16 bits (0/65535) came back as label 1, so under --label 255 it was empty and under
+    --label 1 trained as the wrong structure. A 0/1 mask's 1 stays label 1."""
+    p, white = _black_and_white_as(form, tmp_path)
+    np.testing.assert_array_equal(read_mask(p), white.astype(np.uint8))
+    np.testing.assert_array_equal(read_mask(p, 255), white.astype(np.uint8) * 255)
+    one = _save(tmp_path / "one.png", white.astype(np.uint8))
+    np.testing.assert_array_equal(read_mask(one, 255), white.astype(np.uint8))
+
+
+@pytest.mark.parametrize("form", ["one_bit", "jpeg", "resized", "sixteen_bit"])
+def test_a_black_and_white_mask_in_a_label_set_keeps_its_255_however_it_is_stored(tmp_path,
+                                                                                   form):
+    """A mask holding the 255 structure alone, beside 0/128/255 masks, trains as label 255
+    however it is stored (it was label 1 as a 1-bit PNG, a JPEG, resized or at 16 bits)."""
+    from ultraseg.config import PreprocessConfig
+    from ultraseg.data import load_arrays
+    from ultraseg.io import label_set, open_dataset
+
+    both = np.zeros((64, 64), np.uint8)
+    both[2:12, 2:12] = 128
+    both[16:48, 20:52] = 255
+    root = _set_of(tmp_path / "lab", [both])
+    p, white = _black_and_white_as(form, tmp_path / "bw")
+    p.rename(root / "masks" / f"1_1_mask{p.suffix}")
+    _save(root / "images" / "1_1.png", np.full(white.shape, 90, np.uint8))
+    arrays = load_arrays(label_set(open_dataset(root)), PreprocessConfig(size=32, label=255), "")
+    assert arrays.masks[1].any() and arrays.labels == (128, 255)

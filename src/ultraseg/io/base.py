@@ -746,19 +746,28 @@ def read_mask(path: str | Path, white: int = 1) -> np.ndarray:
     coloured palette) is background.
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
+    mask, black_and_white = decode_mask(path)
+    return mask * np.uint8(white) if black_and_white and white != 1 else mask
+
+
+def decode_mask(path: str | Path) -> tuple[np.ndarray, bool]:
+    """The mask :func:`read_mask` reads from ``path`` with its white label 1, and whether it was
+    black and white (0/255 at 8 bits, 0/N at 16, a 1-bit image, a JPEG or a resize's blends
+    of one: binarised), whose white :func:`read_mask` gives the label ``white``; a 0/1 mask's
+    1 is not (it is label 1 whatever the set)."""
     path = Path(path)
     if is_dicom(path):
         raise DataError("a DICOM file as a mask: masks are image files (PNG, TIFF...); DICOM "
                         "segmentation objects are not read", path)
     with _open(path, kind="mask") as im:
-        return _mask_pixels(im, path, white)
+        return _mask_pixels(im, path)
 
 
-def _mask_pixels(im: Image.Image, path: Path, white: int = 1) -> np.ndarray:
-    """:func:`read_mask`'s rules on the decoded ``im``."""
+def _mask_pixels(im: Image.Image, path: Path) -> tuple[np.ndarray, bool]:
+    """:func:`decode_mask`'s rules on the decoded ``im``."""
     lossy = im.format in LOSSY_FORMATS
     if im.mode == "1":
-        return np.asarray(im, dtype=np.uint8)
+        return np.asarray(im, dtype=np.uint8), True
     if im.mode in ("CMYK", "YCbCr"):        # colour spaces: their colours, as a viewer shows
         im = im.convert("RGB")
     if im.mode == "P":
@@ -770,7 +779,7 @@ def _mask_pixels(im: Image.Image, path: Path, white: int = 1) -> np.ndarray:
                 _channels_agree(rgb[alpha > 0][:1]) or not _other_colours(im, indices)):
             arr = rgba      # drawn in the alpha, optimised: read as the RGBA mask it shows
         elif not _channels_agree(rgb):  # coloured palette: indices are labels, a transparent
-            return _check_label_count(np.where(alpha > 0, indices, 0), path)   # pixel none
+            return _check_label_count(np.where(alpha > 0, indices, 0), path), False  # pixel none
         else:
             arr = rgb[..., 0]                           # greys: decode through the palette
     else:
@@ -787,16 +796,16 @@ def _mask_pixels(im: Image.Image, path: Path, white: int = 1) -> np.ndarray:
             seen = colour[alpha > 0][:1]
             if not _channels_agree(seen):   # in a colour: labelled as on an opaque frame
                 level = max(int(_grey_levels(seen[None])[0, 0]), 1)
-                return (classify_mask_values(arr, path) > 0).astype(np.uint8) * level
+                return (_classify(arr, path)[0] > 0).astype(np.uint8) * level, False
         elif _channels_agree(colour):
             arr = colour[..., 0]
         else:           # a transparent pixel is background, whatever colour it holds
             if alpha is not None:
                 colour = np.where(alpha[..., None] > 0, colour, 0).astype(colour.dtype)
-            return _colour_labels(colour, lossy, path)
+            return _colour_labels(colour, lossy, path), False
     if lossy:
-        return _binarise_lossy(arr, path)
-    return classify_mask_values(arr, path, white)
+        return _binarise_lossy(arr, path), True
+    return _classify(arr, path)
 
 
 #: Share of a lossy mask's pixels above its lowest value, none above half the range, beyond
@@ -1006,6 +1015,13 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None, white:
                          ) -> np.ndarray:
     """Apply the mask rules of :func:`read_mask` to a 2D integer array; returns uint8 labels
     (``white``: the label of a 0/255 mask's white, as :func:`read_mask`)."""
+    mask, black_and_white = _classify(arr, path)
+    return mask * np.uint8(white) if black_and_white and white != 1 else mask
+
+
+def _classify(arr: np.ndarray, path: str | Path | None) -> tuple[np.ndarray, bool]:
+    """:func:`classify_mask_values` with white label 1, and whether ``arr`` was black and
+    white (:func:`decode_mask`)."""
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
             raise DataError("mask contains NaN or infinite values", path)
@@ -1014,13 +1030,11 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None, white:
         raise DataError("mask has no pixels", path)
     vset = set(values.tolist())
     if vset <= {0, 1}:
-        return arr.astype(np.uint8)
-    if vset <= {0, 255}:                            # black and white, 8 or 16 bits
-        return (arr > 0).astype(np.uint8) * np.uint8(white)
-    if values.size == 2 and values.min() == 0 and values.max() > 255:
-        return (arr > 0).astype(np.uint8)
+        return arr.astype(np.uint8), False
+    if vset <= {0, 255} or (values.size == 2 and values.min() == 0 and values.max() > 255):
+        return (arr > 0).astype(np.uint8), True     # black and white, 8 or 16 bits
     if _blended_binary(arr):      # resized with interpolation: the half-covered pixels in
-        return (arr >= 128).astype(np.uint8)        # (read as labels, every edge pixel was)
+        return (arr >= 128).astype(np.uint8), True  # (read as labels, every edge pixel was)
     if values.min() < 0:
         raise DataError("mask has negative values", path)
     top = 255 if values.max() <= 255 else int(values.max())
@@ -1030,10 +1044,10 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None, white:
     # mask has at most one there (e.g. 255 as 'ignore'), however few values it has in all
     lossy = values.size > MAX_LABELS or int((values >= top - band).sum()) >= 2
     if values.max() >= top / 2 and lossy and near.mean() >= LOSSY_BINARY_SHARE:
-        return (arr > top / 2).astype(np.uint8)
+        return (arr > top / 2).astype(np.uint8), True
     if values.size <= MAX_LABELS and np.all(values == np.round(values)):
         if values.max() <= 255:
-            return arr.astype(np.uint8)
+            return arr.astype(np.uint8), False
         if arr.dtype.kind in "ui":  # a label mask whose labels do not fit 8 bits
             above = ", ".join(str(int(v)) for v in values[values > 255][:5])
             raise DataError(f"label mask with labels above 255 ({above}"
