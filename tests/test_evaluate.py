@@ -397,6 +397,23 @@ def test_label_picks_the_structure_scored(label_data) -> None:
     assert summary["dice_mean"] == pytest.approx(_all_foreground_dice(lab == 2))
 
 
+def test_a_0_255_mask_in_a_set_of_label_masks_is_scored_as_its_label_255(tmp_path) -> None:
+    """In a set of 0/128/255 masks, a mask holding the 255 structure alone (0/255) is scored
+    as label 255 (io.white_for, the one rule train, evaluate and predict read by)."""
+    root = tmp_path / "lab"
+    both = np.zeros((SIZE, SIZE), np.uint8)
+    both[2:10, 2:12], both[16:30, 14:30] = 128, 255
+    rng = np.random.default_rng(0)
+    for i, mask in enumerate((both, np.where(both == 255, 255, 0).astype(np.uint8))):
+        for d, a in (("images", rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)),
+                     ("masks", mask)):
+            (root / d).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(root / d / (f"s{i}_1.png" if d == "images" else
+                                                f"s{i}_1_mask.png"))
+    summary, _ = evaluate(_constant_predictor(1.0), root, "folders", label=255)
+    assert summary["dice_mean"] == pytest.approx(_all_foreground_dice(both == 255))
+
+
 def test_cli_label_reaches_evaluate(checkpoint, label_data, capsys) -> None:
     root, lab = label_data
     for label, truth in (("1", lab == 1), ("2", lab == 2)):

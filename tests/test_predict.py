@@ -427,6 +427,30 @@ def test_an_overlays_truth_reads_a_0_255_mask_as_its_set_has_it(tmp_path):
         assert truth[14:22, 16:28].any() and not truth[:12, :].any(), name
 
 
+def test_an_overlays_truth_reads_each_input_set_as_it_has_its_masks(tmp_path):
+    """The white of a 0/255 truth mask was decided over every input together: a plain set of
+    0/255 masks (A) given beside a set of label masks (B) had its masks read as label 255, so
+    under --label 1 A's overlays showed no truth. Each input set is read as it has them."""
+    from ultraseg.report import TRUTH_COLOR
+
+    image = np.full((24, 30), 40, np.uint8)
+    both = np.zeros((24, 30), np.uint8)
+    both[2:8, 2:10], both[14:22, 16:28] = 128, 255
+    alone = np.where(both == 255, 255, 0).astype(np.uint8)
+    save(tmp_path / "A" / "images" / "a_1.png", image)
+    save(tmp_path / "A" / "masks" / "a_1_mask.png", alone)
+    for name, mask in (("b_1", both), ("b_2", alone)):
+        save(tmp_path / "B" / "images" / f"{name}.png", image)
+        save(tmp_path / "B" / "masks" / f"{name}_mask.png", mask)
+    frames = collect_frames([tmp_path / "A", tmp_path / "B"])
+    for label, shown in ((1, {"a_1"}), (255, {"b_1", "b_2"})):
+        out = tmp_path / f"out{label}"
+        write_predictions(pixel_predictor(), frames, out, overlay=True, label=label)
+        drawn = {f.out_name for f in frames
+                 if np.all(read(out / f"{f.out_name}_overlay.png") == TRUTH_COLOR, axis=2).any()}
+        assert drawn == shown, label
+
+
 def test_predicting_frames_in_colour_says_one_line_for_them_all(tmp_path):
     """predict warned once a file of frames in colour (a Doppler box read as its luma): a
     folder of hundreds of Doppler frames said hundreds of lines. One line counts them, naming

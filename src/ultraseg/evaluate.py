@@ -18,8 +18,8 @@ from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .data import MaskTally
 from .fileio import (atomic_write_texts, cannot_write_in, csv_cell, failure_reason, json_text,
                      output_lock, read_json)
-from .io import (WHITE_LABELS, Dataset, Sample, dataset_hint, label_set, open_dataset,
-                 scan_dataset, select_label)
+from .io import (Dataset, Sample, dataset_hint, open_dataset, scan_dataset, select_label,
+                 white_for, with_white)
 from .io.base import LabelTally, counting_colour, header_shape, said_once
 from .logs import quiet
 from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
@@ -369,8 +369,9 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     if fill_outlines is None:
         fill_outlines = predictor.preprocess.fill_outlines
     ds = open_dataset(data, layout, subject_pattern, fill_outlines)
-    if (predictor.preprocess.label if label is None else label) in WHITE_LABELS:
-        ds = label_set(ds)              # a 0/255 mask's white: label 1, or 255 in a label set
+    # a black-and-white mask's white: label 1, or 255 in a set of label masks
+    ds = with_white(ds, white_for(predictor.preprocess.label if label is None else label,
+                                  ds.labelled))
     record = provenance(predictor, ds)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:

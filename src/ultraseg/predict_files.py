@@ -30,8 +30,8 @@ from PIL import Image
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, failure_reason,
                      output_lock, temporaries)
-from .io import (IMAGE_EXTENSIONS, WHITE_LABELS, Sample, as_outline, check_layout, file_sample,
-                 frame_tag, image_stem, scan_dataset, select_label, split_frames, white_label)
+from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
+                 image_stem, scan_dataset, select_label, split_frames, white_for)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, LabelTally, check_label, counting_colour, frame_loop,
                       header_shape,
@@ -68,6 +68,9 @@ class Frame:
 
     sample: Sample
     out_name: str
+    #: The folder given that it came from (:func:`collect_frames`); None: a file named alone.
+    #: A truth mask's white is decided over the frames of its folder.
+    source: Path | None = None
 
     @property
     def image_path(self) -> Path:
@@ -175,7 +178,7 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
                         Path(named[0]))
     found = [(frame, *rest) for s, *rest in _once_each(found) for frame in split_frames(s)]
     names = _unique_names(found)
-    return [Frame(s, name) for (s, _, _, _), name in zip(found, names)]
+    return [Frame(s, name, source) for (s, source, _, _), name in zip(found, names)]
 
 
 def _relative(path: Path, folder: Path) -> Path:
@@ -782,8 +785,8 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
 
         check_submission_names(f.out_name for f in frames)
     labels = LabelTally(predictor.preprocess.label if label is None else label)
-    if overlay and labels.label in WHITE_LABELS:
-        frames = _truth_as_the_set_has_it(frames)
+    if overlay:
+        frames = _truth_as_the_set_has_it(frames, labels.label)
     fill = predictor.preprocess.fill_outlines if fill_outlines is None else fill_outlines
     suffix = MASK_FORMATS[fmt][0]
     summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
@@ -900,14 +903,21 @@ def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | Non
             "reason": None if error is None else str(error)}
 
 
-def _truth_as_the_set_has_it(frames: Sequence[Frame]) -> Sequence[Frame]:
-    """``frames`` with their 0/255 truth masks' white read as their masks together have it
-    (:func:`ultraseg.io.white_label`: label 255 among label masks, as train and evaluate
-    read it), where ``--label`` is 1 or 255, the labels it changes."""
-    samples = {f.sample.image_path: f.sample for f in frames if f.sample.mask_paths}
-    if white_label(samples.values()) == 1:
+def _truth_as_the_set_has_it(frames: Sequence[Frame], label: int | None) -> Sequence[Frame]:
+    """``frames`` with their black-and-white truth masks' white read as the masks of the
+    folder each came from (:attr:`Frame.source`) have it, for the target ``label``
+    (:func:`ultraseg.io.white_for`: label 255 among label masks, as train and evaluate
+    read it): a plain 0/255 set given beside a set of label masks keeps its white 1."""
+    by_source: dict[Path | None, dict[Path, Sample]] = {}
+    for f in frames:
+        if f.sample.mask_paths:
+            by_source.setdefault(f.source, {})[f.sample.image_path] = f.sample
+    whites = {source: white_for(label, samples.values())
+              for source, samples in by_source.items()}
+    if all(w == 1 for w in whites.values()):
         return frames
-    return [replace(f, sample=replace(f.sample, white=255)) for f in frames]
+    return [replace(f, sample=replace(f.sample, white=whites[f.source]))
+            if whites.get(f.source, 1) != 1 else f for f in frames]
 
 
 def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally, fill_outlines: bool

@@ -40,7 +40,7 @@ from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
 from .fileio import atomic_write_text, output_lock, read_json
-from .io import WHITE_LABELS, Dataset, label_set, open_dataset, select_label
+from .io import Dataset, open_dataset, select_label, white_for, with_white
 from .io.base import check_label, said_once
 from .losses import compute_loss
 from .metrics import EMPTY_RULE, dice, improves
@@ -518,10 +518,10 @@ def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]
 
 def _open_dataset(cfg: RunConfig) -> Dataset:
     """The run's dataset, its 0/255 masks read as the set has them where ``--label`` hangs on
-    it (:func:`ultraseg.io.label_set`)."""
+    it (:func:`ultraseg.io.white_for`)."""
     ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern,
                       cfg.preprocess.fill_outlines)
-    return label_set(ds) if cfg.preprocess.label in WHITE_LABELS else ds
+    return with_white(ds, white_for(cfg.preprocess.label, ds.labelled))
 
 
 def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:

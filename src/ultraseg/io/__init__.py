@@ -312,12 +312,26 @@ def white_label(samples: Iterable[Sample]) -> int:
     return 1
 
 
+def white_for(label: int | None, samples: Iterable[Sample]) -> int:
+    """The label of a black-and-white mask's white among ``samples`` for a run whose target is
+    ``label`` (``--label``): :func:`white_label` where it is one of :data:`WHITE_LABELS`, the
+    only targets the white changes (decoding the masks); else 1, nothing read. The one rule
+    train, evaluate and predict's overlays read their truth by."""
+    return white_label(samples) if label in WHITE_LABELS else 1
+
+
+def with_white(ds: Dataset, white: int) -> Dataset:
+    """``ds`` with its black-and-white masks' white read as label ``white`` (``ds`` itself
+    where its samples have it already)."""
+    if all(s.white == white for s in ds.samples):
+        return ds
+    return replace(ds, samples=tuple(replace(x, white=white) for x in ds.samples))
+
+
 def label_set(ds: Dataset) -> Dataset:
     """``ds`` with its 0/255 masks read as the set has them (:func:`white_label`): their white
     label 255 in a set of label masks; else ``ds`` as it is, white label 1."""
-    if white_label(ds.labelled) == 1:
-        return ds
-    return replace(ds, samples=tuple(replace(x, white=255) for x in ds.samples))
+    return with_white(ds, white_label(ds.labelled))
 
 
 def open_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
@@ -334,6 +348,7 @@ __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTE
            "dicom_pixel_spacing_mm", "read_dicom",
            "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
            "check_layout", "get_reader", "open_dataset", "read_image", "nested_datasets",
-           "label_set", "white_label", "read_mask", "register", "scan_dataset", "select_label",
+           "label_set", "white_label", "white_for", "with_white", "read_mask", "register",
+           "scan_dataset", "select_label",
            "WHITE_LABELS", "split_frames",
            "file_sample", "image_stem", "with_header_pixel_size", "frame_loop", "said_once"]
