@@ -698,3 +698,37 @@ def test_the_readme_names_every_count_inspect_json_gives() -> None:
     counts = [k for k in failed_report("x", []) if k.endswith("_count")
               and not k.startswith("duplicates_")]     # (those as `duplicates_{exact,near}_count`)
     assert counts and [k for k in counts if f"`{k}`" not in row] == []
+
+
+def test_inspect_decodes_each_mask_once(tmp_path, monkeypatch) -> None:
+    """inspect decided a 0/255 mask's white over the set (io.label_set), decoding every mask,
+    then decoded them all again for its report: it decides from the masks its report reads,
+    each decoded once, a set of label masks or a binary one."""
+    from collections import Counter
+
+    from ultraseg.inspection import inspect_dataset
+    from ultraseg.io import base
+
+    decoded: Counter[str] = Counter()
+    decode = base.decode_mask
+
+    def spy(path):
+        decoded[str(path)] += 1
+        return decode(path)
+
+    monkeypatch.setattr(base, "decode_mask", spy)
+    both = np.zeros((24, 30), np.uint8)
+    both[2:8, 2:10], both[14:22, 16:28] = 128, 255
+    alone = np.where(both == 255, 255, 0).astype(np.uint8)
+    for name, masks, labels in (("lab", [both, alone, alone], [128, 255]),
+                                ("bw", [alone, alone > 0], [1])):
+        root = tmp_path / name
+        for i, m in enumerate(masks):
+            for d, a in (("images", np.full((24, 30), 60 + i, np.uint8)), ("masks", m)):
+                (root / d).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(a.astype(np.uint8)).save(
+                    root / d / (f"{i}_1.png" if d == "images" else f"{i}_1_mask.png"))
+        decoded.clear()
+        report, problems = inspect_dataset(root, label=255 if name == "lab" else 1)
+        assert not problems and report["labels"] == labels and report["empty_masks"] == 0
+        assert sorted(decoded.values()) == [1] * len(masks), decoded

@@ -377,6 +377,38 @@ def test_the_cache_tells_a_0_255_masks_white_as_label_255_from_label_1(tmp_path:
     assert as_set[1:].any() and not as_one[1:].any()    # the 0/255 masks' white is 255 there
 
 
+def test_load_arrays_decides_the_white_over_the_set_on_a_build_and_keeps_it_for_a_hit(
+        tmp_path: Path, monkeypatch) -> None:
+    """load_arrays(white_as_set=True) decides a 0/255 mask's white over the set for cfg.label
+    as io.label_set does, on a build; the entry keeps it (Arrays.white), so a hit decodes no
+    mask and gives the same masks and white."""
+    from ultraseg.io import base, label_set
+
+    root, cache = _tree(tmp_path / "data"), tmp_path / "cache"
+    two = np.zeros((20, 30), np.uint8)
+    two[2:6, 20:28], two[12:16, 20:28] = 128, 255
+    Image.fromarray(two).save(root / "masks" / "0_0_mask.png")      # a label mask in the set
+    decoded: list[Path] = []
+    decode = base.decode_mask
+
+    def spy(path):
+        decoded.append(Path(path))
+        return decode(path)
+
+    monkeypatch.setattr(base, "decode_mask", spy)
+    for label, white in ((255, 255), (1, 255), (128, 1), (None, 1)):
+        cfg = PreprocessConfig(size=16, label=label)
+        as_set = load_arrays(label_set(open_dataset(root)), cfg, cache_dir="")
+        built = load_arrays(open_dataset(root), cfg, cache_dir=cache, white_as_set=True)
+        decoded.clear()
+        hit = load_arrays(open_dataset(root), cfg, cache_dir=cache, white_as_set=True)
+        assert decoded == [] and built.white == hit.white == white, label
+        for arrays in (built, hit):
+            assert np.array_equal(arrays.masks, as_set.masks), label
+    plain = load_arrays(open_dataset(root), PreprocessConfig(size=16, label=255), cache_dir="")
+    assert plain.white is None and not plain.masks[1:].any()    # the samples' own: white 1
+
+
 def test_a_cache_hit_takes_subjects_from_the_dataset_not_the_cache(tmp_path: Path) -> None:
     root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
     assert load_arrays(open_dataset(root), cfg, cache_dir=cache).subjects == ("0", "0", "1", "1")

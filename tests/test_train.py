@@ -1544,6 +1544,36 @@ def test_masks_of_several_labels_trained_as_their_union_are_warned_about(tmp_pat
     assert run("one", label=1) == []
 
 
+def test_a_warm_run_decodes_no_mask_where_the_label_hangs_on_a_0_255_masks_white(
+        tmp_path, monkeypatch) -> None:
+    """With --label 1 or 255, training decided a 0/255 mask's white over the set (io.label_set)
+    before the cache lookup, decoding every mask on every run, a cache hit too (1.7-2.0 s for
+    600 frames where the hit took 0.02 s): a cache hit decodes no mask, the entry keeping the
+    white its build decided."""
+    from ultraseg.io import base
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    decoded: list[Path] = []
+    decode = base.decode_mask
+
+    def spy(path):
+        decoded.append(Path(path))
+        return decode(path)
+
+    monkeypatch.setattr(base, "decode_mask", spy)
+    for run in ("cold", "warm"):
+        decoded.clear()
+        cfg = merge(preset("demo"), {
+            "data": {"path": str(data), "cache_dir": str(tmp_path / "cache")},
+            "model": {"width": 4, "depth": 1}, "preprocess": {"size": 32, "label": 1},
+            "train": {"epochs": 1, "val_fraction": 0, "seed": 0, "device": "cpu",
+                      "precision": "fp32", "num_threads": 1, "time_limit_s": None}})
+        train_mod.train(cfg, tmp_path / run)
+        if run == "cold":
+            assert decoded                                  # (the spy sees the build)
+    assert decoded == []
+
+
 def test_choosing_the_post_processing_reports_each_validation_frame(tmp_path) -> None:
     """Choosing the post-processing scores each validation frame at its original size (30 s a
     4000x3000 frame once, with nothing shown): the progress callback hears of each frame."""

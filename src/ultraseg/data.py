@@ -25,7 +25,7 @@ from .config import PreprocessConfig
 from .duplicates import THUMB, digest, exact_pairs, first, near_blocks, unit_thumbnail
 from .errors import DataError, UltrasegError
 from .fileio import atomic_open, atomic_write_text, read_json, temporaries
-from .io import Dataset, DataProblems, said_once, select_label
+from .io import Dataset, DataProblems, said_once, select_label, white_for
 from .io.base import ColourFrames, counting_colour
 from .preprocess import ThinFrames, looks_like_outline, outline_note, to_canvas
 
@@ -49,6 +49,10 @@ class Arrays:
     thumbs: np.ndarray | None = None
     #: What the masks look like at their own size (:class:`MaskTally`). None: not known.
     tally: MaskTally | None = None
+    #: The label :func:`load_arrays` gave a black-and-white mask's white where asked to decide
+    #: it over the set (``white_as_set``), for the samples' later reads at their own size
+    #: (:func:`ultraseg.io.with_white`); None: the samples' own.
+    white: int | None = None
 
 
 def union_note(labels: Sequence[int], label: int | None) -> str | None:
@@ -172,7 +176,7 @@ def _shaping(cfg: PreprocessConfig) -> dict[str, object]:
     return {k: v for k, v in cfg.to_dict().items() if k != "normalise"}
 
 
-def _header_json(ds: Dataset, cfg: PreprocessConfig) -> str:
+def _header_json(ds: Dataset, cfg: PreprocessConfig, white_as_set: bool = False) -> str:
     """What :func:`entry_prefix` and :func:`cache_key` both hash, whatever the files' state:
     the version, the entries' format (:data:`CACHE_FORMAT`) and arrays (:data:`CACHED`),
     the decoding code and libraries, the layout, the root, how the samples' masks are read and
@@ -182,12 +186,14 @@ def _header_json(ds: Dataset, cfg: PreprocessConfig) -> str:
     # are decoded again (a number bumped by hand was forgotten once); "masks": the samples'
     # mask kinds (outlines filled or not, open_dataset's fill_outlines), which a caller of the
     # API need not keep in step with cfg.fill_outlines: an entry of each stays; and a 0/255
-    # mask's white, label 1 or 255 (io.label_set), chosen by the caller too; "arrays": the
-    # names of what an entry holds, so one added or dropped changes the name even where
-    # CACHE_FORMAT was not bumped
-    kinds = hashlib.sha256("".join(f"{s.mask_kind}\n" if s.white == 1 else
-                                   f"{s.mask_kind} white {s.white}\n"
-                                   for s in ds.labelled).encode())
+    # mask's white, label 1 or 255 (io.label_set), chosen by the caller too, or decided over
+    # the set on a build (white_as_set: the choice, not the white, so a hit decodes no mask);
+    # "arrays": the names of what an entry holds, so one added or dropped changes the name
+    # even where CACHE_FORMAT was not bumped
+    kinds = hashlib.sha256(("white as the set has it\n" if white_as_set else "").encode()
+                           + "".join(f"{s.mask_kind}\n" if s.white == 1 else
+                                     f"{s.mask_kind} white {s.white}\n"
+                                     for s in ds.labelled).encode())
     return json.dumps({"v": __version__, "format": CACHE_FORMAT,
                        "arrays": list(CACHED), "decode": decoding_code_digest(),
                        "libraries": decoding_libraries(), "layout": ds.layout,
@@ -195,7 +201,7 @@ def _header_json(ds: Dataset, cfg: PreprocessConfig) -> str:
                        "masks": kinds.hexdigest()[:16]}, sort_keys=True)
 
 
-def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
+def entry_prefix(ds: Dataset, cfg: PreprocessConfig, white_as_set: bool = False) -> str:
     """Digest of the dataset's folder, its layout, the settings that shape the canvases and
     the code and libraries that decode them: the start of the name of each cache entry made
     for them, whatever the files' state (:func:`cache_key`). An entry with the same prefix and
@@ -204,12 +210,12 @@ def entry_prefix(ds: Dataset, cfg: PreprocessConfig) -> str:
     that two installs sharing a cache folder (a development clone beside a release) do not
     remove each other's entries on every run: an upgrade's leftovers stay until the folder is
     deleted."""
-    text = _header_json(ds, cfg)
+    text = _header_json(ds, cfg, white_as_set)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def cache_entry(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None
-                ) -> Path:
+def cache_entry(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None,
+                white_as_set: bool = False) -> Path:
     """The cache file of ``ds`` under ``cfg``: ``<entry_prefix>.u<uid>-<cache_key>.npz`` in
     ``cache_dir`` (None: :func:`default_cache_dir`, an :class:`UltrasegError` where there is
     none). The user's id (where the system has one) keeps users who share a cache folder
@@ -219,7 +225,8 @@ def cache_entry(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         raise UltrasegError(NO_CACHE_FOLDER)
     uid = _uid()
     owner = "" if uid is None else f".u{uid}"
-    return Path(folder) / f"{entry_prefix(ds, cfg)}{owner}-{cache_key(ds, cfg)}.npz"
+    return Path(folder) / (f"{entry_prefix(ds, cfg, white_as_set)}{owner}-"
+                           f"{cache_key(ds, cfg, white_as_set)}.npz")
 
 
 def _uid() -> int | None:
@@ -237,7 +244,7 @@ def _owned(path: Path) -> bool:
         return False
 
 
-def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
+def cache_key(ds: Dataset, cfg: PreprocessConfig, white_as_set: bool = False) -> str:
     """Hash of the files (names, sizes, inodes, modification and status-change times) and the
     settings that shape the canvases (not ``normalise``, applied after the cache).
 
@@ -246,7 +253,7 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
     an uncompressed format) still makes a new key; so does a chmod, at the cost of one
     rebuild."""
     h = hashlib.sha256()
-    h.update(_header_json(ds, cfg).encode("utf-8", "surrogateescape"))
+    h.update(_header_json(ds, cfg, white_as_set).encode("utf-8", "surrogateescape"))
     for s in ds.labelled:
         for p in (s.image_path, *s.mask_paths):
             st = p.stat()
@@ -257,12 +264,16 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig) -> str:
 
 
 @said_once()
-def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None) -> Arrays:
+def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None = None,
+                white_as_set: bool = False) -> Arrays:
     """Decode every labelled sample of ``ds`` onto the working canvas, through the cache.
 
     ``cfg.size`` must be set (training works on a fixed canvas). Every problem is collected and
     raised together as :class:`DataProblems`. ``cache_dir=None`` uses :func:`default_cache_dir`;
-    pass ``False``-y empty string to disable caching.
+    pass ``False``-y empty string to disable caching. ``white_as_set``: a black-and-white
+    mask's white is decided over the set for ``cfg.label`` (:func:`ultraseg.io.white_for`),
+    when the frames are decoded (a cache hit keeps the white its build decided: no mask is
+    decoded), and given as :attr:`Arrays.white`; else the samples' own.
     """
     if cfg.size is None:
         raise UltrasegError("training needs a working size (--size)")
@@ -282,7 +293,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     if cache_dir is None and default_cache_dir() is None:
         log.warning("%s; training without a cache", NO_CACHE_FOLDER)
     elif cache_dir != "":
-        cache_path = cache_entry(ds, cfg, cache_dir)
+        cache_path = cache_entry(ds, cfg, cache_dir, white_as_set)
         cached = _read_cache(cache_path, len(samples), cfg.size)
         if cached is not None:
             log.info("cache hit: %s", cache_path)
@@ -292,7 +303,11 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             _warn_outlines(ds, tally)
             return Arrays(cached["images"], cached["masks"], names, subjects,
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
-                          cached["thumbs"], tally)
+                          cached["thumbs"], tally,
+                          int(cached["white"][0]) if white_as_set else None)
+    white = white_for(cfg.label, samples) if white_as_set else None
+    if white is not None:
+        samples = tuple(replace(s, white=white) for s in samples)
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
     masks = np.empty_like(images)
     pixels = np.zeros((len(samples), 32), np.uint8)
@@ -322,26 +337,28 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     thin.warn(log, THIN_REMEDY)
     colour.warn(log, ds.root)
     _warn_outlines(ds, tally)
-    if cache_path is not None and _still_current(ds, cfg, cache_path):
+    if cache_path is not None and _still_current(ds, cfg, cache_path, white_as_set):
         try:
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
                       thin=thin_record, tally=np.array(astuple(tally), np.int64),
-                      colour=colour.record())
+                      colour=colour.record(),
+                      white=np.array([white or 0], np.int64))
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs,
-                  tally)
+                  tally, white)
 
 
-def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path) -> bool:
+def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path,
+                   white_as_set: bool = False) -> bool:
     """Whether the files are in the state ``entry`` was named for as their decoding began.
     Where they changed meanwhile (a chmod, an rsync) the frames may mix both states, and a
     run since may have cached the new one, which :func:`_remove_superseded` would take for
     older and remove: such a build is not cached (and removes nothing)."""
     try:
-        if cache_entry(ds, cfg, entry.parent) == entry:
+        if cache_entry(ds, cfg, entry.parent, white_as_set) == entry:
             return True
     except OSError:                     # a file gone meanwhile
         pass
@@ -350,7 +367,7 @@ def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path) -> bool:
 
 
 #: What a cache entry holds; one written before it held all of them is rebuilt.
-CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally", "colour")
+CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally", "colour", "white")
 #: The format of a cache entry, in its name (:func:`_header_json`): bump it whenever what an
 #: entry holds changes in a way :data:`CACHED`'s names do not show (an array's meaning or
 #: shape; the names are in the name themselves), so that two builds of one version sharing a
@@ -379,7 +396,8 @@ def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:
                 return None
             arrays = {k: z[k] for k in CACHED}
         want = {"images": (n, size, size), "masks": (n, size, size), "pixels": (n, 32),
-                "thumbs": (n, THUMB * THUMB), "tally": (len(fields(MaskTally)),)}
+                "thumbs": (n, THUMB * THUMB), "tally": (len(fields(MaskTally)),),
+                "white": (1,)}
         wrong = {k: arrays[k].shape for k, shape in want.items() if arrays[k].shape != shape}
         if wrong:
             raise ValueError(f"arrays of {wrong} cached for {n} frames of {size} px")

@@ -14,7 +14,7 @@ from .data import MaskTally, inverted_note, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, first, ids,
                          near_blocks, thumbnail, unit_thumbnail)
 from .errors import DataError
-from .io import frame_loop, label_set, said_once, scan_dataset, select_label, split_frames
+from .io import frame_loop, said_once, scan_dataset, select_label, split_frames
 from .io.base import colour_note, counting_colour
 from .preprocess import outline_note
 
@@ -43,7 +43,51 @@ class _Frames:
         if image.min() == image.max():
             self.constant.append(name)
         self.thumbs.append(unit_thumbnail(image))
-        self.masks.append(None if fg is None else (digest(fg), thumbnail(fg) > 127))
+        self.masks.append(None if fg is None else self.of(fg))
+
+    @staticmethod
+    def of(fg: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """What is kept of a foreground: its hash and thumbnail."""
+        return digest(fg), thumbnail(fg) > 127
+
+
+@dataclass
+class _MaskFacts:
+    """What the report says of one labelled frame's mask, read with one white."""
+
+    held: list[int]
+    fg: np.ndarray
+    speckled: list[int]
+    tally: MaskTally
+
+    @classmethod
+    def of(cls, mask: np.ndarray, label: int | None, like: _MaskFacts | None = None
+           ) -> _MaskFacts:
+        """The facts of ``mask``; ``like``: those of the same frame under the other white,
+        whose tally stands where the foreground is the same (a mask is looked at once)."""
+        fg = select_label(mask, label)
+        tally = like.tally if like is not None and np.array_equal(fg, like.fg) else \
+            MaskTally.of(fg)
+        return cls([int(v) for v in np.unique(mask) if v], fg, specks(mask, label), tally)
+
+
+@dataclass
+class _MaskStats:
+    """What the report says of the labelled frames' masks, their black-and-white masks' white
+    read as one label: :func:`inspect_dataset` keeps one for each and reports the one the set
+    has (:func:`ultraseg.io.white_label`), each mask decoded once."""
+
+    labels: Counter[int] = field(default_factory=Counter)
+    fractions: list[float] = field(default_factory=list)
+    with_specks: list[list[Any]] = field(default_factory=list)   # [name, speck sizes]
+    tally: MaskTally = field(default_factory=MaskTally)     # masks: empty, inverted, outlines
+
+    def add(self, name: str, facts: _MaskFacts) -> None:
+        self.labels.update(facts.held)
+        if facts.speckled:
+            self.with_specks.append([name, facts.speckled[:SPECKS_LISTED]])
+        self.fractions.append(float(facts.fg.mean()))
+        self.tally += facts.tally
 
 
 class _MasksDiffer:
@@ -204,26 +248,27 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     (:func:`ultraseg.io.split_frames`); a labelled one is a problem, as in training.
     """
     ds, problems = scan_dataset(path, layout, subject_pattern, fill_outlines)
-    ds = label_set(ds)          # a 0/255 mask's white: label 1, or 255 in a set of label masks
-    widths, heights, fractions = [], [], []
-    labels: Counter[int] = Counter()
+    widths, heights = [], []
     classes: Counter[str] = Counter()
     pairs = unlabelled = 0
     subjects: set[str] = set()
     unlabelled_subjects: set[str] = set()
     frames = _Frames()
-    with_specks: list[list[Any]] = []       # [name, speck sizes]
-    tally = MaskTally()                     # masks: empty, inverted, like outlines
+    # a black-and-white mask's white: label 1, or 255 in a set of label masks, known once
+    # every mask is read: what the report says under each, and the foregrounds that differ
+    stats = {1: _MaskStats(), 255: _MaskStats()}
+    as_255: dict[int, tuple[bytes, np.ndarray]] = {}
+    label_masks = False
     with counting_colour() as colour:     # one warning for the frames in colour
         for s in (frame for sample in ds.samples for frame in split_frames(sample)):
             try:
-                image, mask = s.load()
+                image, decoded = s.load_decoded()
             except DataError as e:
                 problems.append(e)
                 continue
             widths.append(image.shape[1])
             heights.append(image.shape[0])
-            if mask is None:
+            if decoded is None:
                 frames.add(s.name, s.subject, image, None)
                 unlabelled += 1
                 unlabelled_subjects.add(s.subject)
@@ -232,14 +277,20 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
             subjects.add(s.subject)
             if "class" in s.meta:
                 classes[s.meta["class"]] += 1
-            labels.update(int(v) for v in np.unique(mask) if v)
-            fg = select_label(mask, label)
-            frames.add(s.name, s.subject, image, fg)
-            speckled = specks(mask, label)
-            if speckled:
-                with_specks.append([s.name, speckled[:SPECKS_LISTED]])
-            fractions.append(float(fg.mean()))
-            tally += MaskTally.of(fg)
+            label_masks = label_masks or decoded.label_mask
+            one = _MaskFacts.of(decoded.mask(1), label)
+            other = _MaskFacts.of(decoded.mask(255), label, one) if decoded.has_white else one
+            stats[1].add(s.name, one)
+            stats[255].add(s.name, other)
+            frames.add(s.name, s.subject, image, one.fg)
+            if other is not one and not np.array_equal(other.fg, one.fg):
+                as_255[len(frames.masks) - 1] = _Frames.of(other.fg)
+    if label_masks:
+        for i, kept in as_255.items():
+            frames.masks[i] = kept
+    chosen = stats[255 if label_masks else 1]
+    labels, fractions, with_specks, tally = (chosen.labels, chosen.fractions,
+                                             chosen.with_specks, chosen.tally)
     if label is not None and pairs and label not in labels:
         problems.append(DataError(f"label {label} occurs in no mask; labels present: "
                                   f"{sorted(labels) or 'none'}", ds.root))

@@ -40,7 +40,7 @@ from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, is_out_of_memory
 from .fileio import atomic_write_text, output_lock, read_json
-from .io import Dataset, open_dataset, select_label, white_for, with_white
+from .io import Dataset, open_dataset, select_label, with_white
 from .io.base import check_label, said_once
 from .losses import compute_loss
 from .metrics import EMPTY_RULE, dice, improves
@@ -516,20 +516,22 @@ def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]
     return missing
 
 
-def _open_dataset(cfg: RunConfig) -> Dataset:
-    """The run's dataset, its 0/255 masks read as the set has them where ``--label`` hangs on
-    it (:func:`ultraseg.io.white_for`)."""
+def _load(cfg: RunConfig) -> tuple[Dataset, Arrays]:
+    """The run's dataset and its frames on the canvas, through the cache, a black-and-white
+    mask's white decided over the set where ``--label`` hangs on it
+    (:func:`ultraseg.io.white_for`; a cache hit keeps its build's, decoding no mask); the
+    dataset's samples read their masks at their own size with that white."""
     ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern,
                       cfg.preprocess.fill_outlines)
-    return with_white(ds, white_for(cfg.preprocess.label, ds.labelled))
+    arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir, white_as_set=True)
+    return with_white(ds, arrays.white or 1), arrays
 
 
 def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
     """The report's sample and prediction figures (the latter where the run ``validated``),
     drawn again as :func:`_finish` draws them: from the run's data and split, and its
     best.ckpt with the post-processing chosen."""
-    ds = _open_dataset(cfg)
-    arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir)
+    ds, arrays = _load(cfg)
     train_idx, val_idx = read_split(out / "split.json", arrays.names, ds.root)
     _plot_samples(out, arrays, train_idx)
     if not validated or not len(val_idx):
@@ -670,8 +672,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
 
     # data and split
     progress({"event": "stage", "message": "reading and caching the dataset"})
-    ds = _open_dataset(cfg)
-    arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir)
+    ds, arrays = _load(cfg)
     note = union_note(arrays.labels, cfg.preprocess.label)
     if note:        # (1 = lesion, 2 = organ, or 255 = 'ignore' trained as the structure)
         log.warning("%s: %s", ds.root, note)

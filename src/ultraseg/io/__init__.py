@@ -12,8 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DataError, UltrasegError
 from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
@@ -304,10 +302,10 @@ def white_label(samples: Iterable[Sample]) -> int:
     cannot read is left to the caller's own reading to report)."""
     for s in samples:
         try:
-            held = [set(np.unique(read_mask(p, 255)).tolist()) - {0} for p in s.mask_paths]
+            decoded = s.decode_masks()
         except DataError:
             continue
-        if any(h - {1} and h != {255} for h in held):
+        if decoded is not None and decoded.label_mask:
             return 255
     return 1
 

@@ -78,35 +78,80 @@ class Sample:
 
     def load_mask(self) -> np.ndarray | None:
         """The mask, (H, W) uint8: 0 background, 1..K structures (labels kept); None if unlabelled."""
+        decoded = self.decode_masks()
+        return None if decoded is None else decoded.mask(self.white)
+
+    def decode_masks(self) -> DecodedMasks | None:
+        """The sample's mask files decoded, once each (:func:`decode_mask`), to be read with
+        either white (:meth:`DecodedMasks.mask`); None if unlabelled."""
         if not self.mask_paths:
             return None
-        masks = [read_mask(p, self.white) for p in self.mask_paths]
-        shape = masks[0].shape
-        for p, m in zip(self.mask_paths, masks):
+        read = [decode_mask(p) for p in self.mask_paths]
+        shape = read[0][0].shape
+        for p, (m, _) in zip(self.mask_paths, read):
             if m.shape != shape:
                 raise DataError(f"mask is {m.shape[1]}x{m.shape[0]}, other masks of "
                                 f"{self.name} are {shape[1]}x{shape[0]}", p)
+        return DecodedMasks(self, tuple(m for m, _ in read), tuple(bw for _, bw in read))
+
+    def load_decoded(self) -> tuple[np.ndarray, DecodedMasks | None]:
+        """Image and decoded masks (:meth:`decode_masks`), checked to have the same size."""
+        image = self.load_image()
+        decoded = self.decode_masks()
+        if decoded is not None and decoded.masks[0].shape != image.shape:
+            shape = decoded.masks[0].shape
+            raise DataError(
+                f"mask is {shape[1]}x{shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}", self.mask_paths[0])
+        return image, decoded
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image and mask, checked to have the same size."""
+        image, decoded = self.load_decoded()
+        return image, None if decoded is None else decoded.mask(self.white)
+
+
+@dataclass(frozen=True)
+class DecodedMasks:
+    """A sample's mask files decoded once (:meth:`Sample.decode_masks`): each with its white
+    label 1, and whether it was black and white (:func:`decode_mask`)."""
+
+    sample: Sample
+    masks: tuple[np.ndarray, ...]
+    black_and_white: tuple[bool, ...]
+
+    @property
+    def has_white(self) -> bool:
+        """Whether a black-and-white mask of them has a white pixel: the white changes it."""
+        return any(bw and m.any() for m, bw in zip(self.masks, self.black_and_white))
+
+    @property
+    def label_mask(self) -> bool:
+        """Whether one of them is a label mask, making its set's black-and-white masks' white
+        label 255 (:func:`ultraseg.io.white_label`): it holds a label other than 1 and is not
+        0/255 alone (0/128/255, or 1 with an 'ignore' 255)."""
+        for m, bw in zip(self.masks, self.black_and_white):
+            held = set(np.unique(m).tolist()) - {0}
+            if not bw and held - {1} and held != {255}:
+                return True
+        return False
+
+    def mask(self, white: int) -> np.ndarray:
+        """The sample's mask (:meth:`Sample.load_mask`), a black-and-white mask's white label
+        ``white``."""
+        masks = [m * np.uint8(white) if bw and white != 1 else m
+                 for m, bw in zip(self.masks, self.black_and_white)]
         if len(masks) == 1:
             mask = masks[0]
         else:  # several structures of one image: union (labels of later masks win where set)
             mask = masks[0].copy()
             for m in masks[1:]:
                 mask[m > 0] = m[m > 0]
-        if self.mask_kind == "outline":
+        if self.sample.mask_kind == "outline":
             from ..preprocess import fill_outline_labels
 
-            mask = fill_outline_labels(mask, path=self.mask_paths[0])
+            mask = fill_outline_labels(mask, path=self.sample.mask_paths[0])
         return mask
-
-    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image and mask, checked to have the same size."""
-        image = self.load_image()
-        mask = self.load_mask()
-        if mask is not None and mask.shape != image.shape:
-            raise DataError(
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}", self.mask_paths[0])
-        return image, mask
 
 
 #: The fewest bytes a frame of a file of several takes, by Pillow's format name: each frame
