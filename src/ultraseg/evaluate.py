@@ -368,10 +368,10 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     """:func:`evaluate` once its arguments are checked (and its ``out`` held)."""
     if fill_outlines is None:
         fill_outlines = predictor.preprocess.fill_outlines
+    label = predictor.preprocess.label if label is None else label
     ds = open_dataset(data, layout, subject_pattern, fill_outlines)
     # a black-and-white mask's white: label 1, or 255 in a set of label masks
-    ds = with_white(ds, white_for(predictor.preprocess.label if label is None else label,
-                                  ds.labelled))
+    ds = with_white(ds, white_for(label, ds.labelled))
     record = provenance(predictor, ds)
     samples = select_samples(ds.labelled, split_file, subset)
     if not samples:
@@ -383,7 +383,6 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         _warn_if_not_its_split(predictor, ds.root, split_file, subset, samples)
         if subset is None:
             _warn_if_test_side_left(split_file, len(samples))
-    label = predictor.preprocess.label if label is None else label
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []
