@@ -216,3 +216,53 @@ def test_the_names_a_type_checker_sees_are_the_names_served_on_first_use():
     assert all_names is not None, "__all__ is not a literal list"
     assert sorted(all_names) == sorted(["__version__", *ultraseg._API])
     assert list(ultraseg.__all__) == all_names
+
+
+def test_the_objects_a_notebook_shows_have_reprs_that_do_not_grow_with_the_data(tmp_path):
+    """A notebook shows a cell's last value by its repr: a Dataset listed every Sample (190 KB
+    for 1000 frames, and it had no len()), a Predictor its whole checkpoint meta (the epoch
+    history) and its run_batch function, a TrainResult its history and summary, a
+    PredictionSummary every path it wrote. Their reprs now stay one screen however large."""
+    from ultraseg.io import Dataset, Sample
+    from ultraseg.predict_files import PredictionSummary
+    from ultraseg.train import TrainResult
+
+    def dataset(n: int) -> Dataset:
+        return Dataset(tmp_path / "data", "folders", tuple(
+            Sample(f"frame_{i:04d}", tmp_path / "data" / "images" / f"frame_{i:04d}.png",
+                   (tmp_path / "data" / "masks" / f"frame_{i:04d}.png",) if i % 20 else (),
+                   subject=str(i // 4), meta={"split": "train"}) for i in range(n)))
+
+    small, large = dataset(3), dataset(1000)
+    assert len(small) == 3 and len(large) == 1000
+    assert abs(len(repr(large)) - len(repr(small))) < 20
+    assert str(tmp_path / "data") in repr(large) and "folders" in repr(large)
+    assert "1000 samples" in repr(large) and "950 labelled" in repr(large)
+
+    def predictor(epochs: int) -> ultraseg.Predictor:
+        history = [{"epoch": e, "train_loss": 0.1234567, "val_dice": 0.7654321}
+                   for e in range(epochs)]
+        return ultraseg.Predictor(lambda x: x, ModelConfig(), PreprocessConfig(),
+                                  meta={"metrics": {"history": history}}, source="run/best.ckpt",
+                                  runtime={"device": "cpu", "precision": "fp32"})
+
+    short, long = repr(predictor(3)), repr(predictor(300))
+    assert len(short) == len(long) < 2000 and "run/best.ckpt" in long
+    assert "function" not in long
+
+    def result(epochs: int) -> TrainResult:
+        history = [{"epoch": e, "train_loss": 0.1234567} for e in range(epochs)]
+        return TrainResult(tmp_path / "run", 3, 0.75, epochs, 12.5, history=history,
+                           summary={f"row {e}": "x" * 40 for e in range(epochs)})
+
+    assert abs(len(repr(result(3))) - len(repr(result(300)))) < 5   # epochs_run=3 / 300
+    assert len(repr(result(300))) < 2000
+    assert "best_epoch=3" in repr(result(300))
+
+    def written(n: int) -> PredictionSummary:
+        return PredictionSummary(n, tmp_path / "out", masks=[tmp_path / f"m{i}.png"
+                                                             for i in range(n)],
+                                 overlays=[tmp_path / f"o{i}.png" for i in range(n)])
+
+    assert abs(len(repr(written(3))) - len(repr(written(1000)))) < 12   # the counts' digits
+    assert "n=1000" in repr(written(1000)) and "masks=1000 paths" in repr(written(1000))

@@ -127,11 +127,13 @@ class Predictor:
         >>> prob = predictor.predict_proba(image)               # (H, W) float32 in [0, 1]
     """
 
-    run_batch: RunBatch
+    run_batch: RunBatch = field(repr=False)
     model: ModelConfig
     preprocess: PreprocessConfig
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
-    meta: dict[str, Any] = field(default_factory=dict)
+    # (out of the repr, as run_batch and runtime: a notebook shows a predictor by it, and meta
+    # holds the run's whole epoch history)
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
     batch_size: int = 4
     tile: int | None = None
     tta: bool | None = None  # None: as the post-processing says (chosen on validation)
@@ -148,7 +150,7 @@ class Predictor:
     # what runs the network, for an evaluation's record: its engine's version
     # (torch_version or onnxruntime_version), device and precision as resolved ('bf16',
     # 'fp32'); empty for a backend built by hand
-    runtime: dict[str, str] = field(default_factory=dict)
+    runtime: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         check_postprocess(self.postprocess)

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -667,6 +667,13 @@ class PredictionSummary:
     #: with an overlay: the labels the masks hold where none holds the label drawn (its truth
     #: then shows as empty on every overlay), else None
     label_absent: list[int] | None = None
+
+    def __repr__(self) -> str:
+        """The paths and errors counted, not listed: a notebook shows a summary by its repr."""
+        said = ", ".join(f"{f.name}={len(v)} {'errors' if f.name == 'failed' else 'paths'}"
+                         if f.name in ("masks", "overlays", "failed") else f"{f.name}={v!r}"
+                         for f in fields(self) for v in [getattr(self, f.name)])
+        return f"PredictionSummary({said})"
 
 
 def submission_frames(frames: Sequence[Frame]) -> list[bool]:

@@ -69,11 +69,12 @@ class TrainResult:
     epochs_run: int
     seconds: float
     stopped: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)   # (as summary:
+    # out of the repr a notebook shows, which would grow with the epochs)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     val_dice_original: float | None = None
     val_dice_postprocessed: float | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict, repr=False)
     world_size: int = 1
     is_main: bool = True   # False in ranks > 0 of a torchrun job, which write and report nothing
     #: Post-processed validation Dice over the frames whose truth holds a structure (None:

@@ -47,11 +47,19 @@ class DataProblems(DataError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Dataset:
     root: Path
     layout: str
     samples: tuple[Sample, ...]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        """Counts, not every sample: a notebook shows a dataset by its repr."""
+        return (f"Dataset(root={str(self.root)!r}, layout={self.layout!r}, "
+                f"{len(self.samples)} samples, {len(self.labelled)} labelled)")
 
     @property
     def labelled(self) -> tuple[Sample, ...]:
