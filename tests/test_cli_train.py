@@ -405,6 +405,7 @@ def test_a_training_side_without_foreground_is_refused(tmp_path, capsys) -> None
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2
     assert "none of the 4 training masks" in err and "--split-seed" in err, err
+    assert "(in Python, train.split_seed or train.val_fraction)" in err, err   # train()'s too
     assert not (tmp_path / "run").exists()
 
 

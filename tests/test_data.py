@@ -69,6 +69,24 @@ def test_split_needs_two_subjects() -> None:
     assert len(train) and len(val)  # two subjects: one on each side
 
 
+def test_the_split_s_messages_name_the_python_settings_beside_the_flags() -> None:
+    """A notebook's train() said 'another --split-seed draws another split' (a review): flags
+    a Python caller has not got; the messages now name train.split_seed and the rest too."""
+    from conftest import ultraseg_warnings
+
+    subjects = ["big"] * 30 + [f"s{i}" for i in range(10)]   # one large subject drawn last
+    said = []
+    for seed in range(40):
+        with ultraseg_warnings() as warned:
+            split_by_subject(subjects, 0.1, seed=seed)
+        said += [r.getMessage() for r in warned if "came last" in r.getMessage()]
+    assert said and all("--split-seed (in Python, train.split_seed)" in m for m in said), said
+    with pytest.raises(UltrasegError, match=r"holds none out; in Python, train\.test_fraction 0"):
+        holdout_by_subject(["a"] * 4, 0.5, 0)
+    with pytest.raises(UltrasegError, match=r"in Python, train\.val_fraction 0"):
+        run_split(["a"] * 4, 0.0, 0.5, 0)
+
+
 def test_split_file_round_trip(tmp_path: Path) -> None:
     names = [f"{i // 3}_{i % 3}" for i in range(30)]
     subjects = [n.split("_")[0] for n in names]

@@ -1216,7 +1216,9 @@ def test_a_validation_side_without_any_structure_chooses_nothing(tmp_path) -> No
     with ultraseg_warnings() as warned:
         result = train_mod.train(cfg, tmp_path / "run")
     assert any("validation masks holds a foreground pixel" in r.getMessage()
-               and "--split-seed" in r.getMessage() for r in warned)
+               and "--split-seed" in r.getMessage()
+               and "(in Python, train.split_seed or train.val_fraction)" in r.getMessage()
+               for r in warned)
     assert result.best_epoch == 3
     assert load_checkpoint(tmp_path / "run" / "best.ckpt").postprocess == PostprocessConfig()
     # the report says so, and marks the epoch kept (it marked the lowest validation loss's)
@@ -1748,6 +1750,8 @@ def test_the_report_counts_the_frames_and_subjects_of_every_side_the_held_out_on
     row = _summary_rows(run)["frames (train / val / test)"]
     assert row.startswith(f"{counts[0]}) / {counts[1]}) / {counts[2]}; not used in training")
     assert f"--split {run / 'split.json'} --subset test" in row
+    assert (f"in Python, evaluate('{run / 'best.ckpt'}', DATA, split_file='{run / 'split.json'}'"
+            ", subset='test')") in row
 
 
 def test_a_validation_side_without_empty_frames_says_so(capsys) -> None:

@@ -504,8 +504,8 @@ def split_by_subject(subjects: Sequence[str], val_fraction: float = 0.2, seed: i
     is_val = np.isin(subjects, val_subjects)
     if n_val > 1.5 * target:  # one large subject drawn last; the draw stays as it is
         log.warning("the subjects drawn aside hold %.2f of the frames against the %.2g asked "
-                    "(one large subject, %d frames, came last): another --split-seed draws "
-                    "another split", n_val / len(subjects), val_fraction,
+                    "(one large subject, %d frames, came last): another --split-seed (in Python, "
+                    "train.split_seed) draws another split", n_val / len(subjects), val_fraction,
                     counts[val_subjects[-1]])
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
@@ -543,7 +543,8 @@ def holdout_by_subject(subjects: Sequence[str], fraction: float, seed: int
     n_subjects = np.unique(np.asarray(subjects)).size
     if n_subjects < 2:
         raise UltrasegError(f"holding out test subjects (--test-fraction) needs at least two "
-                            f"subjects; found {n_subjects} (--test-fraction 0 holds none out)")
+                            f"subjects; found {n_subjects} (--test-fraction 0 holds none out; "
+                            "in Python, train.test_fraction 0)")
     kept, held = split_by_subject(subjects, fraction, seed + 7919)
     return kept, held
 
@@ -566,7 +567,8 @@ def run_split(subjects: Sequence[str], test_fraction: float, val_fraction: float
     n_subjects = np.unique(np.asarray(subjects)[kept]).size
     if n_subjects < 2:
         raise UltrasegError("a subject-grouped validation split needs at least two subjects; "
-                            f"found {n_subjects} (--val-fraction 0 trains without validation)")
+                            f"found {n_subjects} (--val-fraction 0 trains without validation; in "
+                            "Python, train.val_fraction 0)")
     tr, va = split_by_subject([subjects[i] for i in kept], val_fraction, seed)
     return kept[tr], kept[va], test_idx
 

@@ -711,7 +711,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                            else "a foreground pixel")
                         + f" under this split (the {len(val_idx)} validation frames take the "
                         "rest): nothing to learn; another --split-seed or --val-fraction "
-                        "draws another split", ds.root)
+                        "(in Python, train.split_seed or train.val_fraction) draws another "
+                        "split", ds.root)
     if resume and cfg.model.presence_head == "auto":   # decided when the run started
         cfg = replace(cfg, model=recorded_presence_head(cfg.model, last))
         log.info("presence head: %s (decided when the run started, as last.ckpt records)",
@@ -729,7 +730,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         log.warning("none of the %d validation masks holds %s under this split: validation "
                     "cannot choose, so every epoch's weights replace the last and "
                     "post-processing stays at its defaults, as with --val-fraction 0; another "
-                    "--split-seed or --val-fraction draws a split that can", len(val_idx),
+                    "--split-seed or --val-fraction (in Python, train.split_seed or "
+                    "train.val_fraction) draws a split that can", len(val_idx),
                     f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
                     else "a foreground pixel")
     batches = Batches(arrays, train_idx, cfg)
@@ -1181,8 +1183,10 @@ def _frames_row(out: Path, subjects: Sequence[str], train_idx: np.ndarray, val_i
     test_idx = test_idx if test_idx is not None else np.arange(0)
     held_out = (f"{side(test_idx)}; not used in training or selection: `ultraseg evaluate "
                 f"{out / 'best.ckpt'} DATA --split {out / 'split.json'} --subset test` scores "
-                "them)" if len(test_idx) else "0 (none held out: --test-fraction holds "
-                "subjects out)")
+                f"them; in Python, evaluate('{out / 'best.ckpt'}', DATA, split_file="
+                f"'{out / 'split.json'}', subset='test'))" if len(test_idx) else
+                "0 (none held out: --test-fraction holds subjects out; in Python, "
+                "train.test_fraction)")
     return f"{side(train_idx)}) / {side(val_idx)}) / {held_out}"
 
 
