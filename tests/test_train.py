@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -1595,6 +1596,13 @@ def test_choosing_the_post_processing_reports_each_validation_frame(tmp_path) ->
     stage = next(i for i, e in enumerate(events) if e["event"] == "stage"
                  and "post-processing" in e["message"])
     assert events.index(frames[0]) > stage
+    # README's Python API lists each event's keys: they are the keys sent
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    said = {m[0]: {"event", *re.findall(r'"(\w+)"', m[1])}
+            for m in re.findall(r'\{"event": "(\w+)"((?:,\s+"\w+")*)\}', readme)}
+    assert set(said) == {"batch", "epoch", "stage", "validation"}, said
+    for e in events:
+        assert set(e) == said[e["event"]], e
 
 
 def test_a_scan_filed_under_two_subjects_across_the_split_is_warned_about(tmp_path) -> None:
