@@ -140,6 +140,9 @@ def test_readme_training_block_runs_as_written(tmp_path, monkeypatch):
     assert scope["result"].best_epoch in (1, 2)
     assert (tmp_path / "runs" / "nerve" / "best.ckpt").is_file()
     assert scope["summary"]["n"] == len(scope["rows"]) > 0
+    # the run folder as a path that holds after the notebook changes folder (it was the
+    # relative 'runs/nerve' given)
+    assert scope["result"].run_dir == (tmp_path / "runs" / "nerve").resolve()
 
 
 def test_train_refuses_a_config_without_data_before_writing(tmp_path, monkeypatch):

@@ -92,6 +92,11 @@ class TrainResult:
     val_hc_frames: int | None = None
     val_hc_reference_frames: int | None = None
 
+    def __post_init__(self) -> None:
+        # absolute, as config.json's data path: a relative 'runs/x' read after the caller (a
+        # notebook) changes folder names another folder
+        self.run_dir = Path(self.run_dir).resolve()
+
 
 # ---------------------------------------------------------------------------------- batches
 class Batches:
