@@ -27,6 +27,21 @@ def _nothing_written_to_the_users_home(tmp_path_factory: pytest.TempPathFactory
         yield
 
 
+def decoded_masks(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The mask files decoded from here on (``io.base.decode_mask``'s calls), in order."""
+    from ultraseg.io import base
+
+    decoded: list[Path] = []
+    decode = base.decode_mask
+
+    def spy(path: Any) -> Any:
+        decoded.append(Path(path))
+        return decode(path)
+
+    monkeypatch.setattr(base, "decode_mask", spy)
+    return decoded
+
+
 @contextlib.contextmanager
 def ultraseg_warnings() -> Iterator[list[logging.LogRecord]]:
     """The warnings the ``ultraseg`` loggers emit inside the block, as records (whether or not

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import outline_dataset, shared_dataset, ultraseg_warnings
+from conftest import decoded_masks, outline_dataset, shared_dataset, ultraseg_warnings
 from ultraseg.cli import main
 from ultraseg.errors import DataError
 from ultraseg.inspection import format_report, inspect_dataset
@@ -707,16 +707,8 @@ def test_inspect_decodes_each_mask_once(tmp_path, monkeypatch) -> None:
     from collections import Counter
 
     from ultraseg.inspection import inspect_dataset
-    from ultraseg.io import base
 
-    decoded: Counter[str] = Counter()
-    decode = base.decode_mask
-
-    def spy(path):
-        decoded[str(path)] += 1
-        return decode(path)
-
-    monkeypatch.setattr(base, "decode_mask", spy)
+    decoded = decoded_masks(monkeypatch)
     both = np.zeros((24, 30), np.uint8)
     both[2:8, 2:10], both[14:22, 16:28] = 128, 255
     alone = np.where(both == 255, 255, 0).astype(np.uint8)
@@ -731,4 +723,4 @@ def test_inspect_decodes_each_mask_once(tmp_path, monkeypatch) -> None:
         decoded.clear()
         report, problems = inspect_dataset(root, label=255 if name == "lab" else 1)
         assert not problems and report["labels"] == labels and report["empty_masks"] == 0
-        assert sorted(decoded.values()) == [1] * len(masks), decoded
+        assert sorted(Counter(map(str, decoded)).values()) == [1] * len(masks), decoded

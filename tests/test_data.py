@@ -400,20 +400,15 @@ def test_load_arrays_decides_the_white_over_the_set_on_a_build_and_keeps_it_for_
     """load_arrays(white_as_set=True) decides a 0/255 mask's white over the set for cfg.label
     as io.label_set does, on a build; the entry keeps it (Arrays.white), so a hit decodes no
     mask and gives the same masks and white."""
-    from ultraseg.io import base, label_set
+    from ultraseg.io import label_set
 
     root, cache = _tree(tmp_path / "data"), tmp_path / "cache"
     two = np.zeros((20, 30), np.uint8)
     two[2:6, 20:28], two[12:16, 20:28] = 128, 255
     Image.fromarray(two).save(root / "masks" / "0_0_mask.png")      # a label mask in the set
-    decoded: list[Path] = []
-    decode = base.decode_mask
+    from conftest import decoded_masks
 
-    def spy(path):
-        decoded.append(Path(path))
-        return decode(path)
-
-    monkeypatch.setattr(base, "decode_mask", spy)
+    decoded = decoded_masks(monkeypatch)
     for label, white in ((255, 255), (1, 255), (128, 1), (None, 1)):
         cfg = PreprocessConfig(size=16, label=label)
         as_set = load_arrays(label_set(open_dataset(root)), cfg, cache_dir="")

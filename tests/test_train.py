@@ -1553,17 +1553,10 @@ def test_a_warm_run_decodes_no_mask_where_the_label_hangs_on_a_0_255_masks_white
     before the cache lookup, decoding every mask on every run, a cache hit too (1.7-2.0 s for
     600 frames where the hit took 0.02 s): a cache hit decodes no mask, the entry keeping the
     white its build decided."""
-    from ultraseg.io import base
+    from conftest import decoded_masks
 
     data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
-    decoded: list[Path] = []
-    decode = base.decode_mask
-
-    def spy(path):
-        decoded.append(Path(path))
-        return decode(path)
-
-    monkeypatch.setattr(base, "decode_mask", spy)
+    decoded = decoded_masks(monkeypatch)
     for run in ("cold", "warm"):
         decoded.clear()
         cfg = merge(preset("demo"), {
