@@ -167,3 +167,15 @@ def onnx_session_threads(monkeypatch: Any) -> list[int]:
 
     monkeypatch.setattr(export, "_session", session)
     return made
+
+
+def pasted(text: str, program: str = "ultraseg") -> list[str]:
+    """The words a shell gives the first command line ``text`` suggests in backticks that
+    starts with ``program``, pasted as written (AssertionError: none)."""
+    import re
+    import shlex
+
+    for span in re.findall(r"`([^`]*)`", text):
+        if span.startswith(program + " "):
+            return shlex.split(span)
+    raise AssertionError(f"no `{program} ...` in {text!r}")

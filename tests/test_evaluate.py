@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import outline_dataset, ultraseg_warnings
+from conftest import outline_dataset, pasted, ultraseg_warnings
 from ultraseg import cli
 from ultraseg.checkpoint import make_meta, save_checkpoint
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
@@ -664,13 +664,15 @@ def test_the_printed_summary_rounds_each_figure_to_its_kind() -> None:
 def test_an_unreadable_frame_stops_evaluation_pointing_at_inspect(tmp_path) -> None:
     """Scores over the frames that could be read would be no evaluation of the set: the
     first bad file stops it, and the message says how to list every bad file at once."""
-    root = make_dataset(tmp_path / "data", n=6, size=SIZE, seed=2)
+    root = make_dataset(tmp_path / "my data's", n=6, size=SIZE, seed=2)
     bad = sorted((root / "images").glob("*.png"))[2]
     bad.write_bytes(b"")
     with pytest.raises(UltrasegError) as err:
         evaluate(_constant_predictor(0.9), root, out=tmp_path / "ev")
     assert str(err.value).startswith(f"{bad}: ") and "0 bytes" in str(err.value)
-    assert f"`ultraseg inspect {root}` lists every problem" in str(err.value)
+    assert "` lists every problem" in str(err.value)
+    # pasted as written: a folder with a space or a quote is one word
+    assert pasted(str(err.value)) == ["ultraseg", "inspect", str(root)]
     assert not (tmp_path / "ev").exists()                    # nothing written
 
 
@@ -1294,3 +1296,21 @@ def test_the_printed_share_of_empty_frames_right_is_100_or_0_percent_only_when_e
     assert share(0.0004) == "<0.1%" and share(0.9996) == ">99.9%"
     assert share(1.0) == "100%" and share(0.0) == "0%"
     assert share(2 / 3) == "66.7%" and share(None) == "n/a"
+
+
+@pytest.mark.parametrize("sides", [{"train": ["a"], "val": ["b"], "test": ["c"]},
+                                   {"train": ["a"], "val": [], "test": ["c"]},
+                                   {"train": ["a"], "val": ["b"]}])
+def test_the_split_advice_pastes_as_written(tmp_path, sides) -> None:
+    """`ultraseg evaluate MODEL p h --split r h/split.json` was refused as pasted
+    ('unrecognized arguments: h h/split.json'): the folder and the split are one word each."""
+    from ultraseg.evaluate import _split_advice
+
+    run = tmp_path / "r h's"
+    run.mkdir()
+    split = run / "split.json"
+    split.write_text(json.dumps(sides))
+    folder = tmp_path / 'p "h"'
+    words = pasted(_split_advice(split, folder))
+    assert words[:5] == ["ultraseg", "evaluate", "MODEL", str(folder), "--split"], words
+    assert words[5] == str(split), words

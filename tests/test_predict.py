@@ -260,6 +260,44 @@ def test_a_gif_or_a_video_named_to_predict_says_how_to_read_it(tmp_path):
         collect_frames([tmp_path / "clip.mp4"])
 
 
+def test_a_video_s_ffmpeg_command_pastes_as_written(tmp_path):
+    """The ffmpeg command said for a video put its name in raw: `ffmpeg -i my clip.mp4 ...`
+    reads 'my' as the input."""
+    import shlex
+
+    from ultraseg.io.base import unread_file_advice
+
+    for name in ("my clip's.mp4", "-clip.mp4"):
+        advice = unread_file_advice(tmp_path / name) or ""
+        words = shlex.split(advice.split("(", 1)[1].split(")", 1)[0])
+        assert words[:2] == ["ffmpeg", "-i"] and Path(words[2]) == Path(name), advice
+        stem = name[:-len(".mp4")]
+        assert Path(words[3]) == Path(f"{stem}_%03d.png") and len(words) == 4, advice
+        assert not any(w.startswith("-") for w in words[2:]), advice
+
+
+def test_a_loop_with_a_mask_names_a_predict_command_that_pastes_as_written(tmp_path):
+    from conftest import pasted
+
+    from ultraseg.io.base import with_mask_advice
+
+    image = tmp_path / "my loop's" / "1_1.tif"
+    said = with_mask_advice(image, tmp_path / "1_1_mask.png")
+    assert pasted(said) == ["ultraseg", "predict", "MODEL", str(image)]
+
+
+def test_a_folder_with_problems_names_an_inspect_command_that_pastes_as_written(tmp_path):
+    """`ultraseg inspect D 3` was refused as pasted ('unrecognized arguments: 3')."""
+    from conftest import pasted
+
+    from ultraseg.phantom import make_dataset
+
+    root = make_dataset(tmp_path / "L Z's", n=3, size=32, seed=0)
+    with pytest.raises(DataError) as err:
+        collect_frames([root], layout="kaggle")
+    assert pasted(str(err.value))[:3] == ["ultraseg", "inspect", str(root)], str(err.value)
+
+
 def test_collect_frames_errors_before_anything_runs(tmp_path):
     save(tmp_path / "ok.png", ramp(4, 4))
     with pytest.raises(DataError, match="no such file or folder"):

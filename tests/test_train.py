@@ -1755,6 +1755,24 @@ def test_the_report_counts_the_frames_and_subjects_of_every_side_the_held_out_on
             ", subset='test')") in row
 
 
+def test_the_report_s_held_out_commands_paste_as_written(tmp_path) -> None:
+    """The held-out row's `ultraseg evaluate RUN/best.ckpt DATA --split RUN/split.json` put
+    the run folder in raw: a folder with a space or a quote broke the pasted command (and
+    the Python call's string)."""
+    import ast
+
+    from conftest import pasted
+
+    out = tmp_path / "r h's"
+    row = train_mod._frames_row(out, ["a", "b", "c"], np.array([0]), np.array([1]),
+                                np.array([2]))
+    assert pasted(row) == ["ultraseg", "evaluate", str(out / "best.ckpt"), "DATA", "--split",
+                           str(out / "split.json"), "--subset", "test"], row
+    call = ast.parse(row.split("in Python, ", 1)[1][:-1], mode="eval").body
+    assert isinstance(call, ast.Call) and ast.literal_eval(call.args[0]) == str(out / "best.ckpt")
+    assert ast.literal_eval(call.keywords[0].value) == str(out / "split.json"), row
+
+
 def test_a_validation_side_without_empty_frames_says_so(capsys) -> None:
     """Where no validation frame is empty, train's last lines said 'empty validation frames
     predicted empty: 0 of 0'."""

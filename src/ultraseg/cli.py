@@ -15,7 +15,6 @@ import errno
 import io
 import logging
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterator, NoReturn, Sequence
 
 from . import __version__
-from .errors import UltrasegError, escape_controls, is_out_of_memory
+from .errors import UltrasegError, command_line, escape_controls, is_out_of_memory
 from .fileio import json_text
 from .shared import while_held
 
@@ -279,8 +278,7 @@ def _going_on(a: argparse.Namespace) -> str:
 
     # `--out=-run`: a folder whose name starts with a dash, given as `--out -run`, is taken
     # for a flag and refused
-    where = (f"--out={shlex.quote(str(out))}" if str(out).startswith("-")
-             else f"--out {shlex.quote(str(out))}")
+    where = command_line(("--out", str(out)))
     again = (f"ultraseg train --resume {where}" if a.command == "train"
              else f"ultraseg demo {where} --minutes {minutes_arg(a.minutes)}")
     if a.command == "train" and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):

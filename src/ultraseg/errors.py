@@ -4,8 +4,9 @@ a bug: exit 1."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
+import shlex
+from pathlib import Path, PurePath
+from typing import Any, Union
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -15,6 +16,32 @@ def escape_controls(text: str, keep: str = "") -> str:
     name that holds a newline or an escape sequence is shown as text, on one line."""
     return _CONTROLS.sub(lambda m: m.group() if m.group() in keep
                          else f"\\x{ord(m.group()):02x}", text)
+
+
+#: A word of :func:`command_line`: a flag or placeholder (str), a path (PurePath), or an
+#: option with its value.
+Word = Union[str, PurePath, "tuple[str, str | PurePath]"]
+
+
+def command_line(*words: Word) -> str:
+    """A command line a user can paste into a shell, for a message to suggest: each word
+    quoted as the shell needs (a path with a space or a quote stays one word; a flag or a
+    placeholder such as ``MODEL`` is written as it is); an ``(option, value)`` pair whose
+    value starts with a dash written ``--out=-run`` (``--out -run`` takes ``-run`` for a
+    flag and is refused), and a path given alone that starts with a dash as ``./-run``, for
+    the same reason."""
+    said = []
+    for word in words:
+        if isinstance(word, tuple):
+            option, value = word[0], str(word[1])
+            said.append(f"{option}={shlex.quote(value)}" if value.startswith("-")
+                        else f"{option} {shlex.quote(value)}")
+            continue
+        text = str(word)
+        if isinstance(word, PurePath) and text.startswith("-"):
+            text = f"./{text}"
+        said.append(shlex.quote(text))
+    return " ".join(said)
 
 
 class UltrasegError(Exception):

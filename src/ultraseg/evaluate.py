@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__
 from .config import PostprocessConfig
-from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
+from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
 from .data import MaskTally
 from .fileio import (atomic_write_texts, cannot_write_in, csv_cell, failure_reason, json_text,
                      output_lock, read_json)
@@ -116,7 +116,8 @@ def _split_advice(split: Path | None, folder: Path) -> str:
     holds, or, where it holds none (a run without validation or held-out frames), that none
     does."""
     doc = _split_doc(split) if split is not None else None
-    command = f"`ultraseg evaluate MODEL {folder} --split {split or 'RUN/split.json'}"
+    command = "`" + command_line("ultraseg", "evaluate", "MODEL", Path(folder),
+                                 ("--split", split or "RUN/split.json"))
     python = " (in Python, split_file= and subset=)"
     val, test = (True, True) if doc is None else (bool(doc.get("val")), bool(doc.get("test")))
     if val and test:
@@ -401,8 +402,9 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
             try:
                 image, mask = s.load()
             except DataError as e:   # scores over some frames are no evaluation: stop here
-                raise DataError(f"{e.message} (`ultraseg inspect {ds.root}` lists every "
-                                f"problem of the set at once)", e.path) from e
+                inspect = command_line("ultraseg", "inspect", ds.root)
+                raise DataError(f"{e.message} (`{inspect}` lists every problem of the set at "
+                                "once)", e.path) from e
             thin.add(s.image_path, image)
             truths.append(select_label(mask, label))
             tally[0] += MaskTally.of(truths[-1])

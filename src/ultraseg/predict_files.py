@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
+from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, failure_reason,
                      output_lock, temporaries)
 from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
@@ -155,7 +155,8 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
             images = next(iter(subfolders(path, IMAGE_FOLDERS)), None) \
                 if ds.layout == "folders" else None
             hint = (f"; to predict its images anyway, point at {images}" if images else
-                    f"; `ultraseg inspect {path}` lists the problems (layout found: "
+                    f"; `{command_line('ultraseg', 'inspect', path)}` lists the problems "
+                    "(layout found: "
                     f"{ds.layout})" if ds.layout != "images" else "")
             raise DataError(f"{problems[0]}{more}{hint}")
         root_names = _ancestors(_real(path))

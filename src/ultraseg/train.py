@@ -38,7 +38,7 @@ from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
-from .errors import DataError, UltrasegError, is_out_of_memory
+from .errors import DataError, UltrasegError, command_line, is_out_of_memory
 from .fileio import atomic_write_text, output_lock, read_json
 from .io import Dataset, open_dataset, select_label, with_white
 from .io.base import check_label, said_once
@@ -1186,10 +1186,12 @@ def _frames_row(out: Path, subjects: Sequence[str], train_idx: np.ndarray, val_i
         return f"{len(idx)} ({n} subject{'s' * (n != 1)}"
 
     test_idx = test_idx if test_idx is not None else np.arange(0)
-    held_out = (f"{side(test_idx)}; not used in training or selection: `ultraseg evaluate "
-                f"{out / 'best.ckpt'} DATA --split {out / 'split.json'} --subset test` scores "
-                f"them; in Python, evaluate('{out / 'best.ckpt'}', DATA, split_file="
-                f"'{out / 'split.json'}', subset='test'))" if len(test_idx) else
+    best, split = out / "best.ckpt", out / "split.json"
+    command = command_line("ultraseg", "evaluate", best, "DATA", ("--split", split),
+                           "--subset", "test")
+    held_out = (f"{side(test_idx)}; not used in training or selection: `{command}` scores "
+                f"them; in Python, evaluate({str(best)!r}, DATA, split_file={str(split)!r}, "
+                "subset='test'))" if len(test_idx) else
                 "0 (none held out: --test-fraction holds subjects out; in Python, "
                 "train.test_fraction)")
     return f"{side(train_idx)}) / {side(val_idx)}) / {held_out}"

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Collection, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, UltrasegError, is_out_of_memory
+from ..errors import DataError, UltrasegError, command_line, is_out_of_memory
 from ..logs import caught_warnings
 from .dicom import dicom_frame_count, is_dicom, read_dicom
 
@@ -432,7 +432,8 @@ def with_mask_advice(image: Path, mask: Path) -> str:
     frames' would not hold: predict takes a labelled set's images as one frame each."""
     return (f"it has a mask ({mask.name}), and in a labelled set each image is one frame: save "
             "each frame as its own image, with its own mask, or predict the loop alone "
-            f"(`ultraseg predict MODEL {image}` takes each of its frames)")
+            f"(`{command_line('ultraseg', 'predict', 'MODEL', image)}` takes each of its "
+            "frames)")
 
 
 def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
@@ -1324,9 +1325,13 @@ UNREAD_IMAGE_EXTENSIONS = (".webp", ".gif", ".jp2", ".j2k", ".heic", ".heif", ".
 VOLUME_FORMATS = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".mha": "MetaImage",
                   ".mhd": "MetaImage", ".nrrd": "NRRD"}
 
-#: How a video's frames are read: ``{name}``, ``{stem}`` its file's.
-VIDEO_ADVICE = ("extract {their} frames (ffmpeg -i {name} {stem}_%03d.png) or export {loop} as "
-                "multi-frame DICOM or TIFF, which predict and measure read frame by frame")
+def video_advice(video: PurePath, their: str, loop: str) -> str:
+    """How the frames of the video file ``video`` are read: an ffmpeg command for it (``their``
+    and ``loop`` the words for one video or several)."""
+    frames = video.with_name(f"{video.stem}_%03d.png")
+    return (f"extract {their} frames ({command_line('ffmpeg', '-i', video, frames)}) or export "
+            f"{loop} as multi-frame DICOM or TIFF, which predict and measure read frame by "
+            "frame")
 
 
 def convert_advice(counts: dict[str, int]) -> str:
@@ -1336,8 +1341,8 @@ def convert_advice(counts: dict[str, int]) -> str:
     said = ([f"convert {'the images' if videos else 'them'} (to PNG, say)"]
             if len(videos) < len(counts) else [])
     if videos:
-        said.append("videos: " + VIDEO_ADVICE.format(their="their", name=f"clip{videos[0]}",
-                                                      stem="clip", loop="the loops"))
+        said.append("videos: " + video_advice(PurePath(f"clip{videos[0]}"), "their",
+                                              "the loops"))
     return "; ".join(said)
 
 
@@ -1348,8 +1353,8 @@ def unread_file_advice(path: Path) -> str | None:
     if ending not in UNREAD_IMAGE_EXTENSIONS:
         return None
     if ending in VIDEO_EXTENSIONS:
-        return "a video, which ultraseg does not read: " + VIDEO_ADVICE.format(
-            their="its", name=path.name, stem=path.stem, loop="the loop")
+        return "a video, which ultraseg does not read: " + video_advice(
+            PurePath(path.name), "its", "the loop")
     if ending == ".gif":
         return "GIF is not read: convert it to PNG (a GIF loop: to a multi-page TIFF)"
     if ending in VOLUME_FORMATS:
