@@ -56,6 +56,29 @@ def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatc
     assert "already holds a training run" in capsys.readouterr().err
 
 
+def test_a_stopped_demo_s_command_for_a_dash_led_out_parses(tmp_path, monkeypatch,
+                                                             capsys) -> None:
+    """`ultraseg demo --out=-dm --minutes 1` over a demo stopped under --minutes 0.5 said
+    `ultraseg demo --out -dm --minutes 0.5` goes on with it, which argparse refuses
+    ('argument --out: expected one argument'): the name goes as --out=-dm, as the interrupt
+    line writes it."""
+    _small_demo(monkeypatch, epochs=2)
+    monkeypatch.chdir(tmp_path)
+
+    def stop_in_epoch_2(event: dict) -> None:
+        if event.get("event") == "epoch" and event["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(Path("-dm"), progress=stop_in_epoch_2, minutes=0.5)
+    assert cli.main(["demo", "--out=-dm", "--minutes", "1"]) == 2
+    said = capsys.readouterr().err
+    assert "goes on with it" in said, said
+    argv = shlex.split(said.split("`")[1])[1:]             # the command given, as typed
+    a = cli.build_parser().parse_args(argv)
+    assert a.command == "demo" and a.out == "-dm" and a.minutes == 0.5, argv
+
+
 def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, capsys) -> None:
     """Ctrl-C during a demo's training left a folder the demo refused (`already holds a
     training run`); train --resume finished the training but not the demo's evaluation on

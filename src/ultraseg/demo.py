@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import RunConfig, merge, preset
-from .errors import UltrasegError
+from .errors import UltrasegError, command_line
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ def _check_unfinished_demo(out: Path, cfg: RunConfig) -> None:
     if mine is None or not math.isclose(mine, limit, rel_tol=1e-6):
         minutes = minutes_arg(limit / 60.0)
         raise UltrasegError(f"holds a demo stopped before it finished, run with --minutes "
-                            f"{minutes}: `ultraseg demo --out {shlex.quote(str(out))} "
+                            f"{minutes}: `{command_line('ultraseg', 'demo', ('--out', out))} "
                             f"--minutes {minutes}` goes on with it", out)
 
 
