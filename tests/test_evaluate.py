@@ -1314,3 +1314,30 @@ def test_the_split_advice_pastes_as_written(tmp_path, sides) -> None:
     words = pasted(_split_advice(split, folder))
     assert words[:5] == ["ultraseg", "evaluate", "MODEL", str(folder), "--split"], words
     assert words[5] == str(split), words
+
+
+def test_the_inspect_command_an_unreadable_frame_names_reads_the_set_as_evaluate_did(
+        tmp_path, capsys) -> None:
+    """`evaluate RUN/best.ckpt D3 --fill-outlines` stopped at an outline with a gap and said
+    `ultraseg inspect D3` lists every problem: that inspect read the masks as solid masks and
+    found none ('problems 0'). The command carries the settings that change what inspect
+    reads: --fill-outlines (here from the flag; from the checkpoint alike), --subject-pattern,
+    --label and a --layout given."""
+    from PIL import Image
+
+    from ultraseg import cli
+
+    root, outline, _ = outline_dataset(tmp_path / "D 3", n=4)
+    gap = outline.copy()
+    gap[: outline.shape[0] // 2] = False                # half the circle left undrawn
+    Image.fromarray(gap.astype(np.uint8) * 255).save(root / "masks" / "s2_1_mask.png")
+    with pytest.raises(UltrasegError) as err:
+        evaluate(_constant_predictor(0.9, size=32), root, "folders", r"^(s\d)_",
+                 fill_outlines=True, label=1)
+    words = pasted(str(err.value))
+    assert words[:3] == ["ultraseg", "inspect", str(root)], words
+    assert cli.main(words[1:]) == 2                     # that inspect finds the problem
+    assert "closed contour" in capsys.readouterr().err
+    assert cli.main(words[1:3]) == 0                    # where the bare one found none
+    capsys.readouterr()
+    assert {"--fill-outlines", "--layout", "--subject-pattern", "--label"} <= set(words), words

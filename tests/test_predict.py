@@ -298,6 +298,25 @@ def test_a_folder_with_problems_names_an_inspect_command_that_pastes_as_written(
     assert pasted(str(err.value))[:3] == ["ultraseg", "inspect", str(root)], str(err.value)
 
 
+def test_a_folder_with_problems_names_an_inspect_command_with_the_layout_given(tmp_path,
+                                                                               capsys):
+    """`predict MODEL LZ --layout kaggle` on a folders set failed with `ultraseg inspect LZ`
+    lists the problems; that inspect detected the folders layout and found none."""
+    from conftest import pasted
+
+    from ultraseg import cli
+    from ultraseg.phantom import make_dataset
+
+    root = make_dataset(tmp_path / "LZ", n=3, size=32, seed=0)
+    with pytest.raises(DataError) as err:
+        collect_frames([root], layout="kaggle", subject_pattern=r"^(\d+)_")
+    words = pasted(str(err.value))
+    assert words[:3] == ["ultraseg", "inspect", str(root)], words
+    assert {"--layout", "kaggle", "--subject-pattern", r"^(\d+)_"} <= set(words), words
+    assert cli.main(words[1:]) == 2 and cli.main(words[1:3]) == 0
+    capsys.readouterr()
+
+
 def test_collect_frames_errors_before_anything_runs(tmp_path):
     save(tmp_path / "ok.png", ramp(4, 4))
     with pytest.raises(DataError, match="no such file or folder"):

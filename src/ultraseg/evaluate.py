@@ -18,8 +18,8 @@ from .errors import DataError, UltrasegError, command_line, frame_too_large, is_
 from .data import MaskTally
 from .fileio import (atomic_write_texts, cannot_write_in, csv_cell, failure_reason, json_text,
                      output_lock, read_json)
-from .io import (Dataset, Sample, dataset_hint, open_dataset, scan_dataset, select_label,
-                 white_for, with_white)
+from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, scan_dataset,
+                 select_label, white_for, with_white)
 from .io.base import LabelTally, counting_colour, header_shape, said_once
 from .logs import quiet
 from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
@@ -402,7 +402,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
             try:
                 image, mask = s.load()
             except DataError as e:   # scores over some frames are no evaluation: stop here
-                inspect = command_line("ultraseg", "inspect", ds.root)
+                inspect = inspect_command(ds.root, layout, subject_pattern, label,
+                                          fill_outlines)
                 raise DataError(f"{e.message} (`{inspect}` lists every problem of the set at "
                                 "once)", e.path) from e
             thin.add(s.image_path, image)

@@ -27,11 +27,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
+from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, failure_reason,
                      output_lock, temporaries)
 from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
-                 image_stem, scan_dataset, select_label, split_frames, white_for)
+                 image_stem, inspect_command, scan_dataset, select_label, split_frames, white_for)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 from .io.base import (OUTPUT_MARKER, LabelTally, check_label, counting_colour, frame_loop,
                       header_shape,
@@ -155,7 +155,7 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
             images = next(iter(subfolders(path, IMAGE_FOLDERS)), None) \
                 if ds.layout == "folders" else None
             hint = (f"; to predict its images anyway, point at {images}" if images else
-                    f"; `{command_line('ultraseg', 'inspect', path)}` lists the problems "
+                    f"; `{inspect_command(path, layout, subject_pattern)}` lists the problems "
                     "(layout found: "
                     f"{ds.layout})" if ds.layout != "images" else "")
             raise DataError(f"{problems[0]}{more}{hint}")

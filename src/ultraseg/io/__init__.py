@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import DataError, UltrasegError
+from ..errors import DataError, UltrasegError, command_line
 from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
                    classify_mask_values, convert_advice, frame_count, frame_loop, image_stem,
@@ -121,6 +121,24 @@ def nested_datasets(root: str | Path) -> list[tuple[Path, str]]:
         if fits:
             found.append((sub, fits[0]))
     return found
+
+
+def inspect_command(root: str | Path, layout: str = "auto", subject_pattern: str | None = None,
+                    label: int | None = None, fill_outlines: bool = False) -> str:
+    """The ``ultraseg inspect ROOT ...`` command line (to paste) that reads ``root`` as a
+    command given these settings read it: a --layout given (not auto), --subject-pattern,
+    --label and --fill-outlines, which change what inspect finds (without them, an outline
+    with a gap or a folder forced to another layout showed no problem)."""
+    words: list = ["ultraseg", "inspect", Path(root)]
+    if layout != "auto":
+        words.append(("--layout", layout))
+    if subject_pattern is not None:
+        words.append(("--subject-pattern", subject_pattern))
+    if label is not None:
+        words.append(("--label", str(label)))
+    if fill_outlines:
+        words.append("--fill-outlines")
+    return command_line(*words)
 
 
 def dataset_hint(root: str | Path) -> str:
