@@ -317,6 +317,32 @@ def test_a_folder_with_problems_names_an_inspect_command_with_the_layout_given(t
     capsys.readouterr()
 
 
+def test_pointing_at_the_images_of_a_set_with_problems_is_not_sent_back(tmp_path):
+    """predict on a folders set whose images/ mixes loose frames and a subject folder said
+    'to predict its images anyway, point at S2/images'; that worked, but warned 'S2 holds a
+    'folders' dataset: point at it', the command that had just failed. The warning now says
+    the set above has problems, and how to list them."""
+    from conftest import pasted, ultraseg_warnings
+
+    from ultraseg.phantom import make_dataset
+
+    root = make_dataset(tmp_path / "S2", n=4, size=32, seed=0)
+    (root / "images" / "patX").mkdir()
+    (root / "masks" / "patX").mkdir()
+    save(root / "images" / "patX" / "a.png", ramp(32, 32))
+    save(root / "masks" / "patX" / "a_mask.png", np.zeros((32, 32), np.uint8))
+    with pytest.raises(DataError, match="point at") as err:
+        collect_frames([root])
+    images = root / "images"
+    assert str(err.value).endswith(f"point at {images}"), str(err.value)
+    with ultraseg_warnings() as warned:
+        frames = collect_frames([images])
+    assert len(frames) == 5
+    said = " ".join(r.getMessage() for r in warned)
+    assert "point at it" not in said, said
+    assert pasted(said) == ["ultraseg", "inspect", str(root)], said
+
+
 def test_collect_frames_errors_before_anything_runs(tmp_path):
     save(tmp_path / "ok.png", ramp(4, 4))
     with pytest.raises(DataError, match="no such file or folder"):

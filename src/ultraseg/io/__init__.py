@@ -146,7 +146,8 @@ def dataset_hint(root: str | Path) -> str:
     at instead: ``(masks included); ROOT/SUB holds a 'LAYOUT' dataset: point at it`` where
     :func:`nested_datasets` finds one (or several) below it, ``; PARENT holds a 'LAYOUT'
     dataset: point at it`` where ``root`` is the images or masks folder of one (``DATA/images``
-    given for ``DATA``); else ''."""
+    given for ``DATA``; where PARENT has problems, which stop it being read: ``; PARENT holds a
+    'LAYOUT' dataset, which has problems (`ultraseg inspect PARENT` lists them)``); else ''."""
     root = Path(root)
     nested = nested_datasets(root)
     if nested:
@@ -162,11 +163,17 @@ def dataset_hint(root: str | Path) -> str:
         if name != ImagesReader.name and cls.detect(parent):
             try:
                 with quiet(log.name):  # (what the probe finds is about a folder not given)
-                    labelled = any(s.labelled for s in cls().scan(parent)[0])
+                    samples, problems = cls().scan(parent)
+                labelled = any(s.labelled for s in samples)
             except (OSError, UltrasegError):
-                labelled = False
+                labelled, problems = False, []
             # (a lone images/ folder is a 'folders' dataset of unlabelled frames: no better)
-            return f"; {parent} holds a {name!r} dataset: point at it" if labelled else ""
+            if not labelled:
+                return ""
+            if problems:    # pointing at it fails (predict's advice points here for that)
+                return (f"; {parent} holds a {name!r} dataset, which has problems "
+                        f"(`{inspect_command(parent)}` lists them)")
+            return f"; {parent} holds a {name!r} dataset: point at it"
     return ""
 
 
