@@ -649,6 +649,24 @@ def test_images_named_like_masks_in_an_unlabelled_folder_are_warned_about(tmp_pa
     assert len(paired.labelled) == 2                     # as the warning says
 
 
+def test_images_named_like_masks_in_a_subfolder_name_the_folder_that_pairs_them(tmp_path
+                                                                                ) -> None:
+    """F/sub/{NAME, NAME_mask}.png read from F said '--layout kaggle pairs a folder of NAME
+    and NAME_mask files'; `--layout kaggle` on F then found no kaggle files (a review): the
+    pairs are in F/sub, which the warning now names."""
+    sub = tmp_path / "F" / "sub"
+    for stem in ("1_1", "1_2"):
+        _save(sub / f"{stem}.png", _frame())
+        _save(sub / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
+    _save(tmp_path / "F" / "loose.png", _frame(seed=3))
+    with ultraseg_warnings() as warned:
+        scan_dataset(tmp_path / "F")
+    (said,) = [r.getMessage() for r in warned if "named like masks" in r.getMessage()]
+    assert f"{sub} holds them" in said, said
+    paired, _ = scan_dataset(sub, "kaggle")
+    assert len(paired.labelled) == 2                     # as the warning says
+
+
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp"])
 def test_a_flat_folder_of_name_and_name_mask_pairs_is_read_labelled(tmp_path, ext) -> None:
     """A flat folder of NAME.png + NAME_mask.png (the Kaggle naming in another format) was

@@ -1070,10 +1070,17 @@ class ImagesReader(Reader):
             warn_outputs_left_out(root, len(found) - len(files))
         masks = [p for p in files if _MASK_STEM.match(image_stem(p))]
         if masks:   # a flat folder of NAME + NAME_mask, read as unlabelled: its masks as frames
+            # (--layout kaggle reads one folder: where the pairs lie below root, name theirs)
+            folders = sorted({p.parent for p in masks}, key=lambda q: natural_key(str(q)))
+            pairs = ("--layout kaggle pairs a folder of NAME and NAME_mask files"
+                     if root in folders else
+                     f"{folders[0]} holds them beside their images: point at it (the kaggle "
+                     "layout pairs a folder of NAME and NAME_mask files" +
+                     (f"; {len(folders) - 1} more folders hold some)" if len(folders) > 1
+                      else ")"))
             log.warning("%s: %d of the %d images are named like masks (first: %s) and are read "
-                        "as frames of their own; --layout kaggle pairs a folder of NAME and "
-                        "NAME_mask files, and the README's layout table shows the others",
-                        root, len(masks), len(files), masks[0].name)
+                        "as frames of their own; %s, and the README's layout table shows the "
+                        "others", root, len(masks), len(files), masks[0].name, pairs)
         else:
             _warn_other_mask_suffix(root, files)
         _warn_mask_folder_read_as_frames(root, files)
