@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 from conftest import outline_dataset, shared_dataset, ultraseg_warnings
 from ultraseg.errors import DataError, UltrasegError
-from ultraseg.io import (READERS, detect_layout, get_reader, open_dataset, read_mask,
-                         scan_dataset)
+from ultraseg.io import (READERS, detect_layout, file_sample, get_reader, open_dataset,
+                         read_mask, scan_dataset)
 
 
 # ------------------------------------------------------------------ synthetic trees
@@ -443,7 +443,31 @@ def test_folders_warns_about_images_beside_its_images_folder(tmp_path: Path) -> 
         pairs, problems = _pairs(root)
     assert len(pairs) == 3 and problems == []
     assert len(warned) == 1 and "1 image files beside images/" in warned[0].getMessage()
-    assert "--layout images" in warned[0].getMessage()
+    message = warned[0].getMessage()
+    # labelled: --layout images would read the masks as images to predict and find no pairs
+    # to train on (a review followed it); the advice is to move the scan, or name it alone
+    assert "--layout images" not in message and "move" in message, message
+    (root / "scan.png").rename(tmp_path / "scan.png")          # followed: moved out
+    with ultraseg_warnings() as warned:
+        pairs, problems = _pairs(root)
+    assert len(pairs) == 3 and problems == [] and warned == []
+    # named alone (predict MODEL scan.png), predict reads it as a file
+    assert file_sample(tmp_path / "scan.png").image_path.name == "scan.png"
+
+
+def test_an_unlabelled_images_folder_beside_scans_is_told_of_layout_images(tmp_path: Path
+                                                                          ) -> None:
+    """A folder of scans holding an unlabelled images/ subfolder: --layout images reads them
+    all, and following the warning does so."""
+    for i, name in enumerate(["1_1", "1_2"]):
+        _save(tmp_path / "f" / "images" / f"{name}.png", _frame(seed=i))
+    _save(tmp_path / "f" / "scan.png", _frame(seed=9))
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(tmp_path / "f", needs_labels=False)
+    assert ds.layout == "folders" and len(ds.samples) == 2
+    assert any("--layout images" in w.getMessage() for w in warned), warned
+    ds, problems = scan_dataset(tmp_path / "f", layout="images", needs_labels=False)
+    assert len(ds.samples) == 3 and problems == []
 
 
 def test_folders_with_two_mask_folders_is_a_problem(tmp_path: Path) -> None:

@@ -618,6 +618,24 @@ def _naming(image_dir: Path, mask_dir: Path | None, subject: str = "") -> str:
     return f"{images}NAME.EXT with {masks}NAME.EXT or {masks}NAME_mask.EXT"
 
 
+def _warn_images_beside(root: Path, image_dir: Path, samples: list[Sample]) -> None:
+    """Warn of the images directly in ``root``, beside the images folder: the folders layout
+    leaves them. Where the set is unlabelled (a folder of scans that also holds an images/
+    subfolder) --layout images reads them all; where it has masks, --layout images would read
+    the masks as images too (predict predicting them, train finding no pair), so the advice
+    is to move them, or to name them to predict them alone."""
+    loose = list_images(root)
+    if not loose:
+        return
+    if any(s.mask_paths for s in samples):
+        advice = (f"move them out of {root.name or root}/, or into {image_dir.name}/ with "
+                  f"their masks to train on them; predict reads a file named alone")
+    else:
+        advice = "--layout images reads every image below the folder"
+    log.warning("%s: %d image files beside %s/ are not read by the folders layout "
+                "(first: %s); %s", root, len(loose), image_dir.name, loose[0].name, advice)
+
+
 class FoldersReader(Reader):
     """``images/NAME.EXT`` + ``masks/NAME_mask.EXT`` or ``masks/NAME.EXT`` (png, jpg, tif, bmp,
     images also dcm; ``NAME_mask_1``, ``NAME_mask_2``: their union, as in the kaggle and busi layouts);
@@ -662,11 +680,6 @@ class FoldersReader(Reader):
             return [], [DataError("empty folder: no images found", root / "images")]
         image_dir = folders["image"][0]
         mask_dir = folders["mask"][0] if folders["mask"] else None
-        loose = list_images(root)
-        if loose:      # e.g. a folder of scans that also holds an images/ subfolder
-            log.warning("%s: %d image files beside %s/ are not read by the folders layout "
-                        "(first: %s); --layout images reads every image below the folder",
-                        root, len(loose), image_dir.name, loose[0].name)
         image_tree, mask_tree = _tree(image_dir), _tree(mask_dir)
         problems += _too_deep(image_tree, image_dir) + _too_deep(mask_tree, mask_dir or root)
         nested = sum(len(files) for files in image_tree.nested.values())
@@ -676,6 +689,7 @@ class FoldersReader(Reader):
             samples, found_problems = self._scan_per_subject(image_tree, mask_tree, image_dir,
                                                              mask_dir)
             _warn_unread_mask_folder(root, image_dir, mask_dir, samples)
+            _warn_images_beside(root, image_dir, samples)
             return samples, problems + _loose(image_tree, image_dir) + found_problems
         images, masks = _group_several(image_tree.direct)     # masks beside the images
         problems += _mixed(image_tree, image_dir, mask_dir) + _unread_mask_subfolders(
@@ -691,6 +705,7 @@ class FoldersReader(Reader):
         if self.subject_pattern is None:
             _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
         _warn_unread_mask_folder(root, image_dir, mask_dir, samples)
+        _warn_images_beside(root, image_dir, samples)
         return samples, problems + found_problems
 
     def _scan_per_subject(self, image_tree: _Tree, mask_tree: _Tree, image_dir: Path,
