@@ -3,6 +3,7 @@ the real samples in ../shared/datasets (skipped with the reason where that folde
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -1671,3 +1672,33 @@ def test_every_images_and_masks_folder_name_has_a_role() -> None:
     assert [folder_role(n)[0] for n in IMAGE_FOLDERS] == ["image"] * len(IMAGE_FOLDERS)
     assert [folder_role(n)[0] for n in MASK_FOLDERS] == ["mask"] * len(MASK_FOLDERS)
     assert all(folder_role(n.upper()) for n in (*IMAGE_FOLDERS, *MASK_FOLDERS))
+
+
+@pytest.mark.parametrize("subfolder", ["patX", "7"])
+def test_the_rename_a_mixed_images_folder_is_advised_keeps_the_patient_together(
+        tmp_path, subfolder) -> None:
+    """images/1_1.png... beside images/patX/{a,b,c}.png was advised 'renamed SUBJECT_FRAME, as
+    patX_a.png'; followed (a review), each renamed frame was its own subject, the default
+    subject being a leading number only. The example now names a number for the patient,
+    one the loose frames' subjects do not use, and renamed so the frames share it."""
+    root = tmp_path / "d"
+    for i, name in enumerate(["1_1", "1_2", "2_1", "2_2", "8_1"]):
+        _save(root / "images" / f"{name}.png", _frame(seed=i))
+        _save(root / "masks" / f"{name}_mask.png", _disk())
+    for k, name in enumerate("abc"):
+        _save(root / "images" / subfolder / f"{name}.png", _frame(seed=20 + k))
+        _save(root / "masks" / subfolder / f"{name}_mask.png", _disk(cx=12 + k))
+    _, problems = scan_dataset(root)
+    advice = re.search(r"renamed SUBJECT_FRAME.*, as (\w+)_a\.png", str(problems[0]))
+    assert advice, str(problems[0])
+    subject = advice.group(1)
+    for folder, suffix in (("images", ""), ("masks", "_mask")):          # followed
+        for name in "abc":
+            (root / folder / subfolder / f"{name}{suffix}.png").rename(
+                root / folder / f"{subject}_{name}{suffix}.png")
+        (root / folder / subfolder).rmdir()
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(root)
+    assert problems == [] and warned == [], (problems, warned)
+    renamed = {s.subject for s in ds.samples if s.name.endswith(("_a", "_b", "_c"))}
+    assert len(renamed) == 1 and renamed.isdisjoint({"1", "2", "8"}), renamed

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Collection, NamedTuple
 
 from ..errors import DataError
-from .base import (OUTPUT_MARKER, Reader, Sample, frame_count, image_stem, in_output_folder,
-                   is_image_file, iter_files, list_images, natural_key, read_mask, walk_files,
-                   warn_outputs_left_out)
+from .base import (_LEADING_SUBJECT, OUTPUT_MARKER, Reader, Sample, frame_count, image_stem,
+                   in_output_folder, is_image_file, iter_files, list_images, natural_key,
+                   read_mask, walk_files, warn_outputs_left_out)
 
 log = logging.getLogger(__name__)
 
@@ -425,11 +425,21 @@ def _mixed(tree: _Tree, image_dir: Path, mask_dir: Path | None) -> list[DataErro
     rule = (f"{images} holds images directly, and the folders layout reads either "
             f"{images}NAME or {images}SUBJECT/NAME (one subfolder per subject, the masks "
             f"alike), not both")
+    # the default subject is a leading number: a subfolder not named by one is given one
+    # that the loose frames' subjects do not use, so that renamed, its frames stay one subject
+    taken = {int(m.group(1)) for p in tree.direct
+             if (m := _LEADING_SUBJECT.match(image_stem(p)))}
+    numbers: dict[Path, str] = {}
+    for sub in sorted(tree.nested):
+        if sub.name.isdigit():
+            numbers[sub] = sub.name
+        else:
+            numbers[sub] = str(max(taken | {int(n) for n in numbers.values()}, default=0) + 1)
     return [DataError(
         f"{_files(len(files))} in a subfolder, not read: {rule}; put every image in its "
         f"subject's folder (moving these up instead loses the patient grouping that keeps a "
         f"patient's frames on one side of the split, unless they are renamed SUBJECT_FRAME, "
-        f"as {sub.name}_{files[0].name})", sub)
+        f"SUBJECT a number of the patient's own, as {numbers[sub]}_{files[0].name})", sub)
         for sub, files in sorted(tree.nested.items())]
 
 
