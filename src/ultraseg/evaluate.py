@@ -21,6 +21,7 @@ from .fileio import (atomic_write_texts, cannot_write_in, csv_cell, failure_reas
 from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, scan_dataset,
                  select_label, white_for, with_white)
 from .io.base import LabelTally, counting_colour, header_shape, said_once
+from .io.dicom import PIXEL_SIZE_NOT_TAKEN
 from .logs import quiet
 from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
 from .metrics import EMPTY_RULE, image_metrics, summarise
@@ -516,7 +517,8 @@ def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Itera
         pred = apply_postprocess(prob, predictor.postprocess)
         # the dataset's reference HC is hc_ref_mm, as in measure's CSV (there hc_mm is the
         # prediction's; here hc_pred_mm)
-        meta = {("hc_ref_mm" if k == "hc_mm" else k): v for k, v in s.meta.items()}
+        meta = {("hc_ref_mm" if k == "hc_mm" else k): v for k, v in s.meta.items()
+                if k != PIXEL_SIZE_NOT_TAKEN}
         row: dict[str, Any] = {"name": s.name, "subject": s.subject, **meta}
         if spacing and not isinstance(spacing, tuple) and not row.get("pixel_size_mm"):
             row["pixel_size_mm"] = spacing                  # --pixel-size's

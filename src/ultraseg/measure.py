@@ -55,6 +55,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import UltrasegError
+from .io.dicom import PIXEL_SIZE_NOT_TAKEN
 from .ellipse import MAX_FIT_SPREAD, fit_ellipse  # noqa: F401  (measure's API)
 
 logger = logging.getLogger(__name__)
@@ -95,21 +96,31 @@ def has_pixel_size(row: dict[str, Any]) -> bool:
 class PixelSizes:
     """Each frame's pixel size (:func:`frame_pixel_size`) given ``pixel_size_mm``
     (``--pixel-size``), remembering the frames whose DICOM headers' pixels that are not square
-    were used instead of it, for :meth:`warn` to say so once."""
+    were used instead of it, and those left without a pixel size whose headers held one that
+    was not taken (regions that disagree: ``meta['pixel_size_not_taken']``), for :meth:`warn`
+    to say each once."""
 
     def __init__(self, pixel_size_mm: float | None) -> None:
         self.pixel_size_mm = pixel_size_mm
         self.not_used: list[tuple[str, tuple[float, float]]] = []   # (frame, (dy, dx))
+        self.not_taken: list[tuple[str, str]] = []                   # (frame, why)
 
     def of(self, name: str, meta: dict[str, Any]) -> float | tuple[float, float] | None:
         """The pixel size the frame ``name`` (its sample's ``meta``) is measured with."""
         spacing = frame_pixel_size(meta, self.pixel_size_mm)
         if self.pixel_size_mm is not None and isinstance(spacing, tuple):
             self.not_used.append((name, spacing))
+        if spacing is None and meta.get(PIXEL_SIZE_NOT_TAKEN):
+            self.not_taken.append((name, meta[PIXEL_SIZE_NOT_TAKEN]))
         return spacing
 
     def warn(self, log: logging.Logger = logger) -> None:
-        """Say on ``log`` that ``--pixel-size`` was not used for those frames (none: nothing)."""
+        """Say on ``log`` that ``--pixel-size`` was not used for those frames, and why the
+        headers' pixel sizes were not taken for those without one (none: nothing)."""
+        if self.not_taken:
+            (name, why), more = self.not_taken[0], len(self.not_taken) - 1
+            log.warning("%s: %s: no pixel size taken, figures in px (--pixel-size gives one)%s",
+                        name, why, f"; so for {more} more frames" if more else "")
         if not self.not_used:
             return
         (name, (dy, dx)), more = self.not_used[0], len(self.not_used) - 1

@@ -807,3 +807,35 @@ def test_evaluate_scores_hd95_in_mm_on_pixels_that_are_not_square(tmp_path) -> N
     assert (row["pixel_height_mm"], row["pixel_width_mm"]) == (0.2, 0.4)
     assert row["area_mm2"] == pytest.approx(measure(pred, (0.2, 0.4))["area_mm2"])
     assert any("--pixel-size 0.3 (square) was not used" in r.getMessage() for r in warned)
+
+
+def test_a_header_pixel_size_not_taken_is_said_once_where_it_is_used(tmp_path) -> None:
+    """Frames whose ultrasound regions disagree warned '... no pixel size taken (--pixel-size
+    gives one)' on every scan, once per file: inspect, train and predict, which have no
+    --pixel-size and use no pixel size, said it 12 times (a review). The scan says nothing;
+    measure and evaluate (PixelSizes) say it once for all such frames, and not where
+    --pixel-size gives one."""
+    from ultraseg.measure import PixelSizes
+
+    regions = [_region(0.01, 0.01), _region(0.02, 0.02)]
+    (tmp_path / "d" / "masks").mkdir(parents=True)
+    for i in range(3):
+        make_dicom(tmp_path / "d" / "images" / f"1_{i}.dcm", _scan(), regions=regions)
+        Image.fromarray(np.zeros((40, 56), np.uint8)).save(
+            tmp_path / "d" / "masks" / f"1_{i}_mask.png")
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(tmp_path / "d")
+    assert problems == [] and len(ds.samples) == 3
+    assert not [r for r in warned if "pixel size" in r.getMessage()], warned
+    sizes = PixelSizes(None)
+    assert [sizes.of(s.name, s.meta) for s in ds.samples] == [None] * 3
+    with ultraseg_warnings() as warned:
+        sizes.warn()
+    said = [r.getMessage() for r in warned]
+    assert len(said) == 1 and "different pixel sizes" in said[0], said
+    assert "--pixel-size" in said[0] and "2 more" in said[0], said
+    given = PixelSizes(0.1)
+    assert [given.of(s.name, s.meta) for s in ds.samples] == [0.1] * 3
+    with ultraseg_warnings() as warned:
+        given.warn()
+    assert warned == []

@@ -18,7 +18,7 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
                    classify_mask_values, convert_advice, frame_count, frame_loop, image_stem,
                    read_image, read_mask, said_once, select_label, unread_files_said,
                    unread_image_files)
-from .dicom import (DICOM_EXTENSIONS, dicom_frame_count, dicom_pixel_size_mm,
+from .dicom import (DICOM_EXTENSIONS, PIXEL_SIZE_NOT_TAKEN, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader,
                       annotation_files, folder_role, frame_tag, run_length_tables, table_key)
@@ -257,13 +257,20 @@ def with_header_pixel_size(sample: Sample) -> Sample:
     """``sample``, a DICOM frame's given its header's pixel size where its layout gave none (a
     table's wins): ``meta['pixel_size_mm']`` for square pixels, else ``pixel_height_mm`` and
     ``pixel_width_mm`` (see :func:`ultraseg.measure.frame_pixel_size`); a header that cannot be
-    read gives none here (reading the frame says why)."""
+    read gives none here (reading the frame says why). A pixel size the header holds but that
+    is not taken (regions that disagree) is said where frames are measured in mm
+    (:class:`ultraseg.measure.PixelSizes`, from ``meta['pixel_size_not_taken']``), not here:
+    every command scans, and most use no pixel size."""
     if not is_dicom(sample.image_path) or "pixel_size_mm" in sample.meta:
         return sample
+    why: list[str] = []
     try:
-        spacing = dicom_pixel_spacing_mm(sample.image_path)
+        spacing = dicom_pixel_spacing_mm(sample.image_path, why)
     except DataError:
         return sample
+    if why:
+        log.info("%s: %s: no pixel size taken", sample.image_path, why[0])
+        sample.meta[PIXEL_SIZE_NOT_TAKEN] = why[0]
     if spacing is None:
         return sample
     dy, dx = spacing

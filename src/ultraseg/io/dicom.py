@@ -403,31 +403,45 @@ def _group_spacing(group: Any) -> tuple[float, float] | None:
     return None if spacing is None else _as_xy(spacing)
 
 
-def dicom_pixel_spacing_mm(path: str | Path) -> tuple[float, float] | None:
+#: The sample ``meta`` key of why its DICOM header's pixel size was not taken
+#: (:func:`ultraseg.io.with_header_pixel_size`), said by :class:`ultraseg.measure.PixelSizes`;
+#: not a figure: evaluate's table leaves it out.
+PIXEL_SIZE_NOT_TAKEN = "pixel_size_not_taken"
+
+
+def dicom_pixel_spacing_mm(path: str | Path, why: list[str] | None = None
+                           ) -> tuple[float, float] | None:
     """The (height, width) of a pixel in mm a DICOM file's header gives (see the module
     docstring; equal, the width twice, where they agree within 0.1 %: square), or None where
-    it gives none, or regions that disagree."""
+    it gives none, or regions that disagree. Where the header holds a pixel size that is not
+    taken (unreadable, or regions that disagree), why is warned; given ``why``, it is
+    appended there instead (a scan keeps it for the commands that measure in mm to say)."""
     path = Path(path)
     ds = _read(path, pixels=False)
+    reason = ""
     try:
         with _quiet_pydicom():
             sizes, where = _header_sizes(ds)
     except Exception as e:  # noqa: BLE001  (an empty or odd element: pydicom's conversion)
         if is_out_of_memory(e):
             raise
-        log.warning("%s: its header's pixel size cannot be read (%s): none taken "
-                    "(--pixel-size gives one)", path, " ".join(str(e).split())[:120])
+        sizes, reason = [], (f"its header's pixel size cannot be read "
+                             f"({' '.join(str(e).split())[:120]})")
+    if sizes and not all(v > 0 and math.isfinite(v) for v in sizes[0]):
+        return None
+    if sizes and any(abs(a - sizes[0][0]) > _SQUARE * sizes[0][0]
+                     or abs(b - sizes[0][1]) > _SQUARE * sizes[0][1] for a, b in sizes[1:]):
+        reason = (f"its {where} give different pixel sizes ("
+                  + ", ".join(f"{a:.4g} x {b:.4g}" for a, b in dict.fromkeys(sizes)) + " mm)")
+    if reason:
+        if why is None:
+            log.warning("%s: %s: no pixel size taken (--pixel-size gives one)", path, reason)
+        else:
+            why.append(reason)
         return None
     if not sizes:
         return None
     x, y = sizes[0]
-    if not all(v > 0 and math.isfinite(v) for v in sizes[0]):
-        return None
-    if any(abs(a - x) > _SQUARE * x or abs(b - y) > _SQUARE * y for a, b in sizes[1:]):
-        log.warning("%s: its %s give different pixel sizes (%s mm): no pixel size taken "
-                    "(--pixel-size gives one)", path, where,
-                    ", ".join(f"{a:.4g} x {b:.4g}" for a, b in dict.fromkeys(sizes)))
-        return None
     return (x, x) if abs(x - y) <= _SQUARE * max(x, y) else (y, x)
 
 
