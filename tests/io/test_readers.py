@@ -647,6 +647,11 @@ def test_frames_that_differ_only_in_a_side_tag_are_warned_about(tmp_path) -> Non
     pattern = re.search(r"e\.g\. '([^']+)'\)", said[0]).group(1)
     ds, _ = scan_dataset(tmp_path / "d", subject_pattern=pattern)
     assert {s.subject for s in ds.labelled} == {"bus_0001", "bus_0002", "bus_0003"}
+    # predict and measure (needs_labels=False) draw no split: following it there changed
+    # nothing (a review), so they are not told
+    with ultraseg_warnings() as warned:
+        scan_dataset(tmp_path / "d", needs_labels=False)
+    assert not [r for r in warned if "own subject" in r.getMessage()], warned
 
 
 def test_the_images_layout_leaves_hidden_folders_out(tmp_path) -> None:

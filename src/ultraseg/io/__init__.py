@@ -184,7 +184,8 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
     ``fill_outlines``: every mask is a drawn closed contour, filled when read
     (:func:`as_outline`; the hc18 layout's always are). ``needs_labels``: the caller wants
     masks (inspect, train, evaluate), so unlabelled images beside run-length masks in a CSV
-    are warned of; predict and measure, for which unlabelled is normal, pass False."""
+    are warned of, and frames that may be one patient's but are their own subjects (the split
+    they draw); predict and measure, for which unlabelled is normal, pass False."""
     root = Path(path)
     if not root.exists():
         raise DataError("no such file or folder", root)
@@ -193,6 +194,7 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
     check_layout(layout, subject_pattern)   # before touching the disk
     name = detect_layout(root) if layout == "auto" else layout
     reader = get_reader(name, subject_pattern)
+    reader.groups_subjects = needs_labels
     try:
         samples, problems = reader.scan(root)
     except PermissionError as e:

@@ -1167,6 +1167,10 @@ class Reader(ABC):
         self.subject_pattern = re.compile(subject_pattern) if subject_pattern else None
         self.pattern_hits = 0
         self.pattern_misses: list[str] = []   # stems the pattern did not match
+        # whether the caller may draw a subject-grouped split of the samples (inspect, train,
+        # evaluate): warnings about the grouping are said only then (predict and measure draw
+        # none; :func:`ultraseg.io.scan_dataset` sets it from ``needs_labels``)
+        self.groups_subjects = True
 
     @classmethod
     @abstractmethod
