@@ -92,8 +92,9 @@ def test_devices():
     with pytest.raises(UltrasegError, match="device must be a name"):
         resolve_device(None)
     if not torch.cuda.is_available():   # the way out said; where it was asked for, by whom
-        with pytest.raises(UltrasegError, match=r"\(by --device\), .*--device cpu"):
-            resolve_device("cuda")
+        with pytest.raises(UltrasegError, match=r"\(by --device; in Python, device=\), .*"
+                                                r"--device cpu .*\(in Python, device='cpu'\)"):
+            resolve_device("cuda")          # (ultraseg.load(path, device='cuda') named --device)
         with pytest.raises(UltrasegError, match=r"\(by --device, or the run's config\.json\)"):
             resolve_device("cuda", asked_by="--device, or the run's config.json")
 

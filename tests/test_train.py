@@ -586,7 +586,7 @@ def test_same_model_batches_are_whole_canvases_zscored() -> None:
 
 def test_same_model_refuses_a_size_it_cannot_take() -> None:
     arrays = _position_arrays(size=20)
-    with pytest.raises(UltrasegError, match="--size 24"):
+    with pytest.raises(UltrasegError, match=r"--size\) 24"):
         Batches(arrays, np.array([0]), _cfg("same", depth=3, size=20))
 
 
@@ -1238,7 +1238,7 @@ def test_a_working_size_that_leaves_one_pixel_at_the_bottleneck_is_refused(tmp_p
     data = make_dataset(tmp_path / "data", n=9, size=32, seed=0)
     args = ["train", str(data), "--preset", "demo", "--depth", "4", "--norm", norm,
             "--epochs", "1", "--batch-size", "4", "--val-fraction", "0", "--width", "4"]
-    with pytest.raises(UltrasegError, match="--size at least 32, or a smaller --depth"):
+    with pytest.raises(UltrasegError, match=r"--size\) at least 32, or a smaller model\.depth"):
         train_mod.train(merge(preset("demo"), {"data": {"path": str(data)},
                                                "preprocess": {"size": 16},
                                                "model": {"depth": 4, "norm": norm}}),
@@ -1873,3 +1873,23 @@ def test_a_full_disk_after_an_epoch_was_saved_says_resume_goes_on(tmp_path, caps
     assert cli.main(args) == 2                          # (_train_tiny's, on its frames)
     line = _error_line(capsys.readouterr().err)
     assert "no space left on the device" in line and "--resume" not in line, line
+
+
+def test_the_refusals_a_notebook_meets_name_the_config_setting_beside_the_flag() -> None:
+    """Seen through train.train(cfg, out), these named only CLI flags ('use --size 52',
+    '--size at least 32, or a smaller --depth', '--batch-dice ... --loss bce has none'); they
+    name the setting as check_config does (train.epochs (--epochs)) (a review)."""
+    images = np.zeros((1, 50, 50), np.uint8)
+    arrays = Arrays(images, images.copy(), ("a",), ("s",))
+    with pytest.raises(UltrasegError, match=r"preprocess\.size \(--size\) 64"):
+        Batches(arrays, np.array([0]), _cfg(variant="same", depth=4, size=50))
+    with pytest.raises(UltrasegError, match=r"preprocess\.size \(--size\) at least 32, or a "
+                                            r"smaller model\.depth \(--depth\)"):
+        train_mod.check_bottleneck(ModelConfig(variant="same", depth=4), 16)
+    cfg = replace(_cfg(), train=TrainConfig(loss="bce", batch_dice=True),
+                  data=DataConfig(path="data"))
+    with pytest.raises(UltrasegError, match=r"train\.batch_dice \(--batch-dice\) shapes .* "
+                                            r"train\.loss \(--loss\) bce has none: use "
+                                            r"train\.loss \(--loss\) bce\+dice"):
+        train_mod.check_config(cfg)
+

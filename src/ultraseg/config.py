@@ -331,12 +331,14 @@ class TrainConfig(_Section):
 
     @property
     def dice_shaped(self) -> list[str]:
-        """The flags set that shape the loss's Dice term (``--batch-dice``,
-        ``--dice-skip-empty``), where ``loss`` has none for them to shape."""
+        """The settings on that shape the loss's Dice term (``train.batch_dice
+        (--batch-dice)``, ``train.dice_skip_empty (--dice-skip-empty)``), where ``loss`` has
+        none for them to shape."""
         if "dice" in self.loss:
             return []
-        return [flag for flag, on in (("--batch-dice", self.batch_dice),
-                                      ("--dice-skip-empty", self.dice_skip_empty)) if on]
+        return [flag for flag, on in (("train.batch_dice (--batch-dice)", self.batch_dice),
+                                      ("train.dice_skip_empty (--dice-skip-empty)",
+                                       self.dice_skip_empty)) if on]
 
 
 @dataclass(frozen=True)

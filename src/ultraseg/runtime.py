@@ -17,11 +17,13 @@ from .shared import while_held
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str | torch.device = "auto", asked_by: str = "--device"
-                   ) -> torch.device:
+def resolve_device(name: str | torch.device = "auto",
+                   asked_by: str = "--device; in Python, device=",
+                   in_python: str = "device='cpu'") -> torch.device:
     """'auto' -> cuda when available, else cpu. 'cuda' without a GPU is a usage error (its
-    message says it was asked for by ``asked_by``); a torch.device is taken by its name, and
-    anything but a name is one too."""
+    message says it was asked for by ``asked_by``, and that ``--device cpu``, in Python
+    ``in_python``, runs on the CPU); a torch.device is taken by its name, and anything but a
+    name is one too."""
     if isinstance(name, torch.device):
         name = str(name)
     if not isinstance(name, str):
@@ -30,7 +32,7 @@ def resolve_device(name: str | torch.device = "auto", asked_by: str = "--device"
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UltrasegError(f"device {name} asked for (by {asked_by}), but no CUDA GPU is "
-                            f"available: --device cpu runs on the CPU")
+                            f"available: --device cpu runs on the CPU (in Python, {in_python})")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise UltrasegError(f"unknown device {name!r}; valid: auto, cpu, cuda")
     try:

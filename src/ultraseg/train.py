@@ -123,7 +123,7 @@ class Batches:
             step = 2**m.depth
             if size % step:
                 raise UltrasegError(f"the 'same' model needs a working size divisible by {step}; "
-                                    f"use --size {size + (-size % step)}")
+                                    f"use preprocess.size (--size) {size + (-size % step)}")
             self.images = arrays.images[index]
         self.masks = arrays.masks[index]
         self.size = size
@@ -342,8 +342,8 @@ def check_config(cfg: RunConfig) -> None:
     shaping = t.dice_shaped
     if shaping:     # (they were ignored in silence)
         raise UltrasegError(f"{' and '.join(shaping)} shape{'s' * (len(shaping) == 1)} the "
-                            f"loss's Dice term, and --loss {t.loss} has none: use --loss "
-                            "bce+dice (or dice)")
+                            f"loss's Dice term, and train.loss (--loss) {t.loss} has none: use "
+                            "train.loss (--loss) bce+dice (or dice)")
     d = t.ema_decay
     if not _number(d) or not 0 <= d < 1:
         raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
@@ -412,8 +412,8 @@ def check_bottleneck(model: ModelConfig, size: int | None) -> None:
     if model.variant == "same" and size is not None and size < least:
         raise UltrasegError(f"working size {size} is too small for a depth-{model.depth} "
                             f"U-Net: its bottleneck needs 2 x 2 pixels or more for its "
-                            f"normalisation to train; --size at least {least}, or a smaller "
-                            f"--depth")
+                            f"normalisation to train; preprocess.size (--size) at least "
+                            f"{least}, or a smaller model.depth (--depth)")
 
 
 def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
@@ -616,7 +616,8 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
                             f"{out / 'config.json'} to where it is now, and resume")
     if not resume:      # recorded absolute: the run's config.json works from any folder
         cfg = replace(cfg, data=replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
-    device = resolve_device(cfg.train.device, asked_by="--device, or a resumed run's config.json")
+    device = resolve_device(cfg.train.device, asked_by="--device, or a resumed run's "
+                            "config.json; in Python, train.device", in_python="train.device 'cpu'")
     # the caller's random state, CUDA's included (torch.manual_seed seeds every GPU), and its
     # grad mode (a notebook's torch.set_grad_enabled(False) or no_grad block) as they were
     rng_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
