@@ -1893,3 +1893,18 @@ def test_the_refusals_a_notebook_meets_name_the_config_setting_beside_the_flag()
                                             r"train\.loss \(--loss\) bce\+dice"):
         train_mod.check_config(cfg)
 
+
+@pytest.mark.parametrize("depth, size", [(4, 64), (1, 16), (2, 30)])
+def test_a_valid_tile_larger_than_the_working_size_is_refused_with_the_tile_that_fits(
+        depth, size) -> None:
+    """'working size 64 is smaller than the output tile 68' named no way out (a review); it
+    names the largest tile the model can output that fits, and that tile trains."""
+    images = np.zeros((1, size, size), np.uint8)
+    arrays = Arrays(images, images.copy(), ("a",), ("s",))
+    with pytest.raises(UltrasegError, match="smaller than the output tile") as e:
+        Batches(arrays, np.array([0]), _cfg(depth=depth, tile=size + 4, size=size))
+    tile = int(re.search(r"model\.tile \(--tile\) (\d+)", str(e.value)).group(1))
+    assert f"preprocess.size (--size) at least {size + 4}" in str(e.value)
+    batches = Batches(arrays, np.array([0]), _cfg(depth=depth, tile=tile, size=size))  # followed
+    x, y = next(iter(batches.epoch(np.random.default_rng(0))))
+    assert y.shape[-1] == tile and tile > size - 2 ** depth

@@ -44,7 +44,7 @@ from .io import Dataset, open_dataset, select_label, with_white
 from .io.base import check_label, said_once
 from .losses import compute_loss
 from .metrics import EMPTY_RULE, dice, improves
-from .model import build_model, context_margin, count_parameters
+from .model import build_model, context_margin, count_parameters, nearest_valid_output
 from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise, zscore_stats
@@ -98,6 +98,15 @@ class TrainResult:
         self.run_dir = Path(self.run_dir).resolve()
 
 
+def _tile_that_fits(size: int, depth: int) -> str:
+    """'model.tile (--tile) N, or ': the largest output tile of a depth-``depth`` valid model
+    no larger than ``size`` ('' where there is none)."""
+    tile = nearest_valid_output(size, depth)
+    if tile > size:
+        tile -= 2**depth
+    return f"model.tile (--tile) {tile}, or " if tile >= nearest_valid_output(1, depth) else ""
+
+
 # ---------------------------------------------------------------------------------- batches
 class Batches:
     """Training batches from cached uint8 canvases, drawn with an explicit generator.
@@ -115,7 +124,9 @@ class Batches:
         self.per = cfg.train.tiles_per_image if self.valid else 1  # samples per frame per epoch
         if self.valid:
             if size < m.tile:
-                raise UltrasegError(f"working size {size} is smaller than the output tile {m.tile}")
+                raise UltrasegError(f"working size {size} is smaller than the output tile "
+                                    f"{m.tile}: {_tile_that_fits(size, m.depth)}"
+                                    f"preprocess.size (--size) at least {m.tile}")
             self.margin = context_margin(m.depth)
             pad = ((0, 0), (self.margin, self.margin), (self.margin, self.margin))
             self.images = np.pad(arrays.images[index], pad, mode="reflect")
