@@ -59,7 +59,7 @@ class Sample:
     mask_kind: str = "mask"
     frame: int | None = None
     #: The label of a black-and-white (0/255) mask's white: 1, or 255 in a set of label masks
-    #: (:func:`ultraseg.io.label_set` decides it over the set).
+    #: (:func:`ultraseg.io.white_for` decides it over the set).
     white: int = 1
 
     @property
@@ -139,8 +139,7 @@ class DecodedMasks:
     def mask(self, white: int) -> np.ndarray:
         """The sample's mask (:meth:`Sample.load_mask`), a black-and-white mask's white label
         ``white``."""
-        masks = [m * np.uint8(white) if bw and white != 1 else m
-                 for m, bw in zip(self.masks, self.black_and_white)]
+        masks = [white_labelled(m, bw, white) for m, bw in zip(self.masks, self.black_and_white)]
         if len(masks) == 1:
             mask = masks[0]
         else:  # several structures of one image: union (labels of later masks win where set)
@@ -769,7 +768,7 @@ def counting_colour() -> Iterator[ColourFrames]:
 def read_mask(path: str | Path, white: int = 1) -> np.ndarray:
     """Decode a mask file to (H, W) uint8 labels: binary masks become {0, 1}, label masks keep labels.
     ``white``: the label of a 0/255 mask's white, 255 where the set's other masks are label
-    masks (:func:`ultraseg.io.label_set`), else 1.
+    masks (:func:`ultraseg.io.white_for`), else 1.
 
     Accepted: values {0,1}, {0,255}, or two values {0, N} at 16 bits; JPEG masks, whatever
     values their compression leaves (>= 98 % of pixels within 48 of 0 or 255), binarised at 127;
@@ -792,7 +791,12 @@ def read_mask(path: str | Path, white: int = 1) -> np.ndarray:
     coloured palette) is background.
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
-    mask, black_and_white = decode_mask(path)
+    return white_labelled(*decode_mask(path), white)
+
+
+def white_labelled(mask: np.ndarray, black_and_white: bool, white: int) -> np.ndarray:
+    """``mask`` (read with its white label 1) with a black-and-white mask's white label
+    ``white`` (1, or 255 in a set of label masks: :func:`ultraseg.io.white_for`)."""
     return mask * np.uint8(white) if black_and_white and white != 1 else mask
 
 
@@ -1061,8 +1065,7 @@ def classify_mask_values(arr: np.ndarray, path: str | Path | None = None, white:
                          ) -> np.ndarray:
     """Apply the mask rules of :func:`read_mask` to a 2D integer array; returns uint8 labels
     (``white``: the label of a 0/255 mask's white, as :func:`read_mask`)."""
-    mask, black_and_white = _classify(arr, path)
-    return mask * np.uint8(white) if black_and_white and white != 1 else mask
+    return white_labelled(*_classify(arr, path), white)
 
 
 def _classify(arr: np.ndarray, path: str | Path | None) -> tuple[np.ndarray, bool]:
