@@ -343,6 +343,25 @@ def test_pointing_at_the_images_of_a_set_with_problems_is_not_sent_back(tmp_path
     assert pasted(said) == ["ultraseg", "inspect", str(root)], said
 
 
+def test_pointing_at_the_images_of_a_set_whose_only_problem_is_an_image_without_a_mask(
+        tmp_path):
+    """An image without its mask is no problem for predict (its overlay shows no truth), but
+    the warning for a folder of images inside a labelled set counted it as one, sending a
+    predict user to inspect rather than to the set, which predict reads with its truth."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg.phantom import make_dataset
+
+    root = make_dataset(tmp_path / "S3", n=4, size=32, seed=0)
+    save(root / "images" / "9_9.png", ramp(32, 32))            # an image without its mask
+    with ultraseg_warnings() as warned:
+        frames = collect_frames([root / "images"])
+    assert len(frames) == 5
+    said = " ".join(r.getMessage() for r in warned)
+    assert f"{root} holds a 'folders' dataset: point at it" in said, said
+    assert len(collect_frames([root])) == 5                       # and it works
+
+
 def test_collect_frames_errors_before_anything_runs(tmp_path):
     save(tmp_path / "ok.png", ramp(4, 4))
     with pytest.raises(DataError, match="no such file or folder"):

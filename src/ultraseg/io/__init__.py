@@ -21,7 +21,7 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
 from .dicom import (DICOM_EXTENSIONS, PIXEL_SIZE_NOT_TAKEN, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader,
-                      annotation_files, folder_role, frame_tag, run_length_tables, table_key)
+                      Unpaired, annotation_files, folder_role, frame_tag, run_length_tables, table_key)
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +141,15 @@ def inspect_command(root: str | Path, layout: str = "auto", subject_pattern: str
     return command_line(*words)
 
 
-def dataset_hint(root: str | Path) -> str:
+def dataset_hint(root: str | Path, needs_labels: bool = True) -> str:
     """Where a folder read as unlabelled images is part of a labelled dataset, what to point
     at instead: ``(masks included); ROOT/SUB holds a 'LAYOUT' dataset: point at it`` where
     :func:`nested_datasets` finds one (or several) below it, ``; PARENT holds a 'LAYOUT'
     dataset: point at it`` where ``root`` is the images or masks folder of one (``DATA/images``
     given for ``DATA``; where PARENT has problems, which stop it being read: ``; PARENT holds a
-    'LAYOUT' dataset, which has problems (`ultraseg inspect PARENT` lists them)``); else ''."""
+    'LAYOUT' dataset, which has problems (`ultraseg inspect PARENT` lists them)``: with
+    ``needs_labels`` False, for predict and measure, an image or mask without its partner is
+    none); else ''."""
     root = Path(root)
     nested = nested_datasets(root)
     if nested:
@@ -170,6 +172,8 @@ def dataset_hint(root: str | Path) -> str:
             # (a lone images/ folder is a 'folders' dataset of unlabelled frames: no better)
             if not labelled:
                 return ""
+            if not needs_labels:    # an image or mask without its partner: none for predict
+                problems = [p for p in problems if not isinstance(p, Unpaired)]
             if problems:    # pointing at it fails (predict's advice points here for that)
                 return (f"; {parent} holds a {name!r} dataset, which has problems "
                         f"(`{inspect_command(parent)}` lists them)")
@@ -205,7 +209,7 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
     if layout != "auto" and not samples:
         problems = _forced_layout_problems(root, name, problems)
     if layout == "auto" and name == ImagesReader.name:
-        hint = dataset_hint(root)
+        hint = dataset_hint(root, needs_labels)
         if hint:    # part of a labelled dataset, or one below: its masks read as frames
             log.warning("%s is read as a folder of unlabelled images%s", root, hint)
     if needs_labels and not any(s.labelled for s in samples):
