@@ -21,7 +21,8 @@ from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sam
 from .dicom import (DICOM_EXTENSIONS, PIXEL_SIZE_NOT_TAKEN, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .readers import (BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader,
-                      Unpaired, annotation_files, folder_role, frame_tag, run_length_tables, table_key)
+                      Unpaired, annotation_files, folder_role, frame_tag, run_length_tables,
+                      table_key)
 
 log = logging.getLogger(__name__)
 
