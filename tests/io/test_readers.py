@@ -1679,7 +1679,7 @@ def test_every_images_and_masks_folder_name_has_a_role() -> None:
     assert all(folder_role(n.upper()) for n in (*IMAGE_FOLDERS, *MASK_FOLDERS))
 
 
-@pytest.mark.parametrize("subfolder", ["patX", "7"])
+@pytest.mark.parametrize("subfolder", ["patX", "7", "\u00b2"])   # ("²": a digit, not decimal)
 def test_the_rename_a_mixed_images_folder_is_advised_keeps_the_patient_together(
         tmp_path, subfolder) -> None:
     """images/1_1.png... beside images/patX/{a,b,c}.png was advised 'renamed SUBJECT_FRAME, as

@@ -431,7 +431,7 @@ def _mixed(tree: _Tree, image_dir: Path, mask_dir: Path | None) -> list[DataErro
              if (m := _LEADING_SUBJECT.match(image_stem(p)))}
     numbers: dict[Path, str] = {}
     for sub in sorted(tree.nested):
-        if sub.name.isdigit():
+        if sub.name.isdecimal():    # (as _LEADING_SUBJECT's \d; '²' is a digit, not one)
             numbers[sub] = sub.name
         else:
             numbers[sub] = str(max(taken | {int(n) for n in numbers.values()}, default=0) + 1)
