@@ -697,6 +697,19 @@ def test_images_named_like_masks_in_a_subfolder_name_the_folder_that_pairs_them(
     assert len(paired.labelled) == 2                     # as the warning says
 
 
+def test_masks_apart_from_their_images_are_not_said_to_be_beside_them(tmp_path) -> None:
+    """images/ + masks/NAME_mask.png read with --layout images said 'k/masks holds them beside
+    their images: point at it': masks/ holds the masks alone, and pointing at it reads masks
+    as images (a fresh-eyes read). No folder is named where no mask sits beside its image."""
+    for stem in ("1_1", "1_2", "1_3"):
+        _save(tmp_path / "k" / "images" / f"{stem}.png", _frame())
+        _save(tmp_path / "k" / "masks" / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
+    with ultraseg_warnings() as warned:
+        scan_dataset(tmp_path / "k", "images")
+    (said,) = [r.getMessage() for r in warned if "named like masks" in r.getMessage()]
+    assert "point at" not in said and "beside their images" not in said, said
+
+
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp"])
 def test_a_flat_folder_of_name_and_name_mask_pairs_is_read_labelled(tmp_path, ext) -> None:
     """A flat folder of NAME.png + NAME_mask.png (the Kaggle naming in another format) was

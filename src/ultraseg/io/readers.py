@@ -1095,14 +1095,19 @@ class ImagesReader(Reader):
             warn_outputs_left_out(root, len(found) - len(files))
         masks = [p for p in files if _MASK_STEM.match(image_stem(p))]
         if masks:   # a flat folder of NAME + NAME_mask, read as unlabelled: its masks as frames
-            # (--layout kaggle reads one folder: where the pairs lie below root, name theirs)
-            folders = sorted({p.parent for p in masks}, key=lambda q: natural_key(str(q)))
+            # (--layout kaggle reads one folder: where the pairs lie below root, name theirs;
+            # none where no mask sits beside its image, as masks/ beside images/)
+            stems = {(p.parent, image_stem(p).lower()) for p in files}
+            folders = sorted({p.parent for p in masks
+                              if (p.parent, _MASK_STEM.match(image_stem(p)).group(1).lower())
+                              in stems}, key=lambda q: natural_key(str(q)))
             pairs = ("--layout kaggle pairs a folder of NAME and NAME_mask files"
                      if root in folders else
                      f"{folders[0]} holds them beside their images: point at it (the kaggle "
                      "layout pairs a folder of NAME and NAME_mask files" +
                      (f"; {len(folders) - 1} more folders hold some)" if len(folders) > 1
-                      else ")"))
+                      else ")") if folders else
+                     "none lies in its image's folder, as --layout kaggle would need")
             log.warning("%s: %d of the %d images are named like masks (first: %s) and are read "
                         "as frames of their own; %s, and the README's layout table shows the "
                         "others", root, len(masks), len(files), masks[0].name, pairs)
