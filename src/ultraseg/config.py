@@ -6,6 +6,7 @@ written as JSON and stored in checkpoints without pickle.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -115,6 +116,12 @@ def _describe(hint: Any) -> str:
     return str(hint)
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``cls``'s annotations, evaluated (once a class: it takes most of a section's making)."""
+    return typing.get_type_hints(cls)
+
+
 class _Section:
     """to_dict / from_dict for a config section (a frozen dataclass)."""
 
@@ -123,7 +130,7 @@ class _Section:
         # checks and JSON take: np.int64(5) for 5, also inside tuples; a list (JSON's, or one
         # built in Python) as the tuple it stands for (a list also left the config
         # unhashable); a Path where a path string goes as that string
-        hints = typing.get_type_hints(type(self))
+        hints = _type_hints(type(self))
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if isinstance(value, (tuple, list)):
