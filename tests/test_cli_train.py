@@ -276,7 +276,7 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--affine-scale", "1.2", "0.8"], ["--affine-scale", "LO <= HI", "(1.2, 0.8)"]),
     (["--affine-scale", "0", "1"], ["--affine-scale", "0 < LO"]),
     (["--device", "tpu"], ["tpu", "cpu"]),
-    (["--size", "30"], ["--size 32"]),  # the same U-Net at depth 2 needs a multiple of 4
+    (["--size", "30"], ["preprocess.size (--size) 32"]),  # same U-Net, depth 2: a multiple of 4
     # (the cpu preset's head is 'auto': a mode applies to the head it may build)
     (["--no-presence-head", "--presence-mode", "classifier"], ["'classifier'", "--presence-head"]),
     (["--presence-weight", "-1"], ["--presence-weight", ">= 0", "-1"]),
