@@ -1885,12 +1885,28 @@ def test_the_refusals_a_notebook_meets_name_the_config_setting_beside_the_flag()
         Batches(arrays, np.array([0]), _cfg(variant="same", depth=4, size=50))
     with pytest.raises(UltrasegError, match=r"preprocess\.size \(--size\) at least 32, or a "
                                             r"smaller model\.depth \(--depth\)"):
-        train_mod.check_bottleneck(ModelConfig(variant="same", depth=4), 16)
+        train_mod.check_working_size(ModelConfig(variant="same", depth=4), 16)
     cfg = replace(_cfg(), train=TrainConfig(loss="bce", batch_dice=True),
                   data=DataConfig(path="data"))
     with pytest.raises(UltrasegError, match=r"train\.batch_dice \(--batch-dice\) shapes .* "
                                             r"train\.loss \(--loss\) bce has none: use "
                                             r"train\.loss \(--loss\) bce\+dice"):
+        train_mod.check_config(cfg)
+
+
+@pytest.mark.parametrize("variant, tile, size, words", [
+    ("valid", 68, 64, "smaller than the output tile 68"),
+    ("same", 68, 50, "divisible by 16"),
+])
+def test_a_working_size_the_model_cannot_take_is_refused_before_the_data_is_read(
+        variant, tile, size, words) -> None:
+    """`train d --model valid --size 64` read and cached the dataset and drew the split before
+    'working size 64 is smaller than the output tile 68' (and a 'same' model's size not
+    divisible by 2**depth alike), though --size was given: check_config refuses both, as it
+    refuses a bottleneck of one pixel (a fresh-eyes read)."""
+    cfg = replace(_cfg(variant=variant, depth=4, tile=tile, size=size),
+                  data=DataConfig(path="data"))
+    with pytest.raises(UltrasegError, match=words):
         train_mod.check_config(cfg)
 
 

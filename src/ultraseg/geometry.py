@@ -104,6 +104,13 @@ def nearest_valid_output(out_size: int, depth: int = 4) -> int:
     return _valid_output_from_bottom(b, depth)
 
 
+def largest_valid_output(at_most: int, depth: int = 4) -> int | None:
+    """Largest valid output side <= ``at_most`` (None where even the smallest is larger)."""
+    up = nearest_valid_output(at_most, depth)
+    down = up if up <= at_most else up - 2**depth
+    return down if down >= nearest_valid_output(1, depth) else None
+
+
 def valid_input_size(out_size: int, depth: int = 4) -> int:
     """The input side that makes the valid U-Net output exactly ``out_size`` (68 -> 252).
 
@@ -115,8 +122,8 @@ def valid_input_size(out_size: int, depth: int = 4) -> int:
     b, rem = divmod(out_size + 4 * scale - 4, scale)
     if rem or b < _min_bottom(depth):
         up = nearest_valid_output(out_size, depth)
-        down = up - scale
-        near = f"{down} or {up}" if down >= nearest_valid_output(1, depth) else str(up)
+        down = largest_valid_output(out_size, depth)
+        near = f"{down} or {up}" if down is not None else str(up)
         raise ValueError(
             f"output size {out_size} cannot be produced by the unpadded U-Net of depth {depth}; "
             f"nearest valid output sizes: {near} (they step by {scale})"

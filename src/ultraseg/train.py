@@ -40,11 +40,12 @@ from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, command_line, is_out_of_memory
 from .fileio import atomic_write_text, output_lock, read_json
+from .geometry import largest_valid_output
 from .io import Dataset, open_dataset, select_label, with_white
 from .io.base import check_label, said_once
 from .losses import compute_loss
 from .metrics import EMPTY_RULE, dice, improves
-from .model import build_model, context_margin, count_parameters, nearest_valid_output
+from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise, zscore_stats
@@ -98,15 +99,6 @@ class TrainResult:
         self.run_dir = Path(self.run_dir).resolve()
 
 
-def _tile_that_fits(size: int, depth: int) -> str:
-    """'model.tile (--tile) N, or ': the largest output tile of a depth-``depth`` valid model
-    no larger than ``size`` ('' where there is none)."""
-    tile = nearest_valid_output(size, depth)
-    if tile > size:
-        tile -= 2**depth
-    return f"model.tile (--tile) {tile}, or " if tile >= nearest_valid_output(1, depth) else ""
-
-
 # ---------------------------------------------------------------------------------- batches
 class Batches:
     """Training batches from cached uint8 canvases, drawn with an explicit generator.
@@ -122,19 +114,12 @@ class Batches:
         size = arrays.images.shape[-1]
         self.valid = m.variant == "valid"
         self.per = cfg.train.tiles_per_image if self.valid else 1  # samples per frame per epoch
+        check_working_size(m, size)       # (a size from the data: --size not given)
         if self.valid:
-            if size < m.tile:
-                raise UltrasegError(f"working size {size} is smaller than the output tile "
-                                    f"{m.tile}: {_tile_that_fits(size, m.depth)}"
-                                    f"preprocess.size (--size) at least {m.tile}")
             self.margin = context_margin(m.depth)
             pad = ((0, 0), (self.margin, self.margin), (self.margin, self.margin))
             self.images = np.pad(arrays.images[index], pad, mode="reflect")
         else:
-            step = 2**m.depth
-            if size % step:
-                raise UltrasegError(f"the 'same' model needs a working size divisible by {step}; "
-                                    f"use preprocess.size (--size) {size + (-size % step)}")
             self.images = arrays.images[index]
         self.masks = arrays.masks[index]
         self.size = size
@@ -376,9 +361,9 @@ def check_config(cfg: RunConfig) -> None:
     problem = model_problem(cfg.model)  # before the bottleneck's 2**depth, and the build
     if problem:
         raise UltrasegError(f"model.{problem[0]} (--{problem[0]}) {problem[1]}")
-    check_bottleneck(cfg.model, cfg.preprocess.size)
     with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
         build_model(replace(cfg.model, presence_head=head, presence_mode=mode))
+    check_working_size(cfg.model, cfg.preprocess.size)     # (the model's own problems first)
 
 
 def ignored_settings(cfg: RunConfig) -> list[str]:
@@ -415,16 +400,31 @@ def ignored_settings(cfg: RunConfig) -> list[str]:
     return notes
 
 
-def check_bottleneck(model: ModelConfig, size: int | None) -> None:
-    """Refuse a 'same' model whose working ``size`` leaves one pixel at the bottleneck
-    (``size`` 2**depth): instance normalisation cannot train on a single pixel, and batch
-    normalisation fails on a last batch of one frame; 2 x 2 is the least that trains."""
-    least = 2 * 2**model.depth
-    if model.variant == "same" and size is not None and size < least:
+def check_working_size(model: ModelConfig, size: int | None) -> None:
+    """Refuse a working ``size`` (None: not known yet, nothing to check) the model cannot
+    train at: a valid model's output tile larger than it; a 'same' model's size not divisible
+    by 2**depth, or leaving one pixel at the bottleneck (``size`` 2**depth: instance
+    normalisation cannot train on a single pixel, and batch normalisation fails on a last
+    batch of one frame; 2 x 2 is the least that trains)."""
+    if size is None:
+        return
+    if model.variant == "valid":
+        if size < model.tile:
+            fits = largest_valid_output(size, model.depth)
+            raise UltrasegError(f"working size {size} is smaller than the output tile "
+                                f"{model.tile}: "
+                                f"{'' if fits is None else f'model.tile (--tile) {fits}, or '}"
+                                f"preprocess.size (--size) at least {model.tile}")
+        return
+    step = 2**model.depth
+    if size % step:
+        raise UltrasegError(f"the 'same' model needs a working size divisible by {step}; "
+                            f"use preprocess.size (--size) {size + (-size % step)}")
+    if size < 2 * step:
         raise UltrasegError(f"working size {size} is too small for a depth-{model.depth} "
                             f"U-Net: its bottleneck needs 2 x 2 pixels or more for its "
                             f"normalisation to train; preprocess.size (--size) at least "
-                            f"{least}, or a smaller model.depth (--depth)")
+                            f"{2 * step}, or a smaller model.depth (--depth)")
 
 
 def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
