@@ -697,6 +697,24 @@ def test_images_named_like_masks_in_a_subfolder_name_the_folder_that_pairs_them(
     assert len(paired.labelled) == 2                     # as the warning says
 
 
+def test_a_folder_beside_a_labelled_set_is_not_sent_to_it(tmp_path) -> None:
+    """d/original/ (other scans) beside d/images/ + d/masks/ was told 'd holds a 'folders'
+    dataset: point at it' since folder names are read by the words in them ('original' names
+    an images folder): following it predicts d/images, never original/ (a fresh-eyes read).
+    The set is named only where the folder given holds part of it."""
+    for stem in ("1_1", "1_2"):
+        _save(tmp_path / "d" / "images" / f"{stem}.png", _frame())
+        _save(tmp_path / "d" / "masks" / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
+    _save(tmp_path / "d" / "original" / "scan.png", _frame(seed=5))
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(tmp_path / "d" / "original", needs_labels=False)
+    assert [s.name for s in ds.samples] == ["scan"]
+    assert not [r.getMessage() for r in warned if "point at" in r.getMessage()]
+    with ultraseg_warnings() as warned:
+        scan_dataset(tmp_path / "d" / "images", needs_labels=False)
+    assert any("holds a 'folders' dataset: point at it" in r.getMessage() for r in warned)
+
+
 def test_masks_apart_from_their_images_are_not_said_to_be_beside_them(tmp_path) -> None:
     """images/ + masks/NAME_mask.png read with --layout images said 'k/masks holds them beside
     their images: point at it': masks/ holds the masks alone, and pointing at it reads masks

@@ -169,9 +169,11 @@ def dataset_hint(root: str | Path, needs_labels: bool = True) -> str:
                     samples, problems = cls().scan(parent)
                 labelled = any(s.labelled for s in samples)
             except (OSError, UltrasegError):
-                labelled, problems = False, []
-            # (a lone images/ folder is a 'folders' dataset of unlabelled frames: no better)
-            if not labelled:
+                samples, labelled, problems = [], False, []
+            # (a lone images/ folder is a 'folders' dataset of unlabelled frames: no better;
+            # a folder named like a part beside a set, holding none of it, is no part of it)
+            if not labelled or not any(root in Path(os.path.abspath(p)).parents
+                                       for s in samples for p in (s.image_path, *s.mask_paths)):
                 return ""
             if not needs_labels:    # an image or mask without its partner: none for predict
                 problems = [p for p in problems if not isinstance(p, Unpaired)]
