@@ -1061,11 +1061,10 @@ def _not_a_mask(values: np.ndarray, path: str | Path | None, lossy: bool = False
         f"{values.min():g}..{values.max():g} ({why})", path)
 
 
-def classify_mask_values(arr: np.ndarray, path: str | Path | None = None, white: int = 1
-                         ) -> np.ndarray:
+def classify_mask_values(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
     """Apply the mask rules of :func:`read_mask` to a 2D integer array; returns uint8 labels
-    (``white``: the label of a 0/255 mask's white, as :func:`read_mask`)."""
-    return white_labelled(*_classify(arr, path), white)
+    (a black-and-white array's white label 1)."""
+    return _classify(arr, path)[0]
 
 
 def _classify(arr: np.ndarray, path: str | Path | None) -> tuple[np.ndarray, bool]:
