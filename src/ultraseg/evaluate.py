@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import math
 import os
@@ -16,7 +14,7 @@ from . import __version__
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
 from .data import MaskTally
-from .fileio import (atomic_write_texts, cannot_write_in, csv_cell, failure_reason, json_text,
+from .fileio import (atomic_write_texts, cannot_write_in, csv_text, failure_reason, json_text,
                      output_lock, read_json)
 from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, scan_dataset,
                  select_label, white_for, with_white)
@@ -559,13 +557,8 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")   # as measurements.csv
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: csv_cell(r.get(k)) for k in keys})
     # both or neither: a full disk at the second left the first new beside the old other
-    atomic_write_texts({out / "per_image.csv": buf.getvalue(),
+    atomic_write_texts({out / "per_image.csv": csv_text(keys, rows),
                         out / "summary.json": json_text(summary, indent=2)})
 
 

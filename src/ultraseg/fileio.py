@@ -17,7 +17,9 @@ with the first one's.
 """
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import math
 import os
@@ -27,7 +29,7 @@ import tempfile
 import threading
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 
 from .errors import UltrasegError
 
@@ -363,6 +365,20 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], header: bool = True
+             ) -> str:
+    """``rows`` as the CSV text of ultraseg's tables: header ``columns`` (unless not
+    ``header``), LF line ends, each cell through :func:`csv_cell` (a column a row lacks:
+    empty)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    if header:
+        writer.writeheader()
+    for r in rows:
+        writer.writerow({k: csv_cell(r.get(k)) for k in columns})
+    return buf.getvalue()
 
 
 # ------------------------------------------------------------------ one command per folder

@@ -12,7 +12,6 @@ Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import hashlib
 import io
@@ -28,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
-from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_cell, failure_reason,
+from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_text, failure_reason,
                      output_lock, temporaries)
 from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
                  image_stem, inspect_command, scan_dataset, select_label, split_frames, white_for)
@@ -506,20 +505,6 @@ def _frame_cells(frame: Frame) -> dict[str, Any]:
             "frame": None if frame.sample.frame is None else frame.sample.frame + 1}
 
 
-def _csv_text(columns: Sequence[str], rows: Iterable[dict[str, Any]], header: bool = True
-              ) -> str:
-    """``rows`` as the CSV text of ultraseg's tables: header ``columns`` (unless not
-    ``header``), LF line ends, each cell through :func:`~ultraseg.fileio.csv_cell` (a column a
-    row lacks: empty)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    if header:
-        writer.writeheader()
-    for r in rows:
-        writer.writerow({k: csv_cell(r.get(k)) for k in columns})
-    return buf.getvalue()
-
-
 class _FrameTable:
     """The table of a run over ``frames``, one row per frame handled: predict's
     ``predictions.csv`` and measure's ``measurements.csv``.
@@ -552,7 +537,7 @@ class _FrameTable:
         self.unlisted: list[str] = []               # files of rows the file does not hold
         if path is not None:
             try:
-                self.file = LineFile(path, _csv_text(self.columns, ()))
+                self.file = LineFile(path, csv_text(self.columns, ()))
             except UltrasegError as e:
                 self.error = e
 
@@ -588,7 +573,7 @@ class _FrameTable:
         if self.file is None or not rows:
             return
         try:
-            self.file.write(_csv_text(self.columns, rows, header=False))
+            self.file.write(csv_text(self.columns, rows, header=False))
         except UltrasegError as e:
             self.error = e
             self._drop()
@@ -1114,4 +1099,4 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
 def measurements_csv(rows: Sequence[dict[str, Any]]) -> str:
     """The rows of :func:`measure_frames` as CSV text (header :data:`MEASURE_COLUMNS`, then
     ``error``: why a frame was skipped, empty for the frames measured)."""
-    return _csv_text([*MEASURE_COLUMNS, "error"], rows)
+    return csv_text([*MEASURE_COLUMNS, "error"], rows)
