@@ -281,6 +281,12 @@ class LineFile:
         finally:
             self.f.close()
 
+    def abandon(self) -> None:
+        """Close the file without syncing it, after a write failed (it keeps the lines
+        written before)."""
+        with suppress(OSError):
+            self.f.close()
+
     def _kept(self) -> str | None:
         """What the file holds after a failed write: the lines written before (nothing can
         be said of a device or a pipe written in place)."""

@@ -587,8 +587,7 @@ class _FrameTable:
     def _drop(self) -> None:
         """Stop writing the file (it keeps the rows it holds)."""
         if self.file is not None:
-            with contextlib.suppress(OSError):
-                self.file.f.close()
+            self.file.abandon()
             self.file = None
 
     def close(self) -> None:
@@ -753,12 +752,12 @@ def write_predictions(predictor: Predictor | str | Path,
 
 #: The tables a predict or measure writes in its output folder, and what each is.
 _TABLES = {"predictions.csv": "predict's listing of the frames",
-           "measurements.csv": "measure's table (a later measure there removes it)"}
+           "measurements.csv": "measure's table (a later measure there replaces it)"}
 
 
 def _check_not_a_table(rle: Path, out: Path) -> None:
     """Refuse a submission path ``rle`` that is one of :data:`_TABLES` in ``out``: the listing
-    written after it would replace it (and measure removes an earlier table)."""
+    written after it would replace it (as a later measure replaces an earlier table)."""
     if rle.name in _TABLES and _real(rle.parent) == _real(out):
         raise UltrasegError(f"cannot write the submission there: that name in --out is "
                             f"{_TABLES[rle.name]} (give another name, such as sub.csv)", rle)
