@@ -186,7 +186,7 @@ def _header_json(ds: Dataset, cfg: PreprocessConfig, white_as_set: bool = False)
     # are decoded again (a number bumped by hand was forgotten once); "masks": the samples'
     # mask kinds (outlines filled or not, open_dataset's fill_outlines), which a caller of the
     # API need not keep in step with cfg.fill_outlines: an entry of each stays; and a 0/255
-    # mask's white, label 1 or 255 (io.label_set), chosen by the caller too, or decided over
+    # mask's white, label 1 or 255 (io.white_for), chosen by the caller too, or decided over
     # the set on a build (white_as_set: the choice, not the white, so a hit decodes no mask);
     # "arrays": the names of what an entry holds, so one added or dropped changes the name
     # even where CACHE_FORMAT was not bumped

@@ -338,7 +338,7 @@ def _check_pattern(reader: Reader, pattern: str | None) -> None:
 
 
 #: The labels whose targets hang on whether a 0/255 mask's white is label 1 or 255
-#: (:func:`label_set`): any other ``--label`` selects neither, none (any structure) both.
+#: (:func:`white_for`): any other ``--label`` selects neither, none (any structure) both.
 WHITE_LABELS = (1, 255)
 
 
