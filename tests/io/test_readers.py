@@ -1738,3 +1738,20 @@ def test_the_rename_a_mixed_images_folder_is_advised_keeps_the_patient_together(
     assert problems == [] and warned == [], (problems, warned)
     renamed = {s.subject for s in ds.samples if s.name.endswith(("_a", "_b", "_c"))}
     assert len(renamed) == 1 and renamed.isdisjoint({"1", "2", "8"}), renamed
+
+
+@pytest.mark.parametrize("given", [b"\x89PNG\r\n", "bytes-io", None, 3])
+@pytest.mark.parametrize("reader", ["read_image", "read_mask", "frame_count"])
+def test_readers_refuse_what_is_not_a_path_saying_what_they_take(given, reader):
+    """A notebook user handed read_image the bytes of an upload (or a file object, or None) and
+    got Python's "argument should be a str object or an os.PathLike object" from inside
+    pathlib: the readers take a file's path, and now say so, and where bytes in memory go."""
+    import io as _io
+
+    import ultraseg.io as uio
+    if given == "bytes-io":
+        given = _io.BytesIO(b"\x89PNG\r\n")
+    with pytest.raises(UltrasegError, match=r"takes a file's path.*got (bytes|BytesIO|None|int)"
+                       ) as raised:
+        getattr(uio, reader)(given)
+    assert "PIL.Image.open(io.BytesIO(" in str(raised.value)
