@@ -611,8 +611,8 @@ def test_the_human_report_counts_duplicates(tmp_path, capsys) -> None:
 
 
 def test_the_near_pairs_of_a_cine_loop_are_all_counted(tmp_path) -> None:
-    """The frames of one loop are near duplicates of each other, n (n - 1) / 2 pairs: counted
-    from arrays (3000 frames, 4.5 million pairs, took 3 s and 0.3 GB), every one of them."""
+    """The frames of one loop are near duplicates of each other, n (n - 1) / 2 pairs: every one
+    of them is counted, a batch at a time, and only the pairs the report names are kept."""
     from ultraseg.inspection import inspect_dataset
 
     rng = np.random.default_rng(0)
