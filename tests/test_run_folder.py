@@ -198,3 +198,36 @@ def test_a_run_log_that_cannot_be_written_says_so_once_and_keeps_the_real_error(
         "a warning"]                                         # the other records still shown
     with run_log(tmp_path / "train.log"):                     # and no error at its end
         pkg.getChild("train").info("epoch")
+
+
+@pytest.mark.parametrize("stop,said", [
+    (KeyboardInterrupt(), "training stopped: interrupted"),
+    (UltrasegError("split.json: cannot write"), "training stopped: split.json: cannot write"),
+    (RuntimeError("a bug"), "training stopped by an error: RuntimeError: a bug")])
+def test_a_run_s_log_ends_saying_why_the_run_stopped(tmp_path, stop, said) -> None:
+    """train.log of a run stopped by Ctrl-C, an error or a crash ended on its last epoch line,
+    as a run still going would: read the next day it did not say the run had stopped, nor
+    why. Its last record now says so (a crash with its traceback, for a bug report); the
+    caller's handlers get nothing more, as the command line prints the error itself."""
+    pkg = logging.getLogger("ultraseg")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    pkg.addHandler(keep)
+    try:
+        with pytest.raises(type(stop)):
+            with run_log(tmp_path / "train.log"):
+                pkg.getChild("train").warning("epoch 3 saved")
+                raise stop
+    finally:
+        pkg.removeHandler(keep)
+    assert seen == ["epoch 3 saved"]
+    text = (tmp_path / "train.log").read_text()
+    lines = text.splitlines()
+    assert lines[0].endswith("epoch 3 saved")
+    assert said in lines[1], text
+    assert ("Traceback" in text) == isinstance(stop, RuntimeError), text

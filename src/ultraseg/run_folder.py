@@ -258,6 +258,9 @@ def run_log(path: Path) -> Iterator[None]:
         pkg_log.addHandler(file_handler)
     try:
         yield
+    except BaseException as e:
+        _say_stopped(file_handler, e)
+        raise
     finally:
         with _RUN_LOG_LOCK:
             pkg_log.removeHandler(file_handler)
@@ -273,6 +276,21 @@ def run_log(path: Path) -> Iterator[None]:
                     pkg_log.addHandler(h)
                 pkg_log.setLevel(level)
                 pkg_log.propagate = propagate
+
+
+def _say_stopped(handler: logging.Handler, e: BaseException) -> None:
+    """The run's log ends saying why the run stopped (it ended on its last epoch line, as a
+    run still going would): interrupted, refused (ultraseg's error), or a crash with its
+    traceback. To the file alone: the caller (the command line) says the error itself."""
+    if isinstance(e, KeyboardInterrupt):        # (SIGTERM too: cli.Terminated)
+        level, msg, exc_info = logging.WARNING, "training stopped: interrupted", None
+    elif isinstance(e, UltrasegError):
+        level, msg, exc_info = logging.ERROR, f"training stopped: {e}", None
+    else:
+        level, msg = logging.ERROR, f"training stopped by an error: {type(e).__name__}: {e}"
+        exc_info = (type(e), e, e.__traceback__)
+    handler.handle(logging.LogRecord("ultraseg.train", level, __file__, 0, msg, None,
+                                     exc_info))
 
 
 class _RunLogFile(logging.FileHandler):
