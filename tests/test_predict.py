@@ -431,6 +431,9 @@ def test_an_output_folder_that_is_the_input_is_refused_as_such(tmp_path):
         with pytest.raises(UltrasegError, match="is this input folder or holds it.*--out"):
             collect_frames([tmp_path / "in"], exclude=out)
     assert len(collect_frames([tmp_path / "in"], exclude=tmp_path / "in" / "pred")) == 1
+    # a file named on its own is the user's choice, wherever it lies (as the docstring says)
+    assert [f.out_name for f in collect_frames([tmp_path / "in" / "a.png"],
+                                               exclude=tmp_path / "in")] == ["a"]
 
 
 def test_collect_frames_skips_the_output_folder_inside_an_input(tmp_path):

@@ -92,8 +92,9 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
     structural problems raises one
     :class:`~ultraseg.errors.UltrasegError` (for a labelled dataset with problems, point at its
     images folder); so does an unknown ``layout`` or a ``subject_pattern`` that is no regex,
-    whatever the inputs (:func:`ultraseg.io.check_layout`). Images under ``exclude`` (the
-    output folder) are skipped; an input that is the output folder, or inside it, is refused.
+    whatever the inputs (:func:`ultraseg.io.check_layout`). Images a folder holds under
+    ``exclude`` (the output folder) are skipped; an input folder that is the output folder, or
+    inside it, is refused; a file named on its own is taken wherever it lies.
     Frames come in the order of ``inputs``, each folder in its reader's (natural) order.
 
     A file of several frames (a cine loop: a multi-frame DICOM, a multi-page TIFF, an animated
