@@ -1139,6 +1139,12 @@ def test_a_16_bit_array_is_scaled_as_its_file_is_read(tmp_path) -> None:
     eight = scan.astype(np.uint8)                      # 8 bits: as they are, as before
     np.testing.assert_array_equal(pred.predict_proba(eight),
                                   pred.predict_proba(np.asarray(Image.fromarray(eight))))
+    # as predict_proba's docstring says: signed 8-bit within 0..127 as it is, wider stretched
+    small = eight // 2
+    np.testing.assert_array_equal(pred.predict_proba(small.astype(np.int8)),
+                                  pred.predict_proba(small))
+    assert not np.array_equal(pred.predict_proba(small.astype(np.int64)),
+                              pred.predict_proba(small))
 
 
 def test_a_float_file_and_its_array_predict_alike(tmp_path) -> None:
