@@ -309,7 +309,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                         "outputs (depth 2 or more)")
     p.add_argument("--norm", choices=choices(ModelConfig, "norm"),
                    help="same model: normalisation after each convolution (batch); the valid model "
-                        "has none, whatever config.json records here")
+                        "has none (its config.json keeps the default, batch; instance is "
+                        "refused)")
     p.add_argument("--block", choices=choices(ModelConfig, "block"),
                    help="'residual': a shortcut around each encoder level's two convolutions "
                    "(plain)")
