@@ -319,6 +319,15 @@ def test_each_load_of_the_arrays_says_its_files_warnings(tmp_path: Path) -> None
         assert ["0_0.tif" in r.getMessage() for r in warned] == [True]
 
 
+def test_training_without_a_working_size_names_the_setting(tmp_path: Path) -> None:
+    """preprocess.size None (a predictor's own resolution) cannot train: the refusal named
+    only --size, which a notebook calling train.train(cfg, out) has not got (a review)."""
+    ds = open_dataset(_tree(tmp_path / "data"))
+    with pytest.raises(UltrasegError, match=r"training needs a working size: preprocess\.size "
+                                            r"\(--size\)"):
+        load_arrays(ds, PreprocessConfig(size=None), cache_dir="")
+
+
 def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> None:
     ds = open_dataset(_tree(tmp_path / "data"))
     cfg = PreprocessConfig(size=16)

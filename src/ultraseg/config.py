@@ -238,7 +238,8 @@ class PreprocessConfig(_Section):
     """From a decoded frame to the network's input.
 
     ``size``: working resolution; the frame is padded to square (centred, longest side) and
-    resized to ``size`` x ``size``. ``None`` keeps the frame at its own resolution.
+    resized to ``size`` x ``size``. ``None`` keeps the frame at its own resolution, for
+    prediction only (a predictor built by hand): training refuses it.
     ``pad_to_square``: False resizes the frame to the square as it is (stretching its shorter
     side) instead of padding it first. ``crop_border``: before that, trim the uniform bands
     at the frame's edges (padding a distributor added, blank margins: rows and columns whose

@@ -276,7 +276,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     decoded), and given as :attr:`Arrays.white`; else the samples' own.
     """
     if cfg.size is None:
-        raise UltrasegError("training needs a working size (--size)")
+        raise UltrasegError("training needs a working size: preprocess.size (--size) is None, "
+                            "which only prediction takes (each frame at its own resolution)")
     samples = ds.labelled
     if not samples:
         from .io import READERS, dataset_hint
