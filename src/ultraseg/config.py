@@ -354,7 +354,7 @@ class DataConfig(_Section):
     path: str = ""
     layout: str = "auto"
     subject_pattern: str | None = None
-    cache_dir: str | None = None         # None: ~/.cache/ultraseg; "": no cache
+    cache_dir: str | None = None  # None: $XDG_CACHE_HOME/ultraseg, else ~/.cache/ultraseg; "": none
 
 
 @dataclass(frozen=True)
