@@ -2,8 +2,10 @@
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr naming the file and the
 problem; also a file the environment will not let us read or write: permissions, disk full),
-1 internal error, 130 interrupted. Under torchrun every process prints its own errors, those
-of ranks other than 0 prefixed with ``rank R:``.
+1 internal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, handled as Ctrl-C is),
+129 hung up (SIGHUP, handled as SIGTERM is), 141 the reader of stdout went away (nothing
+printed on stderr; train and demo go on to their run's end). Under torchrun every process
+prints its own errors, those of ranks other than 0 prefixed with ``rank R:``.
 """
 from __future__ import annotations
 
