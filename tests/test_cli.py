@@ -556,6 +556,9 @@ def test_help_shows_the_defaults_a_preset_or_the_predictor_sets(monkeypatch) -> 
     assert "resized; seed 252, cpu 192, demo 128)" in train
     assert "(64 in the paper; seed 64, cpu 16, demo 8)" in train
     assert "(4 in the paper; seed 4, cpu 4, demo 3)" in train
+    assert "random tiles per image per epoch (1)" in train        # as their neighbours do
+    assert "torch intra-op threads (default: torch's, every core)" in train
+    assert "0.5 is common; default 0: none)" in train
     monkeypatch.setitem(PRESETS["cpu"], "train", {**PRESETS["cpu"]["train"],
                                                   "time_limit_s": 5400.0})
     assert "(seed none, cpu 1h30m, demo 150s)" in _help("train")

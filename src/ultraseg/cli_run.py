@@ -318,7 +318,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="an attention gate on every skip connection (Attention U-Net; off)")
     p.add_argument("--dropout", type=float,
                    help="dropout probability on the deepest two encoder levels in training "
-                   "(the paper's, at a rate it does not give; 0.5 is common; 0: none)")
+                   "(the paper's, at a rate it does not give; 0.5 is common; default 0: none)")
     p.add_argument("--presence-head", action=argparse.BooleanOptionalAction, default=None,
                    help="same model: a per-frame 'structure present?' output on the "
                    "bottleneck: no pixel exceeds it, so a frame it gives less than the "
@@ -369,7 +369,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--ema-decay", type=float, metavar="D",
                    help="validate and keep an exponential moving average of the weights, "
                    "updated every step with decay D (e.g. 0.999; default 0: off)")
-    p.add_argument("--tiles-per-image", type=int, help="valid model: random tiles per image per epoch")
+    p.add_argument("--tiles-per-image", type=int,
+                   help="valid model: random tiles per image per epoch (1)")
     p.add_argument("--val-fraction", type=float,
                    help="share of the frames not held out (--test-fraction; by subject) that "
                    "validate: choose the epoch and the post-processing (preset: 0.2); 0 trains "
@@ -384,7 +385,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--precision", choices=choices(TrainConfig, "precision"),
                    help="auto: bf16 autocast where the CPU or GPU computes it natively, else "
                    "fp32 (every preset, seed included)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, "
+                   "every core)")
     p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s; 'none' lifts a "
                    f"preset's cap ({_by_preset('train', 'time_limit_s', _duration)})")
     p.add_argument("--cache-dir", help="where the frames decoded onto the working canvas are "
