@@ -76,6 +76,14 @@ def test_predict_writes_one_mask_per_image_at_original_size(tmp_path, ckpt, caps
         np.testing.assert_array_equal(mask == 255, predictor.predict(decoded))
 
 
+def test_one_frame_predicted_is_said_in_the_singular(tmp_path, ckpt, capsys):
+    """predict's closing line said 'predicted 1 frames'."""
+    frames(tmp_path / "in", {"a.png": (20, 24)})
+    assert main(["predict", str(ckpt), str(tmp_path / "in" / "a.png"), "--out",
+                 str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("predicted 1 frame (")
+
+
 @pytest.mark.parametrize("command", ["predict", "measure"])
 def test_a_frame_that_cannot_be_read_is_skipped_named_and_exit_2(tmp_path, ckpt, capsys,
                                                                  command):

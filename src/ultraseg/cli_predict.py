@@ -130,13 +130,14 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     if summary.rle:
         sub = f"; submission {summary.rle}"
         if summary.rle_left_out:
-            sub += f" (test split only: {summary.rle_left_out} training frames left out)"
+            n = summary.rle_left_out
+            sub += f" (test split only: {n} training frame{'s' * (n != 1)} left out)"
     elif a.rle:
         sub = f"; submission {a.rle} not written (it would lack the frames not read)"
         if Path(a.rle).exists():
             sub += "; the file there is an earlier run's"
-    print(f"predicted {summary.n} frames ({summary.n_empty} empty): masks{extra} in "
-          f"{summary.out}{sub}")
+    print(f"predicted {summary.n} frame{'s' * (summary.n != 1)} ({summary.n_empty} empty): "
+          f"masks{extra} in {summary.out}{sub}")
     return report_unreadable(summary.failed, len(frames))
 
 
