@@ -210,6 +210,21 @@ def test_a_value_set_by_hand_is_told_from_its_recipe_s_from_flags_files_and_labe
                                    str(recipe_weight), "--out", "R"])) is False
 
 
+def test_a_split_seed_with_nothing_to_split_is_warned_about() -> None:
+    """--split-seed with --val-fraction 0 and no --test-fraction seeds no split: it was taken
+    in silence, where the other settings a run ignores are warned about (a review)."""
+    from ultraseg.train import ignored_settings
+
+    def notes(*flags: str) -> list[str]:
+        return ignored_settings(_resolve(["D", "--out", "R", "--preset", "cpu", *flags]))
+
+    said = notes("--val-fraction", "0", "--split-seed", "3")
+    assert len(said) == 1 and "train.split_seed (--split-seed) 3" in said[0], said
+    assert "ignores it" in said[0]
+    assert notes("--val-fraction", "0", "--test-fraction", "0.2", "--split-seed", "3") == []
+    assert notes("--split-seed", "3") == [] and notes("--val-fraction", "0") == []
+
+
 def test_settings_that_do_nothing_for_the_run_are_warned_about(data, tmp_path) -> None:
     """--presence-weight with no presence head, --affine-scale with an augmentation that has
     no zoom or on the valid model (which warps nothing): taken, recorded in config.json, and

@@ -371,8 +371,9 @@ def ignored_settings(cfg: RunConfig) -> list[str]:
     output tile and tiles per image on a 'same' model, which trains on whole canvases; a
     zoom range where the augmentation zooms nothing (no warps, or the valid model's tiles); a
     presence head's loss weight where no head is built (the 'auto' head's is said where it is
-    decided: :func:`resolve_presence_head`). Warned about, not refused: a run recorded with
-    them still resumes."""
+    decided: :func:`resolve_presence_head`); a split seed where nothing is split (no
+    validation, nothing held out). Warned about, not refused: a run recorded with them still
+    resumes."""
     notes = []
     if cfg.model.variant == "same":
         valid = []
@@ -393,6 +394,12 @@ def ignored_settings(cfg: RunConfig) -> list[str]:
         elif cfg.model.variant != "same":
             notes.append(f"{zoom} the warps, which the valid model's augmentation leaves out "
                          f"(its target is the centre of its input tile); it ignores it")
+    t = cfg.train
+    if t.split_seed is not None and t.val_fraction == 0 and t.test_fraction == 0:
+        notes.append(f"train.split_seed (--split-seed) {t.split_seed}: seeds the validation "
+                     f"and held-out subjects; with train.val_fraction (--val-fraction) 0 and "
+                     f"no train.test_fraction (--test-fraction) there are none to draw, and "
+                     f"the run ignores it")
     if cfg.model.presence_head is False and cfg.set_by_hand("train", "presence_weight"):
         notes.append(f"train.presence_weight (--presence-weight) {cfg.train.presence_weight}: "
                      f"the weight of a presence head's loss; this model has none "
