@@ -207,3 +207,19 @@ def test_a_stopped_phantom_run_leaves_no_hidden_half_set(tmp_path, monkeypatch, 
     with pytest.raises(stop):
         make_dataset(out, n=8, size=32)
     assert list(out.iterdir()) == []
+
+
+def test_every_50_frames_hold_a_subject_with_no_structure(tmp_path):
+    """What the README promises of a phantom set's empty frames: in each 50 frames (a block
+    of 5 subjects) one subject's 10 frames hold no structure, whatever the seed; a set of
+    fewer frames is promised none (the review's 40 frames, 128 px, seed 3 had none)."""
+    for seed in (0, 3):
+        out = make_dataset(tmp_path / str(seed), n=100, size=32, seed=seed)
+        empty = {p.name[:-len("_mask.png")]: not np.asarray(Image.open(p)).any()
+                 for p in (out / "masks").glob("*_mask.png")}
+        assert len(empty) == 100
+        subjects = {int(name.split("_")[0]) for name in empty}
+        for block in (range(1, 6), range(6, 11)):
+            assert any(all(empty[f"{s}_{t}"] for t in range(1, FRAMES_PER_SUBJECT + 1))
+                       for s in block), (seed, block)
+        assert subjects == set(range(1, 11))

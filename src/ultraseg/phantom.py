@@ -11,8 +11,9 @@ A frame is rendered the way a scanner forms one, in miniature:
    point-spread function that is wider laterally than axially; its envelope is Rayleigh;
 5. log compression to 8 bits, and on some frames the fan of a curvilinear probe (black outside).
 
-The mask is the union of the structures; about 27% of frames have none. Structures are kept
-inside the image and inside the fan.
+The mask is the union of the structures; about 27% of ``make_frame``'s frames have none (in
+``make_dataset``'s, one subject in each 5 has none, so about a quarter from 50 frames up).
+Structures are kept inside the image and inside the fan.
 
 ``make_frame`` draws one independent frame. ``make_dataset`` writes a ``folders``-layout dataset
 of subjects, each a short sweep (10 frames) sharing tissue geometry, with the structure drifting
