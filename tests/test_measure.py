@@ -255,6 +255,31 @@ def test_empty_and_tiny() -> None:
         measure(np.zeros((2, 2, 2), bool))
 
 
+def test_a_probability_map_is_refused_and_binary_masks_are_measured_alike() -> None:
+    """measure takes a mask: a probability map handed in by hand (floats 0..1, or an image of
+    many grey levels) is refused saying to threshold it, where it used to count every pixel
+    above 0 as the object (a 50 x 50 frame of 0.01 around a 20 x 20 object: area 2500)."""
+    from ultraseg.errors import UltrasegError
+
+    inside = np.zeros((50, 50), bool)
+    inside[15:35, 15:35] = True
+    probs = np.where(inside, 0.9, 0.01)
+    for dtype in (np.float32, np.float64):
+        with pytest.raises(UltrasegError, match=r"threshold it \(probs >= 0\.5\)"):
+            measure(probs.astype(dtype), 0.1)
+    grey = (probs * 255).astype(np.uint8)           # 0.01 and 0.9 of 255: 2 and 229
+    with pytest.raises(UltrasegError, match="not a mask"):
+        measure(grey)
+    with pytest.raises(UltrasegError, match="not a mask"):
+        measure(np.where(inside, 0.5, np.nan))
+    want = measure(inside, 0.1)
+    assert want["area_px"] == 400
+    for same in (inside.astype(np.uint8), inside.astype(np.uint8) * 255,
+                 inside.astype(np.float32), inside.astype(np.int64)):
+        assert measure(same, 0.1) == want
+    assert measure(probs >= 0.5, 0.1) == want
+
+
 def test_outline_half_width() -> None:
     outer = _filled_ellipse((200, 200), 100, 100, 80, 60, 20.0)
     inner = _filled_ellipse((200, 200), 100, 100, 77, 57, 20.0)

@@ -173,12 +173,47 @@ def _object(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels == int(np.argmax(sizes)), n
 
 
+def binary_mask(mask: Any) -> np.ndarray:
+    """``mask`` as bool: a bool array, or numbers holding 0 and at most one other value (0/1,
+    0/255). Anything else is no mask: floats other than 0 and 1 (a probability map) or more
+    than one value besides 0 (a grey image) are refused (:class:`UltrasegError`), as they
+    would read every pixel above 0 as the object."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask
+    if mask.dtype.kind == "f":
+        if ((mask != 0) & (mask != 1)).any():
+            raise UltrasegError(
+                "measure takes a mask, and these float values are not a mask (values other "
+                "than 0 and 1: a probability map?): threshold it (probs >= 0.5) or use "
+                "Predictor.predict, which gives the post-processed mask")
+    elif mask.dtype.kind in "iu":
+        found = mask[mask != 0]
+        if found.size and (found != found.flat[0]).any():
+            raise UltrasegError(
+                f"measure takes a mask (bool, or 0 and one other value such as 0/1 or "
+                f"0/255), and values {_some_values(mask)} are not a mask (a grey image or "
+                f"probabilities scaled to integers?): threshold it (probs >= 0.5) or use "
+                f"Predictor.predict, which gives the post-processed mask; for one label of a "
+                f"label mask, mask == label")
+    else:
+        raise UltrasegError(f"measure takes a mask (bool, or numbers 0/1 or 0/255), "
+                            f"got an array of {mask.dtype}")
+    return mask != 0
+
+
+def _some_values(values: np.ndarray) -> str:
+    """'2, 229' or '0, 2, 3, ...': the first few distinct values of ``values``."""
+    head = np.unique(values.ravel()[:100_000])
+    return ", ".join(str(v) for v in head[:3]) + (", ..." if len(head) > 3 else "")
+
+
 def measured_object(mask: np.ndarray,
                     region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The object :func:`measure` measures in a (H, W) mask, as bool (H, W): the
     :func:`largest_component` (holes filled) of the mask within ``region`` (top, bottom, left,
     right; ``None``: all of it), the object an overlay outlines."""
-    mask = np.asarray(mask).astype(bool)
+    mask = binary_mask(mask)
     if region is None:
         return largest_component(mask)
     t, b, lft, r = region
@@ -340,6 +375,10 @@ def measure(
 ) -> dict[str, Any]:
     """Measure the object (largest component, holes filled) of a bool (H, W) mask.
 
+    The mask may also be numbers holding 0 and one other value (0/1, 0/255); floats other than
+    0 and 1 (a probability map: threshold it first) or an integer image of several values are
+    refused (:class:`~ultraseg.errors.UltrasegError`), not read as every pixel above 0.
+
     ``boundary_offset_px`` is subtracted from both fitted semi-axes (see the module docstring);
     it does not change ``area_px`` or ``perimeter_px``. ``region`` (top, bottom, left, right):
     the part of the frame the prediction covers (with ``crop_border``, the content box; the
@@ -359,7 +398,7 @@ def measure(
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"measure expects a 2D mask, got shape {mask.shape}")
-    mask = mask.astype(bool)
+    mask = binary_mask(mask)
     if not math.isfinite(boundary_offset_px):
         raise ValueError(f"boundary_offset_px must be finite, got {boundary_offset_px!r}")
     if region is not None:
