@@ -579,6 +579,40 @@ def test_hc_error_counts_the_heads_the_model_missed(tmp_path, capsys) -> None:
     assert "over 1 of 2 frames with a reference (1 with no head found)" in format_summary(summary)
 
 
+def test_a_head_smaller_than_the_boundary_offset_is_not_a_head_measured(tmp_path) -> None:
+    """An object whose minor semi-axis the boundary offset reaches had its axes clamped to 0
+    and an HC of 0.0 mm (or 4a), averaged into the HC MAE as an error of minus the reference.
+    It has no HC now: evaluate and measure leave it out of the error, count it with the heads
+    not found, and a warning says why."""
+    from test_predict import hc18_like
+
+    from ultraseg.predict_files import measure_frames
+
+    hc18_like(tmp_path / "hc")      # 001_HC: semi-axes 12 and 8 px, reference 30 mm
+    predictor = Predictor(lambda b: (b > 0.5).astype(np.float32),
+                          ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None, normalise="unit"), PostprocessConfig(),
+                          {"measure": {"boundary_offset_px": 10.0}})
+    with ultraseg_warnings() as warned:
+        summary, rows = evaluate(predictor, tmp_path / "hc")
+    first = rows[0]
+    assert first["area_mm2"] > 0 and first["hc_pred_mm"] is None
+    assert first.get("hc_error_mm") is None
+    assert summary["hc_n"] == 0 and summary["hc_missed"] == 1
+    assert summary["hc_mae_mm"] is None
+    said = [r.getMessage() for r in warned if "boundary offset" in r.getMessage()]
+    assert len(said) == 1 and "1 frame" in said[0] and "no HC" in said[0], said
+    with ultraseg_warnings() as warned:
+        summary, rows = measure_frames(predictor, tmp_path / "hc")
+    assert rows[0]["area_px"] > 0 and rows[0]["hc_mm"] is None and rows[0]["hc_px"] is None
+    assert rows[0]["hc_error_mm"] is None
+    assert summary["n_reference_missed"] == 1 and summary["hc_mae_mm"] is None
+    assert summary["hc_mm_mean"] is None
+    # measure measures 002_HC too (radius 9 px, no pixel size: in px): as small
+    said = [r.getMessage() for r in warned if "boundary offset" in r.getMessage()]
+    assert len(said) == 1 and "2 frames" in said[0] and "no HC" in said[0], said
+
+
 def _ellipse(h: int, w: int, cy: int, cx: int, a: int, b: int) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     return ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1

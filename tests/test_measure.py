@@ -280,6 +280,28 @@ def test_a_probability_map_is_refused_and_binary_masks_are_measured_alike() -> N
     assert measure(probs >= 0.5, 0.1) == want
 
 
+def test_an_object_no_wider_than_the_boundary_offset_has_no_head_circumference() -> None:
+    """The offset (the outline's half-width) shrinks both semi-axes; where it reached the
+    minor one they were clamped to 0, and a 2 x 2 speck at offset 1.27 px gave hc_mm 0.0 (a
+    thin bar, 4a): a circumference no head has. Now no ellipse: its fields are None, as for
+    an empty mask, while the object's area and perimeter are measured."""
+    speck = np.zeros((20, 20), bool)
+    speck[9:11, 9:11] = True
+    bar = np.zeros((40, 40), bool)
+    bar[19:21, 5:35] = True
+    for mask in (speck, bar):
+        r = measure(mask, 0.15, boundary_offset_px=1.2694)
+        assert r["area_px"] == np.count_nonzero(mask) and r["perimeter_px"] > 0
+        assert r["area_mm2"] == pytest.approx(r["area_px"] * 0.15 ** 2)
+        for k in ("hc_mm", "major_axis_mm", "minor_axis_mm", "ellipse_axes",
+                  "ellipse_circumference_px", "ellipse_center", "ellipse_angle_deg",
+                  "ellipse_method"):
+            assert r[k] is None, k
+        assert measure(mask, 0.15)["hc_mm"] > 0          # no offset: an ellipse
+    r = measure(bar, 0.15, boundary_offset_px=0.5)      # an offset short of the minor axis
+    assert r["hc_mm"] > 0 and r["ellipse_axes"][1] > 0
+
+
 def test_outline_half_width() -> None:
     outer = _filled_ellipse((200, 200), 100, 100, 80, 60, 20.0)
     inner = _filled_ellipse((200, 200), 100, 100, 77, 57, 20.0)

@@ -21,7 +21,8 @@ from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, s
 from .io.base import LabelTally, counting_colour, header_shape, said_once
 from .io.dicom import PIXEL_SIZE_NOT_TAKEN
 from .logs import quiet
-from .measure import PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure
+from .measure import (PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure,
+                      warn_too_small_for_an_ellipse)
 from .metrics import EMPTY_RULE, image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
@@ -437,6 +438,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     thin.warn(log, PAD_TO_SQUARE_REMEDY)
     colour.warn(log)
     sizes.warn(log)
+    warn_too_small_for_an_ellipse(sum(1 for r in rows if r.get("area_mm2")
+                                      and r.get("hc_pred_mm") is None), offset, log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in RAW_KEYS}

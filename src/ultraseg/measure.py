@@ -42,7 +42,8 @@ origin at the centre of the top-left pixel, ``x`` to the right (column) and ``y`
   the one fitted in px mapped by ``x * dx, y * dy`` (an ellipse still, its axes the singular
   values of that map), whose axes and circumference give the diameters and HC in mm.
 
-An empty mask gives ``area_px == 0``, ``perimeter_px == 0.0`` and ``None`` for every ellipse field.
+An empty mask gives ``area_px == 0``, ``perimeter_px == 0.0`` and ``None`` for every ellipse field;
+so does an object no wider than ``boundary_offset_px`` (its area and perimeter measured).
 """
 from __future__ import annotations
 
@@ -393,7 +394,9 @@ def measure(
     pixels that are not square, see the module docstring) also ``area_mm2``,
     ``perimeter_mm``, ``hc_mm`` (the ellipse circumference in mm) and ``major_axis_mm`` and
     ``minor_axis_mm`` (the ellipse's whole axes, 2a and 2b: of a fetal head, the occipitofrontal
-    and the biparietal diameter, outer to outer). Ellipse fields are ``None`` for an empty mask.
+    and the biparietal diameter, outer to outer). Ellipse fields are ``None`` for an empty mask,
+    and for an object whose minor semi-axis is no longer than ``boundary_offset_px`` (a speck
+    no wider than the outline's line: a circumference of 0 mm is no head's).
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -440,7 +443,12 @@ def measure(
             method = "moments"
         assert ell is not None
         cx, cy, a, b, angle = ell
-        a, b = max(a - boundary_offset_px, 0.0), max(b - boundary_offset_px, 0.0)
+        if b - boundary_offset_px <= 0:
+            # the offset reaches the minor semi-axis: an object no wider than the outline's
+            # line has no ellipse to give (a circumference of 0, or 4a, is no head's)
+            logger.debug("object of %d px no wider than the boundary offset: no ellipse", area)
+            return _with_mm(out, obj, pixel_size_mm)
+        a, b = a - boundary_offset_px, b - boundary_offset_px
         out.update(
             ellipse_center=(cx, cy),
             ellipse_axes=(a, b),
@@ -448,9 +456,26 @@ def measure(
             ellipse_circumference_px=ellipse_circumference(a, b),
             ellipse_method=method,
         )
+    return _with_mm(out, obj, pixel_size_mm)
+
+
+def _with_mm(out: dict[str, Any], obj: np.ndarray,
+             pixel_size_mm: float | tuple[float, float] | None) -> dict[str, Any]:
+    """``out`` with its mm fields where ``pixel_size_mm`` is given."""
     if pixel_size_mm is not None:
         out.update(_in_mm(out, obj, pixel_spacing(pixel_size_mm)))
     return out
+
+
+def warn_too_small_for_an_ellipse(n: int, boundary_offset_px: float,
+                                  log: logging.Logger = logger) -> None:
+    """Warn, where ``n`` > 0, that ``n`` frames' object was no wider than the boundary offset,
+    so :func:`measure` gave it no ellipse: no HC, left out of the HC error."""
+    if n:
+        log.warning("%d frame%s' object is no wider than the boundary offset (%.2f px, the "
+                    "outline's half-width): too small for an ellipse, so no HC (empty cells), "
+                    "left out of the HC error as a head not found",
+                    n, "" if n == 1 else "s", boundary_offset_px)
 
 
 def _in_mm(out: dict[str, Any], obj: np.ndarray, spacing: tuple[float, float]

@@ -972,7 +972,8 @@ def measure_frames(predictor: Predictor | str | Path,
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     ``on_row``: called with each frame's row as soon as it is measured (the CLI prints it).
     """
-    from .measure import PixelSizes, check_pixel_size, measure, measured_object
+    from .measure import (PixelSizes, check_pixel_size, measure, measured_object,
+                          warn_too_small_for_an_ellipse)
     from .preprocess import seen_region
     from .report import measure_overlay
 
@@ -1030,6 +1031,8 @@ def measure_frames(predictor: Predictor | str | Path,
             written.stopped(e, "measured")
             raise
         sizes.warn(log)
+        warn_too_small_for_an_ellipse(
+            sum(1 for r in rows if r["area_px"] and r["hc_px"] is None), offset, log)
         summary = summarise_measurements(rows, offset)
         if failed is not None:
             summary["n_unreadable"] = len(failed)
