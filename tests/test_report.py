@@ -564,3 +564,22 @@ def test_a_prediction_filling_the_frame_shows_in_the_report_s_panels(tmp_path,
     small_truth = truth[10:, 10:]
     assert (outside[~small_truth] == 100).all()
     assert (overlay(image, full)[1:-1, 1:-1] == 100).all()   # overlay's default: outline only
+
+
+def test_the_report_s_raw_dice_and_time_rows_say_what_they_cover() -> None:
+    """report.html's 'val Dice, original size' is the threshold-0.5 Dice of the network's plain
+    output, while evaluate's raw Dice takes the test-time flip where it was chosen (0.2365
+    against 0.228, a review), and its 'training time (s)' was the whole run (4.7 s, loading,
+    epochs and the post-processing choice, against 0.89 s in the epochs). The rows now say
+    so, and the epochs' own time (metrics.csv's seconds summed) stands beside the run's."""
+    from ultraseg.report import RAW_DICE_ROW, time_rows
+
+    assert "threshold 0.5" in RAW_DICE_ROW and "no flip" in RAW_DICE_ROW
+    history = [{"epoch": 1, "seconds": 0.31}, {"epoch": 2, "seconds": 0.58}]
+    rows = time_rows(4.74, history)
+    assert list(rows.values()) == [4.7, 0.9]
+    run_row, epochs_row = rows
+    assert run_row.startswith("run time (s)") and "post-processing" in run_row
+    assert epochs_row.startswith("epochs' time (s)")
+    # a history that does not time every epoch (from an older run) gives the run's alone
+    assert list(time_rows(4.74, [{"epoch": 1}, {"epoch": 2, "seconds": 0.5}])) == [run_row]

@@ -241,7 +241,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
               f"or report); {result.seconds:.0f} s")
     else:
         print(f"best epoch {result.best_epoch}: val Dice {result.best_dice:.4f} "
-              f"(original size {result.val_dice_original:.4f}, post-processed "
+              f"(original size {result.val_dice_original:.4f} at threshold 0.5, no flip; "
+              f"post-processed "
               f"{result.val_dice_postprocessed:.4f}); {result.seconds:.0f} s")
         _print_empty_figures(result)
         if result.val_hc_mae_mm is not None:

@@ -73,6 +73,27 @@ CAPTIONS: dict[str, str] = {
                       f"post-processing ({COLOURS}, the predicted area lightly tinted "
                       "orange); each panel's Dice counts an empty truth predicted empty as 1.",
 }
+#: The report's row of the validation Dice at threshold 0.5 alone, on the network's plain
+#: output: the test-time flip is left out, whether or not the post-processing chose it
+#: (evaluate's 'threshold 0.5 alone', ``raw.dice_mean``, takes the flip where it is chosen).
+RAW_DICE_ROW = "val Dice, original size (threshold 0.5, no flip)"
+#: The report's row of the run's time, from its start to its end (reading and caching the
+#: data, the epochs, choosing the post-processing): not the epochs' alone (:func:`time_rows`).
+RUN_TIME_ROW = "run time (s): reading the data, the epochs, choosing the post-processing"
+#: The report's row of the epochs' own time (training and validating): metrics.csv's seconds.
+EPOCHS_TIME_ROW = "epochs' time (s): training and validating, metrics.csv's seconds summed"
+
+
+def time_rows(seconds: float, history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The report's rows of time: the whole run's ``seconds`` and, where ``history`` times
+    every epoch (its ``seconds``), the epochs' own, summed (s, one decimal)."""
+    rows = {RUN_TIME_ROW: round(float(seconds), 1)}
+    timed = [r["seconds"] for r in history if _is_num(r.get("seconds"))]
+    if timed and len(timed) == len(history):
+        rows[EPOCHS_TIME_ROW] = round(float(sum(timed)), 1)
+    return rows
+
+
 #: What the prediction figures' titles add to :data:`COLOURS` (the tint, :data:`PRED_FILL`).
 TINT = "predicted area tinted orange"
 #: The prediction figure's title in a run's report.

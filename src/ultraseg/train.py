@@ -516,7 +516,7 @@ def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]
     log.warning("%s: the run had finished but its report was not written (interrupted?): "
                 "writing it from the checkpoint", out)
     summary = result.summary or {"best epoch": result.best_epoch,
-                                 "training time (s)": result.seconds}
+                                 **report.time_rows(result.seconds, result.history)}
     report.plot_curves(result.history, out / "curve.png", best_epoch=result.best_epoch)
     missing: list[str] = []
     try:
@@ -1090,8 +1090,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     tuned = float(np.mean(scores)) if seen else None
     nonempty, empty_right, n_empty = _empty_figures(seen) if seen else (None, None, None)
     if seen:
-        log.info("validation Dice at original resolution: %.4f raw, %.4f with %s", raw, tuned,
-                 pp)
+        log.info("validation Dice at original resolution: %.4f raw (threshold 0.5, no flip), "
+                 "%.4f with %s", raw, tuned, pp)
         _warn_if_nothing_found(out, seen, pp, tuned)
     measure_meta = dict(best.meta.get("measure") or {})
     if seen and cfg.train.tune_postprocess and (deadline is None
@@ -1109,6 +1109,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                    train_seconds=round(seconds, 1), epochs_run=len(history), stopped=stopped,
                    world_size=cfg.train.world_size, device=str(device),
                    precision="bf16" if dtype else "fp32")
+
+    from . import report
 
     def figure(v: float | None) -> float | str:
         return "n/a (no validation split)" if v is None or math.isnan(v) else round(v, 4)
@@ -1129,7 +1131,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                        f"{best_epoch} (the last: no validation mask holds a structure, so "
                        f"validation chose nothing)"),
         "best val Dice (canvas)": figure(best_dice),
-        "val Dice, original size": figure(raw), "val Dice, post-processed": figure(tuned),
+        report.RAW_DICE_ROW: figure(raw), "val Dice, post-processed": figure(tuned),
         "val Dice, non-empty frames (post-processed)":
             figure(nonempty) if nonempty is not None or not seen else
             "n/a (no validation frame holds a structure)",
@@ -1148,7 +1150,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             f"{measure_meta['val_hc_mae_mm']:.2f} ({measure_meta['val_hc_mae_mm_start']:.2f} "
             "with the outlines' half-width)" + _hc_frames(measure_meta, " validation")}
            if "val_hc_mae_mm" in measure_meta else {}),
-        "training time (s)": round(seconds, 1),
+        **report.time_rows(seconds, history),
         "device / precision": f"{device} / {'bf16' if dtype else 'fp32'}"
                               + (f" ({cfg.train.world_size} processes)"
                                  if cfg.train.world_size > 1 else ""),
@@ -1158,8 +1160,6 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                     meta(dict(metrics, report=summary), pp, measure_meta))
 
     progress({"event": "stage", "message": "writing the report"})
-    from . import report
-
     report.plot_curves(history, out / "curve.png", best_epoch=best_epoch)
     _plot_samples(out, arrays, train_idx)
     if seen:
