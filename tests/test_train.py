@@ -986,19 +986,18 @@ def _head(shape: tuple[int, int], a: float, b: float) -> np.ndarray:
 def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_reference() -> None:
     """Validation frames with a pixel size and a reference HC choose the boundary offset: a
     model drawing heads 3 px too large gets about 3 px, where the outlines' half-width was 1;
-    frames without a reference take no part, and fewer than 10 with one keep the offset."""
+    frames without a reference take no part (_score_validation keeps none for it: the test
+    above), and fewer than 10 with one keep the offset."""
     from types import SimpleNamespace
 
     from ultraseg.measure import ellipse_circumference
 
     rng = np.random.default_rng(0)
     samples, regions, probs = [], [], []
-    for i in range(14):
+    for _ in range(11):     # (frames without a reference: _score_validation keeps none)
         a, b = rng.uniform(30, 50), rng.uniform(20, 29)
         size = rng.uniform(0.1, 0.3)
         meta = {"pixel_size_mm": size, "hc_mm": ellipse_circumference(a, b) * size}
-        if i >= 11:
-            meta = {"pixel_size_mm": size} if i < 13 else {}   # no reference: left out
         samples.append(SimpleNamespace(meta=meta))
         regions.append(None)                                  # the whole frame
         probs.append(_head((80, 120), a + 3, b + 3).astype(np.float32))
@@ -1014,6 +1013,40 @@ def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_referen
     few = train_mod._calibrate_measure(samples[2:], regions[2:], probs[2:], PostprocessConfig(),
                                        cfg, before)
     assert few == before                                      # 9 frames with a reference
+
+
+def _validation_frames(tmp_path: Path, n: int) -> tuple:
+    """A tiny untrained model's config and Predictor (on the CPU, two frames a batch), and
+    ``n`` phantom frames to validate on."""
+    from ultraseg.io import open_dataset
+    from ultraseg.predict import Predictor
+    from ultraseg.runtime import torch_runner
+
+    cfg = merge(preset("demo"), {"preprocess": {"size": 32},
+                                 "model": {"variant": "same", "width": 2, "depth": 2}})
+    torch.manual_seed(0)
+    predictor = Predictor(torch_runner(build_model(cfg.model), torch.device("cpu"), None),
+                          cfg.model, cfg.preprocess, batch_size=2)
+    samples = open_dataset(make_dataset(tmp_path / "d", n=n, size=32, seed=1)).labelled[:n]
+    return cfg, predictor, list(samples)
+
+
+def test_the_frames_the_offset_is_calibrated_on_have_a_pixel_size_and_a_reference(
+        tmp_path) -> None:
+    """Of the validation frames, those with a pixel size and a reference head circumference
+    alone are kept for the offset's calibration (hc_samples, in the frames' order), their
+    regions and probabilities beside them; the others (no reference, no pixel size, a zero
+    one) are left out, and with tune_postprocess off none is kept."""
+    cfg, predictor, samples = _validation_frames(tmp_path, 6)
+    metas = ({"pixel_size_mm": 0.1, "hc_mm": 40.0}, {"pixel_size_mm": 0.1}, {"hc_mm": 40.0},
+             {"pixel_size_mm": 0.0, "hc_mm": 40.0}, {"pixel_size_mm": 0.2, "hc_mm": 0.0}, {})
+    for s, meta in zip(samples, metas):
+        s.meta.update(meta)
+    seen = train_mod._score_validation(predictor, samples, cfg, False, None)
+    assert [s.name for s in seen.hc_samples] == [samples[0].name, samples[4].name]
+    assert len(seen.hc_regions) == len(seen.hc_levels) == 2
+    off = merge(cfg, {"train": {"tune_postprocess": False}})
+    assert train_mod._score_validation(predictor, samples, off, False, None).hc_samples == []
 
 
 def test_the_validation_hc_error_counts_the_frames_with_no_head_found() -> None:
@@ -1485,11 +1518,7 @@ def test_the_choice_leaves_time_to_score_the_frames_after_it(tmp_path, monkeypat
     from types import SimpleNamespace
 
     import ultraseg.postprocess as pp_mod
-    from ultraseg.config import merge, preset
-    from ultraseg.io import open_dataset
-    from ultraseg.model import build_model
     from ultraseg.predict import Predictor
-    from ultraseg.runtime import torch_runner
 
     clock = [0.0]
     monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
@@ -1506,12 +1535,7 @@ def test_the_choice_leaves_time_to_score_the_frames_after_it(tmp_path, monkeypat
 
     monkeypatch.setattr(Predictor, "predict_proba_many", predict)
     monkeypatch.setattr(pp_mod.GridSearch, "add", add)
-    cfg = merge(preset("demo"), {"preprocess": {"size": 32},
-                                 "model": {"variant": "same", "width": 2, "depth": 2}})
-    torch.manual_seed(0)
-    predictor = Predictor(torch_runner(build_model(cfg.model), torch.device("cpu"), None),
-                          cfg.model, cfg.preprocess, batch_size=2)
-    samples = open_dataset(make_dataset(tmp_path / "d", n=8, size=32, seed=1)).labelled[:8]
+    cfg, predictor, samples = _validation_frames(tmp_path, 8)
     seen = train_mod._score_validation(predictor, samples, cfg, True, 30.0)
     assert clock[0] <= 30.0
     assert len(seen.scores) == 8 and all(0.0 <= d <= 1.0 for d in seen.scores)

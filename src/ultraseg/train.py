@@ -1440,23 +1440,21 @@ def _shown_frames(predictor: Predictor, samples: list, cfg: RunConfig, pp: Postp
 def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndarray],
                        pp: PostprocessConfig, cfg: RunConfig, measure_meta: dict[str, Any]
                        ) -> dict[str, Any]:
-    """``measure_meta`` with its ``boundary_offset_px`` chosen on the validation frames that
-    carry a reference head circumference and a pixel size (HC18):
+    """``measure_meta`` with its ``boundary_offset_px`` chosen on the validation frames
+    ``samples``, each with a reference head circumference and a pixel size (HC18: those
+    :func:`_score_validation` keeps as ``hc_samples``):
     :func:`ultraseg.measure.choose_boundary_offset`, starting from the outlines' half-width.
     As it was where fewer than :data:`~ultraseg.measure.MIN_CALIBRATION_FRAMES` frames have a
-    reference and a predicted object.
+    predicted object.
 
     ``regions``: each frame's :func:`ultraseg.preprocess.seen_region`; ``probs``: its
     probabilities, taken one at a time."""
     from .measure import MIN_CALIBRATION_FRAMES, choose_boundary_offset, measure
     from .postprocess import apply as apply_pp
 
-    rows, with_reference = [], 0
+    rows, with_reference = [], len(samples)
     for s, region, prob in zip(samples, regions, probs):
-        size, ref = s.meta.get("pixel_size_mm"), s.meta.get("hc_mm")
-        if not size or ref is None:
-            continue
-        with_reference += 1
+        size, ref = s.meta["pixel_size_mm"], s.meta["hc_mm"]
         m = measure(apply_pp(prob, pp), size, 0.0, region=region)
         if m["ellipse_axes"] is not None:
             rows.append((*m["ellipse_axes"], size, ref))
