@@ -49,10 +49,10 @@ class Arrays:
     thumbs: np.ndarray | None = None
     #: What the masks look like at their own size (:class:`MaskTally`). None: not known.
     tally: MaskTally | None = None
-    #: The label :func:`load_arrays` gave a black-and-white mask's white where asked to decide
-    #: it over the set (``white_as_set``), for the samples' later reads at their own size
-    #: (:func:`ultraseg.io.with_white`); None: the samples' own.
-    white: int | None = None
+    #: The label a black-and-white mask's white takes in ``masks``: the one :func:`load_arrays`
+    #: decided over the set where asked (``white_as_set``), for the samples' later reads at
+    #: their own size (:func:`ultraseg.io.with_white`); else the samples' own.
+    white: int = 1
 
 
 def union_note(labels: Sequence[int], label: int | None) -> str | None:
@@ -273,7 +273,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     pass ``False``-y empty string to disable caching. ``white_as_set``: a black-and-white
     mask's white is decided over the set for ``cfg.label`` (:func:`ultraseg.io.white_for`),
     when the frames are decoded (a cache hit keeps the white its build decided: no mask is
-    decoded), and given as :attr:`Arrays.white`; else the samples' own.
+    decoded), and given as :attr:`Arrays.white`; else the samples' own (the first's, where a
+    dataset made by hand mixes them: :func:`ultraseg.io.with_white` gives a set one).
     """
     if cfg.size is None:
         raise UltrasegError("training needs a working size: preprocess.size (--size) is None, "
@@ -305,9 +306,9 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             return Arrays(cached["images"], cached["masks"], names, subjects,
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
                           cached["thumbs"], tally,
-                          int(cached["white"][0]) if white_as_set else None)
-    white = white_for(cfg.label, samples) if white_as_set else None
-    if white is not None:
+                          int(cached["white"][0]) if white_as_set else samples[0].white)
+    white = white_for(cfg.label, samples) if white_as_set else samples[0].white
+    if white_as_set:
         samples = tuple(replace(s, white=white) for s in samples)
     images = np.empty((len(samples), cfg.size, cfg.size), np.uint8)
     masks = np.empty_like(images)
@@ -344,7 +345,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
                       thin=thin_record, tally=np.array(astuple(tally), np.int64),
                       colour=colour.record(),
-                      white=np.array([white or 0], np.int64))
+                      white=np.array([white], np.int64))
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)

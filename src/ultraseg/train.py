@@ -548,7 +548,7 @@ def _load(cfg: RunConfig) -> tuple[Dataset, Arrays]:
     ds = open_dataset(cfg.data.path, cfg.data.layout, cfg.data.subject_pattern,
                       cfg.preprocess.fill_outlines)
     arrays = load_arrays(ds, cfg.preprocess, cfg.data.cache_dir, white_as_set=True)
-    return with_white(ds, arrays.white or 1), arrays
+    return with_white(ds, arrays.white), arrays
 
 
 def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
