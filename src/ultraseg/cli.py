@@ -321,22 +321,26 @@ class StatusLine:
     (``tty``; :meth:`clear` takes it off), and written guarded: a stream that cannot be
     written (its reader gone, a full disk, closed under it) stops nothing, the display goes
     quiet (``quiet``) and the stream is sent to the null device (:func:`to_null`). Predict's
-    and measure's bar and training's printer both write through it."""
+    and measure's bar and training's printer both write through it (the printer's epoch
+    lines on stdout too)."""
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.quiet = False
 
-    def write(self, text: str) -> None:
+    def write(self, text: str) -> OSError | ValueError | None:
+        """Write ``text``; the error that made this write go quiet, else None."""
         if self.quiet:
-            return
+            return None
         try:
             self.stream.write(text)
             self.stream.flush()
-        except (OSError, ValueError):     # (BrokenPipeError; a closed stream's ValueError)
+        except (OSError, ValueError) as e:  # (BrokenPipeError; a closed stream's ValueError)
             self.quiet = True
             to_null(self.stream)
+            return e
+        return None
 
     def clear(self, width: int = 70) -> None:
         """On a terminal, blank the line (``width`` characters) and go back to its start (a

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
                      merge, parse_duration, preset)
-from .cli import StatusLine, bar, json_on_failure, path_arg, to_null
+from .cli import StatusLine, bar, json_on_failure, path_arg
 from .errors import UltrasegError
 from .fileio import json_text, read_json
 
@@ -29,13 +29,18 @@ class ProgressPrinter:
     ``2>&1 | head``), or the stream cannot be written (``>/dev/full``, an I/O error, a closed
     file), training goes on to its end: the printer says so once where stderr still has a
     reader, and the stream gone is sent to the null device (the run's epochs are in its
-    metrics.csv and train.log); a display is no reason to lose a run. stderr is written
+    metrics.csv and train.log); a display is no reason to lose a run. Both streams are written
     through a :class:`~ultraseg.cli.StatusLine`, as predict's bar is.
     """
 
     def __init__(self, stream: Any = None) -> None:
         self.line = StatusLine(stream)
-        self.quiet = False          # stdout's reader has gone
+        self.stdout = StatusLine(sys.stdout)
+
+    @property
+    def quiet(self) -> bool:
+        """stdout's reader has gone."""
+        return self.stdout.quiet
 
     @property
     def err_quiet(self) -> bool:
@@ -65,13 +70,8 @@ class ProgressPrinter:
                 self.line.clear(60)
 
     def _out(self, line: str) -> None:
-        if self.quiet:
-            return
-        try:
-            print(line, flush=True)
-        except (OSError, ValueError) as e:   # (ValueError: a stream closed under us)
-            self.quiet = True
-            to_null(sys.stdout)
+        e = self.stdout.write(line + "\n")
+        if e is not None:
             why = ("stdout's reader has gone" if isinstance(e, BrokenPipeError) else
                    f"stdout cannot be written ({getattr(e, 'strerror', None) or e})")
             self._err(f"note: {why}; training goes on (its epochs: metrics.csv and train.log "
