@@ -892,6 +892,36 @@ def test_an_image_with_a_colour_overlay_is_warned_of_once_a_file(tmp_path: Path)
     assert len(warned) == 1
 
 
+@pytest.mark.parametrize("mode", ["P", "P transparent", "CMYK", "YCbCr"])
+def test_a_frame_in_a_colour_mode_is_read_as_pillow_makes_it_grey_and_warned_of(mode) -> None:
+    """A palette, CMYK or YCbCr frame reads as Pillow's convert('L') makes it (a YCbCr's grey
+    is its Y, not the luma of its RGB), and its colour is warned of as it shows."""
+    from ultraseg.io.base import pillow_to_gray
+
+    rgb = _doppler()
+    if mode.startswith("P"):
+        im = Image.fromarray(rgb).quantize(64)
+        if mode == "P transparent":
+            im.info["transparency"] = 3
+    else:
+        im = Image.fromarray(rgb).convert(mode)
+    rng = np.random.default_rng(1)      # every colour of a random palette; random pixels
+    if mode.startswith("P"):
+        noisy = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16), "L")
+        noisy = noisy.convert("P")
+        noisy.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
+    else:
+        bands = len(Image.new(mode, (1, 1)).getbands())
+        noisy = Image.frombytes(mode, (50, 40), rng.integers(0, 256, 40 * 50 * bands,
+                                                              dtype=np.uint8).tobytes())
+    for frame in (im, noisy):
+        frame.info.update(im.info)
+        with ultraseg_warnings() as warned:
+            grey = pillow_to_gray(frame, "f.png")
+        np.testing.assert_array_equal(grey, np.asarray(frame.convert("L")))
+        assert len(warned) == 1 and "of its pixels are colour" in warned[0].getMessage()
+
+
 def test_frames_in_colour_are_counted_inside_counting_colour(tmp_path: Path) -> None:
     """Training or inspect reading many Doppler frames said one line each: inside
     counting_colour they are counted, and one line says how many, naming the first."""

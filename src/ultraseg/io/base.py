@@ -537,9 +537,11 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
     # `frame[mask] = 255` failed on 8-bit files alone (16-bit ones come back converted)
     if im.mode == "LAB":                                            # its lightness
         return np.array(im.getchannel("L"), dtype=np.uint8)
-    if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
-        say_colour(np.asarray(im if im.mode in ("RGB", "RGBA") else im.convert("RGB")), path)
-    if im.mode in ("L", "RGB", "RGBA", "P", "LA", "1", "CMYK", "YCbCr"):
+    if im.mode in ("P", "CMYK"):   # as they show, once: their RGB's convert("L") is theirs
+        im = im.convert("RGB")
+    if im.mode in ("RGB", "RGBA", "YCbCr"):     # (a YCbCr's grey is its Y: kept to the end)
+        say_colour(np.asarray(im if im.mode != "YCbCr" else im.convert("RGB")), path)
+    if im.mode in ("L", "RGB", "RGBA", "LA", "1", "YCbCr"):
         return np.array(im.convert("L"), dtype=np.uint8)
     arr = np.asarray(im)  # I;16, I, F
     if arr.ndim == 2 and _tag(tiff, PHOTOMETRIC) == WHITE_IS_ZERO:  # Pillow inverts 8 bits only
