@@ -1097,9 +1097,3 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
         "hc_bias_mm": float(np.mean(errors)) if errors else None,
         "boundary_offset_px": boundary_offset_px,
     }
-
-
-def measurements_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows of :func:`measure_frames` as CSV text (header :data:`MEASURE_COLUMNS`, then
-    ``error``: why a frame was skipped, empty for the frames measured)."""
-    return csv_text([*MEASURE_COLUMNS, "error"], rows)

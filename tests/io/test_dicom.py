@@ -1,6 +1,7 @@
 """DICOM frames (ultraseg.io.dicom): pixels as every file's, pixel size from the header."""
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -749,7 +750,7 @@ def test_pixels_that_are_not_square_are_measured_as_they_are_not_with_a_pixel_si
 
     from ultraseg import collect_frames
     from ultraseg.measure import measure
-    from ultraseg.predict_files import measure_frames, measurements_csv
+    from ultraseg.predict_files import measure_frames
 
     image = _head(30, 40, 20.0, 15.0)
     p = make_dicom(tmp_path / "exam" / "aniso.dcm", image, spacing=(0.2, 0.4))
@@ -759,7 +760,8 @@ def test_pixels_that_are_not_square_are_measured_as_they_are_not_with_a_pixel_si
                                                                                         0.4)
     expected = measure(image >= 128, (0.2, 0.4))
     with ultraseg_warnings() as warned:
-        summary, (row,) = measure_frames(pixel_predictor(), [frame], pixel_size_mm=0.3)
+        summary, (row,) = measure_frames(pixel_predictor(), [frame], pixel_size_mm=0.3,
+                                         out=tmp_path / "m")
     assert row["pixel_size_mm"] is None
     assert (row["pixel_height_mm"], row["pixel_width_mm"]) == (0.2, 0.4)
     assert row["area_mm2"] == pytest.approx(row["area_px"] * 0.2 * 0.4)
@@ -769,8 +771,8 @@ def test_pixels_that_are_not_square_are_measured_as_they_are_not_with_a_pixel_si
     said = " ".join(r.getMessage() for r in warned)
     assert "aniso: its DICOM header gives pixels that are not square (0.2 mm high, 0.4 mm " \
            "wide)" in said and "--pixel-size 0.3 (square) was not used for it" in said
-    header, line = measurements_csv([row]).splitlines()
-    cells = dict(zip(header.split(","), line.split(",")))
+    with open(tmp_path / "m" / "measurements.csv", newline="") as f:
+        (cells,) = csv.DictReader(f)
     assert (cells["pixel_size_mm"], cells["pixel_height_mm"], cells["pixel_width_mm"]) == (
         "", "0.2", "0.4")
     # without --pixel-size: the same mm, and no warning (nothing was left unused)
