@@ -472,9 +472,9 @@ def warn_too_small_for_an_ellipse(n: int, boundary_offset_px: float,
     """Warn, where ``n`` > 0, that ``n`` frames' object was no wider than the boundary offset,
     so :func:`measure` gave it no ellipse: no HC, left out of the HC error."""
     if n:
-        log.warning("%d frame%s' object is no wider than the boundary offset (%.2f px, the "
-                    "outline's half-width): too small for an ellipse, so no HC (empty cells), "
-                    "left out of the HC error as a head not found",
+        log.warning("%d frame%s: the object is no wider than the boundary offset (%.2f px, "
+                    "the outline's half-width), too small for an ellipse: no HC (empty "
+                    "cells), left out of the HC error as a head not found",
                     n, "" if n == 1 else "s", boundary_offset_px)
 
 
