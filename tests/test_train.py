@@ -986,8 +986,8 @@ def _head(shape: tuple[int, int], a: float, b: float) -> np.ndarray:
 def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_reference() -> None:
     """Validation frames with a pixel size and a reference HC choose the boundary offset: a
     model drawing heads 3 px too large gets about 3 px, where the outlines' half-width was 1;
-    frames without a reference take no part (_score_validation keeps none for it: the test
-    above), and fewer than 10 with one keep the offset."""
+    fewer than 10 frames keep the offset. (_calibrate_measure is handed those with a reference
+    alone: test_the_frames_the_offset_is_calibrated_on_have_a_pixel_size_and_a_reference.)"""
     from types import SimpleNamespace
 
     from ultraseg.measure import ellipse_circumference
