@@ -275,7 +275,8 @@ def test_a_probability_map_is_refused_and_binary_masks_are_measured_alike() -> N
     want = measure(inside, 0.1)
     assert want["area_px"] == 400
     for same in (inside.astype(np.uint8), inside.astype(np.uint8) * 255,
-                 inside.astype(np.float32), inside.astype(np.int64)):
+                 inside.astype(np.float32), inside.astype(np.int64),
+                 inside.astype(np.float32) * 255):      # (np.asarray(image, float) of a PNG)
         assert measure(same, 0.1) == want
     assert measure(probs >= 0.5, 0.1) == want
 

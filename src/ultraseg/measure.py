@@ -175,31 +175,25 @@ def _object(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def binary_mask(mask: Any) -> np.ndarray:
-    """``mask`` as bool: a bool array, or numbers holding 0 and at most one other value (0/1,
-    0/255). Anything else is no mask: floats other than 0 and 1 (a probability map) or more
-    than one value besides 0 (a grey image) are refused (:class:`UltrasegError`), as they
+    """``mask`` as bool: a bool array, or numbers (integers or floats alike) holding 0 and at
+    most one other value (0/1, 0/255). Anything else is no mask: more than one value besides
+    0 (a probability map, a grey image) or NaN is refused (:class:`UltrasegError`), as it
     would read every pixel above 0 as the object."""
     mask = np.asarray(mask)
     if mask.dtype == bool:
         return mask
-    if mask.dtype.kind == "f":
-        if ((mask != 0) & (mask != 1)).any():
-            raise UltrasegError(
-                "measure takes a mask, and these float values are not a mask (values other "
-                "than 0 and 1: a probability map?): threshold it (probs >= 0.5) or use "
-                "Predictor.predict, which gives the post-processed mask")
-    elif mask.dtype.kind in "iu":
-        found = mask[mask != 0]
-        if found.size and (found != found.flat[0]).any():
-            raise UltrasegError(
-                f"measure takes a mask (bool, or 0 and one other value such as 0/1 or "
-                f"0/255), and values {_some_values(mask)} are not a mask (a grey image or "
-                f"probabilities scaled to integers?): threshold it (probs >= 0.5) or use "
-                f"Predictor.predict, which gives the post-processed mask; for one label of a "
-                f"label mask, mask == label")
-    else:
+    if mask.dtype.kind not in "iuf":
         raise UltrasegError(f"measure takes a mask (bool, or numbers 0/1 or 0/255), "
                             f"got an array of {mask.dtype}")
+    found = mask[mask != 0]
+    if found.size and not (found == found.flat[0]).all():       # (NaN equals nothing)
+        kind = ("a probability map?" if mask.dtype.kind == "f" else
+                "a grey image or probabilities scaled to integers?")
+        raise UltrasegError(
+            f"measure takes a mask (bool, or 0 and one other value such as 0/1 or 0/255), and "
+            f"values {_some_values(mask)} are not a mask ({kind}): threshold it (probs >= 0.5) "
+            f"or use Predictor.predict, which gives the post-processed mask; for one label of "
+            f"a label mask, mask == label")
     return mask != 0
 
 
