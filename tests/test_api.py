@@ -269,3 +269,15 @@ def test_the_objects_a_notebook_shows_have_reprs_that_do_not_grow_with_the_data(
 
     assert abs(len(repr(written(3))) - len(repr(written(1000)))) < 12   # the counts' digits
     assert "n=1000" in repr(written(1000)) and "masks=1000 paths" in repr(written(1000))
+
+
+@pytest.mark.parametrize("call", ["load", "open_dataset"])
+def test_load_and_open_dataset_refuse_what_is_not_a_path_saying_what_they_take(call) -> None:
+    """ultraseg.load(b"...") and open_dataset(b"...") gave pathlib's raw TypeError, where
+    read_image says it takes a file's path."""
+    import ultraseg
+    from ultraseg.errors import UltrasegError
+
+    with pytest.raises(UltrasegError,
+                       match=rf"{call} takes a [a-z ]*(file|folder)'s path.*got bytes"):
+        getattr(ultraseg, call)(b"model.ckpt")

@@ -66,6 +66,15 @@ class WriteError(UltrasegError, OSError):
         return str(self.args[0])
 
 
+def as_path(path: Any, taker: str, hint: str = "", what: str = "a file") -> Path:
+    """``path`` as a :class:`~pathlib.Path`; anything but a str or an ``os.PathLike`` (the
+    bytes of an upload, a file object, None) is refused saying that ``taker`` takes
+    ``what``'s path, and ``hint``, where to go instead."""
+    if isinstance(path, (str, os.PathLike)):
+        return Path(path)
+    raise UltrasegError(f"{taker} takes {what}'s path (a str or a pathlib.Path), got "
+                        f"{type(path).__name__}" + (f": {hint}" if hint else ""))
+
 def failure_reason(e: OSError) -> str:
     """Why ``e`` stopped a write, in :data:`REASONS`' words where it has them (every command
     says 'read-only file system' alike), else the system's."""

@@ -21,6 +21,7 @@ from PIL import Image
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_postprocess,
                      plain_number)
 from .errors import UltrasegError, is_out_of_memory
+from .fileio import as_path
 from .geometry import context_margin, nearest_valid_output
 from .io.base import pillow_to_gray
 from .postprocess import apply as apply_postprocess
@@ -332,7 +333,7 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
                             f"{', '.join(LOAD_OPTIONS)}")
     # (the file's own post-processing is the builders'; a caller's replaces it after)
     later = {"postprocess": options.pop("postprocess")} if "postprocess" in options else {}
-    path = Path(path)
+    path = as_path(path, "load", what="a model file")
     if path.suffix.lower() == ".onnx":
         from .export import onnx_predictor
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DataError, UltrasegError, command_line
+from ..fileio import as_path
 from ..logs import quiet
 from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
                    classify_mask_values, convert_advice, frame_count, frame_loop, image_stem,
@@ -193,7 +194,7 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
     masks (inspect, train, evaluate), so unlabelled images beside run-length masks in a CSV
     are warned of, and frames that may be one patient's but are their own subjects (the split
     they draw); predict and measure, for which unlabelled is normal, pass False."""
-    root = Path(path)
+    root = as_path(path, "open_dataset", what="a dataset folder")
     if not root.exists():
         raise DataError("no such file or folder", root)
     if not root.is_dir():

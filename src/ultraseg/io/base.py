@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, UltrasegError, command_line, is_out_of_memory
+from ..fileio import as_path
 from ..logs import caught_warnings
 from .dicom import dicom_frame_count, is_dicom, read_dicom
 
@@ -435,15 +436,9 @@ def with_mask_advice(image: Path, mask: Path) -> str:
             "frames)")
 
 
-def file_path(path: Any, reader: str) -> Path:
-    """``path`` as a :class:`~pathlib.Path`; anything but a str or an ``os.PathLike`` (the
-    bytes of an upload, a file object, None) is refused saying what ``reader`` takes."""
-    if isinstance(path, (str, os.PathLike)) and not isinstance(path, bytes):
-        return Path(path)
-    raise UltrasegError(f"{reader} takes a file's path (a str or a pathlib.Path), got "
-                        f"{type(path).__name__}: for an image in memory, decode it with "
-                        "PIL.Image.open(io.BytesIO(data)) and give that, or its numpy array, "
-                        "to Predictor.predict")
+#: Where an image in memory goes, which the readers (they take a file's path) do not take.
+IN_MEMORY = ("for an image in memory, decode it with PIL.Image.open(io.BytesIO(data)) and give "
+             "that, or its numpy array, to Predictor.predict")
 
 
 def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
@@ -455,7 +450,7 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     multi-page TIFF, an animated PNG; :func:`frame_count`) is refused (:class:`SeveralFrames`)
     unless ``frame`` (from 0) says which.
     """
-    path = file_path(path, "read_image")
+    path = as_path(path, "read_image", IN_MEMORY)
     if frame is not None:
         if isinstance(frame, bool) or not isinstance(frame, numbers.Integral) or frame < 0:
             raise UltrasegError(f"frame must be a whole number from 0 (or None), got {frame!r}")
@@ -562,7 +557,7 @@ def frame_count(path: str | Path) -> int:
     """How many frames an image file holds: a DICOM's ``NumberOfFrames``, a TIFF's pages, an
     animated PNG's frames; 1 for any other file, and for one that cannot be read (reading it
     says why). Reads the header alone."""
-    path = file_path(path, "frame_count")
+    path = as_path(path, "frame_count", IN_MEMORY)
     try:
         if is_dicom(path):
             return dicom_frame_count(path)
@@ -804,7 +799,7 @@ def read_mask(path: str | Path, white: int = 1) -> np.ndarray:
     coloured palette) is background.
     Refused with :class:`DataError`: anything else, e.g. a photograph saved as a mask.
     """
-    return white_labelled(*decode_mask(file_path(path, "read_mask")), white)
+    return white_labelled(*decode_mask(as_path(path, "read_mask", IN_MEMORY)), white)
 
 
 def white_labelled(mask: np.ndarray, black_and_white: bool, white: int) -> np.ndarray:
@@ -818,7 +813,7 @@ def decode_mask(path: str | Path) -> tuple[np.ndarray, bool]:
     black and white (0/255 at 8 bits, 0/N at 16, a 1-bit image, a JPEG or a resize's blends
     of one: binarised), whose white :func:`read_mask` gives the label ``white``; a 0/1 mask's
     1 is not (it is label 1 whatever the set)."""
-    path = file_path(path, "decode_mask")
+    path = as_path(path, "decode_mask", IN_MEMORY)
     if is_dicom(path):
         raise DataError("a DICOM file as a mask: masks are image files (PNG, TIFF...); DICOM "
                         "segmentation objects are not read", path)
