@@ -811,7 +811,7 @@ def test_progress_off_a_terminal_is_a_plain_line_a_minute_and_at_the_end() -> No
     assert quick.getvalue() == ""           # a run shorter than a minute: its summary says it
 
 
-def test_the_bar_on_a_terminal_is_one_line_redrawn_and_cleared_at_the_end() -> None:
+def test_the_bar_on_a_terminal_is_one_line_redrawn_and_cleared_at_the_end(monkeypatch) -> None:
     """Pins the terminal's bar (shared with training's printer: one guarded status line)."""
     import io
 
@@ -821,6 +821,7 @@ def test_the_bar_on_a_terminal_is_one_line_redrawn_and_cleared_at_the_end() -> N
         def isatty(self) -> bool:
             return True
 
+    monkeypatch.setenv("COLUMNS", "200")
     now = [0.0]
     screen = Terminal()
     bar = ProgressBar("predict", screen, clock=lambda: now[0])
@@ -830,7 +831,8 @@ def test_the_bar_on_a_terminal_is_one_line_redrawn_and_cleared_at_the_end() -> N
     now[0] = 6.0
     bar(3, 3)
     assert screen.getvalue().endswith(f"\rpredict [{'#' * 30}] 3/3 ETA    0s "
-                                      + "\r" + " " * 70 + "\r")
+                                      + "\r" + " " * len(f"predict [{'#' * 30}] 3/3 ETA    0s ")
+                                      + "\r")
 
     class Gone(Terminal):
         def write(self, text: str) -> int:
@@ -843,7 +845,8 @@ def test_the_bar_on_a_terminal_is_one_line_redrawn_and_cleared_at_the_end() -> N
     assert gone.quiet
 
 
-def test_the_bar_is_taken_off_a_terminal_line_before_a_frame_line_is_printed() -> None:
+def test_the_bar_is_taken_off_a_terminal_line_before_a_frame_line_is_printed(
+        monkeypatch) -> None:
     """measure prints each frame's line as it is measured: on a terminal the bar's line is
     cleared first (the line would follow the bar's text), and drawn again after."""
     import io
@@ -854,15 +857,41 @@ def test_the_bar_is_taken_off_a_terminal_line_before_a_frame_line_is_printed() -
         def isatty(self) -> bool:
             return True
 
+    monkeypatch.setenv("COLUMNS", "200")
     screen = Terminal()
     bar = ProgressBar("measure", screen, clock=lambda: 0.0)
     bar(1, 3)
     drawn = screen.getvalue()
     bar.clear()
-    assert screen.getvalue()[len(drawn):] == "\r" + " " * 70 + "\r"
+    assert screen.getvalue()[len(drawn):] == "\r" + " " * (len(drawn) - 1) + "\r"
     off = io.StringIO()
     ProgressBar("measure", off).clear()         # off a terminal: no bar to take off
     assert off.getvalue() == ""
+
+
+def test_the_bar_fits_a_narrow_terminal_and_its_clear_no_wider_than_it(monkeypatch) -> None:
+    """predict's bar (about 55 characters) wrapped at 40 columns, leaving a row per frame, and
+    its 70-space clear wrapped at 60, leaving a blank row before the closing line (a review):
+    the bar is cut to the terminal's width less one column, the clear as wide as the bar."""
+    import io
+
+    from ultraseg.cli_predict import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for columns in (40, 60):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        screen = Terminal()
+        bar = ProgressBar("predict", screen, clock=lambda: 0.0)
+        for done in range(4):
+            bar(done, 3)
+        written = screen.getvalue()
+        drawn = [s for s in written.split("\r") if s.strip()]
+        assert len(drawn) == 4 and drawn[0].startswith("predict [")
+        assert max(map(len, drawn)) <= columns - 1                  # never wraps
+        assert written.endswith("\r" + " " * max(map(len, drawn)) + "\r")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

@@ -607,7 +607,8 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_bar_and_epoch_line(capsys) -> None:
+def test_progress_bar_and_epoch_line(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COLUMNS", "200")                # the whole bar
     stream = _Tty()
     show = ProgressPrinter(stream)
     show({"event": "batch", "epoch": 2, "epochs": 5, "batch": 3, "batches": 12, "loss": 0.4321,
@@ -627,6 +628,55 @@ def test_no_bar_when_not_a_terminal(capsys) -> None:
     ProgressPrinter(stream)({"event": "batch", "epoch": 1, "epochs": 1, "batch": 1,
                              "batches": 2, "loss": 0.5, "elapsed": 1.0})
     assert stream.getvalue() == ""  # logs and pipes get the per-epoch lines only
+
+
+def _screen(text: str, columns: int) -> list[str]:
+    """The rows a terminal ``columns`` wide shows for ``text``, as xterm autowraps: ``\\r``
+    back to its row's start, ``\\n`` a new row, a character past the last column on a new
+    row (trailing blanks dropped)."""
+    rows: list[list[str]] = [[]]
+    col = 0
+    for ch in text:
+        if ch in "\r\n":
+            if ch == "\n":
+                rows.append([])
+            col = 0
+            continue
+        if col == columns:
+            rows.append([])
+            col = 0
+        row = rows[-1]
+        if col < len(row):
+            row[col] = ch
+        else:
+            row.append(ch)
+        col += 1
+    return ["".join(r).rstrip() for r in rows]
+
+
+@pytest.mark.parametrize("columns", [40, 80])
+def test_the_bar_and_its_clear_fit_a_narrow_terminal(monkeypatch, capsys, columns) -> None:
+    """The batch bar (72 characters and more) and its clear (90 spaces) wrapped on a terminal
+    narrower than them, and a `\\r` returns to the start of the last row only: at 40 columns
+    every batch left a row of its own, at 80 every epoch line had a blank row before it (a
+    review). Each status is cut to the width less one column (a character in the last column
+    wraps on some terminals) and the clear blanks only what was written."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    stream = _Tty()
+    show = ProgressPrinter(stream)
+    for b in range(1, 4):
+        show({"event": "batch", "epoch": 1, "epochs": 2, "batch": b, "batches": 3,
+              "loss": 0.4321, "elapsed": 2.0 * b})
+        assert len(_screen(stream.getvalue(), columns)) == 1       # one row, redrawn
+    show({"event": "epoch", "epoch": 1, "epochs": 2, "train_loss": 0.4, "val_loss": 0.5,
+          "val_dice": 0.75, "seconds": 8.0, "complete": True})
+    written = stream.getvalue()
+    assert _screen(written, columns) == [""]                        # taken off, no row left
+    drawn = [s for s in written.split("\r") if s.strip()]
+    assert drawn and max(map(len, drawn)) <= columns - 1
+    assert drawn[0].startswith("epoch 1/2 [")
+    assert written.endswith("\r" + " " * max(map(len, drawn)) + "\r")   # no wider than drawn
+    assert capsys.readouterr().out.startswith("epoch 1/2  train loss 0.4000")
 
 
 def test_deep_supervision_flag() -> None:
@@ -958,15 +1008,16 @@ def test_train_finishes_when_stdout_is_a_closed_pipe(tmp_path: Path, both: bool)
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
 
 
-def test_validation_frames_show_on_a_terminal_only(capsys) -> None:
+def test_validation_frames_show_on_a_terminal_only(monkeypatch, capsys) -> None:
     """The frames scored while the post-processing is chosen show as a line rewritten in
     place on a terminal, cleared after the last; logs and pipes get nothing per frame."""
+    monkeypatch.setenv("COLUMNS", "200")
     stream = _Tty()
     show = ProgressPrinter(stream)
     show({"event": "validation", "frame": 2, "frames": 5, "elapsed": 61.2})
     assert stream.getvalue() == "\rvalidation frame 2/5 (61 s) "
     show({"event": "validation", "frame": 5, "frames": 5, "elapsed": 90.0})
-    assert stream.getvalue().endswith("\r" + " " * 60 + "\r")
+    assert stream.getvalue().endswith("\r" + " " * len("validation frame 2/5 (61 s) ") + "\r")
     piped = io.StringIO()
     ProgressPrinter(piped)({"event": "validation", "frame": 1, "frames": 5, "elapsed": 1.0})
     assert piped.getvalue() == "" and capsys.readouterr().out == ""

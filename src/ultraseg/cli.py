@@ -17,6 +17,7 @@ import errno
 import io
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -316,18 +317,35 @@ def to_null(stream: Any) -> None:
     finally:
         os.close(devnull)
 
+def terminal_columns(stream: Any) -> int:
+    """How many columns the terminal ``stream`` writes to has: ``$COLUMNS`` where it is a
+    positive number (as :func:`shutil.get_terminal_size` takes it), else the stream's own
+    terminal's (stderr's, where stdout is redirected), else stdout's, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):    # not a file (a test's capture)
+            columns = 0
+    return columns if columns > 0 else shutil.get_terminal_size().columns
+
+
 class StatusLine:
     """A progress display's line on stderr (``stream``): rewritten in place on a terminal
-    (``tty``; :meth:`clear` takes it off), and written guarded: a stream that cannot be
-    written (its reader gone, a full disk, closed under it) stops nothing, the display goes
-    quiet (``quiet``) and the stream is sent to the null device (:func:`to_null`). Predict's
-    and measure's bar and training's printer both write through it (the printer's epoch
-    lines on stdout too)."""
+    (``tty``; :meth:`status` draws it, :meth:`clear` takes it off), and written guarded: a
+    stream that cannot be written (its reader gone, a full disk, closed under it) stops
+    nothing, the display goes quiet (``quiet``) and the stream is sent to the null device
+    (:func:`to_null`). Predict's and measure's bar and training's printer both write through
+    it (the printer's epoch lines on stdout too)."""
 
     def __init__(self, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.quiet = False
+        self.shown = 0      # the columns the status on the terminal's line holds
 
     def write(self, text: str) -> OSError | ValueError | None:
         """Write ``text``; the error that made this write go quiet, else None."""
@@ -342,11 +360,25 @@ class StatusLine:
             return e
         return None
 
-    def clear(self, width: int = 70) -> None:
-        """On a terminal, blank the line (``width`` characters) and go back to its start (a
-        line printed on stdout goes there; a progress bar's next call draws it again)."""
-        if self.tty:
-            self.write("\r" + " " * width + "\r")
+    def status(self, text: str) -> None:
+        """On a terminal, show ``text`` (one line, one column a character) in place of the
+        status shown: cut to the terminal's width less one column, since a line that wraps
+        is not redrawn in place (``\\r`` goes back to the start of its last row only) and a
+        character in the last column wraps on some terminals; padded over what the last
+        status left. No escape sequences: a TERM=dumb terminal shows them as text."""
+        if not self.tty:
+            return
+        room = max(terminal_columns(self.stream) - 1, 0)
+        text = text[:room].ljust(min(self.shown, room))
+        self.write("\r" + text)
+        self.shown = len(text)
+
+    def clear(self) -> None:
+        """On a terminal, blank what the status line shows and go back to its start (a line
+        printed on stdout goes there; a progress bar's next call draws it again)."""
+        if self.tty and self.shown:     # (no wider than the terminal, if it has narrowed)
+            self.write("\r" + " " * min(self.shown, terminal_columns(self.stream) - 1) + "\r")
+            self.shown = 0
 
 
 def bar(done: float, total: float = 1.0) -> str:

@@ -43,7 +43,7 @@ class ProgressBar(StatusLine):
         if not self.tty:
             self._line(done, total, eta)
             return
-        self.write(f"\r{self.what} {bar(done, max(total, 1))} {done}/{total} ETA {eta:4.0f}s ")
+        self.status(f"{self.what} {bar(done, max(total, 1))} {done}/{total} ETA {eta:4.0f}s ")
         if done >= total:
             self.clear()
 

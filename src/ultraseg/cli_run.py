@@ -51,10 +51,10 @@ class ProgressPrinter:
         if e["event"] == "batch" and self.line.tty:
             done = e["batch"] / e["batches"]
             eta = e["elapsed"] / done - e["elapsed"] if done else 0
-            self._err(f"\repoch {e['epoch']}/{e['epochs']} {bar(done)} "
-                      f"{e['batch']}/{e['batches']} loss {e['loss']:.4f} ETA {eta:4.0f}s ")
+            self.line.status(f"epoch {e['epoch']}/{e['epochs']} {bar(done)} "
+                             f"{e['batch']}/{e['batches']} loss {e['loss']:.4f} ETA {eta:4.0f}s ")
         elif e["event"] == "epoch":
-            self.line.clear(90)
+            self.line.clear()
             partial = "" if e["complete"] else "  (partial: time limit)"
             val = ("" if math.isnan(e["val_dice"]) else  # NaN: no validation split
                    f"val loss {e['val_loss']:.4f}  val Dice {e['val_dice']:.4f}  ")
@@ -64,10 +64,10 @@ class ProgressPrinter:
             self._err(e["message"] + " ...\n")
         elif e["event"] == "validation" and self.line.tty:   # frames scored at their own size
             if e["frame"] < e["frames"]:
-                self._err(f"\rvalidation frame {e['frame']}/{e['frames']} "
-                          f"({e['elapsed']:.0f} s) ")
+                self.line.status(f"validation frame {e['frame']}/{e['frames']} "
+                                 f"({e['elapsed']:.0f} s) ")
             else:
-                self.line.clear(60)
+                self.line.clear()
 
     def _out(self, line: str) -> None:
         e = self.stdout.write(line + "\n")
