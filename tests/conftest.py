@@ -179,3 +179,28 @@ def pasted(text: str, program: str = "ultraseg") -> list[str]:
         if span.startswith(program + " "):
             return shlex.split(span)
     raise AssertionError(f"no `{program} ...` in {text!r}")
+
+
+#: The environment of a POSIX (ASCII) locale, as cron, ``ssh host cmd`` or systemd often give:
+#: plain ``LC_ALL=C`` is coerced to UTF-8 since Python 3.7, so coercion and UTF-8 mode are off.
+ASCII_LOCALE = {"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+
+
+def under_ascii_locale(*args: str, cwd: Path | None = None) -> Any:
+    """``python -m ultraseg ARGS`` run under :data:`ASCII_LOCALE` (the test is skipped where
+    such a process does not get an ASCII file-system encoding): its CompletedProcess, the
+    output read with bytes escaped."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **ASCII_LOCALE}
+    env.pop("LANG", None)
+    env.pop("LC_CTYPE", None)
+    probe = subprocess.run([sys.executable, "-c",
+                            "import sys; print(sys.getfilesystemencoding())"],
+                           env=env, capture_output=True, text=True)
+    if probe.stdout.strip() != "ascii":
+        pytest.skip(f"LC_ALL=C PYTHONCOERCECLOCALE=0 PYTHONUTF8=0 gives the file-system "
+                    f"encoding {probe.stdout.strip()!r} here, not 'ascii'")
+    return subprocess.run([sys.executable, "-m", "ultraseg", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, errors="surrogateescape")

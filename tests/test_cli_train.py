@@ -128,13 +128,15 @@ def test_a_config_file_is_read_as_utf8_whatever_the_locale(tmp_path) -> None:
     conf.write_bytes('{"data": {"path": "/x/données"}}'.encode("utf-8"))
     script = ("import sys; from ultraseg import cli; from ultraseg.cli_run import resolve_config; "
               "a = cli.build_parser().parse_args(['train', '--out', 'R', '--preset', 'demo', "
-              "'--config', sys.argv[1]]); print(ascii(resolve_config(a).data.path))")
+              "'--config', sys.argv[1]]); p = resolve_config(a).data.path; "
+              "from ultraseg.fileio import json_name; print(ascii(p), ascii(json_name(p)))")
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
            "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "ascii"}
     done = subprocess.run([sys.executable, "-c", script, str(conf)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-1000:]
-    assert done.stdout.strip() == ascii("/x/données")
+    # the folder's bytes as this locale names them, stored in a run's config.json as UTF-8 text
+    assert done.stdout.strip().split() == [ascii("/x/donn\udcc3\udca9es"), ascii("/x/données")]
     conf.write_bytes('\ufeff{"data": {"path": "/x/données"}}'.encode("utf-8"))  # Notepad's BOM
     assert _resolve(["--out", "R", "--preset", "demo", "--config", str(conf)]
                     ).data.path == "/x/données"
@@ -1117,3 +1119,33 @@ def test_a_user_error_with_stderr_closed_still_exits_2(tmp_path: Path, redirect:
     proc = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *command],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == code
+
+
+def test_a_config_file_s_non_ascii_data_path_trains_under_an_ascii_locale(tmp_path: Path) -> None:
+    """A --config whose data.path (JSON text, as a UTF-8 locale writes it) names a non-ASCII
+    folder ended train in an internal UnicodeEncodeError under a POSIX locale: the name is
+    the folder's bytes read as UTF-8, and names the folder there too."""
+    from conftest import under_ascii_locale
+
+    make_dataset(tmp_path / "d\u00e9\u4e2d\U0001f600", n=12, size=32, seed=0)
+    (tmp_path / "cfgu.json").write_text(json.dumps({"data": {"path": "d\u00e9\u4e2d\U0001f600"}}))
+    done = under_ascii_locale("train", "--config", "cfgu.json", "--out", "cfgrun", "--preset",
+                              "demo", "--epochs", "1", "--size", "32", "--width", "2",
+                              "--depth", "2", "--threads", "1", "--cache-dir", "",
+                              "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "cfgrun" / "config.json").read_text(encoding="utf-8")
+                      )["data"]["path"] == str(tmp_path / "d\u00e9\u4e2d\U0001f600")
+
+
+def test_a_data_path_the_locale_cannot_encode_is_a_user_error(monkeypatch) -> None:
+    """From Python, a data.path given as text ('d\u00e9') under an ASCII locale, where no
+    file has that name: a user error saying to use a UTF-8 locale, not UnicodeEncodeError."""
+    from ultraseg.train import check_config
+
+    monkeypatch.setattr(os, "fsencode", lambda n: os.fspath(n).encode("ascii",
+                                                                       "surrogateescape"))
+    cfg = preset("demo")
+    with pytest.raises(UltrasegError, match="PYTHONUTF8=1"):
+        check_config(RunConfig(data=type(cfg.data)(path="d\u00e9"), preprocess=cfg.preprocess,
+                               model=cfg.model, train=cfg.train, preset=cfg.preset))

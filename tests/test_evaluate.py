@@ -1379,3 +1379,56 @@ def test_the_inspect_command_an_unreadable_frame_names_reads_the_set_as_evaluate
     assert cli.main(words[1:3]) == 0                    # where the bare one found none
     capsys.readouterr()
     assert {"--fill-outlines", "--layout", "--subject-pattern", "--label"} <= set(words), words
+
+
+# ------------------------------------------------------------------ another locale
+def _non_ascii_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder named 'de中😀' of frames named 'K_e中😀J' (é for e), and a run of it (best.ckpt
+    recording it, its split.json) as a UTF-8 locale writes them."""
+    data = make_dataset(tmp_path / "d\u00e9\u4e2d\U0001f600", n=12, size=SIZE, seed=0)
+    for f in sorted(data.glob("*/*.png")):
+        k, rest = f.name.split("_", 1)
+        f.rename(f.with_name(f"{k}_\u00e9\u4e2d\U0001f600{rest}"))
+    return data, _run(tmp_path / "r\u00fcn", data, 0, 0.5)
+
+
+def test_a_split_and_run_made_under_utf_8_are_read_under_an_ascii_locale(tmp_path) -> None:
+    """Names read back as the locale decoded them when they were written: under a POSIX
+    locale (cron, ssh host cmd) a valid split was refused ('split names N frames that are not
+    in the dataset'), and the warning that the frames scored are the model's training data
+    was lost (the path, not encodable there, was taken for an unrelated folder)."""
+    from conftest import under_ascii_locale
+
+    data, run = _non_ascii_run(tmp_path)
+    done = under_ascii_locale("evaluate", str(run / "best.ckpt"), str(data),
+                              "--split", str(run / "split.json"), "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    val = json.loads((run / "split.json").read_text(encoding="utf-8"))["val"]
+    assert f"frames                {len(val)}" in done.stdout
+    done = under_ascii_locale("evaluate", str(run / "best.ckpt"), str(data), "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert "the data the model was trained on" in done.stderr
+
+
+def test_a_split_and_run_an_ascii_locale_wrote_are_read_under_utf_8(tmp_path) -> None:
+    """The other way round, with files as an ASCII locale wrote them before names were
+    stored as their bytes read as UTF-8: surrogate escapes."""
+    from conftest import ultraseg_warnings
+
+    data, run = _non_ascii_run(tmp_path)
+
+    def as_ascii(name: str) -> str:
+        return name.encode("utf-8").decode("ascii", "surrogateescape")
+    doc = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    doc = {k: [as_ascii(n) for n in v] if isinstance(v, list) else v for k, v in doc.items()}
+    (run / "split.json").write_text(json.dumps(doc))
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    save_checkpoint(run / "best.ckpt", build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig(),
+                              run={"data": {"path": as_ascii(str(data))}}))
+    predictor = load(run / "best.ckpt", device="cpu", precision="fp32")
+    summary, _ = evaluate(predictor, data, split_file=run / "split.json")
+    assert summary["n"] == len(doc["val"]) > 0
+    with ultraseg_warnings() as warned:
+        evaluate(predictor, data)
+    assert any("the data the model was trained on" in r.getMessage() for r in warned), warned

@@ -61,6 +61,46 @@ def test_text_with_a_file_names_undecodable_bytes_is_written_as_they_were(tmp_pa
     assert (tmp_path / "t.csv").read_bytes() == b"name\nscan_\xfe\n"
 
 
+def _locale(monkeypatch: pytest.MonkeyPatch, encoding: str) -> None:
+    """os.fsencode / os.fsdecode as a locale of ``encoding`` has them (surrogateescape)."""
+    monkeypatch.setattr(os, "fsencode", lambda n: os.fspath(n).encode(encoding,
+                                                                       "surrogateescape"))
+    monkeypatch.setattr(os, "fsdecode", lambda b: b.decode(encoding, "surrogateescape"))
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1", "utf-8"])
+def test_a_name_is_stored_as_its_bytes_read_as_utf_8_under_every_locale(
+        monkeypatch: pytest.MonkeyPatch, encoding: str) -> None:
+    """A run made under a UTF-8 locale and resumed or evaluated under an ASCII or Latin-1 one
+    (cron, ssh, docker exec), or the reverse, stored a name as that locale decoded it, and
+    the other read it as another file: an internal UnicodeEncodeError, a false refusal."""
+    data = "/data/d\u00e9\u4e2d\U0001f600_1"
+    raw = data.encode("utf-8")
+    _locale(monkeypatch, encoding)
+    here = raw.decode(encoding, "surrogateescape")        # the name as this locale has it
+    assert fileio.json_name(here) == data                 # stored as a UTF-8 locale has it
+    assert fileio.name_from_json(data) == here            # and read back as this locale has it
+    assert os.fsencode(fileio.name_from_json(data)) == raw
+
+
+def test_names_stored_by_earlier_runs_read_the_same_under_a_utf_8_locale(monkeypatch) -> None:
+    """Runs written before names were stored so: plain text under a UTF-8 locale, surrogate
+    escapes (the bytes) under an ASCII one."""
+    _locale(monkeypatch, "utf-8")
+    assert fileio.name_from_json("d\u00e9\u4e2d_1") == "d\u00e9\u4e2d_1"
+    assert fileio.name_from_json("d\udcc3\udca9_1") == "d\u00e9_1"
+    assert fileio.name_from_json("scan_\udcfe") == "scan_\udcfe"   # bytes no UTF-8: kept
+    assert fileio.json_name("scan_\udcfe") == "scan_\udcfe"
+
+
+def test_a_name_the_locale_cannot_encode_is_a_user_error_naming_the_way_out(monkeypatch) -> None:
+    _locale(monkeypatch, "ascii")
+    with pytest.raises(UltrasegError, match="PYTHONUTF8=1.*LC_ALL=C.UTF-8"):
+        fileio.json_name("d\u00e9")
+    with pytest.raises(UltrasegError, match="PYTHONUTF8=1"):
+        fileio.name_from_json("lone \ud83d")      # a half of a surrogate pair: no bytes
+
+
 # ------------------------------------------------------------------ one command per folder
 def test_a_folder_in_use_is_refused_naming_the_command_that_holds_it(tmp_path: Path) -> None:
     """Nothing kept two commands out of one output folder: both wrote, and their files mixed

@@ -610,3 +610,40 @@ def test_a_run_without_validation_has_one_best_dice_fresh_or_resumed(tmp_path: P
               if getattr(fresh, f.name) != getattr(resumed, f.name)}
     assert json.dumps(fresh.history) == json.dumps(resumed.history)   # (its NaN val_loss)
     assert differ <= {"stopped", "seconds", "history"}, differ
+
+
+TINY = ["--preset", "demo", "--epochs", "1", "--size", "32", "--width", "2", "--depth", "2",
+        "--cache-dir", "", "--threads", "1", "--device", "cpu"]
+
+
+def test_a_run_made_under_utf_8_resumes_under_an_ascii_locale(tmp_path: Path) -> None:
+    """A run whose data folder has a non-ASCII name, made under a UTF-8 locale and resumed
+    under a POSIX one (cron, ssh host cmd): its config.json's data.path, read as it was
+    decoded, ended ``train --resume`` in an internal UnicodeEncodeError, with DATA or not."""
+    from conftest import under_ascii_locale
+
+    data = make_dataset(tmp_path / "d\u00e9\u4e2d\U0001f600", n=12, size=32, seed=0)
+    run = tmp_path / "r\u00fcn"
+    assert main(["train", str(data), "--out", str(run), *TINY]) == 0
+    for args in (["--out", str(run)], [str(data), "--out", str(run)]):
+        done = under_ascii_locale("train", "--resume", *args, "--threads", "1")
+        assert done.returncode == 0, done.stderr
+        assert "already finished" in done.stdout and "internal error" not in done.stderr
+
+
+def test_a_run_made_under_an_ascii_locale_resumes_under_utf_8_on_its_data(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The other way round: the run's data.path, stored as an ASCII locale decodes it
+    (surrogate escapes), was no longer DATA, the same folder: 'not DATA ...', exit 2."""
+    from conftest import under_ascii_locale
+
+    data = make_dataset(tmp_path / "d\u00e9\u4e2d\U0001f600", n=12, size=32, seed=0)
+    run = tmp_path / "runC"
+    done = under_ascii_locale("train", str(data), "--out", str(run), *TINY)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["data"]["path"] == \
+        str(data)                               # stored as a UTF-8 locale stores it
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(run), "--resume", "--threads", "1"]) == 0, \
+        capsys.readouterr().err
+    assert "already finished" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
-                     merge, parse_duration, preset)
+                     merge, names_read, parse_duration, preset)
 from .cli import StatusLine, bar, json_on_failure, path_arg
 from .errors import UltrasegError
 from .fileio import json_text, read_json
@@ -128,6 +128,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
     except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
         raise UltrasegError(f"cannot read the config file ({e})", path) from e
     try:
+        doc = names_read(doc)           # data.path as this locale names the folder
         RunConfig.from_dict(doc)          # its shape and every value's type, naming the file
     except UltrasegError as e:
         raise UltrasegError(e.message, path) from e
@@ -155,8 +156,8 @@ def _check_resume_args(a: argparse.Namespace) -> None:
     if a.data:
         conf = Path(a.out) / "config.json"
         try:
-            recorded = read_json(conf)["data"]["path"]
-        except (OSError, ValueError, KeyError, TypeError):
+            recorded = names_read(read_json(conf))["data"]["path"]
+        except (OSError, ValueError, KeyError, TypeError, UltrasegError):
             return                  # train() says what is wrong with the run folder
         if Path(a.data).resolve() != Path(recorded).resolve():
             moved = "" if Path(recorded).exists() else (

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .errors import CheckpointError, UltrasegError
-from .fileio import read_json
+from .fileio import json_name, name_from_json, read_json
 
 T = TypeVar("T")
 
@@ -357,6 +357,33 @@ class DataConfig(_Section):
     cache_dir: str | None = None  # None: $XDG_CACHE_HOME/ultraseg, else ~/.cache/ultraseg; "": none
 
 
+#: DataConfig's settings that name files. A file (config.json, a checkpoint's record of its
+#: run) stores them as the UTF-8 reading of their bytes (:func:`ultraseg.fileio.json_name`),
+#: so that a run made under one locale names the same folder under another.
+FILE_NAMES = ("path", "cache_dir")
+
+
+def names_stored(doc: dict[str, Any]) -> dict[str, Any]:
+    """A config's dict (:meth:`RunConfig.to_dict`) with its file names as a file stores them;
+    a name this locale cannot encode is an :class:`UltrasegError`."""
+    return _data_names(doc, json_name)
+
+
+def names_read(doc: Any) -> Any:
+    """A config read from a file (config.json, --config, a checkpoint's record of its run)
+    with its file names as this locale has them, for :meth:`RunConfig.from_dict`; anything
+    else (no config: from_dict says what is wrong) as it is."""
+    return _data_names(doc, name_from_json)
+
+
+def _data_names(doc: Any, convert: Any) -> Any:
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, dict):
+        return doc
+    names = {k: convert(data[k]) for k in FILE_NAMES if isinstance(data.get(k), str)}
+    return {**doc, "data": {**data, **names}}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of a run. ``preset`` names the recipe it started from: where it is one
@@ -424,7 +451,8 @@ class RunConfig:
                                                                key)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """The config as its run folder's config.json holds it (:func:`names_stored`)."""
+        return json.dumps(names_stored(self.to_dict()), indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
@@ -433,7 +461,7 @@ class RunConfig:
         except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
             raise UltrasegError(f"cannot read config: {e}", path) from e
         try:
-            return cls.from_dict(doc)
+            return cls.from_dict(names_read(doc))
         except UltrasegError as e:
             raise UltrasegError(e.message, path) from e
 

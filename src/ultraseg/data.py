@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from . import __version__
 from .config import PreprocessConfig
 from .duplicates import THUMB, digest, exact_pairs, first, near_blocks, unit_thumbnail
 from .errors import DataError, UltrasegError
-from .fileio import atomic_open, atomic_write_text, read_json, temporaries
+from .fileio import (atomic_open, atomic_write_text, json_name, name_from_json, read_json,
+                     temporaries)
 from .io import Dataset, DataProblems, said_once, select_label, white_for
 from .io.base import ColourFrames, counting_colour
 from .preprocess import ThinFrames, looks_like_outline, outline_note, to_canvas
@@ -530,6 +531,8 @@ def write_split(path: str | Path, names: Sequence[str], subjects: Sequence[str],
         "val_subjects": sorted({subjects[i] for i in val_idx}),
         "test_subjects": sorted({subjects[i] for i in test_idx}),
     }
+    # each name as its file's bytes read as UTF-8 (fileio.json_name): the same under any locale
+    doc = {k: [json_name(n) for n in v] if isinstance(v, list) else v for k, v in doc.items()}
     atomic_write_text(path, json.dumps(doc, indent=1))
 
 
@@ -692,8 +695,8 @@ def read_split(path: str | Path, names: Sequence[str], dataset: str | Path | Non
     warning."""
     try:
         doc = read_json(path)
-        train, val = list(doc["train"]), list(doc["val"])
-        test = list(doc.get("test") or [])
+        train, val = split_names(doc["train"]), split_names(doc["val"])
+        test = split_names(doc.get("test") or [])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UltrasegError(f"not a split file ({type(e).__name__}: {e})", path) from e
     both = sorted(set(train) & set(val))
@@ -720,6 +723,13 @@ def read_split(path: str | Path, names: Sequence[str], dataset: str | Path | Non
                     where, "is" if len(added) == 1 else "are", _first(added))
     return (np.array([index[n] for n in train], dtype=np.int64),
             np.array([index[n] for n in val], dtype=np.int64))
+
+
+def split_names(side: Any) -> list[Any]:
+    """One side of a split.json, its names as this locale names the frames (they are stored as
+    their bytes read as UTF-8: :func:`ultraseg.fileio.name_from_json`); what is no name, as
+    it is (the reader says the file is no split)."""
+    return [name_from_json(n) if isinstance(n, str) else n for n in side]
 
 
 def _frames(names: Sequence[str]) -> str:

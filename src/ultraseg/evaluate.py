@@ -13,9 +13,9 @@ import numpy as np
 from . import __version__
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
-from .data import MaskTally
+from .data import MaskTally, split_names
 from .fileio import (atomic_write_texts, cannot_write_in, csv_text, failure_reason, json_text,
-                     output_lock, read_json)
+                     name_from_json, output_lock, read_json)
 from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, scan_dataset,
                  select_label, white_for, with_white)
 from .io.base import LabelTally, counting_colour, header_shape, said_once
@@ -54,7 +54,7 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
         side = doc[subset] if isinstance(doc, dict) else None
         if not isinstance(side, list) or not all(isinstance(n, str) for n in side):
             raise ValueError("not a split.json: its sides are lists of frame names")
-        names = set(side)
+        names = set(split_names(side))
     except (OSError, ValueError, KeyError) as e:
         raise UltrasegError(f"cannot read the '{subset}' side of the split ({e})", split_file) from e
     if not names:  # e.g. 'val' of a run trained with --val-fraction 0
@@ -87,7 +87,12 @@ def _trained_on(predictor: Predictor) -> list[str]:
             paths.append(read_json(config)["data"]["path"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    return list(dict.fromkeys(p for p in paths if p and isinstance(p, str)))
+    found = []
+    for p in paths:
+        if p and isinstance(p, str):
+            with contextlib.suppress(UltrasegError):   # stored as its bytes read as UTF-8
+                found.append(name_from_json(p))
+    return list(dict.fromkeys(found))
 
 
 def _related(trained_on: str, root: Path) -> tuple[Path, Path] | None:
@@ -204,7 +209,13 @@ def _split_doc(path: str | Path) -> dict[str, Any] | None:
         doc = read_json(path)
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("train"), list) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("train"), list):
+        return None
+    try:                # its names as this locale names the frames
+        return {k: split_names(v) if k in ("train", "val", "test") and isinstance(v, list)
+                else v for k, v in doc.items()}
+    except UltrasegError:
+        return None
 
 
 def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | Path,

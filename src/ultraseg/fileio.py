@@ -25,6 +25,7 @@ import math
 import os
 import logging
 import stat
+import sys
 import tempfile
 import threading
 from contextlib import ExitStack, contextmanager, suppress
@@ -343,6 +344,35 @@ def read_json(path: str | Path) -> Any:
     config.json or split.json under LANG=C was refused, or misread under Latin-1), a BOM
     (Notepad's) let through. OSError where it cannot be read, ValueError where it is no JSON."""
     return parse_json(Path(path).read_text(encoding="utf-8-sig"))
+
+
+#: What to do where a file name cannot be written or read under the current locale.
+_LOCALE_HINT = ("run under a UTF-8 locale (PYTHONUTF8=1, or LC_ALL=C.UTF-8) to use "
+                "non-ASCII file names")
+
+
+def json_name(name: str) -> str:
+    """A file name or path (as Python decodes it under the current locale) as ultraseg stores
+    it in JSON (config.json's data.path, split.json's frame names): the UTF-8 reading of its
+    bytes, so that the same file is stored the same under every locale. Under an ASCII locale
+    ``'d\\udcc3\\udca9'`` is stored as ``'d\u00e9'``, as a UTF-8 locale stores it. A name the
+    locale cannot encode (``'d\u00e9'`` given by hand under an ASCII locale) is an
+    :class:`UltrasegError` saying to use a UTF-8 locale. Read back with :func:`name_from_json`."""
+    try:
+        return os.fsencode(name).decode("utf-8", "surrogateescape")
+    except UnicodeError as e:
+        raise UltrasegError(f"the file name {name!r} cannot be encoded under this locale "
+                            f"({sys.getfilesystemencoding()}): {_LOCALE_HINT}") from e
+
+
+def name_from_json(text: str) -> str:
+    """A name :func:`json_name` stored (or a run from before it wrote: plain text, as UTF-8
+    locales decode a name) as Python names that file under the current locale."""
+    try:
+        return os.fsdecode(text.encode("utf-8", "surrogateescape"))
+    except UnicodeError as e:
+        raise UltrasegError(f"the file name {text!r} cannot be read under this locale "
+                            f"({sys.getfilesystemencoding()}): {_LOCALE_HINT}") from e
 
 
 def json_text(value: Any, indent: int | None = None) -> str:

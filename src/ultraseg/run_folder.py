@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import ModelConfig, RunConfig
+from .config import ModelConfig, RunConfig, names_read
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_text, failure_reason, temporaries
 from .io.base import OUTPUT_MARKER, mark_output_folder
@@ -171,7 +171,7 @@ def _check_recorded_recipe(own: RunConfig, last: Checkpoint, out: Path) -> None:
     if not recorded:                    # a checkpoint from before runs were recorded
         return
     try:
-        trained = RunConfig.from_dict(recorded)
+        trained = RunConfig.from_dict(names_read(recorded))
     except UltrasegError:
         return
     idle = {"train.batch_dice", "train.dice_skip_empty"} if own.train.dice_shaped else set()

@@ -34,9 +34,9 @@ from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
-                     RunConfig, TrainConfig, check_types, model_problem)
+                     RunConfig, TrainConfig, check_types, model_problem, names_stored)
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
-                   read_split, run_split, union_note, write_split)
+                   read_split, run_split, split_names, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, command_line, is_out_of_memory
 from .fileio import atomic_write_text, output_lock, read_json
@@ -293,6 +293,7 @@ def check_config(cfg: RunConfig) -> None:
     if not isinstance(cfg.data.path, str) or not cfg.data.path.strip():
         raise UltrasegError("data.path is empty: name the dataset (DATA on the command line; "
                             "in Python ultraseg.merge(cfg, {\"data\": {\"path\": ...}}))")
+    names_stored(cfg.to_dict())     # names its config.json can hold (a locale's encoding)
     t = cfg.train
     counts = {"train.epochs (--epochs)": t.epochs, "train.batch_size (--batch-size)": t.batch_size,
               "train.tiles_per_image (--tiles-per-image)": t.tiles_per_image}
@@ -675,7 +676,7 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
 def _held_out(split_file: Path, names: Sequence[str]) -> np.ndarray:
     """Indices of the frames ``split_file`` holds out for testing (those of ``names`` now)."""
     index = {n: i for i, n in enumerate(names)}
-    test = read_json(split_file).get("test") or []
+    test = split_names(read_json(split_file).get("test") or [])
     return np.array([index[n] for n in test if n in index], np.int64)
 
 
@@ -800,7 +801,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     def meta(metrics: dict[str, Any], pp: PostprocessConfig | None = None,
              measure: dict[str, Any] | None = None) -> dict[str, Any]:
         return {**make_meta(cfg.model, cfg.preprocess, pp or PostprocessConfig(), metrics,
-                            cfg.to_dict()), "measure": measure or measure_meta}
+                            names_stored(cfg.to_dict())), "measure": measure or measure_meta}
 
     stopped = _recorded_stop(last.train_state, history) if resume else None
     est_val = None          # seconds for one validation pass: guessed, then measured
