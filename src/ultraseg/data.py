@@ -26,7 +26,7 @@ from .duplicates import THUMB, digest, exact_pairs, first, near_blocks, unit_thu
 from .errors import DataError, UltrasegError
 from .fileio import (atomic_open, atomic_write_text, json_name, name_from_json, read_json,
                      temporaries)
-from .io import Dataset, DataProblems, said_once, select_label, white_for
+from .io import Dataset, DataProblems, Sample, said_once, select_label, white_for
 from .io.base import ColourFrames, counting_colour
 from .preprocess import ThinFrames, looks_like_outline, outline_note, to_canvas
 
@@ -188,18 +188,23 @@ def _header_json(ds: Dataset, cfg: PreprocessConfig, white_as_set: bool = False)
     # mask kinds (outlines filled or not, open_dataset's fill_outlines), which a caller of the
     # API need not keep in step with cfg.fill_outlines: an entry of each stays; and a 0/255
     # mask's white, label 1 or 255 (io.white_for), chosen by the caller too, or decided over
-    # the set on a build (white_as_set: the choice, not the white, so a hit decodes no mask);
-    # "arrays": the names of what an entry holds, so one added or dropped changes the name
-    # even where CACHE_FORMAT was not bumped
+    # the set on a build (white_as_set: the choice, not the white, so a hit decodes no mask):
+    # the distinct ones, how the set is read, not one line a sample, so that a frame added or
+    # removed keeps the prefix and its new entry removes the old (cache_key hashes each
+    # sample's); "arrays": the names of what an entry holds, so one added or dropped changes
+    # the name even where CACHE_FORMAT was not bumped
     kinds = hashlib.sha256(("white as the set has it\n" if white_as_set else "").encode()
-                           + "".join(f"{s.mask_kind}\n" if s.white == 1 else
-                                     f"{s.mask_kind} white {s.white}\n"
-                                     for s in ds.labelled).encode())
+                           + "".join(sorted({_mask_reading(s) for s in ds.labelled})).encode())
     return json.dumps({"v": __version__, "format": CACHE_FORMAT,
                        "arrays": list(CACHED), "decode": decoding_code_digest(),
                        "libraries": decoding_libraries(), "layout": ds.layout,
                        "root": str(ds.root.resolve()), "pre": _shaping(cfg),
                        "masks": kinds.hexdigest()[:16]}, sort_keys=True)
+
+
+def _mask_reading(s: Sample) -> str:
+    """How ``s``'s masks are read, as :func:`_header_json` and :func:`cache_key` hash it."""
+    return f"{s.mask_kind}\n" if s.white == 1 else f"{s.mask_kind} white {s.white}\n"
 
 
 def entry_prefix(ds: Dataset, cfg: PreprocessConfig, white_as_set: bool = False) -> str:
@@ -246,8 +251,9 @@ def _owned(path: Path) -> bool:
 
 
 def cache_key(ds: Dataset, cfg: PreprocessConfig, white_as_set: bool = False) -> str:
-    """Hash of the files (names, sizes, inodes, modification and status-change times) and the
-    settings that shape the canvases (not ``normalise``, applied after the cache).
+    """Hash of the files (names, sizes, inodes, modification and status-change times), how each
+    sample's masks are read, and the settings that shape the canvases (not ``normalise``,
+    applied after the cache).
 
     The status-change time moves on every write and no tool sets it back, so an edit that
     keeps a file's size and restores its modification time (``touch -r``, ``cp -p`` over it,
@@ -256,6 +262,7 @@ def cache_key(ds: Dataset, cfg: PreprocessConfig, white_as_set: bool = False) ->
     h = hashlib.sha256()
     h.update(_header_json(ds, cfg, white_as_set).encode("utf-8", "surrogateescape"))
     for s in ds.labelled:
+        h.update(_mask_reading(s).encode())
         for p in (s.image_path, *s.mask_paths):
             st = p.stat()
             # (a name with undecodable bytes arrives as surrogate escapes: hashed as its bytes)
