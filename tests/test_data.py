@@ -1079,3 +1079,31 @@ def test_a_frame_removed_or_added_leaves_one_entry_and_none_with_the_removed_fra
         gone = full.pixels[full.names.index("2_5")]
         with np.load(entry) as z:
             assert not (z["pixels"] == gone).all(axis=1).any()
+
+
+def test_a_superseded_entry_is_removed_before_its_replacement_is_written(
+        tmp_path: Path, monkeypatch) -> None:
+    """A dead entry of the dataset was removed only once its replacement was written, so on
+    a disk the dead entry itself filled every run warned 'could not write cache ... no space
+    left' and decoded all again, for good (a review: a 120 KiB tmpfs). The superseded entries
+    go before the write: here a disk with room for one entry."""
+    import errno
+
+    import ultraseg.data as data_module
+
+    root, cache, cfg = _tree(tmp_path / "data"), tmp_path / "cache", PreprocessConfig(size=16)
+    load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    (dead,) = cache.glob("*.npz")
+    real_savez = np.savez
+
+    def one_entry_fits(f, **arrays) -> None:
+        if list(cache.glob("*.npz")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_savez(f, **arrays)
+
+    monkeypatch.setattr(data_module.np, "savez", one_entry_fits)
+    os.chmod(root / "images" / "0_0.png", 0o640)        # a new key: the entry is dead
+    load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert [p.name for p in cache.glob("*.npz")] == [cache_entry(open_dataset(root), cfg,
+                                                                 cache).name]
+    assert not dead.exists()

@@ -347,7 +347,11 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     thin.warn(log, THIN_REMEDY)
     colour.warn(log, ds.root)
     _warn_outlines(ds, tally)
+    checked = time.time_ns()
     if cache_path is not None and _still_current(ds, cfg, cache_path, white_as_set):
+        # the superseded entries are dead whatever the write does: removed first, so that on
+        # a disk they fill the new one finds their room
+        _remove_superseded(cache_path, checked)
         try:
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
@@ -452,17 +456,22 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
-def _remove_superseded(entry: Path) -> None:
+def _remove_superseded(entry: Path, before_ns: int | None = None) -> None:
     """Remove the cache entries of ``entry``'s dataset, settings, code and user (its prefix)
-    finished before it: made for an earlier state of the files (a chmod, an edit, an rsync),
-    no run hits them again, and each is a full copy of the frames. Another dataset's,
-    setting's, version's or user's entries are left, and so is a write not finished (its temporary,
+    finished before it (before ``before_ns``, a ``time.time_ns()``, where given: called
+    before ``entry`` is written, once the files were found in its state): made for an
+    earlier state of the files (a chmod, an edit, an rsync, a frame added or removed), no run
+    hits them again, and each is a full copy of the frames. Another dataset's, setting's,
+    version's or user's entries are left, and so is a write not finished (its temporary,
     :func:`_sweep_stale_cache_writes`'s business)."""
     prefix = entry.name.split("-", 1)[0]
-    try:
-        written = entry.stat().st_mtime_ns
-    except OSError:
-        return
+    if before_ns is not None:
+        written = before_ns
+    else:
+        try:
+            written = entry.stat().st_mtime_ns
+        except OSError:
+            return
     for old in entry.parent.glob(f"{prefix}-*.npz"):
         if old.name == entry.name:
             continue
