@@ -1107,3 +1107,24 @@ def test_a_superseded_entry_is_removed_before_its_replacement_is_written(
     assert [p.name for p in cache.glob("*.npz")] == [cache_entry(open_dataset(root), cfg,
                                                                  cache).name]
     assert not dead.exists()
+
+
+def test_a_broken_link_is_one_of_the_problems_listed_with_the_cache_as_without(
+        tmp_path: Path) -> None:
+    """With the cache on, a broken link stopped load_arrays at the cache key's stat with a raw
+    FileNotFoundError ('No such file or directory', the first such file alone), where without
+    it every problem was listed, the link's as 'broken link: its target is missing' (a
+    review). The problems are the same either way."""
+    root = _tree(tmp_path / "data")
+    (root / "images" / "0_0.png").write_text("not an image")
+    for name in ("2_4", "2_5"):
+        (root / "images" / f"{name}.png").symlink_to(tmp_path / "nowhere" / f"{name}.png")
+        Image.fromarray(np.zeros((20, 30), np.uint8)).save(root / "masks" / f"{name}_mask.png")
+    said = {}
+    for cache_dir in ("", tmp_path / "cache"):
+        with pytest.raises(DataProblems) as e:
+            load_arrays(open_dataset(root), PreprocessConfig(size=16), cache_dir=cache_dir)
+        said[str(cache_dir)] = sorted(str(p) for p in e.value.problems)
+    assert said[""] == said[str(tmp_path / "cache")], said
+    assert len(said[""]) == 3 and sum("broken link" in p for p in said[""]) == 2, said
+    assert not list((tmp_path / "cache").glob("*.npz"))

@@ -303,8 +303,11 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     if cache_dir is None and default_cache_dir() is None:
         log.warning("%s; training without a cache", NO_CACHE_FOLDER)
     elif cache_dir != "":
-        cache_path = cache_entry(ds, cfg, cache_dir, white_as_set)
-        cached = _read_cache(cache_path, len(samples), cfg.size)
+        try:
+            cache_path = cache_entry(ds, cfg, cache_dir, white_as_set)
+        except OSError as e:    # a broken link, a file gone: the decoding lists every problem
+            log.info("not caching the frames: %s", e)
+        cached = None if cache_path is None else _read_cache(cache_path, len(samples), cfg.size)
         if cached is not None:
             log.info("cache hit: %s", cache_path)
             _thin_frames(cfg, cached["thin"]).warn(log, THIN_REMEDY)   # as when it was built
