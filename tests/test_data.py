@@ -341,6 +341,7 @@ def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> 
     # the frames, decoded, outside the dataset's folder: its owner's alone
     assert cache.stat().st_mode & 0o777 == 0o700
     assert next(cache.glob("*.npz")).stat().st_mode & 0o777 == 0o600
+    assert not load_arrays(ds, cfg, cache_dir="").cached
 
     def no_decoding(self):  # a cache hit must not decode any file
         raise AssertionError("decoded a file on a cache hit")
@@ -351,6 +352,7 @@ def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> 
     assert np.array_equal(first.masks, second.masks)
     assert first.names == second.names and first.subjects == second.subjects
     assert first.labels == second.labels == (1,)
+    assert first.cached and second.cached           # written, then a hit
 
 
 def test_the_cache_keeps_the_labels_the_masks_held(tmp_path: Path) -> None:

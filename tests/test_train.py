@@ -679,6 +679,31 @@ def test_a_limit_used_up_before_training_trains_nothing_and_says_so(tmp_path, mo
     assert not (run / "best.ckpt").exists() and not (run / "last.ckpt").exists()
 
 
+@pytest.mark.parametrize("cache", ["written", "not written", "none"])
+def test_a_limit_used_up_before_training_says_the_cache_helps_only_where_there_is_one(
+        tmp_path, monkeypatch, capsys, cache: str) -> None:
+    """The error of a limit the loading used up said 'the data's cache makes the next start
+    faster' wherever the cache was on, even where its entry could not be written (a full or
+    read-only disk, a --cache-dir under a file: a review), so the next start was no faster.
+    It says so where an entry holds the frames now."""
+    real = train_mod.load_arrays
+
+    def slow(*args, **kwargs):          # reading a large dataset: longer than the limit
+        arrays = real(*args, **kwargs)
+        time.sleep(1.2)
+        return arrays
+
+    monkeypatch.setattr(train_mod, "load_arrays", slow)
+    (tmp_path / "a-file").write_text("not a folder")
+    cache_dir = {"written": str(tmp_path / "cache"), "not written": str(tmp_path / "a-file" / "c"),
+                 "none": ""}[cache]
+    rc = _train_tiny(tmp_path, tmp_path / "run", "--epochs", "3", "--batch-size", "4",
+                     "--time-limit", "1s", "--cache-dir", cache_dir)
+    err = capsys.readouterr().err
+    assert rc != 0 and "time limit (1 s) was used up before training" in err, (rc, err)
+    assert ("the data's cache makes the next start faster" in err) == (cache == "written"), err
+
+
 def test_a_run_of_one_batch_epochs_stops_before_the_time_kept_for_its_end() -> None:
     """The batch loop keeps _reserve (validations, the post-processing choice, the report)
     before the deadline, but an epoch of one batch never reaches that check, and the epoch

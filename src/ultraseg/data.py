@@ -54,6 +54,9 @@ class Arrays:
     #: decided over the set where asked (``white_as_set``), for the samples' later reads at
     #: their own size (:func:`ultraseg.io.with_white`); else the samples' own.
     white: int = 1
+    #: Whether a cache entry holds these frames now (a hit, or the entry this load wrote): the
+    #: next load of the same files and settings decodes nothing.
+    cached: bool = False
 
 
 def union_note(labels: Sequence[int], label: int | None) -> str | None:
@@ -317,7 +320,8 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             return Arrays(cached["images"], cached["masks"], names, subjects,
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
                           cached["thumbs"], tally,
-                          int(cached["white"][0]) if white_as_set else samples[0].white)
+                          int(cached["white"][0]) if white_as_set else samples[0].white,
+                          cached=True)
     white = white_for(cfg.label, samples) if white_as_set else samples[0].white
     if white_as_set:
         samples = tuple(replace(s, white=white) for s in samples)
@@ -350,7 +354,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     thin.warn(log, THIN_REMEDY)
     colour.warn(log, ds.root)
     _warn_outlines(ds, tally)
-    checked = time.time_ns()
+    checked, written = time.time_ns(), False
     if cache_path is not None and _still_current(ds, cfg, cache_path, white_as_set):
         # the superseded entries are dead whatever the write does: removed first, so that on
         # a disk they fill the new one finds their room
@@ -361,11 +365,12 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                       thin=thin_record, tally=np.array(astuple(tally), np.int64),
                       colour=colour.record(),
                       white=np.array([white], np.int64))
+            written = True
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs,
-                  tally, white)
+                  tally, white, cached=written)
 
 
 def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path,
