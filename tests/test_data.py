@@ -352,7 +352,7 @@ def test_load_arrays_builds_then_hits_the_cache(tmp_path: Path, monkeypatch) -> 
     assert np.array_equal(first.masks, second.masks)
     assert first.names == second.names and first.subjects == second.subjects
     assert first.labels == second.labels == (1,)
-    assert first.cached and second.cached           # written, then a hit
+    assert (first.cached, second.cached) == ("written", "hit")
 
 
 def test_the_cache_keeps_the_labels_the_masks_held(tmp_path: Path) -> None:

@@ -64,8 +64,11 @@ def e2e(phantoms, tmp_path_factory):
 
 
 def _train_tiny(tmp_path: Path, run: Path, *flags: str) -> int:
-    """``ultraseg train`` of a width-4 U-Net on 20 phantom frames of 32 px, one thread."""
-    data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
+    """``ultraseg train`` of a width-4 U-Net on 20 phantom frames of 32 px (made in
+    ``tmp_path / "data"`` by the first call), one thread."""
+    data = tmp_path / "data"
+    if not data.exists():
+        make_dataset(data, n=20, size=32, seed=3)
     return cli.main(["train", str(data), "--out", str(run), "--preset", "demo", "--width", "4",
                      "--depth", "2", "--size", "32", "--device", "cpu", "--precision", "fp32",
                      "--cache-dir", "", "--threads", "1", *flags])
@@ -679,13 +682,14 @@ def test_a_limit_used_up_before_training_trains_nothing_and_says_so(tmp_path, mo
     assert not (run / "best.ckpt").exists() and not (run / "last.ckpt").exists()
 
 
-@pytest.mark.parametrize("cache", ["written", "not written", "none"])
+@pytest.mark.parametrize("cache", ["written", "hit", "not written", "none"])
 def test_a_limit_used_up_before_training_says_the_cache_helps_only_where_there_is_one(
         tmp_path, monkeypatch, capsys, cache: str) -> None:
     """The error of a limit the loading used up said 'the data's cache makes the next start
     faster' wherever the cache was on, even where its entry could not be written (a full or
     read-only disk, a --cache-dir under a file: a review), so the next start was no faster.
-    It says so where an entry holds the frames now."""
+    It says so where this run wrote the entry: not on a hit, whose next start is no faster
+    (a review)."""
     real = train_mod.load_arrays
 
     def slow(*args, **kwargs):          # reading a large dataset: longer than the limit
@@ -695,8 +699,12 @@ def test_a_limit_used_up_before_training_says_the_cache_helps_only_where_there_i
 
     monkeypatch.setattr(train_mod, "load_arrays", slow)
     (tmp_path / "a-file").write_text("not a folder")
-    cache_dir = {"written": str(tmp_path / "cache"), "not written": str(tmp_path / "a-file" / "c"),
-                 "none": ""}[cache]
+    cache_dir = {"written": str(tmp_path / "cache"), "hit": str(tmp_path / "cache"),
+                 "not written": str(tmp_path / "a-file" / "c"), "none": ""}[cache]
+    if cache == "hit":          # an earlier run wrote the entry: this one's load is a hit
+        _train_tiny(tmp_path, tmp_path / "run0", "--epochs", "3", "--batch-size", "4",
+                    "--time-limit", "1s", "--cache-dir", cache_dir)
+        assert "makes the next start faster" in capsys.readouterr().err     # written
     rc = _train_tiny(tmp_path, tmp_path / "run", "--epochs", "3", "--batch-size", "4",
                      "--time-limit", "1s", "--cache-dir", cache_dir)
     err = capsys.readouterr().err

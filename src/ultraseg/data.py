@@ -54,9 +54,10 @@ class Arrays:
     #: decided over the set where asked (``white_as_set``), for the samples' later reads at
     #: their own size (:func:`ultraseg.io.with_white`); else the samples' own.
     white: int = 1
-    #: Whether a cache entry holds these frames now (a hit, or the entry this load wrote): the
-    #: next load of the same files and settings decodes nothing.
-    cached: bool = False
+    #: Where the frames came from or went: "hit" (read from a cache entry), "written" (this
+    #: load wrote the entry, so the next load of the same files and settings decodes
+    #: nothing), "" (no cache, or its entry could not be written).
+    cached: str = ""
 
 
 def union_note(labels: Sequence[int], label: int | None) -> str | None:
@@ -321,7 +322,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
                           cached["thumbs"], tally,
                           int(cached["white"][0]) if white_as_set else samples[0].white,
-                          cached=True)
+                          cached="hit")
     white = white_for(cfg.label, samples) if white_as_set else samples[0].white
     if white_as_set:
         samples = tuple(replace(s, white=white) for s in samples)
@@ -370,7 +371,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs,
-                  tally, white, cached=written)
+                  tally, white, cached="written" if written else "")
 
 
 def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path,

@@ -826,7 +826,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             f"reading and caching the data, checking its split and building the model took "
             f"{time.monotonic() - t0:.0f} s; nothing trained. A longer --time-limit "
             "(train.time_limit_s) leaves time to train"
-            + ("; the data's cache makes the next start faster" if arrays.cached else ""),
+            + ("; the data's cache makes the next start faster" if arrays.cached == "written"
+               else ""),
             out)
     for epoch in range(start_epoch, tc.epochs + 1):
         rng = np.random.default_rng([tc.seed, epoch])
