@@ -195,3 +195,47 @@ def test_training_and_prediction_run_inside_cudnn_autotune(tmp_path, monkeypatch
                   "num_threads": 1, "time_limit_s": None}})
     train_mod.train(cfg, tmp_path / "run")
     assert inside[0] == "cpu" and inside[-1] == "out"
+
+
+def test_overlapping_thread_blocks_put_the_caller_s_count_back_when_the_last_ends() -> None:
+    """threads() saved and restored torch's thread count block by block: a block in one
+    worker (1 thread) overlapped by a block in another (3), the first ending first, left
+    the process at 1 thread for good where the caller had set 2 (a review: two overlapping
+    trainings with num_threads 1 and 3 in a service). The count the first block found is put
+    back when the last one ends."""
+    import threading
+
+    from ultraseg.runtime import threads
+
+    def seen_by_a_new_thread() -> int:
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return seen[0]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+        def first() -> None:
+            with threads(1):
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        def second() -> None:
+            a_in.wait(10)
+            with threads(3):
+                b_in.set()
+                a_out.wait(10)
+
+        workers = [threading.Thread(target=first), threading.Thread(target=second)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert seen_by_a_new_thread() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

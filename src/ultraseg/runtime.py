@@ -119,14 +119,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 @contextlib.contextmanager
 def threads(n: int | None) -> Iterator[None]:
-    """Use ``n`` intra-op threads inside the block and restore the caller's setting after."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
+    """Use ``n`` intra-op threads inside the block (None: as they are) and restore the
+    caller's setting after. torch's count is the process's: blocks open at once in several
+    threads (trainings in a service) share it, each setting its own ``n`` as it opens, and
+    the count the first found is put back when the last ends (block by block, one ending
+    first left the process at its count for good)."""
+    if not n:
         yield
-    finally:
-        torch.set_num_threads(before)
+        return
+    with while_held("torch.num_threads", torch.get_num_threads, torch.set_num_threads):
+        torch.set_num_threads(n)
+        yield
 
 
 @contextlib.contextmanager
