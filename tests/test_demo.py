@@ -56,6 +56,27 @@ def test_demo_trains_evaluates_on_unseen_frames_and_reports(tmp_path, monkeypatc
     assert "already holds a training run" in capsys.readouterr().err
 
 
+def test_the_demo_s_report_keeps_the_warnings_its_training_gave(tmp_path, monkeypatch) -> None:
+    """The demo writes the run's report.html again with its evaluation: the warnings its
+    training gave (a time-limited run's post-processing chosen on a sample) must stay."""
+    import logging
+
+    from ultraseg import train as train_mod
+
+    _small_demo(monkeypatch, epochs=1)
+    offset = train_mod._boundary_offset
+
+    def warned(*args):                          # a warning given while the run trains
+        logging.getLogger("ultraseg.train").warning("a <warning> while training")
+        return offset(*args)
+
+    monkeypatch.setattr(train_mod, "_boundary_offset", warned)
+    assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "unseen phantom" in page
+    assert "<h2>Warnings</h2>" in page and "a &lt;warning&gt; while training" in page
+
+
 def test_a_stopped_demo_s_command_for_a_dash_led_out_parses(tmp_path, monkeypatch,
                                                              capsys) -> None:
     """`ultraseg demo --out=-dm --minutes 1` over a demo stopped under --minutes 0.5 said

@@ -321,6 +321,23 @@ def test_write_html_without_figures_or_evaluation(tmp_path: Path) -> None:
     assert "No epochs recorded" in page
 
 
+def test_write_html_shows_the_run_s_warnings_near_the_top_escaped(tmp_path: Path) -> None:
+    """The warnings training gave ('val Dice 0.8 is the empty frames' alone') change what the
+    page's numbers mean: they stand in a section of their own before the summary, escaped,
+    each once; a page with none has no such section."""
+    warned = ["6 of the 6 masks look <inverted>", "the empty frames' alone",
+              "6 of the 6 masks look <inverted>"]
+    page = write_html(tmp_path, title="t", summary={"best val Dice": 0.8}, config={},
+                      history=[], warnings=warned).read_text(encoding="utf-8")
+    section = page[page.index("<h2>Warnings</h2>"):page.index("<h2>Summary</h2>")]
+    assert section.count("<li>") == 2
+    assert section.index("&lt;inverted&gt;") < section.index("the empty frames&#x27; alone")
+    assert "<inverted>" not in page
+    clean = write_html(tmp_path, title="t", summary={}, config={}, history=[],
+                       warnings=[]).read_text(encoding="utf-8")
+    assert "Warnings" not in clean
+
+
 def test_write_html_ends_with_the_intended_use(tmp_path: Path) -> None:
     """A report looked like finished clinical output: nothing said research use only."""
     page = write_html(tmp_path, title="t", summary={"a": 1}, config={"b": 2},

@@ -44,6 +44,27 @@ def test_a_runs_log_holds_its_own_threads_records_alone(tmp_path) -> None:
     assert "the run's own" in text and "another request's" not in text
 
 
+def test_a_run_log_collects_its_own_threads_warnings_each_once_in_order(tmp_path) -> None:
+    """report.html left out the warnings training gave ('6 of the 6 masks look inverted'),
+    though they change what its numbers mean. The run's log collects the records train.log
+    gets at WARNING and above (the run's own thread's), each once, in order, for the report."""
+    import threading
+
+    pkg = logging.getLogger("ultraseg")
+    with run_log(tmp_path / "train.log") as warned:
+        pkg.getChild("data").warning("masks look %s", "inverted")
+        pkg.getChild("train").info("epoch 1")
+        other = threading.Thread(
+            target=lambda: pkg.getChild("evaluate").warning("another request's"))
+        other.start()
+        other.join()
+        pkg.getChild("train").error("a time limit")
+        pkg.getChild("data").warning("masks look inverted")         # again: once
+        assert list(warned) == ["masks look inverted", "a time limit"]
+    text = (tmp_path / "train.log").read_text()
+    assert "masks look inverted" in text and "a time limit" in text
+
+
 
 def test_a_caller_s_level_on_a_module_s_logger_holds_inside_a_run_s_log(tmp_path) -> None:
     """A notebook's logging.getLogger("ultraseg.train").setLevel(INFO) showed that module's

@@ -1865,6 +1865,77 @@ def test_masks_that_look_inverted_are_warned_about(tmp_path) -> None:
         assert len(said) == 1 and "4 of the 4 masks" in said[0], [r.getMessage() for r in warned]
 
 
+def _inverted_run_config(tmp_path, data):
+    return merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""},
+        "model": {"width": 4, "depth": 1}, "preprocess": {"size": 32},
+        "train": {"epochs": 2, "val_fraction": 0, "seed": 0, "device": "cpu",
+                  "precision": "fp32", "num_threads": 1, "time_limit_s": None}})
+
+
+def _invert_masks(data) -> None:
+    for path in sorted((data / "masks").iterdir()):
+        mask = np.asarray(Image.open(path))
+        Image.fromarray((mask == 0).astype(np.uint8) * 255).save(path)
+
+
+def _warnings_section(page: str) -> str:
+    return page[page.index("<h2>Warnings</h2>"):page.index("<h2>Summary</h2>")]
+
+
+def test_the_report_shows_the_warnings_training_gave(tmp_path) -> None:
+    """report.html left out the warnings training gave ('6 of the 6 masks look inverted' beside
+    a val Dice of 0.97; 'val Dice 0.8 is the empty frames' alone'), though they change what its
+    numbers mean: a user reading the page later could not see them. It now shows them, each
+    once, in a section before the summary; best.ckpt keeps them, so a page written again
+    from it shows them too. A run that warned nothing has no such section."""
+    from conftest import ultraseg_warnings
+
+    clean = make_dataset(tmp_path / "clean", n=4, size=32, seed=0)
+    with ultraseg_warnings() as warned:
+        train_mod.train(_inverted_run_config(tmp_path, clean), tmp_path / "clean_run")
+    assert not warned, [r.getMessage() for r in warned]
+    assert "Warnings" not in (tmp_path / "clean_run" / "report.html").read_text()
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    _invert_masks(data)
+    run = tmp_path / "run"
+    result = train_mod.train(_inverted_run_config(tmp_path, data), run)
+    section = _warnings_section((run / "report.html").read_text())
+    assert section.count("<li>") == 1 and "4 of the 4 masks look inverted" in section
+    said = load_checkpoint(run / "best.ckpt").meta["metrics"]["warnings"]
+    assert len(said) == 1 and "4 of the 4 masks look inverted" in said[0]
+    assert result.warnings == said
+    (run / "report.html").unlink()                  # stopped while it was written
+    train_mod.train(None, run, resume=True)
+    assert _warnings_section((run / "report.html").read_text()) == section
+
+
+def test_a_resumed_run_s_report_keeps_the_warnings_given_before_it_was_interrupted(
+        tmp_path) -> None:
+    """A resumed run's report shows the warnings of the process that trained its first
+    epochs (last.ckpt records them) with its own, each once."""
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    _invert_masks(data)
+    run = tmp_path / "run"
+
+    def stop(event) -> None:
+        if event.get("event") == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(_inverted_run_config(tmp_path, data), run, progress=stop)
+    assert not (run / "report.html").exists()
+    assert "4 of the 4 masks look inverted" in " ".join(
+        load_checkpoint(run / "last.ckpt").train_state["warnings"])
+    for path in sorted((data / "masks").iterdir()):         # set right: no longer said
+        mask = np.asarray(Image.open(path))
+        Image.fromarray((mask == 0).astype(np.uint8) * 255).save(path)
+    train_mod.train(None, run, resume=True)
+    section = _warnings_section((run / "report.html").read_text())
+    assert section.count("<li>") == 1 and "4 of the 4 masks look inverted" in section
+
+
 def test_metrics_csv_ends_its_lines_with_lf(tmp_path) -> None:
     """metrics.csv came out CRLF (the csv module's default) while measurements.csv is LF."""
     train_mod._write_metrics(tmp_path / "metrics.csv",

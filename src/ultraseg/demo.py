@@ -63,7 +63,7 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
         report.write_html(out, title="ultraseg demo (phantom data)", summary=result.summary,
                           config=RunConfig.load(out / "config.json").to_dict(),   # as recorded
                           history=result.history, best_epoch=result.best_epoch,
-                          evaluation=evaluation_table(summary))
+                          evaluation=evaluation_table(summary), warnings=result.warnings)
         log.info("demo finished: %s", summary)
         return summary
 

@@ -548,6 +548,7 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.best td{font-weight:bold;background:#eef8ee}
 figure{margin:1em 0}img{max-width:100%;height:auto}figcaption{color:#666;font-size:.85em}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
+ul.warnings li{margin:.3em 0;white-space:pre-wrap}
 footer{margin-top:2em;border-top:1px solid #ddd;color:#666;font-size:.85em}
 """.strip()
 
@@ -639,10 +640,13 @@ def write_html(
     images: tuple[str, ...] = ("curve.png", "sample.png", "seg_sample.png"),
     best_epoch: int | None = None,
     captions: Mapping[str, str] = CAPTIONS,
+    warnings: Sequence[str] = (),
 ) -> Path:
     """Write ``run_dir/report.html``, one self-contained page, and return its path.
 
-    Sections: title; ``summary`` as a key/value table; the figures named in ``images``
+    Sections: title; the run's ``warnings`` (what training warned of: they change what its
+    figures mean), each once in the order given, where there are any; ``summary`` as a
+    key/value table; the figures named in ``images``
     (relative to ``run_dir``) embedded as base64 data URIs, missing ones skipped, each captioned
     with its name and what ``captions`` says it shows (a run's figures: :data:`CAPTIONS`); the
     per-epoch ``history`` table (the row of the epoch kept highlighted: ``best_epoch``, else
@@ -659,9 +663,12 @@ def write_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<h2>Summary</h2>",
-        _kv_table(summary),
     ]
+    said = list(dict.fromkeys(str(w) for w in warnings))
+    if said:
+        parts += ["<h2>Warnings</h2>", "<ul class=warnings>"
+                  + "".join(f"<li>{html.escape(w)}</li>" for w in said) + "</ul>"]
+    parts += ["<h2>Summary</h2>", _kv_table(summary)]
     if figures:
         parts += ["<h2>Figures</h2>", *figures]
     parts += ["<h2>Per-epoch metrics</h2>", _metrics_table(history, best_epoch)]

@@ -225,8 +225,25 @@ def remove_temporaries(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+class RunWarnings(logging.Handler):
+    """The messages of the warnings (and errors) a run gave, each once, in the order given:
+    what the run's ``train.log`` gets at WARNING and above, for its report."""
+
+    def __init__(self, thread: int) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = thread
+        self.said: dict[str, None] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.said.setdefault(record.getMessage(), None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.said))
+
+
 @contextlib.contextmanager
-def run_log(path: Path) -> Iterator[None]:
+def run_log(path: Path) -> Iterator[RunWarnings]:
     """The package's INFO records go to the run's ``train.log`` inside the block, while the
     caller's handlers get only what they got before. The ``ultraseg`` logger is lowered to
     INFO for the file; its own handlers (the caller's) are taken off it and it stops
@@ -235,7 +252,8 @@ def run_log(path: Path) -> Iterator[None]:
     handlers and, where it propagated, to its ancestors' (as logging itself would).
     Overlapping blocks (trainings in threads) share that set-up; the last to leave puts level,
     propagation and handlers back. The file takes the records of the thread that
-    opened the block alone."""
+    opened the block alone. The block's value collects that thread's warnings
+    (:class:`RunWarnings`: train.log's records at WARNING and above) for the run's report."""
     global _RUN_LOGS
     file_handler = _RunLogFile(path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
@@ -243,6 +261,7 @@ def run_log(path: Path) -> Iterator[None]:
     # the run's thread's records alone (training runs in it): not another thread's work
     own = threading.get_ident()
     file_handler.addFilter(lambda record: record.thread == own)
+    warned = RunWarnings(own)
     pkg_log = logging.getLogger("ultraseg")
     with _RUN_LOG_LOCK:
         if _RUN_LOGS == 0:
@@ -256,14 +275,16 @@ def run_log(path: Path) -> Iterator[None]:
             pkg_log.propagate = False
         _RUN_LOGS += 1
         pkg_log.addHandler(file_handler)
+        pkg_log.addHandler(warned)
     try:
-        yield
+        yield warned
     except BaseException as e:
         _say_stopped(file_handler, e)
         raise
     finally:
         with _RUN_LOG_LOCK:
             pkg_log.removeHandler(file_handler)
+            pkg_log.removeHandler(warned)
             with contextlib.suppress(OSError):  # (said once already): not the block's error
                 file_handler.close()
             _RUN_LOGS -= 1

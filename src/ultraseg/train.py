@@ -92,6 +92,9 @@ class TrainResult:
     val_hc_mae_mm: float | None = None
     val_hc_frames: int | None = None
     val_hc_reference_frames: int | None = None
+    #: The warnings the run gave while training (train.log's at WARNING and above), each
+    #: once in order, as report.html shows them; a resumed run's, those before it too.
+    warnings: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         # absolute, as config.json's data path: a relative 'runs/x' read after the caller (a
@@ -498,7 +501,8 @@ def _finished_run(out: Path, last: Checkpoint | None, cfg: RunConfig) -> TrainRe
                          ALREADY_FINISHED, history, best.postprocess,
                          m.get("val_dice_original"), m.get("val_dice_postprocessed"),
                          dict(m.get("report") or {}), world_size=int(m.get("world_size", 1)),
-                         is_main=is_main(), **_validation_figures(m, hc))
+                         is_main=is_main(), warnings=list(m.get("warnings") or []),
+                         **_validation_figures(m, hc))
     if result.is_main and not (out / "report.html").is_file():
         missing = _rebuild_report(out, result, cfg)
         result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again"
@@ -537,7 +541,8 @@ def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]
                                                      f"written again ({why})"}
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=RunConfig.load(out / "config.json").to_dict(),
-                      history=result.history, best_epoch=result.best_epoch)
+                      history=result.history, best_epoch=result.best_epoch,
+                      warnings=result.warnings)
     return missing
 
 
@@ -661,10 +666,10 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
         if resume:
             remove_temporaries(out)
         try:
-            with run_log(out / "train.log"), threads(cfg.train.num_threads), \
+            with run_log(out / "train.log") as warned, threads(cfg.train.num_threads), \
                     torch.random.fork_rng(devices=rng_devices), torch.inference_mode(False), \
                     torch.enable_grad(), cudnn_autotune(device):
-                return _train(cfg, out, last, progress or (lambda e: None), t0, ctx)
+                return _train(cfg, out, last, progress or (lambda e: None), t0, ctx, warned)
         except BaseException as e:
             # refused, out of memory or interrupted before an epoch was saved: nothing left
             if not resume and isinstance(e, (UltrasegError, KeyboardInterrupt)) \
@@ -681,10 +686,18 @@ def _held_out(split_file: Path, names: Sequence[str]) -> np.ndarray:
 
 
 def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,
-           ctx: Dist = SINGLE) -> TrainResult:
-    """The run itself; ``last`` is the checkpoint to resume from (None: a new run)."""
+           ctx: Dist = SINGLE, warned: Iterable[str] = ()) -> TrainResult:
+    """The run itself; ``last`` is the checkpoint to resume from (None: a new run);
+    ``warned``, the warnings this process gives as it trains (:func:`run_log`'s), for the
+    report."""
     tc = cfg.train
     resume = last is not None
+    # the report's warnings: a resumed run's before it was interrupted (last.ckpt records
+    # them: its train.log is no record of which run said what), then this process's
+    before = list(last.train_state.get("warnings") or []) if resume else []
+
+    def warnings() -> list[str]:
+        return list(dict.fromkeys([*before, *warned]))
     device = ctx.device(resolve_device(tc.device))
     dtype = resolve_precision(tc.precision, device)
     # the thread count used, not the one asked for (none: torch's default, the machine's):
@@ -920,7 +933,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                      "history_json": json.dumps(history), "best_dice": best_dice,
                      "best_epoch": best_epoch, "horizon": horizon,
                      "seconds": time.monotonic() - t0,    # of the whole run, so far
-                     "stopped": stopped}     # a resume finishes a run that had stopped
+                     "stopped": stopped,     # a resume finishes a run that had stopped
+                     "warnings": warnings()}
             if ema is not None:
                 state["ema"] = ema.state_dict()
             save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), state)
@@ -947,7 +961,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         return TrainResult(out, best_epoch, best_val_dice, len(history), time.monotonic() - t0,
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
-                   best_val_dice, stopped, t0, meta, progress, choosing, copies, test_idx)
+                   best_val_dice, stopped, t0, meta, progress, choosing, copies, test_idx,
+                   warnings)
 
 
 def _recorded_stop(state: Mapping[str, Any], history: list[dict[str, Any]]) -> str | None:
@@ -1050,14 +1065,16 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             history: list[dict[str, Any]], best_epoch: int, best_dice: float | None,
             stopped: str | None, t0: float, meta: Callable, progress: Progress,
             choosing: bool = True, copies: SplitCopies | None = None,
-            test_idx: np.ndarray | None = None) -> TrainResult:
+            test_idx: np.ndarray | None = None,
+            warnings: Callable[[], list[str]] = list) -> TrainResult:
     """Choose post-processing (test-time augmentation included) on the validation frames at
     their original size, and where they carry reference head circumferences the boundary
     offset measurements use (:func:`_calibrate_measure`); write the report.
 
     Without validation frames the post-processing stays at its defaults, the Dice figures are
     None and the report has no prediction figure; so does it where they hold no structure
-    (``choosing`` False: they are scored, but choose nothing).
+    (``choosing`` False: they are scored, but choose nothing). The report shows the run's
+    ``warnings()`` and best.ckpt keeps them (a report written again from it shows them).
     """
     if len(val_idx):
         progress({"event": "stage", "message": "choosing post-processing on the validation split"})
@@ -1110,7 +1127,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                    val_empty_predicted_empty=empty_right,
                    train_seconds=round(seconds, 1), epochs_run=len(history), stopped=stopped,
                    world_size=cfg.train.world_size, device=str(device),
-                   precision="bf16" if dtype else "fp32")
+                   precision="bf16" if dtype else "fp32", warnings=warnings())
 
     from . import report
 
@@ -1168,10 +1185,11 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         _plot_predictions(out, predictor, val_samples, seen, cfg, pp)
 
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
-                      config=cfg.to_dict(), history=history, best_epoch=best_epoch)
+                      config=cfg.to_dict(), history=history, best_epoch=best_epoch,
+                      warnings=warnings())
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size,
-                       **_validation_figures(metrics, measure_meta))
+                       warnings=warnings(), **_validation_figures(metrics, measure_meta))
 
 
 def _validation_figures(metrics: dict[str, Any], measure_meta: dict[str, Any]
