@@ -1798,6 +1798,20 @@ def test_post_processing_that_leaves_nothing_on_any_validation_frame_is_warned_a
     assert not warned
 
 
+def test_nothing_found_on_validation_frames_that_all_hold_a_structure_is_said_as_it_is() -> None:
+    """With no empty validation frame the warning said the val Dice 0 was 'the empty frames'
+    alone' (a review: ph20 at --lr 3): there were none; it now says every frame holds a
+    structure and none was found."""
+    from conftest import ultraseg_warnings
+
+    seen = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 3, [0] * 3, [False] * 3)
+    with ultraseg_warnings() as warned:
+        train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.0)
+    said = " ".join(r.getMessage() for r in warned)
+    assert "empty frames" not in said and "each of the 3 validation frames holds" in said, said
+    assert "0.0000" in said and "has not learnt" in said, said
+
+
 def test_the_report_counts_the_frames_and_subjects_of_every_side_the_held_out_one_too(
         held_out_run) -> None:
     """The row read "frames (train / val) 30 / 10": the 20 frames held out for testing, the

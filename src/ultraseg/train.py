@@ -1250,9 +1250,15 @@ def _empty_figures(seen: _Validation) -> tuple[float | None, int, int]:
 def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
                            tuned: float | None) -> None:
     """Say so where the post-processing ``pp`` leaves no structure on any validation frame
-    while some hold one: the all-frames Dice ``tuned`` is then the empty frames' alone."""
+    while some hold one: the all-frames Dice ``tuned`` is then the empty frames' alone (0
+    where every frame holds a structure)."""
     n_full = sum(not e for e in seen.empty)
-    if n_full and not any(seen.areas):
+    if n_full == len(seen.empty) and not any(seen.areas):   # no empty frame to score 1
+        log.warning("%s: with the post-processing chosen (%s) no structure is predicted on any "
+                    "validation frame, and each of the %d validation frames holds one: val Dice "
+                    "%.4f; the model has not learnt to find it (train longer, or on more "
+                    "frames)", out, pp, n_full, tuned if tuned is not None else math.nan)
+    elif n_full and not any(seen.areas):
         log.warning("%s: with the post-processing chosen (%s) no validation frame has a "
                     "structure predicted: its val Dice %.4f is the empty frames' alone (empty "
                     "rule: %s) and the %d frames with a structure score 0; the model has not "
