@@ -886,6 +886,25 @@ def test_a_large_subject_that_overshoots_the_fraction_is_warned_about(tmp_path: 
     assert warned_seeds                                    # the case does occur here
 
 
+@pytest.mark.parametrize("subjects, fraction", [
+    ([f"s{i}" for i in range(6)], 0.2),                  # six one-frame subjects: 2 of 6
+    (["a"] * 10 + ["b"] * 10, 0.2),                      # two equal subjects: 0.50
+    (["a"] * 10 + ["b"] * 10, 0.01)])
+def test_an_overshoot_no_draw_can_help_is_not_blamed_on_a_large_subject(subjects, fraction
+                                                                        ) -> None:
+    """Six one-frame subjects (or two of ten) overshoot 0.2 at every seed: the warning blamed
+    'one large subject, 1 frames' and advised another --split-seed, which changes nothing (a
+    review, oddsets 3). Subjects all of one size get no warning, and no advice to draw again."""
+    from conftest import ultraseg_warnings
+
+    for seed in range(10):
+        with ultraseg_warnings() as warned:
+            _, val = split_by_subject(subjects, fraction, seed)
+        assert len(val) / len(subjects) > 1.5 * fraction       # it does overshoot
+        said = [r.getMessage() for r in warned]
+        assert not any("large subject" in m or "--split-seed" in m for m in said), said
+
+
 def test_training_on_a_folder_read_as_unlabelled_says_which_layout_it_found(tmp_path) -> None:
     """A folder read as unlabelled images (here by --layout images; a flat folder of 1_1.png +
     1_1_mask.png is detected as the kaggle layout now): train said only 'no labelled samples

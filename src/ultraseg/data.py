@@ -530,11 +530,17 @@ def split_by_subject(subjects: Sequence[str], val_fraction: float = 0.2, seed: i
         val_subjects.append(s)
         n_val += counts[s]
     is_val = np.isin(subjects, val_subjects)
-    if n_val > 1.5 * target:  # one large subject drawn last; the draw stays as it is
+    last = counts[val_subjects[-1]]
+    if n_val > 1.5 * target and last > min(counts.values()):
+        # a subject larger than others drawn last; the draw stays as it is
         log.warning("the subjects drawn aside hold %.2f of the frames against the %.2g asked "
-                    "(one large subject, %d frames, came last): another --split-seed (in Python, "
-                    "train.split_seed) draws another split", n_val / len(subjects), val_fraction,
-                    counts[val_subjects[-1]])
+                    "(one large subject, %d frame%s, came last): another --split-seed (in "
+                    "Python, train.split_seed) draws another split", n_val / len(subjects),
+                    val_fraction, last, "s" * (last != 1))
+    elif n_val > 1.5 * target:      # no smaller subject to draw: whole subjects come no nearer
+        log.info("the subjects drawn aside hold %.2f of the frames against the %.2g asked: the "
+                 "nearest whole subjects of %d frame%s or more come", n_val / len(subjects),
+                 val_fraction, last, "s" * (last != 1))
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
