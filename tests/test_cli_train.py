@@ -395,26 +395,33 @@ def test_a_config_built_without_a_preset_can_be_given_back(data, tmp_path, capsy
     assert cfg.train == RunConfig().train
 
 
-def test_a_training_side_without_foreground_is_refused(tmp_path, capsys) -> None:
-    """Only subject 1's frames hold a structure: a split that trains on subject 2 alone has
-    nothing to learn (before, it trained in silence and validated against subject 1)."""
+def _structure_set(root: Path, subjects: range, holders: set[int], frames: int = 4
+                   ) -> list[str]:
+    """A folders-layout set of 32 px frames ``S_K`` (``frames`` per subject); the masks of
+    the subjects in ``holders`` hold a square, the others are empty. The frames' subjects."""
     from PIL import Image
 
-    from ultraseg.data import run_split
-
-    root = tmp_path / "data"
-    names = [f"{subject}_{k}" for subject in (1, 2) for k in range(4)]
-    for name in names:
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "masks").mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(len(name))
+    names = [f"{subject}_{k}" for subject in subjects for k in range(frames)]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        rng = np.random.default_rng(i)
         Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(
             root / "images" / f"{name}.png")
         mask = np.zeros((32, 32), np.uint8)
-        if name.startswith("1_"):
+        if int(name.split("_")[0]) in holders:
             mask[8:20, 10:22] = 255
         Image.fromarray(mask).save(root / "masks" / f"{name}_mask.png")
-    subjects = [n.split("_")[0] for n in names]
+    return [n.split("_")[0] for n in names]
+
+
+def test_a_training_side_without_foreground_is_refused(tmp_path, capsys) -> None:
+    """Only subject 1's frames hold a structure: a split that trains on subject 2 alone has
+    nothing to learn (before, it trained in silence and validated against subject 1)."""
+    from ultraseg.data import run_split
+
+    root = tmp_path / "data"
+    subjects = _structure_set(root, range(1, 3), {1})
     seed = next(s for s in range(50)
                 if {subjects[i] for i in run_split(subjects, 0.0, 0.5, s)[0]} == {"2"})
     rc = cli.main(["train", str(root), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
@@ -424,6 +431,30 @@ def test_a_training_side_without_foreground_is_refused(tmp_path, capsys) -> None
     assert "none of the 4 training masks" in err and "--split-seed" in err, err
     assert "(in Python, train.split_seed or train.val_fraction)" in err, err   # train()'s too
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("val_fraction", ["0", "0.5"])
+def test_a_training_side_the_holdout_left_without_foreground_names_the_holdout(
+        tmp_path, capsys, val_fraction) -> None:
+    """The structures all held out for testing: the refusal said 'the 0 validation frames take
+    the rest' and advised --val-fraction, already 0 (a review, oddsets 1: --test-fraction 0.9
+    --val-fraction 0). It counts the held-out test frames and names --test-fraction."""
+    from ultraseg.data import run_split
+
+    root = tmp_path / "data"
+    subjects = _structure_set(root, range(1, 9), {1, 2}, frames=1)
+    seed = next(s for s in range(200)
+                if {"1", "2"} <= {subjects[i] for i in run_split(subjects, 0.7,
+                                                                 float(val_fraction), s)[2]})
+    rc = cli.main(["train", str(root), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
+                   "--test-fraction", "0.7", "--val-fraction", val_fraction,
+                   "--seed", str(seed)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "training masks" in err, err
+    n_test = len(run_split(subjects, 0.7, float(val_fraction), seed)[2])
+    assert f"{n_test} held-out test frames hold every structure" in err, err
+    assert "a smaller --test-fraction" in err and "train.test_fraction" in err, err
+    assert "take the rest" not in err and "--val-fraction" not in err, err
 
 
 def test_missing_config_file(data, tmp_path, capsys) -> None:

@@ -925,6 +925,18 @@ def test_holding_out_test_subjects_from_one_subject_names_the_flag() -> None:
         run_split(["a"] * 10, 0.2, 0.0, 0)
 
 
+def test_a_validation_split_the_holdout_left_one_subject_names_the_holdout() -> None:
+    """Three subjects at --test-fraction 0.5: 'a subject-grouped validation split needs at
+    least two subjects; found 1', with no word that the holdout took two, nor of a smaller
+    --test-fraction (a review, oddsets 1)."""
+    with pytest.raises(UltrasegError) as e:
+        run_split([s for s in "abc" for _ in range(4)], 0.5, 0.2, 0)
+    said = str(e.value)
+    assert "found 1 after --test-fraction held out 2 of the 3 subjects" in said, said
+    assert "a smaller --test-fraction" in said and "--val-fraction 0" in said, said
+    assert "train.test_fraction" in said and "train.val_fraction 0" in said, said
+
+
 def test_training_frames_padded_to_a_strip_of_the_canvas_are_warned_about(tmp_path) -> None:
     """Training on 2000x40 frames padded to a 32 px square canvas (under one canvas row of
     frame): one warning names the first and suggests --no-pad-to-square, which stretches

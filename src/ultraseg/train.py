@@ -685,6 +685,29 @@ def _held_out(split_file: Path, names: Sequence[str]) -> np.ndarray:
     return np.array([index[n] for n in test if n in index], np.int64)
 
 
+def _holders_row(masks: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> str:
+    """Where a split that trains on no structure put them: 'the 2 validation and 6 held-out
+    test frames hold every structure' (a side that holds none is left out)."""
+    sides = [f"{len(idx)} {side}" for idx, side in ((val_idx, "validation"),
+                                                     (test_idx, "held-out test"))
+             if len(idx) and masks[idx].any()]
+    return f"the {' and '.join(sides)} frames hold every structure"
+
+
+def _other_split(masks: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> str:
+    """The advice of a split that trains on no structure: another seed, and the fraction of
+    each side that holds one (the validation side's, the held-out test side's)."""
+    flags, names = ["--split-seed"], ["train.split_seed"]
+    if len(val_idx) and masks[val_idx].any():
+        flags.append("--val-fraction")
+        names.append("train.val_fraction")
+    if len(test_idx) and masks[test_idx].any():
+        flags.append("a smaller --test-fraction")
+        names.append("train.test_fraction")
+    return (f"another {' or '.join(flags)} (in Python, {' or '.join(names)}) draws another "
+            "split")
+
+
 def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,
            ctx: Dist = SINGLE, warned: Iterable[str] = ()) -> TrainResult:
     """The run itself; ``last`` is the checkpoint to resume from (None: a new run);
@@ -747,10 +770,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         raise DataError(f"none of the {len(train_idx)} training masks holds "
                         + (f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
                            else "a foreground pixel")
-                        + f" under this split (the {len(val_idx)} validation frames take the "
-                        "rest): nothing to learn; another --split-seed or --val-fraction "
-                        "(in Python, train.split_seed or train.val_fraction) draws another "
-                        "split", ds.root)
+                        + f" under this split: {_holders_row(arrays.masks, val_idx, test_idx)}"
+                        "; nothing to learn; " + _other_split(arrays.masks, val_idx, test_idx),
+                        ds.root)
     if resume and cfg.model.presence_head == "auto":   # decided when the run started
         cfg = replace(cfg, model=recorded_presence_head(cfg.model, last))
         log.info("presence head: %s (decided when the run started, as last.ckpt records)",
