@@ -428,8 +428,8 @@ def test_a_training_side_without_foreground_is_refused(tmp_path, capsys) -> None
                    "--val-fraction", "0.5", "--seed", str(seed)])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2
-    assert "none of the 4 training masks" in err and "--split-seed" in err, err
-    assert "(in Python, train.split_seed or train.val_fraction)" in err, err   # train()'s too
+    assert "none of the 4 training masks" in err and "no --split-seed helps" in err, err
+    assert "(the last epoch kept" in err and "in Python, train.val_fraction 0)" in err, err
     assert not (tmp_path / "run").exists()
 
 
@@ -455,6 +455,42 @@ def test_a_training_side_the_holdout_left_without_foreground_names_the_holdout(
     assert f"{n_test} held-out test frames hold every structure" in err, err
     assert "a smaller --test-fraction" in err and "train.test_fraction" in err, err
     assert "take the rest" not in err and "--val-fraction" not in err, err
+
+
+def test_one_subject_holding_every_structure_is_advised_what_works(tmp_path, capsys) -> None:
+    """Only subject 1 holds a structure: a split that validates on it was refused advising
+    another --split-seed, and one that trains on it was warned of advising another
+    --split-seed, each leading to the other (a review, oddsets 2). Both now say no seed helps
+    and give --val-fraction 0, which trains on it (the last epoch kept)."""
+    from ultraseg.data import run_split
+
+    root = tmp_path / "data"
+    subjects = _structure_set(root, range(1, 9), {1}, frames=1)
+    side = {s: next(seed for seed in range(200)
+                    if "1" in {subjects[i] for i in run_split(subjects, 0.0, 0.2, seed)[k]})
+            for s, k in (("train", 0), ("val", 1))}
+    rc = cli.main(["train", str(root), "--out", str(tmp_path / "refused"), *TINY, "--epochs",
+                   "1", "--seed", str(side["val"])])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for said in (err.strip().splitlines()[-1], None):
+        if said is None:        # the run that trains on subject 1: its warning
+            rc = cli.main(["train", str(root), "--out", str(tmp_path / "run"), *TINY,
+                           "--epochs", "1", "--seed", str(side["train"])])
+            assert rc == 0
+            said = next(line for line in capsys.readouterr().err.splitlines()
+                        if "validation masks holds" in line)
+        assert "only subject 1 holds a structure" in said and "no --split-seed" in said, said
+        assert "another --split-seed" not in said, said
+        assert "--val-fraction 0" in said and "train.val_fraction 0" in said, said
+        assert "last epoch" in said, said
+    # without a validation side a seed does help: it can keep subject 1 from the holdout
+    seed = next(seed for seed in range(200)
+                if "1" in {subjects[i] for i in run_split(subjects, 0.5, 0.0, seed)[2]})
+    rc = cli.main(["train", str(root), "--out", str(tmp_path / "held"), *TINY, "--epochs", "1",
+                   "--val-fraction", "0", "--test-fraction", "0.5", "--seed", str(seed)])
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and "another --split-seed or a smaller --test-fraction" in said, said
 
 
 def test_missing_config_file(data, tmp_path, capsys) -> None:

@@ -694,9 +694,35 @@ def _holders_row(masks: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -
     return f"the {' and '.join(sides)} frames hold every structure"
 
 
-def _other_split(masks: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> str:
+def _holders(masks: np.ndarray, subjects: Sequence[str]) -> list[str]:
+    """The subjects some of whose masks hold a structure, sorted."""
+    held = np.asarray(masks).reshape(len(masks), -1).any(axis=1)
+    return sorted({subjects[i] for i in np.flatnonzero(held)})
+
+
+#: What --val-fraction 0 does, where one subject holds every structure.
+NO_VALIDATION = ("--val-fraction 0 trains without validation (the last epoch kept and "
+                 "post-processing at its defaults; in Python, train.val_fraction 0), or label "
+                 "more subjects' frames")
+
+
+def _one_holder(holders: list[str]) -> str:
+    return (f"only subject {holders[0]} holds a structure, so no split both trains and "
+            "validates on it and no --split-seed helps")
+
+
+def _other_split(masks: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
+                 subjects: Sequence[str] = ()) -> str:
     """The advice of a split that trains on no structure: another seed, and the fraction of
-    each side that holds one (the validation side's, the held-out test side's)."""
+    each side that holds one (the validation side's, the held-out test side's); where one
+    of ``subjects`` alone holds a structure and a validation side is asked for no seed helps:
+    no held-out test side, and no validation side, train on it."""
+    holders = _holders(masks, subjects) if len(subjects) else []
+    if len(holders) == 1 and len(val_idx):      # (without validation a seed can help)
+        in_test = bool(len(test_idx) and masks[test_idx].any())
+        return _one_holder(holders) + ": " + (
+            "--test-fraction 0 keeps it for training (nothing held out to test on; in Python, "
+            "train.test_fraction 0), and " if in_test else "") + NO_VALIDATION
     flags, names = ["--split-seed"], ["train.split_seed"]
     if len(val_idx) and masks[val_idx].any():
         flags.append("--val-fraction")
@@ -771,7 +797,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                         + (f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
                            else "a foreground pixel")
                         + f" under this split: {_holders_row(arrays.masks, val_idx, test_idx)}"
-                        "; nothing to learn; " + _other_split(arrays.masks, val_idx, test_idx),
+                        "; nothing to learn; " + _other_split(arrays.masks, val_idx, test_idx,
+                                                               arrays.subjects),
                         ds.root)
     if resume and cfg.model.presence_head == "auto":   # decided when the run started
         cfg = replace(cfg, model=recorded_presence_head(cfg.model, last))
@@ -787,13 +814,17 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         log.info("no validation split (val fraction 0): every epoch's weights replace the "
                  "last, and post-processing stays at its defaults")
     elif not choosing:
+        holders = _holders(arrays.masks, arrays.subjects)
         log.warning("none of the %d validation masks holds %s under this split: validation "
                     "cannot choose, so every epoch's weights replace the last and "
-                    "post-processing stays at its defaults, as with --val-fraction 0; another "
-                    "--split-seed or --val-fraction (in Python, train.split_seed or "
-                    "train.val_fraction) draws a split that can", len(val_idx),
-                    f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
-                    else "a foreground pixel")
+                    "post-processing stays at its defaults, as with --val-fraction 0; %s",
+                    len(val_idx), f"label {cfg.preprocess.label}"
+                    if cfg.preprocess.label is not None else "a foreground pixel",
+                    _one_holder(holders) + ": " + NO_VALIDATION.replace(
+                        "trains without", "trains on the validation frames too, without")
+                    if len(holders) == 1 else
+                    "another --split-seed or --val-fraction (in Python, train.split_seed or "
+                    "train.val_fraction) draws a split that can")
     batches = Batches(arrays, train_idx, cfg)
     val_frames, val_masks = arrays.images[val_idx], arrays.masks[val_idx]   # uint8
 
