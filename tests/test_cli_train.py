@@ -493,6 +493,44 @@ def test_one_subject_holding_every_structure_is_advised_what_works(tmp_path, cap
     assert rc == 2 and "another --split-seed or a smaller --test-fraction" in said, said
 
 
+def test_the_figures_of_a_run_whose_validation_chose_nothing_say_the_last_epoch_was_kept(
+        tmp_path, capsys, monkeypatch) -> None:
+    """No validation mask holds a structure: curve.png's legend still said 'best 0.0000
+    (epoch 2)' and seg_sample.png's title and caption said the validation frames 'chose the
+    epoch and the post-processing', where the last epoch and the defaults were kept (a
+    review, oddsets 8)."""
+    from ultraseg import report
+    from ultraseg.data import run_split
+
+    texts: list[list[str]] = []
+    save = report._save
+
+    def keep(fig, path) -> None:
+        found = [fig._suptitle.get_text()] if fig._suptitle is not None else []
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            found += [t.get_text() for t in legend.get_texts()] if legend else []
+        texts.append(found)
+        save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    root = tmp_path / "data"
+    subjects = _structure_set(root, range(1, 9), {1}, frames=1)
+    seed = next(s for s in range(200)
+                if "1" in {subjects[i] for i in run_split(subjects, 0.0, 0.2, s)[0]})
+    run = tmp_path / "run"
+    assert cli.main(["train", str(root), "--out", str(run), *TINY, "--epochs", "2",
+                     "--seed", str(seed)]) == 0
+    said = [t for found in texts for t in found]
+    star = [t for t in said if "(epoch 2)" in t]
+    assert star and all(t.startswith("kept (the last") for t in star), said
+    title = next(t for t in said if t.startswith("validation frames"))
+    assert "chose the epoch" not in title and "chose nothing" in title, title
+    page = (run / "report.html").read_text()
+    caption = page.split("<figcaption>seg_sample.png")[1].split("</figcaption>")[0]
+    assert "chose the epoch" not in caption and "last epoch" in caption, caption
+
+
 def test_missing_config_file(data, tmp_path, capsys) -> None:
     rc = cli.main(["train", str(data), "--out", str(tmp_path / "r"), "--config",
                    str(tmp_path / "nope.json")])

@@ -73,6 +73,15 @@ CAPTIONS: dict[str, str] = {
                       f"post-processing ({COLOURS}, the predicted area lightly tinted "
                       "orange); each panel's Dice counts an empty truth predicted empty as 1.",
 }
+#: :data:`CAPTIONS` of a run whose validation frames chose nothing (none holds a structure).
+CAPTIONS_NOT_CHOSEN: dict[str, str] = {
+    **CAPTIONS,
+    "seg_sample.png": "Validation frames at their original size: not trained on; none holds a "
+                      "structure, so they chose nothing (the last epoch and the default "
+                      "post-processing were kept), and are shown after that post-processing "
+                      f"({COLOURS}, the predicted area lightly tinted orange); each panel's Dice "
+                      "counts an empty truth predicted empty as 1.",
+}
 #: The report's row of the validation Dice at threshold 0.5 alone, on the network's plain
 #: output: the test-time flip is left out, whether or not the post-processing chose it
 #: (evaluate's 'threshold 0.5 alone', ``raw.dice_mean``, takes the flip where it is chosen).
@@ -99,6 +108,10 @@ TINT = "predicted area tinted orange"
 #: The prediction figure's title in a run's report.
 VALIDATION_TITLE = ("validation frames (not trained on; they chose the epoch and the "
                     "post-processing),\nafter the post-processing chosen")
+#: :data:`VALIDATION_TITLE` where the validation frames chose nothing (none holds a structure).
+VALIDATION_TITLE_NOT_CHOSEN = ("validation frames (not trained on; none holds a structure, so "
+                               "they chose nothing),\nafter the default post-processing, of "
+                               "the last epoch")
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
@@ -287,13 +300,14 @@ def kept_row(history: Sequence[Mapping[str, Any]], best_epoch: int | None) -> in
 
 @_house_style
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
-                best_epoch: int | None = None) -> None:
+                best_epoch: int | None = None, chosen: bool = True) -> None:
     """Write the learning curves (``curve.png``) of a training history.
 
     ``history``: one row per epoch with keys ``epoch``, ``train_loss``, ``val_loss``,
     ``val_dice`` (values may be NaN/None, e.g. for a partial epoch) and ``complete``. Left panel:
     the two losses; right panel: validation Dice, with the epoch kept marked (``best_epoch``;
-    None: the best by :func:`best_row`). A single epoch is drawn as markers; an epoch not
+    None: the best by :func:`best_row`; ``chosen`` False: validation chose nothing, and the
+    last epoch was kept, as its legend says). A single epoch is drawn as markers; an epoch not
     complete (``complete`` False: a time limit cut it short) as hollow markers named partial in
     the legend.
     """
@@ -348,7 +362,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
         _mark_partial(ax_dice, epochs, y, ok & partial, "tab:green")
         best = kept_row(rows, best_epoch)
         if best >= 0:
-            label = "best" if best == best_row(rows) else "kept"
+            label = ("kept (the last: validation chose nothing)" if not chosen else
+                     "best" if best == best_row(rows) else "kept")
             ax_dice.axvline(epochs[best], color="gray", linestyle="--", linewidth=1)
             ax_dice.plot([epochs[best]], [y[best]], marker="*", markersize=12,
                          color="tab:orange", linestyle="none",

@@ -1232,14 +1232,17 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                     meta(dict(metrics, report=summary), pp, measure_meta))
 
     progress({"event": "stage", "message": "writing the report"})
-    report.plot_curves(history, out / "curve.png", best_epoch=best_epoch)
+    report.plot_curves(history, out / "curve.png", best_epoch=best_epoch,
+                       chosen=choosing or not seen)
     _plot_samples(out, arrays, train_idx)
     if seen:
         _plot_predictions(out, predictor, val_samples, seen, cfg, pp)
 
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch,
-                      warnings=warnings())
+                      warnings=warnings(),
+                      captions=report.CAPTIONS if choosing or not seen else
+                      report.CAPTIONS_NOT_CHOSEN)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size,
                        warnings=warnings(), **_validation_figures(metrics, measure_meta))
@@ -1340,7 +1343,8 @@ def _plot_predictions(out: Path, predictor: Predictor, samples: list, seen: _Val
     images, truths, masks = _shown_frames(predictor, [samples[i] for i, _ in shown], cfg, pp)
     report.plot_predictions(images, truths, masks, out / "seg_sample.png",
                             [f"{samples[i].name}\n({why})" for i, why in shown],
-                            what=report.VALIDATION_TITLE)
+                            what=report.VALIDATION_TITLE if not all(seen.empty) else
+                            report.VALIDATION_TITLE_NOT_CHOSEN)    # none held a structure
 
 
 @dataclass
