@@ -1161,3 +1161,29 @@ def test_a_broken_link_is_one_of_the_problems_listed_with_the_cache_as_without(
     assert said[""] == said[str(tmp_path / "cache")], said
     assert len(said[""]) == 3 and sum("broken link" in p for p in said[""]) == 2, said
     assert not list((tmp_path / "cache").glob("*.npz"))
+def test_blank_frames_are_warned_about_once_on_a_build_and_on_a_cache_hit(tmp_path) -> None:
+    """Six blank (constant) frames trained in silence, where inspect warns of them (a review,
+    oddsets 7: a model that can see nothing was reported post-processed 0.32). Training's
+    read says them in inspect's words, once, the first few named, as it does frames in colour:
+    on the build and again on a cache hit."""
+    from conftest import ultraseg_warnings
+
+    root = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = (np.full((16, 16), (0, 255, 90)[i % 3], np.uint8) if i < 4 else
+                 rng.integers(0, 256, (16, 16), dtype=np.uint8))
+        Image.fromarray(image).save(root / "images" / f"{i}_1.png")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:10, 4:10] = 255
+        Image.fromarray(mask).save(root / "masks" / f"{i}_1_mask.png")
+    ds = open_dataset(root)
+    for _ in range(2):                                  # built, then read from the cache
+        with ultraseg_warnings() as warned:
+            load_arrays(ds, PreprocessConfig(size=16), cache_dir=tmp_path / "cache")
+        said = [r.getMessage() for r in warned if "constant (blank)" in r.getMessage()]
+        assert len(said) == 1, said
+        assert "4 constant (blank) frames, every pixel the same: 0_1, 1_1, 2_1, ..." in said[0]
+        assert "check the export" in said[0] and "4_1" not in said[0], said

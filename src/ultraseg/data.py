@@ -91,6 +91,16 @@ def inverted_note(inverted: int, masks: int) -> str | None:
             "(255 - mask, or 1 - mask for 0/1 masks)")
 
 
+def constant_note(names: Sequence[str], n: int | None = None, shown: int = 3) -> str | None:
+    """The warning of constant (blank) frames, every pixel the same: ``n`` of them (None: as
+    many as ``names``), the first ``shown`` of ``names`` named; None where there are none."""
+    n = len(names) if n is None else n
+    if not n:
+        return None
+    return (f"{n} constant (blank) frame{'s' * (n != 1)}, every pixel the same: "
+            f"{', '.join(names[:shown])}{', ...' if n > shown else ''}; check the export")
+
+
 @dataclass(frozen=True)
 class MaskTally:
     """How many of a set's ``masks`` (binary targets, each at its own size: the canvas's
@@ -318,6 +328,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             ColourFrames.from_record(cached["colour"]).warn(log, ds.root)
             tally = MaskTally(*(int(v) for v in cached["tally"]))
             _warn_outlines(ds, tally)
+            _warn_constant(ds, names, cached["constant"])
             return Arrays(cached["images"], cached["masks"], names, subjects,
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
                           cached["thumbs"], tally,
@@ -334,6 +345,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     problems: list[DataError] = []
     labels: set[int] = set()
     thin = ThinFrames(cfg)
+    constant = np.zeros(len(samples), bool)     # blank frames, every pixel the same
     with counting_colour() as colour:     # one warning for the frames in colour
         for i, s in enumerate(samples):
             try:
@@ -342,6 +354,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                 problems.append(e)
                 continue
             thin.add(s.image_path, image)
+            constant[i] = image.min() == image.max()
             pixels[i] = np.frombuffer(digest(image), np.uint8)
             thumbs[i] = unit_thumbnail(image)
             labels.update(int(v) for v in np.unique(mask) if v)
@@ -355,6 +368,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     thin.warn(log, THIN_REMEDY)
     colour.warn(log, ds.root)
     _warn_outlines(ds, tally)
+    _warn_constant(ds, names, constant)
     checked, written = time.time_ns(), False
     if cache_path is not None and _still_current(ds, cfg, cache_path, white_as_set):
         # the superseded entries are dead whatever the write does: removed first, so that on
@@ -364,7 +378,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
                       thin=thin_record, tally=np.array(astuple(tally), np.int64),
-                      colour=colour.record(),
+                      colour=colour.record(), constant=constant,
                       white=np.array([white], np.int64))
             written = True
             _remove_superseded(cache_path)
@@ -390,7 +404,8 @@ def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path,
 
 
 #: What a cache entry holds; one written before it held all of them is rebuilt.
-CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally", "colour", "white")
+CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally", "colour", "white",
+          "constant")
 #: The format of a cache entry, in its name (:func:`_header_json`): bump it whenever what an
 #: entry holds changes in a way :data:`CACHED`'s names do not show (an array's meaning or
 #: shape; the names are in the name themselves), so that two builds of one version sharing a
@@ -402,6 +417,13 @@ def _warn_outlines(ds: Dataset, tally: MaskTally) -> None:
     """Warn where most of the non-empty training masks look like drawn closed contours
     (:func:`~ultraseg.preprocess.outline_note`)."""
     note = tally.outline_note()
+    if note:
+        log.warning("%s: %s", ds.root, note)
+
+
+def _warn_constant(ds: Dataset, names: Sequence[str], constant: np.ndarray) -> None:
+    """Warn of the constant (blank) frames, as inspect does (:func:`constant_note`), once."""
+    note = constant_note([names[i] for i in np.flatnonzero(constant)])
     if note:
         log.warning("%s: %s", ds.root, note)
 
@@ -420,7 +442,7 @@ def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:
             arrays = {k: z[k] for k in CACHED}
         want = {"images": (n, size, size), "masks": (n, size, size), "pixels": (n, 32),
                 "thumbs": (n, THUMB * THUMB), "tally": (len(fields(MaskTally)),),
-                "white": (1,)}
+                "white": (1,), "constant": (n,)}
         wrong = {k: arrays[k].shape for k, shape in want.items() if arrays[k].shape != shape}
         if wrong:
             raise ValueError(f"arrays of {wrong} cached for {n} frames of {size} px")

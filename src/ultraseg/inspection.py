@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .data import MaskTally, inverted_note, union_note
+from .data import MaskTally, constant_note, inverted_note, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, first, ids,
                          near_blocks, thumbnail, unit_thumbnail)
 from .errors import DataError
@@ -173,11 +173,9 @@ def data_warnings(report: dict[str, Any], shown: int = 3) -> list[str]:
                 f"with masks that differ): {named}{', ...' if n > shown else ''}"
                 + ("; frames of one scan in two subjects leak across a subject-grouped "
                    "train/val split: remove them or merge their subjects" if across else ""))
-    n = report["constant_frames_count"]
-    if n:
-        named = ", ".join(report["constant_frames"][:shown])
-        lines.append(f"{n} constant (blank) frame{'s' * (n != 1)}, every pixel the same: "
-                     f"{named}{', ...' if n > shown else ''}; check the export")
+    note = constant_note(report["constant_frames"], report["constant_frames_count"], shown)
+    if note:
+        lines.append(note)
     note = inverted_note(report["masks_inverted_count"], report["pairs"])
     if note:
         lines.append(note)
