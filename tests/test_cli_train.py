@@ -1254,3 +1254,43 @@ def test_a_data_path_the_locale_cannot_encode_is_a_user_error(monkeypatch) -> No
     with pytest.raises(UltrasegError, match="PYTHONUTF8=1"):
         check_config(RunConfig(data=type(cfg.data)(path="d\u00e9"), preprocess=cfg.preprocess,
                                model=cfg.model, train=cfg.train, preset=cfg.preset))
+
+
+def test_a_structure_lost_at_the_working_size_chose_nothing_in_title_and_caption_alike(
+        tmp_path, monkeypatch) -> None:
+    """Training decides on its canvases whether validation chooses; seg_sample.png's title
+    decided again on the frames at their own size. A validation mask of one pixel, lost on
+    a 32-px canvas: the caption said the frames chose nothing, the title that they 'chose
+    the epoch and the post-processing' (a fresh-eyes read). Both now follow training."""
+    from PIL import Image
+
+    from ultraseg import report
+    from ultraseg.data import run_split
+
+    root = tmp_path / "data"
+    names = [f"{s}_0" for s in range(1, 9)]
+    for i, n in enumerate(names):
+        frame = np.random.default_rng(i).integers(0, 256, (96, 96), dtype=np.uint8)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame).save(root / "images" / f"{n}.png")
+        m = np.zeros((96, 96), np.uint8)
+        if n.startswith("1_"):
+            m[3, 3] = 255                   # one pixel: the 32-px canvas loses it
+        else:
+            m[24:60, 30:66] = 255
+        Image.fromarray(m).save(root / "masks" / f"{n}_mask.png")
+    subjects = [n.split("_")[0] for n in names]
+    seed = next(s for s in range(200)
+                if [subjects[i] for i in run_split(subjects, 0.0, 0.125, s)[1]] == ["1"])
+    titles: list[str] = []
+    plot = report.plot_predictions
+    monkeypatch.setattr(report, "plot_predictions",
+                        lambda *a, **k: (titles.append(k.get("what")), plot(*a, **k))[1])
+    run = tmp_path / "run"
+    assert cli.main(["train", str(root), "--out", str(run), *TINY, "--epochs", "1",
+                     "--split-seed", str(seed), "--val-fraction", "0.125"]) == 0
+    assert titles == [report.VALIDATION_TITLE_NOT_CHOSEN], titles
+    page = (run / "report.html").read_text()
+    caption = page.split("<figcaption>seg_sample.png")[1].split("</figcaption>")[0]
+    assert "chose nothing" in caption, caption

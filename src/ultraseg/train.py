@@ -1236,7 +1236,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                        chosen=choosing or not seen)
     _plot_samples(out, arrays, train_idx)
     if seen:
-        _plot_predictions(out, predictor, val_samples, seen, cfg, pp)
+        _plot_predictions(out, predictor, val_samples, seen, cfg, pp, choosing)
 
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch,
@@ -1334,17 +1334,18 @@ def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray) -> None:
 
 
 def _plot_predictions(out: Path, predictor: Predictor, samples: list, seen: _Validation,
-                      cfg: RunConfig, pp: PostprocessConfig) -> None:
+                      cfg: RunConfig, pp: PostprocessConfig, chosen: bool) -> None:
     """The report's ``seg_sample.png``: a few validation frames ``samples`` (picked by their
-    scores in ``seen``), their masks and the masks ``pp`` predicts."""
+    scores in ``seen``), their masks and the masks ``pp`` predicts; ``chosen``: whether they
+    chose the epoch and the post-processing (as training decided it, on its canvases)."""
     from . import report
 
     shown = report.pick_examples(seen.scores, seen.empty, seen.areas)
     images, truths, masks = _shown_frames(predictor, [samples[i] for i, _ in shown], cfg, pp)
     report.plot_predictions(images, truths, masks, out / "seg_sample.png",
                             [f"{samples[i].name}\n({why})" for i, why in shown],
-                            what=report.VALIDATION_TITLE if not all(seen.empty) else
-                            report.VALIDATION_TITLE_NOT_CHOSEN)    # none held a structure
+                            what=report.VALIDATION_TITLE if chosen else
+                            report.VALIDATION_TITLE_NOT_CHOSEN)
 
 
 @dataclass
