@@ -623,17 +623,15 @@ def run_split(subjects: Sequence[str], test_fraction: float, val_fraction: float
     if val_fraction == 0:
         return kept, np.arange(0), test_idx
     n_subjects = np.unique(np.asarray(subjects)[kept]).size
-    if n_subjects < 2 and len(test_idx):    # the holdout took the others
-        n_all = np.unique(np.asarray(subjects)).size
-        raise UltrasegError("a subject-grouped validation split needs at least two subjects; "
-                            f"found {n_subjects} after --test-fraction held out "
-                            f"{n_all - n_subjects} of the {n_all} subjects (a smaller "
-                            "--test-fraction leaves more, or --val-fraction 0 trains without "
-                            "validation; in Python, train.test_fraction or train.val_fraction 0)")
     if n_subjects < 2:
+        n_all = np.unique(np.asarray(subjects)).size
+        held = (f" after --test-fraction held out {n_all - n_subjects} of the {n_all} subjects "
+                "(a smaller --test-fraction leaves more, or " if len(test_idx) else " (")
         raise UltrasegError("a subject-grouped validation split needs at least two subjects; "
-                            f"found {n_subjects} (--val-fraction 0 trains without validation; in "
-                            "Python, train.val_fraction 0)")
+                            f"found {n_subjects}{held}--val-fraction 0 trains without "
+                            "validation; in Python, train."
+                            + ("test_fraction or train." if len(test_idx) else "")
+                            + "val_fraction 0)")
     tr, va = split_by_subject([subjects[i] for i in kept], val_fraction, seed)
     return kept[tr], kept[va], test_idx
 

@@ -700,10 +700,10 @@ def _holders(masks: np.ndarray, subjects: Sequence[str]) -> list[str]:
     return sorted({subjects[i] for i in np.flatnonzero(held)})
 
 
-#: What --val-fraction 0 does, where one subject holds every structure.
-NO_VALIDATION = ("--val-fraction 0 trains without validation (the last epoch kept and "
-                 "post-processing at its defaults; in Python, train.val_fraction 0), or label "
-                 "more subjects' frames")
+def no_validation(trains: str = "trains without validation") -> str:
+    """What --val-fraction 0 does (``trains``), where one subject holds every structure."""
+    return (f"--val-fraction 0 {trains} (the last epoch kept and post-processing at its "
+            "defaults; in Python, train.val_fraction 0), or label more subjects' frames")
 
 
 def _one_holder(holders: list[str]) -> str:
@@ -712,17 +712,17 @@ def _one_holder(holders: list[str]) -> str:
 
 
 def _other_split(masks: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
-                 subjects: Sequence[str] = ()) -> str:
+                 subjects: Sequence[str]) -> str:
     """The advice of a split that trains on no structure: another seed, and the fraction of
     each side that holds one (the validation side's, the held-out test side's); where one
     of ``subjects`` alone holds a structure and a validation side is asked for no seed helps:
     no held-out test side, and no validation side, train on it."""
-    holders = _holders(masks, subjects) if len(subjects) else []
+    holders = _holders(masks, subjects)
     if len(holders) == 1 and len(val_idx):      # (without validation a seed can help)
         in_test = bool(len(test_idx) and masks[test_idx].any())
         return _one_holder(holders) + ": " + (
             "--test-fraction 0 keeps it for training (nothing held out to test on; in Python, "
-            "train.test_fraction 0), and " if in_test else "") + NO_VALIDATION
+            "train.test_fraction 0), and " if in_test else "") + no_validation()
     flags, names = ["--split-seed"], ["train.split_seed"]
     if len(val_idx) and masks[val_idx].any():
         flags.append("--val-fraction")
@@ -820,8 +820,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                     "post-processing stays at its defaults, as with --val-fraction 0; %s",
                     len(val_idx), f"label {cfg.preprocess.label}"
                     if cfg.preprocess.label is not None else "a foreground pixel",
-                    _one_holder(holders) + ": " + NO_VALIDATION.replace(
-                        "trains without", "trains on the validation frames too, without")
+                    _one_holder(holders) + ": " + no_validation(
+                        "trains on the validation frames too, without validation")
                     if len(holders) == 1 else
                     "another --split-seed or --val-fraction (in Python, train.split_seed or "
                     "train.val_fraction) draws a split that can")
