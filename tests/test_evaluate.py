@@ -1410,6 +1410,23 @@ def test_a_split_and_run_made_under_utf_8_are_read_under_an_ascii_locale(tmp_pat
     assert "the data the model was trained on" in done.stderr
 
 
+def test_another_split_s_training_frames_are_warned_of_under_an_ascii_locale(tmp_path) -> None:
+    """evaluate reads the model's own split.json to count the frames of another split's side
+    that the model trained on (_split_doc): its names must be read back as the locale names
+    the frames, or under an ASCII locale none matched and the warning was lost."""
+    from conftest import under_ascii_locale
+
+    data, run = _non_ascii_run(tmp_path)
+    doc = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    doc["train"], doc["val"] = doc["val"], doc["train"]          # its val: the model's train
+    other = tmp_path / "other_split.json"
+    other.write_text(json.dumps(doc), encoding="utf-8")
+    done = under_ascii_locale("evaluate", str(run / "best.ckpt"), str(data),
+                              "--split", str(other), "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert "are frames the model trained on" in done.stderr, done.stderr
+
+
 def test_a_split_and_run_an_ascii_locale_wrote_are_read_under_utf_8(tmp_path) -> None:
     """The other way round, with files as an ASCII locale wrote them before names were
     stored as their bytes read as UTF-8: surrogate escapes."""
