@@ -13,6 +13,17 @@ from ultraseg.run_folder import (REFUSED_RUN_FILES, holds_run, open_run, recipe_
                                  with_execution)
 
 
+class _Kept(logging.Handler):
+    """A caller's handler: keeps the messages it is handed (``seen``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
+
+
 def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -> None:
     pkg = logging.getLogger("ultraseg")
     before = (pkg.level, pkg.propagate, list(pkg.handlers))
@@ -73,13 +84,8 @@ def test_a_caller_s_level_on_a_module_s_logger_holds_inside_a_run_s_log(tmp_path
     logger's level. The caller's handlers now get what they got before, record by record."""
     pkg = logging.getLogger("ultraseg")
     train_log = pkg.getChild("train")
-    seen: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
-
-    keep = Keep()
+    keep = _Kept()
+    seen = keep.seen
     old = (pkg.level, train_log.level)
     pkg.addHandler(keep)
     try:
@@ -231,13 +237,8 @@ def test_a_run_s_log_ends_saying_why_the_run_stopped(tmp_path, stop, said) -> No
     why. Its last record now says so (a crash with its traceback, for a bug report); the
     caller's handlers get nothing more, as the command line prints the error itself."""
     pkg = logging.getLogger("ultraseg")
-    seen: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
-
-    keep = Keep()
+    keep = _Kept()
+    seen = keep.seen
     pkg.addHandler(keep)
     try:
         with pytest.raises(type(stop)):

@@ -659,6 +659,18 @@ def test_a_short_limit_is_mostly_spent_training(tmp_path) -> None:
     assert trained > 8, (len(rows), trained)      # 20 s less 5 s, 2.5 validations, set-up
 
 
+def _slow_loading(monkeypatch) -> None:
+    """Reading the dataset takes 1.2 s longer (a large dataset): longer than a 1 s limit."""
+    real = train_mod.load_arrays
+
+    def slow(*args, **kwargs):
+        arrays = real(*args, **kwargs)
+        time.sleep(1.2)
+        return arrays
+
+    monkeypatch.setattr(train_mod, "load_arrays", slow)
+
+
 def test_a_limit_used_up_before_training_trains_nothing_and_says_so(tmp_path, monkeypatch,
                                                                     capsys) -> None:
     """--time-limit counts from the start of the run, reading the data included, but a limit
@@ -666,14 +678,7 @@ def test_a_limit_used_up_before_training_trains_nothing_and_says_so(tmp_path, mo
     validated, chose the post-processing and scored every validation frame at its own size,
     all past the limit (a review: a 3 s limit on 20k frames ran 59 s, 36 s of it before the
     first batch). It stops before the first batch, saying what took the time."""
-    real = train_mod.load_arrays
-
-    def slow(*args, **kwargs):          # reading a large dataset: longer than the limit
-        arrays = real(*args, **kwargs)
-        time.sleep(1.2)
-        return arrays
-
-    monkeypatch.setattr(train_mod, "load_arrays", slow)
+    _slow_loading(monkeypatch)
     run = tmp_path / "run"
     rc = _train_tiny(tmp_path, run, "--epochs", "3", "--batch-size", "4", "--time-limit", "1s")
     err = capsys.readouterr().err
@@ -690,14 +695,7 @@ def test_a_limit_used_up_before_training_says_the_cache_helps_only_where_there_i
     read-only disk, a --cache-dir under a file: a review), so the next start was no faster.
     It says so where this run wrote the entry: not on a hit, whose next start is no faster
     (a review)."""
-    real = train_mod.load_arrays
-
-    def slow(*args, **kwargs):          # reading a large dataset: longer than the limit
-        arrays = real(*args, **kwargs)
-        time.sleep(1.2)
-        return arrays
-
-    monkeypatch.setattr(train_mod, "load_arrays", slow)
+    _slow_loading(monkeypatch)
     (tmp_path / "a-file").write_text("not a folder")
     cache_dir = {"written": str(tmp_path / "cache"), "hit": str(tmp_path / "cache"),
                  "not written": str(tmp_path / "a-file" / "c"), "none": ""}[cache]

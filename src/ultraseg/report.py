@@ -77,8 +77,9 @@ CAPTIONS: dict[str, str] = {
 CAPTIONS_NOT_CHOSEN: dict[str, str] = {
     **CAPTIONS,
     "seg_sample.png": "Validation frames at their original size: not trained on; none holds a "
-                      "structure at the working size, so they chose nothing (the last epoch and the default "
-                      "post-processing were kept), and are shown after that post-processing "
+                      "structure at the working size, so they chose nothing (the last epoch "
+                      "and the default post-processing were kept), and are shown after that "
+                      "post-processing "
                       f"({COLOURS}, the predicted area lightly tinted orange); each panel's Dice "
                       "counts an empty truth predicted empty as 1.",
 }
@@ -110,8 +111,8 @@ VALIDATION_TITLE = ("validation frames (not trained on; they chose the epoch and
                     "post-processing),\nafter the post-processing chosen")
 #: :data:`VALIDATION_TITLE` where the validation frames chose nothing (none holds a structure).
 VALIDATION_TITLE_NOT_CHOSEN = ("validation frames (not trained on; none holds a structure at "
-                               "the working size, so they chose nothing),\nafter the default post-processing, of "
-                               "the last epoch")
+                               "the working size, so they chose nothing),\nafter the default "
+                               "post-processing, of the last epoch")
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
