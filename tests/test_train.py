@@ -886,6 +886,8 @@ def test_auto_presence_head_needs_empty_training_frames(empty, n, on) -> None:
     cfg = merge(preset("cpu"), {"model": {"presence_head": "auto"}})
     got = train_mod.resolve_presence_head(cfg, masks)
     assert got.model.presence_head is on and got.train == cfg.train
+    # training gives it whether each frame holds a structure, decided once: the same head
+    assert train_mod.resolve_presence_head(cfg, train_mod._held(masks)) == got
     classifier = merge(cfg, {"model": {"presence_mode": "classifier"}})
     got = train_mod.resolve_presence_head(classifier, masks)
     assert got.model.presence_head is on
@@ -897,6 +899,23 @@ def test_auto_presence_head_needs_empty_training_frames(empty, n, on) -> None:
     valid = merge(preset("cpu"), {"model": {"variant": "valid", "norm": "batch",
                                             "presence_head": "auto"}})
     assert train_mod.resolve_presence_head(valid, masks).model.presence_head is False
+
+
+def test_sample_png_picks_and_titles_training_frames_by_their_masks(tmp_path, monkeypatch) -> None:
+    """sample.png shows training frames whose masks hold a structure first, one of an empty
+    mask among them titled '(empty mask)'; frames off the training side are never shown."""
+    from ultraseg import report
+
+    masks = np.zeros((7, 8, 8), np.uint8)
+    masks[[2, 4, 5, 6], 3, 3] = 1                # frames 0, 1 and 3 are empty
+    arrays = Arrays(np.zeros((7, 8, 8), np.uint8), masks, tuple(f"f{i}" for i in range(7)),
+                    tuple(f"s{i}" for i in range(7)))
+    shown: list = []
+    monkeypatch.setattr(report, "plot_samples",
+                        lambda images, masks, path, titles: shown.append(titles))
+    train_mod._plot_samples(tmp_path, arrays, np.array([0, 1, 2, 4, 5]),
+                            train_mod._held(arrays.masks))
+    assert shown == [["f0\n(empty mask)", "f2", "f4", "f5"]]
 
 
 def test_presence_head_on_the_valid_model_is_refused_before_training(tmp_path, capsys) -> None:

@@ -440,13 +440,14 @@ def check_working_size(model: ModelConfig, size: int | None) -> None:
 
 def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
     """``cfg`` with ``model.presence_head='auto'`` decided by the training masks ``masks``
-    (N, h, w): a presence head where at least :data:`~ultraseg.config.AUTO_PRESENCE_MIN_EMPTY`
-    of them, and at least 10, are empty (a head that learns "is the structure there?" needs
-    frames where it is not), else none; never on the valid model, which sees frames in tiles.
+    (N, h, w), or by whether each holds a structure ((N,) bool, as :func:`_held` gives): a
+    presence head where at least :data:`~ultraseg.config.AUTO_PRESENCE_MIN_EMPTY` of them, and
+    at least 10, are empty (a head that learns "is the structure there?" needs frames where it
+    is not), else none; never on the valid model, which sees frames in tiles.
     Any other value is returned as it is."""
     if cfg.model.presence_head != "auto":
         return cfg
-    empty = int((~masks.reshape(len(masks), -1).any(1)).sum()) if len(masks) else 0
+    empty = int((~_held(masks)).sum())
     if cfg.model.variant != "same":
         on = False
         log.info("presence head: off (the valid model sees frames in tiles)")
@@ -563,7 +564,7 @@ def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
     best.ckpt with the post-processing chosen."""
     ds, arrays = _load(cfg)
     train_idx, val_idx = read_split(out / "split.json", arrays.names, ds.root)
-    _plot_samples(out, arrays, train_idx)
+    _plot_samples(out, arrays, train_idx, _held(arrays.masks))
     if not validated or not len(val_idx):
         return
     from .runtime import torch_predictor
@@ -685,18 +686,25 @@ def _held_out(split_file: Path, names: Sequence[str]) -> np.ndarray:
     return np.array([index[n] for n in test if n in index], np.int64)
 
 
-def _holders_row(masks: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> str:
+def _held(masks: np.ndarray) -> np.ndarray:
+    """Whether each of the masks ``masks`` (N, ...) holds a structure: (N,) bool, worked out
+    once per run for what asks it of a frame or a side (indexing it copies no masks)."""
+    masks = np.asarray(masks)
+    return masks.reshape(len(masks), -1).any(axis=1) if len(masks) else np.zeros(0, bool)
+
+
+def _holders_row(held: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> str:
     """Where a split that trains on no structure put them: 'the 2 validation and 6 held-out
-    test frames hold every structure' (a side that holds none is left out)."""
+    test frames hold every structure' (a side that holds none is left out); ``held``:
+    :func:`_held` of every frame."""
     sides = [f"{len(idx)} {side}" for idx, side in ((val_idx, "validation"),
                                                      (test_idx, "held-out test"))
-             if len(idx) and masks[idx].any()]
+             if len(idx) and held[idx].any()]
     return f"the {' and '.join(sides)} frames hold every structure"
 
 
-def _holders(masks: np.ndarray, subjects: Sequence[str]) -> list[str]:
-    """The subjects some of whose masks hold a structure, sorted."""
-    held = np.asarray(masks).reshape(len(masks), -1).any(axis=1)
+def _holders(held: np.ndarray, subjects: Sequence[str]) -> list[str]:
+    """The subjects some of whose frames hold a structure (``held``: :func:`_held`), sorted."""
     return sorted({subjects[i] for i in np.flatnonzero(held)})
 
 
@@ -711,23 +719,23 @@ def _one_holder(holders: list[str]) -> str:
             "validates on it and no --split-seed helps")
 
 
-def _other_split(masks: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
+def _other_split(held: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
                  subjects: Sequence[str]) -> str:
     """The advice of a split that trains on no structure: another seed, and the fraction of
     each side that holds one (the validation side's, the held-out test side's); where one
     of ``subjects`` alone holds a structure and a validation side is asked for no seed helps:
     no held-out test side, and no validation side, train on it."""
-    holders = _holders(masks, subjects)
+    holders = _holders(held, subjects)
     if len(holders) == 1 and len(val_idx):      # (without validation a seed can help)
-        in_test = bool(len(test_idx) and masks[test_idx].any())
+        in_test = bool(len(test_idx) and held[test_idx].any())
         return _one_holder(holders) + ": " + (
             "--test-fraction 0 keeps it for training (nothing held out to test on; in Python, "
             "train.test_fraction 0), and " if in_test else "") + no_validation()
     flags, names = ["--split-seed"], ["train.split_seed"]
-    if len(val_idx) and masks[val_idx].any():
+    if len(val_idx) and held[val_idx].any():
         flags.append("--val-fraction")
         names.append("train.val_fraction")
-    if len(test_idx) and masks[test_idx].any():
+    if len(test_idx) and held[test_idx].any():
         flags.append("a smaller --test-fraction")
         names.append("train.test_fraction")
     return (f"another {' or '.join(flags)} (in Python, {' or '.join(names)}) draws another "
@@ -767,7 +775,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     inverted = arrays.tally.inverted_note() if arrays.tally is not None else None
     if inverted:
         log.warning("%s: %s", ds.root, inverted)
-    if not arrays.masks.any():      # every target empty: the model could only learn "nothing"
+    held = _held(arrays.masks)      # whether each frame's mask holds a structure
+    if not held.any():              # every target empty: the model could only learn "nothing"
         label = cfg.preprocess.label
         raise DataError(f"none of the {len(arrays.masks)} masks holds "
                         + (f"label {label} (--label; `ultraseg inspect DATA` lists the labels "
@@ -792,29 +801,29 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                                               "test": test_idx})
     if copies:
         log.warning("%s: %s", ds.root, copies)
-    if not arrays.masks[train_idx].any():   # the split left every structure out of training
+    if not held[train_idx].any():   # the split left every structure out of training
         raise DataError(f"none of the {len(train_idx)} training masks holds "
                         + (f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
                            else "a foreground pixel")
-                        + f" under this split: {_holders_row(arrays.masks, val_idx, test_idx)}"
-                        "; nothing to learn; " + _other_split(arrays.masks, val_idx, test_idx,
+                        + f" under this split: {_holders_row(held, val_idx, test_idx)}"
+                        "; nothing to learn; " + _other_split(held, val_idx, test_idx,
                                                                arrays.subjects),
                         ds.root)
     if resume and cfg.model.presence_head == "auto":   # decided when the run started
         cfg = replace(cfg, model=recorded_presence_head(cfg.model, last))
         log.info("presence head: %s (decided when the run started, as last.ckpt records)",
                  "on" if cfg.model.presence_head else "off")
-    cfg = resolve_presence_head(cfg, arrays.masks[train_idx])
+    cfg = resolve_presence_head(cfg, held[train_idx])
     validating = len(val_idx) > 0
     # validation frames that hold no structure cannot tell a model that finds structures from
     # one that finds none: they would choose the epoch and the post-processing that predict
     # nothing (validation Dice 1.0); they are scored, but choose nothing
-    choosing = validating and bool(arrays.masks[val_idx].any())
+    choosing = validating and bool(held[val_idx].any())
     if not validating:
         log.info("no validation split (val fraction 0): every epoch's weights replace the "
                  "last, and post-processing stays at its defaults")
     elif not choosing:
-        holders = _holders(arrays.masks, arrays.subjects)
+        holders = _holders(held, arrays.subjects)
         log.warning("none of the %d validation masks holds %s under this split: validation "
                     "cannot choose, so every epoch's weights replace the last and "
                     "post-processing stays at its defaults, as with --val-fraction 0; %s",
@@ -1015,7 +1024,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                            stopped, history, world_size=ctx.world_size, is_main=False)
     return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
                    best_val_dice, stopped, t0, meta, progress, choosing, copies, test_idx,
-                   warnings)
+                   warnings, held=held)
 
 
 def _recorded_stop(state: Mapping[str, Any], history: list[dict[str, Any]]) -> str | None:
@@ -1119,7 +1128,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             stopped: str | None, t0: float, meta: Callable, progress: Progress,
             choosing: bool = True, copies: SplitCopies | None = None,
             test_idx: np.ndarray | None = None,
-            warnings: Callable[[], list[str]] = list) -> TrainResult:
+            warnings: Callable[[], list[str]] = list, *,
+            held: np.ndarray) -> TrainResult:
     """Choose post-processing (test-time augmentation included) on the validation frames at
     their original size, and where they carry reference head circumferences the boundary
     offset measurements use (:func:`_calibrate_measure`); write the report.
@@ -1128,6 +1138,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     None and the report has no prediction figure; so does it where they hold no structure
     (``choosing`` False: they are scored, but choose nothing). The report shows the run's
     ``warnings()`` and best.ckpt keeps them (a report written again from it shows them).
+    ``held``: whether each frame's mask holds a structure (:func:`_held`).
     """
     if len(val_idx):
         progress({"event": "stage", "message": "choosing post-processing on the validation split"})
@@ -1234,7 +1245,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     progress({"event": "stage", "message": "writing the report"})
     report.plot_curves(history, out / "curve.png", best_epoch=best_epoch,
                        chosen=choosing or not seen)
-    _plot_samples(out, arrays, train_idx)
+    _plot_samples(out, arrays, train_idx, held)
     if seen:
         _plot_predictions(out, predictor, val_samples, seen, cfg, pp, choosing)
 
@@ -1322,14 +1333,15 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
                     tuned if tuned is not None else math.nan, EMPTY_RULE, n_full)
 
 
-def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray) -> None:
-    """The report's ``sample.png``: a few training frames (canvases) with their masks."""
+def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray, held: np.ndarray) -> None:
+    """The report's ``sample.png``: a few training frames (canvases) with their masks;
+    ``held``: whether each frame's mask holds a structure (:func:`_held`)."""
     from . import report
 
-    shown = train_idx[report.pick_samples([bool(arrays.masks[i].any()) for i in train_idx])]
+    shown = train_idx[report.pick_samples([bool(held[i]) for i in train_idx])]
     report.plot_samples([arrays.images[i] for i in shown], [arrays.masks[i] > 0 for i in shown],
                         out / "sample.png",
-                        [arrays.names[i] + ("" if arrays.masks[i].any() else "\n(empty mask)")
+                        [arrays.names[i] + ("" if held[i] else "\n(empty mask)")
                          for i in shown])
 
 
