@@ -564,7 +564,8 @@ def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
     best.ckpt with the post-processing chosen."""
     ds, arrays = _load(cfg)
     train_idx, val_idx = read_split(out / "split.json", arrays.names, ds.root)
-    _plot_samples(out, arrays, train_idx, _held(arrays.masks))
+    held = _held(arrays.masks)
+    _plot_samples(out, arrays, train_idx, held)
     if not validated or not len(val_idx):
         return
     from .runtime import torch_predictor
@@ -577,7 +578,7 @@ def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
     samples = [by_name[arrays.names[i]] for i in val_idx]
     pp = predictor.postprocess      # the one the run chose
     seen = _score_validation(predictor, samples, cfg, False, None, pp)
-    _plot_predictions(out, predictor, samples, seen, cfg, pp)
+    _plot_predictions(out, predictor, samples, seen, cfg, pp, bool(held[val_idx].any()))
 
 
 @said_once()
