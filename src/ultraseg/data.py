@@ -752,10 +752,9 @@ def read_split(path: str | Path, names: Sequence[str], dataset: str | Path | Non
     ``names`` the split lists nowhere (added since it was written) are left out, with a
     warning."""
     try:
-        doc = read_json(path)
-        train, val = split_names(doc["train"]), split_names(doc["val"])
-        test = split_names(doc.get("test") or [])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        doc = read_split_doc(path)
+        train, val, test = doc["train"], doc["val"], doc.get("test") or []
+    except (ValueError, KeyError) as e:
         raise UltrasegError(f"not a split file ({type(e).__name__}: {e})", path) from e
     both = sorted(set(train) & set(val))
     if both:
@@ -781,6 +780,24 @@ def read_split(path: str | Path, names: Sequence[str], dataset: str | Path | Non
                     where, "is" if len(added) == 1 else "are", _first(added))
     return (np.array([index[n] for n in train], dtype=np.int64),
             np.array([index[n] for n in val], dtype=np.int64))
+
+
+#: The sides of a split.json, each a list of frame names.
+SPLIT_SIDES = ("train", "val", "test")
+
+
+def read_split_doc(path: str | Path) -> dict[str, Any]:
+    """A split.json's contents (as :func:`write_split` writes it), its sides' names as this
+    locale names the frames (:func:`split_names`), its other keys as they are. OSError where it
+    cannot be read; ValueError where it is no JSON, or no split: not an object, or a side that
+    is no list (``test`` may be null); :class:`UltrasegError` where a name cannot
+    be read under this locale. A side missing is the caller's to refuse."""
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not all(isinstance(doc[k], list) or k == "test" and
+                                            doc[k] is None for k in SPLIT_SIDES if k in doc):
+        raise ValueError("not a split.json: its sides are lists of frame names")
+    return {k: split_names(v) if k in SPLIT_SIDES and isinstance(v, list) else v
+            for k, v in doc.items()}
 
 
 def split_names(side: Any) -> list[Any]:

@@ -13,7 +13,7 @@ import numpy as np
 from . import __version__
 from .config import PostprocessConfig
 from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
-from .data import MaskTally, split_names
+from .data import MaskTally, read_split_doc
 from .fileio import (atomic_write_texts, cannot_write_in, csv_text, failure_reason, json_text,
                      name_from_json, output_lock, read_json)
 from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, scan_dataset,
@@ -43,18 +43,24 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
     """The samples named by ``subset`` ('train' | 'val' | 'test'; None: 'val') of a run's
     ``split.json``, or all of them without a split file. A ``subset`` without a split file is
     a user error: it would score every frame, training frames too."""
+    return _select_samples(samples, split_file, subset)[0]
+
+
+def _select_samples(samples: Sequence[Sample], split_file: str | Path | None,
+                    subset: str | None) -> tuple[list[Sample], dict[str, Any] | None]:
+    """:func:`select_samples`, and the split it read (its names as this locale has them)."""
     if split_file is None:
         if subset is not None:
             raise UltrasegError(f"subset {subset!r} picks a side of a run's split: give the "
                                 "split too (--split RUN/split.json; in Python, split_file=)")
-        return list(samples)
+        return list(samples), None
     subset = subset or "val"
     try:
-        doc = read_json(split_file)
-        side = doc[subset] if isinstance(doc, dict) else None
+        doc = read_split_doc(split_file)
+        side = doc.get(subset)
         if not isinstance(side, list) or not all(isinstance(n, str) for n in side):
             raise ValueError("not a split.json: its sides are lists of frame names")
-        names = set(split_names(side))
+        names = set(side)
     except (OSError, ValueError, KeyError) as e:
         raise UltrasegError(f"cannot read the '{subset}' side of the split ({e})", split_file) from e
     if not names:  # e.g. 'val' of a run trained with --val-fraction 0
@@ -66,7 +72,7 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
     if len(chosen) != len(names):
         raise UltrasegError(f"split names {len(names) - len(chosen)} frames that are not in the "
                             "dataset", split_file)
-    return chosen
+    return chosen, doc
 
 
 def _run_file(predictor: Predictor, name: str) -> Path | None:
@@ -204,28 +210,27 @@ def warn_if_measuring_trained_frames(predictor: Predictor, samples: Sequence[Sam
 
 
 def _split_doc(path: str | Path) -> dict[str, Any] | None:
-    """A split.json's contents, or None where it cannot be read as one."""
+    """A split.json's contents (its names as this locale names the frames), or None where it
+    cannot be read as one."""
     try:
-        doc = read_json(path)
-    except (OSError, ValueError):
+        return _a_split(read_split_doc(path))
+    except (OSError, ValueError, UltrasegError):
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("train"), list):
-        return None
-    try:                # its names as this locale names the frames
-        return {k: split_names(v) if k in ("train", "val", "test") and isinstance(v, list)
-                else v for k, v in doc.items()}
-    except UltrasegError:
-        return None
+
+
+def _a_split(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``doc`` (:func:`ultraseg.data.read_split_doc`'s) where it has a training side."""
+    return doc if doc is not None and isinstance(doc.get("train"), list) else None
 
 
 def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | Path,
-                           subset: str | None, samples: Sequence[Sample]) -> None:
+                           doc: dict[str, Any], subset: str | None,
+                           samples: Sequence[Sample]) -> None:
     """Say so where ``split_file`` is not the model's own split and the side scored may hold
     frames it trained on (another run's split.json, e.g. of another --split-seed): the
     split.json of the run folder the model lies in names its training frames; without one,
     the split seed and fractions its checkpoint records are compared with the file's. The
     frames are scored all the same: a user may mean it."""
-    doc = _split_doc(split_file) or {}
     own = _run_file(predictor, "split.json")
     own_doc = _split_doc(own) if own is not None else None
     if own is not None and own_doc is not None:
@@ -249,11 +254,11 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
                     ", ".join(d[1] for d in differs), subset or "val")
 
 
-def _warn_if_test_side_left(split_file: str | Path, n_val: int) -> None:
+def _warn_if_test_side_left(split_file: str | Path, doc: dict[str, Any], n_val: int) -> None:
     """Say so where ``split_file`` holds frames out for testing and no side was asked for: its
     validation side is scored (``n_val`` frames), which chose the epoch and the
     post-processing, so its figures read better than new frames' would."""
-    test = (_split_doc(split_file) or {}).get("test")
+    test = doc.get("test")
     if isinstance(test, list) and test:
         log.warning("%s holds %d frames out for testing, but without --subset its validation "
                     "side is scored (%d frames, which chose the epoch and the post-processing: "
@@ -385,16 +390,17 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     # a black-and-white mask's white: label 1, or 255 in a set of label masks
     ds = with_white(ds, white_for(label, ds.labelled))
     record = provenance(predictor, ds)
-    samples = select_samples(ds.labelled, split_file, subset)
+    samples, doc = _select_samples(ds.labelled, split_file, subset)
     if not samples:
         hint = dataset_hint(ds.root) if ds.layout == "images" else ""
         raise DataError(f"no labelled frames to evaluate{hint}", ds.root)
     if split_file is None:
         _warn_if_trained_on(predictor, ds.root, samples)
     else:
-        _warn_if_not_its_split(predictor, ds.root, split_file, subset, samples)
+        split = _a_split(doc) or {}   # (the file read once)
+        _warn_if_not_its_split(predictor, ds.root, split_file, split, subset, samples)
         if subset is None:
-            _warn_if_test_side_left(split_file, len(samples))
+            _warn_if_test_side_left(split_file, split, len(samples))
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []

@@ -36,10 +36,10 @@ from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, sav
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
                      RunConfig, TrainConfig, check_types, model_problem, names_stored)
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
-                   read_split, run_split, split_names, union_note, write_split)
+                   read_split, read_split_doc, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, command_line, is_out_of_memory
-from .fileio import atomic_write_text, output_lock, read_json
+from .fileio import atomic_write_text, output_lock
 from .geometry import largest_valid_output
 from .io import Dataset, open_dataset, select_label, with_white
 from .io.base import check_label, said_once
@@ -683,7 +683,7 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
 def _held_out(split_file: Path, names: Sequence[str]) -> np.ndarray:
     """Indices of the frames ``split_file`` holds out for testing (those of ``names`` now)."""
     index = {n: i for i, n in enumerate(names)}
-    test = split_names(read_json(split_file).get("test") or [])
+    test = read_split_doc(split_file).get("test") or []
     return np.array([index[n] for n in test if n in index], np.int64)
 
 
