@@ -156,9 +156,11 @@ def _check_resume_args(a: argparse.Namespace) -> None:
     if a.data:
         conf = Path(a.out) / "config.json"
         try:
-            recorded = names_read(read_json(conf))["data"]["path"]
-        except (OSError, ValueError, KeyError, TypeError, UltrasegError):
+            recorded = RunConfig.load(conf).data.path   # as this locale names the folder
+        except UltrasegError:
             return                  # train() says what is wrong with the run folder
+        if not recorded:
+            return                  # (none recorded: the same)
         if Path(a.data).resolve() != Path(recorded).resolve():
             moved = "" if Path(recorded).exists() else (
                 f"; that is gone: if DATA is where it has moved, set data.path in {conf} to "

@@ -11,11 +11,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import __version__
-from .config import PostprocessConfig
+from .config import PostprocessConfig, names_read
 from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
 from .data import MaskTally, read_split_doc
 from .fileio import (atomic_write_texts, cannot_write_in, csv_text, failure_reason, json_text,
-                     name_from_json, output_lock, read_json)
+                     output_lock, read_json)
 from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, scan_dataset,
                  select_label, white_for, with_white)
 from .io.base import LabelTally, counting_colour, header_shape, said_once
@@ -86,19 +86,24 @@ def _trained_on(predictor: Predictor) -> list[str]:
     """The data folders the model may have been trained on: its checkpoint's record and the
     config.json of the run folder it lies in (an exported .onnx keeps no paths; where the data
     moved, the README has the user set ``data.path`` there), each once."""
-    paths = [((predictor.meta.get("run") or {}).get("data") or {}).get("path")]
+    records = [predictor.meta.get("run")]
     config = _run_file(predictor, "config.json")
     if config is not None:
-        try:
-            paths.append(read_json(config)["data"]["path"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    found = []
-    for p in paths:
-        if p and isinstance(p, str):
-            with contextlib.suppress(UltrasegError):   # stored as its bytes read as UTF-8
-                found.append(name_from_json(p))
-    return list(dict.fromkeys(found))
+        with contextlib.suppress(OSError, ValueError):
+            records.append(read_json(config))
+    found = [_data_path(r) for r in records]
+    return list(dict.fromkeys(p for p in found if p))
+
+
+def _data_path(record: Any) -> str | None:
+    """The ``data.path`` of a run's record (its checkpoint's, its config.json) as this locale
+    names the folder (:func:`ultraseg.config.names_read`), or None where it records none."""
+    try:            # (stored as its bytes read as UTF-8)
+        data = names_read(record).get("data") if isinstance(record, dict) else None
+    except UltrasegError:
+        return None
+    path = data.get("path") if isinstance(data, dict) else None
+    return path if isinstance(path, str) else None
 
 
 def _related(trained_on: str, root: Path) -> tuple[Path, Path] | None:
