@@ -229,14 +229,12 @@ class RunWarnings(logging.Handler):
     """The messages of the warnings (and errors) a run gave, each once, in the order given:
     what the run's ``train.log`` gets at WARNING and above, for its report."""
 
-    def __init__(self, thread: int) -> None:
+    def __init__(self) -> None:
         super().__init__(logging.WARNING)
-        self.thread = thread
         self.said: dict[str, None] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
-            self.said.setdefault(record.getMessage(), None)
+        self.said.setdefault(record.getMessage(), None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self.said))
@@ -260,8 +258,9 @@ def run_log(path: Path) -> Iterator[RunWarnings]:
                                                 "%(message)s"))
     # the run's thread's records alone (training runs in it): not another thread's work
     own = threading.get_ident()
-    file_handler.addFilter(lambda record: record.thread == own)
-    warned = RunWarnings(own)
+    warned = RunWarnings()      # (what train.log gets at WARNING and above: the same filter)
+    for handler in (file_handler, warned):
+        handler.addFilter(lambda record: record.thread == own)
     pkg_log = logging.getLogger("ultraseg")
     with _RUN_LOG_LOCK:
         if _RUN_LOGS == 0:

@@ -117,7 +117,7 @@ class Batches:
         size = arrays.images.shape[-1]
         self.valid = m.variant == "valid"
         self.per = cfg.train.tiles_per_image if self.valid else 1  # samples per frame per epoch
-        check_working_size(m, size)       # (a size from the data: --size not given)
+        check_working_size(m, size)       # (check_config has; for Batches built by hand)
         if self.valid:
             self.margin = context_margin(m.depth)
             pad = ((0, 0), (self.margin, self.margin), (self.margin, self.margin))
