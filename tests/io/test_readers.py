@@ -1755,3 +1755,21 @@ def test_readers_refuse_what_is_not_a_path_saying_what_they_take(given, reader):
                        ) as raised:
         getattr(uio, reader)(given)
     assert "PIL.Image.open(io.BytesIO(" in str(raised.value)
+
+
+def test_the_colour_note_ends_with_an_ellipsis_only_where_files_are_left_off() -> None:
+    """Ten colour frames of one loop file said 'loop.dcm, ...', as if files were left off the
+    list: the ellipsis now stands for files not named, not for frames."""
+    from ultraseg.io.base import ColourFrames, colour_note
+
+    tally = ColourFrames()
+    for _ in range(10):
+        tally.add("loop.dcm")
+    assert "partly colour" in tally.note() and "loop.dcm" in tally.note()
+    assert "..." not in tally.note(), tally.note()
+    assert "..." in colour_note(5, ["a", "b", "c", "d"])            # a fourth file left off
+    capped = ColourFrames()
+    for k in range(ColourFrames.LISTED + 5):                        # files beyond the list
+        capped.add(f"f{k}.png")
+    assert capped.note().count("...") == 1
+    assert "..." not in colour_note(3, ["a", "b", "c"])

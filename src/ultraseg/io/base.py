@@ -710,13 +710,19 @@ def say_colour(rgb: np.ndarray, path: str | Path | None) -> None:
                 unnamed="an image")
 
 
+#: How many of the files of frames in colour a tally keeps (and inspect's report lists).
+COLOUR_FILES_LISTED = 20
+
+
 def colour_note(n: int, files: list[str], shown: int = 3) -> str | None:
-    """The one line for ``n`` frames in colour, ``files`` the first of their files (none:
-    None)."""
+    """The one line for ``n`` frames in colour, ``files`` the first of their files, at most
+    :data:`COLOUR_FILES_LISTED` (none: None). ", ..." stands for files not named: beyond
+    ``shown``, or beyond a full list where the frames outnumber it (a loop's frames are one
+    file)."""
     if not n:
         return None
-    named = ", ".join(files[:shown]) + (", ..." if len(files) > shown or n > len(files)
-                                        else "")
+    left_off = len(files) > shown or len(files) >= COLOUR_FILES_LISTED and n > len(files)
+    named = ", ".join(files[:shown]) + (", ..." if left_off else "")
     return (f"{n} frame{'s' * (n != 1)} partly colour, at least {COLOUR_SHARE:.1%} of "
             f"{'their' if n != 1 else 'its'} pixels: {named} {COLOUR_LOST}")
 
@@ -725,7 +731,7 @@ class ColourFrames:
     """A tally of the frames read in colour inside :func:`counting_colour`: their count and
     their files (the first :data:`LISTED`), said in one line (:func:`colour_note`)."""
 
-    LISTED = 20
+    LISTED = COLOUR_FILES_LISTED
 
     def __init__(self) -> None:
         self.n = 0
