@@ -490,3 +490,22 @@ def test_the_measure_summary_tells_the_signed_error_from_the_absolute_one() -> N
     assert s["hc_mae_mm"] == pytest.approx(2.0)
     assert s["hc_bias_mm"] == pytest.approx(1.0)
     assert s["hc_mm_mean"] == pytest.approx(31.0)
+
+
+def test_pixel_size_warnings_count_the_other_frames_without_claiming_their_reason() -> None:
+    """'a: regions disagree: no pixel size taken ...; so for 1 more frames' put one frame in
+    the plural and said 'so' though the other frame's header failed for another reason."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg.io.dicom import PIXEL_SIZE_NOT_TAKEN
+    from ultraseg.measure import PixelSizes
+
+    sizes = PixelSizes(None)
+    sizes.of("a", {PIXEL_SIZE_NOT_TAKEN: "regions disagree"})
+    sizes.of("b", {PIXEL_SIZE_NOT_TAKEN: "no calibrated region"})
+    with ultraseg_warnings() as warned:
+        sizes.warn()
+    (said,) = [r.getMessage() for r in warned]
+    assert said.startswith("a: regions disagree: no pixel size taken"), said
+    assert "1 more frame," in said and "frames" not in said, said
+    assert "so for" not in said, said

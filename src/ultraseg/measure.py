@@ -121,14 +121,19 @@ class PixelSizes:
         if self.not_taken:
             (name, why), more = self.not_taken[0], len(self.not_taken) - 1
             log.warning("%s: %s: no pixel size taken, figures in px (--pixel-size gives one)%s",
-                        name, why, f"; so for {more} more frames" if more else "")
+                        name, why, f"; nor for {_more_frames(more)}, whose headers' pixel "
+                        "sizes were not taken either" if more else "")
         if not self.not_used:
             return
         (name, (dy, dx)), more = self.not_used[0], len(self.not_used) - 1
         log.warning("%s: its DICOM header gives pixels that are not square (%.4g mm high, "
                     "%.4g mm wide): measured in mm with those; --pixel-size %g (square) was not "
                     "used for it%s", name, dy, dx, self.pixel_size_mm,
-                    f", nor for {more} more frames of such headers" if more else "")
+                    f", nor for {_more_frames(more)} of such headers" if more else "")
+
+
+def _more_frames(n: int) -> str:
+    return f"{n} more frame" + "s" * (n != 1)
 
 
 def pixel_spacing(pixel_size_mm: float | tuple[float, float]) -> tuple[float, float]:
