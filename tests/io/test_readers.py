@@ -1773,3 +1773,21 @@ def test_the_colour_note_ends_with_an_ellipsis_only_where_files_are_left_off() -
         capped.add(f"f{k}.png")
     assert capped.note().count("...") == 1
     assert "..." not in colour_note(3, ["a", "b", "c"])
+
+
+def test_following_the_side_tag_advice_on_a_set_with_an_untagged_frame_warns_no_more(
+        tmp_path) -> None:
+    """The --subject-pattern the side-tag warning suggests did not match a frame with no tag
+    (bus_0003 beside bus_0001-l/-r): following it gave 'does not match 1 of 5 file names'."""
+    import re
+    for stem in ["bus_0001-l", "bus_0001-r", "bus_0002-l", "bus_0002-r", "bus_0003"]:
+        _save(tmp_path / "d" / "images" / f"{stem}.png", _frame())
+        _save(tmp_path / "d" / "masks" / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
+    with ultraseg_warnings() as warned:
+        scan_dataset(tmp_path / "d")
+    said = next(r.getMessage() for r in warned if "own subject" in r.getMessage())
+    pattern = re.search(r"e\.g\. '([^']+)'\)", said).group(1)
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(tmp_path / "d", subject_pattern=pattern)
+    assert [r.getMessage() for r in warned] == []
+    assert {s.subject for s in ds.labelled} == {"bus_0001", "bus_0002", "bus_0003"}

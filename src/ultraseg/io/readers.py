@@ -787,8 +787,10 @@ _TRAILING_NUMBER = re.compile(r"[\W_]*\d+$")
 #: ... or without a trailing tag of letters (a side, a view): 'bus_0001-l' -> 'bus_0001'.
 _TRAILING_TAG = re.compile(r"[-_ ][A-Za-z]{1,5}$")
 #: Each rule above, what it strips, and a --subject-pattern that takes the rest as the subject.
-_SHARED_NAME_RULES = ((_TRAILING_NUMBER, "number", "^(.+?)[_-]?\\d+$"),
-                      (_TRAILING_TAG, "tag (a side or view letter?)", "^(.+?)[-_ ][A-Za-z]+$"))
+#: (The number or tag is optional in it: a frame without one is its own subject, not missed.)
+_SHARED_NAME_RULES = ((_TRAILING_NUMBER, "number", "^(.+?)(?:[_-]?\\d+)?$"),
+                      (_TRAILING_TAG, "tag (a side or view letter?)",
+                       "^(.+?)(?:[-_ ][A-Za-z]{1,5})?$"))
 
 
 def _shared_names(own: list[str], rule: re.Pattern[str]) -> list[tuple[int, str]]:
