@@ -1791,3 +1791,28 @@ def test_following_the_side_tag_advice_on_a_set_with_an_untagged_frame_warns_no_
         ds, _ = scan_dataset(tmp_path / "d", subject_pattern=pattern)
     assert [r.getMessage() for r in warned] == []
     assert {s.subject for s in ds.labelled} == {"bus_0001", "bus_0002", "bus_0003"}
+
+
+def test_the_prefix_line_does_not_depend_on_the_process_s_string_hashing(tmp_path) -> None:
+    """The images' leading word was picked with max(set(words), key=words.count): between
+    two words as common, string hashing chose, so images bus_1, bus_2, img_3, img_4 for masks
+    mask_1..mask_3 gave one line (rename mask_ID for bus_ID) under some PYTHONHASHSEEDs and
+    three orphan lines under others. Every word is tried, the commonest first."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "d"
+    for k, stem in enumerate(["bus_1", "bus_2", "img_3", "img_4"]):
+        _save(root / "images" / f"{stem}.png", _frame(seed=k))
+    for k in (1, 2, 3):
+        _save(root / "masks" / f"mask_{k}.png", _disk())
+    code = ("import sys; from ultraseg.io import scan_dataset; "
+            "print(len(scan_dataset(sys.argv[1])[1]))")
+    counts = set()
+    for seed in ("0", "1", "2", "3", "4", "5"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", code, str(root)], env=env,
+                              capture_output=True, text=True, check=True)
+        counts.add(done.stdout.strip())
+    assert len(counts) == 1, counts

@@ -10,7 +10,7 @@ import os
 import re
 import shlex
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Collection, NamedTuple
 
@@ -95,9 +95,10 @@ def _prefixed_masks(images: dict[str, list[Path]], masks: dict[str, list[Path]]
     words = [w for w in map(_leading_word, orphans) if w]
     if not words:
         return None
-    word = max(set(words), key=words.count)
-    lone = [w for w in map(_leading_word, (n for n in images if n not in masks)) if w]
-    for image_word in ([max(set(lone), key=lone.count)] if lone else []) + [""]:
+    # (Counter.most_common: the commonest, ties in order of first appearance, not of hashing)
+    word = Counter(words).most_common(1)[0][0]
+    lone = Counter(w for w in map(_leading_word, (n for n in images if n not in masks)) if w)
+    for image_word in [w for w, _ in lone.most_common()] + [""]:
         if image_word == word:
             continue
         explained = {}
