@@ -1968,6 +1968,29 @@ def test_a_resumed_run_s_report_keeps_the_warnings_given_before_it_was_interrupt
     assert section.count("<li>") == 1 and "4 of the 4 masks look inverted" in section
 
 
+def test_warnings_given_before_the_run_s_log_opens_reach_train_log_and_the_report(
+        tmp_path) -> None:
+    """The warnings a run gives while its folder and config are worked out (a setting the run
+    ignores; a resumed run's data moved, or its recipe's idle flags dropped) were shown on the
+    console but reached neither train.log nor report.html's Warnings section: the log opened
+    after them. They now reach both, once each, at the time they were given."""
+    from conftest import ultraseg_warnings
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    cfg = merge(_inverted_run_config(tmp_path, data), {"train": {"split_seed": 3}})
+    run = tmp_path / "run"
+    with ultraseg_warnings() as warned:
+        result = train_mod.train(cfg, run)
+    said = [r.getMessage() for r in warned]
+    assert sum("train.split_seed (--split-seed) 3" in m for m in said) == 1, said
+    log_text = (run / "train.log").read_text()
+    assert log_text.count("train.split_seed (--split-seed) 3") == 1, log_text
+    assert log_text.index("split_seed") < log_text.index("epoch 1")
+    section = _warnings_section((run / "report.html").read_text())
+    assert section.count("train.split_seed (--split-seed) 3") == 1
+    assert any("train.split_seed (--split-seed) 3" in w for w in result.warnings)
+
+
 def test_metrics_csv_ends_its_lines_with_lf(tmp_path) -> None:
     """metrics.csv came out CRLF (the csv module's default) while measurements.csv is LF."""
     train_mod._write_metrics(tmp_path / "metrics.csv",

@@ -240,8 +240,36 @@ class RunWarnings(logging.Handler):
         return iter(list(self.said))
 
 
+class EarlyWarnings(logging.Handler):
+    """The package's warnings one thread gives before its run's log opens (shown as ever),
+    kept for that log: those given while a run's folder and config are worked out (a setting
+    it ignores, a resumed run's data moved) reached neither train.log nor the report. A
+    context manager; :func:`run_log` takes what it kept (:meth:`taken`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        own = threading.get_ident()
+        self.addFilter(lambda record: record.thread == own)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> "EarlyWarnings":
+        logging.getLogger("ultraseg").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("ultraseg").removeHandler(self)
+
+    def taken(self) -> list[logging.LogRecord]:
+        """What it kept; it keeps no more."""
+        logging.getLogger("ultraseg").removeHandler(self)
+        return self.records
+
+
 @contextlib.contextmanager
-def run_log(path: Path) -> Iterator[RunWarnings]:
+def run_log(path: Path, earlier: EarlyWarnings | None = None) -> Iterator[RunWarnings]:
     """The package's INFO records go to the run's ``train.log`` inside the block, while the
     caller's handlers get only what they got before. The ``ultraseg`` logger is lowered to
     INFO for the file; its own handlers (the caller's) are taken off it and it stops
@@ -251,7 +279,9 @@ def run_log(path: Path) -> Iterator[RunWarnings]:
     Overlapping blocks (trainings in threads) share that set-up; the last to leave puts level,
     propagation and handlers back. The file takes the records of the thread that
     opened the block alone. The block's value collects that thread's warnings
-    (:class:`RunWarnings`: train.log's records at WARNING and above) for the run's report."""
+    (:class:`RunWarnings`: train.log's records at WARNING and above) for the run's report.
+    ``earlier``: the run's warnings given before the block (:class:`EarlyWarnings`), written
+    to the file and collected first, not shown again."""
     global _RUN_LOGS
     file_handler = _RunLogFile(path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
@@ -276,6 +306,9 @@ def run_log(path: Path) -> Iterator[RunWarnings]:
         pkg_log.addHandler(file_handler)
         pkg_log.addHandler(warned)
     try:
+        for record in earlier.taken() if earlier is not None else ():
+            file_handler.handle(record)
+            warned.handle(record)
         yield warned
     except BaseException as e:
         _say_stopped(file_handler, e)

@@ -50,7 +50,7 @@ from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise, zscore_stats
 from .report import postprocess_words
-from .run_folder import (REFUSED_RUN_FILES, execution_of, mark_run_folder, open_run,
+from .run_folder import (REFUSED_RUN_FILES, EarlyWarnings, execution_of, mark_run_folder, open_run,
                          recorded_presence_head, remove_refused_run, remove_temporaries,
                          run_log, with_execution, write_run_config)
 from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, resolve_device,
@@ -612,13 +612,16 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     t0 = time.monotonic()
     # the folder is this run's alone from before it is opened to the end: a second command
     # into it is refused at once (ranks > 0 of a torchrun job write nothing: rank 0 holds it)
-    with output_lock(out, "train") if is_main() else contextlib.nullcontext():
-        return _open_and_train(cfg, out, resume, progress, execution, t0)
+    # (what is warned before the run's log opens reaches it, and the report, too)
+    with output_lock(out, "train") if is_main() else contextlib.nullcontext(), \
+            EarlyWarnings() as earlier:
+        return _open_and_train(cfg, out, resume, progress, execution, t0, earlier)
 
 
 def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Progress | None,
-                    execution: Mapping[str, Any] | None, t0: float) -> TrainResult:
-    """:func:`train`, holding ``out``."""
+                    execution: Mapping[str, Any] | None, t0: float,
+                    earlier: EarlyWarnings) -> TrainResult:
+    """:func:`train`, holding ``out``; ``earlier`` keeps its warnings until the log opens."""
     given = cfg
     cfg, last = open_run(out, cfg, resume)
     if resume and given is not None:    # where it runs: the given config's, where it differs
@@ -668,7 +671,7 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
         if resume:
             remove_temporaries(out)
         try:
-            with run_log(out / "train.log") as warned, threads(cfg.train.num_threads), \
+            with run_log(out / "train.log", earlier) as warned, threads(cfg.train.num_threads), \
                     torch.random.fork_rng(devices=rng_devices), torch.inference_mode(False), \
                     torch.enable_grad(), cudnn_autotune(device):
                 return _train(cfg, out, last, progress or (lambda e: None), t0, ctx, warned)
