@@ -1321,3 +1321,35 @@ def test_a_black_and_white_mask_in_a_label_set_keeps_its_255_however_it_is_store
     _save(root / "images" / "1_1.png", np.full(white.shape, 90, np.uint8))
     arrays = load_arrays(label_set(open_dataset(root)), PreprocessConfig(size=32, label=255), "")
     assert arrays.masks[1].any() and arrays.labels == (128, 255)
+
+
+@pytest.mark.parametrize("resample", ["BILINEAR", "BOX"])
+def test_a_resized_mask_reads_alike_at_8_and_16_bits_and_as_floats_in_0_1(tmp_path: Path,
+                                                                         resample: str) -> None:
+    """The same 0/255 mask resized with a filter, saved as 8 bits, 16 bits (0..65535) and a
+    float TIFF in [0, 1], holds the same blends at its edge: the 8- and 16-bit files were read
+    as the binary mask, the float one refused as 'neither binary nor a label mask ... (is
+    this an image saved as a mask?)'. A float mask within [0, 1] is read as its 8-bit
+    equivalent (times 255) is; a float frame that is no such mask is still refused, with its
+    own values."""
+    yy, xx = np.mgrid[:64, :64]
+    disk = ((yy - 32) ** 2 + (xx - 32) ** 2 < 15 ** 2).astype(np.float32)
+
+    def resized(scale: float) -> Image.Image:
+        return Image.fromarray(disk * np.float32(scale), "F").resize(
+            (45, 45), getattr(Image, resample))
+
+    eight = _save(tmp_path / "m8.png", np.round(np.asarray(resized(255))).astype(np.uint8))
+    sixteen = _save(tmp_path / "m16.png",
+                    np.round(np.asarray(resized(65535))).astype(np.uint16))
+    unit = np.asarray(resized(1))
+    assert np.unique(unit).size > 2 and 0 <= unit.min() and unit.max() <= 1
+    floats = _save(tmp_path / "mf.tif", Image.fromarray(unit, "F"))
+    want = read_mask(eight)
+    assert want.any() and set(np.unique(want).tolist()) == {0, 1}
+    np.testing.assert_array_equal(read_mask(sixteen), want)
+    np.testing.assert_array_equal(read_mask(floats), want)
+    np.testing.assert_array_equal(read_mask(floats, 255), read_mask(eight, 255))
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))     # no mask: refused
+    with pytest.raises(DataError, match=r"spread over 0\.\.1 "):
+        classify_mask_values(ramp)

@@ -631,13 +631,19 @@ def to_uint8(image: np.ndarray, path: str | Path | None = None) -> np.ndarray:
             say_of_file(path, "unit", f"float values {lo:g}..{hi:g}, past [0, 1] by more than "
                        f"{UNIT_FLOAT_SLACK:g} (a resize's ringing?): read as a [0, 1] frame, "
                        "clipped to it")
-        return np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
+        return unit_to_uint8(x)
     if lo >= 0 and hi <= 255 and (floats or image.dtype.itemsize == 1):
         out = np.round(x).astype(np.uint8)
         if floats:
             _say_few_greys(x, out, path)
         return out
     return np.round((x - lo) / (hi - lo) * 255 if hi > lo else x * 0).astype(np.uint8)
+
+
+def unit_to_uint8(x: np.ndarray) -> np.ndarray:
+    """Floats scaled to [0, 1] -> 0..255 (clipped to [0, 1] first): a float frame's, and a
+    float mask's, 8-bit equivalent."""
+    return np.round(np.clip(x.astype(np.float64), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def _say_few_greys(x: np.ndarray, out: np.ndarray, path: str | Path | None) -> None:
@@ -792,9 +798,9 @@ def read_mask(path: str | Path, white: int = 1) -> np.ndarray:
     stored, not Pillow's scaled ones); RGB/RGBA masks whose colour channels
     agree, as gray; RGB/RGBA masks of at most 32 colours as labels, black the background and
     each colour's label its grey level (ITU-R 601 luma: red 76, green 150); resized with a
-    smoothing filter, grey (0/255 and a band of blends) or of one colour blended with black,
-    binarised at half (:func:`_blended_binary`, :func:`_blended_colour`), of several colours
-    blended refused; gray masks with an
+    smoothing filter, grey (0/255, 0/65535 or floats in [0, 1], and a band of blends) or of
+    one colour blended with black, binarised at half (:func:`_blended_binary`,
+    :func:`_blended_colour`), of several colours blended refused; gray masks with an
     alpha channel (LA); CMYK and YCbCr masks by their RGB colours.
     With an alpha channel (a palette's transparency too), the alpha is the mask when it varies
     and the colour is one value over the pixels not fully transparent (a structure drawn as
@@ -1026,18 +1032,25 @@ def _binarise_lossy(arr: np.ndarray, path: Path) -> np.ndarray:
     return mask
 
 
-def _blended_binary(arr: np.ndarray) -> bool:
-    """Whether ``arr`` is a 0/255 mask resized with interpolation or area averaging (a
-    dataset's masks scaled down with a resize's default filter): values 0 and 255 and, between
-    them, a band of in-between values at most two pixels thick wherever it lies (no in-between
-    pixel has only in-between neighbours) that lies between the two: each of its pieces
-    touches a 0 and a 255 pixel. A label mask's regions are thicker than that, or apart from
-    the 255 structure (a thin line labelled 128 beside it)."""
-    if arr.dtype.kind not in "ui" or arr.min() != 0 or arr.max() != 255:
+#: The white of a black-and-white mask at 8 and at 16 bits, whose blends a resize with a
+#: filter leaves between it and 0 (:func:`_blended_binary`).
+WHITES = (255, 65535)
+
+
+def _blended_binary(arr: np.ndarray, top: int) -> bool:
+    """Whether the integer ``arr`` is a 0/``top`` mask (``top`` one of :data:`WHITES`: 0/255,
+    or 0/65535 at 16 bits) resized with interpolation or area averaging (a dataset's masks
+    scaled down with a resize's default filter): values 0 and ``top`` and, between them, a
+    band of in-between values at most two pixels thick wherever it lies (no in-between pixel
+    has only in-between neighbours) that lies between the two: each of its pieces touches a 0
+    and a ``top`` pixel. A label mask's regions are thicker than that, or apart from the 255
+    structure (a thin line labelled 128 beside it)."""
+    if (top not in WHITES or arr.dtype.kind not in "ui" or arr.min() != 0
+            or arr.max() != top):
         return False
-    between = (arr > 0) & (arr < 255)
+    between = (arr > 0) & (arr < top)
     return (bool(between.any()) and _thin_band(between)
-            and _between(between, arr == 0, arr == 255))
+            and _between(between, arr == 0, arr == top))
 
 
 def _between(band: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
@@ -1093,13 +1106,20 @@ def _classify(arr: np.ndarray, path: str | Path | None) -> tuple[np.ndarray, boo
     vset = set(values.tolist())
     if vset <= {0, 1}:
         return arr.astype(np.uint8), False
+    shown = values          # (a refusal names the values as stored)
+    if arr.dtype.kind == "f" and values.min() >= 0 and values.max() <= 1:
+        # a 0/1 float mask resized with a filter: read as the same mask at 8 bits is, by
+        # every rule below (to_uint8's [0, 1] times 255)
+        arr = unit_to_uint8(arr)
+        values = np.unique(arr)
+        vset = set(values.tolist())
     if vset <= {0, 255} or (values.size == 2 and values.min() == 0 and values.max() > 255):
         return (arr > 0).astype(np.uint8), True     # black and white, 8 or 16 bits
-    if _blended_binary(arr):      # resized with interpolation: the half-covered pixels in
-        return (arr >= 128).astype(np.uint8), True  # (read as labels, every edge pixel was)
+    top = 255 if values.max() <= 255 else int(values.max())
+    if _blended_binary(arr, top):   # resized with interpolation: the half-covered pixels in
+        return (arr > top / 2).astype(np.uint8), True  # (as labels, every edge pixel was)
     if values.min() < 0:
         raise DataError("mask has negative values", path)
-    top = 255 if values.max() <= 255 else int(values.max())
     band = LOSSY_BINARY_BAND * top / 255
     near = (arr <= band) | (arr >= top - band)
     # a lossy binary mask has several values near the top (JPEG rings around 255); a label
@@ -1116,7 +1136,7 @@ def _classify(arr: np.ndarray, path: str | Path | None) -> tuple[np.ndarray, boo
                             f"{', ...' if (values > 255).sum() > 5 else ''}): ultraseg keeps "
                             "labels 1 to 255; renumber them 1..K (at most 32 values in all)",
                             path)
-    raise _not_a_mask(values, path)
+    raise _not_a_mask(shown, path)
 
 
 def select_label(mask: np.ndarray, label: int | None) -> np.ndarray:
