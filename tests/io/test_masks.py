@@ -922,6 +922,46 @@ def test_a_frame_in_a_colour_mode_is_read_as_pillow_makes_it_grey_and_warned_of(
         assert len(warned) == 1 and "of its pixels are colour" in warned[0].getMessage()
 
 
+@pytest.mark.parametrize("mode", ["PA", "La", "RGBa", "RGBX", "HSV"])
+def test_an_in_memory_image_in_any_pillow_mode_reads_as_the_frame_it_shows(mode: str) -> None:
+    """Pillow images in modes PA, La, RGBa, RGBX and HSV (made in memory and given to a
+    predictor) fell through to the mean of their bands: the palette index, the alpha, the
+    padding or the hue averaged into the grey, up to 128 levels off, in silence. Each reads
+    as the frame it shows: a PA through its palette as its P does, premultiplied alpha
+    unpremultiplied (within 1 where the alpha is at least half: the premultiplication
+    rounds), RGBX and HSV as their RGB (HSV within the rounding of its round trip)."""
+    from ultraseg.io.base import pillow_to_gray
+
+    rgb = _doppler()
+    alpha = np.tile(np.linspace(128, 255, rgb.shape[1]).round().astype(np.uint8),
+                    (rgb.shape[0], 1))
+    rgba = Image.fromarray(np.dstack([rgb, alpha]))
+    if mode == "PA":
+        p = Image.fromarray(rgb).quantize(64)
+        im, want, tol = p.convert("PA"), pillow_to_gray(p), 0
+    elif mode in ("La", "RGBa"):
+        im, want, tol = rgba.convert(mode), np.asarray(rgba.convert("L")), 1
+    else:
+        im, tol = Image.fromarray(rgb).convert(mode), 3 if mode == "HSV" else 0
+        want = np.asarray(Image.fromarray(rgb).convert("L"))
+    assert im.mode == mode
+    with ultraseg_warnings():
+        grey = pillow_to_gray(im, "f.png")
+    assert grey.dtype == np.uint8 and grey.shape == want.shape
+    assert np.abs(grey.astype(int) - want).max() <= tol
+
+
+def test_an_image_in_a_pillow_mode_no_rule_reads_is_refused_naming_it(monkeypatch) -> None:
+    """A mode ultraseg knows no rule for (one a later Pillow adds) is refused by name, not
+    read as the mean of its bands."""
+    from ultraseg.io.base import pillow_to_gray
+
+    im = Image.fromarray(_doppler())
+    monkeypatch.setattr(Image.Image, "mode", property(lambda self: "RGBQ"))
+    with pytest.raises(DataError, match=r"f\.png: .*Pillow mode 'RGBQ'"):
+        pillow_to_gray(im, "f.png")
+
+
 def test_frames_in_colour_are_counted_inside_counting_colour(tmp_path: Path) -> None:
     """Training or inspect reading many Doppler frames said one line each: inside
     counting_colour they are counted, and one line says how many, naming the first."""

@@ -521,10 +521,27 @@ def inverted(arr: np.ndarray, top: int | None = None) -> np.ndarray:
     return wide.max() + wide.min() - wide
 
 
+#: Pillow modes read as the mode they convert to shows them: a palette (with alpha too)
+#: through its colours, CMYK and HSV as their RGB, premultiplied alpha (La, RGBa)
+#: unpremultiplied, RGBX's padding band dropped.
+_SHOWN_AS = {"P": "RGB", "CMYK": "RGB", "HSV": "RGB", "RGBX": "RGB", "PA": "RGBA",
+             "La": "LA", "RGBa": "RGBA"}
+#: Pillow modes whose grey is Pillow's convert("L") (a YCbCr's its Y).
+_GREY_BY_PILLOW = ("L", "RGB", "RGBA", "LA", "1", "YCbCr")
+#: Pillow modes of grey samples of 16 or 32 bits, integer or float (:func:`to_uint8`).
+_NUMERIC_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+#: Pillow modes :func:`pillow_to_gray` reads (CIELab by its lightness); others are refused.
+PILLOW_MODES = frozenset(_SHOWN_AS) | {"LAB", *_GREY_BY_PILLOW, *_NUMERIC_MODES}
+
+
 def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarray:
     """A decoded Pillow image -> grayscale (H, W) uint8 by :func:`read_image`'s rules (a
-    palette through its colours, CMYK and YCbCr as they show, 16-bit and float by
-    :func:`to_uint8`); ``path`` names it in errors."""
+    palette through its colours, CMYK, YCbCr and HSV as they show, premultiplied alpha
+    unpremultiplied, 16-bit and float by :func:`to_uint8`); ``path`` names it in errors. A
+    mode not in :data:`PILLOW_MODES` (one a later Pillow adds) is refused, named."""
+    if im.mode not in PILLOW_MODES:
+        raise DataError(f"an image in Pillow mode {im.mode!r}, which ultraseg has no rule to "
+                        "read: convert it to 'L' or 'RGB' first", path)
     tiff = getattr(im, "tag_v2", None) or {}
     if im.mode == "L" and _tag(tiff, SAMPLE_FORMAT) == SIGNED:     # Pillow reads it unsigned
         return to_uint8(np.asarray(im).view(np.int8), path)
@@ -532,18 +549,15 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
     # `frame[mask] = 255` failed on 8-bit files alone (16-bit ones come back converted)
     if im.mode == "LAB":                                            # its lightness
         return np.array(im.getchannel("L"), dtype=np.uint8)
-    if im.mode in ("P", "CMYK"):   # as they show, once: their RGB's convert("L") is theirs
-        im = im.convert("RGB")
+    if im.mode in _SHOWN_AS:    # as they show, once: their RGB's convert("L") is theirs
+        im = im.convert(_SHOWN_AS[im.mode])
     if im.mode in ("RGB", "RGBA", "YCbCr"):     # (a YCbCr's grey is its Y: kept to the end)
         say_colour(np.asarray(im if im.mode != "YCbCr" else im.convert("RGB")), path)
-    if im.mode in ("L", "RGB", "RGBA", "LA", "1", "YCbCr"):
+    if im.mode in _GREY_BY_PILLOW:
         return np.array(im.convert("L"), dtype=np.uint8)
-    arr = np.asarray(im)  # I;16, I, F
-    if arr.ndim == 2 and _tag(tiff, PHOTOMETRIC) == WHITE_IS_ZERO:  # Pillow inverts 8 bits only
+    arr = np.asarray(im)  # _NUMERIC_MODES: I;16, I, F
+    if _tag(tiff, PHOTOMETRIC) == WHITE_IS_ZERO:    # Pillow inverts 8 bits only
         arr = inverted(arr)
-    if arr.ndim == 3:
-        arr = arr.mean(axis=2) if arr.dtype.kind == "f" else np.round(
-            arr.mean(axis=2)).astype(arr.dtype)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise DataError("image contains NaN or infinite values", path)
     return to_uint8(arr, path)
