@@ -1449,3 +1449,57 @@ def test_a_split_and_run_an_ascii_locale_wrote_are_read_under_utf_8(tmp_path) ->
     with ultraseg_warnings() as warned:
         evaluate(predictor, data)
     assert any("the data the model was trained on" in r.getMessage() for r in warned), warned
+
+
+def test_evaluate_groups_subjects_by_the_run_s_subject_pattern(data, tmp_path, capsys) -> None:
+    """`evaluate RUN/best.ckpt DATA --split RUN/split.json` of a run trained with
+    `--subject-pattern '^(p\\d+)_'` took each frame for a subject unless the pattern was typed
+    again: the 95% interval drew 50 'subjects' (far too narrow) and summary.json said so. The
+    run's pattern is taken as --label and --fill-outlines are; a --subject-pattern given wins;
+    on data whose names it does not fit, the layout's subjects, as before."""
+    named = tmp_path / "named"
+    for kind, suffix in (("images", ""), ("masks", "_mask")):
+        (named / kind).mkdir(parents=True)
+        for p in (data / kind).iterdir():
+            shutil.copy(p, named / kind / f"p{p.name}")     # 1_1.png -> p1_1.png
+    pattern = r"^(p\d+)_"
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    meta = make_meta(cfg, PreprocessConfig(size=SIZE), PostprocessConfig(),
+                     run={"data": {"path": str(named), "layout": "auto",
+                                   "subject_pattern": pattern}})
+    save_checkpoint(run / "best.ckpt", build_model(cfg).state_dict(), meta)
+    names = sorted(p.stem for p in (named / "images").iterdir())
+    val = [n for n in names if n.startswith(("p4_", "p5_"))]
+    (run / "split.json").write_text(json.dumps({
+        "train": [n for n in names if n not in val], "val": val,
+        "train_subjects": ["p1", "p2", "p3"], "val_subjects": ["p4", "p5"]}))
+    predictor = load(run / "best.ckpt", device="cpu", precision="fp32")
+    summary, rows = evaluate(predictor, named, split_file=run / "split.json")
+    assert summary["n"] == 20 and summary["n_subjects"] == 2, summary["n_subjects"]
+    assert {r["subject"] for r in rows} == {"p4", "p5"}
+    assert summary["subject_pattern"] == pattern
+    summary, _ = evaluate(predictor, named)
+    assert summary["n_subjects"] == 5
+    # the command line alike, and its summary says which pattern gave the subjects
+    assert cli.main(["evaluate", str(run / "best.ckpt"), str(named), "--split",
+                     str(run / "split.json"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "(the 2 subjects, by --subject-pattern '^(p\\d+)_', resampled: " in out, out
+    # a pattern given wins over the run's
+    summary, _ = evaluate(predictor, named, subject_pattern=r"^(p\d+_\d)")
+    assert summary["n_subjects"] == 45 and summary["subject_pattern"] == r"^(p\d+_\d)"
+    # data whose names the run's pattern does not fit is read with its layout's subjects (the
+    # leading number), neither refused nor warned of as a --subject-pattern given
+    with ultraseg_warnings() as warned:
+        summary, _ = evaluate(predictor, data)
+    assert summary["n_subjects"] == 5 and summary["subject_pattern"] is None
+    assert not [r for r in warned if "subject-pattern" in r.getMessage()]
+    # an exported model keeps no run record: the config.json of the run folder it lies in
+    (run / "config.json").write_text(json.dumps({"data": {"path": str(named),
+                                                          "subject_pattern": pattern}}))
+    onnx_like = Predictor(lambda b: np.zeros_like(b), cfg, PreprocessConfig(size=SIZE),
+                          PostprocessConfig(), {}, source=str(run / "model.onnx"))
+    summary, _ = evaluate(onnx_like, named, split_file=run / "split.json")
+    assert summary["n_subjects"] == 2 and summary["subject_pattern"] == pattern

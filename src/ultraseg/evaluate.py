@@ -5,6 +5,7 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -82,17 +83,59 @@ def _run_file(predictor: Predictor, name: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _trained_on(predictor: Predictor) -> list[str]:
-    """The data folders the model may have been trained on: its checkpoint's record and the
-    config.json of the run folder it lies in (an exported .onnx keeps no paths; where the data
-    moved, the README has the user set ``data.path`` there), each once."""
+def _run_records(predictor: Predictor) -> list[Any]:
+    """The records of the model's training run: its checkpoint's, then the config.json of the
+    run folder it lies in where there is one (an exported .onnx keeps no record of its own)."""
     records = [predictor.meta.get("run")]
     config = _run_file(predictor, "config.json")
     if config is not None:
         with contextlib.suppress(OSError, ValueError):
             records.append(read_json(config))
-    found = [_data_path(r) for r in records]
+    return records
+
+
+def _trained_on(predictor: Predictor) -> list[str]:
+    """The data folders the model may have been trained on: its checkpoint's record and the
+    config.json of the run folder it lies in (an exported .onnx keeps no paths; where the data
+    moved, the README has the user set ``data.path`` there), each once."""
+    found = [_data_path(r) for r in _run_records(predictor)]
     return list(dict.fromkeys(p for p in found if p))
+
+
+def run_subject_pattern(predictor: Predictor) -> str | None:
+    """The ``--subject-pattern`` the model's run was trained with: as the first record of the
+    run that records its data (:func:`_run_records`: the checkpoint's, else the config.json
+    beside the model) gives it; None where it gives none."""
+    for record in _run_records(predictor):
+        data = record.get("data") if isinstance(record, dict) else None
+        if isinstance(data, dict):
+            pattern = data.get("subject_pattern")
+            return pattern if isinstance(pattern, str) and pattern else None
+    return None
+
+
+def _open_scored(predictor: Predictor, data: str | Path, layout: str,
+                 subject_pattern: str | None, fill_outlines: bool) -> tuple[Dataset, str | None]:
+    """The dataset :func:`evaluate` scores, and the ``--subject-pattern`` that gave its
+    subjects (which the interval resamples): ``subject_pattern`` where one is given; else the
+    one the model's run was trained with (:func:`run_subject_pattern`), so that a run's split
+    scored again has the run's subjects, where it fits a name of ``data`` (data it fits none
+    of, another set's, keeps its layout's subjects, as with none); else None."""
+    if subject_pattern is None:
+        pattern = run_subject_pattern(predictor)
+        if pattern is not None:
+            try:        # a look alone (the scan below says what the data holds)
+                with quiet("ultraseg.io"):
+                    scan_dataset(data, layout, pattern, fill_outlines)
+            except UltrasegError:   # matches no name here (or the scan below says what fails)
+                log.info("%s: the --subject-pattern %s the model's run was trained with "
+                         "matches none of its names: the layout's subjects", data,
+                         shlex.quote(pattern))
+            else:
+                log.info("%s: subjects by the --subject-pattern %s the model's run was "
+                         "trained with", data, shlex.quote(pattern))
+                subject_pattern = pattern
+    return open_dataset(data, layout, subject_pattern, fill_outlines), subject_pattern
 
 
 def _data_path(record: Any) -> str | None:
@@ -360,11 +403,13 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     (:func:`~ultraseg.fileio.output_lock`) from before the scoring to the last file (an
     ``out`` that cannot be a folder, or that another command holds, is refused before any
     scoring; where the files cannot be written, the :class:`UltrasegError` carries (summary,
-    rows) as its ``result``). ``label`` picks the
-    structure of a label mask to score against; None: the one the predictor was trained on
-    (its own None: any non-zero label); one that no mask holds is refused (:class:`DataError`)
-    once the frames are read. ``fill_outlines``: the masks are closed contours to
-    fill (:func:`ultraseg.io.as_outline`); None: as the predictor was trained
+    rows) as its ``result``). ``subject_pattern`` gives the subjects the interval resamples;
+    None: the one the model's run was trained with (:func:`run_subject_pattern`) where it fits
+    a name of ``data``, else the layout's (the summary's ``subject_pattern`` says which).
+    ``label`` picks the structure of a label mask to score against; None: the one the
+    predictor was trained on (its own None: any non-zero label); one that no mask holds is
+    refused (:class:`DataError`) once the frames are read. ``fill_outlines``: the masks are
+    closed contours to fill (:func:`ultraseg.io.as_outline`); None: as the predictor was trained
     (``preprocess.fill_outlines``). ``predictor`` may also be the path of a checkpoint
     or an ``.onnx`` file (loaded with :func:`ultraseg.load`'s defaults). ``pixel_size_mm``:
     for frames whose dataset gives none (a table's or a DICOM header's wins, and a header's
@@ -391,7 +436,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     if fill_outlines is None:
         fill_outlines = predictor.preprocess.fill_outlines
     label = predictor.preprocess.label if label is None else label
-    ds = open_dataset(data, layout, subject_pattern, fill_outlines)
+    # (the run's own --subject-pattern where none is given, as label and fill_outlines)
+    ds, subject_pattern = _open_scored(predictor, data, layout, subject_pattern, fill_outlines)
     # a black-and-white mask's white: label 1, or 255 in a set of label masks
     ds = with_white(ds, white_for(label, ds.labelled))
     record = provenance(predictor, ds)
@@ -481,6 +527,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     # what was scored: the truth filled (as asked, or by a layout that always fills its
     # outlines, hc18's, whatever the setting) or as drawn
     summary["fill_outlines"] = fill_outlines or any(s.mask_kind == "outline" for s in samples)
+    summary["subject_pattern"] = subject_pattern      # what gave the subjects resampled
     # which frames the figures are over: a side of a run's split (None: every labelled frame)
     summary["subset"] = None if split_file is None else subset or "val"
     summary["split"] = None if split_file is None else str(split_file)
@@ -613,6 +660,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                                                   else str(v))
     f, dist, hc, share = as_(".3f"), as_(".1f"), as_(".2f"), format_share
     raw = summary.get("raw", {})
+    pattern = summary.get("subject_pattern")
+    by_pattern = f", by --subject-pattern {shlex.quote(pattern)}," if pattern else ""
     side = summary.get("subset")
     where = f"   ({SIDES[side].format(summary.get('split'))})" if side in SIDES else ""
     lines = [f"frames                {summary['n']}{where}",
@@ -623,8 +672,9 @@ def format_summary(summary: dict[str, Any]) -> str:
              *([f"95% interval          all frames "
                 f"{format_interval(summary['dice_mean_ci95'])}, non-empty "
                 f"{format_interval(summary.get('dice_nonempty_mean_ci95'))}   "
-                f"(the {summary['n_subjects']} subjects resampled: one subject's frames are "
-                "not independent)"] if summary.get("dice_mean_ci95") else []),
+                f"(the {summary['n_subjects']} subjects{by_pattern} resampled: one "
+                "subject's frames are not independent)"]
+               if summary.get("dice_mean_ci95") else []),
              f"IoU                   {f(summary['iou_mean'])}",
              f"HD95 median (px)      {dist(summary['hd95_median'])}   over "
              f"{summary.get('hd95_n', 'n/a')} frames with a structure in truth and prediction",
