@@ -187,6 +187,16 @@ def test_a_running_writers_staging_folder_is_left_alone(tmp_path) -> None:
         alive.wait()
 
 
+def test_a_staging_folder_named_with_a_superscript_digit_is_a_stale_one(tmp_path) -> None:
+    """A hidden folder `.phantom-²-x.tmp` in --out stopped `ultraseg phantom` with a
+    ValueError: '²' passed str.isdigit as a process id, and int() refused it. No writer's
+    name: a stale folder, removed."""
+    out = tmp_path / "odd"
+    (out / ".phantom-²-x.tmp").mkdir(parents=True)
+    make_dataset(out, n=1, size=32)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "masks"]
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
 def test_a_stopped_phantom_run_leaves_no_hidden_half_set(tmp_path, monkeypatch, stop) -> None:
     """Ctrl-C (or a full disk) while the frames were written left the hidden staging folder

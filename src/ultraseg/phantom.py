@@ -413,8 +413,9 @@ def frame_name(i: int) -> str:
 def _running(pid: str) -> bool:
     """Whether the process ``pid`` (a staging folder's writer) still runs, writing it; a name
     without one (written before names carried it), or this process's (an interrupted call
-    before this one), is a stale folder's."""
-    if not pid.isdigit() or int(pid) == os.getpid():
+    before this one), is a stale folder's (a pid is ASCII digits: '²' is a digit to
+    str.isdigit, not to int())."""
+    if not (pid.isascii() and pid.isdecimal()) or int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)

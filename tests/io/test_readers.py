@@ -1816,3 +1816,24 @@ def test_the_prefix_line_does_not_depend_on_the_process_s_string_hashing(tmp_pat
                               capture_output=True, text=True, check=True)
         counts.add(done.stdout.strip())
     assert len(counts) == 1, counts
+
+
+def test_a_name_with_a_superscript_digit_is_read_and_sorted(tmp_path) -> None:
+    """`scan_2².png` stopped inspect and train with 'internal error: ValueError: invalid
+    literal for int()': the sort key took '²' for a digit (str.isdigit) where the regex that
+    cut the name did not. Such names sort as text; ordinary names keep their order."""
+    from ultraseg import cli
+    from ultraseg.io.base import natural_key
+
+    for stem in ("scan_10", "scan_2²", "scan_1", "scan_2"):
+        _save(tmp_path / "images" / f"{stem}.png", _frame())
+        _save(tmp_path / "masks" / f"{stem}_mask.png", _disk())
+    ds = open_dataset(tmp_path)
+    assert [s.name for s in ds.samples] == ["scan_1", "scan_2", "scan_2²", "scan_10"]
+    assert cli.main(["inspect", str(tmp_path)]) == 0
+    # a number beside a superscript, in the middle of a name or after it, alike
+    for name in ("a1²2.png", "²", "x²", "2²3"):
+        natural_key(name)
+    names = ["a 10", "a 2", "a", "b1", "a01", "1", "10", "a 2 b", "a1b2", "a1b10", ""]
+    assert sorted(names, key=natural_key) == [
+        "", "1", "10", "a", "a01", "a1b2", "a1b10", "a 2", "a 2 b", "a 10", "b1"]

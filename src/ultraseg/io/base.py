@@ -1455,5 +1455,7 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def natural_key(name: str) -> list[Any]:
-    """Sort key that orders 'a 2' before 'a 10'."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+    """Sort key that orders 'a 2' before 'a 10'. The numbers are the runs ``\\d`` matches,
+    decimal digits (str.isdecimal): a superscript '²' is a digit to str.isdigit, not to int(),
+    and sorts as text."""
+    return [int(t) if t.isdecimal() else t for t in re.split(r"(\d+)", name)]
