@@ -841,3 +841,30 @@ def test_a_header_pixel_size_not_taken_is_said_once_where_it_is_used(tmp_path) -
     with ultraseg_warnings() as warned:
         given.warn()
     assert warned == []
+
+
+def _deflated(path: Path, frames: list[np.ndarray]) -> Path:
+    """``frames`` as a DICOM file of the Deflated Explicit VR Little Endian transfer syntax
+    (its dataset zlib-compressed after the file meta), one frame or a loop."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = _cine(path, frames) if len(frames) > 1 else make_dicom(path, frames[0])
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_each_frame_of_a_deflated_loop_is_read(tmp_path) -> None:
+    """Every frame of a deflated multi-frame DICOM failed 'cannot decode its pixels (... has
+    no Pixel Data ...)', which pydicom itself reads: the frame was decoded from the file by
+    pydicom.pixels.pixel_array(path, index=), which does not inflate the dataset."""
+    from conftest import assert_reads_each_frame
+
+    frames = [np.roll(_scan(), 5 * k, axis=1) for k in range(3)]
+    loop = _deflated(tmp_path / "loop.dcm", frames)
+    assert pydicom.dcmread(loop).file_meta.TransferSyntaxUID.is_deflated
+    assert_reads_each_frame(loop, frames, "frames")
+    single = _deflated(tmp_path / "one.dcm", frames[:1])
+    assert np.array_equal(read_image(single), frames[0])
+    assert np.array_equal(read_image(single, frame=0), frames[0])

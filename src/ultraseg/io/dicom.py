@@ -249,7 +249,7 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     from .base import SeveralFrames, inverted, say_colour, to_uint8
 
     # the header first: the frame's size is checked before any pixel is read; a loop's frame
-    # is decoded alone, from the file (pydicom reads no other frame's bytes)
+    # is decoded alone, from the file (pydicom reads no other frame's bytes), but a deflated one
     ds = _read(path, pixels=False)
     frames = _frames(ds, path)
     if frames > 1 and frame is None:
@@ -258,7 +258,10 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
         raise DataError(f"holds {frames} frame{'s' * (frames != 1)}: no frame {frame} (frames "
                         "count from 0)", path)
     _check_size(ds, path)
-    if frame is None:
+    # (pydicom's pixel_array(path, index=) reads the file's bytes as they are, which a
+    # deflated dataset is not: its frame is taken from the dataset read whole)
+    whole = frame is None or _is(_syntax(ds), "is_deflated")
+    if whole:
         ds = _read(path, pixels=True)
     if frame is None and "PixelData" not in ds:
         raise DataError("holds no image (no Pixel Data: a report or a structured document?)",
@@ -267,10 +270,11 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     pydicom = _pydicom(path)
     try:
         with _quiet_pydicom():
-            if frame is None:
-                arr = pydicom.pixels.pixel_array(ds)        # YCbCr comes back as RGB
+            index = frame if frame is not None and frames > 1 else None
+            if whole:
+                arr = pydicom.pixels.pixel_array(ds, index=index)   # YCbCr comes back as RGB
             else:
-                arr = pydicom.pixels.pixel_array(path, index=frame if frames > 1 else None)
+                arr = pydicom.pixels.pixel_array(path, index=index)
             if photometric == "PALETTE COLOR":      # indices into the header's colour table
                 arr = _palette_8_bits(pydicom.pixels.apply_color_lut(arr, ds), ds)
     except Exception as e:      # pydicom's decoders raise what their libraries raise
