@@ -868,3 +868,79 @@ def test_each_frame_of_a_deflated_loop_is_read(tmp_path) -> None:
     single = _deflated(tmp_path / "one.dcm", frames[:1])
     assert np.array_equal(read_image(single), frames[0])
     assert np.array_equal(read_image(single, frame=0), frames[0])
+
+
+def _peak_bytes(read) -> int:
+    """The most bytes Python held at once (tracemalloc) while ``read()`` ran."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        read()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_deflated_loop_is_not_inflated_whole_to_read_its_header_or_a_frame(
+        tmp_path, monkeypatch) -> None:
+    """A 1.5 MB deflated DICOM made frame_count peak at 3 GB: pydicom inflates the whole
+    dataset, pixels and all, before stop_before_pixels applies, and predict inflated it again
+    for each frame. The header is now inflated alone, a frame with what comes before it but
+    kept alone; a header (what comes before the pixels) that inflates beyond a bound is
+    refused naming the file."""
+    from ultraseg.io import dicom, frame_count
+
+    frames = [np.full((512, 512), k, np.uint8) for k in range(40)]     # 10.5 MB inflated
+    loop = _deflated(tmp_path / "loop.dcm", frames)
+    assert loop.stat().st_size < 100_000
+    assert _peak_bytes(lambda: frame_count(loop)) < 3_000_000
+    assert _peak_bytes(lambda: dicom_pixel_size_mm(loop)) < 3_000_000
+    assert _peak_bytes(lambda: read_image(loop, frame=39)) < 4_000_000
+    assert np.array_equal(read_image(loop, frame=39), frames[39])
+    assert np.array_equal(read_image(loop, frame=0), frames[0])
+
+    bomb = make_dicom(tmp_path / "bomb.dcm", _scan())
+    ds = pydicom.dcmread(bomb)
+    ds.add_new(0x00091010, "LO", "ultraseg test")           # a private block, then its data
+    ds.add_new(0x00091011, "OB", bytes(3_000_000))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    ds.save_as(bomb, enforce_file_format=True)
+    monkeypatch.setattr(dicom, "_HEADER_BYTES", 2_000_000)
+    for read in (lambda: dicom.dicom_frame_count(bomb), lambda: read_image(bomb)):
+        with pytest.raises(DataError, match=r"bomb\.dcm: its deflated dataset inflates to "
+                                            r"more than 2\.0 MB before its pixel data"):
+            read()
+
+
+def test_a_deflated_loop_read_frame_after_frame_is_inflated_once(tmp_path, monkeypatch
+                                                                ) -> None:
+    """predict inflated a deflated loop's whole dataset again for each of its frames. Read
+    frame after frame inside a frame loop (as predict and inspect read them), the loop is kept
+    open at the frame it reached: each of its bytes is inflated about once, not once a frame."""
+    import zlib
+
+    from ultraseg.io import dicom, frame_loop
+
+    inflated = []
+
+    class Counting:
+        def __init__(self, *a) -> None:
+            self._z = zlib.decompressobj(*a)
+
+        def __getattr__(self, name):
+            return getattr(self._z, name)
+
+        def decompress(self, *a) -> bytes:
+            out = self._z.decompress(*a)
+            inflated.append(len(out))
+            return out
+
+    monkeypatch.setattr(dicom, "zlib", type("zlib", (), {
+        "MAX_WBITS": zlib.MAX_WBITS, "decompressobj": Counting}))
+    frames = [np.full((256, 256), k, np.uint8) for k in range(40)]      # 2.6 MB inflated
+    loop = _deflated(tmp_path / "loop.dcm", frames)
+    with frame_loop():
+        for k, want in enumerate(frames):
+            assert np.array_equal(read_image(loop, frame=k), want), k
+    assert 2_600_000 < sum(inflated) < 2 * 2_600_000

@@ -455,8 +455,7 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
         if isinstance(frame, bool) or not isinstance(frame, numbers.Integral) or frame < 0:
             raise UltrasegError(f"frame must be a whole number from 0 (or None), got {frame!r}")
         frame = int(frame)
-    if is_dicom(path):
-        close_kept()
+    if is_dicom(path):      # (it closes the loop kept, or keeps its own: a deflated loop)
         return read_dicom(path, frame=frame)
     im = _open(path, frame)
     try:

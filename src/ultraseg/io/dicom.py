@@ -28,7 +28,10 @@ each), as a multi-page TIFF is, and refused where one frame is wanted (training,
 so is a DICOM file given as a mask (masks are image files: PNG...). A file that cannot be read
 is a DataError naming it, whatever pydicom raised; so is a frame beyond Pillow's guard against
 decompression bombs (checked on the header's Rows x Columns before any pixel is read), and a
-NumberOfFrames more than the file's bytes can hold.
+NumberOfFrames more than the file's bytes can hold. A deflated file (Deflated Explicit VR
+Little Endian), which pydicom inflates whole to read even its header, is inflated by ultraseg
+as far as it reads: its header alone, a frame with what comes before it, one frame held at a
+time (:class:`_Inflating`).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import math
 import re
 import sys
 import warnings
+import zlib
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -123,11 +127,87 @@ _PLUGINS = {"JPEG-LS": "pylibjpeg pylibjpeg-libjpeg", "JPEG 2000": "pylibjpeg py
             "JPEG Extended": "pylibjpeg pylibjpeg-libjpeg"}
 
 
+#: The most bytes of a deflated dataset held to read its header (what comes before its pixel
+#: data): pydicom inflates the whole dataset, pixels and all, before stop_before_pixels
+#: applies (a 1.5 MB file of 24 frames of 8000 x 8000 became 3 GB), so ultraseg inflates it
+#: itself as far as it reads (:class:`_Inflating`).
+_HEADER_BYTES = 64_000_000
+#: What a deflated file is inflated by: compressed bytes read at a time, and the bytes out
+#: at a time: those wanted, at least the least (a header's read inflates little past it),
+#: at most the most.
+_INFLATE_IN = 1 << 16
+_INFLATE_LEAST, _INFLATE_OUT = 1 << 14, 1 << 20
+#: The pixel data elements, by tag, pydicom's stop_before_pixels stops at.
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+
+class _Inflating:
+    """The dataset of a deflated DICOM file (what follows its file meta), inflated as far as
+    it is read (a file object for pydicom's parser: read, seek, tell). With ``keep`` (its
+    header), what is inflated is kept, up to :data:`_HEADER_BYTES`, beyond which it is a
+    DataError; without, what lies before the position is dropped (a frame's bytes are read
+    alone, the frames before it inflated and let go)."""
+
+    def __init__(self, f: Any, path: Path) -> None:
+        self._f, self._path, self.name = f, path, str(path)
+        self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buf = bytearray()
+        self._base = 0              # where in the inflated dataset _buf starts
+        self._pos = 0
+        self._done = False
+        self.keep = True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset + (self._pos if whence == 1 else 0)
+        if whence == 2 or self._pos < self._base:
+            raise ValueError("a deflated dataset is read forward")
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            raise ValueError("a deflated dataset is read by the size wanted")
+        self._fill(self._pos + size)
+        start = self._pos - self._base
+        out = bytes(self._buf[start:start + size])
+        self._pos += len(out)
+        return out
+
+    def _fill(self, end: int) -> None:
+        """Inflate until ``end`` (or the dataset's end) is held."""
+        while self._base + len(self._buf) < end and not self._done:
+            if not self.keep and self._pos > self._base:     # let go what lies before
+                drop = min(self._pos - self._base, len(self._buf))
+                del self._buf[:drop]
+                self._base += drop
+            data = self._z.unconsumed_tail or self._f.read(_INFLATE_IN)
+            if data:
+                want = self._base + len(self._buf) - end      # (< 0: bytes still wanted)
+                out = self._z.decompress(data, min(max(-want, _INFLATE_LEAST), _INFLATE_OUT))
+            else:
+                out, self._done = self._z.flush(), True
+            if self._z.eof:
+                self._done = True
+            self._buf += out
+            if self.keep and len(self._buf) > _HEADER_BYTES:
+                raise DataError(f"its deflated dataset inflates to more than "
+                                f"{_HEADER_BYTES / 1e6:.1f} MB before its pixel data (a "
+                                "decompression bomb?)", self._path)
+
+
 def _read(path: Path, pixels: bool) -> Any:
-    """The dataset of ``path`` (without its pixel data unless ``pixels``), or a DataError."""
+    """The dataset of ``path`` (without its pixel data unless ``pixels``), or a DataError;
+    a deflated one's header inflated alone (:func:`_deflated`)."""
     pydicom = _pydicom(path)
     try:
         with _quiet_pydicom():
+            if not pixels:
+                with open(path, "rb") as f:
+                    ds = _deflated(f, path, pydicom)
+                if ds is not None:
+                    return ds[0]
             return pydicom.dcmread(path, stop_before_pixels=not pixels)
     except pydicom.errors.InvalidDicomError as e:
         raise DataError("not a DICOM file pydicom can read (no DICM preamble)", path) from e
@@ -135,11 +215,131 @@ def _read(path: Path, pixels: bool) -> Any:
         raise DataError("file not found", path) from e
     except PermissionError as e:
         raise DataError("cannot read file: permission denied", path) from e
+    except DataError:
+        raise
     except Exception as e:      # pydicom's parsers raise what they meet: BytesLengthException,
         # NotImplementedError (an unknown VR), RecursionError (sequences nested thousands deep)
         if is_out_of_memory(e):
             raise
         raise DataError(f"unreadable or truncated DICOM file ({_said(e)})", path) from e
+
+
+def _deflated(f: Any, path: Path, pydicom: Any) -> tuple[Any, _Inflating, Any] | None:
+    """Where the file ``f`` is of the Deflated Explicit VR Little Endian transfer syntax: its
+    header (the dataset up to its pixel data: pydicom's ``stop_before_pixels``), inflated as
+    far as that alone; the :class:`_Inflating` stream, at its pixel data element if any; and
+    that element's (tag, VR, length), or None. None for any other transfer syntax (``f`` is
+    then read again from its start)."""
+    from pydicom.filereader import read_dataset, read_preamble
+
+    try:
+        read_preamble(f, False)
+        meta = pydicom.dataset.FileMetaDataset(read_dataset(
+            f, is_implicit_VR=False, is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag >> 16 != 2))
+        deflated = meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian
+    except Exception as e:      # noqa: BLE001  (what pydicom's dcmread says of the file)
+        if is_out_of_memory(e):
+            raise
+        return None
+    if not deflated:
+        return None
+    stream = _Inflating(f, path)
+    pixels: list[Any] = [None]
+
+    def at_pixels(tag: Any, vr: Any, length: int) -> bool:
+        if tag in _PIXEL_TAGS:
+            pixels[0] = (int(tag), vr, length)
+            return True
+        return False
+
+    ds = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=at_pixels)
+    ds = pydicom.dataset.FileDataset(str(path), ds, file_meta=meta, is_implicit_VR=False,
+                                     is_little_endian=True)
+    return ds, stream, pixels[0]
+
+
+class _Loop:
+    """A deflated DICOM file open at its pixel data, whose frames are read forward: a loop
+    read frame after frame inside :func:`ultraseg.io.base.frame_loop` is kept open for its
+    next frame (``io.base._kept``), so each of its bytes is inflated once, not once a frame
+    read. ``format`` names it as the kept images are named."""
+
+    format = "DICOM"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pydicom = pydicom = _pydicom(path)
+        self._f = open(path, "rb")
+        try:
+            with _quiet_pydicom():
+                self.ds, self._stream, self._element = _deflated(self._f, path, pydicom)
+                if self._element is None:
+                    return
+                self._stream.read(12)       # the element's tag, VR and length (explicit VR)
+                self._start = self._stream.tell()
+                self._stream.keep = False
+                if "NumberOfFrames" in self.ds:
+                    self.ds.NumberOfFrames = 1
+                expected = pydicom.pixels.utils.get_expected_length
+                self._bits = expected(self.ds, "pixels") if self.ds.get("BitsAllocated") == 1 \
+                    else 8 * expected(self.ds, "bytes")
+        except BaseException:
+            self._f.close()
+            raise
+
+    def close(self) -> None:
+        self._f.close()
+
+    def reaches(self, frame: int) -> bool:
+        """Whether frame ``frame`` lies ahead (a frame before it is let go)."""
+        return self._element is None or \
+            self._start + frame * self._bits // 8 >= self._stream.tell()
+
+    def frame(self, frame: int, frames: int) -> Any:
+        """The header with the pixels of frame ``frame`` alone (its NumberOfFrames 1): the
+        dataset inflated as far as that frame, each byte before it let go once inflated, so a
+        frame of a loop takes its own memory, not the loop's."""
+        if self._element is None:
+            return self.ds
+        tag, vr, _ = self._element
+        first, skip = divmod(frame * self._bits, 8)     # (1-bit frames share bytes: bits)
+        size = (skip + self._bits + 7) // 8
+        with _quiet_pydicom():
+            self._stream.seek(self._start + first)
+            data = self._stream.read(size)
+        if len(data) < size:
+            raise DataError(f"its pixel data ends before frame {frame + 1} of {frames} (a "
+                            "truncated file?)", self.path)
+        if skip or self._bits % 8:
+            data = np.packbits(np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[
+                skip:skip + self._bits], bitorder="little").tobytes()
+        self.ds[tag] = self._pydicom.dataelem.DataElement(tag, vr, data)  # (the next's after)
+        return self.ds
+
+
+def _deflated_frame(path: Path, frame: int, frames: int) -> Any:
+    """:meth:`_Loop.frame` of the deflated DICOM file ``path``: of the loop kept open for it
+    where it reaches the frame, kept open for the next inside a frame loop."""
+    from .base import _file_key, _kept, _take_kept
+
+    key = _file_key(path, path.stat())
+    taken = _take_kept(key, frame)
+    loop = taken[0] if taken is not None else None
+    if loop is not None and not loop.reaches(frame):
+        loop.close()
+        loop = None
+    loop = loop or _Loop(path)
+    try:
+        ds = loop.frame(frame, frames)
+    except BaseException:
+        loop.close()
+        raise
+    if getattr(_kept, "depth", 0) and frame < frames - 1:
+        _kept.entry = (key, loop, frame)
+    else:
+        loop.close()
+    return ds
 
 
 def _said(error: BaseException) -> str:
@@ -246,7 +446,7 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
 def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     """:func:`read_dicom`, whose errors other than DataError are the file's damage."""
     from ..preprocess import to_gray     # (preprocess reads through io: imported here)
-    from .base import SeveralFrames, inverted, say_colour, to_uint8
+    from .base import SeveralFrames, close_kept, inverted, say_colour, to_uint8
 
     # the header first: the frame's size is checked before any pixel is read; a loop's frame
     # is decoded alone, from the file (pydicom reads no other frame's bytes), but a deflated one
@@ -258,11 +458,16 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
         raise DataError(f"holds {frames} frame{'s' * (frames != 1)}: no frame {frame} (frames "
                         "count from 0)", path)
     _check_size(ds, path)
+    index = frame if frame is not None and frames > 1 else None
     # (pydicom's pixel_array(path, index=) reads the file's bytes as they are, which a
-    # deflated dataset is not: its frame is taken from the dataset read whole)
+    # deflated dataset is not: its frame is inflated alone)
     whole = frame is None or _is(_syntax(ds), "is_deflated")
-    if whole:
-        ds = _read(path, pixels=True)
+    if _is(_syntax(ds), "is_deflated"):
+        ds, index = _deflated_frame(path, frame or 0, frames), None
+    else:
+        close_kept()                    # another file read: the loop kept is done with
+        if whole:
+            ds = _read(path, pixels=True)
     if frame is None and "PixelData" not in ds:
         raise DataError("holds no image (no Pixel Data: a report or a structured document?)",
                         path)
@@ -270,7 +475,6 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     pydicom = _pydicom(path)
     try:
         with _quiet_pydicom():
-            index = frame if frame is not None and frames > 1 else None
             if whole:
                 arr = pydicom.pixels.pixel_array(ds, index=index)   # YCbCr comes back as RGB
             else:
