@@ -370,6 +370,16 @@ def test_a_csv_cell_holds_a_float_to_the_last_digit() -> None:
         "0", "32", "", "")
 
 
+def test_a_path_cell_starting_as_a_formula_is_made_relative_not_quoted() -> None:
+    """A path a user opens (the image of per_image.csv) gets ./ where a name gets an
+    apostrophe: '-a.png names no file, ./-a.png is the same file and no formula."""
+    from ultraseg.fileio import csv_text
+
+    rows = [{"name": "-a", "image": "-a.png"}, {"name": "@b", "image": "/x/@b.png"}]
+    assert csv_text(["name", "image"], rows, paths=("image",)) == (
+        "name,image\n'-a,./-a.png\n'@b,/x/@b.png\n")
+
+
 def test_a_line_file_replaces_the_earlier_file_at_once_and_keeps_whole_lines(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A table written row by row (measure's, predict's): each line is on disk as it is

@@ -131,6 +131,32 @@ def test_predictions_csv_maps_each_image_to_its_outputs(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_path_cells_starting_as_a_formula_still_name_their_files(tmp_path, monkeypatch):
+    """predictions.csv's mask and overlay cells, and the image cell of it and of
+    measurements.csv, are paths a program opens: a file named -5_1.png had its cells written
+    as '-5_1_mask.png (the spreadsheet guard's apostrophe), a file that does not exist. A
+    relative path starting with = + - @ is written ./-5_1_mask.png now, the same file and no
+    formula; the name cell keeps the apostrophe."""
+    names = ["-5_1", "=x_2", "@y_3", "+z_4", "plain_5"]
+    for k, n in enumerate(names):
+        save(tmp_path / "in" / f"{n}.png", ramp(6, 6, k))
+    monkeypatch.chdir(tmp_path / "in")         # relative inputs: the image cells too
+    frames = collect_frames([Path(f"{n}.png") for n in names])
+    out = tmp_path / "out"
+    write_predictions(pixel_predictor(), frames, out, overlay=True)
+    measure_frames(pixel_predictor(), frames, out=tmp_path / "m")
+    _, predicted = _table(out / "predictions.csv")
+    _, measured = _table(tmp_path / "m" / "measurements.csv")
+    for table in (predicted, measured):
+        assert [r["name"] for r in table] == ["'-5_1", "'=x_2", "'@y_3", "'+z_4", "plain_5"]
+        assert all(Path(r["image"]).is_file() for r in table)
+        assert table[0]["image"] == "./-5_1.png" and table[-1]["image"] == "plain_5.png"
+        assert all(not v.startswith(("=", "+", "-", "@")) for r in table for v in r.values())
+    for r in predicted:
+        assert (out / r["mask"]).is_file() and (out / r["overlay"]).is_file()
+    assert predicted[0]["mask"] == "./-5_1_mask.png"
+
+
 def test_collect_frames_order_follows_inputs_then_natural_order(tmp_path):
     for n in (10, 2, 1):
         save(tmp_path / "d" / f"{n}.png", ramp(4, 4))

@@ -630,7 +630,7 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
     for r in rows:
         keys += [k for k in r if k not in keys]
     # both or neither: a full disk at the second left the first new beside the old other
-    atomic_write_texts({out / "per_image.csv": csv_text(keys, rows),
+    atomic_write_texts({out / "per_image.csv": csv_text(keys, rows, paths=("image",)),
                         out / "summary.json": json_text(summary, indent=2)})
 
 

@@ -30,7 +30,7 @@ import tempfile
 import threading
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, Collection, Iterable, Iterator, Mapping, Sequence
 
 from .errors import UltrasegError
 
@@ -394,12 +394,14 @@ def json_text(value: Any, indent: int | None = None) -> str:
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def csv_cell(value: Any) -> Any:
+def csv_cell(value: Any, path: bool = False) -> Any:
     """``value`` as a CSV cell of ultraseg's tables: None and NaN empty, floats in the
     fewest digits that read back as the same float (a figure recomputed from the table is
     the summary's to the last bit; a whole number without its ``.0``), and text that a
     spreadsheet would run as a formula (a received frame named ``=HYPERLINK(...)``) after
-    an apostrophe, which it shows as text."""
+    an apostrophe, which it shows as text. A ``path`` (a file a user opens: predict's mask)
+    starting so is relative (an absolute one starts with ``/``) and gets ``./`` instead: the
+    same file, where ``'-5_mask.png`` would name none."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -408,21 +410,21 @@ def csv_cell(value: Any) -> Any:
         text = repr(float(value))       # (an np.float64's repr names its type)
         return text[:-2] if text.endswith(".0") else text
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
+        return ("./" if path else "'") + value
     return value
 
 
-def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], header: bool = True
-             ) -> str:
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], header: bool = True,
+             paths: Collection[str] = ()) -> str:
     """``rows`` as the CSV text of ultraseg's tables: header ``columns`` (unless not
     ``header``), LF line ends, each cell through :func:`csv_cell` (a column a row lacks:
-    empty)."""
+    empty), those of the columns ``paths`` as paths."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     if header:
         writer.writeheader()
     for r in rows:
-        writer.writerow({k: csv_cell(r.get(k)) for k in columns})
+        writer.writerow({k: csv_cell(r.get(k), path=k in paths) for k in columns})
     return buf.getvalue()
 
 

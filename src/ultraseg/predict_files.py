@@ -520,7 +520,8 @@ class _FrameTable:
     those it made). A file that cannot be written does not stop the run: :meth:`close` raises
     its error at the end, naming the files the rows it does not hold list (cells of the
     columns ``files``: predict's masks and overlays, written, listed nowhere else). A run that
-    stops calls :meth:`stopped`.
+    stops calls :meth:`stopped`. The ``image`` cells and those of ``files`` are paths a user
+    opens (:func:`~ultraseg.fileio.csv_cell`'s ``path``: ``./-5.png``, not ``'-5.png``).
     """
 
     def __init__(self, path: Path | None, columns: Sequence[str], frames: Sequence[Frame],
@@ -535,6 +536,7 @@ class _FrameTable:
         self.file: LineFile | None = None
         self.error: UltrasegError | None = None     # why the file could not be written
         self.files = tuple(files)
+        self.paths = ("image", *self.files)
         self.unlisted: list[str] = []               # files of rows the file does not hold
         if path is not None:
             try:
@@ -574,7 +576,7 @@ class _FrameTable:
         if self.file is None or not rows:
             return
         try:
-            self.file.write(csv_text(self.columns, rows, header=False))
+            self.file.write(csv_text(self.columns, rows, header=False, paths=self.paths))
         except UltrasegError as e:
             self.error = e
             self._drop()
