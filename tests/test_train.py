@@ -285,7 +285,9 @@ def test_training_layout_is_contiguous_for_fp32_on_a_cpu_without_avx512_only(mon
 
 def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys) -> None:
     """--val-fraction 0: every frame trains, each epoch's weights become best.ckpt, the
-    post-processing stays at its defaults, and the run says there is no validation Dice."""
+    post-processing stays at its defaults, and the run says there is no validation Dice.
+    metrics.csv's validation cells are empty, as the other tables write an undefined value
+    (they held the text nan)."""
     run = tmp_path / "run"
     rc = _train_tiny(tmp_path, run, "--epochs", "2", "--val-fraction", "0")
     out = capsys.readouterr().out
@@ -293,6 +295,11 @@ def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys) -> None:
     assert "last epoch 2 kept (no validation split" in out and "val Dice" not in out
     log = (run / "train.log").read_text()
     assert "epoch 2: train loss" in log and "nan" not in log
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["val_loss"], r["val_dice"]) for r in rows] == [("1", "", ""),
+                                                                          ("2", "", "")]
+    assert all(float(r["train_loss"]) > 0 and float(r["lr"]) > 0 for r in rows)
     split = json.loads((run / "split.json").read_text())
     assert split["val"] == [] and len(split["train"]) == 20
     best, last = load_checkpoint(run / "best.ckpt"), load_checkpoint(run / "last.ckpt")

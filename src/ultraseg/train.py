@@ -15,8 +15,6 @@ to stop are agreed, and only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import math
@@ -39,7 +37,7 @@ from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, read_split_doc, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import DataError, UltrasegError, command_line, is_out_of_memory
-from .fileio import atomic_write_text, output_lock
+from .fileio import atomic_write_text, csv_text, output_lock
 from .geometry import largest_valid_output
 from .io import Dataset, open_dataset, select_label, with_white
 from .io.base import check_label, said_once
@@ -272,14 +270,15 @@ def validate(model: torch.nn.Module, frames: np.ndarray, masks: np.ndarray, cfg:
 
 
 # ---------------------------------------------------------------------------------- the run
+#: metrics.csv's columns: one row per epoch.
+METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "complete")
+
+
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    keys = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "complete"]
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow(row)
-    atomic_write_text(path, buf.getvalue())
+    """``metrics.csv``: ``history``'s rows as ultraseg's other tables write theirs
+    (:func:`~ultraseg.fileio.csv_text`: an undefined value, a run's val_loss without a
+    validation side, is an empty cell)."""
+    atomic_write_text(path, csv_text(METRICS_COLUMNS, history))
 
 
 def _number(v: object) -> bool:
