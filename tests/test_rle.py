@@ -35,6 +35,20 @@ def test_non_square_orientation() -> None:
     np.testing.assert_array_equal(decode("3 1 6 1", (2, 3)), m)
 
 
+def test_a_probability_map_is_refused_and_masks_of_any_dtype_encode_alike() -> None:
+    """encode read any array as bool: a probability map passed by mistake encoded every pixel
+    above 0 as the structure. It takes a mask by measure's rule (bool, or 0 and one other
+    value) and refuses anything else, saying to threshold it."""
+    probs = np.where(SMALL, 0.9, 0.01)
+    for bad in (probs, probs.astype(np.float32), (probs * 255).astype(np.uint8),
+                np.where(SMALL, 0.5, np.nan)):
+        with pytest.raises(UltrasegError, match=r"encode takes a mask.*threshold it"):
+            encode(bad)
+    for same in (SMALL.astype(np.uint8), SMALL.astype(np.uint8) * 255,
+                 SMALL.astype(np.float32), SMALL.astype(np.int64), probs >= 0.5):
+        assert encode(same) == SMALL_RLE
+
+
 def test_empty_and_full() -> None:
     assert encode(np.zeros((4, 5), bool)) == ""
     assert not decode("", (4, 5)).any()

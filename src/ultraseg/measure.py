@@ -179,23 +179,23 @@ def _object(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels == int(np.argmax(sizes)), n
 
 
-def binary_mask(mask: Any) -> np.ndarray:
+def binary_mask(mask: Any, taker: str = "measure") -> np.ndarray:
     """``mask`` as bool: a bool array, or numbers (integers or floats alike) holding 0 and at
     most one other value (0/1, 0/255). Anything else is no mask: more than one value besides
-    0 (a probability map, a grey image) or NaN is refused (:class:`UltrasegError`), as it
-    would read every pixel above 0 as the object."""
+    0 (a probability map, a grey image) or NaN is refused (:class:`UltrasegError`, saying
+    that ``taker`` takes a mask), as it would read every pixel above 0 as the object."""
     mask = np.asarray(mask)
     if mask.dtype == bool:
         return mask
     if mask.dtype.kind not in "iuf":
-        raise UltrasegError(f"measure takes a mask (bool, or numbers 0/1 or 0/255), "
+        raise UltrasegError(f"{taker} takes a mask (bool, or numbers 0/1 or 0/255), "
                             f"got an array of {mask.dtype}")
     found = mask[mask != 0]
     if found.size and not (found == found.flat[0]).all():       # (NaN equals nothing)
         kind = ("a probability map?" if mask.dtype.kind == "f" else
                 "a grey image or probabilities scaled to integers?")
         raise UltrasegError(
-            f"measure takes a mask (bool, or 0 and one other value such as 0/1 or 0/255), and "
+            f"{taker} takes a mask (bool, or 0 and one other value such as 0/1 or 0/255), and "
             f"values {_some_values(mask)} are not a mask ({kind}): threshold it (probs >= 0.5) "
             f"or use Predictor.predict, which gives the post-processed mask; for one label of "
             f"a label mask, mask == label")

@@ -14,14 +14,19 @@ import numpy as np
 
 from .errors import UltrasegError
 from .fileio import atomic_open
+from .measure import binary_mask
 
 
 def encode(mask: np.ndarray) -> str:
-    """Encode a bool (H, W) mask as Kaggle run-length pairs (column-major, 1-based starts)."""
+    """Encode a bool (H, W) mask as Kaggle run-length pairs (column-major, 1-based starts).
+
+    Numbers holding 0 and one other value (0/1, 0/255) are a mask too; anything else (a
+    probability map, whose every pixel above 0 would be the structure) is refused as
+    :func:`ultraseg.measure.measure` refuses it (:func:`~ultraseg.measure.binary_mask`)."""
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"encode expects a 2D mask, got shape {m.shape}")
-    flat = np.concatenate([[False], m.astype(bool).flatten(order="F"), [False]])
+    flat = np.concatenate([[False], binary_mask(m, "encode").flatten(order="F"), [False]])
     edges = np.flatnonzero(flat[1:] != flat[:-1])   # run starts (0-based) and ends, alternating
     starts, ends = edges[0::2], edges[1::2]
     pairs = np.column_stack([starts + 1, ends - starts]).ravel()
