@@ -1393,6 +1393,34 @@ def test_temporary_files_are_removed_only_where_the_run_writes(tmp_path):
     assert all(p.exists() for p in theirs)
 
 
+def test_a_subfolder_of_out_that_links_outside_it_is_refused(tmp_path):
+    """A subfolder of --out linked to another command's output folder lost that command's
+    temporary file (its write in progress) and got this run's masks, where the same folder
+    unlinked is left alone: the guard compared the link's path, not where it leads (a
+    security review, D3). A link that stays inside --out is written through."""
+    save(tmp_path / "in" / "a" / "x.png", ramp(6, 6))     # (the names collide: the masks
+    save(tmp_path / "in" / "b" / "x.png", ramp(6, 6))     # go in OUT/a/ and OUT/b/)
+    victim, out = tmp_path / "victim", tmp_path / "o"
+    victim.mkdir()
+    out.mkdir()
+    (victim / OUTPUT_MARKER).write_text("written by ultraseg predict/measure\n")
+    inflight = victim / ".x_mask.png.zz9.tmp"
+    inflight.write_text("x")
+    (out / "a").symlink_to(Path("..") / "victim")
+    frames = collect_frames([tmp_path / "in"])
+    for run in (lambda: write_predictions(pixel_predictor(), frames, out),
+                lambda: measure_frames(pixel_predictor(), frames, out=out)):
+        with pytest.raises(UltrasegError, match="links outside the output folder") as e:
+            run()
+        assert str(out / "a") in str(e.value) and str(victim) in str(e.value)
+        assert sorted(p.name for p in victim.iterdir()) == [OUTPUT_MARKER, inflight.name]
+    (out / "a").unlink()
+    (out / "mine").mkdir()
+    (out / "a").symlink_to("mine")                       # inside --out: written through
+    write_predictions(pixel_predictor(), frames, out)
+    assert (out / "mine" / "x_mask.png").is_file() and (out / "b" / "x_mask.png").is_file()
+
+
 @pytest.mark.parametrize("pp, words", [
     (PostprocessConfig(threshold=50), "postprocess.threshold must lie in [0, 1], got 50"),
     (PostprocessConfig(min_area=-3), "postprocess.min_area must be >= 0, got -3"),

@@ -425,10 +425,17 @@ def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
         raise UltrasegError(f"cannot create the output folder ({failure_reason(e)})", out) from e
     if not out.is_dir():
         raise UltrasegError("the output path is not a folder", out)
+    folders = {out / PurePosixPath(n).parent for n in names}
+    top = _real(out)
+    for folder in sorted(folders):      # (each write, each sweep stays inside --out)
+        if not _real(folder).is_relative_to(top):
+            raise UltrasegError(f"links outside the output folder (to {_real(folder)}), where "
+                                f"this run would write; remove the link or choose another "
+                                f"--out", folder)
     earlier = (out / OUTPUT_MARKER).is_file() and any(     # (the lock file: this command's)
         p.name not in (OUTPUT_MARKER, LOCK_FILE) for p in out.iterdir())
     mark_output_folder(out, "predict/measure")
-    _remove_temporaries(out, {out / PurePosixPath(n).parent for n in names}, rle)
+    _remove_temporaries(out, folders, rle)
     if earlier:     # old overlays or a submission may not match the new masks
         log.warning("%s holds an earlier run's outputs: the files this run writes replace "
                     "theirs, the others stay as they were", out)
@@ -474,8 +481,11 @@ def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
 
 def _held_elsewhere(folder: Path, out: Path) -> bool:
     """Whether ``folder``, below ``out``, or a folder between them is another command's: it
-    holds an output marker or a lock of its own."""
+    holds an output marker or a lock of its own. A folder that leads outside ``out`` (through
+    a link) is never this command's."""
     here, top = _real(folder), _real(out)
+    if not here.is_relative_to(top):
+        return True
     while here != top and top in here.parents:
         if (here / OUTPUT_MARKER).exists() or (here / LOCK_FILE).exists():
             return True
