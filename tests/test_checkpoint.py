@@ -395,6 +395,29 @@ def test_damaged_metadata_refused(tmp_path) -> None:
             load_checkpoint(tmp_path / f"{name}.ckpt")
 
 
+def test_a_working_size_beyond_any_frame_is_refused_naming_the_model(tmp_path) -> None:
+    """A shared checkpoint whose preprocess.size was 200000 loaded, and predict then asked
+    for a 200000 x 200000 canvas (160 GB as floats), its out-of-memory error blaming the
+    64 x 64 image (a security review, D5)."""
+    from ultraseg.config import MAX_SIZE
+
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    sd = build_model(cfg).state_dict()
+    for size in (MAX_SIZE, 200_000):
+        meta = make_meta(cfg, PreprocessConfig(size=size), PostprocessConfig())
+        path = tmp_path / f"s{size}.ckpt"
+        torch.save({"format": FORMAT, "meta_json": json.dumps(meta), "state_dict": sd,
+                    "train_state": {}}, path)
+        if size == MAX_SIZE:
+            assert load_checkpoint(path).preprocess.size == MAX_SIZE
+            continue
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        said = str(err.value)
+        assert str(path) in said and "preprocess.size" in said and "200000" in said
+        assert f"1 to {MAX_SIZE}" in said and "\n" not in said
+
+
 def test_newer_format_refused(tmp_path) -> None:
     cfg = ModelConfig(variant="same", width=4, depth=2)
     meta = make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig())

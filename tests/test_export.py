@@ -617,6 +617,21 @@ def test_an_export_whose_model_depth_does_not_fit_its_graph_is_refused(exported,
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+def test_an_export_whose_working_size_is_beyond_any_frame_is_refused(exported, tmp_path):
+    """preprocess.size 200000 in a shared ONNX file's metadata loaded, and predict then asked
+    for a 200000 x 200000 canvas (160 GB as floats), its out-of-memory error blaming the
+    64 x 64 image (a security review, D5): refused on loading, as a checkpoint's is."""
+    from ultraseg.config import MAX_SIZE
+
+    path = _with_meta(exported["same"][1], tmp_path / "m.onnx",
+                      lambda meta: meta["preprocess"].update(size=200_000))
+    with pytest.raises(CheckpointError, match="preprocess.size") as err:
+        load(path)
+    said = str(err.value)
+    assert str(path) in said and "200000" in said and f"1 to {MAX_SIZE}" in said
+    assert "\n" not in said
+
+
 def test_an_export_with_a_setting_this_ultraseg_lacks_is_called_newer_not_damaged(exported,
                                                                                   tmp_path):
     """An export made by a later build (a preprocess setting added since) was refused as

@@ -27,7 +27,7 @@ import torch
 
 from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
-                     model_problem, postprocess_problem)
+                     model_problem, postprocess_problem, size_problem)
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_bytes, hash_file, json_text
 
@@ -137,9 +137,9 @@ def load_checkpoint(path: str | Path, sha256: bool = False) -> Checkpoint:
             train_state=payload.get("train_state") or {},
             sha256=digest,
         )
-        size = ckpt.preprocess.size
-        if size is not None and size < 1:
-            raise ValueError(f"preprocess.size must be >= 1, got {size}")
+        problem = size_problem(ckpt.preprocess)     # (200000: a 160 GB canvas)
+        if problem:
+            raise ValueError(f"preprocess.{problem[0]} {problem[1]}")
         problem = postprocess_problem(ckpt.postprocess)
         if problem:
             raise ValueError(f"postprocess.{problem[0]} {problem[1]}")

@@ -233,6 +233,14 @@ def model_problem(model: ModelConfig) -> tuple[str, str] | None:
     return None
 
 
+#: Upper bound of ``PreprocessConfig.size``, the side of the working canvas every frame is
+#: resized to: 16384 (2**14, so a multiple of 2**depth at every depth up to MAX_DEPTH) is far
+#: beyond any real ultrasound frame (about 1000 px) or trained size (128 to 512 px), and its
+#: canvas (268 Mpx) beyond the largest image ultraseg reads (twice Pillow's 89 Mpx guard);
+#: still 1 GiB as float32 a frame. A model file that says 200000 asked for 160 GB.
+MAX_SIZE = 16384
+
+
 @dataclass(frozen=True)
 class PreprocessConfig(_Section):
     """From a decoded frame to the network's input.
@@ -297,6 +305,17 @@ def check_postprocess(pp: Any) -> None:
     problem = postprocess_problem(pp)
     if problem:
         raise UltrasegError(f"postprocess.{problem[0]} {problem[1]}")
+
+
+def size_problem(pp: PreprocessConfig) -> tuple[str, str] | None:
+    """``(setting, what is wrong)`` for a working ``size`` outside 1 to :data:`MAX_SIZE`
+    (None, a frame's own size, is none), else None (its type is check_types's): what a model
+    file (a checkpoint, an ONNX file's metadata) records is checked when it is loaded."""
+    v = pp.size
+    if isinstance(v, int) and not isinstance(v, bool) and not 1 <= v <= MAX_SIZE:
+        return "size", (f"must be a whole number from 1 to {MAX_SIZE}, got {v}: a canvas of "
+                        f"{v} x {v} pixels, {4 * v * v / 1e9:.1f} GB as floats a frame")
+    return None
 
 
 def postprocess_problem(pp: PostprocessConfig) -> tuple[str, str] | None:

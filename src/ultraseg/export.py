@@ -43,7 +43,7 @@ import numpy as np
 
 from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
-                     model_problem)
+                     model_problem, size_problem)
 from .errors import CheckpointError, UltrasegError
 from .fileio import hash_file, json_text, parse_json
 from .geometry import context_margin, nearest_valid_output, same_padded_size
@@ -557,6 +557,9 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
         preprocess = PreprocessConfig.from_dict(meta["preprocess"])
         postprocess = PostprocessConfig.from_dict(meta["postprocess"])
         check_graph_depth(model, graph)
+        problem = size_problem(preprocess)      # (as load_checkpoint: a 160 GB canvas)
+        if problem:
+            raise ValueError(f"preprocess.{problem[0]} {problem[1]}")
     except UnknownSettings as e:     # a setting added since this ultraseg: as load_checkpoint
         raise e.in_file(meta, path) from e
     except Exception as e:
