@@ -542,6 +542,49 @@ def _external(source: Path, folder: Path, scale: float = 1.0) -> Path:
     return folder / "model.onnx"
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes: POSIX")
+@pytest.mark.parametrize("entry", ["fifo", "link-outside", "dot-dot"])
+def test_external_data_that_is_no_plain_file_in_the_model_s_folder_is_refused(
+        exported, tmp_path, entry):
+    """An ONNX file whose external data entry named a FIFO blocked predict for ever, in the
+    open() that hashes it, before ONNX Runtime's own check of the path (a security review,
+    D6); one leading outside the model's folder was read and hashed before ONNX Runtime
+    refused it. Each is refused, naming the model and the entry, before it is opened; the
+    load runs in a process of its own, so that a regression fails on its timeout."""
+    path = _external(exported["same"][1], tmp_path / "m")
+    data = tmp_path / "m" / "model.onnx.data"
+    name = "model.onnx.data"
+    if entry == "fifo":
+        data.unlink()
+        os.mkfifo(data)
+    elif entry == "link-outside":
+        data.rename(tmp_path / "w.data")
+        data.symlink_to(Path("..") / "w.data")
+    else:
+        data.rename(tmp_path / "w.data")
+        name = "../w.data"
+        model = onnx.load(str(path), load_external_data=False)
+        for t in model.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = name
+        path.write_bytes(model.SerializeToString())
+    code = textwrap.dedent(f"""
+        from ultraseg.errors import CheckpointError
+        from ultraseg.export import onnx_predictor
+        try:
+            onnx_predictor({str(path)!r})
+        except CheckpointError as e:
+            print(e)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.strip()
+    assert said.startswith(f"{path}: ") and repr(name) in said and "\n" not in said
+    assert "not a plain file inside the model's folder" in said
+
+
 def test_the_recorded_hash_of_an_onnx_model_covers_its_external_data(exported, tmp_path):
     """Weights saved beside the graph (onnx's external data: model.onnx.data) were outside
     the hash: two models with other weights in the same graph were recorded as one."""

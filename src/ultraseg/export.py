@@ -34,6 +34,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -58,6 +59,9 @@ META_KEY = "ultraseg"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
 _INSTALL = "ONNX support is not installed: pip install 'ultraseg[onnx]'"
+
+#: Open a model's external data file without waiting (a named pipe would block the open).
+_NO_WAIT = getattr(os, "O_NONBLOCK", 0)
 
 
 def _import_error(e: ImportError, module: str) -> UltrasegError:
@@ -488,7 +492,28 @@ def _external_data(data: bytes, path: Path) -> list[Path]:
     names = {entry.value for t in _tensors(model.graph)
              if t.data_location == onnx.TensorProto.EXTERNAL
              for entry in t.external_data if entry.key == "location"}
-    return [path.parent / name for name in sorted(names)]
+    return [(name, path.parent / name) for name in sorted(names)]
+
+
+def _open_external(name: str, extra: Path, path: Path) -> Any:
+    """The external data file ``extra`` (the entry ``name`` of the ONNX file at ``path``)
+    opened for reading, where it is a plain file inside the model's folder, its links followed
+    (as ONNX Runtime asks); else a CheckpointError naming both. Opened without waiting: a
+    named pipe there blocked the load for ever, before ONNX Runtime's own check of the path."""
+    where, folder = Path(os.path.realpath(extra)), Path(os.path.realpath(path.parent))
+    if where == folder or not where.is_relative_to(folder):
+        raise CheckpointError(f"its external data entry {name!r} is not a plain file inside "
+                              f"the model's folder (it leads to {where})", path)
+    try:
+        f = open(extra, "rb", opener=lambda p, flags: os.open(p, flags | _NO_WAIT))
+    except OSError as e:
+        raise CheckpointError(f"cannot read its external data file {name!r} "
+                              f"({e.strerror or e})", path) from e
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise CheckpointError(f"its external data entry {name!r} is not a plain file inside "
+                              f"the model's folder (a named pipe, a device or a folder)", path)
+    return f
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
@@ -530,12 +555,8 @@ def onnx_predictor(path: str | Path, providers: list[str] | None = None,
             data = opened[0].read()
         except OSError as e:
             raise CheckpointError(f"cannot read the ONNX file ({e.strerror or e})", path) from e
-        for extra in _external_data(data, path):
-            try:
-                opened.append(held.enter_context(open(extra, "rb")))
-            except OSError as e:
-                raise CheckpointError(f"cannot read its external data file {extra.name} "
-                                      f"({e.strerror or e})", path) from e
+        for name, extra in _external_data(data, path):
+            opened.append(held.enter_context(_open_external(name, extra, path)))
         was = [_identity(os.fstat(f.fileno())) for f in opened]
         try:
             sess = _session(_model_source(path, data), providers, threads)
