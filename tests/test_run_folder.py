@@ -8,9 +8,9 @@ import pytest
 
 from ultraseg.config import preset
 from ultraseg.errors import UltrasegError
-from ultraseg.run_folder import (REFUSED_RUN_FILES, holds_run, open_run, recipe_differences,
-                                 remove_refused_run, remove_temporaries, run_log,
-                                 with_execution)
+from ultraseg.run_folder import (REFUSED_RUN_FILES, EarlyWarnings, holds_run, open_run,
+                                 recipe_differences, remove_refused_run, remove_temporaries,
+                                 run_log, with_execution)
 
 
 class _Kept(logging.Handler):
@@ -253,3 +253,32 @@ def test_a_run_s_log_ends_saying_why_the_run_stopped(tmp_path, stop, said) -> No
     assert lines[0].endswith("epoch 3 saved")
     assert said in lines[1], text
     assert ("Traceback" in text) == isinstance(stop, RuntimeError), text
+
+
+def test_early_warnings_leave_the_logger_once_a_run_s_log_takes_them(tmp_path) -> None:
+    """The warnings kept before a run's log opens stopped being kept only where nothing else
+    had the package's handlers saved: run_log saved them (the keeper among them) before it
+    took the keeper off, so it went on keeping every warning of the run, and where two runs'
+    logs overlapped (threads) the one left last put the other's keeper back on the logger for
+    good. Now each keeps what came before its log alone and leaves no handler behind."""
+    log = logging.getLogger("ultraseg.train")
+    pkg = logging.getLogger("ultraseg")
+    before = list(pkg.handlers)
+    first, second = EarlyWarnings(), EarlyWarnings()
+    first.__enter__()
+    log.warning("before the first")
+    first_log = run_log(tmp_path / "a.log", first)
+    first_log.__enter__()
+    second.__enter__()
+    log.warning("before the second")
+    second_log = run_log(tmp_path / "b.log", second)
+    second_log.__enter__()
+    log.warning("during both")
+    first_log.__exit__(None, None, None)       # the first run's log closes before the second's
+    first.__exit__(None, None, None)
+    second_log.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    assert [r.getMessage() for r in first.records] == ["before the first"]
+    assert [r.getMessage() for r in second.records] == ["before the second"]
+    assert pkg.handlers == before
+    assert "before the first" in (tmp_path / "a.log").read_text()

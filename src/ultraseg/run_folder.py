@@ -293,6 +293,9 @@ def run_log(path: Path, earlier: EarlyWarnings | None = None) -> Iterator[RunWar
         handler.addFilter(lambda record: record.thread == own)
     pkg_log = logging.getLogger("ultraseg")
     with _RUN_LOG_LOCK:
+        # (the keeper off the logger before its handlers are saved: put back with them, it
+        # kept on keeping)
+        early = earlier.taken() if earlier is not None else []
         if _RUN_LOGS == 0:
             _RUN_LOG_STATE[:] = [pkg_log.level, pkg_log.propagate, list(pkg_log.handlers)]
             forward = _Forward(pkg_log.getEffectiveLevel(), list(pkg_log.handlers),
@@ -306,7 +309,7 @@ def run_log(path: Path, earlier: EarlyWarnings | None = None) -> Iterator[RunWar
         pkg_log.addHandler(file_handler)
         pkg_log.addHandler(warned)
     try:
-        for record in earlier.taken() if earlier is not None else ():
+        for record in early:
             file_handler.handle(record)
             warned.handle(record)
         yield warned
