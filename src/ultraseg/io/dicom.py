@@ -292,9 +292,11 @@ class _Loop:
         self._f.close()
 
     def reaches(self, frame: int) -> bool:
-        """Whether frame ``frame`` lies ahead (a frame before it is let go)."""
+        """Whether frame ``frame`` is still held or lies ahead (a frame before it is let go):
+        its first byte not before what the stream holds, not where it was last read to, as
+        1-bit frames share a byte with the frame before."""
         return self._element is None or \
-            self._start + frame * self._bits // 8 >= self._stream.tell()
+            self._start + frame * self._bits // 8 >= self._stream._base
 
     def frame(self, frame: int, frames: int) -> Any:
         """The header with the pixels of frame ``frame`` alone (its NumberOfFrames 1): the
