@@ -920,7 +920,9 @@ def test_a_deflated_loop_read_frame_after_frame_is_inflated_once(tmp_path, monke
     frame after frame inside a frame loop (as predict and inspect read them), the loop is kept
     open at the frame it reached: each of its bytes is inflated about once, not once a frame.
     1-bit frames that do not end on a byte share one with the next: that loop was reopened and
-    inflated from its start for almost every frame."""
+    inflated from its start for almost every frame. The header was inflated and parsed again
+    for each frame, which the kept loop holds: read twice in all (for the first frame, then
+    by the loop it opens)."""
     import zlib
 
     from ultraseg.io import dicom, frame_loop
@@ -953,8 +955,11 @@ def test_a_deflated_loop_read_frame_after_frame_is_inflated_once(tmp_path, monke
         ds.PixelData = pydicom.pixels.pack_bits(np.stack(frames).ravel())
         ds.save_as(loop, enforce_file_format=True)
     size = len(np.stack(frames).ravel()) * bits // 8                    # 1.6 MB (1 bit)
+    headers, header = [], dicom._deflated
+    monkeypatch.setattr(dicom, "_deflated", lambda *a: headers.append(a) or header(*a))
     with frame_loop():
         for k, want in enumerate(frames):
             got = read_image(loop, frame=k)
             assert np.array_equal(got if bits == 8 else got > 0, want), k
     assert size < sum(inflated) < 2 * size
+    assert len(headers) == 2

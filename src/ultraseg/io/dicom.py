@@ -274,6 +274,7 @@ class _Loop:
         try:
             with _quiet_pydicom():
                 self.ds, self._stream, self._element = _deflated(self._f, path, pydicom)
+                self.frames = _frames(self.ds, path)    # (before its NumberOfFrames is 1)
                 if self._element is None:
                     return
                 self._stream.read(12)       # the element's tag, VR and length (explicit VR)
@@ -342,6 +343,21 @@ def _deflated_frame(path: Path, frame: int, frames: int) -> Any:
     else:
         loop.close()
     return ds
+
+
+def _kept_loop(path: Path) -> _Loop | None:
+    """The deflated loop kept open for ``path``'s file (:func:`_deflated_frame`), if any:
+    its header read, not inflated and parsed again for each frame."""
+    from .base import _file_key, _kept
+
+    last = getattr(_kept, "entry", None)
+    if last is None or not isinstance(last[1], _Loop):
+        return None
+    try:
+        key = _file_key(path, path.stat())
+    except OSError:             # (said by the header's read)
+        return None
+    return last[1] if last[0] == key else None
 
 
 def _said(error: BaseException) -> str:
@@ -452,8 +468,10 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
 
     # the header first: the frame's size is checked before any pixel is read; a loop's frame
     # is decoded alone, from the file (pydicom reads no other frame's bytes), but a deflated one
-    ds = _read(path, pixels=False)
-    frames = _frames(ds, path)
+    # (from the loop kept open for it, whose header is read already)
+    loop = _kept_loop(path) if frame is not None else None
+    ds = loop.ds if loop is not None else _read(path, pixels=False)
+    frames = loop.frames if loop is not None else _frames(ds, path)
     if frames > 1 and frame is None:
         raise SeveralFrames(path, f"holds {frames} frames (a cine loop?)")
     if frame is not None and not 0 <= frame < frames:
@@ -463,12 +481,12 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     index = frame if frame is not None and frames > 1 else None
     # (pydicom's pixel_array(path, index=) reads the file's bytes as they are, which a
     # deflated dataset is not: its frame is inflated alone)
-    whole = frame is None or _is(_syntax(ds), "is_deflated")
-    if _is(_syntax(ds), "is_deflated"):
-        ds, index = _deflated_frame(path, frame or 0, frames), None
+    deflated = _is(_syntax(ds), "is_deflated")
+    if deflated:
+        ds = _deflated_frame(path, frame or 0, frames)
     else:
         close_kept()                    # another file read: the loop kept is done with
-        if whole:
+        if frame is None:
             ds = _read(path, pixels=True)
     if frame is None and "PixelData" not in ds:
         raise DataError("holds no image (no Pixel Data: a report or a structured document?)",
@@ -477,8 +495,8 @@ def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     pydicom = _pydicom(path)
     try:
         with _quiet_pydicom():
-            if whole:
-                arr = pydicom.pixels.pixel_array(ds, index=index)   # YCbCr comes back as RGB
+            if frame is None or deflated:                   # YCbCr comes back as RGB
+                arr = pydicom.pixels.pixel_array(ds, index=None)
             else:
                 arr = pydicom.pixels.pixel_array(path, index=index)
             if photometric == "PALETTE COLOR":      # indices into the header's colour table
