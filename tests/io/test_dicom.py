@@ -963,3 +963,8 @@ def test_a_deflated_loop_read_frame_after_frame_is_inflated_once(tmp_path, monke
             assert np.array_equal(got if bits == 8 else got > 0, want), k
     assert size < sum(inflated) < 2 * size
     assert len(headers) == 2
+    with frame_loop():          # back to a frame: still held, or the loop is opened anew
+        for k in (3, 1, 2):
+            got = read_image(loop, frame=k)
+            assert np.array_equal(got if bits == 8 else got > 0, frames[k]), k
+    assert len(headers) <= 2 + 2 + 1      # 3: header and loop; 1: at most a loop; 2: read on

@@ -16,7 +16,7 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, ClassVar, Collection, Iterator
+from typing import Any, Callable, ClassVar, Collection, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -212,19 +212,38 @@ def _file_key(path: Path, st: os.stat_result) -> tuple[Any, ...]:
     return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _take_kept(key: tuple[Any, ...], frame: int) -> tuple[Image.Image, int] | None:
-    """The image kept for the file ``key`` and the frame it was last read at, taken out of
-    the cache, if it can go on to ``frame``: a TIFF to any page (Pillow keeps where each page
-    it has read lies), an animated PNG forward only (:func:`_composited`). Any other kept
-    image is closed."""
+def _take_kept(key: tuple[Any, ...], frame: int) -> tuple[Any, int] | None:
+    """The image (or other reader: a deflated DICOM's) kept for the file ``key`` and the frame
+    it was last read at, taken out of the cache, if it can go on to ``frame``: as its
+    ``reaches(frame)`` says where it has one, else a TIFF to any page (Pillow keeps where
+    each page it has read lies), an animated PNG forward only (:func:`_composited`). Any
+    other kept one is closed."""
     last = getattr(_kept, "entry", None)
     _kept.entry = None
     if last is None:
         return None
-    if last[0] == key and (last[1].format == "TIFF" or last[2] <= frame):
+    reaches = getattr(last[1], "reaches", None)
+    if last[0] == key and (reaches(frame) if reaches is not None
+                           else last[1].format == "TIFF" or last[2] <= frame):
         return last[1], last[2]
     last[1].close()
     return None
+
+
+def _keep(key: tuple[Any, ...], kept: Any, frame: int, last: Callable[[], bool]) -> None:
+    """Keep ``kept`` (read at frame ``frame`` of the file ``key``) open for the next frame
+    (:data:`_kept`) inside a :func:`frame_loop`, unless ``last()`` says that frame was the
+    file's last; else close it: a loop is closed once its last frame is read, and outside a
+    frame loop at once."""
+    try:
+        going = getattr(_kept, "depth", 0) and not last()
+    except BaseException:
+        kept.close()
+        raise
+    if going:
+        _kept.entry = (key, kept, frame)
+    else:
+        kept.close()
 
 
 def _composited(im: Image.Image, at: int, frame: int) -> None:
@@ -470,11 +489,11 @@ def _release(im: Image.Image) -> None:
     :func:`frame_loop`, and a frame follows the one read: a loop is closed once its last frame
     is read, when it is no longer kept, and outside a frame loop at once."""
     last = getattr(_kept, "entry", None)
-    if last is not None and last[1] is im:
-        if getattr(_kept, "depth", 0) and not _at_last_frame(im, last[2]):
-            return
-        _kept.entry = None
-    im.close()
+    if last is None or last[1] is not im:
+        im.close()
+        return
+    _kept.entry = None
+    _keep(last[0], im, last[2], lambda: _at_last_frame(im, last[2]))
 
 
 def _at_last_frame(im: Image.Image, frame: int) -> bool:

@@ -263,9 +263,7 @@ class _Loop:
     """A deflated DICOM file open at its pixel data, whose frames are read forward: a loop
     read frame after frame inside :func:`ultraseg.io.base.frame_loop` is kept open for its
     next frame (``io.base._kept``), so each of its bytes is inflated once, not once a frame
-    read. ``format`` names it as the kept images are named."""
-
-    format = "DICOM"
+    read."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -324,24 +322,17 @@ class _Loop:
 def _deflated_frame(path: Path, frame: int, frames: int) -> Any:
     """:meth:`_Loop.frame` of the deflated DICOM file ``path``: of the loop kept open for it
     where it reaches the frame, kept open for the next inside a frame loop."""
-    from .base import _file_key, _kept, _take_kept
+    from .base import _file_key, _keep, _take_kept
 
     key = _file_key(path, path.stat())
-    taken = _take_kept(key, frame)
-    loop = taken[0] if taken is not None else None
-    if loop is not None and not loop.reaches(frame):
-        loop.close()
-        loop = None
-    loop = loop or _Loop(path)
+    taken = _take_kept(key, frame)          # (as far as its reaches() says)
+    loop = taken[0] if taken is not None else _Loop(path)
     try:
         ds = loop.frame(frame, frames)
     except BaseException:
         loop.close()
         raise
-    if getattr(_kept, "depth", 0) and frame < frames - 1:
-        _kept.entry = (key, loop, frame)
-    else:
-        loop.close()
+    _keep(key, loop, frame, lambda: frame >= frames - 1)
     return ds
 
 
