@@ -1503,3 +1503,57 @@ def test_evaluate_groups_subjects_by_the_run_s_subject_pattern(data, tmp_path, c
                           PostprocessConfig(), {}, source=str(run / "model.onnx"))
     summary, _ = evaluate(onnx_like, named, split_file=run / "split.json")
     assert summary["n_subjects"] == 2 and summary["subject_pattern"] == pattern
+
+
+def test_the_run_s_subject_pattern_is_tried_in_the_one_scan_of_the_data(data, tmp_path,
+                                                                        monkeypatch) -> None:
+    """evaluate of a run trained with --subject-pattern scanned the data twice (a quiet look
+    whether the pattern fits a name, then the scan scored: every DICOM header read twice), and
+    any failure of the look, a missing folder too, was logged as the pattern fitting no name
+    before the real error. One scan now, the pattern allowed to fit none; a missing folder
+    says only that it is missing."""
+    import logging
+
+    import ultraseg.evaluate as ev
+    import ultraseg.io as uio
+
+    named = tmp_path / "named"
+    for kind, suffix in (("images", ""), ("masks", "_mask")):
+        (named / kind).mkdir(parents=True)
+        for p in (data / kind).iterdir():
+            shutil.copy(p, named / kind / f"p{p.name}")
+    pattern = r"^(p\d+)_"
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    predictor = Predictor(lambda b: np.zeros_like(b), cfg, PreprocessConfig(size=SIZE),
+                          PostprocessConfig(), {"run": {"data": {
+                              "path": str(tmp_path / "elsewhere"), "subject_pattern": pattern}}})
+    scanned: list[Path] = []
+    scan = uio.scan_dataset
+
+    def counted(path, *args, **kwargs):
+        scanned.append(Path(path))
+        return scan(path, *args, **kwargs)
+
+    monkeypatch.setattr(uio, "scan_dataset", counted)
+    monkeypatch.setattr(ev, "scan_dataset", counted)
+    summary, _ = evaluate(predictor, named)         # the pattern fits
+    assert summary["n_subjects"] == 5 and summary["subject_pattern"] == pattern
+    assert scanned == [named]
+    scanned.clear()
+    summary, _ = evaluate(predictor, data)          # it fits none: the layout's subjects
+    assert summary["n_subjects"] == 5 and summary["subject_pattern"] is None
+    assert scanned == [data]
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = said.append                                 # type: ignore[method-assign]
+    logger = logging.getLogger("ultraseg")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.raises(UltrasegError, match="no such file or folder"):
+            evaluate(predictor, tmp_path / "missing")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not [r for r in said if "matches none" in r.getMessage()], said

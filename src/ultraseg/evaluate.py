@@ -121,21 +121,15 @@ def _open_scored(predictor: Predictor, data: str | Path, layout: str,
     one the model's run was trained with (:func:`run_subject_pattern`), so that a run's split
     scored again has the run's subjects, where it fits a name of ``data`` (data it fits none
     of, another set's, keeps its layout's subjects, as with none); else None."""
-    if subject_pattern is None:
-        pattern = run_subject_pattern(predictor)
-        if pattern is not None:
-            try:        # a look alone (the scan below says what the data holds)
-                with quiet("ultraseg.io"):
-                    scan_dataset(data, layout, pattern, fill_outlines)
-            except UltrasegError:   # matches no name here (or the scan below says what fails)
-                log.info("%s: the --subject-pattern %s the model's run was trained with "
-                         "matches none of its names: the layout's subjects", data,
-                         shlex.quote(pattern))
-            else:
-                log.info("%s: subjects by the --subject-pattern %s the model's run was "
-                         "trained with", data, shlex.quote(pattern))
-                subject_pattern = pattern
-    return open_dataset(data, layout, subject_pattern, fill_outlines), subject_pattern
+    if subject_pattern is not None:
+        return open_dataset(data, layout, subject_pattern, fill_outlines), subject_pattern
+    pattern = run_subject_pattern(predictor)
+    # (one that fits none of its names, another set's, is said at INFO and not used)
+    ds = open_dataset(data, layout, pattern, fill_outlines, pattern_required=False)
+    if ds.subject_pattern is not None:
+        log.info("%s: subjects by the --subject-pattern %s the model's run was trained with",
+                 data, shlex.quote(ds.subject_pattern))
+    return ds, ds.subject_pattern
 
 
 def _data_path(record: Any) -> str | None:

@@ -54,6 +54,9 @@ class Dataset:
     root: Path
     layout: str
     samples: tuple[Sample, ...]
+    #: the ``--subject-pattern`` that gave the samples' subjects: None where none was given,
+    #: or one that need not fit (:func:`scan_dataset`'s ``pattern_required``) fitted no name
+    subject_pattern: str | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -186,14 +189,17 @@ def dataset_hint(root: str | Path, needs_labels: bool = True) -> str:
 
 
 def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
-                 fill_outlines: bool = False, needs_labels: bool = True
-                 ) -> tuple[Dataset, list[DataError]]:
+                 fill_outlines: bool = False, needs_labels: bool = True,
+                 pattern_required: bool = True) -> tuple[Dataset, list[DataError]]:
     """Find and pair the samples under ``path``; structural problems are returned, not raised.
     ``fill_outlines``: every mask is a drawn closed contour, filled when read
     (:func:`as_outline`; the hc18 layout's always are). ``needs_labels``: the caller wants
     masks (inspect, train, evaluate), so unlabelled images beside run-length masks in a CSV
     are warned of, and frames that may be one patient's but are their own subjects (the split
-    they draw); predict and measure, for which unlabelled is normal, pass False."""
+    they draw); predict and measure, for which unlabelled is normal, pass False.
+    ``pattern_required``: a ``subject_pattern`` that matches no file name is refused; False
+    (evaluate trying the one a model's run was trained with): the samples then keep their
+    layout's subjects, as with none, and the dataset's ``subject_pattern`` is None."""
     root = as_path(path, "open_dataset", what="a dataset folder")
     if not root.exists():
         raise DataError("no such file or folder", root)
@@ -203,6 +209,7 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
     name = detect_layout(root) if layout == "auto" else layout
     reader = get_reader(name, subject_pattern)
     reader.groups_subjects = needs_labels
+    reader.pattern_required = pattern_required
     try:
         samples, problems = reader.scan(root)
     except PermissionError as e:
@@ -239,8 +246,8 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
                     unread_files_said(unread), ", ".join(IMAGE_EXTENSIONS),
                     convert_advice(unread))
     log.info("%s: layout %s, %d samples, %d problems", root, name, len(samples), len(problems))
-    _check_pattern(reader, subject_pattern)
-    return Dataset(root, name, tuple(samples)), problems
+    used = _check_pattern(reader, subject_pattern)
+    return Dataset(root, name, tuple(samples), subject_pattern if used else None), problems
 
 
 def file_sample(path: Path, tables: dict[Path, dict[str, dict[str, float]]] | None = None
@@ -323,16 +330,21 @@ def _forced_layout_problems(root: Path, name: str, problems: list[DataError]
                       f"layout here", root)]
 
 
-def _check_pattern(reader: Reader, pattern: str | None) -> None:
-    """A --subject-pattern that matches no file name is refused (each frame would silently be
-    its own subject, and one patient's frames could land on both sides of the split); one that
-    misses some names is warned about (those keep the layout's own subject)."""
+def _check_pattern(reader: Reader, pattern: str | None) -> bool:
+    """Whether ``pattern`` (--subject-pattern) gave the subjects. One that matches no file
+    name is refused (each frame would silently be its own subject, and one patient's frames
+    could land on both sides of the split), or where the reader's ``pattern_required`` is
+    False said at INFO and not used (the layout's subjects); one that misses some names is
+    warned about (those keep the layout's own subject)."""
     misses, hits = reader.pattern_misses, reader.pattern_hits
     if not misses:
-        return
+        return pattern is not None
     if not hits:
-        raise UltrasegError(f"--subject-pattern {pattern!r} matches none of the "
-                            f"{len(misses)} file names (first: {misses[0]!r})")
+        said = f"--subject-pattern {pattern!r} matches none of the {len(misses)} file names"
+        if reader.pattern_required:
+            raise UltrasegError(f"{said} (first: {misses[0]!r})")
+        log.info("%s: the layout's subjects", said)
+        return False
     log.warning("--subject-pattern %r does not match %d of %d file names (first: %r); those "
                 "keep the layout's own subject", pattern, len(misses), len(misses) + hits,
                 misses[0])
@@ -383,9 +395,10 @@ def label_set(ds: Dataset) -> Dataset:
 
 
 def open_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
-                 fill_outlines: bool = False) -> Dataset:
+                 fill_outlines: bool = False, pattern_required: bool = True) -> Dataset:
     """Like :func:`scan_dataset`, but any structural problem raises :class:`DataProblems`."""
-    ds, problems = scan_dataset(path, layout, subject_pattern, fill_outlines)
+    ds, problems = scan_dataset(path, layout, subject_pattern, fill_outlines,
+                                pattern_required=pattern_required)
     if problems:
         raise DataProblems(problems)
     return ds

@@ -1239,6 +1239,9 @@ class Reader(ABC):
         # evaluate): warnings about the grouping are said only then (predict and measure draw
         # none; :func:`ultraseg.io.scan_dataset` sets it from ``needs_labels``)
         self.groups_subjects = True
+        # whether a ``subject_pattern`` matching no name is refused; False: the layout's
+        # subjects are kept (:func:`ultraseg.io.scan_dataset` sets it)
+        self.pattern_required = True
 
     @classmethod
     @abstractmethod
@@ -1264,6 +1267,14 @@ class Reader(ABC):
                 return subject
             self.pattern_misses.append(stem)
         return stem if default is None else default
+
+    @property
+    def subjects_by_pattern(self) -> bool:
+        """Whether ``subject_pattern`` gives the subjects (as far as the names read so far
+        say): one is given, and it matched a name or must (one that need not and matched
+        none leaves the layout's subjects, as none)."""
+        return self.subject_pattern is not None and (self.pattern_required
+                                                     or self.pattern_hits > 0)
 
     def leading_subject(self, stem: str) -> str:
         """The subject of a ``SUBJECT_FRAME`` stem (its leading integer), else the stem itself;

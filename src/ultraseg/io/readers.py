@@ -713,7 +713,7 @@ class FoldersReader(Reader):
                                       several_masks=True, naming=_naming(image_dir, mask_dir))
         samples = [Sample(name, image, mask, self.leading_subject(name))
                    for name, image, mask in pairs]
-        if self.subject_pattern is None and self.groups_subjects:
+        if not self.subjects_by_pattern and self.groups_subjects:
             _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
         _warn_unread_mask_folder(root, image_dir, mask_dir, samples)
         _warn_images_beside(root, image_dir, samples)
@@ -867,7 +867,7 @@ class KaggleReader(Reader):
                          for p in list_images(test) if _MASK_STEM.match(image_stem(p))]
         samples = [Sample(name, image, mask, self.leading_subject(name), {"split": "train"})
                    for name, image, mask in pairs]
-        if self.subject_pattern is None and self.groups_subjects:
+        if not self.subjects_by_pattern and self.groups_subjects:
             _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
         if test.is_dir() and test != train:
             seen = {s.name for s in samples}
