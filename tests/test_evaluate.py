@@ -1557,3 +1557,28 @@ def test_the_run_s_subject_pattern_is_tried_in_the_one_scan_of_the_data(data, tm
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert not [r for r in said if "matches none" in r.getMessage()], said
+
+
+def test_the_run_s_config_json_is_read_once(data, tmp_path, monkeypatch) -> None:
+    """evaluate read the config.json beside the model twice, once for the run's
+    --subject-pattern and once for the data it was trained on; once now."""
+    import ultraseg.evaluate as ev
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": {"path": str(tmp_path / "elsewhere"),
+                                                          "subject_pattern": r"^(\d+)_"}}))
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    onnx_like = Predictor(lambda b: np.zeros_like(b), cfg, PreprocessConfig(size=SIZE),
+                          PostprocessConfig(), {}, source=str(run / "model.onnx"))
+    read: list[Path] = []
+    read_json = ev.read_json
+
+    def counted(path, *args, **kwargs):
+        read.append(Path(path))
+        return read_json(path, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "read_json", counted)
+    summary, _ = evaluate(onnx_like, data)
+    assert summary["subject_pattern"] == r"^(\d+)_" and summary["n_subjects"] == 5
+    assert read.count(run / "config.json") == 1, read

@@ -94,11 +94,13 @@ def _run_records(predictor: Predictor) -> list[Any]:
     return records
 
 
-def _trained_on(predictor: Predictor) -> list[str]:
+def _trained_on(predictor: Predictor, records: list[Any] | None = None) -> list[str]:
     """The data folders the model may have been trained on: its checkpoint's record and the
     config.json of the run folder it lies in (an exported .onnx keeps no paths; where the data
-    moved, the README has the user set ``data.path`` there), each once."""
-    found = [_data_path(r) for r in _run_records(predictor)]
+    moved, the README has the user set ``data.path`` there), each once. ``records``: its
+    :func:`_run_records` where the caller read them (None: read here)."""
+    records = _run_records(predictor) if records is None else records
+    found = [_data_path(r) for r in records]
     return list(dict.fromkeys(p for p in found if p))
 
 
@@ -106,7 +108,12 @@ def run_subject_pattern(predictor: Predictor) -> str | None:
     """The ``--subject-pattern`` the model's run was trained with: as the first record of the
     run that records its data (:func:`_run_records`: the checkpoint's, else the config.json
     beside the model) gives it; None where it gives none."""
-    for record in _run_records(predictor):
+    return _recorded_pattern(_run_records(predictor))
+
+
+def _recorded_pattern(records: list[Any]) -> str | None:
+    """:func:`run_subject_pattern` from the run's records (:func:`_run_records`)."""
+    for record in records:
         data = record.get("data") if isinstance(record, dict) else None
         if isinstance(data, dict):
             pattern = data.get("subject_pattern")
@@ -114,16 +121,17 @@ def run_subject_pattern(predictor: Predictor) -> str | None:
     return None
 
 
-def _open_scored(predictor: Predictor, data: str | Path, layout: str,
+def _open_scored(records: list[Any], data: str | Path, layout: str,
                  subject_pattern: str | None, fill_outlines: bool) -> tuple[Dataset, str | None]:
     """The dataset :func:`evaluate` scores, and the ``--subject-pattern`` that gave its
     subjects (which the interval resamples): ``subject_pattern`` where one is given; else the
-    one the model's run was trained with (:func:`run_subject_pattern`), so that a run's split
+    one the model's run was trained with (:func:`run_subject_pattern`, from its ``records``:
+    :func:`_run_records`), so that a run's split
     scored again has the run's subjects, where it fits a name of ``data`` (data it fits none
     of, another set's, keeps its layout's subjects, as with none); else None."""
     if subject_pattern is not None:
         return open_dataset(data, layout, subject_pattern, fill_outlines), subject_pattern
-    pattern = run_subject_pattern(predictor)
+    pattern = _recorded_pattern(records)
     # (one that fits none of its names, another set's, is said at INFO and not used)
     ds = open_dataset(data, layout, pattern, fill_outlines, pattern_required=False)
     if ds.subject_pattern is not None:
@@ -152,13 +160,15 @@ def _related(trained_on: str, root: Path) -> tuple[Path, Path] | None:
     return (a, b) if a == b or a in b.parents or b in a.parents else None
 
 
-def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Sample]) -> None:
+def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Sample],
+                        records: list[Any] | None = None) -> None:
     """Say so where the frames scored include frames the model was trained on and no split
     was given: ``root`` is its training folder (every frame is then scored, its training
     frames too), or holds it or lies in it and shares frames with it. The figure then says how
-    well the model learnt them, not how it does on new frames."""
+    well the model learnt them, not how it does on new frames. ``records``: the run's
+    (:func:`_run_records`) where the caller read them."""
     split = _run_file(predictor, "split.json")
-    for trained_on in _trained_on(predictor):
+    for trained_on in _trained_on(predictor, records):
         if _warn_if_trained_on_folder(predictor, trained_on, root, samples, split):
             return
 
@@ -431,7 +441,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         fill_outlines = predictor.preprocess.fill_outlines
     label = predictor.preprocess.label if label is None else label
     # (the run's own --subject-pattern where none is given, as label and fill_outlines)
-    ds, subject_pattern = _open_scored(predictor, data, layout, subject_pattern, fill_outlines)
+    records = _run_records(predictor)       # (config.json read once)
+    ds, subject_pattern = _open_scored(records, data, layout, subject_pattern, fill_outlines)
     # a black-and-white mask's white: label 1, or 255 in a set of label masks
     ds = with_white(ds, white_for(label, ds.labelled))
     record = provenance(predictor, ds)
@@ -440,7 +451,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         hint = dataset_hint(ds.root) if ds.layout == "images" else ""
         raise DataError(f"no labelled frames to evaluate{hint}", ds.root)
     if split_file is None:
-        _warn_if_trained_on(predictor, ds.root, samples)
+        _warn_if_trained_on(predictor, ds.root, samples, records)
     else:
         split = _a_split(doc) or {}   # (the file read once)
         _warn_if_not_its_split(predictor, ds.root, split_file, split, subset, samples)
