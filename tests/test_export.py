@@ -543,26 +543,29 @@ def _external(source: Path, folder: Path, scale: float = 1.0) -> Path:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes: POSIX")
-@pytest.mark.parametrize("entry", ["fifo", "link-outside", "dot-dot"])
+@pytest.mark.parametrize("entry", ["fifo", "link-to-fifo", "dot-dot", "absolute"])
 def test_external_data_that_is_no_plain_file_in_the_model_s_folder_is_refused(
         exported, tmp_path, entry):
-    """An ONNX file whose external data entry named a FIFO blocked predict for ever, in the
-    open() that hashes it, before ONNX Runtime's own check of the path (a security review,
-    D6); one leading outside the model's folder was read and hashed before ONNX Runtime
-    refused it. Each is refused, naming the model and the entry, before it is opened; the
-    load runs in a process of its own, so that a regression fails on its timeout."""
+    """An ONNX file whose external data entry named a FIFO (or a link to one) blocked predict
+    for ever, in the open() that hashes it, before ONNX Runtime's own check of the path (a
+    security review, D6); one naming a file outside the model's folder ('../', an absolute
+    path) was read and hashed before ONNX Runtime refused it. Each is refused, naming the
+    model and the entry: a name leading out before anything is opened, a FIFO once opened
+    without waiting on it; the load runs in a process of its own, so that a regression fails
+    on its timeout."""
     path = _external(exported["same"][1], tmp_path / "m")
     data = tmp_path / "m" / "model.onnx.data"
     name = "model.onnx.data"
     if entry == "fifo":
         data.unlink()
         os.mkfifo(data)
-    elif entry == "link-outside":
-        data.rename(tmp_path / "w.data")
-        data.symlink_to(Path("..") / "w.data")
+    elif entry == "link-to-fifo":
+        data.unlink()
+        os.mkfifo(tmp_path / "w.fifo")
+        data.symlink_to(Path("..") / "w.fifo")
     else:
         data.rename(tmp_path / "w.data")
-        name = "../w.data"
+        name = "../w.data" if entry == "dot-dot" else str(tmp_path / "w.data")
         model = onnx.load(str(path), load_external_data=False)
         for t in model.graph.initializer:
             for e in t.external_data:
@@ -582,7 +585,28 @@ def test_external_data_that_is_no_plain_file_in_the_model_s_folder_is_refused(
     assert done.returncode == 0, done.stderr
     said = done.stdout.strip()
     assert said.startswith(f"{path}: ") and repr(name) in said and "\n" not in said
-    assert "not a plain file inside the model's folder" in said
+    if "fifo" in entry:
+        assert "is not a plain file (a named pipe, a device or a folder)" in said
+    else:
+        assert "names a file outside the model's folder" in said
+
+
+def test_external_data_linked_into_a_blob_store_loads(exported, tmp_path):
+    """A model whose files are links into a blob store (the Hugging Face hub cache's
+    snapshots/REV/model.onnx.data -> ../../blobs/SHA, git-annex, DVC) loads, as ONNX Runtime
+    loads it: its entries' names stay inside the model's folder, and what they lead to is a
+    plain file. It was refused as 'not a plain file inside the model's folder' (b8d512b)."""
+    blobs = _external(exported["same"][1], tmp_path / "blobs").parent
+    (blobs / "model.onnx").rename(blobs / "h1")
+    (blobs / "model.onnx.data").rename(blobs / "h2")
+    snap = tmp_path / "snapshots" / "rev"
+    snap.mkdir(parents=True)
+    (snap / "model.onnx").symlink_to(Path("..") / ".." / "blobs" / "h1")
+    (snap / "model.onnx.data").symlink_to(Path("..") / ".." / "blobs" / "h2")
+    frame = np.random.default_rng(0).integers(0, 255, (40, 52), dtype=np.uint8)
+    np.testing.assert_array_equal(load(snap / "model.onnx").predict(frame),
+                                  load(exported["same"][1]).predict(frame))
+    assert _recorded_sha256(snap / "model.onnx") == _sha256(blobs / "h1", blobs / "h2")
 
 
 def test_the_recorded_hash_of_an_onnx_model_covers_its_external_data(exported, tmp_path):

@@ -37,7 +37,7 @@ import os
 import stat
 import sys
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
 import numpy as np
@@ -497,13 +497,15 @@ def _external_data(data: bytes, path: Path) -> list[Path]:
 
 def _open_external(name: str, extra: Path, path: Path) -> Any:
     """The external data file ``extra`` (the entry ``name`` of the ONNX file at ``path``)
-    opened for reading, where it is a plain file inside the model's folder, its links followed
-    (as ONNX Runtime asks); else a CheckpointError naming both. Opened without waiting: a
-    named pipe there blocked the load for ever, before ONNX Runtime's own check of the path."""
-    where, folder = Path(os.path.realpath(extra)), Path(os.path.realpath(path.parent))
-    if where == folder or not where.is_relative_to(folder):
-        raise CheckpointError(f"its external data entry {name!r} is not a plain file inside "
-                              f"the model's folder (it leads to {where})", path)
+    opened for reading, where it is a plain file; else a CheckpointError naming both. The name
+    is checked as ONNX Runtime checks it (no absolute path, no '..' part: refused before
+    anything is opened); a link is followed wherever it leads (a blob store's layout, as the
+    Hugging Face hub cache's), and what it leads to must be a plain file. Opened without
+    waiting: a named pipe there blocked the load for ever, before ONNX Runtime's own check."""
+    entry = PurePath(name)
+    if entry.is_absolute() or ".." in entry.parts:
+        raise CheckpointError(f"its external data entry {name!r} names a file outside the "
+                              f"model's folder (an absolute path or a '..' part)", path)
     try:
         f = open(extra, "rb", opener=lambda p, flags: os.open(p, flags | _NO_WAIT))
     except OSError as e:
@@ -511,8 +513,8 @@ def _open_external(name: str, extra: Path, path: Path) -> Any:
                               f"({e.strerror or e})", path) from e
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
-        raise CheckpointError(f"its external data entry {name!r} is not a plain file inside "
-                              f"the model's folder (a named pipe, a device or a folder)", path)
+        raise CheckpointError(f"its external data entry {name!r} is not a plain file "
+                              f"(a named pipe, a device or a folder)", path)
     return f
 
 
