@@ -20,6 +20,7 @@ from ultraseg.config import (
     model_problem,
     parse_duration,
     preset,
+    size_problem,
 )
 from ultraseg.errors import UltrasegError
 from ultraseg.geometry import nearest_valid_output
@@ -193,6 +194,17 @@ def test_model_width_and_depth_have_bounds(model, words) -> None:
     with pytest.raises(UltrasegError):
         build_model(cfg.model)
     assert model_problem(cfg.model) is not None
+
+
+@pytest.mark.parametrize("size, canvas", [(0, None), (-3, None), (200_000, "160.0 GB")])
+def test_a_working_size_out_of_bounds_says_why_only_where_it_is_too_large(size, canvas):
+    """size_problem said 'got 0: a canvas of 0 x 0 pixels, 0.0 GB as floats a frame' (and
+    '-3 x -3 pixels'): the canvas is the reason only above MAX_SIZE (a re-read)."""
+    setting, said = size_problem(PreprocessConfig(size=size))
+    assert setting == "size" and said.startswith("must be a whole number from 1 to ")
+    assert said.endswith(f"got {size}") if canvas is None else canvas in said
+    assert ("canvas" in said) == (canvas is not None)
+    assert size_problem(PreprocessConfig(size=1)) is None
 
 
 def test_the_largest_model_the_bounds_allow_builds_without_memory() -> None:

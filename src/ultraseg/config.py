@@ -313,8 +313,9 @@ def size_problem(pp: PreprocessConfig) -> tuple[str, str] | None:
     file (a checkpoint, an ONNX file's metadata) records is checked when it is loaded."""
     v = pp.size
     if isinstance(v, int) and not isinstance(v, bool) and not 1 <= v <= MAX_SIZE:
-        return "size", (f"must be a whole number from 1 to {MAX_SIZE}, got {v}: a canvas of "
-                        f"{v} x {v} pixels, {4 * v * v / 1e9:.1f} GB as floats a frame")
+        why = (f": a canvas of {v} x {v} pixels, {4 * v * v / 1e9:.1f} GB as floats a frame"
+               if v > MAX_SIZE else "")
+        return "size", f"must be a whole number from 1 to {MAX_SIZE}, got {v}{why}"
     return None
 
 
