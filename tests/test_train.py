@@ -2102,6 +2102,20 @@ def test_a_working_size_the_model_cannot_take_is_refused_before_the_data_is_read
         train_mod.check_config(cfg)
 
 
+def test_a_working_size_no_checkpoint_loads_at_is_refused_before_training() -> None:
+    """check_config took --size 32768 (a multiple of 2**depth), and the run's checkpoints
+    were then refused by load_checkpoint as 'damaged checkpoint metadata (preprocess.size must
+    be a whole number from 1 to 16384 ...)': its resume and evaluate could not load them (a
+    re-read). Refused up front, naming the setting and the flag."""
+    from ultraseg.config import MAX_SIZE
+
+    cfg = replace(_cfg(variant="same", depth=4, size=2 * MAX_SIZE), data=DataConfig(path="d"))
+    with pytest.raises(UltrasegError, match=rf"preprocess\.size \(--size\) must be a whole "
+                                            rf"number from 1 to {MAX_SIZE}, got {2 * MAX_SIZE}"):
+        train_mod.check_config(cfg)
+    train_mod.check_config(replace(cfg, preprocess=replace(cfg.preprocess, size=MAX_SIZE)))
+
+
 @pytest.mark.parametrize("depth, size", [(4, 64), (1, 16), (2, 30)])
 def test_a_valid_tile_larger_than_the_working_size_is_refused_with_the_tile_that_fits(
         depth, size) -> None:

@@ -32,7 +32,8 @@ from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
-                     RunConfig, TrainConfig, check_types, model_problem, names_stored)
+                     RunConfig, TrainConfig, check_types, model_problem, names_stored,
+                     size_problem)
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, read_split_doc, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
@@ -364,6 +365,9 @@ def check_config(cfg: RunConfig) -> None:
     problem = model_problem(cfg.model)  # before the bottleneck's 2**depth, and the build
     if problem:
         raise UltrasegError(f"model.{problem[0]} (--{problem[0]}) {problem[1]}")
+    problem = size_problem(cfg.preprocess)  # (the bound load_checkpoint holds its files to)
+    if problem:
+        raise UltrasegError(f"preprocess.{problem[0]} (--{problem[0]}) {problem[1]}")
     with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
         build_model(replace(cfg.model, presence_head=head, presence_mode=mode))
     check_working_size(cfg.model, cfg.preprocess.size)     # (the model's own problems first)
