@@ -464,7 +464,7 @@ def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
     found = {p for folder in {out, *folders} if folder == out or not _held_elsewhere(folder, out)
              for name in _OUTPUT_NAMES for p in temporaries(folder, name)}
     if rle is not None:
-        ours = _real(rle.parent).is_relative_to(_real(out)) and not _held_elsewhere(rle.parent, out)
+        ours = not _held_elsewhere(rle.parent, out)
         now = time.time()
         for p in temporaries(rle.parent, glob.escape(rle.name)):
             with contextlib.suppress(OSError):      # (gone meanwhile: its writer's rename)
@@ -482,11 +482,13 @@ def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
 def _held_elsewhere(folder: Path, out: Path) -> bool:
     """Whether ``folder``, below ``out``, or a folder between them is another command's: it
     holds an output marker or a lock of its own. A folder that leads outside ``out`` (through
-    a link) is never this command's."""
+    a link, or not below it at all) is never this command's: prepare_out_dir refuses the
+    written folders that do before this is asked, so that guard acts for the --rle file's
+    folder alone."""
     here, top = _real(folder), _real(out)
     if not here.is_relative_to(top):
         return True
-    while here != top and top in here.parents:
+    while here != top:
         if (here / OUTPUT_MARKER).exists() or (here / LOCK_FILE).exists():
             return True
         here = here.parent
