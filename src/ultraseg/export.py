@@ -470,12 +470,12 @@ def _tensors(graph: Any) -> Iterator[Any]:
                 yield from _tensors(g)
 
 
-def _external_data(data: bytes, path: Path) -> list[Path]:
+def _external_data(data: bytes, path: Path) -> list[tuple[str, Path]]:
     """The external data files (weights saved beside the graph, as onnx's
     ``save_as_external_data`` writes them) that the ONNX model ``data``, the file at ``path``,
-    names: each once, in the order of their names. ultraseg's own exports have none. Telling
-    needs the onnx package; where only ONNX Runtime is installed (a deployment), a file that
-    may name some is said to be hashed alone."""
+    names, as (entry, path) pairs: each once, in the order of their names. ultraseg's own
+    exports have none. Telling needs the onnx package; where only ONNX Runtime is installed
+    (a deployment), a file that may name some is said to be hashed alone."""
     if b"location" not in data:     # (each reference names its file under that key)
         return []
     try:
