@@ -202,3 +202,51 @@ def test_elastic_displacement_is_a_few_percent_of_the_side() -> None:
                    shift=0.0, elastic=ELASTIC_SIGMA)
     moved = (xa - x).abs()[..., 8:-8, 8:-8].mean().item()    # pixels, away from the border
     assert 0 < moved < 0.1 * 64
+
+
+def _contrast_only(monkeypatch: pytest.MonkeyPatch, factor: float) -> None:
+    """Fix intensity()'s draws so that only its contrast step acts: gamma 1, the given contrast
+    factor, no brightness shift, no speckle (each draw is told apart by its range)."""
+    import math
+
+    import ultraseg.augment as augment
+
+    fixed = {(round(math.log(0.7), 6), round(math.log(1.5), 6)): 0.0, (0.8, 1.2): factor,
+             (-0.08, 0.08): 0.0, (0.0, 0.15): 0.0}
+
+    def draw(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+        return torch.full((n,), fixed[(round(lo, 6), round(hi, 6))], dtype=torch.float32)
+
+    monkeypatch.setattr(augment, "_uniform", draw)
+
+
+def _dark_frames(n: int = 4, h: int = 64) -> torch.Tensor:
+    """Ultrasound-like frames: zero padding (top rows), dark speckly tissue (0.05 to 0.2 of the
+    range) and a small bright structure, so each frame's mean is far below 0.5."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.05 + 0.15 * torch.rand(n, 1, h, h, generator=g)
+    x[..., :8, :] = 0.0
+    x[..., 40:48, 20:36] = 0.9 + 0.1 * torch.rand(n, 1, 8, 16, generator=g)
+    x[..., 44, 28] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("offset", [0.0, -3.0])      # 'unit' frames and a shifted range
+def test_contrast_pivots_at_the_frame_s_mean_not_at_mid_range(monkeypatch, offset) -> None:
+    """The contrast step pivoted at 0.5 of the range: on dark ultrasound frames a factor > 1
+    pushed every pixel below about 0.08 of the range (more with gamma and brightness) to the
+    minimum, and a factor < 1 lifted the mean (and black padding) towards mid-grey. Pivoted at
+    the frame's mean, as nnU-Net's contrast augmentation does, a factor that clips nothing keeps
+    the frame's mean, and a factor > 1 clips no dark tissue."""
+    from ultraseg.augment import intensity
+
+    x = _dark_frames() + offset
+    _contrast_only(monkeypatch, 0.8)          # shrinks around the pivot: nothing clips
+    out = intensity(x, torch.Generator())
+    assert torch.allclose(out.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=1e-4)
+    _contrast_only(monkeypatch, 1.2)
+    out = intensity(x, torch.Generator())
+    lo = x.amin((1, 2, 3), keepdim=True)
+    tissue = (x > lo)[..., :40, :]            # above the structure: padding and dark tissue
+    assert not bool(((out[..., :40, :] == lo) & tissue).any())   # no dark tissue crushed
+    assert bool((out[..., :8, :] == lo).all())                   # padding stays black
