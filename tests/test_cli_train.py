@@ -291,7 +291,8 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--threads", "0"], ["--threads", ">= 1"]),
     (["--ema-decay", "1"], ["ema_decay", "--ema-decay", "[0, 1)"]),
     (["--affine-scale", "1.2", "0.8"], ["--affine-scale", "LO <= HI", "(1.2, 0.8)"]),
-    (["--affine-scale", "0", "1"], ["--affine-scale", "0 < LO"]),
+    (["--affine-scale", "0", "1"], ["--affine-scale", "0.25 <= LO"]),
+    (["--affine-scale", "1e-6", "1e6"], ["--affine-scale", "0.25 <= LO <= HI <= 4"]),
     (["--device", "tpu"], ["tpu", "cpu"]),
     (["--size", "30"], ["preprocess.size (--size) 32"]),  # same U-Net, depth 2: a multiple of 4
     # (the cpu preset's head is 'auto': a mode applies to the head it may build)

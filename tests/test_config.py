@@ -157,6 +157,24 @@ def test_a_list_for_a_tuple_setting_built_in_python_is_taken_as_merge_takes_it()
         assert cfg == merge(base, {"train": {"affine_scale": [0.9, 1.1]}})
 
 
+@pytest.mark.parametrize("scale, ok", [
+    ((1e-6, 1e6), False), ((0.1, 1.0), False), ((1.0, 5.0), False), ((0.2, 0.24), False),
+    ((0.25, 4.0), True), ((0.7, 1.4), True), ((1.0, 1.0), True)])
+def test_the_zoom_range_is_refused_outside_a_quarter_to_four_times(scale, ok) -> None:
+    """--affine-scale 1e-6 1e6 trained: a zoom of 1e6 fills the canvas with one pixel's value,
+    1e-6 with its replicated border (every mask all or nothing), and nothing said so."""
+    from ultraseg.train import check_config
+
+    cfg = RunConfig(data=DataConfig(path="x"), train=TrainConfig(affine_scale=scale))
+    if ok:
+        check_config(cfg)
+        return
+    with pytest.raises(UltrasegError) as e:
+        check_config(cfg)
+    for word in ("train.affine_scale (--affine-scale)", "0.25", "4", repr(scale)):
+        assert word in str(e.value), (word, str(e.value))
+
+
 def test_a_path_for_a_path_setting_built_in_python_is_taken_as_merge_takes_it(tmp_path) -> None:
     """DataConfig(path=Path(...)) or dataclasses.replace(cfg.data, path=Path(...)) was refused
     by check_config as 'data.path must be a string; got PosixPath(...)', though merge takes a

@@ -366,7 +366,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="training augmentation (seed none, cpu strong: flips, small affine, "
                    "gamma/contrast, speckle; see the README)")
     p.add_argument("--affine-scale", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="range of the strong/elastic augmentation's random zoom (0.85 1.15; "
+                   help="range of the strong/elastic augmentation's random zoom, within 0.25 "
+                   "to 4 (0.85 1.15; "
                    "the valid model's augmentation has no warps, so no zoom)")
     p.add_argument("--schedule", choices=choices(TrainConfig, "schedule"),
                    help="learning-rate schedule (seed constant, cpu cosine)")

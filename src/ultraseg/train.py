@@ -28,7 +28,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
-from .augment import WARPING, augment_batch
+from .augment import WARPING, ZOOM_LIMITS, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
@@ -323,9 +323,11 @@ def check_config(cfg: RunConfig) -> None:
     s = t.affine_scale
     if (not isinstance(s, tuple) or len(s) != 2
             or not all(_number(v) for v in s)
-            or not 0 < s[0] <= s[1] < math.inf):
+            or not ZOOM_LIMITS[0] <= s[0] <= s[1] <= ZOOM_LIMITS[1]):
         raise UltrasegError(f"train.affine_scale (--affine-scale) must be two numbers "
-                            f"0 < LO <= HI, got {s!r}")
+                            f"{ZOOM_LIMITS[0]:g} <= LO <= HI <= {ZOOM_LIMITS[1]:g} (a random "
+                            f"zoom from a quarter to four times; nnU-Net uses 0.7 1.4), "
+                            f"got {s!r}")
     for name, v in (("train.val_fraction (--val-fraction)", t.val_fraction),
                     ("train.test_fraction (--test-fraction)", t.test_fraction)):
         if not _number(v) or not 0 <= v < 1:
