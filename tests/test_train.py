@@ -754,6 +754,35 @@ def test_a_time_limited_run_sizes_its_schedule_after_epochs_1_and_2(tmp_path, mo
     assert load_checkpoint(run / "last.ckpt").train_state["horizon"] == 4.0
 
 
+def test_a_time_limited_schedule_counts_each_epoch_s_writes(tmp_path, monkeypatch) -> None:
+    """The horizon's epoch time runs from one epoch's measure to the next's, so it counts what
+    the epoch does after training and validating (metrics.csv, the checkpoints): measured
+    before those writes, it sized a cosine that the time limit cut at 80 % (lr 11 % of --lr).
+    Here each epoch's metrics write takes 100 s on a simulated clock (the training a fraction
+    of a second): 30 minutes hold about 17 epochs, and the last runs near the 1 % floor."""
+    from types import SimpleNamespace
+
+    extra = [0.0]   # simulated seconds spent writing, so far
+    monkeypatch.setattr(train_mod, "time",
+                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
+    real_write = train_mod._write_metrics
+
+    def slow_write(*args, **kwargs):
+        extra[0] += 100.0
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_write_metrics", slow_write)
+    run = tmp_path / "run"
+    rc = _train_tiny(tmp_path, run, "--epochs", "40", "--time-limit", "30m")
+    assert rc == 0
+    horizon = load_checkpoint(run / "last.ckpt").train_state["horizon"]
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 15 <= horizon <= 18          # (1800 - 100 - 60) s at 100 s an epoch, + 2 done
+    assert len(rows) >= horizon - 1     # the run trained (nearly) all of them
+    assert float(rows[-1]["lr"]) <= 0.03 * 3e-3    # the demo's --lr; the floor is 1 % of it
+
+
 @pytest.mark.parametrize("end_s,tried", [(0.0, True), (1e6, False)], ids=["in-time", "late"])
 def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatch, end_s,
                                                             tried) -> None:

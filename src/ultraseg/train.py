@@ -891,6 +891,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     est_val = None          # seconds for one validation pass: guessed, then measured
     val_measured = False
     fastest_s = math.inf    # the fastest training step so far
+    t_measured = None       # when the last epoch measured the horizon (see _horizon)
     n_batches = len(batches)
     if stopped:     # interrupted while choosing its post-processing or writing its report
         log.info("the run had stopped before it was interrupted (%s): finishing it without "
@@ -987,8 +988,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             log.info("epoch %d: train loss %.4f (%.0f s)", epoch, row["train_loss"],
                      row["seconds"])
         if epoch <= 2 and complete:  # the second epoch re-measures (see _horizon)
-            horizon = _horizon(tc.epochs, epoch, time.monotonic() - t_epoch, deadline, est_val,
-                               ctx, device, tc.time_limit_s)
+            # an epoch lasts from this point in one epoch to the same in the next: the
+            # previous epoch's writes count (the first epoch has none before it to count)
+            now, since = time.monotonic(), t_epoch if t_measured is None else t_measured
+            horizon = _horizon(tc.epochs, epoch, now - since, deadline, est_val, ctx, device,
+                               tc.time_limit_s)
+            t_measured = now
         # no validation: the latest counts
         improved = not choosing or improves(val_dice, val_loss, best_dice, best_loss)
         if improved:
@@ -1107,10 +1112,15 @@ def _horizon(epochs: int, done: int, epoch_s: float, deadline: float, val_s: flo
 
     Measured after epoch 1 (epoch 2 follows it) and again, for good, after epoch 2: the first
     epoch can run slower than the rest (30 % on an AVX-512 CPU without bf16, where a horizon
-    sized by it brought nerve's cosine to its floor at the 8th epoch of 11). Stored in
-    ``last.ckpt``: the schedule is then a function of the step alone, so a run resumed after
-    ``kill -9`` repeats the uninterrupted one, and a run cut by ``--time-limit`` still reaches
-    the end of its cosine. All ranks take the mean.
+    sized by it brought nerve's cosine to its floor at the 8th epoch of 11). Each measure comes
+    before the epoch's writes, and epoch 2's ``epoch_s`` runs from epoch 1's measure to its
+    own, so it holds all an epoch takes: training, validation, the metrics and checkpoint
+    writes (which can outlast a small model's fast epoch: left out, the time limit cut the
+    cosine at 80 %). Epoch 1, and epoch 2 of a run resumed after it, have no measure before
+    them: theirs is the epoch's training and validation. Stored in ``last.ckpt``: the
+    schedule is then a function of the step alone, so a run resumed after ``kill -9`` repeats
+    the uninterrupted one, and a run cut by ``--time-limit`` still reaches the end of its
+    cosine. All ranks take the mean.
     """
     if deadline == math.inf:
         return float(epochs)
