@@ -600,3 +600,35 @@ def test_the_report_s_raw_dice_and_time_rows_say_what_they_cover() -> None:
     assert epochs_row.startswith("epochs' time (s)")
     # a history that does not time every epoch (from an older run) gives the run's alone
     assert list(time_rows(4.74, [{"epoch": 1}, {"epoch": 2, "seconds": 0.5}])) == [run_row]
+
+
+def _dice_panel(figure):
+    """The Dice axes of a drawn curve figure, its legend's box, the kept epoch's star and the
+    Dice curve, laid out as the PNG is (in display coordinates)."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    ax = figure.axes[1]
+    star = next(line for line in ax.get_lines() if line.get_marker() == "*")
+    curve = next(line for line in ax.get_lines() if line.get_label() == "validation Dice")
+    return ax, ax.get_legend().get_window_extent(renderer), star, curve, renderer
+
+
+@pytest.mark.parametrize("dices, chosen", [([0.6, 0.8, 0.85, 0.84, 0.2], True),
+                                           ([0.01, 0.0151], True),
+                                           ([0.0, 0.0], False)])
+def test_the_dice_legend_leaves_the_kept_epoch_and_the_last_epochs_in_sight(
+        monkeypatch, dices, chosen) -> None:
+    """The Dice legend sat at the lower right whatever the curve: a Dice collapsing after the
+    best epoch (0.85 then 0.2), or staying low (the axis 0 to 0.1), ran under it, the kept
+    epoch's star hidden; a Dice of 0 put the star half under the axis' edge."""
+    figures = _drawn(monkeypatch)
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_dice": d,
+                "complete": True} for e, d in enumerate(dices, 1)]
+    plot_curves(history, "c.png", chosen=chosen)
+    ax, legend, star, curve, renderer = _dice_panel(figures[0])
+    drawn = star.get_window_extent(renderer)
+    assert not legend.overlaps(drawn), (legend, drawn)
+    for x, y in ax.transData.transform(curve.get_xydata()[-2:]):
+        assert not legend.padded(3).contains(x, y), (legend, x, y)
+    frame = ax.get_window_extent(renderer)
+    assert frame.y0 <= drawn.y0 and drawn.y1 <= frame.y1, (frame, drawn)

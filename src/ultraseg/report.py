@@ -369,13 +369,16 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
             ax_dice.plot([epochs[best]], [y[best]], marker="*", markersize=12,
                          color="tab:orange", linestyle="none",
                          label=f"{label} {y[best]:.4f} (epoch {epochs[best]:g})")
-        ax_dice.legend(loc="lower right")
-        # at least MIN_DICE_SPAN tall: a 0.005 wobble is drawn as one
+        # where it covers the fewest points: fixed at the lower right, it hid the kept epoch's
+        # star and a Dice collapsing after it, or staying low
+        ax_dice.legend(loc="best")
+        # at least MIN_DICE_SPAN tall: a 0.005 wobble is drawn as one; padded as matplotlib
+        # pads (5%), a Dice of 0 or 1 drawn whole, not half under the axis' edge
         lo, hi = float(y[ok].min()), float(y[ok].max())
         if hi - lo < MIN_DICE_SPAN:
             mid = (lo + hi) / 2
             lo = min(max(mid - MIN_DICE_SPAN / 2, 0.0), 1.0 - MIN_DICE_SPAN)
-            ax_dice.set_ylim(lo - 0.01 * MIN_DICE_SPAN, lo + 1.01 * MIN_DICE_SPAN)
+            ax_dice.set_ylim(lo - 0.05 * MIN_DICE_SPAN, lo + 1.05 * MIN_DICE_SPAN)
     elif rows:  # a run trained without a validation split
         ax_dice.text(0.5, 0.5, "no validation Dice recorded\n(no validation split)",
                      ha="center", va="center", transform=ax_dice.transAxes)
