@@ -632,3 +632,19 @@ def test_the_dice_legend_leaves_the_kept_epoch_and_the_last_epochs_in_sight(
         assert not legend.padded(3).contains(x, y), (legend, x, y)
     frame = ax.get_window_extent(renderer)
     assert frame.y0 <= drawn.y0 and drawn.y1 <= frame.y1, (frame, drawn)
+
+
+def test_the_kept_epoch_s_star_is_drawn_over_a_partial_epoch_s_hollow_marker(monkeypatch) -> None:
+    """A time-limited run keeping its last, cut epoch showed a hollow circle with five star
+    tips: the white-faced partial marker (zorder 3) was drawn over the star (zorder 2)."""
+    figures = _drawn(monkeypatch)
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_dice": 0.2 * e,
+                "complete": e < 3} for e in (1, 2, 3)]
+    plot_curves(history, "c.png")
+    ax = figures[0].axes[1]
+    star = next(line for line in ax.get_lines() if line.get_marker() == "*")
+    assert star.get_xydata().tolist() == [[3.0, pytest.approx(0.6)]]
+    at_star = [line for line in ax.get_lines() if line is not star
+               and any(np.allclose(p, star.get_xydata()[0]) for p in line.get_xydata())]
+    hollow = [line for line in at_star if "partial" in line.get_label()]
+    assert hollow and all(star.get_zorder() > line.get_zorder() for line in at_star)

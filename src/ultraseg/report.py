@@ -366,8 +366,10 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
             label = ("kept (the last: validation chose nothing)" if not chosen else
                      "best" if best == best_row(rows) else "kept")
             ax_dice.axvline(epochs[best], color="gray", linestyle="--", linewidth=1)
+            # over the partial epochs' white-faced markers (zorder 3): a run keeping its
+            # last, cut epoch showed a hollow circle with the star's tips
             ax_dice.plot([epochs[best]], [y[best]], marker="*", markersize=12,
-                         color="tab:orange", linestyle="none",
+                         color="tab:orange", linestyle="none", zorder=4,
                          label=f"{label} {y[best]:.4f} (epoch {epochs[best]:g})")
         # where it covers the fewest points: fixed at the lower right, it hid the kept epoch's
         # star and a Dice collapsing after it, or staying low
