@@ -648,3 +648,19 @@ def test_the_kept_epoch_s_star_is_drawn_over_a_partial_epoch_s_hollow_marker(mon
                and any(np.allclose(p, star.get_xydata()[0]) for p in line.get_xydata())]
     hollow = [line for line in at_star if "partial" in line.get_label()]
     assert hollow and all(star.get_zorder() > line.get_zorder() for line in at_star)
+
+
+def test_a_run_without_validation_has_its_own_curve_caption(tmp_path) -> None:
+    """--val-fraction 0: report.html's caption and alt text said the figure showed the
+    validation loss and Dice with the kept epoch starred; it shows the training loss alone."""
+    caption = report.CAPTIONS_NO_VALIDATION["curve.png"]
+    assert "training loss" in caption and "no validation split" in caption
+    assert "validation loss" not in caption.replace("no validation loss", "")
+    assert "starred" not in caption and "last epoch" in caption
+    assert report.CAPTIONS_NO_VALIDATION["sample.png"] == report.CAPTIONS["sample.png"]
+    plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": None, "val_dice": None}],
+                tmp_path / "curve.png")
+    page = write_html(tmp_path, title="t", summary={}, config={}, history=[],
+                      captions=report.CAPTIONS_NO_VALIDATION).read_text()
+    (alt,) = [html.unescape(a.split('"')[0]) for a in page.split(' alt="')[1:]]
+    assert alt.startswith("Learning curve") and "validation Dice" not in alt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import html
 import io
 import json
 import logging
@@ -19,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ultraseg import cli
+from ultraseg import cli, report
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.config import (DataConfig, ModelConfig, PostprocessConfig, PreprocessConfig,
                              RunConfig, TrainConfig, merge, preset)
@@ -310,6 +311,15 @@ def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys) -> None:
     assert best.postprocess == PostprocessConfig()
     assert not (run / "seg_sample.png").exists()
     assert "no validation split" in (run / "report.html").read_text()
+    # the curve's caption says what it shows, the training loss alone (it named the
+    # validation loss and Dice and a starred epoch), and says so again when written again
+    page = (run / "report.html").read_text()
+    said = page.split("<figcaption>curve.png: ")[1].split("</figcaption>")[0]
+    assert "validation Dice" not in said and "starred" not in said, said
+    assert said == html.escape(report.CAPTIONS_NO_VALIDATION["curve.png"])
+    (run / "report.html").unlink()                  # stopped while it was written
+    train_mod.train(None, run, resume=True)
+    assert f"<figcaption>curve.png: {said}</figcaption>" in (run / "report.html").read_text()
     prob = load(run / "best.ckpt", device="cpu").predict_proba(np.full((40, 50), 90, np.uint8))
     assert prob.shape == (40, 50) and np.isfinite(prob).all()
 

@@ -83,6 +83,14 @@ CAPTIONS_NOT_CHOSEN: dict[str, str] = {
                       f"({COLOURS}, the predicted area lightly tinted orange); each panel's Dice "
                       "counts an empty truth predicted empty as 1.",
 }
+#: :data:`CAPTIONS` of a run without a validation split (``--val-fraction 0``): its curves are
+#: the training loss alone, and the last epoch is kept, no star.
+CAPTIONS_NO_VALIDATION: dict[str, str] = {
+    **CAPTIONS,
+    "curve.png": "Learning curve: the training loss of each epoch (no validation split: no "
+                 "validation loss or Dice, and the last epoch kept); an epoch the time limit "
+                 "cut short is drawn hollow and named partial.",
+}
 #: The report's row of the validation Dice at threshold 0.5 alone, on the network's plain
 #: output: the test-time flip is left out, whether or not the post-processing chose it
 #: (evaluate's 'threshold 0.5 alone', ``raw.dice_mean``, takes the flip where it is chosen).

@@ -548,7 +548,9 @@ def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=RunConfig.load(out / "config.json").to_dict(),
                       history=result.history, best_epoch=result.best_epoch,
-                      warnings=result.warnings)
+                      warnings=result.warnings,
+                      captions=report.CAPTIONS if result.val_dice_original is not None else
+                      report.CAPTIONS_NO_VALIDATION)
     return missing
 
 
@@ -1271,8 +1273,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch,
                       warnings=warnings(),
-                      captions=report.CAPTIONS if choosing or not seen else
-                      report.CAPTIONS_NOT_CHOSEN)
+                      captions=report.CAPTIONS_NO_VALIDATION if not seen else
+                      report.CAPTIONS if choosing else report.CAPTIONS_NOT_CHOSEN)
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size,
                        warnings=warnings(), **_validation_figures(metrics, measure_meta))
