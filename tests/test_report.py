@@ -664,3 +664,21 @@ def test_a_run_without_validation_has_its_own_curve_caption(tmp_path) -> None:
                       captions=report.CAPTIONS_NO_VALIDATION).read_text()
     (alt,) = [html.unescape(a.split('"')[0]) for a in page.split(' alt="')[1:]]
     assert alt.startswith("Learning curve") and "validation Dice" not in alt
+
+
+def test_the_sample_figure_shows_frames_of_different_subjects_first() -> None:
+    """sample.png showed the first four structure-holding training frames in split order:
+    2_1 to 2_4 on phantom data, 1_1 to 1_4 on nerve, near-duplicates of one subject, where a
+    mix-up of frames and masks elsewhere would not show. One frame per subject first (in order),
+    then a second of each; the same rule for the empty frame among them."""
+    subjects = ["a", "a", "a", "a", "b", "b", "c", "c"]
+    assert report.pick_samples([True] * 8, subjects=subjects) == [0, 1, 4, 6]
+    assert report.pick_samples([True] * 8, n=3, subjects=subjects) == [0, 4, 6]
+    assert report.pick_samples([True] * 8, n=6, subjects=subjects) == [0, 1, 4, 5, 6, 7]
+    held = [True, True, True, False, False, True, False, True]
+    assert report.pick_samples(held, subjects=subjects) == [0, 3, 5, 7]   # a, b, c; one empty
+    # no subjects: each frame its own, as before
+    assert report.pick_samples([True] * 8) == [0, 1, 2, 3]
+    assert report.pick_samples(held) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="length"):
+        report.pick_samples([True, True], subjects=["a"])

@@ -962,6 +962,10 @@ def test_sample_png_picks_and_titles_training_frames_by_their_masks(tmp_path, mo
     train_mod._plot_samples(tmp_path, arrays, np.array([0, 1, 2, 4, 5]),
                             train_mod._held(arrays.masks))
     assert shown == [["f0\n(empty mask)", "f2", "f4", "f5"]]
+    # each subject's first frame before any subject's second: not four of one subject
+    grouped = replace(arrays, masks=np.ones_like(masks), subjects=tuple("aaabbcc"))
+    train_mod._plot_samples(tmp_path, grouped, np.arange(7), train_mod._held(grouped.masks))
+    assert shown[1] == ["f0", "f1", "f3", "f5"]
 
 
 def test_presence_head_on_the_valid_model_is_refused_before_training(tmp_path, capsys) -> None:

@@ -466,13 +466,30 @@ def _fit(line: str, width: int = TITLE_CHARS) -> str:
     return f"{line[:(keep + 1) // 2]}\u2026{line[len(line) - keep // 2:]}"
 
 
-def pick_samples(has_structure: Sequence[bool], n: int = 4) -> list[int]:
+def pick_samples(has_structure: Sequence[bool], n: int = 4,
+                 subjects: Sequence[str] | None = None) -> list[int]:
     """Which training frames ``sample.png`` shows: the first ``n`` in order, but frames whose
     mask holds a structure first (an outline to check against its frame), with one frame of an
     empty mask among them where there are such frames and room (the first four frames of a set
-    sorted by subject can all be empty, which shows nothing to check). Returned in order."""
-    full = [i for i, h in enumerate(has_structure) if h]
-    empty = [i for i, h in enumerate(has_structure) if not h]
+    sorted by subject can all be empty, which shows nothing to check). Where ``subjects`` (one
+    per frame) are given, each subject's first frame comes before any subject's second (the
+    first four of a set sorted by subject were near-duplicates of one subject, where a mix-up
+    of frames and masks elsewhere would not show). Returned in order."""
+    _check_lengths(has_structure=has_structure, subjects=subjects)
+    if subjects is None:
+        subjects = [str(i) for i in range(len(has_structure))]
+
+    def by_turn(frames: list[int]) -> list[int]:
+        """``frames`` each subject's first first (in order), then each one's second, ..."""
+        before: dict[str, int] = {}
+        turn: dict[int, int] = {}
+        for i in frames:
+            turn[i] = before.get(subjects[i], 0)
+            before[subjects[i]] = turn[i] + 1
+        return sorted(frames, key=lambda i: (turn[i], i))
+
+    full = by_turn([i for i, h in enumerate(has_structure) if h])
+    empty = by_turn([i for i, h in enumerate(has_structure) if not h])
     take_empty = min(len(empty), max(n - len(full), 1 if n > 1 else 0))
     return sorted(full[:n - take_empty] + empty[:take_empty])
 

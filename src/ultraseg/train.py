@@ -1359,7 +1359,8 @@ def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray, held: np.nda
     ``held``: whether each frame's mask holds a structure (:func:`_held`)."""
     from . import report
 
-    shown = train_idx[report.pick_samples([bool(held[i]) for i in train_idx])]
+    shown = train_idx[report.pick_samples([bool(held[i]) for i in train_idx],
+                                          subjects=[arrays.subjects[i] for i in train_idx])]
     report.plot_samples([arrays.images[i] for i in shown], [arrays.masks[i] > 0 for i in shown],
                         out / "sample.png",
                         [arrays.names[i] + ("" if held[i] else "\n(empty mask)")
