@@ -243,7 +243,11 @@ def test_valid_model_run_completes(tmp_path) -> None:
 
 def test_a_run_trains_alike_in_either_layout(tmp_path, monkeypatch) -> None:
     """Whichever layout training_layout picks, the run trains its weights in that layout and
-    learns the same thing (to fp32 rounding): the layout is speed, not results."""
+    learns the same thing (to fp32 rounding): the layout is speed, not results. Adam divides
+    each step by the root of its weight's squared-gradient average, so a weight whose gradient
+    is near zero can step by up to the learning rate (the cpu preset's 2e-3) on a rounding
+    difference between the layouts' convolutions: a few weights in a thousand may differ by
+    that much, the rest agree to rounding."""
     data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
     states = []
     real_step = train_mod.optimizer_step
@@ -268,7 +272,13 @@ def test_a_run_trains_alike_in_either_layout(tmp_path, monkeypatch) -> None:
     torch.manual_seed(0)  # as training seeds its initial weights
     initial = build_model(ModelConfig(variant="same", width=4, depth=2)).state_dict()
     for key, value in states[0].items():
-        torch.testing.assert_close(value, states[1][key], rtol=1e-3, atol=1e-4, msg=key)
+        other = states[1][key]
+        if not value.is_floating_point():
+            assert torch.equal(value, other), key
+            continue
+        close = torch.isclose(value, other, rtol=1e-3, atol=1e-4)
+        assert close.float().mean() >= 0.99, (key, int((~close).sum()), value.numel())
+        assert float((value - other).abs().max()) <= 2 * 2e-3, key     # two Adam steps at most
     assert any(not torch.equal(states[0][k], initial[k]) for k in initial)  # it trained
 
 
