@@ -81,11 +81,9 @@ def intensity(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Gamma (0.7..1.5) and contrast/brightness jitter, then multiplicative speckle noise.
 
     Works on images in [0, 1] ('unit' normalisation) or z-scored: the transform is applied to
-    the per-image min-max rescaled image and mapped back to the original range (what falls
-    outside it is clipped to the image's own min and max). The contrast factor (0.8..1.2)
-    scales each image about its own mean, as nnU-Net's contrast augmentation does, not about
-    mid-range: ultrasound frames are mostly dark, and a pivot at 0.5 crushed their dark tissue
-    to black (factor > 1) and lifted the whole frame towards mid-grey (factor < 1).
+    the per-image min-max rescaled image and mapped back to the original range. The contrast
+    factor scales about mid-range: about the frame's mean, as nnU-Net's, was measured on BUSI
+    and not adopted (benchmarks/QUALITY.md, 2026-12-07).
     """
     n = x.shape[0]
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
@@ -95,8 +93,7 @@ def intensity(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     u = u.pow(gamma)
     contrast = _uniform(n, 0.8, 1.2, g).view(n, 1, 1, 1)
     bright = _uniform(n, -0.08, 0.08, g).view(n, 1, 1, 1)
-    mean = u.mean(dim=(1, 2, 3), keepdim=True)
-    u = (u - mean) * contrast + mean + bright
+    u = (u - 0.5) * contrast + 0.5 + bright
     sigma = _uniform(n, 0.0, 0.15, g).view(n, 1, 1, 1)
     u = u * (1 + sigma * torch.randn(u.shape, generator=g, dtype=u.dtype))
     return u.clamp(0, 1) * (hi - lo) + lo
