@@ -112,15 +112,30 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys) -> None:
     assert capsys.readouterr().err.strip() == "interrupted"
 
 
-def test_a_working_size_memory_cannot_hold_is_a_user_error(tmp_path, capsys) -> None:
-    """--size 1000000 asks for terabytes of canvases: it was 'internal error: MemoryError'
-    (exit 1, a bug to report); it is the machine's limit, with the settings that need less."""
+def test_a_working_size_memory_cannot_hold_is_a_user_error(tmp_path, capsys,
+                                                           monkeypatch) -> None:
+    """Canvases memory cannot hold were 'internal error: MemoryError' (exit 1, a bug to
+    report); it is the machine's limit, with the settings that need less. (--size 1000000,
+    which asked for terabytes, is now refused before anything is read: beyond MAX_SIZE.)"""
     from ultraseg import cli
+    from ultraseg import train as train_mod
     from ultraseg.phantom import make_dataset
 
     data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
     assert cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--preset", "demo",
                      "--size", "1000000", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: preprocess.size (--size) must be a whole number from 1 "
+                              "to 16384, got 1000000"), err
+    assert not (tmp_path / "run").exists()
+
+    def too_large(cfg):     # numpy's own refusal of the canvases, as a size near the bound
+        import numpy as np
+        return np.zeros((4, 16384, 16384, 1 << 20), np.float32)
+
+    monkeypatch.setattr(train_mod, "_load", too_large)
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--preset", "demo",
+                     "--size", "16384", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert not any("internal error" in line for line in err), err
     assert err[-1].startswith("error: out of memory (Unable to allocate"), err
