@@ -24,12 +24,6 @@ WARPING = ("strong", "elastic")
 #: Standard deviation of the 'elastic' level's displacements, as a fraction of the image side
 #: (about 8 px at 256 px; the U-Net paper: 10 px at 512 px).
 ELASTIC_SIGMA = 0.03
-#: The widest random zoom range the warps accept (--affine-scale): a quarter to four times the
-#: frame's side (nnU-Net uses 0.7 to 1.4). Already at these bounds a zoom of 0.25 leaves the
-#: frame a sixteenth of the canvas, the rest its replicated border, and a zoom of 4 shows a
-#: sixteenth of the frame; further out a frame becomes its border or a few pixels blown up,
-#: its mask all or nothing (1e-6 and 1e6 trained, silently).
-ZOOM_LIMITS = (0.25, 4.0)
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:

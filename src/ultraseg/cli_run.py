@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import (PRESETS, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, choices,
-                     merge, names_read, parse_duration, preset)
+from .config import (PRESETS, ZOOM_LIMITS, ModelConfig, PreprocessConfig, RunConfig,
+                     TrainConfig, choices, merge, names_read, parse_duration, preset)
 from .cli import StatusLine, bar, json_on_failure, path_arg
 from .errors import UltrasegError
 from .fileio import json_text, read_json
@@ -366,8 +366,8 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    help="training augmentation (seed none, cpu strong: flips, small affine, "
                    "gamma/contrast, speckle; see the README)")
     p.add_argument("--affine-scale", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="range of the strong/elastic augmentation's random zoom, within 0.25 "
-                   "to 4 (0.85 1.15; "
+                   help="range of the strong/elastic augmentation's random zoom, within "
+                   f"{ZOOM_LIMITS[0]:g} to {ZOOM_LIMITS[1]:g} (0.85 1.15; "
                    "the valid model's augmentation has no warps, so no zoom)")
     p.add_argument("--schedule", choices=choices(TrainConfig, "schedule"),
                    help="learning-rate schedule (seed constant, cpu cosine)")

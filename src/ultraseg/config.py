@@ -239,6 +239,12 @@ def model_problem(model: ModelConfig) -> tuple[str, str] | None:
 #: canvas (268 Mpx) beyond the largest image ultraseg reads (twice Pillow's 89 Mpx guard);
 #: still 1 GiB as float32 a frame. A model file that says 200000 asked for 160 GB.
 MAX_SIZE = 16384
+#: The widest random zoom range the warps accept (train.affine_scale, --affine-scale): a
+#: quarter to four times the frame's side (nnU-Net uses 0.7 to 1.4). Already at these bounds
+#: a zoom of 0.25 leaves the frame a sixteenth of the canvas, the rest its replicated border,
+#: and a zoom of 4 shows a sixteenth of the frame; further out a frame becomes its border or a
+#: few pixels blown up, its mask all or nothing (1e-6 and 1e6 trained, silently).
+ZOOM_LIMITS = (0.25, 4.0)
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
-from .augment import WARPING, ZOOM_LIMITS, augment_batch
+from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
-                     RunConfig, TrainConfig, check_types, model_problem, names_stored,
-                     size_problem)
+                     ZOOM_LIMITS, RunConfig, TrainConfig, check_types, model_problem,
+                     names_stored, size_problem)
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, read_split_doc, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
@@ -300,8 +300,6 @@ def check_config(cfg: RunConfig) -> None:
     t = cfg.train
     counts = {"train.epochs (--epochs)": t.epochs, "train.batch_size (--batch-size)": t.batch_size,
               "train.tiles_per_image (--tiles-per-image)": t.tiles_per_image}
-    if cfg.preprocess.size is not None:
-        counts["preprocess.size (--size)"] = cfg.preprocess.size
     if t.num_threads is not None:
         counts["train.num_threads (--threads)"] = t.num_threads
     for name, v in counts.items():
@@ -325,9 +323,8 @@ def check_config(cfg: RunConfig) -> None:
             or not all(_number(v) for v in s)
             or not ZOOM_LIMITS[0] <= s[0] <= s[1] <= ZOOM_LIMITS[1]):
         raise UltrasegError(f"train.affine_scale (--affine-scale) must be two numbers "
-                            f"{ZOOM_LIMITS[0]:g} <= LO <= HI <= {ZOOM_LIMITS[1]:g} (a random "
-                            f"zoom from a quarter to four times; nnU-Net uses 0.7 1.4), "
-                            f"got {s!r}")
+                            f"{ZOOM_LIMITS[0]:g} <= LO <= HI <= {ZOOM_LIMITS[1]:g} (the random "
+                            f"zoom's range; nnU-Net uses 0.7 1.4), got {s!r}")
     for name, v in (("train.val_fraction (--val-fraction)", t.val_fraction),
                     ("train.test_fraction (--test-fraction)", t.test_fraction)):
         if not _number(v) or not 0 <= v < 1:
