@@ -1582,3 +1582,17 @@ def test_the_run_s_config_json_is_read_once(data, tmp_path, monkeypatch) -> None
     summary, _ = evaluate(onnx_like, data)
     assert summary["subject_pattern"] == r"^(\d+)_" and summary["n_subjects"] == 5
     assert read.count(run / "config.json") == 1, read
+    # with --split of another run's split.json whose scored side holds frames of the run's
+    # own training side: the check whether the data may be the run's read it a second time
+    from conftest import ultraseg_warnings
+
+    names = sorted(p.name[: -len("_mask.png")] for p in (data / "masks").glob("*_mask.png"))
+    (run / "split.json").write_text(json.dumps({"train": names[:40], "val": names[40:]}))
+    other = tmp_path / "other_split.json"
+    other.write_text(json.dumps({"train": names[10:], "val": names[:10]}))
+    read.clear()
+    with ultraseg_warnings() as warned:
+        summary, _ = evaluate(onnx_like, data, split_file=other)
+    assert summary["n"] == 10, summary
+    assert any(r.getMessage().startswith("10 of the 10 frames scored") for r in warned)
+    assert read.count(run / "config.json") == 1, read

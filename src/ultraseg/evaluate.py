@@ -161,12 +161,12 @@ def _related(trained_on: str, root: Path) -> tuple[Path, Path] | None:
 
 
 def _warn_if_trained_on(predictor: Predictor, root: Path, samples: Sequence[Sample],
-                        records: list[Any] | None = None) -> None:
+                        records: list[Any]) -> None:
     """Say so where the frames scored include frames the model was trained on and no split
     was given: ``root`` is its training folder (every frame is then scored, its training
     frames too), or holds it or lies in it and shares frames with it. The figure then says how
     well the model learnt them, not how it does on new frames. ``records``: the run's
-    (:func:`_run_records`) where the caller read them."""
+    (:func:`_run_records`), as the caller read them."""
     split = _run_file(predictor, "split.json")
     for trained_on in _trained_on(predictor, records):
         if _warn_if_trained_on_folder(predictor, trained_on, root, samples, split):
@@ -277,12 +277,13 @@ def _a_split(doc: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | Path,
                            doc: dict[str, Any], subset: str | None,
-                           samples: Sequence[Sample]) -> None:
+                           samples: Sequence[Sample], records: list[Any]) -> None:
     """Say so where ``split_file`` is not the model's own split and the side scored may hold
     frames it trained on (another run's split.json, e.g. of another --split-seed): the
     split.json of the run folder the model lies in names its training frames; without one,
     the split seed and fractions its checkpoint records are compared with the file's. The
-    frames are scored all the same: a user may mean it."""
+    frames are scored all the same: a user may mean it. ``records``: the run's
+    (:func:`_run_records`), as the caller read them."""
     own = _run_file(predictor, "split.json")
     own_doc = _split_doc(own) if own is not None else None
     if own is not None and own_doc is not None:
@@ -290,7 +291,7 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
             return
         trained = {n for n in own_doc["train"] if isinstance(n, str)}
         shared = sum(s.name in trained for s in samples)
-        if shared and _may_be_its_data(predictor, root):   # (names alone: 1.png, case001)
+        if shared and _may_be_its_data(predictor, root, records):   # (names alone: 1.png, case001)
             side = ("its own held-out side with --subset test" if subset == "test" else
                     "its own validation side")
             log.warning("%d of the %d frames scored (the '%s' side of %s) are frames the model "
@@ -299,7 +300,7 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
                         side)
         return
     differs = _split_differences(predictor, doc)
-    if differs and _may_be_its_data(predictor, root):
+    if differs and _may_be_its_data(predictor, root, records):
         log.warning("%s was drawn with %s, the model's run with %s: its '%s' side may hold "
                     "frames the model trained on (its run's own split.json scores its "
                     "validation side)", split_file, ", ".join(d[0] for d in differs),
@@ -347,10 +348,11 @@ def _split_differences(predictor: Predictor, doc: dict[str, Any]) -> list[tuple[
     return differs
 
 
-def _may_be_its_data(predictor: Predictor, root: Path) -> bool:
-    """False only where every data folder the model's run records exists and is another
-    dataset than ``root`` (neither it, nor holding it, nor in it)."""
-    paths = _trained_on(predictor)
+def _may_be_its_data(predictor: Predictor, root: Path, records: list[Any]) -> bool:
+    """False only where every data folder the model's run records (``records``:
+    :func:`_run_records`) exists and is another dataset than ``root`` (neither it, nor holding
+    it, nor in it)."""
+    paths = _trained_on(predictor, records)
     return not paths or any(_related(p, root) is not None or not Path(p).is_dir()
                             for p in paths)
 
@@ -454,7 +456,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         _warn_if_trained_on(predictor, ds.root, samples, records)
     else:
         split = _a_split(doc) or {}   # (the file read once)
-        _warn_if_not_its_split(predictor, ds.root, split_file, split, subset, samples)
+        _warn_if_not_its_split(predictor, ds.root, split_file, split, subset, samples, records)
         if subset is None:
             _warn_if_test_side_left(split_file, split, len(samples))
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
