@@ -461,7 +461,7 @@ def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
     one that another command marked or holds. Given ``rle``, its own temporaries in its
     folder; outside ``out`` (or in such a folder) only those a day untouched (that folder is
     no command's of ours: a younger one may be another run's, writing)."""
-    found = {p for folder in {out, *folders} if folder == out or not _held_elsewhere(folder, out)
+    found = {p for folder in {out, *folders} if not _held_elsewhere(folder, out)
              for name in _OUTPUT_NAMES for p in temporaries(folder, name)}
     if rle is not None:
         ours = not _held_elsewhere(rle.parent, out)
