@@ -650,6 +650,16 @@ def test_the_kept_epoch_s_star_is_drawn_over_a_partial_epoch_s_hollow_marker(mon
     assert hollow and all(star.get_zorder() > line.get_zorder() for line in at_star)
 
 
+@pytest.mark.parametrize("validated, chosen, expected", [
+    (False, True, "CAPTIONS_NO_VALIDATION"), (False, False, "CAPTIONS_NO_VALIDATION"),
+    (True, False, "CAPTIONS_NOT_CHOSEN"), (True, True, "CAPTIONS")])
+def test_a_run_s_captions_are_chosen_in_one_place(validated, chosen, expected) -> None:
+    """The end of training and a report written again on resume chose the caption set each by
+    its own copy of the choice (the latter lacked the one of validation that chose nothing);
+    both take :func:`report.captions_for`: no validation split wins over choosing nothing."""
+    assert report.captions_for(validated, chosen) is getattr(report, expected)
+
+
 def test_a_run_without_validation_has_its_own_curve_caption(tmp_path) -> None:
     """--val-fraction 0: report.html's caption and alt text said the figure showed the
     validation loss and Dice with the kept epoch starred; it shows the training loss alone."""

@@ -1371,6 +1371,17 @@ def test_a_validation_side_without_any_structure_chooses_nothing(tmp_path) -> No
     assert "3 (the last: no validation mask holds a structure" in page
     assert "(the defaults: not chosen)" in page
     assert page.count("<tr class=best>") == 1 and "<tr class=best><td class=num>3</td>" in page
+    # its figures' captions say the validation frames chose nothing, and say so again when the
+    # report is written again on resume (it was written with the default captions), as its
+    # curves' legend does (the last epoch kept, no star)
+    said = re.findall(r"<figcaption>.*?</figcaption>", page, re.S)
+    assert html.escape(report.CAPTIONS_NOT_CHOSEN["seg_sample.png"]) in "".join(said)
+    curve = (tmp_path / "run" / "curve.png").read_bytes()
+    (tmp_path / "run" / "report.html").unlink()     # stopped while it was written
+    train_mod.train(None, tmp_path / "run", resume=True)
+    again = (tmp_path / "run" / "report.html").read_text()
+    assert re.findall(r"<figcaption>.*?</figcaption>", again, re.S) == said
+    assert (tmp_path / "run" / "curve.png").read_bytes() == curve
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])

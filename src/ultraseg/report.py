@@ -91,6 +91,16 @@ CAPTIONS_NO_VALIDATION: dict[str, str] = {
                  "validation loss or Dice, and the last epoch kept); an epoch the time limit "
                  "cut short is drawn hollow and named partial.",
 }
+
+
+def captions_for(validated: bool, chosen: bool = True) -> dict[str, str]:
+    """The captions of a run's report: :data:`CAPTIONS_NO_VALIDATION` where the run had no
+    validation frames (not ``validated``), :data:`CAPTIONS_NOT_CHOSEN` where they chose
+    nothing (not ``chosen``: none holds a structure), else :data:`CAPTIONS`."""
+    return (CAPTIONS_NO_VALIDATION if not validated else
+            CAPTIONS if chosen else CAPTIONS_NOT_CHOSEN)
+
+
 #: The report's row of the validation Dice at threshold 0.5 alone, on the network's plain
 #: output: the test-time flip is left out, whether or not the post-processing chose it
 #: (evaluate's 'threshold 0.5 alone', ``raw.dice_mean``, takes the flip where it is chosen).

@@ -507,17 +507,20 @@ def _finished_run(out: Path, last: Checkpoint | None, cfg: RunConfig) -> TrainRe
                          is_main=is_main(), warnings=list(m.get("warnings") or []),
                          **_validation_figures(m, hc))
     if result.is_main and not (out / "report.html").is_file():
-        missing = _rebuild_report(out, result, cfg)
+        # (a run recorded before val_chose was: as its report was written again then)
+        missing = _rebuild_report(out, result, cfg, bool(m.get("val_chose", True)))
         result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again"
                          + (f" without {' and '.join(missing)} (the run's frames could not "
                             f"be read)" if missing else ""))
     return result
 
 
-def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]:
+def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig, chosen: bool = True
+                    ) -> list[str]:
     """The report of a finished run stopped while it was written: its figures and the page
     again, from the checkpoint's record, the run's split and its data (the learning curves
     alone where the data cannot be read: the page and a warning name the figures missing).
+    ``chosen`` False: its validation frames chose nothing (best.ckpt's ``val_chose``).
     Returns the names of the figures missing."""
     from . import report
 
@@ -525,13 +528,15 @@ def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]
                 "writing it from the checkpoint", out)
     summary = result.summary or {"best epoch": result.best_epoch,
                                  **report.time_rows(result.seconds, result.history)}
-    report.plot_curves(result.history, out / "curve.png", best_epoch=result.best_epoch)
+    validated = result.val_dice_original is not None
+    report.plot_curves(result.history, out / "curve.png", best_epoch=result.best_epoch,
+                       chosen=chosen or not validated)
     missing: list[str] = []
     try:
         with threads(cfg.train.num_threads):
-            _redraw_figures(out, cfg, result.val_dice_original is not None)
+            _redraw_figures(out, cfg, validated)
     except (UltrasegError, OSError) as e:
-        wanted = ["sample.png"] + ["seg_sample.png"] * (result.val_dice_original is not None)
+        wanted = ["sample.png"] + ["seg_sample.png"] * validated
         missing = [name for name in wanted if not (out / name).is_file()]
         if missing:
             why = str(e).splitlines()[0]
@@ -546,8 +551,7 @@ def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig) -> list[str]
                       config=RunConfig.load(out / "config.json").to_dict(),
                       history=result.history, best_epoch=result.best_epoch,
                       warnings=result.warnings,
-                      captions=report.CAPTIONS if result.val_dice_original is not None else
-                      report.CAPTIONS_NO_VALIDATION)
+                      captions=report.captions_for(validated, chosen))
     return missing
 
 
@@ -1207,7 +1211,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
                    val_dice_nonempty=nonempty, val_empty_frames=n_empty,
                    val_empty_predicted_empty=empty_right,
-                   train_seconds=round(seconds, 1), epochs_run=len(history), stopped=stopped,
+                   val_chose=choosing, train_seconds=round(seconds, 1),
+                   epochs_run=len(history), stopped=stopped,
                    world_size=cfg.train.world_size, device=str(device),
                    precision="bf16" if dtype else "fp32", warnings=warnings())
 
@@ -1270,8 +1275,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch,
                       warnings=warnings(),
-                      captions=report.CAPTIONS_NO_VALIDATION if not seen else
-                      report.CAPTIONS if choosing else report.CAPTIONS_NOT_CHOSEN)
+                      captions=report.captions_for(seen is not None, choosing))
     return TrainResult(out, best_epoch, best_dice, len(history), seconds, stopped, history, pp,
                        raw, tuned, summary, world_size=cfg.train.world_size,
                        warnings=warnings(), **_validation_figures(metrics, measure_meta))
