@@ -1382,6 +1382,18 @@ def test_a_validation_side_without_any_structure_chooses_nothing(tmp_path) -> No
     again = (tmp_path / "run" / "report.html").read_text()
     assert re.findall(r"<figcaption>.*?</figcaption>", again, re.S) == said
     assert (tmp_path / "run" / "curve.png").read_bytes() == curve
+    # a run recorded before best.ckpt said whether validation chose: its non-empty frames'
+    # Dice (none here) says it, for the captions, the curve and the figures' titles alike
+    from ultraseg.checkpoint import save_checkpoint
+    best = load_checkpoint(tmp_path / "run" / "best.ckpt")
+    metrics = {k: v for k, v in best.meta["metrics"].items() if k != "val_chose"}
+    save_checkpoint(tmp_path / "run" / "best.ckpt", best.state_dict,
+                    {**best.meta, "metrics": metrics}, best.train_state)
+    (tmp_path / "run" / "report.html").unlink()
+    train_mod.train(None, tmp_path / "run", resume=True)
+    again = (tmp_path / "run" / "report.html").read_text()
+    assert re.findall(r"<figcaption>.*?</figcaption>", again, re.S) == said
+    assert (tmp_path / "run" / "curve.png").read_bytes() == curve
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])

@@ -507,15 +507,17 @@ def _finished_run(out: Path, last: Checkpoint | None, cfg: RunConfig) -> TrainRe
                          is_main=is_main(), warnings=list(m.get("warnings") or []),
                          **_validation_figures(m, hc))
     if result.is_main and not (out / "report.html").is_file():
-        # (a run recorded before val_chose was: as its report was written again then)
-        missing = _rebuild_report(out, result, cfg, bool(m.get("val_chose", True)))
+        # (a run recorded before val_chose was: validation chose where a frame held a
+        # structure, which its non-empty frames' Dice records)
+        chosen = m.get("val_chose", m.get("val_dice_nonempty") is not None)
+        missing = _rebuild_report(out, result, cfg, bool(chosen))
         result = replace(result, stopped=f"{ALREADY_FINISHED}; its report written again"
                          + (f" without {' and '.join(missing)} (the run's frames could not "
                             f"be read)" if missing else ""))
     return result
 
 
-def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig, chosen: bool = True
+def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig, chosen: bool
                     ) -> list[str]:
     """The report of a finished run stopped while it was written: its figures and the page
     again, from the checkpoint's record, the run's split and its data (the learning curves
@@ -534,7 +536,7 @@ def _rebuild_report(out: Path, result: TrainResult, cfg: RunConfig, chosen: bool
     missing: list[str] = []
     try:
         with threads(cfg.train.num_threads):
-            _redraw_figures(out, cfg, validated)
+            _redraw_figures(out, cfg, validated, chosen)
     except (UltrasegError, OSError) as e:
         wanted = ["sample.png"] + ["seg_sample.png"] * validated
         missing = [name for name in wanted if not (out / name).is_file()]
@@ -566,10 +568,11 @@ def _load(cfg: RunConfig) -> tuple[Dataset, Arrays]:
     return with_white(ds, arrays.white), arrays
 
 
-def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
+def _redraw_figures(out: Path, cfg: RunConfig, validated: bool, chosen: bool) -> None:
     """The report's sample and prediction figures (the latter where the run ``validated``),
     drawn again as :func:`_finish` draws them: from the run's data and split, and its
-    best.ckpt with the post-processing chosen."""
+    best.ckpt with the post-processing chosen (``chosen`` False: its validation frames chose
+    nothing, as the captions and the curve say)."""
     ds, arrays = _load(cfg)
     train_idx, val_idx = read_split(out / "split.json", arrays.names, ds.root)
     held = _held(arrays.masks)
@@ -586,7 +589,7 @@ def _redraw_figures(out: Path, cfg: RunConfig, validated: bool) -> None:
     samples = [by_name[arrays.names[i]] for i in val_idx]
     pp = predictor.postprocess      # the one the run chose
     seen = _score_validation(predictor, samples, cfg, False, None, pp)
-    _plot_predictions(out, predictor, samples, seen, cfg, pp, bool(held[val_idx].any()))
+    _plot_predictions(out, predictor, samples, seen, cfg, pp, chosen)
 
 
 @said_once()
