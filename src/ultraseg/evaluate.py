@@ -104,15 +104,10 @@ def _trained_on(predictor: Predictor, records: list[Any] | None = None) -> list[
     return list(dict.fromkeys(p for p in found if p))
 
 
-def run_subject_pattern(predictor: Predictor) -> str | None:
-    """The ``--subject-pattern`` the model's run was trained with: as the first record of the
-    run that records its data (:func:`_run_records`: the checkpoint's, else the config.json
-    beside the model) gives it; None where it gives none."""
-    return _recorded_pattern(_run_records(predictor))
-
-
 def _recorded_pattern(records: list[Any]) -> str | None:
-    """:func:`run_subject_pattern` from the run's records (:func:`_run_records`)."""
+    """The ``--subject-pattern`` the model's run was trained with: as the first of its
+    ``records`` (:func:`_run_records`: the checkpoint's, else the config.json beside the
+    model) that records its data gives it; None where it gives none."""
     for record in records:
         data = record.get("data") if isinstance(record, dict) else None
         if isinstance(data, dict):
@@ -125,7 +120,7 @@ def _open_scored(records: list[Any], data: str | Path, layout: str,
                  subject_pattern: str | None, fill_outlines: bool) -> tuple[Dataset, str | None]:
     """The dataset :func:`evaluate` scores, and the ``--subject-pattern`` that gave its
     subjects (which the interval resamples): ``subject_pattern`` where one is given; else the
-    one the model's run was trained with (:func:`run_subject_pattern`, from its ``records``:
+    one the model's run was trained with (:func:`_recorded_pattern`, from its ``records``:
     :func:`_run_records`), so that a run's split
     scored again has the run's subjects, where it fits a name of ``data`` (data it fits none
     of, another set's, keeps its layout's subjects, as with none); else None."""
@@ -410,7 +405,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     ``out`` that cannot be a folder, or that another command holds, is refused before any
     scoring; where the files cannot be written, the :class:`UltrasegError` carries (summary,
     rows) as its ``result``). ``subject_pattern`` gives the subjects the interval resamples;
-    None: the one the model's run was trained with (:func:`run_subject_pattern`) where it fits
+    None: the one the model's run was trained with (:func:`_recorded_pattern`) where it fits
     a name of ``data``, else the layout's (the summary's ``subject_pattern`` says which).
     ``label`` picks the structure of a label mask to score against; None: the one the
     predictor was trained on (its own None: any non-zero label); one that no mask holds is
