@@ -1596,3 +1596,41 @@ def test_the_run_s_config_json_is_read_once(data, tmp_path, monkeypatch) -> None
     assert summary["n"] == 10, summary
     assert any(r.getMessage().startswith("10 of the 10 frames scored") for r in warned)
     assert read.count(run / "config.json") == 1, read
+
+
+def test_a_split_naming_frames_the_data_lacks_names_them(checkpoint, data, tmp_path,
+                                                         capsys) -> None:
+    """A split whose side names frames DATA lacks (renamed, removed, another set's) is refused,
+    naming the side, how many of its frames are missing, the first of them and the data: it
+    said 'split names 2 frames that are not in the dataset', no name, no folder."""
+    bad = tmp_path / "split.json"
+    bad.write_text(json.dumps({"train": ["1_1"], "val": ["1_2", "99_1", "98_2"],
+                               "test": ["97_1", "96_1"]}))
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "2 of the 3 frames of its 'val' side" in err and "99_1, 98_2" in err, err
+    assert str(data) in err and "renamed" in err, err
+    # none of them: another dataset's split
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(bad),
+                     "--subset", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 frames of its 'test' side" in err and "97_1, 96_1" in err, err
+    assert "another dataset" in err, err
+
+
+@pytest.mark.parametrize("test_side", ["absent", None])
+def test_a_split_without_a_test_side_says_the_run_held_no_frames_out(checkpoint, data, tmp_path,
+                                                                     capsys, test_side) -> None:
+    """A split.json written before the held-out side existed (no 'test' key), or with
+    "test": null, asked for --subset test was refused as 'not a split.json'; it holds no
+    frames out, as an empty side says."""
+    doc = {"train": ["1_1"], "val": ["1_2"]}
+    if test_side != "absent":
+        doc["test"] = test_side
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(doc))
+    assert cli.main(["evaluate", str(checkpoint), str(data), "--split", str(split),
+                     "--subset", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "'test' side is empty" in err and "--test-fraction" in err, err
+    assert "not a split.json" not in err, err

@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__
 from .config import PostprocessConfig, names_read
 from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
-from .data import MaskTally, read_split_doc
+from .data import MaskTally, _first, read_split_doc
 from .fileio import (atomic_write_texts, cannot_write_in, csv_text, failure_reason, json_text,
                      output_lock, read_json)
 from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, scan_dataset,
@@ -48,8 +48,12 @@ def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
 
 
 def _select_samples(samples: Sequence[Sample], split_file: str | Path | None,
-                    subset: str | None) -> tuple[list[Sample], dict[str, Any] | None]:
-    """:func:`select_samples`, and the split it read (its names as this locale has them)."""
+                    subset: str | None, dataset: str | Path | None = None
+                    ) -> tuple[list[Sample], dict[str, Any] | None]:
+    """:func:`select_samples`, and the split it read (its names as this locale has them).
+    A side naming frames ``samples`` lacks (those of ``dataset``, named in the error) is
+    refused, naming the first of them: scoring the others would give another set's figures.
+    A split without a ``test`` side (written before there was one, or null) holds none out."""
     if split_file is None:
         if subset is not None:
             raise UltrasegError(f"subset {subset!r} picks a side of a run's split: give the "
@@ -59,6 +63,8 @@ def _select_samples(samples: Sequence[Sample], split_file: str | Path | None,
     try:
         doc = read_split_doc(split_file)
         side = doc.get(subset)
+        if subset == "test" and side is None:      # (an older split, or null: none held out)
+            side = []
         if not isinstance(side, list) or not all(isinstance(n, str) for n in side):
             raise ValueError("not a split.json: its sides are lists of frame names")
         names = set(side)
@@ -70,9 +76,19 @@ def _select_samples(samples: Sequence[Sample], split_file: str | Path | None,
         raise UltrasegError(f"the split's '{subset}' side is empty{hint}; choose another side "
                             "(--subset; in Python, subset=)", split_file)
     chosen = [s for s in samples if s.name in names]
-    if len(chosen) != len(names):
-        raise UltrasegError(f"split names {len(names) - len(chosen)} frames that are not in the "
-                            "dataset", split_file)
+    have = {s.name for s in chosen}
+    missing = [n for n in dict.fromkeys(side) if n not in have]
+    if missing:
+        where = f" {dataset}" if dataset is not None else ""
+        first = _first(missing)
+        if len(missing) == len(names):
+            raise UltrasegError(f"none of the {len(names)} frames of its '{subset}' side is a "
+                                f"labelled frame of the dataset{where} ({first}): a split of "
+                                "another dataset?", split_file)
+        raise UltrasegError(f"{len(missing)} of the {len(names)} frames of its '{subset}' side "
+                            f"are not labelled frames of the dataset{where} ({first}): renamed, "
+                            "removed or their masks missing since the split was drawn? The "
+                            "side is scored whole or not at all", split_file)
     return chosen, doc
 
 
@@ -443,7 +459,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     # a black-and-white mask's white: label 1, or 255 in a set of label masks
     ds = with_white(ds, white_for(label, ds.labelled))
     record = provenance(predictor, ds)
-    samples, doc = _select_samples(ds.labelled, split_file, subset)
+    samples, doc = _select_samples(ds.labelled, split_file, subset, ds.root)
     if not samples:
         hint = dataset_hint(ds.root) if ds.layout == "images" else ""
         raise DataError(f"no labelled frames to evaluate{hint}", ds.root)
