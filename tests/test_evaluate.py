@@ -1634,3 +1634,31 @@ def test_a_split_without_a_test_side_says_the_run_held_no_frames_out(checkpoint,
     err = capsys.readouterr().err
     assert "'test' side is empty" in err and "--test-fraction" in err, err
     assert "not a split.json" not in err, err
+
+
+def test_the_run_s_split_json_is_read_once(data, tmp_path, monkeypatch) -> None:
+    """evaluate --split RUN/split.json of the model's own run read it twice: once for the side
+    scored, once as the model's own split to compare with it; once now."""
+    import ultraseg.evaluate as ev
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    onnx_like = Predictor(lambda b: np.zeros_like(b), cfg, PreprocessConfig(size=SIZE),
+                          PostprocessConfig(), {}, source=str(run / "model.onnx"))
+    names = sorted(p.name[: -len("_mask.png")] for p in (data / "masks").glob("*_mask.png"))
+    (run / "split.json").write_text(json.dumps({"train": names[:30], "val": names[30:40],
+                                                "test": names[40:]}))
+    read: list[Path] = []
+    read_split_doc = ev.read_split_doc
+
+    def counted(path, *args, **kwargs):
+        read.append(Path(path))
+        return read_split_doc(path, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "read_split_doc", counted)
+    for subset, n in ((None, 10), ("test", 10), ("train", 30)):
+        read.clear()
+        summary, _ = evaluate(onnx_like, data, split_file=run / "split.json", subset=subset)
+        assert summary["n"] == n
+        assert read == [run / "split.json"], (subset, read)

@@ -296,8 +296,10 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
     frames are scored all the same: a user may mean it. ``records``: the run's
     (:func:`_run_records`), as the caller read them."""
     own = _run_file(predictor, "split.json")
-    own_doc = _split_doc(own) if own is not None else None
-    if own is not None and own_doc is not None:
+    # (its own split.json given: the file read once, ``doc``)
+    own_doc = (None if own is None else doc if _same_file(own, split_file) else
+               _split_doc(own))
+    if own is not None and own_doc:
         if own_doc["train"] == doc.get("train"):     # its own (or a copy): the side is chosen
             return
         trained = {n for n in own_doc["train"] if isinstance(n, str)}
@@ -316,6 +318,14 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
                     "frames the model trained on (its run's own split.json scores its "
                     "validation side)", split_file, ", ".join(d[0] for d in differs),
                     ", ".join(d[1] for d in differs), subset or "val")
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether paths ``a`` and ``b`` name one file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _warn_if_test_side_left(split_file: str | Path, doc: dict[str, Any], n_val: int) -> None:
