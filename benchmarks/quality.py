@@ -57,7 +57,7 @@ def score(dataset: str, rows: list[dict], summary: dict) -> dict:
         normal = [bool(r["pred_empty"]) for r in rows if r.get("class") == "normal"]
         out["dice_lesion"] = float(np.mean(lesion)) if lesion else None
         out["normal_empty_rate"] = float(np.mean(normal)) if normal else None
-    if "hc_mae_mm" in summary:
+    if summary.get("hc_n") is not None:     # (frames with a reference: null, or absent, else)
         out["hc_mae_mm"] = summary["hc_mae_mm"]
         # frames with a reference whose head was not found have no error: counted, not hidden
         out["hc_missed"] = summary.get("hc_missed")

@@ -305,3 +305,17 @@ def test_the_report_s_evaluation_table_reads_in_words_with_units() -> None:
                                         "fill holes off, tta on")
     assert table["a new key"] == 1                             # a key not listed: in words
     assert "checkpoint" not in table and "raw" not in table and "subset" not in table
+
+
+def test_the_evaluation_table_leaves_out_the_mm_figures_that_do_not_apply() -> None:
+    """evaluate's summary holds its mm keys always, null without pixel sizes: the demo's
+    phantom frames have none, and its table showed no such rows before; it shows none now,
+    and those with a figure as before."""
+    from ultraseg.evaluate import MM_KEYS
+
+    summary = {"n": 6, "dice_mean": 0.9, "hd95_median": 2.5, **dict.fromkeys(MM_KEYS)}
+    table = demo.evaluation_table(summary)
+    assert not [k for k in table if "(mm)" in k or "head-circumference" in k], table
+    table = demo.evaluation_table({**summary, "hd95_mm_median": 0.8, "hd95_mm_n": 4})
+    assert table["HD95, median (mm)"] == 0.8 and table["frames in the HD95 median (mm)"] == 4
+    assert "frames in the head-circumference error" not in table

@@ -1662,3 +1662,27 @@ def test_the_run_s_split_json_is_read_once(data, tmp_path, monkeypatch) -> None:
         summary, _ = evaluate(onnx_like, data, split_file=run / "split.json", subset=subset)
         assert summary["n"] == n
         assert read == [run / "split.json"], (subset, read)
+
+
+def test_the_summary_s_mm_keys_are_always_there_null_without_pixel_sizes(data, tmp_path) -> None:
+    """summary.json held hd95_mm_median, hd95_mm_n and the head-circumference figures only
+    where pixel sizes (and references) existed, so a script reading summary['hc_mae_mm'] or a
+    table of several evaluations had keys that came and went; they are there always, null
+    where they do not apply, and the printed summary leaves their lines out as before."""
+    from ultraseg.evaluate import MM_KEYS
+
+    summary, _ = evaluate(_constant_predictor(1.0), data, "folders", out=tmp_path / "ev")
+    written = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    for got in (summary, written):
+        assert {k: got.get(k, "absent") for k in MM_KEYS} == dict.fromkeys(MM_KEYS), got
+    text = format_summary(summary)
+    assert "(mm)" not in text and "head circumference" not in text, text
+    # with a pixel size and no reference circumference: HD95 in mm, the HC figures null
+    summary, _ = evaluate(_constant_predictor(1.0), data, "folders", pixel_size_mm=0.5)
+    assert summary["hd95_mm_n"] == summary["hd95_n"] > 0 and summary["hd95_mm_median"] > 0
+    assert all(summary[k] is None for k in ("hc_mae_mm", "hc_bias_mm", "hc_n", "hc_missed"))
+    text = format_summary(summary)
+    assert "HD95 median (mm)" in text and "head circumference" not in text, text
+    # a summary.json written before (the keys absent) still prints
+    old = {k: v for k, v in summary.items() if k not in MM_KEYS}
+    assert "(mm)" not in format_summary(old) and "head circumference" not in format_summary(old)

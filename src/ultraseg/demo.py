@@ -97,8 +97,8 @@ def evaluation_table(summary: dict[str, Any]) -> dict[str, Any]:
     """The report's Evaluation table of an evaluation ``summary`` on the unseen phantom
     frames: each figure labelled in words with its unit (:data:`EVALUATION_LABELS`), the
     post-processing as words; the raw block, side and checkpoint left out (the Summary
-    table above names the checkpoint)."""
-    from .evaluate import format_interval
+    table above names the checkpoint), and the mm figures that do not apply (null)."""
+    from .evaluate import MM_KEYS, format_interval
     from .report import postprocess_words
 
     def shown(key: str, value: Any) -> Any:
@@ -111,7 +111,8 @@ def evaluation_table(summary: dict[str, Any]) -> dict[str, Any]:
     return {"frames (unseen phantom, seed 1)": summary["n"],
             **{EVALUATION_LABELS.get(k, k.replace("_", " ")): shown(k, v)
                for k, v in summary.items()
-               if k not in ("raw", "n", "subset", "split", "checkpoint")}}
+               if k not in ("raw", "n", "subset", "split", "checkpoint")
+               and not (k in MM_KEYS and v is None)}}     # (no pixel size: no mm rows)
 
 
 def minutes_arg(minutes: float) -> str:

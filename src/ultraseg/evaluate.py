@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "hd95_median", "hd95_n",
                 "empty_correct_rate")
 
+#: The summary's figures in mm: always there, None where they do not apply (no frame with a
+#: pixel size: the HD95 ones; no frame with a reference circumference and a pixel size: the
+#: head-circumference ones), so that a reader finds the same keys in every summary.json.
+MM_KEYS = ("hd95_mm_median", "hd95_mm_n", "hc_mae_mm", "hc_bias_mm", "hc_n", "hc_missed")
+
 #: The figures of the summary's ``raw`` block: those per_image.csv's ``dice_raw`` (with
 #: ``truth_empty``) gives again.
 RAW_KEYS = ("dice_mean", "dice_nonempty_mean")
@@ -412,7 +417,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     (another run's), a warning says where the side scored holds (or, without the run folder,
     may hold) frames it trained on.
 
-    Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` computed with the
+    Returns (summary, rows). The summary has :data:`SUMMARY_KEYS` and :data:`MM_KEYS`
+    (None where no frame has a pixel size, or a reference circumference) computed with the
     checkpoint's post-processing, and the Dice figures without its rules under ``raw``
     (:data:`RAW_KEYS`, from the rows' ``dice_raw``: the same probabilities, test-time
     augmented where the predictor is, at threshold 0.5, nothing removed), ``subset`` (the
@@ -538,6 +544,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
                                       and r.get("hc_pred_mm") is None), offset, log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
+    summary.setdefault("hd95_mm_median", None)      # (no frame with a pixel size)
+    summary.setdefault("hd95_mm_n", None)
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in RAW_KEYS}
     summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
     signed = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
@@ -551,6 +559,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         summary["hc_bias_mm"] = float(np.mean(signed)) if signed else None  # predicted - ref
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
+    else:       # (no frame with a reference and a pixel size): the keys there, null
+        summary.update(hc_mae_mm=None, hc_bias_mm=None, hc_n=None, hc_missed=None)
     summary["label"] = label
     # what was scored: the truth filled (as asked, or by a layout that always fills its
     # outlines, hc18's, whatever the setting) or as drawn
@@ -712,7 +722,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"empty frames right    {share(summary['empty_correct_rate'])}",
              f"test-time flip        "
              f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]
-    if "hc_n" in summary:
+    if summary.get("hc_n") is not None:     # (None, or absent from an older summary.json)
         from .measure import over_frames_with_a_reference
 
         bias = summary.get("hc_bias_mm")
