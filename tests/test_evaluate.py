@@ -1686,3 +1686,35 @@ def test_the_summary_s_mm_keys_are_always_there_null_without_pixel_sizes(data, t
     # a summary.json written before (the keys absent) still prints
     old = {k: v for k, v in summary.items() if k not in MM_KEYS}
     assert "(mm)" not in format_summary(old) and "head circumference" not in format_summary(old)
+
+
+@pytest.mark.parametrize("beside_the_model", [True, False])
+def test_a_split_drawn_over_another_dataset_whose_names_fit_is_warned_about(
+        data, tmp_path, beside_the_model) -> None:
+    """Frame names alone (1_1, case001, benign (1)) fit many datasets: a run's split.json
+    scored against another dataset with the same names was scored without a word, the figures
+    another set's frames'. Where the run folder the split lies in records its data (its
+    config.json; the model's checkpoint too where the split lies beside it) and that folder
+    is there and is not DATA (nor holds it, nor lies in it), a warning names both."""
+    from conftest import ultraseg_warnings
+
+    other = make_dataset(tmp_path / "other", n=50, size=SIZE, seed=7)   # the same names
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": {"path": str(data)}}))
+    names = sorted(p.name[: -len("_mask.png")] for p in (data / "masks").glob("*_mask.png"))
+    (run / "split.json").write_text(json.dumps({"train": names[:40], "val": names[40:]}))
+    source = str(run / "model.onnx") if beside_the_model else None
+    predictor = Predictor(lambda b: np.zeros_like(b), ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=SIZE), PostprocessConfig(), {}, source=source)
+    with ultraseg_warnings() as warned:
+        summary, _ = evaluate(predictor, other, split_file=run / "split.json")
+    assert summary["n"] == 10                                   # scored all the same
+    (said,) = [r.getMessage() for r in warned]
+    assert str(run / "split.json") in said and str(data) in said and str(other) in said, said
+    # its own data, or data moved away since (the record names no folder there): no word
+    for scored, recorded in ((data, data), (other, tmp_path / "gone")):
+        (run / "config.json").write_text(json.dumps({"data": {"path": str(recorded)}}))
+        with ultraseg_warnings() as warned:
+            evaluate(predictor, scored, split_file=run / "split.json")
+        assert not warned, [r.getMessage() for r in warned]

@@ -325,6 +325,32 @@ def _warn_if_not_its_split(predictor: Predictor, root: Path, split_file: str | P
                     ", ".join(d[1] for d in differs), subset or "val")
 
 
+def _warn_if_split_of_other_data(predictor: Predictor, root: Path, split_file: str | Path,
+                                 subset: str | None, records: list[Any]) -> None:
+    """Say so where ``split_file`` was drawn over another dataset than ``root`` whose frame
+    names ``root`` shares (1_1, case001: the side's names were all found): the run folder it
+    lies in records its data (its config.json; where the model lies there too, the run's
+    ``records``, :func:`_run_records`, as the caller read them), and every folder recorded is
+    there and is neither ``root``, nor holds it, nor lies in it. Scored all the same: ``root``
+    may be a copy of it."""
+    folder = Path(split_file).parent
+    model = Path(predictor.source).parent if predictor.source else None
+    if model is not None and _same_file(model, folder):
+        paths = _trained_on(predictor, records)
+    else:
+        config = folder / "config.json"
+        record = None
+        if config.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                record = read_json(config)
+        paths = [p for p in [_data_path(record)] if p]
+    if paths and all(Path(p).is_dir() and _related(p, root) is None for p in paths):
+        log.warning("%s was drawn over %s (as its run folder records it), not %s: the frames of "
+                    "its '%s' side found here by name may be other frames, and the figures "
+                    "another set's (where %s is a copy of that data, they are the side's)",
+                    split_file, paths[0], root, subset or "val", root)
+
+
 def _same_file(a: str | Path, b: str | Path) -> bool:
     """Whether paths ``a`` and ``b`` name one file."""
     try:
@@ -484,6 +510,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     else:
         split = _a_split(doc) or {}   # (the file read once)
         _warn_if_not_its_split(predictor, ds.root, split_file, split, subset, samples, records)
+        _warn_if_split_of_other_data(predictor, ds.root, split_file, subset, records)
         if subset is None:
             _warn_if_test_side_left(split_file, split, len(samples))
     offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
