@@ -1,0 +1,95 @@
+"""The benchmark scripts' records and the documents that cite them (``benchmarks/``).
+
+Nothing here runs a benchmark or needs the datasets: the tests read the committed results and
+the README text, or call the scripts' cheap parts."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+
+
+def _agrees(text: str, value: float) -> bool:
+    """``text`` (a figure as printed) is ``value`` rounded to the decimals ``text`` shows."""
+    decimals = len(text.partition(".")[2])
+    return float(text) == round(value, decimals)
+
+
+def _xeon_column(readme: str) -> dict[str, str]:
+    """The headline speed table's first machine column, by the row's label."""
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 5:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def test_readme_speed_figures_are_the_recorded_speed_json_s() -> None:
+    """README's headline speed table (its Xeon column), the peaks above it and the prose that
+    quotes the same run, and benchmarks/README.md's process ranges, say what
+    ``benchmarks/results/speed.json`` holds: they had kept an overwritten run's figures."""
+    rec = json.loads((RESULTS / "speed.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Benchmarks (recorded figures)"):]
+    section = section.split("\n## ")[0]  # the last section today; to the next, should one follow
+
+    peak = re.search(r"bf16 convolution peak (\d+) GFLOP/s, fp32 (\d+)\)", section)
+    assert peak, "README no longer gives the headline run's peaks"
+    assert _agrees(peak[1], rec["peak_bf16_gflops"]) and _agrees(peak[2], rec["peak_fp32_gflops"])
+    header = re.search(r"\| figure \| Xeon, AMX \((\d+)\) \|", section)
+    assert header and _agrees(header[1], rec["peak_bf16_gflops"])
+
+    col = _xeon_column(section)
+    infer = col["whole-frame prediction (580x420), speed-up"]
+    train = col["training at the original geometry (width 64, 252 -> 68, batch 4), speed-up"]
+    assert infer.endswith("x") and _agrees(infer[:-1], rec["infer_speedup"])
+    assert train.endswith("x") and _agrees(train[:-1], rec["train_speedup"])
+    assert _agrees(col["training epoch from image files / the same steps in memory"],
+                   rec["pipeline_overhead"])
+    mem = re.fullmatch(r"([\d.]+) GB; ([\d.]+) GB",
+                       col["peak memory: training the original network; predicting 500 frames"])
+    assert mem and _agrees(mem[1], rec["train_peak_rss_gb"])
+    assert _agrees(mem[2], rec["predict_peak_rss_gb"])
+    agree = re.fullmatch(r"([\d.]+) % of pixels", col["masks identical to fp32"])
+    assert agree and _agrees(agree[1], 100 * rec["infer_mask_agreement"])
+
+    plain = rec["details"]["plain"]
+    ours = [p["images_per_s"] for p in plain["ultraseg_processes"]]
+    ref = [p["ref_images_per_s"] for p in plain["processes"]]
+    prose = " ".join(section.split())
+    spread = re.search(r"slowest ultraseg process against the fastest reference process still "
+                       r"gives ([\d.]+)x \(([\d.]+) to ([\d.]+) images/s against ([\d.]+) to "
+                       r"([\d.]+)\)", prose)
+    assert spread, "README no longer gives the Xeon's process ranges"
+    assert _agrees(spread[1], min(ours) / max(ref))
+    assert [_agrees(t, v) for t, v in zip(spread.groups()[1:], (min(ours), max(ours), min(ref),
+                                                                max(ref)))] == [True] * 4
+    alone = re.search(r"computation alone is ([\d.]+)x \(training\) and ([\d.]+)x \(prediction\) "
+                      r"faster on the Xeon", prose)
+    assert alone and _agrees(alone[1], rec["train_speedup_same_allocator"])
+    assert _agrees(alone[2], rec["infer_speedup_same_allocator"])
+    share = re.search(r"on the Xeon prediction runs at (\d+) % of the cores' measured bf16 "
+                      r"convolution peak and training at (\d+) %", prose)
+    assert share and _agrees(share[1], 100 * rec["infer_gflops"] / rec["peak_bf16_gflops"])
+    assert _agrees(share[2], 100 * rec["train_gflops"] / rec["peak_bf16_gflops"])
+
+    bench = " ".join((BENCHMARKS / "README.md").read_text().split())
+    ranges = re.search(r"`results/speed.json`, ([\d.]+)-([\d.]+) and ([\d.]+)-([\d.]+)\)", bench)
+    assert ranges, "benchmarks/README.md no longer gives the recorded run's process ranges"
+    assert [_agrees(t, v) for t, v in zip(ranges.groups(), (min(ref), max(ref), min(ours),
+                                                            max(ours)))] == [True] * 4
+
+
+@pytest.mark.parametrize("text, value, expected", [
+    ("4.51", 4.513, True), ("4.5", 4.513, True), ("4.38", 4.513, False), ("23.4", 23.352, True),
+    ("1937", 1937.2, True), ("2477", 1937.2, False)])
+def test_a_printed_figure_agrees_with_the_record_to_the_decimals_it_shows(
+        text: str, value: float, expected: bool) -> None:
+    assert _agrees(text, value) is expected
