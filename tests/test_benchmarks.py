@@ -93,3 +93,22 @@ def test_readme_speed_figures_are_the_recorded_speed_json_s() -> None:
 def test_a_printed_figure_agrees_with_the_record_to_the_decimals_it_shows(
         text: str, value: float, expected: bool) -> None:
     assert _agrees(text, value) is expected
+
+
+@pytest.fixture
+def quality(monkeypatch: pytest.MonkeyPatch):
+    """``benchmarks/quality.py`` as a module (it imports ``host`` from beside it)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("quality")
+
+
+def test_quality_md_is_what_write_markdown_makes_of_the_committed_records(quality,
+                                                                          tmp_path) -> None:
+    """``quality.py --markdown-only`` (and ``--record``) rebuild QUALITY.md from quality.json,
+    levers.json and the script's NOTES: what is committed must be exactly that, or the next
+    regeneration deletes what was written into QUALITY.md by hand (three sections had been)."""
+    out = tmp_path / "QUALITY.md"
+    quality.write_markdown(json.loads((RESULTS / "quality.json").read_text()), out)
+    assert out.read_text() == (BENCHMARKS / "QUALITY.md").read_text()
