@@ -12,7 +12,8 @@ subjects held out from training, epoch selection and post-processing tuning alik
 ``ultraseg evaluate --split RUN/split.json --subset test`` on those held-out frames, with and
 without test-time augmentation. ``--record`` writes benchmarks/results/quality.json and the
 table in benchmarks/QUALITY.md, keeping the recorded runs of datasets and presets it did not
-redo. The last stdout line is one JSON object.
+redo, each with its own time limit, machine and date (it writes nothing, exit 1, when it redid
+none). The last stdout line is one JSON object.
 ``--levers`` instead trains the cpu preset with one change at a time (:data:`LEVERS`) for a
 shorter budget, scores validation and held-out subjects, and records results/levers.json (a
 table per dataset, budget and preset working size in QUALITY.md).
@@ -334,6 +335,8 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
 
 #: The preset the issue's headline figures are of, whichever presets a run of this script names.
 HEADLINE_PRESET = "cpu"
+#: The headline's training budget, --time-limit's default.
+TIME_LIMIT = "20m"
 
 
 def headline(entries: list[dict], preset_name: str) -> dict:
@@ -1204,8 +1207,10 @@ def _f(v: object, digits: int = 3) -> str:
 
 def write_markdown(result: dict, path: Path) -> None:
     """``QUALITY.md``: the headline against the targets, then one table per dataset."""
+    limits = {e["time_limit"] for e in result["runs"] if e["preset"] == HEADLINE_PRESET}
     lines = ["# Quality on real ultrasound", "",
-             f"`python benchmarks/quality.py --time-limit {result['time_limit']} --record` "
+             f"`python benchmarks/quality.py --time-limit "
+             f"{limits.pop() if len(limits) == 1 else TIME_LIMIT} --record` "
              "reruns the `cpu` preset on every dataset (`--presets seed` the original recipe; "
              "`--datasets D` one set) and records each run it makes, keeping the others: the "
              "sections below are each dataset's latest recorded run, with its own command, "
@@ -1223,9 +1228,9 @@ def write_markdown(result: dict, path: Path) -> None:
         lines.append(f"| `{key}` | {_f(result.get(key))} | {target} |")
     for e in result["runs"]:
         lines += ["", f"## {e['dataset']} — preset `{e['preset']}`", "",
-                  f"Training {e['train_minutes']:.1f} min (time limit {result['time_limit']}"
+                  f"Training {e['train_minutes']:.1f} min (time limit {e['time_limit']}"
                   + (f"; {speed_of(e)[0]} convolution peak {speed_of(e)[1]} GFLOP/s"
-                     if speed_of(e) else "") + "); "
+                     if speed_of(e) else "") + f"), recorded {e['date']} on {e['machine']}; "
                   f"command: `{e['command']}`, then `ultraseg evaluate RUN/best.ckpt DATA "
                   "--split RUN/split.json --subset test [--tta/--no-tta]`.", "",
                   "| evaluation | frames | Dice (all) | Dice (non-empty) | Dice, no post-processing"
@@ -1300,9 +1305,9 @@ def peer_table(result: dict) -> list[str]:
     bases = {}  # the headline runs' epochs and validation Dice, where a 20-min base record
     if levers.exists():  # is that run (same minutes and held-out Dice), not another base
         bases = {e["dataset"]: e for e in json.loads(levers.read_text())["runs"]
-                 if e["lever"] == "base" and e.get("time_limit") == result["time_limit"]
-                 and e.get("base_size") == preset_size() and e["dataset"] in ours
-                 and same_speed(e, ours[e["dataset"]])}
+                 if e["lever"] == "base" and e["dataset"] in ours
+                 and e.get("time_limit") == ours[e["dataset"]]["time_limit"]
+                 and e.get("base_size") == preset_size() and same_speed(e, ours[e["dataset"]])}
     lines = ["", "## The issue's MONAI peer on the same split", "",
              "`python benchmarks/peer.py --dataset DATASET --time-limit 20m --record`: the peer "
              "issue 6 describes, built from MONAI's parts (`BasicUNet` with features "
@@ -1678,7 +1683,7 @@ def main() -> int:
     ap.add_argument("--datasets", nargs="+", default=["busi", "nerve", "hc18"],
                     choices=sorted(LAYOUTS))
     ap.add_argument("--presets", nargs="+", default=["cpu"], choices=sorted(PRESETS))
-    ap.add_argument("--time-limit", default="20m")
+    ap.add_argument("--time-limit", default=TIME_LIMIT)
     ap.add_argument("--runs", default=str(HERE / "runs"))
     ap.add_argument("--record", action="store_true",
                     help="write results/quality.json and QUALITY.md")
@@ -1758,7 +1763,16 @@ def main() -> int:
         return 0
     entries = [e for p in a.presets for d in a.datasets
                if (e := run_one(d, p, a.time_limit, Path(a.runs), not a.no_train)) is not None]
+    stamp = {"time_limit": a.time_limit,
+             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch_version()}",
+             "date": time.strftime("%Y-%m-%d")}
+    for e in entries:  # the runs made or scored here; the kept ones keep their own
+        e.update(stamp)
     record = HERE / "results" / "quality.json"
+    if a.record and not entries:
+        print(f"no run was redone: {record} and {HERE / 'QUALITY.md'} left as they are",
+              file=sys.stderr)
+        return 1
     if a.record and record.exists():  # keep the recorded runs this invocation did not redo
         # (a run it could not score, e.g. --no-train without the run folder, redoes nothing)
         redone = {(e["dataset"], e["preset"]) for e in entries}
@@ -1768,8 +1782,8 @@ def main() -> int:
         if kept:
             logging.info("kept %d recorded runs: %s", len(kept),
                          ", ".join(f"{e['dataset']}/{e['preset']}" for e in kept))
-    result = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch_version()}",
-              "date": time.strftime("%Y-%m-%d"), "time_limit": a.time_limit, "runs": entries,
+    latest = max(entries, key=lambda e: e["date"], default=stamp)  # on a tie, one redone here
+    result = {"machine": latest["machine"], "date": latest["date"], "runs": entries,
               **headline(entries, HEADLINE_PRESET)}
     if a.record:
         record.parent.mkdir(exist_ok=True)

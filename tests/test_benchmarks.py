@@ -112,3 +112,85 @@ def test_quality_md_is_what_write_markdown_makes_of_the_committed_records(qualit
     out = tmp_path / "QUALITY.md"
     quality.write_markdown(json.loads((RESULTS / "quality.json").read_text()), out)
     assert out.read_text() == (BENCHMARKS / "QUALITY.md").read_text()
+
+
+STAMP = ("time_limit", "machine", "date")
+
+
+@pytest.fixture
+def bench_copy(quality, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """quality.py pointed at a copy of benchmarks/'s records and at empty dataset folders (its
+    training and scoring are stubbed by each test), its process-wide settings left alone."""
+    import logging
+    import shutil
+
+    here = tmp_path / "benchmarks"
+    shutil.copytree(RESULTS, here / "results")
+    shutil.copy(BENCHMARKS / "QUALITY.md", here / "QUALITY.md")
+    data = tmp_path / "datasets"
+    for name in quality.LAYOUTS:
+        (data / name).mkdir(parents=True)
+    monkeypatch.setattr(quality, "HERE", here)
+    monkeypatch.setattr(quality, "DATA", data)
+    monkeypatch.setattr("ultraseg.cli.keep_freed_memory", lambda: True)
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: None)
+    return here
+
+
+def _sections(markdown: str) -> dict[str, str]:
+    return {s.split("\n", 1)[0]: s for s in markdown.split("\n## ")[1:]}
+
+
+def test_every_recorded_quality_run_says_its_own_time_limit_machine_and_date() -> None:
+    doc = json.loads((RESULTS / "quality.json").read_text())
+    assert [sorted(k for k in STAMP if e.get(k)) for e in doc["runs"]] == [sorted(STAMP)] * len(
+        doc["runs"])
+
+
+def test_a_record_that_redoes_one_run_keeps_the_others_time_limit_machine_and_date(
+        quality, bench_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--datasets busi --time-limit 6m --record`` relabelled every kept run with 6m and this
+    host and day: QUALITY.md then said 'time limit 6m' beside a kept run's --time-limit 20m."""
+    import time
+
+    before = json.loads((RESULTS / "quality.json").read_text())
+    old = {(e["dataset"], e["preset"]): e for e in before["runs"]}
+
+    def run_one(dataset, preset_name, time_limit, runs, train_missing=True):
+        e = {k: v for k, v in old[dataset, preset_name].items() if k not in STAMP}
+        e["command"] = e["command"].replace("--time-limit 20m", f"--time-limit {time_limit}")
+        return {**e, "train_minutes": 5.9}
+
+    monkeypatch.setattr(quality, "run_one", run_one)
+    monkeypatch.setattr("sys.argv", ["quality.py", "--datasets", "busi", "--time-limit", "6m",
+                                     "--runs", str(tmp_path / "runs"), "--record"])
+    assert quality.main() == 0
+    after = {(e["dataset"], e["preset"]): e
+             for e in json.loads((bench_copy / "results" / "quality.json").read_text())["runs"]}
+    assert after.keys() == old.keys()
+    redone = after.pop(("busi", "cpu"))
+    assert (redone["time_limit"], redone["date"]) == ("6m", time.strftime("%Y-%m-%d"))
+    for key, e in after.items():
+        assert {k: e[k] for k in STAMP} == {k: old[key][k] for k in STAMP}, key
+    sections = _sections((bench_copy / "QUALITY.md").read_text())
+    assert "(time limit 6m" in sections["busi — preset `cpu`"]
+    for (dataset, preset), e in after.items():
+        text = sections[f"{dataset} — preset `{preset}`"]
+        assert f"(time limit {e['time_limit']}" in text and "(time limit 6m" not in text
+        assert f"{e['date']} on {e['machine']}" in text
+
+
+def test_a_record_that_redoes_nothing_writes_nothing(quality, bench_copy: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """``--no-train --record`` without a finished run left out every dataset, and still wrote
+    quality.json and QUALITY.md anew under this invocation's host, day and time limit."""
+    written = {p: p.read_bytes() for p in (bench_copy / "results" / "quality.json",
+                                           bench_copy / "QUALITY.md")}
+    monkeypatch.setattr(quality, "run_one", lambda *a, **kw: None)
+    monkeypatch.setattr("sys.argv", ["quality.py", "--no-train", "--datasets", "busi",
+                                     "--time-limit", "6m", "--runs", str(tmp_path / "runs"),
+                                     "--record"])
+    assert quality.main() == 1
+    assert {p: p.read_bytes() for p in written} == written
+    assert "no run was redone" in capsys.readouterr().err
