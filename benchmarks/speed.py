@@ -67,10 +67,11 @@ Measures in one run, on the same frames and the same weights:
   peak GPU memory (of both sides together: the reference's model and batches stay on the
   GPU), then the compiled predictor. No CPU figure is taken: those come from a CPU run.
   Each finished section is written at once to ``OUT/speed-cuda.json`` (``--out``; default
-  ``benchmarks/results``) and printed to stderr, so a run cut short keeps what it measured.
+  ``benchmarks/results``, with ``--quick`` or ``--no-write`` a new temporary folder, named on
+  stderr) and printed to stderr, so a run cut short keeps what it measured.
   ``--record-cuda FILE`` puts such a file (brought back from a GPU machine) into
   ``results/speed-cuda.json`` and the "Speed (GPU)" section of ``RESULTS.md``, beside the CPU
-  figures, which stay as they are.
+  figures, which stay as they are; it refuses a ``--quick`` run's.
 
 The process set-up: the ``ultraseg`` command keeps glibc's freed memory for reuse in its own
 process (``ultraseg.cli.keep_freed_memory``). Without it, glibc maps every block over 32 MB
@@ -1097,7 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="cuda: the training and prediction comparisons on the GPU alone, "
                         "written to OUT/speed-cuda.json section by section")
     p.add_argument("--out", type=Path, help="--device cuda: where speed-cuda.json goes "
-                                            "(default benchmarks/results)")
+                                            "(default benchmarks/results; with --quick or "
+                                            "--no-write a new temporary folder)")
     p.add_argument("--data", type=Path, help=f"the datasets folder holding "
                                              f"{KAGGLE_FRAMES[0].split('/')[0]}/ (default {DATA})")
     p.add_argument("--record-cuda", type=Path, metavar="FILE",
@@ -1107,7 +1109,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.record_cuda:
-        write_cuda_results(json.loads(a.record_cuda.read_text()))
+        record = json.loads(a.record_cuda.read_text())
+        if record.get("quick"):
+            print(f"{a.record_cuda} is a --quick run (a smoke test, not the benchmark's "
+                  "settings): not recorded", file=sys.stderr)
+            return 2
+        write_cuda_results(record)
         return 0
     if a.data:
         DATA = a.data.resolve()
@@ -1128,7 +1135,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--device cuda: no CUDA GPU available (torch {torch.__version__})",
                   file=sys.stderr)
             return 2
-        out_dir = a.out or HERE / "results"
+        out_dir = a.out
+        if out_dir is None and (a.quick or a.no_write):  # benchmarks/results holds records
+            out_dir = Path(tempfile.mkdtemp(prefix="ultraseg-speed-cuda-"))
+            print(f"{'--quick' if a.quick else '--no-write'}: speed-cuda.json goes to "
+                  f"{out_dir}, not benchmarks/results (--out sets where)", file=sys.stderr)
+        out_dir = out_dir or HERE / "results"
         result = {**measure_cuda(s, out_dir, a.quick),
                   "command": CUDA_COMMAND + (" --quick" if a.quick else "")}
         (out_dir / "speed-cuda.json").write_text(json.dumps(result, indent=1) + "\n")

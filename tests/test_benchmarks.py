@@ -194,3 +194,59 @@ def test_a_record_that_redoes_nothing_writes_nothing(quality, bench_copy: Path, 
     assert quality.main() == 1
     assert {p: p.read_bytes() for p in written} == written
     assert "no run was redone" in capsys.readouterr().err
+
+
+@pytest.fixture
+def speed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``benchmarks/speed.py`` as a module, writing into a copy of benchmarks/ (``HERE``), its
+    temporary folders under tmp_path, the process's allocator left alone."""
+    import importlib
+    import shutil
+    import tempfile
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("speed")
+    here = tmp_path / "benchmarks"
+    shutil.copytree(RESULTS, here / "results")
+    shutil.copy(BENCHMARKS / "RESULTS.md", here / "RESULTS.md")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(module, "HERE", here)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setattr("ultraseg.cli.keep_freed_memory", lambda: True)
+    return module
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("flag", ["--quick", "--no-write"])
+def test_a_quick_or_unwritten_gpu_run_leaves_benchmarks_results_alone(
+        speed, flag: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Without --out, ``--device cuda --quick`` (or ``--no-write``) wrote its speed-cuda.json
+    into benchmarks/results, over any recorded GPU run, as the CPU path never does."""
+    import torch
+
+    before = _files(speed.HERE)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(speed, "measure_cuda",
+                        lambda s, out_dir, quick: {"quick": quick, "stub": True})
+    assert speed.main(["--device", "cuda", flag]) == 0
+    assert _files(speed.HERE) == before
+    out = capsys.readouterr()
+    assert json.loads(out.out.splitlines()[-1])["stub"] is True
+    written = list(Path(speed.tempfile.gettempdir()).rglob("speed-cuda.json"))
+    assert len(written) == 1 and str(written[0].parent) in out.err
+
+
+def test_record_cuda_refuses_a_quick_run(speed, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    """``--record-cuda`` put a --quick smoke test's width-8 figures into results/ and RESULTS.md
+    as the GPU record, without a word."""
+    quick = tmp_path / "speed-cuda.json"
+    quick.write_text(json.dumps({"quick": True, "seconds": 5, "machine": {
+        "date": "2026-12-07", "torch": "2.13.0", "python": "3.11.7"}}))
+    before = _files(speed.HERE)
+    assert speed.main(["--record-cuda", str(quick)]) == 2
+    assert _files(speed.HERE) == before
+    assert "--quick" in capsys.readouterr().err
