@@ -1,7 +1,8 @@
 """Quality on real ultrasound: train a preset on each shared dataset, score held-out subjects.
 
     python benchmarks/quality.py [--datasets busi nerve hc18] [--presets cpu seed]
-                                 [--time-limit 20m] [--runs DIR] [--record] [--no-train]
+                                 [--time-limit 20m] [--runs DIR] [--data DIR] [--record]
+                                 [--no-train]
     python benchmarks/quality.py --datasets busi --time-limit 6m --record --levers LEVER...
     python benchmarks/quality.py --agreement nerve [--record]
     python benchmarks/quality.py --presence RUN --datasets busi
@@ -25,7 +26,8 @@ frames of RUN, the frames with empty masks against the others (:func:`presence_p
 with and without the minimum-peak rule, scored on its held-out frames
 (:func:`postprocess_probe`; results/postprocess-DATASET.json, one entry per run and
 selection rule of the tuning, :data:`TUNE_SELECTION`).
-Reads ../shared/datasets in place; exits with a message when it is absent.
+Reads ../shared/datasets (``--data DIR`` another folder) in place; exits with a message when
+it is absent.
 """
 from __future__ import annotations
 
@@ -1677,6 +1679,7 @@ def _spread(d: np.ndarray, unit: str) -> dict:
 
 
 def main() -> int:
+    global DATA
     from ultraseg.config import PRESETS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1685,6 +1688,8 @@ def main() -> int:
     ap.add_argument("--presets", nargs="+", default=["cpu"], choices=sorted(PRESETS))
     ap.add_argument("--time-limit", default=TIME_LIMIT)
     ap.add_argument("--runs", default=str(HERE / "runs"))
+    ap.add_argument("--data", type=Path, help=f"the datasets folder holding busi/, nerve/ and "
+                                              f"hc18/ (default {DATA})")
     ap.add_argument("--record", action="store_true",
                     help="write results/quality.json and QUALITY.md")
     ap.add_argument("--markdown-only", action="store_true",
@@ -1709,6 +1714,8 @@ def main() -> int:
                     help="what RUN's presence head says on its held-out frames (no training; "
                          "the first of --datasets names the data)")
     a = ap.parse_args()
+    if a.data:
+        DATA = a.data.resolve()
     if a.markdown_only:
         write_markdown(json.loads((HERE / "results" / "quality.json").read_text()),
                        HERE / "QUALITY.md")
@@ -1718,12 +1725,13 @@ def main() -> int:
 
     keep_freed_memory()  # train as the `ultraseg train` command the records name would
     if not DATA.is_dir():
-        print(f"shared datasets not found at {DATA}: nothing to benchmark", file=sys.stderr)
+        print(f"shared datasets not found at {DATA}: nothing to benchmark (--data sets where)",
+              file=sys.stderr)
         return 2
     missing = [d for d in a.datasets if not (DATA / d).is_dir()]
     if missing:       # found now, not after the datasets before it have trained for minutes
         print(f"shared dataset{'s' * (len(missing) > 1)} not found in {DATA}: "
-              f"{', '.join(missing)}", file=sys.stderr)
+              f"{', '.join(missing)} (--data sets where)", file=sys.stderr)
         return 2
     if a.presence:
         print(json.dumps(presence_probe(Path(a.presence), a.datasets[0])))

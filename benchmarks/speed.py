@@ -675,6 +675,17 @@ def child_predict(args: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_gb": round(vm_hwm_gb(), 3)}
 
 
+def say_phantom_stand_ins(s: Settings, device: str) -> None:
+    """One stderr line when the datasets' frames this run reads (:func:`infer_images`; on the
+    CPU :func:`predict_files` too) are not at ``DATA``, so that phantom frames stand in."""
+    missing = [rel for rel in KAGGLE_FRAMES[:s.infer_frames] if not (DATA / rel).is_file()]
+    if device == "cpu" and len(list((DATA / "nerve" / "images").glob("*.jpg"))) < s.predict_frames:
+        missing.append(f"nerve/images ({s.predict_frames} frames)")
+    if missing:
+        print(f"datasets not found at {DATA} ({', '.join(missing)}): phantom frames; figures "
+              "will not compare with the recorded ones (--data sets where)", file=sys.stderr)
+
+
 def predict_files(n: int, tmp: Path) -> tuple[list[str], str]:
     """``n`` frames to stream: real nerve frames when present, else phantom PNGs."""
     nerve = DATA / "nerve" / "images"
@@ -1135,6 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--device cuda: no CUDA GPU available (torch {torch.__version__})",
                   file=sys.stderr)
             return 2
+        say_phantom_stand_ins(s, "cuda")
         out_dir = a.out
         if out_dir is None and (a.quick or a.no_write):  # benchmarks/results holds records
             out_dir = Path(tempfile.mkdtemp(prefix="ultraseg-speed-cuda-"))
@@ -1150,6 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.predict_frames:
         s = Settings(**{**asdict(s), "predict_frames": a.predict_frames})
+    say_phantom_stand_ins(s, "cpu")
     result = benchmark(s, a.quick)
     if not a.quick and not a.no_write:
         command = "python benchmarks/speed.py"

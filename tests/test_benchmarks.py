@@ -250,3 +250,58 @@ def test_record_cuda_refuses_a_quick_run(speed, tmp_path: Path,
     assert speed.main(["--record-cuda", str(quick)]) == 2
     assert _files(speed.HERE) == before
     assert "--quick" in capsys.readouterr().err
+
+
+def _fake_datasets(folder: Path, nerve_frames: int) -> Path:
+    """The files speed.py reads at --data, empty: it looks for them before reading any."""
+    for rel in ("kaggle_nerve_sample/train/1_1.tif", "kaggle_nerve_sample/test/1.tif"):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).touch()
+    (folder / "nerve" / "images").mkdir(parents=True)
+    for i in range(nerve_frames):
+        (folder / "nerve" / "images" / f"{i}.jpg").touch()
+    return folder
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_speed_says_when_phantom_frames_stand_in_for_missing_datasets(
+        speed, device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """Without the datasets at --data (or the default ../shared/datasets), speed.py measured on
+    phantom frames and said nothing: figures that do not compare with the recorded ones."""
+    import torch
+
+    monkeypatch.setattr(speed, "DATA", speed.DATA)  # main() sets it from --data
+    monkeypatch.setattr(speed, "benchmark", lambda s, quick: {"stub": True})
+    monkeypatch.setattr(speed, "measure_cuda", lambda s, out_dir, quick: {"stub": True})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    nowhere = tmp_path / "nowhere"
+    assert speed.main(["--quick", "--device", device, "--data", str(nowhere)]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "phantom frames" in line]
+    assert len(said) == 1 and str(nowhere) in said[0]
+    assert "will not compare with the recorded ones" in said[0]
+
+    data = _fake_datasets(tmp_path / "datasets", speed.QUICK.predict_frames)
+    assert speed.main(["--quick", "--device", device, "--data", str(data)]) == 0
+    assert "phantom frames" not in capsys.readouterr().err
+
+
+def test_quality_reads_the_datasets_at_data_and_its_refusal_names_the_option(
+        quality, bench_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """quality.py's datasets folder was fixed beside the script (speed.py has --data): a clone
+    elsewhere was told 'shared datasets not found' with no way to point it at them."""
+    nowhere = tmp_path / "nowhere"
+    monkeypatch.setattr("sys.argv", ["quality.py", "--data", str(nowhere)])
+    assert quality.main() == 2
+    err = capsys.readouterr().err
+    assert str(nowhere) in err and "--data" in err
+
+    data = tmp_path / "elsewhere"
+    (data / "busi").mkdir(parents=True)
+    seen = []
+    monkeypatch.setattr(quality, "run_one", lambda *a, **kw: seen.append(quality.DATA))
+    monkeypatch.setattr("sys.argv", ["quality.py", "--data", str(data), "--datasets", "busi",
+                                     "--runs", str(tmp_path / "runs")])
+    assert quality.main() == 0
+    assert seen == [data.resolve()]
