@@ -361,7 +361,8 @@ def test_grid_search_takes_frames_one_at_a_time_and_reads_back_what_apply_gives(
 
 def _reference_scores(prob: np.ndarray, truth: np.ndarray, search) -> np.ndarray:
     """The grid's Dice as first written: every setting thresholded, its components kept by
-    ndimage's own measures and each kept set's holes filled by scipy, the frame whole."""
+    ndimage's own measures (keep_largest with fill_holes: by each one's size filled by scipy)
+    and each kept set's holes filled by scipy, the frame whole."""
     out = np.zeros(search.scores[0].shape[1:])
     for (i, th), (j, area), (q, peak), (k, largest), (f, fill) in itertools.product(
             enumerate(search.thr), enumerate(search.areas), enumerate(search.peak_opts),
@@ -374,7 +375,10 @@ def _reference_scores(prob: np.ndarray, truth: np.ndarray, search) -> np.ndarray
         kept = (sizes >= max(area, 1)) & (peaks >= peak if peak > 0 else True)
         kept[0] = False
         if largest and kept.any():
-            kept = np.arange(n + 1) == np.argmax(np.where(kept, sizes, -1))
+            # with hole filling, ranked by each component's own filling (as measure ranks)
+            by = ([0] + [int(ndimage.binary_fill_holes(labels == c).sum())
+                         for c in range(1, n + 1)]) if fill else sizes
+            kept = np.arange(n + 1) == np.argmax(np.where(kept, by, -1))
         m = kept[labels]
         if fill:
             m = ndimage.binary_fill_holes(m)
@@ -487,7 +491,7 @@ def test_tune_scores_the_frames_in_the_grid_search_s_order(monkeypatch) -> None:
 @pytest.mark.parametrize("ring", [0.9, 0.6])
 def test_grid_search_keeps_a_blob_in_the_hole_of_a_ring_it_drops(ring) -> None:
     """Filling holes in the grid search: a kept component inside the hole of a component that
-    keep_largest or min_peak removes is still kept. The grid's own hole filling (the
+    min_peak removes is still kept. The grid's own hole filling (the
     components' nesting) could lose it, scoring such a frame Dice 0 where apply gives 1, and
     tune would then choose on wrong scores."""
     from ultraseg.postprocess import GridSearch
@@ -497,16 +501,19 @@ def test_grid_search_keeps_a_blob_in_the_hole_of_a_ring_it_drops(ring) -> None:
     truth[8:32, 8:32] = True                    # the blob: 24 x 24 = 576 px
     search = GridSearch(prob.size, thresholds=(0.5,), min_areas=(0,), min_peaks=(0.0, 0.8))
     search.add([prob], truth)
-    # by hand: keep_largest keeps the blob (576 px > the ring's 36 * 4 - 4 = 140); min_peak
-    # 0.8 keeps only the blob where the ring's peak is 0.6. The ring is dropped, so nothing
-    # encloses anything and fill_holes adds nothing: the blob alone, the truth, Dice 1.
-    largest = PostprocessConfig(threshold=0.5, keep_largest=True, fill_holes=True)
+    # by hand: min_peak 0.8 keeps only the blob where the ring's peak is 0.6. The ring is
+    # dropped, so nothing encloses anything and fill_holes adds nothing: the blob alone, the
+    # truth, Dice 1. keep_largest without hole filling keeps the blob too (576 px > the ring's
+    # 36 * 4 - 4 = 140).
+    largest = PostprocessConfig(threshold=0.5, keep_largest=True)
     assert search.frame(0, largest) == (1.0, 576)
     # neither rule: the ring is kept and filled, 34 * 34 + 140 = 1296 px, Dice 2 * 576 /
-    # (1296 + 576)
+    # (1296 + 576); so with keep_largest, which ranks filled sizes with fill_holes on
     filled_ring = pytest.approx((2 * 576 / (1296 + 576), 1296))
     plain = PostprocessConfig(threshold=0.5, fill_holes=True)
     assert search.frame(0, plain) == filled_ring
+    assert search.frame(0, PostprocessConfig(threshold=0.5, keep_largest=True,
+                                             fill_holes=True)) == filled_ring
     # min_peak 0.8 drops a ring peaking at 0.6 (the blob alone), not one at 0.9 (as plain)
     peaked = PostprocessConfig(threshold=0.5, min_peak=0.8, fill_holes=True)
     assert search.frame(0, peaked) == ((1.0, 576) if ring < 0.8 else filled_ring)
@@ -532,3 +539,56 @@ def test_grid_search_reads_back_what_apply_gives_on_rings_around_blobs() -> None
                                     keep_largest=largest, fill_holes=fill)
             m = apply(prob, cfg)
             assert search.frame(0, cfg) == (dice(m, truth), int(m.sum())), (n, cfg)
+
+
+def _ring_and_blob() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ring (a head outlined by its skull alone: 1608 px, 6621 filled) and, apart from it, a
+    smaller solid blob (1941 px), both at probability 0.9 (the review's ring.py)."""
+    yy, xx = np.mgrid[:160, :160]
+    r = np.hypot(yy - 60, xx - 60)
+    ring = (r >= 40) & (r < 46)
+    blob = (yy - 130) ** 2 + (xx - 130) ** 2 < 25 ** 2
+    return np.where(ring | blob, 0.9, 0.05).astype(np.float32), ring, blob
+
+
+def test_keep_largest_ranks_by_filled_size_when_holes_are_filled() -> None:
+    """With fill_holes on, keep_largest keeps what measure calls the largest: components ranked
+    with their holes filled, so a ring outweighs a smaller solid blob. Ranked by their own
+    pixels, apply kept the blob and deleted the ring, and measure then measured the blob."""
+    from ultraseg.measure import largest_component, measure
+
+    prob, ring, blob = _ring_and_blob()
+    assert ring.sum() < blob.sum() < fill_holes(ring).sum()
+    both = PostprocessConfig(keep_largest=True, fill_holes=True)
+    out = apply(prob, both)
+    np.testing.assert_array_equal(out, fill_holes(ring))
+    np.testing.assert_array_equal(out, largest_component(prob >= 0.5))
+    assert measure(out)["area_px"] == measure(prob >= 0.5)["area_px"] == fill_holes(ring).sum()
+    # without hole filling the mask keeps what it shows: the blob, the larger in pixels
+    np.testing.assert_array_equal(apply(prob, PostprocessConfig(keep_largest=True)), blob)
+    # a candidate is ranked by its own filling, not by the ring min_peak removes around it
+    nested = _ring_around_blob(ring=0.6)
+    np.testing.assert_array_equal(
+        apply(nested, PostprocessConfig(min_peak=0.8, keep_largest=True, fill_holes=True)),
+        nested >= 0.8)
+
+
+def test_grid_search_ranks_keep_largest_as_apply_does_on_a_ring_and_a_blob() -> None:
+    """The validation grid scores keep_largest + fill_holes exactly as apply gives it: on the
+    ring and blob, the filled ring (truth), Dice 1; every other setting as apply too."""
+    from ultraseg.postprocess import GridSearch
+
+    prob, ring, blob = _ring_and_blob()
+    truth = fill_holes(ring)
+    search = GridSearch(prob.size, thresholds=(0.5,), min_areas=(0, 1700, 2000))
+    search.add([prob], truth)
+    both = PostprocessConfig(threshold=0.5, keep_largest=True, fill_holes=True)
+    assert search.frame(0, both) == (1.0, int(truth.sum()))
+    for area, peak, largest, fill in itertools.product(
+            search.areas, search.peak_opts, (False, True), (False, True)):
+        cfg = PostprocessConfig(threshold=0.5, min_area=area, min_peak=peak if peak > 0.5
+                                else 0.0, keep_largest=largest, fill_holes=fill)
+        m = apply(prob, cfg)
+        assert search.frame(0, cfg) == (dice(m, truth), int(m.sum())), cfg
+    cfg, score = tune([prob], [truth], thresholds=(0.5,), min_areas=(0,), min_peaks=(0.0,))
+    assert score == 1.0 and cfg.fill_holes

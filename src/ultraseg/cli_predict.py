@@ -166,7 +166,8 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
                    help="remove connected components whose highest probability is under P "
                         "(0: off)")
     g.add_argument("--keep-largest", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep only the largest component")
+                   help="keep only the largest component (with --fill-holes: the largest "
+                        "once its holes are filled, as measure's object)")
     g.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
                    help="fill holes inside components")
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -158,7 +158,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     Sizes are compared with the holes filled, so a ring (a head outlined by its skull alone)
     outweighs a smaller solid blob. Ties go to the component met first in raster order; an
     empty mask gives an empty mask. (Post-processing's hole filling and components: the same
-    as scipy's, several times faster on a large frame.)
+    as scipy's, several times faster on a large frame; and the same rule as its keep_largest
+    with fill_holes, :func:`ultraseg.postprocess.largest_filled`.)
     """
     return _object(np.asarray(mask, dtype=bool))[0]
 
@@ -167,16 +168,13 @@ def _object(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """:func:`largest_component` of a bool (H, W) mask and how many 8-connected components
     the mask holds, from one labelling of them where the mask has no holes (filled, it is
     itself); the filled mask, another, is labelled only where there are."""
-    from .postprocess import _components, _holes
+    from .postprocess import _components, largest_filled
 
     labels, sizes = _components(mask)
     n = len(sizes) - 1
     if not n:
         return np.zeros(mask.shape, dtype=bool), 0
-    holes = _holes(mask)
-    if holes.any():                     # the filled mask's components, sized with their holes
-        labels, sizes = _components(mask | holes)
-    return labels == int(np.argmax(sizes)), n
+    return largest_filled(mask, labels, sizes), n
 
 
 def binary_mask(mask: Any, taker: str = "measure") -> np.ndarray:

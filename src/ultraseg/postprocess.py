@@ -10,7 +10,9 @@ Numpy/scipy only (used by the ONNX-only prediction path).
    a structure is outlined at ``threshold`` but kept only where the network is sure of it
    somewhere; a ``min_peak`` at or under ``threshold`` removes nothing);
 3. with ``cfg.keep_largest``, only the largest remaining component is kept (ties: the first in
-   raster order);
+   raster order); with ``cfg.fill_holes`` too, components are ranked with their holes filled,
+   the size the mask will have, as :mod:`ultraseg.measure` ranks them for its object: a ring
+   (a head outlined by its skull alone) outweighs a smaller solid blob;
 4. with ``cfg.fill_holes``, holes are filled: background regions not 4-connected to the image
    border, exactly as ``scipy.ndimage.binary_fill_holes`` (done by labelling the background,
    several times faster on large frames).
@@ -136,6 +138,11 @@ class _Nesting:
             depth += up > 0
             up = parent[up]
         self.levels = [np.flatnonzero(depth == d) for d in range(1, int(depth.max()) + 1)]
+        # each component's pixels with its own holes filled (all under it), for keep_largest
+        enclosed = self.sizes.copy()
+        for nodes in reversed(self.levels):
+            np.add.at(enclosed, parent[nodes], enclosed[nodes])
+        self.enclosed = enclosed[:n + 1]
 
     def filled(self, kept: np.ndarray) -> tuple[int, int]:
         """Pixels and true positives of the kept components (bool (n + 1,)) with their holes
@@ -169,17 +176,34 @@ def _peaks(prob: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _kept(sizes: np.ndarray, min_area: int, keep_largest: bool,
-          peaks: np.ndarray | None = None, min_peak: float = 0.0) -> np.ndarray:
-    """Bool lookup (n + 1,) of the components that survive; entry 0 (background) is False."""
+          peaks: np.ndarray | None = None, min_peak: float = 0.0,
+          rank: np.ndarray | None = None) -> np.ndarray:
+    """Bool lookup (n + 1,) of the components that survive; entry 0 (background) is False.
+    ``rank``: the sizes keep_largest compares (default ``sizes``; with holes filled, each
+    component's filled size)."""
     kept = sizes >= max(int(min_area), 1)
     if peaks is not None and min_peak > 0:
         kept &= peaks >= min_peak
     kept[0] = False
     if keep_largest and kept.any():
-        largest = int(np.argmax(np.where(kept, sizes, -1)))  # ties: first in raster order
+        by = sizes if rank is None else rank
+        largest = int(np.argmax(np.where(kept, by, -1)))  # ties: first in raster order
         kept = np.zeros_like(kept)
         kept[largest] = True
     return kept
+
+
+def largest_filled(mask: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a bool (H, W) mask holding at least one, its
+    holes filled, ranked by that filled size (ties: the first in raster order): the one rule
+    for "the largest" of keep_largest with fill_holes and of :mod:`ultraseg.measure`'s object.
+    ``labels``, ``sizes``: the mask's components (:func:`_components`; a component labelled
+    but outside the mask has size 0). The filled mask is labelled again only where it has
+    holes (filled, a mask without holes is itself)."""
+    holes = _holes(mask)
+    if holes.any():                     # the filled mask's components, sized with their holes
+        labels, sizes = _components(mask | holes)
+    return labels == int(np.argmax(sizes))
 
 
 def apply(prob: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
@@ -190,7 +214,12 @@ def apply(prob: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
     if cfg.min_area > 1 or cfg.keep_largest or peaked:
         labels, sizes = _components(mask)
         peaks = _peaks(p, labels, len(sizes) - 1) if peaked else None
-        mask = _kept(sizes, cfg.min_area, cfg.keep_largest, peaks, cfg.min_peak)[labels]
+        by_filled = cfg.keep_largest and cfg.fill_holes       # ranked once filled, below
+        kept = _kept(sizes, cfg.min_area, cfg.keep_largest and not by_filled, peaks,
+                     cfg.min_peak)
+        mask = kept[labels]
+        if by_filled:
+            return largest_filled(mask, labels, np.where(kept, sizes, 0)) if kept.any() else mask
     if cfg.fill_holes:
         mask = fill_holes(mask)
     return mask
@@ -235,6 +264,8 @@ def _score_frame(prob: np.ndarray, truth: np.ndarray, thr: list[float], areas: l
             score[i, j, q, k, 0], area[i, j, q, k, 0] = d, pred_sum
             if nesting is not None:
                 if nesting.holes:
+                    if largest:         # ranked with holes filled, as apply ranks them
+                        kept = _kept(sizes, min_area, largest, peaks, peak, nesting.enclosed)
                     key = kept.tobytes()
                     if key not in filled_cache:
                         filled_sum, tp = nesting.filled(kept)
