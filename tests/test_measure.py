@@ -509,3 +509,20 @@ def test_pixel_size_warnings_count_the_other_frames_without_claiming_their_reaso
     assert said.startswith("a: regions disagree: no pixel size taken"), said
     assert "1 more frame," in said and "frames" not in said, said
     assert "so for" not in said, said
+
+
+def test_the_measure_summary_counts_the_frames_that_held_more_than_one_region() -> None:
+    """measure measures the largest region alone: its printed summary says how many frames
+    held more (a second lesion, a second structure), which only n_components in the CSV told."""
+    from ultraseg.cli_predict import format_measure_summary
+    from ultraseg.predict_files import summarise_measurements
+
+    rows = [{"area_px": a, "pixel_size_mm": None, "n_components": n}
+            for a, n in ((50, 1), (40, 3), (0, 0), (30, 2))]
+    s = summarise_measurements(rows)
+    assert s["n_multiple_regions"] == 2
+    assert ("2 frames held more than one region; the largest was measured"
+            in format_measure_summary(s))
+    one = summarise_measurements(rows[:1] + rows[2:3])
+    assert one["n_multiple_regions"] == 0
+    assert "more than one region" not in format_measure_summary(one)

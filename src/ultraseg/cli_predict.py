@@ -285,6 +285,10 @@ def format_measure_summary(s: dict[str, Any], *, heads: bool = False) -> str:
     """The measure summary as a few lines (``heads``: as in :func:`format_measure_row`)."""
     lines = [f"measured {s['n']} frames ({s['n_with_object']} with an object, "
              f"{s['n_with_pixel_size']} with a known pixel size)"]
+    if s.get("n_multiple_regions"):
+        n = s["n_multiple_regions"]
+        lines.append(f"{n} frame{'s' if n != 1 else ''} held more than one region; the largest "
+                     "was measured")
     if s["n_with_object"] and not s["n_with_pixel_size"]:
         lines.append("no pixel size known: figures in px (--pixel-size MM gives mm)")
     if s["hc_mm_mean"] is not None:

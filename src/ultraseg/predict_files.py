@@ -1094,13 +1094,16 @@ def _measurement_row(frame: Frame, shape: tuple[int, ...],
 def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: float = 0.0
                            ) -> dict[str, Any]:
     """Counts, mean HC, and the mean absolute / signed HC error where references exist (and
-    how many frames with a reference had no object to measure)."""
+    how many frames with a reference had no object to measure, how many held more than one
+    region of which the largest alone was measured)."""
     hc = [r["hc_mm"] for r in rows if r.get("hc_mm") is not None]
     errors = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
     return {
         "n": len(rows),
         "n_with_object": sum(1 for r in rows if r["area_px"] > 0),
         "n_with_pixel_size": sum(1 for r in rows if has_pixel_size(r)),
+        # frames whose mask held more regions than the one measured (the largest)
+        "n_multiple_regions": sum(1 for r in rows if (r.get("n_components") or 0) > 1),
         "area_px_mean": float(np.mean([r["area_px"] for r in rows])) if rows else None,
         "hc_mm_mean": float(np.mean(hc)) if hc else None,
         "n_with_reference": len(errors),
