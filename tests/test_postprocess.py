@@ -592,3 +592,32 @@ def test_grid_search_ranks_keep_largest_as_apply_does_on_a_ring_and_a_blob() -> 
         assert search.frame(0, cfg) == (dice(m, truth), int(m.sum())), cfg
     cfg, score = tune([prob], [truth], thresholds=(0.5,), min_areas=(0,), min_peaks=(0.0,))
     assert score == 1.0 and cfg.fill_holes
+
+
+def test_what_the_rules_change_of_a_perfect_prediction_is_named() -> None:
+    """changes_to_truth: apply to the truth itself as the probabilities (1 inside, 0 outside),
+    and which rules changed it: min-area removing a small structure, keep-largest a second,
+    fill-holes filling a hole the truth has; nothing where apply gives the truth back."""
+    from ultraseg.postprocess import changes_to_truth
+
+    t = np.zeros((20, 20), bool)
+    t[2:10, 2:10] = True                # 64 px
+    assert changes_to_truth(t, PostprocessConfig(min_area=60, keep_largest=True,
+                                                 fill_holes=True, min_peak=0.99)) == []
+    two = t.copy()
+    two[14:17, 14:17] = True            # 9 px, a second structure
+    assert changes_to_truth(two, PostprocessConfig(keep_largest=True)) == ["keep-largest"]
+    assert changes_to_truth(two, PostprocessConfig(min_area=10)) == ["min-area"]
+    assert changes_to_truth(two, PostprocessConfig(min_area=10, keep_largest=True)) == [
+        "min-area"]                     # the small one goes before keep-largest sees it
+    assert changes_to_truth(two, PostprocessConfig(min_area=9, keep_largest=True)) == [
+        "keep-largest"]
+    ring = t.copy()
+    ring[5, 5] = False
+    assert changes_to_truth(ring, PostprocessConfig(fill_holes=True)) == ["fill-holes"]
+    assert changes_to_truth(ring, PostprocessConfig(threshold=0.3, min_area=5)) == []
+    for cfg in (PostprocessConfig(keep_largest=True), PostprocessConfig(min_area=10),
+                PostprocessConfig(fill_holes=True)):
+        for truth in (t, two, ring, np.zeros_like(t)):
+            assert (changes_to_truth(truth, cfg) == []) == np.array_equal(
+                apply(truth.astype(np.float32), cfg), truth)

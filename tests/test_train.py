@@ -2206,3 +2206,64 @@ def test_a_valid_tile_larger_than_the_working_size_is_refused_with_the_tile_that
     batches = Batches(arrays, np.array([0]), _cfg(depth=depth, tile=tile, size=size))  # followed
     x, y = next(iter(batches.epoch(np.random.default_rng(0))))
     assert y.shape[-1] == tile and tile > size - 2 ** depth
+
+
+def test_the_end_of_training_says_what_the_chosen_rules_would_change_of_perfect_masks(
+        tmp_path) -> None:
+    """How many validation masks the chosen post-processing would change were they predicted
+    perfectly (a ceiling the choice never showed: on BUSI keep-largest and min-area delete
+    true second lesions), the rules named, and a warning where keep-largest is chosen on
+    masks holding more than one structure. The validation keeps only the masks a rule could
+    change (cropped), none of the frames."""
+    from conftest import ultraseg_warnings
+    from scipy import ndimage
+
+    from ultraseg.io.base import select_label
+    from ultraseg.postprocess import changes_to_truth
+
+    cfg, predictor, samples = _validation_frames(tmp_path, 6)
+    truths = [select_label(s.load()[1], cfg.preprocess.label) for s in samples]
+    two = tmp_path / "two.png"          # a second structure beside the first frame's
+    second = truths[0].copy()
+    second[1:3, 1:3] = True
+    assert (ndimage.label(second, np.ones((3, 3)))[1]
+            == ndimage.label(truths[0], np.ones((3, 3)))[1] + 1)
+    Image.fromarray(second.astype(np.uint8) * 255).save(two)
+    samples[0] = replace(samples[0], mask_paths=(two,))
+    truths[0] = second
+    seen = train_mod._score_validation(predictor, samples, cfg, True, None)
+    largest = PostprocessConfig(keep_largest=True, min_area=3)
+    changed = [bool(changes_to_truth(t, largest)) for t in truths]
+    n_parts = [ndimage.label(t, np.ones((3, 3)))[1] for t in truths]
+    assert any(changed) and sum(n > 1 for n in n_parts) >= 1
+    with ultraseg_warnings() as warned:
+        row = train_mod._perfect_ceiling(seen, largest)
+    assert (f"would change {sum(changed)} of 6 validation masks even if predicted perfectly"
+            in row), row
+    assert "keep-largest drops a second structure" in row, row
+    said = " ".join(r.getMessage() for r in warned)
+    assert (f"{sum(n > 1 for n in n_parts)} of the 6 validation masks hold more than one "
+            "structure") in said, said
+    with ultraseg_warnings() as warned:
+        assert train_mod._perfect_ceiling(seen, PostprocessConfig()) is None
+    assert not warned
+
+
+def test_a_run_that_chooses_keep_largest_on_masks_of_two_structures_says_so(
+        tmp_path, monkeypatch) -> None:
+    """train.log and report.html's post-processing row say what the choice would change of
+    perfectly predicted validation masks, and train.log warns of keep-largest chosen where
+    masks hold two structures (phantom subject 2's frames do; the choice is made
+    keep-largest here, whatever the tiny model would choose)."""
+    import ultraseg.postprocess as pp_mod
+
+    chosen = PostprocessConfig(threshold=0.5, keep_largest=True)
+    monkeypatch.setattr(pp_mod.GridSearch, "choose", lambda self, *a, **k: (chosen, 0.5))
+    assert _train_tiny(tmp_path, tmp_path / "run", "--epochs", "1") == 0
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "validation masks hold more than one structure" in log_text, log_text
+    said = re.search(r"would change (\d+) of (\d+) validation masks even if predicted "
+                     r"perfectly \(keep-largest drops a second structure on \d+\)", log_text)
+    assert said and int(said[1]) >= 1, log_text
+    row = _summary_rows(tmp_path / "run")["post-processing"]
+    assert row.endswith(f"; {said[0]}"), row

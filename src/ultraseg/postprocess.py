@@ -225,6 +225,30 @@ def apply(prob: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
     return mask
 
 
+def changes_to_truth(truth: np.ndarray, cfg: PostprocessConfig) -> list[str]:
+    """The rules of ``cfg`` that change a perfect prediction of the bool (H, W) mask ``truth``
+    (:func:`apply` to the mask as probabilities, 1 inside and 0 outside), named as the CLI
+    names them: ``"min-area"`` (a structure smaller than it removed), ``"keep-largest"`` (a
+    second structure dropped), ``"fill-holes"`` (a hole of the truth filled); ``"threshold"``
+    where none of those did it (a threshold of 0). Empty where :func:`apply` gives the truth
+    back: a ceiling the chosen post-processing sets whatever the network predicts."""
+    t = np.asarray(truth, dtype=bool)
+    out = apply(t.astype(np.float32), cfg)
+    if np.array_equal(out, t):
+        return []
+    _, sizes = _components(t)
+    sizes = sizes[1:]
+    large = sizes >= max(int(cfg.min_area), 1)
+    rules = []
+    if not large.all():
+        rules.append("min-area")
+    if cfg.keep_largest and large.sum() > 1:
+        rules.append("keep-largest")
+    if cfg.fill_holes and (out & ~t).any():
+        rules.append("fill-holes")
+    return rules or ["threshold"]
+
+
 def default_min_areas(area: int, n: int = 8, max_fraction: float = 0.02) -> tuple[int, ...]:
     """Candidate ``min_area`` values for frames of ``area`` pixels.
 

@@ -1201,6 +1201,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         log.info("validation Dice at original resolution: %.4f raw (threshold 0.5, no flip), "
                  "%.4f with %s", raw, tuned, pp)
         _warn_if_nothing_found(out, seen, pp, tuned)
+    ceiling = _perfect_ceiling(seen, pp) if seen else None
     measure_meta = dict(best.meta.get("measure") or {})
     if seen and cfg.train.tune_postprocess and (deadline is None
                                                  or time.monotonic() < deadline):
@@ -1249,7 +1250,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             if seen else figure(None),
         "empty rule": EMPTY_RULE,
         "post-processing": postprocess_words(pp.to_dict()) + ("" if choosing or not seen else
-                                                        " (the defaults: not chosen)"),
+                                                        " (the defaults: not chosen)")
+                           + (f"; {ceiling}" if ceiling else ""),
         **({"head-circumference boundary offset (px)":
             f"{measure_meta['boundary_offset_px']} (chosen on {measure_meta['offset_frames']} "
             f"validation frames; the outlines' half-width "
@@ -1404,6 +1406,11 @@ class _Validation:
     hc_samples: list = field(default_factory=list)
     hc_regions: list = field(default_factory=list)
     hc_levels: list[list[np.ndarray]] = field(default_factory=list)
+    #: where the post-processing was chosen: how many structures each frame's mask holds, and
+    #: the masks a rule of the grids could change were they predicted perfectly
+    #: (:func:`_changeable`, cropped), for :func:`_perfect_ceiling`
+    truth_parts: list[int] = field(default_factory=list)
+    changeable: list[np.ndarray] = field(default_factory=list)
 
     def hc_probs(self, pp: PostprocessConfig) -> Iterator[np.ndarray]:
         """Those frames' probabilities as ``pp`` predicts them, one frame at a time, to the
@@ -1411,6 +1418,68 @@ class _Validation:
         values = np.asarray((0.0, *self.cuts))
         for levels in self.hc_levels:
             yield values[levels[int(pp.tta)]]
+
+
+def _changeable(truth: np.ndarray, max_area: int) -> tuple[int, np.ndarray | None]:
+    """How many structures (8-connected) the bool mask ``truth`` holds, and, where a rule of
+    the grids could change it predicted perfectly (more than one structure, one smaller than
+    ``max_area``, the grid's largest minimum area, or a hole), the mask cropped to them with a
+    margin of one background pixel (else None): a crop that changes none of those, a
+    background region open to the frame's border being open to the margin."""
+    from .postprocess import _components, _holes
+
+    t = np.asarray(truth, dtype=bool)
+    rows, cols = np.flatnonzero(t.any(1)), np.flatnonzero(t.any(0))
+    if not rows.size:
+        return 0, None
+    crop = np.pad(t[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], 1)
+    _, sizes = _components(crop)
+    n = len(sizes) - 1
+    kept = n > 1 or int(sizes[1:].min()) < max_area or bool(_holes(crop).any())
+    return n, crop if kept else None
+
+
+_CHANGES = {"keep-largest": "keep-largest drops a second structure",
+            "min-area": "min-area removes a small one", "fill-holes": "hole filling fills a hole",
+            "threshold": "the threshold"}
+
+
+def _perfect_ceiling(seen: _Validation, pp: PostprocessConfig) -> str | None:
+    """Log how many validation masks the post-processing ``pp`` chosen on them would change
+    were they predicted perfectly (:func:`ultraseg.postprocess.changes_to_truth`: a ceiling
+    whatever the network predicts, as keep-largest dropping a true second lesion), and warn
+    where keep-largest is chosen on masks holding more than one structure. Returns the
+    report's words for it, None where it changes none (or the post-processing was not chosen
+    on them: no masks kept)."""
+    from collections import Counter
+
+    from .postprocess import changes_to_truth
+
+    n = len(seen.truth_parts)
+    if not n:
+        return None
+    several = sum(k > 1 for k in seen.truth_parts)
+    if pp.keep_largest and several:
+        log.warning("keep-largest was chosen on the validation frames, and %d of the %d "
+                    "validation masks hold more than one structure (8-connected): it keeps "
+                    "the largest alone, so a second one is lost on such frames even where the "
+                    "network finds it (--no-keep-largest on predict, evaluate and measure "
+                    "keeps it)", several, n)
+    rules: Counter[str] = Counter()
+    changed = 0
+    for truth in seen.changeable:
+        found = changes_to_truth(truth, pp)
+        changed += bool(found)
+        rules.update(found)
+    if not changed:
+        log.info("the chosen post-processing changes none of the %d validation masks "
+                 "predicted perfectly", n)
+        return None
+    why = "; ".join(f"{words} on {rules[r]}" for r, words in _CHANGES.items() if rules[r])
+    text = (f"would change {changed} of {n} validation masks even if predicted perfectly "
+            f"({why})")
+    log.info("the chosen post-processing %s", text)
+    return text
 
 
 def _cuts() -> tuple[float, ...]:
@@ -1481,6 +1550,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     measured = cfg.train.tune_postprocess
     raws, scores, areas = [0.0] * n, [0.0] * n, [0] * n
     empty, gridded = [False] * n, {}
+    parts, changeable = ([0] * n if tuning else []), {}
     hc: dict[int, tuple[Any, Any, list[np.ndarray]]] = {}
     t_start = time.monotonic()
     per_frame = 0.0     # seconds reading, predicting and plainly scoring a frame so far
@@ -1510,6 +1580,10 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
         for j, f in enumerate(rows):
             image, truth = frames[j]
             p = plain[j]
+            if tuning:                  # what the choice would change of a perfect mask
+                parts[f], crop = _changeable(truth, search.areas[-1])
+                if crop is not None:
+                    changeable[f] = crop
             # another frame on the grid, and then the frames not read yet, read, predicted
             # and scored under the choice, must fit before the deadline: where they would
             # not, choose on those so far
@@ -1542,7 +1616,8 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     chosen = sorted(hc)
     return _Validation(pp, float(np.mean(raws)), scores, areas, empty, cuts,
                        [hc[f][0] for f in chosen], [hc[f][1] for f in chosen],
-                       [hc[f][2] for f in chosen])
+                       [hc[f][2] for f in chosen], parts,
+                       [changeable[f] for f in sorted(changeable)])
 
 
 def _shown_frames(predictor: Predictor, samples: list, cfg: RunConfig, pp: PostprocessConfig
