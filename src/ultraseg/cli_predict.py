@@ -161,7 +161,9 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, metavar="T",
                    help="probability at or above which a pixel is foreground")
     g.add_argument("--min-area", type=int, metavar="N",
-                   help="remove connected components smaller than N pixels (original size)")
+                   help="remove connected components smaller than N pixels (original size: "
+                        "the frame's own pixels, so frames at another resolution than "
+                        "training's lose other structures)")
     g.add_argument("--min-peak", type=float, metavar="P",
                    help="remove connected components whose highest probability is under P "
                         "(0: off)")

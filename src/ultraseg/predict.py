@@ -228,7 +228,14 @@ class Predictor:
         integers (a 16-bit scan, but also an 8-bit frame cast to int64) and floats beyond
         0..255 stretched from their min..max.
         Cast an 8-bit frame held in a wider type back to uint8 to keep its values. A Pillow
-        image is decoded as its file would be."""
+        image is decoded as its file would be.
+
+        The map is the one :meth:`predict` thresholds: averaged with the flipped frame's where
+        test-time augmentation is used (:attr:`uses_tta`: the checkpoint's choice unless
+        ``tta`` is set), and after a presence head's gate where the model has one (no pixel
+        above the frame's presence probability; in classifier mode a frame the head calls
+        absent, under 0.5, has a map of 0): ``predict(image)`` is
+        ``ultraseg.postprocess.apply(predict_proba(image), predictor.postprocess)``."""
         return next(iter(self.predict_proba_many([image])))
 
     def predict(self, image: ImageLike, postprocess: PostprocessConfig | None = None
