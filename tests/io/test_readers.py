@@ -1837,3 +1837,26 @@ def test_a_name_with_a_superscript_digit_is_read_and_sorted(tmp_path) -> None:
     names = ["a 10", "a 2", "a", "b1", "a01", "1", "10", "a 2 b", "a1b2", "a1b10", ""]
     assert sorted(names, key=natural_key) == [
         "", "1", "10", "a", "a01", "a1b2", "a1b10", "a 2", "a 2 b", "a 10", "b1"]
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_mask_named_as_its_image_in_another_letter_case_is_named_as_the_near_match(
+        tmp_path, beside) -> None:
+    """images/Case_1.png with masks/case_1_mask.png gave 'mask without an image' and 'image
+    without a mask', neither naming the other: names pair in their exact letter case (as
+    documented), so both lines stay, and each names the file differing only in letter case."""
+    root = make_folders(tmp_path / "d")
+    _save(root / "images" / "Case_4.png", _frame())
+    _save(root / ("images" if beside else "masks") / "case_4_mask.png", _disk())
+    pairs, problems = _pairs(root)
+    assert pairs["Case_4"] == () and "case_4" not in pairs
+    assert len(problems) == 2, problems
+    mask_line = next(p for p in problems if "mask without an image" in p)
+    image_line = next(p for p in problems if "image without a mask" in p)
+    assert "an image differing only in letter case: Case_4.png" in mask_line, mask_line
+    assert "a mask differing only in letter case: case_4_mask.png" in image_line, image_line
+    # an orphan with no such near-match keeps its line without the hint
+    _save(root / "masks" / "9_9_mask.png", _disk())
+    _, problems = _pairs(root)
+    stray = next(p for p in problems if "9_9_mask.png" in p)
+    assert "letter case" not in stray

@@ -233,6 +233,20 @@ def _loop_frames_problem(image: Path, frames: int, masks: list[Path]) -> Unpaire
                     "Python: read_image(path, frame=k))", image)
 
 
+def _case_near_matches(orphans: list[str], lone: list[str]) -> dict[str, str]:
+    """Masks among ``orphans`` (names that pair with no image) whose name differs from one of
+    ``lone`` (images without a mask) only in letter case, and that image: mask name -> image
+    name, where each side has exactly one such partner (``case_1`` for ``Case_1``). Names pair
+    in their exact case; this only names the likely match in the orphan lines."""
+    by_fold: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+    for name in orphans:
+        by_fold[name.casefold()][0].append(name)
+    for name in lone:
+        if name.casefold() in by_fold:
+            by_fold[name.casefold()][1].append(name)
+    return {m[0]: i[0] for m, i in by_fold.values() if len(m) == 1 and len(i) == 1}
+
+
 def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled: bool,
           folder: Path, several_masks: bool = False, naming: str | None = None
           ) -> tuple[list[tuple[str, Path, tuple[Path, ...]]], list[DataError]]:
@@ -270,19 +284,28 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
         problems.append(_loop_frames_problem(images[stem][0], frames,
                                              [masks[n][0] for n in names]))
         orphans -= set(names)
+    told = set(explained.values()) | set(loops)
+    lone = [n for n in images if n not in masks and n not in told] if labelled else []
+    near = _case_near_matches(sorted(orphans, key=natural_key), lone)
     for name in sorted(orphans, key=natural_key):
         mask = masks[name][0]
+        hint = (f" (an image differing only in letter case: {images[near[name]][0].name}; "
+                "names pair in their exact case: rename one as the other)"
+                if name in near else "")
         problems.append(Unpaired(f"mask without an image: add its image, or move the mask out "
-                                 f"of {mask.parent.name}/", mask))
-    told = set(explained.values()) | set(loops)
+                                 f"of {mask.parent.name}/{hint}", mask))
+    near_mask = {image: mask for mask, image in near.items()}
     pairs = []
     for name in sorted(images, key=natural_key):
         mask = masks.get(name)
         if labelled and not mask and name not in told:
             image = images[name][0]
+            hint = (f"; a mask differing only in letter case: {masks[near_mask[name]][0].name} "
+                    "(names pair in their exact case: rename one as the other)"
+                    if name in near_mask else "")
             problems.append(Unpaired(f"image without a mask in a labelled set: add its mask, "
                                      f"or move the image out of {image.parent.name}/ (predict "
-                                     "reads images without masks)", image))
+                                     f"reads images without masks){hint}", image))
         found = tuple(sorted(mask, key=lambda p: natural_key(p.name))) if several_masks and mask \
             else (mask[0],) if mask else ()
         pairs.append((name, images[name][0], found))
