@@ -2267,3 +2267,41 @@ def test_a_run_that_chooses_keep_largest_on_masks_of_two_structures_says_so(
     assert said and int(said[1]) >= 1, log_text
     row = _summary_rows(tmp_path / "run")["post-processing"]
     assert row.endswith(f"; {said[0]}"), row
+
+def test_a_validation_side_of_few_frames_is_warned_about_in_the_log_and_the_report(
+        tmp_path) -> None:
+    """A split whose validation side held two frames chose the kept epoch and the
+    post-processing on them without a word, a choice that is mostly noise. A warning names the
+    count and --val-fraction, which enlarges it; it reaches train.log and the report as the
+    run's other warnings do, and a resumed run's report says it once."""
+    from conftest import ultraseg_warnings
+
+    data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)  # subjects of 10 and 2 frames
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": None},
+        "model": {"width": 4, "depth": 1}, "preprocess": {"size": 32},
+        "train": {"epochs": 1, "val_fraction": 0.2, "seed": 3, "device": "cpu",
+                  "precision": "fp32", "num_threads": 1, "time_limit_s": None}})
+    run = tmp_path / "run"      # (seed 3 draws the subject of 2 frames for validation)
+    with ultraseg_warnings() as warned:
+        result = train_mod.train(cfg, run)
+    said = [r.getMessage() for r in warned if "validation frames choose" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in warned]
+    assert "only 2 validation frames choose" in said[0] and "--val-fraction" in said[0]
+    assert "(now 0.2" in said[0]
+    assert any("only 2 validation frames choose" in w for w in result.warnings)
+    assert "only 2 validation frames choose" in (run / "train.log").read_text()
+    section = _warnings_section((run / "report.html").read_text())
+    assert section.count("only 2 validation frames choose") == 1
+    (run / "report.html").unlink()
+    train_mod.train(None, run, resume=True)
+    assert _warnings_section((run / "report.html").read_text()) == section
+
+
+@pytest.mark.parametrize("frames, warns", [(1, True), (4, True), (5, False), (0, False)])
+def test_few_validation_frames_are_said_below_five(frames, warns) -> None:
+    """The note on a small validation side: below five frames, none without validation."""
+    note = train_mod.few_validation_note(frames, 1, 0.2)
+    assert (note is not None) == warns
+    if warns:
+        assert f"only {frames} validation frame" in note

@@ -757,6 +757,25 @@ def _other_split(held: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
             "split")
 
 
+#: Fewer validation frames than this choose the kept epoch and the post-processing on what is
+#: mostly noise: a warning says so (:func:`few_validation_note`).
+FEW_VALIDATION_FRAMES = 5
+
+
+def few_validation_note(frames: int, subjects: int, val_fraction: float) -> str | None:
+    """The warning for a validation side of ``frames`` frames (of ``subjects`` subjects) that
+    chooses the epoch and the post-processing, where they are fewer than
+    :data:`FEW_VALIDATION_FRAMES`; None for more, or for no validation (0 frames)."""
+    if not 0 < frames < FEW_VALIDATION_FRAMES:
+        return None
+    return (f"only {frames} validation frame{'s' * (frames != 1)} choose{'s' * (frames == 1)} "
+            f"({subjects} subject{'s' * (subjects != 1)}): the kept epoch and the "
+            "post-processing are chosen on so few frames that their Dice is mostly noise; a "
+            f"larger --val-fraction (now {val_fraction:g}; in Python, train.val_fraction) "
+            "draws more, or --val-fraction 0 keeps the last epoch and the default "
+            "post-processing")
+
+
 def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,
            ctx: Dist = SINGLE, warned: Iterable[str] = ()) -> TrainResult:
     """The run itself; ``last`` is the checkpoint to resume from (None: a new run);
@@ -849,6 +868,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                     if len(holders) == 1 else
                     "another --split-seed or --val-fraction (in Python, train.split_seed or "
                     "train.val_fraction) draws a split that can")
+    few = few_validation_note(len(val_idx) if choosing else 0,
+                              len({arrays.subjects[i] for i in val_idx}), tc.val_fraction)
+    if few:
+        log.warning("%s: %s", ds.root, few)
     batches = Batches(arrays, train_idx, cfg)
     val_frames, val_masks = arrays.images[val_idx], arrays.masks[val_idx]   # uint8
 
