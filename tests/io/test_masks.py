@@ -1393,3 +1393,33 @@ def test_a_resized_mask_reads_alike_at_8_and_16_bits_and_as_floats_in_0_1(tmp_pa
     ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))     # no mask: refused
     with pytest.raises(DataError, match=r"spread over 0\.\.1 "):
         classify_mask_values(ramp)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_an_image_whose_alpha_is_not_opaque_is_warned_of_once_a_call(tmp_path: Path,
+                                                                      mode: str) -> None:
+    """An RGBA or LA frame with transparent pixels was read as its colour alone, the alpha
+    dropped in silence (what showed as a faded or cut-out frame trains as the full one).
+    Its pixels are read as before; one warning a call (said_once: a dataset, a run) names the
+    first such file; an opaque alpha is not warned of."""
+    grey = (np.arange(24 * 32) % 251).astype(np.uint8).reshape(24, 32)
+    alpha = np.full((24, 32), 255, np.uint8)
+    alpha[:, :8] = 0
+
+    def image(a: np.ndarray) -> Image.Image:
+        if mode == "LA":
+            return Image.fromarray(np.stack([grey, a], -1), "LA")
+        return Image.fromarray(np.stack([grey] * 3 + [a], -1), "RGBA")
+
+    clear = [_save(tmp_path / f"c{k}.png", image(alpha)) for k in range(2)]
+    opaque = _save(tmp_path / "o.png", image(np.full_like(alpha, 255)))
+    expected = {p: np.asarray(Image.open(p).convert("L")) for p in [*clear, opaque]}
+    with ultraseg_warnings() as warned, said_once():
+        for p in [opaque, *clear, *clear]:
+            np.testing.assert_array_equal(read_image(p), expected[p])   # pixels as before
+    said = [r.getMessage() for r in warned]
+    assert len(said) == 1, said
+    assert "c0.png" in said[0] and "alpha" in said[0] and "25.0 %" in said[0], said
+    with ultraseg_warnings() as warned:
+        read_image(opaque)
+    assert warned == []

@@ -569,6 +569,8 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
         return np.array(im.getchannel("L"), dtype=np.uint8)
     if im.mode in _SHOWN_AS:    # as they show, once: their RGB's convert("L") is theirs
         im = im.convert(_SHOWN_AS[im.mode])
+    if im.mode in ("RGBA", "LA"):
+        _say_alpha(np.asarray(im.getchannel("A")), path)
     if im.mode in ("RGB", "RGBA", "YCbCr"):     # (a YCbCr's grey is its Y: kept to the end)
         say_colour(np.asarray(im if im.mode != "YCbCr" else im.convert("RGB")), path)
     if im.mode in _GREY_BY_PILLOW:
@@ -691,13 +693,26 @@ def _say_few_greys(x: np.ndarray, out: np.ndarray, path: str | Path | None) -> N
                    "or 0..255")
 
 
+def _say_alpha(alpha: np.ndarray, path: str | Path | None) -> None:
+    """Warn where an image's ``alpha`` (H, W) is not fully opaque: it is read as its colour
+    alone, the alpha dropped. Once a :func:`said_once` block (a dataset, a run), naming the
+    first such file, not once a file: a set saved with transparency is one thing to say."""
+    clear = float(np.count_nonzero(alpha < 255)) / max(alpha.size, 1)
+    if clear:
+        say_of_file(path, "alpha", f"its alpha channel is not fully opaque ({100 * clear:.1f} % "
+                    "of its pixels transparent or partly): read as its colour alone, the alpha "
+                    "dropped (said once: other images read with it may be so too)",
+                    unnamed="an image", per_file=False)
+
+
 def say_of_file(path: str | Path | None, kind: str, what: str,
-                unnamed: str = "a float frame (an array)") -> None:
+                unnamed: str = "a float frame (an array)", per_file: bool = True) -> None:
     """Warn of a frame (a float scale, a size beyond Pillow's guard): once a file inside a
-    :func:`said_once` block (``kind`` tells the warnings apart), each time for an array
-    (``path`` None, said to be ``unnamed``) and outside such a block."""
+    :func:`said_once` block (``kind`` tells the warnings apart; with ``per_file`` False, once
+    the block, naming the first file), each time for an array (``path`` None, said to be
+    ``unnamed``) and outside such a block."""
     if path is not None and getattr(_said, "depth", 0):
-        key = (os.path.realpath(path), kind)
+        key = (os.path.realpath(path) if per_file else "", kind)
         if key in _said.files:
             return
         _said.files.add(key)
