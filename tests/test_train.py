@@ -2305,3 +2305,44 @@ def test_few_validation_frames_are_said_below_five(frames, warns) -> None:
     assert (note is not None) == warns
     if warns:
         assert f"only {frames} validation frame" in note
+
+
+def test_config_json_records_what_device_precision_and_threads_resolved_to(tmp_path) -> None:
+    """config.json kept train.device, precision and num_threads as given ('auto', None), so a
+    reader could not tell what the run ran on. They stay as given (a resume on another machine
+    resolves them anew), and a 'resolved' block beside the sections says what they became;
+    the file loads as the config it records, and one without the block (an older run's) too."""
+    from ultraseg.config import RunConfig
+    from ultraseg.runtime import cpu_has_bf16
+
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=0)
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": None},
+        "model": {"width": 4, "depth": 1}, "preprocess": {"size": 32},
+        "train": {"epochs": 1, "val_fraction": 0, "seed": 0, "device": "cpu",
+                  "precision": "auto", "num_threads": None, "time_limit_s": None}})
+    run = tmp_path / "run"
+
+    def stop(event) -> None:
+        if event.get("event") == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(replace(cfg, train=replace(cfg.train, epochs=2)), run, progress=stop)
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["train"]["precision"] == "auto" and doc["train"]["num_threads"] is None
+    resolved = {"device": "cpu", "precision": "bf16" if cpu_has_bf16() else "fp32",
+                "num_threads": torch.get_num_threads()}
+    assert doc["resolved"] == resolved
+    # resumed where they resolve otherwise (another machine): the block says what ran now
+    doc["resolved"] = {**resolved, "device": "cuda:0", "num_threads": 64}
+    (run / "config.json").write_text(json.dumps(doc))
+    train_mod.train(None, run, resume=True)
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["resolved"] == resolved
+    loaded = RunConfig.load(run / "config.json")
+    assert loaded.train.precision == "auto" and loaded.train.device == "cpu"
+    assert merge(preset("cpu"), doc) == loaded          # as train --config RUN/config.json
+    del doc["resolved"]                                  # an older run's config.json
+    (run / "config.json").write_text(json.dumps(doc))
+    assert RunConfig.load(run / "config.json") == loaded

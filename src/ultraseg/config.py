@@ -410,6 +410,11 @@ def _data_names(doc: Any, convert: Any) -> Any:
     return {**doc, "data": {**data, **names}}
 
 
+#: The block of a run's config.json recording what its 'auto' settings (train.device,
+#: precision, num_threads) resolved to where it ran: a record, not a setting (read as none).
+RESOLVED = "resolved"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of a run. ``preset`` names the recipe it started from: where it is one
@@ -439,7 +444,8 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         if not isinstance(d, dict):
             raise UltrasegError(f"a config is a JSON object of sections, got {d!r:.60}")
-        unknown = sorted(set(d) - {"preset", "data", "preprocess", "model", "train"}, key=str)
+        unknown = sorted(set(d) - {"preset", "data", "preprocess", "model", "train", RESOLVED},
+                         key=str)
         if unknown:
             raise UltrasegError(f"unknown config sections {unknown}")
         for name in ("data", "preprocess", "model", "train"):
@@ -540,6 +546,8 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
     for section, values in overrides.items():
         if section == "preset":
             d["preset"] = values
+            continue
+        if section == RESOLVED:     # a run's record of what ran (its config.json's): no setting
             continue
         if section not in d:
             raise UltrasegError(f"unknown config section '{section}'")

@@ -6,6 +6,7 @@ what a run refused before its first epoch takes away again.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import threading
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import ModelConfig, RunConfig, names_read
+from .config import RESOLVED, ModelConfig, RunConfig, names_read
 from .errors import CheckpointError, UltrasegError
-from .fileio import atomic_write_text, failure_reason, temporaries
+from .fileio import atomic_write_text, failure_reason, read_json, temporaries
 from .io.base import OUTPUT_MARKER, mark_output_folder
 
 log = logging.getLogger(__name__)
@@ -206,15 +207,30 @@ def mark_run_folder(out: Path) -> None:
     mark_output_folder(out, "train", own=RUN_FILES)
 
 
-def write_run_config(out: Path, cfg: RunConfig) -> None:
+def write_run_config(out: Path, cfg: RunConfig, resolved: Mapping[str, Any] | None = None
+                     ) -> None:
     """The run folder, marked as ultraseg's output (its figures are no frames for a later
-    scan of a folder above it), with the run's config.json."""
+    scan of a folder above it), with the run's config.json; ``resolved`` (what its device,
+    precision and threads became where it runs) beside the sections, as :data:`RESOLVED`."""
+    text = cfg.to_json()
+    if resolved is not None:
+        text = json.dumps({**json.loads(text), RESOLVED: dict(resolved)}, indent=2,
+                          sort_keys=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         mark_run_folder(out)
-        atomic_write_text(out / "config.json", cfg.to_json())
+        atomic_write_text(out / "config.json", text)
     except OSError as e:
         raise UltrasegError(f"cannot write the run folder ({failure_reason(e)})", out) from e
+
+
+def recorded_resolved(out: Path) -> Any:
+    """The :data:`RESOLVED` block of ``out``'s config.json (None: none, or unreadable)."""
+    try:
+        doc = read_json(out / "config.json")
+    except (OSError, ValueError):
+        return None
+    return doc.get(RESOLVED) if isinstance(doc, dict) else None
 
 
 def remove_temporaries(out: Path) -> None:

@@ -99,16 +99,28 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return None
     if precision not in ("auto", "bf16"):
         raise UltrasegError(f"unknown precision {precision!r}; valid: auto, fp32, bf16")
-    if device.type == "cuda":
-        # native bf16 from compute capability 8.0 (Ampere); torch's is_bf16_supported() also
-        # says yes for older GPUs that only emulate it, slowly, and asks the current device
-        ok = torch.cuda.get_device_capability(device) >= (8, 0)
-    else:
-        ok = cpu_has_bf16()
+    ok = _native_bf16(device)
     if precision == "bf16" and not ok:
         log.warning("bf16 requested but not supported natively on %s; it will be slow", device)
         return torch.bfloat16
     return torch.bfloat16 if ok else None
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively."""
+    if device.type == "cuda":
+        # native bf16 from compute capability 8.0 (Ampere); torch's is_bf16_supported() also
+        # says yes for older GPUs that only emulate it, slowly, and asks the current device
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return cpu_has_bf16()
+
+
+def precision_name(precision: str, device: torch.device) -> str:
+    """What :func:`resolve_precision` makes of ``precision`` on ``device``, 'bf16' or 'fp32',
+    without its warning (a record of what ran: config.json's 'resolved')."""
+    if precision == "fp32":
+        return "fp32"
+    return "bf16" if precision == "bf16" or _native_bf16(device) else "fp32"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

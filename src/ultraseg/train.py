@@ -50,10 +50,11 @@ from .predict import Predictor
 from .preprocess import normalise, zscore_stats
 from .report import postprocess_words
 from .run_folder import (REFUSED_RUN_FILES, EarlyWarnings, execution_of, mark_run_folder, open_run,
-                         recorded_presence_head, remove_refused_run, remove_temporaries,
+                         recorded_presence_head, recorded_resolved, remove_refused_run,
+                         remove_temporaries,
                          run_log, with_execution, write_run_config)
-from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, resolve_device,
-                      resolve_precision, threads, torch_runner)
+from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, precision_name,
+                      resolve_device, resolve_precision, threads, torch_runner)
 
 log = logging.getLogger(__name__)
 
@@ -675,8 +676,13 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
         # what a run refused before its first epoch removes again (see _remove_refused_run;
         # a folder the lock made goes as the lock ends, where nothing is left in it)
         existed = out.exists(), {n for n in REFUSED_RUN_FILES if (out / n).exists()}
-        if not resume or recorded != ctx.world_size or execution:
-            write_run_config(out, cfg)
+        with threads(cfg.train.num_threads):     # (None: torch's own count, the machine's)
+            resolved = {"device": str(ctx.device(device)),
+                        "precision": precision_name(cfg.train.precision, ctx.device(device)),
+                        "num_threads": torch.get_num_threads()}
+        if not resume or recorded != ctx.world_size or execution \
+                or recorded_resolved(out) != resolved:
+            write_run_config(out, cfg, resolved)
         else:       # a run from before the marker existed gets it now
             mark_run_folder(out)
         if resume:
