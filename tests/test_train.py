@@ -2268,6 +2268,7 @@ def test_a_run_that_chooses_keep_largest_on_masks_of_two_structures_says_so(
     row = _summary_rows(tmp_path / "run")["post-processing"]
     assert row.endswith(f"; {said[0]}"), row
 
+
 def test_a_validation_side_of_few_frames_is_warned_about_in_the_log_and_the_report(
         tmp_path) -> None:
     """A split whose validation side held two frames chose the kept epoch and the
