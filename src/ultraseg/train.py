@@ -1099,6 +1099,10 @@ def _no_time_for_another_epoch(now: float, deadline: float, epoch_s: float, batc
             or now + batch_s + _reserve(val_s, limit_s) > deadline)
 
 
+#: The fewest validation frames a post-processing choice the time limit cut short is made on
+#: (or more than half of them, where there are fewer than 20): on fewer the defaults are kept.
+MIN_CHOICE_FRAMES = 10
+
 #: Seconds a time-limited run keeps for saving the checkpoint and writing the report.
 _END_S = 10.0
 
@@ -1278,8 +1282,9 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             (f"{empty_right} of {n_empty}" if n_empty else "n/a (no validation frame is empty)")
             if seen else figure(None),
         "empty rule": EMPTY_RULE,
-        "post-processing": postprocess_words(pp.to_dict()) + ("" if choosing or not seen else
-                                                        " (the defaults: not chosen)")
+        "post-processing": postprocess_words(pp.to_dict()) + (
+            f" (the defaults: not chosen: {seen.not_chosen})" if seen and seen.not_chosen else
+            "" if choosing or not seen else " (the defaults: not chosen)")
                            + (f"; {ceiling}" if ceiling else ""),
         **({"head-circumference boundary offset (px)":
             f"{measure_meta['boundary_offset_px']} (chosen on {measure_meta['offset_frames']} "
@@ -1440,6 +1445,7 @@ class _Validation:
     #: (:func:`_changeable`, cropped), for :func:`_perfect_ceiling`
     truth_parts: list[int] = field(default_factory=list)
     changeable: list[np.ndarray] = field(default_factory=list)
+    not_chosen: str | None = None   # why the post-processing was not chosen (the defaults)
 
     def hc_probs(self, pp: PostprocessConfig) -> Iterator[np.ndarray]:
         """Those frames' probabilities as ``pp`` predicts them, one frame at a time, to the
@@ -1552,7 +1558,9 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     The frames come in the random order :func:`ultraseg.postprocess.tune` scores them in:
     where another frame on the grid and then the frames not read yet, at the pace so far,
     would not be scored by ``deadline``, the choice is made on those scored so far (a random
-    sample, at least one) and the frames after them are scored under it alone.
+    sample) and the frames after them are scored under it alone; where those are fewer than
+    :data:`MIN_CHOICE_FRAMES` and no more than half the frames, the defaults are kept instead
+    (``not_chosen`` says why).
 
     Without ``tuning`` the frames are scored under ``chosen`` (the defaults where None).
     ``progress`` receives ``{"event": "validation", "frame": k, "frames": n, "elapsed": s}``
@@ -1580,6 +1588,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     raws, scores, areas = [0.0] * n, [0.0] * n, [0] * n
     empty, gridded = [False] * n, {}
     parts, changeable = ([0] * n if tuning else []), {}
+    not_chosen = None
     hc: dict[int, tuple[Any, Any, list[np.ndarray]]] = {}
     t_start = time.monotonic()
     per_frame = 0.0     # seconds reading, predicting and plainly scoring a frame so far
@@ -1618,9 +1627,16 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
             # not, choose on those so far
             if (pp is None and deadline is not None and start + j and time.monotonic()
                     + grid_s / len(search) + per_frame * (n - done) > deadline):
-                log.warning("post-processing chosen on %d of the %d validation frames (a "
-                            "random sample): the time limit came first", len(search), n)
-                pp, _ = search.choose()
+                if len(search) >= min(MIN_CHOICE_FRAMES, n // 2 + 1):
+                    log.warning("post-processing chosen on %d of the %d validation frames (a "
+                                "random sample): the time limit came first", len(search), n)
+                    pp, _ = search.choose()
+                else:   # one random, maybe empty, frame can pick any setting of the grids
+                    not_chosen = (f"the time limit left {len(search)} of the {n} validation "
+                                  f"frames, fewer than {min(MIN_CHOICE_FRAMES, n // 2 + 1)}")
+                    log.warning("post-processing not chosen: %s; the defaults kept",
+                                not_chosen)
+                    pp = PostprocessConfig()
             alts = [p] if augmented is None else [p, augmented[j]]
             if pp is None:
                 t_grid = time.monotonic()
@@ -1646,7 +1662,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     return _Validation(pp, float(np.mean(raws)), scores, areas, empty, cuts,
                        [hc[f][0] for f in chosen], [hc[f][1] for f in chosen],
                        [hc[f][2] for f in chosen], parts,
-                       [changeable[f] for f in sorted(changeable)])
+                       [changeable[f] for f in sorted(changeable)], not_chosen)
 
 
 def _shown_frames(predictor: Predictor, samples: list, cfg: RunConfig, pp: PostprocessConfig
