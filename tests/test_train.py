@@ -830,7 +830,7 @@ def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatc
                        "30m") == 0
     t_end = time.monotonic()
     (deadline,) = deadlines
-    assert set(alternatives) == {2 if tried else 1}
+    assert set(alternatives) == ({2} if tried else set())  # (late: no frame on the grid)
     assert t_start + 1800 - end_s <= deadline <= t_end + 1800 - end_s
     deadlines.clear()
     alternatives.clear()
@@ -843,25 +843,40 @@ def test_a_short_limit_leaves_the_post_processing_choice_its_time(tmp_path, monk
     """Under a 30 s limit training stops 7.5 s (and 2.5 validations) before it; the choice's
     deadline falls after that, not 10 s before the limit (before it, so the choice saw one
     frame and TTA was never tried). The recorded post-processed Dice is over every validation
-    frame, whatever the choice saw: here a deadline already passed cuts it to the first frame,
-    too few to choose on (MIN_CHOICE_FRAMES), so the defaults are kept, the report says why,
-    and the others are scored under them."""
+    frame, whatever the choice saw: here a deadline that passes once the first frame is on the
+    grid cuts it to that frame, too few to choose on (MIN_CHOICE_FRAMES), so the defaults are
+    kept, the report says why, and the others are scored under them. (A deadline passed
+    before the first frame: test_a_run_past_its_limit_before_validating_validates_and_scores_a_
+    sample.)"""
+    from types import SimpleNamespace
+
     import ultraseg.postprocess as pp_mod
 
     assert train_mod._end_s(30.0) == 3.75 and train_mod._end_s(1200.0) == train_mod._END_S
     seen: list[int] = []
     chosen_on: list[int] = []
     real, real_choose = train_mod._score_validation, pp_mod.GridSearch.choose
+    real_add, real_time = pp_mod.GridSearch.add, train_mod.time
+    jump = [0.0]
 
-    def passed(predictor, samples, cfg, tuning, deadline, **kw):  # the deadline passes at once
+    def passed(predictor, samples, cfg, tuning, deadline, **kw):
         seen.append(len(samples))
-        return real(predictor, samples, cfg, tuning, time.monotonic(), **kw)
+        train_mod.time = SimpleNamespace(monotonic=lambda: real_time.monotonic() + jump[0])
+        try:        # the deadline passes as the first frame goes on the grid
+            return real(predictor, samples, cfg, tuning, real_time.monotonic() + 600, **kw)
+        finally:
+            train_mod.time = real_time
+
+    def add(self, *args, **kw):
+        jump[0] = 1e6
+        return real_add(self, *args, **kw)
 
     def choose(self, *args, **kw):
         chosen_on.append(len(self))
         return real_choose(self, *args, **kw)
 
     monkeypatch.setattr(train_mod, "_score_validation", passed)
+    monkeypatch.setattr(pp_mod.GridSearch, "add", add)
     monkeypatch.setattr(pp_mod.GridSearch, "choose", choose)
     run = tmp_path / "run"
     assert _train_tiny(tmp_path, run, "--epochs", "1") == 0
@@ -2402,3 +2417,79 @@ def test_a_choice_the_time_limit_cuts_to_a_few_frames_keeps_the_defaults(
         assert len(said) == 1 and "not chosen" in said[0] and "time limit" in said[0], said
     else:
         assert chosen_on and chosen_on[0] >= n_chosen and seen.not_chosen is None
+
+
+def test_frames_scored_after_the_deadline_are_a_bounded_sample(tmp_path, monkeypatch) -> None:
+    """Where the choice's deadline had already passed when the end of training came to the
+    validation frames, it chose on the first frame and then read, predicted and scored every
+    other one at its original size: 99 frames, 11.6 s past a 5 s limit (a budgets review,
+    D1). Now nothing is chosen (the defaults, and why) and one batch of the frames alone is
+    scored (a random sample, which the figures are over). On a clock that only prediction
+    moves (a second a frame), past the deadline from the start."""
+    from types import SimpleNamespace
+
+    import ultraseg.postprocess as pp_mod
+    from ultraseg.predict import Predictor
+
+    clock = [100.0]
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    real_predict = Predictor.predict_proba_many
+    predicted: list[int] = []
+
+    def predict(self, images):
+        for p in real_predict(self, images):
+            clock[0] += 1.0
+            predicted.append(1)
+            yield p
+
+    monkeypatch.setattr(Predictor, "predict_proba_many", predict)
+    monkeypatch.setattr(pp_mod.GridSearch, "choose", lambda self, *a, **k: pytest.fail("chose"))
+    cfg, predictor, samples = _validation_frames(tmp_path, 12)
+    for tuning in (True, False):
+        predicted.clear()
+        seen = train_mod._score_validation(predictor, samples, cfg, tuning, 30.0)
+        assert len(predicted) == predictor.batch_size == 2
+        assert len(seen.scores) == len(seen.frames) == 2 and seen.of == 12
+        assert seen.frames == sorted(int(f) for f in pp_mod.GridSearch.order(12)[:2])
+        assert seen.pp == train_mod.PostprocessConfig()
+        assert (seen.not_chosen is not None) == tuning
+        assert not tuning or "time limit" in seen.not_chosen
+
+
+def test_a_run_past_its_limit_before_validating_validates_and_scores_a_sample(
+        tmp_path, monkeypatch) -> None:
+    """A time limit that ran out in the first training step was followed by a full validation
+    pass and by scoring every validation frame at its original size (a 5 s limit took 44 s;
+    a budgets review, D1). Now the validation pass and the scoring at original size each take
+    a sample of one batch, the report says so, and the run still writes its checkpoints and
+    report. The limit runs out on a simulated clock, which jumps 10**6 s in the first step."""
+    from types import SimpleNamespace
+
+    extra = [0.0]
+    monkeypatch.setattr(train_mod, "time",
+                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
+    real_step, real_validate = train_mod.optimizer_step, train_mod.validate
+    validated: list[int] = []
+
+    def step(*args, **kw):
+        extra[0] = 1e6
+        return real_step(*args, **kw)
+
+    def spy(model, frames, *args, **kw):
+        validated.append(len(frames))
+        return real_validate(model, frames, *args, **kw)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", step)
+    monkeypatch.setattr(train_mod, "validate", spy)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "3", "--batch-size", "2",
+                       "--time-limit", "30m") == 0
+    n_val = len(json.loads((run / "split.json").read_text())["val"])
+    assert n_val > 2 and validated == [2]
+    best = load_checkpoint(run / "best.ckpt")
+    report = best.meta["metrics"]["report"]
+    assert "not chosen: the time limit had passed" in report["post-processing"], report
+    assert report["validation frames scored at original size"].startswith(f"2 of {n_val}")
+    assert (run / "last.ckpt").exists() and (run / "report.html").exists()
+    html = (run / "report.html").read_text()
+    assert f"2 of {n_val}" in html

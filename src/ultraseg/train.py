@@ -1005,7 +1005,18 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                                         f"({some_names(bad) if bad else 'on another process'})")
         val_loss, val_dice = math.nan, math.nan
         if validating:
-            val_loss, val_dice = validate(scored, val_frames, val_masks, cfg, device, dtype, ctx)
+            frames_v, masks_v = val_frames, val_masks
+            # a validation that would start past the limit is no step under way: one batch
+            # of the frames (a random sample, the same each run) stands for it
+            if (deadline < math.inf and len(val_frames) > tc.batch_size
+                    and ctx.any(time.monotonic() >= deadline, device)):
+                pick = np.sort(np.random.default_rng(0).permutation(len(val_frames))
+                               [:tc.batch_size])
+                frames_v, masks_v = val_frames[pick], val_masks[pick]
+                log.warning("epoch %d validated on %d of the %d validation frames (a random "
+                            "sample): the time limit had passed", epoch, len(pick),
+                            len(val_frames))
+            val_loss, val_dice = validate(scored, frames_v, masks_v, cfg, device, dtype, ctx)
             model.to(memory_format=layout)  # validation predicts channels_last; train as chosen
             if not math.isfinite(val_loss):     # (all-reduced: every rank stops alike)
                 raise _diverged(out, saved, f"the validation loss is {val_loss} after epoch "
@@ -1281,6 +1292,10 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         "empty validation frames predicted empty":
             (f"{empty_right} of {n_empty}" if n_empty else "n/a (no validation frame is empty)")
             if seen else figure(None),
+        **({"validation frames scored at original size":
+            f"{len(seen.frames)} of {seen.of} (a random sample: the time limit had passed; the "
+            "figures at original size are over these)"}
+           if seen and seen.frames is not None and len(seen.frames) < seen.of else {}),
         "empty rule": EMPTY_RULE,
         "post-processing": postprocess_words(pp.to_dict()) + (
             f" (the defaults: not chosen: {seen.not_chosen})" if seen and seen.not_chosen else
@@ -1309,7 +1324,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                        chosen=choosing or not seen)
     _plot_samples(out, arrays, train_idx, held)
     if seen:
-        _plot_predictions(out, predictor, val_samples, seen, cfg, pp, choosing)
+        _plot_predictions(out, predictor, val_samples if seen.frames is None else
+                          [val_samples[i] for i in seen.frames], seen, cfg, pp, choosing)
 
     report.write_html(out, title=f"ultraseg run: {out.name}", summary=summary,
                       config=cfg.to_dict(), history=history, best_epoch=best_epoch,
@@ -1446,6 +1462,8 @@ class _Validation:
     truth_parts: list[int] = field(default_factory=list)
     changeable: list[np.ndarray] = field(default_factory=list)
     not_chosen: str | None = None   # why the post-processing was not chosen (the defaults)
+    frames: list[int] | None = None  # the frames scored, of ``of`` (None: all of them)
+    of: int = 0
 
     def hc_probs(self, pp: PostprocessConfig) -> Iterator[np.ndarray]:
         """Those frames' probabilities as ``pp`` predicts them, one frame at a time, to the
@@ -1560,7 +1578,9 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     would not be scored by ``deadline``, the choice is made on those scored so far (a random
     sample) and the frames after them are scored under it alone; where those are fewer than
     :data:`MIN_CHOICE_FRAMES` and no more than half the frames, the defaults are kept instead
-    (``not_chosen`` says why).
+    (``not_chosen`` says why). Where ``deadline`` had passed before the first frame, nothing
+    is chosen and the first batch of that order alone is scored (``frames``, of ``of``): the
+    figures are over those.
 
     Without ``tuning`` the frames are scored under ``chosen`` (the defaults where None).
     ``progress`` receives ``{"event": "validation", "frame": k, "frames": n, "elapsed": s}``
@@ -1572,6 +1592,20 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
 
     n = len(samples)
     order = GridSearch.order(n)
+    not_chosen = None
+    # past the deadline before the first frame: nothing is chosen, and one batch of the frames
+    # alone (a random sample) is scored, not every frame at its original size
+    late = deadline is not None and time.monotonic() >= deadline
+    if late:
+        scored_n = min(n, predictor.batch_size)
+        if tuning:
+            not_chosen = ("the time limit had passed before the validation frames were scored "
+                          "at their original size")
+        log.warning("post-processing %s; %d of the %d validation frames scored at their "
+                    "original size (a random sample): the time limit had passed",
+                    "not chosen, the defaults kept" if tuning else "not chosen here", scored_n,
+                    n)
+        tuning = False
     pp: PostprocessConfig | None = None if tuning else chosen or PostprocessConfig()
     search = None
     tta = False
@@ -1588,12 +1622,13 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     raws, scores, areas = [0.0] * n, [0.0] * n, [0] * n
     empty, gridded = [False] * n, {}
     parts, changeable = ([0] * n if tuning else []), {}
-    not_chosen = None
     hc: dict[int, tuple[Any, Any, list[np.ndarray]]] = {}
     t_start = time.monotonic()
     per_frame = 0.0     # seconds reading, predicting and plainly scoring a frame so far
     grid_s = 0.0        # seconds scoring frames on the grid so far
     for start in range(0, n, predictor.batch_size):
+        if late and start:
+            break
         rows = [int(f) for f in order[start:start + predictor.batch_size]]
         now = time.monotonic()
         if (pp is None and tta and deadline is not None and start
@@ -1659,10 +1694,13 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     for f, row in gridded.items():
         scores[f], areas[f] = search.frame(row, pp)
     chosen = sorted(hc)
-    return _Validation(pp, float(np.mean(raws)), scores, areas, empty, cuts,
+    frames = sorted(int(f) for f in order[:predictor.batch_size]) if late else list(range(n))
+    return _Validation(pp, float(np.mean([raws[f] for f in frames])),
+                       [scores[f] for f in frames], [areas[f] for f in frames],
+                       [empty[f] for f in frames], cuts,
                        [hc[f][0] for f in chosen], [hc[f][1] for f in chosen],
                        [hc[f][2] for f in chosen], parts,
-                       [changeable[f] for f in sorted(changeable)], not_chosen)
+                       [changeable[f] for f in sorted(changeable)], not_chosen, frames, n)
 
 
 def _shown_frames(predictor: Predictor, samples: list, cfg: RunConfig, pp: PostprocessConfig
