@@ -2493,3 +2493,36 @@ def test_a_run_past_its_limit_before_validating_validates_and_scores_a_sample(
     assert (run / "last.ckpt").exists() and (run / "report.html").exists()
     html = (run / "report.html").read_text()
     assert f"2 of {n_val}" in html
+
+
+def test_a_run_that_outlasts_its_time_limit_says_so(tmp_path, monkeypatch, capsys) -> None:
+    """A run whose own time passed its --time-limit (a 5 s limit took 44 s; a budgets review)
+    said so nowhere: the report gave its run time and 'stopped early' alone. One warning now
+    gives both figures, on the console, in train.log and among the report's warnings; a run
+    inside its limit gives none. The clock jumps 10**6 s in the first training step."""
+    from types import SimpleNamespace
+
+    from conftest import ultraseg_warnings
+
+    extra = [0.0]
+    monkeypatch.setattr(train_mod, "time",
+                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
+    real_step = train_mod.optimizer_step
+
+    def step(*args, **kw):
+        extra[0] = 1e6
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", step)
+    run = tmp_path / "run"
+    with ultraseg_warnings() as warned:
+        assert _train_tiny(tmp_path, run, "--epochs", "2", "--time-limit", "30m") == 0
+    said = [r.getMessage() for r in warned if "against its 1800 s time limit" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("the run took 10000"), said
+    assert said[0] in load_checkpoint(run / "best.ckpt").meta["metrics"]["warnings"]
+    assert "against its 1800 s time limit" in (run / "train.log").read_text()
+    monkeypatch.setattr(train_mod, "optimizer_step", real_step)
+    extra[0] = 0.0
+    with ultraseg_warnings() as warned:
+        assert _train_tiny(tmp_path, tmp_path / "in", "--epochs", "1", "--time-limit", "30m") == 0
+    assert not [r for r in warned if "time limit" in r.getMessage()]

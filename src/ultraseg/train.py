@@ -1256,6 +1256,10 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                     "with a reference: the time limit came first; the outlines' half-width "
                     "kept, no validation HC error", len(seen.hc_samples))
     seconds = time.monotonic() - t0
+    if limit and seconds > limit:   # (a step under way, and what must follow it, finish past it)
+        log.warning("the run took %.0f s against its %g s time limit: what was under way as "
+                    "it ran out (a training step, a validation, the scoring of the validation "
+                    "frames) finished past it", seconds, limit)
     metrics = dict(best.meta["metrics"], val_dice_original=raw, val_dice_postprocessed=tuned,
                    val_dice_nonempty=nonempty, val_empty_frames=n_empty,
                    val_empty_predicted_empty=empty_right,
