@@ -583,6 +583,16 @@ def test_help_shows_the_defaults_a_preset_or_the_predictor_sets(monkeypatch) -> 
     assert "mask file format (default png)" in _help("predict")
 
 
+def test_time_limit_help_says_what_the_limit_covers() -> None:
+    """`train --help` gave --time-limit as 'cap on the whole run' alone (a budgets review):
+    not that the command's start-up comes on top, that a step under way finishes and the
+    end of the run is kept inside it or cut short, nor that a resumed run gets what is left."""
+    train = _help("train")
+    assert "the command's start-up on top" in train, train
+    assert "a step under way finishes" in train
+    assert "a resumed run gets what is left of it" in train
+
+
 def test_no_command_is_a_usage_error_on_stderr(capsys) -> None:
     """`ultraseg` alone printed the whole help on stdout (exit 2): a usage error goes to
     stderr, as argparse's own do, with a line saying what is missing."""

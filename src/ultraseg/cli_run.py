@@ -392,7 +392,11 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "fp32 (every preset, seed included)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, "
                    "every core)")
-    p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s; 'none' lifts a "
+    p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s, data loading "
+                   "in, the command's start-up on top: training stops where the last "
+                   "validation, the post-processing choice and the report still fit (cut short "
+                   "where they would not; a step under way finishes); a resumed run gets what "
+                   "is left of it; 'none' lifts a "
                    f"preset's cap ({_by_preset('train', 'time_limit_s', _duration)})")
     p.add_argument("--cache-dir", help="where the frames decoded onto the working canvas are "
                    "cached for the next run (default $XDG_CACHE_HOME/ultraseg or "
