@@ -2526,3 +2526,23 @@ def test_a_run_that_outlasts_its_time_limit_says_so(tmp_path, monkeypatch, capsy
     with ultraseg_warnings() as warned:
         assert _train_tiny(tmp_path, tmp_path / "in", "--epochs", "1", "--time-limit", "30m") == 0
     assert not [r for r in warned if "time limit" in r.getMessage()]
+
+
+def test_more_threads_than_cores_is_warned_about_once(tmp_path, monkeypatch) -> None:
+    """--threads 32 on two cores trained with 65 OS threads without a word (a budgets
+    review): more torch threads than the cores this process may use oversubscribe them. One
+    warning names both counts; the run is not refused, and a count within the cores says
+    nothing. The cores are faked to 1 (the run asks for 2)."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg import runtime
+
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 1)
+    with ultraseg_warnings() as warned:
+        assert _train_tiny(tmp_path, tmp_path / "run", "--epochs", "1", "--threads", "2") == 0
+    said = [r.getMessage() for r in warned if "more threads than" in r.getMessage()]
+    assert len(said) == 1 and "--threads 2" in said[0] and "1 core" in said[0], said
+    assert said[0] in load_checkpoint(tmp_path / "run" / "best.ckpt").meta["metrics"]["warnings"]
+    with ultraseg_warnings() as warned:
+        assert _train_tiny(tmp_path, tmp_path / "one", "--epochs", "1") == 0   # --threads 1
+    assert not [r for r in warned if "more threads than" in r.getMessage()]

@@ -54,7 +54,7 @@ from .run_folder import (REFUSED_RUN_FILES, EarlyWarnings, execution_of, mark_ru
                          remove_temporaries,
                          run_log, with_execution, write_run_config)
 from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, precision_name,
-                      resolve_device, resolve_precision, threads, torch_runner)
+                      resolve_device, resolve_precision, threads, torch_runner, warn_if_oversubscribed)
 
 log = logging.getLogger(__name__)
 
@@ -802,6 +802,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     log.info("ultraseg %s: training on %s, precision %s, %d threads%s", __version__, device,
              "bf16" if dtype else "fp32", torch.get_num_threads(),
              f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else "")
+    if ctx.is_main:
+        warn_if_oversubscribed(tc.num_threads, in_python="train.num_threads")
     if resume:   # --time-limit caps the whole run: the time up to its last saved epoch counts
         t0 -= float(last.train_state.get("seconds", 0.0))
     deadline = t0 + tc.time_limit_s if tc.time_limit_s else math.inf
