@@ -339,9 +339,20 @@ def test_merge_overrides_only_what_is_named() -> None:
 @pytest.mark.parametrize("text, seconds", [
     ("20m", 1200.0), ("90s", 90.0), ("1h30m", 5400.0), ("45", 45.0), ("2h", 7200.0),
     ("1m30s", 90.0), (" 5S ", 5.0), ("1.5h", 5400.0),
+    # spaces inside and 'min' (a budgets review: refused as unreadable before)
+    ("20 m", 1200.0), ("1h 30m", 5400.0), ("20min", 1200.0), ("1h 30 min", 5400.0),
+    ("90 s", 90.0),
 ])
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-5", "-5m", " -1h30m"])
+def test_a_negative_duration_is_refused_as_such(text: str) -> None:
+    """'-5' was refused as unreadable ('cannot read duration'): it reads, as a duration
+    that must be positive."""
+    with pytest.raises(UltrasegError, match="duration .* must be positive"):
+        parse_duration(text)
 
 
 @pytest.mark.parametrize("text", ["", "soon", "20 minutes", "m20", "1h30", "-5m", "20x", "1d"])

@@ -559,13 +559,21 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
 
 
 def parse_duration(text: str) -> float:
-    """'20m', '90s', '1h30m', '45' (seconds) -> seconds."""
+    """'20m', '90s', '1h30m', '1h 30 min', '45' (seconds) -> seconds; a negative one is
+    refused as such."""
     import re
 
     text = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
-    if not parts or "".join(a + b for a, b in parts) != text:
+    negative = text.startswith("-")
+    body = text[1:].strip() if negative else text
+    unit = r"(\d+(?:\.\d+)?)\s*(min|h|m|s)"
+    parts = re.findall(unit, body)
+    if re.fullmatch(r"\d+(\.\d+)?", body):
+        seconds = float(body)
+    elif parts and re.fullmatch(r"\s*", re.sub(unit, "", body)):
+        seconds = sum(float(v) * {"h": 3600, "min": 60, "m": 60, "s": 1}[u] for v, u in parts)
+    else:
         raise UltrasegError(f"cannot read duration '{text}'; use e.g. 20m, 90s, 1h30m")
-    return sum(float(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in parts)
+    if negative:
+        raise UltrasegError(f"duration '{text}' must be positive; use e.g. 20m, 90s, 1h30m")
+    return seconds
