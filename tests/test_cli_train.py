@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -396,10 +397,12 @@ def test_a_config_built_without_a_preset_can_be_given_back(data, tmp_path, capsy
     assert cfg.train == RunConfig().train
 
 
-def _structure_set(root: Path, subjects: range, holders: set[int], frames: int = 4
+def _structure_set(root: Path, subjects: range, holders: set[int], frames: int = 4,
+                   draw: Callable[[np.ndarray], object] | None = None, size: int = 32
                    ) -> list[str]:
-    """A folders-layout set of 32 px frames ``S_K`` (``frames`` per subject); the masks of
-    the subjects in ``holders`` hold a square, the others are empty. The frames' subjects."""
+    """A folders-layout set of ``size`` px frames ``S_K`` (``frames`` per subject); the masks
+    of the subjects in ``holders`` hold a square (or what ``draw(mask)`` sets in the blank
+    mask), the others are empty. The frames' subjects."""
     from PIL import Image
 
     names = [f"{subject}_{k}" for subject in subjects for k in range(frames)]
@@ -407,11 +410,14 @@ def _structure_set(root: Path, subjects: range, holders: set[int], frames: int =
     (root / "masks").mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
         rng = np.random.default_rng(i)
-        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(
+        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(
             root / "images" / f"{name}.png")
-        mask = np.zeros((32, 32), np.uint8)
+        mask = np.zeros((size, size), np.uint8)
         if int(name.split("_")[0]) in holders:
-            mask[8:20, 10:22] = 255
+            if draw is None:
+                mask[8:20, 10:22] = 255
+            else:
+                draw(mask)
         Image.fromarray(mask).save(root / "masks" / f"{name}_mask.png")
     return [n.split("_")[0] for n in names]
 
@@ -432,6 +438,25 @@ def test_a_training_side_without_foreground_is_refused(tmp_path, capsys) -> None
     assert "none of the 4 training masks" in err and "no --split-seed helps" in err, err
     assert "(the last epoch kept" in err and "in Python, train.val_fraction 0)" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_masks_that_all_cover_their_whole_frame_are_refused(tmp_path, capsys, cached) -> None:
+    """Every mask is the whole frame: nothing to segment. Training ran behind a 'look inverted'
+    warning (the structure drawn black on white?) to a validation Dice of 0.995 (a review,
+    diagnostics D5); it is refused as every mask empty is, from a cache entry too."""
+    root = tmp_path / "data"
+    _structure_set(root, range(1, 4), {1, 2, 3}, draw=lambda m: m.fill(255))
+    cache = ["--cache-dir", str(tmp_path / "cache")] if cached else []
+    for _ in range(2 if cached else 1):     # (the second reads the frames from the cache)
+        rc = cli.main(["train", str(root), "--out", str(tmp_path / "run"), *TINY, *cache,
+                       "--epochs", "1"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert rc == 2, err
+        assert "every one of the 12 masks covers its whole frame: nothing to segment" in err, err
+        assert "--label" in err and "export" in err, err
+        assert not (tmp_path / "run").exists()
+    assert not cached or any((tmp_path / "cache").iterdir())
 
 
 @pytest.mark.parametrize("val_fraction", ["0", "0.5"])

@@ -105,24 +105,27 @@ def constant_note(names: Sequence[str], n: int | None = None, shown: int = 3) ->
 class MaskTally:
     """How many of a set's ``masks`` (binary targets, each at its own size: the canvas's
     padding would hide its borders) are non-empty, look like drawn closed contours
-    (:func:`~ultraseg.preprocess.looks_like_outline`) and look inverted
-    (:func:`looks_inverted`): what inspect, train and evaluate warn by. :meth:`of` judges one
-    mask, the one place either look is taken; tallies add up."""
+    (:func:`~ultraseg.preprocess.looks_like_outline`), look inverted (:func:`looks_inverted`)
+    and cover their whole frame (``full``): what inspect, train and evaluate warn by.
+    :meth:`of` judges one mask, the one place either look is taken; tallies add up."""
 
     masks: int = 0
     nonempty: int = 0
     outlined: int = 0
     inverted: int = 0
+    full: int = 0
 
     @classmethod
     def of(cls, target: np.ndarray) -> MaskTally:
         """The tally of one binary target (H, W)."""
         fg = np.asarray(target, dtype=bool)
-        return cls(1, int(fg.any()), int(looks_like_outline(fg)), int(looks_inverted(fg)))
+        return cls(1, int(fg.any()), int(looks_like_outline(fg)), int(looks_inverted(fg)),
+                   int(fg.size > 0 and fg.all()))
 
     def __add__(self, other: MaskTally) -> MaskTally:
         return MaskTally(self.masks + other.masks, self.nonempty + other.nonempty,
-                         self.outlined + other.outlined, self.inverted + other.inverted)
+                         self.outlined + other.outlined, self.inverted + other.inverted,
+                         self.full + other.full)
 
     def outline_note(self) -> str | None:
         """:func:`~ultraseg.preprocess.outline_note` of these masks."""
@@ -410,7 +413,7 @@ CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally", "col
 #: entry holds changes in a way :data:`CACHED`'s names do not show (an array's meaning or
 #: shape; the names are in the name themselves), so that two builds of one version sharing a
 #: cache folder each keep their own entry rather than replacing the other's on every run.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2       # 2: the tally counts the masks covering their whole frame
 
 
 def _warn_outlines(ds: Dataset, tally: MaskTally) -> None:

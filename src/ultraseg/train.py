@@ -814,7 +814,15 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     note = union_note(arrays.labels, cfg.preprocess.label)
     if note:        # (1 = lesion, 2 = organ, or 255 = 'ignore' trained as the structure)
         log.warning("%s: %s", ds.root, note)
-    inverted = arrays.tally.inverted_note() if arrays.tally is not None else None
+    tally = arrays.tally
+    if tally is not None and tally.masks and tally.full == tally.masks:
+        # (not "inverted": a structure drawn black on white leaves a background)
+        raise DataError(f"every one of the {tally.masks} masks covers its whole frame"
+                        + (f" with label {cfg.preprocess.label}"
+                           if cfg.preprocess.label is not None else "")
+                        + ": nothing to segment; check the export, or --label (`ultraseg "
+                        "inspect DATA` lists the labels the masks hold)", ds.root)
+    inverted = tally.inverted_note() if tally is not None else None
     if inverted:
         log.warning("%s: %s", ds.root, inverted)
     held = _held(arrays.masks)      # whether each frame's mask holds a structure
