@@ -398,11 +398,11 @@ def test_a_config_built_without_a_preset_can_be_given_back(data, tmp_path, capsy
 
 
 def _structure_set(root: Path, subjects: range, holders: set[int], frames: int = 4,
-                   draw: Callable[[np.ndarray], object] | None = None, size: int = 32
+                   draw: Callable[[np.ndarray, int], object] | None = None, size: int = 32
                    ) -> list[str]:
     """A folders-layout set of ``size`` px frames ``S_K`` (``frames`` per subject); the masks
-    of the subjects in ``holders`` hold a square (or what ``draw(mask)`` sets in the blank
-    mask), the others are empty. The frames' subjects."""
+    of the subjects in ``holders`` hold a square (or what ``draw(mask, subject)`` sets in the
+    blank mask), the others are empty. The frames' subjects."""
     from PIL import Image
 
     names = [f"{subject}_{k}" for subject in subjects for k in range(frames)]
@@ -417,7 +417,7 @@ def _structure_set(root: Path, subjects: range, holders: set[int], frames: int =
             if draw is None:
                 mask[8:20, 10:22] = 255
             else:
-                draw(mask)
+                draw(mask, int(name.split("_")[0]))
         Image.fromarray(mask).save(root / "masks" / f"{name}_mask.png")
     return [n.split("_")[0] for n in names]
 
@@ -446,7 +446,7 @@ def test_masks_that_all_cover_their_whole_frame_are_refused(tmp_path, capsys, ca
     warning (the structure drawn black on white?) to a validation Dice of 0.995 (a review,
     diagnostics D5); it is refused as every mask empty is, from a cache entry too."""
     root = tmp_path / "data"
-    _structure_set(root, range(1, 4), {1, 2, 3}, draw=lambda m: m.fill(255))
+    _structure_set(root, range(1, 4), {1, 2, 3}, draw=lambda m, _: m.fill(255))
     cache = ["--cache-dir", str(tmp_path / "cache")] if cached else []
     for _ in range(2 if cached else 1):     # (the second reads the frames from the cache)
         rc = cli.main(["train", str(root), "--out", str(tmp_path / "run"), *TINY, *cache,
@@ -457,6 +457,84 @@ def test_masks_that_all_cover_their_whole_frame_are_refused(tmp_path, capsys, ca
         assert "--label" in err and "export" in err, err
         assert not (tmp_path / "run").exists()
     assert not cached or any((tmp_path / "cache").iterdir())
+
+
+def _dots(squares: set[int]) -> Callable[[np.ndarray, int], None]:
+    """What :func:`_structure_set` draws in a 128 px mask: the subjects in ``squares`` a
+    square of 24 px, the others a dot of one pixel that a 32 px working size loses (nearest
+    neighbour samples none of it)."""
+    def draw(mask: np.ndarray, subject: int) -> None:
+        if subject in squares:
+            mask[40:64, 40:64] = 255
+        else:
+            mask[60, 60] = 255
+    return draw
+
+
+def test_structures_the_working_size_loses_are_warned_of_and_counted_by_the_presence_head(
+        tmp_path, capsys) -> None:
+    """Masks whose structure resizing to the working size loses trained as empty frames
+    without a word, and 'auto' counted them as empty for the presence head (a review,
+    diagnostics D1): a warning counts them and names --size, in train.log and the report;
+    the presence head's line says how many are empty at the frames' own size."""
+    from ultraseg.preprocess import resize
+
+    dot = np.zeros((128, 128), np.uint8)
+    _dots(set())(dot, 0)
+    assert not resize(dot, (32, 32), "mask").any()      # (what the test stands on)
+    root = tmp_path / "data"
+    _structure_set(root, range(1, 10), set(range(1, 10)), frames=2, draw=_dots({1, 2, 3}),
+                   size=128)
+    run = tmp_path / "run"
+    with ultraseg_warnings() as warned:
+        rc = cli.main(["train", str(root), "--out", str(run), *TINY, "--epochs", "1",
+                       "--val-fraction", "0.3"])
+    assert rc == 0, capsys.readouterr().err
+    said = "12 of the 18 masks that hold a structure at their own size hold none at the 32 px " \
+           "working size"
+    lost = [r.getMessage() for r in warned if said in r.getMessage()]
+    assert len(lost) == 1 and "--size" in lost[0], [r.getMessage() for r in warned]
+    log_text = (run / "train.log").read_text()
+    assert said in log_text and said in (run / "report.html").read_text()
+    presence = next(line for line in log_text.splitlines() if "presence head:" in line)
+    assert "at the 32 px working size" in presence and "at their own size" in presence, presence
+
+
+def test_masks_whose_structures_the_working_size_loses_are_refused_naming_size(
+        tmp_path, capsys) -> None:
+    """Every structure a dot that the 32 px working size loses: the refusal said none of the
+    masks holds a foreground pixel, and the user had drawn one in each (a review,
+    diagnostics D1). It says they are lost at the working size, and names --size."""
+    root = tmp_path / "data"
+    _structure_set(root, range(1, 4), {1, 2, 3}, draw=_dots(set()), size=128)
+    rc = cli.main(["train", str(root), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2, err
+    assert "none of the 12 masks holds a foreground pixel at the 32 px working size" in err, err
+    assert "the 12 that hold one at their own size" in err and "larger --size" in err, err
+
+
+def test_a_training_side_the_working_size_emptied_is_refused_naming_size(tmp_path,
+                                                                        capsys) -> None:
+    """The training side's structures are all dots the 32 px working size loses: the refusal
+    blamed the split ('only subject 3 holds a structure ... label more subjects' frames'),
+    though subjects 1 and 2 hold structures (a review, diagnostics D1). It names the loss at
+    the working size and --size, not the split."""
+    from ultraseg.data import run_split
+
+    root = tmp_path / "data"
+    subjects = _structure_set(root, range(1, 4), {1, 2, 3}, draw=_dots({3}), size=128)
+    seed = next(s for s in range(50)
+                if {subjects[i] for i in run_split(subjects, 0.0, 0.3, s)[1]} == {"3"})
+    rc = cli.main(["train", str(root), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1",
+                   "--val-fraction", "0.3", "--seed", str(seed)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2, err
+    assert "none of the 8 training masks holds a foreground pixel at the 32 px working size" \
+        in err, err
+    assert "8 of them hold one at their own size" in err and "larger --size" in err, err
+    assert "split" not in err and "label more" not in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("val_fraction", ["0", "0.5"])

@@ -1187,3 +1187,25 @@ def test_blank_frames_are_warned_about_once_on_a_build_and_on_a_cache_hit(tmp_pa
         assert len(said) == 1, said
         assert "4 constant (blank) frames, every pixel the same: 0_1, 1_1, 2_1, ..." in said[0]
         assert "check the export" in said[0] and "4_1" not in said[0], said
+
+
+def test_the_arrays_say_which_masks_hold_a_structure_at_their_own_size(tmp_path: Path) -> None:
+    """A one-pixel structure that the working size loses leaves its mask empty on the canvas,
+    and nothing kept that it held one (a review, diagnostics D1): ``held_own`` says whether
+    each mask holds one at its own size, as decoded and from the cache."""
+    root, cache, cfg = tmp_path / "data", tmp_path / "cache", PreprocessConfig(size=32)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, (r, c) in enumerate([(60, 60), (62, 62), (0, 0)]):     # a dot; a kept dot; none
+        Image.fromarray(np.full((128, 128), 40 * (i + 1), np.uint8)).save(
+            root / "images" / f"{i}.png")
+        mask = np.zeros((128, 128), np.uint8)
+        mask[r, c] = 255 if i < 2 else 0
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    first = load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    hit = load_arrays(open_dataset(root), cfg, cache_dir=cache)
+    assert hit.cached == "hit"
+    for arrays in (first, hit):
+        assert arrays.names == ("0", "1", "2")
+        assert arrays.held_own is not None and arrays.held_own.tolist() == [True, True, False]
+        assert arrays.masks.reshape(3, -1).any(axis=1).tolist() == [False, True, False]

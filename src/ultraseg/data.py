@@ -58,6 +58,10 @@ class Arrays:
     #: load wrote the entry, so the next load of the same files and settings decodes
     #: nothing), "" (no cache, or its entry could not be written).
     cached: str = ""
+    #: Whether each frame's mask holds a structure at its own size, (N,) bool: a structure
+    #: that resizing to the working size loses leaves its frame's ``masks`` empty. None: not
+    #: known.
+    held_own: np.ndarray | None = None
 
 
 def union_note(labels: Sequence[int], label: int | None) -> str | None:
@@ -336,7 +340,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
                           tuple(int(v) for v in cached["labels"]), cached["pixels"],
                           cached["thumbs"], tally,
                           int(cached["white"][0]) if white_as_set else samples[0].white,
-                          cached="hit")
+                          cached="hit", held_own=cached["held_own"].astype(bool))
     white = white_for(cfg.label, samples) if white_as_set else samples[0].white
     if white_as_set:
         samples = tuple(replace(s, white=white) for s in samples)
@@ -349,6 +353,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
     labels: set[int] = set()
     thin = ThinFrames(cfg)
     constant = np.zeros(len(samples), bool)     # blank frames, every pixel the same
+    held_own = np.zeros(len(samples), bool)     # a structure at its own size
     with counting_colour() as colour:     # one warning for the frames in colour
         for i, s in enumerate(samples):
             try:
@@ -364,6 +369,7 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             images[i], geom = to_canvas(image, cfg, "image")
             target = select_label(mask, cfg.label).astype(np.uint8)
             tally += MaskTally.of(target)       # at its own size: no canvas padding
+            held_own[i] = target.any()
             masks[i], _ = to_canvas(target, cfg, "mask", box=geom.box)
     if problems:
         raise DataProblems(problems)
@@ -381,14 +387,14 @@ def load_arrays(ds: Dataset, cfg: PreprocessConfig, cache_dir: str | Path | None
             _save_npz(cache_path, images=images, masks=masks,
                       labels=np.array(sorted(labels), np.int64), pixels=pixels, thumbs=thumbs,
                       thin=thin_record, tally=np.array(astuple(tally), np.int64),
-                      colour=colour.record(), constant=constant,
+                      colour=colour.record(), constant=constant, held_own=held_own,
                       white=np.array([white], np.int64))
             written = True
             _remove_superseded(cache_path)
         except OSError as e:
             log.warning("could not write cache %s (%s)", cache_path, e)
     return Arrays(images, masks, names, subjects, tuple(sorted(labels)), pixels, thumbs,
-                  tally, white, cached="written" if written else "")
+                  tally, white, cached="written" if written else "", held_own=held_own)
 
 
 def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path,
@@ -408,7 +414,7 @@ def _still_current(ds: Dataset, cfg: PreprocessConfig, entry: Path,
 
 #: What a cache entry holds; one written before it held all of them is rebuilt.
 CACHED = ("images", "masks", "labels", "pixels", "thumbs", "thin", "tally", "colour", "white",
-          "constant")
+          "constant", "held_own")
 #: The format of a cache entry, in its name (:func:`_header_json`): bump it whenever what an
 #: entry holds changes in a way :data:`CACHED`'s names do not show (an array's meaning or
 #: shape; the names are in the name themselves), so that two builds of one version sharing a
@@ -445,7 +451,7 @@ def _read_cache(path: Path, n: int, size: int) -> dict[str, np.ndarray] | None:
             arrays = {k: z[k] for k in CACHED}
         want = {"images": (n, size, size), "masks": (n, size, size), "pixels": (n, 32),
                 "thumbs": (n, THUMB * THUMB), "tally": (len(fields(MaskTally)),),
-                "white": (1,), "constant": (n,)}
+                "white": (1,), "constant": (n,), "held_own": (n,)}
         wrong = {k: arrays[k].shape for k, shape in want.items() if arrays[k].shape != shape}
         if wrong:
             raise ValueError(f"arrays of {wrong} cached for {n} frames of {size} px")

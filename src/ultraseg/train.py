@@ -441,12 +441,15 @@ def check_working_size(model: ModelConfig, size: int | None) -> None:
                             f"{2 * step}, or a smaller model.depth (--depth)")
 
 
-def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
+def resolve_presence_head(cfg: RunConfig, masks: np.ndarray,
+                          held_own: np.ndarray | None = None) -> RunConfig:
     """``cfg`` with ``model.presence_head='auto'`` decided by the training masks ``masks``
     (N, h, w), or by whether each holds a structure ((N,) bool, as :func:`_held` gives): a
     presence head where at least :data:`~ultraseg.config.AUTO_PRESENCE_MIN_EMPTY` of them, and
     at least 10, are empty (a head that learns "is the structure there?" needs frames where it
     is not), else none; never on the valid model, which sees frames in tiles.
+    ``held_own``: whether each holds one at its own size ((N,) bool), where known: the log
+    line says how many are empty there too, where resizing emptied some.
     Any other value is returned as it is."""
     if cfg.model.presence_head != "auto":
         return cfg
@@ -456,9 +459,12 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray) -> RunConfig:
         log.info("presence head: off (the valid model sees frames in tiles)")
     else:
         on = empty >= 10 and empty >= AUTO_PRESENCE_MIN_EMPTY * len(masks)
-        log.info("presence head: %s (%d of %d training frames have an empty mask; 'auto' "
+        own = None if held_own is None else int((~np.asarray(held_own, bool)).sum())
+        log.info("presence head: %s (%d of %d training frames have an empty mask%s; 'auto' "
                  "builds it from %d %% and 10 frames)", "on" if on else "off", empty,
-                 len(masks), round(100 * AUTO_PRESENCE_MIN_EMPTY))
+                 len(masks), "" if own is None or own == empty else
+                 f" at the {cfg.preprocess.size} px working size, {own} at their own size",
+                 round(100 * AUTO_PRESENCE_MIN_EMPTY))
     # the head's settings asked for, and dropped with it: said in one line
     unused = [] if on else [what for what, asked in (
         (f"presence mode {cfg.model.presence_mode!r}", cfg.model.presence_mode != "gate"),
@@ -714,6 +720,27 @@ def _held(masks: np.ndarray) -> np.ndarray:
     return masks.reshape(len(masks), -1).any(axis=1) if len(masks) else np.zeros(0, bool)
 
 
+def _lost(arrays: Arrays, held: np.ndarray) -> np.ndarray:
+    """Whether each frame's mask holds a structure at its own size but none at the working
+    size (``held``: :func:`_held` of ``arrays.masks``): (N,) bool, none where the frames' own
+    are not known."""
+    own = arrays.held_own
+    if own is None or len(own) != len(held):
+        return np.zeros(len(held), bool)
+    return own & ~held
+
+
+def lost_note(lost: int, holding: int, size: int | None) -> str | None:
+    """The warning where resizing to the ``size`` px working size emptied ``lost`` of the
+    ``holding`` masks that hold a structure at their own size; None where it emptied none."""
+    if not lost:
+        return None
+    return (f"{lost} of the {holding} masks that hold a structure at their own size hold none "
+            f"at the {size} px working size: their structures shrink below a pixel when "
+            "resized, so those frames train as empty frames; a larger --size (preprocess.size) "
+            "keeps them")
+
+
 def _holders_row(held: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> str:
     """Where a split that trains on no structure put them: 'the 2 validation and 6 held-out
     test frames hold every structure' (a side that holds none is left out); ``held``:
@@ -826,12 +853,23 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     if inverted:
         log.warning("%s: %s", ds.root, inverted)
     held = _held(arrays.masks)      # whether each frame's mask holds a structure
+    lost = _lost(arrays, held)      # ... at its own size, and none at the working size
+    size, what = cfg.preprocess.size, (f"label {cfg.preprocess.label}" if cfg.preprocess.label
+                                       is not None else "a foreground pixel")
+    if not held.any() and lost.any():   # resizing emptied every one: not the data's fault
+        raise DataError(f"none of the {len(held)} masks holds {what} at the {size} px working "
+                        f"size: the {int(lost.sum())} that hold one at their own size lose it "
+                        "when resized (their structures shrink below a pixel); nothing to "
+                        "learn; a larger --size (preprocess.size) keeps them", ds.root)
     if not held.any():              # every target empty: the model could only learn "nothing"
         label = cfg.preprocess.label
         raise DataError(f"none of the {len(arrays.masks)} masks holds "
                         + (f"label {label} (--label; `ultraseg inspect DATA` lists the labels "
                            "the masks hold)" if label is not None else "a foreground pixel")
                         + ": nothing to learn", ds.root)
+    note = lost_note(int(lost.sum()), int(held.sum() + lost.sum()), size)
+    if note:
+        log.warning("%s: %s", ds.root, note)
     if resume:
         train_idx, val_idx = read_split(out / "split.json", arrays.names, ds.root)
     else:
@@ -851,6 +889,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                                               "test": test_idx})
     if copies:
         log.warning("%s: %s", ds.root, copies)
+    if not held[train_idx].any() and lost[train_idx].any():    # resizing emptied them
+        raise DataError(f"none of the {len(train_idx)} training masks holds {what} at the "
+                        f"{size} px working size: {int(lost[train_idx].sum())} of them hold "
+                        "one at their own size, lost when resized (their structures shrink "
+                        "below a pixel); nothing to learn; a larger --size (preprocess.size) "
+                        "keeps them", ds.root)
     if not held[train_idx].any():   # the split left every structure out of training
         raise DataError(f"none of the {len(train_idx)} training masks holds "
                         + (f"label {cfg.preprocess.label}" if cfg.preprocess.label is not None
@@ -863,7 +907,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         cfg = replace(cfg, model=recorded_presence_head(cfg.model, last))
         log.info("presence head: %s (decided when the run started, as last.ckpt records)",
                  "on" if cfg.model.presence_head else "off")
-    cfg = resolve_presence_head(cfg, held[train_idx])
+    cfg = resolve_presence_head(cfg, held[train_idx], None if arrays.held_own is None
+                                else arrays.held_own[train_idx])
     validating = len(val_idx) > 0
     # validation frames that hold no structure cannot tell a model that finds structures from
     # one that finds none: they would choose the epoch and the post-processing that predict
