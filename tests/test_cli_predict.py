@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import held_elsewhere, outline_dataset, ultraseg_warnings
+import ultraseg
 from ultraseg.checkpoint import make_meta, save_checkpoint
 from ultraseg.cli import main
 from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
@@ -67,13 +70,51 @@ def test_predict_writes_one_mask_per_image_at_original_size(tmp_path, ckpt, caps
     written = sorted(p.relative_to(tmp_path / "out").as_posix()
                      for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert written == sorted([*expect.values(), OUTPUT_MARKER,   # the marker: see its test
-                              "predictions.csv"])
+                              "predictions.csv", "settings.json"])
     for rel, name in expect.items():
         mask = np.asarray(Image.open(tmp_path / "out" / name))
         assert mask.dtype == np.uint8 and mask.shape == SHAPES[rel]
         assert set(np.unique(mask)) <= {0, 255}
         decoded = read_image(tmp_path / "in" / rel)     # c.jpg is lossy: what was read
         np.testing.assert_array_equal(mask == 255, predictor.predict(decoded))
+
+
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_the_output_folder_records_the_model_and_the_post_processing_applied(tmp_path, ckpt,
+                                                                             capsys, command):
+    """predictions.csv and measurements.csv recorded neither the model nor the threshold,
+    rules and flip: a folder made with --threshold 0.3 could not be told from one made with
+    the checkpoint's choice (a post-processing review, O5). settings.json says them, as
+    evaluate's summary.json does, with the options given; predict's summary names them."""
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+
+    def settings(out: str, *flags: str) -> tuple[dict, str]:
+        assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / out),
+                     *flags]) == 0
+        text = (tmp_path / out / "settings.json").read_text()
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}")), \
+            capsys.readouterr().out
+
+    given, printed = settings("given", "--threshold", "0.3", "--keep-largest", "--device",
+                              "cpu", "--precision", "fp32", "--batch-size", "2")
+    assert given["command"] == command
+    assert given["checkpoint"]["path"] == str(ckpt.resolve())
+    assert given["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert given["ultraseg_version"] == ultraseg.__version__
+    assert (given["backend"], given["device"], given["precision"]) == ("torch", "cpu", "fp32")
+    assert given["postprocess"] == {"threshold": 0.3, "min_area": 0, "min_peak": 0.0,
+                                    "keep_largest": True, "fill_holes": False, "tta": False}
+    assert given["overrides"] == {"threshold": 0.3, "keep_largest": True, "device": "cpu",
+                                  "precision": "fp32", "batch_size": 2}
+    assert datetime.datetime.fromisoformat(given["date"]).tzinfo is not None
+    own, _ = settings("own")        # the checkpoint's choice, told apart
+    assert own["postprocess"]["threshold"] == 0.5 and own["overrides"] == {}
+    assert own["postprocess"]["keep_largest"] is False
+    if command == "predict":
+        assert ("post-processing: threshold 0.3, min area 0, min peak 0.0, keep largest on, "
+                "fill holes off, tta off (in settings.json)") in printed.splitlines()
+    else:
+        assert own["boundary_offset_px"] == 0.0
 
 
 def test_one_frame_predicted_is_said_in_the_singular(tmp_path, ckpt, capsys):
@@ -204,7 +245,7 @@ def test_bad_image_is_exit_2_named_on_one_line_and_no_partial_file(tmp_path, ckp
     assert len(err) == 2 and "2.png" in err[0] and err[0].startswith("error:")   # + the count
     left = sorted(p.name for p in (tmp_path / "o").iterdir() if p.name != OUTPUT_MARKER)
     assert left == ["1_mask.png", "3_mask.png",       # skipped: no 2_mask.png, no temp file
-                    "predictions.csv"]
+                    "predictions.csv", "settings.json"]
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -234,6 +275,9 @@ def test_export_then_predict_from_onnx_gives_the_same_masks(tmp_path, capsys):
     a = np.asarray(Image.open(tmp_path / "o_ckpt" / "1_mask.png"))
     b = np.asarray(Image.open(tmp_path / "o_onnx" / "1_mask.png"))
     np.testing.assert_array_equal(a, b)
+    record = json.loads((tmp_path / "o_onnx" / "settings.json").read_text())
+    assert record["backend"] == "onnx" and record["onnxruntime_version"]
+    assert record["checkpoint"]["path"] == str(onnx_path.resolve())
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx")]) == 2
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "exported_model")]) == 2
     assert "must end in .onnx" in capsys.readouterr().err      # load tells ONNX by the name
@@ -597,8 +641,8 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
     monkeypatch.setattr(pf, "_write", probe(real_write))
     monkeypatch.setattr(pf, "LineFile", Table)
     assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--overlay"]) == 0
-    # the mask (predict), the overlay, the table made and closed
-    assert answers == [command] * (4 if command == "predict" else 3)
+    # settings.json, the mask (predict), the overlay, the table made and closed
+    assert answers == [command] * (5 if command == "predict" else 4)
     assert LOCK_FILE not in {p.name for p in out.iterdir()}
 
 

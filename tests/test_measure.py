@@ -526,3 +526,28 @@ def test_the_measure_summary_counts_the_frames_that_held_more_than_one_region() 
     one = summarise_measurements(rows[:1] + rows[2:3])
     assert one["n_multiple_regions"] == 0
     assert "more than one region" not in format_measure_summary(one)
+
+
+def test_settings_json_from_python_says_what_was_applied_and_that_no_options_were_given(
+        tmp_path) -> None:
+    """measurements.csv recorded neither the model nor the post-processing (a post-processing
+    review, O5). From Python, settings.json has them, and null where nothing says: no model
+    file (a predictor built by hand), no command line."""
+    import json
+
+    from test_predict import hc18_like
+
+    from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+    from ultraseg.predict import Predictor
+    from ultraseg.predict_files import measure_frames
+
+    hc18_like(tmp_path / "hc")
+    bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),
+                       PreprocessConfig(size=None, normalise="unit"),
+                       PostprocessConfig(threshold=0.4, min_area=3, fill_holes=True), tta=True)
+    measure_frames(bright, tmp_path / "hc", out=tmp_path / "m")
+    doc = json.loads((tmp_path / "m" / "settings.json").read_text())
+    assert doc["command"] == "measure" and doc["checkpoint"] is None
+    assert doc["backend"] is None and doc["overrides"] is None
+    assert doc["postprocess"] == {"threshold": 0.4, "min_area": 3, "min_peak": 0.0,
+                                  "keep_largest": False, "fill_holes": True, "tta": True}

@@ -106,6 +106,21 @@ def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     return pp
 
 
+#: The options of predict and measure that settings.json records where given, with the value
+#: each has when it is not.
+_RECORDED_OPTIONS = {"threshold": None, "min_area": None, "min_peak": None,
+                     "keep_largest": None, "fill_holes": None, "tta": None, "device": "auto",
+                     "precision": "auto", "batch_size": None, "tile": None, "threads": None,
+                     "pixel_size": None}
+
+
+def options_given(a: argparse.Namespace) -> dict[str, Any]:
+    """The post-processing and model options given on the command line, by name
+    (``threshold``, ``device``, ...), as the output folder's ``settings.json`` records them."""
+    return {k: getattr(a, k) for k, unset in _RECORDED_OPTIONS.items()
+            if getattr(a, k, unset) != unset}
+
+
 # ---------------------------------------------------------------- predict
 def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict_files import collect_frames, write_predictions
@@ -124,7 +139,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
                                     rle=a.rle, label=a.label, progress=ProgressBar("predict"),
                                     fill_outlines=a.fill_outlines,
-                                    skip_unreadable=True)
+                                    skip_unreadable=True, overrides=options_given(a))
     extra = " and overlays" if a.overlay else ""
     sub = ""
     if summary.rle:
@@ -138,6 +153,11 @@ def _cmd_predict(a: argparse.Namespace) -> int:
             sub += "; the file there is an earlier run's"
     print(f"predicted {summary.n} frame{'s' * (summary.n != 1)} ({summary.n_empty} empty): "
           f"masks{extra} in {summary.out}{sub}")
+    from .predict_files import SETTINGS_FILE
+    from .report import postprocess_words
+
+    applied = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
+    print(f"post-processing: {postprocess_words(applied)} (in {SETTINGS_FILE})")
     return report_unreadable(summary.failed, len(frames))
 
 
@@ -235,6 +255,7 @@ def _cmd_measure(a: argparse.Namespace) -> int:
                 summary, rows = measure_frames(predictor, frames, a.pixel_size, a.out,
                                                progress=bar, skip_unreadable=True,
                                                overlay=a.overlay,
+                                               overrides=options_given(a),
                                                on_row=show if a.out is None and not a.json
                                                else None)
         except UltrasegError as e:

@@ -12,6 +12,7 @@ Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import glob
 import hashlib
 import io
@@ -21,14 +22,14 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_text, failure_reason,
-                     output_lock, temporaries)
+                     json_text, output_lock, temporaries)
 from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
                  image_stem, inspect_command, scan_dataset, select_label, split_frames, white_for)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
@@ -444,8 +445,9 @@ def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
 
 #: The names of this module's outputs whose temporary files
 #: (:func:`ultraseg.fileio.temporaries`) a killed run leaves: a mask, an overlay, a table, a
-#: submission CSV.
-_OUTPUT_NAMES = ("*_mask.png", "*_mask.tif", "*_overlay.png", "*_measure.png", "*.csv")
+#: submission CSV, the settings.
+_OUTPUT_NAMES = ("*_mask.png", "*_mask.tif", "*_overlay.png", "*_measure.png", "*.csv",
+                 "settings.json")
 
 #: A submission's temporary file outside the output folder that has not grown for this long
 #: is a killed writer's (a live one adds a row a frame).
@@ -503,6 +505,43 @@ def _write(path: Path, data: bytes) -> None:
         raise
     except OSError as e:
         raise UltrasegError(f"cannot write the file ({failure_reason(e)})", path) from e
+
+
+#: The file beside predict's and measure's table that says what made the folder's outputs
+#: (:func:`settings_record`), written before the first frame.
+SETTINGS_FILE = "settings.json"
+
+
+def settings_record(predictor: Predictor, command: str,
+                    overrides: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """What made an output folder's files, as its ``settings.json`` records it: ``command``
+    (predict, measure); ``checkpoint``, the model file as evaluate's ``summary.json`` records
+    it (:func:`ultraseg.evaluate.model_record`: path, sha256, versions; None for a predictor
+    built by hand); the ``ultraseg_version`` predicting; ``backend`` (``torch``, ``onnx``;
+    None for one built by hand) and the predictor's runtime (``torch_version`` or
+    ``onnxruntime_version``, ``device`` and ``precision`` as resolved); ``postprocess``, the
+    threshold and rules applied with ``tta`` as used (as in ``summary.json``); ``extra``
+    (measure's ``boundary_offset_px``); ``overrides``, the command line's options given (by
+    their names: ``threshold``, ``device``, ...; None from Python, where nothing says which
+    were); and the ``date`` (local time, with its offset)."""
+    from . import __version__
+    from .evaluate import model_record
+
+    runtime = predictor.runtime
+    backend = ("torch" if "torch_version" in runtime else
+               "onnx" if "onnxruntime_version" in runtime else None)
+    return {"command": command, "checkpoint": model_record(predictor),
+            "ultraseg_version": __version__, "backend": backend, **runtime,
+            "postprocess": {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta},
+            **extra, "overrides": None if overrides is None else dict(overrides),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _write_settings(out: Path, record: dict[str, Any]) -> Path:
+    """``OUT/settings.json`` (strict JSON, written atomically as every output); its path."""
+    path = out / SETTINGS_FILE
+    _write(path, (json_text(record, indent=2) + "\n").encode())
+    return path
 
 
 def overlay_thickness(shape: tuple[int, ...]) -> int:
@@ -663,6 +702,7 @@ class PredictionSummary:
     overlays: list[Path] = field(default_factory=list)
     rle: Path | None = None
     rle_left_out: int = 0
+    settings: Path | None = None        # OUT/settings.json: the model and settings applied
     failed: list[DataError] = field(default_factory=list)   # frames skipped, unreadable
     #: with an overlay: the labels the masks hold where none holds the label drawn (its truth
     #: then shows as empty on every overlay), else None
@@ -723,7 +763,8 @@ def write_predictions(predictor: Predictor | str | Path,
                       rle: str | Path | None = None, label: int | None = None,
                       progress: Progress | None = None,
                       skip_unreadable: bool = False,
-                      fill_outlines: bool | None = None) -> PredictionSummary:
+                      fill_outlines: bool | None = None,
+                      overrides: Mapping[str, Any] | None = None) -> PredictionSummary:
     """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size),
     and ``OUT/predictions.csv`` (:data:`PREDICTION_COLUMNS`): each frame's image, its frame
     number in a multi-frame file (from 1), its outputs' paths below ``out``, and ``ok``, or
@@ -748,7 +789,9 @@ def write_predictions(predictor: Predictor | str | Path,
     them). With ``skip_unreadable`` an image that cannot be read is skipped and named in the
     summary's ``failed``, and the other frames are written; where a skipped frame belongs in the
     submission CSV, that is not written (it would lack the frame's row: ``summary.rle`` is
-    None, and a file already at that path stays as it was).
+    None, and a file already at that path stays as it was). Before the first frame,
+    ``OUT/settings.json`` records the model and the post-processing applied
+    (:func:`settings_record`; ``overrides``: the command line's options given).
     """
     predictor, frames = as_predictor(predictor), frames_of(frames)   # before --out is made
     if fmt not in MASK_FORMATS:
@@ -762,7 +805,7 @@ def write_predictions(predictor: Predictor | str | Path,
     # held to the last file: a second command writing into it too would mix its outputs
     with output_lock(out, "predict"):
         return _write_predictions(predictor, frames, out, fmt, overlay, rle, label, progress,
-                                  skip_unreadable, fill_outlines)
+                                  skip_unreadable, fill_outlines, overrides)
 
 
 #: The tables a predict or measure writes in its output folder, and what each is.
@@ -781,7 +824,8 @@ def _check_not_a_table(rle: Path, out: Path) -> None:
 def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str | Path,
                        fmt: str, overlay: bool, rle: str | Path | None, label: int | None,
                        progress: Progress | None, skip_unreadable: bool,
-                       fill_outlines: bool | None) -> PredictionSummary:
+                       fill_outlines: bool | None,
+                       overrides: Mapping[str, Any] | None = None) -> PredictionSummary:
     """:func:`write_predictions`, its arguments checked, holding ``out``."""
     from .report import overlay as draw_overlay
 
@@ -797,6 +841,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     fill = predictor.preprocess.fill_outlines if fill_outlines is None else fill_outlines
     suffix = MASK_FORMATS[fmt][0]
     summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
+    summary.settings = _write_settings(out, settings_record(predictor, "predict", overrides))
     in_submission = dict(zip((f.out_name for f in frames), submission_frames(frames)))
     if rle is not None:
         summary.rle_left_out = sum(not v for v in in_submission.values())
@@ -958,7 +1003,8 @@ def measure_frames(predictor: Predictor | str | Path,
                    pixel_size_mm: float | None = None, out: str | Path | None = None,
                    progress: Progress | None = None, skip_unreadable: bool = False,
                    overlay: bool = False,
-                   on_row: Callable[[dict[str, Any]], None] | None = None
+                   on_row: Callable[[dict[str, Any]], None] | None = None,
+                   overrides: Mapping[str, Any] | None = None
                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Segment every frame and measure the object (:func:`ultraseg.measure.measure`).
 
@@ -985,6 +1031,9 @@ def measure_frames(predictor: Predictor | str | Path,
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     ``on_row``: called with each frame's row as soon as it is measured (the CLI prints it).
+    With ``out``, ``OUT/settings.json`` records the model and the post-processing applied
+    before the first frame (:func:`settings_record`, with ``boundary_offset_px``;
+    ``overrides``: the command line's options given), named as the summary's ``settings``.
     """
     from .measure import (PixelSizes, check_pixel_size, measure, measured_object,
                           warn_too_small_for_an_ellipse)
@@ -1007,6 +1056,9 @@ def measure_frames(predictor: Predictor | str | Path,
                    else None)
         # (an earlier run's table is replaced by this run's header before the first frame)
         table = None if out_dir is None else out_dir / "measurements.csv"
+        settings = None if out_dir is None else _write_settings(
+            out_dir, settings_record(predictor, "measure", overrides,
+                                     boundary_offset_px=offset))
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
         written = _FrameTable(table, [*MEASURE_COLUMNS, "error"], frames,
@@ -1058,6 +1110,8 @@ def measure_frames(predictor: Predictor | str | Path,
             raise
         if table is not None:
             summary["csv"] = str(table)
+        if settings is not None:
+            summary["settings"] = str(settings)
         return summary, rows
 
 
