@@ -281,7 +281,9 @@ def test_cli_tta_follows_the_checkpoint_unless_flagged(checkpoint, data, tmp_pat
     off = summary(flipping, "--no-tta")
     assert off["postprocess"]["tta"] is False and figures(off) == figures(plain)
     assert cli.main(["evaluate", str(flipping), str(data), "--device", "cpu"]) == 0
-    assert "test-time flip        on" in capsys.readouterr().out
+    line = next(ln for ln in capsys.readouterr().out.splitlines()
+                if ln.startswith("post-processing"))
+    assert line.startswith("post-processing       threshold ") and line.endswith(", tta on")
 
 
 @pytest.fixture(scope="module")
@@ -657,6 +659,20 @@ def test_a_frame_named_with_bytes_that_are_no_utf8_is_scored_and_written(checkpo
     assert len(rows) == 5 and any(r.startswith(b"1_1\xfe,") for r in rows)
 
 
+def test_the_printed_summary_names_the_threshold_and_rules_applied() -> None:
+    """The printed summary showed the flip alone, not the threshold nor the rules the figures
+    were made with (a post-processing review, O5): one line names them all."""
+    from ultraseg.config import PostprocessConfig
+
+    pp = {**PostprocessConfig(threshold=0.3, min_area=40, keep_largest=True).to_dict(),
+          "tta": True}
+    summary = {"n": 3, "dice_mean": 0.8, "dice_nonempty_mean": 0.8, "iou_mean": 0.7,
+               "hd95_median": 4.0, "hd95_n": 3, "empty_correct_rate": None,
+               "postprocess": pp, "raw": {"dice_mean": 0.78, "dice_nonempty_mean": 0.78}}
+    assert ("post-processing       threshold 0.3, min area 40, min peak 0.0, keep largest on, "
+            "fill holes off, tta on") in format_summary(summary).splitlines()
+
+
 def test_the_printed_summary_names_what_the_raw_figure_is_and_shows_hd95_in_mm() -> None:
     """'without post-processing' was printed beside a figure that still used the test-time
     flip; the README promised HD95 in px and mm, and the mm median was never printed."""
@@ -666,7 +682,7 @@ def test_the_printed_summary_names_what_the_raw_figure_is_and_shows_hd95_in_mm()
                "raw": {"dice_mean": 0.78, "dice_nonempty_mean": 0.78}}
     text = format_summary(summary)
     assert "without post-processing" not in text
-    assert "threshold 0.5 alone (no rules; the flip as below): 0.780" in text
+    assert "threshold 0.5 alone (no rules; tta as below): 0.780" in text
     assert "HD95 median (mm)      0.8   over 2 of them with a pixel size" in text
     assert "HD95 median (mm)" not in format_summary({**summary, "hd95_mm_n": 0})
 
@@ -681,7 +697,7 @@ def test_the_printed_summary_rounds_each_figure_to_its_kind() -> None:
                "postprocess": {}, "raw": {"dice_mean": 0.61, "dice_nonempty_mean": 0.6},
                "hc_n": 8, "hc_missed": 0, "hc_mae_mm": 16.5312, "hc_bias_mm": 16.0451}
     lines = format_summary(summary).splitlines()
-    for start in ("Dice (all frames)     0.655   threshold 0.5 alone (no rules; the flip as "
+    for start in ("Dice (all frames)     0.655   threshold 0.5 alone (no rules; tta as "
                   "below): 0.610", "Dice (non-empty)      0.701   threshold 0.5 alone: 0.600",
                   "IoU                   0.512", "HD95 median (px)      217.9   over 8",
                   "HD95 median (mm)      16.4   over 8", "empty frames right    66.7%",
@@ -689,6 +705,7 @@ def test_the_printed_summary_rounds_each_figure_to_its_kind() -> None:
                   "reference) +16.05 mm, over 8 of 8"):
         assert any(line.startswith(start) for line in lines), start
     assert "217.94" not in "\n".join(lines)
+    assert "post-processing       n/a" in lines      # (none recorded: an older summary.json)
     # the HC error in mm to 2 decimals, as measure prints it and the README quotes it (a
     # model 0.02 mm off printed 0.0 mm); HD95 in mm stays at 1
     small = format_summary({**summary, "hc_mae_mm": 0.0234, "hc_bias_mm": -0.0151})

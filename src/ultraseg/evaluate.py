@@ -726,7 +726,10 @@ def format_share(rate: float | None) -> str:
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable lines for the CLI: each figure to the digits its kind carries (Dice
     and IoU 3 decimals, px and mm 1, the head-circumference error in mm 2 as measure prints
-    it, a share in % (:func:`format_share`); the JSON and CSV keep them whole)."""
+    it, a share in % (:func:`format_share`); the JSON and CSV keep them whole), and the
+    post-processing as the report's tables say it (:func:`ultraseg.report.postprocess_words`)."""
+    from .report import postprocess_words
+
     def as_(fmt: str) -> Callable[[Any], str]:
         return lambda v: "n/a" if v is None else (format(v, fmt) if isinstance(v, float)
                                                   else str(v))
@@ -738,7 +741,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     where = f"   ({SIDES[side].format(summary.get('split'))})" if side in SIDES else ""
     lines = [f"frames                {summary['n']}{where}",
              f"Dice (all frames)     {f(summary['dice_mean'])}   threshold 0.5 alone (no "
-             f"rules; the flip as below): {f(raw.get('dice_mean'))}",
+             f"rules; tta as below): {f(raw.get('dice_mean'))}",
              f"Dice (non-empty)      {f(summary['dice_nonempty_mean'])}   threshold 0.5 "
              f"alone: {f(raw.get('dice_nonempty_mean'))}",
              *([f"95% interval          all frames "
@@ -754,8 +757,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{summary['hd95_mm_n']} of them with a pixel size"]
                if summary.get("hd95_mm_n") else []),
              f"empty frames right    {share(summary['empty_correct_rate'])}",
-             f"test-time flip        "
-             f"{'on' if summary.get('postprocess', {}).get('tta') else 'off'}"]
+             # the threshold and rules the figures were made with, and the flip
+             f"post-processing       "
+             f"{postprocess_words(summary.get('postprocess') or {}) or 'n/a'}"]
     if summary.get("hc_n") is not None:     # (None, or absent from an older summary.json)
         from .measure import over_frames_with_a_reference
 
