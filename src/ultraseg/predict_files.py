@@ -12,7 +12,6 @@ Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import glob
 import hashlib
 import io
@@ -523,7 +522,7 @@ def settings_record(predictor: Predictor, command: str,
     threshold and rules applied with ``tta`` as used (as in ``summary.json``); ``extra``
     (measure's ``boundary_offset_px``); ``overrides``, the command line's options given (by
     their names: ``threshold``, ``device``, ...; None from Python, where nothing says which
-    were); and the ``date`` (local time, with its offset)."""
+    were). No date: the same command writes the same bytes, as evaluate's ``summary.json``."""
     from . import __version__
     from .evaluate import model_record
 
@@ -533,8 +532,7 @@ def settings_record(predictor: Predictor, command: str,
     return {"command": command, "checkpoint": model_record(predictor),
             "ultraseg_version": __version__, "backend": backend, **runtime,
             "postprocess": {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta},
-            **extra, "overrides": None if overrides is None else dict(overrides),
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+            **extra, "overrides": None if overrides is None else dict(overrides)}
 
 
 def _write_settings(out: Path, record: dict[str, Any]) -> Path:
