@@ -92,19 +92,17 @@ def cpu_has_avx512() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for 'auto' | 'fp32' | 'bf16' (None = plain fp32).
+    """The autocast dtype for 'auto' | 'fp32' | 'bf16' (None = plain fp32), as
+    :func:`precision_name` decides it, with a warning where bf16 is asked for on ``device``
+    without native support.
 
     'auto' picks bf16 on a GPU that supports it and on a CPU with native bf16, else fp32.
     """
-    if precision == "fp32":
+    if precision_name(precision, device) == "fp32":
         return None
-    if precision not in ("auto", "bf16"):
-        raise UltrasegError(f"unknown precision {precision!r}; valid: auto, fp32, bf16")
-    ok = _native_bf16(device)
-    if precision == "bf16" and not ok:
+    if precision == "bf16" and not _native_bf16(device):
         log.warning("bf16 requested but not supported natively on %s; it will be slow", device)
-        return torch.bfloat16
-    return torch.bfloat16 if ok else None
+    return torch.bfloat16
 
 
 def _native_bf16(device: torch.device) -> bool:
@@ -117,10 +115,12 @@ def _native_bf16(device: torch.device) -> bool:
 
 
 def precision_name(precision: str, device: torch.device) -> str:
-    """What :func:`resolve_precision` makes of ``precision`` on ``device``, 'bf16' or 'fp32',
-    without its warning (a record of what ran: config.json's 'resolved')."""
+    """What ``precision`` ('auto' | 'fp32' | 'bf16') runs as on ``device``, 'bf16' or 'fp32'
+    (:func:`resolve_precision`'s one rule; config.json's 'resolved' records it)."""
     if precision == "fp32":
         return "fp32"
+    if precision not in ("auto", "bf16"):
+        raise UltrasegError(f"unknown precision {precision!r}; valid: auto, fp32, bf16")
     return "bf16" if precision == "bf16" or _native_bf16(device) else "fp32"
 
 
