@@ -1626,6 +1626,55 @@ def test_a_nan_validation_loss_is_divergence(tmp_path, capsys, monkeypatch) -> N
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
 
 
+def test_a_diverged_run_with_a_good_epoch_is_finished_from_it(tmp_path, capsys,
+                                                              monkeypatch) -> None:
+    """A run that diverged after a good epoch exited 2 with no report.html, chosen
+    post-processing or figures, and --resume replayed the divergence. It now finishes as a
+    time-limit stop does, from its best epoch: report.html says it stopped early, diverged,
+    last.ckpt records the stop, and the exit stays 2 with an error naming best.ckpt; a
+    resume of such a run interrupted while it finished trains nothing."""
+    real, calls = train_mod.validate, []
+
+    def validate(*args, **kwargs):
+        loss, score = real(*args, **kwargs)
+        calls.append(1)
+        return (math.nan if len(calls) == 2 else loss), score
+
+    monkeypatch.setattr(train_mod, "validate", validate)
+    real_finish = train_mod._finish
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_finish", interrupted)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "3") == 130     # interrupted
+    stopped = load_checkpoint(run / "last.ckpt").train_state["stopped"]
+    assert stopped.startswith("training diverged: the validation loss is nan after epoch 2")
+    assert "kept epoch 1" in stopped and "--lr" in stopped, stopped
+    monkeypatch.setattr(train_mod, "_finish", real_finish)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(run)]) == 2
+    assert len(calls) == 2          # nothing trained, nothing validated by epoch again
+    line = _error_line(capsys.readouterr().err)
+    assert "training diverged: the validation loss is nan after epoch 2" in line, line
+    assert str(run / "best.ckpt") in line and "try a lower --lr" in line, line
+    page = (run / "report.html").read_text()
+    assert "training diverged" in page and "kept epoch 1" in page
+    best = load_checkpoint(run / "best.ckpt")
+    assert best.meta["metrics"]["stopped"] == stopped and best.meta["metrics"]["best_epoch"] == 1
+
+    # a new run diverging so finishes at once
+    calls.clear()
+    again = tmp_path / "again"
+    assert _train_tiny(tmp_path, again, "--epochs", "3") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert str(again / "best.ckpt") in line and "the last good checkpoint (epoch 1)" in line
+    assert (again / "report.html").is_file() and (again / "curve.png").is_file()
+    assert load_checkpoint(again / "last.ckpt").train_state["stopped"].startswith(
+        "training diverged")
+
+
 def test_inf_weights_after_a_later_epoch_name_the_epoch_saved(tmp_path, capsys,
                                                             monkeypatch) -> None:
     """The message said "the last good checkpoint (epoch E-1)" for any divergence in epoch E,

@@ -983,6 +983,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     fastest_s = math.inf    # the fastest training step so far
     t_measured = None       # when the last epoch measured the horizon (see _horizon)
     n_batches = len(batches)
+    diverged = None     # what went non-finite, where: the run finishes from its best epoch
     if stopped:     # interrupted while choosing its post-processing or writing its report
         log.info("the run had stopped before it was interrupted (%s): finishing it without "
                  "training on", stopped)
@@ -1022,8 +1023,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             # ranks agree on the loss (mean), so they stop alike
             loss_value = ctx.all_reduce_mean(loss.item(), device)
             if not math.isfinite(loss_value):
-                raise _diverged(out, saved, f"the loss is {loss_value} at epoch {epoch}, "
-                                            f"batch {i + 1}")
+                diverged = f"the loss is {loss_value} at epoch {epoch}, batch {i + 1}"
+                break
             for group in optimizer.param_groups:
                 group["lr"] = lr_at((epoch - 1 + i / n_batches) / horizon, cfg)
             optimizer_step(optimizer, loss)
@@ -1048,6 +1049,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                 complete = False
                 stopped = f"time limit reached during epoch {epoch} (batch {i + 1}/{n_batches})"
                 break
+        if diverged:
+            break
         t_val = time.monotonic()
         ctx.broadcast_buffers(model)  # batch-norm statistics: rank 0's, as saved
         if ema is not None:
@@ -1056,8 +1059,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         # its weights are validated or saved (a finite loss can leave an inf running variance)
         bad = _non_finite_weights(model, ema)
         if ctx.any(bool(bad), device):
-            raise _diverged(out, saved, f"the weights hold NaN/inf after epoch {epoch} "
-                                        f"({some_names(bad) if bad else 'on another process'})")
+            diverged = (f"the weights hold NaN/inf after epoch {epoch} "
+                        f"({some_names(bad) if bad else 'on another process'})")
+            break
         val_loss, val_dice = math.nan, math.nan
         if validating:
             frames_v, masks_v = val_frames, val_masks
@@ -1074,8 +1078,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             val_loss, val_dice = validate(scored, frames_v, masks_v, cfg, device, dtype, ctx)
             model.to(memory_format=layout)  # validation predicts channels_last; train as chosen
             if not math.isfinite(val_loss):     # (all-reduced: every rank stops alike)
-                raise _diverged(out, saved, f"the validation loss is {val_loss} after epoch "
-                                            f"{epoch}")
+                diverged = f"the validation loss is {val_loss} after epoch {epoch}"
+                break
         est_val, val_measured = time.monotonic() - t_val, True
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                "val_loss": val_loss, "val_dice": val_dice,
@@ -1130,16 +1134,23 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                                 {**state, "stopped": stopped})
             break
 
+    if diverged:
+        stopped = _diverged_stop(out, saved, diverged, best_epoch, ctx.is_main)
     if stopped:
         log.warning("%s; keeping the %s checkpoint (epoch %d)", stopped,
                     "best" if choosing else "last", best_epoch)
     best_val_dice = best_dice if validating else None  # as best.ckpt records it (NaN else)
     if not ctx.is_main:  # rank 0 alone chooses post-processing and writes the report
-        return TrainResult(out, best_epoch, best_val_dice, len(history), time.monotonic() - t0,
-                           stopped, history, world_size=ctx.world_size, is_main=False)
-    return _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history, best_epoch,
-                   best_val_dice, stopped, t0, meta, progress, choosing, copies, test_idx,
-                   warnings, held=held)
+        result = TrainResult(out, best_epoch, best_val_dice, len(history),
+                             time.monotonic() - t0, stopped, history, world_size=ctx.world_size,
+                             is_main=False)
+    else:
+        result = _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history,
+                         best_epoch, best_val_dice, stopped, t0, meta, progress, choosing,
+                         copies, test_idx, warnings, held=held)
+    if stopped and stopped.startswith(DIVERGED):     # finished, yet not a run that succeeded
+        raise _diverged_finished(out, stopped, saved)
+    return result
 
 
 def _recorded_stop(state: Mapping[str, Any], history: list[dict[str, Any]]) -> str | None:
@@ -1823,6 +1834,38 @@ def _non_finite_weights(model: torch.nn.Module, ema: AveragedModel | None) -> li
     if ema is not None:
         bad += [f"ema {name}" for name in non_finite(ema.module.state_dict())]
     return bad
+
+
+#: How a run that diverged after a good epoch records its stop (``stopped``).
+DIVERGED = "training diverged"
+
+
+def _diverged_stop(out: Path, saved: int, what: str, best_epoch: int, main: bool) -> str:
+    """The ``stopped`` of a run whose ``what`` went non-finite: where no epoch was saved it is
+    refused (:func:`_diverged`); else recorded in last.ckpt (and best.ckpt's metrics), so a
+    resume finishes it from its best epoch without training on, as a time-limit stop."""
+    if not saved:
+        raise _diverged(out, saved, what)
+    stopped = f"{DIVERGED}: {what}; kept epoch {best_epoch}; try a lower --lr"
+    if main:
+        for name in ("last.ckpt", "best.ckpt"):
+            ck = load_checkpoint(out / name)
+            meta = dict(ck.meta, metrics={**ck.meta.get("metrics", {}), "stopped": stopped})
+            save_checkpoint(out / name, ck.state_dict, meta,
+                            {**ck.train_state, "stopped": stopped} if ck.train_state else None)
+    return stopped
+
+
+def _diverged_finished(out: Path, stopped: str, saved: int | None) -> UltrasegError:
+    """The error of a run that diverged and was finished from its best epoch (``stopped``,
+    as :func:`_diverged_stop` words it): it exits as a failure, naming the model kept."""
+    what, _, rest = stopped.removeprefix(f"{DIVERGED}: ").partition("; kept epoch ")
+    kept = rest.partition(";")[0]
+    last = f"; the last good checkpoint (epoch {saved}) is kept in {out / 'last.ckpt'}" \
+        if saved else ""
+    return UltrasegError(f"{DIVERGED}: {what}; the run was finished from epoch {kept}, kept in "
+                         f"{out / 'best.ckpt'} (report.html says so){last} (try a lower --lr)",
+                         out)
 
 
 def _diverged(out: Path, saved: int, what: str) -> UltrasegError:
