@@ -510,6 +510,24 @@ def test_a_checkpoint_saved_during_training_says_its_post_processing_is_the_defa
     assert "--resume" in said
 
 
+def test_a_checkpoint_of_a_diverged_run_says_it_diverged(tmp_path) -> None:
+    """A diverged run's checkpoints were hinted as an interrupted run's: '--resume finishes an
+    interrupted run', which replayed the divergence. Where the checkpoint records the run's
+    divergence the hint names it, that --resume finishes it without training on, and a lower
+    --lr for a new run."""
+    from conftest import ultraseg_warnings
+    from ultraseg.predict import warn_if_saved_during_training
+
+    stopped = ("training diverged: the loss is nan at epoch 2, batch 1; kept epoch 1; "
+               "try a lower --lr")
+    meta = {"metrics": {"history": [{"epoch": 1}], "stopped": stopped}}
+    with ultraseg_warnings() as warned:
+        warn_if_saved_during_training(meta, tmp_path / "last.ckpt")
+    (said,) = [r.getMessage() for r in warned]
+    assert "the loss is nan at epoch 2, batch 1" in said and "lower --lr" in said, said
+    assert "without training on" in said and "interrupted run" not in said, said
+
+
 def test_unknown_settings_are_called_a_newer_ultrasegs_not_damage(tmp_path) -> None:
     """A checkpoint of a later ultraseg (same format number, a model setting added since)
     was called 'damaged checkpoint metadata'."""

@@ -88,6 +88,15 @@ def warn_if_saved_during_training(meta: dict[str, Any], path: str | Path) -> Non
     history = metrics.get("history")
     if not isinstance(history, list) or "train_seconds" in metrics:
         return
+    stopped = str(metrics.get("stopped") or "")
+    if stopped.startswith("training diverged: "):     # (train.DIVERGED: its run's stop)
+        what = stopped.removeprefix("training diverged: ").partition("; kept epoch")[0]
+        log.warning("%s: saved during training (after epoch %d) by a run that diverged (%s), "
+                    "not by the run's end: its post-processing is the defaults, not the one "
+                    "the run chooses on validation (a finished run's best.ckpt holds that; "
+                    "`ultraseg train --resume --out RUN` finishes it without training on; a "
+                    "new run needs a lower --lr)", path, len(history), what)
+        return
     log.warning("%s: saved during training (after epoch %d), not by the run's end: its "
                 "post-processing is the defaults, not the one the run chooses on validation "
                 "(a finished run's best.ckpt holds that; `ultraseg train --resume --out RUN` "
