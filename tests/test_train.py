@@ -1980,6 +1980,48 @@ def test_nothing_found_on_validation_frames_that_all_hold_a_structure_is_said_as
     assert "0.0000" in said and "has not learnt" in said, said
 
 
+def test_nothing_found_on_nearly_every_frame_that_holds_a_structure_is_warned_about() -> None:
+    """The warning came only where not one pixel was predicted on any validation frame: a
+    3-px speck on one frame, every lesion of 83 missed, was silent (a diagnostics review,
+    D2). It now counts the frames holding a structure on which none is predicted, from 90 %
+    of them, and words the rules (not PostprocessConfig's repr)."""
+    from conftest import ultraseg_warnings
+
+    seen = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 100, [3] + [0] * 99,
+                                 [False] * 83 + [True] * 17)
+    with ultraseg_warnings() as warned:
+        train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.17)
+    said = " ".join(r.getMessage() for r in warned)
+    assert "no structure is predicted on 82 of the 83 validation frames that hold one" in said
+    assert "PostprocessConfig(" not in said and "threshold 0.5" in said, said
+    found = replace(seen, areas=[3] * 20 + [0] * 80)    # 20 of the 83 found: quiet
+    with ultraseg_warnings() as warned:
+        train_mod._warn_if_nothing_found(Path("run"), found, PostprocessConfig(), 0.3)
+    assert not warned
+
+
+def test_a_model_that_marks_nearly_every_pixel_is_warned_about() -> None:
+    """A model marking 100 % of every validation frame where the truth covered 1.5-7.5 %
+    finished as a normal run (a diagnostics review, D2: --loss dice --lr 10). Where the
+    predicted area is at least half the frame on 90 % of the validation frames while the
+    structure covers much less, a warning says so."""
+    from conftest import ultraseg_warnings
+
+    n = 10
+    seen = train_mod._Validation(PostprocessConfig(), 0.0, [0.05] * n, [4096] * n, [False] * n,
+                                 truth_px=[150] * n, frame_px=[4096] * n)
+    with ultraseg_warnings() as warned:
+        train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.05)
+    (said,) = [r.getMessage() for r in warned]
+    assert "at least half of the frame on 10 of the 10 validation frames" in said, said
+    assert "PostprocessConfig(" not in said and "--lr" in said, said
+    for quiet in (replace(seen, truth_px=[3000] * n),            # the truth is as large
+                  replace(seen, areas=[4096] * 5 + [150] * 5)):  # only half the frames
+        with ultraseg_warnings() as warned:
+            train_mod._warn_if_nothing_found(Path("run"), quiet, PostprocessConfig(), 0.5)
+        assert not warned
+
+
 def test_the_report_counts_the_frames_and_subjects_of_every_side_the_held_out_one_too(
         held_out_run) -> None:
     """The row read "frames (train / val) 30 / 10": the 20 frames held out for testing, the

@@ -1461,23 +1461,49 @@ def _empty_figures(seen: _Validation) -> tuple[float | None, int, int]:
             len(empty_areas))
 
 
+#: Of the validation frames holding a structure, the share with none predicted from which
+#: the model is said to find nothing; of all of them, the share marked over half their pixels
+#: from which it is said to mark nearly everything.
+MISSED_SHARE, MARKED_SHARE = 0.9, 0.9
+
+
 def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
-                           tuned: float | None) -> None:
-    """Say so where the post-processing ``pp`` leaves no structure on any validation frame
-    while some hold one: the all-frames Dice ``tuned`` is then the empty frames' alone (0
-    where every frame holds a structure)."""
+                           tuned: float | None, lr: bool = False) -> None:
+    """Say so where the post-processing ``pp`` leaves no structure on (nearly) every
+    validation frame holding one (:data:`MISSED_SHARE`): the all-frames Dice ``tuned`` is
+    then mostly the empty frames' (0 where every frame holds a structure); and where it marks
+    at least half of nearly every frame (:data:`MARKED_SHARE`) while the structures are
+    much smaller (under a quarter of the frame, median). ``lr``: the training loss exploded
+    or stood still (:func:`_loss_trend`), so the remedy names --lr too."""
+    rules = postprocess_words(pp.to_dict())
+    remedy = "train longer, or on more frames" + (", or a different --lr" if lr else "")
+    n = len(seen.empty)
     n_full = sum(not e for e in seen.empty)
-    if n_full == len(seen.empty) and not any(seen.areas):   # no empty frame to score 1
+    missed = sum(not e and not a for a, e in zip(seen.areas, seen.empty))
+    score = tuned if tuned is not None else math.nan
+    if n_full == n and not any(seen.areas):     # no empty frame to score 1
         log.warning("%s: with the post-processing chosen (%s) no structure is predicted on any "
                     "validation frame, and each of the %d validation frames holds one: val Dice "
-                    "%.4f; the model has not learnt to find it (train longer, or on more "
-                    "frames)", out, pp, n_full, tuned if tuned is not None else math.nan)
+                    "%.4f; the model has not learnt to find it (%s)", out, rules, n_full, score,
+                    remedy)
     elif n_full and not any(seen.areas):
         log.warning("%s: with the post-processing chosen (%s) no validation frame has a "
                     "structure predicted: its val Dice %.4f is the empty frames' alone (empty "
                     "rule: %s) and the %d frames with a structure score 0; the model has not "
-                    "learnt to find it (train longer, or on more frames)", out, pp,
-                    tuned if tuned is not None else math.nan, EMPTY_RULE, n_full)
+                    "learnt to find it (%s)", out, rules, score, EMPTY_RULE, n_full, remedy)
+    elif n_full and missed >= MISSED_SHARE * n_full:
+        log.warning("%s: with the post-processing chosen (%s) no structure is predicted on %d "
+                    "of the %d validation frames that hold one: val Dice %.4f; the model has "
+                    "not learnt to find it (%s)", out, rules, missed, n_full, score, remedy)
+    if n and len(seen.frame_px) == n and len(seen.truth_px) == n:
+        marked = sum(2 * a >= px for a, px in zip(seen.areas, seen.frame_px))
+        truth = float(np.median([t / px for t, px in zip(seen.truth_px, seen.frame_px)]))
+        if marked >= MARKED_SHARE * n and truth < 0.25:
+            log.warning("%s: with the post-processing chosen (%s) the model marks at least half "
+                        "of the frame on %d of the %d validation frames, where the structure "
+                        "covers a median %.1f %% of it: it has not learnt to tell the structure "
+                        "from the background (a lower --lr, or train longer)", out, rules,
+                        marked, n, 100 * truth)
 
 
 def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray, held: np.ndarray) -> None:
@@ -1534,6 +1560,9 @@ class _Validation:
     not_chosen: str | None = None   # why the post-processing was not chosen (the defaults)
     frames: list[int] | None = None  # the frames scored, of ``of`` (None: all of them)
     of: int = 0
+    #: each frame's pixels of structure in its mask, and its pixels (empty: not kept)
+    truth_px: list[int] = field(default_factory=list)
+    frame_px: list[int] = field(default_factory=list)
 
     def hc_probs(self, pp: PostprocessConfig) -> Iterator[np.ndarray]:
         """Those frames' probabilities as ``pp`` predicts them, one frame at a time, to the
@@ -1691,6 +1720,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     measured = cfg.train.tune_postprocess
     raws, scores, areas = [0.0] * n, [0.0] * n, [0] * n
     empty, gridded = [False] * n, {}
+    truth_px, frame_px = [0] * n, [0] * n
     parts, changeable = ([0] * n if tuning else []), {}
     hc: dict[int, tuple[Any, Any, list[np.ndarray]]] = {}
     t_start = time.monotonic()
@@ -1718,6 +1748,7 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
         for j, f in enumerate(rows):
             raws[f] = dice(apply_pp(plain[j], PostprocessConfig()), frames[j][1])
             empty[f] = not frames[j][1].any()
+            truth_px[f], frame_px[f] = int(np.count_nonzero(frames[j][1])), frames[j][1].size
         done = start + len(rows)
         per_frame = (per_frame * start + time.monotonic() - t_batch) / done
         for j, f in enumerate(rows):
@@ -1764,13 +1795,16 @@ def _score_validation(predictor: Predictor, samples: list, cfg: RunConfig, tunin
     for f, row in gridded.items():
         scores[f], areas[f] = search.frame(row, pp)
     chosen = sorted(hc)
-    frames = sorted(int(f) for f in order[:predictor.batch_size]) if late else list(range(n))
+    # (a late run's sample, else None: every frame)
+    sample = sorted(int(f) for f in order[:predictor.batch_size]) if late else None
+    frames = sample if sample is not None else list(range(n))
     return _Validation(pp, float(np.mean([raws[f] for f in frames])),
                        [scores[f] for f in frames], [areas[f] for f in frames],
                        [empty[f] for f in frames], cuts,
                        [hc[f][0] for f in chosen], [hc[f][1] for f in chosen],
                        [hc[f][2] for f in chosen], parts,
-                       [changeable[f] for f in sorted(changeable)], not_chosen, frames, n)
+                       [changeable[f] for f in sorted(changeable)], not_chosen, sample, n,
+                       [truth_px[f] for f in frames], [frame_px[f] for f in frames])
 
 
 def _shown_frames(predictor: Predictor, samples: list, cfg: RunConfig, pp: PostprocessConfig
