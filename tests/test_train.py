@@ -2022,6 +2022,46 @@ def test_a_model_that_marks_nearly_every_pixel_is_warned_about() -> None:
         assert not warned
 
 
+@pytest.mark.parametrize("losses, said", [
+    ([1.93, 25.0, 0.9], "rose from 1.93 (epoch 1) to 25 (epoch 2)"),
+    ([23328.1, 55482.2, 70.3, 63.3], "reached 55,482 (epoch 2)"),
+    ([1.9588, 1.9591, 1.9594, 1.9583], "hardly moved"),
+    ([1.9, 1.5, 1.2, 1.1], None), ([1.9, 1.9], None), ([0.8, 5.0, 0.5], None)],
+    ids=["rose 10x", "far too high", "flat", "learning", "two epochs", "rose 6x"])
+def test_an_exploding_or_flat_training_loss_names_the_learning_rate(losses, said) -> None:
+    """A training loss that rose to 12,000 times its start, or did not move over 4 epochs,
+    was never mentioned unless it became NaN (a diagnostics review, D4)."""
+    history = [{"epoch": i + 1, "train_loss": v} for i, v in enumerate(losses)]
+    note = train_mod._loss_trend(history)
+    if said is None:
+        assert note is None, note
+    else:
+        assert note is not None and said in note and "--lr" in note, note
+
+
+def test_nothing_found_after_a_loss_that_exploded_or_did_not_move_says_a_different_lr() -> None:
+    """The remedy 'train longer, or on more frames' was wrong for a run whose loss exploded
+    (--lr 1e3) or stood still (--lr 1e-9): it adds 'or a different --lr' where the loss did
+    either (a diagnostics review, D4)."""
+    from conftest import ultraseg_warnings
+
+    seen = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 3, [0] * 3, [False] * 3)
+    for lr in (False, True):
+        with ultraseg_warnings() as warned:
+            train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.0,
+                                             lr=lr)
+        (said,) = [r.getMessage() for r in warned]
+        assert ("or a different --lr" in said) == lr, said
+
+
+def test_a_run_whose_loss_does_not_move_says_so_in_its_log(tmp_path, capsys) -> None:
+    """--lr 1e-9 over 3 epochs: the loss stands still; train.log and the report say so."""
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "3", "--lr", "1e-9") == 0
+    assert "the training loss hardly moved" in (run / "train.log").read_text()
+    assert "the training loss hardly moved" in (run / "report.html").read_text()
+
+
 def test_the_report_counts_the_frames_and_subjects_of_every_side_the_held_out_one_too(
         held_out_run) -> None:
     """The row read "frames (train / val) 30 / 10": the 20 frames held out for testing, the

@@ -1307,10 +1307,13 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     scores = seen.scores if seen else []
     tuned = float(np.mean(scores)) if seen else None
     nonempty, empty_right, n_empty = _empty_figures(seen) if seen else (None, None, None)
+    trend = _loss_trend(history)
+    if trend:
+        log.warning("%s: %s", out, trend)
     if seen:
         log.info("validation Dice at original resolution: %.4f raw (threshold 0.5, no flip), "
                  "%.4f with %s", raw, tuned, pp)
-        _warn_if_nothing_found(out, seen, pp, tuned)
+        _warn_if_nothing_found(out, seen, pp, tuned, lr=trend is not None)
     ceiling = _perfect_ceiling(seen, pp) if seen else None
     measure_meta = dict(best.meta.get("measure") or {})
     if seen and cfg.train.tune_postprocess and (deadline is None
@@ -1459,6 +1462,38 @@ def _empty_figures(seen: _Validation) -> tuple[float | None, int, int]:
     empty_areas = [a for a, e in zip(seen.areas, seen.empty) if e]
     return (float(np.mean(full)) if full else None, sum(a == 0 for a in empty_areas),
             len(empty_areas))
+
+
+#: An epoch's mean training loss above which the learning rate is called too high: the losses
+#: (bce, dice, their sum, a presence head's) of a run that learns stay within a few units.
+LOSS_BOUND = 100.0
+
+
+def _loss_trend(history: list[dict[str, Any]]) -> str | None:
+    """What the epochs' mean training losses say of the learning rate, or None: one that
+    reached :data:`LOSS_BOUND` or rose above 10 times the first epoch's (too high), or one
+    that moved less than 1 % from the first over 3 epochs or more (too small)."""
+    losses = [(int(r["epoch"]), float(r["train_loss"])) for r in history
+              if _number(r.get("train_loss")) and math.isfinite(float(r["train_loss"]))]
+    if not losses:
+        return None
+
+    def words(v: float) -> str:
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+    (first_epoch, first), (top_epoch, top) = losses[0], max(losses, key=lambda r: r[1])
+    if top > LOSS_BOUND:
+        return (f"the training loss reached {words(top)} (epoch {top_epoch}), far above the few "
+                "units of a run that learns: the learning rate is likely too high (a lower "
+                "--lr)")
+    if top_epoch != first_epoch and top > 10 * first:
+        return (f"the training loss rose from {words(first)} (epoch {first_epoch}) to "
+                f"{words(top)} (epoch {top_epoch}): the learning rate is likely too high (a "
+                "lower --lr)")
+    if len(losses) >= 3 and max(abs(v - first) for _, v in losses) < 0.01 * abs(first):
+        return (f"the training loss hardly moved over {len(losses)} epochs ({words(first)} to "
+                f"{words(losses[-1][1])}): the learning rate may be too small (a higher --lr)")
+    return None
 
 
 #: Of the validation frames holding a structure, the share with none predicted from which
