@@ -2062,6 +2062,34 @@ def test_a_run_whose_loss_does_not_move_says_so_in_its_log(tmp_path, capsys) -> 
     assert "the training loss hardly moved" in (run / "report.html").read_text()
 
 
+@pytest.mark.parametrize("best, run, said", [(1, 3, True), (34, 60, True), (2, 3, False),
+                                             (90, 100, False), (3, 3, False)])
+def test_epochs_after_the_last_improvement_are_said_beyond_a_margin(best, run, said) -> None:
+    """Only curve.png showed that validation never improved after the kept epoch (a
+    diagnostics review: epoch 1 of 3 kept, or 34 of 60); a line says so where the epochs
+    after it are at least 2 and a quarter of those run."""
+    note = train_mod._never_improved(best, run)
+    assert (note is not None) == said, note
+    if said:
+        assert f"validation never improved after epoch {best} of {run}" in note, note
+
+
+def test_the_report_says_validation_never_improved_after_the_kept_epoch(tmp_path,
+                                                                       monkeypatch) -> None:
+    """Epoch 1 of 3 kept: the report's summary says the later epochs did not help."""
+    calls = []
+
+    def first_only(*args) -> bool:
+        calls.append(1)
+        return len(calls) == 1
+
+    monkeypatch.setattr(train_mod, "improves", first_only)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "3") == 0
+    row = _summary_rows(run)["best epoch"]
+    assert row.startswith("1") and "validation never improved after epoch 1 of 3" in row, row
+
+
 def test_the_report_counts_the_frames_and_subjects_of_every_side_the_held_out_one_too(
         held_out_run) -> None:
     """The row read "frames (train / val) 30 / 10": the 20 frames held out for testing, the

@@ -1353,7 +1353,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                                            "near-duplicate frame pairs on two sides (train.log "
                                            f"names them): {copies.consequence()}"}
            if copies else {}),
-        "best epoch": (best_epoch if seen and choosing else
+        "best epoch": (_with_note(best_epoch, _never_improved(best_epoch, len(history)))
+                       if seen and choosing else
                        f"{best_epoch} (the last: no validation split)" if not seen else
                        f"{best_epoch} (the last: no validation mask holds a structure, so "
                        f"validation chose nothing)"),
@@ -1462,6 +1463,22 @@ def _empty_figures(seen: _Validation) -> tuple[float | None, int, int]:
     empty_areas = [a for a, e in zip(seen.areas, seen.empty) if e]
     return (float(np.mean(full)) if full else None, sum(a == 0 for a in empty_areas),
             len(empty_areas))
+
+
+def _never_improved(best_epoch: int, epochs_run: int) -> str | None:
+    """Where validation chose ``best_epoch`` of ``epochs_run`` and the epochs after it, none
+    better, are at least 2 and a quarter of the run: a phrase saying so (curve.png alone
+    showed it), else None."""
+    after = epochs_run - best_epoch
+    if after < max(2, epochs_run / 4):
+        return None
+    return (f"validation never improved after epoch {best_epoch} of {epochs_run}: the last "
+            f"{after} epochs did not help")
+
+
+def _with_note(value: Any, note: str | None) -> Any:
+    """A summary cell: ``value``, followed by ``note`` in brackets where there is one."""
+    return f"{value} ({note})" if note else value
 
 
 #: An epoch's mean training loss above which the learning rate is called too high: the losses
