@@ -2574,6 +2574,19 @@ def test_a_choice_the_time_limit_cuts_to_a_few_frames_keeps_the_defaults(
         assert chosen_on == [] and seen.pp == train_mod.PostprocessConfig()
         assert seen.not_chosen and "of the 24 validation frames" in seen.not_chosen
         assert len(said) == 1 and "not chosen" in said[0] and "time limit" in said[0], said
+        # nor does the end of training say what the choice it did not make would change
+        logger, told = logging.getLogger("ultraseg"), []
+        handler = logging.Handler(logging.INFO)
+        handler.emit = told.append
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            assert train_mod._perfect_ceiling(seen, seen.pp) is None
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        assert not [r.getMessage() for r in told if "predicted perfectly" in r.getMessage()]
     else:
         assert chosen_on and chosen_on[0] >= n_chosen and seen.not_chosen is None
 

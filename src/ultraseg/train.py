@@ -1069,8 +1069,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             # of the frames (a random sample, the same each run) stands for it
             if (deadline < math.inf and len(val_frames) > tc.batch_size
                     and ctx.any(time.monotonic() >= deadline, device)):
-                pick = np.sort(np.random.default_rng(0).permutation(len(val_frames))
-                               [:tc.batch_size])
+                from .postprocess import GridSearch
+
+                # (the order the scoring at original size samples a late run's frames in)
+                pick = np.sort(GridSearch.order(len(val_frames))[:tc.batch_size])
                 frames_v, masks_v = val_frames[pick], val_masks[pick]
                 log.warning("epoch %d validated on %d of the %d validation frames (a random "
                             "sample): the time limit had passed", epoch, len(pick),
@@ -1660,7 +1662,7 @@ def _perfect_ceiling(seen: _Validation, pp: PostprocessConfig) -> str | None:
     from .postprocess import changes_to_truth
 
     n = len(seen.truth_parts)
-    if not n:
+    if not n or seen.not_chosen:    # the defaults kept: nothing was chosen on them
         return None
     several = sum(k > 1 for k in seen.truth_parts)
     if pp.keep_largest and several:
