@@ -126,34 +126,71 @@ def epochs_run(run: Path) -> int:
     return len((run / "metrics.csv").read_text().strip().splitlines()) - 1
 
 
+def this_host() -> str:
+    """The machine a record names: CPU, cores and torch."""
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch_version()}"
+
+
+#: Beside a run ``run_one`` trained: the machine, date and convolution peak (``host_*``) it was
+#: trained with, which a later re-scoring of the run records rather than its own.
+HOST_FILE = "bench-host.json"
+
+
+def trained_on(run: Path, command: str) -> dict | None:
+    """``machine``, ``date`` and ``host_*`` of the finished ``run``: from RUN/bench-host.json,
+    else from the entry of results/quality.json with the same ``command`` (runs trained before
+    the file was written); None where neither says."""
+    if (run / HOST_FILE).exists():
+        return json.loads((run / HOST_FILE).read_text())
+    record = HERE / "results" / "quality.json"
+    for e in json.loads(record.read_text())["runs"] if record.exists() else []:
+        if e["command"] == command:
+            return {k: v for k, v in e.items() if k in ("machine", "date") or
+                    k.startswith("host_")}
+    return None
+
+
 def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
             train_missing: bool = True) -> dict | None:
+    """Train (or reuse the finished run in ``runs``) and score one preset on one dataset: the
+    entry of results/quality.json, stamped with the machine, date and convolution peak it was
+    trained with (:func:`trained_on` for a reused run; where that is unknown, this machine and
+    today, ``rescored`` true)."""
     from ultraseg.checkpoint import load_checkpoint
     from ultraseg.train import train
 
     run = runs / f"{dataset}-{preset_name}"
     cfg = bench_config(dataset, preset_name, time_limit)
+    command = (f"ultraseg train {DATA / dataset} --out {run} --preset {preset_name} "
+               f"--time-limit {time_limit} --test-fraction 0.2 --seed 0")
     meta = finished_run(run, cfg, f"preset {preset_name}")
-    host: dict = {}  # how fast the cores that trained it were: known when trained here
     if meta is not None:
         minutes = meta["train_seconds"] / 60
+        host = trained_on(run, command)
+        if host is None:
+            logging.warning("%s: neither %s nor a recorded run of its command says where and "
+                            "when it was trained: recorded as re-scored on this machine today",
+                            run, HOST_FILE)
+            host = {"machine": this_host(), "date": time.strftime("%Y-%m-%d"), "rescored": True}
     elif not train_missing:
         logging.info("no finished run %s: left out (--no-train)", run)
         return None
     else:
-        host = host_speed()
+        peak = host_speed()  # how fast the cores that train it are
         minutes = train(cfg, run).seconds / 60
+        host = {"machine": this_host(), "date": time.strftime("%Y-%m-%d"), **peak}
+        (run / HOST_FILE).write_text(json.dumps(host, indent=1) + "\n")
     t = time.monotonic()
     chosen = score_test(run, dataset)  # "plain": as the checkpoint says; "tta": the other way
     metrics = load_checkpoint(run / "best.ckpt").meta["metrics"]
     entry = {"dataset": dataset, "preset": preset_name, "train_minutes": round(minutes, 2),
-             "command": f"ultraseg train {DATA / dataset} --out {run} --preset {preset_name} "
-                        f"--time-limit {time_limit} --test-fraction 0.2 --seed 0",
+             "command": command,
              "plain": chosen, "tta": score_test(run, dataset, tta=not chosen["tta"]),
              "epochs": epochs_run(run),
              "val_dice": metrics["val_dice_postprocessed"],
              "val_dice_canvas": metrics["best_val_dice"]}
     entry.update(host)
+    entry["time_limit"] = time_limit
     entry["eval_minutes"] = round((time.monotonic() - t) / 60, 2)
     logging.info("%s", json.dumps(entry))
     return entry
@@ -1232,7 +1269,9 @@ def write_markdown(result: dict, path: Path) -> None:
         lines += ["", f"## {e['dataset']} — preset `{e['preset']}`", "",
                   f"Training {e['train_minutes']:.1f} min (time limit {e['time_limit']}"
                   + (f"; {speed_of(e)[0]} convolution peak {speed_of(e)[1]} GFLOP/s"
-                     if speed_of(e) else "") + f"), recorded {e['date']} on {e['machine']}; "
+                     if speed_of(e) else "")
+                  + f"), {'re-scored' if e.get('rescored') else 'recorded'} "
+                  f"{e['date']} on {e['machine']}; "
                   f"command: `{e['command']}`, then `ultraseg evaluate RUN/best.ckpt DATA "
                   "--split RUN/split.json --subset test [--tta/--no-tta]`.", "",
                   "| evaluation | frames | Dice (all) | Dice (non-empty) | Dice, no post-processing"
@@ -1771,11 +1810,8 @@ def main() -> int:
         return 0
     entries = [e for p in a.presets for d in a.datasets
                if (e := run_one(d, p, a.time_limit, Path(a.runs), not a.no_train)) is not None]
-    stamp = {"time_limit": a.time_limit,
-             "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch_version()}",
-             "date": time.strftime("%Y-%m-%d")}
-    for e in entries:  # the runs made or scored here; the kept ones keep their own
-        e.update(stamp)
+    # each entry carries the machine and date it was trained on (run_one); the kept ones too
+    stamp = {"machine": this_host(), "date": time.strftime("%Y-%m-%d")}
     record = HERE / "results" / "quality.json"
     if a.record and not entries:
         print(f"no run was redone: {record} and {HERE / 'QUALITY.md'} left as they are",

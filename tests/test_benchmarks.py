@@ -159,7 +159,8 @@ def test_a_record_that_redoes_one_run_keeps_the_others_time_limit_machine_and_da
     def run_one(dataset, preset_name, time_limit, runs, train_missing=True):
         e = {k: v for k, v in old[dataset, preset_name].items() if k not in STAMP}
         e["command"] = e["command"].replace("--time-limit 20m", f"--time-limit {time_limit}")
-        return {**e, "train_minutes": 5.9}
+        return {**e, "train_minutes": 5.9, "time_limit": time_limit,  # stamped as trained here
+                "machine": quality.this_host(), "date": time.strftime("%Y-%m-%d")}
 
     monkeypatch.setattr(quality, "run_one", run_one)
     monkeypatch.setattr("sys.argv", ["quality.py", "--datasets", "busi", "--time-limit", "6m",
@@ -178,6 +179,86 @@ def test_a_record_that_redoes_one_run_keeps_the_others_time_limit_machine_and_da
         text = sections[f"{dataset} — preset `{preset}`"]
         assert f"(time limit {e['time_limit']}" in text and "(time limit 6m" not in text
         assert f"{e['date']} on {e['machine']}" in text
+
+
+@pytest.fixture
+def rescoring(quality, bench_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """quality.py finding busi/cpu finished in tmp_path/runs (trained 19.2 min), its scoring
+    stubbed with the committed record's figures; the recorded entry's command made the one
+    ``run_one`` builds for that folder. Returns the run folder."""
+    import types
+
+    import ultraseg.checkpoint
+
+    doc = json.loads((bench_copy / "results" / "quality.json").read_text())
+    old = {(e["dataset"], e["preset"]): e for e in doc["runs"]}
+    run = tmp_path / "runs" / "busi-cpu"
+    old["busi", "cpu"]["command"] = (f"ultraseg train {quality.DATA / 'busi'} --out {run} "
+                                     "--preset cpu --time-limit 20m --test-fraction 0.2 --seed 0")
+    (bench_copy / "results" / "quality.json").write_text(json.dumps(doc, indent=2))
+    monkeypatch.setattr(quality, "finished_run", lambda run, cfg, what: {"train_seconds": 1152})
+    monkeypatch.setattr(quality, "score_test", lambda run, d, tta=None: dict(
+        old[d, "cpu"]["plain" if tta is None else "tta"]))
+    monkeypatch.setattr(quality, "epochs_run", lambda run: 1)
+    monkeypatch.setattr(quality, "host_speed", lambda: {"host_bf16_gflops": 5})
+    monkeypatch.setattr(ultraseg.checkpoint, "load_checkpoint", lambda p: types.SimpleNamespace(
+        meta={"metrics": {"val_dice_postprocessed": .7, "best_val_dice": .69}}))
+    return run
+
+
+def test_a_rescored_run_keeps_the_host_and_date_it_was_trained_on(
+        quality, bench_copy: Path, rescoring: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--no-train --record`` (or any rerun finding RUN/best.ckpt) labelled a run it only
+    re-scored with the machine that scored it and today's date, and dropped its convolution
+    peak: QUALITY.md then said 'recorded <today> on <this host>', no peak."""
+    import time
+
+    old = {(e["dataset"], e["preset"]): e
+           for e in json.loads((bench_copy / "results" / "quality.json").read_text())["runs"]}
+    kept = ("time_limit", "machine", "date", "host_bf16_gflops")
+    monkeypatch.setattr("sys.argv", ["quality.py", "--datasets", "busi", "--no-train",
+                                     "--record", "--runs", str(rescoring.parent)])
+    assert quality.main() == 0  # no RUN/bench-host.json: the recorded entry of its command
+    after = {(e["dataset"], e["preset"]): e
+             for e in json.loads((bench_copy / "results" / "quality.json").read_text())["runs"]}
+    assert {k: after["busi", "cpu"].get(k) for k in kept} == {k: old["busi", "cpu"][k]
+                                                              for k in kept}
+    text = _sections((bench_copy / "QUALITY.md").read_text())["busi — preset `cpu`"]
+    assert f"recorded {old['busi', 'cpu']['date']} on {old['busi', 'cpu']['machine']}" in text
+
+    trained = {"machine": "Some CPU, 64 cores, torch 2.0", "date": "2026-01-02",
+               "host_bf16_gflops": 3000}  # RUN/bench-host.json comes first
+    rescoring.mkdir(parents=True)
+    (rescoring / "bench-host.json").write_text(json.dumps(trained))
+    e = quality.run_one("busi", "cpu", "20m", rescoring.parent, train_missing=False)
+    assert {k: e.get(k) for k in trained} == trained and e["time_limit"] == "20m"
+    assert "rescored" not in e
+
+    (rescoring / "bench-host.json").unlink()  # neither: this host, today, said as re-scored
+    e = quality.run_one("busi", "cpu", "6m", rescoring.parent, train_missing=False)
+    assert e["date"] == time.strftime("%Y-%m-%d") and e["machine"] == quality.this_host()
+    assert e["rescored"] is True and "host_bf16_gflops" not in e
+    out = bench_copy / "Q.md"
+    quality.write_markdown({"machine": e["machine"], "date": e["date"], "runs": [e]}, out)
+    assert f"re-scored {e['date']} on {e['machine']}" in out.read_text()
+    assert "recorded" not in _sections(out.read_text())["busi — preset `cpu`"]
+
+
+def test_a_run_trained_here_saves_its_host_and_date_beside_it(
+        quality, rescoring: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a later re-scoring reads back: RUN/bench-host.json, the entry's machine, date and
+    convolution peak."""
+    import types
+
+    import ultraseg.train
+
+    monkeypatch.setattr(quality, "finished_run", lambda run, cfg, what: None)
+    monkeypatch.setattr(ultraseg.train, "train", lambda cfg, run: (
+        run.mkdir(parents=True), types.SimpleNamespace(seconds=60))[1])
+    e = quality.run_one("busi", "cpu", "20m", rescoring.parent)
+    saved = json.loads((rescoring / "bench-host.json").read_text())
+    assert saved == {"machine": quality.this_host(), "date": e["date"], "host_bf16_gflops": 5}
+    assert {k: e[k] for k in saved} == saved and "rescored" not in e
 
 
 def test_a_record_that_redoes_nothing_writes_nothing(quality, bench_copy: Path, tmp_path: Path,
