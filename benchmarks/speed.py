@@ -473,16 +473,27 @@ def child_pipeline(args: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ inference
+def kaggle_frames(n: int) -> list[str]:
+    """The Kaggle sample frames at ``DATA`` (relative to it) that :func:`infer_images` reads,
+    at most ``n``: phantom frames stand in for the rest."""
+    return [rel for rel in KAGGLE_FRAMES if (DATA / rel).is_file()][:n]
+
+
+def nerve_files(n: int) -> list[Path] | None:
+    """``n`` real nerve frames at ``DATA`` that :func:`predict_files` streams; None where fewer
+    are there (it streams phantom ones instead)."""
+    nerve = DATA / "nerve" / "images"
+    files = sorted(nerve.glob("*.jpg"))[:n] if nerve.is_dir() else []
+    return files if len(files) == n else None
+
+
 def infer_images(n: int) -> tuple[list[np.ndarray], str]:
     """``n`` 420x580 uint8 frames: the Kaggle sample TIFFs when present, then phantom frames."""
     from ultraseg.io.base import read_image
     from ultraseg.phantom import make_frame
 
-    images, sources = [], []
-    for rel in KAGGLE_FRAMES:
-        if len(images) < n and (DATA / rel).is_file():
-            images.append(read_image(DATA / rel))
-            sources.append(rel)
+    sources = kaggle_frames(n)
+    images = [read_image(DATA / rel) for rel in sources]
     rng = np.random.default_rng(0)
     while len(images) < n:
         images.append(make_frame(rng, 580)[0][80:500])
@@ -678,8 +689,10 @@ def child_predict(args: dict[str, Any]) -> dict[str, Any]:
 def say_phantom_stand_ins(s: Settings, device: str) -> None:
     """One stderr line when the datasets' frames this run reads (:func:`infer_images`; on the
     CPU :func:`predict_files` too) are not at ``DATA``, so that phantom frames stand in."""
-    missing = [rel for rel in KAGGLE_FRAMES[:s.infer_frames] if not (DATA / rel).is_file()]
-    if device == "cpu" and len(list((DATA / "nerve" / "images").glob("*.jpg"))) < s.predict_frames:
+    found = kaggle_frames(s.infer_frames)
+    missing = ([] if len(found) == s.infer_frames
+               else [rel for rel in KAGGLE_FRAMES if rel not in found])
+    if device == "cpu" and nerve_files(s.predict_frames) is None:
         missing.append(f"nerve/images ({s.predict_frames} frames)")
     if missing:
         print(f"datasets not found at {DATA} ({', '.join(missing)}): phantom frames; figures "
@@ -688,11 +701,9 @@ def say_phantom_stand_ins(s: Settings, device: str) -> None:
 
 def predict_files(n: int, tmp: Path) -> tuple[list[str], str]:
     """``n`` frames to stream: real nerve frames when present, else phantom PNGs."""
-    nerve = DATA / "nerve" / "images"
-    if nerve.is_dir():
-        files = sorted(nerve.glob("*.jpg"))[:n]
-        if len(files) == n:
-            return [str(p) for p in files], "nerve (256x256 JPEG)"
+    files = nerve_files(n)
+    if files is not None:
+        return [str(p) for p in files], "nerve (256x256 JPEG)"
     folder = make_phantom(tmp / "predict_frames", n)
     return [str(p) for p in sorted((folder / "images").glob("*.png"))], "phantom (256x256 PNG)"
 
