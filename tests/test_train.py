@@ -1663,6 +1663,14 @@ def test_a_diverged_run_with_a_good_epoch_is_finished_from_it(tmp_path, capsys,
     assert "training diverged" in page and "kept epoch 1" in page
     best = load_checkpoint(run / "best.ckpt")
     assert best.meta["metrics"]["stopped"] == stopped and best.meta["metrics"]["best_epoch"] == 1
+    # resumed once it has finished, it still exits 2 saying it diverged (it said 'already
+    # finished' with exit 0), rewriting nothing
+    written = (run / "best.ckpt").stat().st_mtime_ns
+    assert cli.main(["train", "--resume", "--out", str(run)]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "training diverged: the validation loss is nan after epoch 2" in line, line
+    assert "finished from epoch 1" in line and str(run / "best.ckpt") in line, line
+    assert len(calls) == 2 and (run / "best.ckpt").stat().st_mtime_ns == written
 
     # a new run diverging so finishes at once
     calls.clear()

@@ -656,6 +656,9 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
         mark_run_folder(out)     # (a run from before the marker existed gets it now)
         log.warning("%s: the run had finished; %s", out, "nothing resumed, nothing rewritten"
                     if finished.stopped == ALREADY_FINISHED else "nothing resumed")
+        recorded = str(last.train_state.get("stopped") or "")
+        if recorded.startswith(DIVERGED):   # a failure still, as when it was finished
+            raise _diverged_finished(out, recorded, last.train_state["epoch"])
         return finished
     if resume and not Path(cfg.data.path).exists():
         raise UltrasegError(f"the run's data {cfg.data.path} (its config.json's data.path) is "
