@@ -1522,12 +1522,17 @@ def _loss_trend(history: list[dict[str, Any]]) -> str | None:
 #: the model is said to find nothing; of all of them, the share marked over half their pixels
 #: from which it is said to mark nearly everything.
 MISSED_SHARE, MARKED_SHARE = 0.9, 0.9
+#: The fewest validation frames holding a structure on which :data:`MISSED_SHARE` is judged
+#: where some frame has one predicted: on 1-3 (a late run's sample of one batch) a model that
+#: learnt misses them all often enough.
+MIN_MISSED_FRAMES = 5
 
 
 def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
                            tuned: float | None, lr: bool = False) -> None:
     """Say so where the post-processing ``pp`` leaves no structure on (nearly) every
-    validation frame holding one (:data:`MISSED_SHARE`): the all-frames Dice ``tuned`` is
+    validation frame holding one (:data:`MISSED_SHARE`, of :data:`MIN_MISSED_FRAMES` or more
+    where a structure is predicted somewhere): the all-frames Dice ``tuned`` is
     then mostly the empty frames' (0 where every frame holds a structure); and where it marks
     at least half of nearly every frame (:data:`MARKED_SHARE`) while the structures are
     much smaller (under a quarter of the frame, median). ``lr``: the training loss exploded
@@ -1548,10 +1553,13 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
                     "structure predicted: its val Dice %.4f is the empty frames' alone (empty "
                     "rule: %s) and the %d frames with a structure score 0; the model has not "
                     "learnt to find it (%s)", out, rules, score, EMPTY_RULE, n_full, remedy)
-    elif n_full and missed >= MISSED_SHARE * n_full:
+    elif n_full >= MIN_MISSED_FRAMES and missed >= MISSED_SHARE * n_full:
+        sample = (f" ({len(seen.frames)} of the {seen.of} frames scored: the time limit had "
+                  "passed)" if seen.frames is not None and len(seen.frames) < seen.of else "")
         log.warning("%s: with the post-processing chosen (%s) no structure is predicted on %d "
-                    "of the %d validation frames that hold one: val Dice %.4f; the model has "
-                    "not learnt to find it (%s)", out, rules, missed, n_full, score, remedy)
+                    "of the %d %svalidation frames that hold one%s: val Dice %.4f; the model "
+                    "has not learnt to find it (%s)", out, rules, missed, n_full,
+                    "sampled " if sample else "", sample, score, remedy)
     if n and len(seen.frame_px) == n and len(seen.truth_px) == n:
         marked = sum(2 * a >= px for a, px in zip(seen.areas, seen.frame_px))
         truth = float(np.median([t / px for t, px in zip(seen.truth_px, seen.frame_px)]))
