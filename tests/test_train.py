@@ -2099,10 +2099,23 @@ def test_epochs_after_the_last_improvement_are_said_beyond_a_margin(best, run, s
     """Only curve.png showed that validation never improved after the kept epoch (a
     diagnostics review: epoch 1 of 3 kept, or 34 of 60); a line says so where the epochs
     after it are at least 2 and a quarter of those run."""
-    note = train_mod._never_improved(best, run)
+    note = train_mod._never_improved(best, [{"epoch": e, "complete": True}
+                                            for e in range(1, run + 1)])
     assert (note is not None) == said, note
     if said:
         assert f"validation never improved after epoch {best} of {run}" in note, note
+
+
+def test_an_epoch_the_time_limit_cut_short_is_not_counted_as_one_that_did_not_help() -> None:
+    """A time-limited run's last epoch can be a few batches (complete False): best 6 of 8,
+    the 8th a one-batch stub, read 'the last 2 epochs did not help' (a re-read). Only the
+    complete epochs after the kept one count."""
+    rows = [{"epoch": e, "complete": e < 8} for e in range(1, 9)]
+    assert train_mod._never_improved(6, rows) is None
+    rows = [{"epoch": e, "complete": e < 9} for e in range(1, 10)]     # 7 and 8 full
+    note = train_mod._never_improved(6, rows)
+    assert note is not None and "validation never improved after epoch 6 of 9" in note, note
+    assert "2 full epochs after it" in note, note
 
 
 def test_the_report_says_validation_never_improved_after_the_kept_epoch(tmp_path,

@@ -1358,7 +1358,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                                            "near-duplicate frame pairs on two sides (train.log "
                                            f"names them): {copies.consequence()}"}
            if copies else {}),
-        "best epoch": (_with_note(best_epoch, _never_improved(best_epoch, len(history)))
+        "best epoch": (_with_note(best_epoch, _never_improved(best_epoch, history))
                        if seen and choosing else
                        f"{best_epoch} (the last: no validation split)" if not seen else
                        f"{best_epoch} (the last: no validation mask holds a structure, so "
@@ -1470,15 +1470,19 @@ def _empty_figures(seen: _Validation) -> tuple[float | None, int, int]:
             len(empty_areas))
 
 
-def _never_improved(best_epoch: int, epochs_run: int) -> str | None:
-    """Where validation chose ``best_epoch`` of ``epochs_run`` and the epochs after it, none
-    better, are at least 2 and a quarter of the run: a phrase saying so (curve.png alone
-    showed it), else None."""
-    after = epochs_run - best_epoch
-    if after < max(2, epochs_run / 4):
+def _never_improved(best_epoch: int, history: list[dict[str, Any]]) -> str | None:
+    """Where validation chose ``best_epoch`` of the epochs run (``history``'s rows) and the
+    complete epochs after it, none better, are at least 2 and a quarter of the complete ones:
+    a phrase saying so (curve.png alone showed it), else None. An epoch the time limit cut
+    short (``complete`` False: a few batches, maybe validated on a sample) is not counted."""
+    full = [bool(r.get("complete", True)) for r in history]
+    after = sum(f for r, f in zip(history, full) if int(r["epoch"]) > best_epoch)
+    if after < max(2, sum(full) / 4):
         return None
-    return (f"validation never improved after epoch {best_epoch} of {epochs_run}: the last "
-            f"{after} epochs did not help")
+    cut = len(history) - best_epoch - after     # cut short after the kept epoch
+    return (f"validation never improved after epoch {best_epoch} of {len(history)}: "
+            + (f"the {after} full epochs after it did not help" if cut else
+               f"the last {after} epochs did not help"))
 
 
 def _with_note(value: Any, note: str | None) -> Any:
