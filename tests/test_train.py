@@ -1681,6 +1681,8 @@ def test_a_diverged_run_with_a_good_epoch_is_finished_from_it(tmp_path, capsys,
     assert (again / "report.html").is_file() and (again / "curve.png").is_file()
     assert load_checkpoint(again / "last.ckpt").train_state["stopped"].startswith(
         "training diverged")
+    said = [t for t in (again / "train.log").read_text().splitlines() if "kept epoch" in t]
+    assert said and all(t.count("epoch 1") == 1 for t in said), said   # the epoch kept, once
 
 
 def test_inf_weights_after_a_later_epoch_name_the_epoch_saved(tmp_path, capsys,

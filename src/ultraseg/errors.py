@@ -92,6 +92,25 @@ def frame_too_large(path: str | Path, shape: tuple[int, ...] | None,
                          "size the network's batch, not this)", path)
 
 
+#: How a run that diverged after a good epoch records its stop (``stopped``): its start.
+DIVERGED = "training diverged"
+
+
+def diverged_stop(what: str, kept: int) -> str:
+    """The ``stopped`` of a run whose ``what`` went non-finite, finished from epoch ``kept``
+    (recorded in its checkpoints; :func:`diverged_parts` reads it back)."""
+    return f"{DIVERGED}: {what}; kept epoch {kept}; try a lower --lr"
+
+
+def diverged_parts(stopped: str | None) -> tuple[str, str] | None:
+    """What went non-finite and the epoch kept, of a ``stopped`` :func:`diverged_stop` wrote;
+    None for any other stop (train's error and predict's hint both read it)."""
+    if not (stopped or "").startswith(f"{DIVERGED}: "):
+        return None
+    what, _, rest = str(stopped).removeprefix(f"{DIVERGED}: ").partition("; kept epoch ")
+    return what, rest.partition(";")[0]
+
+
 class CheckpointError(UltrasegError):
     """A checkpoint or exported model that cannot be loaded."""
 

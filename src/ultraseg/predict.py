@@ -20,7 +20,7 @@ from PIL import Image
 
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_postprocess,
                      plain_number)
-from .errors import UltrasegError, is_out_of_memory
+from .errors import UltrasegError, diverged_parts, is_out_of_memory
 from .fileio import as_path
 from .geometry import context_margin, nearest_valid_output
 from .io.base import pillow_to_gray
@@ -88,9 +88,9 @@ def warn_if_saved_during_training(meta: dict[str, Any], path: str | Path) -> Non
     history = metrics.get("history")
     if not isinstance(history, list) or "train_seconds" in metrics:
         return
-    stopped = str(metrics.get("stopped") or "")
-    if stopped.startswith("training diverged: "):     # (train.DIVERGED: its run's stop)
-        what = stopped.removeprefix("training diverged: ").partition("; kept epoch")[0]
+    diverged = diverged_parts(str(metrics.get("stopped") or ""))
+    if diverged:
+        what = diverged[0]
         log.warning("%s: saved during training (after epoch %d) by a run that diverged (%s), "
                     "not by the run's end: its post-processing is the defaults, not the one "
                     "the run chooses on validation (a finished run's best.ckpt holds that; "

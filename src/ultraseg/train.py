@@ -37,7 +37,8 @@ from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, read_split_doc, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
-from .errors import DataError, UltrasegError, command_line, is_out_of_memory
+from .errors import (DIVERGED, DataError, UltrasegError, command_line, diverged_parts,
+                     diverged_stop, is_out_of_memory)
 from .fileio import atomic_write_text, csv_text, output_lock
 from .geometry import largest_valid_output
 from .io import Dataset, open_dataset, select_label, with_white
@@ -657,7 +658,7 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
         log.warning("%s: the run had finished; %s", out, "nothing resumed, nothing rewritten"
                     if finished.stopped == ALREADY_FINISHED else "nothing resumed")
         recorded = str(last.train_state.get("stopped") or "")
-        if recorded.startswith(DIVERGED):   # a failure still, as when it was finished
+        if diverged_parts(recorded):    # a failure still, as when it was finished
             raise _diverged_finished(out, recorded, last.train_state["epoch"])
         return finished
     if resume and not Path(cfg.data.path).exists():
@@ -1141,7 +1142,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
 
     if diverged:
         stopped = _diverged_stop(out, saved, diverged, best_epoch, ctx.is_main)
-    if stopped:
+    if diverged_parts(stopped):     # (its stop names the epoch kept)
+        log.warning("%s", stopped)
+    elif stopped:
         log.warning("%s; keeping the %s checkpoint (epoch %d)", stopped,
                     "best" if choosing else "last", best_epoch)
     best_val_dice = best_dice if validating else None  # as best.ckpt records it (NaN else)
@@ -1153,7 +1156,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         result = _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history,
                          best_epoch, best_val_dice, stopped, t0, meta, progress, choosing,
                          copies, test_idx, warnings, held=held)
-    if stopped and stopped.startswith(DIVERGED):     # finished, yet not a run that succeeded
+    if diverged_parts(stopped):     # finished, yet not a run that succeeded
         raise _diverged_finished(out, stopped, saved)
     return result
 
@@ -1939,17 +1942,13 @@ def _non_finite_weights(model: torch.nn.Module, ema: AveragedModel | None) -> li
     return bad
 
 
-#: How a run that diverged after a good epoch records its stop (``stopped``).
-DIVERGED = "training diverged"
-
-
 def _diverged_stop(out: Path, saved: int, what: str, best_epoch: int, main: bool) -> str:
     """The ``stopped`` of a run whose ``what`` went non-finite: where no epoch was saved it is
     refused (:func:`_diverged`); else recorded in last.ckpt (and best.ckpt's metrics), so a
     resume finishes it from its best epoch without training on, as a time-limit stop."""
     if not saved:
         raise _diverged(out, saved, what)
-    stopped = f"{DIVERGED}: {what}; kept epoch {best_epoch}; try a lower --lr"
+    stopped = diverged_stop(what, best_epoch)
     if main:
         for name in ("last.ckpt", "best.ckpt"):
             ck = load_checkpoint(out / name)
@@ -1962,8 +1961,7 @@ def _diverged_stop(out: Path, saved: int, what: str, best_epoch: int, main: bool
 def _diverged_finished(out: Path, stopped: str, saved: int | None) -> UltrasegError:
     """The error of a run that diverged and was finished from its best epoch (``stopped``,
     as :func:`_diverged_stop` words it): it exits as a failure, naming the model kept."""
-    what, _, rest = stopped.removeprefix(f"{DIVERGED}: ").partition("; kept epoch ")
-    kept = rest.partition(";")[0]
+    what, kept = diverged_parts(stopped) or (stopped, "?")
     last = f"; the last good checkpoint (epoch {saved}) is kept in {out / 'last.ckpt'}" \
         if saved else ""
     return UltrasegError(f"{DIVERGED}: {what}; the run was finished from epoch {kept}, kept in "
