@@ -1949,7 +1949,9 @@ def _diverged_stop(out: Path, saved: int, what: str, best_epoch: int, main: bool
     if not saved:
         raise _diverged(out, saved, what)
     stopped = diverged_stop(what, best_epoch)
-    if main:
+    if main:    # last.ckpt: what --resume reads (_recorded_stop); best.ckpt too, though _finish
+        # rewrites it at once, so that until then (a kill while finishing) predict, evaluate
+        # and export say it diverged: two more round trips, once, where a run has failed
         for name in ("last.ckpt", "best.ckpt"):
             ck = load_checkpoint(out / name)
             meta = dict(ck.meta, metrics={**ck.meta.get("metrics", {}), "stopped": stopped})
