@@ -69,7 +69,7 @@ def test_predict_writes_one_mask_per_image_at_original_size(tmp_path, ckpt, caps
     written = sorted(p.relative_to(tmp_path / "out").as_posix()
                      for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert written == sorted([*expect.values(), OUTPUT_MARKER,   # the marker: see its test
-                              "predictions.csv", "settings.json"])
+                              "predictions.csv", "predictions.settings.json"])
     for rel, name in expect.items():
         mask = np.asarray(Image.open(tmp_path / "out" / name))
         assert mask.dtype == np.uint8 and mask.shape == SHAPES[rel]
@@ -83,14 +83,16 @@ def test_the_output_folder_records_the_model_and_the_post_processing_applied(tmp
                                                                              capsys, command):
     """predictions.csv and measurements.csv recorded neither the model nor the threshold,
     rules and flip: a folder made with --threshold 0.3 could not be told from one made with
-    the checkpoint's choice (a post-processing review, O5). settings.json says them, as
+    the checkpoint's choice (a post-processing review, O5). *.settings.json says them, as
     evaluate's summary.json does, with the options given; predict's summary names them."""
     frames(tmp_path / "in", {"1.png": (20, 30)})
+
+    name = {"predict": "predictions.settings.json", "measure": "measurements.settings.json"}
 
     def settings(out: str, *flags: str) -> tuple[dict, str]:
         assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / out),
                      *flags]) == 0
-        text = (tmp_path / out / "settings.json").read_text()
+        text = (tmp_path / out / name[command]).read_text()
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}")), \
             capsys.readouterr().out
 
@@ -105,18 +107,36 @@ def test_the_output_folder_records_the_model_and_the_post_processing_applied(tmp
                                     "keep_largest": True, "fill_holes": False, "tta": False}
     assert given["overrides"] == {"threshold": 0.3, "keep_largest": True, "device": "cpu",
                                   "precision": "fp32", "batch_size": 2}
-    first = (tmp_path / "given" / "settings.json").read_bytes()
+    first = (tmp_path / "given" / name[command]).read_bytes()
     again, _ = settings("given", "--threshold", "0.3", "--keep-largest", "--device",
                         "cpu", "--precision", "fp32", "--batch-size", "2")
-    assert (tmp_path / "given" / "settings.json").read_bytes() == first  # no date, no timing
+    assert (tmp_path / "given" / name[command]).read_bytes() == first  # no date, no timing
     own, _ = settings("own")        # the checkpoint's choice, told apart
     assert own["postprocess"]["threshold"] == 0.5 and own["overrides"] == {}
     assert own["postprocess"]["keep_largest"] is False
     if command == "predict":
         assert ("post-processing: threshold 0.3, min area 0, min peak 0.0, keep largest on, "
-                "fill holes off, tta off (in settings.json)") in printed.splitlines()
+                "fill holes off, tta off (in predictions.settings.json)") in printed.splitlines()
     else:
         assert own["boundary_offset_px"] == 0.0
+
+
+def test_predict_and_measure_into_one_folder_keep_each_one_s_settings(tmp_path, ckpt, capsys):
+    """predict and measure into one --out wrote one settings.json: measure's replaced
+    predict's, so masks made at --threshold 0.3 sat beside a record saying measure at 0.5
+    (a re-read, item 1). Each table has its own record beside it."""
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    out = tmp_path / "o"
+    common = ["--out", str(out), "--device", "cpu", "--precision", "fp32"]
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), *common,
+                 "--threshold", "0.3"]) == 0
+    assert main(["measure", str(ckpt), str(tmp_path / "in"), *common]) == 0
+    capsys.readouterr()
+    predicted = json.loads((out / "predictions.settings.json").read_text())
+    measured = json.loads((out / "measurements.settings.json").read_text())
+    assert (predicted["command"], predicted["postprocess"]["threshold"]) == ("predict", 0.3)
+    assert (measured["command"], measured["postprocess"]["threshold"]) == ("measure", 0.5)
+    assert not (out / "settings.json").exists()
 
 
 def test_one_frame_predicted_is_said_in_the_singular(tmp_path, ckpt, capsys):
@@ -247,7 +267,7 @@ def test_bad_image_is_exit_2_named_on_one_line_and_no_partial_file(tmp_path, ckp
     assert len(err) == 2 and "2.png" in err[0] and err[0].startswith("error:")   # + the count
     left = sorted(p.name for p in (tmp_path / "o").iterdir() if p.name != OUTPUT_MARKER)
     assert left == ["1_mask.png", "3_mask.png",       # skipped: no 2_mask.png, no temp file
-                    "predictions.csv", "settings.json"]
+                    "predictions.csv", "predictions.settings.json"]
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -277,7 +297,7 @@ def test_export_then_predict_from_onnx_gives_the_same_masks(tmp_path, capsys):
     a = np.asarray(Image.open(tmp_path / "o_ckpt" / "1_mask.png"))
     b = np.asarray(Image.open(tmp_path / "o_onnx" / "1_mask.png"))
     np.testing.assert_array_equal(a, b)
-    record = json.loads((tmp_path / "o_onnx" / "settings.json").read_text())
+    record = json.loads((tmp_path / "o_onnx" / "predictions.settings.json").read_text())
     assert record["backend"] == "onnx" and record["onnxruntime_version"]
     assert record["checkpoint"]["path"] == str(onnx_path.resolve())
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "no" / "m.onnx")]) == 2
@@ -643,7 +663,7 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
     monkeypatch.setattr(pf, "_write", probe(real_write))
     monkeypatch.setattr(pf, "LineFile", Table)
     assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--overlay"]) == 0
-    # settings.json, the mask (predict), the overlay, the table made and closed
+    # *.settings.json, the mask (predict), the overlay, the table made and closed
     assert answers == [command] * (5 if command == "predict" else 4)
     assert LOCK_FILE not in {p.name for p in out.iterdir()}
 

@@ -531,8 +531,8 @@ def test_the_measure_summary_counts_the_frames_that_held_more_than_one_region() 
 def test_settings_json_from_python_says_what_was_applied_and_that_no_options_were_given(
         tmp_path) -> None:
     """measurements.csv recorded neither the model nor the post-processing (a post-processing
-    review, O5). From Python, settings.json has them, and null where nothing says: no model
-    file (a predictor built by hand), no command line."""
+    review, O5). From Python, measurements.settings.json has them, and null where nothing
+    says: no model file (a predictor built by hand), no command line."""
     import json
 
     from test_predict import hc18_like
@@ -546,7 +546,7 @@ def test_settings_json_from_python_says_what_was_applied_and_that_no_options_wer
                        PreprocessConfig(size=None, normalise="unit"),
                        PostprocessConfig(threshold=0.4, min_area=3, fill_holes=True), tta=True)
     measure_frames(bright, tmp_path / "hc", out=tmp_path / "m")
-    doc = json.loads((tmp_path / "m" / "settings.json").read_text())
+    doc = json.loads((tmp_path / "m" / "measurements.settings.json").read_text())
     assert doc["command"] == "measure" and doc["checkpoint"] is None
     assert doc["backend"] is None and doc["overrides"] is None
     assert doc["postprocess"] == {"threshold": 0.4, "min_area": 3, "min_peak": 0.0,

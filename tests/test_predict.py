@@ -691,7 +691,7 @@ def test_unreadable_image_stops_with_the_file_named_and_nothing_half_written(tmp
     assert not (tmp_path / "s.csv").exists()                      # no half submission
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.csv")]
     for n in names:                                               # what exists is complete
-        if n in (OUTPUT_MARKER, "predictions.csv", "settings.json"):
+        if n in (OUTPUT_MARKER, "predictions.csv", "predictions.settings.json"):
             continue
         assert read(out / n).shape == (8, 8)
 

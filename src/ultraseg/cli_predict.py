@@ -106,7 +106,8 @@ def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     return pp
 
 
-#: The options of predict and measure that settings.json records where given, with the value
+#: The options of predict and measure that predictions.settings.json and
+#: measurements.settings.json record where given, with the value
 #: each has when it is not.
 _RECORDED_OPTIONS = {"threshold": None, "min_area": None, "min_peak": None,
                      "keep_largest": None, "fill_holes": None, "tta": None, "device": "auto",
@@ -116,7 +117,7 @@ _RECORDED_OPTIONS = {"threshold": None, "min_area": None, "min_peak": None,
 
 def options_given(a: argparse.Namespace) -> dict[str, Any]:
     """The post-processing and model options given on the command line, by name
-    (``threshold``, ``device``, ...), as the output folder's ``settings.json`` records them."""
+    (``threshold``, ``device``, ...), as the output folder's ``*.settings.json`` records them."""
     return {k: getattr(a, k) for k, unset in _RECORDED_OPTIONS.items()
             if getattr(a, k, unset) != unset}
 
@@ -157,7 +158,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from .report import postprocess_words
 
     applied = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
-    print(f"post-processing: {postprocess_words(applied)} (in {SETTINGS_FILE})")
+    print(f"post-processing: {postprocess_words(applied)} (in {SETTINGS_FILE['predict']})")
     return report_unreadable(summary.failed, len(frames))
 
 

@@ -625,7 +625,7 @@ def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
 
 def model_record(predictor: Predictor) -> dict[str, Any] | None:
     """The model file a predictor was loaded from, as :func:`provenance` records it under
-    ``checkpoint`` (and predict's and measure's ``settings.json``): ``path`` (resolved),
+    ``checkpoint`` (and predict's and measure's ``*.settings.json``): ``path`` (resolved),
     ``sha256``, ``ultraseg_version``, ``trained_with_version``, ``best_epoch`` and
     ``epochs_run``; None for a predictor built by hand."""
     if not (predictor.source and Path(predictor.source).is_file()):

@@ -446,7 +446,7 @@ def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
 #: (:func:`ultraseg.fileio.temporaries`) a killed run leaves: a mask, an overlay, a table, a
 #: submission CSV, the settings.
 _OUTPUT_NAMES = ("*_mask.png", "*_mask.tif", "*_overlay.png", "*_measure.png", "*.csv",
-                 "settings.json")
+                 "*.settings.json")
 
 #: A submission's temporary file outside the output folder that has not grown for this long
 #: is a killed writer's (a live one adds a row a frame).
@@ -506,23 +506,26 @@ def _write(path: Path, data: bytes) -> None:
         raise UltrasegError(f"cannot write the file ({failure_reason(e)})", path) from e
 
 
-#: The file beside predict's and measure's table that says what made the folder's outputs
-#: (:func:`settings_record`), written before the first frame.
-SETTINGS_FILE = "settings.json"
+#: The file beside predict's and measure's table that says what made its rows and files
+#: (:func:`settings_record`), written before the first frame: one per command, so that
+#: predict and measure into one folder keep each one's record.
+SETTINGS_FILE = {"predict": "predictions.settings.json",
+                 "measure": "measurements.settings.json"}
 
 
 def settings_record(predictor: Predictor, command: str,
                     overrides: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """What made an output folder's files, as its ``settings.json`` records it: ``command``
-    (predict, measure); ``checkpoint``, the model file as evaluate's ``summary.json`` records
-    it (:func:`ultraseg.evaluate.model_record`: path, sha256, versions; None for a predictor
-    built by hand); the ``ultraseg_version`` predicting; ``backend`` (``torch``, ``onnx``;
-    None for one built by hand) and the predictor's runtime (``torch_version`` or
-    ``onnxruntime_version``, ``device`` and ``precision`` as resolved); ``postprocess``, the
-    threshold and rules applied with ``tta`` as used (as in ``summary.json``); ``extra``
-    (measure's ``boundary_offset_px``); ``overrides``, the command line's options given (by
-    their names: ``threshold``, ``device``, ...; None from Python, where nothing says which
-    were). No date: the same command writes the same bytes, as evaluate's ``summary.json``."""
+    """What made an output folder's files, as its ``SETTINGS_FILE[command]`` records it:
+    ``command`` (predict, measure); ``checkpoint``, the model file as evaluate's
+    ``summary.json`` records it (:func:`ultraseg.evaluate.model_record`: path, sha256,
+    versions; None for a predictor built by hand); the ``ultraseg_version`` predicting;
+    ``backend`` (``torch``, ``onnx``; None for one built by hand) and the predictor's runtime
+    (``torch_version`` or ``onnxruntime_version``, ``device`` and ``precision`` as resolved);
+    ``postprocess``, the threshold and rules applied with ``tta`` as used (as in
+    ``summary.json``); ``extra`` (measure's ``boundary_offset_px``); ``overrides``, the
+    command line's options given (by their names: ``threshold``, ``device``, ...; None from
+    Python, where nothing says which were). No date: the same command writes the same bytes,
+    as evaluate's ``summary.json``."""
     from . import __version__
     from .evaluate import model_record
 
@@ -536,8 +539,9 @@ def settings_record(predictor: Predictor, command: str,
 
 
 def _write_settings(out: Path, record: dict[str, Any]) -> Path:
-    """``OUT/settings.json`` (strict JSON, written atomically as every output); its path."""
-    path = out / SETTINGS_FILE
+    """``OUT/predictions.settings.json`` or ``OUT/measurements.settings.json``, by
+    ``record['command']`` (strict JSON, written atomically as every output); its path."""
+    path = out / SETTINGS_FILE[record["command"]]
     _write(path, (json_text(record, indent=2) + "\n").encode())
     return path
 
@@ -700,7 +704,7 @@ class PredictionSummary:
     overlays: list[Path] = field(default_factory=list)
     rle: Path | None = None
     rle_left_out: int = 0
-    settings: Path | None = None        # OUT/settings.json: the model and settings applied
+    settings: Path | None = None        # OUT/predictions.settings.json: the model and settings
     failed: list[DataError] = field(default_factory=list)   # frames skipped, unreadable
     #: with an overlay: the labels the masks hold where none holds the label drawn (its truth
     #: then shows as empty on every overlay), else None
@@ -788,7 +792,7 @@ def write_predictions(predictor: Predictor | str | Path,
     summary's ``failed``, and the other frames are written; where a skipped frame belongs in the
     submission CSV, that is not written (it would lack the frame's row: ``summary.rle`` is
     None, and a file already at that path stays as it was). Before the first frame,
-    ``OUT/settings.json`` records the model and the post-processing applied
+    ``OUT/predictions.settings.json`` records the model and the post-processing applied
     (:func:`settings_record`; ``overrides``: the command line's options given).
     """
     predictor, frames = as_predictor(predictor), frames_of(frames)   # before --out is made
@@ -1029,7 +1033,8 @@ def measure_frames(predictor: Predictor | str | Path,
     (with ``out``): also ``OUT/NAME_measure.png``, the frame with the object's outline and
     the fitted ellipse (:func:`ultraseg.report.measure_overlay`), to check each by eye.
     ``on_row``: called with each frame's row as soon as it is measured (the CLI prints it).
-    With ``out``, ``OUT/settings.json`` records the model and the post-processing applied
+    With ``out``, ``OUT/measurements.settings.json`` records the model and the post-processing
+    applied
     before the first frame (:func:`settings_record`, with ``boundary_offset_px``;
     ``overrides``: the command line's options given), named as the summary's ``settings``.
     """
