@@ -895,7 +895,8 @@ def test_an_image_with_a_colour_overlay_is_warned_of_once_a_file(tmp_path: Path)
 @pytest.mark.parametrize("mode", ["P", "P transparent", "CMYK", "YCbCr"])
 def test_a_frame_in_a_colour_mode_is_read_as_pillow_makes_it_grey_and_warned_of(mode) -> None:
     """A palette, CMYK or YCbCr frame reads as Pillow's convert('L') makes it (a YCbCr's grey
-    is its Y, not the luma of its RGB), and its colour is warned of as it shows."""
+    is its Y, not the luma of its RGB), and its colour is warned of as it shows (a palette's
+    transparent index, where pixels hold it, as an alpha too)."""
     from ultraseg.io.base import pillow_to_gray
 
     rgb = _doppler()
@@ -919,7 +920,10 @@ def test_a_frame_in_a_colour_mode_is_read_as_pillow_makes_it_grey_and_warned_of(
         with ultraseg_warnings() as warned:
             grey = pillow_to_gray(frame, "f.png")
         np.testing.assert_array_equal(grey, np.asarray(frame.convert("L")))
-        assert len(warned) == 1 and "of its pixels are colour" in warned[0].getMessage()
+        said = [r.getMessage() for r in warned]
+        colour = [m for m in said if "of its pixels are colour" in m]
+        alpha = [m for m in said if "alpha" in m]     # a transparent index held: as an alpha
+        assert len(colour) == 1 and len(alpha) == (mode == "P transparent") == len(said) - 1
 
 
 @pytest.mark.parametrize("mode", ["PA", "La", "RGBa", "RGBX", "HSV"])
@@ -1393,6 +1397,41 @@ def test_a_resized_mask_reads_alike_at_8_and_16_bits_and_as_floats_in_0_1(tmp_pa
     ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))     # no mask: refused
     with pytest.raises(DataError, match=r"spread over 0\.\.1 "):
         classify_mask_values(ramp)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+def test_transparency_kept_as_png_trns_is_warned_of_as_an_alpha(tmp_path: Path,
+                                                                mode: str) -> None:
+    """Pillow keeps a PNG's simple transparency (tRNS: one grey, one colour, or palette
+    entries) in info['transparency'] on an L, RGB or P image, not as an alpha band: such a
+    faded or cut-out frame was read as the full one in silence, as an RGBA frame was before
+    its alpha was warned of (a re-read, item 2). Its pixels read as before; an image whose
+    transparent value no pixel holds is not warned of."""
+    grey = (np.arange(24 * 32) % 251).astype(np.uint8).reshape(24, 32)
+    grey[:, :8] = 251                   # the transparent value, held by these pixels alone
+
+    def image() -> Image.Image:
+        if mode == "RGB":
+            return Image.fromarray(np.stack([grey] * 3, -1), "RGB")
+        im = Image.fromarray(grey, "L")
+        if mode == "P":
+            im = im.convert("P")
+            im.putpalette(np.repeat(np.arange(256, dtype=np.uint8), 3).tobytes())
+        return im
+
+    key = (251, 251, 251) if mode == "RGB" else 251
+    clear = _save(tmp_path / "c.png", image(), transparency=key)
+    unused = _save(tmp_path / "u.png", image(), transparency=(7, 9, 11) if mode == "RGB"
+                   else 252)
+    assert Image.open(clear).mode == mode and "transparency" in Image.open(clear).info
+    for p, n in ((clear, 1), (unused, 0)):
+        expected = np.asarray(Image.open(p).convert("L"))
+        with ultraseg_warnings() as warned:
+            np.testing.assert_array_equal(read_image(p), expected)      # pixels as before
+        said = [r.getMessage() for r in warned if "alpha" in r.getMessage()]
+        assert len(said) == n, said
+        if n:
+            assert p.name in said[0] and "25.0 %" in said[0], said
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])

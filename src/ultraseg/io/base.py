@@ -544,6 +544,10 @@ def inverted(arr: np.ndarray, top: int | None = None) -> np.ndarray:
 #: unpremultiplied, RGBX's padding band dropped.
 _SHOWN_AS = {"P": "RGB", "CMYK": "RGB", "HSV": "RGB", "RGBX": "RGB", "PA": "RGBA",
              "La": "LA", "RGBa": "RGBA"}
+#: Pillow modes whose simple transparency (``info["transparency"]``: a PNG's tRNS, a GIF's
+#: transparent index) becomes an alpha band in the mode each converts to, so that it is
+#: warned of as an alpha (:func:`_say_alpha`); the grey read is the same.
+_TRNS_AS_ALPHA = {"L": "LA", "RGB": "RGBA", "P": "RGBA"}
 #: Pillow modes whose grey is Pillow's convert("L") (a YCbCr's its Y).
 _GREY_BY_PILLOW = ("L", "RGB", "RGBA", "LA", "1", "YCbCr")
 #: Pillow modes of grey samples of 16 or 32 bits, integer or float (:func:`to_uint8`).
@@ -567,6 +571,8 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
     # `frame[mask] = 255` failed on 8-bit files alone (16-bit ones come back converted)
     if im.mode == "LAB":                                            # its lightness
         return np.array(im.getchannel("L"), dtype=np.uint8)
+    if "transparency" in im.info and im.mode in _TRNS_AS_ALPHA:   # a PNG's tRNS, a GIF's
+        im = im.convert(_TRNS_AS_ALPHA[im.mode])    # Pillow applies it as the alpha
     if im.mode in _SHOWN_AS:    # as they show, once: their RGB's convert("L") is theirs
         im = im.convert(_SHOWN_AS[im.mode])
     if im.mode in ("RGBA", "LA"):
