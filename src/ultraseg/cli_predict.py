@@ -157,8 +157,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from .predict_files import SETTINGS_FILE
     from .report import postprocess_words
 
-    applied = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
-    print(f"post-processing: {postprocess_words(applied)} (in {SETTINGS_FILE['predict']})")
+    print(f"post-processing: {postprocess_words(predictor.applied)} "
+          f"(in {SETTINGS_FILE['predict']})")
     return report_unreadable(summary.failed, len(frames))
 
 

@@ -574,7 +574,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     summary.setdefault("hd95_mm_median", None)      # (no frame with a pixel size)
     summary.setdefault("hd95_mm_n", None)
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in RAW_KEYS}
-    summary["postprocess"] = {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta}
+    summary["postprocess"] = predictor.applied
     signed = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
     errors = [abs(e) for e in signed]
     with_reference = sum(1 for r in rows
@@ -619,28 +619,8 @@ def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
     ``data`` (the folder, resolved), ``layout`` (as read), the ``ultraseg_version`` scoring,
     and the predictor's :attr:`~Predictor.runtime`
     (``torch_version`` or ``onnxruntime_version``, ``device``, ``precision`` as resolved)."""
-    return {"checkpoint": model_record(predictor), "data": str(Path(ds.root).resolve()),
+    return {"checkpoint": predictor.record(), "data": str(Path(ds.root).resolve()),
             "layout": ds.layout, "ultraseg_version": __version__, **predictor.runtime}
-
-
-def model_record(predictor: Predictor) -> dict[str, Any] | None:
-    """The model file a predictor was loaded from, as :func:`provenance` records it under
-    ``checkpoint`` (and predict's and measure's ``*.settings.json``): ``path`` (resolved),
-    ``sha256``, ``ultraseg_version``, ``trained_with_version``, ``best_epoch`` and
-    ``epochs_run``; None for a predictor built by hand."""
-    if not (predictor.source and Path(predictor.source).is_file()):
-        return None
-    path = Path(predictor.source).resolve()
-    metrics = predictor.meta.get("metrics") or {}
-    history = metrics.get("history") or [{}]
-    # the hash taken as the file was loaded: the path may name another file by now
-    return {"path": str(path), "sha256": predictor.sha256 or None,
-            "ultraseg_version": predictor.meta.get("ultraseg_version"),
-            # an .onnx's ultraseg_version is the exporting build's
-            "trained_with_version": predictor.meta.get(
-                "trained_with_version", predictor.meta.get("ultraseg_version")),
-            "best_epoch": metrics.get("best_epoch"),
-            "epochs_run": metrics.get("epochs_run", history[-1].get("epoch"))}
 
 
 def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Iterable[np.ndarray],

@@ -192,6 +192,35 @@ class Predictor:
         where set, else the post-processing's choice (``PostprocessConfig.tta``)."""
         return self.postprocess.tta if self.tta is None else self.tta
 
+    @property
+    def applied(self) -> dict[str, Any]:
+        """The threshold and rules this predictor applies, with ``tta`` as used
+        (:attr:`uses_tta`): what evaluate's ``summary.json`` and predict's and measure's
+        ``*.settings.json`` record under ``postprocess``, and predict prints."""
+        return {**self.postprocess.to_dict(), "tta": self.uses_tta}
+
+    def record(self) -> dict[str, Any] | None:
+        """The model file this predictor was loaded from, as evaluate's ``summary.json``
+        (and predict's and measure's ``*.settings.json``) record it under ``checkpoint``:
+        ``path`` (resolved), ``sha256`` (:attr:`sha256`, as it was loaded), the
+        ``ultraseg_version`` that wrote it, the ``trained_with_version`` of the build that
+        trained it (an ONNX model's exporter records it; a checkpoint's is its
+        ``ultraseg_version``), ``best_epoch`` and ``epochs_run``; None for a predictor built
+        by hand."""
+        if not (self.source and Path(self.source).is_file()):
+            return None
+        path = Path(self.source).resolve()
+        metrics = self.meta.get("metrics") or {}
+        history = metrics.get("history") or [{}]
+        # the hash taken as the file was loaded: the path may name another file by now
+        return {"path": str(path), "sha256": self.sha256 or None,
+                "ultraseg_version": self.meta.get("ultraseg_version"),
+                # an .onnx's ultraseg_version is the exporting build's
+                "trained_with_version": self.meta.get(
+                    "trained_with_version", self.meta.get("ultraseg_version")),
+                "best_epoch": metrics.get("best_epoch"),
+                "epochs_run": metrics.get("epochs_run", history[-1].get("epoch"))}
+
     # ------------------------------------------------------------------ canvas level
     def _run(self, batch: np.ndarray) -> np.ndarray:
         def mirrored() -> np.ndarray:  # the horizontally flipped batch's output, flipped back

@@ -517,8 +517,8 @@ def settings_record(predictor: Predictor, command: str,
                     overrides: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """What made an output folder's files, as its ``SETTINGS_FILE[command]`` records it:
     ``command`` (predict, measure); ``checkpoint``, the model file as evaluate's
-    ``summary.json`` records it (:func:`ultraseg.evaluate.model_record`: path, sha256,
-    versions; None for a predictor built by hand); the ``ultraseg_version`` predicting;
+    ``summary.json`` records it (:meth:`Predictor.record`: path, sha256, versions; None for a
+    predictor built by hand); the ``ultraseg_version`` predicting;
     ``backend`` (``torch``, ``onnx``; None for one built by hand) and the predictor's runtime
     (``torch_version`` or ``onnxruntime_version``, ``device`` and ``precision`` as resolved);
     ``postprocess``, the threshold and rules applied with ``tta`` as used (as in
@@ -527,14 +527,13 @@ def settings_record(predictor: Predictor, command: str,
     Python, where nothing says which were). No date: the same command writes the same bytes,
     as evaluate's ``summary.json``."""
     from . import __version__
-    from .evaluate import model_record
 
     runtime = predictor.runtime
     backend = ("torch" if "torch_version" in runtime else
                "onnx" if "onnxruntime_version" in runtime else None)
-    return {"command": command, "checkpoint": model_record(predictor),
+    return {"command": command, "checkpoint": predictor.record(),
             "ultraseg_version": __version__, "backend": backend, **runtime,
-            "postprocess": {**predictor.postprocess.to_dict(), "tta": predictor.uses_tta},
+            "postprocess": predictor.applied,
             **extra, "overrides": None if overrides is None else dict(overrides)}
 
 
