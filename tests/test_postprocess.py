@@ -594,6 +594,24 @@ def test_grid_search_ranks_keep_largest_as_apply_does_on_a_ring_and_a_blob() -> 
     assert score == 1.0 and cfg.fill_holes
 
 
+def test_a_structure_hole_filling_absorbs_is_not_named_as_dropped_by_keep_largest() -> None:
+    """changes_to_truth named the rules from component counts: a ring whose hole holds an
+    island, under keep-largest with fill-holes, was said to lose a structure to keep-largest,
+    though apply fills the island into the ring and drops nothing (a re-read, item 4). A rule
+    is named where apply without it gives another mask."""
+    from ultraseg.postprocess import changes_to_truth
+
+    t = np.zeros((30, 30), bool)
+    t[5:25, 5:25] = True
+    t[7:23, 7:23] = False               # a ring ...
+    t[12:18, 12:18] = True              # ... an island in its hole
+    both = PostprocessConfig(keep_largest=True, fill_holes=True)
+    assert apply(t.astype(np.float32), both)[12:18, 12:18].all()       # the island kept
+    assert changes_to_truth(t, both) == ["fill-holes"]
+    # without fill-holes, keep-largest does drop the island
+    assert changes_to_truth(t, PostprocessConfig(keep_largest=True)) == ["keep-largest"]
+
+
 def test_what_the_rules_change_of_a_perfect_prediction_is_named() -> None:
     """changes_to_truth: apply to the truth itself as the probabilities (1 inside, 0 outside),
     and which rules changed it: min-area removing a small structure, keep-largest a second,

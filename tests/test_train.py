@@ -2472,6 +2472,28 @@ def test_the_end_of_training_says_what_the_chosen_rules_would_change_of_perfect_
     assert not warned
 
 
+def test_keep_largest_is_not_said_to_lose_a_structure_that_hole_filling_keeps() -> None:
+    """The end of training warned 'a second one is lost' of every validation mask of more than
+    one structure where keep-largest was chosen, also of a ring whose hole holds an island,
+    which keep-largest with fill-holes keeps, filled in (a re-read, item 4). It counts the
+    masks keep-largest does change."""
+    from conftest import ultraseg_warnings
+
+    ring = np.zeros((30, 30), bool)
+    ring[5:25, 5:25] = True
+    ring[7:23, 7:23] = False
+    ring[12:18, 12:18] = True           # an island in the ring's hole: 2 structures
+    two = np.zeros((30, 30), bool)
+    two[2:12, 2:12] = True
+    two[20:24, 20:24] = True            # a second structure beside the first: dropped
+    seen = train_mod._Validation(PostprocessConfig(), 0.0, [], [], [], truth_parts=[2, 2],
+                                 changeable=[ring, two])
+    with ultraseg_warnings() as warned:
+        train_mod._perfect_ceiling(seen, PostprocessConfig(keep_largest=True, fill_holes=True))
+    said = " ".join(r.getMessage() for r in warned)
+    assert "1 of the 2 validation masks hold more than one structure" in said, said
+
+
 def test_a_run_that_chooses_keep_largest_on_masks_of_two_structures_says_so(
         tmp_path, monkeypatch) -> None:
     """train.log and report.html's post-processing row say what the choice would change of

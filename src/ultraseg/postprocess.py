@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
@@ -225,28 +226,40 @@ def apply(prob: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
     return mask
 
 
+#: The rules :func:`changes_to_truth` names, in :func:`apply`'s order, each with its config
+#: turned off.
+_RULES_OFF = (("min-area", {"min_area": 0}), ("keep-largest", {"keep_largest": False}),
+              ("fill-holes", {"fill_holes": False}))
+
+
 def changes_to_truth(truth: np.ndarray, cfg: PostprocessConfig) -> list[str]:
     """The rules of ``cfg`` that change a perfect prediction of the bool (H, W) mask ``truth``
     (:func:`apply` to the mask as probabilities, 1 inside and 0 outside), named as the CLI
     names them: ``"min-area"`` (a structure smaller than it removed), ``"keep-largest"`` (a
     second structure dropped), ``"fill-holes"`` (a hole of the truth filled); ``"threshold"``
     where none of those did it (a threshold of 0). Empty where :func:`apply` gives the truth
-    back: a ceiling the chosen post-processing sets whatever the network predicts."""
+    back: a ceiling the chosen post-processing sets whatever the network predicts.
+
+    A rule is named where :func:`apply` without it gives another mask (what its --no- flag
+    would keep), not by counting structures: keep-largest with fill-holes keeps an island in
+    a ring's hole, filled in. Where no rule alone makes the change (min-area and keep-largest
+    both dropping one small second structure), the first in :func:`apply`'s order that does
+    is named."""
     t = np.asarray(truth, dtype=bool)
-    out = apply(t.astype(np.float32), cfg)
+    p = t.astype(np.float32)
+    out = apply(p, cfg)
     if np.array_equal(out, t):
         return []
-    _, sizes = _components(t)
-    sizes = sizes[1:]
-    large = sizes >= max(int(cfg.min_area), 1)
-    rules = []
-    if not large.all():
-        rules.append("min-area")
-    if cfg.keep_largest and large.sum() > 1:
-        rules.append("keep-largest")
-    if cfg.fill_holes and (out & ~t).any():
-        rules.append("fill-holes")
-    return rules or ["threshold"]
+    rules = [name for name, off in _RULES_OFF
+             if not np.array_equal(apply(p, replace(cfg, **off)), out)]
+    if rules:
+        return rules
+    for k, (name, _) in enumerate(_RULES_OFF):      # each alone would do it: the first
+        rest = {key: v for _, off in _RULES_OFF[k + 1:] for key, v in off.items()}
+        before = {key: v for _, off in _RULES_OFF[k:] for key, v in off.items()}
+        if not np.array_equal(apply(p, replace(cfg, **rest)), apply(p, replace(cfg, **before))):
+            return [name]
+    return ["threshold"]
 
 
 def default_min_areas(area: int, n: int = 8, max_fraction: float = 0.02) -> tuple[int, ...]:

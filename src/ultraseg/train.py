@@ -1672,7 +1672,7 @@ def _perfect_ceiling(seen: _Validation, pp: PostprocessConfig) -> str | None:
     """Log how many validation masks the post-processing ``pp`` chosen on them would change
     were they predicted perfectly (:func:`ultraseg.postprocess.changes_to_truth`: a ceiling
     whatever the network predicts, as keep-largest dropping a true second lesion), and warn
-    where keep-largest is chosen on masks holding more than one structure. Returns the
+    where keep-largest drops a second structure of some of them. Returns the
     report's words for it, None where it changes none (or the post-processing was not chosen
     on them: no masks kept)."""
     from collections import Counter
@@ -1682,19 +1682,21 @@ def _perfect_ceiling(seen: _Validation, pp: PostprocessConfig) -> str | None:
     n = len(seen.truth_parts)
     if not n or seen.not_chosen:    # the defaults kept: nothing was chosen on them
         return None
-    several = sum(k > 1 for k in seen.truth_parts)
-    if pp.keep_largest and several:
-        log.warning("keep-largest was chosen on the validation frames, and %d of the %d "
-                    "validation masks hold more than one structure (8-connected): it keeps "
-                    "the largest alone, so a second one is lost on such frames even where the "
-                    "network finds it (--no-keep-largest on predict, evaluate and measure "
-                    "keeps it)", several, n)
     rules: Counter[str] = Counter()
     changed = 0
     for truth in seen.changeable:
         found = changes_to_truth(truth, pp)
         changed += bool(found)
         rules.update(found)
+    # the masks keep-largest changes, not those of several structures: with fill-holes it
+    # keeps an island in a ring's hole
+    several = rules["keep-largest"]
+    if several:
+        log.warning("keep-largest was chosen on the validation frames, and %d of the %d "
+                    "validation masks hold more than one structure (8-connected): it keeps "
+                    "the largest alone, so a second one is lost on such frames even where the "
+                    "network finds it (--no-keep-largest on predict, evaluate and measure "
+                    "keeps it)", several, n)
     if not changed:
         log.info("the chosen post-processing changes none of the %d validation masks "
                  "predicted perfectly", n)
