@@ -95,8 +95,7 @@ def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
 
 def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     """The checkpoint's PostprocessConfig with the flags given on the command line applied."""
-    changes = {k: getattr(a, k, None) for k in ("threshold", "min_area", "min_peak",
-                                                "keep_largest", "fill_holes", "tta")}
+    changes = {k: getattr(a, k, None) for k in POSTPROCESS_OPTIONS}
     changes = {k: v for k, v in changes.items() if v is not None}
     pp = replace(base, **changes)
     problem = postprocess_problem(pp)     # the checkpoint's own values were checked at load
@@ -106,20 +105,29 @@ def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     return pp
 
 
+#: The post-processing options (by their names on the Namespace), as
+#: :func:`postprocess_from_flags` applies them and the settings record them.
+POSTPROCESS_OPTIONS = ("threshold", "min_area", "min_peak", "keep_largest", "fill_holes", "tta")
 #: The options of predict and measure that predictions.settings.json and
-#: measurements.settings.json record where given, with the value
-#: each has when it is not.
-_RECORDED_OPTIONS = {"threshold": None, "min_area": None, "min_peak": None,
-                     "keep_largest": None, "fill_holes": None, "tta": None, "device": "auto",
-                     "precision": "auto", "batch_size": None, "tile": None, "threads": None,
-                     "pixel_size": None}
+#: measurements.settings.json record where given, in the order they record them.
+_RECORDED_OPTIONS = (*POSTPROCESS_OPTIONS, "device", "precision", "batch_size", "tile",
+                     "threads", "pixel_size")
+
+
+def _note_defaults(p: argparse.ArgumentParser, *names: str) -> None:
+    """Keep the parser's defaults of the options ``names`` on its Namespace (``_defaults``),
+    for :func:`options_given` to tell an option given from one left as it is."""
+    p.set_defaults(_defaults={**(p.get_default("_defaults") or {}),
+                              **{n: p.get_default(n) for n in names}})
 
 
 def options_given(a: argparse.Namespace) -> dict[str, Any]:
     """The post-processing and model options given on the command line, by name
-    (``threshold``, ``device``, ...), as the output folder's ``*.settings.json`` records them."""
-    return {k: getattr(a, k) for k, unset in _RECORDED_OPTIONS.items()
-            if getattr(a, k, unset) != unset}
+    (``threshold``, ``device``, ...), as the output folder's ``*.settings.json`` records them:
+    those whose value is not the parser's default."""
+    defaults = getattr(a, "_defaults", {})
+    return {k: getattr(a, k) for k in _RECORDED_OPTIONS
+            if k in defaults and getattr(a, k) != defaults[k]}
 
 
 # ---------------------------------------------------------------- predict
@@ -196,6 +204,7 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation: average the probabilities with the "
                         "horizontally flipped frame's (twice the prediction time)")
+    _note_defaults(p, *POSTPROCESS_OPTIONS)
 
 
 def pixel_size_arg(p: argparse.ArgumentParser) -> None:
@@ -203,6 +212,7 @@ def pixel_size_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=float, metavar="MM",
                    help="pixel size in mm for frames whose dataset (a table, a DICOM header) "
                         "gives none")
+    _note_defaults(p, "pixel_size")
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -221,6 +231,7 @@ def model_args(p: argparse.ArgumentParser) -> None:
                         "machine's other jobs slow down)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="checkpoints only (auto: bf16 where the hardware has it)")
+    _note_defaults(p, "batch_size", "tile", "device", "threads", "precision")
 
 
 # ---------------------------------------------------------------- export
