@@ -571,8 +571,6 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
                                       and r.get("hc_pred_mm") is None), offset, log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
-    summary.setdefault("hd95_mm_median", None)      # (no frame with a pixel size)
-    summary.setdefault("hd95_mm_n", None)
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in RAW_KEYS}
     summary["postprocess"] = predictor.applied
     signed = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
@@ -586,8 +584,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         summary["hc_bias_mm"] = float(np.mean(signed)) if signed else None  # predicted - ref
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
-    else:       # (no frame with a reference and a pixel size): the keys there, null
-        summary.update(hc_mae_mm=None, hc_bias_mm=None, hc_n=None, hc_missed=None)
+    for k in MM_KEYS:       # (no frame with a pixel size, or a reference): the keys there, null
+        summary.setdefault(k, None)
     summary["label"] = label
     # what was scored: the truth filled (as asked, or by a layout that always fills its
     # outlines, hc18's, whatever the setting) or as drawn
