@@ -1719,6 +1719,35 @@ def test_inf_weights_after_a_later_epoch_name_the_epoch_saved(tmp_path, capsys,
     assert _finite(run / "last.ckpt") and _finite(run / "best.ckpt")
 
 
+def _validation_clock(monkeypatch, start: float = 0.0, grid_s: float = 3.0
+                      ) -> tuple[list[float], list[int]]:
+    """A clock for train's time limits that only prediction (a second a frame) and the
+    post-processing grid (``grid_s`` a frame) move, from ``start``; returns it and the list
+    each predicted frame appends to."""
+    from types import SimpleNamespace
+
+    import ultraseg.postprocess as pp_mod
+    from ultraseg.predict import Predictor
+
+    clock, predicted = [start], []
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    real_predict, real_add = Predictor.predict_proba_many, pp_mod.GridSearch.add
+
+    def predict(self, images):
+        for p in real_predict(self, images):
+            clock[0] += 1.0
+            predicted.append(1)
+            yield p
+
+    def add(self, probs, truth):
+        clock[0] += grid_s
+        return real_add(self, probs, truth)
+
+    monkeypatch.setattr(Predictor, "predict_proba_many", predict)
+    monkeypatch.setattr(pp_mod.GridSearch, "add", add)
+    return clock, predicted
+
+
 def test_the_choice_leaves_time_to_score_the_frames_after_it(tmp_path, monkeypatch) -> None:
     """The end of training reads, predicts and scores the validation frames a batch at a time.
     Where the choice waited for the deadline itself, the frames not read by then were read and
@@ -1726,26 +1755,7 @@ def test_the_choice_leaves_time_to_score_the_frames_after_it(tmp_path, monkeypat
     prediction (a second a frame a pass) and the grid (three a frame) move, the choice now
     comes while another grid frame and the rest still fit, and the last frame is scored by the
     deadline; waiting for it, as before, ends at 31 s of 30."""
-    from types import SimpleNamespace
-
-    import ultraseg.postprocess as pp_mod
-    from ultraseg.predict import Predictor
-
-    clock = [0.0]
-    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    real_predict, real_add = Predictor.predict_proba_many, pp_mod.GridSearch.add
-
-    def predict(self, images):
-        for p in real_predict(self, images):
-            clock[0] += 1.0
-            yield p
-
-    def add(self, probs, truth):
-        clock[0] += 3.0
-        return real_add(self, probs, truth)
-
-    monkeypatch.setattr(Predictor, "predict_proba_many", predict)
-    monkeypatch.setattr(pp_mod.GridSearch, "add", add)
+    clock, _ = _validation_clock(monkeypatch)
     cfg, predictor, samples = _validation_frames(tmp_path, 8)
     seen = train_mod._score_validation(predictor, samples, cfg, True, 30.0)
     assert clock[0] <= 30.0
@@ -2605,33 +2615,17 @@ def test_a_choice_the_time_limit_cuts_to_a_few_frames_keeps_the_defaults(
     The defaults are kept and the reason is given (warning, and the _Validation the report
     reads); on 10 frames or more the cut choice stands. On a clock only prediction (a second
     a frame) and the grid (three a frame) move."""
-    from types import SimpleNamespace
-
     import ultraseg.postprocess as pp_mod
     from conftest import ultraseg_warnings
-    from ultraseg.predict import Predictor
 
-    clock = [0.0]
-    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    real_predict, real_add, real_choose = (Predictor.predict_proba_many, pp_mod.GridSearch.add,
-                                           pp_mod.GridSearch.choose)
+    _validation_clock(monkeypatch)
+    real_choose = pp_mod.GridSearch.choose
     chosen_on: list[int] = []
-
-    def predict(self, images):
-        for p in real_predict(self, images):
-            clock[0] += 1.0
-            yield p
-
-    def add(self, probs, truth):
-        clock[0] += 3.0
-        return real_add(self, probs, truth)
 
     def choose(self, *args, **kw):
         chosen_on.append(len(self))
         return real_choose(self, *args, **kw)
 
-    monkeypatch.setattr(Predictor, "predict_proba_many", predict)
-    monkeypatch.setattr(pp_mod.GridSearch, "add", add)
     monkeypatch.setattr(pp_mod.GridSearch, "choose", choose)
     cfg, predictor, samples = _validation_frames(tmp_path, 24)
     with ultraseg_warnings() as warned:
@@ -2666,23 +2660,9 @@ def test_frames_scored_after_the_deadline_are_a_bounded_sample(tmp_path, monkeyp
     D1). Now nothing is chosen (the defaults, and why) and one batch of the frames alone is
     scored (a random sample, which the figures are over). On a clock that only prediction
     moves (a second a frame), past the deadline from the start."""
-    from types import SimpleNamespace
-
     import ultraseg.postprocess as pp_mod
-    from ultraseg.predict import Predictor
 
-    clock = [100.0]
-    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    real_predict = Predictor.predict_proba_many
-    predicted: list[int] = []
-
-    def predict(self, images):
-        for p in real_predict(self, images):
-            clock[0] += 1.0
-            predicted.append(1)
-            yield p
-
-    monkeypatch.setattr(Predictor, "predict_proba_many", predict)
+    _, predicted = _validation_clock(monkeypatch, start=100.0, grid_s=0.0)
     monkeypatch.setattr(pp_mod.GridSearch, "choose", lambda self, *a, **k: pytest.fail("chose"))
     cfg, predictor, samples = _validation_frames(tmp_path, 12)
     for tuning in (True, False):
