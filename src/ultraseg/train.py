@@ -1550,19 +1550,22 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
     n_full = sum(not e for e in seen.empty)
     missed = sum(not e and not a for a, e in zip(seen.areas, seen.empty))
     score = tuned if tuned is not None else math.nan
-    if n_full == n and not any(seen.areas):     # no empty frame to score 1
+    sample = (f" ({len(seen.frames)} of the {seen.of} frames scored: the time limit had "
+              "passed)" if seen.frames is not None and len(seen.frames) < seen.of else "")
+    if sample and n_full < MIN_MISSED_FRAMES:
+        pass    # a late run's sample of one batch: too few frames holding one to judge by
+    elif n_full == n and not any(seen.areas):     # no empty frame to score 1
         log.warning("%s: with the post-processing chosen (%s) no structure is predicted on any "
-                    "validation frame, and each of the %d validation frames holds one: val Dice "
-                    "%.4f; the model has not learnt to find it (%s)", out, rules, n_full, score,
-                    remedy)
+                    "%svalidation frame, and each of the %d validation frames holds one%s: val "
+                    "Dice %.4f; the model has not learnt to find it (%s)", out, rules,
+                    "sampled " if sample else "", n_full, sample, score, remedy)
     elif n_full and not any(seen.areas):
-        log.warning("%s: with the post-processing chosen (%s) no validation frame has a "
-                    "structure predicted: its val Dice %.4f is the empty frames' alone (empty "
+        log.warning("%s: with the post-processing chosen (%s) no %svalidation frame has a "
+                    "structure predicted%s: its val Dice %.4f is the empty frames' alone (empty "
                     "rule: %s) and the %d frames with a structure score 0; the model has not "
-                    "learnt to find it (%s)", out, rules, score, EMPTY_RULE, n_full, remedy)
+                    "learnt to find it (%s)", out, rules, "sampled " if sample else "", sample,
+                    score, EMPTY_RULE, n_full, remedy)
     elif n_full >= MIN_MISSED_FRAMES and missed >= MISSED_SHARE * n_full:
-        sample = (f" ({len(seen.frames)} of the {seen.of} frames scored: the time limit had "
-                  "passed)" if seen.frames is not None and len(seen.frames) < seen.of else "")
         log.warning("%s: with the post-processing chosen (%s) no structure is predicted on %d "
                     "of the %d %svalidation frames that hold one%s: val Dice %.4f; the model "
                     "has not learnt to find it (%s)", out, rules, missed, n_full,
@@ -1572,10 +1575,10 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
         truth = float(np.median([t / px for t, px in zip(seen.truth_px, seen.frame_px)]))
         if marked >= MARKED_SHARE * n and truth < 0.25:
             log.warning("%s: with the post-processing chosen (%s) the model marks at least half "
-                        "of the frame on %d of the %d validation frames, where the structure "
+                        "of the frame on %d of the %d %svalidation frames%s, where the structure "
                         "covers a median %.1f %% of it: it has not learnt to tell the structure "
                         "from the background (a lower --lr, or train longer)", out, rules,
-                        marked, n, 100 * truth)
+                        marked, n, "sampled " if sample else "", sample, 100 * truth)
 
 
 def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray, held: np.ndarray) -> None:
@@ -1690,13 +1693,13 @@ def _perfect_ceiling(seen: _Validation, pp: PostprocessConfig) -> str | None:
         rules.update(found)
     # the masks keep-largest changes, not those of several structures: with fill-holes it
     # keeps an island in a ring's hole
-    several = rules["keep-largest"]
-    if several:
-        log.warning("keep-largest was chosen on the validation frames, and %d of the %d "
-                    "validation masks hold more than one structure (8-connected): it keeps "
+    dropped = rules["keep-largest"]
+    if dropped:
+        log.warning("keep-largest was chosen on the validation frames, and on %d of the %d "
+                    "validation masks it drops a second structure (8-connected): it keeps "
                     "the largest alone, so a second one is lost on such frames even where the "
                     "network finds it (--no-keep-largest on predict, evaluate and measure "
-                    "keeps it)", several, n)
+                    "keeps it)", dropped, n)
     if not changed:
         log.info("the chosen post-processing changes none of the %d validation masks "
                  "predicted perfectly", n)
@@ -1979,7 +1982,7 @@ def _diverged(out: Path, saved: int, what: str) -> UltrasegError:
     so no saved checkpoint holds NaN/inf."""
     kept = (f"the last good checkpoint (epoch {saved}) is kept in {out / 'last.ckpt'}"
             if saved else "no epoch was saved, so no checkpoint was written")
-    return UltrasegError(f"training diverged: {what}; {kept} (try a lower --lr)", out)
+    return UltrasegError(f"{DIVERGED}: {what}; {kept} (try a lower --lr)", out)
 
 
 def _boundary_offset(ds, arrays: Arrays, train_idx: np.ndarray, n: int = 25) -> float:
