@@ -1081,3 +1081,21 @@ def test_threads_set_an_onnx_model_s_session_threads(tmp_path, ckpt, monkeypatch
     assert main([command, str(onnx_path), str(tmp_path / "d"), *out,
                  *(["--out", str(tmp_path / "o2")] if out else [])]) == 0
     assert made == [0]                       # ONNX Runtime's default: one per core
+
+
+def test_an_option_noted_but_not_listed_is_still_recorded() -> None:
+    """options_given took the names to record from _RECORDED_OPTIONS alone, so an option whose
+    default was noted (_note_defaults) but that the list missed went unrecorded in
+    *.settings.json without a failing test (a re-read). Every noted option is recorded where
+    given, the listed ones in the list's order."""
+    import argparse
+
+    from ultraseg.cli_predict import _note_defaults, options_given
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--not-listed", type=int, default=1)
+    _note_defaults(p, "threshold", "not_listed")
+    assert options_given(p.parse_args([])) == {}
+    given = options_given(p.parse_args(["--not-listed", "2", "--threshold", "0.3"]))
+    assert list(given.items()) == [("threshold", 0.3), ("not_listed", 2)]

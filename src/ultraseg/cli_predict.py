@@ -126,8 +126,11 @@ def options_given(a: argparse.Namespace) -> dict[str, Any]:
     (``threshold``, ``device``, ...), as the output folder's ``*.settings.json`` records them:
     those whose value is not the parser's default."""
     defaults = getattr(a, "_defaults", {})
-    return {k: getattr(a, k) for k in _RECORDED_OPTIONS
-            if k in defaults and getattr(a, k) != defaults[k]}
+    # every option noted, in the record's order (one noted but not listed comes last, rather
+    # than going unrecorded)
+    names = [k for k in _RECORDED_OPTIONS if k in defaults]
+    names += [k for k in defaults if k not in _RECORDED_OPTIONS]
+    return {k: getattr(a, k) for k in names if getattr(a, k) != defaults[k]}
 
 
 # ---------------------------------------------------------------- predict
