@@ -1237,6 +1237,20 @@ against 0.741, 19 of 19 and 0.781 for the same command with the step about mid-r
 run cannot tell a loss of 0.02 from the spread of seeds, but it gives no reason to change the
 recipe the headline was measured with, so the step stays about mid-range; nerve and HC18 were
 not run.
+
+## A regression check after the nineteenth session's changes (2026-12-07)
+
+That session bounded work started past the time limit, ranked keep-largest's pieces by their
+filled size and added end-of-training diagnostics. The headline's own BUSI command on its code
+(`ultraseg train /work/shared/datasets/busi --out RUN --preset cpu --time-limit 20m
+--test-fraction 0.2 --seed 0`, then `ultraseg evaluate RUN/best.ckpt DATA --split
+RUN/split.json --subset test`; 67 epochs in 19.1 min, best epoch 47, peak memory 0.94 GB; AMD
+EPYC 2 cores) scored lesion Dice **0.736** on the 106 held-out lesion frames, normal frames
+predicted empty 19 of 19, 0.776 over all 125 frames (`results/busi-2026-12-07-regression.json`),
+against 0.741, 19 of 19 and 0.781 on 2026-12-05: inside the 0.726-0.749 of seeds 0-2 on this
+split, so no regression shows. Validation chose no rules (threshold 0.5, no TTA). None of the
+new warnings fired on it (only the colour frames, the near-duplicate pairs and the time limit's
+stop were said); nerve and HC18 were not rerun.
 """
 
 
