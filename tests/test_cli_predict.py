@@ -1099,3 +1099,34 @@ def test_an_option_noted_but_not_listed_is_still_recorded() -> None:
     assert options_given(p.parse_args([])) == {}
     given = options_given(p.parse_args(["--not-listed", "2", "--threshold", "0.3"]))
     assert list(given.items()) == [("threshold", 0.3), ("not_listed", 2)]
+
+
+@pytest.mark.parametrize("command", ["predict", "measure", "evaluate"])
+@pytest.mark.parametrize("kind", ["ckpt", "onnx"])
+def test_more_threads_than_cores_is_warned_about_once(tmp_path, ckpt, monkeypatch, command,
+                                                      kind):
+    """train warned where --threads asked for more threads than the cores the process may
+    use; predict, measure and evaluate took --threads too (torch's for a checkpoint, ONNX
+    Runtime's for an .onnx) and said nothing. One warning, train's, names both counts; the
+    command is not refused, and a count within the cores says nothing. The cores are faked
+    to 1 (the command asks for 2)."""
+    from ultraseg import shared
+
+    model = ckpt
+    if kind == "onnx":
+        model = tmp_path / "m.onnx"
+        assert main(["export", str(ckpt), "--onnx", str(model)]) == 0
+    frames(tmp_path / "d" / "images", {"a.png": (20, 30)})
+    (tmp_path / "d" / "masks").mkdir()
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "d" / "masks" / "a_mask.png")
+    monkeypatch.setattr(shared, "usable_cores", lambda: 1)
+    for n, out in (("2", "o"), ("1", "o1")):
+        outs = [] if command == "evaluate" else ["--out", str(tmp_path / out)]
+        with ultraseg_warnings() as warned:
+            assert main([command, str(model), str(tmp_path / "d"), *outs, "--device", "cpu",
+                         "--threads", n]) == 0
+        said = [r.getMessage() for r in warned if "more threads than" in r.getMessage()]
+        if n == "2":
+            assert len(said) == 1 and "--threads 2" in said[0] and "1 core" in said[0], said
+        else:
+            assert said == []

@@ -183,7 +183,7 @@ def test_onnx_prediction_runs_where_torch_cannot_be_imported(exported, tmp_path)
         image = ultraseg.read_image({str(tmp_path / "frame.png")!r})
         np.save({str(tmp_path / "prob.npy")!r}, p.predict_proba(image))
         rc = main(["predict", {str(path)!r}, {str(tmp_path / "frame.png")!r},
-                   "--out", {str(tmp_path / "out")!r}])
+                   "--out", {str(tmp_path / "out")!r}, "--threads", "1"])
         assert sys.modules["torch"] is None
         print("rc", rc)
     """)
@@ -1165,3 +1165,20 @@ def test_a_model_with_external_data_loads_where_only_onnxruntime_is_installed(
                                   load(exported["same"][1]).predict(frame))
     assert _recorded_sha256(predictor) == _sha256(a)      # the graph's file alone, and said
     assert any("without the onnx package" in r.getMessage() for r in warned)
+
+
+def test_load_warns_where_an_onnx_session_s_threads_exceed_the_cores(exported, monkeypatch):
+    """load(model.onnx, threads=N) gives the session N threads; N above the cores this
+    process may use oversubscribed them in silence (train and the CLI's --threads warn).
+    load warns once, naming its threads=; a checkpoint's threads, not applied, get load's
+    note alone. The cores are faked to 1."""
+    from ultraseg import shared
+
+    monkeypatch.setattr(shared, "usable_cores", lambda: 1)
+    ckpt, path = exported["same"]
+    for model, n, expected in ((path, 2, 1), (path, 1, 0), (ckpt, 2, 0)):
+        with ultraseg_warnings() as warned:
+            load(model, device="cpu", threads=n)
+        said = [r.getMessage() for r in warned if "more threads than" in r.getMessage()]
+        assert len(said) == expected, (model, n, said)
+        assert all("threads=" in s and "1 core" in s for s in said), said

@@ -2770,9 +2770,9 @@ def test_more_threads_than_cores_is_warned_about_once(tmp_path, monkeypatch) -> 
     nothing. The cores are faked to 1 (the run asks for 2)."""
     from conftest import ultraseg_warnings
 
-    from ultraseg import runtime
+    from ultraseg import shared
 
-    monkeypatch.setattr(runtime, "usable_cores", lambda: 1)
+    monkeypatch.setattr(shared, "usable_cores", lambda: 1)
     with ultraseg_warnings() as warned:
         assert _train_tiny(tmp_path, tmp_path / "run", "--epochs", "1", "--threads", "2") == 0
     said = [r.getMessage() for r in warned if "more threads than" in r.getMessage()]

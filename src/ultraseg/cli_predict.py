@@ -84,7 +84,9 @@ def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
         block: ContextManager[None] = contextlib.nullcontext()
     else:
         from .runtime import threads
+        from .shared import warn_if_oversubscribed
 
+        warn_if_oversubscribed(n, in_python="ultraseg.runtime.threads")   # (an .onnx: by load)
         block = threads(n)
     with block:
         # (settings that do not apply to the model are warned about by load)

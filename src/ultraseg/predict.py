@@ -363,7 +363,9 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
     ``threads``: an ONNX model's ONNX Runtime threads, which its session takes when it is made
     (default one per core; at least 1). A checkpoint runs on torch's threads, which are the
     process's: set them around the calls with :func:`ultraseg.runtime.threads` (``threads``
-    here is warned about and not applied).
+    here is warned about and not applied). An ONNX model's ``threads`` above the cores this
+    process may use is logged as a warning, as train's and the CLI's ``--threads`` are
+    (:func:`ultraseg.shared.warn_if_oversubscribed`); not refused.
     """
     if threads is not None:
         threads = plain_number(threads)     # np.int64(2) is 2
@@ -385,6 +387,9 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
         if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
             log.warning("device %r / precision %r apply to checkpoints; the ONNX model %s runs "
                         "on ONNX Runtime's CPU provider in fp32", device, precision, path.name)
+        from .shared import warn_if_oversubscribed
+
+        warn_if_oversubscribed(threads, in_python="load(..., threads=)")
         predictor = onnx_predictor(path, threads=threads, **options)
     else:
         from .runtime import torch_predictor

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import platform
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -128,26 +127,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, where the platform tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def warn_if_oversubscribed(n: int | None, flag: str = "--threads", in_python: str = "") -> None:
-    """Warn where ``n`` threads are asked for (``flag``; ``in_python``, its setting there) and
-    this process may use fewer cores: they take turns on them, slower than one a core. Not
-    refused: a machine's cores can be shared on purpose."""
-    cores = usable_cores()
-    if n and n > cores:
-        log.warning("%s %d asks for more threads than the %d core%s this process may use: "
-                    "they take turns on them, which is slower; %s %d or fewer uses each "
-                    "once%s", flag, n, cores, "s" * (cores != 1), flag, cores,
-                    f" (in Python, {in_python})" if in_python else "")
 
 
 @contextlib.contextmanager

@@ -54,8 +54,8 @@ from .run_folder import (REFUSED_RUN_FILES, EarlyWarnings, execution_of, mark_ru
                          recorded_presence_head, recorded_resolved, remove_refused_run,
                          remove_temporaries, run_log, with_execution, write_run_config)
 from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, precision_name,
-                      resolve_device, resolve_precision, threads, torch_runner,
-                      warn_if_oversubscribed)
+                      resolve_device, resolve_precision, threads, torch_runner)
+from .shared import warn_if_oversubscribed
 
 log = logging.getLogger(__name__)
 
