@@ -1130,3 +1130,72 @@ def test_more_threads_than_cores_is_warned_about_once(tmp_path, ckpt, monkeypatc
             assert len(said) == 1 and "--threads 2" in said[0] and "1 core" in said[0], said
         else:
             assert said == []
+
+
+#: A checkpoint's choice that every post-processing setting moves off its default.
+RULES = PostprocessConfig(threshold=0.3, min_area=3, min_peak=0.1, keep_largest=True,
+                          fill_holes=True, tta=True)
+
+
+@pytest.mark.parametrize("command", ["predict", "measure", "evaluate"])
+def test_raw_turns_every_post_processing_setting_off_and_is_recorded(tmp_path, capsys,
+                                                                     command):
+    """Turning post-processing off took six flags (--threshold 0.5 --min-area 0 --min-peak 0
+    --no-keep-largest --no-fill-holes --no-tta; a post-processing review, O5). --raw is
+    PostprocessConfig() with the flip off, on predict, measure and evaluate alike; the
+    settings record (summary.json for evaluate) says it was applied, and given."""
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=3, size=32, seed=0)
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", meta_extra={"postprocess": RULES.to_dict()})
+    out = tmp_path / "o"
+    assert main([command, str(ckpt), str(data), "--out", str(out), "--raw", "--device", "cpu",
+                 "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    off = {**PostprocessConfig().to_dict(), "tta": False}
+    if command == "evaluate":
+        assert json.loads((out / "summary.json").read_text())["postprocess"] == off
+        return
+    table = {"predict": "predictions", "measure": "measurements"}[command]
+    settings = json.loads((out / f"{table}.settings.json").read_text())
+    assert settings["postprocess"] == off
+    assert settings["overrides"] == {"raw": True, "device": "cpu", "precision": "fp32"}
+    if command == "predict":
+        plain = load(ckpt, device="cpu", precision="fp32", tta=False)
+        chosen = load(ckpt, device="cpu", precision="fp32")
+        with open(out / "predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        changed = 0
+        for row in rows:
+            image = read_image(row["image"])
+            mask = np.asarray(Image.open(out / row["mask"])) == 255
+            np.testing.assert_array_equal(mask, plain.predict_proba(image) >= 0.5)
+            changed += int((mask != chosen.predict(image)).sum())
+        assert len(rows) == 3 and changed > 0       # the checkpoint's choice was not applied
+
+
+@pytest.mark.parametrize("flag", [["--threshold", "0.5"], ["--min-area", "0"],
+                                  ["--min-peak", "0"], ["--no-keep-largest"], ["--fill-holes"],
+                                  ["--no-tta"]])
+def test_raw_beside_a_post_processing_flag_is_refused_naming_both(tmp_path, ckpt, capsys,
+                                                                  flag):
+    """--raw is every post-processing setting at once: beside one of the six flags, one of
+    the two would be ignored; it is refused, naming both, before the output folder is made."""
+    frames(tmp_path / "in", {"1.png": (20, 30)})
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                 "--raw", *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --raw and ") and flag[0] in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["measure", "evaluate"])
+def test_raw_is_refused_beside_a_post_processing_flag_on_measure_and_evaluate(tmp_path, ckpt,
+                                                                             capsys, command):
+    """measure and evaluate take --raw as predict does, and refuse it as predict does."""
+    from ultraseg.phantom import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=2, size=32, seed=0)
+    assert main([command, str(ckpt), str(data), "--raw", "--tta", "--threshold", "0.4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--raw and --threshold, --tta cannot be combined" in err[0], err

@@ -96,9 +96,19 @@ def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
 
 
 def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
-    """The checkpoint's PostprocessConfig with the flags given on the command line applied."""
+    """The checkpoint's PostprocessConfig with the flags given on the command line applied;
+    with ``--raw``, ``PostprocessConfig()`` (threshold 0.5, no rules, no tta), which none of
+    the flags may be given beside."""
     changes = {k: getattr(a, k, None) for k in POSTPROCESS_OPTIONS}
     changes = {k: v for k, v in changes.items() if v is not None}
+    if getattr(a, "raw", False):
+        if changes:
+            named = ", ".join(_flag_given(k, v) for k, v in changes.items())
+            raise UltrasegError(f"--raw and {named} cannot be combined: --raw is threshold "
+                                f"0.5 with no rules and no tta (leave one of them out)")
+        from .config import PostprocessConfig
+
+        return PostprocessConfig()
     pp = replace(base, **changes)
     problem = postprocess_problem(pp)     # the checkpoint's own values were checked at load
     if problem:
@@ -107,12 +117,18 @@ def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
     return pp
 
 
+def _flag_given(name: str, value: Any) -> str:
+    """The post-processing flag that set ``name`` to ``value`` (``--no-tta`` for tta False)."""
+    flag = name.replace("_", "-")
+    return f"--{'no-' * (value is False)}{flag}"
+
+
 #: The post-processing options (by their names on the Namespace), as
 #: :func:`postprocess_from_flags` applies them and the settings record them.
 POSTPROCESS_OPTIONS = ("threshold", "min_area", "min_peak", "keep_largest", "fill_holes", "tta")
 #: The options of predict and measure that predictions.settings.json and
 #: measurements.settings.json record where given, in the order they record them.
-_RECORDED_OPTIONS = (*POSTPROCESS_OPTIONS, "device", "precision", "batch_size", "tile",
+_RECORDED_OPTIONS = ("raw", *POSTPROCESS_OPTIONS, "device", "precision", "batch_size", "tile",
                      "threads", "pixel_size")
 
 
@@ -209,7 +225,10 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation: average the probabilities with the "
                         "horizontally flipped frame's (twice the prediction time)")
-    _note_defaults(p, *POSTPROCESS_OPTIONS)
+    g.add_argument("--raw", action="store_true",
+                   help="no post-processing: threshold 0.5, no component rules, no tta "
+                        "(refused beside any of the flags above)")
+    _note_defaults(p, *POSTPROCESS_OPTIONS, "raw")
 
 
 def pixel_size_arg(p: argparse.ArgumentParser) -> None:
