@@ -1199,3 +1199,39 @@ def test_raw_is_refused_beside_a_post_processing_flag_on_measure_and_evaluate(tm
     assert main([command, str(ckpt), str(data), "--raw", "--tta", "--threshold", "0.4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--raw and --threshold, --tta cannot be combined" in err[0], err
+
+
+def test_predict_probabilities_writes_the_map_the_masks_are_thresholded_from(tmp_path, capsys):
+    """predict --probabilities writes NAME_prob.png (a post-processing review, O4): the map
+    before the threshold and rules, the checkpoint's or --raw's alike, averaged with the
+    flipped frame's where tta is used; predictions.csv lists it in its last column."""
+    shapes = {"a/1.png": (45, 67), "b/1.png": (33, 29)}
+    images = frames(tmp_path / "in", shapes)
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", meta_extra={
+        "postprocess": PostprocessConfig(threshold=0.3, keep_largest=True,
+                                         fill_holes=True).to_dict()})
+    common = [str(ckpt), str(tmp_path / "in"), "--device", "cpu", "--precision", "fp32",
+              "--probabilities"]
+    maps = {}
+    for out, flags, tta in (("own", [], False), ("raw", ["--raw"], False),
+                            ("tta", ["--tta"], True)):
+        assert main(["predict", *common, "--out", str(tmp_path / out), *flags]) == 0
+        assert "masks and probability maps in" in capsys.readouterr().out
+        with open(tmp_path / out / "predictions.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        assert reader.fieldnames == ["name", "image", "frame", "mask", "overlay", "status",
+                                     "reason", "probabilities"]
+        predictor = load(ckpt, device="cpu", precision="fp32", tta=tta)
+        assert len(rows) == len(images)
+        for row in rows:
+            rel = Path(row["image"]).relative_to(tmp_path / "in").as_posix()
+            assert row["probabilities"] == row["mask"].replace("_mask.png", "_prob.png")
+            got = np.asarray(Image.open(tmp_path / out / row["probabilities"]))
+            assert got.dtype == np.uint16 and got.shape == shapes[rel]
+            np.testing.assert_allclose(got / 65535.0, predictor.predict_proba(images[rel]),
+                                       atol=0.5 / 65535 + 1e-6)
+            maps[out, rel] = got
+    for rel in images:
+        np.testing.assert_array_equal(maps["raw", rel], maps["own", rel])   # rules: not in it
+        assert (maps["tta", rel] != maps["own", rel]).sum() > 10            # the flip: in it

@@ -24,6 +24,7 @@ from ultraseg.io.base import OUTPUT_MARKER
 from ultraseg.predict_files import (collect_frames, encode_mask, iter_probabilities,
                                     measure_frames, write_predictions)
 from ultraseg.rle import decode
+from ultraseg.postprocess import apply as apply_postprocess
 
 
 def pixel_predictor(**options) -> Predictor:
@@ -116,7 +117,8 @@ def test_predictions_csv_maps_each_image_to_its_outputs(tmp_path):
     assert b"\r" not in raw
     with open(out / "predictions.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == ["name", "image", "frame", "mask", "overlay", "status", "reason"]
+    assert list(table[0]) == ["name", "image", "frame", "mask", "overlay", "status", "reason",
+                              "probabilities"]
     by_name = {r["name"]: r for r in table}
     assert set(by_name) == {"a", "b", "c_frame001", "c_frame002"}
     a = by_name["a"]
@@ -129,6 +131,43 @@ def test_predictions_csv_maps_each_image_to_its_outputs(tmp_path):
     assert b["status"] == "unreadable" and "b.png" in b["reason"]
     assert b["mask"] == "" and b["overlay"] == ""
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_probabilities_writes_each_frame_s_map_as_a_16_bit_png_beside_its_mask(tmp_path):
+    """predict could not write probability maps, only the API's predict_proba gave them (a
+    post-processing review, O4). probabilities=True writes NAME_prob.png beside the mask: the
+    map the mask is thresholded from, before the threshold and rules, as a 16-bit greyscale
+    PNG (0..65535 for 0..1) at the image's size, listed in predictions.csv's last column
+    (empty for a frame skipped, and without it)."""
+    images = {"a": ramp(9, 13, 0), "c": ramp(7, 5, 1)}
+    for name, image in images.items():
+        save(tmp_path / "in" / f"{name}.png", image)
+    (tmp_path / "in" / "b.png").write_bytes(b"")
+    predictor = pixel_predictor(postprocess=PostprocessConfig(threshold=0.9, keep_largest=True))
+    frames = collect_frames([tmp_path / "in"])
+    out = tmp_path / "out"
+    summary = write_predictions(predictor, frames, out, skip_unreadable=True,
+                                probabilities=True)
+    with open(out / "predictions.csv", newline="") as f:
+        table = {r["name"]: r for r in csv.DictReader(f)}
+    assert summary.probabilities == [out / "a_prob.png", out / "c_prob.png"]
+    assert table["b"]["status"] == "unreadable" and table["b"]["probabilities"] == ""
+    for name, image in images.items():
+        row = table[name]
+        assert row["probabilities"] == f"{name}_prob.png"
+        data = (out / row["probabilities"]).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and (data[24], data[25]) == (16, 0)  # grey
+        got = read(out / row["probabilities"])
+        assert got.dtype == np.uint16 and got.shape == image.shape
+        want = predictor.predict_proba(image)
+        np.testing.assert_allclose(got / 65535.0, want, atol=0.5 / 65535 + 1e-6)
+        assert len(np.unique(got)) > 2                      # a map, not the mask
+        np.testing.assert_array_equal(read(out / row["mask"]) == 255,
+                                      apply_postprocess(want, predictor.postprocess))
+    write_predictions(predictor, frames, tmp_path / "plain", skip_unreadable=True)
+    with open(tmp_path / "plain" / "predictions.csv", newline="") as f:
+        assert [r["probabilities"] for r in csv.DictReader(f)] == ["", "", ""]
+    assert not list((tmp_path / "plain").glob("*_prob.png"))
 
 
 def test_path_cells_starting_as_a_formula_still_name_their_files(tmp_path, monkeypatch):
@@ -1542,7 +1581,7 @@ def test_both_tables_list_every_frame_in_the_inputs_order_skipped_ones_with_why(
                       skip_unreadable=True)
     columns, table = _table(tmp_path / "p" / "predictions.csv")
     assert columns == list(PREDICTION_COLUMNS) == ["name", "image", "frame", "mask", "overlay",
-                                                   "status", "reason"]
+                                                   "status", "reason", "probabilities"]
     assert [(r["name"], r["status"], r["mask"] != "") for r in table] == [
         ("0", "ok", True), ("1", "unreadable", False), ("2", "ok", True), ("3", "ok", True),
         ("4", "unreadable", False)]

@@ -169,8 +169,11 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,
                                     rle=a.rle, label=a.label, progress=ProgressBar("predict"),
                                     fill_outlines=a.fill_outlines,
-                                    skip_unreadable=True, overrides=options_given(a))
-    extra = " and overlays" if a.overlay else ""
+                                    skip_unreadable=True, overrides=options_given(a),
+                                    probabilities=a.probabilities)
+    also = [w for w, given in (("overlays", a.overlay), ("probability maps", a.probabilities))
+            if given]
+    extra = "".join(f", {w}" for w in also[:-1]) + (f" and {also[-1]}" if also else "")
     sub = ""
     if summary.rle:
         sub = f"; submission {summary.rle}"
@@ -372,7 +375,8 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p = sub.add_parser(
         "predict", help="segment images: one mask per image at its original size",
         description="Write OUT/STEM_mask.png (0/255, the image's width and height) for every "
-                    "image of the inputs; optional overlays and a Kaggle submission CSV.")
+                    "image of the inputs; optional overlays, probability maps and a Kaggle "
+                    "submission CSV.")
     p.add_argument("model", type=path_arg,
                    help="a checkpoint (best.ckpt) or an exported .onnx file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", type=path_arg,
@@ -383,6 +387,12 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("--overlay", action="store_true",
                    help="also write STEM_overlay.png: predicted outline orange, ground truth "
                    "blue (a labelled dataset's), yellow where they meet")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write STEM_prob.png: the probability map the mask is "
+                        "thresholded from, as a 16-bit greyscale PNG (0..65535 for 0..1, the "
+                        "image's size): averaged with the flipped frame's where tta is used "
+                        "(not with --raw or --no-tta), after a presence head's gate; the "
+                        "threshold and rules never apply to it, --raw or not")
     p.add_argument("--rle", metavar="FILE.csv", type=path_arg,
                    help="write a Kaggle submission (img,pixels; run-length encoded masks); "
                         "of a Kaggle root with train/ and test/, only the test frames")

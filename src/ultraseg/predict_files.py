@@ -401,6 +401,15 @@ def encode_mask(mask: np.ndarray, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
+def encode_probabilities(prob: np.ndarray) -> bytes:
+    """A probability map (H, W) in [0, 1] as the bytes of a 16-bit greyscale PNG: 0..65535
+    for 0..1, rounded to the nearest step (1/65535)."""
+    levels = np.rint(np.clip(prob, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(levels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def encode_png(rgb: np.ndarray) -> bytes:
     """An (H, W, 3) uint8 image as PNG bytes."""
     buf = io.BytesIO()
@@ -443,10 +452,10 @@ def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
 
 
 #: The names of this module's outputs whose temporary files
-#: (:func:`ultraseg.fileio.temporaries`) a killed run leaves: a mask, an overlay, a table, a
-#: submission CSV, the settings.
-_OUTPUT_NAMES = ("*_mask.png", "*_mask.tif", "*_overlay.png", "*_measure.png", "*.csv",
-                 "*.settings.json")
+#: (:func:`ultraseg.fileio.temporaries`) a killed run leaves: a mask, an overlay, a probability
+#: map, a table, a submission CSV, the settings.
+_OUTPUT_NAMES = ("*_mask.png", "*_mask.tif", "*_overlay.png", "*_prob.png", "*_measure.png",
+                 "*.csv", "*.settings.json")
 
 #: A submission's temporary file outside the output folder that has not grown for this long
 #: is a killed writer's (a live one adds a row a frame).
@@ -708,11 +717,14 @@ class PredictionSummary:
     #: with an overlay: the labels the masks hold where none holds the label drawn (its truth
     #: then shows as empty on every overlay), else None
     label_absent: list[int] | None = None
+    #: with probabilities=True: the probability maps written (OUT/NAME_prob.png)
+    probabilities: list[Path] = field(default_factory=list)
 
     def __repr__(self) -> str:
         """The paths and errors counted, not listed: a notebook shows a summary by its repr."""
+        listed = ("masks", "overlays", "probabilities", "failed")
         said = ", ".join(f"{f.name}={len(v)} {'errors' if f.name == 'failed' else 'paths'}"
-                         if f.name in ("masks", "overlays", "failed") else f"{f.name}={v!r}"
+                         if f.name in listed else f"{f.name}={v!r}"
                          for f in fields(self) for v in [getattr(self, f.name)])
         return f"PredictionSummary({said})"
 
@@ -765,7 +777,8 @@ def write_predictions(predictor: Predictor | str | Path,
                       progress: Progress | None = None,
                       skip_unreadable: bool = False,
                       fill_outlines: bool | None = None,
-                      overrides: Mapping[str, Any] | None = None) -> PredictionSummary:
+                      overrides: Mapping[str, Any] | None = None,
+                      probabilities: bool = False) -> PredictionSummary:
     """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size),
     and ``OUT/predictions.csv`` (:data:`PREDICTION_COLUMNS`): each frame's image, its frame
     number in a multi-frame file (from 1), its outputs' paths below ``out``, and ``ok``, or
@@ -778,7 +791,11 @@ def write_predictions(predictor: Predictor | str | Path,
     ``label`` selects a structure of a label mask, default the predictor's; where no mask holds
     it, a warning says so (``evaluate`` refuses it), and ``summary.label_absent`` lists the labels
     they hold; ``fill_outlines``: the masks are closed contours, filled, None: as the
-    predictor was trained). ``rle``: a Kaggle
+    predictor was trained). ``probabilities``: also ``OUT/NAME_prob.png``, the probability map
+    the mask is thresholded from (:meth:`Predictor.predict_proba`: averaged with the flipped
+    frame's where tta is used, after a presence head's gate; the threshold and rules never
+    apply to it) as a 16-bit greyscale PNG, 0..65535 for 0..1, at the image's size
+    (:func:`encode_probabilities`). ``rle``: a Kaggle
     submission CSV (``img,pixels``, one row per frame in input order, ``img`` = the output
     name, the image's stem unless stems collide; of a Kaggle dataset with a test split, only
     the test frames: see :func:`submission_frames`; masks are still written for every
@@ -806,7 +823,7 @@ def write_predictions(predictor: Predictor | str | Path,
     # held to the last file: a second command writing into it too would mix its outputs
     with output_lock(out, "predict"):
         return _write_predictions(predictor, frames, out, fmt, overlay, rle, label, progress,
-                                  skip_unreadable, fill_outlines, overrides)
+                                  skip_unreadable, fill_outlines, overrides, probabilities)
 
 
 #: The tables a predict or measure writes in its output folder, and what each is.
@@ -826,7 +843,8 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
                        fmt: str, overlay: bool, rle: str | Path | None, label: int | None,
                        progress: Progress | None, skip_unreadable: bool,
                        fill_outlines: bool | None,
-                       overrides: Mapping[str, Any] | None = None) -> PredictionSummary:
+                       overrides: Mapping[str, Any] | None = None,
+                       probabilities: bool = False) -> PredictionSummary:
     """:func:`write_predictions`, its arguments checked, holding ``out``."""
     from .report import overlay as draw_overlay
 
@@ -854,11 +872,11 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     written: set[str] = set()
     table = _FrameTable(out / "predictions.csv", PREDICTION_COLUMNS, frames,
                         lambda frame, e: _listing_row(frame, out, None, None, e), progress,
-                        files=("mask", "overlay"))
+                        files=("mask", "overlay", "probabilities"))
     bad_truth: list[DataError] = []             # truth masks that could not be read
 
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
-        """Write the frame's mask (and overlay); its mask."""
+        """Write the frame's mask (and overlay, and probability map); its mask."""
         # a truth mask that cannot be read (another size, a photograph) leaves the overlay without
         # truth; the image was read, and its prediction is written
         truth, no_truth = None, None
@@ -870,26 +888,33 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
                 bad_truth.append(e)
                 no_truth = e
         mask = apply_postprocess(prob, predictor.postprocess)
-        # both files encoded before either is written: a frame skipped (out of memory while
-        # its overlay is drawn) leaves no mask behind that the summary does not count
+        # every file encoded before any is written: a frame skipped (out of memory while its
+        # overlay is drawn) leaves no mask behind that the summary does not count
         encoded = encode_mask(mask, fmt)
         drawn = encode_png(draw_overlay(image, mask, truth,
                                         thickness=overlay_thickness(image.shape))
                            ) if overlay else None
+        prob_png = encode_probabilities(prob) if probabilities else None
         mask_path = out / f"{frame.out_name}_mask{suffix}"
-        _write(mask_path, encoded)
-        ov_path = None
-        if drawn is not None:
-            ov_path = out / f"{frame.out_name}_overlay.png"
-            try:
-                _write(ov_path, drawn)
-            except BaseException:   # (a full disk) the frame gets no row: nor its mask
+        ov_path = None if drawn is None else out / f"{frame.out_name}_overlay.png"
+        prob_path = None if prob_png is None else out / f"{frame.out_name}_prob.png"
+        done: list[Path] = []
+        try:
+            for path, data in ((mask_path, encoded), (ov_path, drawn), (prob_path, prob_png)):
+                if path is not None and data is not None:
+                    _write(path, data)
+                    done.append(path)
+        except BaseException:   # (a full disk) the frame gets no row: nor its other files
+            for path in done:
                 with contextlib.suppress(OSError):
-                    mask_path.unlink()
-                raise
+                    path.unlink()
+            raise
+        if ov_path is not None:
             summary.overlays.append(ov_path)
+        if prob_path is not None:
+            summary.probabilities.append(prob_path)
         summary.masks.append(mask_path)
-        row = _listing_row(frame, out, mask_path, ov_path)
+        row = _listing_row(frame, out, mask_path, ov_path, probabilities=prob_path)
         if no_truth is not None:
             row["reason"] = f"no truth on the overlay: {no_truth}"
         table.add(frame, row)
@@ -940,12 +965,16 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     return summary
 
 
-#: predictions.csv's columns: one row per frame written or skipped, in the inputs' order.
-PREDICTION_COLUMNS = ("name", "image", "frame", "mask", "overlay", "status", "reason")
+#: predictions.csv's columns: one row per frame written or skipped, in the inputs' order
+#: (``probabilities``, empty unless written, came later: after the first ones, as readers of
+#: the older table expect them).
+PREDICTION_COLUMNS = ("name", "image", "frame", "mask", "overlay", "status", "reason",
+                      "probabilities")
 
 
 def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | None,
-                 error: DataError | None = None) -> dict[str, Any]:
+                 error: DataError | None = None, probabilities: Path | None = None
+                 ) -> dict[str, Any]:
     """``frame``'s row of predictions.csv: its outputs' paths below ``out`` (posix), or the
     error it was skipped for."""
     def below(p: Path | None) -> str | None:
@@ -953,7 +982,8 @@ def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | Non
 
     return {**_frame_cells(frame), "mask": below(mask), "overlay": below(overlay),
             "status": "ok" if error is None else "unreadable",
-            "reason": None if error is None else str(error)}
+            "reason": None if error is None else str(error),
+            "probabilities": below(probabilities)}
 
 
 def _truth_as_the_set_has_it(frames: Sequence[Frame], label: int | None) -> Sequence[Frame]:
