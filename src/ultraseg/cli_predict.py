@@ -230,7 +230,8 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
                         "horizontally flipped frame's (twice the prediction time)")
     g.add_argument("--raw", action="store_true",
                    help="no post-processing: threshold 0.5, no component rules, no tta "
-                        "(refused beside any of the flags above)")
+                        "(refused beside any of the flags above; a presence head's gate is "
+                        "part of the model and still applies)")
     _note_defaults(p, *POSTPROCESS_OPTIONS, "raw")
 
 
