@@ -1522,6 +1522,21 @@ def test_evaluate_groups_subjects_by_the_run_s_subject_pattern(data, tmp_path, c
     assert summary["n_subjects"] == 2 and summary["subject_pattern"] == pattern
 
 
+def _paths_passed(monkeypatch, name: str, *modules) -> list[Path]:
+    """Wrap the function ``name`` of ``modules`` (the first's, set on each) so that every call
+    records the path it was given; the list they are recorded in."""
+    passed: list[Path] = []
+    real = getattr(modules[0], name)
+
+    def counted(path, *args, **kwargs):
+        passed.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    for module in modules:
+        monkeypatch.setattr(module, name, counted)
+    return passed
+
+
 def test_the_run_s_subject_pattern_is_tried_in_the_one_scan_of_the_data(data, tmp_path,
                                                                         monkeypatch) -> None:
     """evaluate of a run trained with --subject-pattern scanned the data twice (a quiet look
@@ -1544,15 +1559,7 @@ def test_the_run_s_subject_pattern_is_tried_in_the_one_scan_of_the_data(data, tm
     predictor = Predictor(lambda b: np.zeros_like(b), cfg, PreprocessConfig(size=SIZE),
                           PostprocessConfig(), {"run": {"data": {
                               "path": str(tmp_path / "elsewhere"), "subject_pattern": pattern}}})
-    scanned: list[Path] = []
-    scan = uio.scan_dataset
-
-    def counted(path, *args, **kwargs):
-        scanned.append(Path(path))
-        return scan(path, *args, **kwargs)
-
-    monkeypatch.setattr(uio, "scan_dataset", counted)
-    monkeypatch.setattr(ev, "scan_dataset", counted)
+    scanned = _paths_passed(monkeypatch, "scan_dataset", uio, ev)
     summary, _ = evaluate(predictor, named)         # the pattern fits
     assert summary["n_subjects"] == 5 and summary["subject_pattern"] == pattern
     assert scanned == [named]
@@ -1588,14 +1595,7 @@ def test_the_run_s_config_json_is_read_once(data, tmp_path, monkeypatch) -> None
     cfg = ModelConfig(variant="same", width=4, depth=2)
     onnx_like = Predictor(lambda b: np.zeros_like(b), cfg, PreprocessConfig(size=SIZE),
                           PostprocessConfig(), {}, source=str(run / "model.onnx"))
-    read: list[Path] = []
-    read_json = ev.read_json
-
-    def counted(path, *args, **kwargs):
-        read.append(Path(path))
-        return read_json(path, *args, **kwargs)
-
-    monkeypatch.setattr(ev, "read_json", counted)
+    read = _paths_passed(monkeypatch, "read_json", ev)
     summary, _ = evaluate(onnx_like, data)
     assert summary["subject_pattern"] == r"^(\d+)_" and summary["n_subjects"] == 5
     assert read.count(run / "config.json") == 1, read
@@ -1666,14 +1666,7 @@ def test_the_run_s_split_json_is_read_once(data, tmp_path, monkeypatch) -> None:
     names = sorted(p.name[: -len("_mask.png")] for p in (data / "masks").glob("*_mask.png"))
     (run / "split.json").write_text(json.dumps({"train": names[:30], "val": names[30:40],
                                                 "test": names[40:]}))
-    read: list[Path] = []
-    read_split_doc = ev.read_split_doc
-
-    def counted(path, *args, **kwargs):
-        read.append(Path(path))
-        return read_split_doc(path, *args, **kwargs)
-
-    monkeypatch.setattr(ev, "read_split_doc", counted)
+    read = _paths_passed(monkeypatch, "read_split_doc", ev)
     for subset, n in ((None, 10), ("test", 10), ("train", 30)):
         read.clear()
         summary, _ = evaluate(onnx_like, data, split_file=run / "split.json", subset=subset)
