@@ -89,18 +89,13 @@ def warn_if_saved_during_training(meta: dict[str, Any], path: str | Path) -> Non
     if not isinstance(history, list) or "train_seconds" in metrics:
         return
     diverged = diverged_parts(str(metrics.get("stopped") or ""))
-    if diverged:
-        what = diverged[0]
-        log.warning("%s: saved during training (after epoch %d) by a run that diverged (%s), "
-                    "not by the run's end: its post-processing is the defaults, not the one "
-                    "the run chooses on validation (a finished run's best.ckpt holds that; "
-                    "`ultraseg train --resume --out RUN` finishes it without training on; a "
-                    "new run needs a lower --lr)", path, len(history), what)
-        return
-    log.warning("%s: saved during training (after epoch %d), not by the run's end: its "
+    log.warning("%s: saved during training (after epoch %d)%s, not by the run's end: its "
                 "post-processing is the defaults, not the one the run chooses on validation "
                 "(a finished run's best.ckpt holds that; `ultraseg train --resume --out RUN` "
-                "finishes an interrupted run)", path, len(history))
+                "%s)", path, len(history),
+                f" by a run that diverged ({diverged[0]})" if diverged else "",
+                "finishes it without training on; a new run needs a lower --lr" if diverged
+                else "finishes an interrupted run")
 
 
 class FrameOutOfMemory(MemoryError):
