@@ -2055,6 +2055,15 @@ def test_structures_missed_on_a_few_frames_are_not_called_unlearnt() -> None:
         train_mod._warn_if_nothing_found(Path("run"), whole, PostprocessConfig(), 0.75)
     said = " ".join(r.getMessage() for r in warned)
     assert "no validation frame has a structure predicted" in said, said
+    assert "with the post-processing chosen" in said, said
+    # the defaults kept, not chosen (a time limit, or validation that cannot choose): not
+    # said to be chosen
+    with ultraseg_warnings() as warned:
+        train_mod._warn_if_nothing_found(Path("run"), whole, PostprocessConfig(), 0.75,
+                                         chosen=False)
+    said = " ".join(r.getMessage() for r in warned)
+    assert "post-processing applied (not chosen on validation)" in said, said
+    assert "post-processing chosen" not in said, said
 
 
 def test_a_model_that_marks_nearly_every_pixel_is_warned_about() -> None:

@@ -1319,9 +1319,10 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     if trend:
         log.warning("%s: %s", out, trend)
     if seen:
+        chosen = bool(cfg.train.tune_postprocess and choosing and not seen.not_chosen)
         log.info("validation Dice at original resolution: %.4f raw (threshold 0.5, no flip), "
-                 "%.4f with %s", raw, tuned, pp)
-        _warn_if_nothing_found(out, seen, pp, tuned, lr=trend is not None)
+                 "%.4f with %s", raw, tuned, postprocess_words(pp.to_dict()))
+        _warn_if_nothing_found(out, seen, pp, tuned, lr=trend is not None, chosen=chosen)
     ceiling = _perfect_ceiling(seen, pp) if seen else None
     measure_meta = dict(best.meta.get("measure") or {})
     if seen and cfg.train.tune_postprocess and (deadline is None
@@ -1530,21 +1531,24 @@ def _loss_trend(history: list[dict[str, Any]]) -> str | None:
 #: from which it is said to mark nearly everything.
 MISSED_SHARE, MARKED_SHARE = 0.9, 0.9
 #: The fewest validation frames holding a structure on which :data:`MISSED_SHARE` is judged
-#: where some frame has one predicted: on 1-3 (a late run's sample of one batch) a model that
-#: learnt misses them all often enough.
+#: where some frame has one predicted, and on which a late run's sample (one batch) is judged
+#: at all: on 1-3 a model that learnt misses them all often enough.
 MIN_MISSED_FRAMES = 5
 
 
 def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
-                           tuned: float | None, lr: bool = False) -> None:
-    """Say so where the post-processing ``pp`` leaves no structure on (nearly) every
-    validation frame holding one (:data:`MISSED_SHARE`, of :data:`MIN_MISSED_FRAMES` or more
-    where a structure is predicted somewhere): the all-frames Dice ``tuned`` is
+                           tuned: float | None, lr: bool = False, chosen: bool = True) -> None:
+    """Say so where the post-processing ``pp`` (``chosen`` on validation, else applied as it
+    was) leaves no structure on (nearly) every validation frame holding one
+    (:data:`MISSED_SHARE`, of :data:`MIN_MISSED_FRAMES` or more where a structure is predicted
+    somewhere, or where the frames are a late run's sample): the all-frames Dice ``tuned`` is
     then mostly the empty frames' (0 where every frame holds a structure); and where it marks
     at least half of nearly every frame (:data:`MARKED_SHARE`) while the structures are
     much smaller (under a quarter of the frame, median). ``lr``: the training loss exploded
     or stood still (:func:`_loss_trend`), so the remedy names --lr too."""
     rules = postprocess_words(pp.to_dict())
+    with_pp = ("with the post-processing chosen" if chosen else
+               "with the post-processing applied (not chosen on validation)")
     remedy = "train longer, or on more frames" + (", or a different --lr" if lr else "")
     n = len(seen.empty)
     n_full = sum(not e for e in seen.empty)
@@ -1555,29 +1559,30 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
     if sample and n_full < MIN_MISSED_FRAMES:
         pass    # a late run's sample of one batch: too few frames holding one to judge by
     elif n_full == n and not any(seen.areas):     # no empty frame to score 1
-        log.warning("%s: with the post-processing chosen (%s) no structure is predicted on any "
+        log.warning("%s: %s (%s) no structure is predicted on any "
                     "%svalidation frame, and each of the %d validation frames holds one%s: val "
-                    "Dice %.4f; the model has not learnt to find it (%s)", out, rules,
+                    "Dice %.4f; the model has not learnt to find it (%s)", out, with_pp, rules,
                     "sampled " if sample else "", n_full, sample, score, remedy)
     elif n_full and not any(seen.areas):
-        log.warning("%s: with the post-processing chosen (%s) no %svalidation frame has a "
+        log.warning("%s: %s (%s) no %svalidation frame has a "
                     "structure predicted%s: its val Dice %.4f is the empty frames' alone (empty "
                     "rule: %s) and the %d frames with a structure score 0; the model has not "
-                    "learnt to find it (%s)", out, rules, "sampled " if sample else "", sample,
+                    "learnt to find it (%s)", out, with_pp, rules,
+                    "sampled " if sample else "", sample,
                     score, EMPTY_RULE, n_full, remedy)
     elif n_full >= MIN_MISSED_FRAMES and missed >= MISSED_SHARE * n_full:
-        log.warning("%s: with the post-processing chosen (%s) no structure is predicted on %d "
+        log.warning("%s: %s (%s) no structure is predicted on %d "
                     "of the %d %svalidation frames that hold one%s: val Dice %.4f; the model "
-                    "has not learnt to find it (%s)", out, rules, missed, n_full,
+                    "has not learnt to find it (%s)", out, with_pp, rules, missed, n_full,
                     "sampled " if sample else "", sample, score, remedy)
     if n and len(seen.frame_px) == n and len(seen.truth_px) == n:
         marked = sum(2 * a >= px for a, px in zip(seen.areas, seen.frame_px))
         truth = float(np.median([t / px for t, px in zip(seen.truth_px, seen.frame_px)]))
         if marked >= MARKED_SHARE * n and truth < 0.25:
-            log.warning("%s: with the post-processing chosen (%s) the model marks at least half "
+            log.warning("%s: %s (%s) the model marks at least half "
                         "of the frame on %d of the %d %svalidation frames%s, where the structure "
                         "covers a median %.1f %% of it: it has not learnt to tell the structure "
-                        "from the background (a lower --lr, or train longer)", out, rules,
+                        "from the background (a lower --lr, or train longer)", out, with_pp, rules,
                         marked, n, "sampled " if sample else "", sample, 100 * truth)
 
 
