@@ -1170,8 +1170,9 @@ def test_a_model_with_external_data_loads_where_only_onnxruntime_is_installed(
 def test_load_warns_where_an_onnx_session_s_threads_exceed_the_cores(exported, monkeypatch):
     """load(model.onnx, threads=N) gives the session N threads; N above the cores this
     process may use oversubscribed them in silence (train and the CLI's --threads warn).
-    load warns once, naming its threads=; a checkpoint's threads, not applied, get load's
-    note alone. The cores are faked to 1."""
+    load warns once, naming its threads= as a Python caller writes it (threads=2, threads=1
+    or fewer), not the CLI's --threads, which it named first; a checkpoint's threads, not
+    applied, get load's note alone. The cores are faked to 1."""
     from ultraseg import shared
 
     monkeypatch.setattr(shared, "usable_cores", lambda: 1)
@@ -1181,4 +1182,5 @@ def test_load_warns_where_an_onnx_session_s_threads_exceed_the_cores(exported, m
             load(model, device="cpu", threads=n)
         said = [r.getMessage() for r in warned if "more threads than" in r.getMessage()]
         assert len(said) == expected, (model, n, said)
-        assert all("threads=" in s and "1 core" in s for s in said), said
+        assert all("threads=2 " in s and "threads=1 or fewer" in s and "1 core" in s
+                   and "--threads" not in s for s in said), said

@@ -63,7 +63,7 @@ def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
     run inside the block on ``--threads N``: a checkpoint's torch intra-op threads there, the
     caller's setting after (as train's); an ONNX model's session takes them when it is made.
     Without it, every core."""
-    from .predict import load
+    from .predict import open_model
 
     n = getattr(a, "threads", None)
     if n is not None and n < 1:
@@ -90,7 +90,8 @@ def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
         block = threads(n)
     with block:
         # (settings that do not apply to the model are warned about by load)
-        predictor = load(a.model, device=a.device, precision=a.precision, **options)
+        predictor = open_model(a.model, a.device, a.precision, options.pop("threads", None),
+                               "--threads", **options)
         yield predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess,
                                                                         a))
 

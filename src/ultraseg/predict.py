@@ -360,8 +360,15 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
     process's: set them around the calls with :func:`ultraseg.runtime.threads` (``threads``
     here is warned about and not applied). An ONNX model's ``threads`` above the cores this
     process may use is logged as a warning, as train's and the CLI's ``--threads`` are
-    (:func:`ultraseg.shared.warn_if_oversubscribed`); not refused.
+    (:func:`ultraseg.shared.warn_if_oversubscribed`), naming ``threads=``; not refused.
     """
+    return open_model(path, device, precision, threads, "threads=", **options)
+
+
+def open_model(path: str | Path, device: str, precision: str, threads: int | None,
+               threads_named: str, **options: Any) -> Predictor:
+    """:func:`load`, its warning of too many ``threads`` naming them as ``threads_named``
+    (``"threads="`` for :func:`load`'s caller, ``"--threads"`` for the CLI's)."""
     if threads is not None:
         threads = plain_number(threads)     # np.int64(2) is 2
         # 1.0 reached ONNX Runtime, whose refusal was blamed on the file; "2" a raw TypeError
@@ -384,7 +391,8 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
                         "on ONNX Runtime's CPU provider in fp32", device, precision, path.name)
         from .shared import warn_if_oversubscribed
 
-        warn_if_oversubscribed(threads, in_python="load(..., threads=)")
+        warn_if_oversubscribed(threads, threads_named,
+                               "" if threads_named == "threads=" else "load(..., threads=)")
         predictor = onnx_predictor(path, threads=threads, **options)
     else:
         from .runtime import torch_predictor

@@ -48,7 +48,9 @@ def usable_cores() -> int:
 
 
 def warn_if_oversubscribed(n: int | None, flag: str = "--threads", in_python: str = "") -> None:
-    """Warn where ``n`` threads are asked for (``flag``; ``in_python``, its setting there) and
+    """Warn where ``n`` threads are asked for (``flag``: the CLI's ``--threads``, or a Python
+    argument's ``threads=``, which is written ``threads=N``; ``in_python``, the setting in
+    Python beside a flag) and
     this process may use fewer cores: they take turns on them, slower than one a core. Not
     refused: a machine's cores can be shared on purpose. Said by train, by predict, measure
     and evaluate (:func:`ultraseg.cli_predict.loaded_model`) and, logged, by
@@ -58,7 +60,8 @@ def warn_if_oversubscribed(n: int | None, flag: str = "--threads", in_python: st
     and runs without torch."""
     cores = usable_cores()
     if n and n > cores:
-        log.warning("%s %d asks for more threads than the %d core%s this process may use: "
-                    "they take turns on them, which is slower; %s %d or fewer uses each "
-                    "once%s", flag, n, cores, "s" * (cores != 1), flag, cores,
+        sep = "" if flag.endswith("=") else " "
+        log.warning("%s%s%d asks for more threads than the %d core%s this process may use: "
+                    "they take turns on them, which is slower; %s%s%d or fewer uses each "
+                    "once%s", flag, sep, n, cores, "s" * (cores != 1), flag, sep, cores,
                     f" (in Python, {in_python})" if in_python else "")
