@@ -1434,6 +1434,37 @@ def test_transparency_kept_as_png_trns_is_warned_of_as_an_alpha(tmp_path: Path,
             assert p.name in said[0] and "25.0 %" in said[0], said
 
 
+@pytest.mark.parametrize("mode", ["I;16", "1"])
+def test_png_trns_of_a_16_bit_or_1_bit_grey_image_is_warned_of_as_an_alpha(tmp_path: Path,
+                                                                           mode: str) -> None:
+    """A 16-bit greyscale ('I;16') or 1-bit ('1') PNG's tRNS (one grey sample transparent)
+    was read as the full frame in silence: the tRNS warning covered the 8-bit modes (L,
+    RGB, P) alone. Its pixels read as before (as the same image without tRNS); an image whose
+    transparent value no pixel holds is not warned of."""
+    if mode == "I;16":
+        grey = (np.arange(24 * 32) * 61 % 60000).astype(np.uint16).reshape(24, 32)
+        grey[:, :8] = 65000             # the transparent value, held by these pixels alone
+        blank, key, other = grey, 65000, 65001
+    else:
+        grey = np.zeros((24, 32), bool)
+        grey[:, :8] = True              # white, the transparent value, these pixels alone
+        blank, key, other = np.zeros_like(grey), 1, 1      # (no pixel white)
+    plain = _save(tmp_path / "p.png", grey)
+    clear = _save(tmp_path / "c.png", grey, transparency=key)
+    unused = _save(tmp_path / "u.png", blank, transparency=other)
+    for p in (clear, unused):
+        assert Image.open(p).mode == mode and "transparency" in Image.open(p).info
+    for p, n in ((clear, 1), (unused, 0)):
+        with ultraseg_warnings() as warned:
+            got = read_image(p)
+        if p == clear:
+            np.testing.assert_array_equal(got, read_image(plain))     # pixels as before
+        said = [r.getMessage() for r in warned if "alpha" in r.getMessage()]
+        assert len(said) == n, said
+        if n:
+            assert p.name in said[0] and "25.0 %" in said[0], said
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
 def test_an_image_whose_alpha_is_not_opaque_is_warned_of_once_a_call(tmp_path: Path,
                                                                       mode: str) -> None:

@@ -546,12 +546,16 @@ _SHOWN_AS = {"P": "RGB", "CMYK": "RGB", "HSV": "RGB", "RGBX": "RGB", "PA": "RGBA
              "La": "LA", "RGBa": "RGBA"}
 #: Pillow modes whose simple transparency (``info["transparency"]``: a PNG's tRNS, a GIF's
 #: transparent index) becomes an alpha band in the mode each converts to, so that it is
-#: warned of as an alpha (:func:`_say_alpha`); the grey read is the same.
-_TRNS_AS_ALPHA = {"L": "LA", "RGB": "RGBA", "P": "RGBA"}
+#: warned of as an alpha (:func:`_say_alpha`); the grey read is the same. A 16-bit grey
+#: image's (:data:`_TRNS_BY_VALUE`) is not converted (Pillow's LA drops it, and 8 of its
+#: bits): the pixels holding its transparent sample are the transparent ones.
+_TRNS_AS_ALPHA = {"L": "LA", "RGB": "RGBA", "P": "RGBA", "1": "LA"}
 #: Pillow modes whose grey is Pillow's convert("L") (a YCbCr's its Y).
 _GREY_BY_PILLOW = ("L", "RGB", "RGBA", "LA", "1", "YCbCr")
 #: Pillow modes of grey samples of 16 or 32 bits, integer or float (:func:`to_uint8`).
 _NUMERIC_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+#: Pillow modes whose simple transparency is one integer sample, read as it is held.
+_TRNS_BY_VALUE = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 #: Pillow modes :func:`pillow_to_gray` reads (CIELab by its lightness); others are refused.
 PILLOW_MODES = frozenset(_SHOWN_AS) | {"LAB", *_GREY_BY_PILLOW, *_NUMERIC_MODES}
 
@@ -573,6 +577,8 @@ def pillow_to_gray(im: Image.Image, path: str | Path | None = None) -> np.ndarra
         return np.array(im.getchannel("L"), dtype=np.uint8)
     if "transparency" in im.info and im.mode in _TRNS_AS_ALPHA:   # a PNG's tRNS, a GIF's
         im = im.convert(_TRNS_AS_ALPHA[im.mode])    # Pillow applies it as the alpha
+    elif isinstance(im.info.get("transparency"), int) and im.mode in _TRNS_BY_VALUE:
+        _say_alpha(np.where(np.asarray(im) == im.info["transparency"], 0, 255), path)
     if im.mode in _SHOWN_AS:    # as they show, once: their RGB's convert("L") is theirs
         im = im.convert(_SHOWN_AS[im.mode])
     if im.mode in ("RGBA", "LA"):
