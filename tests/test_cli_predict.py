@@ -1143,7 +1143,8 @@ def test_raw_turns_every_post_processing_setting_off_and_is_recorded(tmp_path, c
     """Turning post-processing off took six flags (--threshold 0.5 --min-area 0 --min-peak 0
     --no-keep-largest --no-fill-holes --no-tta; a post-processing review, O5). --raw is
     PostprocessConfig() with the flip off, on predict, measure and evaluate alike; the
-    settings record (summary.json for evaluate) says it was applied, and given."""
+    settings record (summary.json for evaluate) says it was applied, and given (evaluate's
+    summary.json recorded the settings applied alone, not that --raw was given)."""
     from ultraseg.phantom import make_dataset
 
     data = make_dataset(tmp_path / "data", n=3, size=32, seed=0)
@@ -1153,13 +1154,20 @@ def test_raw_turns_every_post_processing_setting_off_and_is_recorded(tmp_path, c
                  "--precision", "fp32"]) == 0
     capsys.readouterr()
     off = {**PostprocessConfig().to_dict(), "tta": False}
+    given = {"raw": True, "device": "cpu", "precision": "fp32"}
     if command == "evaluate":
-        assert json.loads((out / "summary.json").read_text())["postprocess"] == off
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["postprocess"] == off and summary["overrides"] == given
+        assert main([command, str(ckpt), str(data), "--out", str(tmp_path / "own")]) == 0
+        assert json.loads((tmp_path / "own" / "summary.json").read_text())["overrides"] == {}
+        from ultraseg.evaluate import evaluate
+
+        assert evaluate(load(ckpt), data)[0]["overrides"] is None     # from Python: unknown
         return
     table = {"predict": "predictions", "measure": "measurements"}[command]
     settings = json.loads((out / f"{table}.settings.json").read_text())
     assert settings["postprocess"] == off
-    assert settings["overrides"] == {"raw": True, "device": "cpu", "precision": "fp32"}
+    assert settings["overrides"] == given
     if command == "predict":
         plain = load(ckpt, device="cpu", precision="fp32", tta=False)
         chosen = load(ckpt, device="cpu", precision="fp32")

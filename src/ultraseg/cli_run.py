@@ -411,7 +411,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
 
 # ---------------------------------------------------------------- evaluate
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .cli_predict import loaded_model
+    from .cli_predict import loaded_model, options_given
     from .evaluate import evaluate, format_summary
 
     with json_on_failure(a, a.data):
@@ -420,7 +420,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
             with loaded_model(a) as predictor:
                 summary, _ = evaluate(predictor, a.data, a.layout, a.subject_pattern, a.split,
                                       a.subset, a.out, label=a.label,
-                                      pixel_size_mm=a.pixel_size, fill_outlines=a.fill_outlines)
+                                      pixel_size_mm=a.pixel_size, fill_outlines=a.fill_outlines,
+                                      overrides=options_given(a))
         except UltrasegError as e:
             if e.result is not None:   # scored, but its files could not be written (full disk)
                 print(json_text(e.result[0]) if a.json else format_summary(e.result[0]))

@@ -7,7 +7,7 @@ import math
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -433,7 +433,8 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
              subject_pattern: str | None = None, split_file: str | Path | None = None,
              subset: str | None = None, out: str | Path | None = None,
              progress: Callable[[int, int], None] | None = None, label: int | None = None,
-             pixel_size_mm: float | None = None, fill_outlines: bool | None = None
+             pixel_size_mm: float | None = None, fill_outlines: bool | None = None,
+             overrides: Mapping[str, Any] | None = None
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``predictor`` on every labelled frame of ``data``, or on the ``subset`` side
     ('train' | 'val' | 'test'; None: 'val') of a run's ``split_file``. Without a split, on the
@@ -474,7 +475,10 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     for frames whose dataset gives none (a table's or a DICOM header's wins, and a header's
     pixels that are not square are scored as they are: their height and width are the row's
     ``pixel_height_mm`` and ``pixel_width_mm``), as in :func:`ultraseg.measure_frames`; with
-    it, HD95 and the measurements are also in mm.
+    it, HD95 and the measurements are also in mm. ``overrides``: the command line's options
+    given (by name: ``raw``, ``threshold``, ``device``, ...), recorded as the summary's
+    ``overrides``, as predict's and measure's settings record them (None from Python, where
+    nothing says which were).
     """
     predictor = as_predictor(predictor)
     pixel_size_mm = check_pixel_size(pixel_size_mm)
@@ -483,13 +487,14 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     # two evaluations into one folder would leave one's table beside the other's summary
     with output_lock(out, "evaluate") if out is not None else contextlib.nullcontext():
         return _evaluate(predictor, data, layout, subject_pattern, split_file, subset, out,
-                         progress, label, pixel_size_mm, fill_outlines)
+                         progress, label, pixel_size_mm, fill_outlines, overrides)
 
 
 def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_pattern: str | None,
               split_file: str | Path | None, subset: str | None, out: str | Path | None,
               progress: Callable[[int, int], None] | None, label: int | None,
-              pixel_size_mm: float | None, fill_outlines: bool | None
+              pixel_size_mm: float | None, fill_outlines: bool | None,
+              overrides: Mapping[str, Any] | None
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """:func:`evaluate` once its arguments are checked (and its ``out`` held)."""
     if fill_outlines is None:
@@ -598,6 +603,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     if note:
         log.warning("%s: %s", ds.root, note)
     summary.update(record)
+    summary["overrides"] = None if overrides is None else dict(overrides)
     if out is not None:
         try:
             write_evaluation(out, summary, rows)
