@@ -131,8 +131,9 @@ def this_host() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch_version()}"
 
 
-#: Beside a run ``run_one`` trained: the machine, date and convolution peak (``host_*``) it was
-#: trained with, which a later re-scoring of the run records rather than its own.
+#: Beside a run ``run_one`` or ``run_lever`` trained: the machine, date and convolution peak
+#: (``host_*``) it was trained with, which a later re-scoring of the run records rather than
+#: its own.
 HOST_FILE = "bench-host.json"
 
 
@@ -331,7 +332,9 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
     """Train the cpu preset with one lever changed; score validation and held-out subjects.
 
     A finished run already in ``runs/lever-DATASET-NAME`` (best.ckpt and report.html) is
-    evaluated, not trained again, provided its config.json is the lever's configuration."""
+    evaluated, not trained again, provided its config.json is the lever's configuration; its
+    entry gets the convolution peak (``host_*``) of its RUN/bench-host.json, which a run
+    trained here leaves (:data:`HOST_FILE`), and none where that file is missing."""
     from ultraseg.config import merge
     from ultraseg.train import train
 
@@ -349,15 +352,24 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
             entry["val_dice_canvas"] = load_checkpoint(run / "best.ckpt").meta["metrics"].get(
                 "best_val_dice")
         return entry
-    host: dict = {}  # how fast the cores that trained it were: known when trained here
     meta = finished_run(run, cfg, f"lever {name}")
     if meta is not None:
         epochs = epochs_run(run)
         best_epoch, val_dice = meta["best_epoch"], meta["val_dice_postprocessed"]
         canvas, minutes = meta["best_val_dice"], meta["train_seconds"] / 60
+        # how fast the cores that trained it were: its RUN/bench-host.json (none: not known)
+        recorded = json.loads((run / HOST_FILE).read_text()) if (run / HOST_FILE).exists() \
+            else {}
+        host = {k: v for k, v in recorded.items() if k.startswith("host_")}
+        if not host:
+            logging.warning("%s: no %s says how fast the machine that trained it was: "
+                            "recorded without its convolution peak", run, HOST_FILE)
     else:
         host = host_speed()
         result = train(cfg, run)
+        (run / HOST_FILE).write_text(json.dumps(
+            {"machine": this_host(), "date": time.strftime("%Y-%m-%d"), **host}, indent=1)
+            + "\n")
         epochs, best_epoch = result.epochs_run, result.best_epoch
         val_dice, canvas = result.val_dice_postprocessed, result.best_dice  # None: no val split
         minutes = result.seconds / 60

@@ -261,6 +261,50 @@ def test_a_run_trained_here_saves_its_host_and_date_beside_it(
     assert {k: e[k] for k in saved} == saved and "rescored" not in e
 
 
+def test_a_reused_lever_run_keeps_the_peak_it_was_trained_with(
+        quality, bench_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_lever recorded the convolution peak (host_bf16_gflops) only where it trained: a
+    finished lever run it reused without its lever.json (scoring stopped after training, a
+    rerun) got none, so same_speed() took it for a record from before peaks were kept and
+    compared it with those. A run it trains leaves its machine, date and peak in
+    RUN/bench-host.json, as run_one's; a reused one is recorded with that peak, not this
+    machine's (host_speed is not asked), and with none where nothing says it."""
+    import time
+    import types
+
+    import ultraseg.train
+
+    run = tmp_path / "runs" / "lever-busi-base"
+    monkeypatch.setattr(quality, "score_test", lambda run, d, tta=None: {"dice_mean": .7})
+    monkeypatch.setattr(quality, "epochs_run", lambda run: 3)
+    monkeypatch.setattr(quality, "host_speed", lambda: {"host_bf16_gflops": 5})
+    monkeypatch.setattr(quality, "finished_run", lambda run, cfg, what: None)
+    monkeypatch.setattr(ultraseg.train, "train", lambda cfg, run: (
+        run.mkdir(parents=True), types.SimpleNamespace(
+            seconds=60, epochs_run=3, best_epoch=2, val_dice_postprocessed=.7,
+            best_dice=.69))[1])
+    trained = quality.run_lever("busi", "base", "6m", run.parent)
+    assert trained["host_bf16_gflops"] == 5
+    saved = json.loads((run / "bench-host.json").read_text())
+    assert saved == {"machine": quality.this_host(), "date": time.strftime("%Y-%m-%d"),
+                     "host_bf16_gflops": 5}
+
+    (run / "lever.json").unlink()       # reused: its recorded peak, not this machine's
+    (run / "bench-host.json").write_text(json.dumps({"machine": "Some CPU", "date": "2026-01-02",
+                                                     "host_bf16_gflops": 3000}))
+    monkeypatch.setattr(quality, "finished_run", lambda run, cfg, what: {
+        "best_epoch": 2, "val_dice_postprocessed": .7, "best_val_dice": .69,
+        "train_seconds": 360})
+    monkeypatch.setattr(quality, "host_speed", lambda: pytest.fail("this machine measured"))
+    reused = quality.run_lever("busi", "base", "6m", run.parent)
+    assert reused["host_bf16_gflops"] == 3000
+    assert json.loads((run / "lever.json").read_text())["host_bf16_gflops"] == 3000
+
+    (run / "lever.json").unlink()
+    (run / "bench-host.json").unlink()  # nothing says: no peak, rather than a wrong one
+    assert "host_bf16_gflops" not in quality.run_lever("busi", "base", "6m", run.parent)
+
+
 def test_a_record_that_redoes_nothing_writes_nothing(quality, bench_copy: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture) -> None:
