@@ -226,6 +226,47 @@ def test_a_ring_outweighs_a_smaller_solid_blob() -> None:
     assert r["ellipse_circumference_px"] == pytest.approx(2 * math.pi * 50, rel=0.02)
 
 
+def _ring(cx: float, cy: float = 150, r1: float = 80, r2: float = 90) -> np.ndarray:
+    yy, xx = np.mgrid[:300, :400].astype(np.float64)
+    d = np.hypot(xx - cx, yy - cy)
+    return (d > r1) & (d <= r2)
+
+
+def test_a_ring_cut_by_the_frame_or_with_a_gap_is_measured_by_its_outer_outline() -> None:
+    """A head predicted as its skull's ring is filled where the ring is closed, but a ring cut
+    by the frame, or with a gap (a piece of the skull missed), was not: the ellipse was fitted
+    to the band's inner and outer edges alike and landed mid-band (HC 53.3 mm and 4352 px
+    against 56.55 mm and 25445 px closed, a measurement review, D1). Both are now closed (the
+    frame's edge, the gap's mouth) and filled: measured as the closed ring is."""
+    closed = measure(_ring(200), 0.1)
+    assert closed["hc_mm"] == pytest.approx(2 * math.pi * 9.0, rel=0.01)
+    cut = measure(_ring(70), 0.1)                   # its left 20 px cut by the frame
+    gap = _ring(200)
+    gap[140:161, 280:] = False                      # a 21-px gap on its right
+    gapped = measure(gap, 0.1)
+    for r in (cut, gapped):
+        assert r["ellipse_method"] == "boundary_fit"
+        assert r["hc_mm"] == pytest.approx(closed["hc_mm"], rel=0.01)
+        assert r["ellipse_axes"] == pytest.approx((90, 90), abs=1.0)
+    assert cut["touches_edge"] and not gapped["touches_edge"]
+    disc = np.hypot(*(np.mgrid[:300, :400] - np.array([150, 70])[:, None, None])) <= 90
+    assert cut["area_px"] == int(disc.sum())        # the disc's part in the frame
+    assert gapped["area_px"] == pytest.approx(closed["area_px"], rel=0.01)
+
+
+def test_a_dent_in_a_solid_object_is_not_filled() -> None:
+    """Only a hollow deeper than its mouth is wide is taken for a ring's gap: a solid head
+    with a bite out of its side (a dent as wide as it is deep, or shallower) is measured as
+    it is, its area and outline those of the mask."""
+    head = _filled_ellipse((300, 400), 200, 150, 100, 80, 0.0)
+    bitten = head & ~_filled_ellipse((300, 400), 300, 150, 40, 40, 0.0)
+    shallow = head & ~_filled_ellipse((300, 400), 200, 260, 60, 60, 0.0)
+    for m in (bitten, shallow):
+        r = measure(m)
+        assert r["area_px"] == int(m.sum())
+        assert r["perimeter_px"] == pytest.approx(crofton_perimeter(m))
+
+
 def test_crofton_disk_and_square() -> None:
     yy, xx = np.mgrid[:100, :100]
     disk = (yy - 50) ** 2 + (xx - 50) ** 2 <= 40**2

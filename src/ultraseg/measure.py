@@ -3,8 +3,12 @@
 Numpy/scipy only (used by the ONNX-only prediction path).
 
 Everything is measured on **the object**: the largest 8-connected component of the mask with its
-holes filled (ties: the first component in raster order). Coordinates are in pixels with the
-origin at the centre of the top-left pixel, ``x`` to the right (column) and ``y`` down (row).
+holes filled (ties: the first component in raster order), and with the hollows it encloses but
+for a narrow mouth filled too (:func:`enclosed`): the region its outer outline encloses, where
+that outline is open, so a head predicted as its skull's ring is measured by the ring's outer
+edge whether the ring is closed, cut by the frame's edge or has a gap. Coordinates are in pixels
+with the origin at the centre of the top-left pixel, ``x`` to the right (column) and ``y`` down
+(row).
 
 * ``area_px``: number of pixels of the object.
 * ``perimeter_px``: length of the object's outer boundary by the Crofton formula: the number of
@@ -177,6 +181,78 @@ def _object(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return largest_filled(mask, labels, sizes), n
 
 
+def enclosed(obj: np.ndarray) -> np.ndarray:
+    """A bool (H, W) object (one component, holes filled) with the hollows it encloses but
+    for a narrow mouth filled in: the region its outer outline encloses, where that outline is
+    open (a head predicted as its skull's ring, a piece of the skull missed, or the ring cut by
+    the frame's edge).
+
+    A hollow is a 4-connected region of the pixels whose centres lie in the convex hull of the
+    object's and are not the object's; its mouth, its pixels next to one outside that hull (the
+    frame's edge is no mouth: it closes a hollow cut by it). A hollow with no mouth, or deeper
+    (the farthest of its pixels from its mouth) than its mouth is wide, is filled: a ring's
+    inside. A dent, no deeper than its mouth is wide, is not; nor is anything in an object that
+    is its own convex hull's pixels (a filled ellipse, a closed ring once filled), which comes
+    back as it is.
+    """
+    from scipy.spatial import ConvexHull, QhullError
+
+    h, w = obj.shape
+    rows = np.flatnonzero(obj.any(axis=1))
+    if not len(rows):
+        return obj
+    # each row's first and last pixel: the hull's corners are among them
+    first = np.argmax(obj[rows], axis=1)
+    last = w - 1 - np.argmax(obj[rows, ::-1], axis=1)
+    ys, xs = np.concatenate([rows, rows]), np.concatenate([first, last])
+    try:
+        hull = ConvexHull(np.column_stack([xs, ys]).astype(np.float64))
+    except QhullError:                      # a point or a straight line of pixels
+        return obj
+    # a window one pixel round the object (in the frame): the hull's pixels row by row, the
+    # interval of x within every facet's half-plane a x + b y + c <= 0
+    t, b = max(int(ys.min()) - 1, 0), min(int(ys.max()) + 2, h)
+    lft, r = max(int(xs.min()) - 1, 0), min(int(xs.max()) + 2, w)
+    fa, fb, fc = hull.equations.T
+    ry = np.arange(t, b, dtype=np.float64)[:, None]
+    rhs = -(fb * ry + fc)                                     # a x <= rhs, (rows, facets)
+    eps = 1e-9
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = rhs / fa
+    hi = np.where(fa > eps, bound, np.inf).min(axis=1)
+    lo = np.where(fa < -eps, bound, -np.inf).max(axis=1)
+    flat_ok = np.where(np.abs(fa) <= eps, rhs >= -1e-6, True).all(axis=1)
+    cols = np.arange(lft, r, dtype=np.float64)[None, :]
+    inside = (cols >= np.ceil(lo - 1e-6)[:, None]) & (cols <= np.floor(hi + 1e-6)[:, None])
+    inside &= flat_ok[:, None]
+    part = obj[t:b, lft:r]
+    hollows = inside & ~part
+    if not hollows.any():
+        return obj
+    outside = np.pad(~inside & ~part, 1)                        # the frame's edge: no mouth
+    mouths = hollows & (outside[:-2, 1:-1] | outside[2:, 1:-1]
+                        | outside[1:-1, :-2] | outside[1:-1, 2:])
+    labels, n = ndimage.label(hollows)
+    fill = np.zeros(n + 1, dtype=bool)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        hollow = labels[box] == k
+        mouth = mouths[box] & hollow
+        if not mouth.any():
+            fill[k] = True
+            continue
+        my, mx = np.nonzero(mouth)
+        width = math.hypot(int(my.max() - my.min()), int(mx.max() - mx.min())) + 1.0
+        if math.hypot(*hollow.shape) <= width:      # no pixel of it can lie deeper
+            continue
+        depth = float(ndimage.distance_transform_edt(~mouth)[hollow].max())
+        fill[k] = depth > width
+    if not fill.any():
+        return obj
+    out = obj.copy()
+    out[t:b, lft:r] |= fill[labels]
+    return out
+
+
 def binary_mask(mask: Any, taker: str = "measure") -> np.ndarray:
     """``mask`` as bool: a bool array, or numbers (integers or floats alike) holding 0 and at
     most one other value (0/1, 0/255). Anything else is no mask: more than one value besides
@@ -210,13 +286,14 @@ def measured_object(mask: np.ndarray,
                     region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The object :func:`measure` measures in a (H, W) mask, as bool (H, W): the
     :func:`largest_component` (holes filled) of the mask within ``region`` (top, bottom, left,
-    right; ``None``: all of it), the object an overlay outlines."""
+    right; ``None``: all of it), its enclosed hollows filled (:func:`enclosed`, the region's
+    edges as the frame's), the object an overlay outlines."""
     mask = binary_mask(mask)
     if region is None:
-        return largest_component(mask)
+        return enclosed(largest_component(mask))
     t, b, lft, r = region
     obj = np.zeros(mask.shape, dtype=bool)
-    obj[t:b, lft:r] = largest_component(mask[t:b, lft:r])
+    obj[t:b, lft:r] = enclosed(largest_component(mask[t:b, lft:r]))
     return obj
 
 
@@ -371,7 +448,8 @@ def measure(
     boundary_offset_px: float = 0.0,
     region: tuple[int, int, int, int] | None = None,
 ) -> dict[str, Any]:
-    """Measure the object (largest component, holes filled) of a bool (H, W) mask.
+    """Measure the object (largest component, holes filled, :func:`enclosed`) of a bool
+    (H, W) mask.
 
     The mask may also be numbers holding 0 and one other value (0/1, 0/255); floats other than
     0 and 1 (a probability map: threshold it first) or an integer image of several values are
@@ -416,6 +494,7 @@ def measure(
             out["n_components"] = int(ndimage.label(mask, structure=_EIGHT)[1])
         return out
     obj, n_components = _object(mask)
+    obj = enclosed(obj)
     area = int(np.count_nonzero(obj))
     out: dict[str, Any] = {
         "n_components": int(n_components),
