@@ -547,6 +547,29 @@ def test_where_the_dataset_gives_pixel_sizes_evaluate_reports_mm(tmp_path) -> No
         evaluate(predictor, tmp_path / "hc", pixel_size_mm=-1)
 
 
+def test_evaluate_warns_where_the_pixel_size_given_was_not_used(tmp_path) -> None:
+    """--pixel-size was ignored without a word on frames whose dataset gives their own (the
+    table's wins, as README says): one warning counts them, as measure's (PixelSizes.warn)."""
+    from conftest import ultraseg_warnings
+    from test_predict import hc18_like
+
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.predict import Predictor
+
+    hc18_like(tmp_path / "hc")                       # 001_HC: 0.5 mm in its table; 002_HC: none
+    predictor = Predictor(lambda b: (b > 0.5).astype(np.float32),
+                          ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None, normalise="unit"))
+    with ultraseg_warnings() as warned:
+        evaluate(predictor, tmp_path / "hc", pixel_size_mm=0.25)
+    said = [r.getMessage() for r in warned if "not used" in r.getMessage()]
+    assert said == ["--pixel-size 0.25 not used on 1 frame (001_HC): its dataset gives its own "
+                    "pixel size (0.5 mm)"], said
+    with ultraseg_warnings() as warned:
+        evaluate(predictor, tmp_path / "hc", pixel_size_mm=0.5)    # the table's own: nothing
+    assert not [r for r in warned if "not used" in r.getMessage()]
+
+
 def test_cli_evaluate_takes_a_pixel_size(checkpoint, data, capsys) -> None:
     """The README said evaluate gives mm; it had no --pixel-size (an argparse error)."""
     assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--pixel-size", "0.1",

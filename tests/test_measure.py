@@ -552,6 +552,58 @@ def test_pixel_size_warnings_count_the_other_frames_without_claiming_their_reaso
     assert "so for" not in said, said
 
 
+def test_a_pixel_size_given_but_not_used_where_the_dataset_gives_one_is_warned_of() -> None:
+    """--pixel-size 0.5 on HC18 frames measured each with its table's size without a word (a
+    measurement review, O4): one warning now counts the frames it was not used on and gives
+    the sizes used instead. A dataset's size equal to it, or none given, says nothing."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg.measure import PixelSizes
+
+    sizes = PixelSizes(0.5)
+    assert sizes.of("a", {"pixel_size_mm": 0.052}) == 0.052
+    assert sizes.of("b", {}) == 0.5
+    assert sizes.of("c", {"pixel_size_mm": 0.27}) == 0.27
+    assert sizes.of("d", {"pixel_size_mm": 0.5}) == 0.5
+    with ultraseg_warnings() as warned:
+        sizes.warn()
+    (said,) = [r.getMessage() for r in warned]
+    assert said == ("--pixel-size 0.5 not used on 2 frames (a and 1 more): their dataset gives "
+                    "its own pixel size (0.052-0.27 mm)"), said
+    one = PixelSizes(0.25)
+    one.of("001_HC", {"pixel_size_mm": 0.5})
+    with ultraseg_warnings() as warned:
+        one.warn()
+    assert [r.getMessage() for r in warned] == [
+        "--pixel-size 0.25 not used on 1 frame (001_HC): its dataset gives its own pixel size "
+        "(0.5 mm)"]
+    for quiet in (PixelSizes(None), PixelSizes(0.5)):
+        quiet.of("a", {"pixel_size_mm": 0.5})
+        with ultraseg_warnings() as warned:
+            quiet.warn()
+        assert not warned
+
+
+def test_measure_warns_where_the_pixel_size_given_was_not_used(tmp_path) -> None:
+    """measure_frames says it once (PixelSizes.warn), as evaluate does."""
+    from conftest import ultraseg_warnings
+    from test_predict import hc18_like
+
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.predict import Predictor
+    from ultraseg.predict_files import measure_frames
+
+    hc18_like(tmp_path / "hc")                       # 001_HC: 0.5 mm in its table; 002_HC: none
+    bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),
+                       PreprocessConfig(size=None, normalise="unit"))
+    with ultraseg_warnings() as warned:
+        _, rows = measure_frames(bright, tmp_path / "hc", pixel_size_mm=0.25)
+    assert [r["pixel_size_mm"] for r in rows] == [0.5, 0.25]
+    said = [r.getMessage() for r in warned if "not used" in r.getMessage()]
+    assert said == ["--pixel-size 0.25 not used on 1 frame (001_HC): its dataset gives its own "
+                    "pixel size (0.5 mm)"], said
+
+
 def test_the_measure_summary_counts_the_frames_that_held_more_than_one_region() -> None:
     """measure measures the largest region alone: its printed summary says how many frames
     held more (a second lesion, a second structure), which only n_components in the CSV told."""

@@ -240,7 +240,7 @@ def pixel_size_arg(p: argparse.ArgumentParser) -> None:
     """``--pixel-size MM``, for frames whose dataset (a table, a DICOM header) gives none."""
     p.add_argument("--pixel-size", type=float, metavar="MM",
                    help="pixel size in mm for frames whose dataset (a table, a DICOM header) "
-                        "gives none")
+                        "gives none (where it gives another, a warning counts those frames)")
     _note_defaults(p, "pixel_size")
 
 

@@ -100,14 +100,16 @@ def has_pixel_size(row: dict[str, Any]) -> bool:
 
 class PixelSizes:
     """Each frame's pixel size (:func:`frame_pixel_size`) given ``pixel_size_mm``
-    (``--pixel-size``), remembering the frames whose DICOM headers' pixels that are not square
-    were used instead of it, and those left without a pixel size whose headers held one that
+    (``--pixel-size``), remembering the frames whose dataset's own square size (a table's, a
+    DICOM header's) other than it, or whose DICOM headers' pixels that are not square, were
+    used instead of it, and those left without a pixel size whose headers held one that
     was not taken (regions that disagree: ``meta['pixel_size_not_taken']``), for :meth:`warn`
-    to say each once."""
+    to say each once (``measure`` and ``evaluate``)."""
 
     def __init__(self, pixel_size_mm: float | None) -> None:
         self.pixel_size_mm = pixel_size_mm
         self.not_used: list[tuple[str, tuple[float, float]]] = []   # (frame, (dy, dx))
+        self.overruled: list[tuple[str, float]] = []                 # (frame, its own size)
         self.not_taken: list[tuple[str, str]] = []                   # (frame, why)
 
     def of(self, name: str, meta: dict[str, Any]) -> float | tuple[float, float] | None:
@@ -115,6 +117,9 @@ class PixelSizes:
         spacing = frame_pixel_size(meta, self.pixel_size_mm)
         if self.pixel_size_mm is not None and isinstance(spacing, tuple):
             self.not_used.append((name, spacing))
+        elif (self.pixel_size_mm is not None and spacing is not None
+              and not math.isclose(spacing, self.pixel_size_mm, rel_tol=1e-9)):
+            self.overruled.append((name, spacing))
         if spacing is None and meta.get(PIXEL_SIZE_NOT_TAKEN):
             self.not_taken.append((name, meta[PIXEL_SIZE_NOT_TAKEN]))
         return spacing
@@ -122,6 +127,15 @@ class PixelSizes:
     def warn(self, log: logging.Logger = logger) -> None:
         """Say on ``log`` that ``--pixel-size`` was not used for those frames, and why the
         headers' pixel sizes were not taken for those without one (none: nothing)."""
+        if self.overruled:
+            (name, _), more = self.overruled[0], len(self.overruled) - 1
+            used = [size for _, size in self.overruled]
+            lo, hi = min(used), max(used)
+            log.warning("--pixel-size %g not used on %d frame%s (%s%s): %s dataset gives its "
+                        "own pixel size (%s mm)", self.pixel_size_mm, len(used),
+                        "s" * (len(used) != 1), name, f" and {more} more" if more else "",
+                        "their" if more else "its",
+                        f"{lo:.4g}" if lo == hi else f"{lo:.4g}-{hi:.4g}")
         if self.not_taken:
             (name, why), more = self.not_taken[0], len(self.not_taken) - 1
             log.warning("%s: %s: no pixel size taken, figures in px (--pixel-size gives one)%s",
