@@ -570,6 +570,32 @@ def test_evaluate_warns_where_the_pixel_size_given_was_not_used(tmp_path) -> Non
     assert not [r for r in warned if "not used" in r.getMessage()]
 
 
+def test_evaluate_counts_the_frames_in_the_hc_error_whose_head_touches_the_edge(
+        tmp_path) -> None:
+    """Heads cut by the frame entered the HC error uncounted (a measurement review, O2):
+    summary.json's hc_touches_edge (an mm key: null without references) counts them, and
+    the printed line says how many where there are any."""
+    from test_measure import hc18_cut
+
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.evaluate import MM_KEYS
+    from ultraseg.predict import Predictor
+
+    hc18_cut(tmp_path / "hc")                       # 002_HC's head cut by the frame
+    predictor = Predictor(lambda b: (b > 0.5).astype(np.float32),
+                          ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None, normalise="unit"))
+    summary, rows = evaluate(predictor, tmp_path / "hc")
+    assert [r["touches_edge"] for r in rows] == [False, True]
+    assert summary["hc_n"] == 2 and summary["hc_touches_edge"] == 1
+    assert MM_KEYS[-1] == "hc_touches_edge"
+    assert ("over 2 of 2 frames with a reference (0 with no head found; 1 of them touches "
+            "the frame's edge)") in format_summary(summary), format_summary(summary)
+    assert "edge" not in format_summary({**summary, "hc_touches_edge": 0})
+    assert "edge" not in format_summary({k: v for k, v in summary.items()
+                                         if k != "hc_touches_edge"})   # an older summary
+
+
 def test_cli_evaluate_takes_a_pixel_size(checkpoint, data, capsys) -> None:
     """The README said evaluate gives mm; it had no --pixel-size (an argparse error)."""
     assert cli.main(["evaluate", str(checkpoint), str(data), "--json", "--pixel-size", "0.1",

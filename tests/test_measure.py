@@ -621,6 +621,60 @@ def test_the_measure_summary_counts_the_frames_that_held_more_than_one_region() 
     assert "more than one region" not in format_measure_summary(one)
 
 
+def hc18_cut(root: Path) -> None:
+    """hc18_like's two frames, both with a reference HC (0.5 mm), 002_HC's head cut by the
+    frame's left edge."""
+    from test_predict import hc18_like, save
+
+    hc18_like(root)
+    yy, xx = np.mgrid[:48, :64]
+    inside = ((xx - 4) / 9) ** 2 + ((yy - 25) / 9) ** 2 <= 1
+    save(root / "training_set" / "002_HC.png", np.where(inside, 200, 30).astype(np.uint8))
+    padded = np.pad(inside, 1)
+    edge = inside & ~(padded[2:, 1:-1] & padded[:-2, 1:-1] & padded[1:-1, 2:] & padded[1:-1, :-2])
+    save(root / "training_set" / "002_HC_Annotation.png",
+         np.where(edge, 255, 0).astype(np.uint8))
+    (root / "training_set_pixel_size_and_HC.csv").write_text(
+        "filename,pixel size(mm),head circumference (mm)\n001_HC.png,0.5,30.0\n"
+        "002_HC.png,0.5,28.0\n")
+
+
+def test_the_measure_summary_counts_the_frames_in_the_hc_error_that_touch_the_edge(
+        tmp_path) -> None:
+    """A head cut by the frame is fitted on its visible outline, less surely, and flagged
+    touches_edge, but it entered the HC error uncounted: the summary and --json did not say
+    how many (a measurement review, O2). n_reference_touches_edge counts those of the error's
+    frames, and the printed line says it where there are any."""
+    from ultraseg.cli_predict import format_measure_summary
+    from ultraseg.predict_files import summarise_measurements
+
+    rows = [{"area_px": 50, "pixel_size_mm": 0.5, "hc_mm": 33.0, "hc_ref_mm": 30.0,
+             "hc_error_mm": 3.0, "touches_edge": True},
+            {"area_px": 40, "pixel_size_mm": 0.5, "hc_mm": 29.0, "hc_ref_mm": 30.0,
+             "hc_error_mm": -1.0, "touches_edge": False},
+            {"area_px": 40, "pixel_size_mm": 0.5, "hc_mm": 29.0, "touches_edge": True}]
+    s = summarise_measurements(rows)
+    assert s["n_reference_touches_edge"] == 1
+    assert list(s)[-1] == "n_reference_touches_edge"        # appended: the others in place
+    assert ("HC error against the 2 references: mean absolute 2.00 mm, mean signed +1.00 mm "
+            "(1 of them touches the frame's edge: fitted on its visible outline)"
+            in format_measure_summary(s))
+    none = summarise_measurements(rows[1:])
+    assert none["n_reference_touches_edge"] == 0
+    assert "edge" not in format_measure_summary(none)
+
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.predict import Predictor
+    from ultraseg.predict_files import measure_frames
+
+    hc18_cut(tmp_path / "hc")
+    bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),
+                       PreprocessConfig(size=None, normalise="unit"))
+    summary, rows = measure_frames(bright, tmp_path / "hc")
+    assert [r["touches_edge"] for r in rows] == [False, True]
+    assert summary["n_with_reference"] == 2 and summary["n_reference_touches_edge"] == 1
+
+
 def test_settings_json_from_python_says_what_was_applied_and_that_no_options_were_given(
         tmp_path) -> None:
     """measurements.csv recorded neither the model nor the post-processing (a post-processing

@@ -359,8 +359,12 @@ def format_measure_summary(s: dict[str, Any], *, heads: bool = False) -> str:
         lines.append(f"mean {'head' if heads else 'ellipse'} circumference "
                      f"{s['hc_mm_mean']:.2f} mm")
     if s["hc_mae_mm"] is not None:
+        edge = s.get("n_reference_touches_edge")
         lines.append(f"HC error against the {s['n_with_reference']} references: mean absolute "
-                     f"{s['hc_mae_mm']:.2f} mm, mean signed {s['hc_bias_mm']:+.2f} mm")
+                     f"{s['hc_mae_mm']:.2f} mm, mean signed {s['hc_bias_mm']:+.2f} mm"
+                     + (f" ({edge} of them touch{'es' if edge == 1 else ''} the frame's edge: "
+                        f"fitted on {'its' if edge == 1 else 'their'} visible outline)"
+                        if edge else ""))
     if s.get("n_reference_missed"):
         lines.append(f"{s['n_reference_missed']} frames with a reference HC had no head found: "
                      "not in the error")

@@ -90,6 +90,7 @@ EVALUATION_LABELS = {
     "hc_bias_mm": "head-circumference error, mean signed (mm)",
     "hc_n": "frames in the head-circumference error",
     "hc_missed": "frames with a reference and no head found",
+    "hc_touches_edge": "frames in the head-circumference error whose head touches the edge",
 }
 
 

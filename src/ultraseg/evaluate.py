@@ -37,7 +37,8 @@ SUMMARY_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "hd95_median
 #: The summary's figures in mm: always there, None where they do not apply (no frame with a
 #: pixel size: the HD95 ones; no frame with a reference circumference and a pixel size: the
 #: head-circumference ones), so that a reader finds the same keys in every summary.json.
-MM_KEYS = ("hd95_mm_median", "hd95_mm_n", "hc_mae_mm", "hc_bias_mm", "hc_n", "hc_missed")
+MM_KEYS = ("hd95_mm_median", "hd95_mm_n", "hc_mae_mm", "hc_bias_mm", "hc_n", "hc_missed",
+           "hc_touches_edge")
 
 #: The figures of the summary's ``raw`` block: those per_image.csv's ``dice_raw`` (with
 #: ``truth_empty``) gives again.
@@ -589,6 +590,9 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         summary["hc_bias_mm"] = float(np.mean(signed)) if signed else None  # predicted - ref
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
+        # of the frames in the error, those whose head touches the frame's edge (cut by it)
+        summary["hc_touches_edge"] = sum(1 for r in rows if r.get("hc_error_mm") is not None
+                                         and r.get("touches_edge"))
     for k in MM_KEYS:       # (no frame with a pixel size, or a reference): the keys there, null
         summary.setdefault(k, None)
     summary["label"] = label
@@ -749,7 +753,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
         bias = summary.get("hc_bias_mm")
         over = over_frames_with_a_reference(summary["hc_n"],
-                                            summary["hc_n"] + summary["hc_missed"])
+                                            summary["hc_n"] + summary["hc_missed"],
+                                            touching_edge=summary.get("hc_touches_edge") or 0)
         lines.append(f"head circumference MAE {hc(summary['hc_mae_mm'])} mm, mean signed "
                      f"error (predicted - reference) "
                      f"{'n/a' if bias is None else format(bias, '+.2f')} mm, {over}")

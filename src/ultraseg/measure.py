@@ -412,12 +412,17 @@ def ellipse_circumference(a: Any, b: Any) -> Any:
     return float(circ) if circ.ndim == 0 else circ
 
 
-def over_frames_with_a_reference(found: int, with_reference: int, which: str = "") -> str:
+def over_frames_with_a_reference(found: int, with_reference: int, which: str = "",
+                                 touching_edge: int = 0) -> str:
     """'over N of M{which} frames with a reference (K with no head found)': how many frames a
     head-circumference error is over, the frames with a reference where no head was found
-    counted beside it (evaluate's summary, training's validation figure)."""
+    counted beside it (evaluate's summary, training's validation figure), and where
+    ``touching_edge`` is not 0, how many of the N touch the frame's edge ('; E of them touch
+    the frame's edge')."""
+    edge = (f"; {touching_edge} of them touch{'es' * (touching_edge == 1)} the frame's edge"
+            if touching_edge else "")
     return (f"over {found} of {with_reference}{which} frames with a reference "
-            f"({with_reference - found} with no head found)")
+            f"({with_reference - found} with no head found{edge})")
 
 
 #: Fewest validation frames with a reference circumference for :func:`choose_boundary_offset`

@@ -1180,8 +1180,9 @@ def _measurement_row(frame: Frame, shape: tuple[int, ...],
 def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: float = 0.0
                            ) -> dict[str, Any]:
     """Counts, mean HC, and the mean absolute / signed HC error where references exist (and
-    how many frames with a reference had no object to measure, how many held more than one
-    region of which the largest alone was measured)."""
+    how many frames with a reference had no object to measure, how many of those in the error
+    touch the frame's edge, how many held more than one region of which the largest alone was
+    measured)."""
     hc = [r["hc_mm"] for r in rows if r.get("hc_mm") is not None]
     errors = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
     return {
@@ -1199,4 +1200,8 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
         "hc_mae_mm": float(np.mean(np.abs(errors))) if errors else None,
         "hc_bias_mm": float(np.mean(errors)) if errors else None,
         "boundary_offset_px": boundary_offset_px,
+        # of the frames in the HC error, those whose object touches the frame's edge (a head
+        # cut by it, fitted on its visible outline: the surest of them no more)
+        "n_reference_touches_edge": sum(1 for r in rows if r.get("hc_error_mm") is not None
+                                        and r.get("touches_edge")),
     }
