@@ -12,6 +12,7 @@ from ultraseg.measure import (
     choose_boundary_offset,
     crofton_perimeter,
     ellipse_circumference,
+    enclosed,
     fit_ellipse,
     measure,
     moments_ellipse,
@@ -249,9 +250,24 @@ def test_a_ring_cut_by_the_frame_or_with_a_gap_is_measured_by_its_outer_outline(
         assert r["hc_mm"] == pytest.approx(closed["hc_mm"], rel=0.01)
         assert r["ellipse_axes"] == pytest.approx((90, 90), abs=1.0)
     assert cut["touches_edge"] and not gapped["touches_edge"]
-    disc = np.hypot(*(np.mgrid[:300, :400] - np.array([150, 70])[:, None, None])) <= 90
-    assert cut["area_px"] == int(disc.sum())        # the disc's part in the frame
-    assert gapped["area_px"] == pytest.approx(closed["area_px"], rel=0.01)
+    # area and perimeter stay the mask's own: the fit alone takes the outer outline
+    assert cut["area_px"] == int(_ring(70).sum())
+    assert gapped["area_px"] == int(gap.sum())
+
+
+def test_a_lesion_s_deep_clefts_stay_out_of_its_area_and_perimeter() -> None:
+    """A spiculated lesion's clefts are deeper than their mouths are wide, as a ring's gap is:
+    filling them for the ellipse fit must not fill them into the area and perimeter, a
+    malignant margin's measurements (they did, the day :func:`enclosed` came in)."""
+    yy, xx = np.mgrid[:300, :300].astype(np.float64)
+    angle = np.arctan2(yy - 150, xx - 150)
+    radius = np.hypot(yy - 150, xx - 150)
+    star = radius <= 50 + 60 * (np.cos(8 * angle) > -0.3)   # a disc with eight long spikes
+    r = measure(star)
+    assert r["n_components"] == 1
+    assert r["area_px"] == int(star.sum())
+    assert r["perimeter_px"] == pytest.approx(crofton_perimeter(star))
+    assert enclosed(star).sum() > star.sum()        # the clefts are hollows enclosed
 
 
 def test_a_dent_in_a_solid_object_is_not_filled() -> None:

@@ -3,10 +3,11 @@
 Numpy/scipy only (used by the ONNX-only prediction path).
 
 Everything is measured on **the object**: the largest 8-connected component of the mask with its
-holes filled (ties: the first component in raster order), and with the hollows it encloses but
-for a narrow mouth filled too (:func:`enclosed`): the region its outer outline encloses, where
-that outline is open, so a head predicted as its skull's ring is measured by the ring's outer
-edge whether the ring is closed, cut by the frame's edge or has a gap. Coordinates are in pixels
+holes filled (ties: the first component in raster order). Its ellipse is fitted to the region
+its outer outline encloses (:func:`enclosed`: the hollows it encloses but for a narrow mouth
+filled too), so a head predicted as its skull's ring is fitted by the ring's outer edge whether
+the ring is closed, cut by the frame's edge or has a gap; its area and perimeter stay the
+object's own (a lesion's deep clefts are its margin, not filled in). Coordinates are in pixels
 with the origin at the centre of the top-left pixel, ``x`` to the right (column) and ``y`` down
 (row).
 
@@ -300,14 +301,13 @@ def measured_object(mask: np.ndarray,
                     region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The object :func:`measure` measures in a (H, W) mask, as bool (H, W): the
     :func:`largest_component` (holes filled) of the mask within ``region`` (top, bottom, left,
-    right; ``None``: all of it), its enclosed hollows filled (:func:`enclosed`, the region's
-    edges as the frame's), the object an overlay outlines."""
+    right; ``None``: all of it), the object an overlay outlines."""
     mask = binary_mask(mask)
     if region is None:
-        return enclosed(largest_component(mask))
+        return largest_component(mask)
     t, b, lft, r = region
     obj = np.zeros(mask.shape, dtype=bool)
-    obj[t:b, lft:r] = enclosed(largest_component(mask[t:b, lft:r]))
+    obj[t:b, lft:r] = largest_component(mask[t:b, lft:r])
     return obj
 
 
@@ -467,8 +467,8 @@ def measure(
     boundary_offset_px: float = 0.0,
     region: tuple[int, int, int, int] | None = None,
 ) -> dict[str, Any]:
-    """Measure the object (largest component, holes filled, :func:`enclosed`) of a bool
-    (H, W) mask.
+    """Measure the object (largest component, holes filled) of a bool (H, W) mask; its ellipse
+    is fitted to the region its outer outline encloses (:func:`enclosed`).
 
     The mask may also be numbers holding 0 and one other value (0/1, 0/255); floats other than
     0 and 1 (a probability map: threshold it first) or an integer image of several values are
@@ -513,7 +513,6 @@ def measure(
             out["n_components"] = int(ndimage.label(mask, structure=_EIGHT)[1])
         return out
     obj, n_components = _object(mask)
-    obj = enclosed(obj)
     area = int(np.count_nonzero(obj))
     out: dict[str, Any] = {
         "n_components": int(n_components),
@@ -530,11 +529,14 @@ def measure(
     }
     if area:
         # An object cut by the frame's edge: fit its own outline only, not the straight cut.
-        ell = fit_ellipse(boundary_points(obj, frame_edge=False))
+        # the ellipse is the outer outline's (a ring cut by the frame or with a gap is filled
+        # for it); area and perimeter stay the object's own, a lesion's clefts included
+        outline = enclosed(obj)
+        ell = fit_ellipse(boundary_points(outline, frame_edge=False))
         method = "boundary_fit"
         if ell is None:
             logger.debug("boundary ellipse fit failed (%d px); using moments", area)
-            ell = moments_ellipse(obj)
+            ell = moments_ellipse(outline)
             method = "moments"
         assert ell is not None
         cx, cy, a, b, angle = ell
