@@ -113,6 +113,31 @@ def test_state_dict_survives_bit_for_bit(tmp_path) -> None:
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+LOAD_AND_PREDICT = """
+import sys
+import numpy as np
+from ultraseg.predict import load
+predictor = load(sys.argv[1], device="cpu", precision="fp32")
+predictor.predict(np.zeros((32, 32), np.uint8))
+print("torch._dynamo" in sys.modules)
+"""
+
+
+def test_loading_a_checkpoint_to_predict_does_not_import_torch_s_compiler(tmp_path) -> None:
+    """The model is built on the meta device and given the checkpoint's weights: its random
+    initial weights, drawn on meta tensors, imported torch._dynamo (and sympy with it), about
+    1.8 s, more than torch itself, and a quarter of a small predict, evaluate or measure."""
+    import subprocess
+    import sys
+
+    cfg = ModelConfig(variant="same", width=4, depth=2)
+    _save(tmp_path / "m.ckpt", _model_with_statistics(cfg), cfg, PreprocessConfig(size=32))
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, str(tmp_path / "m.ckpt")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_weights_of_the_models_dtypes_are_taken_uncopied_others_cast(tmp_path) -> None:
     """A predictor held the checkpoint's weights and a copy of them while it was built (about
     120 MB more at width 64): weights already of the model's dtypes are now its own. A

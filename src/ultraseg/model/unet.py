@@ -183,7 +183,12 @@ class UNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """The paper's initialisation: Gaussian weights with std sqrt(2 / fan_in), zero bias."""
+        """The paper's initialisation: Gaussian weights with std sqrt(2 / fan_in), zero bias.
+
+        None on the meta device (a checkpoint's model, its weights assigned next): meta tensors
+        hold no values, and drawing them imported torch._dynamo (about 1.8 s)."""
+        if next(self.parameters()).is_meta:
+            return
         for m in self.modules():
             if isinstance(m, nn.ConvTranspose2d):
                 # A stride-2 2x2 up-convolution: each output pixel sees in_channels weights.
