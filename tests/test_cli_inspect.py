@@ -603,6 +603,61 @@ def test_masks_with_specks_are_a_warning_naming_them(tmp_path, capsys) -> None:
     assert re.search(r"specks\s+2 masks", capsys.readouterr().out)
 
 
+
+def test_the_report_s_labels_and_specks_are_each_mask_s_own(tmp_path) -> None:
+    """A phantom set with specks, and a label mask among its masks (whose 0/255 masks' white
+    is then 255, so each mask is read as saved): the report's labels, specks and foreground
+    are those of each mask file alone. Pins _MaskFacts taking the mask's labels once (passed
+    on to specks) to the report of specks() finding them itself."""
+    from ultraseg.inspection import specks
+    from ultraseg.phantom import make_dataset
+
+    root = make_dataset(tmp_path / "d", n=8, size=128, seed=3)
+    paths = sorted((root / "masks").glob("*.png"))
+    for k, path in enumerate(paths):
+        mask = np.asarray(Image.open(path)).copy()
+        if k in (0, 3):
+            mask[126, 0] = mask[126, 1] = mask[0, 127] = 255     # specks of 2 and 1 px
+        if k == 5:
+            mask[mask > 0] = 1
+            mask[100:120, 100:120] = 2
+            mask[60, 0] = 2                                       # a speck of label 2
+        _save(path, mask)
+    report, problems = inspect_dataset(root)
+    assert not problems
+    masks = {p.name[:-len("_mask.png")]: np.asarray(Image.open(p)) for p in paths}
+    want = {name: specks(m) for name, m in masks.items()}
+    assert sum(map(bool, want.values())) >= 3         # the speckled masks and the label mask
+    assert dict(report["masks_with_specks"]) == {n: v[:5] for n, v in want.items() if v}
+    assert report["masks_with_specks_count"] == sum(map(bool, want.values()))
+    assert report["labels"] == sorted(set().union(*(set(np.unique(m).tolist())
+                                                    for m in masks.values())) - {0})
+    assert report["foreground_fraction_mean"] == pytest.approx(
+        np.mean([(m > 0).mean() for m in masks.values()]))
+
+
+def test_a_mask_s_labels_are_found_once_for_its_report(monkeypatch) -> None:
+    """inspect found each mask's labels twice (_MaskFacts, then specks for the same mask):
+    np.unique is the larger part of inspect's time on a set of small frames."""
+    from ultraseg import inspection
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:20, 4:20] = 1
+    mask[30, 30] = 1
+    mask[25:28, 2:5] = 2
+    seen: list[np.ndarray] = []
+    unique = np.unique
+
+    def spy(a, *args, **kwargs):
+        seen.append(a)
+        return unique(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "unique", spy)
+    facts = inspection._MaskFacts.of(mask, None)
+    assert facts.held == [1, 2] and facts.speckled == [1]
+    assert sum(a is mask for a in seen) == 1
+
+
 def test_the_human_report_counts_duplicates(tmp_path, capsys) -> None:
     _duplicated(tmp_path / "d")
     assert main(["inspect", str(tmp_path / "d")]) == 0

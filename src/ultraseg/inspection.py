@@ -68,7 +68,8 @@ class _MaskFacts:
         fg = select_label(mask, label)
         tally = like.tally if like is not None and np.array_equal(fg, like.fg) else \
             MaskTally.of(fg)
-        return cls([int(v) for v in np.unique(mask) if v], fg, specks(mask, label), tally)
+        held = [int(v) for v in np.unique(mask) if v]
+        return cls(held, fg, specks(mask, label, held), tally)
 
 
 @dataclass
@@ -215,13 +216,18 @@ SPECK_MAX_PX = 16
 SPECKS_LISTED = 5
 
 
-def specks(mask: np.ndarray, label: int | None = None) -> list[int]:
+def specks(mask: np.ndarray, label: int | None = None,
+           held: list[int] | None = None) -> list[int]:
     """Sizes (px) of a mask's specks, smallest first (none: []): for each label it holds
     (``label`` alone where given), its separate 8-connected regions under
     :data:`SPECK_SHARE` of that label's largest and of at most :data:`SPECK_MAX_PX` pixels. A
-    region of another label beside it is no speck of it."""
+    region of another label beside it is no speck of it. ``held``: the labels the mask holds
+    (0 aside), where the caller has found them already."""
     found: list[int] = []
-    values = [label] if label is not None else [int(v) for v in np.unique(mask) if v]
+    if label is not None:
+        values = [label]
+    else:
+        values = held if held is not None else [int(v) for v in np.unique(mask) if v]
     for value in values:
         regions, n = ndimage.label(mask == value, structure=np.ones((3, 3), bool))
         if n < 2:
