@@ -594,6 +594,34 @@ def test_grid_search_ranks_keep_largest_as_apply_does_on_a_ring_and_a_blob() -> 
     assert score == 1.0 and cfg.fill_holes
 
 
+
+def test_grid_search_breaks_keep_largest_ties_as_apply_does() -> None:
+    """Components of one size (a ring and a blob of one filled size, squares of one size at
+    different peaks): keep_largest keeps the first in raster order among those min_area and
+    min_peak leave, in the grid as in apply, under every setting."""
+    from ultraseg.postprocess import GridSearch
+
+    prob = np.full((40, 60), 0.05, np.float32)
+    prob[2:12, 2:12] = 0.85                   # a ring of 64 px, 100 filled, first
+    prob[4:10, 4:10] = 0.05
+    prob[2:12, 20:30] = 0.93                  # a blob of 100 px
+    prob[20:26, 2:8] = 0.95                   # squares of 36 px, at three peaks
+    prob[20:26, 20:26] = 0.99
+    prob[20:26, 40:46] = 0.85
+    truth = np.zeros(prob.shape, bool)
+    truth[20:26, 20:26] = True                # the second square: the tie's choice counts
+    search = GridSearch(prob.size, thresholds=(0.5, 0.9), min_areas=(0, 40),
+                        min_peaks=(0.0, 0.9, 0.94))
+    search.add([prob], truth)
+    for thr, area, peak, largest, fill in itertools.product(
+            search.thr, search.areas, search.peak_opts, (False, True), (False, True)):
+        cfg = PostprocessConfig(threshold=thr, min_area=area,
+                                min_peak=peak if peak > thr else 0.0,
+                                keep_largest=largest, fill_holes=fill)
+        m = apply(prob, cfg)
+        assert search.frame(0, cfg) == (dice(m, truth), int(m.sum())), cfg
+
+
 def test_a_structure_hole_filling_absorbs_is_not_named_as_dropped_by_keep_largest() -> None:
     """changes_to_truth named the rules from component counts: a ring whose hole holds an
     island, under keep-largest with fill-holes, was said to lose a structure to keep-largest,

@@ -27,7 +27,6 @@ best mean Dice (with the empty rule of :mod:`ultraseg.metrics`) over validation 
 """
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -182,16 +181,34 @@ def _kept(sizes: np.ndarray, min_area: int, keep_largest: bool,
     """Bool lookup (n + 1,) of the components that survive; entry 0 (background) is False.
     ``rank``: the sizes keep_largest compares (default ``sizes``; with holes filled, each
     component's filled size)."""
-    kept = sizes >= max(int(min_area), 1)
-    if peaks is not None and min_peak > 0:
-        kept &= peaks >= min_peak
-    kept[0] = False
-    if keep_largest and kept.any():
+    return _kept_grid(sizes, [min_area], keep_largest, peaks, [min_peak], rank)[0, 0]
+
+
+def _kept_grid(sizes: np.ndarray, min_areas: Sequence[int], keep_largest: bool,
+               peaks: np.ndarray | None = None, min_peaks: Sequence[float] = (0.0,),
+               rank: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_kept` under every pair of a min_area and a min_peak at once: bool
+    (len(min_areas), len(min_peaks), n + 1), as numpy operations, not a loop of them (the
+    grid search's 54 pairs per threshold)."""
+    floors = np.maximum(np.asarray(min_areas, dtype=np.int64), 1)[:, None, None]
+    kept = np.repeat(sizes >= floors, len(min_peaks), axis=1)
+    if peaks is not None:
+        peak_floors = np.asarray(min_peaks, dtype=np.float64)[:, None]
+        kept &= (peak_floors <= 0) | (peaks >= peak_floors)
+    kept[..., 0] = False
+    if keep_largest:
         by = sizes if rank is None else rank
-        largest = int(np.argmax(np.where(kept, by, -1)))  # ties: first in raster order
-        kept = np.zeros_like(kept)
-        kept[largest] = True
+        largest = np.argmax(np.where(kept, by, -1), axis=-1)  # ties: first in raster order
+        one = np.zeros_like(kept)
+        np.put_along_axis(one, largest[..., None], kept.any(axis=-1, keepdims=True), axis=-1)
+        kept = one
     return kept
+
+
+def _dice_grid(tp: np.ndarray, pred_sum: np.ndarray, truth_sum: int) -> np.ndarray:
+    """:func:`~ultraseg.metrics.dice_from_counts` of arrays of counts, the same floats."""
+    den = pred_sum + truth_sum
+    return np.where(den == 0, 1.0, 2.0 * tp / np.maximum(den, 1))
 
 
 def largest_filled(mask: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -293,23 +310,24 @@ def _score_frame(prob: np.ndarray, truth: np.ndarray, thr: list[float], areas: l
         tp_comp[0] = 0
         nesting = _Nesting(mask, labels, sizes, tp_comp, t) if try_fill_holes else None
         filled_cache: dict[bytes, tuple[float, int]] = {}
-        for (j, min_area), (q, peak), (k, largest) in itertools.product(
-                enumerate(areas), enumerate(peak_opts), enumerate(largest_opts)):
-            kept = _kept(sizes, min_area, largest, peaks, peak)
-            pred_sum = int(sizes[kept].sum())
-            d = dice_from_counts(int(tp_comp[kept].sum()), pred_sum, truth_sum)
-            score[i, j, q, k, 0], area[i, j, q, k, 0] = d, pred_sum
-            if nesting is not None:
-                if nesting.holes:
-                    if largest:         # ranked with holes filled, as apply ranks them
-                        kept = _kept(sizes, min_area, largest, peaks, peak, nesting.enclosed)
-                    key = kept.tobytes()
-                    if key not in filled_cache:
-                        filled_sum, tp = nesting.filled(kept)
-                        filled_cache[key] = (dice_from_counts(tp, filled_sum, truth_sum),
-                                             filled_sum)
-                    d, pred_sum = filled_cache[key]
-                score[i, j, q, k, 1], area[i, j, q, k, 1] = d, pred_sum
+        for k, largest in enumerate(largest_opts):
+            kept = _kept_grid(sizes, areas, largest, peaks, peak_opts)    # [min_area, min_peak]
+            pred_sum = kept @ sizes
+            score[i, :, :, k, 0] = _dice_grid(kept @ tp_comp, pred_sum, truth_sum)
+            area[i, :, :, k, 0] = pred_sum
+            if nesting is None:
+                continue
+            if not nesting.holes:
+                score[i, :, :, k, 1], area[i, :, :, k, 1] = score[i, :, :, k, 0], pred_sum
+                continue
+            if largest:         # ranked with holes filled, as apply ranks them
+                kept = _kept_grid(sizes, areas, largest, peaks, peak_opts, nesting.enclosed)
+            for j, q in np.ndindex(kept.shape[:2]):
+                key = kept[j, q].tobytes()
+                if key not in filled_cache:
+                    filled_sum, tp = nesting.filled(kept[j, q])
+                    filled_cache[key] = (dice_from_counts(tp, filled_sum, truth_sum), filled_sum)
+                score[i, j, q, k, 1], area[i, j, q, k, 1] = filled_cache[key]
     return score, area
 
 
