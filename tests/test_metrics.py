@@ -363,3 +363,19 @@ def test_a_tie_in_validation_dice_goes_to_the_lower_validation_loss() -> None:
     assert not M.improves(0.0, 1.2, best_dice=0.0, best_loss=1.17)
     assert M.improves(0.0, 1.2, best_dice=-math.inf, best_loss=math.inf)     # the first epoch
     assert not M.improves(math.nan, 0.5, best_dice=0.2, best_loss=1.0)
+
+
+def test_dice_from_count_arrays_gives_dice_from_counts_floats_element_by_element() -> None:
+    """The grid search scores many settings at once: its array form must keep the one empty
+    rule and give the very floats of the scalar form."""
+    from ultraseg.metrics import dice_from_count_arrays, dice_from_counts
+
+    rng = np.random.default_rng(0)
+    pred_sum = rng.integers(0, 50, size=200)
+    pred_sum[:5] = 0
+    tp = np.minimum(pred_sum, rng.integers(0, 50, size=200))
+    for truth_sum in (0, 7, 40):
+        tp_t = np.minimum(tp, truth_sum)
+        got = dice_from_count_arrays(tp_t, pred_sum, truth_sum)
+        want = [dice_from_counts(int(a), int(b), truth_sum) for a, b in zip(tp_t, pred_sum)]
+        assert got.dtype == np.float64 and got.tolist() == want

@@ -70,6 +70,15 @@ def dice_from_counts(tp: int, pred_sum: int, truth_sum: int) -> float:
     return 1.0 if den == 0 else 2.0 * tp / den
 
 
+def dice_from_count_arrays(tp: np.ndarray, pred_sum: np.ndarray,
+                           truth_sum: int | np.ndarray) -> np.ndarray:
+    """:func:`dice_from_counts` element by element over integer arrays of counts (broadcast),
+    as float64: the same floats, the same :data:`EMPTY_RULE` (post-processing's grid search
+    scores many settings at once)."""
+    den = np.asarray(pred_sum) + truth_sum
+    return np.where(den == 0, 1.0, 2.0 * np.asarray(tp) / np.maximum(den, 1))
+
+
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice coefficient of two bool (H, W) masks; 1.0 when both are empty."""
     tp, fp, fn, _ = confusion(pred, truth)

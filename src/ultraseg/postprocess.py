@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from .config import PostprocessConfig
 from .errors import UltrasegError
-from .metrics import dice_from_counts
+from .metrics import dice_from_count_arrays, dice_from_counts
 
 logger = logging.getLogger(__name__)
 
@@ -205,12 +205,6 @@ def _kept_grid(sizes: np.ndarray, min_areas: Sequence[int], keep_largest: bool,
     return kept
 
 
-def _dice_grid(tp: np.ndarray, pred_sum: np.ndarray, truth_sum: int) -> np.ndarray:
-    """:func:`~ultraseg.metrics.dice_from_counts` of arrays of counts, the same floats."""
-    den = pred_sum + truth_sum
-    return np.where(den == 0, 1.0, 2.0 * tp / np.maximum(den, 1))
-
-
 def largest_filled(mask: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """The largest 8-connected component of a bool (H, W) mask holding at least one, its
     holes filled, ranked by that filled size (ties: the first in raster order): the one rule
@@ -313,7 +307,8 @@ def _score_frame(prob: np.ndarray, truth: np.ndarray, thr: list[float], areas: l
         for k, largest in enumerate(largest_opts):
             kept = _kept_grid(sizes, areas, largest, peaks, peak_opts)    # [min_area, min_peak]
             pred_sum = kept @ sizes
-            score[i, :, :, k, 0] = _dice_grid(kept @ tp_comp, pred_sum, truth_sum)
+            score[i, :, :, k, 0] = dice_from_count_arrays(kept @ tp_comp, pred_sum,
+                                                            truth_sum)
             area[i, :, :, k, 0] = pred_sum
             if nesting is None:
                 continue
