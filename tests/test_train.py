@@ -489,6 +489,22 @@ def test_validation_takes_the_cached_uint8_frames_and_scores_a_batch_at_a_time(
     assert sum(asked) == n_val and max(asked) <= 3, asked
 
 
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_validate_leaves_the_caller_s_model_in_the_mode_it_was_given(mode) -> None:
+    """A caller validating inside their own loop keeps training with BatchNorm in train
+    mode: validate() scored in eval mode and left the model there (a design review, A1).
+    Each module's own flag comes back (a frozen BatchNorm in a training model too)."""
+    cfg = RunConfig(model=ModelConfig(variant="same", width=2, depth=1),
+                    preprocess=PreprocessConfig(size=16), train=TrainConfig(batch_size=2))
+    model = build_model(cfg.model).train(mode != "eval")
+    if mode == "mixed":
+        next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).eval()
+    before = [m.training for m in model.modules()]
+    frames = np.zeros((3, 16, 16), np.uint8)
+    validate(model, frames, frames.copy(), cfg, torch.device("cpu"), None)
+    assert [m.training for m in model.modules()] == before
+
+
 def _position_arrays(size: int = 16) -> Arrays:
     """Two images whose every pixel value is unique and says where it is: image 0 holds
     y * size + x, image 1 holds 255 - (y * size + x). Masks: random bits, so any shift of the

@@ -194,6 +194,19 @@ def lower_weights(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module
     return model
 
 
+@contextlib.contextmanager
+def modes_kept(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within: ``model`` as it is; after: each of its modules back in the train/eval mode it
+    had (a frozen BatchNorm in a training model too), for a public function that runs a
+    caller's model through :func:`torch_runner`, which puts it in eval mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None,
                  compile: bool = False, copy_weights: bool = True
                  ) -> Callable[[np.ndarray], np.ndarray]:
@@ -207,6 +220,7 @@ def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
     ``model`` itself is put in eval mode and channels_last on ``device``, weights unchanged;
     ``copy_weights=False`` lowers ``model``'s own weights instead of a copy's, for a model no
     one else uses (a predictor built from a checkpoint): one copy of the weights less to hold.
+    A public function handed a caller's model runs this under :func:`modes_kept`.
 
     ``compile=True``: ``torch.compile`` with weight freezing (inductor; needs a C++ compiler
     on CPU): the same output, about 5 % faster per call on CPU once compiled, but each new

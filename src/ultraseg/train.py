@@ -54,7 +54,8 @@ from .run_folder import (REFUSED_RUN_FILES, EarlyWarnings, execution_of, mark_ru
                          recorded_presence_head, recorded_resolved, remove_refused_run,
                          remove_temporaries, run_log, with_execution, write_run_config)
 from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, precision_name,
-                      resolve_device, resolve_precision, threads, torch_runner)
+                      modes_kept, resolve_device, resolve_precision, threads,
+                      torch_runner)
 from .shared import warn_if_oversubscribed
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,9 @@ def validate(model: torch.nn.Module, frames: np.ndarray, masks: np.ndarray, cfg:
     all-reduced, so every rank returns the same loss and Dice. (Both are per-image means, so
     the shares add up to the single-process value; with ``batch_dice`` the loss pools groups
     of ``batch_size`` frames within each share.)
+
+    ``model`` is scored in eval mode and left in the train/eval mode it was given (each
+    module's); it is left on ``device``, channels_last, its weights unchanged.
     """
     if frames.dtype != np.uint8:
         raise TypeError(f"validate takes the uint8 frames the cache holds, got {frames.dtype}")
@@ -257,17 +261,18 @@ def validate(model: torch.nn.Module, frames: np.ndarray, masks: np.ndarray, cfg:
     frames, masks = frames[mine], masks[mine]
     loss_sum, dice_sum, step = 0.0, 0.0, cfg.train.batch_size
     if len(frames):
-        predictor = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
-                              batch_size=step)
-        for i in range(0, len(frames), step):
-            probs = predictor.proba_canvas(np.stack(
-                [normalise(im, cfg.preprocess.normalise) for im in frames[i:i + step]]))
-            truth = masks[i:i + step]
-            logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
-            loss_sum += len(probs) * float(compute_loss(
-                cfg.train.loss, logits, torch.from_numpy(truth).float().unsqueeze(1),
-                batch_dice=cfg.train.batch_dice, dice_skip_empty=cfg.train.dice_skip_empty))
-            dice_sum += float(np.sum([dice(pr >= 0.5, m > 0) for pr, m in zip(probs, truth)]))
+        with modes_kept(model):  # the runner scores in eval mode; the caller's mode is back
+            predictor = Predictor(torch_runner(model, device, dtype), cfg.model, cfg.preprocess,
+                                  batch_size=step)
+            for i in range(0, len(frames), step):
+                probs = predictor.proba_canvas(np.stack(
+                    [normalise(im, cfg.preprocess.normalise) for im in frames[i:i + step]]))
+                truth = masks[i:i + step]
+                logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6).unsqueeze(1))
+                loss_sum += len(probs) * float(compute_loss(
+                    cfg.train.loss, logits, torch.from_numpy(truth).float().unsqueeze(1),
+                    batch_dice=cfg.train.batch_dice, dice_skip_empty=cfg.train.dice_skip_empty))
+                dice_sum += float(np.sum([dice(pr >= 0.5, m > 0) for pr, m in zip(probs, truth)]))
     loss_sum, dice_sum, n = ctx.all_reduce_sum([loss_sum, dice_sum, len(frames)], device)
     return loss_sum / n, dice_sum / n
 
