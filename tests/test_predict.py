@@ -133,6 +133,24 @@ def test_predictions_csv_maps_each_image_to_its_outputs(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("given, words", [({"label": 7}, "--label 7"),
+                                           ({"fill_outlines": True}, "--fill-outlines"),
+                                           ({"fill_outlines": False}, "--no-fill-outlines")])
+def test_truth_options_without_an_overlay_are_refused(tmp_path, given, words):
+    """label and fill_outlines say how an overlay reads the ground truth it draws: without
+    overlay=True write_predictions took them, wrote every mask and said nothing, where the CLI
+    refused the same flags (a design review, A2). Refused before anything is written."""
+    save(tmp_path / "in" / "a.png", ramp(6, 6))
+    with pytest.raises(UltrasegError, match="without --overlay no mask is read") as e:
+        write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]),
+                          tmp_path / "out", **given)
+    assert str(e.value).startswith(f"{words} says how --overlay reads the ground truth")
+    assert not (tmp_path / "out").exists()
+    write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), tmp_path / "out",
+                      overlay=True, **given)
+    assert (tmp_path / "out" / "a_overlay.png").is_file()
+
+
 def test_probabilities_writes_each_frame_s_map_as_a_16_bit_png_beside_its_mask(tmp_path):
     """predict could not write probability maps, only the API's predict_proba gave them (a
     post-processing review, O4). probabilities=True writes NAME_prob.png beside the mask: the

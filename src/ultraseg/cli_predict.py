@@ -154,17 +154,10 @@ def options_given(a: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- predict
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .predict_files import collect_frames, write_predictions
+    from .predict_files import check_truth_options, collect_frames, write_predictions
 
-    # flags that say how --overlay reads the ground truth: without it they would do nothing,
-    # and say nothing
-    truth_flags = {"--label": a.label is not None, "--fill-outlines": a.fill_outlines is True,
-                   "--no-fill-outlines": a.fill_outlines is False}
-    for flag in (f for f, given in truth_flags.items() if given and not a.overlay):
-        shown = f"--label {a.label}" if flag == "--label" else flag
-        raise UltrasegError(f"{shown} says how --overlay reads the ground truth it draws; "
-                            f"without --overlay no mask is read (add --overlay, or leave "
-                            f"{flag} out)")
+    # (write_predictions refuses them too: here before the model is loaded)
+    check_truth_options(a.overlay, a.label, a.fill_outlines)
     frames = collect_frames(a.inputs, a.layout, a.subject_pattern, exclude=a.out)
     with loaded_model(a) as predictor:
         summary = write_predictions(predictor, frames, a.out, fmt=a.format, overlay=a.overlay,

@@ -771,6 +771,21 @@ def frames_of(frames: Iterable[Frame] | str | os.PathLike | Iterable[str | os.Pa
     return found
 
 
+def check_truth_options(overlay: bool, label: int | None, fill_outlines: bool | None) -> None:
+    """Refuse ``label`` or ``fill_outlines`` without ``overlay``: they say how an overlay reads
+    the ground truth it draws, and without one no mask is read, so they would do nothing and
+    say nothing. (The words name predict's flags; :func:`write_predictions` makes the check.)"""
+    if overlay:
+        return
+    given = {"--label": label is not None, "--fill-outlines": fill_outlines is True,
+             "--no-fill-outlines": fill_outlines is False}
+    for flag in (f for f, g in given.items() if g):
+        shown = f"--label {label}" if flag == "--label" else flag
+        raise UltrasegError(f"{shown} says how --overlay reads the ground truth it draws; "
+                            f"without --overlay no mask is read (add --overlay, or leave "
+                            f"{flag} out)")
+
+
 def write_predictions(predictor: Predictor | str | Path,
                       frames: Iterable[Frame] | str | Path | Iterable[str | Path],
                       out: str | Path, fmt: str = "png", overlay: bool = False,
@@ -792,7 +807,8 @@ def write_predictions(predictor: Predictor | str | Path,
     ``label`` selects a structure of a label mask, default the predictor's; where no mask holds
     it, a warning says so (``evaluate`` refuses it), and ``summary.label_absent`` lists the labels
     they hold; ``fill_outlines``: the masks are closed contours, filled, None: as the
-    predictor was trained). ``probabilities``: also ``OUT/NAME_prob.png``, the probability map
+    predictor was trained; either without ``overlay`` is refused: :func:`check_truth_options`).
+    ``probabilities``: also ``OUT/NAME_prob.png``, the probability map
     the mask is thresholded from (:meth:`Predictor.predict_proba`: averaged with the flipped
     frame's where tta is used, after a presence head's gate; the threshold and rules never
     apply to it) as a 16-bit greyscale PNG, 0..65535 for 0..1, at the image's size
@@ -812,6 +828,7 @@ def write_predictions(predictor: Predictor | str | Path,
     ``OUT/predictions.settings.json`` records the model and the post-processing applied
     (:func:`settings_record`; ``overrides``: the command line's options given).
     """
+    check_truth_options(overlay, label, fill_outlines)     # before a checkpoint is loaded
     predictor, frames = as_predictor(predictor), frames_of(frames)   # before --out is made
     if fmt not in MASK_FORMATS:
         raise UltrasegError(f"unknown mask format {fmt!r}; valid: {', '.join(MASK_FORMATS)}")
