@@ -112,6 +112,10 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     lock all of ultraseg's ``catch_warnings`` blocks share (:func:`ultraseg.logs.caught_warnings`:
     Python's warning filters are the process's), so another thread's image reads wait for the
     export to end (seconds).
+    With ``verify`` (ONNX Runtime imported), ``ORT_DISABLE_TELEMETRY=1`` is set in
+    ``os.environ`` where it is unset, and stays set (the process's children inherit it): ONNX
+    Runtime's wheels start telemetry on import, and a tool run on patients' images sends
+    nothing anywhere (:data:`TELEMETRY_SWITCH`).
     """
     import torch
 

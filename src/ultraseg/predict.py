@@ -361,6 +361,11 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
     here is warned about and not applied). An ONNX model's ``threads`` above the cores this
     process may use is logged as a warning, as train's and the CLI's ``--threads`` are
     (:func:`ultraseg.shared.warn_if_oversubscribed`), naming ``threads=``; not refused.
+
+    An ``.onnx`` model imports ONNX Runtime with ``ORT_DISABLE_TELEMETRY=1`` set in
+    ``os.environ`` where it is unset, and leaves it set (the process's children inherit it):
+    its wheels start telemetry on import, and a tool run on patients' images sends nothing
+    anywhere (:data:`ultraseg.export.TELEMETRY_SWITCH`).
     """
     return open_model(path, device, precision, threads, "threads=", **options)
 
