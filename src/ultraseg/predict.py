@@ -283,6 +283,12 @@ class Predictor:
                            ) -> Generator[np.ndarray, None, None]:
         """Stream probabilities for many frames, batching frames of equal canvas size.
 
+        ``images``: frames as :meth:`predict_proba` takes them, (H, W) or (H, W, C) arrays of
+        any dtype it reads, or Pillow images; each may have its own size. Yields one float32
+        (H, W) map in [0, 1] per frame, at that frame's own size, in the order given: the map
+        :meth:`predict_proba` gives it (one frame's is yielded once its batch is done, so
+        ``images`` may be a generator too long to hold).
+
         Memory that runs out on a frame's own pixels (its canvas made, its probabilities
         restored to its size) raises :class:`FrameOutOfMemory` naming the frame's place;
         running out on the network's batch raises as it came."""
@@ -313,7 +319,12 @@ class Predictor:
                        ) -> Iterator[np.ndarray]:
         """Test-time-augmented probabilities for frames whose plain ones (this predictor's,
         TTA off) are known: only the mirrored pass runs, half of what ``tta=True`` costs. The
-        numbers are the same, since restoring a canvas to its frame is linear."""
+        numbers are the same, since restoring a canvas to its frame is linear.
+
+        ``images``: the frames, as :meth:`predict_proba_many` takes them; ``plain``: their
+        float32 (H, W) maps in the same order, each at its frame's size (a different count
+        raises ValueError). Yields one float32 (H, W) map in [0, 1] per frame, in that order:
+        the mean of its plain map and its mirrored pass's."""
         mirrored = self.with_options(mirror=True).predict_proba_many(images)
         for p, q in zip(plain, mirrored, strict=True):
             yield 0.5 * (p + q)

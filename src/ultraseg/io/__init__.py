@@ -396,7 +396,16 @@ def label_set(ds: Dataset) -> Dataset:
 
 def open_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | None = None,
                  fill_outlines: bool = False, pattern_required: bool = True) -> Dataset:
-    """Like :func:`scan_dataset`, but any structural problem raises :class:`DataProblems`."""
+    """The dataset under ``path``, read as :func:`scan_dataset` reads it (``layout``: a
+    name in :data:`READERS`, or 'auto' to detect it; an unknown one lists the valid ones),
+    but the structural problems it returns raise :class:`DataProblems`, one line each.
+
+    Returns a :class:`Dataset`: its ``samples`` in the reader's order, ``labelled`` those
+    with a mask, ``unlabelled`` the rest. Nothing is decoded yet: a :class:`Sample`'s
+    ``load()`` reads its files, giving the image, (H, W) uint8 grayscale at the file's size,
+    and its mask, (H, W) uint8 of the same size (0 background, 1..K the structures' labels,
+    a black-and-white mask's white as 1; an outline filled), or None for an unlabelled
+    sample."""
     ds, problems = scan_dataset(path, layout, subject_pattern, fill_outlines,
                                 pattern_required=pattern_required)
     if problems:
