@@ -1,6 +1,7 @@
 """Configuration: dict/JSON round trips, refusal of unknown keys, presets, merge, durations."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -131,12 +132,34 @@ def test_right_types_pass() -> None:
     assert cfg.data.path == "/data/x"                   # a Path where a path string goes
 
 
-def test_config_built_in_python_is_type_checked_before_training() -> None:
-    from ultraseg.train import check_config
+@pytest.mark.parametrize("cls, key, valid", [
+    (ModelConfig, "variant", "'valid', 'same'"),
+    (ModelConfig, "norm", "'batch', 'instance'"),
+    (ModelConfig, "block", "'plain', 'residual'"),
+    (ModelConfig, "presence_mode", "'gate', 'classifier', 'detached'"),
+    (PreprocessConfig, "normalise", "'zscore', 'unit'"),
+    (TrainConfig, "loss", "'bce', 'dice', 'bce+dice'"),
+    (TrainConfig, "augment", "'none', 'flip', 'strong', 'elastic'"),
+    (TrainConfig, "schedule", "'constant', 'cosine'"),
+    (TrainConfig, "precision", "'auto', 'fp32', 'bf16'"),
+])
+def test_a_section_built_in_python_refuses_an_unknown_name_listing_the_valid_ones(
+        cls, key, valid) -> None:
+    """ModelConfig(variant="nope") was built, and refused only inside train(), which
+    checked the types of a config built in Python (a design review, B1): predict's and
+    export's callers, and a script building its configs first, learnt late or not at all."""
+    prefix = cls.__name__.removesuffix("Config").lower()
+    with pytest.raises(UltrasegError) as e:
+        cls(**{key: "nope"})
+    assert str(e.value) == f"{prefix}.{key} must be one of {valid}; got 'nope'"
 
-    cfg = RunConfig(data=DataConfig(path="x"), model=ModelConfig(width="16"))  # type: ignore
+
+def test_config_built_in_python_is_type_checked_when_it_is_built() -> None:
     with pytest.raises(UltrasegError, match="model.width"):
-        check_config(cfg)
+        ModelConfig(width="16")  # type: ignore[arg-type]
+    base = ModelConfig()
+    with pytest.raises(UltrasegError, match="model.width"):     # replace builds it anew
+        dataclasses.replace(base, width="16")
 
 
 def test_a_list_for_a_tuple_setting_built_in_python_is_taken_as_merge_takes_it() -> None:

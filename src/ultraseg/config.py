@@ -47,9 +47,7 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise UnknownSettings(cls.__name__, unknown, sorted(names))
-    section = cls(**data)     # (JSON's lists as tuples, Paths as strings: __post_init__)
-    check_types(section)
-    return section
+    return cls(**data)     # (JSON's lists as tuples, Paths as strings, types: __post_init__)
 
 
 def plain_number(value: Any) -> Any:
@@ -63,9 +61,11 @@ def plain_number(value: Any) -> Any:
 def check_types(section: Any) -> None:
     """Refuse a config section (a dataclass) holding a value of another type than its field
     declares -- a config file's "16" for 16, true for 1, 5.5 frames -- as a user error naming
-    the setting (``train.epochs``). Ranges are the user's (:func:`ultraseg.train.check_config`)."""
+    the setting (``train.epochs``); a name not among a ``Literal``'s lists the valid ones.
+    Every section makes this check when it is built (``__post_init__``: from a file, by
+    ``merge`` or in Python). Ranges are the user's (:func:`ultraseg.train.check_config`)."""
     cls = type(section)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     prefix = cls.__name__.removesuffix("Config").lower()
     for f in fields(section):
         value = getattr(section, f.name)
@@ -141,6 +141,7 @@ class _Section:
                 plain = plain_number(value)
             if plain is not value:
                 object.__setattr__(self, f.name, plain)
+        check_types(self)     # when built: a bad name or type is refused here, not in train
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -307,7 +308,6 @@ def check_postprocess(pp: Any) -> None:
     if not isinstance(pp, PostprocessConfig):
         raise UltrasegError(f"postprocess must be a PostprocessConfig (ultraseg."
                             f"PostprocessConfig(threshold=...)), got {type(pp).__name__}")
-    check_types(pp)
     problem = postprocess_problem(pp)
     if problem:
         raise UltrasegError(f"postprocess.{problem[0]} {problem[1]}")

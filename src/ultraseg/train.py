@@ -32,7 +32,7 @@ from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
-                     ZOOM_LIMITS, RunConfig, TrainConfig, check_types, model_problem,
+                     ZOOM_LIMITS, RunConfig, TrainConfig, model_problem,
                      names_stored, size_problem)
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, read_split_doc, run_split, union_note, write_split)
@@ -295,10 +295,9 @@ def _number(v: object) -> bool:
 
 
 def check_config(cfg: RunConfig) -> None:
-    """Refuse settings training cannot use (a zero batch size, a config file's "5" for 5)
-    as a user error naming the setting, before anything is written."""
-    for section in (cfg.data, cfg.preprocess, cfg.model, cfg.train):
-        check_types(section)     # a config built in Python never passed from_dict's check
+    """Refuse settings training cannot use (a zero batch size) as a user error naming the
+    setting, before anything is written. (A value of the wrong type, a config file's "5" for
+    5, or an unknown name is refused when the section is built: :func:`config.check_types`.)"""
     check_label(cfg.preprocess.label)
     if not isinstance(cfg.data.path, str) or not cfg.data.path.strip():
         raise UltrasegError("data.path is empty: name the dataset (DATA on the command line; "

@@ -180,12 +180,22 @@ def test_center_crop():
         center_crop(t, 7, 2)
 
 
+def _unchecked(cfg: ModelConfig, **values) -> ModelConfig:
+    """``cfg`` holding values its construction refuses (ModelConfig checks its names when
+    built): build_model's own refusals are for a config that got past it all the same."""
+    for k, v in values.items():
+        object.__setattr__(cfg, k, v)
+    return cfg
+
+
 def test_build_model():
     net = build_model(ModelConfig(variant="same", width=4, depth=2))
     assert isinstance(net, UNet) and net.margin == 0
     assert build_model(ModelConfig(width=4)).margin == 92
+    with pytest.raises(UltrasegError, match="model.variant must be one of 'valid', 'same'"):
+        ModelConfig(variant="residual")  # type: ignore[arg-type]
     with pytest.raises(UltrasegError, match=r"valid variants: \['valid', 'same'\]"):
-        build_model(ModelConfig(variant="residual"))  # type: ignore[arg-type]
+        build_model(_unchecked(ModelConfig(), variant="residual"))
     with pytest.raises(UltrasegError, match="68 or 84"):
         build_model(ModelConfig(width=4, tile=70))
 
@@ -374,9 +384,12 @@ def test_detached_presence_head_gates_prediction_and_its_gated_loss_skips_the_de
 
 
 def test_unknown_presence_mode_or_a_mode_without_the_head_is_refused() -> None:
+    with pytest.raises(UltrasegError, match="model.presence_mode must be one of 'gate', "):
+        ModelConfig(variant="same", width=4, presence_head=True,
+                    presence_mode="soft")  # type: ignore[arg-type]
     with pytest.raises(UltrasegError, match="unknown presence mode 'soft'"):
-        build_model(ModelConfig(variant="same", width=4, presence_head=True,
-                                presence_mode="soft"))
+        build_model(_unchecked(ModelConfig(variant="same", width=4, presence_head=True),
+                               presence_mode="soft"))
     with pytest.raises(UltrasegError, match="'classifier' needs the presence head"):
         build_model(ModelConfig(variant="same", width=4, presence_mode="classifier"))
 
@@ -417,8 +430,10 @@ def test_norm_layers_and_their_state() -> None:
 
 
 def test_unknown_norm_is_refused() -> None:
+    with pytest.raises(UltrasegError, match="model.norm must be one of 'batch', 'instance'"):
+        ModelConfig(variant="same", width=4, norm="layer")  # type: ignore[arg-type]
     with pytest.raises(UltrasegError, match="unknown normalisation 'layer'"):
-        build_model(ModelConfig(variant="same", width=4, norm="layer"))  # type: ignore[arg-type]
+        build_model(_unchecked(ModelConfig(variant="same", width=4), norm="layer"))
 
 
 def test_instance_norm_on_channels_last_maps_equals_torchs() -> None:
@@ -494,8 +509,10 @@ def test_residual_encoder_keeps_shapes_and_adds_shortcuts_to_the_encoder_only(va
 
 
 def test_unknown_block_is_refused() -> None:
+    with pytest.raises(UltrasegError, match="model.block must be one of 'plain', 'residual'"):
+        ModelConfig(variant="same", width=4, block="dense")  # type: ignore[arg-type]
     with pytest.raises(UltrasegError, match="unknown block 'dense'"):
-        build_model(ModelConfig(variant="same", width=4, block="dense"))  # type: ignore[arg-type]
+        build_model(_unchecked(ModelConfig(variant="same", width=4), block="dense"))
 
 
 # --- attention gates --------------------------------------------------------------------------
