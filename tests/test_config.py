@@ -154,6 +154,34 @@ def test_a_section_built_in_python_refuses_an_unknown_name_listing_the_valid_one
     assert str(e.value) == f"{prefix}.{key} must be one of {valid}; got 'nope'"
 
 
+@pytest.mark.parametrize("values, words", [
+    ({"epochs": 0}, "train.epochs (--epochs) must be a whole number >= 1, got 0"),
+    ({"batch_size": -2}, "train.batch_size (--batch-size) must be a whole number >= 1, got -2"),
+    ({"tiles_per_image": 0}, "train.tiles_per_image (--tiles-per-image) must be a whole"),
+    ({"num_threads": 0}, "train.num_threads (--threads) must be a whole number >= 1, got 0"),
+    ({"seed": -1}, "train.seed (--seed) must be a whole number from 0 to 4294967295, got -1"),
+    ({"split_seed": 2**40}, "train.split_seed (--split-seed) must be a whole number from 0"),
+    ({"lr": 0.0}, "train.lr (--lr) must be a number > 0, got 0.0"),
+    ({"lr": float("inf")}, "train.lr (--lr) must be a number > 0, got inf"),
+    ({"time_limit_s": -5.0}, "train.time_limit_s (--time-limit) must be a number > 0"),
+    ({"val_fraction": 1.0}, "train.val_fraction (--val-fraction) must be a number in [0, 1)"),
+    ({"test_fraction": -0.1}, "train.test_fraction (--test-fraction) must be a number in"),
+    ({"weight_decay": -1.0}, "train.weight_decay must be a number >= 0, got -1.0"),
+    ({"ema_decay": 1.0}, "train.ema_decay (--ema-decay) must be a number in [0, 1), got 1.0"),
+    ({"presence_weight": -1.0}, "train.presence_weight (--presence-weight) must be a number"),
+    ({"affine_scale": (1.2, 0.8)}, "train.affine_scale (--affine-scale) must be two numbers"),
+])
+def test_a_training_setting_out_of_its_range_is_refused_when_built(values, words) -> None:
+    """TrainConfig(epochs=0) or TrainConfig(lr=0.0) was built and refused only inside
+    train() (a design review, B1): the range is the setting's own, so the section refuses
+    it, in the words train used, from a file, merge or Python alike."""
+    with pytest.raises(UltrasegError) as e:
+        TrainConfig(**values)
+    assert str(e.value).startswith(words), str(e.value)
+    with pytest.raises(UltrasegError):
+        merge(preset("seed"), {"train": values})
+
+
 def test_config_built_in_python_is_type_checked_when_it_is_built() -> None:
     with pytest.raises(UltrasegError, match="model.width"):
         ModelConfig(width="16")  # type: ignore[arg-type]
@@ -188,12 +216,11 @@ def test_the_zoom_range_is_refused_outside_a_quarter_to_four_times(scale, ok) ->
     1e-6 with its replicated border (every mask all or nothing), and nothing said so."""
     from ultraseg.train import check_config
 
-    cfg = RunConfig(data=DataConfig(path="x"), train=TrainConfig(affine_scale=scale))
     if ok:
-        check_config(cfg)
+        check_config(RunConfig(data=DataConfig(path="x"), train=TrainConfig(affine_scale=scale)))
         return
     with pytest.raises(UltrasegError) as e:
-        check_config(cfg)
+        TrainConfig(affine_scale=scale)
     for word in ("train.affine_scale (--affine-scale)", "0.25", "4", repr(scale)):
         assert word in str(e.value), (word, str(e.value))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import types
 import typing
@@ -337,6 +338,16 @@ def postprocess_problem(pp: PostprocessConfig) -> tuple[str, str] | None:
     return None
 
 
+#: The largest --seed and --split-seed (numpy's legacy range): each epoch's torch seed, the
+#: run's times 100 003 plus the epoch, stays within torch's 64 bits.
+MAX_SEED = 2**32 - 1
+
+
+def _number(v: object) -> bool:
+    """A real number as a config value: int or float, not a bool (a config file's true)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     epochs: int = 5
@@ -362,6 +373,57 @@ class TrainConfig(_Section):
     tune_postprocess: bool = True
     num_threads: int | None = None
     world_size: int = 1                  # recorded, not chosen: processes that trained (torchrun)
+
+    def __post_init__(self) -> None:
+        """Each setting's own range, refused as a user error naming the setting when the
+        section is built (after its types: :func:`check_types`). What depends on other
+        settings is :func:`ultraseg.train.check_config`'s."""
+        super().__post_init__()
+        t = self
+        counts = {"train.epochs (--epochs)": t.epochs,
+                  "train.batch_size (--batch-size)": t.batch_size,
+                  "train.tiles_per_image (--tiles-per-image)": t.tiles_per_image}
+        if t.num_threads is not None:
+            counts["train.num_threads (--threads)"] = t.num_threads
+        for name, v in counts.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UltrasegError(f"{name} must be a whole number >= 1, got {v!r}")
+        seeds = {"train.seed (--seed)": t.seed}
+        if t.split_seed is not None:
+            seeds["train.split_seed (--split-seed)"] = t.split_seed
+        for name, v in seeds.items():     # numpy's generators take no negative seed; torch's
+            # take 64 bits, and each epoch's seed is the run's times 100 003 plus the epoch
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
+                raise UltrasegError(f"{name} must be a whole number from 0 to {MAX_SEED}, "
+                                    f"got {v!r}")
+        positive = {"train.lr (--lr)": t.lr}
+        if t.time_limit_s is not None:
+            positive["train.time_limit_s (--time-limit)"] = t.time_limit_s
+        for name, v in positive.items():
+            if not _number(v) or not 0 < v < math.inf:
+                raise UltrasegError(f"{name} must be a number > 0, got {v!r}")
+        s = t.affine_scale
+        if (not isinstance(s, tuple) or len(s) != 2
+                or not all(_number(v) for v in s)
+                or not ZOOM_LIMITS[0] <= s[0] <= s[1] <= ZOOM_LIMITS[1]):
+            raise UltrasegError(f"train.affine_scale (--affine-scale) must be two numbers "
+                                f"{ZOOM_LIMITS[0]:g} <= LO <= HI <= {ZOOM_LIMITS[1]:g} (the "
+                                f"random zoom's range; nnU-Net uses 0.7 1.4), got {s!r}")
+        for name, v in (("train.val_fraction (--val-fraction)", t.val_fraction),
+                        ("train.test_fraction (--test-fraction)", t.test_fraction)):
+            if not _number(v) or not 0 <= v < 1:
+                raise UltrasegError(f"{name} must be a number in [0, 1), got {v!r}")
+        if not _number(t.weight_decay) or not 0 <= t.weight_decay < math.inf:
+            raise UltrasegError(f"train.weight_decay must be a number >= 0, "
+                                f"got {t.weight_decay!r}")
+        d = t.ema_decay
+        if not _number(d) or not 0 <= d < 1:
+            raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
+                                f"got {d!r}")
+        w = t.presence_weight
+        if not _number(w) or not 0 <= w < math.inf:
+            raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number "
+                                f">= 0, got {w!r}")
 
     @property
     def dice_shaped(self) -> list[str]:

@@ -32,7 +32,7 @@ from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
-                     ZOOM_LIMITS, RunConfig, TrainConfig, model_problem,
+                     RunConfig, TrainConfig, _number, model_problem,
                      names_stored, size_problem)
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, read_split_doc, run_split, union_note, write_split)
@@ -289,11 +289,6 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(path, csv_text(METRICS_COLUMNS, history))
 
 
-def _number(v: object) -> bool:
-    """A real number as a config value: int or float, not a bool (a config file's true)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def check_config(cfg: RunConfig) -> None:
     """Refuse settings training cannot use (a zero batch size) as a user error naming the
     setting, before anything is written. (A value of the wrong type, a config file's "5" for
@@ -304,39 +299,6 @@ def check_config(cfg: RunConfig) -> None:
                             "in Python ultraseg.merge(cfg, {\"data\": {\"path\": ...}}))")
     names_stored(cfg.to_dict())     # names its config.json can hold (a locale's encoding)
     t = cfg.train
-    counts = {"train.epochs (--epochs)": t.epochs, "train.batch_size (--batch-size)": t.batch_size,
-              "train.tiles_per_image (--tiles-per-image)": t.tiles_per_image}
-    if t.num_threads is not None:
-        counts["train.num_threads (--threads)"] = t.num_threads
-    for name, v in counts.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise UltrasegError(f"{name} must be a whole number >= 1, got {v!r}")
-    seeds = {"train.seed (--seed)": t.seed}
-    if t.split_seed is not None:
-        seeds["train.split_seed (--split-seed)"] = t.split_seed
-    for name, v in seeds.items():     # numpy's generators take no negative seed; torch's
-        # take 64 bits, and each epoch's seed is the run's times 100 003 plus the epoch
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
-            raise UltrasegError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {v!r}")
-    positive = {"train.lr (--lr)": t.lr}
-    if t.time_limit_s is not None:
-        positive["train.time_limit_s (--time-limit)"] = t.time_limit_s
-    for name, v in positive.items():
-        if not _number(v) or not 0 < v < math.inf:
-            raise UltrasegError(f"{name} must be a number > 0, got {v!r}")
-    s = t.affine_scale
-    if (not isinstance(s, tuple) or len(s) != 2
-            or not all(_number(v) for v in s)
-            or not ZOOM_LIMITS[0] <= s[0] <= s[1] <= ZOOM_LIMITS[1]):
-        raise UltrasegError(f"train.affine_scale (--affine-scale) must be two numbers "
-                            f"{ZOOM_LIMITS[0]:g} <= LO <= HI <= {ZOOM_LIMITS[1]:g} (the random "
-                            f"zoom's range; nnU-Net uses 0.7 1.4), got {s!r}")
-    for name, v in (("train.val_fraction (--val-fraction)", t.val_fraction),
-                    ("train.test_fraction (--test-fraction)", t.test_fraction)):
-        if not _number(v) or not 0 <= v < 1:
-            raise UltrasegError(f"{name} must be a number in [0, 1), got {v!r}")
-    if not _number(t.weight_decay) or not 0 <= t.weight_decay < math.inf:
-        raise UltrasegError(f"train.weight_decay must be a number >= 0, got {t.weight_decay!r}")
     if not isinstance(t.device, str):
         raise UltrasegError(f"train.device (--device) must be a name such as \"auto\", "
                             f"\"cpu\", \"cuda\" or \"cuda:1\", got {t.device!r}")
@@ -349,14 +311,7 @@ def check_config(cfg: RunConfig) -> None:
         raise UltrasegError(f"{' and '.join(shaping)} shape{'s' * (len(shaping) == 1)} the "
                             f"loss's Dice term, and train.loss (--loss) {t.loss} has none: use "
                             "train.loss (--loss) bce+dice (or dice)")
-    d = t.ema_decay
-    if not _number(d) or not 0 <= d < 1:
-        raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
-                            f"got {d!r}")
     w = t.presence_weight
-    if not _number(w) or not 0 <= w < math.inf:
-        raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number >= 0, "
-                            f"got {w!r}")
     if cfg.model.presence_head not in (True, False, "auto"):
         raise UltrasegError(f"model.presence_head must be true, false or \"auto\", got "
                             f"{cfg.model.presence_head!r}")
@@ -483,11 +438,6 @@ def resolve_presence_head(cfg: RunConfig, masks: np.ndarray,
                     "it is" if len(unused) == 1 else "they are")
     mode = cfg.model.presence_mode if on else "gate"  # the mode of a head not built: none
     return replace(cfg, model=replace(cfg.model, presence_head=on, presence_mode=mode))
-
-
-#: The largest --seed and --split-seed (numpy's legacy range): each epoch's torch seed, the
-#: run's times 100 003 plus the epoch, stays within torch's 64 bits.
-MAX_SEED = 2**32 - 1
 
 
 #: A resumed run's ``stopped`` where it had finished already.
