@@ -1242,6 +1242,58 @@ def test_a_tile_is_kept_between_the_pooling_grid_and_the_canvas() -> None:
                                    atol=1e-5)
 
 
+@pytest.mark.parametrize("depth, shape, window", [(4, (1024, 20), (516, 20)),
+                                                  (2, (1030, 40), (516, 40)),
+                                                  (2, (40, 1030), (40, 516))])
+def test_a_side_over_the_window_cap_is_shared_by_equal_windows(depth, shape, window) -> None:
+    """A canvas side just over the 1012-px cap was covered by two 1012-px windows, the second
+    mostly mirror padding: a 1024 canvas at depth 4 fed 1196-px inputs where 700-px ones give
+    the same values (about 2.9x the compute on a 1024 x 1024 canvas). The side is shared by
+    the fewest windows under the cap, each as small as covers its share."""
+    torch = pytest.importorskip("torch")
+    from ultraseg.geometry import context_margin, nearest_valid_output
+    from ultraseg.model import build_model
+    from ultraseg.predict import prediction_tile, prediction_window
+    from ultraseg.runtime import torch_runner
+    from ultraseg.tiling import predict_tiled
+
+    model = ModelConfig(variant="valid", width=2, depth=depth)
+    torch.manual_seed(0)
+    net = build_model(model).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    run = torch_runner(net, torch.device("cpu"), None)
+    fed: list[tuple[int, ...]] = []
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        fed.append(batch.shape)
+        return run(batch)
+
+    pred = Predictor(counted, model, PreprocessConfig(size=None, normalise="unit"),
+                     batch_size=4)
+    canvas = np.random.default_rng(1).random(shape, dtype=np.float32)
+    got = pred.proba_canvas(canvas[None])[0]
+    m = context_margin(depth)
+    assert prediction_window(model, *shape) == window
+    assert fed == [(2, 1, window[0] + 2 * m, window[1] + 2 * m)]
+    # the values of one window over the canvas, and of the capped windows used before (to
+    # float error: the random net's logits are large)
+    whole = predict_tiled(run, canvas, tuple(nearest_valid_output(s, depth) for s in shape), m)
+    capped = predict_tiled(run, canvas, tuple(nearest_valid_output(min(s, 1012), depth)
+                                              for s in shape), m, align=2**depth)
+    assert whole.std() > 0.01
+    np.testing.assert_allclose(got, whole[0], atol=2e-4)
+    np.testing.assert_allclose(got, capped[0], atol=2e-4)
+    assert prediction_tile(model, *shape) == max(window)       # the square tile export takes
+    if depth == 4:
+        from ultraseg.export import export_tile
+
+        assert export_tile(model, PreprocessConfig(size=1024)) == 516
+        assert prediction_window(model, 2000, 2021) == (1012, 692)   # 2 and 3 windows a side
+        assert prediction_window(model, 3000, 1012) == (1012, 1012)
+
+
 def test_a_16_bit_array_is_scaled_as_its_file_is_read(tmp_path) -> None:
     """A uint16 scan with values 0..200 given as an array was kept as 8-bit values, while the
     same file through read_image (the CLI) was stretched to 0..255: the API and the CLI

@@ -44,17 +44,33 @@ def prediction_tile(model: ModelConfig, h: int, w: int, tile: int | None = None)
     """Output tile side for predicting an h x w canvas with a valid model.
 
     ``tile=None``: the smallest valid output covering the larger side (one tile for the whole
-    frame), capped at :data:`MAX_PREDICT_TILE`. Larger tiles cost fewer FLOPs per pixel (less
+    frame), capped at :data:`MAX_PREDICT_TILE` (a longer side shared by the fewest equal
+    windows under it). Larger tiles cost fewer FLOPs per pixel (less
     context recomputed) and give the same result (the predictor starts every window on the
     pooling grid). A ``tile`` is rounded up to a valid output, of at least
     :func:`min_prediction_tile` (narrower windows cannot start on that grid and would give
     other values) and at most the one covering the larger side (more computes only padding).
     """
     if tile is None:
-        want = min(max(h, w), MAX_PREDICT_TILE)
-    else:
-        want = max(min_prediction_tile(model.depth), min(tile, max(h, w)))
+        return _window_side(max(h, w), model.depth)
+    want = max(min_prediction_tile(model.depth), min(tile, max(h, w)))
     return nearest_valid_output(want, model.depth)
+
+
+def _window_side(side: int, depth: int) -> int:
+    """The output window along a canvas side of ``side`` px with no tile given: the smallest
+    valid output covering it, up to :data:`MAX_PREDICT_TILE`. A longer side is shared by the
+    fewest windows of at most that size, each as small as covers its share (windows start on
+    the 2**depth pooling grid, stepping by their side less its remainder on it): 1024 px at
+    depth 4 takes two 516-px windows (700-px inputs), not two 1012-px ones whose second is
+    mostly mirror padding (1196-px inputs, the same values)."""
+    cap = nearest_valid_output(min(side, MAX_PREDICT_TILE), depth)
+    if side <= cap:
+        return cap
+    align = 2**depth
+    rem = cap % align       # every valid output side leaves this remainder on the grid
+    n = -(-(side - rem) // (cap - rem))     # windows of the cap needed: n (cap - rem) + rem >= side
+    return nearest_valid_output(-(-(side + (n - 1) * rem) // n), depth)
 
 
 def min_prediction_tile(depth: int) -> int:
@@ -68,15 +84,15 @@ def prediction_window(model: ModelConfig, h: int, w: int, tile: int | None = Non
     """Output window (th, tw) for predicting an h x w canvas with a valid model.
 
     ``tile=None``: the smallest valid output covering each side on its own, capped at
-    :data:`MAX_PREDICT_TILE` -- one rectangular window for a whole frame up to that size (a
+    :data:`MAX_PREDICT_TILE` (a longer side shared by equal windows under it) -- one
+    rectangular window for a whole frame up to that size (a
     420 x 580 frame: a 604 x 764 input instead of the square 764 x 764, 25 % fewer FLOPs,
     the same values). ``tile=t``: square windows of :func:`prediction_tile`.
     """
     if tile is not None:
         side = prediction_tile(model, h, w, tile)
         return side, side
-    return (nearest_valid_output(min(h, MAX_PREDICT_TILE), model.depth),
-            nearest_valid_output(min(w, MAX_PREDICT_TILE), model.depth))
+    return _window_side(h, model.depth), _window_side(w, model.depth)
 
 
 
