@@ -964,6 +964,37 @@ def test_export_rounds_a_tile_up_as_prediction_does(tmp_path) -> None:
     assert load(tmp_path / "t4.onnx").tile == 20
 
 
+def test_a_small_tile_export_rounded_up_is_taken_by_predict_as_by_a_checkpoint(tmp_path
+                                                                               ) -> None:
+    """`export --tile 3` wrote a tile-12 graph (depth 3) saying so at info level alone, then
+    `predict model.onnx --tile 3` was refused with a hint to re-export (which gave 12 again),
+    while the checkpoint took --tile 3 as 12. Both paths round a tile up to the smallest that
+    starts on the pooling grid, and the rounding of a tile given is a warning."""
+    model = ModelConfig(variant="valid", width=2, depth=3)
+    pre = PreprocessConfig(size=48, normalise="unit")
+    torch.manual_seed(0)
+    net = build_model(model)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    ckpt = tmp_path / "d3.ckpt"
+    save_checkpoint(ckpt, net.state_dict(), make_meta(model, pre, PostprocessConfig()))
+    with ultraseg_warnings() as warned:
+        export_onnx(ckpt, tmp_path / "t3.onnx", tile=3)
+    assert [r.getMessage() for r in warned if "--tile 3 rounded up to 12" in r.getMessage()]
+    frame = np.random.default_rng(2).integers(0, 256, (40, 52), dtype=np.uint8)
+    with ultraseg_warnings() as warned:
+        graph = load(tmp_path / "t3.onnx", tile=3)
+        checkpoint = load(ckpt, device="cpu", precision="fp32", tile=3)
+    said = [r.getMessage() for r in warned]
+    assert sum("tile (--tile) 3 rounded up to 12" in m for m in said) == 2, said
+    one = checkpoint.predict_proba(frame)
+    assert one.std() > 0.01
+    np.testing.assert_allclose(graph.predict_proba(frame), one, atol=1e-5)
+    with pytest.raises(UltrasegError, match="takes tile 12 only"):
+        load(tmp_path / "t3.onnx", tile=13)                     # a 20 window: another graph
+
+
 @pytest.mark.parametrize("variant", ["valid", "same"])
 @pytest.mark.parametrize("tile", [0, -3])
 def test_export_refuses_a_tile_below_one_in_its_own_words(tmp_path, variant, tile) -> None:

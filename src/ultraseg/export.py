@@ -90,8 +90,9 @@ def export_tile(model: ModelConfig, preprocess: PreprocessConfig, tile: int | No
             raise UltrasegError(f"--tile must be at least 1, got {tile}")
         side = nearest_valid_output(max(tile, min_prediction_tile(model.depth)), model.depth)
         if side != tile:
-            log.info("--tile %d rounded up to %d, the nearest output side of the depth-%d "
-                     "U-Net whose windows start on its pooling grid", tile, side, model.depth)
+            log.warning("--tile %d rounded up to %d, the nearest output side of the depth-%d "
+                        "U-Net whose windows start on its pooling grid", tile, side,
+                        model.depth)
         return side
     if preprocess.size is None:
         return model.tile

@@ -190,9 +190,10 @@ class Predictor:
         if self.tile is not None and (isinstance(self.tile, bool)
                                       or not isinstance(self.tile, int) or self.tile < 1):
             raise UltrasegError(f"tile must be a whole number >= 1 (or None), got {self.tile!r}")
-        if self.fixed_tile is not None and (
+        if self.fixed_tile is not None and (      # a tile rounded as export rounds it
                 self.tile is None
-                or nearest_valid_output(self.tile, self.model.depth) != self.fixed_tile):
+                or nearest_valid_output(max(self.tile, min_prediction_tile(self.model.depth)),
+                                        self.model.depth) != self.fixed_tile):
             raise UltrasegError(f"this model takes tile {self.fixed_tile} only (an ONNX export "
                                 f"of a valid model), not tile {self.tile!r}: re-export it with "
                                 "`ultraseg export --tile T` for another", self.source or None)
@@ -437,4 +438,9 @@ def open_model(path: str | Path, device: str, precision: str, threads: int | Non
     if options.get("tile") is not None and predictor.model.variant != "valid":
         log.warning("tile (--tile) applies to the valid model; this %s model predicts each "
                     "frame whole", predictor.model.variant)
+    elif options.get("tile") is not None and predictor.tile < min_prediction_tile(
+            predictor.model.depth):     # (export rounds a graph's tile so, and says so too)
+        log.warning("tile (--tile) %d rounded up to %d, the smallest output side of the "
+                    "depth-%d U-Net whose windows start on its pooling grid", predictor.tile,
+                    min_prediction_tile(predictor.model.depth), predictor.model.depth)
     return predictor.with_options(**later) if later else predictor
