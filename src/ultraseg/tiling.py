@@ -169,6 +169,23 @@ def crop_with_context(
     return padded[..., y : y + side_h, x : x + side_w]
 
 
+def _padded(image: np.ndarray, out_tile: Tile, margin: int, align: int
+            ) -> tuple[np.ndarray, TilePlan]:
+    """The image (C, H, W) float32 mirror-padded to hold every window with its context, and
+    the plan of the windows; checks the image and the margin."""
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {image.shape}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    chw = image[None] if image.ndim == 2 else image
+    h, w = chw.shape[-2:]
+    positions = tuple(plan_tiles(h, w, out_tile, align))
+    plan = TilePlan(h=h, w=w, out_tile=out_tile, margin=margin, positions=positions)
+    grow_h, grow_w = plan.padded_shape[0] - h, plan.padded_shape[1] - w
+    chw = chw.astype(np.float32, copy=False)
+    return _spatial_pad(chw, margin, margin + grow_h, margin + grow_w), plan
+
+
 def extract_tiles(image: np.ndarray, out_tile: Tile, margin: int, align: int = 1
                   ) -> tuple[np.ndarray, TilePlan]:
     """Cut the network's input windows out of a mirror-padded image.
@@ -183,20 +200,41 @@ def extract_tiles(image: np.ndarray, out_tile: Tile, margin: int, align: int = 1
         tiles: (N, C, th + 2 margin, tw + 2 margin) float32 (C = 1 for a 2D image),
             in the order of ``plan.positions``.
         plan: the :class:`TilePlan` that :func:`stitch_tiles` needs.
+
+    Every window at once: :func:`predict_tiled` cuts them a batch at a time instead.
     """
-    if image.ndim not in (2, 3):
-        raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {image.shape}")
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    chw = image[None] if image.ndim == 2 else image
-    h, w = chw.shape[-2:]
-    positions = tuple(plan_tiles(h, w, out_tile, align))
-    plan = TilePlan(h=h, w=w, out_tile=out_tile, margin=margin, positions=positions)
-    grow_h, grow_w = plan.padded_shape[0] - h, plan.padded_shape[1] - w
-    chw = chw.astype(np.float32, copy=False)
-    padded = _spatial_pad(chw, margin, margin + grow_h, margin + grow_w)
-    tiles = np.stack([crop_with_context(padded, y, x, out_tile, margin) for y, x in positions])
+    padded, plan = _padded(image, out_tile, margin, align)
+    tiles = np.stack([crop_with_context(padded, y, x, out_tile, margin)
+                      for y, x in plan.positions])
     return tiles, plan
+
+
+class _Stitcher:
+    """Adds window outputs into the whole image as they come (float64 sums, window counts)."""
+
+    def __init__(self, plan: TilePlan) -> None:
+        self.plan, self.done = plan, 0
+        self.total: np.ndarray | None = None
+        self.count = np.zeros(plan.padded_shape, dtype=np.int64)
+
+    def add(self, outputs: np.ndarray, expected: int) -> None:
+        """The outputs (n, C, th, tw) of the next ``expected`` windows of the plan."""
+        th, tw = self.plan.out_shape
+        if outputs.ndim != 4 or outputs.shape[0] != expected or outputs.shape[-2:] != (th, tw):
+            raise ValueError(f"expected tile outputs of shape ({expected}, C, {th}, {tw}), got "
+                             f"{tuple(outputs.shape)}")
+        if self.total is None:
+            self.total = np.zeros((outputs.shape[1], *self.plan.padded_shape), dtype=np.float64)
+        for out, (y, x) in zip(outputs, self.plan.positions[self.done: self.done + expected]):
+            self.total[:, y : y + th, x : x + tw] += out
+            self.count[y : y + th, x : x + tw] += 1
+        self.done += expected
+
+    def result(self) -> np.ndarray:
+        """(C, H, W) float32, overlapping outputs averaged."""
+        if self.total is None or self.done != len(self.plan.positions):
+            raise ValueError(f"{self.done} of {len(self.plan.positions)} tile outputs given")
+        return (self.total / self.count)[:, : self.plan.h, : self.plan.w].astype(np.float32)
 
 
 def stitch_tiles(outputs: np.ndarray, plan: TilePlan) -> np.ndarray:
@@ -210,18 +248,9 @@ def stitch_tiles(outputs: np.ndarray, plan: TilePlan) -> np.ndarray:
         (C, H, W) float32. Where windows overlap (the shifted-back last row / column) the
         outputs are averaged (accumulated in float64, so identical values come back exactly).
     """
-    n, (th, tw) = len(plan.positions), plan.out_shape
-    if outputs.ndim != 4 or outputs.shape[0] != n or outputs.shape[-2:] != (th, tw):
-        raise ValueError(
-            f"expected tile outputs of shape ({n}, C, {th}, {tw}), got {tuple(outputs.shape)}"
-        )
-    big_h, big_w = plan.padded_shape
-    total = np.zeros((outputs.shape[1], big_h, big_w), dtype=np.float64)
-    count = np.zeros((big_h, big_w), dtype=np.int64)
-    for out, (y, x) in zip(outputs, plan.positions):
-        total[:, y : y + th, x : x + tw] += out
-        count[y : y + th, x : x + tw] += 1
-    return (total / count)[:, : plan.h, : plan.w].astype(np.float32)
+    stitcher = _Stitcher(plan)
+    stitcher.add(outputs, len(plan.positions))
+    return stitcher.result()
 
 
 def predict_tiled(
@@ -245,11 +274,17 @@ def predict_tiled(
 
     Returns:
         (C, H, W) float32, whatever ``run_batch`` produces (logits or probabilities).
+
+    The input windows are cut ``batch_size`` at a time and their outputs added into the image
+    as they come: host memory holds one batch of windows, however small the tile (all of a
+    20-px tile's windows with 92 px of context would take about 160 times the image).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tiles, plan = extract_tiles(image, out_tile, margin, align)
-    outputs = [
-        np.asarray(run_batch(tiles[i : i + batch_size])) for i in range(0, len(tiles), batch_size)
-    ]
-    return stitch_tiles(np.concatenate(outputs, axis=0), plan)
+    padded, plan = _padded(image, out_tile, margin, align)
+    stitcher = _Stitcher(plan)
+    for i in range(0, len(plan.positions), batch_size):
+        at = plan.positions[i : i + batch_size]
+        batch = np.stack([crop_with_context(padded, y, x, out_tile, margin) for y, x in at])
+        stitcher.add(np.asarray(run_batch(batch)), len(at))
+    return stitcher.result()
