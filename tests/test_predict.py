@@ -1294,6 +1294,37 @@ def test_a_side_over_the_window_cap_is_shared_by_equal_windows(depth, shape, win
         assert prediction_window(model, 3000, 1012) == (1012, 1012)
 
 
+@pytest.mark.parametrize("batch_size, calls", [(4, [4, 4]), (3, [3, 3, 2]), (1, [1] * 8)])
+def test_a_valid_model_batches_the_windows_of_several_frames(batch_size, calls) -> None:
+    """A valid model tiled each canvas alone, so --batch-size never batched frames: 8 frames
+    whose canvas takes one window made 8 calls of batch 1 where the 'same' model makes 2 of
+    batch 4. The windows of every canvas in a flush are batched together, batch_size at a
+    time, and give each frame's own map."""
+    from ultraseg.geometry import context_margin
+
+    margin = context_margin(2)
+
+    def run(batch: np.ndarray) -> np.ndarray:     # a stand-in valid net: the centre, squashed
+        centre = batch[:, :, margin:batch.shape[2] - margin, margin:batch.shape[3] - margin]
+        return (1.0 / (1.0 + np.exp(-40.0 * (centre - 0.5)))).astype(np.float32)
+
+    fed: list[int] = []
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        fed.append(len(batch))
+        return run(batch)
+
+    model = ModelConfig(variant="valid", depth=2)
+    pre = PreprocessConfig(size=32, normalise="unit")
+    frames = [ramp(30 + i, 40, seed=i) for i in range(8)]
+    pred = Predictor(counted, model, pre, batch_size=batch_size)
+    got = list(pred.predict_proba_many(frames))
+    assert fed == calls
+    one = Predictor(run, model, pre, batch_size=1)
+    for frame, p in zip(frames, got, strict=True):
+        np.testing.assert_array_equal(p, one.predict_proba(frame))
+
+
 def test_a_16_bit_array_is_scaled_as_its_file_is_read(tmp_path) -> None:
     """A uint16 scan with values 0..200 given as an array was kept as 8-bit values, while the
     same file through read_image (the CLI) was stretched to 0..255: the API and the CLI

@@ -15,6 +15,7 @@ from ultraseg.tiling import (
     pad_for_tiles,
     plan_tiles,
     predict_tiled,
+    predict_tiled_many,
     stitch_tiles,
 )
 
@@ -107,6 +108,29 @@ def test_windows_are_cut_a_batch_at_a_time():
     assert sum(sizes) == every and max(sizes) == 4
     assert every * window > 25e6                               # all at once: 28 MB
     assert peak < 10 * image.nbytes + 8 * window, peak         # the canvas's buffers, 4 windows
+
+
+def test_the_windows_of_several_images_are_batched_together():
+    """Windows of several images of one shape run batch_size at a time across the images (a
+    batch may hold the last windows of one and the first of the next), each image's outputs
+    stitched into its own map."""
+    images = np.random.default_rng(4).random((3, 2, 30, 40), dtype=np.float32)
+    sizes: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        return centre_crop_batch(7)(batch)
+
+    got = predict_tiled_many(run, images, (20, 24), 7, batch_size=4, align=4)
+    assert len(plan_tiles(30, 40, (20, 24), align=4)) == 4      # 12 windows in all
+    assert sizes == [4, 4, 4]
+    np.testing.assert_array_equal(np.stack(got), images)
+    sizes.clear()
+    got = predict_tiled_many(run, images, 20, 7, batch_size=5)   # 3 x 4 windows, unaligned
+    assert sizes == [5, 5, 2]
+    np.testing.assert_array_equal(np.stack(got), images)
+    with pytest.raises(ValueError, match="one shape"):
+        predict_tiled_many(run, [images[0], images[1][:, :20]], 20, 7)
 
 
 def test_extract_tiles_mirror_context():

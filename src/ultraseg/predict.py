@@ -26,7 +26,7 @@ from .geometry import context_margin, nearest_valid_output
 from .io.base import pillow_to_gray
 from .postprocess import apply as apply_postprocess
 from .preprocess import Geometry, prepare, restore
-from .tiling import predict_tiled
+from .tiling import predict_tiled_many
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +254,11 @@ class Predictor:
             # would shrink a tile larger than a small canvas to fit it)
             tile = ((self.fixed_tile, self.fixed_tile) if self.fixed_tile is not None
                     else prediction_window(self.model, h, w, self.tile))
-            # windows start on the pooling grid: tiles give one window's values
-            return np.stack([predict_tiled(self._run, c, tile, context_margin(self.model.depth),
-                                           self.batch_size, align=2**self.model.depth)[0]
-                             for c in canvases])
+            # windows start on the pooling grid: tiles give one window's values; the windows of
+            # every canvas batched together (a canvas of one window is a frame a batch place)
+            return np.stack([p[0] for p in predict_tiled_many(
+                self._run, canvases, tile, context_margin(self.model.depth), self.batch_size,
+                align=2**self.model.depth)])
         step = 2**self.model.depth
         ph, pw = -h % step, -w % step
         x = canvases[:, None]

@@ -23,8 +23,9 @@ Both the torch and the ONNX backends call :func:`predict_tiled` with their own `
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 
 import numpy as np
 
@@ -39,6 +40,7 @@ __all__ = [
     "pad_for_tiles",
     "plan_tiles",
     "predict_tiled",
+    "predict_tiled_many",
     "stitch_tiles",
     "tile_shape",
 ]
@@ -169,21 +171,25 @@ def crop_with_context(
     return padded[..., y : y + side_h, x : x + side_w]
 
 
-def _padded(image: np.ndarray, out_tile: Tile, margin: int, align: int
-            ) -> tuple[np.ndarray, TilePlan]:
-    """The image (C, H, W) float32 mirror-padded to hold every window with its context, and
-    the plan of the windows; checks the image and the margin."""
-    if image.ndim not in (2, 3):
-        raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {image.shape}")
+def _plan(image: np.ndarray, out_tile: Tile, margin: int, align: int) -> TilePlan:
+    """The windows of an (H, W) or (C, H, W) image; checks the image and the margin."""
+    if np.ndim(image) not in (2, 3):
+        raise ValueError(f"expected an (H, W) or (C, H, W) image, got shape {np.shape(image)}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    chw = image[None] if image.ndim == 2 else image
-    h, w = chw.shape[-2:]
+    h, w = np.shape(image)[-2:]
     positions = tuple(plan_tiles(h, w, out_tile, align))
-    plan = TilePlan(h=h, w=w, out_tile=out_tile, margin=margin, positions=positions)
-    grow_h, grow_w = plan.padded_shape[0] - h, plan.padded_shape[1] - w
+    return TilePlan(h=h, w=w, out_tile=out_tile, margin=margin, positions=positions)
+
+
+def _padded(image: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """The image (C, H, W) float32, mirror-padded to hold every window of ``plan`` with its
+    context."""
+    chw = image[None] if image.ndim == 2 else image
+    grow_h, grow_w = plan.padded_shape[0] - plan.h, plan.padded_shape[1] - plan.w
     chw = chw.astype(np.float32, copy=False)
-    return _spatial_pad(chw, margin, margin + grow_h, margin + grow_w), plan
+    m = plan.margin
+    return _spatial_pad(chw, m, m + grow_h, m + grow_w)
 
 
 def extract_tiles(image: np.ndarray, out_tile: Tile, margin: int, align: int = 1
@@ -203,7 +209,8 @@ def extract_tiles(image: np.ndarray, out_tile: Tile, margin: int, align: int = 1
 
     Every window at once: :func:`predict_tiled` cuts them a batch at a time instead.
     """
-    padded, plan = _padded(image, out_tile, margin, align)
+    plan = _plan(image, out_tile, margin, align)
+    padded = _padded(image, plan)
     tiles = np.stack([crop_with_context(padded, y, x, out_tile, margin)
                       for y, x in plan.positions])
     return tiles, plan
@@ -279,12 +286,52 @@ def predict_tiled(
     as they come: host memory holds one batch of windows, however small the tile (all of a
     20-px tile's windows with 92 px of context would take about 160 times the image).
     """
+    return predict_tiled_many(run_batch, [image], out_tile, margin, batch_size, align)[0]
+
+
+def predict_tiled_many(
+    run_batch: Callable[[np.ndarray], np.ndarray],
+    images: Sequence[np.ndarray],
+    out_tile: Tile,
+    margin: int,
+    batch_size: int = 4,
+    align: int = 1,
+) -> list[np.ndarray]:
+    """:func:`predict_tiled` over several images of one shape, their windows batched together:
+    ``batch_size`` windows a call across the images, in order (a call may hold the last
+    windows of one image and the first of the next), so frames whose canvas takes one window
+    each are batched as a 'same' model batches whole frames. Returns each image's (C, H, W)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    padded, plan = _padded(image, out_tile, margin, align)
-    stitcher = _Stitcher(plan)
-    for i in range(0, len(plan.positions), batch_size):
-        at = plan.positions[i : i + batch_size]
-        batch = np.stack([crop_with_context(padded, y, x, out_tile, margin) for y, x in at])
-        stitcher.add(np.asarray(run_batch(batch)), len(at))
-    return stitcher.result()
+    if len({np.shape(im) for im in images}) > 1:
+        raise ValueError("the images tiled together must have one shape, got "
+                         + ", ".join(str(np.shape(im)) for im in images))
+    if not len(images):
+        return []
+    plan = _plan(images[0], out_tile, margin, align)
+    # an image is padded where its first window is cut, and its sums give way to its map
+    # where its last is added: padded copies and sums only of the images a batch reaches
+    padded: dict[int, np.ndarray] = {}
+    stitchers: dict[int, _Stitcher] = {}
+    results: list[np.ndarray] = []
+    windows = [(k, y, x) for k in range(len(images)) for y, x in plan.positions]
+    for i in range(0, len(windows), batch_size):
+        at = windows[i : i + batch_size]
+        for k in dict.fromkeys(k for k, _, _ in at):
+            if k not in padded:
+                padded[k] = _padded(np.asarray(images[k]), plan)
+                stitchers[k] = _Stitcher(plan)
+        batch = np.stack([crop_with_context(padded[k], y, x, out_tile, margin)
+                          for k, y, x in at])
+        outputs = np.asarray(run_batch(batch))
+        if outputs.ndim < 1 or outputs.shape[0] != len(at):
+            raise ValueError(f"expected {len(at)} tile outputs, got {tuple(outputs.shape)}")
+        start = 0
+        for k, same in groupby(at, key=lambda window: window[0]):    # each image's windows
+            n = len(list(same))
+            stitchers[k].add(outputs[start : start + n], n)
+            start += n
+            if stitchers[k].done == len(plan.positions):
+                results.append(stitchers.pop(k).result())
+                del padded[k]
+    return results
