@@ -2755,6 +2755,49 @@ def test_a_run_past_its_limit_before_validating_validates_and_scores_a_sample(
     assert f"2 of {n_val}" in html
 
 
+def test_an_epoch_validated_on_a_sample_does_not_beat_one_validated_on_every_frame(
+        tmp_path, monkeypatch) -> None:
+    """An epoch whose validation started past the time limit is validated on one batch of the
+    frames, and its Dice was compared with the best epoch's over every frame: a lucky sample
+    took best.ckpt (a training-loop review, O7). It is kept in the history, with the frames it
+    was validated on (``val_frames``, also in metrics.csv), and never beats an epoch validated
+    on all of them; the report's best epoch agrees. Epoch 1 validates in full (Dice 0.5); the
+    clock then jumps past the limit in epoch 2's first step, whose sample scores 0.9."""
+    from types import SimpleNamespace
+
+    from ultraseg.report import best_row
+
+    extra, armed, validated = [0.0], [False], []
+    monkeypatch.setattr(train_mod, "time",
+                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
+    real_step = train_mod.optimizer_step
+
+    def step(*args, **kw):
+        if armed[0]:
+            extra[0] = 1e6
+        return real_step(*args, **kw)
+
+    def spy(model, frames, *args, **kw):
+        validated.append(len(frames))
+        armed[0] = True
+        return 0.3, (0.5 if len(validated) == 1 else 0.9)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", step)
+    monkeypatch.setattr(train_mod, "validate", spy)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "3", "--batch-size", "2",
+                       "--time-limit", "30m") == 0
+    n_val = len(json.loads((run / "split.json").read_text())["val"])
+    assert n_val > 2 and validated == [n_val, 2]
+    best = load_checkpoint(run / "best.ckpt")
+    assert best.meta["metrics"]["best_epoch"] == 1
+    history = load_checkpoint(run / "last.ckpt").meta["metrics"]["history"]
+    assert [r["val_frames"] for r in history] == [n_val, 2]
+    assert best_row(history) == 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["val_frames"] for r in rows] == [str(n_val), "2"]
+
+
 def test_a_run_that_outlasts_its_time_limit_says_so(tmp_path, monkeypatch, capsys) -> None:
     """A run whose own time passed its --time-limit (a 5 s limit took 44 s; a budgets review)
     said so nowhere: the report gave its run time and 'stopped early' alone. One warning now

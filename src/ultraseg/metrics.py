@@ -295,9 +295,15 @@ def subject_interval(values: Sequence[float], subjects: Sequence[str],
     return [float(lo), float(hi)]
 
 
-def improves(val_dice: float, val_loss: float, best_dice: float, best_loss: float) -> bool:
+def improves(val_dice: float, val_loss: float, best_dice: float, best_loss: float,
+             sampled: bool = False, best_full: bool = False) -> bool:
     """Whether an epoch's validation beats the best so far: a higher Dice, or the same Dice
     at a lower loss (every epoch scoring Dice 0 before the network finds anything would
-    otherwise keep the first, least trained one). NaN never improves. The one rule that picks
-    a run's best epoch, in training and in its report."""
+    otherwise keep the first, least trained one). NaN never improves. An epoch validated on a
+    sample of the validation frames (``sampled``: the time limit had passed) never beats a
+    best validated on all of them (``best_full``): a few frames' Dice is another figure, and
+    a lucky sample would take the best checkpoint. The one rule that picks a run's best
+    epoch, in training and in its report."""
+    if sampled and best_full:
+        return False
     return val_dice > best_dice or (val_dice == best_dice and val_loss < best_loss)

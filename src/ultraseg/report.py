@@ -297,15 +297,25 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+def sampled_rows(history: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """Whether each row of ``history`` was validated on a sample of the validation frames
+    (the time limit had passed): its ``val_frames`` is fewer than the most any row was
+    validated on (rows without it, from runs before it was recorded, on all of them)."""
+    counts = [_num(row.get("val_frames")) for row in history]
+    most = max((c for c in counts if c == c), default=math.nan)
+    return [c == c and c < most for c in counts]
+
+
 def best_row(history: Sequence[Mapping[str, Any]]) -> int:
     """Index of the row of ``history`` that training kept as its best epoch: the highest
-    validation Dice, on a tie the lower validation loss (:func:`ultraseg.metrics.improves`);
-    -1 where no row has a validation Dice."""
-    best, best_dice, best_loss = -1, -math.inf, math.inf
-    for i, row in enumerate(history):
+    validation Dice, on a tie the lower validation loss, a row validated on a sample never
+    over one validated on every frame (:func:`ultraseg.metrics.improves`); -1 where no row
+    has a validation Dice."""
+    best, best_dice, best_loss, best_full = -1, -math.inf, math.inf, False
+    for i, (row, sampled) in enumerate(zip(history, sampled_rows(history))):
         d, loss = _num(row.get("val_dice")), _num(row.get("val_loss"))
-        if improves(d, loss, best_dice, best_loss):
-            best, best_dice, best_loss = i, d, loss
+        if improves(d, loss, best_dice, best_loss, sampled, best_full):
+            best, best_dice, best_loss, best_full = i, d, loss, not sampled
     return best
 
 

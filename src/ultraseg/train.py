@@ -49,7 +49,7 @@ from .model import build_model, context_margin, count_parameters
 from .optim import DenseAdam
 from .predict import Predictor
 from .preprocess import normalise, zscore_stats
-from .report import postprocess_words
+from .report import postprocess_words, sampled_rows
 from .run_folder import (REFUSED_RUN_FILES, EarlyWarnings, execution_of, mark_run_folder, open_run,
                          recorded_presence_head, recorded_resolved, remove_refused_run,
                          remove_temporaries, run_log, with_execution, write_run_config)
@@ -279,7 +279,8 @@ def validate(model: torch.nn.Module, frames: np.ndarray, masks: np.ndarray, cfg:
 
 # ---------------------------------------------------------------------------------- the run
 #: metrics.csv's columns: one row per epoch.
-METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "complete")
+METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "complete",
+                   "val_frames")
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
@@ -909,6 +910,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     scored = model if ema is None else ema.module  # what validation scores and best.ckpt keeps
     history: list[dict[str, Any]] = []
     best_dice, best_loss, best_epoch, start_epoch = -1.0, math.inf, 0, 1
+    best_full = False   # the best epoch was validated on every validation frame
     horizon = float(tc.epochs)  # epochs the learning-rate schedule spans (see _horizon)
     if last is not None:
         model.load_state_dict(last.state_dict)
@@ -920,6 +922,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         best_epoch = int(last.train_state["best_epoch"])
         best_loss = next((float(r["val_loss"]) for r in history if r["epoch"] == best_epoch),
                          math.inf)
+        best_full = not next((sampled for r, sampled in zip(history, sampled_rows(history))
+                              if r["epoch"] == best_epoch), True)
         start_epoch = int(last.train_state["epoch"]) + 1
         horizon = float(last.train_state.get("horizon", tc.epochs))
         log.info("resuming after epoch %d", start_epoch - 1)
@@ -1021,6 +1025,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                         f"({some_names(bad) if bad else 'on another process'})")
             break
         val_loss, val_dice = math.nan, math.nan
+        frames_v = None
         if validating:
             frames_v, masks_v = val_frames, val_masks
             # a validation that would start past the limit is no step under way: one batch
@@ -1044,7 +1049,8 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                "val_loss": val_loss, "val_dice": val_dice,
                "lr": optimizer.param_groups[0]["lr"],
-               "seconds": round(time.monotonic() - t_epoch, 2), "complete": complete}
+               "seconds": round(time.monotonic() - t_epoch, 2), "complete": complete,
+               "val_frames": None if frames_v is None else len(frames_v)}
         history.append(row)
         if validating:
             log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.4f (%.0f s)", epoch,
@@ -1060,9 +1066,11 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                                tc.time_limit_s)
             t_measured = now
         # no validation: the latest counts
-        improved = not choosing or improves(val_dice, val_loss, best_dice, best_loss)
+        sampled = frames_v is not None and len(frames_v) < len(val_frames)
+        improved = not choosing or improves(val_dice, val_loss, best_dice, best_loss, sampled,
+                                            best_full)
         if improved:
-            best_dice, best_loss, best_epoch = val_dice, val_loss, epoch
+            best_dice, best_loss, best_epoch, best_full = val_dice, val_loss, epoch, not sampled
         if ctx.is_main:  # metrics first: a kill before last.ckpt re-runs this epoch identically
             _write_metrics(out / "metrics.csv", history)
             metrics = {"history": history, "best_epoch": best_epoch,
