@@ -318,4 +318,11 @@ def test_the_evaluation_table_leaves_out_the_mm_figures_that_do_not_apply() -> N
     assert not [k for k in table if "(mm)" in k or "head-circumference" in k], table
     table = demo.evaluation_table({**summary, "hd95_mm_median": 0.8, "hd95_mm_n": 4})
     assert table["HD95, median (mm)"] == 0.8 and table["frames in the HD95 median (mm)"] == 4
+
+
+def test_the_evaluation_table_leaves_out_figures_by_class_where_frames_have_none() -> None:
+    """evaluate's summary holds by_class always, null where frames carry no class, as the
+    demo's phantom frames do: no 'by class' row of None."""
+    table = demo.evaluation_table({"n": 6, "dice_mean": 0.9, "by_class": None})
+    assert table == {"frames (unseen phantom, seed 1)": 6, "Dice, all frames (0-1)": 0.9}
     assert "frames in the head-circumference error" not in table

@@ -1777,3 +1777,101 @@ def test_a_split_drawn_over_another_dataset_whose_names_fit_is_warned_about(
         with ultraseg_warnings() as warned:
             evaluate(predictor, scored, split_file=run / "split.json")
         assert not warned, [r.getMessage() for r in warned]
+
+
+# ------------------------------------------------------------------ figures by image class
+@pytest.fixture(scope="module")
+def busi_like(data, tmp_path_factory) -> tuple[Path, Path]:
+    """(a BUSI-like folder, a tiny model trained 2 epochs on the phantom frames): the frames
+    of the phantom's empty subject are ``normal``, the others ``benign`` or ``malignant``,
+    each class folder holding its images with their masks beside them."""
+    from ultraseg.config import DataConfig, RunConfig, TrainConfig
+    from ultraseg.train import train
+
+    root = tmp_path_factory.mktemp("byclass")
+    run = root / "run"
+    train(RunConfig(data=DataConfig(path=str(data), layout="folders", cache_dir=""),
+                    preprocess=PreprocessConfig(size=SIZE, normalise="zscore"),
+                    model=ModelConfig(variant="same", width=4, depth=2),
+                    train=TrainConfig(epochs=2, batch_size=8, lr=3e-3, device="cpu",
+                                      precision="fp32", num_threads=1),
+                    preset="custom"), run)
+    busi = root / "busi"
+    masks = sorted((data / "masks").glob("*_mask.png"))
+    for i, mask in enumerate(masks):
+        name = mask.name[: -len("_mask.png")]
+        cls = ("normal" if not np.asarray(Image.open(mask)).any()
+               else "benign" if i % 2 else "malignant")
+        (busi / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / "images" / f"{name}.png", busi / cls / f"{cls} ({i}).png")
+        shutil.copy(mask, busi / cls / f"{cls} ({i})_mask.png")
+    return busi, run / "best.ckpt"
+
+
+CLASS_FIGURES = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "empty_correct_rate")
+
+
+def test_the_summary_gives_the_figures_of_each_image_class(busi_like, tmp_path,
+                                                           capsys) -> None:
+    """A researcher scoring BUSI wants the figures of benign, malignant and normal frames
+    apart: the summary gave only all-frame figures (benchmarks/quality.py made its own from
+    per_image rows). ``by_class`` is summarise over each class's rows, classes sorted,
+    appended after the keys there were; --json prints it too."""
+    from ultraseg.metrics import summarise
+
+    busi, ckpt = busi_like
+    summary, rows = evaluate(load(ckpt, device="cpu", precision="fp32"), busi,
+                             out=tmp_path / "ev")
+    assert summary["layout"] == "busi"
+    by_class = summary["by_class"]
+    assert list(by_class) == ["benign", "malignant", "normal"]
+    for cls, figures in by_class.items():
+        alone = summarise([r for r in rows if r["class"] == cls])
+        assert figures == {k: alone[k] for k in CLASS_FIGURES}, cls
+        assert figures["n"] == sum(r["class"] == cls for r in rows) > 0
+    assert sum(f["n"] for f in by_class.values()) == summary["n"]
+    assert by_class["normal"]["dice_nonempty_mean"] is None       # (BUSI's normal: no lesion)
+    # the keys there were keep their places: by_class comes last
+    written = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert list(written)[-1] == "by_class" and written["by_class"] == by_class
+    assert cli.main(["evaluate", str(ckpt), str(busi), "--json", "--device", "cpu",
+                     "--precision", "fp32"]) == 0
+    assert json.loads(capsys.readouterr().out)["by_class"] == by_class
+
+
+def test_the_printed_summary_gives_a_line_per_image_class(busi_like) -> None:
+    """One line per class after the Dice lines (where there are two or more classes): its
+    frames and Dice, or for a class whose frames are all empty how many were predicted
+    empty; the other lines as they were."""
+    busi, ckpt = busi_like
+    summary, rows = evaluate(load(ckpt, device="cpu", precision="fp32"), busi)
+    by_class = summary["by_class"]
+    lines = format_summary(summary).splitlines()
+    before = format_summary({k: v for k, v in summary.items() if k != "by_class"}).splitlines()
+    added = [line for line in lines if line not in before]
+    assert [line for line in lines if line not in added] == before
+    at = lines.index(added[0])
+    assert lines[at - 1].startswith(("Dice (non-empty)", "95% interval"))
+    assert lines[at + len(added)].startswith("IoU")
+    width = len(str(max(f["n"] for f in by_class.values())))
+    for line, cls in zip(added, ["benign", "malignant", "normal"]):
+        f = by_class[cls]
+        assert line.startswith(f"  {cls:<10}  n {f['n']:>{width}}   "), line
+        if cls == "normal":
+            empty = sum(r["pred_empty"] for r in rows if r["class"] == "normal")
+            assert line.endswith(f"empty predicted empty {empty} of {f['n']}"), line
+        else:
+            assert line.endswith(f"Dice {f['dice_mean']:.3f} "
+                                 f"(non-empty {f['dice_nonempty_mean']:.3f})"), line
+    assert len(added) == 3
+    # one class: the all-frame lines are its own, nothing added
+    one = {**summary, "by_class": {"benign": by_class["benign"]}}
+    assert format_summary(one) == "\n".join(before)
+
+
+def test_a_dataset_without_classes_has_no_figures_by_class(data) -> None:
+    summary, _ = evaluate(_constant_predictor(1.0), data, "folders")
+    assert "by_class" in summary and summary["by_class"] is None
+    assert format_summary(summary) == format_summary(
+        {k: v for k, v in summary.items() if k != "by_class"})
+    assert not [line for line in format_summary(summary).splitlines() if line.startswith("  ")]

@@ -98,7 +98,8 @@ def evaluation_table(summary: dict[str, Any]) -> dict[str, Any]:
     """The report's Evaluation table of an evaluation ``summary`` on the unseen phantom
     frames: each figure labelled in words with its unit (:data:`EVALUATION_LABELS`), the
     post-processing as words; the raw block, side and checkpoint left out (the Summary
-    table above names the checkpoint), and the mm figures that do not apply (null)."""
+    table above names the checkpoint), and the mm figures and ``by_class`` where they do not
+    apply (null)."""
     from .evaluate import MM_KEYS, format_interval
     from .report import postprocess_words
 
@@ -113,7 +114,8 @@ def evaluation_table(summary: dict[str, Any]) -> dict[str, Any]:
             **{EVALUATION_LABELS.get(k, k.replace("_", " ")): shown(k, v)
                for k, v in summary.items()
                if k not in ("raw", "n", "subset", "split", "checkpoint")
-               and not (k in MM_KEYS and v is None)}}     # (no pixel size: no mm rows)
+               and not (k in MM_KEYS and v is None)       # (no pixel size: no mm rows)
+               and not (k == "by_class" and v is None)}}  # (no class: none by class)
 
 
 def minutes_arg(minutes: float) -> str:

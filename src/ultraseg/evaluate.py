@@ -44,6 +44,9 @@ MM_KEYS = ("hd95_mm_median", "hd95_mm_n", "hc_mae_mm", "hc_bias_mm", "hc_n", "hc
 #: ``truth_empty``) gives again.
 RAW_KEYS = ("dice_mean", "dice_nonempty_mean")
 
+#: The figures of each image class in the summary's ``by_class`` block (:func:`by_class`).
+CLASS_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "empty_correct_rate")
+
 
 def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
                    subset: str | None = None) -> list[Sample]:
@@ -608,6 +611,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         log.warning("%s: %s", ds.root, note)
     summary.update(record)
     summary["overrides"] = None if overrides is None else dict(overrides)
+    summary["by_class"] = by_class(rows)        # (added later, last: the keys keep their places)
     if out is not None:
         try:
             write_evaluation(out, summary, rows)
@@ -615,6 +619,19 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
             e.result = (summary, rows)
             raise
     return summary, rows
+
+
+def by_class(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """The summary's figures (:data:`CLASS_KEYS`) of each image class the rows name in their
+    ``class`` (BUSI's benign, malignant, normal), each :func:`~ultraseg.metrics.summarise`
+    over that class's rows, classes sorted; None where no row names one."""
+    classes = sorted({str(r["class"]) for r in rows if r.get("class") is not None})
+    out = {}
+    for cls in classes:
+        figures = summarise([r for r in rows
+                             if r.get("class") is not None and str(r["class"]) == cls])
+        out[cls] = {k: figures[k] for k in CLASS_KEYS}
+    return out or None
 
 
 def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
@@ -738,6 +755,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"(the {summary['n_subjects']} subjects{by_pattern} resampled: one "
                 "subject's frames are not independent)"]
                if summary.get("dice_mean_ci95") else []),
+             *_class_lines(summary.get("by_class") or {}),
              f"IoU                   {f(summary['iou_mean'])}",
              f"HD95 median (px)      {dist(summary['hd95_median'])}   over "
              f"{summary.get('hd95_n', 'n/a')} frames with a structure in truth and prediction",
@@ -760,3 +778,26 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"{'n/a' if bias is None else format(bias, '+.2f')} mm, {over}")
     lines.append(f"(empty rule: {EMPTY_RULE})")
     return "\n".join(lines)
+
+
+def _class_lines(by_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The printed summary's line for each image class of ``by_class`` (none under two
+    classes: the all-frame lines are its own): its frames and Dice (all frames, non-empty),
+    or for a class whose frames are all empty (BUSI's normal) how many were predicted
+    empty."""
+    if len(by_class) < 2:
+        return []
+    name = max(10, *map(len, by_class))
+    count = max(len(str(f["n"])) for f in by_class.values())
+    lines = []
+    for cls, f in by_class.items():
+        start = f"  {cls:<{name}}  n {f['n']:>{count}}   "
+        if f["dice_nonempty_mean"] is None and f["empty_correct_rate"] is not None:
+            right = round(f["empty_correct_rate"] * f["n"])    # (every frame empty: n of them)
+            lines.append(f"{start}empty predicted empty {right} of {f['n']}")
+        else:
+            dice = "n/a" if f["dice_mean"] is None else f"{f['dice_mean']:.3f}"
+            nonempty = ("n/a" if f["dice_nonempty_mean"] is None
+                        else f"{f['dice_nonempty_mean']:.3f}")
+            lines.append(f"{start}Dice {dice} (non-empty {nonempty})")
+    return lines
