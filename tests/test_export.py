@@ -995,6 +995,31 @@ def test_a_small_tile_export_rounded_up_is_taken_by_predict_as_by_a_checkpoint(t
         load(tmp_path / "t3.onnx", tile=13)                     # a 20 window: another graph
 
 
+@pytest.mark.parametrize("tile, side", [(3, 12), (13, 20), (12, 12), (20, 20)])
+def test_a_tile_given_is_warned_of_wherever_it_is_rounded(tmp_path, tile, side) -> None:
+    """export --tile 25 (depth 4) warned that it became 36, where predict --tile 25 took it
+    as 36 in silence (load warned only below the smallest tile on the pooling grid). One
+    rule for both: a tile given that is rounded is warned of, by export and load alike; a
+    valid side given is kept in silence."""
+    from ultraseg.export import export_tile
+
+    model = ModelConfig(variant="valid", width=2, depth=3)
+    pre = PreprocessConfig(size=48, normalise="unit")
+    ckpt = tmp_path / "d3.ckpt"
+    save_checkpoint(ckpt, build_model(model).state_dict(),
+                    make_meta(model, pre, PostprocessConfig()))
+    with ultraseg_warnings() as warned:
+        assert export_tile(model, pre, tile) == side
+        load(ckpt, device="cpu", precision="fp32", tile=tile)
+    said = [r.getMessage() for r in warned if "rounded up" in r.getMessage()]
+    if side == tile:
+        assert said == []
+    else:
+        assert len(said) == 2, said
+        assert f"--tile {tile} rounded up to {side}" in said[0]
+        assert f"tile (--tile) {tile} rounded up to {side}" in said[1]
+
+
 @pytest.mark.parametrize("variant", ["valid", "same"])
 @pytest.mark.parametrize("tile", [0, -3])
 def test_export_refuses_a_tile_below_one_in_its_own_words(tmp_path, variant, tile) -> None:

@@ -47,9 +47,9 @@ from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSe
                      model_problem, size_problem)
 from .errors import CheckpointError, UltrasegError
 from .fileio import hash_file, json_text, parse_json
-from .geometry import context_margin, nearest_valid_output, same_padded_size
+from .geometry import context_margin, same_padded_size
 from .logs import caught_warnings, quiet
-from .predict import (Predictor, min_prediction_tile, prediction_tile,
+from .predict import (Predictor, prediction_tile, round_tile, tile_rounding,
                       warn_if_saved_during_training)
 from .preprocess import CROP_BORDER_TOLERANCE
 
@@ -79,21 +79,19 @@ def export_tile(model: ModelConfig, preprocess: PreprocessConfig, tile: int | No
     """Output tile side a valid model is exported with (see the module docstring).
 
     ``tile`` (>= 1) overrides the choice. It is rounded up, as prediction rounds its tile
-    (:func:`~ultraseg.predict.prediction_tile`), to a valid output side of the model's depth
-    of at least :func:`~ultraseg.predict.min_prediction_tile` (narrower windows cannot start
-    on the pooling grid, and the graph would predict other values than the checkpoint); it is
-    not capped at the canvas: the graph's side is the caller's to choose, and a larger one
-    still predicts the same values.
+    (:func:`~ultraseg.predict.round_tile`), to a valid output side of the model's depth of at
+    least :func:`~ultraseg.predict.min_prediction_tile` (narrower windows cannot start on the
+    pooling grid, and the graph would predict other values than the checkpoint), and a tile
+    rounded is warned of, as load warns of it; it is not capped at the canvas: the graph's
+    side is the caller's to choose, and a larger one still predicts the same values.
     """
     if tile is not None:
         if tile < 1:
             raise UltrasegError(f"--tile must be at least 1, got {tile}")
-        side = nearest_valid_output(max(tile, min_prediction_tile(model.depth)), model.depth)
-        if side != tile:
-            log.warning("--tile %d rounded up to %d, the nearest output side of the depth-%d "
-                        "U-Net whose windows start on its pooling grid", tile, side,
-                        model.depth)
-        return side
+        rounded = tile_rounding(tile, model.depth, "--tile")
+        if rounded:
+            log.warning("%s", rounded)
+        return round_tile(tile, model.depth)
     if preprocess.size is None:
         return model.tile
     return prediction_tile(model, preprocess.size, preprocess.size)

@@ -53,8 +53,7 @@ def prediction_tile(model: ModelConfig, h: int, w: int, tile: int | None = None)
     """
     if tile is None:
         return _window_side(max(h, w), model.depth)
-    want = max(min_prediction_tile(model.depth), min(tile, max(h, w)))
-    return nearest_valid_output(want, model.depth)
+    return round_tile(min(tile, max(h, w)), model.depth)
 
 
 def _window_side(side: int, depth: int) -> int:
@@ -77,6 +76,25 @@ def min_prediction_tile(depth: int) -> int:
     """The smallest output tile whose windows can start on the 2**depth pooling grid (20 at
     depth 4): tiles give one window's values from this side up."""
     return nearest_valid_output(2**depth, depth)
+
+
+def round_tile(tile: int, depth: int) -> int:
+    """A tile side given, as prediction (:func:`prediction_tile`, which caps it at the canvas
+    first), an ONNX graph's predictor and export take it: rounded up to a valid output side
+    of the depth-``depth`` U-Net of at least :func:`min_prediction_tile` (narrower windows
+    cannot start on the pooling grid and would give other values)."""
+    return nearest_valid_output(max(tile, min_prediction_tile(depth)), depth)
+
+
+def tile_rounding(tile: int, depth: int, named: str) -> str | None:
+    """The warning where :func:`round_tile` changes a tile given (``named``: as its caller
+    wrote it, ``--tile`` or ``tile (--tile)``), None where it keeps it: export and load warn
+    by this one rule."""
+    side = round_tile(tile, depth)
+    if side == tile:
+        return None
+    return (f"{named} {tile} rounded up to {side}, the nearest output side of the depth-"
+            f"{depth} U-Net whose windows start on its pooling grid")
 
 
 def prediction_window(model: ModelConfig, h: int, w: int, tile: int | None = None
@@ -192,8 +210,7 @@ class Predictor:
             raise UltrasegError(f"tile must be a whole number >= 1 (or None), got {self.tile!r}")
         if self.fixed_tile is not None and (      # a tile rounded as export rounds it
                 self.tile is None
-                or nearest_valid_output(max(self.tile, min_prediction_tile(self.model.depth)),
-                                        self.model.depth) != self.fixed_tile):
+                or round_tile(self.tile, self.model.depth) != self.fixed_tile):
             raise UltrasegError(f"this model takes tile {self.fixed_tile} only (an ONNX export "
                                 f"of a valid model), not tile {self.tile!r}: re-export it with "
                                 "`ultraseg export --tile T` for another", self.source or None)
@@ -439,9 +456,8 @@ def open_model(path: str | Path, device: str, precision: str, threads: int | Non
     if options.get("tile") is not None and predictor.model.variant != "valid":
         log.warning("tile (--tile) applies to the valid model; this %s model predicts each "
                     "frame whole", predictor.model.variant)
-    elif options.get("tile") is not None and predictor.tile < min_prediction_tile(
-            predictor.model.depth):     # (export rounds a graph's tile so, and says so too)
-        log.warning("tile (--tile) %d rounded up to %d, the smallest output side of the "
-                    "depth-%d U-Net whose windows start on its pooling grid", predictor.tile,
-                    min_prediction_tile(predictor.model.depth), predictor.model.depth)
+    elif options.get("tile") is not None:   # (export rounds a graph's tile so, and says so too)
+        rounded = tile_rounding(predictor.tile, predictor.model.depth, "tile (--tile)")
+        if rounded:
+            log.warning("%s", rounded)
     return predictor.with_options(**later) if later else predictor
