@@ -19,7 +19,11 @@ the same values: every window starts at the same origin, so the network sees the
 grid and the same mirrored context for each output pixel.
 
 This module must not import torch: prediction from an exported ONNX model runs without it.
-Both the torch and the ONNX backends call :func:`predict_tiled` with their own ``run_batch``.
+:meth:`ultraseg.predict.Predictor.proba_canvas` (the torch and the ONNX backends alike) calls
+:func:`predict_tiled_many` with its ``run_batch``, batching the windows of every canvas in a
+flush. :func:`predict_tiled` is its one-image case; :func:`extract_tiles` and
+:func:`stitch_tiles` (every window at once) plan, pad and stitch as it does, for a caller that
+holds the windows itself; no prediction in ultraseg calls these three.
 """
 from __future__ import annotations
 
