@@ -78,8 +78,6 @@ def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
             raise UltrasegError(f"--tile must be at least 1, got {a.tile}")
         options["tile"] = a.tile
     onnx = Path(a.model).suffix.lower() == ".onnx"
-    if onnx:
-        options["threads"] = n      # (the session's, made by load)
     if n is None or onnx:
         block: ContextManager[None] = contextlib.nullcontext()
     else:
@@ -90,8 +88,9 @@ def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
         block = threads(n)
     with block:
         # (settings that do not apply to the model are warned about by load)
-        predictor = open_model(a.model, a.device, a.precision, options.pop("threads", None),
-                               "--threads", **options)
+        # (an ONNX model's threads are its session's, made by load)
+        predictor = open_model(a.model, a.device, a.precision, n if onnx else None, cli=True,
+                               **options)
         yield predictor.with_options(postprocess=postprocess_from_flags(predictor.postprocess,
                                                                         a))
 

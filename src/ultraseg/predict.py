@@ -413,13 +413,14 @@ def load(path: str | Path, device: str = "auto", precision: str = "auto",
     its wheels start telemetry on import, and a tool run on patients' images sends nothing
     anywhere (:data:`ultraseg.export.TELEMETRY_SWITCH`).
     """
-    return open_model(path, device, precision, threads, "threads=", **options)
+    return open_model(path, device, precision, threads, cli=False, **options)
 
 
 def open_model(path: str | Path, device: str, precision: str, threads: int | None,
-               threads_named: str, **options: Any) -> Predictor:
-    """:func:`load`, its warning of too many ``threads`` naming them as ``threads_named``
-    (``"threads="`` for :func:`load`'s caller, ``"--threads"`` for the CLI's)."""
+               cli: bool, **options: Any) -> Predictor:
+    """:func:`load`, its warning of too many ``threads`` naming them as its caller gave them:
+    ``--threads`` for the CLI's (``cli``, with load's ``threads=`` beside it), else
+    ``threads=``."""
     if threads is not None:
         threads = plain_number(threads)     # np.int64(2) is 2
         # 1.0 reached ONNX Runtime, whose refusal was blamed on the file; "2" a raw TypeError
@@ -442,8 +443,8 @@ def open_model(path: str | Path, device: str, precision: str, threads: int | Non
                         "on ONNX Runtime's CPU provider in fp32", device, precision, path.name)
         from .shared import warn_if_oversubscribed
 
-        warn_if_oversubscribed(threads, threads_named,
-                               "" if threads_named == "threads=" else "load(..., threads=)")
+        warn_if_oversubscribed(threads, "--threads" if cli else "threads=",
+                               "load(..., threads=)" if cli else "")
         predictor = onnx_predictor(path, threads=threads, **options)
     else:
         from .runtime import torch_predictor
