@@ -133,18 +133,21 @@ def test_predictions_csv_maps_each_image_to_its_outputs(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("given, words", [({"label": 7}, "--label 7"),
-                                           ({"fill_outlines": True}, "--fill-outlines"),
-                                           ({"fill_outlines": False}, "--no-fill-outlines")])
+@pytest.mark.parametrize("given, words", [
+    ({"label": 7}, "label=7 (--label 7)"),
+    ({"fill_outlines": True}, "fill_outlines=True (--fill-outlines)"),
+    ({"fill_outlines": False}, "fill_outlines=False (--no-fill-outlines)")])
 def test_truth_options_without_an_overlay_are_refused(tmp_path, given, words):
     """label and fill_outlines say how an overlay reads the ground truth it draws: without
     overlay=True write_predictions took them, wrote every mask and said nothing, where the CLI
-    refused the same flags (a design review, A2). Refused before anything is written."""
+    refused the same flags (a design review, A2). Refused before anything is written, in the
+    API's words with the CLI's flags beside them, as the API's other messages."""
     save(tmp_path / "in" / "a.png", ramp(6, 6))
-    with pytest.raises(UltrasegError, match="without --overlay no mask is read") as e:
+    with pytest.raises(UltrasegError, match="without an overlay no mask is read") as e:
         write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]),
                           tmp_path / "out", **given)
-    assert str(e.value).startswith(f"{words} says how --overlay reads the ground truth")
+    assert str(e.value).startswith(f"{words} says how the overlay (overlay=True, --overlay) "
+                                   "reads the ground truth")
     assert not (tmp_path / "out").exists()
     write_predictions(pixel_predictor(), collect_frames([tmp_path / "in"]), tmp_path / "out",
                       overlay=True, **given)

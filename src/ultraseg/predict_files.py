@@ -774,16 +774,18 @@ def frames_of(frames: Iterable[Frame] | str | os.PathLike | Iterable[str | os.Pa
 def check_truth_options(overlay: bool, label: int | None, fill_outlines: bool | None) -> None:
     """Refuse ``label`` or ``fill_outlines`` without ``overlay``: they say how an overlay reads
     the ground truth it draws, and without one no mask is read, so they would do nothing and
-    say nothing. (The words name predict's flags; :func:`write_predictions` makes the check.)"""
+    say nothing. (The words name :func:`write_predictions`'s arguments, which makes the check,
+    with predict's flags beside them: ``label=7 (--label 7)``.)"""
     if overlay:
         return
-    given = {"--label": label is not None, "--fill-outlines": fill_outlines is True,
-             "--no-fill-outlines": fill_outlines is False}
-    for flag in (f for f, g in given.items() if g):
-        shown = f"--label {label}" if flag == "--label" else flag
-        raise UltrasegError(f"{shown} says how --overlay reads the ground truth it draws; "
-                            f"without --overlay no mask is read (add --overlay, or leave "
-                            f"{flag} out)")
+    given = [("label", label, f"--label {label}", label is not None),
+             ("fill_outlines", fill_outlines, "--fill-outlines", fill_outlines is True),
+             ("fill_outlines", fill_outlines, "--no-fill-outlines", fill_outlines is False)]
+    for name, value, flag in ((n, v, f) for n, v, f, g in given if g):
+        raise UltrasegError(f"{name}={value!r} ({flag}) says how the overlay (overlay=True, "
+                            f"--overlay) reads the ground truth it draws; without an overlay "
+                            f"no mask is read (ask for one, or leave {name} "
+                            f"({flag.split()[0]}) out)")
 
 
 def write_predictions(predictor: Predictor | str | Path,
