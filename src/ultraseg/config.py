@@ -385,43 +385,41 @@ class TrainConfig(_Section):
                   "train.tiles_per_image (--tiles-per-image)": t.tiles_per_image}
         if t.num_threads is not None:
             counts["train.num_threads (--threads)"] = t.num_threads
-        for name, v in counts.items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        for name, v in counts.items():     # (each a whole number already: check_types)
+            if v < 1:
                 raise UltrasegError(f"{name} must be a whole number >= 1, got {v!r}")
         seeds = {"train.seed (--seed)": t.seed}
         if t.split_seed is not None:
             seeds["train.split_seed (--split-seed)"] = t.split_seed
         for name, v in seeds.items():     # numpy's generators take no negative seed; torch's
             # take 64 bits, and each epoch's seed is the run's times 100 003 plus the epoch
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
+            if not 0 <= v <= MAX_SEED:
                 raise UltrasegError(f"{name} must be a whole number from 0 to {MAX_SEED}, "
                                     f"got {v!r}")
         positive = {"train.lr (--lr)": t.lr}
         if t.time_limit_s is not None:
             positive["train.time_limit_s (--time-limit)"] = t.time_limit_s
-        for name, v in positive.items():
-            if not _number(v) or not 0 < v < math.inf:
+        for name, v in positive.items():   # (each a number already, as below: check_types)
+            if not 0 < v < math.inf:
                 raise UltrasegError(f"{name} must be a number > 0, got {v!r}")
-        s = t.affine_scale
-        if (not isinstance(s, tuple) or len(s) != 2
-                or not all(_number(v) for v in s)
-                or not ZOOM_LIMITS[0] <= s[0] <= s[1] <= ZOOM_LIMITS[1]):
+        s = t.affine_scale                 # (two numbers already: check_types)
+        if not ZOOM_LIMITS[0] <= s[0] <= s[1] <= ZOOM_LIMITS[1]:
             raise UltrasegError(f"train.affine_scale (--affine-scale) must be two numbers "
                                 f"{ZOOM_LIMITS[0]:g} <= LO <= HI <= {ZOOM_LIMITS[1]:g} (the "
                                 f"random zoom's range; nnU-Net uses 0.7 1.4), got {s!r}")
         for name, v in (("train.val_fraction (--val-fraction)", t.val_fraction),
                         ("train.test_fraction (--test-fraction)", t.test_fraction)):
-            if not _number(v) or not 0 <= v < 1:
+            if not 0 <= v < 1:
                 raise UltrasegError(f"{name} must be a number in [0, 1), got {v!r}")
-        if not _number(t.weight_decay) or not 0 <= t.weight_decay < math.inf:
+        if not 0 <= t.weight_decay < math.inf:
             raise UltrasegError(f"train.weight_decay must be a number >= 0, "
                                 f"got {t.weight_decay!r}")
         d = t.ema_decay
-        if not _number(d) or not 0 <= d < 1:
+        if not 0 <= d < 1:
             raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
                                 f"got {d!r}")
         w = t.presence_weight
-        if not _number(w) or not 0 <= w < math.inf:
+        if not 0 <= w < math.inf:
             raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number "
                                 f">= 0, got {w!r}")
 

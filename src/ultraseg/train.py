@@ -295,14 +295,11 @@ def check_config(cfg: RunConfig) -> None:
     setting, before anything is written. (A value of the wrong type, a config file's "5" for
     5, or an unknown name is refused when the section is built: :func:`config.check_types`.)"""
     check_label(cfg.preprocess.label)
-    if not isinstance(cfg.data.path, str) or not cfg.data.path.strip():
+    if not cfg.data.path.strip():
         raise UltrasegError("data.path is empty: name the dataset (DATA on the command line; "
                             "in Python ultraseg.merge(cfg, {\"data\": {\"path\": ...}}))")
     names_stored(cfg.to_dict())     # names its config.json can hold (a locale's encoding)
     t = cfg.train
-    if not isinstance(t.device, str):
-        raise UltrasegError(f"train.device (--device) must be a name such as \"auto\", "
-                            f"\"cpu\", \"cuda\" or \"cuda:1\", got {t.device!r}")
     for name in ("in_channels", "out_channels"):      # frames are grayscale, one structure
         if getattr(cfg.model, name) != 1:
             raise UltrasegError(f"model.{name} must be 1 (ultraseg trains on grayscale frames "
@@ -312,11 +309,7 @@ def check_config(cfg: RunConfig) -> None:
         raise UltrasegError(f"{' and '.join(shaping)} shape{'s' * (len(shaping) == 1)} the "
                             f"loss's Dice term, and train.loss (--loss) {t.loss} has none: use "
                             "train.loss (--loss) bce+dice (or dice)")
-    w = t.presence_weight
-    if cfg.model.presence_head not in (True, False, "auto"):
-        raise UltrasegError(f"model.presence_head must be true, false or \"auto\", got "
-                            f"{cfg.model.presence_head!r}")
-    if cfg.model.presence_mode == "classifier" and w == 0:
+    if cfg.model.presence_mode == "classifier" and t.presence_weight == 0:
         raise UltrasegError("a classifier-mode presence head learns from its own loss alone: "
                             "train.presence_weight (--presence-weight) must be > 0")
     head, mode = cfg.model.presence_head, cfg.model.presence_mode
