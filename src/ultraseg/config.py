@@ -64,7 +64,9 @@ def check_types(section: Any) -> None:
     declares -- a config file's "16" for 16, true for 1, 5.5 frames -- as a user error naming
     the setting (``train.epochs``); a name not among a ``Literal``'s lists the valid ones.
     Every section makes this check when it is built (``__post_init__``: from a file, by
-    ``merge`` or in Python). Ranges are the user's (:func:`ultraseg.train.check_config`)."""
+    ``merge`` or in Python). A training setting's own range is checked next, as the section
+    is built (:meth:`TrainConfig.__post_init__`); what depends on other settings or sections
+    when training starts (:func:`ultraseg.train.check_config`)."""
     cls = type(section)
     hints = _type_hints(cls)
     prefix = cls.__name__.removesuffix("Config").lower()

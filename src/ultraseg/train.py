@@ -291,9 +291,12 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def check_config(cfg: RunConfig) -> None:
-    """Refuse settings training cannot use (a zero batch size) as a user error naming the
-    setting, before anything is written. (A value of the wrong type, a config file's "5" for
-    5, or an unknown name is refused when the section is built: :func:`config.check_types`.)"""
+    """Refuse settings training cannot use -- an empty data path, the Dice-shaping switches
+    beside a loss without a Dice term, a working size the model cannot take -- as a user
+    error naming the settings, before anything is written. (A value of the wrong type, a
+    config file's "5" for 5, or an unknown name is refused when the section is built:
+    :func:`config.check_types`; a training setting out of its own range, a zero batch size,
+    too: :meth:`config.TrainConfig.__post_init__`.)"""
     check_label(cfg.preprocess.label)
     if not cfg.data.path.strip():
         raise UltrasegError("data.path is empty: name the dataset (DATA on the command line; "
