@@ -137,12 +137,28 @@ def this_host() -> str:
 HOST_FILE = "bench-host.json"
 
 
+def write_host(run: Path, peak: dict) -> dict:
+    """Write RUN/bench-host.json for a ``run`` just trained here (this machine, today and
+    ``peak``, its convolution peak ``host_*``) and return what it holds."""
+    host = {"machine": this_host(), "date": time.strftime("%Y-%m-%d"), **peak}
+    (run / HOST_FILE).write_text(json.dumps(host, indent=1) + "\n")
+    return host
+
+
+def recorded_host(run: Path) -> dict | None:
+    """What RUN/bench-host.json holds (:func:`write_host`), None where ``run`` has none."""
+    if (run / HOST_FILE).exists():
+        return json.loads((run / HOST_FILE).read_text())
+    return None
+
+
 def trained_on(run: Path, command: str) -> dict | None:
     """``machine``, ``date`` and ``host_*`` of the finished ``run``: from RUN/bench-host.json,
     else from the entry of results/quality.json with the same ``command`` (runs trained before
     the file was written); None where neither says."""
-    if (run / HOST_FILE).exists():
-        return json.loads((run / HOST_FILE).read_text())
+    host = recorded_host(run)
+    if host is not None:
+        return host
     record = HERE / "results" / "quality.json"
     for e in json.loads(record.read_text())["runs"] if record.exists() else []:
         if e["command"] == command:
@@ -179,8 +195,7 @@ def run_one(dataset: str, preset_name: str, time_limit: str, runs: Path,
     else:
         peak = host_speed()  # how fast the cores that train it are
         minutes = train(cfg, run).seconds / 60
-        host = {"machine": this_host(), "date": time.strftime("%Y-%m-%d"), **peak}
-        (run / HOST_FILE).write_text(json.dumps(host, indent=1) + "\n")
+        host = write_host(run, peak)
     t = time.monotonic()
     chosen = score_test(run, dataset)  # "plain": as the checkpoint says; "tta": the other way
     metrics = load_checkpoint(run / "best.ckpt").meta["metrics"]
@@ -358,18 +373,14 @@ def run_lever(dataset: str, name: str, time_limit: str, runs: Path) -> dict:
         best_epoch, val_dice = meta["best_epoch"], meta["val_dice_postprocessed"]
         canvas, minutes = meta["best_val_dice"], meta["train_seconds"] / 60
         # how fast the cores that trained it were: its RUN/bench-host.json (none: not known)
-        recorded = json.loads((run / HOST_FILE).read_text()) if (run / HOST_FILE).exists() \
-            else {}
-        host = {k: v for k, v in recorded.items() if k.startswith("host_")}
+        host = {k: v for k, v in (recorded_host(run) or {}).items() if k.startswith("host_")}
         if not host:
             logging.warning("%s: no %s says how fast the machine that trained it was: "
                             "recorded without its convolution peak", run, HOST_FILE)
     else:
         host = host_speed()
         result = train(cfg, run)
-        (run / HOST_FILE).write_text(json.dumps(
-            {"machine": this_host(), "date": time.strftime("%Y-%m-%d"), **host}, indent=1)
-            + "\n")
+        write_host(run, host)
         epochs, best_epoch = result.epochs_run, result.best_epoch
         val_dice, canvas = result.val_dice_postprocessed, result.best_dice  # None: no val split
         minutes = result.seconds / 60
