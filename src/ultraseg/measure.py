@@ -18,15 +18,16 @@ with the origin at the centre of the top-left pixel, ``x`` to the right (column)
   smooth shape (a disk of radius r gives 2*pi*r; about 5% low on axis-aligned squares), no
   contour tracing needed.
 * ellipse: a direct least-squares ellipse fit (Fitzgibbon, Pilu & Fisher 1999, in the numerically
-  stable form of Halir & Flusser 1998) to the object's pixel-edge boundary (midpoints of the edges
-  between object and background pixels, at half-pixel positions): the boundary of the region
-  itself, so a rasterised filled ellipse gives back its own axes. Where the object touches the
-  image's edge (a head cut by the frame), the boundary along that edge is not the object's outline
-  and is left out of the fit, so the ellipse extends the visible outline beyond the frame
-  (``touches_edge`` is then ``True``; ``area_px`` and ``perimeter_px`` remain those of the visible
-  part, the perimeter including the cut). With fewer than 6 boundary points, or a degenerate fit,
-  the ellipse comes from the second moments of the object's pixels instead (``ellipse_method``
-  says which).
+  stable form of Halir & Flusser 1998) to the pixel-edge boundary of the region the object's outer
+  outline encloses (:func:`enclosed`; midpoints of the edges between that region's pixels and the
+  rest, at half-pixel positions): the boundary of the region itself, so a rasterised filled
+  ellipse gives back its own axes. Where the object touches the image's edge (a head cut by the
+  frame), the boundary along that edge is not the object's outline and is left out of the fit,
+  so the ellipse extends the visible outline beyond the frame (``touches_edge`` is then ``True``;
+  ``area_px`` and ``perimeter_px`` remain those of the visible object itself, the perimeter
+  including the cut). With fewer than 6 boundary points, or a degenerate fit, the ellipse comes
+  from the second moments of the enclosed region's pixels instead (``ellipse_method`` says
+  which).
 * ``boundary_offset_px``: where the masks were made by filling an outline *drawn on* the
   annotator's curve (HC18), the filled mask reaches half the drawn line's width beyond that curve,
   and so does a network trained on such masks. Passing that half-width (see
