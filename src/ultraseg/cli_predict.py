@@ -339,6 +339,8 @@ def format_measure_row(r: dict[str, Any], *, heads: bool = False) -> str:
 
 def format_measure_summary(s: dict[str, Any], *, heads: bool = False) -> str:
     """The measure summary as a few lines (``heads``: as in :func:`format_measure_row`)."""
+    from .measure import touching_edge_words
+
     lines = [f"measured {s['n']} frames ({s['n_with_object']} with an object, "
              f"{s['n_with_pixel_size']} with a known pixel size)"]
     if s.get("n_multiple_regions"):
@@ -354,9 +356,8 @@ def format_measure_summary(s: dict[str, Any], *, heads: bool = False) -> str:
         edge = s.get("n_reference_touches_edge")
         lines.append(f"HC error against the {s['n_with_reference']} references: mean absolute "
                      f"{s['hc_mae_mm']:.2f} mm, mean signed {s['hc_bias_mm']:+.2f} mm"
-                     + (f" ({edge} of them touch{'es' if edge == 1 else ''} the frame's edge: "
-                        f"fitted on {'its' if edge == 1 else 'their'} visible outline)"
-                        if edge else ""))
+                     + (f" ({touching_edge_words(edge)}: fitted on "
+                        f"{'its' if edge == 1 else 'their'} visible outline)" if edge else ""))
     if s.get("n_reference_missed"):
         lines.append(f"{s['n_reference_missed']} frames with a reference HC had no head found: "
                      "not in the error")

@@ -23,7 +23,7 @@ from .io.base import LabelTally, counting_colour, header_shape, said_once
 from .io.dicom import PIXEL_SIZE_NOT_TAKEN
 from .logs import quiet
 from .measure import (PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure,
-                      warn_too_small_for_an_ellipse)
+                      reference_touching_edge, warn_too_small_for_an_ellipse)
 from .metrics import EMPTY_RULE, image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
@@ -594,8 +594,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         summary["hc_n"] = len(errors)
         summary["hc_missed"] = with_reference - len(errors)
         # of the frames in the error, those whose head touches the frame's edge (cut by it)
-        summary["hc_touches_edge"] = sum(1 for r in rows if r.get("hc_error_mm") is not None
-                                         and r.get("touches_edge"))
+        summary["hc_touches_edge"] = reference_touching_edge(rows)
     for k in MM_KEYS:       # (no frame with a pixel size, or a reference): the keys there, null
         summary.setdefault(k, None)
     summary["label"] = label

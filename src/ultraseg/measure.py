@@ -56,6 +56,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -413,15 +414,28 @@ def ellipse_circumference(a: Any, b: Any) -> Any:
     return float(circ) if circ.ndim == 0 else circ
 
 
+def reference_touching_edge(rows: Iterable[Mapping[str, Any]]) -> int:
+    """Of the frames in a head-circumference error (a row's ``hc_error_mm`` not None), how
+    many whose object touches the frame's edge (``touches_edge``: a head cut by it, fitted on
+    its visible outline): measure's ``n_reference_touches_edge``, evaluate's
+    ``hc_touches_edge``."""
+    return sum(1 for r in rows if r.get("hc_error_mm") is not None and r.get("touches_edge"))
+
+
+def touching_edge_words(n: int) -> str:
+    """'N of them touch the frame's edge' ('1 of them touches'): :func:`reference_touching_edge`'s
+    count as measure's and evaluate's summaries say it."""
+    return f"{n} of them touch{'es' * (n == 1)} the frame's edge"
+
+
 def over_frames_with_a_reference(found: int, with_reference: int, which: str = "",
                                  touching_edge: int = 0) -> str:
     """'over N of M{which} frames with a reference (K with no head found)': how many frames a
     head-circumference error is over, the frames with a reference where no head was found
     counted beside it (evaluate's summary, training's validation figure), and where
     ``touching_edge`` is not 0, how many of the N touch the frame's edge ('; E of them touch
-    the frame's edge')."""
-    edge = (f"; {touching_edge} of them touch{'es' * (touching_edge == 1)} the frame's edge"
-            if touching_edge else "")
+    the frame's edge': :func:`touching_edge_words`)."""
+    edge = f"; {touching_edge_words(touching_edge)}" if touching_edge else ""
     return (f"over {found} of {with_reference}{which} frames with a reference "
             f"({with_reference - found} with no head found{edge})")
 

@@ -38,7 +38,7 @@ from .io.base import (OUTPUT_MARKER, LabelTally, check_label, counting_colour, f
                       mark_output_folder,
                       unread_file_advice, warn_outputs_left_out)
 from .io.dicom import is_dicom
-from .measure import has_pixel_size
+from .measure import has_pixel_size, reference_touching_edge
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
 from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames
@@ -1222,6 +1222,5 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
         "boundary_offset_px": boundary_offset_px,
         # of the frames in the HC error, those whose object touches the frame's edge (a head
         # cut by it, fitted on its visible outline: the surest of them no more)
-        "n_reference_touches_edge": sum(1 for r in rows if r.get("hc_error_mm") is not None
-                                        and r.get("touches_edge")),
+        "n_reference_touches_edge": reference_touching_edge(rows),
     }
