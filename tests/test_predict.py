@@ -1933,3 +1933,19 @@ def test_progress_counts_each_frame_as_it_is_handled_skipped_or_not(tmp_path, co
         measure_frames(pixel_predictor(batch_size=2), frames, skip_unreadable=True,
                        progress=lambda *a: seen.append(a))
     assert seen == [(k, 9) for k in range(1, 10)]
+
+
+@pytest.mark.parametrize("lone", ["gray", "colour", "one channel", "pillow", "path"])
+def test_predict_proba_many_refuses_one_image_naming_predict_proba(lone, tmp_path) -> None:
+    """predict_proba_many iterated one image given alone over its rows: an (H, W, 3) frame
+    gave H maps of its rows, an (H, W) one 'expected a 2D image, got (W,)' (it was one), a
+    Pillow image a raw TypeError and a path a character at a time."""
+    frame = ramp(12, 10)
+    given = {"gray": frame, "colour": np.stack([frame] * 3, -1), "one channel": frame[..., None],
+             "pillow": Image.fromarray(frame), "path": save(tmp_path / "f.png", frame)}[lone]
+    with pytest.raises(UltrasegError, match=r"predict_proba_many takes .*frames.*"
+                                            r"predict_proba\(image\)"):
+        pixel_predictor().predict_proba_many(given)
+    # a list of them, and a stack (N, H, W), are many frames as before
+    assert len(list(pixel_predictor().predict_proba_many([frame, frame]))) == 2
+    assert len(list(pixel_predictor().predict_proba_many(np.stack([frame] * 3)))) == 3

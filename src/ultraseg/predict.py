@@ -326,7 +326,13 @@ class Predictor:
 
         Memory that runs out on a frame's own pixels (its canvas made, its probabilities
         restored to its size) raises :class:`FrameOutOfMemory` naming the frame's place;
-        running out on the network's batch raises as it came."""
+        running out on the network's batch raises as it came. One image given alone (an
+        (H, W) or (H, W, C) array, a Pillow image, a path) is refused when called: use
+        :meth:`predict_proba` for it."""
+        _refuse_a_lone_image(images)
+        return self._proba_many(images)
+
+    def _proba_many(self, images: Iterable[ImageLike]) -> Generator[np.ndarray, None, None]:
         pending: list[tuple[np.ndarray, Geometry, int]] = []
         for index, image in enumerate(images):
             if isinstance(image, (str, os.PathLike)):
@@ -373,6 +379,23 @@ class Predictor:
         """A copy with other options (``batch_size``, ``tile``, ``tta``, ``postprocess``,
         ``mirror``)."""
         return replace(self, **changes)
+
+
+def _refuse_a_lone_image(images: Any) -> None:
+    """A user error where ``images``, given for many frames, is one image: iterating it gave
+    an (H, W, 3) frame's rows as H frames, and an (H, W) one's as 1D arrays refused as such."""
+    what = None
+    if isinstance(images, (str, bytes, os.PathLike)):
+        what = f"the path {os.fsdecode(images)!r}: read it with ultraseg.read_image(path)"
+    elif isinstance(images, Image.Image):
+        what = "a Pillow image"
+    else:
+        shape = getattr(images, "shape", None)     # an array, a torch tensor
+        if shape is not None and (len(shape) == 2 or (len(shape) == 3 and 1 <= shape[-1] <= 4)):
+            what = f"one image of shape {tuple(shape)}"
+    if what is not None:
+        raise UltrasegError(f"predict_proba_many takes an iterable of frames, got {what}; "
+                            "for one frame use predict_proba(image), or pass [image]")
 
 
 def as_predictor(model: Predictor | str | Path) -> Predictor:
