@@ -1875,3 +1875,14 @@ def test_a_dataset_without_classes_has_no_figures_by_class(data) -> None:
     assert format_summary(summary) == format_summary(
         {k: v for k, v in summary.items() if k != "by_class"})
     assert not [line for line in format_summary(summary).splitlines() if line.startswith("  ")]
+
+
+@pytest.mark.parametrize("value", ["false", "no"])
+def test_fill_outlines_given_as_a_string_is_refused(data, value) -> None:
+    """evaluate(..., fill_outlines="false") filled the masks ("false" is truthy) and wrote
+    the string into summary.json (an API misuse review)."""
+    with pytest.raises(UltrasegError, match=f"fill_outlines must be true or false.*got "
+                                            f"{value!r}"):
+        evaluate(_constant_predictor(0.9), data, fill_outlines=value)
+    summary, _ = evaluate(_constant_predictor(0.9), data, fill_outlines=np.bool_(False))
+    assert summary["fill_outlines"] is False

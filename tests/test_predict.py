@@ -1949,3 +1949,23 @@ def test_predict_proba_many_refuses_one_image_naming_predict_proba(lone, tmp_pat
     # a list of them, and a stack (N, H, W), are many frames as before
     assert len(list(pixel_predictor().predict_proba_many([frame, frame]))) == 2
     assert len(list(pixel_predictor().predict_proba_many(np.stack([frame] * 3)))) == 3
+
+
+@pytest.mark.parametrize("call, option", [("write", "overlay"), ("write", "probabilities"),
+                                          ("write", "skip_unreadable"),
+                                          ("measure", "overlay"),
+                                          ("measure", "skip_unreadable")])
+@pytest.mark.parametrize("value", ["false", "no"])
+def test_yes_no_options_given_as_strings_are_refused(tmp_path, call, option, value) -> None:
+    """write_predictions(overlay="no", probabilities="false") wrote overlays and maps, and
+    measure_frames(overlay="false") its overlays: a string is truthy (an API misuse review).
+    Refused before anything is written."""
+    image = save(tmp_path / "in" / "a.png", ramp(8, 8))
+    out = tmp_path / "out"
+    run = write_predictions if call == "write" else measure_frames
+    with pytest.raises(UltrasegError, match=f"{option} must be true or false, got {value!r}"):
+        run(pixel_predictor(), [image], out=out, **{option: value})
+    assert not out.exists()
+    run(pixel_predictor(), [image], out=out, **{option: np.bool_(False)})
+    assert not list(out.glob("*_overlay.png")) + list(out.glob("*_prob.png")) \
+        + list(out.glob("*_measure.png"))

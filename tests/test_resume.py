@@ -647,3 +647,16 @@ def test_a_run_made_under_an_ascii_locale_resumes_under_utf_8_on_its_data(
     assert main(["train", str(data), "--out", str(run), "--resume", "--threads", "1"]) == 0, \
         capsys.readouterr().err
     assert "already finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["false", "no", 1])
+def test_resume_given_as_a_string_or_number_is_refused(tmp_path: Path, value) -> None:
+    """train(cfg, out, resume="false") tried to resume ("false" is truthy: 'nothing to
+    resume'), and resume="yes" on a finished run resumed it (an API misuse review)."""
+    from ultraseg.config import RunConfig
+    from ultraseg.errors import UltrasegError
+    from ultraseg.train import train
+
+    with pytest.raises(UltrasegError, match=f"resume must be true or false, got {value!r}"):
+        train(RunConfig(), tmp_path / "run", resume=value)
+    assert not (tmp_path / "run").exists()

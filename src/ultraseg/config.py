@@ -59,6 +59,18 @@ def plain_number(value: Any) -> Any:
     return value
 
 
+def check_flag(name: str, value: Any, none: str = "") -> bool | None:
+    """``value`` of the yes/no argument ``name`` as a bool (np.bool_ too), or None where it is
+    None and ``none`` says what None means; anything else is a user error: "false" or "no"
+    (from an environment variable or a text config) was taken as on."""
+    if value is None and none:
+        return None
+    if not isinstance(plain_number(value), bool):
+        what = f" (or None: {none})" if none else ""
+        raise UltrasegError(f"{name} must be true or false{what}, got {value!r}")
+    return bool(value)
+
+
 def check_types(section: Any) -> None:
     """Refuse a config section (a dataclass) holding a value of another type than its field
     declares -- a config file's "16" for 16, true for 1, 5.5 frames -- as a user error naming

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .config import PostprocessConfig, names_read
+from .config import PostprocessConfig, check_flag, names_read
 from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
 from .data import MaskTally, _first, read_split_doc
 from .fileio import (atomic_write_texts, cannot_write_in, csv_text, failure_reason, json_text,
@@ -484,6 +484,7 @@ def evaluate(predictor: Predictor | str | Path, data: str | Path, layout: str = 
     ``overrides``, as predict's and measure's settings record them (None from Python, where
     nothing says which were).
     """
+    fill_outlines = check_flag("fill_outlines", fill_outlines, "as the predictor was trained")
     predictor = as_predictor(predictor)
     pixel_size_mm = check_pixel_size(pixel_size_mm)
     if out is not None:     # before the scoring, which may take long

@@ -18,8 +18,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image
 
-from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_postprocess,
-                     plain_number)
+from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_flag,
+                     check_postprocess, plain_number)
 from .errors import UltrasegError, diverged_parts, is_out_of_memory
 from .fileio import as_path
 from .geometry import context_margin, nearest_valid_output
@@ -193,12 +193,8 @@ class Predictor:
 
     def __post_init__(self) -> None:
         check_postprocess(self.postprocess)
-        for name, value, what in (("tta", self.tta, " (or None: as the post-processing says)"),
-                                  ("mirror", self.mirror, "")):
-            # "false" from a text config was taken as on; np.bool_ is a bool
-            if not (isinstance(value, (bool, np.bool_)) or (value is None and what)):
-                raise UltrasegError(f"{name} must be true or false{what}, got {value!r}")
-            setattr(self, name, None if value is None else bool(value))
+        self.tta = check_flag("tta", self.tta, "as the post-processing says")
+        self.mirror = check_flag("mirror", self.mirror)
         self.batch_size = plain_number(self.batch_size)    # np.int64(8) is 8
         self.tile = plain_number(self.tile)
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from .config import check_flag
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_text, failure_reason,
                      json_text, output_lock, temporaries)
@@ -830,6 +831,10 @@ def write_predictions(predictor: Predictor | str | Path,
     ``OUT/predictions.settings.json`` records the model and the post-processing applied
     (:func:`settings_record`; ``overrides``: the command line's options given).
     """
+    overlay, probabilities = check_flag("overlay", overlay), check_flag("probabilities",
+                                                                        probabilities)
+    skip_unreadable = check_flag("skip_unreadable", skip_unreadable)
+    fill_outlines = check_flag("fill_outlines", fill_outlines, "as the predictor was trained")
     check_truth_options(overlay, label, fill_outlines)     # before a checkpoint is loaded
     predictor, frames = as_predictor(predictor), frames_of(frames)   # before --out is made
     if fmt not in MASK_FORMATS:
@@ -1092,6 +1097,8 @@ def measure_frames(predictor: Predictor | str | Path,
     from .preprocess import seen_region
     from .report import measure_overlay
 
+    overlay = check_flag("overlay", overlay)
+    skip_unreadable = check_flag("skip_unreadable", skip_unreadable)
     predictor, frames = as_predictor(predictor), frames_of(frames)
     if overlay and out is None:
         raise UltrasegError("measure's overlays need an output folder (--out)")

@@ -32,7 +32,7 @@ from .augment import WARPING, augment_batch
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
-                     RunConfig, TrainConfig, _number, model_problem,
+                     RunConfig, TrainConfig, _number, check_flag, model_problem,
                      names_stored, size_problem)
 from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
                    read_split, read_split_doc, run_split, union_note, write_split)
@@ -575,6 +575,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     global batch, ``cfg.train.world_size`` is recorded, and ranks > 0 write nothing and return
     a result with ``is_main=False``.
     """
+    resume = check_flag("resume", resume)
     if not isinstance(cfg, RunConfig) and not (cfg is None and resume):
         raise UltrasegError(f"train takes a RunConfig (ultraseg.preset(NAME), changed with "
                             f"ultraseg.merge, or RunConfig.from_dict), got {type(cfg).__name__}")

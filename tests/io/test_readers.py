@@ -1860,3 +1860,15 @@ def test_a_mask_named_as_its_image_in_another_letter_case_is_named_as_the_near_m
     _, problems = _pairs(root)
     stray = next(p for p in problems if "9_9_mask.png" in p)
     assert "letter case" not in stray
+
+
+@pytest.mark.parametrize("value", ["false", "no", 1])
+def test_fill_outlines_given_as_a_string_or_number_is_refused(tmp_path, value) -> None:
+    """open_dataset(fill_outlines="false") filled every outline ("false" is truthy): a
+    mask of 44 px read as 221 px without a word (an API misuse review)."""
+    root, outline, _ = outline_dataset(tmp_path / "d", n=2)
+    with pytest.raises(UltrasegError, match=f"fill_outlines must be true or false, got "
+                                            f"{value!r}"):
+        open_dataset(root, fill_outlines=value)
+    kept = open_dataset(root, fill_outlines=np.bool_(False))     # numpy's bool is a bool
+    assert np.array_equal(kept.samples[0].load_mask() > 0, outline)

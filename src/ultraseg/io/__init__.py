@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..config import check_flag
 from ..errors import DataError, UltrasegError, command_line
 from ..fileio import as_path
 from ..logs import quiet
@@ -200,6 +201,7 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
     ``pattern_required``: a ``subject_pattern`` that matches no file name is refused; False
     (evaluate trying the one a model's run was trained with): the samples then keep their
     layout's subjects, as with none, and the dataset's ``subject_pattern`` is None."""
+    fill_outlines = check_flag("fill_outlines", fill_outlines)
     root = as_path(path, "open_dataset", what="a dataset folder")
     if not root.exists():
         raise DataError("no such file or folder", root)
