@@ -379,3 +379,29 @@ def test_dice_from_count_arrays_gives_dice_from_counts_floats_element_by_element
         got = dice_from_count_arrays(tp_t, pred_sum, truth_sum)
         want = [dice_from_counts(int(a), int(b), truth_sum) for a, b in zip(tp_t, pred_sum)]
         assert got.dtype == np.float64 and got.tolist() == want
+
+
+_SCORES = {"confusion": M.confusion, "dice": M.dice, "iou": M.iou, "precision": M.precision,
+           "recall": M.recall, "hd95": M.hd95, "image_metrics": M.image_metrics}
+
+
+@pytest.mark.parametrize("name", list(_SCORES))
+@pytest.mark.parametrize("side", ["pred", "truth"])
+def test_a_probability_map_or_nan_is_refused_as_a_mask(name, side) -> None:
+    """The metrics read every non-zero pixel as foreground: a probability map scored as a
+    prediction counted the whole frame (recall 1.0, precision 0.04; an API misuse review),
+    and NaN was foreground too. They take masks as measure does (measure.binary_mask):
+    bool, or 0 and one other value; a float map of more values, or NaN, is refused."""
+    from ultraseg.errors import UltrasegError
+
+    pred, truth = _masks_4x4()
+    score = _SCORES[name]
+    other = {"pred": truth, "truth": pred}[side]
+    for bad in (np.where(pred, 0.9, 0.05), np.where(pred, 1.0, np.nan)):
+        args = (bad, other) if side == "pred" else (other, bad)
+        with pytest.raises(UltrasegError, match=f"{side}.*not a mask"):
+            score(*args)
+    want = score(pred, truth)       # 0/1, 0/255 and 0/1 floats score as the bool masks do
+    for same in (np.uint8, np.float32):
+        for scale in (1, 255):
+            assert score(pred.astype(same) * scale, truth.astype(same) * scale) == want

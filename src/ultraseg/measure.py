@@ -65,6 +65,7 @@ from scipy import ndimage
 from .errors import UltrasegError
 from .io.dicom import PIXEL_SIZE_NOT_TAKEN
 from .ellipse import MAX_FIT_SPREAD, fit_ellipse  # noqa: F401  (measure's API)
+from .metrics import binary_mask  # (the metrics' rule for a mask; measure's API, rle's)
 
 logger = logging.getLogger(__name__)
 
@@ -268,35 +269,6 @@ def enclosed(obj: np.ndarray) -> np.ndarray:
     out = obj.copy()
     out[t:b, lft:r] |= fill[labels]
     return out
-
-
-def binary_mask(mask: Any, taker: str = "measure") -> np.ndarray:
-    """``mask`` as bool: a bool array, or numbers (integers or floats alike) holding 0 and at
-    most one other value (0/1, 0/255). Anything else is no mask: more than one value besides
-    0 (a probability map, a grey image) or NaN is refused (:class:`UltrasegError`, saying
-    that ``taker`` takes a mask), as it would read every pixel above 0 as the object."""
-    mask = np.asarray(mask)
-    if mask.dtype == bool:
-        return mask
-    if mask.dtype.kind not in "iuf":
-        raise UltrasegError(f"{taker} takes a mask (bool, or numbers 0/1 or 0/255), "
-                            f"got an array of {mask.dtype}")
-    found = mask[mask != 0]
-    if found.size and not (found == found.flat[0]).all():       # (NaN equals nothing)
-        kind = ("a probability map?" if mask.dtype.kind == "f" else
-                "a grey image or probabilities scaled to integers?")
-        raise UltrasegError(
-            f"{taker} takes a mask (bool, or 0 and one other value such as 0/1 or 0/255), and "
-            f"values {_some_values(mask)} are not a mask ({kind}): threshold it (probs >= 0.5) "
-            f"or use Predictor.predict, which gives the post-processed mask; for one label of "
-            f"a label mask, mask == label")
-    return mask != 0
-
-
-def _some_values(values: np.ndarray) -> str:
-    """'2, 229' or '0, 2, 3, ...': the first few distinct values of ``values``."""
-    head = np.unique(values.ravel()[:100_000])
-    return ", ".join(str(v) for v in head[:3]) + (", ..." if len(head) > 3 else "")
 
 
 def measured_object(mask: np.ndarray,

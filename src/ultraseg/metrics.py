@@ -2,6 +2,8 @@
 
 Numpy/scipy only (used by the ONNX-only prediction path). Every metric is computed on ONE image;
 dataset figures come from :func:`summarise` over the per-image rows, never from pooled pixels.
+A mask is what :func:`binary_mask` takes (bool, or 0 and one other value such as 0/1 or
+0/255); a probability map or NaN is refused, not read as every pixel above 0.
 
 The empty rule (decided here, once)
 -----------------------------------
@@ -35,13 +37,46 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .errors import UltrasegError
+
 
 #: The empty rule in one phrase, as the CLI and the training report state it.
 EMPTY_RULE = "a frame with empty truth and empty prediction scores Dice 1"
 
 
+def binary_mask(mask: Any, taker: str = "measure") -> np.ndarray:
+    """``mask`` as bool: a bool array, or numbers (integers or floats alike) holding 0 and at
+    most one other value (0/1, 0/255). Anything else is no mask: more than one value besides
+    0 (a probability map, a grey image) or NaN is refused (:class:`UltrasegError`, saying
+    that ``taker`` takes a mask), as it would read every pixel above 0 as the object."""
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask
+    if mask.dtype.kind not in "iuf":
+        raise UltrasegError(f"{taker} takes a mask (bool, or numbers 0/1 or 0/255), "
+                            f"got an array of {mask.dtype}")
+    found = mask[mask != 0]
+    if found.size and not (found == found.flat[0]).all():       # (NaN equals nothing)
+        kind = ("a probability map?" if mask.dtype.kind == "f" else
+                "a grey image or probabilities scaled to integers?")
+        raise UltrasegError(
+            f"{taker} takes a mask (bool, or 0 and one other value such as 0/1 or 0/255), and "
+            f"values {_some_values(mask)} are not a mask ({kind}): threshold it (probs >= 0.5) "
+            f"or use Predictor.predict, which gives the post-processed mask; for one label of "
+            f"a label mask, mask == label")
+    return mask != 0
+
+
+def _some_values(values: np.ndarray) -> str:
+    """'2, 229' or '0, 2, 3, ...': the first few distinct values of ``values``."""
+    head = np.unique(values.ravel()[:100_000])
+    return ", ".join(str(v) for v in head[:3]) + (", ..." if len(head) > 3 else "")
+
+
 def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    # masks as measure takes them: a probability map scored every pixel above 0 (bool
+    # arrays, what evaluate and train pass, go straight through)
+    p, t = binary_mask(pred, "metrics (pred)"), binary_mask(truth, "metrics (truth)")
     if p.shape != t.shape:
         raise ValueError(f"prediction shape {p.shape} differs from truth shape {t.shape}")
     return p, t
