@@ -21,7 +21,8 @@ def test_threshold_is_inclusive() -> None:
     out = apply(prob, PostprocessConfig(threshold=0.5))
     assert out.dtype == bool
     np.testing.assert_array_equal(out, [[False, True, True]])
-    assert not apply(np.full((2, 2), np.nan), PostprocessConfig()).any()
+    with pytest.raises(ValueError, match="NaN"):     # once read as background in silence
+        apply(np.full((2, 2), np.nan), PostprocessConfig())
 
 
 def test_speck_removed_diagonal_counts_as_connected() -> None:
@@ -667,3 +668,33 @@ def test_what_the_rules_change_of_a_perfect_prediction_is_named() -> None:
         for truth in (t, two, ring, np.zeros_like(t)):
             assert (changes_to_truth(truth, cfg) == []) == np.array_equal(
                 apply(truth.astype(np.float32), cfg), truth)
+
+
+def _a_map() -> np.ndarray:
+    prob = np.full((12, 12), 0.1, np.float32)
+    prob[3:8, 3:8] = 0.9
+    return prob
+
+
+@pytest.mark.parametrize("scaled, words", [
+    (lambda p: (p * 255).astype(np.uint8), r"in \[0, 1\].*0\.\.255"),
+    (lambda p: p * 100, r"in \[0, 1\]"),
+    (lambda p: p - 0.5, r"in \[0, 1\]"),
+    (lambda p: np.where(p > 0.5, np.nan, p), "NaN")],
+    ids=["uint8 0..255", "percent", "negative", "nan"])
+def test_a_map_outside_0_1_or_with_nan_is_refused(scaled, words) -> None:
+    """apply thresholded a map scaled to 0..255 or to percent as it stood, so the whole frame
+    became the mask, and NaN pixels were dropped without a word (an API misuse review)."""
+    with pytest.raises(ValueError, match=words):
+        apply(scaled(_a_map()), PostprocessConfig())
+    want = _a_map() >= 0.5          # maps in [0, 1] of any dtype as before
+    for same in (_a_map(), _a_map().astype(np.float64), want, want.astype(np.uint8)):
+        assert np.array_equal(apply(same, PostprocessConfig()), want)
+    assert apply(np.zeros((0, 5), np.float32), PostprocessConfig()).shape == (0, 5)
+
+
+@pytest.mark.parametrize("cfg", [{"threshold": 0.5}, None, 0.5])
+def test_a_config_that_is_no_postprocess_config_is_refused(cfg) -> None:
+    """A dict, None or a bare threshold raised a raw AttributeError inside apply."""
+    with pytest.raises(UltrasegError, match="postprocess must be a PostprocessConfig"):
+        apply(_a_map(), cfg)

@@ -34,7 +34,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
-from .config import PostprocessConfig
+from .config import PostprocessConfig, check_postprocess
 from .errors import UltrasegError
 from .metrics import dice_from_count_arrays, dice_from_counts
 
@@ -219,8 +219,22 @@ def largest_filled(mask: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> n
 
 
 def apply(prob: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
-    """Turn a float (H, W) probability map into a bool (H, W) mask with ``cfg`` (see module)."""
+    """Turn a float (H, W) probability map into a bool (H, W) mask with ``cfg`` (see module).
+
+    ``prob`` holds probabilities in [0, 1] (a map scaled to 0..255 or to percent, or NaN, is
+    refused: ValueError; thresholded as it stood, it made the whole frame the mask, and NaN
+    pixels left it in silence); ``cfg`` is a :class:`~ultraseg.config.PostprocessConfig`
+    (another type, a dict, is refused: UltrasegError)."""
+    check_postprocess(cfg)
     p = _prob2d(prob)
+    if p.size:
+        lo, hi = p.min(), p.max()       # (NaN anywhere makes both NaN)
+        if np.isnan(lo) or np.isnan(hi):
+            raise ValueError("the probability map holds NaN; expected probabilities in [0, 1]")
+        if not (lo >= 0 and hi <= 1):
+            scale = " (scaled to 0..255 or to percent? divide it by 255 or 100)" if hi > 1 else ""
+            raise ValueError(f"expected a probability map in [0, 1], got values from {lo:g} to "
+                             f"{hi:g}{scale}")
     mask = p >= cfg.threshold
     peaked = cfg.min_peak > cfg.threshold
     if cfg.min_area > 1 or cfg.keep_largest or peaked:
