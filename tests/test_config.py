@@ -452,3 +452,23 @@ def test_a_run_config_whose_preset_is_a_label_repeats_on_the_cli(tmp_path) -> No
     args = build_parser().parse_args(["train", "d", "--config", str(path), "--out", "run"])
     with pytest.raises(UltrasegError, match="unknown preset 'cpuu'"):
         resolve_config(args)
+
+
+@pytest.mark.parametrize("section, value", [
+    ("model", {"width": 4, "depth": 2}), ("train", {"epochs": 3}), ("data", None),
+    ("preprocess", ModelConfig())])
+def test_a_run_config_refuses_a_section_that_is_not_its_config(section, value) -> None:
+    """RunConfig(model={"width": 4, "depth": 2}) was built, and train failed later with
+    AttributeError: 'dict' object has no attribute 'to_dict' (an API misuse review). Each
+    section must be its dataclass, refused when built as sections refuse their values; a
+    dict is pointed to from_dict and merge."""
+    words = f"RunConfig.{section} must be a {type(getattr(RunConfig(), section)).__name__}"
+    if isinstance(value, dict):
+        words += r".*RunConfig\.from_dict.*ultraseg\.merge"
+    with pytest.raises(UltrasegError, match=words):
+        RunConfig(**{section: value})
+    with pytest.raises(UltrasegError, match=words):
+        dataclasses.replace(RunConfig(), **{section: value})
+    with pytest.raises(UltrasegError, match="RunConfig.preset must be a string"):
+        RunConfig(preset=5)
+    assert RunConfig(model=ModelConfig(width=4)).model.width == 4

@@ -71,7 +71,7 @@ def check_flag(name: str, value: Any, none: str = "") -> bool | None:
     return bool(value)
 
 
-def check_types(section: Any) -> None:
+def check_types(section: Any, prefix: str | None = None) -> None:
     """Refuse a config section (a dataclass) holding a value of another type than its field
     declares -- a config file's "16" for 16, true for 1, 5.5 frames -- as a user error naming
     the setting (``train.epochs``); a name not among a ``Literal``'s lists the valid ones.
@@ -81,7 +81,8 @@ def check_types(section: Any) -> None:
     when training starts (:func:`ultraseg.train.check_config`)."""
     cls = type(section)
     hints = _type_hints(cls)
-    prefix = cls.__name__.removesuffix("Config").lower()
+    if prefix is None:
+        prefix = cls.__name__.removesuffix("Config").lower()
     for f in fields(section):
         value = getattr(section, f.name)
         if not _fits(value, hints[f.name]):
@@ -103,6 +104,8 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
+    if dataclasses.is_dataclass(hint):   # a section of a RunConfig
+        return isinstance(value, hint)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:                # True == 1: the type must match too
         return any(value == a and type(value) is type(a) for a in args)
@@ -121,6 +124,8 @@ def _describe(hint: Any) -> str:
     simple = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
     if hint in simple:
         return simple[hint]
+    if dataclasses.is_dataclass(hint):
+        return f"a {hint.__name__}"
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(map(repr, args))
@@ -504,6 +509,18 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "seed"
+
+    def __post_init__(self) -> None:
+        # each section its dataclass, refused when built as a section refuses its values: a
+        # dict given for one was built, and train failed on it later with an AttributeError
+        try:
+            check_types(self, "RunConfig")
+        except UltrasegError as e:
+            if not any(isinstance(getattr(self, f.name), dict) for f in fields(self)):
+                raise
+            raise UltrasegError(f"{e.message} (a config from dicts of settings: "
+                                "RunConfig.from_dict({'model': {...}}), or ultraseg.merge(cfg, "
+                                "{'model': {...}}))") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
