@@ -857,7 +857,7 @@ def time_compiled(fast, model, device, dtype, image: np.ndarray) -> dict[str, An
 
     out: dict[str, Any] = {}
     try:
-        comp = fast.with_options(run_batch=torch_runner(model, device, dtype, compile=True))
+        comp = replace(fast, run_batch=torch_runner(model, device, dtype, compile=True))
         out["compile_s"] = round(timed(partial(comp.predict_proba, image), device), 1)
         out["s_per_frame"] = round(min(
             timed(partial(comp.predict_proba, image), device) for _ in range(2)), 3)

@@ -1969,3 +1969,18 @@ def test_yes_no_options_given_as_strings_are_refused(tmp_path, call, option, val
     run(pixel_predictor(), [image], out=out, **{option: np.bool_(False)})
     assert not list(out.glob("*_overlay.png")) + list(out.glob("*_prob.png")) \
         + list(out.glob("*_measure.png"))
+
+
+@pytest.mark.parametrize("name", ["threshold", "size"])
+def test_with_options_refuses_an_unknown_option_as_load_does(name) -> None:
+    """with_options(threshold=0.5) raised dataclasses' TypeError ('__init__() got an
+    unexpected keyword argument') where load(PATH, threshold=0.5) names the valid options (an
+    API misuse review)."""
+    words = (f"unknown predictor option.*{name}.*valid: batch_size, tile, tta, postprocess, "
+             f"mirror")
+    with pytest.raises(UltrasegError, match=words):
+        pixel_predictor().with_options(**{name: 0.5})
+    if name == "threshold":     # post-processing's: pointed to it
+        with pytest.raises(UltrasegError, match=r"postprocess=dataclasses\.replace"):
+            pixel_predictor().with_options(threshold=0.5)
+    assert pixel_predictor().with_options(batch_size=2).batch_size == 2

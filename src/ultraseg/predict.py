@@ -373,7 +373,8 @@ class Predictor:
 
     def with_options(self, **changes: Any) -> "Predictor":
         """A copy with other options (``batch_size``, ``tile``, ``tta``, ``postprocess``,
-        ``mirror``)."""
+        ``mirror``); another name is a user error, as in :func:`load`."""
+        check_options(changes)
         return replace(self, **changes)
 
 
@@ -407,6 +408,19 @@ def as_predictor(model: Predictor | str | Path) -> Predictor:
 
 #: The options :func:`load` takes (those of :meth:`Predictor.with_options`).
 LOAD_OPTIONS = ("batch_size", "tile", "tta", "postprocess", "mirror")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse a name among ``options`` that is none of :data:`LOAD_OPTIONS`, listing them (a
+    post-processing setting, ``threshold``, pointed to ``postprocess``)."""
+    unknown = sorted(set(options) - set(LOAD_OPTIONS))
+    if not unknown:
+        return
+    pp = [n for n in unknown if n in PostprocessConfig.__dataclass_fields__]
+    hint = (f" ({', '.join(pp)}: the post-processing's, postprocess=dataclasses.replace("
+            f"predictor.postprocess, {pp[0]}=...))" if pp else "")
+    raise UltrasegError(f"unknown predictor option(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(LOAD_OPTIONS)}{hint}")
 
 
 def load(path: str | Path, device: str = "auto", precision: str = "auto",
@@ -447,10 +461,7 @@ def open_model(path: str | Path, device: str, precision: str, threads: int | Non
             raise UltrasegError(f"threads must be a whole number >= 1, got {threads!r}")
         if threads < 1:     # (ONNX Runtime took 0 or -1 as its default)
             raise UltrasegError(f"threads must be at least 1, got {threads}")
-    unknown = sorted(set(options) - set(LOAD_OPTIONS))
-    if unknown:
-        raise UltrasegError(f"unknown predictor option(s) {', '.join(unknown)}; valid: "
-                            f"{', '.join(LOAD_OPTIONS)}")
+    check_options(options)
     # (the file's own post-processing is the builders'; a caller's replaces it after)
     later = {"postprocess": options.pop("postprocess")} if "postprocess" in options else {}
     path = as_path(path, "load", what="a model file")
