@@ -1984,3 +1984,18 @@ def test_with_options_refuses_an_unknown_option_as_load_does(name) -> None:
         with pytest.raises(UltrasegError, match=r"postprocess=dataclasses\.replace"):
             pixel_predictor().with_options(threshold=0.5)
     assert pixel_predictor().with_options(batch_size=2).batch_size == 2
+
+
+@pytest.mark.parametrize("given", ["array", "bytes", "list with a number"])
+def test_collect_frames_refuses_what_is_no_path_naming_it(tmp_path, given) -> None:
+    """collect_frames(image_array) raised pathlib's TypeError ('expected str, bytes or
+    os.PathLike object, not ndarray'), bytes were iterated as numbers, where
+    write_predictions says 'expected frames ... or image paths, got ndarray' for the same
+    input (an API misuse review, item 7)."""
+    image = save(tmp_path / "a.png", ramp(6, 6))
+    inputs = {"array": ramp(6, 6), "bytes": bytes(image),
+              "list with a number": [image, 5]}[given]
+    with pytest.raises(UltrasegError, match=r"collect_frames takes image paths.*got "
+                                            r"(ndarray|bytes|int)"):
+        collect_frames(inputs)
+    assert len(collect_frames([image])) == 1

@@ -114,9 +114,16 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
     same rule: a loop ``b/x.dcm`` beside ``a/x.dcm`` gives ``b/x_frame001``...
     """
     # one path: not a sequence of characters; any other iterable read once (a generator)
-    named = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    named = [inputs] if isinstance(inputs, (str, os.PathLike)) else (
+        [inputs] if isinstance(inputs, bytes) or hasattr(inputs, "shape") else list(inputs))
     if not named:
         raise UltrasegError("no input images given")
+    wrong = next((g for g in named if not isinstance(g, (str, os.PathLike))), None)
+    if wrong is not None:   # (pathlib's TypeError named no argument; bytes read as numbers)
+        raise UltrasegError(f"collect_frames takes image paths (a file or folder, or several "
+                            f"in a list), got {type(wrong).__name__}"
+                            + ("; predict an image array with ultraseg.load(MODEL).predict"
+                               if hasattr(wrong, "shape") else ""))
     check_layout(layout, subject_pattern)   # (files alone never reach a folder's reader)
     skip = _real(Path(exclude)) if exclude is not None else None
     found: list[tuple[Sample, Path | None, PurePosixPath, tuple[str, ...]]] = []
