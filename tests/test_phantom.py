@@ -233,3 +233,12 @@ def test_every_50_frames_hold_a_subject_with_no_structure(tmp_path):
             assert any(all(empty[f"{s}_{t}"] for t in range(1, FRAMES_PER_SUBJECT + 1))
                        for s in block), (seed, block)
         assert subjects == set(range(1, 11))
+
+
+@pytest.mark.parametrize("out", [None, 5])
+def test_an_output_folder_that_is_no_path_is_refused_naming_it(out) -> None:
+    """make_dataset(None) raised pathlib's TypeError, naming no argument (an API misuse
+    review, item 7)."""
+    with pytest.raises(UltrasegError, match=rf"make_dataset \(out\) takes .*path.*got "
+                                            rf"{type(out).__name__}"):
+        make_dataset(out, n=2, size=32)

@@ -1999,3 +1999,21 @@ def test_collect_frames_refuses_what_is_no_path_naming_it(tmp_path, given) -> No
                                             r"(ndarray|bytes|int)"):
         collect_frames(inputs)
     assert len(collect_frames([image])) == 1
+
+
+
+@pytest.mark.parametrize("call, args", [
+    ("write", {"out": None}), ("write", {"out": 5}), ("write", {"rle": True}),
+    ("measure", {"out": 5})])
+def test_an_output_path_that_is_no_path_is_refused_naming_it(tmp_path, call, args) -> None:
+    """write_predictions(R, I, None) and write_predictions(..., rle=True) raised pathlib's
+    TypeError ('expected str, bytes or os.PathLike object, not NoneType'), naming no
+    argument (an API misuse review, item 7)."""
+    image = save(tmp_path / "in" / "a.png", ramp(6, 6))
+    name, value = next(iter(args.items()))
+    with pytest.raises(UltrasegError, match=rf"\({name}\) takes .*path.*got "
+                                            rf"{type(value).__name__}"):
+        if call == "write":
+            write_predictions(pixel_predictor(), [image], **{"out": tmp_path / "o", **args})
+        else:
+            measure_frames(pixel_predictor(), [image], **args)

@@ -2851,3 +2851,10 @@ def test_more_threads_than_cores_is_warned_about_once(tmp_path, monkeypatch) -> 
     with ultraseg_warnings() as warned:
         assert _train_tiny(tmp_path, tmp_path / "one", "--epochs", "1") == 0   # --threads 1
     assert not [r for r in warned if "more threads than" in r.getMessage()]
+
+
+def test_an_output_folder_that_is_no_path_is_refused_naming_it() -> None:
+    """train(cfg, None) raised pathlib's TypeError, naming no argument (an API misuse
+    review, item 7)."""
+    with pytest.raises(UltrasegError, match=r"train \(out\) takes .*path.*got NoneType"):
+        train_mod.train(RunConfig(), None)

@@ -35,6 +35,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .errors import UltrasegError
+from .fileio import as_path
 from .io.base import in_output_folder, is_image_file, walk_files
 
 __all__ = ["make_frame", "make_dataset", "FRAMES_PER_SUBJECT"]
@@ -445,7 +446,7 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
     _check_size(size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UltrasegError(f"phantom seed must be a non-negative integer, got {seed!r}")
-    out = Path(out)
+    out = as_path(out, "make_dataset (out)", what="a dataset folder")
     if out.exists() and not out.is_dir():
         raise UltrasegError("phantom output exists and is not a folder", out)
     for folder in (out / "images", out / "masks"):

@@ -28,8 +28,8 @@ from PIL import Image
 
 from .config import check_flag
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
-from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_text, failure_reason,
-                     json_text, output_lock, temporaries)
+from .fileio import (LOCK_FILE, LineFile, as_path, atomic_write_bytes, csv_text,
+                     failure_reason, json_text, output_lock, temporaries)
 from .io import (IMAGE_EXTENSIONS, Sample, as_outline, check_layout, file_sample, frame_tag,
                  image_stem, inspect_command, scan_dataset, select_label, split_frames, white_for)
 from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
@@ -843,6 +843,9 @@ def write_predictions(predictor: Predictor | str | Path,
     skip_unreadable = check_flag("skip_unreadable", skip_unreadable)
     fill_outlines = check_flag("fill_outlines", fill_outlines, "as the predictor was trained")
     check_truth_options(overlay, label, fill_outlines)     # before a checkpoint is loaded
+    out = as_path(out, "write_predictions (out)", what="an output folder")
+    if rle is not None:
+        as_path(rle, "write_predictions (rle)", what="a submission CSV")
     predictor, frames = as_predictor(predictor), frames_of(frames)   # before --out is made
     if fmt not in MASK_FORMATS:
         raise UltrasegError(f"unknown mask format {fmt!r}; valid: {', '.join(MASK_FORMATS)}")
@@ -1106,6 +1109,8 @@ def measure_frames(predictor: Predictor | str | Path,
 
     overlay = check_flag("overlay", overlay)
     skip_unreadable = check_flag("skip_unreadable", skip_unreadable)
+    if out is not None:
+        out = as_path(out, "measure_frames (out)", what="an output folder")
     predictor, frames = as_predictor(predictor), frames_of(frames)
     if overlay and out is None:
         raise UltrasegError("measure's overlays need an output folder (--out)")

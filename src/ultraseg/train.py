@@ -39,7 +39,7 @@ from .data import (Arrays, SplitCopies, duplicates_across_split, load_arrays,
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import (DIVERGED, DataError, UltrasegError, command_line, diverged_parts,
                      diverged_stop, is_out_of_memory)
-from .fileio import atomic_write_text, csv_text, output_lock
+from .fileio import as_path, atomic_write_text, csv_text, output_lock
 from .geometry import largest_valid_output
 from .io import Dataset, open_dataset, select_label, with_white
 from .io.base import check_label, said_once
@@ -579,7 +579,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     if not isinstance(cfg, RunConfig) and not (cfg is None and resume):
         raise UltrasegError(f"train takes a RunConfig (ultraseg.preset(NAME), changed with "
                             f"ultraseg.merge, or RunConfig.from_dict), got {type(cfg).__name__}")
-    out = Path(out)
+    out = as_path(out, "train (out)", what="a run folder")
     t0 = time.monotonic()
     # the folder is this run's alone from before it is opened to the end: a second command
     # into it is refused at once (ranks > 0 of a torchrun job write nothing: rank 0 holds it)
