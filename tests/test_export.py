@@ -1240,3 +1240,23 @@ def test_load_warns_where_an_onnx_session_s_threads_exceed_the_cores(exported, m
         assert len(said) == expected, (model, n, said)
         assert all("threads=2 " in s and "threads=1 or fewer" in s and "1 core" in s
                    and "--threads" not in s for s in said), said
+
+
+@pytest.mark.parametrize("args", [{"tile": "20"}, {"tile": 20.5}, {"opset": "17"},
+                                  {"opset": 17.0}, {"checkpoint_path": 5}])
+def test_export_refuses_a_tile_opset_or_path_of_the_wrong_type_naming_it(tmp_path,
+                                                                        args) -> None:
+    """export_onnx(..., tile="20") raised TypeError ("'<' not supported between 'str' and
+    'int'"); opset="17" ran both exporters and blamed the opset ('cannot export at opset
+    17 ('>' not supported ...)'); a Predictor for the checkpoint, pathlib's TypeError (an API
+    misuse review, item 7)."""
+    ckpt = tmp_path / "best.ckpt"
+    cfg = ModelConfig(variant="same", width=2, depth=1)
+    save_checkpoint(ckpt, build_model(cfg).state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=16), PostprocessConfig()))
+    name, value = next(iter(args.items()))
+    words = ("export_onnx takes a checkpoint's path" if name == "checkpoint_path"
+             else f"{name} must be a whole number")
+    with pytest.raises(UltrasegError, match=words):
+        export_onnx(**{"checkpoint_path": ckpt, "onnx_path": tmp_path / "m.onnx", **args})
+    assert not (tmp_path / "m.onnx").exists()

@@ -44,9 +44,9 @@ import numpy as np
 
 from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
-                     model_problem, size_problem)
+                     model_problem, plain_number, size_problem)
 from .errors import CheckpointError, UltrasegError
-from .fileio import hash_file, json_text, parse_json
+from .fileio import as_path, hash_file, json_text, parse_json
 from .geometry import context_margin, same_padded_size
 from .logs import caught_warnings, quiet
 from .predict import (Predictor, prediction_tile, round_tile, tile_rounding,
@@ -116,12 +116,20 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     Runtime's wheels start telemetry on import, and a tool run on patients' images sends
     nothing anywhere (:data:`TELEMETRY_SWITCH`).
     """
+    # before torch is imported: "20" reached a comparison with an int (a raw TypeError), and
+    # opset "17" ran both exporters before it was blamed
+    tile, opset = plain_number(tile), plain_number(opset)     # np.int64(20) is 20
+    for name, value in (("tile", tile), ("opset", opset)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UltrasegError(f"{name} must be a whole number (or None), got {value!r}")
+    as_path(checkpoint_path, "export_onnx", what="a checkpoint")
+    onnx_path = as_path(onnx_path, "export_onnx", what="an .onnx file")
+
     import torch
 
     from .checkpoint import build_from_checkpoint, load_checkpoint
     from .fileio import atomic_write_bytes
 
-    onnx_path = Path(onnx_path)
     if tile is not None and tile < 1:   # on any model, before the variant decides its use
         raise UltrasegError(f"--tile must be at least 1, got {tile}")
     if Path(checkpoint_path).suffix.lower() == ".onnx":
