@@ -714,3 +714,12 @@ def test_settings_json_from_python_says_what_was_applied_and_that_no_options_wer
     assert doc["backend"] is None and doc["overrides"] is None
     assert doc["postprocess"] == {"threshold": 0.4, "min_area": 3, "min_peak": 0.0,
                                   "keep_largest": False, "fill_holes": True, "tta": True}
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 10), (10, 0)])
+def test_a_mask_of_no_pixels_is_refused_saying_so(shape) -> None:
+    """measure(np.zeros((0, 0), bool)) raised IndexError ('index 0 is out of bounds for axis
+    0 with size 0') from inside it (an API misuse review, item 7)."""
+    with pytest.raises(ValueError, match=rf"measure expects a 2D mask of at least one pixel, "
+                                         rf"got shape \({shape[0]}, {shape[1]}\)"):
+        measure(np.zeros(shape, bool))

@@ -482,6 +482,9 @@ def measure(
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"measure expects a 2D mask, got shape {mask.shape}")
+    if mask.size == 0:      # (an IndexError from inside it)
+        raise ValueError(f"measure expects a 2D mask of at least one pixel, got shape "
+                         f"{mask.shape}")
     mask = binary_mask(mask)
     if not math.isfinite(boundary_offset_px):
         raise ValueError(f"boundary_offset_px must be finite, got {boundary_offset_px!r}")
