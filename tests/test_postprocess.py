@@ -693,6 +693,17 @@ def test_a_map_outside_0_1_or_with_nan_is_refused(scaled, words) -> None:
     assert apply(np.zeros((0, 5), np.float32), PostprocessConfig()).shape == (0, 5)
 
 
+def test_a_map_rounded_just_past_0_or_1_is_a_probability_map() -> None:
+    """ONNX Runtime's CPU sigmoid returns 1.0000001 for some logits near 18, so an exported
+    model's map can hold it (and its tile and flip averages keep it): the [0, 1] check refused
+    that map as one 'scaled to 0..255' (a re-read). Rounding past either end is taken as the
+    probability it is; thresholding is unchanged."""
+    prob = _a_map()
+    prob[prob >= prob.max()] = np.nextafter(np.float32(1), np.float32(2))
+    prob[prob <= prob.min()] = -np.float32(1e-7)
+    assert np.array_equal(apply(prob, PostprocessConfig()), prob >= 0.5)
+
+
 @pytest.mark.parametrize("cfg", [{"threshold": 0.5}, None, 0.5])
 def test_a_config_that_is_no_postprocess_config_is_refused(cfg) -> None:
     """A dict, None or a bare threshold raised a raw AttributeError inside apply."""

@@ -218,20 +218,28 @@ def largest_filled(mask: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> n
     return labels == int(np.argmax(sizes))
 
 
+#: How far outside [0, 1] a probability map may stray by float rounding and still be one:
+#: ONNX Runtime's CPU sigmoid returns 1.0000001 (1 + 2**-23) for some logits near 18.
+PROB_SLACK = 1e-3
+
+
 def apply(prob: np.ndarray, cfg: PostprocessConfig) -> np.ndarray:
     """Turn a float (H, W) probability map into a bool (H, W) mask with ``cfg`` (see module).
 
-    ``prob`` holds probabilities in [0, 1] (a map scaled to 0..255 or to percent, or NaN, is
-    refused: ValueError; thresholded as it stood, it made the whole frame the mask, and NaN
-    pixels left it in silence); ``cfg`` is a :class:`~ultraseg.config.PostprocessConfig`
-    (another type, a dict, is refused: UltrasegError)."""
+    ``prob`` holds probabilities in [0, 1], give or take float rounding (ONNX Runtime's
+    sigmoid gives 1.0000001 for some logits near 18): a map scaled to 0..255 or to percent, or
+    NaN, is refused (ValueError; thresholded as it stood, it made the whole frame the mask,
+    and NaN pixels left it in silence); ``cfg`` is a
+    :class:`~ultraseg.config.PostprocessConfig` (another type, a dict, is refused:
+    UltrasegError)."""
     check_postprocess(cfg)
     p = _prob2d(prob)
     if p.size:
         lo, hi = p.min(), p.max()       # (NaN anywhere makes both NaN)
         if np.isnan(lo) or np.isnan(hi):
-            raise ValueError("the probability map holds NaN; expected probabilities in [0, 1]")
-        if not (lo >= 0 and hi <= 1):
+            raise ValueError("the probability map holds NaN (a model that gave NaN, or a "
+                             "map made elsewhere); expected probabilities in [0, 1]")
+        if not (lo >= -PROB_SLACK and hi <= 1 + PROB_SLACK):
             scale = " (scaled to 0..255 or to percent? divide it by 255 or 100)" if hi > 1 else ""
             raise ValueError(f"expected a probability map in [0, 1], got values from {lo:g} to "
                              f"{hi:g}{scale}")
