@@ -2171,6 +2171,28 @@ def test_an_epoch_the_time_limit_cut_short_is_not_counted_as_one_that_did_not_he
     assert "2 full epochs after it" in note, note
 
 
+def test_an_epoch_validated_on_a_sample_is_not_counted_as_one_that_did_not_help() -> None:
+    """An epoch that ran all its batches but was validated on a sample (its validation
+    started past the limit) can never be chosen, so it is no epoch that 'did not help'
+    (a re-read of 9a2c62f): best 6 of 8, the 8th complete but scored on 2 of 10 frames."""
+    rows = [{"epoch": e, "complete": True, "val_frames": 10 if e < 8 else 2}
+            for e in range(1, 9)]
+    assert train_mod._never_improved(6, rows, 10) is None
+    rows[-1]["val_frames"] = 10
+    assert train_mod._never_improved(6, rows, 10) is not None
+
+
+def test_sampled_rows_reads_the_validation_side_s_size_where_it_is_given() -> None:
+    """Training knows the validation side's size: a resumed older run whose rows lack
+    val_frames, and whose one new epoch was sampled, reads that epoch as sampled (the most
+    any row records is that sample itself) (a re-read of 9a2c62f)."""
+    from ultraseg.report import sampled_rows
+
+    rows = [{"epoch": 1}, {"epoch": 2, "val_frames": 2}]
+    assert sampled_rows(rows) == [False, False]
+    assert sampled_rows(rows, 10) == [False, True]
+
+
 def test_the_report_says_validation_never_improved_after_the_kept_epoch(tmp_path,
                                                                        monkeypatch) -> None:
     """Epoch 1 of 3 kept: the report's summary says the later epochs did not help."""

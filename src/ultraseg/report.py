@@ -65,7 +65,8 @@ MAX_FRAMES = 8
 CAPTIONS: dict[str, str] = {
     "curve.png": "Learning curves: the training and validation loss of each epoch, and the "
                  "validation Dice on the working-size canvases, the epoch kept starred; an epoch "
-                 "the time limit cut short is drawn hollow and named partial.",
+                 "the time limit cut short (its batches, or its validation to a sample) is "
+                 "drawn hollow and named partial.",
     "sample.png": "Training frames at the working size with their mask outlines (blue): a "
                   "check that frames and masks were read together.",
     "seg_sample.png": "Validation frames at their original size: not trained on, but they chose "
@@ -297,12 +298,14 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def sampled_rows(history: Sequence[Mapping[str, Any]]) -> list[bool]:
+def sampled_rows(history: Sequence[Mapping[str, Any]], total: int | None = None) -> list[bool]:
     """Whether each row of ``history`` was validated on a sample of the validation frames
-    (the time limit had passed): its ``val_frames`` is fewer than the most any row was
-    validated on (rows without it, from runs before it was recorded, on all of them)."""
+    (the time limit had passed): its ``val_frames`` is fewer than ``total``, the validation
+    side's frames, where the caller knows it (training), else than the most any row was
+    validated on. A row without it (from a run before it was recorded) counts as validated on
+    all of them."""
     counts = [_num(row.get("val_frames")) for row in history]
-    most = max((c for c in counts if c == c), default=math.nan)
+    most = total if total is not None else max((c for c in counts if c == c), default=math.nan)
     return [c == c and c < most for c in counts]
 
 
@@ -338,7 +341,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     None: the best by :func:`best_row`; ``chosen`` False: validation chose nothing, and the
     last epoch was kept, as its legend says). A single epoch is drawn as markers; an epoch not
     complete (``complete`` False: a time limit cut it short) as hollow markers named partial in
-    the legend.
+    the legend, and so is the Dice of an epoch validated on a sample (``val_frames``:
+    :func:`sampled_rows`).
     """
     rows = list(history)
     fig = _new_figure(10.0, 4.0)
@@ -350,6 +354,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
         return np.array([_num(r.get(key)) for r in rows], dtype=float)
 
     partial = np.array([_partial(r) for r in rows], dtype=bool)
+    sampled = np.array(sampled_rows(rows), dtype=bool)     # its Dice over a sample
     drawn, named = [], False
     # colours fixed per series: from matplotlib's cycle, a partial epoch's marker took one and
     # the validation loss changed colour between runs
@@ -388,7 +393,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     if ok.any():
         ax_dice.plot(epochs[ok], y[ok], marker=marker, markersize=4, color="tab:green",
                      label="validation Dice")
-        _mark_partial(ax_dice, epochs, y, ok & partial, "tab:green")
+        _mark_partial(ax_dice, epochs, y, ok & (partial | sampled), "tab:green")
         best = kept_row(rows, best_epoch)
         if best >= 0:
             label = ("kept (the last: validation chose nothing)" if not chosen else

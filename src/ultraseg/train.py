@@ -919,8 +919,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         best_epoch = int(last.train_state["best_epoch"])
         best_loss = next((float(r["val_loss"]) for r in history if r["epoch"] == best_epoch),
                          math.inf)
-        best_full = not next((sampled for r, sampled in zip(history, sampled_rows(history))
-                              if r["epoch"] == best_epoch), True)
+        of_best = [sampled for r, sampled in zip(history, sampled_rows(history, len(val_frames)))
+                   if r["epoch"] == best_epoch]
+        best_full = bool(of_best) and not of_best[0]
         start_epoch = int(last.train_state["epoch"]) + 1
         horizon = float(last.train_state.get("horizon", tc.epochs))
         log.info("resuming after epoch %d", start_epoch - 1)
@@ -1063,7 +1064,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                                tc.time_limit_s)
             t_measured = now
         # no validation: the latest counts
-        sampled = frames_v is not None and len(frames_v) < len(val_frames)
+        sampled = sampled_rows([row], len(val_frames))[0]
         improved = not choosing or improves(val_dice, val_loss, best_dice, best_loss, sampled,
                                             best_full)
         if improved:
@@ -1321,7 +1322,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                                            "near-duplicate frame pairs on two sides (train.log "
                                            f"names them): {copies.consequence()}"}
            if copies else {}),
-        "best epoch": (_with_note(best_epoch, _never_improved(best_epoch, history))
+        "best epoch": (_with_note(best_epoch, _never_improved(best_epoch, history, len(val_idx)))
                        if seen and choosing else
                        f"{best_epoch} (the last: no validation split)" if not seen else
                        f"{best_epoch} (the last: no validation mask holds a structure, so "
@@ -1433,12 +1434,15 @@ def _empty_figures(seen: _Validation) -> tuple[float | None, int, int]:
             len(empty_areas))
 
 
-def _never_improved(best_epoch: int, history: list[dict[str, Any]]) -> str | None:
+def _never_improved(best_epoch: int, history: list[dict[str, Any]],
+                    n_val: int | None = None) -> str | None:
     """Where validation chose ``best_epoch`` of the epochs run (``history``'s rows) and the
     complete epochs after it, none better, are at least 2 and a quarter of the complete ones:
     a phrase saying so (curve.png alone showed it), else None. An epoch the time limit cut
-    short (``complete`` False: a few batches, maybe validated on a sample) is not counted."""
-    full = [bool(r.get("complete", True)) for r in history]
+    short (``complete`` False: a few batches, maybe validated on a sample) is not counted, nor
+    one validated on a sample of the ``n_val`` validation frames (it could not be chosen)."""
+    full = [bool(r.get("complete", True)) and not sampled
+            for r, sampled in zip(history, sampled_rows(history, n_val))]
     after = sum(f for r, f in zip(history, full) if int(r["epoch"]) > best_epoch)
     if after < max(2, sum(full) / 4):
         return None
@@ -1686,7 +1690,8 @@ def _cuts() -> tuple[float, ...]:
 
 def _levels(prob: np.ndarray, cuts: tuple[float, ...]) -> np.ndarray:
     """uint8 (H, W): how many of ``cuts`` (ascending, under 256) each probability reaches,
-    compared as :func:`ultraseg.postprocess.apply` compares (NaN reaches none). Each level read
+    compared as :func:`ultraseg.postprocess.apply` compares (``>=``; a NaN, which apply
+    refuses, reaches none here). Each level read
     back as its cut (``(0.0, *cuts)[level]``) is at or over any of the cuts exactly where the
     probability is, and so is a component's highest: a byte a pixel for four, and the same
     masks for any threshold and minimum peak among the cuts."""
