@@ -9,7 +9,8 @@ from scipy import ndimage
 from ultraseg.config import PostprocessConfig
 from ultraseg.errors import UltrasegError
 from ultraseg.metrics import dice
-from ultraseg.postprocess import _holes, apply, default_min_areas, fill_holes, tune
+from ultraseg.postprocess import (GridSearch, _holes, apply, default_min_areas, fill_holes,
+                                  tune)
 
 
 def _prob(mask: np.ndarray, inside: float = 0.9, outside: float = 0.1) -> np.ndarray:
@@ -520,6 +521,19 @@ def test_grid_search_keeps_a_blob_in_the_hole_of_a_ring_it_drops(ring) -> None:
     assert search.frame(0, peaked) == ((1.0, 576) if ring < 0.8 else filled_ring)
 
 
+def _assert_search_scores_as_apply(search: GridSearch, prob: np.ndarray,
+                                   truth: np.ndarray) -> None:
+    """Every setting of ``search`` (one frame added) scores frame 0 as :func:`apply` masks it:
+    its Dice and its predicted area."""
+    for thr, area, peak, largest, fill in itertools.product(
+            search.thr, search.areas, search.peak_opts, (False, True), (False, True)):
+        cfg = PostprocessConfig(threshold=thr, min_area=area,
+                                min_peak=peak if peak > thr else 0.0,
+                                keep_largest=largest, fill_holes=fill)
+        m = apply(prob, cfg)
+        assert search.frame(0, cfg) == (dice(m, truth), int(m.sum())), cfg
+
+
 def test_grid_search_reads_back_what_apply_gives_on_rings_around_blobs() -> None:
     """The grid's Dice and area under every setting, on random frames of rings around blobs
     (components kept in the holes of ones dropped), are those of applying the setting to the
@@ -533,13 +547,7 @@ def test_grid_search_reads_back_what_apply_gives_on_rings_around_blobs() -> None
         search = GridSearch(100, thresholds=(0.3, 0.5, 0.7), min_areas=(0, 40),
                             min_peaks=(0.0, 0.8, 0.95))
         search.add([prob], truth)
-        for thr, area, peak, largest, fill in itertools.product(
-                search.thr, search.areas, search.peak_opts, (False, True), (False, True)):
-            cfg = PostprocessConfig(threshold=thr, min_area=area,
-                                    min_peak=peak if peak > thr else 0.0,
-                                    keep_largest=largest, fill_holes=fill)
-            m = apply(prob, cfg)
-            assert search.frame(0, cfg) == (dice(m, truth), int(m.sum())), (n, cfg)
+        _assert_search_scores_as_apply(search, prob, truth)
 
 
 def _ring_and_blob() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -614,13 +622,7 @@ def test_grid_search_breaks_keep_largest_ties_as_apply_does() -> None:
     search = GridSearch(prob.size, thresholds=(0.5, 0.9), min_areas=(0, 40),
                         min_peaks=(0.0, 0.9, 0.94))
     search.add([prob], truth)
-    for thr, area, peak, largest, fill in itertools.product(
-            search.thr, search.areas, search.peak_opts, (False, True), (False, True)):
-        cfg = PostprocessConfig(threshold=thr, min_area=area,
-                                min_peak=peak if peak > thr else 0.0,
-                                keep_largest=largest, fill_holes=fill)
-        m = apply(prob, cfg)
-        assert search.frame(0, cfg) == (dice(m, truth), int(m.sum())), cfg
+    _assert_search_scores_as_apply(search, prob, truth)
 
 
 def test_a_structure_hole_filling_absorbs_is_not_named_as_dropped_by_keep_largest() -> None:

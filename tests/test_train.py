@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -2740,6 +2741,26 @@ def test_frames_scored_after_the_deadline_are_a_bounded_sample(tmp_path, monkeyp
         assert not tuning or "time limit" in seen.not_chosen
 
 
+def _clock_jumps_in_a_step(monkeypatch, armed: Callable[[], bool] = lambda: True
+                           ) -> list[float]:
+    """train's clock, simulated: 10**6 s are added in a training step taken while ``armed()``
+    holds, so the time limit runs out there. The added seconds' cell, to set back."""
+    from types import SimpleNamespace
+
+    extra = [0.0]
+    monkeypatch.setattr(train_mod, "time",
+                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
+    real_step = train_mod.optimizer_step
+
+    def step(*args, **kw):
+        if armed():
+            extra[0] = 1e6
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", step)
+    return extra
+
+
 def test_a_run_past_its_limit_before_validating_validates_and_scores_a_sample(
         tmp_path, monkeypatch) -> None:
     """A time limit that ran out in the first training step was followed by a full validation
@@ -2747,23 +2768,14 @@ def test_a_run_past_its_limit_before_validating_validates_and_scores_a_sample(
     a budgets review, D1). Now the validation pass and the scoring at original size each take
     a sample of one batch, the report says so, and the run still writes its checkpoints and
     report. The limit runs out on a simulated clock, which jumps 10**6 s in the first step."""
-    from types import SimpleNamespace
-
-    extra = [0.0]
-    monkeypatch.setattr(train_mod, "time",
-                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
-    real_step, real_validate = train_mod.optimizer_step, train_mod.validate
+    _clock_jumps_in_a_step(monkeypatch)
+    real_validate = train_mod.validate
     validated: list[int] = []
-
-    def step(*args, **kw):
-        extra[0] = 1e6
-        return real_step(*args, **kw)
 
     def spy(model, frames, *args, **kw):
         validated.append(len(frames))
         return real_validate(model, frames, *args, **kw)
 
-    monkeypatch.setattr(train_mod, "optimizer_step", step)
     monkeypatch.setattr(train_mod, "validate", spy)
     run = tmp_path / "run"
     assert _train_tiny(tmp_path, run, "--epochs", "3", "--batch-size", "2",
@@ -2787,26 +2799,15 @@ def test_an_epoch_validated_on_a_sample_does_not_beat_one_validated_on_every_fra
     was validated on (``val_frames``, also in metrics.csv), and never beats an epoch validated
     on all of them; the report's best epoch agrees. Epoch 1 validates in full (Dice 0.5); the
     clock then jumps past the limit in epoch 2's first step, whose sample scores 0.9."""
-    from types import SimpleNamespace
-
     from ultraseg.report import best_row
 
-    extra, armed, validated = [0.0], [False], []
-    monkeypatch.setattr(train_mod, "time",
-                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
-    real_step = train_mod.optimizer_step
-
-    def step(*args, **kw):
-        if armed[0]:
-            extra[0] = 1e6
-        return real_step(*args, **kw)
+    validated: list[int] = []
+    _clock_jumps_in_a_step(monkeypatch, lambda: bool(validated))    # from epoch 2's first
 
     def spy(model, frames, *args, **kw):
         validated.append(len(frames))
-        armed[0] = True
         return 0.3, (0.5 if len(validated) == 1 else 0.9)
 
-    monkeypatch.setattr(train_mod, "optimizer_step", step)
     monkeypatch.setattr(train_mod, "validate", spy)
     run = tmp_path / "run"
     assert _train_tiny(tmp_path, run, "--epochs", "3", "--batch-size", "2",
@@ -2827,20 +2828,10 @@ def test_a_run_that_outlasts_its_time_limit_says_so(tmp_path, monkeypatch, capsy
     said so nowhere: the report gave its run time and 'stopped early' alone. One warning now
     gives both figures, on the console, in train.log and among the report's warnings; a run
     inside its limit gives none. The clock jumps 10**6 s in the first training step."""
-    from types import SimpleNamespace
-
     from conftest import ultraseg_warnings
 
-    extra = [0.0]
-    monkeypatch.setattr(train_mod, "time",
-                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
-    real_step = train_mod.optimizer_step
-
-    def step(*args, **kw):
-        extra[0] = 1e6
-        return real_step(*args, **kw)
-
-    monkeypatch.setattr(train_mod, "optimizer_step", step)
+    jumping = [True]
+    extra = _clock_jumps_in_a_step(monkeypatch, lambda: jumping[0])
     run = tmp_path / "run"
     with ultraseg_warnings() as warned:
         assert _train_tiny(tmp_path, run, "--epochs", "2", "--time-limit", "30m") == 0
@@ -2848,8 +2839,7 @@ def test_a_run_that_outlasts_its_time_limit_says_so(tmp_path, monkeypatch, capsy
     assert len(said) == 1 and said[0].startswith("the run took 10000"), said
     assert said[0] in load_checkpoint(run / "best.ckpt").meta["metrics"]["warnings"]
     assert "against its 1800 s time limit" in (run / "train.log").read_text()
-    monkeypatch.setattr(train_mod, "optimizer_step", real_step)
-    extra[0] = 0.0
+    jumping[0], extra[0] = False, 0.0
     with ultraseg_warnings() as warned:
         assert _train_tiny(tmp_path, tmp_path / "in", "--epochs", "1", "--time-limit", "30m") == 0
     assert not [r for r in warned if "time limit" in r.getMessage()]
