@@ -1399,6 +1399,18 @@ def test_a_resized_mask_reads_alike_at_8_and_16_bits_and_as_floats_in_0_1(tmp_pa
         classify_mask_values(ramp)
 
 
+def _read_warning_alpha(path: Path, n: int) -> np.ndarray:
+    """``read_image(path)``, asserting it warns of an alpha ``n`` times (0 or 1), naming the
+    file and the 25.0 % of its pixels that are transparent."""
+    with ultraseg_warnings() as warned:
+        got = read_image(path)
+    said = [r.getMessage() for r in warned if "alpha" in r.getMessage()]
+    assert len(said) == n, said
+    if n:
+        assert path.name in said[0] and "25.0 %" in said[0], said
+    return got
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "P"])
 def test_transparency_kept_as_png_trns_is_warned_of_as_an_alpha(tmp_path: Path,
                                                                 mode: str) -> None:
@@ -1426,12 +1438,7 @@ def test_transparency_kept_as_png_trns_is_warned_of_as_an_alpha(tmp_path: Path,
     assert Image.open(clear).mode == mode and "transparency" in Image.open(clear).info
     for p, n in ((clear, 1), (unused, 0)):
         expected = np.asarray(Image.open(p).convert("L"))
-        with ultraseg_warnings() as warned:
-            np.testing.assert_array_equal(read_image(p), expected)      # pixels as before
-        said = [r.getMessage() for r in warned if "alpha" in r.getMessage()]
-        assert len(said) == n, said
-        if n:
-            assert p.name in said[0] and "25.0 %" in said[0], said
+        np.testing.assert_array_equal(_read_warning_alpha(p, n), expected)  # pixels as before
 
 
 @pytest.mark.parametrize("mode", ["I;16", "1"])
@@ -1455,14 +1462,9 @@ def test_png_trns_of_a_16_bit_or_1_bit_grey_image_is_warned_of_as_an_alpha(tmp_p
     for p in (clear, unused):
         assert Image.open(p).mode == mode and "transparency" in Image.open(p).info
     for p, n in ((clear, 1), (unused, 0)):
-        with ultraseg_warnings() as warned:
-            got = read_image(p)
+        got = _read_warning_alpha(p, n)
         if p == clear:
             np.testing.assert_array_equal(got, read_image(plain))     # pixels as before
-        said = [r.getMessage() for r in warned if "alpha" in r.getMessage()]
-        assert len(said) == n, said
-        if n:
-            assert p.name in said[0] and "25.0 %" in said[0], said
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
