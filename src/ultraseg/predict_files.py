@@ -113,9 +113,10 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
     ``_frame001``, ``_frame002``... (from 1, as a viewer counts) to its file's name, by the
     same rule: a loop ``b/x.dcm`` beside ``a/x.dcm`` gives ``b/x_frame001``...
     """
-    # one path: not a sequence of characters; any other iterable read once (a generator)
-    named = [inputs] if isinstance(inputs, (str, os.PathLike)) else (
-        [inputs] if isinstance(inputs, bytes) or hasattr(inputs, "shape") else list(inputs))
+    # one path (not a sequence of characters), or one thing that is no path (bytes, an array:
+    # refused below as it is); any other iterable read once (a generator)
+    one = isinstance(inputs, (str, bytes, os.PathLike)) or hasattr(inputs, "shape")
+    named = [inputs] if one else list(inputs)
     if not named:
         raise UltrasegError("no input images given")
     wrong = next((g for g in named if not isinstance(g, (str, os.PathLike))), None)
