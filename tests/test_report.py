@@ -134,6 +134,25 @@ def test_plot_curves_writes_png(tmp_path: Path, history: list[dict]) -> None:
     _assert_png(path)
 
 
+def test_the_validation_side_s_size_tells_a_resumed_older_run_s_sampled_epoch(
+        tmp_path: Path) -> None:
+    """An older run's rows hold no val_frames; resumed, its one new epoch was validated on a
+    sample of 2 of the 10 frames. Without the side's size that sample is the most any row
+    records and reads as full (best epoch 2, drawn solid); curve.png is drawn with the size
+    training knows, as training's own best rule reads it (a re-read of f08cc19)."""
+    from ultraseg.report import best_row
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_dice": 0.5},
+               {"epoch": 2, "train_loss": 0.9, "val_loss": 0.9, "val_dice": 0.9,
+                "val_frames": 2}]
+    assert best_row(history) == 1 and best_row(history, 10) == 0
+    plot_curves(history, tmp_path / "guess.png")
+    plot_curves(history, tmp_path / "told.png", n_val=10)
+    a, b = (np.asarray(Image.open(tmp_path / n).convert("L"), dtype=float)
+            for n in ("guess.png", "told.png"))
+    assert a.shape == b.shape and (a != b).sum() > 20
+
+
 def test_plot_curves_draws_the_history_it_is_given(tmp_path: Path) -> None:
     """Two histories that differ in one validation Dice give different pictures (a figure that
     ignored its data, or dropped the Dice curve, would not)."""

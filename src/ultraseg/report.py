@@ -309,30 +309,33 @@ def sampled_rows(history: Sequence[Mapping[str, Any]], total: int | None = None)
     return [c == c and c < most for c in counts]
 
 
-def best_row(history: Sequence[Mapping[str, Any]]) -> int:
+def best_row(history: Sequence[Mapping[str, Any]], n_val: int | None = None) -> int:
     """Index of the row of ``history`` that training kept as its best epoch: the highest
     validation Dice, on a tie the lower validation loss, a row validated on a sample never
     over one validated on every frame (:func:`ultraseg.metrics.improves`); -1 where no row
-    has a validation Dice."""
+    has a validation Dice. ``n_val``: the validation side's frames, where known
+    (:func:`sampled_rows`)."""
     best, best_dice, best_loss, best_full = -1, -math.inf, math.inf, False
-    for i, (row, sampled) in enumerate(zip(history, sampled_rows(history))):
+    for i, (row, sampled) in enumerate(zip(history, sampled_rows(history, n_val))):
         d, loss = _num(row.get("val_dice")), _num(row.get("val_loss"))
         if improves(d, loss, best_dice, best_loss, sampled, best_full):
             best, best_dice, best_loss, best_full = i, d, loss, not sampled
     return best
 
 
-def kept_row(history: Sequence[Mapping[str, Any]], best_epoch: int | None) -> int:
+def kept_row(history: Sequence[Mapping[str, Any]], best_epoch: int | None,
+             n_val: int | None = None) -> int:
     """Index of the row of the epoch training kept, ``best_epoch`` where the caller knows it
     (a run whose validation could not choose keeps its last), else :func:`best_row`."""
     if best_epoch is None:
-        return best_row(history)
+        return best_row(history, n_val)
     return next((i for i, row in enumerate(history) if _num(row.get("epoch")) == best_epoch), -1)
 
 
 @_house_style
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
-                best_epoch: int | None = None, chosen: bool = True) -> None:
+                best_epoch: int | None = None, chosen: bool = True,
+                n_val: int | None = None) -> None:
     """Write the learning curves (``curve.png``) of a training history.
 
     ``history``: one row per epoch with keys ``epoch``, ``train_loss``, ``val_loss``,
@@ -341,8 +344,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     None: the best by :func:`best_row`; ``chosen`` False: validation chose nothing, and the
     last epoch was kept, as its legend says). A single epoch is drawn as markers; an epoch not
     complete (``complete`` False: a time limit cut it short) as hollow markers named partial in
-    the legend, and so is the Dice of an epoch validated on a sample (``val_frames``:
-    :func:`sampled_rows`).
+    the legend, and so is the Dice of an epoch validated on a sample (``val_frames`` under
+    ``n_val``, the validation side's frames where the caller knows them: :func:`sampled_rows`).
     """
     rows = list(history)
     fig = _new_figure(10.0, 4.0)
@@ -354,7 +357,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
         return np.array([_num(r.get(key)) for r in rows], dtype=float)
 
     partial = np.array([_partial(r) for r in rows], dtype=bool)
-    sampled = np.array(sampled_rows(rows), dtype=bool)     # its Dice over a sample
+    sampled = np.array(sampled_rows(rows, n_val), dtype=bool)     # its Dice over a sample
     drawn, named = [], False
     # colours fixed per series: from matplotlib's cycle, a partial epoch's marker took one and
     # the validation loss changed colour between runs
@@ -394,10 +397,10 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
         ax_dice.plot(epochs[ok], y[ok], marker=marker, markersize=4, color="tab:green",
                      label="validation Dice")
         _mark_partial(ax_dice, epochs, y, ok & (partial | sampled), "tab:green")
-        best = kept_row(rows, best_epoch)
+        best = kept_row(rows, best_epoch, n_val)
         if best >= 0:
             label = ("kept (the last: validation chose nothing)" if not chosen else
-                     "best" if best == best_row(rows) else "kept")
+                     "best" if best == best_row(rows, n_val) else "kept")
             ax_dice.axvline(epochs[best], color="gray", linestyle="--", linewidth=1)
             # over the partial epochs' white-faced markers (zorder 3): a run keeping its
             # last, cut epoch showed a hollow circle with the star's tips

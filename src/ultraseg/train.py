@@ -1364,7 +1364,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
 
     progress({"event": "stage", "message": "writing the report"})
     report.plot_curves(history, out / "curve.png", best_epoch=best_epoch,
-                       chosen=choosing or not seen)
+                       chosen=choosing or not seen, n_val=len(val_idx))
     _plot_samples(out, arrays, train_idx, held)
     if seen:
         _plot_predictions(out, predictor, val_samples if seen.frames is None else
