@@ -2017,3 +2017,35 @@ def test_an_output_path_that_is_no_path_is_refused_naming_it(tmp_path, call, arg
             write_predictions(pixel_predictor(), [image], **{"out": tmp_path / "o", **args})
         else:
             measure_frames(pixel_predictor(), [image], **args)
+
+
+@pytest.mark.parametrize("variant", ["valid", "same"])
+@pytest.mark.parametrize("side, calls", [(300, [2, 2, 1]), (600, [1] * 5), (120, [4, 1])])
+def test_a_call_holds_the_pixels_of_batch_size_working_size_frames(variant, side, calls) -> None:
+    """Frames predicted at their own resolution were batched batch_size to a call whatever
+    their size (after 4797104 a valid model's too): four 580x420 windows a call took a frame's
+    peak memory from 0.85 to 2.05 GB. A call now holds at most the pixels of batch_size
+    frames at the working size (252 where the predictor keeps frames at their own size), at
+    least one input, never more than batch_size; each frame's map is unchanged."""
+    from ultraseg.geometry import context_margin
+
+    margin = context_margin(2) if variant == "valid" else 0
+
+    def run(batch: np.ndarray) -> np.ndarray:     # a stand-in net: the centre, squashed
+        centre = batch[:, :, margin:batch.shape[2] - margin, margin:batch.shape[3] - margin]
+        return (1.0 / (1.0 + np.exp(-40.0 * (centre - 0.5)))).astype(np.float32)
+
+    fed: list[int] = []
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        fed.append(len(batch))
+        return run(batch)
+
+    model = ModelConfig(variant=variant, depth=2)
+    pre = PreprocessConfig(size=None, normalise="unit")
+    frames = [ramp(side, side, seed=i) for i in range(5)]
+    got = list(Predictor(counted, model, pre, batch_size=4).predict_proba_many(frames))
+    assert fed == calls
+    one = Predictor(run, model, pre, batch_size=1)
+    for frame, p in zip(frames, got, strict=True):
+        np.testing.assert_array_equal(p, one.predict_proba(frame))

@@ -22,7 +22,7 @@ from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_fla
                      check_postprocess, plain_number)
 from .errors import UltrasegError, diverged_parts, is_out_of_memory
 from .fileio import as_path
-from .geometry import context_margin, nearest_valid_output
+from .geometry import context_margin, nearest_valid_output, same_padded_size
 from .io.base import pillow_to_gray
 from .postprocess import apply as apply_postprocess
 from .preprocess import Geometry, prepare, restore
@@ -112,6 +112,16 @@ def prediction_window(model: ModelConfig, h: int, w: int, tile: int | None = Non
         return side, side
     return _window_side(h, model.depth), _window_side(w, model.depth)
 
+
+
+def inputs_per_call(batch_size: int, input_pixels: int, reference_pixels: int) -> int:
+    """How many network inputs of ``input_pixels`` pixels one call takes: ``batch_size``
+    where each is no larger than the ``reference`` input (a frame's at the working size), else
+    as many as ``batch_size`` reference inputs' pixels hold, and at least one. ``--batch-size``
+    counts frames at the working size; a larger window (a frame at its own resolution, a side
+    shared by several windows) fills a call by its pixels, so the network's batch, the memory
+    that grows with it, stays that of ``batch_size`` working-size frames."""
+    return max(1, min(batch_size, batch_size * reference_pixels // max(1, input_pixels)))
 
 
 def warn_if_saved_during_training(meta: dict[str, Any], path: str | Path) -> None:
@@ -259,6 +269,17 @@ class Predictor:
             out = 0.5 * (out + mirrored())
         return out
 
+    def _inputs_per_call(self, input_pixels: int) -> int:
+        """:func:`inputs_per_call` against the input of a frame at the working size (a
+        predictor at the frames' own resolution: at the default working size, 252)."""
+        side = self.preprocess.size or PreprocessConfig().size
+        depth = self.model.depth
+        if self.model.variant == "valid":
+            reference = (_window_side(side, depth) + 2 * context_margin(depth)) ** 2
+        else:
+            reference = same_padded_size(side, depth) ** 2
+        return inputs_per_call(self.batch_size, input_pixels, reference)
+
     def proba_canvas(self, canvases: np.ndarray) -> np.ndarray:
         """Probabilities for prepared canvases (N, h, w) float32 -> (N, h, w) float32."""
         n, h, w = canvases.shape
@@ -269,16 +290,17 @@ class Predictor:
                     else prediction_window(self.model, h, w, self.tile))
             # windows start on the pooling grid: tiles give one window's values; the windows of
             # every canvas batched together (a canvas of one window is a frame a batch place)
+            margin = context_margin(self.model.depth)
+            per_call = self._inputs_per_call((tile[0] + 2 * margin) * (tile[1] + 2 * margin))
             return np.stack([p[0] for p in predict_tiled_many(
-                self._run, canvases, tile, context_margin(self.model.depth), self.batch_size,
-                align=2**self.model.depth)])
+                self._run, canvases, tile, margin, per_call, align=2**self.model.depth)])
         step = 2**self.model.depth
         ph, pw = -h % step, -w % step
         x = canvases[:, None]
         if ph or pw:
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
-        out = np.concatenate([self._run(x[i:i + self.batch_size])
-                              for i in range(0, n, self.batch_size)])
+        per_call = self._inputs_per_call((h + ph) * (w + pw))
+        out = np.concatenate([self._run(x[i:i + per_call]) for i in range(0, n, per_call)])
         return out[:, 0, :h, :w].astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ image level
