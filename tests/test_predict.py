@@ -1279,7 +1279,9 @@ def test_a_side_over_the_window_cap_is_shared_by_equal_windows(depth, shape, win
     got = pred.proba_canvas(canvas[None])[0]
     m = context_margin(depth)
     assert prediction_window(model, *shape) == window
-    assert fed == [(2, 1, window[0] + 2 * m, window[1] + 2 * m)]
+    # two windows, each holding over twice a training input's pixels (252 x 252 at depth 4):
+    # one a call (inputs_per_call)
+    assert fed == [(1, 1, window[0] + 2 * m, window[1] + 2 * m)] * 2
     # the values of one window over the canvas, and of the capped windows used before (to
     # float error: the random net's logits are large)
     whole = predict_tiled(run, canvas, tuple(nearest_valid_output(s, depth) for s in shape), m)
@@ -2025,7 +2027,8 @@ def test_a_call_holds_the_pixels_of_batch_size_working_size_frames(variant, side
     """Frames predicted at their own resolution were batched batch_size to a call whatever
     their size (after 4797104 a valid model's too): four 580x420 windows a call took a frame's
     peak memory from 0.85 to 2.05 GB. A call now holds at most the pixels of batch_size
-    frames at the working size (252 where the predictor keeps frames at their own size), at
+    training inputs (a valid model's tile with its context, here 212 + 2 x 20 = 252; a 'same'
+    model's working-size frame, 252 where the predictor keeps frames at their own size), at
     least one input, never more than batch_size; each frame's map is unchanged."""
     from ultraseg.geometry import context_margin
 
@@ -2041,7 +2044,7 @@ def test_a_call_holds_the_pixels_of_batch_size_working_size_frames(variant, side
         fed.append(len(batch))
         return run(batch)
 
-    model = ModelConfig(variant=variant, depth=2)
+    model = ModelConfig(variant=variant, depth=2, **({"tile": 212} if variant == "valid" else {}))
     pre = PreprocessConfig(size=None, normalise="unit")
     frames = [ramp(side, side, seed=i) for i in range(5)]
     got = list(Predictor(counted, model, pre, batch_size=4).predict_proba_many(frames))

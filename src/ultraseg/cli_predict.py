@@ -240,9 +240,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
     """How a model runs: batch size, valid-model tile, device, threads and precision (predict,
     measure, evaluate; :func:`loaded_model` applies the threads)."""
     p.add_argument("--batch-size", type=int, metavar="N",
-                   help="frames (or tiles) per batch at the working size; a larger "
-                   "window (a frame at its own resolution) fills a batch by its pixels, at "
-                   "least one a batch (default 4)")
+                   help="frames (or tiles) per batch; a window larger than a training "
+                   "input (a valid model's whole frame, a frame at its own resolution) fills "
+                   "a batch by its pixels, at least one a batch (default 4)")
     p.add_argument("--tile", type=int, metavar="N",
                    help="valid model: output tile side for prediction, rounded up to a side "
                    "the model produces, at least 20 at depth 4, and at most the "

@@ -116,11 +116,12 @@ def prediction_window(model: ModelConfig, h: int, w: int, tile: int | None = Non
 
 def inputs_per_call(batch_size: int, input_pixels: int, reference_pixels: int) -> int:
     """How many network inputs of ``input_pixels`` pixels one call takes: ``batch_size``
-    where each is no larger than the ``reference`` input (a frame's at the working size), else
-    as many as ``batch_size`` reference inputs' pixels hold, and at least one. ``--batch-size``
-    counts frames at the working size; a larger window (a frame at its own resolution, a side
-    shared by several windows) fills a call by its pixels, so the network's batch, the memory
-    that grows with it, stays that of ``batch_size`` working-size frames."""
+    where each is no larger than the ``reference`` input (a training input: a valid model's
+    tile with its context, a 'same' model's frame at the working size), else as many as
+    ``batch_size`` reference inputs' pixels hold, and at least one. ``--batch-size`` counts
+    training inputs; a larger window (a valid model's whole-frame window, a frame at its own
+    resolution) fills a call by its pixels, so the network's batch, the memory that grows
+    with it, stays that of ``batch_size`` training inputs."""
     return max(1, min(batch_size, batch_size * reference_pixels // max(1, input_pixels)))
 
 
@@ -270,13 +271,14 @@ class Predictor:
         return out
 
     def _inputs_per_call(self, input_pixels: int) -> int:
-        """:func:`inputs_per_call` against the input of a frame at the working size (a
-        predictor at the frames' own resolution: at the default working size, 252)."""
-        side = self.preprocess.size or PreprocessConfig().size
+        """:func:`inputs_per_call` against a training input: a valid model's output tile
+        with its context (252 px at the seed geometry), a 'same' model's frame at the working
+        size (a predictor at the frames' own resolution: at the default working size, 252)."""
         depth = self.model.depth
         if self.model.variant == "valid":
-            reference = (_window_side(side, depth) + 2 * context_margin(depth)) ** 2
+            reference = (self.model.tile + 2 * context_margin(depth)) ** 2
         else:
+            side = self.preprocess.size or PreprocessConfig().size
             reference = same_padded_size(side, depth) ** 2
         return inputs_per_call(self.batch_size, input_pixels, reference)
 
