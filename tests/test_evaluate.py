@@ -1808,7 +1808,8 @@ def busi_like(data, tmp_path_factory) -> tuple[Path, Path]:
     return busi, run / "best.ckpt"
 
 
-CLASS_FIGURES = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "empty_correct_rate")
+CLASS_FIGURES = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "empty_correct_rate",
+                 "dice_mean_ci95", "dice_nonempty_mean_ci95", "hd95_median", "hd95_n")
 
 
 def test_the_summary_gives_the_figures_of_each_image_class(busi_like, tmp_path,
@@ -1827,7 +1828,8 @@ def test_the_summary_gives_the_figures_of_each_image_class(busi_like, tmp_path,
     assert list(by_class) == ["benign", "malignant", "normal"]
     for cls, figures in by_class.items():
         alone = summarise([r for r in rows if r["class"] == cls])
-        assert figures == {k: alone[k] for k in CLASS_FIGURES}, cls
+        assert figures == {k: alone.get(k) for k in CLASS_FIGURES}, cls
+        assert (figures["dice_mean_ci95"] is None) == (alone.get("n_subjects", 0) < 2), cls
         assert figures["n"] == sum(r["class"] == cls for r in rows) > 0
     assert sum(f["n"] for f in by_class.values()) == summary["n"]
     assert by_class["normal"]["dice_nonempty_mean"] is None       # (BUSI's normal: no lesion)
@@ -1861,8 +1863,12 @@ def test_the_printed_summary_gives_a_line_per_image_class(busi_like) -> None:
             empty = sum(r["pred_empty"] for r in rows if r["class"] == "normal")
             assert line.endswith(f"empty predicted empty {empty} of {f['n']}"), line
         else:
+            ci = f["dice_mean_ci95"]
+            hd95 = "n/a" if f["hd95_median"] is None else f"{f['hd95_median']:.1f}"
             assert line.endswith(f"Dice {f['dice_mean']:.3f} "
-                                 f"(non-empty {f['dice_nonempty_mean']:.3f})"), line
+                                 f"(non-empty {f['dice_nonempty_mean']:.3f})"
+                                 + (f", 95% interval {ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
+                                 + f", HD95 median {hd95} px"), line
     assert len(added) == 3
     # one class: the all-frame lines are its own, nothing added
     one = {**summary, "by_class": {"benign": by_class["benign"]}}

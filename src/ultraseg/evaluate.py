@@ -45,7 +45,10 @@ MM_KEYS = ("hd95_mm_median", "hd95_mm_n", "hc_mae_mm", "hc_bias_mm", "hc_n", "hc
 RAW_KEYS = ("dice_mean", "dice_nonempty_mean")
 
 #: The figures of each image class in the summary's ``by_class`` block (:func:`by_class`).
-CLASS_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "empty_correct_rate")
+#: (the intervals and HD95 as the all-frame summary's: None where a class has no subjects to
+#: resample, or no frame with a structure in truth and prediction)
+CLASS_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "empty_correct_rate",
+              "dice_mean_ci95", "dice_nonempty_mean_ci95", "hd95_median", "hd95_n")
 
 
 def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
@@ -630,7 +633,7 @@ def by_class(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
     for cls in classes:
         figures = summarise([r for r in rows
                              if r.get("class") is not None and str(r["class"]) == cls])
-        out[cls] = {k: figures[k] for k in CLASS_KEYS}
+        out[cls] = {k: figures.get(k) for k in CLASS_KEYS}
     return out or None
 
 
@@ -782,9 +785,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def _class_lines(by_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The printed summary's line for each image class of ``by_class`` (none under two
-    classes: the all-frame lines are its own): its frames and Dice (all frames, non-empty),
-    or for a class whose frames are all empty (BUSI's normal) how many were predicted
-    empty."""
+    classes: the all-frame lines are its own): its frames and Dice (all frames, non-empty,
+    with the all-frame Dice's 95 % interval where there is one, and the HD95 median), or for
+    a class whose frames are all empty (BUSI's normal) how many were predicted empty."""
     if len(by_class) < 2:
         return []
     name = max(10, *map(len, by_class))
@@ -799,5 +802,9 @@ def _class_lines(by_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
             dice = "n/a" if f["dice_mean"] is None else f"{f['dice_mean']:.3f}"
             nonempty = ("n/a" if f["dice_nonempty_mean"] is None
                         else f"{f['dice_nonempty_mean']:.3f}")
-            lines.append(f"{start}Dice {dice} (non-empty {nonempty})")
+            ci = f["dice_mean_ci95"]
+            hd95 = "n/a" if f["hd95_median"] is None else f"{f['hd95_median']:.1f}"
+            lines.append(f"{start}Dice {dice} (non-empty {nonempty})"
+                         + (f", 95% interval {format_interval(ci)}" if ci else "")
+                         + f", HD95 median {hd95} px")
     return lines
