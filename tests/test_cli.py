@@ -577,7 +577,7 @@ def test_help_shows_the_defaults_a_preset_or_the_predictor_sets(monkeypatch) -> 
     monkeypatch.setitem(PRESETS["cpu"], "train", {**PRESETS["cpu"]["train"],
                                                   "time_limit_s": 5400.0})
     assert "(seed none, cpu 1h30m, demo 150s)" in _help("train")
-    batch = f"frames (or tiles) per batch (default {Predictor.batch_size})"
+    batch = f"at least one a batch (default {Predictor.batch_size})"
     for command in ("predict", "evaluate", "measure"):
         assert batch in _help(command), command
     assert "mask file format (default png)" in _help("predict")
