@@ -389,6 +389,9 @@ def test_a_tile_below_one_is_a_user_error(tmp_path, capsys, tile):
                  "--tile", tile]) == 2
     assert f"--tile must be at least 1, got {tile}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--tile", tile]) == 2
+    assert f"--tile must be at least 1, got {tile}" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_says_that_tile_does_nothing_on_a_same_model(tmp_path, capsys):

@@ -289,7 +289,7 @@ def test_time_limit_none_lifts_a_presets_cap() -> None:
     (["--split-seed", "-3"], ["--split-seed", "from 0", "-3"]),
     # torch's 64-bit seeds overflowed after files were written (an internal error)
     (["--seed", "1000000000000000"], ["--seed", "4294967295", "1000000000000000"]),
-    (["--threads", "0"], ["--threads", ">= 1"]),
+    (["--threads", "0"], ["--threads", "from 1"]),
     (["--ema-decay", "1"], ["ema_decay", "--ema-decay", "[0, 1)"]),
     (["--affine-scale", "1.2", "0.8"], ["--affine-scale", "LO <= HI", "(1.2, 0.8)"]),
     (["--affine-scale", "0", "1"], ["--affine-scale", "0.25 <= LO"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from ultraseg.augment import AUGMENTS
@@ -155,10 +156,10 @@ def test_a_section_built_in_python_refuses_an_unknown_name_listing_the_valid_one
 
 
 @pytest.mark.parametrize("values, words", [
-    ({"epochs": 0}, "train.epochs (--epochs) must be a whole number >= 1, got 0"),
-    ({"batch_size": -2}, "train.batch_size (--batch-size) must be a whole number >= 1, got -2"),
+    ({"epochs": 0}, "train.epochs (--epochs) must be a whole number from 1, got 0"),
+    ({"batch_size": -2}, "train.batch_size (--batch-size) must be a whole number from 1, got -2"),
     ({"tiles_per_image": 0}, "train.tiles_per_image (--tiles-per-image) must be a whole"),
-    ({"num_threads": 0}, "train.num_threads (--threads) must be a whole number >= 1, got 0"),
+    ({"num_threads": 0}, "train.num_threads (--threads) must be a whole number from 1, got 0"),
     ({"seed": -1}, "train.seed (--seed) must be a whole number from 0 to 4294967295, got -1"),
     ({"split_seed": 2**40}, "train.split_seed (--split-seed) must be a whole number from 0"),
     ({"lr": 0.0}, "train.lr (--lr) must be a number > 0, got 0.0"),
@@ -472,3 +473,33 @@ def test_a_run_config_refuses_a_section_that_is_not_its_config(section, value) -
     with pytest.raises(UltrasegError, match="RunConfig.preset must be a string"):
         RunConfig(preset=5)
     assert RunConfig(model=ModelConfig(width=4)).model.width == 4
+
+
+# ------------------------------------------------------------------ whole numbers
+@pytest.mark.parametrize("args, said", [
+    (("n", 0), "n must be a whole number from 1, got 0"),
+    (("n", 1.0), "n must be a whole number from 1, got 1.0"),
+    (("n", "2"), "n must be a whole number from 1, got '2'"),
+    (("n", True), "n must be a whole number from 1, got True"),
+    (("n", None), "n must be a whole number from 1, got None"),
+    (("n", 13, 1, 12), "n must be a whole number from 1 to 12, got 13"),
+    (("n", -1, 0, None, True), "n must be a whole number from 0 (or None), got -1"),
+    (("n", np.int64(0)), "n must be a whole number from 1, got 0"),
+])
+def test_whole_number_refuses_in_one_wording(args, said) -> None:
+    """One check and one wording for every whole-number argument (predict's batch_size, tile
+    and threads, export's tile and opset, read_image's frame, the config's counts and seeds),
+    where each had its own ('>= 1', 'at least 1', 'from 0')."""
+    from ultraseg.config import whole_number
+
+    with pytest.raises(UltrasegError) as e:
+        whole_number(*args)
+    assert str(e.value) == said
+
+
+def test_whole_number_gives_a_python_int_or_none() -> None:
+    from ultraseg.config import whole_number
+
+    assert whole_number("n", np.int64(5)) == 5 and type(whole_number("n", np.int64(5))) is int
+    assert whole_number("n", 12, hi=12) == 12 and whole_number("n", 0, lo=0) == 0
+    assert whole_number("n", None, none_ok=True) is None

@@ -1029,7 +1029,8 @@ def test_export_refuses_a_tile_below_one_in_its_own_words(tmp_path, variant, til
     ckpt = tmp_path / "m.ckpt"
     save_checkpoint(ckpt, build_model(model).state_dict(),
                     make_meta(model, PreprocessConfig(size=32), PostprocessConfig()))
-    with pytest.raises(UltrasegError, match=f"--tile must be at least 1, got {tile}$"):
+    with pytest.raises(UltrasegError,
+                       match=rf"^tile must be a whole number from 1 \(or None\), got {tile}$"):
         export_onnx(ckpt, tmp_path / "t.onnx", tile=tile)
     assert not (tmp_path / "t.onnx").exists()
 
@@ -1181,7 +1182,8 @@ def test_load_refuses_fewer_than_one_thread_as_the_cli_does(exported, n):
     Runtime quietly taking its default (one per core) for a caller who asked for fewer."""
     ckpt, path = exported["same"]
     for model in (path, ckpt):
-        with pytest.raises(UltrasegError, match="threads must be at least 1"):
+        with pytest.raises(UltrasegError,
+                           match=rf"threads must be a whole number from 1 \(or None\), got {n}$"):
             load(model, device="cpu", threads=n)
 
 
@@ -1191,7 +1193,8 @@ def test_load_refuses_threads_that_are_not_a_whole_number(exported, n):
     file'), "2" raised a raw TypeError, and a checkpoint took 1.5 (its warning said 1)."""
     ckpt, path = exported["same"]
     for model in (path, ckpt):
-        with pytest.raises(UltrasegError, match=r"threads must be a whole number >= 1, got "):
+        with pytest.raises(UltrasegError,
+                           match=r"threads must be a whole number from 1 \(or None\), got "):
             load(model, device="cpu", threads=n)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -2052,3 +2053,17 @@ def test_a_call_holds_the_pixels_of_batch_size_working_size_frames(variant, side
     one = Predictor(run, model, pre, batch_size=1)
     for frame, p in zip(frames, got, strict=True):
         np.testing.assert_array_equal(p, one.predict_proba(frame))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("batch_size", 0), ("batch_size", -1), ("batch_size", 1.0), ("batch_size", "2"),
+    ("batch_size", True), ("batch_size", None),
+    ("tile", 0), ("tile", 2.5), ("tile", "20"), ("tile", False)])
+def test_a_batch_size_or_tile_that_is_no_whole_number_from_1_is_refused_naming_it(name, value):
+    """Predictor checks its whole-number options as it is built (np.int64 taken as the int
+    it holds); tile may be None, batch_size not."""
+    with pytest.raises(UltrasegError, match=rf"^{name} must be a whole number .*got "
+                                            rf"{re.escape(repr(value))}$"):
+        pixel_predictor(**{name: value})
+    assert pixel_predictor(**{name: np.int64(3)}).__dict__[name] == 3
+    assert type(pixel_predictor(**{name: np.int64(3)}).__dict__[name]) is int

@@ -261,6 +261,8 @@ def model_args(p: argparse.ArgumentParser) -> None:
 def _cmd_export(a: argparse.Namespace) -> int:
     from .export import export_onnx
 
+    if a.tile is not None and a.tile < 1:   # (in the flag's words, as predict's)
+        raise UltrasegError(f"--tile must be at least 1, got {a.tile}")
     path = export_onnx(a.checkpoint, a.onnx, opset=a.opset, tile=a.tile)
     print(f"exported {a.checkpoint} -> {path} (checked against PyTorch on ONNX Runtime)")
     if a.tile is not None:

@@ -59,6 +59,34 @@ def plain_number(value: Any) -> Any:
     return value
 
 
+def whole_number_problem(value: Any, lo: int = 1, hi: int | None = None,
+                         none_ok: bool = False) -> str | None:
+    """What is wrong with ``value`` as a whole number from ``lo`` (to ``hi``; None too where
+    ``none_ok``), in the words every such check uses ("must be a whole number from 1 to 12
+    (or None), got 0"), else None. A numpy integer counts as the number it holds; a bool, a
+    float (1.0 too) or a string is no whole number."""
+    value = plain_number(value)
+    if value is None and none_ok:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and lo <= value and (
+            hi is None or value <= hi):
+        return None
+    span = f"from {lo}" + (f" to {hi}" if hi is not None else "")
+    return f"must be a whole number {span}{' (or None)' * none_ok}, got {value!r}"
+
+
+def whole_number(name: str, value: Any, lo: int = 1, hi: int | None = None,
+                 none_ok: bool = False) -> Any:
+    """``value`` of the whole-number argument ``name`` as a Python int (np.int64(8) is 8), or
+    None where ``none_ok``; anything else (0 where ``lo`` is 1, 1.0, "2", True) is a user
+    error naming it: "{name} must be a whole number from {lo}[ to {hi}][ (or None)], got
+    {value!r}" (:func:`whole_number_problem`)."""
+    problem = whole_number_problem(value, lo, hi, none_ok)
+    if problem:
+        raise UltrasegError(f"{name} {problem}")
+    return plain_number(value)
+
+
 def check_flag(name: str, value: Any, none: str = "") -> bool | None:
     """``value`` of the yes/no argument ``name`` as a bool (np.bool_ too), or None where it is
     None and ``none`` says what None means; anything else is a user error: "false" or "no"
@@ -248,9 +276,9 @@ def model_problem(model: ModelConfig) -> tuple[str, str] | None:
     """``(setting, what is wrong)`` for a model ``width`` or ``depth`` outside 1 to
     :data:`MAX_WIDTH` or :data:`MAX_DEPTH`, else None (their types are check_types's)."""
     for name, most in (("width", MAX_WIDTH), ("depth", MAX_DEPTH)):
-        v = getattr(model, name)
-        if isinstance(v, int) and not isinstance(v, bool) and not 1 <= v <= most:
-            return name, f"must be a whole number from 1 to {most}, got {v}"
+        problem = whole_number_problem(getattr(model, name), 1, most)
+        if problem:
+            return name, problem
     return None
 
 
@@ -338,10 +366,11 @@ def size_problem(pp: PreprocessConfig) -> tuple[str, str] | None:
     (None, a frame's own size, is none), else None (its type is check_types's): what a model
     file (a checkpoint, an ONNX file's metadata) records is checked when it is loaded."""
     v = pp.size
-    if isinstance(v, int) and not isinstance(v, bool) and not 1 <= v <= MAX_SIZE:
+    problem = None if v is None else whole_number_problem(v, 1, MAX_SIZE)
+    if problem:
         why = (f": a canvas of {v} x {v} pixels, {4 * v * v / 1e9:.1f} GB as floats a frame"
-               if v > MAX_SIZE else "")
-        return "size", f"must be a whole number from 1 to {MAX_SIZE}, got {v}{why}"
+               if isinstance(v, int) and v > MAX_SIZE else "")
+        return "size", problem + why
     return None
 
 
@@ -405,16 +434,13 @@ class TrainConfig(_Section):
         if t.num_threads is not None:
             counts["train.num_threads (--threads)"] = t.num_threads
         for name, v in counts.items():     # (each a whole number already: check_types)
-            if v < 1:
-                raise UltrasegError(f"{name} must be a whole number >= 1, got {v!r}")
+            whole_number(name, v)
         seeds = {"train.seed (--seed)": t.seed}
         if t.split_seed is not None:
             seeds["train.split_seed (--split-seed)"] = t.split_seed
         for name, v in seeds.items():     # numpy's generators take no negative seed; torch's
             # take 64 bits, and each epoch's seed is the run's times 100 003 plus the epoch
-            if not 0 <= v <= MAX_SEED:
-                raise UltrasegError(f"{name} must be a whole number from 0 to {MAX_SEED}, "
-                                    f"got {v!r}")
+            whole_number(name, v, 0, MAX_SEED)
         positive = {"train.lr (--lr)": t.lr}
         if t.time_limit_s is not None:
             positive["train.time_limit_s (--time-limit)"] = t.time_limit_s

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
-                     model_problem, plain_number, size_problem)
+                     model_problem, size_problem, whole_number)
 from .errors import CheckpointError, UltrasegError
 from .fileio import as_path, hash_file, json_text, parse_json
 from .geometry import context_margin, same_padded_size
@@ -85,9 +85,8 @@ def export_tile(model: ModelConfig, preprocess: PreprocessConfig, tile: int | No
     rounded is warned of, as load warns of it; it is not capped at the canvas: the graph's
     side is the caller's to choose, and a larger one still predicts the same values.
     """
+    tile = whole_number("tile", tile, none_ok=True)
     if tile is not None:
-        if tile < 1:
-            raise UltrasegError(f"--tile must be at least 1, got {tile}")
         rounded = tile_rounding(tile, model.depth, "--tile")
         if rounded:
             log.warning("%s", rounded)
@@ -118,10 +117,10 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     """
     # before torch is imported: "20" reached a comparison with an int (a raw TypeError), and
     # opset "17" ran both exporters before it was blamed
-    tile, opset = plain_number(tile), plain_number(opset)     # np.int64(20) is 20
-    for name, value in (("tile", tile), ("opset", opset)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise UltrasegError(f"{name} must be a whole number (or None), got {value!r}")
+    # (np.int64(20) is 20; a tile below 1 is refused on any model, before the variant
+    # decides its use)
+    tile = whole_number("tile", tile, none_ok=True)
+    opset = whole_number("opset", opset, none_ok=True)
     as_path(checkpoint_path, "export_onnx", what="a checkpoint")
     onnx_path = as_path(onnx_path, "export_onnx", what="an .onnx file")
 
@@ -130,8 +129,6 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
     from .checkpoint import build_from_checkpoint, load_checkpoint
     from .fileio import atomic_write_bytes
 
-    if tile is not None and tile < 1:   # on any model, before the variant decides its use
-        raise UltrasegError(f"--tile must be at least 1, got {tile}")
     if Path(checkpoint_path).suffix.lower() == ".onnx":
         raise UltrasegError("already an ONNX file; export takes a checkpoint (best.ckpt)",
                             checkpoint_path)

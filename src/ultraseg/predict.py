@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 from PIL import Image
 
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_flag,
-                     check_postprocess, plain_number)
+                     check_postprocess, whole_number)
 from .errors import UltrasegError, diverged_parts, is_out_of_memory
 from .fileio import as_path
 from .geometry import context_margin, nearest_valid_output, same_padded_size
@@ -206,15 +206,8 @@ class Predictor:
         check_postprocess(self.postprocess)
         self.tta = check_flag("tta", self.tta, "as the post-processing says")
         self.mirror = check_flag("mirror", self.mirror)
-        self.batch_size = plain_number(self.batch_size)    # np.int64(8) is 8
-        self.tile = plain_number(self.tile)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) \
-                or self.batch_size < 1:
-            raise UltrasegError(f"batch_size must be a whole number >= 1, got "
-                                f"{self.batch_size!r}")
-        if self.tile is not None and (isinstance(self.tile, bool)
-                                      or not isinstance(self.tile, int) or self.tile < 1):
-            raise UltrasegError(f"tile must be a whole number >= 1 (or None), got {self.tile!r}")
+        self.batch_size = whole_number("batch_size", self.batch_size)    # np.int64(8) is 8
+        self.tile = whole_number("tile", self.tile, none_ok=True)
         if self.fixed_tile is not None and (      # a tile rounded as export rounds it
                 self.tile is None
                 or round_tile(self.tile, self.model.depth) != self.fixed_tile):
@@ -479,12 +472,9 @@ def open_model(path: str | Path, device: str, precision: str, threads: int | Non
     ``--threads`` for the CLI's (``cli``, with load's ``threads=`` beside it), else
     ``threads=``."""
     if threads is not None:
-        threads = plain_number(threads)     # np.int64(2) is 2
-        # 1.0 reached ONNX Runtime, whose refusal was blamed on the file; "2" a raw TypeError
-        if isinstance(threads, bool) or not isinstance(threads, int):
-            raise UltrasegError(f"threads must be a whole number >= 1, got {threads!r}")
-        if threads < 1:     # (ONNX Runtime took 0 or -1 as its default)
-            raise UltrasegError(f"threads must be at least 1, got {threads}")
+        # 1.0 reached ONNX Runtime, whose refusal was blamed on the file; "2" a raw
+        # TypeError; 0 or -1 ONNX Runtime took as its default (np.int64(2) is 2)
+        threads = whole_number("threads", threads, none_ok=True)
     check_options(options)
     # (the file's own post-processing is the builders'; a caller's replaces it after)
     later = {"postprocess": options.pop("postprocess")} if "postprocess" in options else {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 import os
 import re
 import threading
@@ -21,6 +20,7 @@ from typing import Any, Callable, ClassVar, Collection, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..config import whole_number
 from ..errors import DataError, UltrasegError, command_line, is_out_of_memory
 from ..fileio import as_path
 from ..logs import caught_warnings
@@ -470,10 +470,7 @@ def read_image(path: str | Path, frame: int | None = None) -> np.ndarray:
     unless ``frame`` (from 0) says which.
     """
     path = as_path(path, "read_image", IN_MEMORY)
-    if frame is not None:
-        if isinstance(frame, bool) or not isinstance(frame, numbers.Integral) or frame < 0:
-            raise UltrasegError(f"frame must be a whole number from 0 (or None), got {frame!r}")
-        frame = int(frame)
+    frame = whole_number("frame", frame, lo=0, none_ok=True)    # (np.int64(2) is 2)
     if is_dicom(path):      # (it closes the loop kept, or keeps its own: a deflated loop)
         return read_dicom(path, frame=frame)
     im = _open(path, frame)
