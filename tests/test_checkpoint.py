@@ -429,7 +429,8 @@ def test_a_working_size_beyond_any_frame_is_refused_naming_the_model(tmp_path) -
     cfg = ModelConfig(variant="same", width=4, depth=2)
     sd = build_model(cfg).state_dict()
     for size in (MAX_SIZE, 200_000):
-        meta = make_meta(cfg, PreprocessConfig(size=size), PostprocessConfig())
+        meta = make_meta(cfg, PreprocessConfig(size=MAX_SIZE), PostprocessConfig())
+        meta["preprocess"]["size"] = size       # (PreprocessConfig refuses it when built)
         path = tmp_path / f"s{size}.ckpt"
         torch.save({"format": FORMAT, "meta_json": json.dumps(meta), "state_dict": sd,
                     "train_state": {}}, path)

@@ -179,7 +179,7 @@ def test_a_frame_that_cannot_be_read_is_skipped_named_and_exit_2(tmp_path, ckpt,
         assert "measured 2 frames" in captured.out
 
 
-def test_postprocess_flags_override_the_checkpoint(tmp_path, ckpt):
+def test_postprocess_flags_override_the_checkpoint(tmp_path, ckpt, capsys):
     images = frames(tmp_path / "in", {"x.png": (31, 45)})
     predictor = load(ckpt, device="cpu", precision="fp32")
     prob = predictor.predict_proba(images["x.png"])
@@ -202,9 +202,11 @@ def test_postprocess_flags_override_the_checkpoint(tmp_path, ckpt):
     peak = float(prob.max())
     np.testing.assert_array_equal(run("--threshold", "0", "--min-peak", str(peak)), True)
     assert not run("--threshold", "0", "--min-peak", str(np.nextafter(peak, 1.0))).any()
+    capsys.readouterr()
     for bad in (["--threshold", "1.5"], ["--min-peak", "-0.1"]):
         assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
                      *bad]) == 2
+        assert f"{bad[0]} must lie in [0, 1], got {bad[1]}" in capsys.readouterr().err
 
 
 def test_tta_rle_overlay_and_tif(tmp_path):

@@ -251,29 +251,29 @@ def test_a_path_for_a_path_setting_built_in_python_is_taken_as_merge_takes_it(tm
 ])
 def test_model_width_and_depth_have_bounds(model, words) -> None:
     """Width 1e9 or depth 60 overflowed torch's storage size as the model was built:
-    'internal error: RuntimeError: Storage size calculation overflowed'."""
-    from ultraseg.model import build_model
-    from ultraseg.train import check_config
+    'internal error: RuntimeError: Storage size calculation overflowed'. Refused as the
+    section is built (train's check_config and build_model met it later)."""
+    from types import SimpleNamespace
 
-    cfg = RunConfig(data=DataConfig(path="x"), preprocess=PreprocessConfig(size=None),
-                    model=ModelConfig(variant="same", **model))
     with pytest.raises(UltrasegError) as e:
-        check_config(cfg)
+        ModelConfig(variant="same", **model)
     assert all(w in str(e.value) for w in words), str(e.value)
-    with pytest.raises(UltrasegError):
-        build_model(cfg.model)
-    assert model_problem(cfg.model) is not None
+    assert model_problem(SimpleNamespace(**{**ModelConfig().to_dict(), **model})) is not None
 
 
 @pytest.mark.parametrize("size, canvas", [(0, None), (-3, None), (200_000, "160.0 GB")])
 def test_a_working_size_out_of_bounds_says_why_only_where_it_is_too_large(size, canvas):
     """size_problem said 'got 0: a canvas of 0 x 0 pixels, 0.0 GB as floats a frame' (and
     '-3 x -3 pixels'): the canvas is the reason only above MAX_SIZE (a re-read)."""
-    setting, said = size_problem(PreprocessConfig(size=size))
+    from types import SimpleNamespace
+
+    setting, said = size_problem(SimpleNamespace(size=size))
     assert setting == "size" and said.startswith("must be a whole number from 1 to ")
     assert said.endswith(f"got {size}") if canvas is None else canvas in said
     assert ("canvas" in said) == (canvas is not None)
     assert size_problem(PreprocessConfig(size=1)) is None
+    with pytest.raises(UltrasegError, match=f"^preprocess.size \\(--size\\) {said}$"):
+        PreprocessConfig(size=size)
 
 
 def test_the_largest_model_the_bounds_allow_builds_without_memory() -> None:
@@ -503,3 +503,53 @@ def test_whole_number_gives_a_python_int_or_none() -> None:
     assert whole_number("n", np.int64(5)) == 5 and type(whole_number("n", np.int64(5))) is int
     assert whole_number("n", 12, hi=12) == 12 and whole_number("n", 0, lo=0) == 0
     assert whole_number("n", None, none_ok=True) is None
+
+
+# ------------------------------------------------------------------ ranges, when built
+@pytest.mark.parametrize("cls, values, said", [
+    (ModelConfig, {"width": 0}, "model.width (--width) must be a whole number from 1 to 4096, "
+                                "got 0"),
+    (ModelConfig, {"width": 4097}, "model.width (--width) must be a whole number from 1 to "
+                                   "4096, got 4097"),
+    (ModelConfig, {"depth": 0}, "model.depth (--depth) must be a whole number from 1 to 12, "
+                                "got 0"),
+    (ModelConfig, {"depth": 60}, "model.depth (--depth) must be a whole number from 1 to 12, "
+                                 "got 60"),
+    (PreprocessConfig, {"size": 0}, "preprocess.size (--size) must be a whole number from 1 to "
+                                    "16384, got 0"),
+    (PreprocessConfig, {"size": 200_000}, "preprocess.size (--size) must be a whole number from "
+                                          "1 to 16384, got 200000: a canvas of 200000 x 200000 "
+                                          "pixels, 160.0 GB as floats a frame"),
+    (PostprocessConfig, {"threshold": 1.5}, "postprocess.threshold must lie in [0, 1], got 1.5"),
+    (PostprocessConfig, {"threshold": float("nan")},
+     "postprocess.threshold must lie in [0, 1], got nan"),
+    (PostprocessConfig, {"min_peak": -0.1}, "postprocess.min_peak must lie in [0, 1], got -0.1"),
+    (PostprocessConfig, {"min_area": -3}, "postprocess.min_area must be >= 0, got -3"),
+])
+def test_a_model_preprocess_or_postprocess_value_out_of_range_is_refused_when_built(
+        cls, values, said) -> None:
+    """ModelConfig(width=0), PreprocessConfig(size=0) and PostprocessConfig(threshold=1.5)
+    were built, and refused only later (train's check_config, the predictor, a checkpoint's
+    load), where TrainConfig refuses its ranges as it is built: each section now refuses its
+    own, in the words used later, from Python, a file, merge or dataclasses.replace alike."""
+    with pytest.raises(UltrasegError) as e:
+        cls(**values)
+    assert str(e.value) == said
+    with pytest.raises(UltrasegError) as e:
+        dataclasses.replace(cls(), **values)
+    assert str(e.value) == said
+    with pytest.raises(UltrasegError) as e:
+        cls.from_dict(values)
+    assert str(e.value) == said
+    if cls is not PostprocessConfig:
+        section = cls.__name__.removesuffix("Config").lower()
+        with pytest.raises(UltrasegError) as e:
+            merge(preset("seed"), {section: values})
+        assert str(e.value) == said
+
+
+def test_the_bounds_themselves_are_taken_when_built() -> None:
+    assert ModelConfig(width=MAX_WIDTH, depth=MAX_DEPTH).depth == MAX_DEPTH
+    assert ModelConfig(width=1, depth=1).width == 1
+    assert PreprocessConfig(size=1).size == 1 and PreprocessConfig(size=None).size is None
+    assert PostprocessConfig(threshold=0.0, min_peak=1.0, min_area=0).min_peak == 1.0

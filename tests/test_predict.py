@@ -1602,17 +1602,18 @@ def test_a_subfolder_of_out_that_links_outside_it_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("pp, words", [
-    (PostprocessConfig(threshold=50), "postprocess.threshold must lie in [0, 1], got 50"),
-    (PostprocessConfig(min_area=-3), "postprocess.min_area must be >= 0, got -3"),
-    ({"threshold": 0.3}, "postprocess must be a PostprocessConfig"),
+    (lambda: PostprocessConfig(threshold=50), "postprocess.threshold must lie in [0, 1], got 50"),
+    (lambda: PostprocessConfig(min_area=-3), "postprocess.min_area must be >= 0, got -3"),
+    (lambda: {"threshold": 0.3}, "postprocess must be a PostprocessConfig"),
 ])
 def test_post_processing_given_in_python_is_checked_as_on_the_command_line(tmp_path, pp, words):
     """A threshold of 50 set in Python emptied every mask without a word (the CLI refuses
-    --threshold 50); a string threshold or a dict ended in numpy's or Python's tracebacks."""
+    --threshold 50); a string threshold or a dict ended in numpy's or Python's tracebacks.
+    (A value out of range is refused as the PostprocessConfig is built.)"""
     save(tmp_path / "in" / "a.png", ramp(8, 8))
-    for attempt in (lambda: pixel_predictor(postprocess=pp),
-                    lambda: pixel_predictor().with_options(postprocess=pp),
-                    lambda: pixel_predictor().predict(ramp(8, 8), pp)):
+    for attempt in (lambda: pixel_predictor(postprocess=pp()),
+                    lambda: pixel_predictor().with_options(postprocess=pp()),
+                    lambda: pixel_predictor().predict(ramp(8, 8), pp())):
         with pytest.raises(UltrasegError) as e:
             attempt()
         assert words in str(e.value)

@@ -26,8 +26,7 @@ from typing import Any, BinaryIO, Mapping
 import torch
 
 from . import __version__
-from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
-                     model_problem, postprocess_problem, size_problem)
+from .config import ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_bytes, hash_file, json_text
 
@@ -128,6 +127,8 @@ def load_checkpoint(path: str | Path, sha256: bool = False) -> Checkpoint:
         for name in ("model", "preprocess", "postprocess"):   # from_dict takes None too
             if not isinstance(meta[name], dict):
                 raise ValueError(f"{name} is a {type(meta[name]).__name__}, not settings")
+        # each section refuses its types and ranges as it is built (a size of 200000, a
+        # 160 GB canvas; a width of 1e9, which overflowed the build): damage, here
         ckpt = Checkpoint(
             model=ModelConfig.from_dict(meta["model"]),
             preprocess=PreprocessConfig.from_dict(meta["preprocess"]),
@@ -137,15 +138,6 @@ def load_checkpoint(path: str | Path, sha256: bool = False) -> Checkpoint:
             train_state=payload.get("train_state") or {},
             sha256=digest,
         )
-        problem = size_problem(ckpt.preprocess)     # (200000: a 160 GB canvas)
-        if problem:
-            raise ValueError(f"preprocess.{problem[0]} {problem[1]}")
-        problem = postprocess_problem(ckpt.postprocess)
-        if problem:
-            raise ValueError(f"postprocess.{problem[0]} {problem[1]}")
-        problem = model_problem(ckpt.model)     # (a width of 1e9 overflowed the build)
-        if problem:
-            raise ValueError(f"model.{problem[0]} {problem[1]}")
     except UnknownSettings as e:
         raise e.in_file(meta, path) from e
     except Exception as e:

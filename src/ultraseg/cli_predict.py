@@ -109,12 +109,11 @@ def postprocess_from_flags(base: Any, a: argparse.Namespace) -> Any:
         from .config import PostprocessConfig
 
         return PostprocessConfig()
-    pp = replace(base, **changes)
-    problem = postprocess_problem(pp)     # the checkpoint's own values were checked at load
+    problem = postprocess_problem(changes)  # in the flags' words, before the config's check
     if problem:
         name, what = problem
         raise UltrasegError(f"--{name.replace('_', '-')} {what}")
-    return pp
+    return replace(base, **changes)
 
 
 def _flag_given(name: str, value: Any) -> str:

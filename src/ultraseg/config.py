@@ -104,9 +104,10 @@ def check_types(section: Any, prefix: str | None = None) -> None:
     declares -- a config file's "16" for 16, true for 1, 5.5 frames -- as a user error naming
     the setting (``train.epochs``); a name not among a ``Literal``'s lists the valid ones.
     Every section makes this check when it is built (``__post_init__``: from a file, by
-    ``merge`` or in Python). A training setting's own range is checked next, as the section
-    is built (:meth:`TrainConfig.__post_init__`); what depends on other settings or sections
-    when training starts (:func:`ultraseg.train.check_config`)."""
+    ``merge`` or in Python). A setting's own range is checked next, as the section is built
+    (each section's ``__post_init__``: a model's width and depth, the working size, the
+    post-processing's threshold, a training setting's); what depends on other settings or
+    sections when training starts (:func:`ultraseg.train.check_config`)."""
     cls = type(section)
     hints = _type_hints(cls)
     if prefix is None:
@@ -261,6 +262,16 @@ class ModelConfig(_Section):
     attention: bool = False
     dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        """``width`` and ``depth`` within their bounds (:func:`model_problem`), refused as a
+        user error naming the setting and its flag when the section is built, as
+        :class:`TrainConfig` refuses its ranges (a model file's too: its load calls it
+        damaged)."""
+        super().__post_init__()
+        problem = model_problem(self)
+        if problem:
+            raise UltrasegError(f"model.{problem[0]} (--{problem[0]}) {problem[1]}")
+
 
 #: Upper bounds of ``ModelConfig.width`` and ``depth``, far beyond any real U-Net's (the
 #: paper's is width 64 and depth 4, nnU-Net's 2D networks 32 and 7 or 8 levels with at most
@@ -322,6 +333,13 @@ class PreprocessConfig(_Section):
     label: int | None = None   # None: any non-zero label is foreground; K: only label K
     fill_outlines: bool = False  # masks are closed contours: fill them (hc18 layout: always)
 
+    def __post_init__(self) -> None:
+        """``size`` within its bounds (:func:`size_problem`), refused when built."""
+        super().__post_init__()
+        problem = size_problem(self)
+        if problem:
+            raise UltrasegError(f"preprocess.{problem[0]} (--{problem[0]}) {problem[1]}")
+
     def to_dict(self) -> dict[str, Any]:
         """The settings; ``fill_outlines``, added after 0.1.0, only where set, so that the
         builds before it read a checkpoint, ONNX file or config.json that leaves it False
@@ -348,17 +366,21 @@ class PostprocessConfig(_Section):
     fill_holes: bool = False
     tta: bool = False              # average with the horizontally flipped frame's output first
 
+    def __post_init__(self) -> None:
+        """Each value within its range (:func:`postprocess_problem`), refused when built: a
+        threshold of 50 left every mask empty without a word."""
+        super().__post_init__()
+        problem = postprocess_problem(vars(self))
+        if problem:
+            raise UltrasegError(f"postprocess.{problem[0]} {problem[1]}")
+
 
 def check_postprocess(pp: Any) -> None:
-    """Refuse post-processing the masks cannot follow: not a :class:`PostprocessConfig` (a
-    dict), a value of the wrong type ("0.3") or out of its range (a threshold of 50, which
-    left every mask empty without a word), as a user error naming the setting."""
+    """Refuse post-processing that is not a :class:`PostprocessConfig` (a dict) as a user
+    error; its values' types and ranges ("0.3", a threshold of 50) it refused when built."""
     if not isinstance(pp, PostprocessConfig):
         raise UltrasegError(f"postprocess must be a PostprocessConfig (ultraseg."
                             f"PostprocessConfig(threshold=...)), got {type(pp).__name__}")
-    problem = postprocess_problem(pp)
-    if problem:
-        raise UltrasegError(f"postprocess.{problem[0]} {problem[1]}")
 
 
 def size_problem(pp: PreprocessConfig) -> tuple[str, str] | None:
@@ -374,15 +396,16 @@ def size_problem(pp: PreprocessConfig) -> tuple[str, str] | None:
     return None
 
 
-def postprocess_problem(pp: PostprocessConfig) -> tuple[str, str] | None:
+def postprocess_problem(values: dict[str, Any]) -> tuple[str, str] | None:
     """``(setting, what is wrong)`` for a post-processing value out of its range (a threshold
-    or minimum peak outside [0, 1] -- nan included --, a negative minimum area), else None."""
+    or minimum peak outside [0, 1] -- nan included --, a negative minimum area), else None;
+    ``values`` holds some or all of the settings, by name, each a number (check_types)."""
     for name in ("threshold", "min_peak"):
-        v = getattr(pp, name)
+        v = values.get(name, 0.0)
         if not 0.0 <= v <= 1.0:
             return name, f"must lie in [0, 1], got {v}"
-    if not pp.min_area >= 0:
-        return "min_area", f"must be >= 0, got {pp.min_area}"
+    if not values.get("min_area", 0) >= 0:
+        return "min_area", f"must be >= 0, got {values['min_area']}"
     return None
 
 
