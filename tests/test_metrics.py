@@ -405,3 +405,21 @@ def test_a_probability_map_or_nan_is_refused_as_a_mask(name, side) -> None:
     for same in (np.uint8, np.float32):
         for scale in (1, 255):
             assert score(pred.astype(same) * scale, truth.astype(same) * scale) == want
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.5, 0.5, 2.0, 1.0), "1", None])
+def test_hd95_refuses_a_spacing_of_other_than_one_number_or_one_per_axis(spacing) -> None:
+    """A 3-value spacing for a 2D mask raised numpy's 'operands could not be broadcast
+    together with remapped shapes [original->remapped]: (3,) and requested shape (2,)', from
+    hd95 and image_metrics alike; a string was read as the number it spells."""
+    from ultraseg.errors import UltrasegError
+
+    pred = np.zeros((8, 8), bool)
+    pred[2:5, 2:5] = True
+    calls = [lambda: M.hd95(pred, pred, spacing)]
+    if spacing is not None:     # (image_metrics' None: no hd95_mm)
+        calls.append(lambda: M.image_metrics(pred, pred, spacing))
+    for call in calls:
+        with pytest.raises(UltrasegError, match=r"^hd95 spacing must be one pixel size or one "
+                                                r"per axis \(2 for a 2D mask\), got "):
+            call()

@@ -173,9 +173,15 @@ def hd95(
     """95th-percentile symmetric Hausdorff distance between the boundaries of two bool masks.
 
     ``spacing``: pixel size, one number or one per axis (rows, columns); the result is in its
-    unit (pixels by default). Both masks empty: 0.0; exactly one empty: nan.
+    unit (pixels by default; other counts of values, or a string, are an
+    :class:`UltrasegError`). Both masks empty: 0.0; exactly one empty: nan.
     """
     p, t = _pair(pred, truth)
+    # (three values for a 2D mask raised numpy's broadcasting error; "1" was read as 1.0)
+    if spacing is None or isinstance(spacing, (str, bytes)) or np.ndim(spacing) > 1 \
+            or np.size(spacing) not in (1, p.ndim):
+        raise UltrasegError(f"hd95 spacing must be one pixel size or one per axis ({p.ndim} for "
+                            f"a {p.ndim}D mask), got {spacing!r}")
     sampling = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (p.ndim,))
     if not (np.all(np.isfinite(sampling)) and np.all(sampling > 0)):
         raise ValueError(f"spacing must be positive, finite pixel sizes, got {spacing!r}")
