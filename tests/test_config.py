@@ -553,3 +553,24 @@ def test_the_bounds_themselves_are_taken_when_built() -> None:
     assert ModelConfig(width=1, depth=1).width == 1
     assert PreprocessConfig(size=1).size == 1 and PreprocessConfig(size=None).size is None
     assert PostprocessConfig(threshold=0.0, min_peak=1.0, min_area=0).min_peak == 1.0
+
+
+# ------------------------------------------------------------------ merge and preset misuse
+@pytest.mark.parametrize("cfg, overrides, words", [
+    ("seed", [("train", {"epochs": 2})], "merge's overrides must be a dict of sections"),
+    ("seed", "train", "merge's overrides must be a dict of sections"),
+    ("seed", None, "merge's overrides must be a dict of sections"),
+    ({"train": {}}, {"train": {"epochs": 2}}, "merge takes a RunConfig"),
+])
+def test_merge_refuses_what_is_no_config_or_overrides_naming_it(cfg, overrides, words) -> None:
+    """merge(cfg, [...]) or merge(cfg, "train") raised AttributeError ("'list' object has no
+    attribute 'items'"), merge({...}, ...) "'dict' object has no attribute 'to_dict'"."""
+    with pytest.raises(UltrasegError, match=f"^{words}"):
+        merge(preset(cfg) if isinstance(cfg, str) else cfg, overrides)
+
+
+@pytest.mark.parametrize("name", [["seed"], ("cpu",), {"demo": 1}])
+def test_preset_refuses_what_is_no_name_listing_the_names(name) -> None:
+    """preset(["seed"]) raised TypeError ('unhashable type: list')."""
+    with pytest.raises(UltrasegError, match=r"^a preset is a name \(seed, cpu, demo\), got "):
+        preset(name)

@@ -675,6 +675,8 @@ def choices(section: type, name: str) -> tuple[str, ...]:
 
 def preset(name: str) -> RunConfig:
     """The :class:`RunConfig` of a named preset; an unknown name lists the valid ones."""
+    if not isinstance(name, str) and name is not None:  # (a list raised 'unhashable type')
+        raise UltrasegError(f"a preset is a name ({', '.join(PRESETS)}), got {name!r}")
     if name not in PRESETS:
         raise UltrasegError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
     return RunConfig.from_dict({"preset": name, **PRESETS[name]})
@@ -682,6 +684,13 @@ def preset(name: str) -> RunConfig:
 
 def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
     """``cfg`` with section values replaced by ``overrides`` ({section: {key: value}})."""
+    # (a list, a string or None raised AttributeError: "'list' object has no attribute 'items'")
+    if not isinstance(cfg, RunConfig):
+        raise UltrasegError(f"merge takes a RunConfig (ultraseg.preset(NAME), or RunConfig."
+                            f"from_dict for a dict of sections), got {type(cfg).__name__}")
+    if not isinstance(overrides, dict):
+        raise UltrasegError(f"merge's overrides must be a dict of sections ({{\"train\": "
+                            f"{{\"epochs\": 5}}}}), got {type(overrides).__name__}")
     d = cfg.to_dict()
     for section, values in overrides.items():
         if section == "preset":
