@@ -723,3 +723,17 @@ def test_a_mask_of_no_pixels_is_refused_saying_so(shape) -> None:
     with pytest.raises(ValueError, match=rf"measure expects a 2D mask of at least one pixel, "
                                          rf"got shape \({shape[0]}, {shape[1]}\)"):
         measure(np.zeros(shape, bool))
+
+
+@pytest.mark.parametrize("offset", ["1", None, [1.0], True])
+def test_a_boundary_offset_that_is_no_number_is_refused_naming_it(offset) -> None:
+    """measure(mask, boundary_offset_px="1") raised math's TypeError ('must be real number,
+    not str') from inside it; True was taken as 1."""
+    from ultraseg.errors import UltrasegError
+
+    mask = np.zeros((10, 10), bool)
+    mask[2:8, 3:7] = True
+    with pytest.raises(UltrasegError, match=r"^measure's boundary_offset_px must be a number of "
+                                            r"pixels, got "):
+        measure(mask, 0.1, boundary_offset_px=offset)
+    assert measure(mask, 0.1, boundary_offset_px=np.float32(0.5))["ellipse_axes"] is not None

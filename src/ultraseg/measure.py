@@ -486,6 +486,10 @@ def measure(
         raise ValueError(f"measure expects a 2D mask of at least one pixel, got shape "
                          f"{mask.shape}")
     mask = binary_mask(mask)
+    if isinstance(boundary_offset_px, bool) or not isinstance(boundary_offset_px, numbers.Real):
+        # ("1" raised math's TypeError 'must be real number, not str' from inside it)
+        raise UltrasegError(f"measure's boundary_offset_px must be a number of pixels, got "
+                            f"{boundary_offset_px!r}")
     if not math.isfinite(boundary_offset_px):
         raise ValueError(f"boundary_offset_px must be finite, got {boundary_offset_px!r}")
     if region is not None:
