@@ -2068,3 +2068,30 @@ def test_a_batch_size_or_tile_that_is_no_whole_number_from_1_is_refused_naming_i
         pixel_predictor(**{name: value})
     assert pixel_predictor(**{name: np.int64(3)}).__dict__[name] == 3
     assert type(pixel_predictor(**{name: np.int64(3)}).__dict__[name]) is int
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (4, 4), (2, 4)])
+def test_an_instance_norm_model_predicts_a_frame_of_one_bottleneck_pixel(shape) -> None:
+    """A 'same' instance-norm predictor at the frames' own resolution raised torch's
+    'Expected more than 1 spatial element' on a frame with both sides <= 2**depth (a 1x1
+    bottleneck), so `ultraseg predict` stopped with an internal error, while its ONNX export
+    answered. The canvas is mirrored down to two bottleneck pixels; larger frames as before."""
+    torch = pytest.importorskip("torch")
+    from ultraseg.model import build_model
+    from ultraseg.runtime import torch_runner
+
+    model = ModelConfig(variant="same", width=2, depth=2, norm="instance")
+    torch.manual_seed(0)
+    net = build_model(model).eval()
+    pred = Predictor(torch_runner(net, torch.device("cpu"), None), model,
+                     PreprocessConfig(size=None, normalise="unit"))
+    frame = ramp(*shape, seed=1)
+    prob = pred.predict_proba(frame)
+    assert prob.shape == shape and np.isfinite(prob).all()
+    from ultraseg.preprocess import prepare
+
+    big = ramp(8, 12, seed=2)              # (two bottleneck pixels and more: the network's own)
+    canvas, _ = prepare(big, pred.preprocess)
+    with torch.no_grad():
+        direct = torch.sigmoid(net(torch.from_numpy(canvas[None, None]))).numpy()[0, 0]
+    np.testing.assert_allclose(pred.predict_proba(big), direct, atol=1e-6)

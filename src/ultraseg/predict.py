@@ -291,6 +291,11 @@ class Predictor:
                 self._run, canvases, tile, margin, per_call, align=2**self.model.depth)])
         step = 2**self.model.depth
         ph, pw = -h % step, -w % step
+        if self.model.norm == "instance" and (h + ph) * (w + pw) < 2 * step * step:
+            # instance norm needs two pixels at the bottleneck (torch refuses one, ONNX Runtime
+            # gives the shift): a canvas of one bottleneck pixel (a frame at its own
+            # resolution, both sides <= 2**depth) is mirrored down to two
+            ph += step
         x = canvases[:, None]
         if ph or pw:
             x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
