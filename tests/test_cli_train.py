@@ -657,12 +657,12 @@ def test_resume_with_nothing_to_resume(tmp_path, capsys) -> None:
 def stopped_run(data, tmp_path_factory):
     """50 epochs of 15 batches can't fit in 5 s (validation and the report are reserved
     60 s): the run stops inside epoch 1. (exit code, stdout, run folder)."""
-    import ultraseg.train as train_mod
+    import ultraseg.budget as budget
 
     run = tmp_path_factory.mktemp("stopped") / "run"
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "_RESERVE_SHARE", 1e9)   # the full 60 s, not a quarter of 5 s
+        mp.setattr(budget, "_RESERVE_SHARE", 1e9)   # the full 60 s, not a quarter of 5 s
         rc = cli.main(["train", str(data), "--out", str(run), *TINY, "--epochs", "50",
                        "--batch-size", "2", "--time-limit", "5s"])
     return rc, out.getvalue(), run
@@ -699,9 +699,9 @@ def test_resume_of_a_run_its_time_limit_stopped_trains_no_further(stopped_run, t
                                                                   capsys, monkeypatch) -> None:
     """--time-limit caps the whole run: resumed, a run that used its limit up finishes (it
     used to get the whole limit again and train another epoch)."""
-    import ultraseg.train as train_mod
+    import ultraseg.budget as budget
 
-    monkeypatch.setattr(train_mod, "_RESERVE_SHARE", 1e9)   # as the stopped run: 60 s kept
+    monkeypatch.setattr(budget, "_RESERVE_SHARE", 1e9)   # as the stopped run: 60 s kept
     _, _, original = stopped_run
     run = tmp_path / "copy"
     shutil.copytree(original, run)

@@ -33,6 +33,7 @@ from ultraseg.predict import load
 from ultraseg.tiling import crop_with_context, extract_tiles, pad_for_tiles
 from ultraseg.losses import compute_loss
 from ultraseg.model import build_model
+from ultraseg import budget
 from ultraseg import train as train_mod
 from ultraseg.run_folder import RUN_FILES, run_log
 from ultraseg.train import Batches, lr_at, training_layout, validate
@@ -647,6 +648,15 @@ def test_batches_are_reproducible_from_the_generator() -> None:
     assert not all(np.array_equal(p, q) for p, q in zip(a, c))
 
 
+def _train_clock(monkeypatch, monotonic: Callable[[], float]) -> None:
+    """Give train's time limits the simulated clock ``monotonic``: ``time`` in each module
+    that reads the clock for them (the loop, its time budget)."""
+    from types import SimpleNamespace
+
+    for module in (train_mod, budget):
+        monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=monotonic))
+
+
 def test_lr_schedule() -> None:
     cfg = _cfg()
     assert lr_at(0.0, cfg) == lr_at(0.7, cfg) == cfg.train.lr
@@ -664,11 +674,11 @@ def test_horizon_counts_the_epochs_that_still_fit_at_the_measured_pace(monkeypat
 
     from ultraseg.distributed import Dist
 
-    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+    monkeypatch.setattr(budget, "time", SimpleNamespace(monotonic=lambda: 1000.0))
     cpu = torch.device("cpu")
 
     def horizon(epochs, done, epoch_s, deadline, val_s=2.0):
-        return train_mod._horizon(epochs, done, epoch_s, deadline, val_s, Dist(), cpu)
+        return budget._horizon(epochs, done, epoch_s, deadline, val_s, Dist(), cpu)
 
     assert horizon(50, 1, 10.0, float("inf")) == 50.0
     # 2000 s left, 65 s reserved: a slow first epoch (141 s) fits 13 more, the pace of the
@@ -682,9 +692,9 @@ def test_horizon_counts_the_epochs_that_still_fit_at_the_measured_pace(monkeypat
 def test_the_reserve_is_at_most_a_quarter_of_a_short_limit() -> None:
     """60 s (and 2.5 validations) of a 20-minute limit; a quarter of a 1-minute one, which kept
     all of it back before (the demo at --minutes 1 trained one batch)."""
-    assert train_mod._reserve(2.0, 1200.0) == 65.0
-    assert train_mod._reserve(2.0, 60.0) == 20.0
-    assert train_mod._reserve(2.0) == 65.0
+    assert budget._reserve(2.0, 1200.0) == 65.0
+    assert budget._reserve(2.0, 60.0) == 20.0
+    assert budget._reserve(2.0) == 65.0
 
 
 def test_a_short_limit_is_mostly_spent_training(tmp_path) -> None:
@@ -759,9 +769,9 @@ def test_a_run_of_one_batch_epochs_stops_before_the_time_kept_for_its_end() -> N
     before the deadline, but an epoch of one batch never reaches that check, and the epoch
     check kept only a validation: a 30 s run of one-batch epochs trained to 29.6 s and then
     chose its post-processing on 1 of 10 frames, past the limit."""
-    stop = train_mod._no_time_for_another_epoch
+    stop = budget._no_time_for_another_epoch
     limit = 30.0                            # keeps 2.5 validations + min(60, 30 / 4) s
-    assert train_mod._reserve(0.1, limit) == pytest.approx(0.25 + 7.5)
+    assert budget._reserve(0.1, limit) == pytest.approx(0.25 + 7.5)
     # one-batch epochs of 1 s, 25 s in: an epoch and its validation fit, the reserve does not
     assert stop(now=25.0, deadline=30.0, epoch_s=1.0, batch_s=1.0, val_s=0.1, limit_s=limit)
     assert not stop(now=20.0, deadline=30.0, epoch_s=1.0, batch_s=1.0, val_s=0.1,
@@ -797,11 +807,8 @@ def test_a_time_limited_schedule_counts_each_epoch_s_writes(tmp_path, monkeypatc
     before those writes, it sized a cosine that the time limit cut at 80 % (lr 11 % of --lr).
     Here each epoch's metrics write takes 100 s on a simulated clock (the training a fraction
     of a second): 30 minutes hold about 17 epochs, and the last runs near the 1 % floor."""
-    from types import SimpleNamespace
-
     extra = [0.0]   # simulated seconds spent writing, so far
-    monkeypatch.setattr(train_mod, "time",
-                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
+    _train_clock(monkeypatch, lambda: time.monotonic() + extra[0])
     real_write = train_mod._write_metrics
 
     def slow_write(*args, **kwargs):
@@ -869,7 +876,7 @@ def test_a_short_limit_leaves_the_post_processing_choice_its_time(tmp_path, monk
 
     import ultraseg.postprocess as pp_mod
 
-    assert train_mod._end_s(30.0) == 3.75 and train_mod._end_s(1200.0) == train_mod._END_S
+    assert budget._end_s(30.0) == 3.75 and budget._end_s(1200.0) == budget._END_S
     seen: list[int] = []
     chosen_on: list[int] = []
     real, real_choose = train_mod._score_validation, pp_mod.GridSearch.choose
@@ -1743,13 +1750,11 @@ def _validation_clock(monkeypatch, start: float = 0.0, grid_s: float = 3.0
     """A clock for train's time limits that only prediction (a second a frame) and the
     post-processing grid (``grid_s`` a frame) move, from ``start``; returns it and the list
     each predicted frame appends to."""
-    from types import SimpleNamespace
-
     import ultraseg.postprocess as pp_mod
     from ultraseg.predict import Predictor
 
     clock, predicted = [start], []
-    monkeypatch.setattr(train_mod, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    _train_clock(monkeypatch, lambda: clock[0])
     real_predict, real_add = Predictor.predict_proba_many, pp_mod.GridSearch.add
 
     def predict(self, images):
@@ -2745,11 +2750,8 @@ def _clock_jumps_in_a_step(monkeypatch, armed: Callable[[], bool] = lambda: True
                            ) -> list[float]:
     """train's clock, simulated: 10**6 s are added in a training step taken while ``armed()``
     holds, so the time limit runs out there. The added seconds' cell, to set back."""
-    from types import SimpleNamespace
-
     extra = [0.0]
-    monkeypatch.setattr(train_mod, "time",
-                        SimpleNamespace(monotonic=lambda: time.monotonic() + extra[0]))
+    _train_clock(monkeypatch, lambda: time.monotonic() + extra[0])
     real_step = train_mod.optimizer_step
 
     def step(*args, **kw):
