@@ -33,7 +33,7 @@ from ultraseg.predict import load
 from ultraseg.tiling import crop_with_context, extract_tiles, pad_for_tiles
 from ultraseg.losses import compute_loss
 from ultraseg.model import build_model
-from ultraseg import budget
+from ultraseg import budget, finish
 from ultraseg import train as train_mod
 from ultraseg.run_folder import RUN_FILES, run_log
 from ultraseg.train import Batches, lr_at, training_layout, validate
@@ -650,10 +650,10 @@ def test_batches_are_reproducible_from_the_generator() -> None:
 
 def _train_clock(monkeypatch, monotonic: Callable[[], float]) -> None:
     """Give train's time limits the simulated clock ``monotonic``: ``time`` in each module
-    that reads the clock for them (the loop, its time budget)."""
+    that reads the clock for them (the loop, its time budget, the end of the run)."""
     from types import SimpleNamespace
 
-    for module in (train_mod, budget):
+    for module in (train_mod, budget, finish):
         monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=monotonic))
 
 
@@ -836,7 +836,7 @@ def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatc
 
     deadlines: list[float | None] = []
     alternatives: list[int] = []
-    real, real_frame = train_mod._score_validation, pp_mod.GridSearch.frame
+    real, real_frame = finish._score_validation, pp_mod.GridSearch.frame
 
     def spy(predictor, samples, cfg, tuning, deadline, **kw):
         deadlines.append(deadline)
@@ -846,9 +846,9 @@ def test_the_post_processing_choice_keeps_to_the_time_limit(tmp_path, monkeypatc
         alternatives.append(self.alternatives)
         return real_frame(self, *args, **kw)
 
-    monkeypatch.setattr(train_mod, "_score_validation", spy)
+    monkeypatch.setattr(finish, "_score_validation", spy)
     monkeypatch.setattr(pp_mod.GridSearch, "frame", frame)
-    monkeypatch.setattr(train_mod, "_end_s", lambda limit_s: end_s)
+    monkeypatch.setattr(finish, "_end_s", lambda limit_s: end_s)
     t_start = time.monotonic()
     assert _train_tiny(tmp_path / "a", tmp_path / "run", "--epochs", "1", "--time-limit",
                        "30m") == 0
@@ -879,17 +879,17 @@ def test_a_short_limit_leaves_the_post_processing_choice_its_time(tmp_path, monk
     assert budget._end_s(30.0) == 3.75 and budget._end_s(1200.0) == budget._END_S
     seen: list[int] = []
     chosen_on: list[int] = []
-    real, real_choose = train_mod._score_validation, pp_mod.GridSearch.choose
-    real_add, real_time = pp_mod.GridSearch.add, train_mod.time
+    real, real_choose = finish._score_validation, pp_mod.GridSearch.choose
+    real_add, real_time = pp_mod.GridSearch.add, finish.time
     jump = [0.0]
 
     def passed(predictor, samples, cfg, tuning, deadline, **kw):
         seen.append(len(samples))
-        train_mod.time = SimpleNamespace(monotonic=lambda: real_time.monotonic() + jump[0])
+        finish.time = SimpleNamespace(monotonic=lambda: real_time.monotonic() + jump[0])
         try:        # the deadline passes as the first frame goes on the grid
             return real(predictor, samples, cfg, tuning, real_time.monotonic() + 600, **kw)
         finally:
-            train_mod.time = real_time
+            finish.time = real_time
 
     def add(self, *args, **kw):
         jump[0] = 1e6
@@ -899,7 +899,7 @@ def test_a_short_limit_leaves_the_post_processing_choice_its_time(tmp_path, monk
         chosen_on.append(len(self))
         return real_choose(self, *args, **kw)
 
-    monkeypatch.setattr(train_mod, "_score_validation", passed)
+    monkeypatch.setattr(finish, "_score_validation", passed)
     monkeypatch.setattr(pp_mod.GridSearch, "add", add)
     monkeypatch.setattr(pp_mod.GridSearch, "choose", choose)
     run = tmp_path / "run"
@@ -928,7 +928,7 @@ def test_a_time_limit_that_skips_the_head_circumference_calibration_says_so(
 
     from conftest import ultraseg_warnings
 
-    real = train_mod._score_validation
+    real = finish._score_validation
 
     def with_references(predictor, samples, cfg, tuning, deadline, **kw):
         seen = real(predictor, samples, cfg, tuning, deadline, **kw)
@@ -936,9 +936,9 @@ def test_a_time_limit_that_skips_the_head_circumference_calibration_says_so(
         return seen
 
     calibrated = []
-    monkeypatch.setattr(train_mod, "_score_validation", with_references)
-    monkeypatch.setattr(train_mod, "_calibrate_measure", lambda *a: calibrated.append(a) or a[-1])
-    monkeypatch.setattr(train_mod, "_end_s", lambda limit_s: 1e6)   # the deadline has passed
+    monkeypatch.setattr(finish, "_score_validation", with_references)
+    monkeypatch.setattr(finish, "_calibrate_measure", lambda *a: calibrated.append(a) or a[-1])
+    monkeypatch.setattr(finish, "_end_s", lambda limit_s: 1e6)   # the deadline has passed
     with ultraseg_warnings() as warned:
         assert _train_tiny(tmp_path, tmp_path / "run", "--epochs", "1", "--time-limit",
                            "30m") == 0
@@ -1011,12 +1011,12 @@ def test_sample_png_picks_and_titles_training_frames_by_their_masks(tmp_path, mo
     shown: list = []
     monkeypatch.setattr(report, "plot_samples",
                         lambda images, masks, path, titles: shown.append(titles))
-    train_mod._plot_samples(tmp_path, arrays, np.array([0, 1, 2, 4, 5]),
+    finish._plot_samples(tmp_path, arrays, np.array([0, 1, 2, 4, 5]),
                             train_mod._held(arrays.masks))
     assert shown == [["f0\n(empty mask)", "f2", "f4", "f5"]]
     # each subject's first frame before any subject's second: not four of one subject
     grouped = replace(arrays, masks=np.ones_like(masks), subjects=tuple("aaabbcc"))
-    train_mod._plot_samples(tmp_path, grouped, np.arange(7), train_mod._held(grouped.masks))
+    finish._plot_samples(tmp_path, grouped, np.arange(7), train_mod._held(grouped.masks))
     assert shown[1] == ["f0", "f1", "f3", "f5"]
 
 
@@ -1155,14 +1155,14 @@ def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_referen
         probs.append(_head((80, 120), a + 3, b + 3).astype(np.float32))
     cfg = preset("cpu")
     before = {"boundary_offset_px": 1.0}
-    got = train_mod._calibrate_measure(samples, regions, probs, PostprocessConfig(), cfg, before)
+    got = finish._calibrate_measure(samples, regions, probs, PostprocessConfig(), cfg, before)
     assert got["boundary_offset_px"] == pytest.approx(3.0, abs=0.35)
     assert got["outline_half_width_px"] == 1.0 and got["offset_frames"] == 11
     # the validation head-circumference error (mm) at the half-width and at the chosen offset
     assert got["val_hc_mae_mm"] < 0.5 * got["val_hc_mae_mm_start"]
     assert got["val_hc_mae_mm_start"] > 1.0
     assert before == {"boundary_offset_px": 1.0}             # the caller's dict unchanged
-    few = train_mod._calibrate_measure(samples[2:], regions[2:], probs[2:], PostprocessConfig(),
+    few = finish._calibrate_measure(samples[2:], regions[2:], probs[2:], PostprocessConfig(),
                                        cfg, before)
     assert few == before                                      # 9 frames with a reference
 
@@ -1194,11 +1194,11 @@ def test_the_frames_the_offset_is_calibrated_on_have_a_pixel_size_and_a_referenc
              {"pixel_size_mm": 0.0, "hc_mm": 40.0}, {"pixel_size_mm": 0.2, "hc_mm": 0.0}, {})
     for s, meta in zip(samples, metas):
         s.meta.update(meta)
-    seen = train_mod._score_validation(predictor, samples, cfg, False, None)
+    seen = finish._score_validation(predictor, samples, cfg, False, None)
     assert [s.name for s in seen.hc_samples] == [samples[0].name, samples[4].name]
     assert len(seen.hc_regions) == len(seen.hc_levels) == 2
     off = merge(cfg, {"train": {"tune_postprocess": False}})
-    assert train_mod._score_validation(predictor, samples, off, False, None).hc_samples == []
+    assert finish._score_validation(predictor, samples, off, False, None).hc_samples == []
 
 
 def test_the_validation_hc_error_counts_the_frames_with_no_head_found() -> None:
@@ -1211,7 +1211,7 @@ def test_the_validation_hc_error_counts_the_frames_with_no_head_found() -> None:
     head = (((xx - 100) / 60) ** 2 + ((yy - 100) / 50) ** 2 <= 1).astype(np.float32)
     samples = [SimpleNamespace(meta={"pixel_size_mm": 0.1, "hc_mm": 40.0}) for _ in range(15)]
     probs = [head if i < 10 else np.zeros((200, 200), np.float32) for i in range(15)]
-    got = train_mod._calibrate_measure(samples, [None] * 15, probs, PostprocessConfig(),
+    got = finish._calibrate_measure(samples, [None] * 15, probs, PostprocessConfig(),
                                        preset("cpu"), {"boundary_offset_px": 1.0})
     assert got["offset_frames"] == 10
     assert got["reference_frames"] == 15 and got["no_head_frames"] == 5
@@ -1232,7 +1232,7 @@ def test_too_few_heads_found_to_choose_the_offset_is_a_warning_with_both_counts(
     probs = [head if i < found else np.zeros((200, 200), np.float32) for i in range(15)]
     before = {"boundary_offset_px": 1.0}
     with ultraseg_warnings() as warned:
-        got = train_mod._calibrate_measure(samples, [None] * 15, probs, PostprocessConfig(),
+        got = finish._calibrate_measure(samples, [None] * 15, probs, PostprocessConfig(),
                                            preset("cpu"), before)
     assert got == before
     said = [r.getMessage() for r in warned]
@@ -1249,12 +1249,12 @@ def test_the_levels_kept_for_calibration_give_the_masks_the_probabilities_give()
     from ultraseg.postprocess import DEFAULT_MIN_PEAKS, DEFAULT_THRESHOLDS, apply
 
     rng = np.random.default_rng(2)
-    cuts = train_mod._cuts()
+    cuts = finish._cuts()
     prob = rng.random((40, 50)).astype(np.float32)
     prob[0, :len(cuts)] = cuts                             # on a cut: it reaches it
     prob[1, :len(cuts)] = np.nextafter(np.float32(cuts), np.float32(0))
     prob[2, :3] = np.nan
-    levels = train_mod._levels(prob, cuts)
+    levels = finish._levels(prob, cuts)
     assert levels.dtype == np.uint8
     back = np.asarray((0.0, *cuts))[levels]
     # (apply refuses NaN; it reached no threshold there, as 0 reaches none of the cuts)
@@ -1281,7 +1281,7 @@ def test_the_chosen_offset_reaches_best_ckpt_and_the_report(tmp_path, monkeypatc
         seen.append(dict(measure_meta))
         return chosen
 
-    monkeypatch.setattr(train_mod, "_calibrate_measure", calibrate)
+    monkeypatch.setattr(finish, "_calibrate_measure", calibrate)
     run = tmp_path / "run"
     assert _train_tiny(tmp_path, run, "--epochs", "1") == 0
     assert seen == [{"boundary_offset_px": 0.0}]              # phantom masks: drawn filled
@@ -1305,7 +1305,7 @@ def test_a_finished_run_resumed_keeps_its_head_circumference_error(tmp_path, mon
     chosen = {"boundary_offset_px": 2.5, "outline_half_width_px": 0.0, "offset_frames": 12,
               "val_hc_mae_mm": 1.75, "val_hc_mae_mm_start": 2.07, "reference_frames": 14,
               "no_head_frames": 2}
-    monkeypatch.setattr(train_mod, "_calibrate_measure", lambda *a: chosen)
+    monkeypatch.setattr(finish, "_calibrate_measure", lambda *a: chosen)
     run = tmp_path / "run"
     assert _train_tiny(tmp_path, run, "--epochs", "1") == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines()
@@ -1781,7 +1781,7 @@ def test_the_choice_leaves_time_to_score_the_frames_after_it(tmp_path, monkeypat
     deadline; waiting for it, as before, ends at 31 s of 30."""
     clock, _ = _validation_clock(monkeypatch)
     cfg, predictor, samples = _validation_frames(tmp_path, 8)
-    seen = train_mod._score_validation(predictor, samples, cfg, True, 30.0)
+    seen = finish._score_validation(predictor, samples, cfg, True, 30.0)
     assert clock[0] <= 30.0
     assert len(seen.scores) == 8 and all(0.0 <= d <= 1.0 for d in seen.scores)
 
@@ -1997,16 +1997,16 @@ def test_post_processing_that_leaves_nothing_on_any_validation_frame_is_warned_a
     empty, for a model that finds nothing."""
     from conftest import ultraseg_warnings
 
-    seen = train_mod._Validation(PostprocessConfig(), 0.0, [1.0, 0.0, 1.0, 0.0], [0, 0, 0, 0],
+    seen = finish._Validation(PostprocessConfig(), 0.0, [1.0, 0.0, 1.0, 0.0], [0, 0, 0, 0],
                                  [True, False, True, False])
-    assert train_mod._empty_figures(seen) == (0.0, 2, 2)
+    assert finish._empty_figures(seen) == (0.0, 2, 2)
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.5)
+        finish._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.5)
     assert any("no validation frame has a structure predicted" in r.getMessage()
                and "0.5000" in r.getMessage() for r in warned)
     found = replace(seen, areas=[0, 3, 0, 0])
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), found, PostprocessConfig(), 0.5)
+        finish._warn_if_nothing_found(Path("run"), found, PostprocessConfig(), 0.5)
     assert not warned
 
 
@@ -2016,9 +2016,9 @@ def test_nothing_found_on_validation_frames_that_all_hold_a_structure_is_said_as
     structure and none was found."""
     from conftest import ultraseg_warnings
 
-    seen = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 3, [0] * 3, [False] * 3)
+    seen = finish._Validation(PostprocessConfig(), 0.0, [0.0] * 3, [0] * 3, [False] * 3)
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.0)
+        finish._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.0)
     said = " ".join(r.getMessage() for r in warned)
     assert "empty frames" not in said and "each of the 3 validation frames holds" in said, said
     assert "0.0000" in said and "has not learnt" in said, said
@@ -2031,16 +2031,16 @@ def test_nothing_found_on_nearly_every_frame_that_holds_a_structure_is_warned_ab
     of them, and words the rules (not PostprocessConfig's repr)."""
     from conftest import ultraseg_warnings
 
-    seen = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 100, [3] + [0] * 99,
+    seen = finish._Validation(PostprocessConfig(), 0.0, [0.0] * 100, [3] + [0] * 99,
                                  [False] * 83 + [True] * 17)
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.17)
+        finish._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.17)
     said = " ".join(r.getMessage() for r in warned)
     assert "no structure is predicted on 82 of the 83 validation frames that hold one" in said
     assert "PostprocessConfig(" not in said and "threshold 0.5" in said, said
     found = replace(seen, areas=[3] * 20 + [0] * 80)    # 20 of the 83 found: quiet
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), found, PostprocessConfig(), 0.3)
+        finish._warn_if_nothing_found(Path("run"), found, PostprocessConfig(), 0.3)
     assert not warned
 
 
@@ -2052,38 +2052,38 @@ def test_structures_missed_on_a_few_frames_are_not_called_unlearnt() -> None:
     from conftest import ultraseg_warnings
 
     # 8 frames scored, 2 hold a structure, both missed; an empty one marked
-    few = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 8, [0, 0, 5] + [0] * 5,
+    few = finish._Validation(PostprocessConfig(), 0.0, [0.0] * 8, [0, 0, 5] + [0] * 5,
                                 [False] * 2 + [True] * 6)
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), few, PostprocessConfig(), 0.6)
+        finish._warn_if_nothing_found(Path("run"), few, PostprocessConfig(), 0.6)
     assert not warned, [r.getMessage() for r in warned]
-    n = train_mod.MIN_MISSED_FRAMES     # as many missed: warned, the sample said as such
-    sampled = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 8, [0] * n + [5] * 3,
+    n = finish.MIN_MISSED_FRAMES     # as many missed: warned, the sample said as such
+    sampled = finish._Validation(PostprocessConfig(), 0.0, [0.0] * 8, [0] * n + [5] * 3,
                                     [False] * n + [True] * 3, frames=list(range(n + 3)), of=40)
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), sampled, PostprocessConfig(), 0.2)
+        finish._warn_if_nothing_found(Path("run"), sampled, PostprocessConfig(), 0.2)
     said = " ".join(r.getMessage() for r in warned)
     assert f"on {n} of the {n} sampled validation frames that hold one" in said, said
     assert f"{n + 3} of the 40 frames scored" in said and "time limit had passed" in said, said
     # a sample whose 2 frames holding one are missed, nothing predicted anywhere: too few to
     # judge by, as where something is predicted (the floor held one branch alone before)
-    bare = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 8, [0] * 8,
+    bare = finish._Validation(PostprocessConfig(), 0.0, [0.0] * 8, [0] * 8,
                                  [False] * 2 + [True] * 6, frames=list(range(8)), of=40)
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), bare, PostprocessConfig(), 0.75)
+        finish._warn_if_nothing_found(Path("run"), bare, PostprocessConfig(), 0.75)
     assert not warned, [r.getMessage() for r in warned]
     # all of the validation frames, not a sample: said as before
-    whole = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 8, [0] * 8,
+    whole = finish._Validation(PostprocessConfig(), 0.0, [0.0] * 8, [0] * 8,
                                   [False] * 2 + [True] * 6)
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), whole, PostprocessConfig(), 0.75)
+        finish._warn_if_nothing_found(Path("run"), whole, PostprocessConfig(), 0.75)
     said = " ".join(r.getMessage() for r in warned)
     assert "no validation frame has a structure predicted" in said, said
     assert "with the post-processing chosen" in said, said
     # the defaults kept, not chosen (a time limit, or validation that cannot choose): not
     # said to be chosen
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), whole, PostprocessConfig(), 0.75,
+        finish._warn_if_nothing_found(Path("run"), whole, PostprocessConfig(), 0.75,
                                          chosen=False)
     said = " ".join(r.getMessage() for r in warned)
     assert "post-processing applied (not chosen on validation)" in said, said
@@ -2098,17 +2098,17 @@ def test_a_model_that_marks_nearly_every_pixel_is_warned_about() -> None:
     from conftest import ultraseg_warnings
 
     n = 10
-    seen = train_mod._Validation(PostprocessConfig(), 0.0, [0.05] * n, [4096] * n, [False] * n,
+    seen = finish._Validation(PostprocessConfig(), 0.0, [0.05] * n, [4096] * n, [False] * n,
                                  truth_px=[150] * n, frame_px=[4096] * n)
     with ultraseg_warnings() as warned:
-        train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.05)
+        finish._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.05)
     (said,) = [r.getMessage() for r in warned]
     assert "at least half of the frame on 10 of the 10 validation frames" in said, said
     assert "PostprocessConfig(" not in said and "--lr" in said, said
     for quiet in (replace(seen, truth_px=[3000] * n),            # the truth is as large
                   replace(seen, areas=[4096] * 5 + [150] * 5)):  # only half the frames
         with ultraseg_warnings() as warned:
-            train_mod._warn_if_nothing_found(Path("run"), quiet, PostprocessConfig(), 0.5)
+            finish._warn_if_nothing_found(Path("run"), quiet, PostprocessConfig(), 0.5)
         assert not warned
 
 
@@ -2122,7 +2122,7 @@ def test_an_exploding_or_flat_training_loss_names_the_learning_rate(losses, said
     """A training loss that rose to 12,000 times its start, or did not move over 4 epochs,
     was never mentioned unless it became NaN (a diagnostics review, D4)."""
     history = [{"epoch": i + 1, "train_loss": v} for i, v in enumerate(losses)]
-    note = train_mod._loss_trend(history)
+    note = finish._loss_trend(history)
     if said is None:
         assert note is None, note
     else:
@@ -2135,10 +2135,10 @@ def test_nothing_found_after_a_loss_that_exploded_or_did_not_move_says_a_differe
     either (a diagnostics review, D4)."""
     from conftest import ultraseg_warnings
 
-    seen = train_mod._Validation(PostprocessConfig(), 0.0, [0.0] * 3, [0] * 3, [False] * 3)
+    seen = finish._Validation(PostprocessConfig(), 0.0, [0.0] * 3, [0] * 3, [False] * 3)
     for lr in (False, True):
         with ultraseg_warnings() as warned:
-            train_mod._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.0,
+            finish._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.0,
                                              lr=lr)
         (said,) = [r.getMessage() for r in warned]
         assert ("or a different --lr" in said) == lr, said
@@ -2158,7 +2158,7 @@ def test_epochs_after_the_last_improvement_are_said_beyond_a_margin(best, run, s
     """Only curve.png showed that validation never improved after the kept epoch (a
     diagnostics review: epoch 1 of 3 kept, or 34 of 60); a line says so where the epochs
     after it are at least 2 and a quarter of those run."""
-    note = train_mod._never_improved(best, [{"epoch": e, "complete": True}
+    note = finish._never_improved(best, [{"epoch": e, "complete": True}
                                             for e in range(1, run + 1)])
     assert (note is not None) == said, note
     if said:
@@ -2170,9 +2170,9 @@ def test_an_epoch_the_time_limit_cut_short_is_not_counted_as_one_that_did_not_he
     the 8th a one-batch stub, read 'the last 2 epochs did not help' (a re-read). Only the
     complete epochs after the kept one count."""
     rows = [{"epoch": e, "complete": e < 8} for e in range(1, 9)]
-    assert train_mod._never_improved(6, rows) is None
+    assert finish._never_improved(6, rows) is None
     rows = [{"epoch": e, "complete": e < 9} for e in range(1, 10)]     # 7 and 8 full
-    note = train_mod._never_improved(6, rows)
+    note = finish._never_improved(6, rows)
     assert note is not None and "validation never improved after epoch 6 of 9" in note, note
     assert "2 full epochs after it" in note, note
 
@@ -2183,9 +2183,9 @@ def test_an_epoch_validated_on_a_sample_is_not_counted_as_one_that_did_not_help(
     (a re-read of 9a2c62f): best 6 of 8, the 8th complete but scored on 2 of 10 frames."""
     rows = [{"epoch": e, "complete": True, "val_frames": 10 if e < 8 else 2}
             for e in range(1, 9)]
-    assert train_mod._never_improved(6, rows, 10) is None
+    assert finish._never_improved(6, rows, 10) is None
     rows[-1]["val_frames"] = 10
-    assert train_mod._never_improved(6, rows, 10) is not None
+    assert finish._never_improved(6, rows, 10) is not None
 
 
 def test_sampled_rows_reads_the_validation_side_s_size_where_it_is_given() -> None:
@@ -2240,7 +2240,7 @@ def test_the_report_s_held_out_commands_paste_as_written(tmp_path) -> None:
     from conftest import pasted
 
     out = tmp_path / "r h's"
-    row = train_mod._frames_row(out, ["a", "b", "c"], np.array([0]), np.array([1]),
+    row = finish._frames_row(out, ["a", "b", "c"], np.array([0]), np.array([1]),
                                 np.array([2]))
     assert pasted(row) == ["ultraseg", "evaluate", str(out / "best.ckpt"), "DATA", "--split",
                            str(out / "split.json"), "--subset", "test"], row
@@ -2533,13 +2533,13 @@ def test_the_end_of_training_says_what_the_chosen_rules_would_change_of_perfect_
     Image.fromarray(second.astype(np.uint8) * 255).save(two)
     samples[0] = replace(samples[0], mask_paths=(two,))
     truths[0] = second
-    seen = train_mod._score_validation(predictor, samples, cfg, True, None)
+    seen = finish._score_validation(predictor, samples, cfg, True, None)
     largest = PostprocessConfig(keep_largest=True, min_area=3)
     changed = [bool(changes_to_truth(t, largest)) for t in truths]
     n_parts = [ndimage.label(t, np.ones((3, 3)))[1] for t in truths]
     assert any(changed) and sum(n > 1 for n in n_parts) >= 1
     with ultraseg_warnings() as warned:
-        row = train_mod._perfect_ceiling(seen, largest)
+        row = finish._perfect_ceiling(seen, largest)
     assert (f"would change {sum(changed)} of 6 validation masks even if predicted perfectly"
             in row), row
     assert "keep-largest drops a second structure" in row, row
@@ -2548,7 +2548,7 @@ def test_the_end_of_training_says_what_the_chosen_rules_would_change_of_perfect_
     assert dropped >= 1 and (f"on {dropped} of the 6 validation masks it drops a second "
                              "structure") in said, said
     with ultraseg_warnings() as warned:
-        assert train_mod._perfect_ceiling(seen, PostprocessConfig()) is None
+        assert finish._perfect_ceiling(seen, PostprocessConfig()) is None
     assert not warned
 
 
@@ -2566,10 +2566,10 @@ def test_keep_largest_is_not_said_to_lose_a_structure_that_hole_filling_keeps() 
     two = np.zeros((30, 30), bool)
     two[2:12, 2:12] = True
     two[20:24, 20:24] = True            # a second structure beside the first: dropped
-    seen = train_mod._Validation(PostprocessConfig(), 0.0, [], [], [], truth_parts=[2, 2],
+    seen = finish._Validation(PostprocessConfig(), 0.0, [], [], [], truth_parts=[2, 2],
                                  changeable=[ring, two])
     with ultraseg_warnings() as warned:
-        train_mod._perfect_ceiling(seen, PostprocessConfig(keep_largest=True, fill_holes=True))
+        finish._perfect_ceiling(seen, PostprocessConfig(keep_largest=True, fill_holes=True))
     said = " ".join(r.getMessage() for r in warned)
     assert "on 1 of the 2 validation masks it drops a second structure" in said, said
 
@@ -2699,7 +2699,7 @@ def test_a_choice_the_time_limit_cuts_to_a_few_frames_keeps_the_defaults(
     monkeypatch.setattr(pp_mod.GridSearch, "choose", choose)
     cfg, predictor, samples = _validation_frames(tmp_path, 24)
     with ultraseg_warnings() as warned:
-        seen = train_mod._score_validation(predictor, samples, cfg, True, deadline)
+        seen = finish._score_validation(predictor, samples, cfg, True, deadline)
     said = [r.getMessage() for r in warned if "post-processing" in r.getMessage()]
     assert len(seen.scores) == 24
     if n_chosen is None:
@@ -2714,7 +2714,7 @@ def test_a_choice_the_time_limit_cuts_to_a_few_frames_keeps_the_defaults(
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         try:
-            assert train_mod._perfect_ceiling(seen, seen.pp) is None
+            assert finish._perfect_ceiling(seen, seen.pp) is None
         finally:
             logger.removeHandler(handler)
             logger.setLevel(level)
@@ -2737,7 +2737,7 @@ def test_frames_scored_after_the_deadline_are_a_bounded_sample(tmp_path, monkeyp
     cfg, predictor, samples = _validation_frames(tmp_path, 12)
     for tuning in (True, False):
         predicted.clear()
-        seen = train_mod._score_validation(predictor, samples, cfg, tuning, 30.0)
+        seen = finish._score_validation(predictor, samples, cfg, tuning, 30.0)
         assert len(predicted) == predictor.batch_size == 2
         assert len(seen.scores) == len(seen.frames) == 2 and seen.of == 12
         assert seen.frames == sorted(int(f) for f in pp_mod.GridSearch.order(12)[:2])

@@ -54,9 +54,9 @@ def _reserve(val_s: float, limit_s: float | None = None) -> float:
     does not measure, hence the fixed part, and with how many components the network outlines
     (34 and 54 s of grid for two nerve runs): where it would pass the time limit, the choice
     is made on the validation frames scored by then, leaving the time to score the rest under
-    it (:func:`_score_validation`'s ``deadline``, ``_END_S`` before the limit). Under a short
-    limit that choice, made on a few small frames, takes seconds, and is cut short by its
-    deadline where it would not."""
+    it (:func:`ultraseg.finish._score_validation`'s ``deadline``, ``_END_S`` before the
+    limit). Under a short limit that choice, made on a few small frames, takes seconds, and is
+    cut short by its deadline where it would not."""
     return 2.5 * val_s + _reserve_fixed(limit_s)
 
 
