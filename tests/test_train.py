@@ -25,7 +25,7 @@ from ultraseg import cli, report
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.config import (DataConfig, ModelConfig, PostprocessConfig, PreprocessConfig,
                              RunConfig, TrainConfig, merge, preset)
-from ultraseg.data import Arrays
+from ultraseg.data import Arrays, _held, few_validation_note
 from ultraseg.errors import UltrasegError
 from ultraseg.evaluate import evaluate
 from ultraseg.phantom import make_dataset
@@ -985,7 +985,7 @@ def test_auto_presence_head_needs_empty_training_frames(empty, n, on) -> None:
     got = train_mod.resolve_presence_head(cfg, masks)
     assert got.model.presence_head is on and got.train == cfg.train
     # training gives it whether each frame holds a structure, decided once: the same head
-    assert train_mod.resolve_presence_head(cfg, train_mod._held(masks)) == got
+    assert train_mod.resolve_presence_head(cfg, _held(masks)) == got
     classifier = merge(cfg, {"model": {"presence_mode": "classifier"}})
     got = train_mod.resolve_presence_head(classifier, masks)
     assert got.model.presence_head is on
@@ -1012,11 +1012,11 @@ def test_sample_png_picks_and_titles_training_frames_by_their_masks(tmp_path, mo
     monkeypatch.setattr(report, "plot_samples",
                         lambda images, masks, path, titles: shown.append(titles))
     finish._plot_samples(tmp_path, arrays, np.array([0, 1, 2, 4, 5]),
-                            train_mod._held(arrays.masks))
+                            _held(arrays.masks))
     assert shown == [["f0\n(empty mask)", "f2", "f4", "f5"]]
     # each subject's first frame before any subject's second: not four of one subject
     grouped = replace(arrays, masks=np.ones_like(masks), subjects=tuple("aaabbcc"))
-    finish._plot_samples(tmp_path, grouped, np.arange(7), train_mod._held(grouped.masks))
+    finish._plot_samples(tmp_path, grouped, np.arange(7), _held(grouped.masks))
     assert shown[1] == ["f0", "f1", "f3", "f5"]
 
 
@@ -2627,7 +2627,7 @@ def test_a_validation_side_of_few_frames_is_warned_about_in_the_log_and_the_repo
 @pytest.mark.parametrize("frames, warns", [(1, True), (4, True), (5, False), (0, False)])
 def test_few_validation_frames_are_said_below_five(frames, warns) -> None:
     """The note on a small validation side: below five frames, none without validation."""
-    note = train_mod.few_validation_note(frames, 1, 0.2)
+    note = few_validation_note(frames, 1, 0.2)
     assert (note is not None) == warns
     if warns:
         assert f"only {frames} validation frame" in note

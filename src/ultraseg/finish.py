@@ -98,7 +98,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     None and the report has no prediction figure; so does it where they hold no structure
     (``choosing`` False: they are scored, but choose nothing). The report shows the run's
     ``warnings()`` and best.ckpt keeps them (a report written again from it shows them).
-    ``held``: whether each frame's mask holds a structure (:func:`ultraseg.train._held`).
+    ``held``: whether each frame's mask holds a structure (:func:`ultraseg.data._held`).
     """
     if len(val_idx):
         progress({"event": "stage", "message": "choosing post-processing on the validation split"})
@@ -408,7 +408,7 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
 
 def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray, held: np.ndarray) -> None:
     """The report's ``sample.png``: a few training frames (canvases) with their masks;
-    ``held``: whether each frame's mask holds a structure (:func:`ultraseg.train._held`)."""
+    ``held``: whether each frame's mask holds a structure (:func:`ultraseg.data._held`)."""
     from . import report
 
     shown = train_idx[report.pick_samples([bool(held[i]) for i in train_idx],

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -38,8 +38,9 @@ from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, sav
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
                      RunConfig, TrainConfig, check_flag, model_problem,
                      names_stored, size_problem)
-from .data import (Arrays, duplicates_across_split, load_arrays,
-                   read_split, read_split_doc, run_split, union_note, write_split)
+from .data import (Arrays, _held, _held_out, _holders, _holders_row, _lost, _one_holder,
+                   _other_split, duplicates_across_split, few_validation_note, load_arrays,
+                   lost_note, no_validation, read_split, run_split, union_note, write_split)
 from .distributed import SINGLE, Dist, is_main, session
 from .errors import (DIVERGED, DataError, UltrasegError, diverged_parts,
                      diverged_stop, is_out_of_memory)
@@ -626,109 +627,6 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
                     or not resume and is_out_of_memory(e):
                 remove_refused_run(out, *existed)
             raise
-
-
-def _held_out(split_file: Path, names: Sequence[str]) -> np.ndarray:
-    """Indices of the frames ``split_file`` holds out for testing (those of ``names`` now)."""
-    index = {n: i for i, n in enumerate(names)}
-    test = read_split_doc(split_file).get("test") or []
-    return np.array([index[n] for n in test if n in index], np.int64)
-
-
-def _held(masks: np.ndarray) -> np.ndarray:
-    """Whether each of the masks ``masks`` (N, ...) holds a structure: (N,) bool, worked out
-    once per run for what asks it of a frame or a side (indexing it copies no masks)."""
-    masks = np.asarray(masks)
-    return masks.reshape(len(masks), -1).any(axis=1) if len(masks) else np.zeros(0, bool)
-
-
-def _lost(arrays: Arrays, held: np.ndarray) -> np.ndarray:
-    """Whether each frame's mask holds a structure at its own size but none at the working
-    size (``held``: :func:`_held` of ``arrays.masks``): (N,) bool, none where the frames' own
-    are not known."""
-    own = arrays.held_own
-    if own is None or len(own) != len(held):
-        return np.zeros(len(held), bool)
-    return own & ~held
-
-
-def lost_note(lost: int, holding: int, size: int | None) -> str | None:
-    """The warning where resizing to the ``size`` px working size emptied ``lost`` of the
-    ``holding`` masks that hold a structure at their own size; None where it emptied none."""
-    if not lost:
-        return None
-    return (f"{lost} of the {holding} masks that hold a structure at their own size hold none "
-            f"at the {size} px working size: their structures shrink below a pixel when "
-            "resized, so those frames train as empty frames; a larger --size (preprocess.size) "
-            "keeps them")
-
-
-def _holders_row(held: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray) -> str:
-    """Where a split that trains on no structure put them: 'the 2 validation and 6 held-out
-    test frames hold every structure' (a side that holds none is left out); ``held``:
-    :func:`_held` of every frame."""
-    sides = [f"{len(idx)} {side}" for idx, side in ((val_idx, "validation"),
-                                                     (test_idx, "held-out test"))
-             if len(idx) and held[idx].any()]
-    return f"the {' and '.join(sides)} frames hold every structure"
-
-
-def _holders(held: np.ndarray, subjects: Sequence[str]) -> list[str]:
-    """The subjects some of whose frames hold a structure (``held``: :func:`_held`), sorted."""
-    return sorted({subjects[i] for i in np.flatnonzero(held)})
-
-
-def no_validation(trains: str = "trains without validation") -> str:
-    """What --val-fraction 0 does (``trains``), where one subject holds every structure."""
-    return (f"--val-fraction 0 {trains} (the last epoch kept and post-processing at its "
-            "defaults; in Python, train.val_fraction 0), or label more subjects' frames")
-
-
-def _one_holder(holders: list[str]) -> str:
-    return (f"only subject {holders[0]} holds a structure, so no split both trains and "
-            "validates on it and no --split-seed helps")
-
-
-def _other_split(held: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
-                 subjects: Sequence[str]) -> str:
-    """The advice of a split that trains on no structure: another seed, and the fraction of
-    each side that holds one (the validation side's, the held-out test side's); where one
-    of ``subjects`` alone holds a structure and a validation side is asked for no seed helps:
-    no held-out test side, and no validation side, train on it."""
-    holders = _holders(held, subjects)
-    if len(holders) == 1 and len(val_idx):      # (without validation a seed can help)
-        in_test = bool(len(test_idx) and held[test_idx].any())
-        return _one_holder(holders) + ": " + (
-            "--test-fraction 0 keeps it for training (nothing held out to test on; in Python, "
-            "train.test_fraction 0), and " if in_test else "") + no_validation()
-    flags, names = ["--split-seed"], ["train.split_seed"]
-    if len(val_idx) and held[val_idx].any():
-        flags.append("--val-fraction")
-        names.append("train.val_fraction")
-    if len(test_idx) and held[test_idx].any():
-        flags.append("a smaller --test-fraction")
-        names.append("train.test_fraction")
-    return (f"another {' or '.join(flags)} (in Python, {' or '.join(names)}) draws another "
-            "split")
-
-
-#: Fewer validation frames than this choose the kept epoch and the post-processing on what is
-#: mostly noise: a warning says so (:func:`few_validation_note`).
-FEW_VALIDATION_FRAMES = 5
-
-
-def few_validation_note(frames: int, subjects: int, val_fraction: float) -> str | None:
-    """The warning for a validation side of ``frames`` frames (of ``subjects`` subjects) that
-    chooses the epoch and the post-processing, where they are fewer than
-    :data:`FEW_VALIDATION_FRAMES`; None for more, or for no validation (0 frames)."""
-    if not 0 < frames < FEW_VALIDATION_FRAMES:
-        return None
-    return (f"only {frames} validation frame{'s' * (frames != 1)} choose{'s' * (frames == 1)} "
-            f"({subjects} subject{'s' * (subjects != 1)}): the kept epoch and the "
-            "post-processing are chosen on so few frames that their Dice is mostly noise; a "
-            f"larger --val-fraction (now {val_fraction:g}; in Python, train.val_fraction) "
-            "draws more, or --val-fraction 0 keeps the last epoch and the default "
-            "post-processing")
 
 
 def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,
