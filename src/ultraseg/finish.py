@@ -31,7 +31,9 @@ from .predict import Predictor
 from .report import postprocess_words, sampled_rows
 from .runtime import torch_runner
 
-log = logging.getLogger(__name__)
+# the end of a training run logs as training does: a notebook that sets ultraseg.train's
+# level (or a handler on it) sees these lines too, as before they had a module of their own
+log = logging.getLogger("ultraseg.train")
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -36,8 +36,7 @@ from .budget import (_horizon, _no_time_for_another_epoch, _reserve, _reserve_fi
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
-                     RunConfig, TrainConfig, check_flag, model_problem,
-                     names_stored, size_problem)
+                     RunConfig, TrainConfig, check_flag, names_stored)
 from .data import (Arrays, _held, _held_out, _holders, _holders_row, _lost, _one_holder,
                    _other_split, duplicates_across_split, few_validation_note, load_arrays,
                    lost_note, no_validation, read_split, run_split, union_note, write_split)
@@ -286,12 +285,6 @@ def check_config(cfg: RunConfig) -> None:
     if head == "auto":          # what resolve_presence_head could decide: check the head too
         head = cfg.model.variant == "same"
         mode = mode if head else "gate"     # (a mode of an 'auto' head never built: none)
-    problem = model_problem(cfg.model)  # before the bottleneck's 2**depth, and the build
-    if problem:
-        raise UltrasegError(f"model.{problem[0]} (--{problem[0]}) {problem[1]}")
-    problem = size_problem(cfg.preprocess)  # (the bound load_checkpoint holds its files to)
-    if problem:
-        raise UltrasegError(f"preprocess.{problem[0]} (--{problem[0]}) {problem[1]}")
     with torch.device("meta"):  # the model's own checks (variant, sizes, options), no memory
         build_model(replace(cfg.model, presence_head=head, presence_mode=mode))
     check_working_size(cfg.model, cfg.preprocess.size)     # (the model's own problems first)
