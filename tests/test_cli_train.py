@@ -1258,6 +1258,65 @@ def test_ctrl_c_in_a_torchrun_job_names_its_process_and_torchrun(tmp_path, capsy
     assert f"torchrun --nproc_per_node=2 -m ultraseg train --resume --out {out}`" in err
 
 
+GLOO_PEER_CLOSED = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+                    "peer [127.0.0.1]:29871. This is typically caused by a remote worker "
+                    "crashing. Check the logs of the remote worker before reporting an error. "
+                    "GLHF! \N{BEACH WITH UMBRELLA}\N{VARIATION SELECTOR-16}")
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+@pytest.mark.parametrize("failure, said", [
+    (RuntimeError(GLOO_PEER_CLOSED), "stopped (its message is above)"),
+    (torch.distributed.DistBackendError("NCCL error: remote process exited"),
+     "stopped (its message is above)"),
+    (RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out "
+                  "waiting 1800000ms for recv operation to complete"),
+     "did not answer within 0:30:00")], ids=["gloo", "nccl", "timeout"])
+def test_a_collective_failing_for_another_process_is_no_internal_error(
+        tmp_path, capsys, monkeypatch, rank: str, failure: RuntimeError, said: str) -> None:
+    """When one process of a torchrun job failed (an out-of-memory on its GPU), the others'
+    collectives raised gloo's 'Connection closed by peer' (NCCL: 'remote process exited'),
+    which rank 0 printed as an internal error of ultraseg, exit 1, with no word of the epoch
+    saved (a DDP review, D3). It says another process stopped, exit 2, and rank 0 gives the
+    --resume command as an interruption does."""
+    import ultraseg.train as train_module
+
+    def a_peer_failed_after_an_epoch(cfg, out, **kw):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "last.ckpt").write_bytes(b"an epoch was saved")
+        raise failure
+
+    monkeypatch.setattr(train_module, "train", a_peer_failed_after_an_epoch)
+    for name, value in (("RANK", rank), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=1)
+    out = tmp_path / "run"
+    assert cli.main(["train", str(data), "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    prefix = "" if rank == "0" else "rank 1: "
+    assert err.startswith(f"{prefix}error: another process of this run {said}"), err
+    assert "internal error" not in err and len(err.splitlines()) == 1
+    assert "before reporting an error" not in err   # gloo's words to a bug report: not this
+    hint = f"torchrun --nproc_per_node=2 -m ultraseg train --resume --out {out}`"
+    assert (hint in err) == (rank == "0"), err
+
+
+def test_a_runtime_error_of_one_process_alone_is_still_an_internal_error(
+        tmp_path, capsys, monkeypatch) -> None:
+    """Outside torchrun, the words of a peer's failure are no reason to blame another process."""
+    import ultraseg.train as train_module
+
+    def fails(cfg, out, **kw):
+        raise RuntimeError(GLOO_PEER_CLOSED)
+
+    monkeypatch.setattr(train_module, "train", fails)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    data = make_dataset(tmp_path / "data", n=4, size=32, seed=1)
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "run"), *TINY]) == 1
+    assert capsys.readouterr().err.startswith("internal error: RuntimeError")
+
+
 class _FullDisk(io.StringIO):
     def write(self, text: str) -> int:
         raise OSError(28, "No space left on device")

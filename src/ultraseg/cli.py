@@ -549,6 +549,10 @@ def _run(a: argparse.Namespace) -> int:
         return 130 if signum is None else 128 + signum
     except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
         if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs
+            peer = _peer_failure(e, a)         # (or another process's of a torchrun job)
+            if peer:
+                print(peer, file=sys.stderr)
+                return EXIT_USAGE
             return _internal(e, a.debug)
         return _out_of_memory((str(e) or type(e).__name__).splitlines()[0], a.command)
     except ImportError as e:
@@ -578,6 +582,28 @@ def _out_of_memory(detail: str, command: str) -> int:
     hint = _LESS_MEMORY.get(command, "a machine with more memory, or smaller inputs, needed")
     print(f"{_rank_prefix()}error: out of memory ({detail.strip()}); {hint}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _peer_failure(e: BaseException, a: argparse.Namespace) -> str | None:
+    """The line for a collective that failed in a process of a torchrun job because another
+    process went away (its own message, printed by it, says why) or stopped answering, else
+    None: no bug of this process's. Rank 0 adds the --resume command where an epoch was
+    saved (once for the job, as after Ctrl-C)."""
+    if a.command != "train" or os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return None
+    from .distributed import TIMEOUT, peer_failure
+
+    what = peer_failure(e)
+    if what is None:
+        return None
+    said = ("another process of this run stopped (its message is above)" if what == "stopped"
+            else f"another process of this run did not answer within {TIMEOUT} (stuck, or "
+                 "stopped without a word)")
+    # (the collective's own words, to their first sentence: gloo goes on to ask for the
+    # remote worker's logs "before reporting an error", which this line is not)
+    detail = (str(e).splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    return (f"{_rank_prefix()}error: {said}: {detail}"
+            + ("" if _rank_prefix() else _then_resume(a)))
 
 
 def _internal(e: Exception, debug: bool) -> int:

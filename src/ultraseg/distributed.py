@@ -165,6 +165,30 @@ def is_main() -> bool:
     return from_env().rank == 0
 
 
+#: Words of a collective that failed because another process of the job went away: gloo's
+#: (its TCP pair closed or reset) and NCCL's (the communicator aborted, a remote process gone).
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+             "remote process exited", "communicator was aborted", "NCCL communicator")
+#: ... and of one that waited :data:`TIMEOUT` for the others.
+PEER_SILENT = ("Timed out waiting", "Watchdog caught collective operation timeout")
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """What a collective's error says of the other processes, or None where it is no such
+    error: "stopped" (one went away: its own message says why) or "silent" (none answered
+    within :data:`TIMEOUT`). Meant for a process of a distributed job (the caller knows)."""
+    if not isinstance(e, RuntimeError):
+        return None
+    text = str(e)
+    if any(words in text for words in PEER_GONE):
+        return "stopped"
+    if any(words in text for words in PEER_SILENT):
+        return "silent"
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return "stopped"
+    return None
+
+
 def backend_for(device: torch.device) -> str:
     """``nccl`` for GPUs, ``gloo`` for CPUs."""
     return "nccl" if device.type == "cuda" else "gloo"
