@@ -545,7 +545,9 @@ def _run(a: argparse.Namespace) -> int:
         signum = e.signum if isinstance(e, Terminated) else None
         said = {None: "interrupted", signal.SIGTERM: "terminated"}.get(signum, "hung up (SIGHUP)")
         with contextlib.suppress(OSError):      # (after SIGHUP the terminal may be gone)
-            print(_rank_prefix() + said + _how_to_go_on(a), file=sys.stderr)
+            # (a torchrun job's command to go on: once, from rank 0, not from every process)
+            print(_rank_prefix() + said + ("" if _rank_prefix() else _how_to_go_on(a)),
+                  file=sys.stderr)
         return 130 if signum is None else 128 + signum
     except (MemoryError, RuntimeError) as e:   # numpy's "Unable to allocate 74.5 GiB...",
         if not is_out_of_memory(e):            # torch's allocator; other RuntimeErrors: bugs
