@@ -26,7 +26,8 @@ from ultraseg.phantom import make_dataset
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def _torchrun(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], cwd: Path, timeout: float = 600, ok: bool = True
+              ) -> subprocess.CompletedProcess:
     """Run ``args`` under torchrun in ``cwd`` (a test's tmp_path). torchrun keeps its workers'
     logs in a ``torchelastic_*`` folder of ``$TMPDIR`` unless ``--log-dir`` names one, and
     leaves it there: every run of these tests left one in /tmp. Its logs now go below
@@ -39,7 +40,7 @@ def _torchrun(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Co
     env["TMPDIR"] = str(tmp)
     proc = subprocess.run([*TORCHRUN, f"--log-dir={cwd / 'torchrun-logs'}", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert not list(tmp.glob("torchelastic_*")), "torchrun left its log folder in $TMPDIR"
     return proc
 
@@ -285,3 +286,44 @@ def test_a_resume_whose_time_is_used_up_on_one_process_stops_them_all(
                      timeout=180)
     assert "time limit" in proc.stdout + proc.stderr
     assert len(_metrics(run)) == 1 and (run / "report.html").is_file()
+
+
+def _shim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    """Run ``code`` in every process torchrun starts (a sitecustomize.py on PYTHONPATH)."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH",
+                       os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]))
+
+
+TINY = ["--preset", "demo", "--model", "same", "--width", "4", "--depth", "2", "--size", "32",
+        "--batch-size", "4", "--seed", "1", "--device", "cpu", "--precision", "fp32",
+        "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_rank_0_finishing_alone_past_the_collective_timeout_writes_its_report(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks > 0 waited for rank 0's post-processing and report in the process group's last
+    barrier, under its collective timeout (distributed.TIMEOUT, 30 min): a longer finish
+    failed rank 1 ('Timed out waiting ... for recv'), torchrun stopped rank 0, and the run had
+    no report (a DDP review, D2). The timeout is scaled down here, and rank 0's finish made
+    longer than it; every process leaves the group before rank 0 finishes alone."""
+    _shim(tmp_path, monkeypatch,
+          "import os, time\n"
+          "from datetime import timedelta\n"
+          "import ultraseg.distributed as D\n"
+          "D.TIMEOUT = timedelta(seconds=10)   # stands for the 30 minutes\n"
+          "if os.environ.get('RANK') == '0':\n"
+          "    import ultraseg.train as T\n"
+          "    finish = T._finish\n"
+          "    def slow(*a, **k):\n"
+          "        time.sleep(15)               # choosing post-processing, longer than it\n"
+          "        return finish(*a, **k)\n"
+          "    T._finish = slow\n")
+    run = tmp_path / "run"
+    _torchrun(["-m", "ultraseg", "train", str(data), *TINY, "--epochs", "1",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(run)], tmp_path,
+              timeout=300)
+    assert (run / "report.html").is_file() and (run / "best.ckpt").is_file()

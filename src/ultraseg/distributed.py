@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Iterator, Sequence
 
@@ -53,6 +53,8 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    #: :func:`session` joined the group for this process (and leaves it: :meth:`leave`)
+    joined: bool = field(default=False, compare=False, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -112,6 +114,16 @@ class Dist:
         """Wait until every rank gets here."""
         if self.enabled:
             dist.barrier()
+
+    def leave(self) -> None:
+        """Leave the group :func:`session` joined, all processes together: each waits here for
+        the others, then leaves (:func:`cleanup`), and no collective follows. Rank 0 then
+        works on alone (post-processing, report) for as long as it needs, while the others
+        are done: waiting for it inside a collective, they failed after :data:`TIMEOUT`.
+        A group the caller initialised stays open (and its processes do not wait here)."""
+        if self.enabled and self.joined and dist.is_initialized():
+            dist.barrier()
+            cleanup()
 
     def broadcast_buffers(self, model: torch.nn.Module) -> None:
         """Copy rank 0's buffers (batch-norm running statistics) to every rank.
@@ -226,15 +238,15 @@ def session(device: torch.device) -> Iterator[Dist]:
                             "processes with torchrun, or unset WORLD_SIZE to train in one")
     dist.init_process_group(backend, rank=ctx.rank, world_size=ctx.world_size, timeout=TIMEOUT)
     log.info("joined the process group: rank %d of %d (%s)", ctx.rank, ctx.world_size, backend)
+    joined = Dist(ctx.rank, ctx.world_size, ctx.local_rank, backend, joined=True)
     try:
-        yield Dist(ctx.rank, ctx.world_size, ctx.local_rank, backend)
+        yield joined
     except BaseException:
         cleanup()
         raise
-    # Leave together: rank 0 works on alone (post-processing, report) after the others are
-    # done, and a rank tearing the group down while another still holds it aborts (gloo).
-    dist.barrier()
-    cleanup()
+    # Leave together (a rank tearing the group down while another still holds it aborts, in
+    # gloo), unless the block left already (Dist.leave, before rank 0 finishes alone)
+    joined.leave()
 
 
 def cleanup() -> None:

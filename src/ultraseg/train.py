@@ -965,7 +965,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         log.warning("%s; keeping the %s checkpoint (epoch %d)", stopped,
                     "best" if choosing else "last", best_epoch)
     best_val_dice = best_dice if validating else None  # as best.ckpt records it (NaN else)
-    if not ctx.is_main:  # rank 0 alone chooses post-processing and writes the report
+    # every process leaves the group (DDP's reducer freed first, while it is open): rank 0
+    # alone chooses post-processing and writes the report, the others waiting for it in no
+    # collective, which would fail after distributed.TIMEOUT
+    del ddp
+    ctx.leave()
+    if not ctx.is_main:
         result = TrainResult(out, best_epoch, best_val_dice, len(history),
                              time.monotonic() - t0, stopped, history, world_size=ctx.world_size,
                              is_main=False)
