@@ -19,7 +19,7 @@ import torch
 
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.cli import main
-from ultraseg.distributed import SINGLE, Dist, from_env, session
+from ultraseg.distributed import SINGLE, Dist, data_differences, from_env, session
 from ultraseg.errors import UltrasegError
 from ultraseg.phantom import make_dataset
 
@@ -136,6 +136,46 @@ def test_torchrun_environment_is_read_when_called(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(UltrasegError, match="not an integer"):
         from_env()
+
+
+def _read(train: int, val: int = 4, size: int = 64, batches: int | None = None,
+          drop: tuple[str, ...] = ()) -> dict:
+    names = [f"1_{i}" for i in range(train + len(drop))]
+    return {"training frames": [n for n in names if n not in drop],
+            "validation frames": [f"2_{i}" for i in range(val)],
+            "frames held out for testing": [],
+            "batches an epoch": -(-train // 4) if batches is None else batches,
+            "working size": f"{size}x{size}"}
+
+
+def test_processes_that_read_the_same_data_agree() -> None:
+    assert data_differences([_read(24), _read(24), _read(24)]) is None
+    assert data_differences([_read(24)]) is None
+
+
+def test_what_a_process_read_otherwise_than_process_0_is_named() -> None:
+    """What the ranks of a job loaded was not compared: a copy lacking two training frames on
+    one machine left the ranks in mismatched collectives for good, one lacking validation
+    frames mixed their scores without a word (a DDP review, D1). Each difference is named."""
+    said = data_differences([_read(24), _read(22, drop=("1_9", "1_10"))])
+    assert said is not None
+    assert said.startswith("process 1 read other data than process 0: 22 training frames "
+                           "against 24 (1_10, 1_9 only in process 0's); "), said
+    assert "batches an epoch" not in said   # (6 on both)
+    assert "the dataset must be the same on every machine" in said
+    said = data_differences([_read(24), _read(24), _read(24, val=3), _read(20, size=48)])
+    assert said is not None
+    assert "process 1" not in said
+    assert "process 2 read other data than process 0: 3 validation frames against 4" in said
+    assert ("process 3 read other data than process 0: 20 training frames against 24 (1_20, "
+            "1_21, 1_22 and 1 more only in process 0's), 5 batches an epoch against 6, "
+            "working size 48x48 against 64x64") in said
+    # as many frames, other names: the names are compared, not only counted
+    other = _read(24)
+    other["training frames"] = [n.replace("1_3", "9_3") for n in other["training frames"]]
+    said = data_differences([_read(24), other])
+    assert said is not None and ("other training frames (1_3 only in process 0's; 9_3 only "
+                                 "in process 1's)") in said
 
 
 # ------------------------------------------------------------------ slow: real process groups
@@ -327,3 +367,40 @@ def test_rank_0_finishing_alone_past_the_collective_timeout_writes_its_report(
                "--cache-dir", str(tmp_path / "cache"), "--out", str(run)], tmp_path,
               timeout=300)
     assert (run / "report.html").is_file() and (run / "best.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_processes_that_read_other_data_are_refused_at_once(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1 reads a copy of the dataset that lacks two frames (a machine whose copy
+    differs): every process refuses before the first batch, naming what differs, where they
+    hung in mismatched collectives or mixed their validation scores (a DDP review, D1). The
+    collective timeout is scaled down, so that a hang fails the test soon."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    dropped = sorted(p.stem for p in (other / "images").iterdir())[:2]
+    for name in dropped:
+        (other / "images" / f"{name}.png").unlink()
+        (other / "masks" / f"{name}_mask.png").unlink()
+    _shim(tmp_path, monkeypatch,
+          "import os\n"
+          "from dataclasses import replace\n"
+          "from datetime import timedelta\n"
+          "import ultraseg.distributed as D\n"
+          "D.TIMEOUT = timedelta(seconds=30)\n"
+          "if os.environ.get('RANK') == '1':   # this process reads the other copy\n"
+          "    import ultraseg.train as T\n"
+          "    load = T._load\n"
+          f"    T._load = lambda cfg: load(replace(cfg, data=replace(cfg.data, "
+          f"path={str(other)!r})))\n")
+    run = tmp_path / "run"
+    proc = _torchrun(["-m", "ultraseg", "train", str(data), *TINY, "--epochs", "1",
+                      "--cache-dir", "", "--out", str(run)], tmp_path, timeout=300, ok=False)
+    err = proc.stderr
+    assert "error: process 1 read other data than process 0: " in err, err[-3000:]
+    assert "the dataset must be the same on every machine" in err
+    assert f"{dropped[0]}, {dropped[1]} only in process 0's" in err
+    assert "internal error" not in err and "did not answer" not in err
+    assert not (run / "metrics.csv").exists()

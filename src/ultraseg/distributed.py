@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -115,6 +115,18 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def same_data(self, read: Mapping[str, Any]) -> None:
+        """Refuse, on every rank, when what the ranks read differs (:func:`data_differences`
+        names how). ``read``: what this rank loaded, each item a list of frame names or a
+        value; one collective, made before the first batch, by every rank."""
+        if not self.enabled:
+            return
+        every: list[Any] = [None] * self.world_size
+        dist.all_gather_object(every, dict(read))
+        differences = data_differences(every)
+        if differences:
+            raise UltrasegError(differences)
+
     def leave(self) -> None:
         """Leave the group :func:`session` joined, all processes together: each waits here for
         the others, then leaves (:func:`cleanup`), and no collective follows. Rank 0 then
@@ -147,6 +159,39 @@ class Dist:
 
 
 SINGLE = Dist()
+
+
+def data_differences(every: Sequence[Mapping[str, Any]]) -> str | None:
+    """What each rank read (``every[r]``, as given to :meth:`Dist.same_data`) that differs
+    from rank 0's, or None where all agree: "process 1 read other data than process 0: 22
+    training frames against 24 (2_10, 2_9 only in process 0's)". Ranks that read other data
+    would stop matching each other's collectives (another number of batches) and wait for
+    good, or mix validation scores of other frames without a word."""
+    first, said = every[0], []
+    for rank, read in enumerate(every[1:], 1):
+        parts = []
+        for what, value in read.items():
+            theirs = first.get(what)
+            if value == theirs:
+                continue
+            if isinstance(value, (list, tuple)) and isinstance(theirs, (list, tuple)):
+                only = [(sorted(set(theirs) - set(value)), "0"),
+                        (sorted(set(value) - set(theirs)), str(rank))]
+                names = "; ".join(f"{', '.join(names[:3])}"
+                                  f"{f' and {len(names) - 3} more' if len(names) > 3 else ''} "
+                                  f"only in process {who}'s" for names, who in only if names)
+                parts.append((f"{len(value)} {what} against {len(theirs)}"
+                              if len(value) != len(theirs) else f"other {what}")
+                             + (f" ({names})" if names else ""))
+            else:
+                parts.append(f"{value} {what} against {theirs}" if isinstance(value, int)
+                             else f"{what} {value} against {theirs}")
+        if parts:
+            said.append(f"process {rank} read other data than process 0: {', '.join(parts)}")
+    if not said:
+        return None
+    return ("; ".join(said) + "; the dataset must be the same on every machine (the same files "
+            "at the same path, read with the same settings)")
 
 
 def _env_int(name: str, default: int) -> int:

@@ -747,6 +747,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     if few:
         log.warning("%s: %s", ds.root, few)
     batches = Batches(arrays, train_idx, cfg)
+    # every process read the same: else their collectives stop matching (a wait for good)
+    ctx.same_data({what: sorted(arrays.names[i] for i in idx) for what, idx in (
+                   ("training frames", train_idx), ("validation frames", val_idx),
+                   ("frames held out for testing", test_idx))}
+                  | {"batches an epoch": len(batches),
+                     "working size": "x".join(map(str, arrays.images.shape[1:]))})
     val_frames, val_masks = arrays.images[val_idx], arrays.masks[val_idx]   # uint8
 
     # model and optimiser
