@@ -1235,6 +1235,25 @@ def test_validation_frames_show_on_a_terminal_only(monkeypatch, capsys) -> None:
     assert piped.getvalue() == "" and capsys.readouterr().out == ""
 
 
+def rank_of_two_stopping_after_an_epoch(tmp_path: Path, monkeypatch, rank: str,
+                                        raised: BaseException) -> Path:
+    """Process ``rank`` of a 2-process torchrun job (its environment) whose training saves
+    an epoch in ``tmp_path / 'run'`` and then raises ``raised``; ``tmp_path / 'data'`` holds a
+    dataset to name. Returns the run folder."""
+    import ultraseg.train as train_module
+
+    def stops_after_an_epoch(cfg, out, **kw):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "last.ckpt").write_bytes(b"an epoch was saved")
+        raise raised
+
+    monkeypatch.setattr(train_module, "train", stops_after_an_epoch)
+    for name, value in (("RANK", rank), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    make_dataset(tmp_path / "data", n=4, size=32, seed=1)
+    return tmp_path / "run"
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_ctrl_c_in_a_torchrun_job_names_its_process_and_torchrun(tmp_path, capsys, monkeypatch,
                                                                  rank: str) -> None:
@@ -1242,19 +1261,8 @@ def test_ctrl_c_in_a_torchrun_job_names_its_process_and_torchrun(tmp_path, capsy
     as rank 0's after rank 0 was killed), suggesting the one-process command: each line now
     names its process (as errors do), and the command is torchrun's. Rank 0 alone gives it:
     every rank printed the whole --resume command, N copies of one hint (a DDP review, O1)."""
-    import ultraseg.train as train_module
-
-    def interrupted_after_an_epoch(cfg, out, **kw):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "last.ckpt").write_bytes(b"an epoch was saved")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "train", interrupted_after_an_epoch)
-    for name, value in (("RANK", rank), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
-        monkeypatch.setenv(name, value)
-    data = make_dataset(tmp_path / "data", n=4, size=32, seed=1)
-    out = tmp_path / "run"
-    assert cli.main(["train", str(data), "--out", str(out), *TINY]) == 130
+    out = rank_of_two_stopping_after_an_epoch(tmp_path, monkeypatch, rank, KeyboardInterrupt())
+    assert cli.main(["train", str(tmp_path / "data"), "--out", str(out), *TINY]) == 130
     err = capsys.readouterr().err
     hint = f"torchrun --nproc_per_node=2 -m ultraseg train --resume --out {out}`"
     if rank == "0":
@@ -1284,19 +1292,8 @@ def test_a_collective_failing_for_another_process_is_no_internal_error(
     which rank 0 printed as an internal error of ultraseg, exit 1, with no word of the epoch
     saved (a DDP review, D3). It says another process stopped, exit 2, and rank 0 gives the
     --resume command as an interruption does."""
-    import ultraseg.train as train_module
-
-    def a_peer_failed_after_an_epoch(cfg, out, **kw):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "last.ckpt").write_bytes(b"an epoch was saved")
-        raise failure
-
-    monkeypatch.setattr(train_module, "train", a_peer_failed_after_an_epoch)
-    for name, value in (("RANK", rank), ("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2")):
-        monkeypatch.setenv(name, value)
-    data = make_dataset(tmp_path / "data", n=4, size=32, seed=1)
-    out = tmp_path / "run"
-    assert cli.main(["train", str(data), "--out", str(out), *TINY]) == 2
+    out = rank_of_two_stopping_after_an_epoch(tmp_path, monkeypatch, rank, failure)
+    assert cli.main(["train", str(tmp_path / "data"), "--out", str(out), *TINY]) == 2
     err = capsys.readouterr().err
     prefix = "" if rank == "0" else "rank 1: "
     assert err.startswith(f"{prefix}error: another process of this run {said}"), err

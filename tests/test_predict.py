@@ -1300,17 +1300,10 @@ def test_a_side_over_the_window_cap_is_shared_by_equal_windows(depth, shape, win
         assert prediction_window(model, 3000, 1012) == (1012, 1012)
 
 
-@pytest.mark.parametrize("batch_size, calls", [(4, [4, 4]), (3, [3, 3, 2]), (1, [1] * 8)])
-def test_a_valid_model_batches_the_windows_of_several_frames(batch_size, calls) -> None:
-    """A valid model tiled each canvas alone, so --batch-size never batched frames: 8 frames
-    whose canvas takes one window made 8 calls of batch 1 where the 'same' model makes 2 of
-    batch 4. The windows of every canvas in a flush are batched together, batch_size at a
-    time, and give each frame's own map."""
-    from ultraseg.geometry import context_margin
-
-    margin = context_margin(2)
-
-    def run(batch: np.ndarray) -> np.ndarray:     # a stand-in valid net: the centre, squashed
+def squashed_centre(margin: int):
+    """A stand-in network (its input's centre, ``margin`` px of context cut off each side,
+    squashed), the same counting each call's inputs into a list, and that list."""
+    def run(batch: np.ndarray) -> np.ndarray:
         centre = batch[:, :, margin:batch.shape[2] - margin, margin:batch.shape[3] - margin]
         return (1.0 / (1.0 + np.exp(-40.0 * (centre - 0.5)))).astype(np.float32)
 
@@ -1320,6 +1313,18 @@ def test_a_valid_model_batches_the_windows_of_several_frames(batch_size, calls) 
         fed.append(len(batch))
         return run(batch)
 
+    return run, counted, fed
+
+
+@pytest.mark.parametrize("batch_size, calls", [(4, [4, 4]), (3, [3, 3, 2]), (1, [1] * 8)])
+def test_a_valid_model_batches_the_windows_of_several_frames(batch_size, calls) -> None:
+    """A valid model tiled each canvas alone, so --batch-size never batched frames: 8 frames
+    whose canvas takes one window made 8 calls of batch 1 where the 'same' model makes 2 of
+    batch 4. The windows of every canvas in a flush are batched together, batch_size at a
+    time, and give each frame's own map."""
+    from ultraseg.geometry import context_margin
+
+    run, counted, fed = squashed_centre(context_margin(2))
     model = ModelConfig(variant="valid", depth=2)
     pre = PreprocessConfig(size=32, normalise="unit")
     frames = [ramp(30 + i, 40, seed=i) for i in range(8)]
@@ -2034,18 +2039,7 @@ def test_a_call_holds_the_pixels_of_batch_size_working_size_frames(variant, side
     least one input, never more than batch_size; each frame's map is unchanged."""
     from ultraseg.geometry import context_margin
 
-    margin = context_margin(2) if variant == "valid" else 0
-
-    def run(batch: np.ndarray) -> np.ndarray:     # a stand-in net: the centre, squashed
-        centre = batch[:, :, margin:batch.shape[2] - margin, margin:batch.shape[3] - margin]
-        return (1.0 / (1.0 + np.exp(-40.0 * (centre - 0.5)))).astype(np.float32)
-
-    fed: list[int] = []
-
-    def counted(batch: np.ndarray) -> np.ndarray:
-        fed.append(len(batch))
-        return run(batch)
-
+    run, counted, fed = squashed_centre(context_margin(2) if variant == "valid" else 0)
     model = ModelConfig(variant=variant, depth=2, **({"tile": 212} if variant == "valid" else {}))
     pre = PreprocessConfig(size=None, normalise="unit")
     frames = [ramp(side, side, seed=i) for i in range(5)]
