@@ -407,7 +407,8 @@ def test_a_probability_map_or_nan_is_refused_as_a_mask(name, side) -> None:
             assert score(pred.astype(same) * scale, truth.astype(same) * scale) == want
 
 
-@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.5, 0.5, 2.0, 1.0), "1", None])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.5, 0.5, 2.0, 1.0), "1", None,
+                                     ["1", "3"], True])
 def test_hd95_refuses_a_spacing_of_other_than_one_number_or_one_per_axis(spacing) -> None:
     """A 3-value spacing for a 2D mask raised numpy's 'operands could not be broadcast
     together with remapped shapes [original->remapped]: (3,) and requested shape (2,)', from

@@ -177,9 +177,10 @@ def hd95(
     :class:`UltrasegError`). Both masks empty: 0.0; exactly one empty: nan.
     """
     p, t = _pair(pred, truth)
-    # (three values for a 2D mask raised numpy's broadcasting error; "1" was read as 1.0)
-    if spacing is None or isinstance(spacing, (str, bytes)) or np.ndim(spacing) > 1 \
-            or np.size(spacing) not in (1, p.ndim):
+    # (three values for a 2D mask raised numpy's broadcasting error; "1", ["1", "3"] and
+    # True were read as numbers)
+    given = np.asarray(spacing)
+    if given.dtype.kind not in "iuf" or given.ndim > 1 or given.size not in (1, p.ndim):
         raise UltrasegError(f"hd95 spacing must be one pixel size or one per axis ({p.ndim} for "
                             f"a {p.ndim}D mask), got {spacing!r}")
     sampling = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (p.ndim,))

@@ -476,10 +476,9 @@ def open_model(path: str | Path, device: str, precision: str, threads: int | Non
     """:func:`load`, its warning of too many ``threads`` naming them as its caller gave them:
     ``--threads`` for the CLI's (``cli``, with load's ``threads=`` beside it), else
     ``threads=``."""
-    if threads is not None:
-        # 1.0 reached ONNX Runtime, whose refusal was blamed on the file; "2" a raw
-        # TypeError; 0 or -1 ONNX Runtime took as its default (np.int64(2) is 2)
-        threads = whole_number("threads", threads, none_ok=True)
+    # 1.0 reached ONNX Runtime, whose refusal was blamed on the file; "2" a raw TypeError;
+    # 0 or -1 ONNX Runtime took as its default (np.int64(2) is 2)
+    threads = whole_number("threads", threads, none_ok=True)
     check_options(options)
     # (the file's own post-processing is the builders'; a caller's replaces it after)
     later = {"postprocess": options.pop("postprocess")} if "postprocess" in options else {}

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..config import ModelConfig, model_problem
+from ..config import ModelConfig
 from ..errors import UltrasegError
 from ..shared import while_held
 from .parts import NORMS, DoubleConv, Down, Up
@@ -116,9 +116,6 @@ class UNet(nn.Module):
         for name in ("in_channels", "out_channels", "width"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-        problem = model_problem(cfg)    # a width or depth whose weights no memory holds
-        if problem:
-            raise ValueError(f"{problem[0]} {problem[1]}")
         if cfg.deep_supervision and cfg.variant != "same":
             raise ValueError("deep supervision needs the 'same' variant (a valid U-Net's "
                              "coarser outputs do not line up with its cropped target)")
