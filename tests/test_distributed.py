@@ -170,6 +170,14 @@ def test_what_a_process_read_otherwise_than_process_0_is_named() -> None:
     assert ("process 3 read other data than process 0: 20 training frames against 24 (1_20, "
             "1_21, 1_22 and 1 more only in process 0's), 5 batches an epoch against 6, "
             "working size 48x48 against 64x64") in said
+    # a stale copy of the run folder resumed on one machine, with another --epochs and --lr
+    later = {**_read(24), "epochs done": 5, "epochs to train": 20, "learning rate": 0.002}
+    stale = {**later, "epochs done": 3, "epochs to train": 10, "learning rate": 0.001}
+    said = data_differences([later, stale])
+    assert said is not None and said.startswith(
+        "process 1 read other data than process 0: 3 epochs done against 5, 10 epochs to train "
+        "against 20, learning rate 0.001 against 0.002; "), said
+    assert said.endswith("and so must the run folder a --resume starts from"), said
     # as many frames, other names: the names are compared, not only counted
     other = _read(24)
     other["training frames"] = [n.replace("1_3", "9_3") for n in other["training frames"]]
@@ -404,3 +412,35 @@ def test_processes_that_read_other_data_are_refused_at_once(
     assert f"{dropped[0]}, {dropped[1]} only in process 0's" in err
     assert "internal error" not in err and "did not answer" not in err
     assert not (run / "metrics.csv").exists()
+
+
+def test_what_the_processes_compare_holds_where_a_resume_starts(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processes compared frames, batches and working size, not where a resume starts: a
+    machine resuming a stale copy of the run folder (epoch 3 against rank 0's 5, or its
+    config.json with another epochs) trained another number of epochs and stopped matching
+    collectives as the data check was made to prevent (a re-read). The epochs done and to
+    train and the learning rate are compared too (here one process, recording what it would
+    compare)."""
+    from ultraseg.config import (DataConfig, ModelConfig, PreprocessConfig, RunConfig,
+                                 TrainConfig)
+    from ultraseg.train import train
+
+    compared: list[dict] = []
+    monkeypatch.setattr(Dist, "same_data", lambda self, read: compared.append(dict(read)))
+    out = tmp_path / "run"
+    cfg = RunConfig(data=DataConfig(path=str(data), cache_dir=""),
+                    preprocess=PreprocessConfig(size=32),
+                    model=ModelConfig(variant="same", width=4, depth=2),
+                    train=TrainConfig(epochs=2, batch_size=4, device="cpu", precision="fp32",
+                                      num_threads=1), preset="custom")
+
+    def stop_after_epoch_1(event: dict) -> None:
+        if event.get("event") == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=stop_after_epoch_1)
+    train(None, out, resume=True)
+    assert [(c["epochs done"], c["epochs to train"]) for c in compared] == [(0, 2), (1, 2)]
+    assert compared[0]["learning rate"] == compared[1]["learning rate"] == cfg.train.lr

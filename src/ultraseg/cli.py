@@ -284,7 +284,7 @@ def _going_on(a: argparse.Namespace) -> str:
     where = command_line(("--out", str(out)))
     again = (f"ultraseg train --resume {where}" if a.command == "train"
              else f"ultraseg demo {where} --minutes {minutes_arg(a.minutes)}")
-    if a.command == "train" and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+    if _torchrun_train(a):
         # a torchrun job: go on as one (the plain command would go on in one process)
         local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ["WORLD_SIZE"]
         again = (f"torchrun --nproc_per_node={local} -m ultraseg train --resume {where}` "
@@ -294,8 +294,9 @@ def _going_on(a: argparse.Namespace) -> str:
 
 
 def _then_resume(a: argparse.Namespace) -> str:
-    """After a write that failed (a full disk) in a train or demo whose run saved an epoch:
-    "; then `...` goes on from the last saved epoch", as after SIGTERM; else nothing."""
+    """After a write that failed (a full disk), or another process of a torchrun job, in a
+    train or demo whose run saved an epoch: "; then `...` goes on from the last saved epoch",
+    as after SIGTERM; else nothing."""
     try:
         going_on = _going_on(a)
     except OSError:     # --out itself the trouble (a name too long): nothing to go on from
@@ -472,8 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(a: argparse.Namespace) -> int:
     a.verbose += getattr(a, "verbose_after", 0)
     level = logging.WARNING - 10 * min(a.verbose, 2)
-    if a.command == "train" and _rank_prefix() and not a.verbose \
-            and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+    if _torchrun_train(a) and _rank_prefix() and not a.verbose:
         level = logging.ERROR     # ranks > 0 of a torchrun job: rank 0 says what all would
     # -v is ultraseg's own INFO, -v -v its DEBUG; other libraries keep to their warnings
     # (at DEBUG, matplotlib's font search and Pillow's chunk-by-chunk reading drowned ours)
@@ -591,7 +591,7 @@ def _peer_failure(e: BaseException, a: argparse.Namespace) -> str | None:
     process went away (its own message, printed by it, says why) or stopped answering, else
     None: no bug of this process's. Rank 0 adds the --resume command where an epoch was
     saved (once for the job, as after Ctrl-C)."""
-    if a.command != "train" or os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+    if not _torchrun_train(a):
         return None
     from .distributed import TIMEOUT, peer_failure
 
@@ -614,6 +614,11 @@ def _internal(e: Exception, debug: bool) -> int:
     print(f"{_rank_prefix()}internal error: {type(e).__name__}: {e} (run with --debug for the "
           "traceback)", file=sys.stderr)
     return EXIT_INTERNAL
+
+
+def _torchrun_train(a: argparse.Namespace) -> bool:
+    """Whether this is ``train`` in a torchrun job of several processes (``WORLD_SIZE``)."""
+    return a.command == "train" and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
 
 
 def _rank_prefix() -> str:

@@ -19,6 +19,12 @@ How the ranks stay in step (the rules :mod:`ultraseg.train` follows):
   all-reduced: every rank gets the same metrics, so every rank makes the same decisions.
 * **Stopping.** Whatever ends training early (the time limit, a non-finite loss) is agreed
   with an all-reduce, so no rank waits forever for a collective the others never reach.
+* **The same data.** Before the first batch the ranks compare what they read (each split's
+  frame names, batches an epoch, working size, epochs done and to train, learning rate:
+  :meth:`Dist.same_data`) and all refuse where one differs, rather than stop matching.
+* **The end.** After the last epoch every rank leaves the group together (:meth:`Dist.leave`);
+  rank 0 then chooses the post-processing and writes the report alone, the others done,
+  so no collective's timeout runs while it works.
 * **Files.** Only rank 0 writes (config, split, metrics, checkpoints, log, report).
 """
 from __future__ import annotations
@@ -191,7 +197,8 @@ def data_differences(every: Sequence[Mapping[str, Any]]) -> str | None:
     if not said:
         return None
     return ("; ".join(said) + "; the dataset must be the same on every machine (the same files "
-            "at the same path, read with the same settings)")
+            "at the same path, read with the same settings), and so must the run folder a "
+            "--resume starts from")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -253,7 +260,8 @@ def backend_for(device: torch.device) -> str:
 
 @contextmanager
 def session(device: torch.device) -> Iterator[Dist]:
-    """Join the process group torchrun describes for the block, and leave it after.
+    """Join the process group torchrun describes for the block, and leave it after (where
+    :meth:`Dist.leave` has not left it already, after the last epoch).
 
     A process group the caller already initialised is used as it is and left open. Outside
     torchrun (no ``WORLD_SIZE``, or 1) this yields :data:`SINGLE` and does nothing.

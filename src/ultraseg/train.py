@@ -752,7 +752,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                    ("training frames", train_idx), ("validation frames", val_idx),
                    ("frames held out for testing", test_idx))}
                   | {"batches an epoch": len(batches),
-                     "working size": "x".join(map(str, arrays.images.shape[1:]))})
+                     "working size": "x".join(map(str, arrays.images.shape[1:])),
+                     # a stale copy of the run folder resumed, or another --epochs: as stuck
+                     "epochs done": int(last.train_state["epoch"]) if last is not None else 0,
+                     "epochs to train": tc.epochs, "learning rate": tc.lr})
     val_frames, val_masks = arrays.images[val_idx], arrays.masks[val_idx]   # uint8
 
     # model and optimiser
