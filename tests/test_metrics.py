@@ -265,7 +265,10 @@ def test_summarise_gives_intervals_where_rows_name_subjects() -> None:
     values, subjects = [r["dice"] for r in nonempty], [r["subject"] for r in nonempty]
     every = [r["subject"] for r in rows]
     assert [lo, hi] == M.subject_interval(values, subjects, among=every)
-    assert [lo, hi] != M.subject_interval(values, subjects)    # drawn from the 4 alone
+    # drawn from the 4 alone: another distribution of means (at 95 % both intervals reach
+    # the extreme means of so few subjects, so compared at 50 %)
+    assert M.subject_interval(values, subjects, among=every, level=0.5) \
+        != M.subject_interval(values, subjects, level=0.5)
     assert "dice_mean_ci95" not in M.summarise([{k: v for k, v in r.items() if k != "subject"}
                                                 for r in rows])
 
@@ -424,3 +427,27 @@ def test_hd95_refuses_a_spacing_of_other_than_one_number_or_one_per_axis(spacing
         with pytest.raises(UltrasegError, match=r"^hd95 spacing must be one pixel size or one "
                                                 r"per axis \(2 for a 2D mask\), got "):
             call()
+
+
+@pytest.mark.parametrize("n", [5, 8])
+def test_the_subject_interval_covers_the_mean_about_as_often_as_it_says(n) -> None:
+    """The plain percentile bootstrap's "95 %" interval covered a simulated population's mean
+    85 % of the time with 5 subjects and 86 % with 8 (a nerve validation side holds about 8):
+    too narrow for the subject counts ultraseg meets. The expanded percentile interval
+    (Hesterberg 2015) covers it at least 90 % of the time here (300 seeded populations)."""
+    rng = np.random.default_rng(123)
+    hits = 0
+    for _ in range(300):
+        values, subjects = [], []
+        for s, mean in enumerate(rng.normal(0.7, 0.1, n)):
+            values += list(rng.normal(mean, 0.05, 4))
+            subjects += [f"s{s}"] * 4
+        lo, hi = M.subject_interval(values, subjects, resamples=1000)
+        hits += lo <= 0.7 <= hi
+    assert hits / 300 >= 0.9, hits / 300
+
+
+def test_the_expanded_tail_nears_the_plain_one_with_many_subjects() -> None:
+    assert M.expanded_tail(0.05, 2) < M.expanded_tail(0.05, 8) < M.expanded_tail(0.05, 30) \
+        < M.expanded_tail(0.05, 10_000) < 0.025
+    assert M.expanded_tail(0.05, 10_000) == pytest.approx(0.025, abs=1e-4)

@@ -305,9 +305,14 @@ _DRAWN = 1 << 21
 def subject_interval(values: Sequence[float], subjects: Sequence[str],
                      among: Sequence[str] | None = None, level: float = 0.95,
                      resamples: int = RESAMPLES, seed: int = 0) -> list[float] | None:
-    """The percentile bootstrap interval (``level``) of the mean of ``values`` (one per frame)
-    with the subjects, not the frames, drawn with replacement: one patient's frames are one
-    sweep, not independent samples, and an interval over frames would be far too narrow.
+    """The expanded percentile bootstrap interval (``level``) of the mean of ``values`` (one
+    per frame) with the subjects, not the frames, drawn with replacement: one patient's frames
+    are one sweep, not independent samples, and an interval over frames would be far too
+    narrow. Expanded (Hesterberg 2015): the percentiles are taken at the level a Student t
+    interval over the n subjects would give, ``2 * Phi(-sqrt(n / (n - 1)) * t(1 - a/2, n - 1))``
+    in place of ``a = 1 - level``, as the plain percentile interval is too narrow for few
+    subjects (its 95 % covered the mean about 75 % of the time with 3 subjects, 85 % with 5,
+    87 % with 8, 93 % with 30, in a simulation; this one 90-95 %).
 
     ``subjects`` names each value's subject; ``among`` the subjects drawn from (default: those
     of ``values``; a subject of ``among`` with no value, as one whose frames are all empty for
@@ -332,9 +337,18 @@ def subject_interval(values: Sequence[float], subjects: Sequence[str],
         total, n = draws @ sums, draws @ counts
         means.append(total[n > 0] / n[n > 0])
     means = np.concatenate(means)
-    tail = (1 - level) / 2 * 100
+    tail = expanded_tail(1 - level, len(pool)) * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return [float(lo), float(hi)]
+
+
+def expanded_tail(alpha: float, n: int) -> float:
+    """The share of bootstrap means below the expanded percentile interval of level
+    ``1 - alpha`` over ``n`` (>= 2) subjects (:func:`subject_interval`): ``Phi(-sqrt(n/(n-1))
+    * t_{n-1}(1 - alpha/2))``, below ``alpha / 2`` and nearing it as ``n`` grows."""
+    from scipy.stats import norm, t
+
+    return float(norm.sf(math.sqrt(n / (n - 1)) * t.ppf(1 - alpha / 2, n - 1)))
 
 
 def improves(val_dice: float, val_loss: float, best_dice: float, best_loss: float,
