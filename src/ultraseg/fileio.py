@@ -330,11 +330,24 @@ def temporaries(folder: Path, name: str = "*") -> Iterator[Path]:
     return folder.glob(f".{name}.*.tmp")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members, refusing a key given twice: ``json.loads`` keeps the last copy in
+    silence (a config file's second ``"train"`` section dropped its first's settings)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} is given twice in one object (a JSON reader "
+                             "keeps only the last: merge them into one)")
+        out[key] = value
+    return out
+
+
 def parse_json(text: str | bytes) -> Any:
     """``json.loads``, with JSON nested deeper than Python reads (a file of 100 000 ``[``)
-    raised as the ValueError any other unreadable JSON raises, not as a RecursionError."""
+    raised as the ValueError any other unreadable JSON raises, not as a RecursionError, and
+    a key given twice in one object refused as a ValueError too (:func:`_unique_keys`)."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("JSON nested too deeply to read") from None
 
