@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -574,3 +575,50 @@ def test_preset_refuses_what_is_no_name_listing_the_names(name) -> None:
     """preset(["seed"]) raised TypeError ('unhashable type: list')."""
     with pytest.raises(UltrasegError, match=r"^a preset is a name \(seed, cpu, demo\), got "):
         preset(name)
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_it(tmp_path, capsys) -> None:
+    """JSON keeps the last copy of a repeated key in silence: a --config file with a second
+    "train" section ({"lr": 0.01} after one setting epochs and threads) trained with the
+    preset's epochs and threads, no warning (a config-file review, D1). Refused, naming the
+    key and the file, by RunConfig.load and `ultraseg train --config` alike."""
+    from ultraseg import cli
+
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"train": {"epochs": 1, "num_threads": 1}, "train": {"lr": 0.01}}')
+    with pytest.raises(UltrasegError, match="dup.json") as e:
+        RunConfig.load(dup)
+    assert "'train' is given twice" in str(e.value)
+    inner = tmp_path / "inner.json"
+    inner.write_text('{"train": {"epochs": 1, "epochs": 2}}')
+    with pytest.raises(UltrasegError, match="'epochs' is given twice"):
+        RunConfig.load(inner)
+    assert cli.main(["train", str(tmp_path), "--config", str(dup), "--out",
+                     str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "dup.json" in err and "'train' is given twice" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("section, values, said", [
+    ("model", {"dropout": 1.5}, "model.dropout (--dropout) must be a number in [0, 1)"),
+    ("model", {"dropout": -0.5}, "model.dropout"),
+    ("model", {"dropout": float("nan")}, "model.dropout"),
+    ("train", {"device": "gpu"}, "train.device (--device) must be auto, cpu, cuda or cuda:N"),
+    ("data", {"layout": "bsui"}, "unknown layout 'bsui'"),
+    ("data", {"subject_pattern": "(["}, "bad subject pattern"),
+], ids=["dropout-high", "dropout-negative", "dropout-nan", "device", "layout", "pattern"])
+def test_a_setting_checked_only_by_training_is_refused_when_built(tmp_path, section, values,
+                                                                   said) -> None:
+    """Dropout 1.5 or NaN, device 'gpu', layout 'bsui' and a subject pattern that is no regex
+    passed a config file's check and merge, refused only once training started (after the
+    dataset was read), naming neither the setting nor the file; a NaN dropout's to_json
+    wrote invalid JSON (a config-file review, D3). Refused when the section is built, so a
+    --config file's error names the file."""
+    with pytest.raises(UltrasegError, match=re.escape(said)):
+        merge(RunConfig(), {section: values})
+    if values != {"dropout": float("nan")}:         # (NaN is no JSON to write)
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({section: values}))
+        with pytest.raises(UltrasegError, match="c.json"):
+            RunConfig.load(path)

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -271,6 +272,9 @@ class ModelConfig(_Section):
         problem = model_problem(self)
         if problem:
             raise UltrasegError(f"model.{problem[0]} (--{problem[0]}) {problem[1]}")
+        if not 0 <= self.dropout < 1:      # (NaN too: to_json wrote a bare NaN token)
+            raise UltrasegError(f"model.dropout (--dropout) must be a number in [0, 1), got "
+                                f"{self.dropout!r}")
 
 
 #: Upper bounds of ``ModelConfig.width`` and ``depth``, far beyond any real U-Net's (the
@@ -490,6 +494,9 @@ class TrainConfig(_Section):
         if not 0 <= w < math.inf:
             raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number "
                                 f">= 0, got {w!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):   # (a GPU's presence: later)
+            raise UltrasegError(f"train.device (--device) must be auto, cpu, cuda or cuda:N, "
+                                f"got {t.device!r}")
 
     @property
     def dice_shaped(self) -> list[str]:
@@ -509,6 +516,15 @@ class DataConfig(_Section):
     layout: str = "auto"
     subject_pattern: str | None = None
     cache_dir: str | None = None  # None: $XDG_CACHE_HOME/ultraseg, else ~/.cache/ultraseg; "": none
+
+    def __post_init__(self) -> None:
+        """An unknown ``layout`` and a ``subject_pattern`` that is no regex refused when the
+        section is built (a config file's ``"bsui"`` was refused only after the dataset was
+        read, naming neither the setting nor the file)."""
+        super().__post_init__()
+        from .io import check_layout    # (io reads config: imported when first built)
+
+        check_layout(self.layout, self.subject_pattern)
 
 
 #: DataConfig's settings that name files. A file (config.json, a checkpoint's record of its
