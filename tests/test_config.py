@@ -570,6 +570,23 @@ def test_merge_refuses_what_is_no_config_or_overrides_naming_it(cfg, overrides, 
         merge(preset(cfg) if isinstance(cfg, str) else cfg, overrides)
 
 
+def test_merge_refuses_switching_preset_by_its_label_and_keeps_a_label_of_the_users() -> None:
+    """merge(preset("cpu"), {"preset": "seed"}) relabelled cpu's values 'seed' (a review of
+    config files, D4): set_by_hand then compared them with seed's and train warned of a
+    --presence-weight 0.25 the user never set. A preset is chosen with preset(NAME); a label
+    that names no preset ('mine', 'cpu+NAME') or the config's own stays allowed."""
+    cpu = preset("cpu")
+    for other in ("seed", "demo"):
+        with pytest.raises(UltrasegError, match=rf"preset\({other!r}\)"):
+            merge(cpu, {"preset": other, "train": {"epochs": 2}})
+    with pytest.raises(UltrasegError, match=r"preset\('cpu'\)"):
+        merge(RunConfig(preset="custom"), {"preset": "cpu"})
+    assert merge(cpu, {"preset": "cpu", "train": {"epochs": 2}}).preset == "cpu"
+    mine = merge(cpu, {"preset": "mine"})
+    assert mine.preset == "mine" and (mine.model, mine.train) == (cpu.model, cpu.train)
+    assert merge(cpu, {"preset": "cpu+width-32"}).preset == "cpu+width-32"
+
+
 @pytest.mark.parametrize("name", [["seed"], ("cpu",), {"demo": 1}])
 def test_preset_refuses_what_is_no_name_listing_the_names(name) -> None:
     """preset(["seed"]) raised TypeError ('unhashable type: list')."""

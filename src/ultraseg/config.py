@@ -699,7 +699,13 @@ def preset(name: str) -> RunConfig:
 
 
 def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
-    """``cfg`` with section values replaced by ``overrides`` ({section: {key: value}})."""
+    """``cfg`` with section values replaced by ``overrides`` ({section: {key: value}}).
+
+    A ``"preset"`` override is a label, never a switch of recipe: one that names no preset
+    (``"mine"``, a quality lever's ``"cpu+NAME"``) relabels ``cfg``, its values unchanged; one
+    naming a preset other than ``cfg``'s own is refused (it would label one recipe's values
+    with another's name, which :meth:`RunConfig.set_by_hand` then compares them with): choose
+    a preset with :func:`preset`, then merge the changes, ``merge(preset("seed"), {...})``."""
     # (a list, a string or None raised AttributeError: "'list' object has no attribute 'items'")
     if not isinstance(cfg, RunConfig):
         raise UltrasegError(f"merge takes a RunConfig (ultraseg.preset(NAME), or RunConfig."
@@ -710,6 +716,12 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
     d = cfg.to_dict()
     for section, values in overrides.items():
         if section == "preset":
+            if isinstance(values, str) and values in PRESETS and values != cfg.preset:
+                raise UltrasegError(
+                    f"merge does not switch presets: {{'preset': {values!r}}} would only "
+                    f"relabel this {cfg.preset!r} config, its values unchanged; choose one with "
+                    f"preset({values!r}), then merge the changes: merge(preset({values!r}), "
+                    f"{{...}}) (a label of your own, as 'mine', names no preset)")
             d["preset"] = values
             continue
         if section == RESOLVED:     # a run's record of what ran (its config.json's): no setting
