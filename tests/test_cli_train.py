@@ -119,6 +119,31 @@ def test_a_preset_beside_a_file_setting_every_value_keeps_the_files_name_and_say
                     ).preset == "demo"
 
 
+@pytest.mark.parametrize("gpu", [False, True])
+@pytest.mark.parametrize("flag", [[], ["--preset", "seed"], ["--preset", "cpu"]])
+def test_a_file_setting_every_value_but_no_preset_is_labelled_custom_as_warned(
+        monkeypatch, tmp_path, gpu, flag) -> None:
+    """A run's config.json without its "preset" beside --preset seed was warned of as
+    'labelled custom, as the file is', but the run was labelled with the default preset (cpu,
+    or seed on a GPU machine: config-files review, D2), which set_by_hand then compared the
+    file's values with. Such a file is 'custom', as RunConfig.from_dict reads it, with or
+    without --preset and on any machine; its values are the file's."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    doc = json.loads(_resolve(["OLD", "--out", "RUN", "--preset", "cpu"]).to_json())
+    del doc["preset"]
+    conf = tmp_path / "full.json"
+    conf.write_text(json.dumps(doc))
+    with ultraseg_warnings() as warned:
+        cfg = _resolve(["NEW", "--out", "RUN2", "--config", str(conf), *flag])
+    cpu = preset("cpu")
+    assert cfg.preset == "custom" == RunConfig.load(conf).preset
+    assert (cfg.model, cfg.preprocess, cfg.train) == (cpu.model, cpu.preprocess, cpu.train)
+    said = [r.getMessage() for r in warned if "changes none" in r.getMessage()]
+    assert len(said) == (1 if flag else 0) and all("labelled 'custom'" in m for m in said), said
+
+
 def test_a_config_file_is_read_as_utf8_whatever_the_locale(tmp_path) -> None:
     """Read in the locale's encoding, a UTF-8 file was refused under LANG=C, and under Latin-1
     recorded a data path that no UTF-8 process finds ('donnÃ©es'); a BOM was refused."""

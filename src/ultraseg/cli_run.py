@@ -178,14 +178,17 @@ def _names_every_value(doc: dict[str, Any]) -> bool:
 
 def resolve_config(a: argparse.Namespace) -> RunConfig:
     """Preset, then --config FILE, then explicit flags: later wins. The preset is --preset's,
-    else the file's ``"preset"``, else :func:`default_preset`."""
+    else the file's ``"preset"``, else :func:`default_preset`; a file that sets every value
+    has no use for a preset: it keeps its own name, 'custom' where it names none (as
+    ``RunConfig.from_dict`` reads it)."""
     file_cfg = _read_config_file(a.config) if a.config else {}
     if a.preset is not None and a.preset.strip() == "":
         raise UltrasegError("--preset is empty (an unset variable?): name one of "
                             f"{', '.join(PRESETS)}, or leave the flag out")
     if a.preset and a.preset not in PRESETS:
         preset(a.preset)         # an unknown name: refused as such, whatever the file sets
-    if a.preset and file_cfg and _names_every_value(file_cfg):
+    full = bool(file_cfg) and _names_every_value(file_cfg)
+    if a.preset and full:
         # every value is the file's: the preset would change none, and its name would label
         # another recipe
         log.warning("%s sets every setting: --preset %s changes none of them (the run is "
@@ -193,12 +196,13 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
                     a.preset, file_cfg.get("preset") or "custom")
         a = argparse.Namespace(**{**vars(a), "preset": None})
     try:
-        name = a.preset or file_cfg.get("preset") or default_preset()
+        # (a file naming every value but no preset is 'custom', as the warning says, not
+        # labelled with this machine's default preset, which set_by_hand compared it with)
+        name = a.preset or file_cfg.get("preset") or ("custom" if full else default_preset())
         # a config built without a preset (RunConfig.from_dict) is 'custom': the defaults; so
         # is one whose preset is a label (a run's from merge(..., {"preset": "mine"}), a
         # quality lever's 'cpu+NAME'), where the file names every value
-        label = not a.preset and (name == "custom" or name not in PRESETS
-                                  and _names_every_value(file_cfg))
+        label = not a.preset and (name == "custom" or name not in PRESETS and full)
         cfg = RunConfig(preset=name) if label else preset(name)
     except UltrasegError as e:
         if a.preset:

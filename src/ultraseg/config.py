@@ -565,7 +565,7 @@ class RunConfig:
     of :data:`PRESETS`, ``from_dict`` and ``load`` build on that preset's values, as
     ``ultraseg train --config`` does. Another name is a label on the defaults (a run's own
     config.json names every value), and so is a file without one ('custom'; there the CLI
-    starts from its default preset instead). The constructor builds on no preset
+    starts a partial file from its default preset instead). The constructor builds on no preset
     (``RunConfig(preset="cpu")`` holds the defaults: build a preset's config with
     :func:`preset`, changed with :func:`merge`)."""
 
