@@ -1193,7 +1193,7 @@ Both missed targets lie above these intervals' upper ends. HC18's Dice target li
 interval (the figure itself meets it), so another draw of patients could put it either side.
 These are the plain percentile bootstrap intervals evaluate gave until 2026-12-07, which cover
 the mean less often than they say with few subjects (in a seeded simulation, 85 % of the time
-with 5 subjects, 86 % with 8, 93 % with 30: `tests/test_metrics.py`); evaluate now gives the
+with 5 subjects and 86 % with 8: `tests/test_metrics.py`); evaluate now gives the
 expanded percentile interval (Hesterberg 2015), wider where there are few subjects. BUSI's 125
 and HC18's 60 subjects move little; nerve's 8 widen its interval, and whether its upper end
 still lies below 0.80 is not known until the headline checkpoint (not kept in the repository)

@@ -574,8 +574,9 @@ def test_dropout_drops_the_deepest_two_levels_in_training_only(variant, size) ->
 
 
 def test_dropout_outside_0_to_1_is_refused() -> None:
-    for p in (-0.1, 1.0):
-        with pytest.raises(UltrasegError, match=r"dropout must be in \[0, 1\)"):
+    for p in (-0.1, 1.0, float("nan")):     # (by the config, when built: before any model)
+        with pytest.raises(UltrasegError, match=r"dropout \(--dropout\) must be a number in "
+                                                r"\[0, 1\)"):
             build_model(ModelConfig(variant="same", width=4, dropout=p))
 
 

@@ -147,8 +147,6 @@ class UNet(nn.Module):
             [Up(widths[i + 1], widths[i], padding, norm, cfg.attention)
              for i in reversed(range(cfg.depth))]
         )
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
         # the paper's dropout at the end of the contracting path: on the deepest two levels
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         self.head = nn.Conv2d(widths[0], cfg.out_channels, kernel_size=1)
