@@ -703,9 +703,12 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
 
     A ``"preset"`` override is a label, never a switch of recipe: one that names no preset
     (``"mine"``, a quality lever's ``"cpu+NAME"``) relabels ``cfg``, its values unchanged; one
-    naming a preset other than ``cfg``'s own is refused (it would label one recipe's values
-    with another's name, which :meth:`RunConfig.set_by_hand` then compares them with): choose
-    a preset with :func:`preset`, then merge the changes, ``merge(preset("seed"), {...})``."""
+    naming a preset other than ``cfg``'s own is refused where the merged values are not those
+    the overrides give that preset (it would label one recipe's values with another's name,
+    which :meth:`RunConfig.set_by_hand` then compares them with): choose a preset with
+    :func:`preset`, then merge the changes, ``merge(preset("seed"), {...})``. Overrides that
+    set every value (a run's config.json) give the same values on any preset, and keep
+    their label."""
     # (a list, a string or None raised AttributeError: "'list' object has no attribute 'items'")
     if not isinstance(cfg, RunConfig):
         raise UltrasegError(f"merge takes a RunConfig (ultraseg.preset(NAME), or RunConfig."
@@ -716,7 +719,10 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
     d = cfg.to_dict()
     for section, values in overrides.items():
         if section == "preset":
-            if isinstance(values, str) and values in PRESETS and values != cfg.preset:
+            if isinstance(values, str) and values in PRESETS and values != cfg.preset \
+                    and merge(cfg, _unlabelled(overrides)) \
+                    != dataclasses.replace(merge(preset(values), _unlabelled(overrides)),
+                                         preset=cfg.preset):
                 raise UltrasegError(
                     f"merge does not switch presets: {{'preset': {values!r}}} would only "
                     f"relabel this {cfg.preset!r} config, its values unchanged; choose one with "
@@ -733,6 +739,11 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
                                 f"({{\"epochs\": 5}}), got {type(values).__name__}")
         d[section] = {**d[section], **values}
     return RunConfig.from_dict(d)
+
+
+def _unlabelled(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` without their ``"preset"`` label (:func:`merge` compares the values)."""
+    return {k: v for k, v in overrides.items() if k != "preset"}
 
 
 def parse_duration(text: str) -> float:
