@@ -298,14 +298,14 @@ def _num(value: Any) -> float:
         return math.nan
 
 
-def sampled_rows(history: Sequence[Mapping[str, Any]], total: int | None = None) -> list[bool]:
+def sampled_rows(history: Sequence[Mapping[str, Any]], n_val: int | None = None) -> list[bool]:
     """Whether each row of ``history`` was validated on a sample of the validation frames
-    (the time limit had passed): its ``val_frames`` is fewer than ``total``, the validation
+    (the time limit had passed): its ``val_frames`` is fewer than ``n_val``, the validation
     side's frames, where the caller knows it (training), else than the most any row was
     validated on. A row without it (from a run before it was recorded) counts as validated on
     all of them."""
     counts = [_num(row.get("val_frames")) for row in history]
-    most = total if total is not None else max((c for c in counts if c == c), default=math.nan)
+    most = n_val if n_val is not None else max((c for c in counts if c == c), default=math.nan)
     return [c == c and c < most for c in counts]
 
 
