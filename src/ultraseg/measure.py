@@ -276,7 +276,7 @@ def measured_object(mask: np.ndarray,
     """The object :func:`measure` measures in a (H, W) mask, as bool (H, W): the
     :func:`largest_component` (holes filled) of the mask within ``region`` (top, bottom, left,
     right; ``None``: all of it), the object an overlay outlines."""
-    mask = binary_mask(mask)
+    mask = binary_mask(mask, "measure")
     if region is None:
         return largest_component(mask)
     t, b, lft, r = region
@@ -485,7 +485,7 @@ def measure(
     if mask.size == 0:      # (an IndexError from inside it)
         raise ValueError(f"measure expects a 2D mask of at least one pixel, got shape "
                          f"{mask.shape}")
-    mask = binary_mask(mask)
+    mask = binary_mask(mask, "measure")
     if isinstance(boundary_offset_px, bool) or not isinstance(boundary_offset_px, numbers.Real):
         # ("1" raised math's TypeError 'must be real number, not str' from inside it)
         raise UltrasegError(f"measure's boundary_offset_px must be a number of pixels, got "

@@ -44,7 +44,7 @@ from .errors import UltrasegError
 EMPTY_RULE = "a frame with empty truth and empty prediction scores Dice 1"
 
 
-def binary_mask(mask: Any, taker: str = "measure") -> np.ndarray:
+def binary_mask(mask: Any, taker: str) -> np.ndarray:
     """``mask`` as bool: a bool array, or numbers (integers or floats alike) holding 0 and at
     most one other value (0/1, 0/255). Anything else is no mask: more than one value besides
     0 (a probability map, a grey image) or NaN is refused (:class:`UltrasegError`, saying
