@@ -14,12 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.cli import main
-from ultraseg.distributed import SINGLE, Dist, data_differences, from_env, session
+from ultraseg.distributed import (SINGLE, Dist, data_differences, frame_digests, from_env,
+                                  session)
 from ultraseg.errors import UltrasegError
 from ultraseg.phantom import make_dataset
 
@@ -184,6 +186,39 @@ def test_what_a_process_read_otherwise_than_process_0_is_named() -> None:
     said = data_differences([_read(24), other])
     assert said is not None and ("other training frames (1_3 only in process 0's; 9_3 only "
                                  "in process 1's)") in said
+
+
+def test_same_named_frames_with_other_pixels_are_named() -> None:
+    """The processes compared frame names, not what the frames hold: a machine whose copy of
+    the dataset held other pixels under the same names (another export, one frame edited)
+    trained its rows on them and mixed their validation scores in, without a word. Each
+    frame's image and mask at the working size is digested, and the frames whose digests
+    differ are named."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    masks = (images > 128).astype(np.uint8)
+    names = [f"1_{i}" for i in range(5)]
+    ours = frame_digests(names, images, masks)
+    assert sorted(ours) == names and ours == frame_digests(names, images.copy(), masks.copy())
+    image, mask = images.copy(), masks.copy()
+    image[2, 3, 3] ^= 1     # one pixel of one image, one of another frame's mask
+    mask[4, 0, 0] ^= 1
+    theirs = frame_digests(names, image, mask)
+    assert [n for n in names if ours[n] != theirs[n]] == ["1_2", "1_4"]
+    key = "pixels (image or mask)"
+    said = data_differences([{**_read(24), key: ours}, {**_read(24), key: theirs}])
+    assert said is not None and said.startswith(
+        "process 1 read other data than process 0: other pixels (image or mask) in 2 frames "
+        "of the same name (1_2, 1_4); "), said
+    one = {**theirs, "1_4": ours["1_4"]}
+    said = data_differences([{**_read(24), key: ours}, {**_read(24), key: one}])
+    assert said is not None and "other pixels (image or mask) in 1 frame of the same name " \
+        "(1_2); " in said, said
+    # frames only one process read are named once, with the frame lists
+    fewer = {n: d for n, d in ours.items() if n != "1_3"}
+    said = data_differences([{**_read(24), key: ours},
+                             {**_read(22, drop=("1_3", "1_9")), key: fewer}])
+    assert said is not None and "pixels" not in said, said
 
 
 # ------------------------------------------------------------------ slow: real process groups
@@ -378,20 +413,31 @@ def test_rank_0_finishing_alone_past_the_collective_timeout_writes_its_report(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("copy", ["lacking two frames", "one frame's pixels other"])
 def test_processes_that_read_other_data_are_refused_at_once(
-        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rank 1 reads a copy of the dataset that lacks two frames (a machine whose copy
-    differs): every process refuses before the first batch, naming what differs, where they
-    hung in mismatched collectives or mixed their validation scores (a DDP review, D1). The
-    collective timeout is scaled down, so that a hang fails the test soon."""
+        copy: str, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1 reads a copy of the dataset that lacks two frames, or holds other pixels in one
+    frame under its name (a machine whose copy differs): every process refuses before the
+    first batch, naming what differs, where they hung in mismatched collectives or mixed
+    their validation scores (a DDP review, D1; the pixels were not compared: that run
+    trained, rc 0). The collective timeout is scaled down, so that a hang fails the test
+    soon."""
     import shutil
+
+    from PIL import Image
 
     other = tmp_path / "other"
     shutil.copytree(data, other)
     dropped = sorted(p.stem for p in (other / "images").iterdir())[:2]
-    for name in dropped:
-        (other / "images" / f"{name}.png").unlink()
-        (other / "masks" / f"{name}_mask.png").unlink()
+    if copy == "lacking two frames":
+        for name in dropped:
+            (other / "images" / f"{name}.png").unlink()
+            (other / "masks" / f"{name}_mask.png").unlink()
+    else:                   # the first frame's image inverted, under its own name
+        path = other / "images" / f"{dropped[0]}.png"
+        with Image.open(path) as image:
+            pixels = np.asarray(image)
+        Image.fromarray(255 - pixels).save(path)
     _shim(tmp_path, monkeypatch,
           "import os\n"
           "from dataclasses import replace\n"
@@ -409,7 +455,10 @@ def test_processes_that_read_other_data_are_refused_at_once(
     err = proc.stderr
     assert "error: process 1 read other data than process 0: " in err, err[-3000:]
     assert "the dataset must be the same on every machine" in err
-    assert f"{dropped[0]}, {dropped[1]} only in process 0's" in err
+    if copy == "lacking two frames":
+        assert f"{dropped[0]}, {dropped[1]} only in process 0's" in err
+    else:
+        assert f"other pixels (image or mask) in 1 frame of the same name ({dropped[0]})" in err
     assert "internal error" not in err and "did not answer" not in err
     assert not (run / "metrics.csv").exists()
 

@@ -40,7 +40,7 @@ from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
 from .data import (Arrays, _held, _held_out, _holders, _holders_row, _lost, _one_holder,
                    _other_split, duplicates_across_split, few_validation_note, load_arrays,
                    lost_note, no_validation, read_split, run_split, union_note, write_split)
-from .distributed import SINGLE, Dist, is_main, session
+from .distributed import SINGLE, Dist, frame_digests, is_main, session
 from .errors import (DIVERGED, DataError, UltrasegError, diverged_parts,
                      diverged_stop, is_out_of_memory)
 from .finish import (Progress, TrainResult, _boundary_offset, _finish, _plot_predictions,
@@ -755,7 +755,11 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                      "working size": "x".join(map(str, arrays.images.shape[1:])),
                      # a stale copy of the run folder resumed, or another --epochs: as stuck
                      "epochs done": int(last.train_state["epoch"]) if last is not None else 0,
-                     "epochs to train": tc.epochs, "learning rate": tc.lr})
+                     "epochs to train": tc.epochs, "learning rate": tc.lr}
+                  # the same names holding other pixels (another copy): digested where compared
+                  | ({"pixels (image or mask)": frame_digests(arrays.names, arrays.images,
+                                                              arrays.masks)}
+                     if ctx.enabled else {}))
     val_frames, val_masks = arrays.images[val_idx], arrays.masks[val_idx]   # uint8
 
     # model and optimiser
