@@ -2445,6 +2445,41 @@ def test_a_full_disk_after_an_epoch_was_saved_says_resume_goes_on(tmp_path, caps
     assert "no space left on the device" in line and "--resume" not in line, line
 
 
+@pytest.mark.parametrize("raised", [
+    MemoryError("Unable to allocate 1.2 GiB for an array"),
+    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total)")])
+def test_running_out_of_memory_after_an_epoch_was_saved_says_resume_goes_on(
+        tmp_path, capsys, monkeypatch, raised) -> None:
+    """Out of memory in epoch 2 stopped the run with the settings that need less alone,
+    though last.ckpt held epoch 1 and `train --resume` goes on from it once the memory is free
+    (Ctrl-C's, a full disk's and a peer's failure's messages say so). Before any epoch was
+    saved there is nothing to resume, and it says nothing of resuming."""
+    real = train_mod.optimizer_step
+
+    def out_of_memory_after_epoch_1(optimizer, loss):
+        if (run / "last.ckpt").exists():
+            raise raised
+        return real(optimizer, loss)
+
+    monkeypatch.setattr(train_mod, "optimizer_step", out_of_memory_after_epoch_1)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, "--epochs", "2") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith("error: out of memory (") and "--batch-size needs less" in line, line
+    assert f"`ultraseg train --resume --out {run}` goes on from the last saved epoch" in line, line
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2     # header, epoch 1
+
+    def out_of_memory(optimizer, loss):                 # in epoch 1: nothing saved
+        raise raised
+
+    monkeypatch.setattr(train_mod, "optimizer_step", out_of_memory)
+    run = tmp_path / "first"
+    assert _train_tiny(tmp_path, run, "--epochs", "2") == 2
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith("error: out of memory (") and "--resume" not in line, line
+    assert not run.exists()
+
+
 def test_the_refusals_a_notebook_meets_name_the_config_setting_beside_the_flag() -> None:
     """Seen through train.train(cfg, out), these named only CLI flags ('use --size 52',
     '--size at least 32, or a smaller --depth', '--batch-dice ... --loss bce has none'); they

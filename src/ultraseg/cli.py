@@ -556,7 +556,7 @@ def _run(a: argparse.Namespace) -> int:
                 print(peer, file=sys.stderr)
                 return EXIT_USAGE
             return _internal(e, a.debug)
-        return _out_of_memory((str(e) or type(e).__name__).splitlines()[0], a.command)
+        return _out_of_memory((str(e) or type(e).__name__).splitlines()[0], a)
     except ImportError as e:
         if e.name != "torch":
             return _internal(e, a.debug)
@@ -578,10 +578,19 @@ _LESS_MEMORY = {
 }
 
 
-def _out_of_memory(detail: str, command: str) -> int:
+def _out_of_memory(detail: str, a: argparse.Namespace) -> int:
     """Running out of memory is the machine's limit meeting the settings, not a bug: exit 2,
-    naming the settings that need less."""
-    hint = _LESS_MEMORY.get(command, "a machine with more memory, or smaller inputs, needed")
+    naming the settings that need less, and in a train or demo whose run saved an epoch the
+    command that goes on from it (with the run's own settings, once the memory is free;
+    rank 0 alone in a torchrun job, as after Ctrl-C)."""
+    hint = _LESS_MEMORY.get(a.command, "a machine with more memory, or smaller inputs, needed")
+    going_on = ""
+    if not _rank_prefix():
+        with contextlib.suppress(OSError):  # (--out itself the trouble: nothing to go on from)
+            going_on = _going_on(a)
+    if going_on:        # (--resume refuses a changed recipe: less memory is a new run's)
+        hint += (" in a new run" if a.command == "train" else "") \
+            + f"; or {going_on} once the memory is free"
     print(f"{_rank_prefix()}error: out of memory ({detail.strip()}); {hint}", file=sys.stderr)
     return EXIT_USAGE
 
