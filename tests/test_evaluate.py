@@ -630,6 +630,31 @@ def test_hc_error_counts_the_heads_the_model_missed(tmp_path, capsys) -> None:
     assert "over 1 of 2 frames with a reference (1 with no head found)" in format_summary(summary)
 
 
+def test_evaluate_scales_the_boundary_offset_with_the_frame(tmp_path) -> None:
+    """evaluate measures each frame with the checkpoint's offset scaled by its longer side, as
+    measure does (review measurement O3): the same head at twice the resolution measured
+    1.9 mm more with a 3 px offset held at frames 128 px long."""
+    from scipy import ndimage
+    from test_predict import _head_frame, pixel_predictor, save
+
+    for name, k in (("one", 1), ("two", 2)):
+        frame = _head_frame(k)
+        inside = frame > 100
+        edge = inside & ~ndimage.binary_erosion(inside)
+        save(tmp_path / name / "training_set" / "001_HC.png", frame)
+        save(tmp_path / name / "training_set" / "001_HC_Annotation.png",
+             np.where(edge, 255, 0).astype(np.uint8))
+        (tmp_path / name / "training_set_pixel_size_and_HC.csv").write_text(
+            f"filename,pixel size(mm),head circumference (mm)\n001_HC.png,{0.2 / k},40.0\n")
+    predictor = Predictor(pixel_predictor().run_batch, ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=64, normalise="unit"), PostprocessConfig(),
+                          {"measure": {"boundary_offset_px": 3.0, "offset_frame_side_px": 128}})
+    _, (one,) = evaluate(predictor, tmp_path / "one")
+    _, (two,) = evaluate(predictor, tmp_path / "two")
+    assert one["hc_pred_mm"] is not None
+    assert two["hc_pred_mm"] == pytest.approx(one["hc_pred_mm"], abs=0.3)
+
+
 def test_a_head_smaller_than_the_boundary_offset_is_not_a_head_measured(tmp_path) -> None:
     """An object whose minor semi-axis the boundary offset reaches had its axes clamped to 0
     and an HC of 0.0 mm (or 4a), averaged into the HC MAE as an error of minus the reference.

@@ -1110,6 +1110,50 @@ def test_measure_frames_pixel_size_fallback_and_boundary_offset(tmp_path):
         measure_frames(pixel_predictor(), frames, pixel_size_mm=-1.0)
 
 
+def _head_frame(scale: int) -> np.ndarray:
+    """A 96 x 128 frame holding a bright head (semi-axes 40, 28 px), drawn at ``scale`` times
+    its size: the same picture at twice the resolution for 2."""
+    yy, xx = np.mgrid[:96 * scale, :128 * scale]
+    u, v = (xx + 0.5) / scale - 0.5, (yy + 0.5) / scale - 0.5     # in the 1x frame's pixels
+    inside = ((u - 63.5) / 40.0) ** 2 + ((v - 47.5) / 28.0) ** 2 <= 1
+    return np.where(inside, 200, 30).astype(np.uint8)
+
+
+def test_the_boundary_offset_scales_with_the_frame_measured(tmp_path):
+    """A model's output is resized back to each frame, so the boundary it draws beyond the
+    annotator's curve scales with the frame; the offset a checkpoint subtracts did not: the
+    same head at twice the resolution (half the pixel size) measured 1.9 mm more with a 3 px
+    offset (review measurement O3). A checkpoint that says at which frame side its offset
+    holds (offset_frame_side_px) has it scaled by each frame's longer side; one that does
+    not (before it) keeps its pixels, as it was read."""
+    save(tmp_path / "one" / "head.png", _head_frame(1))
+    save(tmp_path / "two" / "head.png", _head_frame(2))
+    sigmoid = pixel_predictor().run_batch
+
+    def predictor(meta):
+        return Predictor(sigmoid, ModelConfig(variant="same", depth=2),
+                         PreprocessConfig(size=64, normalise="unit"), meta=meta)
+
+    scaled = predictor({"measure": {"boundary_offset_px": 3.0, "offset_frame_side_px": 128}})
+    summary, (one,) = measure_frames(scaled, collect_frames([tmp_path / "one"]),
+                                     pixel_size_mm=0.2)
+    _, (two,) = measure_frames(scaled, collect_frames([tmp_path / "two"]), pixel_size_mm=0.1)
+    assert one["hc_mm"] == pytest.approx(ellipse_circumference(37, 25) * 0.2, abs=0.3)
+    assert two["hc_mm"] == pytest.approx(one["hc_mm"], abs=0.3)   # 1.9 mm apart before
+    assert summary["boundary_offset_px"] == 3.0 and summary["offset_frame_side_px"] == 128
+    # a checkpoint from before: the offset in the measured frame's own pixels, as it was read
+    fixed = predictor({"measure": {"boundary_offset_px": 3.0}})
+    plain = predictor({})
+    _, (old,) = measure_frames(fixed, collect_frames([tmp_path / "two"]), pixel_size_mm=0.1)
+    _, (none,) = measure_frames(plain, collect_frames([tmp_path / "two"]), pixel_size_mm=0.1)
+    assert old["ellipse_a_px"] == pytest.approx(none["ellipse_a_px"] - 3.0)
+    assert two["ellipse_a_px"] == pytest.approx(none["ellipse_a_px"] - 6.0)
+    measure_frames(scaled, collect_frames([tmp_path / "two"]), pixel_size_mm=0.1,
+                   out=tmp_path / "out")
+    recorded = json.loads((tmp_path / "out" / "measurements.settings.json").read_text())
+    assert recorded["boundary_offset_px"] == 3.0 and recorded["offset_frame_side_px"] == 128
+
+
 def test_tta_follows_the_postprocessing_unless_set() -> None:
     # an asymmetric "network": the probability rises from left to right, so the flipped
     # frame's output, flipped back, falls: averaged, every pixel is 0.5

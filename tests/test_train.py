@@ -1055,6 +1055,8 @@ def test_every_checkpoint_carries_the_outline_offset_for_measurement(tmp_path) -
                for f in ("best.ckpt", "last.ckpt")]
     assert offsets[0] == offsets[1] > 1.0
     assert offsets[0] == pytest.approx(want, abs=0.3)     # the median over training outlines
+    # at the training frames' longer side: scaled to each frame measured
+    assert load_checkpoint(run / "best.ckpt").meta["measure"]["offset_frame_side_px"] == 32
 
 
 def test_auto_presence_head_is_decided_once_and_recorded(tmp_path, capsys) -> None:
@@ -1165,6 +1167,41 @@ def test_head_circumference_offset_is_chosen_on_validation_frames_with_a_referen
     few = finish._calibrate_measure(samples[2:], regions[2:], probs[2:], PostprocessConfig(),
                                        cfg, before)
     assert few == before                                      # 9 frames with a reference
+
+
+def test_the_offset_is_chosen_per_frame_side_on_validation_frames_of_two_sizes() -> None:
+    """A model drawing heads 3 px too large on frames 120 px long draws them 6 px too large on
+    the same frames at twice the size (its output is resized back to each frame): validation
+    frames of both sizes chose one offset in pixels for all, between the two, and their HC
+    error stayed (review measurement O3). The offset is chosen per longer side of the frame
+    and recorded with the side it holds at (offset_frame_side_px: the outlines' frames' where
+    the start says, else the validation frames' median)."""
+    from types import SimpleNamespace
+
+    from ultraseg.measure import ellipse_circumference
+
+    rng = np.random.default_rng(1)
+    samples, probs = [], []
+    for i in range(12):
+        k = 1 + i % 2                                         # every other frame at 2x
+        a, b = rng.uniform(30, 50), rng.uniform(20, 29)
+        size = rng.uniform(0.1, 0.3)
+        meta = {"pixel_size_mm": size / k, "hc_mm": ellipse_circumference(a, b) * size}
+        samples.append(SimpleNamespace(meta=meta))
+        probs.append(_head((80 * k, 120 * k), k * (a + 3), k * (b + 3)).astype(np.float32))
+    cfg = preset("cpu")
+    got = finish._calibrate_measure(samples, [None] * 12, probs, PostprocessConfig(), cfg,
+                                    {"boundary_offset_px": 1.0, "offset_frame_side_px": 120})
+    assert got["boundary_offset_px"] == pytest.approx(3.0, abs=0.1)
+    assert got["offset_frame_side_px"] == 120
+    assert got["val_hc_mae_mm"] < 0.1
+    at_240 = finish._calibrate_measure(samples, [None] * 12, probs, PostprocessConfig(), cfg,
+                                       {"boundary_offset_px": 2.0, "offset_frame_side_px": 240})
+    assert at_240["boundary_offset_px"] == pytest.approx(6.0, abs=0.1)
+    assert at_240["offset_frame_side_px"] == 240
+    bare = finish._calibrate_measure(samples[:11], [None] * 11, probs[:11], PostprocessConfig(),
+                                     cfg, {"boundary_offset_px": 1.0})
+    assert bare["offset_frame_side_px"] == 120                # 6 of the 11 frames 120 px long
 
 
 def _validation_frames(tmp_path: Path, n: int) -> tuple:

@@ -22,8 +22,9 @@ from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, s
 from .io.base import LabelTally, counting_colour, header_shape, said_once
 from .io.dicom import PIXEL_SIZE_NOT_TAKEN
 from .logs import quiet
-from .measure import (PixelSizes, check_pixel_size, frame_pixel_size, has_pixel_size, measure,
-                      reference_touching_edge, warn_too_small_for_an_ellipse)
+from .measure import (PixelSizes, check_pixel_size, frame_boundary_offset, frame_pixel_size,
+                      has_pixel_size, measure, reference_touching_edge,
+                      warn_too_small_for_an_ellipse)
 from .metrics import EMPTY_RULE, image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
@@ -526,7 +527,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         _warn_if_split_of_other_data(predictor, ds.root, split_file, subset, records)
         if subset is None:
             _warn_if_test_side_left(split_file, split, len(samples))
-    offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
+    # the boundary offset, scaled to each frame (frame_boundary_offset)
+    measure_meta = predictor.meta.get("measure") or {}
     rows: list[dict[str, Any]] = []
     raw_rows: list[dict[str, Any]] = []
     truths: list[np.ndarray] = []
@@ -561,7 +563,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     try:
         with counting_colour() as colour:   # the frames in colour said in one line for all
             _score_frames(predictor, samples, decoded(), truths, regions, at, rows, raw_rows,
-                          sizes, offset, progress)
+                          sizes, measure_meta, progress)
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
@@ -581,7 +583,7 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     colour.warn(log)
     sizes.warn(log)
     warn_too_small_for_an_ellipse(sum(1 for r in rows if r.get("area_mm2")
-                                      and r.get("hc_pred_mm") is None), offset, log)
+                                      and r.get("hc_pred_mm") is None), measure_meta, log)
     summary = {k: v for k, v in summarise(rows).items()}
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in RAW_KEYS}
@@ -654,10 +656,11 @@ def provenance(predictor: Predictor, ds: Dataset) -> dict[str, Any]:
 def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Iterable[np.ndarray],
                   truths: list[np.ndarray], regions: list, at: list[int | None],
                   rows: list[dict[str, Any]], raw_rows: list[dict[str, Any]],
-                  sizes: PixelSizes, offset: float,
+                  sizes: PixelSizes, measure_meta: dict[str, Any],
                   progress: Callable[[int, int], None] | None) -> None:
     """:func:`evaluate`'s scoring, frame by frame: each frame's row into ``rows`` (its raw
-    figures into ``raw_rows``); ``at[0]`` says the frame being scored."""
+    figures into ``raw_rows``); ``at[0]`` says the frame being scored; ``measure_meta``: the
+    checkpoint's, whose boundary offset each frame is measured with."""
     raw_pp = PostprocessConfig()
     for i, prob in enumerate(predictor.predict_proba_many(images)):
         at[0] = i
@@ -677,7 +680,9 @@ def _score_frames(predictor: Predictor, samples: Sequence[Sample], images: Itera
         raw_rows.append(raw)
         row["dice_raw"] = raw["dice"]
         if spacing:
-            m = measure(pred, spacing, boundary_offset_px=offset, region=regions[i])
+            m = measure(pred, spacing, region=regions[i],
+                        boundary_offset_px=frame_boundary_offset(measure_meta, pred.shape,
+                                                                 regions[i]))
             row.update(area_mm2=m.get("area_mm2"), perimeter_mm=m.get("perimeter_mm"),
                        major_axis_mm=m.get("major_axis_mm"),
                        minor_axis_mm=m.get("minor_axis_mm"), hc_pred_mm=m.get("hc_mm"))

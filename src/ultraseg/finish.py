@@ -21,7 +21,7 @@ import torch
 
 from .budget import _end_s
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import PostprocessConfig, RunConfig, _number
+from .config import PostprocessConfig, PreprocessConfig, RunConfig, _number
 from .data import Arrays, SplitCopies, union_note
 from .errors import UltrasegError, command_line, is_out_of_memory
 from .io import select_label
@@ -204,10 +204,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             "" if choosing or not seen else " (the defaults: not chosen)")
                            + (f"; {ceiling}" if ceiling else ""),
         **({"head-circumference boundary offset (px)":
-            f"{measure_meta['boundary_offset_px']} (chosen on {measure_meta['offset_frames']} "
-            f"validation frames; the outlines' half-width "
-            f"{measure_meta['outline_half_width_px']})"} if "offset_frames" in measure_meta
-           else {}),
+            _offset_row(measure_meta)} if "offset_frames" in measure_meta else {}),
         **({"validation head-circumference error, mean absolute (mm)":
             f"{measure_meta['val_hc_mae_mm']:.2f} ({measure_meta['val_hc_mae_mm_start']:.2f} "
             "with the outlines' half-width)" + _hc_frames(measure_meta, " validation")}
@@ -249,6 +246,18 @@ def _validation_figures(metrics: dict[str, Any], measure_meta: dict[str, Any]
             "val_hc_mae_mm": measure_meta.get("val_hc_mae_mm"),
             "val_hc_frames": measure_meta.get("offset_frames"),
             "val_hc_reference_frames": measure_meta.get("reference_frames")}
+
+
+def _offset_row(measure_meta: dict[str, Any]) -> str:
+    """The report's boundary offset: '2.02 (chosen on 12 validation frames; the outlines'
+    half-width 1.27; px on frames 800 px long, scaled with a frame's longer side)', the last
+    part where the checkpoint says at which frame side its pixels are."""
+    from .measure import side_words
+
+    side = side_words(measure_meta)
+    return (f"{measure_meta['boundary_offset_px']} (chosen on {measure_meta['offset_frames']} "
+            f"validation frames; the outlines' half-width "
+            f"{measure_meta['outline_half_width_px']}{f'; px{side}' if side else ''})")
 
 
 def _hc_frames(measure_meta: dict[str, Any], which: str = "") -> str:
@@ -737,8 +746,14 @@ def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndar
     predicted object.
 
     ``regions``: each frame's :func:`ultraseg.preprocess.seen_region`; ``probs``: its
-    probabilities, taken one at a time."""
-    from .measure import MIN_CALIBRATION_FRAMES, choose_boundary_offset, measure
+    probabilities, taken one at a time.
+
+    The offset is chosen at one frame side, ``offset_frame_side_px`` (the outlines' frames'
+    where ``measure_meta`` has it, else the lower median of these frames' longer sides), each
+    frame's ellipse scaled to it by its own longer side (:func:`ultraseg.measure.seen_side`),
+    as measuring scales the offset back (:func:`ultraseg.measure.frame_boundary_offset`): a
+    model's boundary lies as far beyond the curve in its working pixels on any frame."""
+    from .measure import MIN_CALIBRATION_FRAMES, choose_boundary_offset, measure, seen_side
     from .postprocess import apply as apply_pp
 
     rows, with_reference = [], len(samples)
@@ -746,7 +761,7 @@ def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndar
         size, ref = s.meta["pixel_size_mm"], s.meta["hc_mm"]
         m = measure(apply_pp(prob, pp), size, 0.0, region=region)
         if m["ellipse_axes"] is not None:
-            rows.append((*m["ellipse_axes"], size, ref))
+            rows.append((*m["ellipse_axes"], size, ref, seen_side(prob.shape, region)))
     if len(rows) < MIN_CALIBRATION_FRAMES:
         if with_reference:      # (a model finding no head at all is said too, not hidden)
             log.warning("head-circumference boundary offset not chosen: a head was found on "
@@ -755,30 +770,53 @@ def _calibrate_measure(samples: list, regions: Iterable, probs: Iterable[np.ndar
                         len(rows), with_reference, MIN_CALIBRATION_FRAMES)
         return measure_meta
     r = np.asarray(rows, dtype=np.float64)
+    sides = sorted(int(row[4]) for row in rows)
+    side = measure_meta.get("offset_frame_side_px") or sides[(len(sides) - 1) // 2]
+    k = side / r[:, 4]                      # each frame's pixels in those of the side
     start = float(measure_meta.get("boundary_offset_px", 0.0))
-    offset, before, after = choose_boundary_offset(r[:, :2], r[:, 2], r[:, 3], start)
-    log.info("head-circumference boundary offset chosen on %d validation frames: %.2f px (the "
-             "outlines' half-width %.2f px); validation HC error %.2f -> %.2f mm", len(rows),
-             offset, start, before, after)
-    return {**measure_meta, "boundary_offset_px": offset, "outline_half_width_px": start,
+    offset, before, after = choose_boundary_offset(r[:, :2] * k[:, None], r[:, 2] / k, r[:, 3],
+                                                   start)
+    log.info("head-circumference boundary offset chosen on %d validation frames: %.2f px on "
+             "frames %g px long (the outlines' half-width %.2f px); validation HC error %.2f "
+             "-> %.2f mm", len(rows), offset, side, start, before, after)
+    return {**measure_meta, "boundary_offset_px": offset, "offset_frame_side_px": side,
+            "outline_half_width_px": start,
             "offset_frames": len(rows), "val_hc_mae_mm": round(after, 4),
             "val_hc_mae_mm_start": round(before, 4), "reference_frames": with_reference,
             "no_head_frames": with_reference - len(rows)}
 
 
-def _boundary_offset(ds, arrays: Arrays, train_idx: np.ndarray, n: int = 25) -> float:
-    """How far masks filled from drawn outlines (HC18) reach beyond the annotator's curve.
+def _boundary_offset(ds, arrays: Arrays, train_idx: np.ndarray,
+                     preprocess: PreprocessConfig | None = None, n: int = 25
+                     ) -> dict[str, Any]:
+    """How far masks filled from drawn outlines (HC18) reach beyond the annotator's curve, as
+    a checkpoint's ``meta['measure']``.
 
-    Median half-width of the outline band over up to ``n`` training annotations, in pixels at
-    the original resolution; 0.0 for datasets whose masks are drawn filled. A model trained on
-    such masks reaches as far, so measurements shrink the fitted ellipse by this much.
+    ``boundary_offset_px``: the median half-width of the outline band over up to ``n``
+    training annotations, in pixels at the original resolution, and ``offset_frame_side_px``
+    the (lower) median longer side of their frames (with ``preprocess.crop_border``, of the
+    part the network sees), the side it holds at; ``{'boundary_offset_px': 0.0}`` for datasets
+    whose masks are drawn filled. A model trained on such masks reaches as far, so
+    measurements shrink the fitted ellipse by this much, scaled to each frame
+    (:func:`ultraseg.measure.frame_boundary_offset`).
     """
     from .io import read_mask
-    from .measure import outline_half_width
+    from .measure import outline_half_width, seen_side
+    from .preprocess import seen_region
 
     by_name = {s.name: s for s in ds.labelled}
     outlines = [by_name[arrays.names[i]] for i in train_idx[:n]
                 if by_name[arrays.names[i]].mask_kind == "outline"]
-    widths = [outline_half_width(read_mask(s.mask_paths[0]) > 0) for s in outlines]
-    widths = [w for w in widths if w > 0]
-    return round(float(np.median(widths)), 4) if widths else 0.0
+    widths, sides = [], []
+    for s in outlines:
+        outline = read_mask(s.mask_paths[0]) > 0
+        width = outline_half_width(outline)
+        if width > 0:
+            region = (seen_region(s.load_image(), preprocess)
+                      if preprocess is not None and preprocess.crop_border else None)
+            widths.append(width)
+            sides.append(seen_side(outline.shape, region))
+    if not widths:
+        return {"boundary_offset_px": 0.0}
+    return {"boundary_offset_px": round(float(np.median(widths)), 4),
+            "offset_frame_side_px": sorted(sides)[(len(sides) - 1) // 2]}

@@ -38,7 +38,12 @@ with the origin at the centre of the top-left pixel, ``x`` to the right (column)
   the moments of the filled area give 1.10 mm, a fit to the inner boundary pixels' centres 0.70 mm.
   A trained network draws its boundary near there, but not exactly: training therefore chooses
   the offset again on its validation frames where they carry a reference circumference
-  (:func:`choose_boundary_offset`), as it chooses the threshold there.
+  (:func:`choose_boundary_offset`), as it chooses the threshold there. A network's output is
+  resized back to each frame, so the boundary it draws lies as many of its working pixels
+  beyond the curve on any frame, more of the frame's pixels on a larger frame: a checkpoint
+  keeps the offset with the longer side of the frames it holds at (``offset_frame_side_px``,
+  with ``crop_border`` the part of the frame the network sees), and each frame is measured
+  with it scaled by its own longer side (:func:`frame_boundary_offset`).
 * ``ellipse_circumference_px``: Ramanujan's second approximation.
 * in mm: with square pixels of ``s`` mm, every length in px times ``s`` (areas ``s**2``). Pixels
   that are not square (a DICOM header's ``PixelSpacing`` of 0.2 x 0.4 mm), given as their
@@ -448,6 +453,40 @@ def choose_boundary_offset(axes_px: np.ndarray, pixel_sizes_mm: np.ndarray,
     return round(float(offsets[best]), 4), float(mae[n]), float(mae[best])
 
 
+def seen_side(shape: tuple[int, ...], region: tuple[int, int, int, int] | None = None) -> int:
+    """The longer side (px) of a frame of ``shape`` (H, W, ...), or of its ``region`` (top,
+    bottom, left, right: the part a ``crop_border`` model sees) where given: what the frame
+    is resized by onto the working canvas, padded to square."""
+    if region is not None:
+        top, bottom, left, right = region
+        return max(bottom - top, right - left)
+    return max(shape[0], shape[1])
+
+
+def frame_boundary_offset(measure_meta: Mapping[str, Any] | None, shape: tuple[int, ...],
+                          region: tuple[int, int, int, int] | None = None) -> float:
+    """The ``boundary_offset_px`` to :func:`measure` a frame of ``shape`` (its ``region``,
+    as :func:`seen_side` takes it) with, from a checkpoint's ``meta['measure']``: its
+    ``boundary_offset_px`` times the frame's longer side over ``offset_frame_side_px``, the
+    side it was chosen at (a model's boundary scales with the frame its output is resized
+    to). A checkpoint without ``offset_frame_side_px`` (saved before it was recorded) has its
+    offset in pixels of any frame, as it was read then; none at all: 0."""
+    meta = measure_meta or {}
+    offset = float(meta.get("boundary_offset_px", 0.0))
+    side = meta.get("offset_frame_side_px")
+    if not side or not offset:
+        return offset
+    return offset * seen_side(shape, region) / float(side)
+
+
+def side_words(measure_meta: Mapping[str, Any] | None) -> str:
+    """' on frames 800 px long, scaled with a frame's longer side': at which frame side a
+    checkpoint's boundary offset holds, as the report and the warnings say it after its
+    pixels ('' for one that does not say: its pixels are any frame's)."""
+    side = (measure_meta or {}).get("offset_frame_side_px")
+    return f" on frames {side:g} px long, scaled with a frame's longer side" if side else ""
+
+
 def measure(
     mask: np.ndarray,
     pixel_size_mm: float | tuple[float, float] | None = None,
@@ -558,15 +597,19 @@ def _with_mm(out: dict[str, Any], obj: np.ndarray,
     return out
 
 
-def warn_too_small_for_an_ellipse(n: int, boundary_offset_px: float,
+def warn_too_small_for_an_ellipse(n: int, boundary_offset_px: float | Mapping[str, Any],
                                   log: logging.Logger = logger) -> None:
-    """Warn, where ``n`` > 0, that ``n`` frames' object was no wider than the boundary offset,
-    so :func:`measure` gave it no ellipse: no HC, left out of the HC error."""
+    """Warn, where ``n`` > 0, that ``n`` frames' object was no wider than the boundary offset
+    (a number of px, or a checkpoint's ``meta['measure']``: :func:`side_words`), so
+    :func:`measure` gave it no ellipse: no HC, left out of the HC error."""
     if n:
-        log.warning("%d frame%s: the object is no wider than the boundary offset (%.2f px, "
-                    "the outline's half-width), too small for an ellipse: no HC (empty "
-                    "cells), left out of the HC error as a head not found",
-                    n, "" if n == 1 else "s", boundary_offset_px)
+        words = (f"{float(boundary_offset_px.get('boundary_offset_px', 0.0)):.2f} px"
+                 f"{side_words(boundary_offset_px)}"
+                 if isinstance(boundary_offset_px, Mapping) else f"{boundary_offset_px:.2f} px")
+        log.warning("%d frame%s: the object is no wider than the boundary offset (%s), "
+                    "too small for an ellipse: no HC (empty cells), left out of the HC error "
+                    "as a head not found",
+                    n, "" if n == 1 else "s", words)
 
 
 def _in_mm(out: dict[str, Any], obj: np.ndarray, spacing: tuple[float, float]

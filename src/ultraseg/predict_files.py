@@ -541,10 +541,10 @@ def settings_record(predictor: Predictor, command: str,
     ``backend`` (``torch``, ``onnx``; None for one built by hand) and the predictor's runtime
     (``torch_version`` or ``onnxruntime_version``, ``device`` and ``precision`` as resolved);
     ``postprocess``, the threshold and rules applied with ``tta`` as used (as in
-    ``summary.json``); ``extra`` (measure's ``boundary_offset_px``); ``overrides``, the
-    command line's options given (by their names: ``threshold``, ``device``, ...; None from
-    Python, where nothing says which were). No date: the same command writes the same bytes,
-    as evaluate's ``summary.json``."""
+    ``summary.json``); ``extra`` (measure's ``boundary_offset_px``, ``offset_frame_side_px``);
+    ``overrides``, the command line's options given (by their names: ``threshold``,
+    ``device``, ...; None from Python, where nothing says which were). No date: the same
+    command writes the same bytes, as evaluate's ``summary.json``."""
     from . import __version__
 
     runtime = predictor.runtime
@@ -1082,7 +1082,9 @@ def measure_frames(predictor: Predictor | str | Path,
     ``pixel_size_mm``, with a warning where it is given) -- plus the
     reference head circumference ``hc_ref_mm`` and ``hc_error_mm`` (predicted - reference)
     where the dataset gives one. The ellipse is shrunk by the checkpoint's
-    ``meta['measure']['boundary_offset_px']`` (0 when absent). With ``out``, writes
+    ``meta['measure']['boundary_offset_px']`` (0 when absent), scaled to each frame by its
+    longer side where the checkpoint says at which it holds
+    (:func:`ultraseg.measure.frame_boundary_offset`). With ``out``, writes
     ``OUT/measurements.csv`` (where it cannot be written, the
     :class:`~ultraseg.errors.UltrasegError` carries (summary, rows) as its ``result``).
     Returns ``(summary, rows)``; the summary has ``n``, ``n_with_object``, ``hc_mm_mean``
@@ -1100,11 +1102,12 @@ def measure_frames(predictor: Predictor | str | Path,
     ``on_row``: called with each frame's row as soon as it is measured (the CLI prints it).
     With ``out``, ``OUT/measurements.settings.json`` records the model and the post-processing
     applied
-    before the first frame (:func:`settings_record`, with ``boundary_offset_px``;
+    before the first frame (:func:`settings_record`, with ``boundary_offset_px`` and
+    ``offset_frame_side_px``;
     ``overrides``: the command line's options given), named as the summary's ``settings``.
     """
-    from .measure import (PixelSizes, check_pixel_size, measure, measured_object,
-                          warn_too_small_for_an_ellipse)
+    from .measure import (PixelSizes, check_pixel_size, frame_boundary_offset, measure,
+                          measured_object, warn_too_small_for_an_ellipse)
     from .preprocess import seen_region
     from .report import measure_overlay
 
@@ -1121,7 +1124,10 @@ def measure_frames(predictor: Predictor | str | Path,
         from .evaluate import warn_if_measuring_trained_frames
 
         warn_if_measuring_trained_frames(predictor, [f.sample for f in frames])
-    offset = float((predictor.meta.get("measure") or {}).get("boundary_offset_px", 0.0))
+    measure_meta = predictor.meta.get("measure") or {}
+    offset = float(measure_meta.get("boundary_offset_px", 0.0))
+    # the frame side it holds at (None: in any frame's pixels, a checkpoint from before)
+    side = measure_meta.get("offset_frame_side_px") if offset else None
     # held to the last file, as by write_predictions
     with output_lock(out, "measure") if out is not None else contextlib.nullcontext():
         out_dir = (prepare_out_dir(out, (f.out_name for f in frames)) if out is not None
@@ -1130,7 +1136,8 @@ def measure_frames(predictor: Predictor | str | Path,
         table = None if out_dir is None else out_dir / "measurements.csv"
         settings = None if out_dir is None else _write_settings(
             out_dir, settings_record(predictor, "measure", overrides,
-                                     boundary_offset_px=offset))
+                                     boundary_offset_px=offset,
+                                     offset_frame_side_px=side))
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
         written = _FrameTable(table, [*MEASURE_COLUMNS, "error"], frames,
@@ -1142,7 +1149,9 @@ def measure_frames(predictor: Predictor | str | Path,
             mask = apply_postprocess(prob, predictor.postprocess)
             spacing = sizes.of(frame.out_name, frame.sample.meta)
             region = seen_region(image, predictor.preprocess)
-            m = measure(mask, spacing, boundary_offset_px=offset, region=region)
+            m = measure(mask, spacing, region=region,
+                        boundary_offset_px=frame_boundary_offset(measure_meta, mask.shape,
+                                                                 region))
             row = _measurement_row(frame, image.shape, spacing, m)
             if overlay and out_dir is not None:
                 ellipse = None if row["ellipse_cx"] is None else (*m["ellipse_center"],
@@ -1170,8 +1179,8 @@ def measure_frames(predictor: Predictor | str | Path,
             raise
         sizes.warn(log)
         warn_too_small_for_an_ellipse(
-            sum(1 for r in rows if r["area_px"] and r["hc_px"] is None), offset, log)
-        summary = summarise_measurements(rows, offset)
+            sum(1 for r in rows if r["area_px"] and r["hc_px"] is None), measure_meta, log)
+        summary = summarise_measurements(rows, offset, side)
         if failed is not None:
             summary["n_unreadable"] = len(failed)
             summary["unreadable"] = [str(e) for e in failed]
@@ -1217,12 +1226,13 @@ def _measurement_row(frame: Frame, shape: tuple[int, ...],
     return row
 
 
-def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: float = 0.0
-                           ) -> dict[str, Any]:
+def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: float = 0.0,
+                           offset_frame_side_px: float | None = None) -> dict[str, Any]:
     """Counts, mean HC, and the mean absolute / signed HC error where references exist (and
     how many frames with a reference had no object to measure, how many of those in the error
     touch the frame's edge, how many held more than one region of which the largest alone was
-    measured)."""
+    measured); the boundary offset and the frame side it holds at (None: in each frame's own
+    pixels)."""
     hc = [r["hc_mm"] for r in rows if r.get("hc_mm") is not None]
     errors = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
     return {
@@ -1240,6 +1250,7 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
         "hc_mae_mm": float(np.mean(np.abs(errors))) if errors else None,
         "hc_bias_mm": float(np.mean(errors)) if errors else None,
         "boundary_offset_px": boundary_offset_px,
+        "offset_frame_side_px": offset_frame_side_px,
         # of the frames in the HC error, those whose object touches the frame's edge (a head
         # cut by it, fitted on its visible outline: the surest of them no more)
         "n_reference_touches_edge": reference_touching_edge(rows),

@@ -800,7 +800,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
 
     # every checkpoint (best, last, one left by an interrupted run) measures with the outlines'
     # half-width; the final best.ckpt with the offset its validation frames choose (_finish)
-    measure_meta = {"boundary_offset_px": _boundary_offset(ds, arrays, train_idx)}
+    measure_meta = _boundary_offset(ds, arrays, train_idx, cfg.preprocess)
 
     def meta(metrics: dict[str, Any], pp: PostprocessConfig | None = None,
              measure: dict[str, Any] | None = None) -> dict[str, Any]:
