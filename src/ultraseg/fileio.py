@@ -156,7 +156,11 @@ def _temporary(path: Path, permissions: int | None = None) -> tuple[int, str]:
     except OSError as e:
         raise write_error(e, path) from e
     try:
-        os.fchmod(fd, _new_file_mode(path) if permissions is None else permissions)
+        mode = _new_file_mode(path) if permissions is None else permissions
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        else:       # Windows before Python 3.13: no fchmod (chmod sets the read-only bit)
+            os.chmod(tmp, mode)
     except BaseException as e:      # (Ctrl-C too: no descriptor or file left behind)
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)
