@@ -573,3 +573,58 @@ def test_outputs_are_written_where_os_has_no_fchmod(tmp_path: Path, writer: str,
         f.write("s")
     assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret", "t.csv"]
+
+
+def _open_here(path: str | os.PathLike) -> bool:
+    """Whether this process holds ``path`` open (Linux: /proc/self/fd)."""
+    target = os.path.realpath(path)
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == target:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd here")
+def test_a_line_file_renames_no_file_it_holds_open(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows renames no file a process holds open (Python opens files without
+    FILE_SHARE_DELETE): LineFile renamed its temporary file while writing it, so predict's
+    predictions.csv and measure's measurements.csv were never written there (exit 2,
+    'permission denied'). Here os.replace refuses as Windows does."""
+    real = os.replace
+
+    def windows_replace(src, dst):
+        for p in (src, dst):
+            if os.path.exists(p) and _open_here(p):
+                raise PermissionError(13, "[WinError 32] being used by another process", p)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", windows_replace)
+    path = tmp_path / "t.csv"
+    path.write_text("old,table\n")
+    table = fileio.LineFile(path, "a,b\n")
+    assert path.read_text() == "a,b\n"
+    table.write("1,2\n")
+    assert path.read_text() == "a,b\n1,2\n"
+    table.close()
+    assert path.read_text() == "a,b\n1,2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_a_line_file_replaced_as_it_is_made_is_not_written_into(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is opened again after its rename; one another program put there meanwhile
+    is left to it, not mixed with this table's rows."""
+    real = os.replace
+
+    def then_another(src, dst):
+        real(src, dst)
+        other = tmp_path / "other"
+        other.write_text("theirs\n")
+        real(other, dst)
+
+    monkeypatch.setattr(os, "replace", then_another)
+    with pytest.raises(fileio.WriteError, match="another program replaced it"):
+        fileio.LineFile(tmp_path / "t.csv", "a,b\n")
+    assert (tmp_path / "t.csv").read_text() == "theirs\n"

@@ -233,8 +233,9 @@ class LineFile:
     """A file that grows by whole lines (a table written row by row, each row on disk as soon
     as it is made): made as :func:`atomic_open` makes a file, its ``first`` lines (a header)
     written under a temporary name and renamed into place (replacing an earlier file at once),
-    then kept open; :meth:`write` adds lines, each in one write, flushed to the system at once
-    (a process killed with ``kill -9`` leaves every line written before). A reader finds whole
+    closed for the rename (Windows renames no open file) and opened again; :meth:`write` adds
+    lines, each in one write, flushed to the system at once (a process killed with
+    ``kill -9`` leaves every line written before). A reader finds whole
     lines: a line that fails to be written (a full disk) is cut off again, and the
     :class:`WriteError` says the file holds the lines written before. :meth:`close` syncs it
     to disk. A link at ``path`` is followed, and kept; a device or FIFO is written in place,
@@ -256,15 +257,25 @@ class LineFile:
             self.f = os.fdopen(fd, "wb", buffering=0)
         try:
             self._write(first)
-            if tmp is not None:
+            if tmp is not None:     # closed to be renamed: Windows renames no file held open
+                made = os.fstat(self.f.fileno())
+                self.f.close()
                 os.replace(tmp, path)
+                tmp = None
+                self.f = open(path, "r+b", buffering=0)
+                now = os.fstat(self.f.fileno())
+                if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
+                    raise WriteError("cannot write the file: another program replaced it as "
+                                     "it was made", path)
+                self.f.seek(self.size)
         except BaseException as e:
             self.f.close()
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
             if isinstance(e, OSError) and not isinstance(e, WriteError):
                 raise write_error(e, path, None if self.in_place else
-                                  "it was left as it was") from e
+                                  "it was left as it was" if tmp is not None else
+                                  self._kept()) from e
             raise
 
     def _write(self, text: str) -> None:
