@@ -105,6 +105,18 @@ def test_names_told_apart_by_case_alone_carry_no_position(tmp_path):
     assert again[1:] == got
 
 
+def test_names_one_in_unicode_normal_form_are_told_apart(tmp_path):
+    """An \u00e9 written composed (NFC: typed, Linux, Windows) and decomposed (NFD: e and an
+    accent, as macOS tools unpack) are one name to macOS's file systems: both frames were
+    named \u00e9, so on a Mac one mask replaced the other and two rows named one file."""
+    import unicodedata
+
+    save(tmp_path / "a" / "\u00e9.png", ramp(4, 4))
+    save(tmp_path / "b" / "e\u0301.png", ramp(4, 4, 1))
+    got = [f.out_name for f in collect_frames([tmp_path / "a", tmp_path / "b"])]
+    assert len({unicodedata.normalize("NFC", n).lower() for n in got}) == 2, got
+
+
 def test_predictions_csv_maps_each_image_to_its_outputs(tmp_path):
     """predict wrote no table from an image to its mask: after a rerun on a grown archive
     (or names that collide) a script could not tell which mask was whose."""

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import time
+import unicodedata
 from collections import Counter, deque
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
@@ -261,20 +262,20 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, tuple[st
     # a loop's frames are made longer together: their names stay one series
     files = [item[0].image_path for item in found]
     # every folder of each file, from the root down (what more levels can add at most)
-    folders = ["/".join([*reversed(anc), *rel.parts[:-1]]).lower() for _, _, rel, anc in found]
+    folders = [_one_name("/".join([*reversed(anc), *rel.parts[:-1]])) for _, _, rel, anc in found]
     states = [(0, False, False)] * len(found)      # (level, suffix added, hash added)
     while True:
         names = [candidate(i) for i in range(len(found))]
-        counts = Counter(n.lower() for n in names)  # case-insensitive file systems too
-        stems = [candidate(i, tagged=False).lower() for i in range(len(found))]
+        counts = Counter(_one_name(n) for n in names)
+        stems = [_one_name(candidate(i, tagged=False)) for i in range(len(found))]
         owners: dict[str, set[Path]] = {}
         where: dict[str, set[str]] = {}     # the folders of the files of each name or stem
         for i, (f, stem) in enumerate(zip(files, stems)):
             owners.setdefault(stem, set()).add(f)
             where.setdefault(stem, set()).add(folders[i])
-            where.setdefault(names[i].lower(), set()).add(folders[i])
+            where.setdefault(_one_name(names[i]), set()).add(folders[i])
         clashing = {files[i] for i, n in enumerate(names)
-                    if counts[n.lower()] > 1 or len(owners[stems[i]]) > 1}
+                    if counts[_one_name(n)] > 1 or len(owners[stems[i]]) > 1}
         if not clashing:
             return names
         changed = False
@@ -283,7 +284,7 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, tuple[st
                 continue
             level, suffixed, hashed = states[i]
             # a folder above tells it apart from a file of another folder, never of its own
-            apart = len(where[names[i].lower()]) > 1 or len(where[stems[i]]) > 1
+            apart = len(where[_one_name(names[i])]) > 1 or len(where[stems[i]]) > 1
             deepest = len(found[i][3]) + 1
             if level < 2 or (apart and level < deepest):
                 states[i] = (level + 1, suffixed, hashed)
@@ -296,6 +297,13 @@ def _unique_names(found: list[tuple[Sample, Path | None, PurePosixPath, tuple[st
             changed = True
         if not changed:         # (distinct files' hashes differ: not reached)
             return names
+
+
+def _one_name(name: str) -> str:
+    """What ``name`` is to a file system that ignores case (Windows, macOS) and Unicode's
+    normal form (macOS: an accent written composed or decomposed): names with one such key
+    are one file there."""
+    return unicodedata.normalize("NFC", name).lower()
 
 
 # ------------------------------------------------------------------------------ streaming
