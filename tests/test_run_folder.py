@@ -282,3 +282,21 @@ def test_early_warnings_leave_the_logger_once_a_run_s_log_takes_them(tmp_path) -
     assert [r.getMessage() for r in second.records] == ["before the second"]
     assert pkg.handlers == before
     assert "before the first" in (tmp_path / "a.log").read_text()
+
+
+def test_a_run_log_is_utf_8_under_a_windows_code_page(tmp_path, monkeypatch, capsys) -> None:
+    """train.log was opened in the locale's encoding: under a Windows code page (cp1252) a
+    record naming a path such as Łódź数据 printed a '--- Logging error ---' traceback and was
+    lost from the file. It is UTF-8, as every other text output."""
+    import io
+
+    real = io.text_encoding
+    monkeypatch.setattr(io, "text_encoding", lambda encoding, stacklevel=2: (
+        "cp1252" if encoding in (None, "locale") else real(encoding)))
+    pkg = logging.getLogger("ultraseg")
+    with run_log(tmp_path / "train.log"):
+        pkg.getChild("train").info("%s: 3 samples", "Łódź数据")
+        pkg.getChild("train").info("undecodable \udcff")
+    assert "Logging error" not in capsys.readouterr().err
+    text = (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert "Łódź数据: 3 samples" in text and "undecodable" in text

@@ -109,7 +109,7 @@ def _umask() -> int:
     """The process's umask now (it can change: read each time). Linux says it in
     /proc/self/status; elsewhere the only way to read it is to set it and put it back."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text("utf-8", "replace").splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):

@@ -299,7 +299,8 @@ def run_log(path: Path, earlier: EarlyWarnings | None = None) -> Iterator[RunWar
     ``earlier``: the run's warnings given before the block (:class:`EarlyWarnings`), written
     to the file and collected first, not shown again."""
     global _RUN_LOGS
-    file_handler = _RunLogFile(path)
+    # UTF-8 as every text output (not the locale's code page); never an error over a name
+    file_handler = _RunLogFile(path, encoding="utf-8", errors="backslashreplace")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
                                                 "%(message)s"))
     # the run's thread's records alone (training runs in it): not another thread's work

@@ -50,7 +50,7 @@ def resolve_device(name: str | torch.device = "auto",
 def _x86_cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
                     return set(line.split(":", 1)[1].split())
