@@ -628,3 +628,26 @@ def test_a_line_file_replaced_as_it_is_made_is_not_written_into(
     with pytest.raises(fileio.WriteError, match="another program replaced it"):
         fileio.LineFile(tmp_path / "t.csv", "a,b\n")
     assert (tmp_path / "t.csv").read_text() == "theirs\n"
+
+
+@pytest.mark.parametrize("writer", ["atomic_write_text", "atomic_write_texts"])
+def test_text_outputs_end_their_lines_with_lf_on_every_system(tmp_path: Path, writer: str,
+                                                               monkeypatch) -> None:
+    """Text mode without newline= writes each '\\n' as os.linesep: on Windows per_image.csv,
+    summary.json, metrics.csv and the submission CSV ended their lines CRLF, while
+    predictions.csv and measurements.csv (LineFile, bytes) ended them LF. Here io.open
+    translates as Windows does where newline is not given."""
+    import io
+
+    real = io.open
+
+    def windows_open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
+                     *args, **kwargs):
+        if "b" not in mode and newline is None and any(c in mode for c in "wax+"):
+            newline = "\r\n"
+        return real(file, mode, buffering, encoding, errors, newline, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", windows_open)
+    path = tmp_path / "t.csv"
+    OUTPUT_WRITERS[writer](path, "a,b\n1,2\n")
+    assert path.read_bytes() == b"a,b\n1,2\n"

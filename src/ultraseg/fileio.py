@@ -180,8 +180,9 @@ def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = No
     replaced file's.
 
     A text mode writes UTF-8, with the undecodable bytes of file names (surrogate escapes) as
-    they were. On any error the temporary file is removed and ``path`` is left as it was; an
-    ``OSError`` (disk full, permissions, ...) becomes a :class:`WriteError` naming ``path``.
+    they were, and no line end translated: ``"\\n"`` is LF on every system. On any error the
+    temporary file is removed and ``path`` is left as it was; an ``OSError`` (disk full,
+    permissions, ...) becomes a :class:`WriteError` naming ``path``.
 
     A ``path`` that is a device or a FIFO (``/dev/null``, or a link to one) is written in
     place, as a shell's ``>`` writes it; it has no earlier content to keep.
@@ -190,8 +191,9 @@ def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = No
     if path.is_symlink():       # write the file it points to, and keep the link
         path = Path(os.path.realpath(path))
     # text: UTF-8, and a file name's bytes that are no UTF-8 (surrogate escapes) written back
-    # as they are on disk
-    text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"}
+    # as they are on disk; lines end as written, LF (Windows' text mode made each CRLF)
+    text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape",
+                                   "newline": ""}
     if _in_place(path):
         try:
             with open(path, mode, **text) as f:
