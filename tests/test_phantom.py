@@ -187,6 +187,39 @@ def test_a_running_writers_staging_folder_is_left_alone(tmp_path) -> None:
         alive.wait()
 
 
+def test_on_windows_a_writer_is_looked_for_without_os_kill(tmp_path, monkeypatch) -> None:
+    """On Windows os.kill(pid, 0) is no probe: signal 0 is CTRL_C_EVENT, sent to the console
+    group pid, and a pid that leads none fails with WinError 87, read as another user's
+    running process: an ended run's staging folder was never removed, and a Ctrl-C could
+    reach a process. There the process is looked up (OpenProcess)."""
+    import os
+
+    import ultraseg.phantom as phantom
+
+    killed = []
+
+    class WindowsOs:
+        name = "nt"
+
+        def kill(self, pid, sig):
+            killed.append((pid, sig))
+            raise OSError(22, "[WinError 87] The parameter is incorrect")
+
+        def __getattr__(self, attr):
+            return getattr(os, attr)
+
+    monkeypatch.setattr(phantom, "os", WindowsOs())
+    monkeypatch.setattr(phantom, "_windows_running", lambda pid: pid == 4000000,
+                        raising=False)
+    out = tmp_path / "win"
+    (out / ".phantom-3999999-abc.tmp").mkdir(parents=True)       # its writer ended
+    (out / ".phantom-4000000-def.tmp").mkdir()                   # its writer runs
+    make_dataset(out, n=1, size=32)
+    assert killed == []
+    assert sorted(p.name for p in out.iterdir()) == [".phantom-4000000-def.tmp", "images",
+                                                     "masks"]
+
+
 def test_a_staging_folder_named_with_a_superscript_digit_is_a_stale_one(tmp_path) -> None:
     """A hidden folder `.phantom-²-x.tmp` in --out stopped `ultraseg phantom` with a
     ValueError: '²' passed str.isdigit as a process id, and int() refused it. No writer's

@@ -418,6 +418,8 @@ def _running(pid: str) -> bool:
     str.isdigit, not to int())."""
     if not (pid.isascii() and pid.isdecimal()) or int(pid) == os.getpid():
         return False
+    if os.name == "nt":     # (signal 0 is CTRL_C_EVENT there, sent to a console group)
+        return _windows_running(int(pid))
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -425,6 +427,27 @@ def _running(pid: str) -> bool:
     except OSError:                 # another user's process: running
         return True
     return True
+
+
+def _windows_running(pid: int) -> bool:  # pragma: no cover (Windows)
+    """Windows: whether the process ``pid`` runs. One that cannot be opened for another
+    reason than being gone (another user's: access denied) runs."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)   # type: ignore[attr-defined]
+    kernel32.OpenProcess.restype = ctypes.c_void_p                 # (a HANDLE: 64 bits)
+    kernel32.GetExitCodeProcess.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong)]
+    kernel32.CloseHandle.argtypes = [ctypes.c_void_p]
+    handle = kernel32.OpenProcess(0x1000, False, pid)   # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() != 87    # ERROR_INVALID_PARAMETER: no such process
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259                # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) -> Path:
