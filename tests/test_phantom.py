@@ -220,6 +220,29 @@ def test_on_windows_a_writer_is_looked_for_without_os_kill(tmp_path, monkeypatch
                                                      "masks"]
 
 
+def test_a_set_goes_into_empty_folders_of_its_names_where_no_folder_is_replaced(
+        tmp_path, monkeypatch) -> None:
+    """Windows replaces no folder (MoveFileEx: access denied): `ultraseg phantom` into a
+    folder holding an empty images/ failed there, naming the hidden staging folder. The
+    empty folders are removed before the set's are moved in."""
+    import os
+
+    real = os.replace
+
+    def windows_replace(src, dst):
+        if os.path.isdir(dst):
+            raise PermissionError(13, "[WinError 5] Access is denied", str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", windows_replace)
+    out = tmp_path / "emptyimg"
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir()
+    make_dataset(out, n=2, size=32)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "masks"]
+    assert len(list((out / "images").iterdir())) == len(list((out / "masks").iterdir())) == 2
+
+
 def test_a_staging_folder_named_with_a_superscript_digit_is_a_stale_one(tmp_path) -> None:
     """A hidden folder `.phantom-²-x.tmp` in --out stopped `ultraseg phantom` with a
     ValueError: '²' passed str.isdigit as a process id, and int() refused it. No writer's

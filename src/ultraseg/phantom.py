@@ -498,6 +498,8 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
     try:
         n_subjects, n_empty = _write_set(staging, int(n), int(size), int(seed))
         for name in ("images", "masks"):  # onto an empty folder of the name, if one is there
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                (out / name).rmdir()        # (empty, checked above: Windows replaces no folder)
             os.replace(staging / name, out / name)
     except BaseException:   # Ctrl-C, a full disk: no hidden half set left behind for good
         shutil.rmtree(staging, ignore_errors=True)
