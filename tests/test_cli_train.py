@@ -422,6 +422,21 @@ def test_a_config_built_without_a_preset_can_be_given_back(data, tmp_path, capsy
     assert cfg.train == RunConfig().train
 
 
+def test_a_data_path_under_the_home_folder_trains(data, tmp_path, monkeypatch, capsys) -> None:
+    """'~/data' in a config file (or DATA typed in quotes) was a folder named '~' in the
+    current one: 'no such file or folder'."""
+    monkeypatch.setenv("HOME", str(data.parent))
+    monkeypatch.chdir(tmp_path)
+    assert _resolve([f"~/{data.name}", "--out", "R"]).data.path == str(data)
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"data": {"path": f"~/{data.name}"}}))
+    rc = cli.main(["train", "--config", str(conf), "--out", str(tmp_path / "run"), *TINY,
+                   "--epochs", "1"])
+    assert rc == 0, capsys.readouterr().err
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]["path"]
+    assert recorded == str(data.resolve())
+
+
 def _structure_set(root: Path, subjects: range, holders: set[int], frames: int = 4,
                    draw: Callable[[np.ndarray, int], object] | None = None, size: int = 32
                    ) -> list[str]:

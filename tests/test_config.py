@@ -134,6 +134,21 @@ def test_right_types_pass() -> None:
     assert cfg.data.path == "/data/x"                   # a Path where a path string goes
 
 
+def test_a_tilde_in_a_data_setting_is_the_users_home_folder(tmp_path, monkeypatch) -> None:
+    """A config file's "path": "~/data/busi" (or DATA typed quoted) was read as a folder
+    named '~' in the current one, and refused as not found; data.cache_dir likewise."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home = str(tmp_path)
+    cfg = RunConfig.from_dict({"data": {"path": "~/data/busi", "cache_dir": "~/cache"}})
+    assert (cfg.data.path, cfg.data.cache_dir) == (f"{home}/data/busi", f"{home}/cache")
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"data": {"path": "~/d"}}))
+    assert RunConfig.load(conf).data.path == f"{home}/d"
+    assert merge(preset("demo"), {"data": {"path": "~"}}).data.path == home
+    assert DataConfig(path="a/~b").path == "a/~b"            # only a leading ~ is the home
+    assert DataConfig(cache_dir="").cache_dir == "" and DataConfig().cache_dir is None
+
+
 @pytest.mark.parametrize("cls, key, valid", [
     (ModelConfig, "variant", "'valid', 'same'"),
     (ModelConfig, "norm", "'batch', 'instance'"),

@@ -520,8 +520,14 @@ class DataConfig(_Section):
     def __post_init__(self) -> None:
         """An unknown ``layout`` and a ``subject_pattern`` that is no regex refused when the
         section is built (a config file's ``"bsui"`` was refused only after the dataset was
-        read, naming neither the setting nor the file)."""
+        read, naming neither the setting nor the file). A file name starting with ``~``
+        (``"~/data/busi"`` in a config file, DATA typed in quotes) is taken as the user's home
+        folder's, as a shell takes it: it was a folder named '~' in the current one."""
         super().__post_init__()
+        for name in FILE_NAMES:
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                object.__setattr__(self, name, os.path.expanduser(value))
         from .io import check_layout    # (io reads config: imported when first built)
 
         check_layout(self.layout, self.subject_pattern)
