@@ -437,6 +437,30 @@ def test_a_data_path_under_the_home_folder_trains(data, tmp_path, monkeypatch, c
     assert recorded == str(data.resolve())
 
 
+def test_a_relative_data_path_found_beside_the_config_file_alone_is_said_so(
+        tmp_path, monkeypatch) -> None:
+    """A config file's relative data.path is read from the current folder (as ever: files
+    rely on it); where only the file's folder holds it, 'no such file or folder' left the
+    user to guess why."""
+    (tmp_path / "exp" / "busi").mkdir(parents=True)
+    conf = tmp_path / "exp" / "c.json"
+    conf.write_text(json.dumps({"data": {"path": "busi"}}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UltrasegError) as e:
+        _resolve(["--out", "R", "--config", "exp/c.json"])
+    assert str(e.value) == (f"exp/c.json: data.path 'busi' is not found from the current "
+                            f"folder {tmp_path}; the config file's folder "
+                            f"({tmp_path / 'exp'}) holds it: run from there or give an "
+                            "absolute path"), str(e.value)
+    # from the file's folder, or with DATA named, it is read as ever
+    monkeypatch.chdir(tmp_path / "exp")
+    assert _resolve(["--out", "R", "--config", "c.json"]).data.path == "busi"
+    monkeypatch.chdir(tmp_path)
+    assert _resolve(["D", "--out", "R", "--config", "exp/c.json"]).data.path == "D"
+    (tmp_path / "busi").mkdir()                 # the current folder's wins where both hold it
+    assert _resolve(["--out", "R", "--config", "exp/c.json"]).data.path == "busi"
+
+
 def _structure_set(root: Path, subjects: range, holders: set[int], frames: int = 4,
                    draw: Callable[[np.ndarray, int], object] | None = None, size: int = 32
                    ) -> list[str]:

@@ -223,7 +223,23 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
         overrides.setdefault("train", {})["time_limit_s"] = (
             None if no_limit else parse_duration(a.time_limit))
     overrides.setdefault("data", {})["path"] = str(a.data) if a.data else cfg.data.path
-    return merge(cfg, overrides)
+    cfg = merge(cfg, overrides)
+    if a.config and not a.data:
+        _check_beside_the_file(cfg.data.path, a.config)
+    return cfg
+
+
+def _check_beside_the_file(path: str, config: str) -> None:
+    """A config file's relative data.path is read from the current folder, not the file's
+    (as ever: files rely on it); where only the file's folder holds it, an error says so
+    ('no such file or folder' left the user to guess why)."""
+    if not path or Path(path).is_absolute() or Path(path).exists():
+        return
+    folder = Path(config).resolve().parent
+    if (folder / path).exists():
+        raise UltrasegError(f"data.path {path!r} is not found from the current folder "
+                            f"{Path.cwd()}; the config file's folder ({folder}) holds it: run "
+                            "from there or give an absolute path", config)
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
