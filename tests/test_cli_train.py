@@ -392,6 +392,26 @@ def test_a_config_files_model_too_large_to_build_is_a_user_error(data, tmp_path,
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.parametrize("name, content, line, yaml", [
+    ("conf.yaml", "train:\n  epochs: 3\n", 1, True),
+    ("conf.json", "# mine\ntrain:\n  epochs: 3\n", 1, True),    # looks like YAML
+    ("conf.yml", '{"train": {"epochs": 3}},', 1, True),        # named so
+    ("conf.json", '{"train": {"epochs": 3},\n}', 2, False),    # JSON with a slip
+])
+def test_a_config_file_that_is_no_json_says_so_and_that_yaml_is_not_read(
+        tmp_path, name, content, line, yaml) -> None:
+    """A YAML file as --config was refused with json's bare words: 'cannot read the config
+    file (Expecting value: line 1 column 1 (char 0))'."""
+    conf = tmp_path / name
+    conf.write_text(content)
+    with pytest.raises(UltrasegError) as e:
+        _resolve(["D", "--out", "R", "--config", str(conf)])
+    said = str(e.value)
+    assert said.startswith(f"{conf}: config files are JSON (as a run's config.json); this is "
+                           f"not JSON (line {line}: "), said
+    assert ("YAML is not read" in said) == yaml, said
+
+
 def test_a_runs_config_json_alone_repeats_it_from_anywhere(data, tmp_path, monkeypatch,
                                                            capsys) -> None:
     """DATA given relative to the working folder is recorded as an absolute path, so the run's

@@ -321,6 +321,18 @@ def test_load_of_a_config_of_the_wrong_shape_is_a_user_error(tmp_path, doc, word
         RunConfig.load(path)
 
 
+def test_a_config_that_is_no_json_is_said_to_be_no_json(tmp_path) -> None:
+    """A YAML file given as a config was refused with json's bare 'Expecting value: line 1
+    column 1 (char 0)'."""
+    conf = tmp_path / "c.yaml"
+    conf.write_text("train:\n  epochs: 3\n")
+    with pytest.raises(UltrasegError) as e:
+        RunConfig.load(conf)
+    assert str(e.value).startswith(f"{conf}: config files are JSON (as a run's config.json); "
+                                   "this is not JSON (line 1: Expecting value)"), str(e.value)
+    assert "YAML is not read" in str(e.value)
+
+
 def test_unknown_section_refused() -> None:
     with pytest.raises(UltrasegError, match="trian"):
         RunConfig.from_dict({"trian": {"epochs": 3}})

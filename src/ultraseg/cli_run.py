@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (PRESETS, ZOOM_LIMITS, ModelConfig, PreprocessConfig, RunConfig,
-                     TrainConfig, choices, merge, names_read, parse_duration, preset)
+                     TrainConfig, choices, merge, names_read, parse_duration, preset,
+                     read_config_json)
 from .cli import StatusLine, bar, json_on_failure, path_arg
 from .errors import UltrasegError
-from .fileio import json_text, read_json
+from .fileio import json_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .train import TrainResult
@@ -124,7 +125,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise UltrasegError("config file not found", path)
     try:
-        doc = read_json(path)          # as UTF-8 whatever the locale, a BOM let through
+        doc = read_config_json(path)   # as UTF-8 whatever the locale, a BOM let through
     except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
         raise UltrasegError(f"cannot read the config file ({e})", path) from e
     try:

@@ -651,13 +651,35 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         try:
-            doc = read_json(path)
+            doc = read_config_json(path)
         except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
             raise UltrasegError(f"cannot read config: {e}", path) from e
         try:
             return cls.from_dict(names_read(doc))
         except UltrasegError as e:
             raise UltrasegError(e.message, path) from e
+
+
+#: A line of YAML (``train:``, ``  epochs: 3``, ``- item: x``), as no JSON line starts.
+_YAML_LINE = re.compile(r"^\s*(- )?[A-Za-z_][\w.-]*\s*:(\s|$)", re.M)
+
+
+def read_config_json(path: str | Path) -> Any:
+    """A config file's JSON (:func:`~ultraseg.fileio.read_json`); text that is no JSON is an
+    :class:`UltrasegError` saying so plainly, and that YAML is not read where the file is
+    named ``.yaml``/``.yml`` or its lines look like YAML's: json's own words ('Expecting
+    value: line 1 column 1 (char 0)') left a YAML file's user to guess. OSError where it
+    cannot be read, ValueError for other unreadable JSON (a key given twice, nested too
+    deeply, no UTF-8)."""
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as e:
+        yaml = Path(path).suffix.lower() in (".yaml", ".yml") or _YAML_LINE.search(e.doc)
+        raise UltrasegError(
+            f"config files are JSON (as a run's config.json); this is not JSON (line "
+            f"{e.lineno}: {e.msg})" + ("; YAML is not read: write it as JSON, "
+                                       '{"train": {"epochs": 5}}' if yaml else ""),
+            path) from e
 
 
 #: Named recipes. ``seed`` is the original description's recipe with correct valid geometry.
