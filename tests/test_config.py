@@ -99,6 +99,35 @@ def test_typo_in_a_known_section_names_the_right_key() -> None:
         RunConfig.from_dict({"train": {"epoch": 3}})
 
 
+def test_an_unknown_key_names_the_section_the_file_and_the_key_meant(tmp_path,
+                                                                      capsys) -> None:
+    """'unknown TrainConfig keys ['epoch']' named a class, not the section the file has, and
+    left the user to find 'epochs' in the list of valid keys."""
+    from ultraseg import cli
+
+    conf = tmp_path / "c.json"
+    conf.write_text('{"train": {"epoch": 3}}')
+    with pytest.raises(UltrasegError) as e:
+        RunConfig.load(conf)
+    said = str(e.value)
+    assert said.startswith(f"unknown keys in section \"train\" of {conf}: ['epoch'] (did you "
+                           "mean 'epochs'?; valid: ['affine_scale', "), said
+    assert "TrainConfig" not in said
+    assert cli.main(["train", str(tmp_path), "--config", str(conf), "--out",
+                     str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"unknown keys in section \"train\" of {conf}: ['epoch'] (did you mean 'epochs'?" \
+        in err, err
+    with pytest.raises(UltrasegError) as e:         # two keys: which is meant for which
+        RunConfig.from_dict({"model": {"widht": 4, "zzz": 1}})
+    assert str(e.value).startswith("unknown keys in section \"model\": ['widht', 'zzz'] "
+                                   "(did you mean 'width' for 'widht'?; valid: ["), str(e.value)
+    with pytest.raises(UltrasegError) as e:         # nothing close: no guess
+        TrainConfig.from_dict({"zzz": 1})
+    assert str(e.value).startswith("unknown keys in section \"train\": ['zzz'] (valid: ["), \
+        str(e.value)
+
+
 @pytest.mark.parametrize("section, key, value, words", [
     ("model", "width", "16", ["model.width", "whole number", "'16'"]),
     ("model", "width", 16.0, ["model.width", "whole number", "16.0"]),

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (PRESETS, ZOOM_LIMITS, ModelConfig, PreprocessConfig, RunConfig,
-                     TrainConfig, choices, merge, names_read, parse_duration, preset,
-                     read_config_json)
+                     TrainConfig, UnknownSettings, choices, merge, names_read,
+                     parse_duration, preset, read_config_json)
 from .cli import StatusLine, bar, json_on_failure, path_arg
 from .errors import UltrasegError
 from .fileio import json_text
@@ -131,6 +131,8 @@ def _read_config_file(path: str) -> dict[str, Any]:
     try:
         doc = names_read(doc)           # data.path as this locale names the folder
         RunConfig.from_dict(doc)          # its shape and every value's type, naming the file
+    except UnknownSettings as e:
+        raise e.in_config(path) from e
     except UltrasegError as e:
         raise UltrasegError(e.message, path) from e
     return doc

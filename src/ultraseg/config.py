@@ -6,6 +6,7 @@ written as JSON and stored in checkpoints without pickle.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import math
@@ -25,11 +26,30 @@ T = TypeVar("T")
 
 class UnknownSettings(UltrasegError):
     """Settings a config section does not have (a typo, or a newer ultraseg's): ``section``
-    (the class's name) and ``keys``."""
+    (its name in a config file: ``train``, ``model``), ``keys`` and the ``valid`` ones."""
 
     def __init__(self, section: str, keys: list[str], valid: list[str]) -> None:
-        super().__init__(f"unknown {section} keys {keys}; valid: {valid}")
-        self.section, self.keys = section, keys
+        self.section, self.keys, self.valid = section, keys, valid
+        super().__init__(self.said())
+
+    def said(self, path: str | Path | None = None) -> str:
+        """'unknown keys in section "train"[ of FILE]: ['epoch'] (did you mean 'epochs'?;
+        valid: [...])': the section as a config file names it, not its class, and the valid
+        key each unknown one is closest to (:func:`difflib.get_close_matches`)."""
+        where = f'section "{self.section}"' + (f" of {path}" if path is not None else "")
+        close = {k: difflib.get_close_matches(k, self.valid, n=1) for k in self.keys
+                 if isinstance(k, str)}
+        meant = [repr(m[0]) + (f" for {k!r}" if len(self.keys) > 1 else "")
+                 for k, m in close.items() if m]
+        guess = f"did you mean {', '.join(meant)}?; " if meant else ""
+        return f"unknown keys in {where}: {self.keys} ({guess}valid: {self.valid})"
+
+    def in_config(self, path: str | Path) -> UltrasegError:
+        """The refusal of the config file at ``path`` holding these settings, naming the
+        section and the file."""
+        err = UltrasegError(self.said(path))
+        err.path = str(path)
+        return err
 
     def in_file(self, meta: dict[str, Any], path: str | Path) -> CheckpointError:
         """The refusal of a checkpoint or export at ``path`` (its metadata ``meta``) holding
@@ -37,18 +57,19 @@ class UnknownSettings(UltrasegError):
         raised for changes that older readers would misread, not for every setting added)."""
         from . import __version__
 
-        return CheckpointError(f"written by a newer ultraseg (unknown {self.section} keys "
-                               f"{self.keys}; the file says {meta.get('ultraseg_version', '?')}"
-                               f", this is {__version__}), or edited; upgrade ultraseg to read "
-                               "it", path)
+        return CheckpointError(f"written by a newer ultraseg (unknown keys in section "
+                               f"\"{self.section}\": {self.keys}; the file says "
+                               f"{meta.get('ultraseg_version', '?')}, this is {__version__}), "
+                               "or edited; upgrade ultraseg to read it", path)
 
 
 def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     data = dict(data or {})
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
-    if unknown:
-        raise UnknownSettings(cls.__name__, unknown, sorted(names))
+    if unknown:     # (the section as a file names it: TrainConfig's is "train")
+        raise UnknownSettings(cls.__name__.removesuffix("Config").lower(), unknown,
+                              sorted(names))
     return cls(**data)     # (JSON's lists as tuples, Paths as strings, types: __post_init__)
 
 
@@ -656,6 +677,8 @@ class RunConfig:
             raise UltrasegError(f"cannot read config: {e}", path) from e
         try:
             return cls.from_dict(names_read(doc))
+        except UnknownSettings as e:
+            raise e.in_config(path) from e
         except UltrasegError as e:
             raise UltrasegError(e.message, path) from e
 
