@@ -481,6 +481,29 @@ def test_a_relative_data_path_found_beside_the_config_file_alone_is_said_so(
     assert _resolve(["--out", "R", "--config", "exp/c.json"]).data.path == "busi"
 
 
+def test_a_world_size_set_by_hand_is_warned_of_as_ignored(data, tmp_path, capsys) -> None:
+    """train.world_size is recorded by training (the processes torchrun started), not
+    chosen: a config file's 4 was replaced by 1 without a word. A run's own config.json,
+    given back, says nothing."""
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"train": {"world_size": 4}}))
+    first = tmp_path / "first"
+    with ultraseg_warnings() as warned:
+        rc = cli.main(["train", str(data), "--out", str(first), "--config", str(conf), *TINY,
+                       "--epochs", "1"])
+    assert rc == 0, capsys.readouterr().err
+    said = [r for r in warned if "train.world_size" in r.getMessage()]   # (not the folder's)
+    assert len(said) == 1 and said[0].name == "ultraseg.train", [r.getMessage() for r in warned]
+    assert "train.world_size 4" in said[0].getMessage() and "ignored" in said[0].getMessage()
+    assert json.loads((first / "config.json").read_text())["train"]["world_size"] == 1
+    with ultraseg_warnings() as warned:
+        rc = cli.main(["train", "--config", str(first / "config.json"), "--out",
+                       str(tmp_path / "again")])
+    assert rc == 0, capsys.readouterr().err
+    assert not [r for r in warned if "train.world_size" in r.getMessage()], \
+        [r.getMessage() for r in warned]
+
+
 def _structure_set(root: Path, subjects: range, holders: set[int], frames: int = 4,
                    draw: Callable[[np.ndarray, int], object] | None = None, size: int = 32
                    ) -> list[str]:

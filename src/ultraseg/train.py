@@ -590,6 +590,12 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
             if resume:
                 log.warning("resuming a run of %d processes with %d: the global batches stay "
                             "the same", recorded, ctx.world_size)
+            elif ctx.is_main and cfg.set_by_hand("train", "world_size"):
+                # (set in a config file, or another job's config.json: said as it is replaced)
+                log.warning("train.world_size %d is recorded by training, not chosen: this "
+                            "run has %d process%s (torchrun's --nproc_per_node starts them); "
+                            "the setting is ignored", recorded, ctx.world_size,
+                            "" if ctx.world_size == 1 else "es")
             cfg = replace(cfg, train=replace(cfg.train, world_size=ctx.world_size))
         if not ctx.is_main:
             with threads(cfg.train.num_threads), torch.random.fork_rng(devices=rng_devices), \
