@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -612,13 +613,42 @@ def test_a_line_file_renames_no_file_it_holds_open(tmp_path: Path,
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
 
 
+def test_a_line_file_replacing_a_read_only_table_writes_on_where_renames_keep_files_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a file held open can be renamed (Linux, macOS), LineFile writes on through the
+    file it made, as it did before the Windows fallback: opening the table again by its path
+    refused a user other than root where the earlier table was read-only (its mode is kept)
+    or the umask gave no write bit, after the rename had left the header alone there. Here
+    opening a file for writing is refused where its mode has no write bit, as for such a
+    user (the tests may run as root)."""
+    real_open = open
+
+    def as_a_user(file, mode="r", *args, **kwargs):
+        if "+" in mode and not os.stat(file).st_mode & stat.S_IWUSR:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "open", as_a_user, raising=False)
+    path = tmp_path / "t.csv"
+    path.write_text("old,table\n")
+    path.chmod(0o444)
+    table = fileio.LineFile(path, "a,b\n")
+    table.write("1,2\n")
+    table.close()
+    assert path.read_text() == "a,b\n1,2\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+
+
 def test_a_line_file_replaced_as_it_is_made_is_not_written_into(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The file is opened again after its rename; one another program put there meanwhile
-    is left to it, not mixed with this table's rows."""
+    """Where the system renames no file held open (Windows), the file is opened again after
+    its rename; one another program put there meanwhile is left to it, not mixed with this
+    table's rows."""
     real = os.replace
 
     def then_another(src, dst):
+        if _open_here(src):
+            raise PermissionError(13, "[WinError 32] being used by another process", src)
         real(src, dst)
         other = tmp_path / "other"
         other.write_text("theirs\n")

@@ -234,8 +234,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 class LineFile:
     """A file that grows by whole lines (a table written row by row, each row on disk as soon
     as it is made): made as :func:`atomic_open` makes a file, its ``first`` lines (a header)
-    written under a temporary name and renamed into place (replacing an earlier file at once),
-    closed for the rename (Windows renames no open file) and opened again; :meth:`write` adds
+    written under a temporary name and renamed into place (replacing an earlier file at once;
+    where the system renames no file held open, as Windows, closed for the rename and opened
+    again); :meth:`write` adds
     lines, each in one write, flushed to the system at once (a process killed with
     ``kill -9`` leaves every line written before). A reader finds whole
     lines: a line that fails to be written (a full disk) is cut off again, and the
@@ -259,17 +260,16 @@ class LineFile:
             self.f = os.fdopen(fd, "wb", buffering=0)
         try:
             self._write(first)
-            if tmp is not None:     # closed to be renamed: Windows renames no file held open
-                made = os.fstat(self.f.fileno())
-                self.f.close()
-                os.replace(tmp, path)
-                tmp = None
-                self.f = open(path, "r+b", buffering=0)
-                now = os.fstat(self.f.fileno())
-                if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
-                    raise WriteError("cannot write the file: another program replaced it as "
-                                     "it was made", path)
-                self.f.seek(self.size)
+            if tmp is not None:
+                try:    # renamed held open and written on (the mode it was made with, kept)
+                    os.replace(tmp, path)
+                    tmp = None
+                except PermissionError:     # Windows renames no file held open: closed,
+                    made = os.fstat(self.f.fileno())    # renamed, opened again
+                    self.f.close()
+                    os.replace(tmp, path)
+                    tmp = None
+                    self._open_again(made)
         except BaseException as e:
             self.f.close()
             if tmp is not None:
@@ -279,6 +279,15 @@ class LineFile:
                                   "it was left as it was" if tmp is not None else
                                   self._kept()) from e
             raise
+
+    def _open_again(self, made: os.stat_result) -> None:
+        """Open the table again after its rename, closed (``made``: the file as it was made);
+        a file another program put there meanwhile is refused, not written into."""
+        self.f = open(self.path, "r+b", buffering=0)
+        if not os.path.samestat(os.fstat(self.f.fileno()), made):
+            raise WriteError("cannot write the file: another program replaced it as it was "
+                             "made", self.path)
+        self.f.seek(self.size)
 
     def _write(self, text: str) -> None:
         encoded = text.encode("utf-8", "surrogateescape")
