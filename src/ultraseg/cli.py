@@ -272,7 +272,10 @@ def _going_on(a: argparse.Namespace) -> str:
     goes on too (``--resume`` writes a report it stopped at again); a demo whose evaluation
     was written does not (the demo refuses a finished demo's folder)."""
     out = getattr(a, "out", None) if a.command in ("train", "demo") else None
-    if out is None or not (Path(out) / "last.ckpt").is_file():
+    try:
+        if out is None or not (Path(out) / "last.ckpt").is_file():
+            return ""
+    except OSError:     # --out itself the trouble (a name too long): nothing to go on from
         return ""
     from .demo import goes_on, minutes_arg
 
@@ -297,10 +300,7 @@ def _then_resume(a: argparse.Namespace) -> str:
     """After a write that failed (a full disk), or another process of a torchrun job, in a
     train or demo whose run saved an epoch: "; then `...` goes on from the last saved epoch",
     as after SIGTERM; else nothing."""
-    try:
-        going_on = _going_on(a)
-    except OSError:     # --out itself the trouble (a name too long): nothing to go on from
-        return ""
+    going_on = _going_on(a)
     return f"; then {going_on}" if going_on else ""
 
 
@@ -584,10 +584,7 @@ def _out_of_memory(detail: str, a: argparse.Namespace) -> int:
     command that goes on from it (with the run's own settings, once the memory is free;
     rank 0 alone in a torchrun job, as after Ctrl-C)."""
     hint = _LESS_MEMORY.get(a.command, "a machine with more memory, or smaller inputs, needed")
-    going_on = ""
-    if not _rank_prefix():
-        with contextlib.suppress(OSError):  # (--out itself the trouble: nothing to go on from)
-            going_on = _going_on(a)
+    going_on = "" if _rank_prefix() else _going_on(a)
     if going_on:        # (--resume refuses a changed recipe: less memory is a new run's)
         hint += (" in a new run" if a.command == "train" else "") \
             + f"; or {going_on} once the memory is free"
