@@ -597,15 +597,15 @@ def _with_mm(out: dict[str, Any], obj: np.ndarray,
     return out
 
 
-def warn_too_small_for_an_ellipse(n: int, boundary_offset_px: float | Mapping[str, Any],
+def warn_too_small_for_an_ellipse(n: int, measure_meta: Mapping[str, Any],
                                   log: logging.Logger = logger) -> None:
     """Warn, where ``n`` > 0, that ``n`` frames' object was no wider than the boundary offset
-    (a number of px, or a checkpoint's ``meta['measure']``: :func:`side_words`), so
-    :func:`measure` gave it no ellipse: no HC, left out of the HC error."""
+    (a checkpoint's ``meta['measure']``: its ``boundary_offset_px``, at the frame side
+    :func:`side_words` names), so :func:`measure` gave it no ellipse: no HC, left out of the
+    HC error."""
     if n:
-        words = (f"{float(boundary_offset_px.get('boundary_offset_px', 0.0)):.2f} px"
-                 f"{side_words(boundary_offset_px)}"
-                 if isinstance(boundary_offset_px, Mapping) else f"{boundary_offset_px:.2f} px")
+        words = (f"{float(measure_meta.get('boundary_offset_px', 0.0)):.2f} px"
+                 f"{side_words(measure_meta)}")
         log.warning("%d frame%s: the object is no wider than the boundary offset (%s), "
                     "too small for an ellipse: no HC (empty cells), left out of the HC error "
                     "as a head not found",
