@@ -126,8 +126,9 @@ class Dist:
 
     def same_data(self, read: Mapping[str, Any]) -> None:
         """Refuse, on every rank, when what the ranks read differs (:func:`data_differences`
-        names how). ``read``: what this rank loaded, each item a list of frame names or a
-        value; one collective, made before the first batch, by every rank."""
+        names how). ``read``: what this rank loaded, each item a list of frame names, a mapping
+        of frame name to pixel digest (:func:`frame_digests`) or a value; one collective, made
+        before the first batch, by every rank."""
         if not self.enabled:
             return
         every: list[Any] = [None] * self.world_size
@@ -221,9 +222,12 @@ def data_differences(every: Sequence[Mapping[str, Any]]) -> str | None:
             said.append(f"process {rank} read other data than process 0: {', '.join(parts)}")
     if not said:
         return None
+    pixels = any("other pixels" in s for s in said)
     return ("; ".join(said) + "; the dataset must be the same on every machine (the same files "
             "at the same path, read with the same settings), and so must the run folder a "
-            "--resume starts from")
+            "--resume starts from" + ("; pixels are compared as decoded and resized, so the "
+                                      "same files read by other ultraseg, Pillow or numpy "
+                                      "versions may differ too" if pixels else ""))
 
 
 def _some(names: Sequence[str]) -> str:
