@@ -253,6 +253,19 @@ def test_a_staging_folder_named_with_a_superscript_digit_is_a_stale_one(tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["images", "masks"]
 
 
+@pytest.mark.parametrize("pid", ["99999999999", "0"])
+def test_a_staging_folder_named_with_a_process_id_no_system_has_is_a_stale_one(
+        tmp_path, pid: str) -> None:
+    """A hidden folder `.phantom-99999999999-x.tmp` (a number past any process id) stopped
+    `ultraseg phantom` with an internal error: os.kill raised OverflowError; one named 0 was
+    kept for good, os.kill(0, 0) probing this process's own group. No process has either id:
+    a stale folder, removed."""
+    out = tmp_path / "odd"
+    (out / f".phantom-{pid}-x.tmp").mkdir(parents=True)
+    make_dataset(out, n=1, size=32)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "masks"]
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
 def test_a_stopped_phantom_run_leaves_no_hidden_half_set(tmp_path, monkeypatch, stop) -> None:
     """Ctrl-C (or a full disk) while the frames were written left the hidden staging folder

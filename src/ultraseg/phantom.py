@@ -415,8 +415,9 @@ def _running(pid: str) -> bool:
     """Whether the process ``pid`` (a staging folder's writer) still runs, writing it; a name
     without one (written before names carried it), or this process's (an interrupted call
     before this one), is a stale folder's (a pid is ASCII digits: '²' is a digit to
-    str.isdigit, not to int())."""
-    if not (pid.isascii() and pid.isdecimal()) or int(pid) == os.getpid():
+    str.isdigit, not to int()), as is one no system gives (0, or past 32 bits)."""
+    if not (pid.isascii() and pid.isdecimal()) or int(pid) in (os.getpid(), 0) \
+            or int(pid) > 0xFFFFFFFF:       # (no system's process id: os.kill overflows)
         return False
     if os.name == "nt":     # (signal 0 is CTRL_C_EVENT there, sent to a console group)
         return _windows_running(int(pid))
@@ -436,6 +437,7 @@ def _windows_running(pid: int) -> bool:  # pragma: no cover (Windows)
 
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)   # type: ignore[attr-defined]
     kernel32.OpenProcess.restype = ctypes.c_void_p                 # (a HANDLE: 64 bits)
+    kernel32.OpenProcess.argtypes = [ctypes.c_ulong, ctypes.c_int, ctypes.c_ulong]
     kernel32.GetExitCodeProcess.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong)]
     kernel32.CloseHandle.argtypes = [ctypes.c_void_p]
     handle = kernel32.OpenProcess(0x1000, False, pid)   # PROCESS_QUERY_LIMITED_INFORMATION
