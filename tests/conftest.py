@@ -28,17 +28,19 @@ def _nothing_written_to_the_users_home(tmp_path_factory: pytest.TempPathFactory
 
 
 def decoded_masks(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The mask files decoded from here on (``io.base.decode_mask``'s calls), in order."""
-    from ultraseg.io import base
+    """The mask files decoded from here on (``io.masks.decode_mask``'s calls, as the samples
+    (``io.base``) and ``read_mask`` (``io.masks``) make them), in order."""
+    from ultraseg.io import base, masks
 
     decoded: list[Path] = []
-    decode = base.decode_mask
+    decode = masks.decode_mask
 
     def spy(path: Any) -> Any:
         decoded.append(Path(path))
         return decode(path)
 
-    monkeypatch.setattr(base, "decode_mask", spy)
+    for module in (base, masks):
+        monkeypatch.setattr(module, "decode_mask", spy)
     return decoded
 
 

@@ -403,7 +403,7 @@ def test_inspect_opens_an_unlabelled_loop_once(tmp_path: Path, monkeypatch, ext:
     frame_loop()), an animated PNG composited from its first frame again each time: 600
     frames took 12.6 s, against 0.5 s before loops were kept open in predict alone. The
     file is now opened once for all its frames."""
-    import ultraseg.io.base as base
+    import ultraseg.io.images as images
 
     frames = [Image.fromarray(np.full((8, 10), 20 * k, np.uint8) + np.eye(8, 10, k, np.uint8))
               for k in range(8)]
@@ -412,13 +412,13 @@ def test_inspect_opens_an_unlabelled_loop_once(tmp_path: Path, monkeypatch, ext:
     loop = scans / f"clip.{ext}"
     frames[0].save(loop, save_all=True, append_images=frames[1:])
     opened: list[Path] = []
-    real = base._opened
+    real = images._opened
 
     def counting(path: Path):
         opened.append(path)
         return real(path)
 
-    monkeypatch.setattr(base, "_opened", counting)
+    monkeypatch.setattr(images, "_opened", counting)
     report, problems = inspect_dataset(scans)
     assert problems == [] and report["unlabelled"] == 8
     assert opened == [loop]

@@ -162,7 +162,8 @@ def default_cache_dir() -> Path | None:
 #: layouts, placing a frame on the canvas (and ellipse.py, whose fit fills an HC18
 #: outline), and each frame's fingerprints (hash, thumbnail). tests/test_data.py checks the
 #: list against these modules' own imports.
-DECODING_CODE = ("io/base.py", "io/dicom.py", "io/readers.py", "preprocess.py",
+DECODING_CODE = ("io/base.py", "io/images.py", "io/grey.py", "io/masks.py", "io/files.py",
+                 "io/outputs.py", "io/dicom.py", "io/readers.py", "preprocess.py",
                  "duplicates.py", "ellipse.py")
 
 

@@ -308,7 +308,7 @@ class Predictor:
         """A frame (H, W) (or (H, W, C), or a Pillow image) -> probabilities (H, W) float32.
 
         Pixel values, as :func:`ultraseg.read_image` reads a file's (one rule,
-        :func:`ultraseg.io.base.to_uint8`): uint8 as it is; bool as 0/255; floats in [0, 1]
+        :func:`ultraseg.io.grey.to_uint8`): uint8 as it is; bool as 0/255; floats in [0, 1]
         times 255 (up to 0.1 past either end clipped to it; within -0.5..2 clipped too, with a
         warning), within 0..255 as they are; signed 8-bit within 0..127 as it is; any other
         integers (a 16-bit scan, but also an 8-bit frame cast to int64) and floats beyond

@@ -438,7 +438,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
 def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
                     rle: Path | None = None) -> Path:
     """Create the output folder (and parents), marked as ultraseg's output
-    (:func:`~ultraseg.io.base.mark_output_folder`); a path that cannot be one, or a folder that
+    (:func:`~ultraseg.io.outputs.mark_output_folder`); a path that cannot be one, or a folder that
     holds images of the user's, is a user error. Then (the folder held by the caller) remove
     the temporary files a killed run left where this one writes: see
     :func:`_remove_temporaries` (``names``: the frames' output names; ``rle``: a submission)."""

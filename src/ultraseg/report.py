@@ -143,7 +143,7 @@ _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg
 
 def display_uint8(image: np.ndarray) -> np.ndarray:
     """A displayable uint8 copy of a gray (H, W) or RGB (H, W, 3) image (for display only:
-    frames are read by :func:`ultraseg.io.base.to_uint8`, another rule).
+    frames are read by :func:`ultraseg.io.grey.to_uint8`, another rule).
 
     uint8 is returned as is; bool becomes 0/255; any other dtype is min-max scaled to 0..255
     (a constant image becomes 0; NaN becomes 0).

@@ -16,12 +16,15 @@ from ..config import check_flag
 from ..errors import DataError, UltrasegError, command_line
 from ..fileio import as_path
 from ..logs import quiet
-from .base import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, OUTPUT_MARKER, Reader, Sample,
-                   classify_mask_values, convert_advice, frame_count, frame_loop, image_stem,
-                   read_image, read_mask, said_once, select_label, unread_files_said,
-                   unread_image_files)
+from .base import Reader, Sample
 from .dicom import (DICOM_EXTENSIONS, PIXEL_SIZE_NOT_TAKEN, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
+from .files import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, convert_advice, image_stem,
+                    unread_files_said, unread_image_files)
+from .grey import said_once
+from .images import frame_count, frame_loop, read_image
+from .masks import classify_mask_values, read_mask, select_label
+from .outputs import OUTPUT_MARKER
 from .readers import (BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader,
                       Unpaired, annotation_files, folder_role, frame_tag, run_length_tables,
                       table_key)
@@ -304,7 +307,7 @@ def with_header_pixel_size(sample: Sample) -> Sample:
 
 def split_frames(sample: Sample) -> list[Sample]:
     """An unlabelled sample whose file holds several frames (a cine loop:
-    :func:`~ultraseg.io.base.frame_count`), as one sample per frame: named ``NAME_frame001``
+    :func:`~ultraseg.io.images.frame_count`), as one sample per frame: named ``NAME_frame001``
     on (1-based, as a viewer counts; at least three digits), ``frame`` from 0, the header's
     pixel size and ``meta['frames']``, the loop's length, kept. Any other sample as it is: a
     labelled one's masks are one frame each, so reading its loop refuses it."""

@@ -2,7 +2,7 @@
 
 A single-frame DICOM file (``.dcm``, ``.dicom``, or one found by its marker: :func:`is_dicom`)
 is a frame like any image file: its pixels
-become grayscale 8 bits by the rule every file follows (:func:`ultraseg.io.base.to_uint8`;
+become grayscale 8 bits by the rule every file follows (:func:`ultraseg.io.grey.to_uint8`;
 colour, stored as RGB or as YCbCr, becomes its ITU-R 601 luma; MONOCHROME1 is inverted so that
 tissue stays bright; a palette's colours are taken at 8 bits whatever its table's entry depth,
 as a viewer shows them), except that a grey frame whose header says how to show it (a VOI LUT,
@@ -261,8 +261,8 @@ def _deflated(f: Any, path: Path, pydicom: Any) -> tuple[Any, _Inflating, Any] |
 
 class _Loop:
     """A deflated DICOM file open at its pixel data, whose frames are read forward: a loop
-    read frame after frame inside :func:`ultraseg.io.base.frame_loop` is kept open for its
-    next frame (``io.base._kept``), so each of its bytes is inflated once, not once a frame
+    read frame after frame inside :func:`ultraseg.io.images.frame_loop` is kept open for its
+    next frame (``io.images._kept``), so each of its bytes is inflated once, not once a frame
     read."""
 
     def __init__(self, path: Path) -> None:
@@ -322,7 +322,7 @@ class _Loop:
 def _deflated_frame(path: Path, frame: int, frames: int) -> Any:
     """:meth:`_Loop.frame` of the deflated DICOM file ``path``: of the loop kept open for it
     where it reaches the frame, kept open for the next inside a frame loop."""
-    from .base import _file_key, _keep, _take_kept
+    from .images import _file_key, _keep, _take_kept
 
     key = _file_key(path, path.stat())
     taken = _take_kept(key, frame)          # (as far as its reaches() says)
@@ -339,7 +339,7 @@ def _deflated_frame(path: Path, frame: int, frames: int) -> Any:
 def _kept_loop(path: Path) -> _Loop | None:
     """The deflated loop kept open for ``path``'s file (:func:`_deflated_frame`), if any:
     its header read, not inflated and parsed again for each frame."""
-    from .base import _file_key, _kept
+    from .images import _file_key, _kept
 
     last = getattr(_kept, "entry", None)
     if last is None or not isinstance(last[1], _Loop):
@@ -423,8 +423,8 @@ def _least_bytes(ds: Any, frames: int) -> int:
 
 def _check_size(ds: Any, path: Path) -> None:
     """Pillow's guard against decompression bombs on the header's Rows x Columns, before
-    anything is decoded (:func:`ultraseg.io.base.check_size_guard`)."""
-    from .base import check_size_guard
+    anything is decoded (:func:`ultraseg.io.images.check_size_guard`)."""
+    from .images import check_size_guard
 
     with _quiet_pydicom():
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
@@ -440,7 +440,7 @@ def dicom_frame_count(path: str | Path) -> int:
 def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
     """A DICOM frame -> grayscale (H, W) uint8 (see the module docstring): the file's one
     frame, or frame ``frame`` (from 0) of a cine loop; a loop without ``frame`` is refused
-    (:class:`~ultraseg.io.base.SeveralFrames`)."""
+    (:class:`~ultraseg.io.images.SeveralFrames`)."""
     path = Path(path)
     try:
         return _read_dicom(path, frame)
@@ -455,7 +455,8 @@ def read_dicom(path: str | Path, frame: int | None = None) -> np.ndarray:
 def _read_dicom(path: Path, frame: int | None) -> np.ndarray:
     """:func:`read_dicom`, whose errors other than DataError are the file's damage."""
     from ..preprocess import to_gray     # (preprocess reads through io: imported here)
-    from .base import SeveralFrames, close_kept, inverted, say_colour, to_uint8
+    from .grey import inverted, say_colour, to_uint8
+    from .images import SeveralFrames, close_kept
 
     # the header first: the frame's size is checked before any pixel is read; a loop's frame
     # is decoded alone, from the file (pydicom reads no other frame's bytes), but a deflated one
@@ -513,7 +514,7 @@ def _palette_8_bits(rgb: np.ndarray, ds: Any) -> np.ndarray:
     """A palette's colours at 8 bits, scaled from its table's entry depth as a viewer shows
     them: 16-bit entries (the standard's usual, 0..65535; pydicom gives them as uint16) times
     255/65535, rounded. Left at 16 bits they were stretched from each frame's own min..max
-    (:func:`~ultraseg.io.base.to_uint8`), where the same picture with an 8-bit table, or as
+    (:func:`~ultraseg.io.grey.to_uint8`), where the same picture with an 8-bit table, or as
     RGB, keeps its grey levels. A table declared 16 bits deep whose entries all lie within
     0..255 holds 8-bit colours (older writers' files; DCMTK reads them so): taken as they are,
     not scaled to black."""

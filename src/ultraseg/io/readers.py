@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Collection, NamedTuple
 
 from ..errors import DataError
-from .base import (_LEADING_SUBJECT, OUTPUT_MARKER, Reader, Sample, frame_count, image_stem,
-                   in_output_folder, is_image_file, iter_files, list_images, natural_key,
-                   read_mask, walk_files, warn_outputs_left_out)
+from .base import _LEADING_SUBJECT, Reader, Sample
+from .files import image_stem, is_image_file, iter_files, list_images, natural_key, walk_files
+from .images import frame_count
+from .masks import read_mask
+from .outputs import OUTPUT_MARKER, in_output_folder, warn_outputs_left_out
 
 log = logging.getLogger(__name__)
 
