@@ -606,3 +606,75 @@ def test_no_command_is_a_usage_error_on_stderr(capsys) -> None:
     assert captured.err.startswith("usage: ultraseg")
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("ultraseg: error: a command is required") and "train" in last
+
+
+#: Each subcommand's whole-number flags with a value below (or above) what they take, and the
+#: span the refusal names: (the command before the flag, flag, value, span).
+_WHOLE_NUMBER_FLAGS = [
+    *[(["phantom", "OUT"], flag, value, span) for flag, value, span in [
+        ("--n", "0", "from 1"), ("--size", "31", "from 32"), ("--seed", "-1", "from 0")]],
+    *[(["train", "DATA", "--out", "RUN"], flag, value, span) for flag, value, span in [
+        ("--width", "0", "from 1 to 4096"), ("--depth", "13", "from 1 to 12"),
+        ("--tile", "0", "from 1"), ("--size", "-8", "from 1"), ("--epochs", "0", "from 1"),
+        ("--batch-size", "0", "from 1"), ("--tiles-per-image", "0", "from 1"),
+        ("--seed", "-1", "from 0 to 4294967295"),
+        # (torch's 64-bit seeds overflowed after files were written: an internal error)
+        ("--seed", "1000000000000000", "from 0 to 4294967295"),
+        ("--split-seed", "4294967296", "from 0 to 4294967295"), ("--threads", "0", "from 1")]],
+    *[(command, flag, value, span) for command in (["predict", "M.ckpt", "IN", "--out", "O"],
+                                                   ["evaluate", "M.ckpt", "DATA"],
+                                                   ["measure", "M.ckpt", "DATA"])
+      for flag, value, span in [("--batch-size", "0", "from 1"), ("--tile", "-5", "from 1"),
+                                ("--threads", "0", "from 1"), ("--min-area", "-1", "from 0")]],
+    *[(["export", "M.ckpt", "--onnx", "M.onnx"], flag, value, span) for flag, value, span in [
+        ("--tile", "0", "from 1"), ("--opset", "0", "from 1")]],
+]
+
+
+@pytest.mark.parametrize("command, flag, value, span", _WHOLE_NUMBER_FLAGS,
+                         ids=[f"{c[0]}{f}={v}" for c, f, v, _ in _WHOLE_NUMBER_FLAGS])
+def test_a_whole_number_flag_out_of_its_range_is_a_usage_error_naming_it(
+        command, flag, value, span, capsys) -> None:
+    """Every subcommand refuses a count, size or seed flag out of its range as it parses,
+    naming the flag in config.whole_number's words, before any file is read: `export --opset
+    0` said 'opset must be a whole number from 1 (or None)', `phantom --n 0` 'phantom frame
+    count n must be an integer >= 1' (no flag named), `train --tile 0` on a same model was
+    taken, and predict's --tile 0 was refused only once the frames were listed."""
+    from ultraseg.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([*command, flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.strip().splitlines()[-1] == (f"ultraseg {command[0]}: error: argument {flag}: "
+                                            f"must be a whole number {span}, got {value}"), err
+
+
+@pytest.mark.parametrize("value", ["2.5", "x", ""])
+def test_a_whole_number_flag_that_is_no_number_says_what_it_takes(value, capsys) -> None:
+    """Not argparse's 'invalid int value': the words of a number out of range."""
+    from ultraseg.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "M.ckpt", "IN", "--out", "O", "--batch-size", value])
+    assert stop.value.code == 2
+    assert (f"argument --batch-size: must be a whole number from 1, got {value!r}"
+            in capsys.readouterr().err)
+
+
+def test_whole_number_flags_take_their_least_and_the_phantoms_least_size_is_its_own() -> None:
+    """The least value each flag takes parses (as an int); phantom's --size takes what
+    make_dataset takes."""
+    from ultraseg.cli import build_parser
+    from ultraseg.phantom import _MIN_SIZE
+
+    parse = build_parser().parse_args
+    a = parse(["phantom", "OUT", "--n", "1", "--size", str(_MIN_SIZE), "--seed", "0"])
+    assert (a.n, a.size, a.seed) == (1, _MIN_SIZE, 0)
+    a = parse(["train", "DATA", "--out", "RUN", "--width", "4096", "--depth", "12",
+               "--seed", "0", "--split-seed", "4294967295", "--epochs", "1"])
+    assert (a.width, a.depth, a.seed, a.split_seed, a.epochs) == (4096, 12, 0, 2**32 - 1, 1)
+    a = parse(["predict", "M", "IN", "--out", "O", "--tile", "1", "--batch-size", " 2",
+               "--threads", "1", "--min-area", "0"])
+    assert (a.tile, a.batch_size, a.threads, a.min_area) == (1, 2, 1, 0)
+    assert parse(["export", "M", "--onnx", "X", "--opset", "17"]).opset == 17

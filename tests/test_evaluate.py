@@ -217,8 +217,9 @@ def test_cli_takes_predicts_model_flags(checkpoint, data, capsys, monkeypatch) -
     bf16 = summary("--precision", "bf16")
     assert seen[-1] == {"device": "cpu", "precision": "bf16"}
     assert abs(bf16["dice_mean"] - fp32["dice_mean"]) < 0.01
-    assert cli.main(["evaluate", str(checkpoint), str(data), "--batch-size", "0"]) == 2
-    assert "--batch-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["evaluate", str(checkpoint), str(data), "--batch-size", "0"])
+    assert stop.value.code == 2 and "argument --batch-size: " in capsys.readouterr().err
 
 
 def test_a_label_scored_that_occurs_in_no_mask_is_refused(checkpoint, data, tmp_path,

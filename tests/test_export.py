@@ -1245,8 +1245,8 @@ def test_load_warns_where_an_onnx_session_s_threads_exceed_the_cores(exported, m
                    and "--threads" not in s for s in said), said
 
 
-@pytest.mark.parametrize("args", [{"tile": "20"}, {"tile": 20.5}, {"opset": "17"},
-                                  {"opset": 17.0}, {"checkpoint_path": 5}])
+@pytest.mark.parametrize("args", [{"tile": "20"}, {"tile": 20.5}, {"tile": 0}, {"opset": "17"},
+                                  {"opset": 17.0}, {"opset": 0}, {"checkpoint_path": 5}])
 def test_export_refuses_a_tile_opset_or_path_of_the_wrong_type_naming_it(tmp_path,
                                                                         args) -> None:
     """export_onnx(..., tile="20") raised TypeError ("'<' not supported between 'str' and

@@ -22,9 +22,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, NoReturn, Sequence
+from typing import Any, Callable, ContextManager, Iterator, NoReturn, Sequence
 
 from . import __version__
+from .config import whole_number_problem
 from .errors import UltrasegError, command_line, escape_controls, is_out_of_memory
 from .fileio import json_text
 from .shared import while_held
@@ -81,6 +82,29 @@ def path_arg(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset variable?)")
     return value
+
+
+def whole_number_arg(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
+    """The argparse ``type`` of a whole-number flag from ``lo`` (to ``hi``): a value out of
+    that range, or no whole number, is a usage error naming the flag in
+    :func:`~ultraseg.config.whole_number`'s words (``argument --tile: must be a whole number
+    from 1, got 0``, exit 2), as the command line is parsed, before any file is read. Every
+    subcommand's counts, sizes and seeds take one; the Python API checks its own arguments."""
+    def parse(text: str) -> int:
+        try:
+            value: Any = int(text)
+        except ValueError:
+            value = text
+        problem = whole_number_problem(value, lo, hi)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+#: The type of a count: a whole number from 1 (--tile, --batch-size, --threads, --epochs...).
+positive_int = whole_number_arg(1)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -188,9 +212,12 @@ def build_parser() -> _Parser:
                        help="output folder (created; must not already hold images)")
     where.add_argument("--out", dest="out_flag", metavar="OUT", type=path_arg,
                        help="the output folder, as the other commands name theirs")
-    p.add_argument("--n", type=int, default=200, help="number of frames (default 200)")
-    p.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--n", type=positive_int, default=200,
+                   help="number of frames (default 200)")
+    # (32: phantom's least frame side, which its make_dataset refuses below)
+    p.add_argument("--size", type=whole_number_arg(32), default=256,
+                   help="frame side in pixels, at least 32 (default 256)")
+    p.add_argument("--seed", type=whole_number_arg(0), default=0,
                    help="random seed of the frames (default 0)")
     p.set_defaults(func=_cmd_phantom)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, TextIO
 
 from .config import postprocess_problem
-from .cli import StatusLine, bar, json_on_failure, path_arg
+from .cli import StatusLine, bar, json_on_failure, path_arg, positive_int, whole_number_arg
 from .errors import FrameTooLarge, UltrasegError
 from .fileio import json_text
 
@@ -65,17 +65,11 @@ def loaded_model(a: argparse.Namespace) -> Iterator[Any]:
     Without it, every core."""
     from .predict import open_model
 
-    n = getattr(a, "threads", None)
-    if n is not None and n < 1:
-        raise UltrasegError(f"--threads must be at least 1, got {n}")
+    n = getattr(a, "threads", None)     # (each at least 1: the parser's positive_int)
     options: dict[str, Any] = {}
     if getattr(a, "batch_size", None) is not None:
-        if a.batch_size < 1:
-            raise UltrasegError(f"--batch-size must be at least 1, got {a.batch_size}")
         options["batch_size"] = a.batch_size
     if getattr(a, "tile", None) is not None:
-        if a.tile < 1:
-            raise UltrasegError(f"--tile must be at least 1, got {a.tile}")
         options["tile"] = a.tile
     onnx = Path(a.model).suffix.lower() == ".onnx"
     if n is None or onnx:
@@ -205,7 +199,7 @@ def postprocess_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("post-processing (default: what the checkpoint stores)")
     g.add_argument("--threshold", type=float, metavar="T",
                    help="probability at or above which a pixel is foreground")
-    g.add_argument("--min-area", type=int, metavar="N",
+    g.add_argument("--min-area", type=whole_number_arg(0), metavar="N",
                    help="remove connected components smaller than N pixels (original size: "
                         "the frame's own pixels, so frames at another resolution than "
                         "training's lose other structures)")
@@ -238,16 +232,16 @@ def pixel_size_arg(p: argparse.ArgumentParser) -> None:
 def model_args(p: argparse.ArgumentParser) -> None:
     """How a model runs: batch size, valid-model tile, device, threads and precision (predict,
     measure, evaluate; :func:`loaded_model` applies the threads)."""
-    p.add_argument("--batch-size", type=int, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
                    help="frames (or tiles) per batch; a window larger than a training "
                    "input (a valid model's whole frame, a frame at its own resolution) fills "
                    "a batch by its pixels, at least one a batch (default 4)")
-    p.add_argument("--tile", type=int, metavar="N",
+    p.add_argument("--tile", type=positive_int, metavar="N",
                    help="valid model: output tile side for prediction, rounded up to a side "
                    "the model produces, at least 20 at depth 4, and at most the "
                    "canvas (default: one window over the whole canvas)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (checkpoints only)")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="intra-op threads on the CPU (torch's for a checkpoint, ONNX "
                         "Runtime's for an ONNX model; default: every core, which a shared "
                         "machine's other jobs slow down)")
@@ -260,8 +254,6 @@ def model_args(p: argparse.ArgumentParser) -> None:
 def _cmd_export(a: argparse.Namespace) -> int:
     from .export import export_onnx
 
-    if a.tile is not None and a.tile < 1:   # (in the flag's words, as predict's)
-        raise UltrasegError(f"--tile must be at least 1, got {a.tile}")
     path = export_onnx(a.checkpoint, a.onnx, opset=a.opset, tile=a.tile)
     print(f"exported {a.checkpoint} -> {path} (checked against PyTorch on ONNX Runtime)")
     if a.tile is not None:
@@ -413,9 +405,9 @@ def add_commands(sub: Any, layout_args: Callable[..., None]) -> None:
     p.add_argument("checkpoint", type=path_arg, help="a checkpoint (best.ckpt)")
     p.add_argument("--onnx", required=True, metavar="FILE.onnx", type=path_arg,
                    help="the file to write")
-    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset written, or an error "
-                   "(default: the exporter's)")
-    p.add_argument("--tile", type=int, metavar="N",
+    p.add_argument("--opset", type=positive_int, metavar="N",
+                   help="ONNX opset written, or an error (default: the exporter's)")
+    p.add_argument("--tile", type=positive_int, metavar="N",
                    help="valid model: output tile side of the fixed-size graph, rounded up "
                    "to a side the model produces, at least 20 at depth 4, as predict rounds "
                    "it (default: the tile the checkpoint predicts its canvas with)")

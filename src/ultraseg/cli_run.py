@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import (PRESETS, ZOOM_LIMITS, ModelConfig, PreprocessConfig, RunConfig,
-                     TrainConfig, UnknownSettings, choices, merge, names_read,
-                     parse_duration, preset, read_config_json)
-from .cli import StatusLine, bar, json_on_failure, path_arg
+from .config import (MAX_DEPTH, MAX_SEED, MAX_WIDTH, PRESETS, ZOOM_LIMITS, ModelConfig,
+                     PreprocessConfig, RunConfig, TrainConfig, UnknownSettings, choices, merge,
+                     names_read, parse_duration, preset, read_config_json)
+from .cli import (StatusLine, bar, json_on_failure, path_arg, positive_int,
+                  whole_number_arg)
 from .errors import UltrasegError
 from .fileio import json_text
 
@@ -326,11 +327,13 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--config", type=path_arg,
                    help="JSON config file (sections data/preprocess/model/train)")
     p.add_argument("--model", choices=choices(ModelConfig, "variant"), help="U-Net variant")
-    p.add_argument("--width", type=int, help="channels of the first block (64 in the paper; "
+    p.add_argument("--width", type=whole_number_arg(1, MAX_WIDTH),
+                   help="channels of the first block (64 in the paper; "
                    f"{_by_preset('model', 'width')})")
-    p.add_argument("--depth", type=int, help="number of poolings (4 in the paper; "
+    p.add_argument("--depth", type=whole_number_arg(1, MAX_DEPTH),
+                   help="number of poolings (4 in the paper; "
                    f"{_by_preset('model', 'depth')})")
-    p.add_argument("--tile", type=int, help="valid model: output tile side (68)")
+    p.add_argument("--tile", type=positive_int, help="valid model: output tile side (68)")
     p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None,
                    help="same model: also train 1/2- and (depth 3 or more) 1/4-resolution "
                         "outputs (depth 2 or more)")
@@ -361,7 +364,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--presence-weight", type=float,
                    help="weight of the presence head's own cross-entropy in the loss (1, the "
                    "cpu preset 0.25; 0: trained through the gated pixel loss alone)")
-    p.add_argument("--size", type=int, help="working resolution (frames padded square, "
+    p.add_argument("--size", type=positive_int, help="working resolution (frames padded square, "
                    f"resized; {_by_preset('preprocess', 'size')})")
     p.add_argument("--normalise", choices=choices(PreprocessConfig, "normalise"),
                    help="intensity scaling: unit is x / 255, zscore each frame's own mean and "
@@ -372,10 +375,10 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--crop-border", action=argparse.BooleanOptionalAction, default=None,
                    help="trim uniform bands at the frame's edges (added padding, blank "
                    "margins) before the canvas; predicted as background (off)")
-    p.add_argument("--epochs", type=int, help="epochs at most (seed 5, cpu 300 under its time "
-                   "limit)")
-    p.add_argument("--batch-size", type=int, help="frames (valid model: tiles) per step (seed 4, "
-                   "cpu 8)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="epochs at most (seed 5, cpu 300 under its time limit)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="frames (valid model: tiles) per step (seed 4, cpu 8)")
     p.add_argument("--lr", type=float, help="Adam's (peak) learning rate (seed 1e-3, cpu 2e-3)")
     p.add_argument("--loss", choices=choices(TrainConfig, "loss"),
                    help="training loss (seed bce, cpu bce+dice)")
@@ -397,7 +400,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--ema-decay", type=float, metavar="D",
                    help="validate and keep an exponential moving average of the weights, "
                    "updated every step with decay D (e.g. 0.999; default 0: off)")
-    p.add_argument("--tiles-per-image", type=int,
+    p.add_argument("--tiles-per-image", type=positive_int,
                    help="valid model: random tiles per image per epoch (1)")
     p.add_argument("--val-fraction", type=float,
                    help="share of the frames not held out (--test-fraction; by subject) that "
@@ -405,15 +408,17 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
                    "on every frame not held out and keeps the last epoch")
     p.add_argument("--test-fraction", type=float,
                    help="share of frames (by subject) held out from training and tuning (0)")
-    p.add_argument("--seed", type=int, help="seeds the initial weights, the batch order and the "
+    p.add_argument("--seed", type=whole_number_arg(0, MAX_SEED),
+                   help="seeds the initial weights, the batch order and the "
                    "augmentation, and the split unless --split-seed is given (0)")
-    p.add_argument("--split-seed", type=int, help="seeds the held-out and validation subjects "
+    p.add_argument("--split-seed", type=whole_number_arg(0, MAX_SEED),
+                   help="seeds the held-out and validation subjects "
                    "alone, so runs with other --seed values share one split (default: --seed)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--precision", choices=choices(TrainConfig, "precision"),
                    help="auto: bf16 autocast where the CPU or GPU computes it natively, else "
                    "fp32 (every preset, seed included)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, "
+    p.add_argument("--threads", type=positive_int, help="torch intra-op threads (default: torch's, "
                    "every core)")
     p.add_argument("--time-limit", help="cap on the whole run, e.g. 20m, 90s, data loading "
                    "in, the command's start-up on top: training stops where the last "
