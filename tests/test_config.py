@@ -700,3 +700,16 @@ def test_a_setting_checked_only_by_training_is_refused_when_built(tmp_path, sect
         path.write_text(json.dumps({section: values}))
         with pytest.raises(UltrasegError, match="c.json"):
             RunConfig.load(path)
+
+
+@pytest.mark.parametrize("gpu, name", [(False, "cpu"), (True, "seed")])
+def test_the_default_preset_is_cpu_without_a_gpu_and_seed_with_one(monkeypatch, gpu,
+                                                                    name) -> None:
+    """The preset `ultraseg train` uses where none is named, for Python users too (the rule
+    lived in the CLI alone)."""
+    import torch
+
+    from ultraseg.config import default_preset_name
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert default_preset_name() == name

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (MAX_DEPTH, MAX_SEED, MAX_WIDTH, PRESETS, ZOOM_LIMITS, ModelConfig,
-                     PreprocessConfig, RunConfig, TrainConfig, UnknownSettings, choices, merge,
-                     names_read, parse_duration, preset, read_config_json)
+                     PreprocessConfig, RunConfig, TrainConfig, UnknownSettings, choices,
+                     default_preset_name, merge, names_read, parse_duration, preset,
+                     read_config_json)
 from .cli import (StatusLine, bar, json_on_failure, path_arg, positive_int,
                   whole_number_arg)
 from .errors import UltrasegError
@@ -110,14 +111,6 @@ _FLAGS = {  # flag dest -> (section, key)
 }
 
 
-def default_preset() -> str:
-    """The recipe used when none is named: the tuned 'cpu' recipe where no GPU is present,
-    the original 'seed' recipe on a GPU (asked for at call time, never at import)."""
-    import torch
-
-    return "seed" if torch.cuda.is_available() else "cpu"
-
-
 def _read_config_file(path: str) -> dict[str, Any]:
     """A --config file: a JSON object of sections, each an object; any flaw is a user error."""
     if Path(path).is_dir():
@@ -182,9 +175,9 @@ def _names_every_value(doc: dict[str, Any]) -> bool:
 
 def resolve_config(a: argparse.Namespace) -> RunConfig:
     """Preset, then --config FILE, then explicit flags: later wins. The preset is --preset's,
-    else the file's ``"preset"``, else :func:`default_preset`; a file that sets every value
-    has no use for a preset: it keeps its own name, 'custom' where it names none (as
-    ``RunConfig.from_dict`` reads it)."""
+    else the file's ``"preset"``, else :func:`~ultraseg.config.default_preset_name`; a file
+    that sets every value has no use for a preset: it keeps its own name, 'custom' where it
+    names none (as ``RunConfig.from_dict`` reads it)."""
     file_cfg = _read_config_file(a.config) if a.config else {}
     if a.preset is not None and a.preset.strip() == "":
         raise UltrasegError("--preset is empty (an unset variable?): name one of "
@@ -202,7 +195,8 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
     try:
         # (a file naming every value but no preset is 'custom', as the warning says, not
         # labelled with this machine's default preset, which set_by_hand compared it with)
-        name = a.preset or file_cfg.get("preset") or ("custom" if full else default_preset())
+        name = (a.preset or file_cfg.get("preset")
+                or ("custom" if full else default_preset_name()))
         # a config built without a preset (RunConfig.from_dict) is 'custom': the defaults; so
         # is one whose preset is a label (a run's from merge(..., {"preset": "mine"}), a
         # quality lever's 'cpu+NAME'), where the file names every value

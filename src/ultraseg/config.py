@@ -740,6 +740,15 @@ def choices(section: type, name: str) -> tuple[str, ...]:
     return typing.get_args(typing.get_type_hints(section)[name])
 
 
+def default_preset_name() -> str:
+    """The preset a run takes where none is named (``ultraseg train`` without --preset): the
+    tuned 'cpu' recipe where no GPU is present, the original 'seed' recipe where PyTorch sees
+    one (asked at call time, never at import: it imports PyTorch)."""
+    import torch
+
+    return "seed" if torch.cuda.is_available() else "cpu"
+
+
 def preset(name: str) -> RunConfig:
     """The :class:`RunConfig` of a named preset; an unknown name lists the valid ones."""
     if not isinstance(name, str) and name is not None:  # (a list raised 'unhashable type')
