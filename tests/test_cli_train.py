@@ -402,7 +402,7 @@ def test_a_config_file_that_is_no_json_says_so_and_that_yaml_is_not_read(
         _resolve(["D", "--out", "R", "--config", str(conf)])
     said = str(e.value)
     assert said.startswith(f"{conf}: config files are JSON (as a run's config.json); this is "
-                           f"not JSON (line {line}: "), said
+                           f"not JSON (line {line} column "), said
     assert ("YAML is not read" in said) == yaml, said
 
 

@@ -293,11 +293,15 @@ def test_a_path_for_a_path_setting_built_in_python_is_taken_as_merge_takes_it(tm
     ({"depth": 60}, ["model.depth", "12", "60"]),
     ({"depth": 13}, ["model.depth", "12"]),
     ({"width": 0}, ["model.width", "0"]),
+    ({"tile": 0}, ["model.tile", "from 1", "0"]),
+    ({"tile": -3}, ["model.tile", "from 1", "-3"]),
 ])
 def test_model_width_and_depth_have_bounds(model, words) -> None:
     """Width 1e9 or depth 60 overflowed torch's storage size as the model was built:
     'internal error: RuntimeError: Storage size calculation overflowed'. Refused as the
-    section is built (train's check_config and build_model met it later)."""
+    section is built (train's check_config and build_model met it later). A tile of 0 or
+    less, refused on the command line, passed from a config file or merge (a 'same' model
+    took it with a note that it ignores it; a valid one met the model builder)."""
     from types import SimpleNamespace
 
     with pytest.raises(UltrasegError) as e:
@@ -352,21 +356,27 @@ def test_load_of_a_config_of_the_wrong_shape_is_a_user_error(tmp_path, doc, word
 
 def test_a_config_that_is_no_json_is_said_to_be_no_json(tmp_path) -> None:
     """A YAML file given as a config was refused with json's bare 'Expecting value: line 1
-    column 1 (char 0)'."""
+    column 1 (char 0)'. The column stays (a re-read: a one-line file's line alone says
+    nothing)."""
     conf = tmp_path / "c.yaml"
     conf.write_text("train:\n  epochs: 3\n")
     with pytest.raises(UltrasegError) as e:
         RunConfig.load(conf)
     assert str(e.value).startswith(f"{conf}: config files are JSON (as a run's config.json); "
-                                   "this is not JSON (line 1: Expecting value)"), str(e.value)
+                                   "this is not JSON (line 1 column 1: Expecting value)"
+                                   ), str(e.value)
     assert "YAML is not read" in str(e.value)
 
 
 def test_unknown_section_refused() -> None:
-    with pytest.raises(UltrasegError, match="trian"):
+    """A misspelt section is refused with the section meant, as a misspelt key is (a re-read:
+    'unknown config sections ['trian']' alone)."""
+    with pytest.raises(UltrasegError, match="trian.*did you mean 'train'"):
         RunConfig.from_dict({"trian": {"epochs": 3}})
-    with pytest.raises(UltrasegError, match="trian"):
+    with pytest.raises(UltrasegError, match="trian.*did you mean 'train'"):
         merge(RunConfig(), {"trian": {"epochs": 3}})
+    with pytest.raises(UltrasegError, match=r"\['zzz'\] \(valid: "):
+        RunConfig.from_dict({"zzz": {}})
 
 
 def test_load_of_bad_json_is_a_user_error(tmp_path) -> None:

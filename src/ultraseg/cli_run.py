@@ -120,7 +120,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
         raise UltrasegError("config file not found", path)
     try:
         doc = read_config_json(path)   # as UTF-8 whatever the locale, a BOM let through
-    except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
+    except (OSError, ValueError) as e:      # (no UTF-8, a key given twice, too deep)
         raise UltrasegError(f"cannot read the config file ({e})", path) from e
     try:
         doc = names_read(doc)           # data.path as this locale names the folder

@@ -285,8 +285,8 @@ class ModelConfig(_Section):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        """``width`` and ``depth`` within their bounds (:func:`model_problem`), refused as a
-        user error naming the setting and its flag when the section is built, as
+        """``width``, ``depth`` and ``tile`` within their bounds (:func:`model_problem`),
+        refused as a user error naming the setting and its flag when the section is built, as
         :class:`TrainConfig` refuses its ranges (a model file's too: its load calls it
         damaged)."""
         super().__post_init__()
@@ -309,9 +309,10 @@ MAX_DEPTH = 12
 
 
 def model_problem(model: ModelConfig) -> tuple[str, str] | None:
-    """``(setting, what is wrong)`` for a model ``width`` or ``depth`` outside 1 to
-    :data:`MAX_WIDTH` or :data:`MAX_DEPTH`, else None (their types are check_types's)."""
-    for name, most in (("width", MAX_WIDTH), ("depth", MAX_DEPTH)):
+    """``(setting, what is wrong)`` for a model ``width``, ``depth`` or ``tile`` outside 1 to
+    :data:`MAX_WIDTH`, :data:`MAX_DEPTH` or :data:`MAX_SIZE`, else None (their types are
+    check_types's)."""
+    for name, most in (("width", MAX_WIDTH), ("depth", MAX_DEPTH), ("tile", MAX_SIZE)):
         problem = whole_number_problem(getattr(model, name), 1, most)
         if problem:
             return name, problem
@@ -630,7 +631,7 @@ class RunConfig:
         unknown = sorted(set(d) - {"preset", "data", "preprocess", "model", "train", RESOLVED},
                          key=str)
         if unknown:
-            raise UltrasegError(f"unknown config sections {unknown}")
+            raise UltrasegError(_unknown_sections(unknown))
         for name in ("data", "preprocess", "model", "train"):
             if name in d and not isinstance(d[name], dict):
                 raise UltrasegError(f"config section {name!r} must be a JSON object of "
@@ -673,7 +674,7 @@ class RunConfig:
     def load(cls, path: str | Path) -> "RunConfig":
         try:
             doc = read_config_json(path)
-        except (OSError, ValueError) as e:      # (UnicodeDecodeError and JSON's errors too)
+        except (OSError, ValueError) as e:      # (no UTF-8, a key given twice, too deep)
             raise UltrasegError(f"cannot read config: {e}", path) from e
         try:
             return cls.from_dict(names_read(doc))
@@ -685,6 +686,16 @@ class RunConfig:
 
 #: A line of YAML (``train:``, ``  epochs: 3``, ``- item: x``), as no JSON line starts.
 _YAML_LINE = re.compile(r"^\s*(- )?[A-Za-z_][\w.-]*\s*:(\s|$)", re.M)
+
+
+def _unknown_sections(names: list[Any]) -> str:
+    """'unknown config sections ['trian'] (did you mean 'train'?; valid: [...])', the section
+    each unknown name is closest to guessed as :meth:`UnknownSettings.said` guesses a key."""
+    valid = ["preset", "data", "preprocess", "model", "train"]
+    meant = [m[0] for k in names if isinstance(k, str)
+             for m in [difflib.get_close_matches(k, valid, n=1)] if m]
+    guess = f"did you mean {', '.join(map(repr, meant))}?; " if meant else ""
+    return f"unknown config sections {names} ({guess}valid: {valid})"
 
 
 def read_config_json(path: str | Path) -> Any:
@@ -700,7 +711,7 @@ def read_config_json(path: str | Path) -> Any:
         yaml = Path(path).suffix.lower() in (".yaml", ".yml") or _YAML_LINE.search(e.doc)
         raise UltrasegError(
             f"config files are JSON (as a run's config.json); this is not JSON (line "
-            f"{e.lineno}: {e.msg})" + ("; YAML is not read: write it as JSON, "
+            f"{e.lineno} column {e.colno}: {e.msg})" + ("; YAML is not read: write it as JSON, "
                                        '{"train": {"epochs": 5}}' if yaml else ""),
             path) from e
 
@@ -793,7 +804,7 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
         if section == RESOLVED:     # a run's record of what ran (its config.json's): no setting
             continue
         if section not in d:
-            raise UltrasegError(f"unknown config section '{section}'")
+            raise UltrasegError(_unknown_sections([section]))
         if not isinstance(values, dict):
             raise UltrasegError(f"config section '{section}' must be a dict of settings "
                                 f"({{\"epochs\": 5}}), got {type(values).__name__}")
