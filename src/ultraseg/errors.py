@@ -64,7 +64,7 @@ class DataError(UltrasegError):
     """An image, mask or dataset folder that cannot be used."""
 
     #: where a command skipped the frame this error is about and went on (``predict``,
-    #: ``measure``), that frame (:class:`ultraseg.predict_files.Frame`); else None
+    #: ``measure``), that frame (:class:`ultraseg.frames.Frame`); else None
     skipped_frame: Any = None
 
 

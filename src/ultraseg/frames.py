@@ -103,7 +103,7 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
                             + ("; predict an image array with ultraseg.load(MODEL).predict"
                                if hasattr(wrong, "shape") else ""))
     check_layout(layout, subject_pattern)   # (files alone never reach a folder's reader)
-    skip = _real(Path(exclude)) if exclude is not None else None
+    skip = real_path(Path(exclude)) if exclude is not None else None
     found: list[tuple[Sample, Path | None, PurePosixPath, tuple[str, ...]]] = []
     tables: dict[Path, Any] = {}        # pixel-size tables by folder, for files named alone
     for given in named:
@@ -120,9 +120,9 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
                     " but a model: the model comes first, the images after it"
                     if model else "; supported: " + ", ".join(IMAGE_EXTENSIONS)), path)
             found.append((file_sample(path, tables), None, PurePosixPath(image_stem(path)),
-                          _ancestors(_real(path).parent)))
+                          _ancestors(real_path(path).parent)))
             continue
-        if skip is not None and (_real(path) == skip or skip in _real(path).parents):
+        if skip is not None and (real_path(path) == skip or skip in real_path(path).parents):
             raise UltrasegError("the output folder (--out) is this input folder or holds it: "
                                 "its images would be left out as outputs; choose another --out",
                                 path)
@@ -145,11 +145,11 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
                     "(layout found: "
                     f"{ds.layout})" if ds.layout != "images" else "")
             raise DataError(f"{problems[0]}{more}{hint}")
-        root_names = _ancestors(_real(path))
+        root_names = _ancestors(real_path(path))
         marked: dict[Path, bool] = {}
         left_out = 0
         for s in ds.samples:
-            if skip is not None and _real(s.image_path).is_relative_to(skip):
+            if skip is not None and real_path(s.image_path).is_relative_to(skip):
                 continue
             if in_output_folder(s.image_path, path, marked):
                 left_out += 1
@@ -184,7 +184,7 @@ def _ancestors(folder: Path) -> tuple[str, ...]:
     return tuple(reversed([p for p in folder.parts if p != folder.anchor]))
 
 
-def _real(path: Path) -> Path:
+def real_path(path: Path) -> Path:
     """``path`` absolute, its links followed as far as they go. Unlike ``Path.resolve()``, a
     link that loops does not raise (RuntimeError up to Python 3.12): such a frame is left in,
     its read fails and it is skipped and named like any unreadable frame."""

@@ -29,7 +29,7 @@ from .config import check_flag
 from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
 from .fileio import (LOCK_FILE, LineFile, as_path, atomic_write_bytes, csv_text,
                      failure_reason, json_text, output_lock, temporaries)
-from .frames import Frame, _real, collect_frames
+from .frames import Frame, collect_frames, real_path
 from .io import Sample, as_outline, select_label, white_for
 from .io.base import (OUTPUT_MARKER, LabelTally, check_label, counting_colour, frame_loop,
                       header_shape, mark_output_folder, said_once)
@@ -193,10 +193,10 @@ def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
     if not out.is_dir():
         raise UltrasegError("the output path is not a folder", out)
     folders = {out / PurePosixPath(n).parent for n in names}
-    top = _real(out)
+    top = real_path(out)
     for folder in sorted(folders):      # (each write, each sweep stays inside --out)
-        if not _real(folder).is_relative_to(top):
-            raise UltrasegError(f"links outside the output folder (to {_real(folder)}), where "
+        if not real_path(folder).is_relative_to(top):
+            raise UltrasegError(f"links outside the output folder (to {real_path(folder)}), where "
                                 f"this run would write; remove the link or choose another "
                                 f"--out", folder)
     earlier = (out / OUTPUT_MARKER).is_file() and any(     # (the lock file: this command's)
@@ -253,7 +253,7 @@ def _held_elsewhere(folder: Path, out: Path) -> bool:
     a link, or not below it at all) is never this command's: prepare_out_dir refuses the
     written folders that do before this is asked, so that guard acts for the --rle file's
     folder alone."""
-    here, top = _real(folder), _real(out)
+    here, top = real_path(folder), real_path(out)
     if not here.is_relative_to(top):
         return True
     while here != top:
@@ -618,7 +618,7 @@ _TABLES = {"predictions.csv": "predict's listing of the frames",
 def _check_not_a_table(rle: Path, out: Path) -> None:
     """Refuse a submission path ``rle`` that is one of :data:`_TABLES` in ``out``: the listing
     written after it would replace it (as a later measure replaces an earlier table)."""
-    if rle.name in _TABLES and _real(rle.parent) == _real(out):
+    if rle.name in _TABLES and real_path(rle.parent) == real_path(out):
         raise UltrasegError(f"cannot write the submission there: that name in --out is "
                             f"{_TABLES[rle.name]} (give another name, such as sub.csv)", rle)
 
