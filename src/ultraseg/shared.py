@@ -14,7 +14,7 @@ from typing import Any, Callable, Hashable, Iterator
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_held: dict[Hashable, tuple[int, Any]] = {}     # setting -> (blocks open, its value before)
+_held: dict[Hashable, tuple[set[object], Any]] = {}  # setting -> (open blocks, its value before)
 
 
 @contextlib.contextmanager
@@ -22,21 +22,26 @@ def while_held(key: Hashable, change: Callable[[], Any], restore: Callable[[Any]
                ) -> Iterator[None]:
     """Inside the block, the setting ``key`` is changed: ``change()`` (returning the value
     before) runs when the first block on ``key`` opens, ``restore(value before)`` when the
-    last one ends."""
-    with _lock:
-        open_blocks, before = _held.get(key, (0, None))
-        if not open_blocks:
-            before = change()
-        _held[key] = (open_blocks + 1, before)
+    last one ends. A block is counted inside its ``try``, by one store of its own token that
+    the ``finally`` looks for: an interrupt (Ctrl-C) landing as it opens cannot leave it
+    counted for good, which would leave no later block the last."""
+    block = object()
     try:
+        with _lock:
+            open_blocks, before = _held.get(key, (set(), None))
+            if not open_blocks:
+                before = change()
+            _held[key] = (open_blocks | {block}, before)
         yield
     finally:
         with _lock:
-            open_blocks, before = _held.pop(key)
-            if open_blocks > 1:
-                _held[key] = (open_blocks - 1, before)
-            else:
-                restore(before)
+            open_blocks, before = _held.get(key, (set(), None))
+            if block in open_blocks:
+                if len(open_blocks) > 1:
+                    _held[key] = (open_blocks - {block}, before)
+                else:
+                    del _held[key]
+                    restore(before)
 
 
 def usable_cores() -> int:
