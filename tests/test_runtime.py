@@ -239,3 +239,47 @@ def test_overlapping_thread_blocks_put_the_caller_s_count_back_when_the_last_end
         assert seen_by_a_new_thread() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_thread_whose_block_another_thread_s_block_overlaps_gets_its_own_count_back() -> None:
+    """torch's count (OpenMP, torch's wheels) is each thread's, and the default a thread
+    takes on its first torch call is the last one set: threads() kept one count for the
+    process, restored in whichever thread closed last, so the main thread's threads(1)
+    (a train(num_threads=1)) overlapped by a worker's left the main thread at 1 for good
+    where it had 2 (a review: the main thread's training beside a worker's). Each thread
+    gets its own count back, and new threads the count the first block found."""
+    import threading
+
+    from ultraseg.runtime import threads
+
+    def seen_by_a_new_thread() -> int:
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return seen[0]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        worker_in, main_out = threading.Event(), threading.Event()
+        worker_after: list[int] = []
+
+        def worker() -> None:
+            torch.get_num_threads()                     # it has run torch work
+            with threads(1):
+                worker_in.set()
+                main_out.wait(10)
+            worker_after.append(torch.get_num_threads())
+
+        w = threading.Thread(target=worker)
+        w.start()
+        worker_in.wait(10)
+        with threads(1):                                # opened second, closed first
+            pass
+        main_out.set()
+        w.join()
+        assert torch.get_num_threads() == 2
+        assert worker_after == [2] and seen_by_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)

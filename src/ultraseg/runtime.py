@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import platform
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -129,19 +131,49 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@functools.cache
+def _count_per_thread() -> bool:
+    """Whether torch's intra-op thread count is each thread's: where ATen runs on OpenMP
+    (torch's wheels), torch.set_num_threads sets the calling thread's count, and the default
+    a thread takes on its first torch call; elsewhere one count is the process's."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _set_new_threads_count(n: int) -> None:
+    """Set the count threads take on their first torch call to ``n``, from a thread of its
+    own: torch.set_num_threads sets the calling thread's too, which is not this one's to
+    change."""
+    setter = threading.Thread(target=torch.set_num_threads, args=(n,),
+                              name="ultraseg-threads-default")
+    setter.start()
+    setter.join()
+
+
 @contextlib.contextmanager
 def threads(n: int | None) -> Iterator[None]:
     """Use ``n`` intra-op threads inside the block (None: as they are) and restore the
-    caller's setting after. torch's count is the process's: blocks open at once in several
-    threads (trainings in a service) share it, each setting its own ``n`` as it opens, and
-    the count the first found is put back when the last ends (block by block, one ending
-    first left the process at its count for good)."""
+    caller's setting after. Where torch's count is each thread's (OpenMP, torch's wheels), a
+    block sets its own thread's and puts it back in that thread when it ends, and the count
+    new threads take (the last one set) is put back to the count the first block found when
+    the last of the blocks open at once in several threads ends (restored in whichever
+    thread ended last, a thread whose block ended first kept the block's count for good).
+    Where the count is the process's, blocks open at once share it, each setting its own
+    ``n`` as it opens, and the count the first found is put back when the last ends."""
     if not n:
         yield
         return
-    with while_held("torch.num_threads", torch.get_num_threads, torch.set_num_threads):
-        torch.set_num_threads(n)
-        yield
+    if not _count_per_thread():
+        with while_held("torch.num_threads", torch.get_num_threads, torch.set_num_threads):
+            torch.set_num_threads(n)
+            yield
+        return
+    mine = torch.get_num_threads()
+    with while_held("torch.num_threads", torch.get_num_threads, _set_new_threads_count):
+        try:
+            torch.set_num_threads(n)
+            yield
+        finally:
+            torch.set_num_threads(mine)
 
 
 @contextlib.contextmanager
