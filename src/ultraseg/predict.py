@@ -499,7 +499,7 @@ def open_model(path: str | Path, device: str, precision: str, threads: int | Non
 
         if threads is not None:
             log.warning("threads apply to an ONNX model's session; a checkpoint runs on "
-                        "torch's threads, the process's: use ultraseg.runtime.threads(%d) "
+                        "torch's threads, the calling thread's: use ultraseg.runtime.threads(%d) "
                         "around the calls", threads)
         predictor = torch_predictor(path, device=device, precision=precision, **options)
     if options.get("tile") is not None and predictor.model.variant != "valid":
