@@ -197,6 +197,17 @@ def test_training_and_prediction_run_inside_cudnn_autotune(tmp_path, monkeypatch
     assert inside[0] == "cpu" and inside[-1] == "out"
 
 
+def _seen_by_a_new_thread() -> int:
+    """The thread count a thread started now takes on its first torch call."""
+    import threading
+
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
 def test_overlapping_thread_blocks_put_the_caller_s_count_back_when_the_last_ends() -> None:
     """threads() saved and restored torch's thread count block by block: a block in one
     worker (1 thread) overlapped by a block in another (3), the first ending first, left
@@ -206,13 +217,6 @@ def test_overlapping_thread_blocks_put_the_caller_s_count_back_when_the_last_end
     import threading
 
     from ultraseg.runtime import threads
-
-    def seen_by_a_new_thread() -> int:
-        seen: list[int] = []
-        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        t.start()
-        t.join()
-        return seen[0]
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -236,7 +240,7 @@ def test_overlapping_thread_blocks_put_the_caller_s_count_back_when_the_last_end
             w.start()
         for w in workers:
             w.join()
-        assert seen_by_a_new_thread() == 2 and torch.get_num_threads() == 2
+        assert _seen_by_a_new_thread() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
@@ -251,13 +255,6 @@ def test_a_thread_whose_block_another_thread_s_block_overlaps_gets_its_own_count
     import threading
 
     from ultraseg.runtime import threads
-
-    def seen_by_a_new_thread() -> int:
-        seen: list[int] = []
-        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        t.start()
-        t.join()
-        return seen[0]
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -280,6 +277,6 @@ def test_a_thread_whose_block_another_thread_s_block_overlaps_gets_its_own_count
         main_out.set()
         w.join()
         assert torch.get_num_threads() == 2
-        assert worker_after == [2] and seen_by_a_new_thread() == 2
+        assert worker_after == [2] and _seen_by_a_new_thread() == 2
     finally:
         torch.set_num_threads(before)
