@@ -489,7 +489,7 @@ def nerve_files(n: int) -> list[Path] | None:
 
 def infer_images(n: int) -> tuple[list[np.ndarray], str]:
     """``n`` 420x580 uint8 frames: the Kaggle sample TIFFs when present, then phantom frames."""
-    from ultraseg.io.base import read_image
+    from ultraseg.io.images import read_image
     from ultraseg.phantom import make_frame
 
     sources = kaggle_frames(n)
@@ -668,7 +668,7 @@ def child_predict(args: dict[str, Any]) -> dict[str, Any]:
     """In a child: load a checkpoint as ``ultraseg predict`` does, stream a folder through it."""
     from PIL import Image
 
-    from ultraseg.io.base import read_image
+    from ultraseg.io.images import read_image
     from ultraseg.postprocess import apply as apply_postprocess
     from ultraseg.predict import load
 

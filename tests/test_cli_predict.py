@@ -22,7 +22,7 @@ from ultraseg.fileio import LOCK_FILE
 from ultraseg.io import read_image
 from ultraseg.model import build_model
 from ultraseg.predict import load
-from ultraseg.io.base import OUTPUT_MARKER
+from ultraseg.io.outputs import OUTPUT_MARKER
 from ultraseg.rle import decode
 
 

@@ -1185,7 +1185,7 @@ def test_a_run_folder_inside_the_data_is_no_part_of_the_data(tmp_path, capsys) -
     """train --out DATA/images/run was accepted and its figures (curve.png, sample.png...)
     then broke the dataset: resume and evaluate refused it, predict took them for frames."""
     from ultraseg.io import scan_dataset
-    from ultraseg.io.base import OUTPUT_MARKER
+    from ultraseg.io.outputs import OUTPUT_MARKER
 
     data = make_dataset(tmp_path / "data", n=40, size=32, seed=4)
     run = data / "images" / "run"
@@ -1202,7 +1202,7 @@ def test_a_run_from_before_the_output_marker_resumes_and_is_marked(data, tmp_pat
                                                                   world_size) -> None:
     """Its own figures (curve.png...) were taken for the user's images: the resume of a run
     recorded with another process count (which rewrites config.json) was refused."""
-    from ultraseg.io.base import OUTPUT_MARKER
+    from ultraseg.io.outputs import OUTPUT_MARKER
 
     run = tmp_path / "run"
     assert cli.main(["train", str(data), "--out", str(run), "--epochs", "1", *TINY]) == 0

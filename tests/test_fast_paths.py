@@ -134,7 +134,8 @@ def test_runner_snapshot_and_model_state():
 
 # --------------------------------------------------------------------------- bf16 vs fp32, real
 def _real_frames() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    from ultraseg.io.base import read_image, read_mask
+    from ultraseg.io.images import read_image
+    from ultraseg.io.masks import read_mask
 
     kaggle = shared_dataset("kaggle_nerve_sample") / "train"
     images, masks = [], []

@@ -150,7 +150,7 @@ def test_dataset_refuses_bad_requests(tmp_path):
         make_dataset(tmp_path / "scans", n=1, size=32)
     assert [p.name for p in (tmp_path / "scans").rglob("*")] == ["patientA", "a1.png"]
     # images in a folder ultraseg wrote (a run's figures) are none of the user's
-    from ultraseg.io.base import OUTPUT_MARKER
+    from ultraseg.io.outputs import OUTPUT_MARKER
 
     (tmp_path / "runs" / "run1").mkdir(parents=True)
     (tmp_path / "runs" / "run1" / OUTPUT_MARKER).write_text("train")

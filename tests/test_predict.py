@@ -21,7 +21,7 @@ from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import open_dataset
 from ultraseg.measure import ellipse_circumference
 from ultraseg.predict import Predictor
-from ultraseg.io.base import OUTPUT_MARKER
+from ultraseg.io.outputs import OUTPUT_MARKER
 from ultraseg.predict_files import (collect_frames, encode_mask, iter_probabilities,
                                     measure_frames, write_predictions)
 from ultraseg.rle import decode
@@ -364,7 +364,7 @@ def test_a_video_s_ffmpeg_command_pastes_as_written(tmp_path):
     reads 'my' as the input."""
     import shlex
 
-    from ultraseg.io.base import unread_file_advice
+    from ultraseg.io.files import unread_file_advice
 
     for name in ("my clip's.mp4", "-clip.mp4"):
         advice = unread_file_advice(tmp_path / name) or ""
@@ -378,7 +378,7 @@ def test_a_video_s_ffmpeg_command_pastes_as_written(tmp_path):
 def test_a_loop_with_a_mask_names_a_predict_command_that_pastes_as_written(tmp_path):
     from conftest import pasted
 
-    from ultraseg.io.base import with_mask_advice
+    from ultraseg.io.images import with_mask_advice
 
     image = tmp_path / "my loop's" / "1_1.tif"
     said = with_mask_advice(image, tmp_path / "1_1_mask.png")

@@ -568,7 +568,7 @@ def test_the_display_stretch_is_not_named_as_the_reading_rule() -> None:
     """report.to_uint8 (a min-max stretch for display) shared its name with io.base.to_uint8
     (the reading rule: [0, 1] floats times 255): importing the wrong one read a [0, 1] frame
     stretched, in silence. The display one is display_uint8."""
-    from ultraseg.io.base import to_uint8
+    from ultraseg.io.grey import to_uint8
 
     frame = np.array([[0.2, 0.4]])
     assert not hasattr(report, "to_uint8")

@@ -2592,7 +2592,7 @@ def test_the_end_of_training_says_what_the_chosen_rules_would_change_of_perfect_
     from conftest import ultraseg_warnings
     from scipy import ndimage
 
-    from ultraseg.io.base import select_label
+    from ultraseg.io.masks import select_label
     from ultraseg.postprocess import changes_to_truth
 
     cfg, predictor, samples = _validation_frames(tmp_path, 6)

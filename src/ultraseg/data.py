@@ -27,7 +27,7 @@ from .errors import DataError, UltrasegError
 from .fileio import (atomic_open, atomic_write_text, json_name, name_from_json, read_json,
                      temporaries)
 from .io import Dataset, DataProblems, Sample, said_once, select_label, white_for
-from .io.base import ColourFrames, counting_colour
+from .io.grey import ColourFrames, counting_colour
 from .preprocess import ThinFrames, looks_like_outline, outline_note, to_canvas
 
 log = logging.getLogger(__name__)

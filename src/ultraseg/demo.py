@@ -28,7 +28,7 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
     from .fileio import output_lock
     from .phantom import make_dataset
     from .predict import load
-    from .io.base import check_no_foreign_images
+    from .io.outputs import check_no_foreign_images
     from .run_folder import RUN_FILES, holds_run
     from .train import train
 

@@ -19,8 +19,10 @@ from .fileio import (atomic_write_texts, cannot_write_in, csv_text, failure_reas
                      output_lock, read_json)
 from .io import (Dataset, Sample, dataset_hint, inspect_command, open_dataset, scan_dataset,
                  select_label, white_for, with_white)
-from .io.base import LabelTally, counting_colour, header_shape, said_once
 from .io.dicom import PIXEL_SIZE_NOT_TAKEN
+from .io.grey import counting_colour, said_once
+from .io.images import header_shape
+from .io.masks import LabelTally
 from .logs import quiet
 from .measure import (PixelSizes, check_pixel_size, frame_boundary_offset, frame_pixel_size,
                       has_pixel_size, measure, reference_touching_edge,

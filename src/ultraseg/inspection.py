@@ -15,7 +15,7 @@ from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, first, id
                          near_blocks, thumbnail, unit_thumbnail)
 from .errors import DataError
 from .io import frame_loop, said_once, scan_dataset, select_label, split_frames
-from .io.base import colour_note, counting_colour
+from .io.grey import colour_note, counting_colour
 from .preprocess import outline_note
 
 log = logging.getLogger(__name__)

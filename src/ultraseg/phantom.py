@@ -36,7 +36,8 @@ from scipy import ndimage
 
 from .errors import UltrasegError
 from .fileio import as_path
-from .io.base import in_output_folder, is_image_file, walk_files
+from .io.files import is_image_file, walk_files
+from .io.outputs import in_output_folder
 
 __all__ = ["make_frame", "make_dataset", "FRAMES_PER_SUBJECT"]
 

@@ -23,7 +23,7 @@ from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, check_fla
 from .errors import UltrasegError, diverged_parts, is_out_of_memory
 from .fileio import as_path
 from .geometry import context_margin, nearest_valid_output, same_padded_size
-from .io.base import pillow_to_gray
+from .io.images import pillow_to_gray
 from .postprocess import apply as apply_postprocess
 from .preprocess import Geometry, prepare, restore
 from .tiling import predict_tiled_many

@@ -31,8 +31,10 @@ from .fileio import (LOCK_FILE, LineFile, as_path, atomic_write_bytes, csv_text,
                      failure_reason, json_text, output_lock, temporaries)
 from .frames import Frame, collect_frames, real_path
 from .io import Sample, as_outline, select_label, white_for
-from .io.base import (OUTPUT_MARKER, LabelTally, check_label, counting_colour, frame_loop,
-                      header_shape, mark_output_folder, said_once)
+from .io.grey import counting_colour, said_once
+from .io.images import frame_loop, header_shape
+from .io.masks import LabelTally, check_label
+from .io.outputs import OUTPUT_MARKER, mark_output_folder
 from .measure import has_pixel_size, reference_touching_edge
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor

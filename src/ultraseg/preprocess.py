@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 
 from .config import PreprocessConfig
 from .errors import DataError, UltrasegError
-from .io.base import to_uint8
+from .io.grey import to_uint8
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import RESOLVED, ModelConfig, RunConfig, names_read
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_text, failure_reason, read_json, temporaries
-from .io.base import OUTPUT_MARKER, mark_output_folder
+from .io.outputs import OUTPUT_MARKER, mark_output_folder
 
 log = logging.getLogger(__name__)
 

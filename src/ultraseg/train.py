@@ -48,7 +48,8 @@ from .finish import (Progress, TrainResult, _boundary_offset, _finish, _plot_pre
 from .fileio import as_path, atomic_write_text, csv_text, output_lock
 from .geometry import largest_valid_output
 from .io import Dataset, open_dataset, with_white
-from .io.base import check_label, said_once
+from .io.grey import said_once
+from .io.masks import check_label
 from .losses import compute_loss
 from .metrics import dice, improves
 from .model import build_model, context_margin, count_parameters

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import ultraseg_warnings
 from ultraseg.errors import DataError
 from ultraseg.io import dicom_pixel_size_mm, read_image, read_mask, scan_dataset
-from ultraseg.io.base import to_uint8
+from ultraseg.io.grey import to_uint8
 
 pydicom = pytest.importorskip("pydicom", minversion="3.0",
                               reason="pydicom 3 (the dicom extra) is not installed")

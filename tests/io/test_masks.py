@@ -15,7 +15,8 @@ from conftest import ultraseg_warnings
 from ultraseg.cli import main
 from ultraseg.errors import DataError, UltrasegError
 from ultraseg.io import classify_mask_values, read_image, read_mask, select_label
-from ultraseg.io.base import frame_loop, said_once, to_uint8
+from ultraseg.io.grey import said_once, to_uint8
+from ultraseg.io.images import frame_loop
 from ultraseg.inspection import inspect_dataset
 
 
@@ -897,7 +898,7 @@ def test_a_frame_in_a_colour_mode_is_read_as_pillow_makes_it_grey_and_warned_of(
     """A palette, CMYK or YCbCr frame reads as Pillow's convert('L') makes it (a YCbCr's grey
     is its Y, not the luma of its RGB), and its colour is warned of as it shows (a palette's
     transparent index, where pixels hold it, as an alpha too)."""
-    from ultraseg.io.base import pillow_to_gray
+    from ultraseg.io.images import pillow_to_gray
 
     rgb = _doppler()
     if mode.startswith("P"):
@@ -934,7 +935,7 @@ def test_an_in_memory_image_in_any_pillow_mode_reads_as_the_frame_it_shows(mode:
     as the frame it shows: a PA through its palette as its P does, premultiplied alpha
     unpremultiplied (within 1 where the alpha is at least half: the premultiplication
     rounds), RGBX and HSV as their RGB (HSV within the rounding of its round trip)."""
-    from ultraseg.io.base import pillow_to_gray
+    from ultraseg.io.images import pillow_to_gray
 
     rgb = _doppler()
     alpha = np.tile(np.linspace(128, 255, rgb.shape[1]).round().astype(np.uint8),
@@ -958,7 +959,7 @@ def test_an_in_memory_image_in_any_pillow_mode_reads_as_the_frame_it_shows(mode:
 def test_an_image_in_a_pillow_mode_no_rule_reads_is_refused_naming_it(monkeypatch) -> None:
     """A mode ultraseg knows no rule for (one a later Pillow adds) is refused by name, not
     read as the mean of its bands."""
-    from ultraseg.io.base import pillow_to_gray
+    from ultraseg.io.images import pillow_to_gray
 
     im = Image.fromarray(_doppler())
     monkeypatch.setattr(Image.Image, "mode", property(lambda self: "RGBQ"))
@@ -969,7 +970,7 @@ def test_an_image_in_a_pillow_mode_no_rule_reads_is_refused_naming_it(monkeypatc
 def test_frames_in_colour_are_counted_inside_counting_colour(tmp_path: Path) -> None:
     """Training or inspect reading many Doppler frames said one line each: inside
     counting_colour they are counted, and one line says how many, naming the first."""
-    from ultraseg.io.base import counting_colour
+    from ultraseg.io.grey import counting_colour
 
     paths = [_save(tmp_path / f"{k}.png", _doppler()) for k in range(4)]
     with ultraseg_warnings() as warned, counting_colour() as colour:

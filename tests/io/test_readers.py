@@ -799,7 +799,7 @@ def test_a_masks_folder_predict_wrote_is_no_ground_truth(tmp_path, folder) -> No
     """`predict DATA --out DATA/labels` (or DATA/masks) on a folder of images: the next scan
     read the predictions as ground truth, and evaluate scored the model against itself
     (Dice 1.0). A folder ultraseg marked as its output is left out, with a warning."""
-    from ultraseg.io.base import mark_output_folder
+    from ultraseg.io.outputs import mark_output_folder
 
     root = tmp_path / "scans"
     (root / folder).mkdir(parents=True)
@@ -1034,7 +1034,7 @@ def test_the_hint_to_a_dataset_one_folder_down_leaves_ultraseg_outputs_alone(tmp
     """A folder predict wrote (masks named *_mask.tif) was named as a 'kaggle' dataset to
     point at."""
     from ultraseg.io import nested_datasets
-    from ultraseg.io.base import OUTPUT_MARKER
+    from ultraseg.io.outputs import OUTPUT_MARKER
 
     make_images(tmp_path / "imgs")
     _save(tmp_path / "imgs" / "pred" / "a_mask.tif", _disk())
@@ -1528,7 +1528,7 @@ def test_compressed_nifti_volumes_are_counted_with_how_to_read_them(tmp_path) ->
     folder or unknown layout' and, beside images, left out without a word: the .nii.gz ending
     was worked out but not in the list of endings counted. A .nii.gz named on its own is a
     NIfTI file, not 'a .gz file'; another .gz file is still no image."""
-    from ultraseg.io.base import unread_file_advice
+    from ultraseg.io.files import unread_file_advice
     camus = tmp_path / "CAMUS_public" / "database_nifti"
     for patient in ("patient0001", "patient0002"):
         for part in ("2CH_ED", "2CH_ED_gt", "4CH_ES"):
@@ -1760,7 +1760,7 @@ def test_readers_refuse_what_is_not_a_path_saying_what_they_take(given, reader):
 def test_the_colour_note_ends_with_an_ellipsis_only_where_files_are_left_off() -> None:
     """Ten colour frames of one loop file said 'loop.dcm, ...', as if files were left off the
     list: the ellipsis now stands for files not named, not for frames."""
-    from ultraseg.io.base import ColourFrames, colour_note
+    from ultraseg.io.grey import ColourFrames, colour_note
 
     tally = ColourFrames()
     for _ in range(10):
@@ -1823,7 +1823,7 @@ def test_a_name_with_a_superscript_digit_is_read_and_sorted(tmp_path) -> None:
     literal for int()': the sort key took '²' for a digit (str.isdigit) where the regex that
     cut the name did not. Such names sort as text; ordinary names keep their order."""
     from ultraseg import cli
-    from ultraseg.io.base import natural_key
+    from ultraseg.io.files import natural_key
 
     for stem in ("scan_10", "scan_2²", "scan_1", "scan_2"):
         _save(tmp_path / "images" / f"{stem}.png", _frame())

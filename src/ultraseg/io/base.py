@@ -7,7 +7,7 @@ the other stages of reading do: :mod:`.images` (image files -> grey frames, loop
 frame), :mod:`.grey` (8 bits by one rule, and what reading as grey leaves out), :mod:`.masks`
 (the mask rules, the label a run takes), :mod:`.files` (which files are images, walking a
 tree) and :mod:`.outputs` (the folders ultraseg writes). Their names were defined here
-before, and are imported here still (:data:`__all__`).
+before; import (and patch) them where they are defined.
 """
 from __future__ import annotations
 
@@ -20,50 +20,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import DataError
-from .files import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, UNREAD_IMAGE_EXTENSIONS, VIDEO_EXTENSIONS,
-                    VOLUME_FORMATS, convert_advice, image_stem, is_image_file, iter_files,
-                    list_images, natural_key, unread_ending, unread_file_advice,
-                    unread_files_said, unread_image_files, video_advice, walk_files)
-from .grey import (COLOUR_FILES_LISTED, COLOUR_LOST, COLOUR_SHARE, COLOUR_SPREAD,
-                   FEW_GREY_LEVELS, UNIT_FLOAT_BOUNDS, UNIT_FLOAT_SLACK, ColourFrames,
-                   colour_note, colour_share, counting_colour, inverted, said_once, say_colour,
-                   say_of_file, to_uint8, unit_to_uint8)
-from .images import (IN_MEMORY, PHOTOMETRIC, PILLOW_MODES, SAMPLE_BITS, SAMPLE_FORMAT,
-                     SEVERAL_FRAMES_ADVICE, SIGNED, WHITE_IS_ZERO, SeveralFrames,
-                     check_size_guard, close_kept, frame_count, frame_loop, header_shape,
-                     pillow_to_gray, read_image, with_mask_advice)
-from .masks import (BLEND_SHARE, BLEND_SLACK, LOSSY_BINARY_BAND, LOSSY_BINARY_SHARE,
-                    LOSSY_FORMATS, LOW_LABEL_SHARE, MAX_LABELS, WHITES, LabelTally, check_label,
-                    classify_mask_values, decode_mask, read_mask, select_label, white_labelled)
-from .outputs import (OUTPUT_MARKER, check_no_foreign_images, in_output_folder,
-                      mark_output_folder, warn_outputs_left_out)
+from .images import SeveralFrames, read_image, with_mask_advice
+from .masks import decode_mask, white_labelled
 
-__all__ = [
-    # the contract
-    "Sample", "DecodedMasks", "Reader",
-    # files.py
-    "IMAGE_EXTENSIONS", "NO_DATA_FOLDERS", "UNREAD_IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS",
-    "VOLUME_FORMATS", "convert_advice", "image_stem", "is_image_file", "iter_files",
-    "list_images", "natural_key", "unread_ending", "unread_file_advice", "unread_files_said",
-    "unread_image_files", "video_advice", "walk_files",
-    # grey.py
-    "COLOUR_FILES_LISTED", "COLOUR_LOST", "COLOUR_SHARE", "COLOUR_SPREAD", "FEW_GREY_LEVELS",
-    "UNIT_FLOAT_BOUNDS", "UNIT_FLOAT_SLACK", "ColourFrames", "colour_note", "colour_share",
-    "counting_colour", "inverted", "said_once", "say_colour", "say_of_file", "to_uint8",
-    "unit_to_uint8",
-    # images.py
-    "IN_MEMORY", "PHOTOMETRIC", "PILLOW_MODES", "SAMPLE_BITS", "SAMPLE_FORMAT",
-    "SEVERAL_FRAMES_ADVICE", "SIGNED", "WHITE_IS_ZERO", "SeveralFrames", "check_size_guard",
-    "close_kept", "frame_count", "frame_loop", "header_shape", "pillow_to_gray", "read_image",
-    "with_mask_advice",
-    # masks.py
-    "BLEND_SHARE", "BLEND_SLACK", "LOSSY_BINARY_BAND", "LOSSY_BINARY_SHARE", "LOSSY_FORMATS",
-    "LOW_LABEL_SHARE", "MAX_LABELS", "WHITES", "LabelTally", "check_label",
-    "classify_mask_values", "decode_mask", "read_mask", "select_label", "white_labelled",
-    # outputs.py
-    "OUTPUT_MARKER", "check_no_foreign_images", "in_output_folder", "mark_output_folder",
-    "warn_outputs_left_out",
-]
+__all__ = ["Sample", "DecodedMasks", "Reader"]
 
 _LEADING_SUBJECT = re.compile(r"^(\d+)_")
 

@@ -2,7 +2,7 @@
 tree, the files in formats ultraseg does not read (and what to do with them), and the
 natural order of names.
 
-Moved from :mod:`ultraseg.io.base` as it was; that module still imports its public names.
+Moved from :mod:`ultraseg.io.base` as it was; import its names from here.
 """
 from __future__ import annotations
 

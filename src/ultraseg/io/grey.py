@@ -3,7 +3,7 @@
 scale, an alpha, pixels in colour), said once a file inside :func:`said_once` or counted
 over a dataset (:func:`counting_colour`).
 
-Moved from :mod:`ultraseg.io.base` as it was; that module still imports its public names.
+Moved from :mod:`ultraseg.io.base` as it was; import its names from here.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 loop) by its index, a loop read frame after frame kept open (:func:`frame_loop`); damaged,
 oversized and unreadable files refused, named.
 
-Moved from :mod:`ultraseg.io.base` as it was; that module still imports its public names.
+Moved from :mod:`ultraseg.io.base` as it was; import its names from here.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 JPEG, palette, colour, drawn in the alpha, resized with a filter: :func:`read_mask`), and the
 structure a run takes from a label mask (:func:`select_label`, :class:`LabelTally`).
 
-Moved from :mod:`ultraseg.io.base` as it was; that module still imports its public names.
+Moved from :mod:`ultraseg.io.base` as it was; import its names from here.
 """
 from __future__ import annotations
 

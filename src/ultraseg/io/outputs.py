@@ -2,7 +2,7 @@
 later scan of a folder above them leaves their images out, and refused where they hold
 images of the user's.
 
-Moved from :mod:`ultraseg.io.base` as it was; that module still imports its public names.
+Moved from :mod:`ultraseg.io.base` as it was; import its names from here.
 """
 from __future__ import annotations
 
