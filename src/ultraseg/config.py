@@ -24,6 +24,20 @@ from .fileio import json_name, name_from_json, read_json
 T = TypeVar("T")
 
 
+def _meant(names: list[Any], valid: list[str]) -> str:
+    """"did you mean 'epochs'?; valid: [...]": the valid name each unknown one of ``names``
+    is closest to (:func:`difflib.get_close_matches`; which one's, where there are several),
+    then the valid ones."""
+    close = {k: difflib.get_close_matches(k, valid, n=1) for k in names if isinstance(k, str)}
+    meant = [repr(m[0]) + (f" for {k!r}" if len(names) > 1 else "")
+             for k, m in close.items() if m]
+    return (f"did you mean {', '.join(meant)}?; " if meant else "") + f"valid: {valid}"
+
+
+#: The settings sections of a config, as a config file names them.
+SECTIONS = ("data", "preprocess", "model", "train")
+
+
 class UnknownSettings(UltrasegError):
     """Settings a config section does not have (a typo, or a newer ultraseg's): ``section``
     (its name in a config file: ``train``, ``model``), ``keys`` and the ``valid`` ones."""
@@ -37,12 +51,7 @@ class UnknownSettings(UltrasegError):
         valid: [...])': the section as a config file names it, not its class, and the valid
         key each unknown one is closest to (:func:`difflib.get_close_matches`)."""
         where = f'section "{self.section}"' + (f" of {path}" if path is not None else "")
-        close = {k: difflib.get_close_matches(k, self.valid, n=1) for k in self.keys
-                 if isinstance(k, str)}
-        meant = [repr(m[0]) + (f" for {k!r}" if len(self.keys) > 1 else "")
-                 for k, m in close.items() if m]
-        guess = f"did you mean {', '.join(meant)}?; " if meant else ""
-        return f"unknown keys in {where}: {self.keys} ({guess}valid: {self.valid})"
+        return f"unknown keys in {where}: {self.keys} ({_meant(self.keys, self.valid)})"
 
     def in_config(self, path: str | Path) -> UltrasegError:
         """The refusal of the config file at ``path`` holding these settings, naming the
@@ -628,11 +637,11 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         if not isinstance(d, dict):
             raise UltrasegError(f"a config is a JSON object of sections, got {d!r:.60}")
-        unknown = sorted(set(d) - {"preset", "data", "preprocess", "model", "train", RESOLVED},
+        unknown = sorted(set(d) - {"preset", *SECTIONS, RESOLVED},
                          key=str)
         if unknown:
             raise UltrasegError(_unknown_sections(unknown))
-        for name in ("data", "preprocess", "model", "train"):
+        for name in SECTIONS:
             if name in d and not isinstance(d[name], dict):
                 raise UltrasegError(f"config section {name!r} must be a JSON object of "
                                     f"settings, got {d[name]!r}")
@@ -644,7 +653,7 @@ class RunConfig:
         # name (custom, cpu+lever) is a label on the defaults
         base = PRESETS.get(name, {})
         sections = {s: {**base.get(s, {}), **(d.get(s) or {})}
-                    for s in ("data", "preprocess", "model", "train")}
+                    for s in SECTIONS}
         return cls(
             data=DataConfig.from_dict(sections["data"]),
             preprocess=PreprocessConfig.from_dict(sections["preprocess"]),
@@ -689,13 +698,9 @@ _YAML_LINE = re.compile(r"^\s*(- )?[A-Za-z_][\w.-]*\s*:(\s|$)", re.M)
 
 
 def _unknown_sections(names: list[Any]) -> str:
-    """'unknown config sections ['trian'] (did you mean 'train'?; valid: [...])', the section
-    each unknown name is closest to guessed as :meth:`UnknownSettings.said` guesses a key."""
-    valid = ["preset", "data", "preprocess", "model", "train"]
-    meant = [m[0] for k in names if isinstance(k, str)
-             for m in [difflib.get_close_matches(k, valid, n=1)] if m]
-    guess = f"did you mean {', '.join(map(repr, meant))}?; " if meant else ""
-    return f"unknown config sections {names} ({guess}valid: {valid})"
+    """'unknown config sections ['trian'] (did you mean 'train'?; valid: [...])', guessed as
+    :meth:`UnknownSettings.said` guesses a key (:func:`_meant`)."""
+    return f"unknown config sections {names} ({_meant(names, ['preset', *SECTIONS])})"
 
 
 def read_config_json(path: str | Path) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .config import RESOLVED, ModelConfig, RunConfig, names_read
+from .config import RESOLVED, SECTIONS, ModelConfig, RunConfig, names_read
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_text, failure_reason, read_json, temporaries
 from .io.outputs import OUTPUT_MARKER, mark_output_folder
@@ -91,7 +91,7 @@ def recipe_differences(given: RunConfig, own: RunConfig) -> list[str]:
     ``own`` config: all but where it runs (:data:`EXECUTION`), the processes it ran on, and the
     data's path spelt otherwise (relative, or through a link)."""
     differ = []
-    for section in ("data", "preprocess", "model", "train"):
+    for section in SECTIONS:
         # the settings themselves (to_dict leaves fill_outlines out where unset)
         mine, its = getattr(given, section), getattr(own, section)
         for key in (f.name for f in fields(its)):
