@@ -511,6 +511,37 @@ def test_main_without_v_leaves_ultrasegs_level_to_whoever_set_it(monkeypatch) ->
     assert package.level == logging.INFO
 
 
+def test_levels_set_while_main_runs_are_kept_when_it_ends(monkeypatch) -> None:
+    """main() -v put back the 'ultraseg' logger's level (and the root logger's, where it set
+    the terminal's handler) when it ended, though a caller had set another meanwhile (a
+    notebook's setLevel in another thread): theirs was undone. A level set meanwhile stays;
+    one left alone is put back."""
+    import logging
+
+    from ultraseg import cli
+
+    package, root = logging.getLogger("ultraseg"), logging.getLogger()
+    monkeypatch.setattr(package, "level", logging.NOTSET)   # put back after the test
+    monkeypatch.setattr(root, "level", logging.ERROR)
+    monkeypatch.setattr(logging.root, "handlers", [])
+
+    def command(a) -> int:
+        assert (package.level, root.level) == (logging.INFO, logging.WARNING)  # -v's
+        if a.data == "set":
+            package.setLevel(logging.CRITICAL)
+            root.setLevel(logging.DEBUG)
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_inspect", command)
+    assert cli.main(["-v", "inspect", "set"]) == 0
+    assert (package.level, root.level) == (logging.CRITICAL, logging.DEBUG)
+    assert root.handlers == []                  # the terminal's handler is taken off still
+    package.setLevel(logging.NOTSET)
+    root.setLevel(logging.ERROR)
+    assert cli.main(["-v", "inspect", "left"]) == 0
+    assert (package.level, root.level) == (logging.NOTSET, logging.ERROR)
+
+
 @pytest.mark.parametrize("redirect, what, code", [
     (">&-", "data", 0), ("2>&-", "data", 0), (">&- 2>&-", "data", 0),
     ("2>&-", "nothing", 2), (">&-", "nothing", 2), (">/dev/full", "nothing", 2)])

@@ -64,3 +64,42 @@ def test_reading_frames_in_threads_leaves_the_warnings_machinery_as_it_was(tmp_p
             list(pool.map(read_image, files))
     assert (list(warnings.filters), warnings.showwarning,
             warnings._showwarnmsg_impl) == before
+
+
+def test_a_level_set_while_blocks_are_open_is_kept_when_the_last_ends() -> None:
+    """A level someone else set on the logger while quiet's blocks were open (a caller's
+    setLevel in another thread) was undone by the last block, which put back the one saved
+    when the first opened. It is theirs, and stays; blocks that end in any order change
+    nothing there."""
+    logger = logging.getLogger("ultraseg.test_logs3")
+    logger.setLevel(logging.INFO)
+    first, second = quiet(logger.name), quiet(logger.name)
+    first.__enter__()
+    second.__enter__()
+    logger.setLevel(logging.WARNING)                 # someone else's, while both are open
+    first.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    assert logger.level == logging.WARNING
+    with quiet(logger.name):                        # and none set meanwhile: put back
+        pass
+    assert logger.level == logging.WARNING
+
+
+def test_a_level_set_is_put_back_only_where_it_is_still_the_one_set() -> None:
+    """The rule each of ultraseg's level changes follows (quiet, the run's log, the command
+    line's terminal log): put back the level before unless another was set meanwhile."""
+    from ultraseg.logs import set_level
+
+    logger = logging.getLogger("ultraseg.test_logs4")
+    logger.setLevel(logging.ERROR)
+    change = set_level(logger, "INFO")              # (a name is taken, as setLevel takes it)
+    assert logger.level == logging.INFO and change.before == logging.ERROR
+    change.put_back()
+    assert logger.level == logging.ERROR
+    change = set_level(logger, logging.DEBUG)
+    logger.setLevel(logging.WARNING)                # another's, meanwhile
+    change.put_back()
+    assert logger.level == logging.WARNING
+    change = set_level(logger, logging.WARNING)     # the level it had: nothing to tell apart
+    change.put_back()
+    assert logger.level == logging.WARNING

@@ -38,6 +38,25 @@ def test_overlapping_run_logs_put_the_logger_back_when_the_last_ends(tmp_path) -
     assert "still logged" in (tmp_path / "b.log").read_text()
 
 
+def test_a_level_set_while_run_logs_are_open_is_kept_when_the_last_ends(tmp_path) -> None:
+    """The last run's log to end put back the ultraseg logger's level saved when the first
+    opened, though a caller had set another meanwhile (setLevel in a progress callback, or in
+    another thread): theirs was undone. Propagation and handlers are put back still."""
+    pkg = logging.getLogger("ultraseg")
+    before = (pkg.level, pkg.propagate, list(pkg.handlers))
+    first = run_log(tmp_path / "a.log")
+    second = run_log(tmp_path / "b.log")
+    first.__enter__()
+    second.__enter__()
+    try:
+        pkg.setLevel(logging.ERROR)
+        first.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+        assert (pkg.level, pkg.propagate, list(pkg.handlers)) == (logging.ERROR, *before[1:])
+    finally:
+        pkg.setLevel(before[0])
+
+
 def test_a_runs_log_holds_its_own_threads_records_alone(tmp_path) -> None:
     """A service evaluating in one thread while it trained in another: 41 of the 58 lines of
     the run's train.log were the other thread's warnings (the file handler sat on the whole

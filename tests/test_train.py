@@ -1132,6 +1132,38 @@ def test_training_logs_info_to_its_file_not_to_the_callers_handlers(tmp_path, wh
     assert last_resort == []                     # the caller's handler took every record
 
 
+
+@pytest.mark.parametrize("set_to", [logging.WARNING, None], ids=["set", "none"])
+def test_a_level_the_caller_sets_while_training_runs_is_kept_when_it_ends(tmp_path,
+                                                                          set_to) -> None:
+    """A caller's logging.getLogger("ultraseg").setLevel(WARNING) made while a training ran
+    (here in its progress callback, as another thread may) was undone when it ended: the run's
+    log put back the level it had saved at its start. A level set meanwhile is the caller's
+    and stays; with none set, the level before the run comes back."""
+    data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)
+    cfg = RunConfig(data=DataConfig(path=str(data), cache_dir=""),
+                    model=ModelConfig(variant="same", width=4, depth=1),
+                    preprocess=PreprocessConfig(size=32),
+                    train=TrainConfig(epochs=1, batch_size=4, device="cpu", num_threads=1))
+    pkg = logging.getLogger("ultraseg")
+    old = pkg.level
+    inside: list[int] = []
+
+    def progress(event: dict) -> None:
+        if event["event"] in ("batch", "epoch") and not inside:
+            inside.append(pkg.level)            # the run's log has it at INFO now
+            if set_to is not None:
+                pkg.setLevel(set_to)
+
+    pkg.setLevel(logging.ERROR)
+    try:
+        train_mod.train(cfg, tmp_path / "run", progress=progress)
+        after = pkg.level
+    finally:
+        pkg.setLevel(old)
+    assert inside == [logging.INFO]
+    assert after == (logging.ERROR if set_to is None else set_to)
+
 def _head(shape: tuple[int, int], a: float, b: float) -> np.ndarray:
     yy, xx = np.mgrid[:shape[0], :shape[1]]
     return (((xx - shape[1] / 2) / a) ** 2 + ((yy - shape[0] / 2) / b) ** 2 <= 1)

@@ -28,6 +28,7 @@ from . import __version__
 from .config import whole_number_problem
 from .errors import UltrasegError, command_line, escape_controls, is_out_of_memory
 from .fileio import json_text
+from .logs import LevelSet, set_level
 from .shared import while_held
 
 log = logging.getLogger("ultraseg")
@@ -516,31 +517,32 @@ def _terminal_log(level: int) -> ContextManager[None]:
     host that set up logging itself (handlers on the root logger) keeps its set-up. Calls in
     threads at once share the first one's handler and levels, its ``-v`` included, until the
     last one ends (:func:`~ultraseg.shared.while_held`). ``ultraseg``'s level is set and put
-    back for ``-v`` alone: a training in another thread sets it for its ``train.log``."""
+    back for ``-v`` alone: a training in another thread sets it for its ``train.log``. A level
+    set meanwhile by someone else is theirs, and stays
+    (:meth:`~ultraseg.logs.LevelSet.put_back`)."""
     root, package = logging.getLogger(), logging.getLogger("ultraseg")
 
-    def change() -> tuple[int, int | None, logging.Handler | None]:
-        before = root.level, package.level
-        handler = None
+    def change() -> tuple[logging.Handler | None, LevelSet | None, LevelSet | None]:
+        handler: logging.Handler | None = None
+        root_set = package_set = None
         if not root.handlers:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(_OneLine())
             handler.setLevel(level)     # training logs INFO to its run's train.log; the
             root.addHandler(handler)    # terminal shows only what -v asks for
-            root.setLevel(max(level, logging.WARNING))
-        if level < logging.WARNING:
-            package.setLevel(level)
-        else:           # not ours to put back: a training in another thread may set it
-            before = before[0], None
-        return (*before, handler)
+            root_set = set_level(root, max(level, logging.WARNING))
+        if level < logging.WARNING:     # (else not ours to put back: a training in another
+            package_set = set_level(package, level)     # thread may set it)
+        return handler, root_set, package_set
 
-    def restore(before: tuple[int, int | None, logging.Handler | None]) -> None:
-        root_level, package_level, handler = before
+    def restore(held: tuple[logging.Handler | None, LevelSet | None, LevelSet | None]
+                ) -> None:
+        handler, root_set, package_set = held
         if handler is not None:
             root.removeHandler(handler)
-            root.setLevel(root_level)
-        if package_level is not None:
-            package.setLevel(package_level)
+        for changed in (root_set, package_set):
+            if changed is not None:
+                changed.put_back()
 
     return while_held("cli terminal log", change, restore)
 

@@ -19,6 +19,7 @@ from .config import RESOLVED, SECTIONS, ModelConfig, RunConfig, names_read
 from .errors import CheckpointError, UltrasegError
 from .fileio import atomic_write_text, failure_reason, read_json, temporaries
 from .io.outputs import OUTPUT_MARKER, mark_output_folder
+from .logs import set_level
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,8 @@ def run_log(path: Path, earlier: EarlyWarnings | None = None) -> Iterator[RunWar
     propagating; one forwarding handler passes the records their loggers made before (at or
     above the level of the nearest one that sets a level, ultraseg's as it was) to those
     handlers and, where it propagated, to its ancestors' (as logging itself would).
-    Overlapping blocks (trainings in threads) share that set-up; the last to leave puts level,
+    Overlapping blocks (trainings in threads) share that set-up; the last to leave puts level
+    (unless another was set meanwhile: :meth:`ultraseg.logs.LevelSet.put_back`),
     propagation and handlers back. The file takes the records of the thread that
     opened the block alone. The block's value collects that thread's warnings
     (:class:`RunWarnings`: train.log's records at WARNING and above) for the run's report.
@@ -314,13 +316,13 @@ def run_log(path: Path, earlier: EarlyWarnings | None = None) -> Iterator[RunWar
         # kept on keeping)
         early = earlier.taken() if earlier is not None else []
         if _RUN_LOGS == 0:
-            _RUN_LOG_STATE[:] = [pkg_log.level, pkg_log.propagate, list(pkg_log.handlers)]
-            forward = _Forward(pkg_log.getEffectiveLevel(), list(pkg_log.handlers),
-                               pkg_log.propagate)
-            for h in list(pkg_log.handlers):
+            handlers, propagate = list(pkg_log.handlers), pkg_log.propagate
+            forward = _Forward(pkg_log.getEffectiveLevel(), list(handlers), propagate)
+            for h in handlers:
                 pkg_log.removeHandler(h)
             pkg_log.addHandler(forward)
-            pkg_log.setLevel(min(pkg_log.getEffectiveLevel(), logging.INFO))
+            lowered = set_level(pkg_log, min(pkg_log.getEffectiveLevel(), logging.INFO))
+            _RUN_LOG_STATE[:] = [lowered, propagate, handlers]
             pkg_log.propagate = False
         _RUN_LOGS += 1
         pkg_log.addHandler(file_handler)
@@ -341,13 +343,13 @@ def run_log(path: Path, earlier: EarlyWarnings | None = None) -> Iterator[RunWar
                 file_handler.close()
             _RUN_LOGS -= 1
             if _RUN_LOGS == 0:
-                level, propagate, handlers = _RUN_LOG_STATE
+                lowered, propagate, handlers = _RUN_LOG_STATE
                 for h in list(pkg_log.handlers):
                     if isinstance(h, _Forward):
                         pkg_log.removeHandler(h)
                 for h in handlers:
                     pkg_log.addHandler(h)
-                pkg_log.setLevel(level)
+                lowered.put_back()
                 pkg_log.propagate = propagate
 
 
@@ -389,7 +391,7 @@ class _RunLogFile(logging.FileHandler):
 
 _RUN_LOG_LOCK = threading.Lock()
 _RUN_LOGS = 0                       # run_log blocks open now
-_RUN_LOG_STATE: list[Any] = []      # the ultraseg logger's level, propagate, handlers before
+_RUN_LOG_STATE: list[Any] = []      # the ultraseg logger's LevelSet, propagate, handlers before
 
 
 class _Forward(logging.Handler):
