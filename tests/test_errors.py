@@ -30,3 +30,66 @@ def test_plain_words_are_written_as_they_are() -> None:
     assert command_line("ultraseg", "evaluate", "MODEL", Path("/data/set"), "--split",
                         "RUN/split.json") == \
         "ultraseg evaluate MODEL /data/set --split RUN/split.json"
+
+
+def _windows_words(line: str) -> list[str]:
+    """``line`` split as Windows programs split their command line (the C runtime's rules,
+    which Python's own argv follows): whitespace outside double quotes parts words; 2n
+    backslashes before a quote are n and the quote opens or closes, 2n+1 are n and a quote
+    kept; other backslashes are kept as they are."""
+    words, word, quoted, started, i = [], [], False, False, 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            n = len(line[i:]) - len(line[i:].lstrip("\\"))
+            if line[i + n:i + n + 1] == '"':
+                word.append("\\" * (n // 2))
+                if n % 2:
+                    word.append('"')
+                    i += n + 1
+                else:
+                    i += n
+            else:
+                word.append("\\" * n)
+                i += n
+            started = True
+            continue
+        if c == '"':
+            quoted, started = not quoted, True
+        elif c in " \t" and not quoted:
+            if started:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(c)
+            started = True
+        i += 1
+    if started:
+        words.append("".join(word))
+    return words
+
+
+@pytest.mark.parametrize("name", [*AWKWARD, r"C:\My Scans", "C:\\My Scans\\", r"C:\R&D\run",
+                                  r"a\\b", 'end\\"q', "%x%", ""])
+def test_on_windows_a_suggested_command_is_quoted_as_its_shells_read_it(monkeypatch,
+                                                                        name) -> None:
+    """`ultraseg train --resume --out 'C:\\My Scans'` was suggested on Windows too, where
+    cmd.exe takes single quotes for part of the path (the folder 'C:\\My and a word Scans'):
+    there a word that needs quoting is put in double quotes as subprocess.list2cmdline puts
+    it, and a Windows program (Python's own argv) reads the words back as they were."""
+    import subprocess
+
+    from ultraseg import errors
+
+    monkeypatch.setattr(errors, "WINDOWS", True)
+    line = command_line("ultraseg", "inspect", Path(name), ("--out", name), "--json")
+    words = _windows_words(line)
+    assert words[:2] == ["ultraseg", "inspect"] and words[-1] == "--json", line
+    given = str(Path(name))
+    assert words[2] in (given, f"./{given}"), line
+    assert words[3:-1] in (["--out", name], [f"--out={name}"]), line
+    assert "'" not in line.replace("it's", ""), line        # no POSIX quoting
+    if " " in name:     # quoted as list2cmdline quotes a word with a space
+        assert subprocess.list2cmdline([name]) in line, line
+    assert command_line("ultraseg", "evaluate", "MODEL", "--split", "RUN/split.json") == \
+        "ultraseg evaluate MODEL --split RUN/split.json"

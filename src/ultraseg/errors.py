@@ -3,6 +3,7 @@ the CLI prints its message, each line as ``error: ...``, and exits with code 2. 
 a bug: exit 1."""
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path, PurePath
@@ -18,6 +19,37 @@ def escape_controls(text: str, keep: str = "") -> str:
                          else f"\\x{ord(m.group()):02x}", text)
 
 
+#: Whether commands are suggested for Windows' shells (cmd.exe, PowerShell), which take single
+#: quotes for part of a word: :func:`shell_word` quotes with double quotes there. (A test sets
+#: it, where setting ``os.name`` would change what pathlib makes.)
+WINDOWS = os.name == "nt"
+
+#: A word Windows' shells and programs read as it is, unquoted (no space, quote, ``&|<>^%!``,
+#: parenthesis, ``;``, ``,``, ``$``, backtick or ``@``).
+_WINDOWS_PLAIN = re.compile(r"[\w.:/\\+=-]+")
+
+
+def shell_word(text: str) -> str:
+    """``text`` as one word of a command line a user pastes: quoted as a POSIX shell reads it
+    (``shlex.quote``: ``'C:/My Scans'``), on Windows (:data:`WINDOWS`) in double quotes as
+    ``subprocess.list2cmdline`` writes them (a quote as ``\\"``, the backslashes before
+    it and before the closing quote doubled), as cmd.exe, PowerShell and a Windows program's
+    command line (Python's argv) read them: ``"C:\\My Scans"``. A word with nothing to
+    quote is written as it is. (cmd.exe still expands ``%NAME%`` inside double quotes.)"""
+    if not WINDOWS:
+        return shlex.quote(text)
+    if _WINDOWS_PLAIN.fullmatch(text):
+        return text
+    out, slashes = [], 0
+    for c in text:
+        if c == "\\":
+            slashes += 1
+            continue
+        out.append("\\" * (2 * slashes + 1) + c if c == '"' else "\\" * slashes + c)
+        slashes = 0
+    return '"' + "".join(out) + "\\" * (2 * slashes) + '"'
+
+
 #: A word of :func:`command_line`: a flag or placeholder (str), a path (PurePath), or an
 #: option with its value.
 Word = Union[str, PurePath, "tuple[str, str | PurePath]"]
@@ -25,8 +57,9 @@ Word = Union[str, PurePath, "tuple[str, str | PurePath]"]
 
 def command_line(*words: Word) -> str:
     """A command line a user can paste into a shell, for a message to suggest: each word
-    quoted as the shell needs (a path with a space or a quote stays one word; a flag or a
-    placeholder such as ``MODEL`` is written as it is); an ``(option, value)`` pair whose
+    quoted as the shell needs (:func:`shell_word`: a path with a space or a quote stays one
+    word, on Windows in double quotes; a flag or a placeholder such as ``MODEL`` is written
+    as it is); an ``(option, value)`` pair whose
     value starts with a dash written ``--out=-run`` (``--out -run`` takes ``-run`` for a
     flag and is refused), and a path given alone that starts with a dash as ``./-run``, for
     the same reason."""
@@ -34,13 +67,13 @@ def command_line(*words: Word) -> str:
     for word in words:
         if isinstance(word, tuple):
             option, value = word[0], str(word[1])
-            said.append(f"{option}={shlex.quote(value)}" if value.startswith("-")
-                        else f"{option} {shlex.quote(value)}")
+            said.append(f"{option}={shell_word(value)}" if value.startswith("-")
+                        else f"{option} {shell_word(value)}")
             continue
         text = str(word)
         if isinstance(word, PurePath) and text.startswith("-"):
             text = f"./{text}"
-        said.append(shlex.quote(text))
+        said.append(shell_word(text))
     return " ".join(said)
 
 

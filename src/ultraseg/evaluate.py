@@ -5,7 +5,6 @@ import contextlib
 import logging
 import math
 import os
-import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -13,7 +12,8 @@ import numpy as np
 
 from . import __version__
 from .config import PostprocessConfig, check_flag, names_read
-from .errors import DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory
+from .errors import (DataError, UltrasegError, command_line, frame_too_large, is_out_of_memory,
+                     shell_word)
 from .data import MaskTally, _first, read_split_doc
 from .fileio import (atomic_write_texts, cannot_write_in, csv_text, failure_reason, json_text,
                      output_lock, read_json)
@@ -162,7 +162,7 @@ def _open_scored(records: list[Any], data: str | Path, layout: str,
     ds = open_dataset(data, layout, pattern, fill_outlines, pattern_required=False)
     if ds.subject_pattern is not None:
         log.info("%s: subjects by the --subject-pattern %s the model's run was trained with",
-                 data, shlex.quote(ds.subject_pattern))
+                 data, shell_word(ds.subject_pattern))
     return ds, ds.subject_pattern
 
 
@@ -751,7 +751,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     f, dist, hc, share = as_(".3f"), as_(".1f"), as_(".2f"), format_share
     raw = summary.get("raw", {})
     pattern = summary.get("subject_pattern")
-    by_pattern = f", by --subject-pattern {shlex.quote(pattern)}," if pattern else ""
+    by_pattern = f", by --subject-pattern {shell_word(pattern)}," if pattern else ""
     side = summary.get("subset")
     where = f"   ({SIDES[side].format(summary.get('split'))})" if side in SIDES else ""
     lines = [f"frames                {summary['n']}{where}",
