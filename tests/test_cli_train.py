@@ -1240,6 +1240,43 @@ def test_ctrl_c_during_training_says_how_to_go_on(tmp_path, capsys, monkeypatch)
     assert "interrupted" in err and f"ultraseg train --resume --out '{out}'" in err
 
 
+def test_ctrl_break_during_training_is_handled_as_ctrl_c(data, tmp_path, capsys,
+                                                        monkeypatch) -> None:
+    """On Windows a console's Ctrl-Break sends SIGBREAK, not SIGINT: it ended a training
+    where it was, without Ctrl-C's clean-up and the --resume command that goes on. Here an
+    unused signal stands for SIGBREAK (Linux has none), sent after the first saved epoch; the
+    test's own handler, which only counts it, is what the command found and puts back."""
+    import signal
+
+    if not hasattr(signal, "SIGUSR1"):
+        pytest.skip("no SIGUSR1 here to stand for SIGBREAK")
+    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)
+    not_taken: list[int] = []
+
+    def counted(signum, frame) -> None:
+        not_taken.append(signum)
+
+    shown = ProgressPrinter.__call__
+
+    def break_after_the_first_epoch(self, e) -> None:
+        shown(self, e)
+        if e["event"] == "epoch" and e["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGBREAK)
+
+    monkeypatch.setattr(ProgressPrinter, "__call__", break_after_the_first_epoch)
+    out = tmp_path / "my run"
+    before = signal.signal(signal.SIGUSR1, counted)
+    try:
+        code = cli.main(["train", str(data), "--out", str(out), "--epochs", "3", *TINY])
+        assert signal.getsignal(signal.SIGUSR1) is counted      # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    err = capsys.readouterr().err
+    assert (code, not_taken) == (130, []), err
+    assert "interrupted" in err and f"ultraseg train --resume --out '{out}'" in err, err
+    assert (out / "last.ckpt").is_file()
+
+
 def test_the_go_on_command_keeps_a_folder_named_with_a_dash(tmp_path, capsys,
                                                             monkeypatch) -> None:
     """`--out=-run` was printed back as `--resume --out -run`, which argparse refuses

@@ -270,16 +270,26 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
                       if hasattr(signal, name))
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Terminated` inside the block (main thread only:
-    elsewhere a handler cannot be installed, and the caller's handling stays as it was). A
-    signal the process was started ignoring stays ignored: `nohup` ignores SIGHUP so that the
-    command outlives the session that started it."""
+    """SIGTERM and SIGHUP raise :class:`Terminated` inside the block, and Windows' SIGBREAK (a
+    console's Ctrl-Break) a KeyboardInterrupt, as Ctrl-C does: its clean-up and its word on
+    how to go on (it ended the process where it was). Main thread only: elsewhere a handler
+    cannot be installed, and the caller's handling stays as it was; the caller's handlers are
+    put back after. A signal the process was started ignoring stays ignored: `nohup` ignores
+    SIGHUP so that the command outlives the session that started it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {signum: signal.signal(signum, _raise_terminated) for signum in _STOP_SIGNALS
+    handlers = {signum: _raise_terminated for signum in _STOP_SIGNALS}
+    ctrl_break = getattr(signal, "SIGBREAK", None)      # (looked up now: Windows alone has it)
+    if ctrl_break is not None:
+        handlers[ctrl_break] = _raise_interrupt
+    before = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()
               if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
