@@ -681,3 +681,56 @@ def test_text_outputs_end_their_lines_with_lf_on_every_system(tmp_path: Path, wr
     path = tmp_path / "t.csv"
     OUTPUT_WRITERS[writer](path, "a,b\n1,2\n")
     assert path.read_bytes() == b"a,b\n1,2\n"
+
+
+@pytest.mark.parametrize("writer", list(OUTPUT_WRITERS))
+def test_a_file_open_in_another_program_on_windows_is_said_so(tmp_path: Path, writer: str,
+                                                              monkeypatch) -> None:
+    """On Windows a file another program holds open (Excel showing predictions.csv or
+    per_image.csv) cannot be replaced: the write said 'permission denied' alone. It is
+    tried again a few times (a program that closes it soon), then refused saying it may be
+    open in another program, to close it and run again; the file is left as it was and no
+    temporary file is left. Here os.replace refuses the target as Windows does."""
+    from ultraseg import errors
+
+    path = tmp_path / "t.csv"
+    path.write_text("old\n")
+    real, tries, held = os.replace, [], [True]
+
+    def excel_holds_it(src, dst):
+        if Path(dst) == path and held[0]:
+            tries.append(dst)
+            raise PermissionError(13, "[WinError 32] The process cannot access the file "
+                                  "because it is being used by another process", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", excel_holds_it)
+    monkeypatch.setattr(fileio, "REPLACE_WAIT", 0, raising=False)
+    monkeypatch.setattr(errors, "WINDOWS", True)
+    with pytest.raises(fileio.WriteError) as caught:
+        OUTPUT_WRITERS[writer](path, "a\n1\n")
+    said = str(caught.value)
+    assert said.startswith(f"{path}: cannot write the file: permission denied"), said
+    assert "open in another program? close it and run again" in said, said
+    assert len(tries) > 2                                   # tried again, not at once refused
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+    def closed_after_a_moment(src, dst):        # the program lets go of it as it is retried
+        if Path(dst) == path and len(tries) < 5:
+            tries.append(dst)
+            raise PermissionError(13, "[WinError 32] being used by another process", str(dst))
+        real(src, dst)
+
+    tries.clear()
+    monkeypatch.setattr(os, "replace", closed_after_a_moment)
+    monkeypatch.setattr(fileio, "REPLACE_TRIES", 10, raising=False)
+    OUTPUT_WRITERS[writer](path, "a\n1\n")
+    assert path.read_text() == "a\n1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+    monkeypatch.setattr(errors, "WINDOWS", False)   # elsewhere: the system's word alone
+    monkeypatch.setattr(os, "replace", excel_holds_it)
+    with pytest.raises(fileio.WriteError) as caught:
+        OUTPUT_WRITERS[writer](path, "b\n")
+    assert "another program" not in str(caught.value)

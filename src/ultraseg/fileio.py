@@ -28,10 +28,12 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Collection, Iterable, Iterator, Mapping, Sequence
 
+from . import errors as _errors
 from .errors import UltrasegError
 
 try:                    # POSIX: flock
@@ -170,6 +172,31 @@ def _temporary(path: Path, permissions: int | None = None) -> tuple[int, str]:
     return fd, tmp
 
 
+#: Where a rename onto a file is refused as another program holds it open (Windows: Excel
+#: showing predictions.csv), how many times it is tried, and the seconds between tries.
+REPLACE_TRIES, REPLACE_WAIT = 3, 0.2
+
+
+def _replace(tmp: str, path: Path) -> None:
+    """``os.replace(tmp, path)``. On Windows (:data:`ultraseg.errors.WINDOWS`), where a file
+    another program holds open cannot be replaced (a PermissionError), tried
+    :data:`REPLACE_TRIES` times :data:`REPLACE_WAIT` s apart, then a :class:`WriteError`
+    asking whether it is open in another program; elsewhere the PermissionError as it came
+    (the folder's permissions)."""
+    for tried in range(1, REPLACE_TRIES + 1):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError as e:
+            if not _errors.WINDOWS:
+                raise
+            if tried < REPLACE_TRIES:
+                time.sleep(REPLACE_WAIT)
+                continue
+            raise write_error(e, path, "it was left as it was; is it open in another "
+                              "program? close it and run again") from e
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = None
                 ) -> Iterator[IO]:
@@ -209,7 +236,7 @@ def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = No
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except WriteError:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -267,7 +294,7 @@ class LineFile:
                 except PermissionError:     # Windows renames no file held open: closed,
                     made = os.fstat(self.f.fileno())    # renamed, opened again
                     self.f.close()
-                    os.replace(tmp, path)
+                    _replace(tmp, path)
                     tmp = None
                     self._open_again(made)
         except BaseException as e:
