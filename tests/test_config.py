@@ -692,7 +692,8 @@ def test_a_key_given_twice_in_a_config_file_is_refused_naming_it(tmp_path, capsy
     ("model", {"dropout": 1.5}, "model.dropout (--dropout) must be a number in [0, 1)"),
     ("model", {"dropout": -0.5}, "model.dropout"),
     ("model", {"dropout": float("nan")}, "model.dropout"),
-    ("train", {"device": "gpu"}, "train.device (--device) must be auto, cpu, cuda or cuda:N"),
+    ("train", {"device": "gpu"},
+     "train.device (--device) must be auto, cpu, cuda, cuda:N or mps"),
     ("data", {"layout": "bsui"}, "unknown layout 'bsui'"),
     ("data", {"subject_pattern": "(["}, "bad subject pattern"),
 ], ids=["dropout-high", "dropout-negative", "dropout-nan", "device", "layout", "pattern"])
@@ -710,6 +711,12 @@ def test_a_setting_checked_only_by_training_is_refused_when_built(tmp_path, sect
         path.write_text(json.dumps({section: values}))
         with pytest.raises(UltrasegError, match="c.json"):
             RunConfig.load(path)
+
+
+def test_a_training_device_of_mps_is_a_setting_a_config_takes() -> None:
+    """train.device 'mps' (a Mac's Apple-silicon GPU, --device mps) was refused as no device
+    name; whether the machine has it is asked when training starts, as for cuda."""
+    assert merge(RunConfig(), {"train": {"device": "mps"}}).train.device == "mps"
 
 
 @pytest.mark.parametrize("gpu, name", [(False, "cpu"), (True, "seed")])

@@ -99,6 +99,34 @@ def test_devices():
             resolve_device("cuda", asked_by="--device, or the run's config.json")
 
 
+MPS = torch.device("mps")
+
+
+def test_mps_is_taken_where_the_machine_has_it_in_fp32_unless_bf16_is_asked(monkeypatch):
+    """`--device mps` (a Mac's Apple-silicon GPU) was refused as 'unknown device' where
+    torch has it: it is taken there, in fp32 under 'auto' (the CPU's bf16 is not the
+    GPU's), bf16 only where asked for; without it the refusal says so and the way out.
+    'auto' keeps to CUDA, else the CPU (MPS is untested hardware here)."""
+    fake_cpu(monkeypatch, avx512_bf16=True)            # a CPU with native bf16: not MPS's
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UltrasegError, match=r"device mps asked for \(by --device; in Python, "
+                                            r"device=\), but .*MPS.* not available.*"
+                                            r"--device cpu runs on the CPU"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == MPS
+    assert resolve_device(torch.device("mps")) == MPS
+    assert resolve_device("auto") == CPU
+    assert resolve_precision("auto", MPS) is None
+    assert runtime.precision_name("auto", MPS) == "fp32"
+    assert resolve_precision("fp32", MPS) is None
+    assert resolve_precision("bf16", MPS) is torch.bfloat16     # asked for: given
+    with pytest.raises(UltrasegError, match=r"unknown device 'tpu'; valid: auto, cpu, cuda, "
+                                            r"cuda:N, mps"):
+        resolve_device("tpu")
+
+
 @pytest.fixture
 def one_gpu(monkeypatch):
     """torch.cuda as a machine with one GPU would answer (this one has none)."""

@@ -240,7 +240,7 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    help="valid model: output tile side for prediction, rounded up to a side "
                    "the model produces, at least 20 at depth 4, and at most the "
                    "canvas (default: one window over the whole canvas)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (checkpoints only)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (checkpoints only)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="intra-op threads on the CPU (torch's for a checkpoint, ONNX "
                         "Runtime's for an ONNX model; default: every core, which a shared "

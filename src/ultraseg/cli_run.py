@@ -408,7 +408,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--split-seed", type=whole_number_arg(0, MAX_SEED),
                    help="seeds the held-out and validation subjects "
                    "alone, so runs with other --seed values share one split (default: --seed)")
-    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--device", help="auto, cpu, cuda or mps (a Mac's GPU)")
     p.add_argument("--precision", choices=choices(TrainConfig, "precision"),
                    help="auto: bf16 autocast where the CPU or GPU computes it natively, else "
                    "fp32 (every preset, seed included)")

@@ -525,8 +525,8 @@ class TrainConfig(_Section):
         if not 0 <= w < math.inf:
             raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number "
                                 f">= 0, got {w!r}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device):   # (a GPU's presence: later)
-            raise UltrasegError(f"train.device (--device) must be auto, cpu, cuda or cuda:N, "
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):  # (its presence: later)
+            raise UltrasegError(f"train.device (--device) must be auto, cpu, cuda, cuda:N or mps, "
                                 f"got {t.device!r}")
 
     @property

@@ -19,28 +19,45 @@ from .shared import while_held
 log = logging.getLogger(__name__)
 
 
+#: The device names :func:`resolve_device` takes, as its messages list them.
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def mps_available() -> bool:
+    """Whether torch runs on Apple's MPS (Metal) here: a Mac's Apple-silicon GPU."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(name: str | torch.device = "auto",
                    asked_by: str = "--device; in Python, device=",
                    in_python: str = "device='cpu'") -> torch.device:
-    """'auto' -> cuda when available, else cpu. 'cuda' without a GPU is a usage error (its
-    message says it was asked for by ``asked_by``, and that ``--device cpu``, in Python
-    ``in_python``, runs on the CPU); a torch.device is taken by its name, and anything but a
-    name is one too."""
+    """'auto' -> cuda when available, else cpu (never mps: asked for by name alone). 'cuda'
+    without a GPU, or 'mps' without Apple's MPS, is a usage error (its message says it was
+    asked for by ``asked_by``, and that ``--device cpu``, in Python ``in_python``, runs on
+    the CPU); a torch.device is taken by its name, and anything but a name is one too."""
     if isinstance(name, torch.device):
         name = str(name)
     if not isinstance(name, str):
-        raise UltrasegError(f"device must be a name (auto, cpu, cuda, cuda:N), got {name!r}")
+        raise UltrasegError(f"device must be a name ({DEVICE_NAMES}), got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    way_out = f"--device cpu runs on the CPU (in Python, {in_python})"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UltrasegError(f"device {name} asked for (by {asked_by}), but no CUDA GPU is "
-                            f"available: --device cpu runs on the CPU (in Python, {in_python})")
+                            f"available: {way_out}")
+    if name == "mps":
+        if not mps_available():
+            raise UltrasegError(f"device mps asked for (by {asked_by}), but Apple's MPS is not "
+                                "available here (a Mac with Apple silicon, macOS 12.3 or "
+                                f"later, and a PyTorch built with it): {way_out}")
+        return torch.device("mps")
     if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UltrasegError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+        raise UltrasegError(f"unknown device {name!r}; valid: {DEVICE_NAMES}")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as e:         # 'cuda:x', 'cuda:-1'
-        raise UltrasegError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from e
+        raise UltrasegError(f"unknown device {name!r}; valid: {DEVICE_NAMES}") from e
     if device.type == "cuda" and device.index is not None \
             and device.index >= torch.cuda.device_count():
         raise UltrasegError(f"--device {name} asked for, but this machine has "
@@ -107,7 +124,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def _native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively."""
+    """Whether ``device`` computes bf16 natively (an MPS GPU counts as without: its bf16
+    autocast is untested here, so 'auto' keeps it in fp32)."""
+    if device.type == "mps":
+        return False
     if device.type == "cuda":
         # native bf16 from compute capability 8.0 (Ampere); torch's is_bf16_supported() also
         # says yes for older GPUs that only emulate it, slowly, and asks the current device
