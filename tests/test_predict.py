@@ -1003,7 +1003,7 @@ def test_one_hc18_frame_named_alone_keeps_its_tables_row(tmp_path):
 def test_files_named_one_by_one_read_their_folders_table_once(tmp_path, monkeypatch):
     """`predict MODEL scans/*.png` looked for a table (a glob of the whole folder) once per
     file: 4000 files took 12 s before the first prediction, growing with the square."""
-    from ultraseg.io.readers import Hc18Reader
+    from ultraseg.io.hc18 import Hc18Reader
 
     hc18_like(tmp_path / "hc")
     for i in range(5):

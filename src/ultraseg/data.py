@@ -163,8 +163,8 @@ def default_cache_dir() -> Path | None:
 #: outline), and each frame's fingerprints (hash, thumbnail). tests/test_data.py checks the
 #: list against these modules' own imports.
 DECODING_CODE = ("io/base.py", "io/images.py", "io/grey.py", "io/masks.py", "io/files.py",
-                 "io/outputs.py", "io/dicom.py", "io/readers.py", "preprocess.py",
-                 "duplicates.py", "ellipse.py")
+                 "io/outputs.py", "io/dicom.py", "io/readers.py", "io/naming.py", "io/folders.py",
+                 "io/hc18.py", "preprocess.py", "duplicates.py", "ellipse.py")
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,8 +21,9 @@ from .io import (IMAGE_EXTENSIONS, Sample, check_layout, file_sample, frame_tag,
                  inspect_command, scan_dataset, split_frames)
 from .io.dicom import is_dicom
 from .io.files import unread_file_advice
+from .io.folders import IMAGE_FOLDERS, subfolders
+from .io.naming import Unpaired
 from .io.outputs import in_output_folder, warn_outputs_left_out
-from .io.readers import IMAGE_FOLDERS, Unpaired, subfolders
 
 #: Inputs are said on the logger they were said on before they moved here
 #: (:mod:`ultraseg.predict_files`'s), so that a filter or level set on it still reaches them.

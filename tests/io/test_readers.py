@@ -1703,7 +1703,7 @@ def test_polygon_annotation_files_named_as_the_images_are_named_as_not_read(tmp_
 def test_every_images_and_masks_folder_name_has_a_role() -> None:
     """dataset_hint looks for a dataset above a folder named as a dataset's part by
     folder_role alone: each name the layouts read as images or masks has one."""
-    from ultraseg.io.readers import IMAGE_FOLDERS, MASK_FOLDERS, folder_role
+    from ultraseg.io.folders import IMAGE_FOLDERS, MASK_FOLDERS, folder_role
 
     assert [folder_role(n)[0] for n in IMAGE_FOLDERS] == ["image"] * len(IMAGE_FOLDERS)
     assert [folder_role(n)[0] for n in MASK_FOLDERS] == ["mask"] * len(MASK_FOLDERS)

@@ -21,13 +21,14 @@ from .dicom import (DICOM_EXTENSIONS, PIXEL_SIZE_NOT_TAKEN, dicom_frame_count, d
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .files import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, convert_advice, image_stem,
                     unread_files_said, unread_image_files)
+from .folders import FoldersReader, folder_role
 from .grey import said_once
+from .hc18 import Hc18Reader, table_key
 from .images import frame_count, frame_loop, read_image
 from .masks import classify_mask_values, read_mask, select_label
+from .naming import Unpaired, frame_tag
 from .outputs import OUTPUT_MARKER
-from .readers import (BusiReader, FoldersReader, Hc18Reader, ImagesReader, KaggleReader,
-                      Unpaired, annotation_files, folder_role, frame_tag, run_length_tables,
-                      table_key)
+from .readers import BusiReader, ImagesReader, KaggleReader, annotation_files, run_length_tables
 
 log = logging.getLogger(__name__)
 
