@@ -79,6 +79,30 @@ def test_the_installed_command_and_python_m_go_through_the_command_entry():
     assert "sys.exit(command())" in (root / "src" / "ultraseg" / "__main__.py").read_text()
 
 
+def test_importing_the_main_module_runs_nothing():
+    """``python -m ultraseg`` runs the command; importing ``ultraseg.__main__`` (pydoc, a loop
+    importing every module) does not: it ran the command and exited with code 2."""
+    import importlib
+    import sys
+
+    sys.modules.pop("ultraseg.__main__", None)
+    module = importlib.import_module("ultraseg.__main__")
+    assert callable(module.command)
+
+
+def test_the_version_is_written_once():
+    """The package's metadata takes its version from ``ultraseg.__version__``: pyproject.toml
+    and __init__.py each wrote 0.1.0, and nothing kept them equal."""
+    import importlib.metadata
+    from pathlib import Path
+
+    import ultraseg
+
+    project = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert "\nversion =" not in project.split("[project]")[1].split("\n[")[0]
+    assert importlib.metadata.version("ultraseg") == ultraseg.__version__
+
+
 def _broken_inspect(a) -> int:
     raise RuntimeError("a bug")
 

@@ -2,4 +2,5 @@ import sys
 
 from .cli import command
 
-sys.exit(command())
+if __name__ == "__main__":   # python -m ultraseg; importing the module (pydoc) runs nothing
+    sys.exit(command())
