@@ -1872,3 +1872,38 @@ def test_fill_outlines_given_as_a_string_or_number_is_refused(tmp_path, value) -
         open_dataset(root, fill_outlines=value)
     kept = open_dataset(root, fill_outlines=np.bool_(False))     # numpy's bool is a bool
     assert np.array_equal(kept.samples[0].load_mask() > 0, outline)
+
+
+@pytest.mark.parametrize("windows", [False, True])
+def test_the_suggested_link_command_is_one_the_users_shell_runs(tmp_path, monkeypatch,
+                                                                windows) -> None:
+    """The command that links a pair of folders as DATA/images + DATA/masks was `ln -s`
+    alone, its paths in shlex's single quotes: on Windows cmd.exe has no `ln`, and reads
+    'C:\\My Scans\\test-image' as two words. There it is `mklink /J` (a directory
+    junction, which needs no administrator), the paths quoted as Windows reads them; on
+    POSIX `ln -s` with the paths quoted as its shells read them."""
+    import shlex
+    import subprocess
+
+    from ultraseg import errors
+
+    monkeypatch.setattr(errors, "WINDOWS", windows)
+    root = tmp_path / "my scans"
+    for part in ("trainval", "test"):
+        for i, name in enumerate(["0000", "0001"]):
+            _save(root / f"{part}-image" / f"{name}.jpg", _frame(seed=i))
+            _save(root / f"{part}-mask" / f"{name}.jpg", _disk(cx=10 + i))
+    with ultraseg_warnings() as warned:
+        scan_dataset(root)
+    said = [r.getMessage() for r in warned if "test-image/" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in warned]
+    images, masks = str(root / "test-image"), str(root / "test-mask")
+    if windows:
+        q = subprocess.list2cmdline
+        expected = (f"mkdir DATA && mklink /J DATA\\images {q([images])} && "
+                    f"mklink /J DATA\\masks {q([masks])}")
+        assert "ln -s" not in said[0] and "'" not in said[0], said[0]
+    else:
+        expected = (f"mkdir DATA && ln -s {shlex.quote(images)} DATA/images && "
+                    f"ln -s {shlex.quote(masks)} DATA/masks")
+    assert said[0].endswith(f"{expected})"), said[0]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
 from collections import defaultdict
 from pathlib import Path
 from typing import Collection, NamedTuple
 
+from .. import errors
 from ..errors import DataError
 from .base import _LEADING_SUBJECT, Reader, Sample
 from .files import image_stem, is_image_file, list_images, natural_key, walk_files
@@ -226,9 +226,16 @@ def _named_pairs(root: Path) -> list[tuple[Path, Path, str]]:
 
 
 def _link_advice(images: Path, masks: Path) -> str:
-    """How to read ``images`` and ``masks`` as the folders layout without renaming them."""
-    return (f"mkdir DATA && ln -s {shlex.quote(os.path.abspath(images))} DATA/images && "
-            f"ln -s {shlex.quote(os.path.abspath(masks))} DATA/masks")
+    """How to read ``images`` and ``masks`` as the folders layout without renaming them: a
+    command linking them as ``DATA/images`` and ``DATA/masks``, its paths quoted by
+    :func:`~ultraseg.errors.shell_word`; on Windows (:data:`~ultraseg.errors.WINDOWS`)
+    cmd.exe's ``mklink /J``, directory junctions, which need no administrator (``mklink /D``'s
+    symbolic links do, outside Developer Mode), where POSIX shells take ``ln -s``."""
+    image_dir, mask_dir = (errors.shell_word(os.path.abspath(p)) for p in (images, masks))
+    if errors.WINDOWS:
+        return (f"mkdir DATA && mklink /J DATA\\images {image_dir} && "
+                f"mklink /J DATA\\masks {mask_dir}")
+    return f"mkdir DATA && ln -s {image_dir} DATA/images && ln -s {mask_dir} DATA/masks"
 
 
 def _folders_by_name(root: Path) -> tuple[tuple[Path, Path] | None, DataError | None]:
