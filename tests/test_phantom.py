@@ -311,3 +311,54 @@ def test_an_output_folder_that_is_no_path_is_refused_naming_it(out) -> None:
     with pytest.raises(UltrasegError, match=rf"make_dataset \(out\) takes .*path.*got "
                                             rf"{type(out).__name__}"):
         make_dataset(out, n=2, size=32)
+
+
+@pytest.mark.parametrize("held", ["images", "1_1.png"])
+def test_a_set_another_program_holds_on_windows_is_tried_again_then_said_so(
+        tmp_path, monkeypatch, held) -> None:
+    """On Windows a folder holding a file another program has open (an antivirus scanning the
+    frames just written, a file browser) cannot be moved, nor a file so held replaced: the
+    staging folder's move into --out, and a frame's rename, raised the system's
+    'permission denied' naming the hidden staging folder, at once. As an output file's
+    replace is (fileio), each is tried again a few times, then refused saying it may be open
+    in another program; nothing is left in --out. Elsewhere the error is as it was."""
+    import os
+
+    from ultraseg import errors, fileio
+
+    real, tries = os.replace, []
+
+    def held_open(src, dst, until=None):
+        if Path(dst).name == held and (until is None or len(tries) < until):
+            tries.append(dst)
+            raise PermissionError(13, "[WinError 32] The process cannot access the file "
+                                  "because it is being used by another process", str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", held_open)
+    monkeypatch.setattr(fileio, "REPLACE_WAIT", 0, raising=False)
+    monkeypatch.setattr(errors, "WINDOWS", True)
+    out = tmp_path / "win"
+    with pytest.raises(fileio.WriteError) as caught:
+        make_dataset(out, n=2, size=32)
+    said = str(caught.value)
+    assert "permission denied" in said and "open in another program? close it and run " \
+        "again" in said, said
+    assert ".phantom-" not in said, said                # not the hidden folder's name
+    assert len(tries) > 2                               # tried again, not at once refused
+    assert list(out.iterdir()) == []
+
+    tries.clear()                                       # the program lets go as it is retried
+    monkeypatch.setattr(os, "replace", lambda src, dst: held_open(src, dst, until=2))
+    make_dataset(out, n=2, size=32)
+    assert len(tries) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["images", "masks"]
+    assert len(list((out / "images").iterdir())) == len(list((out / "masks").iterdir())) == 2
+
+    tries.clear()                                       # elsewhere: the folder's permissions
+    monkeypatch.setattr(errors, "WINDOWS", False)
+    monkeypatch.setattr(os, "replace", held_open)
+    with pytest.raises(PermissionError) as caught:
+        make_dataset(tmp_path / "posix", n=2, size=32)
+    assert "another program" not in str(caught.value) and len(tries) == 1
+    assert list((tmp_path / "posix").iterdir()) == []

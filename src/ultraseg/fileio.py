@@ -172,29 +172,44 @@ def _temporary(path: Path, permissions: int | None = None) -> tuple[int, str]:
     return fd, tmp
 
 
-#: Where a rename onto a file is refused as another program holds it open (Windows: Excel
-#: showing predictions.csv), how many times it is tried, and the seconds between tries.
+#: Where a rename onto a file (or of a folder) is refused as another program holds it (or a
+#: file in it) open (Windows: Excel showing predictions.csv), how many times it is tried, and
+#: the seconds between tries.
 REPLACE_TRIES, REPLACE_WAIT = 3, 0.2
 
 
-def _replace(tmp: str, path: Path) -> None:
-    """``os.replace(tmp, path)``. On Windows (:data:`ultraseg.errors.WINDOWS`), where a file
-    another program holds open cannot be replaced (a PermissionError), tried
-    :data:`REPLACE_TRIES` times :data:`REPLACE_WAIT` s apart, then a :class:`WriteError`
-    asking whether it is open in another program; elsewhere the PermissionError as it came
-    (the folder's permissions)."""
+def replace_retried(src: str | Path, dst: str | Path) -> None:
+    """``os.replace(src, dst)``. On Windows (:data:`ultraseg.errors.WINDOWS`), where a file
+    another program holds open cannot be replaced, nor a folder holding one moved (a
+    PermissionError: Excel showing a table, an antivirus scanning a file just written), tried
+    :data:`REPLACE_TRIES` times :data:`REPLACE_WAIT` s apart before the last PermissionError
+    goes on; elsewhere it goes on at once (the folder's permissions). Its caller says it
+    with :data:`OPEN_ELSEWHERE` where Windows is the system."""
     for tried in range(1, REPLACE_TRIES + 1):
         try:
-            os.replace(tmp, path)
+            os.replace(src, dst)
             return
-        except PermissionError as e:
-            if not _errors.WINDOWS:
+        except PermissionError:
+            if not _errors.WINDOWS or tried == REPLACE_TRIES:
                 raise
-            if tried < REPLACE_TRIES:
-                time.sleep(REPLACE_WAIT)
-                continue
-            raise write_error(e, path, "it was left as it was; is it open in another "
-                              "program? close it and run again") from e
+            time.sleep(REPLACE_WAIT)
+
+
+#: What a write :func:`replace_retried` could not make on Windows asks, after ``is it`` (a
+#: file) or ``is a file in it`` (a folder).
+OPEN_ELSEWHERE = "open in another program? close it and run again"
+
+
+def _replace(tmp: str, path: Path) -> None:
+    """``os.replace(tmp, path)`` as :func:`replace_retried` tries it; on Windows a
+    :class:`WriteError` asking whether it is open in another program where it was refused;
+    elsewhere the PermissionError as it came."""
+    try:
+        replace_retried(tmp, path)
+    except PermissionError as e:
+        if not _errors.WINDOWS:
+            raise
+        raise write_error(e, path, f"it was left as it was; is it {OPEN_ELSEWHERE}") from e
 
 
 @contextmanager

@@ -34,8 +34,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from . import errors as _errors
 from .errors import UltrasegError
-from .fileio import as_path
+from .fileio import OPEN_ELSEWHERE, WriteError, as_path, failure_reason, replace_retried
 from .io.files import is_image_file, walk_files
 from .io.outputs import in_output_folder
 
@@ -400,10 +401,29 @@ def make_frame(rng: np.random.Generator, size: int = 256
     return _render(scene, 0, rng)
 
 
-def _write_png(array: np.ndarray, path: Path) -> None:
+def _write_png(array: np.ndarray, path: Path, out: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     Image.fromarray(array, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    _move(tmp, path, out)
+
+
+def _move(src: Path, dst: Path, out: Path) -> None:
+    """``os.replace(src, dst)``, a frame's rename in the staging folder or one of its folders
+    moved into ``out``, as :func:`~ultraseg.fileio.replace_retried` tries it: on Windows,
+    where another program holds the file, or a file in the folder, open (an antivirus
+    scanning the frames just written, a file browser), tried again, then a
+    :class:`~ultraseg.fileio.WriteError` naming ``out`` and the file or folder by the name it
+    was to have there, asking whether it is open in another program (the hidden staging
+    folder says nothing to the user); elsewhere the PermissionError as it came."""
+    try:
+        replace_retried(src, dst)
+    except PermissionError as e:
+        if not _errors.WINDOWS:
+            raise
+        folder = src.is_dir()
+        name = f"{dst.name}/" if folder else f"{dst.parent.name}/{dst.name}"
+        raise WriteError(f"cannot write {name}: {failure_reason(e)}; is "
+                         f"{'a file in it' if folder else 'it'} {OPEN_ELSEWHERE}", out) from e
 
 
 def frame_name(i: int) -> str:
@@ -503,7 +523,7 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
         for name in ("images", "masks"):  # onto an empty folder of the name, if one is there
             if (out / name).is_dir() and not (out / name).is_symlink():
                 (out / name).rmdir()        # (empty, checked above: Windows replaces no folder)
-            os.replace(staging / name, out / name)
+            _move(staging / name, out / name, out)
     except BaseException:   # Ctrl-C, a full disk: no hidden half set left behind for good
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -517,6 +537,7 @@ def _write_set(staging: Path, n: int, size: int, seed: int) -> tuple[int, int]:
     """Write the ``n`` frames and masks into ``staging``'s ``images`` and ``masks``; return
     the number of subjects and of frames with an empty mask."""
     images, masks = staging / "images", staging / "masks"
+    out = staging.parent        # (staging is made in the set's folder)
     images.mkdir()
     masks.mkdir()
     n_subjects = -(-n // FRAMES_PER_SUBJECT)
@@ -533,8 +554,8 @@ def _write_set(staging: Path, n: int, size: int, seed: int) -> tuple[int, int]:
         for t in range(frames):
             image, mask, _ = _render(scene, t, rng)
             name = frame_name(written)
-            _write_png(image, images / f"{name}.png")
-            _write_png(mask * np.uint8(255), masks / f"{name}_mask.png")
+            _write_png(image, images / f"{name}.png", out)
+            _write_png(mask * np.uint8(255), masks / f"{name}_mask.png", out)
             n_empty += int(not mask.any())
             written += 1
     return n_subjects, n_empty
