@@ -313,7 +313,7 @@ def test_an_output_folder_that_is_no_path_is_refused_naming_it(out) -> None:
         make_dataset(out, n=2, size=32)
 
 
-@pytest.mark.parametrize("held", ["images", "1_1.png"])
+@pytest.mark.parametrize("held", ["images", "masks", "1_1.png"])
 def test_a_set_another_program_holds_on_windows_is_tried_again_then_said_so(
         tmp_path, monkeypatch, held) -> None:
     """On Windows a folder holding a file another program has open (an antivirus scanning the
@@ -362,3 +362,31 @@ def test_a_set_another_program_holds_on_windows_is_tried_again_then_said_so(
         make_dataset(tmp_path / "posix", n=2, size=32)
     assert "another program" not in str(caught.value) and len(tries) == 1
     assert list((tmp_path / "posix").iterdir()) == []
+
+
+def test_a_set_whose_masks_cannot_be_moved_in_leaves_no_images_behind(tmp_path,
+                                                                     monkeypatch) -> None:
+    """Where images/ was moved into --out and masks/ then could not be (a PermissionError:
+    on Windows, a mask another program held), the error left images/ full in --out beside
+    no masks: a half set, which the next run refused ('already contains files'). The
+    folders moved in are taken out again, and empty folders that were there put back."""
+    import os
+
+    real = os.replace
+
+    def masks_refused(src, dst):
+        if Path(dst).name == "masks":
+            raise PermissionError(13, "Permission denied", str(src))
+        real(src, dst)
+
+    out = tmp_path / "ph"
+    (out / "images").mkdir(parents=True)
+    (out / "masks").mkdir()
+    monkeypatch.setattr(os, "replace", masks_refused)
+    with pytest.raises(PermissionError):
+        make_dataset(out, n=2, size=32)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "masks"]
+    assert list((out / "images").iterdir()) == list((out / "masks").iterdir()) == []
+    monkeypatch.setattr(os, "replace", real)
+    make_dataset(out, n=2, size=32)                 # the next run is not refused
+    assert len(list((out / "masks").iterdir())) == 2

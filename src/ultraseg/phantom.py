@@ -21,6 +21,7 @@ slightly from frame to frame, so that a subject-grouped split is meaningful.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -518,14 +519,22 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
         if not _running(stale.name.split("-")[1]):
             shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".phantom-{os.getpid()}-", suffix=".tmp", dir=out))
+    emptied, moved = [], []
     try:
         n_subjects, n_empty = _write_set(staging, int(n), int(size), int(seed))
         for name in ("images", "masks"):  # onto an empty folder of the name, if one is there
             if (out / name).is_dir() and not (out / name).is_symlink():
                 (out / name).rmdir()        # (empty, checked above: Windows replaces no folder)
+                emptied.append(out / name)
             _move(staging / name, out / name, out)
+            moved.append(out / name)
     except BaseException:   # Ctrl-C, a full disk: no hidden half set left behind for good
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in moved:    # nor images/ without masks/, which the next run would refuse
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in emptied:  # and the empty folders that were there, there again
+            with contextlib.suppress(OSError):
+                folder.mkdir()
         raise
     staging.rmdir()
     log.info("wrote %d phantom frames (%d subjects, %d with an empty mask, %dx%d px, seed %d) "
