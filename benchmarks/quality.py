@@ -1192,8 +1192,8 @@ headline figure to the last digit and gives its percentile bootstrap interval:
 Both missed targets lie above these intervals' upper ends. HC18's Dice target lies inside its
 interval (the figure itself meets it), so another draw of patients could put it either side.
 These are the plain percentile bootstrap intervals evaluate gave until 2026-12-07, which cover
-the mean less often than they say with few subjects (in a seeded simulation, 85 % of the time
-with 5 subjects and 86 % with 8: `tests/test_metrics.py`); evaluate now gives the
+the mean less often than they say with few subjects (in a seeded simulation, 84 % of the time
+with 5 subjects and 89 % with 8: `tests/test_metrics.py`); evaluate now gives the
 expanded percentile interval (Hesterberg 2015), wider where there are few subjects. BUSI's 125
 and HC18's 60 subjects move little; nerve's 8 widen its interval. The headline checkpoint is not
 kept, so the headline command was run again (2026-12-07, AMD EPYC 2 cores, the CPU otherwise
