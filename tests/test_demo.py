@@ -285,6 +285,7 @@ def test_the_report_s_evaluation_table_reads_in_words_with_units() -> None:
                "precision_mean": 0.9, "recall_mean": 0.9, "hd95_median": 2.5, "hd95_n": 4,
                "empty_correct_rate": 0.5, "n_subjects": 6, "dice_mean_ci95": [0.8, 0.95],
                "dice_nonempty_mean_ci95": [0.7, 0.9], "raw": {"dice_mean": 0.9},
+               "dice_mean_ci95_method": "subject bootstrap, expanded percentile, exact",
                "postprocess": {"threshold": 0.5, "min_area": 10, "keep_largest": True,
                                "fill_holes": False, "tta": True},
                "label": None, "fill_outlines": False, "subset": None, "split": None,
@@ -303,6 +304,8 @@ def test_the_report_s_evaluation_table_reads_in_words_with_units() -> None:
     assert table["precision (mean, 0-1)"] == 0.9 and table["numeric precision"] == "fp32"
     assert table["post-processing"] == ("threshold 0.5, min area 10, keep largest on, "
                                         "fill holes off, tta on")
+    assert table["Dice, the 95 % intervals: method"] \
+        == "subject bootstrap, expanded percentile, exact"
     assert table["a new key"] == 1                             # a key not listed: in words
     assert "checkpoint" not in table and "raw" not in table and "subset" not in table
 

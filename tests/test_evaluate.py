@@ -1918,3 +1918,20 @@ def test_fill_outlines_given_as_a_string_is_refused(data, value) -> None:
         evaluate(_constant_predictor(0.9), data, fill_outlines=value)
     summary, _ = evaluate(_constant_predictor(0.9), data, fill_outlines=np.bool_(False))
     assert summary["fill_outlines"] is False
+
+
+def test_the_printed_interval_says_which_interval_it_is() -> None:
+    """The printed interval names its method where the summary records it; a summary.json
+    written before it did (no dice_mean_ci95_method) prints as it did."""
+    summary = {"n": 40, "dice_mean": 0.8, "dice_nonempty_mean": 0.8, "iou_mean": 0.7,
+               "hd95_median": 4.0, "hd95_n": 3, "empty_correct_rate": None,
+               "n_subjects": 8, "dice_mean_ci95": [0.7, 0.85],
+               "dice_nonempty_mean_ci95": [0.71, 0.86], "postprocess": {"tta": True},
+               "raw": {"dice_mean": 0.78, "dice_nonempty_mean": 0.78}}
+    old = ("95% interval          all frames 0.700-0.850, non-empty 0.710-0.860   (the 8 "
+           "subjects resampled: one subject's frames are not independent)")
+    assert old in format_summary(summary).splitlines()
+    method = "subject bootstrap, expanded percentile, exact"
+    assert (f"95% interval          all frames 0.700-0.850, non-empty 0.710-0.860   (the 8 "
+            f"subjects resampled: one subject's frames are not independent; {method})") \
+        in format_summary({**summary, "dice_mean_ci95_method": method}).splitlines()

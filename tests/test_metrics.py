@@ -540,3 +540,29 @@ def test_the_draws_scale_with_the_tail_beyond_ten_subjects() -> None:
     values, subjects = _clustered(14, seed=2)
     ends = np.array([M.subject_interval(values, subjects, seed=s) for s in range(4)])
     assert np.ptp(ends, axis=0).max() < 0.004, ends
+
+
+def test_the_summary_names_the_interval_it_holds() -> None:
+    """summary.json's dice_mean_ci95 held the plain percentile interval until 2026-12-07 and
+    the expanded one since, under the same key: nothing said which (statistics review D3).
+    dice_mean_ci95_method names it, with how its distribution was had."""
+    def rows(n: int, frames: int) -> list[dict]:
+        values, subjects = _clustered(n, seed=1)
+        by: dict[str, list[float]] = {}
+        for v, s in zip(values, subjects):
+            by.setdefault(s, []).append(v)
+        return [{"dice": v, "iou": v, "precision": v, "recall": v, "hd95": 1.0,
+                 "truth_empty": False, "pred_empty": False, "subject": s}
+                for s, vs in by.items() for v in vs[:frames]]
+
+    assert M.summarise(rows(8, 3))["dice_mean_ci95_method"] \
+        == "subject bootstrap, expanded percentile, exact"
+    assert M.summarise(rows(12, 3))["dice_mean_ci95_method"] \
+        == f"subject bootstrap, expanded percentile, {M.interval_draws(12)} draws (seed 0)"
+    assert M.summarise(rows(12, 1))["dice_mean_ci95_method"] == (
+        f"frame bootstrap (each frame its own subject), expanded percentile, "
+        f"{M.interval_draws(12)} draws (seed 0)")
+    one = M.summarise(rows(1, 3))
+    assert one["dice_mean_ci95"] is None and one["dice_mean_ci95_method"] is None
+    assert "dice_mean_ci95_method" not in M.summarise(
+        [{k: v for k, v in r.items() if k != "subject"} for r in rows(8, 3)])

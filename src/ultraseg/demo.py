@@ -76,6 +76,7 @@ EVALUATION_LABELS = {
     "dice_mean_ci95": "Dice, all frames: 95 % interval (subjects resampled)",
     "dice_nonempty_mean_ci95": "Dice, frames with a structure: 95 % interval (subjects "
                                "resampled)",
+    "dice_mean_ci95_method": "Dice, the 95 % intervals: method",
     "iou_mean": "IoU (mean, 0-1)", "precision_mean": "precision (mean, 0-1)",
     "recall_mean": "recall (mean, 0-1)",
     "hd95_median": "HD95, median (px)",

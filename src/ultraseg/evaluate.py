@@ -752,6 +752,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     raw = summary.get("raw", {})
     pattern = summary.get("subject_pattern")
     by_pattern = f", by --subject-pattern {shell_word(pattern)}," if pattern else ""
+    # (which interval: absent from a summary.json written before it was said)
+    method = f"; {summary['dice_mean_ci95_method']}" if summary.get("dice_mean_ci95_method") else ""
     side = summary.get("subset")
     where = f"   ({SIDES[side].format(summary.get('split'))})" if side in SIDES else ""
     lines = [f"frames                {summary['n']}{where}",
@@ -763,7 +765,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{format_interval(summary['dice_mean_ci95'])}, non-empty "
                 f"{format_interval(summary.get('dice_nonempty_mean_ci95'))}   "
                 f"(the {summary['n_subjects']} subjects{by_pattern} resampled: one "
-                "subject's frames are not independent)"]
+                f"subject's frames are not independent{method})"]
                if summary.get("dice_mean_ci95") else []),
              *_class_lines(summary.get("by_class") or {}),
              f"IoU                   {f(summary['iou_mean'])}",

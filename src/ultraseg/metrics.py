@@ -268,7 +268,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     instead. ``empty_correct_rate``: fraction of empty-truth frames predicted empty. A figure
     with no frame to average over is ``None``. Where every row names its ``subject``:
     ``n_subjects`` and the 95 % intervals ``dice_mean_ci95`` and ``dice_nonempty_mean_ci95``
-    (``[low, high]``, subjects resampled: :func:`subject_interval`; None under two subjects).
+    (``[low, high]``, subjects resampled: :func:`subject_interval`; None under two subjects),
+    and ``dice_mean_ci95_method``, which interval they are (:func:`interval_words`; None
+    with them).
     """
     out: dict[str, Any] = {"n": len(rows)}
     for key in ("dice", "iou", "precision", "recall"):
@@ -294,6 +296,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["dice_nonempty_mean_ci95"] = subject_interval(
             [d for d, k in zip(dice_values, nonempty) if k],
             [s for s, k in zip(subjects, nonempty) if k], among=subjects)
+        out["dice_mean_ci95_method"] = (None if out["dice_mean_ci95"] is None
+                                        else interval_words(out["n_subjects"], len(rows)))
     return out
 
 
@@ -320,6 +324,19 @@ def interval_method(n: int, level: float = 0.95) -> str | int:
     """How :func:`subject_interval` gets its bootstrap distribution over ``n`` subjects:
     ``"exact"`` (every multiset, up to :data:`EXACT_SUBJECTS`), else the number of draws."""
     return "exact" if n <= EXACT_SUBJECTS else interval_draws(n, level)
+
+
+def interval_words(n_subjects: int, n_frames: int, level: float = 0.95,
+                   seed: int = 0) -> str:
+    """Which interval :func:`subject_interval` gives over ``n_subjects`` subjects of
+    ``n_frames`` frames, as summary.json's ``dice_mean_ci95_method`` says it: ``subject
+    bootstrap, expanded percentile, exact``, or ``..., 20572 draws (seed 0)``; a ``frame
+    bootstrap (each frame its own subject)`` where there are as many subjects as frames."""
+    unit = ("frame bootstrap (each frame its own subject)" if n_subjects == n_frames
+            else "subject bootstrap")
+    how = interval_method(n_subjects, level)
+    return (f"{unit}, expanded percentile, "
+            + ("exact" if how == "exact" else f"{how} draws (seed {seed})"))
 
 
 def subject_interval(values: Sequence[float], subjects: Sequence[str],
