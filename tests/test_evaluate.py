@@ -104,7 +104,7 @@ def test_all_foreground_predictor_by_hand(data, truths) -> None:
     assert summary["n_subjects"] == 5
     lo, hi = summary["dice_mean_ci95"]
     assert lo <= summary["dice_mean"] <= hi
-    assert (f"95% interval          all frames {lo:.3f}-{hi:.3f}" in format_summary(summary)
+    assert (f"interval (5 subjects) all frames {lo:.3f}-{hi:.3f}" in format_summary(summary)
             and "the 5 subjects resampled" in format_summary(summary))
 
 
@@ -1935,3 +1935,20 @@ def test_the_printed_interval_says_which_interval_it_is() -> None:
     assert (f"95% interval          all frames 0.700-0.850, non-empty 0.710-0.860   (the 8 "
             f"subjects resampled: one subject's frames are not independent; {method})") \
         in format_summary({**summary, "dice_mean_ci95_method": method}).splitlines()
+
+
+def test_an_interval_over_few_subjects_is_labelled_by_what_it_is(data) -> None:
+    """With 3 to 5 subjects the '95% interval' printed cannot cover the mean 95 % of the time
+    (with 3 or 4 it is the range of their means): it is printed as the subjects' interval,
+    saying once how often it can (summary.json's dice_mean_ci95_method says it too)."""
+    summary, _ = evaluate(_constant_predictor(1.0), data, "folders")
+    assert summary["n_subjects"] == 5
+    lo, hi = summary["dice_mean_ci95"]
+    text = format_summary(summary)
+    line = [t for t in text.splitlines() if "resampled" in t][0]
+    assert line.startswith(f"interval (5 subjects) all frames {lo:.3f}-{hi:.3f}"), line
+    assert line.endswith("; only 5 subjects: covers the mean at most 93.75 % of the time, "
+                         "not 95 %)"), line
+    assert text.count("93.75 %") == 1 and "95% interval" not in text
+    assert format_summary({**summary, "n_subjects": 6, "dice_mean_ci95_method": None}) \
+        .count("95% interval          all frames") == 1

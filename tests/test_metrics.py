@@ -566,3 +566,26 @@ def test_the_summary_names_the_interval_it_holds() -> None:
     assert one["dice_mean_ci95"] is None and one["dice_mean_ci95_method"] is None
     assert "dice_mean_ci95_method" not in M.summarise(
         [{k: v for k, v in r.items() if k != "subject"} for r in rows(8, 3)])
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_an_interval_over_few_subjects_says_how_often_it_can_cover_the_mean(n) -> None:
+    """With 3 or 4 subjects the "95 %" interval is the range of their means, and no interval
+    within that range covers the mean more often than n subjects fail to fall all on one side
+    of it: 1 - 2**(1 - n), 75 % for 3, 87.5 % for 4, 93.75 % for 5 (statistics review D4; the
+    2-subject case, 50 %, by the same rule). The summary's method says so under 6 subjects."""
+    values, subjects = _clustered(n, seed=4)
+    lo, hi = M.subject_interval(values, subjects)
+    means = [np.mean([v for v, s in zip(values, subjects) if s == p]) for p in set(subjects)]
+    if n <= 4:
+        assert lo == pytest.approx(min(means)) and hi == pytest.approx(max(means))
+    rng = np.random.default_rng(0)           # the range's coverage, simulated: the bound
+    drawn = rng.normal(0, 1, (20000, n))
+    inside = np.mean((drawn.min(axis=1) <= 0) & (0 <= drawn.max(axis=1)))
+    assert M.covers_at_most(n) == pytest.approx(inside, abs=0.01)
+    words = M.interval_words(n, len(values))
+    if n < 6:
+        assert words.endswith(f"; only {n} subjects: covers the mean at most "
+                              f"{M.covers_at_most(n) * 100:g} % of the time, not 95 %"), words
+    else:
+        assert "only" not in words and M.covers_at_most(n) > 0.95

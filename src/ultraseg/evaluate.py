@@ -27,7 +27,7 @@ from .logs import quiet
 from .measure import (PixelSizes, check_pixel_size, frame_boundary_offset, frame_pixel_size,
                       has_pixel_size, measure, reference_touching_edge,
                       warn_too_small_for_an_ellipse)
-from .metrics import EMPTY_RULE, image_metrics, summarise
+from .metrics import EMPTY_RULE, few_subjects_words, image_metrics, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
 from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames, seen_region
@@ -752,6 +752,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     raw = summary.get("raw", {})
     pattern = summary.get("subject_pattern")
     by_pattern = f", by --subject-pattern {shell_word(pattern)}," if pattern else ""
+    # (under 6 subjects no interval covers 95 %: labelled by its subjects, as metrics words it)
+    few = few_subjects_words(summary.get("n_subjects") or 0)
+    interval = f"interval ({summary.get('n_subjects')} subjects)" if few else "95% interval"
     # (which interval: absent from a summary.json written before it was said)
     method = f"; {summary['dice_mean_ci95_method']}" if summary.get("dice_mean_ci95_method") else ""
     side = summary.get("subset")
@@ -761,7 +764,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"rules; tta as below): {f(raw.get('dice_mean'))}",
              f"Dice (non-empty)      {f(summary['dice_nonempty_mean'])}   threshold 0.5 "
              f"alone: {f(raw.get('dice_nonempty_mean'))}",
-             *([f"95% interval          all frames "
+             *([f"{interval:<22}all frames "
                 f"{format_interval(summary['dice_mean_ci95'])}, non-empty "
                 f"{format_interval(summary.get('dice_nonempty_mean_ci95'))}   "
                 f"(the {summary['n_subjects']} subjects{by_pattern} resampled: one "

@@ -335,8 +335,31 @@ def interval_words(n_subjects: int, n_frames: int, level: float = 0.95,
     unit = ("frame bootstrap (each frame its own subject)" if n_subjects == n_frames
             else "subject bootstrap")
     how = interval_method(n_subjects, level)
+    few = few_subjects_words(n_subjects, level)
     return (f"{unit}, expanded percentile, "
-            + ("exact" if how == "exact" else f"{how} draws (seed {seed})"))
+            + ("exact" if how == "exact" else f"{how} draws (seed {seed})")
+            + (f"; {few}" if few else ""))
+
+
+def covers_at_most(n: int) -> float:
+    """How often, at most, an interval from the bootstrap of ``n`` subjects covers the mean:
+    every such interval lies within the range of the subjects' means, and that range misses
+    the mean where all ``n`` fall on one side of it, ``p**n + (1 - p)**n`` for a share ``p``
+    above, at least ``2 * 2**-n``. So ``1 - 2**(1 - n)``: 50 % for 2 subjects, 75 % for 3,
+    87.5 % for 4, 93.75 % for 5, over 95 % from 6."""
+    return 1 - 2.0 ** (1 - n)
+
+
+def few_subjects_words(n: int, level: float = 0.95) -> str | None:
+    """``only N subjects: covers the mean at most X % of the time, not 95 %`` where ``n``
+    subjects cannot give an interval of ``level`` (:func:`covers_at_most`); None where they
+    can, or where there is no interval (under 2). The one rule for the interval's label,
+    summary.json's method and evaluate's warning."""
+    cap = covers_at_most(n)
+    if n < 2 or cap >= level:
+        return None
+    return (f"only {n} subjects: covers the mean at most {cap * 100:g} % of the time, "
+            f"not {level * 100:g} %")
 
 
 def subject_interval(values: Sequence[float], subjects: Sequence[str],
@@ -352,8 +375,9 @@ def subject_interval(values: Sequence[float], subjects: Sequence[str],
     ``2 * Phi(-sqrt(n / (n - 1)) * t(1 - a/2, n - 1))`` in place of ``a = 1 - level``, as the
     plain percentile interval is too narrow for few subjects (in a seeded simulation its 95 %
     covered the mean 84 % of the time with 5 subjects and 89 % with 8:
-    ``tests/test_metrics.py``; this one over 90 %). With 3 subjects no bootstrap interval
-    covers more than about 75 %: it lies within the range of their means. ``expanded=False``:
+    ``tests/test_metrics.py``; this one over 90 %). Under 6 subjects no bootstrap interval
+    reaches 95 %: it lies within the range of their means (:func:`covers_at_most`: 75 % for
+    3, 87.5 % for 4, 93.75 % for 5; with 2 to 4 it is that range). ``expanded=False``:
     the plain percentile interval (at ``a/2``), for comparison.
 
     Up to :data:`EXACT_SUBJECTS` subjects the bootstrap distribution is exact: every multiset
