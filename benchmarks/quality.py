@@ -1181,7 +1181,8 @@ What stands in the way of the BUSI and nerve targets:
 `ultraseg evaluate benchmarks/runs/D-cpu/best.ckpt DATA --split benchmarks/runs/D-cpu/split.json
 --subset test` (the headline checkpoints above; since 2026-12-06 evaluate resamples the held-out
 subjects, 2000 draws, seeded; run 2026-12-06 on the AMX Xeon, 11-24 s each) reproduces every
-headline figure to the last digit and gives its percentile bootstrap interval:
+headline figure to the last digit (each a mean over frames, a patient weighed by its frame
+count, not a mean of patient means) and gives its percentile bootstrap interval:
 
 | dataset | subjects held out | figure | value | 95 % interval | target |
 |---|---|---|---|---|---|
@@ -1198,7 +1199,8 @@ expanded percentile interval (Hesterberg 2015), wider where there are few subjec
 and HC18's 60 subjects move little; nerve's 8 widen its interval. The headline checkpoint is not
 kept, so the headline command was run again (2026-12-07, AMD EPYC 2 cores, the CPU otherwise
 idle; `results/nerve-interval.json`): 21 epochs in 19.2 min, best epoch 14 (validation 0.765),
-held-out Dice 0.735 over the same 8 patients (their means 0.57-0.84), plain interval
+held-out Dice 0.735 over the same 8 patients' 393 frames (a mean over frames, each patient
+weighed by its frame count; the patients' own means 0.57-0.84 average 0.721), plain interval
 0.701-0.777, expanded **0.693-0.792**. On that run 0.80 lies above the expanded upper end,
 by 0.008. The Xeon headline's plain interval (0.705-0.785) widened as much at its upper end
 would reach about 0.80 (not measured): nerve's miss is at the edge of what the draw of 8
