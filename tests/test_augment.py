@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ultraseg.augment import AUGMENTS, affine, augment_batch, hflip
+from ultraseg.augment import AUGMENTS, affine, augment_batch, cutmix, hflip
 
 M = 6  # context margin of the hand-made 'valid' pairs below
 
@@ -202,3 +202,88 @@ def test_elastic_displacement_is_a_few_percent_of_the_side() -> None:
                    shift=0.0, elastic=ELASTIC_SIGMA)
     moved = (xa - x).abs()[..., 8:-8, 8:-8].mean().item()    # pixels, away from the border
     assert 0 < moved < 0.1 * 64
+
+
+# ------------------------------------------------------------------ cutmix
+def _box_of(changed: torch.Tensor) -> tuple[int, int, int, int]:
+    """The bounding box (top, bottom, left, right; end-exclusive) of a 2D boolean map."""
+    rows = torch.nonzero(changed.any(1)).flatten()
+    cols = torch.nonzero(changed.any(0)).flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _noise_pairs(n: int, h: int, margin: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of noise (every pixel differs from every other frame's) and hard random masks,
+    the mask the centre of the image less ``margin`` on each side (0: same size)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, h, h, generator=g)
+    t = h - 2 * margin
+    return x, (torch.rand(n, 1, t, t, generator=g) > 0.5).float()
+
+
+def test_cutmix_off_returns_the_batch_as_it_is_and_draws_nothing() -> None:
+    """p = 0, every preset's: the batch untouched, and the generator too (the augmentation of
+    the batches after it, so every run trained before the setting, is unchanged)."""
+    x, y = _same_pairs()
+    g = torch.Generator().manual_seed(4)
+    state = g.get_state()
+    xa, ya = cutmix(x, y, 0.0, g)
+    assert xa is x and ya is y
+    assert torch.equal(g.get_state(), state)
+
+
+@pytest.mark.parametrize("margin", [0, M], ids=["same", "valid"])
+def test_cutmix_pastes_one_box_of_another_frame_into_image_and_mask_alike(margin: int) -> None:
+    """p = 1: each frame's changed pixels fill one rectangle, where image and mask are another
+    frame's of the batch, pixel for pixel; the mask stays hard (0/1, labels pasted, not
+    blended). On the valid model's pairs (the mask the image's centre) the image's box is the
+    mask's moved by the margin, so the mask still lies under its pixels."""
+    n = 12
+    x, y = _noise_pairs(n, 32, margin)
+    x0, y0 = x.clone(), y.clone()
+    xa, ya = cutmix(x, y, 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(x, x0) and torch.equal(y, y0)        # not in place
+    assert set(torch.unique(ya).tolist()) <= {0.0, 1.0}
+    mixed = 0
+    for i in range(n):
+        changed = xa[i, 0] != x[i, 0]
+        if not changed.any():   # a box clipped to nothing (lam near 1): the frame as it was
+            assert torch.equal(ya[i], y[i])
+            continue
+        mixed += 1
+        top, bottom, left, right = _box_of(changed)
+        assert bool(changed[top:bottom, left:right].all())   # one rectangle, all of it new
+        # the box lies in the mask's window, which the image's noise leaves no doubt about
+        assert margin <= top and bottom <= 32 - margin and margin <= left and right <= 32 - margin
+        box = (slice(top, bottom), slice(left, right))
+        mbox = (slice(top - margin, bottom - margin), slice(left - margin, right - margin))
+        partners = [j for j in range(n) if torch.equal(xa[i, 0][box], x[j, 0][box])]
+        assert len(partners) == 1 and partners[0] != i
+        j = partners[0]
+        assert torch.equal(ya[i, 0][mbox], y[j, 0][mbox])    # the partner's labels there
+        outside = torch.ones_like(ya[i, 0], dtype=torch.bool)
+        outside[mbox] = False
+        assert torch.equal(ya[i, 0][outside], y[i, 0][outside])   # and the frame's elsewhere
+    assert mixed >= n // 2
+
+
+def test_cutmix_is_reproducible_from_its_generator() -> None:
+    x, y = _noise_pairs(8, 24, 0)
+    a = cutmix(x, y, 1.0, torch.Generator().manual_seed(9))
+    b = cutmix(x, y, 1.0, torch.Generator().manual_seed(9))
+    c = cutmix(x, y, 1.0, torch.Generator().manual_seed(10))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_cutmix_mixes_about_a_share_p_of_the_batches() -> None:
+    x, y = _noise_pairs(4, 16, 0)
+    g = torch.Generator().manual_seed(0)
+    mixed = sum(not torch.equal(cutmix(x, y, 0.3, g)[0], x) for _ in range(400))
+    assert 80 < mixed < 160     # binomial(400, ~0.3): mean ~120 less the few empty boxes
+
+
+def test_cutmix_leaves_a_batch_of_one_frame_as_it_is() -> None:
+    x, y = _noise_pairs(1, 16, 0)
+    xa, ya = cutmix(x, y, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(xa, x) and torch.equal(ya, y)

@@ -216,6 +216,9 @@ def test_a_section_built_in_python_refuses_an_unknown_name_listing_the_valid_one
     ({"ema_decay": 1.0}, "train.ema_decay (--ema-decay) must be a number in [0, 1), got 1.0"),
     ({"presence_weight": -1.0}, "train.presence_weight (--presence-weight) must be a number"),
     ({"affine_scale": (1.2, 0.8)}, "train.affine_scale (--affine-scale) must be two numbers"),
+    ({"cutmix": -0.1}, "train.cutmix (--cutmix) must be a number in [0, 1], got -0.1"),
+    ({"cutmix": 1.5}, "train.cutmix (--cutmix) must be a number in [0, 1], got 1.5"),
+    ({"cutmix": float("nan")}, "train.cutmix (--cutmix) must be a number in [0, 1], got nan"),
 ])
 def test_a_training_setting_out_of_its_range_is_refused_when_built(values, words) -> None:
     """TrainConfig(epochs=0) or TrainConfig(lr=0.0) was built and refused only inside
@@ -226,6 +229,13 @@ def test_a_training_setting_out_of_its_range_is_refused_when_built(values, words
     assert str(e.value).startswith(words), str(e.value)
     with pytest.raises(UltrasegError):
         merge(preset("seed"), {"train": values})
+
+
+def test_cutmix_is_off_in_every_preset_and_takes_0_to_1() -> None:
+    """CutMix is a lever to measure, not a recipe: no preset turns it on."""
+    for name in PRESETS:
+        assert preset(name).train.cutmix == 0.0, name
+    assert TrainConfig(cutmix=1).cutmix == 1 and TrainConfig(cutmix=0.5).cutmix == 0.5
 
 
 def test_config_built_in_python_is_type_checked_when_it_is_built() -> None:

@@ -336,6 +336,31 @@ def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys) -> None:
     assert prob.shape == (40, 50) and np.isfinite(prob).all()
 
 
+@pytest.mark.parametrize("model", [["--model", "same"], ["--model", "valid", "--tile", "20"]],
+                         ids=["same", "valid"])
+def test_a_run_with_cutmix_mixes_its_batches_and_trains(tmp_path, monkeypatch, model) -> None:
+    """--cutmix 1: every training batch goes through augment.cutmix with p = 1 after the
+    augmentation (the valid model's tiles too: the box is mapped to the input), and the run
+    trains an epoch with a finite loss; the run's config records the setting."""
+    seen: list[tuple[float, bool]] = []
+    real = train_mod.cutmix
+
+    def spy(x, y, p, g):
+        xa, ya = real(x, y, p, g)
+        seen.append((p, not torch.equal(xa, x) and xa.shape == x.shape and ya.shape == y.shape))
+        return xa, ya
+
+    monkeypatch.setattr(train_mod, "cutmix", spy)
+    run = tmp_path / "run"
+    assert _train_tiny(tmp_path, run, *model, "--epochs", "1", "--batch-size", "4",
+                       "--cutmix", "1") == 0
+    assert seen and all(p == 1.0 for p, _ in seen) and any(changed for _, changed in seen)
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and math.isfinite(float(rows[0]["train_loss"]))
+    assert json.loads((run / "config.json").read_text())["train"]["cutmix"] == 1.0
+
+
 def test_valid_model_refuses_a_size_below_the_tile(tmp_path, capsys) -> None:
     data = make_dataset(tmp_path / "data", n=20, size=32, seed=3)
     rc = cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--preset", "seed",

@@ -9,6 +9,9 @@ Levels: 'none'; 'flip' (horizontal flips; ultrasound has a fixed depth axis, so 
 flips); 'strong' (flips, small rotation and scaling, gamma and contrast, multiplicative
 speckle noise); 'elastic' ('strong' plus a smooth random elastic deformation, as in the U-Net
 paper: displacements drawn on a coarse 3 x 3 grid and interpolated bicubically).
+
+:func:`cutmix` (``train.cutmix``, off by default) pastes into each frame a box of another frame
+of the batch, image and mask alike, after the level's transforms.
 """
 from __future__ import annotations
 
@@ -108,3 +111,45 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, level: str, g: torch.Generat
                           elastic=ELASTIC_SIGMA if level == "elastic" else 0.0)
         x = intensity(x, g)
     return x, y
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, p: float, g: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix for segmentation (Yun et al. 2019): with probability ``p`` for the batch, each
+    frame gets a box of another frame of the batch pasted in, the image's pixels and the mask's
+    labels at the same place (the mask stays hard, 0/1: labels are pasted, not blended).
+
+    The box is the paper's: ``lam ~ Beta(1, 1)`` (uniform), sides ``sqrt(1 - lam)`` of the
+    target's, a centre uniform over the target, clipped to it (so boxes at the edge are
+    smaller; one clipped to nothing leaves its frame as it was). Each frame's partner is the
+    next in a random cycle through the batch, never itself. The box is drawn in the target's
+    coordinates; where the target is the centre of a larger input (the valid model's tiles) the
+    image's box is the same box moved by the margin, so every label still lies under its own
+    pixel, and the context around the window stays the frame's own.
+
+    ``p == 0`` returns ``x`` and ``y`` themselves and draws nothing from ``g`` (so the
+    batches after it are augmented as without the setting); a batch of one frame has no
+    partner and is returned as it is. Inputs are not modified in place."""
+    n = x.shape[0]
+    if p <= 0 or n < 2 or float(torch.rand(1, generator=g)) >= p:
+        return x, y
+    h, w = y.shape[-2:]
+    dy, dx = x.shape[-2] - h, x.shape[-1] - w
+    if dy < 0 or dx < 0 or dy % 2 or dx % 2:
+        raise ValueError(f"cutmix: the target {h}x{w} is not the centre of the input "
+                         f"{x.shape[-2]}x{x.shape[-1]}")
+    dy, dx = dy // 2, dx // 2
+    cycle = torch.randperm(n, generator=g)
+    partner = torch.empty_like(cycle)
+    partner[cycle] = cycle.roll(-1)
+    side = (1 - torch.rand(n, generator=g, dtype=torch.float64)).sqrt()
+    bh, bw = (side * h).long(), (side * w).long()
+    cy, cx = torch.randint(h, (n,), generator=g), torch.randint(w, (n,), generator=g)
+    top, bottom = (cy - bh // 2).clamp(0, h), (cy + bh // 2).clamp(0, h)
+    left, right = (cx - bw // 2).clamp(0, w), (cx + bw // 2).clamp(0, w)
+    xm, ym = x.clone(), y.clone()
+    for i in range(n):
+        t, b, lo, r, j = (int(v[i]) for v in (top, bottom, left, right, partner))
+        ym[i, :, t:b, lo:r] = y[j, :, t:b, lo:r]
+        xm[i, :, dy + t:dy + b, dx + lo:dx + r] = x[j, :, dy + t:dy + b, dx + lo:dx + r]
+    return xm, ym

@@ -106,6 +106,7 @@ _FLAGS = {  # flag dest -> (section, key)
     "schedule": ("train", "schedule"),
     "ema_decay": ("train", "ema_decay"), "presence_weight": ("train", "presence_weight"),
     "tiles_per_image": ("train", "tiles_per_image"), "threads": ("train", "num_threads"),
+    "cutmix": ("train", "cutmix"),
     "layout": ("data", "layout"), "subject_pattern": ("data", "subject_pattern"),
     "cache_dir": ("data", "cache_dir"),
 }
@@ -394,6 +395,10 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--ema-decay", type=float, metavar="D",
                    help="validate and keep an exponential moving average of the weights, "
                    "updated every step with decay D (e.g. 0.999; default 0: off)")
+    p.add_argument("--cutmix", type=float, metavar="P",
+                   help="CutMix: the share of training batches in which each frame gets a box "
+                   "of another frame of the batch pasted in, image and mask alike (default 0: "
+                   "off)")
     p.add_argument("--tiles-per-image", type=positive_int,
                    help="valid model: random tiles per image per epoch (1)")
     p.add_argument("--val-fraction", type=float,

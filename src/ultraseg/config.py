@@ -479,6 +479,7 @@ class TrainConfig(_Section):
     tune_postprocess: bool = True
     num_threads: int | None = None
     world_size: int = 1                  # recorded, not chosen: processes that trained (torchrun)
+    cutmix: float = 0.0                  # share of training batches cut-mixed; 0: off
 
     def __post_init__(self) -> None:
         """Each setting's own range, refused as a user error naming the setting when the
@@ -521,6 +522,9 @@ class TrainConfig(_Section):
         if not 0 <= d < 1:
             raise UltrasegError(f"train.ema_decay (--ema-decay) must be a number in [0, 1), "
                                 f"got {d!r}")
+        if not 0 <= t.cutmix <= 1:
+            raise UltrasegError(f"train.cutmix (--cutmix) must be a number in [0, 1], "
+                                f"got {t.cutmix!r}")
         w = t.presence_weight
         if not 0 <= w < math.inf:
             raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number "

@@ -30,7 +30,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import __version__
-from .augment import WARPING, augment_batch
+from .augment import WARPING, augment_batch, cutmix
 from .budget import (_horizon, _no_time_for_another_epoch, _reserve, _reserve_fixed,
                      _val_cost_ratio)
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
@@ -854,6 +854,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
         complete = True
         for i, (x, y) in enumerate(batches.epoch(rng)):
             x, y = augment_batch(x, y, tc.augment, gen, scale=tc.affine_scale)
+            x, y = cutmix(x, y, tc.cutmix, gen)
             x, y = ctx.shard(x), ctx.shard(y)  # this rank's rows of the global batch
             t_batch = time.monotonic()
             loss = forward_loss(ddp, x, y, cfg, device, dtype, layout)
