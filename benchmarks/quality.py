@@ -233,6 +233,9 @@ LEVERS: dict[str, tuple[str, dict]] = {
     "augment-none": ("augmentation: none", {"train": {"augment": "none"}}),
     "augment-elastic": ("augmentation: strong plus elastic deformation",
                         {"train": {"augment": "elastic"}}),
+    "cutmix-0.5": ("augmentation: strong plus CutMix on half the batches (a box of another "
+                   "frame of the batch pasted into each frame, image and mask alike; Yun et al. "
+                   "2019)", {"train": {"cutmix": 0.5}}),
     "loss-bce": ("loss: BCE alone (not BCE + Dice)", {"train": {"loss": "bce"}}),
     "loss-batch-dice": ("loss: BCE + Dice with the Dice pooled over each batch (nnU-Net's 2D "
                         "batch Dice; not per frame)", {"train": {"batch_dice": True}}),
