@@ -201,6 +201,10 @@ def rescoring(quality, bench_copy: Path, tmp_path: Path, monkeypatch: pytest.Mon
         old[d, "cpu"]["plain" if tta is None else "tta"]))
     monkeypatch.setattr(quality, "epochs_run", lambda run: 1)
     monkeypatch.setattr(quality, "host_speed", lambda: {"host_bf16_gflops": 5})
+    # ultraseg.train's modules (run_folder, finish) take load_checkpoint by name as they are
+    # imported: imported here first, they keep the real one, not the fake below for the session
+    import ultraseg.train  # noqa: F401
+
     monkeypatch.setattr(ultraseg.checkpoint, "load_checkpoint", lambda p: types.SimpleNamespace(
         meta={"metrics": {"val_dice_postprocessed": .7, "best_val_dice": .69}}))
     return run
