@@ -3001,3 +3001,30 @@ def test_an_output_folder_that_is_no_path_is_refused_naming_it() -> None:
     review, item 7)."""
     with pytest.raises(UltrasegError, match=r"train \(out\) takes .*path.*got NoneType"):
         train_mod.train(RunConfig(), None)
+
+
+def test_a_loaded_config_s_relative_data_path_found_beside_its_file_alone_is_said_so(
+        tmp_path, monkeypatch) -> None:
+    """RunConfig.load remembers its file (no setting: config.json and equality are the
+    same), so train gives the CLI's hint where a relative data.path is found beside the file
+    alone: a Python user running from another folder got the plain 'no such file or
+    folder'. A merge keeps the file unless it sets data.path; nothing is written."""
+    (tmp_path / "exp" / "busi").mkdir(parents=True)
+    conf = tmp_path / "exp" / "c.json"
+    conf.write_text(json.dumps({"preset": "demo", "data": {"path": "busi", "cache_dir": ""},
+                                "train": {"device": "cpu"}}))
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig.load("exp/c.json")
+    assert cfg == RunConfig.from_dict(json.loads(conf.read_text()))
+    assert cfg.to_json() == RunConfig.from_dict(json.loads(conf.read_text())).to_json()
+    hint = (f"exp/c.json: data.path 'busi' is not found from the current folder {tmp_path}; "
+            f"the config file's folder ({tmp_path / 'exp'}) holds it: run from there or give "
+            "an absolute path")
+    for given in (cfg, merge(cfg, {"train": {"epochs": 1}})):
+        with pytest.raises(UltrasegError) as e:
+            train_mod.train(given, tmp_path / "run")
+        assert str(e.value) == hint
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UltrasegError) as e:     # a path set by hand is read as given
+        train_mod.train(merge(cfg, {"data": {"path": "busi"}}), tmp_path / "run")
+    assert "no such file or folder" in str(e.value) and "holds it" not in str(e.value)

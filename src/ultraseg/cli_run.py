@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .config import (MAX_DEPTH, MAX_SEED, MAX_WIDTH, PRESETS, ZOOM_LIMITS, ModelConfig,
-                     PreprocessConfig, RunConfig, TrainConfig, UnknownSettings, choices,
-                     default_preset_name, merge, names_read, parse_duration, preset,
-                     read_config_json)
+                     PreprocessConfig, RunConfig, TrainConfig, UnknownSettings,
+                     check_data_path, choices, default_preset_name, merge, names_read,
+                     parse_duration, preset, read_config_json)
 from .cli import (StatusLine, bar, json_on_failure, path_arg, positive_int,
                   whole_number_arg)
 from .errors import UltrasegError
@@ -224,21 +224,8 @@ def resolve_config(a: argparse.Namespace) -> RunConfig:
     overrides.setdefault("data", {})["path"] = str(a.data) if a.data else cfg.data.path
     cfg = merge(cfg, overrides)
     if a.config and not a.data:
-        _check_beside_the_file(cfg.data.path, a.config)
+        check_data_path(cfg.data.path, a.config)
     return cfg
-
-
-def _check_beside_the_file(path: str, config: str) -> None:
-    """A config file's relative data.path is read from the current folder, not the file's
-    (as ever: files rely on it); where only the file's folder holds it, an error says so
-    ('no such file or folder' left the user to guess why)."""
-    if not path or Path(path).is_absolute() or Path(path).exists():
-        return
-    folder = Path(config).resolve().parent
-    if (folder / path).exists():
-        raise UltrasegError(f"data.path {path!r} is not found from the current folder "
-                            f"{Path.cwd()}; the config file's folder ({folder}) holds it: run "
-                            "from there or give an absolute path", config)
 
 
 def _cmd_train(a: argparse.Namespace) -> int:

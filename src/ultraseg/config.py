@@ -608,13 +608,19 @@ class RunConfig:
     config.json names every value), and so is a file without one ('custom'; there the CLI
     starts a partial file from its default preset instead). The constructor builds on no preset
     (``RunConfig(preset="cpu")`` holds the defaults: build a preset's config with
-    :func:`preset`, changed with :func:`merge`)."""
+    :func:`preset`, changed with :func:`merge`).
+
+    ``source`` is the config file :meth:`load` read it from (None: built otherwise), kept by
+    :func:`merge` unless it sets data.path: no setting (neither in :meth:`to_dict` nor
+    compared), it lets training say where a relative data.path is found beside that file
+    alone (:func:`check_data_path`)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "seed"
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # each section its dataclass, refused when built as a section refuses its values: a
@@ -690,11 +696,27 @@ class RunConfig:
         except (OSError, ValueError) as e:      # (no UTF-8, a key given twice, too deep)
             raise UltrasegError(f"cannot read config: {e}", path) from e
         try:
-            return cls.from_dict(names_read(doc))
+            cfg = cls.from_dict(names_read(doc))
         except UnknownSettings as e:
             raise e.in_config(path) from e
         except UltrasegError as e:
             raise UltrasegError(e.message, path) from e
+        return dataclasses.replace(cfg, source=str(path))
+
+
+def check_data_path(path: str, config_file: str | Path | None) -> None:
+    """Refuse a relative data ``path`` read from ``config_file`` (None: none, nothing to
+    check) that the current folder does not hold and the file's folder does, saying so: it is
+    read from the current folder, not the file's (as ever: files rely on it), and 'no such
+    file or folder' left the user to guess why. ``ultraseg train --config`` and
+    :func:`ultraseg.train.train` (a :meth:`RunConfig.load`'s ``source``) both check."""
+    if not config_file or not path or Path(path).is_absolute() or Path(path).exists():
+        return
+    folder = Path(config_file).resolve().parent
+    if (folder / path).exists():
+        raise UltrasegError(f"data.path {path!r} is not found from the current folder "
+                            f"{Path.cwd()}; the config file's folder ({folder}) holds it: run "
+                            "from there or give an absolute path", config_file)
 
 
 #: A line of YAML (``train:``, ``  epochs: 3``, ``- item: x``), as no JSON line starts.
@@ -818,7 +840,10 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
             raise UltrasegError(f"config section '{section}' must be a dict of settings "
                                 f"({{\"epochs\": 5}}), got {type(values).__name__}")
         d[section] = {**d[section], **values}
-    return RunConfig.from_dict(d)
+    merged = RunConfig.from_dict(d)
+    if cfg.source and "path" not in overrides.get("data", {}):    # (data.path still the file's)
+        merged = dataclasses.replace(merged, source=cfg.source)
+    return merged
 
 
 def _unlabelled(overrides: dict[str, Any]) -> dict[str, Any]:

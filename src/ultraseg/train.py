@@ -36,7 +36,7 @@ from .budget import (_horizon, _no_time_for_another_epoch, _reserve, _reserve_fi
 from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, save_checkpoint,
                          some_names)
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
-                     RunConfig, TrainConfig, check_flag, names_stored)
+                     RunConfig, TrainConfig, check_data_path, check_flag, names_stored)
 from .data import (Arrays, _held, _held_out, _holders, _holders_row, _lost, _one_holder,
                    _other_split, duplicates_across_split, few_validation_note, load_arrays,
                    lost_note, no_validation, read_split, run_split, union_note, write_split)
@@ -258,7 +258,8 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def check_config(cfg: RunConfig) -> None:
-    """Refuse settings training cannot use -- an empty data path, the Dice-shaping switches
+    """Refuse settings training cannot use -- an empty data path (or a relative one found
+    beside its config file alone: :func:`config.check_data_path`), the Dice-shaping switches
     beside a loss without a Dice term, a working size the model cannot take -- as a user
     error naming the settings, before anything is written. (A value of the wrong type, a
     config file's "5" for 5, or an unknown name is refused when the section is built:
@@ -268,6 +269,7 @@ def check_config(cfg: RunConfig) -> None:
     if not cfg.data.path.strip():
         raise UltrasegError("data.path is empty: name the dataset (DATA on the command line; "
                             "in Python ultraseg.merge(cfg, {\"data\": {\"path\": ...}}))")
+    check_data_path(cfg.data.path, cfg.source)     # (a RunConfig.load's file's)
     names_stored(cfg.to_dict())     # names its config.json can hold (a locale's encoding)
     t = cfg.train
     for name in ("in_channels", "out_channels"):      # frames are grayscale, one structure
