@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from ultraseg.phantom import MIN_SIZE
+
 # In a fresh interpreter: touch and free a 96 MB block, report resident memory before, with
 # the block, and after freeing it (MB), and what keep_freed_memory() returned.
 PROBE = """
@@ -667,7 +669,9 @@ def test_no_command_is_a_usage_error_on_stderr(capsys) -> None:
 #: span the refusal names: (the command before the flag, flag, value, span).
 _WHOLE_NUMBER_FLAGS = [
     *[(["phantom", "OUT"], flag, value, span) for flag, value, span in [
-        ("--n", "0", "from 1"), ("--size", "31", "from 32"), ("--seed", "-1", "from 0")]],
+        # (phantom's least side is its own: phantom.MIN_SIZE)
+        ("--n", "0", "from 1"), ("--size", str(MIN_SIZE - 1), f"from {MIN_SIZE}"),
+        ("--seed", "-1", "from 0")]],
     *[(["train", "DATA", "--out", "RUN"], flag, value, span) for flag, value, span in [
         ("--width", "0", "from 1 to 4096"), ("--depth", "13", "from 1 to 12"),
         ("--tile", "0", "from 1"), ("--size", "-8", "from 1"), ("--epochs", "0", "from 1"),
@@ -719,13 +723,15 @@ def test_a_whole_number_flag_that_is_no_number_says_what_it_takes(value, capsys)
 
 def test_whole_number_flags_take_their_least_and_the_phantoms_least_size_is_its_own() -> None:
     """The least value each flag takes parses (as an int); phantom's --size takes what
-    make_dataset takes."""
+    make_dataset takes (phantom.MIN_SIZE, which its help names)."""
     from ultraseg.cli import build_parser
-    from ultraseg.phantom import _MIN_SIZE
 
-    parse = build_parser().parse_args
-    a = parse(["phantom", "OUT", "--n", "1", "--size", str(_MIN_SIZE), "--seed", "0"])
-    assert (a.n, a.size, a.seed) == (1, _MIN_SIZE, 0)
+    parser = build_parser()
+    parse = parser.parse_args
+    a = parse(["phantom", "OUT", "--n", "1", "--size", str(MIN_SIZE), "--seed", "0"])
+    assert (a.n, a.size, a.seed) == (1, MIN_SIZE, 0)
+    phantom = parser._subparsers._group_actions[0].choices["phantom"]
+    assert f"at least {MIN_SIZE} " in " ".join(phantom.format_help().split())
     a = parse(["train", "DATA", "--out", "RUN", "--width", "4096", "--depth", "12",
                "--seed", "0", "--split-seed", "4294967295", "--epochs", "1"])
     assert (a.width, a.depth, a.seed, a.split_seed, a.epochs) == (4096, 12, 0, 2**32 - 1, 1)

@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ultraseg.errors import UltrasegError
-from ultraseg.phantom import FRAMES_PER_SUBJECT, make_dataset, make_frame
+from ultraseg.phantom import FRAMES_PER_SUBJECT, MIN_SIZE, make_dataset, make_frame
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,22 @@ def test_dataset_refuses_bad_requests(tmp_path):
     with pytest.raises(UltrasegError, match="size"):
         make_dataset(tmp_path / "x", n=2, size=16)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("size", [MIN_SIZE - 1, 0, 32.0, True])
+def test_a_size_below_the_least_side_is_refused_in_the_cli_s_words(tmp_path, size) -> None:
+    """phantom's least side is its MIN_SIZE (the CLI's --size takes it from there), refused in
+    config.whole_number's words as `phantom --size` refuses it: 'must be an integer >= 32'
+    said it otherwise."""
+    words = f"phantom size must be a whole number from {MIN_SIZE}, got {size!r}"
+    with pytest.raises(UltrasegError) as e:
+        make_dataset(tmp_path / "x", n=1, size=size)
+    assert str(e.value) == words
+    with pytest.raises(UltrasegError) as e:
+        make_frame(np.random.default_rng(0), size)
+    assert str(e.value) == words
+    assert not (tmp_path / "x").exists()
+    assert make_frame(np.random.default_rng(0), MIN_SIZE)[0].shape == (MIN_SIZE, MIN_SIZE)
     out = make_dataset(tmp_path / "full", n=1, size=32)
     before = _digest(out)
     with pytest.raises(UltrasegError, match="already contains files"):

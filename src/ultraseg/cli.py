@@ -108,6 +108,15 @@ def whole_number_arg(lo: int = 1, hi: int | None = None) -> Callable[[str], int]
 positive_int = whole_number_arg(1)
 
 
+def _phantom_size(text: str) -> int:
+    """phantom --size's type: a side from :data:`ultraseg.phantom.MIN_SIZE`, the least
+    make_dataset takes (imported as the flag is read: phantom's scipy would slow every
+    command's start)."""
+    from .phantom import MIN_SIZE
+
+    return whole_number_arg(MIN_SIZE)(text)
+
+
 class _Parser(argparse.ArgumentParser):
     commands: tuple[str, ...] = ()     # the subcommands' names (the top-level parser's)
 
@@ -215,8 +224,7 @@ def build_parser() -> _Parser:
                        help="the output folder, as the other commands name theirs")
     p.add_argument("--n", type=positive_int, default=200,
                    help="number of frames (default 200)")
-    # (32: phantom's least frame side, which its make_dataset refuses below)
-    p.add_argument("--size", type=whole_number_arg(32), default=256,
+    p.add_argument("--size", type=_phantom_size, default=256,   # (help: phantom.MIN_SIZE)
                    help="frame side in pixels, at least 32 (default 256)")
     p.add_argument("--seed", type=whole_number_arg(0), default=0,
                    help="random seed of the frames (default 0)")

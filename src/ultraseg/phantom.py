@@ -36,6 +36,7 @@ from PIL import Image
 from scipy import ndimage
 
 from . import errors as _errors
+from .config import whole_number
 from .errors import UltrasegError
 from .fileio import OPEN_ELSEWHERE, WriteError, as_path, failure_reason, replace_retried
 from .io.files import is_image_file, walk_files
@@ -53,7 +54,8 @@ _STRUCTURE_COUNT_P = (0.27, 0.48, 0.25)   # P(0), P(1), P(2) structures in a fra
 # empty frames stays near 25% (one empty subject in five, plus frames that a sweep's structure
 # has left) rather than varying with the luck of a few subject-level draws
 _SUBJECT_COUNTS = (0, 1, 1, 1, 2)
-_MIN_SIZE = 32
+#: The least frame side (pixels) phantom draws; `ultraseg phantom --size` takes it from here.
+MIN_SIZE = 32
 
 
 # ----------------------------------------------------------------------------- scene
@@ -379,8 +381,9 @@ def _render(scene: _Scene, t: int, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 def _check_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < _MIN_SIZE:
-        raise UltrasegError(f"phantom size must be an integer >= {_MIN_SIZE}, got {size!r}")
+    """Refuse a side below :data:`MIN_SIZE` in the words `phantom --size` uses
+    (:func:`~ultraseg.config.whole_number`'s)."""
+    whole_number("phantom size", size, MIN_SIZE)
 
 
 def make_frame(rng: np.random.Generator, size: int = 256
@@ -389,7 +392,7 @@ def make_frame(rng: np.random.Generator, size: int = 256
 
     Args:
         rng: the random generator (advanced; same state -> same frame).
-        size: side in pixels (>= 32).
+        size: side in pixels (at least :data:`MIN_SIZE`, 32).
 
     Returns:
         ``(image, mask, meta)``: image ``(size, size)`` uint8 (log-compressed gray levels
@@ -485,8 +488,8 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
     depend on ``n``.
 
     Raises:
-        UltrasegError: ``n < 1``, ``size < 32``, a negative seed, ``out`` is a file or
-        holds images, or ``out/images`` or ``out/masks`` already holds files.
+        UltrasegError: ``n < 1``, ``size`` below :data:`MIN_SIZE`, a negative seed, ``out``
+        is a file or holds images, or ``out/images`` or ``out/masks`` already holds files.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise UltrasegError(f"phantom frame count n must be an integer >= 1, got {n!r}")
