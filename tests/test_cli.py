@@ -721,6 +721,50 @@ def test_a_whole_number_flag_that_is_no_number_says_what_it_takes(value, capsys)
             in capsys.readouterr().err)
 
 
+#: Each command taking --label, as far as its DATA (or model and inputs).
+_LABEL_COMMANDS = [["inspect", "DATA"], ["train", "DATA", "--out", "RUN"],
+                   ["evaluate", "M.ckpt", "DATA"],
+                   ["predict", "M.ckpt", "IN", "--out", "O", "--overlay"]]
+
+
+@pytest.mark.parametrize("command", _LABEL_COMMANDS, ids=[c[0] for c in _LABEL_COMMANDS])
+@pytest.mark.parametrize("value", ["0", "-1", "256", "2.5", "x"])
+def test_a_label_that_names_no_structure_is_a_usage_error_naming_the_flag(command, value,
+                                                                        capsys) -> None:
+    """--label K is a structure's label, 1 to 255 (0 the background; masks hold no label past
+    255: one is refused as the mask is read): `--label 2.5` said argparse's 'invalid int
+    value', and 256 read every mask to say no mask holds it. Refused as the command line is
+    parsed in config.whole_number's words, and as the API's check_label refuses it."""
+    from ultraseg.cli import main
+    from ultraseg.config import MAX_LABEL
+    from ultraseg.errors import UltrasegError
+    from ultraseg.io.masks import check_label
+
+    given = int(value) if value.lstrip("-").isdigit() else value
+    problem = (f"must be a whole number from 1 to {MAX_LABEL}, got {given!r} (a structure's "
+               f"label: 0 is the background, and masks hold labels up to {MAX_LABEL})")
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--label", value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.strip().splitlines()[-1] == (f"ultraseg {command[0]}: error: argument --label: "
+                                            f"{problem}"), err
+    with pytest.raises(UltrasegError) as e:
+        check_label(given)
+    assert str(e.value) == f"--label (preprocess.label) {problem}"
+
+
+@pytest.mark.parametrize("command", _LABEL_COMMANDS, ids=[c[0] for c in _LABEL_COMMANDS])
+def test_label_takes_1_to_the_most_a_mask_holds(command) -> None:
+    from ultraseg.cli import build_parser
+    from ultraseg.config import MAX_LABEL
+    from ultraseg.io.masks import check_label
+
+    for value in (1, MAX_LABEL):
+        assert build_parser().parse_args([*command, "--label", str(value)]).label == value
+        check_label(value)
+
+
 def test_whole_number_flags_take_their_least_and_the_phantoms_least_size_is_its_own() -> None:
     """The least value each flag takes parses (as an int); phantom's --size takes what
     make_dataset takes (phantom.MIN_SIZE, which its help names)."""

@@ -539,12 +539,20 @@ def test_measure_without_out_prints_each_frame_as_it_is_measured(tmp_path, ckpt,
 def test_predict_refuses_a_label_that_names_no_structure_before_writing(tmp_path, ckpt, capsys,
                                                                         label):
     """train, evaluate and inspect refused --label 0 (the background); predict accepted it,
-    or with --overlay refused it after making the output folder and writing a mask."""
+    or with --overlay refused it after making the output folder and writing a mask. (A usage
+    error as the command line is parsed; write_predictions' own check, before its folder.)"""
+    from ultraseg.errors import UltrasegError
+    from ultraseg.predict_files import write_predictions
+
     frames(tmp_path / "in", {"1.png": (20, 30)})
-    rc = main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
-               "--overlay", "--label", label])
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+              "--overlay", "--label", label])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error:") and "--label" in err and "background" in err
+    assert stop.value.code == 2 and "argument --label" in err and "background" in err
+    with pytest.raises(UltrasegError, match="--label .*background"):
+        write_predictions(str(ckpt), tmp_path / "in", tmp_path / "o", overlay=True,
+                          label=int(label))
     assert not (tmp_path / "o").exists()
 
 

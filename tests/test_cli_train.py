@@ -1215,8 +1215,15 @@ def test_a_run_from_before_the_output_marker_resumes_and_is_marked(data, tmp_pat
 
 
 def test_label_0_is_refused_before_training(data, tmp_path, capsys) -> None:
-    """--label 0 trained the background as the structure and reported Dice 0.97."""
-    assert cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--label", "0",
+    """--label 0 trained the background as the structure and reported Dice 0.97 (a usage
+    error as the command line is parsed; a config's preprocess.label 0 before training)."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--label", "0", *TINY])
+    assert stop.value.code == 2
+    assert "0 is the background" in capsys.readouterr().err
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"preprocess": {"label": 0}}))
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "run"), "--config", str(conf),
                      *TINY]) == 2
     assert "0 is the background" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, NoReturn, Sequence
 
 from . import __version__
-from .config import whole_number_problem
+from .config import label_problem, whole_number_problem
 from .errors import UltrasegError, command_line, escape_controls, is_out_of_memory
 from .fileio import json_text
 from .logs import LevelSet, set_level
@@ -91,12 +91,18 @@ def whole_number_arg(lo: int = 1, hi: int | None = None) -> Callable[[str], int]
     :func:`~ultraseg.config.whole_number`'s words (``argument --tile: must be a whole number
     from 1, got 0``, exit 2), as the command line is parsed, before any file is read. Every
     subcommand's counts, sizes and seeds take one; the Python API checks its own arguments."""
+    return _checked_int(lambda value: whole_number_problem(value, lo, hi))
+
+
+def _checked_int(problem_of: Callable[[Any], str | None]) -> Callable[[str], int]:
+    """The argparse ``type`` of a whole number that ``problem_of`` (given the int, or the text
+    where it is none) says what is wrong with: a usage error in its words."""
     def parse(text: str) -> int:
         try:
             value: Any = int(text)
         except ValueError:
             value = text
-        problem = whole_number_problem(value, lo, hi)
+        problem = problem_of(value)
         if problem:
             raise argparse.ArgumentTypeError(problem)
         return value
@@ -106,6 +112,9 @@ def whole_number_arg(lo: int = 1, hi: int | None = None) -> Callable[[str], int]
 
 #: The type of a count: a whole number from 1 (--tile, --batch-size, --threads, --epochs...).
 positive_int = whole_number_arg(1)
+
+#: --label's type: a structure's label, 1 to config.MAX_LABEL, refused in the API's words.
+label_arg = _checked_int(label_problem)
 
 
 def _phantom_size(text: str) -> int:
@@ -138,7 +147,7 @@ def _layout_args(p: argparse.ArgumentParser,
                    help="regex whose first group (else whole match) is the subject id of a file "
                    "stem (matching no name: refused; names it misses keep the layout's subject)")
     if label is not None:
-        p.add_argument("--label", type=int, metavar="K", help=label)
+        p.add_argument("--label", type=label_arg, metavar="K", help=label)
         p.add_argument("--fill-outlines", action=argparse.BooleanOptionalAction, default=None,
                        help=fill)
 

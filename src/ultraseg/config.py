@@ -118,6 +118,22 @@ def whole_number(name: str, value: Any, lo: int = 1, hi: int | None = None,
     return plain_number(value)
 
 
+#: The most a structure's label is (--label K, preprocess.label: 1 to this; 0 the background):
+#: masks hold labels up to 255, and one whose labels pass it is refused as it is read.
+MAX_LABEL = 255
+
+
+def label_problem(label: Any) -> str | None:
+    """What is wrong with ``label`` as a structure's label (--label K, preprocess.label; None,
+    any structure, is none), in :func:`whole_number_problem`'s words and why, else None:
+    :func:`ultraseg.io.masks.check_label` and the CLI's --label refuse it so."""
+    if label is None:
+        return None
+    problem = whole_number_problem(label, 1, MAX_LABEL)
+    return problem and (f"{problem} (a structure's label: 0 is the background, and masks "
+                        f"hold labels up to {MAX_LABEL})")
+
+
 def check_flag(name: str, value: Any, none: str = "") -> bool | None:
     """``value`` of the yes/no argument ``name`` as a bool (np.bool_ too), or None where it is
     None and ``none`` says what None means; anything else is a user error: "false" or "no"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..config import label_problem
 from ..errors import DataError, UltrasegError
 from ..fileio import as_path
 from .dicom import is_dicom
@@ -431,8 +432,9 @@ class LabelTally:
 
 
 def check_label(label: int | None) -> None:
-    """Refuse a ``--label`` that names no structure: 0 (the background) or below."""
-    if label is not None and (isinstance(label, bool) or not isinstance(label, (int, np.integer))
-                              or label < 1):
-        raise UltrasegError(f"--label (preprocess.label) must be a structure's label, 1 or "
-                            f"more (0 is the background), got {label!r}")
+    """Refuse a ``--label`` that names no structure: 0 (the background) or below, or past
+    :data:`~ultraseg.config.MAX_LABEL` (a mask's labels), as the CLI's --label refuses it
+    (:func:`~ultraseg.config.label_problem`)."""
+    problem = label_problem(label)
+    if problem:
+        raise UltrasegError(f"--label (preprocess.label) {problem}")
