@@ -783,3 +783,31 @@ def test_whole_number_flags_take_their_least_and_the_phantoms_least_size_is_its_
                "--threads", "1", "--min-area", "0"])
     assert (a.tile, a.batch_size, a.threads, a.min_area) == (1, 2, 1, 0)
     assert parse(["export", "M", "--onnx", "X", "--opset", "17"]).opset == 17
+
+
+def test_a_path_argument_starting_with_a_tilde_is_the_home_folder_s(tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """A leading `~` in DATA, --out or any path argument is the home folder's, as config's
+    data.path and data.cache_dir take it: typed quoted (`"~/scans"`, or from a script's
+    variable) it was a folder named '~' in the current one (--out made one)."""
+    from ultraseg.cli import build_parser, main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    home = str(tmp_path)
+    assert main(["phantom", "--out", "~/x", "--n", "3", "--size", str(MIN_SIZE)]) == 0
+    assert (tmp_path / "x" / "images").is_dir()
+    capsys.readouterr()
+    assert main(["inspect", "~/x", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)
+    parse = build_parser().parse_args
+    a = parse(["train", "~/x", "--out", "~/run", "--config", "~/c.json"])
+    assert (a.data, a.out, a.config) == (f"{home}/x", f"{home}/run", f"{home}/c.json")
+    a = parse(["predict", "~/m.ckpt", "~/in", "a/~b", "--out", "~", "--rle", "~/s.csv"])
+    assert (a.model, a.inputs, a.out, a.rle) == (f"{home}/m.ckpt", [f"{home}/in", "a/~b"],
+                                                 home, f"{home}/s.csv")
+    a = parse(["evaluate", "~/m.ckpt", "~/x", "--split", "~/split.json", "--out", "~/e"])
+    assert (a.model, a.data, a.split, a.out) == (f"{home}/m.ckpt", f"{home}/x",
+                                                 f"{home}/split.json", f"{home}/e")
+    assert not (tmp_path / "work" / "~").exists()

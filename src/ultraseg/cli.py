@@ -27,7 +27,7 @@ from typing import Any, Callable, ContextManager, Iterator, NoReturn, Sequence
 from . import __version__
 from .config import label_problem, whole_number_problem
 from .errors import UltrasegError, command_line, escape_controls, is_out_of_memory
-from .fileio import json_text
+from .fileio import home_expanded, json_text
 from .logs import LevelSet, set_level
 from .shared import while_held
 
@@ -79,10 +79,11 @@ def keep_freed_memory() -> bool:
 
 def path_arg(value: str) -> str:
     """An argument naming a file or folder: an empty one (an unset shell variable, ``$OUT``)
-    is refused rather than taken as the current folder."""
+    is refused rather than taken as the current folder; a leading ``~`` is the home folder's,
+    as a config's data.path takes it (:func:`~ultraseg.fileio.home_expanded`)."""
     if not value.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset variable?)")
-    return value
+    return home_expanded(value)
 
 
 def whole_number_arg(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:

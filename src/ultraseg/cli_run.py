@@ -159,7 +159,7 @@ def _check_resume_args(a: argparse.Namespace) -> None:
             return                  # train() says what is wrong with the run folder
         if not recorded:
             return                  # (none recorded: the same)
-        if Path(a.data).expanduser().resolve() != Path(recorded).resolve():  # ('~/x' quoted)
+        if Path(a.data).resolve() != Path(recorded).resolve():
             moved = "" if Path(recorded).exists() else (
                 f"; that is gone: if DATA is where it has moved, set data.path in {conf} to "
                 f"it and resume without DATA")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .errors import CheckpointError, UltrasegError
-from .fileio import json_name, name_from_json, read_json
+from .fileio import home_expanded, json_name, name_from_json, read_json
 
 T = TypeVar("T")
 
@@ -577,8 +577,8 @@ class DataConfig(_Section):
         super().__post_init__()
         for name in FILE_NAMES:
             value = getattr(self, name)
-            if isinstance(value, str) and value.startswith("~"):
-                object.__setattr__(self, name, os.path.expanduser(value))
+            if isinstance(value, str):
+                object.__setattr__(self, name, home_expanded(value))
         from .io import check_layout    # (io reads config: imported when first built)
 
         check_layout(self.layout, self.subject_pattern)

@@ -78,6 +78,15 @@ def as_path(path: Any, taker: str, hint: str = "", what: str = "a file") -> Path
     raise UltrasegError(f"{taker} takes {what}'s path (a str or a pathlib.Path), got "
                         f"{type(path).__name__}" + (f": {hint}" if hint else ""))
 
+
+def home_expanded(name: str) -> str:
+    """``name`` with a leading ``~`` (``~/scans``, ``~user/scans``) as that home folder's, as
+    a shell takes it unquoted; any other name as it is (``a/~b``). A config's data.path and
+    data.cache_dir take their names so, as the CLI's path arguments do (quoted, or from a
+    script's variable, '~' was a folder of that name in the current one)."""
+    return os.path.expanduser(name)
+
+
 def failure_reason(e: OSError) -> str:
     """Why ``e`` stopped a write, in :data:`REASONS`' words where it has them (every command
     says 'read-only file system' alike), else the system's."""
