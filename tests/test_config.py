@@ -703,7 +703,7 @@ def test_a_key_given_twice_in_a_config_file_is_refused_naming_it(tmp_path, capsy
     ("model", {"dropout": -0.5}, "model.dropout"),
     ("model", {"dropout": float("nan")}, "model.dropout"),
     ("train", {"device": "gpu"},
-     "train.device (--device) must be auto, cpu, cuda, cuda:N or mps"),
+     "train.device (--device) must be one of auto, cpu, cuda, cuda:N, mps"),
     ("data", {"layout": "bsui"}, "unknown layout 'bsui'"),
     ("data", {"subject_pattern": "(["}, "bad subject pattern"),
 ], ids=["dropout-high", "dropout-negative", "dropout-nan", "device", "layout", "pattern"])

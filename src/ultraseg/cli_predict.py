@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, TextIO
 
-from .config import postprocess_problem
+from .config import DEVICE_NAMES, postprocess_problem
 from .cli import StatusLine, bar, json_on_failure, path_arg, positive_int, whole_number_arg
 from .errors import FrameTooLarge, UltrasegError
 from .fileio import json_text
@@ -240,7 +240,8 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    help="valid model: output tile side for prediction, rounded up to a side "
                    "the model produces, at least 20 at depth 4, and at most the "
                    "canvas (default: one window over the whole canvas)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (checkpoints only)")
+    p.add_argument("--device", default="auto",
+                   help=f"{DEVICE_NAMES} (mps: a Mac's GPU; checkpoints only)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="intra-op threads on the CPU (torch's for a checkpoint, ONNX "
                         "Runtime's for an ONNX model; default: every core, which a shared "

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import (MAX_DEPTH, MAX_SEED, MAX_WIDTH, PRESETS, ZOOM_LIMITS, ModelConfig,
-                     PreprocessConfig, RunConfig, TrainConfig, UnknownSettings,
+from .config import (DEVICE_NAMES, MAX_DEPTH, MAX_SEED, MAX_WIDTH, PRESETS, ZOOM_LIMITS,
+                     ModelConfig, PreprocessConfig, RunConfig, TrainConfig, UnknownSettings,
                      check_data_path, choices, default_preset_name, merge, names_read,
                      parse_duration, preset, read_config_json)
 from .cli import (StatusLine, bar, json_on_failure, path_arg, positive_int,
@@ -400,7 +400,7 @@ def _train_args(p: argparse.ArgumentParser, layout_args: Callable) -> None:
     p.add_argument("--split-seed", type=whole_number_arg(0, MAX_SEED),
                    help="seeds the held-out and validation subjects "
                    "alone, so runs with other --seed values share one split (default: --seed)")
-    p.add_argument("--device", help="auto, cpu, cuda or mps (a Mac's GPU)")
+    p.add_argument("--device", help=f"{DEVICE_NAMES} (mps: a Mac's GPU)")
     p.add_argument("--precision", choices=choices(TrainConfig, "precision"),
                    help="auto: bf16 autocast where the CPU or GPU computes it natively, else "
                    "fp32 (every preset, seed included)")

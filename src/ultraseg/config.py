@@ -38,6 +38,11 @@ def _meant(names: list[Any], valid: list[str]) -> str:
 SECTIONS = ("data", "preprocess", "model", "train")
 
 
+#: The device names a setting, ``--device`` and :func:`ultraseg.runtime.resolve_device` take
+#: (whether the machine has the device is resolve_device's to say), as their messages list them.
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N, mps"
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
 class UnknownSettings(UltrasegError):
     """Settings a config section does not have (a typo, or a newer ultraseg's): ``section``
     (its name in a config file: ``train``, ``model``), ``keys`` and the ``valid`` ones."""
@@ -545,8 +550,8 @@ class TrainConfig(_Section):
         if not 0 <= w < math.inf:
             raise UltrasegError(f"train.presence_weight (--presence-weight) must be a number "
                                 f">= 0, got {w!r}")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device):  # (its presence: later)
-            raise UltrasegError(f"train.device (--device) must be auto, cpu, cuda, cuda:N or mps, "
+        if not DEVICE_NAME.fullmatch(t.device):  # (whether the machine has it: later)
+            raise UltrasegError(f"train.device (--device) must be one of {DEVICE_NAMES}, "
                                 f"got {t.device!r}")
 
     @property

@@ -13,14 +13,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from .config import DEVICE_NAMES
 from .errors import UltrasegError
 from .shared import while_held
 
 log = logging.getLogger(__name__)
 
-
-#: The device names :func:`resolve_device` takes, as its messages list them.
-DEVICE_NAMES = "auto, cpu, cuda, cuda:N, mps"
 
 
 def mps_available() -> bool:
