@@ -3017,7 +3017,7 @@ def test_a_loaded_config_s_relative_data_path_found_beside_its_file_alone_is_sai
     cfg = RunConfig.load("exp/c.json")
     assert cfg == RunConfig.from_dict(json.loads(conf.read_text()))
     assert cfg.to_json() == RunConfig.from_dict(json.loads(conf.read_text())).to_json()
-    hint = (f"exp/c.json: data.path 'busi' is not found from the current folder {tmp_path}; "
+    hint = (f"{conf}: data.path 'busi' is not found from the current folder {tmp_path}; "
             f"the config file's folder ({tmp_path / 'exp'}) holds it: run from there or give "
             "an absolute path")
     for given in (cfg, merge(cfg, {"train": {"epochs": 1}})):
@@ -3028,3 +3028,23 @@ def test_a_loaded_config_s_relative_data_path_found_beside_its_file_alone_is_sai
     with pytest.raises(UltrasegError) as e:     # a path set by hand is read as given
         train_mod.train(merge(cfg, {"data": {"path": "busi"}}), tmp_path / "run")
     assert "no such file or folder" in str(e.value) and "holds it" not in str(e.value)
+
+
+def test_a_loaded_config_remembers_its_file_from_the_folder_it_was_loaded_in(
+        tmp_path, monkeypatch) -> None:
+    """The file a RunConfig was loaded from is kept as an absolute path: kept as given
+    ('exp/c.json'), a chdir before train looked for the file's folder from the new folder,
+    missed the data beside the file and said the plain 'no such file or folder'."""
+    (tmp_path / "exp" / "busi").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    conf = tmp_path / "exp" / "c.json"
+    conf.write_text(json.dumps({"preset": "demo", "data": {"path": "busi", "cache_dir": ""},
+                                "train": {"device": "cpu"}}))
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig.load("exp/c.json")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(UltrasegError) as e:
+        train_mod.train(cfg, tmp_path / "run")
+    assert str(e.value).startswith(f"{conf}: data.path 'busi' is not found from the current "
+                                   f"folder {tmp_path / 'elsewhere'}; the config file's folder "
+                                   f"({tmp_path / 'exp'}) holds it")

@@ -722,7 +722,7 @@ class RunConfig:
             raise e.in_config(path) from e
         except UltrasegError as e:
             raise UltrasegError(e.message, path) from e
-        return dataclasses.replace(cfg, source=str(path))
+        return dataclasses.replace(cfg, source=os.path.abspath(path))  # a chdir keeps it
 
 
 def check_data_path(path: str, config_file: str | Path | None) -> None:

@@ -19,8 +19,10 @@ def escape_controls(text: str, keep: str = "") -> str:
                          else f"\\x{ord(m.group()):02x}", text)
 
 
-#: Whether commands are suggested for Windows' shells (cmd.exe, PowerShell), which take single
-#: quotes for part of a word: :func:`shell_word` quotes with double quotes there. (A test sets
+#: Whether ultraseg runs on Windows: commands are suggested for its shells (cmd.exe,
+#: PowerShell take single quotes for part of a word: :func:`shell_word` quotes with double
+#: quotes there; folders are linked with ``mklink /J``), and a rename another program's open
+#: file refuses is tried again and then said so (``fileio.replace_retried``). (A test sets
 #: it, where setting ``os.name`` would change what pathlib makes.)
 WINDOWS = os.name == "nt"
 

@@ -305,8 +305,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 #: C(2n - 1, n) multisets, 92378 at 10 (352716 at 11).
 EXACT_SUBJECTS = 10
 #: Fewest draws of :func:`subject_interval` over more subjects, and the draws it keeps beyond
-#: each end at least (:func:`interval_draws`): 2000 left about 11 beyond the expanded ends of
-#: 8 subjects, and the third decimal printed moved with the subjects' names.
+#: each end at least (:func:`interval_draws`): 2000 draws alone left about 11 beyond the
+#: expanded ends of 8 subjects, and the third decimal printed moved with the subjects' names.
+#: At 95 % the ends ask more than 2000 (the floor counts for wider tails, lower levels).
 RESAMPLES = 2000
 BEYOND_EACH_END = 200
 #: Subject counts of the draws :func:`subject_interval` holds at a time (8 bytes each).
@@ -316,7 +317,7 @@ _DRAWN = 1 << 21
 def interval_draws(n: int, level: float = 0.95) -> int:
     """The draws :func:`subject_interval` makes over ``n`` (>= 2) subjects where it draws:
     :data:`BEYOND_EACH_END` or more beyond each expanded end, and :data:`RESAMPLES` at least
-    (about 35000 for 8 subjects, 8000 for thousands)."""
+    (at 95 %: about 20600 for 11 subjects, the fewest drawn for, 8000 for thousands)."""
     return max(RESAMPLES, math.ceil(BEYOND_EACH_END / expanded_tail(1 - level, n)))
 
 
@@ -353,8 +354,8 @@ def covers_at_most(n: int) -> float:
 def few_subjects_words(n: int, level: float = 0.95) -> str | None:
     """``only N subjects: covers the mean at most X % of the time, not 95 %`` where ``n``
     subjects cannot give an interval of ``level`` (:func:`covers_at_most`); None where they
-    can, or where there is no interval (under 2). The one rule for the interval's label,
-    summary.json's method and evaluate's warning."""
+    can, or where there is no interval (under 2). The one rule for the interval's label and
+    words in evaluate's printed summary and summary.json's method (no warning is logged)."""
     cap = covers_at_most(n)
     if n < 2 or cap >= level:
         return None
