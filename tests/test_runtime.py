@@ -308,3 +308,47 @@ def test_a_thread_whose_block_another_thread_s_block_overlaps_gets_its_own_count
         assert worker_after == [2] and _seen_by_a_new_thread() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_thread_whose_block_ends_last_keeps_its_own_count_not_the_first_block_s() -> None:
+    """The count new threads take is put back from a thread of its own when the last block
+    ends (runtime._set_new_threads_count): torch.set_num_threads there would also set the
+    calling thread's, so a worker with its own count (3) whose threads(1) ends after the main
+    thread's would be left at the count the main thread's block found (2), not its own. The
+    blocks are ordered by events: the main thread's opens first and ends first."""
+    import threading
+
+    from ultraseg.runtime import threads
+
+    if not runtime._count_per_thread():
+        pytest.skip("torch's thread count is the process's here, not each thread's")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ready, main_in = threading.Event(), threading.Event()
+        worker_in, main_out = threading.Event(), threading.Event()
+        worker_after: list[int] = []
+
+        def worker() -> None:
+            torch.get_num_threads()                     # its first torch call takes the default
+            torch.set_num_threads(3)                    # then its own count,
+            torch.zeros(4).sum()                        # kept through its torch work
+            ready.set()
+            main_in.wait(10)
+            with threads(1):                            # opened second, ends last
+                worker_in.set()
+                main_out.wait(10)
+            worker_after.append(torch.get_num_threads())
+
+        w = threading.Thread(target=worker)
+        w.start()
+        ready.wait(10)
+        with threads(1):                                # opened first: it finds 2
+            main_in.set()
+            worker_in.wait(10)
+        main_out.set()
+        w.join()
+        assert worker_after == [3]
+        assert torch.get_num_threads() == 2 and _seen_by_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)
