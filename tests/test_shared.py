@@ -77,3 +77,49 @@ def test_an_interrupt_as_a_block_opens_leaves_nothing_held(monkeypatch) -> None:
     second.__exit__(None, None, None)
     first.__exit__(None, None, None)                # the last one: restored
     assert setting["value"] == "mine" and "x" not in shared._held
+
+
+def test_a_block_interrupted_before_it_is_counted_leaves_an_open_block_held(monkeypatch) -> None:
+    """A block's finally ends only its own hold (shared.while_held looks for the block's
+    token): an interrupt (Ctrl-C) landing as a second block takes the lock, before that block
+    is counted, must not delete the first block's hold and restore the setting (torch's thread
+    count, cudnn.benchmark, a logger's level) under a first block still open."""
+    import threading
+
+    import pytest
+
+    from ultraseg import shared
+
+    class InterruptedOnAcquire:
+        def __init__(self) -> None:
+            self.lock, self.interrupt = threading.Lock(), True
+
+        def __enter__(self) -> None:
+            if self.interrupt:
+                self.interrupt = False
+                raise KeyboardInterrupt
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    setting = {"value": "mine"}
+
+    def change() -> str:
+        before, setting["value"] = setting["value"], "changed"
+        return before
+
+    def restore(before: str) -> None:
+        setting["value"] = before
+
+    first = while_held("x", change, restore)
+    first.__enter__()
+    try:
+        monkeypatch.setattr(shared, "_lock", InterruptedOnAcquire())
+        with pytest.raises(KeyboardInterrupt):
+            with while_held("x", change, restore):
+                pass
+        assert setting["value"] == "changed" and "x" in shared._held
+    finally:
+        first.__exit__(None, None, None)                # the last one: restored
+    assert setting["value"] == "mine" and "x" not in shared._held
