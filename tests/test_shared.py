@@ -123,3 +123,25 @@ def test_a_block_interrupted_before_it_is_counted_leaves_an_open_block_held(monk
     finally:
         first.__exit__(None, None, None)                # the last one: restored
     assert setting["value"] == "mine" and "x" not in shared._held
+
+
+def test_more_threads_than_the_cores_are_warned_about_and_as_many_are_not(monkeypatch) -> None:
+    """warn_if_oversubscribed warns where the count asked for is over the cores the process
+    may use, and says nothing at the cores' count itself, each used once (nor with no count
+    asked for): the boundary was pinned only by test_cli_predict's CLI runs. The cores are
+    faked to 4, the flag's and Python's words both read."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg import shared
+
+    monkeypatch.setattr(shared, "usable_cores", lambda: 4)
+    for n, flag, words in ((5, "--threads", ["--threads 5", "4 cores", "--threads 4 or fewer"]),
+                           (5, "threads=", ["threads=5", "4 cores", "threads=4 or fewer"]),
+                           (4, "--threads", []), (1, "--threads", []), (None, "--threads", [])):
+        with ultraseg_warnings() as warned:
+            shared.warn_if_oversubscribed(n, flag)
+        said = [r.getMessage() for r in warned]
+        if words:
+            assert len(said) == 1 and all(w in said[0] for w in words), (n, flag, said)
+        else:
+            assert said == [], (n, said)
