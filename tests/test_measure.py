@@ -737,3 +737,23 @@ def test_a_boundary_offset_that_is_no_number_is_refused_naming_it(offset) -> Non
                                             r"pixels, got "):
         measure(mask, 0.1, boundary_offset_px=offset)
     assert measure(mask, 0.1, boundary_offset_px=np.float32(0.5))["ellipse_axes"] is not None
+
+
+def test_seen_side_is_the_longer_side_of_the_region_or_of_the_frame() -> None:
+    """seen_side, by which a checkpoint's boundary offset is scaled to a frame, is the longer
+    side of the frame, or of its crop_border region (top, bottom, left, right; bottom and
+    right exclusive, as content_box gives them and measure slices them) where given. The
+    offset tests used landscape frames without a region alone, so the width for the longer
+    side, the region left out, or its side one pixel long all passed. Expected values worked
+    out by hand from that rule."""
+    from ultraseg.measure import frame_boundary_offset, seen_side
+
+    assert seen_side((256, 100)) == 256                         # portrait: the height
+    assert seen_side((100, 256)) == 256 and seen_side((100, 256, 3)) == 256
+    assert seen_side((300, 400), (10, 90, 20, 200)) == 180      # rows 80, columns 180
+    assert seen_side((400, 300), (5, 205, 50, 150)) == 200      # rows 200, columns 100
+    assert seen_side((300, 400), (0, 300, 0, 400)) == 400       # the whole frame
+    chosen = {"boundary_offset_px": 3, "offset_frame_side_px": 128}
+    assert frame_boundary_offset(chosen, (256, 100)) == 6.0     # 3 * 256 / 128
+    assert frame_boundary_offset(chosen, (300, 400), (10, 90, 20, 200)) == 4.21875  # 3 * 180 / 128
+    assert frame_boundary_offset({"boundary_offset_px": 3}, (256, 100)) == 3.0  # any frame's
