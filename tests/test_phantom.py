@@ -406,3 +406,43 @@ def test_a_set_whose_masks_cannot_be_moved_in_leaves_no_images_behind(tmp_path,
     monkeypatch.setattr(os, "replace", real)
     make_dataset(out, n=2, size=32)                 # the next run is not refused
     assert len(list((out / "masks").iterdir())) == 2
+
+
+def test_a_staging_folder_of_another_user_s_running_writer_is_left_alone(tmp_path,
+                                                                         monkeypatch) -> None:
+    """os.kill(pid, 0) refused (EPERM: a process of another user, in a shared --out) means
+    the writer runs: its staging folder, being written, is kept, not removed under it. The
+    answers are faked: an ended writer's folder beside it still goes."""
+    import errno
+    import os
+
+    if os.name == "nt":
+        pytest.skip("Windows looks a writer up without os.kill")
+    probed = []
+
+    def kill(pid: int, sig: int) -> None:
+        probed.append((pid, sig))
+        if pid == 4000000:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        raise ProcessLookupError(errno.ESRCH, "No such process")
+
+    monkeypatch.setattr(os, "kill", kill)
+    out = tmp_path / "shared"
+    (out / ".phantom-4000000-abc.tmp").mkdir(parents=True)      # another user's, running
+    (out / ".phantom-3999999-def.tmp").mkdir()                   # no such process
+    make_dataset(out, n=1, size=32)
+    assert sorted(probed) == [(3999999, 0), (4000000, 0)]
+    assert sorted(p.name for p in out.iterdir()) == [".phantom-4000000-abc.tmp", "images",
+                                                     "masks"]
+
+
+def test_a_staging_folder_of_this_process_is_a_stale_one(tmp_path) -> None:
+    """A staging folder named with this process's id is one an earlier call in it left (an
+    interrupted make_dataset in a notebook or service), not a writer running now: removed,
+    though os.kill finds this process running."""
+    import os
+
+    out = tmp_path / "again"
+    (out / f".phantom-{os.getpid()}-abc.tmp").mkdir(parents=True)
+    make_dataset(out, n=1, size=32)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "masks"]
