@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ultraseg.errors import DataError
-from ultraseg.io.outputs import OUTPUT_MARKER, check_no_foreign_images
+from ultraseg.io.outputs import OUTPUT_MARKER, check_no_foreign_images, mark_output_folder
 
 
 def _files(*paths: Path) -> None:
@@ -30,3 +30,18 @@ def test_an_output_folder_holding_an_earlier_output_or_a_hidden_folder_is_accept
                                         r"\(first: 1_mask\.png\)"):
         check_no_foreign_images(out)
 
+
+def test_the_command_s_own_files_are_no_user_s_images(tmp_path) -> None:
+    """``own`` names files directly in the folder that are the command's own (a run folder
+    from before the marker existed holds its figures): they do not stop the folder being
+    marked, where a user's image beside them does. Pinned only by test_cli_train's resume of
+    such a run before."""
+    run = tmp_path / "run"
+    _files(run / "curves.png", run / "val_examples.png")
+    mark_output_folder(run, "train", own=("curves.png", "val_examples.png"))
+    assert (run / OUTPUT_MARKER).is_file()
+    other = tmp_path / "other"
+    _files(other / "curves.png", other / "scan.png")
+    with pytest.raises(DataError, match=r"holds 1 image file .*\(first: scan\.png\)"):
+        mark_output_folder(other, "train", own=("curves.png",))
+    assert not (other / OUTPUT_MARKER).exists()
