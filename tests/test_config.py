@@ -740,3 +740,12 @@ def test_the_default_preset_is_cpu_without_a_gpu_and_seed_with_one(monkeypatch, 
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     assert default_preset_name() == name
+
+
+def test_a_dropout_of_1_is_refused_and_one_just_under_is_taken() -> None:
+    """model.dropout lies in [0, 1): dropout 1 zeroes every feature in training. Only 1.5,
+    -0.5 and NaN were tried, so a bound of [0, 1] passed every test; both ends are pinned."""
+    with pytest.raises(UltrasegError, match=re.escape("must be a number in [0, 1), got 1.0")):
+        merge(RunConfig(), {"model": {"dropout": 1.0}})
+    for taken in (0.0, 0.999):
+        assert merge(RunConfig(), {"model": {"dropout": taken}}).model.dropout == taken
