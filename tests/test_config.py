@@ -749,3 +749,18 @@ def test_a_dropout_of_1_is_refused_and_one_just_under_is_taken() -> None:
         merge(RunConfig(), {"model": {"dropout": 1.0}})
     for taken in (0.0, 0.999):
         assert merge(RunConfig(), {"model": {"dropout": taken}}).model.dropout == taken
+
+
+def test_a_run_s_resolved_block_is_a_record_no_setting(tmp_path) -> None:
+    """A run's config.json holds a 'resolved' block beside its sections (what 'auto' device,
+    precision and threads became where it ran): a record, read as no setting and not refused
+    as an unknown section, by from_dict, load and merge alike. Pinned only by test_cli_train
+    (a run's config.json given back) before."""
+    resolved = {"device": "cuda:0", "precision": "bf16", "num_threads": 7}
+    doc = {"preset": "cpu", "train": {"epochs": 3}}
+    plain = RunConfig.from_dict(doc)
+    assert RunConfig.from_dict({**doc, "resolved": resolved}) == plain
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(plain.to_json()), "resolved": resolved}))
+    assert RunConfig.load(path) == plain
+    assert merge(plain, {"resolved": resolved}) == plain
