@@ -764,3 +764,12 @@ def test_a_run_s_resolved_block_is_a_record_no_setting(tmp_path) -> None:
     path.write_text(json.dumps({**json.loads(plain.to_json()), "resolved": resolved}))
     assert RunConfig.load(path) == plain
     assert merge(plain, {"resolved": resolved}) == plain
+
+
+def test_a_section_name_that_is_no_string_is_refused_as_unknown() -> None:
+    """A Python caller's section name that is no string (no JSON file has one) is an unknown
+    section, said beside a misspelt one, not a TypeError: the unknown names are sorted as
+    text and only strings are matched against the valid names ('did you mean')."""
+    with pytest.raises(UltrasegError, match=re.escape(
+            "unknown config sections [1, 'trian'] (did you mean 'train' for 'trian'?")):
+        RunConfig.from_dict({1: {}, "trian": {}})
