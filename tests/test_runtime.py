@@ -143,6 +143,14 @@ def test_a_gpu_index_the_machine_lacks_is_a_user_error(one_gpu):
         resolve_device("cuda:x")
 
 
+def test_the_gpu_index_one_past_the_last_is_a_user_error(one_gpu):
+    """GPU indices run from 0 to the count less 1: on a one-GPU machine cuda:1 is refused as
+    the machine lacking it, not passed on to fail inside torch in its own words. The
+    boundary was untested (cuda:7 alone), so 'index > count' passed."""
+    with pytest.raises(UltrasegError, match=r"cuda:1.*1 CUDA GPU"):
+        resolve_device("cuda:1")
+
+
 @pytest.mark.parametrize("capability, want", [((7, 0), None), ((7, 5), None),
                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
 def test_auto_precision_takes_bf16_only_on_gpus_that_have_it_natively(one_gpu, monkeypatch,
