@@ -734,3 +734,45 @@ def test_a_file_open_in_another_program_on_windows_is_said_so(tmp_path: Path, wr
     with pytest.raises(fileio.WriteError) as caught:
         OUTPUT_WRITERS[writer](path, "b\n")
     assert "another program" not in str(caught.value)
+
+
+def test_a_line_file_writes_on_after_a_short_write(tmp_path: Path) -> None:
+    """A write the system takes only part of (a signal, some network file systems) is gone
+    on with from where it stopped: the whole line reaches the file, and the size the next
+    failed write cuts back to counts it. The file takes at most 3 bytes a write here."""
+    path = tmp_path / "t.csv"
+    table = fileio.LineFile(path, "a,b\n")
+    real = table.f
+
+    class Short:
+        def write(self, data):
+            return real.write(bytes(data[:3]))
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    table.f = Short()
+    table.write("abcdefgh\n")
+    table.close()
+    assert path.read_text() == "a,b\nabcdefgh\n" and table.size == 13
+
+
+def test_a_line_file_whose_header_cannot_be_written_leaves_the_earlier_file_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header is written under a temporary name before the rename: where it fails (a
+    full disk), the earlier file is untouched and the error says it was left as it was, not
+    that it holds the lines written before (that is said once the rename has replaced it)."""
+    import errno
+
+    path = tmp_path / "t.csv"
+    path.write_text("old,table\n")
+
+    def full(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.LineFile, "_write", full)
+    with pytest.raises(UltrasegError, match=r"no space left on the device \(disk full\); it "
+                                            r"was left as it was") as caught:
+        fileio.LineFile(path, "a,b\n")
+    assert "lines written before" not in str(caught.value)
+    assert path.read_text() == "old,table\n" and sorted(tmp_path.iterdir()) == [path]
