@@ -221,6 +221,20 @@ def test_same_named_frames_with_other_pixels_are_named() -> None:
     assert said is not None and "pixels" not in said, said
 
 
+def test_other_pixels_under_the_same_names_are_said_to_come_from_decoding_too() -> None:
+    """Pixels are compared as decoded and resized, so the same files read by other versions
+    of ultraseg, Pillow or numpy can differ: said where pixels differ, and only there (frame
+    lists that differ say nothing of decoding)."""
+    key = "pixels (image or mask)"
+    said = data_differences([{**_read(24), key: {"1_0": "a", "1_1": "b"}},
+                             {**_read(24), key: {"1_0": "a", "1_1": "c"}}])
+    assert said is not None and said.endswith(
+        "; pixels are compared as decoded and resized, so the same files read by other "
+        "ultraseg, Pillow or numpy versions may differ too"), said
+    said = data_differences([_read(24), _read(22, drop=("1_3", "1_9"))])
+    assert said is not None and "Pillow" not in said, said
+
+
 # ------------------------------------------------------------------ slow: real process groups
 COLLECTIVES = '''
 import json, sys
