@@ -773,3 +773,16 @@ def test_a_section_name_that_is_no_string_is_refused_as_unknown() -> None:
     with pytest.raises(UltrasegError, match=re.escape(
             "unknown config sections [1, 'trian'] (did you mean 'train' for 'trian'?")):
         RunConfig.from_dict({1: {}, "trian": {}})
+
+
+def test_unknown_keys_of_mixed_types_are_named_not_a_type_error() -> None:
+    """A Python caller's section with a non-string key beside a misspelt one gets the
+    unknown-settings error: the keys were sorted as they are, and 1 < 'pth' raised a bare
+    TypeError (an internal error at the CLI) from from_dict and merge alike."""
+    from ultraseg.config import UnknownSettings
+
+    for build in (lambda: DataConfig.from_dict({1: "x", "pth": "y"}),
+                  lambda: merge(preset("demo"), {"data": {1: "x", "pth": "y"}})):
+        with pytest.raises(UnknownSettings) as e:
+            build()
+        assert "1" in str(e.value) and "'pth'" in str(e.value)

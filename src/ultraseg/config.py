@@ -80,7 +80,7 @@ class UnknownSettings(UltrasegError):
 def _from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     data = dict(data or {})
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)   # (a Python caller may give 1 beside "pth")
     if unknown:     # (the section as a file names it: TrainConfig's is "train")
         raise UnknownSettings(cls.__name__.removesuffix("Config").lower(), unknown,
                               sorted(names))
