@@ -944,6 +944,16 @@ Measured on the held-out subjects above:
     largest component kept); held-out Dice 0.714 (0.710 without the post-processing) against
     the preset's 0.741. Worse: at 256 px this machine's 20 minutes buy half the epochs, and
     the finer grid does not make up for them.
+  - *CutMix* (`cutmix-0.5`, `--cutmix 0.5`, added 2026-12-07 as the first of the issue's
+    untried levers: on half the batches each frame gets a box of another frame of the batch
+    pasted into image and mask alike, the box as in Yun et al. 2019; peak 458, the CPU idle):
+    22 epochs of about 54 s, the best the 21st, validation 0.766 against the preset's 0.759,
+    held-out Dice 0.743 against 0.741: +0.002, within the preset's own spread on machines
+    of this peak (`base`, `horizon-epoch-2` and its seed 1: 0.738-0.741; the headline command
+    re-run on 2026-12-07: 0.735).
+    Nerve's validation plateau (about 0.76-0.77) holds with it: not adopted, BUSI and HC18 not
+    run. Still untried: focal or Tversky losses, copy-paste, weight averaging beyond the
+    moving average, ensembles.
   - *BUSI at 256 px* (`size-256`, peak 456, 2026-12-05, with the preset that builds the
     presence head): 41 epochs of about 28 s against the preset's 64-72 of 17-19 s, the best
     the 40th (still rising); validation 0.671 (the preset's 0.688-0.713), every normal frame
