@@ -323,6 +323,24 @@ def test_the_evaluation_table_leaves_out_the_mm_figures_that_do_not_apply() -> N
     assert table["HD95, median (mm)"] == 0.8 and table["frames in the HD95 median (mm)"] == 4
 
 
+def test_the_evaluation_table_shows_the_hc_error_s_interval_in_mm() -> None:
+    """report.html's Evaluation table shows the HC MAE: its interval beside it, in words, to
+    the MAE's 2 decimals (mm), with its method; none where there is no reference."""
+    from ultraseg.evaluate import MM_KEYS
+
+    summary = {"n": 6, "dice_mean": 0.9, **dict.fromkeys(MM_KEYS), "hc_mae_mm": 1.8312,
+               "hc_n": 6, "hc_mae_mm_ci95": [1.2345, 2.5], "hc_n_subjects": 6,
+               "hc_mae_mm_ci95_method": "subject bootstrap, expanded percentile, exact"}
+    table = demo.evaluation_table(summary)
+    assert table["head-circumference error, mean absolute: 95 % interval (subjects "
+                 "resampled, mm)"] == "1.23-2.50"
+    assert table["head-circumference error, the 95 % interval: method"] \
+        == "subject bootstrap, expanded percentile, exact"
+    assert table["subjects in the head-circumference error"] == 6
+    table = demo.evaluation_table({"n": 6, "dice_mean": 0.9, **dict.fromkeys(MM_KEYS)})
+    assert not [k for k in table if "head-circumference" in k], table
+
+
 def test_the_evaluation_table_leaves_out_figures_by_class_where_frames_have_none() -> None:
     """evaluate's summary holds by_class always, null where frames carry no class, as the
     demo's phantom frames do: no 'by class' row of None."""

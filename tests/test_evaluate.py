@@ -589,12 +589,53 @@ def test_evaluate_counts_the_frames_in_the_hc_error_whose_head_touches_the_edge(
     summary, rows = evaluate(predictor, tmp_path / "hc")
     assert [r["touches_edge"] for r in rows] == [False, True]
     assert summary["hc_n"] == 2 and summary["hc_touches_edge"] == 1
-    assert MM_KEYS[-1] == "hc_touches_edge"
+    assert MM_KEYS[6] == "hc_touches_edge"     # appended: the others in place
     assert ("over 2 of 2 frames with a reference (0 with no head found; 1 of them touches "
             "the frame's edge)") in format_summary(summary), format_summary(summary)
     assert "edge" not in format_summary({**summary, "hc_touches_edge": 0})
     assert "edge" not in format_summary({k: v for k, v in summary.items()
                                          if k != "hc_touches_edge"})   # an older summary
+
+
+def test_evaluate_gives_the_hc_error_s_interval_beside_it(tmp_path) -> None:
+    """The HC MAE, on which HC18's target is judged, had no interval: hc_mae_mm_ci95 (an mm
+    key: null without references) is the subject bootstrap of the frames' absolute errors
+    (measure.hc_error_interval), its method in the Dice interval's words, printed beside
+    the MAE; an older summary without it prints as before."""
+    from test_measure import hc18_cut
+
+    from ultraseg.config import ModelConfig, PreprocessConfig
+    from ultraseg.evaluate import MM_KEYS
+    from ultraseg.metrics import interval_words, subject_interval
+    from ultraseg.predict import Predictor
+
+    hc18_cut(tmp_path / "hc")                       # two exams, each with a reference
+    predictor = Predictor(lambda b: (b > 0.5).astype(np.float32),
+                          ModelConfig(variant="same", depth=2),
+                          PreprocessConfig(size=None, normalise="unit"))
+    summary, rows = evaluate(predictor, tmp_path / "hc")
+    assert len({r["subject"] for r in rows}) == 2
+    ci = subject_interval([abs(r["hc_error_mm"]) for r in rows], [r["subject"] for r in rows])
+    assert summary["hc_mae_mm_ci95"] == ci and summary["hc_n_subjects"] == 2
+    assert summary["hc_mae_mm_ci95_method"] == interval_words(2, 2)
+    assert {"hc_mae_mm_ci95", "hc_mae_mm_ci95_method", "hc_n_subjects"} <= set(MM_KEYS)
+    line = [t for t in format_summary(summary).splitlines() if "MAE" in t][0]
+    assert line.startswith(f"head circumference MAE {summary['hc_mae_mm']:.2f} mm (interval "
+                           f"(2 subjects) {ci[0]:.2f}-{ci[1]:.2f} mm, the 2 subjects "
+                           f"resampled; {summary['hc_mae_mm_ci95_method']}), mean signed"), line
+    many = {**summary, "hc_n_subjects": 8, "hc_mae_mm_ci95": [1.5, 2.25],
+            "hc_mae_mm_ci95_method": "subject bootstrap, expanded percentile, exact"}
+    assert (f"MAE {summary['hc_mae_mm']:.2f} mm (95% interval 1.50-2.25 mm, the 8 subjects "
+            "resampled; subject bootstrap, expanded percentile, exact), mean signed"
+            in format_summary(many))
+    old = {k: v for k, v in summary.items() if not k.startswith(("hc_mae_mm_", "hc_n_s"))}
+    assert f"MAE {summary['hc_mae_mm']:.2f} mm, mean signed" in format_summary(old)
+    # no reference: null, as the other mm keys
+    (tmp_path / "hc" / "training_set_pixel_size_and_HC.csv").write_text(
+        "filename,pixel size(mm)\n001_HC.png,0.5\n002_HC.png,0.5\n")
+    summary, _ = evaluate(predictor, tmp_path / "hc")
+    assert summary["hc_mae_mm"] is None and summary["hc_mae_mm_ci95"] is None
+    assert summary["hc_mae_mm_ci95_method"] is None and summary["hc_n_subjects"] is None
 
 
 def test_cli_evaluate_takes_a_pixel_size(checkpoint, data, capsys) -> None:

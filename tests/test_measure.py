@@ -671,7 +671,9 @@ def test_the_measure_summary_counts_the_frames_in_the_hc_error_that_touch_the_ed
             {"area_px": 40, "pixel_size_mm": 0.5, "hc_mm": 29.0, "touches_edge": True}]
     s = summarise_measurements(rows)
     assert s["n_reference_touches_edge"] == 1
-    assert list(s)[-1] == "n_reference_touches_edge"        # appended: the others in place
+    keys = list(s)      # appended: the others in place (the MAE's interval appended after it)
+    assert keys[keys.index("n_reference_touches_edge") + 1:] == [
+        "hc_mae_mm_ci95", "hc_mae_mm_ci95_method", "hc_n_subjects"]
     assert ("HC error against the 2 references: mean absolute 2.00 mm, mean signed +1.00 mm "
             "(1 of them touches the frame's edge: fitted on its visible outline)"
             in format_measure_summary(s))
@@ -757,3 +759,55 @@ def test_seen_side_is_the_longer_side_of_the_region_or_of_the_frame() -> None:
     assert frame_boundary_offset(chosen, (256, 100)) == 6.0     # 3 * 256 / 128
     assert frame_boundary_offset(chosen, (300, 400), (10, 90, 20, 200)) == 4.21875  # 3 * 180 / 128
     assert frame_boundary_offset({"boundary_offset_px": 3}, (256, 100)) == 3.0  # any frame's
+
+
+def test_the_hc_error_has_the_subject_bootstrap_interval_of_its_absolute_errors() -> None:
+    """HC18's target (MAE <= 2.0 mm) was judged on an MAE with no interval: hc_mae_mm_ci95
+    is metrics.subject_interval over the absolute errors of the frames that have one,
+    grouped by subject, with its method in the Dice interval's words; none where no frame
+    has an error (no reference) or one subject alone, or a frame in it names no subject."""
+    from ultraseg.cli_predict import format_measure_summary
+    from ultraseg.measure import hc_error_interval
+    from ultraseg.metrics import interval_words, subject_interval
+    from ultraseg.predict_files import summarise_measurements
+
+    errors = {"a": [3.0, -1.0], "b": [-2.5], "c": [0.5, 1.5, -4.0], "d": [-0.2],
+              "e": [2.0, 2.2], "f": [-6.0, 1.0], "g": [0.1]}
+    rows = [{"area_px": 50, "pixel_size_mm": 0.5, "hc_mm": 30.0 + e, "hc_ref_mm": 30.0,
+             "hc_error_mm": e, "subject": s} for s, es in errors.items() for e in es]
+    # frames with no error: no reference, or no head found, of a subject of their own
+    rows += [{"area_px": 50, "pixel_size_mm": 0.5, "hc_mm": 90.0, "hc_ref_mm": None,
+              "hc_error_mm": None, "subject": "h"},
+             {"area_px": 0, "pixel_size_mm": 0.5, "hc_mm": None, "hc_ref_mm": 30.0,
+              "hc_error_mm": None, "subject": "h"}]
+    names = [s for s, es in errors.items() for _ in es]
+    absolute = [abs(e) for es in errors.values() for e in es]
+    expected = subject_interval(absolute, names)
+    assert expected != subject_interval([e for es in errors.values() for e in es], names)
+    got = hc_error_interval(rows)
+    assert got == {"hc_mae_mm_ci95": expected, "hc_n_subjects": 7,
+                   "hc_mae_mm_ci95_method": interval_words(7, 12)}
+    assert got["hc_mae_mm_ci95_method"] == "subject bootstrap, expanded percentile, exact"
+    s = summarise_measurements(rows)
+    assert {k: s[k] for k in got} == got
+    lo, hi = expected
+    assert (f"mean absolute {s['hc_mae_mm']:.2f} mm (95% interval {lo:.2f}-{hi:.2f} mm, the 7 "
+            f"subjects resampled; subject bootstrap, expanded percentile, exact), mean signed"
+            in format_measure_summary(s)), format_measure_summary(s)
+    # few subjects: labelled and worded by metrics.few_subjects_words, as the Dice interval
+    few = [r for r in rows if r["subject"] in ("a", "b", "c")]
+    got = hc_error_interval(few)
+    assert got["hc_n_subjects"] == 3 and got["hc_mae_mm_ci95_method"] == interval_words(3, 6)
+    assert got["hc_mae_mm_ci95_method"].endswith("only 3 subjects: covers the mean at most "
+                                                 "75 % of the time, not 95 %")
+    assert "(interval (3 subjects) " in format_measure_summary(summarise_measurements(few))
+    # no interval: no reference (no error), one subject, a frame with no subject
+    none = {"hc_mae_mm_ci95": None, "hc_mae_mm_ci95_method": None}
+    assert {k: v for k, v in hc_error_interval(rows[-2:]).items() if k in none} == none
+    assert hc_error_interval(rows[-2:])["hc_n_subjects"] is None
+    one = hc_error_interval([r for r in rows if r["subject"] == "c"])
+    assert one == {**none, "hc_n_subjects": 1}
+    unnamed = hc_error_interval([*rows[:-2], {**rows[0], "subject": None}])
+    assert unnamed == {**none, "hc_n_subjects": None}
+    plain = format_measure_summary(summarise_measurements(rows[-2:] + rows[:1]))
+    assert "interval" not in plain, plain

@@ -335,7 +335,7 @@ def format_measure_row(r: dict[str, Any], *, heads: bool = False) -> str:
 
 def format_measure_summary(s: dict[str, Any], *, heads: bool = False) -> str:
     """The measure summary as a few lines (``heads``: as in :func:`format_measure_row`)."""
-    from .measure import touching_edge_words
+    from .measure import hc_interval_words, touching_edge_words
 
     lines = [f"measured {s['n']} frames ({s['n_with_object']} with an object, "
              f"{s['n_with_pixel_size']} with a known pixel size)"]
@@ -351,7 +351,8 @@ def format_measure_summary(s: dict[str, Any], *, heads: bool = False) -> str:
     if s["hc_mae_mm"] is not None:
         edge = s.get("n_reference_touches_edge")
         lines.append(f"HC error against the {s['n_with_reference']} references: mean absolute "
-                     f"{s['hc_mae_mm']:.2f} mm, mean signed {s['hc_bias_mm']:+.2f} mm"
+                     f"{s['hc_mae_mm']:.2f} mm{hc_interval_words(s)}, mean signed "
+                     f"{s['hc_bias_mm']:+.2f} mm"
                      + (f" ({touching_edge_words(edge)}: fitted on "
                         f"{'its' if edge == 1 else 'their'} visible outline)" if edge else ""))
     if s.get("n_reference_missed"):

@@ -92,6 +92,10 @@ EVALUATION_LABELS = {
     "hc_n": "frames in the head-circumference error",
     "hc_missed": "frames with a reference and no head found",
     "hc_touches_edge": "frames in the head-circumference error whose head touches the edge",
+    "hc_mae_mm_ci95": "head-circumference error, mean absolute: 95 % interval (subjects "
+                      "resampled, mm)",
+    "hc_mae_mm_ci95_method": "head-circumference error, the 95 % interval: method",
+    "hc_n_subjects": "subjects in the head-circumference error",
 }
 
 
@@ -105,8 +109,8 @@ def evaluation_table(summary: dict[str, Any]) -> dict[str, Any]:
     from .report import postprocess_words
 
     def shown(key: str, value: Any) -> Any:
-        if key.endswith("_ci95"):
-            return format_interval(value)
+        if key.endswith("_ci95"):       # (mm to 2 decimals, as the HC error is printed)
+            return format_interval(value, 2 if "_mm_" in key else 3)
         if key == "postprocess" and isinstance(value, dict):
             return postprocess_words(value)
         return value

@@ -25,7 +25,8 @@ from .io.images import header_shape
 from .io.masks import LabelTally
 from .logs import quiet
 from .measure import (PixelSizes, check_pixel_size, frame_boundary_offset, frame_pixel_size,
-                      has_pixel_size, measure, reference_touching_edge,
+                      has_pixel_size, hc_error_interval, hc_interval_words, measure,
+                      reference_touching_edge,
                       warn_too_small_for_an_ellipse)
 from .metrics import EMPTY_RULE, few_subjects_words, image_metrics, summarise
 from .postprocess import apply as apply_postprocess
@@ -41,7 +42,7 @@ SUMMARY_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "hd95_median
 #: pixel size: the HD95 ones; no frame with a reference circumference and a pixel size: the
 #: head-circumference ones), so that a reader finds the same keys in every summary.json.
 MM_KEYS = ("hd95_mm_median", "hd95_mm_n", "hc_mae_mm", "hc_bias_mm", "hc_n", "hc_missed",
-           "hc_touches_edge")
+           "hc_touches_edge", "hc_mae_mm_ci95", "hc_mae_mm_ci95_method", "hc_n_subjects")
 
 #: The figures of the summary's ``raw`` block: those per_image.csv's ``dice_raw`` (with
 #: ``truth_empty``) gives again.
@@ -603,6 +604,8 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
         summary["hc_missed"] = with_reference - len(errors)
         # of the frames in the error, those whose head touches the frame's edge (cut by it)
         summary["hc_touches_edge"] = reference_touching_edge(rows)
+        # the MAE's interval, its subjects resampled as the Dice's (HC18's target is on it)
+        summary.update(hc_error_interval(rows))
     for k in MM_KEYS:       # (no frame with a pixel size, or a reference): the keys there, null
         summary.setdefault(k, None)
     summary["label"] = label
@@ -721,9 +724,9 @@ def write_evaluation(out: str | Path, summary: dict[str, Any], rows: list[dict[s
                         out / "summary.json": json_text(summary, indent=2)})
 
 
-def format_interval(ci: Sequence[float] | None) -> str:
-    """A summary's ``*_ci95`` as printed, ``low-high`` (None: ``n/a``)."""
-    return "n/a" if not ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
+def format_interval(ci: Sequence[float] | None, digits: int = 3) -> str:
+    """A summary's ``*_ci95`` as printed, ``low-high`` to ``digits`` decimals (None: ``n/a``)."""
+    return "n/a" if not ci else f"{ci[0]:.{digits}f}-{ci[1]:.{digits}f}"
 
 
 def format_share(rate: float | None) -> str:
@@ -788,7 +791,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         over = over_frames_with_a_reference(summary["hc_n"],
                                             summary["hc_n"] + summary["hc_missed"],
                                             touching_edge=summary.get("hc_touches_edge") or 0)
-        lines.append(f"head circumference MAE {hc(summary['hc_mae_mm'])} mm, mean signed "
+        lines.append(f"head circumference MAE {hc(summary['hc_mae_mm'])} mm"
+                     f"{hc_interval_words(summary)}, mean signed "
                      f"error (predicted - reference) "
                      f"{'n/a' if bias is None else format(bias, '+.2f')} mm, {over}")
     lines.append(f"(empty rule: {EMPTY_RULE})")

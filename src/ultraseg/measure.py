@@ -71,6 +71,7 @@ from .errors import UltrasegError
 from .io.dicom import PIXEL_SIZE_NOT_TAKEN
 from .ellipse import MAX_FIT_SPREAD, fit_ellipse  # noqa: F401  (measure's API)
 from .metrics import binary_mask  # (the metrics' rule for a mask; measure's API, rle's)
+from .metrics import interval_label, interval_words, subject_interval
 
 logger = logging.getLogger(__name__)
 
@@ -397,6 +398,37 @@ def reference_touching_edge(rows: Iterable[Mapping[str, Any]]) -> int:
     its visible outline): measure's ``n_reference_touches_edge``, evaluate's
     ``hc_touches_edge``."""
     return sum(1 for r in rows if r.get("hc_error_mm") is not None and r.get("touches_edge"))
+
+
+def hc_error_interval(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The 95 % interval of the head-circumference MAE over the frames in the error (a row's
+    ``hc_error_mm`` not None), as evaluate's Dice interval: ``hc_mae_mm_ci95``, the subjects
+    (HC18's exams) resampled (:func:`~ultraseg.metrics.subject_interval` with the absolute
+    errors as values), ``hc_mae_mm_ci95_method`` in its words
+    (:func:`~ultraseg.metrics.interval_words`) and ``hc_n_subjects``, the subjects among
+    those frames (None where one names none). The interval and method are None under two
+    subjects, or with no frame in the error (no reference): measure's and evaluate's keys."""
+    errors = [r for r in rows if r.get("hc_error_mm") is not None]
+    subjects = [r.get("subject") for r in errors]
+    named = bool(errors) and all(s is not None for s in subjects)
+    ci = (subject_interval([abs(float(r["hc_error_mm"])) for r in errors],
+                           [str(s) for s in subjects]) if named else None)
+    n = len(set(subjects)) if named else None
+    return {"hc_mae_mm_ci95": ci,
+            "hc_mae_mm_ci95_method": None if ci is None else interval_words(n, len(errors)),
+            "hc_n_subjects": n}
+
+
+def hc_interval_words(summary: Mapping[str, Any]) -> str:
+    """The words printed beside the HC MAE of a summary holding :func:`hc_error_interval`'s
+    keys, `` (95% interval 1.50-2.25 mm, the 8 subjects resampled; <method>)``
+    (:func:`~ultraseg.metrics.interval_label`); none where it has no interval (or is older)."""
+    ci = summary.get("hc_mae_mm_ci95")
+    if not ci:
+        return ""
+    n = summary["hc_n_subjects"]
+    return (f" ({interval_label(n)} {ci[0]:.2f}-{ci[1]:.2f} mm, the {n} subjects resampled; "
+            f"{summary['hc_mae_mm_ci95_method']})")
 
 
 def touching_edge_words(n: int) -> str:

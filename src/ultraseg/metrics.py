@@ -363,6 +363,12 @@ def few_subjects_words(n: int, level: float = 0.95) -> str | None:
             f"not {level * 100:g} %")
 
 
+def interval_label(n: int, level: float = 0.95) -> str:
+    """An interval over ``n`` subjects as printed: ``95% interval``, or ``interval (N
+    subjects)`` where they cannot give one of ``level`` (:func:`few_subjects_words`)."""
+    return f"interval ({n} subjects)" if few_subjects_words(n, level) else f"{level:.0%} interval"
+
+
 def subject_interval(values: Sequence[float], subjects: Sequence[str],
                      among: Sequence[str] | None = None, level: float = 0.95,
                      resamples: int | None = None, seed: int = 0,

@@ -35,7 +35,7 @@ from .io.grey import counting_colour, said_once
 from .io.images import frame_loop, header_shape
 from .io.masks import LabelTally, check_label
 from .io.outputs import OUTPUT_MARKER, mark_output_folder
-from .measure import has_pixel_size, reference_touching_edge
+from .measure import has_pixel_size, hc_error_interval, reference_touching_edge
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
 from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames
@@ -1004,4 +1004,5 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
         # of the frames in the HC error, those whose object touches the frame's edge (a head
         # cut by it, fitted on its visible outline: the surest of them no more)
         "n_reference_touches_edge": reference_touching_edge(rows),
+        **hc_error_interval(rows),     # (the MAE's interval, as evaluate's)
     }
