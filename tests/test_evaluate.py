@@ -1876,7 +1876,8 @@ def busi_like(data, tmp_path_factory) -> tuple[Path, Path]:
 
 
 CLASS_FIGURES = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "empty_correct_rate",
-                 "dice_mean_ci95", "dice_nonempty_mean_ci95", "hd95_median", "hd95_n")
+                 "dice_mean_ci95", "dice_nonempty_mean_ci95", "hd95_median", "hd95_n",
+                 "n_subjects")
 
 
 def test_the_summary_gives_the_figures_of_each_image_class(busi_like, tmp_path,
@@ -1940,6 +1941,40 @@ def test_the_printed_summary_gives_a_line_per_image_class(busi_like) -> None:
     # one class: the all-frame lines are its own, nothing added
     one = {**summary, "by_class": {"benign": by_class["benign"]}}
     assert format_summary(one) == "\n".join(before)
+
+
+def test_a_class_s_interval_is_labelled_by_its_own_subjects() -> None:
+    """A class's line printed '95% interval' whatever its subjects: a class of 3 patients
+    cannot cover its mean 95 % of the time. by_class records each class's n_subjects, and its
+    line is labelled and worded by metrics.few_subjects_words as the all-frame line is; a
+    by_class without n_subjects (an older summary.json) prints as before."""
+    from ultraseg.evaluate import by_class
+    from ultraseg.metrics import subject_interval
+
+    def row(cls: str, subject: str, d: float) -> dict:
+        return {"class": cls, "subject": subject, "dice": d, "iou": d, "precision": d,
+                "recall": d, "hd95": 2.0, "truth_empty": False, "pred_empty": False}
+
+    rows = [row("benign", f"b{k}", 0.5 + 0.1 * k) for k in range(3)]
+    rows += [row("malignant", f"m{k}", 0.4 + 0.05 * k) for k in range(8)]
+    classes = by_class(rows)
+    assert classes["benign"]["n_subjects"] == 3 and classes["malignant"]["n_subjects"] == 8
+    ci = subject_interval([r["dice"] for r in rows[:3]], [r["subject"] for r in rows[:3]])
+    assert classes["benign"]["dice_mean_ci95"] == ci
+    summary = {"n": 11, "dice_mean": 0.5, "dice_nonempty_mean": 0.5, "iou_mean": 0.5,
+               "hd95_median": 2.0, "hd95_n": 11, "empty_correct_rate": None,
+               "by_class": classes}
+    lines = format_summary(summary).splitlines()
+    benign = [t for t in lines if t.startswith("  benign")][0]
+    assert (f", interval (3 subjects) {ci[0]:.3f}-{ci[1]:.3f} (only 3 subjects: covers the "
+            "mean at most 75 % of the time, not 95 %), HD95 median 2.0 px") in benign, benign
+    malignant = [t for t in lines if t.startswith("  malignant")][0]
+    lo, hi = classes["malignant"]["dice_mean_ci95"]
+    assert f", 95% interval {lo:.3f}-{hi:.3f}, HD95 median 2.0 px" in malignant, malignant
+    older = {c: {k: v for k, v in f.items() if k != "n_subjects"} for c, f in classes.items()}
+    benign = [t for t in format_summary({**summary, "by_class": older}).splitlines()
+              if t.startswith("  benign")][0]
+    assert f", 95% interval {ci[0]:.3f}-{ci[1]:.3f}, HD95" in benign, benign
 
 
 def test_a_dataset_without_classes_has_no_figures_by_class(data) -> None:

@@ -28,7 +28,7 @@ from .measure import (PixelSizes, check_pixel_size, frame_boundary_offset, frame
                       has_pixel_size, hc_error_interval, hc_interval_words, measure,
                       reference_touching_edge,
                       warn_too_small_for_an_ellipse)
-from .metrics import EMPTY_RULE, few_subjects_words, image_metrics, summarise
+from .metrics import EMPTY_RULE, few_subjects_words, image_metrics, interval_label, summarise
 from .postprocess import apply as apply_postprocess
 from .predict import FrameOutOfMemory, Predictor, as_predictor
 from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames, seen_region
@@ -50,9 +50,11 @@ RAW_KEYS = ("dice_mean", "dice_nonempty_mean")
 
 #: The figures of each image class in the summary's ``by_class`` block (:func:`by_class`).
 #: (the intervals and HD95 as the all-frame summary's: None where a class has no subjects to
-#: resample, or no frame with a structure in truth and prediction)
+#: resample, or no frame with a structure in truth and prediction; ``n_subjects``, appended,
+#: labels its printed interval as the all-frame one's)
 CLASS_KEYS = ("n", "dice_mean", "dice_nonempty_mean", "iou_mean", "empty_correct_rate",
-              "dice_mean_ci95", "dice_nonempty_mean_ci95", "hd95_median", "hd95_n")
+              "dice_mean_ci95", "dice_nonempty_mean_ci95", "hd95_median", "hd95_n",
+              "n_subjects")
 
 
 def select_samples(samples: Sequence[Sample], split_file: str | Path | None,
@@ -756,8 +758,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     pattern = summary.get("subject_pattern")
     by_pattern = f", by --subject-pattern {shell_word(pattern)}," if pattern else ""
     # (under 6 subjects no interval covers 95 %: labelled by its subjects, as metrics words it)
-    few = few_subjects_words(summary.get("n_subjects") or 0)
-    interval = f"interval ({summary.get('n_subjects')} subjects)" if few else "95% interval"
+    interval = interval_label(summary.get("n_subjects") or 0)
     # (which interval: absent from a summary.json written before it was said)
     method = f"; {summary['dice_mean_ci95_method']}" if summary.get("dice_mean_ci95_method") else ""
     side = summary.get("subset")
@@ -802,7 +803,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 def _class_lines(by_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The printed summary's line for each image class of ``by_class`` (none under two
     classes: the all-frame lines are its own): its frames and Dice (all frames, non-empty,
-    with the all-frame Dice's 95 % interval where there is one, and the HD95 median), or for
+    with the all-frame Dice's interval where there is one, labelled by the class's subjects
+    as the all-frame line is, and the HD95 median), or for
     a class whose frames are all empty (BUSI's normal) how many were predicted empty."""
     if len(by_class) < 2:
         return []
@@ -819,8 +821,13 @@ def _class_lines(by_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
             nonempty = ("n/a" if f["dice_nonempty_mean"] is None
                         else f"{f['dice_nonempty_mean']:.3f}")
             ci = f["dice_mean_ci95"]
+            # (labelled by the class's own subjects, as the all-frame line; absent from an
+            # older summary.json: as it printed)
+            few = few_subjects_words(f.get("n_subjects") or 0)
+            label = interval_label(f.get("n_subjects") or 0)
             hd95 = "n/a" if f["hd95_median"] is None else f"{f['hd95_median']:.1f}"
             lines.append(f"{start}Dice {dice} (non-empty {nonempty})"
-                         + (f", 95% interval {format_interval(ci)}" if ci else "")
+                         + (f", {label} {format_interval(ci)}" + (f" ({few})" if few else "")
+                            if ci else "")
                          + f", HD95 median {hd95} px")
     return lines
