@@ -130,6 +130,25 @@ def test_dataset_refuses_bad_requests(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("n", 0, "phantom frame count n must be a whole number from 1, got 0"),
+    ("n", 2.0, "phantom frame count n must be a whole number from 1, got 2.0"),
+    ("n", True, "phantom frame count n must be a whole number from 1, got True"),
+    ("seed", -1, "phantom seed must be a whole number from 0, got -1"),
+    ("seed", 1.5, "phantom seed must be a whole number from 0, got 1.5"),
+    ("seed", "3", "phantom seed must be a whole number from 0, got '3'")])
+def test_a_count_or_seed_out_of_range_is_refused_in_the_cli_s_words(tmp_path, name, value,
+                                                                     words) -> None:
+    """make_dataset's n and seed were refused in older words ('must be an integer >= 1',
+    'a non-negative integer') than `phantom --n` / `--seed` and the size's
+    (config.whole_number's); a numpy integer is taken as the number it holds."""
+    with pytest.raises(UltrasegError) as e:
+        make_dataset(tmp_path / "x", **{"n": 1, name: value})
+    assert str(e.value) == words
+    assert not (tmp_path / "x").exists()
+    make_dataset(tmp_path / "ok", n=np.int64(1), size=MIN_SIZE, seed=np.int64(0))
+
+
 @pytest.mark.parametrize("size", [MIN_SIZE - 1, 0, 32.0, True])
 def test_a_size_below_the_least_side_is_refused_in_the_cli_s_words(tmp_path, size) -> None:
     """phantom's least side is its MIN_SIZE (the CLI's --size takes it from there), refused in

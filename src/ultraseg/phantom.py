@@ -491,11 +491,10 @@ def make_dataset(out: str | Path, n: int = 200, size: int = 256, seed: int = 0) 
         UltrasegError: ``n < 1``, ``size`` below :data:`MIN_SIZE`, a negative seed, ``out``
         is a file or holds images, or ``out/images`` or ``out/masks`` already holds files.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise UltrasegError(f"phantom frame count n must be an integer >= 1, got {n!r}")
+    # (in the words `phantom --n` and `--seed` refuse them: config.whole_number's)
+    n = whole_number("phantom frame count n", n, 1)
     _check_size(size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UltrasegError(f"phantom seed must be a non-negative integer, got {seed!r}")
+    seed = whole_number("phantom seed", seed, 0)
     out = as_path(out, "make_dataset (out)", what="a dataset folder")
     if out.exists() and not out.is_dir():
         raise UltrasegError("phantom output exists and is not a folder", out)
