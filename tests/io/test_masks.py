@@ -1234,6 +1234,28 @@ def test_a_16_bit_label_mask_with_labels_above_255_is_refused_saying_to_renumber
     assert "image saved as a mask" not in str(e.value)
 
 
+def test_a_label_mask_is_kept_to_the_labels_a_structure_may_have_in_their_words(
+        tmp_path: Path) -> None:
+    """The 'labels above 255' refusal wrote 255 (and 32) by hand where config.MAX_LABEL (and
+    MAX_LABELS) say them, the bound --label and check_label refuse past: a 16-bit label mask
+    holding MAX_LABEL is read, one past it refused naming it in those words."""
+    from ultraseg.config import MAX_LABEL, label_problem
+    from ultraseg.io.masks import MAX_LABELS
+
+    a = np.zeros((20, 20), np.uint16)
+    a[2:8, 2:8] = 7
+    a[10:18, 10:18] = MAX_LABEL
+    mask = read_mask(_save(tmp_path / "kept_mask.png", Image.fromarray(a)))
+    assert set(np.unique(mask).tolist()) == {0, 7, MAX_LABEL}
+    a[10:18, 10:18] = MAX_LABEL + 1
+    with pytest.raises(DataError) as e:
+        read_mask(_save(tmp_path / "past_mask.png", Image.fromarray(a)))
+    assert (f"label mask with labels above {MAX_LABEL} ({MAX_LABEL + 1}): ultraseg keeps "
+            f"labels 1 to {MAX_LABEL}; renumber them 1..K (at most {MAX_LABELS} values in "
+            "all)") in str(e.value), str(e.value)
+    assert label_problem(MAX_LABEL) is None and label_problem(MAX_LABEL + 1)
+
+
 @pytest.mark.parametrize("value", [128, 127])
 @pytest.mark.parametrize("thickness", [1, 2])
 def test_a_thin_label_apart_from_the_foreground_keeps_its_label(value: int,

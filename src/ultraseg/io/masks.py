@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import label_problem
+from ..config import MAX_LABEL, label_problem
 from ..errors import DataError, UltrasegError
 from ..fileio import as_path
 from .dicom import is_dicom
@@ -374,14 +374,15 @@ def _classify(arr: np.ndarray, path: str | Path | None) -> tuple[np.ndarray, boo
     if values.max() >= top / 2 and lossy and near.mean() >= LOSSY_BINARY_SHARE:
         return (arr > top / 2).astype(np.uint8), True
     if values.size <= MAX_LABELS and np.all(values == np.round(values)):
-        if values.max() <= 255:
+        if values.max() <= MAX_LABEL:     # (8 bits hold them)
             return arr.astype(np.uint8), False
         if arr.dtype.kind in "ui":  # a label mask whose labels do not fit 8 bits
-            above = ", ".join(str(int(v)) for v in values[values > 255][:5])
-            raise DataError(f"label mask with labels above 255 ({above}"
-                            f"{', ...' if (values > 255).sum() > 5 else ''}): ultraseg keeps "
-                            "labels 1 to 255; renumber them 1..K (at most 32 values in all)",
-                            path)
+            past = values[values > MAX_LABEL]
+            above = ", ".join(str(int(v)) for v in past[:5])
+            raise DataError(f"label mask with labels above {MAX_LABEL} ({above}"
+                            f"{', ...' if past.size > 5 else ''}): ultraseg keeps labels 1 to "
+                            f"{MAX_LABEL}; renumber them 1..K (at most {MAX_LABELS} values in "
+                            "all)", path)
     raise _not_a_mask(shown, path)
 
 
