@@ -159,7 +159,8 @@ def test_python_callers_get_user_errors_not_tracebacks(tmp_path) -> None:
     ended in TypeError or AttributeError from deep inside; evaluate("best.ckpt", data)
     raised AttributeError, where a path is what a notebook has at hand: it is loaded."""
     from ultraseg.evaluate import evaluate
-    from ultraseg.predict_files import collect_frames, measure_frames
+    from ultraseg.frames import collect_frames
+    from ultraseg.predict_files import measure_frames
     from ultraseg.train import train
 
     with pytest.raises(ultraseg.UltrasegError, match="section 'train' must be a dict"):

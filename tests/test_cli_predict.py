@@ -642,13 +642,13 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
     of the lock is left in it."""
     import threading
 
+    import ultraseg.frame_outputs as fo
     import ultraseg.predict_files as pf
     from ultraseg.errors import UltrasegError
     from ultraseg.fileio import output_lock
 
     frames(tmp_path / "in", {"1.png": (20, 30)})
     out, answers = tmp_path / "o", []
-    real_write = pf._write
 
     def other() -> None:        # another command asks for the folder
         try:
@@ -665,7 +665,7 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
             return write(*args)
         return probed
 
-    class Table(pf.LineFile):          # the table: made first, closed last
+    class Table(fo.LineFile):          # the table: made first, closed last
         def __init__(self, *args):
             probe(lambda: None)()
             super().__init__(*args)
@@ -674,8 +674,9 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
             probe(lambda: None)()
             super().close()
 
-    monkeypatch.setattr(pf, "_write", probe(real_write))
-    monkeypatch.setattr(pf, "LineFile", Table)
+    for module in (fo, pf):     # the settings' writer, and the frames' files' (as each calls it)
+        monkeypatch.setattr(module, "write", probe(module.write))
+    monkeypatch.setattr(fo, "LineFile", Table)
     assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--overlay"]) == 0
     # *.settings.json, the mask (predict), the overlay, the table made and closed
     assert answers == [command] * (5 if command == "predict" else 4)

@@ -494,7 +494,7 @@ def test_an_output_folder_on_a_read_only_file_system_is_refused_in_reasons_words
 
     from ultraseg.config import RunConfig
     from ultraseg.evaluate import write_evaluation
-    from ultraseg.predict_files import prepare_out_dir
+    from ultraseg.frame_outputs import prepare_out_dir
     from ultraseg.run_folder import write_run_config
 
     def read_only(self, *args, **kwargs):

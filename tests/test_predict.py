@@ -22,8 +22,9 @@ from ultraseg.io import open_dataset
 from ultraseg.measure import ellipse_circumference
 from ultraseg.predict import Predictor
 from ultraseg.io.outputs import OUTPUT_MARKER
-from ultraseg.predict_files import (collect_frames, encode_mask, iter_probabilities,
-                                    measure_frames, write_predictions)
+from ultraseg.frame_outputs import iter_probabilities
+from ultraseg.frames import collect_frames
+from ultraseg.predict_files import encode_mask, measure_frames, write_predictions
 from ultraseg.rle import decode
 from ultraseg.postprocess import apply as apply_postprocess
 
@@ -823,7 +824,8 @@ def test_overlays_are_encoded_at_a_fast_level_masks_and_maps_at_the_default():
     Masks (small, fast either way) and probability maps keep the default."""
     import io
 
-    from ultraseg.predict_files import encode_png, encode_probabilities
+    from ultraseg.frame_outputs import encode_png
+    from ultraseg.predict_files import encode_probabilities
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
@@ -1849,7 +1851,8 @@ import os, sys
 import numpy as np
 from ultraseg.config import ModelConfig, PreprocessConfig
 from ultraseg.predict import Predictor
-from ultraseg.predict_files import collect_frames, measure_frames, write_predictions
+from ultraseg.frames import collect_frames
+from ultraseg.predict_files import measure_frames, write_predictions
 
 calls = []
 
@@ -1963,7 +1966,7 @@ def test_an_overlay_that_fills_the_disk_leaves_no_mask_the_table_does_not_list(t
     from ultraseg import predict_files as pf
 
     frames = _mixed_folder(tmp_path / "in")
-    real = pf._write
+    real = pf.write
 
     def write(path, data):
         if path.name == "2_overlay.png":
@@ -1971,7 +1974,7 @@ def test_an_overlay_that_fills_the_disk_leaves_no_mask_the_table_does_not_list(t
                                 "full))", path)
         real(path, data)
 
-    monkeypatch.setattr(pf, "_write", write)
+    monkeypatch.setattr(pf, "write", write)
     with pytest.raises(UltrasegError, match="no space left"):
         write_predictions(pixel_predictor(), frames, tmp_path / "o", overlay=True,
                           skip_unreadable=True)

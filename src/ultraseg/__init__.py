@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # what ``__getattr__`` serves, for type checkers; the same as
     from .export import export_onnx
     from .io import open_dataset, read_image
     from .predict import Predictor, load
-    from .predict_files import collect_frames, measure_frames, write_predictions
+    from .frames import collect_frames
+    from .predict_files import measure_frames, write_predictions
 
 __version__ = "0.1.0"
 
@@ -35,7 +36,7 @@ _API: dict[str, tuple[str, str]] = {
     "load": ("predict", "load"),
     "Predictor": ("predict", "Predictor"),
     "export_onnx": ("export", "export_onnx"),
-    "collect_frames": ("predict_files", "collect_frames"),
+    "collect_frames": ("frames", "collect_frames"),
     "write_predictions": ("predict_files", "write_predictions"),
     "measure_frames": ("predict_files", "measure_frames"),
     "open_dataset": ("io", "open_dataset"),

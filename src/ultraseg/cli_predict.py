@@ -146,7 +146,8 @@ def options_given(a: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- predict
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .predict_files import check_truth_options, collect_frames, write_predictions
+    from .frames import collect_frames
+    from .predict_files import check_truth_options, write_predictions
 
     # (write_predictions refuses them too: here before the model is loaded)
     check_truth_options(a.overlay, a.label, a.fill_outlines)
@@ -172,7 +173,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
             sub += "; the file there is an earlier run's"
     print(f"predicted {summary.n} frame{'s' * (summary.n != 1)} ({summary.n_empty} empty): "
           f"masks{extra} in {summary.out}{sub}")
-    from .predict_files import SETTINGS_FILE
+    from .frame_outputs import SETTINGS_FILE
     from .report import postprocess_words
 
     print(f"post-processing: {postprocess_words(predictor.applied)} "
@@ -269,7 +270,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- measure
 def _cmd_measure(a: argparse.Namespace) -> int:
-    from .predict_files import collect_frames, measure_frames
+    from .frames import collect_frames
+    from .predict_files import measure_frames
 
     with json_on_failure(a, a.data):
         frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)

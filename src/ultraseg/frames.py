@@ -2,8 +2,8 @@
 :class:`Frame` each (a cine loop's frames one each), every one with an output name of its
 own (:func:`collect_frames`).
 
-Moved from :mod:`ultraseg.predict_files` as it was; that module still imports
-:func:`collect_frames` and :class:`Frame`.
+Moved from :mod:`ultraseg.predict_files` as it was, :func:`frames_of` (the frames or paths
+predict and measure are given, as frames) after it.
 """
 from __future__ import annotations
 
@@ -167,6 +167,29 @@ def collect_frames(inputs: str | os.PathLike | Iterable[str | os.PathLike], layo
     found = [(frame, *rest) for s, *rest in _once_each(found) for frame in split_frames(s)]
     names = _unique_names(found)
     return [Frame(s, name, source) for (s, source, _, _), name in zip(found, names)]
+
+
+def frames_of(frames: Iterable[Frame] | str | os.PathLike | Iterable[str | os.PathLike]
+              ) -> list[Frame]:
+    """``frames`` as :class:`Frame` s: image files or folders (a path, or several, in any
+    iterable: a list, a generator, a set) are collected by :func:`collect_frames`; anything
+    else but frames is a user error."""
+    if isinstance(frames, (str, os.PathLike)):
+        return collect_frames(frames)
+    given = list(frames)    # once: a generator's items are gone after
+    paths = [f for f in given if isinstance(f, (str, os.PathLike))]
+    if paths and len(paths) == len(given):
+        return collect_frames(paths)
+    found = [f for f in given if isinstance(f, Frame)]
+    if paths and len(found) + len(paths) == len(given):
+        raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
+                            f"not both: got {len(found)} frame{'s' * (len(found) != 1)} and "
+                            f"{len(paths)} path{'s' * (len(paths) != 1)}")
+    if len(found) < len(given):
+        wrong = next(f for f in given if not isinstance(f, (Frame, str, os.PathLike)))
+        raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
+                            f"got {type(wrong).__name__}")
+    return found
 
 
 def _relative(path: Path, folder: Path) -> Path:

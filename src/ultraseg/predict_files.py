@@ -12,142 +12,32 @@ Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import logging
-import os
-import time
-from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from .config import check_flag
-from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
-from .fileio import (LOCK_FILE, LineFile, as_path, atomic_write_bytes, csv_text,
-                     failure_reason, json_text, output_lock, temporaries)
-from .frames import Frame, collect_frames, real_path
+from .errors import DataError, UltrasegError
+from .fileio import as_path, output_lock
+from .frame_outputs import (SKIPPED, FrameTable, Progress, encode_png, frame_cells,
+                            iter_probabilities, or_skip, overlay_thickness, prepare_out_dir,
+                            settings_record, write, write_settings)
+from .frames import Frame, frames_of, real_path
 from .io import Sample, as_outline, select_label, white_for
-from .io.grey import counting_colour, said_once
-from .io.images import frame_loop, header_shape
 from .io.masks import LabelTally, check_label
-from .io.outputs import OUTPUT_MARKER, mark_output_folder
 from .measure import has_pixel_size, hc_error_interval, reference_touching_edge
 from .postprocess import apply as apply_postprocess
-from .predict import FrameOutOfMemory, Predictor, as_predictor
-from .preprocess import PAD_TO_SQUARE_REMEDY, ThinFrames
+from .predict import Predictor, as_predictor
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-
 #: Mask file formats: ``--format`` value -> (file suffix, Pillow format).
 MASK_FORMATS = {"png": (".png", "PNG"), "tif": (".tif", "TIFF")}
-
-
-# ------------------------------------------------------------------------------ streaming
-#: What :func:`_or_skip` returns for a frame it skipped.
-_SKIPPED: Any = object()
-
-
-def _or_skip(read: Callable[[], Any], failed: list[DataError] | None,
-             frame: Frame | None = None, shape: tuple[int, ...] | None = None,
-             on_skip: Callable[[DataError], None] | None = None) -> Any:
-    """``read()``; where it raises a :class:`~ultraseg.errors.DataError` and ``failed`` is a
-    list, the error is appended there (and given to ``on_skip``) and :data:`_SKIPPED`
-    returned (None: raised). Given the ``frame`` it works on (of ``shape``, else its
-    header's), running out of memory is that frame's :func:`frame_too_large` error, skipped or
-    raised alike."""
-    try:
-        return read()
-    except DataError as e:
-        if failed is None:
-            raise
-        _skip(failed, e, frame, on_skip)
-        return _SKIPPED
-    except (MemoryError, RuntimeError) as e:
-        if frame is None or not is_out_of_memory(e):
-            raise
-        err = frame_too_large(frame.image_path, shape or header_shape(frame.image_path),
-                              frame.sample.frame)
-        if failed is None:
-            raise err from e
-    _skip(failed, err, frame, on_skip)  # (out of the except block: the frame's arrays go)
-    return _SKIPPED
-
-
-def _skip(failed: list[DataError], err: DataError, frame: Frame | None,
-          on_skip: Callable[[DataError], None] | None = None) -> None:
-    """Note ``frame`` skipped for ``err`` (the error keeps the frame: the outputs' tables
-    name it), and tell ``on_skip``."""
-    log.info("%s (skipped)", err)
-    err.skipped_frame = frame
-    failed.append(err)
-    if on_skip is not None:
-        on_skip(err)
-
-
-def iter_probabilities(predictor: Predictor, frames: Iterable[Frame],
-                       failed: list[DataError] | None = None,
-                       on_skip: Callable[[DataError], None] | None = None
-                       ) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:
-    """Yield ``(frame, image (H, W) uint8, probabilities (H, W) float32)`` frame by frame.
-
-    Images are decoded as the predictor asks for them; at most one batch is held at a time.
-    An unreadable image raises :class:`~ultraseg.errors.DataError` naming the file; so does
-    one whose decoding, canvas or probabilities at its full resolution run out of memory
-    (:func:`frame_too_large`: a larger frame than the machine holds; running out on the
-    network's batch raises as it came). Given a ``failed`` list, the error is appended there
-    instead (and given to ``on_skip``, as it is skipped) and the frame skipped; the frames read
-    with it are predicted again without it.
-    """
-    todo = iter(frames)
-    pending: deque[tuple[Frame, np.ndarray]] = deque()
-    thin = ThinFrames(predictor.preprocess)
-
-    def images(again: list[tuple[Frame, np.ndarray]]) -> Iterator[np.ndarray]:
-        for frame, image in again:
-            pending.append((frame, image))
-            yield image
-        for frame in todo:
-            image = _or_skip(frame.sample.load_image, failed, frame, on_skip=on_skip)
-            if image is _SKIPPED:
-                continue
-            thin.add(frame.image_path, image)
-            pending.append((frame, image))
-            yield image
-
-    again: list[tuple[Frame, np.ndarray]] = []
-    # a loop's file is kept open from frame to frame, and closed when done or stopped;
-    # a file's warnings are said once, the frames in colour in one line for all
-    with said_once(), frame_loop(), counting_colour() as colour:
-        try:
-            while True:
-                given = 0       # frames this pass of the predictor has given back
-                run = predictor.predict_proba_many(images(again))
-                try:
-                    for prob in run:
-                        frame, image = pending.popleft()
-                        given += 1
-                        yield frame, image, prob
-                    return
-                except FrameOutOfMemory as e:
-                    culprit = e.index - given
-                    frame = pending[culprit][0]
-                    err = frame_too_large(frame.image_path, e.shape, frame.sample.frame)
-                    if failed is None:
-                        raise err from e
-                run.close()
-                _skip(failed, err, frame, on_skip)
-                # the frames read with it, the culprit left out, start the next pass
-                again = [item for k, item in enumerate(pending) if k != culprit]
-                pending.clear()
-        finally:
-            thin.warn(log, PAD_TO_SQUARE_REMEDY)
-            colour.warn(log)
 
 
 def encode_mask(mask: np.ndarray, fmt: str = "png") -> bytes:
@@ -167,297 +57,6 @@ def encode_probabilities(prob: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(levels).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 image (an overlay) as PNG bytes: zlib level 3, 2.3-2.9 times faster
-    to write than the default 6 on real frames, for a file of about the same size."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
-
-
-def prepare_out_dir(out: str | Path, names: Iterable[str] = (),
-                    rle: Path | None = None) -> Path:
-    """Create the output folder (and parents), marked as ultraseg's output
-    (:func:`~ultraseg.io.outputs.mark_output_folder`); a path that cannot be one, or a folder that
-    holds images of the user's, is a user error. Then (the folder held by the caller) remove
-    the temporary files a killed run left where this one writes: see
-    :func:`_remove_temporaries` (``names``: the frames' output names; ``rle``: a submission)."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as e:
-        raise UltrasegError("cannot create the output folder: a file of that name exists",
-                            out) from e
-    except OSError as e:
-        raise UltrasegError(f"cannot create the output folder ({failure_reason(e)})", out) from e
-    if not out.is_dir():
-        raise UltrasegError("the output path is not a folder", out)
-    folders = {out / PurePosixPath(n).parent for n in names}
-    top = real_path(out)
-    for folder in sorted(folders):      # (each write, each sweep stays inside --out)
-        if not real_path(folder).is_relative_to(top):
-            raise UltrasegError(f"links outside the output folder (to {real_path(folder)}), where "
-                                f"this run would write; remove the link or choose another "
-                                f"--out", folder)
-    earlier = (out / OUTPUT_MARKER).is_file() and any(     # (the lock file: this command's)
-        p.name not in (OUTPUT_MARKER, LOCK_FILE) for p in out.iterdir())
-    mark_output_folder(out, "predict/measure")
-    _remove_temporaries(out, folders, rle)
-    if earlier:     # old overlays or a submission may not match the new masks
-        log.warning("%s holds an earlier run's outputs: the files this run writes replace "
-                    "theirs, the others stay as they were", out)
-    return out
-
-
-#: The names of this module's outputs whose temporary files
-#: (:func:`ultraseg.fileio.temporaries`) a killed run leaves: a mask, an overlay, a probability
-#: map, a table, a submission CSV, the settings.
-_OUTPUT_NAMES = ("*_mask.png", "*_mask.tif", "*_overlay.png", "*_prob.png", "*_measure.png",
-                 "*.csv", "*.settings.json")
-
-#: A submission's temporary file outside the output folder that has not grown for this long
-#: is a killed writer's (a live one adds a row a frame).
-_STALE_S = 86400.0
-
-
-def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
-                        rle: Path | None = None) -> None:
-    """Remove what a killed (kill -9) predict or measure left in ``out``, held and checked
-    (as train's :func:`ultraseg.run_folder.remove_temporaries`): the temporary files of its
-    outputs, in ``out`` and in ``folders`` below it (those this run writes in), not in any
-    other (a folder below may be another command's output folder, its writer at work), nor in
-    one that another command marked or holds. Given ``rle``, its own temporaries in its
-    folder; outside ``out`` (or in such a folder) only those a day untouched (that folder is
-    no command's of ours: a younger one may be another run's, writing)."""
-    found = {p for folder in {out, *folders} if not _held_elsewhere(folder, out)
-             for name in _OUTPUT_NAMES for p in temporaries(folder, name)}
-    if rle is not None:
-        ours = not _held_elsewhere(rle.parent, out)
-        now = time.time()
-        for p in temporaries(rle.parent, glob.escape(rle.name)):
-            with contextlib.suppress(OSError):      # (gone meanwhile: its writer's rename)
-                if ours or now - p.stat().st_mtime > _STALE_S:
-                    found.add(p)
-    found = sorted(found)
-    for tmp in found:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    if found:
-        log.info("removed %d temporary files a killed run left (first: %s)", len(found),
-                 found[0])
-
-
-def _held_elsewhere(folder: Path, out: Path) -> bool:
-    """Whether ``folder``, below ``out``, or a folder between them is another command's: it
-    holds an output marker or a lock of its own. A folder that leads outside ``out`` (through
-    a link, or not below it at all) is never this command's: prepare_out_dir refuses the
-    written folders that do before this is asked, so that guard acts for the --rle file's
-    folder alone."""
-    here, top = real_path(folder), real_path(out)
-    if not here.is_relative_to(top):
-        return True
-    while here != top:
-        if (here / OUTPUT_MARKER).exists() or (here / LOCK_FILE).exists():
-            return True
-        here = here.parent
-    return False
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
-    except UltrasegError:
-        raise
-    except OSError as e:
-        raise UltrasegError(f"cannot write the file ({failure_reason(e)})", path) from e
-
-
-#: The file beside predict's and measure's table that says what made its rows and files
-#: (:func:`settings_record`), written before the first frame: one per command, so that
-#: predict and measure into one folder keep each one's record.
-SETTINGS_FILE = {"predict": "predictions.settings.json",
-                 "measure": "measurements.settings.json"}
-
-
-def settings_record(predictor: Predictor, command: str,
-                    overrides: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """What made an output folder's files, as its ``SETTINGS_FILE[command]`` records it:
-    ``command`` (predict, measure); ``checkpoint``, the model file as evaluate's
-    ``summary.json`` records it (:meth:`Predictor.record`: path, sha256, versions; None for a
-    predictor built by hand); the ``ultraseg_version`` predicting;
-    ``backend`` (``torch``, ``onnx``; None for one built by hand) and the predictor's runtime
-    (``torch_version`` or ``onnxruntime_version``, ``device`` and ``precision`` as resolved);
-    ``postprocess``, the threshold and rules applied with ``tta`` as used (as in
-    ``summary.json``); ``extra`` (measure's ``boundary_offset_px``, ``offset_frame_side_px``);
-    ``overrides``, the command line's options given (by their names: ``threshold``,
-    ``device``, ...; None from Python, where nothing says which were). No date: the same
-    command writes the same bytes, as evaluate's ``summary.json``."""
-    from . import __version__
-
-    runtime = predictor.runtime
-    backend = ("torch" if "torch_version" in runtime else
-               "onnx" if "onnxruntime_version" in runtime else None)
-    return {"command": command, "checkpoint": predictor.record(),
-            "ultraseg_version": __version__, "backend": backend, **runtime,
-            "postprocess": predictor.applied,
-            **extra, "overrides": None if overrides is None else dict(overrides)}
-
-
-def _write_settings(out: Path, record: dict[str, Any]) -> Path:
-    """``OUT/predictions.settings.json`` or ``OUT/measurements.settings.json``, by
-    ``record['command']`` (strict JSON, written atomically as every output); its path."""
-    path = out / SETTINGS_FILE[record["command"]]
-    _write(path, (json_text(record, indent=2) + "\n").encode())
-    return path
-
-
-def overlay_thickness(shape: tuple[int, ...]) -> int:
-    """Outline width for a full-resolution overlay: 1 px up to ~600 px frames, then more."""
-    return max(1, round(max(shape[:2]) / 500))
-
-
-# ------------------------------------------------------------------------------ tables
-def _frame_cells(frame: Frame) -> dict[str, Any]:
-    """The cells every table row of ``frame`` starts with: its output name, its image and its
-    frame number in a multi-frame file (from 1; empty for a file of one frame)."""
-    return {"name": frame.out_name, "image": str(frame.image_path),
-            "frame": None if frame.sample.frame is None else frame.sample.frame + 1}
-
-
-class _FrameTable:
-    """The table of a run over ``frames``, one row per frame handled: predict's
-    ``predictions.csv`` and measure's ``measurements.csv``.
-
-    A frame done is :meth:`add` ed with its row, a frame skipped is :meth:`skip` ped with its
-    error (its row made by ``skipped_row``); the rows go in the inputs' order, whatever order
-    they came in, the cells through :func:`~ultraseg.fileio.csv_cell`, header ``columns``.
-    Each frame handled, done or skipped, is counted to ``progress`` as it is (``done, total``:
-    the count reaches N/N). The file (``path``; None: none) is made anew with its header at
-    once, and each row reaches it as soon as the frames before it have theirs (a
-    :class:`~ultraseg.fileio.LineFile`: whole rows, a run killed with ``kill -9`` leaves
-    those it made). A file that cannot be written does not stop the run: :meth:`close` raises
-    its error at the end, naming the files the rows it does not hold list (cells of the
-    columns ``files``: predict's masks and overlays, written, listed nowhere else). A run that
-    stops calls :meth:`stopped`. The ``image`` cells and those of ``files`` are paths a user
-    opens (:func:`~ultraseg.fileio.csv_cell`'s ``path``: ``./-5.png``, not ``'-5.png``).
-    """
-
-    def __init__(self, path: Path | None, columns: Sequence[str], frames: Sequence[Frame],
-                 skipped_row: Callable[[Frame, DataError], dict[str, Any]],
-                 progress: Progress | None = None, files: Sequence[str] = ()) -> None:
-        self.path, self.columns, self.progress = path, list(columns), progress
-        self.order = [f.out_name for f in frames]
-        self.skipped_row = skipped_row
-        self.held: dict[str, dict[str, Any]] = {}   # rows waiting for a frame before them
-        self.next = 0                               # the first frame whose row is not out
-        self.n_done = self.n_skipped = 0
-        self.file: LineFile | None = None
-        self.error: UltrasegError | None = None     # why the file could not be written
-        self.files = tuple(files)
-        self.paths = ("image", *self.files)
-        self.unlisted: list[str] = []               # files of rows the file does not hold
-        if path is not None:
-            try:
-                self.file = LineFile(path, csv_text(self.columns, ()))
-            except UltrasegError as e:
-                self.error = e
-
-    def add(self, frame: Frame, row: dict[str, Any]) -> None:
-        """``frame`` done: its row."""
-        self.n_done += 1
-        self._put(frame.out_name, row)
-        self._count()
-
-    def skip(self, err: DataError) -> None:
-        """A frame skipped for ``err`` (:func:`_skip` keeps the frame on it)."""
-        self.n_skipped += 1
-        if err.skipped_frame is not None:
-            self._put(err.skipped_frame.out_name, self.skipped_row(err.skipped_frame, err))
-        self._count()
-
-    def _count(self) -> None:
-        if self.progress is not None:
-            self.progress(self.n_done + self.n_skipped, len(self.order))
-
-    def _put(self, name: str, row: dict[str, Any]) -> None:
-        if self.file is None:
-            self._lost([row])
-            return
-        self.held[name] = row
-        ready = []
-        while self.next < len(self.order) and self.order[self.next] in self.held:
-            ready.append(self.held.pop(self.order[self.next]))
-            self.next += 1
-        self._write(ready)
-
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        if self.file is None or not rows:
-            return
-        try:
-            self.file.write(csv_text(self.columns, rows, header=False, paths=self.paths))
-        except UltrasegError as e:
-            self.error = e
-            self._drop()
-            self._lost(rows)
-
-    def _lost(self, rows: list[dict[str, Any]]) -> None:
-        """``rows`` are not in the file: their files (:attr:`files`) are kept to be named."""
-        if self.path is not None:
-            self.unlisted += [str(row[c]) for row in rows for c in self.files if row.get(c)]
-
-    def _drop(self) -> None:
-        """Stop writing the file (it keeps the rows it holds)."""
-        if self.file is not None:
-            self.file.abandon()
-            self.file = None
-
-    def close(self) -> None:
-        """Write the rows held (those of the frames after one the run did not get to), and
-        close the file; where it could not be written, its error is raised now."""
-        if self.file is not None:
-            self._write([self.held[n] for n in self.order[self.next:] if n in self.held])
-            self.held.clear()
-            try:
-                if self.file is not None:
-                    self.file.close()
-            except UltrasegError as e:
-                self.error = e
-            self.file = None
-        if self.error is not None:
-            error, self.error = self.error, None
-            if self.unlisted:
-                shown = ", ".join(self.unlisted[:5]) + (
-                    f" and {len(self.unlisted) - 5} more" if len(self.unlisted) > 5 else "")
-                raise _with_note(error, f"it does not list {len(self.unlisted)} files "
-                                        f"written in its folder: {shown}") from error
-            raise error
-
-    def stopped(self, e: BaseException, verb: str) -> None:
-        """The run stops with ``e`` (Ctrl-C, SIGTERM, an error): the rows so far are written
-        (a table that cannot be, said: ``e`` goes on), and a line counts the frames ``verb``
-        (a warning after Ctrl-C or SIGTERM; an error says its own line)."""
-        kept, loud = "", isinstance(e, KeyboardInterrupt)
-        if self.path is not None:
-            try:
-                self.close()
-                kept = f": their rows are in {self.path}"
-            except UltrasegError as failed:
-                kept, loud = f"; their rows could not be written ({failed})", True
-        log.log(logging.WARNING if loud else logging.INFO, "%s %d of %d frames, %s%s", verb,
-                self.n_done, len(self.order),
-                "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped", kept)
-
-
-def _with_note(error: UltrasegError, note: str) -> UltrasegError:
-    """``error`` (its kind, path, errno and result kept) with ``note`` after its message."""
-    new = type(error)(f"{error.message}; {note}", error.path)
-    for name in ("errno", "strerror", "result"):
-        if getattr(error, name, None) is not None:
-            setattr(new, name, getattr(error, name))
-    return new
 
 
 # ------------------------------------------------------------------------------ predict
@@ -505,29 +104,6 @@ def submission_frames(frames: Sequence[Frame]) -> list[bool]:
 
 class _Incomplete(Exception):
     """Raised into a submission being written when frames were skipped: it is not kept."""
-
-
-def frames_of(frames: Iterable[Frame] | str | os.PathLike | Iterable[str | os.PathLike]
-              ) -> list[Frame]:
-    """``frames`` as :class:`Frame` s: image files or folders (a path, or several, in any
-    iterable: a list, a generator, a set) are collected by :func:`collect_frames`; anything
-    else but frames is a user error."""
-    if isinstance(frames, (str, os.PathLike)):
-        return collect_frames(frames)
-    given = list(frames)    # once: a generator's items are gone after
-    paths = [f for f in given if isinstance(f, (str, os.PathLike))]
-    if paths and len(paths) == len(given):
-        return collect_frames(paths)
-    found = [f for f in given if isinstance(f, Frame)]
-    if paths and len(found) + len(paths) == len(given):
-        raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
-                            f"not both: got {len(found)} frame{'s' * (len(found) != 1)} and "
-                            f"{len(paths)} path{'s' * (len(paths) != 1)}")
-    if len(found) < len(given):
-        wrong = next(f for f in given if not isinstance(f, (Frame, str, os.PathLike)))
-        raise UltrasegError(f"expected frames (ultraseg.collect_frames(PATHS)) or image paths, "
-                            f"got {type(wrong).__name__}")
-    return found
 
 
 def check_truth_options(overlay: bool, label: int | None, fill_outlines: bool | None) -> None:
@@ -646,7 +222,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     fill = predictor.preprocess.fill_outlines if fill_outlines is None else fill_outlines
     suffix = MASK_FORMATS[fmt][0]
     summary = PredictionSummary(n=0, out=out, rle=None if rle is None else Path(rle))
-    summary.settings = _write_settings(out, settings_record(predictor, "predict", overrides))
+    summary.settings = write_settings(out, settings_record(predictor, "predict", overrides))
     in_submission = dict(zip((f.out_name for f in frames), submission_frames(frames)))
     if rle is not None:
         summary.rle_left_out = sum(not v for v in in_submission.values())
@@ -656,9 +232,9 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
 
     failed = summary.failed if skip_unreadable else None
     written: set[str] = set()
-    table = _FrameTable(out / "predictions.csv", PREDICTION_COLUMNS, frames,
-                        lambda frame, e: _listing_row(frame, out, None, None, e), progress,
-                        files=("mask", "overlay", "probabilities"))
+    table = FrameTable(out / "predictions.csv", PREDICTION_COLUMNS, frames,
+                       lambda frame, e: _listing_row(frame, out, None, None, e), progress,
+                       files=("mask", "overlay", "probabilities"))
     bad_truth: list[DataError] = []             # truth masks that could not be read
 
     def outputs(frame: Frame, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -688,7 +264,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
         try:
             for path, data in ((mask_path, encoded), (ov_path, drawn), (prob_path, prob_png)):
                 if path is not None and data is not None:
-                    _write(path, data)
+                    write(path, data)
                     done.append(path)
         except BaseException:   # (a full disk) the frame gets no row: nor its other files
             for path in done:
@@ -709,9 +285,9 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for frame, image, prob in iter_probabilities(predictor, frames, failed, table.skip):
             # (out of memory here too: the frame's post-processing and files at full size)
-            mask = _or_skip(lambda: outputs(frame, image, prob), failed, frame, image.shape,
-                            table.skip)
-            if mask is _SKIPPED:
+            mask = or_skip(lambda: outputs(frame, image, prob), failed, frame, image.shape,
+                           table.skip)
+            if mask is SKIPPED:
                 continue
             summary.n += 1
             summary.n_empty += not mask.any()
@@ -766,7 +342,7 @@ def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | Non
     def below(p: Path | None) -> str | None:
         return None if p is None else p.relative_to(out).as_posix()
 
-    return {**_frame_cells(frame), "mask": below(mask), "overlay": below(overlay),
+    return {**frame_cells(frame), "mask": below(mask), "overlay": below(overlay),
             "status": "ok" if error is None else "unreadable",
             "reason": None if error is None else str(error),
             "probabilities": below(probabilities)}
@@ -884,15 +460,15 @@ def measure_frames(predictor: Predictor | str | Path,
                    else None)
         # (an earlier run's table is replaced by this run's header before the first frame)
         table = None if out_dir is None else out_dir / "measurements.csv"
-        settings = None if out_dir is None else _write_settings(
+        settings = None if out_dir is None else write_settings(
             out_dir, settings_record(predictor, "measure", overrides,
                                      boundary_offset_px=offset,
                                      offset_frame_side_px=side))
         rows: list[dict[str, Any]] = []
         failed: list[DataError] | None = [] if skip_unreadable else None
-        written = _FrameTable(table, [*MEASURE_COLUMNS, "error"], frames,
-                              lambda frame, e: {**_frame_cells(frame), "error": str(e)},
-                              progress)
+        written = FrameTable(table, [*MEASURE_COLUMNS, "error"], frames,
+                             lambda frame, e: {**frame_cells(frame), "error": str(e)},
+                             progress)
         sizes = PixelSizes(pixel_size_mm)
         def measured(frame: Frame, image: np.ndarray, prob: np.ndarray) -> dict[str, Any]:
             """The frame's row (its overlay written)."""
@@ -910,15 +486,15 @@ def measure_frames(predictor: Predictor | str | Path,
                 # the object measured alone (largest region, holes filled), not the mask
                 rgb = measure_overlay(image, measured_object(mask, region), ellipse,
                                       thickness=overlay_thickness(image.shape))
-                _write(out_dir / f"{frame.out_name}_measure.png", encode_png(rgb))
+                write(out_dir / f"{frame.out_name}_measure.png", encode_png(rgb))
             return row
 
         try:
             for frame, image, prob in iter_probabilities(predictor, frames, failed,
                                                          written.skip):
-                row = _or_skip(lambda: measured(frame, image, prob), failed, frame,
-                               image.shape, written.skip)
-                if row is _SKIPPED:
+                row = or_skip(lambda: measured(frame, image, prob), failed, frame,
+                              image.shape, written.skip)
+                if row is SKIPPED:
                     continue
                 rows.append(row)
                 if on_row is not None:      # (before the count: the bar is drawn after it)
@@ -957,7 +533,7 @@ def _measurement_row(frame: Frame, shape: tuple[int, ...],
     height, width = (None, None) if spacing is None else (
         spacing if isinstance(spacing, tuple) else (spacing, spacing))
     row: dict[str, Any] = {
-        **_frame_cells(frame), "width": shape[1], "height": shape[0],
+        **frame_cells(frame), "width": shape[1], "height": shape[0],
         "pixel_size_mm": None if isinstance(spacing, tuple) else spacing,
         "pixel_height_mm": height, "pixel_width_mm": width,
         "n_components": m["n_components"], "touches_edge": m["touches_edge"],

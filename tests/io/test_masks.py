@@ -632,7 +632,8 @@ def test_a_kept_loop_is_closed_by_any_other_read_and_when_prediction_stops(
     an error kept it open (a deleted loop's disk space held) until another loop was read."""
     from ultraseg.config import ModelConfig, PreprocessConfig
     from ultraseg.predict import Predictor
-    from ultraseg.predict_files import collect_frames, iter_probabilities
+    from ultraseg.frame_outputs import iter_probabilities
+    from ultraseg.frames import collect_frames
 
     frames = [np.full((16, 20), 10 * k, np.uint8) for k in range(4)]
     loop = _loop(tmp_path / f"a.{ext}", frames)

@@ -170,7 +170,7 @@ def test_hc18_given_from_inside_or_through_a_link_keeps_its_table(tmp_path: Path
     """`train .` from inside training_set/ (and a file named there as 000_HC.png) lost every
     pixel size and reference, silently: the table one level up was looked for beside '.',
     whose name is empty; a link to the folder under another name lost it too."""
-    from ultraseg.predict_files import collect_frames
+    from ultraseg.frames import collect_frames
 
     root = make_hc18(tmp_path / "hc18")
     want = {"pixel_size_mm": 0.1, "hc_mm": 30.5}
