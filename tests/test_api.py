@@ -160,7 +160,7 @@ def test_python_callers_get_user_errors_not_tracebacks(tmp_path) -> None:
     raised AttributeError, where a path is what a notebook has at hand: it is loaded."""
     from ultraseg.evaluate import evaluate
     from ultraseg.frames import collect_frames
-    from ultraseg.predict_files import measure_frames
+    from ultraseg.measure_files import measure_frames
     from ultraseg.train import train
 
     with pytest.raises(ultraseg.UltrasegError, match="section 'train' must be a dict"):

@@ -511,17 +511,17 @@ def test_measure_without_out_prints_each_frame_as_it_is_measured(tmp_path, ckpt,
     """measure without --out printed nothing until every frame was measured (an hour's
     folder: an hour of silence on stdout, and nothing at all when stopped). Each frame's line
     now comes as it is measured; --json stays one object at the end."""
-    import ultraseg.predict_files as pf
+    import ultraseg.measure_files as mf
 
     frames(tmp_path / "in", {"a.png": (20, 24), "b.png": (20, 24), "c.png": (20, 24)})
     printed: list[str] = []
-    real = pf._measurement_row
+    real = mf._measurement_row
 
     def row(frame, *args):      # what stdout holds when each frame's row is made
         printed.append(capsys.readouterr().out)
         return real(frame, *args)
 
-    monkeypatch.setattr(pf, "_measurement_row", row)
+    monkeypatch.setattr(mf, "_measurement_row", row)
     args = ["measure", str(ckpt), str(tmp_path / "in"), "--device", "cpu", "--batch-size", "1"]
     assert main(args) == 0
     rest = capsys.readouterr().out
@@ -643,6 +643,7 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
     import threading
 
     import ultraseg.frame_outputs as fo
+    import ultraseg.measure_files as mf
     import ultraseg.predict_files as pf
     from ultraseg.errors import UltrasegError
     from ultraseg.fileio import output_lock
@@ -674,7 +675,7 @@ def test_a_command_holds_its_output_folder_while_it_writes(tmp_path, ckpt, monke
             probe(lambda: None)()
             super().close()
 
-    for module in (fo, pf):     # the settings' writer, and the frames' files' (as each calls it)
+    for module in (fo, pf, mf):     # the settings' writer, and the frames' files' (each's own)
         monkeypatch.setattr(module, "write", probe(module.write))
     monkeypatch.setattr(fo, "LineFile", Table)
     assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--overlay"]) == 0
@@ -697,6 +698,7 @@ def test_a_folder_holding_only_its_marker_holds_no_earlier_outputs(tmp_path, ckp
 
 def _out_of_memory_on(monkeypatch, stage: str, shape: tuple[int, int]) -> None:
     """Memory runs out at ``stage`` on the frame of ``shape`` only (H, W)."""
+    import ultraseg.measure_files as measure_mod
     import ultraseg.predict as predict_mod
     import ultraseg.predict_files as files_mod
     from ultraseg.io.base import Sample
@@ -719,8 +721,9 @@ def _out_of_memory_on(monkeypatch, stage: str, shape: tuple[int, int]) -> None:
         monkeypatch.setattr(predict_mod, "restore",
                             failing(predict_mod.restore, lambda p, g: (g.height, g.width)))
     else:
-        monkeypatch.setattr(files_mod, "apply_postprocess",
-                            failing(files_mod.apply_postprocess, lambda p, cfg: p.shape))
+        for module in (files_mod, measure_mod):     # predict's, measure's
+            monkeypatch.setattr(module, "apply_postprocess",
+                                failing(module.apply_postprocess, lambda p, cfg: p.shape))
 
 
 @pytest.mark.parametrize("command", ["predict", "measure"])

@@ -704,7 +704,7 @@ def test_a_head_smaller_than_the_boundary_offset_is_not_a_head_measured(tmp_path
     not found, and a warning says why."""
     from test_predict import hc18_like
 
-    from ultraseg.predict_files import measure_frames
+    from ultraseg.measure_files import measure_frames
 
     hc18_like(tmp_path / "hc")      # 001_HC: semi-axes 12 and 8 px, reference 30 mm
     predictor = Predictor(lambda b: (b > 0.5).astype(np.float32),
@@ -1076,7 +1076,7 @@ def test_names_that_a_spreadsheet_would_run_are_written_as_text(data, tmp_path) 
     measure's measurements.csv) as it was, which Excel and LibreOffice run as a formula
     opened. A text cell starting with = + - @ (or a tab or carriage return) now starts with
     an apostrophe, which they show as text; numbers are written as they are."""
-    from ultraseg.predict_files import measure_frames
+    from ultraseg.measure_files import measure_frames
 
     root = tmp_path / "data"
     shutil.copytree(data, root)
@@ -1433,7 +1433,7 @@ def test_every_column_of_the_tables_is_in_the_readmes_column_tables(tmp_path) ->
     the mm measurements are the largest region's), measurements.csv's only in part."""
     from test_predict import hc18_like
 
-    from ultraseg.predict_files import MEASURE_COLUMNS
+    from ultraseg.measure_files import MEASURE_COLUMNS
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     if not readme.is_file():

@@ -517,7 +517,7 @@ def test_measurements_csv_names_each_frames_subject_where_the_layout_gives_one(t
 
     from ultraseg.config import ModelConfig, PreprocessConfig
     from ultraseg.predict import Predictor
-    from ultraseg.predict_files import MEASURE_COLUMNS, measure_frames
+    from ultraseg.measure_files import MEASURE_COLUMNS, measure_frames
 
     hc18_like(tmp_path / "hc")
     bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),
@@ -534,7 +534,7 @@ def test_measurements_csv_names_each_frames_subject_where_the_layout_gives_one(t
 def test_the_measure_summary_tells_the_signed_error_from_the_absolute_one() -> None:
     """hc_bias_mm was never tested: with one reference frame it equals the MAE up to its
     sign, and a bias computed from |error| passed every test. Errors of opposite signs."""
-    from ultraseg.predict_files import summarise_measurements
+    from ultraseg.measure_files import summarise_measurements
 
     rows = [{"area_px": 50, "pixel_size_mm": 0.5, "hc_mm": 33.0, "hc_ref_mm": 30.0,
              "hc_error_mm": 3.0},
@@ -607,7 +607,7 @@ def test_measure_warns_where_the_pixel_size_given_was_not_used(tmp_path) -> None
 
     from ultraseg.config import ModelConfig, PreprocessConfig
     from ultraseg.predict import Predictor
-    from ultraseg.predict_files import measure_frames
+    from ultraseg.measure_files import measure_frames
 
     hc18_like(tmp_path / "hc")                       # 001_HC: 0.5 mm in its table; 002_HC: none
     bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),
@@ -624,7 +624,7 @@ def test_the_measure_summary_counts_the_frames_that_held_more_than_one_region() 
     """measure measures the largest region alone: its printed summary says how many frames
     held more (a second lesion, a second structure), which only n_components in the CSV told."""
     from ultraseg.cli_predict import format_measure_summary
-    from ultraseg.predict_files import summarise_measurements
+    from ultraseg.measure_files import summarise_measurements
 
     rows = [{"area_px": a, "pixel_size_mm": None, "n_components": n}
             for a, n in ((50, 1), (40, 3), (0, 0), (30, 2))]
@@ -662,7 +662,7 @@ def test_the_measure_summary_counts_the_frames_in_the_hc_error_that_touch_the_ed
     how many (a measurement review, O2). n_reference_touches_edge counts those of the error's
     frames, and the printed line says it where there are any."""
     from ultraseg.cli_predict import format_measure_summary
-    from ultraseg.predict_files import summarise_measurements
+    from ultraseg.measure_files import summarise_measurements
 
     rows = [{"area_px": 50, "pixel_size_mm": 0.5, "hc_mm": 33.0, "hc_ref_mm": 30.0,
              "hc_error_mm": 3.0, "touches_edge": True},
@@ -683,7 +683,7 @@ def test_the_measure_summary_counts_the_frames_in_the_hc_error_that_touch_the_ed
 
     from ultraseg.config import ModelConfig, PreprocessConfig
     from ultraseg.predict import Predictor
-    from ultraseg.predict_files import measure_frames
+    from ultraseg.measure_files import measure_frames
 
     hc18_cut(tmp_path / "hc")
     bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),
@@ -704,7 +704,7 @@ def test_settings_json_from_python_says_what_was_applied_and_that_no_options_wer
 
     from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
     from ultraseg.predict import Predictor
-    from ultraseg.predict_files import measure_frames
+    from ultraseg.measure_files import measure_frames
 
     hc18_like(tmp_path / "hc")
     bright = Predictor(lambda b: (b > 0.5).astype(np.float32), ModelConfig("same", depth=2),

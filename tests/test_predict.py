@@ -24,7 +24,8 @@ from ultraseg.predict import Predictor
 from ultraseg.io.outputs import OUTPUT_MARKER
 from ultraseg.frame_outputs import iter_probabilities
 from ultraseg.frames import collect_frames
-from ultraseg.predict_files import encode_mask, measure_frames, write_predictions
+from ultraseg.measure_files import measure_frames
+from ultraseg.predict_files import encode_mask, write_predictions
 from ultraseg.rle import decode
 from ultraseg.postprocess import apply as apply_postprocess
 
@@ -662,7 +663,7 @@ def test_predicting_frames_in_colour_says_one_line_for_them_all(tmp_path):
     the first, as training and inspect say it; measure reads its frames the same way."""
     from conftest import ultraseg_warnings
 
-    from ultraseg.predict_files import measure_frames
+    from ultraseg.measure_files import measure_frames
 
     rng = np.random.default_rng(0)
     for k in range(4):
@@ -1785,7 +1786,8 @@ def _table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def test_both_tables_list_every_frame_in_the_inputs_order_skipped_ones_with_why(tmp_path):
     """Pins what predictions.csv and measurements.csv hold (the columns users read, one row
     a frame in the inputs' order, a skipped frame's row saying why), written by one helper."""
-    from ultraseg.predict_files import MEASURE_COLUMNS, PREDICTION_COLUMNS
+    from ultraseg.measure_files import MEASURE_COLUMNS
+    from ultraseg.predict_files import PREDICTION_COLUMNS
 
     frames = _mixed_folder(tmp_path / "in")
     write_predictions(pixel_predictor(batch_size=2), frames, tmp_path / "p",
@@ -1852,7 +1854,8 @@ import numpy as np
 from ultraseg.config import ModelConfig, PreprocessConfig
 from ultraseg.predict import Predictor
 from ultraseg.frames import collect_frames
-from ultraseg.predict_files import measure_frames, write_predictions
+from ultraseg.measure_files import measure_frames
+from ultraseg.predict_files import write_predictions
 
 calls = []
 

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # what ``__getattr__`` serves, for type checkers; the same as
     from .io import open_dataset, read_image
     from .predict import Predictor, load
     from .frames import collect_frames
-    from .predict_files import measure_frames, write_predictions
+    from .measure_files import measure_frames
+    from .predict_files import write_predictions
 
 __version__ = "0.1.0"
 
@@ -38,7 +39,7 @@ _API: dict[str, tuple[str, str]] = {
     "export_onnx": ("export", "export_onnx"),
     "collect_frames": ("frames", "collect_frames"),
     "write_predictions": ("predict_files", "write_predictions"),
-    "measure_frames": ("predict_files", "measure_frames"),
+    "measure_frames": ("measure_files", "measure_frames"),
     "open_dataset": ("io", "open_dataset"),
     "read_image": ("io", "read_image"),
     "preset": ("config", "preset"),

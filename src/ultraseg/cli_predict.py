@@ -271,7 +271,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- measure
 def _cmd_measure(a: argparse.Namespace) -> int:
     from .frames import collect_frames
-    from .predict_files import measure_frames
+    from .measure_files import measure_frames
 
     with json_on_failure(a, a.data):
         frames = collect_frames([a.data], a.layout, a.subject_pattern, exclude=a.out)

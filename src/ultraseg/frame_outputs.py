@@ -1,8 +1,9 @@
-"""What predict and measure share (:mod:`ultraseg.predict_files`): the frames streamed
-through the predictor (:func:`iter_probabilities`, a frame that cannot be read or held
-skipped: :func:`or_skip`), the output folder made and swept (:func:`prepare_out_dir`), each
-file written whole (:func:`write`), the settings that made them (:func:`settings_record`),
-and the table a run grows row by row (:class:`FrameTable`).
+"""What predict and measure share (:mod:`ultraseg.predict_files`,
+:mod:`ultraseg.measure_files`): the frames streamed through the predictor
+(:func:`iter_probabilities`, a frame that cannot be read or held skipped: :func:`or_skip`),
+the output folder made and swept (:func:`prepare_out_dir`), each file written whole
+(:func:`write`), the settings that made them (:func:`settings_record`), and the table a run
+grows row by row (:class:`FrameTable`).
 
 Moved from :mod:`ultraseg.predict_files` as it was (the names other modules use made public).
 Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.

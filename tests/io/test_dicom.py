@@ -750,7 +750,7 @@ def test_pixels_that_are_not_square_are_measured_as_they_are_not_with_a_pixel_si
 
     from ultraseg import collect_frames
     from ultraseg.measure import measure
-    from ultraseg.predict_files import measure_frames
+    from ultraseg.measure_files import measure_frames
 
     image = _head(30, 40, 20.0, 15.0)
     p = make_dicom(tmp_path / "exam" / "aniso.dcm", image, spacing=(0.2, 0.4))
