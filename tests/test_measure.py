@@ -769,7 +769,7 @@ def test_the_hc_error_has_the_subject_bootstrap_interval_of_its_absolute_errors(
     from ultraseg.cli_predict import format_measure_summary
     from ultraseg.measure import hc_error_interval
     from ultraseg.metrics import interval_words, subject_interval
-    from ultraseg.predict_files import summarise_measurements
+    from ultraseg.measure_files import summarise_measurements
 
     errors = {"a": [3.0, -1.0], "b": [-2.5], "c": [0.5, 1.5, -4.0], "d": [-0.2],
               "e": [2.0, 2.2], "f": [-6.0, 1.0], "g": [0.1]}
