@@ -206,3 +206,26 @@ def under_ascii_locale(*args: str, cwd: Path | None = None) -> Any:
                     f"encoding {probe.stdout.strip()!r} here, not 'ascii'")
     return subprocess.run([sys.executable, "-m", "ultraseg", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, errors="surrogateescape")
+
+
+def windows_holding(monkeypatch: Any, holds: Callable[[Path, int], bool]) -> list[Path]:
+    """Run as on Windows (``errors.WINDOWS``, no wait between retries) where another program
+    holds a file open: ``os.replace`` onto a ``dst`` for which ``holds(dst, refused so
+    far)`` is true raises Windows' 'being used by another process' PermissionError (naming
+    the source, as the system does), else replaces. Returns the refused targets, in order
+    (clear it to count afresh; ``holds`` may read state the test changes)."""
+    from ultraseg import errors, fileio
+
+    real, refused = os.replace, []
+
+    def replace(src: Any, dst: Any) -> None:
+        if holds(Path(dst), len(refused)):
+            refused.append(Path(dst))
+            raise PermissionError(13, "[WinError 32] The process cannot access the file "
+                                  "because it is being used by another process", str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(fileio, "REPLACE_WAIT", 0, raising=False)
+    monkeypatch.setattr(errors, "WINDOWS", True)
+    return refused

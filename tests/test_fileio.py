@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import held_elsewhere
+from conftest import held_elsewhere, windows_holding
 from ultraseg import fileio
 from ultraseg.errors import UltrasegError
 from ultraseg.fileio import LOCK_FILE, atomic_write_text, json_text, output_lock
@@ -695,18 +695,9 @@ def test_a_file_open_in_another_program_on_windows_is_said_so(tmp_path: Path, wr
 
     path = tmp_path / "t.csv"
     path.write_text("old\n")
-    real, tries, held = os.replace, [], [True]
-
-    def excel_holds_it(src, dst):
-        if Path(dst) == path and held[0]:
-            tries.append(dst)
-            raise PermissionError(13, "[WinError 32] The process cannot access the file "
-                                  "because it is being used by another process", str(dst))
-        real(src, dst)
-
-    monkeypatch.setattr(os, "replace", excel_holds_it)
-    monkeypatch.setattr(fileio, "REPLACE_WAIT", 0, raising=False)
-    monkeypatch.setattr(errors, "WINDOWS", True)
+    until: list[int | None] = [None]          # refused from the first try on, or this many
+    tries = windows_holding(monkeypatch, lambda dst, n: dst == path
+                            and (until[0] is None or n < until[0]))
     with pytest.raises(fileio.WriteError) as caught:
         OUTPUT_WRITERS[writer](path, "a\n1\n")
     said = str(caught.value)
@@ -716,21 +707,15 @@ def test_a_file_open_in_another_program_on_windows_is_said_so(tmp_path: Path, wr
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
 
-    def closed_after_a_moment(src, dst):        # the program lets go of it as it is retried
-        if Path(dst) == path and len(tries) < 5:
-            tries.append(dst)
-            raise PermissionError(13, "[WinError 32] being used by another process", str(dst))
-        real(src, dst)
-
-    tries.clear()
-    monkeypatch.setattr(os, "replace", closed_after_a_moment)
+    tries.clear()                               # the program lets go of it as it is retried
+    until[0] = 5
     monkeypatch.setattr(fileio, "REPLACE_TRIES", 10, raising=False)
     OUTPUT_WRITERS[writer](path, "a\n1\n")
     assert path.read_text() == "a\n1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
 
     monkeypatch.setattr(errors, "WINDOWS", False)   # elsewhere: the system's word alone
-    monkeypatch.setattr(os, "replace", excel_holds_it)
+    until[0] = None
     with pytest.raises(fileio.WriteError) as caught:
         OUTPUT_WRITERS[writer](path, "b\n")
     assert "another program" not in str(caught.value)

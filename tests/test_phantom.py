@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from conftest import windows_holding
 from ultraseg.errors import UltrasegError
 from ultraseg.phantom import FRAMES_PER_SUBJECT, MIN_SIZE, make_dataset, make_frame
 
@@ -357,22 +358,11 @@ def test_a_set_another_program_holds_on_windows_is_tried_again_then_said_so(
     'permission denied' naming the hidden staging folder, at once. As an output file's
     replace is (fileio), each is tried again a few times, then refused saying it may be open
     in another program; nothing is left in --out. Elsewhere the error is as it was."""
-    import os
-
     from ultraseg import errors, fileio
 
-    real, tries = os.replace, []
-
-    def held_open(src, dst, until=None):
-        if Path(dst).name == held and (until is None or len(tries) < until):
-            tries.append(dst)
-            raise PermissionError(13, "[WinError 32] The process cannot access the file "
-                                  "because it is being used by another process", str(src))
-        real(src, dst)
-
-    monkeypatch.setattr(os, "replace", held_open)
-    monkeypatch.setattr(fileio, "REPLACE_WAIT", 0, raising=False)
-    monkeypatch.setattr(errors, "WINDOWS", True)
+    until: list[int | None] = [None]            # refused from the first try on, or this many
+    tries = windows_holding(monkeypatch, lambda dst, n: dst.name == held
+                            and (until[0] is None or n < until[0]))
     out = tmp_path / "win"
     with pytest.raises(fileio.WriteError) as caught:
         make_dataset(out, n=2, size=32)
@@ -384,7 +374,7 @@ def test_a_set_another_program_holds_on_windows_is_tried_again_then_said_so(
     assert list(out.iterdir()) == []
 
     tries.clear()                                       # the program lets go as it is retried
-    monkeypatch.setattr(os, "replace", lambda src, dst: held_open(src, dst, until=2))
+    until[0] = 2
     make_dataset(out, n=2, size=32)
     assert len(tries) == 2
     assert sorted(p.name for p in out.iterdir()) == ["images", "masks"]
@@ -392,7 +382,7 @@ def test_a_set_another_program_holds_on_windows_is_tried_again_then_said_so(
 
     tries.clear()                                       # elsewhere: the folder's permissions
     monkeypatch.setattr(errors, "WINDOWS", False)
-    monkeypatch.setattr(os, "replace", held_open)
+    until[0] = None
     with pytest.raises(PermissionError) as caught:
         make_dataset(tmp_path / "posix", n=2, size=32)
     assert "another program" not in str(caught.value) and len(tries) == 1

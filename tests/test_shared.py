@@ -1,7 +1,23 @@
 """ultraseg.shared: a process-wide setting held by blocks that end in any order."""
 from __future__ import annotations
 
+from typing import Callable
+
 from ultraseg.shared import while_held
+
+
+def _a_setting() -> tuple[dict[str, str], Callable[[], str], Callable[[str], None]]:
+    """A setting ({"value": "mine"}) with the change and restore while_held takes."""
+    setting = {"value": "mine"}
+
+    def change() -> str:
+        before, setting["value"] = setting["value"], "changed"
+        return before
+
+    def restore(before: str) -> None:
+        setting["value"] = before
+
+    return setting, change, restore
 
 
 def test_the_setting_is_changed_once_and_restored_when_the_last_block_ends() -> None:
@@ -57,14 +73,7 @@ def test_an_interrupt_as_a_block_opens_leaves_nothing_held(monkeypatch) -> None:
                 self.interrupt = False
                 raise KeyboardInterrupt
 
-    setting = {"value": "mine"}
-
-    def change() -> str:
-        before, setting["value"] = setting["value"], "changed"
-        return before
-
-    def restore(before: str) -> None:
-        setting["value"] = before
+    setting, change, restore = _a_setting()
 
     monkeypatch.setattr(shared, "_lock", InterruptedOnRelease())
     with pytest.raises(KeyboardInterrupt):
@@ -103,14 +112,7 @@ def test_a_block_interrupted_before_it_is_counted_leaves_an_open_block_held(monk
         def __exit__(self, *exc: object) -> None:
             self.lock.release()
 
-    setting = {"value": "mine"}
-
-    def change() -> str:
-        before, setting["value"] = setting["value"], "changed"
-        return before
-
-    def restore(before: str) -> None:
-        setting["value"] = before
+    setting, change, restore = _a_setting()
 
     first = while_held("x", change, restore)
     first.__enter__()
