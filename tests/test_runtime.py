@@ -143,6 +143,18 @@ def test_a_gpu_index_the_machine_lacks_is_a_user_error(one_gpu):
         resolve_device("cuda:x")
 
 
+
+@pytest.mark.parametrize("name", ["cudax", "cuda:", "cuda: 0", "cuda:-1", "cuda:007"])
+def test_a_name_that_is_no_device_is_said_so_with_or_without_a_gpu(monkeypatch, name) -> None:
+    """A misspelt name is an unknown device on every machine: without a GPU, one starting
+    with 'cuda' was answered 'no CUDA GPU is available' (predict, evaluate and export reach
+    resolve_device without the training config's check of the name)."""
+    for gpus in (0, 1):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        with pytest.raises(UltrasegError, match=f"unknown device '{name}'; valid: "):
+            resolve_device(name)
+
 def test_the_gpu_index_one_past_the_last_is_a_user_error(one_gpu):
     """GPU indices run from 0 to the count less 1: on a one-GPU machine cuda:1 is refused as
     the machine lacking it, not passed on to fail inside torch in its own words. The

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .config import DEVICE_NAMES
+from .config import DEVICE_NAME, DEVICE_NAMES
 from .errors import UltrasegError
 from .shared import while_held
 
@@ -38,10 +38,16 @@ def resolve_device(name: str | torch.device = "auto",
         name = str(name)
     if not isinstance(name, str):
         raise UltrasegError(f"device must be a name ({DEVICE_NAMES}), got {name!r}")
+    if not DEVICE_NAME.fullmatch(name):         # 'cudax', 'cuda:-1': the name, on any machine
+        raise UltrasegError(f"unknown device {name!r}; valid: {DEVICE_NAMES}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:         # 'cuda:007', an index past 64 bits
+        raise UltrasegError(f"unknown device {name!r}; valid: {DEVICE_NAMES}") from e
     way_out = f"--device cpu runs on the CPU (in Python, {in_python})"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UltrasegError(f"device {name} asked for (by {asked_by}), but no CUDA GPU is "
                             f"available: {way_out}")
     if name == "mps":
@@ -49,13 +55,7 @@ def resolve_device(name: str | torch.device = "auto",
             raise UltrasegError(f"device mps asked for (by {asked_by}), but Apple's MPS is not "
                                 "available here (a Mac with Apple silicon, macOS 12.3 or "
                                 f"later, and a PyTorch built with it): {way_out}")
-        return torch.device("mps")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UltrasegError(f"unknown device {name!r}; valid: {DEVICE_NAMES}")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:         # 'cuda:x', 'cuda:-1'
-        raise UltrasegError(f"unknown device {name!r}; valid: {DEVICE_NAMES}") from e
+        return device
     if device.type == "cuda" and device.index is not None \
             and device.index >= torch.cuda.device_count():
         raise UltrasegError(f"--device {name} asked for, but this machine has "
