@@ -25,8 +25,7 @@ from .io.images import header_shape
 from .io.masks import LabelTally
 from .logs import quiet
 from .measure import (PixelSizes, check_pixel_size, frame_boundary_offset, frame_pixel_size,
-                      has_pixel_size, hc_error_interval, hc_interval_words, measure,
-                      reference_touching_edge,
+                      hc_error_figures, hc_interval_words, measure,
                       warn_too_small_for_an_ellipse)
 from .metrics import EMPTY_RULE, few_subjects_words, image_metrics, interval_label, summarise
 from .postprocess import apply as apply_postprocess
@@ -593,21 +592,15 @@ def _evaluate(predictor: Predictor, data: str | Path, layout: str, subject_patte
     summary = {**{k: summary.get(k) for k in SUMMARY_KEYS}, **summary}
     summary["raw"] = {k: v for k, v in summarise(raw_rows).items() if k in RAW_KEYS}
     summary["postprocess"] = predictor.applied
-    signed = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
-    errors = [abs(e) for e in signed]
-    with_reference = sum(1 for r in rows
-                         if r.get("hc_ref_mm") is not None and has_pixel_size(r))
-    if with_reference:
+    hc = hc_error_figures(rows)
+    if hc["with_reference"]:
         # frames whose head the model did not find have no error: the MAE is over the others,
-        # and the summary says how many it leaves out
-        summary["hc_mae_mm"] = float(np.mean(errors)) if errors else None
-        summary["hc_bias_mm"] = float(np.mean(signed)) if signed else None  # predicted - ref
-        summary["hc_n"] = len(errors)
-        summary["hc_missed"] = with_reference - len(errors)
-        # of the frames in the error, those whose head touches the frame's edge (cut by it)
-        summary["hc_touches_edge"] = reference_touching_edge(rows)
-        # the MAE's interval, its subjects resampled as the Dice's (HC18's target is on it)
-        summary.update(hc_error_interval(rows))
+        # and the summary says how many it leaves out; of the frames in the error, those whose
+        # head touches the frame's edge (cut by it); the MAE's interval, its subjects
+        # resampled as the Dice's (HC18's target is on it)
+        summary.update(hc_mae_mm=hc["mae"], hc_bias_mm=hc["bias"], hc_n=hc["n"],
+                       hc_missed=hc["missed"], hc_touches_edge=hc["touches_edge"],
+                       **hc["interval"])
     for k in MM_KEYS:       # (no frame with a pixel size, or a reference): the keys there, null
         summary.setdefault(k, None)
     summary["label"] = label

@@ -61,7 +61,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -418,6 +418,23 @@ def hc_error_interval(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             "hc_mae_mm_ci95_method": None if ci is None else interval_words(n, len(errors)),
             "hc_n_subjects": n}
 
+
+def hc_error_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The head-circumference error over ``rows`` (each with ``hc_error_mm``, predicted -
+    reference, where the frame has both, and ``hc_ref_mm``): ``mae`` and ``bias`` (mm; None
+    with no frame in the error), ``n`` frames in it, ``with_reference`` frames with a
+    reference and a pixel size, ``missed`` those of them with no error (no head found: left
+    out of the MAE), ``touches_edge`` (:func:`reference_touching_edge`) and ``interval``
+    (:func:`hc_error_interval`'s keys). The one computation behind evaluate's and measure's
+    summaries, which name the figures their own way."""
+    signed = [float(r["hc_error_mm"]) for r in rows if r.get("hc_error_mm") is not None]
+    with_reference = sum(1 for r in rows
+                         if r.get("hc_ref_mm") is not None and has_pixel_size(r))
+    return {"mae": float(np.mean(np.abs(signed))) if signed else None,
+            "bias": float(np.mean(signed)) if signed else None,
+            "n": len(signed), "with_reference": with_reference,
+            "missed": with_reference - len(signed),
+            "touches_edge": reference_touching_edge(rows), "interval": hc_error_interval(rows)}
 
 def hc_interval_words(summary: Mapping[str, Any]) -> str:
     """The words printed beside the HC MAE of a summary holding :func:`hc_error_interval`'s

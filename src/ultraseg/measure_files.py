@@ -20,7 +20,7 @@ from .frame_outputs import (SKIPPED, FrameTable, Progress, encode_png, frame_cel
                             iter_probabilities, or_skip, overlay_thickness, prepare_out_dir,
                             settings_record, write, write_settings)
 from .frames import Frame, frames_of
-from .measure import has_pixel_size, hc_error_interval, reference_touching_edge
+from .measure import has_pixel_size, hc_error_figures
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor, as_predictor
 
@@ -207,7 +207,7 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
     measured); the boundary offset and the frame side it holds at (None: in each frame's own
     pixels)."""
     hc = [r["hc_mm"] for r in rows if r.get("hc_mm") is not None]
-    errors = [r["hc_error_mm"] for r in rows if r.get("hc_error_mm") is not None]
+    error = hc_error_figures(rows)
     return {
         "n": len(rows),
         "n_with_object": sum(1 for r in rows if r["area_px"] > 0),
@@ -216,16 +216,15 @@ def summarise_measurements(rows: Sequence[dict[str, Any]], boundary_offset_px: f
         "n_multiple_regions": sum(1 for r in rows if (r.get("n_components") or 0) > 1),
         "area_px_mean": float(np.mean([r["area_px"] for r in rows])) if rows else None,
         "hc_mm_mean": float(np.mean(hc)) if hc else None,
-        "n_with_reference": len(errors),
+        "n_with_reference": error["n"],
         # frames with a reference whose head the model did not find: no error, left out
-        "n_reference_missed": sum(1 for r in rows if r.get("hc_ref_mm") is not None
-                                  and has_pixel_size(r) and r.get("hc_mm") is None),
-        "hc_mae_mm": float(np.mean(np.abs(errors))) if errors else None,
-        "hc_bias_mm": float(np.mean(errors)) if errors else None,
+        "n_reference_missed": error["missed"],
+        "hc_mae_mm": error["mae"],
+        "hc_bias_mm": error["bias"],
         "boundary_offset_px": boundary_offset_px,
         "offset_frame_side_px": offset_frame_side_px,
         # of the frames in the HC error, those whose object touches the frame's edge (a head
         # cut by it, fitted on its visible outline: the surest of them no more)
-        "n_reference_touches_edge": reference_touching_edge(rows),
-        **hc_error_interval(rows),     # (the MAE's interval, as evaluate's)
+        "n_reference_touches_edge": error["touches_edge"],
+        **error["interval"],           # (the MAE's interval, as evaluate's)
     }
