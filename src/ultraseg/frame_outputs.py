@@ -5,6 +5,13 @@ the output folder made and swept (:func:`prepare_out_dir`), each file written wh
 (:func:`write`), the settings that made them (:func:`settings_record`), and the table a run
 grows row by row (:class:`FrameTable`).
 
+Everything streams: frames are decoded one by one as the predictor asks for them (it batches a
+few), each result is written as soon as it is known, and nothing holds the whole input in
+memory. Every output file goes through :mod:`ultraseg.fileio` (temporary name, then rename), so
+an interrupted or failed run leaves complete files or none -- never half of one; the tables
+(predictions.csv, measurements.csv) are made so, then grow row by row, each row whole, so that
+a run killed outright (``kill -9``) leaves the rows it made.
+
 Moved from :mod:`ultraseg.predict_files` as it was (the names other modules use made public).
 Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
 """

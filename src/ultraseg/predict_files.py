@@ -1,12 +1,7 @@
 """From image files and folders to mask files, overlays and a Kaggle submission (measurements:
 :mod:`ultraseg.measure_files`; what both share: :mod:`ultraseg.frame_outputs`).
 
-Everything streams: frames are decoded one by one as the predictor asks for them (it batches a
-few), each result is written as soon as it is known, and nothing holds the whole input in
-memory. Every output file goes through :mod:`ultraseg.fileio` (temporary name, then rename), so
-an interrupted or failed run leaves complete files or none -- never half of one; the tables
-(predictions.csv, measurements.csv) are made so, then grow row by row, each row whole, so that
-a run killed outright (``kill -9``) leaves the rows it made.
+predictions.csv and the masks stream as :mod:`ultraseg.frame_outputs` says.
 
 Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
 """
