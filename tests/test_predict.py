@@ -1,4 +1,5 @@
-"""File-level prediction (ultraseg.predict_files): inputs -> masks, overlays, RLE, measurements.
+"""File-level prediction and measurement (ultraseg.predict_files, measure_files, frame_outputs):
+inputs -> masks, overlays, RLE, measurements.
 
 Most tests use a torch-free Predictor whose "network" is a fixed pixel-wise function, so every
 expected mask can be computed by hand: with ``PreprocessConfig(size=None, normalise='unit')``
