@@ -654,6 +654,52 @@ def test_frames_that_differ_only_in_a_side_tag_are_warned_about(tmp_path) -> Non
     assert not [r for r in warned if "own subject" in r.getMessage()], warned
 
 
+_DATED = [f"{d}_patient{p}_{f:02d}" for d in ("20240105", "20240212") for p in (1, 2, 3)
+          for f in (1, 2)]
+
+
+@pytest.mark.parametrize("stems, said, patients", [
+    # a clinic's export, DATE_PATIENT_FRAME: the leading number is the scan date
+    (_DATED, ["read as dates", "'patient1' under 2"], {"patient1", "patient2", "patient3"}),
+    # DATE_FRAME: nothing in the name to take instead
+    ([f"{d}_{f:02d}" for d in ("20240105", "19991231") for f in (1, 2)],
+     ["read as dates", "images/PATIENT/"], None),
+    # an identifier repeated under several leading numbers that are no dates
+    ([f"{s}_pt{p}_{f}" for s in (1, 2) for p in (7, 8) for f in (1, 2)],
+     ["'pt7' under 2"], {"pt7", "pt8"}),
+    (["1_1", "1_2", "2_1", "2_2"], None, None),               # Kaggle nerve's SUBJECT_FRAME
+    (["12345678_1", "12345678_2", "87654321_1"], None, None),  # 8 digits that read as no date
+    (["20241399_1", "20241399_2", "20240230_1"], None, None),  # ... nor these
+    (["1_frame_01", "1_frame_02", "2_frame_01"], None, None),  # a word, no identifier
+])
+def test_leading_numbers_that_look_like_dates_or_hide_a_patient_are_warned_about(
+        tmp_path, stems, said, patients) -> None:
+    """20240105_patient1_01.png: the leading integer, a scan date, was taken for the subject in
+    silence, and each patient scanned on two dates had frames on both sides of the split. The
+    subjects stay as they were (splits of existing sets must not move); a warning says so and
+    suggests a --subject-pattern that takes the patient."""
+    for stem in stems:
+        _save(tmp_path / "d" / "images" / f"{stem}.png", _frame())
+        _save(tmp_path / "d" / "masks" / f"{stem}_mask.png", _disk())
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(tmp_path / "d")
+    assert {s.subject for s in ds.labelled} == {s.split("_")[0] for s in stems}   # as before
+    found = [r.getMessage() for r in warned if "leading number" in r.getMessage()]
+    if said is None:
+        assert not found, found
+        return
+    assert len(found) == 1, found
+    assert all(words in found[0] for words in said), found[0]
+    if patients is not None:
+        pattern = re.search(r"e\.g\. '([^']+)'\)", found[0]).group(1)
+        ds, _ = scan_dataset(tmp_path / "d", subject_pattern=pattern)
+        assert {s.subject for s in ds.labelled} == patients          # as suggested
+    # predict and measure draw no split: not told
+    with ultraseg_warnings() as warned:
+        scan_dataset(tmp_path / "d", needs_labels=False)
+    assert not [r for r in warned if "leading number" in r.getMessage()], warned
+
+
 def test_the_images_layout_leaves_hidden_folders_out(tmp_path) -> None:
     """A thumbnail cache (.cache/thumb.jpg) below a folder of scans was predicted as a frame;
     the other layouts and the output-folder check skip hidden folders."""

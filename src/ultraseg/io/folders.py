@@ -14,7 +14,7 @@ from .. import errors
 from ..errors import DataError
 from .base import _LEADING_SUBJECT, Reader, Sample
 from .files import image_stem, is_image_file, list_images, natural_key, walk_files
-from .naming import _MASK_STEM, _group_several, _nfc, _other_suffix, _pair, _warn_frames_as_subjects
+from .naming import _MASK_STEM, _group_several, _nfc, _other_suffix, _pair, warn_subject_names
 from .outputs import OUTPUT_MARKER, in_output_folder, warn_outputs_left_out
 
 #: These warnings keep the name of the logger they were said on before they moved here
@@ -398,7 +398,7 @@ class FoldersReader(Reader):
         samples = [Sample(name, image, mask, self.leading_subject(name))
                    for name, image, mask in pairs]
         if not self.subjects_by_pattern and self.groups_subjects:
-            _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
+            warn_subject_names(root, [(s.name, s.subject) for s in samples])
         _warn_unread_mask_folder(root, image_dir, mask_dir, samples)
         _warn_images_beside(root, image_dir, samples)
         return samples, problems + found_problems

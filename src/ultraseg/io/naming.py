@@ -2,9 +2,10 @@
 (``NAME_mask``, the suffix in any letter case, names in Unicode's composed form), the one line
 for masks named another way (another tool's suffix, a leading word, a second mask, a loop's
 frames), the name predict gives a loop's frame, and where frames named alike look like one
-patient's."""
+patient's, or a leading subject number like a date."""
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import unicodedata
@@ -388,3 +389,80 @@ def _warn_frames_as_subjects(root: Path, own: list[str]) -> None:
                     "on both sides; --subject-pattern REGEX takes the subject from the name "
                     "(e.g. '%s')", root, len(own), sum(k for k, _ in shared), what, n, prefix,
                     pattern)
+
+
+def warn_subject_names(root: Path, named: list[tuple[str, str]]) -> None:
+    """The warnings about subjects taken from file names (no --subject-pattern), given each
+    frame's (name, subject): frames that are their own subject but look like one patient's
+    (:func:`_warn_frames_as_subjects`), and leading subject numbers that look like dates or
+    precede another identifier (:func:`_warn_leading_subjects`)."""
+    _warn_frames_as_subjects(root, [name for name, subject in named if subject == name])
+    _warn_leading_subjects(root, [(name, subject) for name, subject in named if subject != name])
+
+
+def _is_date(digits: str) -> bool:
+    """Whether a leading subject number reads as a date, YYYYMMDD in 1900-2099 (a scan's or an
+    export's, likely: no patient). Six digits (YYMMDD) are not taken: too many patient numbers
+    read as one."""
+    if len(digits) != 8 or not digits.isascii() or digits[:2] not in ("19", "20"):
+        return False
+    try:
+        datetime.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return False
+    return True
+
+
+def _repeated_ids(numbered: list[tuple[str, str]], dates: bool
+                  ) -> tuple[list[tuple[str, set[str]]], str]:
+    """What follows each name's leading subject number, its trailing frame number (or tag)
+    stripped (:data:`_SHARED_NAME_RULES`), where the same one follows several subjects: an
+    identifier that holds a digit (a letter too, unless the subjects are dates: ``3_1_2``'s
+    '1' is likely a sequence), likely the patient. (identifier, its subjects) of the rule that
+    finds more names, the most subjects first, and a --subject-pattern taking the identifier."""
+    found = []
+    for rule, _, pattern in _SHARED_NAME_RULES:
+        under: dict[str, set[str]] = defaultdict(set)
+        for name, subject in numbered:
+            rest = name[len(subject) + 1:]
+            ident = rule.sub("", rest)
+            if ident and ident != rest and any(c.isdigit() for c in ident) \
+                    and (dates or any(c.isalpha() for c in ident)):
+                under[ident].add(subject)
+        shared = sorted(((k, v) for k, v in under.items() if len(v) > 1),
+                        key=lambda kv: (-len(kv[1]), natural_key(kv[0])))
+        found.append((shared, "^\\d+_" + pattern[1:]))
+    return max(found, key=lambda f: sum(len(v) for _, v in f[0]))
+
+
+def _warn_leading_subjects(root: Path, numbered: list[tuple[str, str]]) -> None:
+    """Warn where the frames' subjects, their names' leading numbers (SUBJECT_FRAME), all read
+    as dates (20240105_patient1_01: a clinic's export, DATE_PATIENT_FRAME) or precede an
+    identifier found under several of them: the split would group a date's patients as one
+    subject and put a patient's frames on both sides. The subjects stay as they are (the
+    splits of sets named SUBJECT_FRAME must not move); a --subject-pattern is suggested."""
+    if not numbered:
+        return
+    subjects = {subject for _, subject in numbered}
+    dates = all(_is_date(s) for s in subjects)
+    shared, pattern = _repeated_ids(numbered, dates)
+    if not dates and not shared:
+        return
+    said = (f"the {len(subjects)} subjects found read as dates (YYYYMMDD, the first "
+            f"{min(subjects, key=natural_key)!r})" if dates else "")
+    if shared:
+        ident, under = shared[0]
+        said += (" and " if said else "") + (
+            f"{len(shared)} identifier{'s' * (len(shared) != 1)} after it follow several of "
+            f"them (e.g. {ident!r} under {len(under)}: "
+            f"{', '.join(sorted(under, key=natural_key)[:3])})")
+        advice = ("if those identifiers are the patients, the split puts each one's frames on "
+                  "both sides; --subject-pattern REGEX takes the subject from the name (e.g. "
+                  f"'{pattern}')")
+    else:
+        advice = ("if those are scan dates, not patients, the split takes each date's "
+                  "patients for one and puts a patient scanned on two dates on both sides: "
+                  "name the files PATIENT_FRAME, or put each patient's in images/PATIENT/ "
+                  "(the README's layout table)")
+    log.warning("%s: each frame's subject is its name's leading number (SUBJECT_FRAME), but "
+                "%s: %s", root, said, advice)

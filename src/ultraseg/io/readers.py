@@ -17,7 +17,7 @@ from .base import Reader, Sample
 from .files import image_stem, is_image_file, iter_files, list_images, natural_key, walk_files
 from .folders import _files_one_down, _link_advice, _named_as, _unread_subfolders, folder_role
 from .naming import (_MASK_STEM, _TRAILING_NUMBER, _group_several, _nfc, _other_suffix, _outlines,
-                     _pair, _warn_frames_as_subjects)
+                     _pair, warn_subject_names)
 from .outputs import in_output_folder, warn_outputs_left_out
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class KaggleReader(Reader):
         samples = [Sample(name, image, mask, self.leading_subject(name), {"split": "train"})
                    for name, image, mask in pairs]
         if not self.subjects_by_pattern and self.groups_subjects:
-            _warn_frames_as_subjects(root, [s.name for s in samples if s.subject == s.name])
+            warn_subject_names(root, [(s.name, s.subject) for s in samples])
         if test.is_dir() and test != train:
             seen = {s.name for s in samples}
             for p in sorted(list_images(test), key=lambda q: natural_key(q.name)):
