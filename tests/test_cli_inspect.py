@@ -779,3 +779,49 @@ def test_inspect_decodes_each_mask_once(tmp_path, monkeypatch) -> None:
         report, problems = inspect_dataset(root, label=255 if name == "lab" else 1)
         assert not problems and report["labels"] == labels and report["empty_masks"] == 0
         assert sorted(Counter(map(str, decoded)).values()) == [1] * len(masks), decoded
+
+
+@pytest.mark.parametrize("names, args, rule, line", [
+    (["20240105_p1_01", "20240105_p1_02", "20240212_p1_01"], [], "leading_number",
+     "subjects    2 (leading integer of SUBJECT_FRAME: '20240105' 2 frames, '20240212' 1 frame)"),
+    (["pat1/f01", "pat1/f02", "pat2/f01"], [], "subject_folder",
+     "subjects    2 (subject folder, images/SUBJECT/NAME: 'pat1' 2 frames, 'pat2' 1 frame)"),
+    (["a_1", "a_2", "b_1"], ["--subject-pattern", "^([a-z])_"], "subject_pattern",
+     "subjects    2 (--subject-pattern: 'a' 2 frames, 'b' 1 frame)"),
+    (["0001", "0002", "0003"], [], "own",
+     "subjects    3 (each frame its own, no leading SUBJECT_ integer or subject folder: "
+     "one patient's or one video's frames want SUBJECT_FRAME names, images/SUBJECT/ folders "
+     "or --subject-pattern REGEX)"),
+    (["1_1", "1_2", "cat"], [], "mixed",
+     "subjects    2 (mixed, leading integer of SUBJECT_FRAME 2 frames, each frame its own 1 "
+     "frame: '1' 2 frames, 'cat' 1 frame)"),
+])
+def test_inspect_says_how_the_subjects_were_found_with_examples(
+        tmp_path: Path, capsys: pytest.CaptureFixture, names, args, rule, line) -> None:
+    """inspect printed 'subjects 2' and nothing else: a clinic's 20240105_patient1_01 names
+    grouped by date could not be seen before training (split.json, after a run, was the only
+    place). It names the rule and the largest subjects with their frames; --json too."""
+    for i, name in enumerate(names):
+        _good(tmp_path / "d", name, seed=i)
+    assert main(["inspect", str(tmp_path / "d"), *args]) == 0
+    assert line in capsys.readouterr().out.splitlines()
+    assert main(["inspect", str(tmp_path / "d"), "--json", *args]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["subject_rule"] == rule
+    assert sum(report["subject_rule_frames"].values()) == report["pairs"]
+    assert report["subject_examples"][0]["frames"] == (1 if rule == "own" else 2)
+    assert len(report["subject_examples"]) == min(3, report["subjects"])
+
+
+def test_the_subject_rule_is_each_file_s_though_two_rules_give_one_subject(tmp_path) -> None:
+    """Kaggle nerve's train/1_1 (subject '1', its leading integer) and test/1 (unlabelled, its
+    own subject '1'): the rule was looked up by subject, and the test frame's overwrote the
+    pair's, so inspect called the pairs' subjects each frame's own."""
+    for name in ("1_1", "1_2"):
+        _save(tmp_path / "d" / "train" / f"{name}.tif", _img())
+        _save(tmp_path / "d" / "train" / f"{name}_mask.tif", _mask())
+    _save(tmp_path / "d" / "test" / "1.tif", _img(1))
+    report, _ = inspect_dataset(tmp_path / "d")
+    assert report["layout"] == "kaggle" and report["pairs"] == 2
+    assert report["subject_rule"] == "leading_number", report["subject_rule_frames"]
+    assert report["subject_examples"] == [{"subject": "1", "frames": 2}]

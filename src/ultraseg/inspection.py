@@ -14,7 +14,9 @@ from .data import MaskTally, constant_note, inverted_note, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, first, ids,
                          near_blocks, thumbnail, unit_thumbnail)
 from .errors import DataError
-from .io import frame_loop, said_once, scan_dataset, select_label, split_frames
+from .io import (SUBJECT_RULES, frame_loop, said_once, scan_dataset, select_label, split_frames,
+                 subject_rule)
+from .io.files import natural_key
 from .io.grey import colour_note, counting_colour
 from .preprocess import outline_note
 
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: Pairs (and constant frames) named in the report; the counts cover all of them.
 LISTED = 20
+#: Subjects the report names, the most frames first, as examples of how they were found.
+SUBJECT_EXAMPLES = 3
 
 
 @dataclass
@@ -255,8 +259,12 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     widths, heights = [], []
     classes: Counter[str] = Counter()
     pairs = unlabelled = 0
-    subjects: set[str] = set()
-    unlabelled_subjects: set[str] = set()
+    subjects: Counter[str] = Counter()          # frames of each subject (the pairs')
+    unlabelled_subjects: Counter[str] = Counter()
+    # the rule that found each file's subject (a loop's frames share it), and their frames:
+    # the pairs', the unlabelled frames'
+    rules = {s.image_path: subject_rule(s, ds.subject_pattern) for s in ds.samples}
+    by_rule: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
     frames = _Frames()
     # a black-and-white mask's white: label 1, or 255 in a set of label masks, known once
     # every mask is read: what the report says under each, and the foregrounds that differ
@@ -275,10 +283,12 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
             if decoded is None:
                 frames.add(s.name, s.subject, image, None)
                 unlabelled += 1
-                unlabelled_subjects.add(s.subject)
+                unlabelled_subjects[s.subject] += 1
+                by_rule[1][rules[s.image_path]] += 1
                 continue
             pairs += 1
-            subjects.add(s.subject)
+            subjects[s.subject] += 1
+            by_rule[0][rules[s.image_path]] += 1
             if "class" in s.meta:
                 classes[s.meta["class"]] += 1
             label_masks = label_masks or decoded.label_mask
@@ -308,6 +318,8 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
         "pairs": pairs,
         "unlabelled": unlabelled,
         "subjects": len(subjects) if pairs else len(unlabelled_subjects),
+        **_subject_facts(*((subjects, by_rule[0]) if pairs else
+                           (unlabelled_subjects, by_rule[1]))),
         "empty_masks": tally.masks - tally.nonempty,
         "foreground_fraction_mean": float(np.mean(fractions)) if fractions else None,
         "image_size_min": dims(np.min),
@@ -331,11 +343,50 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     return report, problems
 
 
+def _subject_facts(frames: Counter[str], by_rule: Counter[str]) -> dict[str, Any]:
+    """How the subjects counted (``frames``: the frames of each; ``by_rule``: the frames each
+    rule of :data:`~ultraseg.io.SUBJECT_RULES` found) were found: ``subject_rule`` (the rule,
+    ``mixed`` where frames were found by several, None where there are none),
+    ``subject_rule_frames`` (``by_rule``) and ``subject_examples``, the subjects of most
+    frames (``[{"subject", "frames"}]``)."""
+    rule = None if not by_rule else next(iter(by_rule)) if len(by_rule) == 1 else "mixed"
+    largest = sorted(frames.items(), key=lambda kv: (-kv[1], natural_key(kv[0])))
+    return {"subject_rule": rule,
+            "subject_rule_frames": {k: by_rule[k] for k in SUBJECT_RULES if by_rule[k]},
+            "subject_examples": [{"subject": k, "frames": n}
+                                 for k, n in largest[:SUBJECT_EXAMPLES]]}
+
+
+def _subjects_line(report: dict[str, Any]) -> str:
+    """The report's subjects line: their count, how they were found, the largest of them."""
+    rule = report.get("subject_rule")
+    if rule is None:
+        return f"subjects    {report['subjects']}"
+    if rule == "own":
+        how = ("each frame its own, no leading SUBJECT_ integer or subject folder: one "
+               "patient's or one video's frames want SUBJECT_FRAME names, images/SUBJECT/ "
+               "folders or --subject-pattern REGEX")
+        return f"subjects    {report['subjects']} ({how})"
+    if rule == "mixed":
+        how = "mixed, " + ", ".join(f"{SUBJECT_RULES[k]} {_frames(n)}" for k, n in
+                                    report["subject_rule_frames"].items())
+    else:
+        how = SUBJECT_RULES[rule]
+    examples = ", ".join(f"{e['subject']!r} {_frames(e['frames'])}"
+                         for e in report["subject_examples"])
+    return f"subjects    {report['subjects']} ({how}: {examples})"
+
+
+def _frames(n: int) -> str:
+    return f"{n} frame{'s' * (n != 1)}"
+
+
 def failed_report(path: str | Path, problem_lines: list[str]) -> dict[str, Any]:
     """The report of a folder that could not be read at all (missing, empty, no layout found):
     every key :func:`inspect_dataset` gives, nothing found, ``layout`` None, and the lines that
     say why, so a script reads one shape either way."""
     return {"path": str(path), "layout": None, "pairs": 0, "unlabelled": 0, "subjects": 0,
+            "subject_rule": None, "subject_rule_frames": {}, "subject_examples": [],
             "empty_masks": 0, "foreground_fraction_mean": None, "image_size_min": None,
             "image_size_median": None, "image_size_max": None, "labels": [], "labels_note": None,
             "classes": {}, **_empty_duplicates(), "masks_with_specks": [],
@@ -350,7 +401,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"dataset     {report['path']}  (layout: {report['layout']})",
         f"pairs       {report['pairs']}   unlabelled images: {report['unlabelled']}",
-        f"subjects    {report['subjects']}",
+        _subjects_line(report),
         f"empty masks {report['empty_masks']}",
         f"foreground  {'n/a' if fg is None else f'{100 * fg:.2f} % of the frame on average'}",
     ]

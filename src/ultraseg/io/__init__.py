@@ -16,7 +16,7 @@ from ..config import check_flag
 from ..errors import DataError, UltrasegError, command_line
 from ..fileio import as_path
 from ..logs import quiet
-from .base import Reader, Sample
+from .base import SUBJECT_RULES, Reader, Sample, subject_rule
 from .dicom import (DICOM_EXTENSIONS, PIXEL_SIZE_NOT_TAKEN, dicom_frame_count, dicom_pixel_size_mm,
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .files import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, convert_advice, image_stem,
@@ -427,4 +427,5 @@ __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTE
            "label_set", "white_label", "white_for", "with_white", "read_mask", "register",
            "scan_dataset", "select_label",
            "WHITE_LABELS", "split_frames",
-           "file_sample", "image_stem", "with_header_pixel_size", "frame_loop", "said_once"]
+           "file_sample", "image_stem", "with_header_pixel_size", "frame_loop", "said_once",
+           "SUBJECT_RULES", "subject_rule"]

@@ -23,7 +23,7 @@ from ..errors import DataError
 from .images import SeveralFrames, read_image, with_mask_advice
 from .masks import decode_mask, white_labelled
 
-__all__ = ["Sample", "DecodedMasks", "Reader"]
+__all__ = ["Sample", "DecodedMasks", "Reader", "SUBJECT_RULES", "subject_rule"]
 
 _LEADING_SUBJECT = re.compile(r"^(\d+)_")
 
@@ -197,3 +197,26 @@ class Reader(ABC):
         ``subject_pattern`` overrides."""
         m = _LEADING_SUBJECT.match(stem)
         return self.subject_of(stem, m.group(1) if m else stem)
+
+
+#: How a sample's subject was found (:func:`subject_rule`), in the words inspect prints.
+SUBJECT_RULES = {"subject_pattern": "--subject-pattern",
+                 "subject_folder": "subject folder, images/SUBJECT/NAME",
+                 "leading_number": "leading integer of SUBJECT_FRAME",
+                 "own": "each frame its own"}
+
+
+def subject_rule(sample: Sample, subject_pattern: str | None = None) -> str:
+    """Which rule of :data:`SUBJECT_RULES` gave ``sample`` (as a reader found it, before
+    :func:`~ultraseg.io.split_frames`) its subject, the dataset's ``subject_pattern`` (None
+    where it gave none) aside: its name's subject folder (``SUBJECT/NAME``), else its leading
+    integer (:meth:`Reader.leading_subject`), else the name itself."""
+    if subject_pattern is not None:
+        return "subject_pattern"
+    folder, _, stem = sample.name.rpartition("/")
+    if sample.subject in (sample.name, stem):
+        return "own"
+    if folder and sample.subject == folder:
+        return "subject_folder"
+    m = _LEADING_SUBJECT.match(stem)
+    return "leading_number" if m and m.group(1) == sample.subject else "own"
