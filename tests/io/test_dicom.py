@@ -36,7 +36,8 @@ def _region(dx_cm: float, dy_cm: float, spatial: int = 1, units: int = 3) -> Dat
 
 def make_dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2",
                regions: list[Dataset] | None = None, spacing: tuple[float, float] | None = None,
-               frames: int = 1, jpeg: bool = False, bits_stored: int | None = None) -> Path:
+               frames: int = 1, jpeg: bool = False, bits_stored: int | None = None,
+               patient_id: str | None = None) -> Path:
     """A DICOM ultrasound file of ``arr`` ((H, W) grey or (H, W, 3) RGB; uint8 or uint16)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UltrasoundImageStorage
@@ -47,6 +48,8 @@ def make_dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2",
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "US"
+    if patient_id is not None:
+        ds.PatientID = patient_id
     ds.Rows, ds.Columns = arr.shape[:2]
     ds.SamplesPerPixel = 3 if arr.ndim == 3 else 1
     ds.PhotometricInterpretation = photometric
@@ -968,3 +971,32 @@ def test_a_deflated_loop_read_frame_after_frame_is_inflated_once(tmp_path, monke
             got = read_image(loop, frame=k)
             assert np.array_equal(got if bits == 8 else got > 0, frames[k]), k
     assert len(headers) <= 2 + 2 + 1      # 3: header and loop; 1: at most a loop; 2: read on
+
+
+@pytest.mark.parametrize("ids, warns", [
+    (["P01"] * 3 + ["P02"] * 3 + ["P03"] * 3, True),    # 9 subjects by name, 3 patients
+    ([f"P{i:02d}" for i in range(9)], False),           # a patient a subject, as named
+    (["ANONYMOUS"] * 9, False),                          # one id for all (anonymised): nothing
+    ([None] * 9, False),                                 # none in the headers
+])
+def test_dicom_patient_ids_that_join_subjects_are_warned_of(tmp_path, ids, warns) -> None:
+    """30 DICOM frames of 3 PatientIDs, named as 30 subjects, were split as 30 subjects:
+    each patient's frames on both sides, and nothing said (their headers named the patients).
+    The warning names files, not the PatientID (a patient's identifier, kept off the logs)."""
+    (tmp_path / "d" / "masks").mkdir(parents=True)
+    mask = np.zeros((40, 56), np.uint8)
+    mask[10:20, 10:30] = 255
+    for i, pid in enumerate(ids):
+        make_dicom(tmp_path / "d" / "images" / f"{i + 1}_1.dcm", _scan(), patient_id=pid)
+        Image.fromarray(mask).save(tmp_path / "d" / "masks" / f"{i + 1}_1.png")
+    with ultraseg_warnings() as warned:
+        ds, problems = scan_dataset(tmp_path / "d")
+    assert problems == [] and len({s.subject for s in ds.labelled}) == 9   # as before
+    said = [r.getMessage() for r in warned if "PatientID" in r.getMessage()]
+    assert len(said) == (1 if warns else 0), said
+    if warns:
+        assert "3 patients" in said[0] and "9 subjects" in said[0], said[0]
+        assert "images/PATIENT/" in said[0] and "P01" not in said[0], said[0]
+    with ultraseg_warnings() as warned:         # predict and measure draw no split
+        scan_dataset(tmp_path / "d", needs_labels=False)
+    assert not [r for r in warned if "PatientID" in r.getMessage()]

@@ -26,7 +26,7 @@ from .grey import said_once
 from .hc18 import Hc18Reader, table_key
 from .images import frame_count, frame_loop, read_image
 from .masks import classify_mask_values, read_mask, select_label
-from .naming import Unpaired, frame_tag
+from .naming import Unpaired, frame_tag, warn_patient_ids
 from .outputs import OUTPUT_MARKER
 from .readers import BusiReader, ImagesReader, KaggleReader, annotation_files, run_length_tables
 
@@ -229,6 +229,9 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
         hint = dataset_hint(root, needs_labels)
         if hint:    # part of a labelled dataset, or one below: its masks read as frames
             log.warning("%s is read as a folder of unlabelled images%s", root, hint)
+    if needs_labels and subject_pattern is None:
+        warn_patient_ids(root, [(s.name, s.subject, s.image_path) for s in samples
+                                if s.labelled])
     if needs_labels and not any(s.labelled for s in samples):
         for table, column in run_length_tables(root):
             log.warning("%s holds run-length masks (column %r), which ultraseg does not read: "

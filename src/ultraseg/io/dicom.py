@@ -665,6 +665,19 @@ def dicom_pixel_spacing_mm(path: str | Path, why: list[str] | None = None
     return (x, x) if abs(x - y) <= _SQUARE * max(x, y) else (y, x)
 
 
+def dicom_patient_id(path: str | Path) -> str | None:
+    """The PatientID a DICOM file's header holds (blanks stripped), or None where it holds
+    none, an empty one, or the header cannot be read (reading the frame says why)."""
+    try:
+        ds = _read(Path(path), pixels=False)
+        with _quiet_pydicom():
+            value = ds.get("PatientID")
+    except DataError:
+        return None
+    said = "" if value is None else str(value).strip()
+    return said or None
+
+
 def dicom_pixel_size_mm(path: str | Path) -> float | None:
     """The square pixel size in mm a DICOM file's header gives (see the module docstring), or
     None where it gives none, or none that is square and one (pixels that are not square:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Collection
 
 from ..errors import DataError
+from .dicom import dicom_patient_id, is_dicom
 from .files import image_stem, natural_key
 from .images import frame_count
 from .masks import read_mask
@@ -466,3 +467,35 @@ def _warn_leading_subjects(root: Path, numbered: list[tuple[str, str]]) -> None:
                   "(the README's layout table)")
     log.warning("%s: each frame's subject is its name's leading number (SUBJECT_FRAME), but "
                 "%s: %s", root, said, advice)
+
+
+def warn_patient_ids(root: Path, frames: list[tuple[str, str, Path]]) -> None:
+    """Warn where DICOM frames (``frames``: each labelled frame's name, subject and image file)
+    whose headers name two or more patients (PatientID) put one patient's frames in several
+    subjects: the split can put them on both sides (30 files named as 30 subjects, of 3
+    PatientIDs). One PatientID for all (an anonymised export) says nothing; nor does a subject
+    holding several (coarser, no leak). Files are named, never the PatientID (a patient's
+    identifier, kept off the logs and a run's train.log). ultraseg takes no subject from the
+    header: the warning says how to lay the files out by patient."""
+    subjects: dict[str, set[str]] = defaultdict(set)       # PatientID -> its subjects
+    files: dict[str, list[str]] = defaultdict(list)        # PatientID -> its frames' names
+    for name, subject, path in frames:
+        pid = dicom_patient_id(path) if is_dicom(path) else None
+        if pid is not None:
+            subjects[pid].add(subject)
+            files[pid].append(name)
+    split = [pid for pid, held in subjects.items() if len(held) > 1]
+    if len(subjects) < 2 or not split:
+        return
+    pid = max(split, key=lambda k: len(subjects[k]))
+    named = sorted(files[pid], key=natural_key)
+    log.warning("%s: the DICOM headers of %d frames name %d patients (PatientID), but the frames' "
+                "names give %d subjects: the frames of %d patient%s fall in several subjects (e.g. "
+                "one patient's %d frames in %d subjects: %s%s), which the split can put on "
+                "both sides; ultraseg takes no subject from the header: put each patient's "
+                "files in images/PATIENT/ and their masks in masks/PATIENT/ (the README's "
+                "per-patient layout), or name them PATIENT_FRAME", root,
+                sum(len(v) for v in files.values()), len(subjects),
+                len(set().union(*subjects.values())), len(split), "s" * (len(split) != 1),
+                len(named), len(subjects[pid]), ", ".join(named[:3]),
+                ", ..." if len(named) > 3 else "")
