@@ -25,7 +25,7 @@ from ultraseg import cli, report
 from ultraseg.checkpoint import load_checkpoint
 from ultraseg.config import (DataConfig, ModelConfig, PostprocessConfig, PreprocessConfig,
                              RunConfig, TrainConfig, merge, preset)
-from ultraseg.data import Arrays, _held, few_validation_note
+from ultraseg.data import Arrays, _held, few_subjects_note, few_validation_note
 from ultraseg.errors import UltrasegError
 from ultraseg.evaluate import evaluate
 from ultraseg.phantom import make_dataset
@@ -2751,6 +2751,33 @@ def test_a_validation_side_of_few_frames_is_warned_about_in_the_log_and_the_repo
     (run / "report.html").unlink()
     train_mod.train(None, run, resume=True)
     assert _warnings_section((run / "report.html").read_text()) == section
+
+
+def test_a_split_of_two_subjects_is_warned_about(tmp_path) -> None:
+    """A dataset of 2 subjects (a clinic's export split by date) put 1 of the 2, half the
+    frames against the 0.2 asked, in validation with no remark (the share was logged at INFO
+    only): the epoch and post-processing were chosen on one patient, training saw the other."""
+    from conftest import ultraseg_warnings
+
+    data = make_dataset(tmp_path / "data", n=20, size=32, seed=0)      # 2 subjects of 10
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": None},
+        "model": {"width": 4, "depth": 1}, "preprocess": {"size": 32},
+        "train": {"epochs": 1, "val_fraction": 0.2, "seed": 0, "device": "cpu",
+                  "precision": "fp32", "num_threads": 1, "time_limit_s": None}})
+    with ultraseg_warnings() as warned:
+        result = train_mod.train(cfg, tmp_path / "run")
+    said = [r.getMessage() for r in warned if "of the 2 subjects" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in warned]
+    assert "validation holds 1 of the 2 subjects (10 of 20 frames" in said[0], said[0]
+    assert "--val-fraction 0" in said[0]
+    assert any("of the 2 subjects" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("val, split, warns", [(1, 2, True), (1, 3, False), (2, 4, False),
+                                               (0, 2, False)])
+def test_few_subjects_are_said_where_the_split_holds_two(val, split, warns) -> None:
+    assert (few_subjects_note(val, split, 10, 20) is not None) == warns
 
 
 @pytest.mark.parametrize("frames, warns", [(1, True), (4, True), (5, False), (0, False)])

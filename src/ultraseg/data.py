@@ -920,6 +920,24 @@ def few_validation_note(frames: int, subjects: int, val_fraction: float) -> str 
             "post-processing")
 
 
+def few_subjects_note(val_subjects: int, split_subjects: int, val_frames: int, frames: int
+                      ) -> str | None:
+    """The warning for a validation split of ``split_subjects`` subjects (``frames`` frames, those
+    held out for testing aside) that puts ``val_subjects`` (``val_frames`` frames) in
+    validation, where the split holds 2 subjects, the fewest it draws: one patient chooses the
+    kept epoch and the post-processing, the other alone trains. None for more subjects, or
+    for no validation. (A side of few frames is said by :func:`few_validation_note`.)"""
+    if val_subjects == 0 or split_subjects > 2:
+        return None
+    return (f"validation holds {val_subjects} of the {split_subjects} subjects ({val_frames} of "
+            f"{frames} frames): the epoch kept and the post-processing are chosen on one "
+            "subject's frames and the model trains on the other's alone, so its validation "
+            "figures say little of other patients; more subjects help (if they are in the "
+            "names, 'ultraseg inspect' says how they were found), or --val-fraction 0 (in "
+            "Python, train.val_fraction) trains on both, keeping the last epoch and the default "
+            "post-processing")
+
+
 def _frames(names: Sequence[str]) -> str:
     return f"{len(names)} frame" + "s" * (len(names) != 1)
 

@@ -38,8 +38,9 @@ from .checkpoint import (Checkpoint, load_checkpoint, make_meta, non_finite, sav
 from .config import (AUTO_PRESENCE_MIN_EMPTY, ModelConfig, PostprocessConfig,
                      RunConfig, TrainConfig, check_data_path, check_flag, names_stored)
 from .data import (Arrays, _held, _held_out, _holders, _holders_row, _lost, _one_holder,
-                   _other_split, duplicates_across_split, few_validation_note, load_arrays,
-                   lost_note, no_validation, read_split, run_split, union_note, write_split)
+                   _other_split, duplicates_across_split, few_subjects_note, few_validation_note,
+                   load_arrays, lost_note, no_validation, read_split, run_split, union_note,
+                   write_split)
 from .distributed import SINGLE, Dist, frame_digests, is_main, session
 from .errors import (DIVERGED, DataError, UltrasegError, diverged_parts,
                      diverged_stop, is_out_of_memory)
@@ -751,8 +752,12 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                     if len(holders) == 1 else
                     "another --split-seed or --val-fraction (in Python, train.split_seed or "
                     "train.val_fraction) draws a split that can")
-    few = few_validation_note(len(val_idx) if choosing else 0,
-                              len({arrays.subjects[i] for i in val_idx}), tc.val_fraction)
+    # (a split of 2 subjects said only where the side is not already said to be few frames)
+    val_subjects = len({arrays.subjects[i] for i in val_idx})
+    split_subjects = len({arrays.subjects[i] for i in (*train_idx, *val_idx)})
+    few = few_validation_note(len(val_idx) if choosing else 0, val_subjects, tc.val_fraction) \
+        or few_subjects_note(val_subjects if choosing else 0, split_subjects, len(val_idx),
+                             len(train_idx) + len(val_idx))
     if few:
         log.warning("%s: %s", ds.root, few)
     batches = Batches(arrays, train_idx, cfg)
