@@ -1263,3 +1263,24 @@ def test_export_refuses_a_tile_opset_or_path_of_the_wrong_type_naming_it(tmp_pat
     with pytest.raises(UltrasegError, match=words):
         export_onnx(**{"checkpoint_path": ckpt, "onnx_path": tmp_path / "m.onnx", **args})
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_export_inside_a_callers_autocast_block_is_the_fp32_graph(tmp_path) -> None:
+    """export_onnx inside a notebook's torch.autocast("cpu", bfloat16) block traced the casts
+    to bf16 into the graph, which ONNX Runtime refused (InvalidGraph, a raw error). The graph
+    exported inside is the one exported outside: the same probabilities."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant="same", width=8, depth=2)
+    net = build_model(cfg)
+    with torch.no_grad():
+        net.head.weight.mul_(4.0)
+    ckpt = tmp_path / "m.ckpt"
+    save_checkpoint(ckpt, net.state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig()))
+    outside = export_onnx(ckpt, tmp_path / "outside.onnx")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = export_onnx(ckpt, tmp_path / "inside.onnx")
+        assert torch.is_autocast_enabled("cpu")
+    frame = np.random.default_rng(0).integers(0, 256, (40, 48), dtype=np.uint8)
+    np.testing.assert_array_equal(load(inside).predict_proba(frame),
+                                  load(outside).predict_proba(frame))

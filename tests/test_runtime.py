@@ -372,3 +372,36 @@ def test_the_thread_whose_block_ends_last_keeps_its_own_count_not_the_first_bloc
         assert torch.get_num_threads() == 2 and _seen_by_a_new_thread() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("precision,callers", [("fp32", torch.bfloat16),
+                                               ("bf16", torch.float16)])
+def test_a_callers_autocast_block_changes_no_prediction(tmp_path, precision, callers) -> None:
+    """A notebook's torch.autocast("cpu", bfloat16) block around an fp32 predictor ran it in
+    bf16 (probabilities 0.019 off, a mask pixel flipped), the runtime still saying fp32; a
+    float16 block ran a bf16 predictor in float16. Each computes at its own precision, the
+    caller's autocast still open after."""
+    from ultraseg.checkpoint import make_meta, save_checkpoint
+    from ultraseg.config import ModelConfig, PostprocessConfig, PreprocessConfig
+    from ultraseg.model import build_model
+    from ultraseg.predict import load
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant="same", width=8, depth=2)
+    net = build_model(cfg)
+    with torch.no_grad():           # logits spread around 0, not all at one side of p = 0.5
+        net.head.weight.mul_(4.0)
+    ckpt = tmp_path / "m.ckpt"
+    save_checkpoint(ckpt, net.state_dict(),
+                    make_meta(cfg, PreprocessConfig(size=32), PostprocessConfig()))
+    predictor = load(ckpt, device="cpu", precision=precision)
+    frames = [np.random.default_rng(k).integers(0, 256, (40, 48), dtype=np.uint8)
+              for k in range(3)]
+    want = [predictor.predict_proba(f) for f in frames]
+    want_many = list(predictor.predict_proba_many(frames))
+    with torch.autocast("cpu", dtype=callers):
+        got = [predictor.predict_proba(f) for f in frames]
+        many = list(predictor.predict_proba_many(frames))
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == callers
+    for g, w in zip(got + many, want + want_many):
+        np.testing.assert_array_equal(g, w)

@@ -1664,6 +1664,30 @@ def test_a_callers_grad_mode_and_default_dtype_change_nothing(tmp_path) -> None:
     assert result.epochs_run == 1
 
 
+def test_a_callers_autocast_block_changes_nothing_in_training(tmp_path) -> None:
+    """train(precision fp32) inside a notebook's torch.autocast("cpu", bfloat16) block trained
+    in bf16 (other losses, other weights) while config.json recorded fp32. The run computes
+    at the precision it records, the caller's block still open after."""
+    data = make_dataset(tmp_path / "data", n=12, size=32, seed=0)
+    cfg = merge(preset("demo"), {
+        "data": {"path": str(data), "cache_dir": ""},
+        "model": {"width": 8, "depth": 2}, "preprocess": {"size": 32},
+        "train": {"epochs": 1, "seed": 0, "device": "cpu", "precision": "fp32",
+                  "num_threads": 1, "time_limit_s": None}})
+    plain = train_mod.train(cfg, tmp_path / "plain")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = train_mod.train(cfg, tmp_path / "inside")
+        assert torch.is_autocast_enabled("cpu")
+    assert [(h["train_loss"], h["val_loss"], h["val_dice"]) for h in inside.history] == \
+        [(h["train_loss"], h["val_loss"], h["val_dice"]) for h in plain.history]
+    for name in ("best.ckpt", "last.ckpt"):
+        want = load_checkpoint(tmp_path / "plain" / name).state_dict
+        got = load_checkpoint(tmp_path / "inside" / name).state_dict
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+    recorded = json.loads((tmp_path / "inside" / "config.json").read_text())
+    assert recorded["resolved"]["precision"] == "fp32"
+
+
 def _finite(path: Path) -> bool:
     """Whether every floating tensor of the checkpoint at ``path`` is finite (read raw: a
     checkpoint with NaN/inf weights is refused by load_checkpoint)."""

@@ -128,6 +128,7 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
 
     from .checkpoint import build_from_checkpoint, load_checkpoint
     from .fileio import atomic_write_bytes
+    from .runtime import autocast_off
 
     if Path(checkpoint_path).suffix.lower() == ".onnx":
         raise UltrasegError("already an ONNX file; export takes a checkpoint (best.ckpt)",
@@ -159,7 +160,8 @@ def export_onnx(checkpoint_path: str | Path, onnx_path: str | Path, opset: int |
                  "multiple_of": 2**depth}
     model = _with_sigmoid(net).eval()
     example = torch.zeros(2, 1, *example_hw, dtype=torch.float32)
-    with torch.no_grad():
+    # (a caller's autocast block would put bf16 casts in the graph: exported in fp32)
+    with torch.no_grad(), autocast_off(torch.device("cpu")):
         proto, exporter = _export(model, example, cfg.variant == "same", 2**depth, opset)
     if graph["dynamic_hw"]:     # whether the graph itself refuses other heights and widths
         graph["multiple_of_enforced"] = exporter == "dynamo"
@@ -373,12 +375,14 @@ def _verify(data: bytes, model: Any, shapes: list[tuple[int, int, int, int]]) ->
     """Run the serialized graph on ONNX Runtime and compare with PyTorch on random input."""
     import torch
 
+    from .runtime import autocast_off
+
     sess = _session(data)
     rng = np.random.default_rng(0)
     for shape in shapes:
         x = rng.random(shape, dtype=np.float32)
         got = sess.run(None, {INPUT_NAME: x})[0]
-        with torch.no_grad():
+        with torch.no_grad(), autocast_off(torch.device("cpu")):
             want = model(torch.from_numpy(x)).numpy()
         diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
         if not diff <= 1e-4:

@@ -144,9 +144,24 @@ def precision_name(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Inside the block, ``device``'s work under autocast ``dtype`` (bf16); with None in plain
+    fp32, autocast off (:func:`autocast_off`), whatever a caller has open around ultraseg."""
     if dtype is None:
-        return contextlib.nullcontext()
+        return autocast_off(device)
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def autocast_off(device: torch.device) -> Iterator[None]:
+    """Autocast off inside the block on ``device`` and on the CPU (where ultraseg's own sums
+    run beside a GPU's work), the caller's back after: a caller's ``torch.autocast`` block
+    around ultraseg would otherwise run an fp32 run, predictor or export in its dtype, the
+    precision config.json and a predictor's runtime record not the one used (bf16 work
+    opens its own autocast inside, or runs on bf16 weights, :func:`torch_runner`)."""
+    with contextlib.ExitStack() as stack:
+        for kind in dict.fromkeys(("cpu", device.type)):
+            stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+        yield
 
 
 @functools.cache
@@ -262,8 +277,9 @@ def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
                  ) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap a model as a numpy backend: (N, 1, h, w) float32 -> probabilities, float32.
 
-    Runs in inference mode, channels_last (on a GPU with cuDNN's autotuning,
-    :func:`cudnn_autotune`, from an input shape's second batch on). With a low-precision
+    Runs in inference mode, autocast off (:func:`autocast_off`: a caller's autocast block
+    changes nothing; bf16 is the weights' copy's), channels_last (on a GPU with cuDNN's
+    autotuning, :func:`cudnn_autotune`, from an input shape's second batch on). With a low-precision
     ``dtype`` (bf16) the backend holds its own copy of the weights in that dtype
     (:func:`low_precision_copy`), taken now: later changes to ``model`` do not reach it; make
     a new runner after training further.
@@ -297,8 +313,8 @@ def torch_runner(model: torch.nn.Module, device: torch.device, dtype: torch.dtyp
         # its own window) would otherwise pay cuDNN's search for every frame
         again = x.shape in seen
         seen.add(tuple(x.shape))
-        with torch.inference_mode(), (cudnn_autotune(device) if again else
-                                      contextlib.nullcontext()):
+        with torch.inference_mode(), autocast_off(device), (
+                cudnn_autotune(device) if again else contextlib.nullcontext()):
             prob = torch.sigmoid(net(x).float())
         return prob.cpu().numpy()
 

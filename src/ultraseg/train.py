@@ -61,7 +61,7 @@ from .report import sampled_rows
 from .run_folder import (REFUSED_RUN_FILES, EarlyWarnings, execution_of, mark_run_folder, open_run,
                          recorded_presence_head, recorded_resolved, remove_refused_run,
                          remove_temporaries, run_log, with_execution, write_run_config)
-from .runtime import (autocast, cpu_has_avx512, cudnn_autotune, precision_name,
+from .runtime import (autocast, autocast_off, cpu_has_avx512, cudnn_autotune, precision_name,
                       modes_kept, resolve_device, resolve_precision, threads,
                       torch_runner)
 from .shared import warn_if_oversubscribed
@@ -586,7 +586,8 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
     device = resolve_device(cfg.train.device, asked_by="--device, or a resumed run's "
                             "config.json; in Python, train.device", in_python="train.device 'cpu'")
     # the caller's random state, CUDA's included (torch.manual_seed seeds every GPU), and its
-    # grad mode (a notebook's torch.set_grad_enabled(False) or no_grad block) as they were
+    # grad mode (a notebook's torch.set_grad_enabled(False) or no_grad block) and autocast (a
+    # torch.autocast block: the run computes at the precision config.json records) as they were
     rng_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     with session(device) as ctx:
         recorded = cfg.train.world_size
@@ -603,7 +604,8 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
             cfg = replace(cfg, train=replace(cfg.train, world_size=ctx.world_size))
         if not ctx.is_main:
             with threads(cfg.train.num_threads), torch.random.fork_rng(devices=rng_devices), \
-                    torch.inference_mode(False), torch.enable_grad(), cudnn_autotune(device):
+                    torch.inference_mode(False), torch.enable_grad(), autocast_off(device), \
+                    cudnn_autotune(device):
                 return _train(cfg, out, last, lambda e: None, t0, ctx)
         # what a run refused before its first epoch removes again (see _remove_refused_run;
         # a folder the lock made goes as the lock ends, where nothing is left in it)
@@ -622,7 +624,7 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
         try:
             with run_log(out / "train.log", earlier) as warned, threads(cfg.train.num_threads), \
                     torch.random.fork_rng(devices=rng_devices), torch.inference_mode(False), \
-                    torch.enable_grad(), cudnn_autotune(device):
+                    torch.enable_grad(), autocast_off(device), cudnn_autotune(device):
                 return _train(cfg, out, last, progress or (lambda e: None), t0, ctx, warned)
         except BaseException as e:
             # refused, out of memory or interrupted before an epoch was saved: nothing left
