@@ -339,8 +339,10 @@ class Predictor:
         ``images``: frames as :meth:`predict_proba` takes them, (H, W) or (H, W, C) arrays of
         any dtype it reads, or Pillow images; each may have its own size. Yields one float32
         (H, W) map in [0, 1] per frame, at that frame's own size, in the order given: the map
-        :meth:`predict_proba` gives it (one frame's is yielded once its batch is done, so
-        ``images`` may be a generator too long to hold).
+        :meth:`predict_proba` gives it, up to float rounding (about 1e-6: a network's kernels
+        round a batch of several frames otherwise than one frame alone; ``batch_size=1``
+        gives it bit for bit). One frame's map is yielded once its batch is done, so
+        ``images`` may be a generator too long to hold.
 
         Memory that runs out on a frame's own pixels (its canvas made, its probabilities
         restored to its size) raises :class:`FrameOutOfMemory` naming the frame's place;
