@@ -1953,3 +1953,61 @@ def test_the_suggested_link_command_is_one_the_users_shell_runs(tmp_path, monkey
         expected = (f"mkdir DATA && ln -s {shlex.quote(images)} DATA/images && "
                     f"ln -s {shlex.quote(masks)} DATA/masks")
     assert said[0].endswith(f"{expected})"), said[0]
+
+
+def _subject_trees(root: Path, subjects=("patientA", "patientB", "patientC")) -> Path:
+    """One subject's ``img/`` + ``mask/`` per folder (a clinic's export per patient)."""
+    for s, subject in enumerate(subjects):
+        for i, name in enumerate(["1", "2"]):
+            _save(root / subject / "img" / f"{name}.png", _frame(seed=10 * s + i))
+            _save(root / subject / "mask" / f"{name}.png", _disk(cx=10 + i))
+    return root
+
+
+def test_per_subject_sibling_trees_are_linked_as_one_dataset_not_one_subject(
+        tmp_path, monkeypatch) -> None:
+    """DATA/patientA/img + DATA/patientA/mask, same for B and C: the advice was to point at
+    patientA (or link its two folders), a dataset of one patient in three. Now the warning and
+    the hint (train's error) name the folders and give a loop of links making the
+    per-subject layout, images/SUBJECT/ + masks/SUBJECT/; followed, it reads all three."""
+    import subprocess
+
+    from ultraseg import errors
+    from ultraseg.io import dataset_hint
+
+    monkeypatch.setattr(errors, "WINDOWS", False)
+    root = _subject_trees(tmp_path / "my data")
+    with ultraseg_warnings() as warned:
+        ds, _ = scan_dataset(root)
+    said = [r.getMessage() for r in warned]
+    assert ds.layout == "images" and not ds.labelled
+    assert not any("point at it" in m or "DATA/images &&" in m for m in said), said
+    linked = [m for m in said if "for s in patientA patientB patientC" in m]
+    assert len(linked) == 1 and "images/SUBJECT/ + masks/SUBJECT/" in linked[0], said
+    hint = dataset_hint(root)
+    assert "point at it" not in hint and "for s in patientA patientB patientC" in hint, hint
+    command = linked[0][linked[0].index("mkdir -p DATA"):]
+    work = tmp_path / "work"
+    work.mkdir()
+    subprocess.run(["sh", "-c", command], cwd=work, check=True)
+    ds, problems = scan_dataset(work / "DATA")
+    assert ds.layout == "folders" and problems == [] and len(ds.labelled) == 6
+    assert {s.subject for s in ds.samples} == {"patientA", "patientB", "patientC"}
+
+
+def test_per_subject_sibling_trees_link_with_junctions_on_windows(tmp_path, monkeypatch
+                                                                  ) -> None:
+    """On Windows the loop is cmd.exe's `for` over the subjects, each linked by `mklink /J`
+    (as a pair's link command is there), the paths in double quotes."""
+    import os
+
+    from ultraseg import errors
+    from ultraseg.io import dataset_hint
+
+    monkeypatch.setattr(errors, "WINDOWS", True)
+    root = _subject_trees(tmp_path / "d", subjects=("patientA", "patient B"))
+    top = os.path.abspath(root)
+    assert dataset_hint(root).endswith(
+        f'mkdir DATA\\images DATA\\masks && for %s in ("patient B" patientA) do '
+        f'(mklink /J "DATA\\images\\%~s" "{top}\\%~s\\img" && '
+        f'mklink /J "DATA\\masks\\%~s" "{top}\\%~s\\mask")')

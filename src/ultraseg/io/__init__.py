@@ -21,7 +21,7 @@ from .dicom import (DICOM_EXTENSIONS, PIXEL_SIZE_NOT_TAKEN, dicom_frame_count, d
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .files import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, convert_advice, image_stem,
                     unread_files_said, unread_image_files)
-from .folders import FoldersReader, folder_role
+from .folders import FoldersReader, folder_role, subject_link_advice, subject_trees
 from .grey import said_once
 from .hc18 import Hc18Reader, table_key
 from .images import frame_count, frame_loop, read_image
@@ -154,13 +154,18 @@ def inspect_command(root: str | Path, layout: str = "auto", subject_pattern: str
 def dataset_hint(root: str | Path, needs_labels: bool = True) -> str:
     """Where a folder read as unlabelled images is part of a labelled dataset, what to point
     at instead: ``(masks included); ROOT/SUB holds a 'LAYOUT' dataset: point at it`` where
-    :func:`nested_datasets` finds one (or several) below it, ``; PARENT holds a 'LAYOUT'
+    :func:`nested_datasets` finds one (or several) below it (where several each hold one
+    subject's images and masks folders, :func:`~ultraseg.io.folders.subject_trees`, how to
+    link them all as one dataset instead), ``; PARENT holds a 'LAYOUT'
     dataset: point at it`` where ``root`` is the images or masks folder of one (``DATA/images``
     given for ``DATA``; where PARENT has problems, which stop it being read: ``; PARENT holds a
     'LAYOUT' dataset, which has problems (`ultraseg inspect PARENT` lists them)``: with
     ``needs_labels`` False, for predict and measure, an image or mask without its partner is
     none); else ''."""
     root = Path(root)
+    trees = subject_trees(root)
+    if trees:   # one subject's dataset per folder: pointing at one reads one subject
+        return f" (masks included); {subject_link_advice(root, trees)}"
     nested = nested_datasets(root)
     if nested:
         sub, name = nested[0]
@@ -227,7 +232,8 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
         problems = _forced_layout_problems(root, name, problems)
     if layout == "auto" and name == ImagesReader.name:
         hint = dataset_hint(root, needs_labels)
-        if hint:    # part of a labelled dataset, or one below: its masks read as frames
+        # (subject trees: the images reader said it, with the links to make)
+        if hint and not subject_trees(root):    # part of a labelled dataset, or one below
             log.warning("%s is read as a folder of unlabelled images%s", root, hint)
     if needs_labels and subject_pattern is None:
         warn_patient_ids(root, [(s.name, s.subject, s.image_path) for s in samples

@@ -13,7 +13,8 @@ from typing import Collection, NamedTuple
 from .. import errors
 from ..errors import DataError
 from .base import _LEADING_SUBJECT, Reader, Sample
-from .files import image_stem, is_image_file, list_images, natural_key, walk_files
+from .files import (NO_DATA_FOLDERS, image_stem, is_image_file, list_images, natural_key,
+                    walk_files)
 from .naming import _MASK_STEM, _group_several, _nfc, _other_suffix, _pair, warn_subject_names
 from .outputs import OUTPUT_MARKER, in_output_folder, warn_outputs_left_out
 
@@ -236,6 +237,65 @@ def _link_advice(images: Path, masks: Path) -> str:
         return (f"mkdir DATA && mklink /J DATA\\images {image_dir} && "
                 f"mklink /J DATA\\masks {mask_dir}")
     return f"mkdir DATA && ln -s {image_dir} DATA/images && ln -s {mask_dir} DATA/masks"
+
+
+def _one_pair(root: Path) -> tuple[Path, Path] | None:
+    """The images and masks folders the folders layout reads in ``root``, named as
+    :data:`IMAGE_FOLDERS` and :data:`MASK_FOLDERS` say or in other words (:func:`_named_pairs`),
+    where there is one of each and the images lie directly in theirs (no subject folders);
+    else None. Nothing is logged: the folder is one below the one given."""
+    images, masks = subfolders(root, _image_folder_names(root)), subfolders(root, MASK_FOLDERS)
+    if not images:
+        named = _named_pairs(root)
+        images, masks = [p[0] for p in named], [p[1] for p in named]
+    if len(images) != 1 or len(masks) != 1 or not list_images(images[0]):
+        return None
+    return images[0], masks[0]
+
+
+def subject_trees(root: Path) -> list[tuple[Path, Path, Path]]:
+    """The folders directly in ``root`` that each hold a dataset of the folders layout, its
+    images and masks folders named alike in all (``patientA/img/`` + ``patientA/mask/``,
+    ``patientB/img/`` + ``patientB/mask/``...): one subject's frames each, as
+    ``(folder, images, masks)``, where there are two or more; else []. Hidden folders, those
+    ultraseg wrote and :data:`~ultraseg.io.files.NO_DATA_FOLDERS` are left alone."""
+    if not root.is_dir():
+        return []
+    found = []
+    for sub in sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                       and d.name not in NO_DATA_FOLDERS and not (d / OUTPUT_MARKER).exists()),
+                      key=lambda d: natural_key(d.name)):
+        pair = _one_pair(sub)
+        if pair is not None:
+            found.append((sub, *pair))
+    names = {(images.name, masks.name) for _, images, masks in found}
+    return found if len(found) > 1 and len(names) == 1 else []
+
+
+def subject_link_advice(root: Path, trees: list[tuple[Path, Path, Path]]) -> str:
+    """How to read :func:`subject_trees`' folders as one dataset of the folders layout, one
+    subject per folder, without moving them: ``ROOT/SUBJECT/IMAGES`` linked as
+    ``DATA/images/SUBJECT`` and ``ROOT/SUBJECT/MASKS`` as ``DATA/masks/SUBJECT``, in words and
+    a loop of links, as :func:`_link_advice` makes one pair's (``ln -s``; on Windows
+    (:data:`~ultraseg.errors.WINDOWS`) cmd.exe's ``for`` and ``mklink /J``)."""
+    shown = ", ".join(f"{d.name}/" for d, _, _ in trees[:3])
+    more = f" and {len(trees) - 3} more" if len(trees) > 3 else ""
+    image_name, mask_name = trees[0][1].name, trees[0][2].name
+    subjects = " ".join(errors.shell_word(d.name) for d, _, _ in trees)
+    top = os.path.abspath(root)
+    if errors.WINDOWS:
+        links = (f"mkdir DATA\\images DATA\\masks && for %s in ({subjects}) do "
+                 f"(mklink /J \"DATA\\images\\%~s\" \"{top}\\%~s\\{image_name}\" && "
+                 f"mklink /J \"DATA\\masks\\%~s\" \"{top}\\%~s\\{mask_name}\")")
+    else:
+        top = errors.shell_word(top)
+        links = (f"mkdir -p DATA/images DATA/masks && for s in {subjects}; do "
+                 f"ln -s {top}/\"$s\"/{errors.shell_word(image_name)} DATA/images/\"$s\" && "
+                 f"ln -s {top}/\"$s\"/{errors.shell_word(mask_name)} DATA/masks/\"$s\"; done")
+    return (f"{len(trees)} folders ({shown}{more}) each hold {image_name}/ + {mask_name}/, "
+            f"one subject's frames each: pointing at one reads that subject alone; to read them "
+            f"as one dataset, a subject per folder, link them as images/SUBJECT/ + "
+            f"masks/SUBJECT/ and point at DATA: {links}")
 
 
 def _folders_by_name(root: Path) -> tuple[tuple[Path, Path] | None, DataError | None]:

@@ -15,7 +15,8 @@ from typing import Collection
 from ..errors import DataError
 from .base import Reader, Sample
 from .files import image_stem, is_image_file, iter_files, list_images, natural_key, walk_files
-from .folders import _files_one_down, _link_advice, _named_as, _unread_subfolders, folder_role
+from .folders import (_files_one_down, _link_advice, _named_as, _unread_subfolders, folder_role,
+                      subject_link_advice, subject_trees)
 from .naming import (_MASK_STEM, _TRAILING_NUMBER, _group_several, _nfc, _other_suffix, _outlines,
                      _pair, warn_subject_names)
 from .outputs import in_output_folder, warn_outputs_left_out
@@ -259,7 +260,14 @@ def _warn_mask_folder_read_as_frames(root: Path, files: list[Path]) -> None:
     (:func:`~ultraseg.io.folders.folder_role`: ``scan-labels/``, ``GT/``) holds files named as
     the images of a folder beside it, at least half of its files, directly or one subfolder
     down: the masks, read as frames of their own (two folders of frames named alike, two
-    sites', are no such case: their names say no masks)."""
+    sites', are no such case: their names say no masks). Where folders in ``root`` each hold
+    one subject's images and masks folders (:func:`~ultraseg.io.folders.subject_trees`), the
+    warning says how to read them all as one dataset, not one pair (one subject)."""
+    trees = subject_trees(root)
+    if trees:   # patientA/img/ + patientA/mask/, patientB/...: not one pair to link
+        log.warning("%s is read as a folder of unlabelled images, masks included: %s", root,
+                    subject_link_advice(root, trees))
+        return
     folders = {q for p in files for q in (p.parent, p.parent.parent)
                if q != root and q.is_relative_to(root)}
     best: tuple[int, Path, Path, Path] | None = None     # (files matched, masks, images, first)
