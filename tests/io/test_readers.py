@@ -1658,7 +1658,7 @@ def test_a_folder_named_as_masks_beside_the_images_read_as_unlabelled_is_named(t
     Two folders of frames named alike (two sites) are no such case."""
     root = tmp_path / "d"
     for i, name in enumerate(["1", "2", "3"]):
-        _save(root / "scans" / f"{name}.png", _frame(seed=i))
+        _save(root / "pictures" / f"{name}.png", _frame(seed=i))  # (no images folder name)
         _save(root / "scan-labels" / f"{name}.png", _disk(cx=10 + i))
         _save(root / "site b" / f"{name}.png", _frame(seed=5 + i))
     with ultraseg_warnings() as warned:
@@ -1666,7 +1666,7 @@ def test_a_folder_named_as_masks_beside_the_images_read_as_unlabelled_is_named(t
     assert ds.layout == "images" and not ds.labelled
     said = [r.getMessage() for r in warned if "scan-labels/" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in warned]
-    assert "3 files named as the images in scans/" in said[0] and "ln -s" in said[0], said
+    assert "3 files named as the images in pictures/" in said[0] and "ln -s" in said[0], said
     assert not any("site b/ holds" in r.getMessage() for r in warned)
 
 
@@ -2011,3 +2011,19 @@ def test_per_subject_sibling_trees_link_with_junctions_on_windows(tmp_path, monk
         f'mkdir DATA\\images DATA\\masks && for %s in ("patient B" patientA) do '
         f'(mklink /J "DATA\\images\\%~s" "{top}\\%~s\\img" && '
         f'mklink /J "DATA\\masks\\%~s" "{top}\\%~s\\mask")')
+
+
+@pytest.mark.parametrize("images, masks", [("frames", "masks"), ("scans", "labels"),
+                                           ("Frame", "mask"), ("scan", "gt"),
+                                           ("US frames", "US masks")])
+def test_frames_and_scans_folders_are_read_as_the_images(tmp_path, images, masks) -> None:
+    """frames/ + masks/ (the common name for ultrasound images) and scans/ + labels/ were
+    read as the images layout: the masks became frames of their own. They are the folders
+    layout's images folder, as images/ is."""
+    root = tmp_path / "d"
+    for i, name in enumerate(["1", "2", "3"]):
+        _save(root / images / f"{name}.png", _frame(seed=i))
+        _save(root / masks / f"{name}.png", _disk(cx=10 + i))
+    ds, problems = scan_dataset(root)
+    assert ds.layout == "folders" and problems == [] and len(ds.labelled) == 3
+    assert {s.image_path.parent.name for s in ds.samples} == {images}

@@ -153,8 +153,9 @@ MASK_FOLDERS = ("masks", "mask", "labels", "label", "annotations", "ground_truth
 #: Names the folders layout takes for its images folder (in any letter case): ``image/``
 #: beside an accepted ``mask/`` was read as a folder of unlabelled images, masks included.
 #: The names but ``images`` only beside a masks folder (:data:`MASK_FOLDERS`): a folder of
-#: scans that holds an ``img/`` of figures is no dataset of this layout.
-IMAGE_FOLDERS = ("images", "image", "imgs", "img")
+#: scans that holds an ``img/`` of figures is no dataset of this layout. ``frames/`` and
+#: ``scans/``: what ultrasound exports often call their images.
+IMAGE_FOLDERS = ("images", "image", "imgs", "img", "frames", "frame", "scans", "scan")
 
 
 #: Words of a folder's name that make it a folder of masks, else of images, where no folder
@@ -162,7 +163,8 @@ IMAGE_FOLDERS = ("images", "image", "imgs", "img")
 #: ``original/`` + ``GT/``, ``US images/`` + ``Expert mask images/``): see :func:`_named_pairs`.
 MASK_WORDS = ("masks", "mask", "labels", "label", "gt", "gts", "annotations", "annotation",
               "groundtruth", "segmentations", "segmentation", "seg", "truth")
-IMAGE_WORDS = ("images", "image", "imgs", "img", "original", "originals")
+IMAGE_WORDS = ("images", "image", "imgs", "img", "original", "originals", "frames", "frame",
+               "scans", "scan")
 
 #: What the rest of a pair's names says where it is the pair to train on (of several).
 TRAIN_WORDS = ("train", "training", "trainval", "train val")
