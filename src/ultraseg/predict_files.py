@@ -25,6 +25,7 @@ from .frame_outputs import (SKIPPED, FrameTable, Progress, encode_png, frame_cel
                             settings_record, write, write_settings)
 from .frames import Frame, frames_of, real_path
 from .io import Sample, as_outline, select_label, white_for
+from .io.base import mask_size_error
 from .io.masks import LabelTally, check_label
 from .postprocess import apply as apply_postprocess
 from .predict import Predictor, as_predictor
@@ -368,8 +369,7 @@ def _truth(frame: Frame, shape: tuple[int, ...], labels: LabelTally, fill_outlin
     if mask is None:
         return None
     if mask.shape != shape[:2]:
-        raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                        f"{shape[1]}x{shape[0]}", frame.sample.mask_paths[0])
+        raise mask_size_error(mask.shape, shape, frame.sample.mask_paths[0])
     truth = select_label(mask, labels.label)
     labels.add(mask, truth)
     return truth

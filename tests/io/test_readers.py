@@ -2027,3 +2027,18 @@ def test_frames_and_scans_folders_are_read_as_the_images(tmp_path, images, masks
     ds, problems = scan_dataset(root)
     assert ds.layout == "folders" and problems == [] and len(ds.labelled) == 3
     assert {s.image_path.parent.name for s in ds.samples} == {images}
+
+
+def test_a_mask_of_another_size_than_its_image_is_refused_saying_what_to_do(tmp_path) -> None:
+    """'mask is 20x16 but its image is 32x24' (train and evaluate stop on it) said nothing of
+    what to do, unlike the other refusals: it says to resize the mask with nearest-neighbour
+    (which keeps its labels) or to move the pair out."""
+    root = make_folders(tmp_path / "d")
+    small = np.array(Image.fromarray(_disk()).resize((20, 16), Image.NEAREST))
+    culprit = _save(root / "masks" / "1_2_mask.png", small)
+    sample = next(s for s in open_dataset(root).samples if s.mask_paths == (culprit,))
+    with pytest.raises(DataError) as e:
+        sample.load()
+    said = str(e.value)
+    assert said.startswith(f"{culprit}: mask is 20x16 but its image is 32x24: "), said
+    assert "nearest" in said and "32x24" in said and "move" in said, said

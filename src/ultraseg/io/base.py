@@ -87,16 +87,24 @@ class Sample:
         image = self.load_image()
         decoded = self.decode_masks()
         if decoded is not None and decoded.masks[0].shape != image.shape:
-            shape = decoded.masks[0].shape
-            raise DataError(
-                f"mask is {shape[1]}x{shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}", self.mask_paths[0])
+            raise mask_size_error(decoded.masks[0].shape, image.shape, self.mask_paths[0])
         return image, decoded
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Image and mask, checked to have the same size."""
         image, decoded = self.load_decoded()
         return image, None if decoded is None else decoded.mask(self.white)
+
+
+def mask_size_error(mask: tuple[int, ...], image: tuple[int, ...], path: Path) -> DataError:
+    """The refusal of a mask ``path`` of shape ``mask`` for an image of shape ``image``, saying
+    what to do: resize it with nearest-neighbour (any other interpolation makes new values at
+    the edges, neither background nor label), or move the pair out."""
+    h, w = image[:2]
+    return DataError(f"mask is {mask[1]}x{mask[0]} but its image is {w}x{h}: resize the mask "
+                     f"to {w}x{h} with nearest-neighbour interpolation, which keeps its labels "
+                     f"(e.g. PIL's Image.open(MASK).resize(({w}, {h}), Image.NEAREST)), or "
+                     f"move the pair out of the dataset", path)
 
 
 @dataclass(frozen=True)
