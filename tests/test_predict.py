@@ -440,7 +440,10 @@ def test_pointing_at_the_images_of_a_set_with_problems_is_not_sent_back(tmp_path
     with ultraseg_warnings() as warned:
         frames = collect_frames([images])
     assert len(frames) == 5
-    said = " ".join(r.getMessage() for r in warned)
+    assert not any("point at" in r.getMessage() for r in warned), warned
+    with ultraseg_warnings() as warned:     # (an overlay wants the truth: where it is said)
+        write_predictions(pixel_predictor(), [images], tmp_path / "out", overlay=True)
+    said = " ".join(r.getMessage() for r in warned if "holds a" in r.getMessage())
     assert "point at it" not in said, said
     assert pasted(said) == ["ultraseg", "inspect", str(root)], said
 
@@ -457,11 +460,33 @@ def test_pointing_at_the_images_of_a_set_whose_only_problem_is_an_image_without_
     root = make_dataset(tmp_path / "S3", n=4, size=32, seed=0)
     save(root / "images" / "9_9.png", ramp(32, 32))            # an image without its mask
     with ultraseg_warnings() as warned:
-        frames = collect_frames([root / "images"])
-    assert len(frames) == 5
+        write_predictions(pixel_predictor(), [root / "images"], tmp_path / "out", overlay=True)
     said = " ".join(r.getMessage() for r in warned)
     assert f"{root} holds a 'folders' dataset: point at it" in said, said
     assert len(collect_frames([root])) == 5                       # and it works
+
+
+def test_predicting_a_sets_images_folder_names_the_set_only_for_an_overlay(tmp_path):
+    """`predict MODEL DATA/images` warned 'DATA/images is read as a folder of unlabelled
+    images; DATA holds a 'folders' dataset: point at it': for new frames, pointing at images/
+    is the natural thing to do, and the set above matters only to an overlay's truth. Without
+    --overlay nothing is said; with it, that its overlays show no truth and where it is."""
+    from conftest import ultraseg_warnings
+
+    from ultraseg.phantom import make_dataset
+
+    root = make_dataset(tmp_path / "DATA", n=4, size=32, seed=0)
+    with ultraseg_warnings() as warned:
+        write_predictions(pixel_predictor(), [root / "images"], tmp_path / "a")
+    assert [r.getMessage() for r in warned] == []
+    with ultraseg_warnings() as warned:
+        write_predictions(pixel_predictor(), [root / "images"], tmp_path / "b", overlay=True)
+    said = [r.getMessage() for r in warned if "holds a" in r.getMessage()]
+    assert len(said) == 1 and "overlays show no ground truth" in said[0], said
+    assert said[0].endswith(f"{root} holds a 'folders' dataset: point at it"), said
+    with ultraseg_warnings() as warned:     # the set itself: its truth is drawn, nothing said
+        write_predictions(pixel_predictor(), [root], tmp_path / "c", overlay=True)
+    assert not any("holds a" in r.getMessage() for r in warned), warned
 
 
 def test_collect_frames_errors_before_anything_runs(tmp_path):

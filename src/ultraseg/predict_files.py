@@ -24,7 +24,7 @@ from .frame_outputs import (SKIPPED, FrameTable, Progress, encode_png, frame_cel
                             iter_probabilities, or_skip, overlay_thickness, prepare_out_dir,
                             settings_record, write, write_settings)
 from .frames import Frame, frames_of, real_path
-from .io import Sample, as_outline, select_label, white_for
+from .io import Sample, as_outline, dataset_above_hint, select_label, white_for
 from .io.base import mask_size_error
 from .io.masks import LabelTally, check_label
 from .postprocess import apply as apply_postprocess
@@ -214,6 +214,7 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
         check_submission_names(f.out_name for f in frames)
     labels = LabelTally(predictor.preprocess.label if label is None else label)
     if overlay:
+        _warn_truth_above(frames)
         frames = _truth_as_the_set_has_it(frames, labels.label)
     fill = predictor.preprocess.fill_outlines if fill_outlines is None else fill_outlines
     suffix = MASK_FORMATS[fmt][0]
@@ -342,6 +343,23 @@ def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | Non
             "status": "ok" if error is None else "unreadable",
             "reason": None if error is None else str(error),
             "probabilities": below(probabilities)}
+
+
+def _warn_truth_above(frames: Sequence[Frame]) -> None:
+    """Warn, for an overlay, where a folder given holds no truth but is the images (or masks)
+    folder of a labelled dataset (``DATA/images`` given for ``DATA``): its overlays show no
+    ground truth, which pointing at the dataset draws (:func:`~ultraseg.io.dataset_above_hint`;
+    without an overlay, predicting a dataset's images folder is the natural thing to do, and
+    collecting it says nothing)."""
+    labelled: dict[Path, bool] = {}
+    for f in frames:
+        if f.source is not None:
+            labelled[f.source] = labelled.get(f.source, False) or f.sample.labelled
+    for source in (s for s, any_labelled in labelled.items() if not any_labelled):
+        hint = dataset_above_hint(source, needs_labels=False)
+        if hint:
+            log.warning("%s is read as a folder of unlabelled images, so its overlays show no "
+                        "ground truth%s", source, hint)
 
 
 def _truth_as_the_set_has_it(frames: Sequence[Frame], label: int | None) -> Sequence[Frame]:

@@ -752,13 +752,19 @@ def test_a_folder_beside_a_labelled_set_is_not_sent_to_it(tmp_path) -> None:
         _save(tmp_path / "d" / "images" / f"{stem}.png", _frame())
         _save(tmp_path / "d" / "masks" / f"{stem}_mask.png", (_disk() * 255).astype(np.uint8))
     _save(tmp_path / "d" / "original" / "scan.png", _frame(seed=5))
+    from ultraseg.io import dataset_above_hint
+
     with ultraseg_warnings() as warned:
-        ds, _ = scan_dataset(tmp_path / "d" / "original", needs_labels=False)
+        ds, _ = scan_dataset(tmp_path / "d" / "original")
     assert [s.name for s in ds.samples] == ["scan"]
     assert not [r.getMessage() for r in warned if "point at" in r.getMessage()]
+    # (predict's overlay asks the same, an image without its mask no problem for it)
+    assert dataset_above_hint(tmp_path / "d" / "original", needs_labels=False) == ""
     with ultraseg_warnings() as warned:
-        scan_dataset(tmp_path / "d" / "images", needs_labels=False)
+        scan_dataset(tmp_path / "d" / "images")
     assert any("holds a 'folders' dataset: point at it" in r.getMessage() for r in warned)
+    assert dataset_above_hint(tmp_path / "d" / "images", needs_labels=False).endswith(
+        "holds a 'folders' dataset: point at it")
 
 
 def test_masks_apart_from_their_images_are_not_said_to_be_beside_them(tmp_path) -> None:

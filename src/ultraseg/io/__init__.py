@@ -153,15 +153,17 @@ def inspect_command(root: str | Path, layout: str = "auto", subject_pattern: str
 
 def dataset_hint(root: str | Path, needs_labels: bool = True) -> str:
     """Where a folder read as unlabelled images is part of a labelled dataset, what to point
-    at instead: ``(masks included); ROOT/SUB holds a 'LAYOUT' dataset: point at it`` where
+    at instead: the datasets below it (:func:`datasets_below_hint`), else the one it is part
+    of (:func:`dataset_above_hint`); else ''."""
+    return datasets_below_hint(root) or dataset_above_hint(root, needs_labels)
+
+
+def datasets_below_hint(root: str | Path) -> str:
+    """Where a folder read as unlabelled images holds labelled datasets, their masks read as
+    frames: ``(masks included); ROOT/SUB holds a 'LAYOUT' dataset: point at it`` where
     :func:`nested_datasets` finds one (or several) below it (where several each hold one
     subject's images and masks folders, :func:`~ultraseg.io.folders.subject_trees`, how to
-    link them all as one dataset instead), ``; PARENT holds a 'LAYOUT'
-    dataset: point at it`` where ``root`` is the images or masks folder of one (``DATA/images``
-    given for ``DATA``; where PARENT has problems, which stop it being read: ``; PARENT holds a
-    'LAYOUT' dataset, which has problems (`ultraseg inspect PARENT` lists them)``: with
-    ``needs_labels`` False, for predict and measure, an image or mask without its partner is
-    none); else ''."""
+    link them all as one dataset instead); else ''."""
     root = Path(root)
     trees = subject_trees(root)
     if trees:   # one subject's dataset per folder: pointing at one reads one subject
@@ -171,6 +173,16 @@ def dataset_hint(root: str | Path, needs_labels: bool = True) -> str:
         sub, name = nested[0]
         more = f" (and {len(nested) - 1} more folders)" if len(nested) > 1 else ""
         return f" (masks included); {sub} holds a {name!r} dataset{more}: point at it"
+    return ""
+
+
+def dataset_above_hint(root: str | Path, needs_labels: bool = True) -> str:
+    """Where a folder read as unlabelled images is the images or masks folder of a labelled
+    dataset (``DATA/images`` given for ``DATA``), its truth read there alone:
+    ``; PARENT holds a 'LAYOUT' dataset: point at it`` (where PARENT has problems, which stop
+    it being read: ``; PARENT holds a 'LAYOUT' dataset, which has problems (`ultraseg inspect
+    PARENT` lists them)``: with ``needs_labels`` False, for predict and measure, an image or
+    mask without its partner is none); else ''."""
     # (only a folder named as a dataset's part: detection could walk a large parent's tree)
     root = Path(os.path.abspath(root))              # ('.' has no name; '..' none to test)
     if folder_role(root.name) is None:
@@ -231,10 +243,15 @@ def scan_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
     if layout != "auto" and not samples:
         problems = _forced_layout_problems(root, name, problems)
     if layout == "auto" and name == ImagesReader.name:
-        hint = dataset_hint(root, needs_labels)
-        # (subject trees: the images reader said it, with the links to make)
-        if hint and not subject_trees(root):    # part of a labelled dataset, or one below
-            log.warning("%s is read as a folder of unlabelled images%s", root, hint)
+        # datasets below: their masks are read as frames (subject trees: the images reader
+        # said so, with the links to make); the one above: its truth, which predict and
+        # measure need not (predict's overlay says so: see write_predictions)
+        below = datasets_below_hint(root)
+        level = logging.WARNING if below or needs_labels else logging.DEBUG
+        hint = below or (dataset_above_hint(root, needs_labels) if log.isEnabledFor(level)
+                         else "")
+        if hint and not subject_trees(root):
+            log.log(level, "%s is read as a folder of unlabelled images%s", root, hint)
     if needs_labels and subject_pattern is None:
         warn_patient_ids(root, [(s.name, s.subject, s.image_path) for s in samples
                                 if s.labelled])
@@ -431,7 +448,8 @@ def open_dataset(path: str | Path, layout: str = "auto", subject_pattern: str | 
 __all__ = ["READERS", "DICOM_EXTENSIONS", "Dataset", "DataProblems", "IMAGE_EXTENSIONS",
            "Reader", "Sample", "as_outline", "dicom_frame_count", "dicom_pixel_size_mm",
            "dicom_pixel_spacing_mm", "read_dicom",
-           "classify_mask_values", "dataset_hint", "detect_layout", "frame_count", "frame_tag",
+           "classify_mask_values", "dataset_above_hint", "dataset_hint", "detect_layout",
+           "frame_count", "frame_tag",
            "check_layout", "get_reader", "open_dataset", "read_image", "nested_datasets",
            "label_set", "white_label", "white_for", "with_white", "read_mask", "register",
            "scan_dataset", "select_label",
