@@ -2048,3 +2048,25 @@ def test_a_mask_of_another_size_than_its_image_is_refused_saying_what_to_do(tmp_
     said = str(e.value)
     assert said.startswith(f"{culprit}: mask is 20x16 but its image is 32x24: "), said
     assert "nearest" in said and "32x24" in said and "move" in said, said
+
+
+@pytest.mark.parametrize("suffix", ["", "_mask"])
+def test_masks_named_in_another_letter_case_are_one_line(tmp_path, suffix) -> None:
+    """Masks PatientA_001.png for images patientA_001.png gave two problem lines a pair (60
+    for 30 frames: each mask without an image, each image without a mask), where a
+    systematic NAME_seg suffix gives one. The letter case is one line too, naming the first
+    and the rename; a mask differing otherwise keeps its own line."""
+    root = tmp_path / "d"
+    for i, subject in enumerate("ABC"):    # (one leading word each: no prefix to rename)
+        _save(root / "images" / f"patient{subject}_001.png", _frame(seed=i))
+        _save(root / "masks" / f"Patient{subject}_001{suffix}.png", _disk(cx=10 + i))
+    _save(root / "images" / "patientD_001.png", _frame(seed=7))
+    _save(root / "masks" / "patientD_001.png", _disk())
+    _save(root / "masks" / "stray.png", _disk())
+    ds, problems = scan_dataset(root)
+    said = [str(p) for p in problems]
+    assert len(said) == 2, said
+    case = [m for m in said if "letter case" in m]
+    assert len(case) == 1 and "3 of the 5 masks" in case[0], said
+    assert f"PatientA_001{suffix}.png -> patientA_001{suffix}.png" in case[0], case
+    assert any("stray.png" in m and "mask without an image" in m for m in said), said

@@ -249,6 +249,23 @@ def _case_near_matches(orphans: list[str], lone: list[str]) -> dict[str, str]:
     return {m[0]: i[0] for m, i in by_fold.values() if len(m) == 1 and len(i) == 1}
 
 
+def _case_problem(near: dict[str, str], masks: dict[str, list[Path]],
+                  images: dict[str, list[Path]]) -> Unpaired:
+    """The one line for masks named as an image without a mask but in another letter case
+    (:func:`_case_near_matches`: mask name -> image name), as :func:`_misnamed_problem` says
+    a common suffix."""
+    first = min(near, key=natural_key)
+    mask, image = masks[first][0], images[near[first]][0]
+    stem, image_stem_ = first.rpartition("/")[2], near[first].rpartition("/")[2]
+    renamed = (image_stem_ + _nfc(mask.name)[len(stem):] if _nfc(mask.name).startswith(stem)
+               else image.stem + mask.suffix)      # (NAME_mask.png: its suffix kept)
+    return Unpaired(f"{len(near)} of the {len(masks)} masks are named as an image without a "
+                    f"mask but in another letter case (first: {mask.name} for {image.name}), "
+                    f"which pairs with no image: names pair in their exact case; rename them "
+                    f"as their images (e.g. {mask.name} -> {renamed})",
+                    mask.parent)
+
+
 def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled: bool,
           folder: Path, several_masks: bool = False, naming: str | None = None
           ) -> tuple[list[tuple[str, Path, tuple[Path, ...]]], list[DataError]]:
@@ -289,6 +306,11 @@ def _pair(images: dict[str, list[Path]], masks: dict[str, list[Path]], labelled:
     told = set(explained.values()) | set(loops)
     lone = [n for n in images if n not in masks and n not in told] if labelled else []
     near = _case_near_matches(sorted(orphans, key=natural_key), lone)
+    if len(near) > 1:   # a systematic case (PatientA_001 for patientA_001): one line
+        problems.append(_case_problem(near, masks, images))
+        orphans -= set(near)
+        told |= set(near.values())
+        near = {}
     for name in sorted(orphans, key=natural_key):
         mask = masks[name][0]
         hint = (f" (an image differing only in letter case: {images[near[name]][0].name}; "
