@@ -825,3 +825,19 @@ def test_the_subject_rule_is_each_file_s_though_two_rules_give_one_subject(tmp_p
     assert report["layout"] == "kaggle" and report["pairs"] == 2
     assert report["subject_rule"] == "leading_number", report["subject_rule_frames"]
     assert report["subject_examples"] == [{"subject": "1", "frames": 2}]
+
+
+def test_inspect_help_points_to_the_readmes_section_on_laying_out_ones_own_data(capsys):
+    """`ultraseg inspect --help` said only 'dataset folder': a researcher bringing their own
+    data found no word on how to lay it out. Its description names the README's section,
+    which exists, and which shows the images/ + masks/ layout."""
+    with pytest.raises(SystemExit):
+        main(["inspect", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    named = re.search(r"the README's '([^']+)' section", said)
+    assert named, said
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split(f"\n## {named.group(1)}\n", 1)
+    assert len(section) == 2, f"no section {named.group(1)!r} in README.md"
+    body = section[1].split("\n## ", 1)[0]
+    assert "images/" in body and "masks/" in body and "ultraseg inspect DATA" in body

@@ -214,7 +214,10 @@ def build_parser() -> _Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("inspect", help="validate and summarise a dataset",
-                       description="Decode every sample, report every problem and a summary.")
+                       description="Decode every sample, report every problem and a summary. "
+                                   "How to lay out your own data (DATA/images/ + DATA/masks/, "
+                                   "mask values, subjects) and the commands that follow: "
+                                   "the README's 'Your own data' section.")
     p.add_argument("data", type=path_arg, help="dataset folder")
     _layout_args(p, label="check and summarise label K of a label mask (default: any non-zero "
                           "label)",
