@@ -121,6 +121,40 @@ def test_public_names_resolve():
         ultraseg.nonsense  # noqa: B018
 
 
+def test_the_submodules_the_readme_names_are_attributes_after_import_ultraseg():
+    """The README names ``ultraseg.config.default_preset_name()``, ``ultraseg.postprocess.apply``
+    and others after snippets that begin ``import ultraseg``; each raised AttributeError ("module
+    'ultraseg' has no attribute 'config'") unless the submodule had been imported. They are now
+    imported on first use (``postprocess`` still without PyTorch), and an unknown name is still
+    an AttributeError."""
+    named = sorted(set(re.findall(r"\bultraseg\.([a-z_]+)\.([A-Za-z_]+)", README.read_text())))
+    assert ("config", "default_preset_name") in named and ("postprocess", "apply") in named
+    code = (
+        "import sys, ultraseg, numpy as np\n"
+        "cfg = ultraseg.PostprocessConfig.from_dict({'threshold': 0.5})\n"
+        "mask = ultraseg.postprocess.apply(np.full((4, 4), 0.9, np.float32), cfg)\n"
+        "assert mask.shape == (4, 4) and mask.all()\n"
+        "print('torch' in sys.modules)\n"       # (default_preset_name asks torch about CUDA)
+        "assert ultraseg.config.default_preset_name() in ultraseg.config.PRESETS\n"
+        f"for module, attr in {named!r}:\n"
+        "    assert callable(getattr(getattr(ultraseg, module), attr)), (module, attr)\n"
+        "names = dir(ultraseg)\n"
+        "assert {'config', 'postprocess', 'io', 'model', 'train'} <= set(names), names\n"
+        "assert '__main__' not in names\n"
+        "for bad in ('nonsense', '__main__', '_private'):\n"
+        "    try:\n"
+        "        getattr(ultraseg, bad)\n"
+        "    except AttributeError as e:\n"
+        "        assert str(e) == f\"module 'ultraseg' has no attribute {bad!r}\", e\n"
+        "    else:\n"
+        "        raise AssertionError(bad)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]
+
+
 def test_readme_training_block_runs_as_written(tmp_path, monkeypatch):
     """The README's train-then-evaluate block, on phantom frames at data/nerve, with the cpu
     preset shrunk to a tiny model and two epochs so it runs in seconds."""

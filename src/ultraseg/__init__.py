@@ -11,13 +11,15 @@ Example:
     >>> prob = predictor.predict_proba(image)        # float32 (H, W), probabilities in [0, 1]
 
 Training and evaluation are stages with modules of their own:
-``from ultraseg.train import train`` and ``from ultraseg.evaluate import evaluate``; a run's
+``from ultraseg.train import train`` and ``from ultraseg.evaluate import evaluate``. Every
+module is also an attribute, imported on first use (``ultraseg.postprocess.apply``). A run's
 config is a preset with the data and any changes merged in:
 ``ultraseg.merge(ultraseg.preset("cpu"), {"data": {"path": "DATA"}})``.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what ``__getattr__`` serves, for type checkers; the same as _API (tested)
@@ -72,14 +74,22 @@ __all__ = [
 ]
 
 
+def _submodules() -> set[str]:
+    """The package's public modules and subpackages (``config``, ``postprocess``, ``io``, ...),
+    read from its folder without importing any of them; ``__main__`` and ``_private`` excluded."""
+    return {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
 def __getattr__(name: str) -> Any:
-    if name not in _API:
-        raise AttributeError(f"module 'ultraseg' has no attribute {name!r}")
-    module, attr = _API[name]
-    value = getattr(importlib.import_module(f".{module}", __name__), attr)
-    globals()[name] = value  # bound once; later lookups skip __getattr__
-    return value
+    if name in _API:
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value  # bound once; later lookups skip __getattr__
+        return value
+    if name in _submodules():  # ``ultraseg.config.…`` after a plain ``import ultraseg``
+        return importlib.import_module(f".{name}", __name__)  # which binds it here
+    raise AttributeError(f"module 'ultraseg' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | _submodules())
