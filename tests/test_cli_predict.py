@@ -1082,6 +1082,25 @@ def test_the_readme_row_of_each_model_command_names_its_model_flags(command):
         assert f"`{command}: K/N frames" in row        # the plain progress line
 
 
+def test_the_readme_predict_row_names_the_mask_format_flag():
+    """The predict row said "masks (0/255 PNG or TIFF)" but never named --format, the flag that
+    chooses between them: a user wanting TIFF masks had to find it in --help."""
+    import argparse
+
+    from ultraseg.cli import build_parser
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.is_file():
+        pytest.skip("no README.md")
+    (row,) = [line for line in readme.read_text(encoding="utf-8").splitlines()
+              if line.startswith("| `ultraseg predict ")]
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    (fmt,) = [a for a in commands.choices["predict"]._actions if "--format" in a.option_strings]
+    synopsis = row.split("` |")[0]                 # (a table cell writes "|" as "\|")
+    choices = "\\|".join(fmt.choices)
+    assert f"[--format {choices}]" in synopsis, synopsis
+
+
 @pytest.mark.parametrize("command", ["predict", "measure", "evaluate"])
 def test_threads_set_an_onnx_model_s_session_threads(tmp_path, ckpt, monkeypatch, command):
     """--threads did nothing for an ONNX model (a note said so): its ONNX Runtime session,
