@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ultraseg.errors import command_line
+from ultraseg.errors import command_line, install_extra
 
 #: path names that a shell splits, or reads as a flag, where put in raw
 AWKWARD = ["p h", "it's", 'say "x"', "tab\there", "-dm", "a b/-c"]
@@ -93,3 +93,23 @@ def test_on_windows_a_suggested_command_is_quoted_as_its_shells_read_it(monkeypa
         assert subprocess.list2cmdline([name]) in line, line
     assert command_line("ultraseg", "evaluate", "MODEL", "--split", "RUN/split.json") == \
         "ultraseg evaluate MODEL --split RUN/split.json"
+
+
+@pytest.mark.parametrize("extra", ["onnx", "dicom"])
+def test_the_install_advice_for_an_extra_is_the_readme_s(monkeypatch, extra) -> None:
+    """export said "pip install 'ultraseg[onnx]'" where the README, whose set-up installs from a
+    checkout, says "pip install -e '.[onnx]'": one wording, giving both, for the messages and the
+    README alike; quoted for the shell, on Windows too (cmd.exe keeps single quotes)."""
+    from ultraseg import errors
+
+    installed, checkout = f"pip install 'ultraseg[{extra}]'", f"pip install -e '.[{extra}]'"
+    assert install_extra(extra) == f"{installed} (from a checkout: {checkout})"
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8")
+        assert f"`{installed}` (from a checkout: `{checkout}`)" in text
+        assert text.count(f"'.[{extra}]'") == text.count(f"'ultraseg[{extra}]'"), \
+            "every checkout command beside the installed package's"
+    monkeypatch.setattr(errors, "WINDOWS", True)
+    assert install_extra(extra) == \
+        f'pip install "ultraseg[{extra}]" (from a checkout: pip install -e ".[{extra}]")'

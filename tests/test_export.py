@@ -1129,7 +1129,8 @@ def test_an_unfinished_run_s_export_is_strict_json_and_says_it_is_unfinished(exp
 
 @pytest.mark.parametrize("fake, said", [
     ("raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')",
-     "ONNX support is not installed: pip install 'ultraseg[onnx]'"),
+     "ONNX support is not installed: pip install 'ultraseg[onnx]' "
+     "(from a checkout: pip install -e '.[onnx]')"),
     # onnxruntime 1.18.0 built on NumPy 1 under NumPy 2: installed, but it cannot be imported
     ("raise ImportError('numpy.core.multiarray failed to import')",
      "onnxruntime is installed but cannot be imported (numpy.core.multiarray failed to "

@@ -79,6 +79,15 @@ def command_line(*words: Word) -> str:
     return " ".join(said)
 
 
+def install_extra(extra: str) -> str:
+    """The commands that install ultraseg's optional ``extra`` (``onnx``, ``dicom``), for a
+    message to suggest: the installed package's, and a checkout's, as the README's set-up
+    installs from one: ``pip install 'ultraseg[onnx]' (from a checkout: pip install -e
+    '.[onnx]')``, quoted as :func:`command_line` quotes (on Windows in double quotes)."""
+    return (f"{command_line('pip', 'install', f'ultraseg[{extra}]')} (from a checkout: "
+            f"{command_line('pip', 'install', '-e', f'.[{extra}]')})")
+
+
 class UltrasegError(Exception):
     """Bad input or usage. ``str(err)`` names the file and the problem: one line (several only
     for :class:`~ultraseg.io.DataProblems`, one per problem).

@@ -45,7 +45,7 @@ import numpy as np
 from . import __version__
 from .config import (ModelConfig, PostprocessConfig, PreprocessConfig, UnknownSettings,
                      whole_number)
-from .errors import CheckpointError, UltrasegError
+from .errors import CheckpointError, UltrasegError, install_extra
 from .fileio import as_path, hash_file, json_text, parse_json
 from .geometry import context_margin, same_padded_size
 from .logs import caught_warnings, quiet
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 META_KEY = "ultraseg"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
-_INSTALL = "ONNX support is not installed: pip install 'ultraseg[onnx]'"
 
 #: Open a model's external data file without waiting (a named pipe would block the open).
 _NO_WAIT = getattr(os, "O_NONBLOCK", 0)
@@ -69,7 +68,7 @@ def _import_error(e: ImportError, module: str) -> UltrasegError:
     where it is installed but fails to import (a build against another NumPy), why, since
     the install command would only answer 'Requirement already satisfied'."""
     if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == module:
-        return UltrasegError(_INSTALL)
+        return UltrasegError(f"ONNX support is not installed: {install_extra('onnx')}")
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     return UltrasegError(f"{module} is installed but cannot be imported ({first})")
 

@@ -446,6 +446,9 @@ def test_without_pydicom_each_file_is_named(tmp_path, monkeypatch) -> None:
     with pytest.raises(DataError, match="needs pydicom 3") as e:
         read_image(p)
     assert "a.dcm" in str(e.value)
+    # the README's install advice, for an installed package and for a checkout
+    assert ("pip install 'ultraseg[dicom]' (from a checkout: pip install -e '.[dicom]')"
+            in str(e.value)), str(e.value)
 
 
 def test_signed_inverted_and_wide_colour_frames_follow_the_one_rule(tmp_path) -> None:

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import DataError, is_out_of_memory
+from ..errors import DataError, install_extra, is_out_of_memory
 from ..logs import caught_warnings, quiet
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ def _pydicom(path: Path) -> Any:
     try:
         return _import_pydicom()
     except ImportError as e:
-        raise DataError("reading DICOM needs pydicom 3 or later: pip install 'ultraseg[dicom]' "
-                        "(or pip install pydicom)", path) from e
+        raise DataError(f"reading DICOM needs pydicom 3 or later: {install_extra('dicom')}, "
+                        "or pip install pydicom", path) from e
 
 
 def _import_pydicom() -> Any:
