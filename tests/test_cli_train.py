@@ -936,6 +936,23 @@ def test_progress_bar_and_epoch_line(monkeypatch, capsys) -> None:
     assert "train loss 0.4000" in line and "val loss 0.5000" in line and "val Dice 0.7500" in line
 
 
+def test_progress_counts_to_the_epochs_a_time_limit_fits(monkeypatch, capsys) -> None:
+    """Where the schedule's horizon is under --epochs, the bar and the epoch line count to it
+    and name the cap; an epoch past it (the pace quickened) counts to itself."""
+    monkeypatch.setenv("COLUMNS", "200")
+    stream = _Tty()
+    show = ProgressPrinter(stream)
+    show({"event": "batch", "epoch": 3, "epochs": 300, "horizon": 11, "batch": 1,
+          "batches": 4, "loss": 0.5, "elapsed": 1.0})
+    assert "epoch 3/11 (time limit; cap 300) [" in stream.getvalue()
+    for epoch, horizon in ((3, 11), (12, 11), (4, 300)):
+        show({"event": "epoch", "epoch": epoch, "epochs": 300, "horizon": horizon,
+              "train_loss": 0.4, "val_loss": 0.5, "val_dice": 0.75, "seconds": 8.0,
+              "complete": True})
+    assert [s.split("  ")[0] for s in capsys.readouterr().out.splitlines()] == [
+        "epoch 3/11 (time limit; cap 300)", "epoch 12/12 (time limit; cap 300)", "epoch 4/300"]
+
+
 def test_no_bar_when_not_a_terminal(capsys) -> None:
     stream = io.StringIO()
     ProgressPrinter(stream)({"event": "batch", "epoch": 1, "epochs": 1, "batch": 1,

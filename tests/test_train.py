@@ -3099,3 +3099,32 @@ def test_a_loaded_config_remembers_its_file_from_the_folder_it_was_loaded_in(
     assert str(e.value).startswith(f"{conf}: data.path 'busi' is not found from the current "
                                    f"folder {tmp_path / 'elsewhere'}; the config file's folder "
                                    f"({tmp_path / 'exp'}) holds it")
+
+
+def test_a_time_limited_run_shows_the_epochs_its_limit_fits(tmp_path, monkeypatch,
+                                                            capsys) -> None:
+    """Under a time limit that fits fewer epochs than --epochs, the epoch lines count to the
+    schedule's horizon once it is measured, naming the cap (a review: the `cpu` preset showed
+    `epoch k/300` to a run that stopped after a handful), and train.log says once how many
+    the limit fits. Each epoch's metrics write takes 300 s on a simulated clock: 30 minutes
+    hold about 5 of the 10 epochs."""
+    extra = [0.0]
+    _train_clock(monkeypatch, lambda: time.monotonic() + extra[0])
+    real_write = train_mod._write_metrics
+
+    def slow_write(*args, **kwargs):
+        extra[0] += 300.0
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_write_metrics", slow_write)
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert _train_tiny(tmp_path, run, "--epochs", "10", "--time-limit", "30m") == 0
+    horizon = int(load_checkpoint(run / "last.ckpt").train_state["horizon"])
+    assert 3 <= horizon < 10
+    lines = [s for s in capsys.readouterr().out.splitlines() if s.startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/10  ")      # not measured with a write yet: the cap
+    assert lines[1].startswith(f"epoch 2/{horizon} (time limit; cap 10)  ")
+    log_text = (run / "train.log").read_text()
+    assert log_text.count("the time limit fits about") == 1
+    assert f"the time limit fits about {horizon} of the 10 epochs at this pace" in log_text

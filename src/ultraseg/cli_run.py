@@ -54,14 +54,14 @@ class ProgressPrinter:
         if e["event"] == "batch" and self.line.tty:
             done = e["batch"] / e["batches"]
             eta = e["elapsed"] / done - e["elapsed"] if done else 0
-            self.line.status(f"epoch {e['epoch']}/{e['epochs']} {bar(done)} "
+            self.line.status(f"epoch {e['epoch']}/{_of(e)} {bar(done)} "
                              f"{e['batch']}/{e['batches']} loss {e['loss']:.4f} ETA {eta:4.0f}s ")
         elif e["event"] == "epoch":
             self.line.clear()
             partial = "" if e["complete"] else "  (partial: time limit)"
             val = ("" if math.isnan(e["val_dice"]) else  # NaN: no validation split
                    f"val loss {e['val_loss']:.4f}  val Dice {e['val_dice']:.4f}  ")
-            self._out(f"epoch {e['epoch']}/{e['epochs']}  train loss {e['train_loss']:.4f}  "
+            self._out(f"epoch {e['epoch']}/{_of(e)}  train loss {e['train_loss']:.4f}  "
                       f"{val}({e['seconds']:.0f} s){partial}")
         elif e["event"] == "stage":
             self._err(e["message"] + " ...\n")
@@ -82,6 +82,15 @@ class ProgressPrinter:
 
     def _err(self, text: str) -> None:
         self.line.write(text)
+
+
+def _of(e: dict[str, Any]) -> str:
+    """The epochs an epoch is counted against: ``epochs``, or where a time limit fits fewer
+    (the schedule's ``horizon``, measured after epochs 1 and 2), those, naming the cap."""
+    horizon = e.get("horizon")     # (a caller's own events may not carry it)
+    if horizon is None or horizon >= e["epochs"]:
+        return str(e["epochs"])
+    return f"{max(horizon, e['epoch'])} (time limit; cap {e['epochs']})"
 
 
 # ---------------------------------------------------------------- train

@@ -886,9 +886,9 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
                 # stopped a 3-minute nerve run after its first batch
                 est_val = (fastest_s / 3 / x.shape[0] * math.ceil(len(val_idx) / ctx.world_size)
                            * _val_cost_ratio(cfg, arrays))
-            progress({"event": "batch", "epoch": epoch, "epochs": tc.epochs, "batch": i + 1,
-                      "batches": n_batches, "loss": float(np.mean(losses)),
-                      "elapsed": time.monotonic() - t_epoch})
+            progress({"event": "batch", "epoch": epoch, "epochs": tc.epochs,
+                      "horizon": round(horizon), "batch": i + 1, "batches": n_batches,
+                      "loss": float(np.mean(losses)), "elapsed": time.monotonic() - t_epoch})
             # one step tells too little to stop on: the first step stops only past the limit
             reserve = _reserve(est_val, tc.time_limit_s) if val_measured or i else 0.0
             if (deadline < math.inf and i + 1 < n_batches
@@ -950,6 +950,10 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             horizon = _horizon(tc.epochs, epoch, now - since, deadline, est_val, ctx, device,
                                tc.time_limit_s)
             t_measured = now
+            if epoch == 2 and horizon < tc.epochs:     # measured for good: said once
+                log.info("the time limit fits about %d of the %d epochs at this pace (%.0f s "
+                         "an epoch): the learning-rate schedule spans them", round(horizon),
+                         tc.epochs, now - since)
         # no validation: the latest counts
         sampled = sampled_rows([row], len(val_frames))[0]
         improved = not choosing or improves(val_dice, val_loss, best_dice, best_loss, sampled,
@@ -974,7 +978,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             save_checkpoint(out / "last.ckpt", model.state_dict(), meta(metrics), state)
         saved = epoch
         # after the checkpoints: an epoch shown (the CLI's epoch line) is one --resume keeps
-        progress({"event": "epoch", **row, "epochs": tc.epochs})
+        progress({"event": "epoch", **row, "epochs": tc.epochs, "horizon": round(horizon)})
         if stopped:
             break
         per_epoch = time.monotonic() - t_epoch
