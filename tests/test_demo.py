@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import held_elsewhere
+from conftest import held_elsewhere, ultraseg_warnings
 from ultraseg import cli, demo
 from ultraseg.config import PRESETS
 from ultraseg.fileio import LOCK_FILE
@@ -143,6 +143,37 @@ def test_an_interrupted_demo_goes_on_where_it_stopped(tmp_path, monkeypatch, cap
     monkeypatch.setattr(demo, "run_demo", interrupted)
     assert cli.main(["demo", "--out", str(out), "--minutes", str(minutes)]) == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_a_demo_its_time_limit_cut_short_says_so_and_names_more_minutes(tmp_path, monkeypatch,
+                                                                          ) -> None:
+    """A review on a slow CPU: the time limit ended the demo's training after 1 of its 12
+    epochs, and it closed with train's advice `(a lower --lr, or train longer)`, a flag the
+    demo does not take. Its warnings that the model has not learnt now say the time limit
+    ended training, and the demo ends naming the `ultraseg demo --minutes` that gives its
+    epochs the time."""
+    from ultraseg import finish
+    from ultraseg import train as train_mod
+
+    _small_demo(monkeypatch, epochs=3)
+    monkeypatch.setattr(train_mod, "_no_time_for_another_epoch", lambda *a: True)
+    remedies = []
+    real = finish._warn_if_nothing_found
+
+    def spy(*args, **kwargs):
+        remedies.append(kwargs.get("remedy"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finish, "_warn_if_nothing_found", spy)
+    out = tmp_path / "demo"
+    with ultraseg_warnings() as warned:
+        assert cli.main(["demo", "--out", str(out), "--minutes", "2"]) == 0
+    said = "\n".join(r.getMessage() for r in warned)
+    assert remedies and "--lr" not in remedies[0]
+    assert "the time limit ended training after 1 of its 3 epochs" in remedies[0]
+    assert "the time limit (--minutes 2) ended training after 1 of the demo's 3 epochs" in said
+    assert f"`ultraseg demo --out {out}-8min --minutes 8`" in said   # 2 * 3/1 * 1.25, up
+    assert "--lr" not in said
 
 
 def test_a_full_disk_names_the_demo_that_goes_on_only_where_one_does(tmp_path, monkeypatch,

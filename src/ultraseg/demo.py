@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig, merge, preset
+from .config import RunConfig, TrainConfig, merge, preset
 from .errors import UltrasegError, command_line
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                 log.info("using the phantom frames an earlier demo wrote in %s", folder)
             else:
                 make_dataset(folder, n=n, size=FRAME_SIZE, seed=seed)
-        result = train(None if resume else cfg, out, resume=resume, progress=progress)
+        result = train(None if resume else cfg, out, resume=resume, progress=progress,
+                       time_remedy=_time_remedy)
         if progress:
             progress({"event": "stage", "message": "evaluating on unseen phantom frames"})
         summary, _ = evaluate(load(out / "best.ckpt"), test_data, "folders",
@@ -64,8 +65,40 @@ def run_demo(out: str | Path, progress: Callable[[dict[str, Any]], None] | None 
                           config=RunConfig.load(out / "config.json").to_dict(),   # as recorded
                           history=result.history, best_epoch=result.best_epoch,
                           evaluation=evaluation_table(summary), warnings=result.warnings)
+        note = _time_note(out, result.history, result.stopped,
+                          RunConfig.load(out / "config.json").train)
+        if note:
+            log.warning("%s", note)
         log.info("demo finished: %s", summary)
         return summary
+
+
+def _time_remedy(done: int, epochs: int) -> str:
+    """What a warning that the demo's model has not learnt advises where its time limit ended
+    training after ``done`` of its ``epochs`` (train's names flags the demo does not take)."""
+    return (f"the time limit ended training after {done} of its {epochs} epochs: more "
+            "--minutes, as the demo's last warning says")
+
+
+def _time_note(out: Path, history: list[dict[str, Any]], stopped: str | None,
+               tc: TrainConfig) -> str | None:
+    """Where the time limit ended the demo's training before its epochs (the last perhaps cut
+    short), a note saying so, naming the ``ultraseg demo`` that gives them about the time they
+    take at the pace seen (a quarter more, in whole minutes), into a new folder (this one now
+    holds a finished demo, which the demo refuses); else None."""
+    from .finish import cut_by_time_limit
+
+    if not (tc.time_limit_s and cut_by_time_limit(history, stopped, tc.epochs)):
+        return None
+    minutes = tc.time_limit_s / 60.0
+    more = max(math.ceil(minutes * tc.epochs / len(history) * 1.25), math.floor(minutes) + 1)
+    cut = "" if history[-1]["complete"] else f", epoch {len(history)} cut short"
+    again = command_line("ultraseg", "demo", ("--out", out.with_name(f"{out.name}-{more}min")),
+                         "--minutes", str(more))
+    return (f"the time limit (--minutes {minutes_arg(minutes)}) ended training after "
+            f"{len(history)} of the demo's {tc.epochs} epochs{cut}: the model had too little "
+            f"time to learn on this machine; `{again}` gives it about the time for all "
+            f"{tc.epochs}")
 
 
 #: The words the report's Evaluation table gives evaluate's summary keys (units said); a key

@@ -79,6 +79,13 @@ class TrainResult:
         self.run_dir = Path(self.run_dir).resolve()
 
 
+def cut_by_time_limit(history: list[dict[str, Any]], stopped: str | None, epochs: int) -> bool:
+    """Whether the time limit ended training before its ``epochs`` (the last epoch trained
+    perhaps cut short): ``history`` and ``stopped`` as :class:`TrainResult` has them."""
+    return bool(history and stopped and stopped.startswith("time limit")
+                and (len(history) < epochs or not history[-1]["complete"]))
+
+
 #: The fewest validation frames a post-processing choice the time limit cut short is made on
 #: (or more than half of them, where there are fewer than 20): on fewer the defaults are kept.
 MIN_CHOICE_FRAMES = 10
@@ -91,7 +98,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
             choosing: bool = True, copies: SplitCopies | None = None,
             test_idx: np.ndarray | None = None,
             warnings: Callable[[], list[str]] = list, *,
-            held: np.ndarray) -> TrainResult:
+            held: np.ndarray, time_remedy: Callable[[int, int], str] | None = None
+            ) -> TrainResult:
     """Choose post-processing (test-time augmentation included) on the validation frames at
     their original size, and where they carry reference head circumferences the boundary
     offset measurements use (:func:`_calibrate_measure`); write the report.
@@ -101,6 +109,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     (``choosing`` False: they are scored, but choose nothing). The report shows the run's
     ``warnings()`` and best.ckpt keeps them (a report written again from it shows them).
     ``held``: whether each frame's mask holds a structure (:func:`ultraseg.data._held`).
+    ``time_remedy``: see :func:`ultraseg.train.train`.
     """
     if len(val_idx):
         progress({"event": "stage", "message": "choosing post-processing on the validation split"})
@@ -141,7 +150,10 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         chosen = bool(cfg.train.tune_postprocess and choosing and not seen.not_chosen)
         log.info("validation Dice at original resolution: %.4f raw (threshold 0.5, no flip), "
                  "%.4f with %s", raw, tuned, postprocess_words(pp.to_dict()))
-        _warn_if_nothing_found(out, seen, pp, tuned, lr=trend is not None, chosen=chosen)
+        cut = time_remedy and cut_by_time_limit(history, stopped, cfg.train.epochs)
+        _warn_if_nothing_found(out, seen, pp, tuned, lr=trend is not None, chosen=chosen,
+                               remedy=time_remedy(len(history), cfg.train.epochs)
+                               if time_remedy and cut else None)
     ceiling = _perfect_ceiling(seen, pp) if seen else None
     measure_meta = dict(best.meta.get("measure") or {})
     if seen and cfg.train.tune_postprocess and (deadline is None
@@ -368,7 +380,8 @@ MIN_MISSED_FRAMES = 5
 
 
 def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
-                           tuned: float | None, lr: bool = False, chosen: bool = True) -> None:
+                           tuned: float | None, lr: bool = False, chosen: bool = True,
+                           remedy: str | None = None) -> None:
     """Say so where the post-processing ``pp`` (``chosen`` on validation, else applied as it
     was) leaves no structure on (nearly) every validation frame holding one
     (:data:`MISSED_SHARE`, of :data:`MIN_MISSED_FRAMES` or more where a structure is predicted
@@ -376,11 +389,13 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
     then mostly the empty frames' (0 where every frame holds a structure); and where it marks
     at least half of nearly every frame (:data:`MARKED_SHARE`) while the structures are
     much smaller (under a quarter of the frame, median). ``lr``: the training loss exploded
-    or stood still (:func:`_loss_trend`), so the remedy names --lr too."""
+    or stood still (:func:`_loss_trend`), so the remedy names --lr too. ``remedy``: what the
+    warnings advise in place of train's flags (the demo's, where its time limit cut it short)."""
     rules = postprocess_words(pp.to_dict())
     with_pp = ("with the post-processing chosen" if chosen else
                "with the post-processing applied (not chosen on validation)")
-    remedy = "train longer, or on more frames" + (", or a different --lr" if lr else "")
+    marking = remedy or "a lower --lr, or train longer"
+    remedy = remedy or "train longer, or on more frames" + (", or a different --lr" if lr else "")
     n = len(seen.empty)
     n_full = sum(not e for e in seen.empty)
     missed = sum(not e and not a for a, e in zip(seen.areas, seen.empty))
@@ -413,8 +428,8 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
             log.warning("%s: %s (%s) the model marks at least half "
                         "of the frame on %d of the %d %svalidation frames%s, where the structure "
                         "covers a median %.1f %% of it: it has not learnt to tell the structure "
-                        "from the background (a lower --lr, or train longer)", out, with_pp, rules,
-                        marked, n, "sampled " if sample else "", sample, 100 * truth)
+                        "from the background (%s)", out, with_pp, rules, marked, n,
+                        "sampled " if sample else "", sample, 100 * truth, marking)
 
 
 def _plot_samples(out: Path, arrays: Arrays, train_idx: np.ndarray, held: np.ndarray) -> None:

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -517,8 +517,8 @@ def _redraw_figures(out: Path, cfg: RunConfig, validated: bool, chosen: bool) ->
 
 @said_once()
 def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
-          progress: Progress | None = None, execution: Mapping[str, Any] | None = None
-          ) -> TrainResult:
+          progress: Progress | None = None, execution: Mapping[str, Any] | None = None, *,
+          time_remedy: Callable[[int, int], str] | None = None) -> TrainResult:
     """Train a U-Net as ``cfg`` says and write the run folder ``out`` (its files:
     :data:`ultraseg.run_folder.RUN_FILES`).
 
@@ -530,6 +530,9 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     ``progress`` receives dicts: {"event": "batch"|"epoch"|"stage"|"validation", ...} for a
     CLI to show ("validation": each validation frame scored at its original size while the
     post-processing is chosen, ``frame`` of ``frames``).
+    ``time_remedy(k, n)``: where the time limit ended training after ``k`` of its ``n`` epochs
+    (the last perhaps cut short), the advice of a warning that the model has not learnt, in
+    place of train's flags (the demo's: its own ``--minutes``).
     Leaves the caller's torch thread count, global random state (CPU, and GPUs where it trains
     on one) and grad or inference mode as they were; a caller's default dtype (float64)
     changes nothing: the same config and seed learn the same weights.
@@ -550,12 +553,13 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     # (what is warned before the run's log opens reaches it, and the report, too)
     with output_lock(out, "train") if is_main() else contextlib.nullcontext(), \
             EarlyWarnings() as earlier:
-        return _open_and_train(cfg, out, resume, progress, execution, t0, earlier)
+        return _open_and_train(cfg, out, resume, progress, execution, t0, earlier, time_remedy)
 
 
 def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Progress | None,
                     execution: Mapping[str, Any] | None, t0: float,
-                    earlier: EarlyWarnings) -> TrainResult:
+                    earlier: EarlyWarnings,
+                    time_remedy: Callable[[int, int], str] | None = None) -> TrainResult:
     """:func:`train`, holding ``out``; ``earlier`` keeps its warnings until the log opens."""
     given = cfg
     cfg, last = open_run(out, cfg, resume)
@@ -625,7 +629,8 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
             with run_log(out / "train.log", earlier) as warned, threads(cfg.train.num_threads), \
                     torch.random.fork_rng(devices=rng_devices), torch.inference_mode(False), \
                     torch.enable_grad(), autocast_off(device), cudnn_autotune(device):
-                return _train(cfg, out, last, progress or (lambda e: None), t0, ctx, warned)
+                return _train(cfg, out, last, progress or (lambda e: None), t0, ctx, warned,
+                              time_remedy)
         except BaseException as e:
             # refused, out of memory or interrupted before an epoch was saved: nothing left
             if not resume and isinstance(e, (UltrasegError, KeyboardInterrupt)) \
@@ -635,10 +640,11 @@ def _open_and_train(cfg: RunConfig | None, out: Path, resume: bool, progress: Pr
 
 
 def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progress, t0: float,
-           ctx: Dist = SINGLE, warned: Iterable[str] = ()) -> TrainResult:
+           ctx: Dist = SINGLE, warned: Iterable[str] = (),
+           time_remedy: Callable[[int, int], str] | None = None) -> TrainResult:
     """The run itself; ``last`` is the checkpoint to resume from (None: a new run);
     ``warned``, the warnings this process gives as it trains (:func:`run_log`'s), for the
-    report."""
+    report; ``time_remedy``: :func:`train`'s."""
     tc = cfg.train
     resume = last is not None
     # the report's warnings: a resumed run's before it was interrupted (last.ckpt records
@@ -1011,7 +1017,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
     else:
         result = _finish(cfg, out, ds, arrays, train_idx, val_idx, device, dtype, history,
                          best_epoch, best_val_dice, stopped, t0, meta, progress, choosing,
-                         copies, test_idx, warnings, held=held)
+                         copies, test_idx, warnings, held=held, time_remedy=time_remedy)
     if diverged_parts(stopped):     # finished, yet not a run that succeeded
         raise _diverged_finished(out, stopped, saved)
     return result
