@@ -35,7 +35,9 @@ Measures in one run, on the same frames and the same weights:
   training; each frame's best of a few repeats. ``infer_speedup_same_allocator``: against
   the reference in ultraseg's process, repeats alternating.
   ``infer_mask_agreement``: the fraction of pixels whose mask is the same in the fast path and
-  in fp32 with the same windows (precision alone). ``infer_mask_agreement_vs_reference``: the
+  in fp32 with the same windows (precision alone; on a CPU without native bf16 the fast path
+  is fp32 too, ``details.infer.precision``, so it compares nothing of precision there, and
+  the table says "fp32 both sides" with no target). ``infer_mask_agreement_vs_reference``: the
   same against the 68-pixel-tile fp32 reference, which also counts the differences that come
   from the tiles' different alignment to the 16-pixel pooling grid. The weights are random
   (seed 1) with the final layer's bias shifted so that 10 % of the pixels are foreground in
@@ -53,7 +55,8 @@ Measures in one run, on the same frames and the same weights:
   (128 -> 128 channels on 256 x 256, channels_last, oneDNN) in each precision -- what these
   cores give the network's own operation at a good shape. (A 2048 x 2048 fp32 matrix product
   reached only 204 GFLOP/s here, below what the fp32 reference's convolutions achieve, so it
-  is no ceiling.) From them: ``train_ceiling`` (bf16 peak / the reference's achieved training
+  is no ceiling; on a CPU without native bf16 the bf16 figure is oneDNN's emulation, which the
+  table says.) From them: ``train_ceiling`` (bf16 peak / the reference's achieved training
   GFLOP/s with the same allocator, its best: the most any bf16 computation at the same
   geometry could gain over the reference's computation) and ``infer_ceiling`` (the same for
   prediction, times the FLOPs the one-window plan saves over 68-pixel tiles). On a CPU without
@@ -981,6 +984,10 @@ def write_results(result: dict[str, Any], command: str) -> None:
     m, d = result["machine"], result["details"]
     precision = result.get("ceiling_precision", "bf16")  # what ultraseg computed in
     top = result[f"peak_{precision}_gflops"]
+    # without native bf16 the fast path predicts in fp32 too (nothing of precision compared),
+    # and the bf16 peak is oneDNN's emulation, which ultraseg does not use there
+    fp32_both = d["infer"].get("precision") == "fp32"
+    emulated = m.get("cpu_bf16") is False
     rows = [
         ("train_speedup", f"{result['train_speedup']:.2f}",
          (f"{result['train_images_per_s']:.2f} vs {result['train_ref_images_per_s']:.2f} "
@@ -1017,7 +1024,8 @@ def write_results(result: dict[str, Any], command: str) -> None:
         ("peak_fp32_gflops", f"{result['peak_fp32_gflops']:.0f}",
          "best 3x3 convolution, 128->128 channels on 256x256, fp32, oneDNN"),
         ("peak_bf16_gflops", f"{result['peak_bf16_gflops']:.0f}",
-         "the same in bf16"),
+         "the same in bf16" + ("; emulated (no native bf16): not used by ultraseg here"
+                               if emulated else "")),
         ("train_ceiling", f"{result['train_ceiling']:.2f}",
          (f"{precision} peak / the same-allocator reference's training GFLOP/s: the most a "
           f"{precision} computation can gain over the reference's")),
@@ -1025,7 +1033,9 @@ def write_results(result: dict[str, Any], command: str) -> None:
          (f"{precision} peak / the same-allocator reference's GFLOP/s x FLOPs saved by one "
           "window per frame")),
         ("infer_mask_agreement", f"{result['infer_mask_agreement']:.4f}",
-         ("vs fp32 with the same windows; vs the 68-tile fp32 reference: "
+         (("fp32 both sides: no native bf16, the fast path predicts in fp32 too (no "
+           "precision compared); " if fp32_both else "vs fp32 with the same windows; ")
+          + "vs the 68-tile fp32 reference: "
           f"{result['infer_mask_agreement_vs_reference']:.4f} (random weights, see README)")),
         ("train_peak_rss_gb", f"{result['train_peak_rss_gb']:.2f}",
          f"ultraseg.train.train, 2 epochs of {d['pipeline']['steps_per_epoch']} steps, then "
@@ -1039,6 +1049,8 @@ def write_results(result: dict[str, Any], command: str) -> None:
           f"{d['predict_native']['seconds']:.0f} s")),
     ]
     target = {k: f"{op} {v}" for k, op, v in TARGETS}
+    if fp32_both:
+        target["infer_mask_agreement"] = "n/a (fp32 both sides)"
     run = (f"`{command}` ({result['seconds']:.0f} s), {m['date']}: {m['cpu']}, "
            f"{m['cores']} cores ({m['torch_threads']} torch threads, native bf16: "
            f"{m['cpu_bf16']}), torch {m['torch']}, Python {m['python']}.")

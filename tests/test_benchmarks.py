@@ -381,6 +381,35 @@ def test_record_cuda_refuses_a_quick_run(speed, tmp_path: Path,
     assert "--quick" in capsys.readouterr().err
 
 
+def _speed_rows(speed, rec: dict) -> dict[str, list[str]]:
+    """The Speed table ``write_results`` makes of the run ``rec``: each row's cells by key."""
+    speed.write_results(rec, "python benchmarks/speed.py")
+    section = (speed.HERE / "RESULTS.md").read_text().split("## Speed")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    return {cells[0].strip("`"): cells[1:] for cells in rows}
+
+
+def test_the_speed_table_says_where_bf16_was_not_native(speed) -> None:
+    """A review of speed-no-bf16.json (an AVX2-only CPU): its bf16 rows looked real. Both
+    sides of infer_mask_agreement ran fp32 there (its 1.0 compares no precision, its target
+    met by construction), and peak_bf16_gflops is oneDNN's emulated path. The table now says
+    so; a CPU with bf16 keeps its rows. (The recorded run, as such a CPU records it.)"""
+    rec = json.loads((RESULTS / "speed.json").read_text())
+    rec["machine"]["cpu_bf16"] = False
+    for side in ("train", "infer"):
+        rec["details"][side]["precision"] = "fp32"
+    rows = _speed_rows(speed, {**rec, "infer_mask_agreement": 1.0, "ceiling_precision": "fp32"})
+    value, target, what = rows["infer_mask_agreement"]
+    assert value == "1.0000" and target == "n/a (fp32 both sides)"
+    assert what.startswith("fp32 both sides: no native bf16")
+    assert "emulated (no native bf16)" in rows["peak_bf16_gflops"][2]
+    native = _speed_rows(speed, json.loads((RESULTS / "speed.json").read_text()))
+    assert native["infer_mask_agreement"][1] == ">= 0.995"
+    assert native["infer_mask_agreement"][2].startswith("vs fp32 with the same windows")
+    assert "emulated" not in native["peak_bf16_gflops"][2]
+
+
 def _fake_datasets(folder: Path, nerve_frames: int) -> Path:
     """The files speed.py reads at --data, empty: it looks for them before reading any."""
     for rel in ("kaggle_nerve_sample/train/1_1.tif", "kaggle_nerve_sample/test/1.tif"):
