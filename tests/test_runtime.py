@@ -77,6 +77,19 @@ def test_explicit_precisions(monkeypatch):
         resolve_precision("fp16", CPU)
 
 
+def test_bf16_asked_for_without_native_support_names_the_faster_precision(monkeypatch):
+    """The warning said bf16 would be slow, not what to use instead (a review on an AVX2-only
+    CPU)."""
+    from conftest import ultraseg_warnings
+
+    fake_cpu(monkeypatch)  # a CPU without native bf16
+    with ultraseg_warnings() as warned:
+        resolve_precision("bf16", CPU)
+    said = [r.getMessage() for r in warned]
+    assert len(said) == 1 and "not supported natively on cpu" in said[0]
+    assert "--precision auto or fp32 is faster here" in said[0]
+
+
 def test_the_real_flags_are_read():
     flags = runtime._x86_cpu_flags()
     if runtime.platform.machine().lower() in ("x86_64", "amd64"):

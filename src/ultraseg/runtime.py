@@ -117,7 +117,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision_name(precision, device) == "fp32":
         return None
     if precision == "bf16" and not _native_bf16(device):
-        log.warning("bf16 requested but not supported natively on %s; it will be slow", device)
+        log.warning("bf16 requested but not supported natively on %s; it will be slow (emulated): "
+                    "--precision auto or fp32 is faster here", device)
     return torch.bfloat16
 
 
