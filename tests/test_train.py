@@ -2705,6 +2705,28 @@ def test_the_end_of_training_says_what_the_chosen_rules_would_change_of_perfect_
     assert not warned
 
 
+def test_a_post_processing_that_changes_no_true_mask_says_so_plainly() -> None:
+    """'changes none of the 60 validation masks predicted perfectly' was read (a review of a
+    demo whose every frame was half marked) as a count of the masks the network predicted
+    perfectly, none. It is the rules applied to the true masks: the line says that."""
+    said: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda r: said.append(r.getMessage())       # type: ignore[method-assign]
+    logger = logging.getLogger(finish.log.name)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        seen = finish._Validation(PostprocessConfig(), 0.5, [0.5] * 3, [1] * 3, [False] * 3,
+                                  truth_parts=[1, 1, 1], changeable=[])
+        assert finish._perfect_ceiling(seen, PostprocessConfig()) is None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert said == ["the chosen post-processing, applied to the 3 true validation masks, "
+                    "changes none of them: it costs a perfect prediction nothing"]
+
+
 def test_keep_largest_is_not_said_to_lose_a_structure_that_hole_filling_keeps() -> None:
     """The end of training warned 'a second one is lost' of every validation mask of more than
     one structure where keep-largest was chosen, also of a ring whose hole holds an island,

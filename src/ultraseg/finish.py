@@ -552,8 +552,8 @@ def _perfect_ceiling(seen: _Validation, pp: PostprocessConfig) -> str | None:
                     "network finds it (--no-keep-largest on predict, evaluate and measure "
                     "keeps it)", dropped, n)
     if not changed:
-        log.info("the chosen post-processing changes none of the %d validation masks "
-                 "predicted perfectly", n)
+        log.info("the chosen post-processing, applied to the %d true validation masks, "
+                 "changes none of them: it costs a perfect prediction nothing", n)
         return None
     why = "; ".join(f"{words} on {rules[r]}" for r, words in _CHANGES.items() if rules[r])
     text = (f"would change {changed} of {n} validation masks even if predicted perfectly "
