@@ -9,8 +9,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-#: ``../shared/datasets`` seen from the repository root (this file is ``ROOT/tests/conftest.py``).
+#: ``../shared/datasets`` seen from the repository root (this file is ``ROOT/tests/conftest.py``):
+#: where the real datasets are unless :data:`DATASETS_ENV` names another folder.
 SHARED_DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
+#: The environment variable naming the real datasets' folder (a clone elsewhere).
+DATASETS_ENV = "ULTRASEG_DATASETS"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -85,10 +88,14 @@ def held_elsewhere(folder: Path, command: str = "train") -> Iterator[None]:
 
 
 def shared_datasets() -> Path:
-    """The shared real-data folder, or skip the calling test with the reason."""
-    if not SHARED_DATASETS.is_dir():
-        pytest.skip(f"shared datasets not found at {SHARED_DATASETS}: real-data tests skipped")
-    return SHARED_DATASETS
+    """The shared real-data folder (``$ULTRASEG_DATASETS``, else :data:`SHARED_DATASETS`), or
+    skip the calling test with the reason."""
+    named = os.environ.get(DATASETS_ENV)
+    folder = Path(named).expanduser().resolve() if named else SHARED_DATASETS
+    if not folder.is_dir():
+        pytest.skip(f"shared datasets not found at {folder} ({DATASETS_ENV} names another "
+                    "folder): real-data tests skipped")
+    return folder
 
 
 def shared_dataset(name: str) -> Path:

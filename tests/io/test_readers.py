@@ -1,5 +1,6 @@
 """Readers: one contract test over every registered layout (synthetic trees), and every reader on
-the real samples in ../shared/datasets (skipped with the reason where that folder is absent)."""
+the real samples in ../shared/datasets, or $ULTRASEG_DATASETS (skipped with the reason where
+that folder is absent)."""
 from __future__ import annotations
 
 import csv
@@ -281,6 +282,26 @@ def test_missing_folder_is_a_data_error(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ real data
+def test_the_real_datasets_folder_can_be_named_in_the_environment(tmp_path, monkeypatch):
+    """The real-data tests read ``../shared/datasets`` beside the repository alone, so a
+    clone elsewhere skipped every one of them (a review): ``ULTRASEG_DATASETS`` names the
+    folder, and a skip names both."""
+    import conftest
+
+    (tmp_path / "busi").mkdir()
+    monkeypatch.setenv("ULTRASEG_DATASETS", str(tmp_path))
+    try:
+        found = conftest.shared_dataset("busi")
+    except pytest.skip.Exception as e:     # (a skip here is the failure: the folder is there)
+        pytest.fail(f"ULTRASEG_DATASETS not read: {e}")
+    assert found == tmp_path / "busi"
+    monkeypatch.setenv("ULTRASEG_DATASETS", str(tmp_path / "nowhere"))
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        conftest.shared_datasets()
+    assert str(tmp_path / "nowhere") in str(skipped.value)
+    assert "ULTRASEG_DATASETS" in str(skipped.value)
+
+
 REAL_LAYOUTS = {"busi": "busi", "nerve": "folders", "hc18": "hc18", "kaggle_nerve_sample": "kaggle"}
 
 
