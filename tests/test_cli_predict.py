@@ -179,6 +179,31 @@ def test_a_frame_that_cannot_be_read_is_skipped_named_and_exit_2(tmp_path, ckpt,
         assert "measured 2 frames" in captured.out
 
 
+@pytest.mark.parametrize("command", ["predict", "measure"])
+def test_a_frame_whose_output_name_is_too_long_is_skipped_named_and_exit_2(tmp_path, ckpt,
+                                                                         capsys, command):
+    """An image whose output's name is over the file system's limit ('File name too long')
+    stopped the whole run: each frame after it got nothing, and the last line said the file
+    'was left as it was'. It is one frame's error, named as such, and the others written."""
+    try:
+        limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        limit = 255
+    long = "L" * (limit - len(".png"))          # the image's name fits; its outputs' do not
+    frames(tmp_path / "in", {"a.png": (20, 24), f"{long}.png": (20, 24), "c.png": (20, 24)})
+    out = tmp_path / "out"
+    assert main([command, str(ckpt), str(tmp_path / "in"), "--out", str(out), "--device", "cpu",
+                 "--overlay"]) == 2
+    captured = capsys.readouterr()
+    errors = [ln for ln in captured.err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2, captured.err
+    assert errors[0].startswith(f"error: {tmp_path / 'in' / long}.png: its output's name ")
+    assert "rename the image to a shorter name" in errors[0]
+    assert "left as it was" not in captured.err
+    assert errors[1] == "error: 1 of 3 frames could not be read or written (skipped, named above)"
+    assert {"predict": "predicted", "measure": "measured"}[command] + " 2 frames" in captured.out
+
+
 def test_postprocess_flags_override_the_checkpoint(tmp_path, ckpt, capsys):
     images = frames(tmp_path / "in", {"x.png": (31, 45)})
     predictor = load(ckpt, device="cpu", precision="fp32")

@@ -3,6 +3,7 @@ lock that keeps a second command out of an output folder in use."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -761,3 +762,53 @@ def test_a_line_file_whose_header_cannot_be_written_leaves_the_earlier_file_as_i
         fileio.LineFile(path, "a,b\n")
     assert "lines written before" not in str(caught.value)
     assert path.read_text() == "old,table\n" and sorted(tmp_path.iterdir()) == [path]
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes (255 where unknown)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        return 255
+
+
+@pytest.mark.parametrize("writer", list(OUTPUT_WRITERS))
+@pytest.mark.parametrize("char", ["M", "é"], ids=["ascii", "two-byte"])
+def test_a_name_the_file_system_takes_is_written_however_long(tmp_path: Path, writer: str,
+                                                               char: str) -> None:
+    """The temporary file added 14 characters to the name (.NAME.XXXXXXXX.tmp): a mask named
+    after a 235-character stem, a legal name, failed with 'File name too long' and stopped
+    predict's run. The temporary keeps within the file system's name length, hidden, beside
+    the file, and ends as the file's name does (a killed run's sweep finds it by that)."""
+    limit = _name_max(tmp_path)
+    stem = char * ((limit - len("_mask.png")) // len(char.encode()))
+    path = tmp_path / f"{stem}_mask.png"
+    made: list[str] = []
+    real = fileio.tempfile.mkstemp
+
+    def mkstemp(*args, **kw):
+        fd, tmp = real(*args, **kw)
+        made.append(tmp)
+        return fd, tmp
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fileio.tempfile, "mkstemp", mkstemp)
+        OUTPUT_WRITERS[writer](path, "a\n")
+    assert path.read_text() == "a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]   # no temporary left
+    tmp = Path(made[0])
+    assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.name.endswith(".tmp")
+    assert len(os.fsencode(tmp.name)) <= limit
+    assert tmp.name.removesuffix(".tmp").rsplit(".", 1)[0].endswith("_mask.png")
+    assert list(fileio.temporaries(tmp_path, "*_mask.png")) == []
+
+
+def test_a_name_too_long_for_the_file_system_says_so_and_no_file_was_kept(tmp_path) -> None:
+    """'cannot write the file: File name too long; it was left as it was': no file of that
+    name can exist, so none was left."""
+    path = tmp_path / ("x" * (_name_max(tmp_path) + 1))
+    with pytest.raises(fileio.WriteError) as caught:
+        atomic_write_text(path, "a")
+    assert caught.value.errno == errno.ENAMETOOLONG
+    assert "name is too long" in str(caught.value) and "left as it was" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

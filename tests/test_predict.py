@@ -2177,3 +2177,47 @@ def test_an_instance_norm_model_predicts_a_frame_of_one_bottleneck_pixel(shape) 
     with torch.no_grad():
         direct = torch.sigmoid(net(torch.from_numpy(canvas[None, None]))).numpy()[0, 0]
     np.testing.assert_allclose(pred.predict_proba(big), direct, atol=1e-6)
+
+
+def _name_max(folder: Path) -> int:
+    import os
+
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        return 255
+
+
+def test_a_frame_whose_output_name_is_too_long_is_skipped_not_the_run(tmp_path):
+    """An image named with 235 characters, a legal name whose mask's name fits too, stopped
+    predict ('File name too long; it was left as it was': the temporary file's name was 14
+    characters longer), and with it every frame after it, with no row in predictions.csv.
+    Now that frame is written; one whose own output's name is over the file system's limit
+    is that frame's error (status 'error', saying to rename it), and the others are written."""
+    limit = _name_max(tmp_path)
+    fits = "F" * (limit - len("_overlay.png"))      # each output's name just fits
+    over = "O" * (limit - len(".png"))              # its input fits; its mask's name does not
+    for stem in ("a", fits, over, "z"):
+        save(tmp_path / "in" / f"{stem}.png", ramp(6, 6))
+    frames = collect_frames([tmp_path / "in"])
+    out = tmp_path / "out"
+    summary = write_predictions(pixel_predictor(), frames, out, overlay=True,
+                                skip_unreadable=True)
+    assert sorted(m.name for m in summary.masks) == sorted(
+        f"{s}_mask.png" for s in (fits, "a", "z"))
+    assert [type(e).__name__ for e in summary.failed] == ["OutputNameTooLong"]
+    _, table = _table(out / "predictions.csv")
+    rows = {r["name"]: r for r in table}
+    assert {n: r["status"] for n, r in rows.items()} == {
+        "a": "ok", fits: "ok", over: "error", "z": "ok"}
+    reason = rows[over]["reason"]
+    assert f"over its {limit}" in reason and "rename the image to a shorter name" in reason
+    assert rows[over]["mask"] == rows[over]["overlay"] == ""
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith((".", over))) == [
+        OUTPUT_MARKER]                              # no temporary, no file of that frame
+    with pytest.raises(DataError, match="rename the image to a shorter name"):
+        write_predictions(pixel_predictor(), frames, tmp_path / "strict")
+    summary, rows = measure_frames(pixel_predictor(), frames, out=tmp_path / "m", overlay=True,
+                                   skip_unreadable=True)
+    assert summary["n"] == 3 and summary["n_unreadable"] == 1
+    assert "rename the image to a shorter name" in summary["unreadable"][0]

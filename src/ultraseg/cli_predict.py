@@ -14,7 +14,7 @@ from typing import Any, Callable, ContextManager, Iterator, TextIO
 
 from .config import DEVICE_NAMES, postprocess_problem
 from .cli import StatusLine, bar, json_on_failure, path_arg, positive_int, whole_number_arg
-from .errors import FrameTooLarge, UltrasegError
+from .errors import NAME_TOO_LONG, FrameTooLarge, OutputNameTooLong, UltrasegError
 from .fileio import json_text
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -183,14 +183,18 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 def report_unreadable(failed: list[Any], total: int) -> int:
     """One ``error:`` line per frame that could not be read (or held in memory at its full
-    size) and was skipped, and the exit code: 2 where there was any (the others' outputs are
-    written), else 0. (``failed``: the errors, or their messages.)"""
+    size, or its outputs written under a name the file system takes) and was skipped, and the
+    exit code: 2 where there was any (the others' outputs are written), else 0. (``failed``:
+    the errors, or their messages.)"""
     for e in failed:
         print(f"error: {e}", file=sys.stderr)
     if failed:
         large = any(isinstance(e, FrameTooLarge) or "out of memory at its full resolution"
                     in str(e) for e in failed)
-        what = "could not be read or held in memory" if large else "could not be read"
+        named = any(isinstance(e, OutputNameTooLong) or NAME_TOO_LONG in str(e)
+                    for e in failed)
+        what = ("could not be read" + (" or held in memory" if large else "")
+                + (" or written" if named else ""))
         print(f"error: {len(failed)} of {total} frames {what} (skipped, named above)",
               file=sys.stderr)
     return EXIT_USAGE if failed else EXIT_OK

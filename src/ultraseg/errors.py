@@ -116,6 +116,16 @@ class FrameTooLarge(DataError):
     """A frame this machine's memory does not hold at its full resolution."""
 
 
+class OutputNameTooLong(DataError):
+    """A frame read and predicted whose output's name (or path) is too long for the file
+    system: that frame is skipped (``predict``'s status ``error``), the run goes on."""
+
+
+#: What an :class:`OutputNameTooLong` says of the output's name or path (the CLI's count of the
+#: frames skipped finds it so in measure's messages, kept as text).
+NAME_TOO_LONG = "too long for the file system"
+
+
 #: Memory a frame takes at its full resolution while it is predicted and written (its pixels,
 #: probabilities, post-processing and encoding), measured on 8000x6000 frames.
 FRAME_BYTES_PER_PIXEL = 20

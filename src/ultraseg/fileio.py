@@ -59,6 +59,7 @@ REASONS = {
     errno.EISDIR: "the path is a folder",
     errno.EFBIG: "file too large",
     errno.EPIPE: "its reader closed it (broken pipe)",
+    errno.ENAMETOOLONG: "the name is too long for the file system",
 }
 
 
@@ -97,8 +98,10 @@ def write_error(e: OSError, path: str | Path, kept: str | None = "it was left as
                 ) -> WriteError:
     """A :class:`WriteError` for ``path`` from the ``OSError`` that stopped the write;
     ``kept``: what the file holds since (None: nothing can be said, a device or a pipe
-    written in place)."""
+    written in place; a name too long for the file system names no file, and says nothing)."""
     why = failure_reason(e)
+    if e.errno == errno.ENAMETOOLONG:
+        kept = None
     err = WriteError(f"cannot write the file: {why}" + (f"; {kept}" if kept else ""), path)
     err.errno, err.strerror = e.errno, why
     return err
@@ -157,13 +160,39 @@ def _sync(fd: int) -> None:
         os.fsync(fd)
 
 
+def name_max(folder: str | Path) -> int:
+    """The longest file name, in bytes, the file system of ``folder`` takes (``NAME_MAX``;
+    255, the common one, where the system does not say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):     # (no pathconf on Windows)
+        return 255
+
+
+#: What :func:`_temporary` adds to the (end of the) name of the file it will replace:
+#: ``.`` before it, and ``.`` + mkstemp's 8 random characters + ``.tmp`` after it.
+_TEMPORARY_ADDS = len(".") + len(".") + 8 + len(".tmp")
+
+
+def _temporary_prefix(path: Path) -> str:
+    """The prefix of the temporary name for ``path``: ``.NAME.``, where NAME is the end of
+    the file's name that leaves room for what mkstemp adds within :func:`name_max` (a name
+    the file system takes gives a temporary it takes; the end kept, as :func:`temporaries`
+    finds a killed writer's by the name's end: ``*_mask.png``)."""
+    name, room = path.name, name_max(path.parent) - _TEMPORARY_ADDS
+    while name and len(os.fsencode(name)) > room:      # (whole characters dropped)
+        name = name[max(1, (len(os.fsencode(name)) - room) // 4):]
+    return f".{name}."
+
+
 def _temporary(path: Path, permissions: int | None = None) -> tuple[int, str]:
     """A new temporary file beside ``path`` that will replace it (its descriptor and name),
     with the mode bits ``permissions`` (None: those ``open()`` would give a new file, or the
     replaced file's) from before a byte is written: mkstemp's 0600 would hide outputs from
     others. An ``OSError`` is a :class:`WriteError` naming ``path``."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path),
+                                   suffix=".tmp")
     except OSError as e:
         raise write_error(e, path) from e
     try:
@@ -239,7 +268,8 @@ def atomic_open(path: str | Path, mode: str = "wb", permissions: int | None = No
     place, as a shell's ``>`` writes it; it has no earlier content to keep.
     """
     path = Path(path)
-    if path.is_symlink():       # write the file it points to, and keep the link
+    if os.path.islink(path):    # write the file it points to, and keep the link (a name
+        # too long to be a file's is no link: os.path.islink, not Path.is_symlink, says so)
         path = Path(os.path.realpath(path))
     # text: UTF-8, and a file name's bytes that are no UTF-8 (surrogate escapes) written back
     # as they are on disk; lines end as written, LF (Windows' text mode made each CRLF)
@@ -297,7 +327,7 @@ class LineFile:
 
     def __init__(self, path: str | Path, first: str) -> None:
         path = Path(path)
-        if path.is_symlink():
+        if os.path.islink(path):    # (as atomic_open: a name too long is no link)
             path = Path(os.path.realpath(path))
         self.path, self.size, self.in_place = path, 0, _in_place(path)
         tmp = None
@@ -403,7 +433,9 @@ def atomic_write_texts(texts: Mapping[Path, str]) -> None:
 
 def temporaries(folder: Path, name: str = "*") -> Iterator[Path]:
     """The temporary files :func:`atomic_open` makes in ``folder`` for a file called ``name``
-    (a glob pattern) that a kill left behind, or that a writer is writing now."""
+    (a glob pattern) that a kill left behind, or that a writer is writing now. (Those of a
+    name within 14 bytes of :func:`name_max` hold only its end: a pattern ``*END`` finds
+    them, the whole name does not.)"""
     return folder.glob(f".{name}.*.tmp")
 
 

@@ -18,7 +18,9 @@ Numpy/Pillow only: prediction from an ``.onnx`` file runs here without PyTorch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import os
 import io
 import logging
 import time
@@ -29,9 +31,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, UltrasegError, frame_too_large, is_out_of_memory
+from .errors import (NAME_TOO_LONG, DataError, OutputNameTooLong, UltrasegError,
+                     frame_too_large, is_out_of_memory)
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_text, failure_reason,
-                     json_text, temporaries)
+                     json_text, name_max, temporaries)
 from .frames import Frame, real_path
 from .io.grey import counting_colour, said_once
 from .io.images import frame_loop, header_shape
@@ -251,6 +254,24 @@ def write(path: Path, data: bytes) -> None:
         raise
     except OSError as e:
         raise UltrasegError(f"cannot write the file ({failure_reason(e)})", path) from e
+
+
+def if_name_too_long(e: BaseException, frame: Frame, path: Path) -> None:
+    """Where ``e``, a write of ``frame``'s output ``path``, failed as the name is too long for
+    the file system (ENAMETOOLONG), raise that frame's :class:`OutputNameTooLong`, for
+    :func:`or_skip` to skip it (the input's name is, and only it can be shortened: the run
+    goes on; a full disk stops it). Any other error: nothing."""
+    if not (isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG):
+        return
+    which = "" if frame.sample.frame is None else f"frame {frame.sample.frame + 1}: "
+    size, limit = len(os.fsencode(path.name)), name_max(path.parent)
+    if size > limit:
+        why = (f"its output's name {path.name} is {NAME_TOO_LONG} ({size} bytes, over its "
+               f"{limit}): rename the image to a shorter name")
+    else:
+        why = (f"its output's path {path} is {NAME_TOO_LONG}: rename the image (or its "
+               "folders) to shorter names, or choose a shorter --out")
+    raise OutputNameTooLong(which + why, frame.image_path) from e
 
 
 #: The file beside predict's and measure's table that says what made its rows and files

@@ -17,8 +17,8 @@ from .config import check_flag
 from .errors import DataError, UltrasegError
 from .fileio import as_path, output_lock
 from .frame_outputs import (SKIPPED, FrameTable, Progress, encode_png, frame_cells,
-                            iter_probabilities, or_skip, overlay_thickness, prepare_out_dir,
-                            settings_record, write, write_settings)
+                            if_name_too_long, iter_probabilities, or_skip, overlay_thickness,
+                            prepare_out_dir, settings_record, write, write_settings)
 from .frames import Frame, frames_of
 from .measure import has_pixel_size, hc_error_figures
 from .postprocess import apply as apply_postprocess
@@ -133,7 +133,12 @@ def measure_frames(predictor: Predictor | str | Path,
                 # the object measured alone (largest region, holes filled), not the mask
                 rgb = measure_overlay(image, measured_object(mask, region), ellipse,
                                       thickness=overlay_thickness(image.shape))
-                write(out_dir / f"{frame.out_name}_measure.png", encode_png(rgb))
+                path = out_dir / f"{frame.out_name}_measure.png"
+                try:
+                    write(path, encode_png(rgb))
+                except OSError as e:    # (a name too long: this frame's, skipped)
+                    if_name_too_long(e, frame, path)
+                    raise
             return row
 
         try:

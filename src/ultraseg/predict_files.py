@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 
 from .config import check_flag
-from .errors import DataError, UltrasegError
+from .errors import DataError, OutputNameTooLong, UltrasegError
 from .fileio import as_path, output_lock
 from .frame_outputs import (SKIPPED, FrameTable, Progress, encode_png, frame_cells,
-                            iter_probabilities, or_skip, overlay_thickness, prepare_out_dir,
-                            settings_record, write, write_settings)
+                            if_name_too_long, iter_probabilities, or_skip, overlay_thickness,
+                            prepare_out_dir, settings_record, write, write_settings)
 from .frames import Frame, frames_of, real_path
 from .io import Sample, as_outline, dataset_above_hint, select_label, white_for
 from .io.base import mask_size_error
@@ -131,7 +131,9 @@ def write_predictions(predictor: Predictor | str | Path,
     """Predict every frame and write ``OUT/NAME_mask.png`` (8-bit 0/255, the image's size),
     and ``OUT/predictions.csv`` (:data:`PREDICTION_COLUMNS`): each frame's image, its frame
     number in a multi-frame file (from 1), its outputs' paths below ``out``, and ``ok``, or
-    ``unreadable`` with the reason it was skipped (written row by row as the frames are
+    ``unreadable`` (or ``error``: its outputs' name too long for the file system, an
+    :class:`~ultraseg.errors.OutputNameTooLong`) with the reason it was skipped (written row
+    by row as the frames are
     done, however the run ends: an interrupted, stopped or killed run lists the frames it got
     to).
 
@@ -263,10 +265,11 @@ def _write_predictions(predictor: Predictor, frames: Sequence[Frame], out: str |
                 if path is not None and data is not None:
                     write(path, data)
                     done.append(path)
-        except BaseException:   # (a full disk) the frame gets no row: nor its other files
-            for path in done:
+        except BaseException as e:  # (a full disk) the frame gets no row: nor its other files
+            for made in done:
                 with contextlib.suppress(OSError):
-                    path.unlink()
+                    made.unlink()
+            if_name_too_long(e, frame, path)    # (a name too long: this frame's, skipped)
             raise
         if ov_path is not None:
             summary.overlays.append(ov_path)
@@ -340,7 +343,8 @@ def _listing_row(frame: Frame, out: Path, mask: Path | None, overlay: Path | Non
         return None if p is None else p.relative_to(out).as_posix()
 
     return {**frame_cells(frame), "mask": below(mask), "overlay": below(overlay),
-            "status": "ok" if error is None else "unreadable",
+            "status": "ok" if error is None else
+                      "error" if isinstance(error, OutputNameTooLong) else "unreadable",
             "reason": None if error is None else str(error),
             "probabilities": below(probabilities)}
 
