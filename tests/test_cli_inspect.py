@@ -397,6 +397,24 @@ def test_inspect_counts_the_frames_in_colour(tmp_path: Path, capsys) -> None:
     assert "colour      2 frames" in format_report(report)
 
 
+def test_the_image_size_line_gives_widths_and_heights_apart(tmp_path: Path) -> None:
+    """'image size  min 5x7 median 25x20 max 2000x200 (width x height)': min, median and max
+    were each taken over widths and heights apart, but read as frames' sizes, and no frame
+    was 2000x200 (the widest was 2000x20, the tallest 20x200). Each is said as its own
+    range; --json keeps its keys (per axis, [width, height]) as they were."""
+    root = tmp_path / "data"
+    for k, (w, h) in enumerate([(5, 7), (30, 20), (2000, 20), (20, 200)], 1):
+        _save(root / "images" / f"{k}_1.png", _img(k, h, w))
+        _save(root / "masks" / f"{k}_1_mask.png", np.zeros((h, w), np.uint8))
+    report, _ = inspect_dataset(root)
+    assert (report["image_size_min"], report["image_size_median"],
+            report["image_size_max"]) == ([5, 7], [25, 20], [2000, 200])
+    lines = [ln for ln in format_report(report).splitlines() if ln.startswith("image size")]
+    assert lines == ["image size  width 5..2000 px (median 25), height 7..200 px (median 20)"]
+    report["image_size_min"] = report["image_size_median"] = report["image_size_max"] = [5, 7]
+    assert "image size  5x7 (width x height), every frame" in format_report(report)
+
+
 @pytest.mark.parametrize("ext", ["png", "tif"])
 def test_inspect_opens_an_unlabelled_loop_once(tmp_path: Path, monkeypatch, ext: str) -> None:
     """inspect read each frame of a cine loop from a fresh open of its file (outside any

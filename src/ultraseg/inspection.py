@@ -250,7 +250,8 @@ def inspect_dataset(path: str | Path, layout: str = "auto", subject_pattern: str
     """Summary of a dataset and every problem found in it (structural and per file).
     ``fill_outlines``: the masks are closed contours, filled as training fills them.
 
-    Sizes are ``[width, height]``; min, median and max are taken per dimension.
+    Sizes are ``[width, height]``; min, median and max are taken per dimension (the widest
+    frame and the tallest may be two: no frame need be ``image_size_max``).
     ``foreground_fraction_mean`` is the mean over labelled frames of the mask's share of the frame.
     An unlabelled cine loop counts its frames, as ``predict`` takes them
     (:func:`ultraseg.io.split_frames`); a labelled one is a problem, as in training.
@@ -405,10 +406,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"empty masks {report['empty_masks']}",
         f"foreground  {'n/a' if fg is None else f'{100 * fg:.2f} % of the frame on average'}",
     ]
-    if report["image_size_min"]:
-        lines.append("image size  min {} median {} max {} (width x height)".format(
-            *("x".join(map(str, report[k])) for k in
-              ("image_size_min", "image_size_median", "image_size_max"))))
+    if report["image_size_min"]:    # (per axis: widths and heights apart, no frame's size)
+        lo, mid, hi = (report[f"image_size_{k}"] for k in ("min", "median", "max"))
+        lines.append("image size  " + (
+            f"{lo[0]}x{lo[1]} (width x height), every frame" if lo == hi else ", ".join(
+                f"{axis} {lo[i]}..{hi[i]} px (median {mid[i]})"
+                for i, axis in enumerate(("width", "height")))))
     if report["labels"]:
         note = report.get("labels_note")
         lines.append(f"labels      {report['labels']}" + (f"   ({note})" if note else ""))
