@@ -696,6 +696,10 @@ def test_a_frame_beyond_pillows_size_guard_is_refused_before_it_is_decoded(
         with pytest.raises(DataError, match="too large to read") as e:
             read_image(path, frame=frame)
         assert path.name in str(e.value)
+        assert str(e.value).endswith(                   # what to do, said
+            "too large to read (56 x 40 pixels, over twice Pillow's guard against "
+            "decompression bombs, 1119 pixels): downscale the image or split it into parts; "
+            "from Python, a larger PIL.Image.MAX_IMAGE_PIXELS reads it, for a file you trust")
     assert decoded == []
     monkeypatch.undo()
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 56 - 1)          # beyond it: a warning

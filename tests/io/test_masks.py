@@ -679,6 +679,12 @@ def test_an_image_beyond_pillows_size_guard_is_a_data_error(tmp_path: Path,
     with pytest.raises(DataError, match="too large to read") as e:
         read_image(p)
     assert "big.png" in str(e.value)
+    # in ultraseg's words, with what to do (it passed on Pillow's 'Image size (2000 pixels)
+    # exceeds limit of 999 pixels, could be decompression bomb DOS attack.')
+    assert str(e.value).endswith(
+        "big.png: too large to read (2000 pixels, over twice Pillow's guard against "
+        "decompression bombs, 999 pixels): downscale the image or split it into parts; from "
+        "Python, a larger PIL.Image.MAX_IMAGE_PIXELS reads it, for a file you trust")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 50 - 1)        # beyond it: a warning
     with warnings.catch_warnings(), ultraseg_warnings() as warned:
         warnings.simplefilter("error")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -154,9 +155,18 @@ def check_size_guard(path: Path, width: int, height: int) -> None:
     if not limit or width * height <= limit:
         return
     if width * height > 2 * limit:
-        raise DataError(f"too large to read ({width} x {height} pixels, over twice Pillow's "
-                        f"guard against decompression bombs, {limit} pixels)", path)
+        raise _beyond_twice_the_guard(path, f"{width} x {height}")
     _say_beyond_guard(path, width, height)
+
+
+def _beyond_twice_the_guard(path: Path, size: str | None) -> DataError:
+    """The refusal of a frame of ``size`` (``W x H``, or a count; None: not known) beyond
+    twice Pillow's guard against decompression bombs, in our words, with what to do."""
+    said = "" if size is None else f"{size} pixels, "
+    return DataError(f"too large to read ({said}over twice Pillow's guard against "
+                     f"decompression bombs, {Image.MAX_IMAGE_PIXELS} pixels): downscale the "
+                     "image or split it into parts; from Python, a larger "
+                     "PIL.Image.MAX_IMAGE_PIXELS reads it, for a file you trust", path)
 
 
 def _say_beyond_guard(path: Path, width: int, height: int) -> None:
@@ -242,8 +252,9 @@ def _open(path: Path, frame: int | None = None, kind: str = "image") -> Image.Im
         return im
     except DataError:
         raise
-    except Image.DecompressionBombError as e:
-        raise DataError(f"too large to read ({e})", path) from e
+    except Image.DecompressionBombError as e:   # ('Image size (N pixels) exceeds limit ...')
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _beyond_twice_the_guard(path, pixels and pixels.group(1)) from e
     except PermissionError as e:
         raise DataError("cannot read file: permission denied", path) from e
     except FileNotFoundError as e:
