@@ -1148,6 +1148,53 @@ def test_to_uint8_at_the_boundaries_of_its_rules() -> None:
     np.testing.assert_array_equal(to_uint8(np.array([[0, 100]], np.uint16)), [[0, 255]])
 
 
+def _stretched_in_float64(image: np.ndarray) -> np.ndarray:
+    """to_uint8's rule for integers as it was written, through float64 (24 bytes a pixel)."""
+    x = image.astype(np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 255 and image.dtype.itemsize == 1:
+        return np.round(x).astype(np.uint8)
+    return np.round((x - lo) / (hi - lo) * 255 if hi > lo else x * 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int8])
+def test_narrow_integer_frames_become_8_bits_exactly_as_through_float64(dtype) -> None:
+    """Every value of every window below gives the byte the float64 rule gave (16-bit frames
+    are looked up in a table of their values lo..hi, made by that rule, not converted)."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    windows = [(info.min, info.max), (0, info.max), (info.min, -1), (0, 4095), (7, 7),
+               (0, 1), (0, 2), (1, 511), (100, 355), (0, 255), (-5, 250), (0, 127),
+               (30000, 30510), (-32768, -32000)]
+    windows += [tuple(sorted(int(v) for v in rng.integers(info.min, info.max, 2,
+                                                          endpoint=True))) for _ in range(40)]
+    for lo, hi in windows:
+        if not (info.min <= lo and hi <= info.max):
+            continue
+        values = rng.permutation(np.arange(lo, hi + 1)).astype(dtype)
+        image = np.resize(values, (2, max(1, -(-values.size // 2))))   # (a 2-D frame)
+        got = to_uint8(image)
+        assert got.dtype == np.uint8 and got.shape == image.shape
+        np.testing.assert_array_equal(got, _stretched_in_float64(image), err_msg=f"{lo}..{hi}")
+
+
+def test_a_16_bit_frame_becomes_8_bits_in_a_few_bytes_a_pixel() -> None:
+    """A 12000x12000 16-bit frame peaked at 4.3 GB in predict: to_uint8 made float64 copies
+    of it (24 bytes a pixel at its peak). The 8-bit frame now takes at most a few bytes a
+    pixel beside the frame itself."""
+    import tracemalloc
+
+    image = np.random.default_rng(1).integers(100, 60000, (2000, 2000), dtype=np.uint16)
+    tracemalloc.start()
+    try:
+        got = to_uint8(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * image.size                        # (it was 24 bytes a pixel)
+    np.testing.assert_array_equal(got[:50], _stretched_in_float64(image)[:50])
+
+
 def test_a_unit_float_frame_that_overshoots_one_a_little_is_still_a_unit_frame() -> None:
     """A frame scaled to [0, 1] and then resampled with a cubic or Lanczos filter rings a
     little past 0 and 1. Its maximum of 1.02 made it a 0..255 frame: every pixel 0 or 1 of
