@@ -1178,6 +1178,26 @@ def test_narrow_integer_frames_become_8_bits_exactly_as_through_float64(dtype) -
         np.testing.assert_array_equal(got, _stretched_in_float64(image), err_msg=f"{lo}..{hi}")
 
 
+@pytest.mark.parametrize("dtype", [">u2", ">i2", "<u2", "<i2"])
+def test_16_bit_frames_of_either_byte_order_become_8_bits_as_through_float64(dtype) -> None:
+    """A big-endian 16-bit frame (a "MM" TIFF, a FITS array) was viewed as native to index
+    the table of its values: its bytes swapped, it mapped to wrong greys or out of the
+    table (IndexError). Either byte order gives the float64 rule's bytes."""
+    image = np.array([[1000, 2000, 3000], [7, 30000, 12345]], dtype=dtype)
+    np.testing.assert_array_equal(to_uint8(image), _stretched_in_float64(image))
+
+
+def test_a_big_endian_16_bit_tiff_is_read_as_its_greys(tmp_path) -> None:
+    """Pillow reopens a 16-bit big-endian TIFF as ``I;16B`` (``>u2`` through ``np.asarray``):
+    read_image stopped there on an IndexError; its 8-bit frame is now the stretched greys."""
+    values = (np.arange(64 * 64, dtype=np.int64).reshape(64, 64) * 7 + 1000).astype(">u2")
+    Image.frombytes("I;16B", (64, 64), values.tobytes()).save(tmp_path / "be.tif")
+    with Image.open(tmp_path / "be.tif") as im:
+        assert im.mode == "I;16B"
+    got = read_image(tmp_path / "be.tif")
+    np.testing.assert_array_equal(got, _stretched_in_float64(values))
+
+
 def test_a_16_bit_frame_becomes_8_bits_in_a_few_bytes_a_pixel() -> None:
     """A 12000x12000 16-bit frame peaked at 4.3 GB in predict: to_uint8 made float64 copies
     of it (24 bytes a pixel at its peak). The 8-bit frame now takes at most a few bytes a

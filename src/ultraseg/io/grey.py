@@ -96,7 +96,10 @@ def _looked_up(image: np.ndarray) -> np.ndarray:
     """An integer frame of 8 or 16 bits (signed or not) as :func:`_converted` makes it, from
     a table of every value between its minimum and maximum made by it (at most 65536): the
     frame's values less its minimum, taken modulo 2**bits as unsigned (no wider copy), index
-    it."""
+    it. A frame of the other byte order (a big-endian TIFF's, a FITS array) is made native
+    first: viewed as native, its bytes swapped index the wrong value."""
+    if not image.dtype.isnative:
+        image = image.astype(image.dtype.newbyteorder("="))
     lo, hi = int(image.min()), int(image.max())
     table = _converted(np.arange(lo, hi + 1, dtype=image.dtype), None)
     unsigned = image.view(f"u{image.dtype.itemsize}")
