@@ -2022,6 +2022,30 @@ def test_per_subject_sibling_trees_are_linked_as_one_dataset_not_one_subject(
     assert {s.subject for s in ds.samples} == {"patientA", "patientB", "patientC"}
 
 
+def test_train_val_test_split_folders_are_not_linked_as_subjects(tmp_path) -> None:
+    """DATA/train/{images,masks}, DATA/val/..., DATA/test/... (a download's splits) were
+    taken for three patients' trees: the warning and the hint advised linking them as
+    subjects, training on the test split. They are datasets of their own: the advice is to
+    point at one, the train split."""
+    from ultraseg.io import dataset_hint
+    from ultraseg.io.folders import subject_trees
+
+    root = tmp_path / "tv"
+    for s, split in enumerate(["test", "train", "val"]):
+        for i, name in enumerate(["1", "2"]):
+            _save(root / split / "images" / f"{name}.png", _frame(seed=10 * s + i))
+            _save(root / split / "masks" / f"{name}.png", _disk(cx=10 + i))
+    assert subject_trees(root) == []
+    with ultraseg_warnings() as warned:
+        scan_dataset(root)
+    said = [r.getMessage() for r in warned]
+    assert not any("SUBJECT" in m or "for s in" in m for m in said), said
+    hint = dataset_hint(root)
+    assert "SUBJECT" not in hint and "for s in" not in hint, hint
+    assert f"{root / 'train'} holds a 'folders' dataset (and 2 more folders): point at it" \
+        in hint, hint
+
+
 def test_per_subject_sibling_trees_link_with_junctions_on_windows(tmp_path, monkeypatch
                                                                   ) -> None:
     """On Windows the loop is cmd.exe's `for` over the subjects, each linked by `mklink /J`

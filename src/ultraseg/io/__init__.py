@@ -21,7 +21,8 @@ from .dicom import (DICOM_EXTENSIONS, PIXEL_SIZE_NOT_TAKEN, dicom_frame_count, d
                     dicom_pixel_spacing_mm, is_dicom, read_dicom)
 from .files import (IMAGE_EXTENSIONS, NO_DATA_FOLDERS, convert_advice, image_stem,
                     unread_files_said, unread_image_files)
-from .folders import FoldersReader, folder_role, subject_link_advice, subject_trees
+from .folders import (TRAIN_WORDS, FoldersReader, folder_role, name_words, subject_link_advice,
+                      subject_trees)
 from .grey import said_once
 from .hc18 import Hc18Reader, table_key
 from .images import frame_count, frame_loop, read_image
@@ -169,8 +170,9 @@ def datasets_below_hint(root: str | Path) -> str:
     if trees:   # one subject's dataset per folder: pointing at one reads one subject
         return f" (masks included); {subject_link_advice(root, trees)}"
     nested = nested_datasets(root)
-    if nested:
-        sub, name = nested[0]
+    if nested:      # (of a dataset's splits, the one to train on)
+        sub, name = next((n for n in nested if " ".join(name_words(n[0].name)) in TRAIN_WORDS),
+                         nested[0])
         more = f" (and {len(nested) - 1} more folders)" if len(nested) > 1 else ""
         return f" (masks included); {sub} holds a {name!r} dataset{more}: point at it"
     return ""

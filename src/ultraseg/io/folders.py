@@ -169,13 +169,23 @@ IMAGE_WORDS = ("images", "image", "imgs", "img", "original", "originals", "frame
 #: What the rest of a pair's names says where it is the pair to train on (of several).
 TRAIN_WORDS = ("train", "training", "trainval", "train val")
 
+#: Words of a folder's name that make it a split of a dataset (``train/``, ``val/``,
+#: ``test/``): no subject's folder (:func:`subject_trees`).
+SPLIT_WORDS = (*TRAIN_WORDS[:3], "val", "valid", "validation", "test", "testing", "dev")
+
+
+def name_words(name: str) -> list[str]:
+    """A folder name's words, lower case, split at ``-``, ``_`` and spaces (``ground truth``
+    one word)."""
+    return [w for w in re.split(r"[-_\s]+", re.sub(r"ground[-_\s]*truth", "groundtruth",
+                                                   name.lower())) if w]
+
 
 def folder_role(name: str) -> tuple[str, str] | None:
     """``("mask", REST)`` for a folder name holding one of :data:`MASK_WORDS` (split at
     ``-``, ``_`` and spaces, in any letter case), else ``("image", REST)`` for one holding one
     of :data:`IMAGE_WORDS`, else None; REST is the name's other words, lower case."""
-    words = [w for w in re.split(r"[-_\s]+", re.sub(r"ground[-_\s]*truth", "groundtruth",
-                                                    name.lower())) if w]
+    words = name_words(name)
     role = ("mask" if any(w in MASK_WORDS for w in words)
             else "image" if any(w in IMAGE_WORDS for w in words) else None)
     if role is None:
@@ -260,7 +270,9 @@ def subject_trees(root: Path) -> list[tuple[Path, Path, Path]]:
     images and masks folders named alike in all (``patientA/img/`` + ``patientA/mask/``,
     ``patientB/img/`` + ``patientB/mask/``...): one subject's frames each, as
     ``(folder, images, masks)``, where there are two or more; else []. Hidden folders, those
-    ultraseg wrote and :data:`~ultraseg.io.files.NO_DATA_FOLDERS` are left alone."""
+    ultraseg wrote and :data:`~ultraseg.io.files.NO_DATA_FOLDERS` are left alone. Where one
+    is named as a split (:data:`SPLIT_WORDS`: ``train/``, ``val/``, ``test/``...), they are a
+    dataset's splits, no subjects: []."""
     if not root.is_dir():
         return []
     found = []
@@ -271,6 +283,8 @@ def subject_trees(root: Path) -> list[tuple[Path, Path, Path]]:
         if pair is not None:
             found.append((sub, *pair))
     names = {(images.name, masks.name) for _, images, masks in found}
+    if any(w in SPLIT_WORDS for sub, _, _ in found for w in name_words(sub.name)):
+        return []
     return found if len(found) > 1 and len(names) == 1 else []
 
 
