@@ -806,6 +806,10 @@ def test_inspect_decodes_each_mask_once(tmp_path, monkeypatch) -> None:
      "subjects    2 (subject folder, images/SUBJECT/NAME: 'pat1' 2 frames, 'pat2' 1 frame)"),
     (["a_1", "a_2", "b_1"], ["--subject-pattern", "^([a-z])_"], "subject_pattern",
      "subjects    2 (--subject-pattern: 'a' 2 frames, 'b' 1 frame)"),
+    # a pattern that misses some names: those keep the layout's subject (here their own)
+    (["pa_1", "pa_2", "pb_1", "x9"], ["--subject-pattern", "^(p[a-z])_"], "mixed",
+     "subjects    3 (mixed, --subject-pattern 3 frames, each frame its own 1 frame: "
+     "'pa' 2 frames, 'pb' 1 frame, 'x9' 1 frame)"),
     (["0001", "0002", "0003"], [], "own",
      "subjects    3 (each frame its own, no leading SUBJECT_ integer or subject folder: "
      "one patient's or one video's frames want SUBJECT_FRAME names, images/SUBJECT/ folders "

@@ -382,6 +382,7 @@ def _check_pattern(reader: Reader, pattern: str | None) -> bool:
     log.warning("--subject-pattern %r does not match %d of %d file names (first: %r); those "
                 "keep the layout's own subject", pattern, len(misses), len(misses) + hits,
                 misses[0])
+    return True
 
 
 #: The labels whose targets hang on whether a 0/255 mask's white is label 1 or 255

@@ -149,6 +149,14 @@ class DecodedMasks:
         return mask
 
 
+def pattern_subject(pattern: re.Pattern[str], stem: str) -> str:
+    """The subject --subject-pattern ``pattern`` takes from a file stem: its first group that
+    took part in the match, else its whole match; '' where it does not match (an empty
+    subject would join every such name into one subject, so it counts as a miss)."""
+    m = pattern.search(stem)
+    return next((g for g in m.groups() if g is not None), m.group(0)) if m else ""
+
+
 class Reader(ABC):
     """One dataset layout. Subclasses set ``name`` and implement ``detect`` and ``scan``."""
 
@@ -182,10 +190,7 @@ class Reader(ABC):
         (the stem where there is none).
         Misses are counted in :attr:`pattern_misses` (:func:`ultraseg.io.scan_dataset` says)."""
         if self.subject_pattern is not None:
-            m = self.subject_pattern.search(stem)
-            # the first group that took part in the match, else the whole match; an empty
-            # subject would join every such name into one subject, so it counts as a miss
-            subject = next((g for g in m.groups() if g is not None), m.group(0)) if m else ""
+            subject = pattern_subject(self.subject_pattern, stem)
             if subject:
                 self.pattern_hits += 1
                 return subject
@@ -216,12 +221,14 @@ SUBJECT_RULES = {"subject_pattern": "--subject-pattern",
 
 def subject_rule(sample: Sample, subject_pattern: str | None = None) -> str:
     """Which rule of :data:`SUBJECT_RULES` gave ``sample`` (as a reader found it, before
-    :func:`~ultraseg.io.split_frames`) its subject, the dataset's ``subject_pattern`` (None
-    where it gave none) aside: its name's subject folder (``SUBJECT/NAME``), else its leading
-    integer (:meth:`Reader.leading_subject`), else the name itself."""
-    if subject_pattern is not None:
-        return "subject_pattern"
+    :func:`~ultraseg.io.split_frames`) its subject: the dataset's ``subject_pattern`` (None
+    where it gave none) where it took the subject from this sample's stem
+    (:func:`pattern_subject`); else, a name it missed keeping the layout's subject, its name's
+    subject folder (``SUBJECT/NAME``), else its leading integer
+    (:meth:`Reader.leading_subject`), else the name itself."""
     folder, _, stem = sample.name.rpartition("/")
+    if subject_pattern is not None and pattern_subject(re.compile(subject_pattern), stem):
+        return "subject_pattern"
     if sample.subject in (sample.name, stem):
         return "own"
     if folder and sample.subject == folder:
