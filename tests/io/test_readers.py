@@ -688,6 +688,14 @@ _DATED = [f"{d}_patient{p}_{f:02d}" for d in ("20240105", "20240212") for p in (
     # an identifier repeated under several leading numbers that are no dates
     ([f"{s}_pt{p}_{f}" for s in (1, 2) for p in (7, 8) for f in (1, 2)],
      ["'pt7' under 2"], {"pt7", "pt8"}),
+    # ... under some of 4 patients' numbers: a patient's identifier, still
+    ([f"{s}_pt{7 + (s > 2)}_{f}" for s in (1, 2, 3, 4) for f in (1, 2)],
+     ["'pt7' under 2"], {"pt7", "pt8"}),
+    # views (CAMUS) or levels under every patient's number: no patients, no warning (its
+    # pattern would have grouped the frames by view)
+    ([f"{s}_{v}_{p}" for s in range(1, 11) for v in ("2CH", "4CH") for p in ("ED", "ES")],
+     None, None),
+    ([f"{s}_L{v}_{f:02d}" for s in range(1, 5) for v in (1, 2, 3) for f in (1, 2)], None, None),
     (["1_1", "1_2", "2_1", "2_2"], None, None),               # Kaggle nerve's SUBJECT_FRAME
     (["12345678_1", "12345678_2", "87654321_1"], None, None),  # 8 digits that read as no date
     (["20241399_1", "20241399_2", "20240230_1"], None, None),  # ... nor these

@@ -441,8 +441,13 @@ def _repeated_ids(numbered: list[tuple[str, str]], dates: bool
     """What follows each name's leading subject number, its trailing frame number (or tag)
     stripped (:data:`_SHARED_NAME_RULES`), where the same one follows several subjects: an
     identifier that holds a digit (a letter too, unless the subjects are dates: ``3_1_2``'s
-    '1' is likely a sequence), likely the patient. (identifier, its subjects) of the rule that
-    finds more names, the most subjects first, and a --subject-pattern taking the identifier."""
+    '1' is likely a sequence), likely the patient. One under more than half of 3 or more
+    subjects that are no dates is taken for a view or a level (CAMUS's ``1_2CH_ED``,
+    ``1_4CH_ES`` under every patient's number), no patient: left out. (identifier, its
+    subjects) of the rule that finds more names, the most subjects first, and a
+    --subject-pattern taking the identifier."""
+    subjects = len({subject for _, subject in numbered})
+    most = subjects if dates or subjects < 3 else subjects / 2
     found = []
     for rule, _, pattern in _SHARED_NAME_RULES:
         under: dict[str, set[str]] = defaultdict(set)
@@ -452,7 +457,7 @@ def _repeated_ids(numbered: list[tuple[str, str]], dates: bool
             if ident and ident != rest and any(c.isdigit() for c in ident) \
                     and (dates or any(c.isalpha() for c in ident)):
                 under[ident].add(subject)
-        shared = sorted(((k, v) for k, v in under.items() if len(v) > 1),
+        shared = sorted(((k, v) for k, v in under.items() if 1 < len(v) <= most),
                         key=lambda kv: (-len(kv[1]), natural_key(kv[0])))
         found.append((shared, "^\\d+_" + pattern[1:]))
     return max(found, key=lambda f: sum(len(v) for _, v in f[0]))
