@@ -835,6 +835,20 @@ def test_inspect_says_how_the_subjects_were_found_with_examples(
     assert len(report["subject_examples"]) == min(3, report["subjects"])
 
 
+def test_inspect_tells_busi_only_what_its_layout_reads_for_subjects(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """BUSI's subjects are each image (it names no patients): its layout reads neither a
+    leading number nor subject folders, yet inspect's line advised SUBJECT_FRAME names and
+    images/SUBJECT/ folders. It names --subject-pattern alone."""
+    for i in (1, 2):
+        _save(tmp_path / "d" / "benign" / f"benign ({i}).png", _img(i))
+        _save(tmp_path / "d" / "benign" / f"benign ({i})_mask.png", _mask())
+    assert main(["inspect", str(tmp_path / "d")]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("subjects"))
+    assert line == ("subjects    2 (each frame its own, BUSI names no patients: one patient's "
+                    "frames want --subject-pattern REGEX)"), line
+
+
 def test_the_subject_rule_is_each_file_s_though_two_rules_give_one_subject(tmp_path) -> None:
     """Kaggle nerve's train/1_1 (subject '1', its leading integer) and test/1 (unlabelled, its
     own subject '1'): the rule was looked up by subject, and the test frame's overwrote the

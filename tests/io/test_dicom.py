@@ -1004,6 +1004,9 @@ def test_dicom_patient_ids_that_join_subjects_are_warned_of(tmp_path, ids, warns
     if warns:
         assert "3 patients" in said[0] and "9 subjects" in said[0], said[0]
         assert "images/PATIENT/" in said[0] and "P01" not in said[0], said[0]
+        # only a leading integer is read: PATIENT_FRAME names (P01_1) were each their own
+        assert "N_FRAME, N the patient's number" in said[0], said[0]
+        assert "PATIENT_FRAME" not in said[0], said[0]
     with ultraseg_warnings() as warned:         # predict and measure draw no split
         scan_dataset(tmp_path / "d", needs_labels=False)
     assert not [r for r in warned if "PatientID" in r.getMessage()]

@@ -684,7 +684,10 @@ _DATED = [f"{d}_patient{p}_{f:02d}" for d in ("20240105", "20240212") for p in (
     (_DATED, ["read as dates", "'patient1' under 2"], {"patient1", "patient2", "patient3"}),
     # DATE_FRAME: nothing in the name to take instead
     ([f"{d}_{f:02d}" for d in ("20240105", "19991231") for f in (1, 2)],
-     ["read as dates", "images/PATIENT/"], None),
+     ["the 2 subjects found read as dates", "images/PATIENT/",
+      "name the files N_FRAME, N the patient's number, or use --subject-pattern"], None),
+    (["20240105_01", "20240105_02"],
+     ["the subject found, '20240105', reads as a date (YYYYMMDD)"], None),
     # an identifier repeated under several leading numbers that are no dates
     ([f"{s}_pt{p}_{f}" for s in (1, 2) for p in (7, 8) for f in (1, 2)],
      ["'pt7' under 2"], {"pt7", "pt8"}),

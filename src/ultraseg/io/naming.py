@@ -476,8 +476,10 @@ def _warn_leading_subjects(root: Path, numbered: list[tuple[str, str]]) -> None:
     shared, pattern = _repeated_ids(numbered, dates)
     if not dates and not shared:
         return
-    said = (f"the {len(subjects)} subjects found read as dates (YYYYMMDD, the first "
-            f"{min(subjects, key=natural_key)!r})" if dates else "")
+    first = min(subjects, key=natural_key)
+    said = ("" if not dates else f"the subject found, {first!r}, reads as a date (YYYYMMDD)"
+            if len(subjects) == 1 else f"the {len(subjects)} subjects found read as dates "
+            f"(YYYYMMDD, the first {first!r})")
     if shared:
         ident, under = shared[0]
         said += (" and " if said else "") + (
@@ -490,8 +492,8 @@ def _warn_leading_subjects(root: Path, numbered: list[tuple[str, str]]) -> None:
     else:
         advice = ("if those are scan dates, not patients, the split takes each date's "
                   "patients for one and puts a patient scanned on two dates on both sides: "
-                  "name the files PATIENT_FRAME, or put each patient's in images/PATIENT/ "
-                  "(the README's layout table)")
+                  "put each patient's in images/PATIENT/ (the README's layout table), name "
+                  "the files N_FRAME, N the patient's number, or use --subject-pattern")
     log.warning("%s: each frame's subject is its name's leading number (SUBJECT_FRAME), but "
                 "%s: %s", root, said, advice)
 
@@ -521,7 +523,7 @@ def warn_patient_ids(root: Path, frames: list[tuple[str, str, Path]]) -> None:
                 "one patient's %d frames in %d subjects: %s%s), which the split can put on "
                 "both sides; ultraseg takes no subject from the header: put each patient's "
                 "files in images/PATIENT/ and their masks in masks/PATIENT/ (the README's "
-                "per-patient layout), or name them PATIENT_FRAME", root,
+                "per-patient layout), or name them N_FRAME, N the patient's number", root,
                 sum(len(v) for v in files.values()), len(subjects),
                 len(set().union(*subjects.values())), len(split), "s" * (len(split) != 1),
                 len(named), len(subjects[pid]), ", ".join(named[:3]),
