@@ -176,6 +176,31 @@ def test_a_demo_its_time_limit_cut_short_says_so_and_names_more_minutes(tmp_path
     assert "--lr" not in said
 
 
+def _cut_demo_config(minutes: float = 2.0):
+    """The demo preset's training settings under a time limit of ``minutes``."""
+    from dataclasses import replace
+
+    from ultraseg.config import preset
+
+    return replace(preset("demo").train, time_limit_s=60.0 * minutes)
+
+
+def test_the_time_note_names_a_folder_beside_the_current_one_for_out_dot(tmp_path,
+                                                                          monkeypatch) -> None:
+    """A re-read: `ultraseg demo --out .` cut short by its time limit ended in a traceback
+    after its report was written (`Path('.').with_name` has no name to change); the note now
+    names the folder beside the current one, as for any other --out."""
+    here = tmp_path / "run"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    tc = _cut_demo_config()
+    history = [{"epoch": 1, "complete": True}]
+    note = demo._time_note(Path("."), history, "time limit: no time for another epoch after "
+                           "epoch 1", tc)
+    more = shlex.split(note.split("`")[1])
+    assert more[more.index("--out") + 1] == str(tmp_path / f"run-{more[-1]}min")
+
+
 def test_a_full_disk_names_the_demo_that_goes_on_only_where_one_does(tmp_path, monkeypatch,
                                                                      capsys) -> None:
     """A write error in a demo whose run saved an epoch ends with the `ultraseg demo` that goes

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -93,6 +94,7 @@ def _time_note(out: Path, history: list[dict[str, Any]], stopped: str | None,
     minutes = tc.time_limit_s / 60.0
     more = max(math.ceil(minutes * tc.epochs / len(history) * 1.25), math.floor(minutes) + 1)
     cut = "" if history[-1]["complete"] else f", epoch {len(history)} cut short"
+    out = Path(os.path.abspath(out))    # `--out .` has no name to change, `a/..` the wrong one
     again = command_line("ultraseg", "demo", ("--out", out.with_name(f"{out.name}-{more}min")),
                          "--minutes", str(more))
     return (f"the time limit (--minutes {minutes_arg(minutes)}) ended training after "
