@@ -6,6 +6,7 @@ import hashlib
 import json
 import shlex
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -178,8 +179,6 @@ def test_a_demo_its_time_limit_cut_short_says_so_and_names_more_minutes(tmp_path
 
 def _cut_demo_config(minutes: float = 2.0):
     """The demo preset's training settings under a time limit of ``minutes``."""
-    from dataclasses import replace
-
     from ultraseg.config import preset
 
     return replace(preset("demo").train, time_limit_s=60.0 * minutes)
@@ -199,6 +198,24 @@ def test_the_time_note_names_a_folder_beside_the_current_one_for_out_dot(tmp_pat
                            "epoch 1", tc)
     more = shlex.split(note.split("`")[1])
     assert more[more.index("--out") + 1] == str(tmp_path / f"run-{more[-1]}min")
+
+
+def test_the_time_note_counts_an_epoch_cut_short_as_the_share_trained(tmp_path) -> None:
+    """A re-read: epoch 1 of 12 cut short after 2 of its 5 batches in 2.5 minutes was counted
+    as a whole epoch, and the note named `--minutes 38` as "about the time for all 12" (they
+    take 75 minutes at that pace). The share of the epoch trained now counts: 2.5 * 12 / 0.4
+    * 1.25, up."""
+    tc = replace(_cut_demo_config(2.5), epochs=12)
+    history = [{"epoch": 1, "complete": False}]
+    note = demo._time_note(tmp_path / "demo", history,
+                           "time limit reached during epoch 1 (batch 2/5)", tc)
+    assert "epoch 1 cut short" in note
+    assert note.split("`")[1].endswith(f"--out {tmp_path / 'demo'}-94min --minutes 94")
+    # a whole epoch and one cut short after 1 of 4 batches: 1.25 epochs in 2.5 minutes
+    history = [{"epoch": 1, "complete": True}, {"epoch": 2, "complete": False}]
+    note = demo._time_note(tmp_path / "demo", history,
+                           "time limit reached during epoch 2 (batch 1/4)", tc)
+    assert note.split("`")[1].endswith("--minutes 30")
 
 
 def test_a_full_disk_names_the_demo_that_goes_on_only_where_one_does(tmp_path, monkeypatch,

@@ -85,14 +85,16 @@ def _time_note(out: Path, history: list[dict[str, Any]], stopped: str | None,
                tc: TrainConfig) -> str | None:
     """Where the time limit ended the demo's training before its epochs (the last perhaps cut
     short), a note saying so, naming the ``ultraseg demo`` that gives them about the time they
-    take at the pace seen (a quarter more, in whole minutes), into a new folder (this one now
-    holds a finished demo, which the demo refuses); else None."""
-    from .finish import cut_by_time_limit
+    take at the pace seen (an epoch cut short counted as the share of it trained; a quarter
+    more, in whole minutes), into a new folder (this one now holds a finished demo, which the
+    demo refuses); else None."""
+    from .finish import cut_by_time_limit, epochs_trained
 
     if not (tc.time_limit_s and cut_by_time_limit(history, stopped, tc.epochs)):
         return None
     minutes = tc.time_limit_s / 60.0
-    more = max(math.ceil(minutes * tc.epochs / len(history) * 1.25), math.floor(minutes) + 1)
+    more = max(math.ceil(minutes * tc.epochs / epochs_trained(history, stopped) * 1.25),
+               math.floor(minutes) + 1)
     cut = "" if history[-1]["complete"] else f", epoch {len(history)} cut short"
     out = Path(os.path.abspath(out))    # `--out .` has no name to change, `a/..` the wrong one
     again = command_line("ultraseg", "demo", ("--out", out.with_name(f"{out.name}-{more}min")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,17 @@ def cut_by_time_limit(history: list[dict[str, Any]], stopped: str | None, epochs
     perhaps cut short): ``history`` and ``stopped`` as :class:`TrainResult` has them."""
     return bool(history and stopped and stopped.startswith("time limit")
                 and (len(history) < epochs or not history[-1]["complete"]))
+
+
+def epochs_trained(history: list[dict[str, Any]], stopped: str | None) -> float:
+    """The epochs ``history`` trained, a last one the time limit cut short counted as the
+    share of its batches trained: ``stopped``'s "(batch i/n)", as train records its stop (a
+    stop that does not say, from a checkpoint older than it, counts it whole)."""
+    if not history or history[-1]["complete"]:
+        return float(len(history))
+    said = re.search(r"\(batch (\d+)/(\d+)\)", stopped or "")
+    share = int(said[1]) / int(said[2]) if said and int(said[2]) else 1.0
+    return len(history) - 1 + share
 
 
 #: The fewest validation frames a post-processing choice the time limit cut short is made on
