@@ -166,10 +166,13 @@ def test_a_demo_its_time_limit_cut_short_says_so_and_names_more_minutes(tmp_path
         return real(*args, **kwargs)
 
     monkeypatch.setattr(finish, "_warn_if_nothing_found", spy)
+    # the loss-trend warning fires too (a re-read: it still advised `(a lower --lr)`)
+    monkeypatch.setattr(finish, "LOSS_BOUND", 0.0)
     out = tmp_path / "demo"
     with ultraseg_warnings() as warned:
         assert cli.main(["demo", "--out", str(out), "--minutes", "2"]) == 0
     said = "\n".join(r.getMessage() for r in warned)
+    assert "the learning rate is likely too high" in said
     assert remedies and "--lr" not in remedies[0]
     assert "the time limit ended training after 1 of its 3 epochs" in remedies[0]
     assert "the time limit (--minutes 2) ended training after 1 of the demo's 3 epochs" in said

@@ -155,7 +155,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
     scores = seen.scores if seen else []
     tuned = float(np.mean(scores)) if seen else None
     nonempty, empty_right, n_empty = _empty_figures(seen) if seen else (None, None, None)
-    trend = _loss_trend(history)
+    trend = _loss_trend(history, flags=time_remedy is None)    # (the demo takes no --lr)
     if trend:
         log.warning("%s: %s", out, trend)
     if seen:
@@ -163,7 +163,8 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
         log.info("validation Dice at original resolution: %.4f raw (threshold 0.5, no flip), "
                  "%.4f with %s", raw, tuned, postprocess_words(pp.to_dict()))
         cut = time_remedy and cut_by_time_limit(history, stopped, cfg.train.epochs)
-        _warn_if_nothing_found(out, seen, pp, tuned, lr=trend is not None, chosen=chosen,
+        _warn_if_nothing_found(out, seen, pp, tuned, lr=bool(trend and time_remedy is None),
+                               chosen=chosen,
                                remedy=time_remedy(len(history), cfg.train.epochs)
                                if time_remedy and cut else None)
     ceiling = _perfect_ceiling(seen, pp) if seen else None
@@ -354,10 +355,12 @@ def _with_note(value: Any, note: str | None) -> Any:
 LOSS_BOUND = 100.0
 
 
-def _loss_trend(history: list[dict[str, Any]]) -> str | None:
+def _loss_trend(history: list[dict[str, Any]], flags: bool = True) -> str | None:
     """What the epochs' mean training losses say of the learning rate, or None: one that
     reached :data:`LOSS_BOUND` or rose above 10 times the first epoch's (too high), or one
-    that moved less than 1 % from the first over 3 epochs or more (too small)."""
+    that moved less than 1 % from the first over 3 epochs or more (too small). ``flags``:
+    name train's --lr as the remedy (not where the caller takes none: the demo)."""
+    lower, higher = (" (a lower --lr)", " (a higher --lr)") if flags else ("", "")
     losses = [(int(r["epoch"]), float(r["train_loss"])) for r in history
               if _number(r.get("train_loss")) and math.isfinite(float(r["train_loss"]))]
     if not losses:
@@ -369,15 +372,14 @@ def _loss_trend(history: list[dict[str, Any]]) -> str | None:
     (first_epoch, first), (top_epoch, top) = losses[0], max(losses, key=lambda r: r[1])
     if top > LOSS_BOUND:
         return (f"the training loss reached {words(top)} (epoch {top_epoch}), far above the few "
-                "units of a run that learns: the learning rate is likely too high (a lower "
-                "--lr)")
+                f"units of a run that learns: the learning rate is likely too high{lower}")
     if top_epoch != first_epoch and top > 10 * first:
         return (f"the training loss rose from {words(first)} (epoch {first_epoch}) to "
-                f"{words(top)} (epoch {top_epoch}): the learning rate is likely too high (a "
-                "lower --lr)")
+                f"{words(top)} (epoch {top_epoch}): the learning rate is likely too "
+                f"high{lower}")
     if len(losses) >= 3 and max(abs(v - first) for _, v in losses) < 0.01 * abs(first):
         return (f"the training loss hardly moved over {len(losses)} epochs ({words(first)} to "
-                f"{words(losses[-1][1])}): the learning rate may be too small (a higher --lr)")
+                f"{words(losses[-1][1])}): the learning rate may be too small{higher}")
     return None
 
 

@@ -532,7 +532,8 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     post-processing is chosen, ``frame`` of ``frames``).
     ``time_remedy(k, n)``: where the time limit ended training after ``k`` of its ``n`` epochs
     (the last perhaps cut short), the advice of a warning that the model has not learnt, in
-    place of train's flags (the demo's: its own ``--minutes``).
+    place of train's flags (the demo's: its own ``--minutes``); a caller passing one takes no
+    ``--lr`` either: the warning on the training loss's trend then names none.
     Leaves the caller's torch thread count, global random state (CPU, and GPUs where it trains
     on one) and grad or inference mode as they were; a caller's default dtype (float64)
     changes nothing: the same config and seed learn the same weights.
