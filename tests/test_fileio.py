@@ -764,14 +764,6 @@ def test_a_line_file_whose_header_cannot_be_written_leaves_the_earlier_file_as_i
     assert path.read_text() == "old,table\n" and sorted(tmp_path.iterdir()) == [path]
 
 
-def _name_max(folder: Path) -> int:
-    """The longest file name (bytes) the file system of ``folder`` takes (255 where unknown)."""
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):
-        return 255
-
-
 @pytest.mark.parametrize("writer", list(OUTPUT_WRITERS))
 @pytest.mark.parametrize("char", ["M", "é"], ids=["ascii", "two-byte"])
 def test_a_name_the_file_system_takes_is_written_however_long(tmp_path: Path, writer: str,
@@ -780,7 +772,7 @@ def test_a_name_the_file_system_takes_is_written_however_long(tmp_path: Path, wr
     after a 235-character stem, a legal name, failed with 'File name too long' and stopped
     predict's run. The temporary keeps within the file system's name length, hidden, beside
     the file, and ends as the file's name does (a killed run's sweep finds it by that)."""
-    limit = _name_max(tmp_path)
+    limit = fileio.name_max(tmp_path)
     stem = char * ((limit - len("_mask.png")) // len(char.encode()))
     path = tmp_path / f"{stem}_mask.png"
     made: list[str] = []
@@ -806,7 +798,7 @@ def test_a_name_the_file_system_takes_is_written_however_long(tmp_path: Path, wr
 def test_a_name_too_long_for_the_file_system_says_so_and_no_file_was_kept(tmp_path) -> None:
     """'cannot write the file: File name too long; it was left as it was': no file of that
     name can exist, so none was left."""
-    path = tmp_path / ("x" * (_name_max(tmp_path) + 1))
+    path = tmp_path / ("x" * (fileio.name_max(tmp_path) + 1))
     with pytest.raises(fileio.WriteError) as caught:
         atomic_write_text(path, "a")
     assert caught.value.errno == errno.ENAMETOOLONG

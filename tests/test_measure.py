@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import shared_dataset
 from ultraseg.measure import (
     choose_boundary_offset,
     crofton_perimeter,
@@ -18,8 +19,6 @@ from ultraseg.measure import (
     moments_ellipse,
     outline_half_width,
 )
-
-DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
 
 
 def _filled_ellipse(
@@ -368,7 +367,7 @@ def test_outline_half_width() -> None:
 
 
 def test_hc18_head_circumference() -> None:
-    root = DATASETS / "hc18"
+    root = shared_dataset("hc18")
     table = root / "training_set_pixel_size_and_HC.csv"
     if not table.exists():
         pytest.skip(f"real data absent: {table}")

@@ -2179,22 +2179,15 @@ def test_an_instance_norm_model_predicts_a_frame_of_one_bottleneck_pixel(shape) 
     np.testing.assert_allclose(pred.predict_proba(big), direct, atol=1e-6)
 
 
-def _name_max(folder: Path) -> int:
-    import os
-
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):
-        return 255
-
-
 def test_a_frame_whose_output_name_is_too_long_is_skipped_not_the_run(tmp_path):
     """An image named with 235 characters, a legal name whose mask's name fits too, stopped
     predict ('File name too long; it was left as it was': the temporary file's name was 14
     characters longer), and with it every frame after it, with no row in predictions.csv.
     Now that frame is written; one whose own output's name is over the file system's limit
     is that frame's error (status 'error', saying to rename it), and the others are written."""
-    limit = _name_max(tmp_path)
+    from ultraseg.fileio import name_max
+
+    limit = name_max(tmp_path)
     fits = "F" * (limit - len("_overlay.png"))      # each output's name just fits
     over = "O" * (limit - len(".png"))              # its input fits; its mask's name does not
     for stem in ("a", fits, over, "z"):

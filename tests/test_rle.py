@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import shared_dataset
 from ultraseg.errors import UltrasegError
 from ultraseg.rle import decode, encode, write_submission
 
-DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
 
 # Column-major: column 0 is pixels 1-3, column 1 pixels 4-6, column 2 pixels 7-9.
 SMALL = np.array(
@@ -63,7 +63,7 @@ def test_round_trip_random() -> None:
 
 
 def test_round_trip_real_mask() -> None:
-    path = DATASETS / "kaggle_nerve_sample" / "train" / "1_1_mask.tif"
+    path = shared_dataset("kaggle_nerve_sample") / "train" / "1_1_mask.tif"
     if not path.exists():
         pytest.skip(f"real data absent: {path}")
     from PIL import Image
