@@ -2179,6 +2179,25 @@ def test_an_instance_norm_model_predicts_a_frame_of_one_bottleneck_pixel(shape) 
     np.testing.assert_allclose(pred.predict_proba(big), direct, atol=1e-6)
 
 
+def test_a_frame_whose_output_path_is_too_long_is_skipped_not_the_run(tmp_path):
+    """A re-read: an output path too long for the system (each name fits; the folders its
+    out_name holds, as a collision name's, take it past PATH_MAX) failed at making its folder,
+    a plain error that stopped the whole run, where a name too long is that frame's error. It
+    is that frame's error too now (status 'error', saying to shorten the path)."""
+    from dataclasses import replace
+
+    for stem in ("a", "b", "z"):
+        save(tmp_path / "in" / f"{stem}.png", ramp(6, 6))
+    frames = collect_frames([tmp_path / "in"])
+    deep = "/".join(["d" * 200] * 24) + "/b"        # 4,800 bytes: over Linux's 4,096
+    frames = [replace(f, out_name=deep) if f.out_name == "b" else f for f in frames]
+    out = tmp_path / "out"
+    summary = write_predictions(pixel_predictor(), frames, out, skip_unreadable=True)
+    assert sorted(m.name for m in summary.masks) == ["a_mask.png", "z_mask.png"]
+    assert [type(e).__name__ for e in summary.failed] == ["OutputNameTooLong"]
+    assert "or choose a shorter --out" in str(summary.failed[0])
+
+
 def test_a_frame_whose_output_name_is_too_long_is_skipped_not_the_run(tmp_path):
     """An image named with 235 characters, a legal name whose mask's name fits too, stopped
     predict ('File name too long; it was left as it was': the temporary file's name was 14

@@ -34,7 +34,7 @@ from PIL import Image
 from .errors import (NAME_TOO_LONG, DataError, OutputNameTooLong, UltrasegError,
                      frame_too_large, is_out_of_memory)
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_text, failure_reason,
-                     json_text, name_max, temporaries)
+                     json_text, name_max, temporaries, write_error)
 from .frames import Frame, real_path
 from .io.grey import counting_colour, said_once
 from .io.images import frame_loop, header_shape
@@ -212,7 +212,8 @@ def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
     one that another command marked or holds. Given ``rle``, its own temporaries in its
     folder; outside ``out`` (or in such a folder) only those a day untouched (that folder is
     no command's of ours: a younger one may be another run's, writing)."""
-    found = {p for folder in {out, *folders} if not _held_elsewhere(folder, out)
+    found = {p for folder in {out, *folders}    # (one not made yet holds none: it may be a
+             if os.path.isdir(folder) and not _held_elsewhere(folder, out)  # path too long)
              for name in _OUTPUT_NAMES for p in temporaries(folder, name)}
     if rle is not None:
         ours = not _held_elsewhere(rle.parent, out)
@@ -247,13 +248,17 @@ def _held_elsewhere(folder: Path, out: Path) -> bool:
 
 
 def write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, making its folder; an error is a write error that is an
+    ``OSError`` too (:func:`ultraseg.fileio.write_error`), its folder's as its own: a path too
+    long for the system (ENAMETOOLONG) is the frame's, as a name too long is
+    (:func:`if_name_too_long`), not the run's."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
     except UltrasegError:
         raise
-    except OSError as e:
-        raise UltrasegError(f"cannot write the file ({failure_reason(e)})", path) from e
+    except OSError as e:    # (its folder: no file of that name was there)
+        raise write_error(e, path, kept=None) from e
 
 
 def if_name_too_long(e: BaseException, frame: Frame, path: Path) -> None:
