@@ -2179,6 +2179,32 @@ def test_an_instance_norm_model_predicts_a_frame_of_one_bottleneck_pixel(shape) 
     np.testing.assert_allclose(pred.predict_proba(big), direct, atol=1e-6)
 
 
+def test_a_killed_runs_submission_temporary_is_swept_for_a_name_near_the_limit(tmp_path):
+    """A re-read: a submission named within 14 bytes of the file system's name length gets a
+    temporary holding only its name's end, which the sweep's glob of the whole name never
+    found, so a killed run's leftover beside it (outside --out) stayed. The sweep looks for
+    the temporary's own name."""
+    import os
+    import tempfile
+    import time
+
+    from ultraseg import fileio
+    from ultraseg.frame_outputs import prepare_out_dir
+
+    subs = tmp_path / "subs"      # outside --out: a day-old temporary is a killed writer's
+    subs.mkdir()
+    rle = subs / ("s" * (fileio.name_max(subs) - len(".csv") - 4) + ".csv")
+    left = []
+    for name in (rle, subs / "other.csv"):
+        fd, tmp = tempfile.mkstemp(dir=subs, prefix=fileio._temporary_prefix(name),
+                                   suffix=".tmp")      # as a writer killed (kill -9) left it
+        os.close(fd)
+        os.utime(tmp, (time.time() - 2 * 86400,) * 2)
+        left.append(Path(tmp))
+    prepare_out_dir(tmp_path / "out", rle=rle)
+    assert [p.exists() for p in left] == [False, True]   # (the other: another file's)
+
+
 def test_a_frame_whose_output_path_is_too_long_is_skipped_not_the_run(tmp_path):
     """A re-read: an output path too long for the system (each name fits; the folders its
     out_name holds, as a collision name's, take it past PATH_MAX) failed at making its folder,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import glob
 import io
 import json
 import math
@@ -435,8 +436,14 @@ def temporaries(folder: Path, name: str = "*") -> Iterator[Path]:
     """The temporary files :func:`atomic_open` makes in ``folder`` for a file called ``name``
     (a glob pattern) that a kill left behind, or that a writer is writing now. (Those of a
     name within 14 bytes of :func:`name_max` hold only its end: a pattern ``*END`` finds
-    them, the whole name does not.)"""
+    them, the whole name does not; :func:`temporaries_of` finds one file's.)"""
     return folder.glob(f".{name}.*.tmp")
+
+
+def temporaries_of(path: Path) -> Iterator[Path]:
+    """The temporary files :func:`atomic_open` makes for ``path``, as :func:`temporaries`
+    (found by the name they have: the end of a name near :func:`name_max`)."""
+    return temporaries(path.parent, glob.escape(_temporary_prefix(path)[1:-1]))
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import os
 import io
 import logging
@@ -34,7 +33,7 @@ from PIL import Image
 from .errors import (NAME_TOO_LONG, DataError, OutputNameTooLong, UltrasegError,
                      frame_too_large, is_out_of_memory)
 from .fileio import (LOCK_FILE, LineFile, atomic_write_bytes, csv_text, failure_reason,
-                     json_text, name_max, temporaries, write_error)
+                     json_text, name_max, temporaries, temporaries_of, write_error)
 from .frames import Frame, real_path
 from .io.grey import counting_colour, said_once
 from .io.images import frame_loop, header_shape
@@ -218,7 +217,7 @@ def _remove_temporaries(out: Path, folders: Iterable[Path] = (),
     if rle is not None:
         ours = not _held_elsewhere(rle.parent, out)
         now = time.time()
-        for p in temporaries(rle.parent, glob.escape(rle.name)):
+        for p in temporaries_of(rle):
             with contextlib.suppress(OSError):      # (gone meanwhile: its writer's rename)
                 if ours or now - p.stat().st_mtime > _STALE_S:
                     found.add(p)
