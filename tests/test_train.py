@@ -682,6 +682,20 @@ def _train_clock(monkeypatch, monotonic: Callable[[], float]) -> None:
         monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=monotonic))
 
 
+def _slow_metrics_writes(monkeypatch, seconds: float) -> None:
+    """Each epoch's metrics write takes ``seconds`` on a simulated clock (:func:`_train_clock`;
+    the training itself a fraction of a second): an epoch's time as the time limit sees it."""
+    extra = [0.0]   # simulated seconds spent writing, so far
+    _train_clock(monkeypatch, lambda: time.monotonic() + extra[0])
+    real_write = train_mod._write_metrics
+
+    def slow_write(*args, **kwargs):
+        extra[0] += seconds
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_write_metrics", slow_write)
+
+
 def test_lr_schedule() -> None:
     cfg = _cfg()
     assert lr_at(0.0, cfg) == lr_at(0.7, cfg) == cfg.train.lr
@@ -832,15 +846,7 @@ def test_a_time_limited_schedule_counts_each_epoch_s_writes(tmp_path, monkeypatc
     before those writes, it sized a cosine that the time limit cut at 80 % (lr 11 % of --lr).
     Here each epoch's metrics write takes 100 s on a simulated clock (the training a fraction
     of a second): 30 minutes hold about 17 epochs, and the last runs near the 1 % floor."""
-    extra = [0.0]   # simulated seconds spent writing, so far
-    _train_clock(monkeypatch, lambda: time.monotonic() + extra[0])
-    real_write = train_mod._write_metrics
-
-    def slow_write(*args, **kwargs):
-        extra[0] += 100.0
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_write_metrics", slow_write)
+    _slow_metrics_writes(monkeypatch, 100.0)
     run = tmp_path / "run"
     rc = _train_tiny(tmp_path, run, "--epochs", "40", "--time-limit", "30m")
     assert rc == 0
@@ -3132,15 +3138,7 @@ def test_a_time_limited_run_shows_the_epochs_its_limit_fits(tmp_path, monkeypatc
     `epoch k/300` to a run that stopped after a handful), and train.log says once how many
     the limit fits. Each epoch's metrics write takes 300 s on a simulated clock: 30 minutes
     hold about 5 of the 10 epochs."""
-    extra = [0.0]
-    _train_clock(monkeypatch, lambda: time.monotonic() + extra[0])
-    real_write = train_mod._write_metrics
-
-    def slow_write(*args, **kwargs):
-        extra[0] += 300.0
-        return real_write(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "_write_metrics", slow_write)
+    _slow_metrics_writes(monkeypatch, 300.0)
     run = tmp_path / "run"
     capsys.readouterr()
     assert _train_tiny(tmp_path, run, "--epochs", "10", "--time-limit", "30m") == 0
