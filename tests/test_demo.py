@@ -208,6 +208,8 @@ def test_the_time_note_counts_an_epoch_cut_short_as_the_share_trained(tmp_path) 
     as a whole epoch, and the note named `--minutes 38` as "about the time for all 12" (they
     take 75 minutes at that pace). The share of the epoch trained now counts: 2.5 * 12 / 0.4
     * 1.25, up."""
+    from ultraseg.finish import time_limit_stop
+
     tc = replace(_cut_demo_config(2.5), epochs=12)
     history = [{"epoch": 1, "complete": False}]
     note = demo._time_note(tmp_path / "demo", history,
@@ -216,9 +218,10 @@ def test_the_time_note_counts_an_epoch_cut_short_as_the_share_trained(tmp_path) 
     assert note.split("`")[1].endswith(f"--out {tmp_path / 'demo'}-94min --minutes 94")
     # a whole epoch and one cut short after 1 of 4 batches: 1.25 epochs in 2.5 minutes
     history = [{"epoch": 1, "complete": True}, {"epoch": 2, "complete": False}]
-    note = demo._time_note(tmp_path / "demo", history,
-                           "time limit reached during epoch 2 (batch 1/4)", tc)
+    note = demo._time_note(tmp_path / "demo", history, time_limit_stop(2, 1, 4), tc)
     assert note.split("`")[1].endswith("--minutes 30")
+    # (the stop as train words it: one format, so a new wording cannot undo the count)
+    assert time_limit_stop(2, 1, 4) == "time limit reached during epoch 2 (batch 1/4)"
 
 
 def test_a_full_disk_names_the_demo_that_goes_on_only_where_one_does(tmp_path, monkeypatch,

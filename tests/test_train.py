@@ -2229,6 +2229,11 @@ def test_a_model_that_marks_nearly_every_pixel_is_warned_about() -> None:
     (said,) = [r.getMessage() for r in warned]
     assert "at least half of the frame on 10 of the 10 validation frames" in said, said
     assert "PostprocessConfig(" not in said and "--lr" in said, said
+    # a caller that takes no --lr (the demo, its time limit not the cause): none is named
+    with ultraseg_warnings() as warned:
+        finish._warn_if_nothing_found(Path("run"), seen, PostprocessConfig(), 0.05, flags=False)
+    (said,) = [r.getMessage() for r in warned]
+    assert "at least half of the frame" in said and "--lr" not in said, said
     for quiet in (replace(seen, truth_px=[3000] * n),            # the truth is as large
                   replace(seen, areas=[4096] * 5 + [150] * 5)):  # only half the frames
         with ultraseg_warnings() as warned:

@@ -87,10 +87,16 @@ def cut_by_time_limit(history: list[dict[str, Any]], stopped: str | None, epochs
                 and (len(history) < epochs or not history[-1]["complete"]))
 
 
+def time_limit_stop(epoch: int, batch: int, batches: int) -> str:
+    """How train records a stop the time limit made during ``epoch`` after ``batch`` of its
+    ``batches`` (read back by :func:`epochs_trained`: one format for both)."""
+    return f"time limit reached during epoch {epoch} (batch {batch}/{batches})"
+
+
 def epochs_trained(history: list[dict[str, Any]], stopped: str | None) -> float:
     """The epochs ``history`` trained, a last one the time limit cut short counted as the
-    share of its batches trained: ``stopped``'s "(batch i/n)", as train records its stop (a
-    stop that does not say, from a checkpoint older than it, counts it whole)."""
+    share of its batches trained: ``stopped``'s "(batch i/n)", as :func:`time_limit_stop`
+    words it (a stop that does not say, from a checkpoint older than it, counts it whole)."""
     if not history or history[-1]["complete"]:
         return float(len(history))
     said = re.search(r"\(batch (\d+)/(\d+)\)", stopped or "")
@@ -164,7 +170,7 @@ def _finish(cfg: RunConfig, out: Path, ds, arrays: Arrays, train_idx: np.ndarray
                  "%.4f with %s", raw, tuned, postprocess_words(pp.to_dict()))
         cut = time_remedy and cut_by_time_limit(history, stopped, cfg.train.epochs)
         _warn_if_nothing_found(out, seen, pp, tuned, lr=bool(trend and time_remedy is None),
-                               chosen=chosen,
+                               chosen=chosen, flags=time_remedy is None,
                                remedy=time_remedy(len(history), cfg.train.epochs)
                                if time_remedy and cut else None)
     ceiling = _perfect_ceiling(seen, pp) if seen else None
@@ -395,7 +401,7 @@ MIN_MISSED_FRAMES = 5
 
 def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
                            tuned: float | None, lr: bool = False, chosen: bool = True,
-                           remedy: str | None = None) -> None:
+                           remedy: str | None = None, flags: bool = True) -> None:
     """Say so where the post-processing ``pp`` (``chosen`` on validation, else applied as it
     was) leaves no structure on (nearly) every validation frame holding one
     (:data:`MISSED_SHARE`, of :data:`MIN_MISSED_FRAMES` or more where a structure is predicted
@@ -404,11 +410,12 @@ def _warn_if_nothing_found(out: Path, seen: _Validation, pp: PostprocessConfig,
     at least half of nearly every frame (:data:`MARKED_SHARE`) while the structures are
     much smaller (under a quarter of the frame, median). ``lr``: the training loss exploded
     or stood still (:func:`_loss_trend`), so the remedy names --lr too. ``remedy``: what the
-    warnings advise in place of train's flags (the demo's, where its time limit cut it short)."""
+    warnings advise in place of train's flags (the demo's, where its time limit cut it short);
+    ``flags`` False: a caller that takes no --lr (the demo), so none is named."""
     rules = postprocess_words(pp.to_dict())
     with_pp = ("with the post-processing chosen" if chosen else
                "with the post-processing applied (not chosen on validation)")
-    marking = remedy or "a lower --lr, or train longer"
+    marking = remedy or ("a lower --lr, or train longer" if flags else "train longer")
     remedy = remedy or "train longer, or on more frames" + (", or a different --lr" if lr else "")
     n = len(seen.empty)
     n_full = sum(not e for e in seen.empty)

@@ -45,7 +45,7 @@ from .distributed import SINGLE, Dist, frame_digests, is_main, session
 from .errors import (DIVERGED, DataError, UltrasegError, diverged_parts,
                      diverged_stop, is_out_of_memory)
 from .finish import (Progress, TrainResult, _boundary_offset, _finish, _plot_predictions,
-                     _plot_samples, _score_validation, _validation_figures)
+                     _plot_samples, _score_validation, _validation_figures, time_limit_stop)
 from .fileio import as_path, atomic_write_text, csv_text, output_lock
 from .geometry import largest_valid_output
 from .io import Dataset, open_dataset, with_white
@@ -901,7 +901,7 @@ def _train(cfg: RunConfig, out: Path, last: Checkpoint | None, progress: Progres
             if (deadline < math.inf and i + 1 < n_batches
                     and ctx.any(time.monotonic() + batch_s + reserve > deadline, device)):
                 complete = False
-                stopped = f"time limit reached during epoch {epoch} (batch {i + 1}/{n_batches})"
+                stopped = time_limit_stop(epoch, i + 1, n_batches)
                 break
         if diverged:
             break
