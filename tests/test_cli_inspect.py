@@ -849,6 +849,18 @@ def test_inspect_tells_busi_only_what_its_layout_reads_for_subjects(
                     "frames want --subject-pattern REGEX)"), line
 
 
+def test_inspect_tells_a_folder_of_unlabelled_images_no_naming_advice(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A re-read: a folder of unlabelled `10_1.jpg`, `10_100.jpg` was told its frames 'want
+    SUBJECT_FRAME names', which they have: the images layout reads no subjects from names (no
+    split is drawn from unlabelled frames), so no naming advice is given."""
+    for name in ("10_1", "10_100"):
+        _save(tmp_path / "d" / f"{name}.png", _img())
+    assert main(["inspect", str(tmp_path / "d")]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("subjects"))
+    assert line == "subjects    2 (each frame its own: unlabelled images, no split is drawn)", line
+
+
 def test_the_subject_rule_is_each_file_s_though_two_rules_give_one_subject(tmp_path) -> None:
     """Kaggle nerve's train/1_1 (subject '1', its leading integer) and test/1 (unlabelled, its
     own subject '1'): the rule was looked up by subject, and the test frame's overwrote the

@@ -14,8 +14,8 @@ from .data import MaskTally, constant_note, inverted_note, union_note
 from .duplicates import (NEAR_CORRELATION, THUMB, digest, exact_pairs, first, ids,
                          near_blocks, thumbnail, unit_thumbnail)
 from .errors import DataError
-from .io import (SUBJECT_RULES, BusiReader, frame_loop, said_once, scan_dataset, select_label,
-                 split_frames, subject_rule)
+from .io import (SUBJECT_RULES, BusiReader, ImagesReader, frame_loop, said_once, scan_dataset,
+                 select_label, split_frames, subject_rule)
 from .io.files import natural_key
 from .io.grey import colour_note, counting_colour
 from .preprocess import outline_note
@@ -367,6 +367,9 @@ def _subjects_line(report: dict[str, Any]) -> str:
         how = ("each frame its own, BUSI names no patients: one patient's frames want "
                "--subject-pattern REGEX")
         return f"subjects    {report['subjects']} ({how})"
+    if rule == "own" and report.get("layout") == ImagesReader.name:    # (nothing to split)
+        return f"subjects    {report['subjects']} (each frame its own: unlabelled images, " \
+               "no split is drawn)"
     if rule == "own":
         how = ("each frame its own, no leading SUBJECT_ integer or subject folder: one "
                "patient's or one video's frames want SUBJECT_FRAME names, images/SUBJECT/ "
