@@ -2036,8 +2036,9 @@ def test_per_subject_sibling_trees_are_linked_as_one_dataset_not_one_subject(
 def test_train_val_test_split_folders_are_not_linked_as_subjects(tmp_path) -> None:
     """DATA/train/{images,masks}, DATA/val/..., DATA/test/... (a download's splits) were
     taken for three patients' trees: the warning and the hint advised linking them as
-    subjects, training on the test split. They are datasets of their own: the advice is to
-    point at one, the train split."""
+    subjects, training on the test split, and the pair warning advised linking test/images +
+    test/masks. They are datasets of their own: the advice is to point at one, the train
+    split."""
     from ultraseg.io import dataset_hint
     from ultraseg.io.folders import subject_trees
 
@@ -2051,6 +2052,8 @@ def test_train_val_test_split_folders_are_not_linked_as_subjects(tmp_path) -> No
         scan_dataset(root)
     said = [r.getMessage() for r in warned]
     assert not any("SUBJECT" in m or "for s in" in m for m in said), said
+    # (the older pair warning, test/masks beside test/images, advised linking the test split)
+    assert not any("test/images" in m or "test/masks" in m for m in said), said
     hint = dataset_hint(root)
     assert "SUBJECT" not in hint and "for s in" not in hint, hint
     assert f"{root / 'train'} holds a 'folders' dataset (and 2 more folders): point at it" \

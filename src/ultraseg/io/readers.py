@@ -15,8 +15,8 @@ from typing import Collection
 from ..errors import DataError
 from .base import Reader, Sample
 from .files import image_stem, is_image_file, iter_files, list_images, natural_key, walk_files
-from .folders import (_files_one_down, _link_advice, _named_as, _unread_subfolders, folder_role,
-                      subject_link_advice, subject_trees)
+from .folders import (_files_one_down, _link_advice, _named_as, _one_pair, _unread_subfolders,
+                      folder_role, subject_link_advice, subject_trees)
 from .naming import (_MASK_STEM, _TRAILING_NUMBER, _group_several, _nfc, _other_suffix, _outlines,
                      _pair, warn_subject_names)
 from .outputs import in_output_folder, warn_outputs_left_out
@@ -262,7 +262,9 @@ def _warn_mask_folder_read_as_frames(root: Path, files: list[Path]) -> None:
     down: the masks, read as frames of their own (two folders of frames named alike, two
     sites', are no such case: their names say no masks). Where folders in ``root`` each hold
     one subject's images and masks folders (:func:`~ultraseg.io.folders.subject_trees`), the
-    warning says how to read them all as one dataset, not one pair (one subject)."""
+    warning says how to read them all as one dataset, not one pair (one subject). A pair
+    that is a folders dataset of its own in ``root`` (``DATA/train/{images,masks}``) is
+    left to :func:`~ultraseg.io.datasets_below_hint`, which names the split to train on."""
     trees = subject_trees(root)
     if trees:   # patientA/img/ + patientA/mask/, patientB/...: not one pair to link
         log.warning("%s is read as a folder of unlabelled images, masks included: %s", root,
@@ -280,6 +282,8 @@ def _warn_mask_folder_read_as_frames(root: Path, files: list[Path]) -> None:
             if images == masks or images.parent != masks.parent \
                     or (folder_role(images.name) or ("",))[0] == "mask":
                 continue
+            if masks.parent.parent == root and _one_pair(masks.parent) == (images, masks):
+                continue    # a dataset of its own in root: the below-hint names it
             named = _named_as(found, {_nfc(image_stem(p)) for p in _files_one_down(images)})
             if named and 2 * len(named) >= len(found) and (best is None or len(named) > best[0]):
                 best = (len(named), masks, images, min(named, key=lambda q: natural_key(q.name)))
