@@ -2060,6 +2060,27 @@ def test_train_val_test_split_folders_are_not_linked_as_subjects(tmp_path) -> No
         in hint, hint
 
 
+def test_a_split_named_folder_beside_per_subject_trees_is_left_out_not_voiding_them(
+        tmp_path, monkeypatch) -> None:
+    """patientA/, patientB/ and a held-out test/, each with img/ + mask/: the one split-named
+    folder made the whole tree no subjects, and the hint said to point at patientA (one
+    patient's frames). The split-named folder is left out; the patients are linked."""
+    from ultraseg import errors
+    from ultraseg.io import dataset_hint
+    from ultraseg.io.folders import subject_trees
+
+    monkeypatch.setattr(errors, "WINDOWS", False)
+    root = _subject_trees(tmp_path / "pt", subjects=("patientA", "patientB", "test"))
+    assert [d.name for d, _, _ in subject_trees(root)] == ["patientA", "patientB"]
+    with ultraseg_warnings() as warned:
+        scan_dataset(root)
+    said = [r.getMessage() for r in warned]
+    assert not any("point at it" in m for m in said), said
+    assert sum("for s in patientA patientB; do" in m for m in said) == 1, said
+    hint = dataset_hint(root)
+    assert "point at it" not in hint and "for s in patientA patientB; do" in hint, hint
+
+
 def test_per_subject_sibling_trees_link_with_junctions_on_windows(tmp_path, monkeypatch
                                                                   ) -> None:
     """On Windows the loop is cmd.exe's `for` over the subjects, each linked by `mklink /J`

@@ -271,20 +271,20 @@ def subject_trees(root: Path) -> list[tuple[Path, Path, Path]]:
     ``patientB/img/`` + ``patientB/mask/``...): one subject's frames each, as
     ``(folder, images, masks)``, where there are two or more; else []. Hidden folders, those
     ultraseg wrote and :data:`~ultraseg.io.files.NO_DATA_FOLDERS` are left alone. Where one
-    is named as a split (:data:`SPLIT_WORDS`: ``train/``, ``val/``, ``test/``...), they are a
-    dataset's splits, no subjects: []."""
+    is named as a split (:data:`SPLIT_WORDS`: ``train/``, ``val/``, ``test/``...), it is a
+    dataset's split, no subject: left out (``train/`` + ``val/`` + ``test/`` alone: [])."""
     if not root.is_dir():
         return []
     found = []
     for sub in sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
                        and d.name not in NO_DATA_FOLDERS and not (d / OUTPUT_MARKER).exists()),
                       key=lambda d: natural_key(d.name)):
+        if any(w in SPLIT_WORDS for w in name_words(sub.name)):
+            continue    # (no subject: a held-out test/ beside patients leaves them theirs)
         pair = _one_pair(sub)
         if pair is not None:
             found.append((sub, *pair))
     names = {(images.name, masks.name) for _, images, masks in found}
-    if any(w in SPLIT_WORDS for sub, _, _ in found for w in name_words(sub.name)):
-        return []
     return found if len(found) > 1 and len(names) == 1 else []
 
 
