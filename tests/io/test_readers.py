@@ -699,6 +699,14 @@ _DATED = [f"{d}_patient{p}_{f:02d}" for d in ("20240105", "20240212") for p in (
     ([f"{s}_{v}_{p}" for s in range(1, 11) for v in ("2CH", "4CH") for p in ("ED", "ES")],
      None, None),
     ([f"{s}_L{v}_{f:02d}" for s in range(1, 5) for v in (1, 2, 3) for f in (1, 2)], None, None),
+    # visits, each scanning the same patients (5 under each of 3 numbers): more identifiers
+    # than numbers, so patients, not views
+    ([f"{v}_pt{p}_{f}" for v in (1, 2, 3) for p in range(1, 6) for f in (1, 2)],
+     ["5 identifiers", "'pt1' under 3"], {f"pt{p}" for p in range(1, 6)}),
+    # views on 4 dates: the dates are said, the view is no patient (no pattern by view)
+    ([f"{d}_{v}_{p}" for d in ("20240105", "20240212", "20240301", "20240415")
+      for v in ("2CH", "4CH") for p in ("ED", "ES")],
+     ["the 4 subjects found read as dates", "images/PATIENT/"], None),
     (["1_1", "1_2", "2_1", "2_2"], None, None),               # Kaggle nerve's SUBJECT_FRAME
     (["12345678_1", "12345678_2", "87654321_1"], None, None),  # 8 digits that read as no date
     (["20241399_1", "20241399_2", "20240230_1"], None, None),  # ... nor these

@@ -441,13 +441,14 @@ def _repeated_ids(numbered: list[tuple[str, str]], dates: bool
     """What follows each name's leading subject number, its trailing frame number (or tag)
     stripped (:data:`_SHARED_NAME_RULES`), where the same one follows several subjects: an
     identifier that holds a digit (a letter too, unless the subjects are dates: ``3_1_2``'s
-    '1' is likely a sequence), likely the patient. One under more than half of 3 or more
-    subjects that are no dates is taken for a view or a level (CAMUS's ``1_2CH_ED``,
-    ``1_4CH_ES`` under every patient's number), no patient: left out. (identifier, its
-    subjects) of the rule that finds more names, the most subjects first, and a
-    --subject-pattern taking the identifier."""
+    '1' is likely a sequence), likely the patient. Those under more than half of 3 or more
+    subjects, dates or not, are taken for views or levels where they are fewer than the
+    subjects (CAMUS's ``1_2CH_ED``, ``1_4CH_ES``: 2 under every patient's number), no
+    patients: left out; as many as the subjects or more are patients seen on each (3 visits'
+    numbers, ``1_pt1_1``... ``3_pt5_1``: 5 under each), kept. (identifier, its subjects) of
+    the rule that finds more names, the most subjects first, and a --subject-pattern taking
+    the identifier."""
     subjects = len({subject for _, subject in numbered})
-    most = subjects if dates or subjects < 3 else subjects / 2
     found = []
     for rule, _, pattern in _SHARED_NAME_RULES:
         under: dict[str, set[str]] = defaultdict(set)
@@ -457,7 +458,9 @@ def _repeated_ids(numbered: list[tuple[str, str]], dates: bool
             if ident and ident != rest and any(c.isdigit() for c in ident) \
                     and (dates or any(c.isalpha() for c in ident)):
                 under[ident].add(subject)
-        shared = sorted(((k, v) for k, v in under.items() if 1 < len(v) <= most),
+        wide = [k for k, v in under.items() if subjects >= 3 and len(v) > subjects / 2]
+        views = set(wide) if len(wide) < subjects else set()    # few, under most: views
+        shared = sorted(((k, v) for k, v in under.items() if len(v) > 1 and k not in views),
                         key=lambda kv: (-len(kv[1]), natural_key(kv[0])))
         found.append((shared, "^\\d+_" + pattern[1:]))
     return max(found, key=lambda f: sum(len(v) for _, v in f[0]))
